@@ -1,0 +1,236 @@
+//! Model weights as safetensors under PyTorch's `state_dict()` names, with strict loading.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+
+const BATCHES_TRACKED: &str = ".num_batches_tracked";
+
+/// Writes `tensors` to `path` as safetensors, atomically: a temporary file in the same
+/// directory, then a rename, so an interrupted write never clobbers an earlier checkpoint.
+pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    let tmp = temporary_path(path);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create directory {}", dir.display()))?;
+    }
+    candle_core::safetensors::save(tensors, &tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+}
+
+fn temporary_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp{}", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// The weights of `varmap` as PyTorch would save them: every variable under its name, plus
+/// a zero `num_batches_tracked` (int64 scalar) beside each BatchNorm's running statistics,
+/// so that `load_state_dict(strict=True)` in PyTorch sees exactly its own keys.
+pub fn state_dict(varmap: &VarMap) -> Result<HashMap<String, Tensor>> {
+    let data = varmap.data().lock().unwrap_or_else(|p| p.into_inner());
+    let mut out = HashMap::with_capacity(data.len() * 2);
+    for (name, var) in data.iter() {
+        out.insert(name.clone(), var.as_tensor().to_device(&Device::Cpu)?);
+        if let Some(prefix) = name.strip_suffix(".running_var") {
+            out.insert(
+                format!("{prefix}{BATCHES_TRACKED}"),
+                Tensor::new(0i64, &Device::Cpu)?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Saves the weights of `varmap` to `path` (see [`state_dict`] and [`save_tensors`]).
+pub fn save(varmap: &VarMap, path: &Path) -> Result<()> {
+    save_tensors(&state_dict(varmap)?, path)
+}
+
+/// Reads every tensor of a safetensors file onto the CPU, refusing PyTorch pickles with a hint.
+pub fn read(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let mut head = [0u8; 8];
+    {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path)
+            .with_context(|| format!("cannot open checkpoint {}", path.display()))?;
+        let n = f
+            .read(&mut head)
+            .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+        if n < 8 {
+            bail!(
+                "{} is not a safetensors file: only {n} bytes long",
+                path.display()
+            )
+        }
+    }
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if head.starts_with(b"PK\x03\x04") || head[0] == 0x80 || matches!(ext, "pth" | "pt" | "pkl") {
+        bail!(
+            "{} looks like a PyTorch pickle (.pth/.pt), which is not loaded for safety; convert it \
+             with: python -c \"import torch; from safetensors.torch import save_file; \
+             save_file(torch.load('{}', map_location='cpu'), 'model.safetensors')\"",
+            path.display(),
+            path.display()
+        )
+    }
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("{} is not a valid safetensors file", path.display()))
+}
+
+/// Loads `path` into the variables of `varmap`, strictly: every variable must be in the file
+/// with the same shape, and the file may hold nothing else (`num_batches_tracked` excepted).
+/// Errors name the file, the key and both shapes. Values are cast to each variable's dtype.
+pub fn load_strict(varmap: &VarMap, path: &Path) -> Result<()> {
+    let tensors = read(path)?;
+    load_tensors_strict(varmap, &tensors).with_context(|| format!("loading {}", path.display()))
+}
+
+/// [`load_strict`] from tensors already in memory.
+pub fn load_tensors_strict(varmap: &VarMap, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    let data = varmap.data().lock().unwrap_or_else(|p| p.into_inner());
+    let mut missing: Vec<&String> = data.keys().filter(|k| !tensors.contains_key(*k)).collect();
+    missing.sort();
+    let mut unexpected: Vec<&String> = tensors
+        .keys()
+        .filter(|k| !data.contains_key(*k) && !k.ends_with(BATCHES_TRACKED))
+        .collect();
+    unexpected.sort();
+    if !missing.is_empty() || !unexpected.is_empty() {
+        bail!(
+            "the checkpoint does not match the model: {} missing key(s) {}; {} unexpected key(s) {}",
+            missing.len(),
+            preview(&missing),
+            unexpected.len(),
+            preview(&unexpected)
+        )
+    }
+    let mut mismatched: Vec<String> = data
+        .iter()
+        .filter(|(name, var)| tensors[*name].shape() != var.shape())
+        .map(|(name, var)| {
+            format!(
+                "{name}: the checkpoint has {:?}, the model expects {:?}",
+                tensors[name].dims(),
+                var.dims()
+            )
+        })
+        .collect();
+    mismatched.sort();
+    if !mismatched.is_empty() {
+        bail!("shape mismatch for {}", mismatched.join("; "))
+    }
+    for (name, var) in data.iter() {
+        let t = tensors[name]
+            .to_dtype(var.dtype())?
+            .to_device(var.device())?;
+        var.set(&t).with_context(|| format!("cannot set {name}"))?;
+    }
+    Ok(())
+}
+
+fn preview(keys: &[&String]) -> String {
+    if keys.is_empty() {
+        return "-".into();
+    }
+    let shown: Vec<&str> = keys.iter().take(8).map(|k| k.as_str()).collect();
+    let more = if keys.len() > 8 { ", ..." } else { "" };
+    format!("[{}{more}]", shown.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ParamStore;
+    use candle_core::DType;
+
+    fn model(store: &ParamStore, out: usize) -> Result<()> {
+        crate::linear(store.vb().pp("fc"), 3, out, crate::WeightInit::TorchDefault)?;
+        crate::batch_norm(store.vb().pp("bn"), 3, 1e-5)?;
+        Ok(())
+    }
+
+    #[test]
+    fn round_trip_is_bit_exact_and_adds_batches_tracked() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("m.safetensors");
+        let a = ParamStore::new(1, &Device::Cpu);
+        model(&a, 2)?;
+        save(a.varmap(), &path)?;
+        let raw = read(&path)?;
+        assert_eq!(raw["bn.num_batches_tracked"].dtype(), DType::I64);
+        let b = ParamStore::new(2, &Device::Cpu);
+        model(&b, 2)?;
+        load_strict(b.varmap(), &path)?;
+        for ((na, va), (nb, vb)) in a.named_vars().iter().zip(b.named_vars().iter()) {
+            assert_eq!(na, nb);
+            let x: Vec<f32> = va.flatten_all()?.to_vec1()?;
+            let y: Vec<f32> = vb.flatten_all()?.to_vec1()?;
+            assert_eq!(
+                x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                y.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn mismatches_name_the_key_and_shapes() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("m.safetensors");
+        let a = ParamStore::new(1, &Device::Cpu);
+        model(&a, 2)?;
+        save(a.varmap(), &path)?;
+
+        let wider = ParamStore::new(1, &Device::Cpu);
+        model(&wider, 5)?;
+        let err = format!("{:#}", load_strict(wider.varmap(), &path).unwrap_err());
+        assert!(
+            err.contains("fc.weight") && err.contains("[2, 3]") && err.contains("[5, 3]"),
+            "{err}"
+        );
+
+        let extra = ParamStore::new(1, &Device::Cpu);
+        model(&extra, 2)?;
+        crate::linear(extra.vb().pp("head"), 3, 1, crate::WeightInit::TorchDefault)?;
+        let err = format!("{:#}", load_strict(extra.varmap(), &path).unwrap_err());
+        assert!(
+            err.contains("missing") && err.contains("head.weight"),
+            "{err}"
+        );
+
+        let fewer = ParamStore::new(1, &Device::Cpu);
+        crate::linear(fewer.vb().pp("fc"), 3, 2, crate::WeightInit::TorchDefault)?;
+        let err = format!("{:#}", load_strict(fewer.varmap(), &path).unwrap_err());
+        assert!(
+            err.contains("unexpected") && err.contains("bn.weight"),
+            "{err}"
+        );
+        assert!(err.contains("m.safetensors"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn pickles_and_garbage_are_refused_clearly() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let pth = dir.path().join("resnet.pth");
+        std::fs::write(&pth, b"PK\x03\x04 zipped pickle")?;
+        let err = format!("{:#}", read(&pth).unwrap_err());
+        assert!(
+            err.contains("pickle") && err.contains("safetensors"),
+            "{err}"
+        );
+        let junk = dir.path().join("junk.safetensors");
+        std::fs::write(&junk, b"0123456789abcdef")?;
+        let err = format!("{:#}", read(&junk).unwrap_err());
+        assert!(err.contains("junk.safetensors"), "{err}");
+        let missing = dir.path().join("none.safetensors");
+        assert!(format!("{:#}", read(&missing).unwrap_err()).contains("none.safetensors"));
+        Ok(())
+    }
+}

@@ -1,0 +1,334 @@
+//! 2-D convolution whose backward pass runs as matrix products.
+//!
+//! Candle 0.11 differentiates `conv2d` on the CPU with a direct `conv_transpose2d` loop for the
+//! input gradient and a convolution with the batch as channels for the weight gradient, both
+//! several times slower than the forward pass. Here a convolution is `im2col` (a custom op
+//! whose backward is `col2im`) followed by one matrix product, so forward and backward are
+//! GEMMs, as in PyTorch's CPU path.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor};
+use candle_nn::Conv2dConfig;
+use rayon::prelude::*;
+
+/// `nn.Conv2d`: weight (out, in / groups, k, k), optional bias (out).
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    config: Conv2dConfig,
+}
+
+impl Conv2d {
+    /// A convolution with these parameters.
+    pub fn new(weight: Tensor, bias: Option<Tensor>, config: Conv2dConfig) -> Self {
+        Self {
+            weight,
+            bias,
+            config,
+        }
+    }
+
+    /// The kernel, (out, in / groups, kh, kw).
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// Stride, padding, dilation and groups.
+    pub fn config(&self) -> &Conv2dConfig {
+        &self.config
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        let gemm_path = xs.device().is_cpu() && c.groups == 1 && c.dilation == 1;
+        if !gemm_path {
+            let ys = xs.conv2d(&self.weight, c.padding, c.stride, c.dilation, c.groups)?;
+            return match &self.bias {
+                Some(b) => ys.broadcast_add(&b.reshape((1, (), 1, 1))?),
+                None => Ok(ys),
+            };
+        }
+        conv2d_gemm(xs, &self.weight, self.bias.as_ref(), c.stride, c.padding)
+    }
+}
+
+/// Convolution as `im2col` + GEMM (one group, no dilation), differentiable in all arguments.
+pub fn conv2d_gemm(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    let (n, c, h, w) = xs.dims4()?;
+    let (cout, cin, kh, kw) = weight.dims4()?;
+    if cin != c {
+        candle_core::bail!(
+            "conv2d: input has {c} channels, the kernel {:?} expects {cin}",
+            weight.dims()
+        )
+    }
+    let geo = Geometry::new(c, h, w, kh, kw, stride, padding)?;
+    let cols = xs.contiguous()?.apply_op1(Im2Col(geo))?;
+    let ys = cols.matmul(&weight.reshape((cout, cin * kh * kw))?.t()?)?;
+    let ys = match bias {
+        Some(b) => ys.broadcast_add(b)?,
+        None => ys,
+    };
+    ys.reshape((n, geo.oh * geo.ow, cout))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((n, cout, geo.oh, geo.ow))
+}
+
+/// Where the kernel's taps land for one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Geometry {
+    c: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    padding: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Geometry {
+    fn new(
+        c: usize,
+        h: usize,
+        w: usize,
+        kh: usize,
+        kw: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        if stride == 0 || h + 2 * padding < kh || w + 2 * padding < kw {
+            candle_core::bail!(
+                "conv2d: kernel {kh}x{kw} (stride {stride}, padding {padding}) does not fit a {h}x{w} input"
+            )
+        }
+        Ok(Self {
+            c,
+            h,
+            w,
+            kh,
+            kw,
+            stride,
+            padding,
+            oh: (h + 2 * padding - kh) / stride + 1,
+            ow: (w + 2 * padding - kw) / stride + 1,
+        })
+    }
+
+    fn row_len(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+
+    fn image_len(&self) -> usize {
+        self.c * self.h * self.w
+    }
+
+    /// Input row and column read by output (oy, ox) at tap (ki, kj), if inside the image.
+    #[inline]
+    fn source(&self, oy: usize, ox: usize, ki: usize, kj: usize) -> Option<(usize, usize)> {
+        let y = (oy * self.stride + ki).checked_sub(self.padding)?;
+        let x = (ox * self.stride + kj).checked_sub(self.padding)?;
+        (y < self.h && x < self.w).then_some((y, x))
+    }
+
+    /// Fills the rows of one output image row `oy`: `ow` rows of `c * kh * kw` values.
+    fn im2col_row<T: candle_core::WithDType>(&self, img: &[T], oy: usize, out: &mut [T]) {
+        let row_len = self.row_len();
+        for ox in 0..self.ow {
+            let row = &mut out[ox * row_len..(ox + 1) * row_len];
+            let mut i = 0;
+            for ch in 0..self.c {
+                let plane = &img[ch * self.h * self.w..(ch + 1) * self.h * self.w];
+                for ki in 0..self.kh {
+                    for kj in 0..self.kw {
+                        row[i] = match self.source(oy, ox, ki, kj) {
+                            Some((y, x)) => plane[y * self.w + x],
+                            None => T::zero(),
+                        };
+                        i += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds one image's column gradients back onto its input gradient.
+    fn col2im<T: candle_core::WithDType>(&self, cols: &[T], img: &mut [T]) {
+        let row_len = self.row_len();
+        for oy in 0..self.oh {
+            for ox in 0..self.ow {
+                let row = &cols[(oy * self.ow + ox) * row_len..(oy * self.ow + ox + 1) * row_len];
+                let mut i = 0;
+                for ch in 0..self.c {
+                    let base = ch * self.h * self.w;
+                    for ki in 0..self.kh {
+                        for kj in 0..self.kw {
+                            if let Some((y, x)) = self.source(oy, ox, ki, kj) {
+                                img[base + y * self.w + x] += row[i];
+                            }
+                            i += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("im2col needs a contiguous tensor"),
+    }
+}
+
+/// (N, C, H, W) -> (N * OH * OW, C * KH * KW): each row the receptive field of one output.
+struct Im2Col(Geometry);
+
+impl Im2Col {
+    fn run<T: candle_core::WithDType>(&self, x: &[T], layout: &Layout) -> Result<(Vec<T>, Shape)> {
+        let g = self.0;
+        let x = contiguous(x, layout)?;
+        let n = layout.dims()[0];
+        let row_block = g.ow * g.row_len();
+        let mut cols = vec![T::zero(); n * g.oh * row_block];
+        cols.par_chunks_mut(row_block)
+            .enumerate()
+            .for_each(|(r, out)| {
+                let (img, oy) = (r / g.oh, r % g.oh);
+                g.im2col_row(&x[img * g.image_len()..(img + 1) * g.image_len()], oy, out);
+            });
+        Ok((cols, Shape::from((n * g.oh * g.ow, g.row_len()))))
+    }
+}
+
+impl CustomOp1 for Im2Col {
+    fn name(&self) -> &'static str {
+        "im2col"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        match storage {
+            CpuStorage::F32(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::F32(v), s)),
+            CpuStorage::F64(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::F64(v), s)),
+            _ => candle_core::bail!("im2col supports f32 and f64 tensors"),
+        }
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let n = arg.dim(0)?;
+        Ok(Some(
+            grad_res
+                .contiguous()?
+                .apply_op1(Col2Im { geo: self.0, n })?,
+        ))
+    }
+}
+
+/// The adjoint of [`Im2Col`]: sums each row's values back onto the input positions it read.
+struct Col2Im {
+    geo: Geometry,
+    n: usize,
+}
+
+impl Col2Im {
+    fn run<T: candle_core::WithDType>(
+        &self,
+        cols: &[T],
+        layout: &Layout,
+    ) -> Result<(Vec<T>, Shape)> {
+        let g = self.geo;
+        let cols = contiguous(cols, layout)?;
+        let per_image = g.oh * g.ow * g.row_len();
+        let mut img = vec![T::zero(); self.n * g.image_len()];
+        img.par_chunks_mut(g.image_len())
+            .enumerate()
+            .for_each(|(i, out)| g.col2im(&cols[i * per_image..(i + 1) * per_image], out));
+        Ok((img, Shape::from((self.n, g.c, g.h, g.w))))
+    }
+}
+
+impl CustomOp1 for Col2Im {
+    fn name(&self) -> &'static str {
+        "col2im"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        match storage {
+            CpuStorage::F32(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::F32(v), s)),
+            CpuStorage::F64(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::F64(v), s)),
+            _ => candle_core::bail!("col2im supports f32 and f64 tensors"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn check(
+        n: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+        cout: usize,
+        k: usize,
+        s: usize,
+        p: usize,
+    ) -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, c, h, w), &dev)?)?;
+        let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (cout, c, k, k), &dev)?)?;
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1., cout, &dev)?)?;
+        let ours = conv2d_gemm(x.as_tensor(), wt.as_tensor(), Some(b.as_tensor()), s, p)?;
+        let reference = x
+            .as_tensor()
+            .conv2d(wt.as_tensor(), p, s, 1, 1)?
+            .broadcast_add(&b.as_tensor().reshape((1, cout, 1, 1))?)?;
+        assert_eq!(ours.dims(), reference.dims());
+        let max_diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            (a - b)?.abs()?.max_all()?.to_scalar::<f32>()
+        };
+        assert!(max_diff(&ours, &reference)? < 1e-4);
+        let g = Tensor::randn(0f32, 1., ours.shape(), &dev)?;
+        let ga = (ours * &g)?.sum_all()?.backward()?;
+        let gb = (reference * &g)?.sum_all()?.backward()?;
+        for v in [&x, &wt, &b] {
+            let d = max_diff(ga.get(v).expect("grad"), gb.get(v).expect("grad"))?;
+            assert!(d < 1e-3, "gradient differs by {d} for k{k} s{s} p{p}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn matches_candle_conv_forward_and_backward() -> Result<()> {
+        check(2, 3, 9, 7, 4, 3, 1, 1)?;
+        check(2, 3, 11, 11, 5, 7, 2, 3)?;
+        check(3, 4, 8, 8, 6, 1, 2, 0)?;
+        check(1, 2, 6, 6, 3, 5, 1, 0)?;
+        check(2, 2, 5, 5, 2, 3, 2, 1)
+    }
+
+    #[test]
+    fn kernel_larger_than_padded_input_is_an_error() {
+        let x = Tensor::zeros((1, 1, 2, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let w = Tensor::zeros((1, 1, 5, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(conv2d_gemm(&x, &w, None, 1, 0).is_err());
+    }
+}

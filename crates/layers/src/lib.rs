@@ -1,0 +1,40 @@
+//! What every classic CNN in this workspace shares and Candle lacks or does differently.
+//!
+//! - [`Conv2d`]: convolution whose backward pass is two GEMMs on the CPU (Candle's is a direct
+//!   loop, several times slower);
+//! - [`Pool2d`]: max and average pooling with PyTorch's kernel/stride/padding/`ceil_mode`
+//!   semantics and a backward pass for every configuration;
+//! - [`adaptive_avg_pool2d`] with PyTorch's bins;
+//! - [`Dropout`] (seeded, identity in eval), [`flatten`], [`ConvBnRelu`];
+//! - constructors with torchvision's initialisation ([`conv2d`], [`linear`], [`batch_norm`],
+//!   [`WeightInit`]);
+//! - [`ParamStore`], a seeded parameter store keyed by PyTorch `state_dict()` names, and
+//!   [`checkpoint`], strict safetensors loading and atomic saving;
+//! - [`Network`], the surface every model exposes.
+
+mod adaptive;
+pub mod checkpoint;
+mod conv;
+pub mod init;
+mod nn;
+mod params;
+mod pool;
+mod pool_composite;
+pub mod rng;
+
+pub use adaptive::{adaptive_avg_pool2d, AdaptiveAvgPool2d};
+pub use conv::{conv2d_gemm, Conv2d};
+pub use init::WeightInit;
+pub use nn::{batch_norm, conv2d, conv_cfg, flatten, linear, ConvBnRelu, Dropout};
+pub use params::{is_buffer, ParamStore};
+pub use pool::{avg_pool2d, max_pool2d, Pool2d, PoolKind};
+
+use candle_core::{Result, Tensor};
+
+/// The surface every network of the workspace exposes: `ModuleT` (the train flag drives dropout
+/// and batch norm) plus its intermediate activations, for pictures of what it sees.
+pub trait Network: candle_nn::ModuleT + Send + Sync {
+    /// The activations after each stage for `xs` in evaluation mode, named and in order
+    /// (the last one is the logits).
+    fn forward_stages(&self, xs: &Tensor) -> Result<Vec<(String, Tensor)>>;
+}

@@ -1,0 +1,191 @@
+//! Layer constructors with torchvision's initialisation, and the small modules Candle lacks.
+
+use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_nn::{BatchNorm, BatchNormConfig, Conv2dConfig, Linear, VarBuilder};
+
+use crate::conv::Conv2d;
+
+use crate::init::WeightInit;
+
+/// `nn.Conv2d(in_channels, out_channels, kernel, stride, padding, groups, bias)` with the given
+/// initialisation; parameters `weight` (and `bias`) under `vb`'s prefix.
+pub fn conv2d(
+    vb: VarBuilder,
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    cfg: Conv2dConfig,
+    bias: bool,
+    init: WeightInit,
+) -> Result<Conv2d> {
+    let fan_in = in_channels / cfg.groups * kernel * kernel;
+    let weight = vb.get_with_hints(
+        (out_channels, in_channels / cfg.groups, kernel, kernel),
+        "weight",
+        init.weight(fan_in),
+    )?;
+    let bias = if bias {
+        Some(vb.get_with_hints(out_channels, "bias", init.bias(fan_in))?)
+    } else {
+        None
+    };
+    Ok(Conv2d::new(weight, bias, cfg))
+}
+
+/// Stride and padding for [`conv2d`] (dilation 1, one group).
+pub fn conv_cfg(stride: usize, padding: usize) -> Conv2dConfig {
+    Conv2dConfig {
+        stride,
+        padding,
+        ..Default::default()
+    }
+}
+
+/// `nn.Linear(in_features, out_features)` with the given initialisation.
+pub fn linear(
+    vb: VarBuilder,
+    in_features: usize,
+    out_features: usize,
+    init: WeightInit,
+) -> Result<Linear> {
+    let weight = vb.get_with_hints(
+        (out_features, in_features),
+        "weight",
+        init.weight(in_features),
+    )?;
+    let bias = vb.get_with_hints(out_features, "bias", init.bias(in_features))?;
+    Ok(Linear::new(weight, Some(bias)))
+}
+
+/// `nn.BatchNorm2d(num_features, eps)` with momentum 0.1, weight 1 and bias 0: PyTorch's
+/// semantics (biased variance to normalise, unbiased variance in the running estimate).
+pub fn batch_norm(vb: VarBuilder, num_features: usize, eps: f64) -> Result<BatchNorm> {
+    let cfg = BatchNormConfig {
+        eps,
+        remove_mean: true,
+        affine: true,
+        momentum: 0.1,
+    };
+    candle_nn::batch_norm(num_features, cfg, vb)
+}
+
+/// `nn.Dropout(p)`: zeroes each element with probability `p` in training and scales the rest by
+/// `1 / (1 - p)`; the identity in evaluation. Masks come from [`crate::rng`], so runs repeat.
+#[derive(Debug, Clone, Copy)]
+pub struct Dropout {
+    p: f32,
+}
+
+impl Dropout {
+    /// A dropout layer with drop probability `p` in [0, 1).
+    pub fn new(p: f32) -> Self {
+        Self { p }
+    }
+}
+
+impl ModuleT for Dropout {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        if !train || self.p == 0.0 {
+            return Ok(xs.clone());
+        }
+        if !(0.0..1.0).contains(&self.p) {
+            candle_core::bail!("dropout probability must be in [0, 1), got {}", self.p)
+        }
+        let keep = 1.0 - self.p as f64;
+        let scale = (1.0 / keep) as f32;
+        let n = xs.elem_count();
+        let mask: Vec<f32> = crate::rng::with(|rng| {
+            (0..n)
+                .map(|_| if rng.uniform() < keep { scale } else { 0.0 })
+                .collect()
+        });
+        let mask = Tensor::from_vec(mask, xs.shape(), &candle_core::Device::Cpu)?
+            .to_device(xs.device())?
+            .to_dtype(xs.dtype())?;
+        xs * mask
+    }
+}
+
+/// `torch.flatten(x, 1)`: keeps the batch dimension, flattens the rest.
+pub fn flatten(xs: &Tensor) -> Result<Tensor> {
+    xs.flatten_from(1)
+}
+
+/// Convolution without bias, batch norm, optionally ReLU: torchvision's `BasicConv2d`
+/// (parameters `conv.weight`, `bn.*`).
+#[derive(Debug, Clone)]
+pub struct ConvBnRelu {
+    /// The convolution.
+    pub conv: Conv2d,
+    /// The batch norm after it.
+    pub bn: BatchNorm,
+    /// Whether a ReLU follows.
+    pub relu: bool,
+}
+
+impl ConvBnRelu {
+    /// Builds `conv` and `bn` under `vb` (Kaiming fan-out unless `init` says otherwise).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        vb: VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        cfg: Conv2dConfig,
+        bn_eps: f64,
+        relu: bool,
+        init: WeightInit,
+    ) -> Result<Self> {
+        let conv = conv2d(
+            vb.pp("conv"),
+            in_channels,
+            out_channels,
+            kernel,
+            cfg,
+            false,
+            init,
+        )?;
+        let bn = batch_norm(vb.pp("bn"), out_channels, bn_eps)?;
+        Ok(Self { conv, bn, relu })
+    }
+}
+
+impl ModuleT for ConvBnRelu {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let ys = self.bn.forward_t(&self.conv.forward(xs)?, train)?;
+        if self.relu {
+            ys.relu()
+        } else {
+            Ok(ys)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn dropout_is_identity_in_eval_scales_in_train_and_repeats_with_the_seed() -> Result<()> {
+        let x = Tensor::ones((1000,), candle_core::DType::F32, &Device::Cpu)?;
+        let d = Dropout::new(0.25);
+        assert_eq!(
+            d.forward_t(&x, false)?.to_vec1::<f32>()?,
+            x.to_vec1::<f32>()?
+        );
+        let y: Vec<f32> = d.forward_t(&x, true)?.to_vec1()?;
+        let zeros = y.iter().filter(|v| **v == 0.0).count();
+        assert!((150..350).contains(&zeros), "{zeros} zeros");
+        assert!(y
+            .iter()
+            .all(|v| *v == 0.0 || (*v - 1.0 / 0.75).abs() < 1e-6));
+        // The global generator is shared by every test in this process: seed and draw in one test.
+        crate::rng::set_seed(11);
+        let a: Vec<f32> = d.forward_t(&x, true)?.to_vec1()?;
+        crate::rng::set_seed(11);
+        let b: Vec<f32> = d.forward_t(&x, true)?.to_vec1()?;
+        assert_eq!(a, b);
+        Ok(())
+    }
+}

@@ -1,0 +1,206 @@
+//! A parameter store whose initial values depend only on a seed.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Result, Shape, Tensor, Var};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder, VarMap};
+
+use crate::rng::Rng;
+
+/// Owns a network's variables (a Candle [`VarMap`] keyed by PyTorch `state_dict()` names) and
+/// initialises new ones from a seeded generator, so that the same seed builds the same network.
+///
+/// ```
+/// # fn main() -> candle_core::Result<()> {
+/// let store = layers::ParamStore::new(0, &candle_core::Device::Cpu);
+/// let fc = layers::linear(store.vb().pp("fc"), 4, 2, layers::WeightInit::TorchDefault)?;
+/// assert_eq!(store.named_vars().len(), 2);
+/// # let _ = fc; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ParamStore {
+    backend: SeededBackend,
+    device: Device,
+}
+
+#[derive(Clone)]
+struct SeededBackend {
+    varmap: VarMap,
+    rng: Arc<Mutex<Rng>>,
+}
+
+impl ParamStore {
+    /// An empty store on `device`; variables created through [`ParamStore::vb`] draw from `seed`.
+    pub fn new(seed: u64, device: &Device) -> Self {
+        Self {
+            backend: SeededBackend {
+                varmap: VarMap::new(),
+                rng: Arc::new(Mutex::new(Rng::new(seed))),
+            },
+            device: device.clone(),
+        }
+    }
+
+    /// A float32 builder that creates (or returns) variables in this store.
+    pub fn vb(&self) -> VarBuilder<'static> {
+        VarBuilder::from_backend(
+            Box::new(self.backend.clone()),
+            DType::F32,
+            self.device.clone(),
+        )
+    }
+
+    /// The underlying Candle variable map.
+    pub fn varmap(&self) -> &VarMap {
+        &self.backend.varmap
+    }
+
+    /// The device the variables live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Every variable with its name, sorted by name (BatchNorm running statistics included).
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        let data = self
+            .backend
+            .varmap
+            .data()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut vars: Vec<(String, Var)> =
+            data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
+    }
+
+    /// The variables an optimizer should update: all but BatchNorm running statistics.
+    pub fn trainable(&self) -> Vec<(String, Var)> {
+        self.named_vars()
+            .into_iter()
+            .filter(|(name, _)| !is_buffer(name))
+            .collect()
+    }
+
+    /// The number of trainable scalars (PyTorch's `sum(p.numel() for p in model.parameters())`).
+    pub fn num_parameters(&self) -> usize {
+        self.trainable().iter().map(|(_, v)| v.elem_count()).sum()
+    }
+}
+
+/// Whether `name` is a buffer (running statistics) rather than a parameter.
+pub fn is_buffer(name: &str) -> bool {
+    name.ends_with(".running_mean")
+        || name.ends_with(".running_var")
+        || name.ends_with(".num_batches_tracked")
+}
+
+impl SeededBackend {
+    fn sample(&self, shape: &Shape, init: Init) -> Vec<f32> {
+        let n = shape.elem_count();
+        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+        match init {
+            Init::Const(v) => vec![v as f32; n],
+            Init::Uniform { lo, up } => (0..n)
+                .map(|_| (lo + (up - lo) * rng.uniform()) as f32)
+                .collect(),
+            Init::Randn { mean, stdev } => (0..n)
+                .map(|_| (mean + stdev * rng.normal()) as f32)
+                .collect(),
+            Init::Kaiming {
+                dist,
+                fan,
+                non_linearity,
+            } => {
+                let std = non_linearity.gain() / (fan.for_shape(shape).max(1) as f64).sqrt();
+                match dist {
+                    candle_nn::init::NormalOrUniform::Normal => {
+                        (0..n).map(|_| (std * rng.normal()) as f32).collect()
+                    }
+                    candle_nn::init::NormalOrUniform::Uniform => {
+                        let bound = 3f64.sqrt() * std;
+                        (0..n)
+                            .map(|_| (bound * (2.0 * rng.uniform() - 1.0)) as f32)
+                            .collect()
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl SimpleBackend for SeededBackend {
+    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+        let mut data = self.varmap.data().lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(var) = data.get(name) {
+            if var.shape() != &s {
+                candle_core::bail!("shape mismatch on {name}: {s:?} <> {:?}", var.shape())
+            }
+            return Ok(var.as_tensor().clone());
+        }
+        let values = self.sample(&s, h);
+        let tensor = Tensor::from_vec(values, s, &Device::Cpu)?
+            .to_dtype(dtype)?
+            .to_device(dev)?;
+        let var = Var::from_tensor(&tensor)?;
+        let out = var.as_tensor().clone();
+        data.insert(name.to_string(), var);
+        Ok(out)
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> Result<Tensor> {
+        candle_core::bail!("a parameter store cannot create {name} without a shape")
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.varmap
+            .data()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_values_other_seed_other_values() -> Result<()> {
+        let make = |seed| -> Result<Vec<f32>> {
+            let store = ParamStore::new(seed, &Device::Cpu);
+            let w = store
+                .vb()
+                .get_with_hints((3, 4), "w", crate::init::KAIMING_NORMAL_FAN_OUT)?;
+            w.flatten_all()?.to_vec1()
+        };
+        assert_eq!(make(1)?, make(1)?);
+        assert_ne!(make(1)?, make(2)?);
+        Ok(())
+    }
+
+    #[test]
+    fn kaiming_fan_out_has_torchvision_std() -> Result<()> {
+        let store = ParamStore::new(3, &Device::Cpu);
+        let w =
+            store
+                .vb()
+                .get_with_hints((64, 32, 3, 3), "w", crate::init::KAIMING_NORMAL_FAN_OUT)?;
+        let v: Vec<f32> = w.flatten_all()?.to_vec1()?;
+        let var = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / v.len() as f64;
+        let expected = 2.0 / (64.0 * 9.0);
+        assert!((var / expected - 1.0).abs() < 0.05, "{var} vs {expected}");
+        Ok(())
+    }
+
+    #[test]
+    fn trainable_skips_running_stats() -> Result<()> {
+        let store = ParamStore::new(0, &Device::Cpu);
+        crate::batch_norm(store.vb().pp("bn"), 4, 1e-5)?;
+        let names: Vec<String> = store.trainable().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["bn.bias", "bn.weight"]);
+        assert_eq!(store.named_vars().len(), 4);
+        Ok(())
+    }
+}
