@@ -138,29 +138,39 @@ impl Geometry {
         self.c * self.h * self.w
     }
 
-    /// Input row and column read by output (oy, ox) at tap (ki, kj), if inside the image.
+    /// For output column `ox`: the input column of tap 0 and the valid taps `lo..hi`.
     #[inline]
-    fn source(&self, oy: usize, ox: usize, ki: usize, kj: usize) -> Option<(usize, usize)> {
-        let y = (oy * self.stride + ki).checked_sub(self.padding)?;
-        let x = (ox * self.stride + kj).checked_sub(self.padding)?;
-        (y < self.h && x < self.w).then_some((y, x))
+    fn columns(&self, ox: usize) -> (isize, usize, usize) {
+        let x0 = (ox * self.stride) as isize - self.padding as isize;
+        let lo = (-x0).clamp(0, self.kw as isize) as usize;
+        let hi = (self.w as isize - x0).clamp(lo as isize, self.kw as isize) as usize;
+        (x0, lo, hi)
     }
 
-    /// Fills the rows of one output image row `oy`: `ow` rows of `c * kh * kw` values.
+    /// The input row read by output row `oy` at tap row `ki`, if inside the image.
+    #[inline]
+    fn row(&self, oy: usize, ki: usize) -> Option<usize> {
+        (oy * self.stride + ki)
+            .checked_sub(self.padding)
+            .filter(|y| *y < self.h)
+    }
+
+    /// Fills the rows of one output image row `oy` (`out` arrives zeroed): `ow` rows of
+    /// `c * kh * kw` values. Element loops, not slice copies: runs are only `kw` long.
     fn im2col_row<T: candle_core::WithDType>(&self, img: &[T], oy: usize, out: &mut [T]) {
         let row_len = self.row_len();
+        let plane_len = self.h * self.w;
+        let rows: Vec<Option<usize>> = (0..self.kh).map(|ki| self.row(oy, ki)).collect();
         for ox in 0..self.ow {
+            let (x0, lo, hi) = self.columns(ox);
             let row = &mut out[ox * row_len..(ox + 1) * row_len];
-            let mut i = 0;
             for ch in 0..self.c {
-                let plane = &img[ch * self.h * self.w..(ch + 1) * self.h * self.w];
-                for ki in 0..self.kh {
-                    for kj in 0..self.kw {
-                        row[i] = match self.source(oy, ox, ki, kj) {
-                            Some((y, x)) => plane[y * self.w + x],
-                            None => T::zero(),
-                        };
-                        i += 1;
+                for (ki, y) in rows.iter().enumerate() {
+                    let Some(y) = *y else { continue };
+                    let src = ch * plane_len + y * self.w;
+                    let dst = (ch * self.kh + ki) * self.kw;
+                    for kj in lo..hi {
+                        row[dst + kj] = img[src + (x0 + kj as isize) as usize];
                     }
                 }
             }
@@ -170,18 +180,22 @@ impl Geometry {
     /// Adds one image's column gradients back onto its input gradient.
     fn col2im<T: candle_core::WithDType>(&self, cols: &[T], img: &mut [T]) {
         let row_len = self.row_len();
+        let plane_len = self.h * self.w;
         for oy in 0..self.oh {
             for ox in 0..self.ow {
+                let (x0, lo, hi) = self.columns(ox);
+                if lo >= hi {
+                    continue;
+                }
                 let row = &cols[(oy * self.ow + ox) * row_len..(oy * self.ow + ox + 1) * row_len];
-                let mut i = 0;
-                for ch in 0..self.c {
-                    let base = ch * self.h * self.w;
-                    for ki in 0..self.kh {
-                        for kj in 0..self.kw {
-                            if let Some((y, x)) = self.source(oy, ox, ki, kj) {
-                                img[base + y * self.w + x] += row[i];
+                for (ch, taps) in row.chunks_exact(self.kh * self.kw).enumerate() {
+                    let plane = &mut img[ch * plane_len..(ch + 1) * plane_len];
+                    for (ki, src) in taps.chunks_exact(self.kw).enumerate() {
+                        if let Some(y) = self.row(oy, ki) {
+                            let dst = y * self.w + (x0 + lo as isize) as usize;
+                            for (d, v) in plane[dst..dst + hi - lo].iter_mut().zip(&src[lo..hi]) {
+                                *d += *v;
                             }
-                            i += 1;
                         }
                     }
                 }

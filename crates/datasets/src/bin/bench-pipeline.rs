@@ -1,0 +1,142 @@
+//! Throughput of the input pipeline, in images per second:
+//! (a) the CIFAR-10 train transform (RandomCrop(32, 4), flip, Normalize) from in-memory u8
+//!     images into batches of 128;
+//! (b) decoding the CIFAR-10 JPEG ImageFolder (extracted to a temporary directory, one file per
+//!     sample, decoded every epoch like torchvision's ImageFolder) plus the same transform.
+//!
+//! `cargo run -p datasets --bin bench-pipeline [-- WORKERS]` (default 2 workers, like the
+//! torchvision reference). (a) uses `$CNN_SHARED_DIR/data/cifar10/cifar-10-batches-bin/test_batch.bin`
+//! when set, else synthetic images; (b) needs `$CNN_SHARED_DIR`.
+
+use anyhow::{Context, Result};
+use datasets::{
+    cifar10_test_bin, image_folder, Dataset, FolderOptions, InMemory, Loader, LoaderConfig,
+    Storage, Transform, CIFAR10_CLASSES,
+};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// torchvision DataLoader, 2 workers, on the same data: (a) and (b).
+const TORCH_IMAGES_PER_S: (f64, f64) = (3406.0, 2988.0);
+const BATCH: usize = 128;
+
+fn main() -> Result<()> {
+    let workers = match std::env::args().nth(1) {
+        Some(w) => w.parse().context("WORKERS must be a number")?,
+        None => 2,
+    };
+    let shared = std::env::var_os("CNN_SHARED_DIR").map(PathBuf::from);
+    println!("bench-pipeline: {workers} workers, batch {BATCH}");
+
+    let (data, what) = in_memory(shared.as_deref())?;
+    let rate = throughput(data, workers, 3)?;
+    report(
+        "(a) in-memory u8 + crop/flip/normalize",
+        &what,
+        rate,
+        TORCH_IMAGES_PER_S.0,
+    );
+
+    let Some(shared) = shared else {
+        println!("(b) skipped: CNN_SHARED_DIR not set");
+        return Ok(());
+    };
+    let archive = shared.join("data/cifar10/cifar10-jpeg.tar.gz");
+    let tmp = tempfile::tempdir()?;
+    let start = Instant::now();
+    extract(&archive, tmp.path())?;
+    println!(
+        "    extracted {} in {:.2?}",
+        archive.display(),
+        start.elapsed()
+    );
+    let root = find_split_root(tmp.path())?;
+    let split = image_folder(&root, &FolderOptions::default())?;
+    let rate = throughput(split.train.clone(), workers, 1)?;
+    report(
+        "(b) JPEG files decoded per epoch + same transform",
+        "50,000 train JPEGs",
+        rate,
+        TORCH_IMAGES_PER_S.1,
+    );
+
+    let start = Instant::now();
+    let memory = FolderOptions {
+        storage: Storage::Memory,
+        ..FolderOptions::default()
+    };
+    let split = image_folder(&archive, &memory)?;
+    let secs = start.elapsed().as_secs_f64();
+    let n = split.train.len() + split.test.len();
+    println!(
+        "(c) whole archive read from the .tar.gz and decoded into memory once: {n} images in \
+         {secs:.2} s = {:.0} images/s (all cores)",
+        n as f64 / secs
+    );
+    Ok(())
+}
+
+/// The real CIFAR-10 test batch when available, else 10,000 synthetic random images.
+fn in_memory(shared: Option<&Path>) -> Result<(Arc<dyn Dataset>, String)> {
+    if let Some(shared) = shared {
+        let path = shared.join("data/cifar10/cifar-10-batches-bin/test_batch.bin");
+        return Ok((
+            Arc::new(cifar10_test_bin(&path)?),
+            "real test_batch.bin".into(),
+        ));
+    }
+    let n = 10_000;
+    let mut rng = datasets::Rng::new(0);
+    let images: Vec<u8> = (0..n * 3072).map(|_| rng.next_u64() as u8).collect();
+    let labels: Vec<usize> = (0..n).map(|i| i % 10).collect();
+    let classes = CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect();
+    let data = InMemory::new(images, labels, (3, 32, 32), classes)?;
+    Ok((Arc::new(data), "10,000 synthetic images".into()))
+}
+
+/// Images per second over `epochs` shuffled epochs of the CIFAR-10 train transform.
+fn throughput(data: Arc<dyn Dataset>, workers: usize, epochs: usize) -> Result<f64> {
+    let cfg = LoaderConfig {
+        workers,
+        ..LoaderConfig::train(BATCH, 0)
+    };
+    let loader = Loader::new(data, Transform::cifar10_train(), cfg)?;
+    let start = Instant::now();
+    let mut images = 0;
+    for epoch in 0..epochs {
+        for batch in loader.epoch(epoch) {
+            images += batch?.indices.len();
+        }
+    }
+    Ok(images as f64 / start.elapsed().as_secs_f64())
+}
+
+fn report(name: &str, data: &str, rate: f64, torch: f64) {
+    println!(
+        "{name} [{data}]: {rate:.0} images/s ({:.1}x torchvision's {torch:.0})",
+        rate / torch
+    );
+}
+
+fn extract(archive: &Path, into: &Path) -> Result<()> {
+    let file = std::fs::File::open(archive)
+        .with_context(|| format!("cannot open {}", archive.display()))?;
+    tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)))
+        .unpack(into)
+        .with_context(|| format!("cannot extract {}", archive.display()))
+}
+
+/// The folder holding `train/` (the archive may wrap it in a top folder).
+fn find_split_root(dir: &Path) -> Result<PathBuf> {
+    if dir.join("train").is_dir() {
+        return Ok(dir.to_path_buf());
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.join("train").is_dir() {
+            return Ok(path);
+        }
+    }
+    anyhow::bail!("no train/ folder in {}", dir.display())
+}

@@ -1,0 +1,228 @@
+//! CIFAR-10: the official binary batches (a directory or `cifar-10-binary.tar.gz` read in place),
+//! an ImageFolder tree or archive of it, or the Hugging Face Hub.
+
+use crate::archive::{read_archive, ArchiveEntry};
+use crate::dataset::class_names;
+use crate::folder::{image_folder_listing, FolderOptions, Storage};
+use crate::io::{ensure_exists, is_archive};
+use crate::listing::Listing;
+use crate::{hub, InMemory, Split};
+use anyhow::{bail, ensure, Context, Result};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// CIFAR-10's class names in label order.
+pub const CIFAR10_CLASSES: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
+
+/// Bytes per image: 32x32 pixels, 3 channels.
+const IMAGE_BYTES: usize = 3 * 32 * 32;
+/// Bytes per record: one label byte, then the image as 1024 R, 1024 G, 1024 B bytes.
+const RECORD_BYTES: usize = 1 + IMAGE_BYTES;
+/// The official train batch files.
+const TRAIN_BATCHES: [&str; 5] = [
+    "data_batch_1.bin",
+    "data_batch_2.bin",
+    "data_batch_3.bin",
+    "data_batch_4.bin",
+    "data_batch_5.bin",
+];
+/// The official test batch file.
+const TEST_BATCH: &str = "test_batch.bin";
+/// The directory the official archive unpacks to.
+const BIN_DIR: &str = "cifar-10-batches-bin";
+
+/// Loads CIFAR-10 from `path` or, with `None`, from the Hugging Face Hub cache.
+///
+/// `path` may be: a directory with the official binary batches (`data_batch_1..5.bin`,
+/// `test_batch.bin`), or one containing `cifar-10-batches-bin/`; the official
+/// `cifar-10-binary.tar.gz`, read without extracting; an ImageFolder tree (`train/<class>/*.jpg`,
+/// `test/<class>/*.jpg`) or a `.tar.gz` of one; or a directory holding one such `*cifar*.tar.gz`.
+/// Images are decoded into memory as 3x32x32 u8, labels follow [`CIFAR10_CLASSES`].
+pub fn cifar10(path: Option<&Path>) -> Result<Split> {
+    let Some(path) = path else {
+        return hub::cifar10();
+    };
+    ensure_exists(path)?;
+    if path.is_file() {
+        ensure!(
+            is_archive(path),
+            "{} is neither a directory nor a .tar.gz archive (use cifar10_test_bin for a single batch file)",
+            path.display()
+        );
+        return from_archive(path);
+    }
+    for dir in [path.to_path_buf(), path.join(BIN_DIR)] {
+        if TRAIN_BATCHES.iter().all(|b| dir.join(b).is_file()) && dir.join(TEST_BATCH).is_file() {
+            return from_bin_dir(&dir);
+        }
+    }
+    if path.join("train").is_dir() {
+        return from_folder(Listing::from_dir(path)?, path);
+    }
+    if let Some(archive) = cifar_archive_in(path)? {
+        return from_archive(&archive);
+    }
+    for dir in [path.to_path_buf(), path.join(BIN_DIR)] {
+        let missing: Vec<&str> = TRAIN_BATCHES
+            .iter()
+            .copied()
+            .filter(|b| !dir.join(b).is_file())
+            .collect();
+        if missing.len() < TRAIN_BATCHES.len() || dir.join(TEST_BATCH).is_file() {
+            bail!(
+                "{}: incomplete CIFAR-10 binary batches, missing {} (for the test split alone use \
+                 cifar10_test_bin on {})",
+                dir.display(),
+                missing.join(", "),
+                dir.join(TEST_BATCH).display()
+            );
+        }
+    }
+    bail!(
+        "{}: no CIFAR-10 data found (expected data_batch_1..5.bin + test_batch.bin, \
+         cifar-10-batches-bin/, train/ + test/ class folders, or a *cifar*.tar.gz archive)",
+        path.display()
+    )
+}
+
+/// Reads one official binary batch file (e.g. `test_batch.bin`): 10,000 records of 3073 bytes.
+pub fn cifar10_test_bin(path: &Path) -> Result<InMemory> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse_batch(&bytes, &path.display().to_string(), classes_near(path))
+}
+
+/// Class names from `batches.meta.txt` beside `batch`, else the standard ones.
+fn classes_near(batch: &Path) -> Vec<String> {
+    let meta = batch.with_file_name("batches.meta.txt");
+    std::fs::read_to_string(meta)
+        .ok()
+        .map(|text| {
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .filter(|names| names.len() == CIFAR10_CLASSES.len())
+        .unwrap_or_else(|| class_names(&CIFAR10_CLASSES))
+}
+
+/// Parses the records of one binary batch; `name` identifies the file in errors.
+fn parse_batch(bytes: &[u8], name: &str, classes: Vec<String>) -> Result<InMemory> {
+    ensure!(!bytes.is_empty(), "{name}: empty CIFAR-10 batch file");
+    ensure!(
+        bytes.len().is_multiple_of(RECORD_BYTES),
+        "{name}: truncated or wrong image size: {} bytes is not a whole number of {RECORD_BYTES}-byte \
+         records (1 label + 3x32x32 pixels)",
+        bytes.len()
+    );
+    let n = bytes.len() / RECORD_BYTES;
+    let mut images = Vec::with_capacity(n * IMAGE_BYTES);
+    let mut labels = Vec::with_capacity(n);
+    for (i, record) in bytes.chunks_exact(RECORD_BYTES).enumerate() {
+        ensure!(
+            usize::from(record[0]) < classes.len(),
+            "{name}: label {} of record {i} is out of range for {} classes",
+            record[0],
+            classes.len()
+        );
+        labels.push(record[0]);
+        images.extend_from_slice(&record[1..]);
+    }
+    InMemory::new(images, labels, (3, 32, 32), classes).with_context(|| name.to_string())
+}
+
+fn from_bin_dir(dir: &Path) -> Result<Split> {
+    let classes = classes_near(&dir.join(TEST_BATCH));
+    let read = |file: &str| -> Result<InMemory> {
+        let path = dir.join(file);
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        parse_batch(&bytes, &path.display().to_string(), classes.clone())
+    };
+    let train = TRAIN_BATCHES
+        .iter()
+        .map(|b| read(b))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Split {
+        train: Arc::new(InMemory::concat(train)?),
+        test: Arc::new(read(TEST_BATCH)?),
+    })
+}
+
+/// A `*cifar*.tar.gz` in `dir`, preferring the official binary archive.
+fn cifar_archive_in(dir: &Path) -> Result<Option<PathBuf>> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && is_archive(p)
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().to_lowercase().contains("cifar"))
+        })
+        .collect();
+    found.sort_by_key(|p| !p.to_string_lossy().contains("binary"));
+    Ok(found.into_iter().next())
+}
+
+fn from_archive(path: &Path) -> Result<Split> {
+    let entries = read_archive(path)?;
+    let batch = |file: &str| -> Option<&ArchiveEntry> {
+        entries
+            .iter()
+            .find(|e| e.name.rsplit('/').next() == Some(file))
+    };
+    if let Some(test) = batch(TEST_BATCH) {
+        let classes = class_names(&CIFAR10_CLASSES);
+        let name = |e: &ArchiveEntry| format!("{}:{}", path.display(), e.name);
+        let mut train = Vec::new();
+        for file in TRAIN_BATCHES {
+            let entry = batch(file)
+                .with_context(|| format!("{}: archive has no {file}", path.display()))?;
+            train.push(parse_batch(&entry.bytes, &name(entry), classes.clone())?);
+        }
+        return Ok(Split {
+            train: Arc::new(InMemory::concat(train)?),
+            test: Arc::new(parse_batch(&test.bytes, &name(test), classes)?),
+        });
+    }
+    from_folder(Listing::from_entries(path, entries)?, path)
+}
+
+fn from_folder(listing: Listing, origin: &Path) -> Result<Split> {
+    let options = FolderOptions {
+        storage: Storage::Memory,
+        ..FolderOptions::default()
+    };
+    let split = image_folder_listing(listing, &options)?;
+    for part in [&split.train, &split.test] {
+        ensure!(
+            part.classes().len() == CIFAR10_CLASSES.len(),
+            "{}: CIFAR-10 needs 10 class folders, found {}: {:?}",
+            origin.display(),
+            part.classes().len(),
+            part.classes()
+        );
+        if !part.is_empty() {
+            let shape = part.image(0)?.shape();
+            ensure!(
+                shape == (3, 32, 32),
+                "{}: wrong image size {shape:?} (CxHxW), CIFAR-10 images are 3x32x32",
+                origin.display()
+            );
+        }
+    }
+    Ok(split)
+}

@@ -1,0 +1,189 @@
+//! The `Dataset` trait, the in-memory dataset and the train/test pair.
+
+use crate::U8Image;
+use anyhow::{bail, ensure, Context, Result};
+use std::sync::Arc;
+
+/// A labelled image source.
+pub trait Dataset: Send + Sync {
+    /// Number of samples.
+    fn len(&self) -> usize;
+    /// Whether there are no samples.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Class names; labels index into this list.
+    fn classes(&self) -> &[String];
+    /// Label of sample `index` (`< classes().len()`); `index` must be `< len()`.
+    fn label(&self, index: usize) -> usize;
+    /// Decodes sample `index` (errors name the file for file-backed data).
+    fn image(&self, index: usize) -> Result<U8Image>;
+}
+
+/// Train and test halves.
+#[derive(Clone)]
+pub struct Split {
+    /// The training samples.
+    pub train: Arc<dyn Dataset>,
+    /// The held-out samples.
+    pub test: Arc<dyn Dataset>,
+}
+
+impl std::fmt::Debug for Split {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Split")
+            .field("train", &self.train.len())
+            .field("test", &self.test.len())
+            .field("classes", &self.train.classes())
+            .finish()
+    }
+}
+
+/// Fixed-size u8 images held in memory (MNIST, CIFAR-10): `N*C*H*W` bytes, labels, class names.
+#[derive(Debug, Clone)]
+pub struct InMemory {
+    images: Vec<u8>,
+    labels: Vec<usize>,
+    shape: (usize, usize, usize),
+    classes: Vec<String>,
+}
+
+impl InMemory {
+    /// Validates and wraps `images` (`N*C*H*W` bytes, sample-major CHW), one label per image
+    /// (each `< classes.len()`), the per-image `(c, h, w)` shape and the class names.
+    pub fn new<L: Into<usize>>(
+        images: Vec<u8>,
+        labels: Vec<L>,
+        shape: (usize, usize, usize),
+        classes: Vec<String>,
+    ) -> Result<Self> {
+        let (c, h, w) = shape;
+        let sample = c * h * w;
+        ensure!(sample > 0, "image shape {c}x{h}x{w} is empty");
+        ensure!(
+            images.len().is_multiple_of(sample),
+            "{} image bytes are not a whole number of {c}x{h}x{w} images",
+            images.len()
+        );
+        let n = images.len() / sample;
+        ensure!(
+            n == labels.len(),
+            "image/label count mismatch: {n} images but {} labels",
+            labels.len()
+        );
+        let labels: Vec<usize> = labels.into_iter().map(Into::into).collect();
+        if let Some((i, &label)) = labels.iter().enumerate().find(|(_, &l)| l >= classes.len()) {
+            bail!(
+                "label {label} of sample {i} is out of range for {} classes",
+                classes.len()
+            );
+        }
+        Ok(Self {
+            images,
+            labels,
+            shape,
+            classes,
+        })
+    }
+
+    /// The per-image `(c, h, w)` shape.
+    pub fn shape(&self) -> (usize, usize, usize) {
+        self.shape
+    }
+
+    /// All labels, in sample order.
+    pub fn labels(&self) -> &[usize] {
+        &self.labels
+    }
+
+    /// The CHW bytes of sample `index`, without copying.
+    pub fn pixels(&self, index: usize) -> Result<&[u8]> {
+        let (c, h, w) = self.shape;
+        let sample = c * h * w;
+        self.images
+            .get(index * sample..(index + 1) * sample)
+            .with_context(|| format!("sample {index} is out of range for {} samples", self.len()))
+    }
+
+    /// Concatenates datasets of the same shape and classes (e.g. CIFAR-10's five train batches).
+    pub fn concat(parts: Vec<InMemory>) -> Result<Self> {
+        let mut parts = parts.into_iter();
+        let Some(mut all) = parts.next() else {
+            bail!("nothing to concatenate");
+        };
+        for part in parts {
+            ensure!(
+                part.shape == all.shape && part.classes == all.classes,
+                "cannot concatenate images of shape {:?} to images of shape {:?}",
+                part.shape,
+                all.shape
+            );
+            all.images.extend_from_slice(&part.images);
+            all.labels.extend_from_slice(&part.labels);
+        }
+        Ok(all)
+    }
+}
+
+impl Dataset for InMemory {
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    fn label(&self, index: usize) -> usize {
+        self.labels[index]
+    }
+
+    fn image(&self, index: usize) -> Result<U8Image> {
+        let (c, h, w) = self.shape;
+        U8Image::new(c, h, w, self.pixels(index)?.to_vec())
+    }
+}
+
+/// Turns `&str` class names into owned strings.
+pub fn class_names(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn two_classes() -> Vec<String> {
+        class_names(&["a", "b"])
+    }
+
+    #[test]
+    fn valid_dataset_yields_images_and_labels() {
+        let data: Vec<u8> = (0..12).collect();
+        let ds = InMemory::new(data, vec![1u8, 0, 1], (1, 2, 2), two_classes()).unwrap();
+        assert_eq!(ds.len(), 3);
+        assert_eq!(ds.label(2), 1);
+        assert_eq!(ds.image(1).unwrap().data, vec![4, 5, 6, 7]);
+        assert!(ds.image(3).is_err());
+    }
+
+    #[test]
+    fn count_mismatch_and_bad_labels_are_errors() {
+        let err = InMemory::new(vec![0; 8], vec![0usize], (1, 2, 2), two_classes()).unwrap_err();
+        assert!(err.to_string().contains("mismatch"), "{err}");
+        let err = InMemory::new(vec![0; 8], vec![0u8, 2], (1, 2, 2), two_classes()).unwrap_err();
+        assert!(err.to_string().contains("label 2"), "{err}");
+        let err = InMemory::new(vec![0; 7], vec![0u8, 1], (1, 2, 2), two_classes()).unwrap_err();
+        assert!(err.to_string().contains("whole number"), "{err}");
+    }
+
+    #[test]
+    fn concat_joins_parts() {
+        let a = InMemory::new(vec![1; 4], vec![0u8], (1, 2, 2), two_classes()).unwrap();
+        let b = InMemory::new(vec![2; 4], vec![1u8], (1, 2, 2), two_classes()).unwrap();
+        let ab = InMemory::concat(vec![a, b]).unwrap();
+        assert_eq!(ab.len(), 2);
+        assert_eq!(ab.image(1).unwrap().data, vec![2; 4]);
+        assert_eq!(ab.labels(), &[0, 1]);
+    }
+}

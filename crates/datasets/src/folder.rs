@@ -1,0 +1,272 @@
+//! torchvision's ImageFolder: `root/<class>/**/*.{jpg,jpeg,png}`, classes sorted by name,
+//! from a directory or a `.tar.gz`, split by `train/` + `test/` (or `val/`) folders or by a
+//! seeded fraction.
+
+use crate::archive::read_archive;
+use crate::filelist::{EncodedSample, FileList};
+use crate::io::{ensure_exists, is_archive};
+use crate::listing::{join, Listing, IMAGE_EXTENSIONS};
+use crate::{Dataset, InMemory, Rng, Split};
+use anyhow::{bail, ensure, Context, Result};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// How an ImageFolder keeps its images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Storage {
+    /// Keep the encoded files (paths on disk; bytes in memory for an archive) and decode each
+    /// sample when it is read: for big images.
+    #[default]
+    Files,
+    /// Decode everything now, in parallel, into one u8 buffer ([`InMemory`]): for small images of
+    /// one size (CIFAR-10). Errors if the sizes differ.
+    Memory,
+}
+
+/// Options of [`image_folder`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct FolderOptions {
+    /// Lazy files or decoded memory.
+    pub storage: Storage,
+    /// Without `train/` + `test/` (or `val/`) folders: the fraction of each class held out as
+    /// the test split (stratified), in `[0, 1)`.
+    pub test_fraction: f64,
+    /// Seed of that held-out draw.
+    pub split_seed: u64,
+}
+
+impl Default for FolderOptions {
+    fn default() -> Self {
+        Self {
+            storage: Storage::Files,
+            test_fraction: 0.2,
+            split_seed: 0,
+        }
+    }
+}
+
+/// Loads an ImageFolder tree from a directory or a `.tar.gz`/`.tgz`/`.tar` of one.
+///
+/// With `train/` and `test/` (or `val/`) subfolders each is a split of class folders (the test
+/// classes must be among the train classes and keep their train labels). With only class folders,
+/// `options.test_fraction` of each class (drawn with `options.split_seed`) becomes the test split.
+/// Classes are the class folder names sorted (torchvision's rule); files are searched recursively
+/// and ordered like torchvision's `sorted(os.walk(...))`. Hidden files and folders are skipped.
+pub fn image_folder(root: &Path, options: &FolderOptions) -> Result<Split> {
+    ensure_exists(root)?;
+    let listing = if root.is_file() {
+        ensure!(
+            is_archive(root),
+            "{} is neither a directory nor a .tar.gz/.tgz/.tar archive",
+            root.display()
+        );
+        Listing::from_entries(root, read_archive(root)?)?
+    } else {
+        Listing::from_dir(root)?
+    };
+    image_folder_listing(listing, options)
+}
+
+/// Applies the ImageFolder rules of [`image_folder`] to an already built listing.
+pub fn image_folder_listing(listing: Listing, options: &FolderOptions) -> Result<Split> {
+    ensure!(
+        !listing.files.is_empty(),
+        "{}: no images found (extensions {})",
+        listing.origin.display(),
+        IMAGE_EXTENSIONS.join(", ")
+    );
+    let top = children(&listing, "");
+    let test_dir = ["test", "val"]
+        .into_iter()
+        .find(|d| top.contains(&d.to_string()));
+    let (train, test) = match test_dir {
+        Some(test_dir) if top.iter().any(|d| d == "train") => {
+            let classes = children(&listing, "train");
+            let train = samples_of(&listing, "train", &classes, true)?;
+            let test = samples_of(&listing, test_dir, &classes, false)?;
+            (train, test)
+        }
+        _ => {
+            let classes = children(&listing, "");
+            let all = samples_of(&listing, "", &classes, true)?;
+            all.split_fraction(options.test_fraction, options.split_seed)?
+        }
+    };
+    let mut files: Vec<Option<EncodedSample>> =
+        listing.files.into_iter().map(|(_, s)| Some(s)).collect();
+    Ok(Split {
+        train: build(train.take(&mut files), options.storage)?,
+        test: build(test.take(&mut files), options.storage)?,
+    })
+}
+
+/// The sorted, visible child folders of `dir`.
+fn children(listing: &Listing, dir: &str) -> Vec<String> {
+    let depth = if dir.is_empty() {
+        0
+    } else {
+        dir.split('/').count()
+    };
+    listing
+        .dirs
+        .iter()
+        .filter(|d| {
+            d.split('/').count() == depth + 1
+                && (dir.is_empty() || d.starts_with(&format!("{dir}/")))
+        })
+        .map(|d| d.rsplit('/').next().unwrap_or(d).to_string())
+        .collect()
+}
+
+/// One split's samples as indices into the listing's files.
+struct Picks {
+    classes: Vec<String>,
+    files: Vec<usize>,
+    labels: Vec<usize>,
+    origin: String,
+}
+
+/// Lists the samples under `dir/<class>/` for every class in `classes`. With `complete`, every
+/// class folder must exist and hold an image; otherwise a folder of an unknown class is an error.
+fn samples_of(listing: &Listing, dir: &str, classes: &[String], complete: bool) -> Result<Picks> {
+    let origin = listing.origin.join(dir).display().to_string();
+    ensure!(!classes.is_empty(), "{origin}: no class folders found");
+    let index: HashMap<&str, usize> = classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i))
+        .collect();
+    let prefix = if dir.is_empty() {
+        String::new()
+    } else {
+        format!("{dir}/")
+    };
+    let mut keyed: Vec<(usize, &str, &str, usize)> = Vec::new();
+    for (i, (rel, _)) in listing.files.iter().enumerate() {
+        let Some(rest) = rel.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some((class, _)) = rest.split_once('/') else {
+            continue;
+        };
+        let Some(&label) = index.get(class) else {
+            bail!("{origin}/{class}: class folder not among the train classes {classes:?}");
+        };
+        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        keyed.push((label, parent, name, i));
+    }
+    if complete {
+        for (label, class) in classes.iter().enumerate() {
+            ensure!(
+                keyed.iter().any(|k| k.0 == label),
+                "{}: empty class folder (no {} images)",
+                listing.origin.join(join(dir, class)).display(),
+                IMAGE_EXTENSIONS.join("/")
+            );
+        }
+    }
+    keyed.sort_unstable();
+    Ok(Picks {
+        classes: classes.to_vec(),
+        files: keyed.iter().map(|k| k.3).collect(),
+        labels: keyed.iter().map(|k| k.0).collect(),
+        origin,
+    })
+}
+
+impl Picks {
+    /// Holds out `fraction` of each class (rounded), drawn with `seed`; both parts keep order.
+    fn split_fraction(self, fraction: f64, seed: u64) -> Result<(Picks, Picks)> {
+        ensure!(
+            (0.0..1.0).contains(&fraction),
+            "{}: test fraction {fraction} is not in [0, 1)",
+            self.origin
+        );
+        let mut is_test = vec![false; self.files.len()];
+        for label in 0..self.classes.len() {
+            let mut members: Vec<usize> = (0..self.files.len())
+                .filter(|&i| self.labels[i] == label)
+                .collect();
+            let held = (members.len() as f64 * fraction).round() as usize;
+            Rng::for_sample(seed, 0, label as u64).shuffle(&mut members);
+            for &i in &members[..held] {
+                is_test[i] = true;
+            }
+        }
+        let part = |want: bool| Picks {
+            classes: self.classes.clone(),
+            files: (0..self.files.len())
+                .filter(|&i| is_test[i] == want)
+                .map(|i| self.files[i])
+                .collect(),
+            labels: (0..self.files.len())
+                .filter(|&i| is_test[i] == want)
+                .map(|i| self.labels[i])
+                .collect(),
+            origin: self.origin.clone(),
+        };
+        Ok((part(false), part(true)))
+    }
+
+    /// Moves this split's samples out of the listing's files.
+    fn take(self, files: &mut [Option<EncodedSample>]) -> Chosen {
+        let samples = self.files.iter().filter_map(|&i| files[i].take()).collect();
+        Chosen {
+            samples,
+            labels: self.labels,
+            classes: self.classes,
+            origin: self.origin,
+        }
+    }
+}
+
+/// The samples of one split, ready to become a dataset.
+struct Chosen {
+    samples: Vec<EncodedSample>,
+    labels: Vec<usize>,
+    classes: Vec<String>,
+    origin: String,
+}
+
+fn build(chosen: Chosen, storage: Storage) -> Result<Arc<dyn Dataset>> {
+    match storage {
+        Storage::Files => Ok(Arc::new(FileList::new(
+            chosen.samples,
+            chosen.labels,
+            chosen.classes,
+        )?)),
+        Storage::Memory => Ok(Arc::new(decode_all(chosen)?)),
+    }
+}
+
+/// Decodes every sample in parallel into one buffer; all must share the first one's size.
+fn decode_all(chosen: Chosen) -> Result<InMemory> {
+    let Some(first) = chosen.samples.first() else {
+        return InMemory::new(Vec::new(), Vec::<usize>::new(), (3, 1, 1), chosen.classes)
+            .with_context(|| chosen.origin.clone());
+    };
+    let head = first.decode()?;
+    let shape = head.shape();
+    let size = head.data.len();
+    let mut pixels = vec![0u8; size * chosen.samples.len()];
+    pixels
+        .par_chunks_mut(size)
+        .zip(chosen.samples.par_iter())
+        .with_min_len(64)
+        .try_for_each(|(out, sample)| -> Result<()> {
+            let img = sample.decode()?;
+            ensure!(
+                img.shape() == shape,
+                "{}: image is {:?} (CxHxW) but {} is {shape:?}; loading into memory needs one size \
+                 (use Storage::Files)",
+                sample.name,
+                img.shape(),
+                first.name
+            );
+            out.copy_from_slice(&img.data);
+            Ok(())
+        })?;
+    InMemory::new(pixels, chosen.labels, shape, chosen.classes).with_context(|| chosen.origin)
+}

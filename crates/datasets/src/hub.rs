@@ -1,0 +1,201 @@
+//! MNIST and CIFAR-10 from the Hugging Face Hub's parquet conversions (the files
+//! candle-datasets uses), cached in the standard HF cache (`HF_HOME`, `HF_HUB_CACHE`);
+//! `HF_HUB_OFFLINE=1` reads only the cache.
+
+use crate::cifar::CIFAR10_CLASSES;
+use crate::dataset::class_names;
+use crate::decode::{decode_named, ColorMode};
+use crate::idx::MNIST_CLASSES;
+use crate::{InMemory, Split};
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use hf_hub::{HFClient, HFClientSync, HFError};
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::record::{Field, Row};
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// One Hub dataset: where its parquet files are and what its images look like.
+struct HubData {
+    name: &'static str,
+    repo: &'static str,
+    revision: &'static str,
+    train: &'static str,
+    test: &'static str,
+    mode: ColorMode,
+    shape: (usize, usize, usize),
+    classes: &'static [&'static str],
+    local_hint: &'static str,
+}
+
+const MNIST: HubData = HubData {
+    name: "MNIST",
+    repo: "ylecun/mnist",
+    revision: "refs/convert/parquet",
+    train: "mnist/train/0000.parquet",
+    test: "mnist/test/0000.parquet",
+    mode: ColorMode::Gray,
+    shape: (1, 28, 28),
+    classes: &MNIST_CLASSES,
+    local_hint: "the four MNIST IDX files",
+};
+
+const CIFAR10: HubData = HubData {
+    name: "CIFAR-10",
+    repo: "uoft-cs/cifar10",
+    revision: "refs/convert/parquet",
+    train: "plain_text/train/0000.parquet",
+    test: "plain_text/test/0000.parquet",
+    mode: ColorMode::Rgb,
+    shape: (3, 32, 32),
+    classes: &CIFAR10_CLASSES,
+    local_hint: "cifar-10-batches-bin or an ImageFolder of CIFAR-10",
+};
+
+/// MNIST from the Hub (`ylecun/mnist`), downloaded into the HF cache unless already there.
+pub fn mnist() -> Result<Split> {
+    load(&MNIST)
+}
+
+/// CIFAR-10 from the Hub (`uoft-cs/cifar10`), downloaded into the HF cache unless already there.
+pub fn cifar10() -> Result<Split> {
+    load(&CIFAR10)
+}
+
+/// Whether `HF_HUB_OFFLINE` asks for cache-only access (`1`, `true`, `yes`, `on`).
+pub fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
+    })
+}
+
+fn load(data: &HubData) -> Result<Split> {
+    let client =
+        HFClient::new().map_err(|e| anyhow!("cannot set up the Hugging Face client: {e}"))?;
+    let cache = client.cache_dir().to_path_buf();
+    let client = HFClientSync::from_inner(client)
+        .map_err(|e| anyhow!("cannot set up the Hugging Face client: {e}"))?;
+    let train = fetch(&client, &cache, data, data.train)?;
+    let test = fetch(&client, &cache, data, data.test)?;
+    Ok(Split {
+        train: Arc::new(read_parquet(&train, data)?),
+        test: Arc::new(read_parquet(&test, data)?),
+    })
+}
+
+/// The cached path of `file`, downloading it unless offline.
+fn fetch(client: &HFClientSync, cache: &Path, data: &HubData, file: &str) -> Result<PathBuf> {
+    let (owner, name) = hf_hub::split_id(data.repo);
+    let repo = client.dataset(owner, name);
+    let download = repo.download_file().filename(file).revision(data.revision);
+    let what = format!("{} file {}/{file}", data.name, data.repo);
+    let hint = format!("pass --data-dir DIR with {}", data.local_hint);
+    cached_or_downloaded(&what, cache, &hint, |local_only| {
+        download.clone().local_files_only(local_only).send()
+    })
+}
+
+/// `file` of the Hub model repository `repo_id` (for example `timm/resnet50.tv_in1k`), from
+/// the standard Hugging Face cache, downloaded into it unless `HF_HUB_OFFLINE` is set.
+/// `local_hint` says how to pass a local file instead (it ends every error message).
+pub fn fetch_model_file(repo_id: &str, file: &str, local_hint: &str) -> Result<PathBuf> {
+    let client =
+        HFClient::new().map_err(|e| anyhow!("cannot set up the Hugging Face client: {e}"))?;
+    let cache = client.cache_dir().to_path_buf();
+    let client = HFClientSync::from_inner(client)
+        .map_err(|e| anyhow!("cannot set up the Hugging Face client: {e}"))?;
+    let (owner, name) = hf_hub::split_id(repo_id);
+    let repo = client.model(owner, name);
+    let download = repo.download_file().filename(file);
+    let what = format!("model file {repo_id}/{file}");
+    let hint = format!("pass {local_hint}");
+    cached_or_downloaded(&what, &cache, &hint, |local_only| {
+        download.clone().local_files_only(local_only).send()
+    })
+}
+
+/// Looks in the cache first (`send(true)`), then downloads (`send(false)`) unless offline.
+fn cached_or_downloaded(
+    what: &str,
+    cache: &Path,
+    hint: &str,
+    send: impl Fn(bool) -> std::result::Result<PathBuf, HFError>,
+) -> Result<PathBuf> {
+    match send(true) {
+        Ok(path) => Ok(path),
+        Err(HFError::LocalEntryNotFound { .. }) if offline() => bail!(
+            "{what} is not in the Hugging Face cache ({}) and HF_HUB_OFFLINE is set: {hint}, \
+             or unset HF_HUB_OFFLINE to download it",
+            cache.display()
+        ),
+        Err(HFError::LocalEntryNotFound { .. }) => {
+            send(false).map_err(|e| anyhow!("cannot download {what} ({e}); {hint} instead"))
+        }
+        Err(e) => Err(anyhow!("cannot read {what} from the cache ({e})")),
+    }
+}
+
+/// Reads rows `{image: {bytes, path}, label}` and decodes the images in parallel.
+fn read_parquet(path: &Path, data: &HubData) -> Result<InMemory> {
+    let name = path.display().to_string();
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {name}"))?;
+    let reader = SerializedFileReader::new(file)
+        .with_context(|| format!("{name}: not a readable parquet file"))?;
+    let rows = reader
+        .get_row_iter(None)
+        .with_context(|| format!("{name}: cannot read rows"))?;
+    let mut encoded = Vec::new();
+    let mut labels = Vec::new();
+    for (i, row) in rows.enumerate() {
+        let row = row.with_context(|| format!("{name}: cannot read row {i}"))?;
+        let (bytes, label) = image_and_label(&row).with_context(|| format!("{name}: row {i}"))?;
+        encoded.push(bytes);
+        labels.push(label);
+    }
+    let (c, h, w) = data.shape;
+    let mut pixels = vec![0u8; encoded.len() * c * h * w];
+    pixels
+        .par_chunks_mut(c * h * w)
+        .zip(encoded.par_iter())
+        .enumerate()
+        .try_for_each(|(i, (out, bytes))| -> Result<()> {
+            let img = decode_named(bytes, data.mode, &format!("{name} row {i}"))?;
+            ensure!(
+                img.shape() == data.shape,
+                "{name} row {i}: wrong image size {:?}, expected {:?}",
+                img.shape(),
+                data.shape
+            );
+            out.copy_from_slice(&img.data);
+            Ok(())
+        })?;
+    InMemory::new(pixels, labels, data.shape, class_names(data.classes)).with_context(|| name)
+}
+
+/// The encoded image bytes (first binary field of the struct column) and the integer label.
+fn image_and_label(row: &Row) -> Result<(Vec<u8>, usize)> {
+    let mut image = None;
+    let mut label = None;
+    for (_, field) in row.get_column_iter() {
+        match field {
+            Field::Group(group) => {
+                image = group.get_column_iter().find_map(|(_, f)| match f {
+                    Field::Bytes(b) => Some(b.data().to_vec()),
+                    _ => None,
+                })
+            }
+            Field::Long(v) => label = usize::try_from(*v).ok(),
+            Field::Int(v) => label = usize::try_from(*v).ok(),
+            Field::ULong(v) => label = usize::try_from(*v).ok(),
+            Field::UInt(v) => label = usize::try_from(*v).ok(),
+            _ => {}
+        }
+    }
+    Ok((
+        image.context("no image bytes column")?,
+        label.context("no non-negative integer label column")?,
+    ))
+}

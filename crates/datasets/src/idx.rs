@@ -1,0 +1,152 @@
+//! MNIST in its IDX files (raw or `.gz`): `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`,
+//! `t10k-images-idx3-ubyte`, `t10k-labels-idx1-ubyte`.
+
+use crate::dataset::class_names;
+use crate::io::{ensure_exists, read_maybe_gz};
+use crate::{hub, InMemory, Split};
+use anyhow::{bail, ensure, Context, Result};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Magic number of an IDX file of unsigned bytes with 3 dimensions (images).
+const IMAGES_MAGIC: u32 = 0x0000_0803;
+/// Magic number of an IDX file of unsigned bytes with 1 dimension (labels).
+const LABELS_MAGIC: u32 = 0x0000_0801;
+
+/// MNIST's class names, as torchvision's `MNIST.classes` has them.
+pub const MNIST_CLASSES: [&str; 10] = [
+    "0 - zero",
+    "1 - one",
+    "2 - two",
+    "3 - three",
+    "4 - four",
+    "5 - five",
+    "6 - six",
+    "7 - seven",
+    "8 - eight",
+    "9 - nine",
+];
+
+/// Loads MNIST: from `dir` (holding the four IDX files, raw or `.gz`, directly or in torchvision's
+/// `MNIST/raw/` layout) or, with `None`, from the Hugging Face Hub cache (downloading if needed).
+pub fn mnist(dir: Option<&Path>) -> Result<Split> {
+    let Some(dir) = dir else {
+        return hub::mnist();
+    };
+    ensure_exists(dir)?;
+    let dir = [
+        dir.to_path_buf(),
+        dir.join("raw"),
+        dir.join("MNIST").join("raw"),
+    ]
+    .into_iter()
+    .find(|d| find_idx(d, "train-images-idx3-ubyte").is_some())
+    .unwrap_or_else(|| dir.to_path_buf());
+    let part = |images: &str, labels: &str| -> Result<InMemory> {
+        let images = find_idx(&dir, images).with_context(|| missing(&dir, images))?;
+        let labels = find_idx(&dir, labels).with_context(|| missing(&dir, labels))?;
+        read_idx_pair(&images, &labels)
+    };
+    let train = part("train-images-idx3-ubyte", "train-labels-idx1-ubyte")?;
+    let test = part("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")?;
+    Ok(Split {
+        train: Arc::new(train),
+        test: Arc::new(test),
+    })
+}
+
+fn missing(dir: &Path, stem: &str) -> String {
+    format!(
+        "MNIST file {stem} (or {stem}.gz) not found in {}",
+        dir.display()
+    )
+}
+
+/// The path of `stem` or `stem.gz` in `dir`, if either exists.
+fn find_idx(dir: &Path, stem: &str) -> Option<PathBuf> {
+    [stem.to_string(), format!("{stem}.gz")]
+        .into_iter()
+        .map(|name| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Reads an IDX image file and its IDX label file into a 10-class dataset.
+pub fn read_idx_pair(images: &Path, labels: &Path) -> Result<InMemory> {
+    let (n_images, rows, cols, pixels) = read_images(images)?;
+    let label_bytes = read_labels(labels)?;
+    ensure!(
+        n_images == label_bytes.len(),
+        "image/label count mismatch: {} has {n_images} images but {} has {} labels",
+        images.display(),
+        labels.display(),
+        label_bytes.len()
+    );
+    if let Some(i) = label_bytes.iter().position(|&l| l >= 10) {
+        bail!(
+            "{}: label {} of sample {i} is not a digit 0-9",
+            labels.display(),
+            label_bytes[i]
+        );
+    }
+    InMemory::new(
+        pixels,
+        label_bytes,
+        (1, rows, cols),
+        class_names(&MNIST_CLASSES),
+    )
+    .with_context(|| format!("{} + {}", images.display(), labels.display()))
+}
+
+fn be_u32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+/// Checks the magic number and that the header's dimensions fit; returns the dimensions.
+fn header(path: &Path, bytes: &[u8], magic: u32, dims: usize) -> Result<Vec<usize>> {
+    let header_len = 4 + 4 * dims;
+    ensure!(
+        bytes.len() >= header_len,
+        "{}: truncated IDX header ({} bytes, need {header_len})",
+        path.display(),
+        bytes.len()
+    );
+    let found = be_u32(bytes, 0);
+    ensure!(
+        found == magic,
+        "{}: wrong magic number {found:#010x}, expected {magic:#010x}",
+        path.display()
+    );
+    let shape: Vec<usize> = (0..dims)
+        .map(|d| be_u32(bytes, 4 + 4 * d) as usize)
+        .collect();
+    let expected = header_len + shape.iter().product::<usize>();
+    ensure!(
+        bytes.len() >= expected,
+        "{}: truncated file: header says {shape:?} ({expected} bytes) but the file has {} bytes",
+        path.display(),
+        bytes.len()
+    );
+    ensure!(
+        bytes.len() == expected,
+        "{}: {} unexpected trailing bytes after the {shape:?} data",
+        path.display(),
+        bytes.len() - expected
+    );
+    Ok(shape)
+}
+
+/// Returns `(count, rows, cols, pixels)` of an IDX3 image file.
+fn read_images(path: &Path) -> Result<(usize, usize, usize, Vec<u8>)> {
+    let mut bytes = read_maybe_gz(path)?;
+    let shape = header(path, &bytes, IMAGES_MAGIC, 3)?;
+    bytes.drain(..16);
+    Ok((shape[0], shape[1], shape[2], bytes))
+}
+
+/// Returns the label bytes of an IDX1 label file.
+fn read_labels(path: &Path) -> Result<Vec<u8>> {
+    let mut bytes = read_maybe_gz(path)?;
+    header(path, &bytes, LABELS_MAGIC, 1)?;
+    bytes.drain(..8);
+    Ok(bytes)
+}

@@ -1,0 +1,60 @@
+//! Everything between image files (or the Hugging Face Hub) and a batch tensor, with
+//! torchvision's semantics:
+//!
+//! - sources: [`mnist`] (IDX files, raw or `.gz`), [`cifar10`] (binary batches, their archive,
+//!   an ImageFolder tree or archive), [`image_folder`] (a directory or `.tar.gz`), each giving a
+//!   [`Split`] of [`Dataset`]s; `None` as the directory downloads from the Hub into the HF cache;
+//! - [`Transform`]: `RandomCrop`, `RandomHorizontalFlip`, `Resize`, `CenterCrop`,
+//!   `RandomResizedCrop` on u8 images, then `ToTensor` + `Normalize`, with presets and a
+//!   command-line grammar (see [`parse`]);
+//! - [`Loader`]: seeded shuffling, parallel decoding and augmentation, background prefetch,
+//!   yielding [`Batch`]es of `(N, C, H, W)` f32 and `(N,)` u32 tensors.
+//!
+//! ```no_run
+//! use datasets::{cifar10, Loader, LoaderConfig, Transform};
+//! # fn main() -> anyhow::Result<()> {
+//! let split = cifar10(Some(std::path::Path::new("data/cifar10")))?;
+//! let loader = Loader::new(split.train, Transform::cifar10_train(), LoaderConfig::train(128, 0))?;
+//! for batch in loader.epoch(0) {
+//!     let batch = batch?;
+//!     assert_eq!(batch.images.dims()[1..], [3, 32, 32]);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
+
+mod archive;
+mod cifar;
+mod dataset;
+mod decode;
+mod filelist;
+mod folder;
+mod geometry;
+pub mod hub;
+mod idx;
+mod io;
+mod listing;
+mod loader;
+pub mod parse;
+mod resize;
+mod rng;
+mod transform;
+mod u8image;
+
+pub use archive::{read_archive, ArchiveEntry};
+pub use cifar::{cifar10, cifar10_test_bin, CIFAR10_CLASSES};
+pub use dataset::{Dataset, InMemory, Split};
+pub use decode::{decode_image, ColorMode};
+pub use filelist::{EncodedSample, FileList, Source};
+pub use folder::{image_folder, FolderOptions, Storage};
+pub use idx::{mnist, read_idx_pair, MNIST_CLASSES};
+pub use listing::IMAGE_EXTENSIONS;
+pub use loader::{Batch, Epoch, Loader, LoaderConfig};
+pub use resize::resize_bilinear;
+pub use rng::Rng;
+pub use transform::{
+    Normalize, Op, Transform, CIFAR10_MEAN_STD, IMAGENET_MEAN_STD, MNIST_MEAN_STD,
+};
+pub use u8image::U8Image;

@@ -1,0 +1,259 @@
+//! Bad input gives an error naming the file and the problem, never a panic.
+
+mod common;
+
+use common::*;
+use datasets::{cifar10, cifar10_test_bin, image_folder, mnist, Dataset, FolderOptions, Storage};
+use std::path::Path;
+use tempfile::tempdir;
+
+fn mnist_err(dir: &Path) -> String {
+    chain(&mnist(Some(dir)).unwrap_err())
+}
+
+#[test]
+fn mnist_valid_raw_and_gz() {
+    for gz in [false, true] {
+        let dir = tempdir().unwrap();
+        write_mnist(dir.path(), 30, 12, gz);
+        let split = mnist(Some(dir.path())).unwrap();
+        assert_eq!((split.train.len(), split.test.len()), (30, 12));
+        assert_eq!(split.train.label(13), 3);
+        let img = split.test.image(1).unwrap();
+        assert_eq!(img.shape(), (1, 4, 3));
+        assert_eq!(img.data, (12..24).map(|v| v as u8).collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn mnist_wrong_magic() {
+    let dir = tempdir().unwrap();
+    write_mnist(dir.path(), 5, 5, false);
+    let bad = dir.path().join("train-images-idx3-ubyte");
+    write_idx_images(&bad, 0x801, 5, 4, 3, false);
+    let msg = mnist_err(dir.path());
+    assert!(
+        msg.contains("train-images-idx3-ubyte") && msg.contains("magic"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn mnist_truncated() {
+    let dir = tempdir().unwrap();
+    write_mnist(dir.path(), 5, 5, false);
+    let path = dir.path().join("t10k-images-idx3-ubyte");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 7]).unwrap();
+    let msg = mnist_err(dir.path());
+    assert!(
+        msg.contains("t10k-images-idx3-ubyte") && msg.contains("truncated"),
+        "{msg}"
+    );
+    std::fs::write(&path, &bytes[..10]).unwrap();
+    let msg = mnist_err(dir.path());
+    assert!(msg.contains("truncated IDX header"), "{msg}");
+}
+
+#[test]
+fn mnist_truncated_gzip() {
+    let dir = tempdir().unwrap();
+    write_mnist(dir.path(), 50, 5, true);
+    let path = dir.path().join("train-images-idx3-ubyte.gz");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let msg = mnist_err(dir.path());
+    assert!(
+        msg.contains("train-images-idx3-ubyte.gz") && msg.contains("gzip"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn mnist_count_mismatch() {
+    let dir = tempdir().unwrap();
+    write_mnist(dir.path(), 5, 5, false);
+    write_idx_labels(
+        &dir.path().join("train-labels-idx1-ubyte"),
+        0x801,
+        &[1, 2, 3],
+        false,
+    );
+    let msg = mnist_err(dir.path());
+    assert!(
+        msg.contains("mismatch") && msg.contains("train-labels-idx1-ubyte"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn mnist_label_out_of_range() {
+    let dir = tempdir().unwrap();
+    write_mnist(dir.path(), 5, 5, false);
+    write_idx_labels(
+        &dir.path().join("t10k-labels-idx1-ubyte"),
+        0x801,
+        &[1, 2, 10, 3, 4],
+        false,
+    );
+    let msg = mnist_err(dir.path());
+    assert!(
+        msg.contains("t10k-labels-idx1-ubyte") && msg.contains("label 10"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn mnist_missing_file_and_missing_dir() {
+    let dir = tempdir().unwrap();
+    write_mnist(dir.path(), 5, 5, false);
+    std::fs::remove_file(dir.path().join("t10k-labels-idx1-ubyte")).unwrap();
+    let msg = mnist_err(dir.path());
+    assert!(
+        msg.contains("t10k-labels-idx1-ubyte") && msg.contains("not found"),
+        "{msg}"
+    );
+    let gone = dir.path().join("nope");
+    let msg = mnist_err(&gone);
+    assert!(
+        msg.contains("nope") && msg.contains("does not exist"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn cifar_wrong_size_and_bad_label() {
+    let dir = tempdir().unwrap();
+    let path = dir.path().join("test_batch.bin");
+    let mut records = cifar_records(3);
+    records.pop();
+    std::fs::write(&path, &records).unwrap();
+    let msg = chain(&cifar10_test_bin(&path).unwrap_err());
+    assert!(
+        msg.contains("test_batch.bin") && msg.contains("3073"),
+        "{msg}"
+    );
+    let mut records = cifar_records(3);
+    records[3073] = 11;
+    std::fs::write(&path, &records).unwrap();
+    let msg = chain(&cifar10_test_bin(&path).unwrap_err());
+    assert!(
+        msg.contains("test_batch.bin") && msg.contains("label 11"),
+        "{msg}"
+    );
+    std::fs::write(&path, []).unwrap();
+    let msg = chain(&cifar10_test_bin(&path).unwrap_err());
+    assert!(msg.contains("empty"), "{msg}");
+}
+
+#[test]
+fn cifar_only_test_batch_names_missing_batches() {
+    let dir = tempdir().unwrap();
+    let bin = dir.path().join("cifar-10-batches-bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::write(bin.join("test_batch.bin"), cifar_records(4)).unwrap();
+    let msg = chain(&cifar10(Some(dir.path())).unwrap_err());
+    assert!(
+        msg.contains("data_batch_1.bin")
+            && msg.contains("data_batch_5.bin")
+            && msg.contains("cifar10_test_bin"),
+        "{msg}"
+    );
+    let test = cifar10_test_bin(&bin.join("test_batch.bin")).unwrap();
+    assert_eq!(test.len(), 4);
+}
+
+#[test]
+fn cifar_nothing_found() {
+    let dir = tempdir().unwrap();
+    let msg = chain(&cifar10(Some(dir.path())).unwrap_err());
+    assert!(msg.contains("no CIFAR-10 data found"), "{msg}");
+}
+
+#[test]
+fn corrupt_jpeg_names_the_file() {
+    let dir = tempdir().unwrap();
+    write_folder(dir.path(), &[""], &["a", "b"], 2, 4, 4);
+    let bad = dir.path().join("b").join("zz.jpg");
+    std::fs::write(&bad, b"\xff\xd8\xff\xe0 definitely not a jpeg").unwrap();
+    let split = image_folder(
+        dir.path(),
+        &FolderOptions {
+            test_fraction: 0.0,
+            ..FolderOptions::default()
+        },
+    )
+    .unwrap();
+    let last = split.train.len() - 1;
+    let msg = chain(&split.train.image(last).unwrap_err());
+    assert!(msg.contains("zz.jpg") && msg.contains("decode"), "{msg}");
+    let memory = FolderOptions {
+        storage: Storage::Memory,
+        ..FolderOptions::default()
+    };
+    let msg = chain(&image_folder(dir.path(), &memory).unwrap_err());
+    assert!(msg.contains("zz.jpg"), "{msg}");
+}
+
+#[test]
+fn empty_class_folder() {
+    let dir = tempdir().unwrap();
+    write_folder(dir.path(), &[""], &["cat", "dog"], 2, 4, 4);
+    std::fs::create_dir(dir.path().join("emu")).unwrap();
+    let msg = chain(&image_folder(dir.path(), &FolderOptions::default()).unwrap_err());
+    assert!(
+        msg.contains("emu") && msg.contains("empty class folder"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn no_images_found() {
+    let dir = tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("cat")).unwrap();
+    std::fs::write(dir.path().join("cat").join("notes.txt"), "hi").unwrap();
+    let msg = chain(&image_folder(dir.path(), &FolderOptions::default()).unwrap_err());
+    assert!(msg.contains("no images found"), "{msg}");
+}
+
+#[test]
+fn folder_path_does_not_exist() {
+    let dir = tempdir().unwrap();
+    let gone = dir.path().join("missing.tar.gz");
+    let msg = chain(&image_folder(&gone, &FolderOptions::default()).unwrap_err());
+    assert!(
+        msg.contains("missing.tar.gz") && msg.contains("does not exist"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn memory_storage_needs_one_size() {
+    let dir = tempdir().unwrap();
+    write_folder(dir.path(), &[""], &["a", "b"], 2, 4, 4);
+    save_png(
+        &pattern_rgb(5, 4, 0),
+        &dir.path().join("b").join("wide.png"),
+    );
+    let memory = FolderOptions {
+        storage: Storage::Memory,
+        ..FolderOptions::default()
+    };
+    let msg = chain(&image_folder(dir.path(), &memory).unwrap_err());
+    assert!(
+        msg.contains("wide.png") && msg.contains("one size"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn corrupt_archive() {
+    let dir = tempdir().unwrap();
+    let path = dir.path().join("data.tar.gz");
+    std::fs::write(&path, b"\x1f\x8b\x08\x00garbage").unwrap();
+    let msg = chain(&image_folder(&path, &FolderOptions::default()).unwrap_err());
+    assert!(
+        msg.contains("data.tar.gz") && msg.contains("archive"),
+        "{msg}"
+    );
+}

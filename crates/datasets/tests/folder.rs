@@ -1,0 +1,183 @@
+//! ImageFolder layouts, class order, splits, archives and CHW decoding.
+
+mod common;
+
+use common::*;
+use datasets::{cifar10, decode_image, image_folder, ColorMode, FolderOptions, Storage};
+use tempfile::tempdir;
+
+fn opts(storage: Storage) -> FolderOptions {
+    FolderOptions {
+        storage,
+        ..FolderOptions::default()
+    }
+}
+
+#[test]
+fn decoded_png_is_chw_with_known_pixels() {
+    // 3 wide, 2 high: H and W differ, so a swapped permutation would show.
+    let img = pattern_rgb(3, 2, 5);
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let out = decode_image(png.get_ref(), ColorMode::Rgb).unwrap();
+    assert_eq!(out.shape(), (3, 2, 3));
+    for y in 0..2 {
+        for x in 0..3 {
+            let at = |c: usize| out.data[c * 6 + y * 3 + x];
+            assert_eq!((at(0), at(1), at(2)), (5 + x as u8, 5 + 10 * y as u8, 105));
+        }
+    }
+    let grey = decode_image(png.get_ref(), ColorMode::Gray).unwrap();
+    assert_eq!(grey.shape(), (1, 2, 3));
+}
+
+#[test]
+fn train_test_folders_sorted_classes_and_labels() {
+    let dir = tempdir().unwrap();
+    write_folder(
+        dir.path(),
+        &["train", "test"],
+        &["zebra", "Ant", "cat"],
+        3,
+        4,
+        2,
+    );
+    // Upper-case extension and a nested folder count; hidden and non-image files do not.
+    save_png(
+        &pattern_rgb(4, 2, 200),
+        &dir.path().join("train/cat/sub/x.PNG"),
+    );
+    std::fs::write(dir.path().join("train/cat/readme.txt"), "no").unwrap();
+    save_png(
+        &pattern_rgb(4, 2, 0),
+        &dir.path().join("train/cat/.hidden.png"),
+    );
+    for storage in [Storage::Files, Storage::Memory] {
+        let split = image_folder(dir.path(), &opts(storage)).unwrap();
+        assert_eq!(split.train.classes(), ["Ant", "cat", "zebra"]);
+        assert_eq!(split.test.classes(), split.train.classes());
+        assert_eq!((split.train.len(), split.test.len()), (10, 9));
+        let labels: Vec<usize> = (0..10).map(|i| split.train.label(i)).collect();
+        assert_eq!(labels, [0, 0, 0, 1, 1, 1, 1, 2, 2, 2]);
+        // "cat" files: 000, 001, 002 then sub/x.PNG (os.walk order: folder, then subfolders).
+        assert_eq!(split.train.image(6).unwrap().data[0], 200);
+        // "Ant" was written as label 1 -> base 20; its first image's red at (0, 0) is 20.
+        let first = split.train.image(0).unwrap();
+        assert_eq!(first.shape(), (3, 2, 4));
+        assert_eq!(first.data[0], 20);
+    }
+}
+
+#[test]
+fn val_folder_is_the_test_split_and_unknown_class_errors() {
+    let dir = tempdir().unwrap();
+    write_folder(dir.path(), &["train"], &["a", "b"], 2, 4, 4);
+    write_folder(dir.path(), &["val"], &["b"], 1, 4, 4);
+    let split = image_folder(dir.path(), &FolderOptions::default()).unwrap();
+    assert_eq!(split.test.len(), 1);
+    assert_eq!(
+        split.test.label(0),
+        1,
+        "test keeps the train label of class b"
+    );
+    write_folder(dir.path(), &["val"], &["c"], 1, 4, 4);
+    let msg = chain(&image_folder(dir.path(), &FolderOptions::default()).unwrap_err());
+    assert!(msg.contains("c: class folder not among"), "{msg}");
+}
+
+#[test]
+fn class_folders_only_split_by_seeded_fraction() {
+    let dir = tempdir().unwrap();
+    write_folder(dir.path(), &[""], &["a", "b"], 10, 4, 4);
+    let options = FolderOptions {
+        test_fraction: 0.3,
+        split_seed: 7,
+        ..FolderOptions::default()
+    };
+    let split = image_folder(dir.path(), &options).unwrap();
+    assert_eq!((split.train.len(), split.test.len()), (14, 6));
+    let test_labels: Vec<usize> = (0..6).map(|i| split.test.label(i)).collect();
+    assert_eq!(test_labels, [0, 0, 0, 1, 1, 1], "stratified, in order");
+    let again = image_folder(dir.path(), &options).unwrap();
+    for i in 0..6 {
+        assert_eq!(split.test.image(i).unwrap(), again.test.image(i).unwrap());
+    }
+    let other = image_folder(
+        dir.path(),
+        &FolderOptions {
+            split_seed: 8,
+            ..options.clone()
+        },
+    )
+    .unwrap();
+    let picks = |s: &datasets::Split| -> Vec<u8> {
+        (0..6).map(|i| s.test.image(i).unwrap().data[0]).collect()
+    };
+    assert_ne!(
+        picks(&split),
+        picks(&other),
+        "another seed draws other samples"
+    );
+}
+
+#[test]
+fn archive_matches_directory() {
+    let dir = tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    write_folder(&tree, &["train", "test"], &["b", "a"], 2, 3, 5);
+    let archive = dir.path().join("tree.tar.gz");
+    tar_gz(&tree, &archive, "wrapped");
+    for storage in [Storage::Files, Storage::Memory] {
+        let from_dir = image_folder(&tree, &opts(storage)).unwrap();
+        let from_tar = image_folder(&archive, &opts(storage)).unwrap();
+        assert_eq!(from_tar.train.classes(), ["a", "b"]);
+        assert_eq!(from_tar.train.len(), from_dir.train.len());
+        for i in 0..from_dir.train.len() {
+            assert_eq!(from_tar.train.label(i), from_dir.train.label(i));
+            assert_eq!(
+                from_tar.train.image(i).unwrap(),
+                from_dir.train.image(i).unwrap()
+            );
+        }
+    }
+}
+
+#[test]
+fn cifar_from_folder_tree_archive_and_binary() {
+    let dir = tempdir().unwrap();
+    let classes = datasets::CIFAR10_CLASSES;
+    let tree = dir.path().join("tree");
+    write_folder(&tree, &["train", "test"], &classes, 1, 32, 32);
+    let split = cifar10(Some(&tree)).unwrap();
+    assert_eq!((split.train.len(), split.test.len()), (10, 10));
+    assert_eq!(split.train.classes(), classes);
+    let archive = dir.path().join("cifar10-jpeg.tar.gz");
+    tar_gz(&tree, &archive, "cifar10");
+    let from_tar = cifar10(Some(&archive)).unwrap();
+    assert_eq!(
+        from_tar.test.image(3).unwrap(),
+        split.test.image(3).unwrap()
+    );
+    // A directory holding the archive finds it.
+    std::fs::remove_dir_all(&tree).unwrap();
+    assert_eq!(cifar10(Some(dir.path())).unwrap().train.len(), 10);
+
+    // Binary batches: directly, in cifar-10-batches-bin/, and as the official archive.
+    let bin = dir.path().join("bin").join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for k in 1..=5 {
+        std::fs::write(bin.join(format!("data_batch_{k}.bin")), cifar_records(3)).unwrap();
+    }
+    std::fs::write(bin.join("test_batch.bin"), cifar_records(2)).unwrap();
+    let split = cifar10(Some(&dir.path().join("bin"))).unwrap();
+    assert_eq!((split.train.len(), split.test.len()), (15, 2));
+    let img = split.test.image(1).unwrap();
+    assert_eq!(img.shape(), (3, 32, 32));
+    assert_eq!(img.data[1024 + 5], (1 + 7 + 5) as u8, "G plane, pixel 5");
+    assert_eq!(split.test.label(1), 1);
+    let official = dir.path().join("cifar-10-binary.tar.gz");
+    tar_gz(&bin, &official, "cifar-10-batches-bin");
+    let from_tar = cifar10(Some(&official)).unwrap();
+    assert_eq!(from_tar.train.len(), 15);
+    assert_eq!(from_tar.test.image(1).unwrap(), img);
+}

@@ -1,0 +1,39 @@
+//! With `HF_HUB_OFFLINE=1` and an empty cache, the Hub loaders fail with a clear message.
+//! One test per file: it sets process-wide environment variables.
+
+#[test]
+fn offline_and_not_cached_says_to_pass_data_dir() {
+    let home = tempfile::tempdir().unwrap();
+    std::env::set_var("HF_HOME", home.path());
+    std::env::remove_var("HF_HUB_CACHE");
+    std::env::set_var("HF_HUB_OFFLINE", "1");
+    for (name, result) in [
+        ("MNIST", datasets::mnist(None)),
+        ("CIFAR-10", datasets::cifar10(None)),
+    ] {
+        let msg = format!("{:#}", result.unwrap_err());
+        assert!(
+            msg.contains(name) && msg.contains("--data-dir") && msg.contains("HF_HUB_OFFLINE"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&home.path().display().to_string()),
+            "names the cache: {msg}"
+        );
+    }
+    let msg = format!(
+        "{:#}",
+        datasets::hub::fetch_model_file(
+            "timm/resnet50.tv_in1k",
+            "model.safetensors",
+            "--weights FILE"
+        )
+        .unwrap_err()
+    );
+    assert!(
+        msg.contains("timm/resnet50.tv_in1k")
+            && msg.contains("--weights FILE")
+            && msg.contains("HF_HUB_OFFLINE"),
+        "{msg}"
+    );
+}
