@@ -1,0 +1,55 @@
+//! Section 1 of the tutorial in pictures: convolution and pooling on small matrices, dataset
+//! samples, and what a (trained) network sees: its first-layer filters and feature maps.
+//!
+//! `cargo run -p visualize -- conv --out docs`
+
+mod conv;
+mod feature_maps;
+mod filters;
+mod geometry;
+mod matrix;
+mod model;
+mod pool;
+mod samples;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Pictures of convolution, pooling, datasets, filters and feature maps (PNG).
+#[derive(Debug, Parser)]
+#[command(name = "visualize", version, about)]
+struct Cli {
+    /// Directory the PNG files are written to (created if missing).
+    #[arg(long, global = true, default_value = ".")]
+    out: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Convolves the tutorial's 5x5 input with its 3x3 kernel (or your own): conv.png.
+    Conv(conv::ConvArgs),
+    /// Max- and average-pools the tutorial's 4x4 feature map (or your own): pool.png.
+    Pool(pool::PoolArgs),
+    /// The first training images of MNIST or CIFAR-10 with their labels: samples-<dataset>.png.
+    Samples(samples::SamplesArgs),
+    /// A model's first-layer kernels as an image grid: filters.png.
+    Filters(filters::FiltersArgs),
+    /// A model's activations after each stage for one image: feature-maps-<stage>.png.
+    FeatureMaps(feature_maps::FeatureMapsArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let out = &cli.out;
+    match &cli.command {
+        Command::Conv(args) => conv::run(args, out),
+        Command::Pool(args) => pool::run(args, out),
+        Command::Samples(args) => samples::run(args, out),
+        Command::Filters(args) => filters::run(args, out),
+        Command::FeatureMaps(args) => feature_maps::run(args, out),
+    }
+}

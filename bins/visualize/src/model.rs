@@ -1,0 +1,154 @@
+//! The `--model` / `--weights` options: a zoo network, trained or freshly initialised.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use clap::Args;
+use layers::{Network, ParamStore};
+use zoo::ModelSpec;
+
+/// Which network to look at.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A model of the zoo (lenet5, cnn-mnist, alexnet, vgg16, resnet18-seed, ...).
+    #[arg(long)]
+    model: String,
+    /// Safetensors weights under PyTorch's names, loaded strictly; without them the network
+    /// keeps its seeded initial parameters.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Outputs of the last layer; defaults to the model's usual number.
+    #[arg(long)]
+    num_classes: Option<usize>,
+    /// Seed of the initial parameters (used when no --weights are given).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// A built network with its parameters.
+pub struct Loaded {
+    /// The zoo's description of the model.
+    pub spec: ModelSpec,
+    /// Its parameters, by PyTorch name.
+    pub store: ParamStore,
+    /// The network.
+    pub net: Box<dyn Network>,
+    /// Where the parameters come from, for titles and messages.
+    pub origin: String,
+}
+
+impl ModelArgs {
+    /// Builds the model on the CPU and loads `--weights` if given.
+    pub fn load(&self) -> Result<Loaded> {
+        let spec = zoo::spec(&self.model)?;
+        let classes = self.num_classes.unwrap_or(spec.default_classes);
+        let store = ParamStore::new(self.seed, &Device::Cpu);
+        let net = zoo::build(spec.name, classes, store.vb())?;
+        let origin = match &self.weights {
+            Some(path) => {
+                layers::checkpoint::load_strict(store.varmap(), path).with_context(|| {
+                    format!(
+                        "cannot load {} into {} with {classes} classes",
+                        path.display(),
+                        spec.name
+                    )
+                })?;
+                format!("trained weights from {}", path.display())
+            }
+            None => format!("initial weights (seed {}), no --weights given", self.seed),
+        };
+        Ok(Loaded {
+            spec,
+            store,
+            net,
+            origin,
+        })
+    }
+}
+
+impl Loaded {
+    /// The first layer's kernels (see [`first_conv`]).
+    pub fn first_conv(&self) -> Result<(String, Tensor)> {
+        let channels = self.spec.input.0;
+        first_conv(&self.store, channels).with_context(|| {
+            format!(
+                "{} has no convolution over its {channels} input channel(s)",
+                self.spec.name
+            )
+        })
+    }
+}
+
+/// The first rank-4 `*weight` parameter, in name order, that convolves `channels` input
+/// channels: the first layer, even where a later convolution's name sorts first (GoogLeNet's
+/// `aux1.conv` before `conv1.conv` when built with auxiliary classifiers).
+pub fn first_conv(store: &ParamStore, channels: usize) -> Option<(String, Tensor)> {
+    store
+        .named_vars()
+        .into_iter()
+        .find(|(name, var)| {
+            name.ends_with("weight") && var.rank() == 4 && var.dims()[1] == channels
+        })
+        .map(|(name, var)| (name, var.as_tensor().clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(model: &str) -> ModelArgs {
+        ModelArgs {
+            model: model.into(),
+            weights: None,
+            num_classes: None,
+            seed: 3,
+        }
+    }
+
+    #[test]
+    fn first_conv_of_small_models() -> Result<()> {
+        let (name, w) = args("lenet5").load()?.first_conv()?;
+        assert_eq!(
+            (name.as_str(), w.dims()),
+            ("features.0.weight", &[6, 1, 5, 5][..])
+        );
+        let (name, w) = args("cnn-mnist").load()?.first_conv()?;
+        assert_eq!(
+            (name.as_str(), w.dims()),
+            ("conv1.weight", &[32, 1, 3, 3][..])
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_later_convolution_sorting_first_is_passed_over() -> Result<()> {
+        let store = ParamStore::new(0, &Device::Cpu);
+        let init = layers::WeightInit::TorchDefault;
+        let cfg = layers::conv_cfg(1, 0);
+        layers::conv2d(store.vb().pp("aux1.conv"), 16, 8, 1, cfg, false, init)?;
+        layers::conv2d(store.vb().pp("conv1"), 3, 4, 3, cfg, true, init)?;
+        let (name, w) = first_conv(&store, 3).context("no conv found")?;
+        assert_eq!(
+            (name.as_str(), w.dims()),
+            ("conv1.weight", &[4, 3, 3, 3][..])
+        );
+        assert!(first_conv(&store, 1).is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_model_and_missing_weights_are_errors() {
+        assert!(args("lenet7").load().is_err());
+        let missing = ModelArgs {
+            weights: Some("/nonexistent/w.safetensors".into()),
+            ..args("lenet5")
+        };
+        let err = missing
+            .load()
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(err.contains("/nonexistent/w.safetensors"), "{err}");
+    }
+}

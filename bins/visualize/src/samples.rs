@@ -1,0 +1,129 @@
+//! `visualize samples`: the tutorial's grid of the first training images with their labels.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{ensure, Result};
+use clap::{Args, ValueEnum};
+use datasets::Dataset;
+
+/// The data sets `samples` can show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DatasetName {
+    /// Handwritten digits, 1x28x28.
+    Mnist,
+    /// Ten classes of small colour photos, 3x32x32.
+    Cifar10,
+}
+
+impl DatasetName {
+    fn label(self) -> &'static str {
+        match self {
+            DatasetName::Mnist => "MNIST",
+            DatasetName::Cifar10 => "CIFAR-10",
+        }
+    }
+
+    fn file_name(self) -> &'static str {
+        match self {
+            DatasetName::Mnist => "samples-mnist.png",
+            DatasetName::Cifar10 => "samples-cifar10.png",
+        }
+    }
+}
+
+/// Options of `samples`.
+#[derive(Debug, Args)]
+pub struct SamplesArgs {
+    /// Which data set.
+    #[arg(long, value_enum)]
+    dataset: DatasetName,
+    /// Where the data set is (MNIST: the IDX files; CIFAR-10: binary batches, an ImageFolder
+    /// tree or its .tar.gz); without it, the Hugging Face Hub copy (downloaded once).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// How many images.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=100))]
+    count: u16,
+    /// The first image of each class instead of the first images (useful when the files are
+    /// sorted by class, as in an ImageFolder).
+    #[arg(long)]
+    per_class: bool,
+    /// Images per row.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+    cols: u16,
+}
+
+/// The indices to show: the first `count`, or the first of each class (at most `count`).
+pub fn pick(data: &dyn Dataset, count: usize, per_class: bool) -> Vec<usize> {
+    if !per_class {
+        return (0..count.min(data.len())).collect();
+    }
+    let mut seen = vec![false; data.classes().len()];
+    let mut chosen = Vec::new();
+    for i in 0..data.len() {
+        let label = data.label(i);
+        if !seen[label] {
+            seen[label] = true;
+            chosen.push(i);
+            if chosen.len() == count.min(seen.len()) {
+                break;
+            }
+        }
+    }
+    chosen.sort_by_key(|&i| data.label(i));
+    chosen
+}
+
+/// Runs `samples`: writes `samples-<dataset>.png` in `out` and prints each image's label.
+pub fn run(args: &SamplesArgs, out: &Path) -> Result<()> {
+    let dir = args.data_dir.as_deref();
+    let split = match args.dataset {
+        DatasetName::Mnist => datasets::mnist(dir)?,
+        DatasetName::Cifar10 => datasets::cifar10(dir)?,
+    };
+    let train = split.train;
+    ensure!(!train.is_empty(), "the training set is empty");
+    let chosen = pick(train.as_ref(), usize::from(args.count), args.per_class);
+    let mut tiles = Vec::with_capacity(chosen.len());
+    for &i in &chosen {
+        let image = train.image(i)?;
+        let class = &train.classes()[train.label(i)];
+        println!("sample {i}: label {} ({class})", train.label(i));
+        tiles.push(viz::Tile {
+            channels: image.channels,
+            height: image.height,
+            width: image.width,
+            data: image.data,
+            caption: class.clone(),
+            highlight: false,
+        });
+    }
+    let which = if args.per_class {
+        "the first training image of each class".to_string()
+    } else {
+        format!("the first {} training images", chosen.len())
+    };
+    let title = format!("{}: {which}", args.dataset.label());
+    let path = out.join(args.dataset.file_name());
+    viz::save_image_grid(&path, &title, &tiles, usize::from(args.cols))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datasets::InMemory;
+
+    #[test]
+    fn picks_first_images_or_one_per_class() -> Result<()> {
+        let classes: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let labels = vec![2usize, 2, 0, 2, 1, 0];
+        let data = InMemory::new(vec![0; 6], labels, (1, 1, 1), classes)?;
+        assert_eq!(pick(&data, 4, false), [0, 1, 2, 3]);
+        assert_eq!(pick(&data, 10, false), [0, 1, 2, 3, 4, 5]);
+        assert_eq!(pick(&data, 10, true), [2, 4, 0]);
+        assert_eq!(pick(&data, 2, true), [2, 0]);
+        Ok(())
+    }
+}

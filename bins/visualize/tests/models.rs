@@ -1,0 +1,247 @@
+//! `visualize filters` and `visualize feature-maps` on LeNet-5 with weights saved here.
+
+mod common;
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use common::{assert_not_blank, open_png, visualize, visualize_fails, Grid};
+use layers::ParamStore;
+
+/// Kernel `k` of LeNet-5's first layer: a ramp over its 25 taps, rotated by `k`, so the
+/// minimum (black) and maximum (white) of each tile are known.
+fn ramp(k: usize, tap: usize) -> f32 {
+    ((tap + 5 * k) % 25) as f32 - 12.0
+}
+
+/// Saves LeNet-5 weights whose first-layer kernels are the ramps.
+fn save_lenet(path: &Path) {
+    let store = ParamStore::new(11, &Device::Cpu);
+    zoo::build("lenet5", 10, store.vb()).unwrap();
+    let values: Vec<f32> = (0..6)
+        .flat_map(|k| (0..25).map(move |tap| ramp(k, tap)))
+        .collect();
+    let kernels = Tensor::from_vec(values, (6, 1, 5, 5), &Device::Cpu).unwrap();
+    let vars = store.named_vars();
+    let (_, first) = vars
+        .iter()
+        .find(|(name, _)| name == "features.0.weight")
+        .expect("lenet5 has features.0.weight");
+    first.set(&kernels).unwrap();
+    layers::checkpoint::save(store.varmap(), path).unwrap();
+}
+
+#[test]
+fn filters_draws_the_saved_kernels() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("lenet5.safetensors");
+    save_lenet(&weights);
+    let out = dir.path().join("trained");
+    let stdout = visualize(&[
+        "filters",
+        "--model",
+        "lenet5",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(stdout.contains("trained weights from"), "{stdout}");
+    assert!(
+        stdout.contains("first layer features.0.weight: 6 kernels of 1x5x5"),
+        "{stdout}"
+    );
+    let img = open_png(&out.join("filters.png"));
+    let grid = Grid::new(5, 5, 6, 3);
+    assert_eq!(grid.scale, 20);
+    assert_eq!(img.dimensions(), grid.size);
+    assert_not_blank(&img, "filters.png");
+    for k in 0..6 {
+        for tap in 0..25u32 {
+            let v = ramp(k, tap as usize);
+            let expected = ((v + 12.0) / 24.0 * 255.0).round() as u8;
+            let seen = grid.pixel(&img, k, (tap % 5, tap / 5));
+            assert_eq!(seen, [expected; 3], "kernel {k} tap {tap}");
+        }
+    }
+
+    let initial_out = dir.path().join("initial");
+    let stdout = visualize(&[
+        "filters",
+        "--model",
+        "lenet5",
+        "--out",
+        initial_out.to_str().unwrap(),
+    ]);
+    assert!(
+        stdout.contains("initial weights (seed 0), no --weights given"),
+        "{stdout}"
+    );
+    let initial = open_png(&initial_out.join("filters.png"));
+    assert_eq!(initial.dimensions(), grid.size);
+    assert!(initial != img, "initial kernels look like the saved ones");
+}
+
+#[test]
+fn filters_of_an_rgb_model_are_colour_tiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let stdout = visualize(&[
+        "filters",
+        "--model",
+        "resnet18-cifar",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(
+        stdout.contains("first layer conv1.weight: 64 kernels of 3x3x3"),
+        "{stdout}"
+    );
+    let img = open_png(&dir.path().join("filters.png"));
+    let grid = Grid::new(3, 3, 64, 8);
+    assert_eq!(img.dimensions(), grid.size);
+    let coloured = (0..64)
+        .flat_map(|k| (0..9).map(move |t| (k, (t % 3, t / 3))))
+        .map(|(k, at)| grid.pixel(&img, k, at))
+        .filter(|[r, g, b]| r != g || g != b)
+        .count();
+    assert!(coloured > 64 * 9 / 2, "only {coloured} coloured taps");
+}
+
+#[test]
+fn weights_of_another_model_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("lenet5.safetensors");
+    save_lenet(&weights);
+    let err = visualize_fails(&[
+        "filters",
+        "--model",
+        "cnn-mnist",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("lenet5.safetensors") && err.contains("does not match"),
+        "{err}"
+    );
+    let unknown = visualize_fails(&["filters", "--model", "lenet7"]);
+    assert!(unknown.contains("unknown model"), "{unknown}");
+}
+
+/// A `w` x `h` picture: a bright disc on a dark background when `disc`, else stripes.
+fn write_picture(path: &Path, w: u32, h: u32, disc: bool) {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        let (dx, dy) = (x as i32 - w as i32 / 2, y as i32 - h as i32 / 2);
+        let on = if disc {
+            dx * dx + dy * dy < (h as i32 / 3).pow(2)
+        } else {
+            (x / 4) % 2 == 0
+        };
+        if on {
+            image::Rgb([240, 200, 160])
+        } else {
+            image::Rgb([10, 20, 30])
+        }
+    });
+    img.save(path).unwrap();
+}
+
+#[test]
+fn feature_maps_draws_every_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("lenet5.safetensors");
+    save_lenet(&weights);
+    let run = |picture: &Path, out: &Path| {
+        visualize(&[
+            "feature-maps",
+            "--model",
+            "lenet5",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--image",
+            picture.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let disc = dir.path().join("disc.png");
+    write_picture(&disc, 60, 40, true);
+    let out = dir.path().join("disc");
+    let stdout = run(&disc, &out);
+    assert!(
+        stdout.contains("-> 1x28x28, MNIST normalisation"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("predicted class: "), "{stdout}");
+
+    let input = open_png(&out.join("feature-maps-input.png"));
+    let grid = Grid::new(28, 28, 1, 1);
+    assert_eq!(input.dimensions(), grid.size);
+    let corner = grid.pixel(&input, 0, (0, 0));
+    assert!(
+        corner[0] < 40 && corner[0] == corner[2],
+        "dark grey corner, got {corner:?}"
+    );
+    let centre = grid.pixel(&input, 0, (14, 14));
+    assert!(centre[0] > 180, "bright centre, got {centre:?}");
+
+    // LeNet-5 at 28x28: conv1 6x12x12, conv2 16x4x4, then 120, 84 and 10 values.
+    for (stage, n, side) in [("conv1", 6, 12), ("conv2", 16, 4)] {
+        let img = open_png(&out.join(format!("feature-maps-{stage}.png")));
+        let cols = (1..=n).find(|c| c * c >= n).unwrap();
+        assert_eq!(
+            img.dimensions(),
+            Grid::new(side, side, n, cols).size,
+            "{stage}"
+        );
+        assert_not_blank(&img, stage);
+    }
+    for (stage, values) in [("fc1", 64), ("fc2", 64), ("logits", 10)] {
+        let img = open_png(&out.join(format!("feature-maps-{stage}.png")));
+        let c = (720 / values).min(56);
+        assert_eq!(img.height(), 64 + c, "{stage}");
+        assert!(img.width() >= 32 + (values * c).max(120), "{stage}");
+        assert_not_blank(&img, stage);
+    }
+
+    let stripes = dir.path().join("stripes.jpg");
+    write_picture(&stripes, 28, 28, false);
+    let other = dir.path().join("stripes");
+    run(&stripes, &other);
+    for stage in ["input", "conv1", "conv2"] {
+        let name = format!("feature-maps-{stage}.png");
+        assert!(
+            open_png(&out.join(&name)) != open_png(&other.join(&name)),
+            "{stage} is the same for two different images"
+        );
+    }
+}
+
+#[test]
+fn feature_maps_refuses_a_missing_or_broken_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let missing = visualize_fails(&[
+        "feature-maps",
+        "--model",
+        "lenet5",
+        "--image",
+        "/nonexistent/digit.png",
+        "--out",
+        out,
+    ]);
+    assert!(missing.contains("/nonexistent/digit.png"), "{missing}");
+    let broken = dir.path().join("broken.png");
+    std::fs::write(&broken, b"not a png").unwrap();
+    let err = visualize_fails(&[
+        "feature-maps",
+        "--model",
+        "lenet5",
+        "--image",
+        broken.to_str().unwrap(),
+        "--out",
+        out,
+    ]);
+    assert!(err.contains("cannot decode image"), "{err}");
+}

@@ -1,0 +1,172 @@
+//! The tutorial's MNIST CNN: two 3x3 convolutions (32 and 64 channels, padding 1), each followed
+//! by ReLU and 2x2 max-pooling, dropout 0.25, then `fc1` (3136 -> 128), ReLU and `fc2`.
+//!
+//! Parameter names are PyTorch's (`conv1`, `conv2`, `fc1`, `fc2`); initialisation is PyTorch's
+//! default.
+//!
+//! ```
+//! # fn main() -> candle_core::Result<()> {
+//! use candle_core::{DType, Device, Tensor};
+//! use candle_nn::ModuleT;
+//! let store = layers::ParamStore::new(0, &Device::Cpu);
+//! let net = mnist_cnn::MnistCnn::tutorial(10, store.vb())?;
+//! let logits = net.forward_t(&Tensor::zeros((2, 1, 28, 28), DType::F32, &Device::Cpu)?, false)?;
+//! assert_eq!(logits.dims(), [2, 10]);
+//! assert_eq!(store.num_parameters(), 421_642);
+//! # Ok(()) }
+//! ```
+
+use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
+use layers::{conv2d, conv_cfg, flatten, linear, Conv2d, Dropout, Pool2d, WeightInit};
+
+/// The shape of the MNIST CNN.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MnistCnnConfig {
+    /// Input channels (1 for MNIST).
+    pub in_channels: usize,
+    /// Input height and width (square images).
+    pub input_size: usize,
+    /// Output channels of `conv1` and `conv2`.
+    pub conv_channels: [usize; 2],
+    /// Width of `fc1`.
+    pub hidden: usize,
+    /// Drop probability applied to the pooled features before `fc1`.
+    pub dropout: f32,
+    /// Number of output classes.
+    pub num_classes: usize,
+}
+
+impl MnistCnnConfig {
+    /// The tutorial's network: 32 and 64 channels, 128 hidden units, dropout 0.25, 28x28 input.
+    pub fn tutorial(num_classes: usize) -> Self {
+        Self {
+            in_channels: 1,
+            input_size: 28,
+            conv_channels: [32, 64],
+            hidden: 128,
+            dropout: 0.25,
+            num_classes,
+        }
+    }
+}
+
+/// The MNIST CNN of the tutorial.
+#[derive(Debug, Clone)]
+pub struct MnistCnn {
+    conv1: Conv2d,
+    conv2: Conv2d,
+    fc1: Linear,
+    fc2: Linear,
+    pool: Pool2d,
+    dropout: Dropout,
+}
+
+impl MnistCnn {
+    /// Builds the network described by `cfg` under `vb`.
+    pub fn new(cfg: &MnistCnnConfig, vb: VarBuilder) -> Result<Self> {
+        if cfg.input_size < 4 {
+            candle_core::bail!(
+                "the MNIST CNN needs inputs of at least 4x4, got {}x{}",
+                cfg.input_size,
+                cfg.input_size
+            )
+        }
+        let side = cfg.input_size / 4;
+        let [c1, c2] = cfg.conv_channels;
+        let init = WeightInit::TorchDefault;
+        Ok(Self {
+            conv1: conv2d(
+                vb.pp("conv1"),
+                cfg.in_channels,
+                c1,
+                3,
+                conv_cfg(1, 1),
+                true,
+                init,
+            )?,
+            conv2: conv2d(vb.pp("conv2"), c1, c2, 3, conv_cfg(1, 1), true, init)?,
+            fc1: linear(vb.pp("fc1"), c2 * side * side, cfg.hidden, init)?,
+            fc2: linear(vb.pp("fc2"), cfg.hidden, cfg.num_classes, init)?,
+            pool: Pool2d::max(2, 2),
+            dropout: Dropout::new(cfg.dropout),
+        })
+    }
+
+    /// The tutorial's MNIST CNN for 1x28x28 input (421,642 parameters at 10 classes).
+    pub fn tutorial(num_classes: usize, vb: VarBuilder) -> Result<Self> {
+        Self::new(&MnistCnnConfig::tutorial(num_classes), vb)
+    }
+
+    /// Every stage's output; `train` switches dropout on.
+    fn stages(&self, xs: &Tensor, train: bool) -> Result<Vec<(String, Tensor)>> {
+        let c1 = self.pool.forward(&self.conv1.forward(xs)?.relu()?)?;
+        let c2 = self.pool.forward(&self.conv2.forward(&c1)?.relu()?)?;
+        let dropped = self.dropout.forward_t(&c2, train)?;
+        let f1 = self.fc1.forward(&flatten(&dropped)?)?.relu()?;
+        let logits = self.fc2.forward(&f1)?;
+        Ok(vec![
+            ("conv1".to_string(), c1),
+            ("conv2".to_string(), c2),
+            ("fc1".to_string(), f1),
+            ("logits".to_string(), logits),
+        ])
+    }
+}
+
+impl ModuleT for MnistCnn {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        match self.stages(xs, train)?.pop() {
+            Some((_, logits)) => Ok(logits),
+            None => candle_core::bail!("the MNIST CNN produced no stages"),
+        }
+    }
+}
+
+impl layers::Network for MnistCnn {
+    fn forward_stages(&self, xs: &Tensor) -> Result<Vec<(String, Tensor)>> {
+        self.stages(xs, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use layers::Network;
+
+    #[test]
+    fn tutorial_has_pytorch_keys_and_count() -> Result<()> {
+        let store = layers::ParamStore::new(0, &Device::Cpu);
+        MnistCnn::tutorial(10, store.vb())?;
+        let shapes: Vec<(String, Vec<usize>)> = store
+            .named_vars()
+            .into_iter()
+            .map(|(n, v)| (n, v.dims().to_vec()))
+            .collect();
+        assert_eq!(shapes[2], ("conv2.bias".to_string(), vec![64]));
+        assert_eq!(shapes[5], ("fc1.weight".to_string(), vec![128, 3136]));
+        assert_eq!(shapes.len(), 8);
+        assert_eq!(store.num_parameters(), 421_642);
+        Ok(())
+    }
+
+    #[test]
+    fn dropout_acts_only_in_training() -> Result<()> {
+        let store = layers::ParamStore::new(2, &Device::Cpu);
+        let net = MnistCnn::tutorial(10, store.vb())?;
+        let xs = Tensor::randn(0f32, 1., (2, 1, 28, 28), &Device::Cpu)?;
+        let eval = net.forward_t(&xs, false)?;
+        let stages = net.forward_stages(&xs)?;
+        assert_eq!(stages[1].1.dims(), [2, 64, 7, 7]);
+        let same = (&eval - &stages[3].1)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert_eq!(same, 0.0);
+        let train = net.forward_t(&xs, true)?;
+        let diff = (&eval - &train)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff > 0.0, "dropout changed nothing in training");
+        Ok(())
+    }
+}
