@@ -54,7 +54,7 @@ pub fn save(varmap: &VarMap, path: &Path) -> Result<()> {
 
 /// Reads every tensor of a safetensors file onto the CPU, refusing PyTorch pickles with a hint.
 pub fn read(path: &Path) -> Result<HashMap<String, Tensor>> {
-    let mut head = [0u8; 8];
+    let mut head = [0u8; 9];
     {
         use std::io::Read;
         let mut f = std::fs::File::open(path)
@@ -62,15 +62,17 @@ pub fn read(path: &Path) -> Result<HashMap<String, Tensor>> {
         let n = f
             .read(&mut head)
             .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
-        if n < 8 {
+        if n < head.len() {
             bail!(
                 "{} is not a safetensors file: only {n} bytes long",
                 path.display()
             )
         }
     }
+    // A safetensors file is a little-endian header length, then the JSON header.
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    if head.starts_with(b"PK\x03\x04") || head[0] == 0x80 || matches!(ext, "pth" | "pt" | "pkl") {
+    let pickle = head.starts_with(b"PK\x03\x04") || (head[0] == 0x80 && (2..=5).contains(&head[1]));
+    if head[8] != b'{' && (pickle || matches!(ext, "pth" | "pt" | "pkl" | "bin")) {
         bail!(
             "{} looks like a PyTorch pickle (.pth/.pt), which is not loaded for safety; convert it \
              with: python -c \"import torch; from safetensors.torch import save_file; \

@@ -105,9 +105,7 @@ impl SeededBackend {
             Init::Uniform { lo, up } => (0..n)
                 .map(|_| (lo + (up - lo) * rng.uniform()) as f32)
                 .collect(),
-            Init::Randn { mean, stdev } => (0..n)
-                .map(|_| (mean + stdev * rng.normal()) as f32)
-                .collect(),
+            Init::Randn { mean, stdev } => rng.normals(n, mean, stdev),
             Init::Kaiming {
                 dist,
                 fan,
@@ -115,9 +113,7 @@ impl SeededBackend {
             } => {
                 let std = non_linearity.gain() / (fan.for_shape(shape).max(1) as f64).sqrt();
                 match dist {
-                    candle_nn::init::NormalOrUniform::Normal => {
-                        (0..n).map(|_| (std * rng.normal()) as f32).collect()
-                    }
+                    candle_nn::init::NormalOrUniform::Normal => rng.normals(n, 0.0, std),
                     candle_nn::init::NormalOrUniform::Uniform => {
                         let bound = 3f64.sqrt() * std;
                         (0..n)
@@ -140,9 +136,17 @@ impl SimpleBackend for SeededBackend {
             return Ok(var.as_tensor().clone());
         }
         let values = self.sample(&s, h);
-        let tensor = Tensor::from_vec(values, s, &Device::Cpu)?
-            .to_dtype(dtype)?
-            .to_device(dev)?;
+        let tensor = Tensor::from_vec(values, s, &Device::Cpu)?;
+        let tensor = if dtype == DType::F32 {
+            tensor
+        } else {
+            tensor.to_dtype(dtype)?
+        };
+        let tensor = if dev.is_cpu() {
+            tensor
+        } else {
+            tensor.to_device(dev)?
+        };
         let var = Var::from_tensor(&tensor)?;
         let out = var.as_tensor().clone();
         data.insert(name.to_string(), var);

@@ -58,9 +58,28 @@ impl Rng {
 
     /// Standard normal, by Box-Muller.
     pub fn normal(&mut self) -> f64 {
+        self.normal_pair().0
+    }
+
+    /// Two independent standard normals from one Box-Muller draw.
+    pub fn normal_pair(&mut self) -> (f64, f64) {
         let u1 = 1.0 - self.uniform();
         let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+        let r = (-2.0 * u1.ln()).sqrt();
+        let (s, c) = (2.0 * std::f64::consts::PI * u2).sin_cos();
+        (r * c, r * s)
+    }
+
+    /// `n` normals with this mean and standard deviation, as f32.
+    pub fn normals(&mut self, n: usize, mean: f64, std: f64) -> Vec<f32> {
+        let mut out = Vec::with_capacity(n + 1);
+        while out.len() < n {
+            let (a, b) = self.normal_pair();
+            out.push((mean + std * a) as f32);
+            out.push((mean + std * b) as f32);
+        }
+        out.truncate(n);
+        out
     }
 }
 

@@ -1,0 +1,72 @@
+//! Class names: ImageNet's for the pretrained head, the dataset's for a fine-tuned one.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+/// The 1000 ImageNet class names in label order (torchvision's / Keras' index).
+pub fn imagenet() -> Vec<String> {
+    include_str!("../assets/imagenet_classes.txt")
+        .lines()
+        .map(|l| l.replace('_', " "))
+        .collect()
+}
+
+/// The file beside a fine-tuned checkpoint that holds its class names (a JSON list).
+pub fn sidecar(weights: &Path) -> std::path::PathBuf {
+    weights.with_file_name("classes.json")
+}
+
+/// Writes `classes` beside `weights`.
+pub fn save(weights: &Path, classes: &[String]) -> Result<()> {
+    let path = sidecar(weights);
+    std::fs::write(&path, serde_json::to_vec_pretty(classes)?)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The names for a checkpoint with `num_classes` outputs stored at `weights`.
+pub fn for_checkpoint(weights: &Path, num_classes: usize) -> Result<Vec<String>> {
+    let path = sidecar(weights);
+    if path.is_file() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let names: Vec<String> = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a JSON list of class names", path.display()))?;
+        if names.len() != num_classes {
+            bail!(
+                "{} lists {} classes but the checkpoint's head has {num_classes}",
+                path.display(),
+                names.len()
+            )
+        }
+        return Ok(names);
+    }
+    if num_classes == 1000 {
+        return Ok(imagenet());
+    }
+    Ok((0..num_classes).map(|i| format!("class {i}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imagenet_has_a_thousand_names_in_order() {
+        let names = imagenet();
+        assert_eq!(names.len(), 1000);
+        assert_eq!(names[0], "tench");
+        assert_eq!(names[281], "tabby");
+        assert_eq!(names[999], "toilet tissue");
+    }
+
+    #[test]
+    fn sidecar_names_must_match_the_head() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let weights = dir.path().join("best.safetensors");
+        save(&weights, &["cat".into(), "dog".into()])?;
+        assert_eq!(for_checkpoint(&weights, 2)?, ["cat", "dog"]);
+        assert!(for_checkpoint(&weights, 3).is_err());
+        Ok(())
+    }
+}

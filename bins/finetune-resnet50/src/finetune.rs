@@ -1,0 +1,196 @@
+//! The fine-tuning run: pretrained ResNet-50, new head, frozen backbone, the shared engine.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use datasets::{Loader, LoaderConfig, Transform};
+use layers::ParamStore;
+use resnet::ResNet;
+use serde::{Deserialize, Serialize};
+use train::config::{DatasetKind, RunConfig};
+use train::run::{train, Outcome, Trainee};
+use train::source::BatchSource;
+
+use crate::classes;
+use crate::features::CachedFeatures;
+use crate::model::{FineTune, Head, Unfreeze};
+use crate::weights;
+
+/// What fine-tuning adds to a training run's configuration (saved as `finetune.json`, so that
+/// `--resume` rebuilds the same model).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FineTuneConfig {
+    /// A `.safetensors` file or a Hub model id.
+    pub weights: String,
+    /// How much of the backbone trains.
+    pub unfreeze: Unfreeze,
+    /// Side of the square network input.
+    pub image_size: usize,
+    /// RandomResizedCrop + flip for training (else the evaluation transform).
+    pub augment: bool,
+}
+
+impl FineTuneConfig {
+    /// The training and test transforms: ImageNet preprocessing at `image_size`.
+    pub fn transforms(&self) -> (String, String) {
+        let eval = format!("imagenet-eval:{}", self.image_size);
+        let train = if self.augment {
+            format!("imagenet-train:{}", self.image_size)
+        } else {
+            eval.clone()
+        };
+        (train, eval)
+    }
+
+    /// Whether the backbone's features can be computed once: nothing in it trains and the
+    /// inputs do not change between epochs.
+    pub fn caches_features(&self) -> bool {
+        self.unfreeze == Unfreeze::None && !self.augment
+    }
+
+    fn path(dir: &Path) -> PathBuf {
+        dir.join("finetune.json")
+    }
+
+    /// Writes `finetune.json` into `dir`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create output directory {}", dir.display()))?;
+        train::atomic::write_bytes(&Self::path(dir), &serde_json::to_vec_pretty(self)?)
+    }
+
+    /// Reads `finetune.json` from a run directory.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = Self::path(dir);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read {} (is this a fine-tuning run?)",
+                path.display()
+            )
+        })?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
+    }
+}
+
+/// Fine-tunes as `run` and `ft` say, on the data `run` names, writing into `out`.
+pub fn finetune(
+    run: &RunConfig,
+    ft: &FineTuneConfig,
+    out: &Path,
+    resume: Option<(train::state::ResumeState, train::state::StateTensors)>,
+) -> Result<Outcome> {
+    let data = train::cli::load_data(run)?;
+    let classes = data.train.classes().to_vec();
+    let device = train::device::parse_device(&run.device)?;
+    let path = weights::resolve(&ft.weights)?;
+    let tensors = layers::checkpoint::read(&path)?;
+    let store = ParamStore::new(run.seed, &device);
+    let net = ResNet::resnet50(classes.len(), store.vb())?;
+    weights::load(&store, tensors, &path, true)?;
+    println!(
+        "loaded {} ({}); new head for {} classes; training {}",
+        ft.weights,
+        path.display(),
+        classes.len(),
+        match ft.unfreeze {
+            Unfreeze::None => "the head only (backbone frozen)",
+            Unfreeze::Layer4 => "layer4 and the head",
+            Unfreeze::Layer3 => "layer3, layer4 and the head",
+            Unfreeze::All => "every layer",
+        }
+    );
+    let model = FineTune::new(net, ft.unfreeze);
+    let loader = |dataset, transform: &str, batch_size, shuffle, limit| -> Result<Loader> {
+        Loader::new(
+            dataset,
+            Transform::parse(transform)?,
+            LoaderConfig {
+                batch_size,
+                shuffle,
+                seed: run.seed,
+                drop_last: false,
+                workers: run.workers,
+                limit,
+            },
+        )
+    };
+    let (train_t, test_t) = (&run.train_transform, &run.test_transform);
+    let train_images = loader(
+        data.train.clone(),
+        train_t,
+        run.batch_size,
+        true,
+        run.limit_train,
+    )?;
+    let test_images = loader(
+        data.test.clone(),
+        test_t,
+        run.test_batch_size,
+        false,
+        run.limit_test,
+    )?;
+    ft.save(out)?;
+    classes::save(&out.join(train::run::BEST), &classes)?;
+    let title = format!("resnet50 fine-tuned on {}", train::run::dataset_title(run));
+    let trainable = model.trainable(&store);
+    if ft.caches_features() {
+        println!("backbone frozen and no augmentation: computing its features once, then training the head on them");
+        let unshuffled = loader(
+            data.train.clone(),
+            train_t,
+            run.test_batch_size,
+            false,
+            run.limit_train,
+        )?;
+        let train_features = CachedFeatures::compute(
+            &model,
+            &unshuffled,
+            &device,
+            run.batch_size,
+            Some(run.seed),
+            "features: train".into(),
+        )?;
+        let test_features = CachedFeatures::compute(
+            &model,
+            &test_images,
+            &device,
+            run.test_batch_size,
+            None,
+            "features: test".into(),
+        )?;
+        let head = Head(model.net());
+        let trainee = Trainee {
+            model: &head,
+            store: &store,
+            trainable,
+            train: &train_features,
+            test: &test_features,
+            test_images: data.test.as_ref(),
+            classes,
+            title,
+            device,
+        };
+        return train(run, trainee, out, resume);
+    }
+    let trainee = Trainee {
+        model: &model,
+        store: &store,
+        trainable,
+        train: &train_images as &dyn BatchSource,
+        test: &test_images,
+        test_images: data.test.as_ref(),
+        classes,
+        title,
+        device,
+    };
+    train(run, trainee, out, resume)
+}
+
+/// The dataset kind for `--dataset`.
+pub fn dataset_kind(folder: bool) -> DatasetKind {
+    if folder {
+        DatasetKind::Folder
+    } else {
+        DatasetKind::Cifar10
+    }
+}

@@ -1,0 +1,158 @@
+//! Fine-tune an ImageNet-pretrained ResNet-50 on CIFAR-10 or your own image folders (the
+//! tutorial's transfer learning), and predict with any ResNet-50 checkpoint.
+//!
+//! `cargo run -p finetune-resnet50 -- --data-dir ../shared/data/cifar10 --image-size 64 --limit-train 2000`
+//! `cargo run -p finetune-resnet50 -- predict --image cat.jpg`
+
+mod classes;
+mod features;
+mod finetune;
+mod model;
+mod predict;
+mod weights;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+use train::cli::Recipe;
+use train::config::{DatasetKind, OptimizerKind, ScheduleKind};
+
+use crate::finetune::{dataset_kind, FineTuneConfig};
+use crate::model::Unfreeze;
+
+/// The transfer-learning recipe of PyTorch's tutorial: SGD lr 0.001 momentum 0.9 on the new
+/// head, the rate divided by 10 after 7 epochs.
+const RECIPE: Recipe = Recipe {
+    program: "finetune-resnet50",
+    about: "Fine-tune an ImageNet-pretrained ResNet-50 (backbone frozen, new head)",
+    dataset: DatasetKind::Cifar10,
+    models: &["resnet50"],
+    model: "resnet50",
+    optimizer: OptimizerKind::Sgd,
+    lr: 0.001,
+    momentum: 0.9,
+    weight_decay: 0.0,
+    schedule: ScheduleKind::Multistep,
+    milestones: &[7],
+    gamma: 0.1,
+    epochs: 10,
+    batch_size: 64,
+    test_batch_size: 128,
+    train_transform: "imagenet-eval",
+    test_transform: "imagenet-eval",
+};
+
+#[derive(Parser, Debug)]
+#[command(name = "finetune-resnet50", version, about = RECIPE.about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    finetune: FineTuneArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the top-5 classes of images under a ResNet-50 checkpoint
+    Predict(PredictArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct FineTuneArgs {
+    /// Pretrained weights: a .safetensors file or a Hugging Face Hub model id
+    #[arg(long, default_value = weights::DEFAULT_WEIGHTS)]
+    weights: String,
+    /// Train on an ImageFolder at --data-dir (ROOT/<class>/*.jpg, or ROOT/train + ROOT/test)
+    /// instead of CIFAR-10
+    #[arg(long)]
+    folder: bool,
+    /// Side of the square network input (smaller is faster on a CPU)
+    #[arg(long, default_value_t = 224)]
+    image_size: usize,
+    /// How much of the backbone trains besides the new head
+    #[arg(long, value_enum, default_value_t = Unfreeze::None)]
+    unfreeze: Unfreeze,
+    /// RandomResizedCrop + horizontal flip for training (turns off feature caching)
+    #[arg(long)]
+    augment: bool,
+    #[command(flatten)]
+    train: train::cli::Args,
+}
+
+#[derive(clap::Args, Debug)]
+struct PredictArgs {
+    /// A .safetensors file (a fine-tuned run's best.safetensors) or a Hub model id
+    #[arg(long, default_value = weights::DEFAULT_WEIGHTS)]
+    weights: String,
+    /// Images to classify
+    #[arg(long, required = true, num_args = 1..)]
+    image: Vec<PathBuf>,
+    /// Side of the network input (Resize to size*256/224, CenterCrop to size)
+    #[arg(long, default_value_t = 224)]
+    image_size: usize,
+    /// auto, cpu, cuda or cuda:N
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Predict(args)) => predict(&args),
+        None => run(cli.finetune),
+    }
+}
+
+fn predict(args: &PredictArgs) -> Result<()> {
+    let device = train::device::parse_device(&args.device)?;
+    let classifier = predict::Classifier::load(&args.weights, args.image_size, &device)?;
+    for image in &args.image {
+        let p = classifier.predict(image)?;
+        println!("{}", p.image.display());
+        for (name, prob) in &p.top5 {
+            println!("  {:6.2}%  {name}", prob * 100.0);
+        }
+    }
+    Ok(())
+}
+
+fn run(args: FineTuneArgs) -> Result<()> {
+    if let Some(dir) = &args.train.resume {
+        let ft = FineTuneConfig::load(dir)?;
+        let (saved, tensors) = train::state::load(dir)?;
+        let mut config = saved.config.clone();
+        if let Some(epochs) = args.train.epochs {
+            config.epochs = epochs;
+        }
+        if let Some(device) = &args.train.device {
+            config.device = device.clone();
+        }
+        if let Some(data_dir) = &args.train.data_dir {
+            config.data_dir = Some(data_dir.clone());
+        }
+        finetune::finetune(&config, &ft, dir, Some((saved, tensors)))?;
+        return Ok(());
+    }
+    if args.folder && args.train.data_dir.is_none() {
+        bail!("--folder needs --data-dir ROOT with one subfolder per class");
+    }
+    let ft = FineTuneConfig {
+        weights: args.weights.clone(),
+        unfreeze: args.unfreeze,
+        image_size: args.image_size,
+        augment: args.augment,
+    };
+    let (train_t, test_t) = ft.transforms();
+    let mut train_args = args.train.clone();
+    train_args.train_transform.get_or_insert(train_t);
+    train_args.test_transform.get_or_insert(test_t);
+    let mut config = RECIPE.config(&train_args)?;
+    config.dataset = dataset_kind(args.folder);
+    let out = train_args
+        .out
+        .clone()
+        .unwrap_or_else(|| train::cli::default_out(RECIPE.program));
+    finetune::finetune(&config, &ft, &out, None)?;
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! The tutorial's transfer-learning model: a pretrained ResNet-50 with a new `fc`, the
+//! backbone frozen up to a chosen depth.
+
+use candle_core::{Module, ModuleT, Result, Tensor};
+use clap::ValueEnum;
+use layers::{Network, ParamStore};
+use resnet::ResNet;
+use serde::{Deserialize, Serialize};
+
+/// How much of the backbone trains along with the new head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Unfreeze {
+    /// Only the new `fc` (the tutorial's `requires_grad = False` on every other parameter).
+    None,
+    /// `layer4` and `fc`.
+    Layer4,
+    /// `layer3`, `layer4` and `fc`.
+    Layer3,
+    /// Every parameter.
+    All,
+}
+
+impl Unfreeze {
+    /// Whether residual stage `index` (0 = `layer1`) trains.
+    pub fn stage_trains(self, index: usize) -> bool {
+        match self {
+            Unfreeze::None => false,
+            Unfreeze::Layer4 => index >= 3,
+            Unfreeze::Layer3 => index >= 2,
+            Unfreeze::All => true,
+        }
+    }
+
+    /// Whether the parameter `name` trains.
+    pub fn trains(self, name: &str) -> bool {
+        if name.starts_with("fc.") || self == Unfreeze::All {
+            return true;
+        }
+        (0..4).any(|i| self.stage_trains(i) && name.starts_with(&format!("layer{}.", i + 1)))
+    }
+}
+
+/// A ResNet-50 whose frozen part always runs in evaluation mode, so that its batch norms
+/// keep their ImageNet statistics, as `requires_grad = False` plus `model.eval()` on the
+/// frozen modules does in PyTorch.
+pub struct FineTune {
+    net: ResNet,
+    unfreeze: Unfreeze,
+}
+
+impl FineTune {
+    /// Wraps `net`, training the parts `unfreeze` names.
+    pub fn new(net: ResNet, unfreeze: Unfreeze) -> Self {
+        Self { net, unfreeze }
+    }
+
+    /// The network.
+    pub fn net(&self) -> &ResNet {
+        &self.net
+    }
+
+    /// The variables the optimizer updates (no running statistics).
+    pub fn trainable(&self, store: &ParamStore) -> Vec<(String, candle_core::Var)> {
+        store
+            .trainable()
+            .into_iter()
+            .filter(|(name, _)| self.unfreeze.trains(name))
+            .collect()
+    }
+
+    /// The pooled 2048-d features of the frozen backbone (evaluation mode throughout).
+    pub fn frozen_features(&self, xs: &Tensor) -> Result<Tensor> {
+        self.net.features_t(xs, false)
+    }
+}
+
+impl ModuleT for FineTune {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let mut ys = self
+            .net
+            .stem_forward_t(xs, train && self.unfreeze == Unfreeze::All)?;
+        for i in 0..self.net.num_stages() {
+            ys = self
+                .net
+                .stage_forward_t(i, &ys, train && self.unfreeze.stage_trains(i))?;
+        }
+        self.net.fc().forward(&self.net.pool(&ys)?)
+    }
+}
+
+impl Network for FineTune {
+    fn forward_stages(&self, xs: &Tensor) -> Result<Vec<(String, Tensor)>> {
+        self.net.forward_stages(xs)
+    }
+}
+
+/// The head alone, for training on cached backbone features.
+pub struct Head<'a>(pub &'a ResNet);
+
+impl ModuleT for Head<'_> {
+    fn forward_t(&self, features: &Tensor, _train: bool) -> Result<Tensor> {
+        self.0.fc().forward(features)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unfreeze_selects_parameters_by_stage() {
+        assert!(Unfreeze::None.trains("fc.weight"));
+        assert!(!Unfreeze::None.trains("layer4.0.conv1.weight"));
+        assert!(Unfreeze::Layer4.trains("layer4.0.conv1.weight"));
+        assert!(!Unfreeze::Layer4.trains("layer3.0.conv1.weight"));
+        assert!(Unfreeze::Layer3.trains("layer3.5.bn3.weight"));
+        assert!(!Unfreeze::Layer3.trains("conv1.weight"));
+        assert!(Unfreeze::All.trains("conv1.weight"));
+        assert!(!Unfreeze::Layer4.trains("layer40.weight"));
+    }
+}

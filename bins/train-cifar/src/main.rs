@@ -1,0 +1,33 @@
+//! Section 4 of the tutorial: ResNet-18 (or any zoo model taking 3x32x32) on CIFAR-10.
+//!
+//! `cargo run -p train-cifar -- --data-dir ../shared/data/cifar10 --limit-train 2000 --epochs 1`
+
+use train::cli::Recipe;
+use train::config::{DatasetKind, OptimizerKind, ScheduleKind};
+
+/// The tutorial's CIFAR-10 recipe: SGD lr 0.1, momentum 0.9, weight decay 5e-4, MultiStepLR at
+/// epochs 100 and 150 (gamma 0.1), 180 epochs, batches of 128 (256 for testing), random crop
+/// with padding 4 and horizontal flip.
+const RECIPE: Recipe = Recipe {
+    program: "train-cifar",
+    about: "Train a CNN on CIFAR-10 (the tutorial's section 4)",
+    dataset: DatasetKind::Cifar10,
+    models: &[],
+    model: "resnet18-seed",
+    optimizer: OptimizerKind::Sgd,
+    lr: 0.1,
+    momentum: 0.9,
+    weight_decay: 5e-4,
+    schedule: ScheduleKind::Multistep,
+    milestones: &[100, 150],
+    gamma: 0.1,
+    epochs: 180,
+    batch_size: 128,
+    test_batch_size: 256,
+    train_transform: "cifar10-train",
+    test_transform: "cifar10-test",
+};
+
+fn main() -> anyhow::Result<()> {
+    RECIPE.main()
+}

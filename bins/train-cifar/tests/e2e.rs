@@ -1,0 +1,140 @@
+//! End-to-end runs of `train-cifar`: every output on tiny synthetic CIFAR-10 batches, a clear
+//! refusal of a model that does not fit; with CNN_SHARED_DIR set, the real JPEG archive.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const OUTPUTS: [&str; 10] = [
+    "best.safetensors",
+    "last.safetensors",
+    "state.json",
+    "state.safetensors",
+    "metrics.csv",
+    "metrics.json",
+    "config.json",
+    "curves.png",
+    "predictions.png",
+    "confusion.png",
+];
+
+fn train_cifar(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_train-cifar"))
+        .args(args)
+        .args(["--device", "cpu", "--workers", "2"])
+        .output()
+        .expect("train-cifar starts")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn assert_outputs(dir: &Path, epochs: usize) {
+    for name in OUTPUTS {
+        assert!(
+            dir.join(name).is_file(),
+            "{name} missing in {}",
+            dir.display()
+        );
+    }
+    let csv = std::fs::read_to_string(dir.join("metrics.csv")).expect("metrics.csv");
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("epoch,train_loss,train_acc,test_loss,test_acc,lr,seconds")
+    );
+    assert_eq!(lines.count(), epochs);
+}
+
+#[test]
+fn synthetic_cifar_run_writes_every_output_and_onecycle_steps_per_batch() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("cifar");
+    train::synthetic::write_cifar10(&data, 8, 20).expect("synthetic CIFAR-10");
+    let out = dir.path().join("run");
+    let args = [
+        "--data-dir",
+        &s(&data),
+        "--out",
+        &s(&out),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "20",
+        "--schedule",
+        "onecycle",
+        "--label-smoothing",
+        "0.1",
+    ];
+    let run = train_cifar(&args);
+    assert!(run.status.success(), "{}", text(&run));
+    assert_outputs(&out, 2);
+    let config = std::fs::read_to_string(out.join("config.json")).expect("config.json");
+    assert!(config.contains("\"resnet18-seed\""), "{config}");
+    assert!(config.contains("\"onecycle\""), "{config}");
+    // OneCycle over 2 epochs of 2 batches ends at max_lr / 25 / 1e4 = 4e-7 after the last batch.
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).expect("metrics.csv");
+    let lr: f64 = csv
+        .lines()
+        .nth(2)
+        .and_then(|l| l.split(',').nth(5))
+        .and_then(|v| v.parse().ok())
+        .expect("lr");
+    assert!((lr - 4e-7).abs() < 1e-13, "{csv}");
+}
+
+#[test]
+fn a_model_that_does_not_fit_fails_before_training() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("cifar");
+    train::synthetic::write_cifar10(&data, 2, 4).expect("synthetic CIFAR-10");
+    let out = dir.path().join("run");
+    let run = train_cifar(&[
+        "--data-dir",
+        &s(&data),
+        "--out",
+        &s(&out),
+        "--model",
+        "lenet5",
+    ]);
+    assert!(!run.status.success());
+    let log = text(&run);
+    assert!(
+        log.contains("lenet5 does not fit") && log.contains("3x32x32"),
+        "{log}"
+    );
+    assert!(!out.join("metrics.csv").exists());
+}
+
+/// The real CIFAR-10 JPEG archive, end to end on a slice of it.
+#[test]
+fn real_cifar_archive_end_to_end() {
+    let Ok(shared) = std::env::var("CNN_SHARED_DIR") else {
+        eprintln!("skipped: CNN_SHARED_DIR not set");
+        return;
+    };
+    let data = Path::new(&shared).join("data").join("cifar10");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = train_cifar(&[
+        "--data-dir",
+        &s(&data),
+        "--out",
+        &s(dir.path()),
+        "--epochs",
+        "1",
+        "--limit-train",
+        "256",
+        "--limit-test",
+        "256",
+    ]);
+    assert!(run.status.success(), "{}", text(&run));
+    assert_outputs(dir.path(), 1);
+}

@@ -1,0 +1,57 @@
+//! Writing files so that a reader never sees half of one: a temporary file, then a rename.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// A hidden temporary path beside `path` (same directory, so the rename is atomic) that keeps
+/// the extension, for writers that pick the format from it (`.curves.tmp123.png`).
+pub fn temp_path(path: &Path) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let ext = path
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    path.with_file_name(format!(".{stem}.tmp{}{ext}", std::process::id()))
+}
+
+/// Calls `write` on a temporary path beside `path`, then renames it over `path`.
+pub fn write_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = temp_path(path);
+    let result = write(&tmp).and_then(|()| {
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Writes `bytes` to `path` atomically.
+pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_with(path, |tmp| {
+        std::fs::write(tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_the_file_and_leaves_no_temporary() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("a.txt");
+        write_bytes(&path, b"one")?;
+        write_bytes(&path, b"two")?;
+        assert_eq!(std::fs::read(&path)?, b"two");
+        assert!(write_with(&path, |_| anyhow::bail!("boom")).is_err());
+        assert_eq!(std::fs::read(&path)?, b"two");
+        assert_eq!(std::fs::read_dir(dir.path())?.count(), 1);
+        Ok(())
+    }
+}

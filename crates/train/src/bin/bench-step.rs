@@ -1,0 +1,110 @@
+//! Median time of one training step (forward, backward, optimizer) on the CPU for the
+//! tutorial's networks: `cargo run -p train --bin bench-step [-- --steps N] [--only MODEL]`.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use train::config::{DatasetKind, OptimizerKind, RunConfig, ScheduleKind};
+
+/// A benchmarked case: model, batch size, input shape (C, H, W), and the optimizer its
+/// training program uses.
+type Case = (&'static str, usize, (usize, usize, usize), OptimizerKind);
+
+const CASES: [Case; 4] = [
+    ("cnn-mnist", 64, (1, 28, 28), OptimizerKind::Adam),
+    ("lenet5", 64, (1, 28, 28), OptimizerKind::Adam),
+    ("resnet18-seed", 128, (3, 32, 32), OptimizerKind::Sgd),
+    ("resnet18-cifar", 128, (3, 32, 32), OptimizerKind::Sgd),
+];
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+    };
+    let steps: Option<usize> = flag("--steps")
+        .map(|s| s.parse().context("--steps takes a number"))
+        .transpose()?;
+    let only = flag("--only");
+    println!("median training step on the CPU (forward + backward + optimizer step)");
+    for (model, batch, shape, optimizer) in CASES {
+        if only.is_some_and(|o| o != model) {
+            continue;
+        }
+        let n = steps.unwrap_or(if batch * shape.0 * shape.1 * shape.2 > 200_000 {
+            3
+        } else {
+            10
+        });
+        let ms = median_step_ms(model, batch, shape, optimizer, n)?;
+        println!("{model:>15} b{batch:<4} {ms:>10.1} ms  (median of {n})");
+    }
+    Ok(())
+}
+
+fn median_step_ms(
+    model_name: &str,
+    batch: usize,
+    (c, h, w): (usize, usize, usize),
+    optimizer: OptimizerKind,
+    steps: usize,
+) -> Result<f64> {
+    let device = Device::Cpu;
+    let store = layers::ParamStore::new(0, &device);
+    let model = zoo::build(model_name, 10, store.vb())?;
+    let config = RunConfig {
+        program: "bench-step".into(),
+        dataset: DatasetKind::Cifar10,
+        data_dir: None,
+        model: model_name.into(),
+        epochs: 1,
+        batch_size: batch,
+        test_batch_size: batch,
+        optimizer,
+        lr: if optimizer == OptimizerKind::Sgd {
+            0.1
+        } else {
+            1e-3
+        },
+        momentum: 0.9,
+        weight_decay: if optimizer == OptimizerKind::Sgd {
+            5e-4
+        } else {
+            0.0
+        },
+        nesterov: false,
+        schedule: ScheduleKind::Constant,
+        milestones: vec![],
+        step_size: 1,
+        gamma: 0.1,
+        warmup_epochs: 0,
+        label_smoothing: 0.0,
+        train_transform: String::new(),
+        test_transform: String::new(),
+        seed: 0,
+        device: "cpu".into(),
+        limit_train: None,
+        limit_test: None,
+        workers: 1,
+    };
+    let mut opt = config.optimizer(store.trainable())?;
+    let x = Tensor::randn(0f32, 1.0, (batch, c, h, w), &device)?;
+    let labels: Vec<u32> = (0..batch as u32).map(|i| i % 10).collect();
+    let y = Tensor::from_vec(labels, batch, &device)?;
+    let mut times = Vec::with_capacity(steps);
+    for i in 0..=steps {
+        let start = Instant::now();
+        let logits = model.forward_t(&x, true)?;
+        let loss = train::loss::cross_entropy(&logits, &y, 0.0)?;
+        let grads = loss.backward()?;
+        opt.step(&grads)?;
+        if i > 0 {
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}

@@ -1,0 +1,431 @@
+//! The command line shared by the training programs: flags in the style of PyTorch's examples,
+//! program defaults from a [`Recipe`], resuming, and the run itself.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{ArgMatches, Args as _, Command, FromArgMatches as _};
+
+use crate::config::{DatasetKind, OptimizerKind, RunConfig, ScheduleKind};
+use crate::run::{run, Outcome};
+use crate::state;
+
+/// The flags of every training program. Unset flags take the program's [`Recipe`] defaults
+/// (shown in `--help`); on `--resume`, the saved run's configuration.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Args {
+    /// Directory holding the data set (else it is downloaded from the Hugging Face Hub)
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Output directory [default: runs/<program>-<timestamp>; with --resume, that directory]
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Model name (see the zoo)
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Epochs to train in total
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Training batch size
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Test batch size
+    #[arg(long)]
+    pub test_batch_size: Option<usize>,
+    /// Optimizer
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerKind>,
+    /// Learning rate (OneCycle: the peak rate)
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// SGD momentum, or Adam's beta1
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    /// Weight decay (L2 for SGD and Adam, decoupled for AdamW)
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Nesterov momentum (SGD)
+    #[arg(long)]
+    pub nesterov: bool,
+    /// Learning-rate schedule
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleKind>,
+    /// MultiStepLR milestones in epochs, comma separated
+    #[arg(long, value_delimiter = ',')]
+    pub milestones: Option<Vec<usize>>,
+    /// StepLR period in epochs
+    #[arg(long)]
+    pub step_size: Option<usize>,
+    /// StepLR / MultiStepLR decay factor
+    #[arg(long)]
+    pub gamma: Option<f64>,
+    /// Epochs of linear warm-up before the schedule
+    #[arg(long)]
+    pub warmup_epochs: Option<usize>,
+    /// Cross-entropy label smoothing
+    #[arg(long)]
+    pub label_smoothing: Option<f64>,
+    /// Training transform: a preset (mnist-train, cifar10-train, ...) or steps such as
+    /// `random-crop:32:4,flip,normalize:cifar10`
+    #[arg(long)]
+    pub train_transform: Option<String>,
+    /// Test transform: a preset (mnist-test, cifar10-test, ...) or steps
+    #[arg(long)]
+    pub test_transform: Option<String>,
+    /// Random seed (initialisation, data order, augmentation, dropout)
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// auto, cpu, cuda or cuda:N
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Continue the run saved in this directory
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Train on the first N training images only
+    #[arg(long)]
+    pub limit_train: Option<usize>,
+    /// Test on the first N test images only
+    #[arg(long)]
+    pub limit_test: Option<usize>,
+    /// Data-loading threads [default: the number of CPUs]
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+/// A program's defaults: the tutorial's recipe for its section.
+#[derive(Debug, Clone)]
+pub struct Recipe {
+    /// Program name (`train-mnist`).
+    pub program: &'static str,
+    /// One line for `--help`.
+    pub about: &'static str,
+    /// The data set.
+    pub dataset: DatasetKind,
+    /// The models `--model` accepts; empty: any zoo model that fits the data.
+    pub models: &'static [&'static str],
+    /// Default model.
+    pub model: &'static str,
+    /// Default optimizer.
+    pub optimizer: OptimizerKind,
+    /// Default learning rate.
+    pub lr: f64,
+    /// Default momentum (Adam: beta1).
+    pub momentum: f64,
+    /// Default weight decay.
+    pub weight_decay: f64,
+    /// Default schedule.
+    pub schedule: ScheduleKind,
+    /// Default MultiStepLR milestones.
+    pub milestones: &'static [usize],
+    /// Default decay factor.
+    pub gamma: f64,
+    /// Default epochs.
+    pub epochs: usize,
+    /// Default training batch size.
+    pub batch_size: usize,
+    /// Default test batch size.
+    pub test_batch_size: usize,
+    /// Default training transform preset.
+    pub train_transform: &'static str,
+    /// Default test transform preset.
+    pub test_transform: &'static str,
+}
+
+const DEFAULT_SEED: u64 = 1;
+const DEFAULT_STEP_SIZE: usize = 30;
+
+impl Recipe {
+    /// The clap command: [`Args`] with this recipe's defaults in the help text.
+    pub fn command(&self) -> Command {
+        let milestones: Vec<String> = self.milestones.iter().map(|m| m.to_string()).collect();
+        let defaults = [
+            ("model", self.model.to_string()),
+            ("epochs", self.epochs.to_string()),
+            ("batch_size", self.batch_size.to_string()),
+            ("test_batch_size", self.test_batch_size.to_string()),
+            ("optimizer", format!("{:?}", self.optimizer).to_lowercase()),
+            ("lr", self.lr.to_string()),
+            ("momentum", self.momentum.to_string()),
+            ("weight_decay", self.weight_decay.to_string()),
+            ("schedule", format!("{:?}", self.schedule).to_lowercase()),
+            ("milestones", milestones.join(",")),
+            ("step_size", DEFAULT_STEP_SIZE.to_string()),
+            ("gamma", self.gamma.to_string()),
+            ("warmup_epochs", "0".to_string()),
+            ("label_smoothing", "0".to_string()),
+            ("train_transform", self.train_transform.to_string()),
+            ("test_transform", self.test_transform.to_string()),
+            ("seed", DEFAULT_SEED.to_string()),
+            ("device", "auto".to_string()),
+        ];
+        let mut cmd = Args::augment_args(Command::new(self.program).about(self.about));
+        for (id, value) in defaults {
+            cmd = cmd.mut_arg(id, |a| {
+                let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                a.help(format!("{help} [default: {value}]"))
+            });
+        }
+        if !self.models.is_empty() {
+            let models = self.models.join("|");
+            cmd = cmd.mut_arg("model", |a| {
+                let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                a.help(format!("{help}: {models}"))
+            });
+        }
+        cmd
+    }
+
+    /// Parses `argv` (program name first) into [`Args`].
+    pub fn parse<I, T>(&self, argv: I) -> Result<Args, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches: ArgMatches = self.command().try_get_matches_from(argv)?;
+        Args::from_arg_matches(&matches)
+    }
+
+    /// The configuration of a fresh run: the flags given, this recipe's defaults for the rest.
+    pub fn config(&self, args: &Args) -> Result<RunConfig> {
+        let model = args.model.clone().unwrap_or_else(|| self.model.to_string());
+        if !self.models.is_empty() && !self.models.contains(&model.as_str()) {
+            bail!(
+                "{} trains {}; --model {model} is not one of them",
+                self.program,
+                self.models.join(" or ")
+            );
+        }
+        let config = RunConfig {
+            program: self.program.to_string(),
+            dataset: self.dataset,
+            data_dir: args.data_dir.clone(),
+            model,
+            epochs: args.epochs.unwrap_or(self.epochs),
+            batch_size: args.batch_size.unwrap_or(self.batch_size),
+            test_batch_size: args.test_batch_size.unwrap_or(self.test_batch_size),
+            optimizer: args.optimizer.unwrap_or(self.optimizer),
+            lr: args.lr.unwrap_or(self.lr),
+            momentum: args.momentum.unwrap_or(self.momentum),
+            weight_decay: args.weight_decay.unwrap_or(self.weight_decay),
+            nesterov: args.nesterov,
+            schedule: args.schedule.unwrap_or(self.schedule),
+            milestones: args
+                .milestones
+                .clone()
+                .unwrap_or_else(|| self.milestones.to_vec()),
+            step_size: args.step_size.unwrap_or(DEFAULT_STEP_SIZE),
+            gamma: args.gamma.unwrap_or(self.gamma),
+            warmup_epochs: args.warmup_epochs.unwrap_or(0),
+            label_smoothing: args.label_smoothing.unwrap_or(0.0),
+            train_transform: args
+                .train_transform
+                .clone()
+                .unwrap_or_else(|| self.train_transform.to_string()),
+            test_transform: args
+                .test_transform
+                .clone()
+                .unwrap_or_else(|| self.test_transform.to_string()),
+            seed: args.seed.unwrap_or(DEFAULT_SEED),
+            device: args.device.clone().unwrap_or_else(|| "auto".to_string()),
+            limit_train: args.limit_train,
+            limit_test: args.limit_test,
+            workers: args.workers.unwrap_or_else(default_workers),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Runs the program with parsed flags: a fresh run, or a resumed one with `--resume`.
+    pub fn run(&self, args: &Args) -> Result<Outcome> {
+        let Some(dir) = &args.resume else {
+            let config = self.config(args)?;
+            let out = args
+                .out
+                .clone()
+                .unwrap_or_else(|| default_out(self.program));
+            return run(&config, load_data(&config)?, &out, None);
+        };
+        if args.out.as_ref().is_some_and(|o| o != dir) {
+            bail!("--resume continues in its own directory; leave out --out or give the same directory");
+        }
+        let (saved, tensors) = state::load(dir)?;
+        let config = resumed_config(&saved.config, args)?;
+        run(&config, load_data(&config)?, dir, Some((saved, tensors)))
+    }
+
+    /// The whole program: parse the process's arguments, run, report errors.
+    pub fn main(&self) -> Result<()> {
+        let args = self.parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
+        self.run(&args).map(|_| ())
+    }
+}
+
+/// The saved configuration, with the flags a resumed run may change applied: `--epochs`,
+/// `--device`, `--workers`, `--data-dir`. Other training flags are refused, since they would
+/// make the run differ from the one being continued.
+fn resumed_config(saved: &RunConfig, args: &Args) -> Result<RunConfig> {
+    let changed: Vec<&str> = [
+        ("--model", args.model.is_some()),
+        ("--batch-size", args.batch_size.is_some()),
+        ("--test-batch-size", args.test_batch_size.is_some()),
+        ("--optimizer", args.optimizer.is_some()),
+        ("--lr", args.lr.is_some()),
+        ("--momentum", args.momentum.is_some()),
+        ("--weight-decay", args.weight_decay.is_some()),
+        ("--nesterov", args.nesterov),
+        ("--schedule", args.schedule.is_some()),
+        ("--milestones", args.milestones.is_some()),
+        ("--step-size", args.step_size.is_some()),
+        ("--gamma", args.gamma.is_some()),
+        ("--warmup-epochs", args.warmup_epochs.is_some()),
+        ("--label-smoothing", args.label_smoothing.is_some()),
+        ("--train-transform", args.train_transform.is_some()),
+        ("--test-transform", args.test_transform.is_some()),
+        ("--seed", args.seed.is_some()),
+        ("--limit-train", args.limit_train.is_some()),
+        ("--limit-test", args.limit_test.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(flag, given)| given.then_some(flag))
+    .collect();
+    if !changed.is_empty() {
+        bail!(
+            "--resume continues the saved configuration; {} cannot change (only --epochs, --device, --workers and --data-dir can)",
+            changed.join(", ")
+        );
+    }
+    let mut config = saved.clone();
+    if let Some(epochs) = args.epochs {
+        config.epochs = epochs;
+    }
+    if let Some(device) = &args.device {
+        config.device = device.clone();
+    }
+    if let Some(workers) = args.workers {
+        config.workers = workers;
+    }
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = Some(dir.clone());
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+/// Loads the configured data set.
+pub fn load_data(config: &RunConfig) -> Result<datasets::Split> {
+    let dir = config.data_dir.as_deref();
+    match config.dataset {
+        DatasetKind::Mnist => datasets::mnist(dir),
+        DatasetKind::Cifar10 => datasets::cifar10(dir),
+        DatasetKind::Folder => match dir {
+            Some(dir) => datasets::image_folder(dir, &datasets::FolderOptions::default()),
+            None => Err(anyhow::anyhow!(
+                "an image-folder data set needs --data-dir ROOT (ROOT/<class>/*.jpg, or ROOT/train and ROOT/test)"
+            )),
+        },
+    }
+    .context("cannot load the data set")
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `runs/<program>-<UTC timestamp>`.
+pub fn default_out(program: &str) -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    PathBuf::from("runs").join(format!("{program}-{}", utc_timestamp(secs)))
+}
+
+/// `YYYYmmdd-HHMMSS` for seconds since the Unix epoch (UTC; civil-from-days by H. Hinnant).
+fn utc_timestamp(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RECIPE: Recipe = Recipe {
+        program: "train-test",
+        about: "test",
+        dataset: DatasetKind::Mnist,
+        models: &["lenet5", "cnn-mnist"],
+        model: "cnn-mnist",
+        optimizer: OptimizerKind::Adam,
+        lr: 1e-3,
+        momentum: 0.9,
+        weight_decay: 0.0,
+        schedule: ScheduleKind::Constant,
+        milestones: &[],
+        gamma: 0.1,
+        epochs: 16,
+        batch_size: 64,
+        test_batch_size: 1000,
+        train_transform: "mnist-train",
+        test_transform: "mnist-test",
+    };
+
+    #[test]
+    fn timestamps_are_utc_calendar_dates() {
+        assert_eq!(utc_timestamp(0), "19700101-000000");
+        assert_eq!(utc_timestamp(951_782_400 + 3_723), "20000229-010203");
+        assert_eq!(utc_timestamp(1_767_225_599), "20251231-235959");
+    }
+
+    #[test]
+    fn defaults_flags_and_resume_rules() -> Result<()> {
+        let args = RECIPE.parse([
+            "prog",
+            "--epochs",
+            "2",
+            "--milestones",
+            "3,5",
+            "--lr",
+            "0.5",
+        ])?;
+        let config = RECIPE.config(&args)?;
+        assert_eq!(config.epochs, 2);
+        assert_eq!(config.batch_size, 64);
+        assert_eq!(config.milestones, [3, 5]);
+        assert_eq!(config.lr, 0.5);
+        assert_eq!(config.optimizer, OptimizerKind::Adam);
+        let bad = RECIPE.parse(["prog", "--model", "resnet18-seed"])?;
+        assert!(RECIPE.config(&bad).is_err());
+        assert!(RECIPE.parse(["prog", "--schedule", "nope"]).is_err());
+
+        let resume = RECIPE.parse(["prog", "--resume", "x", "--epochs", "4"])?;
+        assert_eq!(resumed_config(&config, &resume)?.epochs, 4);
+        let refused = RECIPE.parse(["prog", "--resume", "x", "--lr", "0.1"])?;
+        let err = resumed_config(&config, &refused)
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("--lr")));
+        Ok(())
+    }
+
+    #[test]
+    fn help_shows_the_recipe_defaults() {
+        let help = RECIPE.command().render_help().to_string();
+        assert!(help.contains("[default: 1000]"), "{help}");
+        assert!(help.contains("lenet5|cnn-mnist"), "{help}");
+    }
+}

@@ -1,0 +1,225 @@
+//! A run's whole configuration (written to `config.json`), and the optimizer and schedule it names.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+
+use crate::optim::{Adam, AdamConfig, NamedVar, Optimizer, Sgd, SgdConfig};
+use crate::schedule::{
+    Constant, CosineAnnealingLr, LinearWarmup, LrSchedule, MultiStepLr, OneCycleLr, Scheduled,
+    StepLr, Stepping,
+};
+
+/// The data sets the programs train on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetKind {
+    /// MNIST digits, 1x28x28.
+    Mnist,
+    /// CIFAR-10, 3x32x32.
+    Cifar10,
+    /// An ImageFolder of the user's own classes (`--data-dir`).
+    Folder,
+}
+
+/// `torch.optim` algorithms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerKind {
+    /// `torch.optim.SGD`.
+    Sgd,
+    /// `torch.optim.Adam` (`--momentum` sets beta1).
+    Adam,
+    /// `torch.optim.AdamW` (`--momentum` sets beta1).
+    Adamw,
+}
+
+/// Learning-rate schedules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScheduleKind {
+    /// A constant rate.
+    Constant,
+    /// `MultiStepLR(milestones, gamma)`, per epoch.
+    Multistep,
+    /// `StepLR(step_size, gamma)`, per epoch.
+    Step,
+    /// `CosineAnnealingLR(T_max=epochs)`, per epoch.
+    Cosine,
+    /// `OneCycleLR(max_lr=lr, total_steps=epochs*batches)`, per batch.
+    Onecycle,
+}
+
+/// Everything that determines a run (the output directory aside).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// The program that made the run (`train-mnist`, ...), for the record.
+    pub program: String,
+    /// The data set.
+    pub dataset: DatasetKind,
+    /// Where the data set lives (`None`: the Hugging Face Hub cache).
+    pub data_dir: Option<PathBuf>,
+    /// A `zoo` model name.
+    pub model: String,
+    /// Epochs to train in total.
+    pub epochs: usize,
+    /// Training batch size.
+    pub batch_size: usize,
+    /// Test batch size.
+    pub test_batch_size: usize,
+    /// The optimizer.
+    pub optimizer: OptimizerKind,
+    /// The (initial, or for OneCycle maximal) learning rate.
+    pub lr: f64,
+    /// SGD momentum, or Adam's beta1.
+    pub momentum: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Nesterov momentum (SGD).
+    pub nesterov: bool,
+    /// The learning-rate schedule.
+    pub schedule: ScheduleKind,
+    /// Epochs at which MultiStepLR decays.
+    pub milestones: Vec<usize>,
+    /// StepLR's period in epochs.
+    pub step_size: usize,
+    /// Decay factor of StepLR and MultiStepLR.
+    pub gamma: f64,
+    /// Epochs of linear warm-up (from a third of the rate, as PyTorch's LinearLR) before the schedule.
+    pub warmup_epochs: usize,
+    /// Label smoothing of the cross-entropy.
+    pub label_smoothing: f64,
+    /// Training transform preset (a `datasets` preset name).
+    pub train_transform: String,
+    /// Test transform preset.
+    pub test_transform: String,
+    /// Seed of initialisation, data order, augmentation and dropout.
+    pub seed: u64,
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// Train on the first N training images only.
+    pub limit_train: Option<usize>,
+    /// Test on the first N test images only.
+    pub limit_test: Option<usize>,
+    /// Data-loading threads.
+    pub workers: usize,
+}
+
+impl RunConfig {
+    /// Checks values that no run could use.
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 || self.batch_size == 0 || self.test_batch_size == 0 {
+            bail!("epochs and batch sizes must be at least 1");
+        }
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            bail!(
+                "the learning rate must be a non-negative number, got {}",
+                self.lr
+            );
+        }
+        if !(0.0..=1.0).contains(&self.label_smoothing) {
+            bail!(
+                "--label-smoothing must lie in [0, 1], got {}",
+                self.label_smoothing
+            );
+        }
+        if self.limit_train == Some(0) || self.limit_test == Some(0) {
+            bail!("--limit-train and --limit-test must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The configured optimizer over `params`.
+    pub fn optimizer(&self, params: Vec<NamedVar>) -> Result<Box<dyn Optimizer>> {
+        let optimizer: Box<dyn Optimizer> = match self.optimizer {
+            OptimizerKind::Sgd => Box::new(Sgd::new(
+                params,
+                SgdConfig {
+                    momentum: self.momentum,
+                    weight_decay: self.weight_decay,
+                    nesterov: self.nesterov,
+                    ..SgdConfig::new(self.lr)
+                },
+            )?),
+            OptimizerKind::Adam | OptimizerKind::Adamw => {
+                let base = if self.optimizer == OptimizerKind::Adam {
+                    AdamConfig::adam(self.lr)
+                } else {
+                    AdamConfig::adamw(self.lr)
+                };
+                Box::new(Adam::new(
+                    params,
+                    AdamConfig {
+                        beta1: self.momentum,
+                        weight_decay: self.weight_decay,
+                        ..base
+                    },
+                )?)
+            }
+        };
+        Ok(optimizer)
+    }
+
+    /// The configured schedule, for `batches_per_epoch` training batches per epoch.
+    pub fn schedule(&self, batches_per_epoch: usize) -> Scheduled {
+        let lr = self.lr;
+        let (schedule, stepping): (Box<dyn LrSchedule>, Stepping) = match self.schedule {
+            ScheduleKind::Constant => (Box::new(Constant(lr)), Stepping::PerEpoch),
+            ScheduleKind::Multistep => (
+                Box::new(MultiStepLr {
+                    base_lr: lr,
+                    milestones: self.milestones.clone(),
+                    gamma: self.gamma,
+                }),
+                Stepping::PerEpoch,
+            ),
+            ScheduleKind::Step => (
+                Box::new(StepLr {
+                    base_lr: lr,
+                    step_size: self.step_size,
+                    gamma: self.gamma,
+                }),
+                Stepping::PerEpoch,
+            ),
+            ScheduleKind::Cosine => (
+                Box::new(CosineAnnealingLr {
+                    base_lr: lr,
+                    t_max: self.epochs,
+                    eta_min: 0.0,
+                }),
+                Stepping::PerEpoch,
+            ),
+            ScheduleKind::Onecycle => (
+                Box::new(OneCycleLr::new(lr, self.epochs * batches_per_epoch)),
+                Stepping::PerStep,
+            ),
+        };
+        if self.warmup_epochs == 0 {
+            return Scheduled { schedule, stepping };
+        }
+        let warmup = match stepping {
+            Stepping::PerEpoch => self.warmup_epochs,
+            Stepping::PerStep => self.warmup_epochs * batches_per_epoch,
+        };
+        Scheduled {
+            schedule: Box::new(LinearWarmup {
+                inner: schedule,
+                warmup,
+                start_factor: 1.0 / 3.0,
+            }),
+            stepping,
+        }
+    }
+}
+
+impl LrSchedule for Box<dyn LrSchedule> {
+    fn lr(&self, t: usize) -> f64 {
+        self.as_ref().lr(t)
+    }
+
+    fn momentum(&self, t: usize) -> Option<f64> {
+        self.as_ref().momentum(t)
+    }
+}

@@ -1,0 +1,65 @@
+//! `--device auto|cpu|cuda[:N]`.
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+
+/// Parses a device name: `cpu`, `cuda` (GPU 0), `cuda:N`, or `auto` (CUDA GPU 0 when this
+/// build has the `cuda` feature and a GPU is present, else the CPU).
+///
+/// ```
+/// assert!(train::device::parse_device("cpu").unwrap().is_cpu());
+/// assert!(train::device::parse_device("tpu").is_err());
+/// ```
+pub fn parse_device(name: &str) -> Result<Device> {
+    match name.trim().to_ascii_lowercase().as_str() {
+        "cpu" => Ok(Device::Cpu),
+        "auto" if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() => cuda(0),
+        "auto" => Ok(Device::Cpu),
+        "cuda" => cuda(0),
+        other => match other.strip_prefix("cuda:") {
+            Some(index) => cuda(
+                index
+                    .parse()
+                    .with_context(|| format!("bad GPU index in --device {name}"))?,
+            ),
+            None => bail!("unknown device {name:?}: expected auto, cpu, cuda or cuda:N"),
+        },
+    }
+}
+
+fn cuda(index: usize) -> Result<Device> {
+    if !cfg!(feature = "cuda") {
+        bail!("this program was built without CUDA support; rebuild it with `--features cuda` or use --device cpu");
+    }
+    Device::new_cuda(index).with_context(|| format!("cannot open CUDA device {index}"))
+}
+
+/// A short name for a device, for logs and `config.json`.
+pub fn device_name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".to_string(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names_and_rejects_nonsense() {
+        assert!(parse_device("cpu").is_ok_and(|d| d.is_cpu()));
+        assert!(parse_device("CPU").is_ok_and(|d| d.is_cpu()));
+        assert!(parse_device("gpu").is_err());
+        assert!(parse_device("cuda:x").is_err());
+        if !cfg!(feature = "cuda") {
+            assert!(parse_device("auto").is_ok_and(|d| d.is_cpu()));
+            let err = parse_device("cuda:1")
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("without CUDA"), "{err}");
+        }
+    }
+}

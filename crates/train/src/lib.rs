@@ -1,0 +1,22 @@
+//! The training engine: PyTorch's optimizers and LR schedules, the train/eval loop, metrics,
+//! checkpoints with resumable state, progress output and the pictures of a run.
+//!
+//! The training programs are thin: they describe their defaults as a [`cli::Recipe`] and call
+//! [`cli::Recipe::main`].
+
+pub mod atomic;
+pub mod cli;
+pub mod config;
+pub mod device;
+pub mod engine;
+pub mod history;
+pub mod loss;
+pub mod metrics;
+pub mod optim;
+pub mod pictures;
+pub mod progress;
+pub mod run;
+pub mod schedule;
+pub mod source;
+pub mod state;
+pub mod synthetic;

@@ -1,0 +1,145 @@
+//! Running classification metrics: mean loss, top-1 and top-5 accuracy, per-class accuracy and
+//! the confusion matrix.
+
+use anyhow::{bail, Result};
+
+/// Accumulates the metrics of one pass over a data set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metrics {
+    loss_sum: f64,
+    samples: usize,
+    correct1: usize,
+    correct5: usize,
+    confusion: Vec<Vec<u64>>,
+}
+
+impl Metrics {
+    /// Empty metrics for `num_classes` classes.
+    pub fn new(num_classes: usize) -> Self {
+        Self {
+            loss_sum: 0.0,
+            samples: 0,
+            correct1: 0,
+            correct5: 0,
+            confusion: vec![vec![0; num_classes]; num_classes],
+        }
+    }
+
+    /// Adds a batch: its mean loss, each sample's logits (`logits[i]` has one value per class)
+    /// and labels. Returns each sample's predicted class (the first maximal logit, as `argmax`).
+    pub fn update(
+        &mut self,
+        mean_loss: f64,
+        logits: &[Vec<f32>],
+        labels: &[u32],
+    ) -> Result<Vec<usize>> {
+        let k = self.confusion.len();
+        if logits.len() != labels.len() {
+            bail!(
+                "{} rows of logits for {} labels",
+                logits.len(),
+                labels.len()
+            );
+        }
+        let mut predictions = Vec::with_capacity(labels.len());
+        for (row, &label) in logits.iter().zip(labels) {
+            let label = label as usize;
+            if row.len() != k || label >= k {
+                bail!(
+                    "a sample with {} logits and label {label} in a {k}-class task",
+                    row.len()
+                );
+            }
+            let predicted = argmax(row);
+            let above = row.iter().filter(|&&v| v > row[label]).count();
+            self.correct1 += usize::from(predicted == label);
+            self.correct5 += usize::from(above < 5);
+            self.confusion[label][predicted] += 1;
+            predictions.push(predicted);
+        }
+        self.loss_sum += mean_loss * labels.len() as f64;
+        self.samples += labels.len();
+        Ok(predictions)
+    }
+
+    /// Samples seen.
+    pub fn samples(&self) -> usize {
+        self.samples
+    }
+
+    /// The mean loss per sample.
+    pub fn loss(&self) -> f64 {
+        self.loss_sum / self.samples.max(1) as f64
+    }
+
+    /// Top-1 accuracy in percent.
+    pub fn accuracy(&self) -> f64 {
+        percent(self.correct1, self.samples)
+    }
+
+    /// Top-5 accuracy in percent (100 when there are at most five classes).
+    pub fn top5(&self) -> f64 {
+        percent(self.correct5, self.samples)
+    }
+
+    /// Accuracy in percent for each true class; `None` for a class with no samples.
+    pub fn per_class_accuracy(&self) -> Vec<Option<f64>> {
+        self.confusion
+            .iter()
+            .enumerate()
+            .map(|(c, row)| {
+                let total: u64 = row.iter().sum();
+                (total > 0).then(|| 100.0 * row[c] as f64 / total as f64)
+            })
+            .collect()
+    }
+
+    /// Counts by true class (rows) and predicted class (columns).
+    pub fn confusion(&self) -> &[Vec<u64>] {
+        &self.confusion
+    }
+}
+
+fn percent(hits: usize, total: usize) -> f64 {
+    100.0 * hits as f64 / total.max(1) as f64
+}
+
+fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] || (row[best].is_nan() && !v.is_nan()) {
+            best = i;
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_top1_top5_and_confusion() -> Result<()> {
+        let mut m = Metrics::new(6);
+        let logits = vec![
+            vec![9.0, 1.0, 2.0, 3.0, 4.0, 5.0], // label 0: top-1 hit
+            vec![9.0, 1.0, 2.0, 3.0, 4.0, 5.0], // label 2: 4th place, top-5 hit
+            vec![9.0, 0.0, 2.0, 3.0, 4.0, 5.0], // label 1: last, miss
+            vec![1.0, 7.0, 7.0, 0.0, 0.0, 0.0], // label 2: tie, argmax takes the first
+        ];
+        let predictions = m.update(0.5, &logits, &[0, 2, 1, 2])?;
+        assert_eq!(predictions, [0, 0, 0, 1]);
+        m.update(1.5, &logits[..1], &[0])?;
+        assert_eq!(m.samples(), 5);
+        assert!((m.loss() - (0.5 * 4.0 + 1.5) / 5.0).abs() < 1e-12);
+        assert!((m.accuracy() - 40.0).abs() < 1e-12);
+        assert!((m.top5() - 80.0).abs() < 1e-12);
+        assert_eq!(m.confusion()[2], vec![1, 1, 0, 0, 0, 0]);
+        let per_class = m.per_class_accuracy();
+        assert_eq!(per_class[0], Some(100.0));
+        assert_eq!(per_class[2], Some(0.0));
+        assert_eq!(per_class[3], None);
+        assert!(m.update(0.0, &logits[..1], &[7]).is_err());
+        Ok(())
+    }
+}

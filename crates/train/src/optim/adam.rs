@@ -1,0 +1,199 @@
+//! `torch.optim.Adam` and `torch.optim.AdamW`: bias correction, epsilon outside the square root.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Context, Result};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, Var};
+
+use super::{buffers_of, restore_like, NamedVar, Optimizer};
+
+/// Adam's hyper-parameters, PyTorch's names and defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamConfig {
+    /// Learning rate.
+    pub lr: f64,
+    /// Decay of the first moment.
+    pub beta1: f64,
+    /// Decay of the second moment.
+    pub beta2: f64,
+    /// Added to the denominator after the square root.
+    pub eps: f64,
+    /// Weight decay: an L2 term added to the gradient (Adam) or decoupled shrinking (AdamW).
+    pub weight_decay: f64,
+    /// Decoupled weight decay, which makes this `AdamW`.
+    pub decoupled: bool,
+}
+
+impl AdamConfig {
+    /// `torch.optim.Adam(lr=lr)`.
+    pub fn adam(lr: f64) -> Self {
+        Self {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decoupled: false,
+        }
+    }
+
+    /// `torch.optim.AdamW(lr=lr)` (weight decay 0.01).
+    pub fn adamw(lr: f64) -> Self {
+        Self {
+            weight_decay: 0.01,
+            decoupled: true,
+            ..Self::adam(lr)
+        }
+    }
+}
+
+struct Param {
+    name: String,
+    var: Var,
+    moments: Option<Moments>,
+}
+
+struct Moments {
+    step: u64,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+}
+
+/// Adam (or AdamW with [`AdamConfig::adamw`]) as PyTorch's single-tensor path computes it:
+/// `m = lerp(m, g, 1 - beta1)`; `v = beta2 * v + (1 - beta2) * g * g`;
+/// `p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)`.
+/// Adam adds `weight_decay * p` to the gradient; AdamW first multiplies `p` by `1 - lr * weight_decay`.
+pub struct Adam {
+    params: Vec<Param>,
+    config: AdamConfig,
+}
+
+impl Adam {
+    /// An optimizer over `params`, checking the configuration as PyTorch does.
+    pub fn new(params: Vec<NamedVar>, config: AdamConfig) -> Result<Self> {
+        let betas_ok = (0.0..1.0).contains(&config.beta1) && (0.0..1.0).contains(&config.beta2);
+        if config.lr < 0.0 || config.eps < 0.0 || config.weight_decay < 0.0 || !betas_ok {
+            bail!("Adam: invalid hyper-parameters {config:?} (betas must lie in [0, 1), the rest be non-negative)");
+        }
+        let params = params
+            .into_iter()
+            .map(|(name, var)| Param {
+                name,
+                var,
+                moments: None,
+            })
+            .collect();
+        Ok(Self { params, config })
+    }
+
+    /// The hyper-parameters in use (the learning rate and beta1 as last set).
+    pub fn config(&self) -> &AdamConfig {
+        &self.config
+    }
+}
+
+fn scalar_like(value: f64, like: &Tensor) -> Result<Tensor> {
+    Ok(Tensor::new(value, like.device())?.to_dtype(like.dtype())?)
+}
+
+impl Optimizer for Adam {
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
+        let c = self.config;
+        for p in &mut self.params {
+            let Some(grad) = grads.get(p.var.as_tensor()) else {
+                continue;
+            };
+            let mut param = p.var.as_tensor().detach();
+            let mut grad = grad.detach();
+            if c.weight_decay != 0.0 {
+                if c.decoupled {
+                    param = (param * (1.0 - c.lr * c.weight_decay))?;
+                } else {
+                    grad = (grad + (&param * c.weight_decay)?)?;
+                }
+            }
+            let m = match p.moments.take() {
+                Some(m) => m,
+                None => Moments {
+                    step: 0,
+                    exp_avg: grad.zeros_like()?,
+                    exp_avg_sq: grad.zeros_like()?,
+                },
+            };
+            let step = m.step + 1;
+            let exp_avg = (&m.exp_avg + ((&grad - &m.exp_avg)? * (1.0 - c.beta1))?)?;
+            let exp_avg_sq = ((m.exp_avg_sq * c.beta2)? + ((&grad * (1.0 - c.beta2))? * &grad)?)?;
+            let bias_correction1 = 1.0 - c.beta1.powf(step as f64);
+            let bias_correction2 = 1.0 - c.beta2.powf(step as f64);
+            let step_size = c.lr / bias_correction1;
+            let denom = (exp_avg_sq
+                .sqrt()?
+                .broadcast_div(&scalar_like(bias_correction2.sqrt(), &grad)?)?
+                + c.eps)?;
+            let update = ((&exp_avg * -step_size)? / denom)?;
+            p.var.set(&(param + update)?)?;
+            p.moments = Some(Moments {
+                step,
+                exp_avg,
+                exp_avg_sq,
+            });
+        }
+        Ok(())
+    }
+
+    fn learning_rate(&self) -> f64 {
+        self.config.lr
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.config.lr = lr;
+    }
+
+    fn momentum(&self) -> f64 {
+        self.config.beta1
+    }
+
+    fn set_momentum(&mut self, momentum: f64) {
+        self.config.beta1 = momentum;
+    }
+
+    fn state(&self) -> Result<HashMap<String, Tensor>> {
+        let mut out = HashMap::new();
+        for p in &self.params {
+            if let Some(m) = &p.moments {
+                let step = Tensor::new(m.step as f64, m.exp_avg.device())?;
+                out.insert(format!("{}.step", p.name), step);
+                out.insert(format!("{}.exp_avg", p.name), m.exp_avg.clone());
+                out.insert(format!("{}.exp_avg_sq", p.name), m.exp_avg_sq.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        let names: Vec<&str> = self.params.iter().map(|p| p.name.as_str()).collect();
+        let buffers = buffers_of(state, &names, &["step", "exp_avg", "exp_avg_sq"])?;
+        for (p, bufs) in self.params.iter_mut().zip(buffers) {
+            if bufs.is_empty() {
+                p.moments = None;
+                continue;
+            }
+            let get = |b: &str| {
+                bufs.get(b)
+                    .with_context(|| format!("optimizer state lacks {}.{b}", p.name))
+            };
+            let step = get("step")?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            p.moments = Some(Moments {
+                step: step as u64,
+                exp_avg: restore_like(get("exp_avg")?, &p.var, &format!("{}.exp_avg", p.name))?,
+                exp_avg_sq: restore_like(
+                    get("exp_avg_sq")?,
+                    &p.var,
+                    &format!("{}.exp_avg_sq", p.name),
+                )?,
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,160 @@
+//! `torch.optim.SGD`: momentum, dampening, Nesterov and L2 weight decay.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Result};
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+
+use super::{buffers_of, restore_like, NamedVar, Optimizer};
+
+/// SGD's hyper-parameters, PyTorch's names and defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SgdConfig {
+    /// Learning rate.
+    pub lr: f64,
+    /// Momentum factor (0 disables the buffer).
+    pub momentum: f64,
+    /// Dampening for momentum.
+    pub dampening: f64,
+    /// L2 penalty added to the gradient.
+    pub weight_decay: f64,
+    /// Nesterov momentum (needs momentum > 0 and zero dampening).
+    pub nesterov: bool,
+}
+
+impl SgdConfig {
+    /// Plain SGD with learning rate `lr` (PyTorch's defaults for everything else).
+    pub fn new(lr: f64) -> Self {
+        Self {
+            lr,
+            momentum: 0.0,
+            dampening: 0.0,
+            weight_decay: 0.0,
+            nesterov: false,
+        }
+    }
+}
+
+struct Param {
+    name: String,
+    var: Var,
+    momentum_buffer: Option<Tensor>,
+}
+
+/// Stochastic gradient descent exactly as `torch.optim.SGD` steps it:
+/// `g += wd * p`; `buf = g` on the first step, else `buf = momentum * buf + (1 - dampening) * g`;
+/// `g = g + momentum * buf` (Nesterov) or `g = buf`; `p -= lr * g`.
+///
+/// ```
+/// # fn main() -> anyhow::Result<()> {
+/// use candle_core::{Device, Var};
+/// use train::optim::{Optimizer, Sgd, SgdConfig};
+/// let w = Var::new(&[1.0f32, 2.0], &Device::Cpu)?;
+/// let mut opt = Sgd::new(vec![("w".into(), w.clone())], SgdConfig { momentum: 0.9, ..SgdConfig::new(0.25) })?;
+/// let loss = w.as_tensor().sqr()?.sum_all()?;
+/// opt.step(&loss.backward()?)?;
+/// assert_eq!(w.to_vec1::<f32>()?, [0.5, 1.0]);
+/// # Ok(()) }
+/// ```
+pub struct Sgd {
+    params: Vec<Param>,
+    config: SgdConfig,
+}
+
+impl Sgd {
+    /// An optimizer over `params`, checking the configuration as PyTorch does.
+    pub fn new(params: Vec<NamedVar>, config: SgdConfig) -> Result<Self> {
+        if config.lr < 0.0 || config.momentum < 0.0 || config.weight_decay < 0.0 {
+            bail!("SGD: learning rate, momentum and weight decay must be non-negative, got {config:?}");
+        }
+        if config.nesterov && (config.momentum <= 0.0 || config.dampening != 0.0) {
+            bail!("SGD: Nesterov momentum requires a momentum and zero dampening, got {config:?}");
+        }
+        let params = params
+            .into_iter()
+            .map(|(name, var)| Param {
+                name,
+                var,
+                momentum_buffer: None,
+            })
+            .collect();
+        Ok(Self { params, config })
+    }
+
+    /// The hyper-parameters in use (the learning rate and momentum as last set).
+    pub fn config(&self) -> &SgdConfig {
+        &self.config
+    }
+}
+
+impl Optimizer for Sgd {
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
+        let c = self.config;
+        for p in &mut self.params {
+            let Some(grad) = grads.get(p.var.as_tensor()) else {
+                continue;
+            };
+            let param = p.var.as_tensor().detach();
+            let mut d_p = grad.detach();
+            if c.weight_decay != 0.0 {
+                d_p = (d_p + (&param * c.weight_decay)?)?;
+            }
+            if c.momentum != 0.0 {
+                let buf = match p.momentum_buffer.take() {
+                    None => d_p.clone(),
+                    Some(buf) if c.dampening == 0.0 => ((buf * c.momentum)? + &d_p)?,
+                    Some(buf) => ((buf * c.momentum)? + (&d_p * (1.0 - c.dampening))?)?,
+                };
+                d_p = if c.nesterov {
+                    (d_p + (&buf * c.momentum)?)?
+                } else {
+                    buf.clone()
+                };
+                p.momentum_buffer = Some(buf);
+            }
+            p.var.set(&(param + (d_p * -c.lr)?)?)?;
+        }
+        Ok(())
+    }
+
+    fn learning_rate(&self) -> f64 {
+        self.config.lr
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.config.lr = lr;
+    }
+
+    fn momentum(&self) -> f64 {
+        self.config.momentum
+    }
+
+    fn set_momentum(&mut self, momentum: f64) {
+        self.config.momentum = momentum;
+    }
+
+    fn state(&self) -> Result<HashMap<String, Tensor>> {
+        Ok(self
+            .params
+            .iter()
+            .filter_map(|p| {
+                let buf = p.momentum_buffer.as_ref()?;
+                Some((format!("{}.momentum_buffer", p.name), buf.clone()))
+            })
+            .collect())
+    }
+
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        let names: Vec<&str> = self.params.iter().map(|p| p.name.as_str()).collect();
+        let buffers = buffers_of(state, &names, &["momentum_buffer"])?;
+        for (p, bufs) in self.params.iter_mut().zip(buffers) {
+            let key = format!("{}.momentum_buffer", p.name);
+            p.momentum_buffer = match bufs.get("momentum_buffer") {
+                Some(t) => Some(restore_like(t, &p.var, &key)?),
+                None => None,
+            };
+        }
+        Ok(())
+    }
+}

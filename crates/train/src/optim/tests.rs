@@ -1,0 +1,220 @@
+//! Optimizer steps checked against PyTorch's update formulas evaluated in f64 on tiny tensors.
+
+use anyhow::Result;
+use candle_core::{Device, Tensor, Var};
+
+use super::*;
+
+const P0: [f64; 4] = [1.0, -2.0, 0.5, 3.0];
+const K: [f64; 4] = [0.5, 1.5, -1.0, 0.25];
+
+/// loss = sum(k * p^2), so grad = 2 k p.
+fn grad(p: &[f64]) -> Vec<f64> {
+    p.iter().zip(K).map(|(p, k)| 2.0 * k * p).collect()
+}
+
+fn make_var() -> Result<Var> {
+    let v: Vec<f32> = P0.iter().map(|&x| x as f32).collect();
+    Ok(Var::from_tensor(&Tensor::new(v.as_slice(), &Device::Cpu)?)?)
+}
+
+fn run_steps(opt: &mut dyn Optimizer, var: &Var, steps: usize) -> Result<Vec<f32>> {
+    let k: Vec<f32> = K.iter().map(|&x| x as f32).collect();
+    let k = Tensor::new(k.as_slice(), &Device::Cpu)?;
+    for _ in 0..steps {
+        let loss = (var.as_tensor().sqr()? * &k)?.sum_all()?;
+        opt.step(&loss.backward()?)?;
+    }
+    Ok(var.to_vec1::<f32>()?)
+}
+
+fn assert_close(got: &[f32], want: &[f64]) {
+    for (g, w) in got.iter().zip(want) {
+        let tol = 1e-5 * w.abs().max(1.0);
+        assert!((*g as f64 - w).abs() < tol, "got {got:?}, want {want:?}");
+    }
+}
+
+fn sgd_reference(c: SgdConfig, steps: usize) -> Vec<f64> {
+    let mut p = P0.to_vec();
+    let mut buf: Option<Vec<f64>> = None;
+    for _ in 0..steps {
+        let mut d: Vec<f64> = grad(&p)
+            .iter()
+            .zip(&p)
+            .map(|(g, p)| g + c.weight_decay * p)
+            .collect();
+        if c.momentum != 0.0 {
+            let b: Vec<f64> = match &buf {
+                None => d.clone(),
+                Some(b) => b
+                    .iter()
+                    .zip(&d)
+                    .map(|(b, d)| c.momentum * b + (1.0 - c.dampening) * d)
+                    .collect(),
+            };
+            d = if c.nesterov {
+                d.iter().zip(&b).map(|(d, b)| d + c.momentum * b).collect()
+            } else {
+                b.clone()
+            };
+            buf = Some(b);
+        }
+        p = p.iter().zip(&d).map(|(p, d)| p - c.lr * d).collect();
+    }
+    p
+}
+
+fn adam_reference(c: AdamConfig, steps: usize) -> Vec<f64> {
+    let mut p = P0.to_vec();
+    let mut m = [0.0; 4];
+    let mut v = [0.0; 4];
+    for t in 1..=steps {
+        let mut g = grad(&p);
+        if c.weight_decay != 0.0 {
+            if c.decoupled {
+                p.iter_mut().for_each(|p| *p *= 1.0 - c.lr * c.weight_decay);
+            } else {
+                g.iter_mut()
+                    .zip(&p)
+                    .for_each(|(g, p)| *g += c.weight_decay * p);
+            }
+        }
+        let bc1 = 1.0 - c.beta1.powi(t as i32);
+        let bc2 = 1.0 - c.beta2.powi(t as i32);
+        for i in 0..4 {
+            m[i] = c.beta1 * m[i] + (1.0 - c.beta1) * g[i];
+            v[i] = c.beta2 * v[i] + (1.0 - c.beta2) * g[i] * g[i];
+            let denom = v[i].sqrt() / bc2.sqrt() + c.eps;
+            p[i] -= c.lr / bc1 * m[i] / denom;
+        }
+    }
+    p
+}
+
+#[test]
+fn sgd_variants_follow_pytorch() -> Result<()> {
+    let configs = [
+        SgdConfig::new(0.1),
+        SgdConfig {
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            ..SgdConfig::new(0.05)
+        },
+        SgdConfig {
+            momentum: 0.8,
+            dampening: 0.3,
+            weight_decay: 0.01,
+            ..SgdConfig::new(0.1)
+        },
+        SgdConfig {
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 0.01,
+            ..SgdConfig::new(0.1)
+        },
+    ];
+    for c in configs {
+        let var = make_var()?;
+        let mut opt = Sgd::new(vec![("w".into(), var.clone())], c)?;
+        let got = run_steps(&mut opt, &var, 4)?;
+        assert_close(&got, &sgd_reference(c, 4));
+    }
+    let bad = SgdConfig {
+        nesterov: true,
+        ..SgdConfig::new(0.1)
+    };
+    assert!(Sgd::new(vec![], bad).is_err());
+    Ok(())
+}
+
+#[test]
+fn adam_and_adamw_follow_pytorch() -> Result<()> {
+    let configs = [
+        AdamConfig::adam(0.1),
+        AdamConfig {
+            weight_decay: 0.1,
+            ..AdamConfig::adam(0.05)
+        },
+        AdamConfig::adamw(0.1),
+        AdamConfig {
+            weight_decay: 0.5,
+            eps: 0.1,
+            ..AdamConfig::adamw(0.05)
+        },
+    ];
+    for c in configs {
+        let var = make_var()?;
+        let mut opt = Adam::new(vec![("w".into(), var.clone())], c)?;
+        let got = run_steps(&mut opt, &var, 5)?;
+        assert_close(&got, &adam_reference(c, 5));
+    }
+    Ok(())
+}
+
+#[test]
+fn params_without_gradients_are_skipped() -> Result<()> {
+    let used = make_var()?;
+    let unused = make_var()?;
+    let named = vec![
+        ("a".to_string(), used.clone()),
+        ("b".to_string(), unused.clone()),
+    ];
+    let mut sgd = Sgd::new(
+        named.clone(),
+        SgdConfig {
+            momentum: 0.9,
+            weight_decay: 0.1,
+            ..SgdConfig::new(0.1)
+        },
+    )?;
+    run_steps(&mut sgd, &used, 2)?;
+    let mut adam = Adam::new(named, AdamConfig::adamw(0.1))?;
+    run_steps(&mut adam, &used, 2)?;
+    assert_eq!(unused.to_vec1::<f32>()?, P0.map(|x| x as f32));
+    let mut keys: Vec<String> = adam.state()?.into_keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["a.exp_avg", "a.exp_avg_sq", "a.step"]);
+    assert_eq!(sgd.state()?.len(), 1);
+    Ok(())
+}
+
+type Maker = fn(Vec<NamedVar>) -> Result<Box<dyn Optimizer>>;
+
+#[test]
+fn saved_state_resumes_the_same_trajectory() -> Result<()> {
+    let makers: [Maker; 2] = [
+        |p| {
+            Ok(Box::new(Sgd::new(
+                p,
+                SgdConfig {
+                    momentum: 0.9,
+                    ..SgdConfig::new(0.05)
+                },
+            )?))
+        },
+        |p| Ok(Box::new(Adam::new(p, AdamConfig::adam(0.05))?)),
+    ];
+    for make in makers {
+        let straight = make_var()?;
+        let mut opt = make(vec![("w".into(), straight.clone())])?;
+        let want = run_steps(opt.as_mut(), &straight, 5)?;
+
+        let first = make_var()?;
+        let mut opt = make(vec![("w".into(), first.clone())])?;
+        run_steps(opt.as_mut(), &first, 2)?;
+        let resumed = Var::from_tensor(&first.as_tensor().copy()?)?;
+        let mut opt2 = make(vec![("w".into(), resumed.clone())])?;
+        opt2.load_state(&opt.state()?)?;
+        let got = run_steps(opt2.as_mut(), &resumed, 3)?;
+        assert_eq!(got, want);
+
+        let mut wrong = std::collections::HashMap::new();
+        wrong.insert(
+            "nope.exp_avg".to_string(),
+            Tensor::zeros(4, candle_core::DType::F32, &Device::Cpu)?,
+        );
+        assert!(opt2.load_state(&wrong).is_err());
+    }
+    Ok(())
+}

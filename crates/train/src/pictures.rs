@@ -1,0 +1,65 @@
+//! The pictures of a run: learning curves, a grid of test predictions, the confusion matrix.
+
+use std::path::Path;
+
+use anyhow::Result;
+use datasets::Dataset;
+
+use crate::atomic;
+use crate::history::EpochRecord;
+
+/// How many test images `predictions.png` shows (the tutorial's ten).
+pub const PREDICTION_TILES: usize = 10;
+
+/// Writes `curves.png`: loss and accuracy per epoch, train and test (viz takes accuracy as a
+/// fraction; the history holds percent).
+pub fn save_curves(dir: &Path, title: &str, history: &[EpochRecord]) -> Result<()> {
+    let points: Vec<viz::EpochPoint> = history
+        .iter()
+        .map(|r| viz::EpochPoint {
+            epoch: r.epoch,
+            train_loss: r.train_loss,
+            train_acc: r.train_acc / 100.0,
+            test_loss: r.test_loss,
+            test_acc: r.test_acc / 100.0,
+        })
+        .collect();
+    atomic::write_with(&dir.join("curves.png"), |tmp| {
+        viz::save_curves(tmp, title, &points)
+    })
+}
+
+/// Writes `predictions.png`: the raw (un-normalised) test images `predictions[i].0` with their
+/// true and predicted classes; wrong predictions are highlighted.
+pub fn save_predictions(
+    dir: &Path,
+    title: &str,
+    test: &dyn Dataset,
+    predictions: &[(usize, usize)],
+) -> Result<()> {
+    let classes = test.classes();
+    let name = |c: usize| classes.get(c).cloned().unwrap_or_else(|| c.to_string());
+    let mut tiles = Vec::with_capacity(PREDICTION_TILES);
+    for &(index, predicted) in predictions.iter().take(PREDICTION_TILES) {
+        let image = test.image(index)?;
+        let label = test.label(index);
+        tiles.push(viz::Tile {
+            channels: image.channels,
+            height: image.height,
+            width: image.width,
+            data: image.data,
+            caption: format!("true: {}\npred: {}", name(label), name(predicted)),
+            highlight: label != predicted,
+        });
+    }
+    atomic::write_with(&dir.join("predictions.png"), |tmp| {
+        viz::save_image_grid(tmp, title, &tiles, 5)
+    })
+}
+
+/// Writes `confusion.png` for counts by true class (rows) and predicted class (columns).
+pub fn save_confusion(dir: &Path, confusion: &[Vec<u64>], classes: &[String]) -> Result<()> {
+    atomic::write_with(&dir.join("confusion.png"), |tmp| {
+        viz::save_confusion(tmp, confusion, classes)
+    })
+}

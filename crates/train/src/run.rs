@@ -1,0 +1,345 @@
+//! A whole training run: build, check, (resume,) train and test each epoch, save everything.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::ModuleT;
+use datasets::{Dataset, Loader, LoaderConfig, Split};
+use layers::{Network, ParamStore};
+
+use crate::config::RunConfig;
+use crate::device::{device_name, parse_device};
+use crate::engine::{evaluate, train_epoch, TrainStep};
+use crate::history::{self, EpochRecord};
+use crate::optim::{NamedVar, Optimizer};
+use crate::source::BatchSource;
+use crate::state::{self, ResumeState, StateTensors};
+use crate::{atomic, pictures};
+
+/// File name of the weights with the best test accuracy.
+pub const BEST: &str = "best.safetensors";
+/// File name of the weights after the last finished epoch.
+pub const LAST: &str = "last.safetensors";
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Where everything was written.
+    pub out: PathBuf,
+    /// Every epoch, resumed ones included.
+    pub history: Vec<EpochRecord>,
+    /// The best test accuracy, in percent.
+    pub best_acc: f64,
+}
+
+/// A prepared network and its data: what [`train`] needs beyond the configuration.
+pub struct Trainee<'a> {
+    /// What trains: `forward_t(inputs, train)` gives the logits.
+    pub model: &'a dyn ModuleT,
+    /// Every weight of the network; checkpoints save all of it.
+    pub store: &'a ParamStore,
+    /// The parameters the optimizer updates (a frozen backbone is left out).
+    pub trainable: Vec<NamedVar>,
+    /// Training batches.
+    pub train: &'a dyn BatchSource,
+    /// Test batches; their indices address `test_images`.
+    pub test: &'a dyn BatchSource,
+    /// The test images, for the predictions picture.
+    pub test_images: &'a dyn Dataset,
+    /// Class names, in label order.
+    pub classes: Vec<String>,
+    /// What is trained on what, for the log and the pictures.
+    pub title: String,
+    /// Where the model lives; batches are moved there.
+    pub device: Device,
+}
+
+/// Trains the zoo model `config.model` on `data`, writing into `out`; with `resume`, continues
+/// the saved run (loaded with [`state::load`]) to the same weights an uninterrupted run would reach.
+pub fn run(
+    config: &RunConfig,
+    data: Split,
+    out: &Path,
+    resume: Option<(ResumeState, StateTensors)>,
+) -> Result<Outcome> {
+    config.validate()?;
+    let device = parse_device(&config.device)?;
+    let classes = data.train.classes().to_vec();
+    let store = ParamStore::new(config.seed, &device);
+    let model = zoo::build(&config.model, classes.len(), store.vb())?;
+    check_fits(
+        model.as_ref(),
+        &config.model,
+        data.test.as_ref(),
+        classes.len(),
+        &device,
+    )?;
+    let train_loader = loader(config, &data.train, true)?;
+    let test_loader = loader(config, &data.test, false)?;
+    let trainee = Trainee {
+        model: model.as_ref(),
+        store: &store,
+        trainable: store.trainable(),
+        train: &train_loader,
+        test: &test_loader,
+        test_images: data.test.as_ref(),
+        classes,
+        title: format!("{} on {}", config.model, dataset_title(config)),
+        device,
+    };
+    train(config, trainee, out, resume)
+}
+
+/// Trains `trainee` as `config` says (optimizer, schedule, epochs, seed), writing checkpoints,
+/// resumable state, metrics and pictures into `out`; with `resume`, continues a saved run.
+pub fn train(
+    config: &RunConfig,
+    trainee: Trainee<'_>,
+    out: &Path,
+    resume: Option<(ResumeState, StateTensors)>,
+) -> Result<Outcome> {
+    config.validate()?;
+    let Trainee {
+        model,
+        store,
+        trainable,
+        train: train_loader,
+        test: test_loader,
+        test_images,
+        classes,
+        title,
+        device,
+    } = trainee;
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create output directory {}", out.display()))?;
+    let trained_parameters: usize = trainable.iter().map(|(_, v)| v.elem_count()).sum();
+    let mut optimizer = config.optimizer(trainable)?;
+    let schedule = config.schedule(train_loader.num_batches());
+    layers::rng::set_seed(dropout_seed(config.seed));
+
+    let mut progress = RunProgress::default();
+    if let Some((saved, tensors)) = resume {
+        layers::checkpoint::load_tensors_strict(store.varmap(), &tensors.model)
+            .context("restoring the model from the resume state")?;
+        optimizer
+            .load_state(&tensors.optimizer)
+            .context("restoring the optimizer from the resume state")?;
+        optimizer.set_learning_rate(saved.lr);
+        layers::rng::set_state(saved.rng_state);
+        progress = RunProgress {
+            epochs_done: saved.epochs_done,
+            best_acc: saved.best_acc,
+            best_epoch: saved.best_epoch,
+            history: saved.history,
+        };
+    }
+    atomic::write_bytes(
+        &out.join("config.json"),
+        &serde_json::to_vec_pretty(config)?,
+    )?;
+    println!(
+        "{} {}: {title} ({} train / {} test images, {} parameters, {} trained) on {}, writing to {}",
+        config.program,
+        if progress.epochs_done > 0 {
+            "resumes"
+        } else {
+            "trains"
+        },
+        train_loader.num_samples(),
+        test_loader.num_samples(),
+        store.num_parameters(),
+        trained_parameters,
+        device_name(&device),
+        out.display()
+    );
+    for epoch in progress.epochs_done..config.epochs {
+        let started = Instant::now();
+        let label = |phase: &str| format!("epoch {}/{} {phase}", epoch + 1, config.epochs);
+        let step = TrainStep {
+            optimizer: optimizer.as_mut(),
+            schedule: &schedule,
+            label_smoothing: config.label_smoothing,
+        };
+        let trained = train_epoch(
+            model,
+            train_loader,
+            &device,
+            epoch,
+            step,
+            classes.len(),
+            label("train"),
+        )?;
+        let tested = evaluate(model, test_loader, &device, classes.len(), label("test"))?;
+        let seconds = started.elapsed().as_secs_f64();
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            train_loss: trained.metrics.loss(),
+            train_acc: trained.metrics.accuracy(),
+            test_loss: tested.metrics.loss(),
+            test_acc: tested.metrics.accuracy(),
+            test_top5: tested.metrics.top5(),
+            test_per_class_acc: tested.metrics.per_class_accuracy(),
+            lr: trained.last_lr.unwrap_or_else(|| optimizer.learning_rate()),
+            seconds,
+        };
+        println!(
+            "epoch {}/{}: train loss {:.4} acc {:.2}% | test loss {:.4} acc {:.2}% (top-5 {:.2}%) | lr {:.3e} | {:.1} s, {:.0} img/s",
+            record.epoch,
+            config.epochs,
+            record.train_loss,
+            record.train_acc,
+            record.test_loss,
+            record.test_acc,
+            record.test_top5,
+            record.lr,
+            seconds,
+            trained.metrics.samples() as f64 / seconds.max(1e-9)
+        );
+        if record.test_acc > progress.best_acc || progress.history.is_empty() {
+            progress.best_acc = record.test_acc;
+            progress.best_epoch = record.epoch;
+            layers::checkpoint::save(store.varmap(), &out.join(BEST))?;
+        }
+        progress.history.push(record);
+        progress.epochs_done = epoch + 1;
+        layers::checkpoint::save(store.varmap(), &out.join(LAST))?;
+        save_state(
+            out,
+            config,
+            store,
+            optimizer.as_ref(),
+            &progress,
+            &schedule,
+            train_loader,
+        )?;
+        history::save(out, &progress.history)?;
+        pictures::save_curves(out, &title, &progress.history)?;
+        pictures::save_predictions(out, &title, test_images, &tested.predictions)?;
+        pictures::save_confusion(out, tested.metrics.confusion(), &classes)?;
+    }
+    println!(
+        "best test accuracy {:.2}% (epoch {}); weights in {}",
+        progress.best_acc,
+        progress.best_epoch,
+        out.join(BEST).display()
+    );
+    Ok(Outcome {
+        out: out.to_path_buf(),
+        history: progress.history,
+        best_acc: progress.best_acc,
+    })
+}
+
+#[derive(Default)]
+struct RunProgress {
+    epochs_done: usize,
+    best_acc: f64,
+    best_epoch: usize,
+    history: Vec<EpochRecord>,
+}
+
+fn save_state(
+    out: &Path,
+    config: &RunConfig,
+    store: &ParamStore,
+    optimizer: &dyn Optimizer,
+    progress: &RunProgress,
+    schedule: &crate::schedule::Scheduled,
+    train_loader: &dyn BatchSource,
+) -> Result<()> {
+    let saved = ResumeState {
+        epochs_done: progress.epochs_done,
+        best_acc: progress.best_acc,
+        best_epoch: progress.best_epoch,
+        rng_state: layers::rng::state(),
+        stepping: schedule.stepping,
+        schedule_step: schedule.t(progress.epochs_done, 0, train_loader.num_batches()),
+        lr: optimizer.learning_rate(),
+        history: progress.history.clone(),
+        config: config.clone(),
+    };
+    let tensors = StateTensors {
+        model: layers::checkpoint::state_dict(store.varmap())?,
+        optimizer: optimizer.state()?,
+    };
+    state::save(out, &saved, &tensors)
+}
+
+fn loader(config: &RunConfig, dataset: &Arc<dyn Dataset>, train: bool) -> Result<Loader> {
+    let (name, batch_size, limit) = if train {
+        (
+            &config.train_transform,
+            config.batch_size,
+            config.limit_train,
+        )
+    } else {
+        (
+            &config.test_transform,
+            config.test_batch_size,
+            config.limit_test,
+        )
+    };
+    let transform = datasets::Transform::parse(name)?;
+    Loader::new(
+        dataset.clone(),
+        transform,
+        LoaderConfig {
+            batch_size,
+            shuffle: train,
+            seed: config.seed,
+            drop_last: false,
+            workers: config.workers,
+            limit,
+        },
+    )
+}
+
+/// The dropout generator's seed: derived from the run's seed, apart from the initialisation's.
+fn dropout_seed(seed: u64) -> u64 {
+    seed ^ 0x5851_F42D_4C95_7F2D
+}
+
+/// The data set's name for logs and pictures.
+pub fn dataset_title(config: &RunConfig) -> &'static str {
+    match config.dataset {
+        crate::config::DatasetKind::Mnist => "MNIST",
+        crate::config::DatasetKind::Cifar10 => "CIFAR-10",
+        crate::config::DatasetKind::Folder => "an image folder",
+    }
+}
+
+/// Fails early, with a clear message, when `model` cannot take the data set's images:
+/// one eval-mode forward of a single zero image of the data's shape.
+pub fn check_fits(
+    model: &dyn Network,
+    name: &str,
+    test: &dyn Dataset,
+    num_classes: usize,
+    device: &Device,
+) -> Result<()> {
+    let image = test.image(0).context("cannot read the first test image")?;
+    let shape = (image.channels, image.height, image.width);
+    let expects = zoo::spec(name)
+        .map(|s| format!(" (it expects {}x{}x{})", s.input.0, s.input.1, s.input.2))
+        .unwrap_or_default();
+    let x = Tensor::zeros((1, shape.0, shape.1, shape.2), DType::F32, device)?;
+    let logits = model.forward_t(&x, false).with_context(|| {
+        format!(
+            "model {name} does not fit this data set's {}x{}x{} images{expects}",
+            shape.0, shape.1, shape.2
+        )
+    })?;
+    if logits.dims() != [1, num_classes] {
+        anyhow::bail!(
+            "model {name} gives outputs of shape {:?} for one {}x{}x{} image; expected [1, {num_classes}]",
+            logits.dims(),
+            shape.0,
+            shape.1,
+            shape.2
+        );
+    }
+    Ok(())
+}

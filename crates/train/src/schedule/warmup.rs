@@ -1,0 +1,61 @@
+//! Linear warm-up in front of another schedule.
+
+use super::LrSchedule;
+
+/// Scales another schedule by PyTorch's `LinearLR` factor, which rises linearly from
+/// `start_factor` to 1 over `warmup` steps: the rate of
+/// `ChainedScheduler([LinearLR(opt, start_factor, total_iters=warmup), inner])` for a
+/// multiplicative inner schedule (StepLR, MultiStepLR, constant).
+pub struct LinearWarmup<S> {
+    /// The schedule being warmed up.
+    pub inner: S,
+    /// Steps of warm-up.
+    pub warmup: usize,
+    /// The factor at step 0 (PyTorch's default is 1/3).
+    pub start_factor: f64,
+}
+
+impl<S: LrSchedule> LrSchedule for LinearWarmup<S> {
+    fn lr(&self, t: usize) -> f64 {
+        let factor = if self.warmup == 0 {
+            1.0
+        } else {
+            let done = t.min(self.warmup) as f64 / self.warmup as f64;
+            self.start_factor + (1.0 - self.start_factor) * done
+        };
+        self.inner.lr(t) * factor
+    }
+
+    fn momentum(&self, t: usize) -> Option<f64> {
+        self.inner.momentum(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::{Constant, MultiStepLr};
+
+    #[test]
+    fn rises_linearly_then_hands_over() {
+        let s = LinearWarmup {
+            inner: Constant(0.3),
+            warmup: 5,
+            start_factor: 0.2,
+        };
+        let want = [0.06, 0.108, 0.156, 0.204, 0.252, 0.3, 0.3];
+        for (t, w) in want.iter().enumerate() {
+            assert!((s.lr(t) - w).abs() < 1e-12, "t={t}: {}", s.lr(t));
+        }
+        let chained = LinearWarmup {
+            inner: MultiStepLr {
+                base_lr: 0.1,
+                milestones: vec![2],
+                gamma: 0.1,
+            },
+            warmup: 4,
+            start_factor: 0.5,
+        };
+        assert!((chained.lr(3) - 0.01 * 0.875).abs() < 1e-15);
+    }
+}

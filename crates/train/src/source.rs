@@ -1,0 +1,29 @@
+//! Where a training or testing pass takes its batches from.
+
+use anyhow::Result;
+use datasets::{Batch, Loader};
+
+/// A sequence of batches per epoch: a [`Loader`] over images, or anything else that yields
+/// `(inputs, labels, dataset indices)`, such as cached backbone features.
+pub trait BatchSource: Send + Sync {
+    /// Batches per epoch.
+    fn num_batches(&self) -> usize;
+    /// Samples per epoch.
+    fn num_samples(&self) -> usize;
+    /// The batches of epoch `epoch` (from 0): the order may depend on the epoch, nothing else.
+    fn batches(&self, epoch: usize) -> Box<dyn Iterator<Item = Result<Batch>> + '_>;
+}
+
+impl BatchSource for Loader {
+    fn num_batches(&self) -> usize {
+        Loader::num_batches(self)
+    }
+
+    fn num_samples(&self) -> usize {
+        Loader::num_samples(self)
+    }
+
+    fn batches(&self, epoch: usize) -> Box<dyn Iterator<Item = Result<Batch>> + '_> {
+        Box::new(self.epoch(epoch))
+    }
+}
