@@ -7,6 +7,6 @@ pub use lenet;
 pub use mnist_cnn;
 pub use resnet;
 pub use train;
-pub use viz;
 pub use vgg;
+pub use viz;
 pub use zoo;

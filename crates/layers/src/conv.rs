@@ -296,6 +296,7 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
+    #[allow(clippy::too_many_arguments)]
     fn check(
         n: usize,
         c: usize,

@@ -1,5 +1,6 @@
-//! Median time of one training step (forward, backward, optimizer) on the CPU for the
-//! tutorial's networks: `cargo run -p train --bin bench-step [-- --steps N] [--only MODEL]`.
+//! Median time of one training step (forward, backward, optimizer) for the tutorial's
+//! networks, with images/s:
+//! `cargo run -p train --bin bench-step [-- --steps N] [--only MODEL] [--device cuda] [--batches 128,512]`.
 
 use std::time::Instant;
 
@@ -29,31 +30,44 @@ fn main() -> Result<()> {
         .map(|s| s.parse().context("--steps takes a number"))
         .transpose()?;
     let only = flag("--only");
-    println!("median training step on the CPU (forward + backward + optimizer step)");
-    for (model, batch, shape, optimizer) in CASES {
+    let device = train::device::parse_device(flag("--device").map_or("cpu", |d| d.as_str()))?;
+    let batches: Option<Vec<usize>> = flag("--batches")
+        .map(|b| {
+            b.split(',')
+                .map(|n| n.parse().context("--batches takes numbers"))
+                .collect::<Result<Vec<usize>>>()
+        })
+        .transpose()?;
+    println!(
+        "median training step on {} (forward + backward + optimizer step)",
+        train::device::device_name(&device)
+    );
+    for (model, default_batch, shape, optimizer) in CASES {
         if only.is_some_and(|o| o != model) {
             continue;
         }
-        let n = steps.unwrap_or(if batch * shape.0 * shape.1 * shape.2 > 200_000 {
-            3
-        } else {
-            10
-        });
-        let ms = median_step_ms(model, batch, shape, optimizer, n)?;
-        println!("{model:>15} b{batch:<4} {ms:>10.1} ms  (median of {n})");
+        for batch in batches.clone().unwrap_or_else(|| vec![default_batch]) {
+            let big = batch * shape.0 * shape.1 * shape.2 > 200_000 && device.is_cpu();
+            let n = steps.unwrap_or(if big { 3 } else { 10 });
+            let ms = median_step_ms(&device, model, batch, shape, optimizer, n)?;
+            println!(
+                "{model:>15} b{batch:<4} {ms:>10.1} ms  {:>9.0} images/s  (median of {n})",
+                batch as f64 * 1e3 / ms
+            );
+        }
     }
     Ok(())
 }
 
 fn median_step_ms(
+    device: &Device,
     model_name: &str,
     batch: usize,
     (c, h, w): (usize, usize, usize),
     optimizer: OptimizerKind,
     steps: usize,
 ) -> Result<f64> {
-    let device = Device::Cpu;
-    let store = layers::ParamStore::new(0, &device);
+    let store = layers::ParamStore::new(0, device);
     let model = zoo::build(model_name, 10, store.vb())?;
     let config = RunConfig {
         program: "bench-step".into(),
@@ -91,9 +105,9 @@ fn median_step_ms(
         workers: 1,
     };
     let mut opt = config.optimizer(store.trainable())?;
-    let x = Tensor::randn(0f32, 1.0, (batch, c, h, w), &device)?;
+    let x = Tensor::randn(0f32, 1.0, (batch, c, h, w), device)?;
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % 10).collect();
-    let y = Tensor::from_vec(labels, batch, &device)?;
+    let y = Tensor::from_vec(labels, batch, device)?;
     let mut times = Vec::with_capacity(steps);
     for i in 0..=steps {
         let start = Instant::now();
@@ -101,6 +115,7 @@ fn median_step_ms(
         let loss = train::loss::cross_entropy(&logits, &y, 0.0)?;
         let grads = loss.backward()?;
         opt.step(&grads)?;
+        device.synchronize()?;
         if i > 0 {
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }
