@@ -419,3 +419,50 @@ fn bad_checkpoints_are_refused_with_the_reason() {
         "{err}"
     );
 }
+
+#[test]
+fn resume_reaches_the_same_weights_as_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let calib = small_folder(&data, 12, 6);
+    let weights = dir.path().join("resnet50.safetensors");
+    pretrained(&calib, &weights);
+    let common = |out: &Path, epochs: &str| -> Vec<String> {
+        [
+            "--weights",
+            s(&weights),
+            "--folder",
+            "--data-dir",
+            s(&data),
+            "--image-size",
+            "32",
+            "--lr",
+            "0.05",
+            "--batch-size",
+            "8",
+            "--device",
+            "cpu",
+            "--out",
+            s(out),
+            "--epochs",
+            epochs,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let whole = dir.path().join("whole");
+    let args = common(&whole, "2");
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    let parts = dir.path().join("parts");
+    let args = common(&parts, "1");
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    ok(
+        &["--resume", s(&parts), "--epochs", "2", "--device", "cpu"],
+        &[],
+    );
+    assert!(
+        std::fs::read(whole.join("last.safetensors")).expect("whole")
+            == std::fs::read(parts.join("last.safetensors")).expect("parts"),
+        "a resumed run ends with the same weights as an uninterrupted one"
+    );
+}
