@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use candle_nn::ModuleT;
 use datasets::{Loader, LoaderConfig, Transform};
 use layers::ParamStore;
 use resnet::ResNet;
@@ -133,51 +134,48 @@ pub fn finetune(
     classes::save(&out.join(train::run::BEST), &classes)?;
     let title = format!("resnet50 fine-tuned on {}", train::run::dataset_title(run));
     let trainable = model.trainable(&store);
-    if ft.caches_features() {
-        println!("backbone frozen and no augmentation: computing its features once, then training the head on them");
-        let unshuffled = loader(
-            data.train.clone(),
-            train_t,
-            run.test_batch_size,
-            false,
-            run.limit_train,
-        )?;
-        let train_features = CachedFeatures::compute(
-            &model,
-            &unshuffled,
-            &device,
-            run.batch_size,
-            Some(run.seed),
-            "features: train".into(),
-        )?;
-        let test_features = CachedFeatures::compute(
-            &model,
-            &test_images,
-            &device,
-            run.test_batch_size,
-            None,
-            "features: test".into(),
-        )?;
-        let head = Head(model.net());
-        let trainee = Trainee {
-            model: &head,
-            store: &store,
-            trainable,
-            train: &train_features,
-            test: &test_features,
-            test_images: data.test.as_ref(),
-            classes,
-            title,
-            device,
+    let head = Head(model.net());
+    let cached: (CachedFeatures, CachedFeatures);
+    let (trained, train_source, test_source): (&dyn ModuleT, &dyn BatchSource, &dyn BatchSource) =
+        if ft.caches_features() {
+            println!(
+                "backbone frozen and no augmentation: computing its features once, then training the head on them"
+            );
+            let unshuffled = loader(
+                data.train.clone(),
+                train_t,
+                run.test_batch_size,
+                false,
+                run.limit_train,
+            )?;
+            cached = (
+                CachedFeatures::compute(
+                    &model,
+                    &unshuffled,
+                    &device,
+                    run.batch_size,
+                    Some(run.seed),
+                    "features: train".into(),
+                )?,
+                CachedFeatures::compute(
+                    &model,
+                    &test_images,
+                    &device,
+                    run.test_batch_size,
+                    None,
+                    "features: test".into(),
+                )?,
+            );
+            (&head, &cached.0, &cached.1)
+        } else {
+            (&model, &train_images, &test_images)
         };
-        return train(run, trainee, out, resume);
-    }
     let trainee = Trainee {
-        model: &model,
+        model: trained,
         store: &store,
         trainable,
-        train: &train_images as &dyn BatchSource,
-        test: &test_images,
+        train: train_source,
+        test: test_source,
         test_images: data.test.as_ref(),
         classes,
         title,
