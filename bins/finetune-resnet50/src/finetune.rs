@@ -101,35 +101,8 @@ pub fn finetune(
         }
     );
     let model = FineTune::new(net, ft.unfreeze);
-    let loader = |dataset, transform: &str, batch_size, shuffle, limit| -> Result<Loader> {
-        Loader::new(
-            dataset,
-            Transform::parse(transform)?,
-            LoaderConfig {
-                batch_size,
-                shuffle,
-                seed: run.seed,
-                drop_last: false,
-                workers: run.workers,
-                limit,
-            },
-        )
-    };
-    let (train_t, test_t) = (&run.train_transform, &run.test_transform);
-    let train_images = loader(
-        data.train.clone(),
-        train_t,
-        run.batch_size,
-        true,
-        run.limit_train,
-    )?;
-    let test_images = loader(
-        data.test.clone(),
-        test_t,
-        run.test_batch_size,
-        false,
-        run.limit_test,
-    )?;
+    let train_images = train::run::loader(run, &data.train, true)?;
+    let test_images = train::run::loader(run, &data.test, false)?;
     ft.save(out)?;
     classes::save(&out.join(train::run::BEST), &classes)?;
     let title = format!("resnet50 fine-tuned on {}", train::run::dataset_title(run));
@@ -141,12 +114,17 @@ pub fn finetune(
             println!(
                 "backbone frozen and no augmentation: computing its features once, then training the head on them"
             );
-            let unshuffled = loader(
+            let unshuffled = Loader::new(
                 data.train.clone(),
-                train_t,
-                run.test_batch_size,
-                false,
-                run.limit_train,
+                Transform::parse(&run.train_transform)?,
+                LoaderConfig {
+                    batch_size: run.test_batch_size,
+                    shuffle: false,
+                    seed: run.seed,
+                    drop_last: false,
+                    workers: run.workers,
+                    limit: run.limit_train,
+                },
             )?;
             cached = (
                 CachedFeatures::compute(

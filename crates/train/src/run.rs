@@ -268,7 +268,8 @@ fn save_state(
     state::save(out, &saved, &tensors)
 }
 
-fn loader(config: &RunConfig, dataset: &Arc<dyn Dataset>, train: bool) -> Result<Loader> {
+/// The training (shuffled) or test loader that `config` describes for `dataset`.
+pub fn loader(config: &RunConfig, dataset: &Arc<dyn Dataset>, train: bool) -> Result<Loader> {
     let (name, batch_size, limit) = if train {
         (
             &config.train_transform,
