@@ -19,7 +19,8 @@
 //! ```
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+use layers::Linear;
 use layers::{
     adaptive_avg_pool2d, conv2d, conv_cfg, flatten, linear, Conv2d, Dropout, Pool2d, WeightInit,
 };

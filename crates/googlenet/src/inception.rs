@@ -1,7 +1,8 @@
 //! torchvision's `Inception` block and `InceptionAux` classifier.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+use layers::Linear;
 use layers::{
     adaptive_avg_pool2d, conv_cfg, flatten, linear, ConvBnRelu, Dropout, Pool2d, WeightInit,
 };

@@ -24,8 +24,9 @@ mod inception;
 pub use config::{GoogLeNetConfig, InceptionSpec, INCEPTION_NAMES};
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 use inception::{basic_conv, Inception, InceptionAux, FC_INIT};
+use layers::Linear;
 use layers::{adaptive_avg_pool2d, flatten, linear, ConvBnRelu, Dropout, Pool2d};
 
 /// Index of the block after which `aux1` reads (`inception4a`).

@@ -1,14 +1,22 @@
 //! 2-D convolution whose backward pass runs as matrix products.
 //!
-//! Candle 0.11 differentiates `conv2d` on the CPU with a direct `conv_transpose2d` loop for the
-//! input gradient and a convolution with the batch as channels for the weight gradient, both
-//! several times slower than the forward pass. Here a convolution is `im2col` (a custom op
-//! whose backward is `col2im`) followed by one matrix product, so forward and backward are
-//! GEMMs, as in PyTorch's CPU path.
+//! Candle 0.11 differentiates `conv2d` with a direct `conv_transpose2d` loop for the input
+//! gradient and a convolution with the batch as channels for the weight gradient. On the CPU
+//! a convolution here is `im2col` (a custom op whose backward is `col2im`) followed by one
+//! matrix product, so forward and backward are GEMMs, as in PyTorch's CPU path. On other
+//! devices the forward is Candle's `conv2d` (im2col + cuBLAS, or cuDNN) and the input gradient
+//! is a `conv2d` too, of the zero-dilated output gradient with the flipped kernel, in place of
+//! Candle's `conv_transpose2d` kernel ([`conv2d_conv_grads`]).
+//!
+//! Under [`autocast`](crate::autocast) the product runs in the reduced dtype and the result
+//! comes back in the input's dtype before the bias is added.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Module, Result, Shape, Tensor};
 use candle_nn::Conv2dConfig;
 use rayon::prelude::*;
+
+use crate::autocast;
 
 /// `nn.Conv2d`: weight (out, in / groups, k, k), optional bias (out).
 #[derive(Debug, Clone)]
@@ -47,15 +55,154 @@ impl Conv2d {
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let c = &self.config;
-        let gemm_path = xs.device().is_cpu() && c.groups == 1 && c.dilation == 1;
-        if !gemm_path {
-            let ys = xs.conv2d(&self.weight, c.padding, c.stride, c.dilation, c.groups)?;
-            return match &self.bias {
-                Some(b) => ys.broadcast_add(&b.reshape((1, (), 1, 1))?),
-                None => Ok(ys),
-            };
+        let dtype = autocast::compute_dtype(xs);
+        if dtype == xs.dtype() && xs.device().is_cpu() && c.groups == 1 && c.dilation == 1 {
+            return conv2d_gemm(xs, &self.weight, self.bias.as_ref(), c.stride, c.padding);
         }
-        conv2d_gemm(xs, &self.weight, self.bias.as_ref(), c.stride, c.padding)
+        let x = autocast::cast(xs, dtype)?;
+        let w = autocast::cast(&self.weight, dtype)?;
+        let ys = if c.groups == 1 && c.dilation == 1 {
+            if xs.device().is_cpu() {
+                conv2d_gemm(&x, &w, None, c.stride, c.padding)?
+            } else {
+                conv2d_conv_grads(&x, &w, c.stride, c.padding)?
+            }
+        } else {
+            x.conv2d(&w, c.padding, c.stride, c.dilation, c.groups)?
+        };
+        let ys = autocast::cast(&ys, xs.dtype())?;
+        match &self.bias {
+            Some(b) => ys.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            None => Ok(ys),
+        }
+    }
+}
+
+/// Candle's `conv2d` (one group, no dilation) with a backward pass made of `conv2d`s only: the
+/// input gradient is the output gradient, zero-dilated by the stride and padded, convolved with
+/// the kernel flipped and transposed; the weight gradient is Candle's batch-as-channels
+/// convolution. On CUDA both run as im2col + cuBLAS (or cuDNN with the `cudnn` feature), where
+/// Candle's own backward uses a direct `conv_transpose2d` kernel for the input gradient.
+pub fn conv2d_conv_grads(
+    xs: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    let ys = xs
+        .detach()
+        .conv2d(&weight.detach(), padding, stride, 1, 1)?;
+    let (_, _, kh, kw) = weight.dims4()?;
+    if !(xs.track_op() || weight.track_op()) || padding + 1 > kh.min(kw) {
+        // Nothing to differentiate, or a padding wider than the kernel (never in the zoo):
+        // Candle's own op and backward.
+        if xs.track_op() || weight.track_op() {
+            return xs.conv2d(weight, padding, stride, 1, 1);
+        }
+        return Ok(ys);
+    }
+    xs.apply_op3(weight, &ys, ConvGrads { stride, padding })
+}
+
+/// Attaches [`conv2d_conv_grads`]'s backward to an already computed convolution (the third
+/// argument), which the forward passes through.
+struct ConvGrads {
+    stride: usize,
+    padding: usize,
+}
+
+impl ConvGrads {
+    fn pass_through<S: BackendStorage>(s: &S, l: &Layout) -> Result<(S, Shape)> {
+        if !l.is_contiguous() || l.start_offset() != 0 {
+            candle_core::bail!("conv-grads expects a fresh contiguous convolution output")
+        }
+        Ok((s.try_clone(l)?, l.shape().clone()))
+    }
+
+    /// dL/dx: `grad` (N, O, OH, OW) spread back onto the (N, C, H, W) input.
+    fn input_grad(&self, x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<Tensor> {
+        let (_, _, h, wd) = x.dims4()?;
+        let (n, o, oh, ow) = grad.dims4()?;
+        let (_, _, kh, kw) = w.dims4()?;
+        let s = self.stride;
+        let mut g = grad.clone();
+        if s > 1 {
+            g = g
+                .reshape((n, o, oh, 1, ow, 1))?
+                .pad_with_zeros(3, 0, s - 1)?
+                .pad_with_zeros(5, 0, s - 1)?
+                .reshape((n, o, oh * s, ow * s))?
+                .narrow(2, 0, (oh - 1) * s + 1)?
+                .narrow(3, 0, (ow - 1) * s + 1)?;
+        }
+        let (top, left) = (kh - 1 - self.padding, kw - 1 - self.padding);
+        let bottom = h + kh - 1 - top - ((oh - 1) * s + 1);
+        let right = wd + kw - 1 - left - ((ow - 1) * s + 1);
+        let g = g
+            .pad_with_zeros(2, top, bottom)?
+            .pad_with_zeros(3, left, right)?;
+        let flipped = w.flip(&[2, 3])?.transpose(0, 1)?.contiguous()?;
+        g.conv2d(&flipped, 0, 1, 1, 1)
+    }
+
+    /// dL/dw, as Candle computes it: the batch plays the channels.
+    fn weight_grad(&self, x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<Tensor> {
+        let (_, _, kh, kw) = w.dims4()?;
+        let gw = x
+            .transpose(0, 1)?
+            .conv2d(&grad.transpose(0, 1)?, self.padding, 1, self.stride, 1)?
+            .transpose(0, 1)?;
+        let (_, _, gh, gwd) = gw.dims4()?;
+        if gh != kh || gwd != kw {
+            gw.narrow(2, 0, kh)?.narrow(3, 0, kw)
+        } else {
+            Ok(gw)
+        }
+    }
+}
+
+impl CustomOp3 for ConvGrads {
+    fn name(&self) -> &'static str {
+        "conv2d-conv-grads"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        ys: &CpuStorage,
+        l: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        Self::pass_through(ys, l)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        ys: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        Self::pass_through(ys, l)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _ys: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let gx = self.input_grad(x, w, &grad)?;
+        let gw = self.weight_grad(x, w, &grad)?;
+        Ok((Some(gx), Some(gw), None))
     }
 }
 
@@ -240,7 +387,9 @@ impl CustomOp1 for Im2Col {
         match storage {
             CpuStorage::F32(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::F32(v), s)),
             CpuStorage::F64(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::F64(v), s)),
-            _ => candle_core::bail!("im2col supports f32 and f64 tensors"),
+            CpuStorage::BF16(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::BF16(v), s)),
+            CpuStorage::F16(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::F16(v), s)),
+            _ => candle_core::bail!("im2col supports f32, f64, bf16 and f16 tensors"),
         }
     }
 
@@ -286,7 +435,9 @@ impl CustomOp1 for Col2Im {
         match storage {
             CpuStorage::F32(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::F32(v), s)),
             CpuStorage::F64(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::F64(v), s)),
-            _ => candle_core::bail!("col2im supports f32 and f64 tensors"),
+            CpuStorage::BF16(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::BF16(v), s)),
+            CpuStorage::F16(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::F16(v), s)),
+            _ => candle_core::bail!("col2im supports f32, f64, bf16 and f16 tensors"),
         }
     }
 }
@@ -338,6 +489,92 @@ mod tests {
         check(3, 4, 8, 8, 6, 1, 2, 0)?;
         check(1, 2, 6, 6, 3, 5, 1, 0)?;
         check(2, 2, 5, 5, 2, 3, 2, 1)
+    }
+
+    /// `conv2d_conv_grads` against the im2col path (whose backward is checked against Candle's
+    /// above; Candle's own backward fails on non-square inputs with stride 2).
+    fn check_conv_grads(
+        (n, c, h, w): (usize, usize, usize, usize),
+        (cout, kh, kw): (usize, usize, usize),
+        s: usize,
+        p: usize,
+    ) -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, c, h, w), &dev)?)?;
+        let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (cout, c, kh, kw), &dev)?)?;
+        let ours = conv2d_conv_grads(x.as_tensor(), wt.as_tensor(), s, p)?;
+        let reference = conv2d_gemm(x.as_tensor(), wt.as_tensor(), None, s, p)?;
+        assert_eq!(ours.dims(), reference.dims());
+        let max_diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            (a - b)?.abs()?.max_all()?.to_scalar::<f32>()
+        };
+        assert!(max_diff(&ours, &reference)? < 1e-4);
+        let g = Tensor::randn(0f32, 1., ours.shape(), &dev)?;
+        let ga = (ours * &g)?.sum_all()?.backward()?;
+        let gb = (reference * &g)?.sum_all()?.backward()?;
+        for (name, v) in [("input", &x), ("weight", &wt)] {
+            let (a, b) = (ga.get(v).expect("grad"), gb.get(v).expect("grad"));
+            assert_eq!(a.dims(), b.dims());
+            let d = max_diff(a, b)?;
+            assert!(
+                d < 1e-3,
+                "{name} gradient differs by {d} for {h}x{w} k{kh}x{kw} s{s} p{p}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn conv_grads_match_candle_for_every_stride_and_padding() -> Result<()> {
+        check_conv_grads((2, 3, 9, 7), (4, 3, 3), 1, 1)?;
+        check_conv_grads((2, 3, 8, 8), (4, 3, 3), 2, 1)?;
+        check_conv_grads((2, 3, 9, 9), (4, 3, 3), 2, 1)?;
+        check_conv_grads((2, 4, 8, 7), (5, 1, 1), 2, 0)?;
+        check_conv_grads((1, 3, 15, 14), (4, 7, 7), 2, 3)?;
+        check_conv_grads((2, 2, 11, 10), (3, 5, 3), 3, 0)?;
+        check_conv_grads((2, 2, 6, 6), (3, 3, 3), 1, 0)?;
+        // Padding wider than the kernel falls back to Candle's op.
+        check_conv_grads((1, 2, 5, 5), (2, 1, 1), 1, 1)
+    }
+
+    #[test]
+    fn autocast_runs_the_product_in_bf16_and_returns_f32() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 8, 10, 10), &dev)?;
+        let wt = Var::from_tensor(&Tensor::randn(0f32, 0.1, (6, 8, 3, 3), &dev)?)?;
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1., 6, &dev)?)?;
+        let conv = Conv2d::new(
+            wt.as_tensor().clone(),
+            Some(b.as_tensor().clone()),
+            Conv2dConfig {
+                padding: 1,
+                stride: 2,
+                ..Default::default()
+            },
+        );
+        let full = conv.forward(&x)?;
+        let half = {
+            let _bf16 = crate::autocast::enable(candle_core::DType::BF16)?;
+            conv.forward(&x)?
+        };
+        assert_eq!(half.dtype(), candle_core::DType::F32);
+        assert_eq!(half.dims(), full.dims());
+        let err = (&half - &full)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let scale = full.abs()?.max_all()?.to_scalar::<f32>()?;
+        // bf16 keeps 8 bits of mantissa: about 0.4% per operand, less after summation.
+        assert!(err > 0.0 && err < 0.02 * scale, "err {err} scale {scale}");
+        let grads = {
+            let _bf16 = crate::autocast::enable(candle_core::DType::BF16)?;
+            conv.forward(&x)?.sqr()?.sum_all()?.backward()?
+        };
+        let gw = grads.get(&wt).expect("weight grad");
+        assert_eq!(gw.dtype(), candle_core::DType::F32);
+        let exact = full.sqr()?.sum_all()?.backward()?;
+        let gw_exact = exact.get(&wt).expect("weight grad");
+        let rel = ((gw - gw_exact)?.abs()?.max_all()?.to_scalar::<f32>()?)
+            / gw_exact.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(rel < 0.03, "bf16 weight gradient off by {rel} relative");
+        Ok(())
     }
 
     #[test]

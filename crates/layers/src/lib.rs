@@ -5,6 +5,7 @@
 //! - [`Pool2d`]: max and average pooling with PyTorch's kernel/stride/padding/`ceil_mode`
 //!   semantics and a backward pass for every configuration;
 //! - [`adaptive_avg_pool2d`] with PyTorch's bins;
+//! - [`Linear`], and [`autocast`]: bf16/f16 products with float32 weights, as `torch.autocast`;
 //! - [`Dropout`] (seeded, identity in eval), [`flatten`], [`ConvBnRelu`];
 //! - constructors with torchvision's initialisation ([`conv2d`], [`linear`], [`batch_norm`],
 //!   [`WeightInit`]);
@@ -13,6 +14,7 @@
 //! - [`Network`], the surface every model exposes.
 
 mod adaptive;
+pub mod autocast;
 pub mod checkpoint;
 mod conv;
 pub mod init;
@@ -23,9 +25,9 @@ mod pool_composite;
 pub mod rng;
 
 pub use adaptive::{adaptive_avg_pool2d, AdaptiveAvgPool2d};
-pub use conv::{conv2d_gemm, Conv2d};
+pub use conv::{conv2d_conv_grads, conv2d_gemm, Conv2d};
 pub use init::WeightInit;
-pub use nn::{batch_norm, conv2d, conv_cfg, flatten, linear, ConvBnRelu, Dropout};
+pub use nn::{batch_norm, conv2d, conv_cfg, flatten, linear, ConvBnRelu, Dropout, Linear};
 pub use params::{is_buffer, ParamStore};
 pub use pool::{avg_pool2d, max_pool2d, Pool2d, PoolKind};
 

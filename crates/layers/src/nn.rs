@@ -1,8 +1,9 @@
 //! Layer constructors with torchvision's initialisation, and the small modules Candle lacks.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{BatchNorm, BatchNormConfig, Conv2dConfig, VarBuilder};
 
+use crate::autocast;
 use crate::conv::Conv2d;
 
 use crate::init::WeightInit;
@@ -55,6 +56,49 @@ pub fn linear(
     )?;
     let bias = vb.get_with_hints(out_features, "bias", init.bias(in_features))?;
     Ok(Linear::new(weight, Some(bias)))
+}
+
+/// `nn.Linear`: `x W^T + b`, with weight (out, in) and optional bias (out). Under
+/// [`autocast`] the product runs in the reduced dtype and the bias is added in the input's.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// A linear layer with these parameters.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    /// The weight, (out, in).
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let dtype = autocast::compute_dtype(xs);
+        let x = autocast::cast(xs, dtype)?;
+        let w = autocast::cast(&self.weight, dtype)?;
+        let w = match *x.dims() {
+            [b1, b2, _, _] => w.broadcast_left((b1, b2))?.t()?,
+            [b, _, _] => w.broadcast_left(b)?.t()?,
+            _ => w.t()?,
+        };
+        let ys = autocast::cast(&x.matmul(&w)?, xs.dtype())?;
+        match &self.bias {
+            Some(b) => ys.broadcast_add(b),
+            None => Ok(ys),
+        }
+    }
 }
 
 /// `nn.BatchNorm2d(num_features, eps)` with momentum 0.1, weight 1 and bias 0: PyTorch's
@@ -164,7 +208,31 @@ impl ModuleT for ConvBnRelu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn linear_matches_candle_and_autocasts_to_bf16() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.3, (5, 7), &dev)?;
+        let b = Tensor::randn(0f32, 1., 5, &dev)?;
+        let ours = Linear::new(w.clone(), Some(b.clone()));
+        let theirs = candle_nn::Linear::new(w, Some(b));
+        for x in [
+            Tensor::randn(0f32, 1., (3, 7), &dev)?,
+            Tensor::randn(0f32, 1., (2, 3, 7), &dev)?,
+        ] {
+            let (a, r) = (ours.forward(&x)?, theirs.forward(&x)?);
+            assert_eq!(a.dims(), r.dims());
+            let diff = (&a - &r)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-6, "{diff}");
+            let _bf16 = crate::autocast::enable(DType::BF16)?;
+            let h = ours.forward(&x)?;
+            assert_eq!(h.dtype(), DType::F32);
+            let diff = (&h - &r)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff > 0.0 && diff < 0.05, "bf16 differs by {diff}");
+        }
+        Ok(())
+    }
 
     #[test]
     fn dropout_is_identity_in_eval_scales_in_train_and_repeats_with_the_seed() -> Result<()> {

@@ -94,8 +94,52 @@ fn pooling_conv_and_adaptive_pooling_agree_with_the_cpu() -> Result<()> {
             |x| adaptive_avg_pool2d(x, out),
         )?;
     }
-    let w = Tensor::randn(0f32, 0.2, (6, 8, 3, 3), &Device::Cpu)?;
-    same_on_both(&gpu, (4, 8, 12, 12), "conv 3x3 s2 p1", |x| {
-        Conv2d::new(w.to_device(x.device())?, None, layers::conv_cfg(2, 1)).forward(x)
-    })
+    for (k, s, p, hw) in [
+        (3, 2, 1, (12, 12)),
+        (3, 1, 1, (9, 9)),
+        (3, 2, 1, (12, 11)),
+        (1, 2, 0, (9, 8)),
+        (7, 2, 3, (15, 15)),
+    ] {
+        let w = Tensor::randn(0f32, 0.2, (6, 8, k, k), &Device::Cpu)?;
+        same_on_both(
+            &gpu,
+            (4, 8, hw.0, hw.1),
+            &format!("conv {k}x{k} s{s} p{p} on {hw:?}"),
+            |x| Conv2d::new(w.to_device(x.device())?, None, layers::conv_cfg(s, p)).forward(x),
+        )?;
+    }
+    Ok(())
+}
+
+/// The convolution's weight gradient, in f32 and under bf16 autocast, on both devices.
+#[test]
+fn conv_weight_gradients_agree_in_f32_and_bf16() -> Result<()> {
+    let Some(gpu) = gpu() else { return Ok(()) };
+    let x = Tensor::randn(0f32, 1.0, (8, 16, 16, 16), &Device::Cpu)?;
+    let w = Tensor::randn(0f32, 0.1, (32, 16, 3, 3), &Device::Cpu)?;
+    let run = |dev: &Device, bf16: bool| -> Result<(Tensor, Tensor)> {
+        let _cast = layers::autocast::set(bf16.then_some(candle_core::DType::BF16));
+        let wv = Var::from_tensor(&w.to_device(dev)?)?;
+        let conv = Conv2d::new(wv.as_tensor().clone(), None, layers::conv_cfg(2, 1));
+        let y = conv.forward(&x.to_device(dev)?)?;
+        let grads = y.sqr()?.sum_all()?.backward()?;
+        let gw = grads.get(&wv).expect("weight gradient").clone();
+        Ok((y.to_device(&Device::Cpu)?, gw.to_device(&Device::Cpu)?))
+    };
+    for bf16 in [false, true] {
+        let (y_cpu, g_cpu) = run(&Device::Cpu, bf16)?;
+        let (y_gpu, g_gpu) = run(&gpu, bf16)?;
+        let rel = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            Ok((a - b)?.abs()?.max_all()?.to_scalar::<f32>()?
+                / b.abs()?.max_all()?.to_scalar::<f32>()?)
+        };
+        let (dy, dg) = (rel(&y_gpu, &y_cpu)?, rel(&g_gpu, &g_cpu)?);
+        println!(
+            "conv bf16={bf16}: output differs by {dy:.2e}, weight gradient by {dg:.2e} (relative)"
+        );
+        let tol = if bf16 { 2e-2 } else { 1e-4 };
+        assert!(dy < tol && dg < tol, "bf16={bf16}: {dy} {dg}");
+    }
+    Ok(())
 }

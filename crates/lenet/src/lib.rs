@@ -18,7 +18,8 @@
 //! ```
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+use layers::Linear;
 use layers::{conv2d, conv_cfg, flatten, linear, Conv2d, Pool2d, WeightInit};
 
 /// The shape of a LeNet: input size and the width of every layer.

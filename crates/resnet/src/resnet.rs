@@ -1,7 +1,8 @@
 //! The ResNet family, from torchvision's `ResNet(block, layers)` and the tutorial's variants.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, Linear, VarBuilder};
+use candle_nn::{BatchNorm, VarBuilder};
+use layers::Linear;
 use layers::{
     adaptive_avg_pool2d, batch_norm, conv2d, conv_cfg, linear, Conv2d, Pool2d, WeightInit,
 };

@@ -24,7 +24,8 @@ mod config;
 pub use config::{VggConfig, VggLayer};
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, Linear, VarBuilder};
+use candle_nn::{BatchNorm, VarBuilder};
+use layers::Linear;
 use layers::{
     adaptive_avg_pool2d, batch_norm, conv2d, conv_cfg, flatten, linear, Conv2d, Dropout, Pool2d,
     WeightInit,
