@@ -109,6 +109,7 @@ pub fn finetune(
     let trainable = model.trainable(&store);
     let head = Head(model.net());
     let cached: (CachedFeatures, CachedFeatures);
+    let sources: (Box<dyn BatchSource>, Box<dyn BatchSource>);
     let (trained, train_source, test_source): (&dyn ModuleT, &dyn BatchSource, &dyn BatchSource) =
         if ft.caches_features() {
             println!(
@@ -146,7 +147,11 @@ pub fn finetune(
             );
             (&head, &cached.0, &cached.1)
         } else {
-            (&model, &train_images, &test_images)
+            sources = (
+                train::run::source(run, train_images, &device, "train")?,
+                train::run::source(run, test_images, &device, "test")?,
+            );
+            (&model, sources.0.as_ref(), sources.1.as_ref())
         };
     let trainee = Trainee {
         model: trained,

@@ -91,6 +91,59 @@ fn synthetic_cifar_run_writes_every_output_and_onecycle_steps_per_batch() {
     assert!((lr - 4e-7).abs() < 1e-13, "{csv}");
 }
 
+/// The data held "on the device" (here the CPU: the same code as on a GPU) trains to the very
+/// same weights as the host loader; bf16 autocast trains too, to different but finite weights.
+#[test]
+fn device_resident_data_matches_the_host_loader_and_bf16_trains() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("cifar");
+    train::synthetic::write_cifar10(&data, 4, 2).expect("synthetic CIFAR-10");
+    let run = |name: &str, extra: &[&str]| -> (String, Vec<u8>) {
+        let out = dir.path().join(name);
+        let (data, out_arg) = (s(&data), s(&out));
+        let args = [
+            &[
+                "--data-dir",
+                &data,
+                "--out",
+                &out_arg,
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+            ][..],
+            extra,
+        ]
+        .concat();
+        let run = train_cifar(&args);
+        let log = text(&run);
+        assert!(run.status.success(), "{log}");
+        let weights = std::fs::read(out.join("last.safetensors")).expect("weights");
+        (log, weights)
+    };
+    let (host_log, host) = run("host", &["--data-placement", "host"]);
+    let (device_log, device) = run("device", &["--data-placement", "device"]);
+    assert!(!host_log.contains("augmented there"), "{host_log}");
+    assert!(device_log.contains("train data on cpu"), "{device_log}");
+    assert!(
+        host == device,
+        "device-resident batches changed the weights"
+    );
+
+    let (bf16_log, bf16) = run("bf16", &["--precision", "bf16"]);
+    assert!(bf16_log.contains("bf16 autocast"), "{bf16_log}");
+    assert!(bf16 != host, "bf16 autocast left the weights bit-identical");
+    let tensors = safetensors::SafeTensors::deserialize(&bf16).expect("safetensors");
+    let fc = tensors.tensor("fc.weight").expect("fc.weight");
+    assert_eq!(fc.dtype(), safetensors::Dtype::F32);
+    assert!(fc
+        .data()
+        .chunks_exact(4)
+        .all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()));
+    let config = std::fs::read_to_string(dir.path().join("bf16/config.json")).expect("config");
+    assert!(config.contains("\"precision\": \"bf16\""), "{config}");
+}
+
 #[test]
 fn a_model_that_does_not_fit_fails_before_training() {
     let dir = tempfile::tempdir().expect("temp dir");

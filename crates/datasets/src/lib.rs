@@ -8,7 +8,9 @@
 //!   `RandomResizedCrop` on u8 images, then `ToTensor` + `Normalize`, with presets and a
 //!   command-line grammar (see [`parse`]);
 //! - [`Loader`]: seeded shuffling, parallel decoding and augmentation, background prefetch,
-//!   yielding [`Batch`]es of `(N, C, H, W)` f32 and `(N,)` u32 tensors.
+//!   yielding [`Batch`]es of `(N, C, H, W)` f32 and `(N,)` u32 tensors;
+//! - [`ResidentLoader`]: the same batches with the data held on the device as u8 and the
+//!   crops, flips and normalisation run there.
 //!
 //! ```no_run
 //! use datasets::{cifar10, Loader, LoaderConfig, Transform};
@@ -38,6 +40,7 @@ mod io;
 mod listing;
 mod loader;
 pub mod parse;
+mod resident;
 mod resize;
 mod rng;
 mod transform;
@@ -52,6 +55,7 @@ pub use folder::{image_folder, FolderOptions, Storage};
 pub use idx::{mnist, read_idx_pair, MNIST_CLASSES};
 pub use listing::IMAGE_EXTENSIONS;
 pub use loader::{Batch, Epoch, Loader, LoaderConfig};
+pub use resident::ResidentLoader;
 pub use resize::resize_bilinear;
 pub use rng::Rng;
 pub use transform::{

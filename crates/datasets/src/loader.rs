@@ -62,7 +62,8 @@ impl LoaderConfig {
     }
 }
 
-/// One batch, on the CPU.
+/// One batch: on the CPU from a [`Loader`], on the device from a
+/// [`ResidentLoader`](crate::ResidentLoader).
 #[derive(Debug, Clone)]
 pub struct Batch {
     /// `(N, C, H, W)` f32 images after the transform.
@@ -128,7 +129,8 @@ impl Loader {
     }
 
     /// Samples used per epoch before `drop_last`: the dataset length, capped by `limit`.
-    fn used(&self) -> usize {
+    /// They are the dataset's first ones, `0..used()`.
+    pub fn used(&self) -> usize {
         self.cfg
             .limit
             .map_or(self.dataset.len(), |l| l.min(self.dataset.len()))

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, Args as _, Command, FromArgMatches as _};
 
-use crate::config::{DatasetKind, OptimizerKind, RunConfig, ScheduleKind};
+use crate::config::{
+    DataPlacement, DatasetKind, OptimizerKind, Precision, RunConfig, ScheduleKind,
+};
 use crate::run::{run, Outcome};
 use crate::state;
 
@@ -90,6 +92,13 @@ pub struct Args {
     /// Data-loading threads [default: the number of CPUs]
     #[arg(long)]
     pub workers: Option<usize>,
+    /// f32, or bf16: convolutions and matrix products in bfloat16, weights and optimizer in f32
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
+    /// auto, host or device: hold the images on the GPU as u8 and crop, flip and normalise
+    /// there (auto: on a GPU when the transforms allow)
+    #[arg(long, value_enum)]
+    pub data_placement: Option<DataPlacement>,
 }
 
 /// A program's defaults: the tutorial's recipe for its section.
@@ -157,6 +166,8 @@ impl Recipe {
             ("test_transform", self.test_transform.to_string()),
             ("seed", DEFAULT_SEED.to_string()),
             ("device", "auto".to_string()),
+            ("precision", "f32".to_string()),
+            ("data_placement", "auto".to_string()),
         ];
         let mut cmd = Args::augment_args(Command::new(self.program).about(self.about));
         for (id, value) in defaults {
@@ -230,6 +241,8 @@ impl Recipe {
             limit_train: args.limit_train,
             limit_test: args.limit_test,
             workers: args.workers.unwrap_or_else(default_workers),
+            precision: args.precision.unwrap_or_default(),
+            data_placement: args.data_placement.unwrap_or_default(),
         };
         config.validate()?;
         Ok(config)
@@ -261,7 +274,7 @@ impl Recipe {
 }
 
 /// The saved configuration, with the flags a resumed run may change applied: `--epochs`,
-/// `--device`, `--workers`, `--data-dir`. Other training flags are refused, since they would
+/// `--device`, `--workers`, `--data-placement`, `--data-dir`. Other training flags are refused, since they would
 /// make the run differ from the one being continued.
 fn resumed_config(saved: &RunConfig, args: &Args) -> Result<RunConfig> {
     let changed: Vec<&str> = [
@@ -284,13 +297,14 @@ fn resumed_config(saved: &RunConfig, args: &Args) -> Result<RunConfig> {
         ("--seed", args.seed.is_some()),
         ("--limit-train", args.limit_train.is_some()),
         ("--limit-test", args.limit_test.is_some()),
+        ("--precision", args.precision.is_some()),
     ]
     .into_iter()
     .filter_map(|(flag, given)| given.then_some(flag))
     .collect();
     if !changed.is_empty() {
         bail!(
-            "--resume continues the saved configuration; {} cannot change (only --epochs, --device, --workers and --data-dir can)",
+            "--resume continues the saved configuration; {} cannot change (only --epochs, --device, --workers, --data-placement and --data-dir can)",
             changed.join(", ")
         );
     }
@@ -303,6 +317,9 @@ fn resumed_config(saved: &RunConfig, args: &Args) -> Result<RunConfig> {
     }
     if let Some(workers) = args.workers {
         config.workers = workers;
+    }
+    if let Some(placement) = args.data_placement {
+        config.data_placement = placement;
     }
     if let Some(dir) = &args.data_dir {
         config.data_dir = Some(dir.clone());

@@ -52,6 +52,41 @@ pub enum ScheduleKind {
     Onecycle,
 }
 
+/// The dtype of convolutions and matrix products (weights, optimizer, batch norm and loss stay
+/// float32), as `torch.autocast`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// Everything in float32.
+    #[default]
+    F32,
+    /// Convolutions and matrix products in bfloat16 (autocast).
+    Bf16,
+}
+
+impl Precision {
+    /// The autocast dtype, if any.
+    pub fn autocast(self) -> Option<candle_core::DType> {
+        match self {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(candle_core::DType::BF16),
+        }
+    }
+}
+
+/// Where the images wait between epochs and get augmented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataPlacement {
+    /// On the device when training on a GPU and the transforms can run there, else the host.
+    #[default]
+    Auto,
+    /// Decoded and augmented on the host by the loader's worker threads.
+    Host,
+    /// Held on the device as u8; crops, flips and normalisation run there.
+    Device,
+}
+
 /// Everything that determines a run (the output directory aside).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunConfig {
@@ -105,6 +140,12 @@ pub struct RunConfig {
     pub limit_test: Option<usize>,
     /// Data-loading threads.
     pub workers: usize,
+    /// The dtype of convolutions and matrix products.
+    #[serde(default)]
+    pub precision: Precision,
+    /// Where the data is held and augmented (the batches are the same either way).
+    #[serde(default)]
+    pub data_placement: DataPlacement,
 }
 
 impl RunConfig {

@@ -7,10 +7,10 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::ModuleT;
-use datasets::{Dataset, Loader, LoaderConfig, Split};
+use datasets::{Dataset, Loader, LoaderConfig, ResidentLoader, Split};
 use layers::{Network, ParamStore};
 
-use crate::config::RunConfig;
+use crate::config::{DataPlacement, Precision, RunConfig};
 use crate::device::{device_name, parse_device};
 use crate::engine::{evaluate, train_epoch, TrainStep};
 use crate::history::{self, EpochRecord};
@@ -77,14 +77,14 @@ pub fn run(
         classes.len(),
         &device,
     )?;
-    let train_loader = loader(config, &data.train, true)?;
-    let test_loader = loader(config, &data.test, false)?;
+    let train_source = source(config, loader(config, &data.train, true)?, &device, "train")?;
+    let test_source = source(config, loader(config, &data.test, false)?, &device, "test")?;
     let trainee = Trainee {
         model: model.as_ref(),
         store: &store,
         trainable: store.trainable(),
-        train: &train_loader,
-        test: &test_loader,
+        train: train_source.as_ref(),
+        test: test_source.as_ref(),
         test_images: data.test.as_ref(),
         classes,
         title: format!("{} on {}", config.model, dataset_title(config)),
@@ -119,6 +119,8 @@ pub fn train(
     let mut optimizer = config.optimizer(trainable)?;
     let schedule = config.schedule(train_loader.num_batches());
     layers::rng::set_seed(dropout_seed(config.seed));
+    // Forward and backward run on this thread: autocast covers every epoch of this run.
+    let _autocast = layers::autocast::set(config.precision.autocast());
 
     let mut progress = RunProgress::default();
     if let Some((saved, tensors)) = resume {
@@ -141,7 +143,7 @@ pub fn train(
         &serde_json::to_vec_pretty(config)?,
     )?;
     println!(
-        "{} {}: {title} ({} train / {} test images, {} parameters, {} trained) on {}, writing to {}",
+        "{} {}: {title} ({} train / {} test images, {} parameters, {} trained) on {}{}, writing to {}",
         config.program,
         if progress.epochs_done > 0 {
             "resumes"
@@ -153,6 +155,10 @@ pub fn train(
         store.num_parameters(),
         trained_parameters,
         device_name(&device),
+        match config.precision {
+            Precision::F32 => "",
+            Precision::Bf16 => " in bf16 autocast",
+        },
         out.display()
     );
     for epoch in progress.epochs_done..config.epochs {
@@ -296,6 +302,35 @@ pub fn loader(config: &RunConfig, dataset: &Arc<dyn Dataset>, train: bool) -> Re
             limit,
         },
     )
+}
+
+/// `loader`'s batches as `config.data_placement` says: from the host loader, or from the data
+/// held on `device` ([`ResidentLoader`]; `auto` picks it on a GPU when the transforms allow).
+/// The batches are the same either way. `what` names the split in the log.
+pub fn source(
+    config: &RunConfig,
+    loader: Loader,
+    device: &Device,
+    what: &str,
+) -> Result<Box<dyn BatchSource>> {
+    let on_device = match config.data_placement {
+        DataPlacement::Host => false,
+        DataPlacement::Device => true,
+        DataPlacement::Auto => !device.is_cpu() && ResidentLoader::unsupported(&loader).is_none(),
+    };
+    if !on_device {
+        return Ok(Box::new(loader));
+    }
+    let started = Instant::now();
+    let resident = ResidentLoader::new(loader, device)
+        .with_context(|| format!("cannot hold the {what} data on {}", device_name(device)))?;
+    println!(
+        "{what} data on {}: {:.1} MB of u8 images, augmented there (loaded in {:.1} s)",
+        device_name(device),
+        resident.resident_bytes() as f64 / 1e6,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(Box::new(resident))
 }
 
 /// The dropout generator's seed: derived from the run's seed, apart from the initialisation's.

@@ -1,7 +1,7 @@
 //! Where a training or testing pass takes its batches from.
 
 use anyhow::Result;
-use datasets::{Batch, Loader};
+use datasets::{Batch, Loader, ResidentLoader};
 
 /// A sequence of batches per epoch: a [`Loader`] over images, or anything else that yields
 /// `(inputs, labels, dataset indices)`, such as cached backbone features.
@@ -21,6 +21,20 @@ impl BatchSource for Loader {
 
     fn num_samples(&self) -> usize {
         Loader::num_samples(self)
+    }
+
+    fn batches(&self, epoch: usize) -> Box<dyn Iterator<Item = Result<Batch>> + '_> {
+        Box::new(self.epoch(epoch))
+    }
+}
+
+impl BatchSource for ResidentLoader {
+    fn num_batches(&self) -> usize {
+        ResidentLoader::num_batches(self)
+    }
+
+    fn num_samples(&self) -> usize {
+        ResidentLoader::num_samples(self)
     }
 
     fn batches(&self, epoch: usize) -> Box<dyn Iterator<Item = Result<Batch>> + '_> {

@@ -32,6 +32,8 @@ fn config(data: &std::path::Path) -> RunConfig {
         limit_train: None,
         limit_test: None,
         workers: 1,
+        precision: Default::default(),
+        data_placement: Default::default(),
     }
 }
 

@@ -1,12 +1,23 @@
 //! Median time of one training step (forward, backward, optimizer) for the tutorial's
-//! networks, with images/s:
-//! `cargo run -p train --bin bench-step [-- --steps N] [--only MODEL] [--device cuda] [--batches 128,512]`.
+//! networks, with images/s, and how fast the CIFAR-10 training batches are made:
+//! `cargo run -p train --bin bench-step [-- --steps N] [--only MODEL] [--device cuda]
+//! [--batches 128,512] [--precision f32,bf16] [--pipeline]`.
+//!
+//! `--precision bf16` runs the step under bf16 autocast (products in bf16, weights in f32).
+//! `--pipeline` also times the CIFAR-10 training transform (crop 32 pad 4, flip, normalize) on
+//! 10,000 images at batch 512, from the host loader and from the data held on the device
+//! (`$CNN_SHARED_DIR`'s test batch when set, else synthetic images).
 
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
-use train::config::{DatasetKind, OptimizerKind, RunConfig, ScheduleKind};
+use clap::ValueEnum;
+use datasets::{Dataset, InMemory, Loader, LoaderConfig, ResidentLoader, Transform};
+use train::config::{DatasetKind, OptimizerKind, Precision, RunConfig, ScheduleKind};
+use train::source::BatchSource;
 
 /// A benchmarked case: model, batch size, input shape (C, H, W), and the optimizer its
 /// training program uses.
@@ -38,6 +49,14 @@ fn main() -> Result<()> {
                 .collect::<Result<Vec<usize>>>()
         })
         .transpose()?;
+    let precisions: Vec<Precision> = flag("--precision")
+        .map_or("f32", |p| p.as_str())
+        .split(',')
+        .map(|p| Precision::from_str(p, true).map_err(|e| anyhow::anyhow!("--precision {p}: {e}")))
+        .collect::<Result<_>>()?;
+    if args.iter().any(|a| a == "--pipeline") {
+        pipeline(&device)?;
+    }
     println!(
         "median training step on {} (forward + backward + optimizer step)",
         train::device::device_name(&device)
@@ -46,16 +65,78 @@ fn main() -> Result<()> {
         if only.is_some_and(|o| o != model) {
             continue;
         }
-        for batch in batches.clone().unwrap_or_else(|| vec![default_batch]) {
-            let big = batch * shape.0 * shape.1 * shape.2 > 200_000 && device.is_cpu();
-            let n = steps.unwrap_or(if big { 3 } else { 10 });
-            let ms = median_step_ms(&device, model, batch, shape, optimizer, n)?;
-            println!(
-                "{model:>15} b{batch:<4} {ms:>10.1} ms  {:>9.0} images/s  (median of {n})",
-                batch as f64 * 1e3 / ms
-            );
+        for &precision in &precisions {
+            let _autocast = layers::autocast::set(precision.autocast());
+            for batch in batches.clone().unwrap_or_else(|| vec![default_batch]) {
+                let big = batch * shape.0 * shape.1 * shape.2 > 200_000 && device.is_cpu();
+                let n = steps.unwrap_or(if big { 3 } else { 10 });
+                let ms = median_step_ms(&device, model, batch, shape, optimizer, n)?;
+                println!(
+                    "{model:>15} b{batch:<4} {:<4} {ms:>10.1} ms  {:>9.0} images/s  (median of {n})",
+                    format!("{precision:?}").to_lowercase(),
+                    batch as f64 * 1e3 / ms
+                );
+            }
         }
     }
+    Ok(())
+}
+
+/// Images/s of the CIFAR-10 training transform at batch 512: host loader against the data
+/// held on `device`, on the same images.
+fn pipeline(device: &Device) -> Result<()> {
+    let data: Arc<dyn Dataset> = match std::env::var_os("CNN_SHARED_DIR") {
+        Some(dir) => {
+            let path =
+                std::path::Path::new(&dir).join("data/cifar10/cifar-10-batches-bin/test_batch.bin");
+            Arc::new(datasets::cifar10_test_bin(&path)?)
+        }
+        None => {
+            let n = 10_000;
+            let pixels = (0..n * 3072).map(|i| (i * 131 % 256) as u8).collect();
+            let labels: Vec<usize> = (0..n).map(|i| i % 10).collect();
+            Arc::new(InMemory::new(
+                pixels,
+                labels,
+                (3, 32, 32),
+                datasets::CIFAR10_CLASSES
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect(),
+            )?)
+        }
+    };
+    let make = || {
+        Loader::new(
+            data.clone(),
+            Transform::cifar10_train(),
+            LoaderConfig::train(512, 0),
+        )
+    };
+    let time = |source: &dyn BatchSource| -> Result<f64> {
+        let start = Instant::now();
+        let mut n = 0;
+        for batch in source.batches(1) {
+            let batch = batch?;
+            let images = batch.images.to_device(device)?;
+            n += images.dim(0)?;
+        }
+        device.synchronize()?;
+        Ok(n as f64 / start.elapsed().as_secs_f64())
+    };
+    let host = make()?;
+    time(&host)?;
+    let host_rate = time(&host)?;
+    let resident = ResidentLoader::new(make()?, device)?;
+    time(&resident)?;
+    let resident_rate = time(&resident)?;
+    let name = train::device::device_name(device);
+    println!(
+        "CIFAR-10 training batches (b512, crop+flip+normalize, {} images): host loader to {name} \
+         {host_rate:.0} images/s, held on {name} {resident_rate:.0} images/s ({:.1}x)",
+        data.len(),
+        resident_rate / host_rate
+    );
     Ok(())
 }
 
@@ -103,6 +184,8 @@ fn median_step_ms(
         limit_train: None,
         limit_test: None,
         workers: 1,
+        precision: Default::default(),
+        data_placement: Default::default(),
     };
     let mut opt = config.optimizer(store.trainable())?;
     let x = Tensor::randn(0f32, 1.0, (batch, c, h, w), device)?;
