@@ -200,9 +200,16 @@ impl CustomOp3 for ConvGrads {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let gx = self.input_grad(x, w, &grad)?;
-        let gw = self.weight_grad(x, w, &grad)?;
-        Ok((Some(gx), Some(gw), None))
+        // The images entering the first layer need no gradient: skip its largest product.
+        let gx = match x.track_op() {
+            true => Some(self.input_grad(x, w, &grad)?),
+            false => None,
+        };
+        let gw = match w.track_op() {
+            true => Some(self.weight_grad(x, w, &grad)?),
+            false => None,
+        };
+        Ok((gx, gw, None))
     }
 }
 
@@ -535,6 +542,29 @@ mod tests {
         check_conv_grads((2, 2, 6, 6), (3, 3, 3), 1, 0)?;
         // Padding wider than the kernel falls back to Candle's op.
         check_conv_grads((1, 2, 5, 5), (2, 1, 1), 1, 1)
+    }
+
+    #[test]
+    fn conv_grads_skip_the_gradient_of_an_input_that_needs_none() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 3, 8, 8), &dev)?;
+        let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (4, 3, 3, 3), &dev)?)?;
+        let ours = conv2d_conv_grads(&x, wt.as_tensor(), 2, 1)?
+            .sum_all()?
+            .backward()?;
+        let reference = conv2d_gemm(&x, wt.as_tensor(), None, 2, 1)?
+            .sum_all()?
+            .backward()?;
+        assert!(ours.get(&x).is_none());
+        let (a, b) = (
+            ours.get(&wt).expect("grad"),
+            reference.get(&wt).expect("grad"),
+        );
+        assert!((a - b)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-4);
+        // Nothing to differentiate: no custom op at all.
+        let plain = conv2d_conv_grads(&x, &wt.as_tensor().detach(), 1, 1)?;
+        assert!(!plain.track_op());
+        Ok(())
     }
 
     #[test]
