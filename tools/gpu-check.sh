@@ -48,7 +48,7 @@ for f in pathlib.Path('gpu/xz').glob('*.xz'):
     echo "== layers on CUDA against the CPU" | tee -a "$log"
     timeout 90 gpu/bin/layers-cuda-test --nocapture 2>&1 | tee -a "$log"
     echo "== training step, f32 and bf16, and the data pipeline" | tee -a "$log"
-    timeout 180 gpu/bin/bench-step --device cuda --batches 128,512 --precision f32,bf16 --steps 5 \
+    timeout 180 gpu/bin/bench-step --device cuda --batches 128,512 --precision f32,tf32,bf16 --steps 5 \
         --pipeline 2>&1 | tee -a "$log"
     if [ -x gpu/bin/bench-step-candleconv ]; then
         echo "== baseline: the same step with Candle's own conv backward (an older build)" | tee -a "$log"

@@ -53,6 +53,28 @@ pub fn set(dtype: Option<DType>) -> Guard {
     Guard { previous }
 }
 
+/// Restores Candle's TF32 setting when dropped.
+#[derive(Debug)]
+#[must_use = "TF32 ends when the guard is dropped"]
+pub struct Tf32Guard {
+    previous: bool,
+}
+
+impl Drop for Tf32Guard {
+    fn drop(&mut self) {
+        candle_core::cuda::set_gemm_reduced_precision_f32(self.previous);
+    }
+}
+
+/// Lets CUDA float32 matrix products (cuBLAS, and so the convolutions' GEMMs) use TF32 tensor
+/// cores, as `torch.backends.cuda.matmul.allow_tf32 = True`, until the guard is dropped.
+/// Candle's flag is process-wide, unlike autocast; on the CPU it changes nothing.
+pub fn tf32(on: bool) -> Tf32Guard {
+    let previous = candle_core::cuda::gemm_reduced_precision_f32();
+    candle_core::cuda::set_gemm_reduced_precision_f32(on);
+    Tf32Guard { previous }
+}
+
 /// The dtype a product over `xs` runs in: the autocast dtype for float32 inputs when on,
 /// else the input's own.
 pub(crate) fn compute_dtype(xs: &Tensor) -> DType {

@@ -119,30 +119,43 @@ impl ConvGrads {
         Ok((s.try_clone(l)?, l.shape().clone()))
     }
 
-    /// dL/dx: `grad` (N, O, OH, OW) spread back onto the (N, C, H, W) input.
+    /// dL/dx: `grad` (N, O, OH, OW) spread back onto the (N, C, H, W) input: a full
+    /// correlation of the zero-dilated gradient with the flipped kernel.
     fn input_grad(&self, x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<Tensor> {
         let (_, _, h, wd) = x.dims4()?;
         let (n, o, oh, ow) = grad.dims4()?;
         let (_, _, kh, kw) = w.dims4()?;
         let s = self.stride;
+        // Zero-dilated by the stride, with s - 1 trailing zeros: OH * s rows.
         let mut g = grad.clone();
         if s > 1 {
             g = g
                 .reshape((n, o, oh, 1, ow, 1))?
                 .pad_with_zeros(3, 0, s - 1)?
                 .pad_with_zeros(5, 0, s - 1)?
-                .reshape((n, o, oh * s, ow * s))?
-                .narrow(2, 0, (oh - 1) * s + 1)?
-                .narrow(3, 0, (ow - 1) * s + 1)?;
+                .reshape((n, o, oh * s, ow * s))?;
         }
+        // Rows above and below so that a valid correlation with the kernel gives H rows.
         let (top, left) = (kh - 1 - self.padding, kw - 1 - self.padding);
-        let bottom = h + kh - 1 - top - ((oh - 1) * s + 1);
-        let right = wd + kw - 1 - left - ((ow - 1) * s + 1);
-        let g = g
-            .pad_with_zeros(2, top, bottom)?
-            .pad_with_zeros(3, left, right)?;
+        let mut bottom = (h + kh - 1) as isize - (top + oh * s) as isize;
+        let mut right = (wd + kw - 1) as isize - (left + ow * s) as isize;
+        if bottom < 0 {
+            g = g.narrow(2, 0, (oh * s) - bottom.unsigned_abs())?;
+            bottom = 0;
+        }
+        if right < 0 {
+            g = g.narrow(3, 0, (ow * s) - right.unsigned_abs())?;
+            right = 0;
+        }
         let flipped = w.flip(&[2, 3])?.transpose(0, 1)?.contiguous()?;
-        g.conv2d(&flipped, 0, 1, 1, 1)
+        let (bottom, right) = (bottom as usize, right as usize);
+        if top == bottom && left == right && top == left {
+            // The usual case (stride 1, or an even input): the convolution pads by itself.
+            return g.contiguous()?.conv2d(&flipped, top, 1, 1, 1);
+        }
+        g.pad_with_zeros(2, top, bottom)?
+            .pad_with_zeros(3, left, right)?
+            .conv2d(&flipped, 0, 1, 1, 1)
     }
 
     /// dL/dw, as Candle computes it: the batch plays the channels.

@@ -92,7 +92,8 @@ pub struct Args {
     /// Data-loading threads [default: the number of CPUs]
     #[arg(long)]
     pub workers: Option<usize>,
-    /// f32, or bf16: convolutions and matrix products in bfloat16, weights and optimizer in f32
+    /// f32; tf32: CUDA's f32 matrix products on TF32 tensor cores; bf16: convolutions and
+    /// matrix products in bfloat16, weights and optimizer in f32
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
     /// auto, host or device: hold the images on the GPU as u8 and crop, flip and normalise
@@ -431,6 +432,23 @@ mod tests {
 
         let resume = RECIPE.parse(["prog", "--resume", "x", "--epochs", "4"])?;
         assert_eq!(resumed_config(&config, &resume)?.epochs, 4);
+        assert_eq!(config.precision, Precision::F32);
+        assert_eq!(config.data_placement, DataPlacement::Auto);
+        let bf16 = RECIPE.parse(["prog", "--precision", "bf16", "--data-placement", "host"])?;
+        let bf16 = RECIPE.config(&bf16)?;
+        assert_eq!(bf16.precision.autocast(), Some(candle_core::DType::BF16));
+        assert_eq!(bf16.data_placement, DataPlacement::Host);
+        let tf32 = RECIPE.config(&RECIPE.parse(["prog", "--precision", "tf32"])?)?;
+        assert_eq!(tf32.precision, Precision::Tf32);
+        assert_eq!(tf32.precision.autocast(), None);
+        assert!(RECIPE.parse(["prog", "--precision", "fp8"]).is_err());
+        let moved = RECIPE.parse(["prog", "--resume", "x", "--data-placement", "device"])?;
+        assert_eq!(
+            resumed_config(&config, &moved)?.data_placement,
+            DataPlacement::Device
+        );
+        let cast = RECIPE.parse(["prog", "--resume", "x", "--precision", "bf16"])?;
+        assert!(resumed_config(&config, &cast).is_err());
         let refused = RECIPE.parse(["prog", "--resume", "x", "--lr", "0.1"])?;
         let err = resumed_config(&config, &refused)
             .err()

@@ -60,6 +60,8 @@ pub enum Precision {
     /// Everything in float32.
     #[default]
     F32,
+    /// Float32 tensors, CUDA matrix products on TF32 tensor cores (the CPU ignores it).
+    Tf32,
     /// Convolutions and matrix products in bfloat16 (autocast).
     Bf16,
 }
@@ -68,9 +70,18 @@ impl Precision {
     /// The autocast dtype, if any.
     pub fn autocast(self) -> Option<candle_core::DType> {
         match self {
-            Precision::F32 => None,
+            Precision::F32 | Precision::Tf32 => None,
             Precision::Bf16 => Some(candle_core::DType::BF16),
         }
+    }
+
+    /// Sets this precision for the current thread's products (TF32: process-wide) until the
+    /// guards are dropped.
+    pub fn enter(self) -> (layers::autocast::Guard, layers::autocast::Tf32Guard) {
+        (
+            layers::autocast::set(self.autocast()),
+            layers::autocast::tf32(self == Precision::Tf32),
+        )
     }
 }
 

@@ -120,7 +120,7 @@ pub fn train(
     let schedule = config.schedule(train_loader.num_batches());
     layers::rng::set_seed(dropout_seed(config.seed));
     // Forward and backward run on this thread: autocast covers every epoch of this run.
-    let _autocast = layers::autocast::set(config.precision.autocast());
+    let _precision = config.precision.enter();
 
     let mut progress = RunProgress::default();
     if let Some((saved, tensors)) = resume {
@@ -157,6 +157,7 @@ pub fn train(
         device_name(&device),
         match config.precision {
             Precision::F32 => "",
+            Precision::Tf32 => " with TF32 products",
             Precision::Bf16 => " in bf16 autocast",
         },
         out.display()

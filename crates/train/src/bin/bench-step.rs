@@ -3,7 +3,8 @@
 //! `cargo run -p train --bin bench-step [-- --steps N] [--only MODEL] [--device cuda]
 //! [--batches 128,512] [--precision f32,bf16] [--pipeline]`.
 //!
-//! `--precision bf16` runs the step under bf16 autocast (products in bf16, weights in f32).
+//! `--precision bf16` runs the step under bf16 autocast (products in bf16, weights in f32);
+//! `tf32` lets CUDA's f32 GEMMs use TF32 tensor cores.
 //! `--pipeline` also times the CIFAR-10 training transform (crop 32 pad 4, flip, normalize) on
 //! 10,000 images at batch 512, from the host loader and from the data held on the device
 //! (`$CNN_SHARED_DIR`'s test batch when set, else synthetic images).
@@ -66,7 +67,7 @@ fn main() -> Result<()> {
             continue;
         }
         for &precision in &precisions {
-            let _autocast = layers::autocast::set(precision.autocast());
+            let _precision = precision.enter();
             for batch in batches.clone().unwrap_or_else(|| vec![default_batch]) {
                 let big = batch * shape.0 * shape.1 * shape.2 > 200_000 && device.is_cpu();
                 let n = steps.unwrap_or(if big { 3 } else { 10 });
