@@ -82,3 +82,38 @@ fn cifar_test_batch_and_jpeg_archive_agree() {
         );
     }
 }
+
+/// The CIFAR-10 training transform on the real test batch: the data held "on the device" (the
+/// CPU here, the same ops as on a GPU) gives the host loader's batches bit for bit.
+#[test]
+fn resident_loader_matches_the_host_loader_on_real_cifar() {
+    let Some(shared) = shared_dir() else { return };
+    let path = shared.join("data/cifar10/cifar-10-batches-bin/test_batch.bin");
+    let data: std::sync::Arc<dyn Dataset> = std::sync::Arc::new(cifar10_test_bin(&path).unwrap());
+    let make = || {
+        datasets::Loader::new(
+            data.clone(),
+            datasets::Transform::cifar10_train(),
+            datasets::LoaderConfig {
+                limit: Some(3000),
+                ..datasets::LoaderConfig::train(500, 7)
+            },
+        )
+        .unwrap()
+    };
+    let host = make();
+    let resident = datasets::ResidentLoader::new(make(), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(resident.resident_bytes(), 3000 * 3 * 40 * 40);
+    let mut batches = 0;
+    for (a, b) in host.epoch(3).zip(resident.epoch(3)) {
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.indices, b.indices);
+        let (a, b) = (
+            a.images.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b.images.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        assert!(a == b, "batch {batches} differs");
+        batches += 1;
+    }
+    assert_eq!(batches, 6);
+}
