@@ -25,6 +25,7 @@ use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
+use crate::transform::random_crop_origin;
 use crate::{Batch, Loader, Op, Rng, U8Image};
 
 /// Where each output pixel of one sample is read from in the padded stored image: row
@@ -184,18 +185,8 @@ impl ResidentLoader {
         for op in self.loader.transform().ops() {
             match *op {
                 Op::RandomCrop { size, padding } => {
-                    let (ph, pw) = (v.height + 2 * padding, v.width + 2 * padding);
-                    ensure!(
-                        ph >= size && pw >= size,
-                        "required crop size ({size}, {size}) is larger than the padded image \
-                         size ({ph}, {pw})"
-                    );
-                    let (top, left) = if (ph, pw) == (size, size) {
-                        (0, 0)
-                    } else {
-                        let top = rng.below((ph - size + 1) as u64) as isize;
-                        (top, rng.below((pw - size + 1) as u64) as isize)
-                    };
+                    let (top, left) =
+                        random_crop_origin(v.height, v.width, size, padding, &mut rng)?;
                     let p = padding as isize;
                     v.row0 += top - p;
                     v.col0 += v.col_step * (left - p);

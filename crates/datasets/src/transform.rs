@@ -58,18 +58,7 @@ impl Op {
         let (_, h, w) = img.shape();
         Ok(match *self {
             Op::RandomCrop { size, padding } => {
-                let (ph, pw) = (h + 2 * padding, w + 2 * padding);
-                ensure!(
-                    ph >= size && pw >= size,
-                    "required crop size ({size}, {size}) is larger than the padded image size \
-                     ({ph}, {pw})"
-                );
-                let (top, left) = if (ph, pw) == (size, size) {
-                    (0, 0)
-                } else {
-                    let top = rng.below((ph - size + 1) as u64) as isize;
-                    (top, rng.below((pw - size + 1) as u64) as isize)
-                };
+                let (top, left) = random_crop_origin(h, w, size, padding, rng)?;
                 let pad = padding as isize;
                 crop_fill(&img, top - pad, left - pad, size, size)
             }
@@ -94,6 +83,27 @@ impl Op {
             }
         })
     }
+}
+
+/// `RandomCrop(size, padding)`'s draw for an `h` x `w` image: the crop's top-left corner in the
+/// padded image (torchvision's `get_params`, no draw when the crop is the whole padded image).
+pub(crate) fn random_crop_origin(
+    h: usize,
+    w: usize,
+    size: usize,
+    padding: usize,
+    rng: &mut Rng,
+) -> Result<(isize, isize)> {
+    let (ph, pw) = (h + 2 * padding, w + 2 * padding);
+    ensure!(
+        ph >= size && pw >= size,
+        "required crop size ({size}, {size}) is larger than the padded image size ({ph}, {pw})"
+    );
+    if (ph, pw) == (size, size) {
+        return Ok((0, 0));
+    }
+    let top = rng.below((ph - size + 1) as u64) as isize;
+    Ok((top, rng.below((pw - size + 1) as u64) as isize))
 }
 
 /// `Normalize(mean, std)` after `ToTensor`: `(x / 255 - mean) / std` in f32, per channel

@@ -487,17 +487,36 @@ mod tests {
             .as_tensor()
             .conv2d(wt.as_tensor(), p, s, 1, 1)?
             .broadcast_add(&b.as_tensor().reshape((1, cout, 1, 1))?)?;
-        assert_eq!(ours.dims(), reference.dims());
+        same_with_grads(
+            ours,
+            reference,
+            &[("input", &x), ("weight", &wt), ("bias", &b)],
+            &format!("k{k} s{s} p{p}"),
+        )
+    }
+
+    /// Asserts that `ours` equals `reference` (1e-4) and so do the gradients of `vars` (1e-3)
+    /// for one random output gradient.
+    fn same_with_grads(
+        ours: Tensor,
+        reference: Tensor,
+        vars: &[(&str, &Var)],
+        what: &str,
+    ) -> Result<()> {
+        assert_eq!(ours.dims(), reference.dims(), "{what}");
         let max_diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
             (a - b)?.abs()?.max_all()?.to_scalar::<f32>()
         };
-        assert!(max_diff(&ours, &reference)? < 1e-4);
-        let g = Tensor::randn(0f32, 1., ours.shape(), &dev)?;
+        let d = max_diff(&ours, &reference)?;
+        assert!(d < 1e-4, "{what}: output differs by {d}");
+        let g = Tensor::randn(0f32, 1., ours.shape(), ours.device())?;
         let ga = (ours * &g)?.sum_all()?.backward()?;
         let gb = (reference * &g)?.sum_all()?.backward()?;
-        for v in [&x, &wt, &b] {
-            let d = max_diff(ga.get(v).expect("grad"), gb.get(v).expect("grad"))?;
-            assert!(d < 1e-3, "gradient differs by {d} for k{k} s{s} p{p}");
+        for (name, v) in vars {
+            let (a, b) = (ga.get(v).expect("grad"), gb.get(v).expect("grad"));
+            assert_eq!(a.dims(), b.dims(), "{what}: {name} gradient");
+            let d = max_diff(a, b)?;
+            assert!(d < 1e-3, "{what}: {name} gradient differs by {d}");
         }
         Ok(())
     }
@@ -524,24 +543,12 @@ mod tests {
         let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (cout, c, kh, kw), &dev)?)?;
         let ours = conv2d_conv_grads(x.as_tensor(), wt.as_tensor(), s, p)?;
         let reference = conv2d_gemm(x.as_tensor(), wt.as_tensor(), None, s, p)?;
-        assert_eq!(ours.dims(), reference.dims());
-        let max_diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
-            (a - b)?.abs()?.max_all()?.to_scalar::<f32>()
-        };
-        assert!(max_diff(&ours, &reference)? < 1e-4);
-        let g = Tensor::randn(0f32, 1., ours.shape(), &dev)?;
-        let ga = (ours * &g)?.sum_all()?.backward()?;
-        let gb = (reference * &g)?.sum_all()?.backward()?;
-        for (name, v) in [("input", &x), ("weight", &wt)] {
-            let (a, b) = (ga.get(v).expect("grad"), gb.get(v).expect("grad"));
-            assert_eq!(a.dims(), b.dims());
-            let d = max_diff(a, b)?;
-            assert!(
-                d < 1e-3,
-                "{name} gradient differs by {d} for {h}x{w} k{kh}x{kw} s{s} p{p}"
-            );
-        }
-        Ok(())
+        same_with_grads(
+            ours,
+            reference,
+            &[("input", &x), ("weight", &wt)],
+            &format!("{h}x{w} k{kh}x{kw} s{s} p{p}"),
+        )
     }
 
     #[test]
