@@ -104,6 +104,24 @@ pub fn conv2d_conv_grads(
     xs.apply_op3(weight, &ys, ConvGrads { stride, padding })
 }
 
+/// `[n - 1, ..., 1, 0]` as u32 on `device`, made once per device and length: `Tensor::flip`
+/// would upload its index from the host at every backward pass.
+fn reversed(n: usize, device: &candle_core::Device) -> Result<Tensor> {
+    type Cache = Vec<(candle_core::Device, usize, Tensor)>;
+    static CACHE: std::sync::Mutex<Cache> = std::sync::Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, _, t)) = cache
+        .iter()
+        .find(|(d, len, _)| *len == n && d.same_device(device))
+    {
+        return Ok(t.clone());
+    }
+    let index: Vec<u32> = (0..n as u32).rev().collect();
+    let t = Tensor::from_vec(index, n, device)?;
+    cache.push((device.clone(), n, t.clone()));
+    Ok(t)
+}
+
 /// Attaches [`conv2d_conv_grads`]'s backward to an already computed convolution (the third
 /// argument), which the forward passes through.
 struct ConvGrads {
@@ -147,7 +165,11 @@ impl ConvGrads {
             g = g.narrow(3, 0, (ow * s) - right.unsigned_abs())?;
             right = 0;
         }
-        let flipped = w.flip(&[2, 3])?.transpose(0, 1)?.contiguous()?;
+        let flipped = w
+            .index_select(&reversed(kh, w.device())?, 2)?
+            .index_select(&reversed(kw, w.device())?, 3)?
+            .transpose(0, 1)?
+            .contiguous()?;
         let (bottom, right) = (bottom as usize, right as usize);
         if top == bottom && left == right && top == left {
             // The usual case (stride 1, or an even input): the convolution pads by itself.
