@@ -5,7 +5,9 @@
 #   eval "$(../shared/tools/cuda-toolkit.sh)"
 #   CARGO_TARGET_DIR=target-cuda cargo build --release --features cuda -p train --bins -p train-cifar
 #   CARGO_TARGET_DIR=target-cuda cargo test --release --features cuda -p layers --test cuda --no-run
-#   tools/gpu-check.sh pack          # xz-compressed binaries into gpu/xz (about 25 MB)
+#   (optional, cuDNN) tools/gpu-check.sh cudnn-stub "$CUDA_HOME/lib64/stubs"
+#                     CARGO_TARGET_DIR=target-cudnn cargo build --release --features cudnn -p train --bins
+#   tools/gpu-check.sh pack          # xz-compressed binaries into gpu/xz (about 25-35 MB)
 #   cp ../shared/data/cifar10/cifar10-jpeg.tar.gz gpu/data/cifar10/
 # On the GPU machine, from the repository root (with gpu/ carried there):
 #   tools/gpu-check.sh run           # writes its log and the run's metrics into $OUT (or gpu/out)
@@ -17,12 +19,36 @@
 set -u
 cd "$(dirname "$0")/.."
 case "${1:-}" in
+cudnn-stub)
+    # A link-time stand-in for libcudnn.so.9 with the functions Candle 0.11.1 calls, for a
+    # `--features cudnn` build where cuDNN is not installed. At run time the real library (for
+    # example PyTorch's nvidia/cudnn/lib) must be on LD_LIBRARY_PATH.
+    set -e
+    dir=${2:?usage: tools/gpu-check.sh cudnn-stub DIR}
+    src=$(mktemp --suffix=.c)
+    for f in ConvolutionForward Create CreateConvolutionDescriptor CreateFilterDescriptor \
+        CreateTensorDescriptor Destroy DestroyConvolutionDescriptor DestroyFilterDescriptor \
+        DestroyTensorDescriptor GetConvolutionForwardAlgorithm_v7 \
+        GetConvolutionForwardWorkspaceSize SetConvolution2dDescriptor SetFilter4dDescriptor \
+        SetStream SetTensor4dDescriptor SetTensor4dDescriptorEx; do
+        echo "int cudnn$f(void) { return 0; }" >>"$src"
+    done
+    mkdir -p "$dir"
+    cc -shared -fPIC -Wl,-soname,libcudnn.so.9 -o "$dir/libcudnn.so" "$src"
+    rm "$src"
+    echo "wrote $dir/libcudnn.so (link-time stub, soname libcudnn.so.9)"
+    ;;
 pack)
     set -e
     mkdir -p gpu/xz gpu/data/cifar10
     test_bin=$(ls -t target-cuda/release/deps/cuda-* | grep -v '\.d$' | head -1)
-    for pair in "target-cuda/release/bench-step:bench-step" "target-cuda/release/train-cifar:train-cifar" \
-        "$test_bin:layers-cuda-test"; do
+    pairs=("target-cuda/release/bench-step:bench-step" "target-cuda/release/train-cifar:train-cifar"
+        "$test_bin:layers-cuda-test")
+    # Optional: the same step built with `--features cudnn` (CARGO_TARGET_DIR=target-cudnn).
+    if [ -x target-cudnn/release/bench-step ]; then
+        pairs+=("target-cudnn/release/bench-step:bench-step-cudnn")
+    fi
+    for pair in "${pairs[@]}"; do
         src=${pair%%:*}
         name=${pair##*:}
         strip -o "gpu/$name" "$src"
@@ -50,6 +76,11 @@ for f in pathlib.Path('gpu/xz').glob('*.xz'):
     echo "== training step, f32 and bf16, and the data pipeline" | tee -a "$log"
     timeout 180 gpu/bin/bench-step --device cuda --batches 128,512 --precision f32,tf32,bf16 --steps 5 \
         --pipeline 2>&1 | tee -a "$log"
+    if [ -x gpu/bin/bench-step-cudnn ]; then
+        echo "== the same step built with cuDNN convolutions (--features cudnn)" | tee -a "$log"
+        timeout 120 gpu/bin/bench-step-cudnn --device cuda --batches 128,512 --precision f32,bf16 \
+            --steps 5 --only resnet18-cifar 2>&1 | tee -a "$log"
+    fi
     if [ -x gpu/bin/bench-step-candleconv ]; then
         echo "== baseline: the same step with Candle's own conv backward (an older build)" | tee -a "$log"
         timeout 60 gpu/bin/bench-step-candleconv --device cuda --batches 128,512 --steps 5 \
@@ -65,7 +96,7 @@ for f in pathlib.Path('gpu/xz').glob('*.xz'):
     exit 0
     ;;
 *)
-    echo "usage: tools/gpu-check.sh pack|run" >&2
+    echo "usage: tools/gpu-check.sh cudnn-stub DIR|pack|run" >&2
     exit 2
     ;;
 esac
