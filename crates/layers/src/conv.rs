@@ -89,16 +89,16 @@ pub fn conv2d_conv_grads(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
+    let (_, _, kh, kw) = weight.dims4()?;
+    let tracked = xs.track_op() || weight.track_op();
+    if tracked && padding + 1 > kh.min(kw) {
+        // A padding wider than the kernel (never in the zoo): Candle's own op and backward.
+        return xs.conv2d(weight, padding, stride, 1, 1);
+    }
     let ys = xs
         .detach()
         .conv2d(&weight.detach(), padding, stride, 1, 1)?;
-    let (_, _, kh, kw) = weight.dims4()?;
-    if !(xs.track_op() || weight.track_op()) || padding + 1 > kh.min(kw) {
-        // Nothing to differentiate, or a padding wider than the kernel (never in the zoo):
-        // Candle's own op and backward.
-        if xs.track_op() || weight.track_op() {
-            return xs.conv2d(weight, padding, stride, 1, 1);
-        }
+    if !tracked {
         return Ok(ys);
     }
     xs.apply_op3(weight, &ys, ConvGrads { stride, padding })
