@@ -28,6 +28,7 @@
 #![warn(missing_docs)]
 
 mod archive;
+pub mod bench;
 mod cifar;
 mod dataset;
 mod decode;

@@ -9,10 +9,7 @@
 //! when set, else synthetic images; (b) needs `$CNN_SHARED_DIR`.
 
 use anyhow::{Context, Result};
-use datasets::{
-    cifar10_test_bin, image_folder, Dataset, FolderOptions, InMemory, Loader, LoaderConfig,
-    Storage, Transform, CIFAR10_CLASSES,
-};
+use datasets::{image_folder, Dataset, FolderOptions, Loader, LoaderConfig, Storage, Transform};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,7 +26,7 @@ fn main() -> Result<()> {
     let shared = std::env::var_os("CNN_SHARED_DIR").map(PathBuf::from);
     println!("bench-pipeline: {workers} workers, batch {BATCH}");
 
-    let (data, what) = in_memory(shared.as_deref())?;
+    let (data, what) = datasets::bench::cifar10_images(shared.as_deref())?;
     let rate = throughput(data, workers, 3)?;
     report(
         "(a) in-memory u8 + crop/flip/normalize",
@@ -75,24 +72,6 @@ fn main() -> Result<()> {
         n as f64 / secs
     );
     Ok(())
-}
-
-/// The real CIFAR-10 test batch when available, else 10,000 synthetic random images.
-fn in_memory(shared: Option<&Path>) -> Result<(Arc<dyn Dataset>, String)> {
-    if let Some(shared) = shared {
-        let path = shared.join("data/cifar10/cifar-10-batches-bin/test_batch.bin");
-        return Ok((
-            Arc::new(cifar10_test_bin(&path)?),
-            "real test_batch.bin".into(),
-        ));
-    }
-    let n = 10_000;
-    let mut rng = datasets::Rng::new(0);
-    let images: Vec<u8> = (0..n * 3072).map(|_| rng.next_u64() as u8).collect();
-    let labels: Vec<usize> = (0..n).map(|i| i % 10).collect();
-    let classes = CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect();
-    let data = InMemory::new(images, labels, (3, 32, 32), classes)?;
-    Ok((Arc::new(data), "10,000 synthetic images".into()))
 }
 
 /// Images per second over `epochs` shuffled epochs of the CIFAR-10 train transform.

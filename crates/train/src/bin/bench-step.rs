@@ -11,12 +11,10 @@
 
 use std::time::Instant;
 
-use std::sync::Arc;
-
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use clap::ValueEnum;
-use datasets::{Dataset, InMemory, Loader, LoaderConfig, ResidentLoader, Transform};
+use datasets::{Loader, LoaderConfig, ResidentLoader, Transform};
 use train::config::{DatasetKind, OptimizerKind, Precision, RunConfig, ScheduleKind};
 use train::source::BatchSource;
 
@@ -86,27 +84,8 @@ fn main() -> Result<()> {
 /// Images/s of the CIFAR-10 training transform at batch 512: host loader against the data
 /// held on `device`, on the same images.
 fn pipeline(device: &Device) -> Result<()> {
-    let data: Arc<dyn Dataset> = match std::env::var_os("CNN_SHARED_DIR") {
-        Some(dir) => {
-            let path =
-                std::path::Path::new(&dir).join("data/cifar10/cifar-10-batches-bin/test_batch.bin");
-            Arc::new(datasets::cifar10_test_bin(&path)?)
-        }
-        None => {
-            let n = 10_000;
-            let pixels = (0..n * 3072).map(|i| (i * 131 % 256) as u8).collect();
-            let labels: Vec<usize> = (0..n).map(|i| i % 10).collect();
-            Arc::new(InMemory::new(
-                pixels,
-                labels,
-                (3, 32, 32),
-                datasets::CIFAR10_CLASSES
-                    .iter()
-                    .map(|c| c.to_string())
-                    .collect(),
-            )?)
-        }
-    };
+    let shared = std::env::var_os("CNN_SHARED_DIR").map(std::path::PathBuf::from);
+    let (data, what) = datasets::bench::cifar10_images(shared.as_deref())?;
     let make = || {
         Loader::new(
             data.clone(),
@@ -133,9 +112,8 @@ fn pipeline(device: &Device) -> Result<()> {
     let resident_rate = time(&resident)?;
     let name = train::device::device_name(device);
     println!(
-        "CIFAR-10 training batches (b512, crop+flip+normalize, {} images): host loader to {name} \
+        "CIFAR-10 training batches (b512, crop+flip+normalize, {what}): host loader to {name} \
          {host_rate:.0} images/s, held on {name} {resident_rate:.0} images/s ({:.1}x)",
-        data.len(),
         resident_rate / host_rate
     );
     Ok(())
