@@ -207,24 +207,22 @@ impl ResidentLoader {
 
     /// The batch of `indices` in `epoch`, built on the device.
     pub fn batch(&self, epoch: usize, indices: &[usize]) -> Result<Batch> {
-        let Some(&head) = indices.first() else {
+        if indices.is_empty() {
             bail!("empty batch");
-        };
+        }
         let (c, _, _) = self.shape;
         let (_, _, ph, pw) = self.images.dims4()?;
-        let first = self.view(epoch, head)?;
-        let (oh, ow) = (first.height, first.width);
+        let views = indices
+            .iter()
+            .map(|&index| self.view(epoch, index))
+            .collect::<Result<Vec<View>>>()?;
+        // One image size and one crop size: every sample comes out the same size.
+        let (oh, ow) = (views[0].height, views[0].width);
+        debug_assert!(views.iter().all(|v| (v.height, v.width) == (oh, ow)));
         let b = indices.len();
         let mut rows = Vec::with_capacity(b * oh);
         let mut cols = Vec::with_capacity(b * ow);
-        for &index in indices {
-            let v = self.view(epoch, index)?;
-            ensure!(
-                (v.height, v.width) == (oh, ow),
-                "sample {index} is {}x{} after the transform but sample {head} is {oh}x{ow}",
-                v.height,
-                v.width
-            );
+        for v in &views {
             rows.extend((0..oh as isize).map(|i| ((v.row0 + i) as usize * pw) as u32));
             cols.extend((0..ow as isize).map(|j| (v.col0 + v.col_step * j) as u32));
         }
