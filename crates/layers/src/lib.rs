@@ -5,6 +5,8 @@
 //! - [`Pool2d`]: max and average pooling with PyTorch's kernel/stride/padding/`ceil_mode`
 //!   semantics and a backward pass for every configuration;
 //! - [`adaptive_avg_pool2d`] with PyTorch's bins;
+//! - [`BatchNorm`]: PyTorch's batch norm (optionally with its ReLU) as one operation with a
+//!   closed-form backward;
 //! - [`Linear`], and [`autocast`]: bf16/f16 products with float32 weights, as `torch.autocast`;
 //! - [`Dropout`] (seeded, identity in eval), [`flatten`], [`ConvBnRelu`];
 //! - constructors with torchvision's initialisation ([`conv2d`], [`linear`], [`batch_norm`],
@@ -15,6 +17,7 @@
 
 mod adaptive;
 pub mod autocast;
+mod batch_norm;
 pub mod checkpoint;
 mod conv;
 pub mod init;
@@ -27,7 +30,8 @@ pub mod rng;
 pub use adaptive::{adaptive_avg_pool2d, AdaptiveAvgPool2d};
 pub use conv::{conv2d_conv_grads, conv2d_gemm, Conv2d};
 pub use init::WeightInit;
-pub use nn::{batch_norm, conv2d, conv_cfg, flatten, linear, ConvBnRelu, Dropout, Linear};
+pub use batch_norm::{batch_norm, BatchNorm};
+pub use nn::{conv2d, conv_cfg, flatten, linear, ConvBnRelu, Dropout, Linear};
 pub use params::{is_buffer, ParamStore};
 pub use pool::{avg_pool2d, max_pool2d, Pool2d, PoolKind};
 

@@ -1,7 +1,9 @@
 //! Layer constructors with torchvision's initialisation, and the small modules Candle lacks.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Conv2dConfig, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
+
+use crate::batch_norm::{batch_norm, BatchNorm};
 
 use crate::autocast;
 use crate::conv::Conv2d;
@@ -101,18 +103,6 @@ impl Module for Linear {
     }
 }
 
-/// `nn.BatchNorm2d(num_features, eps)` with momentum 0.1, weight 1 and bias 0: PyTorch's
-/// semantics (biased variance to normalise, unbiased variance in the running estimate).
-pub fn batch_norm(vb: VarBuilder, num_features: usize, eps: f64) -> Result<BatchNorm> {
-    let cfg = BatchNormConfig {
-        eps,
-        remove_mean: true,
-        affine: true,
-        momentum: 0.1,
-    };
-    candle_nn::batch_norm(num_features, cfg, vb)
-}
-
 /// `nn.Dropout(p)`: zeroes each element with probability `p` in training and scales the rest by
 /// `1 / (1 - p)`; the identity in evaluation. Masks come from [`crate::rng`], so runs repeat.
 #[derive(Debug, Clone, Copy)]
@@ -196,11 +186,11 @@ impl ConvBnRelu {
 
 impl ModuleT for ConvBnRelu {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let ys = self.bn.forward_t(&self.conv.forward(xs)?, train)?;
+        let ys = self.conv.forward(xs)?;
         if self.relu {
-            ys.relu()
+            self.bn.forward_relu(&ys, train)
         } else {
-            Ok(ys)
+            self.bn.forward_t(&ys, train)
         }
     }
 }

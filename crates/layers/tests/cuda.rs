@@ -1,8 +1,8 @@
 //! Every layer of ours gives the same numbers on CUDA as on the CPU, forward and backward.
 //! Runs where the build has the `cuda` feature and a GPU is present; says so otherwise.
 
-use candle_core::{Device, Module, Result, Tensor, Var};
-use layers::{adaptive_avg_pool2d, Conv2d, Pool2d, PoolKind};
+use candle_core::{Device, Module, ModuleT, Result, Tensor, Var};
+use layers::{adaptive_avg_pool2d, BatchNorm, Conv2d, Pool2d, PoolKind};
 
 fn gpu() -> Option<Device> {
     match Device::cuda_if_available(0) {
@@ -64,7 +64,7 @@ fn same_on_both(
 }
 
 #[test]
-fn pooling_conv_and_adaptive_pooling_agree_with_the_cpu() -> Result<()> {
+fn pooling_conv_batch_norm_and_adaptive_pooling_agree_with_the_cpu() -> Result<()> {
     let Some(gpu) = gpu() else { return Ok(()) };
     for (name, pool) in [
         ("maxpool k3 s2 p1", Pool2d::max(3, 2).padding(1)),
@@ -107,6 +107,28 @@ fn pooling_conv_and_adaptive_pooling_agree_with_the_cpu() -> Result<()> {
             (4, 8, hw.0, hw.1),
             &format!("conv {k}x{k} s{s} p{p} on {hw:?}"),
             |x| Conv2d::new(w.to_device(x.device())?, None, layers::conv_cfg(s, p)).forward(x),
+        )?;
+    }
+    for (relu, train) in [(false, true), (true, true), (true, false)] {
+        same_on_both(
+            &gpu,
+            (8, 6, 7, 5),
+            &format!("batch norm relu={relu} train={train}"),
+            |x| {
+                let dev = x.device();
+                let bn = BatchNorm::new(
+                    Tensor::new(&[0.1f32, -0.2, 0.0, 0.3, 0.5, -1.0], dev)?,
+                    Tensor::new(&[1.0f32, 0.5, 2.0, 1.5, 0.9, 1.1], dev)?,
+                    Tensor::new(&[1.0f32, 0.8, 1.2, -0.5, 2.0, 1.0], dev)?,
+                    Tensor::new(&[0.0f32, 0.1, -0.3, 0.2, 0.0, 1.0], dev)?,
+                    1e-5,
+                    0.1,
+                )?;
+                match relu {
+                    true => bn.forward_relu(x, train),
+                    false => bn.forward_t(x, train),
+                }
+            },
         )?;
     }
     Ok(())

@@ -1,8 +1,8 @@
 //! The two residual blocks, as torchvision's `BasicBlock` and `Bottleneck`.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, VarBuilder};
-use layers::{batch_norm, conv2d, conv_cfg, Conv2d, WeightInit};
+use candle_nn::VarBuilder;
+use layers::{batch_norm, conv2d, conv_cfg, BatchNorm, Conv2d, WeightInit};
 
 const BN_EPS: f64 = 1e-5;
 
@@ -104,10 +104,12 @@ impl ModuleT for Block {
         let mut ys = xs.clone();
         let last = self.convs.len() - 1;
         for (i, (conv, bn)) in self.convs.iter().enumerate() {
-            ys = bn.forward_t(&conv.forward(&ys)?, train)?;
-            if i != last {
-                ys = ys.relu()?;
-            }
+            let conv = conv.forward(&ys)?;
+            ys = if i != last {
+                bn.forward_relu(&conv, train)?
+            } else {
+                bn.forward_t(&conv, train)?
+            };
         }
         let shortcut = match &self.downsample {
             Some(d) => d.forward_t(xs, train)?,

@@ -1,10 +1,11 @@
 //! The ResNet family, from torchvision's `ResNet(block, layers)` and the tutorial's variants.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, VarBuilder};
+use candle_nn::VarBuilder;
 use layers::Linear;
 use layers::{
-    adaptive_avg_pool2d, batch_norm, conv2d, conv_cfg, linear, Conv2d, Pool2d, WeightInit,
+    adaptive_avg_pool2d, batch_norm, conv2d, conv_cfg, linear, BatchNorm, Conv2d, Pool2d,
+    WeightInit,
 };
 
 use crate::block::{Block, BlockKind};
@@ -214,10 +215,7 @@ impl ResNet {
 
     /// The stem: convolution, batch norm, ReLU and (ImageNet stem) max-pool.
     pub fn stem_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let ys = self
-            .bn1
-            .forward_t(&self.conv1.forward(xs)?, train)?
-            .relu()?;
+        let ys = self.bn1.forward_relu(&self.conv1.forward(xs)?, train)?;
         match self.config.stem {
             Stem::ImageNet => Pool2d::max(3, 2).padding(1).forward(&ys),
             Stem::Cifar => Ok(ys),

@@ -24,11 +24,11 @@ mod config;
 pub use config::{VggConfig, VggLayer};
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, VarBuilder};
+use candle_nn::VarBuilder;
 use layers::Linear;
 use layers::{
-    adaptive_avg_pool2d, batch_norm, conv2d, conv_cfg, flatten, linear, Conv2d, Dropout, Pool2d,
-    WeightInit,
+    adaptive_avg_pool2d, batch_norm, conv2d, conv_cfg, flatten, linear, BatchNorm, Conv2d, Dropout,
+    Pool2d, WeightInit,
 };
 
 /// One built entry of `features`.
@@ -108,10 +108,10 @@ impl Vgg {
             match block {
                 Block::Conv { conv, bn } => {
                     xs = conv.forward(&xs)?;
-                    if let Some(bn) = bn {
-                        xs = bn.forward_t(&xs, train)?;
-                    }
-                    xs = xs.relu()?;
+                    xs = match bn {
+                        Some(bn) => bn.forward_relu(&xs, train)?,
+                        None => xs.relu()?,
+                    };
                 }
                 Block::MaxPool => {
                     xs = self.pool.forward(&xs)?;

@@ -1,0 +1,416 @@
+//! `nn.BatchNorm2d` (and the ReLU that usually follows it) as one differentiable operation.
+//!
+//! Candle's `BatchNorm` normalises through a dozen tensor operations, each a node of the
+//! autograd graph: a training step pays for every one of them forward, again backward, and once
+//! more for the zero-filled gradient buffer Candle adds each node's gradient into. Here the
+//! statistics are computed detached, the output is one custom operation over the input, the
+//! weight and the bias, and its backward is PyTorch's closed form: a few passes over the
+//! activation instead of several dozen, on every device.
+
+use candle_core::backend::BackendStorage;
+use candle_core::op::{Add, Mul, Relu};
+use candle_core::{
+    CpuStorage, CustomOp3, DType, Layout, ModuleT, Result, Shape, Storage, Tensor, Var,
+};
+
+/// Batch normalisation over dimension 1 of an (N, C, ...) input, with PyTorch's semantics:
+/// the biased batch variance normalises, the unbiased one enters the running estimate, and
+/// `running = (1 - momentum) * running + momentum * batch`. Parameters `weight`, `bias`,
+/// buffers `running_mean`, `running_var`.
+#[derive(Debug, Clone)]
+pub struct BatchNorm {
+    running_mean: Var,
+    running_var: Var,
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+    momentum: f64,
+}
+
+impl BatchNorm {
+    /// A batch norm over `weight.dim(0)` features. The running statistics are updated in place
+    /// in training mode (they share storage with the given tensors when those are variables).
+    pub fn new(
+        running_mean: Tensor,
+        running_var: Tensor,
+        weight: Tensor,
+        bias: Tensor,
+        eps: f64,
+        momentum: f64,
+    ) -> Result<Self> {
+        let c = weight.elem_count();
+        for (name, t) in [
+            ("running_mean", &running_mean),
+            ("running_var", &running_var),
+            ("weight", &weight),
+            ("bias", &bias),
+        ] {
+            if t.dims() != [c] {
+                candle_core::bail!("batch-norm {name} has shape {:?}, expected [{c}]", t.dims())
+            }
+        }
+        if eps < 0.0 || !(0.0..=1.0).contains(&momentum) {
+            candle_core::bail!("batch-norm needs eps >= 0 and momentum in [0, 1]")
+        }
+        Ok(Self {
+            running_mean: Var::from_tensor(&running_mean)?,
+            running_var: Var::from_tensor(&running_var)?,
+            weight,
+            bias,
+            eps,
+            momentum,
+        })
+    }
+
+    /// The running mean (C).
+    pub fn running_mean(&self) -> &Tensor {
+        self.running_mean.as_tensor()
+    }
+
+    /// The running (unbiased) variance (C).
+    pub fn running_var(&self) -> &Tensor {
+        self.running_var.as_tensor()
+    }
+
+    /// The scale, gamma (C).
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The shift, beta (C).
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+
+    /// The epsilon added to the variance.
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+
+    /// `relu(batch_norm(xs))`, as one operation in training mode.
+    pub fn forward_relu(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_inner(xs, train, true)
+    }
+
+    fn forward_inner(&self, xs: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        let c = self.weight.elem_count();
+        if xs.rank() < 2 || xs.dim(1)? != c {
+            candle_core::bail!(
+                "batch-norm over {c} features got an input of shape {:?}",
+                xs.dims()
+            )
+        }
+        let (n, l) = (xs.dim(0)?, xs.elem_count() / (xs.dim(0)? * c).max(1));
+        let dtype = match xs.dtype() {
+            DType::F16 | DType::BF16 => DType::F32,
+            d => d,
+        };
+        let x = xs.to_dtype(dtype)?.reshape((n, c, l))?;
+        let ys = if train {
+            self.train(&x, relu)?
+        } else {
+            self.eval(&x, relu)?
+        };
+        ys.reshape(xs.shape())?.to_dtype(xs.dtype())
+    }
+
+    fn eval(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+        let invstd = (self.running_var.as_detached_tensor() + self.eps)?
+            .sqrt()?
+            .recip()?;
+        let scale = (&self.weight * invstd)?;
+        let shift = (&self.bias - (self.running_mean.as_detached_tensor() * &scale)?)?;
+        let c = scale.elem_count();
+        let ys = x
+            .broadcast_mul(&scale.reshape((1, c, 1))?)?
+            .broadcast_add(&shift.reshape((1, c, 1))?)?;
+        if relu {
+            ys.relu()
+        } else {
+            Ok(ys)
+        }
+    }
+
+    fn train(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+        let (n, c, l) = x.dims3()?;
+        let count = n * l;
+        if count < 2 {
+            candle_core::bail!(
+                "batch-norm in training needs more than one value per channel, got input (N, C, L) = ({n}, {c}, {l})"
+            )
+        }
+        let detached = x.detach();
+        let mean = (sum_per_channel(&detached)? / count as f64)?;
+        let centered = detached.broadcast_sub(&mean.reshape((1, c, 1))?)?;
+        let var = (sum_per_channel(&centered.sqr()?)? / count as f64)?;
+        let m = self.momentum;
+        let unbiased = count as f64 / (count - 1) as f64;
+        self.running_mean
+            .set(&((self.running_mean.as_detached_tensor() * (1.0 - m))? + (&mean * m)?)?)?;
+        self.running_var.set(
+            &((self.running_var.as_detached_tensor() * (1.0 - m))? + (&var * (m * unbiased))?)?,
+        )?;
+        let invstd = (var + self.eps)?.sqrt()?.recip()?;
+        x.apply_op3(
+            &self.weight.to_dtype(x.dtype())?,
+            &self.bias.to_dtype(x.dtype())?,
+            BatchNormOp {
+                centered: centered.contiguous()?,
+                invstd,
+                relu,
+            },
+        )
+    }
+}
+
+impl ModuleT for BatchNorm {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_inner(xs, train, false)
+    }
+}
+
+/// Sum of an (N, C, L) tensor over N and L, as (C): the contiguous axis first.
+fn sum_per_channel(x: &Tensor) -> Result<Tensor> {
+    x.sum(2)?.sum(0)
+}
+
+/// The training-mode output `relu?(centered * weight * invstd + bias)` of an (N, C, L) input,
+/// with the batch statistics already taken; its backward is the closed form of the gradient
+/// through the batch mean and variance.
+struct BatchNormOp {
+    centered: Tensor,
+    invstd: Tensor,
+    relu: bool,
+}
+
+impl BatchNormOp {
+    /// The forward on whichever backend holds the tensors: a per-channel scale and shift, and
+    /// the ReLU, as Candle's own broadcast kernels.
+    fn fwd<S: BackendStorage>(
+        &self,
+        weight: (&S, &Layout),
+        bias: (&S, &Layout),
+        centered: (&S, &Layout),
+        invstd: (&S, &Layout),
+    ) -> Result<(S, Shape)> {
+        let (cs, cl) = centered;
+        let shape = cl.shape().clone();
+        let per_channel = |l: &Layout| {
+            let mut stride = vec![0; 3];
+            stride[1] = l.stride()[0];
+            Layout::new(shape.clone(), stride, l.start_offset())
+        };
+        let scale = weight.0.binary_impl::<Mul>(invstd.0, weight.1, invstd.1)?;
+        let scale_l = per_channel(&Layout::contiguous(weight.1.shape().clone()));
+        let ys = cs.binary_impl::<Mul>(&scale, cl, &scale_l)?;
+        let out = Layout::contiguous(shape.clone());
+        let ys = ys.binary_impl::<Add>(bias.0, &out, &per_channel(bias.1))?;
+        let ys = if self.relu {
+            ys.unary_impl::<Relu>(&out)?
+        } else {
+            ys
+        };
+        Ok((ys, shape))
+    }
+}
+
+impl CustomOp3 for BatchNormOp {
+    fn name(&self) -> &'static str {
+        "batch-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        w: &CpuStorage,
+        wl: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (c, cl) = self.centered.storage_and_layout();
+        let (i, il) = self.invstd.storage_and_layout();
+        match (&*c, &*i) {
+            (Storage::Cpu(c), Storage::Cpu(i)) => self.fwd((w, wl), (b, bl), (c, cl), (i, il)),
+            _ => candle_core::bail!("batch-norm: statistics and input on different devices"),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        w: &candle_core::CudaStorage,
+        wl: &Layout,
+        b: &candle_core::CudaStorage,
+        bl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (c, cl) = self.centered.storage_and_layout();
+        let (i, il) = self.invstd.storage_and_layout();
+        match (&*c, &*i) {
+            (Storage::Cuda(c), Storage::Cuda(i)) => self.fwd((w, wl), (b, bl), (c, cl), (i, il)),
+            _ => candle_core::bail!("batch-norm: statistics and input on different devices"),
+        }
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        ys: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, c, l) = self.centered.dims3()?;
+        let count = (n * l) as f64;
+        let grad = if self.relu {
+            (grad * ys.gt(0.0)?.to_dtype(grad.dtype())?)?
+        } else {
+            grad.clone()
+        };
+        let per_channel = |t: &Tensor| t.reshape((1, c, 1));
+        let grad_sum = sum_per_channel(&grad)?;
+        let grad_dot = sum_per_channel(&(&grad * &self.centered)?)?;
+        let grad_w = (&grad_dot * &self.invstd)?;
+        let grad_x = if x.track_op() {
+            // dx = w invstd / M * (M g - sum g - xhat * sum(g xhat)), xhat = centered * invstd.
+            let a = (w * &self.invstd)?;
+            let k = ((&a * self.invstd.sqr()?)? * &grad_dot)?.affine(-1.0 / count, 0.0)?;
+            let shift = (&a * &grad_sum)?.affine(-1.0 / count, 0.0)?;
+            let gx = (grad.broadcast_mul(&per_channel(&a)?)?
+                + self.centered.broadcast_mul(&per_channel(&k)?)?)?
+                .broadcast_add(&per_channel(&shift)?)?;
+            Some(gx)
+        } else {
+            None
+        };
+        Ok((grad_x, Some(grad_w), Some(grad_sum)))
+    }
+}
+
+/// `nn.BatchNorm2d(num_features, eps)` with momentum 0.1, weight 1 and bias 0, parameters and
+/// buffers under `vb`'s prefix.
+pub fn batch_norm(vb: candle_nn::VarBuilder, num_features: usize, eps: f64) -> Result<BatchNorm> {
+    use candle_nn::Init;
+    let running_mean = vb.get_with_hints(num_features, "running_mean", Init::Const(0.))?;
+    let running_var = vb.get_with_hints(num_features, "running_var", Init::Const(1.))?;
+    let weight = vb.get_with_hints(num_features, "weight", Init::Const(1.))?;
+    let bias = vb.get_with_hints(num_features, "bias", Init::Const(0.))?;
+    BatchNorm::new(running_mean, running_var, weight, bias, eps, 0.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn close(a: &Tensor, b: &Tensor, tol: f32) -> Result<()> {
+        let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
+        assert!(diff <= tol * scale, "differ by {diff} (scale {scale})");
+        Ok(())
+    }
+
+    /// Ours and Candle's batch norm on the same input, with the same parameters.
+    fn pair(c: usize, dev: &Device) -> Result<(BatchNorm, candle_nn::BatchNorm, Var, Var)> {
+        let w = Var::from_tensor(&Tensor::randn(1f32, 0.3, c, dev)?)?;
+        let b = Var::from_tensor(&Tensor::randn(0f32, 0.5, c, dev)?)?;
+        let rm = Tensor::randn(0f32, 0.1, c, dev)?;
+        let rv = (Tensor::rand(0.5f32, 1.5, c, dev)?).contiguous()?;
+        let ours = BatchNorm::new(
+            rm.copy()?,
+            rv.copy()?,
+            w.as_tensor().clone(),
+            b.as_tensor().clone(),
+            1e-5,
+            0.1,
+        )?;
+        let theirs = candle_nn::BatchNorm::new(
+            c,
+            rm,
+            rv,
+            w.as_tensor().clone(),
+            b.as_tensor().clone(),
+            1e-5,
+        )?;
+        Ok((ours, theirs, w, b))
+    }
+
+    #[test]
+    fn matches_candle_forward_backward_and_running_statistics() -> Result<()> {
+        let dev = Device::Cpu;
+        for (shape, relu) in [
+            ((4, 3, 5, 6), false),
+            ((8, 5, 3, 3), true),
+            ((2, 4, 1, 1), false),
+        ] {
+            let c = shape.1;
+            let (ours, theirs, w, b) = pair(c, &dev)?;
+            // An offset mean checks that the statistics are centred before squaring.
+            let x = Var::from_tensor(&(Tensor::randn(0f32, 2.0, shape, &dev)? + 3.0)?)?;
+            let upstream = Tensor::randn(0f32, 1.0, shape, &dev)?;
+            let ya = ours.forward_inner(x.as_tensor(), true, relu)?;
+            let mut yb = theirs.forward_t(x.as_tensor(), true)?;
+            if relu {
+                yb = yb.relu()?;
+            }
+            close(&ya, &yb, 1e-5)?;
+            close(ours.running_mean(), theirs.running_mean(), 1e-6)?;
+            close(ours.running_var(), theirs.running_var(), 1e-6)?;
+            let ga = (&ya * &upstream)?.sum_all()?.backward()?;
+            let gb = (&yb * &upstream)?.sum_all()?.backward()?;
+            for v in [&x, &w, &b] {
+                let (a, r) = (ga.get(v.as_tensor()), gb.get(v.as_tensor()));
+                close(a.expect("ours"), r.expect("candle's"), 1e-4)?;
+            }
+            close(
+                &ours.forward_t(x.as_tensor(), false)?,
+                &theirs.forward_t(x.as_tensor(), false)?,
+                1e-5,
+            )?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn untracked_input_gets_no_gradient_and_parameters_still_do() -> Result<()> {
+        let dev = Device::Cpu;
+        let (ours, _, w, b) = pair(3, &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (4, 3, 2, 2), &dev)?;
+        let grads = ours.forward_relu(&x, true)?.sum_all()?.backward()?;
+        assert!(grads.get(&x).is_none());
+        assert!(grads.get(w.as_tensor()).is_some());
+        assert!(grads.get(b.as_tensor()).is_some());
+        Ok(())
+    }
+
+    #[test]
+    fn one_value_per_channel_and_wrong_width_are_errors() -> Result<()> {
+        let dev = Device::Cpu;
+        let (ours, _, _, _) = pair(3, &dev)?;
+        let one = Tensor::zeros((1, 3, 1, 1), DType::F32, &dev)?;
+        let err = ours.forward_t(&one, true).unwrap_err().to_string();
+        assert!(err.contains("more than one value per channel"), "{err}");
+        assert!(ours.forward_t(&one, false).is_ok());
+        let wide = Tensor::zeros((2, 4, 3, 3), DType::F32, &dev)?;
+        let err = ours.forward_t(&wide, true).unwrap_err().to_string();
+        assert!(err.contains("3 features"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn bf16_input_is_normalised_in_f32_and_returned_in_bf16() -> Result<()> {
+        let dev = Device::Cpu;
+        let (ours, theirs, _, _) = pair(3, &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (4, 3, 4, 4), &dev)?;
+        let y = ours.forward_t(&x.to_dtype(DType::BF16)?, true)?;
+        assert_eq!(y.dtype(), DType::BF16);
+        close(
+            &y.to_dtype(DType::F32)?,
+            &theirs.forward_t(&x, true)?,
+            0.05,
+        )?;
+        Ok(())
+    }
+}
