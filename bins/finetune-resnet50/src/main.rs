@@ -97,6 +97,7 @@ struct PredictArgs {
 }
 
 fn main() -> Result<()> {
+    train::memory::keep_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Predict(args)) => predict(&args),

@@ -280,7 +280,7 @@ impl CustomOp3 for BatchNormOp {
             let shift = (&a * &grad_sum)?.affine(-1.0 / count, 0.0)?;
             let gx = (grad.broadcast_mul(&per_channel(&a)?)?
                 + self.centered.broadcast_mul(&per_channel(&k)?)?)?
-                .broadcast_add(&per_channel(&shift)?)?;
+            .broadcast_add(&per_channel(&shift)?)?;
             Some(gx)
         } else {
             None
@@ -406,11 +406,7 @@ mod tests {
         let x = Tensor::randn(0f32, 1.0, (4, 3, 4, 4), &dev)?;
         let y = ours.forward_t(&x.to_dtype(DType::BF16)?, true)?;
         assert_eq!(y.dtype(), DType::BF16);
-        close(
-            &y.to_dtype(DType::F32)?,
-            &theirs.forward_t(&x, true)?,
-            0.05,
-        )?;
+        close(&y.to_dtype(DType::F32)?, &theirs.forward_t(&x, true)?, 0.05)?;
         Ok(())
     }
 }

@@ -28,9 +28,9 @@ mod pool_composite;
 pub mod rng;
 
 pub use adaptive::{adaptive_avg_pool2d, AdaptiveAvgPool2d};
+pub use batch_norm::{batch_norm, BatchNorm};
 pub use conv::{conv2d_conv_grads, conv2d_gemm, Conv2d};
 pub use init::WeightInit;
-pub use batch_norm::{batch_norm, BatchNorm};
 pub use nn::{conv2d, conv_cfg, flatten, linear, ConvBnRelu, Dropout, Linear};
 pub use params::{is_buffer, ParamStore};
 pub use pool::{avg_pool2d, max_pool2d, Pool2d, PoolKind};

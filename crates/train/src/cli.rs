@@ -269,6 +269,7 @@ impl Recipe {
 
     /// The whole program: parse the process's arguments, run, report errors.
     pub fn main(&self) -> Result<()> {
+        crate::memory::keep_freed_memory();
         let args = self.parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
         self.run(&args).map(|_| ())
     }

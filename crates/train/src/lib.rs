@@ -11,6 +11,7 @@ pub mod device;
 pub mod engine;
 pub mod history;
 pub mod loss;
+pub mod memory;
 pub mod metrics;
 pub mod optim;
 pub mod pictures;

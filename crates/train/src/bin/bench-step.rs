@@ -30,6 +30,9 @@ const CASES: [Case; 4] = [
 ];
 
 fn main() -> Result<()> {
+    if std::env::var_os("BENCH_MMAP").is_none() {
+        train::memory::keep_freed_memory();
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |name: &str| {
         args.iter()
