@@ -9,6 +9,8 @@
 #                     CARGO_TARGET_DIR=target-cudnn cargo build --release --features cudnn -p train --bins
 #   tools/gpu-check.sh pack          # xz-compressed binaries into gpu/xz (about 25-35 MB)
 #   cp ../shared/data/cifar10/cifar10-jpeg.tar.gz gpu/data/cifar10/
+#   (optional baselines, kept from older packs: gpu/xz/bench-step-session2.xz, built before
+#   layers::BatchNorm, and gpu/xz/bench-step-candleconv.xz, with Candle's conv backward)
 # On the GPU machine, from the repository root (with gpu/ carried there):
 #   tools/gpu-check.sh run           # writes its log and the run's metrics into $OUT (or gpu/out)
 #
@@ -79,6 +81,11 @@ for f in pathlib.Path('gpu/xz').glob('*.xz'):
     if [ -x gpu/bin/bench-step-cudnn ]; then
         echo "== the same step built with cuDNN convolutions (--features cudnn)" | tee -a "$log"
         timeout 120 gpu/bin/bench-step-cudnn --device cuda --batches 128,512 --precision f32,bf16 \
+            --steps 5 --only resnet18-cifar 2>&1 | tee -a "$log"
+    fi
+    if [ -x gpu/bin/bench-step-session2 ]; then
+        echo "== baseline: the same step with Candle's batch norm (the build before layers::BatchNorm)" | tee -a "$log"
+        timeout 90 gpu/bin/bench-step-session2 --device cuda --batches 128,512 --precision f32,bf16 \
             --steps 5 --only resnet18-cifar 2>&1 | tee -a "$log"
     fi
     if [ -x gpu/bin/bench-step-candleconv ]; then
