@@ -17,6 +17,20 @@ use candle_core::{
 /// the biased batch variance normalises, the unbiased one enters the running estimate, and
 /// `running = (1 - momentum) * running + momentum * batch`. Parameters `weight`, `bias`,
 /// buffers `running_mean`, `running_var`.
+///
+/// ```
+/// use candle_core::{Device, ModuleT, Tensor};
+///
+/// let store = layers::ParamStore::new(0, &Device::Cpu);
+/// let bn = layers::batch_norm(store.vb().pp("bn1"), 8, 1e-5)?;
+/// let x = (Tensor::randn(0f32, 1.0, (4, 8, 5, 5), &Device::Cpu)? + 2.0)?;
+/// let y = bn.forward_t(&x, true)?; // batch statistics; the running ones move towards them
+/// let mean = y.mean_all()?.to_scalar::<f32>()?;
+/// assert!(mean.abs() < 1e-5);
+/// let y = bn.forward_relu(&x, false)?; // relu(bn(x)) with the running statistics
+/// assert_eq!(y.dims(), x.dims());
+/// # Ok::<(), candle_core::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct BatchNorm {
     running_mean: Var,
