@@ -78,6 +78,9 @@ for f in pathlib.Path('gpu/xz').glob('*.xz'):
     echo "== training step, f32 and bf16, and the data pipeline" | tee -a "$log"
     timeout 180 gpu/bin/bench-step --device cuda --batches 128,512 --precision f32,tf32,bf16 --steps 5 \
         --pipeline 2>&1 | tee -a "$log"
+    echo "== where the resnet18-cifar step goes: forward, backward, optimizer, timed apart" | tee -a "$log"
+    timeout 90 gpu/bin/bench-step --device cuda --batches 128,512 --precision f32,bf16 --steps 5 \
+        --only resnet18-cifar --split 2>&1 | tee -a "$log"
     if [ -x gpu/bin/bench-step-cudnn ]; then
         echo "== the same step built with cuDNN convolutions (--features cudnn)" | tee -a "$log"
         timeout 120 gpu/bin/bench-step-cudnn --device cuda --batches 128,512 --precision f32,bf16 \

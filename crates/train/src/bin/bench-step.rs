@@ -1,13 +1,14 @@
 //! Median time of one training step (forward, backward, optimizer) for the tutorial's
 //! networks, with images/s, and how fast the CIFAR-10 training batches are made:
 //! `cargo run -p train --bin bench-step [-- --steps N] [--only MODEL] [--device cuda]
-//! [--batches 128,512] [--precision f32,bf16] [--pipeline]`.
+//! [--batches 128,512] [--precision f32,bf16] [--pipeline] [--split]`.
 //!
 //! `--precision bf16` runs the step under bf16 autocast (products in bf16, weights in f32);
 //! `tf32` lets CUDA's f32 GEMMs use TF32 tensor cores.
 //! `--pipeline` also times the CIFAR-10 training transform (crop 32 pad 4, flip, normalize) on
 //! 10,000 images at batch 512, from the host loader and from the data held on the device
 //! (`$CNN_SHARED_DIR`'s test batch when set, else synthetic images).
+//! `--split` also prints the forward, backward and optimizer parts of the step, timed apart.
 
 use std::time::Instant;
 
@@ -56,6 +57,7 @@ fn main() -> Result<()> {
         .split(',')
         .map(|p| Precision::from_str(p, true).map_err(|e| anyhow::anyhow!("--precision {p}: {e}")))
         .collect::<Result<_>>()?;
+    let split = args.iter().any(|a| a == "--split");
     if args.iter().any(|a| a == "--pipeline") {
         pipeline(&device)?;
     }
@@ -72,9 +74,16 @@ fn main() -> Result<()> {
             for batch in batches.clone().unwrap_or_else(|| vec![default_batch]) {
                 let big = batch * shape.0 * shape.1 * shape.2 > 200_000 && device.is_cpu();
                 let n = steps.unwrap_or(if big { 3 } else { 10 });
-                let ms = median_step_ms(&device, model, batch, shape, optimizer, n)?;
+                let [ms, fwd, bwd, opt] =
+                    median_step_ms(&device, model, batch, shape, optimizer, n, split)?;
+                let phases = match split {
+                    true => format!(
+                        "  forward {fwd:.1} ms, backward {bwd:.1} ms, optimizer {opt:.1} ms"
+                    ),
+                    false => String::new(),
+                };
                 println!(
-                    "{model:>15} b{batch:<4} {:<4} {ms:>10.1} ms  {:>9.0} images/s  (median of {n})",
+                    "{model:>15} b{batch:<4} {:<4} {ms:>10.1} ms  {:>9.0} images/s  (median of {n}){phases}",
                     format!("{precision:?}").to_lowercase(),
                     batch as f64 * 1e3 / ms
                 );
@@ -122,6 +131,8 @@ fn pipeline(device: &Device) -> Result<()> {
     Ok(())
 }
 
+/// Medians over `steps` steps, in ms: the whole step, then forward (with the loss), backward and
+/// optimizer step, which are timed apart (synchronising the device between them) when `split`.
 fn median_step_ms(
     device: &Device,
     model_name: &str,
@@ -129,7 +140,8 @@ fn median_step_ms(
     (c, h, w): (usize, usize, usize),
     optimizer: OptimizerKind,
     steps: usize,
-) -> Result<f64> {
+    split: bool,
+) -> Result<[f64; 4]> {
     let store = layers::ParamStore::new(0, device);
     let model = zoo::build(model_name, 10, store.vb())?;
     let config = RunConfig {
@@ -173,18 +185,38 @@ fn median_step_ms(
     let x = Tensor::randn(0f32, 1.0, (batch, c, h, w), device)?;
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % 10).collect();
     let y = Tensor::from_vec(labels, batch, device)?;
-    let mut times = Vec::with_capacity(steps);
+    // Per step: the whole step, then (with `split`) forward with the loss, backward, optimizer.
+    let mut times: [Vec<f64>; 4] = Default::default();
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
     for i in 0..=steps {
         let start = Instant::now();
+        let mut phases = [0.0; 3];
+        let mut mark = Instant::now();
+        let mut phase = |k: usize| -> Result<()> {
+            if split {
+                device.synchronize()?;
+                phases[k] = ms(mark);
+                mark = Instant::now();
+            }
+            Ok(())
+        };
         let logits = model.forward_t(&x, true)?;
         let loss = train::loss::cross_entropy(&logits, &y, 0.0)?;
+        phase(0)?;
         let grads = loss.backward()?;
+        phase(1)?;
         opt.step(&grads)?;
+        phase(2)?;
         device.synchronize()?;
         if i > 0 {
-            times.push(start.elapsed().as_secs_f64() * 1e3);
+            times[0].push(ms(start));
+            for (k, t) in phases.into_iter().enumerate() {
+                times[k + 1].push(t);
+            }
         }
     }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    Ok(times.map(|mut t| {
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    }))
 }
