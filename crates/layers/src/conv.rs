@@ -3,7 +3,9 @@
 //! Candle 0.11 differentiates `conv2d` with a direct `conv_transpose2d` loop for the input
 //! gradient and a convolution with the batch as channels for the weight gradient. On the CPU
 //! a convolution here is `im2col` (a custom op whose backward is `col2im`) followed by one
-//! matrix product, so forward and backward are GEMMs, as in PyTorch's CPU path. On other
+//! matrix product, so forward and backward are GEMMs, as in PyTorch's CPU path. f32
+//! convolutions with 4x4 outputs or more run image by image instead
+//! ([`conv2d_cpu_f32`](crate::conv2d_cpu_f32)), with columns that stay in cache. On other
 //! devices the forward is Candle's `conv2d` (im2col + cuBLAS, or cuDNN) and the input gradient
 //! is a `conv2d` too, of the zero-dilated output gradient with the flipped kernel, in place of
 //! Candle's `conv_transpose2d` kernel ([`conv2d_conv_grads`]).
@@ -57,6 +59,15 @@ impl Module for Conv2d {
         let c = &self.config;
         let dtype = autocast::compute_dtype(xs);
         if dtype == xs.dtype() && xs.device().is_cpu() && c.groups == 1 && c.dilation == 1 {
+            if xs.dtype() == candle_core::DType::F32
+                && crate::conv_cpu::per_image_pays(xs, &self.weight, c.stride, c.padding)?
+            {
+                let ys = crate::conv_cpu::conv2d_cpu_f32(xs, &self.weight, c.stride, c.padding)?;
+                return match &self.bias {
+                    Some(b) => ys.broadcast_add(&b.reshape((1, (), 1, 1))?),
+                    None => Ok(ys),
+                };
+            }
             return conv2d_gemm(xs, &self.weight, self.bias.as_ref(), c.stride, c.padding);
         }
         let x = autocast::cast(xs, dtype)?;
@@ -279,20 +290,20 @@ pub fn conv2d_gemm(
 
 /// Where the kernel's taps land for one image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Geometry {
-    c: usize,
-    h: usize,
-    w: usize,
-    kh: usize,
-    kw: usize,
-    stride: usize,
-    padding: usize,
-    oh: usize,
-    ow: usize,
+pub(crate) struct Geometry {
+    pub(crate) c: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) kh: usize,
+    pub(crate) kw: usize,
+    pub(crate) stride: usize,
+    pub(crate) padding: usize,
+    pub(crate) oh: usize,
+    pub(crate) ow: usize,
 }
 
 impl Geometry {
-    fn new(
+    pub(crate) fn new(
         c: usize,
         h: usize,
         w: usize,
@@ -338,7 +349,7 @@ impl Geometry {
 
     /// The input row read by output row `oy` at tap row `ki`, if inside the image.
     #[inline]
-    fn row(&self, oy: usize, ki: usize) -> Option<usize> {
+    pub(crate) fn row(&self, oy: usize, ki: usize) -> Option<usize> {
         (oy * self.stride + ki)
             .checked_sub(self.padding)
             .filter(|y| *y < self.h)
