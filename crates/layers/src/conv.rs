@@ -267,17 +267,12 @@ pub fn conv2d_gemm(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    let (n, c, h, w) = xs.dims4()?;
-    let (cout, cin, kh, kw) = weight.dims4()?;
-    if cin != c {
-        candle_core::bail!(
-            "conv2d: input has {c} channels, the kernel {:?} expects {cin}",
-            weight.dims()
-        )
-    }
-    let geo = Geometry::new(c, h, w, kh, kw, stride, padding)?;
-    let cols = xs.contiguous()?.apply_op1(Im2Col(geo))?;
-    let ys = cols.matmul(&weight.reshape((cout, cin * kh * kw))?.t()?)?;
+    let n = xs.dim(0)?;
+    let (geo, cout) = Geometry::of_conv(xs, weight, stride, padding)?;
+    let ys = xs
+        .contiguous()?
+        .apply_op1(Im2Col(geo))?
+        .matmul(&weight.reshape((cout, geo.row_len()))?.t()?)?;
     let ys = match bias {
         Some(b) => ys.broadcast_add(b)?,
         None => ys,
@@ -328,6 +323,24 @@ impl Geometry {
             oh: (h + 2 * padding - kh) / stride + 1,
             ow: (w + 2 * padding - kw) / stride + 1,
         })
+    }
+
+    /// The geometry of convolving `xs` (N, C, H, W) with `weight` (O, C, KH, KW), and O.
+    pub(crate) fn of_conv(
+        xs: &Tensor,
+        weight: &Tensor,
+        stride: usize,
+        padding: usize,
+    ) -> Result<(Self, usize)> {
+        let (_, c, h, w) = xs.dims4()?;
+        let (cout, cin, kh, kw) = weight.dims4()?;
+        if cin != c {
+            candle_core::bail!(
+                "conv2d: input has {c} channels, the kernel {:?} expects {cin}",
+                weight.dims()
+            )
+        }
+        Ok((Self::new(c, h, w, kh, kw, stride, padding)?, cout))
     }
 
     fn row_len(&self) -> usize {
@@ -496,7 +509,7 @@ impl CustomOp1 for Col2Im {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
@@ -563,25 +576,37 @@ mod tests {
         check(2, 2, 5, 5, 2, 3, 2, 1)
     }
 
-    /// `conv2d_conv_grads` against the im2col path (whose backward is checked against Candle's
-    /// above; Candle's own backward fails on non-square inputs with stride 2).
-    fn check_conv_grads(
+    /// `conv` against the im2col path (whose backward is checked against Candle's above),
+    /// output and both gradients.
+    pub(crate) fn against_im2col(
         (n, c, h, w): (usize, usize, usize, usize),
         (cout, kh, kw): (usize, usize, usize),
         s: usize,
         p: usize,
+        conv: impl Fn(&Tensor, &Tensor, usize, usize) -> Result<Tensor>,
     ) -> Result<()> {
         let dev = Device::Cpu;
         let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, c, h, w), &dev)?)?;
         let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (cout, c, kh, kw), &dev)?)?;
-        let ours = conv2d_conv_grads(x.as_tensor(), wt.as_tensor(), s, p)?;
+        let ours = conv(x.as_tensor(), wt.as_tensor(), s, p)?;
         let reference = conv2d_gemm(x.as_tensor(), wt.as_tensor(), None, s, p)?;
         same_with_grads(
             ours,
             reference,
             &[("input", &x), ("weight", &wt)],
-            &format!("{h}x{w} k{kh}x{kw} s{s} p{p}"),
+            &format!("n{n} {h}x{w} k{kh}x{kw} s{s} p{p}"),
         )
+    }
+
+    /// `conv2d_conv_grads` against the im2col path (Candle's own backward fails on non-square
+    /// inputs with stride 2).
+    fn check_conv_grads(
+        shape: (usize, usize, usize, usize),
+        kernel: (usize, usize, usize),
+        s: usize,
+        p: usize,
+    ) -> Result<()> {
+        against_im2col(shape, kernel, s, p, conv2d_conv_grads)
     }
 
     #[test]

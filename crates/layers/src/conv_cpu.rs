@@ -21,15 +21,7 @@ pub fn conv2d_cpu_f32(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    let (_, c, h, w) = xs.dims4()?;
-    let (cout, cin, kh, kw) = weight.dims4()?;
-    if cin != c {
-        candle_core::bail!(
-            "conv2d: input has {c} channels, the kernel {:?} expects {cin}",
-            weight.dims()
-        )
-    }
-    let geo = Geometry::new(c, h, w, kh, kw, stride, padding)?;
+    let (geo, cout) = Geometry::of_conv(xs, weight, stride, padding)?;
     xs.contiguous()?
         .apply_op2(&weight.contiguous()?, ConvCpu { geo, cout })
 }
@@ -191,6 +183,28 @@ fn split(n: usize) -> (bool, usize) {
     }
 }
 
+/// Runs `one((i, out_i), scratch)` for every image `i`, `out_i` its `per_image` values of
+/// `out`: side by side on the thread pool, each task with its own `scratch` of `scratch_len`,
+/// or one after the other.
+fn each_image(
+    out: &mut [f32],
+    per_image: usize,
+    scratch_len: usize,
+    side_by_side: bool,
+    one: impl Fn((usize, &mut [f32]), &mut Vec<f32>) + Sync,
+) {
+    if side_by_side {
+        out.par_chunks_mut(per_image)
+            .enumerate()
+            .for_each_with(vec![0f32; scratch_len], |scratch, p| one(p, scratch));
+    } else {
+        let mut scratch = vec![0f32; scratch_len];
+        out.chunks_mut(per_image)
+            .enumerate()
+            .for_each(|p| one(p, &mut scratch));
+    }
+}
+
 impl ConvCpu {
     fn len(&self) -> (usize, usize, usize) {
         let g = &self.geo;
@@ -214,16 +228,7 @@ impl ConvCpu {
                 threads,
             );
         };
-        if side_by_side {
-            out.par_chunks_mut(cout * ohw)
-                .enumerate()
-                .for_each_with(vec![0f32; k * ohw], |cols, p| one(p, cols));
-        } else {
-            let mut cols = vec![0f32; k * ohw];
-            out.chunks_mut(cout * ohw)
-                .enumerate()
-                .for_each(|p| one(p, &mut cols));
-        }
+        each_image(&mut out, cout * ohw, k * ohw, side_by_side, one);
         out
     }
 
@@ -303,16 +308,7 @@ impl ConvCpu {
                     threads,
                 );
             };
-            if side_by_side {
-                gx.par_chunks_mut(img_len)
-                    .enumerate()
-                    .for_each_with(vec![0f32; bk * hw], |cols, p| one(p, cols));
-            } else {
-                let mut cols = vec![0f32; bk * hw];
-                gx.chunks_mut(img_len)
-                    .enumerate()
-                    .for_each(|p| one(p, &mut cols));
-            }
+            each_image(&mut gx, img_len, bk * hw, side_by_side, one);
             return Ok(gx);
         }
         let one = |(i, dst): (usize, &mut [f32]), cols: &mut Vec<f32>| {
@@ -327,16 +323,7 @@ impl ConvCpu {
             );
             self.geo.col2im_t(cols, dst);
         };
-        if side_by_side {
-            gx.par_chunks_mut(img_len)
-                .enumerate()
-                .for_each_with(vec![0f32; k * ohw], |cols, p| one(p, cols));
-        } else {
-            let mut cols = vec![0f32; k * ohw];
-            gx.chunks_mut(img_len)
-                .enumerate()
-                .for_each(|p| one(p, &mut cols));
-        }
+        each_image(&mut gx, img_len, k * ohw, side_by_side, one);
         Ok(gx)
     }
 }
@@ -432,35 +419,14 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    /// Output and both gradients against the whole-batch im2col path (itself checked against
-    /// Candle's convolution), for one random output gradient.
+    /// Output and both gradients against the whole-batch im2col path.
     fn check(
-        (n, c, h, w): (usize, usize, usize, usize),
-        (cout, kh, kw): (usize, usize, usize),
+        shape: (usize, usize, usize, usize),
+        kernel: (usize, usize, usize),
         s: usize,
         p: usize,
     ) -> Result<()> {
-        let dev = Device::Cpu;
-        let what = format!("n{n} c{c} {h}x{w} k{kh}x{kw} s{s} p{p}");
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, c, h, w), &dev)?)?;
-        let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (cout, c, kh, kw), &dev)?)?;
-        let ours = conv2d_cpu_f32(x.as_tensor(), wt.as_tensor(), s, p)?;
-        let reference = crate::conv2d_gemm(x.as_tensor(), wt.as_tensor(), None, s, p)?;
-        assert_eq!(ours.dims(), reference.dims(), "{what}");
-        let diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
-            (a - b)?.abs()?.max_all()?.to_scalar::<f32>()
-        };
-        assert!(diff(&ours, &reference)? < 1e-4, "{what}: output");
-        let g = Tensor::randn(0f32, 1., ours.shape(), &dev)?;
-        let ga = (ours * &g)?.sum_all()?.backward()?;
-        let gb = (reference * &g)?.sum_all()?.backward()?;
-        for (name, v) in [("input", &x), ("weight", &wt)] {
-            let (a, b) = (ga.get(v).expect("ours"), gb.get(v).expect("reference"));
-            assert_eq!(a.dims(), b.dims(), "{what}: {name} gradient");
-            let d = diff(a, b)?;
-            assert!(d < 1e-3, "{what}: {name} gradient differs by {d}");
-        }
-        Ok(())
+        crate::conv::tests::against_im2col(shape, kernel, s, p, conv2d_cpu_f32)
     }
 
     #[test]
