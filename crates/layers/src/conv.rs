@@ -14,7 +14,7 @@
 //! comes back in the input's dtype before the bias is added.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Module, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::Conv2dConfig;
 use rayon::prelude::*;
 
@@ -58,28 +58,22 @@ impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let c = &self.config;
         let dtype = autocast::compute_dtype(xs);
-        if dtype == xs.dtype() && xs.device().is_cpu() && c.groups == 1 && c.dilation == 1 {
-            if xs.dtype() == candle_core::DType::F32
-                && crate::conv_cpu::per_image_pays(xs, &self.weight, c.stride, c.padding)?
-            {
-                let ys = crate::conv_cpu::conv2d_cpu_f32(xs, &self.weight, c.stride, c.padding)?;
-                return match &self.bias {
-                    Some(b) => ys.broadcast_add(&b.reshape((1, (), 1, 1))?),
-                    None => Ok(ys),
-                };
-            }
+        let plain = c.groups == 1 && c.dilation == 1;
+        let cpu = xs.device().is_cpu();
+        let per_image = cpu
+            && plain
+            && dtype == DType::F32
+            && crate::conv_cpu::per_image_pays(xs, &self.weight, c.stride, c.padding)?;
+        if dtype == xs.dtype() && cpu && plain && !per_image {
             return conv2d_gemm(xs, &self.weight, self.bias.as_ref(), c.stride, c.padding);
         }
         let x = autocast::cast(xs, dtype)?;
         let w = autocast::cast(&self.weight, dtype)?;
-        let ys = if c.groups == 1 && c.dilation == 1 {
-            if xs.device().is_cpu() {
-                conv2d_gemm(&x, &w, None, c.stride, c.padding)?
-            } else {
-                conv2d_conv_grads(&x, &w, c.stride, c.padding)?
-            }
-        } else {
-            x.conv2d(&w, c.padding, c.stride, c.dilation, c.groups)?
+        let ys = match (plain, cpu) {
+            _ if per_image => crate::conv_cpu::conv2d_cpu_f32(&x, &w, c.stride, c.padding)?,
+            (true, true) => conv2d_gemm(&x, &w, None, c.stride, c.padding)?,
+            (true, false) => conv2d_conv_grads(&x, &w, c.stride, c.padding)?,
+            (false, _) => x.conv2d(&w, c.padding, c.stride, c.dilation, c.groups)?,
         };
         let ys = autocast::cast(&ys, xs.dtype())?;
         match &self.bias {

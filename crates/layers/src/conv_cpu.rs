@@ -39,10 +39,8 @@ pub(crate) fn per_image_pays(
     stride: usize,
     padding: usize,
 ) -> Result<bool> {
-    let (_, _, h, w) = xs.dims4()?;
-    let (_, _, kh, kw) = weight.dims4()?;
-    let out = |len: usize, k: usize| (len + 2 * padding).saturating_sub(k) / stride.max(1) + 1;
-    Ok(out(h, kh) * out(w, kw) >= MIN_POSITIONS)
+    let (geo, _) = Geometry::of_conv(xs, weight, stride, padding)?;
+    Ok(geo.oh * geo.ow >= MIN_POSITIONS)
 }
 
 /// `dst := dst (if accumulate) + lhs · rhs`, each given as (pointer, row stride, column stride).
