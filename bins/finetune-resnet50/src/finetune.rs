@@ -88,7 +88,7 @@ pub fn finetune(
     let store = ParamStore::new(run.seed, &device);
     let net = ResNet::resnet50(classes.len(), store.vb())?;
     weights::load(&store, tensors, &path, true)?;
-    println!(
+    train::say!(
         "loaded {} ({}); new head for {} classes; training {}",
         ft.weights,
         path.display(),
@@ -112,7 +112,7 @@ pub fn finetune(
     let sources: (Box<dyn BatchSource>, Box<dyn BatchSource>);
     let (trained, train_source, test_source): (&dyn ModuleT, &dyn BatchSource, &dyn BatchSource) =
         if ft.caches_features() {
-            println!(
+            train::say!(
                 "backbone frozen and no augmentation: computing its features once, then training the head on them"
             );
             let unshuffled = Loader::new(

@@ -68,7 +68,7 @@ struct FineTuneArgs {
     #[arg(long)]
     folder: bool,
     /// Side of the square network input (smaller is faster on a CPU)
-    #[arg(long, default_value_t = 224)]
+    #[arg(long, default_value_t = 224, value_parser = image_size())]
     image_size: usize,
     /// How much of the backbone trains besides the new head
     #[arg(long, value_enum, default_value_t = Unfreeze::None)]
@@ -89,11 +89,16 @@ struct PredictArgs {
     #[arg(long, required = true, num_args = 1..)]
     image: Vec<PathBuf>,
     /// Side of the network input (Resize to size*256/224, CenterCrop to size)
-    #[arg(long, default_value_t = 224)]
+    #[arg(long, default_value_t = 224, value_parser = image_size())]
     image_size: usize,
     /// auto, cpu, cuda or cuda:N
     #[arg(long, default_value = "auto")]
     device: String,
+}
+
+/// `--image-size`: ResNet-50 halves its input five times; 32 is the least that leaves a pixel.
+fn image_size() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(32..=4096)
 }
 
 fn main() -> Result<()> {
@@ -110,9 +115,9 @@ fn predict(args: &PredictArgs) -> Result<()> {
     let classifier = predict::Classifier::load(&args.weights, args.image_size, &device)?;
     for image in &args.image {
         let p = classifier.predict(image)?;
-        println!("{}", p.image.display());
+        train::say!("{}", p.image.display());
         for (name, prob) in &p.top5 {
-            println!("  {:6.2}%  {name}", prob * 100.0);
+            train::say!("  {:6.2}%  {name}", prob * 100.0);
         }
     }
     Ok(())
@@ -120,19 +125,10 @@ fn predict(args: &PredictArgs) -> Result<()> {
 
 fn run(args: FineTuneArgs) -> Result<()> {
     if let Some(dir) = &args.train.resume {
+        let (locked, saved, tensors) = RECIPE.resume_dir(dir, &args.train)?;
         let ft = FineTuneConfig::load(dir)?;
-        let (saved, tensors) = train::state::load(dir)?;
-        let mut config = saved.config.clone();
-        if let Some(epochs) = args.train.epochs {
-            config.epochs = epochs;
-        }
-        if let Some(device) = &args.train.device {
-            config.device = device.clone();
-        }
-        if let Some(data_dir) = &args.train.data_dir {
-            config.data_dir = Some(data_dir.clone());
-        }
-        finetune::finetune(&config, &ft, dir, Some((saved, tensors)))?;
+        let config = train::cli::resumed_config(&saved.config, &args.train)?;
+        finetune::finetune(&config, &ft, locked.path(), Some((saved, tensors)))?;
         return Ok(());
     }
     if args.folder && args.train.data_dir.is_none() {
@@ -150,10 +146,7 @@ fn run(args: FineTuneArgs) -> Result<()> {
     train_args.test_transform.get_or_insert(test_t);
     let mut config = RECIPE.config(&train_args)?;
     config.dataset = dataset_kind(args.folder);
-    let out = train_args
-        .out
-        .clone()
-        .unwrap_or_else(|| train::cli::default_out(RECIPE.program));
-    finetune::finetune(&config, &ft, &out, None)?;
+    let out = RECIPE.fresh_dir(&train_args)?;
+    finetune::finetune(&config, &ft, out.path(), None)?;
     Ok(())
 }

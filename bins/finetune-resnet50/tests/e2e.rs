@@ -5,6 +5,9 @@
 //! seeded initial weights whose batch-norm statistics are calibrated on the training images
 //! (a few train-mode passes), saved with torchvision's names by `layers::checkpoint`.
 
+#[path = "../../../tests/support/flag_scan.rs"]
+mod flag_scan;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -465,4 +468,58 @@ fn resume_reaches_the_same_weights_as_an_uninterrupted_run() {
             == std::fs::read(parts.join("last.safetensors")).expect("parts"),
         "a resumed run ends with the same weights as an uninterrupted one"
     );
+}
+
+/// Fine-tuning and predict with every flag at 0, 1, negative, huge, non-numeric and empty
+/// values: clear errors or runs, never a panic, an abort or a hang. A resumed run of another
+/// program is refused too.
+#[test]
+fn extreme_flag_values_never_panic() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let calib = small_folder(&data, 4, 2);
+    let weights = dir.path().join("resnet50.safetensors");
+    pretrained(&calib, &weights);
+    let image = data.join("test").join("frog").join("0000.png");
+    let program = PathBuf::from(env!("CARGO_BIN_EXE_finetune-resnet50"));
+    let train = [
+        "--weights",
+        s(&weights),
+        "--folder",
+        "--data-dir",
+        s(&data),
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+        "--overwrite",
+    ];
+    let predict = [
+        "predict",
+        "--weights",
+        s(&weights),
+        "--image",
+        s(&image),
+        "--image-size",
+        "32",
+    ];
+    let mut failures = Vec::new();
+    for (subcommand, base) in [(&[][..], &train[..]), (&["predict"][..], &predict[..])] {
+        let flags = flag_scan::value_flags(&program, subcommand);
+        failures.extend(flag_scan::scan(
+            &program,
+            base,
+            &flags,
+            &flag_scan::EXTREMES,
+            dir.path(),
+            std::time::Duration::from_secs(180),
+        ));
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }

@@ -4,10 +4,9 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-const OUTPUTS: [&str; 10] = [
+const OUTPUTS: [&str; 9] = [
     "best.safetensors",
     "last.safetensors",
-    "state.json",
     "state.safetensors",
     "metrics.csv",
     "metrics.json",

@@ -4,10 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const OUTPUTS: [&str; 10] = [
+const OUTPUTS: [&str; 9] = [
     "best.safetensors",
     "last.safetensors",
-    "state.json",
     "state.safetensors",
     "metrics.csv",
     "metrics.json",
@@ -131,7 +130,7 @@ fn refuses_models_and_flags_it_cannot_use() {
     assert!(String::from_utf8_lossy(&wrong_model.stderr).contains("vgg16"));
     let no_state = train_mnist(&["--resume", &out]);
     assert!(!no_state.status.success());
-    assert!(String::from_utf8_lossy(&no_state.stderr).contains("state.json"));
+    assert!(String::from_utf8_lossy(&no_state.stderr).contains("no such run directory"));
     let nan = train_mnist(&[
         "--data-dir",
         &data,

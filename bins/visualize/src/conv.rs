@@ -34,7 +34,7 @@ pub struct ConvArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     stride: u16,
     /// Zeros added on every side of the input.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
     padding: u16,
 }
 
@@ -89,11 +89,11 @@ pub fn run(args: &ConvArgs, out: &Path) -> Result<()> {
     let (height, width) = rules(&input, &kernel, stride, padding)?;
     let result = convolve(&input, &kernel, stride, padding)?;
 
-    println!("input ({}x{}):\n{input}", input.rows, input.cols);
-    println!("kernel ({}x{}):\n{kernel}", kernel.rows, kernel.cols);
-    println!("stride {stride}, padding {padding}");
-    println!("{}", explain_sizes(height, width)?);
-    println!("result ({}x{}):\n{result}", result.rows, result.cols);
+    train::say!("input ({}x{}):\n{input}", input.rows, input.cols);
+    train::say!("kernel ({}x{}):\n{kernel}", kernel.rows, kernel.cols);
+    train::say!("stride {stride}, padding {padding}");
+    train::say!("{}", explain_sizes(height, width)?);
+    train::say!("result ({}x{}):\n{result}", result.rows, result.cols);
 
     let shown = if padding > 0 {
         input
@@ -108,7 +108,7 @@ pub fn run(args: &ConvArgs, out: &Path) -> Result<()> {
         &[shown, kernel.panel("kernel"), result.panel("result")],
         viz::ColorMap::Gray,
     )?;
-    println!("wrote {}", path.display());
+    train::say!("wrote {}", path.display());
     Ok(())
 }
 

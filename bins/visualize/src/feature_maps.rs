@@ -133,8 +133,8 @@ pub fn run(args: &FeatureMapsArgs, out: &Path) -> Result<()> {
     let input = model.spec.input;
     let (_, normalisation) = eval_transform(input)?;
     let (seen, batch) = prepare(&args.image, input)?;
-    println!("{}: {}", model.spec.name, model.origin);
-    println!(
+    train::say!("{}: {}", model.spec.name, model.origin);
+    train::say!(
         "{} -> {}x{}x{}, {normalisation} normalisation",
         args.image.display(),
         input.0,
@@ -152,14 +152,14 @@ pub fn run(args: &FeatureMapsArgs, out: &Path) -> Result<()> {
     };
     let path = out.join("feature-maps-input.png");
     viz::save_image_grid(&path, "input", &[tile], 1)?;
-    println!("wrote {}", path.display());
+    train::say!("wrote {}", path.display());
 
     let stages = model.net.forward_stages(&batch)?;
     for (stage, t) in &stages {
         let path = out.join(format!("feature-maps-{}.png", file_stem(stage)));
         match save_stage(&path, stage, t).with_context(|| format!("stage {stage}"))? {
-            Some(title) => println!("wrote {} ({title})", path.display()),
-            None => println!("stage {stage} has shape {:?}: not drawn", t.dims()),
+            Some(title) => train::say!("wrote {} ({title})", path.display()),
+            None => train::say!("stage {stage} has shape {:?}: not drawn", t.dims()),
         }
     }
     if let Some((_, logits)) = stages.last() {
@@ -168,7 +168,7 @@ pub fn run(args: &FeatureMapsArgs, out: &Path) -> Result<()> {
         if let Some(best) = best {
             let name = class_names(input, logits.len())
                 .map_or(String::new(), |names| format!(" ({})", names[best]));
-            println!("predicted class: {best}{name}, logit {:.4}", logits[best]);
+            train::say!("predicted class: {best}{name}, logit {:.4}", logits[best]);
         }
     }
     Ok(())

@@ -25,16 +25,19 @@ pub fn run(args: &FiltersArgs, out: &Path) -> Result<()> {
     let model = args.model.load()?;
     let (name, weight) = model.first_conv()?;
     let dims = weight.dims();
-    println!("{}: {}", model.spec.name, model.origin);
-    println!(
+    train::say!("{}: {}", model.spec.name, model.origin);
+    train::say!(
         "first layer {name}: {} kernels of {}x{}x{}",
-        dims[0], dims[1], dims[2], dims[3]
+        dims[0],
+        dims[1],
+        dims[2],
+        dims[3]
     );
     let tiles = viz::tensor_tiles(&weight, false)?;
     let title = format!("{} {name}", model.spec.name);
     let path = out.join("filters.png");
     viz::save_image_grid(&path, &title, &tiles, grid_columns(tiles.len()))?;
-    println!("wrote {}", path.display());
+    train::say!("wrote {}", path.display());
     Ok(())
 }
 

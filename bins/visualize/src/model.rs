@@ -18,8 +18,8 @@ pub struct ModelArgs {
     /// keeps its seeded initial parameters.
     #[arg(long)]
     weights: Option<PathBuf>,
-    /// Outputs of the last layer; defaults to the model's usual number.
-    #[arg(long)]
+    /// Outputs of the last layer (1 to 100000); defaults to the model's usual number.
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     num_classes: Option<usize>,
     /// Seed of the initial parameters (used when no --weights are given).
     #[arg(long, default_value_t = 0)]

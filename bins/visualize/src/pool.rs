@@ -26,7 +26,7 @@ pub struct PoolArgs {
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     stride: Option<u16>,
     /// Implicit padding on every side (at most half the kernel, as in PyTorch).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
     padding: u16,
 }
 
@@ -74,10 +74,10 @@ pub fn run(args: &PoolArgs, out: &Path) -> Result<()> {
         short.push_str(&format!(", padding {padding}"));
     }
     let window = format!("{kernel}x{kernel}, stride {stride}, padding {padding}");
-    println!("input ({}x{}):\n{input}", input.rows, input.cols);
-    println!("{}", explain_sizes(height, width)?);
-    println!("max pool {window}:\n{max}");
-    println!("average pool {window}:\n{avg}");
+    train::say!("input ({}x{}):\n{input}", input.rows, input.cols);
+    train::say!("{}", explain_sizes(height, width)?);
+    train::say!("max pool {window}:\n{max}");
+    train::say!("average pool {window}:\n{avg}");
 
     let path = out.join("pool.png");
     viz::save_panels(
@@ -89,7 +89,7 @@ pub fn run(args: &PoolArgs, out: &Path) -> Result<()> {
         ],
         viz::ColorMap::Viridis,
     )?;
-    println!("wrote {}", path.display());
+    train::say!("wrote {}", path.display());
     Ok(())
 }
 

@@ -88,7 +88,7 @@ pub fn run(args: &SamplesArgs, out: &Path) -> Result<()> {
     for &i in &chosen {
         let image = train.image(i)?;
         let class = &train.classes()[train.label(i)];
-        println!("sample {i}: label {} ({class})", train.label(i));
+        train::say!("sample {i}: label {} ({class})", train.label(i));
         tiles.push(viz::Tile {
             channels: image.channels,
             height: image.height,
@@ -106,7 +106,7 @@ pub fn run(args: &SamplesArgs, out: &Path) -> Result<()> {
     let title = format!("{}: {which}", args.dataset.label());
     let path = out.join(args.dataset.file_name());
     viz::save_image_grid(&path, &title, &tiles, usize::from(args.cols))?;
-    println!("wrote {}", path.display());
+    train::say!("wrote {}", path.display());
     Ok(())
 }
 

@@ -11,16 +11,40 @@ const BATCHES_TRACKED: &str = ".num_batches_tracked";
 
 /// Writes `tensors` to `path` as safetensors, atomically: a temporary file in the same
 /// directory, then a rename, so an interrupted write never clobbers an earlier checkpoint.
+///
+/// Errors: a tensor holding NaN or infinity (named, nothing is written), or the file system's.
 pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    save_with_metadata(tensors, None, path)
+}
+
+/// [`save_tensors`] with string metadata in the safetensors header (`__metadata__`), written
+/// in the same atomic step as the tensors; [`read_with_metadata`] gives it back.
+pub fn save_with_metadata(
+    tensors: &HashMap<String, Tensor>,
+    metadata: Option<HashMap<String, String>>,
+    path: &Path,
+) -> Result<()> {
+    ensure_finite(tensors).with_context(|| format!("refusing to write {}", path.display()))?;
     let tmp = temporary_path(path);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create directory {}", dir.display()))?;
     }
-    candle_core::safetensors::save(tensors, &tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+    let on_cpu: Vec<(&String, Tensor)> = tensors
+        .iter()
+        .map(|(k, v)| Ok((k, v.to_device(&Device::Cpu)?)))
+        .collect::<Result<_>>()?;
+    let written =
+        safetensors::serialize_to_file(on_cpu.iter().map(|(k, v)| (*k, v)), metadata, &tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))
+            .and_then(|()| {
+                std::fs::rename(&tmp, path)
+                    .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+            });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 fn temporary_path(path: &Path) -> PathBuf {
@@ -53,22 +77,26 @@ pub fn save(varmap: &VarMap, path: &Path) -> Result<()> {
 }
 
 /// Reads every tensor of a safetensors file onto the CPU, refusing PyTorch pickles with a hint.
+///
+/// Errors name the file: missing or unreadable, a pickle, not valid safetensors, or a tensor
+/// holding NaN or infinity (named too).
 pub fn read(path: &Path) -> Result<HashMap<String, Tensor>> {
-    let mut head = [0u8; 9];
-    {
-        use std::io::Read;
-        let mut f = std::fs::File::open(path)
-            .with_context(|| format!("cannot open checkpoint {}", path.display()))?;
-        let n = f
-            .read(&mut head)
-            .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
-        if n < head.len() {
-            bail!(
-                "{} is not a safetensors file: only {n} bytes long",
-                path.display()
-            )
-        }
-    }
+    Ok(read_with_metadata(path)?.0)
+}
+
+/// [`read`], with the header's string metadata (`__metadata__`; empty when there is none).
+pub fn read_with_metadata(
+    path: &Path,
+) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+    let Some(head) = bytes.get(..9) else {
+        bail!(
+            "{} is not a safetensors file: only {} bytes long",
+            path.display(),
+            bytes.len()
+        )
+    };
     // A safetensors file is a little-endian header length, then the JSON header.
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let pickle = head.starts_with(b"PK\x03\x04") || (head[0] == 0x80 && (2..=5).contains(&head[1]));
@@ -81,8 +109,49 @@ pub fn read(path: &Path) -> Result<HashMap<String, Tensor>> {
             path.display()
         )
     }
-    candle_core::safetensors::load(path, &Device::Cpu)
-        .with_context(|| format!("{} is not a valid safetensors file", path.display()))
+    let invalid = || format!("{} is not a valid safetensors file", path.display());
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).with_context(invalid)?;
+    let metadata = header.metadata().clone().unwrap_or_default();
+    let tensors =
+        candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).with_context(invalid)?;
+    ensure_finite(&tensors).with_context(|| format!("refusing {}", path.display()))?;
+    Ok((tensors, metadata))
+}
+
+/// The first floating-point tensor (by name) holding NaN or infinity, with that value.
+pub fn first_non_finite(tensors: &HashMap<String, Tensor>) -> Result<Option<(String, f64)>> {
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    for name in names {
+        if let Some(value) = non_finite_value(&tensors[name])? {
+            return Ok(Some((name.clone(), value)));
+        }
+    }
+    Ok(None)
+}
+
+/// A NaN or infinite element of `t`, if it has one (integer tensors have none).
+pub fn non_finite_value(t: &Tensor) -> Result<Option<f64>> {
+    use candle_core::DType;
+    let flat = t.flatten_all()?;
+    Ok(match t.dtype() {
+        DType::F64 => flat.to_vec1::<f64>()?.into_iter().find(|v| !v.is_finite()),
+        DType::F32 | DType::F16 | DType::BF16 => flat
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .find(|v| !v.is_finite())
+            .map(f64::from),
+        _ => None,
+    })
+}
+
+/// Fails naming the first tensor that holds NaN or infinity.
+pub fn ensure_finite(tensors: &HashMap<String, Tensor>) -> Result<()> {
+    match first_non_finite(tensors)? {
+        Some((name, value)) => bail!("tensor {name} holds a non-finite value ({value})"),
+        None => Ok(()),
+    }
 }
 
 /// Loads `path` into the variables of `varmap`, strictly: every variable must be in the file
@@ -233,6 +302,36 @@ mod tests {
         assert!(err.contains("junk.safetensors"), "{err}");
         let missing = dir.path().join("none.safetensors");
         assert!(format!("{:#}", read(&missing).unwrap_err()).contains("none.safetensors"));
+        Ok(())
+    }
+
+    #[test]
+    fn non_finite_tensors_are_never_written_nor_read() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("m.safetensors");
+        let good = Tensor::new(&[1f32, 2.0], &Device::Cpu)?;
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let t = Tensor::new(&[1f32, bad], &Device::Cpu)?;
+            let tensors = HashMap::from([("a".to_string(), good.clone()), ("z.w".to_string(), t)]);
+            let err = format!("{:#}", save_tensors(&tensors, &path).unwrap_err());
+            assert!(
+                err.contains("z.w") && err.contains("m.safetensors"),
+                "{err}"
+            );
+            assert!(!path.exists());
+            // A file written by someone else is refused on reading, naming file and tensor.
+            candle_core::safetensors::save(&tensors, &path)?;
+            let err = format!("{:#}", read(&path).unwrap_err());
+            assert!(
+                err.contains("z.w") && err.contains("m.safetensors"),
+                "{err}"
+            );
+            std::fs::remove_file(&path)?;
+        }
+        let bf16 = Tensor::new(&[f32::NAN], &Device::Cpu)?.to_dtype(DType::BF16)?;
+        assert!(non_finite_value(&bf16)?.is_some_and(f64::is_nan));
+        let ints = Tensor::new(&[1i64, 2], &Device::Cpu)?;
+        assert!(non_finite_value(&ints)?.is_none());
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! The command line shared by the training programs: flags in the style of PyTorch's examples,
 //! program defaults from a [`Recipe`], resuming, and the run itself.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, Args as _, Command, FromArgMatches as _};
@@ -10,6 +10,7 @@ use crate::config::{
     DataPlacement, DatasetKind, OptimizerKind, Precision, RunConfig, ScheduleKind,
 };
 use crate::run::{run, Outcome};
+use crate::rundir::RunDir;
 use crate::state;
 
 /// The flags of every training program. Unset flags take the program's [`Recipe`] defaults
@@ -83,6 +84,9 @@ pub struct Args {
     /// Continue the run saved in this directory
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Start afresh in an --out that already holds a run, replacing its checkpoints and state
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Train on the first N training images only
     #[arg(long)]
     pub limit_train: Option<usize>,
@@ -250,21 +254,54 @@ impl Recipe {
     }
 
     /// Runs the program with parsed flags: a fresh run, or a resumed one with `--resume`.
+    /// The output directory is checked and locked (see [`RunDir`]) before the data is loaded.
     pub fn run(&self, args: &Args) -> Result<Outcome> {
         let Some(dir) = &args.resume else {
             let config = self.config(args)?;
-            let out = args
-                .out
-                .clone()
-                .unwrap_or_else(|| default_out(self.program));
-            return run(&config, load_data(&config)?, &out, None);
+            let out = self.fresh_dir(args)?;
+            return run(&config, load_data(&config)?, out.path(), None);
         };
+        let (dir, saved, tensors) = self.resume_dir(dir, args)?;
+        let config = resumed_config(&saved.config, args)?;
+        run(
+            &config,
+            load_data(&config)?,
+            dir.path(),
+            Some((saved, tensors)),
+        )
+    }
+
+    /// The locked output directory of a fresh run: `--out`, or `runs/<program>-<timestamp>`.
+    pub fn fresh_dir(&self, args: &Args) -> Result<RunDir> {
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| default_out(self.program));
+        RunDir::fresh(&out, args.overwrite)
+    }
+
+    /// Locks the run directory `dir` and reads its state, refusing a run another program made
+    /// and an `--out` elsewhere.
+    pub fn resume_dir(
+        &self,
+        dir: &Path,
+        args: &Args,
+    ) -> Result<(RunDir, state::ResumeState, state::StateTensors)> {
         if args.out.as_ref().is_some_and(|o| o != dir) {
             bail!("--resume continues in its own directory; leave out --out or give the same directory");
         }
+        let locked = RunDir::existing(dir)?;
         let (saved, tensors) = state::load(dir)?;
-        let config = resumed_config(&saved.config, args)?;
-        run(&config, load_data(&config)?, dir, Some((saved, tensors)))
+        if saved.config.program != self.program {
+            bail!(
+                "--resume {}: that run was made by {}, not {}; continue it with {}",
+                dir.display(),
+                saved.config.program,
+                self.program,
+                saved.config.program
+            );
+        }
+        Ok((locked, saved, tensors))
     }
 
     /// The whole program: parse the process's arguments, run, report errors.
@@ -276,37 +313,114 @@ impl Recipe {
 }
 
 /// The saved configuration, with the flags a resumed run may change applied: `--epochs`,
-/// `--device`, `--workers`, `--data-placement`, `--data-dir`. Other training flags are refused, since they would
-/// make the run differ from the one being continued.
-fn resumed_config(saved: &RunConfig, args: &Args) -> Result<RunConfig> {
-    let changed: Vec<&str> = [
-        ("--model", args.model.is_some()),
-        ("--batch-size", args.batch_size.is_some()),
-        ("--test-batch-size", args.test_batch_size.is_some()),
-        ("--optimizer", args.optimizer.is_some()),
-        ("--lr", args.lr.is_some()),
-        ("--momentum", args.momentum.is_some()),
-        ("--weight-decay", args.weight_decay.is_some()),
-        ("--nesterov", args.nesterov),
-        ("--schedule", args.schedule.is_some()),
-        ("--milestones", args.milestones.is_some()),
-        ("--step-size", args.step_size.is_some()),
-        ("--gamma", args.gamma.is_some()),
-        ("--warmup-epochs", args.warmup_epochs.is_some()),
-        ("--label-smoothing", args.label_smoothing.is_some()),
-        ("--train-transform", args.train_transform.is_some()),
-        ("--test-transform", args.test_transform.is_some()),
-        ("--seed", args.seed.is_some()),
-        ("--limit-train", args.limit_train.is_some()),
-        ("--limit-test", args.limit_test.is_some()),
-        ("--precision", args.precision.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(flag, given)| given.then_some(flag))
-    .collect();
+/// `--device`, `--workers`, `--data-placement`, `--data-dir`. Other training flags may be given
+/// with the saved value (re-running the same command with `--resume` added works); a different
+/// value is refused, naming the flag, the saved value and the given one, since it would make
+/// the run differ from the one being continued.
+pub fn resumed_config(saved: &RunConfig, args: &Args) -> Result<RunConfig> {
+    let mut changed = Vec::new();
+    let mut check = |flag: &str, given: Option<String>, saved: String| {
+        if let Some(given) = given.filter(|g| *g != saved) {
+            changed.push(format!("{flag} {given} (the run has {saved})"));
+        }
+    };
+    let text = |v: &dyn std::fmt::Debug| format!("{v:?}").to_lowercase();
+    check("--model", args.model.clone(), saved.model.clone());
+    check(
+        "--batch-size",
+        args.batch_size.map(|v| v.to_string()),
+        saved.batch_size.to_string(),
+    );
+    check(
+        "--test-batch-size",
+        args.test_batch_size.map(|v| v.to_string()),
+        saved.test_batch_size.to_string(),
+    );
+    check(
+        "--optimizer",
+        args.optimizer.map(|v| text(&v)),
+        text(&saved.optimizer),
+    );
+    check("--lr", args.lr.map(|v| v.to_string()), saved.lr.to_string());
+    check(
+        "--momentum",
+        args.momentum.map(|v| v.to_string()),
+        saved.momentum.to_string(),
+    );
+    check(
+        "--weight-decay",
+        args.weight_decay.map(|v| v.to_string()),
+        saved.weight_decay.to_string(),
+    );
+    check(
+        "--nesterov",
+        args.nesterov.then(|| "true".into()),
+        saved.nesterov.to_string(),
+    );
+    check(
+        "--schedule",
+        args.schedule.map(|v| text(&v)),
+        text(&saved.schedule),
+    );
+    check(
+        "--milestones",
+        args.milestones.as_ref().map(|v| text(v)),
+        text(&saved.milestones),
+    );
+    check(
+        "--step-size",
+        args.step_size.map(|v| v.to_string()),
+        saved.step_size.to_string(),
+    );
+    check(
+        "--gamma",
+        args.gamma.map(|v| v.to_string()),
+        saved.gamma.to_string(),
+    );
+    check(
+        "--warmup-epochs",
+        args.warmup_epochs.map(|v| v.to_string()),
+        saved.warmup_epochs.to_string(),
+    );
+    check(
+        "--label-smoothing",
+        args.label_smoothing.map(|v| v.to_string()),
+        saved.label_smoothing.to_string(),
+    );
+    check(
+        "--train-transform",
+        args.train_transform.clone(),
+        saved.train_transform.clone(),
+    );
+    check(
+        "--test-transform",
+        args.test_transform.clone(),
+        saved.test_transform.clone(),
+    );
+    check(
+        "--seed",
+        args.seed.map(|v| v.to_string()),
+        saved.seed.to_string(),
+    );
+    check(
+        "--limit-train",
+        args.limit_train.map(|v| v.to_string()),
+        saved.limit_train.map_or("none".into(), |v| v.to_string()),
+    );
+    check(
+        "--limit-test",
+        args.limit_test.map(|v| v.to_string()),
+        saved.limit_test.map_or("none".into(), |v| v.to_string()),
+    );
+    check(
+        "--precision",
+        args.precision.map(|v| text(&v)),
+        text(&saved.precision),
+    );
     if !changed.is_empty() {
         bail!(
-            "--resume continues the saved configuration; {} cannot change (only --epochs, --device, --workers, --data-placement and --data-dir can)",
+            "--resume continues the saved configuration; these flags differ from it: {} (only \
+             --epochs, --device, --workers, --data-placement and --data-dir can change)",
             changed.join(", ")
         );
     }

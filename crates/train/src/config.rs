@@ -12,6 +12,12 @@ use crate::schedule::{
     StepLr, Stepping,
 };
 
+/// The largest epoch count, batch size and step size a run accepts (schedules count steps as
+/// epochs times batches, which must not overflow).
+pub const MAX_COUNT: usize = 1_000_000;
+/// The most data-loading threads a run starts.
+pub const MAX_WORKERS: usize = 256;
+
 /// The data sets the programs train on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -160,22 +166,76 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
-    /// Checks values that no run could use.
+    /// Checks values that no run could use, naming the flag and the value.
     pub fn validate(&self) -> Result<()> {
-        if self.epochs == 0 || self.batch_size == 0 || self.test_batch_size == 0 {
-            bail!("epochs and batch sizes must be at least 1");
+        let counts = [
+            ("--epochs", self.epochs, 1),
+            ("--batch-size", self.batch_size, 1),
+            ("--test-batch-size", self.test_batch_size, 1),
+            ("--step-size", self.step_size, 1),
+            ("--warmup-epochs", self.warmup_epochs, 0),
+            ("--workers", self.workers, 1),
+        ];
+        for (flag, value, least) in counts {
+            let most = if flag == "--workers" {
+                MAX_WORKERS
+            } else {
+                MAX_COUNT
+            };
+            if !(least..=most).contains(&value) {
+                bail!("{flag} must lie in [{least}, {most}], got {value}");
+            }
         }
-        if !(self.lr.is_finite() && self.lr >= 0.0) {
-            bail!(
-                "the learning rate must be a non-negative number, got {}",
-                self.lr
-            );
+        if let Some(m) = self.milestones.iter().find(|m| **m > MAX_COUNT) {
+            bail!("--milestones must be epochs up to {MAX_COUNT}, got {m}");
         }
-        if !(0.0..=1.0).contains(&self.label_smoothing) {
-            bail!(
-                "--label-smoothing must lie in [0, 1], got {}",
-                self.label_smoothing
-            );
+        let adam = self.optimizer != OptimizerKind::Sgd;
+        let finite_at_least_0 = |v: f64| v.is_finite() && v >= 0.0;
+        let reals = [
+            (
+                "--lr",
+                self.lr,
+                finite_at_least_0(self.lr),
+                "a finite number >= 0",
+            ),
+            (
+                "--weight-decay",
+                self.weight_decay,
+                finite_at_least_0(self.weight_decay),
+                "a finite number >= 0",
+            ),
+            if adam {
+                (
+                    "--momentum (Adam's beta1)",
+                    self.momentum,
+                    (0.0..1.0).contains(&self.momentum),
+                    "in [0, 1)",
+                )
+            } else {
+                (
+                    "--momentum",
+                    self.momentum,
+                    finite_at_least_0(self.momentum),
+                    "a finite number >= 0",
+                )
+            },
+            (
+                "--gamma",
+                self.gamma,
+                self.gamma.is_finite() && self.gamma > 0.0,
+                "a finite number > 0",
+            ),
+            (
+                "--label-smoothing",
+                self.label_smoothing,
+                (0.0..=1.0).contains(&self.label_smoothing),
+                "in [0, 1]",
+            ),
+        ];
+        for (flag, value, ok, rule) in reals {
+            if !ok {
+                bail!("{flag} must be {rule}, got {value}");
+            }
         }
         if self.limit_train == Some(0) || self.limit_test == Some(0) {
             bail!("--limit-train and --limit-test must be at least 1");

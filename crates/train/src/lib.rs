@@ -17,6 +17,7 @@ pub mod optim;
 pub mod pictures;
 pub mod progress;
 pub mod run;
+pub mod rundir;
 pub mod schedule;
 pub mod source;
 pub mod state;

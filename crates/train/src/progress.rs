@@ -57,3 +57,22 @@ impl Progress {
         }
     }
 }
+
+/// Writes one line to stdout, like `println!`, but never panics: once stdout is closed (output
+/// piped into `head`, say), the lines are dropped and the program goes on.
+pub fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+/// `println!` through [`say`]: a closed stdout ends the printing, not the run.
+///
+/// ```
+/// train::say!("epoch {}/{}", 1, 16);
+/// ```
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::progress::say(format_args!($($arg)*))
+    };
+}

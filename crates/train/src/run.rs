@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::ModuleT;
 use datasets::{Dataset, Loader, LoaderConfig, ResidentLoader, Split};
@@ -139,10 +139,14 @@ pub fn train(
         };
     }
     atomic::write_bytes(
-        &out.join("config.json"),
+        &out.join(crate::rundir::CONFIG),
         &serde_json::to_vec_pretty(config)?,
     )?;
-    println!(
+    if !progress.history.is_empty() {
+        // A run killed between its state and its metrics resumes with both complete.
+        history::save(out, &progress.history)?;
+    }
+    crate::say!(
         "{} {}: {title} ({} train / {} test images, {} parameters, {} trained) on {}{}, writing to {}",
         config.program,
         if progress.epochs_done > 0 {
@@ -179,7 +183,20 @@ pub fn train(
             classes.len(),
             label("train"),
         )?;
+        ensure_finite_after(epoch + 1, store, optimizer.as_ref())?;
         let tested = evaluate(model, test_loader, &device, classes.len(), label("test"))?;
+        for (what, value) in [
+            ("training loss", trained.metrics.loss()),
+            ("test loss", tested.metrics.loss()),
+        ] {
+            if !value.is_finite() {
+                bail!(
+                    "the {what} of epoch {} is {value}: training stopped (try a lower --lr); {}",
+                    epoch + 1,
+                    kept(epoch)
+                );
+            }
+        }
         let seconds = started.elapsed().as_secs_f64();
         let record = EpochRecord {
             epoch: epoch + 1,
@@ -192,7 +209,7 @@ pub fn train(
             lr: trained.last_lr.unwrap_or_else(|| optimizer.learning_rate()),
             seconds,
         };
-        println!(
+        crate::say!(
             "epoch {}/{}: train loss {:.4} acc {:.2}% | test loss {:.4} acc {:.2}% (top-5 {:.2}%) | lr {:.3e} | {:.1} s, {:.0} img/s",
             record.epoch,
             config.epochs,
@@ -227,7 +244,7 @@ pub fn train(
         pictures::save_predictions(out, &title, test_images, &tested.predictions)?;
         pictures::save_confusion(out, tested.metrics.confusion(), &classes)?;
     }
-    println!(
+    crate::say!(
         "best test accuracy {:.2}% (epoch {}); weights in {}",
         progress.best_acc,
         progress.best_epoch,
@@ -238,6 +255,37 @@ pub fn train(
         history: progress.history,
         best_acc: progress.best_acc,
     })
+}
+
+/// Fails when an update of epoch `epoch` (from 1) left a weight, a BatchNorm statistic or an
+/// optimizer buffer NaN or infinite, naming the first such tensor.
+fn ensure_finite_after(epoch: usize, store: &ParamStore, optimizer: &dyn Optimizer) -> Result<()> {
+    let found = [
+        (
+            "model tensor",
+            layers::checkpoint::state_dict(store.varmap())?,
+        ),
+        ("optimizer buffer", optimizer.state()?),
+    ];
+    for (what, tensors) in found {
+        if let Some((name, value)) = layers::checkpoint::first_non_finite(&tensors)? {
+            bail!(
+                "after the updates of epoch {epoch}, {what} {name} holds {value}: training \
+                 stopped (try a lower --lr); {}",
+                kept(epoch - 1)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What is kept when epoch `done + 1` fails.
+fn kept(done: usize) -> String {
+    if done == 0 {
+        "no checkpoint was written".into()
+    } else {
+        format!("the checkpoints and resume state of epoch {done} are kept")
+    }
 }
 
 #[derive(Default)]
@@ -325,7 +373,7 @@ pub fn source(
     let started = Instant::now();
     let resident = ResidentLoader::new(loader, device)
         .with_context(|| format!("cannot hold the {what} data on {}", device_name(device)))?;
-    println!(
+    crate::say!(
         "{what} data on {}: {:.1} MB of u8 images, augmented there (loaded in {:.1} s)",
         device_name(device),
         resident.resident_bytes() as f64 / 1e6,

@@ -1,6 +1,8 @@
-//! The resumable state of a run, beside its checkpoints: `state.safetensors` (model weights with
-//! BatchNorm statistics, and optimizer buffers) and `state.json` (epoch, schedule position, best
-//! accuracy, dropout RNG state, history and configuration).
+//! The resumable state of a run, beside its checkpoints: one file, `state.safetensors`, holding
+//! the model weights with BatchNorm statistics and the optimizer buffers as tensors, and in its
+//! header's metadata the rest as JSON (epoch, schedule position, best accuracy, dropout RNG
+//! state, history and configuration). One rename commits all of it, so a crash at any instant
+//! leaves either the previous state or the new one, never half of each.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -9,15 +11,17 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::atomic;
 use crate::config::RunConfig;
 use crate::history::EpochRecord;
 use crate::schedule::Stepping;
 
-/// File name of the JSON half of the state.
-pub const STATE_JSON: &str = "state.json";
-/// File name of the tensor half of the state.
-pub const STATE_TENSORS: &str = "state.safetensors";
+/// File name of the state.
+pub const STATE: &str = "state.safetensors";
+/// The JSON file that held the non-tensor half of the state before it moved into
+/// [`STATE`]'s metadata; still read from runs saved that way.
+pub const LEGACY_STATE_JSON: &str = "state.json";
+/// The metadata key of the JSON half.
+const RESUME_KEY: &str = "resume_state";
 const MODEL: &str = "model.";
 const OPTIMIZER: &str = "optimizer.";
 const EPOCHS_DONE: &str = "meta.epochs_done";
@@ -53,45 +57,55 @@ pub struct StateTensors {
     pub optimizer: HashMap<String, Tensor>,
 }
 
-/// Writes the state into `dir`: the tensors first, then the JSON, each atomically.
+/// Writes the state into `dir` as one file, atomically.
+///
+/// Errors: a tensor holding NaN or infinity (nothing is written), or the file system's.
 pub fn save(dir: &Path, state: &ResumeState, tensors: &StateTensors) -> Result<()> {
     let mut all = HashMap::new();
     for (prefix, part) in [(MODEL, &tensors.model), (OPTIMIZER, &tensors.optimizer)] {
         for (k, v) in part {
-            all.insert(format!("{prefix}{k}"), v.to_device(&Device::Cpu)?);
+            all.insert(format!("{prefix}{k}"), v.clone());
         }
     }
     all.insert(
         EPOCHS_DONE.to_string(),
         Tensor::new(state.epochs_done as i64, &Device::Cpu)?,
     );
-    layers::checkpoint::save_tensors(&all, &dir.join(STATE_TENSORS))?;
-    atomic::write_bytes(&dir.join(STATE_JSON), &serde_json::to_vec_pretty(state)?)
+    let json = serde_json::to_string(state)?;
+    layers::checkpoint::save_with_metadata(
+        &all,
+        Some(HashMap::from([(RESUME_KEY.to_string(), json)])),
+        &dir.join(STATE),
+    )
 }
 
-/// Reads the state saved in `dir`, checking that its two files belong together.
+/// Reads the state saved in `dir`.
+///
+/// Errors name the file: missing (no epoch finished yet), not a valid state, a tensor holding
+/// NaN or infinity, or (for runs saved as two files) halves from different epochs.
 pub fn load(dir: &Path) -> Result<(ResumeState, StateTensors)> {
-    let json_path = dir.join(STATE_JSON);
-    let text = std::fs::read(&json_path).with_context(|| {
-        format!(
-            "cannot resume from {}: no readable {STATE_JSON} (was the run saved after an epoch?)",
+    let path = dir.join(STATE);
+    if !path.exists() {
+        bail!(
+            "cannot resume from {}: it holds no {STATE} (was the run saved after an epoch?)",
             dir.display()
-        )
-    })?;
-    let state: ResumeState = serde_json::from_slice(&text)
-        .with_context(|| format!("{} is not a valid resume state", json_path.display()))?;
-    let tensor_path = dir.join(STATE_TENSORS);
-    let all = layers::checkpoint::read(&tensor_path)?;
+        );
+    }
+    let (all, metadata) = layers::checkpoint::read_with_metadata(&path)?;
+    let state: ResumeState = match metadata.get(RESUME_KEY) {
+        Some(json) => serde_json::from_str(json)
+            .with_context(|| format!("{} holds no valid resume state", path.display()))?,
+        None => legacy_json(dir)?,
+    };
     let done = all
         .get(EPOCHS_DONE)
-        .with_context(|| format!("{} lacks {EPOCHS_DONE}", tensor_path.display()))?
+        .with_context(|| format!("{} lacks {EPOCHS_DONE}", path.display()))?
         .to_scalar::<i64>()?;
     if done != state.epochs_done as i64 {
         bail!(
-            "{} is from epoch {done} but {} from epoch {}: the run was interrupted while saving; \
-             resume is not possible from this pair",
-            tensor_path.display(),
-            json_path.display(),
+            "{} holds tensors from epoch {done} but a resume state from epoch {}: the run was \
+             interrupted while saving; resume is not possible from it",
+            path.display(),
             state.epochs_done
         );
     }
@@ -105,8 +119,21 @@ pub fn load(dir: &Path) -> Result<(ResumeState, StateTensors)> {
         } else if let Some(name) = k.strip_prefix(OPTIMIZER) {
             tensors.optimizer.insert(name.to_string(), v);
         } else if k != EPOCHS_DONE {
-            bail!("{} holds an unexpected tensor {k}", tensor_path.display());
+            bail!("{} holds an unexpected tensor {k}", path.display());
         }
     }
     Ok((state, tensors))
+}
+
+fn legacy_json(dir: &Path) -> Result<ResumeState> {
+    let path = dir.join(LEGACY_STATE_JSON);
+    let text = std::fs::read(&path).with_context(|| {
+        format!(
+            "{} holds no resume state in its metadata and there is no readable {}",
+            dir.join(STATE).display(),
+            path.display()
+        )
+    })?;
+    serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not a valid resume state", path.display()))
 }

@@ -61,7 +61,7 @@ fn main() -> Result<()> {
     if args.iter().any(|a| a == "--pipeline") {
         pipeline(&device)?;
     }
-    println!(
+    train::say!(
         "median training step on {} (forward + backward + optimizer step)",
         train::device::device_name(&device)
     );
@@ -82,7 +82,7 @@ fn main() -> Result<()> {
                     ),
                     false => String::new(),
                 };
-                println!(
+                train::say!(
                     "{model:>15} b{batch:<4} {:<4} {ms:>10.1} ms  {:>9.0} images/s  (median of {n}){phases}",
                     format!("{precision:?}").to_lowercase(),
                     batch as f64 * 1e3 / ms
@@ -123,7 +123,7 @@ fn pipeline(device: &Device) -> Result<()> {
     time(&resident)?;
     let resident_rate = time(&resident)?;
     let name = train::device::device_name(device);
-    println!(
+    train::say!(
         "CIFAR-10 training batches (b512, crop+flip+normalize, {what}): host loader to {name} \
          {host_rate:.0} images/s, held on {name} {resident_rate:.0} images/s ({:.1}x)",
         resident_rate / host_rate

@@ -1,0 +1,361 @@
+//! What `train-mnist` promises about crashes, shared output directories, foreign runs, closed
+//! pipes and extreme flag values, on tiny synthetic MNIST files.
+
+#[path = "../../../tests/support/flag_scan.rs"]
+mod flag_scan;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_train-mnist");
+
+fn train_mnist(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .args(["--device", "cpu", "--workers", "2"])
+        .output()
+        .expect("train-mnist starts")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn synthetic(dir: &Path) -> String {
+    let data = dir.join("mnist");
+    train::synthetic::write_mnist(&data, 96, 40).expect("synthetic MNIST");
+    s(&data)
+}
+
+fn metrics_without_seconds(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(dir.join("metrics.csv")).expect("metrics.csv");
+    text.lines()
+        .map(|l| l.rsplit_once(',').map_or(l, |(head, _)| head).to_string())
+        .collect()
+}
+
+fn common(data: &str, out: &Path) -> Vec<String> {
+    [
+        "--data-dir",
+        data,
+        "--model",
+        "lenet5",
+        "--batch-size",
+        "16",
+        "--test-batch-size",
+        "20",
+        "--epochs",
+        "6",
+        "--out",
+        &s(out),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// SIGKILL at moments spread over a whole run, then `--resume` (or `--overwrite` when no epoch
+/// had finished): the run always continues, leaves no temporary file, and ends with the same
+/// weights and metrics as an uninterrupted run.
+#[test]
+fn a_kill_at_any_moment_leaves_a_resumable_run() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    let whole = dir.path().join("whole");
+    let started = Instant::now();
+    let run = train_mnist(
+        &common(&data, &whole)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(run.status.success(), "{}", stderr(&run));
+    let duration = started.elapsed();
+
+    let parts = dir.path().join("parts");
+    let mut kills = (1..=8)
+        .map(|k| duration * k / 9)
+        .collect::<Vec<_>>()
+        .into_iter();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        assert!(attempts < 40, "the run never finished");
+        let mut args = common(&data, &parts);
+        if parts.join(train::state::STATE).exists() {
+            args = vec!["--resume".into(), s(&parts)];
+        } else if parts.exists() {
+            args.push("--overwrite".into());
+        }
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .args(["--device", "cpu", "--workers", "2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("train-mnist starts");
+        match kills.next() {
+            Some(delay) => {
+                std::thread::sleep(delay);
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            None => {
+                let out = child.wait_with_output().expect("wait");
+                assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+                break;
+            }
+        }
+    }
+    for name in ["last.safetensors", "best.safetensors"] {
+        assert!(
+            std::fs::read(whole.join(name)).expect("whole")
+                == std::fs::read(parts.join(name)).expect("parts"),
+            "{name} differs after kills and resumes"
+        );
+    }
+    assert_eq!(
+        metrics_without_seconds(&whole),
+        metrics_without_seconds(&parts)
+    );
+    let leftovers: Vec<String> = std::fs::read_dir(&parts)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// A second run cannot write into a directory a live run holds; a finished run's directory is
+/// refused unless `--resume` or `--overwrite`; errors about `--out` come before the data is
+/// read.
+#[test]
+fn one_run_owns_its_directory() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    let out = dir.path().join("run");
+    let mut args = common(&data, &out);
+    let epochs = args.iter().position(|a| a == "--epochs").expect("--epochs") + 1;
+    args[epochs] = "200".into(); // long enough to be alive while the second run starts
+    let mut live = Command::new(BIN)
+        .args(&args)
+        .args(["--device", "cpu", "--workers", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("train-mnist starts");
+    let waited = Instant::now();
+    while !out.join("config.json").exists() {
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "the first run never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = train_mnist(&["--data-dir", &data, "--out", &s(&out), "--epochs", "1"]);
+    let _ = live.kill();
+    let _ = live.wait();
+    assert!(!second.status.success());
+    assert!(
+        stderr(&second).contains("in use by another run"),
+        "{}",
+        stderr(&second)
+    );
+
+    let done = dir.path().join("done");
+    let first = train_mnist(&[
+        "--data-dir",
+        &data,
+        "--out",
+        &s(&done),
+        "--epochs",
+        "1",
+        "--model",
+        "lenet5",
+    ]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let best = std::fs::read(done.join("best.safetensors")).expect("best");
+    let again = train_mnist(&["--data-dir", &data, "--out", &s(&done), "--epochs", "1"]);
+    assert!(!again.status.success());
+    let err = stderr(&again);
+    assert!(
+        err.contains("already holds a run") && err.contains("--overwrite"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(done.join("best.safetensors")).expect("best"),
+        best
+    );
+    let replaced = train_mnist(&[
+        "--data-dir",
+        &data,
+        "--out",
+        &s(&done),
+        "--epochs",
+        "1",
+        "--model",
+        "lenet5",
+        "--seed",
+        "9",
+        "--overwrite",
+    ]);
+    assert!(replaced.status.success(), "{}", stderr(&replaced));
+    assert_ne!(
+        std::fs::read(done.join("best.safetensors")).expect("best"),
+        best
+    );
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").expect("write");
+    let early = train_mnist(&["--data-dir", "/nonexistent/mnist", "--out", &s(&file)]);
+    assert!(!early.status.success());
+    let err = stderr(&early);
+    assert!(
+        err.contains("--out") && !err.contains("nonexistent"),
+        "{err}"
+    );
+}
+
+/// A run made by another program is not resumed; the error names that program.
+#[test]
+fn resume_refuses_another_programs_run() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    let out = dir.path().join("run");
+    let first = train_mnist(&[
+        "--data-dir",
+        &data,
+        "--out",
+        &s(&out),
+        "--epochs",
+        "1",
+        "--model",
+        "lenet5",
+    ]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let path = out.join(train::state::STATE);
+    let (tensors, mut metadata) = layers::checkpoint::read_with_metadata(&path).expect("state");
+    for json in metadata.values_mut() {
+        *json = json.replace("\"train-mnist\"", "\"finetune-resnet50\"");
+    }
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    safetensors::serialize_to_file(
+        names.into_iter().map(|n| (n, &tensors[n])),
+        Some(metadata),
+        &path,
+    )
+    .expect("rewrite");
+    let resumed = train_mnist(&["--resume", &s(&out), "--epochs", "2"]);
+    assert!(!resumed.status.success());
+    let err = stderr(&resumed);
+    assert!(err.contains("made by finetune-resnet50"), "{err}");
+}
+
+/// `--resume` takes the same command again: flags with the saved value pass, a different value
+/// is named with both values.
+#[test]
+fn resume_accepts_the_same_flags_and_names_a_changed_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    let out = dir.path().join("run");
+    let args = [
+        "--data-dir",
+        &data,
+        "--out",
+        &s(&out),
+        "--model",
+        "lenet5",
+        "--seed",
+        "3",
+    ];
+    let first = train_mnist(&[&args[..], &["--epochs", "1"]].concat());
+    assert!(first.status.success(), "{}", stderr(&first));
+    let same = train_mnist(&[&args[..], &["--epochs", "2", "--resume", &s(&out)]].concat());
+    assert!(same.status.success(), "{}", stderr(&same));
+    let changed = train_mnist(&["--resume", &s(&out), "--epochs", "3", "--seed", "4"]);
+    assert!(!changed.status.success());
+    let err = stderr(&changed);
+    assert!(err.contains("--seed 4 (the run has 3)"), "{err}");
+}
+
+/// Output into a closed pipe (`train-mnist ... | head -1`) ends the printing, not the run.
+#[test]
+fn a_closed_stdout_does_not_stop_the_run() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    let out = dir.path().join("run");
+    let mut child = Command::new(BIN)
+        .args([
+            "--data-dir",
+            &data,
+            "--out",
+            &s(&out),
+            "--epochs",
+            "2",
+            "--model",
+            "lenet5",
+        ])
+        .args(["--device", "cpu"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("train-mnist starts");
+    drop(child.stdout.take());
+    let done = child.wait_with_output().expect("wait");
+    assert!(done.status.success(), "{}", stderr(&done));
+    assert!(out.join("last.safetensors").is_file());
+    assert_eq!(metrics_without_seconds(&out).len(), 3);
+}
+
+/// Every flag with 0, 1, negative, huge, non-numeric and empty values: clear errors or runs,
+/// never a panic, an abort or a hang.
+#[test]
+fn extreme_flag_values_never_panic() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    let program = PathBuf::from(BIN);
+    let flags = flag_scan::value_flags(&program, &[]);
+    for expected in [
+        "--epochs",
+        "--lr",
+        "--workers",
+        "--limit-train",
+        "--milestones",
+    ] {
+        assert!(
+            flags.iter().any(|f| f == expected),
+            "{expected} not in {flags:?}"
+        );
+    }
+    let base = [
+        "--data-dir",
+        &data,
+        "--model",
+        "lenet5",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "16",
+        "--limit-test",
+        "20",
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+        "--overwrite",
+    ];
+    let failures = flag_scan::scan(
+        &program,
+        &base,
+        &flags,
+        &flag_scan::EXTREMES,
+        dir.path(),
+        Duration::from_secs(120),
+    );
+    assert!(failures.is_empty(), "{failures:#?}");
+}

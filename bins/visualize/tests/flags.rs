@@ -1,0 +1,46 @@
+//! Every subcommand of `visualize` with every flag at 0, 1, negative, huge, non-numeric and empty
+//! values: clear errors or pictures, never a panic, an abort or a hang.
+
+#[path = "../../../tests/support/flag_scan.rs"]
+mod flag_scan;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn extreme_flag_values_never_panic() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mnist = dir.path().join("mnist");
+    train::synthetic::write_mnist(&mnist, 20, 10).expect("synthetic MNIST");
+    let digit = dir.path().join("digit.png");
+    image::GrayImage::from_fn(28, 28, |x, y| image::Luma([((x * 9 + y * 5) % 256) as u8]))
+        .save(&digit)
+        .expect("png");
+    let (mnist, digit) = (s(&mnist), s(&digit));
+    let program = PathBuf::from(env!("CARGO_BIN_EXE_visualize"));
+    let subcommands: [(&str, Vec<&str>); 5] = [
+        ("conv", vec![]),
+        ("pool", vec![]),
+        ("samples", vec!["--dataset", "mnist", "--data-dir", &mnist]),
+        ("filters", vec!["--model", "lenet5"]),
+        ("feature-maps", vec!["--model", "lenet5", "--image", &digit]),
+    ];
+    let mut failures = Vec::new();
+    for (name, rest) in subcommands {
+        let flags = flag_scan::value_flags(&program, &[name]);
+        let base: Vec<&str> = [&[name][..], &rest[..]].concat();
+        failures.extend(flag_scan::scan(
+            &program,
+            &base,
+            &flags,
+            &flag_scan::EXTREMES,
+            dir.path(),
+            Duration::from_secs(120),
+        ));
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}

@@ -1,0 +1,189 @@
+//! The output directory of a run (`--out`): checked and locked before any data is loaded, held
+//! by one run at a time, never silently taken over from a finished run, and cleaned of the
+//! temporary files a killed run left behind.
+
+use std::fs::{File, TryLockError};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::run::{BEST, LAST};
+use crate::state::{LEGACY_STATE_JSON, STATE};
+
+/// The lock file inside a run directory; a run holds an exclusive lock on it while it lives.
+pub const LOCK: &str = ".lock";
+/// The run's configuration, written when it starts.
+pub const CONFIG: &str = "config.json";
+
+/// Files whose presence means the directory already holds a run.
+const RUN_FILES: [&str; 5] = [STATE, LEGACY_STATE_JSON, BEST, LAST, CONFIG];
+/// What `--overwrite` removes first, so that nothing of the old run mixes with the new one.
+const REPLACED_FILES: [&str; 4] = [STATE, LEGACY_STATE_JSON, BEST, LAST];
+
+/// A locked run directory. The lock (an OS file lock, released by the kernel even when the
+/// process is killed) lasts as long as this value.
+#[derive(Debug)]
+pub struct RunDir {
+    path: PathBuf,
+    _lock: File,
+}
+
+impl RunDir {
+    /// Creates `path` (if needed) for a fresh run and locks it.
+    ///
+    /// Errors: the directory cannot be created or written, another run holds it, or it already
+    /// holds a run (its `state.safetensors`, checkpoints or `config.json`) and `overwrite` is
+    /// false. With `overwrite`, the old run's state and checkpoints are removed first.
+    pub fn fresh(path: &Path, overwrite: bool) -> Result<Self> {
+        std::fs::create_dir_all(path)
+            .with_context(|| format!("--out {}: cannot create the directory", path.display()))?;
+        let dir = Self::lock(path)?;
+        let held: Vec<&str> = RUN_FILES
+            .into_iter()
+            .filter(|f| path.join(f).exists())
+            .collect();
+        if !held.is_empty() {
+            if !overwrite {
+                bail!(
+                    "--out {} already holds a run ({}): continue it with --resume {}, or replace \
+                     it with --overwrite, or choose another --out",
+                    path.display(),
+                    held.join(", "),
+                    path.display()
+                );
+            }
+            for file in REPLACED_FILES {
+                let file = path.join(file);
+                if file.exists() {
+                    std::fs::remove_file(&file).with_context(|| {
+                        format!("--overwrite: cannot remove {}", file.display())
+                    })?;
+                }
+            }
+        }
+        Ok(dir)
+    }
+
+    /// Locks the existing run directory `path`, to continue its run.
+    ///
+    /// Errors: `path` is not a directory, or another run holds it.
+    pub fn existing(path: &Path) -> Result<Self> {
+        if !path.is_dir() {
+            bail!("--resume {}: no such run directory", path.display());
+        }
+        Self::lock(path)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(path: &Path) -> Result<Self> {
+        let lock_path = path.join(LOCK);
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("{} is not writable", path.display()))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => bail!(
+                "{} is in use by another run (it holds {}); wait for it to finish or choose \
+                 another --out",
+                path.display(),
+                lock_path.display()
+            ),
+            Err(TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
+            }
+        }
+        remove_temporaries(path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            _lock: lock,
+        })
+    }
+}
+
+/// Removes what an interrupted atomic write left: `name.tmp<pid>` and `.stem.tmp<pid>.ext`.
+/// Only called under the lock, so no live writer owns them.
+fn remove_temporaries(dir: &Path) -> Result<()> {
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        let name = entry.file_name();
+        if is_temporary(&name.to_string_lossy()) && entry.file_type()?.is_file() {
+            let path = entry.path();
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot remove the leftover {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn is_temporary(name: &str) -> bool {
+    name.match_indices(".tmp").any(|(i, m)| {
+        name[i + m.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporaries_are_recognised() {
+        assert!(is_temporary("best.safetensors.tmp1234"));
+        assert!(is_temporary(".curves.tmp77.png"));
+        assert!(!is_temporary("best.safetensors"));
+        assert!(!is_temporary("notes.tmpl"));
+    }
+
+    #[test]
+    fn one_run_per_directory() -> Result<()> {
+        let root = tempfile::tempdir()?;
+        let out = root.path().join("run");
+        let first = RunDir::fresh(&out, false)?;
+        let err = format!("{:#}", RunDir::fresh(&out, false).unwrap_err());
+        assert!(err.contains("in use by another run"), "{err}");
+        let err = format!("{:#}", RunDir::existing(&out).unwrap_err());
+        assert!(err.contains("in use by another run"), "{err}");
+        std::fs::write(out.join(BEST), b"weights")?;
+        std::fs::write(out.join(".config.tmp99.json"), b"half")?;
+        std::fs::write(out.join("last.safetensors.tmp99"), b"half")?;
+        drop(first);
+
+        let err = format!("{:#}", RunDir::fresh(&out, false).unwrap_err());
+        assert!(
+            err.contains("already holds a run") && err.contains(BEST) && err.contains("--resume"),
+            "{err}"
+        );
+        assert!(out.join(BEST).exists());
+        let resumed = RunDir::existing(&out)?;
+        let mut left: Vec<String> = std::fs::read_dir(&out)?
+            .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_>>()?;
+        left.sort();
+        assert_eq!(left, [LOCK, BEST]);
+        drop(resumed);
+        RunDir::fresh(&out, true)?;
+        assert!(!out.join(BEST).exists());
+
+        let file = root.path().join("file");
+        std::fs::write(&file, b"x")?;
+        let err = format!("{:#}", RunDir::fresh(&file, false).unwrap_err());
+        assert!(err.contains("--out") && err.contains("file"), "{err}");
+        let err = format!(
+            "{:#}",
+            RunDir::existing(&root.path().join("none")).unwrap_err()
+        );
+        assert!(err.contains("no such run directory"), "{err}");
+        Ok(())
+    }
+}
