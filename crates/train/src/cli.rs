@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, Args as _, Command, FromArgMatches as _};
 
 use crate::config::{
-    DataPlacement, DatasetKind, OptimizerKind, Precision, RunConfig, ScheduleKind,
+    DataPlacement, DatasetKind, OptimizerKind, Precision, RunConfig, ScheduleKind, ADAM_BETAS,
 };
 use crate::run::{run, Outcome};
 use crate::rundir::RunDir;
@@ -41,9 +41,12 @@ pub struct Args {
     /// Learning rate (OneCycle: the peak rate)
     #[arg(long)]
     pub lr: Option<f64>,
-    /// SGD momentum, or Adam's beta1
+    /// SGD momentum
     #[arg(long)]
     pub momentum: Option<f64>,
+    /// Adam's and AdamW's (beta1, beta2), as torch.optim.Adam(betas=...)
+    #[arg(long, value_delimiter = ',', num_args = 1)]
+    pub betas: Option<Vec<f64>>,
     /// Weight decay (L2 for SGD and Adam, decoupled for AdamW)
     #[arg(long)]
     pub weight_decay: Option<f64>,
@@ -123,7 +126,7 @@ pub struct Recipe {
     pub optimizer: OptimizerKind,
     /// Default learning rate.
     pub lr: f64,
-    /// Default momentum (Adam: beta1).
+    /// Default SGD momentum.
     pub momentum: f64,
     /// Default weight decay.
     pub weight_decay: f64,
@@ -160,6 +163,7 @@ impl Recipe {
             ("optimizer", format!("{:?}", self.optimizer).to_lowercase()),
             ("lr", self.lr.to_string()),
             ("momentum", self.momentum.to_string()),
+            ("betas", format!("{},{}", ADAM_BETAS.0, ADAM_BETAS.1)),
             ("weight_decay", self.weight_decay.to_string()),
             ("schedule", format!("{:?}", self.schedule).to_lowercase()),
             ("milestones", milestones.join(",")),
@@ -211,6 +215,19 @@ impl Recipe {
                 self.models.join(" or ")
             );
         }
+        let optimizer = args.optimizer.unwrap_or(self.optimizer);
+        let adam = optimizer != OptimizerKind::Sgd;
+        if adam && args.momentum.is_some() {
+            bail!("--momentum is SGD's; Adam's beta1 is the first of --betas (default 0.9,0.999)");
+        }
+        if !adam && args.betas.is_some() {
+            bail!("--betas are Adam's and AdamW's; SGD takes --momentum");
+        }
+        let betas = match args.betas.as_deref() {
+            None => adam.then_some(ADAM_BETAS),
+            Some(&[b1, b2]) => Some((b1, b2)),
+            Some(other) => bail!("--betas takes two numbers (beta1,beta2), got {other:?}"),
+        };
         let config = RunConfig {
             program: self.program.to_string(),
             dataset: self.dataset,
@@ -219,9 +236,10 @@ impl Recipe {
             epochs: args.epochs.unwrap_or(self.epochs),
             batch_size: args.batch_size.unwrap_or(self.batch_size),
             test_batch_size: args.test_batch_size.unwrap_or(self.test_batch_size),
-            optimizer: args.optimizer.unwrap_or(self.optimizer),
+            optimizer,
             lr: args.lr.unwrap_or(self.lr),
             momentum: args.momentum.unwrap_or(self.momentum),
+            betas,
             weight_decay: args.weight_decay.unwrap_or(self.weight_decay),
             nesterov: args.nesterov,
             schedule: args.schedule.unwrap_or(self.schedule),
@@ -346,6 +364,11 @@ pub fn resumed_config(saved: &RunConfig, args: &Args) -> Result<RunConfig> {
         "--momentum",
         args.momentum.map(|v| v.to_string()),
         saved.momentum.to_string(),
+    );
+    check(
+        "--betas",
+        args.betas.as_ref().map(|v| text(v)),
+        text(&saved.betas.map(|(a, b)| vec![a, b]).unwrap_or_default()),
     );
     check(
         "--weight-decay",
@@ -564,6 +587,19 @@ mod tests {
         );
         let cast = RECIPE.parse(["prog", "--resume", "x", "--precision", "bf16"])?;
         assert!(resumed_config(&config, &cast).is_err());
+        let betas = RECIPE.config(&RECIPE.parse(["prog", "--betas", "0.8,0.99"])?)?;
+        assert_eq!(betas.betas, Some((0.8, 0.99)));
+        assert_eq!(config.adam_betas(), ADAM_BETAS);
+        for bad in [
+            &["prog", "--momentum", "0.5"][..],
+            &["prog", "--betas", "0.9"],
+            &["prog", "--betas", "0.9,1.5"],
+            &["prog", "--optimizer", "sgd", "--betas", "0.9,0.99"],
+        ] {
+            assert!(RECIPE.config(&RECIPE.parse(bad)?).is_err(), "{bad:?}");
+        }
+        let same = RECIPE.parse(["prog", "--resume", "x", "--betas", "0.9,0.999"])?;
+        assert!(resumed_config(&config, &same).is_ok());
         let refused = RECIPE.parse(["prog", "--resume", "x", "--lr", "0.1"])?;
         let err = resumed_config(&config, &refused)
             .err()

@@ -15,6 +15,9 @@ use crate::schedule::{
 /// The largest epoch count, batch size and step size a run accepts (schedules count steps as
 /// epochs times batches, which must not overflow).
 pub const MAX_COUNT: usize = 1_000_000;
+/// PyTorch's default `betas` of Adam and AdamW.
+pub const ADAM_BETAS: (f64, f64) = (0.9, ADAM_BETA2);
+const ADAM_BETA2: f64 = 0.999;
 /// The most data-loading threads a run starts.
 pub const MAX_WORKERS: usize = 256;
 
@@ -36,9 +39,9 @@ pub enum DatasetKind {
 pub enum OptimizerKind {
     /// `torch.optim.SGD`.
     Sgd,
-    /// `torch.optim.Adam` (`--momentum` sets beta1).
+    /// `torch.optim.Adam` (`--betas`).
     Adam,
-    /// `torch.optim.AdamW` (`--momentum` sets beta1).
+    /// `torch.optim.AdamW` (`--betas`).
     Adamw,
 }
 
@@ -125,8 +128,12 @@ pub struct RunConfig {
     pub optimizer: OptimizerKind,
     /// The (initial, or for OneCycle maximal) learning rate.
     pub lr: f64,
-    /// SGD momentum, or Adam's beta1.
+    /// SGD momentum (unused by Adam, which takes `betas`).
     pub momentum: f64,
+    /// Adam's `(beta1, beta2)`, as `torch.optim.Adam(betas=...)`; runs saved before this field
+    /// existed used `momentum` as beta1, which [`RunConfig::adam_betas`] keeps.
+    #[serde(default)]
+    pub betas: Option<(f64, f64)>,
     /// Weight decay.
     pub weight_decay: f64,
     /// Nesterov momentum (SGD).
@@ -204,21 +211,24 @@ impl RunConfig {
                 finite_at_least_0(self.weight_decay),
                 "a finite number >= 0",
             ),
-            if adam {
-                (
-                    "--momentum (Adam's beta1)",
-                    self.momentum,
-                    (0.0..1.0).contains(&self.momentum),
-                    "in [0, 1)",
-                )
-            } else {
-                (
-                    "--momentum",
-                    self.momentum,
-                    finite_at_least_0(self.momentum),
-                    "a finite number >= 0",
-                )
-            },
+            (
+                "--momentum",
+                self.momentum,
+                finite_at_least_0(self.momentum),
+                "a finite number >= 0",
+            ),
+            (
+                "--betas (the first)",
+                self.adam_betas().0,
+                !adam || (0.0..1.0).contains(&self.adam_betas().0),
+                "in [0, 1)",
+            ),
+            (
+                "--betas (the second)",
+                self.adam_betas().1,
+                !adam || (0.0..1.0).contains(&self.adam_betas().1),
+                "in [0, 1)",
+            ),
             (
                 "--gamma",
                 self.gamma,
@@ -243,6 +253,12 @@ impl RunConfig {
         Ok(())
     }
 
+    /// Adam's `(beta1, beta2)`: `betas`, else (a run saved before `--betas`) `momentum` as
+    /// beta1 with PyTorch's 0.999.
+    pub fn adam_betas(&self) -> (f64, f64) {
+        self.betas.unwrap_or((self.momentum, ADAM_BETA2))
+    }
+
     /// The configured optimizer over `params`.
     pub fn optimizer(&self, params: Vec<NamedVar>) -> Result<Box<dyn Optimizer>> {
         let optimizer: Box<dyn Optimizer> = match self.optimizer {
@@ -264,7 +280,8 @@ impl RunConfig {
                 Box::new(Adam::new(
                     params,
                     AdamConfig {
-                        beta1: self.momentum,
+                        beta1: self.adam_betas().0,
+                        beta2: self.adam_betas().1,
                         weight_decay: self.weight_decay,
                         ..base
                     },

@@ -17,6 +17,7 @@ fn config(data: &std::path::Path) -> RunConfig {
         optimizer: OptimizerKind::Sgd,
         lr: 0.01,
         momentum: 0.9,
+        betas: None,
         weight_decay: 0.0,
         nesterov: false,
         schedule: ScheduleKind::Constant,

@@ -159,6 +159,7 @@ fn median_step_ms(
             1e-3
         },
         momentum: 0.9,
+        betas: None,
         weight_decay: if optimizer == OptimizerKind::Sgd {
             5e-4
         } else {
