@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::conv::Geometry;
+use super::geometry::Geometry;
 
 /// `conv2d(xs, weight)` (one group, no dilation) for contiguous-or-not f32 CPU tensors,
 /// differentiable in both.
@@ -94,66 +94,6 @@ fn gemm(
             false,
             parallelism,
         )
-    }
-}
-
-impl Geometry {
-    /// The columns of one image as (C·KH·KW) rows of OH·OW: row (ch, ki, kj) holds the input
-    /// each output position reads through tap (ki, kj), zero in the padding. Every entry is
-    /// written, so `out` may hold anything.
-    fn im2col_t(&self, img: &[f32], out: &mut [f32]) {
-        let (ohw, plane) = (self.oh * self.ow, self.h * self.w);
-        for (r, row) in out.chunks_exact_mut(ohw).enumerate() {
-            let (ch, ki, kj) = (r / (self.kh * self.kw), r / self.kw % self.kh, r % self.kw);
-            let src = &img[ch * plane..(ch + 1) * plane];
-            let (lo, hi, x0) = self.span(kj);
-            for (oy, out_row) in row.chunks_exact_mut(self.ow).enumerate() {
-                let Some(y) = self.row(oy, ki) else {
-                    out_row.fill(0.0);
-                    continue;
-                };
-                out_row[..lo].fill(0.0);
-                out_row[hi..].fill(0.0);
-                let line = &src[y * self.w..(y + 1) * self.w];
-                if self.stride == 1 {
-                    let start = (lo as isize + x0) as usize;
-                    out_row[lo..hi].copy_from_slice(&line[start..start + hi - lo]);
-                } else {
-                    for (ox, v) in out_row[lo..hi].iter_mut().enumerate() {
-                        *v = line[((ox + lo) * self.stride) + kj - self.padding];
-                    }
-                }
-            }
-        }
-    }
-
-    /// Adds columns in [`Self::im2col_t`]'s layout back onto one image's gradient.
-    fn col2im_t(&self, cols: &[f32], img: &mut [f32]) {
-        let (ohw, plane) = (self.oh * self.ow, self.h * self.w);
-        for (r, row) in cols.chunks_exact(ohw).enumerate() {
-            let (ch, ki, kj) = (r / (self.kh * self.kw), r / self.kw % self.kh, r % self.kw);
-            let dst = &mut img[ch * plane..(ch + 1) * plane];
-            let (lo, hi, _) = self.span(kj);
-            for (oy, in_row) in row.chunks_exact(self.ow).enumerate() {
-                let Some(y) = self.row(oy, ki) else { continue };
-                let line = &mut dst[y * self.w..(y + 1) * self.w];
-                for (ox, v) in in_row[lo..hi].iter().enumerate() {
-                    line[(ox + lo) * self.stride + kj - self.padding] += *v;
-                }
-            }
-        }
-    }
-
-    /// For tap column `kj`: the output columns `lo..hi` whose input column is inside the
-    /// image, and the input column of output column 0 relative to it (`ox + x0` for stride 1).
-    fn span(&self, kj: usize) -> (usize, usize, isize) {
-        let x0 = kj as isize - self.padding as isize;
-        let s = self.stride as isize;
-        // The first ox with ox * s + x0 >= 0, and the first with ox * s + x0 >= w.
-        let first = |bound: isize| ((bound - x0).max(0) + s - 1) / s;
-        let lo = (first(0) as usize).min(self.ow);
-        let hi = (first(self.w as isize) as usize).clamp(lo, self.ow);
-        (lo, hi, x0)
     }
 }
 
@@ -409,90 +349,5 @@ impl CustomOp2 for ConvCpuGrads {
             let shape = Shape::from((self.conv.cout, g.c, g.kh, g.kw));
             Ok((CpuStorage::F32(gw), shape))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::{Device, Var};
-
-    /// Output and both gradients against the whole-batch im2col path.
-    fn check(
-        shape: (usize, usize, usize, usize),
-        kernel: (usize, usize, usize),
-        s: usize,
-        p: usize,
-    ) -> Result<()> {
-        crate::conv::tests::against_im2col(shape, kernel, s, p, conv2d_cpu_f32)
-    }
-
-    #[test]
-    fn matches_the_im2col_path_forward_and_backward() -> Result<()> {
-        // Batches above and below the thread count, strides 1 to 3, paddings 0 to 3, square
-        // and non-square kernels and inputs, padding as wide as the kernel.
-        for n in [1, 5] {
-            check((n, 3, 9, 7), (4, 3, 3), 1, 1)?;
-            check((n, 3, 8, 8), (4, 3, 3), 2, 1)?;
-            check((n, 2, 11, 10), (3, 5, 3), 3, 0)?;
-            check((n, 3, 15, 14), (4, 7, 7), 2, 3)?;
-            check((n, 4, 8, 7), (5, 1, 1), 2, 0)?;
-            check((n, 2, 6, 6), (3, 3, 3), 1, 0)?;
-            check((n, 2, 5, 5), (2, 1, 1), 1, 1)?;
-            check((n, 2, 6, 5), (3, 3, 2), 1, 1)?;
-            check((n, 2, 4, 4), (3, 3, 3), 1, 2)?;
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn the_weight_gradient_repeats_bit_for_bit() -> Result<()> {
-        let dev = Device::Cpu;
-        let x = Tensor::randn(0f32, 1., (37, 3, 8, 8), &dev)?;
-        let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (4, 3, 3, 3), &dev)?)?;
-        let g = Tensor::randn(0f32, 1., (37, 4, 8, 8), &dev)?;
-        let run = || -> Result<Vec<f32>> {
-            let grads = (conv2d_cpu_f32(&x, wt.as_tensor(), 1, 1)? * &g)?
-                .sum_all()?
-                .backward()?;
-            grads
-                .get(&wt)
-                .expect("weight gradient")
-                .flatten_all()?
-                .to_vec1()
-        };
-        let first = run()?;
-        for _ in 0..8 {
-            assert_eq!(run()?, first);
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn an_untracked_input_gets_no_gradient() -> Result<()> {
-        let dev = Device::Cpu;
-        let x = Tensor::randn(0f32, 1., (2, 3, 8, 8), &dev)?;
-        let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (4, 3, 3, 3), &dev)?)?;
-        let grads = conv2d_cpu_f32(&x, wt.as_tensor(), 1, 1)?
-            .sum_all()?
-            .backward()?;
-        assert!(grads.get(&x).is_none());
-        assert!(grads.get(wt.as_tensor()).is_some());
-        Ok(())
-    }
-
-    #[test]
-    fn wrong_channels_and_dtype_are_errors() -> Result<()> {
-        let dev = Device::Cpu;
-        let wt = Tensor::zeros((4, 3, 3, 3), candle_core::DType::F32, &dev)?;
-        let x = Tensor::zeros((1, 2, 8, 8), candle_core::DType::F32, &dev)?;
-        let err = conv2d_cpu_f32(&x, &wt, 1, 1).unwrap_err().to_string();
-        assert!(err.contains("2 channels"), "{err}");
-        let x = Tensor::zeros((1, 3, 8, 8), candle_core::DType::F64, &dev)?;
-        let err = conv2d_cpu_f32(&x, &wt.to_dtype(candle_core::DType::F64)?, 1, 1)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("f32"), "{err}");
-        Ok(())
     }
 }

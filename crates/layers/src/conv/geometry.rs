@@ -1,0 +1,204 @@
+//! Where a convolution's kernel taps land: output sizes, and the `im2col` / `col2im` copies
+//! between an image and its columns (row-major for the whole-batch path, transposed for the
+//! image-by-image CPU path).
+
+use candle_core::{Result, Tensor};
+
+/// Where the kernel's taps land for one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Geometry {
+    pub(super) c: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) kh: usize,
+    pub(super) kw: usize,
+    pub(super) stride: usize,
+    pub(super) padding: usize,
+    pub(super) oh: usize,
+    pub(super) ow: usize,
+}
+
+impl Geometry {
+    pub(super) fn new(
+        c: usize,
+        h: usize,
+        w: usize,
+        kh: usize,
+        kw: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        if stride == 0 || h + 2 * padding < kh || w + 2 * padding < kw {
+            candle_core::bail!(
+                "conv2d: kernel {kh}x{kw} (stride {stride}, padding {padding}) does not fit a {h}x{w} input"
+            )
+        }
+        Ok(Self {
+            c,
+            h,
+            w,
+            kh,
+            kw,
+            stride,
+            padding,
+            oh: (h + 2 * padding - kh) / stride + 1,
+            ow: (w + 2 * padding - kw) / stride + 1,
+        })
+    }
+
+    /// The geometry of convolving `xs` (N, C, H, W) with `weight` (O, C, KH, KW), and O.
+    pub(super) fn of_conv(
+        xs: &Tensor,
+        weight: &Tensor,
+        stride: usize,
+        padding: usize,
+    ) -> Result<(Self, usize)> {
+        let (_, c, h, w) = xs.dims4()?;
+        let (cout, cin, kh, kw) = weight.dims4()?;
+        if cin != c {
+            candle_core::bail!(
+                "conv2d: input has {c} channels, the kernel {:?} expects {cin}",
+                weight.dims()
+            )
+        }
+        Ok((Self::new(c, h, w, kh, kw, stride, padding)?, cout))
+    }
+
+    pub(super) fn row_len(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+
+    pub(super) fn image_len(&self) -> usize {
+        self.c * self.h * self.w
+    }
+
+    /// For output column `ox`: the input column of tap 0 and the valid taps `lo..hi`.
+    #[inline]
+    pub(super) fn columns(&self, ox: usize) -> (isize, usize, usize) {
+        let x0 = (ox * self.stride) as isize - self.padding as isize;
+        let lo = (-x0).clamp(0, self.kw as isize) as usize;
+        let hi = (self.w as isize - x0).clamp(lo as isize, self.kw as isize) as usize;
+        (x0, lo, hi)
+    }
+
+    /// The input row read by output row `oy` at tap row `ki`, if inside the image.
+    #[inline]
+    pub(super) fn row(&self, oy: usize, ki: usize) -> Option<usize> {
+        (oy * self.stride + ki)
+            .checked_sub(self.padding)
+            .filter(|y| *y < self.h)
+    }
+
+    /// Fills the rows of one output image row `oy` (`out` arrives zeroed): `ow` rows of
+    /// `c * kh * kw` values. Element loops, not slice copies: runs are only `kw` long.
+    pub(super) fn im2col_row<T: candle_core::WithDType>(
+        &self,
+        img: &[T],
+        oy: usize,
+        out: &mut [T],
+    ) {
+        let row_len = self.row_len();
+        let plane_len = self.h * self.w;
+        let rows: Vec<Option<usize>> = (0..self.kh).map(|ki| self.row(oy, ki)).collect();
+        for ox in 0..self.ow {
+            let (x0, lo, hi) = self.columns(ox);
+            let row = &mut out[ox * row_len..(ox + 1) * row_len];
+            for ch in 0..self.c {
+                for (ki, y) in rows.iter().enumerate() {
+                    let Some(y) = *y else { continue };
+                    let src = ch * plane_len + y * self.w;
+                    let dst = (ch * self.kh + ki) * self.kw;
+                    for kj in lo..hi {
+                        row[dst + kj] = img[src + (x0 + kj as isize) as usize];
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds one image's column gradients back onto its input gradient.
+    pub(super) fn col2im<T: candle_core::WithDType>(&self, cols: &[T], img: &mut [T]) {
+        let row_len = self.row_len();
+        let plane_len = self.h * self.w;
+        for oy in 0..self.oh {
+            for ox in 0..self.ow {
+                let (x0, lo, hi) = self.columns(ox);
+                if lo >= hi {
+                    continue;
+                }
+                let row = &cols[(oy * self.ow + ox) * row_len..(oy * self.ow + ox + 1) * row_len];
+                for (ch, taps) in row.chunks_exact(self.kh * self.kw).enumerate() {
+                    let plane = &mut img[ch * plane_len..(ch + 1) * plane_len];
+                    for (ki, src) in taps.chunks_exact(self.kw).enumerate() {
+                        if let Some(y) = self.row(oy, ki) {
+                            let dst = y * self.w + (x0 + lo as isize) as usize;
+                            for (d, v) in plane[dst..dst + hi - lo].iter_mut().zip(&src[lo..hi]) {
+                                *d += *v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Geometry {
+    /// The columns of one image as (C·KH·KW) rows of OH·OW: row (ch, ki, kj) holds the input
+    /// each output position reads through tap (ki, kj), zero in the padding. Every entry is
+    /// written, so `out` may hold anything.
+    pub(super) fn im2col_t(&self, img: &[f32], out: &mut [f32]) {
+        let (ohw, plane) = (self.oh * self.ow, self.h * self.w);
+        for (r, row) in out.chunks_exact_mut(ohw).enumerate() {
+            let (ch, ki, kj) = (r / (self.kh * self.kw), r / self.kw % self.kh, r % self.kw);
+            let src = &img[ch * plane..(ch + 1) * plane];
+            let (lo, hi, x0) = self.span(kj);
+            for (oy, out_row) in row.chunks_exact_mut(self.ow).enumerate() {
+                let Some(y) = self.row(oy, ki) else {
+                    out_row.fill(0.0);
+                    continue;
+                };
+                out_row[..lo].fill(0.0);
+                out_row[hi..].fill(0.0);
+                let line = &src[y * self.w..(y + 1) * self.w];
+                if self.stride == 1 {
+                    let start = (lo as isize + x0) as usize;
+                    out_row[lo..hi].copy_from_slice(&line[start..start + hi - lo]);
+                } else {
+                    for (ox, v) in out_row[lo..hi].iter_mut().enumerate() {
+                        *v = line[((ox + lo) * self.stride) + kj - self.padding];
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds columns in [`Self::im2col_t`]'s layout back onto one image's gradient.
+    pub(super) fn col2im_t(&self, cols: &[f32], img: &mut [f32]) {
+        let (ohw, plane) = (self.oh * self.ow, self.h * self.w);
+        for (r, row) in cols.chunks_exact(ohw).enumerate() {
+            let (ch, ki, kj) = (r / (self.kh * self.kw), r / self.kw % self.kh, r % self.kw);
+            let dst = &mut img[ch * plane..(ch + 1) * plane];
+            let (lo, hi, _) = self.span(kj);
+            for (oy, in_row) in row.chunks_exact(self.ow).enumerate() {
+                let Some(y) = self.row(oy, ki) else { continue };
+                let line = &mut dst[y * self.w..(y + 1) * self.w];
+                for (ox, v) in in_row[lo..hi].iter().enumerate() {
+                    line[(ox + lo) * self.stride + kj - self.padding] += *v;
+                }
+            }
+        }
+    }
+
+    /// For tap column `kj`: the output columns `lo..hi` whose input column is inside the
+    /// image, and the input column of output column 0 relative to it (`ox + x0` for stride 1).
+    pub(super) fn span(&self, kj: usize) -> (usize, usize, isize) {
+        let x0 = kj as isize - self.padding as isize;
+        let s = self.stride as isize;
+        // The first ox with ox * s + x0 >= 0, and the first with ox * s + x0 >= w.
+        let first = |bound: isize| ((bound - x0).max(0) + s - 1) / s;
+        let lo = (first(0) as usize).min(self.ow);
+        let hi = (first(self.w as isize) as usize).clamp(lo, self.ow);
+        (lo, hi, x0)
+    }
+}

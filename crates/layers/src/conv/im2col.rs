@@ -1,0 +1,122 @@
+//! The whole-batch convolution: `im2col` (a custom op whose backward is `col2im`) and one
+//! matrix product, differentiable in all arguments; any dtype, CPU storage.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::geometry::Geometry;
+
+/// Convolution as `im2col` + GEMM (one group, no dilation), differentiable in all arguments.
+pub fn conv2d_gemm(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    let n = xs.dim(0)?;
+    let (geo, cout) = Geometry::of_conv(xs, weight, stride, padding)?;
+    let ys = xs
+        .contiguous()?
+        .apply_op1(Im2Col(geo))?
+        .matmul(&weight.reshape((cout, geo.row_len()))?.t()?)?;
+    let ys = match bias {
+        Some(b) => ys.broadcast_add(b)?,
+        None => ys,
+    };
+    ys.reshape((n, geo.oh * geo.ow, cout))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((n, cout, geo.oh, geo.ow))
+}
+
+fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("im2col needs a contiguous tensor"),
+    }
+}
+
+/// (N, C, H, W) -> (N * OH * OW, C * KH * KW): each row the receptive field of one output.
+struct Im2Col(Geometry);
+
+impl Im2Col {
+    fn run<T: candle_core::WithDType>(&self, x: &[T], layout: &Layout) -> Result<(Vec<T>, Shape)> {
+        let g = self.0;
+        let x = contiguous(x, layout)?;
+        let n = layout.dims()[0];
+        let row_block = g.ow * g.row_len();
+        let mut cols = vec![T::zero(); n * g.oh * row_block];
+        cols.par_chunks_mut(row_block)
+            .enumerate()
+            .for_each(|(r, out)| {
+                let (img, oy) = (r / g.oh, r % g.oh);
+                g.im2col_row(&x[img * g.image_len()..(img + 1) * g.image_len()], oy, out);
+            });
+        Ok((cols, Shape::from((n * g.oh * g.ow, g.row_len()))))
+    }
+}
+
+impl CustomOp1 for Im2Col {
+    fn name(&self) -> &'static str {
+        "im2col"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        match storage {
+            CpuStorage::F32(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::F32(v), s)),
+            CpuStorage::F64(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::F64(v), s)),
+            CpuStorage::BF16(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::BF16(v), s)),
+            CpuStorage::F16(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::F16(v), s)),
+            _ => candle_core::bail!("im2col supports f32, f64, bf16 and f16 tensors"),
+        }
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let n = arg.dim(0)?;
+        Ok(Some(
+            grad_res
+                .contiguous()?
+                .apply_op1(Col2Im { geo: self.0, n })?,
+        ))
+    }
+}
+
+/// The adjoint of [`Im2Col`]: sums each row's values back onto the input positions it read.
+struct Col2Im {
+    geo: Geometry,
+    n: usize,
+}
+
+impl Col2Im {
+    fn run<T: candle_core::WithDType>(
+        &self,
+        cols: &[T],
+        layout: &Layout,
+    ) -> Result<(Vec<T>, Shape)> {
+        let g = self.geo;
+        let cols = contiguous(cols, layout)?;
+        let per_image = g.oh * g.ow * g.row_len();
+        let mut img = vec![T::zero(); self.n * g.image_len()];
+        img.par_chunks_mut(g.image_len())
+            .enumerate()
+            .for_each(|(i, out)| g.col2im(&cols[i * per_image..(i + 1) * per_image], out));
+        Ok((img, Shape::from((self.n, g.c, g.h, g.w))))
+    }
+}
+
+impl CustomOp1 for Col2Im {
+    fn name(&self) -> &'static str {
+        "col2im"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        match storage {
+            CpuStorage::F32(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::F32(v), s)),
+            CpuStorage::F64(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::F64(v), s)),
+            CpuStorage::BF16(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::BF16(v), s)),
+            CpuStorage::F16(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::F16(v), s)),
+            _ => candle_core::bail!("col2im supports f32, f64, bf16 and f16 tensors"),
+        }
+    }
+}

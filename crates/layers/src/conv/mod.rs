@@ -1,0 +1,93 @@
+//! 2-D convolution whose backward pass runs as matrix products.
+//!
+//! Candle 0.11 differentiates `conv2d` with a direct `conv_transpose2d` loop for the input
+//! gradient and a convolution with the batch as channels for the weight gradient. On the CPU
+//! a convolution here is `im2col` (a custom op whose backward is `col2im`) followed by one
+//! matrix product, so forward and backward are GEMMs, as in PyTorch's CPU path. f32
+//! convolutions with 4x4 outputs or more run image by image instead
+//! ([`conv2d_cpu_f32`](crate::conv2d_cpu_f32)), with columns that stay in cache. On other
+//! devices the forward is Candle's `conv2d` (im2col + cuBLAS, or cuDNN) and the input gradient
+//! is a `conv2d` too, of the zero-dilated output gradient with the flipped kernel, in place of
+//! Candle's `conv_transpose2d` kernel ([`conv2d_conv_grads`]).
+//!
+//! Under [`autocast`](crate::autocast) the product runs in the reduced dtype and the result
+//! comes back in the input's dtype before the bias is added.
+
+mod cpu;
+mod geometry;
+mod grads;
+mod im2col;
+#[cfg(test)]
+mod tests;
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::Conv2dConfig;
+
+use crate::autocast;
+
+pub use cpu::conv2d_cpu_f32;
+pub use grads::conv2d_conv_grads;
+pub use im2col::conv2d_gemm;
+
+/// `nn.Conv2d`: weight (out, in / groups, k, k), optional bias (out).
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    config: Conv2dConfig,
+}
+
+impl Conv2d {
+    /// A convolution with these parameters.
+    pub fn new(weight: Tensor, bias: Option<Tensor>, config: Conv2dConfig) -> Self {
+        Self {
+            weight,
+            bias,
+            config,
+        }
+    }
+
+    /// The kernel, (out, in / groups, kh, kw).
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// Stride, padding, dilation and groups.
+    pub fn config(&self) -> &Conv2dConfig {
+        &self.config
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        let dtype = autocast::compute_dtype(xs);
+        let plain = c.groups == 1 && c.dilation == 1;
+        let cpu = xs.device().is_cpu();
+        let per_image = cpu
+            && plain
+            && dtype == DType::F32
+            && cpu::per_image_pays(xs, &self.weight, c.stride, c.padding)?;
+        if dtype == xs.dtype() && cpu && plain && !per_image {
+            return conv2d_gemm(xs, &self.weight, self.bias.as_ref(), c.stride, c.padding);
+        }
+        let x = autocast::cast(xs, dtype)?;
+        let w = autocast::cast(&self.weight, dtype)?;
+        let ys = match (plain, cpu) {
+            _ if per_image => cpu::conv2d_cpu_f32(&x, &w, c.stride, c.padding)?,
+            (true, true) => conv2d_gemm(&x, &w, None, c.stride, c.padding)?,
+            (true, false) => conv2d_conv_grads(&x, &w, c.stride, c.padding)?,
+            (false, _) => x.conv2d(&w, c.padding, c.stride, c.dilation, c.groups)?,
+        };
+        let ys = autocast::cast(&ys, xs.dtype())?;
+        match &self.bias {
+            Some(b) => ys.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            None => Ok(ys),
+        }
+    }
+}

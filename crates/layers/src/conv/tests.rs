@@ -1,0 +1,261 @@
+//! The convolution paths against each other and against Candle's `conv2d`.
+
+use super::*;
+use candle_core::{Device, Var};
+
+#[allow(clippy::too_many_arguments)]
+fn check(
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+) -> Result<()> {
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, c, h, w), &dev)?)?;
+    let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (cout, c, k, k), &dev)?)?;
+    let b = Var::from_tensor(&Tensor::randn(0f32, 1., cout, &dev)?)?;
+    let ours = conv2d_gemm(x.as_tensor(), wt.as_tensor(), Some(b.as_tensor()), s, p)?;
+    let reference = x
+        .as_tensor()
+        .conv2d(wt.as_tensor(), p, s, 1, 1)?
+        .broadcast_add(&b.as_tensor().reshape((1, cout, 1, 1))?)?;
+    same_with_grads(
+        ours,
+        reference,
+        &[("input", &x), ("weight", &wt), ("bias", &b)],
+        &format!("k{k} s{s} p{p}"),
+    )
+}
+
+/// Asserts that `ours` equals `reference` (1e-4) and so do the gradients of `vars` (1e-3)
+/// for one random output gradient.
+fn same_with_grads(
+    ours: Tensor,
+    reference: Tensor,
+    vars: &[(&str, &Var)],
+    what: &str,
+) -> Result<()> {
+    assert_eq!(ours.dims(), reference.dims(), "{what}");
+    let max_diff =
+        |a: &Tensor, b: &Tensor| -> Result<f32> { (a - b)?.abs()?.max_all()?.to_scalar::<f32>() };
+    let d = max_diff(&ours, &reference)?;
+    assert!(d < 1e-4, "{what}: output differs by {d}");
+    let g = Tensor::randn(0f32, 1., ours.shape(), ours.device())?;
+    let ga = (ours * &g)?.sum_all()?.backward()?;
+    let gb = (reference * &g)?.sum_all()?.backward()?;
+    for (name, v) in vars {
+        let (a, b) = (ga.get(v).expect("grad"), gb.get(v).expect("grad"));
+        assert_eq!(a.dims(), b.dims(), "{what}: {name} gradient");
+        let d = max_diff(a, b)?;
+        assert!(d < 1e-3, "{what}: {name} gradient differs by {d}");
+    }
+    Ok(())
+}
+
+#[test]
+fn matches_candle_conv_forward_and_backward() -> Result<()> {
+    check(2, 3, 9, 7, 4, 3, 1, 1)?;
+    check(2, 3, 11, 11, 5, 7, 2, 3)?;
+    check(3, 4, 8, 8, 6, 1, 2, 0)?;
+    check(1, 2, 6, 6, 3, 5, 1, 0)?;
+    check(2, 2, 5, 5, 2, 3, 2, 1)
+}
+
+/// `conv` against the im2col path (whose backward is checked against Candle's above),
+/// output and both gradients.
+pub(super) fn against_im2col(
+    (n, c, h, w): (usize, usize, usize, usize),
+    (cout, kh, kw): (usize, usize, usize),
+    s: usize,
+    p: usize,
+    conv: impl Fn(&Tensor, &Tensor, usize, usize) -> Result<Tensor>,
+) -> Result<()> {
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, c, h, w), &dev)?)?;
+    let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (cout, c, kh, kw), &dev)?)?;
+    let ours = conv(x.as_tensor(), wt.as_tensor(), s, p)?;
+    let reference = conv2d_gemm(x.as_tensor(), wt.as_tensor(), None, s, p)?;
+    same_with_grads(
+        ours,
+        reference,
+        &[("input", &x), ("weight", &wt)],
+        &format!("n{n} {h}x{w} k{kh}x{kw} s{s} p{p}"),
+    )
+}
+
+/// `conv2d_conv_grads` against the im2col path (Candle's own backward fails on non-square
+/// inputs with stride 2).
+fn check_conv_grads(
+    shape: (usize, usize, usize, usize),
+    kernel: (usize, usize, usize),
+    s: usize,
+    p: usize,
+) -> Result<()> {
+    against_im2col(shape, kernel, s, p, conv2d_conv_grads)
+}
+
+#[test]
+fn conv_grads_match_candle_for_every_stride_and_padding() -> Result<()> {
+    check_conv_grads((2, 3, 9, 7), (4, 3, 3), 1, 1)?;
+    check_conv_grads((2, 3, 8, 8), (4, 3, 3), 2, 1)?;
+    check_conv_grads((2, 3, 9, 9), (4, 3, 3), 2, 1)?;
+    check_conv_grads((2, 4, 8, 7), (5, 1, 1), 2, 0)?;
+    check_conv_grads((1, 3, 15, 14), (4, 7, 7), 2, 3)?;
+    check_conv_grads((2, 2, 11, 10), (3, 5, 3), 3, 0)?;
+    check_conv_grads((2, 2, 6, 6), (3, 3, 3), 1, 0)?;
+    // Padding wider than the kernel falls back to Candle's op.
+    check_conv_grads((1, 2, 5, 5), (2, 1, 1), 1, 1)
+}
+
+#[test]
+fn conv_grads_skip_the_gradient_of_an_input_that_needs_none() -> Result<()> {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1., (2, 3, 8, 8), &dev)?;
+    let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (4, 3, 3, 3), &dev)?)?;
+    let ours = conv2d_conv_grads(&x, wt.as_tensor(), 2, 1)?
+        .sum_all()?
+        .backward()?;
+    let reference = conv2d_gemm(&x, wt.as_tensor(), None, 2, 1)?
+        .sum_all()?
+        .backward()?;
+    assert!(ours.get(&x).is_none());
+    let (a, b) = (
+        ours.get(&wt).expect("grad"),
+        reference.get(&wt).expect("grad"),
+    );
+    assert!((a - b)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-4);
+    // Nothing to differentiate: no custom op at all.
+    let plain = conv2d_conv_grads(&x, &wt.as_tensor().detach(), 1, 1)?;
+    assert!(!plain.track_op());
+    Ok(())
+}
+
+#[test]
+fn autocast_runs_the_product_in_bf16_and_returns_f32() -> Result<()> {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1., (2, 8, 10, 10), &dev)?;
+    let wt = Var::from_tensor(&Tensor::randn(0f32, 0.1, (6, 8, 3, 3), &dev)?)?;
+    let b = Var::from_tensor(&Tensor::randn(0f32, 1., 6, &dev)?)?;
+    let conv = Conv2d::new(
+        wt.as_tensor().clone(),
+        Some(b.as_tensor().clone()),
+        Conv2dConfig {
+            padding: 1,
+            stride: 2,
+            ..Default::default()
+        },
+    );
+    let full = conv.forward(&x)?;
+    let half = {
+        let _bf16 = crate::autocast::enable(candle_core::DType::BF16)?;
+        conv.forward(&x)?
+    };
+    assert_eq!(half.dtype(), candle_core::DType::F32);
+    assert_eq!(half.dims(), full.dims());
+    let err = (&half - &full)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    let scale = full.abs()?.max_all()?.to_scalar::<f32>()?;
+    // bf16 keeps 8 bits of mantissa: about 0.4% per operand, less after summation.
+    assert!(err > 0.0 && err < 0.02 * scale, "err {err} scale {scale}");
+    let grads = {
+        let _bf16 = crate::autocast::enable(candle_core::DType::BF16)?;
+        conv.forward(&x)?.sqr()?.sum_all()?.backward()?
+    };
+    let gw = grads.get(&wt).expect("weight grad");
+    assert_eq!(gw.dtype(), candle_core::DType::F32);
+    let exact = full.sqr()?.sum_all()?.backward()?;
+    let gw_exact = exact.get(&wt).expect("weight grad");
+    let rel = ((gw - gw_exact)?.abs()?.max_all()?.to_scalar::<f32>()?)
+        / gw_exact.abs()?.max_all()?.to_scalar::<f32>()?;
+    assert!(rel < 0.03, "bf16 weight gradient off by {rel} relative");
+    Ok(())
+}
+
+#[test]
+fn kernel_larger_than_padded_input_is_an_error() {
+    let x = Tensor::zeros((1, 1, 2, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let w = Tensor::zeros((1, 1, 5, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+    assert!(conv2d_gemm(&x, &w, None, 1, 0).is_err());
+}
+
+/// [`conv2d_cpu_f32`]: output and both gradients against the whole-batch im2col path.
+fn check_per_image(
+    shape: (usize, usize, usize, usize),
+    kernel: (usize, usize, usize),
+    s: usize,
+    p: usize,
+) -> Result<()> {
+    against_im2col(shape, kernel, s, p, conv2d_cpu_f32)
+}
+
+#[test]
+fn matches_the_im2col_path_forward_and_backward() -> Result<()> {
+    // Batches above and below the thread count, strides 1 to 3, paddings 0 to 3, square
+    // and non-square kernels and inputs, padding as wide as the kernel.
+    for n in [1, 5] {
+        check_per_image((n, 3, 9, 7), (4, 3, 3), 1, 1)?;
+        check_per_image((n, 3, 8, 8), (4, 3, 3), 2, 1)?;
+        check_per_image((n, 2, 11, 10), (3, 5, 3), 3, 0)?;
+        check_per_image((n, 3, 15, 14), (4, 7, 7), 2, 3)?;
+        check_per_image((n, 4, 8, 7), (5, 1, 1), 2, 0)?;
+        check_per_image((n, 2, 6, 6), (3, 3, 3), 1, 0)?;
+        check_per_image((n, 2, 5, 5), (2, 1, 1), 1, 1)?;
+        check_per_image((n, 2, 6, 5), (3, 3, 2), 1, 1)?;
+        check_per_image((n, 2, 4, 4), (3, 3, 3), 1, 2)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn the_weight_gradient_repeats_bit_for_bit() -> Result<()> {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1., (37, 3, 8, 8), &dev)?;
+    let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (4, 3, 3, 3), &dev)?)?;
+    let g = Tensor::randn(0f32, 1., (37, 4, 8, 8), &dev)?;
+    let run = || -> Result<Vec<f32>> {
+        let grads = (conv2d_cpu_f32(&x, wt.as_tensor(), 1, 1)? * &g)?
+            .sum_all()?
+            .backward()?;
+        grads
+            .get(&wt)
+            .expect("weight gradient")
+            .flatten_all()?
+            .to_vec1()
+    };
+    let first = run()?;
+    for _ in 0..8 {
+        assert_eq!(run()?, first);
+    }
+    Ok(())
+}
+
+#[test]
+fn an_untracked_input_gets_no_gradient() -> Result<()> {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1., (2, 3, 8, 8), &dev)?;
+    let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (4, 3, 3, 3), &dev)?)?;
+    let grads = conv2d_cpu_f32(&x, wt.as_tensor(), 1, 1)?
+        .sum_all()?
+        .backward()?;
+    assert!(grads.get(&x).is_none());
+    assert!(grads.get(wt.as_tensor()).is_some());
+    Ok(())
+}
+
+#[test]
+fn wrong_channels_and_dtype_are_errors() -> Result<()> {
+    let dev = Device::Cpu;
+    let wt = Tensor::zeros((4, 3, 3, 3), candle_core::DType::F32, &dev)?;
+    let x = Tensor::zeros((1, 2, 8, 8), candle_core::DType::F32, &dev)?;
+    let err = conv2d_cpu_f32(&x, &wt, 1, 1).unwrap_err().to_string();
+    assert!(err.contains("2 channels"), "{err}");
+    let x = Tensor::zeros((1, 3, 8, 8), candle_core::DType::F64, &dev)?;
+    let err = conv2d_cpu_f32(&x, &wt.to_dtype(candle_core::DType::F64)?, 1, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("f32"), "{err}");
+    Ok(())
+}

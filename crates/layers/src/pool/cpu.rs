@@ -1,0 +1,226 @@
+//! Pooling on the CPU: hand-written loops over each (H, W) plane, forward and backward, as
+//! custom ops. A max window's gradient goes to its first maximum in scan order (or first NaN).
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::config::{Pool2d, PoolKind};
+
+/// One output window: its clipped input rows and columns, and the average's divisor.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    h0: usize,
+    h1: usize,
+    w0: usize,
+    w1: usize,
+    divisor: usize,
+}
+
+/// The geometry of one pooling call on one (H, W) plane.
+#[derive(Debug, Clone, Copy)]
+struct Plane {
+    pool: Pool2d,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Plane {
+    fn new(pool: Pool2d, dims: &[usize]) -> Result<(usize, Self)> {
+        let (n, c, h, w) = match dims {
+            [n, c, h, w] => (*n, *c, *h, *w),
+            _ => candle_core::bail!("pooling expects (N, C, H, W) input, got {dims:?}"),
+        };
+        let (oh, ow) = pool.output_size(h, w)?;
+        Ok((n * c, Self { pool, h, w, oh, ow }))
+    }
+
+    fn window(&self, i: usize, j: usize) -> Window {
+        let p = &self.pool;
+        let hs = (i * p.stride.0) as isize - p.padding.0 as isize;
+        let ws = (j * p.stride.1) as isize - p.padding.1 as isize;
+        let he = (hs + p.kernel.0 as isize).min((self.h + p.padding.0) as isize);
+        let we = (ws + p.kernel.1 as isize).min((self.w + p.padding.1) as isize);
+        let padded = ((he - hs) * (we - ws)) as usize;
+        let h0 = hs.max(0) as usize;
+        let w0 = ws.max(0) as usize;
+        let h1 = (he as usize).min(self.h);
+        let w1 = (we as usize).min(self.w);
+        let divisor = match p.kind {
+            PoolKind::Avg {
+                count_include_pad: false,
+            } => (h1 - h0) * (w1 - w0),
+            _ => padded,
+        };
+        Window {
+            h0,
+            h1,
+            w0,
+            w1,
+            divisor,
+        }
+    }
+
+    /// The flat index (within the plane) of the window's maximum: the first one in scan order,
+    /// or the first NaN, as PyTorch picks it.
+    fn argmax<T: candle_core::WithDType>(&self, x: &[T], win: Window) -> usize {
+        let mut best = win.h0 * self.w + win.w0;
+        let mut best_v = x[best];
+        for r in win.h0..win.h1 {
+            for c in win.w0..win.w1 {
+                let idx = r * self.w + c;
+                let v = x[idx];
+                #[allow(clippy::eq_op)]
+                let is_nan = v != v;
+                if v > best_v || is_nan {
+                    best = idx;
+                    best_v = v;
+                    if is_nan {
+                        return best;
+                    }
+                }
+            }
+        }
+        best
+    }
+
+    fn forward<T: candle_core::WithDType>(&self, x: &[T], y: &mut [T]) {
+        for i in 0..self.oh {
+            for j in 0..self.ow {
+                let win = self.window(i, j);
+                y[i * self.ow + j] = match self.pool.kind {
+                    PoolKind::Max => x[self.argmax(x, win)],
+                    PoolKind::Avg { .. } => {
+                        let mut sum = T::zero();
+                        for r in win.h0..win.h1 {
+                            for v in &x[r * self.w + win.w0..r * self.w + win.w1] {
+                                sum += *v;
+                            }
+                        }
+                        sum / T::from_f64(win.divisor as f64)
+                    }
+                };
+            }
+        }
+    }
+
+    fn backward<T: candle_core::WithDType>(&self, x: &[T], gy: &[T], gx: &mut [T]) {
+        for i in 0..self.oh {
+            for j in 0..self.ow {
+                let win = self.window(i, j);
+                let g = gy[i * self.ow + j];
+                match self.pool.kind {
+                    PoolKind::Max => gx[self.argmax(x, win)] += g,
+                    PoolKind::Avg { .. } => {
+                        let share = g / T::from_f64(win.divisor as f64);
+                        for r in win.h0..win.h1 {
+                            for v in &mut gx[r * self.w + win.w0..r * self.w + win.w1] {
+                                *v += share;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{what} needs a contiguous tensor"),
+    }
+}
+
+pub(super) struct PoolOp(pub(super) Pool2d);
+
+impl PoolOp {
+    fn run<T: candle_core::WithDType>(&self, x: &[T], layout: &Layout) -> Result<(Vec<T>, Shape)> {
+        let x = contiguous(x, layout, "pooling")?;
+        let (planes, plane) = Plane::new(self.0, layout.dims())?;
+        let mut y = vec![T::zero(); planes * plane.oh * plane.ow];
+        if !y.is_empty() {
+            y.par_chunks_mut(plane.oh * plane.ow)
+                .zip(x.par_chunks(plane.h * plane.w))
+                .for_each(|(y, x)| plane.forward(x, y));
+        }
+        let d = layout.dims();
+        Ok((y, Shape::from((d[0], d[1], plane.oh, plane.ow))))
+    }
+}
+
+impl CustomOp1 for PoolOp {
+    fn name(&self) -> &'static str {
+        "pool2d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        match storage {
+            CpuStorage::F32(x) => {
+                let (y, s) = self.run(x, layout)?;
+                Ok((CpuStorage::F32(y), s))
+            }
+            CpuStorage::F64(x) => {
+                let (y, s) = self.run(x, layout)?;
+                Ok((CpuStorage::F64(y), s))
+            }
+            _ => candle_core::bail!("pooling supports f32 and f64 tensors"),
+        }
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let grad = arg.apply_op2(&grad_res.contiguous()?, PoolBackwardOp(self.0))?;
+        Ok(Some(grad))
+    }
+}
+
+/// The input gradient of [`PoolOp`]: takes the input and the output's gradient.
+struct PoolBackwardOp(Pool2d);
+
+impl PoolBackwardOp {
+    fn run<T: candle_core::WithDType>(
+        &self,
+        x: &[T],
+        lx: &Layout,
+        gy: &[T],
+        lg: &Layout,
+    ) -> Result<Vec<T>> {
+        let x = contiguous(x, lx, "pooling backward")?;
+        let gy = contiguous(gy, lg, "pooling backward")?;
+        let (_, plane) = Plane::new(self.0, lx.dims())?;
+        let mut gx = vec![T::zero(); x.len()];
+        if !gx.is_empty() {
+            gx.par_chunks_mut(plane.h * plane.w)
+                .zip(x.par_chunks(plane.h * plane.w))
+                .zip(gy.par_chunks(plane.oh * plane.ow))
+                .for_each(|((gx, x), gy)| plane.backward(x, gy, gx));
+        }
+        Ok(gx)
+    }
+}
+
+impl CustomOp2 for PoolBackwardOp {
+    fn name(&self) -> &'static str {
+        "pool2d-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let shape = l1.shape().clone();
+        match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
+                Ok((CpuStorage::F32(self.run(x, l1, g, l2)?), shape))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => {
+                Ok((CpuStorage::F64(self.run(x, l1, g, l2)?), shape))
+            }
+            _ => candle_core::bail!("pooling backward supports f32 and f64 of one dtype"),
+        }
+    }
+}

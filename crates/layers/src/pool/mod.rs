@@ -1,0 +1,57 @@
+//! Max and average pooling with PyTorch's full semantics (any kernel, stride, padding and
+//! `ceil_mode`) and their backward passes.
+//!
+//! Candle 0.11's own max-pool refuses backward whenever kernel != stride, which rules out the
+//! overlapping 3x3 stride-2 pools of ResNet, AlexNet and GoogLeNet. On the CPU these run as
+//! custom ops with hand-written loops; on other devices as a composition of Candle ops.
+
+mod composite;
+mod config;
+mod cpu;
+#[cfg(test)]
+mod tests;
+
+use candle_core::{Module, Result, Tensor};
+
+pub use config::{Pool2d, PoolKind};
+
+impl Module for Pool2d {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if xs.rank() != 4 {
+            candle_core::bail!("pooling expects (N, C, H, W) input, got {:?}", xs.shape())
+        }
+        if xs.device().is_cpu() {
+            xs.contiguous()?.apply_op1(cpu::PoolOp(*self))
+        } else {
+            composite::forward(self, xs)
+        }
+    }
+}
+
+/// `F.max_pool2d(xs, kernel, stride, padding, ceil_mode=ceil_mode)`.
+pub fn max_pool2d(
+    xs: &Tensor,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    ceil_mode: bool,
+) -> Result<Tensor> {
+    Pool2d::max(kernel, stride)
+        .padding(padding)
+        .ceil_mode(ceil_mode)
+        .forward(xs)
+}
+
+/// `F.avg_pool2d(xs, kernel, stride, padding, ceil_mode=ceil_mode)` (count_include_pad=True).
+pub fn avg_pool2d(
+    xs: &Tensor,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    ceil_mode: bool,
+) -> Result<Tensor> {
+    Pool2d::avg(kernel, stride)
+        .padding(padding)
+        .ceil_mode(ceil_mode)
+        .forward(xs)
+}

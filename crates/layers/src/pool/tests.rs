@@ -1,0 +1,145 @@
+//! Pooling against PyTorch's numbers, and the composite path against the CPU kernel.
+
+use super::*;
+use candle_core::{Device, Var};
+
+use super::composite::forward;
+
+#[test]
+fn output_sizes_follow_pytorch() -> Result<()> {
+    let p = Pool2d::max(3, 2);
+    assert_eq!(p.output_size(13, 13)?, (6, 6));
+    assert_eq!(p.ceil_mode(true).output_size(14, 14)?, (7, 7));
+    assert_eq!(p.ceil_mode(true).output_size(13, 13)?, (6, 6));
+    assert_eq!(p.padding(1).output_size(16, 16)?, (8, 8));
+    assert_eq!(Pool2d::max(2, 2).ceil_mode(true).output_size(5, 5)?, (3, 3));
+    assert!(p.padding(2).output_size(16, 16).is_err());
+    assert!(p.output_size(2, 2).is_err());
+    Ok(())
+}
+
+#[test]
+fn tutorial_pooling_example() -> Result<()> {
+    let x = Tensor::arange(1f32, 17., &Device::Cpu)?.reshape((1, 1, 4, 4))?;
+    let max = Pool2d::max(2, 2)
+        .forward(&x)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let avg = Pool2d::avg(2, 2)
+        .forward(&x)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    assert_eq!(max, [6., 8., 14., 16.]);
+    assert_eq!(avg, [3.5, 5.5, 11.5, 13.5]);
+    Ok(())
+}
+
+#[test]
+fn max_backward_routes_to_first_maximum_and_accumulates_overlaps() -> Result<()> {
+    let x = Var::from_vec(
+        vec![1f32, 5., 2., 5., 0., 3., 4., 1., 9.],
+        (1, 1, 3, 3),
+        &Device::Cpu,
+    )?;
+    let y = max_pool2d(x.as_tensor(), 2, 1, 0, false)?;
+    assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, [5., 5., 5., 9.]);
+    let grads = y.sum_all()?.backward()?;
+    let g = grads
+        .get(&x)
+        .expect("gradient")
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    assert_eq!(g, [0., 2., 0., 1., 0., 0., 0., 0., 1.]);
+    Ok(())
+}
+
+#[test]
+fn avg_with_padding_counts_padding_by_default() -> Result<()> {
+    let x = Tensor::ones((1, 1, 2, 2), candle_core::DType::F32, &Device::Cpu)?;
+    let y = avg_pool2d(&x, 2, 2, 1, false)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    assert_eq!(y, [0.25, 0.25, 0.25, 0.25]);
+    let p = Pool2d {
+        kind: PoolKind::Avg {
+            count_include_pad: false,
+        },
+        ..Pool2d::avg(2, 2).padding(1)
+    };
+    assert_eq!(
+        p.forward(&x)?.flatten_all()?.to_vec1::<f32>()?,
+        [1., 1., 1., 1.]
+    );
+    Ok(())
+}
+
+#[test]
+fn nan_propagates_through_max() -> Result<()> {
+    let x = Tensor::new(&[[[[1f32, f32::NAN], [3., 2.]]]], &Device::Cpu)?;
+    let y = Pool2d::max(2, 2)
+        .forward(&x)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    assert!(y[0].is_nan());
+    Ok(())
+}
+
+fn check(pool: Pool2d, h: usize, w: usize) -> Result<()> {
+    check_values(pool, h, w, 1013)?;
+    // Few distinct values: most max windows hold ties.
+    check_values(pool, h, w, 3)
+}
+
+fn check_values(pool: Pool2d, h: usize, w: usize, distinct: usize) -> Result<()> {
+    let n = 2 * 3 * h * w;
+    let v: Vec<f32> = (0..n)
+        .map(|i| ((i * 7919) % distinct) as f32 / 97.0)
+        .collect();
+    let x = Var::from_vec(v, (2, 3, h, w), &Device::Cpu)?;
+    let g: Vec<f32> = {
+        let (oh, ow) = pool.output_size(h, w)?;
+        (0..2 * 3 * oh * ow).map(|i| (i % 5) as f32 - 2.0).collect()
+    };
+    let y_op = pool.forward(x.as_tensor())?;
+    let y_ref = forward(&pool, x.as_tensor())?;
+    let diff = (&y_op - &y_ref)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    assert!(diff < 1e-5, "{pool:?} forward differs by {diff}");
+    let g = Tensor::from_vec(g, y_op.shape(), &Device::Cpu)?;
+    let gx_op = (y_op * &g)?.sum_all()?.backward()?;
+    let gx_ref = (y_ref * &g)?.sum_all()?.backward()?;
+    let a = gx_op.get(&x).expect("grad");
+    let b = gx_ref.get(&x).expect("grad");
+    let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    assert!(diff < 1e-5, "{pool:?} backward differs by {diff}");
+    Ok(())
+}
+
+#[test]
+fn nan_is_the_maximum_in_both() -> Result<()> {
+    let x = Tensor::new(&[[[[1f32, f32::NAN], [f32::NAN, 3.0]]]], &Device::Cpu)?;
+    let pool = Pool2d::max(2, 2);
+    let y_ref = forward(&pool, &x)?.flatten_all()?.to_vec1::<f32>()?;
+    let y_op = pool.forward(&x)?.flatten_all()?.to_vec1::<f32>()?;
+    assert!(y_ref[0].is_nan() && y_op[0].is_nan());
+    Ok(())
+}
+
+#[test]
+fn composite_matches_the_cpu_kernel() -> Result<()> {
+    check(Pool2d::max(3, 2).padding(1), 16, 16)?;
+    check(Pool2d::max(3, 2).ceil_mode(true), 14, 14)?;
+    check(Pool2d::max(3, 2), 13, 13)?;
+    check(Pool2d::max(2, 2), 7, 9)?;
+    check(Pool2d::avg(3, 2).padding(1).ceil_mode(true), 10, 11)?;
+    check(Pool2d::avg(2, 2), 8, 8)?;
+    check(
+        Pool2d {
+            kind: PoolKind::Avg {
+                count_include_pad: false,
+            },
+            ..Pool2d::avg(3, 1).padding(1)
+        },
+        5,
+        6,
+    )
+}
