@@ -43,7 +43,6 @@ mod loader;
 pub mod parse;
 mod resident;
 mod resize;
-mod rng;
 mod transform;
 mod u8image;
 

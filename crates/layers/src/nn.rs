@@ -130,7 +130,7 @@ impl ModuleT for Dropout {
         let n = xs.elem_count();
         let mask: Vec<f32> = crate::rng::with(|rng| {
             (0..n)
-                .map(|_| if rng.uniform() < keep { scale } else { 0.0 })
+                .map(|_| if rng.next_f64() < keep { scale } else { 0.0 })
                 .collect()
         });
         let mask = Tensor::from_vec(mask, xs.shape(), &candle_core::Device::Cpu)?

@@ -103,7 +103,7 @@ impl SeededBackend {
         match init {
             Init::Const(v) => vec![v as f32; n],
             Init::Uniform { lo, up } => (0..n)
-                .map(|_| (lo + (up - lo) * rng.uniform()) as f32)
+                .map(|_| (lo + (up - lo) * rng.next_f64()) as f32)
                 .collect(),
             Init::Randn { mean, stdev } => rng.normals(n, mean, stdev),
             Init::Kaiming {
@@ -117,7 +117,7 @@ impl SeededBackend {
                     candle_nn::init::NormalOrUniform::Uniform => {
                         let bound = 3f64.sqrt() * std;
                         (0..n)
-                            .map(|_| (bound * (2.0 * rng.uniform() - 1.0)) as f32)
+                            .map(|_| (bound * (2.0 * rng.next_f64() - 1.0)) as f32)
                             .collect()
                     }
                 }
