@@ -1,6 +1,5 @@
 //! Counting a model's parameters without initialising them.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Result, Shape, Tensor};
@@ -12,7 +11,8 @@ use candle_nn::{Init, VarBuilder};
 /// parameters take microseconds instead of seconds.
 #[derive(Clone, Default)]
 pub(crate) struct ShapeRecorder {
-    shapes: Arc<Mutex<HashMap<String, Shape>>>,
+    /// Every variable's name and shape, in the order the model created them.
+    shapes: Arc<Mutex<Vec<(String, Shape)>>>,
 }
 
 impl ShapeRecorder {
@@ -30,7 +30,13 @@ impl ShapeRecorder {
             .sum()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Shape>> {
+    /// Every variable's name and shape, in creation order.
+    #[cfg(test)]
+    pub(crate) fn shapes(&self) -> Vec<(String, Shape)> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, Shape)>> {
         self.shapes.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -38,12 +44,13 @@ impl ShapeRecorder {
 impl SimpleBackend for ShapeRecorder {
     fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
         let mut shapes = self.lock();
-        if let Some(known) = shapes.get(name) {
-            if known != &s {
+        match shapes.iter().find(|(n, _)| n == name) {
+            Some((_, known)) if known != &s => {
                 candle_core::bail!("shape mismatch on {name}: {s:?} <> {known:?}")
             }
+            Some(_) => {}
+            None => shapes.push((name.to_string(), s.clone())),
         }
-        shapes.insert(name.to_string(), s.clone());
         Tensor::zeros((), dtype, dev)?.broadcast_as(s)
     }
 
@@ -52,6 +59,6 @@ impl SimpleBackend for ShapeRecorder {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.lock().contains_key(name)
+        self.lock().iter().any(|(n, _)| n == name)
     }
 }

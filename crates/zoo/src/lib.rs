@@ -17,20 +17,68 @@
 mod count;
 mod registry;
 
-use anyhow::{Context, Result};
-use candle_nn::VarBuilder;
-use layers::Network;
+use std::path::Path;
 
-pub use registry::ModelSpec;
+use anyhow::{Context, Result};
+use candle_core::Device;
+use candle_nn::VarBuilder;
+use layers::{Network, ParamStore};
+
+pub use registry::{Builder, ModelSpec};
 
 /// The names of every model, in the order of the table.
 pub fn names() -> Vec<&'static str> {
-    registry::ENTRIES.iter().map(|e| e.spec.name).collect()
+    registry::entries().iter().map(|e| e.spec.name).collect()
 }
 
 /// Every model's description.
 pub fn specs() -> Vec<ModelSpec> {
-    registry::ENTRIES.iter().map(|e| e.spec).collect()
+    registry::entries().iter().map(|e| e.spec).collect()
+}
+
+/// Adds a model to the zoo under `spec.name`, built by `build(num_classes, vb)`: a variant
+/// from a config (say `ResNetConfig` with other widths) needs no named constructor, and every
+/// program that takes `--model` can then train it.
+///
+/// ```
+/// # fn main() -> anyhow::Result<()> {
+/// let spec = zoo::ModelSpec { name: "lenet5-wide", ..zoo::spec("lenet5")? };
+/// zoo::register(spec, std::sync::Arc::new(|n, vb| {
+///     Ok(Box::new(lenet::LeNet::lenet5(n, vb)?) as Box<dyn layers::Network>)
+/// }))?;
+/// assert!(zoo::names().contains(&"lenet5-wide"));
+/// # Ok(()) }
+/// ```
+///
+/// Errors: a model of that name is already in the zoo.
+pub fn register(spec: ModelSpec, build: Builder) -> Result<()> {
+    registry::add(registry::Entry { spec, build })
+}
+
+/// Builds model `name` with `num_classes` outputs on `device`, seeded with `seed`, and with
+/// `weights` (a safetensors file under PyTorch's names) loads every parameter strictly
+/// (`load_state_dict(strict=True)`). Returns the network and its parameters.
+///
+/// Errors: an unknown name; a file that is missing, not safetensors, holds NaN or infinity, or
+/// does not match the model (each named with the key and shapes).
+pub fn load(
+    name: &str,
+    num_classes: usize,
+    weights: Option<&Path>,
+    device: &Device,
+    seed: u64,
+) -> Result<(Box<dyn Network>, ParamStore)> {
+    let store = ParamStore::new(seed, device);
+    let net = build(name, num_classes, store.vb())?;
+    if let Some(path) = weights {
+        layers::checkpoint::load_strict(store.varmap(), path).with_context(|| {
+            format!(
+                "cannot load {} into {name} with {num_classes} classes",
+                path.display()
+            )
+        })?;
+    }
+    Ok((net, store))
 }
 
 /// The description of model `name`; an unknown name is an error listing the known ones.
@@ -63,8 +111,7 @@ mod tests {
 
     #[test]
     fn names_are_unique_and_specs_agree() -> Result<()> {
-        let names = names();
-        assert_eq!(names.len(), 20);
+        let names: Vec<&str> = names().into_iter().take(20).collect();
         let mut sorted = names.clone();
         sorted.sort();
         sorted.dedup();
@@ -94,6 +141,87 @@ mod tests {
         assert_eq!(spec("resnet18-seed")?.default_classes, 10);
         assert_eq!(spec("vgg19-bn")?.input, (3, 224, 224));
         assert_eq!(spec("googlenet")?.default_classes, 1000);
+        Ok(())
+    }
+
+    /// Every spec's first convolution and classifier exist with the right shapes: the first
+    /// convolution is the first weight the model creates and reads the input's channels; the
+    /// classifier gives `num_classes` outputs.
+    #[test]
+    fn metadata_names_real_layers() -> Result<()> {
+        for spec in specs() {
+            let recorder = count::ShapeRecorder::default();
+            build(spec.name, 7, recorder.vb())?;
+            let shapes = recorder.shapes();
+            let first = shapes
+                .iter()
+                .find(|(n, s)| n.ends_with("weight") && s.rank() == 4)
+                .map(|(n, s)| (n.as_str(), s.dims()[1]));
+            assert_eq!(
+                first,
+                Some((spec.first_conv, spec.input.0)),
+                "{}",
+                spec.name
+            );
+            let head = |suffix: &str| {
+                let key = format!("{}.{suffix}", spec.classifier);
+                shapes
+                    .iter()
+                    .find(|(n, _)| *n == key)
+                    .map(|(_, s)| s.dims()[0])
+            };
+            assert_eq!(head("weight"), Some(7), "{}", spec.name);
+            assert_eq!(head("bias"), Some(7), "{}", spec.name);
+            assert!(["mnist", "cifar10", "imagenet"].contains(&spec.data));
+        }
+        Ok(())
+    }
+
+    /// A variant built from a config is registered, listed, built, loaded strictly and
+    /// refused a second time.
+    #[test]
+    fn a_model_registered_from_a_config_is_built_and_loaded() -> Result<()> {
+        let config = resnet::ResNetConfig {
+            widths: vec![8, 16, 24, 32],
+            stem: resnet::Stem::Cifar,
+            stem_width: 8,
+            ..resnet::ResNetConfig::torchvision(resnet::BlockKind::Basic, [2, 2, 2, 2], 10)
+        };
+        let spec = ModelSpec {
+            name: "resnet18-cifar-tiny",
+            description: "a CIFAR ResNet-18 with stage widths 8-16-24-32",
+            ..spec("resnet18-cifar")?
+        };
+        register(
+            spec,
+            std::sync::Arc::new(move |num_classes, vb| {
+                let config = resnet::ResNetConfig {
+                    num_classes,
+                    ..config.clone()
+                };
+                Ok(Box::new(resnet::ResNet::new(&config, vb)?) as Box<dyn Network>)
+            }),
+        )?;
+        assert!(names().contains(&"resnet18-cifar-tiny"));
+        assert!(register(spec, std::sync::Arc::new(|_, _| candle_core::bail!("no"))).is_err());
+        let (net, store) = load("resnet18-cifar-tiny", 10, None, &Device::Cpu, 3)?;
+        let x = candle_core::Tensor::zeros((2, 3, 32, 32), candle_core::DType::F32, &Device::Cpu)?;
+        assert_eq!(net.forward_t(&x, false)?.dims(), [2, 10]);
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("tiny.safetensors");
+        layers::checkpoint::save(store.varmap(), &path)?;
+        let (_, again) = load("resnet18-cifar-tiny", 10, Some(&path), &Device::Cpu, 4)?;
+        assert_eq!(again.num_parameters(), store.num_parameters());
+        let err = format!(
+            "{:#}",
+            load("resnet18-cifar", 10, Some(&path), &Device::Cpu, 0)
+                .err()
+                .expect("mismatch")
+        );
+        assert!(
+            err.contains("tiny.safetensors") && err.contains("layer1.0.conv1.weight"),
+            "{err}"
+        );
         Ok(())
     }
 

@@ -10,23 +10,37 @@ use mnist_cnn::MnistCnn;
 use resnet::ResNet;
 use vgg::Vgg;
 
-/// What the zoo knows about a model besides its constructor.
+/// What the zoo knows about a model besides its constructor, as timm keeps a `pretrained_cfg`
+/// per model: programs read these fields instead of guessing from shapes or names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModelSpec {
     /// The name [`crate::build`] takes.
     pub name: &'static str,
     /// The native input (channels, height, width).
     pub input: (usize, usize, usize),
+    /// The data set the native layout is made for (`"mnist"`, `"cifar10"` or `"imagenet"`):
+    /// its normalisation is the model's evaluation transform and its class names are the
+    /// model's at [`ModelSpec::default_classes`].
+    pub data: &'static str,
     /// The number of classes the model is usually built with.
     pub default_classes: usize,
+    /// The parameter name of the first convolution's weight (`conv1.weight`), the kernels that
+    /// look at the image.
+    pub first_conv: &'static str,
+    /// The module name of the final linear layer (`fc`, `classifier.6`): what a new head for
+    /// other classes replaces (`<classifier>.weight`, `<classifier>.bias`).
+    pub classifier: &'static str,
     /// One line on what the model is.
     pub description: &'static str,
 }
 
 /// A model's constructor: `num_classes` and where its parameters live.
-type Builder = fn(usize, VarBuilder) -> candle_core::Result<Box<dyn Network>>;
+pub type Builder = std::sync::Arc<
+    dyn Fn(usize, VarBuilder) -> candle_core::Result<Box<dyn Network>> + Send + Sync,
+>;
 
 /// A row of the table.
+#[derive(Clone)]
 pub(crate) struct Entry {
     pub(crate) spec: ModelSpec,
     pub(crate) build: Builder,
@@ -38,174 +52,225 @@ fn boxed<N: Network + 'static>(
     Ok(Box::new(net?))
 }
 
-const MNIST: (usize, usize, usize) = (1, 28, 28);
-const IMAGENET: (usize, usize, usize) = (3, 224, 224);
-const CIFAR: (usize, usize, usize) = (3, 32, 32);
+/// A native input and the data set it is made for.
+type Native = ((usize, usize, usize), &'static str);
+const MNIST: Native = ((1, 28, 28), "mnist");
+const IMAGENET: Native = ((3, 224, 224), "imagenet");
+const CIFAR: Native = ((3, 32, 32), "cifar10");
+
+/// First convolution and classifier of the torchvision-style families.
+const FEATURES_CLASSIFIER: (&str, &str) = ("features.0.weight", "classifier.6");
+const CONV1_FC: (&str, &str) = ("conv1.weight", "fc");
 
 macro_rules! entry {
-    ($name:literal, $input:expr, $classes:literal, $description:literal, $build:expr) => {
+    ($name:literal, $native:expr, $classes:literal, $layers:expr, $description:literal, $build:expr) => {
         Entry {
             spec: ModelSpec {
                 name: $name,
-                input: $input,
+                input: $native.0,
+                data: $native.1,
                 default_classes: $classes,
+                first_conv: $layers.0,
+                classifier: $layers.1,
                 description: $description,
             },
-            build: |n, vb| boxed($build(n, vb)),
+            build: std::sync::Arc::new(|n, vb| boxed($build(n, vb))),
         }
     };
 }
 
-/// Every model, in the order [`crate::names`] lists them.
-pub(crate) const ENTRIES: &[Entry] = &[
-    entry!(
-        "lenet5",
-        MNIST,
-        10,
-        "the tutorial's LeNet-5: Tanh, average pooling, 28x28",
-        LeNet::lenet5
-    ),
-    entry!(
-        "cnn-mnist",
-        MNIST,
-        10,
-        "the tutorial's MNIST CNN: two 3x3 convolutions, max-pooling, dropout",
-        MnistCnn::tutorial
-    ),
-    entry!(
-        "alexnet",
-        IMAGENET,
-        1000,
-        "the tutorial's AlexNet with the paper's widths 96-256-384-384-256",
-        AlexNet::tutorial
-    ),
-    entry!(
-        "alexnet-tv",
-        IMAGENET,
-        1000,
-        "torchvision's AlexNet (64-192-384-256-256)",
-        AlexNet::torchvision
-    ),
-    entry!(
-        "vgg11",
-        IMAGENET,
-        1000,
-        "VGG-11 (configuration A)",
-        Vgg::vgg11
-    ),
-    entry!(
-        "vgg11-bn",
-        IMAGENET,
-        1000,
-        "VGG-11 with batch norm",
-        Vgg::vgg11_bn
-    ),
-    entry!(
-        "vgg13",
-        IMAGENET,
-        1000,
-        "VGG-13 (configuration B)",
-        Vgg::vgg13
-    ),
-    entry!(
-        "vgg13-bn",
-        IMAGENET,
-        1000,
-        "VGG-13 with batch norm",
-        Vgg::vgg13_bn
-    ),
-    entry!(
-        "vgg16",
-        IMAGENET,
-        1000,
-        "VGG-16 (configuration D)",
-        Vgg::vgg16
-    ),
-    entry!(
-        "vgg16-bn",
-        IMAGENET,
-        1000,
-        "VGG-16 with batch norm",
-        Vgg::vgg16_bn
-    ),
-    entry!(
-        "vgg19",
-        IMAGENET,
-        1000,
-        "VGG-19 (configuration E)",
-        Vgg::vgg19
-    ),
-    entry!(
-        "vgg19-bn",
-        IMAGENET,
-        1000,
-        "VGG-19 with batch norm",
-        Vgg::vgg19_bn
-    ),
-    entry!(
-        "googlenet",
-        IMAGENET,
-        1000,
-        "torchvision's GoogLeNet (Inception v1), no auxiliary classifiers",
-        GoogLeNet::torchvision
-    ),
-    entry!(
-        "resnet18",
-        IMAGENET,
-        1000,
-        "torchvision's ResNet-18 (BasicBlock, 2-2-2-2)",
-        ResNet::resnet18
-    ),
-    entry!(
-        "resnet34",
-        IMAGENET,
-        1000,
-        "torchvision's ResNet-34 (BasicBlock, 3-4-6-3)",
-        ResNet::resnet34
-    ),
-    entry!(
-        "resnet50",
-        IMAGENET,
-        1000,
-        "torchvision's ResNet-50 (Bottleneck, 3-4-6-3)",
-        ResNet::resnet50
-    ),
-    entry!(
-        "resnet101",
-        IMAGENET,
-        1000,
-        "torchvision's ResNet-101 (Bottleneck, 3-4-23-3)",
-        ResNet::resnet101
-    ),
-    entry!(
-        "resnet152",
-        IMAGENET,
-        1000,
-        "torchvision's ResNet-152 (Bottleneck, 3-8-36-3)",
-        ResNet::resnet152
-    ),
-    entry!(
-        "resnet18-seed",
-        CIFAR,
-        10,
-        "the tutorial's ResNet-18: 7x7 stem with max-pool, widths 64-128-192-256",
-        ResNet::resnet18_seed
-    ),
-    entry!(
-        "resnet18-cifar",
-        CIFAR,
-        10,
-        "CIFAR ResNet-18: 3x3 stem, no max-pool, widths 64-128-256-512",
-        ResNet::resnet18_cifar
-    ),
-];
+/// Every built-in model, in the order [`crate::names`] lists them.
+fn builtin() -> Vec<Entry> {
+    vec![
+        entry!(
+            "lenet5",
+            MNIST,
+            10,
+            ("features.0.weight", "classifier.4"),
+            "the tutorial's LeNet-5: Tanh, average pooling, 28x28",
+            LeNet::lenet5
+        ),
+        entry!(
+            "cnn-mnist",
+            MNIST,
+            10,
+            ("conv1.weight", "fc2"),
+            "the tutorial's MNIST CNN: two 3x3 convolutions, max-pooling, dropout",
+            MnistCnn::tutorial
+        ),
+        entry!(
+            "alexnet",
+            IMAGENET,
+            1000,
+            FEATURES_CLASSIFIER,
+            "the tutorial's AlexNet with the paper's widths 96-256-384-384-256",
+            AlexNet::tutorial
+        ),
+        entry!(
+            "alexnet-tv",
+            IMAGENET,
+            1000,
+            FEATURES_CLASSIFIER,
+            "torchvision's AlexNet (64-192-384-256-256)",
+            AlexNet::torchvision
+        ),
+        entry!(
+            "vgg11",
+            IMAGENET,
+            1000,
+            FEATURES_CLASSIFIER,
+            "VGG-11 (configuration A)",
+            Vgg::vgg11
+        ),
+        entry!(
+            "vgg11-bn",
+            IMAGENET,
+            1000,
+            FEATURES_CLASSIFIER,
+            "VGG-11 with batch norm",
+            Vgg::vgg11_bn
+        ),
+        entry!(
+            "vgg13",
+            IMAGENET,
+            1000,
+            FEATURES_CLASSIFIER,
+            "VGG-13 (configuration B)",
+            Vgg::vgg13
+        ),
+        entry!(
+            "vgg13-bn",
+            IMAGENET,
+            1000,
+            FEATURES_CLASSIFIER,
+            "VGG-13 with batch norm",
+            Vgg::vgg13_bn
+        ),
+        entry!(
+            "vgg16",
+            IMAGENET,
+            1000,
+            FEATURES_CLASSIFIER,
+            "VGG-16 (configuration D)",
+            Vgg::vgg16
+        ),
+        entry!(
+            "vgg16-bn",
+            IMAGENET,
+            1000,
+            FEATURES_CLASSIFIER,
+            "VGG-16 with batch norm",
+            Vgg::vgg16_bn
+        ),
+        entry!(
+            "vgg19",
+            IMAGENET,
+            1000,
+            FEATURES_CLASSIFIER,
+            "VGG-19 (configuration E)",
+            Vgg::vgg19
+        ),
+        entry!(
+            "vgg19-bn",
+            IMAGENET,
+            1000,
+            FEATURES_CLASSIFIER,
+            "VGG-19 with batch norm",
+            Vgg::vgg19_bn
+        ),
+        entry!(
+            "googlenet",
+            IMAGENET,
+            1000,
+            ("conv1.conv.weight", "fc"),
+            "torchvision's GoogLeNet (Inception v1), no auxiliary classifiers",
+            GoogLeNet::torchvision
+        ),
+        entry!(
+            "resnet18",
+            IMAGENET,
+            1000,
+            CONV1_FC,
+            "torchvision's ResNet-18 (BasicBlock, 2-2-2-2)",
+            ResNet::resnet18
+        ),
+        entry!(
+            "resnet34",
+            IMAGENET,
+            1000,
+            CONV1_FC,
+            "torchvision's ResNet-34 (BasicBlock, 3-4-6-3)",
+            ResNet::resnet34
+        ),
+        entry!(
+            "resnet50",
+            IMAGENET,
+            1000,
+            CONV1_FC,
+            "torchvision's ResNet-50 (Bottleneck, 3-4-6-3)",
+            ResNet::resnet50
+        ),
+        entry!(
+            "resnet101",
+            IMAGENET,
+            1000,
+            CONV1_FC,
+            "torchvision's ResNet-101 (Bottleneck, 3-4-23-3)",
+            ResNet::resnet101
+        ),
+        entry!(
+            "resnet152",
+            IMAGENET,
+            1000,
+            CONV1_FC,
+            "torchvision's ResNet-152 (Bottleneck, 3-8-36-3)",
+            ResNet::resnet152
+        ),
+        entry!(
+            "resnet18-seed",
+            CIFAR,
+            10,
+            CONV1_FC,
+            "the tutorial's ResNet-18: 7x7 stem with max-pool, widths 64-128-192-256",
+            ResNet::resnet18_seed
+        ),
+        entry!(
+            "resnet18-cifar",
+            CIFAR,
+            10,
+            CONV1_FC,
+            "CIFAR ResNet-18: 3x3 stem, no max-pool, widths 64-128-256-512",
+            ResNet::resnet18_cifar
+        ),
+    ]
+}
+
+/// The table: the built-in models, then those added with [`crate::register`].
+static ENTRIES: std::sync::LazyLock<std::sync::RwLock<Vec<Entry>>> =
+    std::sync::LazyLock::new(|| std::sync::RwLock::new(builtin()));
+
+/// A copy of every row, in table order.
+pub(crate) fn entries() -> Vec<Entry> {
+    ENTRIES.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// Appends a row; a name already in the table is an error.
+pub(crate) fn add(entry: Entry) -> Result<()> {
+    let mut table = ENTRIES.write().unwrap_or_else(|p| p.into_inner());
+    if table.iter().any(|e| e.spec.name == entry.spec.name) {
+        bail!("model {:?} is already in the zoo", entry.spec.name);
+    }
+    table.push(entry);
+    Ok(())
+}
 
 /// The row for `name`, or an error listing every known name.
-pub(crate) fn entry(name: &str) -> Result<&'static Entry> {
-    match ENTRIES.iter().find(|e| e.spec.name == name) {
-        Some(entry) => Ok(entry),
+pub(crate) fn entry(name: &str) -> Result<Entry> {
+    let table = entries();
+    match table.iter().find(|e| e.spec.name == name) {
+        Some(entry) => Ok(entry.clone()),
         None => {
-            let known: Vec<&str> = ENTRIES.iter().map(|e| e.spec.name).collect();
+            let known: Vec<&str> = table.iter().map(|e| e.spec.name).collect();
             bail!("unknown model {name:?}; known models: {}", known.join(", "))
         }
     }
