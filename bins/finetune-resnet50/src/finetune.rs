@@ -9,12 +9,12 @@ use layers::ParamStore;
 use resnet::ResNet;
 use serde::{Deserialize, Serialize};
 use train::config::{DatasetKind, RunConfig};
+use train::features::CachedFeatures;
 use train::run::{train, Outcome, Trainee};
 use train::source::BatchSource;
+use transfer::{FineTune, Head, Unfreeze};
 
 use crate::classes;
-use crate::features::CachedFeatures;
-use crate::model::{FineTune, Head, Unfreeze};
 use crate::weights;
 
 /// What fine-tuning adds to a training run's configuration (saved as `finetune.json`, so that
@@ -87,7 +87,7 @@ pub fn finetune(
     let tensors = layers::checkpoint::read(&path)?;
     let store = ParamStore::new(run.seed, &device);
     let net = ResNet::resnet50(classes.len(), store.vb())?;
-    weights::load(&store, tensors, &path, true)?;
+    transfer::weights::load(&store, tensors, &path, true)?;
     train::say!(
         "loaded {} ({}); new head for {} classes; training {}",
         ft.weights,
@@ -129,7 +129,7 @@ pub fn finetune(
             )?;
             cached = (
                 CachedFeatures::compute(
-                    &model,
+                    &|x| model.frozen_features(x),
                     &unshuffled,
                     &device,
                     run.batch_size,
@@ -137,7 +137,7 @@ pub fn finetune(
                     "features: train".into(),
                 )?,
                 CachedFeatures::compute(
-                    &model,
+                    &|x| model.frozen_features(x),
                     &test_images,
                     &device,
                     run.test_batch_size,

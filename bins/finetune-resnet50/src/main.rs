@@ -5,9 +5,7 @@
 //! `cargo run -p finetune-resnet50 -- predict --image cat.jpg`
 
 mod classes;
-mod features;
 mod finetune;
-mod model;
 mod predict;
 mod weights;
 
@@ -19,7 +17,7 @@ use train::cli::Recipe;
 use train::config::{DatasetKind, OptimizerKind, ScheduleKind};
 
 use crate::finetune::{dataset_kind, FineTuneConfig};
-use crate::model::Unfreeze;
+use transfer::Unfreeze;
 
 /// The transfer-learning recipe of PyTorch's tutorial: SGD lr 0.001 momentum 0.9 on the new
 /// head, the rate divided by 10 after 7 epochs.

@@ -34,12 +34,12 @@ impl Classifier {
     pub fn load(weights: &str, image_size: usize, device: &Device) -> Result<Self> {
         let path = weights::resolve(weights)?;
         let tensors = layers::checkpoint::read(&path)?;
-        weights::check_resnet50(&tensors, &path)?;
-        let num_classes = weights::head_classes(&tensors, &path)?;
+        transfer::weights::check_resnet50(&tensors, &path)?;
+        let num_classes = transfer::weights::head_classes(&tensors, &path)?;
         let classes = classes::for_checkpoint(&path, num_classes)?;
         let store = ParamStore::new(0, device);
         let model = ResNet::resnet50(num_classes, store.vb())?;
-        weights::load(&store, tensors, &path, false)?;
+        transfer::weights::load(&store, tensors, &path, false)?;
         Ok(Self {
             model,
             classes,

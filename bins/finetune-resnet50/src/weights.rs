@@ -1,102 +1,15 @@
-//! Finding and loading ImageNet-pretrained ResNet-50 weights in torchvision's names.
+//! Where the pretrained ResNet-50 comes from: a file, or the Hub model the tutorial's
+//! `resnet50(pretrained=True)` corresponds to.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
-use candle_core::Tensor;
-use layers::ParamStore;
+use anyhow::Result;
 
-/// The Hub model the tutorial's `resnet50(pretrained=True)` corresponds to: torchvision's
-/// original ImageNet weights, as published by timm in safetensors.
+/// torchvision's original ImageNet weights, as published by timm in safetensors.
 pub const DEFAULT_WEIGHTS: &str = "timm/resnet50.tv_in1k";
 
-/// The file of a Hub model repository that holds the weights.
-const HUB_FILE: &str = "model.safetensors";
-
-/// A local file when `spec` names one (or looks like a path), else a Hub model id fetched into
-/// the standard Hugging Face cache.
+/// `--weights`: a `.safetensors` file, or a Hub model id whose `model.safetensors` is fetched
+/// into the Hugging Face cache.
 pub fn resolve(spec: &str) -> Result<PathBuf> {
-    let path = Path::new(spec);
-    let file_ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| matches!(e, "safetensors" | "pth" | "pt" | "bin" | "ckpt"));
-    let looks_local = path.exists()
-        || file_ext
-        || spec.starts_with('.')
-        || spec.starts_with('/')
-        || spec.matches('/').count() != 1;
-    if looks_local {
-        if !path.is_file() {
-            bail!("weights file {spec} does not exist (give a .safetensors file or a Hub model id such as {DEFAULT_WEIGHTS})")
-        }
-        return Ok(path.to_path_buf());
-    }
-    datasets::hub::fetch_model_file(spec, HUB_FILE, "--weights FILE.safetensors")
-}
-
-/// Checks that `tensors` (read from `path`) is a torchvision-named ResNet-50, explaining the
-/// common mistakes: another depth, other naming schemes.
-pub fn check_resnet50(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    let has = |k: &str| tensors.contains_key(k);
-    if !has("conv1.weight") || !has("layer1.0.conv1.weight") {
-        let sample: Vec<&String> = tensors.keys().take(3).collect();
-        bail!(
-            "{} does not use torchvision's ResNet names (conv1.weight, layer1.0.conv1.weight, ...); \
-             its keys look like {sample:?}",
-            path.display()
-        )
-    }
-    if !has("layer1.0.conv3.weight") {
-        let depth = if has("layer3.5.conv1.weight") { 34 } else { 18 };
-        bail!(
-            "{} is a ResNet-{depth} checkpoint (BasicBlock, no conv3); this tool fine-tunes a \
-             ResNet-50 (Bottleneck) and needs ResNet-50 weights",
-            path.display()
-        )
-    }
-    if has("layer3.6.conv1.weight") {
-        bail!(
-            "{} is a deeper ResNet (101/152) checkpoint; this tool needs ResNet-50 weights",
-            path.display()
-        )
-    }
-    Ok(())
-}
-
-/// The number of classes of the checkpoint's `fc` head.
-pub fn head_classes(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<usize> {
-    let fc = tensors
-        .get("fc.weight")
-        .with_context(|| format!("{} has no fc.weight", path.display()))?;
-    match fc.dims() {
-        [classes, 2048] => Ok(*classes),
-        dims => bail!(
-            "{}: fc.weight has shape {dims:?}, a ResNet-50 head is [classes, 2048]",
-            path.display()
-        ),
-    }
-}
-
-/// Loads the checkpoint into a model built in `store`, strictly. With `new_head`, the
-/// checkpoint's `fc` must still be a valid ResNet-50 head (so every key is consumed) but the
-/// model keeps its freshly initialised `fc`.
-pub fn load(
-    store: &ParamStore,
-    mut tensors: HashMap<String, Tensor>,
-    path: &Path,
-    new_head: bool,
-) -> Result<()> {
-    check_resnet50(&tensors, path)?;
-    head_classes(&tensors, path)?;
-    if new_head {
-        for (name, var) in store.named_vars() {
-            if name.starts_with("fc.") {
-                tensors.insert(name, var.as_tensor().copy()?);
-            }
-        }
-    }
-    layers::checkpoint::load_tensors_strict(store.varmap(), &tensors)
-        .with_context(|| format!("loading {}", path.display()))
+    datasets::hub::file_or_hub(spec, "model.safetensors", "--weights", DEFAULT_WEIGHTS)
 }

@@ -199,3 +199,28 @@ fn image_and_label(row: &Row) -> Result<(Vec<u8>, usize)> {
         label.context("no non-negative integer label column")?,
     ))
 }
+
+/// A local file when `spec` names one (or looks like a path), else the file `hub_file` of the
+/// Hub model `spec` (`owner/name`), fetched into the standard Hugging Face cache.
+///
+/// Errors: a local-looking `spec` that is no file (naming `flag` and `example_id` as a Hub id
+/// that would work), or the Hub's error (offline with an empty cache, unknown repository).
+pub fn file_or_hub(spec: &str, hub_file: &str, flag: &str, example_id: &str) -> Result<PathBuf> {
+    let path = Path::new(spec);
+    let file_ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e, "safetensors" | "pth" | "pt" | "bin" | "ckpt"));
+    let looks_local = path.exists()
+        || file_ext
+        || spec.starts_with('.')
+        || spec.starts_with('/')
+        || spec.matches('/').count() != 1;
+    if looks_local {
+        if !path.is_file() {
+            bail!("{flag} {spec}: the file does not exist (give a .safetensors file or a Hub model id such as {example_id})")
+        }
+        return Ok(path.to_path_buf());
+    }
+    fetch_model_file(spec, hub_file, &format!("{flag} FILE.safetensors"))
+}

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod device;
 pub mod engine;
+pub mod features;
 pub mod history;
 pub mod loss;
 pub mod memory;

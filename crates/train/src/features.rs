@@ -1,12 +1,12 @@
-//! Training the head on backbone features computed once.
+//! Training a head on backbone features computed once: with a frozen backbone and no
+//! augmentation each epoch then costs one pass of the head.
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use datasets::{Batch, Rng};
-use train::progress::Progress;
-use train::source::BatchSource;
 
-use crate::model::FineTune;
+use crate::progress::Progress;
+use crate::source::BatchSource;
 
 /// Pooled backbone features of a whole data set, held on the training device, served in
 /// batches like images (shuffled per epoch from the seed, or in order).
@@ -19,9 +19,11 @@ pub struct CachedFeatures {
 }
 
 impl CachedFeatures {
-    /// Runs the frozen backbone (evaluation mode) over every batch of `images`.
+    /// Runs `backbone` (images `(N, C, H, W)` to features `(N, F)`, typically a frozen network
+    /// in evaluation mode) over every batch of `images`, on `device`; serves the features in
+    /// batches of `batch_size`, shuffled per epoch from `shuffle` (a seed) or in order.
     pub fn compute(
-        model: &FineTune,
+        backbone: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
         images: &dyn BatchSource,
         device: &Device,
         batch_size: usize,
@@ -35,7 +37,7 @@ impl CachedFeatures {
         for batch in images.batches(0) {
             let batch = batch?;
             let x = batch.images.to_device(device)?;
-            features.push(model.frozen_features(&x)?.detach());
+            features.push(backbone(&x)?.detach());
             labels.extend(batch.labels.to_vec1::<u32>()?);
             indices.extend(&batch.indices);
             progress.batch(batch.indices.len(), 0.0, 0.0);

@@ -1,5 +1,5 @@
-//! The tutorial's transfer-learning model: a pretrained ResNet-50 with a new `fc`, the
-//! backbone frozen up to a chosen depth.
+//! The tutorial's transfer-learning model: a pretrained ResNet with a new `fc`, the backbone
+//! frozen up to a chosen depth.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
 use clap::ValueEnum;

@@ -1,0 +1,11 @@
+//! Transfer learning on an ImageNet-pretrained ResNet, as the PyTorch tutorial does it:
+//! [`FineTune`] trains a new `fc` (and, with [`Unfreeze`], the last stages) while the frozen
+//! part runs in evaluation mode; [`weights`] checks and loads torchvision-named ResNet-50
+//! checkpoints, keeping or replacing their head.
+
+#![warn(missing_docs)]
+
+mod finetune;
+pub mod weights;
+
+pub use finetune::{FineTune, Head, Unfreeze};
