@@ -312,6 +312,21 @@ fn a_closed_stdout_does_not_stop_the_run() {
     assert_eq!(metrics_without_seconds(&out).len(), 3);
 }
 
+/// `--help` opens with what the program does.
+#[test]
+fn help_describes_the_program() {
+    let out = Command::new(BIN)
+        .arg("--help")
+        .output()
+        .expect("train-mnist starts");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("Train a CNN on MNIST"), "{text}");
+    assert!(
+        text.contains("--overwrite") && text.contains("--betas"),
+        "{text}"
+    );
+}
+
 /// Every flag with 0, 1, negative, huge, non-numeric and empty values: clear errors or runs,
 /// never a panic, an abort or a hang.
 #[test]

@@ -19,13 +19,13 @@ const KERNEL: &str = "1,0,1; 0,1,0; 1,0,1";
 pub struct ConvArgs {
     /// The input matrix: rows separated by `;`, values by `,` ("1,0;0,1"), or `@FILE`
     /// (one row a line). Default: the tutorial's 5x5 input.
-    #[arg(long, conflicts_with = "input_file")]
+    #[arg(long, conflicts_with = "input_file", allow_hyphen_values = true)]
     input: Option<String>,
     /// Reads the input matrix from a file (one row a line).
     #[arg(long)]
     input_file: Option<PathBuf>,
     /// The kernel, like --input. Default: the tutorial's 3x3 kernel [[1,0,1],[0,1,0],[1,0,1]].
-    #[arg(long, conflicts_with = "kernel_file")]
+    #[arg(long, conflicts_with = "kernel_file", allow_hyphen_values = true)]
     kernel: Option<String>,
     /// Reads the kernel from a file (one row a line).
     #[arg(long)]

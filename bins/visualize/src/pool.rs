@@ -14,7 +14,7 @@ use crate::matrix::Matrix;
 pub struct PoolArgs {
     /// The feature map: rows separated by `;`, values by `,` ("1,2;3,4"), or `@FILE`
     /// (one row a line). Default: the tutorial's 4x4 map 1..16.
-    #[arg(long, conflicts_with = "input_file")]
+    #[arg(long, conflicts_with = "input_file", allow_hyphen_values = true)]
     input: Option<String>,
     /// Reads the feature map from a file (one row a line).
     #[arg(long)]

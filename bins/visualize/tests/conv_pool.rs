@@ -204,6 +204,16 @@ fn pool_options_and_errors() {
         inline.contains("[[5]]") && inline.contains("[[2.75]]"),
         "{inline}"
     );
+    // Negative numbers are values, not flags, without `--input=`.
+    let negative = visualize(&["pool", "--input", "-1,-5;-3,-2", "--out", out]);
+    assert!(
+        negative.contains("[[-1]]") && negative.contains("[[-2.75]]"),
+        "{negative}"
+    );
+    let kernel = visualize(&[
+        "conv", "--input", "-1,0;0,1", "--kernel", "-1", "--out", out,
+    ]);
+    assert!(kernel.contains("[[ 1,  0],\n [ 0, -1]]"), "{kernel}");
     let small = visualize_fails(&["pool", "--input", "1,2,3", "--out", out]);
     assert!(small.contains("smaller than the kernel"), "{small}");
     let padding = visualize_fails(&["pool", "--padding", "2", "--out", out]);

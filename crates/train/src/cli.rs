@@ -178,7 +178,8 @@ impl Recipe {
             ("precision", "f32".to_string()),
             ("data_placement", "auto".to_string()),
         ];
-        let mut cmd = Args::augment_args(Command::new(self.program).about(self.about));
+        // After the flags: their struct's doc comment would otherwise become the description.
+        let mut cmd = Args::augment_args(Command::new(self.program)).about(self.about);
         for (id, value) in defaults {
             cmd = cmd.mut_arg(id, |a| {
                 let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
@@ -611,6 +612,7 @@ mod tests {
     #[test]
     fn help_shows_the_recipe_defaults() {
         let help = RECIPE.command().render_help().to_string();
+        assert!(help.starts_with("test\n"), "{help}");
         assert!(help.contains("[default: 1000]"), "{help}");
         assert!(help.contains("lenet5|cnn-mnist"), "{help}");
     }

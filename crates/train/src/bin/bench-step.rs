@@ -12,9 +12,9 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use candle_core::{Device, Tensor};
-use clap::ValueEnum;
+use clap::Parser;
 use datasets::{Loader, LoaderConfig, ResidentLoader, Transform};
 use train::config::{DatasetKind, OptimizerKind, Precision, RunConfig, ScheduleKind};
 use train::source::BatchSource;
@@ -30,35 +30,43 @@ const CASES: [Case; 4] = [
     ("resnet18-cifar", 128, (3, 32, 32), OptimizerKind::Sgd),
 ];
 
+/// Median time of one training step of the tutorial's networks, with images/s.
+#[derive(Debug, Parser)]
+#[command(name = "bench-step")]
+struct BenchArgs {
+    /// Steps to time per case [default: 10, or 3 for large CPU batches]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    steps: Option<usize>,
+    /// Only this model (cnn-mnist, lenet5, resnet18-seed, resnet18-cifar)
+    #[arg(long)]
+    only: Option<String>,
+    /// cpu, cuda or cuda:N
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Batch sizes, comma separated [default: each model's training batch]
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65_536))]
+    batches: Option<Vec<usize>>,
+    /// Precisions, comma separated: f32, tf32, bf16
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "f32")]
+    precision: Vec<Precision>,
+    /// Also time the CIFAR-10 training transform, host loader against device-resident data
+    #[arg(long)]
+    pipeline: bool,
+    /// Also time forward, backward and optimizer apart
+    #[arg(long)]
+    split: bool,
+}
+
 fn main() -> Result<()> {
     if std::env::var_os("BENCH_MMAP").is_none() {
         train::memory::keep_freed_memory();
     }
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let flag = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-    };
-    let steps: Option<usize> = flag("--steps")
-        .map(|s| s.parse().context("--steps takes a number"))
-        .transpose()?;
-    let only = flag("--only");
-    let device = train::device::parse_device(flag("--device").map_or("cpu", |d| d.as_str()))?;
-    let batches: Option<Vec<usize>> = flag("--batches")
-        .map(|b| {
-            b.split(',')
-                .map(|n| n.parse().context("--batches takes numbers"))
-                .collect::<Result<Vec<usize>>>()
-        })
-        .transpose()?;
-    let precisions: Vec<Precision> = flag("--precision")
-        .map_or("f32", |p| p.as_str())
-        .split(',')
-        .map(|p| Precision::from_str(p, true).map_err(|e| anyhow::anyhow!("--precision {p}: {e}")))
-        .collect::<Result<_>>()?;
-    let split = args.iter().any(|a| a == "--split");
-    if args.iter().any(|a| a == "--pipeline") {
+    let args = BenchArgs::parse();
+    let (steps, only, split) = (args.steps, args.only.as_deref(), args.split);
+    let device = train::device::parse_device(&args.device)?;
+    let batches = args.batches;
+    let precisions = args.precision;
+    if args.pipeline {
         pipeline(&device)?;
     }
     train::say!(
