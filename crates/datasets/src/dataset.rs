@@ -58,7 +58,10 @@ impl InMemory {
         classes: Vec<String>,
     ) -> Result<Self> {
         let (c, h, w) = shape;
-        let sample = c * h * w;
+        let sample = c
+            .checked_mul(h)
+            .and_then(|ch| ch.checked_mul(w))
+            .with_context(|| format!("image shape {c}x{h}x{w} is too large to address"))?;
         ensure!(sample > 0, "image shape {c}x{h}x{w} is empty");
         ensure!(
             images.len().is_multiple_of(sample),
@@ -99,9 +102,11 @@ impl InMemory {
     /// The CHW bytes of sample `index`, without copying.
     pub fn pixels(&self, index: usize) -> Result<&[u8]> {
         let (c, h, w) = self.shape;
+        // `new` checked that this product fits.
         let sample = c * h * w;
+        let start = index.saturating_mul(sample);
         self.images
-            .get(index * sample..(index + 1) * sample)
+            .get(start..start.saturating_add(sample))
             .with_context(|| format!("sample {index} is out of range for {} samples", self.len()))
     }
 

@@ -119,7 +119,16 @@ fn header(path: &Path, bytes: &[u8], magic: u32, dims: usize) -> Result<Vec<usiz
     let shape: Vec<usize> = (0..dims)
         .map(|d| be_u32(bytes, 4 + 4 * d) as usize)
         .collect();
-    let expected = header_len + shape.iter().product::<usize>();
+    let expected = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .and_then(|data| data.checked_add(header_len))
+        .with_context(|| {
+            format!(
+                "{}: impossible IDX header: dimensions {shape:?} hold more bytes than memory can address",
+                path.display()
+            )
+        })?;
     ensure!(
         bytes.len() >= expected,
         "{}: truncated file: header says {shape:?} ({expected} bytes) but the file has {} bytes",
