@@ -18,6 +18,11 @@ pub trait Dataset: Send + Sync {
     fn label(&self, index: usize) -> usize;
     /// Decodes sample `index` (errors name the file for file-backed data).
     fn image(&self, index: usize) -> Result<U8Image>;
+    /// The `(c, h, w)` shape every image has, when the dataset fixes one (in-memory data);
+    /// `None` when sizes may vary from file to file.
+    fn fixed_shape(&self) -> Option<(usize, usize, usize)> {
+        None
+    }
 }
 
 /// Train and test halves.
@@ -27,6 +32,45 @@ pub struct Split {
     pub train: Arc<dyn Dataset>,
     /// The held-out samples.
     pub test: Arc<dyn Dataset>,
+}
+
+impl Split {
+    /// Checks, before any training, that the two halves fit together: neither is empty, class
+    /// names are unique and the same in both, and fixed image shapes agree. `train_origin` and
+    /// `test_origin` (the files or directories each half came from) are named in the errors.
+    /// [`mnist`](crate::mnist), [`cifar10`](crate::cifar10) and
+    /// [`image_folder`](crate::image_folder) run it on what they load.
+    pub fn check(&self, train_origin: &str, test_origin: &str) -> Result<()> {
+        ensure!(
+            !self.train.is_empty(),
+            "{train_origin}: the training split has no images"
+        );
+        ensure!(
+            !self.test.is_empty(),
+            "{test_origin}: the test split has no images"
+        );
+        let classes = self.train.classes();
+        for (i, name) in classes.iter().enumerate() {
+            ensure!(
+                !classes[..i].contains(name),
+                "{train_origin}: class name {name:?} appears twice in {classes:?}"
+            );
+        }
+        ensure!(
+            self.test.classes() == classes,
+            "{test_origin}: the test classes {:?} differ from the training classes {classes:?} \
+             of {train_origin}",
+            self.test.classes()
+        );
+        if let (Some(train), Some(test)) = (self.train.fixed_shape(), self.test.fixed_shape()) {
+            ensure!(
+                train == test,
+                "{test_origin}: test images are {test:?} (CxHxW) but the training images of \
+                 {train_origin} are {train:?}"
+            );
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for Split {
@@ -146,6 +190,10 @@ impl Dataset for InMemory {
     fn image(&self, index: usize) -> Result<U8Image> {
         let (c, h, w) = self.shape;
         U8Image::new(c, h, w, self.pixels(index)?.to_vec())
+    }
+
+    fn fixed_shape(&self) -> Option<(usize, usize, usize)> {
+        Some(self.shape)
     }
 }
 
