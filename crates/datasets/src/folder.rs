@@ -260,7 +260,14 @@ fn decode_all(chosen: Chosen) -> Result<InMemory> {
     let head = first.decode()?;
     let shape = head.shape();
     let size = head.data.len();
-    let mut pixels = vec![0u8; size * chosen.samples.len()];
+    let total = size.checked_mul(chosen.samples.len()).with_context(|| {
+        format!(
+            "{}: {} images of {shape:?} are more bytes than memory can address",
+            chosen.origin,
+            chosen.samples.len()
+        )
+    })?;
+    let mut pixels = vec![0u8; total];
     pixels
         .par_chunks_mut(size)
         .zip(chosen.samples.par_iter())
