@@ -62,15 +62,15 @@ fn idx() {
     let seeds = files_in(seeds_dir.path());
     let work = tempdir().unwrap();
     let (images, labels) = (work.path().join("images"), work.path().join("labels"));
-    fuzz("idx", &seeds, HANG, |bytes, flags| {
+    fuzz("idx", &seeds, HANG, |bytes, flags, seed| {
         let bytes = if flags & 1 == 0 {
             bytes.to_vec()
         } else {
             gzip(bytes)
         };
-        // The mutated file is the image or the label file; the other one is a valid seed.
-        let (mutated, other, other_seed) = if flags & 2 == 0 {
-            (&images, &labels, &seeds[1])
+        // Seeds 0 and 1 are image files, 2 and 3 label files; the other file stays valid.
+        let (mutated, other, other_seed) = if seed < 2 {
+            (&images, &labels, &seeds[2])
         } else {
             (&labels, &images, &seeds[0])
         };
@@ -89,9 +89,9 @@ fn cifar_batch() {
     let work = tempdir().unwrap();
     let batch = work.path().join("test_batch.bin");
     let meta_path = work.path().join("batches.meta.txt");
-    fuzz("cifar_batch", &seeds, HANG, |bytes, flags| {
-        // Flag bit 0: the mutated bytes are batches.meta.txt beside a valid batch.
-        if flags & 1 == 0 {
+    fuzz("cifar_batch", &seeds, HANG, |bytes, _, seed| {
+        // Seeds 0 and 1 are batches, seed 2 is batches.meta.txt beside a valid batch.
+        if seed < 2 {
             std::fs::write(&batch, bytes).unwrap();
             let _ = std::fs::remove_file(&meta_path);
         } else {
@@ -148,7 +148,7 @@ fn archive() {
         storage: Storage::Memory,
         ..FolderOptions::default()
     };
-    fuzz("archive", &seeds, HANG, |bytes, flags| {
+    fuzz("archive", &seeds, HANG, |bytes, flags, _| {
         // Flag bit 0: gzip the mutated bytes (a valid gzip around a damaged tar); bit 1: read
         // them as .tar.gz (a damaged gzip, or a tar misnamed); bits 2-3: which reader.
         let path = if flags & 3 == 0 { &tar_path } else { &gz_path };
@@ -192,7 +192,7 @@ fn image_decode() {
         pattern_rgb(17, 9, 40).write_with_encoder(encoder).unwrap();
         seeds.push(jpeg);
     }
-    fuzz("image_decode", &seeds, HANG, |bytes, flags| {
+    fuzz("image_decode", &seeds, HANG, |bytes, flags, _| {
         let mode = if flags & 1 == 0 {
             ColorMode::Rgb
         } else {

@@ -55,14 +55,19 @@ fn checkpoint_read() {
     let dir = tempfile::tempdir().unwrap();
     let seeds = seeds(dir.path());
     let path = dir.path().join("fuzz.safetensors");
-    mutate::fuzz("checkpoint", &seeds, Duration::from_secs(20), |bytes, _| {
-        std::fs::write(&path, bytes).unwrap();
-        layers::checkpoint::read(&path)
-            .map(|tensors| {
-                for t in tensors.values() {
-                    let _ = t.to_dtype(DType::F32).and_then(|t| t.sum_all());
-                }
-            })
-            .is_ok()
-    });
+    mutate::fuzz(
+        "checkpoint",
+        &seeds,
+        Duration::from_secs(20),
+        |bytes, _, _| {
+            std::fs::write(&path, bytes).unwrap();
+            layers::checkpoint::read(&path)
+                .map(|tensors| {
+                    for t in tensors.values() {
+                        let _ = t.to_dtype(DType::F32).and_then(|t| t.sum_all());
+                    }
+                })
+                .is_ok()
+        },
+    );
 }

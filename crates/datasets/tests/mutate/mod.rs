@@ -77,15 +77,15 @@ pub fn seconds() -> u64 {
 
 /// Runs `target` on mutations of `seeds` for [`seconds`], under bolero's engine (random inputs
 /// under `cargo test`, coverage-guided under `cargo bolero`). The input is `(seed, flags, count,
-/// edits)`: mostly one or two edits, sometimes all of them. `target` gets the mutated bytes and
-/// the flags, and says whether they parsed. A panic fails the test; an input still running after
+/// edits)`: mostly one or two edits, sometimes all of them. `target` gets the mutated bytes, the
+/// flags and the seed's index, and says whether the bytes parsed. A panic fails the test; an input still running after
 /// `hang_after` aborts the process, after writing it to `$TMPDIR/fuzz-hang-<name>.bin`. Prints
-/// the number of inputs run and parsed.
+/// the number of inputs run every minute, and at the end how many parsed.
 pub fn fuzz(
     name: &str,
     seeds: &[Vec<u8>],
     hang_after: Duration,
-    target: impl Fn(&[u8], u8) -> bool + std::panic::RefUnwindSafe,
+    target: impl Fn(&[u8], u8, usize) -> bool + std::panic::RefUnwindSafe,
 ) {
     let count = Arc::new(AtomicU64::new(0));
     let parsed = AtomicU64::new(0);
@@ -93,8 +93,14 @@ pub fn fuzz(
     let watchdog = {
         let (count, current, name) = (count.clone(), current.clone(), name.to_string());
         std::thread::spawn(move || {
+            let mut last_report = Instant::now();
             while Arc::strong_count(&count) > 1 {
                 std::thread::sleep(Duration::from_millis(500));
+                if last_report.elapsed() > Duration::from_secs(60) {
+                    let runs = count.load(Ordering::Relaxed);
+                    eprintln!("fuzz {name}: {runs} inputs so far");
+                    last_report = Instant::now();
+                }
                 let guard = current.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some((started, input)) = guard.as_ref() {
                     if started.elapsed() > hang_after {
@@ -112,7 +118,8 @@ pub fn fuzz(
         .with_type::<(u8, u8, u8, Vec<(u8, u32, u32)>)>()
         .with_test_time(Duration::from_secs(seconds()))
         .for_each(|(seed, flags, many, edits)| {
-            let mut data = seeds[usize::from(*seed) % seeds.len()].clone();
+            let seed = usize::from(*seed) % seeds.len();
+            let mut data = seeds[seed].clone();
             let n = match many % 8 {
                 0..=3 => 1,
                 4 | 5 => 2,
@@ -122,7 +129,7 @@ pub fn fuzz(
             mutate(&mut data, &edits[..n.min(edits.len())]);
             *current.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some((Instant::now(), data.clone()));
-            if target(&data, *flags) {
+            if target(&data, *flags, seed) {
                 parsed.fetch_add(1, Ordering::Relaxed);
             }
             *current.lock().unwrap_or_else(|p| p.into_inner()) = None;
