@@ -31,7 +31,8 @@ pub struct FolderOptions {
     /// Lazy files or decoded memory.
     pub storage: Storage,
     /// Without `train/` + `test/` (or `val/`) folders: the fraction of each class held out as
-    /// the test split (stratified), in `[0, 1)`.
+    /// the test split (stratified, rounded per class), in `[0, 1)`; it must hold out at least one
+    /// image and leave at least one for training.
     pub test_fraction: f64,
     /// Seed of that held-out draw.
     pub split_seed: u64,
