@@ -1,7 +1,9 @@
-//! Reading a (gzipped) tar archive into memory, entry by entry.
+//! Reading a (gzipped) tar archive into memory, entry by entry, checking the whole container:
+//! every tar header's checksum and size, the end-of-archive marker, and the gzip trailer
+//! (CRC-32 and length), as `tar` and `gzip -t` do.
 
-use anyhow::{Context, Result};
-use flate2::read::GzDecoder;
+use anyhow::{bail, ensure, Context, Result};
+use flate2::read::MultiGzDecoder;
 use std::io::Read;
 use std::path::{Component, Path};
 
@@ -16,21 +18,36 @@ pub struct ArchiveEntry {
     pub bytes: Vec<u8>,
 }
 
+/// Size of a tar block; the end-of-archive marker is two zero blocks.
+const BLOCK: usize = 512;
+
 /// Reads every regular file and directory of the `.tar.gz`, `.tgz` or `.tar` at `path`.
+///
+/// Any damage to the container is an error naming the archive (and the member when one is
+/// concerned): a bad gzip header, deflate data, CRC-32 or length, data after the gzip stream,
+/// a tar header with a wrong checksum or size, a member cut short, a missing end-of-archive
+/// marker. Memory grows with the bytes actually read, never with a size a header claims.
 pub fn read_archive(path: &Path) -> Result<Vec<ArchiveEntry>> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let real_size = file
+        .metadata()
+        .with_context(|| format!("cannot read the size of {}", path.display()))?
+        .len();
     let reader = std::io::BufReader::with_capacity(1 << 20, file);
     let gzipped = !path.to_string_lossy().to_lowercase().ends_with(".tar");
     let stream: Box<dyn Read> = if gzipped {
-        Box::new(GzDecoder::new(reader))
+        Box::new(MultiGzDecoder::new(reader))
     } else {
         Box::new(reader)
     };
-    read_tar(stream).with_context(|| format!("{}: corrupt or truncated archive", path.display()))
+    read_tar(stream, real_size)
+        .with_context(|| format!("{}: corrupt or truncated archive", path.display()))
 }
 
-fn read_tar(stream: impl Read) -> Result<Vec<ArchiveEntry>> {
+/// Reads the tar stream to its end (so that a gzip trailer below it is verified); `real_size`
+/// (the archive file's size) caps what is reserved ahead of reading.
+fn read_tar(stream: impl Read, real_size: u64) -> Result<Vec<ArchiveEntry>> {
     let mut archive = tar::Archive::new(stream);
     let mut out = Vec::new();
     for entry in archive.entries()? {
@@ -45,10 +62,16 @@ fn read_tar(stream: impl Read) -> Result<Vec<ArchiveEntry>> {
         }
         let mut bytes = Vec::new();
         if kind.is_file() {
-            bytes.reserve(entry.size() as usize);
+            let size = entry.size();
+            bytes.reserve(usize::try_from(size.min(real_size)).unwrap_or(0));
             entry
                 .read_to_end(&mut bytes)
-                .with_context(|| format!("cannot read entry {name}"))?;
+                .with_context(|| format!("cannot read member {name}"))?;
+            ensure!(
+                bytes.len() as u64 == size,
+                "member {name} is cut short: its header says {size} bytes, the archive holds {}",
+                bytes.len()
+            );
         }
         out.push(ArchiveEntry {
             name,
@@ -56,6 +79,30 @@ fn read_tar(stream: impl Read) -> Result<Vec<ArchiveEntry>> {
             bytes,
         });
     }
+    // The tar reader stops at the first zero block, or silently at the end of the data when a
+    // cut falls between members; the second zero block must follow the first.
+    let mut rest = archive.into_inner();
+    let mut second = [0u8; BLOCK];
+    let mut filled = 0;
+    while filled < BLOCK {
+        match rest
+            .read(&mut second[filled..])
+            .context("cannot read the end of the archive")?
+        {
+            0 => {
+                bail!("truncated: no end-of-archive marker (two zero blocks) after the last member")
+            }
+            n => filled += n,
+        }
+    }
+    ensure!(
+        second.iter().all(|&b| b == 0),
+        "corrupt end-of-archive marker: a zero block followed by data"
+    );
+    // What follows the marker is padding that tar ignores; reading it to the end makes the
+    // gzip decoder check its CRC-32 and length trailer and refuse anything after the stream.
+    std::io::copy(&mut rest, &mut std::io::sink())
+        .context("corrupt or truncated data after the end-of-archive marker")?;
     Ok(out)
 }
 

@@ -99,23 +99,47 @@ pub fn cifar10(path: Option<&Path>) -> Result<Split> {
 /// Reads one official binary batch file (e.g. `test_batch.bin`): 10,000 records of 3073 bytes.
 pub fn cifar10_test_bin(path: &Path) -> Result<InMemory> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    parse_batch(&bytes, &path.display().to_string(), classes_near(path))
+    parse_batch(&bytes, &path.display().to_string(), classes_near(path)?)
 }
 
+/// The class-name file of the official distribution.
+const META: &str = "batches.meta.txt";
+
 /// Class names from `batches.meta.txt` beside `batch`, else the standard ones.
-fn classes_near(batch: &Path) -> Vec<String> {
-    let meta = batch.with_file_name("batches.meta.txt");
-    std::fs::read_to_string(meta)
-        .ok()
-        .map(|text| {
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(String::from)
-                .collect::<Vec<_>>()
-        })
-        .filter(|names| names.len() == CIFAR10_CLASSES.len())
-        .unwrap_or_else(|| class_names(&CIFAR10_CLASSES))
+fn classes_near(batch: &Path) -> Result<Vec<String>> {
+    let meta = batch.with_file_name(META);
+    if !meta.is_file() {
+        return Ok(class_names(&CIFAR10_CLASSES));
+    }
+    let bytes = std::fs::read(&meta).with_context(|| format!("cannot read {}", meta.display()))?;
+    parse_meta(&bytes, &meta.display().to_string())
+}
+
+/// The class names of a `batches.meta.txt` (one a line, blank lines ignored): ten distinct
+/// names; `name` identifies the file in errors.
+fn parse_meta(bytes: &[u8], name: &str) -> Result<Vec<String>> {
+    let text = std::str::from_utf8(bytes).with_context(|| format!("{name}: not UTF-8 text"))?;
+    let names: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    ensure!(
+        names.len() == CIFAR10_CLASSES.len(),
+        "{name}: {} class names, CIFAR-10 has {}",
+        names.len(),
+        CIFAR10_CLASSES.len()
+    );
+    for (i, class) in names.iter().enumerate() {
+        ensure!(
+            !names[..i].contains(class),
+            "{name}: class {class:?} is named twice (lines {} and {})",
+            names[..i].iter().position(|n| n == class).unwrap_or(0) + 1,
+            i + 1
+        );
+    }
+    Ok(names)
 }
 
 /// Parses the records of one binary batch; `name` identifies the file in errors.
@@ -144,7 +168,7 @@ fn parse_batch(bytes: &[u8], name: &str, classes: Vec<String>) -> Result<InMemor
 }
 
 fn from_bin_dir(dir: &Path) -> Result<Split> {
-    let classes = classes_near(&dir.join(TEST_BATCH));
+    let classes = classes_near(&dir.join(TEST_BATCH))?;
     let read = |file: &str| -> Result<InMemory> {
         let path = dir.join(file);
         let bytes =
@@ -155,10 +179,15 @@ fn from_bin_dir(dir: &Path) -> Result<Split> {
         .iter()
         .map(|b| read(b))
         .collect::<Result<Vec<_>>>()?;
-    Ok(Split {
+    let split = Split {
         train: Arc::new(InMemory::concat(train)?),
         test: Arc::new(read(TEST_BATCH)?),
-    })
+    };
+    split.check(
+        &dir.join("data_batch_1..5.bin").display().to_string(),
+        &dir.join(TEST_BATCH).display().to_string(),
+    )?;
+    Ok(split)
 }
 
 /// A `*cifar*.tar.gz` in `dir`, preferring the official binary archive.
@@ -185,18 +214,26 @@ fn from_archive(path: &Path) -> Result<Split> {
             .find(|e| e.name.rsplit('/').next() == Some(file))
     };
     if let Some(test) = batch(TEST_BATCH) {
-        let classes = class_names(&CIFAR10_CLASSES);
         let name = |e: &ArchiveEntry| format!("{}:{}", path.display(), e.name);
+        let classes = match batch(META) {
+            Some(meta) => parse_meta(&meta.bytes, &name(meta))?,
+            None => class_names(&CIFAR10_CLASSES),
+        };
         let mut train = Vec::new();
         for file in TRAIN_BATCHES {
             let entry = batch(file)
                 .with_context(|| format!("{}: archive has no {file}", path.display()))?;
             train.push(parse_batch(&entry.bytes, &name(entry), classes.clone())?);
         }
-        return Ok(Split {
+        let split = Split {
             train: Arc::new(InMemory::concat(train)?),
             test: Arc::new(parse_batch(&test.bytes, &name(test), classes)?),
-        });
+        };
+        split.check(
+            &format!("{}:data_batch_1..5.bin", path.display()),
+            &name(test),
+        )?;
+        return Ok(split);
     }
     from_folder(Listing::from_entries(path, entries)?, path)
 }
@@ -215,14 +252,12 @@ fn from_folder(listing: Listing, origin: &Path) -> Result<Split> {
             part.classes().len(),
             part.classes()
         );
-        if !part.is_empty() {
-            let shape = part.image(0)?.shape();
-            ensure!(
-                shape == (3, 32, 32),
-                "{}: wrong image size {shape:?} (CxHxW), CIFAR-10 images are 3x32x32",
-                origin.display()
-            );
-        }
+        let shape = part.image(0)?.shape();
+        ensure!(
+            shape == (3, 32, 32),
+            "{}: wrong image size {shape:?} (CxHxW), CIFAR-10 images are 3x32x32",
+            origin.display()
+        );
     }
     Ok(split)
 }

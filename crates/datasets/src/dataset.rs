@@ -18,6 +18,11 @@ pub trait Dataset: Send + Sync {
     fn label(&self, index: usize) -> usize;
     /// Decodes sample `index` (errors name the file for file-backed data).
     fn image(&self, index: usize) -> Result<U8Image>;
+    /// The `(c, h, w)` shape every image has, when the dataset fixes one (in-memory data);
+    /// `None` when sizes may vary from file to file.
+    fn fixed_shape(&self) -> Option<(usize, usize, usize)> {
+        None
+    }
 }
 
 /// Train and test halves.
@@ -27,6 +32,45 @@ pub struct Split {
     pub train: Arc<dyn Dataset>,
     /// The held-out samples.
     pub test: Arc<dyn Dataset>,
+}
+
+impl Split {
+    /// Checks, before any training, that the two halves fit together: neither is empty, class
+    /// names are unique and the same in both, and fixed image shapes agree. `train_origin` and
+    /// `test_origin` (the files or directories each half came from) are named in the errors.
+    /// [`mnist`](crate::mnist), [`cifar10`](crate::cifar10) and
+    /// [`image_folder`](crate::image_folder) run it on what they load.
+    pub fn check(&self, train_origin: &str, test_origin: &str) -> Result<()> {
+        ensure!(
+            !self.train.is_empty(),
+            "{train_origin}: the training split has no images"
+        );
+        ensure!(
+            !self.test.is_empty(),
+            "{test_origin}: the test split has no images"
+        );
+        let classes = self.train.classes();
+        for (i, name) in classes.iter().enumerate() {
+            ensure!(
+                !classes[..i].contains(name),
+                "{train_origin}: class name {name:?} appears twice in {classes:?}"
+            );
+        }
+        ensure!(
+            self.test.classes() == classes,
+            "{test_origin}: the test classes {:?} differ from the training classes {classes:?} \
+             of {train_origin}",
+            self.test.classes()
+        );
+        if let (Some(train), Some(test)) = (self.train.fixed_shape(), self.test.fixed_shape()) {
+            ensure!(
+                train == test,
+                "{test_origin}: test images are {test:?} (CxHxW) but the training images of \
+                 {train_origin} are {train:?}"
+            );
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for Split {
@@ -58,7 +102,10 @@ impl InMemory {
         classes: Vec<String>,
     ) -> Result<Self> {
         let (c, h, w) = shape;
-        let sample = c * h * w;
+        let sample = c
+            .checked_mul(h)
+            .and_then(|ch| ch.checked_mul(w))
+            .with_context(|| format!("image shape {c}x{h}x{w} is too large to address"))?;
         ensure!(sample > 0, "image shape {c}x{h}x{w} is empty");
         ensure!(
             images.len().is_multiple_of(sample),
@@ -99,9 +146,11 @@ impl InMemory {
     /// The CHW bytes of sample `index`, without copying.
     pub fn pixels(&self, index: usize) -> Result<&[u8]> {
         let (c, h, w) = self.shape;
+        // `new` checked that this product fits.
         let sample = c * h * w;
+        let start = index.saturating_mul(sample);
         self.images
-            .get(index * sample..(index + 1) * sample)
+            .get(start..start.saturating_add(sample))
             .with_context(|| format!("sample {index} is out of range for {} samples", self.len()))
     }
 
@@ -141,6 +190,10 @@ impl Dataset for InMemory {
     fn image(&self, index: usize) -> Result<U8Image> {
         let (c, h, w) = self.shape;
         U8Image::new(c, h, w, self.pixels(index)?.to_vec())
+    }
+
+    fn fixed_shape(&self) -> Option<(usize, usize, usize)> {
+        Some(self.shape)
     }
 }
 

@@ -31,7 +31,8 @@ pub struct FolderOptions {
     /// Lazy files or decoded memory.
     pub storage: Storage,
     /// Without `train/` + `test/` (or `val/`) folders: the fraction of each class held out as
-    /// the test split (stratified), in `[0, 1)`.
+    /// the test split (stratified, rounded per class), in `[0, 1)`; it must hold out at least one
+    /// image and leave at least one for training.
     pub test_fraction: f64,
     /// Seed of that held-out draw.
     pub split_seed: u64,
@@ -49,8 +50,8 @@ impl Default for FolderOptions {
 
 /// Loads an ImageFolder tree from a directory or a `.tar.gz`/`.tgz`/`.tar` of one.
 ///
-/// With `train/` and `test/` (or `val/`) subfolders each is a split of class folders (the test
-/// classes must be among the train classes and keep their train labels). With only class folders,
+/// With `train/` and `test/` (or `val/`) subfolders each is a split of class folders (both must
+/// hold the same classes, each with at least one image). With only class folders,
 /// `options.test_fraction` of each class (drawn with `options.split_seed`) becomes the test split.
 /// Classes are the class folder names sorted (torchvision's rule); files are searched recursively
 /// and ordered like torchvision's `sorted(os.walk(...))`. Hidden files and folders are skipped.
@@ -84,22 +85,25 @@ pub fn image_folder_listing(listing: Listing, options: &FolderOptions) -> Result
     let (train, test) = match test_dir {
         Some(test_dir) if top.iter().any(|d| d == "train") => {
             let classes = children(&listing, "train");
-            let train = samples_of(&listing, "train", &classes, true)?;
-            let test = samples_of(&listing, test_dir, &classes, false)?;
+            let train = samples_of(&listing, "train", &classes)?;
+            let test = samples_of(&listing, test_dir, &classes)?;
             (train, test)
         }
         _ => {
             let classes = children(&listing, "");
-            let all = samples_of(&listing, "", &classes, true)?;
+            let all = samples_of(&listing, "", &classes)?;
             all.split_fraction(options.test_fraction, options.split_seed)?
         }
     };
+    let (train_origin, test_origin) = (train.origin.clone(), test.origin.clone());
     let mut files: Vec<Option<EncodedSample>> =
         listing.files.into_iter().map(|(_, s)| Some(s)).collect();
-    Ok(Split {
+    let split = Split {
         train: build(train.take(&mut files), options.storage)?,
         test: build(test.take(&mut files), options.storage)?,
-    })
+    };
+    split.check(&train_origin, &test_origin)?;
+    Ok(split)
 }
 
 /// The sorted, visible child folders of `dir`.
@@ -128,9 +132,9 @@ struct Picks {
     origin: String,
 }
 
-/// Lists the samples under `dir/<class>/` for every class in `classes`. With `complete`, every
-/// class folder must exist and hold an image; otherwise a folder of an unknown class is an error.
-fn samples_of(listing: &Listing, dir: &str, classes: &[String], complete: bool) -> Result<Picks> {
+/// Lists the samples under `dir/<class>/` for every class in `classes`: every class folder must
+/// exist and hold an image, and a folder of another class is an error.
+fn samples_of(listing: &Listing, dir: &str, classes: &[String]) -> Result<Picks> {
     let origin = listing.origin.join(dir).display().to_string();
     ensure!(!classes.is_empty(), "{origin}: no class folders found");
     let index: HashMap<&str, usize> = classes
@@ -152,20 +156,19 @@ fn samples_of(listing: &Listing, dir: &str, classes: &[String], complete: bool) 
             continue;
         };
         let Some(&label) = index.get(class) else {
-            bail!("{origin}/{class}: class folder not among the train classes {classes:?}");
+            bail!("{origin}/{class}: class folder not among the training classes {classes:?}");
         };
         let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
         keyed.push((label, parent, name, i));
     }
-    if complete {
-        for (label, class) in classes.iter().enumerate() {
-            ensure!(
-                keyed.iter().any(|k| k.0 == label),
-                "{}: empty class folder (no {} images)",
-                listing.origin.join(join(dir, class)).display(),
-                IMAGE_EXTENSIONS.join("/")
-            );
-        }
+    for (label, class) in classes.iter().enumerate() {
+        ensure!(
+            keyed.iter().any(|k| k.0 == label),
+            "{}: empty class folder (no {} images; every class of the training split needs \
+             images here)",
+            listing.origin.join(join(dir, class)).display(),
+            IMAGE_EXTENSIONS.join("/")
+        );
     }
     keyed.sort_unstable();
     Ok(Picks {
@@ -207,7 +210,15 @@ impl Picks {
                 .collect(),
             origin: self.origin.clone(),
         };
-        Ok((part(false), part(true)))
+        let test = part(true);
+        ensure!(
+            !test.files.is_empty(),
+            "{}: test fraction {fraction} holds out no image of the {} (use train/ and test/ \
+             folders, or a larger fraction)",
+            self.origin,
+            self.files.len()
+        );
+        Ok((part(false), test))
     }
 
     /// Moves this split's samples out of the listing's files.
@@ -250,7 +261,14 @@ fn decode_all(chosen: Chosen) -> Result<InMemory> {
     let head = first.decode()?;
     let shape = head.shape();
     let size = head.data.len();
-    let mut pixels = vec![0u8; size * chosen.samples.len()];
+    let total = size.checked_mul(chosen.samples.len()).with_context(|| {
+        format!(
+            "{}: {} images of {shape:?} are more bytes than memory can address",
+            chosen.origin,
+            chosen.samples.len()
+        )
+    })?;
+    let mut pixels = vec![0u8; total];
     pixels
         .par_chunks_mut(size)
         .zip(chosen.samples.par_iter())

@@ -80,10 +80,12 @@ fn load(data: &HubData) -> Result<Split> {
         .map_err(|e| anyhow!("cannot set up the Hugging Face client: {e}"))?;
     let train = fetch(&client, &cache, data, data.train)?;
     let test = fetch(&client, &cache, data, data.test)?;
-    Ok(Split {
+    let split = Split {
         train: Arc::new(read_parquet(&train, data)?),
         test: Arc::new(read_parquet(&test, data)?),
-    })
+    };
+    split.check(&train.display().to_string(), &test.display().to_string())?;
+    Ok(split)
 }
 
 /// The cached path of `file`, downloading it unless offline.

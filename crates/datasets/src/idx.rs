@@ -42,17 +42,20 @@ pub fn mnist(dir: Option<&Path>) -> Result<Split> {
     .into_iter()
     .find(|d| find_idx(d, "train-images-idx3-ubyte").is_some())
     .unwrap_or_else(|| dir.to_path_buf());
-    let part = |images: &str, labels: &str| -> Result<InMemory> {
+    let part = |images: &str, labels: &str| -> Result<(InMemory, String)> {
         let images = find_idx(&dir, images).with_context(|| missing(&dir, images))?;
         let labels = find_idx(&dir, labels).with_context(|| missing(&dir, labels))?;
-        read_idx_pair(&images, &labels)
+        let data = read_idx_pair(&images, &labels)?;
+        Ok((data, images.display().to_string()))
     };
-    let train = part("train-images-idx3-ubyte", "train-labels-idx1-ubyte")?;
-    let test = part("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")?;
-    Ok(Split {
+    let (train, train_origin) = part("train-images-idx3-ubyte", "train-labels-idx1-ubyte")?;
+    let (test, test_origin) = part("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")?;
+    let split = Split {
         train: Arc::new(train),
         test: Arc::new(test),
-    })
+    };
+    split.check(&train_origin, &test_origin)?;
+    Ok(split)
 }
 
 fn missing(dir: &Path, stem: &str) -> String {
@@ -119,7 +122,16 @@ fn header(path: &Path, bytes: &[u8], magic: u32, dims: usize) -> Result<Vec<usiz
     let shape: Vec<usize> = (0..dims)
         .map(|d| be_u32(bytes, 4 + 4 * d) as usize)
         .collect();
-    let expected = header_len + shape.iter().product::<usize>();
+    let expected = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .and_then(|data| data.checked_add(header_len))
+        .with_context(|| {
+            format!(
+                "{}: impossible IDX header: dimensions {shape:?} hold more bytes than memory can address",
+                path.display()
+            )
+        })?;
     ensure!(
         bytes.len() >= expected,
         "{}: truncated file: header says {shape:?} ({expected} bytes) but the file has {} bytes",

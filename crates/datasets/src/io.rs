@@ -1,7 +1,7 @@
 //! Reading whole files, transparently gunzipping `.gz` ones.
 
 use anyhow::{Context, Result};
-use flate2::read::GzDecoder;
+use flate2::read::MultiGzDecoder;
 use std::io::Read;
 use std::path::Path;
 
@@ -9,13 +9,16 @@ use std::path::Path;
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// Reads `path` into memory, gunzipping it when it starts with the gzip magic.
+///
+/// The gzip stream is read to its end, so its CRC-32 and length trailer are verified; data after
+/// it that is not another gzip member is an error, as for `gzip -t`.
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     if !raw.starts_with(&GZIP_MAGIC) {
         return Ok(raw);
     }
-    let mut out = Vec::with_capacity(raw.len() * 4);
-    GzDecoder::new(raw.as_slice())
+    let mut out = Vec::with_capacity(raw.len().saturating_mul(4));
+    MultiGzDecoder::new(raw.as_slice())
         .read_to_end(&mut out)
         .with_context(|| format!("{}: corrupt or truncated gzip data", path.display()))?;
     Ok(out)

@@ -4,7 +4,7 @@
 use crate::archive::ArchiveEntry;
 use crate::filelist::{EncodedSample, Source};
 use anyhow::{Context, Result};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -35,7 +35,11 @@ fn is_hidden(name: &str) -> bool {
 }
 
 impl Listing {
-    /// Walks `root` recursively (following links, skipping hidden entries).
+    /// Walks `root` recursively in name order, following links but entering each real directory
+    /// once (so link cycles end; the real folders are walked first, then linked ones in the order
+    /// met), skipping hidden
+    /// entries and anything that is neither a directory nor a regular file (FIFOs, sockets and
+    /// devices are never opened).
     pub fn from_dir(root: &Path) -> Result<Self> {
         anyhow::ensure!(root.is_dir(), "{} is not a directory", root.display());
         let mut listing = Self {
@@ -43,29 +47,41 @@ impl Listing {
             dirs: BTreeSet::new(),
             files: Vec::new(),
         };
-        listing.walk(root, "")?;
-        Ok(listing)
-    }
-
-    fn walk(&mut self, dir: &Path, rel: &str) -> Result<()> {
-        let entries =
-            std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
-        for entry in entries {
-            let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if is_hidden(&name) {
+        let mut seen = HashSet::new();
+        let mut real = vec![(root.to_path_buf(), String::new())];
+        let mut linked = VecDeque::new();
+        while let Some((dir, rel)) = real.pop().or_else(|| linked.pop_front()) {
+            let meta = std::fs::metadata(&dir)
+                .with_context(|| format!("cannot read {}", dir.display()))?;
+            if !rel.is_empty() {
+                listing.dirs.insert(rel.clone());
+            }
+            if !seen.insert(DirId::of(&dir, &meta)?) {
                 continue;
             }
-            let path = entry.path();
-            let child = join(rel, &name);
-            if path.is_dir() {
-                self.dirs.insert(child.clone());
-                self.walk(&path, &child)?;
-            } else if is_image(&name) {
-                self.files.push((child, EncodedSample::file(path)));
+            for (entry, is_link) in sorted_entries(&dir)? {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if is_hidden(&name) {
+                    continue;
+                }
+                let path = entry.path();
+                let child = join(&rel, &name);
+                // `metadata` follows links and never opens the file, so it cannot block.
+                match std::fs::metadata(&path) {
+                    Ok(meta) if meta.is_dir() && is_link => linked.push_back((path, child)),
+                    Ok(meta) if meta.is_dir() => real.push((path, child)),
+                    Ok(meta) if meta.is_file() && is_image(&name) => {
+                        listing.files.push((child, EncodedSample::file(path)));
+                    }
+                    Ok(_) => {}
+                    Err(err) if is_image(&name) => {
+                        return Err(err).with_context(|| format!("cannot read {}", path.display()))
+                    }
+                    Err(_) => {}
+                }
             }
         }
-        Ok(())
+        Ok(listing)
     }
 
     /// Builds the tree from archive entries, dropping a common top folder (e.g. `cifar10/`)
@@ -140,11 +156,54 @@ fn common_top(files: &[(String, Vec<u8>)]) -> String {
     }
 }
 
+/// The entries of `dir` in reverse name order (so that a stack pops them in name order), each
+/// with whether it is a symbolic link.
+fn sorted_entries(dir: &Path) -> Result<Vec<(std::fs::DirEntry, bool)>> {
+    let list = || format!("cannot list {}", dir.display());
+    let mut entries = std::fs::read_dir(dir)
+        .with_context(list)?
+        .map(|entry| {
+            let entry = entry.with_context(list)?;
+            let is_link = entry.file_type().with_context(list)?.is_symlink();
+            Ok((entry, is_link))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    entries.sort_by_key(|(entry, _)| std::cmp::Reverse(entry.file_name()));
+    Ok(entries)
+}
+
 /// `rel/name`, or `name` at the root.
 pub fn join(rel: &str, name: &str) -> String {
     if rel.is_empty() {
         name.to_string()
     } else {
         format!("{rel}/{name}")
+    }
+}
+
+/// A directory's identity on disk, the same through every link to it.
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum DirId {
+    /// Device and inode number.
+    #[cfg(unix)]
+    Inode(u64, u64),
+    /// The canonical path, where there are no inode numbers.
+    #[cfg(not(unix))]
+    Canonical(PathBuf),
+}
+
+impl DirId {
+    #[cfg(unix)]
+    fn of(_dir: &Path, meta: &std::fs::Metadata) -> Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(Self::Inode(meta.dev(), meta.ino()))
+    }
+
+    #[cfg(not(unix))]
+    fn of(dir: &Path, _meta: &std::fs::Metadata) -> Result<Self> {
+        let canonical = dir
+            .canonicalize()
+            .with_context(|| format!("cannot resolve {}", dir.display()))?;
+        Ok(Self::Canonical(canonical))
     }
 }

@@ -1,6 +1,6 @@
 //! The unit every dataset yields and every transform works on.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 
 /// A CHW u8 image: `data[c * height * width + y * width + x]`, like a PyTorch `uint8` tensor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,10 +18,10 @@ pub struct U8Image {
 impl U8Image {
     /// Wraps CHW bytes, checking that their number matches the shape.
     pub fn new(channels: usize, height: usize, width: usize, data: Vec<u8>) -> Result<Self> {
+        let needed = byte_count(channels, height, width)?;
         ensure!(
-            data.len() == channels * height * width,
-            "image of shape {channels}x{height}x{width} needs {} bytes, got {}",
-            channels * height * width,
+            data.len() == needed,
+            "image of shape {channels}x{height}x{width} needs {needed} bytes, got {}",
             data.len()
         );
         Ok(Self {
@@ -44,10 +44,10 @@ impl U8Image {
 
     /// Converts interleaved HWC bytes (as image decoders produce them) to CHW.
     pub fn from_hwc(channels: usize, height: usize, width: usize, hwc: &[u8]) -> Result<Self> {
+        let needed = byte_count(channels, height, width)?;
         ensure!(
-            hwc.len() == channels * height * width,
-            "HWC buffer of shape {height}x{width}x{channels} needs {} bytes, got {}",
-            channels * height * width,
+            hwc.len() == needed,
+            "HWC buffer of shape {height}x{width}x{channels} needs {needed} bytes, got {}",
             hwc.len()
         );
         if channels == 1 {
@@ -83,6 +83,14 @@ impl U8Image {
         let n = self.plane_len();
         &self.data[c * n..(c + 1) * n]
     }
+}
+
+/// `channels * height * width`, or an error when it does not fit in memory.
+fn byte_count(channels: usize, height: usize, width: usize) -> Result<usize> {
+    channels
+        .checked_mul(height)
+        .and_then(|n| n.checked_mul(width))
+        .with_context(|| format!("image shape {channels}x{height}x{width} is too large"))
 }
 
 #[cfg(test)]

@@ -69,16 +69,25 @@ fn train_test_folders_sorted_classes_and_labels() {
 }
 
 #[test]
-fn val_folder_is_the_test_split_and_unknown_class_errors() {
+fn val_folder_is_the_test_split_and_class_sets_must_match() {
     let dir = tempdir().unwrap();
     write_folder(dir.path(), &["train"], &["a", "b"], 2, 4, 4);
     write_folder(dir.path(), &["val"], &["b"], 1, 4, 4);
+    let msg = chain(&image_folder(dir.path(), &FolderOptions::default()).unwrap_err());
+    assert!(
+        msg.contains(&format!(
+            "val{}a: empty class folder",
+            std::path::MAIN_SEPARATOR
+        )),
+        "{msg}"
+    );
+    write_folder(dir.path(), &["val"], &["a"], 1, 4, 4);
     let split = image_folder(dir.path(), &FolderOptions::default()).unwrap();
-    assert_eq!(split.test.len(), 1);
+    assert_eq!(split.test.len(), 2);
     assert_eq!(
-        split.test.label(0),
+        split.test.label(1),
         1,
-        "test keeps the train label of class b"
+        "val's class b keeps its train label"
     );
     write_folder(dir.path(), &["val"], &["c"], 1, 4, 4);
     let msg = chain(&image_folder(dir.path(), &FolderOptions::default()).unwrap_err());

@@ -1,0 +1,342 @@
+//! Damaged files are refused with the file (or archive member) named: truncated images, any
+//! corruption of a `.tar.gz`, `.tar` or `.gz` container, and headers whose sizes cannot exist.
+
+mod common;
+
+use common::*;
+use datasets::{cifar10, decode_image, image_folder, mnist, read_archive, ColorMode};
+use datasets::{FolderOptions, Split, Storage};
+use std::path::Path;
+use tempfile::tempdir;
+
+/// A 32x32 JPEG (quality 75, as the CIFAR-10 copy in the shared data).
+fn jpeg_32() -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 75);
+    pattern_rgb(32, 32, 7).write_with_encoder(encoder).unwrap();
+    bytes
+}
+
+/// A 32x32 PNG.
+fn png_32() -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let encoder = image::codecs::png::PngEncoder::new(&mut bytes);
+    pattern_rgb(32, 32, 7).write_with_encoder(encoder).unwrap();
+    bytes
+}
+
+#[test]
+fn every_truncation_of_a_jpeg_or_png_is_refused() {
+    for (format, bytes) in [("JPEG", jpeg_32()), ("PNG", png_32())] {
+        decode_image(&bytes, ColorMode::Rgb).unwrap();
+        for cut in 0..bytes.len() {
+            let result = decode_image(&bytes[..cut], ColorMode::Rgb);
+            assert!(
+                result.is_err(),
+                "{format} cut at {cut} of {} decoded",
+                bytes.len()
+            );
+        }
+        let msg = format!(
+            "{:#}",
+            decode_image(&bytes[..bytes.len() / 2], ColorMode::Rgb).unwrap_err()
+        );
+        assert!(msg.contains("truncated"), "{format}: {msg}");
+    }
+}
+
+#[test]
+fn bytes_after_the_end_of_a_jpeg_are_allowed() {
+    let mut bytes = jpeg_32();
+    let whole = decode_image(&bytes, ColorMode::Rgb).unwrap();
+    bytes.extend_from_slice(b"camera trailer");
+    assert_eq!(decode_image(&bytes, ColorMode::Rgb).unwrap(), whole);
+}
+
+/// A train/test ImageFolder of 32x32 JPEGs, one of them cut in half inside its scan data.
+fn folder_with_truncated_jpeg(root: &Path) -> std::path::PathBuf {
+    for split in ["train", "test"] {
+        for class in ["a", "b"] {
+            let dir = root.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("0.jpg"), jpeg_32()).unwrap();
+        }
+    }
+    let jpeg = jpeg_32();
+    let cut = root.join("train").join("b").join("1.jpg");
+    std::fs::write(&cut, &jpeg[..jpeg.len() / 2]).unwrap();
+    cut
+}
+
+#[test]
+fn truncated_jpeg_in_a_folder_or_archive_names_the_file() {
+    let dir = tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    let cut = folder_with_truncated_jpeg(&tree);
+    let memory = FolderOptions {
+        storage: Storage::Memory,
+        ..FolderOptions::default()
+    };
+    let msg = chain(&image_folder(&tree, &memory).unwrap_err());
+    assert!(
+        msg.contains(&cut.display().to_string()) && msg.contains("truncated"),
+        "{msg}"
+    );
+    let lazy = image_folder(&tree, &FolderOptions::default()).unwrap();
+    let msg = chain(&lazy.train.image(lazy.train.len() - 1).unwrap_err());
+    assert!(msg.contains("1.jpg") && msg.contains("truncated"), "{msg}");
+
+    let archive = dir.path().join("jpegs.tar.gz");
+    tar_gz(&tree, &archive, "jpegs");
+    let msg = chain(&image_folder(&archive, &memory).unwrap_err());
+    assert!(
+        msg.contains("jpegs.tar.gz:jpegs/train/b/1.jpg") && msg.contains("truncated"),
+        "{msg}"
+    );
+}
+
+/// The gzip header fields no reader checks (RFC 1952): FLG's FTEXT hint (byte 3, bit 0), MTIME
+/// (bytes 4-7), XFL (byte 8) and OS (byte 9). `gzip -t` accepts any value there too; a flip
+/// anywhere else changes the deflate data, the CRC-32 or the length, which the trailer catches.
+fn unchecked_gzip_bit(offset: usize, bit: u8) -> bool {
+    (offset == 3 && bit == 0) || (4..=9).contains(&offset)
+}
+
+/// The whole decompressed content of a gzip file, checked against its CRC-32 and length.
+fn gunzip(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(bytes), &mut out).unwrap();
+    out
+}
+
+/// Every single-bit flip (all bits of the first and last 16 bytes, one bit per byte elsewhere)
+/// and every truncation of `file` must make `load` fail naming `needle`, with one exception: a
+/// flip that leaves the content as it was may pass, giving exactly `original`. That is a flip in
+/// the gzip header's unchecked fields, or one in the deflate encoding's slack: the padding bits of
+/// a stored block, the distance of a back-reference inside a run of equal bytes (the tar's zero
+/// padding), the code length of an unused symbol. For those the test proves the decompressed
+/// stream bit-identical (its CRC-32 and length verified); `gzip -t` accepts them as well.
+fn corrupt_everywhere<T: PartialEq + std::fmt::Debug>(
+    file: &Path,
+    needle: &str,
+    original: &T,
+    load: impl Fn() -> anyhow::Result<T>,
+) {
+    let bytes = std::fs::read(file).unwrap();
+    let n = bytes.len();
+    let mut flips = Vec::new();
+    for offset in 0..n {
+        if offset < 16 || offset + 16 >= n {
+            flips.extend((0..8).map(|bit| (offset, bit)));
+        } else {
+            flips.push((offset, (offset % 8) as u8));
+        }
+    }
+    let mut passed = 0;
+    for (offset, bit) in flips {
+        let mut bad = bytes.clone();
+        bad[offset] ^= 1 << bit;
+        std::fs::write(file, &bad).unwrap();
+        match load() {
+            Err(err) => assert!(chain(&err).contains(needle), "flip {offset}:{bit}: {err:#}"),
+            Ok(data) => {
+                assert_eq!(&data, original, "flip {offset}:{bit} altered the data");
+                assert!(
+                    unchecked_gzip_bit(offset, bit) || gunzip(&bad) == gunzip(&bytes),
+                    "flip {offset}:{bit} changed the decompressed stream yet passed"
+                );
+                passed += 1;
+            }
+        }
+    }
+    eprintln!(
+        "{}: {passed} flips left the content unchanged",
+        file.display()
+    );
+    for cut in 0..n {
+        std::fs::write(file, &bytes[..cut]).unwrap();
+        let err = load()
+            .err()
+            .unwrap_or_else(|| panic!("cut at {cut} of {n} passed"));
+        assert!(chain(&err).contains(needle), "cut at {cut}: {err:#}");
+    }
+    std::fs::write(file, &bytes).unwrap();
+}
+
+/// Every label and pixel of both halves.
+fn contents(split: &Split) -> Vec<(usize, Vec<u8>)> {
+    [&split.train, &split.test]
+        .iter()
+        .flat_map(|ds| (0..ds.len()).map(|i| (ds.label(i), ds.image(i).unwrap().data)))
+        .collect()
+}
+
+/// A `cifar-10-binary.tar.gz` with `per_batch` records in each of the six batches.
+fn write_cifar_archive(path: &Path, per_batch: usize) {
+    let dir = tempdir().unwrap();
+    let bin = dir.path().join("cifar-10-batches-bin");
+    std::fs::create_dir(&bin).unwrap();
+    for i in 1..=5 {
+        std::fs::write(
+            bin.join(format!("data_batch_{i}.bin")),
+            cifar_records(per_batch),
+        )
+        .unwrap();
+    }
+    std::fs::write(bin.join("test_batch.bin"), cifar_records(per_batch)).unwrap();
+    tar_gz(&bin, path, "cifar-10-batches-bin");
+}
+
+#[test]
+fn every_corruption_of_a_cifar_tar_gz_is_an_error_naming_it() {
+    let dir = tempdir().unwrap();
+    let archive = dir.path().join("cifar-10-binary.tar.gz");
+    write_cifar_archive(&archive, 1);
+    let original = contents(&cifar10(Some(&archive)).unwrap());
+    corrupt_everywhere(&archive, "cifar-10-binary.tar.gz", &original, || {
+        Ok(contents(&cifar10(Some(&archive))?))
+    });
+}
+
+#[test]
+fn data_after_the_gzip_stream_is_an_error() {
+    let dir = tempdir().unwrap();
+    let archive = dir.path().join("cifar-10-binary.tar.gz");
+    write_cifar_archive(&archive, 1);
+    let mut bytes = std::fs::read(&archive).unwrap();
+    bytes.extend_from_slice(b"junk");
+    std::fs::write(&archive, &bytes).unwrap();
+    let msg = chain(&cifar10(Some(&archive)).unwrap_err());
+    assert!(msg.contains("cifar-10-binary.tar.gz"), "{msg}");
+}
+
+#[test]
+fn every_truncation_of_a_plain_tar_is_an_error_naming_it() {
+    let dir = tempdir().unwrap();
+    let tree = write_folder(
+        &dir.path().join("tree"),
+        &["train", "test"],
+        &["a", "b"],
+        1,
+        3,
+        2,
+    );
+    let tar_path = dir.path().join("set.tar");
+    let mut builder = tar::Builder::new(std::fs::File::create(&tar_path).unwrap());
+    builder.append_dir_all("set", &tree).unwrap();
+    builder.into_inner().unwrap();
+    let bytes = std::fs::read(&tar_path).unwrap();
+    let whole = read_archive(&tar_path).unwrap().len();
+    assert_eq!(whole, 4 + 7, "4 images and 7 directories");
+    // Everything up to the end of the second zero block of the end-of-archive marker counts;
+    // after it comes the record padding that tar ignores.
+    let end = bytes.len() - bytes.iter().rev().position(|&b| b != 0).unwrap();
+    let marker_end = end.div_ceil(512) * 512 + 1024;
+    for cut in 0..marker_end {
+        std::fs::write(&tar_path, &bytes[..cut]).unwrap();
+        let err = read_archive(&tar_path)
+            .err()
+            .unwrap_or_else(|| panic!("cut at {cut} of {} passed", bytes.len()));
+        assert!(chain(&err).contains("set.tar"), "cut at {cut}: {err:#}");
+    }
+    std::fs::write(&tar_path, &bytes[..end.div_ceil(512) * 512 + 700]).unwrap();
+    let msg = chain(&read_archive(&tar_path).unwrap_err());
+    assert!(msg.contains("end-of-archive"), "{msg}");
+}
+
+#[test]
+fn a_tar_member_claiming_a_terabyte_is_refused_without_allocating_it() {
+    let dir = tempdir().unwrap();
+    let path = dir.path().join("huge.tar");
+    let mut header = tar::Header::new_gnu();
+    header.set_path("train/a/0.png").unwrap();
+    header.set_size(1 << 40);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    let mut bytes = header.as_bytes().to_vec();
+    bytes.extend_from_slice(&png_32());
+    std::fs::write(&path, &bytes).unwrap();
+    let msg = chain(&read_archive(&path).unwrap_err());
+    assert!(
+        msg.contains("huge.tar") && msg.contains("train/a/0.png") && msg.contains("cut short"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn every_corruption_of_a_gz_idx_file_is_an_error_naming_it() {
+    let dir = tempdir().unwrap();
+    write_mnist(dir.path(), 3, 2, true);
+    let load = || Ok(contents(&mnist(Some(dir.path()))?));
+    let original = load().unwrap();
+    for file in ["train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"] {
+        corrupt_everywhere(&dir.path().join(file), file, &original, load);
+    }
+}
+
+/// Writes an IDX file with the given magic and dimensions and `data` after the header.
+fn write_idx(path: &Path, magic: u32, dims: &[u32], data: &[u8]) {
+    let mut bytes = magic.to_be_bytes().to_vec();
+    for d in dims {
+        bytes.extend_from_slice(&d.to_be_bytes());
+    }
+    bytes.extend_from_slice(data);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn idx_dimensions_past_usize_are_an_error_naming_the_file() {
+    let dir = tempdir().unwrap();
+    write_mnist(dir.path(), 3, 2, false);
+    let images = dir.path().join("train-images-idx3-ubyte");
+    write_idx(&images, 0x803, &[u32::MAX; 3], &[0; 64]);
+    let msg = chain(&mnist(Some(dir.path())).unwrap_err());
+    assert!(
+        msg.contains("train-images-idx3-ubyte") && msg.contains("impossible IDX header"),
+        "{msg}"
+    );
+    write_idx(&images, 0x803, &[u32::MAX, u32::MAX, 1], &[0; 64]);
+    let msg = chain(&mnist(Some(dir.path())).unwrap_err());
+    assert!(
+        msg.contains("train-images-idx3-ubyte") && msg.contains("truncated"),
+        "{msg}"
+    );
+}
+
+/// A PNG whose header (with a valid CRC) claims `width` x `height` pixels, and no image data.
+fn png_header_only(width: u32, height: u32) -> Vec<u8> {
+    let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = |kind: &[u8], data: &[u8]| {
+        bytes.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        bytes.extend_from_slice(kind);
+        bytes.extend_from_slice(data);
+        bytes.extend_from_slice(&crc.sum().to_be_bytes());
+    };
+    let mut ihdr = width.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    chunk(b"IHDR", &ihdr);
+    chunk(b"IEND", &[]);
+    bytes
+}
+
+#[test]
+fn image_dimensions_past_memory_are_an_error() {
+    for (w, h) in [(u32::MAX >> 1, u32::MAX >> 1), (1 << 20, 1 << 20), (0, 5)] {
+        let result = decode_image(&png_header_only(w, h), ColorMode::Rgb);
+        assert!(result.is_err(), "{w}x{h}");
+    }
+    let dir = tempdir().unwrap();
+    let root = write_folder(dir.path(), &["train", "test"], &["a", "b"], 1, 4, 4);
+    let huge = root.join("train").join("a").join("huge.png");
+    std::fs::write(&huge, png_header_only(1 << 20, 1 << 20)).unwrap();
+    let memory = FolderOptions {
+        storage: Storage::Memory,
+        ..FolderOptions::default()
+    };
+    let msg = chain(&image_folder(&root, &memory).unwrap_err());
+    assert!(msg.contains("huge.png"), "{msg}");
+}

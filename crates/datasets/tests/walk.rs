@@ -1,0 +1,99 @@
+//! Folder walks end on any tree and never block: link cycles are entered once, FIFOs and other
+//! special files are skipped without being opened.
+
+#![cfg(unix)]
+
+mod common;
+
+use common::*;
+use datasets::{image_folder, FolderOptions, Split};
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::time::Duration;
+use tempfile::tempdir;
+
+/// Loads the ImageFolder at `root` on a thread; fails if that takes more than 10 seconds.
+fn load_within_seconds(root: &Path) -> anyhow::Result<Split> {
+    let (send, receive) = std::sync::mpsc::channel();
+    let root = root.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = send.send(image_folder(&root, &FolderOptions::default()));
+    });
+    receive
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the folder walk did not finish within 10 s")
+}
+
+#[test]
+fn two_links_to_parents_in_a_class_folder_end_the_walk() {
+    let dir = tempdir().unwrap();
+    let root = write_folder(dir.path(), &["train", "test"], &["a", "b"], 2, 4, 4);
+    let class = root.join("train").join("a");
+    symlink("..", class.join("up")).unwrap();
+    symlink("../..", class.join("top")).unwrap();
+    symlink(".", class.join("self")).unwrap();
+    let split = load_within_seconds(&root).unwrap();
+    assert_eq!((split.train.len(), split.test.len()), (4, 4));
+    assert_eq!(split.train.classes(), ["a", "b"]);
+}
+
+#[test]
+fn a_linked_folder_counts_once_at_its_real_place() {
+    let dir = tempdir().unwrap();
+    let root = write_folder(dir.path(), &["train", "test"], &["a", "b"], 2, 4, 4);
+    symlink(
+        root.join("train").join("b"),
+        root.join("train").join("a").join("b-again"),
+    )
+    .unwrap();
+    let split = load_within_seconds(&root).unwrap();
+    assert_eq!(
+        split.train.len(),
+        4,
+        "b's images are not also counted under a"
+    );
+    let labels: Vec<usize> = (0..4).map(|i| split.train.label(i)).collect();
+    assert_eq!(labels, [0, 0, 1, 1]);
+}
+
+#[test]
+fn a_folder_outside_the_tree_linked_twice_is_entered_once() {
+    let dir = tempdir().unwrap();
+    let root = write_folder(&dir.path().join("set"), &["train", "test"], &["a"], 2, 4, 4);
+    let elsewhere = write_folder(&dir.path().join("elsewhere"), &[""], &["b"], 3, 4, 4);
+    symlink(elsewhere.join("b"), root.join("train").join("b")).unwrap();
+    symlink(elsewhere.join("b"), root.join("test").join("b")).unwrap();
+    // The one real folder is entered once, through the link met first in name order (test/b),
+    // so train/b holds no images.
+    let msg = chain(&load_within_seconds(&root).unwrap_err());
+    let train_b = root.join("train").join("b").display().to_string();
+    assert!(
+        msg.contains(&format!("{train_b}: empty class folder")),
+        "{msg}"
+    );
+    std::fs::remove_file(root.join("train").join("b")).unwrap();
+    write_folder(&root, &["train"], &["b"], 1, 4, 4);
+    let split = load_within_seconds(&root).unwrap();
+    assert_eq!(
+        (split.train.len(), split.test.len()),
+        (3, 5),
+        "test/b is followed"
+    );
+}
+
+#[test]
+fn fifos_and_sockets_are_skipped_unopened() {
+    let dir = tempdir().unwrap();
+    let root = write_folder(dir.path(), &["train", "test"], &["a", "b"], 1, 4, 4);
+    let fifo = root.join("train").join("a").join("pipe.jpg");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _socket =
+        std::os::unix::net::UnixListener::bind(root.join("test").join("b").join("sock.png"))
+            .unwrap();
+    let split = load_within_seconds(&root).unwrap();
+    assert_eq!((split.train.len(), split.test.len()), (2, 2));
+}
