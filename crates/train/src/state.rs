@@ -100,7 +100,8 @@ pub fn load(dir: &Path) -> Result<(ResumeState, StateTensors)> {
     let done = all
         .get(EPOCHS_DONE)
         .with_context(|| format!("{} lacks {EPOCHS_DONE}", path.display()))?
-        .to_scalar::<i64>()?;
+        .to_scalar::<i64>()
+        .with_context(|| format!("{}: {EPOCHS_DONE} is not an int64 scalar", path.display()))?;
     if done != state.epochs_done as i64 {
         bail!(
             "{} holds tensors from epoch {done} but a resume state from epoch {}: the run was \
