@@ -1,6 +1,9 @@
 //! End-to-end runs of `train-cifar`: every output on tiny synthetic CIFAR-10 batches, a clear
 //! refusal of a model that does not fit; with CNN_SHARED_DIR set, the real JPEG archive.
 
+#[path = "../../../tests/support/flag_scan.rs"]
+mod flag_scan;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -189,4 +192,44 @@ fn real_cifar_archive_end_to_end() {
     ]);
     assert!(run.status.success(), "{}", text(&run));
     assert_outputs(dir.path(), 1);
+}
+
+/// Every flag with 0, 1, negative, huge, non-numeric and empty values: clear errors or runs,
+/// never a panic, an abort or a hang.
+#[test]
+fn extreme_flag_values_never_panic() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("cifar");
+    train::synthetic::write_cifar10(&data, 2, 10).expect("synthetic CIFAR-10");
+    let data = s(&data);
+    let program = std::path::PathBuf::from(env!("CARGO_BIN_EXE_train-cifar"));
+    let flags = flag_scan::value_flags(&program, &[]);
+    let base = [
+        "--data-dir",
+        &data,
+        "--model",
+        "resnet18-seed",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--limit-train",
+        "8",
+        "--limit-test",
+        "10",
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+        "--overwrite",
+    ];
+    let failures = flag_scan::scan(
+        &program,
+        &base,
+        &flags,
+        &flag_scan::EXTREMES,
+        dir.path(),
+        std::time::Duration::from_secs(180),
+    );
+    assert!(failures.is_empty(), "{failures:#?}");
 }

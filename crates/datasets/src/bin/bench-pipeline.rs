@@ -18,13 +18,21 @@ use std::time::Instant;
 const TORCH_IMAGES_PER_S: (f64, f64) = (3406.0, 2988.0);
 const BATCH: usize = 128;
 
+/// `println!` that ends the printing, not the program, once stdout is closed (`| head`).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 fn main() -> Result<()> {
     let workers = match std::env::args().nth(1) {
         Some(w) => w.parse().context("WORKERS must be a number")?,
         None => 2,
     };
     let shared = std::env::var_os("CNN_SHARED_DIR").map(PathBuf::from);
-    println!("bench-pipeline: {workers} workers, batch {BATCH}");
+    say!("bench-pipeline: {workers} workers, batch {BATCH}");
 
     let (data, what) = datasets::bench::cifar10_images(shared.as_deref())?;
     let rate = throughput(data, workers, 3)?;
@@ -36,14 +44,14 @@ fn main() -> Result<()> {
     );
 
     let Some(shared) = shared else {
-        println!("(b) skipped: CNN_SHARED_DIR not set");
+        say!("(b) skipped: CNN_SHARED_DIR not set");
         return Ok(());
     };
     let archive = shared.join("data/cifar10/cifar10-jpeg.tar.gz");
     let tmp = tempfile::tempdir()?;
     let start = Instant::now();
     extract(&archive, tmp.path())?;
-    println!(
+    say!(
         "    extracted {} in {:.2?}",
         archive.display(),
         start.elapsed()
@@ -66,7 +74,7 @@ fn main() -> Result<()> {
     let split = image_folder(&archive, &memory)?;
     let secs = start.elapsed().as_secs_f64();
     let n = split.train.len() + split.test.len();
-    println!(
+    say!(
         "(c) whole archive read from the .tar.gz and decoded into memory once: {n} images in \
          {secs:.2} s = {:.0} images/s (all cores)",
         n as f64 / secs
@@ -92,7 +100,7 @@ fn throughput(data: Arc<dyn Dataset>, workers: usize, epochs: usize) -> Result<f
 }
 
 fn report(name: &str, data: &str, rate: f64, torch: f64) {
-    println!(
+    say!(
         "{name} [{data}]: {rate:.0} images/s ({:.1}x torchvision's {torch:.0})",
         rate / torch
     );
