@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
-use datasets::{ColorMode, Rng, Transform, U8Image};
+use datasets::{ColorMode, DatasetSpec, Rng, Transform, U8Image};
+use zoo::ModelSpec;
 
 use crate::filters::grid_columns;
 use crate::model::ModelArgs;
@@ -24,37 +25,30 @@ pub struct FeatureMapsArgs {
     image: PathBuf,
 }
 
-/// The evaluation pipeline for a model whose native input is `(c, side, side)`, with the name
-/// of its normalisation: grey images get MNIST's, 32x32 colour CIFAR-10's, larger colour
-/// ImageNet's (`Resize(side * 256 / 224)` + `CenterCrop(side)`, torchvision's evaluation).
-pub fn eval_transform(input: (usize, usize, usize)) -> Result<(Transform, &'static str)> {
-    let (c, h, w) = input;
+/// The evaluation pipeline of a model (the data set its zoo entry names: its normalisation,
+/// and for ImageNet `Resize(side * 256 / 224)` + `CenterCrop(side)`), with that data set.
+pub fn eval_transform(model: &ModelSpec) -> Result<(Transform, &'static DatasetSpec)> {
+    let (_, h, w) = model.input;
     ensure!(
         h == w,
         "only square model inputs are supported, not {h}x{w}"
     );
-    Ok(match (c, h) {
-        (1, _) => (Transform::mnist_test().resize(h).center_crop(h), "MNIST"),
-        (3, 32) => (
-            Transform::cifar10_test().resize(h).center_crop(h),
-            "CIFAR-10",
-        ),
-        _ => (Transform::imagenet_eval(h), "ImageNet"),
-    })
+    let data = datasets::catalog::spec(model.data)?;
+    Ok(((data.eval)(h), data))
 }
 
 /// Decodes `path` and brings it to the model's input: returns the cropped image and the
 /// normalised `(1, C, H, W)` batch.
-pub fn prepare(path: &Path, input: (usize, usize, usize)) -> Result<(U8Image, Tensor)> {
+pub fn prepare(path: &Path, model: &ModelSpec) -> Result<(U8Image, Tensor)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mode = if input.0 == 1 {
+    let mode = if model.input.0 == 1 {
         ColorMode::Gray
     } else {
         ColorMode::Rgb
     };
     let image = datasets::decode_image(&bytes, mode)
         .with_context(|| format!("cannot decode image {}", path.display()))?;
-    let (transform, _) = eval_transform(input)?;
+    let (transform, _) = eval_transform(model)?;
     let seen = transform.augment(image, &mut Rng::new(0))?;
     let mut values = vec![0f32; seen.data.len()];
     transform.normalization().write(&seen, &mut values)?;
@@ -117,22 +111,14 @@ fn save_stage(path: &Path, stage: &str, t: &Tensor) -> Result<Option<String>> {
     }
 }
 
-/// The class names of the data set a model with this input and class count was trained on.
-fn class_names(input: (usize, usize, usize), classes: usize) -> Option<[&'static str; 10]> {
-    match (input, classes) {
-        ((1, 28, 28), 10) => Some(datasets::MNIST_CLASSES),
-        ((3, 32, 32), 10) => Some(datasets::CIFAR10_CLASSES),
-        _ => None,
-    }
-}
-
 /// Runs `feature-maps`: writes `feature-maps-input.png` (what the network sees) and
 /// `feature-maps-<stage>.png` for every stage in `out`, and prints the predicted class.
 pub fn run(args: &FeatureMapsArgs, out: &Path) -> Result<()> {
     let model = args.model.load()?;
     let input = model.spec.input;
-    let (_, normalisation) = eval_transform(input)?;
-    let (seen, batch) = prepare(&args.image, input)?;
+    let (_, data) = eval_transform(&model.spec)?;
+    let normalisation = data.title;
+    let (seen, batch) = prepare(&args.image, &model.spec)?;
     train::say!("{}: {}", model.spec.name, model.origin);
     train::say!(
         "{} -> {}x{}x{}, {normalisation} normalisation",
@@ -166,8 +152,10 @@ pub fn run(args: &FeatureMapsArgs, out: &Path) -> Result<()> {
         let logits = logits.flatten_all()?.to_vec1::<f32>()?;
         let best = (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b]));
         if let Some(best) = best {
-            let name = class_names(input, logits.len())
-                .map_or(String::new(), |names| format!(" ({})", names[best]));
+            let name = match data.classes.get(best) {
+                Some(class) if data.classes.len() == logits.len() => format!(" ({class})"),
+                _ => String::new(),
+            };
             train::say!("predicted class: {best}{name}, logit {:.4}", logits[best]);
         }
     }
@@ -179,18 +167,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn normalisation_follows_the_input() -> Result<()> {
-        let (mnist, name) = eval_transform((1, 28, 28))?;
-        assert_eq!(name, "MNIST");
+    fn normalisation_follows_the_zoo_entry() -> Result<()> {
+        let (mnist, data) = eval_transform(&zoo::spec("lenet5")?)?;
+        assert_eq!(data.title, "MNIST");
         assert_eq!(mnist.normalization().mean(), datasets::MNIST_MEAN_STD.0);
-        let (_, name) = eval_transform((3, 32, 32))?;
-        assert_eq!(name, "CIFAR-10");
-        let (imagenet, name) = eval_transform((3, 224, 224))?;
+        let (_, data) = eval_transform(&zoo::spec("resnet18-cifar")?)?;
+        assert_eq!(data.title, "CIFAR-10");
+        let (imagenet, data) = eval_transform(&zoo::spec("resnet18")?)?;
         assert_eq!(
-            (name, imagenet),
+            (data.title, imagenet),
             ("ImageNet", Transform::imagenet_eval(224))
         );
-        assert!(eval_transform((3, 20, 30)).is_err());
+        let odd = zoo::ModelSpec {
+            input: (3, 20, 30),
+            ..zoo::spec("resnet18")?
+        };
+        assert!(eval_transform(&odd).is_err());
+        for model in zoo::specs() {
+            eval_transform(&model)?;
+        }
         Ok(())
     }
 

@@ -43,19 +43,15 @@ impl ModelArgs {
     pub fn load(&self) -> Result<Loaded> {
         let spec = zoo::spec(&self.model)?;
         let classes = self.num_classes.unwrap_or(spec.default_classes);
-        let store = ParamStore::new(self.seed, &Device::Cpu);
-        let net = zoo::build(spec.name, classes, store.vb())?;
+        let (net, store) = zoo::load(
+            spec.name,
+            classes,
+            self.weights.as_deref(),
+            &Device::Cpu,
+            self.seed,
+        )?;
         let origin = match &self.weights {
-            Some(path) => {
-                layers::checkpoint::load_strict(store.varmap(), path).with_context(|| {
-                    format!(
-                        "cannot load {} into {} with {classes} classes",
-                        path.display(),
-                        spec.name
-                    )
-                })?;
-                format!("trained weights from {}", path.display())
-            }
+            Some(path) => format!("trained weights from {}", path.display()),
             None => format!("initial weights (seed {}), no --weights given", self.seed),
         };
         Ok(Loaded {
@@ -68,29 +64,18 @@ impl ModelArgs {
 }
 
 impl Loaded {
-    /// The first layer's kernels (see [`first_conv`]).
+    /// The first layer's kernels: the zoo entry's first convolution, with its name.
     pub fn first_conv(&self) -> Result<(String, Tensor)> {
-        let channels = self.spec.input.0;
-        first_conv(&self.store, channels).with_context(|| {
-            format!(
-                "{} has no convolution over its {channels} input channel(s)",
-                self.spec.name
-            )
-        })
+        let name = self.spec.first_conv;
+        let weight = self
+            .store
+            .named_vars()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .with_context(|| format!("{} has no parameter {name}", self.spec.name))?
+            .1;
+        Ok((name.to_string(), weight.as_tensor().clone()))
     }
-}
-
-/// The first rank-4 `*weight` parameter, in name order, that convolves `channels` input
-/// channels: the first layer, even where a later convolution's name sorts first (GoogLeNet's
-/// `aux1.conv` before `conv1.conv` when built with auxiliary classifiers).
-pub fn first_conv(store: &ParamStore, channels: usize) -> Option<(String, Tensor)> {
-    store
-        .named_vars()
-        .into_iter()
-        .find(|(name, var)| {
-            name.ends_with("weight") && var.rank() == 4 && var.dims()[1] == channels
-        })
-        .map(|(name, var)| (name, var.as_tensor().clone()))
 }
 
 #[cfg(test)]
@@ -118,22 +103,6 @@ mod tests {
             (name.as_str(), w.dims()),
             ("conv1.weight", &[32, 1, 3, 3][..])
         );
-        Ok(())
-    }
-
-    #[test]
-    fn a_later_convolution_sorting_first_is_passed_over() -> Result<()> {
-        let store = ParamStore::new(0, &Device::Cpu);
-        let init = layers::WeightInit::TorchDefault;
-        let cfg = layers::conv_cfg(1, 0);
-        layers::conv2d(store.vb().pp("aux1.conv"), 16, 8, 1, cfg, false, init)?;
-        layers::conv2d(store.vb().pp("conv1"), 3, 4, 3, cfg, true, init)?;
-        let (name, w) = first_conv(&store, 3).context("no conv found")?;
-        assert_eq!(
-            (name.as_str(), w.dims()),
-            ("conv1.weight", &[4, 3, 3, 3][..])
-        );
-        assert!(first_conv(&store, 1).is_none());
         Ok(())
     }
 

@@ -3,40 +3,27 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Result};
-use clap::{Args, ValueEnum};
-use datasets::Dataset;
+use clap::Args;
+use datasets::{Dataset, DatasetSpec};
 
-/// The data sets `samples` can show.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DatasetName {
-    /// Handwritten digits, 1x28x28.
-    Mnist,
-    /// Ten classes of small colour photos, 3x32x32.
-    Cifar10,
-}
-
-impl DatasetName {
-    fn label(self) -> &'static str {
-        match self {
-            DatasetName::Mnist => "MNIST",
-            DatasetName::Cifar10 => "CIFAR-10",
-        }
-    }
-
-    fn file_name(self) -> &'static str {
-        match self {
-            DatasetName::Mnist => "samples-mnist.png",
-            DatasetName::Cifar10 => "samples-cifar10.png",
-        }
+/// `--dataset`: a data set of the catalog that can be loaded.
+fn loadable(name: &str) -> Result<&'static DatasetSpec, String> {
+    match datasets::catalog::spec(name) {
+        Ok(spec) if spec.read.is_some() => Ok(spec),
+        Ok(spec) => Err(format!(
+            "{} cannot be loaded: {}",
+            spec.title, spec.local_files
+        )),
+        Err(e) => Err(e.to_string()),
     }
 }
 
 /// Options of `samples`.
 #[derive(Debug, Args)]
 pub struct SamplesArgs {
-    /// Which data set.
-    #[arg(long, value_enum)]
-    dataset: DatasetName,
+    /// Which data set of the catalog (mnist, cifar10, folder, ...).
+    #[arg(long, value_parser = loadable)]
+    dataset: &'static DatasetSpec,
     /// Where the data set is (MNIST: the IDX files; CIFAR-10: binary batches, an ImageFolder
     /// tree or its .tar.gz); without it, the Hugging Face Hub copy (downloaded once).
     #[arg(long)]
@@ -77,10 +64,7 @@ pub fn pick(data: &dyn Dataset, count: usize, per_class: bool) -> Vec<usize> {
 /// Runs `samples`: writes `samples-<dataset>.png` in `out` and prints each image's label.
 pub fn run(args: &SamplesArgs, out: &Path) -> Result<()> {
     let dir = args.data_dir.as_deref();
-    let split = match args.dataset {
-        DatasetName::Mnist => datasets::mnist(dir)?,
-        DatasetName::Cifar10 => datasets::cifar10(dir)?,
-    };
+    let split = datasets::catalog::load(args.dataset, dir)?;
     let train = split.train;
     ensure!(!train.is_empty(), "the training set is empty");
     let chosen = pick(train.as_ref(), usize::from(args.count), args.per_class);
@@ -103,8 +87,8 @@ pub fn run(args: &SamplesArgs, out: &Path) -> Result<()> {
     } else {
         format!("the first {} training images", chosen.len())
     };
-    let title = format!("{}: {which}", args.dataset.label());
-    let path = out.join(args.dataset.file_name());
+    let title = format!("{}: {which}", args.dataset.title);
+    let path = out.join(format!("samples-{}.png", args.dataset.name));
     viz::save_image_grid(&path, &title, &tiles, usize::from(args.cols))?;
     train::say!("wrote {}", path.display());
     Ok(())

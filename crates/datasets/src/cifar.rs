@@ -6,7 +6,7 @@ use crate::dataset::class_names;
 use crate::folder::{image_folder_listing, FolderOptions, Storage};
 use crate::io::{ensure_exists, is_archive};
 use crate::listing::Listing;
-use crate::{hub, InMemory, Split};
+use crate::{InMemory, Split};
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -50,9 +50,11 @@ const BIN_DIR: &str = "cifar-10-batches-bin";
 /// `test/<class>/*.jpg`) or a `.tar.gz` of one; or a directory holding one such `*cifar*.tar.gz`.
 /// Images are decoded into memory as 3x32x32 u8, labels follow [`CIFAR10_CLASSES`].
 pub fn cifar10(path: Option<&Path>) -> Result<Split> {
-    let Some(path) = path else {
-        return hub::cifar10();
-    };
+    crate::catalog::load(&crate::catalog::CIFAR10, path)
+}
+
+/// CIFAR-10 from a local `path` (see [`cifar10`]).
+pub(crate) fn cifar10_path(path: &Path) -> Result<Split> {
     ensure_exists(path)?;
     if path.is_file() {
         ensure!(

@@ -2,10 +2,9 @@
 //! candle-datasets uses), cached in the standard HF cache (`HF_HOME`, `HF_HUB_CACHE`);
 //! `HF_HUB_OFFLINE=1` reads only the cache.
 
-use crate::cifar::CIFAR10_CLASSES;
+use crate::catalog::{DatasetSpec, HubLocation};
 use crate::dataset::class_names;
 use crate::decode::{decode_named, ColorMode};
-use crate::idx::MNIST_CLASSES;
 use crate::{InMemory, Split};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use hf_hub::{HFClient, HFClientSync, HFError};
@@ -15,51 +14,12 @@ use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// One Hub dataset: where its parquet files are and what its images look like.
-struct HubData {
-    name: &'static str,
-    repo: &'static str,
-    revision: &'static str,
-    train: &'static str,
-    test: &'static str,
-    mode: ColorMode,
+/// A catalog entry's Hub copy, resolved.
+struct HubData<'a> {
+    spec: &'a DatasetSpec,
+    location: HubLocation,
     shape: (usize, usize, usize),
-    classes: &'static [&'static str],
-    local_hint: &'static str,
-}
-
-const MNIST: HubData = HubData {
-    name: "MNIST",
-    repo: "ylecun/mnist",
-    revision: "refs/convert/parquet",
-    train: "mnist/train/0000.parquet",
-    test: "mnist/test/0000.parquet",
-    mode: ColorMode::Gray,
-    shape: (1, 28, 28),
-    classes: &MNIST_CLASSES,
-    local_hint: "the four MNIST IDX files",
-};
-
-const CIFAR10: HubData = HubData {
-    name: "CIFAR-10",
-    repo: "uoft-cs/cifar10",
-    revision: "refs/convert/parquet",
-    train: "plain_text/train/0000.parquet",
-    test: "plain_text/test/0000.parquet",
-    mode: ColorMode::Rgb,
-    shape: (3, 32, 32),
-    classes: &CIFAR10_CLASSES,
-    local_hint: "cifar-10-batches-bin or an ImageFolder of CIFAR-10",
-};
-
-/// MNIST from the Hub (`ylecun/mnist`), downloaded into the HF cache unless already there.
-pub fn mnist() -> Result<Split> {
-    load(&MNIST)
-}
-
-/// CIFAR-10 from the Hub (`uoft-cs/cifar10`), downloaded into the HF cache unless already there.
-pub fn cifar10() -> Result<Split> {
-    load(&CIFAR10)
+    mode: ColorMode,
 }
 
 /// Whether `HF_HUB_OFFLINE` asks for cache-only access (`1`, `true`, `yes`, `on`).
@@ -72,14 +32,34 @@ pub fn offline() -> bool {
     })
 }
 
-fn load(data: &HubData) -> Result<Split> {
+/// The Hub copy of `spec` (its [`HubLocation`]), downloaded into the HF cache unless already
+/// there.
+pub(crate) fn load(spec: &DatasetSpec) -> Result<Split> {
+    let (Some(location), Some(shape)) = (spec.hub, spec.shape) else {
+        bail!(
+            "{} has no Hub copy; pass --data-dir DIR with {}",
+            spec.title,
+            spec.local_files
+        )
+    };
+    let data = HubData {
+        spec,
+        location,
+        shape,
+        mode: if shape.0 == 1 {
+            ColorMode::Gray
+        } else {
+            ColorMode::Rgb
+        },
+    };
+    let data = &data;
     let client =
         HFClient::new().map_err(|e| anyhow!("cannot set up the Hugging Face client: {e}"))?;
     let cache = client.cache_dir().to_path_buf();
     let client = HFClientSync::from_inner(client)
         .map_err(|e| anyhow!("cannot set up the Hugging Face client: {e}"))?;
-    let train = fetch(&client, &cache, data, data.train)?;
-    let test = fetch(&client, &cache, data, data.test)?;
+    let train = fetch(&client, &cache, data, data.location.train)?;
+    let test = fetch(&client, &cache, data, data.location.test)?;
     let split = Split {
         train: Arc::new(read_parquet(&train, data)?),
         test: Arc::new(read_parquet(&test, data)?),
@@ -90,11 +70,14 @@ fn load(data: &HubData) -> Result<Split> {
 
 /// The cached path of `file`, downloading it unless offline.
 fn fetch(client: &HFClientSync, cache: &Path, data: &HubData, file: &str) -> Result<PathBuf> {
-    let (owner, name) = hf_hub::split_id(data.repo);
+    let (owner, name) = hf_hub::split_id(data.location.repo);
     let repo = client.dataset(owner, name);
-    let download = repo.download_file().filename(file).revision(data.revision);
-    let what = format!("{} file {}/{file}", data.name, data.repo);
-    let hint = format!("pass --data-dir DIR with {}", data.local_hint);
+    let download = repo
+        .download_file()
+        .filename(file)
+        .revision(data.location.revision);
+    let what = format!("{} file {}/{file}", data.spec.title, data.location.repo);
+    let hint = format!("pass --data-dir DIR with {}", data.spec.local_files);
     cached_or_downloaded(&what, cache, &hint, |local_only| {
         download.clone().local_files_only(local_only).send()
     })
@@ -174,7 +157,7 @@ fn read_parquet(path: &Path, data: &HubData) -> Result<InMemory> {
             out.copy_from_slice(&img.data);
             Ok(())
         })?;
-    InMemory::new(pixels, labels, data.shape, class_names(data.classes)).with_context(|| name)
+    InMemory::new(pixels, labels, data.shape, class_names(data.spec.classes)).with_context(|| name)
 }
 
 /// The encoded image bytes (first binary field of the struct column) and the integer label.

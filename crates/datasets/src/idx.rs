@@ -3,7 +3,7 @@
 
 use crate::dataset::class_names;
 use crate::io::{ensure_exists, read_maybe_gz};
-use crate::{hub, InMemory, Split};
+use crate::{InMemory, Split};
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,9 +30,11 @@ pub const MNIST_CLASSES: [&str; 10] = [
 /// Loads MNIST: from `dir` (holding the four IDX files, raw or `.gz`, directly or in torchvision's
 /// `MNIST/raw/` layout) or, with `None`, from the Hugging Face Hub cache (downloading if needed).
 pub fn mnist(dir: Option<&Path>) -> Result<Split> {
-    let Some(dir) = dir else {
-        return hub::mnist();
-    };
+    crate::catalog::load(&crate::catalog::MNIST, dir)
+}
+
+/// MNIST's four IDX files in `dir` (see [`mnist`]).
+pub(crate) fn mnist_dir(dir: &Path) -> Result<Split> {
     ensure_exists(dir)?;
     let dir = [
         dir.to_path_buf(),

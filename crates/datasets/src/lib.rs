@@ -29,6 +29,7 @@
 
 mod archive;
 pub mod bench;
+pub mod catalog;
 mod cifar;
 mod dataset;
 mod decode;
@@ -47,6 +48,7 @@ mod transform;
 mod u8image;
 
 pub use archive::{read_archive, ArchiveEntry};
+pub use catalog::{DatasetKind, DatasetSpec};
 pub use cifar::{cifar10, cifar10_test_bin, CIFAR10_CLASSES};
 pub use dataset::{Dataset, InMemory, Split};
 pub use decode::{decode_image, ColorMode};

@@ -468,20 +468,10 @@ pub fn resumed_config(saved: &RunConfig, args: &Args) -> Result<RunConfig> {
     Ok(config)
 }
 
-/// Loads the configured data set.
+/// Loads the configured data set (see [`datasets::catalog::load`]).
 pub fn load_data(config: &RunConfig) -> Result<datasets::Split> {
-    let dir = config.data_dir.as_deref();
-    match config.dataset {
-        DatasetKind::Mnist => datasets::mnist(dir),
-        DatasetKind::Cifar10 => datasets::cifar10(dir),
-        DatasetKind::Folder => match dir {
-            Some(dir) => datasets::image_folder(dir, &datasets::FolderOptions::default()),
-            None => Err(anyhow::anyhow!(
-                "an image-folder data set needs --data-dir ROOT (ROOT/<class>/*.jpg, or ROOT/train and ROOT/test)"
-            )),
-        },
-    }
-    .context("cannot load the data set")
+    datasets::catalog::load(config.dataset.spec(), config.data_dir.as_deref())
+        .context("cannot load the data set")
 }
 
 fn default_workers() -> usize {

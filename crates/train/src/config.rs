@@ -6,6 +6,8 @@ use anyhow::{bail, Result};
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
+pub use datasets::DatasetKind;
+
 use crate::optim::{Adam, AdamConfig, NamedVar, Optimizer, Sgd, SgdConfig};
 use crate::schedule::{
     Constant, CosineAnnealingLr, LinearWarmup, LrSchedule, MultiStepLr, OneCycleLr, Scheduled,
@@ -20,18 +22,6 @@ pub const ADAM_BETAS: (f64, f64) = (0.9, ADAM_BETA2);
 const ADAM_BETA2: f64 = 0.999;
 /// The most data-loading threads a run starts.
 pub const MAX_WORKERS: usize = 256;
-
-/// The data sets the programs train on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum DatasetKind {
-    /// MNIST digits, 1x28x28.
-    Mnist,
-    /// CIFAR-10, 3x32x32.
-    Cifar10,
-    /// An ImageFolder of the user's own classes (`--data-dir`).
-    Folder,
-}
 
 /// `torch.optim` algorithms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]

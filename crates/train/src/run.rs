@@ -389,11 +389,7 @@ fn dropout_seed(seed: u64) -> u64 {
 
 /// The data set's name for logs and pictures.
 pub fn dataset_title(config: &RunConfig) -> &'static str {
-    match config.dataset {
-        crate::config::DatasetKind::Mnist => "MNIST",
-        crate::config::DatasetKind::Cifar10 => "CIFAR-10",
-        crate::config::DatasetKind::Folder => "an image folder",
-    }
+    config.dataset.spec().title
 }
 
 /// Fails early, with a clear message, when `model` cannot take the data set's images:

@@ -1,0 +1,237 @@
+//! The one home of what each data set is: name, classes, image shape, normalisation,
+//! transform presets, Hub location and how its local files look. Programs read these entries
+//! instead of hard-coding names or guessing from shapes; [`load`] reads any of them from a
+//! directory or the Hub. Adding a data set is one [`DatasetSpec`] here (built in, or
+//! [`register`]ed at run time) and, if its file format is new, one reader.
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! let spec = datasets::catalog::spec("cifar10")?;
+//! assert_eq!(spec.classes.len(), 10);
+//! let split = datasets::catalog::load(spec, Some(std::path::Path::new("data/cifar10")))?;
+//! # Ok(()) }
+//! ```
+
+use std::path::Path;
+use std::sync::{LazyLock, RwLock};
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::{cifar, folder, hub, idx, FolderOptions, Split, Transform};
+
+/// The data sets the training programs take (a run's `config.json` names one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetKind {
+    /// MNIST digits, 1x28x28.
+    Mnist,
+    /// CIFAR-10, 3x32x32.
+    Cifar10,
+    /// An ImageFolder of the user's own classes (`--data-dir`).
+    Folder,
+}
+
+impl DatasetKind {
+    /// The catalog entry.
+    pub fn spec(self) -> &'static DatasetSpec {
+        match self {
+            DatasetKind::Mnist => &MNIST,
+            DatasetKind::Cifar10 => &CIFAR10,
+            DatasetKind::Folder => &FOLDER,
+        }
+    }
+}
+
+/// Where a data set's parquet conversion lives on the Hugging Face Hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HubLocation {
+    /// The dataset repository (`ylecun/mnist`).
+    pub repo: &'static str,
+    /// Its revision (`refs/convert/parquet`).
+    pub revision: &'static str,
+    /// The training split's file.
+    pub train: &'static str,
+    /// The test split's file.
+    pub test: &'static str,
+}
+
+/// Everything the workspace knows about one data set.
+#[derive(Debug, Clone, Copy)]
+pub struct DatasetSpec {
+    /// The catalog key (`"mnist"`); `zoo::ModelSpec::data` names the same keys.
+    pub name: &'static str,
+    /// The name in logs and pictures (`"MNIST"`).
+    pub title: &'static str,
+    /// Class names in label order; empty when they come from the files (ImageFolder).
+    pub classes: &'static [&'static str],
+    /// Every image's (channels, height, width); `None` when images vary.
+    pub shape: Option<(usize, usize, usize)>,
+    /// Per-channel mean and standard deviation of `Normalize`.
+    pub mean_std: (&'static [f32], &'static [f32]),
+    /// The training transform preset (see [`crate::parse`]).
+    pub train_transform: &'static str,
+    /// The test transform preset.
+    pub test_transform: &'static str,
+    /// The Hub copy, read when no directory is given.
+    pub hub: Option<HubLocation>,
+    /// What a local directory holds, for messages (`"the four MNIST IDX files"`).
+    pub local_files: &'static str,
+    /// Reads the data set from a local path (`None`: it cannot be loaded, only named).
+    pub read: Option<fn(&Path) -> Result<Split>>,
+    /// The evaluation transform for a model input of `side` x `side`.
+    pub eval: fn(usize) -> Transform,
+}
+
+/// MNIST (LeCun et al.): IDX files, or the Hub's `ylecun/mnist`.
+pub const MNIST: DatasetSpec = DatasetSpec {
+    name: "mnist",
+    title: "MNIST",
+    classes: &idx::MNIST_CLASSES,
+    shape: Some((1, 28, 28)),
+    mean_std: (&crate::MNIST_MEAN_STD.0, &crate::MNIST_MEAN_STD.1),
+    train_transform: "mnist-train",
+    test_transform: "mnist-test",
+    hub: Some(HubLocation {
+        repo: "ylecun/mnist",
+        revision: "refs/convert/parquet",
+        train: "mnist/train/0000.parquet",
+        test: "mnist/test/0000.parquet",
+    }),
+    local_files: "the four MNIST IDX files",
+    read: Some(idx::mnist_dir),
+    eval: |side| Transform::mnist_test().resize(side).center_crop(side),
+};
+
+/// CIFAR-10 (Krizhevsky, 2009): binary batches, their archive, an ImageFolder, or the Hub's
+/// `uoft-cs/cifar10`.
+pub const CIFAR10: DatasetSpec = DatasetSpec {
+    name: "cifar10",
+    title: "CIFAR-10",
+    classes: &cifar::CIFAR10_CLASSES,
+    shape: Some((3, 32, 32)),
+    mean_std: (&crate::CIFAR10_MEAN_STD.0, &crate::CIFAR10_MEAN_STD.1),
+    train_transform: "cifar10-train",
+    test_transform: "cifar10-test",
+    hub: Some(HubLocation {
+        repo: "uoft-cs/cifar10",
+        revision: "refs/convert/parquet",
+        train: "plain_text/train/0000.parquet",
+        test: "plain_text/test/0000.parquet",
+    }),
+    local_files: "cifar-10-batches-bin or an ImageFolder of CIFAR-10",
+    read: Some(cifar::cifar10_path),
+    eval: |side| Transform::cifar10_test().resize(side).center_crop(side),
+};
+
+/// ImageNet-1k: not loadable here, but the normalisation, input and classes of every
+/// ImageNet-pretrained model.
+pub const IMAGENET: DatasetSpec = DatasetSpec {
+    name: "imagenet",
+    title: "ImageNet",
+    classes: &[],
+    shape: Some((3, 224, 224)),
+    mean_std: (&crate::IMAGENET_MEAN_STD.0, &crate::IMAGENET_MEAN_STD.1),
+    train_transform: "imagenet-train",
+    test_transform: "imagenet-eval",
+    hub: None,
+    local_files: "an ImageFolder (fine-tune on your own classes instead)",
+    read: None,
+    eval: Transform::imagenet_eval,
+};
+
+/// The user's own ImageFolder (`ROOT/<class>/*.jpg`, or `ROOT/train` and `ROOT/test`),
+/// prepared as ImageNet's.
+pub const FOLDER: DatasetSpec = DatasetSpec {
+    name: "folder",
+    title: "an image folder",
+    classes: &[],
+    shape: None,
+    read: Some(|root| folder::image_folder(root, &FolderOptions::default())),
+    local_files: "ROOT/<class>/*.jpg, or ROOT/train and ROOT/test",
+    ..IMAGENET
+};
+
+static TABLE: LazyLock<RwLock<Vec<&'static DatasetSpec>>> =
+    LazyLock::new(|| RwLock::new(vec![&MNIST, &CIFAR10, &IMAGENET, &FOLDER]));
+
+/// Every entry, built-in first.
+pub fn specs() -> Vec<&'static DatasetSpec> {
+    TABLE.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// The entry named `name`; an unknown name is an error listing the known ones.
+pub fn spec(name: &str) -> Result<&'static DatasetSpec> {
+    let table = specs();
+    match table.iter().find(|s| s.name == name) {
+        Some(spec) => Ok(spec),
+        None => {
+            let known: Vec<&str> = table.iter().map(|s| s.name).collect();
+            bail!("unknown data set {name:?}; known: {}", known.join(", "))
+        }
+    }
+}
+
+/// Adds a data set to the catalog (its `read` gives [`load`] its files).
+///
+/// Errors: a data set of that name is already there.
+pub fn register(spec: DatasetSpec) -> Result<()> {
+    let mut table = TABLE.write().unwrap_or_else(|p| p.into_inner());
+    if table.iter().any(|s| s.name == spec.name) {
+        bail!("data set {:?} is already in the catalog", spec.name);
+    }
+    table.push(Box::leak(Box::new(spec)));
+    Ok(())
+}
+
+/// Loads `spec` from `dir`, or with `None` from its Hub copy in the Hugging Face cache
+/// (downloaded unless `HF_HUB_OFFLINE` is set). The split is checked ([`Split::check`]).
+///
+/// Errors: the reader's (file named, what is wrong); no `dir` for a data set without a Hub copy;
+/// a data set that cannot be loaded.
+pub fn load(spec: &DatasetSpec, dir: Option<&Path>) -> Result<Split> {
+    let Some(dir) = dir else {
+        return match spec.hub {
+            Some(_) => hub::load(spec),
+            None => bail!("{} needs --data-dir with {}", spec.title, spec.local_files),
+        };
+    };
+    match spec.read {
+        Some(read) => read(dir),
+        None => bail!(
+            "{} cannot be loaded from {}: {}",
+            spec.title,
+            dir.display(),
+            spec.local_files
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_entry_is_consistent() -> Result<()> {
+        for spec in specs() {
+            Transform::parse(spec.train_transform)?;
+            Transform::parse(spec.test_transform)?;
+            let channels = spec.mean_std.0.len();
+            assert_eq!(channels, spec.mean_std.1.len(), "{}", spec.name);
+            if let Some((c, _, side)) = spec.shape {
+                assert_eq!(c, channels, "{}", spec.name);
+                (spec.eval)(side).validate()?;
+            }
+            assert!(spec.hub.is_none() || spec.shape.is_some(), "{}", spec.name);
+        }
+        for kind in [
+            DatasetKind::Mnist,
+            DatasetKind::Cifar10,
+            DatasetKind::Folder,
+        ] {
+            assert_eq!(spec(kind.spec().name)?.name, kind.spec().name);
+        }
+        assert!(spec("fashion").unwrap_err().to_string().contains("cifar10"));
+        Ok(())
+    }
+}
