@@ -13,7 +13,7 @@ mod mutate;
 use std::time::Duration;
 
 use train::cli::load_data;
-use train::config::{DatasetKind, OptimizerKind, RunConfig, ScheduleKind};
+use train::config::{DatasetKind, OptimizerKind, RunConfig};
 
 /// The resume states of two one-epoch runs (SGD with momentum, Adam) on synthetic MNIST.
 fn seeds(dir: &std::path::Path) -> Vec<Vec<u8>> {
@@ -24,34 +24,11 @@ fn seeds(dir: &std::path::Path) -> Vec<Vec<u8>> {
         .enumerate()
         .map(|(i, optimizer)| {
             let config = RunConfig {
-                program: "fuzz".into(),
-                dataset: DatasetKind::Mnist,
                 data_dir: Some(data.clone()),
-                model: "lenet5".into(),
-                epochs: 1,
                 batch_size: 8,
                 test_batch_size: 10,
                 optimizer,
-                lr: 0.01,
-                momentum: 0.9,
-                betas: None,
-                weight_decay: 0.0,
-                nesterov: false,
-                schedule: ScheduleKind::Constant,
-                milestones: vec![],
-                step_size: 1,
-                gamma: 0.1,
-                warmup_epochs: 0,
-                label_smoothing: 0.0,
-                train_transform: "mnist-train".into(),
-                test_transform: "mnist-test".into(),
-                seed: 1,
-                device: "cpu".into(),
-                limit_train: None,
-                limit_test: None,
-                workers: 1,
-                precision: Default::default(),
-                data_placement: Default::default(),
+                ..RunConfig::new("fuzz", DatasetKind::Mnist, "lenet5")
             };
             let out = dir.join(format!("run{i}"));
             train::run::run(&config, load_data(&config).unwrap(), &out, None).unwrap();

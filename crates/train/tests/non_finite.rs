@@ -3,38 +3,15 @@
 
 use anyhow::Result;
 use train::cli::load_data;
-use train::config::{DatasetKind, OptimizerKind, RunConfig, ScheduleKind};
+use train::config::{DatasetKind, OptimizerKind, RunConfig};
 
 fn config(data: &std::path::Path) -> RunConfig {
     RunConfig {
-        program: "test".into(),
-        dataset: DatasetKind::Mnist,
         data_dir: Some(data.to_path_buf()),
-        model: "cnn-mnist".into(),
-        epochs: 1,
         batch_size: 16,
         test_batch_size: 20,
-        optimizer: OptimizerKind::Sgd,
-        lr: 0.01,
-        momentum: 0.9,
-        betas: None,
-        weight_decay: 0.0,
-        nesterov: false,
-        schedule: ScheduleKind::Constant,
-        milestones: vec![],
-        step_size: 1,
-        gamma: 0.1,
-        warmup_epochs: 0,
-        label_smoothing: 0.0,
-        train_transform: "mnist-train".into(),
-        test_transform: "mnist-test".into(),
         seed: 3,
-        device: "cpu".into(),
-        limit_train: None,
-        limit_test: None,
-        workers: 1,
-        precision: Default::default(),
-        data_placement: Default::default(),
+        ..RunConfig::new("test", DatasetKind::Mnist, "cnn-mnist")
     }
 }
 

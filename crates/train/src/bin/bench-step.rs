@@ -16,7 +16,7 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 use clap::Parser;
 use datasets::{Loader, LoaderConfig, ResidentLoader, Transform};
-use train::config::{DatasetKind, OptimizerKind, Precision, RunConfig, ScheduleKind};
+use train::config::{DatasetKind, OptimizerKind, Precision, RunConfig};
 use train::source::BatchSource;
 
 /// A benchmarked case: model, batch size, input shape (C, H, W), and the optimizer its
@@ -152,43 +152,15 @@ fn median_step_ms(
 ) -> Result<[f64; 4]> {
     let store = layers::ParamStore::new(0, device);
     let model = zoo::build(model_name, 10, store.vb())?;
+    let sgd = optimizer == OptimizerKind::Sgd;
     let config = RunConfig {
-        program: "bench-step".into(),
-        dataset: DatasetKind::Cifar10,
-        data_dir: None,
-        model: model_name.into(),
-        epochs: 1,
         batch_size: batch,
         test_batch_size: batch,
         optimizer,
-        lr: if optimizer == OptimizerKind::Sgd {
-            0.1
-        } else {
-            1e-3
-        },
-        momentum: 0.9,
-        betas: None,
-        weight_decay: if optimizer == OptimizerKind::Sgd {
-            5e-4
-        } else {
-            0.0
-        },
-        nesterov: false,
-        schedule: ScheduleKind::Constant,
-        milestones: vec![],
-        step_size: 1,
-        gamma: 0.1,
-        warmup_epochs: 0,
-        label_smoothing: 0.0,
-        train_transform: String::new(),
-        test_transform: String::new(),
+        lr: if sgd { 0.1 } else { 1e-3 },
+        weight_decay: if sgd { 5e-4 } else { 0.0 },
         seed: 0,
-        device: "cpu".into(),
-        limit_train: None,
-        limit_test: None,
-        workers: 1,
-        precision: Default::default(),
-        data_placement: Default::default(),
+        ..RunConfig::new("bench-step", DatasetKind::Cifar10, model_name)
     };
     let mut opt = config.optimizer(store.trainable())?;
     let x = Tensor::randn(0f32, 1.0, (batch, c, h, w), device)?;
