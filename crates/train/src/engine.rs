@@ -29,6 +29,8 @@ pub struct Pass {
     pub predictions: Vec<(usize, usize)>,
     /// The learning rate of the last batch (training passes only).
     pub last_lr: Option<f64>,
+    /// Each batch's loss, in order (training passes only).
+    pub batch_losses: Vec<f64>,
 }
 
 /// Trains `model` in train mode for epoch `epoch` (from 0) over `loader`, on `device`.
@@ -49,6 +51,7 @@ pub fn train_epoch<M: ModuleT + ?Sized>(
     let mut predictions = Vec::new();
     let mut progress = Progress::start(label, batches);
     let mut last_lr = step.optimizer.learning_rate();
+    let mut batch_losses = Vec::with_capacity(batches);
     for (b, batch) in loader.batches(epoch).enumerate() {
         let batch = batch?;
         step.schedule.apply(step.optimizer, epoch, b, batches);
@@ -67,6 +70,7 @@ pub fn train_epoch<M: ModuleT + ?Sized>(
         }
         let grads = loss.backward()?;
         step.optimizer.step(&grads)?;
+        batch_losses.push(value);
         let n = batch.indices.len();
         record(
             &mut metrics,
@@ -83,6 +87,7 @@ pub fn train_epoch<M: ModuleT + ?Sized>(
         metrics,
         predictions,
         last_lr: Some(last_lr),
+        batch_losses,
     })
 }
 
@@ -120,6 +125,7 @@ pub fn evaluate<M: ModuleT + ?Sized>(
         metrics,
         predictions,
         last_lr: None,
+        batch_losses: Vec::new(),
     })
 }
 

@@ -23,3 +23,4 @@ pub mod schedule;
 pub mod source;
 pub mod state;
 pub mod synthetic;
+pub mod tensorboard;

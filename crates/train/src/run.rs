@@ -17,6 +17,7 @@ use crate::history::{self, EpochRecord};
 use crate::optim::{NamedVar, Optimizer};
 use crate::source::BatchSource;
 use crate::state::{self, ResumeState, StateTensors};
+use crate::tensorboard::EventWriter;
 use crate::{atomic, pictures};
 
 /// File name of the weights with the best test accuracy.
@@ -146,6 +147,7 @@ pub fn train(
         // A run killed between its state and its metrics resumes with both complete.
         history::save(out, &progress.history)?;
     }
+    let mut events = EventWriter::create(out)?;
     crate::say!(
         "{} {}: {title} ({} train / {} test images, {} parameters, {} trained) on {}{}, writing to {}",
         config.program,
@@ -243,6 +245,20 @@ pub fn train(
         pictures::save_curves(out, &title, &progress.history)?;
         pictures::save_predictions(out, &title, test_images, &tested.predictions)?;
         pictures::save_confusion(out, tested.metrics.confusion(), &classes)?;
+        let images_per_s = trained.metrics.samples() as f64 / seconds.max(1e-9);
+        log_epoch(
+            &mut events,
+            epoch,
+            &trained.batch_losses,
+            &progress.history,
+            images_per_s,
+        )
+        .and_then(|()| {
+            let step = (epoch + 1) as i64;
+            events.png("predictions", step, &out.join("predictions.png"))?;
+            events.png("confusion", step, &out.join("confusion.png"))?;
+            events.flush()
+        })?;
     }
     crate::say!(
         "best test accuracy {:.2}% (epoch {}); weights in {}",
@@ -255,6 +271,45 @@ pub fn train(
         history: progress.history,
         best_acc: progress.best_acc,
     })
+}
+
+/// Training losses are logged to TensorBoard every this many steps (batches).
+pub const LOSS_EVERY: usize = 10;
+
+/// Writes epoch `epoch`'s (from 0) TensorBoard scalars: the training loss every
+/// [`LOSS_EVERY`] steps (`train/batch_loss`, at the global step), and per epoch (at the epoch
+/// number, as in `metrics.csv`) `train/loss`, `train/acc`, `test/loss`, `test/acc`,
+/// `test/top5`, `lr` and `images_per_s`.
+fn log_epoch(
+    events: &mut EventWriter,
+    epoch: usize,
+    batch_losses: &[f64],
+    history: &[EpochRecord],
+    images_per_s: f64,
+) -> Result<()> {
+    let first = epoch * batch_losses.len();
+    for (b, loss) in batch_losses.iter().enumerate() {
+        let step = first + b + 1;
+        if step.is_multiple_of(LOSS_EVERY) {
+            events.scalar("train/batch_loss", step as i64, *loss)?;
+        }
+    }
+    let Some(r) = history.last() else {
+        return Ok(());
+    };
+    let step = r.epoch as i64;
+    for (tag, value) in [
+        ("train/loss", r.train_loss),
+        ("train/acc", r.train_acc),
+        ("test/loss", r.test_loss),
+        ("test/acc", r.test_acc),
+        ("test/top5", r.test_top5),
+        ("lr", r.lr),
+        ("images_per_s", images_per_s),
+    ] {
+        events.scalar(tag, step, value)?;
+    }
+    Ok(())
 }
 
 /// Fails when an update of epoch `epoch` (from 1) left a weight, a BatchNorm statistic or an
