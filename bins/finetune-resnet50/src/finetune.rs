@@ -167,11 +167,25 @@ pub fn finetune(
     train(run, trainee, out, resume)
 }
 
-/// The dataset kind for `--dataset`.
-pub fn dataset_kind(folder: bool) -> DatasetKind {
-    if folder {
-        DatasetKind::Folder
-    } else {
-        DatasetKind::Cifar10
+/// What `--data-dir` holds: CIFAR-10 (its batches, archive or class folders), or with
+/// `--folder`, or any other folder of class subfolders, the user's own ImageFolder. Says which
+/// reading was chosen.
+pub fn dataset_kind(folder: bool, data_dir: Option<&Path>) -> DatasetKind {
+    let kind = match data_dir {
+        Some(dir) if folder || !datasets::is_cifar10(dir) => DatasetKind::Folder,
+        _ => DatasetKind::Cifar10,
+    };
+    if let Some(dir) = data_dir {
+        train::say!(
+            "reading {} as {}{}",
+            dir.display(),
+            kind.spec().title,
+            if kind == DatasetKind::Folder && !folder {
+                " (its class folders are not CIFAR-10's)"
+            } else {
+                ""
+            }
+        );
     }
+    kind
 }

@@ -523,3 +523,37 @@ fn extreme_flag_values_never_panic() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// A folder of class subfolders that are not CIFAR-10's is the user's own data, also without
+/// `--folder`; the log says which reading was chosen.
+#[test]
+fn own_class_folders_need_no_folder_flag() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("my_photos");
+    let calib = small_folder(&data, 4, 2);
+    let weights = dir.path().join("resnet50.safetensors");
+    pretrained(&calib, &weights);
+    let out = dir.path().join("run");
+    let log = ok(
+        &[
+            "--weights",
+            s(&weights),
+            "--data-dir",
+            s(&data),
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            s(&out),
+        ],
+        &[],
+    );
+    assert!(
+        log.contains("as an image folder (its class folders are not CIFAR-10's)"),
+        "{log}"
+    );
+    assert!(out.join("best.safetensors").is_file());
+}

@@ -59,7 +59,9 @@ pub(crate) fn cifar10_path(path: &Path) -> Result<Split> {
     if path.is_file() {
         ensure!(
             is_archive(path),
-            "{} is neither a directory nor a .tar.gz archive (use cifar10_test_bin for a single batch file)",
+            "{} is neither a directory nor a .tar.gz archive: give --data-dir the directory that \
+             holds data_batch_1..5.bin and test_batch.bin (or cifar-10-batches-bin/), an \
+             ImageFolder, or cifar-10-binary.tar.gz",
             path.display()
         );
         return from_archive(path);
@@ -83,11 +85,10 @@ pub(crate) fn cifar10_path(path: &Path) -> Result<Split> {
             .collect();
         if missing.len() < TRAIN_BATCHES.len() || dir.join(TEST_BATCH).is_file() {
             bail!(
-                "{}: incomplete CIFAR-10 binary batches, missing {} (for the test split alone use \
-                 cifar10_test_bin on {})",
+                "{}: incomplete CIFAR-10 binary batches, missing {}: training needs all five \
+                 data_batch_N.bin and test_batch.bin in the --data-dir directory",
                 dir.display(),
-                missing.join(", "),
-                dir.join(TEST_BATCH).display()
+                missing.join(", ")
             );
         }
     }
@@ -96,6 +97,38 @@ pub(crate) fn cifar10_path(path: &Path) -> Result<Split> {
          cifar-10-batches-bin/, train/ + test/ class folders, or a *cifar*.tar.gz archive)",
         path.display()
     )
+}
+
+/// Whether `path` holds CIFAR-10 as [`cifar10`] reads it (without reading the images): the
+/// binary batches (or some of them), a `*cifar*` archive, or an ImageFolder whose training
+/// classes are exactly CIFAR-10's. A folder of other classes is somebody's own data.
+pub fn is_cifar10(path: &Path) -> bool {
+    if path.is_file() {
+        return is_archive(path)
+            && path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().to_lowercase().contains("cifar"));
+    }
+    let binary = [path.to_path_buf(), path.join(BIN_DIR)].iter().any(|dir| {
+        dir.join(TEST_BATCH).is_file() || TRAIN_BATCHES.iter().any(|b| dir.join(b).is_file())
+    });
+    let folders = |dir: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let mut cifar: Vec<String> = CIFAR10_CLASSES.iter().map(|c| c.to_string()).collect();
+    cifar.sort();
+    binary
+        || matches!(cifar_archive_in(path), Ok(Some(_)))
+        || folders(&path.join("train")) == cifar
+        || folders(path) == cifar
 }
 
 /// Reads one official binary batch file (e.g. `test_batch.bin`): 10,000 records of 3073 bytes.

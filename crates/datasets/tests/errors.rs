@@ -156,7 +156,8 @@ fn cifar_only_test_batch_names_missing_batches() {
     assert!(
         msg.contains("data_batch_1.bin")
             && msg.contains("data_batch_5.bin")
-            && msg.contains("cifar10_test_bin"),
+            && msg.contains("--data-dir")
+            && !msg.contains("cifar10_test_bin"),
         "{msg}"
     );
     let test = cifar10_test_bin(&bin.join("test_batch.bin")).unwrap();

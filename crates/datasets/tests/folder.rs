@@ -190,3 +190,24 @@ fn cifar_from_folder_tree_archive_and_binary() {
     assert_eq!(from_tar.train.len(), 15);
     assert_eq!(from_tar.test.image(1).unwrap(), img);
 }
+
+/// CIFAR-10 is recognised by its batches, its archive or its ten class folders; other class
+/// folders are not CIFAR-10.
+#[test]
+fn cifar10_is_told_from_other_class_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let own = dir.path().join("own");
+    for class in ["cat", "dog", "fox"] {
+        std::fs::create_dir_all(own.join("train").join(class)).unwrap();
+    }
+    assert!(!datasets::is_cifar10(&own));
+    let cifar = dir.path().join("cifar");
+    for class in datasets::CIFAR10_CLASSES {
+        std::fs::create_dir_all(cifar.join("train").join(class)).unwrap();
+    }
+    assert!(datasets::is_cifar10(&cifar));
+    let bin = dir.path().join("bin").join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(bin.join("test_batch.bin"), b"").unwrap();
+    assert!(datasets::is_cifar10(&dir.path().join("bin")));
+}

@@ -91,12 +91,15 @@ pub fn train_epoch<M: ModuleT + ?Sized>(
     })
 }
 
-/// Tests `model` in eval mode over `loader` (in its order), on `device`.
+/// Tests `model` in eval mode over `loader` (in its order), on `device`. The loss is the
+/// training criterion, cross-entropy with `label_smoothing`, as torchvision's reference
+/// scripts evaluate; accuracy does not depend on it.
 pub fn evaluate<M: ModuleT + ?Sized>(
     model: &M,
     loader: &dyn BatchSource,
     device: &Device,
     num_classes: usize,
+    label_smoothing: f64,
     label: String,
 ) -> Result<Pass> {
     let mut metrics = Metrics::new(num_classes);
@@ -106,7 +109,7 @@ pub fn evaluate<M: ModuleT + ?Sized>(
         let batch = batch?;
         let (images, labels) = to_device(&batch.images, &batch.labels, device)?;
         let logits = model.forward_t(&images, false)?;
-        let value = cross_entropy(&logits, &labels, 0.0)?
+        let value = cross_entropy(&logits, &labels, label_smoothing)?
             .to_dtype(DType::F64)?
             .to_scalar::<f64>()?;
         let n = batch.indices.len();

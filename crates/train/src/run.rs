@@ -186,7 +186,14 @@ pub fn train(
             label("train"),
         )?;
         ensure_finite_after(epoch + 1, store, optimizer.as_ref())?;
-        let tested = evaluate(model, test_loader, &device, classes.len(), label("test"))?;
+        let tested = evaluate(
+            model,
+            test_loader,
+            &device,
+            classes.len(),
+            config.label_smoothing,
+            label("test"),
+        )?;
         for (what, value) in [
             ("training loss", trained.metrics.loss()),
             ("test loss", tested.metrics.loss()),
