@@ -44,6 +44,7 @@ mod loader;
 pub mod parse;
 mod resident;
 mod resize;
+mod subset;
 mod transform;
 mod u8image;
 
@@ -60,6 +61,7 @@ pub use loader::{Batch, Epoch, Loader, LoaderConfig};
 pub use resident::ResidentLoader;
 pub use resize::resize_bilinear;
 pub use rng::Rng;
+pub use subset::{stratified_indices, Subset};
 pub use transform::{
     Normalize, Op, Transform, CIFAR10_MEAN_STD, IMAGENET_MEAN_STD, MNIST_MEAN_STD,
 };

@@ -2,9 +2,11 @@
 //! program defaults from a [`Recipe`], resuming, and the run itself.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, Args as _, Command, FromArgMatches as _};
+use datasets::Dataset;
 
 use crate::config::{
     DataPlacement, DatasetKind, OptimizerKind, Precision, RunConfig, ScheduleKind, ADAM_BETAS,
@@ -90,10 +92,10 @@ pub struct Args {
     /// Start afresh in an --out that already holds a run, replacing its checkpoints and state
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
-    /// Train on the first N training images only
+    /// Train on N training images: a seeded subset keeping each class's share
     #[arg(long)]
     pub limit_train: Option<usize>,
-    /// Test on the first N test images only
+    /// Test on N test images: a seeded subset keeping each class's share
     #[arg(long)]
     pub limit_test: Option<usize>,
     /// Data-loading threads [default: the number of CPUs]
@@ -468,10 +470,53 @@ pub fn resumed_config(saved: &RunConfig, args: &Args) -> Result<RunConfig> {
     Ok(config)
 }
 
-/// Loads the configured data set (see [`datasets::catalog::load`]).
+/// Loads the configured data set (see [`datasets::catalog::load`]); with `--limit-train` /
+/// `--limit-test`, keeps a seeded stratified subset of each half
+/// ([`datasets::stratified_indices`]), the same for a given seed, and logs its class counts
+/// when they are unbalanced.
 pub fn load_data(config: &RunConfig) -> Result<datasets::Split> {
-    datasets::catalog::load(config.dataset.spec(), config.data_dir.as_deref())
-        .context("cannot load the data set")
+    let split = datasets::catalog::load(config.dataset.spec(), config.data_dir.as_deref())
+        .context("cannot load the data set")?;
+    Ok(datasets::Split {
+        train: limited(split.train, config.limit_train, config.seed, "train")?,
+        test: limited(split.test, config.limit_test, config.seed, "test")?,
+    })
+}
+
+/// `data`, or `limit` of its samples chosen by [`datasets::stratified_indices`].
+fn limited(
+    data: Arc<dyn Dataset>,
+    limit: Option<usize>,
+    seed: u64,
+    what: &str,
+) -> Result<Arc<dyn Dataset>> {
+    let Some(limit) = limit.filter(|&l| l < data.len()) else {
+        return Ok(data);
+    };
+    let indices = datasets::stratified_indices(data.as_ref(), limit, seed);
+    let subset = datasets::Subset::new(data.clone(), indices)?;
+    let mut counts = vec![0usize; subset.classes().len()];
+    for i in 0..subset.len() {
+        counts[subset.label(i)] += 1;
+    }
+    let (least, most) = (
+        counts.iter().copied().min().unwrap_or(0),
+        counts.iter().copied().max().unwrap_or(0),
+    );
+    if most > least.max(1) * 3 / 2 {
+        let shown: Vec<String> = subset
+            .classes()
+            .iter()
+            .zip(&counts)
+            .map(|(c, n)| format!("{c} {n}"))
+            .collect();
+        crate::say!(
+            "{what}: {limit} of {} images, classes unbalanced: {}",
+            data.len(),
+            shown.join(", ")
+        );
+    }
+    Ok(Arc::new(subset))
 }
 
 fn default_workers() -> usize {

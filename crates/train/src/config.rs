@@ -148,9 +148,9 @@ pub struct RunConfig {
     pub seed: u64,
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     pub device: String,
-    /// Train on the first N training images only.
+    /// Train on this many training images (a seeded stratified subset).
     pub limit_train: Option<usize>,
-    /// Test on the first N test images only.
+    /// Test on this many test images (a seeded stratified subset).
     pub limit_test: Option<usize>,
     /// Data-loading threads.
     pub workers: usize,
