@@ -14,14 +14,7 @@ pub fn imagenet() -> Vec<String> {
 
 /// The file beside a fine-tuned checkpoint that holds its class names (a JSON list).
 pub fn sidecar(weights: &Path) -> std::path::PathBuf {
-    weights.with_file_name("classes.json")
-}
-
-/// Writes `classes` beside `weights`.
-pub fn save(weights: &Path, classes: &[String]) -> Result<()> {
-    let path = sidecar(weights);
-    std::fs::write(&path, serde_json::to_vec_pretty(classes)?)
-        .with_context(|| format!("cannot write {}", path.display()))
+    weights.with_file_name(train::inference::CLASSES)
 }
 
 /// The names for a checkpoint with `num_classes` outputs stored at `weights`.
@@ -64,7 +57,7 @@ mod tests {
     fn sidecar_names_must_match_the_head() -> Result<()> {
         let dir = tempfile::tempdir()?;
         let weights = dir.path().join("best.safetensors");
-        save(&weights, &["cat".into(), "dog".into()])?;
+        train::inference::save_classes(dir.path(), &["cat".into(), "dog".into()])?;
         assert_eq!(for_checkpoint(&weights, 2)?, ["cat", "dog"]);
         assert!(for_checkpoint(&weights, 3).is_err());
         Ok(())

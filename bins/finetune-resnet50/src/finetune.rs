@@ -14,7 +14,6 @@ use train::run::{train, Outcome, Trainee};
 use train::source::BatchSource;
 use transfer::{FineTune, Head, Unfreeze};
 
-use crate::classes;
 use crate::weights;
 
 /// What fine-tuning adds to a training run's configuration (saved as `finetune.json`, so that
@@ -104,7 +103,6 @@ pub fn finetune(
     let train_images = train::run::loader(run, &data.train, true)?;
     let test_images = train::run::loader(run, &data.test, false)?;
     ft.save(out)?;
-    classes::save(&out.join(train::run::BEST), &classes)?;
     let title = format!("resnet50 fine-tuned on {}", train::run::dataset_title(run));
     let trainable = model.trainable(&store);
     let head = Head(model.net());

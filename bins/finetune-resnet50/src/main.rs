@@ -54,6 +54,9 @@ struct Cli {
 enum Command {
     /// Print the top-5 classes of images under a ResNet-50 checkpoint
     Predict(PredictArgs),
+    /// Evaluate a run's checkpoint on its test split: loss, top-1, top-5, per-class accuracy,
+    /// confusion matrix
+    Evaluate(train::inference::EvaluateArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -104,6 +107,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Predict(args)) => predict(&args),
+        Some(Command::Evaluate(args)) => train::inference::evaluate(&args).map(drop),
         None => run(cli.finetune),
     }
 }
@@ -112,9 +116,9 @@ fn predict(args: &PredictArgs) -> Result<()> {
     let device = train::device::parse_device(&args.device)?;
     let classifier = predict::Classifier::load(&args.weights, args.image_size, &device)?;
     for image in &args.image {
-        let p = classifier.predict(image)?;
-        train::say!("{}", p.image.display());
-        for (name, prob) in &p.top5 {
+        let top5 = classifier.top5(image)?;
+        train::say!("{}", image.display());
+        for (name, prob) in &top5 {
             train::say!("  {:6.2}%  {name}", prob * 100.0);
         }
     }

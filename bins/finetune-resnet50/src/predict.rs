@@ -1,30 +1,22 @@
-//! `finetune-resnet50 predict`: top-5 classes of images under a ResNet-50 checkpoint.
+//! `finetune-resnet50 predict`: top-5 classes of images under a ResNet-50 checkpoint (a file or
+//! a Hub id), through the training programs' shared [`train::inference::Predictor`].
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{Context, Result};
-use candle_core::{Device, ModuleT, Tensor, D};
-use datasets::{decode_image, ColorMode, Rng, Transform};
+use anyhow::Result;
+use candle_core::Device;
+use datasets::Transform;
 use layers::ParamStore;
 use resnet::ResNet;
 
 use crate::classes;
 use crate::weights;
 
-/// One image's five most probable classes, best first.
-#[derive(Debug, Clone)]
-pub struct Prediction {
-    /// The image file.
-    pub image: PathBuf,
-    /// `(class name, probability)`.
-    pub top5: Vec<(String, f32)>,
-}
-
 /// A ResNet-50 ready for inference with its class names.
 pub struct Classifier {
     model: ResNet,
     classes: Vec<String>,
-    transform: Transform,
+    image_size: usize,
     device: Device,
 }
 
@@ -43,33 +35,21 @@ impl Classifier {
         Ok(Self {
             model,
             classes,
-            transform: Transform::imagenet_eval(image_size),
+            image_size,
             device: device.clone(),
         })
     }
 
-    /// The top-5 classes of the image in `path`, with softmax probabilities.
-    pub fn predict(&self, path: &Path) -> Result<Prediction> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
-        let img = decode_image(&bytes, ColorMode::Rgb)
-            .with_context(|| format!("cannot decode image {}", path.display()))?;
-        let (shape, values) = self.transform.apply(img, &mut Rng::new(0))?;
-        let x = Tensor::from_vec(values, (1, shape.0, shape.1, shape.2), &Device::Cpu)?
-            .to_device(&self.device)?;
-        let probs = candle_nn::ops::softmax(&self.model.forward_t(&x, false)?, D::Minus1)?
-            .squeeze(0)?
-            .to_vec1::<f32>()?;
-        let mut order: Vec<usize> = (0..probs.len()).collect();
-        order.sort_by(|a, b| probs[*b].total_cmp(&probs[*a]));
-        let top5 = order
-            .into_iter()
-            .take(5)
-            .map(|i| (self.classes[i].clone(), probs[i]))
-            .collect();
-        Ok(Prediction {
-            image: path.to_path_buf(),
-            top5,
-        })
+    /// The top-5 classes of the image in `path`, with softmax probabilities, best first
+    /// (`Resize(size * 256 / 224)`, `CenterCrop(size)`, ImageNet's normalisation).
+    pub fn top5(&self, path: &Path) -> Result<Vec<(String, f32)>> {
+        train::inference::Predictor::new(
+            &self.model,
+            Transform::imagenet_eval(self.image_size),
+            (3, self.image_size),
+            &self.classes,
+            &self.device,
+        )?
+        .top5(path)
     }
 }

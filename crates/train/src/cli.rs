@@ -11,6 +11,7 @@ use datasets::Dataset;
 use crate::config::{
     DataPlacement, DatasetKind, OptimizerKind, Precision, RunConfig, ScheduleKind, ADAM_BETAS,
 };
+use crate::inference::{evaluate, predict, EvaluateArgs, PredictArgs};
 use crate::run::{run, Outcome};
 use crate::rundir::RunDir;
 use crate::state;
@@ -195,7 +196,14 @@ impl Recipe {
                 a.help(format!("{help}: {models}"))
             });
         }
-        cmd
+        cmd.args_conflicts_with_subcommands(true)
+            .subcommand(EvaluateArgs::augment_args(Command::new("evaluate").about(
+                "Evaluate a run's checkpoint on its test split: loss, top-1, top-5, per-class \
+                 accuracy, confusion matrix",
+            )))
+            .subcommand(PredictArgs::augment_args(Command::new("predict").about(
+                "Print the top-5 classes of images under a run's checkpoint",
+            )))
     }
 
     /// Parses `argv` (program name first) into [`Args`].
@@ -328,8 +336,15 @@ impl Recipe {
     /// The whole program: parse the process's arguments, run, report errors.
     pub fn main(&self) -> Result<()> {
         crate::memory::keep_freed_memory();
-        let args = self.parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
-        self.run(&args).map(|_| ())
+        let matches = self
+            .command()
+            .try_get_matches_from(std::env::args_os())
+            .unwrap_or_else(|e| e.exit());
+        match matches.subcommand() {
+            Some(("evaluate", m)) => evaluate(&EvaluateArgs::from_arg_matches(m)?).map(drop),
+            Some(("predict", m)) => predict(&PredictArgs::from_arg_matches(m)?),
+            _ => self.run(&Args::from_arg_matches(&matches)?).map(drop),
+        }
     }
 }
 

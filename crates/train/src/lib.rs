@@ -11,6 +11,7 @@ pub mod device;
 pub mod engine;
 pub mod features;
 pub mod history;
+pub mod inference;
 pub mod loss;
 pub mod memory;
 pub mod metrics;

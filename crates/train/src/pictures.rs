@@ -59,7 +59,10 @@ pub fn save_predictions(
 
 /// Writes `confusion.png` for counts by true class (rows) and predicted class (columns).
 pub fn save_confusion(dir: &Path, confusion: &[Vec<u64>], classes: &[String]) -> Result<()> {
-    atomic::write_with(&dir.join("confusion.png"), |tmp| {
-        viz::save_confusion(tmp, confusion, classes)
-    })
+    save_confusion_as(&dir.join("confusion.png"), confusion, classes)
+}
+
+/// The confusion matrix as the PNG file `path`.
+pub fn save_confusion_as(path: &Path, confusion: &[Vec<u64>], classes: &[String]) -> Result<()> {
+    atomic::write_with(path, |tmp| viz::save_confusion(tmp, confusion, classes))
 }

@@ -143,6 +143,7 @@ pub fn train(
         &out.join(crate::rundir::CONFIG),
         &serde_json::to_vec_pretty(config)?,
     )?;
+    crate::inference::save_classes(out, &classes)?;
     if !progress.history.is_empty() {
         // A run killed between its state and its metrics resumes with both complete.
         history::save(out, &progress.history)?;

@@ -1,0 +1,178 @@
+//! After training: `evaluate` gives the numbers the run logged for best and last; `predict`
+//! gives the top-5 of a forward pass in eval mode; neither panics on extreme flag values.
+
+#[path = "../../../tests/support/flag_scan.rs"]
+mod flag_scan;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use candle_core::{Device, Tensor, D};
+
+const BIN: &str = env!("CARGO_BIN_EXE_train-mnist");
+
+fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("train-mnist starts");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+fn trained(dir: &Path) -> PathBuf {
+    let data = dir.join("mnist");
+    train::synthetic::write_mnist(&data, 96, 40).expect("synthetic MNIST");
+    let out = dir.join("run");
+    run(&[
+        "--data-dir",
+        &s(&data),
+        "--model",
+        "lenet5",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--lr",
+        "0.003",
+        "--out",
+        &s(&out),
+        "--device",
+        "cpu",
+    ]);
+    out
+}
+
+#[test]
+fn evaluate_reproduces_the_logged_numbers_and_predict_a_forward_pass() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = trained(dir.path());
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).expect("metrics");
+    let rows: Vec<Vec<f64>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|x| x.parse().expect("number")).collect())
+        .collect();
+    let best = rows
+        .iter()
+        .fold(&rows[0], |b, r| if r[4] > b[4] { r } else { b });
+    for (which, row) in [("last", rows.last().expect("rows")), ("best", best)] {
+        let log = run(&[
+            "evaluate",
+            "--run",
+            &s(&out),
+            "--weights",
+            which,
+            "--device",
+            "cpu",
+        ]);
+        let json: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(out.join(format!("evaluation-{which}.json"))).expect("summary"),
+        )
+        .expect("json");
+        let top1 = json["top1"].as_f64().expect("top1");
+        let loss = json["loss"].as_f64().expect("loss");
+        assert_eq!(
+            format!("{top1:.4}"),
+            format!("{:.4}", row[4]),
+            "{which}: {log}"
+        );
+        assert!(
+            (loss - row[3]).abs() <= 1e-6 * row[3].max(1.0),
+            "{which}: {loss} vs {}",
+            row[3]
+        );
+        assert_eq!(json["per_class"].as_array().map(Vec::len), Some(10));
+        assert!(out.join(format!("confusion-{which}.png")).is_file());
+    }
+
+    // A 28x28 grey digit: the test transform alone, as the run's test images saw it.
+    let image = dir.path().join("digit.png");
+    let pixels: Vec<u8> = (0..28 * 28).map(|i| ((i * 37) % 251) as u8).collect();
+    image::GrayImage::from_raw(28, 28, pixels.clone())
+        .expect("image")
+        .save(&image)
+        .expect("png");
+    let printed = run(&["predict", "--run", &s(&out), &s(&image), "--device", "cpu"]);
+    let (net, _) = zoo::load(
+        "lenet5",
+        10,
+        Some(&out.join("best.safetensors")),
+        &Device::Cpu,
+        0,
+    )
+    .expect("model");
+    let x = Tensor::from_vec(
+        pixels
+            .iter()
+            .map(|&p| (f32::from(p) / 255.0 - 0.1307) / 0.3081)
+            .collect::<Vec<f32>>(),
+        (1, 1, 28, 28),
+        &Device::Cpu,
+    )
+    .expect("input");
+    let probs = candle_nn::ops::softmax(&net.forward_t(&x, false).expect("forward"), D::Minus1)
+        .expect("softmax")
+        .flatten_all()
+        .expect("flat")
+        .to_vec1::<f32>()
+        .expect("probs");
+    let mut order: Vec<usize> = (0..10).collect();
+    order.sort_by(|a, b| probs[*b].total_cmp(&probs[*a]));
+    let expected: Vec<String> = order[..5]
+        .iter()
+        .map(|&k| {
+            format!(
+                "  {:6.2}%  {}",
+                probs[k] * 100.0,
+                datasets::MNIST_CLASSES[k]
+            )
+        })
+        .collect();
+    let lines: Vec<&str> = printed.lines().skip(1).collect();
+    assert_eq!(lines, expected, "{printed}");
+}
+
+#[test]
+fn evaluate_and_predict_flags_never_panic() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = s(&trained(dir.path()));
+    let image = dir.path().join("digit.png");
+    image::RgbImage::from_pixel(40, 30, image::Rgb([200, 10, 10]))
+        .save(&image)
+        .expect("png");
+    let image = s(&image);
+    let program = PathBuf::from(BIN);
+    let mut failures = Vec::new();
+    for (sub, base) in [
+        (
+            "evaluate",
+            vec!["evaluate", "--run", &out, "--device", "cpu"],
+        ),
+        (
+            "predict",
+            vec!["predict", "--run", &out, &image, "--device", "cpu"],
+        ),
+    ] {
+        let flags = flag_scan::value_flags(&program, &[sub]);
+        failures.extend(flag_scan::scan(
+            &program,
+            &base,
+            &flags,
+            &flag_scan::EXTREMES,
+            dir.path(),
+            Duration::from_secs(120),
+        ));
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}

@@ -1,0 +1,337 @@
+//! After training: evaluate a run's checkpoint again (`<program> evaluate --run DIR`) and
+//! classify images with it (`<program> predict --run DIR IMAGE...`). Both rebuild the model,
+//! transforms and class names from what the run saved: `config.json`, `classes.json` and the
+//! checkpoint.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor, D};
+use datasets::{ColorMode, Op, Rng, Transform};
+use layers::{Network, ParamStore};
+use serde::Serialize;
+
+use crate::config::RunConfig;
+use crate::device::parse_device;
+use crate::engine::evaluate as evaluate_pass;
+use crate::run::{BEST, LAST};
+use crate::rundir::CONFIG;
+
+/// The class names of a run, in label order (a JSON list), beside its checkpoints.
+pub const CLASSES: &str = "classes.json";
+
+/// Writes `classes` as `dir/classes.json`.
+pub fn save_classes(dir: &Path, classes: &[String]) -> Result<()> {
+    crate::atomic::write_bytes(&dir.join(CLASSES), &serde_json::to_vec_pretty(classes)?)
+}
+
+/// A trained run, ready to evaluate or predict.
+pub struct Trained {
+    /// The run's configuration.
+    pub config: RunConfig,
+    /// Class names in label order.
+    pub classes: Vec<String>,
+    /// The network, in evaluation mode when called with `train = false`.
+    pub model: Box<dyn Network>,
+    /// Its parameters.
+    pub store: ParamStore,
+    /// The checkpoint loaded.
+    pub weights: PathBuf,
+    /// `best`, `last` or the checkpoint's file stem, for output names.
+    pub tag: String,
+}
+
+impl Trained {
+    /// Opens the run in `dir` with the checkpoint `weights` (`best`, `last` or a file) on
+    /// `device`.
+    ///
+    /// Errors: no `config.json` (not a run directory), class names that cannot be found, an
+    /// unknown model, or a checkpoint that is missing, non-finite or does not match (named).
+    pub fn open(dir: &Path, weights: &str, device: &Device) -> Result<Self> {
+        let config_path = dir.join(CONFIG);
+        let text = std::fs::read(&config_path).with_context(|| {
+            format!(
+                "--run {}: no readable {CONFIG} (is it a run directory?)",
+                dir.display()
+            )
+        })?;
+        let config: RunConfig = serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not a run configuration", config_path.display()))?;
+        let classes: Vec<String> = match std::fs::read(dir.join(CLASSES)) {
+            Ok(text) => serde_json::from_slice(&text).with_context(|| {
+                format!(
+                    "{} is not a JSON list of class names",
+                    dir.join(CLASSES).display()
+                )
+            })?,
+            Err(_) if !config.dataset.spec().classes.is_empty() => config
+                .dataset
+                .spec()
+                .classes
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("--run {}: no {CLASSES} with the class names", dir.display())
+                })
+            }
+        };
+        let (path, tag) = match weights {
+            "best" => (dir.join(BEST), "best".to_string()),
+            "last" => (dir.join(LAST), "last".to_string()),
+            file => {
+                let path = PathBuf::from(file);
+                let stem = path
+                    .file_stem()
+                    .map_or("weights".into(), |s| s.to_string_lossy().into_owned());
+                (path, stem)
+            }
+        };
+        let (model, store) = zoo::load(
+            &config.model,
+            classes.len(),
+            Some(&path),
+            device,
+            config.seed,
+        )?;
+        Ok(Self {
+            config,
+            classes,
+            model,
+            store,
+            weights: path,
+            tag,
+        })
+    }
+}
+
+/// `evaluate`'s flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EvaluateArgs {
+    /// The run directory (what --out was)
+    #[arg(long)]
+    pub run: PathBuf,
+    /// The checkpoint: best, last, or a .safetensors file
+    #[arg(long, default_value = "best")]
+    pub weights: String,
+    /// Directory holding the data set [default: the run's]
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Where confusion-<weights>.png and evaluation-<weights>.json go [default: the run directory]
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// auto, cpu, cuda or cuda:N
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+/// What `evaluate` measured (also written as `evaluation-<weights>.json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Evaluation {
+    /// The checkpoint.
+    pub weights: PathBuf,
+    /// Test images.
+    pub samples: usize,
+    /// Mean test loss, with the run's training criterion.
+    pub loss: f64,
+    /// Top-1 accuracy, percent.
+    pub top1: f64,
+    /// Top-5 accuracy, percent.
+    pub top5: f64,
+    /// Each class's accuracy in percent (`None`: no test image of that class).
+    pub per_class: Vec<(String, Option<f64>)>,
+}
+
+/// Evaluates a run's checkpoint on the test split its configuration names (the same transform
+/// and limit), prints loss, top-1, top-5 and per-class accuracy, and writes the confusion
+/// matrix and a JSON summary.
+///
+/// Errors: those of [`Trained::open`], of loading the data, and of writing the outputs.
+pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
+    let device = parse_device(&args.device)?;
+    let trained = Trained::open(&args.run, &args.weights, &device)?;
+    let mut config = trained.config.clone();
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = Some(dir.clone());
+    }
+    let data = crate::cli::load_data(&config)?;
+    if data.test.classes() != trained.classes.as_slice() {
+        bail!(
+            "the test data's classes {:?} are not the run's {:?}",
+            data.test.classes(),
+            trained.classes
+        );
+    }
+    let loader = crate::run::loader(&config, &data.test, false)?;
+    let pass = evaluate_pass(
+        trained.model.as_ref(),
+        &loader,
+        &device,
+        trained.classes.len(),
+        config.label_smoothing,
+        format!("evaluate {}", trained.tag),
+    )?;
+    let m = &pass.metrics;
+    let evaluation = Evaluation {
+        weights: trained.weights.clone(),
+        samples: m.samples(),
+        loss: m.loss(),
+        top1: m.accuracy(),
+        top5: m.top5(),
+        per_class: trained
+            .classes
+            .iter()
+            .cloned()
+            .zip(m.per_class_accuracy())
+            .collect(),
+    };
+    crate::say!(
+        "{} on {} test images of {}: loss {:.4}, top-1 {:.2}%, top-5 {:.2}%",
+        trained.weights.display(),
+        evaluation.samples,
+        config.dataset.spec().title,
+        evaluation.loss,
+        evaluation.top1,
+        evaluation.top5
+    );
+    for (class, acc) in &evaluation.per_class {
+        match acc {
+            Some(acc) => crate::say!("  {acc:6.2}%  {class}"),
+            None => crate::say!("     -    {class} (no test image)"),
+        }
+    }
+    let out = args.out.clone().unwrap_or_else(|| args.run.clone());
+    std::fs::create_dir_all(&out)
+        .with_context(|| format!("--out {}: cannot create the directory", out.display()))?;
+    let picture = out.join(format!("confusion-{}.png", trained.tag));
+    crate::pictures::save_confusion_as(&picture, m.confusion(), &trained.classes)?;
+    let summary = out.join(format!("evaluation-{}.json", trained.tag));
+    crate::atomic::write_bytes(&summary, &serde_json::to_vec_pretty(&evaluation)?)?;
+    crate::say!("wrote {} and {}", picture.display(), summary.display());
+    Ok(evaluation)
+}
+
+/// `predict`'s flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PredictArgs {
+    /// The run directory (what --out was)
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Images to classify (any size and colour mode)
+    #[arg(required = true, num_args = 1..)]
+    pub images: Vec<PathBuf>,
+    /// The checkpoint: best, last, or a .safetensors file
+    #[arg(long, default_value = "best")]
+    pub weights: String,
+    /// auto, cpu, cuda or cuda:N
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+/// Classifies image files as a trained network sees them.
+pub struct Predictor<'a> {
+    model: &'a dyn Network,
+    transform: Transform,
+    mode: ColorMode,
+    classes: &'a [String],
+    device: Device,
+}
+
+impl<'a> Predictor<'a> {
+    /// `model` (input `(N, channels, side, side)`) with the run's test `transform`; a transform
+    /// that does not resize gets `Resize(side)` + `CenterCrop(side)` in front, so that any image
+    /// fits.
+    ///
+    /// Errors: a normalisation the transform cannot take again (never for a valid transform).
+    pub fn new(
+        model: &'a dyn Network,
+        transform: Transform,
+        (channels, side): (usize, usize),
+        classes: &'a [String],
+        device: &Device,
+    ) -> Result<Self> {
+        let resizes = transform
+            .ops()
+            .iter()
+            .any(|op| matches!(op, Op::Resize { .. } | Op::RandomResizedCrop { .. }));
+        let transform = if resizes {
+            transform
+        } else {
+            let n = transform.normalization();
+            let mut fitted = Transform::to_tensor_normalize(n.mean(), n.std())?
+                .resize(side)
+                .center_crop(side);
+            for op in transform.ops() {
+                fitted = fitted.then(op.clone());
+            }
+            fitted
+        };
+        Ok(Self {
+            model,
+            transform,
+            mode: if channels == 1 {
+                ColorMode::Gray
+            } else {
+                ColorMode::Rgb
+            },
+            classes,
+            device: device.clone(),
+        })
+    }
+
+    /// The softmax probability of every class for the image in `path`, in label order.
+    ///
+    /// Errors: the file cannot be read or decoded (named).
+    pub fn probabilities(&self, path: &Path) -> Result<Vec<f32>> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
+        let image = datasets::decode_image(&bytes, self.mode)
+            .with_context(|| format!("cannot decode image {}", path.display()))?;
+        let (shape, values) = self.transform.apply(image, &mut Rng::new(0))?;
+        let x = Tensor::from_vec(values, (1, shape.0, shape.1, shape.2), &Device::Cpu)?
+            .to_device(&self.device)?;
+        let logits = self.model.forward_t(&x, false)?;
+        Ok(candle_nn::ops::softmax(&logits, D::Minus1)?
+            .squeeze(0)?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?)
+    }
+
+    /// The five most probable classes (fewer when there are fewer), best first.
+    pub fn top5(&self, path: &Path) -> Result<Vec<(String, f32)>> {
+        let probs = self.probabilities(path)?;
+        let mut order: Vec<usize> = (0..probs.len()).collect();
+        order.sort_by(|a, b| probs[*b].total_cmp(&probs[*a]));
+        Ok(order
+            .into_iter()
+            .take(5)
+            .map(|i| (self.classes[i].clone(), probs[i]))
+            .collect())
+    }
+}
+
+/// Prints the top-5 classes with probabilities for each image, under a run's checkpoint.
+///
+/// Errors: those of [`Trained::open`] and [`Predictor::top5`].
+pub fn predict(args: &PredictArgs) -> Result<()> {
+    let device = parse_device(&args.device)?;
+    let trained = Trained::open(&args.run, &args.weights, &device)?;
+    let spec = zoo::spec(&trained.config.model)?;
+    let transform = Transform::parse(&trained.config.test_transform)?;
+    let predictor = Predictor::new(
+        trained.model.as_ref(),
+        transform,
+        (spec.input.0, spec.input.1),
+        &trained.classes,
+        &device,
+    )?;
+    for image in &args.images {
+        let top5 = predictor.top5(image)?;
+        crate::say!("{}", image.display());
+        for (class, p) in top5 {
+            crate::say!("  {:6.2}%  {class}", p * 100.0);
+        }
+    }
+    Ok(())
+}
