@@ -7,6 +7,7 @@ mod conv;
 mod feature_maps;
 mod filters;
 mod geometry;
+mod grad_cam;
 mod matrix;
 mod model;
 mod pool;
@@ -40,6 +41,8 @@ enum Command {
     Filters(filters::FiltersArgs),
     /// A model's activations after each stage for one image: feature-maps-<stage>.png.
     FeatureMaps(feature_maps::FeatureMapsArgs),
+    /// Where a (trained) network looks for a class (Grad-CAM) in one image: grad-cam.png.
+    GradCam(grad_cam::GradCamArgs),
 }
 
 fn main() -> Result<()> {
@@ -51,5 +54,6 @@ fn main() -> Result<()> {
         Command::Samples(args) => samples::run(args, out),
         Command::Filters(args) => filters::run(args, out),
         Command::FeatureMaps(args) => feature_maps::run(args, out),
+        Command::GradCam(args) => grad_cam::run(args, out),
     }
 }

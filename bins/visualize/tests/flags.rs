@@ -22,12 +22,13 @@ fn extreme_flag_values_never_panic() {
         .expect("png");
     let (mnist, digit) = (s(&mnist), s(&digit));
     let program = PathBuf::from(env!("CARGO_BIN_EXE_visualize"));
-    let subcommands: [(&str, Vec<&str>); 5] = [
+    let subcommands: [(&str, Vec<&str>); 6] = [
         ("conv", vec![]),
         ("pool", vec![]),
         ("samples", vec!["--dataset", "mnist", "--data-dir", &mnist]),
         ("filters", vec!["--model", "lenet5"]),
         ("feature-maps", vec!["--model", "lenet5", "--image", &digit]),
+        ("grad-cam", vec!["--model", "lenet5", "--image", &digit]),
     ];
     let mut failures = Vec::new();
     for (name, rest) in subcommands {

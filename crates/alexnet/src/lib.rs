@@ -20,6 +20,7 @@
 
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
+use layers::tap;
 use layers::Linear;
 use layers::{
     adaptive_avg_pool2d, conv2d, conv_cfg, flatten, linear, Conv2d, Dropout, Pool2d, WeightInit,
@@ -126,11 +127,13 @@ impl AlexNet {
         let mut out = Vec::with_capacity(12);
         let mut xs = xs.clone();
         for (i, conv) in self.convs.iter().enumerate() {
-            xs = conv.forward(&xs)?.relu()?;
-            out.push((format!("conv{}", i + 1), xs.clone()));
+            let name = format!("conv{}", i + 1);
+            xs = tap::stage(&name, conv.forward(&xs)?.relu()?)?;
+            out.push((name, xs.clone()));
             if matches!(i, 0 | 1 | 4) {
-                xs = self.pool.forward(&xs)?;
-                out.push((format!("pool{}", i + 1), xs.clone()));
+                let name = format!("pool{}", i + 1);
+                xs = tap::stage(&name, self.pool.forward(&xs)?)?;
+                out.push((name, xs.clone()));
             }
         }
         let pooled = adaptive_avg_pool2d(&xs, (POOLED, POOLED))?;

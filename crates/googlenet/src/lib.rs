@@ -26,6 +26,7 @@ pub use config::{GoogLeNetConfig, InceptionSpec, INCEPTION_NAMES};
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 use inception::{basic_conv, Inception, InceptionAux, FC_INIT};
+use layers::tap;
 use layers::Linear;
 use layers::{adaptive_avg_pool2d, flatten, linear, ConvBnRelu, Dropout, Pool2d};
 
@@ -126,21 +127,19 @@ impl GoogLeNet {
     /// Every stage's output and the auxiliary logits (computed only when training).
     fn run(&self, xs: &Tensor, train: bool) -> Result<(Stages, Option<Tensor>, Option<Tensor>)> {
         let mut out = Vec::with_capacity(20);
-        let mut record = |name: &str, t: &Tensor| out.push((name.to_string(), t.clone()));
-        let xs = self.stem[0].forward_t(xs, train)?;
-        record("conv1", &xs);
-        let xs = ceil_pool(3).forward(&xs)?;
-        record("maxpool1", &xs);
-        let xs = self.stem[1].forward_t(&xs, train)?;
-        record("conv2", &xs);
-        let xs = self.stem[2].forward_t(&xs, train)?;
-        record("conv3", &xs);
-        let mut xs = ceil_pool(3).forward(&xs)?;
-        record("maxpool2", &xs);
+        let mut record = |name: &str, t: Tensor| -> Result<Tensor> {
+            let t = tap::stage(name, t)?;
+            out.push((name.to_string(), t.clone()));
+            Ok(t)
+        };
+        let xs = record("conv1", self.stem[0].forward_t(xs, train)?)?;
+        let xs = record("maxpool1", ceil_pool(3).forward(&xs)?)?;
+        let xs = record("conv2", self.stem[1].forward_t(&xs, train)?)?;
+        let xs = record("conv3", self.stem[2].forward_t(&xs, train)?)?;
+        let mut xs = record("maxpool2", ceil_pool(3).forward(&xs)?)?;
         let (mut aux1, mut aux2) = (None, None);
         for (i, (block, name)) in self.blocks.iter().zip(INCEPTION_NAMES).enumerate() {
-            xs = block.forward_t(&xs, train)?;
-            record(name, &xs);
+            xs = record(name, block.forward_t(&xs, train)?)?;
             match (i, &self.aux) {
                 (AUX1_AFTER, Some([a1, _])) if train => aux1 = Some(a1.forward_t(&xs, train)?),
                 (AUX2_AFTER, Some([_, a2])) if train => aux2 = Some(a2.forward_t(&xs, train)?),
@@ -148,21 +147,17 @@ impl GoogLeNet {
             }
             match i {
                 1 => {
-                    xs = ceil_pool(3).forward(&xs)?;
-                    record("maxpool3", &xs);
+                    xs = record("maxpool3", ceil_pool(3).forward(&xs)?)?;
                 }
                 6 => {
-                    xs = ceil_pool(2).forward(&xs)?;
-                    record("maxpool4", &xs);
+                    xs = record("maxpool4", ceil_pool(2).forward(&xs)?)?;
                 }
                 _ => {}
             }
         }
-        let pooled = adaptive_avg_pool2d(&xs, (1, 1))?;
-        record("avgpool", &pooled);
+        let pooled = record("avgpool", adaptive_avg_pool2d(&xs, (1, 1))?)?;
         let dropped = self.dropout.forward_t(&flatten(&pooled)?, train)?;
-        let logits = self.fc.forward(&dropped)?;
-        record("logits", &logits);
+        record("logits", self.fc.forward(&dropped)?)?;
         Ok((out, aux1, aux2))
     }
 }

@@ -25,6 +25,7 @@ mod nn;
 mod params;
 mod pool;
 pub mod rng;
+pub mod tap;
 
 pub use adaptive::{adaptive_avg_pool2d, AdaptiveAvgPool2d};
 pub use batch_norm::{batch_norm, BatchNorm};

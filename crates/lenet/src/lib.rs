@@ -19,6 +19,7 @@
 
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
+use layers::tap;
 use layers::Linear;
 use layers::{conv2d, conv_cfg, flatten, linear, Conv2d, Pool2d, WeightInit};
 
@@ -109,10 +110,16 @@ impl LeNet {
 
     /// Every stage's output; no layer behaves differently in training.
     fn stages(&self, xs: &Tensor) -> Result<Vec<(String, Tensor)>> {
-        let c1 = self.pool.forward(&self.conv1.forward(xs)?.tanh()?)?;
-        let c2 = self.pool.forward(&self.conv2.forward(&c1)?.tanh()?)?;
-        let f1 = self.fc1.forward(&flatten(&c2)?)?.tanh()?;
-        let f2 = self.fc2.forward(&f1)?.tanh()?;
+        let c1 = tap::stage(
+            "conv1",
+            self.pool.forward(&self.conv1.forward(xs)?.tanh()?)?,
+        )?;
+        let c2 = tap::stage(
+            "conv2",
+            self.pool.forward(&self.conv2.forward(&c1)?.tanh()?)?,
+        )?;
+        let f1 = tap::stage("fc1", self.fc1.forward(&flatten(&c2)?)?.tanh()?)?;
+        let f2 = tap::stage("fc2", self.fc2.forward(&f1)?.tanh()?)?;
         let logits = self.fc3.forward(&f2)?;
         Ok(vec![
             ("conv1".to_string(), c1),

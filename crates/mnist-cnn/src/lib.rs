@@ -18,6 +18,7 @@
 
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
+use layers::tap;
 use layers::Linear;
 use layers::{conv2d, conv_cfg, flatten, linear, Conv2d, Dropout, Pool2d, WeightInit};
 
@@ -101,10 +102,16 @@ impl MnistCnn {
 
     /// Every stage's output; `train` switches dropout on.
     fn stages(&self, xs: &Tensor, train: bool) -> Result<Vec<(String, Tensor)>> {
-        let c1 = self.pool.forward(&self.conv1.forward(xs)?.relu()?)?;
-        let c2 = self.pool.forward(&self.conv2.forward(&c1)?.relu()?)?;
+        let c1 = tap::stage(
+            "conv1",
+            self.pool.forward(&self.conv1.forward(xs)?.relu()?)?,
+        )?;
+        let c2 = tap::stage(
+            "conv2",
+            self.pool.forward(&self.conv2.forward(&c1)?.relu()?)?,
+        )?;
         let dropped = self.dropout.forward_t(&c2, train)?;
-        let f1 = self.fc1.forward(&flatten(&dropped)?)?.relu()?;
+        let f1 = tap::stage("fc1", self.fc1.forward(&flatten(&dropped)?)?.relu()?)?;
         let logits = self.fc2.forward(&f1)?;
         Ok(vec![
             ("conv1".to_string(), c1),

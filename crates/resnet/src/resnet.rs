@@ -2,6 +2,7 @@
 
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
+use layers::tap;
 use layers::Linear;
 use layers::{
     adaptive_avg_pool2d, batch_norm, conv2d, conv_cfg, linear, BatchNorm, Conv2d, Pool2d,
@@ -259,11 +260,12 @@ impl ModuleT for ResNet {
 impl layers::Network for ResNet {
     fn forward_stages(&self, xs: &Tensor) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::with_capacity(self.stages.len() + 2);
-        let mut ys = self.stem_forward_t(xs, false)?;
+        let mut ys = tap::stage("stem", self.stem_forward_t(xs, false)?)?;
         out.push(("stem".to_string(), ys.clone()));
         for i in 0..self.stages.len() {
-            ys = self.stage_forward_t(i, &ys, false)?;
-            out.push((format!("layer{}", i + 1), ys.clone()));
+            let name = format!("layer{}", i + 1);
+            ys = tap::stage(&name, self.stage_forward_t(i, &ys, false)?)?;
+            out.push((name, ys.clone()));
         }
         out.push(("fc".to_string(), self.fc.forward(&self.pool(&ys)?)?));
         Ok(out)

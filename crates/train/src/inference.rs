@@ -280,17 +280,32 @@ impl<'a> Predictor<'a> {
         })
     }
 
-    /// The softmax probability of every class for the image in `path`, in label order.
+    /// The image in `path` as the network sees it: resized and cropped (`(C, H, W)` u8), and
+    /// normalised as the `(1, C, H, W)` input on the predictor's device.
     ///
     /// Errors: the file cannot be read or decoded (named).
-    pub fn probabilities(&self, path: &Path) -> Result<Vec<f32>> {
+    pub fn prepare(&self, path: &Path) -> Result<(datasets::U8Image, Tensor)> {
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
         let image = datasets::decode_image(&bytes, self.mode)
             .with_context(|| format!("cannot decode image {}", path.display()))?;
-        let (shape, values) = self.transform.apply(image, &mut Rng::new(0))?;
-        let x = Tensor::from_vec(values, (1, shape.0, shape.1, shape.2), &Device::Cpu)?
-            .to_device(&self.device)?;
+        let seen = self.transform.augment(image, &mut Rng::new(0))?;
+        let mut values = vec![0f32; seen.data.len()];
+        self.transform.normalization().write(&seen, &mut values)?;
+        let x = Tensor::from_vec(
+            values,
+            (1, seen.channels, seen.height, seen.width),
+            &Device::Cpu,
+        )?
+        .to_device(&self.device)?;
+        Ok((seen, x))
+    }
+
+    /// The softmax probability of every class for the image in `path`, in label order.
+    ///
+    /// Errors: the file cannot be read or decoded (named).
+    pub fn probabilities(&self, path: &Path) -> Result<Vec<f32>> {
+        let (_, x) = self.prepare(path)?;
         let logits = self.model.forward_t(&x, false)?;
         Ok(candle_nn::ops::softmax(&logits, D::Minus1)?
             .squeeze(0)?

@@ -25,6 +25,7 @@ pub use config::{VggConfig, VggLayer};
 
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
+use layers::tap;
 use layers::Linear;
 use layers::{
     adaptive_avg_pool2d, batch_norm, conv2d, conv_cfg, flatten, linear, BatchNorm, Conv2d, Dropout,
@@ -114,8 +115,9 @@ impl Vgg {
                     };
                 }
                 Block::MaxPool => {
-                    xs = self.pool.forward(&xs)?;
-                    out.push((format!("block{}", out.len() + 1), xs.clone()));
+                    let name = format!("block{}", out.len() + 1);
+                    xs = tap::stage(&name, self.pool.forward(&xs)?)?;
+                    out.push((name, xs.clone()));
                 }
             }
         }

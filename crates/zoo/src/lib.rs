@@ -225,6 +225,33 @@ mod tests {
         Ok(())
     }
 
+    /// The Grad-CAM stage is a stage of `forward_stages` with a spatial map, for one model of
+    /// each family (the rest share its code).
+    #[test]
+    fn the_cam_stage_is_a_convolutional_stage() -> Result<()> {
+        for name in [
+            "lenet5",
+            "cnn-mnist",
+            "alexnet-tv",
+            "vgg11",
+            "googlenet",
+            "resnet18",
+            "resnet18-seed",
+        ] {
+            let spec = spec(name)?;
+            let store = ParamStore::new(0, &Device::Cpu);
+            let net = build(name, 10, store.vb())?;
+            let (c, h, w) = spec.input;
+            let x =
+                candle_core::Tensor::zeros((1, c, h, w), candle_core::DType::F32, &Device::Cpu)?;
+            let stages = net.forward_stages(&x)?;
+            let stage = stages.iter().find(|(n, _)| n == spec.cam_stage);
+            let dims = stage.map(|(_, t)| t.dims().to_vec()).unwrap_or_default();
+            assert!(dims.len() == 4 && dims[2] * dims[3] > 1, "{name}: {dims:?}");
+        }
+        Ok(())
+    }
+
     #[test]
     fn counting_agrees_with_a_parameter_store() -> Result<()> {
         for name in ["lenet5", "cnn-mnist", "googlenet", "resnet18-seed"] {

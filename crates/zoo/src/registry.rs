@@ -30,6 +30,9 @@ pub struct ModelSpec {
     /// The module name of the final linear layer (`fc`, `classifier.6`): what a new head for
     /// other classes replaces (`<classifier>.weight`, `<classifier>.bias`).
     pub classifier: &'static str,
+    /// The stage of `Network::forward_stages` that Grad-CAM looks at: the last convolutional
+    /// stage whose map still has some resolution (`layer4`, `block5`, `inception5b`).
+    pub cam_stage: &'static str,
     /// One line on what the model is.
     pub description: &'static str,
 }
@@ -58,9 +61,10 @@ const MNIST: Native = ((1, 28, 28), "mnist");
 const IMAGENET: Native = ((3, 224, 224), "imagenet");
 const CIFAR: Native = ((3, 32, 32), "cifar10");
 
-/// First convolution and classifier of the torchvision-style families.
-const FEATURES_CLASSIFIER: (&str, &str) = ("features.0.weight", "classifier.6");
-const CONV1_FC: (&str, &str) = ("conv1.weight", "fc");
+/// First convolution, classifier and Grad-CAM stage of the torchvision-style families.
+const ALEXNET: (&str, &str, &str) = ("features.0.weight", "classifier.6", "conv5");
+const VGG: (&str, &str, &str) = ("features.0.weight", "classifier.6", "block5");
+const RESNET: (&str, &str, &str) = ("conv1.weight", "fc", "layer4");
 
 macro_rules! entry {
     ($name:literal, $native:expr, $classes:literal, $layers:expr, $description:literal, $build:expr) => {
@@ -72,6 +76,7 @@ macro_rules! entry {
                 default_classes: $classes,
                 first_conv: $layers.0,
                 classifier: $layers.1,
+                cam_stage: $layers.2,
                 description: $description,
             },
             build: std::sync::Arc::new(|n, vb| boxed($build(n, vb))),
@@ -86,7 +91,7 @@ fn builtin() -> Vec<Entry> {
             "lenet5",
             MNIST,
             10,
-            ("features.0.weight", "classifier.4"),
+            ("features.0.weight", "classifier.4", "conv2"),
             "the tutorial's LeNet-5: Tanh, average pooling, 28x28",
             LeNet::lenet5
         ),
@@ -94,7 +99,7 @@ fn builtin() -> Vec<Entry> {
             "cnn-mnist",
             MNIST,
             10,
-            ("conv1.weight", "fc2"),
+            ("conv1.weight", "fc2", "conv2"),
             "the tutorial's MNIST CNN: two 3x3 convolutions, max-pooling, dropout",
             MnistCnn::tutorial
         ),
@@ -102,7 +107,7 @@ fn builtin() -> Vec<Entry> {
             "alexnet",
             IMAGENET,
             1000,
-            FEATURES_CLASSIFIER,
+            ALEXNET,
             "the tutorial's AlexNet with the paper's widths 96-256-384-384-256",
             AlexNet::tutorial
         ),
@@ -110,7 +115,7 @@ fn builtin() -> Vec<Entry> {
             "alexnet-tv",
             IMAGENET,
             1000,
-            FEATURES_CLASSIFIER,
+            ALEXNET,
             "torchvision's AlexNet (64-192-384-256-256)",
             AlexNet::torchvision
         ),
@@ -118,7 +123,7 @@ fn builtin() -> Vec<Entry> {
             "vgg11",
             IMAGENET,
             1000,
-            FEATURES_CLASSIFIER,
+            VGG,
             "VGG-11 (configuration A)",
             Vgg::vgg11
         ),
@@ -126,7 +131,7 @@ fn builtin() -> Vec<Entry> {
             "vgg11-bn",
             IMAGENET,
             1000,
-            FEATURES_CLASSIFIER,
+            VGG,
             "VGG-11 with batch norm",
             Vgg::vgg11_bn
         ),
@@ -134,7 +139,7 @@ fn builtin() -> Vec<Entry> {
             "vgg13",
             IMAGENET,
             1000,
-            FEATURES_CLASSIFIER,
+            VGG,
             "VGG-13 (configuration B)",
             Vgg::vgg13
         ),
@@ -142,7 +147,7 @@ fn builtin() -> Vec<Entry> {
             "vgg13-bn",
             IMAGENET,
             1000,
-            FEATURES_CLASSIFIER,
+            VGG,
             "VGG-13 with batch norm",
             Vgg::vgg13_bn
         ),
@@ -150,7 +155,7 @@ fn builtin() -> Vec<Entry> {
             "vgg16",
             IMAGENET,
             1000,
-            FEATURES_CLASSIFIER,
+            VGG,
             "VGG-16 (configuration D)",
             Vgg::vgg16
         ),
@@ -158,7 +163,7 @@ fn builtin() -> Vec<Entry> {
             "vgg16-bn",
             IMAGENET,
             1000,
-            FEATURES_CLASSIFIER,
+            VGG,
             "VGG-16 with batch norm",
             Vgg::vgg16_bn
         ),
@@ -166,7 +171,7 @@ fn builtin() -> Vec<Entry> {
             "vgg19",
             IMAGENET,
             1000,
-            FEATURES_CLASSIFIER,
+            VGG,
             "VGG-19 (configuration E)",
             Vgg::vgg19
         ),
@@ -174,7 +179,7 @@ fn builtin() -> Vec<Entry> {
             "vgg19-bn",
             IMAGENET,
             1000,
-            FEATURES_CLASSIFIER,
+            VGG,
             "VGG-19 with batch norm",
             Vgg::vgg19_bn
         ),
@@ -182,7 +187,7 @@ fn builtin() -> Vec<Entry> {
             "googlenet",
             IMAGENET,
             1000,
-            ("conv1.conv.weight", "fc"),
+            ("conv1.conv.weight", "fc", "inception5b"),
             "torchvision's GoogLeNet (Inception v1), no auxiliary classifiers",
             GoogLeNet::torchvision
         ),
@@ -190,7 +195,7 @@ fn builtin() -> Vec<Entry> {
             "resnet18",
             IMAGENET,
             1000,
-            CONV1_FC,
+            RESNET,
             "torchvision's ResNet-18 (BasicBlock, 2-2-2-2)",
             ResNet::resnet18
         ),
@@ -198,7 +203,7 @@ fn builtin() -> Vec<Entry> {
             "resnet34",
             IMAGENET,
             1000,
-            CONV1_FC,
+            RESNET,
             "torchvision's ResNet-34 (BasicBlock, 3-4-6-3)",
             ResNet::resnet34
         ),
@@ -206,7 +211,7 @@ fn builtin() -> Vec<Entry> {
             "resnet50",
             IMAGENET,
             1000,
-            CONV1_FC,
+            RESNET,
             "torchvision's ResNet-50 (Bottleneck, 3-4-6-3)",
             ResNet::resnet50
         ),
@@ -214,7 +219,7 @@ fn builtin() -> Vec<Entry> {
             "resnet101",
             IMAGENET,
             1000,
-            CONV1_FC,
+            RESNET,
             "torchvision's ResNet-101 (Bottleneck, 3-4-23-3)",
             ResNet::resnet101
         ),
@@ -222,7 +227,7 @@ fn builtin() -> Vec<Entry> {
             "resnet152",
             IMAGENET,
             1000,
-            CONV1_FC,
+            RESNET,
             "torchvision's ResNet-152 (Bottleneck, 3-8-36-3)",
             ResNet::resnet152
         ),
@@ -230,7 +235,7 @@ fn builtin() -> Vec<Entry> {
             "resnet18-seed",
             CIFAR,
             10,
-            CONV1_FC,
+            ("conv1.weight", "fc", "layer3"),
             "the tutorial's ResNet-18: 7x7 stem with max-pool, widths 64-128-192-256",
             ResNet::resnet18_seed
         ),
@@ -238,7 +243,7 @@ fn builtin() -> Vec<Entry> {
             "resnet18-cifar",
             CIFAR,
             10,
-            CONV1_FC,
+            RESNET,
             "CIFAR ResNet-18: 3x3 stem, no max-pool, widths 64-128-256-512",
             ResNet::resnet18_cifar
         ),

@@ -1,0 +1,286 @@
+//! `visualize grad-cam`: where in the image the network looked for a class (Grad-CAM,
+//! Selvaraju et al., 2017): the gradient of the class score with respect to the zoo entry's
+//! `cam_stage` activations, averaged over the map, weights the activations; their positive sum,
+//! upsampled, is drawn over the image.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{DType, Device, Tensor, D};
+use clap::Args;
+use datasets::{Transform, U8Image};
+use layers::Network;
+
+/// Options of `grad-cam`.
+#[derive(Debug, Args)]
+pub struct GradCamArgs {
+    /// A training run (what --out was); its checkpoint, transform and class names are used
+    #[arg(long, conflicts_with = "model")]
+    run: Option<PathBuf>,
+    /// Or a zoo model (lenet5, resnet18, ...), with --weights or its seeded initial weights
+    #[arg(long)]
+    model: Option<String>,
+    /// The run's checkpoint (best, last or a file), or the --model's weights file
+    #[arg(long)]
+    weights: Option<String>,
+    /// The image (any size and colour mode)
+    #[arg(long)]
+    image: PathBuf,
+    /// The class to explain, by name or index [default: the predicted one]
+    #[arg(long, allow_hyphen_values = true)]
+    class: Option<String>,
+}
+
+/// A Grad-CAM map: `height x width` values in `[0, 1]` over the stage's grid, for `class`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cam {
+    /// The class explained.
+    pub class: usize,
+    /// Row-major values, 1 at the map's maximum (all 0 when nothing speaks for the class).
+    pub values: Vec<f32>,
+    /// Rows of the stage's map.
+    pub height: usize,
+    /// Columns of the stage's map.
+    pub width: usize,
+}
+
+/// Grad-CAM of `net` for the `(1, C, H, W)` input `x` at stage `stage` of
+/// `forward_stages`, for `class` (the top-scoring one when `None`). The last stage is taken as
+/// the logits.
+///
+/// Errors: no stage of that name, a stage without a spatial map, a class out of range.
+pub fn grad_cam(net: &dyn Network, x: &Tensor, stage: &str, class: Option<usize>) -> Result<Cam> {
+    let (stages, leaf) = layers::tap::capture(stage, || net.forward_stages(x))?;
+    let leaf = leaf.with_context(|| format!("the network has no stage {stage}"))?;
+    let activation = leaf.as_tensor();
+    let (_, logits) = stages.last().context("the network has no stages")?;
+    let (_, _, height, width) = activation
+        .dims4()
+        .with_context(|| format!("stage {stage} has no (N, C, H, W) map"))?;
+    let logits = logits.flatten_all()?;
+    let classes = logits.dim(0)?;
+    let class = match class {
+        Some(c) if c < classes => c,
+        Some(c) => bail!("class {c} is out of range for {classes} classes"),
+        None => logits.argmax(D::Minus1)?.to_scalar::<u32>()? as usize,
+    };
+    let grads = logits.get(class)?.backward()?;
+    let gradient = grads
+        .get(activation)
+        .with_context(|| format!("no gradient reaches stage {stage}"))?;
+    let weights = gradient.mean_keepdim(3)?.mean_keepdim(2)?;
+    let map = activation
+        .broadcast_mul(&weights)?
+        .sum(1)?
+        .relu()?
+        .flatten_all()?
+        .to_dtype(DType::F32)?
+        .to_vec1::<f32>()?;
+    let top = map.iter().copied().fold(0f32, f32::max);
+    let values = map
+        .into_iter()
+        .map(|v| if top > 0.0 { v / top } else { 0.0 })
+        .collect();
+    Ok(Cam {
+        class,
+        values,
+        height,
+        width,
+    })
+}
+
+/// `seen` (what the network saw) with the map upsampled over it in viridis, half and half.
+fn overlay(seen: &U8Image, cam: &Cam) -> Result<U8Image> {
+    let map = U8Image::new(
+        1,
+        cam.height,
+        cam.width,
+        cam.values
+            .iter()
+            .map(|v| (v * 255.0).round() as u8)
+            .collect(),
+    )?;
+    let map = datasets::resize_bilinear(&map, seen.height, seen.width);
+    let plane = seen.height * seen.width;
+    let mut data = vec![0u8; 3 * plane];
+    for i in 0..plane {
+        let colour = viz::ColorMap::Viridis.rgb(f32::from(map.data[i]) / 255.0);
+        for (ch, c) in colour.iter().enumerate() {
+            let pixel = seen.data[(ch % seen.channels) * plane + i];
+            data[ch * plane + i] = ((u16::from(pixel) + u16::from(*c)) / 2) as u8;
+        }
+    }
+    U8Image::new(3, seen.height, seen.width, data)
+}
+
+/// Runs `grad-cam`: writes `grad-cam.png` (the image and the map over it) in `out` and prints
+/// the class explained.
+pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
+    let device = Device::Cpu;
+    let (model, store_spec, classes, transform) = match (&args.run, &args.model) {
+        (Some(run), _) => {
+            let weights = args.weights.as_deref().unwrap_or("best");
+            let trained = train::inference::Trained::open(run, weights, &device)?;
+            let spec = zoo::spec(&trained.config.model)?;
+            let transform = Transform::parse(&trained.config.test_transform)?;
+            (trained.model, spec, trained.classes, transform)
+        }
+        (None, Some(name)) => {
+            let spec = zoo::spec(name)?;
+            let weights = args.weights.as_ref().map(PathBuf::from);
+            let (net, _) = zoo::load(name, spec.default_classes, weights.as_deref(), &device, 0)?;
+            let data = datasets::catalog::spec(spec.data)?;
+            let classes: Vec<String> = if data.classes.len() == spec.default_classes {
+                data.classes.iter().map(|c| c.to_string()).collect()
+            } else {
+                (0..spec.default_classes)
+                    .map(|k| format!("class {k}"))
+                    .collect()
+            };
+            (net, spec, classes, (data.eval)(spec.input.1))
+        }
+        (None, None) => bail!("grad-cam needs --run DIR (a training run) or --model NAME"),
+    };
+    let predictor = train::inference::Predictor::new(
+        model.as_ref(),
+        transform,
+        (store_spec.input.0, store_spec.input.1),
+        &classes,
+        &device,
+    )?;
+    let (seen, x) = predictor.prepare(&args.image)?;
+    let class = match &args.class {
+        None => None,
+        Some(c) => Some(match classes.iter().position(|name| name == c) {
+            Some(k) => k,
+            None => c.parse::<usize>().with_context(|| {
+                format!("--class {c}: neither a class name nor an index (classes: {classes:?})")
+            })?,
+        }),
+    };
+    let cam = grad_cam(model.as_ref(), &x, store_spec.cam_stage, class)?;
+    ensure!(
+        cam.class < classes.len(),
+        "the model has more outputs than class names"
+    );
+    let name = &classes[cam.class];
+    let caption = format!("Grad-CAM for {name} at {}", store_spec.cam_stage);
+    let tiles = [
+        viz::Tile {
+            channels: seen.channels,
+            height: seen.height,
+            width: seen.width,
+            data: seen.data.clone(),
+            caption: "input".into(),
+            highlight: false,
+        },
+        {
+            let over = overlay(&seen, &cam)?;
+            viz::Tile {
+                channels: 3,
+                height: over.height,
+                width: over.width,
+                data: over.data,
+                caption: caption.clone(),
+                highlight: false,
+            }
+        },
+    ];
+    let path = out.join("grad-cam.png");
+    viz::save_image_grid(&path, &caption, &tiles, 2)?;
+    let peak = cam
+        .values
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i);
+    let lit = cam.values.iter().filter(|v| **v > 0.5).count();
+    if lit == 0 {
+        train::say!(
+            "class {} ({name}): no cell of {} speaks for it (every gradient-weighted sum is <= 0)",
+            cam.class,
+            store_spec.cam_stage
+        );
+    }
+    train::say!(
+        "class {} ({name}): {lit} of {}x{} cells above half the peak, the peak at row {}, column {}; wrote {}",
+        cam.class,
+        cam.height,
+        cam.width,
+        peak / cam.width.max(1),
+        peak % cam.width.max(1),
+        path.display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Module, ModuleT};
+
+    /// Sees only the top-left quadrant of its 8x8 input: `features` is the input times a mask,
+    /// the logits are two linear functions of its mean.
+    struct Quadrant {
+        mask: Tensor,
+        head: candle_nn::Linear,
+    }
+
+    impl ModuleT for Quadrant {
+        fn forward_t(&self, xs: &Tensor, _train: bool) -> candle_core::Result<Tensor> {
+            Ok(
+                self.forward_stages(xs).map_err(candle_core::Error::wrap)?[1]
+                    .1
+                    .clone(),
+            )
+        }
+    }
+
+    impl Network for Quadrant {
+        fn forward_stages(&self, xs: &Tensor) -> candle_core::Result<Vec<(String, Tensor)>> {
+            let features = layers::tap::stage("features", xs.broadcast_mul(&self.mask)?)?;
+            let pooled = features.mean_keepdim(3)?.mean_keepdim(2)?.flatten_from(1)?;
+            Ok(vec![
+                ("features".into(), features),
+                ("logits".into(), self.head.forward(&pooled)?),
+            ])
+        }
+    }
+
+    #[test]
+    fn the_map_lights_up_the_quadrant_the_network_sees() -> Result<()> {
+        let dev = Device::Cpu;
+        let mask: Vec<f32> = (0..64).map(|i| f32::from(i / 8 < 4 && i % 8 < 4)).collect();
+        let net = Quadrant {
+            mask: Tensor::from_vec(mask, (1, 1, 8, 8), &dev)?,
+            head: candle_nn::Linear::new(Tensor::new(&[[2f32], [-1.0]], &dev)?, None),
+        };
+        let x = Tensor::ones((1, 1, 8, 8), DType::F32, &dev)?;
+        let cam = grad_cam(&net, &x, "features", None)?;
+        assert_eq!((cam.class, cam.height, cam.width), (0, 8, 8));
+        for (i, v) in cam.values.iter().enumerate() {
+            let seen = i / 8 < 4 && i % 8 < 4;
+            assert_eq!(*v, if seen { 1.0 } else { 0.0 }, "pixel {i}");
+        }
+        // The other class has a negative weight: nothing speaks for it.
+        let other = grad_cam(&net, &x, "features", Some(1))?;
+        assert!(other.values.iter().all(|v| *v == 0.0));
+        assert!(grad_cam(&net, &x, "nowhere", None).is_err());
+        assert!(grad_cam(&net, &x, "features", Some(2)).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn every_zoo_model_gives_a_map() -> Result<()> {
+        for name in ["lenet5", "cnn-mnist", "resnet18-cifar", "resnet18-seed"] {
+            let spec = zoo::spec(name)?;
+            let (net, _) = zoo::load(name, spec.default_classes, None, &Device::Cpu, 1)?;
+            let (c, h, w) = spec.input;
+            let x = Tensor::rand(0f32, 1.0, (1, c, h, w), &Device::Cpu)?;
+            let cam = grad_cam(net.as_ref(), &x, spec.cam_stage, None)?;
+            assert!(cam.values.iter().all(|v| (0.0..=1.0).contains(v)), "{name}");
+            assert!(cam.height * cam.width > 1, "{name}");
+        }
+        Ok(())
+    }
+}
