@@ -35,6 +35,7 @@ use candle_core::{
 pub struct BatchNorm {
     running_mean: Var,
     running_var: Var,
+    num_batches_tracked: Option<Var>,
     weight: Tensor,
     bias: Tensor,
     eps: f64,
@@ -69,11 +70,35 @@ impl BatchNorm {
         Ok(Self {
             running_mean: Var::from_tensor(&running_mean)?,
             running_var: Var::from_tensor(&running_var)?,
+            num_batches_tracked: None,
             weight,
             bias,
             eps,
             momentum,
         })
+    }
+
+    /// The same batch norm counting its training-mode passes in `count` (an int64 scalar,
+    /// PyTorch's `num_batches_tracked` buffer), incremented in place.
+    ///
+    /// Errors: `count` is not an int64 scalar.
+    pub fn with_batches_tracked(self, count: Tensor) -> Result<Self> {
+        if count.dtype() != candle_core::DType::I64 || count.rank() != 0 {
+            candle_core::bail!(
+                "num_batches_tracked must be an int64 scalar, got {:?} {:?}",
+                count.dtype(),
+                count.dims()
+            )
+        }
+        Ok(Self {
+            num_batches_tracked: Some(Var::from_tensor(&count)?),
+            ..self
+        })
+    }
+
+    /// The training-mode passes so far (`num_batches_tracked`), if counted.
+    pub fn num_batches_tracked(&self) -> Option<&Tensor> {
+        self.num_batches_tracked.as_ref().map(Var::as_tensor)
     }
 
     /// The running mean (C).
@@ -161,6 +186,10 @@ impl BatchNorm {
         let unbiased = count as f64 / (count - 1) as f64;
         self.running_mean
             .set(&((self.running_mean.as_detached_tensor() * (1.0 - m))? + (&mean * m)?)?)?;
+        if let Some(count) = &self.num_batches_tracked {
+            let one = Tensor::ones((), candle_core::DType::I64, count.device())?;
+            count.set(&(count.as_detached_tensor() + one)?)?;
+        }
         self.running_var.set(
             &((self.running_var.as_detached_tensor() * (1.0 - m))? + (&var * (m * unbiased))?)?,
         )?;
@@ -304,14 +333,20 @@ impl CustomOp3 for BatchNormOp {
 }
 
 /// `nn.BatchNorm2d(num_features, eps)` with momentum 0.1, weight 1 and bias 0, parameters and
-/// buffers under `vb`'s prefix.
+/// buffers (`running_mean`, `running_var`, `num_batches_tracked`) under `vb`'s prefix.
 pub fn batch_norm(vb: candle_nn::VarBuilder, num_features: usize, eps: f64) -> Result<BatchNorm> {
     use candle_nn::Init;
     let running_mean = vb.get_with_hints(num_features, "running_mean", Init::Const(0.))?;
     let running_var = vb.get_with_hints(num_features, "running_var", Init::Const(1.))?;
     let weight = vb.get_with_hints(num_features, "weight", Init::Const(1.))?;
     let bias = vb.get_with_hints(num_features, "bias", Init::Const(0.))?;
-    BatchNorm::new(running_mean, running_var, weight, bias, eps, 0.1)
+    let count = vb.get_with_hints_dtype(
+        (),
+        "num_batches_tracked",
+        Init::Const(0.),
+        candle_core::DType::I64,
+    )?;
+    BatchNorm::new(running_mean, running_var, weight, bias, eps, 0.1)?.with_batches_tracked(count)
 }
 
 #[cfg(test)]

@@ -53,19 +53,23 @@ fn temporary_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// The weights of `varmap` as PyTorch would save them: every variable under its name, plus
-/// a zero `num_batches_tracked` (int64 scalar) beside each BatchNorm's running statistics,
-/// so that `load_state_dict(strict=True)` in PyTorch sees exactly its own keys.
+/// The weights of `varmap` as PyTorch would save them: every variable under its name
+/// (BatchNorm's `num_batches_tracked` counts included), and a zero `num_batches_tracked`
+/// (int64 scalar) beside running statistics that do not count, so that
+/// `load_state_dict(strict=True)` in PyTorch sees exactly its own keys.
 pub fn state_dict(varmap: &VarMap) -> Result<HashMap<String, Tensor>> {
     let data = varmap.data().lock().unwrap_or_else(|p| p.into_inner());
     let mut out = HashMap::with_capacity(data.len() * 2);
     for (name, var) in data.iter() {
         out.insert(name.clone(), var.as_tensor().to_device(&Device::Cpu)?);
+    }
+    for name in data.keys() {
         if let Some(prefix) = name.strip_suffix(".running_var") {
-            out.insert(
-                format!("{prefix}{BATCHES_TRACKED}"),
-                Tensor::new(0i64, &Device::Cpu)?,
-            );
+            if let std::collections::hash_map::Entry::Vacant(slot) =
+                out.entry(format!("{prefix}{BATCHES_TRACKED}"))
+            {
+                slot.insert(Tensor::new(0i64, &Device::Cpu)?);
+            }
         }
     }
     Ok(out)
@@ -165,7 +169,11 @@ pub fn load_strict(varmap: &VarMap, path: &Path) -> Result<()> {
 /// [`load_strict`] from tensors already in memory.
 pub fn load_tensors_strict(varmap: &VarMap, tensors: &HashMap<String, Tensor>) -> Result<()> {
     let data = varmap.data().lock().unwrap_or_else(|p| p.into_inner());
-    let mut missing: Vec<&String> = data.keys().filter(|k| !tensors.contains_key(*k)).collect();
+    // A checkpoint without `num_batches_tracked` (written before it was counted) leaves it as is.
+    let mut missing: Vec<&String> = data
+        .keys()
+        .filter(|k| !tensors.contains_key(*k) && !k.ends_with(BATCHES_TRACKED))
+        .collect();
     missing.sort();
     let mut unexpected: Vec<&String> = tensors
         .keys()
@@ -183,7 +191,7 @@ pub fn load_tensors_strict(varmap: &VarMap, tensors: &HashMap<String, Tensor>) -
     }
     let mut mismatched: Vec<String> = data
         .iter()
-        .filter(|(name, var)| tensors[*name].shape() != var.shape())
+        .filter(|(name, var)| tensors.get(*name).is_some_and(|t| t.shape() != var.shape()))
         .map(|(name, var)| {
             format!(
                 "{name}: the checkpoint has {:?}, the model expects {:?}",
@@ -196,7 +204,7 @@ pub fn load_tensors_strict(varmap: &VarMap, tensors: &HashMap<String, Tensor>) -
     if !mismatched.is_empty() {
         bail!("shape mismatch for {}", mismatched.join("; "))
     }
-    for (name, var) in data.iter() {
+    for (name, var) in data.iter().filter(|(name, _)| tensors.contains_key(*name)) {
         let t = tensors[name]
             .to_dtype(var.dtype())?
             .to_device(var.device())?;
@@ -240,8 +248,8 @@ mod tests {
         load_strict(b.varmap(), &path)?;
         for ((na, va), (nb, vb)) in a.named_vars().iter().zip(b.named_vars().iter()) {
             assert_eq!(na, nb);
-            let x: Vec<f32> = va.flatten_all()?.to_vec1()?;
-            let y: Vec<f32> = vb.flatten_all()?.to_vec1()?;
+            let x: Vec<f64> = va.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
+            let y: Vec<f64> = vb.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
             assert_eq!(
                 x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                 y.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
@@ -302,6 +310,38 @@ mod tests {
         assert!(err.contains("junk.safetensors"), "{err}");
         let missing = dir.path().join("none.safetensors");
         assert!(format!("{:#}", read(&missing).unwrap_err()).contains("none.safetensors"));
+        Ok(())
+    }
+
+    /// `num_batches_tracked` counts training-mode passes (as PyTorch's), is saved and loaded;
+    /// a checkpoint without it loads and leaves the count alone.
+    #[test]
+    fn batches_tracked_are_counted_saved_and_loaded() -> Result<()> {
+        use candle_core::ModuleT;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("bn.safetensors");
+        let a = ParamStore::new(1, &Device::Cpu);
+        let bn = crate::batch_norm(a.vb().pp("bn"), 3, 1e-5)?;
+        let x = Tensor::randn(0f32, 1.0, (4, 3, 2, 2), &Device::Cpu)?;
+        for _ in 0..3 {
+            bn.forward_t(&x, true)?;
+        }
+        bn.forward_t(&x, false)?;
+        let count = |t: Option<&Tensor>| t.map(|t| t.to_scalar::<i64>()).transpose();
+        assert_eq!(count(bn.num_batches_tracked())?, Some(3));
+        save(a.varmap(), &path)?;
+        assert_eq!(
+            read(&path)?["bn.num_batches_tracked"].to_scalar::<i64>()?,
+            3
+        );
+        let b = ParamStore::new(2, &Device::Cpu);
+        let fresh = crate::batch_norm(b.vb().pp("bn"), 3, 1e-5)?;
+        load_strict(b.varmap(), &path)?;
+        assert_eq!(count(fresh.num_batches_tracked())?, Some(3));
+        let mut old = read(&path)?;
+        old.remove("bn.num_batches_tracked");
+        load_tensors_strict(b.varmap(), &old)?;
+        assert_eq!(count(fresh.num_batches_tracked())?, Some(3));
         Ok(())
     }
 

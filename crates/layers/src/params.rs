@@ -204,7 +204,7 @@ mod tests {
         crate::batch_norm(store.vb().pp("bn"), 4, 1e-5)?;
         let names: Vec<String> = store.trainable().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["bn.bias", "bn.weight"]);
-        assert_eq!(store.named_vars().len(), 4);
+        assert_eq!(store.named_vars().len(), 5);
         Ok(())
     }
 }
