@@ -83,12 +83,17 @@ struct FineTuneArgs {
 
 #[derive(clap::Args, Debug)]
 struct PredictArgs {
+    /// A fine-tuning run (what --out was): its best checkpoint, classes and image size
+    #[arg(long, conflicts_with_all = ["weights", "image_size"])]
+    run: Option<PathBuf>,
     /// A .safetensors file (a fine-tuned run's best.safetensors) or a Hub model id
     #[arg(long, default_value = weights::DEFAULT_WEIGHTS)]
     weights: String,
     /// Images to classify
-    #[arg(long, required = true, num_args = 1..)]
+    #[arg(long, num_args = 1..)]
     image: Vec<PathBuf>,
+    /// More images to classify
+    images: Vec<PathBuf>,
     /// Side of the network input (Resize to size*256/224, CenterCrop to size)
     #[arg(long, default_value_t = 224, value_parser = image_size())]
     image_size: usize,
@@ -113,9 +118,21 @@ fn main() -> Result<()> {
 }
 
 fn predict(args: &PredictArgs) -> Result<()> {
+    let images: Vec<PathBuf> = args.image.iter().chain(&args.images).cloned().collect();
+    if images.is_empty() {
+        bail!("predict needs images: predict [--run DIR | --weights W] IMAGE...");
+    }
+    if let Some(run) = &args.run {
+        return train::inference::predict(&train::inference::PredictArgs {
+            run: run.clone(),
+            images,
+            weights: "best".into(),
+            device: args.device.clone(),
+        });
+    }
     let device = train::device::parse_device(&args.device)?;
     let classifier = predict::Classifier::load(&args.weights, args.image_size, &device)?;
-    for image in &args.image {
+    for image in &images {
         let top5 = classifier.top5(image)?;
         train::say!("{}", image.display());
         for (name, prob) in &top5 {

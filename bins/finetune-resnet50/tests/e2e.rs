@@ -556,4 +556,22 @@ fn own_class_folders_need_no_folder_flag() {
         "{log}"
     );
     assert!(out.join("best.safetensors").is_file());
+    // The run's own predict: its best checkpoint, classes and image size.
+    let image = data.join("test").join("frog").join("0000.png");
+    let printed = ok(
+        &["predict", "--run", s(&out), s(&image), "--device", "cpu"],
+        &[],
+    );
+    let lines: Vec<&str> = printed.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.ends_with("0000.png"))
+        .expect("image line");
+    let classes: Vec<&str> = lines[at + 1..at + 4]
+        .iter()
+        .map(|l| l.rsplit("  ").next().unwrap_or_default())
+        .collect();
+    let mut sorted = classes.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, ["airplane", "frog", "truck"], "{printed}");
 }
