@@ -12,7 +12,7 @@ use layers::{Network, ParamStore};
 
 use crate::config::{DataPlacement, Precision, RunConfig};
 use crate::device::{device_name, parse_device};
-use crate::engine::{evaluate, train_epoch, TrainStep};
+use crate::engine::{evaluate, train_epoch, Pass, TrainStep};
 use crate::history::{self, EpochRecord};
 use crate::optim::{NamedVar, Optimizer};
 use crate::source::BatchSource;
@@ -123,22 +123,7 @@ pub fn train(
     // Forward and backward run on this thread: autocast covers every epoch of this run.
     let _precision = config.precision.enter();
 
-    let mut progress = RunProgress::default();
-    if let Some((saved, tensors)) = resume {
-        layers::checkpoint::load_tensors_strict(store.varmap(), &tensors.model)
-            .context("restoring the model from the resume state")?;
-        optimizer
-            .load_state(&tensors.optimizer)
-            .context("restoring the optimizer from the resume state")?;
-        optimizer.set_learning_rate(saved.lr);
-        layers::rng::set_state(saved.rng_state);
-        progress = RunProgress {
-            epochs_done: saved.epochs_done,
-            best_acc: saved.best_acc,
-            best_epoch: saved.best_epoch,
-            history: saved.history,
-        };
-    }
+    let mut progress = restore(store, optimizer.as_mut(), resume)?;
     atomic::write_bytes(
         &out.join(crate::rundir::CONFIG),
         &serde_json::to_vec_pretty(config)?,
@@ -148,7 +133,15 @@ pub fn train(
         // A run killed between its state and its metrics resumes with both complete.
         history::save(out, &progress.history)?;
     }
-    let mut events = EventWriter::create(out)?;
+    let mut outputs = Outputs {
+        out,
+        config,
+        store,
+        title: &title,
+        classes: &classes,
+        test_images,
+        events: EventWriter::create(out)?,
+    };
     crate::say!(
         "{} {}: {title} ({} train / {} test images, {} parameters, {} trained) on {}{}, writing to {}",
         config.program,
@@ -169,29 +162,113 @@ pub fn train(
         },
         out.display()
     );
+    let passes = Epoch {
+        model,
+        train: train_loader,
+        test: test_loader,
+        device: &device,
+        classes: classes.len(),
+        config,
+    };
     for epoch in progress.epochs_done..config.epochs {
+        let (trained, tested, record) = passes.run(epoch, store, optimizer.as_mut(), &schedule)?;
+        let improved = record.test_acc > progress.best_acc || progress.history.is_empty();
+        if improved {
+            progress.best_acc = record.test_acc;
+            progress.best_epoch = record.epoch;
+        }
+        let images_per_s = trained.metrics.samples() as f64 / record.seconds.max(1e-9);
+        progress.history.push(record);
+        progress.epochs_done = epoch + 1;
+        outputs.save(
+            &progress,
+            improved,
+            optimizer.as_ref(),
+            (&schedule, train_loader),
+            (&trained, &tested, images_per_s),
+        )?;
+    }
+    crate::say!(
+        "best test accuracy {:.2}% (epoch {}); weights in {}",
+        progress.best_acc,
+        progress.best_epoch,
+        out.join(BEST).display()
+    );
+    Ok(Outcome {
+        out: out.to_path_buf(),
+        history: progress.history,
+        best_acc: progress.best_acc,
+    })
+}
+
+/// Restores the model, the optimizer (buffers and learning rate) and the dropout generator
+/// from a resume state; a fresh run starts from nothing done.
+fn restore(
+    store: &ParamStore,
+    optimizer: &mut dyn Optimizer,
+    resume: Option<(ResumeState, StateTensors)>,
+) -> Result<RunProgress> {
+    let Some((saved, tensors)) = resume else {
+        return Ok(RunProgress::default());
+    };
+    layers::checkpoint::load_tensors_strict(store.varmap(), &tensors.model)
+        .context("restoring the model from the resume state")?;
+    optimizer
+        .load_state(&tensors.optimizer)
+        .context("restoring the optimizer from the resume state")?;
+    optimizer.set_learning_rate(saved.lr);
+    layers::rng::set_state(saved.rng_state);
+    Ok(RunProgress {
+        epochs_done: saved.epochs_done,
+        best_acc: saved.best_acc,
+        best_epoch: saved.best_epoch,
+        history: saved.history,
+    })
+}
+
+/// One epoch's passes: what trains, on what, and how it is tested.
+struct Epoch<'a> {
+    model: &'a dyn ModuleT,
+    train: &'a dyn BatchSource,
+    test: &'a dyn BatchSource,
+    device: &'a Device,
+    classes: usize,
+    config: &'a RunConfig,
+}
+
+impl Epoch<'_> {
+    /// Trains epoch `epoch` (from 0), checks that nothing became non-finite, tests, prints the
+    /// epoch's line and returns both passes with the epoch's record.
+    fn run(
+        &self,
+        epoch: usize,
+        store: &ParamStore,
+        optimizer: &mut dyn Optimizer,
+        schedule: &crate::schedule::Scheduled,
+    ) -> Result<(Pass, Pass, EpochRecord)> {
+        let config = self.config;
         let started = Instant::now();
         let label = |phase: &str| format!("epoch {}/{} {phase}", epoch + 1, config.epochs);
         let step = TrainStep {
-            optimizer: optimizer.as_mut(),
-            schedule: &schedule,
+            optimizer: &mut *optimizer,
+            schedule,
             label_smoothing: config.label_smoothing,
         };
         let trained = train_epoch(
-            model,
-            train_loader,
-            &device,
+            self.model,
+            self.train,
+            self.device,
             epoch,
             step,
-            classes.len(),
+            self.classes,
             label("train"),
         )?;
-        ensure_finite_after(epoch + 1, store, optimizer.as_ref())?;
+        ensure_finite_after(epoch + 1, store, optimizer)?;
         let tested = evaluate(
-            model,
-            test_loader,
-            &device,
-            classes.len(),
+            self.model,
+            self.test,
+            self.device,
+            self.classes,
             config.label_smoothing,
             label("test"),
         )?;
@@ -232,53 +309,65 @@ pub fn train(
             seconds,
             trained.metrics.samples() as f64 / seconds.max(1e-9)
         );
-        if record.test_acc > progress.best_acc || progress.history.is_empty() {
-            progress.best_acc = record.test_acc;
-            progress.best_epoch = record.epoch;
-            layers::checkpoint::save(store.varmap(), &out.join(BEST))?;
+        Ok((trained, tested, record))
+    }
+}
+
+/// Everything a run writes after each epoch, and where.
+struct Outputs<'a> {
+    out: &'a Path,
+    config: &'a RunConfig,
+    store: &'a ParamStore,
+    title: &'a str,
+    classes: &'a [String],
+    test_images: &'a dyn Dataset,
+    events: EventWriter,
+}
+
+impl Outputs<'_> {
+    /// After the epoch just recorded in `progress`: `best` (when `improved`) and `last`
+    /// checkpoints, the resume state, metrics, pictures and TensorBoard events.
+    fn save(
+        &mut self,
+        progress: &RunProgress,
+        improved: bool,
+        optimizer: &dyn Optimizer,
+        (schedule, train_loader): (&crate::schedule::Scheduled, &dyn BatchSource),
+        (trained, tested, images_per_s): (&Pass, &Pass, f64),
+    ) -> Result<()> {
+        let out = self.out;
+        if improved {
+            layers::checkpoint::save(self.store.varmap(), &out.join(BEST))?;
         }
-        progress.history.push(record);
-        progress.epochs_done = epoch + 1;
-        layers::checkpoint::save(store.varmap(), &out.join(LAST))?;
+        layers::checkpoint::save(self.store.varmap(), &out.join(LAST))?;
         save_state(
             out,
-            config,
-            store,
-            optimizer.as_ref(),
-            &progress,
-            &schedule,
+            self.config,
+            self.store,
+            optimizer,
+            progress,
+            schedule,
             train_loader,
         )?;
         history::save(out, &progress.history)?;
-        pictures::save_curves(out, &title, &progress.history)?;
-        pictures::save_predictions(out, &title, test_images, &tested.predictions)?;
-        pictures::save_confusion(out, tested.metrics.confusion(), &classes)?;
-        let images_per_s = trained.metrics.samples() as f64 / seconds.max(1e-9);
+        pictures::save_curves(out, self.title, &progress.history)?;
+        pictures::save_predictions(out, self.title, self.test_images, &tested.predictions)?;
+        pictures::save_confusion(out, tested.metrics.confusion(), self.classes)?;
+        let epoch = progress.epochs_done - 1;
         log_epoch(
-            &mut events,
+            &mut self.events,
             epoch,
             &trained.batch_losses,
             &progress.history,
             images_per_s,
-        )
-        .and_then(|()| {
-            let step = (epoch + 1) as i64;
-            events.png("predictions", step, &out.join("predictions.png"))?;
-            events.png("confusion", step, &out.join("confusion.png"))?;
-            events.flush()
-        })?;
+        )?;
+        let step = progress.epochs_done as i64;
+        self.events
+            .png("predictions", step, &out.join("predictions.png"))?;
+        self.events
+            .png("confusion", step, &out.join("confusion.png"))?;
+        self.events.flush()
     }
-    crate::say!(
-        "best test accuracy {:.2}% (epoch {}); weights in {}",
-        progress.best_acc,
-        progress.best_epoch,
-        out.join(BEST).display()
-    );
-    Ok(Outcome {
-        out: out.to_path_buf(),
-        history: progress.history,
-        best_acc: progress.best_acc,
-    })
 }
 
 /// Training losses are logged to TensorBoard every this many steps (batches).
