@@ -51,17 +51,19 @@ pub fn value_flags(program: &Path, subcommand: &[&str]) -> Vec<String> {
 pub type Failure = (Vec<String>, String);
 
 /// Runs `program` with `base` arguments plus `--flag=value` (replacing the flag in `base` if
-/// there) for every flag of `flags` and value of `values`, two runs at a time, in `cwd`.
-/// Returns the runs that panicked, aborted, died on a signal, or ran past `limit`. `base` alone
-/// must succeed, so that the values are tried on a run that works.
+/// there) for every flag that `program subcommand... --help` lists with a value and every
+/// value of [`EXTREMES`], two runs at a time, in `cwd`. Returns the runs that panicked,
+/// aborted, died on a signal, or ran past `limit`. `base` alone must succeed, so that the
+/// values are tried on a run that works.
 pub fn scan(
     program: &Path,
+    subcommand: &[&str],
     base: &[&str],
-    flags: &[String],
-    values: &[&str],
     cwd: &Path,
     limit: Duration,
 ) -> Vec<Failure> {
+    let flags = value_flags(program, subcommand);
+    let values = EXTREMES;
     let base_alone: Vec<String> = base.iter().map(|a| a.to_string()).collect();
     match run_one(program, &base_alone, cwd, limit) {
         Ok(0) => {}
@@ -69,7 +71,7 @@ pub fn scan(
         Err(what) => panic!("{base:?} fails: {what}"),
     }
     let mut jobs: Vec<Vec<String>> = Vec::new();
-    for flag in flags {
+    for flag in &flags {
         for value in values {
             let mut args: Vec<String> = Vec::new();
             let mut skip = false;

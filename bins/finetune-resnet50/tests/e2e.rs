@@ -511,12 +511,10 @@ fn extreme_flag_values_never_panic() {
     ];
     let mut failures = Vec::new();
     for (subcommand, base) in [(&[][..], &train[..]), (&["predict"][..], &predict[..])] {
-        let flags = flag_scan::value_flags(&program, subcommand);
         failures.extend(flag_scan::scan(
             &program,
+            subcommand,
             base,
-            &flags,
-            &flag_scan::EXTREMES,
             dir.path(),
             std::time::Duration::from_secs(180),
         ));

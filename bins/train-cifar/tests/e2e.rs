@@ -203,7 +203,6 @@ fn extreme_flag_values_never_panic() {
     train::synthetic::write_cifar10(&data, 2, 10).expect("synthetic CIFAR-10");
     let data = s(&data);
     let program = std::path::PathBuf::from(env!("CARGO_BIN_EXE_train-cifar"));
-    let flags = flag_scan::value_flags(&program, &[]);
     let base = [
         "--data-dir",
         &data,
@@ -225,9 +224,8 @@ fn extreme_flag_values_never_panic() {
     ];
     let failures = flag_scan::scan(
         &program,
+        &[],
         &base,
-        &flags,
-        &flag_scan::EXTREMES,
         dir.path(),
         std::time::Duration::from_secs(180),
     );

@@ -164,12 +164,10 @@ fn evaluate_and_predict_flags_never_panic() {
             vec!["predict", "--run", &out, &image, "--device", "cpu"],
         ),
     ] {
-        let flags = flag_scan::value_flags(&program, &[sub]);
         failures.extend(flag_scan::scan(
             &program,
+            &[sub],
             &base,
-            &flags,
-            &flag_scan::EXTREMES,
             dir.path(),
             Duration::from_secs(120),
         ));

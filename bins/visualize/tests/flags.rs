@@ -32,13 +32,11 @@ fn extreme_flag_values_never_panic() {
     ];
     let mut failures = Vec::new();
     for (name, rest) in subcommands {
-        let flags = flag_scan::value_flags(&program, &[name]);
         let base: Vec<&str> = [&[name][..], &rest[..]].concat();
         failures.extend(flag_scan::scan(
             &program,
+            &[name],
             &base,
-            &flags,
-            &flag_scan::EXTREMES,
             dir.path(),
             Duration::from_secs(120),
         ));
