@@ -191,13 +191,8 @@ fn a_resume_state_holding_nan_is_refused() -> Result<()> {
     let bias = tensors[&name].clone();
     let poisoned = bias.ones_like()?.affine(0.0, f64::NAN)?;
     tensors.insert(name, poisoned);
-    let mut names: Vec<&String> = tensors.keys().collect();
-    names.sort();
-    safetensors::serialize_to_file(
-        names.into_iter().map(|n| (n, &tensors[n])),
-        Some(metadata),
-        &path,
-    )?;
+    // Written past layers::checkpoint, which would refuse what the test plants.
+    safetensors::serialize_to_file(&tensors, Some(metadata), &path)?;
     let err = format!("{:#}", train::state::load(&out).err().expect("refused"));
     assert!(
         err.contains("model.fc2.bias") && err.contains("state.safetensors"),
