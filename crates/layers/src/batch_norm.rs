@@ -8,6 +8,8 @@
 //! activation instead of several dozen, on every device.
 
 use candle_core::backend::BackendStorage;
+
+use crate::per_channel;
 use candle_core::op::{Add, Mul, Relu};
 use candle_core::{
     CpuStorage, CustomOp3, DType, Layout, ModuleT, Result, Shape, Storage, Tensor, Var,
@@ -178,21 +180,14 @@ impl BatchNorm {
                 "batch-norm in training needs more than one value per channel, got input (N, C, L) = ({n}, {c}, {l})"
             )
         }
+        if x.device().is_cpu() && x.dtype() == DType::F32 && self.weight.dtype() == DType::F32 {
+            return self.train_cpu(x, relu);
+        }
         let detached = x.detach();
         let mean = (sum_per_channel(&detached)? / count as f64)?;
         let centered = detached.broadcast_sub(&mean.reshape((1, c, 1))?)?;
         let var = (sum_per_channel(&centered.sqr()?)? / count as f64)?;
-        let m = self.momentum;
-        let unbiased = count as f64 / (count - 1) as f64;
-        self.running_mean
-            .set(&((self.running_mean.as_detached_tensor() * (1.0 - m))? + (&mean * m)?)?)?;
-        if let Some(count) = &self.num_batches_tracked {
-            let one = Tensor::ones((), candle_core::DType::I64, count.device())?;
-            count.set(&(count.as_detached_tensor() + one)?)?;
-        }
-        self.running_var.set(
-            &((self.running_var.as_detached_tensor() * (1.0 - m))? + (&var * (m * unbiased))?)?,
-        )?;
+        self.update_running(&mean, &var, count)?;
         let invstd = (var + self.eps)?.sqrt()?.recip()?;
         x.apply_op3(
             &self.weight.to_dtype(x.dtype())?,
@@ -203,6 +198,46 @@ impl BatchNorm {
                 relu,
             },
         )
+    }
+
+    /// [`train`](Self::train) for an f32 CPU input: statistics, output and backward in a few
+    /// passes ([`per_channel`](crate::per_channel)).
+    fn train_cpu(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        let (n, c, l) = x.dims3()?;
+        let Some((mean, var)) =
+            per_channel::with_f32(&x, |v| per_channel::batch_stats(v, (n, c, l)))
+        else {
+            candle_core::bail!("batch-norm: expected a contiguous f32 CPU input")
+        };
+        let eps = self.eps as f32;
+        let invstd: Vec<f32> = var.iter().map(|v| (v + eps).sqrt().recip()).collect();
+        let dev = x.device();
+        self.update_running(
+            &Tensor::from_slice(&mean, c, dev)?,
+            &Tensor::from_vec(var, c, dev)?,
+            n * l,
+        )?;
+        x.apply_op3(
+            &self.weight.contiguous()?,
+            &self.bias.contiguous()?,
+            per_channel::BatchNormTrain { mean, invstd, relu },
+        )
+    }
+
+    /// `running = (1 - momentum) running + momentum batch`, the variance unbiased, and one more
+    /// batch tracked.
+    fn update_running(&self, mean: &Tensor, var: &Tensor, count: usize) -> Result<()> {
+        let m = self.momentum;
+        let unbiased = count as f64 / (count - 1) as f64;
+        self.running_mean
+            .set(&((self.running_mean.as_detached_tensor() * (1.0 - m))? + (mean * m)?)?)?;
+        if let Some(count) = &self.num_batches_tracked {
+            let one = Tensor::ones((), candle_core::DType::I64, count.device())?;
+            count.set(&(count.as_detached_tensor() + one)?)?;
+        }
+        self.running_var
+            .set(&((self.running_var.as_detached_tensor() * (1.0 - m))? + (var * (m * unbiased))?)?)
     }
 }
 

@@ -23,6 +23,7 @@ mod conv;
 pub mod init;
 mod nn;
 mod params;
+mod per_channel;
 mod pool;
 pub mod rng;
 pub mod tap;

@@ -23,7 +23,7 @@ mod tests;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::Conv2dConfig;
 
-use crate::autocast;
+use crate::{autocast, per_channel};
 
 pub use cpu::conv2d_cpu_f32;
 pub use grads::conv2d_conv_grads;
@@ -73,7 +73,8 @@ impl Module for Conv2d {
             && plain
             && dtype == DType::F32
             && cpu::per_image_pays(xs, &self.weight, c.stride, c.padding)?;
-        if dtype == xs.dtype() && cpu && plain && !per_image {
+        let cpu_f32 = cpu && xs.dtype() == DType::F32;
+        if dtype == xs.dtype() && cpu && plain && !per_image && !cpu_f32 {
             return conv2d_gemm(xs, &self.weight, self.bias.as_ref(), c.stride, c.padding);
         }
         let x = autocast::cast(xs, dtype)?;
@@ -86,6 +87,7 @@ impl Module for Conv2d {
         };
         let ys = autocast::cast(&ys, xs.dtype())?;
         match &self.bias {
+            Some(b) if cpu_f32 && b.dtype() == DType::F32 => per_channel::add_channel_bias(&ys, b),
             Some(b) => ys.broadcast_add(&b.reshape((1, (), 1, 1))?),
             None => Ok(ys),
         }
