@@ -25,6 +25,7 @@ mod nn;
 mod params;
 mod per_channel;
 mod pool;
+pub mod profile;
 pub mod rng;
 pub mod tap;
 

@@ -12,6 +12,8 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
+use crate::profile::{time, Part, Timer};
+
 /// The contiguous f32 values of a CPU tensor, or `None`.
 pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
     let (storage, layout) = t.storage_and_layout();
@@ -60,7 +62,11 @@ fn per_channel_sums(
 }
 
 /// The biased batch mean and variance of each channel of a contiguous (N, C, L) tensor.
-pub(crate) fn batch_stats(x: &[f32], (n, c, l): (usize, usize, usize)) -> (Vec<f32>, Vec<f32>) {
+pub(crate) fn batch_stats(x: &[f32], shape: (usize, usize, usize)) -> (Vec<f32>, Vec<f32>) {
+    time(Part::BatchNorm, || batch_stats_inner(x, shape))
+}
+
+fn batch_stats_inner(x: &[f32], (n, c, l): (usize, usize, usize)) -> (Vec<f32>, Vec<f32>) {
     let count = (n * l) as f64;
     let mean: Vec<f32> = per_channel_sums((n, c, l), |_, _, r| lane_sum(l, |k| x[r + k]))
         .into_iter()
@@ -108,6 +114,7 @@ impl CustomOp3 for BatchNormTrain {
         let scale: Vec<f32> = w.iter().zip(&self.invstd).map(|(w, s)| w * s).collect();
         let mut y = vec![0f32; x.len()];
         let relu = self.relu;
+        let _t = Timer::start(Part::BatchNorm);
         y.par_chunks_mut((c * l).max(1))
             .zip(x.par_chunks((c * l).max(1)))
             .for_each(|(yi, xi)| {
@@ -135,6 +142,7 @@ impl CustomOp3 for BatchNormTrain {
         let (x, w, ys, grad) = (x.contiguous()?, w.contiguous()?, ys, grad.contiguous()?);
         let (relu, count) = (self.relu, (n * l) as f32);
         let want_x = x.track_op();
+        let _t = Timer::start(Part::BatchNorm);
         let result = with_f32(&x, |xv| {
             with_f32(ys, |yv| {
                 with_f32(&grad, |gv| {

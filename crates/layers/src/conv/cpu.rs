@@ -9,9 +9,12 @@
 //! so that every GEMM has the whole receptive field as its inner dimension.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::geometry::Geometry;
+use crate::profile::{time, Part};
 
 /// `conv2d(xs, weight)` (one group, no dilation) for contiguous-or-not f32 CPU tensors,
 /// differentiable in both.
@@ -66,13 +69,14 @@ fn gemm(
                 && last(k, n, rrs, rcs) < r.len()),
         "gemm operands out of bounds"
     );
+    crate::profile::gemm_flops(2 * m * n * k);
     let parallelism = match threads {
         0 | 1 => gemm::Parallelism::None,
         t => gemm::Parallelism::Rayon(t),
     };
     // SAFETY: the assertion above keeps every index the strides reach inside the slices, and
     // `dst` is borrowed mutably, so it aliases neither operand.
-    unsafe {
+    crate::profile::time(Part::Gemm, || unsafe {
         gemm::gemm(
             m,
             n,
@@ -94,7 +98,7 @@ fn gemm(
             false,
             parallelism,
         )
-    }
+    })
 }
 
 /// The convolution of contiguous (N, C, H, W) images with a contiguous (O, C, KH, KW) kernel.
@@ -143,52 +147,86 @@ fn each_image(
     }
 }
 
+/// Bytes of columns made at a time: a block of output rows whose columns stay in a core's L2
+/// cache between `im2col` and the GEMM that reads them.
+const BLOCK_BYTES: usize = 384 << 10;
+
+/// The output rows of `geo`, in blocks whose columns (`k` values per position) fit
+/// [`BLOCK_BYTES`].
+fn row_blocks(geo: &Geometry, k: usize) -> impl Iterator<Item = Range<usize>> {
+    let rows = (BLOCK_BYTES / (4 * k * geo.ow).max(1)).clamp(1, geo.oh.max(1));
+    let oh = geo.oh;
+    (0..oh).step_by(rows).map(move |r| r..(r + rows).min(oh))
+}
+
+/// The longest block [`row_blocks`] makes, in output positions.
+fn block_len(geo: &Geometry, k: usize) -> usize {
+    row_blocks(geo, k).map(|r| r.len()).max().unwrap_or(0) * geo.ow
+}
+
 impl ConvCpu {
     fn len(&self) -> (usize, usize, usize) {
         let g = &self.geo;
         (g.c * g.kh * g.kw, g.oh * g.ow, g.c * g.h * g.w)
     }
 
-    /// `out` (N, O, OH, OW) = the convolution of `x` with `w`.
+    /// `out` (N, O, OH, OW) = the convolution of `x` with `w`, block of output rows by block.
     fn forward(&self, x: &[f32], w: &[f32], n: usize) -> Vec<f32> {
         let (k, ohw, img_len) = self.len();
-        let cout = self.cout;
+        let (cout, geo) = (self.cout, &self.geo);
         let mut out = vec![0f32; n * cout * ohw];
         let (side_by_side, threads) = split(n);
         let one = |(i, o): (usize, &mut [f32]), cols: &mut Vec<f32>| {
-            self.geo.im2col_t(&x[i * img_len..(i + 1) * img_len], cols);
-            gemm(
-                (cout, ohw, k),
-                (o, ohw, 1),
-                (w, k, 1),
-                (cols, ohw, 1),
-                false,
-                threads,
-            );
+            let img = &x[i * img_len..(i + 1) * img_len];
+            for rows in row_blocks(geo, k) {
+                let (p0, len) = (rows.start * geo.ow, rows.len() * geo.ow);
+                let cols = &mut cols[..k * len];
+                time(Part::Im2col, || geo.im2col_t_rows(img, rows, cols));
+                gemm(
+                    (cout, len, k),
+                    (&mut o[p0..], ohw, 1),
+                    (w, k, 1),
+                    (cols, len, 1),
+                    false,
+                    threads,
+                );
+            }
         };
-        each_image(&mut out, cout * ohw, k * ohw, side_by_side, one);
+        each_image(
+            &mut out,
+            cout * ohw,
+            k * block_len(geo, k),
+            side_by_side,
+            one,
+        );
         out
     }
 
-    /// dL/dw (O, C·KH·KW) = sum over images of grad_i (O, OH·OW) · cols_iᵀ.
+    /// dL/dw (O, C·KH·KW) = sum over images and blocks of grad_i (O, block) · cols_iᵀ.
     fn weight_grad(&self, x: &[f32], grad: &[f32], n: usize) -> Vec<f32> {
         let (k, ohw, img_len) = self.len();
-        let cout = self.cout;
+        let (cout, geo) = (self.cout, &self.geo);
+        let scratch = k * block_len(geo, k);
         let one = |acc: &mut Vec<f32>, cols: &mut Vec<f32>, i: usize, threads: usize| {
-            self.geo.im2col_t(&x[i * img_len..(i + 1) * img_len], cols);
+            let img = &x[i * img_len..(i + 1) * img_len];
             let g = &grad[i * cout * ohw..(i + 1) * cout * ohw];
-            gemm(
-                (cout, k, ohw),
-                (acc, k, 1),
-                (g, ohw, 1),
-                (cols, 1, ohw),
-                true,
-                threads,
-            );
+            for rows in row_blocks(geo, k) {
+                let (p0, len) = (rows.start * geo.ow, rows.len() * geo.ow);
+                let cols = &mut cols[..k * len];
+                time(Part::Im2col, || geo.im2col_t_rows(img, rows, cols));
+                gemm(
+                    (cout, k, len),
+                    (acc, k, 1),
+                    (&g[p0..], ohw, 1),
+                    (cols, 1, len),
+                    true,
+                    threads,
+                );
+            }
         };
         let (side_by_side, threads) = split(n);
         if !side_by_side {
-            let (mut acc, mut cols) = (vec![0f32; cout * k], vec![0f32; k * ohw]);
+            let (mut acc, mut cols) = (vec![0f32; cout * k], vec![0f32; scratch]);
             (0..n).for_each(|i| one(&mut acc, &mut cols, i, threads));
             return acc;
         }
@@ -199,7 +237,7 @@ impl ConvCpu {
         let partials: Vec<Vec<f32>> = starts
             .par_iter()
             .map(|&start| {
-                let (mut acc, mut cols) = (vec![0f32; cout * k], vec![0f32; k * ohw]);
+                let (mut acc, mut cols) = (vec![0f32; cout * k], vec![0f32; scratch]);
                 (start..(start + share).min(n)).for_each(|i| one(&mut acc, &mut cols, i, 1));
                 acc
             })
@@ -214,7 +252,7 @@ impl ConvCpu {
 
     /// dL/dx (N, C, H, W). Stride 1 with a square kernel and padding below it: the full
     /// convolution of the gradient with the flipped kernel. Otherwise: Wᵀ · grad_i, then
-    /// `col2im`.
+    /// `col2im`. Both block of rows by block.
     fn input_grad(&self, w: &[f32], grad: &[f32], n: usize) -> Result<Vec<f32>> {
         let g = &self.geo;
         let (k, ohw, img_len) = self.len();
@@ -236,32 +274,42 @@ impl ConvCpu {
             let back = Geometry::new(cout, g.oh, g.ow, g.kh, g.kw, 1, g.kh - 1 - g.padding)?;
             let (bk, hw) = (cout * taps, g.h * g.w);
             let one = |(i, dst): (usize, &mut [f32]), cols: &mut Vec<f32>| {
-                back.im2col_t(&grad[i * cout * ohw..(i + 1) * cout * ohw], cols);
-                gemm(
-                    (g.c, hw, bk),
-                    (dst, hw, 1),
-                    (&flipped, bk, 1),
-                    (cols, hw, 1),
-                    false,
-                    threads,
-                );
+                let gi = &grad[i * cout * ohw..(i + 1) * cout * ohw];
+                for rows in row_blocks(&back, bk) {
+                    let (p0, len) = (rows.start * back.ow, rows.len() * back.ow);
+                    let cols = &mut cols[..bk * len];
+                    time(Part::Im2col, || back.im2col_t_rows(gi, rows, cols));
+                    gemm(
+                        (g.c, len, bk),
+                        (&mut dst[p0..], hw, 1),
+                        (&flipped, bk, 1),
+                        (cols, len, 1),
+                        false,
+                        threads,
+                    );
+                }
             };
-            each_image(&mut gx, img_len, bk * hw, side_by_side, one);
+            let scratch = bk * block_len(&back, bk);
+            each_image(&mut gx, img_len, scratch, side_by_side, one);
             return Ok(gx);
         }
         let one = |(i, dst): (usize, &mut [f32]), cols: &mut Vec<f32>| {
             let gi = &grad[i * cout * ohw..(i + 1) * cout * ohw];
-            gemm(
-                (k, ohw, cout),
-                (cols, ohw, 1),
-                (w, 1, k),
-                (gi, ohw, 1),
-                false,
-                threads,
-            );
-            self.geo.col2im_t(cols, dst);
+            for rows in row_blocks(g, k) {
+                let (p0, len) = (rows.start * g.ow, rows.len() * g.ow);
+                let cols = &mut cols[..k * len];
+                gemm(
+                    (k, len, cout),
+                    (cols, len, 1),
+                    (w, 1, k),
+                    (&gi[p0..], ohw, 1),
+                    false,
+                    threads,
+                );
+                time(Part::Im2col, || g.col2im_t_rows(cols, rows, dst));
+            }
         };
-        each_image(&mut gx, img_len, k * ohw, side_by_side, one);
+        each_image(&mut gx, img_len, k * block_len(g, k), side_by_side, one);
         Ok(gx)
     }
 }

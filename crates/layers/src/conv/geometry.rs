@@ -2,6 +2,8 @@
 //! between an image and its columns (row-major for the whole-batch path, transposed for the
 //! image-by-image CPU path).
 
+use std::ops::Range;
+
 use candle_core::{Result, Tensor};
 
 /// Where the kernel's taps land for one image.
@@ -144,16 +146,16 @@ impl Geometry {
 }
 
 impl Geometry {
-    /// The columns of one image as (C·KH·KW) rows of OH·OW: row (ch, ki, kj) holds the input
-    /// each output position reads through tap (ki, kj), zero in the padding. Every entry is
-    /// written, so `out` may hold anything.
-    pub(super) fn im2col_t(&self, img: &[f32], out: &mut [f32]) {
-        let (ohw, plane) = (self.oh * self.ow, self.h * self.w);
-        for (r, row) in out.chunks_exact_mut(ohw).enumerate() {
+    /// The columns of one image's output rows `rows` as (C·KH·KW) rows of `rows.len()`·OW
+    /// values: row (ch, ki, kj) holds the input each output position reads through tap
+    /// (ki, kj), zero in the padding. Every entry is written, so `out` may hold anything.
+    pub(super) fn im2col_t_rows(&self, img: &[f32], rows: Range<usize>, out: &mut [f32]) {
+        let (len, plane) = (rows.len() * self.ow, self.h * self.w);
+        for (r, row) in out.chunks_exact_mut(len).enumerate() {
             let (ch, ki, kj) = (r / (self.kh * self.kw), r / self.kw % self.kh, r % self.kw);
             let src = &img[ch * plane..(ch + 1) * plane];
             let (lo, hi, x0) = self.span(kj);
-            for (oy, out_row) in row.chunks_exact_mut(self.ow).enumerate() {
+            for (oy, out_row) in rows.clone().zip(row.chunks_exact_mut(self.ow)) {
                 let Some(y) = self.row(oy, ki) else {
                     out_row.fill(0.0);
                     continue;
@@ -173,14 +175,15 @@ impl Geometry {
         }
     }
 
-    /// Adds columns in [`Self::im2col_t`]'s layout back onto one image's gradient.
-    pub(super) fn col2im_t(&self, cols: &[f32], img: &mut [f32]) {
-        let (ohw, plane) = (self.oh * self.ow, self.h * self.w);
-        for (r, row) in cols.chunks_exact(ohw).enumerate() {
+    /// Adds the columns of output rows `rows`, in [`Self::im2col_t_rows`]'s layout, back onto
+    /// one image's gradient.
+    pub(super) fn col2im_t_rows(&self, cols: &[f32], rows: Range<usize>, img: &mut [f32]) {
+        let (len, plane) = (rows.len() * self.ow, self.h * self.w);
+        for (r, row) in cols.chunks_exact(len).enumerate() {
             let (ch, ki, kj) = (r / (self.kh * self.kw), r / self.kw % self.kh, r % self.kw);
             let dst = &mut img[ch * plane..(ch + 1) * plane];
             let (lo, hi, _) = self.span(kj);
-            for (oy, in_row) in row.chunks_exact(self.ow).enumerate() {
+            for (oy, in_row) in rows.clone().zip(row.chunks_exact(self.ow)) {
                 let Some(y) = self.row(oy, ki) else { continue };
                 let line = &mut dst[y * self.w..(y + 1) * self.w];
                 for (ox, v) in in_row[lo..hi].iter().enumerate() {

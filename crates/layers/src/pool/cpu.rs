@@ -156,6 +156,7 @@ impl CustomOp1 for PoolOp {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _t = crate::profile::Timer::start(crate::profile::Part::Pool);
         match storage {
             CpuStorage::F32(x) => {
                 let (y, s) = self.run(x, layout)?;
@@ -212,6 +213,7 @@ impl CustomOp2 for PoolBackwardOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _t = crate::profile::Timer::start(crate::profile::Part::Pool);
         let shape = l1.shape().clone();
         match (s1, s2) {
             (CpuStorage::F32(x), CpuStorage::F32(g)) => {

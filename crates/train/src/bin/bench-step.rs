@@ -8,11 +8,20 @@
 //! `--pipeline` also times the CIFAR-10 training transform (crop 32 pad 4, flip, normalize) on
 //! 10,000 images at batch 512, from the host loader and from the data held on the device
 //! (`$CNN_SHARED_DIR`'s test batch when set, else synthetic images).
-//! `--split` also prints the forward, backward and optimizer parts of the step, timed apart.
+//! `--compare-pytorch PYTHON` runs PyTorch's step for each model right after ours
+//! (`$CNN_SHARED_DIR/tools/pytorch-anchors/cpu_step_modes.py`: f32, f32 channels_last and bf16
+//! autocast + channels_last, with as many threads as ours) and prints the ratios;
+//! `--pytorch-results FILE` reads that script's saved output instead.
+//! `--split` also prints the forward, backward and optimizer parts of the step, timed apart,
+//! and on the CPU the share of the thread time spent in GEMM, im2col/layout, batch norm,
+//! pooling, the optimizer and the rest (element-wise operations, Candle's own operations,
+//! allocation), with the GEMM's GFLOP/s per thread.
 
 use std::time::Instant;
 
-use anyhow::Result;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Parser;
 use datasets::{Loader, LoaderConfig, ResidentLoader, Transform};
@@ -55,6 +64,17 @@ struct BenchArgs {
     /// Also time forward, backward and optimizer apart
     #[arg(long)]
     split: bool,
+    /// Also run PyTorch's step with this Python (which has torch installed) right after each
+    /// of our models, through `cpu_step_modes.py` from `--anchors`, and print the ratios
+    #[arg(long, value_name = "PYTHON", conflicts_with = "pytorch_results")]
+    compare_pytorch: Option<PathBuf>,
+    /// Compare with the output of `cpu_step_modes.py` saved in this file (made in the same
+    /// sitting, on this machine)
+    #[arg(long, value_name = "FILE")]
+    pytorch_results: Option<PathBuf>,
+    /// The PyTorch anchor scripts [default: $CNN_SHARED_DIR/tools/pytorch-anchors]
+    #[arg(long, value_name = "DIR")]
+    anchors: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -69,6 +89,22 @@ fn main() -> Result<()> {
     if args.pipeline {
         pipeline(&device)?;
     }
+    let mut pytorch = match (&args.compare_pytorch, &args.pytorch_results) {
+        (Some(python), _) => Some(Reference::Run {
+            python: python.clone(),
+            script: anchors(args.anchors.as_deref())?.join("cpu_step_modes.py"),
+        }),
+        (None, Some(file)) => Some(Reference::Saved(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("--pytorch-results {}: cannot read", file.display()))?,
+        )),
+        (None, None) => None,
+    };
+    if pytorch.is_some() && !device.is_cpu() {
+        anyhow::bail!(
+            "--compare-pytorch and --pytorch-results compare CPU steps; leave out --device"
+        );
+    }
     train::say!(
         "median training step on {} (forward + backward + optimizer step)",
         train::device::device_name(&device)
@@ -82,11 +118,11 @@ fn main() -> Result<()> {
             for batch in batches.clone().unwrap_or_else(|| vec![default_batch]) {
                 let big = batch * shape.0 * shape.1 * shape.2 > 200_000 && device.is_cpu();
                 let n = steps.unwrap_or(if big { 3 } else { 10 });
-                let [ms, fwd, bwd, opt] =
+                let ([ms, fwd, bwd, opt], shares) =
                     median_step_ms(&device, model, batch, shape, optimizer, n, split)?;
                 let phases = match split {
                     true => format!(
-                        "  forward {fwd:.1} ms, backward {bwd:.1} ms, optimizer {opt:.1} ms"
+                        "  forward {fwd:.1} ms, backward {bwd:.1} ms, optimizer {opt:.1} ms{shares}"
                     ),
                     false => String::new(),
                 };
@@ -95,10 +131,116 @@ fn main() -> Result<()> {
                     format!("{precision:?}").to_lowercase(),
                     batch as f64 * 1e3 / ms
                 );
+                if let Some(reference) = &mut pytorch {
+                    if batch == default_batch {
+                        compare(reference, model, precision, ms)?;
+                    }
+                }
             }
         }
     }
     Ok(())
+}
+
+/// Where PyTorch's step times come from: a run of the anchor script per model, right after
+/// ours, or the script's saved output.
+enum Reference {
+    Run { python: PathBuf, script: PathBuf },
+    Saved(String),
+}
+
+/// The anchor scripts' folder: `dir`, else `$CNN_SHARED_DIR/tools/pytorch-anchors`.
+fn anchors(dir: Option<&Path>) -> Result<PathBuf> {
+    let dir = match dir {
+        Some(d) => d.to_path_buf(),
+        None => std::env::var_os("CNN_SHARED_DIR")
+            .map(|d| PathBuf::from(d).join("tools/pytorch-anchors"))
+            .context("--compare-pytorch needs --anchors DIR or CNN_SHARED_DIR")?,
+    };
+    if !dir.join("cpu_step_modes.py").is_file() {
+        anyhow::bail!("--anchors {}: no cpu_step_modes.py there", dir.display());
+    }
+    Ok(dir)
+}
+
+/// PyTorch's median step in ms for `model` (the script's name, `resnet18_cifar`) per mode
+/// (`f32`, `f32-cl`, `bf16-cl`), read from the script's output lines
+/// `resnet18_cifar   f32      batch  128  step    2648.7 ms     48.3 img/s`.
+fn parse_pytorch(output: &str, model: &str) -> Vec<(String, f64)> {
+    output
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            match f.as_slice() {
+                [name, mode, "batch", _, "step", ms, "ms", ..] if *name == model => {
+                    Some((mode.to_string(), ms.parse().ok()?))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Prints PyTorch's step for `model` next to ours (`ours_ms`) and the ratios: above 1, PyTorch
+/// takes longer.
+fn compare(
+    reference: &mut Reference,
+    model: &str,
+    precision: Precision,
+    ours_ms: f64,
+) -> Result<()> {
+    let name = model.replace('-', "_");
+    let output = match reference {
+        Reference::Saved(text) => text.clone(),
+        Reference::Run { python, script } => {
+            let out = std::process::Command::new(&*python)
+                .arg(&*script)
+                .arg(&name)
+                .env("OMP_NUM_THREADS", rayon::current_num_threads().to_string())
+                .output()
+                .with_context(|| {
+                    format!("--compare-pytorch {}: cannot run it", python.display())
+                })?;
+            if !out.status.success() {
+                anyhow::bail!(
+                    "--compare-pytorch {}: {} failed: {}",
+                    python.display(),
+                    script.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    let modes = parse_pytorch(&output, &name);
+    if modes.is_empty() {
+        train::say!("{:>15}      PyTorch: no figures for {name}", "");
+        return Ok(());
+    }
+    let shown: Vec<String> = modes
+        .iter()
+        .map(|(mode, ms)| format!("{mode} {ms:.1} ms ({:.2}x)", ms / ours_ms))
+        .collect();
+    train::say!(
+        "{:>15}      PyTorch {}: {}  (x: PyTorch's time / our {} time)",
+        "",
+        torch_version(&output),
+        shown.join(", "),
+        format!("{precision:?}").to_lowercase()
+    );
+    Ok(())
+}
+
+/// `2.15.0` from the script's first line `torch 2.15.0 threads 2 isa AVX512`, or `?`.
+fn torch_version(output: &str) -> String {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix("torch "))
+        .map(|rest| {
+            rest.replace(" isa ", ", ")
+                .replace(" threads ", ", threads ")
+        })
+        .unwrap_or_else(|| "?".into())
 }
 
 /// Images/s of the CIFAR-10 training transform at batch 512: host loader against the data
@@ -140,7 +282,8 @@ fn pipeline(device: &Device) -> Result<()> {
 }
 
 /// Medians over `steps` steps, in ms: the whole step, then forward (with the loss), backward and
-/// optimizer step, which are timed apart (synchronising the device between them) when `split`.
+/// optimizer step, which are timed apart (synchronising the device between them) when `split`;
+/// and on the CPU with `split`, the shares of each part of the work ([`layers::profile`]).
 fn median_step_ms(
     device: &Device,
     model_name: &str,
@@ -149,7 +292,7 @@ fn median_step_ms(
     optimizer: OptimizerKind,
     steps: usize,
     split: bool,
-) -> Result<[f64; 4]> {
+) -> Result<([f64; 4], String)> {
     let store = layers::ParamStore::new(0, device);
     let model = zoo::build(model_name, 10, store.vb())?;
     let sgd = optimizer == OptimizerKind::Sgd;
@@ -169,7 +312,12 @@ fn median_step_ms(
     // Per step: the whole step, then (with `split`) forward with the loss, backward, optimizer.
     let mut times: [Vec<f64>; 4] = Default::default();
     let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+    let profile = split && device.is_cpu();
+    layers::profile::enable(profile);
     for i in 0..=steps {
+        if i == 1 {
+            layers::profile::take();
+        }
         let start = Instant::now();
         let mut phases = [0.0; 3];
         let mut mark = Instant::now();
@@ -196,8 +344,61 @@ fn median_step_ms(
             }
         }
     }
-    Ok(times.map(|mut t| {
+    layers::profile::enable(false);
+    let shares = match profile {
+        true => shares(&layers::profile::take(), &times[0], &times[3]),
+        false => String::new(),
+    };
+    let medians = times.map(|mut t| {
         t.sort_by(f64::total_cmp);
         t[t.len() / 2]
-    }))
+    });
+    Ok((medians, shares))
+}
+
+/// The shares of the timed steps' thread time (wall time x threads) spent in each part, with
+/// the GEMM's rate per thread, as `; GEMM 61% (95 GFLOP/s per thread), ...`.
+fn shares(report: &layers::profile::Report, steps_ms: &[f64], optimizer_ms: &[f64]) -> String {
+    use layers::profile::Part;
+    let threads = rayon::current_num_threads() as f64;
+    let total = steps_ms.iter().sum::<f64>() * 1e-3 * threads;
+    let mut parts = Vec::new();
+    let mut counted = 0.0;
+    for part in Part::ALL {
+        let s = report.seconds(part);
+        counted += s;
+        let rate = match part {
+            Part::Gemm if s > 0.0 => format!(
+                " ({:.0} GFLOP/s per thread)",
+                report.gemm_flops as f64 / s * 1e-9
+            ),
+            _ => String::new(),
+        };
+        parts.push(format!("{} {:.0}%{rate}", part.name(), 100.0 * s / total));
+    }
+    let opt = optimizer_ms.iter().sum::<f64>() * 1e-3 * threads;
+    parts.push(format!("optimizer {:.0}%", 100.0 * opt / total));
+    parts.push(format!(
+        "other (element-wise, Candle ops, allocation) {:.0}%",
+        100.0 * (total - counted - opt).max(0.0) / total
+    ));
+    format!("; {}", parts.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pytorch_lines_are_read_per_model_and_mode() {
+        let out = "torch 2.15.0 threads 2 isa AVX512\n\
+                   lenet5           f32      batch   64  step       6.1 ms  10491.8 img/s\n\
+                   resnet18_cifar   f32      batch  128  step    2648.7 ms     48.3 img/s\n\
+                   resnet18_cifar   bf16-cl  batch  128  step    1107.7 ms    115.6 img/s\n";
+        let modes = super::parse_pytorch(out, "resnet18_cifar");
+        assert_eq!(
+            modes,
+            [("f32".to_string(), 2648.7), ("bf16-cl".to_string(), 1107.7)]
+        );
+        assert!(super::parse_pytorch(out, "vgg").is_empty());
+        assert_eq!(super::torch_version(out), "2.15.0, threads 2, AVX512");
+    }
 }
