@@ -10,6 +10,7 @@ pub mod config;
 pub mod device;
 pub mod engine;
 pub mod features;
+pub mod flags;
 pub mod history;
 pub mod inference;
 pub mod loss;
