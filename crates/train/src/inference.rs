@@ -14,11 +14,7 @@ use serde::Serialize;
 use crate::config::RunConfig;
 use crate::device::parse_device;
 use crate::engine::evaluate as evaluate_pass;
-use crate::run::{BEST, LAST};
-use crate::rundir::CONFIG;
-
-/// The class names of a run, in label order (a JSON list), beside its checkpoints.
-pub const CLASSES: &str = "classes.json";
+use crate::rundir::{evaluated_confusion, evaluation_summary, BEST, CLASSES, CONFIG, LAST};
 
 /// Writes `classes` as `dir/classes.json`.
 pub fn save_classes(dir: &Path, classes: &[String]) -> Result<()> {
@@ -204,9 +200,9 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
     let out = args.out.clone().unwrap_or_else(|| args.run.clone());
     std::fs::create_dir_all(&out)
         .with_context(|| format!("--out {}: cannot create the directory", out.display()))?;
-    let picture = out.join(format!("confusion-{}.png", trained.tag));
+    let picture = out.join(evaluated_confusion(&trained.tag));
     crate::pictures::save_confusion_as(&picture, m.confusion(), &trained.classes)?;
-    let summary = out.join(format!("evaluation-{}.json", trained.tag));
+    let summary = out.join(evaluation_summary(&trained.tag));
     crate::atomic::write_bytes(&summary, &serde_json::to_vec_pretty(&evaluation)?)?;
     crate::say!("wrote {} and {}", picture.display(), summary.display());
     Ok(evaluation)

@@ -7,6 +7,7 @@ use datasets::Dataset;
 
 use crate::atomic;
 use crate::history::EpochRecord;
+use crate::rundir::{CONFUSION, CURVES, PREDICTIONS};
 
 /// How many test images `predictions.png` shows (the tutorial's ten).
 pub const PREDICTION_TILES: usize = 10;
@@ -24,7 +25,7 @@ pub fn save_curves(dir: &Path, title: &str, history: &[EpochRecord]) -> Result<(
             test_acc: r.test_acc / 100.0,
         })
         .collect();
-    atomic::write_with(&dir.join("curves.png"), |tmp| {
+    atomic::write_with(&dir.join(CURVES), |tmp| {
         viz::save_curves(tmp, title, &points)
     })
 }
@@ -52,14 +53,14 @@ pub fn save_predictions(
             highlight: label != predicted,
         });
     }
-    atomic::write_with(&dir.join("predictions.png"), |tmp| {
+    atomic::write_with(&dir.join(PREDICTIONS), |tmp| {
         viz::save_image_grid(tmp, title, &tiles, 5)
     })
 }
 
 /// Writes `confusion.png` for counts by true class (rows) and predicted class (columns).
 pub fn save_confusion(dir: &Path, confusion: &[Vec<u64>], classes: &[String]) -> Result<()> {
-    save_confusion_as(&dir.join("confusion.png"), confusion, classes)
+    save_confusion_as(&dir.join(CONFUSION), confusion, classes)
 }
 
 /// The confusion matrix as the PNG file `path`.

@@ -15,15 +15,11 @@ use crate::device::{device_name, parse_device};
 use crate::engine::{evaluate, train_epoch, Pass, TrainStep};
 use crate::history::{self, EpochRecord};
 use crate::optim::{NamedVar, Optimizer};
+use crate::rundir::{BEST, CONFIG, CONFUSION, LAST, PREDICTIONS};
 use crate::source::BatchSource;
 use crate::state::{self, ResumeState, StateTensors};
 use crate::tensorboard::EventWriter;
 use crate::{atomic, pictures};
-
-/// File name of the weights with the best test accuracy.
-pub const BEST: &str = "best.safetensors";
-/// File name of the weights after the last finished epoch.
-pub const LAST: &str = "last.safetensors";
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]
@@ -124,10 +120,7 @@ pub fn train(
     let _precision = config.precision.enter();
 
     let mut progress = restore(store, optimizer.as_mut(), resume)?;
-    atomic::write_bytes(
-        &out.join(crate::rundir::CONFIG),
-        &serde_json::to_vec_pretty(config)?,
-    )?;
+    atomic::write_bytes(&out.join(CONFIG), &serde_json::to_vec_pretty(config)?)?;
     crate::inference::save_classes(out, &classes)?;
     if !progress.history.is_empty() {
         // A run killed between its state and its metrics resumes with both complete.
@@ -363,9 +356,8 @@ impl Outputs<'_> {
         )?;
         let step = progress.epochs_done as i64;
         self.events
-            .png("predictions", step, &out.join("predictions.png"))?;
-        self.events
-            .png("confusion", step, &out.join("confusion.png"))?;
+            .png("predictions", step, &out.join(PREDICTIONS))?;
+        self.events.png("confusion", step, &out.join(CONFUSION))?;
         self.events.flush()
     }
 }

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use prost::Message;
 
+use crate::rundir::EVENTS_PREFIX;
+
 /// `tensorflow.Event` (the fields written here).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Event {
@@ -96,7 +98,7 @@ impl EventWriter {
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "localhost".into());
         let stem = format!(
-            "events.out.tfevents.{}.{host}.{}",
+            "{EVENTS_PREFIX}{}.{host}.{}",
             now() as u64,
             std::process::id()
         );
@@ -261,7 +263,7 @@ mod tests {
         let path = writer.path().to_path_buf();
         assert!(path
             .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("events.out.tfevents.")));
+            .is_some_and(|n| n.to_string_lossy().starts_with(EVENTS_PREFIX)));
         let events = read_events(&path)?;
         assert_eq!(events.len(), 3);
         assert_eq!(events[0].file_version.as_deref(), Some("brain.Event:2"));
