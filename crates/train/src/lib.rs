@@ -24,5 +24,6 @@ pub mod rundir;
 pub mod schedule;
 pub mod source;
 pub mod state;
+#[cfg(feature = "test-support")]
 pub mod synthetic;
 pub mod tensorboard;

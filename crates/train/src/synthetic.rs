@@ -1,5 +1,6 @@
 //! Tiny learnable data sets written in the standard on-disk formats (MNIST IDX files, CIFAR-10
-//! binary batches), for smoke tests of the programs without the real data.
+//! binary batches), for smoke tests of the programs without the real data. Behind the
+//! `test-support` feature: tests enable it through their dev-dependency on `train`.
 //!
 //! Each image of class `c` is dark noise with a bright square at a place that depends on `c`,
 //! so a network learns it within an epoch or two.

@@ -10,6 +10,9 @@
 //! (`$CNN_SHARED_DIR`'s test batch when set, else synthetic images).
 //! `--split` also prints the forward, backward and optimizer parts of the step, timed apart.
 
+#[path = "../../../datasets/src/bin/common/bench_input.rs"]
+mod bench_input;
+
 use std::time::Instant;
 
 use anyhow::Result;
@@ -105,7 +108,7 @@ fn main() -> Result<()> {
 /// held on `device`, on the same images.
 fn pipeline(device: &Device) -> Result<()> {
     let shared = std::env::var_os("CNN_SHARED_DIR").map(std::path::PathBuf::from);
-    let (data, what) = datasets::bench::cifar10_images(shared.as_deref())?;
+    let (data, what) = bench_input::cifar10_images(shared.as_deref())?;
     let make = || {
         Loader::new(
             data.clone(),
