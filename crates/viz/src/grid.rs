@@ -173,6 +173,22 @@ fn layout(title: &str, tiles: &[Tile], cols: usize) -> Result<Layout> {
     })
 }
 
+/// Columns of a near-square grid of `n` tiles: the least `c` with `c * c >= n` (1 for none).
+///
+/// ```
+/// assert_eq!(viz::grid_columns(10), 4);
+/// ```
+pub fn grid_columns(n: usize) -> usize {
+    (1..=n.max(1)).find(|c| c * c >= n).unwrap_or(1)
+}
+
+/// [`save_image_grid`] with [`grid_columns`]: filters and feature maps, as near-square grids.
+///
+/// Errors as [`save_image_grid`].
+pub fn save_square_grid(path: &Path, title: &str, tiles: &[Tile]) -> Result<()> {
+    save_image_grid(path, title, tiles, grid_columns(tiles.len()))
+}
+
 /// A grid of captioned images (the tutorial's sample grids and "true/pred" prediction grids),
 /// written to `path` as PNG. Tiles fill rows of `cols` (fewer when there are fewer tiles).
 ///
@@ -245,4 +261,17 @@ fn draw_tile(area: &Area, tile: &Tile, layout: &Layout, (x, y): (usize, usize)) 
         area.draw_text(line, &style, at).map_err(drawing)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grid_columns;
+
+    #[test]
+    fn grids_are_near_square() {
+        let cols: Vec<usize> = [0, 1, 2, 4, 5, 6, 9, 10, 32, 64, 96]
+            .map(grid_columns)
+            .to_vec();
+        assert_eq!(cols, [1, 1, 2, 2, 3, 3, 3, 4, 6, 8, 10]);
+    }
 }
