@@ -45,6 +45,9 @@ impl Recipe {
     }
 
     /// Parses `argv` (program name first) into [`Args`].
+    ///
+    /// # Errors
+    /// Unknown flags and values clap cannot parse (the error prints as clap's usage message).
     pub fn parse<I, T>(&self, argv: I) -> Result<Args, clap::Error>
     where
         I: IntoIterator<Item = T>,
@@ -55,6 +58,10 @@ impl Recipe {
     }
 
     /// The configuration of a fresh run: the flags given, this recipe's defaults for the rest.
+    ///
+    /// # Errors
+    /// `--model` is not one of the recipe's models, `--momentum` with Adam or `--betas` with SGD,
+    /// `--betas` with other than two numbers, or a value that [`RunConfig::validate`] refuses.
     pub fn config(&self, args: &Args) -> Result<RunConfig> {
         let mut config = self.resolve(args)?;
         if !self.models.is_empty() && !self.models.contains(&config.model.as_str()) {
@@ -81,6 +88,10 @@ impl Recipe {
 
     /// Runs the program with parsed flags: a fresh run, or a resumed one with `--resume`.
     /// The output directory is checked and locked (see [`RunDir`]) before the data is loaded.
+    ///
+    /// # Errors
+    /// Any error of [`Recipe::config`], [`resumed_config`], the run directory ([`RunDir`]), loading
+    /// the data ([`load_data`]) or training ([`run`]).
     pub fn run(&self, args: &Args) -> Result<Outcome> {
         let Some(dir) = &args.resume else {
             let config = self.config(args)?;
@@ -98,6 +109,10 @@ impl Recipe {
     }
 
     /// The locked output directory of a fresh run: `--out`, or `runs/<program>-<timestamp>`.
+    ///
+    /// # Errors
+    /// As [`RunDir::fresh`]: the directory cannot be created or locked, or holds a run and
+    /// `--overwrite` is not given.
     pub fn fresh_dir(&self, args: &Args) -> Result<RunDir> {
         let out = args
             .out
@@ -177,6 +192,10 @@ pub fn resumed_config(saved: &RunConfig, args: &Args) -> Result<RunConfig> {
 /// `--limit-test`, keeps a seeded stratified subset of each half
 /// ([`datasets::stratified_indices`]), the same for a given seed, and logs its class counts
 /// when they are unbalanced.
+///
+/// # Errors
+/// The data set cannot be found, downloaded or read (with the reader's reason), or a subset cannot
+/// be drawn.
 pub fn load_data(config: &RunConfig) -> Result<datasets::Split> {
     let split = datasets::catalog::load(config.dataset.spec(), config.data_dir.as_deref())
         .context("cannot load the data set")?;

@@ -164,6 +164,11 @@ pub struct RunConfig {
 
 impl RunConfig {
     /// Checks values that no run could use, naming the flag and the value.
+    ///
+    /// # Errors
+    /// The first unusable value: counts outside `[least, MAX_COUNT]` (`MAX_WORKERS` for
+    /// `--workers`), negative or non-finite rates, Adam betas outside `[0, 1)`, a `--gamma` not
+    /// above 0, label smoothing outside `[0, 1]`, or a limit of 0.
     pub fn validate(&self) -> Result<()> {
         let counts = [
             ("--epochs", self.epochs, 1),
@@ -250,6 +255,9 @@ impl RunConfig {
     }
 
     /// The configured optimizer over `params`.
+    ///
+    /// # Errors
+    /// The optimizer refuses its configuration, as PyTorch does (see `Sgd::new` and `Adam::new`).
     pub fn optimizer(&self, params: Vec<NamedVar>) -> Result<Box<dyn Optimizer>> {
         let optimizer: Box<dyn Optimizer> = match self.optimizer {
             OptimizerKind::Sgd => Box::new(Sgd::new(

@@ -60,6 +60,9 @@ pub fn to_csv(records: &[EpochRecord]) -> String {
 }
 
 /// Writes `metrics.csv` and `metrics.json` into `dir`, each atomically.
+///
+/// # Errors
+/// A file cannot be written (named in the error).
 pub fn save(dir: &Path, records: &[EpochRecord]) -> Result<()> {
     atomic::write_bytes(&dir.join(METRICS_CSV), to_csv(records).as_bytes())?;
     let json = serde_json::to_vec_pretty(records)?;

@@ -17,6 +17,9 @@ use crate::engine::evaluate as evaluate_pass;
 use crate::rundir::{evaluated_confusion, evaluation_summary, BEST, CLASSES, CONFIG, LAST};
 
 /// Writes `classes` as `dir/classes.json`.
+///
+/// # Errors
+/// The file cannot be written.
 pub fn save_classes(dir: &Path, classes: &[String]) -> Result<()> {
     crate::atomic::write_bytes(&dir.join(CLASSES), &serde_json::to_vec_pretty(classes)?)
 }
@@ -310,6 +313,9 @@ impl<'a> Predictor<'a> {
     }
 
     /// The five most probable classes (fewer when there are fewer), best first.
+    ///
+    /// # Errors
+    /// The image cannot be read or decoded, or the forward pass fails.
     pub fn top5(&self, path: &Path) -> Result<Vec<(String, f32)>> {
         let probs = self.probabilities(path)?;
         let mut order: Vec<usize> = (0..probs.len()).collect();

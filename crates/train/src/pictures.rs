@@ -14,6 +14,9 @@ pub const PREDICTION_TILES: usize = 10;
 
 /// Writes `curves.png`: loss and accuracy per epoch, train and test (viz takes accuracy as a
 /// fraction; the history holds percent).
+///
+/// # Errors
+/// The picture cannot be drawn or written.
 pub fn save_curves(dir: &Path, title: &str, history: &[EpochRecord]) -> Result<()> {
     let points: Vec<viz::EpochPoint> = history
         .iter()
@@ -32,6 +35,9 @@ pub fn save_curves(dir: &Path, title: &str, history: &[EpochRecord]) -> Result<(
 
 /// Writes `predictions.png`: the raw (un-normalised) test images `predictions[i].0` with their
 /// true and predicted classes; wrong predictions are highlighted.
+///
+/// # Errors
+/// A test image cannot be read, or the picture cannot be drawn or written.
 pub fn save_predictions(
     dir: &Path,
     title: &str,
@@ -59,11 +65,17 @@ pub fn save_predictions(
 }
 
 /// Writes `confusion.png` for counts by true class (rows) and predicted class (columns).
+///
+/// # Errors
+/// The matrix is not square or does not match `classes`, or the picture cannot be written.
 pub fn save_confusion(dir: &Path, confusion: &[Vec<u64>], classes: &[String]) -> Result<()> {
     save_confusion_as(&dir.join(CONFUSION), confusion, classes)
 }
 
 /// The confusion matrix as the PNG file `path`.
+///
+/// # Errors
+/// The matrix is not square or does not match `classes`, or the picture cannot be written.
 pub fn save_confusion_as(path: &Path, confusion: &[Vec<u64>], classes: &[String]) -> Result<()> {
     atomic::write_with(path, |tmp| viz::save_confusion(tmp, confusion, classes))
 }

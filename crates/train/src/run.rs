@@ -56,6 +56,10 @@ pub struct Trainee<'a> {
 
 /// Trains the zoo model `config.model` on `data`, writing into `out`; with `resume`, continues
 /// the saved run (loaded with [`state::load`]) to the same weights an uninterrupted run would reach.
+///
+/// # Errors
+/// An unknown or unfitting model, a device that cannot be used, a resume state that does not match
+/// the model, a non-finite loss or weight, or an output file that cannot be written.
 pub fn run(
     config: &RunConfig,
     data: Split,
@@ -92,6 +96,10 @@ pub fn run(
 
 /// Trains `trainee` as `config` says (optimizer, schedule, epochs, seed), writing checkpoints,
 /// resumable state, metrics and pictures into `out`; with `resume`, continues a saved run.
+///
+/// # Errors
+/// As [`run`]: a state that does not fit, a non-finite loss or weight, or an output that cannot be
+/// written.
 pub fn train(
     config: &RunConfig,
     trainee: Trainee<'_>,
@@ -468,6 +476,10 @@ fn save_state(
 }
 
 /// The training (shuffled) or test loader that `config` describes for `dataset`.
+///
+/// # Errors
+/// The transform cannot be parsed ([`datasets::Transform::parse`]), or the loader refuses its
+/// configuration ([`Loader::new`]).
 pub fn loader(config: &RunConfig, dataset: &Arc<dyn Dataset>, train: bool) -> Result<Loader> {
     let (name, batch_size, limit) = if train {
         (
@@ -500,6 +512,10 @@ pub fn loader(config: &RunConfig, dataset: &Arc<dyn Dataset>, train: bool) -> Re
 /// `loader`'s batches as `config.data_placement` says: from the host loader, or from the data
 /// held on `device` ([`ResidentLoader`]; `auto` picks it on a GPU when the transforms allow).
 /// The batches are the same either way. `what` names the split in the log.
+///
+/// # Errors
+/// The device cannot hold the data (`device` placement), or the transforms cannot run there when
+/// `device` placement is asked for.
 pub fn source(
     config: &RunConfig,
     loader: Loader,

@@ -138,6 +138,9 @@ impl EventWriter {
     }
 
     /// Records scalar `value` under `tag` at `step` (`SummaryWriter.add_scalar`).
+    ///
+    /// # Errors
+    /// The event file cannot be written.
     pub fn scalar(&mut self, tag: &str, step: i64, value: f64) -> Result<()> {
         self.summary(
             step,
@@ -173,6 +176,9 @@ impl EventWriter {
     }
 
     /// Writes buffered records to the file.
+    ///
+    /// # Errors
+    /// The event file cannot be written.
     pub fn flush(&mut self) -> Result<()> {
         self.file
             .flush()

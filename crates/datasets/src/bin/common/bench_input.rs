@@ -10,6 +10,9 @@ use datasets::{cifar10_test_bin, Dataset, InMemory, Rng, CIFAR10_CLASSES};
 
 /// 10,000 CIFAR-10 images in memory: the real `test_batch.bin` under `shared`
 /// (`$CNN_SHARED_DIR`) when given, else seeded random pixels; with a description for the log.
+///
+/// # Errors
+/// As [`datasets::cifar10_test_bin`] for the real file.
 pub fn cifar10_images(shared: Option<&Path>) -> Result<(Arc<dyn Dataset>, String)> {
     if let Some(shared) = shared {
         let path = shared.join("data/cifar10/cifar-10-batches-bin/test_batch.bin");
