@@ -83,6 +83,9 @@ impl FineTune {
     }
 
     /// The pooled 2048-d features of the frozen backbone (evaluation mode throughout).
+    ///
+    /// # Errors
+    /// As [`ResNet::features_t`]: input `(N, 3, H, W)`, output `(N, 2048)`.
     pub fn frozen_features(&self, xs: &Tensor) -> Result<Tensor> {
         self.net.features_t(xs, false)
     }

@@ -42,6 +42,10 @@ impl Tile {
     /// A tile from an image tensor `(C, H, W)` or `(H, W)` with 1 or 3 channels. `u8` values are
     /// used as they are; float values are taken as `0..=1` and converted like torchvision's
     /// `save_image` (`x * 255 + 0.5`, clamped to `0..=255`, truncated).
+    ///
+    /// # Errors
+    /// Another shape than `(C, H, W)` or `(H, W)`, other than 1 or 3 channels, an empty side, or
+    /// values that cannot be read.
     pub fn from_tensor(t: &Tensor, caption: &str) -> Result<Tile> {
         let (channels, height, width) = match *t.dims() {
             [c, h, w] => (c, h, w),
