@@ -7,18 +7,6 @@ mod flag_scan;
 use std::path::Path;
 use std::process::{Command, Output};
 
-const OUTPUTS: [&str; 9] = [
-    train::rundir::BEST,
-    train::rundir::LAST,
-    train::rundir::STATE,
-    train::rundir::METRICS_CSV,
-    train::rundir::METRICS_JSON,
-    train::rundir::CONFIG,
-    train::rundir::CURVES,
-    train::rundir::PREDICTIONS,
-    train::rundir::CONFUSION,
-];
-
 fn train_cifar(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_train-cifar"))
         .args(args)
@@ -40,7 +28,7 @@ fn s(p: &Path) -> String {
 }
 
 fn assert_outputs(dir: &Path, epochs: usize) {
-    for name in OUTPUTS {
+    for name in train::rundir::OUTPUTS {
         assert!(
             dir.join(name).is_file(),
             "{name} missing in {}",

@@ -4,18 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const OUTPUTS: [&str; 9] = [
-    train::rundir::BEST,
-    train::rundir::LAST,
-    train::rundir::STATE,
-    train::rundir::METRICS_CSV,
-    train::rundir::METRICS_JSON,
-    train::rundir::CONFIG,
-    train::rundir::CURVES,
-    train::rundir::PREDICTIONS,
-    train::rundir::CONFUSION,
-];
-
 fn train_mnist(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_train-mnist"))
         .args(args)
@@ -96,7 +84,7 @@ fn same_seed_same_metrics_and_resume_matches_an_uninterrupted_run() {
         bytes(a.join(train::rundir::LAST)),
         bytes(c.join(train::rundir::LAST))
     );
-    for name in OUTPUTS {
+    for name in train::rundir::OUTPUTS {
         assert!(c.join(name).is_file(), "{name} missing");
     }
     let weights = bytes(c.join(train::rundir::LAST));

@@ -35,6 +35,19 @@ pub const CONFUSION: &str = "confusion.png";
 /// How TensorBoard event files begin (`events.out.tfevents.<seconds>.<host>.<pid>`).
 pub const EVENTS_PREFIX: &str = "events.out.tfevents.";
 
+/// What a training program leaves in its run directory after an epoch.
+pub const OUTPUTS: [&str; 9] = [
+    BEST,
+    LAST,
+    STATE,
+    METRICS_CSV,
+    METRICS_JSON,
+    CONFIG,
+    CURVES,
+    PREDICTIONS,
+    CONFUSION,
+];
+
 /// `evaluate`'s confusion matrix of the `best` or `last` weights.
 pub fn evaluated_confusion(weights: &str) -> String {
     format!("confusion-{weights}.png")
