@@ -14,7 +14,7 @@ pub fn imagenet() -> Vec<String> {
 
 /// The file beside a fine-tuned checkpoint that holds its class names (a JSON list).
 pub fn sidecar(weights: &Path) -> std::path::PathBuf {
-    weights.with_file_name(train::inference::CLASSES)
+    weights.with_file_name(train::rundir::CLASSES)
 }
 
 /// The names for a checkpoint with `num_classes` outputs stored at `weights`.
@@ -56,7 +56,7 @@ mod tests {
     #[test]
     fn sidecar_names_must_match_the_head() -> Result<()> {
         let dir = tempfile::tempdir()?;
-        let weights = dir.path().join("best.safetensors");
+        let weights = dir.path().join(train::rundir::BEST);
         train::inference::save_classes(dir.path(), &["cat".into(), "dog".into()])?;
         assert_eq!(for_checkpoint(&weights, 2)?, ["cat", "dog"]);
         assert!(for_checkpoint(&weights, 3).is_err());

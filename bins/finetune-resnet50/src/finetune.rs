@@ -99,7 +99,7 @@ pub fn finetune(
             Unfreeze::All => "every layer",
         }
     );
-    let model = FineTune::new(net, ft.unfreeze);
+    let model = FineTune::new(net, ft.unfreeze)?;
     let train_images = train::run::loader(run, &data.train, true)?;
     let test_images = train::run::loader(run, &data.test, false)?;
     ft.save(out)?;

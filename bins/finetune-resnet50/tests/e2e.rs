@@ -268,7 +268,7 @@ fn finetunes_a_small_folder_above_chance_with_the_backbone_untouched() {
         &[],
     );
     assert!(log.contains("computing its features once"), "{log}");
-    let csv = std::fs::read_to_string(out.join("metrics.csv")).expect("metrics.csv");
+    let csv = std::fs::read_to_string(out.join(train::rundir::METRICS_CSV)).expect("metrics.csv");
     let best = csv
         .lines()
         .skip(1)
@@ -286,7 +286,7 @@ fn finetunes_a_small_folder_above_chance_with_the_backbone_untouched() {
     );
 
     let before = raw(&weights);
-    let after = raw(&out.join("last.safetensors"));
+    let after = raw(&out.join(train::rundir::LAST));
     assert_eq!(
         before.keys().collect::<Vec<_>>(),
         after.keys().collect::<Vec<_>>(),
@@ -300,16 +300,16 @@ fn finetunes_a_small_folder_above_chance_with_the_backbone_untouched() {
         }
     }
     let classes: Vec<String> = serde_json::from_str(
-        &std::fs::read_to_string(out.join("classes.json")).expect("classes.json"),
+        &std::fs::read_to_string(out.join(train::rundir::CLASSES)).expect("classes.json"),
     )
     .expect("class list");
     assert_eq!(classes, ["airplane", "frog", "truck"]);
     for file in [
-        "best.safetensors",
-        "metrics.csv",
-        "curves.png",
-        "predictions.png",
-        "confusion.png",
+        train::rundir::BEST,
+        train::rundir::METRICS_CSV,
+        train::rundir::CURVES,
+        train::rundir::PREDICTIONS,
+        train::rundir::CONFUSION,
     ] {
         assert!(out.join(file).is_file(), "{file} written");
     }
@@ -319,7 +319,7 @@ fn finetunes_a_small_folder_above_chance_with_the_backbone_untouched() {
         &[
             "predict",
             "--weights",
-            s(&out.join("best.safetensors")),
+            s(&out.join(train::rundir::BEST)),
             "--image",
             s(&image),
             "--image-size",
@@ -464,8 +464,8 @@ fn resume_reaches_the_same_weights_as_an_uninterrupted_run() {
         &[],
     );
     assert!(
-        std::fs::read(whole.join("last.safetensors")).expect("whole")
-            == std::fs::read(parts.join("last.safetensors")).expect("parts"),
+        std::fs::read(whole.join(train::rundir::LAST)).expect("whole")
+            == std::fs::read(parts.join(train::rundir::LAST)).expect("parts"),
         "a resumed run ends with the same weights as an uninterrupted one"
     );
 }
@@ -553,7 +553,7 @@ fn own_class_folders_need_no_folder_flag() {
         log.contains("as an image folder (its class folders are not CIFAR-10's)"),
         "{log}"
     );
-    assert!(out.join("best.safetensors").is_file());
+    assert!(out.join(train::rundir::BEST).is_file());
     // The run's own predict: its best checkpoint, classes and image size.
     let image = data.join("test").join("frog").join("0000.png");
     let printed = ok(

@@ -7,18 +7,6 @@ mod flag_scan;
 use std::path::Path;
 use std::process::{Command, Output};
 
-const OUTPUTS: [&str; 9] = [
-    "best.safetensors",
-    "last.safetensors",
-    "state.safetensors",
-    "metrics.csv",
-    "metrics.json",
-    "config.json",
-    "curves.png",
-    "predictions.png",
-    "confusion.png",
-];
-
 fn train_cifar(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_train-cifar"))
         .args(args)
@@ -40,14 +28,14 @@ fn s(p: &Path) -> String {
 }
 
 fn assert_outputs(dir: &Path, epochs: usize) {
-    for name in OUTPUTS {
+    for name in train::rundir::OUTPUTS {
         assert!(
             dir.join(name).is_file(),
             "{name} missing in {}",
             dir.display()
         );
     }
-    let csv = std::fs::read_to_string(dir.join("metrics.csv")).expect("metrics.csv");
+    let csv = std::fs::read_to_string(dir.join(train::rundir::METRICS_CSV)).expect("metrics.csv");
     let mut lines = csv.lines();
     assert_eq!(
         lines.next(),
@@ -79,11 +67,11 @@ fn synthetic_cifar_run_writes_every_output_and_onecycle_steps_per_batch() {
     let run = train_cifar(&args);
     assert!(run.status.success(), "{}", text(&run));
     assert_outputs(&out, 2);
-    let config = std::fs::read_to_string(out.join("config.json")).expect("config.json");
+    let config = std::fs::read_to_string(out.join(train::rundir::CONFIG)).expect("config.json");
     assert!(config.contains("\"resnet18-seed\""), "{config}");
     assert!(config.contains("\"onecycle\""), "{config}");
     // OneCycle over 2 epochs of 2 batches ends at max_lr / 25 / 1e4 = 4e-7 after the last batch.
-    let csv = std::fs::read_to_string(out.join("metrics.csv")).expect("metrics.csv");
+    let csv = std::fs::read_to_string(out.join(train::rundir::METRICS_CSV)).expect("metrics.csv");
     let lr: f64 = csv
         .lines()
         .nth(2)
@@ -120,7 +108,7 @@ fn device_resident_data_matches_the_host_loader_and_bf16_trains() {
         let run = train_cifar(&args);
         let log = text(&run);
         assert!(run.status.success(), "{log}");
-        let weights = std::fs::read(out.join("last.safetensors")).expect("weights");
+        let weights = std::fs::read(out.join(train::rundir::LAST)).expect("weights");
         (log, weights)
     };
     let (host_log, host) = run("host", &["--data-placement", "host"]);
@@ -166,7 +154,7 @@ fn a_model_that_does_not_fit_fails_before_training() {
         log.contains("lenet5 does not fit") && log.contains("3x32x32"),
         "{log}"
     );
-    assert!(!out.join("metrics.csv").exists());
+    assert!(!out.join(train::rundir::METRICS_CSV).exists());
 }
 
 /// The real CIFAR-10 JPEG archive, end to end on a slice of it.

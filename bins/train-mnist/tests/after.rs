@@ -57,7 +57,7 @@ fn trained(dir: &Path) -> PathBuf {
 fn evaluate_reproduces_the_logged_numbers_and_predict_a_forward_pass() {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = trained(dir.path());
-    let csv = std::fs::read_to_string(out.join("metrics.csv")).expect("metrics");
+    let csv = std::fs::read_to_string(out.join(train::rundir::METRICS_CSV)).expect("metrics");
     let rows: Vec<Vec<f64>> = csv
         .lines()
         .skip(1)
@@ -107,7 +107,7 @@ fn evaluate_reproduces_the_logged_numbers_and_predict_a_forward_pass() {
     let (net, _) = zoo::load(
         "lenet5",
         10,
-        Some(&out.join("best.safetensors")),
+        Some(&out.join(train::rundir::BEST)),
         &Device::Cpu,
         0,
     )

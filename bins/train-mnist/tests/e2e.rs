@@ -4,18 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const OUTPUTS: [&str; 9] = [
-    "best.safetensors",
-    "last.safetensors",
-    "state.safetensors",
-    "metrics.csv",
-    "metrics.json",
-    "config.json",
-    "curves.png",
-    "predictions.png",
-    "confusion.png",
-];
-
 fn train_mnist(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_train-mnist"))
         .args(args)
@@ -37,7 +25,7 @@ fn ok(args: &[&str]) -> String {
 
 /// metrics.csv without its `seconds` column, which is the only one allowed to differ.
 fn metrics_without_seconds(dir: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(dir.join("metrics.csv")).expect("metrics.csv");
+    let text = std::fs::read_to_string(dir.join(train::rundir::METRICS_CSV)).expect("metrics.csv");
     text.lines()
         .map(|l| l.rsplit_once(',').map_or(l, |(head, _)| head).to_string())
         .collect()
@@ -89,17 +77,17 @@ fn same_seed_same_metrics_and_resume_matches_an_uninterrupted_run() {
     assert_eq!(rows, metrics_without_seconds(&b));
     assert_eq!(rows, metrics_without_seconds(&c));
     assert_eq!(
-        bytes(a.join("last.safetensors")),
-        bytes(b.join("last.safetensors"))
+        bytes(a.join(train::rundir::LAST)),
+        bytes(b.join(train::rundir::LAST))
     );
     assert_eq!(
-        bytes(a.join("last.safetensors")),
-        bytes(c.join("last.safetensors"))
+        bytes(a.join(train::rundir::LAST)),
+        bytes(c.join(train::rundir::LAST))
     );
-    for name in OUTPUTS {
+    for name in train::rundir::OUTPUTS {
         assert!(c.join(name).is_file(), "{name} missing");
     }
-    let weights = bytes(c.join("last.safetensors"));
+    let weights = bytes(c.join(train::rundir::LAST));
     let mut names: Vec<String> = safetensors::SafeTensors::deserialize(&weights)
         .expect("safetensors")
         .names()
@@ -202,7 +190,7 @@ fn real_mnist_is_deterministic_and_resumable() {
     ok(&["--resume", &s(&b), "--epochs", "2"]);
     assert_eq!(metrics_without_seconds(&a), metrics_without_seconds(&b));
     assert_eq!(
-        bytes(a.join("last.safetensors")),
-        bytes(b.join("last.safetensors"))
+        bytes(a.join(train::rundir::LAST)),
+        bytes(b.join(train::rundir::LAST))
     );
 }

@@ -33,7 +33,7 @@ fn synthetic(dir: &Path) -> String {
 }
 
 fn metrics_without_seconds(dir: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(dir.join("metrics.csv")).expect("metrics.csv");
+    let text = std::fs::read_to_string(dir.join(train::rundir::METRICS_CSV)).expect("metrics.csv");
     text.lines()
         .map(|l| l.rsplit_once(',').map_or(l, |(head, _)| head).to_string())
         .collect()
@@ -86,7 +86,7 @@ fn a_kill_at_any_moment_leaves_a_resumable_run() {
         attempts += 1;
         assert!(attempts < 40, "the run never finished");
         let mut args = common(&data, &parts);
-        if parts.join(train::state::STATE).exists() {
+        if parts.join(train::rundir::STATE).exists() {
             args = vec!["--resume".into(), s(&parts)];
         } else if parts.exists() {
             args.push("--overwrite".into());
@@ -111,7 +111,7 @@ fn a_kill_at_any_moment_leaves_a_resumable_run() {
             }
         }
     }
-    for name in ["last.safetensors", "best.safetensors"] {
+    for name in [train::rundir::LAST, train::rundir::BEST] {
         assert!(
             std::fs::read(whole.join(name)).expect("whole")
                 == std::fs::read(parts.join(name)).expect("parts"),
@@ -149,7 +149,7 @@ fn one_run_owns_its_directory() {
         .spawn()
         .expect("train-mnist starts");
     let waited = Instant::now();
-    while !out.join("config.json").exists() {
+    while !out.join(train::rundir::CONFIG).exists() {
         assert!(
             waited.elapsed() < Duration::from_secs(60),
             "the first run never started"
@@ -178,7 +178,7 @@ fn one_run_owns_its_directory() {
         "lenet5",
     ]);
     assert!(first.status.success(), "{}", stderr(&first));
-    let best = std::fs::read(done.join("best.safetensors")).expect("best");
+    let best = std::fs::read(done.join(train::rundir::BEST)).expect("best");
     let again = train_mnist(&["--data-dir", &data, "--out", &s(&done), "--epochs", "1"]);
     assert!(!again.status.success());
     let err = stderr(&again);
@@ -187,7 +187,7 @@ fn one_run_owns_its_directory() {
         "{err}"
     );
     assert_eq!(
-        std::fs::read(done.join("best.safetensors")).expect("best"),
+        std::fs::read(done.join(train::rundir::BEST)).expect("best"),
         best
     );
     let replaced = train_mnist(&[
@@ -205,7 +205,7 @@ fn one_run_owns_its_directory() {
     ]);
     assert!(replaced.status.success(), "{}", stderr(&replaced));
     assert_ne!(
-        std::fs::read(done.join("best.safetensors")).expect("best"),
+        std::fs::read(done.join(train::rundir::BEST)).expect("best"),
         best
     );
 
@@ -237,7 +237,7 @@ fn resume_refuses_another_programs_run() {
         "lenet5",
     ]);
     assert!(first.status.success(), "{}", stderr(&first));
-    let path = out.join(train::state::STATE);
+    let path = out.join(train::rundir::STATE);
     let (tensors, mut metadata) = layers::checkpoint::read_with_metadata(&path).expect("state");
     for json in metadata.values_mut() {
         *json = json.replace("\"train-mnist\"", "\"finetune-resnet50\"");
@@ -302,7 +302,7 @@ fn a_closed_stdout_does_not_stop_the_run() {
     drop(child.stdout.take());
     let done = child.wait_with_output().expect("wait");
     assert!(done.status.success(), "{}", stderr(&done));
-    assert!(out.join("last.safetensors").is_file());
+    assert!(out.join(train::rundir::LAST).is_file());
     assert_eq!(metrics_without_seconds(&out).len(), 3);
 }
 

@@ -8,7 +8,6 @@ use clap::Args;
 use datasets::{ColorMode, DatasetSpec, Rng, Transform, U8Image};
 use zoo::ModelSpec;
 
-use crate::filters::grid_columns;
 use crate::model::ModelArgs;
 
 /// At most this many channels (or values) of a stage are drawn.
@@ -87,7 +86,7 @@ fn save_stage(path: &Path, stage: &str, t: &Tensor) -> Result<Option<String>> {
             } else {
                 format!("{stage}: {c} channels, {h}x{w}")
             };
-            viz::save_image_grid(path, &title, &tiles, grid_columns(tiles.len()))?;
+            viz::save_square_grid(path, &title, &tiles)?;
             Ok(Some(title))
         }
         [f] => {

@@ -14,11 +14,6 @@ pub struct FiltersArgs {
     model: ModelArgs,
 }
 
-/// Columns of a near-square grid of `n` tiles.
-pub fn grid_columns(n: usize) -> usize {
-    (1..=n.max(1)).find(|c| c * c >= n).unwrap_or(1)
-}
-
 /// Runs `filters`: writes `filters.png` in `out`, one tile per kernel (in colour for RGB
 /// input), each normalised on its own from black (minimum) to white (maximum).
 pub fn run(args: &FiltersArgs, out: &Path) -> Result<()> {
@@ -36,18 +31,7 @@ pub fn run(args: &FiltersArgs, out: &Path) -> Result<()> {
     let tiles = viz::tensor_tiles(&weight, false)?;
     let title = format!("{} {name}", model.spec.name);
     let path = out.join("filters.png");
-    viz::save_image_grid(&path, &title, &tiles, grid_columns(tiles.len()))?;
+    viz::save_square_grid(&path, &title, &tiles)?;
     train::say!("wrote {}", path.display());
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::grid_columns;
-
-    #[test]
-    fn grids_are_near_square() {
-        let cols: Vec<usize> = [1, 6, 9, 10, 32, 64, 96].map(grid_columns).to_vec();
-        assert_eq!(cols, [1, 3, 3, 4, 6, 8, 10]);
-    }
 }

@@ -80,6 +80,9 @@ pub struct AlexNet {
 
 impl AlexNet {
     /// Builds the network described by `cfg` under `vb`.
+    ///
+    /// # Errors
+    /// `vb` cannot provide a parameter of the expected shape (weights of another layout).
     pub fn new(cfg: &AlexNetConfig, vb: VarBuilder) -> Result<Self> {
         let features = vb.pp("features");
         let init = WeightInit::TorchDefault;
@@ -113,11 +116,17 @@ impl AlexNet {
     }
 
     /// The tutorial's AlexNet (paper widths; 62,378,344 parameters at 1000 classes).
+    ///
+    /// # Errors
+    /// `vb` cannot provide a parameter of the expected shape (weights of another layout).
     pub fn tutorial(num_classes: usize, vb: VarBuilder) -> Result<Self> {
         Self::new(&AlexNetConfig::tutorial(num_classes), vb)
     }
 
     /// torchvision's AlexNet (61,100,840 parameters at 1000 classes).
+    ///
+    /// # Errors
+    /// `vb` cannot provide a parameter of the expected shape (weights of another layout).
     pub fn torchvision(num_classes: usize, vb: VarBuilder) -> Result<Self> {
         Self::new(&AlexNetConfig::torchvision(num_classes), vb)
     }

@@ -49,6 +49,10 @@ const BIN_DIR: &str = "cifar-10-batches-bin";
 /// `cifar-10-binary.tar.gz`, read without extracting; an ImageFolder tree (`train/<class>/*.jpg`,
 /// `test/<class>/*.jpg`) or a `.tar.gz` of one; or a directory holding one such `*cifar*.tar.gz`.
 /// Images are decoded into memory as 3x32x32 u8, labels follow [`CIFAR10_CLASSES`].
+///
+/// # Errors
+/// `path` holds none of these layouts, a file is truncated or malformed (named), the classes are
+/// not CIFAR-10's, or the Hub copy cannot be downloaded or read.
 pub fn cifar10(path: Option<&Path>) -> Result<Split> {
     crate::catalog::load(&crate::catalog::CIFAR10, path)
 }
@@ -132,6 +136,10 @@ pub fn is_cifar10(path: &Path) -> bool {
 }
 
 /// Reads one official binary batch file (e.g. `test_batch.bin`): 10,000 records of 3073 bytes.
+///
+/// # Errors
+/// The file (or a `batches.meta.txt` beside it) cannot be read, is empty or not a whole number
+/// of 3073-byte records, or holds a label out of range.
 pub fn cifar10_test_bin(path: &Path) -> Result<InMemory> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     parse_batch(&bytes, &path.display().to_string(), classes_near(path)?)

@@ -95,6 +95,10 @@ pub struct InMemory {
 impl InMemory {
     /// Validates and wraps `images` (`N*C*H*W` bytes, sample-major CHW), one label per image
     /// (each `< classes.len()`), the per-image `(c, h, w)` shape and the class names.
+    ///
+    /// # Errors
+    /// The number of bytes is not `N*C*H*W` for one label per image, or a label is not below
+    /// `classes.len()`.
     pub fn new<L: Into<usize>>(
         images: Vec<u8>,
         labels: Vec<L>,
@@ -144,6 +148,9 @@ impl InMemory {
     }
 
     /// The CHW bytes of sample `index`, without copying.
+    ///
+    /// # Errors
+    /// `index` is out of range.
     pub fn pixels(&self, index: usize) -> Result<&[u8]> {
         let (c, h, w) = self.shape;
         // `new` checked that this product fits.
@@ -155,6 +162,9 @@ impl InMemory {
     }
 
     /// Concatenates datasets of the same shape and classes (e.g. CIFAR-10's five train batches).
+    ///
+    /// # Errors
+    /// No parts, or parts of different shapes or classes.
     pub fn concat(parts: Vec<InMemory>) -> Result<Self> {
         let mut parts = parts.into_iter();
         let Some(mut all) = parts.next() else {

@@ -34,6 +34,9 @@ impl EncodedSample {
     }
 
     /// Reads the encoded bytes and decodes them as RGB (torchvision's default loader).
+    ///
+    /// # Errors
+    /// The file cannot be read, or its bytes are no image the decoder knows (the sample is named).
     pub fn decode(&self) -> Result<U8Image> {
         match &self.source {
             Source::Path(path) => {
@@ -56,6 +59,9 @@ pub struct FileList {
 
 impl FileList {
     /// Validates and wraps samples, one label each (`< classes.len()`).
+    ///
+    /// # Errors
+    /// Samples and labels differ in number, or a label is not below `classes.len()`.
     pub fn new(
         samples: Vec<EncodedSample>,
         labels: Vec<usize>,
@@ -83,6 +89,9 @@ impl FileList {
     }
 
     /// The files from `paths` with their labels.
+    ///
+    /// # Errors
+    /// As [`FileList::new`].
     pub fn from_paths(
         paths: Vec<PathBuf>,
         labels: Vec<usize>,

@@ -55,6 +55,10 @@ impl Default for FolderOptions {
 /// `options.test_fraction` of each class (drawn with `options.split_seed`) becomes the test split.
 /// Classes are the class folder names sorted (torchvision's rule); files are searched recursively
 /// and ordered like torchvision's `sorted(os.walk(...))`. Hidden files and folders are skipped.
+///
+/// # Errors
+/// `root` cannot be read or unpacked, has no class folder, a class without images, `train/` and
+/// `test/` with different classes, or an unusable `options.test_fraction`.
 pub fn image_folder(root: &Path, options: &FolderOptions) -> Result<Split> {
     ensure_exists(root)?;
     let listing = if root.is_file() {
@@ -71,6 +75,9 @@ pub fn image_folder(root: &Path, options: &FolderOptions) -> Result<Split> {
 }
 
 /// Applies the ImageFolder rules of [`image_folder`] to an already built listing.
+///
+/// # Errors
+/// As [`image_folder`], for the listing.
 pub fn image_folder_listing(listing: Listing, options: &FolderOptions) -> Result<Split> {
     ensure!(
         !listing.files.is_empty(),

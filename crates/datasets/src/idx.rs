@@ -29,6 +29,10 @@ pub const MNIST_CLASSES: [&str; 10] = [
 
 /// Loads MNIST: from `dir` (holding the four IDX files, raw or `.gz`, directly or in torchvision's
 /// `MNIST/raw/` layout) or, with `None`, from the Hugging Face Hub cache (downloading if needed).
+///
+/// # Errors
+/// `dir` lacks one of the four files, a file is not IDX (wrong magic number, truncated, images and
+/// labels of different counts), or the Hub copy cannot be downloaded or read.
 pub fn mnist(dir: Option<&Path>) -> Result<Split> {
     crate::catalog::load(&crate::catalog::MNIST, dir)
 }
@@ -76,6 +80,10 @@ fn find_idx(dir: &Path, stem: &str) -> Option<PathBuf> {
 }
 
 /// Reads an IDX image file and its IDX label file into a 10-class dataset.
+///
+/// # Errors
+/// A file cannot be read or is not IDX (wrong magic number, dimensions or length), the two hold
+/// different counts, or a label is above 9.
 pub fn read_idx_pair(images: &Path, labels: &Path) -> Result<InMemory> {
     let (n_images, rows, cols, pixels) = read_images(images)?;
     let label_bytes = read_labels(labels)?;

@@ -28,7 +28,6 @@
 #![warn(missing_docs)]
 
 mod archive;
-pub mod bench;
 pub mod catalog;
 mod cifar;
 mod dataset;

@@ -40,6 +40,9 @@ impl Listing {
     /// met), skipping hidden
     /// entries and anything that is neither a directory nor a regular file (FIFOs, sockets and
     /// devices are never opened).
+    ///
+    /// # Errors
+    /// `root` or a folder below it cannot be read.
     pub fn from_dir(root: &Path) -> Result<Self> {
         anyhow::ensure!(root.is_dir(), "{} is not a directory", root.display());
         let mut listing = Self {
@@ -86,6 +89,10 @@ impl Listing {
 
     /// Builds the tree from archive entries, dropping a common top folder (e.g. `cifar10/`)
     /// that is neither a split (`train`, `test`, `val`) nor a class.
+    ///
+    /// # Errors
+    /// None at present: the `Result` matches [`Listing::from_dir`], so that both sources can
+    /// grow checks.
     pub fn from_entries(archive: &Path, entries: Vec<ArchiveEntry>) -> Result<Self> {
         let visible = |name: &str| !name.split('/').any(is_hidden);
         let mut dirs: Vec<String> = Vec::new();

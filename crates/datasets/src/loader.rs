@@ -97,6 +97,10 @@ impl std::fmt::Debug for Loader {
 
 impl Loader {
     /// Checks the configuration and the transform, and starts the worker pool.
+    ///
+    /// # Errors
+    /// A batch size of 0, a transform that [`Transform::validate`] refuses, or worker threads that
+    /// cannot start.
     pub fn new(dataset: Arc<dyn Dataset>, transform: Transform, cfg: LoaderConfig) -> Result<Self> {
         ensure!(cfg.batch_size > 0, "batch size must be positive");
         transform.validate()?;
@@ -166,6 +170,10 @@ impl Loader {
     }
 
     /// Builds the batch of `indices` for `epoch` now, on the worker pool.
+    ///
+    /// # Errors
+    /// An index out of range, a sample that cannot be read or decoded, or a transform that does not
+    /// fit it (the sample is named).
     pub fn batch(&self, epoch: usize, indices: &[usize]) -> Result<Batch> {
         Job {
             dataset: self.dataset.clone(),

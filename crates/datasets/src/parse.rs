@@ -34,6 +34,10 @@ impl FromStr for Transform {
 
 impl Transform {
     /// Parses the grammar documented in this module (see [`FromStr`]).
+    ///
+    /// # Errors
+    /// An unknown preset or step, a malformed number, or values that [`Transform::validate`]
+    /// refuses; the message names the part.
     pub fn parse(spec: &str) -> Result<Self> {
         spec.parse()
     }

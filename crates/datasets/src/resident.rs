@@ -84,6 +84,11 @@ impl ResidentLoader {
 
     /// Decodes every sample `loader` uses (in parallel), checks they share one size, and
     /// uploads them to `device` as u8, with the labels and the normalisation table.
+    ///
+    /// # Errors
+    /// A sample cannot be read or decoded, the samples differ in size, the transform has steps that
+    /// cannot run on the device (see `ResidentLoader::unsupported`), or `device` cannot hold the
+    /// data.
     pub fn new(loader: Loader, device: &Device) -> Result<Self> {
         if let Some(why) = Self::unsupported(&loader) {
             bail!(
@@ -206,6 +211,9 @@ impl ResidentLoader {
     }
 
     /// The batch of `indices` in `epoch`, built on the device.
+    ///
+    /// # Errors
+    /// An index out of range, or a tensor operation on the device fails.
     pub fn batch(&self, epoch: usize, indices: &[usize]) -> Result<Batch> {
         if indices.is_empty() {
             bail!("empty batch");
@@ -258,6 +266,9 @@ impl ResidentLoader {
     }
 
     /// The batches of `epoch`, in the host loader's order.
+    ///
+    /// # Errors
+    /// Each item fails as [`ResidentLoader::batch`].
     pub fn epoch(&self, epoch: usize) -> impl Iterator<Item = Result<Batch>> + '_ {
         let order = self.loader.order(epoch);
         let batch_size = self.loader.config().batch_size;

@@ -54,6 +54,9 @@ pub enum Op {
 
 impl Op {
     /// Applies this step to `img`, drawing from `rng` when random.
+    ///
+    /// # Errors
+    /// A random crop larger than the padded image.
     pub fn apply(&self, mut img: U8Image, rng: &mut Rng) -> Result<U8Image> {
         let (_, h, w) = img.shape();
         Ok(match *self {
@@ -117,6 +120,9 @@ pub struct Normalize {
 
 impl Normalize {
     /// Checks lengths and that every std is non-zero.
+    ///
+    /// # Errors
+    /// No means, a different number of means and stds, or a std that is zero or not finite.
     pub fn new(mean: &[f32], std: &[f32]) -> Result<Self> {
         ensure!(
             !mean.is_empty() && mean.len() == std.len(),
@@ -166,6 +172,10 @@ impl Normalize {
     }
 
     /// Writes `img` as normalised f32 CHW into `out` (exactly `img.data.len()` long).
+    ///
+    /// # Errors
+    /// The table's channels do not match the image's (one value fits any), or `out` has another
+    /// length than the image.
     pub fn write(&self, img: &U8Image, out: &mut [f32]) -> Result<()> {
         ensure!(
             self.tables.len() == 1 || self.tables.len() == img.channels,
@@ -228,6 +238,9 @@ impl Transform {
     }
 
     /// `ToTensor()` + `Normalize(mean, std)`.
+    ///
+    /// # Errors
+    /// As [`Normalize::new`].
     pub fn to_tensor_normalize(mean: &[f32], std: &[f32]) -> Result<Self> {
         Self::to_tensor().normalize(mean, std)
     }
@@ -269,6 +282,9 @@ impl Transform {
     }
 
     /// Sets the final `Normalize(mean, std)` (replacing any earlier one).
+    ///
+    /// # Errors
+    /// As [`Normalize::new`].
     pub fn normalize(mut self, mean: &[f32], std: &[f32]) -> Result<Self> {
         self.normalize = Normalize::new(mean, std)?;
         Ok(self)
@@ -331,6 +347,10 @@ impl Transform {
     }
 
     /// Checks every step's parameters (sizes > 0, probabilities in [0, 1], valid ranges).
+    ///
+    /// # Errors
+    /// The first step with a size of 0, a probability outside `[0, 1]`, or a scale or ratio
+    /// range that is not positive and increasing.
     pub fn validate(&self) -> Result<()> {
         for op in &self.ops {
             match *op {
@@ -353,11 +373,17 @@ impl Transform {
     }
 
     /// Runs the geometric steps on `img`.
+    ///
+    /// # Errors
+    /// A step that does not fit `img` (a random crop larger than the padded image).
     pub fn augment(&self, img: U8Image, rng: &mut Rng) -> Result<U8Image> {
         self.ops.iter().try_fold(img, |img, op| op.apply(img, rng))
     }
 
     /// Runs the whole pipeline: returns the `(c, h, w)` shape and the f32 CHW values.
+    ///
+    /// # Errors
+    /// A step that does not fit `img`, or a normalisation with another number of channels.
     pub fn apply(&self, img: U8Image, rng: &mut Rng) -> Result<((usize, usize, usize), Vec<f32>)> {
         let img = self.augment(img, rng)?;
         let mut out = vec![0f32; img.data.len()];

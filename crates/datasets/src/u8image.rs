@@ -17,6 +17,9 @@ pub struct U8Image {
 
 impl U8Image {
     /// Wraps CHW bytes, checking that their number matches the shape.
+    ///
+    /// # Errors
+    /// The number of bytes is not `channels * height * width` (or that product overflows).
     pub fn new(channels: usize, height: usize, width: usize, data: Vec<u8>) -> Result<Self> {
         let needed = byte_count(channels, height, width)?;
         ensure!(
@@ -43,6 +46,9 @@ impl U8Image {
     }
 
     /// Converts interleaved HWC bytes (as image decoders produce them) to CHW.
+    ///
+    /// # Errors
+    /// As [`U8Image::new`].
     pub fn from_hwc(channels: usize, height: usize, width: usize, hwc: &[u8]) -> Result<Self> {
         let needed = byte_count(channels, height, width)?;
         ensure!(

@@ -66,6 +66,9 @@ fn ceil_pool(kernel: usize) -> Pool2d {
 
 impl GoogLeNet {
     /// Builds the network described by `cfg` under `vb`.
+    ///
+    /// # Errors
+    /// `vb` cannot provide a parameter of the expected shape (weights of another layout).
     pub fn new(cfg: &GoogLeNetConfig, vb: VarBuilder) -> Result<Self> {
         let [w1, w2, w3] = cfg.stem;
         let stem = [
@@ -110,12 +113,18 @@ impl GoogLeNet {
     }
 
     /// torchvision's `googlenet(aux_logits=False)` (6,624,904 parameters at 1000 classes).
+    ///
+    /// # Errors
+    /// `vb` cannot provide a parameter of the expected shape (weights of another layout).
     pub fn torchvision(num_classes: usize, vb: VarBuilder) -> Result<Self> {
         Self::new(&GoogLeNetConfig::torchvision(num_classes), vb)
     }
 
     /// The logits and, in training with auxiliary classifiers, their logits too (torchvision
     /// trains with `loss + 0.3 * (aux1_loss + aux2_loss)`).
+    ///
+    /// # Errors
+    /// `xs` is not `(N, 3, H, W)` with sides the network can reduce, or a tensor operation fails.
     pub fn forward_with_aux(&self, xs: &Tensor, train: bool) -> Result<GoogLeNetOutput> {
         let (mut stages, aux1, aux2) = self.run(xs, train)?;
         match stages.pop() {

@@ -19,6 +19,9 @@ fn bins(size: usize, out: usize) -> Vec<f32> {
 
 /// `F.adaptive_avg_pool2d(xs, (out_h, out_w))` for (N, C, H, W) input, differentiable and
 /// device-agnostic: two small matrix products with the bin-averaging matrices.
+///
+/// # Errors
+/// `xs` is not `(N, C, H, W)`, or an output side is 0. Output: `(N, C, out_h, out_w)`.
 pub fn adaptive_avg_pool2d(xs: &Tensor, (out_h, out_w): (usize, usize)) -> Result<Tensor> {
     let (n, c, h, w) = xs.dims4()?;
     if out_h == 0 || out_w == 0 {

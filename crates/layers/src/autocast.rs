@@ -40,6 +40,9 @@ impl Drop for Guard {
 
 /// Runs this thread's convolutions and matrix products in `dtype` (BF16 or F16) until the
 /// guard is dropped.
+///
+/// # Errors
+/// `dtype` is neither BF16 nor F16.
 pub fn enable(dtype: DType) -> Result<Guard> {
     if !matches!(dtype, DType::BF16 | DType::F16) {
         candle_core::bail!("autocast runs products in bf16 or f16, not {dtype:?}")

@@ -47,6 +47,10 @@ pub struct BatchNorm {
 impl BatchNorm {
     /// A batch norm over `weight.dim(0)` features. The running statistics are updated in place
     /// in training mode (they share storage with the given tensors when those are variables).
+    ///
+    /// # Errors
+    /// A statistic or parameter whose shape is not `(C,)` for `C = weight.dim(0)`, a negative
+    /// `eps`, or a `momentum` outside `[0, 1]`.
     pub fn new(
         running_mean: Tensor,
         running_var: Tensor,
@@ -128,7 +132,11 @@ impl BatchNorm {
         self.eps
     }
 
-    /// `relu(batch_norm(xs))`, as one operation in training mode.
+    /// `F.relu(F.batch_norm(xs, ...))` on `(N, C, H, W)` (or `(N, C)`) input, one operation in
+    /// training mode; same shape out.
+    ///
+    /// # Errors
+    /// `xs` has fewer than two dimensions, or not `C` channels in dimension 1.
     pub fn forward_relu(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         self.forward_inner(xs, train, true)
     }
@@ -369,6 +377,9 @@ impl CustomOp3 for BatchNormOp {
 
 /// `nn.BatchNorm2d(num_features, eps)` with momentum 0.1, weight 1 and bias 0, parameters and
 /// buffers (`running_mean`, `running_var`, `num_batches_tracked`) under `vb`'s prefix.
+///
+/// # Errors
+/// `vb` holds tensors of other shapes under these names.
 pub fn batch_norm(vb: candle_nn::VarBuilder, num_features: usize, eps: f64) -> Result<BatchNorm> {
     use candle_nn::Init;
     let running_mean = vb.get_with_hints(num_features, "running_mean", Init::Const(0.))?;

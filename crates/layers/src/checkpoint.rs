@@ -19,6 +19,9 @@ pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()
 
 /// [`save_tensors`] with string metadata in the safetensors header (`__metadata__`), written
 /// in the same atomic step as the tensors; [`read_with_metadata`] gives it back.
+///
+/// # Errors
+/// A tensor holds NaN or infinity (named), or the file cannot be written.
 pub fn save_with_metadata(
     tensors: &HashMap<String, Tensor>,
     metadata: Option<HashMap<String, String>>,
@@ -57,6 +60,9 @@ fn temporary_path(path: &Path) -> PathBuf {
 /// (BatchNorm's `num_batches_tracked` counts included), and a zero `num_batches_tracked`
 /// (int64 scalar) beside running statistics that do not count, so that
 /// `load_state_dict(strict=True)` in PyTorch sees exactly its own keys.
+///
+/// # Errors
+/// A variable cannot be read.
 pub fn state_dict(varmap: &VarMap) -> Result<HashMap<String, Tensor>> {
     let data = varmap.data().lock().unwrap_or_else(|p| p.into_inner());
     let mut out = HashMap::with_capacity(data.len() * 2);
@@ -76,6 +82,9 @@ pub fn state_dict(varmap: &VarMap) -> Result<HashMap<String, Tensor>> {
 }
 
 /// Saves the weights of `varmap` to `path` (see [`state_dict`] and [`save_tensors`]).
+///
+/// # Errors
+/// As [`save_with_metadata`].
 pub fn save(varmap: &VarMap, path: &Path) -> Result<()> {
     save_tensors(&state_dict(varmap)?, path)
 }
@@ -89,6 +98,9 @@ pub fn read(path: &Path) -> Result<HashMap<String, Tensor>> {
 }
 
 /// [`read`], with the header's string metadata (`__metadata__`; empty when there is none).
+///
+/// # Errors
+/// As [`read`]: the file cannot be read, is no safetensors file, or holds NaN or infinity.
 pub fn read_with_metadata(
     path: &Path,
 ) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
@@ -123,6 +135,9 @@ pub fn read_with_metadata(
 }
 
 /// The first floating-point tensor (by name) holding NaN or infinity, with that value.
+///
+/// # Errors
+/// A tensor cannot be read back to the host.
 pub fn first_non_finite(tensors: &HashMap<String, Tensor>) -> Result<Option<(String, f64)>> {
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
@@ -135,6 +150,9 @@ pub fn first_non_finite(tensors: &HashMap<String, Tensor>) -> Result<Option<(Str
 }
 
 /// A NaN or infinite element of `t`, if it has one (integer tensors have none).
+///
+/// # Errors
+/// `t` cannot be read back to the host.
 pub fn non_finite_value(t: &Tensor) -> Result<Option<f64>> {
     use candle_core::DType;
     let flat = t.flatten_all()?;
@@ -167,6 +185,10 @@ pub fn load_strict(varmap: &VarMap, path: &Path) -> Result<()> {
 }
 
 /// [`load_strict`] from tensors already in memory.
+///
+/// # Errors
+/// Names missing from `tensors` or not in `varmap` (all listed), a tensor of another shape, or NaN
+/// or infinity.
 pub fn load_tensors_strict(varmap: &VarMap, tensors: &HashMap<String, Tensor>) -> Result<()> {
     let data = varmap.data().lock().unwrap_or_else(|p| p.into_inner());
     // A checkpoint without `num_batches_tracked` (written before it was counted) leaves it as is.

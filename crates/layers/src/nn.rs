@@ -12,6 +12,9 @@ use crate::init::WeightInit;
 
 /// `nn.Conv2d(in_channels, out_channels, kernel, stride, padding, groups, bias)` with the given
 /// initialisation; parameters `weight` (and `bias`) under `vb`'s prefix.
+///
+/// # Errors
+/// `vb` holds tensors of other shapes under these names, or cannot create them.
 pub fn conv2d(
     vb: VarBuilder,
     in_channels: usize,
@@ -45,6 +48,9 @@ pub fn conv_cfg(stride: usize, padding: usize) -> Conv2dConfig {
 }
 
 /// `nn.Linear(in_features, out_features)` with the given initialisation.
+///
+/// # Errors
+/// `vb` holds tensors of other shapes under these names.
 pub fn linear(
     vb: VarBuilder,
     in_features: usize,
@@ -140,7 +146,11 @@ impl ModuleT for Dropout {
     }
 }
 
-/// `torch.flatten(x, 1)`: keeps the batch dimension, flattens the rest.
+/// `torch.flatten(x, 1)`: keeps the batch dimension, flattens the rest: `(N, C, H, W)` to
+/// `(N, C * H * W)`.
+///
+/// # Errors
+/// `xs` has exactly one dimension.
 pub fn flatten(xs: &Tensor) -> Result<Tensor> {
     xs.flatten_from(1)
 }

@@ -15,6 +15,9 @@ thread_local! {
 
 /// The stage output `t` named `name`, or, while [`capture`] asks for this name, a variable with
 /// its values that the rest of the pass continues from.
+///
+/// # Errors
+/// The variable cannot be made (a tensor operation fails).
 pub fn stage(name: &str, t: Tensor) -> Result<Tensor> {
     TAP.with(|tap| match &mut *tap.borrow_mut() {
         Some((wanted, slot)) if wanted == name => {
@@ -29,6 +32,9 @@ pub fn stage(name: &str, t: Tensor) -> Result<Tensor> {
 
 /// Runs `forward` (on this thread) with stage `name` taken as a variable; returns its result and
 /// that variable (`None` when the network has no such stage).
+///
+/// # Errors
+/// `forward` fails, or the stage variable cannot be made.
 pub fn capture<T>(name: &str, forward: impl FnOnce() -> Result<T>) -> Result<(T, Option<Var>)> {
     TAP.with(|tap| *tap.borrow_mut() = Some((name.to_string(), None)));
     let result = forward();

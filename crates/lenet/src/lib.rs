@@ -78,6 +78,10 @@ pub struct LeNet {
 
 impl LeNet {
     /// Builds the network described by `cfg` under `vb`.
+    ///
+    /// # Errors
+    /// An input smaller than 16x16 (nothing left after the second pooling), or `vb` cannot provide
+    /// a parameter of the expected shape (weights of another layout).
     pub fn new(cfg: &LeNetConfig, vb: VarBuilder) -> Result<Self> {
         let side = cfg.feature_side()?;
         let [c1, c2] = cfg.conv_channels;
@@ -104,6 +108,9 @@ impl LeNet {
     }
 
     /// The tutorial's LeNet-5 for 1x28x28 input (44,426 parameters at 10 classes).
+    ///
+    /// # Errors
+    /// `vb` cannot provide a parameter of the expected shape (weights of another layout).
     pub fn lenet5(num_classes: usize, vb: VarBuilder) -> Result<Self> {
         Self::new(&LeNetConfig::lenet5(num_classes), vb)
     }

@@ -66,6 +66,10 @@ pub struct MnistCnn {
 
 impl MnistCnn {
     /// Builds the network described by `cfg` under `vb`.
+    ///
+    /// # Errors
+    /// An input smaller than 4x4, or `vb` cannot provide a parameter of the expected shape (weights
+    /// of another layout).
     pub fn new(cfg: &MnistCnnConfig, vb: VarBuilder) -> Result<Self> {
         if cfg.input_size < 4 {
             candle_core::bail!(
@@ -96,6 +100,9 @@ impl MnistCnn {
     }
 
     /// The tutorial's MNIST CNN for 1x28x28 input (421,642 parameters at 10 classes).
+    ///
+    /// # Errors
+    /// `vb` cannot provide a parameter of the expected shape (weights of another layout).
     pub fn tutorial(num_classes: usize, vb: VarBuilder) -> Result<Self> {
         Self::new(&MnistCnnConfig::tutorial(num_classes), vb)
     }

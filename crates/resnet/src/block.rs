@@ -61,6 +61,9 @@ pub struct Block {
 impl Block {
     /// A block of `kind` from `in_channels` to `width * expansion` channels, with `stride` on
     /// its 3x3 convolution; parameters `conv1`, `bn1`, ... and `downsample.{0,1}` under `vb`.
+    ///
+    /// # Errors
+    /// `vb` cannot provide a parameter of the expected shape (weights of another layout).
     pub fn new(
         vb: VarBuilder,
         kind: BlockKind,

@@ -84,6 +84,10 @@ pub struct ResNet {
 impl ResNet {
     /// Builds the network described by `config` under `vb`, with torchvision's initialisation
     /// (Kaiming-normal fan-out convolutions, batch norm 1/0, PyTorch's default for `fc`).
+    ///
+    /// # Errors
+    /// No stages, a different number of stage depths and widths, or `vb` cannot provide a parameter
+    /// of the expected shape (weights of another layout).
     pub fn new(config: &ResNetConfig, vb: VarBuilder) -> Result<Self> {
         if config.layers.len() != config.widths.len() || config.layers.is_empty() {
             candle_core::bail!(
@@ -140,6 +144,9 @@ impl ResNet {
     }
 
     /// torchvision's `resnet18`: BasicBlock, [2, 2, 2, 2] (11,689,512 parameters at 1000 classes).
+    ///
+    /// # Errors
+    /// `vb` cannot provide a parameter of the expected shape (weights of another layout).
     pub fn resnet18(num_classes: usize, vb: VarBuilder) -> Result<Self> {
         Self::new(
             &ResNetConfig::torchvision(BlockKind::Basic, [2, 2, 2, 2], num_classes),
@@ -148,6 +155,9 @@ impl ResNet {
     }
 
     /// torchvision's `resnet34`: BasicBlock, [3, 4, 6, 3].
+    ///
+    /// # Errors
+    /// `vb` cannot provide a parameter of the expected shape (weights of another layout).
     pub fn resnet34(num_classes: usize, vb: VarBuilder) -> Result<Self> {
         Self::new(
             &ResNetConfig::torchvision(BlockKind::Basic, [3, 4, 6, 3], num_classes),
@@ -156,6 +166,9 @@ impl ResNet {
     }
 
     /// torchvision's `resnet50`: Bottleneck, [3, 4, 6, 3] (25,557,032 parameters at 1000 classes).
+    ///
+    /// # Errors
+    /// `vb` cannot provide a parameter of the expected shape (weights of another layout).
     pub fn resnet50(num_classes: usize, vb: VarBuilder) -> Result<Self> {
         Self::new(
             &ResNetConfig::torchvision(BlockKind::Bottleneck, [3, 4, 6, 3], num_classes),
@@ -164,6 +177,9 @@ impl ResNet {
     }
 
     /// torchvision's `resnet101`: Bottleneck, [3, 4, 23, 3].
+    ///
+    /// # Errors
+    /// `vb` cannot provide a parameter of the expected shape (weights of another layout).
     pub fn resnet101(num_classes: usize, vb: VarBuilder) -> Result<Self> {
         Self::new(
             &ResNetConfig::torchvision(BlockKind::Bottleneck, [3, 4, 23, 3], num_classes),
@@ -172,6 +188,9 @@ impl ResNet {
     }
 
     /// torchvision's `resnet152`: Bottleneck, [3, 8, 36, 3].
+    ///
+    /// # Errors
+    /// `vb` cannot provide a parameter of the expected shape (weights of another layout).
     pub fn resnet152(num_classes: usize, vb: VarBuilder) -> Result<Self> {
         Self::new(
             &ResNetConfig::torchvision(BlockKind::Bottleneck, [3, 8, 36, 3], num_classes),
@@ -181,6 +200,9 @@ impl ResNet {
 
     /// The tutorial's ResNet-18: ImageNet stem, stage widths 64-128-192-256
     /// (4,192,202 parameters at 10 classes).
+    ///
+    /// # Errors
+    /// `vb` cannot provide a parameter of the expected shape (weights of another layout).
     pub fn resnet18_seed(num_classes: usize, vb: VarBuilder) -> Result<Self> {
         let config = ResNetConfig {
             widths: vec![64, 128, 192, 256],
@@ -191,6 +213,9 @@ impl ResNet {
 
     /// The usual CIFAR ResNet-18: 3x3 stride-1 stem, no max-pool, widths 64-128-256-512
     /// (11,173,962 parameters at 10 classes).
+    ///
+    /// # Errors
+    /// `vb` cannot provide a parameter of the expected shape (weights of another layout).
     pub fn resnet18_cifar(num_classes: usize, vb: VarBuilder) -> Result<Self> {
         let config = ResNetConfig {
             stem: Stem::Cifar,
@@ -215,6 +240,9 @@ impl ResNet {
     }
 
     /// The stem: convolution, batch norm, ReLU and (ImageNet stem) max-pool.
+    ///
+    /// # Errors
+    /// `xs` is not `(N, C, H, W)` with the stem's channels, or is too small for its kernels.
     pub fn stem_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let ys = self.bn1.forward_relu(&self.conv1.forward(xs)?, train)?;
         match self.config.stem {
@@ -224,6 +252,9 @@ impl ResNet {
     }
 
     /// Residual stage `index` (0 is `layer1`).
+    ///
+    /// # Errors
+    /// `index` is not a stage, or `xs` does not have the stage's input channels.
     pub fn stage_forward_t(&self, index: usize, xs: &Tensor, train: bool) -> Result<Tensor> {
         let stage = self.stages.get(index).ok_or_else(|| {
             candle_core::Error::Msg(format!(
@@ -237,11 +268,17 @@ impl ResNet {
     }
 
     /// Global average pooling of the last stage's output to (N, feature_dim).
+    ///
+    /// # Errors
+    /// `xs` is not `(N, C, H, W)`.
     pub fn pool(&self, xs: &Tensor) -> Result<Tensor> {
         adaptive_avg_pool2d(xs, (1, 1))?.flatten_from(1)
     }
 
     /// The pooled features `fc` reads: everything but the head.
+    ///
+    /// # Errors
+    /// As [`ResNet::stem_forward_t`]. Input `(N, C, H, W)`, output `(N, feature_dim)`.
     pub fn features_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let mut ys = self.stem_forward_t(xs, train)?;
         for i in 0..self.stages.len() {

@@ -19,6 +19,10 @@ pub fn temp_path(path: &Path) -> PathBuf {
 }
 
 /// Calls `write` on a temporary path beside `path`, then renames it over `path`.
+///
+/// # Errors
+/// `write` fails, or the temporary file cannot be renamed over `path`; the temporary file is
+/// removed either way.
 pub fn write_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = temp_path(path);
     let result = write(&tmp).and_then(|()| {
@@ -32,6 +36,9 @@ pub fn write_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Resul
 }
 
 /// Writes `bytes` to `path` atomically.
+///
+/// # Errors
+/// The temporary file cannot be written or renamed (the path is named).
 pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     write_with(path, |tmp| {
         std::fs::write(tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))

@@ -8,182 +8,20 @@ use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, Args as _, Command, FromArgMatches as _};
 use datasets::Dataset;
 
-use crate::config::{
-    DataPlacement, DatasetKind, OptimizerKind, Precision, RunConfig, ScheduleKind, ADAM_BETAS,
-};
+use crate::config::{OptimizerKind, RunConfig};
+use crate::flags::{apply_on_resume, table};
+pub use crate::flags::{Args, Recipe};
 use crate::inference::{evaluate, predict, EvaluateArgs, PredictArgs};
 use crate::run::{run, Outcome};
 use crate::rundir::RunDir;
 use crate::state;
 
-/// The flags of every training program. Unset flags take the program's [`Recipe`] defaults
-/// (shown in `--help`); on `--resume`, the saved run's configuration.
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct Args {
-    /// Directory holding the data set (else it is downloaded from the Hugging Face Hub)
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// Output directory [default: runs/<program>-<timestamp>; with --resume, that directory]
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Model name (see the zoo)
-    #[arg(long)]
-    pub model: Option<String>,
-    /// Epochs to train in total
-    #[arg(long)]
-    pub epochs: Option<usize>,
-    /// Training batch size
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    /// Test batch size
-    #[arg(long)]
-    pub test_batch_size: Option<usize>,
-    /// Optimizer
-    #[arg(long, value_enum)]
-    pub optimizer: Option<OptimizerKind>,
-    /// Learning rate (OneCycle: the peak rate)
-    #[arg(long)]
-    pub lr: Option<f64>,
-    /// SGD momentum
-    #[arg(long)]
-    pub momentum: Option<f64>,
-    /// Adam's and AdamW's (beta1, beta2), as torch.optim.Adam(betas=...)
-    #[arg(long, value_delimiter = ',', num_args = 1)]
-    pub betas: Option<Vec<f64>>,
-    /// Weight decay (L2 for SGD and Adam, decoupled for AdamW)
-    #[arg(long)]
-    pub weight_decay: Option<f64>,
-    /// Nesterov momentum (SGD)
-    #[arg(long)]
-    pub nesterov: bool,
-    /// Learning-rate schedule
-    #[arg(long, value_enum)]
-    pub schedule: Option<ScheduleKind>,
-    /// MultiStepLR milestones in epochs, comma separated
-    #[arg(long, value_delimiter = ',')]
-    pub milestones: Option<Vec<usize>>,
-    /// StepLR period in epochs
-    #[arg(long)]
-    pub step_size: Option<usize>,
-    /// StepLR / MultiStepLR decay factor
-    #[arg(long)]
-    pub gamma: Option<f64>,
-    /// Epochs of linear warm-up before the schedule
-    #[arg(long)]
-    pub warmup_epochs: Option<usize>,
-    /// Cross-entropy label smoothing
-    #[arg(long)]
-    pub label_smoothing: Option<f64>,
-    /// Training transform: a preset (mnist-train, cifar10-train, ...) or steps such as
-    /// `random-crop:32:4,flip,normalize:cifar10`
-    #[arg(long)]
-    pub train_transform: Option<String>,
-    /// Test transform: a preset (mnist-test, cifar10-test, ...) or steps
-    #[arg(long)]
-    pub test_transform: Option<String>,
-    /// Random seed (initialisation, data order, augmentation, dropout)
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// auto, cpu, cuda or cuda:N
-    #[arg(long)]
-    pub device: Option<String>,
-    /// Continue the run saved in this directory
-    #[arg(long)]
-    pub resume: Option<PathBuf>,
-    /// Start afresh in an --out that already holds a run, replacing its checkpoints and state
-    #[arg(long, conflicts_with = "resume")]
-    pub overwrite: bool,
-    /// Train on N training images: a seeded subset keeping each class's share
-    #[arg(long)]
-    pub limit_train: Option<usize>,
-    /// Test on N test images: a seeded subset keeping each class's share
-    #[arg(long)]
-    pub limit_test: Option<usize>,
-    /// Data-loading threads [default: the number of CPUs]
-    #[arg(long)]
-    pub workers: Option<usize>,
-    /// f32; tf32: CUDA's f32 matrix products on TF32 tensor cores; bf16: convolutions and
-    /// matrix products in bfloat16, weights and optimizer in f32
-    #[arg(long, value_enum)]
-    pub precision: Option<Precision>,
-    /// auto, host or device: hold the images on the GPU as u8 and crop, flip and normalise
-    /// there (auto: on a GPU when the transforms allow)
-    #[arg(long, value_enum)]
-    pub data_placement: Option<DataPlacement>,
-}
-
-/// A program's defaults: the tutorial's recipe for its section.
-#[derive(Debug, Clone)]
-pub struct Recipe {
-    /// Program name (`train-mnist`).
-    pub program: &'static str,
-    /// One line for `--help`.
-    pub about: &'static str,
-    /// The data set.
-    pub dataset: DatasetKind,
-    /// The models `--model` accepts; empty: any zoo model that fits the data.
-    pub models: &'static [&'static str],
-    /// Default model.
-    pub model: &'static str,
-    /// Default optimizer.
-    pub optimizer: OptimizerKind,
-    /// Default learning rate.
-    pub lr: f64,
-    /// Default SGD momentum.
-    pub momentum: f64,
-    /// Default weight decay.
-    pub weight_decay: f64,
-    /// Default schedule.
-    pub schedule: ScheduleKind,
-    /// Default MultiStepLR milestones.
-    pub milestones: &'static [usize],
-    /// Default decay factor.
-    pub gamma: f64,
-    /// Default epochs.
-    pub epochs: usize,
-    /// Default training batch size.
-    pub batch_size: usize,
-    /// Default test batch size.
-    pub test_batch_size: usize,
-    /// Default training transform preset.
-    pub train_transform: &'static str,
-    /// Default test transform preset.
-    pub test_transform: &'static str,
-}
-
-const DEFAULT_SEED: u64 = 1;
-const DEFAULT_STEP_SIZE: usize = 30;
-
 impl Recipe {
     /// The clap command: [`Args`] with this recipe's defaults in the help text.
     pub fn command(&self) -> Command {
-        let milestones: Vec<String> = self.milestones.iter().map(|m| m.to_string()).collect();
-        let defaults = [
-            ("model", self.model.to_string()),
-            ("epochs", self.epochs.to_string()),
-            ("batch_size", self.batch_size.to_string()),
-            ("test_batch_size", self.test_batch_size.to_string()),
-            ("optimizer", format!("{:?}", self.optimizer).to_lowercase()),
-            ("lr", self.lr.to_string()),
-            ("momentum", self.momentum.to_string()),
-            ("betas", format!("{},{}", ADAM_BETAS.0, ADAM_BETAS.1)),
-            ("weight_decay", self.weight_decay.to_string()),
-            ("schedule", format!("{:?}", self.schedule).to_lowercase()),
-            ("milestones", milestones.join(",")),
-            ("step_size", DEFAULT_STEP_SIZE.to_string()),
-            ("gamma", self.gamma.to_string()),
-            ("warmup_epochs", "0".to_string()),
-            ("label_smoothing", "0".to_string()),
-            ("train_transform", self.train_transform.to_string()),
-            ("test_transform", self.test_transform.to_string()),
-            ("seed", DEFAULT_SEED.to_string()),
-            ("device", "auto".to_string()),
-            ("precision", "f32".to_string()),
-            ("data_placement", "auto".to_string()),
-        ];
         // After the flags: their struct's doc comment would otherwise become the description.
         let mut cmd = Args::augment_args(Command::new(self.program)).about(self.about);
-        for (id, value) in defaults {
+        for (id, value) in self.help_defaults() {
             cmd = cmd.mut_arg(id, |a| {
                 let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
                 a.help(format!("{help} [default: {value}]"))
@@ -207,6 +45,9 @@ impl Recipe {
     }
 
     /// Parses `argv` (program name first) into [`Args`].
+    ///
+    /// # Errors
+    /// Unknown flags and values clap cannot parse (the error prints as clap's usage message).
     pub fn parse<I, T>(&self, argv: I) -> Result<Args, clap::Error>
     where
         I: IntoIterator<Item = T>,
@@ -217,73 +58,40 @@ impl Recipe {
     }
 
     /// The configuration of a fresh run: the flags given, this recipe's defaults for the rest.
+    ///
+    /// # Errors
+    /// `--model` is not one of the recipe's models, `--momentum` with Adam or `--betas` with SGD,
+    /// `--betas` with other than two numbers, or a value that [`RunConfig::validate`] refuses.
     pub fn config(&self, args: &Args) -> Result<RunConfig> {
-        let model = args.model.clone().unwrap_or_else(|| self.model.to_string());
-        if !self.models.is_empty() && !self.models.contains(&model.as_str()) {
+        let mut config = self.resolve(args)?;
+        if !self.models.is_empty() && !self.models.contains(&config.model.as_str()) {
             bail!(
-                "{} trains {}; --model {model} is not one of them",
+                "{} trains {}; --model {} is not one of them",
                 self.program,
-                self.models.join(" or ")
+                self.models.join(" or "),
+                config.model
             );
         }
-        let optimizer = args.optimizer.unwrap_or(self.optimizer);
-        let adam = optimizer != OptimizerKind::Sgd;
+        let adam = config.optimizer != OptimizerKind::Sgd;
         if adam && args.momentum.is_some() {
             bail!("--momentum is SGD's; Adam's beta1 is the first of --betas (default 0.9,0.999)");
         }
         if !adam && args.betas.is_some() {
             bail!("--betas are Adam's and AdamW's; SGD takes --momentum");
         }
-        let betas = match args.betas.as_deref() {
-            None => adam.then_some(ADAM_BETAS),
-            Some(&[b1, b2]) => Some((b1, b2)),
-            Some(other) => bail!("--betas takes two numbers (beta1,beta2), got {other:?}"),
-        };
-        let config = RunConfig {
-            program: self.program.to_string(),
-            dataset: self.dataset,
-            data_dir: args.data_dir.clone(),
-            model,
-            epochs: args.epochs.unwrap_or(self.epochs),
-            batch_size: args.batch_size.unwrap_or(self.batch_size),
-            test_batch_size: args.test_batch_size.unwrap_or(self.test_batch_size),
-            optimizer,
-            lr: args.lr.unwrap_or(self.lr),
-            momentum: args.momentum.unwrap_or(self.momentum),
-            betas,
-            weight_decay: args.weight_decay.unwrap_or(self.weight_decay),
-            nesterov: args.nesterov,
-            schedule: args.schedule.unwrap_or(self.schedule),
-            milestones: args
-                .milestones
-                .clone()
-                .unwrap_or_else(|| self.milestones.to_vec()),
-            step_size: args.step_size.unwrap_or(DEFAULT_STEP_SIZE),
-            gamma: args.gamma.unwrap_or(self.gamma),
-            warmup_epochs: args.warmup_epochs.unwrap_or(0),
-            label_smoothing: args.label_smoothing.unwrap_or(0.0),
-            train_transform: args
-                .train_transform
-                .clone()
-                .unwrap_or_else(|| self.train_transform.to_string()),
-            test_transform: args
-                .test_transform
-                .clone()
-                .unwrap_or_else(|| self.test_transform.to_string()),
-            seed: args.seed.unwrap_or(DEFAULT_SEED),
-            device: args.device.clone().unwrap_or_else(|| "auto".to_string()),
-            limit_train: args.limit_train,
-            limit_test: args.limit_test,
-            workers: args.workers.unwrap_or_else(default_workers),
-            precision: args.precision.unwrap_or_default(),
-            data_placement: args.data_placement.unwrap_or_default(),
-        };
+        if !adam {
+            config.betas = None;
+        }
         config.validate()?;
         Ok(config)
     }
 
     /// Runs the program with parsed flags: a fresh run, or a resumed one with `--resume`.
     /// The output directory is checked and locked (see [`RunDir`]) before the data is loaded.
+    ///
+    /// # Errors
+    /// Any error of [`Recipe::config`], [`resumed_config`], the run directory ([`RunDir`]), loading
+    /// the data ([`load_data`]) or training ([`run`]).
     pub fn run(&self, args: &Args) -> Result<Outcome> {
         let Some(dir) = &args.resume else {
             let config = self.config(args)?;
@@ -301,6 +109,10 @@ impl Recipe {
     }
 
     /// The locked output directory of a fresh run: `--out`, or `runs/<program>-<timestamp>`.
+    ///
+    /// # Errors
+    /// As [`RunDir::fresh`]: the directory cannot be created or locked, or holds a run and
+    /// `--overwrite` is not given.
     pub fn fresh_dir(&self, args: &Args) -> Result<RunDir> {
         let out = args
             .out
@@ -348,138 +160,29 @@ impl Recipe {
     }
 }
 
-/// The saved configuration, with the flags a resumed run may change applied: `--epochs`,
-/// `--device`, `--workers`, `--data-placement`, `--data-dir`. Other training flags may be given
-/// with the saved value (re-running the same command with `--resume` added works); a different
-/// value is refused, naming the flag, the saved value and the given one, since it would make
-/// the run differ from the one being continued.
+/// The saved configuration, with the flags a resumed run may change applied (those the
+/// [`crate::flags`] table marks changeable: `--epochs`, `--device`, `--workers`,
+/// `--data-placement`, `--data-dir`). Other training flags may be given with the saved value
+/// (re-running the same command with `--resume` added works); a different value is refused,
+/// naming the flag, the saved value and the given one, since it would make the run differ from
+/// the one being continued.
+///
+/// # Errors
+/// A fixed flag differs from the saved run, or the result fails [`RunConfig::validate`].
 pub fn resumed_config(saved: &RunConfig, args: &Args) -> Result<RunConfig> {
-    let mut changed = Vec::new();
-    let mut check = |flag: &str, given: Option<String>, saved: String| {
-        if let Some(given) = given.filter(|g| *g != saved) {
-            changed.push(format!("{flag} {given} (the run has {saved})"));
-        }
-    };
-    let text = |v: &dyn std::fmt::Debug| format!("{v:?}").to_lowercase();
-    check("--model", args.model.clone(), saved.model.clone());
-    check(
-        "--batch-size",
-        args.batch_size.map(|v| v.to_string()),
-        saved.batch_size.to_string(),
-    );
-    check(
-        "--test-batch-size",
-        args.test_batch_size.map(|v| v.to_string()),
-        saved.test_batch_size.to_string(),
-    );
-    check(
-        "--optimizer",
-        args.optimizer.map(|v| text(&v)),
-        text(&saved.optimizer),
-    );
-    check("--lr", args.lr.map(|v| v.to_string()), saved.lr.to_string());
-    check(
-        "--momentum",
-        args.momentum.map(|v| v.to_string()),
-        saved.momentum.to_string(),
-    );
-    check(
-        "--betas",
-        args.betas.as_ref().map(|v| text(v)),
-        text(&saved.betas.map(|(a, b)| vec![a, b]).unwrap_or_default()),
-    );
-    check(
-        "--weight-decay",
-        args.weight_decay.map(|v| v.to_string()),
-        saved.weight_decay.to_string(),
-    );
-    check(
-        "--nesterov",
-        args.nesterov.then(|| "true".into()),
-        saved.nesterov.to_string(),
-    );
-    check(
-        "--schedule",
-        args.schedule.map(|v| text(&v)),
-        text(&saved.schedule),
-    );
-    check(
-        "--milestones",
-        args.milestones.as_ref().map(|v| text(v)),
-        text(&saved.milestones),
-    );
-    check(
-        "--step-size",
-        args.step_size.map(|v| v.to_string()),
-        saved.step_size.to_string(),
-    );
-    check(
-        "--gamma",
-        args.gamma.map(|v| v.to_string()),
-        saved.gamma.to_string(),
-    );
-    check(
-        "--warmup-epochs",
-        args.warmup_epochs.map(|v| v.to_string()),
-        saved.warmup_epochs.to_string(),
-    );
-    check(
-        "--label-smoothing",
-        args.label_smoothing.map(|v| v.to_string()),
-        saved.label_smoothing.to_string(),
-    );
-    check(
-        "--train-transform",
-        args.train_transform.clone(),
-        saved.train_transform.clone(),
-    );
-    check(
-        "--test-transform",
-        args.test_transform.clone(),
-        saved.test_transform.clone(),
-    );
-    check(
-        "--seed",
-        args.seed.map(|v| v.to_string()),
-        saved.seed.to_string(),
-    );
-    check(
-        "--limit-train",
-        args.limit_train.map(|v| v.to_string()),
-        saved.limit_train.map_or("none".into(), |v| v.to_string()),
-    );
-    check(
-        "--limit-test",
-        args.limit_test.map(|v| v.to_string()),
-        saved.limit_test.map_or("none".into(), |v| v.to_string()),
-    );
-    check(
-        "--precision",
-        args.precision.map(|v| text(&v)),
-        text(&saved.precision),
-    );
-    if !changed.is_empty() {
+    let (config, refused) = apply_on_resume(saved, args)?;
+    if !refused.is_empty() {
+        let changeable: Vec<String> = table()
+            .iter()
+            .filter(|f| f.changeable)
+            .map(|f| f.flag())
+            .collect();
         bail!(
-            "--resume continues the saved configuration; these flags differ from it: {} (only \
-             --epochs, --device, --workers, --data-placement and --data-dir can change)",
-            changed.join(", ")
+            "--resume continues the saved configuration; these flags differ from it: {} (only {} \
+             can change)",
+            refused.join(", "),
+            changeable.join(", ")
         );
-    }
-    let mut config = saved.clone();
-    if let Some(epochs) = args.epochs {
-        config.epochs = epochs;
-    }
-    if let Some(device) = &args.device {
-        config.device = device.clone();
-    }
-    if let Some(workers) = args.workers {
-        config.workers = workers;
-    }
-    if let Some(placement) = args.data_placement {
-        config.data_placement = placement;
-    }
-    if let Some(dir) = &args.data_dir {
-        config.data_dir = Some(dir.clone());
     }
     config.validate()?;
     Ok(config)
@@ -489,6 +192,10 @@ pub fn resumed_config(saved: &RunConfig, args: &Args) -> Result<RunConfig> {
 /// `--limit-test`, keeps a seeded stratified subset of each half
 /// ([`datasets::stratified_indices`]), the same for a given seed, and logs its class counts
 /// when they are unbalanced.
+///
+/// # Errors
+/// The data set cannot be found, downloaded or read (with the reader's reason), or a subset cannot
+/// be drawn.
 pub fn load_data(config: &RunConfig) -> Result<datasets::Split> {
     let split = datasets::catalog::load(config.dataset.spec(), config.data_dir.as_deref())
         .context("cannot load the data set")?;
@@ -534,10 +241,6 @@ fn limited(
     Ok(Arc::new(subset))
 }
 
-fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 /// `runs/<program>-<UTC timestamp>`.
 pub fn default_out(program: &str) -> PathBuf {
     let secs = std::time::SystemTime::now()
@@ -570,6 +273,7 @@ fn utc_timestamp(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{DataPlacement, DatasetKind, Precision, ScheduleKind, ADAM_BETAS};
 
     const RECIPE: Recipe = Recipe {
         program: "train-test",
@@ -656,6 +360,80 @@ mod tests {
             .err()
             .map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("--lr")));
+        Ok(())
+    }
+
+    /// The "add a flag" recipe: every row of the `flags` table is a flag with its help and
+    /// (where it has one) its default in `--help`, and `--resume` applies the changeable ones
+    /// and refuses any other value of the fixed ones, naming the flag.
+    #[test]
+    fn each_flag_of_the_table_has_help_a_default_and_a_resume_rule() -> Result<()> {
+        const VALUES: [&str; 12] = [
+            "2", "7", "0.5", "0.25", "sgd", "adamw", "cosine", "bf16", "host", "4,6", "0.8,0.99",
+            "other",
+        ];
+        let command = RECIPE.command();
+        let saved = RECIPE.config(&RECIPE.parse([
+            "prog",
+            "--data-dir",
+            "d",
+            "--milestones",
+            "3,5",
+            "--limit-train",
+            "100",
+            "--limit-test",
+            "50",
+            "--workers",
+            "3",
+        ])?)?;
+        for row in table() {
+            let flag = row.flag();
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_id() == row.field)
+                .unwrap_or_else(|| panic!("{flag} is no flag"));
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(help.len() > 10, "{flag}: {help}");
+            let defaults = help.matches("[default: ").count();
+            assert!(
+                defaults <= 1 && (defaults == 1 || !row.default_in_help),
+                "{flag}: {help}"
+            );
+            let resumed = |value: Option<&str>| -> Result<Result<RunConfig, String>> {
+                let mut argv = vec!["prog", "--resume", "x", &flag];
+                argv.extend(value);
+                Ok(resumed_config(&saved, &RECIPE.parse(argv)?).map_err(|e| e.to_string()))
+            };
+            let takes_value = arg.get_action().takes_values();
+            let same = (row.value)(&saved);
+            if takes_value {
+                assert_eq!(resumed(Some(&same))?, Ok(saved.clone()), "{flag} {same}");
+            }
+            let others: Vec<Option<&str>> = if takes_value {
+                VALUES
+                    .iter()
+                    .filter(|v| **v != same)
+                    .map(|v| Some(*v))
+                    .collect()
+            } else {
+                vec![None]
+            };
+            let mut tried = 0;
+            for value in others {
+                let Ok(outcome) = resumed(value) else {
+                    continue; // not a value of this flag
+                };
+                tried += 1;
+                if row.changeable {
+                    let config = outcome.map_err(anyhow::Error::msg)?;
+                    assert_eq!(Some((row.value)(&config).as_str()), value, "{flag}");
+                } else {
+                    let err = outcome.expect_err(&flag);
+                    assert!(err.contains(&format!("{flag} ")), "{flag}: {err}");
+                }
+            }
+            assert!(tried > 0, "{flag}: no value tried");
+        }
         Ok(())
     }
 

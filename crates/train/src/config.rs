@@ -163,51 +163,12 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
-    /// A one-epoch run of `model` on `dataset` with PyTorch's defaults elsewhere: SGD at 0.01
-    /// with momentum 0.9, a constant rate, batches of 64 (1000 for testing), the data set's
-    /// transform presets, seed 1, the CPU, one worker. Programs start from their
-    /// [`crate::cli::Recipe`]; this is for code that builds a run by hand:
-    ///
-    /// ```
-    /// use train::config::{DatasetKind, RunConfig};
-    /// let config = RunConfig { epochs: 3, ..RunConfig::new("mine", DatasetKind::Mnist, "lenet5") };
-    /// assert_eq!(config.train_transform, "mnist-train");
-    /// ```
-    pub fn new(program: &str, dataset: DatasetKind, model: &str) -> Self {
-        let spec = dataset.spec();
-        Self {
-            program: program.into(),
-            dataset,
-            data_dir: None,
-            model: model.into(),
-            epochs: 1,
-            batch_size: 64,
-            test_batch_size: 1000,
-            optimizer: OptimizerKind::Sgd,
-            lr: 0.01,
-            momentum: 0.9,
-            betas: None,
-            weight_decay: 0.0,
-            nesterov: false,
-            schedule: ScheduleKind::Constant,
-            milestones: vec![],
-            step_size: 1,
-            gamma: 0.1,
-            warmup_epochs: 0,
-            label_smoothing: 0.0,
-            train_transform: spec.train_transform.into(),
-            test_transform: spec.test_transform.into(),
-            seed: 1,
-            device: "cpu".into(),
-            limit_train: None,
-            limit_test: None,
-            workers: 1,
-            precision: Precision::default(),
-            data_placement: DataPlacement::default(),
-        }
-    }
-
     /// Checks values that no run could use, naming the flag and the value.
+    ///
+    /// # Errors
+    /// The first unusable value: counts outside `[least, MAX_COUNT]` (`MAX_WORKERS` for
+    /// `--workers`), negative or non-finite rates, Adam betas outside `[0, 1)`, a `--gamma` not
+    /// above 0, label smoothing outside `[0, 1]`, or a limit of 0.
     pub fn validate(&self) -> Result<()> {
         let counts = [
             ("--epochs", self.epochs, 1),
@@ -294,6 +255,9 @@ impl RunConfig {
     }
 
     /// The configured optimizer over `params`.
+    ///
+    /// # Errors
+    /// The optimizer refuses its configuration, as PyTorch does (see `Sgd::new` and `Adam::new`).
     pub fn optimizer(&self, params: Vec<NamedVar>) -> Result<Box<dyn Optimizer>> {
         let optimizer: Box<dyn Optimizer> = match self.optimizer {
             OptimizerKind::Sgd => Box::new(Sgd::new(

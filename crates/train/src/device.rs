@@ -10,6 +10,9 @@ use candle_core::Device;
 /// assert!(train::device::parse_device("cpu").unwrap().is_cpu());
 /// assert!(train::device::parse_device("tpu").is_err());
 /// ```
+///
+/// # Errors
+/// An unknown name, a malformed GPU index, or a CUDA device this build or machine cannot open.
 pub fn parse_device(name: &str) -> Result<Device> {
     match name.trim().to_ascii_lowercase().as_str() {
         "cpu" => Ok(Device::Cpu),

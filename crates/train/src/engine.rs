@@ -94,6 +94,10 @@ pub fn train_epoch<M: ModuleT + ?Sized>(
 /// Tests `model` in eval mode over `loader` (in its order), on `device`. The loss is the
 /// training criterion, cross-entropy with `label_smoothing`, as torchvision's reference
 /// scripts evaluate; accuracy does not depend on it.
+///
+/// # Errors
+/// A batch cannot be read or moved to `device`, or the forward pass or the loss fails (for example
+/// logits that are not `(N, num_classes)`).
 pub fn evaluate<M: ModuleT + ?Sized>(
     model: &M,
     loader: &dyn BatchSource,

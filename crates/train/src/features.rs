@@ -22,6 +22,10 @@ impl CachedFeatures {
     /// Runs `backbone` (images `(N, C, H, W)` to features `(N, F)`, typically a frozen network
     /// in evaluation mode) over every batch of `images`, on `device`; serves the features in
     /// batches of `batch_size`, shuffled per epoch from `shuffle` (a seed) or in order.
+    ///
+    /// # Errors
+    /// `backbone` fails on a batch, a batch cannot be read from `images` or moved to `device`, or
+    /// the batches' features differ in shape.
     pub fn compute(
         backbone: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
         images: &dyn BatchSource,

@@ -7,6 +7,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::atomic;
+use crate::rundir::{METRICS_CSV, METRICS_JSON};
 
 /// The header of `metrics.csv`.
 pub const CSV_HEADER: &str = "epoch,train_loss,train_acc,test_loss,test_acc,lr,seconds";
@@ -59,10 +60,13 @@ pub fn to_csv(records: &[EpochRecord]) -> String {
 }
 
 /// Writes `metrics.csv` and `metrics.json` into `dir`, each atomically.
+///
+/// # Errors
+/// A file cannot be written (named in the error).
 pub fn save(dir: &Path, records: &[EpochRecord]) -> Result<()> {
-    atomic::write_bytes(&dir.join("metrics.csv"), to_csv(records).as_bytes())?;
+    atomic::write_bytes(&dir.join(METRICS_CSV), to_csv(records).as_bytes())?;
     let json = serde_json::to_vec_pretty(records)?;
-    atomic::write_bytes(&dir.join("metrics.json"), &json)
+    atomic::write_bytes(&dir.join(METRICS_JSON), &json)
 }
 
 #[cfg(test)]

@@ -14,13 +14,12 @@ use serde::Serialize;
 use crate::config::RunConfig;
 use crate::device::parse_device;
 use crate::engine::evaluate as evaluate_pass;
-use crate::run::{BEST, LAST};
-use crate::rundir::CONFIG;
-
-/// The class names of a run, in label order (a JSON list), beside its checkpoints.
-pub const CLASSES: &str = "classes.json";
+use crate::rundir::{evaluated_confusion, evaluation_summary, BEST, CLASSES, CONFIG, LAST};
 
 /// Writes `classes` as `dir/classes.json`.
+///
+/// # Errors
+/// The file cannot be written.
 pub fn save_classes(dir: &Path, classes: &[String]) -> Result<()> {
     crate::atomic::write_bytes(&dir.join(CLASSES), &serde_json::to_vec_pretty(classes)?)
 }
@@ -204,9 +203,9 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
     let out = args.out.clone().unwrap_or_else(|| args.run.clone());
     std::fs::create_dir_all(&out)
         .with_context(|| format!("--out {}: cannot create the directory", out.display()))?;
-    let picture = out.join(format!("confusion-{}.png", trained.tag));
+    let picture = out.join(evaluated_confusion(&trained.tag));
     crate::pictures::save_confusion_as(&picture, m.confusion(), &trained.classes)?;
-    let summary = out.join(format!("evaluation-{}.json", trained.tag));
+    let summary = out.join(evaluation_summary(&trained.tag));
     crate::atomic::write_bytes(&summary, &serde_json::to_vec_pretty(&evaluation)?)?;
     crate::say!("wrote {} and {}", picture.display(), summary.display());
     Ok(evaluation)
@@ -314,6 +313,9 @@ impl<'a> Predictor<'a> {
     }
 
     /// The five most probable classes (fewer when there are fewer), best first.
+    ///
+    /// # Errors
+    /// The image cannot be read or decoded, or the forward pass fails.
     pub fn top5(&self, path: &Path) -> Result<Vec<(String, f32)>> {
         let probs = self.probabilities(path)?;
         let mut order: Vec<usize> = (0..probs.len()).collect();

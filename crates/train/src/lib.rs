@@ -10,6 +10,7 @@ pub mod config;
 pub mod device;
 pub mod engine;
 pub mod features;
+pub mod flags;
 pub mod history;
 pub mod inference;
 pub mod loss;
@@ -23,5 +24,6 @@ pub mod rundir;
 pub mod schedule;
 pub mod source;
 pub mod state;
+#[cfg(feature = "test-support")]
 pub mod synthetic;
 pub mod tensorboard;

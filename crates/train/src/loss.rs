@@ -17,6 +17,9 @@ use candle_core::{DType, Tensor, D};
 /// assert!((loss - 2f32.ln()).abs() < 1e-6);
 /// # Ok(()) }
 /// ```
+///
+/// # Errors
+/// `label_smoothing` outside `[0, 1]`, `logits` not `(N, K)`, or `labels` not `(N,)`.
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor, label_smoothing: f64) -> Result<Tensor> {
     if !(0.0..=1.0).contains(&label_smoothing) {
         bail!("label smoothing must lie in [0, 1], got {label_smoothing}");

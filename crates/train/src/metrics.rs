@@ -27,6 +27,10 @@ impl Metrics {
 
     /// Adds a batch: its mean loss, each sample's logits (`logits[i]` has one value per class)
     /// and labels. Returns each sample's predicted class (the first maximal logit, as `argmax`).
+    ///
+    /// # Errors
+    /// `logits` and `labels` differ in length, a row has another number of classes, or a label is
+    /// not a class.
     pub fn update(
         &mut self,
         mean_loss: f64,

@@ -7,12 +7,16 @@ use datasets::Dataset;
 
 use crate::atomic;
 use crate::history::EpochRecord;
+use crate::rundir::{CONFUSION, CURVES, PREDICTIONS};
 
 /// How many test images `predictions.png` shows (the tutorial's ten).
 pub const PREDICTION_TILES: usize = 10;
 
 /// Writes `curves.png`: loss and accuracy per epoch, train and test (viz takes accuracy as a
 /// fraction; the history holds percent).
+///
+/// # Errors
+/// The picture cannot be drawn or written.
 pub fn save_curves(dir: &Path, title: &str, history: &[EpochRecord]) -> Result<()> {
     let points: Vec<viz::EpochPoint> = history
         .iter()
@@ -24,13 +28,16 @@ pub fn save_curves(dir: &Path, title: &str, history: &[EpochRecord]) -> Result<(
             test_acc: r.test_acc / 100.0,
         })
         .collect();
-    atomic::write_with(&dir.join("curves.png"), |tmp| {
+    atomic::write_with(&dir.join(CURVES), |tmp| {
         viz::save_curves(tmp, title, &points)
     })
 }
 
 /// Writes `predictions.png`: the raw (un-normalised) test images `predictions[i].0` with their
 /// true and predicted classes; wrong predictions are highlighted.
+///
+/// # Errors
+/// A test image cannot be read, or the picture cannot be drawn or written.
 pub fn save_predictions(
     dir: &Path,
     title: &str,
@@ -52,17 +59,23 @@ pub fn save_predictions(
             highlight: label != predicted,
         });
     }
-    atomic::write_with(&dir.join("predictions.png"), |tmp| {
+    atomic::write_with(&dir.join(PREDICTIONS), |tmp| {
         viz::save_image_grid(tmp, title, &tiles, 5)
     })
 }
 
 /// Writes `confusion.png` for counts by true class (rows) and predicted class (columns).
+///
+/// # Errors
+/// The matrix is not square or does not match `classes`, or the picture cannot be written.
 pub fn save_confusion(dir: &Path, confusion: &[Vec<u64>], classes: &[String]) -> Result<()> {
-    save_confusion_as(&dir.join("confusion.png"), confusion, classes)
+    save_confusion_as(&dir.join(CONFUSION), confusion, classes)
 }
 
 /// The confusion matrix as the PNG file `path`.
+///
+/// # Errors
+/// The matrix is not square or does not match `classes`, or the picture cannot be written.
 pub fn save_confusion_as(path: &Path, confusion: &[Vec<u64>], classes: &[String]) -> Result<()> {
     atomic::write_with(path, |tmp| viz::save_confusion(tmp, confusion, classes))
 }

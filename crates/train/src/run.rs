@@ -15,15 +15,11 @@ use crate::device::{device_name, parse_device};
 use crate::engine::{evaluate, train_epoch, Pass, TrainStep};
 use crate::history::{self, EpochRecord};
 use crate::optim::{NamedVar, Optimizer};
+use crate::rundir::{BEST, CONFIG, CONFUSION, LAST, PREDICTIONS};
 use crate::source::BatchSource;
 use crate::state::{self, ResumeState, StateTensors};
 use crate::tensorboard::EventWriter;
 use crate::{atomic, pictures};
-
-/// File name of the weights with the best test accuracy.
-pub const BEST: &str = "best.safetensors";
-/// File name of the weights after the last finished epoch.
-pub const LAST: &str = "last.safetensors";
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]
@@ -60,6 +56,10 @@ pub struct Trainee<'a> {
 
 /// Trains the zoo model `config.model` on `data`, writing into `out`; with `resume`, continues
 /// the saved run (loaded with [`state::load`]) to the same weights an uninterrupted run would reach.
+///
+/// # Errors
+/// An unknown or unfitting model, a device that cannot be used, a resume state that does not match
+/// the model, a non-finite loss or weight, or an output file that cannot be written.
 pub fn run(
     config: &RunConfig,
     data: Split,
@@ -96,6 +96,10 @@ pub fn run(
 
 /// Trains `trainee` as `config` says (optimizer, schedule, epochs, seed), writing checkpoints,
 /// resumable state, metrics and pictures into `out`; with `resume`, continues a saved run.
+///
+/// # Errors
+/// As [`run`]: a state that does not fit, a non-finite loss or weight, or an output that cannot be
+/// written.
 pub fn train(
     config: &RunConfig,
     trainee: Trainee<'_>,
@@ -124,10 +128,7 @@ pub fn train(
     let _precision = config.precision.enter();
 
     let mut progress = restore(store, optimizer.as_mut(), resume)?;
-    atomic::write_bytes(
-        &out.join(crate::rundir::CONFIG),
-        &serde_json::to_vec_pretty(config)?,
-    )?;
+    atomic::write_bytes(&out.join(CONFIG), &serde_json::to_vec_pretty(config)?)?;
     crate::inference::save_classes(out, &classes)?;
     if !progress.history.is_empty() {
         // A run killed between its state and its metrics resumes with both complete.
@@ -363,9 +364,8 @@ impl Outputs<'_> {
         )?;
         let step = progress.epochs_done as i64;
         self.events
-            .png("predictions", step, &out.join("predictions.png"))?;
-        self.events
-            .png("confusion", step, &out.join("confusion.png"))?;
+            .png("predictions", step, &out.join(PREDICTIONS))?;
+        self.events.png("confusion", step, &out.join(CONFUSION))?;
         self.events.flush()
     }
 }
@@ -476,6 +476,10 @@ fn save_state(
 }
 
 /// The training (shuffled) or test loader that `config` describes for `dataset`.
+///
+/// # Errors
+/// The transform cannot be parsed ([`datasets::Transform::parse`]), or the loader refuses its
+/// configuration ([`Loader::new`]).
 pub fn loader(config: &RunConfig, dataset: &Arc<dyn Dataset>, train: bool) -> Result<Loader> {
     let (name, batch_size, limit) = if train {
         (
@@ -508,6 +512,10 @@ pub fn loader(config: &RunConfig, dataset: &Arc<dyn Dataset>, train: bool) -> Re
 /// `loader`'s batches as `config.data_placement` says: from the host loader, or from the data
 /// held on `device` ([`ResidentLoader`]; `auto` picks it on a GPU when the transforms allow).
 /// The batches are the same either way. `what` names the split in the log.
+///
+/// # Errors
+/// The device cannot hold the data (`device` placement), or the transforms cannot run there when
+/// `device` placement is asked for.
 pub fn source(
     config: &RunConfig,
     loader: Loader,

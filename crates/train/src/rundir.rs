@@ -7,13 +7,56 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::run::{BEST, LAST};
-use crate::state::{LEGACY_STATE_JSON, STATE};
-
 /// The lock file inside a run directory; a run holds an exclusive lock on it while it lives.
 pub const LOCK: &str = ".lock";
 /// The run's configuration, written when it starts.
 pub const CONFIG: &str = "config.json";
+/// The resumable state (see [`crate::state`]).
+pub const STATE: &str = "state.safetensors";
+/// The JSON file that held the non-tensor half of the state before it moved into
+/// [`STATE`]'s metadata; still read from runs saved that way.
+pub const LEGACY_STATE_JSON: &str = "state.json";
+/// The weights with the best test accuracy.
+pub const BEST: &str = "best.safetensors";
+/// The weights after the last finished epoch.
+pub const LAST: &str = "last.safetensors";
+/// The class names in label order (a JSON list), for `evaluate` and `predict`.
+pub const CLASSES: &str = "classes.json";
+/// One line per epoch: losses, accuracies, learning rate, seconds.
+pub const METRICS_CSV: &str = "metrics.csv";
+/// The same records as [`METRICS_CSV`], as JSON.
+pub const METRICS_JSON: &str = "metrics.json";
+/// Loss and accuracy curves.
+pub const CURVES: &str = "curves.png";
+/// A grid of test images with their true and predicted classes.
+pub const PREDICTIONS: &str = "predictions.png";
+/// The test split's confusion matrix.
+pub const CONFUSION: &str = "confusion.png";
+/// How TensorBoard event files begin (`events.out.tfevents.<seconds>.<host>.<pid>`).
+pub const EVENTS_PREFIX: &str = "events.out.tfevents.";
+
+/// What a training program leaves in its run directory after an epoch.
+pub const OUTPUTS: [&str; 9] = [
+    BEST,
+    LAST,
+    STATE,
+    METRICS_CSV,
+    METRICS_JSON,
+    CONFIG,
+    CURVES,
+    PREDICTIONS,
+    CONFUSION,
+];
+
+/// `evaluate`'s confusion matrix of the `best` or `last` weights.
+pub fn evaluated_confusion(weights: &str) -> String {
+    format!("confusion-{weights}.png")
+}
+
+/// `evaluate`'s JSON summary of the `best` or `last` weights.
+pub fn evaluation_summary(weights: &str) -> String {
+    format!("evaluation-{weights}.json")
+}
 
 /// Files whose presence means the directory already holds a run.
 const RUN_FILES: [&str; 5] = [STATE, LEGACY_STATE_JSON, BEST, LAST, CONFIG];

@@ -13,13 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
 use crate::history::EpochRecord;
+use crate::rundir::{LEGACY_STATE_JSON, STATE};
 use crate::schedule::Stepping;
 
-/// File name of the state.
-pub const STATE: &str = "state.safetensors";
-/// The JSON file that held the non-tensor half of the state before it moved into
-/// [`STATE`]'s metadata; still read from runs saved that way.
-pub const LEGACY_STATE_JSON: &str = "state.json";
 /// The metadata key of the JSON half.
 const RESUME_KEY: &str = "resume_state";
 const MODEL: &str = "model.";

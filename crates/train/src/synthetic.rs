@@ -1,5 +1,6 @@
 //! Tiny learnable data sets written in the standard on-disk formats (MNIST IDX files, CIFAR-10
-//! binary batches), for smoke tests of the programs without the real data.
+//! binary batches), for smoke tests of the programs without the real data. Behind the
+//! `test-support` feature: tests enable it through their dev-dependency on `train`.
 //!
 //! Each image of class `c` is dark noise with a bright square at a place that depends on `c`,
 //! so a network learns it within an epoch or two.
@@ -10,6 +11,9 @@ use anyhow::{Context, Result};
 
 /// Writes the four raw MNIST IDX files (`train-images-idx3-ubyte`, ...) into `dir`:
 /// `train` training and `test` test images of 1x28x28, labels cycling through the ten classes.
+///
+/// # Errors
+/// `dir` cannot be created or a file cannot be written.
 pub fn write_mnist(dir: &Path, train: usize, test: usize) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     for (prefix, n, seed) in [("train", train, 1), ("t10k", test, 2)] {
@@ -28,6 +32,9 @@ pub fn write_mnist(dir: &Path, train: usize, test: usize) -> Result<()> {
 
 /// Writes CIFAR-10 binary batches into `dir`: `data_batch_1.bin` .. `data_batch_5.bin` with
 /// `per_batch` records each and `test_batch.bin` with `test` records, 3x32x32.
+///
+/// # Errors
+/// `dir` cannot be created or a file cannot be written.
 pub fn write_cifar10(dir: &Path, per_batch: usize, test: usize) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let files = (1..=5)

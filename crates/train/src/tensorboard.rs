@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use prost::Message;
 
+use crate::rundir::EVENTS_PREFIX;
+
 /// `tensorflow.Event` (the fields written here).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Event {
@@ -96,7 +98,7 @@ impl EventWriter {
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "localhost".into());
         let stem = format!(
-            "events.out.tfevents.{}.{host}.{}",
+            "{EVENTS_PREFIX}{}.{host}.{}",
             now() as u64,
             std::process::id()
         );
@@ -136,6 +138,9 @@ impl EventWriter {
     }
 
     /// Records scalar `value` under `tag` at `step` (`SummaryWriter.add_scalar`).
+    ///
+    /// # Errors
+    /// The event file cannot be written.
     pub fn scalar(&mut self, tag: &str, step: i64, value: f64) -> Result<()> {
         self.summary(
             step,
@@ -171,6 +176,9 @@ impl EventWriter {
     }
 
     /// Writes buffered records to the file.
+    ///
+    /// # Errors
+    /// The event file cannot be written.
     pub fn flush(&mut self) -> Result<()> {
         self.file
             .flush()
@@ -261,7 +269,7 @@ mod tests {
         let path = writer.path().to_path_buf();
         assert!(path
             .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("events.out.tfevents.")));
+            .is_some_and(|n| n.to_string_lossy().starts_with(EVENTS_PREFIX)));
         let events = read_events(&path)?;
         assert_eq!(events.len(), 3);
         assert_eq!(events[0].file_version.as_deref(), Some("brain.Event:2"));

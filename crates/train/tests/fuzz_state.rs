@@ -32,7 +32,7 @@ fn seeds(dir: &std::path::Path) -> Vec<Vec<u8>> {
             };
             let out = dir.join(format!("run{i}"));
             train::run::run(&config, load_data(&config).unwrap(), &out, None).unwrap();
-            std::fs::read(out.join(train::state::STATE)).unwrap()
+            std::fs::read(out.join(train::rundir::STATE)).unwrap()
         })
         .collect()
 }
@@ -43,7 +43,7 @@ fn resume_state_load() {
     let seeds = seeds(dir.path());
     let run = dir.path().join("fuzzed");
     std::fs::create_dir_all(&run).unwrap();
-    let path = run.join(train::state::STATE);
+    let path = run.join(train::rundir::STATE);
     mutate::fuzz(
         "resume_state",
         &seeds,
@@ -54,7 +54,7 @@ fn resume_state_load() {
                 Ok(_) => true,
                 Err(e) => {
                     let text = format!("{e:#}");
-                    assert!(text.contains("state.safetensors"), "{text}");
+                    assert!(text.contains(train::rundir::STATE), "{text}");
                     false
                 }
             }

@@ -24,7 +24,7 @@ fn non_finite_loss_stops_and_keeps_the_last_good_epoch() -> Result<()> {
     let good = config(&data);
     let outcome = train::run::run(&good, load_data(&good)?, &out, None)?;
     assert_eq!(outcome.history.len(), 1);
-    let last = std::fs::read(out.join("last.safetensors"))?;
+    let last = std::fs::read(out.join(train::rundir::LAST))?;
 
     let (mut saved, tensors) = train::state::load(&out)?;
     let mut exploding = good.clone();
@@ -44,9 +44,9 @@ fn non_finite_loss_stops_and_keeps_the_last_good_epoch() -> Result<()> {
         err.contains("training loss became") && err.contains("epoch 2"),
         "{err}"
     );
-    assert_eq!(std::fs::read(out.join("last.safetensors"))?, last);
+    assert_eq!(std::fs::read(out.join(train::rundir::LAST))?, last);
     assert_eq!(train::state::load(&out)?.0.epochs_done, 1);
-    let csv = std::fs::read_to_string(out.join("metrics.csv"))?;
+    let csv = std::fs::read_to_string(out.join(train::rundir::METRICS_CSV))?;
     assert_eq!(csv.lines().count(), 2);
     Ok(())
 }
@@ -60,7 +60,7 @@ fn everything_saved_is_finite(out: &std::path::Path) -> Result<()> {
             layers::checkpoint::read(&path)?;
         }
     }
-    if let Ok(csv) = std::fs::read_to_string(out.join("metrics.csv")) {
+    if let Ok(csv) = std::fs::read_to_string(out.join(train::rundir::METRICS_CSV)) {
         let lower = csv.to_lowercase();
         assert!(!lower.contains("nan") && !lower.contains("inf"), "{csv}");
     }
@@ -108,7 +108,7 @@ fn explode(data: &std::path::Path, seed: u64, cases: &[Case]) -> Result<()> {
             }
         }
         everything_saved_is_finite(&out)?;
-        if out.join(train::state::STATE).exists() {
+        if out.join(train::rundir::STATE).exists() {
             let (saved, _) = train::state::load(&out)?;
             assert!(saved.history.iter().all(|r| r.test_loss.is_finite()));
         }
@@ -185,7 +185,7 @@ fn a_resume_state_holding_nan_is_refused() -> Result<()> {
     let out = dir.path().join("run");
     let good = config(&data);
     train::run::run(&good, load_data(&good)?, &out, None)?;
-    let path = out.join(train::state::STATE);
+    let path = out.join(train::rundir::STATE);
     let (mut tensors, metadata) = layers::checkpoint::read_with_metadata(&path)?;
     let name = "model.fc2.bias".to_string();
     let bias = tensors[&name].clone();
@@ -195,7 +195,7 @@ fn a_resume_state_holding_nan_is_refused() -> Result<()> {
     safetensors::serialize_to_file(&tensors, Some(metadata), &path)?;
     let err = format!("{:#}", train::state::load(&out).err().expect("refused"));
     assert!(
-        err.contains("model.fc2.bias") && err.contains("state.safetensors"),
+        err.contains("model.fc2.bias") && err.contains(train::rundir::STATE),
         "{err}"
     );
     Ok(())

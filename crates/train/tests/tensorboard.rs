@@ -12,8 +12,10 @@ fn event_files(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
         .collect::<Result<Vec<_>>>()?
         .into_iter()
         .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("events.out.tfevents."))
+            p.file_name().is_some_and(|n| {
+                n.to_string_lossy()
+                    .starts_with(train::rundir::EVENTS_PREFIX)
+            })
         })
         .collect();
     files.sort();
@@ -53,7 +55,7 @@ fn scalars_and_images_match_the_run() -> Result<()> {
     assert_eq!(events[0].file_version.as_deref(), Some("brain.Event:2"));
     let scalars = scalars(&events);
 
-    let csv = std::fs::read_to_string(out.join("metrics.csv"))?;
+    let csv = std::fs::read_to_string(out.join(train::rundir::METRICS_CSV))?;
     let header: Vec<&str> = csv.lines().next().unwrap_or_default().split(',').collect();
     for row in csv.lines().skip(1) {
         let fields: Vec<f64> = row.split(',').map(str::parse).collect::<Result<_, _>>()?;

@@ -32,9 +32,13 @@ impl Unfreeze {
         }
     }
 
-    /// Whether the parameter `name` trains.
-    pub fn trains(self, name: &str) -> bool {
-        if name.starts_with("fc.") || self == Unfreeze::All {
+    /// Whether the parameter `name` trains, `head` being the classifier's module name (`fc`,
+    /// see [`crate::classifier`]).
+    pub fn trains(self, name: &str, head: &str) -> bool {
+        let in_head = name
+            .strip_prefix(head)
+            .is_some_and(|rest| rest.starts_with('.'));
+        if in_head || self == Unfreeze::All {
             return true;
         }
         (0..4).any(|i| self.stage_trains(i) && name.starts_with(&format!("layer{}.", i + 1)))
@@ -47,12 +51,21 @@ impl Unfreeze {
 pub struct FineTune {
     net: ResNet,
     unfreeze: Unfreeze,
+    head: &'static str,
 }
 
 impl FineTune {
-    /// Wraps `net`, training the parts `unfreeze` names.
-    pub fn new(net: ResNet, unfreeze: Unfreeze) -> Self {
-        Self { net, unfreeze }
+    /// Wraps `net`, training the parts `unfreeze` names and the classifier of the zoo's
+    /// ResNet-50 entry.
+    ///
+    /// # Errors
+    /// The zoo has no ResNet-50 entry (see [`crate::classifier`]).
+    pub fn new(net: ResNet, unfreeze: Unfreeze) -> anyhow::Result<Self> {
+        Ok(Self {
+            net,
+            unfreeze,
+            head: crate::classifier()?,
+        })
     }
 
     /// The network.
@@ -65,11 +78,14 @@ impl FineTune {
         store
             .trainable()
             .into_iter()
-            .filter(|(name, _)| self.unfreeze.trains(name))
+            .filter(|(name, _)| self.unfreeze.trains(name, self.head))
             .collect()
     }
 
     /// The pooled 2048-d features of the frozen backbone (evaluation mode throughout).
+    ///
+    /// # Errors
+    /// As [`ResNet::features_t`]: input `(N, 3, H, W)`, output `(N, 2048)`.
     pub fn frozen_features(&self, xs: &Tensor) -> Result<Tensor> {
         self.net.features_t(xs, false)
     }
@@ -110,13 +126,16 @@ mod tests {
 
     #[test]
     fn unfreeze_selects_parameters_by_stage() {
-        assert!(Unfreeze::None.trains("fc.weight"));
-        assert!(!Unfreeze::None.trains("layer4.0.conv1.weight"));
-        assert!(Unfreeze::Layer4.trains("layer4.0.conv1.weight"));
-        assert!(!Unfreeze::Layer4.trains("layer3.0.conv1.weight"));
-        assert!(Unfreeze::Layer3.trains("layer3.5.bn3.weight"));
-        assert!(!Unfreeze::Layer3.trains("conv1.weight"));
-        assert!(Unfreeze::All.trains("conv1.weight"));
-        assert!(!Unfreeze::Layer4.trains("layer40.weight"));
+        let head = crate::classifier().expect("the zoo has resnet50");
+        assert_eq!(head, "fc");
+        assert!(Unfreeze::None.trains("fc.weight", head));
+        assert!(!Unfreeze::None.trains("fc2.weight", head));
+        assert!(!Unfreeze::None.trains("layer4.0.conv1.weight", head));
+        assert!(Unfreeze::Layer4.trains("layer4.0.conv1.weight", head));
+        assert!(!Unfreeze::Layer4.trains("layer3.0.conv1.weight", head));
+        assert!(Unfreeze::Layer3.trains("layer3.5.bn3.weight", head));
+        assert!(!Unfreeze::Layer3.trains("conv1.weight", head));
+        assert!(Unfreeze::All.trains("conv1.weight", head));
+        assert!(!Unfreeze::Layer4.trains("layer40.weight", head));
     }
 }

@@ -9,3 +9,15 @@ mod finetune;
 pub mod weights;
 
 pub use finetune::{FineTune, Head, Unfreeze};
+
+/// The zoo entry this crate fine-tunes.
+pub const MODEL: &str = "resnet50";
+
+/// The module name of [`MODEL`]'s classifier (`fc`), from its zoo entry: what the new head
+/// replaces.
+///
+/// # Errors
+/// The zoo has no [`MODEL`] entry.
+pub fn classifier() -> anyhow::Result<&'static str> {
+    Ok(zoo::spec(MODEL)?.classifier)
+}

@@ -10,6 +10,9 @@ use layers::ParamStore;
 
 /// Checks that `tensors` (read from `path`) is a torchvision-named ResNet-50, explaining the
 /// common mistakes: another depth, other naming schemes.
+///
+/// # Errors
+/// Other names than torchvision's, a ResNet-18/34 (no `conv3`), or a deeper ResNet (101/152).
 pub fn check_resnet50(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
     let has = |k: &str| tensors.contains_key(k);
     if !has("conv1.weight") || !has("layer1.0.conv1.weight") {
@@ -37,15 +40,19 @@ pub fn check_resnet50(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<
     Ok(())
 }
 
-/// The number of classes of the checkpoint's `fc` head.
+/// The number of classes of the checkpoint's head (the zoo entry's classifier, `fc`).
+///
+/// # Errors
+/// The checkpoint has no `fc.weight`, or it is not `[classes, 2048]`.
 pub fn head_classes(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<usize> {
-    let fc = tensors
-        .get("fc.weight")
-        .with_context(|| format!("{} has no fc.weight", path.display()))?;
-    match fc.dims() {
+    let key = format!("{}.weight", crate::classifier()?);
+    let head = tensors
+        .get(&key)
+        .with_context(|| format!("{} has no {key}", path.display()))?;
+    match head.dims() {
         [classes, 2048] => Ok(*classes),
         dims => bail!(
-            "{}: fc.weight has shape {dims:?}, a ResNet-50 head is [classes, 2048]",
+            "{}: {key} has shape {dims:?}, a ResNet-50 head is [classes, 2048]",
             path.display()
         ),
     }
@@ -54,6 +61,10 @@ pub fn head_classes(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<us
 /// Loads the checkpoint into a model built in `store`, strictly. With `new_head`, the
 /// checkpoint's `fc` must still be a valid ResNet-50 head (so every key is consumed) but the
 /// model keeps its freshly initialised `fc`.
+///
+/// # Errors
+/// As [`check_resnet50`] and [`head_classes`], and a missing, extra or misshapen tensor
+/// (`layers::checkpoint::load_tensors_strict`).
 pub fn load(
     store: &ParamStore,
     mut tensors: HashMap<String, Tensor>,
@@ -63,8 +74,9 @@ pub fn load(
     check_resnet50(&tensors, path)?;
     head_classes(&tensors, path)?;
     if new_head {
+        let head = format!("{}.", crate::classifier()?);
         for (name, var) in store.named_vars() {
-            if name.starts_with("fc.") {
+            if name.starts_with(&head) {
                 tensors.insert(name, var.as_tensor().copy()?);
             }
         }

@@ -48,6 +48,9 @@ pub struct VggConfig {
 
 impl VggConfig {
     /// torchvision's VGG with `depth` weight layers (11, 13, 16 or 19).
+    ///
+    /// # Errors
+    /// A depth other than 11, 13, 16 or 19.
     pub fn from_depth(
         depth: usize,
         batch_norm: bool,

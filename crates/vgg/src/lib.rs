@@ -53,6 +53,9 @@ pub struct Vgg {
 
 impl Vgg {
     /// Builds the network described by `cfg` under `vb`.
+    ///
+    /// # Errors
+    /// `vb` cannot provide a parameter of the expected shape (weights of another layout).
     pub fn new(cfg: &VggConfig, vb: VarBuilder) -> Result<Self> {
         let vf = vb.pp("features");
         let mut features = Vec::with_capacity(cfg.layers.len());

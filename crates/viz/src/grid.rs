@@ -42,6 +42,10 @@ impl Tile {
     /// A tile from an image tensor `(C, H, W)` or `(H, W)` with 1 or 3 channels. `u8` values are
     /// used as they are; float values are taken as `0..=1` and converted like torchvision's
     /// `save_image` (`x * 255 + 0.5`, clamped to `0..=255`, truncated).
+    ///
+    /// # Errors
+    /// Another shape than `(C, H, W)` or `(H, W)`, other than 1 or 3 channels, an empty side, or
+    /// values that cannot be read.
     pub fn from_tensor(t: &Tensor, caption: &str) -> Result<Tile> {
         let (channels, height, width) = match *t.dims() {
             [c, h, w] => (c, h, w),
@@ -173,6 +177,22 @@ fn layout(title: &str, tiles: &[Tile], cols: usize) -> Result<Layout> {
     })
 }
 
+/// Columns of a near-square grid of `n` tiles: the least `c` with `c * c >= n` (1 for none).
+///
+/// ```
+/// assert_eq!(viz::grid_columns(10), 4);
+/// ```
+pub fn grid_columns(n: usize) -> usize {
+    (1..=n.max(1)).find(|c| c * c >= n).unwrap_or(1)
+}
+
+/// [`save_image_grid`] with [`grid_columns`]: filters and feature maps, as near-square grids.
+///
+/// Errors as [`save_image_grid`].
+pub fn save_square_grid(path: &Path, title: &str, tiles: &[Tile]) -> Result<()> {
+    save_image_grid(path, title, tiles, grid_columns(tiles.len()))
+}
+
 /// A grid of captioned images (the tutorial's sample grids and "true/pred" prediction grids),
 /// written to `path` as PNG. Tiles fill rows of `cols` (fewer when there are fewer tiles).
 ///
@@ -245,4 +265,17 @@ fn draw_tile(area: &Area, tile: &Tile, layout: &Layout, (x, y): (usize, usize)) 
         area.draw_text(line, &style, at).map_err(drawing)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grid_columns;
+
+    #[test]
+    fn grids_are_near_square() {
+        let cols: Vec<usize> = [0, 1, 2, 4, 5, 6, 9, 10, 32, 64, 96]
+            .map(grid_columns)
+            .to_vec();
+        assert_eq!(cols, [1, 1, 2, 2, 3, 3, 3, 4, 6, 8, 10]);
+    }
 }

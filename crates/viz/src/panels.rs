@@ -44,6 +44,9 @@ pub struct Panel {
 impl Panel {
     /// A panel from a tensor whose dimensions are all 1 except the last two
     /// (`(H, W)`, `(1, H, W)`, `(1, 1, H, W)`, ...), in any float or integer dtype.
+    ///
+    /// # Errors
+    /// Dimensions other than the last two that are not 1, or values that cannot be read as f32.
     pub fn from_tensor(title: &str, t: &Tensor) -> Result<Panel> {
         let dims = t.dims();
         ensure!(

@@ -88,6 +88,10 @@ pub fn spec(name: &str) -> Result<ModelSpec> {
 
 /// Builds model `name` with `num_classes` outputs, its parameters created (or looked up) in
 /// `vb` under PyTorch's names.
+///
+/// # Errors
+/// An unknown name (the error lists the known ones), or the constructor fails (for example `vb`
+/// holds weights of another layout).
 pub fn build(name: &str, num_classes: usize, vb: VarBuilder) -> Result<Box<dyn Network>> {
     let entry = registry::entry(name)?;
     (entry.build)(num_classes, vb).with_context(|| format!("cannot build model {name}"))
@@ -97,6 +101,9 @@ pub fn build(name: &str, num_classes: usize, vb: VarBuilder) -> Result<Box<dyn N
 /// (PyTorch's `sum(p.numel() for p in model.parameters())`), by building it on the CPU with
 /// placeholder weights: the count of [`layers::ParamStore::num_parameters`] without the cost of
 /// initialising the weights.
+///
+/// # Errors
+/// As [`build`].
 pub fn num_parameters(name: &str, num_classes: usize) -> Result<usize> {
     let recorder = count::ShapeRecorder::default();
     build(name, num_classes, recorder.vb())?;

@@ -8,6 +8,9 @@
 //! torchvision reference). (a) uses `$CNN_SHARED_DIR/data/cifar10/cifar-10-batches-bin/test_batch.bin`
 //! when set, else synthetic images; (b) needs `$CNN_SHARED_DIR`.
 
+#[path = "common/bench_input.rs"]
+mod bench_input;
+
 use anyhow::{Context, Result};
 use datasets::{image_folder, Dataset, FolderOptions, Loader, LoaderConfig, Storage, Transform};
 use std::path::{Path, PathBuf};
@@ -34,7 +37,7 @@ fn main() -> Result<()> {
     let shared = std::env::var_os("CNN_SHARED_DIR").map(PathBuf::from);
     say!("bench-pipeline: {workers} workers, batch {BATCH}");
 
-    let (data, what) = datasets::bench::cifar10_images(shared.as_deref())?;
+    let (data, what) = bench_input::cifar10_images(shared.as_deref())?;
     let rate = throughput(data, workers, 3)?;
     report(
         "(a) in-memory u8 + crop/flip/normalize",

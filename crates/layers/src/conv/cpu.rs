@@ -16,8 +16,13 @@ use rayon::prelude::*;
 use super::geometry::Geometry;
 use crate::profile::{time, Part};
 
-/// `conv2d(xs, weight)` (one group, no dilation) for contiguous-or-not f32 CPU tensors,
-/// differentiable in both.
+/// `F.conv2d(xs, weight, stride=stride, padding=padding)` (one group, no dilation) for
+/// contiguous-or-not f32 CPU tensors, differentiable in both: `xs` `(N, C_in, H, W)`, `weight`
+/// `(C_out, C_in, kH, kW)`, output `(N, C_out, H_out, W_out)`.
+///
+/// # Errors
+/// Tensors that are not f32 on the CPU, shapes that do not fit together, or a kernel larger than
+/// the padded input.
 pub fn conv2d_cpu_f32(
     xs: &Tensor,
     weight: &Tensor,

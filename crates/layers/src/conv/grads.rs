@@ -3,11 +3,16 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-/// Candle's `conv2d` (one group, no dilation) with a backward pass made of `conv2d`s only: the
+/// `F.conv2d(xs, weight, stride=stride, padding=padding)` (one group, no dilation; `xs`
+/// `(N, C_in, H, W)`, `weight` `(C_out, C_in, kH, kW)`, output `(N, C_out, H_out, W_out)`) as
+/// Candle's `conv2d` with a backward pass made of `conv2d`s only: the
 /// input gradient is the output gradient, zero-dilated by the stride and padded, convolved with
 /// the kernel flipped and transposed; the weight gradient is Candle's batch-as-channels
 /// convolution. On CUDA both run as im2col + cuBLAS (or cuDNN with the `cudnn` feature), where
 /// Candle's own backward uses a direct `conv_transpose2d` kernel for the input gradient.
+///
+/// # Errors
+/// Shapes that do not fit together, or a kernel larger than the padded input.
 pub fn conv2d_conv_grads(
     xs: &Tensor,
     weight: &Tensor,

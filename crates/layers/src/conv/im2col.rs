@@ -6,7 +6,12 @@ use rayon::prelude::*;
 
 use super::geometry::Geometry;
 
-/// Convolution as `im2col` + GEMM (one group, no dilation), differentiable in all arguments.
+/// `F.conv2d(xs, weight, bias, stride, padding)` as `im2col` + GEMM (one group, no dilation),
+/// differentiable in all arguments: `xs` `(N, C_in, H, W)`, `weight` `(C_out, C_in, kH, kW)`,
+/// `bias` `(C_out,)`, output `(N, C_out, H_out, W_out)`.
+///
+/// # Errors
+/// Shapes that do not fit together, or a kernel larger than the padded input.
 pub fn conv2d_gemm(
     xs: &Tensor,
     weight: &Tensor,

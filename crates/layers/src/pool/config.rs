@@ -79,6 +79,10 @@ impl Pool2d {
     /// The output (height, width) for an input of `h` x `w`, by PyTorch's rule:
     /// `floor_or_ceil((size + 2p - k) / s) + 1`, where a window that would start in the
     /// right/bottom padding is dropped in ceil mode.
+    ///
+    /// # Errors
+    /// A kernel or stride of 0, padding above half the kernel, or an input smaller than the kernel
+    /// (padding included), as PyTorch refuses them.
     pub fn output_size(&self, h: usize, w: usize) -> Result<(usize, usize)> {
         let one = |size: usize, k: usize, s: usize, p: usize| -> Result<usize> {
             if k == 0 || s == 0 {

@@ -28,7 +28,12 @@ impl Module for Pool2d {
     }
 }
 
-/// `F.max_pool2d(xs, kernel, stride, padding, ceil_mode=ceil_mode)`.
+/// `F.max_pool2d(xs, kernel, stride, padding, ceil_mode=ceil_mode)` on `(N, C, H, W)`, giving
+/// `(N, C, H_out, W_out)` ([`Pool2d::output_size`]); on ties the gradient goes to the first
+/// maximum of the window, as PyTorch.
+///
+/// # Errors
+/// `xs` is not `(N, C, H, W)`, or the geometry is refused ([`Pool2d::output_size`]).
 pub fn max_pool2d(
     xs: &Tensor,
     kernel: usize,
@@ -42,7 +47,11 @@ pub fn max_pool2d(
         .forward(xs)
 }
 
-/// `F.avg_pool2d(xs, kernel, stride, padding, ceil_mode=ceil_mode)` (count_include_pad=True).
+/// `F.avg_pool2d(xs, kernel, stride, padding, ceil_mode=ceil_mode)` (count_include_pad=True)
+/// on `(N, C, H, W)`, giving `(N, C, H_out, W_out)` ([`Pool2d::output_size`]).
+///
+/// # Errors
+/// `xs` is not `(N, C, H, W)`, or the geometry is refused ([`Pool2d::output_size`]).
 pub fn avg_pool2d(
     xs: &Tensor,
     kernel: usize,

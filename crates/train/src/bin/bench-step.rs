@@ -17,6 +17,9 @@
 //! pooling, the optimizer and the rest (element-wise operations, Candle's own operations,
 //! allocation), with the GEMM's GFLOP/s per thread.
 
+#[path = "../../../datasets/src/bin/common/bench_input.rs"]
+mod bench_input;
+
 use std::time::Instant;
 
 use std::path::{Path, PathBuf};
@@ -247,7 +250,7 @@ fn torch_version(output: &str) -> String {
 /// held on `device`, on the same images.
 fn pipeline(device: &Device) -> Result<()> {
     let shared = std::env::var_os("CNN_SHARED_DIR").map(std::path::PathBuf::from);
-    let (data, what) = datasets::bench::cifar10_images(shared.as_deref())?;
+    let (data, what) = bench_input::cifar10_images(shared.as_deref())?;
     let make = || {
         Loader::new(
             data.clone(),

@@ -71,6 +71,10 @@ pub struct Adam {
 
 impl Adam {
     /// An optimizer over `params`, checking the configuration as PyTorch does.
+    ///
+    /// # Errors
+    /// A negative learning rate, epsilon or weight decay, or betas outside `[0, 1)` (as
+    /// `torch.optim.Adam`).
     pub fn new(params: Vec<NamedVar>, config: AdamConfig) -> Result<Self> {
         let betas_ok = (0.0..1.0).contains(&config.beta1) && (0.0..1.0).contains(&config.beta2);
         if config.lr < 0.0 || config.eps < 0.0 || config.weight_decay < 0.0 || !betas_ok {

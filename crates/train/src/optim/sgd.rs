@@ -64,6 +64,10 @@ pub struct Sgd {
 
 impl Sgd {
     /// An optimizer over `params`, checking the configuration as PyTorch does.
+    ///
+    /// # Errors
+    /// A negative learning rate, momentum or weight decay, or Nesterov without momentum or with
+    /// dampening (as `torch.optim.SGD`).
     pub fn new(params: Vec<NamedVar>, config: SgdConfig) -> Result<Self> {
         if config.lr < 0.0 || config.momentum < 0.0 || config.weight_decay < 0.0 {
             bail!("SGD: learning rate, momentum and weight decay must be non-negative, got {config:?}");

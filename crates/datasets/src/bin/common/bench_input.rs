@@ -1,14 +1,18 @@
-//! Inputs shared by the benchmark programs (`bench-pipeline`, `bench-step --pipeline`).
+//! Inputs shared by the benchmark programs (`bench-pipeline`, `bench-step --pipeline`), which
+//! include this file as a module of their own (`#[path]`): it is no part of `datasets`' API.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Result;
 
-use crate::{cifar10_test_bin, Dataset, InMemory, Rng, CIFAR10_CLASSES};
+use datasets::{cifar10_test_bin, Dataset, InMemory, Rng, CIFAR10_CLASSES};
 
 /// 10,000 CIFAR-10 images in memory: the real `test_batch.bin` under `shared`
 /// (`$CNN_SHARED_DIR`) when given, else seeded random pixels; with a description for the log.
+///
+/// # Errors
+/// As [`datasets::cifar10_test_bin`] for the real file.
 pub fn cifar10_images(shared: Option<&Path>) -> Result<(Arc<dyn Dataset>, String)> {
     if let Some(shared) = shared {
         let path = shared.join("data/cifar10/cifar-10-batches-bin/test_batch.bin");
