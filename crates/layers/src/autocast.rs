@@ -87,6 +87,15 @@ pub(crate) fn compute_dtype(xs: &Tensor) -> DType {
     }
 }
 
+/// `t` rounded to `dtype` and back to its own dtype, differentiable (the gradient is rounded
+/// the same way on its way back). The CPU runs autocast's products as float32 products of such
+/// operands: a product of two bf16 (or f16) values is exact in float32, and the sums are
+/// float32, as in oneDNN's bf16 kernels, which accumulate in f32; the float32 kernels are
+/// faster here than Candle's reduced-precision CPU products.
+pub(crate) fn round_through(t: &Tensor, dtype: DType) -> Result<Tensor> {
+    t.to_dtype(dtype)?.to_dtype(t.dtype())
+}
+
 /// `t` in `dtype` (no copy when it already is).
 pub(crate) fn cast(t: &Tensor, dtype: DType) -> Result<Tensor> {
     if t.dtype() == dtype {

@@ -93,9 +93,14 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let dtype = autocast::compute_dtype(xs);
-        let x = autocast::cast(xs, dtype)?;
-        let w = autocast::cast(&self.weight, dtype)?;
+        let (x, w) = match autocast::compute_dtype(xs) {
+            // On the CPU: float32 products of rounded operands ([`autocast::round_through`]).
+            d if xs.device().is_cpu() && d != xs.dtype() && self.weight.dtype() == xs.dtype() => (
+                autocast::round_through(xs, d)?,
+                autocast::round_through(&self.weight, d)?,
+            ),
+            d => (autocast::cast(xs, d)?, autocast::cast(&self.weight, d)?),
+        };
         let w = match *x.dims() {
             [b1, b2, _, _] => w.broadcast_left((b1, b2))?.t()?,
             [b, _, _] => w.broadcast_left(b)?.t()?,

@@ -30,34 +30,52 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     }
 }
 
-/// `Σ f(v[i])` in 16 f32 lanes, the lanes added in f64.
+/// `Σ_i f(a[i], b[i], c[i])` for `N` functions at once (the slices of equal length), each in
+/// 16 f32 lanes, the lanes added in f64. Pass the same slice twice where `f` needs fewer.
 #[inline]
-fn lane_sum(len: usize, f: impl Fn(usize) -> f32) -> f64 {
-    let mut acc = [0f32; 16];
-    let full = len / 16 * 16;
-    let mut i = 0;
-    while i < full {
-        for (j, a) in acc.iter_mut().enumerate() {
-            *a += f(i + j);
+fn lane_sums<const N: usize>(
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    f: impl Fn(f32, f32, f32) -> [f32; N],
+) -> [f64; N] {
+    let mut acc = [[0f32; 16]; N];
+    let (a16, b16, c16) = (a.chunks_exact(16), b.chunks_exact(16), c.chunks_exact(16));
+    let (ra, rb, rc) = (a16.remainder(), b16.remainder(), c16.remainder());
+    for ((x, y), z) in a16.zip(b16).zip(c16) {
+        for j in 0..16 {
+            let v = f(x[j], y[j], z[j]);
+            for (acc, v) in acc.iter_mut().zip(v) {
+                acc[j] += v;
+            }
         }
-        i += 16;
     }
-    let mut total: f64 = acc.iter().map(|&a| f64::from(a)).sum();
-    for k in full..len {
-        total += f64::from(f(k));
+    let mut total = acc.map(|lanes| lanes.iter().map(|&v| f64::from(v)).sum::<f64>());
+    for ((x, y), z) in ra.iter().zip(rb).zip(rc) {
+        for (t, v) in total.iter_mut().zip(f(*x, *y, *z)) {
+            *t += f64::from(v);
+        }
     }
     total
 }
 
-/// For every channel of an (N, C, L) tensor, `Σ_n Σ_l f(n, c, row, l)` where `row` is the
-/// offset of (n, c, 0): in parallel over channels.
-fn per_channel_sums(
+/// For every channel `ch` of an (N, C, L) tensor, `Σ_n f(ch, r)` where `r` is the range of
+/// (n, ch, ·): in parallel over channels.
+fn per_channel_sums<const K: usize>(
     (n, c, l): (usize, usize, usize),
-    f: impl Fn(usize, usize, usize) -> f64 + Sync,
-) -> Vec<f64> {
+    f: impl Fn(usize, std::ops::Range<usize>) -> [f64; K] + Sync,
+) -> Vec<[f64; K]> {
     (0..c)
         .into_par_iter()
-        .map(|ch| (0..n).map(|i| f(i, ch, (i * c + ch) * l)).sum())
+        .map(|ch| {
+            (0..n).fold([0f64; K], |mut acc, i| {
+                let r = (i * c + ch) * l;
+                for (a, v) in acc.iter_mut().zip(f(ch, r..r + l)) {
+                    *a += v;
+                }
+                acc
+            })
+        })
         .collect()
 }
 
@@ -68,19 +86,19 @@ pub(crate) fn batch_stats(x: &[f32], shape: (usize, usize, usize)) -> (Vec<f32>,
 
 fn batch_stats_inner(x: &[f32], (n, c, l): (usize, usize, usize)) -> (Vec<f32>, Vec<f32>) {
     let count = (n * l) as f64;
-    let mean: Vec<f32> = per_channel_sums((n, c, l), |_, _, r| lane_sum(l, |k| x[r + k]))
-        .into_iter()
-        .map(|s| (s / count) as f32)
-        .collect();
-    let var = per_channel_sums((n, c, l), |_, ch, r| {
-        let m = mean[ch];
-        lane_sum(l, |k| {
-            let d = x[r + k] - m;
-            d * d
-        })
+    let mean: Vec<f32> = per_channel_sums((n, c, l), |_, r| {
+        let x = &x[r];
+        lane_sums(x, x, x, |v, _, _| [v])
     })
     .into_iter()
-    .map(|s| (s / count) as f32)
+    .map(|[s]| (s / count) as f32)
+    .collect();
+    let var = per_channel_sums((n, c, l), |ch, r| {
+        let (x, m) = (&x[r], mean[ch]);
+        lane_sums(x, x, x, |v, _, _| [(v - m) * (v - m)])
+    })
+    .into_iter()
+    .map(|[s]| (s / count) as f32)
     .collect();
     (mean, var)
 }
@@ -148,14 +166,16 @@ impl CustomOp3 for BatchNormTrain {
                 with_f32(&grad, |gv| {
                     with_f32(&w, |wv| {
                         // g' = g where the output is positive (ReLU), else g.
-                        let g = |i: usize| if relu && yv[i] <= 0.0 { 0.0 } else { gv[i] };
-                        let sums = per_channel_sums((n, c, l), |_, _, r| lane_sum(l, |k| g(r + k)));
-                        let dots = per_channel_sums((n, c, l), |_, ch, r| {
+                        let masked = move |g: f32, y: f32| if relu && y <= 0.0 { 0.0 } else { g };
+                        let sums = per_channel_sums((n, c, l), |ch, r| {
                             let m = self.mean[ch];
-                            lane_sum(l, |k| g(r + k) * (xv[r + k] - m))
+                            lane_sums(&gv[r.clone()], &yv[r.clone()], &xv[r], |g, y, x| {
+                                let g = masked(g, y);
+                                [g, g * (x - m)]
+                            })
                         });
-                        let gsum: Vec<f32> = sums.iter().map(|&s| s as f32).collect();
-                        let gdot: Vec<f32> = dots.iter().map(|&s| s as f32).collect();
+                        let gsum: Vec<f32> = sums.iter().map(|s| s[0] as f32).collect();
+                        let gdot: Vec<f32> = sums.iter().map(|s| s[1] as f32).collect();
                         let gw: Vec<f32> =
                             gdot.iter().zip(&self.invstd).map(|(d, s)| d * s).collect();
                         let gx = want_x.then(|| {
@@ -176,12 +196,12 @@ impl CustomOp3 for BatchNormTrain {
                             let mut gx = vec![0f32; xv.len()];
                             let per = (c * l).max(1);
                             gx.par_chunks_mut(per).enumerate().for_each(|(i, out)| {
-                                for ch in 0..c {
-                                    let r = (i * c + ch) * l;
-                                    let m = self.mean[ch];
-                                    for (k, o) in out[ch * l..][..l].iter_mut().enumerate() {
-                                        *o =
-                                            g(r + k) * a[ch] + (xv[r + k] - m) * kk[ch] + shift[ch];
+                                for (ch, o) in out.chunks_exact_mut(l.max(1)).enumerate() {
+                                    let r = (i * c + ch) * l..(i * c + ch + 1) * l;
+                                    let (m, a, k, b) = (self.mean[ch], a[ch], kk[ch], shift[ch]);
+                                    let rows = gv[r.clone()].iter().zip(&yv[r.clone()]).zip(&xv[r]);
+                                    for (o, ((&g, &y), &x)) in o.iter_mut().zip(rows) {
+                                        *o = masked(g, y) * a + (x - m) * k + b;
                                     }
                                 }
                             });
@@ -265,11 +285,14 @@ impl CustomOp2 for ChannelBias {
         let (n, c, l) = ncl(grad.shape())?;
         let grad_c = grad.contiguous()?;
         let sums = with_f32(&grad_c, |g| {
-            per_channel_sums((n, c, l), |_, _, r| lane_sum(l, |k| g[r + k]))
+            per_channel_sums((n, c, l), |_, r| {
+                let g = &g[r];
+                lane_sums(g, g, g, |v, _, _| [v])
+            })
         });
         let gb = match sums {
             Some(s) => Tensor::from_vec(
-                s.into_iter().map(|v| v as f32).collect::<Vec<_>>(),
+                s.into_iter().map(|[v]| v as f32).collect::<Vec<_>>(),
                 c,
                 grad.device(),
             )?,

@@ -66,19 +66,26 @@ impl Conv2d {
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let c = &self.config;
-        let dtype = autocast::compute_dtype(xs);
         let plain = c.groups == 1 && c.dilation == 1;
         let cpu = xs.device().is_cpu();
+        let cpu_f32 = cpu && xs.dtype() == DType::F32;
+        // Autocast on the CPU: float32 products of operands rounded to the reduced dtype
+        // ([`autocast::round_through`]), through the fast float32 kernels.
+        let (x, w, dtype) = match autocast::compute_dtype(xs) {
+            d if cpu_f32 && d != DType::F32 && self.weight.dtype() == DType::F32 => (
+                autocast::round_through(xs, d)?,
+                autocast::round_through(&self.weight, d)?,
+                DType::F32,
+            ),
+            d => (autocast::cast(xs, d)?, autocast::cast(&self.weight, d)?, d),
+        };
         let per_image = cpu
             && plain
             && dtype == DType::F32
-            && cpu::per_image_pays(xs, &self.weight, c.stride, c.padding)?;
-        let cpu_f32 = cpu && xs.dtype() == DType::F32;
+            && cpu::per_image_pays(&x, &w, c.stride, c.padding)?;
         if dtype == xs.dtype() && cpu && plain && !per_image && !cpu_f32 {
             return conv2d_gemm(xs, &self.weight, self.bias.as_ref(), c.stride, c.padding);
         }
-        let x = autocast::cast(xs, dtype)?;
-        let w = autocast::cast(&self.weight, dtype)?;
         let ys = match (plain, cpu) {
             _ if per_image => cpu::conv2d_cpu_f32(&x, &w, c.stride, c.padding)?,
             (true, true) => conv2d_gemm(&x, &w, None, c.stride, c.padding)?,
