@@ -110,6 +110,8 @@ pub struct Args {
     /// there (auto: on a GPU when the transforms allow)
     #[arg(long, value_enum)]
     pub data_placement: Option<DataPlacement>,
+    #[command(flatten)]
+    pub distributed: crate::distributed::DistributedArgs,
 }
 
 /// A program's defaults: the tutorial's recipe for its section.
@@ -277,6 +279,7 @@ impl Recipe {
             workers: args.workers.unwrap_or_else(default_workers),
             precision: args.precision.unwrap_or_default(),
             data_placement: args.data_placement.unwrap_or_default(),
+            parallel: args.distributed.config(),
         };
         config.validate()?;
         Ok(config)
@@ -285,6 +288,11 @@ impl Recipe {
     /// Runs the program with parsed flags: a fresh run, or a resumed one with `--resume`.
     /// The output directory is checked and locked (see [`RunDir`]) before the data is loaded.
     pub fn run(&self, args: &Args) -> Result<Outcome> {
+        crate::distributed::launch(&args.distributed, || self.run_here(args))
+    }
+
+    /// [`Recipe::run`] in this process (one rank of a data-parallel job, or alone).
+    fn run_here(&self, args: &Args) -> Result<Outcome> {
         let Some(dir) = &args.resume else {
             let config = self.config(args)?;
             let out = self.fresh_dir(args)?;
@@ -458,10 +466,12 @@ pub fn resumed_config(saved: &RunConfig, args: &Args) -> Result<RunConfig> {
         args.precision.map(|v| text(&v)),
         text(&saved.precision),
     );
+    args.distributed.check_resumed(&saved.parallel, &mut check);
     if !changed.is_empty() {
         bail!(
             "--resume continues the saved configuration; these flags differ from it: {} (only \
-             --epochs, --device, --workers, --data-placement and --data-dir can change)",
+             --epochs, --device, --workers, --data-placement, --data-dir and --distributed can \
+             change)",
             changed.join(", ")
         );
     }
