@@ -357,7 +357,7 @@ impl Recipe {
 }
 
 /// The saved configuration, with the flags a resumed run may change applied: `--epochs`,
-/// `--device`, `--workers`, `--data-placement`, `--data-dir`. Other training flags may be given
+/// `--device`, `--workers`, `--data-placement`, `--data-dir`, `--distributed`. Other training flags may be given
 /// with the saved value (re-running the same command with `--resume` added works); a different
 /// value is refused, naming the flag, the saved value and the given one, since it would make
 /// the run differ from the one being continued.

@@ -155,26 +155,20 @@ pub fn writes() -> bool {
 }
 
 /// What started this process, if an MPI launcher did: its name and the world size it announces
-/// (Open MPI's `mpirun`, MPICH's Hydra, Slurm's PMI or PMIx).
+/// (0: not announced; MPI tells once started). Open MPI's `mpirun`, MPICH's Hydra (PMI) and
+/// PMIx launchers such as `srun --mpi=pmix` are recognised.
 pub fn launcher() -> Option<(&'static str, usize)> {
     let read = |name: &str| std::env::var(name).ok()?.trim().parse::<usize>().ok();
-    [
-        ("Open MPI", "OMPI_COMM_WORLD_SIZE"),
-        ("PMI", "PMI_SIZE"),
-        ("PMIx", "PMIX_SIZE"),
-        ("Slurm", "SLURM_NTASKS"),
-    ]
-    .into_iter()
-    .find_map(|(who, var)| {
-        let pmix = who == "PMIx" && std::env::var_os("PMIX_RANK").is_some();
-        let slurm = who == "Slurm" && std::env::var_os("PMIX_RANK").is_some();
-        match who {
-            "PMIx" if pmix => Some((who, read(var).or_else(|| read("SLURM_NTASKS"))?)),
-            "Slurm" if slurm => Some((who, read(var)?)),
-            "PMIx" | "Slurm" => None,
-            _ => Some((who, read(var)?)),
-        }
-    })
+    if let Some(size) = read("OMPI_COMM_WORLD_SIZE") {
+        return Some(("Open MPI", size));
+    }
+    if let Some(size) = read("PMI_SIZE") {
+        return Some(("a PMI launcher", size));
+    }
+    if std::env::var_os("PMIX_RANK").is_some() {
+        return Some(("a PMIx launcher", read("SLURM_NTASKS").unwrap_or(0)));
+    }
+    None
 }
 
 /// The local rank on this host (which GPU to take), from the launcher's environment.
@@ -222,7 +216,7 @@ pub fn launch<T>(args: &DistributedArgs, body: impl FnOnce() -> Result<T>) -> Re
 
 #[cfg(not(feature = "mpi"))]
 fn start<T>(mode: Mode, who: &str, size: usize, body: impl FnOnce() -> Result<T>) -> Result<T> {
-    if mode == Mode::On || size > 1 {
+    if mode == Mode::On || size != 1 {
         bail!(
             "started by {who} as one of {size} processes, but this program was built without \
              data-parallel training: rebuild it with `--features mpi` (or `nccl`), or pass \
