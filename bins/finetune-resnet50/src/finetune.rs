@@ -81,7 +81,7 @@ pub fn finetune(
 ) -> Result<Outcome> {
     let data = train::cli::load_data(run)?;
     let classes = data.train.classes().to_vec();
-    let device = train::device::parse_device(&run.device)?;
+    let device = train::device::parse_device(&train::distributed::device_spec(&run.device))?;
     let path = weights::resolve(&ft.weights)?;
     let tensors = layers::checkpoint::read(&path)?;
     let store = ParamStore::new(run.seed, &device);
@@ -102,7 +102,9 @@ pub fn finetune(
     let model = FineTune::new(net, ft.unfreeze)?;
     let train_images = train::run::loader(run, &data.train, true)?;
     let test_images = train::run::loader(run, &data.test, false)?;
-    ft.save(out)?;
+    if train::distributed::writes() {
+        ft.save(out)?;
+    }
     let title = format!("resnet50 fine-tuned on {}", train::run::dataset_title(run));
     let trainable = model.trainable(&store);
     let head = Head(model.net());

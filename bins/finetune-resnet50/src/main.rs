@@ -113,7 +113,10 @@ fn main() -> Result<()> {
     match cli.command {
         Some(Command::Predict(args)) => predict(&args),
         Some(Command::Evaluate(args)) => train::inference::evaluate(&args).map(drop),
-        None => run(cli.finetune),
+        None => {
+            let distributed = cli.finetune.train.distributed.clone();
+            train::distributed::launch(&distributed, || run(cli.finetune))
+        }
     }
 }
 

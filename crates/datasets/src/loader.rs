@@ -193,6 +193,13 @@ impl Loader {
             .chunks(self.cfg.batch_size)
             .map(<[usize]>::to_vec)
             .collect();
+        self.epoch_of(epoch, batches)
+    }
+
+    /// The batches of the given dataset indices for `epoch` (each sample augmented as in
+    /// [`Loader::epoch`]), prepared like it: how a data-parallel rank loads only its share of
+    /// each global batch. Iteration stops after the first error, which it yields.
+    pub fn epoch_of(&self, epoch: usize, batches: Vec<Vec<usize>>) -> Epoch {
         let remaining = batches.len();
         let job = Job {
             dataset: self.dataset.clone(),

@@ -7,13 +7,60 @@
 //! weight and the bias, and its backward is PyTorch's closed form: a few passes over the
 //! activation instead of several dozen, on every device.
 
-use candle_core::backend::BackendStorage;
+use std::cell::RefCell;
+use std::sync::Arc;
 
-use crate::per_channel;
+use candle_core::backend::BackendStorage;
 use candle_core::op::{Add, Mul, Relu};
 use candle_core::{
     CpuStorage, CustomOp3, DType, Layout, ModuleT, Result, Shape, Storage, Tensor, Var,
 };
+
+use crate::per_channel;
+
+/// Sums per-channel batch statistics over the processes of a data-parallel job: with one
+/// installed ([`set_stats_sync`]), every training-mode [`BatchNorm`] normalises with the
+/// statistics of the whole global batch and back-propagates through them (PyTorch's
+/// `SyncBatchNorm`). The transport (MPI, NCCL) lives with the implementor; `layers` knows none.
+pub trait StatsSync: Send + Sync {
+    /// The element-wise sum over every process of `local`, a 1-D tensor (f32 or f64) on the
+    /// model's device; the result has the same shape, dtype and device. Every process calls it
+    /// the same number of times, in the same order, with tensors of the same length.
+    ///
+    /// Errors: the transport failed.
+    fn all_reduce_sum(&self, local: &Tensor) -> Result<Tensor>;
+}
+
+thread_local! {
+    static STATS_SYNC: RefCell<Option<Arc<dyn StatsSync>>> = const { RefCell::new(None) };
+}
+
+/// Installs (`Some`) or removes (`None`) the [`StatsSync`] of the training-mode batch norms
+/// that run on this thread (forward and backward run on the training thread, as autocast);
+/// returns the one it replaces.
+pub fn set_stats_sync(sync: Option<Arc<dyn StatsSync>>) -> Option<Arc<dyn StatsSync>> {
+    STATS_SYNC.with(|slot| slot.replace(sync))
+}
+
+fn stats_sync() -> Option<Arc<dyn StatsSync>> {
+    STATS_SYNC.with(|slot| slot.borrow().clone())
+}
+
+/// Sums `parts` (1-D tensors) across the processes with one call of `sync`, returning them in
+/// the same order and lengths.
+fn all_reduce_parts(sync: &dyn StatsSync, parts: &[&Tensor]) -> Result<Vec<Tensor>> {
+    let lengths: Vec<usize> = parts.iter().map(|p| p.elem_count()).collect();
+    let total = sync.all_reduce_sum(&Tensor::cat(parts, 0)?)?;
+    let mut at = 0;
+    lengths
+        .into_iter()
+        .map(|len| {
+            let part = total.narrow(0, at, len);
+            at += len;
+            part
+        })
+        .collect()
+}
 
 /// Batch normalisation over dimension 1 of an (N, C, ...) input, with PyTorch's semantics:
 /// the biased batch variance normalises, the unbiased one enters the running estimate, and
@@ -182,19 +229,40 @@ impl BatchNorm {
 
     fn train(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         let (n, c, l) = x.dims3()?;
-        let count = n * l;
-        if count < 2 {
-            candle_core::bail!(
-                "batch-norm in training needs more than one value per channel, got input (N, C, L) = ({n}, {c}, {l})"
-            )
-        }
-        if x.device().is_cpu() && x.dtype() == DType::F32 && self.weight.dtype() == DType::F32 {
+        let sync = stats_sync();
+        if sync.is_none()
+            && x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && self.weight.dtype() == DType::F32
+        {
             return self.train_cpu(x, relu);
         }
         let detached = x.detach();
-        let mean = (sum_per_channel(&detached)? / count as f64)?;
+        // Local sums; under a StatsSync the whole global batch's, reduced with the count.
+        let (sum, count) = match &sync {
+            None => (sum_per_channel(&detached)?, (n * l) as f64),
+            Some(sync) => {
+                let local = Tensor::new(&[(n * l) as f32], x.device())?.to_dtype(x.dtype())?;
+                let parts =
+                    all_reduce_parts(sync.as_ref(), &[&sum_per_channel(&detached)?, &local])?;
+                let count = parts[1].to_dtype(DType::F64)?.to_vec1::<f64>()?[0];
+                (parts[0].clone(), count.round())
+            }
+        };
+        if count < 2.0 {
+            candle_core::bail!(
+                "batch-norm in training needs more than one value per channel, got input (N, C, L) = ({n}, {c}, {l}){}",
+                if sync.is_some() { format!(", {count} values per channel over all processes") } else { String::new() }
+            )
+        }
+        let mean = (sum / count)?;
         let centered = detached.broadcast_sub(&mean.reshape((1, c, 1))?)?;
-        let var = (sum_per_channel(&centered.sqr()?)? / count as f64)?;
+        let squares = sum_per_channel(&centered.sqr()?)?;
+        let squares = match &sync {
+            None => squares,
+            Some(sync) => sync.all_reduce_sum(&squares)?,
+        };
+        let var = (squares / count)?;
         self.update_running(&mean, &var, count)?;
         let invstd = (var + self.eps)?.sqrt()?.recip()?;
         x.apply_op3(
@@ -204,6 +272,8 @@ impl BatchNorm {
                 centered: centered.contiguous()?,
                 invstd,
                 relu,
+                count,
+                sync,
             },
         )
     }
@@ -213,6 +283,11 @@ impl BatchNorm {
     fn train_cpu(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         let x = x.contiguous()?;
         let (n, c, l) = x.dims3()?;
+        if n * l < 2 {
+            candle_core::bail!(
+                "batch-norm in training needs more than one value per channel, got input (N, C, L) = ({n}, {c}, {l})"
+            )
+        }
         let Some((mean, var)) =
             per_channel::with_f32(&x, |v| per_channel::batch_stats(v, (n, c, l)))
         else {
@@ -224,7 +299,7 @@ impl BatchNorm {
         self.update_running(
             &Tensor::from_slice(&mean, c, dev)?,
             &Tensor::from_vec(var, c, dev)?,
-            n * l,
+            (n * l) as f64,
         )?;
         x.apply_op3(
             &self.weight.contiguous()?,
@@ -235,9 +310,9 @@ impl BatchNorm {
 
     /// `running = (1 - momentum) running + momentum batch`, the variance unbiased, and one more
     /// batch tracked.
-    fn update_running(&self, mean: &Tensor, var: &Tensor, count: usize) -> Result<()> {
+    fn update_running(&self, mean: &Tensor, var: &Tensor, count: f64) -> Result<()> {
         let m = self.momentum;
-        let unbiased = count as f64 / (count - 1) as f64;
+        let unbiased = count / (count - 1.0);
         self.running_mean
             .set(&((self.running_mean.as_detached_tensor() * (1.0 - m))? + (mean * m)?)?)?;
         if let Some(count) = &self.num_batches_tracked {
@@ -262,11 +337,16 @@ fn sum_per_channel(x: &Tensor) -> Result<Tensor> {
 
 /// The training-mode output `relu?(centered * weight * invstd + bias)` of an (N, C, L) input,
 /// with the batch statistics already taken; its backward is the closed form of the gradient
-/// through the batch mean and variance.
+/// through the batch mean and variance. Under a [`StatsSync`], `count` is the global batch's
+/// values per channel and the backward's two per-channel sums are reduced across processes
+/// for the input's gradient; the weight's and bias's stay this process's share (the gradient
+/// all-reduce of data-parallel training sums them).
 struct BatchNormOp {
     centered: Tensor,
     invstd: Tensor,
     relu: bool,
+    count: f64,
+    sync: Option<Arc<dyn StatsSync>>,
 }
 
 impl BatchNormOp {
@@ -348,8 +428,8 @@ impl CustomOp3 for BatchNormOp {
         ys: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (n, c, l) = self.centered.dims3()?;
-        let count = (n * l) as f64;
+        let c = self.centered.dim(1)?;
+        let count = self.count;
         let grad = if self.relu {
             (grad * ys.gt(0.0)?.to_dtype(grad.dtype())?)?
         } else {
@@ -359,11 +439,18 @@ impl CustomOp3 for BatchNormOp {
         let grad_sum = sum_per_channel(&grad)?;
         let grad_dot = sum_per_channel(&(&grad * &self.centered)?)?;
         let grad_w = (&grad_dot * &self.invstd)?;
+        let (grad_sum_all, grad_dot_all) = match &self.sync {
+            None => (grad_sum.clone(), grad_dot.clone()),
+            Some(sync) => {
+                let parts = all_reduce_parts(sync.as_ref(), &[&grad_sum, &grad_dot])?;
+                (parts[0].clone(), parts[1].clone())
+            }
+        };
         let grad_x = if x.track_op() {
             // dx = w invstd / M * (M g - sum g - xhat * sum(g xhat)), xhat = centered * invstd.
             let a = (w * &self.invstd)?;
-            let k = ((&a * self.invstd.sqr()?)? * &grad_dot)?.affine(-1.0 / count, 0.0)?;
-            let shift = (&a * &grad_sum)?.affine(-1.0 / count, 0.0)?;
+            let k = ((&a * self.invstd.sqr()?)? * &grad_dot_all)?.affine(-1.0 / count, 0.0)?;
+            let shift = (&a * &grad_sum_all)?.affine(-1.0 / count, 0.0)?;
             let gx = (grad.broadcast_mul(&per_channel(&a)?)?
                 + self.centered.broadcast_mul(&per_channel(&k)?)?)?
             .broadcast_add(&per_channel(&shift)?)?;
@@ -466,6 +553,57 @@ mod tests {
                 1e-5,
             )?;
         }
+        Ok(())
+    }
+
+    /// Two processes holding the same half batch: the sum over them is twice the local one.
+    struct TwoIdentical;
+
+    impl StatsSync for TwoIdentical {
+        fn all_reduce_sum(&self, local: &Tensor) -> Result<Tensor> {
+            local.affine(2.0, 0.0)
+        }
+    }
+
+    #[test]
+    fn synced_statistics_match_the_whole_global_batch() -> Result<()> {
+        let dev = Device::Cpu;
+        let (c, shape) = (3, (4, 3, 2, 5));
+        let (ours, _, w, _b) = pair(c, &dev)?;
+        let b = ours.bias().clone();
+        let whole = BatchNorm::new(
+            ours.running_mean().copy()?,
+            ours.running_var().copy()?,
+            w.as_tensor().clone(),
+            b,
+            1e-5,
+            0.1,
+        )?;
+        let half = Var::from_tensor(&(Tensor::randn(0f32, 2.0, shape, &dev)? + 1.0)?)?;
+        let both = Var::from_tensor(&Tensor::cat(&[half.as_tensor(), half.as_tensor()], 0)?)?;
+        let upstream = Tensor::randn(0f32, 1.0, shape, &dev)?;
+        let previous = set_stats_sync(Some(Arc::new(TwoIdentical)));
+        let synced = (|| {
+            let y = ours.forward_relu(half.as_tensor(), true)?;
+            let grads = (&y * &upstream)?.sum_all()?.backward()?;
+            Ok::<_, candle_core::Error>((y, grads))
+        })();
+        set_stats_sync(previous);
+        let (synced, synced_grads) = synced?;
+        let full = whole.forward_relu(both.as_tensor(), true)?;
+        let full_grads = (&full * Tensor::cat(&[&upstream, &upstream], 0)?)?
+            .sum_all()?
+            .backward()?;
+        close(&synced, &full.narrow(0, 0, shape.0)?, 1e-5)?;
+        close(ours.running_mean(), whole.running_mean(), 1e-6)?;
+        close(ours.running_var(), whole.running_var(), 1e-6)?;
+        let gx = synced_grads.get(half.as_tensor()).expect("input gradient");
+        let full_gx = full_grads.get(both.as_tensor()).expect("input gradient");
+        close(gx, &full_gx.narrow(0, 0, shape.0)?, 1e-4)?;
+        // The weight's gradient is this process's share: half of the whole batch's.
+        let gw = synced_grads.get(w.as_tensor()).expect("weight gradient");
+        let full_gw = full_grads.get(w.as_tensor()).expect("weight gradient");
+        close(&gw.affine(2.0, 0.0)?, full_gw, 1e-4)?;
         Ok(())
     }
 

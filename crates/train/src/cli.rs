@@ -93,6 +93,11 @@ impl Recipe {
     /// Any error of [`Recipe::config`], [`resumed_config`], the run directory ([`RunDir`]), loading
     /// the data ([`load_data`]) or training ([`run`]).
     pub fn run(&self, args: &Args) -> Result<Outcome> {
+        crate::distributed::launch(&args.distributed, || self.run_here(args))
+    }
+
+    /// [`Recipe::run`] in this process (one rank of a data-parallel job, or alone).
+    fn run_here(&self, args: &Args) -> Result<Outcome> {
         let Some(dir) = &args.resume else {
             let config = self.config(args)?;
             let out = self.fresh_dir(args)?;
@@ -176,6 +181,7 @@ pub fn resumed_config(saved: &RunConfig, args: &Args) -> Result<RunConfig> {
             .iter()
             .filter(|f| f.changeable)
             .map(|f| f.flag())
+            .chain(["--distributed".to_string()])
             .collect();
         bail!(
             "--resume continues the saved configuration; these flags differ from it: {} (only {} \

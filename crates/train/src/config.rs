@@ -160,6 +160,9 @@ pub struct RunConfig {
     /// Where the data is held and augmented (the batches are the same either way).
     #[serde(default)]
     pub data_placement: DataPlacement,
+    /// `--sync-bn` and `--drop-last` (saved as `sync_bn`, `drop_last`).
+    #[serde(flatten, default)]
+    pub parallel: crate::distributed::DataParallel,
 }
 
 impl RunConfig {

@@ -140,7 +140,7 @@ fn to_device(images: &Tensor, labels: &Tensor, device: &Device) -> Result<(Tenso
     Ok((images.to_device(device)?, labels.to_device(device)?))
 }
 
-fn record(
+pub(crate) fn record(
     metrics: &mut Metrics,
     predictions: &mut Vec<(usize, usize)>,
     loss: f64,

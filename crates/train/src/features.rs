@@ -67,14 +67,28 @@ impl BatchSource for CachedFeatures {
     }
 
     fn batches(&self, epoch: usize) -> Box<dyn Iterator<Item = Result<Batch>> + '_> {
+        let chunks: Vec<Vec<usize>> = self
+            .order(epoch)
+            .chunks(self.batch_size)
+            .map(<[usize]>::to_vec)
+            .collect();
+        self.batches_of(epoch, chunks)
+    }
+
+    /// Rows of the feature matrix, shuffled per epoch from the seed or in order.
+    fn order(&self, epoch: usize) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.indices.len()).collect();
         if let Some(seed) = self.shuffle {
             Rng::for_shuffle(seed, epoch as u64).shuffle(&mut order);
         }
-        let chunks: Vec<Vec<usize>> = order
-            .chunks(self.batch_size)
-            .map(<[usize]>::to_vec)
-            .collect();
+        order
+    }
+
+    fn batches_of(
+        &self,
+        _epoch: usize,
+        chunks: Vec<Vec<usize>>,
+    ) -> Box<dyn Iterator<Item = Result<Batch>> + '_> {
         Box::new(chunks.into_iter().map(move |rows| {
             let at = Tensor::new(
                 rows.iter().map(|&r| r as u32).collect::<Vec<u32>>(),

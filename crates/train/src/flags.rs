@@ -259,6 +259,7 @@ macro_rules! hyperparameters {
                 Ok(RunConfig {
                     program: self.program.to_string(),
                     dataset: self.dataset,
+                    parallel: args.distributed.config(),
                     $( $(
                         $field: {
                             let rule: Flag<$ty, _> = $rule;
@@ -276,6 +277,7 @@ macro_rules! hyperparameters {
                 RunConfig {
                     program: self.program.to_string(),
                     dataset: self.dataset,
+                    parallel: Default::default(),
                     $( $( $field: {
                         let rule: Flag<$ty, _> = $rule;
                         (rule.default)(self)
@@ -310,6 +312,11 @@ macro_rules! hyperparameters {
                     }
                 }
             )? )*
+            args.distributed.check_resumed(&saved.parallel, &mut |flag, given, saved| {
+                if let Some(given) = given.filter(|g| *g != saved) {
+                    refused.push(format!("{flag} {given} (the run has {saved})"));
+                }
+            });
             Ok((config, refused))
         }
     };
@@ -406,6 +413,9 @@ hyperparameters! {
     /// there (auto: on a GPU when the transforms allow)
     #[arg(long, value_enum)]
     data_placement: Option<DataPlacement> = value(|_| DataPlacement::default()).changeable();
+    /// Data-parallel training: --distributed, --sync-bn, --drop-last
+    #[command(flatten)]
+    distributed: crate::distributed::DistributedArgs;
 }
 
 fn default_workers() -> usize {

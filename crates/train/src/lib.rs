@@ -8,6 +8,7 @@ pub mod atomic;
 pub mod cli;
 pub mod config;
 pub mod device;
+pub mod distributed;
 pub mod engine;
 pub mod features;
 pub mod flags;

@@ -102,6 +102,45 @@ impl Metrics {
     pub fn confusion(&self) -> &[Vec<u64>] {
         &self.confusion
     }
+
+    /// The sums behind the metrics, flat: loss sum, samples, top-1 and top-5 hits, then the
+    /// confusion matrix row by row (`3 + k + 1 ... ` = `4 + k * k` values for `k` classes):
+    /// what data-parallel ranks add up. Counts are exact in f64 below 2^53.
+    pub fn sums(&self) -> Vec<f64> {
+        let mut sums = vec![
+            self.loss_sum,
+            self.samples as f64,
+            self.correct1 as f64,
+            self.correct5 as f64,
+        ];
+        sums.extend(self.confusion.iter().flatten().map(|&c| c as f64));
+        sums
+    }
+
+    /// The metrics whose [`Metrics::sums`] are `sums` (of `num_classes` classes), such as the
+    /// element-wise sum of several passes' sums.
+    ///
+    /// Errors: `sums` does not hold `4 + num_classes^2` values.
+    pub fn from_sums(num_classes: usize, sums: &[f64]) -> Result<Self> {
+        let k = num_classes;
+        if sums.len() != 4 + k * k {
+            bail!(
+                "{} sums for the metrics of {k} classes, expected {}",
+                sums.len(),
+                4 + k * k
+            );
+        }
+        Ok(Self {
+            loss_sum: sums[0],
+            samples: sums[1] as usize,
+            correct1: sums[2] as usize,
+            correct5: sums[3] as usize,
+            confusion: sums[4..]
+                .chunks(k.max(1))
+                .map(|row| row.iter().map(|&c| c as u64).collect())
+                .collect(),
+        })
+    }
 }
 
 fn percent(hits: usize, total: usize) -> f64 {
@@ -144,6 +183,8 @@ mod tests {
         assert_eq!(per_class[2], Some(0.0));
         assert_eq!(per_class[3], None);
         assert!(m.update(0.0, &logits[..1], &[7]).is_err());
+        assert_eq!(Metrics::from_sums(6, &m.sums())?, m);
+        assert!(Metrics::from_sums(5, &m.sums()).is_err());
         Ok(())
     }
 }

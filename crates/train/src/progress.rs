@@ -17,7 +17,8 @@ impl Progress {
     /// Starts a phase of `batches` batches; `label` is shown in front of the bar
     /// (for example `epoch 3/16 train`). Draws nothing unless stdout is a terminal.
     pub fn start(label: String, batches: usize) -> Self {
-        let bar = std::io::stdout().is_terminal().then(|| {
+        let shown = std::io::stdout().is_terminal() && !crate::distributed::quiet();
+        let bar = shown.then(|| {
             let style =
                 ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
                     .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -62,6 +63,9 @@ impl Progress {
 /// piped into `head`, say), the lines are dropped and the program goes on.
 pub fn say(line: std::fmt::Arguments<'_>) {
     use std::io::Write;
+    if crate::distributed::quiet() {
+        return;
+    }
     let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 

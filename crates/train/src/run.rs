@@ -67,7 +67,7 @@ pub fn run(
     resume: Option<(ResumeState, StateTensors)>,
 ) -> Result<Outcome> {
     config.validate()?;
-    let device = parse_device(&config.device)?;
+    let device = parse_device(&crate::distributed::device_spec(&config.device))?;
     let classes = data.train.classes().to_vec();
     let store = ParamStore::new(config.seed, &device);
     let model = zoo::build(&config.model, classes.len(), store.vb())?;
@@ -118,8 +118,20 @@ pub fn train(
         title,
         device,
     } = trainee;
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("cannot create output directory {}", out.display()))?;
+    let shards =
+        crate::distributed::shard(train_loader, config.batch_size, config.parallel.drop_last).zip(
+            crate::distributed::shard(test_loader, config.test_batch_size, false),
+        );
+    // Data-parallel: the global view (batches of the job, every sample).
+    let (train_loader, test_loader): (&dyn BatchSource, &dyn BatchSource) = match &shards {
+        Some((train, test)) => (train, test),
+        None => (train_loader, test_loader),
+    };
+    let writes = crate::distributed::writes();
+    if writes {
+        std::fs::create_dir_all(out)
+            .with_context(|| format!("cannot create output directory {}", out.display()))?;
+    }
     let trained_parameters: usize = trainable.iter().map(|(_, v)| v.elem_count()).sum();
     let mut optimizer = config.optimizer(trainable)?;
     let schedule = config.schedule(train_loader.num_batches());
@@ -128,21 +140,25 @@ pub fn train(
     let _precision = config.precision.enter();
 
     let mut progress = restore(store, optimizer.as_mut(), resume)?;
-    atomic::write_bytes(&out.join(CONFIG), &serde_json::to_vec_pretty(config)?)?;
-    crate::inference::save_classes(out, &classes)?;
-    if !progress.history.is_empty() {
-        // A run killed between its state and its metrics resumes with both complete.
-        history::save(out, &progress.history)?;
+    crate::distributed::broadcast_weights(store)?;
+    let mut outputs = None;
+    if writes {
+        atomic::write_bytes(&out.join(CONFIG), &serde_json::to_vec_pretty(config)?)?;
+        crate::inference::save_classes(out, &classes)?;
+        if !progress.history.is_empty() {
+            // A run killed between its state and its metrics resumes with both complete.
+            history::save(out, &progress.history)?;
+        }
+        outputs = Some(Outputs {
+            out,
+            config,
+            store,
+            title: &title,
+            classes: &classes,
+            test_images,
+            events: EventWriter::create(out)?,
+        });
     }
-    let mut outputs = Outputs {
-        out,
-        config,
-        store,
-        title: &title,
-        classes: &classes,
-        test_images,
-        events: EventWriter::create(out)?,
-    };
     crate::say!(
         "{} {}: {title} ({} train / {} test images, {} parameters, {} trained) on {}{}, writing to {}",
         config.program,
@@ -170,6 +186,7 @@ pub fn train(
         device: &device,
         classes: classes.len(),
         config,
+        shards: shards.as_ref().map(|(a, b)| (a, b)),
     };
     for epoch in progress.epochs_done..config.epochs {
         let (trained, tested, record) = passes.run(epoch, store, optimizer.as_mut(), &schedule)?;
@@ -181,6 +198,9 @@ pub fn train(
         let images_per_s = trained.metrics.samples() as f64 / record.seconds.max(1e-9);
         progress.history.push(record);
         progress.epochs_done = epoch + 1;
+        let Some(outputs) = outputs.as_mut() else {
+            continue;
+        };
         outputs.save(
             &progress,
             improved,
@@ -235,6 +255,11 @@ struct Epoch<'a> {
     device: &'a Device,
     classes: usize,
     config: &'a RunConfig,
+    /// This rank's shares of the training and test data, in a data-parallel job.
+    shards: Option<(
+        &'a crate::distributed::Sharded<'a>,
+        &'a crate::distributed::Sharded<'a>,
+    )>,
 }
 
 impl Epoch<'_> {
@@ -255,24 +280,47 @@ impl Epoch<'_> {
             schedule,
             label_smoothing: config.label_smoothing,
         };
-        let trained = train_epoch(
-            self.model,
-            self.train,
-            self.device,
-            epoch,
-            step,
-            self.classes,
-            label("train"),
-        )?;
+        let trained = match self.shards {
+            Some((train, _)) => crate::distributed::train_epoch(
+                self.model,
+                train,
+                store,
+                self.device,
+                epoch,
+                step,
+                self.classes,
+                label("train"),
+                config.parallel.sync_bn,
+            )?,
+            None => train_epoch(
+                self.model,
+                self.train,
+                self.device,
+                epoch,
+                step,
+                self.classes,
+                label("train"),
+            )?,
+        };
         ensure_finite_after(epoch + 1, store, optimizer)?;
-        let tested = evaluate(
-            self.model,
-            self.test,
-            self.device,
-            self.classes,
-            config.label_smoothing,
-            label("test"),
-        )?;
+        let tested = match self.shards {
+            Some((_, test)) => crate::distributed::evaluate(
+                self.model,
+                test,
+                self.device,
+                self.classes,
+                config.label_smoothing,
+                label("test"),
+            )?,
+            None => evaluate(
+                self.model,
+                self.test,
+                self.device,
+                self.classes,
+                config.label_smoothing,
+                label("test"),
+            )?,
+        };
         for (what, value) in [
             ("training loss", trained.metrics.loss()),
             ("test loss", tested.metrics.loss()),
@@ -502,7 +550,8 @@ pub fn loader(config: &RunConfig, dataset: &Arc<dyn Dataset>, train: bool) -> Re
             batch_size,
             shuffle: train,
             seed: config.seed,
-            drop_last: false,
+            // Data-parallel, the last global batch is dropped instead (distributed::shard).
+            drop_last: train && config.parallel.drop_last && crate::distributed::rank().is_none(),
             workers: config.workers,
             limit,
         },

@@ -68,7 +68,8 @@ const REPLACED_FILES: [&str; 4] = [STATE, LEGACY_STATE_JSON, BEST, LAST];
 #[derive(Debug)]
 pub struct RunDir {
     path: PathBuf,
-    _lock: File,
+    /// `None` on the data-parallel ranks that write nothing (rank 0 holds the lock).
+    _lock: Option<File>,
 }
 
 impl RunDir {
@@ -78,6 +79,9 @@ impl RunDir {
     /// holds a run (its `state.safetensors`, checkpoints or `config.json`) and `overwrite` is
     /// false. With `overwrite`, the old run's state and checkpoints are removed first.
     pub fn fresh(path: &Path, overwrite: bool) -> Result<Self> {
+        if !crate::distributed::writes() {
+            return Ok(Self::unlocked(path));
+        }
         std::fs::create_dir_all(path)
             .with_context(|| format!("--out {}: cannot create the directory", path.display()))?;
         let dir = Self::lock(path)?;
@@ -114,12 +118,23 @@ impl RunDir {
         if !path.is_dir() {
             bail!("--resume {}: no such run directory", path.display());
         }
+        if !crate::distributed::writes() {
+            return Ok(Self::unlocked(path));
+        }
         Self::lock(path)
     }
 
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The directory of a data-parallel rank other than 0: read, never written or locked.
+    fn unlocked(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            _lock: None,
+        }
     }
 
     fn lock(path: &Path) -> Result<Self> {
@@ -145,7 +160,7 @@ impl RunDir {
         remove_temporaries(path)?;
         Ok(Self {
             path: path.to_path_buf(),
-            _lock: lock,
+            _lock: Some(lock),
         })
     }
 }

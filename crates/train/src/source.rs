@@ -12,6 +12,16 @@ pub trait BatchSource: Send + Sync {
     fn num_samples(&self) -> usize;
     /// The batches of epoch `epoch` (from 0): the order may depend on the epoch, nothing else.
     fn batches(&self, epoch: usize) -> Box<dyn Iterator<Item = Result<Batch>> + '_>;
+    /// The keys of epoch `epoch`'s samples in batch order, before batching: what
+    /// [`BatchSource::batches`] cuts into batches (a data-parallel rank takes its share).
+    fn order(&self, epoch: usize) -> Vec<usize>;
+    /// The batches of the given groups of keys (from [`BatchSource::order`]) for `epoch`,
+    /// each sample as [`BatchSource::batches`] would give it.
+    fn batches_of(
+        &self,
+        epoch: usize,
+        groups: Vec<Vec<usize>>,
+    ) -> Box<dyn Iterator<Item = Result<Batch>> + '_>;
 }
 
 impl BatchSource for Loader {
@@ -26,6 +36,18 @@ impl BatchSource for Loader {
     fn batches(&self, epoch: usize) -> Box<dyn Iterator<Item = Result<Batch>> + '_> {
         Box::new(self.epoch(epoch))
     }
+
+    fn order(&self, epoch: usize) -> Vec<usize> {
+        Loader::order(self, epoch)
+    }
+
+    fn batches_of(
+        &self,
+        epoch: usize,
+        groups: Vec<Vec<usize>>,
+    ) -> Box<dyn Iterator<Item = Result<Batch>> + '_> {
+        Box::new(self.epoch_of(epoch, groups))
+    }
 }
 
 impl BatchSource for ResidentLoader {
@@ -39,5 +61,17 @@ impl BatchSource for ResidentLoader {
 
     fn batches(&self, epoch: usize) -> Box<dyn Iterator<Item = Result<Batch>> + '_> {
         Box::new(self.epoch(epoch))
+    }
+
+    fn order(&self, epoch: usize) -> Vec<usize> {
+        self.loader().order(epoch)
+    }
+
+    fn batches_of(
+        &self,
+        epoch: usize,
+        groups: Vec<Vec<usize>>,
+    ) -> Box<dyn Iterator<Item = Result<Batch>> + '_> {
+        Box::new(groups.into_iter().map(move |g| self.batch(epoch, &g)))
     }
 }

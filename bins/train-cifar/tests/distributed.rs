@@ -1,0 +1,169 @@
+//! Data-parallel training with `--sync-bn` under `mpirun -n 2` (built with `--features mpi`,
+//! Open MPI installed; `.ci/run` installs it): two ranks of batch 32 reach the weights and
+//! metrics of one process of batch 64. Needs CNN_SHARED_DIR (the real CIFAR-10); skipped with a
+//! message otherwise.
+#![cfg(feature = "mpi")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_train-cifar");
+
+fn shared_cifar() -> Option<PathBuf> {
+    match std::env::var("CNN_SHARED_DIR") {
+        Ok(dir) => Some(Path::new(&dir).join("data").join("cifar10")),
+        Err(_) => {
+            eprintln!("skipped: CNN_SHARED_DIR not set");
+            None
+        }
+    }
+}
+
+/// `mpirun` with what Open MPI needs to run as root (CI) and on more ranks than cores; a rank
+/// waiting in a collective yields its core (the machine is shared) and each rank computes on
+/// one thread.
+fn mpirun() -> Command {
+    let mut cmd = Command::new("mpirun");
+    cmd.args(["--oversubscribe", "--allow-run-as-root"])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_mpi_yield_when_idle", "1")
+        .env("RAYON_NUM_THREADS", "1");
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .expect("cannot start the program (is Open MPI installed?)");
+    assert!(
+        out.status.success(),
+        "{:?} failed:\n{}\n{}",
+        cmd,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(path).expect("checkpoint");
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let mut out: Vec<(String, Vec<f32>)> = tensors
+        .tensors()
+        .into_iter()
+        .filter(|(_, t)| t.dtype() == safetensors::Dtype::F32)
+        .map(|(name, t)| {
+            let values = t
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            (name, values)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// The largest absolute difference between two checkpoints' float tensors, and where.
+fn max_difference(a: &Path, b: &Path) -> (f32, String) {
+    let (a, b) = (weights(a), weights(b));
+    assert_eq!(a.len(), b.len());
+    let mut worst = (0f32, String::new());
+    for ((name, x), (other, y)) in a.iter().zip(&b) {
+        assert_eq!(name, other);
+        for (u, v) in x.iter().zip(y) {
+            if (u - v).abs() > worst.0 {
+                worst = ((u - v).abs(), name.clone());
+            }
+        }
+    }
+    worst
+}
+
+/// `metrics.csv`'s rows: epoch, train loss and accuracy, test loss and accuracy, lr.
+fn metrics(dir: &Path) -> Vec<Vec<f64>> {
+    let text = std::fs::read_to_string(dir.join("metrics.csv")).expect("metrics.csv");
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().expect("header").split(',').collect();
+    let keep: Vec<usize> = header
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| **h != "seconds")
+        .map(|(i, _)| i)
+        .collect();
+    lines
+        .map(|l| {
+            let cells: Vec<&str> = l.split(',').collect();
+            keep.iter()
+                .map(|&i| cells[i].parse::<f64>().unwrap_or(f64::NAN))
+                .collect()
+        })
+        .collect()
+}
+
+/// resnet18-seed (20 batch norms) with `--sync-bn`, SGD (momentum 0.9, weight decay 5e-4) at
+/// lr 0.002, one epoch of 256 augmented training images: 4 steps of a global batch of 64.
+///
+/// Tolerance: only float32 summation orders differ (per-rank sums then the all-reduce, in the
+/// gradients and in every batch norm's statistics and backward sums). At initialisation the
+/// first convolution's gradient is large and comes out of the batch norm's backward as a
+/// difference of large, nearly cancelling sums, so rounding noise is amplified: after one step
+/// the weights agree to 2.4e-7, after four to ~2.5e-4 (measured; without --sync-bn they differ
+/// by orders of magnitude more, the batch statistics being different). 1e-3 is that noise with
+/// margin and a small fraction of the steps' changes (each step moves conv1 by ~0.04 in norm);
+/// losses agree to 1e-3, accuracies to one of the 64 test images.
+#[test]
+fn two_ranks_with_sync_bn_match_one_process() {
+    let Some(data) = shared_cifar() else { return };
+    let data = data.to_string_lossy().into_owned();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    let (one_s, two_s) = (one.to_string_lossy(), two.to_string_lossy());
+    let args = |out: &str, batch: &str| -> Vec<String> {
+        [
+            "--data-dir",
+            &data,
+            "--model",
+            "resnet18-seed",
+            "--epochs",
+            "1",
+            "--lr",
+            "0.002",
+            "--limit-train",
+            "256",
+            "--limit-test",
+            "64",
+            "--sync-bn",
+            "--workers",
+            "1",
+            "--batch-size",
+            batch,
+            "--out",
+            out,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    run(Command::new(BIN).args(args(&one_s, "64")));
+    run(mpirun().args(["-n", "2", BIN]).args(args(&two_s, "32")));
+    let (diff, name) = max_difference(&one.join("last.safetensors"), &two.join("last.safetensors"));
+    eprintln!("largest weight difference {diff:e} ({name})");
+    assert!(diff <= 1e-3, "{name} differs by {diff}");
+    let (a, b) = (metrics(&one), metrics(&two));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        // epoch, train loss, train acc, test loss, test acc, (top-5,) lr
+        for (u, v) in x.iter().zip(y) {
+            assert!(
+                (u - v).abs() <= 100.0 / 64.0 + 1e-9,
+                "metrics differ: {x:?} vs {y:?}"
+            );
+        }
+        assert!(
+            (x[1] - y[1]).abs() <= 1e-3 && (x[3] - y[3]).abs() <= 1e-3,
+            "{x:?} vs {y:?}"
+        );
+    }
+}

@@ -1,0 +1,860 @@
+//! Data-parallel training across processes and machines, PyTorch DDP's (and Horovod's) design
+//! on proven engines: MPI (the `mpi` crate over an installed Open MPI or MPICH) starts the ranks
+//! and all-reduces host tensors; with the `nccl` feature, NCCL all-reduces CUDA tensors (its
+//! unique id broadcast over MPI, as NCCL's examples do).
+//!
+//! - Started by an MPI launcher (`mpirun -n 4 ...`, `srun --mpi=pmix ...`) with the `mpi`
+//!   feature built in, a training program runs data-parallel; `--distributed off|auto|on`
+//!   overrides.
+//! - `--batch-size` is per rank: the global batch is world size x batch size. Every rank draws
+//!   the same seeded permutation of each epoch; rank r takes the r-th slice of each global batch
+//!   ([`shard`]), so the samples and their augmentation (keyed by seed, epoch and index) do not
+//!   depend on the world size.
+//! - Each step, every rank back-propagates its share of the global batch's mean loss (its mean
+//!   loss times its share of the samples); the gradients, flattened into one buffer, are summed
+//!   by one all-reduce before the optimizer step: the gradient of the global batch's mean loss,
+//!   on every rank.
+//! - Batch-norm statistics stay per rank (DDP's default; rank 0's running statistics are
+//!   broadcast before each evaluation and saved); `--sync-bn` reduces them across ranks
+//!   ([`layers::StatsSync`]).
+//! - Evaluation is sharded too; the sums behind the metrics are reduced.
+//! - Rank 0 alone writes the run directory and prints; the others are quiet unless
+//!   `CNN_LOG_ALL_RANKS=1`. A rank that fails prints its error and aborts the whole job
+//!   (`MPI_Abort`), so that the others do not wait forever.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::ModuleT;
+use datasets::Batch;
+use layers::ParamStore;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{record, Pass, TrainStep};
+use crate::loss::cross_entropy;
+use crate::metrics::Metrics;
+use crate::progress::Progress;
+use crate::source::BatchSource;
+
+/// `--distributed`: whether to train data-parallel across the ranks an MPI launcher started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Mode {
+    /// One process, even under a launcher.
+    Off,
+    /// Data-parallel when an MPI launcher started the process.
+    #[default]
+    Auto,
+    /// Data-parallel; an error without a launcher or without the `mpi` feature.
+    On,
+}
+
+/// The flags of data-parallel training, flattened into [`crate::cli::Args`].
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct DistributedArgs {
+    /// off, auto or on: train data-parallel across the processes an MPI launcher (mpirun,
+    /// srun --mpi=pmix) started; --batch-size is then per rank [default: auto]
+    #[arg(long, value_enum)]
+    pub distributed: Option<Mode>,
+    /// Batch-norm statistics of the whole global batch (SyncBatchNorm) instead of each rank's
+    #[arg(long)]
+    pub sync_bn: bool,
+    /// Drop the last training batch (the last global one, data-parallel) when it is partial
+    #[arg(long)]
+    pub drop_last: bool,
+}
+
+/// The training flags of data-parallel runs, saved with the run (`sync_bn`, `drop_last` in
+/// `config.json`). Both also apply to one process: `sync_bn` is then plain batch norm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DataParallel {
+    /// Reduce batch-norm statistics across ranks.
+    #[serde(default)]
+    pub sync_bn: bool,
+    /// Drop the last partial (global) training batch.
+    #[serde(default)]
+    pub drop_last: bool,
+}
+
+impl DistributedArgs {
+    /// The saved part: `--sync-bn` and `--drop-last`.
+    pub fn config(&self) -> DataParallel {
+        DataParallel {
+            sync_bn: self.sync_bn,
+            drop_last: self.drop_last,
+        }
+    }
+
+    /// For `--resume`: records, through `check(flag, given, saved)`, the flags given with a
+    /// value other than the saved run's (`--distributed` may change: the saved state does not
+    /// depend on the world size).
+    pub fn check_resumed(
+        &self,
+        saved: &DataParallel,
+        check: &mut dyn FnMut(&str, Option<String>, String),
+    ) {
+        check(
+            "--sync-bn",
+            self.sync_bn.then(|| "true".into()),
+            saved.sync_bn.to_string(),
+        );
+        check(
+            "--drop-last",
+            self.drop_last.then(|| "true".into()),
+            saved.drop_last.to_string(),
+        );
+    }
+}
+
+/// The environment variable that makes ranks other than 0 print their lines too.
+pub const LOG_ALL_RANKS: &str = "CNN_LOG_ALL_RANKS";
+
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process prints nothing (a rank other than 0).
+pub fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
+
+/// This process's place in the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rank {
+    /// From 0.
+    pub rank: usize,
+    /// The number of ranks (world size).
+    pub size: usize,
+}
+
+struct Context {
+    rank: Rank,
+    #[cfg(feature = "mpi")]
+    comm: mpi::topology::SimpleCommunicator,
+    #[cfg(feature = "nccl")]
+    nccl: RefCell<Option<Rc<nccl::Nccl>>>,
+}
+
+thread_local! {
+    // Set on the thread that runs the job (MPI is initialised "funneled": only it calls MPI).
+    static CONTEXT: RefCell<Option<Rc<Context>>> = const { RefCell::new(None) };
+}
+
+fn context() -> Option<Rc<Context>> {
+    CONTEXT.with(|c| c.borrow().clone())
+}
+
+/// This rank and the world size, when this thread runs a data-parallel job.
+pub fn rank() -> Option<Rank> {
+    context().map(|c| c.rank)
+}
+
+/// Whether this process writes the run directory: one process, or rank 0.
+pub fn writes() -> bool {
+    rank().is_none_or(|r| r.rank == 0)
+}
+
+/// What started this process, if an MPI launcher did: its name and the world size it announces
+/// (0: not announced; MPI tells once started). Open MPI's `mpirun`, MPICH's Hydra (PMI) and
+/// PMIx launchers such as `srun --mpi=pmix` are recognised.
+pub fn launcher() -> Option<(&'static str, usize)> {
+    let read = |name: &str| std::env::var(name).ok()?.trim().parse::<usize>().ok();
+    if let Some(size) = read("OMPI_COMM_WORLD_SIZE") {
+        return Some(("Open MPI", size));
+    }
+    if let Some(size) = read("PMI_SIZE") {
+        return Some(("a PMI launcher", size));
+    }
+    if std::env::var_os("PMIX_RANK").is_some() {
+        return Some(("a PMIx launcher", read("SLURM_NTASKS").unwrap_or(0)));
+    }
+    None
+}
+
+/// The local rank on this host (which GPU to take), from the launcher's environment.
+fn local_rank() -> usize {
+    [
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "MPI_LOCALRANKID",
+        "SLURM_LOCALID",
+        "PMIX_LOCAL_RANK",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok()?.parse().ok())
+    .unwrap_or(0)
+}
+
+/// The device a rank trains on: `auto` and `cuda` name this host's GPU number local rank (as
+/// DDP's one process per GPU); anything else as given.
+pub fn device_spec(spec: &str) -> String {
+    let gpu = spec == "cuda" || (spec == "auto" && candle_core::utils::cuda_is_available());
+    if rank().is_some() && gpu {
+        format!("cuda:{}", local_rank())
+    } else {
+        spec.to_string()
+    }
+}
+
+/// Runs `body` as `args` says: directly, or as one rank of a data-parallel job (MPI initialised
+/// around it, finalised after). A rank whose `body` fails prints the error, naming the rank, and
+/// aborts the whole job, so that no rank waits for it forever.
+///
+/// Errors: `--distributed on` without a launcher; a launcher but no `mpi` feature (unless
+/// `--distributed off`); MPI cannot start; `body`'s error, when it runs alone.
+pub fn launch<T>(args: &DistributedArgs, body: impl FnOnce() -> Result<T>) -> Result<T> {
+    let mode = args.distributed.unwrap_or_default();
+    let found = launcher();
+    match (mode, found) {
+        (Mode::Off, _) | (Mode::Auto, None) => body(),
+        (Mode::On, None) => bail!(
+            "--distributed on: no MPI launcher started this process; start the ranks with \
+             `mpirun -n N <program> ...` (or `srun --mpi=pmix`), or leave out --distributed"
+        ),
+        (_, Some((who, size))) => start(mode, who, size, body),
+    }
+}
+
+#[cfg(not(feature = "mpi"))]
+fn start<T>(mode: Mode, who: &str, size: usize, body: impl FnOnce() -> Result<T>) -> Result<T> {
+    if mode == Mode::On || size != 1 {
+        bail!(
+            "started by {who} as one of {size} processes, but this program was built without \
+             data-parallel training: rebuild it with `--features mpi` (or `nccl`), or pass \
+             --distributed off to train one independent run per process"
+        );
+    }
+    body()
+}
+
+#[cfg(feature = "mpi")]
+fn start<T>(_mode: Mode, _who: &str, _size: usize, body: impl FnOnce() -> Result<T>) -> Result<T> {
+    use mpi::traits::{Communicator, CommunicatorCollectives};
+    use std::io::Write;
+
+    let Some((universe, _)) = mpi::initialize_with_threading(mpi::Threading::Funneled) else {
+        bail!("MPI is already initialised in this process: one data-parallel job per process");
+    };
+    let comm = universe.world();
+    let rank = Rank {
+        rank: comm.rank() as usize,
+        size: comm.size() as usize,
+    };
+    QUIET.store(
+        rank.rank != 0 && std::env::var_os(LOG_ALL_RANKS).is_none(),
+        Ordering::Relaxed,
+    );
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        eprintln!(
+            "rank {} of {} panicked: aborting the job",
+            rank.rank, rank.size
+        );
+        let _ = std::io::stderr().flush();
+        mpi::topology::SimpleCommunicator::world().abort(101);
+    }));
+    CONTEXT.with(|c| {
+        *c.borrow_mut() = Some(Rc::new(Context {
+            rank,
+            comm,
+            #[cfg(feature = "nccl")]
+            nccl: RefCell::new(None),
+        }))
+    });
+    let result = body();
+    let context = CONTEXT.with(|c| c.borrow_mut().take());
+    match result {
+        Ok(value) => {
+            if let Some(context) = &context {
+                context.comm.barrier();
+            }
+            drop(context);
+            drop(universe);
+            Ok(value)
+        }
+        Err(e) if rank.size > 1 => {
+            // Printed before the abort: mpirun then ends every rank within moments.
+            eprintln!("Error on rank {} of {}: {e:?}", rank.rank, rank.size);
+            let _ = std::io::stderr().flush();
+            let _ = std::io::stdout().flush();
+            mpi::topology::SimpleCommunicator::world().abort(1)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The training source (or test source) of this rank: `source`'s samples split across the
+/// ranks, or `None` when no job runs. `batch_size` is per rank.
+pub fn shard<'a>(
+    source: &'a dyn BatchSource,
+    batch_size: usize,
+    drop_last: bool,
+) -> Option<Sharded<'a>> {
+    let rank = rank()?;
+    Some(Sharded {
+        inner: source,
+        rank,
+        global: batch_size * rank.size,
+        drop_last,
+    })
+}
+
+/// A [`BatchSource`] split across ranks: each epoch's order (the same on every rank) is cut
+/// into global batches of world size x batch size; rank r takes the r-th of world-size
+/// contiguous slices of each, as even as can be (the first `len % size` ranks one more sample,
+/// the last partial global batch split the same way). A rank whose slice of the last global
+/// batch is empty gets that batch's first sample with no indices: it runs the step with a
+/// weight of zero, so that every rank runs every collective.
+pub struct Sharded<'a> {
+    inner: &'a dyn BatchSource,
+    rank: Rank,
+    global: usize,
+    drop_last: bool,
+}
+
+impl Sharded<'_> {
+    /// Samples in global batch `b` (from 0).
+    fn global_len(&self, b: usize) -> usize {
+        self.global
+            .min(self.num_samples().saturating_sub(b * self.global))
+    }
+
+    /// This rank's `(first, len)` within a global batch of `len` samples.
+    fn slice(&self, len: usize) -> (usize, usize) {
+        let (base, extra) = (len / self.rank.size, len % self.rank.size);
+        let r = self.rank.rank;
+        (r * base + r.min(extra), base + usize::from(r < extra))
+    }
+}
+
+impl BatchSource for Sharded<'_> {
+    fn num_batches(&self) -> usize {
+        let n = self.inner.num_samples();
+        if self.drop_last {
+            n / self.global
+        } else {
+            n.div_ceil(self.global)
+        }
+    }
+
+    fn num_samples(&self) -> usize {
+        if self.drop_last {
+            self.num_batches() * self.global
+        } else {
+            self.inner.num_samples()
+        }
+    }
+
+    fn order(&self, epoch: usize) -> Vec<usize> {
+        let mut order = self.inner.order(epoch);
+        order.truncate(self.num_samples());
+        order
+    }
+
+    fn batches_of(
+        &self,
+        epoch: usize,
+        groups: Vec<Vec<usize>>,
+    ) -> Box<dyn Iterator<Item = Result<Batch>> + '_> {
+        self.inner.batches_of(epoch, groups)
+    }
+
+    fn batches(&self, epoch: usize) -> Box<dyn Iterator<Item = Result<Batch>> + '_> {
+        let order = self.order(epoch);
+        let mut groups = Vec::with_capacity(self.num_batches());
+        let mut empty = Vec::with_capacity(self.num_batches());
+        for chunk in order.chunks(self.global) {
+            let (first, len) = self.slice(chunk.len());
+            empty.push(len == 0);
+            groups.push(if len == 0 {
+                vec![chunk[0]]
+            } else {
+                chunk[first..first + len].to_vec()
+            });
+        }
+        Box::new(
+            self.inner
+                .batches_of(epoch, groups)
+                .zip(empty)
+                .map(|(batch, empty)| {
+                    let mut batch = batch?;
+                    if empty {
+                        batch.indices.clear();
+                    }
+                    Ok(batch)
+                }),
+        )
+    }
+}
+
+/// Sums over the ranks (the element-wise sum of every rank's tensor): host tensors through
+/// MPI, CUDA tensors through NCCL when built in. Every rank must call it in the same order
+/// with the same length.
+fn all_reduce(t: &Tensor) -> Result<Tensor> {
+    let Some(context) = context() else {
+        return Ok(t.clone());
+    };
+    context.all_reduce(t)
+}
+
+impl Context {
+    #[cfg(not(feature = "mpi"))]
+    fn all_reduce(&self, t: &Tensor) -> Result<Tensor> {
+        Ok(t.clone())
+    }
+
+    #[cfg(feature = "mpi")]
+    fn all_reduce(&self, t: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "nccl")]
+        if let Device::Cuda(cuda) = t.device() {
+            let nccl = {
+                let mut slot = self.nccl.borrow_mut();
+                match slot.as_ref() {
+                    Some(n) => n.clone(),
+                    None => {
+                        let n = Rc::new(nccl::Nccl::new(cuda, self.rank, &self.comm)?);
+                        *slot = Some(n.clone());
+                        n
+                    }
+                }
+            };
+            return nccl.all_reduce(t);
+        }
+        let flat = t.flatten_all()?;
+        let reduced = match t.dtype() {
+            DType::F64 => {
+                let local = flat.to_vec1::<f64>()?;
+                Tensor::from_vec(self.sum_f64(&local), local.len(), t.device())?
+            }
+            dtype => {
+                let local = flat.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                let mut sum = vec![0f32; local.len()];
+                mpi::collective::CommunicatorCollectives::all_reduce_into(
+                    &self.comm,
+                    &local[..],
+                    &mut sum[..],
+                    mpi::collective::SystemOperation::sum(),
+                );
+                Tensor::from_vec(sum, local.len(), t.device())?.to_dtype(dtype)?
+            }
+        };
+        Ok(reduced.reshape(t.shape())?)
+    }
+
+    #[cfg(feature = "mpi")]
+    fn sum_f64(&self, local: &[f64]) -> Vec<f64> {
+        let mut sum = vec![0f64; local.len()];
+        mpi::collective::CommunicatorCollectives::all_reduce_into(
+            &self.comm,
+            local,
+            &mut sum[..],
+            mpi::collective::SystemOperation::sum(),
+        );
+        sum
+    }
+
+    #[cfg(not(feature = "mpi"))]
+    fn sum_f64(&self, local: &[f64]) -> Vec<f64> {
+        local.to_vec()
+    }
+
+    /// Rank 0's values of `values`, on every rank.
+    #[cfg(feature = "mpi")]
+    fn broadcast_f32(&self, values: &mut [f32]) {
+        use mpi::traits::{Communicator, Root};
+        self.comm.process_at_rank(0).broadcast_into(values);
+    }
+
+    #[cfg(not(feature = "mpi"))]
+    fn broadcast_f32(&self, _values: &mut [f32]) {}
+}
+
+/// Copies rank 0's float tensors of `store` (weights and batch-norm statistics) to every rank,
+/// in one broadcast: at the start (as DDP's constructor) and after every training epoch, so
+/// that each rank evaluates (and would save) exactly what rank 0 saves. Nothing without a job.
+///
+/// Errors: a tensor cannot be read or set.
+pub fn broadcast_weights(store: &ParamStore) -> Result<()> {
+    let Some(context) = context() else {
+        return Ok(());
+    };
+    let vars: Vec<_> = store
+        .named_vars()
+        .into_iter()
+        .filter(|(_, v)| v.dtype().is_float())
+        .collect();
+    let mut flat = Vec::new();
+    for (_, v) in &vars {
+        flat.extend(
+            v.as_tensor()
+                .flatten_all()?
+                .to_dtype(DType::F32)?
+                .to_vec1::<f32>()?,
+        );
+    }
+    context.broadcast_f32(&mut flat);
+    let mut at = 0;
+    for (_, v) in &vars {
+        let n = v.elem_count();
+        let t =
+            Tensor::from_slice(&flat[at..at + n], v.shape(), v.device())?.to_dtype(v.dtype())?;
+        v.set(&t)?;
+        at += n;
+    }
+    Ok(())
+}
+
+/// Bytes all-reduced per training step: the flattened f32 gradients of `trainable` plus the
+/// loss (what one step of the job sends into the reduction, per rank).
+pub fn bytes_per_step(trainable: &[(String, candle_core::Var)]) -> usize {
+    4 * (trainable.iter().map(|(_, v)| v.elem_count()).sum::<usize>() + 1)
+}
+
+/// The [`layers::StatsSync`] of `--sync-bn`: the all-reduce, with this rank's contribution
+/// zeroed on a step where it holds no sample. Called on the training thread (forward and
+/// backward), where the job's context lives.
+struct BnSync {
+    contributes: AtomicBool,
+}
+
+impl layers::StatsSync for BnSync {
+    fn all_reduce_sum(&self, local: &Tensor) -> candle_core::Result<Tensor> {
+        let local = if self.contributes.load(Ordering::Relaxed) {
+            local.clone()
+        } else {
+            local.zeros_like()?
+        };
+        all_reduce(&local).map_err(candle_core::Error::wrap)
+    }
+}
+
+/// Trains epoch `epoch` of a data-parallel job over this rank's share `loader` (from
+/// [`shard`]): `engine::train_epoch`'s loop with the gradients all-reduced before each step.
+/// The returned metrics and batch losses are the whole global batches'; the predictions this
+/// rank's. `sync_bn` installs the batch-norm statistics reduction for the epoch.
+///
+/// Errors: a batch, the model or the transport failed; the global loss became non-finite
+/// (every rank stops at the same step with the same error).
+#[allow(clippy::too_many_arguments)]
+pub fn train_epoch(
+    model: &dyn ModuleT,
+    loader: &Sharded<'_>,
+    store: &ParamStore,
+    device: &Device,
+    epoch: usize,
+    step: TrainStep<'_>,
+    num_classes: usize,
+    label: String,
+    sync_bn: bool,
+) -> Result<Pass> {
+    let batches = loader.num_batches();
+    let trainable = store.trainable();
+    let mut metrics = Metrics::new(num_classes);
+    let mut predictions = Vec::new();
+    let mut progress = Progress::start(label, batches);
+    let mut last_lr = step.optimizer.learning_rate();
+    let mut batch_losses = Vec::with_capacity(batches);
+    let bn = std::sync::Arc::new(BnSync {
+        contributes: AtomicBool::new(true),
+    });
+    let previous = sync_bn.then(|| layers::set_stats_sync(Some(bn.clone())));
+    let result = (|| -> Result<()> {
+        for (b, batch) in loader.batches(epoch).enumerate() {
+            let batch = batch?;
+            step.schedule.apply(step.optimizer, epoch, b, batches);
+            last_lr = step.optimizer.learning_rate();
+            let n = batch.indices.len();
+            let share = n as f64 / loader.global_len(b).max(1) as f64;
+            bn.contributes.store(n > 0, Ordering::Relaxed);
+            let images = batch.images.to_device(device)?;
+            let labels = batch.labels.to_device(device)?;
+            let logits = model.forward_t(&images, true)?;
+            let loss = cross_entropy(&logits, &labels, step.label_smoothing)?;
+            let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            // This rank's part of the global batch's mean loss; its gradient is summed below.
+            let mut grads = loss.affine(share, 0.0)?.backward()?;
+            let mut parts = Vec::with_capacity(trainable.len() + 1);
+            for (_, v) in &trainable {
+                parts.push(match grads.get(v.as_tensor()) {
+                    Some(g) => g.to_dtype(DType::F32)?.flatten_all()?,
+                    None => Tensor::zeros(v.elem_count(), DType::F32, v.device())?,
+                });
+            }
+            let local_loss = if value.is_finite() {
+                value * share
+            } else {
+                value
+            };
+            parts.push(Tensor::new(&[local_loss as f32], device)?);
+            let summed = all_reduce(&Tensor::cat(&parts, 0)?)?;
+            let total = summed.elem_count();
+            let global_loss = f64::from(summed.narrow(0, total - 1, 1)?.to_vec1::<f32>()?[0]);
+            if !global_loss.is_finite() {
+                bail!(
+                    "the training loss became {global_loss} in epoch {} at batch {}/{batches}: \
+                     training stopped (try a lower --lr); the checkpoints of the last finished \
+                     epoch are kept",
+                    epoch + 1,
+                    b + 1
+                );
+            }
+            let mut at = 0;
+            for (_, v) in &trainable {
+                let len = v.elem_count();
+                let g = summed
+                    .narrow(0, at, len)?
+                    .reshape(v.shape())?
+                    .to_dtype(v.dtype())?;
+                grads.insert(v.as_tensor(), g);
+                at += len;
+            }
+            step.optimizer.step(&grads)?;
+            batch_losses.push(global_loss);
+            if n > 0 {
+                record(
+                    &mut metrics,
+                    &mut predictions,
+                    value,
+                    &logits,
+                    &batch.labels,
+                    &batch.indices,
+                )?;
+            }
+            progress.batch(n * loader.rank.size, global_loss, metrics.accuracy());
+        }
+        Ok(())
+    })();
+    if let Some(previous) = previous {
+        layers::set_stats_sync(previous);
+    }
+    result?;
+    progress.finish();
+    broadcast_weights(store)?;
+    Ok(Pass {
+        metrics: reduce_metrics(&metrics)?,
+        predictions,
+        last_lr: Some(last_lr),
+        batch_losses,
+    })
+}
+
+/// Evaluates this rank's share `loader` (from [`shard`]) and reduces the result: the metrics
+/// and the predictions (in the whole test set's order) of every rank, on every rank.
+///
+/// Errors: a batch, the model or the transport failed.
+pub fn evaluate(
+    model: &dyn ModuleT,
+    loader: &Sharded<'_>,
+    device: &Device,
+    num_classes: usize,
+    label_smoothing: f64,
+    label: String,
+) -> Result<Pass> {
+    let mut metrics = Metrics::new(num_classes);
+    let mut predictions = Vec::new();
+    let mut positions = Vec::new();
+    let mut progress = Progress::start(label, loader.num_batches());
+    for (b, batch) in loader.batches(0).enumerate() {
+        let batch = batch?;
+        let n = batch.indices.len();
+        if n > 0 {
+            let images = batch.images.to_device(device)?;
+            let labels = batch.labels.to_device(device)?;
+            let logits = model.forward_t(&images, false)?;
+            let value = cross_entropy(&logits, &labels, label_smoothing)?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
+            record(
+                &mut metrics,
+                &mut predictions,
+                value,
+                &logits,
+                &batch.labels,
+                &batch.indices,
+            )?;
+            let first = b * loader.global + loader.slice(loader.global_len(b)).0;
+            positions.extend(first..first + n);
+        }
+        progress.batch(n * loader.rank.size, metrics.loss(), metrics.accuracy());
+    }
+    progress.finish();
+    // Every sample's (index, class) at its place in the global order, summed over the ranks.
+    let total = loader.num_samples();
+    let mut dense = vec![0f64; 2 * total];
+    for (&p, &(index, class)) in positions.iter().zip(&predictions) {
+        dense[2 * p] = index as f64;
+        dense[2 * p + 1] = class as f64;
+    }
+    let dense = match context() {
+        Some(c) => c.sum_f64(&dense),
+        None => dense,
+    };
+    let predictions = dense
+        .chunks(2)
+        .map(|pair| (pair[0] as usize, pair[1] as usize))
+        .collect();
+    Ok(Pass {
+        metrics: reduce_metrics(&metrics)?,
+        predictions,
+        last_lr: None,
+        batch_losses: Vec::new(),
+    })
+}
+
+/// The metrics of every rank added up.
+fn reduce_metrics(local: &Metrics) -> Result<Metrics> {
+    let Some(context) = context() else {
+        return Ok(local.clone());
+    };
+    Metrics::from_sums(local.confusion().len(), &context.sum_f64(&local.sums()))
+}
+
+#[cfg(feature = "nccl")]
+mod nccl {
+    //! NCCL's all-reduce of CUDA tensors, as a Candle op on the tensor's stream.
+
+    use anyhow::{anyhow, Result};
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::nccl::safe::{Comm, Id, ReduceOp};
+    use candle_core::{
+        CpuStorage, CudaDevice, CudaStorage, CustomOp1, DType, Layout, Shape, Tensor,
+    };
+    use mpi::traits::{Communicator, Root};
+
+    /// One communicator over the job's ranks, on this rank's GPU.
+    pub struct Nccl {
+        comm: Comm,
+    }
+
+    impl Nccl {
+        /// NCCL's unique id made on rank 0 and broadcast over MPI, then `ncclCommInitRank`.
+        pub fn new(
+            device: &CudaDevice,
+            rank: super::Rank,
+            comm: &mpi::topology::SimpleCommunicator,
+        ) -> Result<Self> {
+            let mut id = [0 as std::ffi::c_char; 128];
+            if rank.rank == 0 {
+                id = *Id::new()
+                    .map_err(|e| anyhow!("NCCL cannot make its unique id: {e:?}"))?
+                    .internal();
+            }
+            comm.process_at_rank(0).broadcast_into(&mut id[..]);
+            let comm = Comm::from_rank(device.cuda_stream(), rank.rank, rank.size, Id::uninit(id))
+                .map_err(|e| {
+                    anyhow!(
+                        "NCCL cannot start rank {} of {} on GPU {}: {e:?}",
+                        rank.rank,
+                        rank.size,
+                        device.cuda_stream().context().ordinal()
+                    )
+                })?;
+            Ok(Self { comm })
+        }
+
+        /// The sum over the ranks of `t` (f32, converted otherwise), a new tensor.
+        pub fn all_reduce(&self, t: &Tensor) -> Result<Tensor> {
+            let dtype = t.dtype();
+            let x = t.to_dtype(DType::F32)?.contiguous()?;
+            Ok(x.apply_op1_no_bwd(&AllReduce(&self.comm))?
+                .to_dtype(dtype)?)
+        }
+    }
+
+    struct AllReduce<'a>(&'a Comm);
+
+    impl CustomOp1 for AllReduce<'_> {
+        fn name(&self) -> &'static str {
+            "nccl-all-reduce"
+        }
+
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+            candle_core::bail!("NCCL all-reduces CUDA tensors only")
+        }
+
+        fn cuda_fwd(
+            &self,
+            s: &CudaStorage,
+            l: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let n = l.shape().elem_count();
+            let device = s.device().clone();
+            let src = s.as_cuda_slice::<f32>()?;
+            let src = src.slice(l.start_offset()..l.start_offset() + n);
+            let mut dst = device.alloc_zeros::<f32>(n)?;
+            self.0
+                .all_reduce(&src, &mut dst, &ReduceOp::Sum)
+                .map_err(|e| candle_core::Error::Msg(format!("NCCL all-reduce: {e:?}")))?;
+            Ok((CudaStorage::wrap_cuda_slice(dst, device), l.shape().clone()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Keys(usize);
+
+    impl BatchSource for Keys {
+        fn num_batches(&self) -> usize {
+            self.0
+        }
+        fn num_samples(&self) -> usize {
+            self.0
+        }
+        fn order(&self, _: usize) -> Vec<usize> {
+            (0..self.0).rev().collect()
+        }
+        fn batches_of(
+            &self,
+            _: usize,
+            groups: Vec<Vec<usize>>,
+        ) -> Box<dyn Iterator<Item = Result<Batch>> + '_> {
+            Box::new(groups.into_iter().map(|g| {
+                Ok(Batch {
+                    images: Tensor::zeros((g.len(), 1), DType::F32, &Device::Cpu)?,
+                    labels: Tensor::zeros(g.len(), DType::U32, &Device::Cpu)?,
+                    indices: g,
+                })
+            }))
+        }
+        fn batches(&self, _: usize) -> Box<dyn Iterator<Item = Result<Batch>> + '_> {
+            unreachable!("sharding reads order and batches_of")
+        }
+    }
+
+    fn shares(n: usize, batch: usize, size: usize, drop_last: bool) -> Vec<Vec<Vec<usize>>> {
+        let keys = Keys(n);
+        (0..size)
+            .map(|rank| {
+                let s = Sharded {
+                    inner: &keys,
+                    rank: Rank { rank, size },
+                    global: batch * size,
+                    drop_last,
+                };
+                s.batches(0)
+                    .map(|b| b.map(|b| b.indices))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<_>>()
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn every_sample_once_in_global_batch_order() {
+        // 11 samples, 2 per rank, 2 ranks: global batches of 4, the last one of 3 split 2 + 1.
+        let s = shares(11, 2, 2, false);
+        assert_eq!(s[0], [vec![10, 9], vec![6, 5], vec![2, 1]]);
+        assert_eq!(s[1], [vec![8, 7], vec![4, 3], vec![0]]);
+        // The last global batch of one sample: rank 1 runs the step with no sample.
+        let s = shares(5, 2, 2, false);
+        assert_eq!(s[1], [vec![2, 1], vec![]]);
+        assert_eq!(s[0], [vec![4, 3], vec![0]]);
+        // --drop-last drops the partial global batch.
+        let s = shares(11, 2, 2, true);
+        assert_eq!(s[0].len(), 2);
+        assert_eq!(s[1], [vec![8, 7], vec![4, 3]]);
+    }
+}
