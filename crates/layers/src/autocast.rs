@@ -93,7 +93,51 @@ pub(crate) fn compute_dtype(xs: &Tensor) -> DType {
 /// float32, as in oneDNN's bf16 kernels, which accumulate in f32; the float32 kernels are
 /// faster here than Candle's reduced-precision CPU products.
 pub(crate) fn round_through(t: &Tensor, dtype: DType) -> Result<Tensor> {
-    t.to_dtype(dtype)?.to_dtype(t.dtype())
+    match (t.device().is_cpu(), t.dtype(), dtype) {
+        (true, DType::F32, DType::BF16 | DType::F16) => t.contiguous()?.apply_op1(Round(dtype)),
+        _ => t.to_dtype(dtype)?.to_dtype(t.dtype()),
+    }
+}
+
+/// f32 values rounded to bf16 or f16 (nearest, ties to even, as `to_dtype`) and kept in f32,
+/// in one pass; the gradient is rounded the same way.
+struct Round(DType);
+
+impl Round {
+    fn round(&self, v: f32) -> f32 {
+        match self.0 {
+            DType::F16 => half::f16::from_f32(v).to_f32(),
+            _ => half::bf16::from_f32(v).to_f32(),
+        }
+    }
+}
+
+impl candle_core::CustomOp1 for Round {
+    fn name(&self) -> &'static str {
+        "round-through"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let (candle_core::CpuStorage::F32(v), Some((a, b))) =
+            (storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("round-through: expected a contiguous f32 tensor")
+        };
+        let mut out = vec![0f32; b - a];
+        out.par_chunks_mut(1 << 16)
+            .zip(v[a..b].par_chunks(1 << 16))
+            .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, x)| *o = self.round(*x)));
+        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        round_through(&grad.contiguous()?, self.0).map(Some)
+    }
 }
 
 /// `t` in `dtype` (no copy when it already is).
@@ -108,6 +152,23 @@ pub(crate) fn cast(t: &Tensor, dtype: DType) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounding_through_matches_the_dtype_round_trip_and_rounds_the_gradient() -> Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 3.0, (4, 33), &dev)?)?;
+        let up = Tensor::randn(0f32, 1.0, (4, 33), &dev)?;
+        for dtype in [DType::BF16, DType::F16] {
+            let ours = round_through(&x, dtype)?;
+            let theirs = x.to_dtype(dtype)?.to_dtype(DType::F32)?;
+            assert_eq!(ours.to_vec2::<f32>()?, theirs.to_vec2::<f32>()?);
+            let g1 = (&ours * &up)?.sum_all()?.backward()?;
+            let g2 = (&theirs * &up)?.sum_all()?.backward()?;
+            let (g1, g2) = (g1.get(&x).expect("grad"), g2.get(&x).expect("grad"));
+            assert_eq!(g1.to_vec2::<f32>()?, g2.to_vec2::<f32>()?);
+        }
+        Ok(())
+    }
 
     #[test]
     fn guards_nest_and_restore() -> Result<()> {

@@ -165,8 +165,10 @@ impl RunDir {
     }
 }
 
-/// Removes what an interrupted atomic write left: `name.tmp<pid>` and `.stem.tmp<pid>.ext`.
-/// Only called under the lock, so no live writer owns them.
+/// Removes what an interrupted atomic write left: `name.tmp<pid>`, `.stem.tmp<pid>.ext`, and
+/// `.tmpXXXXXX` (six letters or digits: the sibling temporary file in which
+/// `safetensors::serialize_to_file` writes before its own rename). Only called under the lock,
+/// so no live writer owns them.
 fn remove_temporaries(dir: &Path) -> Result<()> {
     let entries =
         std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
@@ -183,12 +185,16 @@ fn remove_temporaries(dir: &Path) -> Result<()> {
 }
 
 fn is_temporary(name: &str) -> bool {
-    name.match_indices(".tmp").any(|(i, m)| {
-        name[i + m.len()..]
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_digit())
-    })
+    let tempfile_crate = name.len() == 10
+        && name.starts_with(".tmp")
+        && name[4..].chars().all(|c| c.is_ascii_alphanumeric());
+    tempfile_crate
+        || name.match_indices(".tmp").any(|(i, m)| {
+            name[i + m.len()..]
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit())
+        })
 }
 
 #[cfg(test)]
@@ -201,6 +207,9 @@ mod tests {
         assert!(is_temporary(".curves.tmp77.png"));
         assert!(!is_temporary("best.safetensors"));
         assert!(!is_temporary("notes.tmpl"));
+        assert!(is_temporary(".tmpq6jowu"));
+        assert!(!is_temporary(".tmpq6jowu.png"));
+        assert!(!is_temporary("tmpq6jowu12"));
     }
 
     #[test]
