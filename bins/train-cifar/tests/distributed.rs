@@ -4,104 +4,13 @@
 //! message otherwise.
 #![cfg(feature = "mpi")]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
+
+#[path = "../../../tests/support/mpi.rs"]
+mod mpi;
+use mpi::{max_difference, metrics, mpirun, run, shared_data};
 
 const BIN: &str = env!("CARGO_BIN_EXE_train-cifar");
-
-fn shared_cifar() -> Option<PathBuf> {
-    match std::env::var("CNN_SHARED_DIR") {
-        Ok(dir) => Some(Path::new(&dir).join("data").join("cifar10")),
-        Err(_) => {
-            eprintln!("skipped: CNN_SHARED_DIR not set");
-            None
-        }
-    }
-}
-
-/// `mpirun` with what Open MPI needs to run as root (CI) and on more ranks than cores; a rank
-/// waiting in a collective yields its core (the machine is shared) and each rank computes on
-/// one thread.
-fn mpirun() -> Command {
-    let mut cmd = Command::new("mpirun");
-    cmd.args(["--oversubscribe", "--allow-run-as-root"])
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("OMPI_MCA_mpi_yield_when_idle", "1")
-        .env("RAYON_NUM_THREADS", "1");
-    cmd
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .expect("cannot start the program (is Open MPI installed?)");
-    assert!(
-        out.status.success(),
-        "{:?} failed:\n{}\n{}",
-        cmd,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
-    let bytes = std::fs::read(path).expect("checkpoint");
-    let tensors = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
-    let mut out: Vec<(String, Vec<f32>)> = tensors
-        .tensors()
-        .into_iter()
-        .filter(|(_, t)| t.dtype() == safetensors::Dtype::F32)
-        .map(|(name, t)| {
-            let values = t
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            (name, values)
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
-/// The largest absolute difference between two checkpoints' float tensors, and where.
-fn max_difference(a: &Path, b: &Path) -> (f32, String) {
-    let (a, b) = (weights(a), weights(b));
-    assert_eq!(a.len(), b.len());
-    let mut worst = (0f32, String::new());
-    for ((name, x), (other, y)) in a.iter().zip(&b) {
-        assert_eq!(name, other);
-        for (u, v) in x.iter().zip(y) {
-            if (u - v).abs() > worst.0 {
-                worst = ((u - v).abs(), name.clone());
-            }
-        }
-    }
-    worst
-}
-
-/// `metrics.csv`'s rows: epoch, train loss and accuracy, test loss and accuracy, lr.
-fn metrics(dir: &Path) -> Vec<Vec<f64>> {
-    let text = std::fs::read_to_string(dir.join("metrics.csv")).expect("metrics.csv");
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().expect("header").split(',').collect();
-    let keep: Vec<usize> = header
-        .iter()
-        .enumerate()
-        .filter(|(_, h)| **h != "seconds")
-        .map(|(i, _)| i)
-        .collect();
-    lines
-        .map(|l| {
-            let cells: Vec<&str> = l.split(',').collect();
-            keep.iter()
-                .map(|&i| cells[i].parse::<f64>().unwrap_or(f64::NAN))
-                .collect()
-        })
-        .collect()
-}
 
 /// resnet18-seed (20 batch norms) with `--sync-bn`, SGD (momentum 0.9, weight decay 5e-4) at
 /// lr 0.002, one epoch of 256 augmented training images: 4 steps of a global batch of 64.
@@ -116,7 +25,9 @@ fn metrics(dir: &Path) -> Vec<Vec<f64>> {
 /// losses agree to 1e-3, accuracies to one of the 64 test images.
 #[test]
 fn two_ranks_with_sync_bn_match_one_process() {
-    let Some(data) = shared_cifar() else { return };
+    let Some(data) = shared_data("cifar10") else {
+        return;
+    };
     let data = data.to_string_lossy().into_owned();
     let dir = tempfile::tempdir().expect("temp dir");
     let (one, two) = (dir.path().join("one"), dir.path().join("two"));

@@ -4,105 +4,14 @@
 //! MNIST subset); skipped with a message otherwise.
 #![cfg(feature = "mpi")]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+#[path = "../../../tests/support/mpi.rs"]
+mod mpi;
+use mpi::{max_difference, metrics, mpirun, run, shared_data};
+
 const BIN: &str = env!("CARGO_BIN_EXE_train-mnist");
-
-fn shared_mnist() -> Option<PathBuf> {
-    match std::env::var("CNN_SHARED_DIR") {
-        Ok(dir) => Some(Path::new(&dir).join("data").join("mnist")),
-        Err(_) => {
-            eprintln!("skipped: CNN_SHARED_DIR not set");
-            None
-        }
-    }
-}
-
-/// `mpirun` with what Open MPI needs to run as root (CI) and on more ranks than cores; a rank
-/// waiting in a collective yields its core (the machine is shared) and each rank computes on
-/// one thread.
-fn mpirun() -> Command {
-    let mut cmd = Command::new("mpirun");
-    cmd.args(["--oversubscribe", "--allow-run-as-root"])
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("OMPI_MCA_mpi_yield_when_idle", "1")
-        .env("RAYON_NUM_THREADS", "1");
-    cmd
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .expect("cannot start the program (is Open MPI installed?)");
-    assert!(
-        out.status.success(),
-        "{:?} failed:\n{}\n{}",
-        cmd,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
-    let bytes = std::fs::read(path).expect("checkpoint");
-    let tensors = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
-    let mut out: Vec<(String, Vec<f32>)> = tensors
-        .tensors()
-        .into_iter()
-        .filter(|(_, t)| t.dtype() == safetensors::Dtype::F32)
-        .map(|(name, t)| {
-            let values = t
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            (name, values)
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
-/// The largest absolute difference between two checkpoints' float tensors, and where.
-fn max_difference(a: &Path, b: &Path) -> (f32, String) {
-    let (a, b) = (weights(a), weights(b));
-    assert_eq!(a.len(), b.len());
-    let mut worst = (0f32, String::new());
-    for ((name, x), (other, y)) in a.iter().zip(&b) {
-        assert_eq!(name, other);
-        for (u, v) in x.iter().zip(y) {
-            if (u - v).abs() > worst.0 {
-                worst = ((u - v).abs(), name.clone());
-            }
-        }
-    }
-    worst
-}
-
-/// `metrics.csv`'s rows: epoch, train loss and accuracy, test loss and accuracy, lr.
-fn metrics(dir: &Path) -> Vec<Vec<f64>> {
-    let text = std::fs::read_to_string(dir.join("metrics.csv")).expect("metrics.csv");
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().expect("header").split(',').collect();
-    let keep: Vec<usize> = header
-        .iter()
-        .enumerate()
-        .filter(|(_, h)| **h != "seconds")
-        .map(|(i, _)| i)
-        .collect();
-    lines
-        .map(|l| {
-            let cells: Vec<&str> = l.split(',').collect();
-            keep.iter()
-                .map(|&i| cells[i].parse::<f64>().unwrap_or(f64::NAN))
-                .collect()
-        })
-        .collect()
-}
 
 fn args<'a>(data: &'a str, out: &'a str, batch: &'a str) -> Vec<&'a str> {
     vec![
@@ -133,7 +42,9 @@ fn args<'a>(data: &'a str, out: &'a str, batch: &'a str) -> Vec<&'a str> {
 /// printed precision, accuracies within one test image.
 #[test]
 fn two_ranks_of_32_match_one_process_of_64() {
-    let Some(data) = shared_mnist() else { return };
+    let Some(data) = shared_data("mnist") else {
+        return;
+    };
     let data = data.to_string_lossy().into_owned();
     let dir = tempfile::tempdir().expect("temp dir");
     let (one, two) = (dir.path().join("one"), dir.path().join("two"));
@@ -184,7 +95,9 @@ fn two_ranks_of_32_match_one_process_of_64() {
 /// collective: the job ends, with that rank's error, within seconds.
 #[test]
 fn a_failing_rank_ends_the_job_with_its_error() {
-    let Some(data) = shared_mnist() else { return };
+    let Some(data) = shared_data("mnist") else {
+        return;
+    };
     let data = data.to_string_lossy().into_owned();
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("run");

@@ -23,10 +23,17 @@ pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> 
     }
 }
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+/// The contiguous f32 values of a CPU custom op's argument; else an error naming the op and
+/// the argument (`what`).
+pub(crate) fn f32_slice<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &str,
+    what: &str,
+) -> Result<&'a [f32]> {
     match (s, l.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("{op}: expected contiguous f32 tensors"),
+        _ => candle_core::bail!("{op}: the {what} must be a contiguous f32 tensor"),
     }
 }
 
@@ -127,7 +134,11 @@ impl CustomOp3 for BatchNormTrain {
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let op = self.name();
-        let (x, w, b) = (slice(xs, xl, op)?, slice(ws, wl, op)?, slice(bs, bl, op)?);
+        let x = f32_slice(xs, xl, op, "input")?;
+        let (w, b) = (
+            f32_slice(ws, wl, op, "weight")?,
+            f32_slice(bs, bl, op, "bias")?,
+        );
         let (_, c, l) = xl.shape().dims3()?;
         let scale: Vec<f32> = w.iter().zip(&self.invstd).map(|(w, s)| w * s).collect();
         let mut y = vec![0f32; x.len()];
@@ -255,7 +266,11 @@ impl CustomOp2 for ChannelBias {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, b) = (slice(xs, xl, self.name())?, slice(bs, bl, self.name())?);
+        let op = self.name();
+        let (x, b) = (
+            f32_slice(xs, xl, op, "input")?,
+            f32_slice(bs, bl, op, "bias")?,
+        );
         let (_, c, l) = ncl(xl.shape())?;
         if b.len() != c {
             candle_core::bail!("channel bias: {} values for {c} channels", b.len())

@@ -611,14 +611,7 @@ pub fn train_epoch(
             step.optimizer.step(&grads)?;
             batch_losses.push(global_loss);
             if n > 0 {
-                record(
-                    &mut metrics,
-                    &mut predictions,
-                    value,
-                    &logits,
-                    &batch.labels,
-                    &batch.indices,
-                )?;
+                record(&mut metrics, &mut predictions, value, &logits, &batch)?;
             }
             progress.batch(n * loader.rank.size, global_loss, metrics.accuracy());
         }
@@ -664,14 +657,7 @@ pub fn evaluate(
             let value = cross_entropy(&logits, &labels, label_smoothing)?
                 .to_dtype(DType::F64)?
                 .to_scalar::<f64>()?;
-            record(
-                &mut metrics,
-                &mut predictions,
-                value,
-                &logits,
-                &batch.labels,
-                &batch.indices,
-            )?;
+            record(&mut metrics, &mut predictions, value, &logits, &batch)?;
             let first = b * loader.global + loader.slice(loader.global_len(b)).0;
             positions.extend(first..first + n);
         }

@@ -72,14 +72,7 @@ pub fn train_epoch<M: ModuleT + ?Sized>(
         step.optimizer.step(&grads)?;
         batch_losses.push(value);
         let n = batch.indices.len();
-        record(
-            &mut metrics,
-            &mut predictions,
-            value,
-            &logits,
-            &batch.labels,
-            &batch.indices,
-        )?;
+        record(&mut metrics, &mut predictions, value, &logits, &batch)?;
         progress.batch(n, metrics.loss(), metrics.accuracy());
     }
     progress.finish();
@@ -117,14 +110,7 @@ pub fn evaluate<M: ModuleT + ?Sized>(
             .to_dtype(DType::F64)?
             .to_scalar::<f64>()?;
         let n = batch.indices.len();
-        record(
-            &mut metrics,
-            &mut predictions,
-            value,
-            &logits,
-            &batch.labels,
-            &batch.indices,
-        )?;
+        record(&mut metrics, &mut predictions, value, &logits, &batch)?;
         progress.batch(n, metrics.loss(), metrics.accuracy());
     }
     progress.finish();
@@ -145,9 +131,9 @@ pub(crate) fn record(
     predictions: &mut Vec<(usize, usize)>,
     loss: f64,
     logits: &Tensor,
-    labels: &Tensor,
-    indices: &[usize],
+    batch: &datasets::Batch,
 ) -> Result<()> {
+    let (labels, indices) = (&batch.labels, &batch.indices);
     let rows = logits
         .detach()
         .to_dtype(DType::F32)?

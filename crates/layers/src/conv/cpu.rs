@@ -113,10 +113,7 @@ struct ConvCpu {
 }
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("conv2d-cpu: the {what} must be a contiguous f32 tensor"),
-    }
+    crate::per_channel::f32_slice(s, l, "conv2d-cpu", what)
 }
 
 /// How many images run side by side, each with a one-threaded GEMM, and how many threads each
