@@ -71,6 +71,16 @@ fn pretrained(images: &Tensor, path: &Path) {
 /// Three classes of small RGB images written as PNG: `root/{train,test}/<class>/*.png`. With
 /// CNN_SHARED_DIR, the first images of three CIFAR-10 classes from the shared archive;
 /// without it, coloured noise whose class is its dominant channel.
+/// [`small_folder`] under `dir/name` and a pretrained checkpoint made from its calibration
+/// images, `dir/resnet50.safetensors`: (data dir, weights).
+fn folder_and_weights(dir: &Path, name: &str, train: usize, test: usize) -> (PathBuf, PathBuf) {
+    let data = dir.join(name);
+    let calib = small_folder(&data, train, test);
+    let weights = dir.join("resnet50.safetensors");
+    pretrained(&calib, &weights);
+    (data, weights)
+}
+
 fn small_folder(root: &Path, train: usize, test: usize) -> Tensor {
     let mut tiles: Vec<f32> = Vec::new();
     let shared = std::env::var_os("CNN_SHARED_DIR").map(PathBuf::from);
@@ -240,10 +250,7 @@ fn our_checkpoint_has_torchvisions_keys_and_predicts_through_the_hub_cache() {
 #[test]
 fn finetunes_a_small_folder_above_chance_with_the_backbone_untouched() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().join("data");
-    let calib = small_folder(&data, 40, 20);
-    let weights = dir.path().join("resnet50.safetensors");
-    pretrained(&calib, &weights);
+    let (data, weights) = folder_and_weights(dir.path(), "data", 40, 20);
     let out = dir.path().join("run");
     let log = ok(
         &[
@@ -426,10 +433,7 @@ fn bad_checkpoints_are_refused_with_the_reason() {
 #[test]
 fn resume_reaches_the_same_weights_as_an_uninterrupted_run() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().join("data");
-    let calib = small_folder(&data, 12, 6);
-    let weights = dir.path().join("resnet50.safetensors");
-    pretrained(&calib, &weights);
+    let (data, weights) = folder_and_weights(dir.path(), "data", 12, 6);
     let common = |out: &Path, epochs: &str| -> Vec<String> {
         [
             "--weights",
@@ -476,10 +480,7 @@ fn resume_reaches_the_same_weights_as_an_uninterrupted_run() {
 #[test]
 fn extreme_flag_values_never_panic() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().join("data");
-    let calib = small_folder(&data, 4, 2);
-    let weights = dir.path().join("resnet50.safetensors");
-    pretrained(&calib, &weights);
+    let (data, weights) = folder_and_weights(dir.path(), "data", 4, 2);
     let image = data.join("test").join("frog").join("0000.png");
     let program = PathBuf::from(env!("CARGO_BIN_EXE_finetune-resnet50"));
     let train = [
@@ -527,10 +528,7 @@ fn extreme_flag_values_never_panic() {
 #[test]
 fn own_class_folders_need_no_folder_flag() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().join("my_photos");
-    let calib = small_folder(&data, 4, 2);
-    let weights = dir.path().join("resnet50.safetensors");
-    pretrained(&calib, &weights);
+    let (data, weights) = folder_and_weights(dir.path(), "my_photos", 4, 2);
     let out = dir.path().join("run");
     let log = ok(
         &[
