@@ -13,6 +13,7 @@
 //! The setting is per thread, like PyTorch's, and ends when the guard is dropped.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Result, Tensor};
 
@@ -54,6 +55,26 @@ pub fn enable(dtype: DType) -> Result<Guard> {
 pub fn set(dtype: Option<DType>) -> Guard {
     let previous = AUTOCAST.with(|a| a.replace(dtype));
     Guard { previous }
+}
+
+static CPU_BF16_KERNEL: AtomicBool = AtomicBool::new(true);
+
+/// Whether bf16 autocast on the CPU may run its convolutions' products in the AVX512-BF16
+/// kernel, process-wide; on by default. There, both operands of each of a convolution's three
+/// products (input and kernel, output gradient and kernel, output gradient and input) are
+/// rounded to bf16 as they are packed, each product is exact and the sums are float32, as in
+/// oneDNN's bf16 kernels; outputs and gradients come back in float32 unrounded. Off, or on a
+/// CPU without AVX512-BF16, the products are float32 products of input and kernel rounded to
+/// bf16 (their gradients rounded too) with the output gradient in float32. Returns the
+/// previous setting.
+pub fn cpu_bf16_kernel(on: bool) -> bool {
+    CPU_BF16_KERNEL.swap(on, Ordering::Relaxed)
+}
+
+/// Whether the AVX512-BF16 kernel runs bf16 products: allowed ([`cpu_bf16_kernel`]) and this
+/// CPU has AVX-512 with BF16.
+pub fn cpu_bf16_kernel_active() -> bool {
+    CPU_BF16_KERNEL.load(Ordering::Relaxed) && crate::bf16_gemm::available()
 }
 
 /// Restores Candle's TF32 setting when dropped.

@@ -18,6 +18,7 @@
 mod adaptive;
 pub mod autocast;
 mod batch_norm;
+mod bf16_gemm;
 pub mod checkpoint;
 mod conv;
 pub mod init;

@@ -14,6 +14,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::geometry::Geometry;
+use crate::bf16_gemm::{self, PackedLhs, View};
 use crate::profile::{time, Part};
 
 /// `F.conv2d(xs, weight, stride=stride, padding=padding)` (one group, no dilation) for
@@ -29,9 +30,22 @@ pub fn conv2d_cpu_f32(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
+    conv2d_cpu(xs, weight, stride, padding, false)
+}
+
+/// [`conv2d_cpu_f32`], with bf16 products ([`bf16_gemm`]) when `bf16`: both operands of each
+/// of the three products rounded to bf16 (the output gradient too), sums in float32.
+pub(crate) fn conv2d_cpu(
+    xs: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: usize,
+    bf16: bool,
+) -> Result<Tensor> {
     let (geo, cout) = Geometry::of_conv(xs, weight, stride, padding)?;
+    let bf16 = bf16 && bf16_gemm::available();
     xs.contiguous()?
-        .apply_op2(&weight.contiguous()?, ConvCpu { geo, cout })
+        .apply_op2(&weight.contiguous()?, ConvCpu { geo, cout, bf16 })
 }
 
 /// Output positions per image from which the image-by-image convolution beats the whole-batch
@@ -106,10 +120,77 @@ fn gemm(
     })
 }
 
-/// The convolution of contiguous (N, C, H, W) images with a contiguous (O, C, KH, KW) kernel.
+/// The left operand of a convolution's products: float32 as given, or packed once to bf16.
+enum Lhs<'a> {
+    F32(View<'a>),
+    Bf16(PackedLhs),
+}
+
+impl<'a> Lhs<'a> {
+    /// `a` (M x K), packed to bf16 when `bf16`.
+    fn new(bf16: bool, (m, k): (usize, usize), a: View<'a>) -> Self {
+        match bf16 {
+            true => Lhs::Bf16(PackedLhs::new(m, k, a)),
+            false => Lhs::F32(a),
+        }
+    }
+
+    /// `dst := dst (if accumulate) + self · rhs`.
+    fn product(
+        &self,
+        dims: (usize, usize, usize),
+        dst: (&mut [f32], usize, usize),
+        rhs: View,
+        accumulate: bool,
+        threads: usize,
+        packed: &mut bf16_gemm::Scratch,
+    ) {
+        match self {
+            Lhs::F32(lhs) => gemm(dims, dst, *lhs, rhs, accumulate, threads),
+            Lhs::Bf16(lhs) => bf16_product(dims, dst, lhs, rhs, accumulate, threads, packed),
+        }
+    }
+}
+
+/// [`bf16_gemm::gemm`], counted as GEMM time.
+fn bf16_product(
+    (m, n, k): (usize, usize, usize),
+    dst: (&mut [f32], usize, usize),
+    lhs: &PackedLhs,
+    rhs: View,
+    accumulate: bool,
+    threads: usize,
+    packed: &mut bf16_gemm::Scratch,
+) {
+    crate::profile::gemm_flops(2 * m * n * k);
+    time(Part::Gemm, || {
+        bf16_gemm::gemm((m, n, k), dst, lhs, rhs, accumulate, threads, packed)
+    })
+}
+
+/// One task's buffers: the columns, and the bf16 products' packed operands.
+#[derive(Debug, Default, Clone)]
+struct Work {
+    cols: Vec<f32>,
+    lhs: PackedLhs,
+    packed: bf16_gemm::Scratch,
+}
+
+impl Work {
+    fn new(cols: usize) -> Self {
+        Work {
+            cols: vec![0f32; cols],
+            ..Work::default()
+        }
+    }
+}
+
+/// The convolution of contiguous (N, C, H, W) images with a contiguous (O, C, KH, KW) kernel,
+/// its products in bf16 when `bf16` (and [`bf16_gemm::available`]).
 struct ConvCpu {
     geo: Geometry,
     cout: usize,
+    bf16: bool,
 }
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -135,14 +216,14 @@ fn each_image(
     per_image: usize,
     scratch_len: usize,
     side_by_side: bool,
-    one: impl Fn((usize, &mut [f32]), &mut Vec<f32>) + Sync,
+    one: impl Fn((usize, &mut [f32]), &mut Work) + Sync,
 ) {
     if side_by_side {
         out.par_chunks_mut(per_image)
             .enumerate()
-            .for_each_with(vec![0f32; scratch_len], |scratch, p| one(p, scratch));
+            .for_each_with(Work::new(scratch_len), |scratch, p| one(p, scratch));
     } else {
-        let mut scratch = vec![0f32; scratch_len];
+        let mut scratch = Work::new(scratch_len);
         out.chunks_mut(per_image)
             .enumerate()
             .for_each(|p| one(p, &mut scratch));
@@ -178,19 +259,20 @@ impl ConvCpu {
         let (cout, geo) = (self.cout, &self.geo);
         let mut out = vec![0f32; n * cout * ohw];
         let (side_by_side, threads) = split(n);
-        let one = |(i, o): (usize, &mut [f32]), cols: &mut Vec<f32>| {
+        let lhs = Lhs::new(self.bf16, (cout, k), (w, k, 1));
+        let one = |(i, o): (usize, &mut [f32]), work: &mut Work| {
             let img = &x[i * img_len..(i + 1) * img_len];
             for rows in row_blocks(geo, k) {
                 let (p0, len) = (rows.start * geo.ow, rows.len() * geo.ow);
-                let cols = &mut cols[..k * len];
+                let cols = &mut work.cols[..k * len];
                 time(Part::Im2col, || geo.im2col_t_rows(img, rows, cols));
-                gemm(
+                lhs.product(
                     (cout, len, k),
                     (&mut o[p0..], ohw, 1),
-                    (w, k, 1),
                     (cols, len, 1),
                     false,
                     threads,
+                    &mut work.packed,
                 );
             }
         };
@@ -209,27 +291,35 @@ impl ConvCpu {
         let (k, ohw, img_len) = self.len();
         let (cout, geo) = (self.cout, &self.geo);
         let scratch = k * block_len(geo, k);
-        let one = |acc: &mut Vec<f32>, cols: &mut Vec<f32>, i: usize, threads: usize| {
+        let one = |acc: &mut Vec<f32>, work: &mut Work, i: usize, threads: usize| {
             let img = &x[i * img_len..(i + 1) * img_len];
             let g = &grad[i * cout * ohw..(i + 1) * cout * ohw];
             for rows in row_blocks(geo, k) {
                 let (p0, len) = (rows.start * geo.ow, rows.len() * geo.ow);
-                let cols = &mut cols[..k * len];
+                let cols = &mut work.cols[..k * len];
                 time(Part::Im2col, || geo.im2col_t_rows(img, rows, cols));
-                gemm(
-                    (cout, k, len),
-                    (acc, k, 1),
-                    (&g[p0..], ohw, 1),
-                    (cols, 1, len),
-                    true,
-                    threads,
-                );
+                let dims = (cout, k, len);
+                let (lhs, rhs) = ((&g[p0..], ohw, 1), (&cols[..], 1, len));
+                if self.bf16 {
+                    work.lhs.pack(cout, len, lhs);
+                    bf16_product(
+                        dims,
+                        (acc, k, 1),
+                        &work.lhs,
+                        rhs,
+                        true,
+                        threads,
+                        &mut work.packed,
+                    );
+                } else {
+                    gemm(dims, (acc, k, 1), lhs, rhs, true, threads);
+                }
             }
         };
         let (side_by_side, threads) = split(n);
         if !side_by_side {
-            let (mut acc, mut cols) = (vec![0f32; cout * k], vec![0f32; scratch]);
-            (0..n).for_each(|i| one(&mut acc, &mut cols, i, threads));
+            let (mut acc, mut work) = (vec![0f32; cout * k], Work::new(scratch));
+            (0..n).for_each(|i| one(&mut acc, &mut work, i, threads));
             return acc;
         }
         // A fixed share of the images per thread, partial sums added in order: the same
@@ -239,8 +329,8 @@ impl ConvCpu {
         let partials: Vec<Vec<f32>> = starts
             .par_iter()
             .map(|&start| {
-                let (mut acc, mut cols) = (vec![0f32; cout * k], vec![0f32; scratch]);
-                (start..(start + share).min(n)).for_each(|i| one(&mut acc, &mut cols, i, 1));
+                let (mut acc, mut work) = (vec![0f32; cout * k], Work::new(scratch));
+                (start..(start + share).min(n)).for_each(|i| one(&mut acc, &mut work, i, 1));
                 acc
             })
             .collect();
@@ -275,19 +365,20 @@ impl ConvCpu {
             }
             let back = Geometry::new(cout, g.oh, g.ow, g.kh, g.kw, 1, g.kh - 1 - g.padding)?;
             let (bk, hw) = (cout * taps, g.h * g.w);
-            let one = |(i, dst): (usize, &mut [f32]), cols: &mut Vec<f32>| {
+            let lhs = Lhs::new(self.bf16, (g.c, bk), (&flipped, bk, 1));
+            let one = |(i, dst): (usize, &mut [f32]), work: &mut Work| {
                 let gi = &grad[i * cout * ohw..(i + 1) * cout * ohw];
                 for rows in row_blocks(&back, bk) {
                     let (p0, len) = (rows.start * back.ow, rows.len() * back.ow);
-                    let cols = &mut cols[..bk * len];
+                    let cols = &mut work.cols[..bk * len];
                     time(Part::Im2col, || back.im2col_t_rows(gi, rows, cols));
-                    gemm(
+                    lhs.product(
                         (g.c, len, bk),
                         (&mut dst[p0..], hw, 1),
-                        (&flipped, bk, 1),
                         (cols, len, 1),
                         false,
                         threads,
+                        &mut work.packed,
                     );
                 }
             };
@@ -295,18 +386,19 @@ impl ConvCpu {
             each_image(&mut gx, img_len, scratch, side_by_side, one);
             return Ok(gx);
         }
-        let one = |(i, dst): (usize, &mut [f32]), cols: &mut Vec<f32>| {
+        let lhs = Lhs::new(self.bf16, (k, cout), (w, 1, k));
+        let one = |(i, dst): (usize, &mut [f32]), work: &mut Work| {
             let gi = &grad[i * cout * ohw..(i + 1) * cout * ohw];
             for rows in row_blocks(g, k) {
                 let (p0, len) = (rows.start * g.ow, rows.len() * g.ow);
-                let cols = &mut cols[..k * len];
-                gemm(
+                let cols = &mut work.cols[..k * len];
+                lhs.product(
                     (k, len, cout),
                     (cols, len, 1),
-                    (w, 1, k),
                     (&gi[p0..], ohw, 1),
                     false,
                     threads,
+                    &mut work.packed,
                 );
                 time(Part::Im2col, || g.col2im_t_rows(cols, rows, dst));
             }

@@ -69,10 +69,24 @@ impl Module for Conv2d {
         let plain = c.groups == 1 && c.dilation == 1;
         let cpu = xs.device().is_cpu();
         let cpu_f32 = cpu && xs.dtype() == DType::F32;
-        // Autocast on the CPU: float32 products of operands rounded to the reduced dtype
-        // ([`autocast::round_through`]), through the fast float32 kernels.
+        let f32_weight = self.weight.dtype() == DType::F32;
+        // bf16 autocast on a CPU with AVX512-BF16 ([`autocast::cpu_bf16_kernel`]): the
+        // image-by-image convolution rounds the operands of its products (the output gradient
+        // too) to bf16 as it packs them, and sums in float32.
+        if cpu_f32
+            && plain
+            && f32_weight
+            && autocast::dtype() == Some(DType::BF16)
+            && autocast::cpu_bf16_kernel_active()
+            && cpu::per_image_pays(xs, &self.weight, c.stride, c.padding)?
+        {
+            let ys = cpu::conv2d_cpu(xs, &self.weight, c.stride, c.padding, true)?;
+            return self.add_bias(ys, cpu_f32);
+        }
+        // Otherwise autocast on the CPU: float32 products of operands rounded to the reduced
+        // dtype ([`autocast::round_through`]), through the fast float32 kernels.
         let (x, w, dtype) = match autocast::compute_dtype(xs) {
-            d if cpu_f32 && d != DType::F32 && self.weight.dtype() == DType::F32 => (
+            d if cpu_f32 && d != DType::F32 && f32_weight => (
                 autocast::round_through(xs, d)?,
                 autocast::round_through(&self.weight, d)?,
                 DType::F32,
@@ -87,12 +101,19 @@ impl Module for Conv2d {
             return conv2d_gemm(xs, &self.weight, self.bias.as_ref(), c.stride, c.padding);
         }
         let ys = match (plain, cpu) {
-            _ if per_image => cpu::conv2d_cpu_f32(&x, &w, c.stride, c.padding)?,
+            _ if per_image => cpu::conv2d_cpu(&x, &w, c.stride, c.padding, false)?,
             (true, true) => conv2d_gemm(&x, &w, None, c.stride, c.padding)?,
             (true, false) => conv2d_conv_grads(&x, &w, c.stride, c.padding)?,
             (false, _) => x.conv2d(&w, c.padding, c.stride, c.dilation, c.groups)?,
         };
         let ys = autocast::cast(&ys, xs.dtype())?;
+        self.add_bias(ys, cpu_f32)
+    }
+}
+
+impl Conv2d {
+    /// `ys` plus the bias, if any, broadcast over (N, ·, H, W).
+    fn add_bias(&self, ys: Tensor, cpu_f32: bool) -> Result<Tensor> {
         match &self.bias {
             Some(b) if cpu_f32 && b.dtype() == DType::F32 => per_channel::add_channel_bias(&ys, b),
             Some(b) => ys.broadcast_add(&b.reshape((1, (), 1, 1))?),

@@ -174,6 +174,72 @@ fn autocast_runs_the_product_in_bf16_and_returns_f32() -> Result<()> {
     Ok(())
 }
 
+/// bf16 autocast on the CPU, in the AVX512-BF16 kernel against the fallback (float32 products of
+/// rounded operands): with an output gradient that is exact in bf16 the outputs differ only in
+/// the order of the float32 sums, the gradients by the fallback's rounding to bf16, for every
+/// product layout (stride 1, strided, 1x1, batches above and below the thread count).
+#[test]
+fn the_bf16_kernel_matches_float32_products_of_rounded_operands() -> Result<()> {
+    if !crate::bf16_gemm::available() {
+        eprintln!("skipped: this CPU lacks AVX512-BF16");
+        return Ok(());
+    }
+    let dev = Device::Cpu;
+    for n in [1, 5] {
+        for (cin, cout, k, stride, padding) in [
+            (8, 6, 3, 1, 1),
+            (5, 9, 3, 2, 1),
+            (7, 4, 1, 2, 0),
+            (3, 16, 7, 2, 3),
+        ] {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, cin, 12, 13), &dev)?)?;
+            let wt = Var::from_tensor(&Tensor::randn(0f32, 0.2, (cout, cin, k, k), &dev)?)?;
+            let conv = Conv2d::new(
+                wt.as_tensor().clone(),
+                None,
+                Conv2dConfig {
+                    padding,
+                    stride,
+                    ..Default::default()
+                },
+            );
+            let up = Tensor::randn(0f32, 1., conv.forward(x.as_tensor())?.dims(), &dev)?;
+            let up = up
+                .to_dtype(candle_core::DType::BF16)?
+                .to_dtype(candle_core::DType::F32)?;
+            let run = |kernel: bool| -> Result<[Tensor; 3]> {
+                let previous = crate::autocast::cpu_bf16_kernel(kernel);
+                let _bf16 = crate::autocast::enable(candle_core::DType::BF16)?;
+                let y = conv.forward(x.as_tensor())?;
+                let grads = (&y * &up)?.sum_all()?.backward()?;
+                crate::autocast::cpu_bf16_kernel(previous);
+                let gx = grads.get(&x).expect("input grad").clone();
+                let gw = grads.get(&wt).expect("weight grad").clone();
+                Ok([y, gx, gw])
+            };
+            let (kernel, fallback) = (run(true)?, run(false)?);
+            // The fallback rounds the gradients to bf16 (as PyTorch's bf16 input and kernel
+            // get), the kernel hands them back in float32: one bf16 rounding apart.
+            for ((what, tol), (a, b)) in [
+                ("output", 2e-5),
+                ("input grad", 4e-3),
+                ("weight grad", 4e-3),
+            ]
+            .iter()
+            .zip(kernel.iter().zip(&fallback))
+            {
+                let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                let scale = b.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(
+                    diff <= tol * scale,
+                    "n {n} k {k} s {stride}: {what} differs by {diff} (scale {scale})"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn kernel_larger_than_padded_input_is_an_error() {
     let x = Tensor::zeros((1, 1, 2, 2), candle_core::DType::F32, &Device::Cpu).unwrap();

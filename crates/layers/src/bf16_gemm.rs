@@ -1,0 +1,711 @@
+//! A bfloat16 matrix product on AVX512-BF16 (`vdpbf16ps`), for autocast's products on the CPU.
+//!
+//! Both operands are float32 rounded to bf16 (nearest, ties to even, as `tensor.to(torch.bfloat16)`)
+//! while they are packed; each product of two bf16 values is exact in float32 and the sums are
+//! float32, as in oneDNN's bf16 kernels, which PyTorch's CPU autocast runs. `vdpbf16ps` adds
+//! the products of a pair of neighbouring `k` in one instruction and treats subnormal bf16
+//! operands as zero, so the result differs from a float32 GEMM over the same rounded operands
+//! by the order of the sums (a few float32 ulps) and in subnormals.
+//!
+//! Layout (GotoBLAS's): the left operand (M x K) packed once into tiles of [`MR`] rows, a
+//! `u32` per row and pair of `k` (`k` even in the low half); the right operand (K x N) packed a
+//! block of `k` pairs at a time into panels of 16, 32 or 48 columns, so that one panel
+//! stays in the L1 cache while every row tile passes over it. The register tile is
+//! [`MR`] x (16 x NV) float32 accumulators.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use rayon::prelude::*;
+
+/// Rows of the left operand per tile (and per register tile).
+pub(crate) const MR: usize = 8;
+
+/// Bytes of one packed right-operand panel block, kept in L1 (32 KB per core on the machines
+/// measured).
+const PANEL_BYTES: usize = 16 << 10;
+
+/// Whether this CPU runs `vdpbf16ps` (AVX512-BF16 with AVX-512F).
+pub(crate) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512bf16")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// The bf16 bits of `v`, rounded to nearest, ties to even; NaN stays NaN (quiet).
+#[inline]
+fn bf16_bits(v: f32) -> u32 {
+    let x = v.to_bits();
+    if x & 0x7fff_ffff > 0x7f80_0000 {
+        (x >> 16) | 0x40
+    } else {
+        x.wrapping_add(0x7fff + ((x >> 16) & 1)) >> 16
+    }
+}
+
+/// Two neighbouring `k` as one packed pair: the even one in the low half.
+#[inline]
+fn pair(even: f32, odd: f32) -> u32 {
+    bf16_bits(even) | (bf16_bits(odd) << 16)
+}
+
+/// A matrix given as (values, row stride, column stride).
+pub(crate) type View<'a> = (&'a [f32], usize, usize);
+
+/// The left operand (M x K) in bf16, packed into tiles of [`MR`] rows: `data[(t·KP + p)·MR + i]`
+/// holds row `t·MR + i`, columns `2p` and `2p + 1` (zero past M or K).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct PackedLhs {
+    m: usize,
+    k: usize,
+    data: Vec<u32>,
+}
+
+impl PackedLhs {
+    /// `a` (M x K) packed.
+    pub(crate) fn new(m: usize, k: usize, a: View) -> Self {
+        let mut packed = Self::default();
+        packed.pack(m, k, a);
+        packed
+    }
+
+    /// Packs `a` (M x K) in place of what this held, reusing its buffer.
+    pub(crate) fn pack(&mut self, m: usize, k: usize, (a, rs, cs): View) {
+        let kp = k.div_ceil(2);
+        let tiles = m.div_ceil(MR);
+        self.m = m;
+        self.k = k;
+        self.data.clear();
+        self.data.resize(tiles * kp * MR, 0);
+        if m * k == 0 {
+            return;
+        }
+        assert!(
+            (m - 1) * rs + (k - 1) * cs < a.len(),
+            "bf16 gemm: lhs out of bounds"
+        );
+        let mut run = vec![0u32; if cs == 1 { kp } else { 0 }];
+        for (t, tile) in self.data.chunks_exact_mut(kp * MR).enumerate() {
+            for i in 0..MR.min(m - t * MR) {
+                let row = &a[(t * MR + i) * rs..];
+                if cs == 1 {
+                    pair_run(&row[..k], &mut run);
+                    run.iter()
+                        .enumerate()
+                        .for_each(|(p, v)| tile[p * MR + i] = *v);
+                    continue;
+                }
+                for p in 0..kp {
+                    let odd = if 2 * p + 1 < k {
+                        row[(2 * p + 1) * cs]
+                    } else {
+                        0.0
+                    };
+                    tile[p * MR + i] = pair(row[2 * p * cs], odd);
+                }
+            }
+        }
+    }
+
+    fn pairs(&self) -> usize {
+        self.k.div_ceil(2)
+    }
+}
+
+/// Reusable buffers of [`gemm`]: the packed right-operand block and an edge tile.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Scratch {
+    rhs: Vec<u32>,
+    tile: Vec<f32>,
+}
+
+/// Columns of a register tile (in 16-lane vectors) for `n` columns: the widest of 1 to 3 that
+/// pads `n` least.
+fn vectors_for(n: usize) -> usize {
+    (1..=3)
+        .rev()
+        .min_by_key(|&nv| n.div_ceil(16 * nv) * 16 * nv)
+        .unwrap_or(1)
+}
+
+/// Packs rows `2·p0 .. 2·(p0 + kc)` of `b` (K x N) into panels of `nr` columns:
+/// `out[(panel·kc + p)·nr + j]` = the pair of rows `2(p0 + p)`, `2(p0 + p) + 1` at column
+/// `panel·nr + j` (zero past K or N).
+fn pack_rhs(
+    (k, n): (usize, usize),
+    (b, rs, cs): View,
+    p0: usize,
+    kc: usize,
+    nr: usize,
+    out: &mut Vec<u32>,
+) {
+    let panels = n.div_ceil(nr);
+    out.clear();
+    out.resize(panels * kc * nr, 0);
+    // With rows of stride 1, each column's pairs lie side by side: a column's run at a time.
+    let by_column = rs == 1 && cs != 1;
+    let mut run = vec![0u32; if by_column { kc } else { 0 }];
+    let end = (2 * (p0 + kc)).min(k);
+    for (panel, block) in out.chunks_exact_mut(kc * nr).enumerate() {
+        let col0 = panel * nr;
+        let cols = nr.min(n - col0);
+        if by_column {
+            for j in 0..cols {
+                let c = (col0 + j) * cs;
+                pair_run(&b[c + 2 * p0..c + end], &mut run);
+                run.iter()
+                    .enumerate()
+                    .for_each(|(p, v)| block[p * nr + j] = *v);
+            }
+            continue;
+        }
+        for p in 0..kc {
+            let (even, odd) = (2 * (p0 + p), 2 * (p0 + p) + 1);
+            let dst = &mut block[p * nr..p * nr + cols];
+            if cs == 1 {
+                let r0 = &b[even * rs + col0..even * rs + col0 + cols];
+                let r1 = (odd < k).then(|| &b[odd * rs + col0..odd * rs + col0 + cols]);
+                pack_rows(r0, r1, dst);
+            } else {
+                for (j, d) in dst.iter_mut().enumerate() {
+                    let c = (col0 + j) * cs;
+                    let o = if odd < k { b[odd * rs + c] } else { 0.0 };
+                    *d = pair(b[even * rs + c], o);
+                }
+            }
+        }
+    }
+}
+
+/// `out[p]` = the pair (`src[2p]`, `src[2p + 1]` or 0), sixteen pairs at a time.
+fn pair_run(src: &[f32], out: &mut [u32]) {
+    debug_assert_eq!(out.len(), src.len().div_ceil(2));
+    #[cfg(target_arch = "x86_64")]
+    let full = {
+        let full = src.len() / 32;
+        // SAFETY: the packing runs only where `available()`; the vector loop reads
+        // `32 · full <= src.len()` values and writes `16 · full <= out.len()`.
+        unsafe { pair_run_avx512(&src[..32 * full], &mut out[..16 * full]) };
+        full
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let full = 0;
+    for p in 16 * full..out.len() {
+        let odd = src.get(2 * p + 1).copied().unwrap_or(0.0);
+        out[p] = pair(src[2 * p], odd);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn pair_run_avx512(src: &[f32], out: &mut [u32]) {
+    for (s, o) in src.chunks_exact(32).zip(out.chunks_exact_mut(16)) {
+        let first = _mm512_loadu_ps(s.as_ptr());
+        let second = _mm512_loadu_ps(s.as_ptr().add(16));
+        // The low half comes from the second argument: values 0..16, then 16..32, in order.
+        let v = _mm512_cvtne2ps_pbh(second, first);
+        _mm512_storeu_si512(
+            o.as_mut_ptr().cast(),
+            std::mem::transmute::<__m512bh, __m512i>(v),
+        );
+    }
+}
+
+/// `dst[j]` = the pair (`r0[j]`, `r1[j]` or 0), sixteen at a time.
+fn pack_rows(r0: &[f32], r1: Option<&[f32]>, dst: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    let full = {
+        let full = dst.len() / 16 * 16;
+        // SAFETY: the packing runs only where `available()`; every access stays below
+        // `full`, which is at most the length of `dst`, `r0` and `r1`.
+        unsafe { pack_rows_avx512(r0, r1, &mut dst[..full]) };
+        full
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let full = 0;
+    for j in full..dst.len() {
+        dst[j] = pair(r0[j], r1.map_or(0.0, |r| r[j]));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
+unsafe fn pack_rows_avx512(r0: &[f32], r1: Option<&[f32]>, dst: &mut [u32]) {
+    for j in (0..dst.len()).step_by(16) {
+        let lo = _mm512_cvtneps_pbh(_mm512_loadu_ps(r0.as_ptr().add(j)));
+        let lo = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(lo));
+        let v = match r1 {
+            Some(r1) => {
+                let hi = _mm512_cvtneps_pbh(_mm512_loadu_ps(r1.as_ptr().add(j)));
+                let hi = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(hi));
+                _mm512_or_si512(lo, _mm512_slli_epi32::<16>(hi))
+            }
+            None => lo,
+        };
+        _mm512_storeu_si512(dst.as_mut_ptr().add(j).cast(), v);
+    }
+}
+
+/// One register tile: `c` (MR x 16·NV, row stride `rs`) := `c` (if `load`) + the product of
+/// `kc` pairs of the packed tile `a` and panel `b`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn tile<const NV: usize>(
+    kc: usize,
+    a: *const u32,
+    b: *const u32,
+    c: *mut f32,
+    rs: usize,
+    load: bool,
+) {
+    let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+    if load {
+        for (i, row) in acc.iter_mut().enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(c.add(i * rs + 16 * j));
+            }
+        }
+    }
+    for p in 0..kc {
+        let mut bv = [_mm512_setzero_ps(); NV];
+        for (j, v) in bv.iter_mut().enumerate() {
+            *v = _mm512_loadu_ps(b.add((p * NV + j) * 16).cast());
+        }
+        for (i, row) in acc.iter_mut().enumerate() {
+            let av = _mm512_castsi512_ps(_mm512_set1_epi32(*a.add(p * MR + i) as i32));
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = _mm512_dpbf16_ps(
+                    *v,
+                    std::mem::transmute::<__m512, __m512bh>(av),
+                    std::mem::transmute::<__m512, __m512bh>(bv[j]),
+                );
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        for (j, v) in row.iter().enumerate() {
+            _mm512_storeu_ps(c.add(i * rs + 16 * j), *v);
+        }
+    }
+}
+
+/// [`tile`] in plain Rust, for other architectures (where [`available`] is false).
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn tile<const NV: usize>(
+    kc: usize,
+    a: *const u32,
+    b: *const u32,
+    c: *mut f32,
+    rs: usize,
+    load: bool,
+) {
+    let bf = |v: u32| f32::from_bits(v << 16);
+    for i in 0..MR {
+        for j in 0..16 * NV {
+            let mut acc = if load { *c.add(i * rs + j) } else { 0.0 };
+            for p in 0..kc {
+                let (x, y) = (*a.add(p * MR + i), *b.add(p * NV * 16 + j));
+                acc += bf(x >> 16) * bf(y >> 16);
+                acc += bf(x & 0xffff) * bf(y & 0xffff);
+            }
+            *c.add(i * rs + j) = acc;
+        }
+    }
+}
+
+/// `dst` (M x N) := `dst` (if `accumulate`) + `lhs` · `rhs` (K x N), in bf16 products with
+/// float32 sums, on `threads` threads (row tiles split between them).
+///
+/// Panics if [`available`] is false or a view is out of bounds.
+pub(crate) fn gemm(
+    (m, n, k): (usize, usize, usize),
+    dst: (&mut [f32], usize, usize),
+    lhs: &PackedLhs,
+    rhs: View,
+    accumulate: bool,
+    threads: usize,
+    scratch: &mut Scratch,
+) {
+    #[cfg(target_arch = "x86_64")]
+    assert!(available(), "bf16 gemm: this CPU lacks AVX512-BF16");
+    assert!(
+        lhs.m == m && lhs.k == k,
+        "bf16 gemm: packed lhs is {}x{}, not {m}x{k}",
+        lhs.m,
+        lhs.k
+    );
+    let (d, drs, dcs) = dst;
+    if m * n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            (0..m).for_each(|i| (0..n).for_each(|j| d[i * drs + j * dcs] = 0.0));
+        }
+        return;
+    }
+    let (r, rrs, rcs) = rhs;
+    assert!(
+        (m - 1) * drs + (n - 1) * dcs < d.len()
+            && (k == 0 || (k - 1) * rrs + (n - 1) * rcs < r.len()),
+        "bf16 gemm: operands out of bounds"
+    );
+    let tiles = m.div_ceil(MR);
+    let rows_apart = dcs * (n - 1) < drs;
+    if threads <= 1 || tiles < 2 || !rows_apart {
+        gemm_tiles(
+            (m, n, k),
+            0..tiles,
+            (d, drs, dcs),
+            lhs,
+            rhs,
+            accumulate,
+            scratch,
+        );
+        return;
+    }
+    // Row tiles in `threads` contiguous shares; with rows apart, each share owns its rows of
+    // `dst`.
+    let share = tiles.div_ceil(threads);
+    let mut parts = Vec::new();
+    let mut rest = d;
+    let mut start = 0;
+    while start < tiles {
+        let end = (start + share).min(tiles);
+        let rows_end = (end * MR).min(m);
+        let (part, tail) = if end == tiles {
+            (rest, &mut [][..])
+        } else {
+            rest.split_at_mut((rows_end - start * MR) * drs)
+        };
+        parts.push((start..end, part));
+        rest = tail;
+        start = end;
+    }
+    parts.into_par_iter().for_each(|(range, part)| {
+        let mut scratch = Scratch::default();
+        let first_row = range.start * MR;
+        // `part` starts at row `first_row`; shift the tile numbers to it.
+        gemm_tiles_from(
+            (m, n, k),
+            range,
+            first_row,
+            (part, drs, dcs),
+            lhs,
+            rhs,
+            accumulate,
+            &mut scratch,
+        );
+    });
+}
+
+fn gemm_tiles(
+    dims: (usize, usize, usize),
+    tiles: std::ops::Range<usize>,
+    dst: (&mut [f32], usize, usize),
+    lhs: &PackedLhs,
+    rhs: View,
+    accumulate: bool,
+    scratch: &mut Scratch,
+) {
+    gemm_tiles_from(dims, tiles, 0, dst, lhs, rhs, accumulate, scratch)
+}
+
+/// The row tiles `tiles` of the product, `dst` starting at row `first_row`.
+#[allow(clippy::too_many_arguments)]
+fn gemm_tiles_from(
+    (m, n, k): (usize, usize, usize),
+    tiles: std::ops::Range<usize>,
+    first_row: usize,
+    (d, drs, dcs): (&mut [f32], usize, usize),
+    lhs: &PackedLhs,
+    rhs: View,
+    accumulate: bool,
+    scratch: &mut Scratch,
+) {
+    let nv = vectors_for(n);
+    let nr = 16 * nv;
+    let kp = lhs.pairs();
+    let kc_max = (PANEL_BYTES / (4 * nr)).max(1);
+    scratch.tile.resize(MR * nr, 0.0);
+    let mut p0 = 0;
+    loop {
+        let kc = kc_max.min(kp - p0);
+        let load = accumulate || p0 > 0;
+        pack_rhs((k, n), rhs, p0, kc, nr, &mut scratch.rhs);
+        for (panel, block) in scratch.rhs.chunks_exact(kc * nr).enumerate() {
+            let col0 = panel * nr;
+            let cols = nr.min(n - col0);
+            for t in tiles.clone() {
+                let row0 = t * MR - first_row;
+                let rows = MR.min(m - t * MR);
+                let a = lhs.data[(t * kp + p0) * MR..].as_ptr();
+                let direct = dcs == 1 && rows == MR && cols == nr;
+                let (c, rs) = if direct {
+                    (d[row0 * drs + col0..].as_mut_ptr(), drs)
+                } else {
+                    let tile = &mut scratch.tile;
+                    tile.fill(0.0);
+                    if load {
+                        for i in 0..rows {
+                            for j in 0..cols {
+                                tile[i * nr + j] = d[(row0 + i) * drs + (col0 + j) * dcs];
+                            }
+                        }
+                    }
+                    (tile.as_mut_ptr(), nr)
+                };
+                // SAFETY: `available()` was asserted; `a` has `kc` pairs of MR rows left in the
+                // packed tile, `block` `kc` pairs of `nr` columns; `c` reaches MR rows of `nr`
+                // values at stride `rs`: a full tile inside `d` (direct) or the scratch tile.
+                unsafe {
+                    match nv {
+                        1 => tile::<1>(kc, a, block.as_ptr(), c, rs, load || !direct),
+                        2 => tile::<2>(kc, a, block.as_ptr(), c, rs, load || !direct),
+                        _ => tile::<3>(kc, a, block.as_ptr(), c, rs, load || !direct),
+                    }
+                }
+                if !direct {
+                    let tile = &scratch.tile;
+                    for i in 0..rows {
+                        for j in 0..cols {
+                            d[(row0 + i) * drs + (col0 + j) * dcs] = tile[i * nr + j];
+                        }
+                    }
+                }
+            }
+        }
+        p0 += kc;
+        if p0 >= kp {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(v: f32) -> f32 {
+        f32::from_bits(bf16_bits(v) << 16)
+    }
+
+    /// The product in f64 of the bf16-rounded operands.
+    fn reference((m, n, k): (usize, usize, usize), a: View, b: View) -> Vec<f64> {
+        let mut c = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k)
+                    .map(|p| {
+                        round(a.0[i * a.1 + p * a.2]) as f64 * round(b.0[p * b.1 + j * b.2]) as f64
+                    })
+                    .sum();
+            }
+        }
+        c
+    }
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rounding_matches_half() {
+        for v in [
+            0.0f32,
+            -0.0,
+            1.0,
+            1.0 + 1.0 / 256.0,
+            1.0 + 3.0 / 256.0,
+            2.718_281_7,
+            -2.7e-3,
+            1e38,
+            f32::INFINITY,
+            f32::MIN_POSITIVE,
+            1.0 + f32::EPSILON,
+        ] {
+            assert_eq!(
+                bf16_bits(v) as u16,
+                half::bf16::from_f32(v).to_bits(),
+                "{v}"
+            );
+        }
+        assert!(f32::from_bits(bf16_bits(f32::NAN) << 16).is_nan());
+    }
+
+    #[test]
+    fn products_match_the_rounded_operands_in_every_layout_and_edge() {
+        if !available() {
+            eprintln!("skipped: this CPU lacks AVX512-BF16");
+            return;
+        }
+        // Odd K, edges in M and N, K blocks, both operand layouts, accumulation, threads.
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (8, 156, 54),
+            (8, 16, 2),
+            (13, 37, 9),
+            (64, 160, 576),
+            (17, 100, 1001),
+            (70, 16, 300),
+            (9, 48, 3),
+        ] {
+            for (transposed_a, transposed_b) in
+                [(false, false), (true, false), (false, true), (true, true)]
+            {
+                for threads in [1, 2] {
+                    let a = values(m * k, (m + 3 * k) as u32);
+                    let b = values(k * n, (n + 7 * k) as u32);
+                    let av = if transposed_a {
+                        (&a[..], 1, m)
+                    } else {
+                        (&a[..], k, 1)
+                    };
+                    let bv = if transposed_b {
+                        (&b[..], 1, k)
+                    } else {
+                        (&b[..], n, 1)
+                    };
+                    let want = reference((m, n, k), av, bv);
+                    let lhs = PackedLhs::new(m, k, av);
+                    let mut c = values(m * n, 5);
+                    let before = c.clone();
+                    gemm(
+                        (m, n, k),
+                        (&mut c, n, 1),
+                        &lhs,
+                        bv,
+                        true,
+                        threads,
+                        &mut Scratch::default(),
+                    );
+                    for (i, (got, (w, c0))) in c.iter().zip(want.iter().zip(&before)).enumerate() {
+                        let w = w + *c0 as f64;
+                        let tol = 1e-5 * (k as f64).sqrt() + 1e-6 * w.abs();
+                        assert!(
+                            (*got as f64 - w).abs() < tol,
+                            "{m}x{n}x{k} {transposed_a} {transposed_b} [{i}]: {got} vs {w}"
+                        );
+                    }
+                    // Overwriting, into a transposed destination.
+                    let mut ct = vec![f32::NAN; m * n];
+                    gemm(
+                        (m, n, k),
+                        (&mut ct, 1, m),
+                        &lhs,
+                        bv,
+                        false,
+                        threads,
+                        &mut Scratch::default(),
+                    );
+                    for i in 0..m {
+                        for j in 0..n {
+                            let w = want[i * n + j];
+                            assert!(
+                                (ct[j * m + i] as f64 - w).abs()
+                                    < 1e-5 * (k as f64).sqrt() + 1e-6 * w.abs()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn shapes() {
+        for &(m, n, k) in &[
+            (64, 160, 576),
+            (128, 128, 1152),
+            (256, 64, 2304),
+            (512, 16, 4608),
+            (64, 576, 160),
+            (64, 1024, 576),
+        ] {
+            let a = vec![0.5f32; m * k];
+            let b = vec![0.25f32; k * n];
+            let mut c = vec![0f32; m * n];
+            let reps = (2e9 / (2 * m * n * k) as f64) as usize + 1;
+            let lhs = PackedLhs::new(m, k, (&a, k, 1));
+            let mut s = Scratch::default();
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                gemm(
+                    (m, n, k),
+                    (&mut c, n, 1),
+                    &lhs,
+                    (&b, n, 1),
+                    false,
+                    1,
+                    &mut s,
+                );
+            }
+            let bf = (2 * m * n * k * reps) as f64 / t.elapsed().as_secs_f64() / 1e9;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        c.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        a.as_ptr(),
+                        1,
+                        k as isize,
+                        b.as_ptr(),
+                        1,
+                        n as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    )
+                }
+            }
+            let f = (2 * m * n * k * reps) as f64 / t.elapsed().as_secs_f64() / 1e9;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                let lhs = PackedLhs::new(m, k, (&a, k, 1));
+                gemm(
+                    (m, n, k),
+                    (&mut c, n, 1),
+                    &lhs,
+                    (&b, n, 1),
+                    false,
+                    1,
+                    &mut s,
+                );
+            }
+            let bp = (2 * m * n * k * reps) as f64 / t.elapsed().as_secs_f64() / 1e9;
+            println!(
+                "{m}x{n}x{k}: bf16 {bf:.0} GFLOP/s (with lhs packing {bp:.0}), f32 gemm {f:.0}"
+            );
+        }
+    }
+}
