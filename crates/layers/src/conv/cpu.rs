@@ -172,6 +172,8 @@ fn bf16_product(
 #[derive(Debug, Default, Clone)]
 struct Work {
     cols: Vec<f32>,
+    /// The weight gradient's output gradients of several images side by side.
+    staged: Vec<f32>,
     lhs: PackedLhs,
     packed: bf16_gemm::Scratch,
 }
@@ -234,6 +236,11 @@ fn each_image(
 /// cache between `im2col` and the GEMM that reads them.
 const BLOCK_BYTES: usize = 384 << 10;
 
+/// Positions a weight-gradient product gathers from several small images, and the most bytes
+/// of columns that takes.
+const GROUP_POSITIONS: usize = 256;
+const GROUP_BYTES: usize = 3 << 19;
+
 /// The output rows of `geo`, in blocks whose columns (`k` values per position) fit
 /// [`BLOCK_BYTES`].
 fn row_blocks(geo: &Geometry, k: usize) -> impl Iterator<Item = Range<usize>> {
@@ -290,36 +297,68 @@ impl ConvCpu {
     fn weight_grad(&self, x: &[f32], grad: &[f32], n: usize) -> Vec<f32> {
         let (k, ohw, img_len) = self.len();
         let (cout, geo) = (self.cout, &self.geo);
-        let scratch = k * block_len(geo, k);
-        let one = |acc: &mut Vec<f32>, work: &mut Work, i: usize, threads: usize| {
-            let img = &x[i * img_len..(i + 1) * img_len];
-            let g = &grad[i * cout * ohw..(i + 1) * cout * ohw];
-            for rows in row_blocks(geo, k) {
-                let (p0, len) = (rows.start * geo.ow, rows.len() * geo.ow);
-                let cols = &mut work.cols[..k * len];
-                time(Part::Im2col, || geo.im2col_t_rows(img, rows, cols));
+        // Images whose columns are one block go several at a time, up to GROUP_POSITIONS
+        // positions: each product reads and writes the whole (O, C·KH·KW) sum, which for a
+        // 4x4 or 8x8 image's positions costs more than the products.
+        let group = match row_blocks(geo, k).count() {
+            1 => (GROUP_POSITIONS / ohw).clamp(1, (GROUP_BYTES / (4 * k * ohw)).max(1)),
+            _ => 1,
+        };
+        let scratch = k * block_len(geo, k) * group;
+        let one = |acc: &mut Vec<f32>, work: &mut Work, imgs: Range<usize>, threads: usize| {
+            let product = |lhs: View,
+                           rhs: View,
+                           len: usize,
+                           acc: &mut [f32],
+                           work_lhs: &mut PackedLhs,
+                           packed: &mut bf16_gemm::Scratch| {
                 let dims = (cout, k, len);
-                let (lhs, rhs) = ((&g[p0..], ohw, 1), (&cols[..], 1, len));
                 if self.bf16 {
-                    work.lhs.pack(cout, len, lhs);
-                    bf16_product(
-                        dims,
-                        (acc, k, 1),
-                        &work.lhs,
-                        rhs,
-                        true,
-                        threads,
-                        &mut work.packed,
-                    );
+                    work_lhs.pack(cout, len, lhs);
+                    bf16_product(dims, (acc, k, 1), work_lhs, rhs, true, threads, packed);
                 } else {
                     gemm(dims, (acc, k, 1), lhs, rhs, true, threads);
+                }
+            };
+            if group > 1 {
+                for first in imgs.clone().step_by(group) {
+                    let count = group.min(imgs.end - first);
+                    let len = count * ohw;
+                    let cols = &mut work.cols[..k * len];
+                    work.staged.resize(cout * len, 0.0);
+                    let staged = &mut work.staged[..];
+                    time(Part::Im2col, || {
+                        for (j, i) in (first..first + count).enumerate() {
+                            let img = &x[i * img_len..(i + 1) * img_len];
+                            geo.im2col_t_rows_strided(img, 0..geo.oh, &mut cols[j * ohw..], len);
+                            let g = &grad[i * cout * ohw..(i + 1) * cout * ohw];
+                            for (o, row) in g.chunks_exact(ohw).enumerate() {
+                                staged[o * len + j * ohw..o * len + (j + 1) * ohw]
+                                    .copy_from_slice(row);
+                            }
+                        }
+                    });
+                    let (lhs, rhs) = ((&work.staged[..], len, 1), (&work.cols[..k * len], 1, len));
+                    product(lhs, rhs, len, acc, &mut work.lhs, &mut work.packed);
+                }
+                return;
+            }
+            for i in imgs {
+                let img = &x[i * img_len..(i + 1) * img_len];
+                let g = &grad[i * cout * ohw..(i + 1) * cout * ohw];
+                for rows in row_blocks(geo, k) {
+                    let (p0, len) = (rows.start * geo.ow, rows.len() * geo.ow);
+                    let cols = &mut work.cols[..k * len];
+                    time(Part::Im2col, || geo.im2col_t_rows(img, rows, cols));
+                    let (lhs, rhs) = ((&g[p0..], ohw, 1), (&work.cols[..k * len], 1, len));
+                    product(lhs, rhs, len, acc, &mut work.lhs, &mut work.packed);
                 }
             }
         };
         let (side_by_side, threads) = split(n);
         if !side_by_side {
             let (mut acc, mut work) = (vec![0f32; cout * k], Work::new(scratch));
-            (0..n).for_each(|i| one(&mut acc, &mut work, i, threads));
+            one(&mut acc, &mut work, 0..n, threads);
             return acc;
         }
         // A fixed share of the images per thread, partial sums added in order: the same
@@ -330,7 +369,7 @@ impl ConvCpu {
             .par_iter()
             .map(|&start| {
                 let (mut acc, mut work) = (vec![0f32; cout * k], Work::new(scratch));
-                (start..(start + share).min(n)).for_each(|i| one(&mut acc, &mut work, i, 1));
+                one(&mut acc, &mut work, start..(start + share).min(n), 1);
                 acc
             })
             .collect();

@@ -150,8 +150,22 @@ impl Geometry {
     /// values: row (ch, ki, kj) holds the input each output position reads through tap
     /// (ki, kj), zero in the padding. Every entry is written, so `out` may hold anything.
     pub(super) fn im2col_t_rows(&self, img: &[f32], rows: Range<usize>, out: &mut [f32]) {
+        let len = rows.len() * self.ow;
+        self.im2col_t_rows_strided(img, rows, out, len)
+    }
+
+    /// [`Self::im2col_t_rows`] with the (C·KH·KW) rows `stride` values apart in `out`
+    /// (`stride` at least the row's length), so that several images' columns sit side by side.
+    pub(super) fn im2col_t_rows_strided(
+        &self,
+        img: &[f32],
+        rows: Range<usize>,
+        out: &mut [f32],
+        stride: usize,
+    ) {
         let (len, plane) = (rows.len() * self.ow, self.h * self.w);
-        for (r, row) in out.chunks_exact_mut(len).enumerate() {
+        for r in 0..self.c * self.kh * self.kw {
+            let row = &mut out[r * stride..r * stride + len];
             let (ch, ki, kj) = (r / (self.kh * self.kw), r / self.kw % self.kh, r % self.kw);
             let src = &img[ch * plane..(ch + 1) * plane];
             let (lo, hi, x0) = self.span(kj);
