@@ -14,6 +14,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::geometry::Geometry;
+use super::winograd;
 use crate::bf16_gemm::{self, PackedLhs, View};
 use crate::profile::{time, Part};
 
@@ -118,6 +119,17 @@ fn gemm(
             parallelism,
         )
     })
+}
+
+/// `dst := lhs · rhs` in float32 ([`gemm`] without accumulation), for [`winograd::convolve`].
+fn overwrite(
+    dims: (usize, usize, usize),
+    dst: (&mut [f32], usize, usize),
+    lhs: View,
+    rhs: View,
+    threads: usize,
+) {
+    gemm(dims, dst, lhs, rhs, false, threads)
 }
 
 /// The left operand of a convolution's products: float32 as given, or packed once to bf16.
@@ -265,6 +277,11 @@ impl ConvCpu {
         let (k, ohw, img_len) = self.len();
         let (cout, geo) = (self.cout, &self.geo);
         let mut out = vec![0f32; n * cout * ohw];
+        if !self.bf16 && winograd::applies(geo, cout) {
+            let u = time(Part::Im2col, || winograd::transform_kernel(w, cout, geo.c));
+            winograd::convolve(geo, cout, x, &u, n, &mut out, overwrite);
+            return out;
+        }
         let (side_by_side, threads) = split(n);
         let lhs = Lhs::new(self.bf16, (cout, k), (w, k, 1));
         let one = |(i, o): (usize, &mut [f32]), work: &mut Work| {
@@ -403,6 +420,13 @@ impl ConvCpu {
                 }
             }
             let back = Geometry::new(cout, g.oh, g.ow, g.kh, g.kw, 1, g.kh - 1 - g.padding)?;
+            if !self.bf16 && winograd::applies(&back, g.c) {
+                let u = time(Part::Im2col, || {
+                    winograd::transform_kernel(&flipped, g.c, cout)
+                });
+                winograd::convolve(&back, g.c, grad, &u, n, &mut gx, overwrite);
+                return Ok(gx);
+            }
             let (bk, hw) = (cout * taps, g.h * g.w);
             let lhs = Lhs::new(self.bf16, (g.c, bk), (&flipped, bk, 1));
             let one = |(i, dst): (usize, &mut [f32]), work: &mut Work| {

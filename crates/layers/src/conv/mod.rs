@@ -19,6 +19,7 @@ mod grads;
 mod im2col;
 #[cfg(test)]
 mod tests;
+mod winograd;
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::Conv2dConfig;

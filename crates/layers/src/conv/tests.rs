@@ -325,3 +325,52 @@ fn wrong_channels_and_dtype_are_errors() -> Result<()> {
     assert!(err.contains("f32"), "{err}");
     Ok(())
 }
+
+/// F(2x2, 3x3) (stride-1 3x3 convolutions with 16 channels and more, forward and input
+/// gradient) against the im2col path: odd and even sizes, paddings 0 to 2, an image smaller
+/// than a tile, batches above and below the thread count. The error is float32 rounding of the
+/// transforms' sums: below 1e-5 of the scale (about 1e-6 measured).
+#[test]
+fn winograd_matches_the_direct_convolution() -> Result<()> {
+    let dev = Device::Cpu;
+    for (n, c, h, w, cout, p) in [
+        (1, 16, 9, 7, 16, 1),
+        (5, 16, 8, 8, 24, 1),
+        (2, 32, 5, 6, 16, 0),
+        (3, 16, 7, 9, 17, 2),
+        (2, 16, 1, 1, 16, 1),
+        (3, 20, 4, 4, 16, 1),
+    ] {
+        let geo = geometry::Geometry::new(c, h, w, 3, 3, 1, p)?;
+        assert!(winograd::applies(&geo, cout));
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, c, h, w), &dev)?)?;
+        let wt = Var::from_tensor(&Tensor::randn(0f32, 0.1, (cout, c, 3, 3), &dev)?)?;
+        let ours = conv2d_cpu_f32(x.as_tensor(), wt.as_tensor(), 1, p)?;
+        let reference = conv2d_gemm(x.as_tensor(), wt.as_tensor(), None, 1, p)?;
+        let up = Tensor::randn(0f32, 1., ours.shape(), &dev)?;
+        let ga = (&ours * &up)?.sum_all()?.backward()?;
+        let gb = (&reference * &up)?.sum_all()?.backward()?;
+        let pairs = [
+            ("output", ours, reference),
+            (
+                "input grad",
+                ga.get(&x).expect("grad").clone(),
+                gb.get(&x).expect("grad").clone(),
+            ),
+            (
+                "weight grad",
+                ga.get(&wt).expect("grad").clone(),
+                gb.get(&wt).expect("grad").clone(),
+            ),
+        ];
+        for (what, a, b) in pairs {
+            let diff = (&a - &b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            let scale = b.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(
+                diff <= 1e-5 * scale,
+                "n{n} c{c} {h}x{w} o{cout} p{p}: {what} differs by {diff} (scale {scale})"
+            );
+        }
+    }
+    Ok(())
+}
