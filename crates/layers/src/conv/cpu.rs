@@ -68,7 +68,7 @@ pub(crate) fn per_image_pays(
 
 /// `dst := dst (if accumulate) + lhs · rhs`, each given as (pointer, row stride, column stride).
 #[allow(clippy::too_many_arguments)]
-fn gemm(
+pub(super) fn gemm(
     (m, n, k): (usize, usize, usize),
     dst: (&mut [f32], usize, usize),
     lhs: (&[f32], usize, usize),
@@ -119,17 +119,6 @@ fn gemm(
             parallelism,
         )
     })
-}
-
-/// `dst := lhs · rhs` in float32 ([`gemm`] without accumulation), for [`winograd::convolve`].
-fn overwrite(
-    dims: (usize, usize, usize),
-    dst: (&mut [f32], usize, usize),
-    lhs: View,
-    rhs: View,
-    threads: usize,
-) {
-    gemm(dims, dst, lhs, rhs, false, threads)
 }
 
 /// The left operand of a convolution's products: float32 as given, or packed once to bf16.
@@ -279,7 +268,7 @@ impl ConvCpu {
         let mut out = vec![0f32; n * cout * ohw];
         if !self.bf16 && winograd::applies(geo, cout) {
             let u = time(Part::Im2col, || winograd::transform_kernel(w, cout, geo.c));
-            winograd::convolve(geo, cout, x, &u, n, &mut out, overwrite);
+            winograd::convolve(geo, cout, x, &u, n, &mut out);
             return out;
         }
         let (side_by_side, threads) = split(n);
@@ -314,6 +303,9 @@ impl ConvCpu {
     fn weight_grad(&self, x: &[f32], grad: &[f32], n: usize) -> Vec<f32> {
         let (k, ohw, img_len) = self.len();
         let (cout, geo) = (self.cout, &self.geo);
+        if !self.bf16 && winograd::applies(geo, cout) {
+            return winograd::weight_grad(geo, cout, x, grad, n);
+        }
         // Images whose columns are one block go several at a time, up to GROUP_POSITIONS
         // positions: each product reads and writes the whole (O, C·KH·KW) sum, which for a
         // 4x4 or 8x8 image's positions costs more than the products.
@@ -424,7 +416,7 @@ impl ConvCpu {
                 let u = time(Part::Im2col, || {
                     winograd::transform_kernel(&flipped, g.c, cout)
                 });
-                winograd::convolve(&back, g.c, grad, &u, n, &mut gx, overwrite);
+                winograd::convolve(&back, g.c, grad, &u, n, &mut gx);
                 return Ok(gx);
             }
             let (bk, hw) = (cout * taps, g.h * g.w);

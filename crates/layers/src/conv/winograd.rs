@@ -15,6 +15,7 @@
 
 use rayon::prelude::*;
 
+use super::cpu::gemm;
 use super::geometry::Geometry;
 use crate::profile::{time, Part};
 
@@ -74,9 +75,7 @@ pub(super) fn transform_kernel(w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
 }
 
 /// `out` (N, O, OH, OW) := the convolution of `x` (N, C, H, W) by the kernel whose transform is
-/// `u` ([`transform_kernel`]), for the geometry `geo` (3x3, stride 1). `gemm(dims, dst, lhs,
-/// rhs, threads)` overwrites `dst` with the product `lhs · rhs`, each given as (values, row
-/// stride, column stride).
+/// `u` ([`transform_kernel`]), for the geometry `geo` (3x3, stride 1).
 pub(super) fn convolve(
     geo: &Geometry,
     cout: usize,
@@ -84,23 +83,9 @@ pub(super) fn convolve(
     u: &[f32],
     n: usize,
     out: &mut [f32],
-    gemm: impl Fn(
-            (usize, usize, usize),
-            (&mut [f32], usize, usize),
-            (&[f32], usize, usize),
-            (&[f32], usize, usize),
-            usize,
-        ) + Sync,
 ) {
     let (c, img_len, out_len) = (geo.c, geo.c * geo.h * geo.w, cout * geo.oh * geo.ow);
-    let threads = rayon::current_num_threads().max(1);
-    // A fixed share of the images per thread; a batch smaller than the pool runs as one
-    // share with threaded products.
-    let (share, gemm_threads) = if n >= threads {
-        (n.div_ceil(threads), 1)
-    } else {
-        (n.max(1), threads)
-    };
+    let (share, gemm_threads) = shares(n);
     let tiles_per_image = geo.oh.div_ceil(2) * geo.ow.div_ceil(2);
     let block = tiles_per_block(c, cout);
     out.par_chunks_mut(share * out_len)
@@ -122,6 +107,7 @@ pub(super) fn convolve(
                         (&mut m[xi * cout * tb..(xi + 1) * cout * tb], tb, 1),
                         (&u[xi * cout * c..(xi + 1) * cout * c], c, 1),
                         (&v[xi * c * tb..(xi + 1) * c * tb], tb, 1),
+                        false,
                         gemm_threads,
                     );
                 }
@@ -130,6 +116,93 @@ pub(super) fn convolve(
                 });
             }
         });
+}
+
+/// Images per thread share for a batch of `n`, and threads per product: a fixed share of the
+/// images per pool thread, or one share with threaded products for a batch smaller than the
+/// pool.
+fn shares(n: usize) -> (usize, usize) {
+    let threads = rayon::current_num_threads().max(1);
+    if n >= threads {
+        (n.div_ceil(threads), 1)
+    } else {
+        (n.max(1), threads)
+    }
+}
+
+/// dL/dw (O, C, 3, 3) of the convolution of `x` (N, C, H, W) for the output gradient `grad`
+/// (N, O, OH, OW): with `dM = A dY Aᵀ` the transformed output gradient of each tile,
+/// `dU[ξ][o][c] = Σ_tiles dM[ξ][o] · V[ξ][c]` (16 products of (O x tiles) by (tiles x C)), then
+/// `dw = Gᵀ dU G`. Each thread sums a fixed share of the images; the shares are added in order,
+/// so the result repeats bit for bit for a given thread count.
+pub(super) fn weight_grad(
+    geo: &Geometry,
+    cout: usize,
+    x: &[f32],
+    grad: &[f32],
+    n: usize,
+) -> Vec<f32> {
+    let (c, img_len, out_len) = (geo.c, geo.c * geo.h * geo.w, cout * geo.oh * geo.ow);
+    let (share, gemm_threads) = shares(n);
+    let tiles_per_image = geo.oh.div_ceil(2) * geo.ow.div_ceil(2);
+    let block = tiles_per_block(c, cout);
+    let partials: Vec<Vec<f32>> = x
+        .par_chunks(share * img_len)
+        .zip(grad.par_chunks(share * out_len))
+        .map(|(x, g)| {
+            let tiles = x.len() / img_len.max(1) * tiles_per_image;
+            let mut du = vec![0f32; 16 * cout * c];
+            let mut v = vec![0f32; 16 * c * block.min(tiles)];
+            let mut dm = vec![0f32; 16 * cout * block.min(tiles)];
+            for first in (0..tiles).step_by(block) {
+                let range = first..(first + block).min(tiles);
+                let tb = range.len();
+                time(Part::Im2col, || {
+                    transform_input(geo, x, range.clone(), &mut v[..16 * c * tb]);
+                    transform_output_grad(geo, cout, g, range, &mut dm[..16 * cout * tb]);
+                });
+                for xi in 0..16 {
+                    gemm(
+                        (cout, c, tb),
+                        (&mut du[xi * cout * c..(xi + 1) * cout * c], c, 1),
+                        (&dm[xi * cout * tb..(xi + 1) * cout * tb], tb, 1),
+                        (&v[xi * c * tb..(xi + 1) * c * tb], 1, tb),
+                        true,
+                        gemm_threads,
+                    );
+                }
+            }
+            du
+        })
+        .collect();
+    let mut partials = partials.into_iter();
+    let mut du = partials.next().unwrap_or_else(|| vec![0f32; 16 * cout * c]);
+    for p in partials {
+        du.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+    }
+    time(Part::Im2col, || kernel_grad(&du, cout, c))
+}
+
+/// dw (O, C, 3, 3) = `Gᵀ dU G` for each channel pair of `du` (16, O, C).
+fn kernel_grad(du: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+    let mut dw = vec![0f32; cout * cin * 9];
+    for o in 0..cout {
+        for c in 0..cin {
+            let d: [f32; 16] = std::array::from_fn(|xi| du[(xi * cout + o) * cin + c]);
+            // Gᵀ D: 3x4.
+            let s: [[f32; 4]; 3] = [
+                std::array::from_fn(|j| d[j] + 0.5 * (d[4 + j] + d[8 + j])),
+                std::array::from_fn(|j| 0.5 * (d[4 + j] - d[8 + j])),
+                std::array::from_fn(|j| 0.5 * (d[4 + j] + d[8 + j]) + d[12 + j]),
+            ];
+            // (Gᵀ D) G: 3x3.
+            for (i, [a, b, e, f]) in s.into_iter().enumerate() {
+                let row = [a + 0.5 * (b + e), 0.5 * (b - e), 0.5 * (b + e) + f];
+                dw[(o * cin + c) * 9 + i * 3..(o * cin + c) * 9 + i * 3 + 3].copy_from_slice(&row);
+            }
+        }
+    }
+    dw
 }
 
 /// The tile `t` of a run of images: (image, first output row, first output column).
@@ -198,19 +271,8 @@ fn transform_input(geo: &Geometry, x: &[f32], tiles: std::ops::Range<usize>, v: 
     #[cfg(target_arch = "x86_64")]
     if avx512() {
         // SAFETY: the CPU has AVX-512F (checked at run time).
-        return unsafe { transform_input_avx512(geo, x, tiles, v) };
+        return unsafe { simd::transform_input(geo, x, tiles, v) };
     }
-    transform_input_any(geo, x, tiles, v)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn transform_input_avx512(
-    geo: &Geometry,
-    x: &[f32],
-    tiles: std::ops::Range<usize>,
-    v: &mut [f32],
-) {
     transform_input_any(geo, x, tiles, v)
 }
 
@@ -225,20 +287,8 @@ fn transform_output(
     #[cfg(target_arch = "x86_64")]
     if avx512() {
         // SAFETY: the CPU has AVX-512F (checked at run time).
-        return unsafe { transform_output_avx512(geo, cout, m, tiles, out) };
+        return unsafe { simd::transform_output(geo, cout, m, tiles, out) };
     }
-    transform_output_any(geo, cout, m, tiles, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn transform_output_avx512(
-    geo: &Geometry,
-    cout: usize,
-    m: &[f32],
-    tiles: std::ops::Range<usize>,
-    out: &mut [f32],
-) {
     transform_output_any(geo, cout, m, tiles, out)
 }
 
@@ -337,5 +387,340 @@ fn transform_output_any(
                 }
             }
         }
+    }
+}
+
+/// [`transform_output_grad_any`], vectorised for AVX-512 where the CPU has it.
+fn transform_output_grad(
+    geo: &Geometry,
+    cout: usize,
+    g: &[f32],
+    tiles: std::ops::Range<usize>,
+    dm: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        // SAFETY: the CPU has AVX-512F (checked at run time).
+        return unsafe { simd::transform_output_grad(geo, cout, g, tiles, dm) };
+    }
+    transform_output_grad_any(geo, cout, g, tiles, dm)
+}
+
+/// `dm` (16, O, tiles) := `A dY Aᵀ` of each output channel's 2x2 gradient tile `dY` of
+/// `g` (images, O, OH, OW), zero past the bottom and right edges.
+#[inline(always)]
+fn transform_output_grad_any(
+    geo: &Geometry,
+    cout: usize,
+    g: &[f32],
+    tiles: std::ops::Range<usize>,
+    dm: &mut [f32],
+) {
+    let (oh, ow) = (geo.oh, geo.ow);
+    let tb = tiles.len();
+    let runs = runs(geo, tiles);
+    let lanes = |f: &dyn Fn(usize) -> f32| -> [f32; LANES] { std::array::from_fn(f) };
+    for o in 0..cout {
+        for &(tl, image, oy, ox, len) in &runs {
+            let plane = &g[(image * cout + o) * oh * ow..(image * cout + o + 1) * oh * ow];
+            // The tiles' rows: left and right value of each, zero outside.
+            let mut y = [[[0f32; LANES]; 2]; 2];
+            for (i, row) in y.iter_mut().enumerate() {
+                if oy + i >= oh {
+                    continue;
+                }
+                let mut line = [0f32; 2 * LANES];
+                let n = (2 * len).min(ow - ox);
+                line[..n].copy_from_slice(&plane[(oy + i) * ow + ox..(oy + i) * ow + ox + n]);
+                row[0] = lanes(&|l| line[2 * l]);
+                row[1] = lanes(&|l| line[2 * l + 1]);
+            }
+            // dY Aᵀ: 2x4, then A (dY Aᵀ): 4x4.
+            let t: [[[f32; LANES]; 4]; 2] = std::array::from_fn(|i| {
+                let [a, b] = y[i];
+                [
+                    a,
+                    lanes(&|l| a[l] + b[l]),
+                    lanes(&|l| a[l] - b[l]),
+                    lanes(&|l| -b[l]),
+                ]
+            });
+            for (j, (&p, &q)) in t[0].iter().zip(&t[1]).enumerate() {
+                let rows = [
+                    p,
+                    lanes(&|l| p[l] + q[l]),
+                    lanes(&|l| p[l] - q[l]),
+                    lanes(&|l| -q[l]),
+                ];
+                for (i, vals) in rows.iter().enumerate() {
+                    let at = ((i * 4 + j) * cout + o) * tb + tl;
+                    copy_lanes(&mut dm[at..at + len], vals);
+                }
+            }
+        }
+    }
+}
+
+/// The transforms in AVX-512 intrinsics: 16 tiles per vector, the patches' stride-2 columns
+/// gathered by permutes from (masked) row loads. The same operations in the same order as the
+/// portable versions, so the results are identical bit for bit.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::{runs, Geometry, LANES};
+    use std::arch::x86_64::*;
+
+    /// Lanes of the columns `x .. x + 16` of `row` (zero outside the row and from `count` on).
+    #[inline(always)]
+    unsafe fn load(row: &[f32], x: isize, count: isize) -> __m512 {
+        let lo = (-x).clamp(0, 16);
+        let hi = (row.len() as isize - x).min(count).clamp(lo, 16);
+        if lo >= hi {
+            return _mm512_setzero_ps();
+        }
+        let mask = (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16;
+        // SAFETY (caller): only the lanes in `lo..hi` are read, all inside `row`.
+        _mm512_maskz_loadu_ps(mask, row.as_ptr().wrapping_offset(x))
+    }
+
+    /// `dst[..len]` := the first `len` lanes of `v`.
+    #[inline(always)]
+    unsafe fn store(dst: &mut [f32], v: __m512) {
+        let len = dst.len().min(LANES);
+        if len == LANES {
+            _mm512_storeu_ps(dst.as_mut_ptr(), v);
+        } else {
+            _mm512_mask_storeu_ps(dst.as_mut_ptr(), ((1u32 << len) - 1) as u16, v);
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn neg(v: __m512) -> __m512 {
+        _mm512_castsi512_ps(_mm512_xor_si512(
+            _mm512_castps_si512(v),
+            _mm512_set1_epi32(i32::MIN),
+        ))
+    }
+
+    const EVEN: [i32; 16] = [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30];
+    const ODD: [i32; 16] = [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31];
+    const NEXT0: [i32; 16] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
+    const NEXT1: [i32; 16] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17];
+    const LOW: [i32; 16] = [0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23];
+    const HIGH: [i32; 16] = [8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31];
+
+    #[inline(always)]
+    unsafe fn index(i: &[i32; 16]) -> __m512i {
+        _mm512_loadu_si512(i.as_ptr().cast())
+    }
+
+    /// The patch columns `j = 0..4` of `len` tiles whose patches start at column `x0` of `row`:
+    /// lane `l` of column `j` is `row[x0 + 2l + j]`, zero outside the row.
+    #[inline(always)]
+    unsafe fn columns(row: &[f32], x0: isize, len: usize) -> [__m512; 4] {
+        let need = 2 * len as isize + 2;
+        let a = load(row, x0, need);
+        let b = load(row, x0 + 16, need - 16);
+        let c = load(row, x0 + 32, need - 32);
+        let e0 = _mm512_permutex2var_ps(a, index(&EVEN), b);
+        let e1 = _mm512_permutex2var_ps(a, index(&ODD), b);
+        [
+            e0,
+            e1,
+            _mm512_permutex2var_ps(e0, index(&NEXT0), c),
+            _mm512_permutex2var_ps(e1, index(&NEXT1), c),
+        ]
+    }
+
+    /// [`super::transform_input_any`] in AVX-512.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transform_input(
+        geo: &Geometry,
+        x: &[f32],
+        tiles: std::ops::Range<usize>,
+        v: &mut [f32],
+    ) {
+        let (c, h, p) = (geo.c, geo.h as isize, geo.padding as isize);
+        let tb = tiles.len();
+        let plane_len = geo.h * geo.w;
+        let runs = runs(geo, tiles);
+        for ch in 0..c {
+            for &(tl, image, oy, ox, len) in &runs {
+                let plane = &x[(image * c + ch) * plane_len..(image * c + ch + 1) * plane_len];
+                let (y0, x0) = (oy as isize - p, ox as isize - p);
+                let mut d = [[_mm512_setzero_ps(); 4]; 4];
+                for (i, rows) in d.iter_mut().enumerate() {
+                    let y = y0 + i as isize;
+                    if y >= 0 && y < h {
+                        let y = y as usize;
+                        *rows = columns(&plane[y * geo.w..(y + 1) * geo.w], x0, len);
+                    }
+                }
+                let t: [[__m512; 4]; 4] = [
+                    std::array::from_fn(|j| _mm512_sub_ps(d[0][j], d[2][j])),
+                    std::array::from_fn(|j| _mm512_add_ps(d[1][j], d[2][j])),
+                    std::array::from_fn(|j| _mm512_sub_ps(d[2][j], d[1][j])),
+                    std::array::from_fn(|j| _mm512_sub_ps(d[1][j], d[3][j])),
+                ];
+                for (i, [a, b, e, f]) in t.into_iter().enumerate() {
+                    let vals = [
+                        _mm512_sub_ps(a, e),
+                        _mm512_add_ps(b, e),
+                        _mm512_sub_ps(e, b),
+                        _mm512_sub_ps(b, f),
+                    ];
+                    for (j, val) in vals.into_iter().enumerate() {
+                        let at = ((i * 4 + j) * c + ch) * tb + tl;
+                        store(&mut v[at..at + len], val);
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`super::transform_output_any`] in AVX-512.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transform_output(
+        geo: &Geometry,
+        cout: usize,
+        m: &[f32],
+        tiles: std::ops::Range<usize>,
+        out: &mut [f32],
+    ) {
+        let (oh, ow) = (geo.oh, geo.ow);
+        let tb = tiles.len();
+        let runs = runs(geo, tiles);
+        for o in 0..cout {
+            for &(tl, image, oy, ox, len) in &runs {
+                let mv: [__m512; 16] = std::array::from_fn(|xi| {
+                    let at = (xi * cout + o) * tb + tl;
+                    load(&m[at..at + len], 0, len as isize)
+                });
+                let r0: [__m512; 4] = std::array::from_fn(|j| {
+                    _mm512_add_ps(_mm512_add_ps(mv[j], mv[4 + j]), mv[8 + j])
+                });
+                let r1: [__m512; 4] = std::array::from_fn(|j| {
+                    _mm512_sub_ps(_mm512_sub_ps(mv[4 + j], mv[8 + j]), mv[12 + j])
+                });
+                let plane =
+                    &mut out[(image * cout + o) * oh * ow..(image * cout + o + 1) * oh * ow];
+                for (i, [a, b, e, f]) in [r0, r1].into_iter().enumerate() {
+                    if oy + i >= oh {
+                        break;
+                    }
+                    let left = _mm512_add_ps(_mm512_add_ps(a, b), e);
+                    let right = _mm512_sub_ps(_mm512_sub_ps(b, e), f);
+                    let count = (2 * len).min(ow - ox);
+                    let row = &mut plane[(oy + i) * ow + ox..(oy + i) * ow + ox + count];
+                    let (first, second) = row.split_at_mut(count.min(LANES));
+                    store(first, _mm512_permutex2var_ps(left, index(&LOW), right));
+                    if !second.is_empty() {
+                        store(second, _mm512_permutex2var_ps(left, index(&HIGH), right));
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`super::transform_output_grad_any`] in AVX-512.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transform_output_grad(
+        geo: &Geometry,
+        cout: usize,
+        g: &[f32],
+        tiles: std::ops::Range<usize>,
+        dm: &mut [f32],
+    ) {
+        let (oh, ow) = (geo.oh, geo.ow);
+        let tb = tiles.len();
+        let runs = runs(geo, tiles);
+        for o in 0..cout {
+            for &(tl, image, oy, ox, len) in &runs {
+                let plane = &g[(image * cout + o) * oh * ow..(image * cout + o + 1) * oh * ow];
+                let mut y = [[_mm512_setzero_ps(); 2]; 2];
+                for (i, row) in y.iter_mut().enumerate() {
+                    if oy + i >= oh {
+                        continue;
+                    }
+                    let line = &plane[(oy + i) * ow..(oy + i + 1) * ow];
+                    let count = 2 * len as isize;
+                    let a = load(line, ox as isize, count);
+                    let b = load(line, ox as isize + 16, count - 16);
+                    row[0] = _mm512_permutex2var_ps(a, index(&EVEN), b);
+                    row[1] = _mm512_permutex2var_ps(a, index(&ODD), b);
+                }
+                let t: [[__m512; 4]; 2] = std::array::from_fn(|i| {
+                    let [a, b] = y[i];
+                    [a, _mm512_add_ps(a, b), _mm512_sub_ps(a, b), neg(b)]
+                });
+                for (j, (&p, &q)) in t[0].iter().zip(&t[1]).enumerate() {
+                    let rows = [p, _mm512_add_ps(p, q), _mm512_sub_ps(p, q), neg(q)];
+                    for (i, val) in rows.into_iter().enumerate() {
+                        let at = ((i * 4 + j) * cout + o) * tb + tl;
+                        store(&mut dm[at..at + len], val);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The AVX-512 transforms against the portable ones, bit for bit: image sizes below, at and
+    /// above one run of tiles, paddings 0 to 2, blocks that start and end inside a tile row.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_vector_transforms_equal_the_portable_ones() -> candle_core::Result<()> {
+        if !avx512() {
+            eprintln!("skipped: this CPU lacks AVX-512");
+            return Ok(());
+        }
+        for (c, h, w, p) in [
+            (3, 5, 7, 1),
+            (2, 32, 32, 1),
+            (2, 36, 35, 2),
+            (1, 4, 40, 0),
+            (2, 2, 2, 1),
+        ] {
+            let (n, cout) = (2, 3);
+            let geo = Geometry::new(c, h, w, 3, 3, 1, p)?;
+            let tiles = n * geo.oh.div_ceil(2) * geo.ow.div_ceil(2);
+            let x = values(n * c * h * w, (h * w) as u32);
+            let g = values(n * cout * geo.oh * geo.ow, 7);
+            for range in [0..tiles, 1..tiles.min(23), tiles / 3..tiles] {
+                let tb = range.len();
+                let (mut a, mut b) = (vec![0f32; 16 * c * tb], vec![0f32; 16 * c * tb]);
+                transform_input_any(&geo, &x, range.clone(), &mut a);
+                // SAFETY: the CPU has AVX-512F.
+                unsafe { simd::transform_input(&geo, &x, range.clone(), &mut b) };
+                assert_eq!(a, b, "input {h}x{w} p{p} {range:?}");
+                let (mut a, mut b) = (vec![0f32; 16 * cout * tb], vec![0f32; 16 * cout * tb]);
+                transform_output_grad_any(&geo, cout, &g, range.clone(), &mut a);
+                // SAFETY: as above.
+                unsafe { simd::transform_output_grad(&geo, cout, &g, range.clone(), &mut b) };
+                assert_eq!(a, b, "output grad {h}x{w} p{p} {range:?}");
+                let m = values(16 * cout * tb, tb as u32);
+                let (mut a, mut b) = (vec![0f32; g.len()], vec![0f32; g.len()]);
+                transform_output_any(&geo, cout, &m, range.clone(), &mut a);
+                // SAFETY: as above.
+                unsafe { simd::transform_output(&geo, cout, &m, range.clone(), &mut b) };
+                assert_eq!(a, b, "output {h}x{w} p{p} {range:?}");
+            }
+        }
+        Ok(())
     }
 }
