@@ -154,7 +154,7 @@ impl<'a> Lhs<'a> {
 }
 
 /// [`bf16_gemm::gemm`], counted as GEMM time.
-fn bf16_product(
+pub(super) fn bf16_product(
     (m, n, k): (usize, usize, usize),
     dst: (&mut [f32], usize, usize),
     lhs: &PackedLhs,
@@ -266,9 +266,9 @@ impl ConvCpu {
         let (k, ohw, img_len) = self.len();
         let (cout, geo) = (self.cout, &self.geo);
         let mut out = vec![0f32; n * cout * ohw];
-        if !self.bf16 && winograd::applies(geo, cout) {
+        if winograd::applies(geo, cout) {
             let u = time(Part::Im2col, || winograd::transform_kernel(w, cout, geo.c));
-            winograd::convolve(geo, cout, x, &u, n, &mut out);
+            winograd::convolve(geo, cout, x, &u, n, &mut out, self.bf16);
             return out;
         }
         let (side_by_side, threads) = split(n);
@@ -303,8 +303,8 @@ impl ConvCpu {
     fn weight_grad(&self, x: &[f32], grad: &[f32], n: usize) -> Vec<f32> {
         let (k, ohw, img_len) = self.len();
         let (cout, geo) = (self.cout, &self.geo);
-        if !self.bf16 && winograd::applies(geo, cout) {
-            return winograd::weight_grad(geo, cout, x, grad, n);
+        if winograd::applies(geo, cout) {
+            return winograd::weight_grad(geo, cout, x, grad, n, self.bf16);
         }
         // Images whose columns are one block go several at a time, up to GROUP_POSITIONS
         // positions: each product reads and writes the whole (O, C·KH·KW) sum, which for a
@@ -412,11 +412,11 @@ impl ConvCpu {
                 }
             }
             let back = Geometry::new(cout, g.oh, g.ow, g.kh, g.kw, 1, g.kh - 1 - g.padding)?;
-            if !self.bf16 && winograd::applies(&back, g.c) {
+            if winograd::applies(&back, g.c) {
                 let u = time(Part::Im2col, || {
                     winograd::transform_kernel(&flipped, g.c, cout)
                 });
-                winograd::convolve(&back, g.c, grad, &u, n, &mut gx);
+                winograd::convolve(&back, g.c, grad, &u, n, &mut gx, self.bf16);
                 return Ok(gx);
             }
             let (bk, hw) = (cout * taps, g.h * g.w);

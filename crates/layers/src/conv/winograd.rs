@@ -15,8 +15,9 @@
 
 use rayon::prelude::*;
 
-use super::cpu::gemm;
+use super::cpu::{bf16_product, gemm};
 use super::geometry::Geometry;
+use crate::bf16_gemm::{self, PackedLhs};
 use crate::profile::{time, Part};
 
 /// Channels from which F(2x2, 3x3) beats the direct convolution: below them the transforms
@@ -75,7 +76,8 @@ pub(super) fn transform_kernel(w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
 }
 
 /// `out` (N, O, OH, OW) := the convolution of `x` (N, C, H, W) by the kernel whose transform is
-/// `u` ([`transform_kernel`]), for the geometry `geo` (3x3, stride 1).
+/// `u` ([`transform_kernel`]), for the geometry `geo` (3x3, stride 1); with `bf16`, the 16
+/// products take bf16 operands (the transformed kernel and input rounded) and sum in float32.
 pub(super) fn convolve(
     geo: &Geometry,
     cout: usize,
@@ -83,11 +85,18 @@ pub(super) fn convolve(
     u: &[f32],
     n: usize,
     out: &mut [f32],
+    bf16: bool,
 ) {
     let (c, img_len, out_len) = (geo.c, geo.c * geo.h * geo.w, cout * geo.oh * geo.ow);
     let (share, gemm_threads) = shares(n);
     let tiles_per_image = geo.oh.div_ceil(2) * geo.ow.div_ceil(2);
     let block = tiles_per_block(c, cout);
+    let packed: Vec<PackedLhs> = match bf16 {
+        true => (0..16)
+            .map(|xi| PackedLhs::new(cout, c, (&u[xi * cout * c..(xi + 1) * cout * c], c, 1)))
+            .collect(),
+        false => Vec::new(),
+    };
     out.par_chunks_mut(share * out_len)
         .zip(x.par_chunks(share * img_len))
         .for_each(|(out, x)| {
@@ -95,6 +104,7 @@ pub(super) fn convolve(
             let tiles = images * tiles_per_image;
             let mut v = vec![0f32; 16 * c * block.min(tiles)];
             let mut m = vec![0f32; 16 * cout * block.min(tiles)];
+            let mut scratch = bf16_gemm::Scratch::default();
             for first in (0..tiles).step_by(block) {
                 let range = first..(first + block).min(tiles);
                 let tb = range.len();
@@ -102,14 +112,27 @@ pub(super) fn convolve(
                     transform_input(geo, x, range.clone(), &mut v[..16 * c * tb])
                 });
                 for xi in 0..16 {
-                    gemm(
-                        (cout, tb, c),
-                        (&mut m[xi * cout * tb..(xi + 1) * cout * tb], tb, 1),
-                        (&u[xi * cout * c..(xi + 1) * cout * c], c, 1),
-                        (&v[xi * c * tb..(xi + 1) * c * tb], tb, 1),
-                        false,
-                        gemm_threads,
-                    );
+                    let dst = (&mut m[xi * cout * tb..(xi + 1) * cout * tb], tb, 1);
+                    let rhs = (&v[xi * c * tb..(xi + 1) * c * tb], tb, 1);
+                    match packed.get(xi) {
+                        Some(lhs) => bf16_product(
+                            (cout, tb, c),
+                            dst,
+                            lhs,
+                            rhs,
+                            false,
+                            gemm_threads,
+                            &mut scratch,
+                        ),
+                        None => gemm(
+                            (cout, tb, c),
+                            dst,
+                            (&u[xi * cout * c..(xi + 1) * cout * c], c, 1),
+                            rhs,
+                            false,
+                            gemm_threads,
+                        ),
+                    }
                 }
                 time(Part::Im2col, || {
                     transform_output(geo, cout, &m[..16 * cout * tb], range, out)
@@ -134,13 +157,15 @@ fn shares(n: usize) -> (usize, usize) {
 /// (N, O, OH, OW): with `dM = A dY Aᵀ` the transformed output gradient of each tile,
 /// `dU[ξ][o][c] = Σ_tiles dM[ξ][o] · V[ξ][c]` (16 products of (O x tiles) by (tiles x C)), then
 /// `dw = Gᵀ dU G`. Each thread sums a fixed share of the images; the shares are added in order,
-/// so the result repeats bit for bit for a given thread count.
+/// so the result repeats bit for bit for a given thread count. With `bf16`, the products take
+/// bf16 operands and sum in float32.
 pub(super) fn weight_grad(
     geo: &Geometry,
     cout: usize,
     x: &[f32],
     grad: &[f32],
     n: usize,
+    bf16: bool,
 ) -> Vec<f32> {
     let (c, img_len, out_len) = (geo.c, geo.c * geo.h * geo.w, cout * geo.oh * geo.ow);
     let (share, gemm_threads) = shares(n);
@@ -154,6 +179,7 @@ pub(super) fn weight_grad(
             let mut du = vec![0f32; 16 * cout * c];
             let mut v = vec![0f32; 16 * c * block.min(tiles)];
             let mut dm = vec![0f32; 16 * cout * block.min(tiles)];
+            let (mut lhs, mut scratch) = (PackedLhs::default(), bf16_gemm::Scratch::default());
             for first in (0..tiles).step_by(block) {
                 let range = first..(first + block).min(tiles);
                 let tb = range.len();
@@ -162,14 +188,23 @@ pub(super) fn weight_grad(
                     transform_output_grad(geo, cout, g, range, &mut dm[..16 * cout * tb]);
                 });
                 for xi in 0..16 {
-                    gemm(
-                        (cout, c, tb),
-                        (&mut du[xi * cout * c..(xi + 1) * cout * c], c, 1),
-                        (&dm[xi * cout * tb..(xi + 1) * cout * tb], tb, 1),
-                        (&v[xi * c * tb..(xi + 1) * c * tb], 1, tb),
-                        true,
-                        gemm_threads,
-                    );
+                    let dst = (&mut du[xi * cout * c..(xi + 1) * cout * c], c, 1);
+                    let dmx = (&dm[xi * cout * tb..(xi + 1) * cout * tb], tb, 1);
+                    let rhs = (&v[xi * c * tb..(xi + 1) * c * tb], 1, tb);
+                    if bf16 {
+                        lhs.pack(cout, tb, dmx);
+                        bf16_product(
+                            (cout, c, tb),
+                            dst,
+                            &lhs,
+                            rhs,
+                            true,
+                            gemm_threads,
+                            &mut scratch,
+                        );
+                    } else {
+                        gemm((cout, c, tb), dst, dmx, rhs, true, gemm_threads);
+                    }
                 }
             }
             du
