@@ -23,6 +23,7 @@ mod batch_norm;
 pub mod checkpoint;
 mod conv;
 pub mod init;
+mod linear_cpu;
 mod nn;
 mod params;
 mod per_channel;
