@@ -109,6 +109,7 @@ fn image_size() -> clap::builder::RangedU64ValueParser<usize> {
 
 fn main() -> Result<()> {
     train::memory::keep_freed_memory();
+    train::threads::candle_ops_on_the_calling_thread();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Predict(args)) => predict(&args),

@@ -8,6 +8,7 @@
 //! - [`BatchNorm`]: PyTorch's batch norm (optionally with its ReLU) as one operation with a
 //!   closed-form backward;
 //! - [`Linear`], and [`autocast`]: bf16/f16 products with float32 weights, as `torch.autocast`;
+//! - [`tanh`] and [`relu`] as one-pass CPU operations (Candle's call `tanhf` per element);
 //! - [`Dropout`] (seeded, identity in eval), [`flatten`], [`ConvBnRelu`];
 //! - constructors with torchvision's initialisation ([`conv2d`], [`linear`], [`batch_norm`],
 //!   [`WeightInit`]);
@@ -15,6 +16,7 @@
 //!   [`checkpoint`], strict safetensors loading and atomic saving;
 //! - [`Network`], the surface every model exposes.
 
+mod activation;
 mod adaptive;
 pub mod autocast;
 mod batch_norm;
@@ -22,6 +24,7 @@ mod bf16_gemm;
 pub mod checkpoint;
 mod conv;
 pub mod init;
+mod linear_cpu;
 mod nn;
 mod params;
 mod per_channel;
@@ -30,6 +33,7 @@ pub mod profile;
 pub mod rng;
 pub mod tap;
 
+pub use activation::{relu, tanh};
 pub use adaptive::{adaptive_avg_pool2d, AdaptiveAvgPool2d};
 pub use batch_norm::{batch_norm, set_stats_sync, BatchNorm, StatsSync};
 pub use conv::{conv2d_conv_grads, conv2d_cpu_f32, conv2d_gemm, Conv2d};

@@ -68,6 +68,7 @@ pub fn linear(
 
 /// `nn.Linear`: `x W^T + b`, with weight (out, in) and optional bias (out). Under
 /// [`autocast`] the product runs in the reduced dtype and the bias is added in the input's.
+/// An f32 (N, in) input on the CPU with a bias runs as one operation (`linear_cpu`).
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
@@ -93,6 +94,16 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
+        if let (Some(b), 2) = (&self.bias, xs.rank()) {
+            if f32_cpu(xs)
+                && f32_cpu(&self.weight)
+                && f32_cpu(b)
+                && autocast::compute_dtype(xs) == xs.dtype()
+            {
+                return crate::linear_cpu::linear(xs, &self.weight, b);
+            }
+        }
         let (x, w) = match autocast::compute_dtype(xs) {
             // On the CPU: float32 products of rounded operands ([`autocast::round_through`]).
             d if xs.device().is_cpu() && d != xs.dtype() && self.weight.dtype() == xs.dtype() => (

@@ -21,7 +21,7 @@ use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 use layers::tap;
 use layers::Linear;
-use layers::{conv2d, conv_cfg, flatten, linear, Conv2d, Pool2d, WeightInit};
+use layers::{conv2d, conv_cfg, flatten, linear, tanh, Conv2d, Pool2d, WeightInit};
 
 /// The shape of a LeNet: input size and the width of every layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,14 +119,14 @@ impl LeNet {
     fn stages(&self, xs: &Tensor) -> Result<Vec<(String, Tensor)>> {
         let c1 = tap::stage(
             "conv1",
-            self.pool.forward(&self.conv1.forward(xs)?.tanh()?)?,
+            self.pool.forward(&tanh(&self.conv1.forward(xs)?)?)?,
         )?;
         let c2 = tap::stage(
             "conv2",
-            self.pool.forward(&self.conv2.forward(&c1)?.tanh()?)?,
+            self.pool.forward(&tanh(&self.conv2.forward(&c1)?)?)?,
         )?;
-        let f1 = tap::stage("fc1", self.fc1.forward(&flatten(&c2)?)?.tanh()?)?;
-        let f2 = tap::stage("fc2", self.fc2.forward(&f1)?.tanh()?)?;
+        let f1 = tap::stage("fc1", tanh(&self.fc1.forward(&flatten(&c2)?)?)?)?;
+        let f2 = tap::stage("fc2", tanh(&self.fc2.forward(&f1)?)?)?;
         let logits = self.fc3.forward(&f2)?;
         Ok(vec![
             ("conv1".to_string(), c1),

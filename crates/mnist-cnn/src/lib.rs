@@ -20,7 +20,7 @@ use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 use layers::tap;
 use layers::Linear;
-use layers::{conv2d, conv_cfg, flatten, linear, Conv2d, Dropout, Pool2d, WeightInit};
+use layers::{conv2d, conv_cfg, flatten, linear, relu, Conv2d, Dropout, Pool2d, WeightInit};
 
 /// The shape of the MNIST CNN.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,16 +109,19 @@ impl MnistCnn {
 
     /// Every stage's output; `train` switches dropout on.
     fn stages(&self, xs: &Tensor, train: bool) -> Result<Vec<(String, Tensor)>> {
+        // max_pool(relu(x)) is relu(max_pool(x)), values and gradients (both monotone; where a
+        // window's maximum is not positive the gradient is zero either way), on a quarter of
+        // the elements.
         let c1 = tap::stage(
             "conv1",
-            self.pool.forward(&self.conv1.forward(xs)?.relu()?)?,
+            relu(&self.pool.forward(&self.conv1.forward(xs)?)?)?,
         )?;
         let c2 = tap::stage(
             "conv2",
-            self.pool.forward(&self.conv2.forward(&c1)?.relu()?)?,
+            relu(&self.pool.forward(&self.conv2.forward(&c1)?)?)?,
         )?;
         let dropped = self.dropout.forward_t(&c2, train)?;
-        let f1 = tap::stage("fc1", self.fc1.forward(&flatten(&dropped)?)?.relu()?)?;
+        let f1 = tap::stage("fc1", relu(&self.fc1.forward(&flatten(&dropped)?)?)?)?;
         let logits = self.fc2.forward(&f1)?;
         Ok(vec![
             ("conv1".to_string(), c1),

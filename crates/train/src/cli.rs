@@ -153,6 +153,7 @@ impl Recipe {
     /// The whole program: parse the process's arguments, run, report errors.
     pub fn main(&self) -> Result<()> {
         crate::memory::keep_freed_memory();
+        crate::threads::candle_ops_on_the_calling_thread();
         let matches = self
             .command()
             .try_get_matches_from(std::env::args_os())

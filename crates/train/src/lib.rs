@@ -28,3 +28,4 @@ pub mod state;
 #[cfg(feature = "test-support")]
 pub mod synthetic;
 pub mod tensorboard;
+pub mod threads;

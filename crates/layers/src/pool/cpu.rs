@@ -85,7 +85,78 @@ impl Plane {
         best
     }
 
+    /// Whether every window is a whole 2x2 block of the image, none overlapping: kernel 2,
+    /// stride 2, no padding, every window inside (the floor-mode output of any size), of an
+    /// average pooling. (The same path for max pooling made the MNIST CNN's step 3-12% slower
+    /// than the window loops, in interleaved runs; averages were 12% faster in LeNet-5's.)
+    fn is_2x2(&self) -> bool {
+        let p = &self.pool;
+        matches!(p.kind, PoolKind::Avg { .. })
+            && p.kernel == (2, 2)
+            && p.stride == (2, 2)
+            && p.padding == (0, 0)
+            && self.oh * self.ow > 0
+            && 2 * self.oh <= self.h
+            && 2 * self.ow <= self.w
+    }
+
+    /// [`Plane::forward`] for [`Plane::is_2x2`]: the same values, from the same operations
+    /// in the same order, without the general window arithmetic.
+    fn forward_2x2<T: candle_core::WithDType>(&self, x: &[T], y: &mut [T]) {
+        let four = T::from_f64(4.0);
+        for (i, yr) in y.chunks_exact_mut(self.ow).enumerate() {
+            let r0 = &x[2 * i * self.w..][..2 * self.ow];
+            let r1 = &x[(2 * i + 1) * self.w..][..2 * self.ow];
+            for ((y, a), b) in yr
+                .iter_mut()
+                .zip(r0.chunks_exact(2))
+                .zip(r1.chunks_exact(2))
+            {
+                let q = [a[0], a[1], b[0], b[1]];
+                *y = match self.pool.kind {
+                    PoolKind::Max => q[argmax4(q)],
+                    PoolKind::Avg { .. } => (T::zero() + q[0] + q[1] + q[2] + q[3]) / four,
+                };
+            }
+        }
+    }
+
+    /// [`Plane::backward`] for [`Plane::is_2x2`] into a zeroed `gx`: each input is in at most
+    /// one window.
+    fn backward_2x2<T: candle_core::WithDType>(&self, x: &[T], gy: &[T], gx: &mut [T]) {
+        let four = T::from_f64(4.0);
+        for (i, gr) in gy.chunks_exact(self.ow).enumerate() {
+            let (top, bottom) = gx[2 * i * self.w..].split_at_mut(self.w);
+            let (g0, g1) = (&mut top[..2 * self.ow], &mut bottom[..2 * self.ow]);
+            let r0 = &x[2 * i * self.w..][..2 * self.ow];
+            let r1 = &x[(2 * i + 1) * self.w..][..2 * self.ow];
+            let rows = g0.chunks_exact_mut(2).zip(g1.chunks_exact_mut(2));
+            let inputs = r0.chunks_exact(2).zip(r1.chunks_exact(2));
+            for ((&g, (d0, d1)), (a, b)) in gr.iter().zip(rows).zip(inputs) {
+                match self.pool.kind {
+                    PoolKind::Max => match argmax4([a[0], a[1], b[0], b[1]]) {
+                        0 => d0[0] += g,
+                        1 => d0[1] += g,
+                        2 => d1[0] += g,
+                        _ => d1[1] += g,
+                    },
+                    PoolKind::Avg { .. } => {
+                        let share = T::zero() + g / four;
+                        (d0[0], d0[1], d1[0], d1[1]) = (share, share, share, share);
+                    }
+                }
+            }
+        }
+    }
+
     fn forward<T: candle_core::WithDType>(&self, x: &[T], y: &mut [T]) {
+        match self.is_2x2() {
+            true => self.forward_2x2(x, y),
+            false => self.forward_windows(x, y),
+        }
+    }
+
+    fn forward_windows<T: candle_core::WithDType>(&self, x: &[T], y: &mut [T]) {
         for i in 0..self.oh {
             for j in 0..self.ow {
                 let win = self.window(i, j);
@@ -106,6 +177,13 @@ impl Plane {
     }
 
     fn backward<T: candle_core::WithDType>(&self, x: &[T], gy: &[T], gx: &mut [T]) {
+        match self.is_2x2() {
+            true => self.backward_2x2(x, gy, gx),
+            false => self.backward_windows(x, gy, gx),
+        }
+    }
+
+    fn backward_windows<T: candle_core::WithDType>(&self, x: &[T], gy: &[T], gx: &mut [T]) {
         for i in 0..self.oh {
             for j in 0..self.ow {
                 let win = self.window(i, j);
@@ -124,6 +202,26 @@ impl Plane {
             }
         }
     }
+}
+
+/// The index of the first maximum of a 2x2 window in scan order, or of its first NaN, as
+/// [`Plane::argmax`].
+#[inline(always)]
+fn argmax4<T: candle_core::WithDType>(q: [T; 4]) -> usize {
+    let mut best = 0;
+    let mut best_v = q[0];
+    for (k, &v) in q.iter().enumerate() {
+        #[allow(clippy::eq_op)]
+        let is_nan = v != v;
+        if v > best_v || is_nan {
+            best = k;
+            best_v = v;
+            if is_nan {
+                return best;
+            }
+        }
+    }
+    best
 }
 
 fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T]> {
@@ -224,5 +322,60 @@ impl CustomOp2 for PoolBackwardOp {
             }
             _ => candle_core::bail!("pooling backward supports f32 and f64 of one dtype"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 2x2 paths give the general window loops' results bit for bit, forward and backward,
+    /// on even and odd planes, with ties, NaN and signed zeros, for max (which does not take
+    /// them in the layer) and both averages.
+    #[test]
+    fn the_2x2_paths_equal_the_window_loops() -> Result<()> {
+        let kinds = [
+            PoolKind::Max,
+            PoolKind::Avg {
+                count_include_pad: true,
+            },
+            PoolKind::Avg {
+                count_include_pad: false,
+            },
+        ];
+        for kind in kinds {
+            for (h, w) in [(8, 6), (7, 9), (2, 2), (3, 2)] {
+                let pool = Pool2d {
+                    kind,
+                    ..Pool2d::max(2, 2)
+                };
+                let (_, plane) = Plane::new(pool, &[1, 1, h, w])?;
+                assert_eq!(plane.is_2x2(), kind != PoolKind::Max);
+                let x: Vec<f32> = (0..h * w)
+                    .map(|i| match i % 11 {
+                        3 => f32::NAN,
+                        5 => -0.0,
+                        k => ((i * 7) % 4) as f32 - k as f32 / 3.0,
+                    })
+                    .collect();
+                let gy: Vec<f32> = (0..plane.oh * plane.ow).map(|i| i as f32 - 2.5).collect();
+                let (mut y1, mut y2) = (vec![0f32; gy.len()], vec![0f32; gy.len()]);
+                plane.forward_2x2(&x, &mut y1);
+                plane.forward_windows(&x, &mut y2);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&y1), bits(&y2), "{kind:?} {h}x{w} forward");
+                let (mut g1, mut g2) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+                plane.backward_2x2(&x, &gy, &mut g1);
+                plane.backward_windows(&x, &gy, &mut g2);
+                assert_eq!(bits(&g1), bits(&g2), "{kind:?} {h}x{w} backward");
+            }
+        }
+        assert!(
+            !Plane::new(Pool2d::max(2, 2).ceil_mode(true), &[1, 1, 3, 3])?
+                .1
+                .is_2x2()
+        );
+        assert!(!Plane::new(Pool2d::max(2, 1), &[1, 1, 4, 4])?.1.is_2x2());
+        Ok(())
     }
 }

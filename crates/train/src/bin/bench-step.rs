@@ -84,6 +84,8 @@ fn main() -> Result<()> {
     if std::env::var_os("BENCH_MMAP").is_none() {
         train::memory::keep_freed_memory();
     }
+    // As the training programs (`CANDLE_NUM_THREADS=2` keeps Candle's pool).
+    train::threads::candle_ops_on_the_calling_thread();
     let args = BenchArgs::parse();
     let (steps, only, split) = (args.steps, args.only.as_deref(), args.split);
     let device = train::device::parse_device(&args.device)?;

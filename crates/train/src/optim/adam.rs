@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
-use super::{buffers_of, restore_like, NamedVar, Optimizer};
+use super::{buffers_of, fused, restore_like, NamedVar, Optimizer};
 
 /// Adam's hyper-parameters, PyTorch's names and defaults.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -97,6 +97,38 @@ impl Adam {
     }
 }
 
+/// Adam step number `step` (from 1) as whole-tensor operations, for any dtype and device:
+/// the new parameter, `exp_avg` and `exp_avg_sq`.
+pub(super) fn tensor_step(
+    c: &AdamConfig,
+    step: u64,
+    param: &Tensor,
+    grad: &Tensor,
+    exp_avg: &Tensor,
+    exp_avg_sq: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let mut param = param.detach();
+    let mut grad = grad.detach();
+    if c.weight_decay != 0.0 {
+        if c.decoupled {
+            param = (param * (1.0 - c.lr * c.weight_decay))?;
+        } else {
+            grad = (grad + (&param * c.weight_decay)?)?;
+        }
+    }
+    let exp_avg = (exp_avg + ((&grad - exp_avg)? * (1.0 - c.beta1))?)?;
+    let exp_avg_sq = ((exp_avg_sq * c.beta2)? + ((&grad * (1.0 - c.beta2))? * &grad)?)?;
+    let bias_correction1 = 1.0 - c.beta1.powf(step as f64);
+    let bias_correction2 = 1.0 - c.beta2.powf(step as f64);
+    let step_size = c.lr / bias_correction1;
+    let denom = (exp_avg_sq
+        .sqrt()?
+        .broadcast_div(&scalar_like(bias_correction2.sqrt(), &grad)?)?
+        + c.eps)?;
+    let update = ((&exp_avg * -step_size)? / denom)?;
+    Ok(((param + update)?, exp_avg, exp_avg_sq))
+}
+
 fn scalar_like(value: f64, like: &Tensor) -> Result<Tensor> {
     Ok(Tensor::new(value, like.device())?.to_dtype(like.dtype())?)
 }
@@ -108,15 +140,6 @@ impl Optimizer for Adam {
             let Some(grad) = grads.get(p.var.as_tensor()) else {
                 continue;
             };
-            let mut param = p.var.as_tensor().detach();
-            let mut grad = grad.detach();
-            if c.weight_decay != 0.0 {
-                if c.decoupled {
-                    param = (param * (1.0 - c.lr * c.weight_decay))?;
-                } else {
-                    grad = (grad + (&param * c.weight_decay)?)?;
-                }
-            }
             let m = match p.moments.take() {
                 Some(m) => m,
                 None => Moments {
@@ -126,17 +149,14 @@ impl Optimizer for Adam {
                 },
             };
             let step = m.step + 1;
-            let exp_avg = (&m.exp_avg + ((&grad - &m.exp_avg)? * (1.0 - c.beta1))?)?;
-            let exp_avg_sq = ((m.exp_avg_sq * c.beta2)? + ((&grad * (1.0 - c.beta2))? * &grad)?)?;
-            let bias_correction1 = 1.0 - c.beta1.powf(step as f64);
-            let bias_correction2 = 1.0 - c.beta2.powf(step as f64);
-            let step_size = c.lr / bias_correction1;
-            let denom = (exp_avg_sq
-                .sqrt()?
-                .broadcast_div(&scalar_like(bias_correction2.sqrt(), &grad)?)?
-                + c.eps)?;
-            let update = ((&exp_avg * -step_size)? / denom)?;
-            p.var.set(&(param + update)?)?;
+            if fused::applies(&p.var, grad) {
+                fused::step(&c, step, &p.var, grad, &m.exp_avg, &m.exp_avg_sq)?;
+                p.moments = Some(Moments { step, ..m });
+                continue;
+            }
+            let (param, exp_avg, exp_avg_sq) =
+                tensor_step(&c, step, p.var.as_tensor(), grad, &m.exp_avg, &m.exp_avg_sq)?;
+            p.var.set(&param)?;
             p.moments = Some(Moments {
                 step,
                 exp_avg,
@@ -168,8 +188,9 @@ impl Optimizer for Adam {
             if let Some(m) = &p.moments {
                 let step = Tensor::new(m.step as f64, m.exp_avg.device())?;
                 out.insert(format!("{}.step", p.name), step);
-                out.insert(format!("{}.exp_avg", p.name), m.exp_avg.clone());
-                out.insert(format!("{}.exp_avg_sq", p.name), m.exp_avg_sq.clone());
+                // Copies: the step updates the moments in place.
+                out.insert(format!("{}.exp_avg", p.name), m.exp_avg.copy()?);
+                out.insert(format!("{}.exp_avg_sq", p.name), m.exp_avg_sq.copy()?);
             }
         }
         Ok(out)
@@ -190,12 +211,15 @@ impl Optimizer for Adam {
             let step = get("step")?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             p.moments = Some(Moments {
                 step: step as u64,
-                exp_avg: restore_like(get("exp_avg")?, &p.var, &format!("{}.exp_avg", p.name))?,
+                // Copies: the step updates the moments in place, and `state` is the caller's.
+                exp_avg: restore_like(get("exp_avg")?, &p.var, &format!("{}.exp_avg", p.name))?
+                    .copy()?,
                 exp_avg_sq: restore_like(
                     get("exp_avg_sq")?,
                     &p.var,
                     &format!("{}.exp_avg_sq", p.name),
-                )?,
+                )?
+                .copy()?,
             });
         }
         Ok(())

@@ -5,6 +5,7 @@
 //! (the one PyTorch takes on CPU) operation by operation.
 
 mod adam;
+mod fused;
 mod sgd;
 
 pub use adam::{Adam, AdamConfig};

@@ -1,0 +1,216 @@
+//! Adam's update as one pass over contiguous f32 CPU tensors, in place: parameter, both
+//! moments and the gradient read once, each element computed with the very f32 operations,
+//! in the same order, as the tensor-by-tensor formulation in [`super::Adam`] (which takes
+//! about twelve whole-tensor Candle operations, each into a fresh buffer). Element-wise, in
+//! chunks across the thread pool, so the result does not depend on the number of threads.
+
+use std::sync::Mutex;
+
+use anyhow::{bail, Result};
+use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Tensor, Var};
+use rayon::prelude::*;
+
+use super::AdamConfig;
+
+/// Elements per chunk of the parallel pass; shorter tensors run on the caller.
+const CHUNK: usize = 16 * 1024;
+
+/// Whether the fused step can update `var` from `grad`: both f32, contiguous, on the CPU, of
+/// one shape.
+pub(super) fn applies(var: &Var, grad: &Tensor) -> bool {
+    let t = var.as_tensor();
+    t.device().is_cpu()
+        && grad.device().is_cpu()
+        && t.dtype() == DType::F32
+        && grad.dtype() == DType::F32
+        && t.is_contiguous()
+        && grad.is_contiguous()
+        && t.shape() == grad.shape()
+}
+
+/// Runs `f` on the contiguous f32 values of `t`, mutably, in place.
+fn with_mut(t: &Tensor, f: impl FnOnce(&mut [f32]) -> Result<()> + Send) -> Result<()> {
+    let op = Mutate(Mutex::new(Some(f)), Mutex::new(None));
+    t.inplace_op1(&op)?;
+    match op.1.into_inner() {
+        Ok(Some(err)) => Err(err),
+        _ => Ok(()),
+    }
+}
+
+/// An in-place operation running a closure once; its error is kept apart, since Candle's error
+/// type cannot carry an `anyhow` one.
+struct Mutate<F>(Mutex<Option<F>>, Mutex<Option<anyhow::Error>>);
+
+impl<F: FnOnce(&mut [f32]) -> Result<()> + Send> InplaceOp1 for Mutate<F> {
+    fn name(&self) -> &'static str {
+        "adam-in-place"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
+        let (CpuStorage::F32(v), Some((a, b))) = (s, l.contiguous_offsets()) else {
+            candle_core::bail!("adam: the parameter and its moments must be contiguous f32")
+        };
+        let f = self.0.lock().ok().and_then(|mut f| f.take());
+        if let Some(Err(e)) = f.map(|f| f(&mut v[a..b])) {
+            if let Ok(mut slot) = self.1.lock() {
+                *slot = Some(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The constants of one step, in f32 as Candle's scalar operations round them.
+#[derive(Clone, Copy)]
+struct Step {
+    weight_decay: f32,
+    decay: Option<bool>,
+    shrink: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    sqrt_bc2: f32,
+    eps: f32,
+    neg_step_size: f32,
+}
+
+impl Step {
+    fn new(c: &AdamConfig, step: u64) -> Self {
+        let bias_correction1 = 1.0 - c.beta1.powf(step as f64);
+        let bias_correction2 = 1.0 - c.beta2.powf(step as f64);
+        Self {
+            weight_decay: c.weight_decay as f32,
+            decay: (c.weight_decay != 0.0).then_some(c.decoupled),
+            shrink: (1.0 - c.lr * c.weight_decay) as f32,
+            one_minus_beta1: (1.0 - c.beta1) as f32,
+            beta2: c.beta2 as f32,
+            one_minus_beta2: (1.0 - c.beta2) as f32,
+            sqrt_bc2: bias_correction2.sqrt() as f32,
+            eps: c.eps as f32,
+            neg_step_size: (-(c.lr / bias_correction1)) as f32,
+        }
+    }
+
+    /// One chunk: `x * a + b` is Candle's `affine`, which its scalar operations use.
+    fn run(self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        let rows = p.iter_mut().zip(g).zip(m.iter_mut().zip(v.iter_mut()));
+        for ((p, &g), (m, v)) in rows {
+            let (mut param, mut g) = (*p, g);
+            match self.decay {
+                Some(true) => param = param * self.shrink + 0.0,
+                Some(false) => g += param * self.weight_decay + 0.0,
+                None => {}
+            }
+            let m1 = *m + ((g - *m) * self.one_minus_beta1 + 0.0);
+            let v1 = (*v * self.beta2 + 0.0) + ((g * self.one_minus_beta2 + 0.0) * g);
+            let denom = (v1.sqrt() / self.sqrt_bc2) * 1.0 + self.eps;
+            let update = (m1 * self.neg_step_size + 0.0) / denom;
+            *p = param + update;
+            *m = m1;
+            *v = v1;
+        }
+    }
+}
+
+/// Adam step number `step` (from 1) of `var` with gradient `grad` and moments `exp_avg`,
+/// `exp_avg_sq`, all updated in place (the moments must not share storage with anything else).
+///
+/// # Errors
+/// A tensor that is not a contiguous f32 CPU tensor of the parameter's shape.
+pub(super) fn step(
+    c: &AdamConfig,
+    step: u64,
+    var: &Var,
+    grad: &Tensor,
+    exp_avg: &Tensor,
+    exp_avg_sq: &Tensor,
+) -> Result<()> {
+    let n = var.elem_count();
+    for t in [grad, exp_avg, exp_avg_sq] {
+        if t.shape() != var.shape() || !t.is_contiguous() || t.dtype() != DType::F32 {
+            bail!(
+                "adam: a {:?} {:?} tensor for a parameter of shape {:?}",
+                t.dtype(),
+                t.dims(),
+                var.dims()
+            )
+        }
+    }
+    let k = Step::new(c, step);
+    let (g_storage, g_layout) = grad.storage_and_layout();
+    let g = match (&*g_storage, g_layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(CpuStorage::F32(g)), Some((a, b))) => &g[a..b],
+        _ => bail!("adam: the gradient must be a contiguous f32 CPU tensor"),
+    };
+    with_mut(var.as_tensor(), |p| {
+        with_mut(exp_avg, |m| {
+            with_mut(exp_avg_sq, |v| {
+                if [p.len(), m.len(), v.len(), g.len()] != [n; 4] {
+                    bail!("adam: buffers of different lengths");
+                }
+                if n <= 2 * CHUNK {
+                    k.run(p, g, m, v);
+                } else {
+                    p.par_chunks_mut(CHUNK)
+                        .zip(g.par_chunks(CHUNK))
+                        .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+                        .for_each(|((p, g), (m, v))| k.run(p, g, m, v));
+                }
+                Ok(())
+            })
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor, Var};
+
+    use super::super::adam::tensor_step;
+    use super::*;
+
+    /// Five steps of every kind of Adam, fused and as whole-tensor operations, agree bit for
+    /// bit, on a tensor split across threads and on a short one.
+    #[test]
+    fn fused_steps_equal_the_tensor_formulation() -> Result<()> {
+        let dev = Device::Cpu;
+        let configs = [
+            AdamConfig::adam(1e-3),
+            AdamConfig {
+                weight_decay: 0.1,
+                ..AdamConfig::adam(0.05)
+            },
+            AdamConfig::adamw(0.1),
+        ];
+        for c in configs {
+            for n in [7, 3 * CHUNK + 5] {
+                let p0 = Tensor::randn(0f32, 1.0, n, &dev)?;
+                let var = Var::from_tensor(&p0)?;
+                let (m, v) = (p0.zeros_like()?, p0.zeros_like()?);
+                let (mut param, mut m2, mut v2) = (p0.copy()?, m.copy()?, v.copy()?);
+                for step in 1..=5 {
+                    let grad = Tensor::randn(0f32, 1.0, n, &dev)?;
+                    assert!(applies(&var, &grad));
+                    super::step(&c, step, &var, &grad, &m, &v)?;
+                    (param, m2, v2) = tensor_step(&c, step, &param, &grad, &m2, &v2)?;
+                }
+                for (a, b) in [(var.as_tensor(), &param), (&m, &m2), (&v, &v2)] {
+                    assert_eq!(a.to_vec1::<f32>()?, b.to_vec1::<f32>()?, "{c:?}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_gradient_of_another_shape_is_an_error() -> Result<()> {
+        let dev = Device::Cpu;
+        let var = Var::from_tensor(&Tensor::zeros(4, DType::F32, &dev)?)?;
+        let grad = Tensor::zeros(5, DType::F32, &dev)?;
+        assert!(!applies(&var, &grad));
+        let m = Tensor::zeros(4, DType::F32, &dev)?;
+        assert!(step(&AdamConfig::adam(0.1), 1, &var, &grad, &m, &m.copy()?).is_err());
+        Ok(())
+    }
+}
