@@ -59,14 +59,17 @@ pub fn set(dtype: Option<DType>) -> Guard {
 
 static CPU_BF16_KERNEL: AtomicBool = AtomicBool::new(true);
 
-/// Whether bf16 autocast on the CPU may run its convolutions' products in the AVX512-BF16
-/// kernel, process-wide; on by default. There, both operands of each of a convolution's three
-/// products (input and kernel, output gradient and kernel, output gradient and input) are
-/// rounded to bf16 as they are packed, each product is exact and the sums are float32, as in
-/// oneDNN's bf16 kernels; outputs and gradients come back in float32 unrounded. Off, or on a
-/// CPU without AVX512-BF16, the products are float32 products of input and kernel rounded to
-/// bf16 (their gradients rounded too) with the output gradient in float32. Returns the
-/// previous setting.
+/// Whether bf16 autocast on the CPU may run its products in the AVX512-BF16 kernel,
+/// process-wide; on by default. There, both operands of each of a convolution's or linear
+/// layer's three products (input and weight, output gradient and weight, output gradient and
+/// input) are rounded to bf16 as they are packed, each product is exact and the sums are
+/// float32, as in oneDNN's bf16 kernels; outputs and gradients come back in float32 unrounded.
+/// Stride-1 3x3 convolutions with 16 channels or more run Winograd's F(2x2, 3x3) with bf16
+/// products of the transformed operands (3e-3 to 6e-3 of the output's scale from float32, as
+/// the direct bf16 products). Convolutions with fewer than 16 output channels run in float32,
+/// where bf16 would be slower. Off, or on a CPU without AVX512-BF16, the products are float32
+/// products of input and weight rounded to bf16 (their gradients rounded too) with the output
+/// gradient in float32. Returns the previous setting.
 pub fn cpu_bf16_kernel(on: bool) -> bool {
     CPU_BF16_KERNEL.swap(on, Ordering::Relaxed)
 }

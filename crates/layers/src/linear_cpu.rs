@@ -19,13 +19,15 @@ use crate::profile::{time, Part};
 const PARALLEL_MACS: usize = 1 << 21;
 
 /// `dst := dst (if accumulate) + lhs · rhs`, (m, n, k), each operand as (values, row stride,
-/// column stride).
+/// column stride); with `bf16`, in the AVX512-BF16 kernel (operands rounded to bf16, float32
+/// sums).
 fn gemm(
     (m, n, k): (usize, usize, usize),
     dst: (&mut [f32], usize, usize),
     lhs: (&[f32], usize, usize),
     rhs: (&[f32], usize, usize),
     accumulate: bool,
+    bf16: bool,
 ) -> Result<()> {
     let (d, drs, dcs) = dst;
     let (l, lrs, lcs) = lhs;
@@ -43,6 +45,26 @@ fn gemm(
         candle_core::bail!("linear: GEMM operands out of bounds")
     }
     crate::profile::gemm_flops(2 * m * n * k);
+    if bf16 && crate::bf16_gemm::available() {
+        let threads = match rayon::current_num_threads() {
+            t if m * n * k >= PARALLEL_MACS => t,
+            _ => 1,
+        };
+        let packed = crate::bf16_gemm::PackedLhs::new(m, k, lhs);
+        let mut scratch = crate::bf16_gemm::Scratch::default();
+        time(Part::Gemm, || {
+            crate::bf16_gemm::gemm(
+                (m, n, k),
+                (d, drs, dcs),
+                &packed,
+                rhs,
+                accumulate,
+                threads,
+                &mut scratch,
+            )
+        });
+        return Ok(());
+    }
     let parallelism = match rayon::current_num_threads() {
         t if t > 1 && m * n * k >= PARALLEL_MACS => gemm::Parallelism::Rayon(t),
         _ => gemm::Parallelism::None,
@@ -76,13 +98,20 @@ fn gemm(
 }
 
 /// `x W^T + b`: `x` (N, in), `weight` (out, in), `bias` (out), all contiguous f32 on the CPU;
-/// the result is (N, out).
-pub(crate) fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    x.contiguous()?
-        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, LinearCpu)
+/// the result is (N, out). With `bf16` (on a CPU with AVX512-BF16), the three products take
+/// bf16 operands (input, weight and output gradient rounded) and sum in float32, as the
+/// convolutions under bf16 autocast.
+pub(crate) fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor, bf16: bool) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        LinearCpu { bf16 },
+    )
 }
 
-struct LinearCpu;
+struct LinearCpu {
+    bf16: bool,
+}
 
 /// (N, in, out) of the three shapes, or an error.
 fn dims(x: &Shape, w: &Shape, b: &Shape) -> Result<(usize, usize, usize)> {
@@ -120,7 +149,14 @@ impl CustomOp3 for LinearCpu {
         let b = f32_slice(bs, bl, op, "bias")?;
         // Every row starts as the bias; the product is added to it.
         let mut y: Vec<f32> = b.iter().copied().cycle().take(n * o).collect();
-        gemm((n, o, i), (&mut y, o, 1), (x, i, 1), (w, 1, i), true)?;
+        gemm(
+            (n, o, i),
+            (&mut y, o, 1),
+            (x, i, 1),
+            (w, 1, i),
+            true,
+            self.bf16,
+        )?;
         Ok((CpuStorage::F32(y), Shape::from((n, o))))
     }
 
@@ -145,7 +181,14 @@ impl CustomOp3 for LinearCpu {
             let gx = match x.track_op() {
                 true => Some(on_f32(w, "weight", |w| {
                     let mut gx = vec![0f32; n * i];
-                    gemm((n, i, o), (&mut gx, i, 1), (g, o, 1), (w, i, 1), false)?;
+                    gemm(
+                        (n, i, o),
+                        (&mut gx, i, 1),
+                        (g, o, 1),
+                        (w, i, 1),
+                        false,
+                        self.bf16,
+                    )?;
                     Ok(gx)
                 })?),
                 false => None,
@@ -153,7 +196,14 @@ impl CustomOp3 for LinearCpu {
             let gw = match w.track_op() {
                 true => Some(on_f32(x, "input", |x| {
                     let mut gw = vec![0f32; o * i];
-                    gemm((o, i, n), (&mut gw, i, 1), (g, 1, o), (x, i, 1), false)?;
+                    gemm(
+                        (o, i, n),
+                        (&mut gw, i, 1),
+                        (g, 1, o),
+                        (x, i, 1),
+                        false,
+                        self.bf16,
+                    )?;
                     Ok(gw)
                 })?),
                 false => None,
@@ -198,7 +248,7 @@ mod tests {
             let w = Var::from_tensor(&Tensor::randn(0f32, 0.1, (o, i), &dev)?)?;
             let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, o, &dev)?)?;
             let up = Tensor::randn(0f32, 1.0, (n, o), &dev)?;
-            let ours = super::linear(&x, &w, &b)?;
+            let ours = super::linear(&x, &w, &b, false)?;
             let theirs = x.matmul(&w.t()?)?.broadcast_add(&b)?;
             let close = |a: &Tensor, b: &Tensor, what: &str| -> candle_core::Result<()> {
                 let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
@@ -225,10 +275,47 @@ mod tests {
         let x = Tensor::zeros((2, 3), DType::F32, &dev)?;
         let w = Tensor::zeros((4, 5), DType::F32, &dev)?;
         let b = Tensor::zeros(4, DType::F32, &dev)?;
-        assert!(super::linear(&x, &w, &b).is_err());
+        assert!(super::linear(&x, &w, &b, false).is_err());
         let w = Tensor::zeros((4, 3), DType::F32, &dev)?;
-        assert!(super::linear(&x, &w, &Tensor::zeros(3, DType::F32, &dev)?).is_err());
-        assert!(super::linear(&x.flatten_all()?, &w, &b).is_err());
+        assert!(super::linear(&x, &w, &Tensor::zeros(3, DType::F32, &dev)?, false).is_err());
+        assert!(super::linear(&x.flatten_all()?, &w, &b, false).is_err());
+        Ok(())
+    }
+
+    /// With `bf16`: the float32 products of the bf16-rounded input, weight and output gradient
+    /// (exact in float32), up to the order of the float32 sums.
+    #[test]
+    fn bf16_products_match_the_rounded_operands() -> candle_core::Result<()> {
+        if !crate::bf16_gemm::available() {
+            eprintln!("skipped: this CPU lacks AVX512-BF16");
+            return Ok(());
+        }
+        let dev = Device::Cpu;
+        let round = |t: &Tensor| t.to_dtype(DType::BF16)?.to_dtype(DType::F32);
+        for (n, i, o) in [(3, 7, 5), (64, 400, 120), (1, 4, 1)] {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, i), &dev)?)?;
+            let w = Var::from_tensor(&Tensor::randn(0f32, 0.1, (o, i), &dev)?)?;
+            let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, o, &dev)?)?;
+            let up = round(&Tensor::randn(0f32, 1.0, (n, o), &dev)?)?;
+            let ours = super::linear(x.as_tensor(), w.as_tensor(), b.as_tensor(), true)?;
+            let (xr, wr) = (
+                round(x.as_tensor())?.detach(),
+                round(w.as_tensor())?.detach(),
+            );
+            let theirs = xr.matmul(&wr.t()?)?.broadcast_add(b.as_tensor())?;
+            let ga = (&ours * &up)?.sum_all()?.backward()?;
+            let gx = up.matmul(&wr)?;
+            let gw = up.t()?.matmul(&xr)?;
+            let close = |a: &Tensor, b: &Tensor, what: &str| -> candle_core::Result<()> {
+                let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
+                assert!(diff <= 1e-5 * scale, "{n}x{i}x{o} {what}: {diff}");
+                Ok(())
+            };
+            close(&ours, &theirs, "output")?;
+            close(ga.get(&x).expect("grad"), &gx, "input grad")?;
+            close(ga.get(&w).expect("grad"), &gw, "weight grad")?;
+        }
         Ok(())
     }
 }

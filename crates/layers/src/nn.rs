@@ -68,7 +68,8 @@ pub fn linear(
 
 /// `nn.Linear`: `x W^T + b`, with weight (out, in) and optional bias (out). Under
 /// [`autocast`] the product runs in the reduced dtype and the bias is added in the input's.
-/// An f32 (N, in) input on the CPU with a bias runs as one operation (`linear_cpu`).
+/// An f32 (N, in) input on the CPU with a bias runs as one operation (`linear_cpu`), under bf16
+/// autocast too where the CPU has AVX512-BF16.
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
@@ -96,12 +97,17 @@ impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
         if let (Some(b), 2) = (&self.bias, xs.rank()) {
-            if f32_cpu(xs)
-                && f32_cpu(&self.weight)
-                && f32_cpu(b)
-                && autocast::compute_dtype(xs) == xs.dtype()
-            {
-                return crate::linear_cpu::linear(xs, &self.weight, b);
+            if f32_cpu(xs) && f32_cpu(&self.weight) && f32_cpu(b) {
+                match autocast::compute_dtype(xs) {
+                    candle_core::DType::F32 => {
+                        return crate::linear_cpu::linear(xs, &self.weight, b, false)
+                    }
+                    // bf16 autocast where the CPU has AVX512-BF16: the op rounds its operands.
+                    candle_core::DType::BF16 if autocast::cpu_bf16_kernel_active() => {
+                        return crate::linear_cpu::linear(xs, &self.weight, b, true)
+                    }
+                    _ => {}
+                }
             }
         }
         let (x, w) = match autocast::compute_dtype(xs) {

@@ -30,6 +30,9 @@ pub use cpu::conv2d_cpu_f32;
 pub use grads::conv2d_conv_grads;
 pub use im2col::conv2d_gemm;
 
+/// Output channels from which bf16 autocast runs a CPU convolution's products in bf16.
+const MIN_BF16_CHANNELS: usize = 16;
+
 /// `nn.Conv2d`: weight (out, in / groups, k, k), optional bias (out).
 #[derive(Debug, Clone)]
 pub struct Conv2d {
@@ -81,7 +84,10 @@ impl Module for Conv2d {
             && autocast::cpu_bf16_kernel_active()
             && cpu::per_image_pays(xs, &self.weight, c.stride, c.padding)?
         {
-            let ys = cpu::conv2d_cpu(xs, &self.weight, c.stride, c.padding, true)?;
+            // Fewer than 16 output channels (LeNet-5's): the bf16 products' packing costs more
+            // than they save, and these run in float32 (more precise, and faster here).
+            let bf16 = self.weight.dim(0)? >= MIN_BF16_CHANNELS;
+            let ys = cpu::conv2d_cpu(xs, &self.weight, c.stride, c.padding, bf16)?;
             return self.add_bias(ys, cpu_f32);
         }
         // Otherwise autocast on the CPU: float32 products of operands rounded to the reduced

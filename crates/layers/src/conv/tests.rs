@@ -138,8 +138,8 @@ fn conv_grads_skip_the_gradient_of_an_input_that_needs_none() -> Result<()> {
 fn autocast_runs_the_product_in_bf16_and_returns_f32() -> Result<()> {
     let dev = Device::Cpu;
     let x = Tensor::randn(0f32, 1., (2, 8, 10, 10), &dev)?;
-    let wt = Var::from_tensor(&Tensor::randn(0f32, 0.1, (6, 8, 3, 3), &dev)?)?;
-    let b = Var::from_tensor(&Tensor::randn(0f32, 1., 6, &dev)?)?;
+    let wt = Var::from_tensor(&Tensor::randn(0f32, 0.1, (16, 8, 3, 3), &dev)?)?;
+    let b = Var::from_tensor(&Tensor::randn(0f32, 1., 16, &dev)?)?;
     let conv = Conv2d::new(
         wt.as_tensor().clone(),
         Some(b.as_tensor().clone()),
@@ -187,9 +187,9 @@ fn the_bf16_kernel_matches_float32_products_of_rounded_operands() -> Result<()> 
     let dev = Device::Cpu;
     for n in [1, 5] {
         for (cin, cout, k, stride, padding) in [
-            (8, 6, 3, 1, 1),
-            (5, 9, 3, 2, 1),
-            (7, 4, 1, 2, 0),
+            (8, 16, 3, 1, 1),
+            (5, 17, 3, 2, 1),
+            (7, 16, 1, 2, 0),
             (3, 16, 7, 2, 3),
         ] {
             let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, cin, 12, 13), &dev)?)?;
@@ -237,6 +237,31 @@ fn the_bf16_kernel_matches_float32_products_of_rounded_operands() -> Result<()> 
             }
         }
     }
+    Ok(())
+}
+
+/// Under bf16 autocast on a CPU with AVX512-BF16, a convolution with fewer than 16 output
+/// channels runs in float32: the same values as without autocast.
+#[test]
+fn narrow_convolutions_stay_float32_under_bf16() -> Result<()> {
+    if !crate::autocast::cpu_bf16_kernel_active() {
+        eprintln!("skipped: this CPU lacks AVX512-BF16");
+        return Ok(());
+    }
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1., (2, 3, 12, 12), &dev)?;
+    let conv = Conv2d::new(
+        Tensor::randn(0f32, 0.1, (6, 3, 5, 5), &dev)?,
+        None,
+        Conv2dConfig::default(),
+    );
+    let full = conv.forward(&x)?;
+    let half = {
+        let _bf16 = crate::autocast::enable(candle_core::DType::BF16)?;
+        conv.forward(&x)?
+    };
+    let diff = (&half - &full)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    assert_eq!(diff, 0.0);
     Ok(())
 }
 
