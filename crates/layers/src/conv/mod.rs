@@ -82,12 +82,16 @@ impl Module for Conv2d {
             && f32_weight
             && autocast::dtype() == Some(DType::BF16)
             && autocast::cpu_bf16_kernel_active()
-            && cpu::per_image_pays(xs, &self.weight, c.stride, c.padding)?
         {
-            // Fewer than 16 output channels (LeNet-5's): the bf16 products' packing costs more
+            let per_image = cpu::per_image_pays(xs, &self.weight, c.stride, c.padding)?;
+            // Fewer than 16 output channels (LeNet-5's) or outputs under 4x4 (the last stages
+            // of a ResNet on 32x32 images): the bf16 products' packing and rounding cost more
             // than they save, and these run in float32 (more precise, and faster here).
-            let bf16 = self.weight.dim(0)? >= MIN_BF16_CHANNELS;
-            let ys = cpu::conv2d_cpu(xs, &self.weight, c.stride, c.padding, bf16)?;
+            let bf16 = per_image && self.weight.dim(0)? >= MIN_BF16_CHANNELS;
+            let ys = match per_image {
+                true => cpu::conv2d_cpu(xs, &self.weight, c.stride, c.padding, bf16)?,
+                false => conv2d_gemm(xs, &self.weight, None, c.stride, c.padding)?,
+            };
             return self.add_bias(ys, cpu_f32);
         }
         // Otherwise autocast on the CPU: float32 products of operands rounded to the reduced
