@@ -29,6 +29,22 @@ mod nn;
 mod params;
 mod per_channel;
 mod pool;
+mod products;
+#[cfg(test)]
+mod test_values {
+    /// `len` values in [-1, 1] from a xorshift generator seeded by `seed`: the same on every run.
+    pub(crate) fn values(len: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+}
 pub mod profile;
 pub mod rng;
 pub mod tap;

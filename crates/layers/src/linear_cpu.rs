@@ -12,7 +12,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use crate::per_channel::{f32_slice, with_f32};
-use crate::profile::{time, Part};
+use crate::products::{self, bf16_product};
 
 /// Products from this many multiply-adds use the whole thread pool; smaller ones run on the
 /// calling thread.
@@ -44,56 +44,26 @@ fn gemm(
     {
         candle_core::bail!("linear: GEMM operands out of bounds")
     }
-    crate::profile::gemm_flops(2 * m * n * k);
+    let threads = match rayon::current_num_threads() {
+        t if m * n * k >= PARALLEL_MACS => t,
+        _ => 1,
+    };
+    let dst = (d, drs, dcs);
     if bf16 && crate::bf16_gemm::available() {
-        let threads = match rayon::current_num_threads() {
-            t if m * n * k >= PARALLEL_MACS => t,
-            _ => 1,
-        };
         let packed = crate::bf16_gemm::PackedLhs::new(m, k, lhs);
         let mut scratch = crate::bf16_gemm::Scratch::default();
-        time(Part::Gemm, || {
-            crate::bf16_gemm::gemm(
-                (m, n, k),
-                (d, drs, dcs),
-                &packed,
-                rhs,
-                accumulate,
-                threads,
-                &mut scratch,
-            )
-        });
-        return Ok(());
-    }
-    let parallelism = match rayon::current_num_threads() {
-        t if t > 1 && m * n * k >= PARALLEL_MACS => gemm::Parallelism::Rayon(t),
-        _ => gemm::Parallelism::None,
-    };
-    // SAFETY: the check above keeps every index the strides reach inside the slices, and `dst`
-    // is borrowed mutably, so it aliases neither operand.
-    time(Part::Gemm, || unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            d.as_mut_ptr(),
-            dcs as isize,
-            drs as isize,
+        bf16_product(
+            (m, n, k),
+            dst,
+            &packed,
+            rhs,
             accumulate,
-            l.as_ptr(),
-            lcs as isize,
-            lrs as isize,
-            r.as_ptr(),
-            rcs as isize,
-            rrs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        )
-    });
+            threads,
+            &mut scratch,
+        );
+    } else {
+        products::gemm((m, n, k), dst, lhs, rhs, accumulate, threads);
+    }
     Ok(())
 }
 

@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use super::geometry::Geometry;
 use super::winograd;
 use crate::bf16_gemm::{self, PackedLhs, View};
+pub(super) use crate::products::{bf16_product, gemm};
 use crate::profile::{time, Part};
 
 /// `F.conv2d(xs, weight, stride=stride, padding=padding)` (one group, no dilation) for
@@ -66,61 +67,6 @@ pub(crate) fn per_image_pays(
     Ok(geo.oh * geo.ow >= MIN_POSITIONS)
 }
 
-/// `dst := dst (if accumulate) + lhs · rhs`, each given as (pointer, row stride, column stride).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn gemm(
-    (m, n, k): (usize, usize, usize),
-    dst: (&mut [f32], usize, usize),
-    lhs: (&[f32], usize, usize),
-    rhs: (&[f32], usize, usize),
-    accumulate: bool,
-    threads: usize,
-) {
-    let (d, drs, dcs) = dst;
-    let (l, lrs, lcs) = lhs;
-    let (r, rrs, rcs) = rhs;
-    let last = |rows: usize, cols: usize, rs: usize, cs: usize| {
-        (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs
-    };
-    assert!(
-        m * n == 0
-            || (last(m, n, drs, dcs) < d.len()
-                && last(m, k, lrs, lcs) < l.len()
-                && last(k, n, rrs, rcs) < r.len()),
-        "gemm operands out of bounds"
-    );
-    crate::profile::gemm_flops(2 * m * n * k);
-    let parallelism = match threads {
-        0 | 1 => gemm::Parallelism::None,
-        t => gemm::Parallelism::Rayon(t),
-    };
-    // SAFETY: the assertion above keeps every index the strides reach inside the slices, and
-    // `dst` is borrowed mutably, so it aliases neither operand.
-    crate::profile::time(Part::Gemm, || unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            d.as_mut_ptr(),
-            dcs as isize,
-            drs as isize,
-            accumulate,
-            l.as_ptr(),
-            lcs as isize,
-            lrs as isize,
-            r.as_ptr(),
-            rcs as isize,
-            rrs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        )
-    })
-}
-
 /// The left operand of a convolution's products: float32 as given, or packed once to bf16.
 enum Lhs<'a> {
     F32(View<'a>),
@@ -151,22 +97,6 @@ impl<'a> Lhs<'a> {
             Lhs::Bf16(lhs) => bf16_product(dims, dst, lhs, rhs, accumulate, threads, packed),
         }
     }
-}
-
-/// [`bf16_gemm::gemm`], counted as GEMM time.
-pub(super) fn bf16_product(
-    (m, n, k): (usize, usize, usize),
-    dst: (&mut [f32], usize, usize),
-    lhs: &PackedLhs,
-    rhs: View,
-    accumulate: bool,
-    threads: usize,
-    packed: &mut bf16_gemm::Scratch,
-) {
-    crate::profile::gemm_flops(2 * m * n * k);
-    time(Part::Gemm, || {
-        bf16_gemm::gemm((m, n, k), dst, lhs, rhs, accumulate, threads, packed)
-    })
 }
 
 /// One task's buffers: the columns, and the bf16 products' packed operands.

@@ -194,48 +194,61 @@ fn the_bf16_kernel_matches_float32_products_of_rounded_operands() -> Result<()> 
         ] {
             let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, cin, 12, 13), &dev)?)?;
             let wt = Var::from_tensor(&Tensor::randn(0f32, 0.2, (cout, cin, k, k), &dev)?)?;
-            let conv = Conv2d::new(
-                wt.as_tensor().clone(),
-                None,
-                Conv2dConfig {
-                    padding,
-                    stride,
-                    ..Default::default()
-                },
-            );
+            let cfg = Conv2dConfig {
+                padding,
+                stride,
+                ..Default::default()
+            };
+            let conv = Conv2d::new(wt.as_tensor().clone(), None, cfg);
             let up = Tensor::randn(0f32, 1., conv.forward(x.as_tensor())?.dims(), &dev)?;
             let up = up
                 .to_dtype(candle_core::DType::BF16)?
                 .to_dtype(candle_core::DType::F32)?;
-            let run = |kernel: bool| -> Result<[Tensor; 3]> {
+            let run = |kernel: bool| {
                 let previous = crate::autocast::cpu_bf16_kernel(kernel);
                 let _bf16 = crate::autocast::enable(candle_core::DType::BF16)?;
-                let y = conv.forward(x.as_tensor())?;
-                let grads = (&y * &up)?.sum_all()?.backward()?;
+                let out = output_and_grads(&x, &wt, &up, || conv.forward(x.as_tensor()));
                 crate::autocast::cpu_bf16_kernel(previous);
-                let gx = grads.get(&x).expect("input grad").clone();
-                let gw = grads.get(&wt).expect("weight grad").clone();
-                Ok([y, gx, gw])
+                out
             };
-            let (kernel, fallback) = (run(true)?, run(false)?);
             // The fallback rounds the gradients to bf16 (as PyTorch's bf16 input and kernel
             // get), the kernel hands them back in float32: one bf16 rounding apart.
-            for ((what, tol), (a, b)) in [
-                ("output", 2e-5),
-                ("input grad", 4e-3),
-                ("weight grad", 4e-3),
-            ]
-            .iter()
-            .zip(kernel.iter().zip(&fallback))
-            {
-                let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
-                let scale = b.abs()?.max_all()?.to_scalar::<f32>()?;
-                assert!(
-                    diff <= tol * scale,
-                    "n {n} k {k} s {stride}: {what} differs by {diff} (scale {scale})"
-                );
-            }
+            let what = format!("n {n} k {k} s {stride}");
+            assert_close(&run(true)?, &run(false)?, [2e-5, 4e-3, 4e-3], &what)?;
         }
+    }
+    Ok(())
+}
+
+/// The output of `conv` and the gradients of `sum(output * up)` for `x` and `wt`.
+fn output_and_grads(
+    x: &Var,
+    wt: &Var,
+    up: &Tensor,
+    conv: impl Fn() -> Result<Tensor>,
+) -> Result<[Tensor; 3]> {
+    let y = conv()?;
+    let g = (&y * up)?.sum_all()?.backward()?;
+    let gx = g.get(x).expect("input grad").clone();
+    let gw = g.get(wt).expect("weight grad").clone();
+    Ok([y, gx, gw])
+}
+
+/// Asserts that output, input gradient and weight gradient of `ours` are each within `tol`
+/// (relative to the largest magnitude) of `theirs`.
+fn assert_close(ours: &[Tensor; 3], theirs: &[Tensor; 3], tol: [f32; 3], what: &str) -> Result<()> {
+    for (((a, b), tol), name) in
+        ours.iter()
+            .zip(theirs)
+            .zip(tol)
+            .zip(["output", "input grad", "weight grad"])
+    {
+        let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let scale = b.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(
+            diff <= tol * scale,
+            "{what}: {name} differs by {diff} (scale {scale})"
+        );
     }
     Ok(())
 }
@@ -370,32 +383,12 @@ fn winograd_matches_the_direct_convolution() -> Result<()> {
         assert!(winograd::applies(&geo, cout));
         let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, c, h, w), &dev)?)?;
         let wt = Var::from_tensor(&Tensor::randn(0f32, 0.1, (cout, c, 3, 3), &dev)?)?;
-        let ours = conv2d_cpu_f32(x.as_tensor(), wt.as_tensor(), 1, p)?;
-        let reference = conv2d_gemm(x.as_tensor(), wt.as_tensor(), None, 1, p)?;
-        let up = Tensor::randn(0f32, 1., ours.shape(), &dev)?;
-        let ga = (&ours * &up)?.sum_all()?.backward()?;
-        let gb = (&reference * &up)?.sum_all()?.backward()?;
-        let pairs = [
-            ("output", ours, reference),
-            (
-                "input grad",
-                ga.get(&x).expect("grad").clone(),
-                gb.get(&x).expect("grad").clone(),
-            ),
-            (
-                "weight grad",
-                ga.get(&wt).expect("grad").clone(),
-                gb.get(&wt).expect("grad").clone(),
-            ),
-        ];
-        for (what, a, b) in pairs {
-            let diff = (&a - &b)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            let scale = b.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert!(
-                diff <= 1e-5 * scale,
-                "n{n} c{c} {h}x{w} o{cout} p{p}: {what} differs by {diff} (scale {scale})"
-            );
-        }
+        let (xs, ws) = (x.as_tensor(), wt.as_tensor());
+        let up = Tensor::randn(0f32, 1., conv2d_cpu_f32(xs, ws, 1, p)?.shape(), &dev)?;
+        let ours = output_and_grads(&x, &wt, &up, || conv2d_cpu_f32(xs, ws, 1, p))?;
+        let theirs = output_and_grads(&x, &wt, &up, || conv2d_gemm(xs, ws, None, 1, p))?;
+        let what = format!("n{n} c{c} {h}x{w} o{cout} p{p}");
+        assert_close(&ours, &theirs, [1e-5; 3], &what)?;
     }
     Ok(())
 }
@@ -413,49 +406,28 @@ fn winograd_in_bf16_stays_within_bf16_precision() -> Result<()> {
     for (n, c, h, w, cout) in [(1, 16, 9, 7, 16), (4, 32, 8, 8, 24)] {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, c, h, w), &dev)?)?;
         let wt = Var::from_tensor(&Tensor::randn(0f32, 0.1, (cout, c, 3, 3), &dev)?)?;
-        let conv = Conv2d::new(
-            wt.as_tensor().clone(),
-            None,
-            Conv2dConfig {
-                padding: 1,
-                ..Default::default()
-            },
-        );
+        let cfg = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let conv = Conv2d::new(wt.as_tensor().clone(), None, cfg);
+        let up = Tensor::randn(0f32, 1., (n, cout, h, w), &dev)?;
         let half = {
             let _bf16 = crate::autocast::enable(candle_core::DType::BF16)?;
-            conv.forward(x.as_tensor())?
+            output_and_grads(&x, &wt, &up, || conv.forward(x.as_tensor()))?
         };
-        let full = conv2d_gemm(x.as_tensor(), wt.as_tensor(), None, 1, 1)?;
-        let up = Tensor::randn(0f32, 1., full.shape(), &dev)?;
-        let ga = {
-            let _bf16 = crate::autocast::enable(candle_core::DType::BF16)?;
-            (conv.forward(x.as_tensor())? * &up)?
-                .sum_all()?
-                .backward()?
-        };
-        let gb = (&full * &up)?.sum_all()?.backward()?;
-        let pairs = [
-            ("output", half, full),
-            (
-                "input grad",
-                ga.get(&x).expect("grad").clone(),
-                gb.get(&x).expect("grad").clone(),
-            ),
-            (
-                "weight grad",
-                ga.get(&wt).expect("grad").clone(),
-                gb.get(&wt).expect("grad").clone(),
-            ),
-        ];
-        for (what, a, b) in pairs {
-            let rel = ((&a - &b)?.abs()?.max_all()?.to_scalar::<f32>()?)
-                / b.abs()?.max_all()?.to_scalar::<f32>()?;
-            eprintln!("bf16 winograd {what}: {rel:.1e} of the scale");
-            assert!(
-                rel > 0.0 && rel < 2e-2,
-                "n{n} c{c}: bf16 {what} off by {rel}"
-            );
-        }
+        let full = output_and_grads(&x, &wt, &up, || {
+            conv2d_gemm(x.as_tensor(), wt.as_tensor(), None, 1, 1)
+        })?;
+        assert_close(&half, &full, [2e-2; 3], &format!("bf16 n{n} c{c}"))?;
+        // bf16, not float32, was used.
+        assert!(
+            (&half[0] - &full[0])?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?
+                > 0.0
+        );
     }
     Ok(())
 }

@@ -703,17 +703,7 @@ mod simd {
 mod tests {
     use super::*;
 
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2654435761) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::test_values::values;
 
     /// The AVX-512 transforms against the portable ones, bit for bit: image sizes below, at and
     /// above one run of tiles, paddings 0 to 2, blocks that start and end inside a tile row.
