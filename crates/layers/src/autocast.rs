@@ -13,7 +13,6 @@
 //! The setting is per thread, like PyTorch's, and ends when the guard is dropped.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Result, Tensor};
 
@@ -57,27 +56,33 @@ pub fn set(dtype: Option<DType>) -> Guard {
     Guard { previous }
 }
 
-static CPU_BF16_KERNEL: AtomicBool = AtomicBool::new(true);
-
-/// Whether bf16 autocast on the CPU may run its products in the AVX512-BF16 kernel,
-/// process-wide; on by default. There, both operands of each of a convolution's or linear
-/// layer's three products (input and weight, output gradient and weight, output gradient and
-/// input) are rounded to bf16 as they are packed, each product is exact and the sums are
-/// float32, as in oneDNN's bf16 kernels; outputs and gradients come back in float32 unrounded.
-/// Stride-1 3x3 convolutions with 16 channels or more run Winograd's F(2x2, 3x3) with bf16
-/// products of the transformed operands (3e-3 to 6e-3 of the output's scale from float32, as
-/// the direct bf16 products). Convolutions with fewer than 16 output channels run in float32,
-/// where bf16 would be slower. Off, or on a CPU without AVX512-BF16, the products are float32
-/// products of input and weight rounded to bf16 (their gradients rounded too) with the output
-/// gradient in float32. Returns the previous setting.
-pub fn cpu_bf16_kernel(on: bool) -> bool {
-    CPU_BF16_KERNEL.swap(on, Ordering::Relaxed)
+thread_local! {
+    static CPU_BF16_KERNEL: Cell<bool> = const { Cell::new(true) };
 }
 
-/// Whether the AVX512-BF16 kernel runs bf16 products: allowed ([`cpu_bf16_kernel`]) and this
-/// CPU has AVX-512 with BF16.
+/// Whether bf16 autocast on the CPU may run its products in the AVX512-BF16 kernel on this
+/// thread (per thread, like autocast itself); on by default. Returns the previous setting.
+///
+/// With the kernel, both operands of each of a convolution's or linear layer's three products
+/// (input and weight, output gradient and weight, output gradient and input) are rounded to
+/// bf16 as they are packed, each product is exact and the sums are float32, as in oneDNN's bf16
+/// kernels; outputs and gradients come back in float32 unrounded. Stride-1 3x3 convolutions
+/// with 16 channels or more run Winograd's F(2x2, 3x3) with bf16 products of the transformed
+/// operands (3e-3 to 6e-3 of the output's scale from float32, as the direct bf16 products).
+/// Convolutions with fewer than 16 output channels or outputs under 4x4 run in float32, where
+/// bf16 would be slower.
+///
+/// Without it (switched off, or a CPU without AVX512-BF16) bf16 autocast runs the CPU's
+/// convolutions and linear layers in float32: never slower than float32. (f16 autocast on the
+/// CPU runs float32 products of operands rounded to f16.)
+pub fn cpu_bf16_kernel(on: bool) -> bool {
+    CPU_BF16_KERNEL.with(|k| k.replace(on))
+}
+
+/// Whether the AVX512-BF16 kernel runs this thread's bf16 products: allowed
+/// ([`cpu_bf16_kernel`]) and this CPU has AVX-512 with BF16.
 pub fn cpu_bf16_kernel_active() -> bool {
-    CPU_BF16_KERNEL.load(Ordering::Relaxed) && crate::bf16_gemm::available()
+    CPU_BF16_KERNEL.with(Cell::get) && crate::bf16_gemm::available()
 }
 
 /// Restores Candle's TF32 setting when dropped.

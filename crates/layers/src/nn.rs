@@ -69,7 +69,7 @@ pub fn linear(
 /// `nn.Linear`: `x W^T + b`, with weight (out, in) and optional bias (out). Under
 /// [`autocast`] the product runs in the reduced dtype and the bias is added in the input's.
 /// An f32 (N, in) input on the CPU with a bias runs as one operation (`linear_cpu`), under bf16
-/// autocast too where the CPU has AVX512-BF16.
+/// autocast too ([`autocast::cpu_bf16_kernel`]).
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
@@ -102,9 +102,11 @@ impl Module for Linear {
                     candle_core::DType::F32 => {
                         return crate::linear_cpu::linear(xs, &self.weight, b, false)
                     }
-                    // bf16 autocast where the CPU has AVX512-BF16: the op rounds its operands.
-                    candle_core::DType::BF16 if autocast::cpu_bf16_kernel_active() => {
-                        return crate::linear_cpu::linear(xs, &self.weight, b, true)
+                    // bf16 autocast: where the CPU has AVX512-BF16 the op rounds its operands,
+                    // elsewhere it runs in float32.
+                    candle_core::DType::BF16 => {
+                        let bf16 = autocast::cpu_bf16_kernel_active();
+                        return crate::linear_cpu::linear(xs, &self.weight, b, bf16);
                     }
                     _ => {}
                 }

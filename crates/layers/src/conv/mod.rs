@@ -74,28 +74,25 @@ impl Module for Conv2d {
         let cpu = xs.device().is_cpu();
         let cpu_f32 = cpu && xs.dtype() == DType::F32;
         let f32_weight = self.weight.dtype() == DType::F32;
-        // bf16 autocast on a CPU with AVX512-BF16 ([`autocast::cpu_bf16_kernel`]): the
+        // bf16 autocast on the CPU ([`autocast::cpu_bf16_kernel`]): with AVX512-BF16 the
         // image-by-image convolution rounds the operands of its products (the output gradient
-        // too) to bf16 as it packs them, and sums in float32.
-        if cpu_f32
-            && plain
-            && f32_weight
-            && autocast::dtype() == Some(DType::BF16)
-            && autocast::cpu_bf16_kernel_active()
-        {
+        // too) to bf16 as it packs them, and sums in float32; without it, float32.
+        if cpu_f32 && plain && f32_weight && autocast::dtype() == Some(DType::BF16) {
             let per_image = cpu::per_image_pays(xs, &self.weight, c.stride, c.padding)?;
             // Fewer than 16 output channels (LeNet-5's) or outputs under 4x4 (the last stages
             // of a ResNet on 32x32 images): the bf16 products' packing and rounding cost more
             // than they save, and these run in float32 (more precise, and faster here).
-            let bf16 = per_image && self.weight.dim(0)? >= MIN_BF16_CHANNELS;
+            let bf16 = per_image
+                && self.weight.dim(0)? >= MIN_BF16_CHANNELS
+                && autocast::cpu_bf16_kernel_active();
             let ys = match per_image {
                 true => cpu::conv2d_cpu(xs, &self.weight, c.stride, c.padding, bf16)?,
                 false => conv2d_gemm(xs, &self.weight, None, c.stride, c.padding)?,
             };
             return self.add_bias(ys, cpu_f32);
         }
-        // Otherwise autocast on the CPU: float32 products of operands rounded to the reduced
-        // dtype ([`autocast::round_through`]), through the fast float32 kernels.
+        // Otherwise autocast on the CPU (f16, or a grouped or dilated convolution): float32
+        // products of operands rounded to the reduced dtype ([`autocast::round_through`]).
         let (x, w, dtype) = match autocast::compute_dtype(xs) {
             d if cpu_f32 && d != DType::F32 && f32_weight => (
                 autocast::round_through(xs, d)?,

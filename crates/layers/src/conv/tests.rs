@@ -174,10 +174,10 @@ fn autocast_runs_the_product_in_bf16_and_returns_f32() -> Result<()> {
     Ok(())
 }
 
-/// bf16 autocast on the CPU, in the AVX512-BF16 kernel against the fallback (float32 products of
-/// rounded operands): with an output gradient that is exact in bf16 the outputs differ only in
-/// the order of the float32 sums, the gradients by the fallback's rounding to bf16, for every
-/// product layout (stride 1, strided, 1x1, batches above and below the thread count).
+/// bf16 autocast on the CPU, in the AVX512-BF16 kernel, against float32 products of rounded
+/// operands: with an output gradient that is exact in bf16 the outputs differ only in the order
+/// of the float32 sums, the gradients by one rounding to bf16, for every product layout
+/// (stride 1, strided, 1x1, batches above and below the thread count).
 #[test]
 fn the_bf16_kernel_matches_float32_products_of_rounded_operands() -> Result<()> {
     if !crate::bf16_gemm::available() {
@@ -204,17 +204,28 @@ fn the_bf16_kernel_matches_float32_products_of_rounded_operands() -> Result<()> 
             let up = up
                 .to_dtype(candle_core::DType::BF16)?
                 .to_dtype(candle_core::DType::F32)?;
-            let run = |kernel: bool| {
-                let previous = crate::autocast::cpu_bf16_kernel(kernel);
+            let kernel = {
                 let _bf16 = crate::autocast::enable(candle_core::DType::BF16)?;
-                let out = output_and_grads(&x, &wt, &up, || conv.forward(x.as_tensor()));
-                crate::autocast::cpu_bf16_kernel(previous);
-                out
+                output_and_grads(&x, &wt, &up, || conv.forward(x.as_tensor()))?
             };
-            // The fallback rounds the gradients to bf16 (as PyTorch's bf16 input and kernel
-            // get), the kernel hands them back in float32: one bf16 rounding apart.
+            // Float32 products of the rounded input and kernel; their gradients come back
+            // rounded to bf16 (the cast's backward), the kernel's in float32: one bf16
+            // rounding apart.
+            let round = |t: &Tensor| {
+                t.to_dtype(candle_core::DType::BF16)?
+                    .to_dtype(candle_core::DType::F32)
+            };
+            let rounded = output_and_grads(&x, &wt, &up, || {
+                conv2d_gemm(
+                    &round(x.as_tensor())?,
+                    &round(wt.as_tensor())?,
+                    None,
+                    stride,
+                    padding,
+                )
+            })?;
             let what = format!("n {n} k {k} s {stride}");
-            assert_close(&run(true)?, &run(false)?, [2e-5, 4e-3, 4e-3], &what)?;
+            assert_close(&kernel, &rounded, [2e-5, 4e-3, 4e-3], &what)?;
         }
     }
     Ok(())
@@ -278,6 +289,46 @@ fn narrow_convolutions_stay_float32_under_bf16() -> Result<()> {
     Ok(())
 }
 
+/// Without the AVX512-BF16 kernel (switched off here, as on a CPU without it), bf16 autocast
+/// runs convolutions and linear layers in float32: the same values as without autocast.
+#[test]
+fn without_the_bf16_kernel_autocast_runs_in_float32() -> Result<()> {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1., (2, 16, 8, 8), &dev)?;
+    let conv = Conv2d::new(
+        Tensor::randn(0f32, 0.1, (16, 16, 3, 3), &dev)?,
+        Some(Tensor::randn(0f32, 0.1, 16, &dev)?),
+        Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        },
+    );
+    let linear = crate::Linear::new(
+        Tensor::randn(0f32, 0.1, (10, 1024), &dev)?,
+        Some(Tensor::randn(0f32, 0.1, 10, &dev)?),
+    );
+    let run = || -> Result<(Tensor, Tensor)> {
+        let y = conv.forward(&x)?;
+        let z = linear.forward(&y.flatten_from(1)?)?;
+        Ok((y, z))
+    };
+    let full = run()?;
+    let previous = crate::autocast::cpu_bf16_kernel(false);
+    let half = {
+        let _bf16 = crate::autocast::enable(candle_core::DType::BF16)?;
+        run()
+    };
+    crate::autocast::cpu_bf16_kernel(previous);
+    let half = half?;
+    for (a, b) in [(&half.0, &full.0), (&half.1, &full.1)] {
+        assert_eq!(
+            a.flatten_all()?.to_vec1::<f32>()?,
+            b.flatten_all()?.to_vec1::<f32>()?
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn kernel_larger_than_padded_input_is_an_error() {
     let x = Tensor::zeros((1, 1, 2, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
@@ -316,22 +367,27 @@ fn matches_the_im2col_path_forward_and_backward() -> Result<()> {
 #[test]
 fn the_weight_gradient_repeats_bit_for_bit() -> Result<()> {
     let dev = Device::Cpu;
-    let x = Tensor::randn(0f32, 1., (37, 3, 8, 8), &dev)?;
-    let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (4, 3, 3, 3), &dev)?)?;
-    let g = Tensor::randn(0f32, 1., (37, 4, 8, 8), &dev)?;
-    let run = || -> Result<Vec<f32>> {
-        let grads = (conv2d_cpu_f32(&x, wt.as_tensor(), 1, 1)? * &g)?
-            .sum_all()?
-            .backward()?;
-        grads
-            .get(&wt)
-            .expect("weight gradient")
-            .flatten_all()?
-            .to_vec1()
-    };
-    let first = run()?;
-    for _ in 0..8 {
-        assert_eq!(run()?, first);
+    // im2col's shares (3 channels), then Winograd's (16 channels), under f32 and bf16.
+    for (c, o) in [(3, 4), (16, 16)] {
+        for bf16 in [false, true] {
+            let x = Tensor::randn(0f32, 1., (37, c, 8, 8), &dev)?;
+            let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (o, c, 3, 3), &dev)?)?;
+            let g = Tensor::randn(0f32, 1., (37, o, 8, 8), &dev)?;
+            let run = || -> Result<Vec<f32>> {
+                let grads = (cpu::conv2d_cpu(&x, wt.as_tensor(), 1, 1, bf16)? * &g)?
+                    .sum_all()?
+                    .backward()?;
+                grads
+                    .get(&wt)
+                    .expect("weight gradient")
+                    .flatten_all()?
+                    .to_vec1()
+            };
+            let first = run()?;
+            for _ in 0..8 {
+                assert_eq!(run()?, first, "c{c} bf16 {bf16}");
+            }
+        }
     }
     Ok(())
 }
