@@ -191,12 +191,15 @@ fn pack_rhs(
 fn pair_run(src: &[f32], out: &mut [u32]) {
     debug_assert_eq!(out.len(), src.len().div_ceil(2));
     #[cfg(target_arch = "x86_64")]
-    let full = {
-        let full = src.len() / 32;
-        // SAFETY: the packing runs only where `available()`; the vector loop reads
-        // `32 · full <= src.len()` values and writes `16 · full <= out.len()`.
-        unsafe { pair_run_avx512(&src[..32 * full], &mut out[..16 * full]) };
-        full
+    let full = match available() {
+        true => {
+            let full = src.len() / 32;
+            // SAFETY: the CPU has AVX512-BF16 (checked); the vector loop reads
+            // `32 · full <= src.len()` values and writes `16 · full <= out.len()`.
+            unsafe { pair_run_avx512(&src[..32 * full], &mut out[..16 * full]) };
+            full
+        }
+        false => 0,
     };
     #[cfg(not(target_arch = "x86_64"))]
     let full = 0;
@@ -224,12 +227,15 @@ unsafe fn pair_run_avx512(src: &[f32], out: &mut [u32]) {
 /// `dst[j]` = the pair (`r0[j]`, `r1[j]` or 0), sixteen at a time.
 fn pack_rows(r0: &[f32], r1: Option<&[f32]>, dst: &mut [u32]) {
     #[cfg(target_arch = "x86_64")]
-    let full = {
-        let full = dst.len() / 16 * 16;
-        // SAFETY: the packing runs only where `available()`; every access stays below
-        // `full`, which is at most the length of `dst`, `r0` and `r1`.
-        unsafe { pack_rows_avx512(r0, r1, &mut dst[..full]) };
-        full
+    let full = match available() {
+        true => {
+            let full = dst.len() / 16 * 16;
+            // SAFETY: the CPU has AVX512-BF16 (checked); every access stays below `full`,
+            // which is at most the length of `dst`, `r0` and `r1`.
+            unsafe { pack_rows_avx512(r0, r1, &mut dst[..full]) };
+            full
+        }
+        false => 0,
     };
     #[cfg(not(target_arch = "x86_64"))]
     let full = 0;
