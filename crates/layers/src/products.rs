@@ -74,3 +74,35 @@ pub(crate) fn bf16_product(
         bf16_gemm::gemm((m, n, k), dst, lhs, rhs, accumulate, threads, packed)
     })
 }
+
+/// The left operand of a product used many times: float32 as given, or packed once to bf16.
+pub(crate) enum Lhs<'a> {
+    F32(View<'a>),
+    Bf16(PackedLhs),
+}
+
+impl<'a> Lhs<'a> {
+    /// `a` (M x K), packed to bf16 when `bf16`.
+    pub(crate) fn new(bf16: bool, (m, k): (usize, usize), a: View<'a>) -> Self {
+        match bf16 {
+            true => Lhs::Bf16(PackedLhs::new(m, k, a)),
+            false => Lhs::F32(a),
+        }
+    }
+
+    /// `dst := dst (if accumulate) + self · rhs`.
+    pub(crate) fn product(
+        &self,
+        dims: (usize, usize, usize),
+        dst: (&mut [f32], usize, usize),
+        rhs: View,
+        accumulate: bool,
+        threads: usize,
+        packed: &mut bf16_gemm::Scratch,
+    ) {
+        match self {
+            Lhs::F32(lhs) => gemm(dims, dst, *lhs, rhs, accumulate, threads),
+            Lhs::Bf16(lhs) => bf16_product(dims, dst, lhs, rhs, accumulate, threads, packed),
+        }
+    }
+}

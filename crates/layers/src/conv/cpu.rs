@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use super::geometry::Geometry;
 use super::winograd;
 use crate::bf16_gemm::{self, PackedLhs, View};
-pub(super) use crate::products::{bf16_product, gemm};
+pub(super) use crate::products::{bf16_product, gemm, Lhs};
 use crate::profile::{time, Part};
 
 /// `F.conv2d(xs, weight, stride=stride, padding=padding)` (one group, no dilation) for
@@ -65,38 +65,6 @@ pub(crate) fn per_image_pays(
 ) -> Result<bool> {
     let (geo, _) = Geometry::of_conv(xs, weight, stride, padding)?;
     Ok(geo.oh * geo.ow >= MIN_POSITIONS)
-}
-
-/// The left operand of a convolution's products: float32 as given, or packed once to bf16.
-enum Lhs<'a> {
-    F32(View<'a>),
-    Bf16(PackedLhs),
-}
-
-impl<'a> Lhs<'a> {
-    /// `a` (M x K), packed to bf16 when `bf16`.
-    fn new(bf16: bool, (m, k): (usize, usize), a: View<'a>) -> Self {
-        match bf16 {
-            true => Lhs::Bf16(PackedLhs::new(m, k, a)),
-            false => Lhs::F32(a),
-        }
-    }
-
-    /// `dst := dst (if accumulate) + self · rhs`.
-    fn product(
-        &self,
-        dims: (usize, usize, usize),
-        dst: (&mut [f32], usize, usize),
-        rhs: View,
-        accumulate: bool,
-        threads: usize,
-        packed: &mut bf16_gemm::Scratch,
-    ) {
-        match self {
-            Lhs::F32(lhs) => gemm(dims, dst, *lhs, rhs, accumulate, threads),
-            Lhs::Bf16(lhs) => bf16_product(dims, dst, lhs, rhs, accumulate, threads, packed),
-        }
-    }
 }
 
 /// One task's buffers: the columns, and the bf16 products' packed operands.

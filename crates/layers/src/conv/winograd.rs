@@ -15,7 +15,7 @@
 
 use rayon::prelude::*;
 
-use super::cpu::{bf16_product, gemm};
+use super::cpu::{bf16_product, gemm, Lhs};
 use super::geometry::Geometry;
 use crate::bf16_gemm::{self, PackedLhs};
 use crate::profile::{time, Part};
@@ -91,12 +91,15 @@ pub(super) fn convolve(
     let (share, gemm_threads) = shares(n);
     let tiles_per_image = geo.oh.div_ceil(2) * geo.ow.div_ceil(2);
     let block = tiles_per_block(c, cout);
-    let packed: Vec<PackedLhs> = match bf16 {
-        true => (0..16)
-            .map(|xi| PackedLhs::new(cout, c, (&u[xi * cout * c..(xi + 1) * cout * c], c, 1)))
-            .collect(),
-        false => Vec::new(),
-    };
+    let lhs: Vec<Lhs> = (0..16)
+        .map(|xi| {
+            Lhs::new(
+                bf16,
+                (cout, c),
+                (&u[xi * cout * c..(xi + 1) * cout * c], c, 1),
+            )
+        })
+        .collect();
     out.par_chunks_mut(share * out_len)
         .zip(x.par_chunks(share * img_len))
         .for_each(|(out, x)| {
@@ -114,25 +117,7 @@ pub(super) fn convolve(
                 for xi in 0..16 {
                     let dst = (&mut m[xi * cout * tb..(xi + 1) * cout * tb], tb, 1);
                     let rhs = (&v[xi * c * tb..(xi + 1) * c * tb], tb, 1);
-                    match packed.get(xi) {
-                        Some(lhs) => bf16_product(
-                            (cout, tb, c),
-                            dst,
-                            lhs,
-                            rhs,
-                            false,
-                            gemm_threads,
-                            &mut scratch,
-                        ),
-                        None => gemm(
-                            (cout, tb, c),
-                            dst,
-                            (&u[xi * cout * c..(xi + 1) * cout * c], c, 1),
-                            rhs,
-                            false,
-                            gemm_threads,
-                        ),
-                    }
+                    lhs[xi].product((cout, tb, c), dst, rhs, false, gemm_threads, &mut scratch);
                 }
                 time(Part::Im2col, || {
                     transform_output(geo, cout, &m[..16 * cout * tb], range, out)
