@@ -94,7 +94,7 @@ struct ConvCpu {
     bf16: bool,
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+pub(super) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     crate::per_channel::f32_slice(s, l, "conv2d-cpu", what)
 }
 

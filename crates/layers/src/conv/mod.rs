@@ -17,6 +17,8 @@ mod cpu;
 mod geometry;
 mod grads;
 mod im2col;
+#[cfg(feature = "onednn")]
+pub mod onednn;
 #[cfg(test)]
 mod tests;
 mod winograd;
@@ -85,6 +87,12 @@ impl Module for Conv2d {
             let bf16 = per_image
                 && self.weight.dim(0)? >= MIN_BF16_CHANNELS
                 && autocast::cpu_bf16_kernel_active();
+            #[cfg(feature = "onednn")]
+            if onednn::enabled() {
+                if let Some(ys) = onednn::conv2d(xs, &self.weight, c.stride, c.padding, bf16)? {
+                    return self.add_bias(ys, cpu_f32);
+                }
+            }
             let ys = match per_image {
                 true => cpu::conv2d_cpu(xs, &self.weight, c.stride, c.padding, bf16)?,
                 false => conv2d_gemm(xs, &self.weight, None, c.stride, c.padding)?,
@@ -105,6 +113,13 @@ impl Module for Conv2d {
             && plain
             && dtype == DType::F32
             && cpu::per_image_pays(&x, &w, c.stride, c.padding)?;
+        #[cfg(feature = "onednn")]
+        if cpu_f32 && plain && dtype == DType::F32 && onednn::enabled() {
+            if let Some(ys) = onednn::conv2d(&x, &w, c.stride, c.padding, false)? {
+                let ys = autocast::cast(&ys, xs.dtype())?;
+                return self.add_bias(ys, cpu_f32);
+            }
+        }
         if dtype == xs.dtype() && cpu && plain && !per_image && !cpu_f32 {
             return conv2d_gemm(xs, &self.weight, self.bias.as_ref(), c.stride, c.padding);
         }

@@ -1,0 +1,69 @@
+//! Times one convolution's forward and backward (both gradients) at the shapes of
+//! `resnet18-cifar` at batch 128, built-in against oneDNN (feature `onednn`), in f32 and bf16.
+//!
+//! `cargo run --release -p layers --features onednn --example conv_shapes`
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_nn::Conv2dConfig;
+use layers::{autocast, Conv2d};
+
+fn median_ms(conv: &Conv2d, x: &Var) -> candle_core::Result<f64> {
+    let mut t = Vec::new();
+    for _ in 0..5 {
+        let start = Instant::now();
+        let y = conv.forward(x.as_tensor())?;
+        let g = y.sum_all()?.backward()?;
+        std::hint::black_box(g);
+        t.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    t.sort_by(f64::total_cmp);
+    Ok(t[2])
+}
+
+fn main() -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    // (batch, in, out, size, kernel, stride, padding)
+    let shapes = [
+        (128, 3, 64, 32, 3, 1, 1),
+        (128, 64, 64, 32, 3, 1, 1),
+        (128, 64, 128, 32, 3, 2, 1),
+        (128, 64, 128, 32, 1, 2, 0),
+        (128, 128, 128, 16, 3, 1, 1),
+        (128, 256, 256, 8, 3, 1, 1),
+        (128, 512, 512, 4, 3, 1, 1),
+        (128, 128, 128, 8, 3, 1, 1),
+        (128, 256, 256, 4, 3, 1, 1),
+        (128, 512, 512, 2, 3, 1, 1),
+        (64, 1, 6, 28, 5, 1, 2),
+        (64, 6, 16, 14, 5, 1, 0),
+        (64, 32, 64, 28, 3, 1, 1),
+    ];
+    for (n, cin, cout, size, k, stride, padding) in shapes {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, cin, size, size), &dev)?)?;
+        let w = Var::from_tensor(&Tensor::randn(0f32, 0.1, (cout, cin, k, k), &dev)?)?;
+        let cfg = Conv2dConfig {
+            padding,
+            stride,
+            ..Default::default()
+        };
+        let conv = Conv2d::new(w.as_tensor().clone(), None, cfg);
+        let mut line = format!("n{n} {cin:>3}->{cout:<3} {size:>2}x{size:<2} k{k} s{stride}");
+        for (name, dtype, onednn, winograd) in [
+            ("f32", None, false, false),
+            ("f32-dnnl", None, true, false),
+            ("f32-dnnl-wino", None, true, true),
+            ("bf16", Some(DType::BF16), false, false),
+            ("bf16-dnnl", Some(DType::BF16), true, false),
+        ] {
+            let _guard = autocast::set(dtype);
+            layers::onednn::set_enabled(onednn);
+            layers::onednn::set_winograd(winograd);
+            let ms = median_ms(&conv, &x)?;
+            line += &format!("  {name} {ms:7.2}");
+        }
+        println!("{line}");
+    }
+    Ok(())
+}

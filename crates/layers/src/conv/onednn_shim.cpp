@@ -1,0 +1,288 @@
+// oneDNN convolutions for `layers::conv::onednn` (feature `onednn`), behind a small C ABI.
+//
+// The Rust side passes plain NCHW float32 tensors (OIHW for the kernel). Each convolution shape
+// gets its primitives once (forward, backward-data, backward-weights, and the reorders between
+// NCHW and the primitive's blocked layout), cached by shape; the blocked buffers and the
+// scratchpad are shared by all shapes and grow to the largest. Calls are serialised by a mutex.
+//
+// Written against the oneDNN 2.x C++ API (Debian's libdnnl-dev 2.6 here).
+
+#include <oneapi/dnnl/dnnl.hpp>
+#include <omp.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+using namespace dnnl;
+using tag = memory::format_tag;
+using dt = memory::data_type;
+
+extern "C" {
+/// One convolution: input (n, c, h, w), kernel (o, c, kh, kw), output (n, o, oh, ow).
+struct CnnDnnlConv {
+    int64_t n, c, h, w, o, kh, kw, oh, ow, stride, pad;
+    /// 1: the products in bf16 (operands rounded to nearest even, sums in float32).
+    int32_t bf16;
+    /// 1: Winograd F(4x4, 3x3) where oneDNN has it (float32, 3x3, stride 1).
+    int32_t winograd;
+};
+}
+
+namespace {
+
+engine &eng() {
+    static engine e(engine::kind::cpu, 0);
+    return e;
+}
+
+/// A growable buffer shared by every shape (calls are serialised), page-aligned with a spare
+/// page at the end: oneDNN's kernels use aligned vector moves on their own layouts.
+struct Buffer {
+    void *data = nullptr;
+    size_t size = 0;
+    void *get(size_t n) {
+        if (size < n) {
+            std::free(data);
+            size = (n + 4095) / 4096 * 4096;
+            data = std::aligned_alloc(4096, size + 4096);
+            if (!data) throw std::bad_alloc();
+        }
+        return data;
+    }
+};
+
+/// The primitive's operand in its own layout, with the reorders to and from the user's NCHW.
+struct Operand {
+    memory::desc user, inner;
+    bool same = true;
+    reorder to_inner, to_user;
+    void init(const memory::desc &u, const memory::desc &p, bool in, bool out) {
+        user = u;
+        inner = p;
+        same = (u == p);
+        if (!same) {
+            if (in) to_inner = reorder(reorder::primitive_desc(eng(), u, eng(), p));
+            if (out) to_user = reorder(reorder::primitive_desc(eng(), p, eng(), u));
+        }
+    }
+};
+
+struct Entry {
+    convolution_forward::primitive_desc fpd;
+    convolution_forward fwd;
+    convolution_backward_data::primitive_desc dpd;
+    convolution_backward_data bwd_data;
+    convolution_backward_weights::primitive_desc wpd;
+    convolution_backward_weights bwd_weights;
+    // Forward: src, wei in, dst out. Backward data: diff_dst, wei in, diff_src out.
+    // Backward weights: src, diff_dst in, diff_wei out.
+    Operand f_src, f_wei, f_dst, d_ddst, d_wei, d_dsrc, w_src, w_ddst, w_dwei;
+};
+
+std::mutex lock;
+std::map<std::array<int64_t, 13>, std::unique_ptr<Entry>> cache;
+Buffer buf_src, buf_wei, buf_dst, buf_scratch, buf_extra;
+
+std::unique_ptr<Entry> make(const CnnDnnlConv &s) {
+    auto e = std::make_unique<Entry>();
+    dt d = s.bf16 ? dt::bf16 : dt::f32;
+    // Rows and columns past the last window (a 1x1 stride-2 kernel on an even size) are
+    // never read: oneDNN sees the input without them (negative right padding is not allowed),
+    // through a strided view of the user's tensor; their gradient stays zero.
+    int64_t pr_h = (s.oh - 1) * s.stride + s.kh - s.h - s.pad;
+    int64_t pr_w = (s.ow - 1) * s.stride + s.kw - s.w - s.pad;
+    int64_t eh = pr_h < 0 ? s.h + pr_h : s.h, ew = pr_w < 0 ? s.w + pr_w : s.w;
+    memory::dims src{s.n, s.c, eh, ew}, wei{s.o, s.c, s.kh, s.kw}, dst{s.n, s.o, s.oh, s.ow};
+    memory::dims strides{s.stride, s.stride}, pl{s.pad, s.pad};
+    memory::dims pr{std::max<int64_t>(pr_h, 0), std::max<int64_t>(pr_w, 0)};
+    auto sd = memory::desc(src, d, tag::any), wd = memory::desc(wei, d, tag::any),
+         dd = memory::desc(dst, d, tag::any);
+    // bf16 products give float32 weight gradients directly.
+    auto dwd = memory::desc(wei, dt::f32, tag::any);
+    primitive_attr attr;
+    attr.set_scratchpad_mode(scratchpad_mode::user);
+    auto build = [&](algorithm alg) {
+        e->fpd = convolution_forward::primitive_desc(
+            convolution_forward::desc(prop_kind::forward_training, alg, sd, wd, dd, strides, pl,
+                                      pr),
+            attr, eng());
+        e->dpd = convolution_backward_data::primitive_desc(
+            convolution_backward_data::desc(alg, sd, wd, dd, strides, pl, pr), attr, eng(),
+            e->fpd);
+        e->wpd = convolution_backward_weights::primitive_desc(
+            convolution_backward_weights::desc(alg, sd, s.bf16 ? dwd : wd, dd, strides, pl, pr),
+            attr, eng(), e->fpd);
+    };
+    bool built = false;
+    if (s.winograd && !s.bf16) {
+        try {
+            build(algorithm::convolution_winograd);
+            built = true;
+        } catch (const dnnl::error &) {
+        }
+    }
+    if (!built) build(algorithm::convolution_direct);
+    e->fwd = convolution_forward(e->fpd);
+    e->bwd_data = convolution_backward_data(e->dpd);
+    e->bwd_weights = convolution_backward_weights(e->wpd);
+    auto us = memory::desc(src, dt::f32, memory::dims{s.c * s.h * s.w, s.h * s.w, s.w, 1}), uw = memory::desc(wei, dt::f32, tag::oihw),
+         ud = memory::desc(dst, dt::f32, tag::nchw);
+    e->f_src.init(us, e->fpd.src_desc(), true, false);
+    e->f_wei.init(uw, e->fpd.weights_desc(), true, false);
+    e->f_dst.init(ud, e->fpd.dst_desc(), false, true);
+    e->d_ddst.init(ud, e->dpd.diff_dst_desc(), true, false);
+    e->d_wei.init(uw, e->dpd.weights_desc(), true, false);
+    e->d_dsrc.init(us, e->dpd.diff_src_desc(), false, true);
+    e->w_src.init(us, e->wpd.src_desc(), true, false);
+    e->w_ddst.init(ud, e->wpd.diff_dst_desc(), true, false);
+    e->w_dwei.init(uw, e->wpd.diff_weights_desc(), false, true);
+    return e;
+}
+
+Entry &entry(const CnnDnnlConv &s) {
+    if (std::getenv("CNN_ONEDNN_TRACE"))
+        std::fprintf(stderr, "dnnl n%ld c%ld %ldx%ld o%ld k%ld s%ld p%ld bf16 %d\n", (long)s.n,
+                     (long)s.c, (long)s.h, (long)s.w, (long)s.o, (long)s.kh, (long)s.stride,
+                     (long)s.pad, s.bf16);
+    std::array<int64_t, 13> key{s.n, s.c,      s.h,   s.w,  s.o,    s.kh,       s.kw,
+                                s.oh, s.ow,    s.stride, s.pad, s.bf16, s.winograd};
+    auto &slot = cache[key];
+    if (!slot) slot = make(s);
+    return *slot;
+}
+
+/// The user's tensor as the primitive wants it: itself, or a reorder into `buf`.
+memory input(stream &st, Operand &op, const void *ptr, Buffer &buf) {
+    memory user(op.user, eng(), const_cast<void *>(ptr));
+    if (op.same) return user;
+    memory inner(op.inner, eng(), buf.get(op.inner.get_size()));
+    op.to_inner.execute(st, user, inner);
+    return inner;
+}
+
+/// Where the primitive writes: the user's tensor, or `buf` (then [`output_done`] reorders).
+memory output(Operand &op, void *ptr, Buffer &buf) {
+    if (op.same) return memory(op.user, eng(), ptr);
+    return memory(op.inner, eng(), buf.get(op.inner.get_size()));
+}
+
+void output_done(stream &st, Operand &op, memory &inner, void *ptr) {
+    if (op.same) return;
+    memory user(op.user, eng(), ptr);
+    op.to_user.execute(st, inner, user);
+}
+
+memory scratch(const primitive_desc_base &pd) {
+    auto sd = pd.scratchpad_desc();
+    return memory(sd, eng(), buf_scratch.get(sd.get_size() + 1));
+}
+
+int fail(const char *what, const std::exception &ex, char *err, size_t len) {
+    std::snprintf(err, len, "oneDNN %s: %s", what, ex.what());
+    return 2;
+}
+
+}  // namespace
+
+extern "C" {
+
+/// Threads for oneDNN's OpenMP regions, from the calling thread on.
+void cnn_dnnl_set_threads(int32_t n) {
+    if (n > 0) omp_set_num_threads(n);
+}
+
+/// Builds (or finds) the primitives of `s`. 0: ready; 1: oneDNN has no implementation (the
+/// message says why); 2: another error.
+int32_t cnn_dnnl_prepare(const CnnDnnlConv *s, char *err, size_t len) {
+    std::lock_guard<std::mutex> g(lock);
+    try {
+        entry(*s);
+        return 0;
+    } catch (const dnnl::error &ex) {
+        std::snprintf(err, len, "oneDNN has no convolution for this shape: %s", ex.what());
+        return 1;
+    } catch (const std::exception &ex) {
+        return fail("convolution set-up", ex, err, len);
+    }
+}
+
+/// dst (n, o, oh, ow) = conv(src (n, c, h, w), wei (o, c, kh, kw)).
+int32_t cnn_dnnl_forward(const CnnDnnlConv *s, const float *src, const float *wei, float *dst,
+                         char *err, size_t len) {
+    std::lock_guard<std::mutex> g(lock);
+    try {
+        Entry &e = entry(*s);
+        stream st(eng());
+        memory S = input(st, e.f_src, src, buf_src);
+        memory W = input(st, e.f_wei, wei, buf_wei);
+        memory D = output(e.f_dst, dst, buf_dst);
+        e.fwd.execute(st, {{DNNL_ARG_SRC, S},
+                           {DNNL_ARG_WEIGHTS, W},
+                           {DNNL_ARG_DST, D},
+                           {DNNL_ARG_SCRATCHPAD, scratch(e.fpd)}});
+        output_done(st, e.f_dst, D, dst);
+        st.wait();
+        return 0;
+    } catch (const std::exception &ex) {
+        return fail("convolution forward", ex, err, len);
+    }
+}
+
+/// diff_src (n, c, h, w) from diff_dst (n, o, oh, ow) and wei, if diff_src is not null; diff_wei
+/// (o, c, kh, kw) from diff_dst and src, if diff_wei is not null.
+int32_t cnn_dnnl_backward(const CnnDnnlConv *s, const float *src, const float *wei,
+                          const float *diff_dst, float *diff_src, float *diff_wei, char *err,
+                          size_t len) {
+    std::lock_guard<std::mutex> g(lock);
+    try {
+        Entry &e = entry(*s);
+        stream st(eng());
+        // The output gradient in the primitives' layout, reordered once when both want the same.
+        memory G;
+        bool shared = e.d_ddst.inner == e.w_ddst.inner;
+        if (diff_src) {
+            G = input(st, e.d_ddst, diff_dst, buf_dst);
+            memory W = input(st, e.d_wei, wei, buf_wei);
+            memory DS = output(e.d_dsrc, diff_src, buf_src);
+            e.bwd_data.execute(st, {{DNNL_ARG_DIFF_DST, G},
+                                    {DNNL_ARG_WEIGHTS, W},
+                                    {DNNL_ARG_DIFF_SRC, DS},
+                                    {DNNL_ARG_SCRATCHPAD, scratch(e.dpd)}});
+            output_done(st, e.d_dsrc, DS, diff_src);
+        }
+        if (diff_wei) {
+            memory G2 = (diff_src && shared) ? G : input(st, e.w_ddst, diff_dst, buf_dst);
+            memory S = input(st, e.w_src, src, buf_src);
+            memory DW = output(e.w_dwei, diff_wei, buf_wei);
+            e.bwd_weights.execute(st, {{DNNL_ARG_DIFF_DST, G2},
+                                       {DNNL_ARG_SRC, S},
+                                       {DNNL_ARG_DIFF_WEIGHTS, DW},
+                                       {DNNL_ARG_SCRATCHPAD, scratch(e.wpd)}});
+            output_done(st, e.w_dwei, DW, diff_wei);
+        }
+        st.wait();
+        return 0;
+    } catch (const std::exception &ex) {
+        return fail("convolution backward", ex, err, len);
+    }
+}
+
+/// The implementation oneDNN chose for the forward of `s` (for benchmarks and tests).
+int32_t cnn_dnnl_impl(const CnnDnnlConv *s, char *out, size_t len) {
+    std::lock_guard<std::mutex> g(lock);
+    try {
+        std::snprintf(out, len, "%s", entry(*s).fpd.impl_info_str());
+        return 0;
+    } catch (const std::exception &ex) {
+        return fail("convolution set-up", ex, out, len);
+    }
+}
+}
