@@ -8,7 +8,6 @@ fn main() {
             .cpp(true)
             .file("src/conv/onednn_shim.cpp")
             .flag("-std=c++17")
-            .flag("-fopenmp")
             .opt_level(2)
             .compile("cnn_onednn_shim");
         println!("cargo:rustc-link-lib=dnnl");

@@ -1,15 +1,24 @@
 //! Convolutions through oneDNN (feature `onednn`): the library PyTorch's CPU convolutions run
 //! on, linked from the system (`libdnnl-dev`, oneDNN 2.x).
 //!
-//! Tensors stay NCHW float32; each call reorders into the layout oneDNN's kernels want
-//! (`nChw16c`) and back, with primitives built once per shape (`onednn_shim.cpp`).
+//! Tensors stay NCHW float32; each call reorders into the blocked layout oneDNN picks for its
+//! kernels and back, with primitives built once per shape and thread count
+//! (`onednn_shim.cpp`).
+//!
+//! Which convolutions (plain: one group, no dilation) go to oneDNN, by measurement
+//! (`examples/conv_shapes.rs`): all with 4 or more input channels, except the 3x3 stride-1
+//! ones with 16 or more channels and 8x8 outputs or more, where the built-in Winograd F(2x2,
+//! 3x3) is faster (unless [`set_winograd`] is on, in float32). So: strided and 1x1 kernels,
+//! 5x5 kernels, small outputs.
 //! - float32: oneDNN's direct convolution; with [`set_winograd`] (or `CNN_ONEDNN_WINOGRAD=1`),
 //!   its Winograd F(4x4, 3x3) for 3x3 stride-1 convolutions where it has one (16 or more
-//!   channels in and out): faster, less exact.
-//! - bf16 autocast (with AVX512-BF16): both operands of every product rounded to bf16 nearest
-//!   even, sums in float32, the output and the input gradient rounded to bf16 (as PyTorch's
-//!   `torch.autocast("cpu", torch.bfloat16)` convolution, which is oneDNN's too); the kernel
-//!   gradient stays float32.
+//!   channels in and out, AVX-512): faster, less exact.
+//! - bf16 autocast (with AVX512-BF16, and 16 or more output channels, as the built-in bf16
+//!   kernel): both operands of every product rounded to bf16 nearest even, sums in float32, the
+//!   output and the input gradient rounded to bf16, as PyTorch's
+//!   `torch.autocast("cpu", torch.bfloat16)` convolution (oneDNN's too). The kernel gradient
+//!   stays float32, where PyTorch's is rounded to bf16 by the backward of its bf16 copy of the
+//!   kernel. Elsewhere oneDNN runs these shapes in float32.
 //!
 //! [`set_enabled`] turns it off per thread (for comparisons); shapes oneDNN has no kernel for
 //! fall back to the built-in convolution.
@@ -127,21 +136,50 @@ pub(crate) fn conv2d(
     bf16: bool,
 ) -> Result<Option<Tensor>> {
     let (geo, cout) = Geometry::of_conv(xs, weight, stride, padding)?;
+    if !routes(&geo, cout, bf16) {
+        return Ok(None);
+    }
+    run(xs, weight, &geo, cout, bf16)
+}
+
+/// Whether oneDNN is the faster way to run this convolution.
+fn routes(geo: &Geometry, cout: usize, bf16: bool) -> bool {
     // One to three input channels (a network's first layer on grey or RGB images): the
     // built-in convolution is as fast or faster (measured with `examples/conv_shapes.rs`:
     // LeNet-5's 1->6 3.4 against 4.1 ms, ResNet's 3->64 57 against 69 ms in float32).
     if geo.c < MIN_CHANNELS {
-        return Ok(None);
+        return false;
     }
     // Where the built-in Winograd F(2x2, 3x3) runs on outputs of 8x8 and up, it is faster than
     // oneDNN's direct convolution, in float32 and bf16 (`resnet18-cifar`'s 64->64 32x32 at
     // batch 128, forward and backward: 162 against 210 ms in float32, 128 against 142 in bf16);
     // on 4x4 and 2x2 outputs, with a stride or a 1x1 kernel, oneDNN is (2x2: 71 against 38 ms).
     let onednn_winograd = winograd() && !bf16;
-    if !onednn_winograd && super::winograd::applies(&geo, cout) && geo.oh * geo.ow >= 64 {
-        return Ok(None);
-    }
-    let desc = describe(&geo, cout, xs.dim(0)?, bf16);
+    onednn_winograd || !(super::winograd::applies(geo, cout) && geo.oh * geo.ow >= 64)
+}
+
+/// [`conv2d`] through oneDNN whatever the shape (for tests): `None` only where oneDNN has no
+/// kernel for it.
+#[cfg(test)]
+pub(crate) fn conv2d_any_shape(
+    xs: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: usize,
+    bf16: bool,
+) -> Result<Option<Tensor>> {
+    let (geo, cout) = Geometry::of_conv(xs, weight, stride, padding)?;
+    run(xs, weight, &geo, cout, bf16)
+}
+
+fn run(
+    xs: &Tensor,
+    weight: &Tensor,
+    geo: &Geometry,
+    cout: usize,
+    bf16: bool,
+) -> Result<Option<Tensor>> {
+    let desc = describe(geo, cout, xs.dim(0)?, bf16);
     // SAFETY: `desc` lives across the call; the buffer is the shim's to write.
     if !call("set-up", |e, l| unsafe { cnn_dnnl_prepare(&desc, e, l) })? {
         return Ok(None);

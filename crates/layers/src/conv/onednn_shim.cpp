@@ -8,7 +8,6 @@
 // Written against the oneDNN 2.x C++ API (Debian's libdnnl-dev 2.6 here).
 
 #include <oneapi/dnnl/dnnl.hpp>
-#include <omp.h>
 
 #include <algorithm>
 #include <array>
@@ -17,9 +16,15 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <stdexcept>
 #include <memory>
 #include <mutex>
 #include <vector>
+
+// libgomp's (oneDNN's OpenMP runtime here), declared rather than included so that the shim
+// builds with any C++ compiler, without `-fopenmp`.
+extern "C" void omp_set_num_threads(int);
+extern "C" int omp_get_max_threads(void);
 
 using namespace dnnl;
 using tag = memory::format_tag;
@@ -44,16 +49,19 @@ engine &eng() {
 }
 
 /// A growable buffer shared by every shape (calls are serialised), page-aligned with a spare
-/// page at the end: oneDNN's kernels use aligned vector moves on their own layouts.
+/// page at the end. (With std::vector's 16-byte alignment, oneDNN 2.6's Winograd backward
+/// crashed now and then; it runs on these buffers, in its own layouts.)
 struct Buffer {
     void *data = nullptr;
     size_t size = 0;
     void *get(size_t n) {
         if (size < n) {
+            size_t grown = (n + 4095) / 4096 * 4096;
+            void *fresh = std::aligned_alloc(4096, grown + 4096);
+            if (!fresh) throw std::bad_alloc();
             std::free(data);
-            size = (n + 4095) / 4096 * 4096;
-            data = std::aligned_alloc(4096, size + 4096);
-            if (!data) throw std::bad_alloc();
+            data = fresh;
+            size = grown;
         }
         return data;
     }
@@ -88,7 +96,9 @@ struct Entry {
 };
 
 std::mutex lock;
-std::map<std::array<int64_t, 13>, std::unique_ptr<Entry>> cache;
+/// Built primitives by shape, precision, algorithm and thread count (oneDNN splits the work
+/// when it builds them); a null entry marks a shape oneDNN has no kernel for.
+std::map<std::array<int64_t, 14>, std::unique_ptr<Entry>> cache;
 Buffer buf_src, buf_wei, buf_dst, buf_scratch, buf_extra;
 
 std::unique_ptr<Entry> make(const CnnDnnlConv &s) {
@@ -147,16 +157,30 @@ std::unique_ptr<Entry> make(const CnnDnnlConv &s) {
     return e;
 }
 
-Entry &entry(const CnnDnnlConv &s) {
+/// The primitives of `s`, built on first use; null where oneDNN has no kernel for it.
+Entry *entry(const CnnDnnlConv &s) {
     if (std::getenv("CNN_ONEDNN_TRACE"))
         std::fprintf(stderr, "dnnl n%ld c%ld %ldx%ld o%ld k%ld s%ld p%ld bf16 %d\n", (long)s.n,
                      (long)s.c, (long)s.h, (long)s.w, (long)s.o, (long)s.kh, (long)s.stride,
                      (long)s.pad, s.bf16);
-    std::array<int64_t, 13> key{s.n, s.c,      s.h,   s.w,  s.o,    s.kh,       s.kw,
-                                s.oh, s.ow,    s.stride, s.pad, s.bf16, s.winograd};
-    auto &slot = cache[key];
-    if (!slot) slot = make(s);
-    return *slot;
+    std::array<int64_t, 14> key{s.n,  s.c,  s.h,      s.w,   s.o,    s.kh,       s.kw,
+                                s.oh, s.ow, s.stride, s.pad, s.bf16, s.winograd, omp_get_max_threads()};
+    auto found = cache.find(key);
+    if (found != cache.end()) return found->second.get();
+    std::unique_ptr<Entry> made;
+    try {
+        made = make(s);
+    } catch (const dnnl::error &ex) {
+        if (ex.status != dnnl_unimplemented) throw;
+    }
+    return (cache[key] = std::move(made)).get();
+}
+
+/// `entry`, for a shape `cnn_dnnl_prepare` accepted.
+Entry &ready(const CnnDnnlConv &s) {
+    Entry *e = entry(s);
+    if (!e) throw std::runtime_error("oneDNN has no convolution for this shape");
+    return *e;
 }
 
 /// The user's tensor as the primitive wants it: itself, or a reorder into `buf`.
@@ -190,6 +214,11 @@ int fail(const char *what, const std::exception &ex, char *err, size_t len) {
     return 2;
 }
 
+int unknown(const char *what, char *err, size_t len) {
+    std::snprintf(err, len, "oneDNN %s: an unknown C++ exception", what);
+    return 2;
+}
+
 }  // namespace
 
 extern "C" {
@@ -204,13 +233,13 @@ void cnn_dnnl_set_threads(int32_t n) {
 int32_t cnn_dnnl_prepare(const CnnDnnlConv *s, char *err, size_t len) {
     std::lock_guard<std::mutex> g(lock);
     try {
-        entry(*s);
-        return 0;
-    } catch (const dnnl::error &ex) {
-        std::snprintf(err, len, "oneDNN has no convolution for this shape: %s", ex.what());
+        if (entry(*s)) return 0;
+        std::snprintf(err, len, "oneDNN has no convolution for this shape");
         return 1;
     } catch (const std::exception &ex) {
         return fail("convolution set-up", ex, err, len);
+    } catch (...) {
+        return unknown("convolution set-up", err, len);
     }
 }
 
@@ -219,7 +248,7 @@ int32_t cnn_dnnl_forward(const CnnDnnlConv *s, const float *src, const float *we
                          char *err, size_t len) {
     std::lock_guard<std::mutex> g(lock);
     try {
-        Entry &e = entry(*s);
+        Entry &e = ready(*s);
         stream st(eng());
         memory S = input(st, e.f_src, src, buf_src);
         memory W = input(st, e.f_wei, wei, buf_wei);
@@ -233,17 +262,20 @@ int32_t cnn_dnnl_forward(const CnnDnnlConv *s, const float *src, const float *we
         return 0;
     } catch (const std::exception &ex) {
         return fail("convolution forward", ex, err, len);
+    } catch (...) {
+        return unknown("convolution forward", err, len);
     }
 }
 
 /// diff_src (n, c, h, w) from diff_dst (n, o, oh, ow) and wei, if diff_src is not null; diff_wei
-/// (o, c, kh, kw) from diff_dst and src, if diff_wei is not null.
+/// (o, c, kh, kw) from diff_dst and src, if diff_wei is not null. The caller zeroes diff_src:
+/// rows and columns no window reaches (a 1x1 stride-2 kernel on an even size) are not written.
 int32_t cnn_dnnl_backward(const CnnDnnlConv *s, const float *src, const float *wei,
                           const float *diff_dst, float *diff_src, float *diff_wei, char *err,
                           size_t len) {
     std::lock_guard<std::mutex> g(lock);
     try {
-        Entry &e = entry(*s);
+        Entry &e = ready(*s);
         stream st(eng());
         // The output gradient in the primitives' layout, reordered once when both want the same.
         memory G;
@@ -272,6 +304,8 @@ int32_t cnn_dnnl_backward(const CnnDnnlConv *s, const float *src, const float *w
         return 0;
     } catch (const std::exception &ex) {
         return fail("convolution backward", ex, err, len);
+    } catch (...) {
+        return unknown("convolution backward", err, len);
     }
 }
 
@@ -279,10 +313,12 @@ int32_t cnn_dnnl_backward(const CnnDnnlConv *s, const float *src, const float *w
 int32_t cnn_dnnl_impl(const CnnDnnlConv *s, char *out, size_t len) {
     std::lock_guard<std::mutex> g(lock);
     try {
-        std::snprintf(out, len, "%s", entry(*s).fpd.impl_info_str());
+        std::snprintf(out, len, "%s", ready(*s).fpd.impl_info_str());
         return 0;
     } catch (const std::exception &ex) {
         return fail("convolution set-up", ex, out, len);
+    } catch (...) {
+        return unknown("convolution set-up", out, len);
     }
 }
 }
