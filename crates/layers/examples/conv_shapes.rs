@@ -1,5 +1,5 @@
 //! Times one convolution's forward and backward (both gradients) at the shapes of
-//! `resnet18-cifar` at batch 128, built-in against oneDNN (feature `onednn`), in f32 and bf16.
+//! `resnet18-cifar` at batch 128 (and a few of the other models'), built-in against oneDNN (feature `onednn`), in f32 and bf16.
 //!
 //! `cargo run --release -p layers --features onednn --example conv_shapes`
 
@@ -27,6 +27,8 @@ fn main() -> candle_core::Result<()> {
     // (batch, in, out, size, kernel, stride, padding)
     let shapes = [
         (128, 3, 64, 32, 3, 1, 1),
+        (128, 3, 64, 32, 7, 2, 3),
+        (64, 1, 32, 28, 3, 1, 1),
         (128, 64, 64, 32, 3, 1, 1),
         (128, 64, 128, 32, 3, 2, 1),
         (128, 64, 128, 32, 1, 2, 0),
