@@ -142,6 +142,15 @@ fn same_both_ways_on(make: Make, steps: usize, dev: &Device) -> Result<()> {
         "frozen p4 moved"
     );
     assert!(flat.state()?.keys().all(|k| !k.starts_with("p4.")));
+    // The optimizer state files (as `state.safetensors` holds them) are the same bytes.
+    let dir = tempfile::tempdir()?;
+    let mut files = Vec::new();
+    for (name, opt) in [("per-tensor", &per_tensor), ("flat", &flat)] {
+        let path = dir.path().join(format!("{name}.safetensors"));
+        layers::checkpoint::save_with_metadata(&opt.state()?, None, &path)?;
+        files.push(std::fs::read(&path)?);
+    }
+    assert_eq!(files[0], files[1]);
     // A saved state resumes the same way per tensor and flat.
     let saved = flat.state()?;
     let mut finals = Vec::new();
