@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 pub use datasets::DatasetKind;
 
-use crate::optim::{Adam, AdamConfig, NamedVar, Optimizer, Sgd, SgdConfig};
+use crate::optim::{Adam, AdamConfig, NamedVar, Optimizer, Sgd, SgdConfig, Update};
 use crate::schedule::{
     Constant, CosineAnnealingLr, LinearWarmup, LrSchedule, MultiStepLr, OneCycleLr, Scheduled,
     StepLr, Stepping,
@@ -262,31 +262,54 @@ impl RunConfig {
     /// # Errors
     /// The optimizer refuses its configuration, as PyTorch does (see `Sgd::new` and `Adam::new`).
     pub fn optimizer(&self, params: Vec<NamedVar>) -> Result<Box<dyn Optimizer>> {
+        self.optimizer_updating(params, None)
+    }
+
+    /// [`RunConfig::optimizer`], updating as `update` says (`None`: [`Update::for_device`] of
+    /// the parameters' device). The results are the same either way; `bench-step` compares
+    /// the times.
+    ///
+    /// # Errors
+    /// As [`RunConfig::optimizer`].
+    pub fn optimizer_updating(
+        &self,
+        params: Vec<NamedVar>,
+        update: Option<Update>,
+    ) -> Result<Box<dyn Optimizer>> {
+        let device = params.first().map(|p| p.1.device().clone());
+        let update =
+            update.unwrap_or_else(|| device.map_or(Update::PerTensor, |d| Update::for_device(&d)));
         let optimizer: Box<dyn Optimizer> = match self.optimizer {
-            OptimizerKind::Sgd => Box::new(Sgd::new(
-                params,
-                SgdConfig {
-                    momentum: self.momentum,
-                    weight_decay: self.weight_decay,
-                    nesterov: self.nesterov,
-                    ..SgdConfig::new(self.lr)
-                },
-            )?),
+            OptimizerKind::Sgd => Box::new(
+                Sgd::new(
+                    params,
+                    SgdConfig {
+                        momentum: self.momentum,
+                        weight_decay: self.weight_decay,
+                        nesterov: self.nesterov,
+                        ..SgdConfig::new(self.lr)
+                    },
+                )?
+                .with_update(update),
+            ),
             OptimizerKind::Adam | OptimizerKind::Adamw => {
                 let base = if self.optimizer == OptimizerKind::Adam {
                     AdamConfig::adam(self.lr)
                 } else {
                     AdamConfig::adamw(self.lr)
                 };
-                Box::new(Adam::new(
-                    params,
-                    AdamConfig {
-                        beta1: self.adam_betas().0,
-                        beta2: self.adam_betas().1,
-                        weight_decay: self.weight_decay,
-                        ..base
-                    },
-                )?)
+                Box::new(
+                    Adam::new(
+                        params,
+                        AdamConfig {
+                            beta1: self.adam_betas().0,
+                            beta2: self.adam_betas().1,
+                            weight_decay: self.weight_decay,
+                            ..base
+                        },
+                    )?
+                    .with_update(update),
+                )
             }
         };
         Ok(optimizer)

@@ -33,11 +33,12 @@ use datasets::Batch;
 use layers::ParamStore;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{record, Pass, TrainStep};
+use crate::engine::{non_finite_loss, Pass, TrainStep};
 use crate::loss::cross_entropy;
 use crate::metrics::Metrics;
 use crate::progress::Progress;
 use crate::source::BatchSource;
+use crate::tally::{Counted, Tally};
 
 /// `--distributed`: whether to train data-parallel across the ranks an MPI launcher started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -549,8 +550,7 @@ pub fn train_epoch(
 ) -> Result<Pass> {
     let batches = loader.num_batches();
     let trainable = store.trainable();
-    let mut metrics = Metrics::new(num_classes);
-    let mut predictions = Vec::new();
+    let mut tally = Tally::new(num_classes, device, batches, loader.num_samples())?;
     let mut progress = Progress::start(label, batches);
     let mut last_lr = step.optimizer.learning_rate();
     let mut batch_losses = Vec::with_capacity(batches);
@@ -590,13 +590,7 @@ pub fn train_epoch(
             let total = summed.elem_count();
             let global_loss = f64::from(summed.narrow(0, total - 1, 1)?.to_vec1::<f32>()?[0]);
             if !global_loss.is_finite() {
-                bail!(
-                    "the training loss became {global_loss} in epoch {} at batch {}/{batches}: \
-                     training stopped (try a lower --lr); the checkpoints of the last finished \
-                     epoch are kept",
-                    epoch + 1,
-                    b + 1
-                );
+                return Err(non_finite_loss(global_loss, epoch, b, batches));
             }
             let mut at = 0;
             for (_, v) in &trainable {
@@ -611,9 +605,13 @@ pub fn train_epoch(
             step.optimizer.step(&grads)?;
             batch_losses.push(global_loss);
             if n > 0 {
-                record(&mut metrics, &mut predictions, value, &logits, &batch)?;
+                tally.add(&loss, &logits, &labels, &batch.indices)?;
             }
-            progress.batch(n * loader.rank.size, global_loss, metrics.accuracy());
+            progress.batch(n * loader.rank.size);
+            if progress.due() {
+                tally.read()?;
+                progress.show(global_loss, tally.metrics().accuracy());
+            }
         }
         Ok(())
     })();
@@ -623,9 +621,10 @@ pub fn train_epoch(
     result?;
     progress.finish();
     broadcast_weights(store)?;
+    let counted = tally.finish()?;
     Ok(Pass {
-        metrics: reduce_metrics(&metrics)?,
-        predictions,
+        metrics: reduce_metrics(&counted.metrics)?,
+        predictions: counted.predictions,
         last_lr: Some(last_lr),
         batch_losses,
     })
@@ -643,8 +642,12 @@ pub fn evaluate(
     label_smoothing: f64,
     label: String,
 ) -> Result<Pass> {
-    let mut metrics = Metrics::new(num_classes);
-    let mut predictions = Vec::new();
+    let mut tally = Tally::new(
+        num_classes,
+        device,
+        loader.num_batches(),
+        loader.num_samples(),
+    )?;
     let mut positions = Vec::new();
     let mut progress = Progress::start(label, loader.num_batches());
     for (b, batch) in loader.batches(0).enumerate() {
@@ -654,16 +657,23 @@ pub fn evaluate(
             let images = batch.images.to_device(device)?;
             let labels = batch.labels.to_device(device)?;
             let logits = model.forward_t(&images, false)?;
-            let value = cross_entropy(&logits, &labels, label_smoothing)?
-                .to_dtype(DType::F64)?
-                .to_scalar::<f64>()?;
-            record(&mut metrics, &mut predictions, value, &logits, &batch)?;
+            let loss = cross_entropy(&logits, &labels, label_smoothing)?;
+            tally.add(&loss, &logits, &labels, &batch.indices)?;
             let first = b * loader.global + loader.slice(loader.global_len(b)).0;
             positions.extend(first..first + n);
         }
-        progress.batch(n * loader.rank.size, metrics.loss(), metrics.accuracy());
+        progress.batch(n * loader.rank.size);
+        if progress.due() {
+            tally.read()?;
+            progress.show(tally.metrics().loss(), tally.metrics().accuracy());
+        }
     }
     progress.finish();
+    let Counted {
+        metrics,
+        predictions,
+        ..
+    } = tally.finish()?;
     // Every sample's (index, class) at its place in the global order, summed over the ranks.
     let total = loader.num_samples();
     let mut dense = vec![0f64; 2 * total];

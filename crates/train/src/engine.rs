@@ -1,7 +1,7 @@
 //! One epoch of training, one pass of testing.
 
-use anyhow::{bail, Result};
-use candle_core::{DType, Device, Tensor};
+use anyhow::{anyhow, Result};
+use candle_core::{Device, Tensor};
 use candle_nn::ModuleT;
 
 use crate::loss::cross_entropy;
@@ -10,6 +10,7 @@ use crate::optim::Optimizer;
 use crate::progress::Progress;
 use crate::schedule::Scheduled;
 use crate::source::BatchSource;
+use crate::tally::Tally;
 
 /// What a training epoch needs besides the model and the data.
 pub struct TrainStep<'a> {
@@ -35,8 +36,16 @@ pub struct Pass {
 
 /// Trains `model` in train mode for epoch `epoch` (from 0) over `loader`, on `device`.
 ///
-/// A non-finite loss stops the epoch before its update is applied, with an error naming the
-/// batch: the caller keeps the checkpoints of the last finished epoch.
+/// The loss, accuracy, confusion matrix, batch losses and predictions are counted on `device`
+/// ([`Tally`]) and read when the progress line refreshes (at most every
+/// [`crate::progress::REFRESH`]) and at the end of the epoch, so a GPU is never waited for
+/// inside the epoch.
+///
+/// # Errors
+/// A batch cannot be read, the model, loss or optimizer fails, or a batch's loss is not
+/// finite. That is found at the next read: the error names the epoch and the first batch whose
+/// loss was not finite. Its update and those up to the read have been applied, so the model
+/// must not be saved; the caller keeps the checkpoints of the last finished epoch.
 pub fn train_epoch<M: ModuleT + ?Sized>(
     model: &M,
     loader: &dyn BatchSource,
@@ -47,11 +56,13 @@ pub fn train_epoch<M: ModuleT + ?Sized>(
     label: String,
 ) -> Result<Pass> {
     let batches = loader.num_batches();
-    let mut metrics = Metrics::new(num_classes);
-    let mut predictions = Vec::new();
+    let mut tally = Tally::new(num_classes, device, batches, loader.num_samples())?;
     let mut progress = Progress::start(label, batches);
     let mut last_lr = step.optimizer.learning_rate();
-    let mut batch_losses = Vec::with_capacity(batches);
+    let stop_if_non_finite = |found: Option<(usize, f64)>| match found {
+        Some((b, value)) => Err(non_finite_loss(value, epoch, b, batches)),
+        None => Ok(()),
+    };
     for (b, batch) in loader.batches(epoch).enumerate() {
         let batch = batch?;
         step.schedule.apply(step.optimizer, epoch, b, batches);
@@ -59,34 +70,41 @@ pub fn train_epoch<M: ModuleT + ?Sized>(
         let (images, labels) = to_device(&batch.images, &batch.labels, device)?;
         let logits = model.forward_t(&images, true)?;
         let loss = cross_entropy(&logits, &labels, step.label_smoothing)?;
-        let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        if !value.is_finite() {
-            bail!(
-                "the training loss became {value} in epoch {} at batch {}/{batches}: training \
-                 stopped (try a lower --lr); the checkpoints of the last finished epoch are kept",
-                epoch + 1,
-                b + 1
-            );
-        }
         let grads = loss.backward()?;
         step.optimizer.step(&grads)?;
-        batch_losses.push(value);
-        let n = batch.indices.len();
-        record(&mut metrics, &mut predictions, value, &logits, &batch)?;
-        progress.batch(n, metrics.loss(), metrics.accuracy());
+        tally.add(&loss, &logits, &labels, &batch.indices)?;
+        progress.batch(batch.indices.len());
+        if progress.due() {
+            stop_if_non_finite(tally.read()?)?;
+            progress.show(tally.metrics().loss(), tally.metrics().accuracy());
+        }
     }
+    stop_if_non_finite(tally.read()?)?;
     progress.finish();
+    let counted = tally.finish()?;
     Ok(Pass {
-        metrics,
-        predictions,
+        metrics: counted.metrics,
+        predictions: counted.predictions,
         last_lr: Some(last_lr),
-        batch_losses,
+        batch_losses: counted.losses,
     })
+}
+
+/// The error of a training loss that became `value` in epoch `epoch` (from 0) at batch `b`
+/// (from 0) of `batches`.
+pub(crate) fn non_finite_loss(value: f64, epoch: usize, b: usize, batches: usize) -> anyhow::Error {
+    anyhow!(
+        "the training loss became {value} in epoch {} at batch {}/{batches}: training stopped \
+         (try a lower --lr); the checkpoints of the last finished epoch are kept",
+        epoch + 1,
+        b + 1
+    )
 }
 
 /// Tests `model` in eval mode over `loader` (in its order), on `device`. The loss is the
 /// training criterion, cross-entropy with `label_smoothing`, as torchvision's reference
-/// scripts evaluate; accuracy does not depend on it.
+/// scripts evaluate; accuracy does not depend on it. Counted on `device` as in [`train_epoch`];
+/// a non-finite loss is no error here (the caller judges [`Pass::metrics`]).
 ///
 /// # Errors
 /// A batch cannot be read or moved to `device`, or the forward pass or the loss fails (for example
@@ -99,24 +117,26 @@ pub fn evaluate<M: ModuleT + ?Sized>(
     label_smoothing: f64,
     label: String,
 ) -> Result<Pass> {
-    let mut metrics = Metrics::new(num_classes);
-    let mut predictions = Vec::new();
-    let mut progress = Progress::start(label, loader.num_batches());
+    let batches = loader.num_batches();
+    let mut tally = Tally::new(num_classes, device, batches, loader.num_samples())?;
+    let mut progress = Progress::start(label, batches);
     for batch in loader.batches(0) {
         let batch = batch?;
         let (images, labels) = to_device(&batch.images, &batch.labels, device)?;
         let logits = model.forward_t(&images, false)?;
-        let value = cross_entropy(&logits, &labels, label_smoothing)?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?;
-        let n = batch.indices.len();
-        record(&mut metrics, &mut predictions, value, &logits, &batch)?;
-        progress.batch(n, metrics.loss(), metrics.accuracy());
+        let loss = cross_entropy(&logits, &labels, label_smoothing)?;
+        tally.add(&loss, &logits, &labels, &batch.indices)?;
+        progress.batch(batch.indices.len());
+        if progress.due() {
+            tally.read()?;
+            progress.show(tally.metrics().loss(), tally.metrics().accuracy());
+        }
     }
     progress.finish();
+    let counted = tally.finish()?;
     Ok(Pass {
-        metrics,
-        predictions,
+        metrics: counted.metrics,
+        predictions: counted.predictions,
         last_lr: None,
         batch_losses: Vec::new(),
     })
@@ -126,21 +146,5 @@ fn to_device(images: &Tensor, labels: &Tensor, device: &Device) -> Result<(Tenso
     Ok((images.to_device(device)?, labels.to_device(device)?))
 }
 
-pub(crate) fn record(
-    metrics: &mut Metrics,
-    predictions: &mut Vec<(usize, usize)>,
-    loss: f64,
-    logits: &Tensor,
-    batch: &datasets::Batch,
-) -> Result<()> {
-    let (labels, indices) = (&batch.labels, &batch.indices);
-    let rows = logits
-        .detach()
-        .to_dtype(DType::F32)?
-        .to_device(&Device::Cpu)?
-        .to_vec2::<f32>()?;
-    let labels = labels.to_dtype(DType::U32)?.to_vec1::<u32>()?;
-    let predicted = metrics.update(loss, &rows, &labels)?;
-    predictions.extend(indices.iter().copied().zip(predicted));
-    Ok(())
-}
+#[cfg(test)]
+mod tests;

@@ -44,7 +44,7 @@ impl CachedFeatures {
             features.push(backbone(&x)?.detach());
             labels.extend(batch.labels.to_vec1::<u32>()?);
             indices.extend(&batch.indices);
-            progress.batch(batch.indices.len(), 0.0, 0.0);
+            progress.batch(batch.indices.len());
         }
         progress.finish();
         Ok(Self {

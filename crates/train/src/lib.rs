@@ -27,5 +27,6 @@ pub mod source;
 pub mod state;
 #[cfg(feature = "test-support")]
 pub mod synthetic;
+pub mod tally;
 pub mod tensorboard;
 pub mod threads;

@@ -61,9 +61,47 @@ impl Metrics {
             self.confusion[label][predicted] += 1;
             predictions.push(predicted);
         }
-        self.loss_sum += mean_loss * labels.len() as f64;
-        self.samples += labels.len();
+        self.add_loss(mean_loss, labels.len());
         Ok(predictions)
+    }
+
+    /// Adds the loss of a batch of `samples` samples whose mean loss was `mean_loss` (the sum
+    /// grows by `mean_loss * samples`, in f64, in the order the batches are added), and counts
+    /// its samples. [`Metrics::update`] does this with the batch's logits; a pass counting on
+    /// the device (`crate::tally`) adds the counts apart with [`Metrics::add_counts`].
+    pub fn add_loss(&mut self, mean_loss: f64, samples: usize) {
+        self.loss_sum += mean_loss * samples as f64;
+        self.samples += samples;
+    }
+
+    /// Adds counted predictions: `confusion`, `k * k` counts by true class (rows) and predicted
+    /// class (columns), row by row, and `top5` samples whose label was among the five largest
+    /// logits. Top-1 hits are the diagonal.
+    ///
+    /// # Errors
+    /// `confusion` does not hold `k * k` counts.
+    pub fn add_counts(&mut self, confusion: &[u32], top5: u64) -> Result<()> {
+        let k = self.confusion.len();
+        if confusion.len() != k * k {
+            bail!(
+                "{} confusion counts for the metrics of {k} classes, expected {}",
+                confusion.len(),
+                k * k
+            );
+        }
+        for (c, (row, counts)) in self
+            .confusion
+            .iter_mut()
+            .zip(confusion.chunks(k.max(1)))
+            .enumerate()
+        {
+            for (cell, &count) in row.iter_mut().zip(counts) {
+                *cell += u64::from(count);
+            }
+            self.correct1 += counts[c] as usize;
+        }
+        self.correct5 += top5 as usize;
+        Ok(())
     }
 
     /// Samples seen.

@@ -2,14 +2,19 @@
 //! per epoch otherwise (logs, CI).
 
 use std::io::IsTerminal;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
+
+/// How often the running loss and accuracy are brought from the device and shown: reading
+/// them waits for the device, so a pass does it at most this often (and at its end).
+pub const REFRESH: Duration = Duration::from_millis(250);
 
 /// Reports batches of one phase (training or testing) of one epoch.
 pub struct Progress {
     bar: Option<ProgressBar>,
     started: Instant,
+    refreshed: Instant,
     images: usize,
 }
 
@@ -27,22 +32,42 @@ impl Progress {
                 .with_style(style)
                 .with_prefix(label)
         });
+        let now = Instant::now();
         Self {
             bar,
-            started: Instant::now(),
+            started: now,
+            refreshed: now,
             images: 0,
         }
     }
 
-    /// Records a finished batch of `images` images and the running loss and accuracy (percent).
-    pub fn batch(&mut self, images: usize, loss: f64, accuracy: f64) {
+    /// Records a finished batch of `images` images.
+    pub fn batch(&mut self, images: usize) {
         self.images += images;
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+        }
+    }
+
+    /// Whether [`REFRESH`] has passed since the phase started or this last said yes: then the
+    /// caller reads the running figures (waiting for the device) and shows them with
+    /// [`Progress::show`]. Time-based whether or not a bar is drawn, so that a non-finite loss
+    /// is found within about that time.
+    pub fn due(&mut self) -> bool {
+        let due = self.refreshed.elapsed() >= REFRESH;
+        if due {
+            self.refreshed = Instant::now();
+        }
+        due
+    }
+
+    /// Shows the running loss and accuracy (percent) with the images per second so far.
+    pub fn show(&self, loss: f64, accuracy: f64) {
         if let Some(bar) = &self.bar {
             bar.set_message(format!(
                 "loss {loss:.4} acc {accuracy:.2}% {:.0} img/s",
                 self.images_per_second()
             ));
-            bar.inc(1);
         }
     }
 

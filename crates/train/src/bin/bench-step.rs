@@ -12,6 +12,8 @@
 //! (`$CNN_SHARED_DIR/tools/pytorch-anchors/cpu_step_modes.py`: f32, f32 channels_last and bf16
 //! autocast + channels_last, with as many threads as ours) and prints the ratios;
 //! `--pytorch-results FILE` reads that script's saved output instead.
+//! `--optimizer-update per-tensor|flat` picks how the optimizer updates (by default flat on a
+//! GPU, per tensor on the CPU; the results are the same bits).
 //! `--split` also prints the forward, backward and optimizer parts of the step, timed apart,
 //! and on the CPU the share of the thread time spent in GEMM, im2col/layout, batch norm,
 //! pooling, the optimizer and the rest (element-wise operations, Candle's own operations,
@@ -29,6 +31,7 @@ use candle_core::{Device, Tensor};
 use clap::Parser;
 use datasets::{Loader, LoaderConfig, ResidentLoader, Transform};
 use train::config::{DatasetKind, OptimizerKind, Precision, RunConfig};
+use train::optim::Update;
 use train::source::BatchSource;
 
 /// A benchmarked case: model, batch size, input shape (C, H, W), and the optimizer its
@@ -67,6 +70,10 @@ struct BenchArgs {
     /// Also time forward, backward and optimizer apart
     #[arg(long)]
     split: bool,
+    /// How the optimizer updates: per-tensor or flat [default: flat on a GPU, per-tensor on
+    /// the CPU] (the same results; this compares the times)
+    #[arg(long, value_enum)]
+    optimizer_update: Option<UpdateArg>,
     /// Also run PyTorch's step with this Python (which has torch installed) right after each
     /// of our models, through `cpu_step_modes.py` from `--anchors`, and print the ratios
     #[arg(long, value_name = "PYTHON", conflicts_with = "pytorch_results")]
@@ -80,6 +87,22 @@ struct BenchArgs {
     anchors: Option<PathBuf>,
 }
 
+/// `--optimizer-update`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum UpdateArg {
+    PerTensor,
+    Flat,
+}
+
+impl From<UpdateArg> for Update {
+    fn from(u: UpdateArg) -> Self {
+        match u {
+            UpdateArg::PerTensor => Update::PerTensor,
+            UpdateArg::Flat => Update::Flat,
+        }
+    }
+}
+
 fn main() -> Result<()> {
     if std::env::var_os("BENCH_MMAP").is_none() {
         train::memory::keep_freed_memory();
@@ -88,6 +111,7 @@ fn main() -> Result<()> {
     train::threads::candle_ops_on_the_calling_thread();
     let args = BenchArgs::parse();
     let (steps, only, split) = (args.steps, args.only.as_deref(), args.split);
+    let update = args.optimizer_update.map(Update::from);
     let device = train::device::parse_device(&args.device)?;
     let batches = args.batches;
     let precisions = args.precision;
@@ -124,7 +148,7 @@ fn main() -> Result<()> {
                 let big = batch * shape.0 * shape.1 * shape.2 > 200_000 && device.is_cpu();
                 let n = steps.unwrap_or(if big { 3 } else { 10 });
                 let ([ms, fwd, bwd, opt], shares) =
-                    median_step_ms(&device, model, batch, shape, optimizer, n, split)?;
+                    median_step_ms(&device, model, batch, shape, (optimizer, update), n, split)?;
                 let phases = match split {
                     true => format!(
                         "  forward {fwd:.1} ms, backward {bwd:.1} ms, optimizer {opt:.1} ms{shares}"
@@ -294,7 +318,7 @@ fn median_step_ms(
     model_name: &str,
     batch: usize,
     (c, h, w): (usize, usize, usize),
-    optimizer: OptimizerKind,
+    (optimizer, update): (OptimizerKind, Option<Update>),
     steps: usize,
     split: bool,
 ) -> Result<([f64; 4], String)> {
@@ -310,7 +334,7 @@ fn median_step_ms(
         seed: 0,
         ..RunConfig::new("bench-step", DatasetKind::Cifar10, model_name)
     };
-    let mut opt = config.optimizer(store.trainable())?;
+    let mut opt = config.optimizer_updating(store.trainable(), update)?;
     let x = Tensor::randn(0f32, 1.0, (batch, c, h, w), device)?;
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % 10).collect();
     let y = Tensor::from_vec(labels, batch, device)?;

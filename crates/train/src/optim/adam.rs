@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
+use super::flat::{self, GroupKey, Update};
 use super::{buffers_of, fused, restore_like, NamedVar, Optimizer};
 
 /// Adam's hyper-parameters, PyTorch's names and defaults.
@@ -67,6 +68,8 @@ struct Moments {
 pub struct Adam {
     params: Vec<Param>,
     config: AdamConfig,
+    update: Update,
+    flat: flat::Cache,
 }
 
 impl Adam {
@@ -80,6 +83,7 @@ impl Adam {
         if config.lr < 0.0 || config.eps < 0.0 || config.weight_decay < 0.0 || !betas_ok {
             bail!("Adam: invalid hyper-parameters {config:?} (betas must lie in [0, 1), the rest be non-negative)");
         }
+        let update = Update::for_params(&params.iter().map(|p| p.1.clone()).collect::<Vec<_>>());
         let params = params
             .into_iter()
             .map(|(name, var)| Param {
@@ -88,7 +92,107 @@ impl Adam {
                 moments: None,
             })
             .collect();
-        Ok(Self { params, config })
+        Ok(Self {
+            params,
+            config,
+            update,
+            flat: flat::Cache::default(),
+        })
+    }
+
+    /// The same optimizer updating as `update` says (by default [`Update::for_device`] of the
+    /// parameters' device); the results do not depend on it.
+    pub fn with_update(mut self, update: Update) -> Self {
+        self.update = update;
+        self.flat.clear();
+        self
+    }
+
+    /// One update per parameter tensor (f32 CPU tensors in one fused pass each).
+    fn step_per_tensor(&mut self, grads: &GradStore) -> Result<()> {
+        let c = self.config;
+        for p in &mut self.params {
+            let Some(grad) = grads.get(p.var.as_tensor()) else {
+                continue;
+            };
+            let m = match p.moments.take() {
+                Some(m) => m,
+                None => Moments {
+                    step: 0,
+                    exp_avg: grad.zeros_like()?,
+                    exp_avg_sq: grad.zeros_like()?,
+                },
+            };
+            let step = m.step + 1;
+            if fused::applies(&p.var, grad) {
+                fused::step(&c, step, &p.var, grad, &m.exp_avg, &m.exp_avg_sq)?;
+                p.moments = Some(Moments { step, ..m });
+                continue;
+            }
+            let (param, exp_avg, exp_avg_sq) =
+                tensor_step(&c, step, p.var.as_tensor(), grad, &m.exp_avg, &m.exp_avg_sq)?;
+            p.var.set(&param)?;
+            p.moments = Some(Moments {
+                step,
+                exp_avg,
+                exp_avg_sq,
+            });
+        }
+        Ok(())
+    }
+
+    /// One update per group of parameters with a gradient, of one dtype and device and at the
+    /// same step count, over flat tensors ([`flat`]).
+    fn step_flat(&mut self, grads: &GradStore) -> Result<()> {
+        let grad_of: Vec<Option<&Tensor>> = self
+            .params
+            .iter()
+            .map(|p| grads.get(p.var.as_tensor()))
+            .collect();
+        let keyed = (self.params.iter().enumerate())
+            .filter(|(i, _)| grad_of[*i].is_some())
+            .map(|(i, p)| {
+                let step = p.moments.as_ref().map_or(0, |m| m.step);
+                (i, GroupKey::of(&p.var, step))
+            })
+            .collect();
+        let mut cached = std::mem::take(&mut self.flat);
+        for (key, members) in flat::partition(keyed) {
+            let vars: Vec<&Var> = members.iter().map(|&i| &self.params[i].var).collect();
+            let grad = flat::gather(members.iter().filter_map(|&i| grad_of[i]))?;
+            let param = flat::gather(vars.iter().map(|v| v.as_tensor()))?;
+            let (exp_avg, exp_avg_sq) = match (key.state, cached.take(&members)) {
+                (0, _) => (grad.zeros_like()?, grad.zeros_like()?),
+                (_, Some(buffers)) => (buffers[0].clone(), buffers[1].clone()),
+                (_, None) => {
+                    let moments = || {
+                        members
+                            .iter()
+                            .filter_map(|&i| self.params[i].moments.as_ref())
+                    };
+                    (
+                        flat::gather(moments().map(|m| &m.exp_avg))?,
+                        flat::gather(moments().map(|m| &m.exp_avg_sq))?,
+                    )
+                }
+            };
+            let step = key.state + 1;
+            let (param, exp_avg, exp_avg_sq) =
+                tensor_step(&self.config, step, &param, &grad, &exp_avg, &exp_avg_sq)?;
+            flat::scatter(&param, vars.iter().copied())?;
+            let views = flat::views(&exp_avg, vars.iter().copied())?
+                .into_iter()
+                .zip(flat::views(&exp_avg_sq, vars.iter().copied())?);
+            for (&i, (exp_avg, exp_avg_sq)) in members.iter().zip(views) {
+                self.params[i].moments = Some(Moments {
+                    step,
+                    exp_avg,
+                    exp_avg_sq,
+                });
+            }
+            self.flat.put(members, vec![exp_avg, exp_avg_sq]);
+        }
+        Ok(())
     }
 
     /// The hyper-parameters in use (the learning rate and beta1 as last set).
@@ -135,35 +239,10 @@ fn scalar_like(value: f64, like: &Tensor) -> Result<Tensor> {
 
 impl Optimizer for Adam {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
-        let c = self.config;
-        for p in &mut self.params {
-            let Some(grad) = grads.get(p.var.as_tensor()) else {
-                continue;
-            };
-            let m = match p.moments.take() {
-                Some(m) => m,
-                None => Moments {
-                    step: 0,
-                    exp_avg: grad.zeros_like()?,
-                    exp_avg_sq: grad.zeros_like()?,
-                },
-            };
-            let step = m.step + 1;
-            if fused::applies(&p.var, grad) {
-                fused::step(&c, step, &p.var, grad, &m.exp_avg, &m.exp_avg_sq)?;
-                p.moments = Some(Moments { step, ..m });
-                continue;
-            }
-            let (param, exp_avg, exp_avg_sq) =
-                tensor_step(&c, step, p.var.as_tensor(), grad, &m.exp_avg, &m.exp_avg_sq)?;
-            p.var.set(&param)?;
-            p.moments = Some(Moments {
-                step,
-                exp_avg,
-                exp_avg_sq,
-            });
+        match self.update {
+            Update::PerTensor => self.step_per_tensor(grads),
+            Update::Flat => self.step_flat(grads),
         }
-        Ok(())
     }
 
     fn learning_rate(&self) -> f64 {
@@ -197,6 +276,7 @@ impl Optimizer for Adam {
     }
 
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        self.flat.clear();
         let names: Vec<&str> = self.params.iter().map(|p| p.name.as_str()).collect();
         let buffers = buffers_of(state, &names, &["step", "exp_avg", "exp_avg_sq"])?;
         for (p, bufs) in self.params.iter_mut().zip(buffers) {

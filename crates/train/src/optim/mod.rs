@@ -3,12 +3,19 @@
 //! Candle's own SGD has no momentum and its AdamW places epsilon differently, so these are
 //! written out here, one small file per algorithm, following PyTorch's single-tensor code path
 //! (the one PyTorch takes on CPU) operation by operation.
+//!
+//! Each optimizer updates either tensor by tensor (on the CPU, where Adam's f32 tensors take
+//! one fused in-place pass each) or, on a GPU, all parameters of a dtype at once over flat
+//! tensors, as PyTorch's `foreach` / `fused` implementations do ([`Update`]); both give the
+//! same bits.
 
 mod adam;
+mod flat;
 mod fused;
 mod sgd;
 
 pub use adam::{Adam, AdamConfig};
+pub use flat::Update;
 pub use sgd::{Sgd, SgdConfig};
 
 use std::collections::HashMap;

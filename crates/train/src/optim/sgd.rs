@@ -6,6 +6,7 @@ use anyhow::{bail, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
+use super::flat::{self, GroupKey, Update};
 use super::{buffers_of, restore_like, NamedVar, Optimizer};
 
 /// SGD's hyper-parameters, PyTorch's names and defaults.
@@ -60,6 +61,8 @@ struct Param {
 pub struct Sgd {
     params: Vec<Param>,
     config: SgdConfig,
+    update: Update,
+    flat: flat::Cache,
 }
 
 impl Sgd {
@@ -75,6 +78,7 @@ impl Sgd {
         if config.nesterov && (config.momentum <= 0.0 || config.dampening != 0.0) {
             bail!("SGD: Nesterov momentum requires a momentum and zero dampening, got {config:?}");
         }
+        let update = Update::for_params(&params.iter().map(|p| p.1.clone()).collect::<Vec<_>>());
         let params = params
             .into_iter()
             .map(|(name, var)| Param {
@@ -83,7 +87,77 @@ impl Sgd {
                 momentum_buffer: None,
             })
             .collect();
-        Ok(Self { params, config })
+        Ok(Self {
+            params,
+            config,
+            update,
+            flat: flat::Cache::default(),
+        })
+    }
+
+    /// The same optimizer updating as `update` says (by default [`Update::for_device`] of the
+    /// parameters' device); the results do not depend on it.
+    pub fn with_update(mut self, update: Update) -> Self {
+        self.update = update;
+        self.flat.clear();
+        self
+    }
+
+    /// One update per parameter tensor.
+    fn step_per_tensor(&mut self, grads: &GradStore) -> Result<()> {
+        for p in &mut self.params {
+            let Some(grad) = grads.get(p.var.as_tensor()) else {
+                continue;
+            };
+            let (param, buf) = update(
+                &self.config,
+                p.var.as_tensor(),
+                grad,
+                p.momentum_buffer.take(),
+            )?;
+            p.var.set(&param)?;
+            p.momentum_buffer = buf;
+        }
+        Ok(())
+    }
+
+    /// One update per group of parameters with a gradient, of one dtype and device and with
+    /// or without a momentum buffer, over flat tensors ([`flat`]).
+    fn step_flat(&mut self, grads: &GradStore) -> Result<()> {
+        let grad_of: Vec<Option<&Tensor>> = self
+            .params
+            .iter()
+            .map(|p| grads.get(p.var.as_tensor()))
+            .collect();
+        let keyed = (self.params.iter().enumerate())
+            .filter(|(i, _)| grad_of[*i].is_some())
+            .map(|(i, p)| (i, GroupKey::of(&p.var, p.momentum_buffer.is_some())))
+            .collect();
+        let mut cached = std::mem::take(&mut self.flat);
+        for (key, members) in flat::partition(keyed) {
+            let vars: Vec<&Var> = members.iter().map(|&i| &self.params[i].var).collect();
+            let grad = flat::gather(members.iter().filter_map(|&i| grad_of[i]))?;
+            let param = flat::gather(vars.iter().map(|v| v.as_tensor()))?;
+            let buf = match (key.state, cached.take(&members)) {
+                (false, _) => None,
+                (true, Some(mut bufs)) => bufs.pop(),
+                (true, None) => Some(flat::gather(
+                    members
+                        .iter()
+                        .filter_map(|&i| self.params[i].momentum_buffer.as_ref()),
+                )?),
+            };
+            let (param, buf) = update(&self.config, &param, &grad, buf)?;
+            flat::scatter(&param, vars.iter().copied())?;
+            if let Some(buf) = buf {
+                let views = flat::views(&buf, vars.iter().copied())?;
+                for (&i, view) in members.iter().zip(views) {
+                    self.params[i].momentum_buffer = Some(view);
+                }
+                self.flat.put(members, vec![buf]);
+            }
+        }
+        Ok(())
     }
 
     /// The hyper-parameters in use (the learning rate and momentum as last set).
@@ -94,32 +168,10 @@ impl Sgd {
 
 impl Optimizer for Sgd {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
-        let c = self.config;
-        for p in &mut self.params {
-            let Some(grad) = grads.get(p.var.as_tensor()) else {
-                continue;
-            };
-            let param = p.var.as_tensor().detach();
-            let mut d_p = grad.detach();
-            if c.weight_decay != 0.0 {
-                d_p = (d_p + (&param * c.weight_decay)?)?;
-            }
-            if c.momentum != 0.0 {
-                let buf = match p.momentum_buffer.take() {
-                    None => d_p.clone(),
-                    Some(buf) if c.dampening == 0.0 => ((buf * c.momentum)? + &d_p)?,
-                    Some(buf) => ((buf * c.momentum)? + (&d_p * (1.0 - c.dampening))?)?,
-                };
-                d_p = if c.nesterov {
-                    (d_p + (&buf * c.momentum)?)?
-                } else {
-                    buf.clone()
-                };
-                p.momentum_buffer = Some(buf);
-            }
-            p.var.set(&(param + (d_p * -c.lr)?)?)?;
+        match self.update {
+            Update::PerTensor => self.step_per_tensor(grads),
+            Update::Flat => self.step_flat(grads),
         }
-        Ok(())
     }
 
     fn learning_rate(&self) -> f64 {
@@ -150,6 +202,7 @@ impl Optimizer for Sgd {
     }
 
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        self.flat.clear();
         let names: Vec<&str> = self.params.iter().map(|p| p.name.as_str()).collect();
         let buffers = buffers_of(state, &names, &["momentum_buffer"])?;
         for (p, bufs) in self.params.iter_mut().zip(buffers) {
@@ -161,4 +214,35 @@ impl Optimizer for Sgd {
         }
         Ok(())
     }
+}
+
+/// One SGD update of `param` (any shape, or flat) from `grad` and its momentum buffer, as
+/// whole-tensor operations: the new parameter and the new buffer (the buffer as it was while
+/// the momentum is 0, as PyTorch leaves it).
+fn update(
+    c: &SgdConfig,
+    param: &Tensor,
+    grad: &Tensor,
+    momentum_buffer: Option<Tensor>,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let param = param.detach();
+    let mut d_p = grad.detach();
+    if c.weight_decay != 0.0 {
+        d_p = (d_p + (&param * c.weight_decay)?)?;
+    }
+    let mut kept = momentum_buffer;
+    if c.momentum != 0.0 {
+        let buf = match kept {
+            None => d_p.clone(),
+            Some(buf) if c.dampening == 0.0 => ((buf * c.momentum)? + &d_p)?,
+            Some(buf) => ((buf * c.momentum)? + (&d_p * (1.0 - c.dampening))?)?,
+        };
+        d_p = if c.nesterov {
+            (d_p + (&buf * c.momentum)?)?
+        } else {
+            buf.clone()
+        };
+        kept = Some(buf);
+    }
+    Ok(((param + (d_p * -c.lr)?)?, kept))
 }

@@ -1,0 +1,267 @@
+//! The flat update against the per-tensor one: bit for bit, step after step, in parameters
+//! and optimizer state, with mixed shapes, parameters that get no gradient (always, or only in
+//! some steps), schedules changing the learning rate and momentum, and a saved state resumed
+//! either way.
+
+use anyhow::Result;
+use candle_core::{Device, Tensor, Var};
+
+use super::super::{Adam, AdamConfig, NamedVar, Optimizer, Sgd, SgdConfig};
+use super::*;
+
+const SHAPES: [&[usize]; 6] = [&[3, 4, 2, 2], &[5], &[7, 3], &[1], &[2, 2, 2], &[300]];
+
+/// The CPU, and the first GPU when the build has CUDA and the machine one.
+fn devices() -> Result<Vec<Device>> {
+    let gpu = Device::cuda_if_available(0)?;
+    Ok(if gpu.is_cpu() {
+        vec![gpu]
+    } else {
+        vec![Device::Cpu, gpu]
+    })
+}
+
+/// The parameters on `dev`: deterministic values of every shape in [`SHAPES`].
+fn params(dev: &Device) -> Result<Vec<NamedVar>> {
+    let mut state = 7u64;
+    SHAPES
+        .iter()
+        .enumerate()
+        .map(|(i, shape)| {
+            let n: usize = shape.iter().product();
+            let values: Vec<f32> = (0..n)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+                })
+                .collect();
+            let t = Tensor::from_vec(values, *shape, dev)?;
+            Ok((format!("p{i}"), Var::from_tensor(&t)?))
+        })
+        .collect()
+}
+
+/// A loss whose gradient differs per element and step: `sum(p^2 * k + sin(p))` over the
+/// parameters used in step `step`. `p4` never is (a frozen parameter), `p1` only in even
+/// steps, `p3` only from step 3 on.
+fn step_loss(params: &[NamedVar], step: usize) -> Result<Tensor> {
+    let mut total: Option<Tensor> = None;
+    for (i, (_, v)) in params.iter().enumerate() {
+        let used = match i {
+            4 => false,
+            1 => step.is_multiple_of(2),
+            3 => step >= 3,
+            _ => true,
+        };
+        if !used {
+            continue;
+        }
+        let p = v.as_tensor();
+        let term = ((p.sqr()? * (0.3 + i as f64 * 0.2))? + p.sin()?)?.sum_all()?;
+        total = Some(match total {
+            Some(t) => (t + term)?,
+            None => term,
+        });
+    }
+    Ok(total.expect("some parameter is used"))
+}
+
+fn bits(t: &Tensor) -> Result<Vec<u32>> {
+    Ok(t.flatten_all()?
+        .to_vec1::<f32>()?
+        .into_iter()
+        .map(f32::to_bits)
+        .collect())
+}
+
+/// Each buffer of the optimizer's state by name, with its shape and dtype, as bytes.
+fn state_bits(opt: &dyn Optimizer) -> Result<Vec<(String, String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for (k, t) in opt.state()? {
+        let bytes = match t.dtype() {
+            candle_core::DType::F32 => bits(&t)?.iter().flat_map(|b| b.to_le_bytes()).collect(),
+            _ => t
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?
+                .to_le_bytes()
+                .to_vec(),
+        };
+        out.push((k, format!("{:?} {:?}", t.dims(), t.dtype()), bytes));
+    }
+    out.sort();
+    Ok(out)
+}
+
+type Make = fn(Vec<NamedVar>, Update) -> Result<Box<dyn Optimizer>>;
+
+/// Runs `steps` steps of `make` per tensor and flat, from the same parameters, and checks that
+/// parameters and state agree bit for bit after every step; the schedule moves the learning
+/// rate and momentum every step (momentum 0 in step 4). Then both states resume both ways.
+fn same_both_ways(make: Make, steps: usize) -> Result<()> {
+    for dev in devices()? {
+        same_both_ways_on(make, steps, &dev)?;
+    }
+    Ok(())
+}
+
+fn same_both_ways_on(make: Make, steps: usize, dev: &Device) -> Result<()> {
+    let (a, b) = (params(dev)?, params(dev)?);
+    let mut per_tensor = make(a.clone(), Update::PerTensor)?;
+    let mut flat = make(b.clone(), Update::Flat)?;
+    let lr = per_tensor.learning_rate();
+    let momentum = per_tensor.momentum();
+    for step in 1..=steps {
+        for opt in [&mut per_tensor, &mut flat] {
+            opt.set_learning_rate(lr * (1.0 + 0.25 * step as f64));
+            opt.set_momentum(if step == 4 {
+                0.0
+            } else {
+                momentum * (1.0 - 0.05 * step as f64)
+            });
+        }
+        per_tensor.step(&step_loss(&a, step)?.backward()?)?;
+        flat.step(&step_loss(&b, step)?.backward()?)?;
+        for ((name, x), (_, y)) in a.iter().zip(&b) {
+            assert_eq!(
+                bits(x.as_tensor())?,
+                bits(y.as_tensor())?,
+                "{name} after step {step}"
+            );
+        }
+        assert_eq!(
+            state_bits(per_tensor.as_ref())?,
+            state_bits(flat.as_ref())?,
+            "step {step}"
+        );
+    }
+    assert_eq!(
+        bits(a[4].1.as_tensor())?,
+        bits(params(dev)?[4].1.as_tensor())?,
+        "frozen p4 moved"
+    );
+    assert!(flat.state()?.keys().all(|k| !k.starts_with("p4.")));
+    // The optimizer state files (as `state.safetensors` holds them) are the same bytes.
+    let dir = tempfile::tempdir()?;
+    let mut files = Vec::new();
+    for (name, opt) in [("per-tensor", &per_tensor), ("flat", &flat)] {
+        let path = dir.path().join(format!("{name}.safetensors"));
+        layers::checkpoint::save_with_metadata(&opt.state()?, None, &path)?;
+        files.push(std::fs::read(&path)?);
+    }
+    assert_eq!(files[0], files[1]);
+    // A saved state resumes the same way per tensor and flat.
+    let saved = flat.state()?;
+    let mut finals = Vec::new();
+    for update in [Update::PerTensor, Update::Flat] {
+        let resumed: Vec<NamedVar> = b
+            .iter()
+            .map(|(n, v)| Ok((n.clone(), Var::from_tensor(&v.as_tensor().copy()?)?)))
+            .collect::<Result<_>>()?;
+        let mut opt = make(resumed.clone(), update)?;
+        opt.load_state(&saved)?;
+        opt.set_learning_rate(lr);
+        opt.set_momentum(momentum);
+        for step in steps + 1..steps + 3 {
+            opt.step(&step_loss(&resumed, step)?.backward()?)?;
+        }
+        let values: Vec<Vec<u32>> = resumed
+            .iter()
+            .map(|(_, v)| bits(v.as_tensor()))
+            .collect::<Result<_>>()?;
+        finals.push((values, state_bits(opt.as_ref())?));
+    }
+    assert_eq!(finals[0], finals[1]);
+    Ok(())
+}
+
+#[test]
+fn flat_sgd_equals_the_per_tensor_update_bit_for_bit() -> Result<()> {
+    let makes: [Make; 4] = [
+        |p, u| Ok(Box::new(Sgd::new(p, SgdConfig::new(0.1))?.with_update(u))),
+        |p, u| {
+            let c = SgdConfig {
+                momentum: 0.9,
+                weight_decay: 5e-4,
+                ..SgdConfig::new(0.05)
+            };
+            Ok(Box::new(Sgd::new(p, c)?.with_update(u)))
+        },
+        |p, u| {
+            let c = SgdConfig {
+                momentum: 0.8,
+                dampening: 0.3,
+                weight_decay: 0.01,
+                ..SgdConfig::new(0.1)
+            };
+            Ok(Box::new(Sgd::new(p, c)?.with_update(u)))
+        },
+        |p, u| {
+            let c = SgdConfig {
+                momentum: 0.9,
+                nesterov: true,
+                weight_decay: 0.01,
+                ..SgdConfig::new(0.1)
+            };
+            Ok(Box::new(Sgd::new(p, c)?.with_update(u)))
+        },
+    ];
+    for make in makes {
+        same_both_ways(make, 6)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn flat_adam_and_adamw_equal_the_per_tensor_update_bit_for_bit() -> Result<()> {
+    let makes: [Make; 4] = [
+        |p, u| {
+            Ok(Box::new(
+                Adam::new(p, AdamConfig::adam(0.01))?.with_update(u),
+            ))
+        },
+        |p, u| {
+            let c = AdamConfig {
+                weight_decay: 0.1,
+                ..AdamConfig::adam(0.05)
+            };
+            Ok(Box::new(Adam::new(p, c)?.with_update(u)))
+        },
+        |p, u| {
+            Ok(Box::new(
+                Adam::new(p, AdamConfig::adamw(0.1))?.with_update(u),
+            ))
+        },
+        |p, u| {
+            let c = AdamConfig {
+                weight_decay: 0.5,
+                eps: 0.1,
+                beta2: 0.99,
+                ..AdamConfig::adamw(0.05)
+            };
+            Ok(Box::new(Adam::new(p, c)?.with_update(u)))
+        },
+    ];
+    for make in makes {
+        same_both_ways(make, 6)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn groups_follow_dtype_and_state() -> Result<()> {
+    let keyed = vec![(0, 'a'), (1, 'b'), (2, 'a'), (4, 'c'), (5, 'b')];
+    assert_eq!(
+        partition(keyed),
+        vec![('a', vec![0, 2]), ('b', vec![1, 5]), ('c', vec![4])]
+    );
+    let dev = Device::Cpu;
+    assert_eq!(Update::for_device(&dev), Update::PerTensor);
+    let flat = gather([
+        &Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &dev)?,
+        &Tensor::new(&[5f32], &dev)?,
+    ])?;
+    assert_eq!(flat.to_vec1::<f32>()?, [1.0, 2.0, 3.0, 4.0, 5.0]);
+    Ok(())
+}
