@@ -25,8 +25,8 @@
 # resnet18-cifar's step split into forward, backward and optimizer; the baselines that were
 # packed; then CIFAR-10 with the data held on the GPU, resnet18-cifar, OneCycle, bf16, batch
 # 512, label smoothing 0.1, for $CIFAR_EPOCHS epochs (default 30) or until the time is up
-# (at most $CIFAR_SECONDS, default 300). LAYERS_CUDNN_LOG=1 also logs each cuDNN algorithm
-# choice with its time.
+# (at most $CIFAR_SECONDS, default 300). The layer tests log each cuDNN algorithm choice with
+# its time (LAYERS_CUDNN_LOG=1 does the same for any program).
 set -u
 cd "$(dirname "$0")/.."
 case "${1:-}" in
@@ -97,7 +97,8 @@ for f in pathlib.Path('gpu/xz').glob('*.xz'):
 "
     chmod +x gpu/bin/*
     echo "== layers on CUDA against the CPU and an f64 reference (cuDNN)" | tee -a "$log"
-    timeout "$(budget 120)" gpu/bin/layers-cuda-test --nocapture --test-threads 1 2>&1 | tee -a "$log"
+    LAYERS_CUDNN_LOG=1 timeout "$(budget 120)" gpu/bin/layers-cuda-test --nocapture --test-threads 1 2>&1 |
+        tee -a "$log"
     echo "== training step: f32 and TF32 at b128, bf16 at b512, and the data pipeline" | tee -a "$log"
     timeout "$(budget 150)" gpu/bin/bench-step --device cuda --batches 128 --precision f32,tf32 \
         --steps 5 --pipeline 2>&1 | tee -a "$log"
