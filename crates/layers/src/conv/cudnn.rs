@@ -500,17 +500,19 @@ fn run(
     (a, al): (&CudaStorage, &Layout),
     (b, bl): (&CudaStorage, &Layout),
 ) -> Result<(CudaStorage, Shape)> {
-    let out_dims = match direction {
-        Direction::Forward => conv.y,
-        Direction::Data => conv.x,
-        Direction::Filter => conv.w,
+    let (a_dims, b_dims, out_dims) = match direction {
+        Direction::Forward => (conv.x, conv.w, conv.y),
+        Direction::Data => (conv.w, conv.y, conv.x),
+        Direction::Filter => (conv.x, conv.y, conv.w),
     };
-    for (s, what) in [(a, "first operand"), (b, "second operand")] {
+    // The descriptors come from `conv`: the operands must be what they describe.
+    for (s, l, dims) in [(a, al, a_dims), (b, bl, b_dims)] {
         use candle_core::backend::BackendStorage;
-        if s.dtype() != conv.dtype {
+        if s.dtype() != conv.dtype || l.shape().dims() != dims {
             candle_core::bail!(
-                "cudnn conv2d: {what} is {:?}, expected {:?}",
+                "cudnn conv2d {direction:?}: operand {:?} {:?}, expected {:?} {dims:?}",
                 s.dtype(),
+                l.shape(),
                 conv.dtype
             )
         }
