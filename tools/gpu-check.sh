@@ -1,55 +1,71 @@
 #!/bin/bash
-# The CUDA checks of issue 7 as one script, for a GPU machine without a Rust toolchain.
+# The CUDA checks of issues 7 and 17 as one script, for a GPU machine without a Rust toolchain.
 #
-# Here (any machine):
-#   eval "$(../shared/tools/cuda-toolkit.sh)"
-#   CARGO_TARGET_DIR=target-cuda cargo build --release --features cuda -p train --bins -p train-cifar
-#   CARGO_TARGET_DIR=target-cuda cargo test --release --features cuda -p layers --test cuda --no-run
-#   (optional, cuDNN) tools/gpu-check.sh cudnn-stub "$CUDA_HOME/lib64/stubs"
-#                     CARGO_TARGET_DIR=target-cudnn cargo build --release --features cudnn -p train --bins
-#   tools/gpu-check.sh pack          # xz-compressed binaries into gpu/xz (about 25-35 MB)
+# Build here (any machine; 2 cores: about 25 minutes the first time, mostly candle-kernels):
+#   eval "$(../shared/tools/cuda-toolkit.sh)"        # CUDA 13.0 from PyPI, libcuda stub
+#   tools/gpu-check.sh cudnn-stub "$CUDA_HOME/lib64/stubs"   # libcudnn stub, found by cudarc
+#   export CARGO_TARGET_DIR=target-cudnn
+#   cargo build --release --features cudnn -p train --bins -p train-cifar
+#   cargo test --release --features cudnn -p layers --test cuda --no-run
+#   (optional, the same step without cuDNN, as a baseline:
+#    CARGO_TARGET_DIR=target-cuda cargo build --release --features cuda -p train --bins)
+#   tools/gpu-check.sh pack          # xz-compressed binaries into gpu/xz (about 30-45 MB)
 #   cp ../shared/data/cifar10/cifar10-jpeg.tar.gz gpu/data/cifar10/
-#   (optional baselines, kept from older packs: gpu/xz/bench-step-session2.xz, built before
-#   layers::BatchNorm, and gpu/xz/bench-step-candleconv.xz, with Candle's conv backward)
+# $CUDNN_TARGET and $CUDA_TARGET name other target directories (defaults target-cudnn and
+# target-cuda). (Optional baselines kept from older packs: gpu/xz/bench-step-session2.xz, built
+# before layers::BatchNorm, and gpu/xz/bench-step-candleconv.xz, with Candle's conv backward.)
+#
 # On the GPU machine, from the repository root (with gpu/ carried there):
 #   tools/gpu-check.sh run           # writes its log and the run's metrics into $OUT (or gpu/out)
 #
-# `run` prints: every layer on CUDA against the CPU; the training step in f32 and bf16 at
-# batch 128 and 512 with the data-pipeline comparison; then CIFAR-10 with the data held on the
-# GPU, resnet18-cifar, OneCycle, bf16, batch 512, label smoothing 0.1, for $CIFAR_EPOCHS epochs
-# (default 30) or $CIFAR_SECONDS seconds, whichever ends first.
+# `run` takes at most $RUN_SECONDS (default 540) in all, each part cut to what is left. It
+# prints: every layer on CUDA against the CPU and an f64 reference (cuDNN convolutions forward
+# and both gradients, cuDNN batch norm); the training step of every model, f32 and TF32 at
+# batch 128 and bf16 at batch 512 (the issue's table), with the data-pipeline comparison;
+# resnet18-cifar's step split into forward, backward and optimizer; the baselines that were
+# packed; then CIFAR-10 with the data held on the GPU, resnet18-cifar, OneCycle, bf16, batch
+# 512, label smoothing 0.1, for $CIFAR_EPOCHS epochs (default 30) or until the time is up
+# (at most $CIFAR_SECONDS, default 300). The layer tests log each cuDNN algorithm choice with
+# its time (LAYERS_CUDNN_LOG=1 does the same for any program).
 set -u
 cd "$(dirname "$0")/.."
 case "${1:-}" in
 cudnn-stub)
-    # A link-time stand-in for libcudnn.so.9 with the functions Candle 0.11.1 calls, for a
-    # `--features cudnn` build where cuDNN is not installed. At run time the real library (for
-    # example PyTorch's nvidia/cudnn/lib) must be on LD_LIBRARY_PATH.
+    # A link-time stand-in for libcudnn.so.9, for a `--features cudnn` build where cuDNN is not
+    # installed: every function cudarc's cuDNN bindings declare (Candle's forward convolution,
+    # layers' cuDNN convolution with its two gradients and algorithm search, and batch norm's
+    # training forward and backward are among them), each an empty function. At run time the
+    # real library (PyTorch's nvidia/cudnn/lib) must be on LD_LIBRARY_PATH; `run` puts it there.
     set -e
     dir=${2:?usage: tools/gpu-check.sh cudnn-stub DIR}
+    sys=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.*/src/cudnn/sys/mod.rs 2>/dev/null |
+        sort -V | tail -n 1)
+    [ -n "$sys" ] || { echo "cudarc 0.19 sources not found: run 'cargo fetch' first" >&2; exit 1; }
     src=$(mktemp --suffix=.c)
-    for f in ConvolutionForward Create CreateConvolutionDescriptor CreateFilterDescriptor \
-        CreateTensorDescriptor Destroy DestroyConvolutionDescriptor DestroyFilterDescriptor \
-        DestroyTensorDescriptor GetConvolutionForwardAlgorithm_v7 \
-        GetConvolutionForwardWorkspaceSize SetConvolution2dDescriptor SetFilter4dDescriptor \
-        SetStream SetTensor4dDescriptor SetTensor4dDescriptorEx; do
-        echo "int cudnn$f(void) { return 0; }" >>"$src"
-    done
+    grep -oE "^pub unsafe fn cudnn[A-Za-z0-9_]+\(" "$sys" | grep -oE "cudnn[A-Za-z0-9_]+" | sort -u |
+        awk '{print "int " $1 "(void) { return 0; }"}' >"$src"
     mkdir -p "$dir"
     cc -shared -fPIC -Wl,-soname,libcudnn.so.9 -o "$dir/libcudnn.so" "$src"
+    echo "wrote $dir/libcudnn.so ($(wc -l <"$src") functions; link-time stub, soname libcudnn.so.9)"
     rm "$src"
-    echo "wrote $dir/libcudnn.so (link-time stub, soname libcudnn.so.9)"
     ;;
 pack)
     set -e
+    cudnn=${CUDNN_TARGET:-target-cudnn}
+    cuda=${CUDA_TARGET:-target-cuda}
     mkdir -p gpu/xz gpu/data/cifar10
-    test_bin=$(ls -t target-cuda/release/deps/cuda-* | grep -v '\.d$' | head -1)
-    pairs=("target-cuda/release/bench-step:bench-step" "target-cuda/release/train-cifar:train-cifar"
+    test_bin=$(ls -t "$cudnn"/release/deps/cuda-* | grep -v '\.d$' | head -1)
+    pairs=("$cudnn/release/bench-step:bench-step" "$cudnn/release/train-cifar:train-cifar"
         "$test_bin:layers-cuda-test")
-    # Optional: the same step built with `--features cudnn` (CARGO_TARGET_DIR=target-cudnn).
-    if [ -x target-cudnn/release/bench-step ]; then
-        pairs+=("target-cudnn/release/bench-step:bench-step-cudnn")
+    for bin in bench-step train-cifar; do
+        nm -D --undefined-only "$cudnn/release/$bin" | grep -q ' cudnn' ||
+            { echo "$cudnn/release/$bin does not link cuDNN: build it with --features cudnn" >&2; exit 1; }
+    done
+    # Optional: the step without cuDNN (`--features cuda`), as a same-session baseline.
+    if [ -x "$cuda/release/bench-step" ]; then
+        pairs+=("$cuda/release/bench-step:bench-step-nocudnn")
     fi
+    rm -f gpu/xz/bench-step-cudnn.xz
     for pair in "${pairs[@]}"; do
         src=${pair%%:*}
         name=${pair##*:}
@@ -63,46 +79,50 @@ run)
     OUT=${OUT:-gpu/out}
     mkdir -p "$OUT" gpu/bin
     log="$OUT/gpu.txt"
+    deadline=$((SECONDS + ${RUN_SECONDS:-540}))
+    # The seconds part of the run may take: at most $1, and what is left before the deadline.
+    budget() {
+        local left=$((deadline - SECONDS))
+        [ "$left" -lt "$1" ] && echo $((left > 1 ? left : 1)) || echo "$1"
+    }
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$log"
     NV=$(python3 -c "import nvidia; print(list(nvidia.__path__)[0])")
     LD_LIBRARY_PATH="$(find "$NV" -maxdepth 3 -type d -name lib | tr '\n' ':')${LD_LIBRARY_PATH:-}"
     export LD_LIBRARY_PATH
+    find "$NV" -maxdepth 3 -name 'libcudnn.so*' | head -3 | tee -a "$log"
     python3 -c "
 import lzma, pathlib
 for f in pathlib.Path('gpu/xz').glob('*.xz'):
     pathlib.Path('gpu/bin', f.stem).write_bytes(lzma.decompress(f.read_bytes()))
 "
     chmod +x gpu/bin/*
-    echo "== layers on CUDA against the CPU" | tee -a "$log"
-    timeout 90 gpu/bin/layers-cuda-test --nocapture 2>&1 | tee -a "$log"
-    echo "== training step, f32 and bf16, and the data pipeline" | tee -a "$log"
-    timeout 180 gpu/bin/bench-step --device cuda --batches 128,512 --precision f32,tf32,bf16 --steps 5 \
-        --pipeline 2>&1 | tee -a "$log"
+    echo "== layers on CUDA against the CPU and an f64 reference (cuDNN)" | tee -a "$log"
+    LAYERS_CUDNN_LOG=1 timeout "$(budget 120)" gpu/bin/layers-cuda-test --nocapture --test-threads 1 2>&1 |
+        tee -a "$log"
+    echo "== training step: f32 and TF32 at b128, bf16 at b512, and the data pipeline" | tee -a "$log"
+    timeout "$(budget 150)" gpu/bin/bench-step --device cuda --batches 128 --precision f32,tf32 \
+        --steps 5 --pipeline 2>&1 | tee -a "$log"
+    timeout "$(budget 90)" gpu/bin/bench-step --device cuda --batches 512 --precision bf16 \
+        --steps 5 2>&1 | tee -a "$log"
     echo "== where the resnet18-cifar step goes: forward, backward, optimizer, timed apart" | tee -a "$log"
-    timeout 90 gpu/bin/bench-step --device cuda --batches 128,512 --precision f32,bf16 --steps 5 \
+    timeout "$(budget 60)" gpu/bin/bench-step --device cuda --batches 128 --precision f32 --steps 5 \
         --only resnet18-cifar --split 2>&1 | tee -a "$log"
-    if [ -x gpu/bin/bench-step-cudnn ]; then
-        echo "== the same step built with cuDNN convolutions (--features cudnn)" | tee -a "$log"
-        timeout 120 gpu/bin/bench-step-cudnn --device cuda --batches 128,512 --precision f32,bf16 \
-            --steps 5 --only resnet18-cifar 2>&1 | tee -a "$log"
-    fi
-    if [ -x gpu/bin/bench-step-session2 ]; then
-        echo "== baseline: the same step with Candle's batch norm (the build before layers::BatchNorm)" | tee -a "$log"
-        timeout 90 gpu/bin/bench-step-session2 --device cuda --batches 128,512 --precision f32,bf16 \
-            --steps 5 --only resnet18-cifar 2>&1 | tee -a "$log"
-    fi
-    if [ -x gpu/bin/bench-step-candleconv ]; then
-        echo "== baseline: the same step with Candle's own conv backward (an older build)" | tee -a "$log"
-        timeout 60 gpu/bin/bench-step-candleconv --device cuda --batches 128,512 --steps 5 \
+    timeout "$(budget 60)" gpu/bin/bench-step --device cuda --batches 512 --precision bf16 --steps 5 \
+        --only resnet18-cifar --split 2>&1 | tee -a "$log"
+    for base in nocudnn session2 candleconv; do
+        [ -x "gpu/bin/bench-step-$base" ] || continue
+        echo "== baseline bench-step-$base (nocudnn: --features cuda; session2: before layers::BatchNorm; candleconv: Candle's conv backward)" | tee -a "$log"
+        timeout "$(budget 45)" "gpu/bin/bench-step-$base" --device cuda --batches 128 --steps 5 \
             --only resnet18-cifar 2>&1 | tee -a "$log"
-    fi
+    done
     echo "== CIFAR-10, resnet18-cifar, OneCycle, bf16, batch 512, data on the GPU" | tee -a "$log"
-    timeout "${CIFAR_SECONDS:-300}" gpu/bin/train-cifar --data-dir gpu/data/cifar10 \
+    timeout "$(budget "${CIFAR_SECONDS:-300}")" gpu/bin/train-cifar --data-dir gpu/data/cifar10 \
         --model resnet18-cifar --schedule onecycle --lr 0.2 --epochs "${CIFAR_EPOCHS:-30}" \
         --batch-size 512 --test-batch-size 1000 --label-smoothing 0.1 --precision bf16 \
         --data-placement device --device cuda --workers 16 --out /tmp/cifar 2>&1 |
         grep -v '^\s*$' | tee -a "$log"
     cp /tmp/cifar/metrics.csv /tmp/cifar/curves.png "$OUT/" 2>/dev/null
+    echo "run took ${SECONDS}s" | tee -a "$log"
     exit 0
     ;;
 *)

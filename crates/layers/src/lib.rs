@@ -23,6 +23,8 @@ mod batch_norm;
 mod bf16_gemm;
 pub mod checkpoint;
 mod conv;
+#[cfg(feature = "cudnn")]
+mod cudnn;
 pub mod init;
 mod linear_cpu;
 mod nn;

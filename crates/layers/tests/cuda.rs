@@ -165,3 +165,303 @@ fn conv_weight_gradients_agree_in_f32_and_bf16() -> Result<()> {
     }
     Ok(())
 }
+
+/// Which convolution the build runs on CUDA, for the printed lines.
+const CUDA_CONV: &str = if cfg!(feature = "cudnn") {
+    "cuDNN"
+} else {
+    "Candle's conv2d"
+};
+
+/// One convolution case: input (N, C, H, W), output channels, kernel, stride, padding,
+/// dilation, groups.
+#[derive(Debug, Clone, Copy)]
+struct ConvCase {
+    x: [usize; 4],
+    out: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+    groups: usize,
+}
+
+impl ConvCase {
+    fn w(&self) -> [usize; 4] {
+        [self.out, self.x[1] / self.groups, self.k, self.k]
+    }
+
+    fn out_hw(&self) -> (usize, usize) {
+        let span = self.dilation * (self.k - 1) + 1;
+        let o = |i: usize| (i + 2 * self.padding - span) / self.stride + 1;
+        (o(self.x[2]), o(self.x[3]))
+    }
+
+    fn y(&self) -> [usize; 4] {
+        let (oh, ow) = self.out_hw();
+        [self.x[0], self.out, oh, ow]
+    }
+
+    fn config(&self) -> candle_nn::Conv2dConfig {
+        candle_nn::Conv2dConfig {
+            padding: self.padding,
+            stride: self.stride,
+            dilation: self.dilation,
+            groups: self.groups,
+            cudnn_fwd_algo: None,
+        }
+    }
+
+    /// Every (output index, input index, kernel index) of the convolution, the padding left
+    /// out: the one loop the f64 reference's forward and both gradients share.
+    fn taps(&self, mut each: impl FnMut(usize, usize, usize)) {
+        let [n, c, h, w] = self.x;
+        let [o, cg, k, _] = self.w();
+        let (oh, ow) = self.out_hw();
+        let og = o / self.groups;
+        for b in 0..n {
+            for oc in 0..o {
+                let g = oc / og;
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let yi = ((b * o + oc) * oh + oy) * ow + ox;
+                        for ic in 0..cg {
+                            let ch = g * cg + ic;
+                            for ky in 0..k {
+                                let iy = (oy * self.stride + ky * self.dilation) as isize
+                                    - self.padding as isize;
+                                if iy < 0 || iy >= h as isize {
+                                    continue;
+                                }
+                                for kx in 0..k {
+                                    let ix = (ox * self.stride + kx * self.dilation) as isize
+                                        - self.padding as isize;
+                                    if ix < 0 || ix >= w as isize {
+                                        continue;
+                                    }
+                                    let xi = ((b * c + ch) * h + iy as usize) * w + ix as usize;
+                                    let wi = ((oc * cg + ic) * k + ky) * k + kx;
+                                    each(yi, xi, wi);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// y, dL/dx and dL/dw for L = sum(y * g), in f64 by the definition.
+    fn reference(&self, x: &[f32], w: &[f32], g: &[f32]) -> [Vec<f64>; 3] {
+        let mut y = vec![0f64; g.len()];
+        let mut gx = vec![0f64; x.len()];
+        let mut gw = vec![0f64; w.len()];
+        self.taps(|yi, xi, wi| {
+            y[yi] += x[xi] as f64 * w[wi] as f64;
+            gx[xi] += g[yi] as f64 * w[wi] as f64;
+            gw[wi] += g[yi] as f64 * x[xi] as f64;
+        });
+        [y, gx, gw]
+    }
+}
+
+/// max |a - r| / max |r|.
+fn relative(a: &[f32], r: &[f64]) -> f64 {
+    let diff = a
+        .iter()
+        .zip(r)
+        .map(|(a, r)| (*a as f64 - r).abs())
+        .fold(0f64, f64::max);
+    diff / r.iter().map(|r| r.abs()).fold(f64::MIN_POSITIVE, f64::max)
+}
+
+fn host(t: &Tensor) -> Result<Vec<f32>> {
+    t.to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_device(&Device::Cpu)?
+        .to_vec1()
+}
+
+/// Values a bf16 holds exactly, so that the bf16 runs and the reference see the same numbers.
+fn bf16_exact(t: Tensor) -> Result<Tensor> {
+    t.to_dtype(candle_core::DType::BF16)?
+        .to_dtype(candle_core::DType::F32)
+}
+
+/// A convolution of `x` to `out` channels with a `k`x`k` kernel and `padding`, stride 1, no
+/// dilation, one group.
+const fn conv(x: [usize; 4], out: usize, k: usize, padding: usize) -> ConvCase {
+    ConvCase {
+        x,
+        out,
+        k,
+        stride: 1,
+        padding,
+        dilation: 1,
+        groups: 1,
+    }
+}
+
+impl ConvCase {
+    const fn stride(self, stride: usize) -> Self {
+        Self { stride, ..self }
+    }
+
+    const fn dilation(self, dilation: usize) -> Self {
+        Self { dilation, ..self }
+    }
+
+    const fn groups(self, groups: usize) -> Self {
+        Self { groups, ..self }
+    }
+}
+
+const CONV_CASES: [ConvCase; 9] = [
+    // ResNet's 3x3, stride 1 and 2, its 1x1 projection with stride 2, a 1x1, the 7x7 stem.
+    conv([8, 16, 12, 12], 32, 3, 1),
+    conv([4, 8, 15, 15], 16, 3, 1).stride(2),
+    conv([4, 16, 9, 8], 32, 1, 0).stride(2),
+    conv([4, 32, 8, 8], 16, 1, 0),
+    conv([2, 3, 32, 32], 16, 7, 3).stride(2),
+    // Grouped, depthwise, dilated, and all three with a stride.
+    conv([4, 16, 10, 10], 32, 3, 1).groups(4),
+    conv([4, 16, 10, 10], 16, 3, 1).groups(16),
+    conv([4, 8, 13, 13], 8, 3, 2).dilation(2),
+    conv([4, 8, 14, 13], 12, 3, 1)
+        .stride(2)
+        .dilation(2)
+        .groups(2),
+];
+
+/// The convolution forward and both gradients on CUDA (cuDNN with the `cudnn` feature)
+/// against an f64 reference: float32 with TF32 off within 1e-5 of the scale, TF32 and bf16
+/// autocast (inputs that bf16 holds exactly) within 1e-2.
+#[test]
+fn conv_forward_and_both_gradients_match_an_f64_reference() -> Result<()> {
+    let Some(gpu) = gpu() else { return Ok(()) };
+    for case in CONV_CASES {
+        let x = bf16_exact(Tensor::randn(0f32, 1.0, case.x.to_vec(), &Device::Cpu)?)?;
+        let w = bf16_exact(Tensor::randn(0f32, 0.2, case.w().to_vec(), &Device::Cpu)?)?;
+        let g: Vec<f32> = (0..case.y().iter().product::<usize>())
+            .map(|i| ((i * 31) % 7) as f32 - 3.0)
+            .collect();
+        let [y_ref, gx_ref, gw_ref] = case.reference(&host(&x)?, &host(&w)?, &g);
+        for (precision, tol) in [("f32", 1e-5), ("tf32", 1e-2), ("bf16", 1e-2)] {
+            let _tf32 = layers::autocast::tf32(precision == "tf32");
+            let _cast =
+                layers::autocast::set((precision == "bf16").then_some(candle_core::DType::BF16));
+            let xv = Var::from_tensor(&x.to_device(&gpu)?)?;
+            let wv = Var::from_tensor(&w.to_device(&gpu)?)?;
+            let conv = Conv2d::new(wv.as_tensor().clone(), None, case.config());
+            let y = conv.forward(xv.as_tensor())?;
+            let upstream = Tensor::from_slice(&g, y.shape(), &Device::Cpu)?.to_device(&gpu)?;
+            let grads = (&y * upstream)?.sum_all()?.backward()?;
+            let gx = grads.get(&xv).expect("input gradient");
+            let gw = grads.get(&wv).expect("weight gradient");
+            let errors = [
+                relative(&host(&y)?, &y_ref),
+                relative(&host(gx)?, &gx_ref),
+                relative(&host(gw)?, &gw_ref),
+            ];
+            println!(
+                "{CUDA_CONV} conv {precision} {case:?}: output {:.1e}, input gradient {:.1e}, weight gradient {:.1e} (relative)",
+                errors[0], errors[1], errors[2]
+            );
+            assert!(
+                errors.iter().all(|e| *e < tol),
+                "{precision} {case:?}: {errors:?} over {tol}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Training-mode batch norm (with and without its ReLU) on CUDA, cuDNN's with the `cudnn`
+/// feature, against the CPU's: output, the three gradients, the running statistics and the
+/// batch count, within 1e-5 of their scale.
+#[test]
+fn batch_norm_training_step_matches_the_cpu() -> Result<()> {
+    let Some(gpu) = gpu() else { return Ok(()) };
+    let path = if cfg!(feature = "cudnn") {
+        "cuDNN"
+    } else {
+        "portable"
+    };
+    for (shape, relu) in [
+        ((8, 6, 7, 5), false),
+        ((8, 6, 7, 5), true),
+        ((16, 32, 8, 8), true),
+        ((64, 10, 1, 1), false),
+        ((2, 3, 1, 1), true),
+    ] {
+        let c = shape.1;
+        let x = (Tensor::randn(0f32, 2.0, shape, &Device::Cpu)? + 1.5)?;
+        let weight = Tensor::randn(1f32, 0.3, c, &Device::Cpu)?;
+        let bias = Tensor::randn(0f32, 0.5, c, &Device::Cpu)?;
+        let mean = Tensor::randn(0f32, 0.1, c, &Device::Cpu)?;
+        let var = Tensor::rand(0.5f32, 1.5, c, &Device::Cpu)?;
+        let upstream = Tensor::randn(0f32, 1.0, shape, &Device::Cpu)?;
+        let run = |dev: &Device| -> Result<Vec<Vec<f32>>> {
+            let xv = Var::from_tensor(&x.to_device(dev)?)?;
+            let wv = Var::from_tensor(&weight.to_device(dev)?)?;
+            let bv = Var::from_tensor(&bias.to_device(dev)?)?;
+            let bn = BatchNorm::new(
+                mean.to_device(dev)?,
+                var.to_device(dev)?,
+                wv.as_tensor().clone(),
+                bv.as_tensor().clone(),
+                1e-5,
+                0.1,
+            )?
+            .with_batches_tracked(Tensor::new(3i64, dev)?)?;
+            let y = match relu {
+                true => bn.forward_relu(xv.as_tensor(), true)?,
+                false => bn.forward_t(xv.as_tensor(), true)?,
+            };
+            let grads = (&y * upstream.to_device(dev)?)?.sum_all()?.backward()?;
+            let count = bn
+                .num_batches_tracked()
+                .expect("counted")
+                .to_device(&Device::Cpu)?;
+            Ok(vec![
+                host(&y)?,
+                host(grads.get(&xv).expect("input gradient"))?,
+                host(grads.get(&wv).expect("weight gradient"))?,
+                host(grads.get(&bv).expect("bias gradient"))?,
+                host(bn.running_mean())?,
+                host(bn.running_var())?,
+                vec![count.to_scalar::<i64>()? as f32],
+            ])
+        };
+        let (cpu, cuda) = (run(&Device::Cpu)?, run(&gpu)?);
+        let names = [
+            "output",
+            "input grad",
+            "weight grad",
+            "bias grad",
+            "running mean",
+            "running var",
+            "count",
+        ];
+        let errors: Vec<f64> = cpu
+            .iter()
+            .zip(&cuda)
+            .map(|(r, a)| relative(a, &r.iter().map(|v| *v as f64).collect::<Vec<_>>()))
+            .collect();
+        let report: Vec<String> = names
+            .iter()
+            .zip(&errors)
+            .map(|(n, e)| format!("{n} {e:.1e}"))
+            .collect();
+        println!(
+            "{path} batch norm {shape:?} relu={relu}: {}",
+            report.join(", ")
+        );
+        assert!(
+            errors.iter().all(|e| *e < 1e-5),
+            "{shape:?} relu={relu}: {}",
+            report.join(", ")
+        );
+    }
+    Ok(())
+}

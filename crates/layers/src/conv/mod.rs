@@ -6,14 +6,18 @@
 //! matrix product, so forward and backward are GEMMs, as in PyTorch's CPU path. f32
 //! convolutions with 4x4 outputs or more run image by image instead
 //! ([`conv2d_cpu_f32`](crate::conv2d_cpu_f32)), with columns that stay in cache. On other
-//! devices the forward is Candle's `conv2d` (im2col + cuBLAS, or cuDNN) and the input gradient
+//! devices the forward is Candle's `conv2d` (im2col + cuBLAS) and the input gradient
 //! is a `conv2d` too, of the zero-dilated output gradient with the flipped kernel, in place of
-//! Candle's `conv_transpose2d` kernel ([`conv2d_conv_grads`]).
+//! Candle's `conv_transpose2d` kernel ([`conv2d_conv_grads`]). With the `cudnn` feature, CUDA
+//! convolutions run forward and backward through cuDNN instead (`cudnn.rs`: descriptors and
+//! benchmarked algorithms cached per shape, as `torch.backends.cudnn.benchmark`).
 //!
 //! Under [`autocast`](crate::autocast) the product runs in the reduced dtype and the result
 //! comes back in the input's dtype before the bias is added.
 
 mod cpu;
+#[cfg(feature = "cudnn")]
+pub(crate) mod cudnn;
 mod geometry;
 mod grads;
 mod im2col;
@@ -109,6 +113,12 @@ impl Module for Conv2d {
             ),
             d => (autocast::cast(xs, d)?, autocast::cast(&self.weight, d)?, d),
         };
+        // CUDA with cuDNN: forward and both gradients through cuDNN, any groups and dilation.
+        #[cfg(feature = "cudnn")]
+        if cudnn::supports(&x) {
+            let ys = cudnn::conv2d(&x, &w, c)?;
+            return self.add_bias(autocast::cast(&ys, xs.dtype())?, false);
+        }
         let per_image = cpu
             && plain
             && dtype == DType::F32

@@ -1,0 +1,402 @@
+//! Batch norm's training step on CUDA through cuDNN, as PyTorch runs it: the statistics, the
+//! running averages and the output in one call (`cudnnBatchNormalizationForwardTraining`), the
+//! three gradients in one more (`cudnnBatchNormalizationBackward`). cuDNN updates the running
+//! statistics in place with PyTorch's rule (`running = (1 - momentum) running + momentum
+//! batch`, the variance unbiased). The ReLU, when fused, is Candle's element-wise kernel after
+//! the forward and a mask of the output gradient before the backward.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::OnceLock;
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda::cudarc::cudnn::sys;
+use candle_core::cuda::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+use candle_core::op::{BackpropOp, Relu};
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp3, DType, InplaceOp1, Layout, Result, Shape, Storage, Tensor,
+};
+
+use super::BatchNorm;
+use crate::cudnn::{check, f32_write_ptr, read_ptr, with_state, TensorDesc};
+
+/// The smallest epsilon cuDNN's batch norm has always accepted (`CUDNN_BN_MIN_EPSILON` was
+/// 1e-5 before cuDNN 7.5); smaller ones take the portable path.
+const MIN_EPS: f64 = 1e-5;
+
+const MODE: sys::cudnnBatchNormMode_t = sys::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL;
+
+const ONE: f32 = 1.0;
+const ZERO: f32 = 0.0;
+
+/// Whether cuDNN runs `bn`'s training step on `x`: float32 input, parameters and running
+/// statistics on a CUDA device, and an epsilon cuDNN accepts.
+pub(super) fn supports(bn: &BatchNorm, x: &Tensor) -> bool {
+    x.device().is_cuda()
+        && bn.eps >= MIN_EPS
+        && [
+            x,
+            &bn.weight,
+            &bn.bias,
+            bn.running_mean.as_tensor(),
+            bn.running_var.as_tensor(),
+        ]
+        .iter()
+        .all(|t| t.dtype() == DType::F32)
+}
+
+/// The training-mode `relu?(batch_norm(x))` of an (N, C, L) float32 CUDA tensor; the running
+/// statistics move (in place) and one more batch is counted.
+pub(super) fn train(bn: &BatchNorm, x: &Tensor, relu: bool) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let (n, c, l) = x.dims3()?;
+    if n * l < 2 {
+        candle_core::bail!(
+            "batch-norm in training needs more than one value per channel, got input (N, C, L) = ({n}, {c}, {l})"
+        )
+    }
+    let op = Forward {
+        running_mean: bn.running_mean.as_tensor().clone(),
+        running_var: bn.running_var.as_tensor().clone(),
+        momentum: bn.momentum,
+        eps: bn.eps,
+        relu,
+        dims: [n, c, l],
+        saved: OnceLock::new(),
+    };
+    let ys = x.apply_op3(&bn.weight.contiguous()?, &bn.bias.contiguous()?, op)?;
+    bn.count_batch()?;
+    Ok(ys)
+}
+
+/// The descriptors of one input shape: the input (and output, and their gradients) as
+/// (N, C, L, 1), the per-channel tensors as (1, C, 1, 1).
+struct Descs {
+    x: TensorDesc,
+    channels: TensorDesc,
+}
+
+/// The descriptors of one thread on one device, by (N, C, L).
+#[derive(Default)]
+pub(crate) struct Cache {
+    descs: HashMap<[usize; 3], Descs>,
+}
+
+impl Cache {
+    fn descs(&mut self, [n, c, l]: [usize; 3]) -> Result<&Descs> {
+        use std::collections::hash_map::Entry;
+        let float = sys::cudnnDataType_t::CUDNN_DATA_FLOAT;
+        Ok(match self.descs.entry([n, c, l]) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(Descs {
+                x: TensorDesc::nchw(float, [n, c, l, 1])?,
+                channels: TensorDesc::nchw(float, [1, c, 1, 1])?,
+            }),
+        })
+    }
+}
+
+/// The batch mean and inverse standard deviation the forward saves for the backward.
+struct Saved {
+    mean: CudaSlice<f32>,
+    invstd: CudaSlice<f32>,
+}
+
+/// Runs a closure on a tensor's storage in place: how the forward gets write access to the
+/// running statistics, which cuDNN updates in the same call that normalises.
+struct InPlace<F>(RefCell<F>);
+
+impl<F: FnMut(&mut CudaStorage, &Layout) -> Result<()>> InplaceOp1 for InPlace<F> {
+    fn name(&self) -> &'static str {
+        "cudnn-batch-norm-running-stats"
+    }
+
+    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout) -> Result<()> {
+        candle_core::bail!("{} runs on CUDA tensors only", self.name())
+    }
+
+    fn cuda_fwd(&self, storage: &mut CudaStorage, layout: &Layout) -> Result<()> {
+        let mut f = self
+            .0
+            .try_borrow_mut()
+            .map_err(|_| candle_core::Error::Msg(format!("{}: re-entered", self.name())))?;
+        f(storage, layout)
+    }
+}
+
+/// (x, weight, bias) -> y, with the running statistics updated on the way.
+struct Forward {
+    running_mean: Tensor,
+    running_var: Tensor,
+    momentum: f64,
+    eps: f64,
+    relu: bool,
+    /// N, C, L.
+    dims: [usize; 3],
+    saved: OnceLock<Saved>,
+}
+
+impl Forward {
+    /// The cuDNN call: `y` and the saved statistics from `x`, `w`, `b`, moving the running
+    /// statistics `mean` and `var`.
+    fn launch(
+        &self,
+        (x, xl): (&CudaStorage, &Layout),
+        (w, wl): (&CudaStorage, &Layout),
+        (b, bl): (&CudaStorage, &Layout),
+        (mean, ml): (&mut CudaStorage, &Layout),
+        (var, vl): (&mut CudaStorage, &Layout),
+    ) -> Result<CudaStorage> {
+        let [n, c, l] = self.dims;
+        with_state(&x.device, |state| {
+            let descs = state.batch_norm.descs(self.dims)?;
+            let (stream, device) = (&state.stream, &state.device);
+            // SAFETY: cuDNN writes all of `y` and both saved statistics.
+            let (mut y, mut save_mean, mut save_invstd) = unsafe {
+                (
+                    device.alloc::<f32>(n * c * l)?,
+                    device.alloc::<f32>(c)?,
+                    device.alloc::<f32>(c)?,
+                )
+            };
+            {
+                let (xp, _gx) = read_ptr(x, xl, stream, "batch-norm input")?;
+                let (wp, _gw) = read_ptr(w, wl, stream, "batch-norm weight")?;
+                let (bp, _gb) = read_ptr(b, bl, stream, "batch-norm bias")?;
+                let (mp, _gm) = f32_write_ptr(mean, ml, stream, "batch-norm running mean")?;
+                let (vp, _gv) = f32_write_ptr(var, vl, stream, "batch-norm running variance")?;
+                let (yp, _gy) = y.device_ptr_mut(stream);
+                let (smp, _gsm) = save_mean.device_ptr_mut(stream);
+                let (sip, _gsi) = save_invstd.device_ptr_mut(stream);
+                // SAFETY: a live handle; descriptors of the contiguous float32 tensors behind
+                // the pointers (dtypes and lengths checked by `read_ptr` / `f32_write_ptr`,
+                // shapes from the same (N, C, L)); float scaling factors.
+                check(
+                    unsafe {
+                        sys::cudnnBatchNormalizationForwardTraining(
+                            state.handle.0,
+                            MODE,
+                            &ONE as *const f32 as *const c_void,
+                            &ZERO as *const f32 as *const c_void,
+                            descs.x.0,
+                            xp,
+                            descs.x.0,
+                            yp as *mut c_void,
+                            descs.channels.0,
+                            wp,
+                            bp,
+                            self.momentum,
+                            mp,
+                            vp,
+                            self.eps,
+                            smp as *mut c_void,
+                            sip as *mut c_void,
+                        )
+                    },
+                    "batch-norm forward",
+                )?;
+            }
+            let saved = Saved {
+                mean: save_mean,
+                invstd: save_invstd,
+            };
+            if self.saved.set(saved).is_err() {
+                candle_core::bail!("cudnn batch-norm: forward ran twice")
+            }
+            Ok(CudaStorage::wrap_cuda_slice(y, device.clone()))
+        })
+    }
+}
+
+impl CustomOp3 for Forward {
+    fn name(&self) -> &'static str {
+        "cudnn-batch-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("{} runs on CUDA tensors only", self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        w: &CudaStorage,
+        wl: &Layout,
+        b: &CudaStorage,
+        bl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let shape = Shape::from_dims(&self.dims);
+        if xl.shape() != &shape {
+            candle_core::bail!(
+                "cudnn batch-norm: input {:?}, expected {shape:?}",
+                xl.shape()
+            )
+        }
+        let mut ys = None;
+        // Write access to both running statistics, one inside the other, for the one call.
+        self.running_var.inplace_op1(&InPlace(RefCell::new(
+            |var: &mut CudaStorage, vl: &Layout| {
+                self.running_mean.inplace_op1(&InPlace(RefCell::new(
+                    |mean: &mut CudaStorage, ml: &Layout| {
+                        let (mean, var) = ((&mut *mean, ml), (&mut *var, vl));
+                        ys = Some(self.launch((x, xl), (w, wl), (b, bl), mean, var)?);
+                        Ok(())
+                    },
+                )))
+            },
+        )))?;
+        let Some(ys) = ys else {
+            candle_core::bail!("cudnn batch-norm: the forward did not run")
+        };
+        let ys = match self.relu {
+            true => ys.unary_impl::<Relu>(&Layout::contiguous(shape.clone()))?,
+            false => ys,
+        };
+        Ok((ys, shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        ys: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some(saved) = self.saved.get() else {
+            candle_core::bail!("cudnn batch-norm: backward before forward")
+        };
+        let grad = match self.relu {
+            true => (grad * ys.gt(0.0)?.to_dtype(grad.dtype())?)?,
+            false => grad.clone(),
+        };
+        let op = Backward {
+            dims: self.dims,
+            eps: self.eps,
+            saved,
+            params: RefCell::new(None),
+        };
+        let gx = x.apply_op3_no_bwd(&grad.contiguous()?, w, &op)?;
+        let Some((gw, gb)) = op.params.into_inner() else {
+            candle_core::bail!("cudnn batch-norm: the backward gave no parameter gradients")
+        };
+        let c = self.dims[1];
+        let param = |s| Tensor::from_storage(Storage::Cuda(s), c, BackpropOp::none(), false);
+        Ok((x.track_op().then_some(gx), Some(param(gw)), Some(param(gb))))
+    }
+}
+
+/// (x, dy, weight) -> dx, with the weight's and bias's gradients left in `params`.
+struct Backward<'a> {
+    dims: [usize; 3],
+    eps: f64,
+    saved: &'a Saved,
+    params: RefCell<Option<(CudaStorage, CudaStorage)>>,
+}
+
+impl CustomOp3 for Backward<'_> {
+    fn name(&self) -> &'static str {
+        "cudnn-batch-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("{} runs on CUDA tensors only", self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        dy: &CudaStorage,
+        dyl: &Layout,
+        w: &CudaStorage,
+        wl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let [n, c, l] = self.dims;
+        let shape = Shape::from_dims(&self.dims);
+        if xl.shape() != &shape || dyl.shape() != &shape {
+            candle_core::bail!(
+                "cudnn batch-norm backward: input {:?} and gradient {:?}, expected {shape:?}",
+                xl.shape(),
+                dyl.shape()
+            )
+        }
+        with_state(&x.device, |state| {
+            let descs = state.batch_norm.descs(self.dims)?;
+            let (stream, device) = (&state.stream, &state.device);
+            // SAFETY: cuDNN writes all three gradients.
+            let (mut dx, mut dw, mut db) = unsafe {
+                (
+                    device.alloc::<f32>(n * c * l)?,
+                    device.alloc::<f32>(c)?,
+                    device.alloc::<f32>(c)?,
+                )
+            };
+            {
+                let (xp, _gx) = read_ptr(x, xl, stream, "batch-norm input")?;
+                let (dyp, _gdy) = read_ptr(dy, dyl, stream, "batch-norm output gradient")?;
+                let (wp, _gw) = read_ptr(w, wl, stream, "batch-norm weight")?;
+                let (mp, _gm) = self.saved.mean.device_ptr(stream);
+                let (ip, _gi) = self.saved.invstd.device_ptr(stream);
+                let (dxp, _gdx) = dx.device_ptr_mut(stream);
+                let (dwp, _gdw) = dw.device_ptr_mut(stream);
+                let (dbp, _gdb) = db.device_ptr_mut(stream);
+                let (one, zero) = (
+                    &ONE as *const f32 as *const c_void,
+                    &ZERO as *const f32 as *const c_void,
+                );
+                // SAFETY: as in the forward; the saved statistics are the forward's, of the
+                // same shape and epsilon.
+                check(
+                    unsafe {
+                        sys::cudnnBatchNormalizationBackward(
+                            state.handle.0,
+                            MODE,
+                            one,
+                            zero,
+                            one,
+                            zero,
+                            descs.x.0,
+                            xp,
+                            descs.x.0,
+                            dyp,
+                            descs.x.0,
+                            dxp as *mut c_void,
+                            descs.channels.0,
+                            wp,
+                            dwp as *mut c_void,
+                            dbp as *mut c_void,
+                            self.eps,
+                            mp as *const c_void,
+                            ip as *const c_void,
+                        )
+                    },
+                    "batch-norm backward",
+                )?;
+            }
+            *self.params.borrow_mut() = Some((
+                CudaStorage::wrap_cuda_slice(dw, device.clone()),
+                CudaStorage::wrap_cuda_slice(db, device.clone()),
+            ));
+            Ok((CudaStorage::wrap_cuda_slice(dx, device.clone()), shape))
+        })
+    }
+}

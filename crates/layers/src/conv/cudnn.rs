@@ -1,0 +1,684 @@
+//! The convolution on CUDA through cuDNN: forward, input gradient and weight gradient, as
+//! `torch.nn.Conv2d` runs them with `torch.backends.cudnn.benchmark = True`.
+//!
+//! For each convolution (shape, dtype, padding, stride, dilation, groups, TF32 or not) the
+//! descriptors are made once and kept, and each of the three directions times cuDNN's
+//! candidate algorithms on its first call (`cudnnFind*AlgorithmEx`, on the call's own tensors)
+//! and keeps the fastest. The scratch space is one buffer per thread and device, grown when an
+//! algorithm needs more.
+//!
+//! Precision as PyTorch's: float32 with FMA kernels only (`CUDNN_FMA_MATH`, TF32 off) unless
+//! TF32 is on ([`autocast::tf32`](crate::autocast::tf32), Candle's flag for float32 products:
+//! `CUDNN_DEFAULT_MATH`, which lets cuDNN use TF32 tensor cores); bf16 and f16 on tensor cores
+//! (`CUDNN_TENSOR_OP_MATH`) with float32 sums. Set `LAYERS_CUDNN_LOG` to see each choice.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+
+use candle_core::cuda::cudarc::cudnn::sys;
+use candle_core::cuda::cudarc::driver::{CudaSlice, CudaStream, DevicePtrMut, SyncOnDrop};
+use candle_core::{
+    CpuStorage, CudaDevice, CudaStorage, CustomOp2, DType, Layout, Result, Shape, Tensor,
+};
+use candle_nn::Conv2dConfig;
+
+use crate::cudnn::{check, data_type, Buffer, ConvDesc, FilterDesc, Handle, TensorDesc};
+
+type FwdAlgo = sys::cudnnConvolutionFwdAlgo_t;
+type DataAlgo = sys::cudnnConvolutionBwdDataAlgo_t;
+type FilterAlgo = sys::cudnnConvolutionBwdFilterAlgo_t;
+
+const FWD_ALGOS: [FwdAlgo; 8] = [
+    FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+    FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
+    FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_GEMM,
+    FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_DIRECT,
+    FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_FFT,
+    FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING,
+    FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD,
+    FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED,
+];
+
+const DATA_ALGOS: [DataAlgo; 6] = [
+    DataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_0,
+    DataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
+    DataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT,
+    DataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING,
+    DataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD,
+    DataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED,
+];
+
+const FILTER_ALGOS: [FilterAlgo; 7] = [
+    FilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0,
+    FilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1,
+    FilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT,
+    FilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3,
+    FilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD,
+    FilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED,
+    FilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING,
+];
+
+/// The most scratch memory the algorithm search offers the candidates (and no more than half
+/// of what is free): an algorithm needing more is not tried.
+const MAX_SEARCH_WORKSPACE: usize = 2 << 30;
+
+const FLOAT: sys::cudnnDataType_t = sys::cudnnDataType_t::CUDNN_DATA_FLOAT;
+
+const ONE: f32 = 1.0;
+const ZERO: f32 = 0.0;
+
+/// Whether the cuDNN convolution takes `xs`: a CUDA tensor in f32, bf16 or f16.
+pub(super) fn supports(xs: &Tensor) -> bool {
+    xs.device().is_cuda() && data_type(xs.dtype()).is_some()
+}
+
+/// `F.conv2d(xs, weight, None, stride, padding, dilation, groups)` through cuDNN, with its
+/// backward (both gradients) through cuDNN as well. `xs` (N, C, H, W) and `weight`
+/// (O, C / groups, KH, KW) of one dtype, on one CUDA device.
+pub(super) fn conv2d(xs: &Tensor, weight: &Tensor, cfg: &Conv2dConfig) -> Result<Tensor> {
+    let conv = Conv::of(xs, weight, cfg)?;
+    xs.contiguous()?
+        .apply_op2(&weight.contiguous()?, Forward(conv))
+}
+
+/// One convolution as cuDNN sees it: the key of everything cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Conv {
+    dtype: DType,
+    x: [usize; 4],
+    w: [usize; 4],
+    y: [usize; 4],
+    /// Padding, stride, dilation, groups.
+    params: [usize; 4],
+    /// TF32 allowed for float32 (fixed when the forward runs; the backward uses the same).
+    tf32: bool,
+}
+
+impl Conv {
+    fn of(xs: &Tensor, weight: &Tensor, cfg: &Conv2dConfig) -> Result<Self> {
+        let (n, c, h, w) = xs.dims4()?;
+        let (o, cg, kh, kw) = weight.dims4()?;
+        let (p, s, d, g) = (cfg.padding, cfg.stride, cfg.dilation, cfg.groups);
+        if xs.dtype() != weight.dtype() || !xs.device().same_device(weight.device()) {
+            candle_core::bail!(
+                "cudnn conv2d: input {:?} on {:?} and kernel {:?} on {:?} differ",
+                xs.dtype(),
+                xs.device().location(),
+                weight.dtype(),
+                weight.device().location()
+            )
+        }
+        if s == 0 || d == 0 || g == 0 || cg * g != c || o % g != 0 {
+            candle_core::bail!(
+                "cudnn conv2d: input {:?} and kernel {:?} do not fit stride {s}, dilation {d}, {g} groups",
+                xs.dims(),
+                weight.dims()
+            )
+        }
+        let (span_h, span_w) = (d * (kh.max(1) - 1) + 1, d * (kw.max(1) - 1) + 1);
+        if kh == 0 || kw == 0 || h + 2 * p < span_h || w + 2 * p < span_w {
+            candle_core::bail!(
+                "cudnn conv2d: kernel {kh}x{kw} (dilation {d}, padding {p}) does not fit a {h}x{w} input"
+            )
+        }
+        let (oh, ow) = ((h + 2 * p - span_h) / s + 1, (w + 2 * p - span_w) / s + 1);
+        Ok(Self {
+            dtype: xs.dtype(),
+            x: [n, c, h, w],
+            w: [o, cg, kh, kw],
+            y: [n, o, oh, ow],
+            params: [p, s, d, g],
+            tf32: candle_core::cuda::gemm_reduced_precision_f32(),
+        })
+    }
+
+    fn cudnn_type(&self) -> Result<sys::cudnnDataType_t> {
+        data_type(self.dtype).ok_or_else(|| {
+            candle_core::Error::Msg(format!("cuDNN: no {:?} convolutions", self.dtype))
+        })
+    }
+
+    /// The math type the search starts from (PyTorch's choice for the same case).
+    fn math(&self) -> sys::cudnnMathType_t {
+        use sys::cudnnMathType_t::*;
+        match (self.dtype, self.tf32) {
+            (DType::F32, false) => CUDNN_FMA_MATH,
+            (DType::F32, true) => CUDNN_DEFAULT_MATH,
+            _ => CUDNN_TENSOR_OP_MATH,
+        }
+    }
+
+    /// Whether a search result with math type `math` keeps this convolution's precision:
+    /// float32 without TF32 takes no tensor-core kernel.
+    fn allows(&self, math: sys::cudnnMathType_t) -> bool {
+        use sys::cudnnMathType_t::*;
+        self.math() != CUDNN_FMA_MATH
+            || !matches!(
+                math,
+                CUDNN_TENSOR_OP_MATH | CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION
+            )
+    }
+
+    fn len(dims: [usize; 4]) -> usize {
+        dims.iter().product()
+    }
+}
+
+/// An algorithm chosen for one direction, its descriptor (math type set to the algorithm's)
+/// and the scratch bytes it needs.
+struct Chosen<A> {
+    desc: ConvDesc,
+    algo: A,
+    workspace: usize,
+}
+
+/// Everything kept for one [`Conv`].
+struct Plan {
+    x: TensorDesc,
+    w: FilterDesc,
+    y: TensorDesc,
+    forward: Option<Chosen<FwdAlgo>>,
+    data: Option<Chosen<DataAlgo>>,
+    filter: Option<Chosen<FilterAlgo>>,
+}
+
+/// The plans of one thread on one device.
+#[derive(Default)]
+pub(crate) struct Cache {
+    plans: HashMap<Conv, Plan>,
+}
+
+impl Cache {
+    fn plan(&mut self, conv: &Conv) -> Result<&mut Plan> {
+        use std::collections::hash_map::Entry;
+        Ok(match self.plans.entry(*conv) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let t = conv.cudnn_type()?;
+                e.insert(Plan {
+                    x: TensorDesc::nchw(t, conv.x)?,
+                    w: FilterDesc::nchw(t, conv.w)?,
+                    y: TensorDesc::nchw(t, conv.y)?,
+                    forward: None,
+                    data: None,
+                    filter: None,
+                })
+            }
+        })
+    }
+}
+
+/// Scratch memory for one algorithm search, freed after it: `wanted` bytes, at most
+/// [`MAX_SEARCH_WORKSPACE`] and half of what is free. Without it (nothing wanted, or the
+/// allocation failed) the search tries the algorithms that need none.
+fn search_scratch(device: &CudaDevice, wanted: usize) -> Option<CudaSlice<u8>> {
+    let free = candle_core::cuda::cudarc::driver::result::mem_get_info()
+        .map(|(free, _)| free / 2)
+        .unwrap_or(0);
+    let bytes = wanted.min(MAX_SEARCH_WORKSPACE).min(free);
+    // SAFETY: cuDNN's scratch space; nothing reads it before cuDNN writes it.
+    (bytes > 0)
+        .then(|| unsafe { device.alloc::<u8>(bytes) }.ok())
+        .flatten()
+}
+
+fn log_choices() -> bool {
+    static LOG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LOG.get_or_init(|| std::env::var_os("LAYERS_CUDNN_LOG").is_some())
+}
+
+/// The search scratch's address and length (null and 0 without one), and its stream guard.
+fn scratch_ptr<'a>(
+    scratch: &'a mut Option<CudaSlice<u8>>,
+    stream: &'a CudaStream,
+) -> (*mut c_void, usize, Option<SyncOnDrop<'a>>) {
+    match scratch {
+        Some(s) => {
+            let len = s.len();
+            let (ptr, guard) = s.device_ptr_mut(stream);
+            (ptr as *mut c_void, len, Some(guard))
+        }
+        None => (std::ptr::null_mut(), 0, None),
+    }
+}
+
+/// cuDNN's status, time (ms), workspace bytes and math type of one timed algorithm.
+type Timing<A> = (A, sys::cudnnStatus_t, f32, usize, sys::cudnnMathType_t);
+
+/// `cudnnFind*AlgorithmEx` into the results and their count, with the scratch given.
+type Find<'a, P> = &'a dyn Fn(&mut [P], &mut i32, *mut c_void, usize) -> sys::cudnnStatus_t;
+
+/// What one direction's algorithm search calls, `P` being its cuDNN perf-result struct.
+struct Search<'a, A, P> {
+    what: &'a str,
+    algos: &'a [A],
+    /// `cudnnGet*WorkspaceSize` of one algorithm.
+    size: &'a dyn Fn(A, &mut usize) -> sys::cudnnStatus_t,
+    find: Find<'a, P>,
+    timing: fn(&P) -> Timing<A>,
+}
+
+impl<A: Copy + std::fmt::Debug, P: Copy> Search<'_, A, P> {
+    /// Times the candidates with as much scratch as the hungriest one asks for (within
+    /// [`search_scratch`]'s limits) and keeps the fastest that succeeded and keeps the
+    /// precision (cuDNN lists them fastest first), its math type set on `desc`.
+    fn choose(
+        &self,
+        conv: &Conv,
+        desc: ConvDesc,
+        device: &CudaDevice,
+        stream: &CudaStream,
+    ) -> Result<Chosen<A>> {
+        let success = sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS;
+        let wanted = self.algos.iter().filter_map(|&a| {
+            let mut bytes = 0;
+            ((self.size)(a, &mut bytes) == success).then_some(bytes)
+        });
+        let mut scratch = search_scratch(device, wanted.max().unwrap_or(0));
+        let (ws, ws_len, _guard) = scratch_ptr(&mut scratch, stream);
+        // SAFETY: `P` is one of cuDNN's perf-result structs, plain data whose all-zero value
+        // is valid (every enum field has a variant 0).
+        let mut results: Vec<P> = vec![unsafe { std::mem::zeroed() }; self.algos.len()];
+        let mut count = 0;
+        check(
+            (self.find)(&mut results, &mut count, ws, ws_len),
+            &format!("{} algorithm search", self.what),
+        )?;
+        let count = count.clamp(0, results.len() as i32) as usize;
+        let mut tried = Vec::new();
+        for (algo, status, ms, memory, math) in results[..count].iter().map(self.timing) {
+            if status != success || !conv.allows(math) {
+                tried.push(format!("{algo:?}: {status:?} {math:?}"));
+                continue;
+            }
+            if log_choices() {
+                eprintln!(
+                    "cudnn {} {:?} x{:?} w{:?} p/s/d/g{:?} tf32={}: {algo:?} {math:?} {ms:.3} ms, {memory} B",
+                    self.what, conv.dtype, conv.x, conv.w, conv.params, conv.tf32
+                );
+            }
+            desc.set_math(math)?;
+            let mut bytes = 0;
+            check(
+                (self.size)(algo, &mut bytes),
+                &format!("{} workspace size", self.what),
+            )?;
+            return Ok(Chosen {
+                desc,
+                algo,
+                workspace: bytes.max(memory),
+            });
+        }
+        candle_core::bail!(
+            "cuDNN found no usable {} algorithm for {:?} input {:?}, kernel {:?}, padding/stride/dilation/groups {:?} (tried: {})",
+            self.what,
+            conv.dtype,
+            conv.x,
+            conv.w,
+            conv.params,
+            tried.join(", ")
+        )
+    }
+}
+
+/// Device addresses of one call's three tensors: two read, one written.
+struct Ptrs {
+    a: *const c_void,
+    b: *const c_void,
+    out: *mut c_void,
+}
+
+impl Plan {
+    /// The forward's algorithm, chosen on the first call (y from x = `p.a` and w = `p.b`).
+    fn forward(
+        &mut self,
+        h: &Handle,
+        conv: &Conv,
+        device: &CudaDevice,
+        stream: &CudaStream,
+        p: &Ptrs,
+    ) -> Result<&Chosen<FwdAlgo>> {
+        if self.forward.is_none() {
+            let desc = ConvDesc::new(conv.params, FLOAT, conv.math())?;
+            let (h, x, w, y, d, p) = (h.0, self.x.0, self.w.0, self.y.0, desc.0, p);
+            // SAFETY (both): a live handle and descriptors that describe the contiguous
+            // tensors behind the pointers; `perf` holds as many results as are requested, the
+            // scratch is `ws_len` bytes.
+            let size = move |algo, bytes: &mut usize| unsafe {
+                sys::cudnnGetConvolutionForwardWorkspaceSize(h, x, w, d, y, algo, bytes)
+            };
+            let find = |perf: &mut [sys::cudnnConvolutionFwdAlgoPerf_t], n: &mut i32, ws, len| unsafe {
+                sys::cudnnFindConvolutionForwardAlgorithmEx(
+                    h,
+                    x,
+                    p.a,
+                    w,
+                    p.b,
+                    d,
+                    y,
+                    p.out,
+                    perf.len() as i32,
+                    n,
+                    perf.as_mut_ptr(),
+                    ws,
+                    len,
+                )
+            };
+            let search = Search {
+                what: "forward",
+                algos: &FWD_ALGOS,
+                size: &size,
+                find: &find,
+                timing: |r| (r.algo, r.status, r.time, r.memory, r.mathType),
+            };
+            self.forward = Some(search.choose(conv, desc, device, stream)?);
+        }
+        self.forward
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("cuDNN: no forward algorithm".into()))
+    }
+
+    /// The input gradient's algorithm, chosen on the first call (dx from w = `p.a` and
+    /// dy = `p.b`).
+    fn data(
+        &mut self,
+        h: &Handle,
+        conv: &Conv,
+        device: &CudaDevice,
+        stream: &CudaStream,
+        p: &Ptrs,
+    ) -> Result<&Chosen<DataAlgo>> {
+        if self.data.is_none() {
+            let desc = ConvDesc::new(conv.params, FLOAT, conv.math())?;
+            let (h, x, w, y, d, p) = (h.0, self.x.0, self.w.0, self.y.0, desc.0, p);
+            // SAFETY (both): as in `forward`.
+            let size = move |algo, bytes: &mut usize| unsafe {
+                sys::cudnnGetConvolutionBackwardDataWorkspaceSize(h, w, y, d, x, algo, bytes)
+            };
+            let find = |perf: &mut [sys::cudnnConvolutionBwdDataAlgoPerf_t],
+                        n: &mut i32,
+                        ws,
+                        len| unsafe {
+                sys::cudnnFindConvolutionBackwardDataAlgorithmEx(
+                    h,
+                    w,
+                    p.a,
+                    y,
+                    p.b,
+                    d,
+                    x,
+                    p.out,
+                    perf.len() as i32,
+                    n,
+                    perf.as_mut_ptr(),
+                    ws,
+                    len,
+                )
+            };
+            let search = Search {
+                what: "input-gradient",
+                algos: &DATA_ALGOS,
+                size: &size,
+                find: &find,
+                timing: |r| (r.algo, r.status, r.time, r.memory, r.mathType),
+            };
+            self.data = Some(search.choose(conv, desc, device, stream)?);
+        }
+        self.data
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("cuDNN: no input-gradient algorithm".into()))
+    }
+
+    /// The weight gradient's algorithm, chosen on the first call (dw from x = `p.a` and
+    /// dy = `p.b`).
+    fn filter(
+        &mut self,
+        h: &Handle,
+        conv: &Conv,
+        device: &CudaDevice,
+        stream: &CudaStream,
+        p: &Ptrs,
+    ) -> Result<&Chosen<FilterAlgo>> {
+        if self.filter.is_none() {
+            let desc = ConvDesc::new(conv.params, FLOAT, conv.math())?;
+            let (h, x, w, y, d, p) = (h.0, self.x.0, self.w.0, self.y.0, desc.0, p);
+            // SAFETY (both): as in `forward`.
+            let size = move |algo, bytes: &mut usize| unsafe {
+                sys::cudnnGetConvolutionBackwardFilterWorkspaceSize(h, x, y, d, w, algo, bytes)
+            };
+            let find = |perf: &mut [sys::cudnnConvolutionBwdFilterAlgoPerf_t],
+                        n: &mut i32,
+                        ws,
+                        len| unsafe {
+                sys::cudnnFindConvolutionBackwardFilterAlgorithmEx(
+                    h,
+                    x,
+                    p.a,
+                    y,
+                    p.b,
+                    d,
+                    w,
+                    p.out,
+                    perf.len() as i32,
+                    n,
+                    perf.as_mut_ptr(),
+                    ws,
+                    len,
+                )
+            };
+            let search = Search {
+                what: "weight-gradient",
+                algos: &FILTER_ALGOS,
+                size: &size,
+                find: &find,
+                timing: |r| (r.algo, r.status, r.time, r.memory, r.mathType),
+            };
+            self.filter = Some(search.choose(conv, desc, device, stream)?);
+        }
+        self.filter
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("cuDNN: no weight-gradient algorithm".into()))
+    }
+}
+
+/// Which of the three products a [`run`] computes.
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    /// y from x and w.
+    Forward,
+    /// dx from w and dy.
+    Data,
+    /// dw from x and dy.
+    Filter,
+}
+
+/// Runs one direction of `conv` on the contiguous operands `a` and `b` (see [`Direction`]),
+/// returning the new output's storage.
+fn run(
+    conv: &Conv,
+    direction: Direction,
+    (a, al): (&CudaStorage, &Layout),
+    (b, bl): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    let (a_dims, b_dims, out_dims) = match direction {
+        Direction::Forward => (conv.x, conv.w, conv.y),
+        Direction::Data => (conv.w, conv.y, conv.x),
+        Direction::Filter => (conv.x, conv.y, conv.w),
+    };
+    // The descriptors come from `conv`: the operands must be what they describe.
+    for (s, l, dims) in [(a, al, a_dims), (b, bl, b_dims)] {
+        use candle_core::backend::BackendStorage;
+        if s.dtype() != conv.dtype || l.shape().dims() != dims {
+            candle_core::bail!(
+                "cudnn conv2d {direction:?}: operand {:?} {:?}, expected {:?} {dims:?}",
+                s.dtype(),
+                l.shape(),
+                conv.dtype
+            )
+        }
+    }
+    crate::cudnn::with_state(&a.device, |state| {
+        let crate::cudnn::State {
+            handle,
+            stream,
+            device,
+            workspace,
+            conv: cache,
+            ..
+        } = state;
+        let (stream, device): (&CudaStream, &CudaDevice) = (stream, device);
+        let plan = cache.plan(conv)?;
+        let mut out = Buffer::uninit(device, conv.dtype, Conv::len(out_dims))?;
+        {
+            let (pa, _ga) = crate::cudnn::read_ptr(a, al, stream, "convolution operand")?;
+            let (pb, _gb) = crate::cudnn::read_ptr(b, bl, stream, "convolution operand")?;
+            let (po, _go) = out.write_ptr(stream);
+            let p = Ptrs {
+                a: pa,
+                b: pb,
+                out: po,
+            };
+            let (one, zero) = (
+                &ONE as *const f32 as *const c_void,
+                &ZERO as *const f32 as *const c_void,
+            );
+            let h = &*handle;
+            // SAFETY (all three): live handle and descriptors that describe the contiguous
+            // tensors behind the pointers (checked dtypes, shapes from `conv`), a workspace of
+            // at least the algorithm's size, float scaling factors (float, half and bf16 data).
+            match direction {
+                Direction::Forward => {
+                    let c = plan.forward(h, conv, device, stream, &p)?;
+                    let (algo, desc) = (c.algo, c.desc.0);
+                    let (ws, ws_len, _gw) = workspace.get(device, stream, c.workspace)?;
+                    check(
+                        unsafe {
+                            sys::cudnnConvolutionForward(
+                                h.0, one, plan.x.0, p.a, plan.w.0, p.b, desc, algo, ws, ws_len,
+                                zero, plan.y.0, p.out,
+                            )
+                        },
+                        "convolution forward",
+                    )?;
+                }
+                Direction::Data => {
+                    let c = plan.data(h, conv, device, stream, &p)?;
+                    let (algo, desc) = (c.algo, c.desc.0);
+                    let (ws, ws_len, _gw) = workspace.get(device, stream, c.workspace)?;
+                    check(
+                        unsafe {
+                            sys::cudnnConvolutionBackwardData(
+                                h.0, one, plan.w.0, p.a, plan.y.0, p.b, desc, algo, ws, ws_len,
+                                zero, plan.x.0, p.out,
+                            )
+                        },
+                        "convolution input gradient",
+                    )?;
+                }
+                Direction::Filter => {
+                    let c = plan.filter(h, conv, device, stream, &p)?;
+                    let (algo, desc) = (c.algo, c.desc.0);
+                    let (ws, ws_len, _gw) = workspace.get(device, stream, c.workspace)?;
+                    check(
+                        unsafe {
+                            sys::cudnnConvolutionBackwardFilter(
+                                h.0, one, plan.x.0, p.a, plan.y.0, p.b, desc, algo, ws, ws_len,
+                                zero, plan.w.0, p.out,
+                            )
+                        },
+                        "convolution weight gradient",
+                    )?;
+                }
+            }
+        }
+        Ok((
+            out.into_storage(device.clone()),
+            Shape::from_dims(&out_dims),
+        ))
+    })
+}
+
+fn no_cpu(name: &str) -> Result<(CpuStorage, Shape)> {
+    candle_core::bail!("{name} runs on CUDA tensors only")
+}
+
+/// The convolution: (x, w) -> y, differentiable in both.
+struct Forward(Conv);
+
+impl CustomOp2 for Forward {
+    fn name(&self) -> &'static str {
+        "cudnn-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        w: &CudaStorage,
+        wl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        run(&self.0, Direction::Forward, (x, xl), (w, wl))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        // The images entering the first layer need no gradient: skip its input gradient.
+        let gx = match x.track_op() {
+            true => Some(w.apply_op2_no_bwd(&grad, &Backward(self.0, Direction::Data))?),
+            false => None,
+        };
+        let gw = match w.track_op() {
+            true => Some(x.apply_op2_no_bwd(&grad, &Backward(self.0, Direction::Filter))?),
+            false => None,
+        };
+        Ok((gx, gw))
+    }
+}
+
+/// One gradient of the convolution: (w, dy) -> dx or (x, dy) -> dw.
+struct Backward(Conv, Direction);
+
+impl CustomOp2 for Backward {
+    fn name(&self) -> &'static str {
+        match self.1 {
+            Direction::Data => "cudnn-conv2d-input-grad",
+            _ => "cudnn-conv2d-weight-grad",
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        a: &CudaStorage,
+        al: &Layout,
+        dy: &CudaStorage,
+        dyl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        run(&self.0, self.1, (a, al), (dy, dyl))
+    }
+}
