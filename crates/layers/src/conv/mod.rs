@@ -137,10 +137,40 @@ impl Module for Conv2d {
             _ if per_image => cpu::conv2d_cpu(&x, &w, c.stride, c.padding, false)?,
             (true, true) => conv2d_gemm(&x, &w, None, c.stride, c.padding)?,
             (true, false) => conv2d_conv_grads(&x, &w, c.stride, c.padding)?,
-            (false, _) => x.conv2d(&w, c.padding, c.stride, c.dilation, c.groups)?,
+            (false, _) => {
+                even_remainders(&x, &w, c)?.conv2d(&w, c.padding, c.stride, c.dilation, c.groups)?
+            }
         };
         let ys = autocast::cast(&ys, xs.dtype())?;
         self.add_bias(ys, cpu_f32)
+    }
+}
+
+/// `xs` with zero columns (or rows) added on the right (or bottom), never reached by a window,
+/// so that the rows and the columns past the last window are as many.
+///
+/// Candle 0.11's own `conv2d` backward, which grouped and dilated convolutions still use,
+/// takes the height's count for both as `conv_transpose2d`'s output padding, and fails on a
+/// strided convolution of a non-square input where they differ ("shape mismatch in add").
+/// The output and the gradient of the original columns are unchanged.
+fn even_remainders(xs: &Tensor, weight: &Tensor, c: &Conv2dConfig) -> Result<Tensor> {
+    let (_, _, h, w) = xs.dims4()?;
+    let (_, _, kh, kw) = weight.dims4()?;
+    let left_over = |size: usize, k: usize| -> usize {
+        let reach = c.dilation * (k - 1) + 1;
+        match size + 2 * c.padding < reach {
+            true => 0,
+            false => {
+                let out = (size + 2 * c.padding - reach) / c.stride + 1;
+                size + 2 * c.padding - ((out - 1) * c.stride + reach)
+            }
+        }
+    };
+    let (rows, cols) = (left_over(h, kh), left_over(w, kw));
+    match rows.cmp(&cols) {
+        std::cmp::Ordering::Equal => Ok(xs.clone()),
+        std::cmp::Ordering::Greater => xs.pad_with_zeros(3, 0, rows - cols),
+        std::cmp::Ordering::Less => xs.pad_with_zeros(2, 0, cols - rows),
     }
 }
 

@@ -631,3 +631,53 @@ fn onednn_names_its_kernels() -> Result<()> {
     }
     Ok(())
 }
+
+/// Grouped, dilated and strided convolutions (Candle's `conv2d` and its backward) on
+/// non-square inputs whose rows and columns past the last window differ: the gradients exist
+/// and are the adjoints of the convolution, <conv(v), up> = <v, dL/dx> for the input and
+/// likewise for the kernel.
+#[test]
+fn grouped_dilated_strided_convolutions_of_non_square_inputs_have_gradients() -> Result<()> {
+    let dev = Device::Cpu;
+    let dot = |a: &Tensor, b: &Tensor| -> Result<f32> { (a * b)?.sum_all()?.to_scalar::<f32>() };
+    for (h, w, stride, dilation, groups) in [
+        (14, 13, 2, 2, 2),
+        (13, 14, 2, 2, 2),
+        (15, 12, 3, 2, 1),
+        (9, 10, 2, 1, 4),
+        (10, 9, 2, 3, 1),
+    ] {
+        let cfg = Conv2dConfig {
+            padding: 1,
+            stride,
+            dilation,
+            groups,
+            ..Default::default()
+        };
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 4, h, w), &dev)?)?;
+        let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (8, 4 / groups, 3, 3), &dev)?)?;
+        let conv = Conv2d::new(wt.as_tensor().clone(), None, cfg);
+        let y = conv.forward(x.as_tensor())?;
+        let up = Tensor::randn(0f32, 1., y.shape(), &dev)?;
+        let grads = (&y * &up)?.sum_all()?.backward()?;
+        let what = format!("{h}x{w} stride {stride} dilation {dilation} groups {groups}");
+        let gx = grads.get(&x).expect("input grad");
+        let gw = grads.get(&wt).expect("kernel grad");
+        assert_eq!(gx.dims(), x.dims(), "{what}");
+        assert_eq!(gw.dims(), wt.dims(), "{what}");
+        let v = Tensor::randn(0f32, 1., x.shape(), &dev)?;
+        let (a, b) = (dot(&conv.forward(&v)?, &up)?, dot(&v, gx)?);
+        assert!(
+            (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+            "{what}: input {a} vs {b}"
+        );
+        let vw = Tensor::randn(0f32, 1., wt.shape(), &dev)?;
+        let other = Conv2d::new(vw.clone(), None, cfg);
+        let (a, b) = (dot(&other.forward(x.as_tensor())?, &up)?, dot(&vw, gw)?);
+        assert!(
+            (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+            "{what}: kernel {a} vs {b}"
+        );
+    }
+    Ok(())
+}
