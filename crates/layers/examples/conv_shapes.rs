@@ -1,5 +1,7 @@
 //! Times one convolution's forward and backward (both gradients) at the shapes of
-//! `resnet18-cifar` at batch 128 (and a few of the other models'), built-in against oneDNN (feature `onednn`), in f32 and bf16.
+//! `resnet18-cifar` at batch 128 (and a few of the other models'), built-in against oneDNN
+//! (feature `onednn`, every shape sent to it), in f32 and bf16: the measurements behind
+//! `layers::onednn`'s routing.
 //!
 //! `cargo run --release -p layers --features onednn --example conv_shapes`
 
@@ -61,6 +63,7 @@ fn main() -> candle_core::Result<()> {
         ] {
             let _guard = autocast::set(dtype);
             layers::onednn::set_enabled(onednn);
+            layers::onednn::set_everywhere(onednn);
             layers::onednn::set_winograd(winograd);
             let ms = median_ms(&conv, &x)?;
             line += &format!("  {name} {ms:7.2}");

@@ -5,11 +5,18 @@
 //! kernels and back, with primitives built once per shape and thread count
 //! (`onednn_shim.cpp`).
 //!
+//! A batch is split evenly over rayon's threads, each part one oneDNN call with one OpenMP
+//! thread (the kernel gradient summed over the parts in a fixed order), so the convolutions run
+//! on the same threads as everything else. oneDNN's own OpenMP threads (a batch smaller than
+//! the pool runs as one call on them) would spin after each call, up to 300,000 times, taking a
+//! core from rayon's threads: measured side by side on the 2-core CI machine, OpenMP threads
+//! made `resnet18-seed` about 10% slower.
+//!
 //! Which convolutions (plain: one group, no dilation) go to oneDNN, by measurement
-//! (`examples/conv_shapes.rs`): all with 4 or more input channels, except the 3x3 stride-1
-//! ones with 16 or more channels and 8x8 outputs or more, where the built-in Winograd F(2x2,
-//! 3x3) is faster (unless [`set_winograd`] is on, in float32). So: strided and 1x1 kernels,
-//! 5x5 kernels, small outputs.
+//! (`examples/conv_shapes.rs`): all with 4 or more input channels (in bf16, all), except the
+//! 3x3 stride-1 ones with 16 or more channels and 8x8 outputs or more, where the built-in
+//! Winograd F(2x2, 3x3) is faster (unless [`set_winograd`] is on, in float32). So: strided and
+//! 1x1 kernels, 5x5 kernels, small outputs, and in bf16 the first layers.
 //! - float32: oneDNN's direct convolution; with [`set_winograd`] (or `CNN_ONEDNN_WINOGRAD=1`),
 //!   its Winograd F(4x4, 3x3) for 3x3 stride-1 convolutions where it has one (16 or more
 //!   channels in and out, AVX-512): faster, less exact.
@@ -27,6 +34,7 @@ use std::cell::Cell;
 use std::ffi::{c_char, CStr};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 use super::cpu::f32_slice;
 use super::geometry::Geometry;
@@ -80,6 +88,7 @@ const MIN_CHANNELS: usize = 4;
 
 thread_local! {
     static ENABLED: Cell<bool> = Cell::new(std::env::var_os("CNN_ONEDNN").is_none_or(|v| v != "0"));
+    static EVERYWHERE: Cell<bool> = const { Cell::new(false) };
     static WINOGRAD: Cell<bool> = Cell::new(std::env::var_os("CNN_ONEDNN_WINOGRAD").is_some_and(|v| v == "1"));
 }
 
@@ -99,6 +108,12 @@ pub fn set_winograd(on: bool) -> bool {
     WINOGRAD.with(|e| e.replace(on))
 }
 
+/// Sends every plain convolution on this thread to oneDNN, whatever [`conv2d`]'s routing would
+/// choose (for measurements such as `examples/conv_shapes.rs`); returns the previous setting.
+pub fn set_everywhere(on: bool) -> bool {
+    EVERYWHERE.with(|e| e.replace(on))
+}
+
 /// Whether convolutions on this thread go through oneDNN (default yes; environment variable
 /// `CNN_ONEDNN=0` starts with no).
 pub fn enabled() -> bool {
@@ -110,11 +125,42 @@ pub fn set_enabled(on: bool) -> bool {
     ENABLED.with(|e| e.replace(on))
 }
 
-/// Runs a shim call with an error buffer: `Ok(true)` done, `Ok(false)` no implementation.
-fn call(what: &str, f: impl FnOnce(*mut c_char, usize) -> i32) -> Result<bool> {
+/// Images per oneDNN call, and OpenMP threads per call, for a batch of `n`: the batch split
+/// evenly over rayon's threads, one OpenMP thread each; a batch smaller than the pool is one
+/// call on as many OpenMP threads as the pool has.
+fn shares(n: usize) -> (usize, usize) {
+    let threads = rayon::current_num_threads().max(1);
+    if n >= threads {
+        (n.div_ceil(threads), 1)
+    } else {
+        (n.max(1), threads)
+    }
+}
+
+/// `desc` for a part of `n` images, with the size of every distinct part of its batch.
+fn parts(desc: &CnnDnnlConv) -> (usize, usize, Vec<CnnDnnlConv>) {
+    let n = desc.n as usize;
+    let (share, threads) = shares(n);
+    let mut sizes = vec![share.min(n)];
+    if !n.is_multiple_of(share) && n > share {
+        sizes.push(n % share);
+    }
+    let descs = sizes
+        .into_iter()
+        .map(|k| CnnDnnlConv {
+            n: k as i64,
+            ..*desc
+        })
+        .collect();
+    (share, threads, descs)
+}
+
+/// Runs a shim call with an error buffer, on `threads` OpenMP threads: `Ok(true)` done,
+/// `Ok(false)` no implementation.
+fn call(what: &str, threads: usize, f: impl FnOnce(*mut c_char, usize) -> i32) -> Result<bool> {
     let mut err = [0 as c_char; 512];
     // SAFETY: the shim writes at most `err.len()` bytes, NUL-terminated (snprintf).
-    unsafe { cnn_dnnl_set_threads(rayon::current_num_threads() as i32) };
+    unsafe { cnn_dnnl_set_threads(threads as i32) };
     match f(err.as_mut_ptr(), err.len()) {
         0 => Ok(true),
         1 => Ok(false),
@@ -144,16 +190,22 @@ pub(crate) fn conv2d(
 
 /// Whether oneDNN is the faster way to run this convolution.
 fn routes(geo: &Geometry, cout: usize, bf16: bool) -> bool {
-    // One to three input channels (a network's first layer on grey or RGB images): the
-    // built-in convolution is as fast or faster (measured with `examples/conv_shapes.rs`:
-    // LeNet-5's 1->6 3.4 against 4.1 ms, ResNet's 3->64 57 against 69 ms in float32).
-    if geo.c < MIN_CHANNELS {
+    if EVERYWHERE.with(|e| e.get()) {
+        return true;
+    }
+    // One to three input channels (a network's first layer on grey or RGB images): in float32
+    // the built-in convolution is as fast or faster (measured with `examples/conv_shapes.rs`:
+    // LeNet-5's 1->6 2.2 against 3.9 ms, ResNet's 3->64 50 against 49-51 ms); in bf16 oneDNN
+    // is (3->64: 40 against 55-57 ms; the MNIST CNN's 1->32: 6.8-7.1 against 9.7-10.3 ms).
+    if geo.c < MIN_CHANNELS && !bf16 {
         return false;
     }
     // Where the built-in Winograd F(2x2, 3x3) runs on outputs of 8x8 and up, it is faster than
-    // oneDNN's direct convolution, in float32 and bf16 (`resnet18-cifar`'s 64->64 32x32 at
-    // batch 128, forward and backward: 162 against 210 ms in float32, 128 against 142 in bf16);
-    // on 4x4 and 2x2 outputs, with a stride or a 1x1 kernel, oneDNN is (2x2: 71 against 38 ms).
+    // oneDNN's direct convolution in float32 and as fast in bf16 (`resnet18-cifar`'s shapes at
+    // batch 128, forward and backward, float32 / bf16: 64->64 32x32 153-162 against 198-209 /
+    // 131-133 against 131-138 ms; 128->128 16x16 115-129 against 170-213 / 88-98 against 103-105;
+    // 256->256 8x8 109-118 against 144-151 / 85-88 against 80-87); on 4x4 and 2x2 outputs, with
+    // a stride or a 1x1 kernel, oneDNN is (512->512 2x2: 62-68 against 48-52 ms in float32).
     let onednn_winograd = winograd() && !bf16;
     onednn_winograd || !(super::winograd::applies(geo, cout) && geo.oh * geo.ow >= 64)
 }
@@ -180,9 +232,14 @@ fn run(
     bf16: bool,
 ) -> Result<Option<Tensor>> {
     let desc = describe(geo, cout, xs.dim(0)?, bf16);
-    // SAFETY: `desc` lives across the call; the buffer is the shim's to write.
-    if !call("set-up", |e, l| unsafe { cnn_dnnl_prepare(&desc, e, l) })? {
-        return Ok(None);
+    let (_, threads, descs) = parts(&desc);
+    for part in &descs {
+        // SAFETY: `part` lives across the call; the buffer is the shim's to write.
+        if !call("set-up", threads, |e, l| unsafe {
+            cnn_dnnl_prepare(part, e, l)
+        })? {
+            return Ok(None);
+        }
     }
     let op = ConvDnnl { desc };
     Ok(Some(xs.contiguous()?.apply_op2(&weight.contiguous()?, op)?))
@@ -200,10 +257,13 @@ pub fn implementation(
     bf16: bool,
 ) -> Result<String> {
     let (geo, cout) = Geometry::of_conv(xs, weight, stride, padding)?;
-    let desc = describe(&geo, cout, xs.dim(0)?, bf16);
+    let (_, threads, descs) = parts(&describe(&geo, cout, xs.dim(0)?, bf16));
     let mut out = [0 as c_char; 256];
     // SAFETY: as in `call`.
-    let rc = unsafe { cnn_dnnl_impl(&desc, out.as_mut_ptr(), out.len()) };
+    let rc = unsafe {
+        cnn_dnnl_set_threads(threads as i32);
+        cnn_dnnl_impl(&descs[0], out.as_mut_ptr(), out.len())
+    };
     // SAFETY: snprintf terminated the text inside `out`.
     let text = unsafe { CStr::from_ptr(out.as_ptr()) }
         .to_string_lossy()
@@ -268,11 +328,24 @@ impl CustomOp2 for ConvDnnl {
             candle_core::bail!("conv2d-onednn: operands changed shape since set-up")
         }
         let mut out = vec![0f32; d.output_len()];
+        let (share, threads, _) = parts(d);
+        let (x_img, out_img) = (d.input_len() / d.n as usize, d.output_len() / d.n as usize);
         time(Part::Gemm, || {
-            call("forward", |e, l| {
-                // SAFETY: the slices have the lengths `desc` gives (checked above).
-                unsafe { cnn_dnnl_forward(d, x.as_ptr(), w.as_ptr(), out.as_mut_ptr(), e, l) }
-            })
+            out.par_chunks_mut(share * out_img)
+                .zip(x.par_chunks(share * x_img))
+                .try_for_each(|(out, x)| {
+                    let part = CnnDnnlConv {
+                        n: (x.len() / x_img) as i64,
+                        ..*d
+                    };
+                    call("forward", threads, |e, l| {
+                        // SAFETY: the slices have the lengths `part` gives (checked above).
+                        unsafe {
+                            cnn_dnnl_forward(&part, x.as_ptr(), w.as_ptr(), out.as_mut_ptr(), e, l)
+                        }
+                    })
+                    .map(|_| ())
+                })
         })?;
         let shape = Shape::from((d.n as usize, d.o as usize, d.oh as usize, d.ow as usize));
         Ok((CpuStorage::F32(out), shape))
@@ -342,25 +415,63 @@ impl CustomOp3 for ConvDnnlGrads {
         }
         let nx = if self.want_x { d.input_len() } else { 0 };
         let nw = if self.want_w { d.kernel_len() } else { 0 };
+        let (share, threads, _) = parts(d);
+        let n = d.n as usize;
+        let (x_img, g_img) = (d.input_len() / n, d.output_len() / n);
+        let count = n.div_ceil(share);
         let mut out = vec![0f32; nx + nw];
+        // The kernel gradient of each part but the first apart, summed after in order.
+        let mut extra = vec![0f32; count.saturating_sub(1) * nw];
         let (gx, gw) = out.split_at_mut(nx);
-        let px = if self.want_x {
-            gx.as_mut_ptr()
-        } else {
-            std::ptr::null_mut()
+        let mut gx_parts: Vec<Option<&mut [f32]>> = match self.want_x {
+            true => gx.chunks_mut(share * x_img).map(Some).collect(),
+            false => (0..count).map(|_| None).collect(),
         };
-        let pw = if self.want_w {
-            gw.as_mut_ptr()
-        } else {
-            std::ptr::null_mut()
+        let mut gw_parts: Vec<Option<&mut [f32]>> = match self.want_w {
+            true => std::iter::once(gw)
+                .chain(extra.chunks_mut(nw.max(1)))
+                .map(Some)
+                .collect(),
+            false => (0..count).map(|_| None).collect(),
         };
+        let jobs: Vec<_> = grad
+            .chunks(share * g_img)
+            .zip(x.chunks(share * x_img))
+            .zip(gx_parts.drain(..).zip(gw_parts.drain(..)))
+            .collect();
         time(Part::Gemm, || {
-            call("backward", |e, l| {
-                // SAFETY: every slice has the length `desc` gives (checked above); null
-                // pointers mark the gradients not wanted.
-                unsafe { cnn_dnnl_backward(d, x.as_ptr(), w.as_ptr(), grad.as_ptr(), px, pw, e, l) }
+            jobs.into_par_iter().try_for_each(|((grad, x), (gx, gw))| {
+                let part = CnnDnnlConv {
+                    n: (x.len() / x_img) as i64,
+                    ..*d
+                };
+                let px = gx.map_or(std::ptr::null_mut(), |g| g.as_mut_ptr());
+                let pw = gw.map_or(std::ptr::null_mut(), |g| g.as_mut_ptr());
+                call("backward", threads, |e, l| {
+                    // SAFETY: every slice has the length `part` gives (checked above); null
+                    // pointers mark the gradients not wanted.
+                    unsafe {
+                        cnn_dnnl_backward(
+                            &part,
+                            x.as_ptr(),
+                            w.as_ptr(),
+                            grad.as_ptr(),
+                            px,
+                            pw,
+                            e,
+                            l,
+                        )
+                    }
+                })
+                .map(|_| ())
             })
         })?;
+        if nw > 0 {
+            let gw = &mut out[nx..];
+            for part in extra.chunks(nw) {
+                gw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+            }
+        }
         Ok((CpuStorage::F32(out), Shape::from(nx + nw)))
     }
 }

@@ -2,8 +2,10 @@
 //
 // The Rust side passes plain NCHW float32 tensors (OIHW for the kernel). Each convolution shape
 // gets its primitives once (forward, backward-data, backward-weights, and the reorders between
-// NCHW and the primitive's blocked layout), cached by shape; the blocked buffers and the
-// scratchpad are shared by all shapes and grow to the largest. Calls are serialised by a mutex.
+// NCHW and the primitive's blocked layout), cached by shape and shared by all threads (oneDNN's
+// primitives may run concurrently); the blocked buffers and the scratchpad belong to the calling
+// thread, shared by all shapes, and grow to the largest. The Rust side splits a batch over
+// rayon's threads and runs each part with one OpenMP thread.
 //
 // Written against the oneDNN 2.x C++ API (Debian's libdnnl-dev 2.6 here).
 
@@ -48,12 +50,16 @@ engine &eng() {
     return e;
 }
 
-/// A growable buffer shared by every shape (calls are serialised), page-aligned with a spare
+/// A growable buffer of one thread, shared by every shape, page-aligned with a spare
 /// page at the end. (With std::vector's 16-byte alignment, oneDNN 2.6's Winograd backward
 /// crashed now and then; it runs on these buffers, in its own layouts.)
 struct Buffer {
     void *data = nullptr;
     size_t size = 0;
+    Buffer() = default;
+    Buffer(const Buffer &) = delete;
+    Buffer &operator=(const Buffer &) = delete;
+    ~Buffer() { std::free(data); }
     void *get(size_t n) {
         if (size < n) {
             size_t grown = (n + 4095) / 4096 * 4096;
@@ -95,11 +101,12 @@ struct Entry {
     Operand f_src, f_wei, f_dst, d_ddst, d_wei, d_dsrc, w_src, w_ddst, w_dwei;
 };
 
+/// Guards `cache` (lookups and insertions; the entries, never removed, run outside it).
 std::mutex lock;
 /// Built primitives by shape, precision, algorithm and thread count (oneDNN splits the work
 /// when it builds them); a null entry marks a shape oneDNN has no kernel for.
 std::map<std::array<int64_t, 14>, std::unique_ptr<Entry>> cache;
-Buffer buf_src, buf_wei, buf_dst, buf_scratch, buf_extra;
+thread_local Buffer buf_src, buf_wei, buf_dst, buf_scratch;
 
 std::unique_ptr<Entry> make(const CnnDnnlConv &s) {
     auto e = std::make_unique<Entry>();
@@ -178,7 +185,11 @@ Entry *entry(const CnnDnnlConv &s) {
 
 /// `entry`, for a shape `cnn_dnnl_prepare` accepted.
 Entry &ready(const CnnDnnlConv &s) {
-    Entry *e = entry(s);
+    Entry *e;
+    {
+        std::lock_guard<std::mutex> g(lock);
+        e = entry(s);
+    }
     if (!e) throw std::runtime_error("oneDNN has no convolution for this shape");
     return *e;
 }
@@ -246,7 +257,6 @@ int32_t cnn_dnnl_prepare(const CnnDnnlConv *s, char *err, size_t len) {
 /// dst (n, o, oh, ow) = conv(src (n, c, h, w), wei (o, c, kh, kw)).
 int32_t cnn_dnnl_forward(const CnnDnnlConv *s, const float *src, const float *wei, float *dst,
                          char *err, size_t len) {
-    std::lock_guard<std::mutex> g(lock);
     try {
         Entry &e = ready(*s);
         stream st(eng());
@@ -273,7 +283,6 @@ int32_t cnn_dnnl_forward(const CnnDnnlConv *s, const float *src, const float *we
 int32_t cnn_dnnl_backward(const CnnDnnlConv *s, const float *src, const float *wei,
                           const float *diff_dst, float *diff_src, float *diff_wei, char *err,
                           size_t len) {
-    std::lock_guard<std::mutex> g(lock);
     try {
         Entry &e = ready(*s);
         stream st(eng());
@@ -311,7 +320,6 @@ int32_t cnn_dnnl_backward(const CnnDnnlConv *s, const float *src, const float *w
 
 /// The implementation oneDNN chose for the forward of `s` (for benchmarks and tests).
 int32_t cnn_dnnl_impl(const CnnDnnlConv *s, char *out, size_t len) {
-    std::lock_guard<std::mutex> g(lock);
     try {
         std::snprintf(out, len, "%s", ready(*s).fpd.impl_info_str());
         return 0;

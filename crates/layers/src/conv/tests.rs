@@ -583,6 +583,43 @@ fn onednn_gives_one_gradient_when_one_is_wanted() -> Result<()> {
     Ok(())
 }
 
+/// A batch split over rayon pools of 1 to 5 threads (parts of 7 images: 7, 4+3, 3+3+1, 2+2+2+1,
+/// 2+2+2+1; and one image on all the pool's OpenMP threads): the output and both gradients
+/// agree with the built-in convolution, and a pool's run repeats bit for bit.
+#[cfg(feature = "onednn")]
+#[test]
+fn onednn_splits_the_batch_over_the_pool() -> Result<()> {
+    let dev = Device::Cpu;
+    for n in [7, 1] {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, 16, 6, 6), &dev)?)?;
+        let wt = Var::from_tensor(&Tensor::randn(0f32, 0.1, (32, 16, 3, 3), &dev)?)?;
+        let (xs, ws) = (x.as_tensor(), wt.as_tensor());
+        let up = Tensor::randn(0f32, 1., (n, 32, 3, 3), &dev)?;
+        let built_in = output_and_grads(&x, &wt, &up, || conv2d_gemm(xs, ws, None, 2, 1))?;
+        for threads in 1..=5 {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("a pool");
+            let run = || {
+                pool.install(|| {
+                    output_and_grads(&x, &wt, &up, || {
+                        Ok(onednn::conv2d_any_shape(xs, ws, 2, 1, false)?.expect("a kernel"))
+                    })
+                })
+            };
+            let (first, again) = (run()?, run()?);
+            let what = format!("n{n}, {threads} threads");
+            assert_close(&first, &built_in, [1e-5; 3], &what)?;
+            for (a, b) in first.iter().zip(&again) {
+                let d = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert_eq!(d, 0.0, "{what}: repeat differs");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Through [`Conv2d`], the routing: the built-in Winograd keeps 3x3 stride-1 convolutions on
 /// 8x8 outputs (same bits as without oneDNN); a strided one goes to oneDNN (within 1e-5).
 #[cfg(feature = "onednn")]
