@@ -137,7 +137,7 @@ impl AlexNet {
         let mut xs = xs.clone();
         for (i, conv) in self.convs.iter().enumerate() {
             let name = format!("conv{}", i + 1);
-            xs = tap::stage(&name, conv.forward(&xs)?.relu()?)?;
+            xs = tap::stage(&name, layers::relu(&conv.forward(&xs)?)?)?;
             out.push((name, xs.clone()));
             if matches!(i, 0 | 1 | 4) {
                 let name = format!("pool{}", i + 1);
@@ -147,11 +147,8 @@ impl AlexNet {
         }
         let pooled = adaptive_avg_pool2d(&xs, (POOLED, POOLED))?;
         let flat = self.dropout.forward_t(&flatten(&pooled)?, train)?;
-        let fc6 = self.fc6.forward(&flat)?.relu()?;
-        let fc7 = self
-            .fc7
-            .forward(&self.dropout.forward_t(&fc6, train)?)?
-            .relu()?;
+        let fc6 = layers::relu(&self.fc6.forward(&flat)?)?;
+        let fc7 = layers::relu(&self.fc7.forward(&self.dropout.forward_t(&fc6, train)?)?)?;
         let logits = self.fc8.forward(&fc7)?;
         out.push(("avgpool".to_string(), pooled));
         out.push(("fc6".to_string(), fc6));

@@ -110,7 +110,7 @@ impl ModuleT for InceptionAux {
         let xs = self
             .conv
             .forward_t(&adaptive_avg_pool2d(xs, (4, 4))?, train)?;
-        let xs = self.fc1.forward(&flatten(&xs)?)?.relu()?;
+        let xs = layers::relu(&self.fc1.forward(&flatten(&xs)?)?)?;
         self.fc2.forward(&self.dropout.forward_t(&xs, train)?)
     }
 }

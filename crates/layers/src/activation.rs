@@ -1,4 +1,5 @@
-//! `torch.tanh` and `torch.relu` as CPU custom ops: one parallel pass forward and one backward.
+//! `torch.tanh`, `torch.relu` and a residual join's `relu(a + b)` as CPU custom ops: one
+//! parallel pass forward and one backward.
 //!
 //! Candle's own `tanh` calls the C library's `tanhf` per element (a third of a LeNet-5
 //! training step), and its backward passes are three to five whole-tensor operations
@@ -42,6 +43,80 @@ pub fn relu(xs: &Tensor) -> Result<Tensor> {
     match cpu_f32(xs) {
         true => xs.contiguous()?.apply_op1(Unary::Relu),
         false => xs.relu(),
+    }
+}
+
+/// `torch.relu(a + b)` for two tensors of one shape: a residual block's join, torchvision's
+/// `out += identity; out = self.relu(out)` in `BasicBlock` and `Bottleneck`. Returns a tensor of
+/// that shape.
+///
+/// On contiguous-able f32 CPU tensors, one pass forward (the sum rounded as Candle's and
+/// PyTorch's `+`) and one backward: both inputs get `g [y > 0]` (PyTorch's `threshold_backward`,
+/// zero at y = 0). Candle's `(a + b)?.relu()` takes one pass for the sum and one for the ReLU
+/// forward, and six backward (the ReLU mask built as zeros, a comparison, a conversion, a
+/// product, then the sum's two gradients).
+///
+/// # Errors
+/// Shapes that differ (no broadcasting), or those of Candle's `+` and `relu` on tensors that
+/// are not f32 on the CPU.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.dims() != b.dims() {
+        candle_core::bail!(
+            "add_relu: the operands' shapes differ: {:?} and {:?}",
+            a.dims(),
+            b.dims()
+        )
+    }
+    match cpu_f32(a) && cpu_f32(b) {
+        true => a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu),
+        false => (a + b)?.relu(),
+    }
+}
+
+/// `relu(a + b)`, see [`add_relu`].
+struct AddRelu;
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "add-relu-cpu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        a_s: &CpuStorage,
+        al: &Layout,
+        b_s: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let a = f32_slice(a_s, al, self.name(), "first operand")?;
+        let b = f32_slice(b_s, bl, self.name(), "second operand")?;
+        if al.shape() != bl.shape() {
+            candle_core::bail!("{}: the operands' shapes differ", self.name())
+        }
+        let mut y = vec![0f32; a.len()];
+        par_zip(a, b, &mut y, |a, b, y| {
+            for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+                let s = a + b;
+                // NaN stays NaN, as torch.relu.
+                *y = if s <= 0.0 { 0.0 } else { s };
+            }
+        });
+        Ok((CpuStorage::F32(y), al.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (want_a, want_b) = (a.track_op(), b.track_op());
+        if !want_a && !want_b {
+            return Ok((None, None));
+        }
+        let g = res.apply_op2(&grad.contiguous()?, Backward(Unary::Relu))?;
+        Ok((want_a.then(|| g.clone()), want_b.then_some(g)))
     }
 }
 
@@ -287,6 +362,51 @@ mod tests {
     #[test]
     fn relu_matches_candle_values_and_gradients() -> Result<()> {
         matches_candle(relu, |x| x.relu(), 0.0, 0.0)
+    }
+
+    /// Values equal Candle's `(a + b).relu()` bit for bit; both gradients equal its wherever the
+    /// sum is not exactly zero, and are zero where it is (Candle's pass the gradient there,
+    /// PyTorch's do not); strided and split-over-threads tensors; an untracked operand gets
+    /// none; shapes that differ are an error.
+    #[test]
+    fn add_relu_matches_the_sum_then_relu() -> Result<()> {
+        let dev = Device::Cpu;
+        for shape in [(3, 5, 7, 6), (4, 8, 40, 60)] {
+            let a = Var::from_tensor(&Tensor::randn(0f32, 2.0, shape, &dev)?)?;
+            let b = Var::from_tensor(&Tensor::randn(0f32, 2.0, shape, &dev)?)?;
+            let up = Tensor::randn(0f32, 1.0, shape, &dev)?;
+            let bt = b
+                .as_tensor()
+                .transpose(2, 3)?
+                .contiguous()?
+                .transpose(2, 3)?;
+            for bx in [b.as_tensor().clone(), bt] {
+                let ours = add_relu(a.as_tensor(), &bx)?;
+                let theirs = (a.as_tensor() + &bx)?.relu()?;
+                let d = (&ours - &theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert_eq!(d, 0.0, "values differ");
+                let go = (&ours * &up)?.sum_all()?.backward()?;
+                let gt = (&theirs * &up)?.sum_all()?.backward()?;
+                for v in [&a, &b] {
+                    let d = (go.get(v).unwrap() - gt.get(v).unwrap())?
+                        .abs()?
+                        .max_all()?
+                        .to_scalar::<f32>()?;
+                    assert_eq!(d, 0.0, "gradients differ");
+                }
+            }
+        }
+        let a = Var::from_tensor(&Tensor::new(&[1f32, -2.0, 3.0, f32::NAN], &dev)?)?;
+        let b = Tensor::new(&[-1f32, 1.0, 1.0, 0.0], &dev)?;
+        let y = add_relu(a.as_tensor(), &b)?;
+        let v = y.to_vec1::<f32>()?;
+        assert_eq!(&v[..3], [0.0, 0.0, 4.0]);
+        assert!(v[3].is_nan());
+        let g = y.sum_all()?.backward()?;
+        assert_eq!(g.get(&a).unwrap().to_vec1::<f32>()?[..3], [0.0, 0.0, 1.0]);
+        assert!(g.get(&b).is_none());
+        assert!(add_relu(a.as_tensor(), &Tensor::zeros(3, DType::F32, &dev)?).is_err());
+        Ok(())
     }
 
     #[test]

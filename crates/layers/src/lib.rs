@@ -51,7 +51,7 @@ pub mod profile;
 pub mod rng;
 pub mod tap;
 
-pub use activation::{relu, tanh};
+pub use activation::{add_relu, relu, tanh};
 pub use adaptive::{adaptive_avg_pool2d, AdaptiveAvgPool2d};
 pub use batch_norm::{batch_norm, set_stats_sync, BatchNorm, StatsSync};
 #[cfg(feature = "onednn")]

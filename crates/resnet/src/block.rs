@@ -118,6 +118,7 @@ impl ModuleT for Block {
             Some(d) => d.forward_t(xs, train)?,
             None => xs.clone(),
         };
-        (ys + shortcut)?.relu()
+        // One pass each way, with PyTorch's zero gradient where the sum is zero.
+        layers::add_relu(&ys, &shortcut)
     }
 }

@@ -114,7 +114,7 @@ impl Vgg {
                     xs = conv.forward(&xs)?;
                     xs = match bn {
                         Some(bn) => bn.forward_relu(&xs, train)?,
-                        None => xs.relu()?,
+                        None => layers::relu(&xs)?,
                     };
                 }
                 Block::MaxPool => {
@@ -125,11 +125,8 @@ impl Vgg {
             }
         }
         let pooled = adaptive_avg_pool2d(&xs, (self.pooled, self.pooled))?;
-        let fc6 = self.fc6.forward(&flatten(&pooled)?)?.relu()?;
-        let fc7 = self
-            .fc7
-            .forward(&self.dropout.forward_t(&fc6, train)?)?
-            .relu()?;
+        let fc6 = layers::relu(&self.fc6.forward(&flatten(&pooled)?)?)?;
+        let fc7 = layers::relu(&self.fc7.forward(&self.dropout.forward_t(&fc6, train)?)?)?;
         let logits = self.fc8.forward(&self.dropout.forward_t(&fc7, train)?)?;
         out.push(("avgpool".to_string(), pooled));
         out.push(("fc6".to_string(), fc6));
