@@ -1,8 +1,9 @@
-//! Adam's update as one pass over contiguous f32 CPU tensors, in place: parameter, both
-//! moments and the gradient read once, each element computed with the very f32 operations,
-//! in the same order, as the tensor-by-tensor formulation in [`super::Adam`] (which takes
-//! about twelve whole-tensor Candle operations, each into a fresh buffer). Element-wise, in
-//! chunks across the thread pool, so the result does not depend on the number of threads.
+//! Adam's and SGD's updates as one pass over contiguous f32 CPU tensors, in place: parameter,
+//! optimizer state and gradient read once, each element computed with the very f32 operations,
+//! in the same order, as the tensor-by-tensor formulations in [`super::Adam`] and
+//! [`super::Sgd`] (about twelve and four to seven whole-tensor Candle operations, each into a
+//! fresh buffer, on the calling thread). Element-wise, in chunks across the thread pool, so the
+//! result does not depend on the number of threads.
 
 use std::sync::Mutex;
 
@@ -10,7 +11,7 @@ use anyhow::{bail, Result};
 use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Tensor, Var};
 use rayon::prelude::*;
 
-use super::AdamConfig;
+use super::{AdamConfig, SgdConfig};
 
 /// Elements per chunk of the parallel pass; shorter tensors run on the caller.
 const CHUNK: usize = 16 * 1024;
@@ -163,6 +164,115 @@ pub(super) fn step(
     })
 }
 
+/// The constants of one SGD step, in f32 as Candle's scalar operations round them.
+#[derive(Clone, Copy)]
+struct SgdStep {
+    weight_decay: Option<f32>,
+    momentum: Option<f32>,
+    /// `1 - dampening`, where the dampening is not zero.
+    undamped: Option<f32>,
+    nesterov: bool,
+    neg_lr: f32,
+}
+
+impl SgdStep {
+    fn new(c: &SgdConfig) -> Self {
+        Self {
+            weight_decay: (c.weight_decay != 0.0).then_some(c.weight_decay as f32),
+            momentum: (c.momentum != 0.0).then_some(c.momentum as f32),
+            undamped: (c.dampening != 0.0).then_some((1.0 - c.dampening) as f32),
+            nesterov: c.nesterov,
+            neg_lr: -c.lr as f32,
+        }
+    }
+
+    /// One chunk; `buf` is empty without momentum, and is written (not read) with `first`.
+    fn run(self, p: &mut [f32], g: &[f32], buf: &mut [f32], first: bool) {
+        for (i, (p, &g)) in p.iter_mut().zip(g).enumerate() {
+            let mut d = g;
+            if let Some(wd) = self.weight_decay {
+                d += *p * wd + 0.0;
+            }
+            if let Some(m) = self.momentum {
+                let b = match (first, self.undamped) {
+                    (true, _) => d,
+                    (false, None) => (buf[i] * m + 0.0) + d,
+                    (false, Some(u)) => (buf[i] * m + 0.0) + (d * u + 0.0),
+                };
+                buf[i] = b;
+                d = if self.nesterov { d + (b * m + 0.0) } else { b };
+            }
+            *p += d * self.neg_lr + 0.0;
+        }
+    }
+}
+
+/// One SGD step of `var` from `grad` and its momentum buffer `buf` (updated in place; made on
+/// the first step with momentum; left as it is without momentum, as PyTorch): the buffer to
+/// keep. `buf` must not share storage with anything else.
+///
+/// # Errors
+/// A gradient or buffer that is not a contiguous f32 CPU tensor of the parameter's shape.
+pub(super) fn sgd_step(
+    c: &SgdConfig,
+    var: &Var,
+    grad: &Tensor,
+    buf: Option<Tensor>,
+) -> Result<Option<Tensor>> {
+    let n = var.elem_count();
+    for t in std::iter::once(grad).chain(&buf) {
+        if t.shape() != var.shape() || !t.is_contiguous() || t.dtype() != DType::F32 {
+            bail!(
+                "sgd: a {:?} {:?} tensor for a parameter of shape {:?}",
+                t.dtype(),
+                t.dims(),
+                var.dims()
+            )
+        }
+    }
+    let k = SgdStep::new(c);
+    let (g_storage, g_layout) = grad.storage_and_layout();
+    let g = match (&*g_storage, g_layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(CpuStorage::F32(g)), Some((a, b))) => &g[a..b],
+        _ => bail!("sgd: the gradient must be a contiguous f32 CPU tensor"),
+    };
+    let pass = |p: &mut [f32], b: &mut [f32], first: bool| {
+        if p.len() != n || g.len() != n || (k.momentum.is_some() && b.len() != n) {
+            bail!("sgd: buffers of different lengths");
+        }
+        let chunk = |b: &mut [f32]| b.len().min(CHUNK).max(1);
+        if n <= 2 * CHUNK {
+            k.run(p, g, b, first);
+        } else if k.momentum.is_some() {
+            let size = chunk(b);
+            p.par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK))
+                .zip(b.par_chunks_mut(size))
+                .for_each(|((p, g), b)| k.run(p, g, b, first));
+        } else {
+            p.par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK))
+                .for_each(|(p, g)| k.run(p, g, &mut [], first));
+        }
+        Ok(())
+    };
+    match (k.momentum, buf) {
+        (Some(_), Some(buf)) => {
+            with_mut(var.as_tensor(), |p| with_mut(&buf, |b| pass(p, b, false)))?;
+            Ok(Some(buf))
+        }
+        (Some(_), None) => {
+            let mut b = vec![0f32; n];
+            with_mut(var.as_tensor(), |p| pass(p, &mut b, true))?;
+            Ok(Some(Tensor::from_vec(b, var.shape(), var.device())?))
+        }
+        (None, kept) => {
+            with_mut(var.as_tensor(), |p| pass(p, &mut [], false))?;
+            Ok(kept)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Tensor, Var};
@@ -197,6 +307,74 @@ mod tests {
                 }
                 for (a, b) in [(var.as_tensor(), &param), (&m, &m2), (&v, &v2)] {
                     assert_eq!(a.to_vec1::<f32>()?, b.to_vec1::<f32>()?, "{c:?}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Six steps of every kind of SGD, fused and as whole-tensor operations, agree bit for bit
+    /// (parameters and momentum buffers), with the learning rate and momentum changed between
+    /// steps, on a tensor split across threads and on a short one.
+    #[test]
+    fn fused_sgd_steps_equal_the_tensor_formulation() -> Result<()> {
+        let dev = Device::Cpu;
+        let base = SgdConfig::new(0.1);
+        let configs = [
+            base,
+            SgdConfig {
+                momentum: 0.9,
+                ..base
+            },
+            SgdConfig {
+                momentum: 0.9,
+                weight_decay: 5e-4,
+                ..base
+            },
+            SgdConfig {
+                momentum: 0.8,
+                dampening: 0.3,
+                weight_decay: 0.01,
+                ..base
+            },
+            SgdConfig {
+                momentum: 0.9,
+                nesterov: true,
+                weight_decay: 1e-3,
+                ..base
+            },
+            SgdConfig {
+                weight_decay: 0.1,
+                ..base
+            },
+        ];
+        for c in configs {
+            for n in [7, 3 * CHUNK + 5] {
+                let p0 = Tensor::randn(0f32, 1.0, n, &dev)?;
+                let var = Var::from_tensor(&p0)?;
+                let (mut param, mut buf, mut fused_buf) = (p0.copy()?, None, None);
+                for step in 0..6 {
+                    let c = SgdConfig {
+                        lr: c.lr / (1 + step) as f64,
+                        momentum: if step == 3 {
+                            0.5 * c.momentum
+                        } else {
+                            c.momentum
+                        },
+                        ..c
+                    };
+                    let grad = Tensor::randn(0f32, 1.0, n, &dev)?;
+                    assert!(applies(&var, &grad));
+                    fused_buf = sgd_step(&c, &var, &grad, fused_buf)?;
+                    (param, buf) = super::super::sgd::tensor_update(&c, &param, &grad, buf)?;
+                }
+                assert_eq!(var.to_vec1::<f32>()?, param.to_vec1::<f32>()?, "{c:?}");
+                match (&fused_buf, &buf) {
+                    (Some(a), Some(b)) => {
+                        assert_eq!(a.to_vec1::<f32>()?, b.to_vec1::<f32>()?, "{c:?}")
+                    }
+                    (None, None) => {}
+                    _ => panic!("{c:?}: one formulation kept a buffer, the other not"),
                 }
             }
         }

@@ -7,7 +7,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
 use super::flat::{self, GroupKey, Update};
-use super::{buffers_of, restore_like, NamedVar, Optimizer};
+use super::{buffers_of, fused, restore_like, NamedVar, Optimizer};
 
 /// SGD's hyper-parameters, PyTorch's names and defaults.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -103,12 +103,19 @@ impl Sgd {
         self
     }
 
-    /// One update per parameter tensor.
+    /// One update per parameter tensor (f32 CPU tensors in one fused pass each).
     fn step_per_tensor(&mut self, grads: &GradStore) -> Result<()> {
         for p in &mut self.params {
             let Some(grad) = grads.get(p.var.as_tensor()) else {
                 continue;
             };
+            let buf_fits = (p.momentum_buffer.as_ref())
+                .is_none_or(|b| fused::applies(&p.var, b) && b.device().is_cpu());
+            if fused::applies(&p.var, grad) && buf_fits {
+                let buf = p.momentum_buffer.take();
+                p.momentum_buffer = fused::sgd_step(&self.config, &p.var, grad, buf)?;
+                continue;
+            }
             let (param, buf) = update(
                 &self.config,
                 p.var.as_tensor(),
@@ -196,9 +203,13 @@ impl Optimizer for Sgd {
             .iter()
             .filter_map(|p| {
                 let buf = p.momentum_buffer.as_ref()?;
-                Some((format!("{}.momentum_buffer", p.name), buf.clone()))
+                // Copies: the step updates the buffers in place.
+                Some(
+                    buf.copy()
+                        .map(|b| (format!("{}.momentum_buffer", p.name), b)),
+                )
             })
-            .collect())
+            .collect::<candle_core::Result<_>>()?)
     }
 
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
@@ -208,7 +219,8 @@ impl Optimizer for Sgd {
         for (p, bufs) in self.params.iter_mut().zip(buffers) {
             let key = format!("{}.momentum_buffer", p.name);
             p.momentum_buffer = match bufs.get("momentum_buffer") {
-                Some(t) => Some(restore_like(t, &p.var, &key)?),
+                // Copies: the step updates the buffers in place, and `state` is the caller's.
+                Some(t) => Some(restore_like(t, &p.var, &key)?.copy()?),
                 None => None,
             };
         }
@@ -219,6 +231,16 @@ impl Optimizer for Sgd {
 /// One SGD update of `param` (any shape, or flat) from `grad` and its momentum buffer, as
 /// whole-tensor operations: the new parameter and the new buffer (the buffer as it was while
 /// the momentum is 0, as PyTorch leaves it).
+#[cfg(test)]
+pub(super) fn tensor_update(
+    c: &SgdConfig,
+    param: &Tensor,
+    grad: &Tensor,
+    momentum_buffer: Option<Tensor>,
+) -> Result<(Tensor, Option<Tensor>)> {
+    update(c, param, grad, momentum_buffer)
+}
+
 fn update(
     c: &SgdConfig,
     param: &Tensor,
