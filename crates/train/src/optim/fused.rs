@@ -240,14 +240,12 @@ pub(super) fn sgd_step(
         if p.len() != n || g.len() != n || (k.momentum.is_some() && b.len() != n) {
             bail!("sgd: buffers of different lengths");
         }
-        let chunk = |b: &mut [f32]| b.len().min(CHUNK).max(1);
         if n <= 2 * CHUNK {
             k.run(p, g, b, first);
         } else if k.momentum.is_some() {
-            let size = chunk(b);
             p.par_chunks_mut(CHUNK)
                 .zip(g.par_chunks(CHUNK))
-                .zip(b.par_chunks_mut(size))
+                .zip(b.par_chunks_mut(CHUNK))
                 .for_each(|((p, g), b)| k.run(p, g, b, first));
         } else {
             p.par_chunks_mut(CHUNK)
