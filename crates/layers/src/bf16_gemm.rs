@@ -460,8 +460,9 @@ fn gemm_tiles_from(
                 let (c, rs) = if direct {
                     (d[row0 * drs + col0..].as_mut_ptr(), drs)
                 } else {
+                    // Without `load` the kernel writes the whole tile; with it, the rows and
+                    // columns outside the product are stale sums, never stored.
                     let tile = &mut scratch.tile;
-                    tile.fill(0.0);
                     if load {
                         for i in 0..rows {
                             for j in 0..cols {
@@ -476,8 +477,8 @@ fn gemm_tiles_from(
                 // values at stride `rs`: a full tile inside `d` (direct) or the scratch tile.
                 unsafe {
                     match nv {
-                        1 => tile::<1>(kc, a, block.as_ptr(), c, rs, load || !direct),
-                        _ => tile::<2>(kc, a, block.as_ptr(), c, rs, load || !direct),
+                        1 => tile::<1>(kc, a, block.as_ptr(), c, rs, load),
+                        _ => tile::<2>(kc, a, block.as_ptr(), c, rs, load),
                     }
                 }
                 if !direct {
