@@ -192,6 +192,44 @@ impl BatchNorm {
         self.forward_inner(xs, train, true)
     }
 
+    /// `F.relu(F.batch_norm(xs, ...) + residual)` on `(N, C, H, W)` (or `(N, C)`) input and a
+    /// residual of the same shape: a residual block's last batch norm and the join after it
+    /// (torchvision's `out = self.bn3(out); out += identity; out = self.relu(out)`); same shape
+    /// out. In training mode on f32 CPU tensors one operation each way, with the bits of
+    /// [`forward_t`](ModuleT::forward_t) followed by [`add_relu`](crate::add_relu) (which it is
+    /// elsewhere) and one autograd node fewer.
+    ///
+    /// # Errors
+    /// `xs` has fewer than two dimensions, or not `C` channels in dimension 1, or `residual`
+    /// another shape.
+    pub fn forward_add_relu(&self, xs: &Tensor, residual: &Tensor, train: bool) -> Result<Tensor> {
+        let c = self.weight.elem_count();
+        if xs.rank() < 2 || xs.dim(1)? != c || residual.dims() != xs.dims() {
+            candle_core::bail!(
+                "batch-norm over {c} features got an input of shape {:?} and a residual of shape {:?}",
+                xs.dims(),
+                residual.dims()
+            )
+        }
+        let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+        let fused = train
+            && stats_sync().is_none()
+            && f32_cpu(xs)
+            && f32_cpu(residual)
+            && f32_cpu(&self.weight)
+            && f32_cpu(&self.bias);
+        if !fused {
+            return crate::add_relu(&self.forward_t(xs, train)?, residual);
+        }
+        let (n, l) = (xs.dim(0)?, xs.elem_count() / (xs.dim(0)? * c).max(1));
+        let x = xs.contiguous()?.reshape((n, c, l))?;
+        let (mean, invstd) = self.cpu_stats(&x)?;
+        let wb = Tensor::cat(&[&self.weight, &self.bias], 0)?;
+        let r = residual.contiguous()?.reshape((n, c, l))?;
+        x.apply_op3(&r, &wb, per_channel::BatchNormAddRelu { mean, invstd })?
+            .reshape(xs.shape())
+    }
+
     fn forward_inner(&self, xs: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         let c = self.weight.elem_count();
         if xs.rank() < 2 || xs.dim(1)? != c {
@@ -290,6 +328,17 @@ impl BatchNorm {
     /// passes ([`per_channel`](crate::per_channel)).
     fn train_cpu(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         let x = x.contiguous()?;
+        let (mean, invstd) = self.cpu_stats(&x)?;
+        x.apply_op3(
+            &self.weight.contiguous()?,
+            &self.bias.contiguous()?,
+            per_channel::BatchNormTrain { mean, invstd, relu },
+        )
+    }
+
+    /// The batch mean and `1 / sqrt(var + eps)` of a contiguous f32 CPU (N, C, L) input, with
+    /// the running statistics updated.
+    fn cpu_stats(&self, x: &Tensor) -> Result<(Vec<f32>, Vec<f32>)> {
         let (n, c, l) = x.dims3()?;
         if n * l < 2 {
             candle_core::bail!(
@@ -297,7 +346,7 @@ impl BatchNorm {
             )
         }
         let Some((mean, var)) =
-            per_channel::with_f32(&x, |v| per_channel::batch_stats(v, (n, c, l)))
+            per_channel::with_f32(x, |v| per_channel::batch_stats(v, (n, c, l)))
         else {
             candle_core::bail!("batch-norm: expected a contiguous f32 CPU input")
         };
@@ -309,11 +358,7 @@ impl BatchNorm {
             &Tensor::from_vec(var, c, dev)?,
             (n * l) as f64,
         )?;
-        x.apply_op3(
-            &self.weight.contiguous()?,
-            &self.bias.contiguous()?,
-            per_channel::BatchNormTrain { mean, invstd, relu },
-        )
+        Ok((mean, invstd))
     }
 
     /// `running = (1 - momentum) running + momentum batch`, the variance unbiased, and one more
@@ -531,6 +576,84 @@ mod tests {
             1e-5,
         )?;
         Ok((ours, theirs, w, b))
+    }
+
+    /// The fused `forward_add_relu` gives the bits of `forward_t` then `add_relu`: output,
+    /// gradients of the input, the residual, the weight and the bias, running statistics; in
+    /// training and evaluation; 2-D and 4-D inputs, a tracked and an untracked residual; a
+    /// residual of another shape is an error.
+    #[test]
+    fn batch_norm_add_relu_equals_the_two_operations() -> Result<()> {
+        let dev = Device::Cpu;
+        let bits = |t: &Tensor| -> Result<Vec<u32>> {
+            Ok(t.flatten_all()?
+                .to_vec1::<f32>()?
+                .iter()
+                .map(|v| v.to_bits())
+                .collect())
+        };
+        for (shape, tracked) in [
+            (vec![4, 3, 5, 6], true),
+            (vec![6, 5], true),
+            (vec![3, 8, 2, 2], false),
+        ] {
+            let c = shape[1];
+            for train in [true, false] {
+                let (fused, _, w1, b1) = pair(c, &dev)?;
+                let (w2, b2) = (
+                    Var::from_tensor(w1.as_tensor())?,
+                    Var::from_tensor(b1.as_tensor())?,
+                );
+                let plain = BatchNorm::new(
+                    fused.running_mean().copy()?,
+                    fused.running_var().copy()?,
+                    w2.as_tensor().clone(),
+                    b2.as_tensor().clone(),
+                    1e-5,
+                    0.1,
+                )?;
+                let x = Var::from_tensor(&(Tensor::randn(0f32, 2.0, &shape[..], &dev)? + 1.0)?)?;
+                let r0 = Tensor::randn(0f32, 1.0, &shape[..], &dev)?;
+                let r = Var::from_tensor(&r0)?;
+                let res = if tracked {
+                    r.as_tensor().clone()
+                } else {
+                    r0.clone()
+                };
+                let up = Tensor::randn(0f32, 1.0, &shape[..], &dev)?;
+                let ya = fused.forward_add_relu(x.as_tensor(), &res, train)?;
+                let yb = crate::add_relu(&plain.forward_t(x.as_tensor(), train)?, &res)?;
+                assert_eq!(bits(&ya)?, bits(&yb)?, "{shape:?} train {train}: outputs");
+                for (a, b) in [
+                    (fused.running_mean(), plain.running_mean()),
+                    (fused.running_var(), plain.running_var()),
+                ] {
+                    assert_eq!(bits(a)?, bits(b)?, "{shape:?}: running statistics");
+                }
+                let ga = (&ya * &up)?.sum_all()?.backward()?;
+                let gb = (&yb * &up)?.sum_all()?.backward()?;
+                let pairs = [
+                    (&x, &x, "input"),
+                    (&w1, &w2, "weight"),
+                    (&b1, &b2, "bias"),
+                    (&r, &r, "residual"),
+                ];
+                for (va, vb, what) in pairs {
+                    let (a, b) = (ga.get(va.as_tensor()), gb.get(vb.as_tensor()));
+                    match (a, b) {
+                        (Some(a), Some(b)) => {
+                            assert_eq!(bits(a)?, bits(b)?, "{shape:?} train {train}: {what}")
+                        }
+                        (None, None) => assert!(!tracked && what == "residual"),
+                        _ => panic!("{shape:?} train {train}: {what} gradient in one only"),
+                    }
+                }
+            }
+        }
+        let (bn, _, _, _) = pair(3, &dev)?;
+        let x = Tensor::zeros((2, 3, 4, 4), DType::F32, &dev)?;
+        assert!(bn.forward_add_relu(&x, &x.narrow(2, 0, 2)?, true).is_err());
+        Ok(())
     }
 
     #[test]

@@ -119,6 +119,154 @@ pub(crate) struct BatchNormTrain {
     pub relu: bool,
 }
 
+/// `relu((x - mean) * (weight * invstd) + bias + residual)`: a residual block's last batch norm
+/// with the join after it (torchvision's `out = bn(out); out += identity; out = relu(out)`),
+/// arguments (x, residual, weight and bias concatenated). The same bits as [`BatchNormTrain`]
+/// followed by `add_relu`, in one pass each way and one autograd node fewer.
+pub(crate) struct BatchNormAddRelu {
+    pub mean: Vec<f32>,
+    pub invstd: Vec<f32>,
+}
+
+/// `y = relu?((x - mean) * (weight * invstd) + bias (+ residual))` for (N, C, L) slices.
+#[allow(clippy::too_many_arguments)]
+fn normalize(
+    x: &[f32],
+    residual: Option<&[f32]>,
+    (w, b): (&[f32], &[f32]),
+    (mean, invstd): (&[f32], &[f32]),
+    relu: bool,
+    (c, l): (usize, usize),
+) -> Vec<f32> {
+    let scale: Vec<f32> = w.iter().zip(invstd).map(|(w, s)| w * s).collect();
+    let mut y = vec![0f32; x.len()];
+    let _t = Timer::start(Part::BatchNorm);
+    let per = (c * l).max(1);
+    y.par_chunks_mut(per)
+        .zip(x.par_chunks(per))
+        .enumerate()
+        .for_each(|(i, (yi, xi))| {
+            for ch in 0..c {
+                let (m, s, b) = (mean[ch], scale[ch], b[ch]);
+                let (yr, xr) = (&mut yi[ch * l..][..l], &xi[ch * l..][..l]);
+                match residual {
+                    None => {
+                        for (y, &x) in yr.iter_mut().zip(xr) {
+                            let v = (x - m) * s + b;
+                            *y = if relu { v.max(0.0) } else { v };
+                        }
+                    }
+                    Some(r) => {
+                        let rr = &r[i * per + ch * l..][..l];
+                        for ((y, &x), &r) in yr.iter_mut().zip(xr).zip(rr) {
+                            let v = ((x - m) * s + b) + r;
+                            // NaN stays NaN, as torch.relu.
+                            *y = if v <= 0.0 { 0.0 } else { v };
+                        }
+                    }
+                }
+            }
+        });
+    y
+}
+
+/// The gradients of [`normalize`] from its output `ys` and the output's gradient `grad`: the
+/// input's (if wanted), the weight's, the bias's, and the residual's (if wanted: the gradient
+/// through the ReLU).
+type Grads = (Option<Vec<f32>>, Vec<f32>, Vec<f32>, Option<Vec<f32>>);
+
+fn normalize_grads(
+    (x, w, ys, grad): (&Tensor, &Tensor, &Tensor, &Tensor),
+    (mean, invstd): (&[f32], &[f32]),
+    relu: bool,
+    (want_x, want_r): (bool, bool),
+) -> Result<Grads> {
+    let (n, c, l) = x.dims3()?;
+    let (x, w, grad) = (x.contiguous()?, w.contiguous()?, grad.contiguous()?);
+    let count = (n * l) as f32;
+    let _t = Timer::start(Part::BatchNorm);
+    let result = with_f32(&x, |xv| {
+        with_f32(ys, |yv| {
+            with_f32(&grad, |gv| {
+                with_f32(&w, |wv| {
+                    // g' = g where the output is positive (ReLU), else g.
+                    let masked = move |g: f32, y: f32| if relu && y <= 0.0 { 0.0 } else { g };
+                    let sums = per_channel_sums((n, c, l), |ch, r| {
+                        let m = mean[ch];
+                        lane_sums(&gv[r.clone()], &yv[r.clone()], &xv[r], |g, y, x| {
+                            let g = masked(g, y);
+                            [g, g * (x - m)]
+                        })
+                    });
+                    let gsum: Vec<f32> = sums.iter().map(|s| s[0] as f32).collect();
+                    let gdot: Vec<f32> = sums.iter().map(|s| s[1] as f32).collect();
+                    let gw: Vec<f32> = gdot.iter().zip(invstd).map(|(d, s)| d * s).collect();
+                    // dx = a g' + k (x - mean) + shift, a = w invstd,
+                    // k = -a invstd² Σ g'(x - mean) / M, shift = -a Σ g' / M.
+                    let a: Vec<f32> = wv.iter().zip(invstd).map(|(w, s)| w * s).collect();
+                    let kk: Vec<f32> = (0..c)
+                        .map(|ch| a[ch] * (invstd[ch] * invstd[ch]) * gdot[ch] * (-1.0 / count))
+                        .collect();
+                    let shift: Vec<f32> =
+                        (0..c).map(|ch| a[ch] * gsum[ch] * (-1.0 / count)).collect();
+                    let mut gx = if want_x {
+                        vec![0f32; xv.len()]
+                    } else {
+                        Vec::new()
+                    };
+                    let mut gr = if want_r {
+                        vec![0f32; xv.len()]
+                    } else {
+                        Vec::new()
+                    };
+                    let per = (c * l).max(1);
+                    let jobs: Vec<_> = parts(&mut gx, n, per)
+                        .into_iter()
+                        .zip(parts(&mut gr, n, per))
+                        .collect();
+                    if want_x || want_r {
+                        jobs.into_par_iter()
+                            .enumerate()
+                            .for_each(|(i, (gxi, gri))| {
+                                let (mut gxi, mut gri) = (gxi, gri);
+                                for ch in 0..c {
+                                    let r = (i * c + ch) * l..(i * c + ch + 1) * l;
+                                    let (m, a, k, b) = (mean[ch], a[ch], kk[ch], shift[ch]);
+                                    let rows = gv[r.clone()].iter().zip(&yv[r.clone()]).zip(&xv[r]);
+                                    let at = ch * l..(ch + 1) * l;
+                                    if let Some(gx) = gxi.as_deref_mut() {
+                                        let o = &mut gx[at.clone()];
+                                        for (o, ((&g, &y), &x)) in o.iter_mut().zip(rows.clone()) {
+                                            *o = masked(g, y) * a + (x - m) * k + b;
+                                        }
+                                    }
+                                    if let Some(gr) = gri.as_deref_mut() {
+                                        for (o, ((&g, &y), _)) in gr[at].iter_mut().zip(rows) {
+                                            *o = masked(g, y);
+                                        }
+                                    }
+                                }
+                            });
+                    }
+                    (want_x.then_some(gx), gw, gsum, want_r.then_some(gr))
+                })
+            })
+        })
+    });
+    let Some(Some(Some(Some(grads)))) = result else {
+        candle_core::bail!("batch-norm-cpu: expected contiguous f32 CPU tensors")
+    };
+    Ok(grads)
+}
+
+/// `n` chunks of `per` values of `v`, or `n` times `None` where `v` is empty.
+fn parts(v: &mut [f32], n: usize, per: usize) -> Vec<Option<&mut [f32]>> {
+    match v.is_empty() {
+        true => (0..n).map(|_| None).collect(),
+        false => v.chunks_mut(per).map(Some).collect(),
+    }
+}
+
 impl CustomOp3 for BatchNormTrain {
     fn name(&self) -> &'static str {
         "batch-norm-cpu"
@@ -140,22 +288,8 @@ impl CustomOp3 for BatchNormTrain {
             f32_slice(bs, bl, op, "bias")?,
         );
         let (_, c, l) = xl.shape().dims3()?;
-        let scale: Vec<f32> = w.iter().zip(&self.invstd).map(|(w, s)| w * s).collect();
-        let mut y = vec![0f32; x.len()];
-        let relu = self.relu;
-        let _t = Timer::start(Part::BatchNorm);
-        y.par_chunks_mut((c * l).max(1))
-            .zip(x.par_chunks((c * l).max(1)))
-            .for_each(|(yi, xi)| {
-                for ch in 0..c {
-                    let (m, s, b) = (self.mean[ch], scale[ch], b[ch]);
-                    let (yr, xr) = (&mut yi[ch * l..][..l], &xi[ch * l..][..l]);
-                    for (y, &x) in yr.iter_mut().zip(xr) {
-                        let v = (x - m) * s + b;
-                        *y = if relu { v.max(0.0) } else { v };
-                    }
-                }
-            });
+        let stats = (&self.mean[..], &self.invstd[..]);
+        let y = normalize(x, None, (w, b), stats, self.relu, (c, l));
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
@@ -168,64 +302,9 @@ impl CustomOp3 for BatchNormTrain {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, c, l) = x.dims3()?;
-        let (x, w, ys, grad) = (x.contiguous()?, w.contiguous()?, ys, grad.contiguous()?);
-        let (relu, count) = (self.relu, (n * l) as f32);
-        let want_x = x.track_op();
-        let _t = Timer::start(Part::BatchNorm);
-        let result = with_f32(&x, |xv| {
-            with_f32(ys, |yv| {
-                with_f32(&grad, |gv| {
-                    with_f32(&w, |wv| {
-                        // g' = g where the output is positive (ReLU), else g.
-                        let masked = move |g: f32, y: f32| if relu && y <= 0.0 { 0.0 } else { g };
-                        let sums = per_channel_sums((n, c, l), |ch, r| {
-                            let m = self.mean[ch];
-                            lane_sums(&gv[r.clone()], &yv[r.clone()], &xv[r], |g, y, x| {
-                                let g = masked(g, y);
-                                [g, g * (x - m)]
-                            })
-                        });
-                        let gsum: Vec<f32> = sums.iter().map(|s| s[0] as f32).collect();
-                        let gdot: Vec<f32> = sums.iter().map(|s| s[1] as f32).collect();
-                        let gw: Vec<f32> =
-                            gdot.iter().zip(&self.invstd).map(|(d, s)| d * s).collect();
-                        let gx = want_x.then(|| {
-                            // dx = a g' + k (x - mean) + shift, a = w invstd,
-                            // k = -a invstd² Σ g'(x - mean) / M, shift = -a Σ g' / M.
-                            let a: Vec<f32> =
-                                wv.iter().zip(&self.invstd).map(|(w, s)| w * s).collect();
-                            let kk: Vec<f32> = (0..c)
-                                .map(|ch| {
-                                    a[ch]
-                                        * (self.invstd[ch] * self.invstd[ch])
-                                        * gdot[ch]
-                                        * (-1.0 / count)
-                                })
-                                .collect();
-                            let shift: Vec<f32> =
-                                (0..c).map(|ch| a[ch] * gsum[ch] * (-1.0 / count)).collect();
-                            let mut gx = vec![0f32; xv.len()];
-                            let per = (c * l).max(1);
-                            gx.par_chunks_mut(per).enumerate().for_each(|(i, out)| {
-                                for (ch, o) in out.chunks_exact_mut(l.max(1)).enumerate() {
-                                    let r = (i * c + ch) * l..(i * c + ch + 1) * l;
-                                    let (m, a, k, b) = (self.mean[ch], a[ch], kk[ch], shift[ch]);
-                                    let rows = gv[r.clone()].iter().zip(&yv[r.clone()]).zip(&xv[r]);
-                                    for (o, ((&g, &y), &x)) in o.iter_mut().zip(rows) {
-                                        *o = masked(g, y) * a + (x - m) * k + b;
-                                    }
-                                }
-                            });
-                            gx
-                        });
-                        (gx, gw, gsum)
-                    })
-                })
-            })
-        });
-        let Some(Some(Some(Some((gx, gw, gsum))))) = result else {
-            candle_core::bail!("batch-norm-cpu: expected contiguous f32 CPU tensors")
-        };
+        let stats = (&self.mean[..], &self.invstd[..]);
+        let want = (x.track_op(), false);
+        let (gx, gw, gsum, _) = normalize_grads((x, w, ys, grad), stats, self.relu, want)?;
         let dev = x.device();
         let gx = gx
             .map(|v| Tensor::from_vec(v, (n, c, l), dev))
@@ -234,6 +313,63 @@ impl CustomOp3 for BatchNormTrain {
             gx,
             Some(Tensor::from_vec(gw, c, dev)?),
             Some(Tensor::from_vec(gsum, c, dev)?),
+        ))
+    }
+}
+
+impl CustomOp3 for BatchNormAddRelu {
+    fn name(&self) -> &'static str {
+        "batch-norm-add-relu-cpu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        rs: &CpuStorage,
+        rl: &Layout,
+        wbs: &CpuStorage,
+        wbl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let x = f32_slice(xs, xl, op, "input")?;
+        let r = f32_slice(rs, rl, op, "residual")?;
+        let wb = f32_slice(wbs, wbl, op, "weight and bias")?;
+        let (_, c, l) = xl.shape().dims3()?;
+        if rl.shape() != xl.shape() || wb.len() != 2 * c {
+            candle_core::bail!(
+                "{op}: operands of shapes {:?}, {:?}, {:?}",
+                xl.dims(),
+                rl.dims(),
+                wbl.dims()
+            )
+        }
+        let stats = (&self.mean[..], &self.invstd[..]);
+        let y = normalize(x, Some(r), wb.split_at(c), stats, true, (c, l));
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        r: &Tensor,
+        wb: &Tensor,
+        ys: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, c, l) = x.dims3()?;
+        let stats = (&self.mean[..], &self.invstd[..]);
+        let w = wb.narrow(0, 0, c)?;
+        let want = (x.track_op(), r.track_op());
+        let (gx, gw, gsum, gr) = normalize_grads((x, &w, ys, grad), stats, true, want)?;
+        let dev = x.device();
+        let tensor = |v: Vec<f32>| Tensor::from_vec(v, (n, c, l), dev);
+        let mut gwb = gw;
+        gwb.extend(gsum);
+        Ok((
+            gx.map(tensor).transpose()?,
+            gr.map(tensor).transpose()?,
+            Some(Tensor::from_vec(gwb, 2 * c, dev)?),
         ))
     }
 }

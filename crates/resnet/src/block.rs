@@ -104,6 +104,10 @@ impl Block {
 
 impl ModuleT for Block {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let shortcut = match &self.downsample {
+            Some(d) => d.forward_t(xs, train)?,
+            None => xs.clone(),
+        };
         let mut ys = xs.clone();
         let last = self.convs.len() - 1;
         for (i, (conv, bn)) in self.convs.iter().enumerate() {
@@ -111,14 +115,11 @@ impl ModuleT for Block {
             ys = if i != last {
                 bn.forward_relu(&conv, train)?
             } else {
-                bn.forward_t(&conv, train)?
+                // relu(bn(out) + identity), one operation each way (PyTorch's zero gradient
+                // where the sum is zero).
+                bn.forward_add_relu(&conv, &shortcut, train)?
             };
         }
-        let shortcut = match &self.downsample {
-            Some(d) => d.forward_t(xs, train)?,
-            None => xs.clone(),
-        };
-        // One pass each way, with PyTorch's zero gradient where the sum is zero.
-        layers::add_relu(&ys, &shortcut)
+        Ok(ys)
     }
 }
