@@ -15,9 +15,11 @@
 //! error is within 2 ulp of the exact value (PyTorch's vectorised CPU tanh, Sleef's, is within
 //! 1 ulp), tested against f64 over the whole range that does not round to ±1.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+
+use crate::fill::par_filled;
 use crate::per_channel::f32_slice;
 
 /// Elements per chunk of the parallel passes; tensors up to twice this run on the caller.
@@ -93,12 +95,11 @@ impl CustomOp2 for AddRelu {
         if al.shape() != bl.shape() {
             candle_core::bail!("{}: the operands' shapes differ", self.name())
         }
-        let mut y = vec![0f32; a.len()];
-        par_zip(a, b, &mut y, |a, b, y| {
+        let y = par_map2(a, b, |a, b, y| {
             for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
                 let s = a + b;
                 // NaN stays NaN, as torch.relu.
-                *y = if s <= 0.0 { 0.0 } else { s };
+                y.write(if s <= 0.0 { 0.0 } else { s });
             }
         });
         Ok((CpuStorage::F32(y), al.shape().clone()))
@@ -124,16 +125,24 @@ fn cpu_f32(xs: &Tensor) -> bool {
     xs.device().is_cpu() && xs.dtype() == DType::F32
 }
 
-/// `out[i] = f(a[i], b[i])` over equal-length slices, in chunks across the thread pool when
-/// they are long.
-fn par_zip(a: &[f32], b: &[f32], out: &mut [f32], f: impl Fn(&[f32], &[f32], &mut [f32]) + Sync) {
-    if out.len() <= 2 * CHUNK {
-        return f(a, b, out);
+/// A fresh vector of `min(a.len(), b.len())` values, `f(a, b, out)` writing every value of
+/// `out` from chunks of `a` and `b` of its length: in chunks across the thread pool when they
+/// are long, with no zero-filling pass first.
+fn par_map2(
+    a: &[f32],
+    b: &[f32],
+    f: impl Fn(&[f32], &[f32], &mut [MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    let n = a.len().min(b.len());
+    let chunk = if n <= 2 * CHUNK { n } else { CHUNK };
+    // SAFETY: every kernel passed here zips its output chunk with input chunks of the same
+    // length and writes each element.
+    unsafe {
+        par_filled(n, chunk, |i, out| {
+            let at = i * chunk..i * chunk + out.len();
+            f(&a[at.clone()], &b[at], out)
+        })
     }
-    out.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK))
-        .zip(b.par_chunks(CHUNK))
-        .for_each(|((o, a), b)| f(a, b, o));
 }
 
 /// Cephes' `expf` without branches, for `x` in [-87, 88] (NaN stays NaN).
@@ -186,9 +195,9 @@ fn tanh_f32(x: f32) -> f32 {
     }
 }
 
-fn tanh_slice(x: &[f32], y: &mut [f32]) {
+fn tanh_slice(x: &[f32], y: &mut [MaybeUninit<f32>]) {
     for (y, &x) in y.iter_mut().zip(x) {
-        *y = tanh_f32(x);
+        y.write(tanh_f32(x));
     }
 }
 
@@ -199,24 +208,28 @@ enum Unary {
 }
 
 impl Unary {
-    fn forward(self, x: &[f32], y: &mut [f32]) {
+    fn forward(self, x: &[f32], y: &mut [MaybeUninit<f32>]) {
         match self {
             Unary::Tanh => tanh_slice(x, y),
             Unary::Relu => {
                 for (y, &x) in y.iter_mut().zip(x) {
                     // NaN stays NaN, as torch.relu.
-                    *y = if x <= 0.0 { 0.0 } else { x };
+                    y.write(if x <= 0.0 { 0.0 } else { x });
                 }
             }
         }
     }
 
     /// The input's gradient from the output `y` and its gradient `g`.
-    fn backward(self, y: &[f32], g: &[f32], out: &mut [f32]) {
+    fn backward(self, y: &[f32], g: &[f32], out: &mut [MaybeUninit<f32>]) {
         let rows = out.iter_mut().zip(y.iter().zip(g));
         match self {
-            Unary::Tanh => rows.for_each(|(o, (&y, &g))| *o = g * (1.0 - y * y)),
-            Unary::Relu => rows.for_each(|(o, (&y, &g))| *o = if y > 0.0 { g } else { 0.0 }),
+            Unary::Tanh => rows.for_each(|(o, (&y, &g))| {
+                o.write(g * (1.0 - y * y));
+            }),
+            Unary::Relu => rows.for_each(|(o, (&y, &g))| {
+                o.write(if y > 0.0 { g } else { 0.0 });
+            }),
         }
     }
 }
@@ -231,9 +244,8 @@ impl CustomOp1 for Unary {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name(), "input")?;
-        let mut y = vec![0f32; x.len()];
         let op = *self;
-        par_zip(x, x, &mut y, |x, _, y| op.forward(x, y));
+        let y = par_map2(x, x, |x, _, y| op.forward(x, y));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -273,9 +285,8 @@ impl CustomOp2 for Backward {
                 yl.dims()
             )
         }
-        let mut out = vec![0f32; y.len()];
         let op = self.0;
-        par_zip(y, g, &mut out, |y, g, o| op.backward(y, g, o));
+        let out = par_map2(y, g, |y, g, o| op.backward(y, g, o));
         Ok((CpuStorage::F32(out), yl.shape().clone()))
     }
 }

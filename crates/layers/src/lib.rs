@@ -25,6 +25,7 @@ pub mod checkpoint;
 mod conv;
 #[cfg(feature = "cudnn")]
 mod cudnn;
+mod fill;
 pub mod init;
 mod linear_cpu;
 mod nn;

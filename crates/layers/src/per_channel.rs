@@ -12,6 +12,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
+use crate::fill::par_filled;
 use crate::profile::{time, Part, Timer};
 
 /// The contiguous f32 values of a CPU tensor, or `None`.
@@ -139,13 +140,12 @@ fn normalize(
     (c, l): (usize, usize),
 ) -> Vec<f32> {
     let scale: Vec<f32> = w.iter().zip(invstd).map(|(w, s)| w * s).collect();
-    let mut y = vec![0f32; x.len()];
     let _t = Timer::start(Part::BatchNorm);
     let per = (c * l).max(1);
-    y.par_chunks_mut(per)
-        .zip(x.par_chunks(per))
-        .enumerate()
-        .for_each(|(i, (yi, xi))| {
+    // SAFETY: each image's chunk is written whole, channel by channel.
+    unsafe {
+        par_filled(x.len(), per, |i, yi| {
+            let xi = &x[i * per..][..yi.len()];
             for ch in 0..c {
                 let (m, s, b) = (mean[ch], scale[ch], b[ch]);
                 let (yr, xr) = (&mut yi[ch * l..][..l], &xi[ch * l..][..l]);
@@ -153,7 +153,7 @@ fn normalize(
                     None => {
                         for (y, &x) in yr.iter_mut().zip(xr) {
                             let v = (x - m) * s + b;
-                            *y = if relu { v.max(0.0) } else { v };
+                            y.write(if relu { v.max(0.0) } else { v });
                         }
                     }
                     Some(r) => {
@@ -161,13 +161,13 @@ fn normalize(
                         for ((y, &x), &r) in yr.iter_mut().zip(xr).zip(rr) {
                             let v = ((x - m) * s + b) + r;
                             // NaN stays NaN, as torch.relu.
-                            *y = if v <= 0.0 { 0.0 } else { v };
+                            y.write(if v <= 0.0 { 0.0 } else { v });
                         }
                     }
                 }
             }
-        });
-    y
+        })
+    }
 }
 
 /// The gradients of [`normalize`] from its output `ys` and the output's gradient `grad`: the
@@ -209,46 +209,32 @@ fn normalize_grads(
                         .collect();
                     let shift: Vec<f32> =
                         (0..c).map(|ch| a[ch] * gsum[ch] * (-1.0 / count)).collect();
-                    let mut gx = if want_x {
-                        vec![0f32; xv.len()]
-                    } else {
-                        Vec::new()
-                    };
-                    let mut gr = if want_r {
-                        vec![0f32; xv.len()]
-                    } else {
-                        Vec::new()
-                    };
                     let per = (c * l).max(1);
-                    let jobs: Vec<_> = parts(&mut gx, n, per)
-                        .into_iter()
-                        .zip(parts(&mut gr, n, per))
-                        .collect();
-                    if want_x || want_r {
-                        jobs.into_par_iter()
-                            .enumerate()
-                            .for_each(|(i, (gxi, gri))| {
-                                let (mut gxi, mut gri) = (gxi, gri);
-                                for ch in 0..c {
-                                    let r = (i * c + ch) * l..(i * c + ch + 1) * l;
-                                    let (m, a, k, b) = (mean[ch], a[ch], kk[ch], shift[ch]);
-                                    let rows = gv[r.clone()].iter().zip(&yv[r.clone()]).zip(&xv[r]);
-                                    let at = ch * l..(ch + 1) * l;
-                                    if let Some(gx) = gxi.as_deref_mut() {
-                                        let o = &mut gx[at.clone()];
-                                        for (o, ((&g, &y), &x)) in o.iter_mut().zip(rows.clone()) {
-                                            *o = masked(g, y) * a + (x - m) * k + b;
-                                        }
-                                    }
-                                    if let Some(gr) = gri.as_deref_mut() {
-                                        for (o, ((&g, &y), _)) in gr[at].iter_mut().zip(rows) {
-                                            *o = masked(g, y);
-                                        }
-                                    }
+                    // SAFETY: each image's chunk is written whole, channel by channel.
+                    let gx = want_x.then(|| unsafe {
+                        par_filled(xv.len(), per, |i, o| {
+                            for ch in 0..c {
+                                let r = (i * c + ch) * l..(i * c + ch + 1) * l;
+                                let (m, a, k, b) = (mean[ch], a[ch], kk[ch], shift[ch]);
+                                let rows = gv[r.clone()].iter().zip(&yv[r.clone()]).zip(&xv[r]);
+                                for (o, ((&g, &y), &x)) in o[ch * l..][..l].iter_mut().zip(rows) {
+                                    o.write(masked(g, y) * a + (x - m) * k + b);
                                 }
-                            });
-                    }
-                    (want_x.then_some(gx), gw, gsum, want_r.then_some(gr))
+                            }
+                        })
+                    });
+                    // The residual's: the gradient through the ReLU.
+                    // SAFETY: every chunk is written whole.
+                    let gr = want_r.then(|| unsafe {
+                        par_filled(xv.len(), per, |i, o| {
+                            let r = i * per..i * per + o.len();
+                            for (o, (&g, &y)) in o.iter_mut().zip(gv[r.clone()].iter().zip(&yv[r]))
+                            {
+                                o.write(masked(g, y));
+                            }
+                        })
+                    });
+                    (gx, gw, gsum, gr)
                 })
             })
         })
@@ -257,14 +243,6 @@ fn normalize_grads(
         candle_core::bail!("batch-norm-cpu: expected contiguous f32 CPU tensors")
     };
     Ok(grads)
-}
-
-/// `n` chunks of `per` values of `v`, or `n` times `None` where `v` is empty.
-fn parts(v: &mut [f32], n: usize, per: usize) -> Vec<Option<&mut [f32]>> {
-    match v.is_empty() {
-        true => (0..n).map(|_| None).collect(),
-        false => v.chunks_mut(per).map(Some).collect(),
-    }
 }
 
 impl CustomOp3 for BatchNormTrain {
@@ -411,18 +389,19 @@ impl CustomOp2 for ChannelBias {
         if b.len() != c {
             candle_core::bail!("channel bias: {} values for {c} channels", b.len())
         }
-        let mut y = vec![0f32; x.len()];
         let per = (c * l).max(1);
-        y.par_chunks_mut(per)
-            .zip(x.par_chunks(per))
-            .for_each(|(yi, xi)| {
+        // SAFETY: each image's chunk is written whole, channel by channel.
+        let y = unsafe {
+            par_filled(x.len(), per, |i, yi| {
+                let xi = &x[i * per..][..yi.len()];
                 for ch in 0..c {
                     let bias = b[ch];
                     for (y, &x) in yi[ch * l..][..l].iter_mut().zip(&xi[ch * l..][..l]) {
-                        *y = x + bias;
+                        y.write(x + bias);
                     }
                 }
-            });
+            })
+        };
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 

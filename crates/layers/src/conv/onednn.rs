@@ -327,26 +327,29 @@ impl CustomOp2 for ConvDnnl {
         if x.len() != d.input_len() || w.len() != d.kernel_len() {
             candle_core::bail!("conv2d-onednn: operands changed shape since set-up")
         }
-        let mut out = vec![0f32; d.output_len()];
+        // oneDNN writes every value of the output: no zero-filling pass first.
+        let mut out: Vec<f32> = Vec::with_capacity(d.output_len());
         let (share, threads, _) = parts(d);
         let (x_img, out_img) = (d.input_len() / d.n as usize, d.output_len() / d.n as usize);
         time(Part::Gemm, || {
-            out.par_chunks_mut(share * out_img)
+            out.spare_capacity_mut()[..d.output_len()]
+                .par_chunks_mut(share * out_img)
                 .zip(x.par_chunks(share * x_img))
                 .try_for_each(|(out, x)| {
                     let part = CnnDnnlConv {
                         n: (x.len() / x_img) as i64,
                         ..*d
                     };
+                    let dst = out.as_mut_ptr().cast::<f32>();
                     call("forward", threads, |e, l| {
                         // SAFETY: the slices have the lengths `part` gives (checked above).
-                        unsafe {
-                            cnn_dnnl_forward(&part, x.as_ptr(), w.as_ptr(), out.as_mut_ptr(), e, l)
-                        }
+                        unsafe { cnn_dnnl_forward(&part, x.as_ptr(), w.as_ptr(), dst, e, l) }
                     })
                     .map(|_| ())
                 })
         })?;
+        // SAFETY: every part's call succeeded, and a successful forward writes its whole output.
+        unsafe { out.set_len(d.output_len()) };
         let shape = Shape::from((d.n as usize, d.o as usize, d.oh as usize, d.ow as usize));
         Ok((CpuStorage::F32(out), shape))
     }

@@ -2,7 +2,6 @@
 //! custom ops. A max window's gradient goes to its first maximum in scan order (or first NaN).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use super::config::{Pool2d, PoolKind};
 
@@ -237,12 +236,10 @@ impl PoolOp {
     fn run<T: candle_core::WithDType>(&self, x: &[T], layout: &Layout) -> Result<(Vec<T>, Shape)> {
         let x = contiguous(x, layout, "pooling")?;
         let (planes, plane) = Plane::new(self.0, layout.dims())?;
-        let mut y = vec![T::zero(); planes * plane.oh * plane.ow];
-        if !y.is_empty() {
-            y.par_chunks_mut(plane.oh * plane.ow)
-                .zip(x.par_chunks(plane.h * plane.w))
-                .for_each(|(y, x)| plane.forward(x, y));
-        }
+        let (ohw, hw) = (plane.oh * plane.ow, plane.h * plane.w);
+        let y = crate::fill::par_init(planes * ohw, ohw, T::zero(), |i, y| {
+            plane.forward(&x[i * hw..][..hw], y)
+        });
         let d = layout.dims();
         Ok((y, Shape::from((d[0], d[1], plane.oh, plane.ow))))
     }
@@ -288,14 +285,10 @@ impl PoolBackwardOp {
         let x = contiguous(x, lx, "pooling backward")?;
         let gy = contiguous(gy, lg, "pooling backward")?;
         let (_, plane) = Plane::new(self.0, lx.dims())?;
-        let mut gx = vec![T::zero(); x.len()];
-        if !gx.is_empty() {
-            gx.par_chunks_mut(plane.h * plane.w)
-                .zip(x.par_chunks(plane.h * plane.w))
-                .zip(gy.par_chunks(plane.oh * plane.ow))
-                .for_each(|((gx, x), gy)| plane.backward(x, gy, gx));
-        }
-        Ok(gx)
+        let (ohw, hw) = (plane.oh * plane.ow, plane.h * plane.w);
+        Ok(crate::fill::par_init(x.len(), hw, T::zero(), |i, gx| {
+            plane.backward(&x[i * hw..][..hw], &gy[i * ohw..][..ohw], gx)
+        }))
     }
 }
 
