@@ -163,7 +163,7 @@ impl ConvCpu {
     fn forward(&self, x: &[f32], w: &[f32], n: usize) -> Vec<f32> {
         let (k, ohw, img_len) = self.len();
         let (cout, geo) = (self.cout, &self.geo);
-        let mut out = vec![0f32; n * cout * ohw];
+        let mut out = crate::fill::par_zeros(n * cout * ohw);
         if winograd::applies(geo, cout) {
             let u = time(Part::Im2col, || winograd::transform_kernel(w, cout, geo.c));
             winograd::convolve(geo, cout, x, &u, n, &mut out, self.bf16);
@@ -295,7 +295,7 @@ impl ConvCpu {
         let g = &self.geo;
         let (k, ohw, img_len) = self.len();
         let cout = self.cout;
-        let mut gx = vec![0f32; n * img_len];
+        let mut gx = crate::fill::par_zeros(n * img_len);
         let (side_by_side, threads) = split(n);
         if g.stride == 1 && g.kh == g.kw && g.padding < g.kh {
             // w'[ch][(o, ki, kj)] = w[o][ch][kh-1-ki][kw-1-kj]: (C, O·KH·KW).

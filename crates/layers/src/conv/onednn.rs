@@ -422,7 +422,7 @@ impl CustomOp3 for ConvDnnlGrads {
         let n = d.n as usize;
         let (x_img, g_img) = (d.input_len() / n, d.output_len() / n);
         let count = n.div_ceil(share);
-        let mut out = vec![0f32; nx + nw];
+        let mut out = crate::fill::par_zeros(nx + nw);
         // The kernel gradient of each part but the first apart, summed after in order.
         let mut extra = vec![0f32; count.saturating_sub(1) * nw];
         let (gx, gw) = out.split_at_mut(nx);
