@@ -6,7 +6,7 @@
 //! (`y² - 1`, the product, the ReLU mask made as u8 then converted...). Here the forward is one
 //! pass over contiguous f32 data, in 16K-element chunks across the thread pool, and the
 //! backward is one pass reading the output and its gradient: `g (1 - y²)` for Tanh and
-//! `g [y > 0]` for ReLU (PyTorch's `tanh_backward` and `threshold_backward`). Element-wise, so
+//! `g [not y <= 0]` for ReLU (PyTorch's `tanh_backward` and `threshold_backward`). Element-wise, so
 //! the result does not depend on the number of threads. Other dtypes and devices take Candle's
 //! operations.
 //!
@@ -53,8 +53,8 @@ pub fn relu(xs: &Tensor) -> Result<Tensor> {
 /// that shape.
 ///
 /// On contiguous-able f32 CPU tensors, one pass forward (the sum rounded as Candle's and
-/// PyTorch's `+`) and one backward: both inputs get `g [y > 0]` (PyTorch's `threshold_backward`,
-/// zero at y = 0). Candle's `(a + b)?.relu()` takes one pass for the sum and one for the ReLU
+/// PyTorch's `+`) and one backward: both inputs get the gradient where y is not `<= 0` (PyTorch's
+/// `threshold_backward`: zero at y = 0, passed where y is NaN). Candle's `(a + b)?.relu()` takes one pass for the sum and one for the ReLU
 /// forward, and six backward (the ReLU mask built as zeros, a comparison, a conversion, a
 /// product, then the sum's two gradients).
 ///
@@ -227,8 +227,9 @@ impl Unary {
             Unary::Tanh => rows.for_each(|(o, (&y, &g))| {
                 o.write(g * (1.0 - y * y));
             }),
+            // PyTorch's `threshold_backward`: zero where y <= 0, the gradient elsewhere (NaN too).
             Unary::Relu => rows.for_each(|(o, (&y, &g))| {
-                o.write(if y > 0.0 { g } else { 0.0 });
+                o.write(if y <= 0.0 { 0.0 } else { g });
             }),
         }
     }
@@ -414,7 +415,7 @@ mod tests {
         assert_eq!(&v[..3], [0.0, 0.0, 4.0]);
         assert!(v[3].is_nan());
         let g = y.sum_all()?.backward()?;
-        assert_eq!(g.get(&a).unwrap().to_vec1::<f32>()?[..3], [0.0, 0.0, 1.0]);
+        assert_eq!(g.get(&a).unwrap().to_vec1::<f32>()?, [0.0, 0.0, 1.0, 1.0]);
         assert!(g.get(&b).is_none());
         assert!(add_relu(a.as_tensor(), &Tensor::zeros(3, DType::F32, &dev)?).is_err());
         Ok(())
@@ -429,7 +430,8 @@ mod tests {
         assert_eq!(&v[..3], [0.0, 0.0, 2.0]);
         assert!(v[3].is_nan());
         let g = y.sum_all()?.backward()?;
-        assert_eq!(g.get(&x).unwrap().to_vec1::<f32>()?[..3], [0.0, 0.0, 1.0]);
+        // As PyTorch's threshold_backward: the gradient passes where the output is NaN.
+        assert_eq!(g.get(&x).unwrap().to_vec1::<f32>()?, [0.0, 0.0, 1.0, 1.0]);
         Ok(())
     }
 

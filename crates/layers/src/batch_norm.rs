@@ -613,7 +613,13 @@ mod tests {
                     0.1,
                 )?;
                 let x = Var::from_tensor(&(Tensor::randn(0f32, 2.0, &shape[..], &dev)? + 1.0)?)?;
-                let r0 = Tensor::randn(0f32, 1.0, &shape[..], &dev)?;
+                let mut r0 = Tensor::randn(0f32, 1.0, &shape[..], &dev)?;
+                if tracked && shape.len() == 4 {
+                    // A NaN in the residual: both give NaN there and pass its gradient.
+                    let mut v = r0.flatten_all()?.to_vec1::<f32>()?;
+                    v[5] = f32::NAN;
+                    r0 = Tensor::from_vec(v, &shape[..], &dev)?;
+                }
                 let r = Var::from_tensor(&r0)?;
                 let res = if tracked {
                     r.as_tensor().clone()

@@ -125,26 +125,26 @@ pub fn set_enabled(on: bool) -> bool {
     ENABLED.with(|e| e.replace(on))
 }
 
-/// Images per oneDNN call, and OpenMP threads per call, for a batch of `n`: the batch split
-/// evenly over rayon's threads, one OpenMP thread each; a batch smaller than the pool is one
-/// call on as many OpenMP threads as the pool has.
-fn shares(n: usize) -> (usize, usize) {
+/// The images of each oneDNN call for a batch of `n`, and the OpenMP threads of each call: the
+/// batch split over rayon's `t` threads into `t` parts of ⌈n/t⌉ or ⌊n/t⌋ images (the larger
+/// first), one OpenMP thread each; a batch smaller than the pool is one call on as many OpenMP
+/// threads as the pool has.
+fn split(n: usize) -> (Vec<usize>, usize) {
     let threads = rayon::current_num_threads().max(1);
-    if n >= threads {
-        (n.div_ceil(threads), 1)
-    } else {
-        (n.max(1), threads)
+    if n < threads {
+        return (vec![n], threads);
     }
+    let (base, more) = (n / threads, n % threads);
+    (
+        (0..threads).map(|i| base + usize::from(i < more)).collect(),
+        1,
+    )
 }
 
-/// `desc` for a part of `n` images, with the size of every distinct part of its batch.
-fn parts(desc: &CnnDnnlConv) -> (usize, usize, Vec<CnnDnnlConv>) {
-    let n = desc.n as usize;
-    let (share, threads) = shares(n);
-    let mut sizes = vec![share.min(n)];
-    if !n.is_multiple_of(share) && n > share {
-        sizes.push(n % share);
-    }
+/// The parts of `desc`'s batch ([`split`]): each part's description, and OpenMP threads per
+/// call.
+fn parts(desc: &CnnDnnlConv) -> (Vec<CnnDnnlConv>, usize) {
+    let (sizes, threads) = split(desc.n as usize);
     let descs = sizes
         .into_iter()
         .map(|k| CnnDnnlConv {
@@ -152,7 +152,37 @@ fn parts(desc: &CnnDnnlConv) -> (usize, usize, Vec<CnnDnnlConv>) {
             ..*desc
         })
         .collect();
-    (share, threads, descs)
+    (descs, threads)
+}
+
+/// `v` cut into consecutive pieces of `k · each` values for each `k` of `sizes`.
+fn cut<'a, T>(mut v: &'a [T], sizes: &[CnnDnnlConv], each: usize) -> Vec<&'a [T]> {
+    let mut out = Vec::with_capacity(sizes.len());
+    for d in sizes {
+        let (a, b) = v.split_at(d.n as usize * each);
+        out.push(a);
+        v = b;
+    }
+    out
+}
+
+/// [`cut`] for mutable slices.
+fn cut_mut<'a, T>(mut v: &'a mut [T], sizes: &[CnnDnnlConv], each: usize) -> Vec<&'a mut [T]> {
+    let mut out = Vec::with_capacity(sizes.len());
+    for d in sizes {
+        let (a, b) = v.split_at_mut(d.n as usize * each);
+        out.push(a);
+        v = b;
+    }
+    out
+}
+
+/// `Ok(true)` of [`call`] for a shape set up before: anything else is an error.
+fn done(what: &str, result: Result<bool>) -> Result<()> {
+    match result? {
+        true => Ok(()),
+        false => candle_core::bail!("conv2d ({what}): oneDNN has no kernel for a shape it set up"),
+    }
 }
 
 /// Runs a shim call with an error buffer, on `threads` OpenMP threads: `Ok(true)` done,
@@ -232,7 +262,8 @@ fn run(
     bf16: bool,
 ) -> Result<Option<Tensor>> {
     let desc = describe(geo, cout, xs.dim(0)?, bf16);
-    let (_, threads, descs) = parts(&desc);
+    let (mut descs, threads) = parts(&desc);
+    descs.dedup_by_key(|d| d.n);
     for part in &descs {
         // SAFETY: `part` lives across the call; the buffer is the shim's to write.
         if !call("set-up", threads, |e, l| unsafe {
@@ -257,7 +288,7 @@ pub fn implementation(
     bf16: bool,
 ) -> Result<String> {
     let (geo, cout) = Geometry::of_conv(xs, weight, stride, padding)?;
-    let (_, threads, descs) = parts(&describe(&geo, cout, xs.dim(0)?, bf16));
+    let (descs, threads) = parts(&describe(&geo, cout, xs.dim(0)?, bf16));
     let mut out = [0 as c_char; 256];
     // SAFETY: as in `call`.
     let rc = unsafe {
@@ -327,30 +358,34 @@ impl CustomOp2 for ConvDnnl {
         if x.len() != d.input_len() || w.len() != d.kernel_len() {
             candle_core::bail!("conv2d-onednn: operands changed shape since set-up")
         }
+        let shape = Shape::from((d.n as usize, d.o as usize, d.oh as usize, d.ow as usize));
+        if d.output_len() == 0 {
+            return Ok((CpuStorage::F32(Vec::new()), shape));
+        }
         // oneDNN writes every value of the output: no zero-filling pass first.
         let mut out: Vec<f32> = Vec::with_capacity(d.output_len());
-        let (share, threads, _) = parts(d);
+        let (parts, threads) = parts(d);
         let (x_img, out_img) = (d.input_len() / d.n as usize, d.output_len() / d.n as usize);
+        let outs = cut_mut(
+            &mut out.spare_capacity_mut()[..d.output_len()],
+            &parts,
+            out_img,
+        );
+        let jobs: Vec<_> = parts.iter().zip(cut(x, &parts, x_img)).zip(outs).collect();
         time(Part::Gemm, || {
-            out.spare_capacity_mut()[..d.output_len()]
-                .par_chunks_mut(share * out_img)
-                .zip(x.par_chunks(share * x_img))
-                .try_for_each(|(out, x)| {
-                    let part = CnnDnnlConv {
-                        n: (x.len() / x_img) as i64,
-                        ..*d
-                    };
-                    let dst = out.as_mut_ptr().cast::<f32>();
+            jobs.into_par_iter().try_for_each(|((part, x), out)| {
+                let dst = out.as_mut_ptr().cast::<f32>();
+                done(
+                    "forward",
                     call("forward", threads, |e, l| {
                         // SAFETY: the slices have the lengths `part` gives (checked above).
-                        unsafe { cnn_dnnl_forward(&part, x.as_ptr(), w.as_ptr(), dst, e, l) }
-                    })
-                    .map(|_| ())
-                })
+                        unsafe { cnn_dnnl_forward(part, x.as_ptr(), w.as_ptr(), dst, e, l) }
+                    }),
+                )
+            })
         })?;
         // SAFETY: every part's call succeeded, and a successful forward writes its whole output.
         unsafe { out.set_len(d.output_len()) };
-        let shape = Shape::from((d.n as usize, d.o as usize, d.oh as usize, d.ow as usize));
         Ok((CpuStorage::F32(out), shape))
     }
 
@@ -418,56 +453,59 @@ impl CustomOp3 for ConvDnnlGrads {
         }
         let nx = if self.want_x { d.input_len() } else { 0 };
         let nw = if self.want_w { d.kernel_len() } else { 0 };
-        let (share, threads, _) = parts(d);
-        let n = d.n as usize;
-        let (x_img, g_img) = (d.input_len() / n, d.output_len() / n);
-        let count = n.div_ceil(share);
         let mut out = crate::fill::par_zeros(nx + nw);
+        let n = d.n as usize;
+        if n == 0 || d.output_len() == 0 {
+            return Ok((CpuStorage::F32(out), Shape::from(nx + nw)));
+        }
+        let (parts, threads) = parts(d);
+        let (x_img, g_img) = (d.input_len() / n, d.output_len() / n);
         // The kernel gradient of each part but the first apart, summed after in order.
-        let mut extra = vec![0f32; count.saturating_sub(1) * nw];
+        let mut extra = vec![0f32; parts.len().saturating_sub(1) * nw];
         let (gx, gw) = out.split_at_mut(nx);
-        let mut gx_parts: Vec<Option<&mut [f32]>> = match self.want_x {
-            true => gx.chunks_mut(share * x_img).map(Some).collect(),
-            false => (0..count).map(|_| None).collect(),
+        let gx_parts: Vec<Option<&mut [f32]>> = match self.want_x {
+            true => cut_mut(gx, &parts, x_img).into_iter().map(Some).collect(),
+            false => parts.iter().map(|_| None).collect(),
         };
-        let mut gw_parts: Vec<Option<&mut [f32]>> = match self.want_w {
+        let gw_parts: Vec<Option<&mut [f32]>> = match self.want_w {
             true => std::iter::once(gw)
                 .chain(extra.chunks_mut(nw.max(1)))
                 .map(Some)
                 .collect(),
-            false => (0..count).map(|_| None).collect(),
+            false => parts.iter().map(|_| None).collect(),
         };
-        let jobs: Vec<_> = grad
-            .chunks(share * g_img)
-            .zip(x.chunks(share * x_img))
-            .zip(gx_parts.drain(..).zip(gw_parts.drain(..)))
+        let jobs: Vec<_> = parts
+            .iter()
+            .zip(
+                cut(grad, &parts, g_img)
+                    .into_iter()
+                    .zip(cut(x, &parts, x_img)),
+            )
+            .zip(gx_parts.into_iter().zip(gw_parts))
             .collect();
         time(Part::Gemm, || {
-            jobs.into_par_iter().try_for_each(|((grad, x), (gx, gw))| {
-                let part = CnnDnnlConv {
-                    n: (x.len() / x_img) as i64,
-                    ..*d
-                };
-                let px = gx.map_or(std::ptr::null_mut(), |g| g.as_mut_ptr());
-                let pw = gw.map_or(std::ptr::null_mut(), |g| g.as_mut_ptr());
-                call("backward", threads, |e, l| {
-                    // SAFETY: every slice has the length `part` gives (checked above); null
-                    // pointers mark the gradients not wanted.
-                    unsafe {
-                        cnn_dnnl_backward(
-                            &part,
-                            x.as_ptr(),
-                            w.as_ptr(),
-                            grad.as_ptr(),
-                            px,
-                            pw,
-                            e,
-                            l,
-                        )
-                    }
+            jobs.into_par_iter()
+                .try_for_each(|((part, (grad, x)), (gx, gw))| {
+                    let px = gx.map_or(std::ptr::null_mut(), |g| g.as_mut_ptr());
+                    let pw = gw.map_or(std::ptr::null_mut(), |g| g.as_mut_ptr());
+                    let result = call("backward", threads, |e, l| {
+                        // SAFETY: every slice has the length `part` gives (checked above); null
+                        // pointers mark the gradients not wanted.
+                        unsafe {
+                            cnn_dnnl_backward(
+                                part,
+                                x.as_ptr(),
+                                w.as_ptr(),
+                                grad.as_ptr(),
+                                px,
+                                pw,
+                                e,
+                                l,
+                            )
+                        }
+                    });
+                    done("backward", result)
                 })
-                .map(|_| ())
-            })
         })?;
         if nw > 0 {
             let gw = &mut out[nx..];

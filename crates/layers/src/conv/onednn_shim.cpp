@@ -74,17 +74,28 @@ struct Buffer {
 };
 
 /// The primitive's operand in its own layout, with the reorders to and from the user's NCHW.
+/// The reorders take their scratchpad from the caller (a library-managed one may not move
+/// between threads, and they run on any of rayon's).
 struct Operand {
     memory::desc user, inner;
     bool same = true;
+    reorder::primitive_desc to_inner_pd, to_user_pd;
     reorder to_inner, to_user;
     void init(const memory::desc &u, const memory::desc &p, bool in, bool out) {
         user = u;
         inner = p;
         same = (u == p);
         if (!same) {
-            if (in) to_inner = reorder(reorder::primitive_desc(eng(), u, eng(), p));
-            if (out) to_user = reorder(reorder::primitive_desc(eng(), p, eng(), u));
+            primitive_attr attr;
+            attr.set_scratchpad_mode(scratchpad_mode::user);
+            if (in) {
+                to_inner_pd = reorder::primitive_desc(eng(), u, eng(), p, attr);
+                to_inner = reorder(to_inner_pd);
+            }
+            if (out) {
+                to_user_pd = reorder::primitive_desc(eng(), p, eng(), u, attr);
+                to_user = reorder(to_user_pd);
+            }
         }
     }
 };
@@ -106,7 +117,15 @@ std::mutex lock;
 /// Built primitives by shape, precision, algorithm and thread count (oneDNN splits the work
 /// when it builds them); a null entry marks a shape oneDNN has no kernel for.
 std::map<std::array<int64_t, 14>, std::unique_ptr<Entry>> cache;
-thread_local Buffer buf_src, buf_wei, buf_dst, buf_scratch;
+thread_local Buffer buf_src, buf_wei, buf_dst, buf_scratch, buf_reorder_scratch;
+
+/// Runs `r` (described by `pd`) from `from` to `to` with this thread's reorder scratchpad.
+void run_reorder(stream &st, const reorder &r, const reorder::primitive_desc &pd, memory &from,
+                 memory &to) {
+    auto sd = pd.scratchpad_desc();
+    memory pad(sd, eng(), buf_reorder_scratch.get(sd.get_size() + 1));
+    r.execute(st, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}, {DNNL_ARG_SCRATCHPAD, pad}});
+}
 
 std::unique_ptr<Entry> make(const CnnDnnlConv &s) {
     auto e = std::make_unique<Entry>();
@@ -199,7 +218,7 @@ memory input(stream &st, Operand &op, const void *ptr, Buffer &buf) {
     memory user(op.user, eng(), const_cast<void *>(ptr));
     if (op.same) return user;
     memory inner(op.inner, eng(), buf.get(op.inner.get_size()));
-    op.to_inner.execute(st, user, inner);
+    run_reorder(st, op.to_inner, op.to_inner_pd, user, inner);
     return inner;
 }
 
@@ -212,7 +231,7 @@ memory output(Operand &op, void *ptr, Buffer &buf) {
 void output_done(stream &st, Operand &op, memory &inner, void *ptr) {
     if (op.same) return;
     memory user(op.user, eng(), ptr);
-    op.to_user.execute(st, inner, user);
+    run_reorder(st, op.to_user, op.to_user_pd, inner, user);
 }
 
 memory scratch(const primitive_desc_base &pd) {

@@ -583,9 +583,10 @@ fn onednn_gives_one_gradient_when_one_is_wanted() -> Result<()> {
     Ok(())
 }
 
-/// A batch split over rayon pools of 1 to 5 threads (parts of 7 images: 7, 4+3, 3+3+1, 2+2+2+1,
-/// 2+2+2+1; and one image on all the pool's OpenMP threads): the output and both gradients
-/// agree with the built-in convolution, and a pool's run repeats bit for bit.
+/// A batch split over rayon pools of 1 to 5 threads (parts of 7 images: 7, 4+3, 3+2+2, 2+2+2+1,
+/// 2+2+1+1+1; and one image on all the pool's OpenMP threads): the output and both gradients
+/// agree with the built-in convolution, and a pool's run repeats bit for bit. An empty batch
+/// gives an empty output and gradients.
 #[cfg(feature = "onednn")]
 #[test]
 fn onednn_splits_the_batch_over_the_pool() -> Result<()> {
@@ -610,6 +611,13 @@ fn onednn_splits_the_batch_over_the_pool() -> Result<()> {
             };
             let (first, again) = (run()?, run()?);
             let what = format!("n{n}, {threads} threads");
+            let empty = Var::from_tensor(&Tensor::zeros((0, 16, 6, 6), DType::F32, &dev)?)?;
+            let y =
+                pool.install(|| onednn::conv2d_any_shape(empty.as_tensor(), ws, 2, 1, false))?;
+            let y = y.expect("oneDNN takes an empty batch");
+            assert_eq!(y.dims(), [0, 32, 3, 3], "{what}");
+            let g = y.sum_all()?.backward()?;
+            assert_eq!(g.get(&empty).expect("a gradient").dims(), [0, 16, 6, 6]);
             assert_close(&first, &built_in, [1e-5; 3], &what)?;
             for (a, b) in first.iter().zip(&again) {
                 let d = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;

@@ -45,12 +45,12 @@ struct Mutate<F>(Mutex<Option<F>>, Mutex<Option<anyhow::Error>>);
 
 impl<F: FnOnce(&mut [f32]) -> Result<()> + Send> InplaceOp1 for Mutate<F> {
     fn name(&self) -> &'static str {
-        "adam-in-place"
+        "optimizer-in-place"
     }
 
     fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
         let (CpuStorage::F32(v), Some((a, b))) = (s, l.contiguous_offsets()) else {
-            candle_core::bail!("adam: the parameter and its moments must be contiguous f32")
+            candle_core::bail!("optimizer: the parameter and its state must be contiguous f32")
         };
         let f = self.0.lock().ok().and_then(|mut f| f.take());
         if let Some(Err(e)) = f.map(|f| f(&mut v[a..b])) {

@@ -255,7 +255,9 @@ fn update(
     let mut kept = momentum_buffer;
     if c.momentum != 0.0 {
         let buf = match kept {
-            None => d_p.clone(),
+            // A copy: the buffer must not share the gradient's storage (the fused CPU step
+            // updates buffers in place).
+            None => d_p.copy()?,
             Some(buf) if c.dampening == 0.0 => ((buf * c.momentum)? + &d_p)?,
             Some(buf) => ((buf * c.momentum)? + (&d_p * (1.0 - c.dampening))?)?,
         };
