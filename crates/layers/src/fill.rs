@@ -8,17 +8,17 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-/// A vector of `n` f32 whose chunk `i` (`chunk` values, the last one possibly fewer) is written
-/// by `fill(i, values)`, the chunks in parallel (one chunk runs on the caller; none, for
+/// A vector of `n` values whose chunk `i` (`chunk` values, the last one possibly fewer) is
+/// written by `fill(i, values)`, the chunks in parallel (one chunk runs on the caller; none, for
 /// `n = 0`).
 ///
 /// # Safety
 /// `fill` must write every element of each chunk it is given (with `MaybeUninit::write`).
-pub(crate) unsafe fn par_filled(
+pub(crate) unsafe fn par_filled<T: Send>(
     n: usize,
     chunk: usize,
-    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
-) -> Vec<f32> {
+    fill: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync,
+) -> Vec<T> {
     let mut v = Vec::with_capacity(n);
     let out = &mut v.spare_capacity_mut()[..n];
     let chunk = chunk.max(1);
@@ -36,33 +36,22 @@ pub(crate) unsafe fn par_filled(
 
 /// A vector of `n` values whose chunk `i` (`chunk` values, the last one possibly fewer) is set
 /// to `init` and then handed to `f(i, values)`, the chunks in parallel (one chunk runs on the
-/// caller; none, for `n = 0`): each chunk's initialisation runs on the thread that uses it, while it is in cache,
-/// instead of one pass on the calling thread first.
+/// caller; none, for `n = 0`): each chunk's initialisation runs on the thread that uses it,
+/// while it is in cache, instead of one pass on the calling thread first.
 pub(crate) fn par_init<T: Copy + Send + Sync>(
     n: usize,
     chunk: usize,
     init: T,
     f: impl Fn(usize, &mut [T]) + Sync,
 ) -> Vec<T> {
-    let mut v = Vec::with_capacity(n);
-    let out = &mut v.spare_capacity_mut()[..n];
-    let chunk = chunk.max(1);
-    let one = |i: usize, c: &mut [MaybeUninit<T>]| {
+    let init_then_f = |i: usize, c: &mut [MaybeUninit<T>]| {
         c.fill(MaybeUninit::new(init));
         // SAFETY: every element of `c` was just initialised; `MaybeUninit<T>` has `T`'s layout.
         let c = unsafe { std::slice::from_raw_parts_mut(c.as_mut_ptr().cast::<T>(), c.len()) };
         f(i, c);
     };
-    if (1..=chunk).contains(&n) {
-        one(0, out);
-    } else if n > chunk {
-        out.par_chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(i, c)| one(i, c));
-    }
-    // SAFETY: every chunk of the first `n` values was initialised.
-    unsafe { v.set_len(n) };
-    v
+    // SAFETY: `init_then_f` initialises every element of each chunk.
+    unsafe { par_filled(n, chunk, init_then_f) }
 }
 
 /// `n` zeros, written in parallel chunks (`vec![0f32; n]` is one pass of `calloc`'s `memset`

@@ -29,6 +29,33 @@ pub(super) fn applies(var: &Var, grad: &Tensor) -> bool {
         && t.shape() == grad.shape()
 }
 
+/// An error unless every tensor of `ts` is a contiguous f32 tensor of `var`'s shape.
+fn check_like<'a>(var: &Var, ts: impl IntoIterator<Item = &'a Tensor>, what: &str) -> Result<()> {
+    for t in ts {
+        if t.shape() != var.shape() || !t.is_contiguous() || t.dtype() != DType::F32 {
+            bail!(
+                "{what}: a {:?} {:?} tensor for a parameter of shape {:?}",
+                t.dtype(),
+                t.dims(),
+                var.dims()
+            )
+        }
+    }
+    Ok(())
+}
+
+/// The contiguous f32 CPU values behind a tensor's storage and layout (a gradient's).
+fn f32_values<'a>(
+    storage: &'a candle_core::Storage,
+    layout: &Layout,
+    what: &str,
+) -> Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(CpuStorage::F32(g)), Some((a, b))) => Ok(&g[a..b]),
+        _ => bail!("{what}: the gradient must be a contiguous f32 CPU tensor"),
+    }
+}
+
 /// Runs `f` on the contiguous f32 values of `t`, mutably, in place.
 fn with_mut(t: &Tensor, f: impl FnOnce(&mut [f32]) -> Result<()> + Send) -> Result<()> {
     let op = Mutate(Mutex::new(Some(f)), Mutex::new(None));
@@ -128,22 +155,10 @@ pub(super) fn step(
     exp_avg_sq: &Tensor,
 ) -> Result<()> {
     let n = var.elem_count();
-    for t in [grad, exp_avg, exp_avg_sq] {
-        if t.shape() != var.shape() || !t.is_contiguous() || t.dtype() != DType::F32 {
-            bail!(
-                "adam: a {:?} {:?} tensor for a parameter of shape {:?}",
-                t.dtype(),
-                t.dims(),
-                var.dims()
-            )
-        }
-    }
+    check_like(var, [grad, exp_avg, exp_avg_sq], "adam")?;
     let k = Step::new(c, step);
     let (g_storage, g_layout) = grad.storage_and_layout();
-    let g = match (&*g_storage, g_layout.contiguous_offsets()) {
-        (candle_core::Storage::Cpu(CpuStorage::F32(g)), Some((a, b))) => &g[a..b],
-        _ => bail!("adam: the gradient must be a contiguous f32 CPU tensor"),
-    };
+    let g = f32_values(&g_storage, g_layout, "adam")?;
     with_mut(var.as_tensor(), |p| {
         with_mut(exp_avg, |m| {
             with_mut(exp_avg_sq, |v| {
@@ -220,22 +235,10 @@ pub(super) fn sgd_step(
     buf: Option<Tensor>,
 ) -> Result<Option<Tensor>> {
     let n = var.elem_count();
-    for t in std::iter::once(grad).chain(&buf) {
-        if t.shape() != var.shape() || !t.is_contiguous() || t.dtype() != DType::F32 {
-            bail!(
-                "sgd: a {:?} {:?} tensor for a parameter of shape {:?}",
-                t.dtype(),
-                t.dims(),
-                var.dims()
-            )
-        }
-    }
+    check_like(var, std::iter::once(grad).chain(&buf), "sgd")?;
     let k = SgdStep::new(c);
     let (g_storage, g_layout) = grad.storage_and_layout();
-    let g = match (&*g_storage, g_layout.contiguous_offsets()) {
-        (candle_core::Storage::Cpu(CpuStorage::F32(g)), Some((a, b))) => &g[a..b],
-        _ => bail!("sgd: the gradient must be a contiguous f32 CPU tensor"),
-    };
+    let g = f32_values(&g_storage, g_layout, "sgd")?;
     let pass = |p: &mut [f32], b: &mut [f32], first: bool| {
         if p.len() != n || g.len() != n || (k.momentum.is_some() && b.len() != n) {
             bail!("sgd: buffers of different lengths");
