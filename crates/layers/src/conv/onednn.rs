@@ -108,7 +108,7 @@ pub fn set_winograd(on: bool) -> bool {
     WINOGRAD.with(|e| e.replace(on))
 }
 
-/// Sends every plain convolution on this thread to oneDNN, whatever [`conv2d`]'s routing would
+/// Sends every plain convolution on this thread to oneDNN, whatever the routing would
 /// choose (for measurements such as `examples/conv_shapes.rs`); returns the previous setting.
 pub fn set_everywhere(on: bool) -> bool {
     EVERYWHERE.with(|e| e.replace(on))
