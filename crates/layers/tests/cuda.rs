@@ -275,6 +275,26 @@ fn relative(a: &[f32], r: &[f64]) -> f64 {
     diff / r.iter().map(|r| r.abs()).fold(f64::MIN_POSITIVE, f64::max)
 }
 
+/// The size of the terms batch norm's input gradient is the difference of:
+/// `max over channels of |weight| / sqrt(batch variance + eps)`, times `max |upstream|`.
+fn input_gradient_terms(x: &Tensor, weight: &Tensor, upstream: &Tensor, eps: f64) -> Result<f64> {
+    let var = x
+        .transpose(0, 1)?
+        .flatten_from(1)?
+        .to_dtype(candle_core::DType::F64)?;
+    let mean = var.mean_keepdim(1)?;
+    let var = var.broadcast_sub(&mean)?.sqr()?.mean(1)?.to_vec1::<f64>()?;
+    let weight = weight.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
+    let g = host(upstream)?
+        .iter()
+        .fold(0f64, |m, v| m.max((*v as f64).abs()));
+    let w_over_sigma = weight
+        .iter()
+        .zip(&var)
+        .fold(0f64, |m, (w, v)| m.max(w.abs() / (v + eps).sqrt()));
+    Ok((w_over_sigma * g).max(f64::MIN_POSITIVE))
+}
+
 fn host(t: &Tensor) -> Result<Vec<f32>> {
     t.to_dtype(candle_core::DType::F32)?
         .flatten_all()?
@@ -443,10 +463,26 @@ fn batch_norm_training_step_matches_the_cpu() -> Result<()> {
             "running var",
             "count",
         ];
+        // The input gradient `w / sigma * (g - mean(g) - x_hat * mean(g * x_hat))` is a
+        // difference of terms of size `|w| / sigma * |g|`, which cancel to nearly nothing when a
+        // channel has few values (two values per channel leave only what `eps` adds: an H200
+        // run failed on 5e-3 of such a remainder). Its error is measured against those terms.
+        let terms = input_gradient_terms(&x, &weight, &upstream, 1e-5)?;
         let errors: Vec<f64> = cpu
             .iter()
             .zip(&cuda)
-            .map(|(r, a)| relative(a, &r.iter().map(|v| *v as f64).collect::<Vec<_>>()))
+            .enumerate()
+            .map(|(i, (r, a))| {
+                let r: Vec<f64> = r.iter().map(|v| *v as f64).collect();
+                let e = relative(a, &r);
+                match i {
+                    1 => {
+                        let size = r.iter().fold(f64::MIN_POSITIVE, |m, v| m.max(v.abs()));
+                        e * size / terms.max(size)
+                    }
+                    _ => e,
+                }
+            })
             .collect();
         let report: Vec<String> = names
             .iter()

@@ -81,7 +81,8 @@ struct Constants {
     overflow: Tensor,
     last_class: Tensor,
     five: Tensor,
-    /// `(n,)` u32 ones, as many as the largest batch so far.
+    /// `(n,)` u32 ones, as many as the largest batch so far (at least one: CUDA refuses to
+    /// allocate zero bytes, `cuMemAllocAsync` answers `CUDA_ERROR_INVALID_VALUE`).
     ones: Tensor,
 }
 
@@ -102,7 +103,7 @@ impl Constants {
             overflow: u32_of(k * k)?,
             last_class: u32_of(k - 1)?,
             five: u32_of(5)?,
-            ones: Tensor::ones(0, DType::U32, device)?,
+            ones: Tensor::ones(1, DType::U32, device)?,
         })
     }
 

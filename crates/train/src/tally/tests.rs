@@ -234,3 +234,44 @@ fn a_label_that_is_no_class_is_an_error_at_the_next_read() -> Result<()> {
     assert!(Tally::new(0, &dev, 1, 1).is_err());
     Ok(())
 }
+
+/// CUDA refuses zero-byte allocations (`cuMemAllocAsync` answers `CUDA_ERROR_INVALID_VALUE`),
+/// which an H200 run of `train-cifar` hit at the first batch: nothing a tally holds may be
+/// empty, before or after reads.
+#[test]
+fn a_tally_never_holds_an_empty_device_tensor() -> Result<()> {
+    let dev = Device::Cpu;
+    let nonempty = |t: &Tally| {
+        let c = &t.constants;
+        for (name, x) in [
+            ("counts", &t.counts),
+            ("top5", &t.top5),
+            ("losses", &t.losses.data),
+            ("predicted", &t.predicted.data),
+            ("minus_infinity", &c.minus_infinity),
+            ("first", &c.first),
+            ("fallback", &c.fallback),
+            ("k", &c.k),
+            ("overflow", &c.overflow),
+            ("last_class", &c.last_class),
+            ("five", &c.five),
+            ("ones", &c.ones),
+        ] {
+            assert!(x.elem_count() > 0, "{name} is empty");
+        }
+    };
+    let mut tally = Tally::new(1, &dev, 0, 0)?;
+    nonempty(&tally);
+    tally.read()?;
+    nonempty(&tally);
+    let logits = Tensor::new(&[[1f32]], &dev)?;
+    tally.add(
+        &Tensor::new(0.5f32, &dev)?,
+        &logits,
+        &Tensor::new(&[0u32], &dev)?,
+        &[0],
+    )?;
+    tally.read()?;
+    nonempty(&tally);
+    Ok(())
+}
