@@ -1,7 +1,11 @@
 //! Mixed precision in the manner of PyTorch's `torch.autocast`: while a dtype is set for the
 //! current thread, [`Conv2d`](crate::Conv2d) and [`Linear`](crate::Linear) run their products in
-//! it (input, weight and bias cast on the way in) and hand back float32, so weights, gradients,
-//! optimizer state, batch norm and the loss stay float32.
+//! it (input, weight and bias cast on the way in). Weights, gradients, optimizer state, batch
+//! norm's statistics and parameters, and the loss stay float32: [`Linear`](crate::Linear) hands
+//! back float32 (the logits), and so do the CPU's convolutions. On CUDA a convolution hands on
+//! the reduced dtype, as PyTorch's: the activations between convolutions (batch norm's output,
+//! ReLU, pooling, residual joins) and their gradients stay bf16 (or f16), batch norm computing
+//! in float32 inside (cuDNN's mixed-precision batch norm with the `cudnn` feature).
 //!
 //! ```
 //! # fn main() -> candle_core::Result<()> {
@@ -113,6 +117,17 @@ pub(crate) fn compute_dtype(xs: &Tensor) -> DType {
     match dtype() {
         Some(d) if xs.dtype() == DType::F32 => d,
         _ => xs.dtype(),
+    }
+}
+
+/// The dtype a convolution under autocast hands on, given its input `xs` and the dtype its
+/// product ran in: on CUDA the product's (bf16 or f16 activations from there on, as PyTorch's
+/// autocast, so batch norm, activations, joins and their gradients move half the bytes); on
+/// the CPU the input's (float32 there, see [`cpu_bf16_kernel`]).
+pub(crate) fn output_dtype(xs: &Tensor, computed: DType) -> DType {
+    match xs.device().is_cuda() {
+        true => computed,
+        false => xs.dtype(),
     }
 }
 

@@ -239,6 +239,22 @@ impl BatchNorm {
             )
         }
         let (n, l) = (xs.dim(0)?, xs.elem_count() / (xs.dim(0)? * c).max(1));
+        // A bfloat16 or float16 input in training on CUDA (what convolutions hand on under
+        // autocast there): cuDNN's mixed-precision batch norm, output in the input's dtype, as
+        // PyTorch. Where cuDNN refuses the dtype, the float32 path below, from then on.
+        #[cfg(feature = "cudnn")]
+        if train
+            && matches!(xs.dtype(), DType::F16 | DType::BF16)
+            && n * l >= 2
+            && stats_sync().is_none()
+            && cudnn::supports(self, xs)
+            && cudnn::reduced_allowed()
+        {
+            match cudnn::train(self, &xs.reshape((n, c, l))?, relu) {
+                Ok(ys) => return ys.reshape(xs.shape()),
+                Err(e) => cudnn::refuse_reduced(&e),
+            }
+        }
         let dtype = match xs.dtype() {
             DType::F16 | DType::BF16 => DType::F32,
             d => d,

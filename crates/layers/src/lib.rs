@@ -25,6 +25,8 @@ pub mod checkpoint;
 mod conv;
 #[cfg(feature = "cudnn")]
 mod cudnn;
+#[cfg(feature = "cuda")]
+mod dropout_cuda;
 mod fill;
 pub mod init;
 mod linear_cpu;

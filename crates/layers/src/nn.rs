@@ -67,7 +67,9 @@ pub fn linear(
 }
 
 /// `nn.Linear`: `x W^T + b`, with weight (out, in) and optional bias (out). Under
-/// [`autocast`] the product runs in the reduced dtype and the bias is added in the input's.
+/// [`autocast`] the product runs in the reduced dtype and the output (and the bias added to
+/// it) is float32: the input's dtype, or the weight's for a bf16/f16 input (CUDA's activations
+/// under autocast).
 /// An f32 (N, in) input on the CPU with a bias runs as one operation (`linear_cpu`), under bf16
 /// autocast too ([`autocast::cpu_bf16_kernel`]).
 #[derive(Debug, Clone)]
@@ -125,16 +127,30 @@ impl Module for Linear {
             [b, _, _] => w.broadcast_left(b)?.t()?,
             _ => w.t()?,
         };
-        let ys = autocast::cast(&x.matmul(&w)?, xs.dtype())?;
+        // Under autocast the output is the weight's dtype (float32 logits from bf16
+        // activations on CUDA); otherwise the input's.
+        let out = match autocast::dtype() {
+            Some(_) if is_reduced(xs.dtype()) && !is_reduced(self.weight.dtype()) => {
+                self.weight.dtype()
+            }
+            _ => xs.dtype(),
+        };
+        let ys = autocast::cast(&x.matmul(&w)?, out)?;
         match &self.bias {
-            Some(b) => ys.broadcast_add(b),
+            Some(b) => ys.broadcast_add(&autocast::cast(b, out)?),
             None => Ok(ys),
         }
     }
 }
 
+fn is_reduced(dtype: candle_core::DType) -> bool {
+    matches!(dtype, candle_core::DType::BF16 | candle_core::DType::F16)
+}
+
 /// `nn.Dropout(p)`: zeroes each element with probability `p` in training and scales the rest by
-/// `1 / (1 - p)`; the identity in evaluation. Masks come from [`crate::rng`], so runs repeat.
+/// `1 / (1 - p)`; the identity in evaluation. Masks come from [`crate::rng`], so runs repeat:
+/// one value per element on the CPU; on CUDA one seed per mask, for cuRAND's Philox generator
+/// on the device (no mask made on the host and copied).
 #[derive(Debug, Clone, Copy)]
 pub struct Dropout {
     p: f32,
@@ -156,6 +172,11 @@ impl ModuleT for Dropout {
             candle_core::bail!("dropout probability must be in [0, 1), got {}", self.p)
         }
         let keep = 1.0 - self.p as f64;
+        // On CUDA the mask is drawn there (cuRAND's Philox, seeded from `crate::rng`).
+        #[cfg(feature = "cuda")]
+        if xs.device().is_cuda() {
+            return crate::dropout_cuda::dropout(xs, keep);
+        }
         let scale = (1.0 / keep) as f32;
         let n = xs.elem_count();
         let mask: Vec<f32> = crate::rng::with(|rng| {

@@ -147,6 +147,8 @@ fn conv_weight_gradients_agree_in_f32_and_bf16() -> Result<()> {
         let y = conv.forward(&x.to_device(dev)?)?;
         let grads = y.sqr()?.sum_all()?.backward()?;
         let gw = grads.get(&wv).expect("weight gradient").clone();
+        // Under bf16 autocast CUDA's output is bf16 (the CPU's float32): compared in float32.
+        let y = y.to_dtype(candle_core::DType::F32)?;
         Ok((y.to_device(&Device::Cpu)?, gw.to_device(&Device::Cpu)?))
     };
     for bf16 in [false, true] {
@@ -374,7 +376,10 @@ fn conv_forward_and_both_gradients_match_an_f64_reference() -> Result<()> {
             let wv = Var::from_tensor(&w.to_device(&gpu)?)?;
             let conv = Conv2d::new(wv.as_tensor().clone(), None, case.config());
             let y = conv.forward(xv.as_tensor())?;
-            let upstream = Tensor::from_slice(&g, y.shape(), &Device::Cpu)?.to_device(&gpu)?;
+            // In the output's dtype: bf16 under autocast on CUDA (the values are exact there).
+            let upstream = Tensor::from_slice(&g, y.shape(), &Device::Cpu)?
+                .to_device(&gpu)?
+                .to_dtype(y.dtype())?;
             let grads = (&y * upstream)?.sum_all()?.backward()?;
             let gx = grads.get(&xv).expect("input gradient");
             let gw = grads.get(&wv).expect("weight gradient");
@@ -499,5 +504,146 @@ fn batch_norm_training_step_matches_the_cpu() -> Result<()> {
             report.join(", ")
         );
     }
+    Ok(())
+}
+
+/// Under bf16 autocast on CUDA, as PyTorch's: a convolution hands on bf16 (its bias added in
+/// bf16), batch norm takes and gives bf16 (cuDNN's mixed-precision batch norm: statistics,
+/// parameters and their gradients float32) and equals the float32 batch norm of the same
+/// values within bf16's rounding, and a linear layer hands back float32 logits.
+#[test]
+fn autocast_on_cuda_keeps_bf16_activations_and_float32_statistics() -> Result<()> {
+    use candle_core::DType;
+    let Some(gpu) = gpu() else { return Ok(()) };
+    let _bf16 = layers::autocast::enable(DType::BF16)?;
+    let x = Tensor::randn(0f32, 1.0, (8, 3, 12, 12), &Device::Cpu)?.to_device(&gpu)?;
+    let w = Tensor::randn(0f32, 0.3, (16, 3, 3, 3), &Device::Cpu)?.to_device(&gpu)?;
+    let b = Tensor::randn(0f32, 0.3, 16, &Device::Cpu)?.to_device(&gpu)?;
+    let conv = Conv2d::new(
+        w,
+        Some(b),
+        candle_nn::Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        },
+    );
+    let y = conv.forward(&x)?;
+    assert_eq!(
+        y.dtype(),
+        DType::BF16,
+        "convolution output under autocast on CUDA"
+    );
+
+    let c = 16;
+    let make = || -> Result<(BatchNorm, Var, Var)> {
+        let wv = Var::from_tensor(&Tensor::rand(0.5f32, 1.5, c, &Device::Cpu)?.to_device(&gpu)?)?;
+        let bv = Var::from_tensor(&Tensor::rand(-0.5f32, 0.5, c, &Device::Cpu)?.to_device(&gpu)?)?;
+        let bn = BatchNorm::new(
+            Tensor::zeros(c, DType::F32, &gpu)?,
+            Tensor::ones(c, DType::F32, &gpu)?,
+            wv.as_tensor().clone(),
+            bv.as_tensor().clone(),
+            1e-5,
+            0.1,
+        )?;
+        Ok((bn, wv, bv))
+    };
+    let (bn16, w16, b16) = make()?;
+    let (bn32, w32, b32) = make()?;
+    let (w_init, b_init) = (w16.as_tensor().copy()?, b16.as_tensor().copy()?);
+    w32.set(&w_init)?;
+    b32.set(&b_init)?;
+    let x16 = Var::from_tensor(&y.detach())?;
+    let x32 = Var::from_tensor(&y.detach().to_dtype(DType::F32)?)?;
+    let up = Tensor::randn(0f32, 1.0, y.shape(), &Device::Cpu)?.to_device(&gpu)?;
+    let y16 = bn16.forward_relu(x16.as_tensor(), true)?;
+    assert_eq!(
+        y16.dtype(),
+        DType::BF16,
+        "batch norm output for a bf16 input"
+    );
+    let y32 = {
+        let _off = layers::autocast::set(None);
+        bn32.forward_relu(x32.as_tensor(), true)?
+    };
+    let g16 = (y16.to_dtype(DType::F32)? * &up)?.sum_all()?.backward()?;
+    let g32 = (&y32 * &up)?.sum_all()?.backward()?;
+    let pairs = [
+        ("output", host(&y16)?, host(&y32)?, 1e-2),
+        (
+            "input gradient",
+            host(g16.get(&x16).expect("dx"))?,
+            host(g32.get(&x32).expect("dx"))?,
+            2e-2,
+        ),
+        (
+            "weight gradient",
+            host(g16.get(&w16).expect("dw"))?,
+            host(g32.get(&w32).expect("dw"))?,
+            1e-2,
+        ),
+        (
+            "bias gradient",
+            host(g16.get(&b16).expect("db"))?,
+            host(g32.get(&b32).expect("db"))?,
+            1e-2,
+        ),
+        (
+            "running mean",
+            host(bn16.running_mean())?,
+            host(bn32.running_mean())?,
+            1e-5,
+        ),
+        (
+            "running var",
+            host(bn16.running_var())?,
+            host(bn32.running_var())?,
+            1e-5,
+        ),
+    ];
+    for (what, a, r, tol) in pairs {
+        let e = relative(&a, &r.iter().map(|v| *v as f64).collect::<Vec<_>>());
+        println!("bf16 batch norm against float32: {what} {e:.1e}");
+        assert!(e < tol, "{what}: {e} over {tol}");
+    }
+    assert_eq!(g16.get(&w16).expect("dw").dtype(), DType::F32);
+
+    let lin = layers::Linear::new(
+        Tensor::randn(0f32, 0.1, (10, 16 * 12 * 12), &Device::Cpu)?.to_device(&gpu)?,
+        Some(Tensor::zeros(10, DType::F32, &gpu)?),
+    );
+    let logits = lin.forward(&layers::flatten(&y16)?)?;
+    assert_eq!(logits.dtype(), DType::F32, "linear output under autocast");
+    Ok(())
+}
+
+/// Dropout on CUDA: the mask is drawn on the device from a seed of `layers::rng`, so the same
+/// seed gives the same mask; about `1 - p` of the elements are kept, each scaled by
+/// `1 / (1 - p)`, and the gradient is the mask.
+#[test]
+fn dropout_on_cuda_repeats_with_the_seed_and_keeps_the_rate() -> Result<()> {
+    let Some(gpu) = gpu() else { return Ok(()) };
+    let n = 1 << 20;
+    let x = Var::from_tensor(&Tensor::ones(n, candle_core::DType::F32, &gpu)?)?;
+    let drop = layers::Dropout::new(0.3);
+    let mut masks = Vec::new();
+    for seed in [7, 7, 8] {
+        layers::rng::set_seed(seed);
+        let y = drop.forward_t(x.as_tensor(), true)?;
+        let g = y.sum_all()?.backward()?;
+        let (y, g) = (host(&y)?, host(g.get(&x).expect("gradient"))?);
+        let scale = (1.0 / 0.7f64) as f32;
+        assert!(
+            y.iter().all(|v| *v == 0.0 || *v == scale),
+            "values other than 0 and 1/keep"
+        );
+        assert_eq!(y, g, "the gradient of a sum through dropout is its mask");
+        let kept = y.iter().filter(|v| **v != 0.0).count() as f64 / n as f64;
+        println!("dropout p=0.3 on CUDA, seed {seed}: kept {kept:.4}");
+        assert!((kept - 0.7).abs() < 0.005, "kept {kept}");
+        masks.push(y);
+    }
+    assert_eq!(masks[0], masks[1], "the same seed draws the same mask");
+    assert_ne!(masks[0], masks[2], "another seed draws another mask");
     Ok(())
 }

@@ -4,6 +4,11 @@
 //! statistics in place with PyTorch's rule (`running = (1 - momentum) running + momentum
 //! batch`, the variance unbiased). The ReLU, when fused, is Candle's element-wise kernel after
 //! the forward and a mask of the output gradient before the backward.
+//!
+//! The input (and so the output and both of their gradients) may be float32, bfloat16 or
+//! float16, the parameters and statistics float32, as PyTorch's batch norm under CUDA
+//! autocast (cuDNN's mixed-precision batch norm: reduced-precision data, float32 per-channel
+//! values and arithmetic).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -19,7 +24,7 @@ use candle_core::{
 };
 
 use super::BatchNorm;
-use crate::cudnn::{check, f32_write_ptr, read_ptr, with_state, TensorDesc};
+use crate::cudnn::{check, data_type, f32_write_ptr, read_ptr, with_state, Buffer, TensorDesc};
 
 /// The smallest epsilon cuDNN's batch norm has always accepted (`CUDNN_BN_MIN_EPSILON` was
 /// 1e-5 before cuDNN 7.5); smaller ones take the portable path.
@@ -30,13 +35,13 @@ const MODE: sys::cudnnBatchNormMode_t = sys::cudnnBatchNormMode_t::CUDNN_BATCHNO
 const ONE: f32 = 1.0;
 const ZERO: f32 = 0.0;
 
-/// Whether cuDNN runs `bn`'s training step on `x`: float32 input, parameters and running
-/// statistics on a CUDA device, and an epsilon cuDNN accepts.
+/// Whether cuDNN runs `bn`'s training step on `x`: a float32, bfloat16 or float16 input,
+/// float32 parameters and running statistics on a CUDA device, and an epsilon cuDNN accepts.
 pub(super) fn supports(bn: &BatchNorm, x: &Tensor) -> bool {
     x.device().is_cuda()
         && bn.eps >= MIN_EPS
+        && matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16)
         && [
-            x,
             &bn.weight,
             &bn.bias,
             bn.running_mean.as_tensor(),
@@ -46,8 +51,26 @@ pub(super) fn supports(bn: &BatchNorm, x: &Tensor) -> bool {
         .all(|t| t.dtype() == DType::F32)
 }
 
-/// The training-mode `relu?(batch_norm(x))` of an (N, C, L) float32 CUDA tensor; the running
-/// statistics move (in place) and one more batch is counted.
+/// Whether reduced-precision inputs go to cuDNN (until cuDNN refuses one).
+static REDUCED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Whether a bfloat16 or float16 input may go to cuDNN's batch norm: until a call with one
+/// failed ([`refuse_reduced`]).
+pub(super) fn reduced_allowed() -> bool {
+    REDUCED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Remembers that cuDNN failed a reduced-precision batch norm (`error`, said once on stderr):
+/// such inputs take the float32 path from then on.
+pub(super) fn refuse_reduced(error: &candle_core::Error) {
+    if REDUCED.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("cuDNN batch norm refused a reduced-precision input ({error}); batch norm runs in float32 from now on");
+    }
+}
+
+/// The training-mode `relu?(batch_norm(x))` of an (N, C, L) CUDA tensor (float32, bfloat16 or
+/// float16; the output in the same dtype); the running statistics move (in place) and one more
+/// batch is counted.
 pub(super) fn train(bn: &BatchNorm, x: &Tensor, relu: bool) -> Result<Tensor> {
     let x = x.contiguous()?;
     let (n, c, l) = x.dims3()?;
@@ -63,6 +86,7 @@ pub(super) fn train(bn: &BatchNorm, x: &Tensor, relu: bool) -> Result<Tensor> {
         eps: bn.eps,
         relu,
         dims: [n, c, l],
+        dtype: x.dtype(),
         saved: OnceLock::new(),
     };
     let ys = x.apply_op3(&bn.weight.contiguous()?, &bn.bias.contiguous()?, op)?;
@@ -77,20 +101,23 @@ struct Descs {
     channels: TensorDesc,
 }
 
-/// The descriptors of one thread on one device, by (N, C, L).
+/// The descriptors of one thread on one device, by (N, C, L) and the input's dtype.
 #[derive(Default)]
 pub(crate) struct Cache {
-    descs: HashMap<[usize; 3], Descs>,
+    descs: HashMap<([usize; 3], DType), Descs>,
 }
 
 impl Cache {
-    fn descs(&mut self, [n, c, l]: [usize; 3]) -> Result<&Descs> {
+    fn descs(&mut self, [n, c, l]: [usize; 3], dtype: DType) -> Result<&Descs> {
         use std::collections::hash_map::Entry;
         let float = sys::cudnnDataType_t::CUDNN_DATA_FLOAT;
-        Ok(match self.descs.entry([n, c, l]) {
+        let Some(data) = data_type(dtype) else {
+            candle_core::bail!("cudnn batch-norm: no {dtype:?} input")
+        };
+        Ok(match self.descs.entry(([n, c, l], dtype)) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => e.insert(Descs {
-                x: TensorDesc::nchw(float, [n, c, l, 1])?,
+                x: TensorDesc::nchw(data, [n, c, l, 1])?,
                 channels: TensorDesc::nchw(float, [1, c, 1, 1])?,
             }),
         })
@@ -134,6 +161,8 @@ struct Forward {
     relu: bool,
     /// N, C, L.
     dims: [usize; 3],
+    /// The input's (and output's) dtype.
+    dtype: DType,
     saved: OnceLock<Saved>,
 }
 
@@ -150,28 +179,25 @@ impl Forward {
     ) -> Result<CudaStorage> {
         let [n, c, l] = self.dims;
         with_state(&x.device, |state| {
-            let descs = state.batch_norm.descs(self.dims)?;
+            let descs = state.batch_norm.descs(self.dims, self.dtype)?;
             let (stream, device) = (&state.stream, &state.device);
+            let mut y = Buffer::uninit(device, self.dtype, n * c * l)?;
             // SAFETY: cuDNN writes all of `y` and both saved statistics.
-            let (mut y, mut save_mean, mut save_invstd) = unsafe {
-                (
-                    device.alloc::<f32>(n * c * l)?,
-                    device.alloc::<f32>(c)?,
-                    device.alloc::<f32>(c)?,
-                )
-            };
+            let (mut save_mean, mut save_invstd) =
+                unsafe { (device.alloc::<f32>(c)?, device.alloc::<f32>(c)?) };
             {
                 let (xp, _gx) = read_ptr(x, xl, stream, "batch-norm input")?;
                 let (wp, _gw) = read_ptr(w, wl, stream, "batch-norm weight")?;
                 let (bp, _gb) = read_ptr(b, bl, stream, "batch-norm bias")?;
                 let (mp, _gm) = f32_write_ptr(mean, ml, stream, "batch-norm running mean")?;
                 let (vp, _gv) = f32_write_ptr(var, vl, stream, "batch-norm running variance")?;
-                let (yp, _gy) = y.device_ptr_mut(stream);
+                let (yp, _gy) = y.write_ptr(stream);
                 let (smp, _gsm) = save_mean.device_ptr_mut(stream);
                 let (sip, _gsi) = save_invstd.device_ptr_mut(stream);
-                // SAFETY: a live handle; descriptors of the contiguous float32 tensors behind
-                // the pointers (dtypes and lengths checked by `read_ptr` / `f32_write_ptr`,
-                // shapes from the same (N, C, L)); float scaling factors.
+                // SAFETY: a live handle; descriptors of the contiguous tensors behind the
+                // pointers (dtypes and lengths checked by `read_ptr` / `f32_write_ptr`, the
+                // input's and output's dtype `self.dtype`, shapes from the same (N, C, L));
+                // float scaling factors.
                 check(
                     unsafe {
                         sys::cudnnBatchNormalizationForwardTraining(
@@ -182,7 +208,7 @@ impl Forward {
                             descs.x.0,
                             xp,
                             descs.x.0,
-                            yp as *mut c_void,
+                            yp,
                             descs.channels.0,
                             wp,
                             bp,
@@ -204,7 +230,7 @@ impl Forward {
             if self.saved.set(saved).is_err() {
                 candle_core::bail!("cudnn batch-norm: forward ran twice")
             }
-            Ok(CudaStorage::wrap_cuda_slice(y, device.clone()))
+            Ok(y.into_storage(device.clone()))
         })
     }
 }
@@ -236,10 +262,12 @@ impl CustomOp3 for Forward {
         bl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let shape = Shape::from_dims(&self.dims);
-        if xl.shape() != &shape {
+        if xl.shape() != &shape || x.dtype() != self.dtype {
             candle_core::bail!(
-                "cudnn batch-norm: input {:?}, expected {shape:?}",
-                xl.shape()
+                "cudnn batch-norm: input {:?} {:?}, expected {shape:?} {:?}",
+                xl.shape(),
+                x.dtype(),
+                self.dtype
             )
         }
         let mut ys = None;
@@ -276,12 +304,15 @@ impl CustomOp3 for Forward {
         let Some(saved) = self.saved.get() else {
             candle_core::bail!("cudnn batch-norm: backward before forward")
         };
+        // The output gradient in the input's dtype, as cuDNN takes it.
+        let grad = grad.to_dtype(self.dtype)?;
         let grad = match self.relu {
-            true => (grad * ys.gt(0.0)?.to_dtype(grad.dtype())?)?,
-            false => grad.clone(),
+            true => (&grad * ys.gt(0.0)?.to_dtype(self.dtype)?)?,
+            false => grad,
         };
         let op = Backward {
             dims: self.dims,
+            dtype: self.dtype,
             eps: self.eps,
             saved,
             params: RefCell::new(None),
@@ -299,6 +330,8 @@ impl CustomOp3 for Forward {
 /// (x, dy, weight) -> dx, with the weight's and bias's gradients left in `params`.
 struct Backward<'a> {
     dims: [usize; 3],
+    /// The input's (and both data gradients') dtype.
+    dtype: DType,
     eps: f64,
     saved: &'a Saved,
     params: RefCell<Option<(CudaStorage, CudaStorage)>>,
@@ -332,31 +365,32 @@ impl CustomOp3 for Backward<'_> {
     ) -> Result<(CudaStorage, Shape)> {
         let [n, c, l] = self.dims;
         let shape = Shape::from_dims(&self.dims);
-        if xl.shape() != &shape || dyl.shape() != &shape {
+        if xl.shape() != &shape
+            || dyl.shape() != &shape
+            || [x.dtype(), dy.dtype()] != [self.dtype; 2]
+        {
             candle_core::bail!(
-                "cudnn batch-norm backward: input {:?} and gradient {:?}, expected {shape:?}",
+                "cudnn batch-norm backward: input {:?} {:?} and gradient {:?} {:?}, expected {shape:?} {:?}",
                 xl.shape(),
-                dyl.shape()
+                x.dtype(),
+                dyl.shape(),
+                dy.dtype(),
+                self.dtype
             )
         }
         with_state(&x.device, |state| {
-            let descs = state.batch_norm.descs(self.dims)?;
+            let descs = state.batch_norm.descs(self.dims, self.dtype)?;
             let (stream, device) = (&state.stream, &state.device);
+            let mut dx = Buffer::uninit(device, self.dtype, n * c * l)?;
             // SAFETY: cuDNN writes all three gradients.
-            let (mut dx, mut dw, mut db) = unsafe {
-                (
-                    device.alloc::<f32>(n * c * l)?,
-                    device.alloc::<f32>(c)?,
-                    device.alloc::<f32>(c)?,
-                )
-            };
+            let (mut dw, mut db) = unsafe { (device.alloc::<f32>(c)?, device.alloc::<f32>(c)?) };
             {
                 let (xp, _gx) = read_ptr(x, xl, stream, "batch-norm input")?;
                 let (dyp, _gdy) = read_ptr(dy, dyl, stream, "batch-norm output gradient")?;
                 let (wp, _gw) = read_ptr(w, wl, stream, "batch-norm weight")?;
                 let (mp, _gm) = self.saved.mean.device_ptr(stream);
                 let (ip, _gi) = self.saved.invstd.device_ptr(stream);
-                let (dxp, _gdx) = dx.device_ptr_mut(stream);
+                let (dxp, _gdx) = dx.write_ptr(stream);
                 let (dwp, _gdw) = dw.device_ptr_mut(stream);
                 let (dbp, _gdb) = db.device_ptr_mut(stream);
                 let (one, zero) = (
@@ -379,7 +413,7 @@ impl CustomOp3 for Backward<'_> {
                             descs.x.0,
                             dyp,
                             descs.x.0,
-                            dxp as *mut c_void,
+                            dxp,
                             descs.channels.0,
                             wp,
                             dwp as *mut c_void,
@@ -396,7 +430,7 @@ impl CustomOp3 for Backward<'_> {
                 CudaStorage::wrap_cuda_slice(dw, device.clone()),
                 CudaStorage::wrap_cuda_slice(db, device.clone()),
             ));
-            Ok((CudaStorage::wrap_cuda_slice(dx, device.clone()), shape))
+            Ok((dx.into_storage(device.clone()), shape))
         })
     }
 }

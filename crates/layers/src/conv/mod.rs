@@ -117,7 +117,8 @@ impl Module for Conv2d {
         #[cfg(feature = "cudnn")]
         if cudnn::supports(&x) {
             let ys = cudnn::conv2d(&x, &w, c)?;
-            return self.add_bias(autocast::cast(&ys, xs.dtype())?, false);
+            let ys = autocast::cast(&ys, autocast::output_dtype(xs, dtype))?;
+            return self.add_bias(ys, false);
         }
         let per_image = cpu
             && plain
@@ -141,7 +142,7 @@ impl Module for Conv2d {
                 even_remainders(&x, &w, c)?.conv2d(&w, c.padding, c.stride, c.dilation, c.groups)?
             }
         };
-        let ys = autocast::cast(&ys, xs.dtype())?;
+        let ys = autocast::cast(&ys, autocast::output_dtype(xs, dtype))?;
         self.add_bias(ys, cpu_f32)
     }
 }
@@ -179,7 +180,7 @@ impl Conv2d {
     fn add_bias(&self, ys: Tensor, cpu_f32: bool) -> Result<Tensor> {
         match &self.bias {
             Some(b) if cpu_f32 && b.dtype() == DType::F32 => per_channel::add_channel_bias(&ys, b),
-            Some(b) => ys.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            Some(b) => ys.broadcast_add(&autocast::cast(b, ys.dtype())?.reshape((1, (), 1, 1))?),
             None => Ok(ys),
         }
     }
