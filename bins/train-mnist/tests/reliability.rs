@@ -361,3 +361,39 @@ fn extreme_flag_values_never_panic() {
     let failures = flag_scan::scan(&program, &[], &base, dir.path(), Duration::from_secs(120));
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// Each epoch's files are written on a second thread while the next epoch trains: a write that
+/// fails (here `curves.png` is a directory) still ends the run with an error naming the file,
+/// at the next epoch's end, and the files written before it stay.
+#[test]
+fn a_failed_write_ends_the_run_with_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let data = synthetic(dir.path());
+    let out = dir.path().join("run");
+    std::fs::create_dir_all(out.join(train::rundir::CURVES)).expect("a directory in the way");
+    let args = common(&data, &out);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = train_mnist(&args);
+    let err = stderr(&run);
+    assert!(!run.status.success(), "the run should fail: {err}");
+    assert!(
+        err.contains(train::rundir::CURVES),
+        "the error names the file: {err}"
+    );
+    assert!(!err.contains("panicked"), "no panic: {err}");
+    let metrics = metrics_without_seconds(&out);
+    assert_eq!(
+        metrics.len(),
+        2,
+        "the header and epoch 1, written before the picture: {metrics:?}"
+    );
+    assert!(
+        out.join(train::rundir::LAST).is_file(),
+        "epoch 1's checkpoint stays"
+    );
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        !stdout.contains("epoch 3/"),
+        "the run stops at the next epoch's end: {stdout}"
+    );
+}

@@ -44,6 +44,18 @@ pub fn save_predictions(
     test: &dyn Dataset,
     predictions: &[(usize, usize)],
 ) -> Result<()> {
+    save_prediction_tiles(dir, title, &prediction_tiles(test, predictions)?)
+}
+
+/// The first [`PREDICTION_TILES`] of `predictions` (dataset index, predicted class) as
+/// captioned tiles of their `test` images: what [`save_predictions`] draws.
+///
+/// # Errors
+/// An image cannot be read from `test`.
+pub fn prediction_tiles(
+    test: &dyn Dataset,
+    predictions: &[(usize, usize)],
+) -> Result<Vec<viz::Tile>> {
     let classes = test.classes();
     let name = |c: usize| classes.get(c).cloned().unwrap_or_else(|| c.to_string());
     let mut tiles = Vec::with_capacity(PREDICTION_TILES);
@@ -59,8 +71,16 @@ pub fn save_predictions(
             highlight: label != predicted,
         });
     }
+    Ok(tiles)
+}
+
+/// Writes `predictions.png` from tiles made by [`prediction_tiles`].
+///
+/// # Errors
+/// The picture cannot be written.
+pub fn save_prediction_tiles(dir: &Path, title: &str, tiles: &[viz::Tile]) -> Result<()> {
     atomic::write_with(&dir.join(PREDICTIONS), |tmp| {
-        viz::save_image_grid(tmp, title, &tiles, 5)
+        viz::save_image_grid(tmp, title, tiles, 5)
     })
 }
 

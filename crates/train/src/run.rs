@@ -156,7 +156,7 @@ pub fn train(
             title: &title,
             classes: &classes,
             test_images,
-            events: EventWriter::create(out)?,
+            events: Some(EventWriter::create(out)?),
         });
     }
     crate::say!(
@@ -188,27 +188,53 @@ pub fn train(
         config,
         shards: shards.as_ref().map(|(a, b)| (a, b)),
     };
-    for epoch in progress.epochs_done..config.epochs {
-        let (trained, tested, record) = passes.run(epoch, store, optimizer.as_mut(), &schedule)?;
-        let improved = record.test_acc > progress.best_acc || progress.history.is_empty();
-        if improved {
-            progress.best_acc = record.test_acc;
-            progress.best_epoch = record.epoch;
-        }
-        let images_per_s = trained.metrics.samples() as f64 / record.seconds.max(1e-9);
-        progress.history.push(record);
-        progress.epochs_done = epoch + 1;
-        let Some(outputs) = outputs.as_mut() else {
-            continue;
+    // Each epoch's files are written on a second thread while the next epoch trains, from host
+    // copies taken on this one (`Snapshot`); the writes of one epoch finish before the next
+    // epoch's start, and the last before the run returns, also when it fails.
+    std::thread::scope(|scope| -> Result<()> {
+        let mut pending = None;
+        let trained = (|| -> Result<()> {
+            for epoch in progress.epochs_done..config.epochs {
+                let (trained, tested, record) =
+                    passes.run(epoch, store, optimizer.as_mut(), &schedule)?;
+                let improved = record.test_acc > progress.best_acc || progress.history.is_empty();
+                if improved {
+                    progress.best_acc = record.test_acc;
+                    progress.best_epoch = record.epoch;
+                }
+                let images_per_s = trained.metrics.samples() as f64 / record.seconds.max(1e-9);
+                progress.history.push(record);
+                progress.epochs_done = epoch + 1;
+                let Some(outputs) = outputs.as_mut() else {
+                    continue;
+                };
+                let snapshot = outputs.snapshot(
+                    &progress,
+                    improved,
+                    optimizer.as_ref(),
+                    (&schedule, train_loader),
+                    (&trained, &tested, images_per_s),
+                )?;
+                if let Some(previous) = pending.take() {
+                    outputs.events = Some(finish(previous)?);
+                }
+                let Some(events) = outputs.events.take() else {
+                    bail!("the TensorBoard event file was lost by an earlier failed write")
+                };
+                pending = Some(scope.spawn(move || snapshot.write(events)));
+            }
+            Ok(())
+        })();
+        let written = match pending.take() {
+            Some(last) => finish(last).map(|events| {
+                if let Some(outputs) = outputs.as_mut() {
+                    outputs.events = Some(events);
+                }
+            }),
+            None => Ok(()),
         };
-        outputs.save(
-            &progress,
-            improved,
-            optimizer.as_ref(),
-            (&schedule, train_loader),
-            (&trained, &tested, images_per_s),
-        )?;
-    }
+        trained.and(written)
+    })?;
     crate::say!(
         "best test accuracy {:.2}% (epoch {}); weights in {}",
         progress.best_acc,
@@ -370,51 +396,112 @@ struct Outputs<'a> {
     title: &'a str,
     classes: &'a [String],
     test_images: &'a dyn Dataset,
-    events: EventWriter,
+    /// The TensorBoard file; with the writing thread while an epoch's files are written.
+    events: Option<EventWriter>,
 }
 
-impl Outputs<'_> {
-    /// After the epoch just recorded in `progress`: `best` (when `improved`) and `last`
-    /// checkpoints, the resume state, metrics, pictures and TensorBoard events.
-    fn save(
-        &mut self,
+/// The waiting for an epoch's writing thread: its event file back, or what went wrong.
+fn finish(handle: std::thread::ScopedJoinHandle<'_, Result<EventWriter>>) -> Result<EventWriter> {
+    match handle.join() {
+        Ok(written) => written,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// What an epoch's files hold, copied to the host on the training thread: the model's and the
+/// optimizer's tensors (fresh storage, which the next steps do not touch), the resume state,
+/// the history and what the pictures show.
+struct Snapshot<'a> {
+    out: &'a Path,
+    title: &'a str,
+    classes: &'a [String],
+    improved: bool,
+    model: std::collections::HashMap<String, Tensor>,
+    optimizer: std::collections::HashMap<String, Tensor>,
+    state: ResumeState,
+    tiles: Vec<viz::Tile>,
+    confusion: Vec<Vec<u64>>,
+    batch_losses: Vec<f64>,
+    images_per_s: f64,
+}
+
+/// `tensors` in storage of their own on the host (a copy of each, also of those on the CPU).
+fn host_copies(
+    tensors: std::collections::HashMap<String, Tensor>,
+) -> Result<std::collections::HashMap<String, Tensor>> {
+    tensors
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v.device().is_cpu() {
+                true => v.copy()?,
+                false => v.to_device(&Device::Cpu)?,
+            };
+            Ok((k, v))
+        })
+        .collect()
+}
+
+impl<'a> Outputs<'a> {
+    /// The files of the epoch just recorded in `progress`, taken now (see [`Snapshot::write`]).
+    fn snapshot(
+        &self,
         progress: &RunProgress,
         improved: bool,
         optimizer: &dyn Optimizer,
         (schedule, train_loader): (&crate::schedule::Scheduled, &dyn BatchSource),
         (trained, tested, images_per_s): (&Pass, &Pass, f64),
-    ) -> Result<()> {
-        let out = self.out;
-        if improved {
-            layers::checkpoint::save(self.store.varmap(), &out.join(BEST))?;
-        }
-        layers::checkpoint::save(self.store.varmap(), &out.join(LAST))?;
-        save_state(
-            out,
-            self.config,
-            self.store,
-            optimizer,
-            progress,
-            schedule,
-            train_loader,
-        )?;
-        history::save(out, &progress.history)?;
-        pictures::save_curves(out, self.title, &progress.history)?;
-        pictures::save_predictions(out, self.title, self.test_images, &tested.predictions)?;
-        pictures::save_confusion(out, tested.metrics.confusion(), self.classes)?;
-        let epoch = progress.epochs_done - 1;
-        log_epoch(
-            &mut self.events,
-            epoch,
-            &trained.batch_losses,
-            &progress.history,
+    ) -> Result<Snapshot<'a>> {
+        let model = host_copies(layers::checkpoint::state_dict(self.store.varmap())?)?;
+        // The state's model tensors are its own (`state_dict` copies variables from a GPU,
+        // and `host_copies` those on the CPU).
+        Ok(Snapshot {
+            out: self.out,
+            title: self.title,
+            classes: self.classes,
+            improved,
+            model,
+            optimizer: host_copies(optimizer.state()?)?,
+            state: resume_state(self.config, optimizer, progress, schedule, train_loader),
+            tiles: pictures::prediction_tiles(self.test_images, &tested.predictions)?,
+            confusion: tested.metrics.confusion().to_vec(),
+            batch_losses: trained.batch_losses.clone(),
             images_per_s,
+        })
+    }
+}
+
+impl Snapshot<'_> {
+    /// Writes the epoch's files: `best` (when it improved) and `last` checkpoints, the resume
+    /// state, metrics, pictures and TensorBoard events, each atomically.
+    fn write(self, mut events: EventWriter) -> Result<EventWriter> {
+        let out = self.out;
+        if self.improved {
+            layers::checkpoint::save_tensors(&self.model, &out.join(BEST))?;
+        }
+        layers::checkpoint::save_tensors(&self.model, &out.join(LAST))?;
+        let history = &self.state.history;
+        let tensors = StateTensors {
+            model: self.model,
+            optimizer: self.optimizer,
+        };
+        state::save(out, &self.state, &tensors)?;
+        history::save(out, history)?;
+        pictures::save_curves(out, self.title, history)?;
+        pictures::save_prediction_tiles(out, self.title, &self.tiles)?;
+        pictures::save_confusion(out, &self.confusion, self.classes)?;
+        let epoch = self.state.epochs_done - 1;
+        log_epoch(
+            &mut events,
+            epoch,
+            &self.batch_losses,
+            history,
+            self.images_per_s,
         )?;
-        let step = progress.epochs_done as i64;
-        self.events
-            .png("predictions", step, &out.join(PREDICTIONS))?;
-        self.events.png("confusion", step, &out.join(CONFUSION))?;
-        self.events.flush()
+        let step = self.state.epochs_done as i64;
+        events.png("predictions", step, &out.join(PREDICTIONS))?;
+        events.png("confusion", step, &out.join(CONFUSION))?;
+        events.flush()?;
+        Ok(events)
     }
 }
 
@@ -496,16 +583,16 @@ struct RunProgress {
     history: Vec<EpochRecord>,
 }
 
-fn save_state(
-    out: &Path,
+/// The resume state after the epochs `progress` counts: where the schedule, the optimizer's
+/// rate and the dropout generator stand, the history and the configuration.
+fn resume_state(
     config: &RunConfig,
-    store: &ParamStore,
     optimizer: &dyn Optimizer,
     progress: &RunProgress,
     schedule: &crate::schedule::Scheduled,
     train_loader: &dyn BatchSource,
-) -> Result<()> {
-    let saved = ResumeState {
+) -> ResumeState {
+    ResumeState {
         epochs_done: progress.epochs_done,
         best_acc: progress.best_acc,
         best_epoch: progress.best_epoch,
@@ -515,12 +602,7 @@ fn save_state(
         lr: optimizer.learning_rate(),
         history: progress.history.clone(),
         config: config.clone(),
-    };
-    let tensors = StateTensors {
-        model: layers::checkpoint::state_dict(store.varmap())?,
-        optimizer: optimizer.state()?,
-    };
-    state::save(out, &saved, &tensors)
+    }
 }
 
 /// The training (shuffled) or test loader that `config` describes for `dataset`.
