@@ -19,7 +19,9 @@
 #   tools/gpu-check.sh run           # writes its log and the run's metrics into $OUT (or gpu/out)
 #
 # `run` takes at most $RUN_SECONDS (default 540) in all, each part cut to what is left. It
-# prints: every layer on CUDA against the CPU and an f64 reference (cuDNN convolutions forward
+# prints: PyTorch's training images/s on the same GPU in the same call (the shared
+# gpu_anchor.py, which `pack` copies into gpu/anchor when ../shared is beside this checkout);
+# every layer on CUDA against the CPU and an f64 reference (cuDNN convolutions forward
 # and both gradients, cuDNN batch norm); the training step of every model, f32 and TF32 at
 # batch 128 and bf16 at batch 512 (the issue's table), with the data-pipeline comparison;
 # resnet18-cifar's step split into forward, backward and optimizer; the baselines that were
@@ -73,6 +75,24 @@ pack)
         xz -T2 -6 -c "gpu/$name" >"gpu/xz/$name.xz"
         rm "gpu/$name"
     done
+    # PyTorch's same-call reference (the GPU machine's own PyTorch runs it), when this checkout
+    # sits beside ../shared.
+    anchors=../shared/tools/pytorch-anchors
+    if [ -f "$anchors/gpu_anchor.py" ]; then
+        mkdir -p gpu/anchor
+        cp "$anchors/gpu_anchor.py" "$anchors/models.py" gpu/anchor/
+        cat >gpu/anchor/table.py <<'PY'
+# The issue's table from PyTorch on this GPU: gpu_anchor's throughput() per model and column.
+import sys, os, torch
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gpu_anchor as A
+from models import LeNet, CNN_MNIST, seed_resnet18, cifar_resnet18
+A.log("gpu", torch.cuda.get_device_name()); A.log("torch", torch.__version__)
+for name, mk, shape in [("resnet18-cifar", cifar_resnet18, (3, 32, 32)), ("resnet18-seed", seed_resnet18, (3, 32, 32)), ("cnn_mnist", CNN_MNIST, (1, 28, 28)), ("lenet5", LeNet, (1, 28, 28))]:
+    for mode, b in [("fp32", 128), ("tf32", 128), ("bf16", 512)]:
+        A.throughput(name, mk, shape, mode, b)
+PY
+    fi
     ls -la gpu/xz
     ;;
 run)
@@ -96,6 +116,10 @@ for f in pathlib.Path('gpu/xz').glob('*.xz'):
     pathlib.Path('gpu/bin', f.stem).write_bytes(lzma.decompress(f.read_bytes()))
 "
     chmod +x gpu/bin/*
+    if [ -f gpu/anchor/table.py ]; then
+        echo "== PyTorch on this GPU, same call: training images/s (gpu_anchor.py's step)" | tee -a "$log"
+        PYTHONUNBUFFERED=1 timeout "$(budget 60)" python3 gpu/anchor/table.py 2>&1 | tee -a "$log"
+    fi
     echo "== layers on CUDA against the CPU and an f64 reference (cuDNN)" | tee -a "$log"
     LAYERS_CUDNN_LOG=1 timeout "$(budget 120)" gpu/bin/layers-cuda-test --nocapture --test-threads 1 2>&1 |
         tee -a "$log"
