@@ -251,6 +251,28 @@ fn runs(geo: &Geometry, tiles: std::ops::Range<usize>) -> Vec<(usize, usize, usi
     out
 }
 
+/// The runs of `tiles` ([`runs`]) grouped into spans of at most [`LANES`] consecutive tiles, so
+/// that a vector's lanes stay filled when tile rows are short (an 8x8 output has rows of 4
+/// tiles: one span is a whole image): (first tile, tiles in the span, its runs as (lane of
+/// the run's first tile in the span, image, first output row, first output column, tiles)).
+#[cfg(target_arch = "x86_64")]
+type Span = (usize, usize, Vec<(usize, usize, usize, usize, usize)>);
+
+#[cfg(target_arch = "x86_64")]
+fn spans(geo: &Geometry, tiles: std::ops::Range<usize>) -> Vec<Span> {
+    let mut out: Vec<Span> = Vec::new();
+    for (tl, image, oy, ox, len) in runs(geo, tiles) {
+        match out.last_mut() {
+            Some((_, total, parts)) if *total + len <= LANES => {
+                parts.push((*total, image, oy, ox, len));
+                *total += len;
+            }
+            _ => out.push((tl, len, vec![(0, image, oy, ox, len)])),
+        }
+    }
+    out
+}
+
 /// `dst` := the first `dst.len()` values of `src`: a fixed-size copy for a full run of lanes
 /// (a few vector moves, where `copy_from_slice` of a run's length calls `memmove`).
 #[inline(always)]
@@ -481,12 +503,13 @@ fn transform_output_grad_any(
     }
 }
 
-/// The transforms in AVX-512 intrinsics: 16 tiles per vector, the patches' stride-2 columns
-/// gathered by permutes from (masked) row loads. The same operations in the same order as the
-/// portable versions, so the results are identical bit for bit.
+/// The transforms in AVX-512 intrinsics: 16 tiles per vector (a span of tile rows when rows are
+/// shorter, [`spans`]), the patches' stride-2 columns gathered by permutes from (masked) row
+/// loads. The same operations in the same order as the portable versions, so the results are
+/// identical bit for bit.
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    use super::{runs, Geometry, LANES};
+    use super::{spans, Geometry, LANES};
     use std::arch::x86_64::*;
 
     /// Lanes of the columns `x .. x + 16` of `row` (zero outside the row and from `count` on).
@@ -533,6 +556,25 @@ mod simd {
         _mm512_loadu_si512(i.as_ptr().cast())
     }
 
+    /// The lanes `off .. off + len`.
+    #[inline(always)]
+    fn lanes(off: usize, len: usize) -> u16 {
+        (((1u32 << (off + len)) - 1) & !((1u32 << off) - 1)) as u16
+    }
+
+    /// `dst[k]` := lane `first + k` of `v`, for the lanes `first .. first + dst.len()` that `v`
+    /// holds (`first` may exceed 16, or `first + dst.len()` fall short of 0: nothing then).
+    #[inline(always)]
+    unsafe fn store_from(dst: &mut [f32], v: __m512, first: isize) {
+        let lo = first.clamp(0, 16);
+        let hi = (first + dst.len() as isize).clamp(lo, 16);
+        if lo < hi {
+            let mask = lanes(lo as usize, (hi - lo) as usize);
+            // SAFETY (caller): only the lanes `lo..hi` are written, to `dst[lo - first..hi - first]`.
+            _mm512_mask_storeu_ps(dst.as_mut_ptr().wrapping_offset(-first), mask, v);
+        }
+    }
+
     /// The patch columns `j = 0..4` of `len` tiles whose patches start at column `x0` of `row`:
     /// lane `l` of column `j` is `row[x0 + 2l + j]`, zero outside the row.
     #[inline(always)]
@@ -562,17 +604,26 @@ mod simd {
         let (c, h, p) = (geo.c, geo.h as isize, geo.padding as isize);
         let tb = tiles.len();
         let plane_len = geo.h * geo.w;
-        let runs = runs(geo, tiles);
+        let spans = spans(geo, tiles);
         for ch in 0..c {
-            for &(tl, image, oy, ox, len) in &runs {
-                let plane = &x[(image * c + ch) * plane_len..(image * c + ch + 1) * plane_len];
-                let (y0, x0) = (oy as isize - p, ox as isize - p);
+            for (tl, len, parts) in &spans {
+                let (tl, len) = (*tl, *len);
                 let mut d = [[_mm512_setzero_ps(); 4]; 4];
-                for (i, rows) in d.iter_mut().enumerate() {
-                    let y = y0 + i as isize;
-                    if y >= 0 && y < h {
-                        let y = y as usize;
-                        *rows = columns(&plane[y * geo.w..(y + 1) * geo.w], x0, len);
+                for &(off, image, oy, ox, n) in parts {
+                    let plane = &x[(image * c + ch) * plane_len..(image * c + ch + 1) * plane_len];
+                    let (y0, x0) = (oy as isize - p, ox as isize - p);
+                    let mask = lanes(off, n);
+                    for (i, rows) in d.iter_mut().enumerate() {
+                        let y = y0 + i as isize;
+                        if y >= 0 && y < h {
+                            let y = y as usize;
+                            let row = &plane[y * geo.w..(y + 1) * geo.w];
+                            // Lane `off + k` of each column is tile `k` of this run's.
+                            let cols = columns(row, x0 - 2 * off as isize, off + n);
+                            for (lane, col) in rows.iter_mut().zip(cols) {
+                                *lane = _mm512_mask_mov_ps(*lane, mask, col);
+                            }
+                        }
                     }
                 }
                 let t: [[__m512; 4]; 4] = [
@@ -608,9 +659,10 @@ mod simd {
     ) {
         let (oh, ow) = (geo.oh, geo.ow);
         let tb = tiles.len();
-        let runs = runs(geo, tiles);
+        let spans = spans(geo, tiles);
         for o in 0..cout {
-            for &(tl, image, oy, ox, len) in &runs {
+            for (tl, len, parts) in &spans {
+                let (tl, len) = (*tl, *len);
                 let mv: [__m512; 16] = std::array::from_fn(|xi| {
                     let at = (xi * cout + o) * tb + tl;
                     load(&m[at..at + len], 0, len as isize)
@@ -621,20 +673,22 @@ mod simd {
                 let r1: [__m512; 4] = std::array::from_fn(|j| {
                     _mm512_sub_ps(_mm512_sub_ps(mv[4 + j], mv[8 + j]), mv[12 + j])
                 });
-                let plane =
-                    &mut out[(image * cout + o) * oh * ow..(image * cout + o + 1) * oh * ow];
                 for (i, [a, b, e, f]) in [r0, r1].into_iter().enumerate() {
-                    if oy + i >= oh {
-                        break;
-                    }
                     let left = _mm512_add_ps(_mm512_add_ps(a, b), e);
                     let right = _mm512_sub_ps(_mm512_sub_ps(b, e), f);
-                    let count = (2 * len).min(ow - ox);
-                    let row = &mut plane[(oy + i) * ow + ox..(oy + i) * ow + ox + count];
-                    let (first, second) = row.split_at_mut(count.min(LANES));
-                    store(first, _mm512_permutex2var_ps(left, index(&LOW), right));
-                    if !second.is_empty() {
-                        store(second, _mm512_permutex2var_ps(left, index(&HIGH), right));
+                    // Each tile's left and right value side by side: tiles 0-7, then 8-15.
+                    let low = _mm512_permutex2var_ps(left, index(&LOW), right);
+                    let high = _mm512_permutex2var_ps(left, index(&HIGH), right);
+                    for &(off, image, oy, ox, n) in parts {
+                        if oy + i >= oh {
+                            continue;
+                        }
+                        let plane = (image * cout + o) * oh * ow;
+                        let count = (2 * n).min(ow - ox);
+                        let at = plane + (oy + i) * ow + ox;
+                        let row = &mut out[at..at + count];
+                        store_from(row, low, 2 * off as isize);
+                        store_from(row, high, 2 * off as isize - 16);
                     }
                 }
             }
@@ -652,21 +706,29 @@ mod simd {
     ) {
         let (oh, ow) = (geo.oh, geo.ow);
         let tb = tiles.len();
-        let runs = runs(geo, tiles);
+        let spans = spans(geo, tiles);
         for o in 0..cout {
-            for &(tl, image, oy, ox, len) in &runs {
-                let plane = &g[(image * cout + o) * oh * ow..(image * cout + o + 1) * oh * ow];
+            for (tl, len, parts) in &spans {
+                let (tl, len) = (*tl, *len);
                 let mut y = [[_mm512_setzero_ps(); 2]; 2];
-                for (i, row) in y.iter_mut().enumerate() {
-                    if oy + i >= oh {
-                        continue;
+                for &(off, image, oy, ox, n) in parts {
+                    let plane = &g[(image * cout + o) * oh * ow..(image * cout + o + 1) * oh * ow];
+                    let mask = lanes(off, n);
+                    for (i, row) in y.iter_mut().enumerate() {
+                        if oy + i >= oh {
+                            continue;
+                        }
+                        let line = &plane[(oy + i) * ow..(oy + i + 1) * ow];
+                        // Lane `off + k` holds tile `k` of this run's.
+                        let x = ox as isize - 2 * off as isize;
+                        let count = 2 * (off + n) as isize;
+                        let a = load(line, x, count);
+                        let b = load(line, x + 16, count - 16);
+                        let even = _mm512_permutex2var_ps(a, index(&EVEN), b);
+                        let odd = _mm512_permutex2var_ps(a, index(&ODD), b);
+                        row[0] = _mm512_mask_mov_ps(row[0], mask, even);
+                        row[1] = _mm512_mask_mov_ps(row[1], mask, odd);
                     }
-                    let line = &plane[(oy + i) * ow..(oy + i + 1) * ow];
-                    let count = 2 * len as isize;
-                    let a = load(line, ox as isize, count);
-                    let b = load(line, ox as isize + 16, count - 16);
-                    row[0] = _mm512_permutex2var_ps(a, index(&EVEN), b);
-                    row[1] = _mm512_permutex2var_ps(a, index(&ODD), b);
                 }
                 let t: [[__m512; 4]; 2] = std::array::from_fn(|i| {
                     let [a, b] = y[i];
@@ -705,6 +767,12 @@ mod tests {
             (2, 36, 35, 2),
             (1, 4, 40, 0),
             (2, 2, 2, 1),
+            // Rows of 4, 8, 2 and 3 tiles: spans across tile rows and images.
+            (2, 8, 8, 1),
+            (2, 16, 16, 1),
+            (3, 4, 4, 1),
+            (2, 6, 6, 1),
+            (1, 9, 5, 0),
         ] {
             let (n, cout) = (2, 3);
             let geo = Geometry::new(c, h, w, 3, 3, 1, p)?;
