@@ -73,8 +73,75 @@ impl Conv2d {
     }
 }
 
+/// The kernel taps `first..=last` along one side that reach the input for some output position
+/// of a side of `size` (with `padding`, `stride`, a kernel of `k`), or `None` when every tap does
+/// or no output exists.
+fn reaching_taps(size: usize, k: usize, stride: usize, padding: usize) -> Option<(usize, usize)> {
+    let span = size + 2 * padding;
+    if span < k || stride == 0 {
+        return None;
+    }
+    let out = (span - k) / stride + 1;
+    // Output `o` reads rows `o·stride - padding + tap`: tap `t` reaches the input for some `o`
+    // when `padding - (out - 1)·stride <= t <= padding + size - 1`.
+    let first = padding.saturating_sub((out - 1) * stride);
+    let last = (padding + size - 1).min(k - 1);
+    (first > 0 || last < k - 1).then_some((first, last))
+}
+
+impl Conv2d {
+    /// The same convolution without the kernel rows and columns that only ever meet the zero
+    /// padding (ResNet-18's last stage on a 32x32 image runs 3x3 kernels over 1x1 maps: 8 of
+    /// the 9 taps multiply zeros), when a narrower kernel with a smaller, still symmetric
+    /// padding gives the same output; `None` otherwise. The dropped taps' gradient is zero,
+    /// as before (the narrowed weight's backward fills it in).
+    fn without_padding_taps(&self, xs: &Tensor) -> Result<Option<Self>> {
+        let c = &self.config;
+        if c.dilation != 1 || xs.rank() != 4 || self.weight.rank() != 4 {
+            return Ok(None);
+        }
+        let (_, _, h, w) = xs.dims4()?;
+        let (_, _, kh, kw) = self.weight.dims4()?;
+        let rows = reaching_taps(h, kh, c.stride, c.padding);
+        let cols = reaching_taps(w, kw, c.stride, c.padding);
+        if rows.is_none() && cols.is_none() {
+            return Ok(None);
+        }
+        let (r0, r1) = rows.unwrap_or((0, kh - 1));
+        let (c0, c1) = cols.unwrap_or((0, kw - 1));
+        // One padding for both sides and both axes: the taps dropped at the start of each axis
+        // must be as many, and the output size must stay.
+        if c.padding - r0 != c.padding - c0 {
+            return Ok(None);
+        }
+        let padding = c.padding - r0;
+        let (nh, nw) = (r1 - r0 + 1, c1 - c0 + 1);
+        let out = |size: usize, k: usize, p: usize| (size + 2 * p - k) / c.stride + 1;
+        if h + 2 * padding < nh
+            || w + 2 * padding < nw
+            || out(h, nh, padding) != out(h, kh, c.padding)
+            || out(w, nw, padding) != out(w, kw, c.padding)
+        {
+            return Ok(None);
+        }
+        let weight = self.weight.narrow(2, r0, nh)?.narrow(3, c0, nw)?;
+        Ok(Some(Self {
+            weight,
+            bias: self.bias.clone(),
+            config: Conv2dConfig { padding, ..*c },
+        }))
+    }
+}
+
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        // On the CPU, kernel taps that only meet padding are not multiplied (on CUDA, cuDNN
+        // chooses its own algorithms).
+        if xs.device().is_cpu() {
+            if let Some(trimmed) = self.without_padding_taps(xs)? {
+                return trimmed.forward(xs);
+            }
+        }
         let c = &self.config;
         let plain = c.groups == 1 && c.dilation == 1;
         let cpu = xs.device().is_cpu();

@@ -726,3 +726,66 @@ fn grouped_dilated_strided_convolutions_of_non_square_inputs_have_gradients() ->
     }
     Ok(())
 }
+
+/// Kernel taps that only meet the zero padding are dropped on the CPU (ResNet-18's last stage
+/// on 1x1 maps): the output and the three gradients equal Candle's full-kernel convolution,
+/// the dropped taps' gradient is zero, and shapes where no narrower symmetric kernel fits keep
+/// the full one.
+#[test]
+fn taps_that_only_meet_padding_are_skipped_with_the_same_results() -> Result<()> {
+    let dev = Device::Cpu;
+    // (n, c, h, w, cout, k, stride, padding, expected kernel after trimming)
+    for (n, c, h, w, cout, k, s, p, trimmed) in [
+        (3, 5, 1, 1, 4, 3, 1, 1, Some((1, 1, 0))),
+        (2, 4, 2, 2, 3, 3, 2, 1, Some((2, 2, 0))),
+        (2, 3, 1, 1, 2, 5, 1, 2, Some((1, 1, 0))),
+        (2, 3, 2, 2, 2, 5, 1, 2, Some((3, 3, 1))),
+        (2, 3, 2, 2, 4, 3, 1, 1, None),
+        (2, 3, 1, 2, 2, 3, 1, 1, None),
+        (2, 3, 8, 8, 2, 3, 1, 1, None),
+    ] {
+        let what = format!("{h}x{w} k{k} s{s} p{p}");
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, c, h, w), &dev)?)?;
+        let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (cout, c, k, k), &dev)?)?;
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1., cout, &dev)?)?;
+        let conv = Conv2d::new(
+            wt.as_tensor().clone(),
+            Some(b.as_tensor().clone()),
+            crate::conv_cfg(s, p),
+        );
+        let found = conv
+            .without_padding_taps(x.as_tensor())?
+            .map(|t| -> Result<_> {
+                let (_, _, kh, kw) = t.weight().dims4()?;
+                Ok((kh, kw, t.config().padding))
+            })
+            .transpose()?;
+        assert_eq!(found, trimmed, "{what}");
+        let reference = x
+            .as_tensor()
+            .conv2d(wt.as_tensor(), p, s, 1, 1)?
+            .broadcast_add(&b.as_tensor().reshape((1, cout, 1, 1))?)?;
+        same_with_grads(
+            conv.forward(x.as_tensor())?,
+            reference,
+            &[("input", &x), ("weight", &wt), ("bias", &b)],
+            &what,
+        )?;
+        if trimmed.is_some() {
+            let g = conv.forward(x.as_tensor())?.sum_all()?.backward()?;
+            let gw = g
+                .get(&wt)
+                .expect("weight gradient")
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let (r, _) = super::reaching_taps(h, k, s, p).unwrap_or((0, k - 1));
+            assert!(gw.len() == cout * c * k * k, "{what}");
+            // Tap (0, 0) never meets the input in these cases: its gradient is exactly zero.
+            assert!(r > 0, "{what}");
+            for oc in 0..cout * c {
+                assert_eq!(gw[oc * k * k], 0.0, "{what}: the dropped tap's gradient");
+            }
+        }
+    }
+    Ok(())
+}
