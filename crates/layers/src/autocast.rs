@@ -73,8 +73,9 @@ thread_local! {
 /// kernels; outputs and gradients come back in float32 unrounded. Stride-1 3x3 convolutions
 /// with 16 channels or more run Winograd's F(2x2, 3x3) with bf16 products of the transformed
 /// operands (3e-3 to 6e-3 of the output's scale from float32, as the direct bf16 products).
-/// Convolutions with fewer than 16 output channels or outputs under 4x4 run in float32, where
-/// bf16 would be slower.
+/// Convolutions with fewer than 16 output channels run in float32, where bf16 would be slower;
+/// those with outputs under 4x4 (too small for the image-by-image path) run one bf16 product
+/// over the whole batch's columns.
 ///
 /// Without it (switched off, or a CPU without AVX512-BF16) bf16 autocast runs the CPU's
 /// convolutions and linear layers in float32: never slower than float32. (f16 autocast on the

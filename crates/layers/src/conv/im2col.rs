@@ -35,6 +35,28 @@ pub fn conv2d_gemm(
         .reshape((n, cout, geo.oh, geo.ow))
 }
 
+/// [`conv2d_gemm`] of an f32 CPU input without bias under bf16 autocast: the columns' product
+/// with the kernel, and both its gradients, in the AVX512-BF16 kernel (operands rounded to
+/// bf16, float32 sums; `linear_cpu`), for the convolutions whose outputs are too small for the
+/// image-by-image path (ResNet-18's last stages on 32x32 images).
+pub(crate) fn conv2d_gemm_bf16(
+    xs: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    let n = xs.dim(0)?;
+    let (geo, cout) = Geometry::of_conv(xs, weight, stride, padding)?;
+    let cols = xs.contiguous()?.apply_op1(Im2Col(geo))?;
+    let w = weight.contiguous()?.reshape((cout, geo.row_len()))?;
+    let zero = Tensor::zeros(cout, candle_core::DType::F32, xs.device())?;
+    crate::linear_cpu::linear(&cols, &w, &zero, true)?
+        .reshape((n, geo.oh * geo.ow, cout))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((n, cout, geo.oh, geo.ow))
+}
+
 fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),

@@ -152,9 +152,10 @@ impl Module for Conv2d {
         // too) to bf16 as it packs them, and sums in float32; without it, float32.
         if cpu_f32 && plain && f32_weight && autocast::dtype() == Some(DType::BF16) {
             let per_image = cpu::per_image_pays(xs, &self.weight, c.stride, c.padding)?;
-            // Fewer than 16 output channels (LeNet-5's) or outputs under 4x4 (the last stages
-            // of a ResNet on 32x32 images): the bf16 products' packing and rounding cost more
-            // than they save, and these run in float32 (more precise, and faster here).
+            // Fewer than 16 output channels (LeNet-5's): the bf16 products' packing and
+            // rounding cost more than they save, and these run in float32 (more precise, and
+            // faster here). Outputs under 4x4 (the last stages of a ResNet on 32x32 images)
+            // skip the image-by-image path (`bf16` is for that path and oneDNN's).
             let bf16 = per_image
                 && self.weight.dim(0)? >= MIN_BF16_CHANNELS
                 && autocast::cpu_bf16_kernel_active();
@@ -164,8 +165,16 @@ impl Module for Conv2d {
                     return self.add_bias(ys, cpu_f32);
                 }
             }
+            // Outputs too small for the image-by-image path: one product over the whole
+            // batch's columns, in bf16 from 16 output channels.
+            let batch_bf16 = !per_image
+                && self.weight.dim(0)? >= MIN_BF16_CHANNELS
+                && autocast::cpu_bf16_kernel_active();
             let ys = match per_image {
                 true => cpu::conv2d_cpu(xs, &self.weight, c.stride, c.padding, bf16)?,
+                false if batch_bf16 => {
+                    im2col::conv2d_gemm_bf16(xs, &self.weight, c.stride, c.padding)?
+                }
                 false => conv2d_gemm(xs, &self.weight, None, c.stride, c.padding)?,
             };
             return self.add_bias(ys, cpu_f32);

@@ -189,13 +189,18 @@ fn the_bf16_kernel_matches_float32_products_of_rounded_operands() -> Result<()> 
     onednn::set_enabled(false);
     let dev = Device::Cpu;
     for n in [1, 5] {
-        for (cin, cout, k, stride, padding) in [
-            (8, 16, 3, 1, 1),
-            (5, 17, 3, 2, 1),
-            (7, 16, 1, 2, 0),
-            (3, 16, 7, 2, 3),
+        for (cin, cout, k, stride, padding, h, w) in [
+            (8, 16, 3, 1, 1, 12, 13),
+            (5, 17, 3, 2, 1, 12, 13),
+            (7, 16, 1, 2, 0, 12, 13),
+            (3, 16, 7, 2, 3, 12, 13),
+            // Outputs under 4x4: one product over the batch's columns.
+            (16, 32, 3, 1, 1, 2, 2),
+            (16, 24, 3, 2, 1, 4, 3),
+            (16, 20, 1, 1, 0, 3, 2),
+            (8, 16, 3, 1, 1, 1, 1),
         ] {
-            let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, cin, 12, 13), &dev)?)?;
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, cin, h, w), &dev)?)?;
             let wt = Var::from_tensor(&Tensor::randn(0f32, 0.2, (cout, cin, k, k), &dev)?)?;
             let cfg = Conv2dConfig {
                 padding,
@@ -227,7 +232,7 @@ fn the_bf16_kernel_matches_float32_products_of_rounded_operands() -> Result<()> 
                     padding,
                 )
             })?;
-            let what = format!("n {n} k {k} s {stride}");
+            let what = format!("n {n} k {k} s {stride} {h}x{w}");
             assert_close(&kernel, &rounded, [2e-5, 4e-3, 4e-3], &what)?;
         }
     }
