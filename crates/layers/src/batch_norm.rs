@@ -250,9 +250,8 @@ impl BatchNorm {
             && cudnn::supports(self, xs)
             && cudnn::reduced_allowed()
         {
-            match cudnn::train(self, &xs.reshape((n, c, l))?, relu) {
-                Ok(ys) => return ys.reshape(xs.shape()),
-                Err(e) => cudnn::refuse_reduced(&e),
+            if let Some(ys) = cudnn::train_reduced(self, &xs.reshape((n, c, l))?, relu)? {
+                return ys.reshape(xs.shape());
             }
         }
         let dtype = match xs.dtype() {

@@ -10,7 +10,7 @@ use candle_core::cuda::cudarc::curand::{result, sys};
 use candle_core::cuda::cudarc::driver::DevicePtrMut;
 use candle_core::cuda_backend::{CudaDevice, DeviceId};
 use candle_core::op::BackpropOp;
-use candle_core::{CudaStorage, Device, Result, Storage, Tensor};
+use candle_core::{CudaStorage, DType, Device, Result, Storage, Tensor};
 
 /// One Philox generator per device on this thread, on that device's stream.
 struct Generator(sys::curandGenerator_t);
@@ -77,7 +77,12 @@ pub(crate) fn dropout(xs: &Tensor, keep: f64) -> Result<Tensor> {
     };
     let seed = crate::rng::with(|rng| rng.next_u64());
     let u = uniform(device, xs.dims(), seed)?;
-    // (0, 1] values: `u <= keep` holds with probability `keep`.
-    let mask = (u.le(keep)?.to_dtype(xs.dtype())? * (1.0 / keep))?;
-    xs * mask
+    // (0, 1] values: `u <= keep` holds with probability `keep`. The scale in float32, as
+    // PyTorch's kernel: a bf16 input is scaled in float32 and rounded once.
+    let mask = (u.le(keep)?.to_dtype(DType::F32)? * (1.0 / keep))?;
+    match xs.dtype() {
+        DType::F32 => xs * mask,
+        d @ (DType::BF16 | DType::F16) => (xs.to_dtype(DType::F32)? * mask)?.to_dtype(d),
+        d => xs * mask.to_dtype(d)?,
+    }
 }

@@ -195,6 +195,15 @@ pub fn train(
         let mut pending = None;
         let trained = (|| -> Result<()> {
             for epoch in progress.epochs_done..config.epochs {
+                // A write that already ended (failed, say) is taken up before the next epoch.
+                if pending
+                    .as_ref()
+                    .is_some_and(|h: &Writing<'_>| h.is_finished())
+                {
+                    if let (Some(done), Some(outputs)) = (pending.take(), outputs.as_mut()) {
+                        outputs.events = Some(finish(done)?);
+                    }
+                }
                 let (trained, tested, record) =
                     passes.run(epoch, store, optimizer.as_mut(), &schedule)?;
                 let improved = record.test_acc > progress.best_acc || progress.history.is_empty();
@@ -208,6 +217,10 @@ pub fn train(
                 let Some(outputs) = outputs.as_mut() else {
                     continue;
                 };
+                // The previous epoch's files first: one snapshot in memory at a time.
+                if let Some(previous) = pending.take() {
+                    outputs.events = Some(finish(previous)?);
+                }
                 let snapshot = outputs.snapshot(
                     &progress,
                     improved,
@@ -215,9 +228,6 @@ pub fn train(
                     (&schedule, train_loader),
                     (&trained, &tested, images_per_s),
                 )?;
-                if let Some(previous) = pending.take() {
-                    outputs.events = Some(finish(previous)?);
-                }
                 let Some(events) = outputs.events.take() else {
                     bail!("the TensorBoard event file was lost by an earlier failed write")
                 };
@@ -233,7 +243,13 @@ pub fn train(
             }),
             None => Ok(()),
         };
-        trained.and(written)
+        match (trained, written) {
+            // Both failed: the epoch's error, and that the files said to be kept may not be.
+            (Err(error), Err(writing)) => Err(error.context(format!(
+                "writing the files of an earlier epoch failed too: {writing:#}"
+            ))),
+            (trained, written) => trained.and(written),
+        }
     })?;
     crate::say!(
         "best test accuracy {:.2}% (epoch {}); weights in {}",
@@ -400,8 +416,11 @@ struct Outputs<'a> {
     events: Option<EventWriter>,
 }
 
+/// An epoch's writing thread: its event file back when it is done.
+type Writing<'scope> = std::thread::ScopedJoinHandle<'scope, Result<EventWriter>>;
+
 /// The waiting for an epoch's writing thread: its event file back, or what went wrong.
-fn finish(handle: std::thread::ScopedJoinHandle<'_, Result<EventWriter>>) -> Result<EventWriter> {
+fn finish(handle: Writing<'_>) -> Result<EventWriter> {
     match handle.join() {
         Ok(written) => written,
         Err(panic) => std::panic::resume_unwind(panic),
@@ -425,15 +444,18 @@ struct Snapshot<'a> {
     images_per_s: f64,
 }
 
-/// `tensors` in storage of their own on the host (a copy of each, also of those on the CPU).
+/// `tensors` in storage of their own on the host: those on a GPU copied to the host, those on
+/// the CPU copied there (with `cpu_copies`; without, they are taken to be copies already).
 fn host_copies(
     tensors: std::collections::HashMap<String, Tensor>,
+    cpu_copies: bool,
 ) -> Result<std::collections::HashMap<String, Tensor>> {
     tensors
         .into_iter()
         .map(|(k, v)| {
             let v = match v.device().is_cpu() {
-                true => v.copy()?,
+                true if cpu_copies => v.copy()?,
+                true => v,
                 false => v.to_device(&Device::Cpu)?,
             };
             Ok((k, v))
@@ -451,16 +473,19 @@ impl<'a> Outputs<'a> {
         (schedule, train_loader): (&crate::schedule::Scheduled, &dyn BatchSource),
         (trained, tested, images_per_s): (&Pass, &Pass, f64),
     ) -> Result<Snapshot<'a>> {
-        let model = host_copies(layers::checkpoint::state_dict(self.store.varmap())?)?;
-        // The state's model tensors are its own (`state_dict` copies variables from a GPU,
-        // and `host_copies` those on the CPU).
+        // `state_dict` copies a GPU's variables to the host; the CPU's it hands out as they are,
+        // and those are copied here.
+        let model = host_copies(
+            layers::checkpoint::state_dict(self.store.varmap())?,
+            self.store.device().is_cpu(),
+        )?;
         Ok(Snapshot {
             out: self.out,
             title: self.title,
             classes: self.classes,
             improved,
             model,
-            optimizer: host_copies(optimizer.state()?)?,
+            optimizer: host_copies(optimizer.state()?, true)?,
             state: resume_state(self.config, optimizer, progress, schedule, train_loader),
             tiles: pictures::prediction_tiles(self.test_images, &tested.predictions)?,
             confusion: tested.metrics.confusion().to_vec(),

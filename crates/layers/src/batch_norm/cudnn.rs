@@ -13,7 +13,8 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc::cudnn::sys;
@@ -52,19 +53,31 @@ pub(super) fn supports(bn: &BatchNorm, x: &Tensor) -> bool {
 }
 
 /// Whether reduced-precision inputs go to cuDNN (until cuDNN refuses one).
-static REDUCED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+static REDUCED: AtomicBool = AtomicBool::new(true);
 
-/// Whether a bfloat16 or float16 input may go to cuDNN's batch norm: until a call with one
-/// failed ([`refuse_reduced`]).
+/// Whether a bfloat16 or float16 input may go to cuDNN's batch norm: until cuDNN refused one
+/// ([`train_reduced`]).
 pub(super) fn reduced_allowed() -> bool {
-    REDUCED.load(std::sync::atomic::Ordering::Relaxed)
+    REDUCED.load(Ordering::Relaxed)
 }
 
-/// Remembers that cuDNN failed a reduced-precision batch norm (`error`, said once on stderr):
-/// such inputs take the float32 path from then on.
-pub(super) fn refuse_reduced(error: &candle_core::Error) {
-    if REDUCED.swap(false, std::sync::atomic::Ordering::Relaxed) {
-        eprintln!("cuDNN batch norm refused a reduced-precision input ({error}); batch norm runs in float32 from now on");
+/// [`train`] for a bfloat16 or float16 input; `None` when cuDNN refuses the dtype (its forward
+/// call says not supported or bad parameter, before it changed anything: said once on stderr,
+/// and such inputs take the float32 path from then on). Any other error is returned.
+pub(super) fn train_reduced(bn: &BatchNorm, x: &Tensor, relu: bool) -> Result<Option<Tensor>> {
+    let refused = Arc::new(AtomicBool::new(false));
+    match train_flagged(bn, x, relu, refused.clone()) {
+        Ok(ys) => Ok(Some(ys)),
+        Err(error) if refused.load(Ordering::Relaxed) => {
+            if REDUCED.swap(false, Ordering::Relaxed) {
+                eprintln!(
+                    "cuDNN batch norm refused a {:?} input ({error}); batch norm runs in float32 from now on",
+                    x.dtype()
+                );
+            }
+            Ok(None)
+        }
+        Err(error) => Err(error),
     }
 }
 
@@ -72,6 +85,16 @@ pub(super) fn refuse_reduced(error: &candle_core::Error) {
 /// float16; the output in the same dtype); the running statistics move (in place) and one more
 /// batch is counted.
 pub(super) fn train(bn: &BatchNorm, x: &Tensor, relu: bool) -> Result<Tensor> {
+    train_flagged(bn, x, relu, Arc::new(AtomicBool::new(false)))
+}
+
+/// [`train`], setting `refused` when cuDNN's forward call refuses the input's dtype.
+fn train_flagged(
+    bn: &BatchNorm,
+    x: &Tensor,
+    relu: bool,
+    refused: Arc<AtomicBool>,
+) -> Result<Tensor> {
     let x = x.contiguous()?;
     let (n, c, l) = x.dims3()?;
     if n * l < 2 {
@@ -87,6 +110,7 @@ pub(super) fn train(bn: &BatchNorm, x: &Tensor, relu: bool) -> Result<Tensor> {
         relu,
         dims: [n, c, l],
         dtype: x.dtype(),
+        refused,
         saved: OnceLock::new(),
     };
     let ys = x.apply_op3(&bn.weight.contiguous()?, &bn.bias.contiguous()?, op)?;
@@ -163,6 +187,8 @@ struct Forward {
     dims: [usize; 3],
     /// The input's (and output's) dtype.
     dtype: DType,
+    /// Set when cuDNN's forward call refuses a reduced-precision dtype (nothing changed yet).
+    refused: Arc<AtomicBool>,
     saved: OnceLock<Saved>,
 }
 
@@ -198,30 +224,34 @@ impl Forward {
                 // pointers (dtypes and lengths checked by `read_ptr` / `f32_write_ptr`, the
                 // input's and output's dtype `self.dtype`, shapes from the same (N, C, L));
                 // float scaling factors.
-                check(
-                    unsafe {
-                        sys::cudnnBatchNormalizationForwardTraining(
-                            state.handle.0,
-                            MODE,
-                            &ONE as *const f32 as *const c_void,
-                            &ZERO as *const f32 as *const c_void,
-                            descs.x.0,
-                            xp,
-                            descs.x.0,
-                            yp,
-                            descs.channels.0,
-                            wp,
-                            bp,
-                            self.momentum,
-                            mp,
-                            vp,
-                            self.eps,
-                            smp as *mut c_void,
-                            sip as *mut c_void,
-                        )
-                    },
-                    "batch-norm forward",
-                )?;
+                let status = unsafe {
+                    sys::cudnnBatchNormalizationForwardTraining(
+                        state.handle.0,
+                        MODE,
+                        &ONE as *const f32 as *const c_void,
+                        &ZERO as *const f32 as *const c_void,
+                        descs.x.0,
+                        xp,
+                        descs.x.0,
+                        yp,
+                        descs.channels.0,
+                        wp,
+                        bp,
+                        self.momentum,
+                        mp,
+                        vp,
+                        self.eps,
+                        smp as *mut c_void,
+                        sip as *mut c_void,
+                    )
+                };
+                use sys::cudnnStatus_t::{CUDNN_STATUS_BAD_PARAM, CUDNN_STATUS_NOT_SUPPORTED};
+                if self.dtype != DType::F32
+                    && matches!(status, CUDNN_STATUS_NOT_SUPPORTED | CUDNN_STATUS_BAD_PARAM)
+                {
+                    self.refused.store(true, Ordering::Relaxed);
+                }
+                check(status, "batch-norm forward")?;
             }
             let saved = Saved {
                 mean: save_mean,

@@ -86,6 +86,11 @@ fn reaching_taps(size: usize, k: usize, stride: usize, padding: usize) -> Option
     // when `padding - (out - 1)·stride <= t <= padding + size - 1`.
     let first = padding.saturating_sub((out - 1) * stride);
     let last = (padding + size - 1).min(k - 1);
+    // No tap reaches the input (every output in the padding, with a large stride): the full
+    // kernel, which multiplies zeros only.
+    if first > last {
+        return None;
+    }
     (first > 0 || last < k - 1).then_some((first, last))
 }
 

@@ -748,6 +748,9 @@ fn taps_that_only_meet_padding_are_skipped_with_the_same_results() -> Result<()>
         (2, 3, 2, 2, 4, 3, 1, 1, None),
         (2, 3, 1, 2, 2, 3, 1, 1, None),
         (2, 3, 8, 8, 2, 3, 1, 1, None),
+        // Every output in the padding: no tap reaches the input.
+        (2, 3, 1, 1, 2, 1, 3, 1, None),
+        (2, 3, 1, 1, 2, 3, 8, 3, None),
     ] {
         let what = format!("{h}x{w} k{k} s{s} p{p}");
         let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, c, h, w), &dev)?)?;
