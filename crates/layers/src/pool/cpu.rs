@@ -89,9 +89,13 @@ impl Plane {
     /// average pooling. (The same path for max pooling made the MNIST CNN's step 3-12% slower
     /// than the window loops, in interleaved runs; averages were 12% faster in LeNet-5's.)
     fn is_2x2(&self) -> bool {
+        matches!(self.pool.kind, PoolKind::Avg { .. }) && self.whole_2x2_blocks()
+    }
+
+    /// Whether every window is a whole 2x2 block of the image, none overlapping (any kind).
+    fn whole_2x2_blocks(&self) -> bool {
         let p = &self.pool;
-        matches!(p.kind, PoolKind::Avg { .. })
-            && p.kernel == (2, 2)
+        p.kernel == (2, 2)
             && p.stride == (2, 2)
             && p.padding == (0, 0)
             && self.oh * self.ow > 0
@@ -149,9 +153,38 @@ impl Plane {
     }
 
     fn forward<T: candle_core::WithDType>(&self, x: &[T], y: &mut [T]) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some((x, y)) = self.max_2x2_f32(x, y) {
+            // SAFETY: the CPU has AVX-512F (checked by `max_2x2_f32`).
+            return unsafe { simd::max_forward(self, x, y) };
+        }
         match self.is_2x2() {
             true => self.forward_2x2(x, y),
             false => self.forward_windows(x, y),
+        }
+    }
+
+    /// `x` and `y` as f32 when this is a 2x2 max pooling of whole blocks on f32 values and the
+    /// CPU has AVX-512F: the case [`simd`] vectorises.
+    #[cfg(target_arch = "x86_64")]
+    fn max_2x2_f32<'a, 'b, T: candle_core::WithDType>(
+        &self,
+        x: &'a [T],
+        y: &'b mut [T],
+    ) -> Option<(&'a [f32], &'b mut [f32])> {
+        if T::DTYPE != candle_core::DType::F32
+            || self.pool.kind != PoolKind::Max
+            || !self.whole_2x2_blocks()
+            || !avx512()
+        {
+            return None;
+        }
+        // SAFETY: `T` is f32 (its dtype says so), so the slices are f32 slices.
+        unsafe {
+            Some((
+                std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()),
+                std::slice::from_raw_parts_mut(y.as_mut_ptr().cast::<f32>(), y.len()),
+            ))
         }
     }
 
@@ -176,6 +209,13 @@ impl Plane {
     }
 
     fn backward<T: candle_core::WithDType>(&self, x: &[T], gy: &[T], gx: &mut [T]) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some((x, gx)) = self.max_2x2_f32(x, gx) {
+            // SAFETY: as in `forward`; `gy` holds f32 values as `x` does.
+            let gy = unsafe { std::slice::from_raw_parts(gy.as_ptr().cast::<f32>(), gy.len()) };
+            // SAFETY: the CPU has AVX-512F (checked by `max_2x2_f32`).
+            return unsafe { simd::max_backward(self, x, gy, gx) };
+        }
         match self.is_2x2() {
             true => self.backward_2x2(x, gy, gx),
             false => self.backward_windows(x, gy, gx),
@@ -221,6 +261,127 @@ fn argmax4<T: candle_core::WithDType>(q: [T; 4]) -> usize {
         }
     }
     best
+}
+
+/// Whether this CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+fn avx512() -> bool {
+    static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX512.get_or_init(|| is_x86_feature_detected!("avx512f"))
+}
+
+/// 2x2 max pooling of whole blocks in AVX-512, 16 windows per vector: the rows' even and odd
+/// columns split by permutes, the first maximum in scan order (or first NaN) chosen by the
+/// comparisons [`argmax4`] makes, in the same order, so the results are its bit for bit.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::Plane;
+    use std::arch::x86_64::*;
+
+    const EVEN: [i32; 16] = [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30];
+    const ODD: [i32; 16] = [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31];
+    const LOW: [i32; 16] = [0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23];
+    const HIGH: [i32; 16] = [8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31];
+
+    #[inline(always)]
+    unsafe fn index(i: &[i32; 16]) -> __m512i {
+        _mm512_loadu_si512(i.as_ptr().cast())
+    }
+
+    /// The first `n` (at most 16) lanes.
+    #[inline(always)]
+    fn first(n: usize) -> u16 {
+        ((1u32 << n) - 1) as u16
+    }
+
+    /// `row[0..2n]`'s even and odd values, lane `k` from `row[2k]` and `row[2k + 1]`.
+    #[inline(always)]
+    unsafe fn split(row: &[f32], n: usize) -> (__m512, __m512) {
+        let count = 2 * n;
+        // SAFETY (caller): `row` holds `2n` values; only those lanes are read.
+        let a = _mm512_maskz_loadu_ps(first(count.min(16)), row.as_ptr());
+        let b = match count > 16 {
+            true => _mm512_maskz_loadu_ps(first(count - 16), row.as_ptr().add(16)),
+            false => _mm512_setzero_ps(),
+        };
+        (
+            _mm512_permutex2var_ps(a, index(&EVEN), b),
+            _mm512_permutex2var_ps(a, index(&ODD), b),
+        )
+    }
+
+    /// The windows' maxima and which of their four values (0-3, scan order) each is.
+    #[inline(always)]
+    unsafe fn argmax(q: [__m512; 4]) -> (__m512, [__mmask16; 4]) {
+        let mut best = q[0];
+        let mut nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(q[0], q[0]);
+        let mut at = [!0u16, 0, 0, 0];
+        for (k, &v) in q.iter().enumerate().skip(1) {
+            let is_nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+            let take = !nan & (_mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, best) | is_nan);
+            best = _mm512_mask_mov_ps(best, take, v);
+            for (j, m) in at.iter_mut().enumerate() {
+                *m = match j == k {
+                    true => *m | take,
+                    false => *m & !take,
+                };
+            }
+            nan |= take & is_nan;
+        }
+        (best, at)
+    }
+
+    /// [`Plane::forward`] of a 2x2 max pooling of whole blocks.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn max_forward(plane: &Plane, x: &[f32], y: &mut [f32]) {
+        let (w, ow) = (plane.w, plane.ow);
+        for i in 0..plane.oh {
+            for j in (0..ow).step_by(16) {
+                let n = (ow - j).min(16);
+                let (a0, a1) = split(&x[2 * i * w + 2 * j..][..2 * n], n);
+                let (b0, b1) = split(&x[(2 * i + 1) * w + 2 * j..][..2 * n], n);
+                let (best, _) = argmax([a0, a1, b0, b1]);
+                let out = &mut y[i * ow + j..][..n];
+                // SAFETY: `out` holds `n` values; only those lanes are written.
+                _mm512_mask_storeu_ps(out.as_mut_ptr(), first(n), best);
+            }
+        }
+    }
+
+    /// `row[0..2n]` := lanes `0..n` of `even` and `odd` interleaved.
+    #[inline(always)]
+    unsafe fn interleave(row: &mut [f32], n: usize, even: __m512, odd: __m512) {
+        let count = 2 * n;
+        let low = _mm512_permutex2var_ps(even, index(&LOW), odd);
+        // SAFETY (caller): `row` holds `2n` values; only those lanes are written.
+        _mm512_mask_storeu_ps(row.as_mut_ptr(), first(count.min(16)), low);
+        if count > 16 {
+            let high = _mm512_permutex2var_ps(even, index(&HIGH), odd);
+            _mm512_mask_storeu_ps(row.as_mut_ptr().add(16), first(count - 16), high);
+        }
+    }
+
+    /// [`Plane::backward`] of a 2x2 max pooling of whole blocks into a zeroed `gx`: each
+    /// window's gradient to its chosen value (added to zero, as the scalar path does, so a
+    /// -0.0 gradient lands as +0.0 there too).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn max_backward(plane: &Plane, x: &[f32], gy: &[f32], gx: &mut [f32]) {
+        let (w, ow) = (plane.w, plane.ow);
+        let zero = _mm512_setzero_ps();
+        for i in 0..plane.oh {
+            for j in (0..ow).step_by(16) {
+                let n = (ow - j).min(16);
+                let (a0, a1) = split(&x[2 * i * w + 2 * j..][..2 * n], n);
+                let (b0, b1) = split(&x[(2 * i + 1) * w + 2 * j..][..2 * n], n);
+                let (_, at) = argmax([a0, a1, b0, b1]);
+                let g = _mm512_maskz_loadu_ps(first(n), gy[i * ow + j..][..n].as_ptr());
+                let d: [__m512; 4] =
+                    std::array::from_fn(|k| _mm512_add_ps(zero, _mm512_maskz_mov_ps(at[k], g)));
+                interleave(&mut gx[2 * i * w + 2 * j..][..2 * n], n, d[0], d[1]);
+                interleave(&mut gx[(2 * i + 1) * w + 2 * j..][..2 * n], n, d[2], d[3]);
+            }
+        }
+    }
 }
 
 fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T]> {
@@ -361,6 +522,46 @@ mod tests {
                 plane.backward_2x2(&x, &gy, &mut g1);
                 plane.backward_windows(&x, &gy, &mut g2);
                 assert_eq!(bits(&g1), bits(&g2), "{kind:?} {h}x{w} backward");
+            }
+        }
+        // The AVX-512 max pooling against the window loops: rows of 1 to 20 windows (one
+        // vector and a part), odd sides, ties, NaN (first, later, two in a window), signed
+        // zeros, and a -0.0 gradient.
+        #[cfg(target_arch = "x86_64")]
+        if avx512() {
+            for (h, w) in [
+                (8, 6),
+                (7, 9),
+                (2, 2),
+                (3, 2),
+                (24, 24),
+                (4, 40),
+                (5, 33),
+                (2, 31),
+            ] {
+                let (_, plane) = Plane::new(Pool2d::max(2, 2), &[1, 1, h, w])?;
+                let x: Vec<f32> = (0..h * w)
+                    .map(|i| match i % 13 {
+                        3 | 4 => f32::NAN,
+                        5 => -0.0,
+                        6 => 0.0,
+                        k => ((i * 7) % 4) as f32 - k as f32 / 3.0,
+                    })
+                    .collect();
+                let gy: Vec<f32> = (0..plane.oh * plane.ow)
+                    .map(|i| if i % 5 == 0 { -0.0 } else { i as f32 - 2.5 })
+                    .collect();
+                let (mut y1, mut y2) = (vec![0f32; gy.len()], vec![0f32; gy.len()]);
+                // SAFETY: the CPU has AVX-512F.
+                unsafe { simd::max_forward(&plane, &x, &mut y1) };
+                plane.forward_windows(&x, &mut y2);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&y1), bits(&y2), "AVX-512 max {h}x{w} forward");
+                let (mut g1, mut g2) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+                // SAFETY: as above.
+                unsafe { simd::max_backward(&plane, &x, &gy, &mut g1) };
+                plane.backward_windows(&x, &gy, &mut g2);
+                assert_eq!(bits(&g1), bits(&g2), "AVX-512 max {h}x{w} backward");
             }
         }
         assert!(
