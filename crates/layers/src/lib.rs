@@ -19,6 +19,8 @@
 mod activation;
 mod adaptive;
 pub mod autocast;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod batch_norm;
 mod bf16_gemm;
 pub mod checkpoint;

@@ -334,12 +334,8 @@ fn transform_output(
     transform_output_any(geo, cout, m, tiles, out)
 }
 
-/// Whether this CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
-fn avx512() -> bool {
-    static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVX512.get_or_init(|| is_x86_feature_detected!("avx512f"))
-}
+use crate::avx512::available as avx512;
 
 /// `v` (16, C, tiles) := `Bᵀ d B` of each channel's 4x4 patch `d` of the tiles `tiles`.
 #[inline(always)]
@@ -510,6 +506,7 @@ fn transform_output_grad_any(
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use super::{spans, Geometry, LANES};
+    use crate::avx512::{index, EVEN, HIGH, LOW, ODD};
     use std::arch::x86_64::*;
 
     /// Lanes of the columns `x .. x + 16` of `row` (zero outside the row and from `count` on).
@@ -544,17 +541,8 @@ mod simd {
         ))
     }
 
-    const EVEN: [i32; 16] = [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30];
-    const ODD: [i32; 16] = [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31];
     const NEXT0: [i32; 16] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
     const NEXT1: [i32; 16] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17];
-    const LOW: [i32; 16] = [0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23];
-    const HIGH: [i32; 16] = [8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31];
-
-    #[inline(always)]
-    unsafe fn index(i: &[i32; 16]) -> __m512i {
-        _mm512_loadu_si512(i.as_ptr().cast())
-    }
 
     /// The lanes `off .. off + len`.
     #[inline(always)]

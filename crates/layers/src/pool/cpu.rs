@@ -263,12 +263,8 @@ fn argmax4<T: candle_core::WithDType>(q: [T; 4]) -> usize {
     best
 }
 
-/// Whether this CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
-fn avx512() -> bool {
-    static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVX512.get_or_init(|| is_x86_feature_detected!("avx512f"))
-}
+use crate::avx512::available as avx512;
 
 /// 2x2 max pooling of whole blocks in AVX-512, 16 windows per vector: the rows' even and odd
 /// columns split by permutes, the first maximum in scan order (or first NaN) chosen by the
@@ -276,17 +272,8 @@ fn avx512() -> bool {
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use super::Plane;
+    use crate::avx512::{index, EVEN, HIGH, LOW, ODD};
     use std::arch::x86_64::*;
-
-    const EVEN: [i32; 16] = [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30];
-    const ODD: [i32; 16] = [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31];
-    const LOW: [i32; 16] = [0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23];
-    const HIGH: [i32; 16] = [8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31];
-
-    #[inline(always)]
-    unsafe fn index(i: &[i32; 16]) -> __m512i {
-        _mm512_loadu_si512(i.as_ptr().cast())
-    }
 
     /// The first `n` (at most 16) lanes.
     #[inline(always)]
