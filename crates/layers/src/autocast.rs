@@ -75,7 +75,7 @@ thread_local! {
 /// operands (3e-3 to 6e-3 of the output's scale from float32, as the direct bf16 products).
 /// Convolutions with fewer than 16 output channels run in float32, where bf16 would be slower;
 /// those with outputs under 4x4 (too small for the image-by-image path) run one bf16 product
-/// over the whole batch's columns.
+/// over the whole batch's columns (or oneDNN's bf16 kernel, with the `onednn` feature).
 ///
 /// Without it (switched off, or a CPU without AVX512-BF16) bf16 autocast runs the CPU's
 /// convolutions and linear layers in float32: never slower than float32. (f16 autocast on the

@@ -160,21 +160,22 @@ impl Module for Conv2d {
             // Fewer than 16 output channels (LeNet-5's): the bf16 products' packing and
             // rounding cost more than they save, and these run in float32 (more precise, and
             // faster here). Outputs under 4x4 (the last stages of a ResNet on 32x32 images)
-            // skip the image-by-image path (`bf16` is for that path and oneDNN's).
+            // skip the image-by-image path: one product over the batch (or oneDNN's).
             let bf16 = per_image
                 && self.weight.dim(0)? >= MIN_BF16_CHANNELS
                 && autocast::cpu_bf16_kernel_active();
-            #[cfg(feature = "onednn")]
-            if onednn::enabled() {
-                if let Some(ys) = onednn::conv2d(xs, &self.weight, c.stride, c.padding, bf16)? {
-                    return self.add_bias(ys, cpu_f32);
-                }
-            }
             // Outputs too small for the image-by-image path: one product over the whole
             // batch's columns, in bf16 from 16 output channels.
             let batch_bf16 = !per_image
                 && self.weight.dim(0)? >= MIN_BF16_CHANNELS
                 && autocast::cpu_bf16_kernel_active();
+            #[cfg(feature = "onednn")]
+            if onednn::enabled() {
+                let bf16 = bf16 || batch_bf16;
+                if let Some(ys) = onednn::conv2d(xs, &self.weight, c.stride, c.padding, bf16)? {
+                    return self.add_bias(ys, cpu_f32);
+                }
+            }
             let ys = match per_image {
                 true => cpu::conv2d_cpu(xs, &self.weight, c.stride, c.padding, bf16)?,
                 false if batch_bf16 => {

@@ -797,3 +797,32 @@ fn taps_that_only_meet_padding_are_skipped_with_the_same_results() -> Result<()>
     }
     Ok(())
 }
+
+/// Under bf16 autocast with oneDNN, a convolution with a 2x2 output (too small for the
+/// image-by-image path, 16 or more output channels) runs in oneDNN's bf16 kernel: the same
+/// values as oneDNN's bf16 call, not its float32 one.
+#[cfg(feature = "onednn")]
+#[test]
+fn onednn_runs_small_outputs_in_bf16_under_autocast() -> Result<()> {
+    if !crate::autocast::cpu_bf16_kernel_active() {
+        eprintln!("skipped: this CPU lacks AVX512-BF16");
+        return Ok(());
+    }
+    let was = onednn::set_enabled(true);
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1., (4, 32, 2, 2), &dev)?;
+    let w = Tensor::randn(0f32, 0.1, (48, 32, 3, 3), &dev)?;
+    let conv = Conv2d::new(w.clone(), None, crate::conv_cfg(1, 1));
+    let ours = {
+        let _bf16 = crate::autocast::enable(candle_core::DType::BF16)?;
+        conv.forward(&x)?
+    };
+    let bf16 = onednn::conv2d(&x, &w, 1, 1, true)?.expect("oneDNN runs a 2x2 output");
+    let f32 = onednn::conv2d(&x, &w, 1, 1, false)?.expect("oneDNN runs a 2x2 output");
+    onednn::set_enabled(was);
+    let diff =
+        |a: &Tensor, b: &Tensor| -> Result<f32> { (a - b)?.abs()?.max_all()?.to_scalar::<f32>() };
+    assert_eq!(diff(&ours, &bf16)?, 0.0, "the bf16 kernel's values");
+    assert!(diff(&ours, &f32)? > 0.0, "not the float32 kernel's");
+    Ok(())
+}
