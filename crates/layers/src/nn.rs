@@ -179,6 +179,18 @@ impl ModuleT for Dropout {
         }
         let scale = (1.0 / keep) as f32;
         let n = xs.elem_count();
+        // f32 on the CPU: one op, forward and backward one pass each (`x · m`, `g · m`), the
+        // mask kept as one byte per element. The same draws and the same products as the
+        // tensor formulation below, so the same bits.
+        if xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32 {
+            let keep_mask: Vec<bool> =
+                crate::rng::with(|rng| (0..n).map(|_| rng.next_f64() < keep).collect());
+            let op = DropoutCpu {
+                keep: std::sync::Arc::new(keep_mask),
+                scale,
+            };
+            return xs.contiguous()?.apply_op1(op);
+        }
         let mask: Vec<f32> = crate::rng::with(|rng| {
             (0..n)
                 .map(|_| if rng.next_f64() < keep { scale } else { 0.0 })
@@ -188,6 +200,54 @@ impl ModuleT for Dropout {
             .to_device(xs.device())?
             .to_dtype(xs.dtype())?;
         xs * mask
+    }
+}
+
+/// Dropout's product on the CPU: `x · m`, with `m` = `scale` where `keep` holds and 0
+/// elsewhere. Its gradient is the same product of the output's gradient, so the op is its own
+/// backward. The element count of the input must be the mask's.
+#[derive(Debug, Clone)]
+struct DropoutCpu {
+    keep: std::sync::Arc<Vec<bool>>,
+    scale: f32,
+}
+
+impl candle_core::CustomOp1 for DropoutCpu {
+    fn name(&self) -> &'static str {
+        "dropout-cpu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let x = crate::per_channel::f32_slice(s, l, self.name(), "input")?;
+        if x.len() != self.keep.len() {
+            candle_core::bail!(
+                "{}: {} values for a mask of {}",
+                self.name(),
+                x.len(),
+                self.keep.len()
+            )
+        }
+        const CHUNK: usize = 16 * 1024;
+        let (keep, scale) = (&self.keep[..], self.scale);
+        // SAFETY: each chunk writes every one of its elements.
+        let y = unsafe {
+            crate::fill::par_filled(x.len(), CHUNK, |i, out| {
+                let at = i * CHUNK..i * CHUNK + out.len();
+                for ((o, &x), &k) in out.iter_mut().zip(&x[at.clone()]).zip(&keep[at]) {
+                    // 1·scale or 0·scale: the factor without a branch, so the loop vectorises.
+                    o.write(x * (k as u8 as f32 * scale));
+                }
+            })
+        };
+        Ok((candle_core::CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        grad.contiguous()?.apply_op1_no_bwd(self).map(Some)
     }
 }
 
@@ -276,6 +336,56 @@ mod tests {
             let diff = (&h - &r)?.abs()?.max_all()?.to_scalar::<f32>()?;
             assert!(diff > 0.0 && diff < 0.05, "bf16 differs by {diff}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn dropout_op_equals_the_mask_product_bit_for_bit() -> Result<()> {
+        // Values across chunks, with a NaN, infinities, a negative zero and negatives.
+        let n = 40_000;
+        let mut values: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.37).sin() * 3.0).collect();
+        values[5] = f32::NAN;
+        values[6] = f32::INFINITY;
+        values[7] = f32::NEG_INFINITY;
+        values[8] = -0.0;
+        let x = candle_core::Var::from_vec(values, (4, 10, 1000), &Device::Cpu)?;
+        let g = Tensor::randn(0f32, 1.0, (4, 10, 1000), &Device::Cpu)?;
+        let d = Dropout::new(0.3);
+        // The global generator is shared by every test in this process: the mask is redrawn
+        // from the state before the call, and the call retried if another test drew meanwhile.
+        let keep = 1.0 - 0.3f64;
+        let scale = (1.0 / keep) as f32;
+        let (ours, mask) = (0..20)
+            .find_map(|_| {
+                let before = crate::rng::state();
+                let ours = d.forward_t(x.as_tensor(), true).ok()?;
+                let mut rng = crate::rng::Rng::from_state(before);
+                let mask: Vec<f32> = (0..n)
+                    .map(|_| if rng.next_f64() < keep { scale } else { 0.0 })
+                    .collect();
+                (rng.state() == crate::rng::state()).then_some((ours, mask))
+            })
+            .expect("the generator was drawn by other tests 20 times in a row");
+        let mask = Tensor::from_vec(mask, (4, 10, 1000), &Device::Cpu)?;
+        let theirs = (x.as_tensor() * &mask)?;
+        let bits = |t: &Tensor| -> Result<Vec<u32>> {
+            Ok(t.flatten_all()?
+                .to_vec1::<f32>()?
+                .iter()
+                .map(|v| v.to_bits())
+                .collect())
+        };
+        assert_eq!(bits(&ours)?, bits(&theirs)?);
+        let kept = mask
+            .ne(0f32)?
+            .to_dtype(DType::F32)?
+            .mean_all()?
+            .to_scalar::<f32>()?;
+        assert!((0.68..0.72).contains(&kept), "{kept}");
+        let ga = (&ours * &g)?.sum_all()?.backward()?;
+        let gb = (&theirs * &g)?.sum_all()?.backward()?;
+        let (ga, gb) = (ga.get(&x).unwrap(), gb.get(&x).unwrap());
+        assert_eq!(bits(ga)?, bits(gb)?);
         Ok(())
     }
 

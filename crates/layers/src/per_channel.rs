@@ -9,7 +9,9 @@
 //! same bit for bit whatever the number of threads. Sums run in 16 f32 lanes per row and are
 //! added up in f64.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,
+};
 use rayon::prelude::*;
 
 use crate::fill::par_filled;
@@ -412,24 +414,57 @@ impl CustomOp2 for ChannelBias {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (n, c, l) = ncl(grad.shape())?;
-        let grad_c = grad.contiguous()?;
-        let sums = with_f32(&grad_c, |g| {
-            per_channel_sums((n, c, l), |_, r| {
-                let g = &g[r];
-                lane_sums(g, g, g, |v, _, _| [v])
-            })
-        });
-        let gb = match sums {
-            Some(s) => Tensor::from_vec(
-                s.into_iter().map(|[v]| v as f32).collect::<Vec<_>>(),
-                c,
-                grad.device(),
-            )?,
-            None => grad.reshape((n, c, l))?.sum(2)?.sum(0)?,
-        };
-        Ok((Some(grad.clone()), Some(gb.to_dtype(bias.dtype())?)))
+        Ok((Some(grad.clone()), Some(bias_grad(grad, bias.dtype())?)))
     }
+}
+
+/// The gradient of a (C) bias added to every (N, C, ...) element of a channel: the output
+/// gradient summed over all but the channel dimension (in 16 lanes and f64 for contiguous f32
+/// CPU gradients), as `dtype`.
+pub(crate) fn bias_grad(grad: &Tensor, dtype: DType) -> Result<Tensor> {
+    let (n, c, l) = ncl(grad.shape())?;
+    let grad_c = grad.contiguous()?;
+    let sums = with_f32(&grad_c, |g| {
+        per_channel_sums((n, c, l), |_, r| {
+            let g = &g[r];
+            lane_sums(g, g, g, |v, _, _| [v])
+        })
+    });
+    let gb = match sums {
+        Some(s) => Tensor::from_vec(
+            s.into_iter().map(|[v]| v as f32).collect::<Vec<_>>(),
+            c,
+            grad.device(),
+        )?,
+        None => grad.reshape((n, c, l))?.sum(2)?.sum(0)?,
+    };
+    gb.to_dtype(dtype)
+}
+
+/// `y[n, c, ...] += bias[c]` over a contiguous (N, C, ...) buffer of `shape`, images in parallel:
+/// the same sums as [`add_channel_bias`] without a second buffer.
+pub(crate) fn add_bias_in_place(y: &mut [f32], shape: &Shape, bias: &[f32]) -> Result<()> {
+    let (_, c, l) = ncl(shape)?;
+    if bias.len() != c || y.len() != shape.elem_count() {
+        candle_core::bail!(
+            "channel bias: {} values for {c} channels, {} values for shape {:?}",
+            bias.len(),
+            y.len(),
+            shape.dims()
+        )
+    }
+    let per = (c * l).max(1);
+    let add = |yi: &mut [f32]| {
+        for (ch, &b) in bias.iter().enumerate() {
+            yi[ch * l..][..l].iter_mut().for_each(|y| *y += b);
+        }
+    };
+    if y.len() <= per {
+        add(y);
+    } else {
+        y.par_chunks_mut(per).for_each(add);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

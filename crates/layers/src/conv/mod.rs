@@ -15,6 +15,7 @@
 //! Under [`autocast`](crate::autocast) the product runs in the reduced dtype and the result
 //! comes back in the input's dtype before the bias is added.
 
+mod bias;
 mod cpu;
 #[cfg(feature = "cudnn")]
 pub(crate) mod cudnn;
@@ -169,15 +170,21 @@ impl Module for Conv2d {
             let batch_bf16 = !per_image
                 && self.weight.dim(0)? >= MIN_BF16_CHANNELS
                 && autocast::cpu_bf16_kernel_active();
+            // The bias added inside the convolution's op where it can be (one autograd node).
+            let fused = self.bias.as_ref().filter(|b| bias::fuses(b));
             #[cfg(feature = "onednn")]
             if onednn::enabled() {
                 let bf16 = bf16 || batch_bf16;
-                if let Some(ys) = onednn::conv2d(xs, &self.weight, c.stride, c.padding, bf16)? {
-                    return self.add_bias(ys, cpu_f32);
+                let (s, p) = (c.stride, c.padding);
+                if let Some(ys) = onednn::conv2d(xs, &self.weight, fused, s, p, bf16)? {
+                    return self.add_unfused_bias(ys, fused.is_some(), cpu_f32);
                 }
             }
             let ys = match per_image {
-                true => cpu::conv2d_cpu(xs, &self.weight, c.stride, c.padding, bf16)?,
+                true => {
+                    let ys = cpu::conv2d_cpu(xs, &self.weight, fused, c.stride, c.padding, bf16)?;
+                    return self.add_unfused_bias(ys, fused.is_some(), cpu_f32);
+                }
                 false if batch_bf16 => {
                     im2col::conv2d_gemm_bf16(xs, &self.weight, c.stride, c.padding)?
                 }
@@ -206,18 +213,27 @@ impl Module for Conv2d {
             && plain
             && dtype == DType::F32
             && cpu::per_image_pays(&x, &w, c.stride, c.padding)?;
+        // The bias inside the convolution's op where it can be: f32 products of f32 tensors.
+        let fused = match x.dtype() == xs.dtype() {
+            true => self.bias.as_ref().filter(|b| cpu_f32 && bias::fuses(b)),
+            false => None,
+        };
         #[cfg(feature = "onednn")]
         if cpu_f32 && plain && dtype == DType::F32 && onednn::enabled() {
-            if let Some(ys) = onednn::conv2d(&x, &w, c.stride, c.padding, false)? {
+            if let Some(ys) = onednn::conv2d(&x, &w, fused, c.stride, c.padding, false)? {
                 let ys = autocast::cast(&ys, xs.dtype())?;
-                return self.add_bias(ys, cpu_f32);
+                return self.add_unfused_bias(ys, fused.is_some(), cpu_f32);
             }
         }
         if dtype == xs.dtype() && cpu && plain && !per_image && !cpu_f32 {
             return conv2d_gemm(xs, &self.weight, self.bias.as_ref(), c.stride, c.padding);
         }
+        if per_image {
+            let ys = cpu::conv2d_cpu(&x, &w, fused, c.stride, c.padding, false)?;
+            let ys = autocast::cast(&ys, autocast::output_dtype(xs, dtype))?;
+            return self.add_unfused_bias(ys, fused.is_some(), cpu_f32);
+        }
         let ys = match (plain, cpu) {
-            _ if per_image => cpu::conv2d_cpu(&x, &w, c.stride, c.padding, false)?,
             (true, true) => conv2d_gemm(&x, &w, None, c.stride, c.padding)?,
             (true, false) => conv2d_conv_grads(&x, &w, c.stride, c.padding)?,
             (false, _) => {
@@ -258,6 +274,14 @@ fn even_remainders(xs: &Tensor, weight: &Tensor, c: &Conv2dConfig) -> Result<Ten
 }
 
 impl Conv2d {
+    /// `ys` plus the bias unless the convolution's op added it already (`fused`).
+    fn add_unfused_bias(&self, ys: Tensor, fused: bool, cpu_f32: bool) -> Result<Tensor> {
+        match fused {
+            true => Ok(ys),
+            false => self.add_bias(ys, cpu_f32),
+        }
+    }
+
     /// `ys` plus the bias, if any, broadcast over (N, ·, H, W).
     fn add_bias(&self, ys: Tensor, cpu_f32: bool) -> Result<Tensor> {
         match &self.bias {

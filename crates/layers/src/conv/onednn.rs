@@ -203,10 +203,12 @@ fn call(what: &str, threads: usize, f: impl FnOnce(*mut c_char, usize) -> i32) -
 }
 
 /// The oneDNN convolution of `xs` (N, C, H, W) with `weight` (O, C, kH, kW), float32 CPU
-/// tensors, differentiable in both; `None` where oneDNN has no kernel for the shape.
+/// tensors, differentiable in both, plus `bias` in the same op where [`super::bias::fuses`] it;
+/// `None` where oneDNN has no kernel for the shape.
 pub(crate) fn conv2d(
     xs: &Tensor,
     weight: &Tensor,
+    bias: Option<&Tensor>,
     stride: usize,
     padding: usize,
     bf16: bool,
@@ -215,7 +217,7 @@ pub(crate) fn conv2d(
     if !routes(&geo, cout, bf16) {
         return Ok(None);
     }
-    run(xs, weight, &geo, cout, bf16)
+    run(xs, weight, bias, &geo, cout, bf16)
 }
 
 /// Whether oneDNN is the faster way to run this convolution.
@@ -251,12 +253,13 @@ pub(crate) fn conv2d_any_shape(
     bf16: bool,
 ) -> Result<Option<Tensor>> {
     let (geo, cout) = Geometry::of_conv(xs, weight, stride, padding)?;
-    run(xs, weight, &geo, cout, bf16)
+    run(xs, weight, None, &geo, cout, bf16)
 }
 
 fn run(
     xs: &Tensor,
     weight: &Tensor,
+    bias: Option<&Tensor>,
     geo: &Geometry,
     cout: usize,
     bf16: bool,
@@ -273,7 +276,7 @@ fn run(
         }
     }
     let op = ConvDnnl { desc };
-    Ok(Some(xs.contiguous()?.apply_op2(&weight.contiguous()?, op)?))
+    Ok(Some(super::bias::apply(xs, weight, bias, op)?))
 }
 
 /// The kernel oneDNN runs for this convolution's forward pass, e.g. `jit_wino_4x3:avx512_core`.

@@ -382,7 +382,7 @@ fn the_weight_gradient_repeats_bit_for_bit() -> Result<()> {
             let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (o, c, 3, 3), &dev)?)?;
             let g = Tensor::randn(0f32, 1., (37, o, 8, 8), &dev)?;
             let run = || -> Result<Vec<f32>> {
-                let grads = (cpu::conv2d_cpu(&x, wt.as_tensor(), 1, 1, bf16)? * &g)?
+                let grads = (cpu::conv2d_cpu(&x, wt.as_tensor(), None, 1, 1, bf16)? * &g)?
                     .sum_all()?
                     .backward()?;
                 grads
@@ -817,12 +817,57 @@ fn onednn_runs_small_outputs_in_bf16_under_autocast() -> Result<()> {
         let _bf16 = crate::autocast::enable(candle_core::DType::BF16)?;
         conv.forward(&x)?
     };
-    let bf16 = onednn::conv2d(&x, &w, 1, 1, true)?.expect("oneDNN runs a 2x2 output");
-    let f32 = onednn::conv2d(&x, &w, 1, 1, false)?.expect("oneDNN runs a 2x2 output");
+    let bf16 = onednn::conv2d(&x, &w, None, 1, 1, true)?.expect("oneDNN runs a 2x2 output");
+    let f32 = onednn::conv2d(&x, &w, None, 1, 1, false)?.expect("oneDNN runs a 2x2 output");
     onednn::set_enabled(was);
     let diff =
         |a: &Tensor, b: &Tensor| -> Result<f32> { (a - b)?.abs()?.max_all()?.to_scalar::<f32>() };
     assert_eq!(diff(&ours, &bf16)?, 0.0, "the bf16 kernel's values");
     assert!(diff(&ours, &f32)? > 0.0, "not the float32 kernel's");
+    Ok(())
+}
+
+#[test]
+fn a_bias_added_inside_the_convolution_gives_the_same_bits() -> Result<()> {
+    let dev = Device::Cpu;
+    let bits = |t: &Tensor| -> Result<Vec<u32>> {
+        Ok(t.flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|v| v.to_bits())
+            .collect())
+    };
+    // (batch, channels in, size, channels out, stride): image by image (Winograd and not),
+    // outputs under 4x4 (the bias added after), a first layer of one channel.
+    for (n, c, size, cout, s) in [
+        (3, 8, 8, 16, 1),
+        (2, 4, 9, 16, 2),
+        (2, 16, 3, 16, 2),
+        (4, 1, 12, 32, 1),
+    ] {
+        for bf16 in [false, true] {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, c, size, size), &dev)?)?;
+            let w = Var::from_tensor(&Tensor::randn(0f32, 0.3, (cout, c, 3, 3), &dev)?)?;
+            let b = Var::from_tensor(&Tensor::randn(0f32, 1., cout, &dev)?)?;
+            let cfg = crate::conv_cfg(s, 1);
+            let _autocast = match bf16 {
+                true => Some(autocast::enable(DType::BF16)?),
+                false => None,
+            };
+            let fused = Conv2d::new(w.as_tensor().clone(), Some(b.as_tensor().clone()), cfg)
+                .forward(x.as_tensor())?;
+            let plain = Conv2d::new(w.as_tensor().clone(), None, cfg).forward(x.as_tensor())?;
+            let apart = per_channel::add_channel_bias(&plain, b.as_tensor())?;
+            let what = format!("n{n} c{c} {size}x{size} cout{cout} s{s} bf16 {bf16}");
+            assert_eq!(bits(&fused)?, bits(&apart)?, "{what}: output");
+            let g = Tensor::randn(0f32, 1., fused.shape(), &dev)?;
+            let ga = (&fused * &g)?.sum_all()?.backward()?;
+            let gb = (&apart * &g)?.sum_all()?.backward()?;
+            for (name, v) in [("input", &x), ("weight", &w), ("bias", &b)] {
+                let (a, r) = (ga.get(v).expect("grad"), gb.get(v).expect("grad"));
+                assert_eq!(bits(a)?, bits(r)?, "{what}: {name} gradient");
+            }
+        }
+    }
     Ok(())
 }

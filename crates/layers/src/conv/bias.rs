@@ -1,0 +1,75 @@
+//! A convolution and its bias as one autograd node on the CPU.
+//!
+//! Added as a second op (`per_channel::add_channel_bias`), the bias costs a pass over the
+//! output forward, and backward Candle adds the output gradient it passes on into a
+//! zero-filled buffer before the convolution's backward reads it: two more passes and an
+//! allocation the size of the output. Here the bias is added in place to the convolution's
+//! fresh output and the convolution's backward reads the output gradient directly; the bias
+//! gradient is the same per-channel sum. Same values bit for bit, forward and backward.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+
+use crate::per_channel::{add_bias_in_place, bias_grad};
+
+/// `xs` convolved by `op` with `weight`, plus `bias` (C) per output channel when given: one node
+/// for a contiguous f32 CPU bias, else the convolution alone (the caller adds the bias).
+/// `op`'s backward must not read the output it is passed (it gets the output with the bias).
+pub(super) fn apply<O: CustomOp2 + Send + Sync + 'static>(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    op: O,
+) -> Result<Tensor> {
+    let (xs, weight) = (xs.contiguous()?, weight.contiguous()?);
+    match bias {
+        Some(b) if fuses(b) => xs.apply_op3(&weight, &b.contiguous()?, WithBias(op)),
+        _ => xs.apply_op2(&weight, op),
+    }
+}
+
+/// Whether [`apply`] adds this bias itself.
+pub(super) fn fuses(bias: &Tensor) -> bool {
+    bias.device().is_cpu() && bias.dtype() == DType::F32 && bias.rank() == 1
+}
+
+struct WithBias<O>(O);
+
+impl<O: CustomOp2> CustomOp3 for WithBias<O> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (mut ys, shape) = self.0.cpu_fwd(xs, xl, ws, wl)?;
+        let b = crate::per_channel::f32_slice(bs, bl, self.name(), "bias")?;
+        match &mut ys {
+            CpuStorage::F32(y) => add_bias_in_place(y, &shape, b)?,
+            _ => candle_core::bail!("{}: the bias needs a float32 output", self.name()),
+        }
+        Ok((ys, shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (gx, gw) = self.0.bwd(x, w, res, grad)?;
+        let gb = match b.track_op() {
+            true => Some(bias_grad(grad, b.dtype())?),
+            false => None,
+        };
+        Ok((gx, gw, gb))
+    }
+}
