@@ -26,6 +26,7 @@ mod im2col;
 pub mod onednn;
 #[cfg(test)]
 mod tests;
+mod window;
 mod winograd;
 
 use candle_core::{DType, Module, Result, Tensor};
@@ -130,7 +131,7 @@ impl Conv2d {
         {
             return Ok(None);
         }
-        let weight = self.weight.narrow(2, r0, nh)?.narrow(3, c0, nw)?;
+        let weight = window::kernel_window(&self.weight, (r0, nh), (c0, nw))?;
         Ok(Some(Self {
             weight,
             bias: self.bias.clone(),

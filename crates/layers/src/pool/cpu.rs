@@ -1,7 +1,10 @@
 //! Pooling on the CPU: hand-written loops over each (H, W) plane, forward and backward, as
 //! custom ops. A max window's gradient goes to its first maximum in scan order (or first NaN).
 
+use std::sync::{Arc, OnceLock};
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 use super::config::{Pool2d, PoolKind};
 
@@ -371,6 +374,129 @@ mod simd {
     }
 }
 
+/// Max pooling of any window, stride and padding in AVX-512, 16 outputs of a plane per vector:
+/// each window tap's values gathered for the 16 outputs, the first maximum in scan order (or
+/// first NaN) kept by the comparisons [`Plane::argmax`] makes, so the results are its bit for
+/// bit. The gather indices are the same for every plane and made once per call.
+#[cfg(target_arch = "x86_64")]
+mod gather {
+    use super::Plane;
+    use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
+
+    /// For each block of 16 outputs (in the plane's row-major order) and each tap of the window
+    /// (row-major), the taps' input indices within the plane and which lanes are inside it.
+    pub(super) struct Taps {
+        table: Vec<([i32; 16], u16)>,
+        taps: usize,
+        outputs: usize,
+    }
+
+    impl Taps {
+        /// The table for `plane`, or `None` when its indices do not fit in i32 or a window
+        /// could be empty (neither happens with PyTorch's limits on padding).
+        pub(super) fn new(plane: &Plane) -> Option<Self> {
+            let p = &plane.pool;
+            let (kh, kw) = p.kernel;
+            if plane.h * plane.w >= i32::MAX as usize
+                || 2 * p.padding.0 > kh
+                || 2 * p.padding.1 > kw
+            {
+                return None;
+            }
+            let outputs = plane.oh * plane.ow;
+            let mut table = Vec::with_capacity(outputs.div_ceil(16) * kh * kw);
+            for block in (0..outputs).step_by(16) {
+                for tr in 0..kh {
+                    for tc in 0..kw {
+                        let mut idx = [0i32; 16];
+                        let mut mask = 0u16;
+                        let lanes = (outputs - block).min(16);
+                        for (lane, at) in idx.iter_mut().enumerate().take(lanes) {
+                            let (i, j) = ((block + lane) / plane.ow, (block + lane) % plane.ow);
+                            let r = (i * p.stride.0 + tr) as isize - p.padding.0 as isize;
+                            let c = (j * p.stride.1 + tc) as isize - p.padding.1 as isize;
+                            if (0..plane.h as isize).contains(&r)
+                                && (0..plane.w as isize).contains(&c)
+                            {
+                                *at = (r as usize * plane.w + c as usize) as i32;
+                                mask |= 1 << lane;
+                            }
+                        }
+                        table.push((idx, mask));
+                    }
+                }
+            }
+            Some(Self {
+                table,
+                taps: kh * kw,
+                outputs,
+            })
+        }
+    }
+
+    /// The first maximum (or first NaN) over the taps, per lane, and its index.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn argmax(x: &[f32], taps: &[([i32; 16], u16)]) -> (__m512, __m512i) {
+        let mut best = _mm512_setzero_ps();
+        let mut at = _mm512_setzero_si512();
+        let (mut have, mut nan) = (0u16, 0u16);
+        for (idx, m) in taps {
+            let vi = _mm512_loadu_si512(idx.as_ptr().cast());
+            // SAFETY (caller): every index of a set lane is inside the plane `x`.
+            let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), *m, vi, x.as_ptr().cast());
+            let is_nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+            let greater = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, best);
+            let take = *m & (!have | (!nan & (greater | is_nan)));
+            best = _mm512_mask_mov_ps(best, take, v);
+            at = _mm512_mask_mov_epi32(at, take, vi);
+            have |= *m;
+            nan |= take & is_nan;
+        }
+        (best, at)
+    }
+
+    /// [`Plane::forward`] of a max pooling, for one plane `x` into `y`, with the index in the
+    /// plane of each output's chosen value in `chosen` (for the backward pass).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn max_forward(
+        taps: &Taps,
+        x: &[f32],
+        y: &mut [MaybeUninit<f32>],
+        chosen: &mut [MaybeUninit<i32>],
+    ) {
+        for (b, block) in taps.table.chunks_exact(taps.taps).enumerate() {
+            let (best, at) = argmax(x, block);
+            let o = b * 16;
+            let n = (taps.outputs - o).min(16);
+            let lanes = ((1u32 << n) - 1) as u16;
+            // SAFETY: `y` and `chosen` hold the plane's outputs; only the `n` lanes that exist
+            // are written.
+            _mm512_mask_storeu_ps(y[o..][..n].as_mut_ptr().cast(), lanes, best);
+            _mm512_mask_storeu_epi32(chosen[o..][..n].as_mut_ptr().cast(), lanes, at);
+        }
+    }
+}
+
+/// [`Plane::backward`] of a max pooling from the forward pass's choices, into a zeroed `gx`:
+/// each output's gradient added to its chosen value, outputs in order (as the window loop).
+fn scatter(chosen: &[i32], gy: &[f32], gx: &mut [f32]) {
+    for (&i, &g) in chosen.iter().zip(gy) {
+        gx[i as usize] += g;
+    }
+}
+
+/// The gather table for a max pooling on f32 with AVX-512, where the 2x2 kernels do not apply.
+#[cfg(target_arch = "x86_64")]
+fn gather_taps<T: candle_core::WithDType>(plane: &Plane) -> Option<gather::Taps> {
+    let applies = T::DTYPE == candle_core::DType::F32
+        && plane.pool.kind == PoolKind::Max
+        && !plane.whole_2x2_blocks()
+        && avx512();
+    applies.then(|| gather::Taps::new(plane)).flatten()
+}
+
 fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T]> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
@@ -378,18 +504,62 @@ fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [
     }
 }
 
-pub(super) struct PoolOp(pub(super) Pool2d);
+/// A pooling on the CPU. Where the gathered AVX-512 max pooling runs, the forward pass keeps
+/// each output's chosen input (as PyTorch's `max_pool2d_with_indices`) and the backward pass
+/// only adds the gradients there.
+pub(super) struct PoolOp {
+    pool: Pool2d,
+    chosen: OnceLock<Arc<Vec<i32>>>,
+}
 
 impl PoolOp {
+    pub(super) fn new(pool: Pool2d) -> Self {
+        Self {
+            pool,
+            chosen: OnceLock::new(),
+        }
+    }
+
     fn run<T: candle_core::WithDType>(&self, x: &[T], layout: &Layout) -> Result<(Vec<T>, Shape)> {
         let x = contiguous(x, layout, "pooling")?;
-        let (planes, plane) = Plane::new(self.0, layout.dims())?;
+        let (planes, plane) = Plane::new(self.pool, layout.dims())?;
         let (ohw, hw) = (plane.oh * plane.ow, plane.h * plane.w);
+        let d = layout.dims();
+        let shape = Shape::from((d[0], d[1], plane.oh, plane.ow));
+        #[cfg(target_arch = "x86_64")]
+        if let Some(taps) = gather_taps::<T>(&plane) {
+            let n = planes * ohw;
+            let (mut y, mut chosen) = (Vec::<f32>::with_capacity(n), Vec::<i32>::with_capacity(n));
+            y.spare_capacity_mut()[..n]
+                .par_chunks_mut(ohw.max(1))
+                .zip(chosen.spare_capacity_mut()[..n].par_chunks_mut(ohw.max(1)))
+                .enumerate()
+                .for_each(|(i, (y, chosen))| {
+                    let x = &x[i * hw..][..hw];
+                    // SAFETY: `T` is f32 (checked by `gather_taps`), so `x` holds f32 values;
+                    // the CPU has AVX-512F; `max_forward` writes every output of the plane.
+                    unsafe {
+                        let x = std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len());
+                        gather::max_forward(&taps, x, y, chosen)
+                    }
+                });
+            // SAFETY: every plane's outputs were written above.
+            unsafe {
+                y.set_len(n);
+                chosen.set_len(n);
+            }
+            let _ = self.chosen.set(Arc::new(chosen));
+            // SAFETY: `T` is f32 (checked by `gather_taps`).
+            let y: Vec<T> = unsafe {
+                let mut y = std::mem::ManuallyDrop::new(y);
+                Vec::from_raw_parts(y.as_mut_ptr().cast::<T>(), y.len(), y.capacity())
+            };
+            return Ok((y, shape));
+        }
         let y = crate::fill::par_init(planes * ohw, ohw, T::zero(), |i, y| {
             plane.forward(&x[i * hw..][..hw], y)
         });
-        let d = layout.dims();
-        Ok((y, Shape::from((d[0], d[1], plane.oh, plane.ow))))
+        Ok((y, shape))
     }
 }
 
@@ -414,8 +584,52 @@ impl CustomOp1 for PoolOp {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let grad = arg.apply_op2(&grad_res.contiguous()?, PoolBackwardOp(self.0))?;
+        if let Some(chosen) = self.chosen.get() {
+            let op = Scatter {
+                chosen: chosen.clone(),
+                input: arg.shape().clone(),
+            };
+            return grad_res.contiguous()?.apply_op1_no_bwd(&op).map(Some);
+        }
+        let grad = arg.apply_op2(&grad_res.contiguous()?, PoolBackwardOp(self.pool))?;
         Ok(Some(grad))
+    }
+}
+
+/// The input gradient of a max pooling from its forward pass's choices (per plane).
+struct Scatter {
+    chosen: Arc<Vec<i32>>,
+    input: Shape,
+}
+
+impl CustomOp1 for Scatter {
+    fn name(&self) -> &'static str {
+        "max-pool2d-backward"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _t = crate::profile::Timer::start(crate::profile::Part::Pool);
+        let gy = match storage {
+            CpuStorage::F32(g) => contiguous(g, layout, "pooling backward")?,
+            _ => candle_core::bail!("max pooling backward: an f32 gradient was expected"),
+        };
+        let (planes, hw) = match self.input.dims() {
+            [n, c, h, w] => (n * c, h * w),
+            d => candle_core::bail!("max pooling backward: input of shape {d:?}"),
+        };
+        if gy.len() != self.chosen.len() || planes == 0 {
+            candle_core::bail!(
+                "max pooling backward: {} gradients for {} outputs",
+                gy.len(),
+                self.chosen.len()
+            )
+        }
+        let ohw = gy.len() / planes;
+        let gx = crate::fill::par_init(planes * hw, hw, 0f32, |i, gx| {
+            let at = i * ohw..(i + 1) * ohw;
+            scatter(&self.chosen[at.clone()], &gy[at], gx)
+        });
+        Ok((CpuStorage::F32(gx), self.input.clone()))
     }
 }
 
@@ -557,6 +771,72 @@ mod tests {
                 .is_2x2()
         );
         assert!(!Plane::new(Pool2d::max(2, 1), &[1, 1, 4, 4])?.1.is_2x2());
+        Ok(())
+    }
+
+    /// The gathered AVX-512 max pooling gives the window loops' results bit for bit, forward
+    /// and backward: overlapping windows (3x3 stride 2, as ResNet's stem; stride 1), padding,
+    /// ceil mode, non-square kernels and strides, planes of 1 to 40 outputs, ties, NaN (first,
+    /// later, several in a window), signed zeros and a -0.0 gradient.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_gathered_max_pooling_equals_the_window_loops() -> Result<()> {
+        if !avx512() {
+            return Ok(());
+        }
+        let pools = [
+            Pool2d::max(3, 2).padding(1),
+            Pool2d::max(3, 2),
+            Pool2d::max(3, 2).ceil_mode(true),
+            Pool2d::max(3, 1).padding(1),
+            Pool2d::max(2, 2).ceil_mode(true),
+            Pool2d::max(5, 3).padding(2),
+            Pool2d {
+                kernel: (2, 3),
+                stride: (1, 2),
+                padding: (1, 1),
+                ..Pool2d::max(2, 2)
+            },
+        ];
+        for pool in pools {
+            for (h, w) in [(16, 16), (7, 9), (3, 3), (5, 4), (12, 13), (6, 40)] {
+                let Ok((_, plane)) = Plane::new(pool, &[1, 1, h, w]) else {
+                    continue;
+                };
+                let Some(taps) = gather_taps::<f32>(&plane) else {
+                    // Whole 2x2 blocks take the permuted kernels instead.
+                    assert!(plane.whole_2x2_blocks(), "{pool:?} {h}x{w}");
+                    continue;
+                };
+                let x: Vec<f32> = (0..h * w)
+                    .map(|i| match i % 17 {
+                        3 | 4 => f32::NAN,
+                        5 => -0.0,
+                        6 => 0.0,
+                        k => ((i * 7) % 4) as f32 - k as f32 / 3.0,
+                    })
+                    .collect();
+                let gy: Vec<f32> = (0..plane.oh * plane.ow)
+                    .map(|i| if i % 5 == 0 { -0.0 } else { i as f32 - 2.5 })
+                    .collect();
+                let what = format!("{pool:?} {h}x{w}");
+                let mut y2 = vec![0f32; gy.len()];
+                let mut y1 = vec![std::mem::MaybeUninit::new(0f32); gy.len()];
+                let mut chosen = vec![std::mem::MaybeUninit::new(-1i32); gy.len()];
+                // SAFETY: the CPU has AVX-512F.
+                unsafe { gather::max_forward(&taps, &x, &mut y1, &mut chosen) };
+                // SAFETY: initialised above (and every one written by `max_forward`).
+                let y1: Vec<f32> = y1.iter().map(|v| unsafe { v.assume_init() }).collect();
+                let chosen: Vec<i32> = chosen.iter().map(|v| unsafe { v.assume_init() }).collect();
+                plane.forward_windows(&x, &mut y2);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&y1), bits(&y2), "{what} forward");
+                let (mut g1, mut g2) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+                scatter(&chosen, &gy, &mut g1);
+                plane.backward_windows(&x, &gy, &mut g2);
+                assert_eq!(bits(&g1), bits(&g2), "{what} backward");
+            }
+        }
         Ok(())
     }
 }

@@ -21,7 +21,7 @@ impl Module for Pool2d {
             candle_core::bail!("pooling expects (N, C, H, W) input, got {:?}", xs.shape())
         }
         if xs.device().is_cpu() {
-            xs.contiguous()?.apply_op1(cpu::PoolOp(*self))
+            xs.contiguous()?.apply_op1(cpu::PoolOp::new(*self))
         } else {
             composite::forward(self, xs)
         }
