@@ -57,6 +57,9 @@ fn pair(even: f32, odd: f32) -> u32 {
     bf16_bits(even) | (bf16_bits(odd) << 16)
 }
 
+/// Values of a left operand from which [`PackedLhs::pack`] shares its tiles across the pool.
+const PAR_PACK: usize = 64 * 1024;
+
 /// A matrix given as (values, row stride, column stride).
 pub(crate) type View<'a> = (&'a [f32], usize, usize);
 
@@ -92,12 +95,14 @@ impl PackedLhs {
             (m - 1) * rs + (k - 1) * cs < a.len(),
             "bf16 gemm: lhs out of bounds"
         );
-        let mut run = vec![0u32; if cs == 1 { kp } else { 0 }];
-        for (t, tile) in self.data.chunks_exact_mut(kp * MR).enumerate() {
+        // Tiles side by side across the pool when there is enough to share (a large kernel
+        // packed once per call would otherwise run on the calling thread alone).
+        let pack_tile = |run: &mut Vec<u32>, (t, tile): (usize, &mut [u32])| {
+            run.resize(if cs == 1 { kp } else { 0 }, 0);
             for i in 0..MR.min(m - t * MR) {
                 let row = &a[(t * MR + i) * rs..];
                 if cs == 1 {
-                    pair_run(&row[..k], &mut run);
+                    pair_run(&row[..k], run);
                     run.iter()
                         .enumerate()
                         .for_each(|(p, v)| tile[p * MR + i] = *v);
@@ -112,6 +117,17 @@ impl PackedLhs {
                     tile[p * MR + i] = pair(row[2 * p * cs], odd);
                 }
             }
+        };
+        if m * k >= PAR_PACK {
+            use rayon::prelude::*;
+            self.data
+                .par_chunks_exact_mut(kp * MR)
+                .enumerate()
+                .for_each_init(Vec::new, pack_tile);
+        } else {
+            let mut run = Vec::new();
+            let tiles = self.data.chunks_exact_mut(kp * MR).enumerate();
+            tiles.for_each(|t| pack_tile(&mut run, t));
         }
     }
 

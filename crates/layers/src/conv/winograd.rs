@@ -91,7 +91,10 @@ pub(super) fn convolve(
     let (share, gemm_threads) = shares(n);
     let tiles_per_image = geo.oh.div_ceil(2) * geo.ow.div_ceil(2);
     let block = tiles_per_block(c, cout);
+    // The 16 kernels packed side by side (on the calling thread alone they were a serial
+    // stretch of every bf16 step).
     let lhs: Vec<Lhs> = (0..16)
+        .into_par_iter()
         .map(|xi| {
             Lhs::new(
                 bf16,
