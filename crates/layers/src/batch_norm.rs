@@ -230,7 +230,7 @@ impl BatchNorm {
             .reshape(xs.shape())
     }
 
-    fn forward_inner(&self, xs: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+    pub(crate) fn forward_inner(&self, xs: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         let c = self.weight.elem_count();
         if xs.rank() < 2 || xs.dim(1)? != c {
             candle_core::bail!(
@@ -374,6 +374,51 @@ impl BatchNorm {
             (n * l) as f64,
         )?;
         Ok((mean, invstd))
+    }
+
+    /// The batch norm for a convolution's op to run after it ([`crate::Conv2d::forward_batch_norm`]):
+    /// `None` unless training on f32 CPU tensors (input, kernel, weight, bias) with no bias on
+    /// the convolution and no cross-process statistics.
+    pub(crate) fn conv_epilogue(
+        &self,
+        xs: &Tensor,
+        kernel: &Tensor,
+        conv_bias: bool,
+        relu: bool,
+        train: bool,
+    ) -> Result<Option<crate::conv::batch_norm::Epilogue>> {
+        let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+        let applies = train
+            && !conv_bias
+            && stats_sync().is_none()
+            && [xs, kernel, &self.weight, &self.bias]
+                .into_iter()
+                .all(f32_cpu)
+            && kernel.rank() == 4
+            && kernel.dim(0)? == self.weight.elem_count();
+        if !applies {
+            return Ok(None);
+        }
+        Ok(Some(crate::conv::batch_norm::Epilogue {
+            wb: Tensor::cat(&[&self.weight, &self.bias], 0)?,
+            eps: self.eps as f32,
+            relu,
+            saved: Default::default(),
+        }))
+    }
+
+    /// The running statistics updated from the batch statistics a fused op left.
+    pub(crate) fn update_from(&self, epilogue: &crate::conv::batch_norm::Epilogue) -> Result<()> {
+        let Some(saved) = epilogue.saved.get() else {
+            candle_core::bail!("batch-norm: the fused convolution left no statistics")
+        };
+        let (n, c, l) = saved.y.dims3()?;
+        let dev = saved.y.device();
+        self.update_running(
+            &Tensor::from_slice(&saved.mean, c, dev)?,
+            &Tensor::from_slice(&saved.var, c, dev)?,
+            (n * l) as f64,
+        )
     }
 
     /// `running = (1 - momentum) running + momentum batch`, the variance unbiased, and one more

@@ -301,12 +301,7 @@ impl ConvBnRelu {
 
 impl ModuleT for ConvBnRelu {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let ys = self.conv.forward(xs)?;
-        if self.relu {
-            self.bn.forward_relu(&ys, train)
-        } else {
-            self.bn.forward_t(&ys, train)
-        }
+        self.conv.forward_batch_norm(xs, &self.bn, self.relu, train)
     }
 }
 

@@ -133,7 +133,7 @@ pub(crate) struct BatchNormAddRelu {
 
 /// `y = relu?((x - mean) * (weight * invstd) + bias (+ residual))` for (N, C, L) slices.
 #[allow(clippy::too_many_arguments)]
-fn normalize(
+pub(crate) fn normalize(
     x: &[f32],
     residual: Option<&[f32]>,
     (w, b): (&[f32], &[f32]),
@@ -175,9 +175,9 @@ fn normalize(
 /// The gradients of [`normalize`] from its output `ys` and the output's gradient `grad`: the
 /// input's (if wanted), the weight's, the bias's, and the residual's (if wanted: the gradient
 /// through the ReLU).
-type Grads = (Option<Vec<f32>>, Vec<f32>, Vec<f32>, Option<Vec<f32>>);
+pub(crate) type Grads = (Option<Vec<f32>>, Vec<f32>, Vec<f32>, Option<Vec<f32>>);
 
-fn normalize_grads(
+pub(crate) fn normalize_grads(
     (x, w, ys, grad): (&Tensor, &Tensor, &Tensor, &Tensor),
     (mean, invstd): (&[f32], &[f32]),
     relu: bool,

@@ -47,7 +47,7 @@ struct Downsample {
 
 impl Downsample {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn.forward_t(&self.conv.forward(xs)?, train)
+        self.conv.forward_batch_norm(xs, &self.bn, false, train)
     }
 }
 
@@ -111,13 +111,13 @@ impl ModuleT for Block {
         let mut ys = xs.clone();
         let last = self.convs.len() - 1;
         for (i, (conv, bn)) in self.convs.iter().enumerate() {
-            let conv = conv.forward(&ys)?;
             ys = if i != last {
-                bn.forward_relu(&conv, train)?
+                // relu(bn(conv(x))), in the convolution's op where it can be.
+                conv.forward_batch_norm(&ys, bn, true, train)?
             } else {
                 // relu(bn(out) + identity), one operation each way (PyTorch's zero gradient
                 // where the sum is zero).
-                bn.forward_add_relu(&conv, &shortcut, train)?
+                bn.forward_add_relu(&conv.forward(&ys)?, &shortcut, train)?
             };
         }
         Ok(ys)

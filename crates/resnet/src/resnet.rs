@@ -244,7 +244,7 @@ impl ResNet {
     /// # Errors
     /// `xs` is not `(N, C, H, W)` with the stem's channels, or is too small for its kernels.
     pub fn stem_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let ys = self.bn1.forward_relu(&self.conv1.forward(xs)?, train)?;
+        let ys = self.conv1.forward_batch_norm(xs, &self.bn1, true, train)?;
         match self.config.stem {
             Stem::ImageNet => Pool2d::max(3, 2).padding(1).forward(&ys),
             Stem::Cifar => Ok(ys),

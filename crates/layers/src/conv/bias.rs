@@ -9,20 +9,51 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
+use super::batch_norm::{Epilogue, WithBatchNorm};
 use crate::per_channel::{add_bias_in_place, bias_grad};
 
-/// `xs` convolved by `op` with `weight`, plus `bias` (C) per output channel when given: one node
-/// for a contiguous f32 CPU bias, else the convolution alone (the caller adds the bias).
-/// `op`'s backward must not read the output it is passed (it gets the output with the bias).
+/// What a convolution's op adds to its output, when it can.
+#[derive(Clone, Copy)]
+pub(crate) enum After<'a> {
+    /// Nothing: the plain convolution.
+    Nothing,
+    /// A (C) bias per output channel, where [`fuses`] holds (else the caller adds it).
+    Bias(&'a Tensor),
+    /// A training-mode batch norm (and ReLU), [`super::batch_norm`].
+    BatchNorm(&'a Epilogue),
+}
+
+impl After<'_> {
+    /// Whether the op adds it (false for a bias it cannot take).
+    pub(super) fn fused(&self) -> bool {
+        match self {
+            After::Nothing => false,
+            After::Bias(b) => fuses(b),
+            After::BatchNorm(_) => true,
+        }
+    }
+}
+
+/// `xs` convolved by `op` with `weight`, then `after` in the same op (one autograd node) where
+/// [`After::fused`] says so. `op`'s backward must not read the output it is passed (it gets
+/// the output with what was added).
 pub(super) fn apply<O: CustomOp2 + Send + Sync + 'static>(
     xs: &Tensor,
     weight: &Tensor,
-    bias: Option<&Tensor>,
+    after: After,
     op: O,
 ) -> Result<Tensor> {
     let (xs, weight) = (xs.contiguous()?, weight.contiguous()?);
-    match bias {
-        Some(b) if fuses(b) => xs.apply_op3(&weight, &b.contiguous()?, WithBias(op)),
+    match after {
+        After::Bias(b) if fuses(b) => xs.apply_op3(&weight, &b.contiguous()?, WithBias(op)),
+        After::BatchNorm(bn) => xs.apply_op3(
+            &weight,
+            &bn.wb,
+            WithBatchNorm {
+                conv: op,
+                bn: bn.clone(),
+            },
+        ),
         _ => xs.apply_op2(&weight, op),
     }
 }

@@ -32,23 +32,30 @@ pub fn conv2d_cpu_f32(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    conv2d_cpu(xs, weight, None, stride, padding, false)
+    conv2d_cpu(
+        xs,
+        weight,
+        super::bias::After::Nothing,
+        stride,
+        padding,
+        false,
+    )
 }
 
 /// [`conv2d_cpu_f32`], with bf16 products ([`bf16_gemm`]) when `bf16`: both operands of each
 /// of the three products rounded to bf16 (the output gradient too), sums in float32; plus
-/// `bias` in the same op where [`super::bias::fuses`] it.
+/// what `after` asks in the same op ([`super::bias::apply`]).
 pub(crate) fn conv2d_cpu(
     xs: &Tensor,
     weight: &Tensor,
-    bias: Option<&Tensor>,
+    after: super::bias::After,
     stride: usize,
     padding: usize,
     bf16: bool,
 ) -> Result<Tensor> {
     let (geo, cout) = Geometry::of_conv(xs, weight, stride, padding)?;
     let bf16 = bf16 && bf16_gemm::available();
-    super::bias::apply(xs, weight, bias, ConvCpu { geo, cout, bf16 })
+    super::bias::apply(xs, weight, after, ConvCpu { geo, cout, bf16 })
 }
 
 /// Output positions per image from which the image-by-image convolution beats the whole-batch

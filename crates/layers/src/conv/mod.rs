@@ -15,6 +15,7 @@
 //! Under [`autocast`](crate::autocast) the product runs in the reduced dtype and the result
 //! comes back in the input's dtype before the bias is added.
 
+pub(crate) mod batch_norm;
 mod bias;
 mod cpu;
 #[cfg(feature = "cudnn")]
@@ -142,11 +143,51 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_then(xs, None)?.0)
+    }
+}
+
+impl Conv2d {
+    /// `relu?(bn(self(xs)))` with `bn` in training mode: on f32 CPU tensors, a convolution
+    /// without bias and no cross-process statistics, the batch norm (and ReLU) run inside the
+    /// convolution's op where its path allows ([`batch_norm`]), with the same bits as apart and
+    /// one autograd node (and one zero-filled gradient sum the size of the output) fewer;
+    /// otherwise the two apart. The running statistics are updated either way.
+    ///
+    /// # Errors
+    /// As [`Conv2d::forward`] and [`BatchNorm::forward_relu`](crate::BatchNorm::forward_relu).
+    pub fn forward_batch_norm(
+        &self,
+        xs: &Tensor,
+        bn: &crate::BatchNorm,
+        relu: bool,
+        train: bool,
+    ) -> Result<Tensor> {
+        if let Some(epilogue) =
+            bn.conv_epilogue(xs, &self.weight, self.bias.is_some(), relu, train)?
+        {
+            let (ys, fused) = self.forward_then(xs, Some(&epilogue))?;
+            if fused {
+                bn.update_from(&epilogue)?;
+                return Ok(ys);
+            }
+            return bn.forward_inner(&ys, train, relu);
+        }
+        let ys = self.forward(xs)?;
+        bn.forward_inner(&ys, train, relu)
+    }
+
+    /// The convolution, and `bn` in its op where the path allows: (output, whether `bn` ran).
+    fn forward_then(
+        &self,
+        xs: &Tensor,
+        bn: Option<&batch_norm::Epilogue>,
+    ) -> Result<(Tensor, bool)> {
         // On the CPU, kernel taps that only meet padding are not multiplied (on CUDA, cuDNN
         // chooses its own algorithms).
         if xs.device().is_cpu() {
             if let Some(trimmed) = self.without_padding_taps(xs)? {
-                return trimmed.forward(xs);
+                return trimmed.forward_then(xs, bn);
             }
         }
         let c = &self.config;
@@ -154,6 +195,14 @@ impl Module for Conv2d {
         let cpu = xs.device().is_cpu();
         let cpu_f32 = cpu && xs.dtype() == DType::F32;
         let f32_weight = self.weight.dtype() == DType::F32;
+        // What the convolution's op adds where it can (one autograd node): the batch norm, or
+        // the bias.
+        let after = match (bn, &self.bias) {
+            (Some(bn), _) => bias::After::BatchNorm(bn),
+            (None, Some(b)) => bias::After::Bias(b),
+            (None, None) => bias::After::Nothing,
+        };
+        let fused = after.fused();
         // bf16 autocast on the CPU ([`autocast::cpu_bf16_kernel`]): with AVX512-BF16 the
         // image-by-image convolution rounds the operands of its products (the output gradient
         // too) to bf16 as it packs them, and sums in float32; without it, float32.
@@ -171,27 +220,25 @@ impl Module for Conv2d {
             let batch_bf16 = !per_image
                 && self.weight.dim(0)? >= MIN_BF16_CHANNELS
                 && autocast::cpu_bf16_kernel_active();
-            // The bias added inside the convolution's op where it can be (one autograd node).
-            let fused = self.bias.as_ref().filter(|b| bias::fuses(b));
             #[cfg(feature = "onednn")]
             if onednn::enabled() {
                 let bf16 = bf16 || batch_bf16;
                 let (s, p) = (c.stride, c.padding);
-                if let Some(ys) = onednn::conv2d(xs, &self.weight, fused, s, p, bf16)? {
-                    return self.add_unfused_bias(ys, fused.is_some(), cpu_f32);
+                if let Some(ys) = onednn::conv2d(xs, &self.weight, after, s, p, bf16)? {
+                    return self.then_unfused_bias(ys, fused, bn.is_some(), cpu_f32);
                 }
             }
             let ys = match per_image {
                 true => {
-                    let ys = cpu::conv2d_cpu(xs, &self.weight, fused, c.stride, c.padding, bf16)?;
-                    return self.add_unfused_bias(ys, fused.is_some(), cpu_f32);
+                    let ys = cpu::conv2d_cpu(xs, &self.weight, after, c.stride, c.padding, bf16)?;
+                    return self.then_unfused_bias(ys, fused, bn.is_some(), cpu_f32);
                 }
                 false if batch_bf16 => {
                     im2col::conv2d_gemm_bf16(xs, &self.weight, c.stride, c.padding)?
                 }
                 false => conv2d_gemm(xs, &self.weight, None, c.stride, c.padding)?,
             };
-            return self.add_bias(ys, cpu_f32);
+            return Ok((self.add_bias(ys, cpu_f32)?, false));
         }
         // Otherwise autocast on the CPU (f16, or a grouped or dilated convolution): float32
         // products of operands rounded to the reduced dtype ([`autocast::round_through`]).
@@ -208,31 +255,34 @@ impl Module for Conv2d {
         if cudnn::supports(&x) {
             let ys = cudnn::conv2d(&x, &w, c)?;
             let ys = autocast::cast(&ys, autocast::output_dtype(xs, dtype))?;
-            return self.add_bias(ys, false);
+            return Ok((self.add_bias(ys, false)?, false));
         }
         let per_image = cpu
             && plain
             && dtype == DType::F32
             && cpu::per_image_pays(&x, &w, c.stride, c.padding)?;
-        // The bias inside the convolution's op where it can be: f32 products of f32 tensors.
-        let fused = match x.dtype() == xs.dtype() {
-            true => self.bias.as_ref().filter(|b| cpu_f32 && bias::fuses(b)),
-            false => None,
+        // Added inside the convolution's op only for f32 products of f32 tensors.
+        let after = match cpu_f32 && x.dtype() == xs.dtype() {
+            true => after,
+            false => bias::After::Nothing,
         };
+        let fused = after.fused();
+        let bn_fused = matches!(after, bias::After::BatchNorm(_));
         #[cfg(feature = "onednn")]
         if cpu_f32 && plain && dtype == DType::F32 && onednn::enabled() {
-            if let Some(ys) = onednn::conv2d(&x, &w, fused, c.stride, c.padding, false)? {
+            if let Some(ys) = onednn::conv2d(&x, &w, after, c.stride, c.padding, false)? {
                 let ys = autocast::cast(&ys, xs.dtype())?;
-                return self.add_unfused_bias(ys, fused.is_some(), cpu_f32);
+                return self.then_unfused_bias(ys, fused, bn_fused, cpu_f32);
             }
         }
         if dtype == xs.dtype() && cpu && plain && !per_image && !cpu_f32 {
-            return conv2d_gemm(xs, &self.weight, self.bias.as_ref(), c.stride, c.padding);
+            let ys = conv2d_gemm(xs, &self.weight, self.bias.as_ref(), c.stride, c.padding)?;
+            return Ok((ys, false));
         }
         if per_image {
-            let ys = cpu::conv2d_cpu(&x, &w, fused, c.stride, c.padding, false)?;
+            let ys = cpu::conv2d_cpu(&x, &w, after, c.stride, c.padding, false)?;
             let ys = autocast::cast(&ys, autocast::output_dtype(xs, dtype))?;
-            return self.add_unfused_bias(ys, fused.is_some(), cpu_f32);
+            return self.then_unfused_bias(ys, fused, bn_fused, cpu_f32);
         }
         let ys = match (plain, cpu) {
             (true, true) => conv2d_gemm(&x, &w, None, c.stride, c.padding)?,
@@ -242,7 +292,7 @@ impl Module for Conv2d {
             }
         };
         let ys = autocast::cast(&ys, autocast::output_dtype(xs, dtype))?;
-        self.add_bias(ys, cpu_f32)
+        Ok((self.add_bias(ys, cpu_f32)?, false))
     }
 }
 
@@ -275,11 +325,18 @@ fn even_remainders(xs: &Tensor, weight: &Tensor, c: &Conv2dConfig) -> Result<Ten
 }
 
 impl Conv2d {
-    /// `ys` plus the bias unless the convolution's op added it already (`fused`).
-    fn add_unfused_bias(&self, ys: Tensor, fused: bool, cpu_f32: bool) -> Result<Tensor> {
+    /// `ys` (the op's output), with the bias added unless the op added what was asked
+    /// (`fused`), and whether that was the batch norm (`bn`).
+    fn then_unfused_bias(
+        &self,
+        ys: Tensor,
+        fused: bool,
+        bn: bool,
+        cpu_f32: bool,
+    ) -> Result<(Tensor, bool)> {
         match fused {
-            true => Ok(ys),
-            false => self.add_bias(ys, cpu_f32),
+            true => Ok((ys, bn)),
+            false => Ok((self.add_bias(ys, cpu_f32)?, false)),
         }
     }
 

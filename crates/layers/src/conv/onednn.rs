@@ -203,12 +203,12 @@ fn call(what: &str, threads: usize, f: impl FnOnce(*mut c_char, usize) -> i32) -
 }
 
 /// The oneDNN convolution of `xs` (N, C, H, W) with `weight` (O, C, kH, kW), float32 CPU
-/// tensors, differentiable in both, plus `bias` in the same op where [`super::bias::fuses`] it;
-/// `None` where oneDNN has no kernel for the shape.
+/// tensors, differentiable in both, then what `after` asks in the same op
+/// ([`super::bias::apply`]); `None` where oneDNN has no kernel for the shape.
 pub(crate) fn conv2d(
     xs: &Tensor,
     weight: &Tensor,
-    bias: Option<&Tensor>,
+    after: super::bias::After,
     stride: usize,
     padding: usize,
     bf16: bool,
@@ -217,7 +217,7 @@ pub(crate) fn conv2d(
     if !routes(&geo, cout, bf16) {
         return Ok(None);
     }
-    run(xs, weight, bias, &geo, cout, bf16)
+    run(xs, weight, after, &geo, cout, bf16)
 }
 
 /// Whether oneDNN is the faster way to run this convolution.
@@ -253,13 +253,13 @@ pub(crate) fn conv2d_any_shape(
     bf16: bool,
 ) -> Result<Option<Tensor>> {
     let (geo, cout) = Geometry::of_conv(xs, weight, stride, padding)?;
-    run(xs, weight, None, &geo, cout, bf16)
+    run(xs, weight, super::bias::After::Nothing, &geo, cout, bf16)
 }
 
 fn run(
     xs: &Tensor,
     weight: &Tensor,
-    bias: Option<&Tensor>,
+    after: super::bias::After,
     geo: &Geometry,
     cout: usize,
     bf16: bool,
@@ -276,7 +276,7 @@ fn run(
         }
     }
     let op = ConvDnnl { desc };
-    Ok(Some(super::bias::apply(xs, weight, bias, op)?))
+    Ok(Some(super::bias::apply(xs, weight, after, op)?))
 }
 
 /// The kernel oneDNN runs for this convolution's forward pass, e.g. `jit_wino_4x3:avx512_core`.

@@ -382,9 +382,10 @@ fn the_weight_gradient_repeats_bit_for_bit() -> Result<()> {
             let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (o, c, 3, 3), &dev)?)?;
             let g = Tensor::randn(0f32, 1., (37, o, 8, 8), &dev)?;
             let run = || -> Result<Vec<f32>> {
-                let grads = (cpu::conv2d_cpu(&x, wt.as_tensor(), None, 1, 1, bf16)? * &g)?
-                    .sum_all()?
-                    .backward()?;
+                let grads =
+                    (cpu::conv2d_cpu(&x, wt.as_tensor(), bias::After::Nothing, 1, 1, bf16)? * &g)?
+                        .sum_all()?
+                        .backward()?;
                 grads
                     .get(&wt)
                     .expect("weight gradient")
@@ -817,8 +818,10 @@ fn onednn_runs_small_outputs_in_bf16_under_autocast() -> Result<()> {
         let _bf16 = crate::autocast::enable(candle_core::DType::BF16)?;
         conv.forward(&x)?
     };
-    let bf16 = onednn::conv2d(&x, &w, None, 1, 1, true)?.expect("oneDNN runs a 2x2 output");
-    let f32 = onednn::conv2d(&x, &w, None, 1, 1, false)?.expect("oneDNN runs a 2x2 output");
+    let bf16 = onednn::conv2d(&x, &w, bias::After::Nothing, 1, 1, true)?
+        .expect("oneDNN runs a 2x2 output");
+    let f32 = onednn::conv2d(&x, &w, bias::After::Nothing, 1, 1, false)?
+        .expect("oneDNN runs a 2x2 output");
     onednn::set_enabled(was);
     let diff =
         |a: &Tensor, b: &Tensor| -> Result<f32> { (a - b)?.abs()?.max_all()?.to_scalar::<f32>() };
@@ -865,6 +868,85 @@ fn a_bias_added_inside_the_convolution_gives_the_same_bits() -> Result<()> {
             let gb = (&apart * &g)?.sum_all()?.backward()?;
             for (name, v) in [("input", &x), ("weight", &w), ("bias", &b)] {
                 let (a, r) = (ga.get(v).expect("grad"), gb.get(v).expect("grad"));
+                assert_eq!(bits(a)?, bits(r)?, "{what}: {name} gradient");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_batch_norm_run_inside_the_convolution_gives_the_same_bits() -> Result<()> {
+    let dev = Device::Cpu;
+    let bits = |t: &Tensor| -> Result<Vec<u32>> {
+        Ok(t.flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|v| v.to_bits())
+            .collect())
+    };
+    let bn_of = |c: usize| -> Result<(crate::BatchNorm, Var, Var)> {
+        let w = Var::from_tensor(&Tensor::randn(1f32, 0.2, c, &dev)?)?;
+        let b = Var::from_tensor(&Tensor::randn(0f32, 0.2, c, &dev)?)?;
+        let bn = crate::BatchNorm::new(
+            Tensor::zeros(c, DType::F32, &dev)?,
+            Tensor::ones(c, DType::F32, &dev)?,
+            w.as_tensor().clone(),
+            b.as_tensor().clone(),
+            1e-5,
+            0.1,
+        )?;
+        Ok((bn, w, b))
+    };
+    // (batch, channels in, size, channels out, stride): image by image (Winograd and not, and
+    // through oneDNN in that build), outputs under 4x4 (apart), taps trimmed on 1x1 maps.
+    let cases = [
+        (3, 8, 8, 16, 1),
+        (2, 4, 9, 16, 2),
+        (2, 16, 3, 16, 2),
+        (4, 3, 12, 32, 1),
+        (2, 8, 1, 16, 1),
+    ];
+    for (n, c, size, cout, s) in cases {
+        for (bf16, relu) in [(false, true), (true, true), (false, false)] {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, c, size, size), &dev)?)?;
+            let w = Var::from_tensor(&Tensor::randn(0f32, 0.3, (cout, c, 3, 3), &dev)?)?;
+            let conv = Conv2d::new(w.as_tensor().clone(), None, crate::conv_cfg(s, 1));
+            let ((bn1, bw1, bb1), (bn2, bw2, bb2)) = (bn_of(cout)?, bn_of(cout)?);
+            bw2.set(bw1.as_tensor())?;
+            bb2.set(bb1.as_tensor())?;
+            let _autocast = match bf16 {
+                true => Some(autocast::enable(DType::BF16)?),
+                false => None,
+            };
+            let fused = conv.forward_batch_norm(x.as_tensor(), &bn1, relu, true)?;
+            let ys = conv.forward(x.as_tensor())?;
+            let apart = match relu {
+                true => bn2.forward_relu(&ys, true)?,
+                false => candle_core::ModuleT::forward_t(&bn2, &ys, true)?,
+            };
+            let what = format!("n{n} c{c} {size}x{size} cout{cout} s{s} bf16 {bf16} relu {relu}");
+            assert_eq!(bits(&fused)?, bits(&apart)?, "{what}: output");
+            assert_eq!(
+                bits(bn1.running_mean())?,
+                bits(bn2.running_mean())?,
+                "{what}: mean"
+            );
+            assert_eq!(
+                bits(bn1.running_var())?,
+                bits(bn2.running_var())?,
+                "{what}: var"
+            );
+            let g = Tensor::randn(0f32, 1., fused.shape(), &dev)?;
+            let ga = (&fused * &g)?.sum_all()?.backward()?;
+            let gb = (&apart * &g)?.sum_all()?.backward()?;
+            for (name, a, b) in [
+                ("input", &x, &x),
+                ("kernel", &w, &w),
+                ("bn weight", &bw1, &bw2),
+                ("bn bias", &bb1, &bb2),
+            ] {
+                let (a, r) = (ga.get(a).expect("grad"), gb.get(b).expect("grad"));
                 assert_eq!(bits(a)?, bits(r)?, "{what}: {name} gradient");
             }
         }
