@@ -230,7 +230,7 @@ impl BatchNorm {
             .reshape(xs.shape())
     }
 
-    pub(crate) fn forward_inner(&self, xs: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+    fn forward_inner(&self, xs: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         let c = self.weight.elem_count();
         if xs.rank() < 2 || xs.dim(1)? != c {
             candle_core::bail!(
@@ -376,15 +376,16 @@ impl BatchNorm {
         Ok((mean, invstd))
     }
 
-    /// The batch norm for a convolution's op to run after it ([`crate::Conv2d::forward_batch_norm`]):
-    /// `None` unless training on f32 CPU tensors (input, kernel, weight, bias) with no bias on
-    /// the convolution and no cross-process statistics.
+    /// The batch norm for a convolution's op to run after it ([`crate::Conv2d::forward_batch_norm`]),
+    /// with `residual` added before the ReLU: `None` unless training on f32 CPU tensors (input,
+    /// kernel, weight, bias, residual) with no bias on the convolution and no cross-process
+    /// statistics; with a residual, also unless the output has at least four times the kernel's
+    /// values (the kernel is copied once each way to travel with the batch norm's parameters).
     pub(crate) fn conv_epilogue(
         &self,
-        xs: &Tensor,
-        kernel: &Tensor,
-        conv_bias: bool,
+        (xs, kernel, conv_bias): (&Tensor, &Tensor, bool),
         relu: bool,
+        residual: Option<&Tensor>,
         train: bool,
     ) -> Result<Option<crate::conv::batch_norm::Epilogue>> {
         let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
@@ -395,7 +396,8 @@ impl BatchNorm {
                 .into_iter()
                 .all(f32_cpu)
             && kernel.rank() == 4
-            && kernel.dim(0)? == self.weight.elem_count();
+            && kernel.dim(0)? == self.weight.elem_count()
+            && residual.is_none_or(|r| f32_cpu(r) && r.elem_count() >= 4 * kernel.elem_count());
         if !applies {
             return Ok(None);
         }
@@ -403,8 +405,23 @@ impl BatchNorm {
             wb: Tensor::cat(&[&self.weight, &self.bias], 0)?,
             eps: self.eps as f32,
             relu,
+            residual: residual.cloned(),
             saved: Default::default(),
         }))
+    }
+
+    /// `relu?(self(ys))`, or `relu(self(ys) + residual)`.
+    pub(crate) fn forward_after(
+        &self,
+        ys: &Tensor,
+        relu: bool,
+        residual: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        match residual {
+            Some(r) => self.forward_add_relu(ys, r, train),
+            None => self.forward_inner(ys, train, relu),
+        }
     }
 
     /// The running statistics updated from the batch statistics a fused op left.

@@ -1,6 +1,6 @@
 //! The two residual blocks, as torchvision's `BasicBlock` and `Bottleneck`.
 
-use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 use layers::{batch_norm, conv2d, conv_cfg, BatchNorm, Conv2d, WeightInit};
 
@@ -117,7 +117,7 @@ impl ModuleT for Block {
             } else {
                 // relu(bn(out) + identity), one operation each way (PyTorch's zero gradient
                 // where the sum is zero).
-                bn.forward_add_relu(&conv.forward(&ys)?, &shortcut, train)?
+                conv.forward_batch_norm_add_relu(&ys, bn, &shortcut, train)?
             };
         }
         Ok(ys)

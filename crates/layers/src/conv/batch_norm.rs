@@ -24,13 +24,101 @@ pub(crate) struct Saved {
 }
 
 /// The batch norm to run after a convolution: weight and bias concatenated (2C), `eps`, whether
-/// a ReLU follows, and where the op leaves its statistics for the running averages.
+/// a ReLU follows, a residual added before it (`relu(bn(conv(x)) + residual)`, a residual
+/// block's join), and where the op leaves its statistics for the running averages.
 #[derive(Clone)]
 pub(crate) struct Epilogue {
     pub wb: Tensor,
     pub eps: f32,
     pub relu: bool,
+    pub residual: Option<Tensor>,
     pub saved: Arc<OnceLock<Saved>>,
+}
+
+impl Epilogue {
+    /// The batch norm (and residual and ReLU) of the convolution's output `y` of `shape`: the
+    /// output, with the statistics and `y` kept in `saved`.
+    fn run(
+        &self,
+        name: &str,
+        y: CpuStorage,
+        shape: &Shape,
+        wb: &[f32],
+        residual: Option<&[f32]>,
+    ) -> Result<CpuStorage> {
+        let y = match y {
+            CpuStorage::F32(y) => y,
+            _ => candle_core::bail!("{name}: the convolution must give float32"),
+        };
+        let (n, c, h, w) = shape.dims4()?;
+        let l = h * w;
+        if wb.len() != 2 * c || residual.is_some_and(|r| r.len() != y.len()) {
+            candle_core::bail!(
+                "{name}: batch-norm over {} features after {c} channels, or a residual of another shape",
+                wb.len() / 2
+            )
+        }
+        if n * l < 2 {
+            candle_core::bail!(
+                "batch-norm in training needs more than one value per channel, got input (N, C, L) = ({n}, {c}, {l})"
+            )
+        }
+        let (mean, var) = batch_stats(&y, (n, c, l));
+        let invstd: Vec<f32> = var.iter().map(|v| (v + self.eps).sqrt().recip()).collect();
+        let stats = (&mean[..], &invstd[..]);
+        let relu = self.relu || residual.is_some();
+        let z = normalize(&y, residual, (&wb[..c], &wb[c..]), stats, relu, (c, l));
+        let saved = Saved {
+            y: Tensor::from_vec(y, (n, c, l), &Device::Cpu)?,
+            mean,
+            var,
+            invstd,
+        };
+        if self.saved.set(saved).is_err() {
+            candle_core::bail!("{name}: the op ran twice")
+        }
+        Ok(CpuStorage::F32(z))
+    }
+
+    /// The gradients of the batch norm: the convolution output's (as its shape, if `want_y`),
+    /// the concatenated weight and bias's, and the residual's (if `want_r`).
+    fn grads(
+        &self,
+        name: &str,
+        (wb, res, grad): (&Tensor, &Tensor, &Tensor),
+        (want_y, want_r): (bool, bool),
+    ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
+        let Some(saved) = self.saved.get() else {
+            candle_core::bail!("{name}: backward before forward")
+        };
+        let (n, c, l) = saved.y.dims3()?;
+        let w_bn = wb.narrow(0, 0, c)?;
+        let (z, g) = (
+            res.reshape((n, c, l))?,
+            grad.contiguous()?.reshape((n, c, l))?,
+        );
+        let stats = (&saved.mean[..], &saved.invstd[..]);
+        let relu = self.relu || self.residual.is_some();
+        let want = (want_y, want_r);
+        let (gy, gw, gsum, gr) = normalize_grads((&saved.y, &w_bn, &z, &g), stats, relu, want)?;
+        let dev = res.device();
+        let tensor = |v: Vec<f32>| Tensor::from_vec(v, res.shape(), dev);
+        let mut gwb = gw;
+        gwb.extend(gsum);
+        Ok((
+            gy.map(tensor).transpose()?,
+            Tensor::from_vec(gwb, 2 * c, dev)?,
+            gr.map(tensor).transpose()?,
+        ))
+    }
+
+    /// The convolution's output (N, C, H, W) the forward pass kept.
+    fn conv_output(&self, shape: &Shape) -> Result<Tensor> {
+        match self.saved.get() {
+            Some(saved) => saved.y.reshape(shape),
+            None => candle_core::bail!("batch-norm after a convolution: backward before forward"),
+        }
+    }
 }
 
 pub(super) struct WithBatchNorm<O> {
@@ -52,43 +140,9 @@ impl<O: CustomOp2> CustomOp3 for WithBatchNorm<O> {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (ys, shape) = self.conv.cpu_fwd(xs, xl, ws, wl)?;
-        let y = match ys {
-            CpuStorage::F32(y) => y,
-            _ => candle_core::bail!("{}: the convolution must give float32", self.name()),
-        };
-        let (n, c, h, w) = shape.dims4()?;
-        let l = h * w;
+        let (y, shape) = self.conv.cpu_fwd(xs, xl, ws, wl)?;
         let wb = f32_slice(bs, bl, self.name(), "batch-norm weight and bias")?;
-        if wb.len() != 2 * c {
-            candle_core::bail!(
-                "batch-norm over {} features after {c} channels",
-                wb.len() / 2
-            )
-        }
-        if n * l < 2 {
-            candle_core::bail!(
-                "batch-norm in training needs more than one value per channel, got input (N, C, L) = ({n}, {c}, {l})"
-            )
-        }
-        let (mean, var) = batch_stats(&y, (n, c, l));
-        let invstd: Vec<f32> = var
-            .iter()
-            .map(|v| (v + self.bn.eps).sqrt().recip())
-            .collect();
-        let stats = (&mean[..], &invstd[..]);
-        let z = normalize(&y, None, (&wb[..c], &wb[c..]), stats, self.bn.relu, (c, l));
-        let y = Tensor::from_vec(y, (n, c, l), &Device::Cpu)?;
-        let saved = Saved {
-            y,
-            mean,
-            var,
-            invstd,
-        };
-        if self.bn.saved.set(saved).is_err() {
-            candle_core::bail!("{}: the op ran twice", self.name())
-        }
-        Ok((CpuStorage::F32(z), shape))
+        Ok((self.bn.run(self.name(), y, &shape, wb, None)?, shape))
     }
 
     fn bwd(
@@ -99,35 +153,90 @@ impl<O: CustomOp2> CustomOp3 for WithBatchNorm<O> {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let Some(saved) = self.bn.saved.get() else {
-            candle_core::bail!("{}: backward before forward", self.name())
-        };
-        let (n, c, l) = saved.y.dims3()?;
-        let w_bn = wb.narrow(0, 0, c)?;
-        let (z, g) = (
-            res.reshape((n, c, l))?,
-            grad.contiguous()?.reshape((n, c, l))?,
-        );
-        let stats = (&saved.mean[..], &saved.invstd[..]);
-        let want = (x.track_op() || w.track_op(), false);
-        let (gy, gw, gsum, _) =
-            normalize_grads((&saved.y, &w_bn, &z, &g), stats, self.bn.relu, want)?;
-        let (gx, gwc) = match gy {
-            Some(gy) => {
-                let gy = Tensor::from_vec(gy, res.shape(), res.device())?;
-                let y = saved.y.reshape(res.shape())?;
-                self.conv.bwd(x, w, &y, &gy)?
-            }
+        let want_y = x.track_op() || w.track_op();
+        let (gy, gwb, _) = self
+            .bn
+            .grads(self.name(), (wb, res, grad), (want_y, false))?;
+        let (gx, gw) = match gy {
+            Some(gy) => self
+                .conv
+                .bwd(x, w, &self.bn.conv_output(res.shape())?, &gy)?,
             None => (None, None),
         };
-        let gwb = match wb.track_op() {
-            true => {
-                let mut v = gw;
-                v.extend(gsum);
-                Some(Tensor::from_vec(v, 2 * c, wb.device())?)
-            }
-            false => None,
+        Ok((gx, gw, wb.track_op().then_some(gwb)))
+    }
+}
+
+/// `relu(bn(conv(x, w)) + residual)` as one op: arguments (x, the kernel flattened and the batch
+/// norm's weight and bias after it, residual); the kernel's `shape` is given.
+pub(super) struct WithBatchNormAddRelu<O> {
+    pub conv: O,
+    pub bn: Epilogue,
+    pub kernel: Shape,
+}
+
+impl<O: CustomOp2> CustomOp3 for WithBatchNormAddRelu<O> {
+    fn name(&self) -> &'static str {
+        "conv2d-batch-norm-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ps: &CpuStorage,
+        pl: &Layout,
+        rs: &CpuStorage,
+        rl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let params = f32_slice(ps, pl, name, "kernel, weight and bias")?;
+        let k = self.kernel.elem_count();
+        if params.len() < k || pl.start_offset() != 0 {
+            candle_core::bail!("{name}: {} parameters for a kernel of {k}", params.len())
+        }
+        // The kernel: the first values of the parameters, read through its own layout.
+        let (y, shape) = self
+            .conv
+            .cpu_fwd(xs, xl, ps, &Layout::contiguous(&self.kernel))?;
+        let r = f32_slice(rs, rl, name, "residual")?;
+        if rl.shape() != &shape {
+            candle_core::bail!(
+                "{name}: residual of shape {:?} for an output of {:?}",
+                rl.dims(),
+                shape.dims()
+            )
+        }
+        Ok((self.bn.run(name, y, &shape, &params[k..], Some(r))?, shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        params: &Tensor,
+        r: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let k = self.kernel.elem_count();
+        let w = params.narrow(0, 0, k)?.reshape(&self.kernel)?;
+        let wb = params.narrow(0, k, params.elem_count() - k)?;
+        let want = (x.track_op() || params.track_op(), r.track_op());
+        let (gy, gwb, gr) = self.bn.grads(self.name(), (&wb, res, grad), want)?;
+        let (gx, gw) = match gy {
+            Some(gy) => self
+                .conv
+                .bwd(x, &w, &self.bn.conv_output(res.shape())?, &gy)?,
+            None => (None, None),
         };
-        Ok((gx, gwc, gwb))
+        let gparams = match (params.track_op(), gw) {
+            (true, Some(gw)) => Some(Tensor::cat(&[&gw.flatten_all()?, &gwb], 0)?),
+            (true, None) => Some(Tensor::cat(
+                &[&Tensor::zeros(k, gwb.dtype(), gwb.device())?, &gwb],
+                0,
+            )?),
+            (false, _) => None,
+        };
+        Ok((gx, gparams, gr))
     }
 }

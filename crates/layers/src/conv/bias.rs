@@ -9,7 +9,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-use super::batch_norm::{Epilogue, WithBatchNorm};
+use super::batch_norm::{Epilogue, WithBatchNorm, WithBatchNormAddRelu};
 use crate::per_channel::{add_bias_in_place, bias_grad};
 
 /// What a convolution's op adds to its output, when it can.
@@ -46,14 +46,27 @@ pub(super) fn apply<O: CustomOp2 + Send + Sync + 'static>(
     let (xs, weight) = (xs.contiguous()?, weight.contiguous()?);
     match after {
         After::Bias(b) if fuses(b) => xs.apply_op3(&weight, &b.contiguous()?, WithBias(op)),
-        After::BatchNorm(bn) => xs.apply_op3(
-            &weight,
-            &bn.wb,
-            WithBatchNorm {
-                conv: op,
-                bn: bn.clone(),
-            },
-        ),
+        After::BatchNorm(bn) => match &bn.residual {
+            None => xs.apply_op3(
+                &weight,
+                &bn.wb,
+                WithBatchNorm {
+                    conv: op,
+                    bn: bn.clone(),
+                },
+            ),
+            // Candle's ops take three tensors: the kernel and the batch norm's parameters
+            // travel as one.
+            Some(r) => xs.apply_op3(
+                &Tensor::cat(&[&weight.flatten_all()?, &bn.wb], 0)?,
+                &r.contiguous()?,
+                WithBatchNormAddRelu {
+                    conv: op,
+                    bn: bn.clone(),
+                    kernel: weight.shape().clone(),
+                },
+            ),
+        },
         _ => xs.apply_op2(&weight, op),
     }
 }

@@ -163,18 +163,45 @@ impl Conv2d {
         relu: bool,
         train: bool,
     ) -> Result<Tensor> {
-        if let Some(epilogue) =
-            bn.conv_epilogue(xs, &self.weight, self.bias.is_some(), relu, train)?
-        {
+        self.forward_batch_norm_then(xs, bn, relu, None, train)
+    }
+
+    /// `relu(bn(self(xs)) + residual)` with `bn` in training mode (a residual block's last
+    /// convolution, batch norm and join): as [`Conv2d::forward_batch_norm`], in the
+    /// convolution's op where the output has at least four times the kernel's values (the
+    /// kernel travels with the batch norm's parameters, copied once each way), otherwise as
+    /// [`BatchNorm::forward_add_relu`](crate::BatchNorm::forward_add_relu).
+    ///
+    /// # Errors
+    /// As [`Conv2d::forward`] and [`BatchNorm::forward_add_relu`](crate::BatchNorm::forward_add_relu).
+    pub fn forward_batch_norm_add_relu(
+        &self,
+        xs: &Tensor,
+        bn: &crate::BatchNorm,
+        residual: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        self.forward_batch_norm_then(xs, bn, true, Some(residual), train)
+    }
+
+    fn forward_batch_norm_then(
+        &self,
+        xs: &Tensor,
+        bn: &crate::BatchNorm,
+        relu: bool,
+        residual: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let conv = (xs, &self.weight, self.bias.is_some());
+        if let Some(epilogue) = bn.conv_epilogue(conv, relu, residual, train)? {
             let (ys, fused) = self.forward_then(xs, Some(&epilogue))?;
             if fused {
                 bn.update_from(&epilogue)?;
                 return Ok(ys);
             }
-            return bn.forward_inner(&ys, train, relu);
+            return bn.forward_after(&ys, relu, residual, train);
         }
-        let ys = self.forward(xs)?;
-        bn.forward_inner(&ys, train, relu)
+        bn.forward_after(&self.forward(xs)?, relu, residual, train)
     }
 
     /// The convolution, and `bn` in its op where the path allows: (output, whether `bn` ran).

@@ -900,15 +900,24 @@ fn a_batch_norm_run_inside_the_convolution_gives_the_same_bits() -> Result<()> {
     };
     // (batch, channels in, size, channels out, stride): image by image (Winograd and not, and
     // through oneDNN in that build), outputs under 4x4 (apart), taps trimmed on 1x1 maps.
+    // With a residual, outputs of 4x the kernel's values or more run in one op (the first and
+    // fourth cases).
     let cases = [
-        (3, 8, 8, 16, 1),
+        (8, 8, 8, 16, 1),
         (2, 4, 9, 16, 2),
         (2, 16, 3, 16, 2),
         (4, 3, 12, 32, 1),
         (2, 8, 1, 16, 1),
     ];
+    let modes = [
+        (false, true, false),
+        (true, true, false),
+        (false, false, false),
+        (false, true, true),
+        (true, true, true),
+    ];
     for (n, c, size, cout, s) in cases {
-        for (bf16, relu) in [(false, true), (true, true), (false, false)] {
+        for (bf16, relu, residual) in modes {
             let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, c, size, size), &dev)?)?;
             let w = Var::from_tensor(&Tensor::randn(0f32, 0.3, (cout, c, 3, 3), &dev)?)?;
             let conv = Conv2d::new(w.as_tensor().clone(), None, crate::conv_cfg(s, 1));
@@ -919,13 +928,25 @@ fn a_batch_norm_run_inside_the_convolution_gives_the_same_bits() -> Result<()> {
                 true => Some(autocast::enable(DType::BF16)?),
                 false => None,
             };
-            let fused = conv.forward_batch_norm(x.as_tensor(), &bn1, relu, true)?;
             let ys = conv.forward(x.as_tensor())?;
-            let apart = match relu {
-                true => bn2.forward_relu(&ys, true)?,
-                false => candle_core::ModuleT::forward_t(&bn2, &ys, true)?,
+            let r = Var::from_tensor(&Tensor::randn(0f32, 1., ys.shape(), &dev)?)?;
+            let (fused, apart) = match (residual, relu) {
+                (true, _) => (
+                    conv.forward_batch_norm_add_relu(x.as_tensor(), &bn1, r.as_tensor(), true)?,
+                    bn2.forward_add_relu(&ys, r.as_tensor(), true)?,
+                ),
+                (false, true) => (
+                    conv.forward_batch_norm(x.as_tensor(), &bn1, true, true)?,
+                    bn2.forward_relu(&ys, true)?,
+                ),
+                (false, false) => (
+                    conv.forward_batch_norm(x.as_tensor(), &bn1, false, true)?,
+                    candle_core::ModuleT::forward_t(&bn2, &ys, true)?,
+                ),
             };
-            let what = format!("n{n} c{c} {size}x{size} cout{cout} s{s} bf16 {bf16} relu {relu}");
+            let what = format!(
+                "n{n} c{c} {size}x{size} cout{cout} s{s} bf16 {bf16} relu {relu} residual {residual}"
+            );
             assert_eq!(bits(&fused)?, bits(&apart)?, "{what}: output");
             assert_eq!(
                 bits(bn1.running_mean())?,
@@ -945,7 +966,11 @@ fn a_batch_norm_run_inside_the_convolution_gives_the_same_bits() -> Result<()> {
                 ("kernel", &w, &w),
                 ("bn weight", &bw1, &bw2),
                 ("bn bias", &bb1, &bb2),
+                ("residual", &r, &r),
             ] {
+                if name == "residual" && !residual {
+                    continue;
+                }
                 let (a, r) = (ga.get(a).expect("grad"), gb.get(b).expect("grad"));
                 assert_eq!(bits(a)?, bits(r)?, "{what}: {name} gradient");
             }
