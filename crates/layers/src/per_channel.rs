@@ -49,6 +49,17 @@ fn lane_sums<const N: usize>(
     c: &[f32],
     f: impl Fn(f32, f32, f32) -> [f32; N],
 ) -> [f64; N] {
+    // Rows shorter than a vector (the 1x1 and 2x2 maps of a ResNet's last stages): the
+    // remainder loop alone, with the same sums as below (the lanes would all add zero).
+    if a.len() < 16 {
+        let mut total = [0f64; N];
+        for ((x, y), z) in a.iter().zip(b).zip(c) {
+            for (t, v) in total.iter_mut().zip(f(*x, *y, *z)) {
+                *t += f64::from(v);
+            }
+        }
+        return total;
+    }
     let mut acc = [[0f32; 16]; N];
     let (a16, b16, c16) = (a.chunks_exact(16), b.chunks_exact(16), c.chunks_exact(16));
     let (ra, rb, rc) = (a16.remainder(), b16.remainder(), c16.remainder());
