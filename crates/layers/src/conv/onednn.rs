@@ -220,8 +220,11 @@ pub(crate) fn conv2d(
     run(xs, weight, after, &geo, cout, bf16)
 }
 
+/// Input channels up to which oneDNN runs every bf16 convolution.
+const MAX_FEW_CHANNELS: usize = 32;
+
 /// Whether oneDNN is the faster way to run this convolution.
-fn routes(geo: &Geometry, cout: usize, bf16: bool) -> bool {
+pub(super) fn routes(geo: &Geometry, cout: usize, bf16: bool) -> bool {
     if EVERYWHERE.with(|e| e.get()) {
         return true;
     }
@@ -231,6 +234,13 @@ fn routes(geo: &Geometry, cout: usize, bf16: bool) -> bool {
     // is (3->64: 40 against 55-57 ms; the MNIST CNN's 1->32: 6.8-7.1 against 9.7-10.3 ms).
     if geo.c < MIN_CHANNELS && !bf16 {
         return false;
+    }
+    // bf16 from few input channels: oneDNN's kernels are faster than the built-in Winograd's
+    // narrow products (`examples/conv_shapes.rs`, forward and both gradients: the MNIST CNN's
+    // 32->64 14x14 at batch 64 5.3-5.4 against 7.1-8.7 ms; 32->32 16x16 at batch 128 13.4
+    // against 20.0), not from 64 (64->64 8x8: 8.9-11.3 against 7.3-9.6).
+    if bf16 && geo.c <= MAX_FEW_CHANNELS {
+        return true;
     }
     // Where the built-in Winograd F(2x2, 3x3) runs on outputs of 8x8 and up, it is faster than
     // oneDNN's direct convolution in float32 and as fast in bf16 (`resnet18-cifar`'s shapes at

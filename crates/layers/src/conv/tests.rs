@@ -978,3 +978,23 @@ fn a_batch_norm_run_inside_the_convolution_gives_the_same_bits() -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(feature = "onednn")]
+#[test]
+fn bf16_convolutions_of_few_input_channels_go_to_onednn() -> Result<()> {
+    let dev = Device::Cpu;
+    let geo = |c: usize, cout: usize, size: usize| -> Result<(geometry::Geometry, usize)> {
+        let x = Tensor::zeros((2, c, size, size), DType::F32, &dev)?;
+        let w = Tensor::zeros((cout, c, 3, 3), DType::F32, &dev)?;
+        geometry::Geometry::of_conv(&x, &w, 1, 1)
+    };
+    // The MNIST CNN's second convolution: oneDNN in bf16, the built-in Winograd in f32.
+    let (g, cout) = geo(32, 64, 14)?;
+    assert!(onednn::routes(&g, cout, true));
+    assert!(!onednn::routes(&g, cout, false));
+    // 64 input channels on 8x8: the built-in Winograd in both.
+    let (g, cout) = geo(64, 64, 8)?;
+    assert!(!onednn::routes(&g, cout, true));
+    assert!(!onednn::routes(&g, cout, false));
+    Ok(())
+}
