@@ -48,6 +48,13 @@ pub fn relu(xs: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// The input gradient of a ReLU from its output `y` and the output's gradient `g` (f32 CPU
+/// tensors of one shape): PyTorch's `threshold_backward`, zero where `y <= 0`.
+pub(crate) fn relu_backward(y: &Tensor, g: &Tensor) -> Result<Tensor> {
+    y.contiguous()?
+        .apply_op2_no_bwd(&g.contiguous()?, &Backward(Unary::Relu))
+}
+
 /// `torch.relu(a + b)` for two tensors of one shape: a residual block's join, torchvision's
 /// `out += identity; out = self.relu(out)` in `BasicBlock` and `Bottleneck`. Returns a tensor of
 /// that shape.

@@ -111,15 +111,9 @@ impl MnistCnn {
     fn stages(&self, xs: &Tensor, train: bool) -> Result<Vec<(String, Tensor)>> {
         // max_pool(relu(x)) is relu(max_pool(x)), values and gradients (both monotone; where a
         // window's maximum is not positive the gradient is zero either way), on a quarter of
-        // the elements.
-        let c1 = tap::stage(
-            "conv1",
-            relu(&self.pool.forward(&self.conv1.forward(xs)?)?)?,
-        )?;
-        let c2 = tap::stage(
-            "conv2",
-            relu(&self.pool.forward(&self.conv2.forward(&c1)?)?)?,
-        )?;
+        // the elements, in one op with the pooling.
+        let c1 = tap::stage("conv1", self.pool.forward_relu(&self.conv1.forward(xs)?)?)?;
+        let c2 = tap::stage("conv2", self.pool.forward_relu(&self.conv2.forward(&c1)?)?)?;
         let dropped = self.dropout.forward_t(&c2, train)?;
         let f1 = tap::stage("fc1", relu(&self.fc1.forward(&flatten(&dropped)?)?)?)?;
         let logits = self.fc2.forward(&f1)?;

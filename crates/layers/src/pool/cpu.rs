@@ -510,6 +510,7 @@ fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [
 pub(super) struct PoolOp {
     pool: Pool2d,
     chosen: OnceLock<Arc<Vec<i32>>>,
+    relu: bool,
 }
 
 impl PoolOp {
@@ -517,6 +518,27 @@ impl PoolOp {
         Self {
             pool,
             chosen: OnceLock::new(),
+            relu: false,
+        }
+    }
+
+    /// `relu(pool(x))` as one op (f32 only): the ReLU applied to each plane's outputs as they
+    /// are made, its backward a pass over the output gradient before the pooling's.
+    pub(super) fn with_relu(pool: Pool2d) -> Self {
+        Self {
+            relu: true,
+            ..Self::new(pool)
+        }
+    }
+
+    /// The ReLU of a plane's outputs, in place, if asked: `torch.relu` (NaN stays NaN).
+    fn relu_plane<T: candle_core::WithDType>(&self, y: &mut [T]) {
+        if self.relu {
+            for v in y {
+                if *v <= T::zero() {
+                    *v = T::zero();
+                }
+            }
         }
     }
 
@@ -548,6 +570,10 @@ impl PoolOp {
                 y.set_len(n);
                 chosen.set_len(n);
             }
+            if self.relu {
+                y.par_chunks_mut(ohw.max(1))
+                    .for_each(|y| self.relu_plane(y));
+            }
             let _ = self.chosen.set(Arc::new(chosen));
             // SAFETY: `T` is f32 (checked by `gather_taps`).
             let y: Vec<T> = unsafe {
@@ -557,7 +583,8 @@ impl PoolOp {
             return Ok((y, shape));
         }
         let y = crate::fill::par_init(planes * ohw, ohw, T::zero(), |i, y| {
-            plane.forward(&x[i * hw..][..hw], y)
+            plane.forward(&x[i * hw..][..hw], y);
+            self.relu_plane(y);
         });
         Ok((y, shape))
     }
@@ -583,7 +610,16 @@ impl CustomOp1 for PoolOp {
         }
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        // Through the ReLU first: the pooling's output gradient.
+        let relu_grad;
+        let grad_res = match self.relu {
+            true => {
+                relu_grad = crate::activation::relu_backward(res, grad_res)?;
+                &relu_grad
+            }
+            false => grad_res,
+        };
         if let Some(chosen) = self.chosen.get() {
             let op = Scatter {
                 chosen: chosen.clone(),

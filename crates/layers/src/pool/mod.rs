@@ -28,6 +28,26 @@ impl Module for Pool2d {
     }
 }
 
+impl Pool2d {
+    /// `torch.relu(pool(xs))` on `(N, C, H, W)`: on f32 CPU tensors one op each way (the ReLU
+    /// applied to each plane's outputs as they are made; one autograd node, and one
+    /// zero-filled gradient sum, fewer than the two apart), with the same bits as apart.
+    /// For max pooling it also equals the pooling of the ReLU (the MNIST CNN's
+    /// `F.relu(F.max_pool2d(conv(x), 2))`).
+    ///
+    /// # Errors
+    /// As [`Module::forward`] (`xs` is not `(N, C, H, W)`, or the geometry is refused).
+    pub fn forward_relu(&self, xs: &Tensor) -> Result<Tensor> {
+        if xs.rank() != 4 {
+            candle_core::bail!("pooling expects (N, C, H, W) input, got {:?}", xs.shape())
+        }
+        match xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32 {
+            true => xs.contiguous()?.apply_op1(cpu::PoolOp::with_relu(*self)),
+            false => crate::relu(&self.forward(xs)?),
+        }
+    }
+}
+
 /// `F.max_pool2d(xs, kernel, stride, padding, ceil_mode=ceil_mode)` on `(N, C, H, W)`, giving
 /// `(N, C, H_out, W_out)` ([`Pool2d::output_size`]); on ties the gradient goes to the first
 /// maximum of the window, as PyTorch.

@@ -143,3 +143,43 @@ fn composite_matches_the_cpu_kernel() -> Result<()> {
         6,
     )
 }
+
+#[test]
+fn pooling_with_its_relu_in_one_op_gives_the_same_bits() -> Result<()> {
+    let dev = candle_core::Device::Cpu;
+    let bits = |t: &Tensor| -> Result<Vec<u32>> {
+        Ok(t.flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|v| v.to_bits())
+            .collect())
+    };
+    // Whole 2x2 blocks (AVX-512 where present), overlapping windows (gathered), odd sides
+    // (window loops), averages; negative values, zeros of both signs, NaN.
+    let pools = [
+        (Pool2d::max(2, 2), 8),
+        (Pool2d::max(3, 2).padding(1), 16),
+        (Pool2d::max(2, 2), 7),
+        (Pool2d::avg(2, 2), 8),
+    ];
+    for (pool, size) in pools {
+        let values: Vec<f32> = (0..2 * 3 * size * size)
+            .map(|i| match i % 19 {
+                4 => f32::NAN,
+                7 => -0.0,
+                8 => 0.0,
+                k => ((i * 7) % 5) as f32 - k as f32 / 4.0,
+            })
+            .collect();
+        let x = candle_core::Var::from_vec(values, (2, 3, size, size), &dev)?;
+        let fused = pool.forward_relu(x.as_tensor())?;
+        let apart = crate::relu(&pool.forward(x.as_tensor())?)?;
+        assert_eq!(bits(&fused)?, bits(&apart)?, "{pool:?} {size}: output");
+        let g = Tensor::randn(0f32, 1., fused.shape(), &dev)?;
+        let ga = (&fused * &g)?.sum_all()?.backward()?;
+        let gb = (&apart * &g)?.sum_all()?.backward()?;
+        let (a, b) = (ga.get(&x).expect("grad"), gb.get(&x).expect("grad"));
+        assert_eq!(bits(a)?, bits(b)?, "{pool:?} {size}: gradient");
+    }
+    Ok(())
+}
