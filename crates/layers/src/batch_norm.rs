@@ -397,7 +397,11 @@ impl BatchNorm {
                 .all(f32_cpu)
             && kernel.rank() == 4
             && kernel.dim(0)? == self.weight.elem_count()
-            && residual.is_none_or(|r| f32_cpu(r) && r.elem_count() >= 4 * kernel.elem_count());
+            && residual.is_none_or(|r| {
+                // A frozen kernel would pay for its gradient there (it travels with the batch
+                // norm's parameters).
+                f32_cpu(r) && r.elem_count() >= 4 * kernel.elem_count() && kernel.track_op()
+            });
         if !applies {
             return Ok(None);
         }

@@ -464,6 +464,9 @@ pub(crate) fn add_bias_in_place(y: &mut [f32], shape: &Shape, bias: &[f32]) -> R
             shape.dims()
         )
     }
+    if y.is_empty() {
+        return Ok(());
+    }
     let per = (c * l).max(1);
     let add = |yi: &mut [f32]| {
         for (ch, &b) in bias.iter().enumerate() {

@@ -14,6 +14,13 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shap
 
 use crate::per_channel::{batch_stats, f32_slice, normalize, normalize_grads};
 
+#[cfg(test)]
+thread_local! {
+    /// Fused batch norms run on this thread (the ops run on the caller's thread): lets tests
+    /// tell the fused path from the fallback.
+    pub(crate) static RUNS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// What the fused op keeps from its forward pass: the convolution's output (N, C, L) and the
 /// batch statistics (mean, biased variance, `1 / sqrt(var + eps)`).
 pub(crate) struct Saved {
@@ -63,6 +70,8 @@ impl Epilogue {
                 "batch-norm in training needs more than one value per channel, got input (N, C, L) = ({n}, {c}, {l})"
             )
         }
+        #[cfg(test)]
+        RUNS.with(|r| r.set(r.get() + 1));
         let (mean, var) = batch_stats(&y, (n, c, l));
         let invstd: Vec<f32> = var.iter().map(|v| (v + self.eps).sqrt().recip()).collect();
         let stats = (&mean[..], &invstd[..]);

@@ -148,11 +148,12 @@ impl Module for Conv2d {
 }
 
 impl Conv2d {
-    /// `relu?(bn(self(xs)))` with `bn` in training mode: on f32 CPU tensors, a convolution
-    /// without bias and no cross-process statistics, the batch norm (and ReLU) run inside the
-    /// convolution's op where its path allows ([`batch_norm`]), with the same bits as apart and
-    /// one autograd node (and one zero-filled gradient sum the size of the output) fewer;
-    /// otherwise the two apart. The running statistics are updated either way.
+    /// `relu?(bn(self(xs)))`, `bn` in training mode (batch statistics, running statistics
+    /// updated) when `train`, else with its running statistics. In training, on f32 CPU
+    /// tensors, with a convolution without bias and no cross-process statistics, the batch norm
+    /// (and ReLU) run inside the convolution's op where its path allows ([`batch_norm`]), with
+    /// the same bits as apart and one autograd node (and one zero-filled gradient sum the size
+    /// of the output) fewer; otherwise the two run apart.
     ///
     /// # Errors
     /// As [`Conv2d::forward`] and [`BatchNorm::forward_relu`](crate::BatchNorm::forward_relu).

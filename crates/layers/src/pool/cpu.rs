@@ -1,5 +1,9 @@
 //! Pooling on the CPU: hand-written loops over each (H, W) plane, forward and backward, as
 //! custom ops. A max window's gradient goes to its first maximum in scan order (or first NaN).
+//! With AVX-512, 2x2 max pooling of whole blocks runs 16 windows per vector (`simd`), and other
+//! max poolings gather each window tap for 16 outputs at a time (`gather`), keeping the chosen
+//! inputs for the backward pass as PyTorch's `max_pool2d_with_indices`; the same bits as the
+//! loops.
 
 use std::sync::{Arc, OnceLock};
 
@@ -574,7 +578,9 @@ impl PoolOp {
                 y.par_chunks_mut(ohw.max(1))
                     .for_each(|y| self.relu_plane(y));
             }
-            let _ = self.chosen.set(Arc::new(chosen));
+            if self.chosen.set(Arc::new(chosen)).is_err() {
+                candle_core::bail!("pooling: the op ran twice")
+            }
             // SAFETY: `T` is f32 (checked by `gather_taps`).
             let y: Vec<T> = unsafe {
                 let mut y = std::mem::ManuallyDrop::new(y);
@@ -653,7 +659,10 @@ impl CustomOp1 for Scatter {
             [n, c, h, w] => (n * c, h * w),
             d => candle_core::bail!("max pooling backward: input of shape {d:?}"),
         };
-        if gy.len() != self.chosen.len() || planes == 0 {
+        if planes == 0 {
+            return Ok((CpuStorage::F32(Vec::new()), self.input.clone()));
+        }
+        if gy.len() != self.chosen.len() {
             candle_core::bail!(
                 "max pooling backward: {} gradients for {} outputs",
                 gy.len(),
