@@ -153,7 +153,9 @@ impl Conv2d {
     /// tensors, with a convolution without bias and no cross-process statistics, the batch norm
     /// (and ReLU) run inside the convolution's op where its path allows ([`batch_norm`]), with
     /// the same bits as apart and one autograd node (and one zero-filled gradient sum the size
-    /// of the output) fewer; otherwise the two run apart.
+    /// of the output) fewer; otherwise the two run apart. `xs` is (N, C, H, W); the output is
+    /// the convolution's, (N, O, H_out, W_out), `bn` over its O channels. PyTorch:
+    /// `F.relu(bn(conv(x)))` (torchvision's `conv1, bn1, relu` in a ResNet block).
     ///
     /// # Errors
     /// As [`Conv2d::forward`] and [`BatchNorm::forward_relu`](crate::BatchNorm::forward_relu).
@@ -171,7 +173,9 @@ impl Conv2d {
     /// convolution, batch norm and join): as [`Conv2d::forward_batch_norm`], in the
     /// convolution's op where the output has at least four times the kernel's values (the
     /// kernel travels with the batch norm's parameters, copied once each way), otherwise as
-    /// [`BatchNorm::forward_add_relu`](crate::BatchNorm::forward_add_relu).
+    /// [`BatchNorm::forward_add_relu`](crate::BatchNorm::forward_add_relu). `residual` has the
+    /// output's shape, (N, O, H_out, W_out). PyTorch: torchvision's `out = self.bn2(self.conv2(
+    /// out)); out += identity; out = self.relu(out)`.
     ///
     /// # Errors
     /// As [`Conv2d::forward`] and [`BatchNorm::forward_add_relu`](crate::BatchNorm::forward_add_relu).
