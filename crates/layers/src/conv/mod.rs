@@ -151,7 +151,7 @@ impl Conv2d {
     /// `relu?(bn(self(xs)))`, `bn` in training mode (batch statistics, running statistics
     /// updated) when `train`, else with its running statistics. In training, on f32 CPU
     /// tensors, with a convolution without bias and no cross-process statistics, the batch norm
-    /// (and ReLU) run inside the convolution's op where its path allows ([`batch_norm`]), with
+    /// (and ReLU) run inside the convolution's op where its path allows, with
     /// the same bits as apart and one autograd node (and one zero-filled gradient sum the size
     /// of the output) fewer; otherwise the two run apart. `xs` is (N, C, H, W); the output is
     /// the convolution's, (N, O, H_out, W_out), `bn` over its O channels. PyTorch:
