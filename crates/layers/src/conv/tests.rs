@@ -830,16 +830,18 @@ fn onednn_runs_small_outputs_in_bf16_under_autocast() -> Result<()> {
     Ok(())
 }
 
+/// The bits of an f32 tensor's values, for comparisons that must be exact.
+fn bits(t: &Tensor) -> Result<Vec<u32>> {
+    Ok(t.flatten_all()?
+        .to_vec1::<f32>()?
+        .iter()
+        .map(|v| v.to_bits())
+        .collect())
+}
+
 #[test]
 fn a_bias_added_inside_the_convolution_gives_the_same_bits() -> Result<()> {
     let dev = Device::Cpu;
-    let bits = |t: &Tensor| -> Result<Vec<u32>> {
-        Ok(t.flatten_all()?
-            .to_vec1::<f32>()?
-            .iter()
-            .map(|v| v.to_bits())
-            .collect())
-    };
     // (batch, channels in, size, channels out, stride): image by image (Winograd and not),
     // outputs under 4x4 (the bias added after), a first layer of one channel.
     for (n, c, size, cout, s) in [
@@ -887,13 +889,6 @@ fn a_bias_added_inside_the_convolution_gives_the_same_bits() -> Result<()> {
 #[test]
 fn a_batch_norm_run_inside_the_convolution_gives_the_same_bits() -> Result<()> {
     let dev = Device::Cpu;
-    let bits = |t: &Tensor| -> Result<Vec<u32>> {
-        Ok(t.flatten_all()?
-            .to_vec1::<f32>()?
-            .iter()
-            .map(|v| v.to_bits())
-            .collect())
-    };
     let bn_of = |c: usize| -> Result<(crate::BatchNorm, Var, Var)> {
         let w = Var::from_tensor(&Tensor::randn(1f32, 0.2, c, &dev)?)?;
         let b = Var::from_tensor(&Tensor::randn(0f32, 0.2, c, &dev)?)?;
