@@ -786,17 +786,7 @@ mod tests {
                 (2, 31),
             ] {
                 let (_, plane) = Plane::new(Pool2d::max(2, 2), &[1, 1, h, w])?;
-                let x: Vec<f32> = (0..h * w)
-                    .map(|i| match i % 13 {
-                        3 | 4 => f32::NAN,
-                        5 => -0.0,
-                        6 => 0.0,
-                        k => ((i * 7) % 4) as f32 - k as f32 / 3.0,
-                    })
-                    .collect();
-                let gy: Vec<f32> = (0..plane.oh * plane.ow)
-                    .map(|i| if i % 5 == 0 { -0.0 } else { i as f32 - 2.5 })
-                    .collect();
+                let (x, gy) = awkward(h * w, plane.oh * plane.ow, 13);
                 let (mut y1, mut y2) = (vec![0f32; gy.len()], vec![0f32; gy.len()]);
                 // SAFETY: the CPU has AVX-512F.
                 unsafe { simd::max_forward(&plane, &x, &mut y1) };
@@ -817,6 +807,23 @@ mod tests {
         );
         assert!(!Plane::new(Pool2d::max(2, 1), &[1, 1, 4, 4])?.1.is_2x2());
         Ok(())
+    }
+
+    /// `n` inputs with NaN (two in a row every `period`), signed zeros, ties and negatives, and
+    /// `m` output gradients with -0.0 every fifth.
+    fn awkward(n: usize, m: usize, period: usize) -> (Vec<f32>, Vec<f32>) {
+        let x = (0..n)
+            .map(|i| match i % period {
+                3 | 4 => f32::NAN,
+                5 => -0.0,
+                6 => 0.0,
+                k => ((i * 7) % 4) as f32 - k as f32 / 3.0,
+            })
+            .collect();
+        let gy = (0..m)
+            .map(|i| if i % 5 == 0 { -0.0 } else { i as f32 - 2.5 })
+            .collect();
+        (x, gy)
     }
 
     /// The gathered AVX-512 max pooling gives the window loops' results bit for bit, forward
@@ -853,17 +860,7 @@ mod tests {
                     assert!(plane.whole_2x2_blocks(), "{pool:?} {h}x{w}");
                     continue;
                 };
-                let x: Vec<f32> = (0..h * w)
-                    .map(|i| match i % 17 {
-                        3 | 4 => f32::NAN,
-                        5 => -0.0,
-                        6 => 0.0,
-                        k => ((i * 7) % 4) as f32 - k as f32 / 3.0,
-                    })
-                    .collect();
-                let gy: Vec<f32> = (0..plane.oh * plane.ow)
-                    .map(|i| if i % 5 == 0 { -0.0 } else { i as f32 - 2.5 })
-                    .collect();
+                let (x, gy) = awkward(h * w, plane.oh * plane.ow, 17);
                 let what = format!("{pool:?} {h}x{w}");
                 let mut y2 = vec![0f32; gy.len()];
                 let mut y1 = vec![std::mem::MaybeUninit::new(0f32); gy.len()];
