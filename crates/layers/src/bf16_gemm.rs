@@ -86,7 +86,7 @@ impl PackedLhs {
         let tiles = m.div_ceil(MR);
         self.m = m;
         self.k = k;
-        self.data.clear();
+        // Every value is written below (rows past M as zeros): no zero-filling pass first.
         self.data.resize(tiles * kp * MR, 0);
         if m * k == 0 {
             return;
@@ -98,14 +98,30 @@ impl PackedLhs {
         // Tiles side by side across the pool when there is enough to share (a large kernel
         // packed once per call would otherwise run on the calling thread alone).
         let pack_tile = |run: &mut Vec<u32>, (t, tile): (usize, &mut [u32])| {
-            run.resize(if cs == 1 { kp } else { 0 }, 0);
-            for i in 0..MR.min(m - t * MR) {
+            let rows = MR.min(m - t * MR);
+            if rows < MR {
+                tile.chunks_exact_mut(MR).for_each(|p| p[rows..].fill(0));
+            }
+            // Rows along `k` (stride 1): sixteen pairs of each row at a time, transposed in
+            // registers; the pairs after the last whole sixteen one row at a time.
+            let whole = if cs == 1 { vector_blocks(k) } else { 0 };
+            #[cfg(target_arch = "x86_64")]
+            if whole > 0 {
+                let first = &a[t * MR * rs..];
+                // SAFETY: `vector_blocks` is non-zero only on a CPU with AVX512-BF16; rows
+                // `< rows` hold `32 · whole <= k` values from `i · rs`, inside `a` (asserted
+                // above); the tile holds `kp >= 16 · whole` pairs of MR rows.
+                unsafe { pack_lhs_tile_avx512(first, rs, rows, whole, tile) };
+            }
+            let from = 16 * whole;
+            run.resize(if cs == 1 { kp - from } else { 0 }, 0);
+            for i in 0..rows {
                 let row = &a[(t * MR + i) * rs..];
                 if cs == 1 {
-                    pair_run(&row[..k], run);
+                    pair_run(&row[2 * from..k], run);
                     run.iter()
                         .enumerate()
-                        .for_each(|(p, v)| tile[p * MR + i] = *v);
+                        .for_each(|(p, v)| tile[(from + p) * MR + i] = *v);
                     continue;
                 }
                 for p in 0..kp {
@@ -166,7 +182,7 @@ fn pack_rhs(
     out: &mut Vec<u32>,
 ) {
     let panels = n.div_ceil(nr);
-    out.clear();
+    // Every value is written below (columns past N as zeros): no zero-filling pass first.
     out.resize(panels * kc * nr, 0);
     // With rows of stride 1, each column's pairs lie side by side: a column's run at a time.
     let by_column = rs == 1 && cs != 1;
@@ -175,13 +191,32 @@ fn pack_rhs(
     for (panel, block) in out.chunks_exact_mut(kc * nr).enumerate() {
         let col0 = panel * nr;
         let cols = nr.min(n - col0);
+        if cols < nr {
+            block.chunks_exact_mut(nr).for_each(|p| p[cols..].fill(0));
+        }
         if by_column {
+            // Sixteen columns by sixteen pairs at a time, transposed in registers; the rest
+            // (pairs after the last whole sixteen, columns after the last whole sixteen) one
+            // column at a time.
+            let (whole, groups) = (vector_blocks(end - 2 * p0), cols / 16);
+            #[cfg(target_arch = "x86_64")]
+            if whole > 0 && groups > 0 {
+                // SAFETY: `vector_blocks` is non-zero only on a CPU with AVX512-BF16; the
+                // columns read lie below `col0 + cols <= n`, each from `2·p0` to
+                // `2·p0 + 32·whole <= end <= k` (inside `b`: the caller asserted its bounds);
+                // the block holds `kc >= 16 · whole` pairs of `nr >= 16 · groups` columns.
+                unsafe {
+                    pack_columns_avx512(&b[col0 * cs + 2 * p0..], cs, groups, whole, nr, block)
+                };
+            }
             for j in 0..cols {
                 let c = (col0 + j) * cs;
-                pair_run(&b[c + 2 * p0..c + end], &mut run);
+                let from = if j < 16 * groups { 16 * whole } else { 0 };
+                let run = &mut run[..(end - 2 * (p0 + from)).div_ceil(2)];
+                pair_run(&b[c + 2 * (p0 + from)..c + end], run);
                 run.iter()
                     .enumerate()
-                    .for_each(|(p, v)| block[p * nr + j] = *v);
+                    .for_each(|(p, v)| block[(from + p) * nr + j] = *v);
             }
             continue;
         }
@@ -275,6 +310,107 @@ unsafe fn pack_rows_avx512(r0: &[f32], r1: Option<&[f32]>, dst: &mut [u32]) {
             None => lo,
         };
         _mm512_storeu_si512(dst.as_mut_ptr().add(j).cast(), v);
+    }
+}
+
+/// Whole blocks of 32 values (16 pairs) in a run of `len` values that the vector packers take:
+/// none where the CPU lacks AVX512-BF16.
+fn vector_blocks(len: usize) -> usize {
+    if available() {
+        len / 32
+    } else {
+        0
+    }
+}
+
+/// Transposes a 16 x 16 matrix of 32-bit values held as 16 rows: afterwards `r[j]` lane `i` is
+/// what `r[i]` lane `j` was.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose16(r: &mut [__m512i; 16]) {
+    // Pairs of rows interleaved by 32 bits, then by 64 bits: within each 128-bit lane `l`,
+    // `u[4g + j]` holds column `4l + j` of rows `4g .. 4g + 4`.
+    let t: [__m512i; 16] = std::array::from_fn(|q| {
+        let (a, b) = (r[q & !1], r[q | 1]);
+        if q % 2 == 0 {
+            _mm512_unpacklo_epi32(a, b)
+        } else {
+            _mm512_unpackhi_epi32(a, b)
+        }
+    });
+    let u: [__m512i; 16] = std::array::from_fn(|q| {
+        let (g, j) = (q / 4, q % 4);
+        let (a, b) = (t[4 * g + j / 2], t[4 * g + 2 + j / 2]);
+        if j % 2 == 0 {
+            _mm512_unpacklo_epi64(a, b)
+        } else {
+            _mm512_unpackhi_epi64(a, b)
+        }
+    });
+    // The 4 x 4 matrix of 128-bit lanes of each column group `j` transposed.
+    for j in 0..4 {
+        let v0 = _mm512_shuffle_i32x4::<0x44>(u[j], u[4 + j]);
+        let v1 = _mm512_shuffle_i32x4::<0xee>(u[j], u[4 + j]);
+        let v2 = _mm512_shuffle_i32x4::<0x44>(u[8 + j], u[12 + j]);
+        let v3 = _mm512_shuffle_i32x4::<0xee>(u[8 + j], u[12 + j]);
+        r[j] = _mm512_shuffle_i32x4::<0x88>(v0, v2);
+        r[4 + j] = _mm512_shuffle_i32x4::<0xdd>(v0, v2);
+        r[8 + j] = _mm512_shuffle_i32x4::<0x88>(v1, v3);
+        r[12 + j] = _mm512_shuffle_i32x4::<0xdd>(v1, v3);
+    }
+}
+
+/// The 32 values from `src` as 16 pairs (`src[2p]` in the low half of pair `p`), rounded as
+/// [`pair_run`].
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn pairs16(src: *const f32) -> __m512i {
+    let v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src.add(16)), _mm512_loadu_ps(src));
+    std::mem::transmute::<__m512bh, __m512i>(v)
+}
+
+/// [`PackedLhs`]'s tile from `rows` (at most MR) rows of `a` (row `i` from `i · rs`, along `k`),
+/// the first `16 · whole` pairs: `tile[p · MR + i]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn pack_lhs_tile_avx512(a: &[f32], rs: usize, rows: usize, whole: usize, tile: &mut [u32]) {
+    for f in 0..whole {
+        let mut r = [_mm512_setzero_si512(); 16];
+        for (i, v) in r.iter_mut().enumerate().take(rows) {
+            *v = pairs16(a.as_ptr().add(i * rs + 32 * f));
+        }
+        transpose16(&mut r);
+        for (p, v) in r.iter().enumerate() {
+            let dst = tile.as_mut_ptr().add((16 * f + p) * MR);
+            _mm256_storeu_si256(dst.cast(), _mm512_castsi512_si256(*v));
+        }
+    }
+}
+
+/// `groups` sixteens of columns of `b` (column `j` from `j · cs`, along `k`), the first
+/// `16 · whole` pairs of each, into a panel block of `nr` columns: `block[p · nr + j]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn pack_columns_avx512(
+    b: &[f32],
+    cs: usize,
+    groups: usize,
+    whole: usize,
+    nr: usize,
+    block: &mut [u32],
+) {
+    for g in 0..groups {
+        for f in 0..whole {
+            let mut r: [__m512i; 16] =
+                std::array::from_fn(|j| pairs16(b.as_ptr().add((16 * g + j) * cs + 32 * f)));
+            transpose16(&mut r);
+            for (p, v) in r.iter().enumerate() {
+                let dst = block.as_mut_ptr().add((16 * f + p) * nr + 16 * g);
+                _mm512_storeu_si512(dst.cast(), *v);
+            }
+        }
     }
 }
 
@@ -561,6 +697,87 @@ mod tests {
             );
         }
         assert!(f32::from_bits(bf16_bits(f32::NAN) << 16).is_nan());
+    }
+
+    /// Both packed operands against the pairs written out one by one (the vector packers
+    /// transpose sixteen by sixteen; every edge of those blocks here, and a NaN).
+    #[test]
+    fn packed_operands_equal_the_pairs_one_by_one() {
+        let at = |v: &[f32], i: usize, len: usize| if i < len { v[i] } else { 0.0 };
+        // Buffers reused from case to case, as in a product: nothing stale may remain.
+        let mut packed = PackedLhs::default();
+        for (rows, k) in [
+            (1, 1),
+            (8, 32),
+            (13, 33),
+            (16, 64),
+            (9, 100),
+            (24, 257),
+            (3, 31),
+        ] {
+            for stride in [k, k + 5] {
+                let mut a = values(rows * stride, (rows + k) as u32);
+                let last = a.len() - 1;
+                a[stride.min(last)] = f32::NAN;
+                packed.pack(rows, k, (&a, stride, 1));
+                let kp = k.div_ceil(2);
+                for t in 0..rows.div_ceil(MR) {
+                    for p in 0..kp {
+                        for i in 0..MR {
+                            let row = t * MR + i;
+                            let want = if row < rows {
+                                let r = &a[row * stride..row * stride + k];
+                                pair(r[2 * p], at(r, 2 * p + 1, k))
+                            } else {
+                                0
+                            };
+                            let got = packed.data[(t * kp + p) * MR + i];
+                            assert_eq!(
+                                got, want,
+                                "lhs {rows}x{k} stride {stride}: tile {t} pair {p} row {i}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (k, n) in [
+            (1, 1),
+            (32, 16),
+            (33, 17),
+            (64, 32),
+            (100, 40),
+            (257, 15),
+            (70, 48),
+        ] {
+            let cs = k + 3;
+            let mut b = values(n * cs, (n + 3 * k) as u32);
+            let last = b.len() - 1;
+            b[(cs + 1).min(last)] = f32::NAN;
+            for nr in [16, 32] {
+                let kp = k.div_ceil(2);
+                for (p0, kc) in [(0, kp), (0, kp.min(20)), (kp / 3, kp - kp / 3)] {
+                    pack_rhs((k, n), (&b, 1, cs), p0, kc, nr, &mut out);
+                    for panel in 0..n.div_ceil(nr) {
+                        for p in 0..kc {
+                            for j in 0..nr {
+                                let col = panel * nr + j;
+                                let even = 2 * (p0 + p);
+                                let want = if col < n {
+                                    let c = &b[col * cs..col * cs + k];
+                                    pair(c[even], at(c, even + 1, k))
+                                } else {
+                                    0
+                                };
+                                let got = out[(panel * kc + p) * nr + j];
+                                assert_eq!(got, want, "rhs {k}x{n} nr {nr} from {p0}: panel {panel} pair {p} column {j}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
