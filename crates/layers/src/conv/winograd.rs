@@ -38,6 +38,14 @@ fn tiles_per_block(c: usize, cout: usize) -> usize {
     }
 }
 
+/// Values from one position's matrix to the next in a block of transformed tiles (16 matrices of
+/// `rows` x `tb`, [`transform_input`], [`transform_output_grad`], the products): one cache line
+/// more than the matrix, so that the 16 values a tile writes or reads (one per matrix, often a
+/// multiple of 4 KB apart otherwise) fall in different sets of the L1 cache.
+fn stride(rows: usize, tb: usize) -> usize {
+    rows * tb + 16
+}
+
 /// Whether [`convolve`] runs the convolution of `geo` with `cout` output channels.
 pub(super) fn applies(geo: &Geometry, cout: usize) -> bool {
     geo.kh == 3
@@ -108,22 +116,23 @@ pub(super) fn convolve(
         .for_each(|(out, x)| {
             let images = out.len() / out_len.max(1);
             let tiles = images * tiles_per_image;
-            let mut v = vec![0f32; 16 * c * block.min(tiles)];
-            let mut m = vec![0f32; 16 * cout * block.min(tiles)];
+            let mut v = vec![0f32; 16 * stride(c, block.min(tiles))];
+            let mut m = vec![0f32; 16 * stride(cout, block.min(tiles))];
             let mut scratch = bf16_gemm::Scratch::default();
             for first in (0..tiles).step_by(block) {
                 let range = first..(first + block).min(tiles);
                 let tb = range.len();
                 time(Part::Im2col, || {
-                    transform_input(geo, x, range.clone(), &mut v[..16 * c * tb])
+                    transform_input(geo, x, range.clone(), &mut v[..16 * stride(c, tb)])
                 });
                 for xi in 0..16 {
-                    let dst = (&mut m[xi * cout * tb..(xi + 1) * cout * tb], tb, 1);
-                    let rhs = (&v[xi * c * tb..(xi + 1) * c * tb], tb, 1);
+                    let (vs, ms) = (stride(c, tb), stride(cout, tb));
+                    let dst = (&mut m[xi * ms..xi * ms + cout * tb], tb, 1);
+                    let rhs = (&v[xi * vs..xi * vs + c * tb], tb, 1);
                     lhs[xi].product((cout, tb, c), dst, rhs, false, gemm_threads, &mut scratch);
                 }
                 time(Part::Im2col, || {
-                    transform_output(geo, cout, &m[..16 * cout * tb], range, out)
+                    transform_output(geo, cout, &m[..16 * stride(cout, tb)], range, out)
                 });
             }
         });
@@ -165,20 +174,21 @@ pub(super) fn weight_grad(
         .map(|(x, g)| {
             let tiles = x.len() / img_len.max(1) * tiles_per_image;
             let mut du = vec![0f32; 16 * cout * c];
-            let mut v = vec![0f32; 16 * c * block.min(tiles)];
-            let mut dm = vec![0f32; 16 * cout * block.min(tiles)];
+            let mut v = vec![0f32; 16 * stride(c, block.min(tiles))];
+            let mut dm = vec![0f32; 16 * stride(cout, block.min(tiles))];
             let (mut lhs, mut scratch) = (PackedLhs::default(), bf16_gemm::Scratch::default());
             for first in (0..tiles).step_by(block) {
                 let range = first..(first + block).min(tiles);
                 let tb = range.len();
                 time(Part::Im2col, || {
-                    transform_input(geo, x, range.clone(), &mut v[..16 * c * tb]);
-                    transform_output_grad(geo, cout, g, range, &mut dm[..16 * cout * tb]);
+                    transform_input(geo, x, range.clone(), &mut v[..16 * stride(c, tb)]);
+                    transform_output_grad(geo, cout, g, range, &mut dm[..16 * stride(cout, tb)]);
                 });
                 for xi in 0..16 {
+                    let (vs, ms) = (stride(c, tb), stride(cout, tb));
                     let dst = (&mut du[xi * cout * c..(xi + 1) * cout * c], c, 1);
-                    let dmx = (&dm[xi * cout * tb..(xi + 1) * cout * tb], tb, 1);
-                    let rhs = (&v[xi * c * tb..(xi + 1) * c * tb], 1, tb);
+                    let dmx = (&dm[xi * ms..xi * ms + cout * tb], tb, 1);
+                    let rhs = (&v[xi * vs..xi * vs + c * tb], 1, tb);
                     if bf16 {
                         lhs.pack(cout, tb, dmx);
                         bf16_product(
@@ -371,7 +381,7 @@ fn transform_input_any(geo: &Geometry, x: &[f32], tiles: std::ops::Range<usize>,
                 }
             }
             for (xi, vals) in input_tile(&d).iter().enumerate() {
-                let at = (xi * c + ch) * tb + tl;
+                let at = xi * stride(c, tb) + ch * tb + tl;
                 copy_lanes(&mut v[at..at + len], vals);
             }
         }
@@ -395,7 +405,7 @@ fn transform_output_any(
         for &(tl, image, oy, ox, len) in &runs {
             let mut mv = [[0f32; LANES]; 16];
             for (xi, lanes) in mv.iter_mut().enumerate() {
-                let at = (xi * cout + o) * tb + tl;
+                let at = xi * stride(cout, tb) + o * tb + tl;
                 copy_lanes(&mut lanes[..len], &m[at..at + len]);
             }
             let lanes = |f: &dyn Fn(usize) -> f32| -> [f32; LANES] { std::array::from_fn(f) };
@@ -494,7 +504,7 @@ fn transform_output_grad_any(
                     lanes(&|l| -q[l]),
                 ];
                 for (i, vals) in rows.iter().enumerate() {
-                    let at = ((i * 4 + j) * cout + o) * tb + tl;
+                    let at = (i * 4 + j) * stride(cout, tb) + o * tb + tl;
                     copy_lanes(&mut dm[at..at + len], vals);
                 }
             }
@@ -508,7 +518,7 @@ fn transform_output_grad_any(
 /// identical bit for bit.
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    use super::{spans, Geometry, LANES};
+    use super::{spans, stride, Geometry, LANES};
     use crate::avx512::{index, EVEN, HIGH, LOW, ODD};
     use std::arch::x86_64::*;
 
@@ -584,6 +594,32 @@ mod simd {
         ]
     }
 
+    /// Channels ahead whose rows the transforms prefetch: each channel's rows of a block are a
+    /// short run (a few cache lines per row) that the hardware prefetcher finds too late.
+    const PREFETCH_CHANNELS: usize = 2;
+
+    /// Asks for the columns `x0 .. x1` of the rows `y0 .. y1` of the plane (`w` wide) starting
+    /// at `plane` of `src` to be brought into the L1 cache. A hint: no access is made, and an
+    /// address outside `src` would only be a wasted hint.
+    #[inline(always)]
+    unsafe fn prefetch(
+        src: &[f32],
+        plane: usize,
+        w: usize,
+        (y0, y1): (usize, usize),
+        (x0, x1): (usize, usize),
+    ) {
+        for y in y0..y1 {
+            let row = plane + y * w;
+            let mut at = row + x0;
+            while at < row + x1 {
+                _mm_prefetch::<_MM_HINT_T0>(src.as_ptr().wrapping_add(at).cast());
+                at += 16;
+            }
+            _mm_prefetch::<_MM_HINT_T0>(src.as_ptr().wrapping_add(row + x1).wrapping_sub(1).cast());
+        }
+    }
+
     /// [`super::transform_input_any`] in AVX-512.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn transform_input(
@@ -601,6 +637,17 @@ mod simd {
                 let (tl, len) = (*tl, *len);
                 let mut d = [[_mm512_setzero_ps(); 4]; 4];
                 for &(off, image, oy, ox, n) in parts {
+                    // What a later channel reads here, asked of memory now.
+                    if ch + PREFETCH_CHANNELS < c {
+                        let plane = (image * c + ch + PREFETCH_CHANNELS) * plane_len;
+                        let p = geo.padding;
+                        let rows = (oy.saturating_sub(p), (oy + 4).saturating_sub(p).min(geo.h));
+                        let cols = (
+                            ox.saturating_sub(p),
+                            (ox + 2 * n + 2).saturating_sub(p).min(geo.w),
+                        );
+                        prefetch(x, plane, geo.w, rows, cols);
+                    }
                     let plane = &x[(image * c + ch) * plane_len..(image * c + ch + 1) * plane_len];
                     let (y0, x0) = (oy as isize - p, ox as isize - p);
                     let mask = lanes(off, n);
@@ -631,7 +678,7 @@ mod simd {
                         _mm512_sub_ps(b, f),
                     ];
                     for (j, val) in vals.into_iter().enumerate() {
-                        let at = ((i * 4 + j) * c + ch) * tb + tl;
+                        let at = (i * 4 + j) * stride(c, tb) + ch * tb + tl;
                         store(&mut v[at..at + len], val);
                     }
                 }
@@ -655,7 +702,7 @@ mod simd {
             for (tl, len, parts) in &spans {
                 let (tl, len) = (*tl, *len);
                 let mv: [__m512; 16] = std::array::from_fn(|xi| {
-                    let at = (xi * cout + o) * tb + tl;
+                    let at = xi * stride(cout, tb) + o * tb + tl;
                     load(&m[at..at + len], 0, len as isize)
                 });
                 let r0: [__m512; 4] = std::array::from_fn(|j| {
@@ -703,6 +750,11 @@ mod simd {
                 let (tl, len) = (*tl, *len);
                 let mut y = [[_mm512_setzero_ps(); 2]; 2];
                 for &(off, image, oy, ox, n) in parts {
+                    if o + PREFETCH_CHANNELS < cout {
+                        let plane = (image * cout + o + PREFETCH_CHANNELS) * oh * ow;
+                        let cols = (ox, (ox + 2 * n).min(ow));
+                        prefetch(g, plane, ow, (oy, (oy + 2).min(oh)), cols);
+                    }
                     let plane = &g[(image * cout + o) * oh * ow..(image * cout + o + 1) * oh * ow];
                     let mask = lanes(off, n);
                     for (i, row) in y.iter_mut().enumerate() {
@@ -728,7 +780,7 @@ mod simd {
                 for (j, (&p, &q)) in t[0].iter().zip(&t[1]).enumerate() {
                     let rows = [p, _mm512_add_ps(p, q), _mm512_sub_ps(p, q), neg(q)];
                     for (i, val) in rows.into_iter().enumerate() {
-                        let at = ((i * 4 + j) * cout + o) * tb + tl;
+                        let at = (i * 4 + j) * stride(cout, tb) + o * tb + tl;
                         store(&mut dm[at..at + len], val);
                     }
                 }
@@ -772,17 +824,19 @@ mod tests {
             let g = values(n * cout * geo.oh * geo.ow, 7);
             for range in [0..tiles, 1..tiles.min(23), tiles / 3..tiles] {
                 let tb = range.len();
-                let (mut a, mut b) = (vec![0f32; 16 * c * tb], vec![0f32; 16 * c * tb]);
+                let len = 16 * stride(c, tb);
+                let (mut a, mut b) = (vec![0f32; len], vec![0f32; len]);
                 transform_input_any(&geo, &x, range.clone(), &mut a);
                 // SAFETY: the CPU has AVX-512F.
                 unsafe { simd::transform_input(&geo, &x, range.clone(), &mut b) };
                 assert_eq!(a, b, "input {h}x{w} p{p} {range:?}");
-                let (mut a, mut b) = (vec![0f32; 16 * cout * tb], vec![0f32; 16 * cout * tb]);
+                let len = 16 * stride(cout, tb);
+                let (mut a, mut b) = (vec![0f32; len], vec![0f32; len]);
                 transform_output_grad_any(&geo, cout, &g, range.clone(), &mut a);
                 // SAFETY: as above.
                 unsafe { simd::transform_output_grad(&geo, cout, &g, range.clone(), &mut b) };
                 assert_eq!(a, b, "output grad {h}x{w} p{p} {range:?}");
-                let m = values(16 * cout * tb, tb as u32);
+                let m = values(16 * stride(cout, tb), tb as u32);
                 let (mut a, mut b) = (vec![0f32; g.len()], vec![0f32; g.len()]);
                 transform_output_any(&geo, cout, &m, range.clone(), &mut a);
                 // SAFETY: as above.
