@@ -594,6 +594,96 @@ mod simd {
         ]
     }
 
+    /// Where a span is one whole 8x8 output (the 16 tiles of an image, its first tile first: a
+    /// ResNet's 8x8 stage), that image: its plane (and, padded by one, its input's) fits in
+    /// four vectors, and the transforms gather each patch value of all 16 tiles by permutes
+    /// instead of row by row.
+    #[inline(always)]
+    fn whole_8x8(
+        geo: &Geometry,
+        len: usize,
+        parts: &[(usize, usize, usize, usize, usize)],
+    ) -> Option<usize> {
+        match parts.first() {
+            Some(&(0, image, 0, 0, _)) if geo.oh == 8 && geo.ow == 8 && len == 16 => Some(image),
+            _ => None,
+        }
+    }
+
+    /// Gathers from an 8x8 plane held in four vectors (rows 2k, 2k + 1 in vector k), as
+    /// (indices into vectors 0-1 and, the same, into 2-3; the lanes taken from 2-3; the lanes
+    /// inside the plane) for each value `q` of the 16 tiles (tile `t` at tile row `t / 4`,
+    /// column `t % 4`): with `patches`, the 16 values of each tile's 4x4 input patch (padding
+    /// 1: row `2·(t / 4) + q / 4 - 1`, column `2·(t % 4) + q % 4 - 1`); else its 2x2 outputs
+    /// (`q` < 4: row `2·(t / 4) + q / 2`, column `2·(t % 4) + q % 2`).
+    type Gather = ([[i32; 16]; 16], [u16; 16], [u16; 16]);
+
+    const fn gather_8x8(patches: bool) -> Gather {
+        let (mut idx, mut hi, mut inside) = ([[0i32; 16]; 16], [0u16; 16], [0u16; 16]);
+        let mut q = 0;
+        while q < 16 {
+            let mut t = 0;
+            while t < 16 {
+                let (ty, tx) = ((t / 4) as isize, (t % 4) as isize);
+                let (y, x) = if patches {
+                    (2 * ty + (q / 4) as isize - 1, 2 * tx + (q % 4) as isize - 1)
+                } else {
+                    (2 * ty + (q / 2) as isize, 2 * tx + (q % 2) as isize)
+                };
+                if (patches || q < 4) && y >= 0 && y < 8 && x >= 0 && x < 8 {
+                    let e = (y * 8 + x) as i32;
+                    idx[q][t] = e & 31;
+                    if e >= 32 {
+                        hi[q] |= 1 << t;
+                    }
+                    inside[q] |= 1 << t;
+                }
+                t += 1;
+            }
+            q += 1;
+        }
+        (idx, hi, inside)
+    }
+
+    const PATCHES_8X8: Gather = gather_8x8(true);
+    const OUTPUTS_8X8: Gather = gather_8x8(false);
+
+    /// The values `q` of the 16 tiles (lane `t`) from the plane `r` ([`gather_8x8`]).
+    #[inline(always)]
+    unsafe fn gather(r: &[__m512; 4], (idx, hi, inside): &Gather, q: usize) -> __m512 {
+        let i = index(&idx[q]);
+        let lo = _mm512_permutex2var_ps(r[0], i, r[1]);
+        let up = _mm512_permutex2var_ps(r[2], i, r[3]);
+        _mm512_maskz_mov_ps(inside[q], _mm512_mask_blend_ps(hi[q], lo, up))
+    }
+
+    /// The 8x8 plane starting at `plane` of `src` in four vectors.
+    #[inline(always)]
+    unsafe fn plane_8x8(src: &[f32], plane: usize) -> [__m512; 4] {
+        let p = &src[plane..plane + 64];
+        std::array::from_fn(|k| _mm512_loadu_ps(p.as_ptr().add(16 * k)))
+    }
+
+    /// Indices that interleave a tile row's outputs back into an 8x8 plane's vector `k` (rows
+    /// 2k, 2k + 1): value `e` is the output at row `e / 8`, column `e % 8` of tile row `k`,
+    /// from (left, right) permuted by these (lane `4k + column / 2`, right for odd columns).
+    const fn scatter_8x8() -> [[i32; 16]; 4] {
+        let mut idx = [[0i32; 16]; 4];
+        let mut k = 0;
+        while k < 4 {
+            let mut e = 0;
+            while e < 16 {
+                let x = e % 8;
+                idx[k][e] = (4 * k + x / 2 + 16 * (x % 2)) as i32;
+                e += 1;
+            }
+            k += 1;
+        }
+        idx
+    }
+
+    const SCATTER_8X8: [[i32; 16]; 4] = scatter_8x8();
+
     /// Channels ahead whose rows the transforms prefetch: each channel's rows of a block are a
     /// short run (a few cache lines per row) that the hardware prefetcher finds too late.
     const PREFETCH_CHANNELS: usize = 2;
@@ -636,7 +726,23 @@ mod simd {
             for (tl, len, parts) in &spans {
                 let (tl, len) = (*tl, *len);
                 let mut d = [[_mm512_setzero_ps(); 4]; 4];
-                for &(off, image, oy, ox, n) in parts {
+                let whole = whole_8x8(geo, len, parts).filter(|_| geo.padding == 1);
+                if let Some(image) = whole {
+                    if ch + PREFETCH_CHANNELS < c {
+                        prefetch(
+                            x,
+                            (image * c + ch + PREFETCH_CHANNELS) * 64,
+                            64,
+                            (0, 1),
+                            (0, 64),
+                        );
+                    }
+                    let r = plane_8x8(x, (image * c + ch) * 64);
+                    for (q, v) in d.as_flattened_mut().iter_mut().enumerate() {
+                        *v = gather(&r, &PATCHES_8X8, q);
+                    }
+                }
+                for &(off, image, oy, ox, n) in parts.iter().filter(|_| whole.is_none()) {
                     // What a later channel reads here, asked of memory now.
                     if ch + PREFETCH_CHANNELS < c {
                         let plane = (image * c + ch + PREFETCH_CHANNELS) * plane_len;
@@ -711,6 +817,21 @@ mod simd {
                 let r1: [__m512; 4] = std::array::from_fn(|j| {
                     _mm512_sub_ps(_mm512_sub_ps(mv[4 + j], mv[8 + j]), mv[12 + j])
                 });
+                if let Some(image) = whole_8x8(geo, len, parts) {
+                    let [(l0, r0), (l1, r1)] = [r0, r1].map(|[a, b, e, f]| {
+                        let left = _mm512_add_ps(_mm512_add_ps(a, b), e);
+                        (left, _mm512_sub_ps(_mm512_sub_ps(b, e), f))
+                    });
+                    let plane = &mut out[(image * cout + o) * 64..(image * cout + o + 1) * 64];
+                    for (k, idx) in SCATTER_8X8.iter().enumerate() {
+                        let i = index(idx);
+                        let top = _mm512_permutex2var_ps(l0, i, r0);
+                        let bottom = _mm512_permutex2var_ps(l1, i, r1);
+                        let v = _mm512_mask_blend_ps(0xff00, top, bottom);
+                        _mm512_storeu_ps(plane.as_mut_ptr().add(16 * k), v);
+                    }
+                    continue;
+                }
                 for (i, [a, b, e, f]) in [r0, r1].into_iter().enumerate() {
                     let left = _mm512_add_ps(_mm512_add_ps(a, b), e);
                     let right = _mm512_sub_ps(_mm512_sub_ps(b, e), f);
@@ -749,7 +870,23 @@ mod simd {
             for (tl, len, parts) in &spans {
                 let (tl, len) = (*tl, *len);
                 let mut y = [[_mm512_setzero_ps(); 2]; 2];
-                for &(off, image, oy, ox, n) in parts {
+                let whole = whole_8x8(geo, len, parts);
+                if let Some(image) = whole {
+                    if o + PREFETCH_CHANNELS < cout {
+                        prefetch(
+                            g,
+                            (image * cout + o + PREFETCH_CHANNELS) * 64,
+                            64,
+                            (0, 1),
+                            (0, 64),
+                        );
+                    }
+                    let r = plane_8x8(g, (image * cout + o) * 64);
+                    for (q, v) in y.as_flattened_mut().iter_mut().enumerate() {
+                        *v = gather(&r, &OUTPUTS_8X8, q);
+                    }
+                }
+                for &(off, image, oy, ox, n) in parts.iter().filter(|_| whole.is_none()) {
                     if o + PREFETCH_CHANNELS < cout {
                         let plane = (image * cout + o + PREFETCH_CHANNELS) * oh * ow;
                         let cols = (ox, (ox + 2 * n).min(ow));
@@ -816,6 +953,9 @@ mod tests {
             (3, 4, 4, 1),
             (2, 6, 6, 1),
             (1, 9, 5, 0),
+            // 8x8 outputs from other inputs (the output transforms' 8x8 path, not the input's).
+            (2, 6, 6, 2),
+            (2, 10, 10, 0),
         ] {
             let (n, cout) = (2, 3);
             let geo = Geometry::new(c, h, w, 3, 3, 1, p)?;
