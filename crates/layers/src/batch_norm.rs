@@ -377,7 +377,8 @@ impl BatchNorm {
     }
 
     /// The batch norm for a convolution's op to run after it ([`crate::Conv2d::forward_batch_norm`]),
-    /// with `residual` added before the ReLU: `None` unless training on f32 CPU tensors (input,
+    /// with `residual` added before the ReLU, or `pool` after it: `None` unless training on f32
+    /// CPU tensors (input,
     /// kernel, weight, bias, residual) with no bias on the convolution and no cross-process
     /// statistics; with a residual, also unless the output has at least four times the kernel's
     /// values (the kernel is copied once each way to travel with the batch norm's parameters).
@@ -386,6 +387,7 @@ impl BatchNorm {
         (xs, kernel, conv_bias): (&Tensor, &Tensor, bool),
         relu: bool,
         residual: Option<&Tensor>,
+        pool: Option<&crate::Pool2d>,
         train: bool,
     ) -> Result<Option<crate::conv::batch_norm::Epilogue>> {
         let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
@@ -410,6 +412,7 @@ impl BatchNorm {
             eps: self.eps as f32,
             relu,
             residual: residual.cloned(),
+            pool: pool.map(|p| Arc::new(crate::pool::Inner::new(*p))),
             saved: Default::default(),
         }))
     }

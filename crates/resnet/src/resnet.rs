@@ -244,10 +244,13 @@ impl ResNet {
     /// # Errors
     /// `xs` is not `(N, C, H, W)` with the stem's channels, or is too small for its kernels.
     pub fn stem_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let ys = self.conv1.forward_batch_norm(xs, &self.bn1, true, train)?;
         match self.config.stem {
-            Stem::ImageNet => Pool2d::max(3, 2).padding(1).forward(&ys),
-            Stem::Cifar => Ok(ys),
+            Stem::ImageNet => {
+                let pool = Pool2d::max(3, 2).padding(1);
+                self.conv1
+                    .forward_batch_norm_relu_pool(xs, &self.bn1, &pool, train)
+            }
+            Stem::Cifar => self.conv1.forward_batch_norm(xs, &self.bn1, true, train),
         }
     }
 

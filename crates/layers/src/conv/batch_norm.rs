@@ -28,23 +28,29 @@ pub(crate) struct Saved {
     pub mean: Vec<f32>,
     pub var: Vec<f32>,
     pub invstd: Vec<f32>,
+    /// With a pooling after: the batch norm's (and ReLU's) output, the pooling's input.
+    pub z: Option<Tensor>,
+    /// The convolution's output shape, (N, C, H, W).
+    pub shape: Shape,
 }
 
 /// The batch norm to run after a convolution: weight and bias concatenated (2C), `eps`, whether
 /// a ReLU follows, a residual added before it (`relu(bn(conv(x)) + residual)`, a residual
-/// block's join), and where the op leaves its statistics for the running averages.
+/// block's join), a pooling after it all (`pool(relu(bn(conv(x))))`, a ResNet's stem), and
+/// where the op leaves its statistics for the running averages.
 #[derive(Clone)]
 pub(crate) struct Epilogue {
     pub wb: Tensor,
     pub eps: f32,
     pub relu: bool,
     pub residual: Option<Tensor>,
+    pub pool: Option<Arc<crate::pool::Inner>>,
     pub saved: Arc<OnceLock<Saved>>,
 }
 
 impl Epilogue {
-    /// The batch norm (and residual and ReLU) of the convolution's output `y` of `shape`: the
-    /// output, with the statistics and `y` kept in `saved`.
+    /// The batch norm (and residual, ReLU and pooling) of the convolution's output `y` of
+    /// `shape`: the output and its shape, with the statistics and `y` kept in `saved`.
     fn run(
         &self,
         name: &str,
@@ -52,7 +58,7 @@ impl Epilogue {
         shape: &Shape,
         wb: &[f32],
         residual: Option<&[f32]>,
-    ) -> Result<CpuStorage> {
+    ) -> Result<(CpuStorage, Shape)> {
         let y = match y {
             CpuStorage::F32(y) => y,
             _ => candle_core::bail!("{name}: the convolution must give float32"),
@@ -77,16 +83,25 @@ impl Epilogue {
         let stats = (&mean[..], &invstd[..]);
         let relu = self.relu || residual.is_some();
         let z = normalize(&y, residual, (&wb[..c], &wb[c..]), stats, relu, (c, l));
+        let (out, out_shape, z) = match &self.pool {
+            Some(pool) => {
+                let (p, p_shape) = pool.forward(&z, shape)?;
+                (p, p_shape, Some(Tensor::from_vec(z, shape, &Device::Cpu)?))
+            }
+            None => (z, shape.clone(), None),
+        };
         let saved = Saved {
             y: Tensor::from_vec(y, (n, c, l), &Device::Cpu)?,
             mean,
             var,
             invstd,
+            z,
+            shape: shape.clone(),
         };
         if self.saved.set(saved).is_err() {
             candle_core::bail!("{name}: the op ran twice")
         }
-        Ok(CpuStorage::F32(z))
+        Ok((CpuStorage::F32(out), out_shape))
     }
 
     /// The gradients of the batch norm: the convolution output's (as its shape, if `want_y`),
@@ -102,6 +117,11 @@ impl Epilogue {
         };
         let (n, c, l) = saved.y.dims3()?;
         let w_bn = wb.narrow(0, 0, c)?;
+        // With a pooling after: back through it first, to the batch norm's output.
+        let (res, grad) = match (&self.pool, &saved.z) {
+            (Some(pool), Some(z)) => (z.clone(), pool.backward(z, res, grad)?),
+            _ => (res.clone(), grad.clone()),
+        };
         let (z, g) = (
             res.reshape((n, c, l))?,
             grad.contiguous()?.reshape((n, c, l))?,
@@ -122,9 +142,9 @@ impl Epilogue {
     }
 
     /// The convolution's output (N, C, H, W) the forward pass kept.
-    fn conv_output(&self, shape: &Shape) -> Result<Tensor> {
+    fn conv_output(&self) -> Result<Tensor> {
         match self.saved.get() {
-            Some(saved) => saved.y.reshape(shape),
+            Some(saved) => saved.y.reshape(&saved.shape),
             None => candle_core::bail!("batch-norm after a convolution: backward before forward"),
         }
     }
@@ -151,7 +171,7 @@ impl<O: CustomOp2> CustomOp3 for WithBatchNorm<O> {
     ) -> Result<(CpuStorage, Shape)> {
         let (y, shape) = self.conv.cpu_fwd(xs, xl, ws, wl)?;
         let wb = f32_slice(bs, bl, self.name(), "batch-norm weight and bias")?;
-        Ok((self.bn.run(self.name(), y, &shape, wb, None)?, shape))
+        self.bn.run(self.name(), y, &shape, wb, None)
     }
 
     fn bwd(
@@ -167,9 +187,7 @@ impl<O: CustomOp2> CustomOp3 for WithBatchNorm<O> {
             .bn
             .grads(self.name(), (wb, res, grad), (want_y, false))?;
         let (gx, gw) = match gy {
-            Some(gy) => self
-                .conv
-                .bwd(x, w, &self.bn.conv_output(res.shape())?, &gy)?,
+            Some(gy) => self.conv.bwd(x, w, &self.bn.conv_output()?, &gy)?,
             None => (None, None),
         };
         Ok((gx, gw, wb.track_op().then_some(gwb)))
@@ -216,7 +234,7 @@ impl<O: CustomOp2> CustomOp3 for WithBatchNormAddRelu<O> {
                 shape.dims()
             )
         }
-        Ok((self.bn.run(name, y, &shape, &params[k..], Some(r))?, shape))
+        self.bn.run(name, y, &shape, &params[k..], Some(r))
     }
 
     fn bwd(
@@ -233,9 +251,7 @@ impl<O: CustomOp2> CustomOp3 for WithBatchNormAddRelu<O> {
         let want = (x.track_op() || params.track_op(), r.track_op());
         let (gy, gwb, gr) = self.bn.grads(self.name(), (&wb, res, grad), want)?;
         let (gx, gw) = match gy {
-            Some(gy) => self
-                .conv
-                .bwd(x, &w, &self.bn.conv_output(res.shape())?, &gy)?,
+            Some(gy) => self.conv.bwd(x, &w, &self.bn.conv_output()?, &gy)?,
             None => (None, None),
         };
         let gparams = match (params.track_op(), gw) {

@@ -166,7 +166,25 @@ impl Conv2d {
         relu: bool,
         train: bool,
     ) -> Result<Tensor> {
-        self.forward_batch_norm_then(xs, bn, relu, None, train)
+        self.forward_batch_norm_then(xs, bn, relu, None, None, train)
+    }
+
+    /// `pool(relu(bn(self(xs))))`, `bn` as in [`Conv2d::forward_batch_norm`]: a ResNet's stem
+    /// (torchvision's `maxpool(relu(bn1(conv1(x))))`). In training on f32 CPU tensors, where
+    /// the convolution's path allows, all in the convolution's op: the same bits as apart, and
+    /// no autograd node (nor zero-filled gradient sum) for the full-size output before the
+    /// pooling. `xs` is (N, C, H, W); the output is the pooling's, (N, O, H_pool, W_pool).
+    ///
+    /// # Errors
+    /// As [`Conv2d::forward_batch_norm`], and the pooling's ([`Pool2d`](crate::Pool2d)).
+    pub fn forward_batch_norm_relu_pool(
+        &self,
+        xs: &Tensor,
+        bn: &crate::BatchNorm,
+        pool: &crate::Pool2d,
+        train: bool,
+    ) -> Result<Tensor> {
+        self.forward_batch_norm_then(xs, bn, true, None, Some(pool), train)
     }
 
     /// `relu(bn(self(xs)) + residual)` with `bn` in training mode (a residual block's last
@@ -186,7 +204,7 @@ impl Conv2d {
         residual: &Tensor,
         train: bool,
     ) -> Result<Tensor> {
-        self.forward_batch_norm_then(xs, bn, true, Some(residual), train)
+        self.forward_batch_norm_then(xs, bn, true, Some(residual), None, train)
     }
 
     fn forward_batch_norm_then(
@@ -195,18 +213,23 @@ impl Conv2d {
         bn: &crate::BatchNorm,
         relu: bool,
         residual: Option<&Tensor>,
+        pool: Option<&crate::Pool2d>,
         train: bool,
     ) -> Result<Tensor> {
         let conv = (xs, &self.weight, self.bias.is_some());
-        if let Some(epilogue) = bn.conv_epilogue(conv, relu, residual, train)? {
+        let pooled = |ys: Tensor| match pool {
+            Some(p) => candle_core::Module::forward(p, &ys),
+            None => Ok(ys),
+        };
+        if let Some(epilogue) = bn.conv_epilogue(conv, relu, residual, pool, train)? {
             let (ys, fused) = self.forward_then(xs, Some(&epilogue))?;
             if fused {
                 bn.update_from(&epilogue)?;
                 return Ok(ys);
             }
-            return bn.forward_after(&ys, relu, residual, train);
+            return pooled(bn.forward_after(&ys, relu, residual, train)?);
         }
-        bn.forward_after(&self.forward(xs)?, relu, residual, train)
+        pooled(bn.forward_after(&self.forward(xs)?, relu, residual, train)?)
     }
 
     /// The convolution, and `bn` in its op where the path allows: (output, whether `bn` ran).

@@ -913,18 +913,22 @@ fn a_batch_norm_run_inside_the_convolution_gives_the_same_bits() -> Result<()> {
         (4, 3, 12, 32, 1),
         (2, 8, 1, 16, 1),
     ];
-    // (bf16, relu, residual, frozen kernel)
+    // (bf16, relu, residual, frozen kernel, ResNet's max pooling after)
     let modes = [
-        (false, true, false, false),
-        (true, true, false, false),
-        (false, false, false, false),
-        (false, true, true, false),
-        (true, true, true, false),
-        (false, true, false, true),
-        (false, true, true, true),
+        (false, true, false, false, false),
+        (true, true, false, false, false),
+        (false, false, false, false, false),
+        (false, true, true, false, false),
+        (true, true, true, false, false),
+        (false, true, false, true, false),
+        (false, true, true, true, false),
+        (false, true, false, false, true),
+        (true, true, false, false, true),
+        (false, true, false, true, true),
     ];
+    let max_pool = crate::Pool2d::max(3, 2).padding(1);
     for (case, (n, c, size, cout, s)) in cases.into_iter().enumerate() {
-        for (bf16, relu, residual, frozen) in modes {
+        for (bf16, relu, residual, frozen, pool) in modes {
             let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, c, size, size), &dev)?)?;
             let w = Var::from_tensor(&Tensor::randn(0f32, 0.3, (cout, c, 3, 3), &dev)?)?;
             let kernel = match frozen {
@@ -943,6 +947,10 @@ fn a_batch_norm_run_inside_the_convolution_gives_the_same_bits() -> Result<()> {
             let r = Var::from_tensor(&Tensor::randn(0f32, 1., ys.shape(), &dev)?)?;
             let runs = batch_norm::RUNS.with(|r| r.get());
             let (fused, apart) = match (residual, relu) {
+                _ if pool => (
+                    conv.forward_batch_norm_relu_pool(x.as_tensor(), &bn1, &max_pool, true)?,
+                    candle_core::Module::forward(&max_pool, &bn2.forward_relu(&ys, true)?)?,
+                ),
                 (true, _) => (
                     conv.forward_batch_norm_add_relu(x.as_tensor(), &bn1, r.as_tensor(), true)?,
                     bn2.forward_add_relu(&ys, r.as_tensor(), true)?,
@@ -957,7 +965,7 @@ fn a_batch_norm_run_inside_the_convolution_gives_the_same_bits() -> Result<()> {
                 ),
             };
             let what = format!(
-                "n{n} c{c} {size}x{size} cout{cout} s{s} bf16 {bf16} relu {relu} residual {residual} frozen {frozen}"
+                "n{n} c{c} {size}x{size} cout{cout} s{s} bf16 {bf16} relu {relu} residual {residual} frozen {frozen} pool {pool}"
             );
             // The first shape runs in one op (but a frozen kernel with a residual); outputs
             // under 4x4 (the third and fifth) apart, unless oneDNN runs them.

@@ -546,7 +546,11 @@ impl PoolOp {
         }
     }
 
-    fn run<T: candle_core::WithDType>(&self, x: &[T], layout: &Layout) -> Result<(Vec<T>, Shape)> {
+    pub(super) fn run<T: candle_core::WithDType>(
+        &self,
+        x: &[T],
+        layout: &Layout,
+    ) -> Result<(Vec<T>, Shape)> {
         let x = contiguous(x, layout, "pooling")?;
         let (planes, plane) = Plane::new(self.pool, layout.dims())?;
         let (ohw, hw) = (plane.oh * plane.ow, plane.h * plane.w);

@@ -48,6 +48,33 @@ impl Pool2d {
     }
 }
 
+/// A pooling run inside another CPU op (after a convolution's batch norm and ReLU, in its
+/// op): the same forward and backward as [`Module::forward`]'s op on the CPU.
+pub(crate) struct Inner(cpu::PoolOp);
+
+impl Inner {
+    pub(crate) fn new(pool: Pool2d) -> Self {
+        Self(cpu::PoolOp::new(pool))
+    }
+
+    /// The pooling of contiguous f32 values of `shape` (N, C, H, W): (output, its shape).
+    pub(crate) fn forward(
+        &self,
+        x: &[f32],
+        shape: &candle_core::Shape,
+    ) -> Result<(Vec<f32>, candle_core::Shape)> {
+        self.0.run(x, &candle_core::Layout::contiguous(shape))
+    }
+
+    /// The input's gradient, from the input `x`, the output `y` and its gradient `gy`.
+    pub(crate) fn backward(&self, x: &Tensor, y: &Tensor, gy: &Tensor) -> Result<Tensor> {
+        match candle_core::CustomOp1::bwd(&self.0, x, y, gy)? {
+            Some(g) => Ok(g),
+            None => candle_core::bail!("pooling: no input gradient"),
+        }
+    }
+}
+
 /// `F.max_pool2d(xs, kernel, stride, padding, ceil_mode=ceil_mode)` on `(N, C, H, W)`, giving
 /// `(N, C, H_out, W_out)` ([`Pool2d::output_size`]); on ties the gradient goes to the first
 /// maximum of the window, as PyTorch.
