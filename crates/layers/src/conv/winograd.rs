@@ -576,24 +576,6 @@ mod simd {
         }
     }
 
-    /// The patch columns `j = 0..4` of `len` tiles whose patches start at column `x0` of `row`:
-    /// lane `l` of column `j` is `row[x0 + 2l + j]`, zero outside the row.
-    #[inline(always)]
-    unsafe fn columns(row: &[f32], x0: isize, len: usize) -> [__m512; 4] {
-        let need = 2 * len as isize + 2;
-        let a = load(row, x0, need);
-        let b = load(row, x0 + 16, need - 16);
-        let c = load(row, x0 + 32, need - 32);
-        let e0 = _mm512_permutex2var_ps(a, index(&EVEN), b);
-        let e1 = _mm512_permutex2var_ps(a, index(&ODD), b);
-        [
-            e0,
-            e1,
-            _mm512_permutex2var_ps(e0, index(&NEXT0), c),
-            _mm512_permutex2var_ps(e1, index(&NEXT1), c),
-        ]
-    }
-
     /// Where a span is one whole 8x8 output (the 16 tiles of an image, its first tile first: a
     /// ResNet's 8x8 stage), that image: its plane (and, padded by one, its input's) fits in
     /// four vectors, and the transforms gather each patch value of all 16 tiles by permutes
@@ -710,6 +692,74 @@ mod simd {
         }
     }
 
+    /// One patch row of a run of tiles ([`RunPlan`]): where its three 16-lane loads start in
+    /// the image plane (before it at the left edge: those lanes are masked), and their masks.
+    #[derive(Clone, Copy)]
+    struct RowPlan {
+        start: isize,
+        masks: [u16; 3],
+    }
+
+    /// What [`transform_input`] reads for a run of tiles, the same for every channel: the
+    /// image, the run's lanes in the span, its four patch rows (none in the padding), and
+    /// the rows and columns to prefetch.
+    struct RunPlan {
+        image: usize,
+        lanes: u16,
+        rows: [Option<RowPlan>; 4],
+        prefetch: ((usize, usize), (usize, usize)),
+    }
+
+    /// The mask of [`load`]`(row, x, count)` for a row of `w` values.
+    #[inline(always)]
+    fn load_mask(w: usize, x: isize, count: isize) -> u16 {
+        let lo = (-x).clamp(0, 16);
+        let hi = (w as isize - x).min(count).clamp(lo, 16);
+        if lo >= hi {
+            return 0;
+        }
+        (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16
+    }
+
+    fn run_plans(geo: &Geometry, parts: &[(usize, usize, usize, usize, usize)]) -> Vec<RunPlan> {
+        let (h, w, p) = (geo.h as isize, geo.w, geo.padding as isize);
+        parts
+            .iter()
+            .map(|&(off, image, oy, ox, n)| {
+                let (y0, x0) = (oy as isize - p, ox as isize - p);
+                // Lane `off + k` of each patch column is tile `k` of this run's: column `j` of
+                // lane `l` is the row's value `first + 2l + j`.
+                let (first, need) = (x0 - 2 * off as isize, 2 * (off + n) as isize + 2);
+                let rows = std::array::from_fn(|i| {
+                    let y = y0 + i as isize;
+                    (y >= 0 && y < h).then(|| RowPlan {
+                        start: y * w as isize + first,
+                        masks: std::array::from_fn(|k| {
+                            load_mask(w, first + 16 * k as isize, need - 16 * k as isize)
+                        }),
+                    })
+                });
+                let pu = geo.padding;
+                let prefetch = (
+                    (
+                        oy.saturating_sub(pu),
+                        (oy + 4).saturating_sub(pu).min(geo.h),
+                    ),
+                    (
+                        ox.saturating_sub(pu),
+                        (ox + 2 * n + 2).saturating_sub(pu).min(geo.w),
+                    ),
+                );
+                RunPlan {
+                    image,
+                    lanes: lanes(off, n),
+                    rows,
+                    prefetch,
+                }
+            })
+            .collect()
+    }
+
     /// [`super::transform_input_any`] in AVX-512.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn transform_input(
@@ -718,55 +768,71 @@ mod simd {
         tiles: std::ops::Range<usize>,
         v: &mut [f32],
     ) {
-        let (c, h, p) = (geo.c, geo.h as isize, geo.padding as isize);
+        let c = geo.c;
         let tb = tiles.len();
         let plane_len = geo.h * geo.w;
         let spans = spans(geo, tiles);
+        let vs = stride(c, tb);
+        assert!(
+            tb == 0 || v.len() >= 15 * vs + c * tb,
+            "winograd: transform buffer too short"
+        );
+        let images = spans.iter().flat_map(|s| &s.2).map(|p| p.1 + 1).max();
+        assert!(
+            x.len() >= images.unwrap_or(0) * c * plane_len,
+            "winograd: input shorter than its tiles' images"
+        );
+        // Per span: the 8x8 image it covers whole, or its runs' plans.
+        let plans: Vec<(Option<usize>, Vec<RunPlan>)> = spans
+            .iter()
+            .map(
+                |(_, len, parts)| match whole_8x8(geo, *len, parts).filter(|_| geo.padding == 1) {
+                    Some(image) => (Some(image), Vec::new()),
+                    None => (None, run_plans(geo, parts)),
+                },
+            )
+            .collect();
+        let (even, odd) = (index(&EVEN), index(&ODD));
+        let (next0, next1) = (index(&NEXT0), index(&NEXT1));
         for ch in 0..c {
-            for (tl, len, parts) in &spans {
+            for ((tl, len, _), (whole, runs)) in spans.iter().zip(&plans) {
                 let (tl, len) = (*tl, *len);
                 let mut d = [[_mm512_setzero_ps(); 4]; 4];
-                let whole = whole_8x8(geo, len, parts).filter(|_| geo.padding == 1);
-                if let Some(image) = whole {
+                if let Some(image) = *whole {
                     if ch + PREFETCH_CHANNELS < c {
-                        prefetch(
-                            x,
-                            (image * c + ch + PREFETCH_CHANNELS) * 64,
-                            64,
-                            (0, 1),
-                            (0, 64),
-                        );
+                        let next = (image * c + ch + PREFETCH_CHANNELS) * 64;
+                        prefetch(x, next, 64, (0, 1), (0, 64));
                     }
                     let r = plane_8x8(x, (image * c + ch) * 64);
                     for (q, v) in d.as_flattened_mut().iter_mut().enumerate() {
                         *v = gather(&r, &PATCHES_8X8, q);
                     }
                 }
-                for &(off, image, oy, ox, n) in parts.iter().filter(|_| whole.is_none()) {
+                for run in runs {
                     // What a later channel reads here, asked of memory now.
                     if ch + PREFETCH_CHANNELS < c {
-                        let plane = (image * c + ch + PREFETCH_CHANNELS) * plane_len;
-                        let p = geo.padding;
-                        let rows = (oy.saturating_sub(p), (oy + 4).saturating_sub(p).min(geo.h));
-                        let cols = (
-                            ox.saturating_sub(p),
-                            (ox + 2 * n + 2).saturating_sub(p).min(geo.w),
-                        );
-                        prefetch(x, plane, geo.w, rows, cols);
+                        let next = (run.image * c + ch + PREFETCH_CHANNELS) * plane_len;
+                        prefetch(x, next, geo.w, run.prefetch.0, run.prefetch.1);
                     }
-                    let plane = &x[(image * c + ch) * plane_len..(image * c + ch + 1) * plane_len];
-                    let (y0, x0) = (oy as isize - p, ox as isize - p);
-                    let mask = lanes(off, n);
-                    for (i, rows) in d.iter_mut().enumerate() {
-                        let y = y0 + i as isize;
-                        if y >= 0 && y < h {
-                            let y = y as usize;
-                            let row = &plane[y * geo.w..(y + 1) * geo.w];
-                            // Lane `off + k` of each column is tile `k` of this run's.
-                            let cols = columns(row, x0 - 2 * off as isize, off + n);
-                            for (lane, col) in rows.iter_mut().zip(cols) {
-                                *lane = _mm512_mask_mov_ps(*lane, mask, col);
-                            }
+                    let plane = ((run.image * c + ch) * plane_len) as isize;
+                    for (rows, row) in d.iter_mut().zip(&run.rows) {
+                        let Some(row) = row else { continue };
+                        // SAFETY: the plane lies in `x` (asserted above); the masks keep each
+                        // load's lanes inside its row ([`load_mask`], as [`load`]).
+                        let at = x.as_ptr().wrapping_offset(plane + row.start);
+                        let a = _mm512_maskz_loadu_ps(row.masks[0], at);
+                        let b = _mm512_maskz_loadu_ps(row.masks[1], at.wrapping_add(16));
+                        let c = _mm512_maskz_loadu_ps(row.masks[2], at.wrapping_add(32));
+                        let e0 = _mm512_permutex2var_ps(a, even, b);
+                        let e1 = _mm512_permutex2var_ps(a, odd, b);
+                        let cols = [
+                            e0,
+                            e1,
+                            _mm512_permutex2var_ps(e0, next0, c),
+                            _mm512_permutex2var_ps(e1, next1, c),
+                        ];
+                        for (lane, col) in rows.iter_mut().zip(cols) {
+                            *lane = _mm512_mask_mov_ps(*lane, run.lanes, col);
                         }
                     }
                 }
@@ -776,6 +842,8 @@ mod simd {
                     std::array::from_fn(|j| _mm512_sub_ps(d[2][j], d[1][j])),
                     std::array::from_fn(|j| _mm512_sub_ps(d[1][j], d[3][j])),
                 ];
+                let mask = ((1u32 << len) - 1) as u16;
+                let base = v.as_mut_ptr().add(ch * tb + tl);
                 for (i, [a, b, e, f]) in t.into_iter().enumerate() {
                     let vals = [
                         _mm512_sub_ps(a, e),
@@ -784,8 +852,14 @@ mod simd {
                         _mm512_sub_ps(b, f),
                     ];
                     for (j, val) in vals.into_iter().enumerate() {
-                        let at = (i * 4 + j) * stride(c, tb) + ch * tb + tl;
-                        store(&mut v[at..at + len], val);
+                        // SAFETY: `ch · tb + tl + len <= c · tb` and the position's matrix
+                        // starts at `(4i + j) · vs <= 15 · vs` (`v`'s length asserted above).
+                        let at = base.add((i * 4 + j) * vs);
+                        if len == LANES {
+                            _mm512_storeu_ps(at, val);
+                        } else {
+                            _mm512_mask_storeu_ps(at, mask, val);
+                        }
                     }
                 }
             }
