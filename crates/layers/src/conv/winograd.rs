@@ -522,30 +522,6 @@ mod simd {
     use crate::avx512::{index, EVEN, HIGH, LOW, ODD};
     use std::arch::x86_64::*;
 
-    /// Lanes of the columns `x .. x + 16` of `row` (zero outside the row and from `count` on).
-    #[inline(always)]
-    unsafe fn load(row: &[f32], x: isize, count: isize) -> __m512 {
-        let lo = (-x).clamp(0, 16);
-        let hi = (row.len() as isize - x).min(count).clamp(lo, 16);
-        if lo >= hi {
-            return _mm512_setzero_ps();
-        }
-        let mask = (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16;
-        // SAFETY (caller): only the lanes in `lo..hi` are read, all inside `row`.
-        _mm512_maskz_loadu_ps(mask, row.as_ptr().wrapping_offset(x))
-    }
-
-    /// `dst[..len]` := the first `len` lanes of `v`.
-    #[inline(always)]
-    unsafe fn store(dst: &mut [f32], v: __m512) {
-        let len = dst.len().min(LANES);
-        if len == LANES {
-            _mm512_storeu_ps(dst.as_mut_ptr(), v);
-        } else {
-            _mm512_mask_storeu_ps(dst.as_mut_ptr(), ((1u32 << len) - 1) as u16, v);
-        }
-    }
-
     #[inline(always)]
     unsafe fn neg(v: __m512) -> __m512 {
         _mm512_castsi512_ps(_mm512_xor_si512(
@@ -561,19 +537,6 @@ mod simd {
     #[inline(always)]
     fn lanes(off: usize, len: usize) -> u16 {
         (((1u32 << (off + len)) - 1) & !((1u32 << off) - 1)) as u16
-    }
-
-    /// `dst[k]` := lane `first + k` of `v`, for the lanes `first .. first + dst.len()` that `v`
-    /// holds (`first` may exceed 16, or `first + dst.len()` fall short of 0: nothing then).
-    #[inline(always)]
-    unsafe fn store_from(dst: &mut [f32], v: __m512, first: isize) {
-        let lo = first.clamp(0, 16);
-        let hi = (first + dst.len() as isize).clamp(lo, 16);
-        if lo < hi {
-            let mask = lanes(lo as usize, (hi - lo) as usize);
-            // SAFETY (caller): only the lanes `lo..hi` are written, to `dst[lo - first..hi - first]`.
-            _mm512_mask_storeu_ps(dst.as_mut_ptr().wrapping_offset(-first), mask, v);
-        }
     }
 
     /// Where a span is one whole 8x8 output (the 16 tiles of an image, its first tile first: a
@@ -710,7 +673,8 @@ mod simd {
         prefetch: ((usize, usize), (usize, usize)),
     }
 
-    /// The mask of [`load`]`(row, x, count)` for a row of `w` values.
+    /// The lanes of a 16-lane load from column `x` of a row of `w` values that lie inside the
+    /// row and before column `x + count` (the others read as zero).
     #[inline(always)]
     fn load_mask(w: usize, x: isize, count: isize) -> u16 {
         let lo = (-x).clamp(0, 16);
@@ -818,7 +782,7 @@ mod simd {
                     for (rows, row) in d.iter_mut().zip(&run.rows) {
                         let Some(row) = row else { continue };
                         // SAFETY: the plane lies in `x` (asserted above); the masks keep each
-                        // load's lanes inside its row ([`load_mask`], as [`load`]).
+                        // load's lanes inside its row ([`load_mask`]).
                         let at = x.as_ptr().wrapping_offset(plane + row.start);
                         let a = _mm512_maskz_loadu_ps(row.masks[0], at);
                         let b = _mm512_maskz_loadu_ps(row.masks[1], at.wrapping_add(16));
@@ -878,20 +842,69 @@ mod simd {
         let (oh, ow) = (geo.oh, geo.ow);
         let tb = tiles.len();
         let spans = spans(geo, tiles);
+        let ms = stride(cout, tb);
+        assert!(
+            tb == 0 || m.len() >= 15 * ms + cout * tb,
+            "winograd: product buffer too short"
+        );
+        let images = spans.iter().flat_map(|s| &s.2).map(|p| p.1 + 1).max();
+        assert!(
+            out.len() >= images.unwrap_or(0) * cout * oh * ow,
+            "winograd: output shorter than its tiles' images"
+        );
+        // Per span, the same for every channel: the 8x8 image it covers whole, or the masked
+        // stores of its two output rows per run, as (image, row of the tiles, where the low
+        // and the high vector's lane 0 falls in the image's plane, their masks): each run's
+        // tiles are lanes `off .. off + n`, their outputs the low vector's values from
+        // `2·off` and the high one's (tiles 8-15) from `2·off - 16`.
+        type Store = (usize, usize, [(isize, u16); 2]);
+        let plans: Vec<(Option<usize>, Vec<Store>)> = spans
+            .iter()
+            .map(|(_, len, parts)| match whole_8x8(geo, *len, parts) {
+                Some(image) => (Some(image), Vec::new()),
+                None => {
+                    let mut stores = Vec::new();
+                    for i in 0..2 {
+                        for &(off, image, oy, ox, n) in parts {
+                            if oy + i >= oh {
+                                continue;
+                            }
+                            let (row, count) =
+                                (((oy + i) * ow + ox) as isize, (2 * n).min(ow - ox));
+                            let at = |first: isize| {
+                                let lo = first.clamp(0, 16);
+                                let hi = (first + count as isize).clamp(lo, 16);
+                                let mask = match lo < hi {
+                                    true => lanes(lo as usize, (hi - lo) as usize),
+                                    false => 0,
+                                };
+                                (row - first, mask)
+                            };
+                            let first = 2 * off as isize;
+                            stores.push((image, i, [at(first), at(first - 16)]));
+                        }
+                    }
+                    (None, stores)
+                }
+            })
+            .collect();
+        let (low_idx, high_idx) = (index(&LOW), index(&HIGH));
         for o in 0..cout {
-            for (tl, len, parts) in &spans {
+            for ((tl, len, _), (whole, stores)) in spans.iter().zip(&plans) {
                 let (tl, len) = (*tl, *len);
-                let mv: [__m512; 16] = std::array::from_fn(|xi| {
-                    let at = xi * stride(cout, tb) + o * tb + tl;
-                    load(&m[at..at + len], 0, len as isize)
-                });
+                let mask = ((1u32 << len) - 1) as u16;
+                // SAFETY: `o · tb + tl + len <= cout · tb` and the matrices start at
+                // `xi · ms <= 15 · ms` (`m`'s length asserted above).
+                let base = m.as_ptr().add(o * tb + tl);
+                let mv: [__m512; 16] =
+                    std::array::from_fn(|xi| _mm512_maskz_loadu_ps(mask, base.add(xi * ms)));
                 let r0: [__m512; 4] = std::array::from_fn(|j| {
                     _mm512_add_ps(_mm512_add_ps(mv[j], mv[4 + j]), mv[8 + j])
                 });
                 let r1: [__m512; 4] = std::array::from_fn(|j| {
                     _mm512_sub_ps(_mm512_sub_ps(mv[4 + j], mv[8 + j]), mv[12 + j])
                 });
-                if let Some(image) = whole_8x8(geo, len, parts) {
+                if let Some(image) = *whole {
                     let [(l0, r0), (l1, r1)] = [r0, r1].map(|[a, b, e, f]| {
                         let left = _mm512_add_ps(_mm512_add_ps(a, b), e);
                         (left, _mm512_sub_ps(_mm512_sub_ps(b, e), f))
@@ -906,22 +919,24 @@ mod simd {
                     }
                     continue;
                 }
-                for (i, [a, b, e, f]) in [r0, r1].into_iter().enumerate() {
+                // Each tile's left and right value side by side: tiles 0-7, then 8-15.
+                let rows: [[__m512; 2]; 2] = [r0, r1].map(|[a, b, e, f]| {
                     let left = _mm512_add_ps(_mm512_add_ps(a, b), e);
                     let right = _mm512_sub_ps(_mm512_sub_ps(b, e), f);
-                    // Each tile's left and right value side by side: tiles 0-7, then 8-15.
-                    let low = _mm512_permutex2var_ps(left, index(&LOW), right);
-                    let high = _mm512_permutex2var_ps(left, index(&HIGH), right);
-                    for &(off, image, oy, ox, n) in parts {
-                        if oy + i >= oh {
-                            continue;
+                    [
+                        _mm512_permutex2var_ps(left, low_idx, right),
+                        _mm512_permutex2var_ps(left, high_idx, right),
+                    ]
+                });
+                for &(image, i, halves) in stores {
+                    let plane = ((image * cout + o) * oh * ow) as isize;
+                    for (v, (at, mask)) in rows[i].iter().zip(halves) {
+                        if mask != 0 {
+                            // SAFETY: the plane lies in `out` (asserted above); the mask
+                            // keeps the lanes on the run's outputs in its row.
+                            let dst = out.as_mut_ptr().wrapping_offset(plane + at);
+                            _mm512_mask_storeu_ps(dst, mask, *v);
                         }
-                        let plane = (image * cout + o) * oh * ow;
-                        let count = (2 * n).min(ow - ox);
-                        let at = plane + (oy + i) * ow + ox;
-                        let row = &mut out[at..at + count];
-                        store_from(row, low, 2 * off as isize);
-                        store_from(row, high, 2 * off as isize - 16);
                     }
                 }
             }
@@ -940,59 +955,100 @@ mod simd {
         let (oh, ow) = (geo.oh, geo.ow);
         let tb = tiles.len();
         let spans = spans(geo, tiles);
+        let ms = stride(cout, tb);
+        assert!(
+            tb == 0 || dm.len() >= 15 * ms + cout * tb,
+            "winograd: transform buffer too short"
+        );
+        let images = spans.iter().flat_map(|s| &s.2).map(|p| p.1 + 1).max();
+        assert!(
+            g.len() >= images.unwrap_or(0) * cout * oh * ow,
+            "winograd: gradient shorter than its tiles' images"
+        );
+        // Per span, the same for every channel: the 8x8 image it covers whole, or per run
+        // (image, its lanes, per output row in the image: where the two loads start in the
+        // plane and their masks ([`load_mask`]); lane `off + k` is the run's tile `k`, the rows
+        // to prefetch).
+        type Run = (
+            usize,
+            u16,
+            [Option<(isize, [u16; 2])>; 2],
+            (usize, usize),
+            (usize, usize),
+        );
+        let plans: Vec<(Option<usize>, Vec<Run>)> = spans
+            .iter()
+            .map(|(_, len, parts)| match whole_8x8(geo, *len, parts) {
+                Some(image) => (Some(image), Vec::new()),
+                None => {
+                    let runs = parts.iter().map(|&(off, image, oy, ox, n)| {
+                        let x = ox as isize - 2 * off as isize;
+                        let count = 2 * (off + n) as isize;
+                        let rows = std::array::from_fn(|i| {
+                            (oy + i < oh).then(|| {
+                                let masks =
+                                    [load_mask(ow, x, count), load_mask(ow, x + 16, count - 16)];
+                                (((oy + i) * ow) as isize + x, masks)
+                            })
+                        });
+                        let prefetch = ((oy, (oy + 2).min(oh)), (ox, (ox + 2 * n).min(ow)));
+                        (image, lanes(off, n), rows, prefetch.0, prefetch.1)
+                    });
+                    (None, runs.collect())
+                }
+            })
+            .collect();
+        let (even, odd) = (index(&EVEN), index(&ODD));
         for o in 0..cout {
-            for (tl, len, parts) in &spans {
+            for ((tl, len, _), (whole, runs)) in spans.iter().zip(&plans) {
                 let (tl, len) = (*tl, *len);
                 let mut y = [[_mm512_setzero_ps(); 2]; 2];
-                let whole = whole_8x8(geo, len, parts);
-                if let Some(image) = whole {
+                if let Some(image) = *whole {
                     if o + PREFETCH_CHANNELS < cout {
-                        prefetch(
-                            g,
-                            (image * cout + o + PREFETCH_CHANNELS) * 64,
-                            64,
-                            (0, 1),
-                            (0, 64),
-                        );
+                        let next = (image * cout + o + PREFETCH_CHANNELS) * 64;
+                        prefetch(g, next, 64, (0, 1), (0, 64));
                     }
                     let r = plane_8x8(g, (image * cout + o) * 64);
                     for (q, v) in y.as_flattened_mut().iter_mut().enumerate() {
                         *v = gather(&r, &OUTPUTS_8X8, q);
                     }
                 }
-                for &(off, image, oy, ox, n) in parts.iter().filter(|_| whole.is_none()) {
+                for &(image, mask, rows, prows, pcols) in runs {
                     if o + PREFETCH_CHANNELS < cout {
-                        let plane = (image * cout + o + PREFETCH_CHANNELS) * oh * ow;
-                        let cols = (ox, (ox + 2 * n).min(ow));
-                        prefetch(g, plane, ow, (oy, (oy + 2).min(oh)), cols);
+                        let next = (image * cout + o + PREFETCH_CHANNELS) * oh * ow;
+                        prefetch(g, next, ow, prows, pcols);
                     }
-                    let plane = &g[(image * cout + o) * oh * ow..(image * cout + o + 1) * oh * ow];
-                    let mask = lanes(off, n);
-                    for (i, row) in y.iter_mut().enumerate() {
-                        if oy + i >= oh {
-                            continue;
-                        }
-                        let line = &plane[(oy + i) * ow..(oy + i + 1) * ow];
-                        // Lane `off + k` holds tile `k` of this run's.
-                        let x = ox as isize - 2 * off as isize;
-                        let count = 2 * (off + n) as isize;
-                        let a = load(line, x, count);
-                        let b = load(line, x + 16, count - 16);
-                        let even = _mm512_permutex2var_ps(a, index(&EVEN), b);
-                        let odd = _mm512_permutex2var_ps(a, index(&ODD), b);
-                        row[0] = _mm512_mask_mov_ps(row[0], mask, even);
-                        row[1] = _mm512_mask_mov_ps(row[1], mask, odd);
+                    let plane = ((image * cout + o) * oh * ow) as isize;
+                    for (row, plan) in y.iter_mut().zip(rows) {
+                        let Some((at, [m0, m1])) = plan else { continue };
+                        // SAFETY: the plane lies in `g` (asserted above); the masks keep each
+                        // load's lanes inside its row ([`load_mask`]).
+                        let p = g.as_ptr().wrapping_offset(plane + at);
+                        let a = _mm512_maskz_loadu_ps(m0, p);
+                        let b = _mm512_maskz_loadu_ps(m1, p.wrapping_add(16));
+                        row[0] =
+                            _mm512_mask_mov_ps(row[0], mask, _mm512_permutex2var_ps(a, even, b));
+                        row[1] =
+                            _mm512_mask_mov_ps(row[1], mask, _mm512_permutex2var_ps(a, odd, b));
                     }
                 }
                 let t: [[__m512; 4]; 2] = std::array::from_fn(|i| {
                     let [a, b] = y[i];
                     [a, _mm512_add_ps(a, b), _mm512_sub_ps(a, b), neg(b)]
                 });
+                let mask = ((1u32 << len) - 1) as u16;
+                let base = dm.as_mut_ptr().add(o * tb + tl);
                 for (j, (&p, &q)) in t[0].iter().zip(&t[1]).enumerate() {
                     let rows = [p, _mm512_add_ps(p, q), _mm512_sub_ps(p, q), neg(q)];
                     for (i, val) in rows.into_iter().enumerate() {
-                        let at = (i * 4 + j) * stride(cout, tb) + o * tb + tl;
-                        store(&mut dm[at..at + len], val);
+                        // SAFETY: `o · tb + tl + len <= cout · tb` and the position's matrix
+                        // starts at `(4i + j) · ms <= 15 · ms` (`dm`'s length asserted above).
+                        let at = base.add((i * 4 + j) * ms);
+                        if len == LANES {
+                            _mm512_storeu_ps(at, val);
+                        } else {
+                            _mm512_mask_storeu_ps(at, mask, val);
+                        }
                     }
                 }
             }
