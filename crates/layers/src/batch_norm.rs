@@ -378,9 +378,8 @@ impl BatchNorm {
 
     /// The batch norm for a convolution's op to run after it ([`crate::Conv2d::forward_batch_norm`]),
     /// with `residual` added before the ReLU, or `pool` after it: `None` unless training on f32
-    /// CPU tensors (input,
-    /// kernel, weight, bias, residual) with no bias on the convolution and no cross-process
-    /// statistics; with a residual, also unless the output has at least four times the kernel's
+    /// CPU tensors (input, kernel, weight, bias, residual) with no bias on the convolution and no
+    /// cross-process statistics; with a residual, also unless the output has at least four times the kernel's
     /// values (the kernel is copied once each way to travel with the batch norm's parameters).
     pub(crate) fn conv_epilogue(
         &self,

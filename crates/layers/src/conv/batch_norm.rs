@@ -1,5 +1,6 @@
-//! A convolution and the training-mode batch norm after it (and its ReLU) as one autograd node
-//! on the CPU: `relu?(bn(conv(x)))`.
+//! A convolution and the training-mode batch norm after it (and its ReLU, a residual join, or a
+//! max pooling) as one autograd node on the CPU: `relu?(bn(conv(x)) + residual?)`, or
+//! `pool(relu(bn(conv(x))))` (a ResNet's stem).
 //!
 //! Apart, Candle adds the batch norm's input gradient into a zero-filled buffer the size of the
 //! convolution's output before the convolution's backward reads it: an allocation and two
@@ -21,8 +22,9 @@ thread_local! {
     pub(crate) static RUNS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// What the fused op keeps from its forward pass: the convolution's output (N, C, L) and the
-/// batch statistics (mean, biased variance, `1 / sqrt(var + eps)`).
+/// What the fused op keeps from its forward pass: the convolution's output (N, C, L), the
+/// batch statistics (mean, biased variance, `1 / sqrt(var + eps)`), and with a pooling after,
+/// the pooling's input and the convolution's output shape.
 pub(crate) struct Saved {
     pub y: Tensor,
     pub mean: Vec<f32>,

@@ -63,6 +63,7 @@ impl Inner {
         x: &[f32],
         shape: &candle_core::Shape,
     ) -> Result<(Vec<f32>, candle_core::Shape)> {
+        let _t = crate::profile::Timer::start(crate::profile::Part::Pool);
         self.0.run(x, &candle_core::Layout::contiguous(shape))
     }
 
