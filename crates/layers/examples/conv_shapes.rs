@@ -3,7 +3,8 @@
 //! (feature `onednn`, every shape sent to it), in f32 and bf16: the measurements behind
 //! `layers::onednn`'s routing.
 //!
-//! `cargo run --release -p layers --features onednn --example conv_shapes`
+//! `cargo run --release -p layers --features onednn --example conv_shapes [-- FILTER]`: with
+//! `FILTER` (for example `4x4` or `k1`), only the shapes whose line contains it.
 
 use std::time::Instant;
 
@@ -26,6 +27,7 @@ fn median_ms(conv: &Conv2d, x: &Var) -> candle_core::Result<f64> {
 
 fn main() -> candle_core::Result<()> {
     let dev = Device::Cpu;
+    let filter = std::env::args().nth(1).unwrap_or_default();
     // (batch, in, out, size, kernel, stride, padding)
     let shapes = [
         (128, 3, 64, 32, 3, 1, 1),
@@ -34,6 +36,10 @@ fn main() -> candle_core::Result<()> {
         (128, 64, 64, 32, 3, 1, 1),
         (128, 64, 128, 32, 3, 2, 1),
         (128, 64, 128, 32, 1, 2, 0),
+        (128, 128, 256, 16, 1, 2, 0),
+        (128, 256, 512, 8, 1, 2, 0),
+        (128, 64, 128, 8, 1, 2, 0),
+        (128, 128, 128, 4, 3, 1, 1),
         (128, 128, 128, 16, 3, 1, 1),
         (128, 256, 256, 8, 3, 1, 1),
         (128, 512, 512, 4, 3, 1, 1),
@@ -45,6 +51,10 @@ fn main() -> candle_core::Result<()> {
         (64, 32, 64, 28, 3, 1, 1),
     ];
     for (n, cin, cout, size, k, stride, padding) in shapes {
+        let mut line = format!("n{n} {cin:>3}->{cout:<3} {size:>2}x{size:<2} k{k} s{stride}");
+        if !line.contains(&filter) {
+            continue;
+        }
         let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, cin, size, size), &dev)?)?;
         let w = Var::from_tensor(&Tensor::randn(0f32, 0.1, (cout, cin, k, k), &dev)?)?;
         let cfg = Conv2dConfig {
@@ -53,7 +63,6 @@ fn main() -> candle_core::Result<()> {
             ..Default::default()
         };
         let conv = Conv2d::new(w.as_tensor().clone(), None, cfg);
-        let mut line = format!("n{n} {cin:>3}->{cout:<3} {size:>2}x{size:<2} k{k} s{stride}");
         for (name, dtype, onednn, winograd) in [
             ("f32", None, false, false),
             ("f32-dnnl", None, true, false),

@@ -243,14 +243,24 @@ pub(super) fn routes(geo: &Geometry, cout: usize, bf16: bool) -> bool {
     if bf16 && geo.c <= MAX_FEW_CHANNELS {
         return true;
     }
-    // Where the built-in Winograd F(2x2, 3x3) runs on outputs of 8x8 and up, it is faster than
-    // oneDNN's direct convolution in float32 and as fast in bf16 (`resnet18-cifar`'s shapes at
-    // batch 128, forward and backward, float32 / bf16: 64->64 32x32 153-162 against 198-209 /
-    // 131-133 against 131-138 ms; 128->128 16x16 115-129 against 170-213 / 88-98 against 103-105;
-    // 256->256 8x8 109-118 against 144-151 / 85-88 against 80-87); on 4x4 and 2x2 outputs, with
-    // a stride or a 1x1 kernel, oneDNN is (512->512 2x2: 62-68 against 48-52 ms in float32).
+    // Strided 1x1 kernels (ResNet's projections) on outputs of 4x4 and up: the built-in
+    // product is faster (forward and backward at batch 128, float32 / bf16: 64->128 from 32x32
+    // 48-55 against 57-72 / 47-59 against 51-71 ms; 128->256 from 16x16 24-36 against 36-46 /
+    // 20-26 against 28-35; 256->512 from 8x8 13-24 against 17-26 / 10-14 against 11-19).
     let onednn_winograd = winograd() && !bf16;
-    onednn_winograd || !(super::winograd::applies(geo, cout) && geo.oh * geo.ow >= 64)
+    if geo.kh == 1 && geo.kw == 1 && geo.stride > 1 && geo.oh * geo.ow >= 16 && !onednn_winograd {
+        return false;
+    }
+    // Where the built-in Winograd F(2x2, 3x3) runs on outputs of 8x8 and up (in float32, 4x4
+    // and up), it is faster than oneDNN's direct convolution in float32 and as fast in bf16
+    // (`resnet18-cifar`'s shapes at batch 128, forward and backward, float32 / bf16: 64->64
+    // 32x32 153-162 against 198-209 / 131-133 against 131-138 ms; 128->128 16x16 115-129
+    // against 170-213 / 88-98 against 103-105; 256->256 8x8 109-118 against 144-151 / 85-88
+    // against 80-87; float32 512->512 4x4 117-146 against 135-165, 128->128 4x4 10-12 against
+    // 10-19); on 2x2 outputs, with a stride, and on 4x4 in bf16, oneDNN is (512->512 2x2: 58-70
+    // against 46-52 ms in float32; 512->512 4x4 96-109 against 75-93 in bf16).
+    let min_positions = if bf16 { 64 } else { 16 };
+    onednn_winograd || !(super::winograd::applies(geo, cout) && geo.oh * geo.ow >= min_positions)
 }
 
 /// [`conv2d`] through oneDNN whatever the shape (for tests): `None` only where oneDNN has no

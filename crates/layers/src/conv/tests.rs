@@ -1009,7 +1009,7 @@ fn a_batch_norm_run_inside_the_convolution_gives_the_same_bits() -> Result<()> {
 
 #[cfg(feature = "onednn")]
 #[test]
-fn bf16_convolutions_of_few_input_channels_go_to_onednn() -> Result<()> {
+fn convolutions_go_to_onednn_where_it_measured_faster() -> Result<()> {
     let dev = Device::Cpu;
     let geo = |c: usize, cout: usize, size: usize| -> Result<(geometry::Geometry, usize)> {
         let x = Tensor::zeros((2, c, size, size), DType::F32, &dev)?;
@@ -1024,6 +1024,16 @@ fn bf16_convolutions_of_few_input_channels_go_to_onednn() -> Result<()> {
     assert!(!onednn::routes(&g, cout, false));
     // 64 input channels on 8x8: the built-in Winograd in both.
     let (g, cout) = geo(64, 64, 8)?;
+    assert!(!onednn::routes(&g, cout, true));
+    assert!(!onednn::routes(&g, cout, false));
+    // 512 channels on 4x4: the built-in Winograd in f32, oneDNN in bf16.
+    let (g, cout) = geo(512, 512, 4)?;
+    assert!(onednn::routes(&g, cout, true));
+    assert!(!onednn::routes(&g, cout, false));
+    // A 1x1 stride-2 projection to 16x16: built-in in both.
+    let x = Tensor::zeros((2, 128, 32, 32), DType::F32, &dev)?;
+    let w = Tensor::zeros((256, 128, 1, 1), DType::F32, &dev)?;
+    let (g, cout) = geometry::Geometry::of_conv(&x, &w, 2, 0)?;
     assert!(!onednn::routes(&g, cout, true));
     assert!(!onednn::routes(&g, cout, false));
     onednn::set_winograd(winograd);
