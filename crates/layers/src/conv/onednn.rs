@@ -14,10 +14,12 @@
 //!
 //! Which convolutions (plain: one group, no dilation) go to oneDNN, by measurement
 //! (`examples/conv_shapes.rs`): all with 4 or more input channels (in bf16, all), except the
-//! 3x3 stride-1 ones with 16 or more channels and 8x8 outputs or more, where the built-in
-//! Winograd F(2x2, 3x3) is faster (unless [`set_winograd`] is on, in float32), and in bf16 from
-//! more than 32 input channels (from fewer, oneDNN's bf16 kernels are faster). So: strided and
-//! 1x1 kernels, 5x5 kernels, small outputs, and in bf16 the first layers and narrow ones.
+//! 3x3 stride-1 ones with 16 or more channels and 4x4 outputs or more in float32 (8x8 in bf16,
+//! and there from more than 32 input channels: from fewer, oneDNN's bf16 kernels are faster),
+//! where the built-in Winograd F(2x2, 3x3) is faster (unless [`set_winograd`] is on, in
+//! float32), and the strided 1x1 ones (ResNet's projections) on 4x4 outputs or more, where the
+//! built-in product is. So: strided 3x3 and 7x7 kernels, 1x1 kernels of stride 1, 5x5
+//! kernels, small outputs, and in bf16 the first layers and narrow ones.
 //! - float32: oneDNN's direct convolution; with [`set_winograd`] (or `CNN_ONEDNN_WINOGRAD=1`),
 //!   its Winograd F(4x4, 3x3) for 3x3 stride-1 convolutions where it has one (16 or more
 //!   channels in and out, AVX-512): faster, less exact.
