@@ -656,4 +656,104 @@ mod tests {
         assert_eq!(mean, [4.0, 11.0]);
         assert!((var[0] - 14.0 / 3.0).abs() < 1e-6 && (var[1] - 5.0).abs() < 1e-6);
     }
+
+    /// Rows shorter than `SHORT_ROW`, in tensors large enough to split the channels into
+    /// several runs (and runs of unequal length): statistics, output and gradients against
+    /// sums in f64 channel by channel.
+    #[test]
+    fn short_rows_split_into_channel_runs_match_f64_sums() -> candle_core::Result<()> {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut uniform = move || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        for (n, c, l) in [(64, 515, 4), (300, 701, 1), (40, 210, 16), (9, 470, 31)] {
+            assert!(super::channel_runs((n, c, l)).len() >= 2, "({n}, {c}, {l})");
+            let x: Vec<f32> = (0..n * c * l).map(|_| uniform() * 3.0 + 0.5).collect();
+            let g: Vec<f32> = (0..n * c * l).map(|_| uniform()).collect();
+            let w: Vec<f32> = (0..c).map(|_| uniform() + 1.5).collect();
+            let b: Vec<f32> = (0..c).map(|_| uniform()).collect();
+            let at = |i: usize, ch: usize, p: usize| (i * c + ch) * l + p;
+            let count = (n * l) as f64;
+            let (mean, var) = super::batch_stats(&x, (n, c, l));
+            let mut m64 = vec![0f64; c];
+            for ch in 0..c {
+                let vals = || (0..n).flat_map(move |i| (0..l).map(move |p| at(i, ch, p)));
+                m64[ch] = vals().map(|k| f64::from(x[k])).sum::<f64>() / count;
+                let v64 = vals()
+                    .map(|k| (f64::from(x[k]) - m64[ch]).powi(2))
+                    .sum::<f64>()
+                    / count;
+                assert!(
+                    (f64::from(mean[ch]) - m64[ch]).abs() < 1e-6,
+                    "mean ({n}, {c}, {l}) {ch}"
+                );
+                assert!(
+                    (f64::from(var[ch]) - v64).abs() < 1e-5 * v64,
+                    "var ({n}, {c}, {l}) {ch}"
+                );
+            }
+            let invstd: Vec<f32> = var.iter().map(|v| 1.0 / (v + 1e-5).sqrt()).collect();
+            let y = super::normalize(&x, None, (&w, &b), (&mean, &invstd), true, (c, l));
+            let dev = Device::Cpu;
+            let t = |v: &[f32], d: (usize, usize, usize)| Tensor::from_slice(v, d, &dev);
+            let (gx, gw, gb, _) = super::normalize_grads(
+                (
+                    &t(&x, (n, c, l))?,
+                    &Tensor::from_slice(&w, c, &dev)?,
+                    &t(&y, (n, c, l))?,
+                    &t(&g, (n, c, l))?,
+                ),
+                (&mean, &invstd),
+                true,
+                (true, false),
+            )?;
+            let gx = gx.expect("input gradient");
+            for ch in 0..c {
+                let (m, s) = (f64::from(mean[ch]), f64::from(invstd[ch]));
+                let (wc, bc) = (f64::from(w[ch]), f64::from(b[ch]));
+                let (mut gsum, mut gdot) = (0f64, 0f64);
+                for i in 0..n {
+                    for p in 0..l {
+                        let k = at(i, ch, p);
+                        let v = (f64::from(x[k]) - m) * s * wc + bc;
+                        assert!(
+                            (f64::from(y[k]) - v.max(0.0)).abs() < 1e-5,
+                            "y ({n}, {c}, {l})"
+                        );
+                        let gm = if y[k] <= 0.0 { 0.0 } else { f64::from(g[k]) };
+                        gsum += gm;
+                        gdot += gm * (f64::from(x[k]) - m);
+                    }
+                }
+                let tol = |r: f64| 1e-4 * (1.0 + r.abs());
+                assert!(
+                    (f64::from(gb[ch]) - gsum).abs() < tol(gsum),
+                    "bias grad ({n}, {c}, {l})"
+                );
+                let gw64 = gdot * s;
+                assert!(
+                    (f64::from(gw[ch]) - gw64).abs() < tol(gw64),
+                    "weight grad ({n}, {c}, {l})"
+                );
+                let a = wc * s;
+                for i in 0..n {
+                    for p in 0..l {
+                        let k = at(i, ch, p);
+                        let gm = if y[k] <= 0.0 { 0.0 } else { f64::from(g[k]) };
+                        let dx = a * gm
+                            - a * s * s * gdot / count * (f64::from(x[k]) - m)
+                            - a * gsum / count;
+                        assert!(
+                            (f64::from(gx[k]) - dx).abs() < 1e-4,
+                            "input grad ({n}, {c}, {l})"
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
