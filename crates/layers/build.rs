@@ -4,13 +4,25 @@ fn main() {
     #[cfg(feature = "onednn")]
     {
         println!("cargo:rerun-if-changed=src/conv/onednn_shim.cpp");
-        cc::Build::new()
+        println!("cargo:rerun-if-env-changed=CNN_DNNL_ROOT");
+        let root = std::env::var("CNN_DNNL_ROOT").ok();
+        let mut build = cc::Build::new();
+        build
             .cpp(true)
             .file("src/conv/onednn_shim.cpp")
             .flag("-std=c++17")
-            .opt_level(2)
-            .compile("cnn_onednn_shim");
-        println!("cargo:rustc-link-lib=dnnl");
+            .opt_level(2);
+        if let Some(root) = &root {
+            build.include(format!("{root}/include"));
+        }
+        build.compile("cnn_onednn_shim");
+        if let Some(root) = &root {
+            println!("cargo:rustc-link-search=native={root}/lib");
+            println!("cargo:rustc-link-lib=static=dnnl");
+            println!("cargo:rustc-link-lib=stdc++");
+        } else {
+            println!("cargo:rustc-link-lib=dnnl");
+        }
         println!("cargo:rustc-link-lib=gomp");
     }
 }

@@ -170,21 +170,34 @@ fn batch_stats_inner(x: &[f32], (n, c, l): (usize, usize, usize)) -> (Vec<f32>, 
         let (mean, var): (Vec<Vec<f32>>, Vec<Vec<f32>>) = parts.into_iter().unzip();
         return (mean.concat(), var.concat());
     }
-    let mean: Vec<f32> = per_channel_sums((n, c, l), |_, r| {
-        let x = &x[r];
-        lane_sums(x, x, x, |v, _, _| [v])
-    })
-    .into_iter()
-    .map(|[s]| (s / count) as f32)
-    .collect();
-    let var = per_channel_sums((n, c, l), |ch, r| {
-        let (x, m) = (&x[r], mean[ch]);
-        lane_sums(x, x, x, |v, _, _| [(v - m) * (v - m)])
-    })
-    .into_iter()
-    .map(|[s]| (s / count) as f32)
-    .collect();
-    (mean, var)
+    // One read of the tensor: each row's sum, then (the row still in L1) its squared deviations
+    // from its own mean; the rows' deviations are moved to the channel's mean afterwards, in f64
+    // (Chan, Golub & LeVeque's pairwise update): the mean has the bits of summing the rows, the
+    // variance those of a second pass up to float32 rounding of the squares' sums.
+    let stats: Vec<(f32, f32)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let rows: Vec<(f64, f64, f64)> = (0..n)
+                .map(|i| {
+                    let x = &x[(i * c + ch) * l..][..l];
+                    let [s] = lane_sums(x, x, x, |v, _, _| [v]);
+                    let centre = (s / l as f64) as f32;
+                    let [q] = lane_sums(x, x, x, |v, _, _| [(v - centre) * (v - centre)]);
+                    (s, f64::from(centre), q)
+                })
+                .collect();
+            let total = rows.iter().fold(0f64, |acc, r| acc + r.0);
+            let mean = total / count;
+            let lf = l as f64;
+            // Σ (v - m)² = Σ (v - c)² + 2 (c - m) Σ (v - c) + l (c - m)² for each row.
+            let m2 = rows.iter().fold(0f64, |acc, &(s, centre, q)| {
+                let d = centre - mean;
+                acc + q + 2.0 * d * (s - lf * centre) + lf * d * d
+            });
+            (mean as f32, (m2 / count).max(0.0) as f32)
+        })
+        .collect();
+    stats.into_iter().unzip()
 }
 
 /// Training-mode batch norm of a contiguous f32 (N, C, L) input with its batch statistics
@@ -644,6 +657,39 @@ mod tests {
             assert!(diff < 1e-5, "gradient differs by {diff}");
         }
         Ok(())
+    }
+
+    #[test]
+    fn long_row_statistics_match_f64_two_pass_sums() {
+        // Rows of 40 and 100 values (the one-read path), with an offset a thousand times the
+        // spread: the rows' squared deviations are taken from their own means, so the variance
+        // keeps its digits where summing squares would not.
+        for (n, c, l) in [(3usize, 2usize, 40usize), (5, 3, 100)] {
+            let x: Vec<f32> = (0..n * c * l)
+                .map(|i| {
+                    let ch = (i / l) % c;
+                    let offset = [1000.0, -3.0, 0.0][ch];
+                    offset + ((i * 7919 % 101) as f32 / 50.0 - 1.0) * (1.0 + (i / (c * l)) as f32)
+                })
+                .collect();
+            let (mean, var) = super::batch_stats(&x, (n, c, l));
+            for ch in 0..c {
+                let vals: Vec<f64> = (0..n)
+                    .flat_map(|i| x[(i * c + ch) * l..][..l].iter().map(|&v| f64::from(v)))
+                    .collect();
+                let m = vals.iter().sum::<f64>() / vals.len() as f64;
+                let v = vals.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / vals.len() as f64;
+                assert!(
+                    (f64::from(mean[ch]) - m).abs() <= 1e-6 * m.abs().max(1.0),
+                    "{n} {c} {l} {ch}"
+                );
+                assert!(
+                    (f64::from(var[ch]) - v).abs() <= 1e-5 * v,
+                    "{n} {c} {l} {ch}: {} vs {v}",
+                    var[ch]
+                );
+            }
+        }
     }
 
     #[test]

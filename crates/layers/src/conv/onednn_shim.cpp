@@ -146,6 +146,14 @@ std::unique_ptr<Entry> make(const CnnDnnlConv &s) {
     primitive_attr attr;
     attr.set_scratchpad_mode(scratchpad_mode::user);
     auto build = [&](algorithm alg) {
+#if DNNL_VERSION_MAJOR >= 3
+        e->fpd = convolution_forward::primitive_desc(eng(), prop_kind::forward_training, alg, sd,
+                                                     wd, dd, strides, pl, pr, attr);
+        e->dpd = convolution_backward_data::primitive_desc(eng(), alg, sd, wd, dd, strides, pl,
+                                                           pr, e->fpd, attr);
+        e->wpd = convolution_backward_weights::primitive_desc(
+            eng(), alg, sd, s.bf16 ? dwd : wd, dd, strides, pl, pr, e->fpd, attr);
+#else
         e->fpd = convolution_forward::primitive_desc(
             convolution_forward::desc(prop_kind::forward_training, alg, sd, wd, dd, strides, pl,
                                       pr),
@@ -156,6 +164,7 @@ std::unique_ptr<Entry> make(const CnnDnnlConv &s) {
         e->wpd = convolution_backward_weights::primitive_desc(
             convolution_backward_weights::desc(alg, sd, s.bf16 ? dwd : wd, dd, strides, pl, pr),
             attr, eng(), e->fpd);
+#endif
     };
     bool built = false;
     if (s.winograd && !s.bf16) {
