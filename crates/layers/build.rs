@@ -1,4 +1,6 @@
-//! With feature `onednn`: compiles the C++ shim over oneDNN and links the system's libdnnl.
+//! With feature `onednn`: compiles the C++ shim over oneDNN and links the system's libdnnl, or,
+//! with `CNN_DNNL_ROOT=DIR`, the static `DIR/lib/libdnnl.a` (headers from `DIR/include`; a
+//! oneDNN 2.x or 3.x built with `ONEDNN_LIBRARY_TYPE=STATIC` and the OpenMP runtime).
 
 fn main() {
     #[cfg(feature = "onednn")]
@@ -19,6 +21,7 @@ fn main() {
         if let Some(root) = &root {
             println!("cargo:rustc-link-search=native={root}/lib");
             println!("cargo:rustc-link-lib=static=dnnl");
+            // After libdnnl.a, which needs it.
             println!("cargo:rustc-link-lib=stdc++");
         } else {
             println!("cargo:rustc-link-lib=dnnl");

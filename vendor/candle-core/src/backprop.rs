@@ -711,9 +711,9 @@ impl GradStore {
         self.0.insert(id, grad)
     }
 
-    /// Get the gradient tensor associated with the given tensor, or, if it does not exist,
-    /// insert a tensor of zeroes, with the same shape and type as the given tensors and return it
-    /// Adds `grad` to `tensor`'s gradient: stored as it is (made contiguous) when it is the first.
+    /// Adds `grad` to `tensor`'s gradient: stored as it is (made contiguous) when it is the first
+    /// and has `tensor`'s shape, dtype and device; otherwise added to zeros, as `or_insert` + `add`
+    /// would (so a mismatch fails with the same error).
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
@@ -721,12 +721,22 @@ impl GradStore {
                 entry.insert(sum);
             }
             Entry::Vacant(entry) => {
-                entry.insert(grad.contiguous()?);
+                let same = grad.shape() == tensor.shape()
+                    && grad.dtype() == tensor.dtype()
+                    && grad.device().same_device(tensor.device());
+                let first = if same {
+                    grad.contiguous()?
+                } else {
+                    tensor.zeros_like()?.add(grad)?
+                };
+                entry.insert(first);
             }
         }
         Ok(())
     }
 
+    /// Get the gradient tensor associated with the given tensor, or, if it does not exist,
+    /// insert a tensor of zeroes, with the same shape and type as the given tensors and return it
     fn or_insert(&mut self, tensor: &Tensor) -> Result<&mut Tensor> {
         let grad = match self.0.entry(tensor.id()) {
             Entry::Occupied(entry) => entry.into_mut(),

@@ -7,7 +7,8 @@
 // thread, shared by all shapes, and grow to the largest. The Rust side splits a batch over
 // rayon's threads and runs each part with one OpenMP thread.
 //
-// Written against the oneDNN 2.x C++ API (Debian's libdnnl-dev 2.6 here).
+// Written against the oneDNN 2.x C++ API (Debian's libdnnl-dev 2.6 here); the primitive
+// descriptors are built through 3.x's constructors where `DNNL_VERSION_MAJOR >= 3`.
 
 #include <oneapi/dnnl/dnnl.hpp>
 
