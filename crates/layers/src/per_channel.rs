@@ -177,9 +177,8 @@ fn batch_stats_inner(x: &[f32], (n, c, l): (usize, usize, usize)) -> (Vec<f32>, 
     // ε·|row mean|·√l, which is ~1e-6 of the variance for activations but can reach ~1e-5
     // where the rows' means sit far apart and far from zero with little spread inside a row
     // (tested). Summing Σ (v - c) in the second pass instead, exact to ~1e-10, moved
-    // `resnet18-seed`'s three-step SGD parity with PyTorch (whose CPU batch norm takes two
-    // float32 passes) from inside its tolerance to outside it: that test amplifies
-    // rounding-level differences about a thousandfold.
+    // `resnet18-seed`'s three-step SGD parity with PyTorch from inside its tolerance to outside
+    // it: that test amplifies rounding-level differences about a thousandfold.
     let stats: Vec<(f32, f32)> = (0..c)
         .into_par_iter()
         .map(|ch| {
