@@ -3,8 +3,9 @@
 //! (feature `onednn`, every shape sent to it), in f32 and bf16: the measurements behind
 //! `layers::onednn`'s routing.
 //!
-//! `cargo run --release -p layers --features onednn --example conv_shapes [-- FILTER]`: with
-//! `FILTER` (for example `4x4` or `k1`), only the shapes whose line contains it.
+//! `cargo run --release -p layers --features onednn --example conv_shapes [-- FILTER [RUN]]`:
+//! with `FILTER` (for example `4x4` or `k1`), only the shapes whose line contains it; with
+//! `RUN` (for example `bf16`), only that column (for a profiler).
 
 use std::time::Instant;
 
@@ -12,11 +13,11 @@ use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::Conv2dConfig;
 use layers::{autocast, Conv2d};
 
-fn median_ms(conv: &Conv2d, x: &Var) -> candle_core::Result<f64> {
+fn median_ms(conv: &Conv2d, x: &Tensor) -> candle_core::Result<f64> {
     let mut t = Vec::new();
     for _ in 0..5 {
         let start = Instant::now();
-        let y = conv.forward(x.as_tensor())?;
+        let y = conv.forward(x)?;
         let g = y.sum_all()?.backward()?;
         std::hint::black_box(g);
         t.push(start.elapsed().as_secs_f64() * 1e3);
@@ -28,6 +29,7 @@ fn median_ms(conv: &Conv2d, x: &Var) -> candle_core::Result<f64> {
 fn main() -> candle_core::Result<()> {
     let dev = Device::Cpu;
     let filter = std::env::args().nth(1).unwrap_or_default();
+    let only = std::env::args().nth(2);
     // (batch, in, out, size, kernel, stride, padding)
     let shapes = [
         (128, 3, 64, 32, 3, 1, 1),
@@ -51,13 +53,27 @@ fn main() -> candle_core::Result<()> {
         (64, 1, 6, 28, 5, 1, 2),
         (64, 6, 16, 14, 5, 1, 0),
         (64, 32, 64, 28, 3, 1, 1),
+        // resnet18-seed's (widths 64-128-192-256 after a 7x7 stem and max pooling).
+        (128, 64, 64, 8, 3, 1, 1),
+        (128, 64, 128, 8, 3, 2, 1),
+        (128, 128, 192, 4, 3, 2, 1),
+        (128, 128, 192, 4, 1, 2, 0),
+        (128, 192, 192, 2, 3, 1, 1),
+        (128, 192, 256, 2, 3, 2, 1),
+        (128, 192, 256, 2, 1, 2, 0),
+        (128, 256, 256, 1, 3, 1, 1),
     ];
     for (n, cin, cout, size, k, stride, padding) in shapes {
         let mut line = format!("n{n} {cin:>3}->{cout:<3} {size:>2}x{size:<2} k{k} s{stride}");
         if !line.contains(&filter) {
             continue;
         }
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, cin, size, size), &dev)?)?;
+        // A network's first layer (one to three input channels) needs no input gradient.
+        let x = Tensor::randn(0f32, 1., (n, cin, size, size), &dev)?;
+        let x = match cin > 3 {
+            true => Var::from_tensor(&x)?.as_tensor().clone(),
+            false => x,
+        };
         let w = Var::from_tensor(&Tensor::randn(0f32, 0.1, (cout, cin, k, k), &dev)?)?;
         let cfg = Conv2dConfig {
             padding,
@@ -72,6 +88,9 @@ fn main() -> candle_core::Result<()> {
             ("bf16", Some(DType::BF16), false, false),
             ("bf16-dnnl", Some(DType::BF16), true, false),
         ] {
+            if only.as_ref().is_some_and(|o| o != name) {
+                continue;
+            }
             let _guard = autocast::set(dtype);
             layers::onednn::set_enabled(onednn);
             layers::onednn::set_everywhere(onednn);

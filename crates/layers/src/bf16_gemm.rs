@@ -42,7 +42,7 @@ pub(crate) fn available() -> bool {
 
 /// The bf16 bits of `v`, rounded to nearest, ties to even; NaN stays NaN (quiet).
 #[inline]
-fn bf16_bits(v: f32) -> u32 {
+pub(crate) fn bf16_bits(v: f32) -> u32 {
     let x = v.to_bits();
     if x & 0x7fff_ffff > 0x7f80_0000 {
         (x >> 16) | 0x40

@@ -420,6 +420,22 @@ impl CustomOp2 for ConvCpu {
     }
 }
 
+/// The input gradient (N, C, H, W) of the image-by-image convolution of geometry `geo` with
+/// `w` (O, C, KH, KW), from the output gradient `grad` (N, O, OH, OW), contiguous.
+pub(super) fn input_grad(
+    geo: Geometry,
+    cout: usize,
+    bf16: bool,
+    w: &Tensor,
+    grad: &Tensor,
+) -> Result<Tensor> {
+    let op = ConvCpuGrads {
+        conv: ConvCpu { geo, cout, bf16 },
+        want_input: true,
+    };
+    grad.apply_op2_no_bwd(&w.contiguous()?, &op)
+}
+
 /// One gradient of [`ConvCpu`] from the output gradient and the other argument: the input's
 /// (second argument the kernel) or the kernel's (second argument the input).
 struct ConvCpuGrads {

@@ -5,7 +5,9 @@
 //! a convolution here is `im2col` (a custom op whose backward is `col2im`) followed by one
 //! matrix product, so forward and backward are GEMMs, as in PyTorch's CPU path. f32
 //! convolutions with 4x4 outputs or more run image by image instead
-//! ([`conv2d_cpu_f32`](crate::conv2d_cpu_f32)), with columns that stay in cache. On other
+//! ([`conv2d_cpu_f32`](crate::conv2d_cpu_f32)), with columns that stay in cache; a network's
+//! first layer (one to four input channels, an input that needs no gradient) runs as a direct
+//! convolution in AVX-512 without `im2col` (`direct.rs`). On other
 //! devices the forward is Candle's `conv2d` (im2col + cuBLAS) and the input gradient
 //! is a `conv2d` too, of the zero-dilated output gradient with the flipped kernel, in place of
 //! Candle's `conv_transpose2d` kernel ([`conv2d_conv_grads`]). With the `cudnn` feature, CUDA
@@ -20,6 +22,7 @@ mod bias;
 mod cpu;
 #[cfg(feature = "cudnn")]
 pub(crate) mod cudnn;
+mod direct;
 mod geometry;
 mod grads;
 mod im2col;
@@ -258,6 +261,24 @@ impl Conv2d {
             (None, None) => bias::After::Nothing,
         };
         let fused = after.fused();
+        // A network's first layer (one to four input channels, an input that needs no
+        // gradient): the direct convolution ([`direct`]), in float32, or with bf16 autocast
+        // rounding its operands where the bf16 kernels would.
+        if cpu_f32 && plain && f32_weight {
+            let bf16 = match autocast::dtype() {
+                None | Some(DType::F32) => Some(false),
+                Some(DType::BF16) => Some(
+                    self.weight.dim(0)? >= MIN_BF16_CHANNELS && autocast::cpu_bf16_kernel_active(),
+                ),
+                Some(_) => None,
+            };
+            if let Some(bf16) = bf16 {
+                let (s, p) = (c.stride, c.padding);
+                if let Some(ys) = direct::conv2d(xs, &self.weight, after, s, p, bf16)? {
+                    return self.then_unfused_bias(ys, fused, bn.is_some(), cpu_f32);
+                }
+            }
+        }
         // bf16 autocast on the CPU ([`autocast::cpu_bf16_kernel`]): with AVX512-BF16 the
         // image-by-image convolution rounds the operands of its products (the output gradient
         // too) to bf16 as it packs them, and sums in float32; without it, float32.

@@ -30,6 +30,9 @@
 //!   stays float32, where PyTorch's is rounded to bf16 by the backward of its bf16 copy of the
 //!   kernel. Elsewhere oneDNN runs these shapes in float32.
 //!
+//! A network's first layer (one to four input channels, an input that needs no gradient) runs
+//! the built-in direct convolution (`direct.rs`) before any of this routing.
+//!
 //! [`set_enabled`] turns it off per thread (for comparisons); shapes oneDNN has no kernel for
 //! fall back to the built-in convolution.
 

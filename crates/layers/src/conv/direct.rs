@@ -1,0 +1,664 @@
+//! A network's first convolution (one to four input channels: grey or RGB images, which need
+//! no gradient) as a direct convolution in AVX-512, without `im2col`.
+//!
+//! With so few input channels the image-by-image `im2col` + GEMM spends most of its time
+//! copying: the columns of a 7x7 stride-2 kernel over 3 channels have 147 rows of 16-value runs
+//! read with a stride, and the products have an inner dimension of 9 to 147. Here each image is
+//! copied once into a padded buffer, its columns split by phase for a stride (`x[.., j·s + p]`
+//! as plane `p`, so that every tap reads a contiguous run), and 16 output positions of a row
+//! are one vector:
+//! - forward: for 8 output channels and two such vectors at a time, every tap's input run is
+//!   loaded once and multiplied by the 8 channels' weights (broadcast);
+//! - kernel gradient: for 4 output channels and 4 taps at a time, the output gradient's and the
+//!   input's runs multiplied lane by lane over all positions, summed per lane, the 16 lanes
+//!   added once at the end (per thread, the threads' fixed shares of the batch added in order:
+//!   the same bits on every run for a given thread count);
+//! - input gradient (only when the input needs one, which the routing avoids): the built-in
+//!   image-by-image convolution's.
+//!
+//! With bf16 autocast (AVX512-BF16 and 16 or more output channels, as the other bf16 kernels)
+//! the input, the kernel and the output gradient are rounded to bf16 (nearest even) before
+//! the products, which are then exact in float32, and summed in float32 (PyTorch's
+//! `torch.autocast("cpu", torch.bfloat16)` rounds the same operands); the output and the
+//! gradient stay float32.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::geometry::Geometry;
+use crate::profile::{time, Part};
+
+/// Input channels up to which a first layer runs here.
+const MAX_CHANNELS: usize = 4;
+
+/// Output channels per forward register tile (two vectors of 16 positions each).
+const OB: usize = 8;
+
+/// Output channels and taps per kernel-gradient register tile.
+const GO: usize = 4;
+const GT: usize = 4;
+
+#[cfg(test)]
+thread_local! {
+    /// Direct convolutions run on this thread (for tests).
+    pub(crate) static RUNS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether this CPU runs the AVX-512 kernels.
+fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| is_x86_feature_detected!("avx512f"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether a convolution of this geometry whose input needs no gradient (`x_tracked` false)
+/// runs here: one to four input channels, output rows of 8 or more, AVX-512.
+pub(super) fn applies(geo: &Geometry, x_tracked: bool) -> bool {
+    !x_tracked && (1..=MAX_CHANNELS).contains(&geo.c) && geo.ow >= 8 && available()
+}
+
+/// The direct convolution's op: `(N, C, H, W)` images with a `(O, C, KH, KW)` kernel, both
+/// contiguous float32.
+pub(super) struct Direct {
+    pub(super) geo: Geometry,
+    pub(super) cout: usize,
+    pub(super) bf16: bool,
+}
+
+/// `v` rounded to the nearest bf16 (ties to even), as float32; NaN stays NaN.
+fn round_bf16(v: f32) -> f32 {
+    f32::from_bits(crate::bf16_gemm::bf16_bits(v) << 16)
+}
+
+/// Where the taps land in an image's padded, phase-split copy.
+struct Plan {
+    /// Rows of each plane.
+    hp: usize,
+    /// Values per row of each plane.
+    wq: usize,
+    /// Offset of each tap `(c, ki, kj)` (in the kernel's order) for output (0, 0).
+    taps: Vec<usize>,
+    /// Each run of up to 16 output positions: (offset of its first output in a plane of the
+    /// output, offset of its first input for tap offset 0, mask of its lanes).
+    runs: Vec<(usize, usize, u16)>,
+}
+
+impl Direct {
+    fn layout(&self) -> Plan {
+        let g = &self.geo;
+        let s = g.stride;
+        let hp = (g.oh - 1) * s + g.kh;
+        let wq = g.ow + (g.kw - 1) / s;
+        let mut taps = Vec::with_capacity(g.c * g.kh * g.kw);
+        for c in 0..g.c {
+            for ki in 0..g.kh {
+                for kj in 0..g.kw {
+                    taps.push(((c * s + kj % s) * hp + ki) * wq + kj / s);
+                }
+            }
+        }
+        let mut runs = Vec::new();
+        for oy in 0..g.oh {
+            for ox in (0..g.ow).step_by(16) {
+                let lanes = (g.ow - ox).min(16);
+                let mask = if lanes == 16 {
+                    u16::MAX
+                } else {
+                    (1u16 << lanes) - 1
+                };
+                runs.push((oy * g.ow + ox, oy * s * wq + ox, mask));
+            }
+        }
+        Plan { hp, wq, taps, runs }
+    }
+
+    /// One image's padded, phase-split copy: plane `(c, p)` row `y` value `j` is the padded
+    /// image's `(c, y, j·s + p)`, rounded to bf16 when `self.bf16`.
+    fn pad_image(&self, lay: &Plan, img: &[f32], xp: &mut Vec<f32>) {
+        let g = &self.geo;
+        let s = g.stride;
+        xp.clear();
+        xp.resize(g.c * s * lay.hp * lay.wq, 0.0);
+        for c in 0..g.c {
+            let plane = &img[c * g.h * g.w..(c + 1) * g.h * g.w];
+            for p in 0..s {
+                for y in 0..lay.hp {
+                    let Some(iy) = y.checked_sub(g.padding).filter(|iy| *iy < g.h) else {
+                        continue;
+                    };
+                    let row = &plane[iy * g.w..(iy + 1) * g.w];
+                    let dst = &mut xp[((c * s + p) * lay.hp + y) * lay.wq..][..lay.wq];
+                    for (j, d) in dst.iter_mut().enumerate() {
+                        if let Some(v) = (j * s + p)
+                            .checked_sub(g.padding)
+                            .and_then(|ix| row.get(ix))
+                        {
+                            *d = if self.bf16 { round_bf16(*v) } else { *v };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The kernel in tiles of [`OB`] output channels: `[(tile·taps + t)·OB + o]`, zero past O.
+    fn pack_kernel(&self, w: &[f32]) -> Vec<f32> {
+        let taps = self.geo.row_len();
+        let tiles = self.cout.div_ceil(OB);
+        let mut packed = vec![0f32; tiles * taps * OB];
+        for o in 0..self.cout {
+            for t in 0..taps {
+                let v = w[o * taps + t];
+                packed[((o / OB) * taps + t) * OB + o % OB] =
+                    if self.bf16 { round_bf16(v) } else { v };
+            }
+        }
+        packed
+    }
+
+    /// (N, O, OH, OW) output.
+    fn forward(&self, x: &[f32], w: &[f32], n: usize) -> Vec<f32> {
+        let g = &self.geo;
+        let lay = self.layout();
+        let packed = self.pack_kernel(w);
+        let per_image = self.cout * g.oh * g.ow;
+        crate::profile::gemm_flops(2 * n * per_image * g.row_len());
+        let img_len = g.image_len();
+        let fill = |i: usize, out: &mut [std::mem::MaybeUninit<f32>]| {
+            let mut xp = Vec::new();
+            time(Part::Im2col, || {
+                self.pad_image(&lay, &x[i * img_len..][..img_len], &mut xp)
+            });
+            // SAFETY: `available()` (checked by the routing) says AVX-512F runs here; the kernel
+            // writes every value of `out` (each output channel's every run).
+            time(Part::Gemm, || unsafe {
+                simd::forward(
+                    &lay,
+                    &xp,
+                    &packed,
+                    self.cout,
+                    out.as_mut_ptr().cast(),
+                    per_image,
+                )
+            });
+        };
+        // SAFETY: each image's chunk is written whole by `fill`.
+        unsafe { crate::fill::par_filled(n * per_image, per_image, fill) }
+    }
+
+    /// (O, C, KH, KW) kernel gradient from the (N, O, OH, OW) output gradient.
+    fn weight_grad(&self, x: &[f32], grad: &[f32], n: usize) -> Vec<f32> {
+        let g = &self.geo;
+        let lay = self.layout();
+        let taps = g.row_len();
+        let (img_len, per_image) = (g.image_len(), self.cout * g.oh * g.ow);
+        crate::profile::gemm_flops(2 * n * per_image * taps);
+        let lanes = self.cout * taps * 16;
+        let share = n.div_ceil(rayon::current_num_threads().max(1)).max(1);
+        let starts: Vec<usize> = (0..n).step_by(share).collect();
+        let partials: Vec<Vec<f32>> = starts
+            .par_iter()
+            .map(|&start| {
+                let mut acc = vec![0f32; lanes];
+                let (mut xp, mut gr) = (Vec::new(), Vec::new());
+                for i in start..(start + share).min(n) {
+                    time(Part::Im2col, || {
+                        self.pad_image(&lay, &x[i * img_len..][..img_len], &mut xp)
+                    });
+                    let mut gi = &grad[i * per_image..][..per_image];
+                    if self.bf16 {
+                        gr.clear();
+                        gr.extend(gi.iter().map(|v| round_bf16(*v)));
+                        gi = &gr;
+                    }
+                    // SAFETY: AVX-512F runs here (the routing checked); `acc` holds
+                    // O·taps·16 values, `gi` one image's gradient.
+                    time(Part::Gemm, || unsafe {
+                        simd::weight_grad(&lay, &xp, gi, self.cout, g.oh * g.ow, &mut acc)
+                    });
+                }
+                // Each (o, tap)'s 16 lanes, added in order.
+                acc.chunks_exact(16)
+                    .map(|l| l.iter().fold(0f32, |a, b| a + b))
+                    .collect()
+            })
+            .collect();
+        let mut partials = partials.into_iter();
+        let mut total = partials
+            .next()
+            .unwrap_or_else(|| vec![0f32; self.cout * taps]);
+        for p in partials {
+            total.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+        }
+        total
+    }
+}
+
+impl CustomOp2 for Direct {
+    fn name(&self) -> &'static str {
+        "conv2d-direct"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = crate::per_channel::f32_slice(xs, xl, self.name(), "input")?;
+        let w = crate::per_channel::f32_slice(ws, wl, self.name(), "kernel")?;
+        let n = xl.dims()[0];
+        let g = &self.geo;
+        if !available() {
+            candle_core::bail!("{}: this CPU has no AVX-512", self.name())
+        }
+        #[cfg(test)]
+        RUNS.with(|r| r.set(r.get() + 1));
+        Ok((
+            CpuStorage::F32(self.forward(x, w, n)),
+            Shape::from((n, self.cout, g.oh, g.ow)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let gx = match x.track_op() {
+            true => Some(super::cpu::input_grad(
+                self.geo, self.cout, self.bf16, w, &grad,
+            )?),
+            false => None,
+        };
+        let gw = match w.track_op() {
+            true => Some(grad.apply_op2_no_bwd(x, &KernelGrad(Direct { ..*self }))?),
+            false => None,
+        };
+        Ok((gx, gw))
+    }
+}
+
+/// [`Direct`]'s kernel gradient: arguments (output gradient, input).
+struct KernelGrad(Direct);
+
+impl CustomOp2 for KernelGrad {
+    fn name(&self) -> &'static str {
+        "conv2d-direct-kernel-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        xs: &CpuStorage,
+        xl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let grad = crate::per_channel::f32_slice(gs, gl, self.name(), "output gradient")?;
+        let x = crate::per_channel::f32_slice(xs, xl, self.name(), "input")?;
+        let g = &self.0.geo;
+        let n = xl.dims()[0];
+        if gl.dims() != [n, self.0.cout, g.oh, g.ow] {
+            candle_core::bail!("{}: output gradient of shape {:?}", self.name(), gl.dims())
+        }
+        Ok((
+            CpuStorage::F32(self.0.weight_grad(x, grad, n)),
+            Shape::from((self.0.cout, g.c, g.kh, g.kw)),
+        ))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::{Plan, GO, GT, OB};
+    use std::arch::x86_64::*;
+
+    /// One image's output (`cout` planes of `plane` values at `out`) from its padded copy `xp`
+    /// and the packed kernel: [`OB`] channels by two runs at a time.
+    ///
+    /// # Safety
+    /// AVX-512F; `out` has `cout · plane` writable values; `xp` and `packed` as
+    /// [`super::Direct::pad_image`] and [`super::Direct::pack_kernel`] made them for `lay`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn forward(
+        lay: &Plan,
+        xp: &[f32],
+        packed: &[f32],
+        cout: usize,
+        out: *mut f32,
+        per_image: usize,
+    ) {
+        let plane = per_image / cout;
+        let taps = lay.taps.len();
+        for tile in 0..cout.div_ceil(OB) {
+            let w = &packed[tile * taps * OB..][..taps * OB];
+            let outs = (cout - tile * OB).min(OB);
+            let dst = out.add(tile * OB * plane);
+            let mut runs = lay.runs.chunks_exact(2);
+            for pair in &mut runs {
+                tile_runs::<2>(lay, xp, w, [pair[0], pair[1]], outs, dst, plane);
+            }
+            if let [last] = runs.remainder() {
+                tile_runs::<1>(lay, xp, w, [*last], outs, dst, plane);
+            }
+        }
+    }
+
+    /// [`OB`] output channels (the first `outs` stored) at `R` runs.
+    #[inline]
+    #[allow(clippy::needless_range_loop)] // a register tile, indexed both ways
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile_runs<const R: usize>(
+        lay: &Plan,
+        xp: &[f32],
+        w: &[f32],
+        runs: [(usize, usize, u16); R],
+        outs: usize,
+        dst: *mut f32,
+        plane: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); OB]; R];
+        let x = xp.as_ptr();
+        for (t, &off) in lay.taps.iter().enumerate() {
+            let wt = w.as_ptr().add(t * OB);
+            let xv: [__m512; R] =
+                std::array::from_fn(|r| _mm512_maskz_loadu_ps(runs[r].2, x.add(off + runs[r].1)));
+            for o in 0..OB {
+                let wv = _mm512_set1_ps(*wt.add(o));
+                for r in 0..R {
+                    acc[r][o] = _mm512_fmadd_ps(wv, xv[r], acc[r][o]);
+                }
+            }
+        }
+        for r in 0..R {
+            for (o, a) in acc[r].iter().enumerate().take(outs) {
+                _mm512_mask_storeu_ps(dst.add(o * plane + runs[r].0), runs[r].2, *a);
+            }
+        }
+    }
+
+    /// Adds one image's kernel-gradient products to `acc` (`[(o·taps + t)·16 + lane]`):
+    /// [`GO`] channels by [`GT`] taps at a time over every run.
+    ///
+    /// # Safety
+    /// AVX-512F; `grad` is one image's `cout · plane` output gradient, `xp` as
+    /// [`super::Direct::pad_image`] made it for `lay`, `acc` has `cout · taps · 16` values.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn weight_grad(
+        lay: &Plan,
+        xp: &[f32],
+        grad: &[f32],
+        cout: usize,
+        plane: usize,
+        acc: &mut [f32],
+    ) {
+        let taps = lay.taps.len();
+        assert!(grad.len() >= cout * plane && acc.len() >= cout * taps * 16);
+        for o0 in (0..cout).step_by(GO) {
+            let outs = (cout - o0).min(GO);
+            let mut t0 = 0;
+            while t0 + GT <= taps {
+                block::<GT>(lay, xp, grad, (o0, outs), t0, plane, taps, acc);
+                t0 += GT;
+            }
+            for t in t0..taps {
+                block::<1>(lay, xp, grad, (o0, outs), t, plane, taps, acc);
+            }
+        }
+    }
+
+    /// Channels `o0..o0 + outs` (at most [`GO`]) by taps `t0..t0 + T`, over every run.
+    #[inline]
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn block<const T: usize>(
+        lay: &Plan,
+        xp: &[f32],
+        grad: &[f32],
+        (o0, outs): (usize, usize),
+        t0: usize,
+        plane: usize,
+        taps: usize,
+        acc: &mut [f32],
+    ) {
+        let mut sum = [[_mm512_setzero_ps(); T]; GO];
+        let (x, g) = (xp.as_ptr(), grad.as_ptr().add(o0 * plane));
+        let offs: [usize; T] = std::array::from_fn(|t| lay.taps[t0 + t]);
+        for &(out_at, in_at, mask) in &lay.runs {
+            let gv: [__m512; GO] = std::array::from_fn(|o| match o < outs {
+                true => _mm512_maskz_loadu_ps(mask, g.add(o * plane + out_at)),
+                false => _mm512_setzero_ps(),
+            });
+            for t in 0..T {
+                let xv = _mm512_maskz_loadu_ps(mask, x.add(offs[t] + in_at));
+                for o in 0..GO {
+                    sum[o][t] = _mm512_fmadd_ps(gv[o], xv, sum[o][t]);
+                }
+            }
+        }
+        for (o, row) in sum.iter().enumerate().take(outs) {
+            for (t, s) in row.iter().enumerate() {
+                let a = acc.as_mut_ptr().add(((o0 + o) * taps + t0 + t) * 16);
+                _mm512_storeu_ps(a, _mm512_add_ps(_mm512_loadu_ps(a), *s));
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod simd {
+    use super::Plan;
+
+    pub(super) unsafe fn forward(_: &Plan, _: &[f32], _: &[f32], _: usize, _: *mut f32, _: usize) {
+        unreachable!("the direct convolution runs only where AVX-512 does")
+    }
+
+    pub(super) unsafe fn weight_grad(
+        _: &Plan,
+        _: &[f32],
+        _: &[f32],
+        _: usize,
+        _: usize,
+        _: &mut [f32],
+    ) {
+        unreachable!("the direct convolution runs only where AVX-512 does")
+    }
+}
+
+/// `xs` convolved with `weight` by the direct convolution, with `after` in the same op, when
+/// [`applies`]; `None` otherwise.
+pub(super) fn conv2d(
+    xs: &Tensor,
+    weight: &Tensor,
+    after: super::bias::After,
+    stride: usize,
+    padding: usize,
+    bf16: bool,
+) -> Result<Option<Tensor>> {
+    let (geo, cout) = Geometry::of_conv(xs, weight, stride, padding)?;
+    if !applies(&geo, xs.track_op()) {
+        return Ok(None);
+    }
+    let bf16 = bf16 && crate::bf16_gemm::available();
+    super::bias::apply(xs, weight, after, Direct { geo, cout, bf16 }).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Conv2d;
+    use candle_core::{Device, Module, Var};
+    use candle_nn::Conv2dConfig;
+
+    /// `conv2d` and its kernel gradient for the output gradient `gy`, in f64, of inputs and
+    /// kernel already rounded as the kernel would round them: (output, kernel gradient).
+    fn reference(
+        x: &[f32],
+        w: &[f32],
+        gy: &[f32],
+        (n, c, h, wd): (usize, usize, usize, usize),
+        (o, k, s, p): (usize, usize, usize, usize),
+    ) -> (Vec<f64>, Vec<f64>) {
+        let (oh, ow) = ((h + 2 * p - k) / s + 1, (wd + 2 * p - k) / s + 1);
+        let mut y = vec![0f64; n * o * oh * ow];
+        let mut gw = vec![0f64; o * c * k * k];
+        for i in 0..n {
+            for oc in 0..o {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let at = ((i * o + oc) * oh + oy) * ow + ox;
+                        for ic in 0..c {
+                            for ki in 0..k {
+                                for kj in 0..k {
+                                    let (iy, ix) = (
+                                        (oy * s + ki) as isize - p as isize,
+                                        (ox * s + kj) as isize - p as isize,
+                                    );
+                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
+                                        continue;
+                                    }
+                                    let xv = x[((i * c + ic) * h + iy as usize) * wd + ix as usize]
+                                        as f64;
+                                    let t = ((oc * c + ic) * k + ki) * k + kj;
+                                    y[at] += xv * w[t] as f64;
+                                    gw[t] += xv * gy[at] as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (y, gw)
+    }
+
+    fn rounded(v: &[f32], bf16: bool) -> Vec<f32> {
+        v.iter()
+            .map(|v| if bf16 { round_bf16(*v) } else { *v })
+            .collect()
+    }
+
+    /// The first-layer shapes of the zoo and a few odd ones: output and kernel gradient
+    /// against f64 sums, in float32 and with bf16 rounding; the direct path must have run.
+    #[test]
+    fn direct_first_layer_matches_f64_sums() -> Result<()> {
+        if !available() {
+            eprintln!("skipped: no AVX-512");
+            return Ok(());
+        }
+        let dev = Device::Cpu;
+        // (n, c, h, w, o, k, s, p)
+        let cases = [
+            (2, 1, 28, 28, 32, 3, 1, 1),
+            (2, 1, 28, 28, 6, 5, 1, 2),
+            (3, 3, 32, 32, 64, 3, 1, 1),
+            (2, 3, 32, 32, 64, 7, 2, 3),
+            (2, 3, 13, 19, 5, 3, 2, 0),
+            (1, 4, 20, 37, 17, 4, 3, 2),
+            (3, 2, 9, 8, 9, 1, 1, 0),
+        ];
+        for (n, c, h, w, o, k, s, p) in cases {
+            for bf16 in [false, true] {
+                let what = format!("n{n} c{c} {h}x{w} o{o} k{k} s{s} p{p} bf16 {bf16}");
+                let x = Tensor::randn(0f32, 1., (n, c, h, w), &dev)?;
+                let wt = Var::from_tensor(&Tensor::randn(0f32, 0.3, (o, c, k, k), &dev)?)?;
+                let cfg = Conv2dConfig {
+                    padding: p,
+                    stride: s,
+                    ..Default::default()
+                };
+                let conv = Conv2d::new(wt.as_tensor().clone(), None, cfg);
+                let _guard = crate::autocast::set(bf16.then_some(candle_core::DType::BF16));
+                let before = RUNS.with(|r| r.get());
+                let y = Module::forward(&conv, &x)?;
+                assert_eq!(RUNS.with(|r| r.get()), before + 1, "{what}: direct path");
+                let gy = Tensor::randn(0f32, 1., y.shape(), &dev)?;
+                let grads = (&y * &gy)?.sum_all()?.backward()?;
+                let gw = grads
+                    .get(&wt)
+                    .expect("kernel gradient")
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                // bf16 only where the bf16 kernels run: 16 or more output channels.
+                let round = bf16 && o >= 16 && crate::bf16_gemm::available();
+                let (xs, ws) = (
+                    x.flatten_all()?.to_vec1::<f32>()?,
+                    wt.flatten_all()?.to_vec1::<f32>()?,
+                );
+                let gys = gy.flatten_all()?.to_vec1::<f32>()?;
+                let (ry, rgw) = reference(
+                    &rounded(&xs, round),
+                    &rounded(&ws, round),
+                    &rounded(&gys, round),
+                    (n, c, h, w),
+                    (o, k, s, p),
+                );
+                let y = y.flatten_all()?.to_vec1::<f32>()?;
+                let close = |a: &[f32], b: &[f64], name: &str| {
+                    let scale = b.iter().fold(1f64, |m, v| m.max(v.abs()));
+                    for (i, (a, b)) in a.iter().zip(b).enumerate() {
+                        assert!(
+                            (*a as f64 - b).abs() <= 1e-5 * scale,
+                            "{what}: {name}[{i}] {a} against {b}"
+                        );
+                    }
+                };
+                assert_eq!(y.len(), ry.len());
+                close(&y, &ry, "output");
+                close(&gw, &rgw, "kernel gradient");
+            }
+        }
+        Ok(())
+    }
+
+    /// An input that needs a gradient stays on the image-by-image path; the direct path's
+    /// bits do not depend on how the batch was split between images.
+    #[test]
+    fn direct_path_only_without_input_gradient_and_reproducible() -> Result<()> {
+        if !available() {
+            return Ok(());
+        }
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (5, 3, 16, 16), &dev)?;
+        let wt = Var::from_tensor(&Tensor::randn(0f32, 0.3, (16, 3, 3, 3), &dev)?)?;
+        let cfg = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let conv = Conv2d::new(wt.as_tensor().clone(), None, cfg);
+        let xv = Var::from_tensor(&x)?;
+        let before = RUNS.with(|r| r.get());
+        let tracked = Module::forward(&conv, xv.as_tensor())?;
+        assert_eq!(
+            RUNS.with(|r| r.get()),
+            before,
+            "tracked input took the direct path"
+        );
+        let run = || -> Result<(Vec<f32>, Vec<f32>)> {
+            let y = Module::forward(&conv, &x)?;
+            let g = y.sqr()?.sum_all()?.backward()?;
+            let gw = g
+                .get(&wt)
+                .expect("kernel gradient")
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            Ok((y.flatten_all()?.to_vec1::<f32>()?, gw))
+        };
+        let (a, b) = (run()?, run()?);
+        assert_eq!(a, b, "two runs differ");
+        let d = (tracked.flatten_all()? - Tensor::new(a.0.as_slice(), &dev)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(d < 1e-5, "direct and image-by-image outputs differ by {d}");
+        Ok(())
+    }
+}
