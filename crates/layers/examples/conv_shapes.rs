@@ -95,6 +95,8 @@ fn main() -> candle_core::Result<()> {
             layers::onednn::set_enabled(onednn);
             layers::onednn::set_everywhere(onednn);
             layers::onednn::set_winograd(winograd);
+            // oneDNN's columns run oneDNN everywhere, first layers too.
+            layers::set_direct_first_layer(!onednn);
             let ms = median_ms(&conv, &x)?;
             line += &format!("  {name} {ms:7.2}");
         }

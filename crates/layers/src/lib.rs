@@ -61,7 +61,7 @@ pub use adaptive::{adaptive_avg_pool2d, AdaptiveAvgPool2d};
 pub use batch_norm::{batch_norm, set_stats_sync, BatchNorm, StatsSync};
 #[cfg(feature = "onednn")]
 pub use conv::onednn;
-pub use conv::{conv2d_conv_grads, conv2d_cpu_f32, conv2d_gemm, Conv2d};
+pub use conv::{conv2d_conv_grads, conv2d_cpu_f32, conv2d_gemm, set_direct_first_layer, Conv2d};
 pub use init::WeightInit;
 pub use nn::{conv2d, conv_cfg, flatten, linear, ConvBnRelu, Dropout, Linear};
 pub use params::{is_buffer, ParamStore};

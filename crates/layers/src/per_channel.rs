@@ -329,14 +329,32 @@ fn short_grad_sums(
 /// through the ReLU).
 pub(crate) type Grads = (Option<Vec<f32>>, Vec<f32>, Vec<f32>, Option<Vec<f32>>);
 
+/// [`normalize`]'s gradients; `bias`, for a ReLU right after the batch norm (no residual):
+/// the ReLU's mask is then `(x - mean)·(w·invstd) + bias > 0` recomputed from the input as
+/// [`normalize`] computed it (the same bits, so the same mask; NaN masked, as the output's 0),
+/// and the output `ys` is not read over rows of [`SHORT_ROW`] values and more: two passes over
+/// a tensor fewer.
 pub(crate) fn normalize_grads(
     (x, w, ys, grad): (&Tensor, &Tensor, &Tensor, &Tensor),
     (mean, invstd): (&[f32], &[f32]),
     relu: bool,
     (want_x, want_r): (bool, bool),
+    bias: Option<&Tensor>,
 ) -> Result<Grads> {
     let (n, c, l) = x.dims3()?;
     let (x, w, grad) = (x.contiguous()?, w.contiguous()?, grad.contiguous()?);
+    let bias: Option<Vec<f32>> = match (relu, bias) {
+        (true, Some(b)) if l >= SHORT_ROW.max(SHORT_ELEMENTWISE) => {
+            Some(b.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+        }
+        _ => None,
+    };
+    if bias.as_ref().is_some_and(|b| b.len() != c) {
+        candle_core::bail!(
+            "batch-norm backward: a bias of {} values for {c} channels",
+            bias.map_or(0, |b| b.len())
+        )
+    }
     let count = (n * l) as f32;
     let _t = Timer::start(Part::BatchNorm);
     let result = with_f32(&x, |xv| {
@@ -350,6 +368,19 @@ pub(crate) fn normalize_grads(
                     } else {
                         per_channel_sums((n, c, l), |ch, r| {
                             let m = mean[ch];
+                            if let Some(bias) = &bias {
+                                // The ReLU's mask from the input, as `normalize` made it.
+                                let (s, b) = (wv[ch] * invstd[ch], bias[ch]);
+                                return lane_sums(
+                                    &gv[r.clone()],
+                                    &xv[r.clone()],
+                                    &xv[r],
+                                    |g, x, _| {
+                                        let g = if (x - m) * s + b > 0.0 { g } else { 0.0 };
+                                        [g, g * (x - m)]
+                                    },
+                                );
+                            }
                             lane_sums(&gv[r.clone()], &yv[r.clone()], &xv[r], |g, y, x| {
                                 let g = masked(g, y);
                                 [g, g * (x - m)]
@@ -388,6 +419,17 @@ pub(crate) fn normalize_grads(
                             for ch in 0..c {
                                 let r = (i * c + ch) * l..(i * c + ch + 1) * l;
                                 let (m, a, k, b) = (mean[ch], a[ch], kk[ch], shift[ch]);
+                                if let Some(bias) = &bias {
+                                    // The ReLU's mask from the input (a = w·invstd, as
+                                    // `normalize`'s scale).
+                                    let beta = bias[ch];
+                                    let rows = gv[r.clone()].iter().zip(&xv[r]);
+                                    for (o, (&g, &x)) in o[ch * l..][..l].iter_mut().zip(rows) {
+                                        let g = if (x - m) * a + beta > 0.0 { g } else { 0.0 };
+                                        o.write(g * a + (x - m) * k + b);
+                                    }
+                                    continue;
+                                }
                                 let rows = gv[r.clone()].iter().zip(&yv[r.clone()]).zip(&xv[r]);
                                 for (o, ((&g, &y), &x)) in o[ch * l..][..l].iter_mut().zip(rows) {
                                     o.write(masked(g, y) * a + (x - m) * k + b);
@@ -447,14 +489,14 @@ impl CustomOp3 for BatchNormTrain {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         ys: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, c, l) = x.dims3()?;
         let stats = (&self.mean[..], &self.invstd[..]);
         let want = (x.track_op(), false);
-        let (gx, gw, gsum, _) = normalize_grads((x, w, ys, grad), stats, self.relu, want)?;
+        let (gx, gw, gsum, _) = normalize_grads((x, w, ys, grad), stats, self.relu, want, Some(b))?;
         let dev = x.device();
         let gx = gx
             .map(|v| Tensor::from_vec(v, (n, c, l), dev))
@@ -511,7 +553,7 @@ impl CustomOp3 for BatchNormAddRelu {
         let stats = (&self.mean[..], &self.invstd[..]);
         let w = wb.narrow(0, 0, c)?;
         let want = (x.track_op(), r.track_op());
-        let (gx, gw, gsum, gr) = normalize_grads((x, &w, ys, grad), stats, true, want)?;
+        let (gx, gw, gsum, gr) = normalize_grads((x, &w, ys, grad), stats, true, want, None)?;
         let dev = x.device();
         let tensor = |v: Vec<f32>| Tensor::from_vec(v, (n, c, l), dev);
         let mut gwb = gw;
@@ -773,6 +815,7 @@ mod tests {
                 (&mean, &invstd),
                 true,
                 (true, false),
+                None,
             )?;
             let gx = gx.expect("input gradient");
             for ch in 0..c {
@@ -817,6 +860,56 @@ mod tests {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// With the bias given, the ReLU's mask comes from the input: the same bits as from the
+    /// output, and the output is not read (a wrong one changes nothing).
+    #[test]
+    fn relu_mask_from_the_input_gives_the_same_bits() -> candle_core::Result<()> {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut uniform = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let dev = Device::Cpu;
+        for (n, c, l) in [(4, 5, 64), (3, 7, 1024), (2, 3, 40), (5, 2, 32)] {
+            let mut x: Vec<f32> = (0..n * c * l).map(|_| uniform() * 3.0).collect();
+            // A channel with a NaN (its statistics and mask NaN), and exact zeros.
+            x[l + 3] = f32::NAN;
+            x[2 * l..2 * l + 4].fill(0.0);
+            let g: Vec<f32> = (0..n * c * l).map(|_| uniform()).collect();
+            let w: Vec<f32> = (0..c).map(|_| uniform() + 1.0).collect();
+            // Some biases zero: values exactly at the mean meet the ReLU at 0.
+            let b: Vec<f32> = (0..c)
+                .map(|ch| if ch % 2 == 0 { 0.0 } else { uniform() })
+                .collect();
+            let (mean, var) = super::batch_stats(&x, (n, c, l));
+            let invstd: Vec<f32> = var.iter().map(|v| 1.0 / (v + 1e-5).sqrt()).collect();
+            let y = super::normalize(&x, None, (&w, &b), (&mean, &invstd), true, (c, l));
+            let t = |v: &[f32]| Tensor::from_slice(v, (n, c, l), &dev);
+            let (wt, bt) = (
+                Tensor::from_slice(&w, c, &dev)?,
+                Tensor::from_slice(&b, c, &dev)?,
+            );
+            let grads =
+                |ys: &Tensor, bias: Option<&Tensor>| -> candle_core::Result<Vec<Vec<u32>>> {
+                    let (gx, gw, gb, _) = super::normalize_grads(
+                        (&t(&x)?, &wt, ys, &t(&g)?),
+                        (&mean, &invstd),
+                        true,
+                        (true, false),
+                        bias,
+                    )?;
+                    let bits = |v: Vec<f32>| v.iter().map(|v| v.to_bits()).collect();
+                    Ok(vec![bits(gx.expect("input gradient")), bits(gw), bits(gb)])
+                };
+            let from_output = grads(&t(&y)?, None)?;
+            let from_input = grads(&t(&vec![1f32; y.len()])?, Some(&bt))?;
+            assert_eq!(from_output, from_input, "({n}, {c}, {l})");
         }
         Ok(())
     }

@@ -131,7 +131,13 @@ impl Epilogue {
         let stats = (&saved.mean[..], &saved.invstd[..]);
         let relu = self.relu || self.residual.is_some();
         let want = (want_y, want_r);
-        let (gy, gw, gsum, gr) = normalize_grads((&saved.y, &w_bn, &z, &g), stats, relu, want)?;
+        // A ReLU right after the batch norm: its mask from the convolution's output.
+        let bias = match self.residual {
+            None => Some(wb.narrow(0, c, c)?),
+            Some(_) => None,
+        };
+        let (gy, gw, gsum, gr) =
+            normalize_grads((&saved.y, &w_bn, &z, &g), stats, relu, want, bias.as_ref())?;
         let dev = res.device();
         let tensor = |v: Vec<f32>| Tensor::from_vec(v, res.shape(), dev);
         let mut gwb = gw;

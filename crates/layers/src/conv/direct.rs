@@ -44,6 +44,18 @@ thread_local! {
     pub(crate) static RUNS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
+thread_local! {
+    static ENABLED: std::cell::Cell<bool> =
+        std::cell::Cell::new(std::env::var_os("CNN_DIRECT_CONV").is_none_or(|v| v != "0"));
+}
+
+/// Whether first layers on this thread run the direct convolution (on by default, off with
+/// `CNN_DIRECT_CONV=0`; off, they take the other paths: for comparisons). Returns the
+/// previous setting.
+pub fn set_direct_first_layer(on: bool) -> bool {
+    ENABLED.with(|e| e.replace(on))
+}
+
 /// Whether this CPU runs the AVX-512 kernels.
 fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -58,7 +70,11 @@ fn available() -> bool {
 /// Whether a convolution of this geometry whose input needs no gradient (`x_tracked` false)
 /// runs here: one to four input channels, output rows of 8 or more, AVX-512.
 pub(super) fn applies(geo: &Geometry, x_tracked: bool) -> bool {
-    !x_tracked && (1..=MAX_CHANNELS).contains(&geo.c) && geo.ow >= 8 && available()
+    !x_tracked
+        && (1..=MAX_CHANNELS).contains(&geo.c)
+        && geo.ow >= 8
+        && available()
+        && ENABLED.with(|e| e.get())
 }
 
 /// The direct convolution's op: `(N, C, H, W)` images with a `(O, C, KH, KW)` kernel, both

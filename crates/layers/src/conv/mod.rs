@@ -39,6 +39,7 @@ use candle_nn::Conv2dConfig;
 use crate::{autocast, per_channel};
 
 pub use cpu::conv2d_cpu_f32;
+pub use direct::set_direct_first_layer;
 pub use grads::conv2d_conv_grads;
 pub use im2col::conv2d_gemm;
 
