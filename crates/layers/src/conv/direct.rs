@@ -570,6 +570,9 @@ mod tests {
             eprintln!("skipped: no AVX-512");
             return Ok(());
         }
+        // With oneDNN on, bf16 first layers go to it (this thread only).
+        #[cfg(feature = "onednn")]
+        crate::onednn::set_enabled(false);
         let dev = Device::Cpu;
         // (n, c, h, w, o, k, s, p)
         let cases = [
@@ -675,6 +678,35 @@ mod tests {
             .max_all()?
             .to_scalar::<f32>()?;
         assert!(d < 1e-5, "direct and image-by-image outputs differ by {d}");
+        Ok(())
+    }
+
+    /// With oneDNN on, a bf16 first layer goes to oneDNN's bf16 kernels; float32 ones stay here.
+    #[cfg(feature = "onednn")]
+    #[test]
+    fn bf16_first_layers_go_to_onednn() -> Result<()> {
+        if !available() || !crate::bf16_gemm::available() {
+            return Ok(());
+        }
+        crate::onednn::set_enabled(true);
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 3, 16, 16), &dev)?;
+        let w = Tensor::randn(0f32, 0.3, (16, 3, 3, 3), &dev)?;
+        let cfg = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let conv = Conv2d::new(w, None, cfg);
+        for (dtype, direct) in [(None, true), (Some(candle_core::DType::BF16), false)] {
+            let _guard = crate::autocast::set(dtype);
+            let before = RUNS.with(|r| r.get());
+            Module::forward(&conv, &x)?;
+            assert_eq!(
+                RUNS.with(|r| r.get()) - before,
+                usize::from(direct),
+                "{dtype:?}"
+            );
+        }
         Ok(())
     }
 }
