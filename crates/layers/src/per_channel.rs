@@ -332,8 +332,9 @@ pub(crate) type Grads = (Option<Vec<f32>>, Vec<f32>, Vec<f32>, Option<Vec<f32>>)
 /// [`normalize`]'s gradients; `bias`, for a ReLU right after the batch norm (no residual):
 /// the ReLU's mask is then `(x - mean)·(w·invstd) + bias > 0` recomputed from the input as
 /// [`normalize`] computed it (the same bits, so the same mask; NaN masked, as the output's 0),
-/// and the output `ys` is not read over rows of [`SHORT_ROW`] values and more: two passes over
-/// a tensor fewer.
+/// and the output `ys` is not read over rows of [`SHORT_ROW`] values and more (unless the
+/// residual's gradient is wanted): two passes over a tensor fewer. Never with a residual, whose
+/// value the mask would miss.
 pub(crate) fn normalize_grads(
     (x, w, ys, grad): (&Tensor, &Tensor, &Tensor, &Tensor),
     (mean, invstd): (&[f32], &[f32]),
@@ -342,6 +343,9 @@ pub(crate) fn normalize_grads(
     bias: Option<&Tensor>,
 ) -> Result<Grads> {
     let (n, c, l) = x.dims3()?;
+    if bias.is_some() && want_r {
+        candle_core::bail!("batch-norm backward: a ReLU mask from the input cannot have a residual")
+    }
     let (x, w, grad) = (x.contiguous()?, w.contiguous()?, grad.contiguous()?);
     let bias: Option<Vec<f32>> = match (relu, bias) {
         (true, Some(b)) if l >= SHORT_ROW.max(SHORT_ELEMENTWISE) => {
@@ -883,7 +887,7 @@ mod tests {
             x[2 * l..2 * l + 4].fill(0.0);
             let g: Vec<f32> = (0..n * c * l).map(|_| uniform()).collect();
             let w: Vec<f32> = (0..c).map(|_| uniform() + 1.0).collect();
-            // Some biases zero: values exactly at the mean meet the ReLU at 0.
+            // Some biases zero (the ReLU's edge at the mean).
             let b: Vec<f32> = (0..c)
                 .map(|ch| if ch % 2 == 0 { 0.0 } else { uniform() })
                 .collect();

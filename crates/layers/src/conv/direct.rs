@@ -20,7 +20,11 @@
 //! the input, the kernel and the output gradient are rounded to bf16 (nearest even) before
 //! the products, which are then exact in float32, and summed in float32 (PyTorch's
 //! `torch.autocast("cpu", torch.bfloat16)` rounds the same operands); the output and the
-//! gradient stay float32.
+//! gradient stay float32. With the `onednn` feature on, those bf16 first layers go to oneDNN's
+//! bf16 kernels instead (measured faster); narrower ones stay here in float32.
+//!
+//! The kernel gradient's bits are the same on every run for a given thread count (each
+//! thread's share of the batch fixed by the count, the shares added in order).
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -32,10 +36,13 @@ use crate::profile::{time, Part};
 const MAX_CHANNELS: usize = 4;
 
 /// Output channels per forward register tile (two vectors of 16 positions each).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const OB: usize = 8;
 
 /// Output channels and taps per kernel-gradient register tile.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const GO: usize = 4;
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const GT: usize = 4;
 
 #[cfg(test)]
@@ -273,6 +280,14 @@ impl CustomOp2 for Direct {
         if !available() {
             candle_core::bail!("{}: this CPU has no AVX-512", self.name())
         }
+        if x.len() != n * g.image_len() || w.len() != self.cout * g.row_len() {
+            candle_core::bail!(
+                "{}: input {:?} or kernel {:?} does not fit the convolution's geometry",
+                self.name(),
+                xl.dims(),
+                wl.dims()
+            )
+        }
         #[cfg(test)]
         RUNS.with(|r| r.set(r.get() + 1));
         Ok((
@@ -322,7 +337,7 @@ impl CustomOp2 for KernelGrad {
         let x = crate::per_channel::f32_slice(xs, xl, self.name(), "input")?;
         let g = &self.0.geo;
         let n = xl.dims()[0];
-        if gl.dims() != [n, self.0.cout, g.oh, g.ow] {
+        if gl.dims() != [n, self.0.cout, g.oh, g.ow] || x.len() != n * g.image_len() {
             candle_core::bail!("{}: output gradient of shape {:?}", self.name(), gl.dims())
         }
         Ok((
@@ -708,5 +723,102 @@ mod tests {
             );
         }
         Ok(())
+    }
+
+    /// The direct path inside the fused ops (bias; batch norm and ReLU, with the stem's max
+    /// pooling after; a residual join) against the same ops with it off, in a one-thread pool
+    /// (several images per share of the kernel gradient); strides past the kernel, a
+    /// non-square kernel and an empty batch.
+    #[test]
+    fn direct_path_in_fused_ops_and_odd_shapes_matches_the_other_paths() -> Result<()> {
+        if !available() {
+            return Ok(());
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .map_err(candle_core::Error::wrap)?;
+        pool.install(|| -> Result<()> {
+            let dev = Device::Cpu;
+            let max_diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
+                (a - b)?.abs()?.max_all()?.to_scalar::<f32>()
+            };
+            // (n, c, h, w, o, kh, kw, s, p, what follows)
+            let cases = [
+                (6, 3, 32, 32, 16, 7, 7, 2, 3, "bn-pool"),
+                (5, 3, 16, 16, 16, 3, 3, 1, 1, "bn"),
+                (4, 3, 16, 16, 16, 3, 3, 1, 1, "bn-add"),
+                (4, 1, 28, 28, 6, 5, 5, 1, 2, "bias"),
+                (3, 2, 17, 17, 8, 1, 1, 2, 0, "none"),
+                (3, 3, 20, 27, 5, 2, 2, 3, 1, "none"),
+                (3, 3, 12, 20, 9, 3, 5, 1, 2, "none"),
+                (0, 3, 16, 16, 16, 3, 3, 1, 1, "none"),
+            ];
+            for (n, c, h, w, o, kh, kw, s, p, what) in cases {
+                let tag = format!("n{n} c{c} {h}x{w} o{o} k{kh}x{kw} s{s} p{p} {what}");
+                let x = Tensor::randn(0f32, 1., (n, c, h, w), &dev)?;
+                let wt = Var::from_tensor(&Tensor::randn(0f32, 0.3, (o, c, kh, kw), &dev)?)?;
+                let bias = Var::from_tensor(&Tensor::randn(0f32, 0.3, o, &dev)?)?;
+                let cfg = Conv2dConfig {
+                    padding: p,
+                    stride: s,
+                    ..Default::default()
+                };
+                let b = (what == "bias").then(|| bias.as_tensor().clone());
+                let conv = Conv2d::new(wt.as_tensor().clone(), b, cfg);
+                let bn_w = Var::from_tensor(&Tensor::randn(1f32, 0.2, o, &dev)?)?;
+                let run = |direct: bool| -> Result<(Tensor, Vec<Tensor>, usize)> {
+                    let previous = set_direct_first_layer(direct);
+                    let bn = crate::BatchNorm::new(
+                        Tensor::zeros(o, candle_core::DType::F32, &dev)?,
+                        Tensor::ones(o, candle_core::DType::F32, &dev)?,
+                        bn_w.as_tensor().clone(),
+                        bias.as_tensor().clone(),
+                        1e-5,
+                        0.1,
+                    )?;
+                    let before = RUNS.with(|r| r.get());
+                    let y = match what {
+                        "bn-pool" => {
+                            let pool = crate::Pool2d::max(3, 2).padding(1);
+                            conv.forward_batch_norm_relu_pool(&x, &bn, &pool, true)?
+                        }
+                        "bn" => conv.forward_batch_norm(&x, &bn, true, true)?,
+                        "bn-add" => {
+                            let r = Tensor::randn(0f32, 1., (n, o, h, w), &dev)?;
+                            conv.forward_batch_norm_add_relu(&x, &bn, &r.ones_like()?, true)?
+                        }
+                        _ => Module::forward(&conv, &x)?,
+                    };
+                    let runs = RUNS.with(|r| r.get()) - before;
+                    set_direct_first_layer(previous);
+                    let g = y.sqr()?.sum_all()?.backward()?;
+                    let grads = [&wt, &bn_w, &bias]
+                        .iter()
+                        .filter_map(|v| g.get(v).cloned())
+                        .collect();
+                    Ok((y, grads, runs))
+                };
+                let (ya, ga, runs) = run(true)?;
+                let (yb, gb, off) = run(false)?;
+                assert_eq!((runs, off), (1, 0), "{tag}: direct path runs");
+                assert_eq!(ya.dims(), yb.dims(), "{tag}");
+                if n == 0 {
+                    continue;
+                }
+                let d = max_diff(&ya, &yb)?;
+                assert!(d < 1e-4, "{tag}: output differs by {d}");
+                assert_eq!(ga.len(), gb.len(), "{tag}: gradients");
+                for (a, b) in ga.iter().zip(&gb) {
+                    let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
+                    let d = max_diff(a, b)?;
+                    assert!(
+                        d < 1e-4 * scale,
+                        "{tag}: gradient differs by {d} (scale {scale})"
+                    );
+                }
+            }
+            Ok(())
+        })
     }
 }

@@ -30,9 +30,11 @@
 //!   stays float32, where PyTorch's is rounded to bf16 by the backward of its bf16 copy of the
 //!   kernel. Elsewhere oneDNN runs these shapes in float32.
 //!
-//! A network's first layer (one to four input channels, an input that needs no gradient) runs
-//! the built-in direct convolution (`direct.rs`) in float32, before any of this routing; in
-//! bf16 it comes here (oneDNN's bf16 kernels measured faster).
+//! A network's first layer (one to four input channels, an input that needs no gradient,
+//! output rows of 8 or more) runs the built-in direct convolution (`direct.rs`) in float32,
+//! before any of this routing; where bf16 autocast would run it in bf16 (16 or more output
+//! channels, the AVX512-BF16 kernel active) it comes here (oneDNN's bf16 kernels measured
+//! faster).
 //!
 //! [`set_enabled`] turns it off per thread (for comparisons); shapes oneDNN has no kernel for
 //! fall back to the built-in convolution.

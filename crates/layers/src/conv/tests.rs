@@ -287,13 +287,18 @@ fn narrow_convolutions_stay_float32_under_bf16() -> Result<()> {
         None,
         Conv2dConfig::default(),
     );
-    let full = conv.forward(&x)?;
-    let half = {
-        let _bf16 = crate::autocast::enable(candle_core::DType::BF16)?;
-        conv.forward(&x)?
-    };
-    let diff = (&half - &full)?.abs()?.max_all()?.to_scalar::<f32>()?;
-    assert_eq!(diff, 0.0);
+    // The direct first-layer convolution and the image-by-image path.
+    for direct in [true, false] {
+        let previous = super::set_direct_first_layer(direct);
+        let full = conv.forward(&x)?;
+        let half = {
+            let _bf16 = crate::autocast::enable(candle_core::DType::BF16)?;
+            conv.forward(&x)?
+        };
+        super::set_direct_first_layer(previous);
+        let diff = (&half - &full)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert_eq!(diff, 0.0, "direct {direct}");
+    }
     Ok(())
 }
 
