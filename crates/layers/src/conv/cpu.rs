@@ -171,12 +171,11 @@ impl ConvCpu {
     fn forward(&self, x: &[f32], w: &[f32], n: usize) -> Vec<f32> {
         let (k, ohw, img_len) = self.len();
         let (cout, geo) = (self.cout, &self.geo);
-        let mut out = crate::fill::par_zeros(n * cout * ohw);
         if winograd::applies(geo, cout) {
             let u = time(Part::Im2col, || winograd::transform_kernel(w, cout, geo.c));
-            winograd::convolve(geo, cout, x, &u, n, &mut out, self.bf16);
-            return out;
+            return winograd::convolved(geo, cout, x, &u, n, self.bf16);
         }
+        let mut out = crate::fill::par_zeros(n * cout * ohw);
         let (side_by_side, threads) = split(n);
         let lhs = Lhs::new(self.bf16, (cout, k), (w, k, 1));
         let one = |(i, o): (usize, &mut [f32]), work: &mut Work| {
@@ -303,7 +302,6 @@ impl ConvCpu {
         let g = &self.geo;
         let (k, ohw, img_len) = self.len();
         let cout = self.cout;
-        let mut gx = crate::fill::par_zeros(n * img_len);
         let (side_by_side, threads) = split(n);
         if g.stride == 1 && g.kh == g.kw && g.padding < g.kh {
             // w'[ch][(o, ki, kj)] = w[o][ch][kh-1-ki][kw-1-kj]: (C, O·KH·KW).
@@ -322,9 +320,10 @@ impl ConvCpu {
                 let u = time(Part::Im2col, || {
                     winograd::transform_kernel(&flipped, g.c, cout)
                 });
-                winograd::convolve(&back, g.c, grad, &u, n, &mut gx, self.bf16);
-                return Ok(gx);
+                // The backward convolution's output is the input's size: all of dL/dx.
+                return Ok(winograd::convolved(&back, g.c, grad, &u, n, self.bf16));
             }
+            let mut gx = crate::fill::par_zeros(n * img_len);
             let (bk, hw) = (cout * taps, g.h * g.w);
             let lhs = Lhs::new(self.bf16, (g.c, bk), (&flipped, bk, 1));
             let one = |(i, dst): (usize, &mut [f32]), work: &mut Work| {
@@ -347,6 +346,8 @@ impl ConvCpu {
             each_image(&mut gx, img_len, scratch, side_by_side, one);
             return Ok(gx);
         }
+        // `col2im` adds each column into its place: zeros first.
+        let mut gx = crate::fill::par_zeros(n * img_len);
         let lhs = Lhs::new(self.bf16, (k, cout), (w, 1, k));
         let one = |(i, dst): (usize, &mut [f32]), work: &mut Work| {
             let gi = &grad[i * cout * ohw..(i + 1) * cout * ohw];

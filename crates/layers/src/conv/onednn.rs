@@ -41,6 +41,7 @@
 
 use std::cell::Cell;
 use std::ffi::{c_char, CStr};
+use std::mem::MaybeUninit;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -366,6 +367,12 @@ impl CnnDnnlConv {
     fn output_len(&self) -> usize {
         (self.n * self.o * self.oh * self.ow) as usize
     }
+    /// Whether the last window reaches the input's last row and column (the shim hands oneDNN
+    /// the input without the ones no window reads, and their gradient is not written).
+    fn windows_reach_the_input(&self) -> bool {
+        let far = |o: i64, k: i64, size: i64| (o - 1) * self.stride + k - self.pad >= size;
+        far(self.oh, self.kh, self.h) && far(self.ow, self.kw, self.w)
+    }
 }
 
 /// The forward pass, a custom op so that its backward is oneDNN's too.
@@ -485,21 +492,27 @@ impl CustomOp3 for ConvDnnlGrads {
         }
         let nx = if self.want_x { d.input_len() } else { 0 };
         let nw = if self.want_w { d.kernel_len() } else { 0 };
-        let mut out = crate::fill::par_zeros(nx + nw);
         let n = d.n as usize;
         if n == 0 || d.output_len() == 0 {
-            return Ok((CpuStorage::F32(out), Shape::from(nx + nw)));
+            return Ok((CpuStorage::F32(vec![0f32; nx + nw]), Shape::from(nx + nw)));
+        }
+        // oneDNN writes every value of both gradients, except the input's rows and columns
+        // that no window reaches (a 1x1 stride-2 kernel on an even size): zeros first only then.
+        let mut out = Vec::with_capacity(nx + nw);
+        let (gx, gw) = out.spare_capacity_mut()[..nx + nw].split_at_mut(nx);
+        if !d.windows_reach_the_input() {
+            gx.par_chunks_mut(1 << 16)
+                .for_each(|c| c.fill(MaybeUninit::new(0.0)));
         }
         let (parts, threads) = parts(d);
         let (x_img, g_img) = (d.input_len() / n, d.output_len() / n);
         // The kernel gradient of each part but the first apart, summed after in order.
-        let mut extra = vec![0f32; parts.len().saturating_sub(1) * nw];
-        let (gx, gw) = out.split_at_mut(nx);
-        let gx_parts: Vec<Option<&mut [f32]>> = match self.want_x {
+        let mut extra = vec![MaybeUninit::new(0f32); parts.len().saturating_sub(1) * nw];
+        let gx_parts: Vec<Option<&mut [MaybeUninit<f32>]>> = match self.want_x {
             true => cut_mut(gx, &parts, x_img).into_iter().map(Some).collect(),
             false => parts.iter().map(|_| None).collect(),
         };
-        let gw_parts: Vec<Option<&mut [f32]>> = match self.want_w {
+        let gw_parts: Vec<Option<&mut [MaybeUninit<f32>]>> = match self.want_w {
             true => std::iter::once(gw)
                 .chain(extra.chunks_mut(nw.max(1)))
                 .map(Some)
@@ -518,8 +531,8 @@ impl CustomOp3 for ConvDnnlGrads {
         time(Part::Gemm, || {
             jobs.into_par_iter()
                 .try_for_each(|((part, (grad, x)), (gx, gw))| {
-                    let px = gx.map_or(std::ptr::null_mut(), |g| g.as_mut_ptr());
-                    let pw = gw.map_or(std::ptr::null_mut(), |g| g.as_mut_ptr());
+                    let px = gx.map_or(std::ptr::null_mut(), |g| g.as_mut_ptr().cast::<f32>());
+                    let pw = gw.map_or(std::ptr::null_mut(), |g| g.as_mut_ptr().cast::<f32>());
                     let result = call("backward", threads, |e, l| {
                         // SAFETY: every slice has the length `part` gives (checked above); null
                         // pointers mark the gradients not wanted.
@@ -539,10 +552,16 @@ impl CustomOp3 for ConvDnnlGrads {
                     done("backward", result)
                 })
         })?;
+        // SAFETY: every part's call succeeded, and a successful backward writes the whole
+        // gradients asked for (the input's rows and columns it skips were zeroed above).
+        unsafe { out.set_len(nx + nw) };
         if nw > 0 {
             let gw = &mut out[nx..];
             for part in extra.chunks(nw) {
-                gw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+                // SAFETY: as above, for the other parts' kernel gradients.
+                gw.iter_mut()
+                    .zip(part)
+                    .for_each(|(a, b)| *a += unsafe { b.assume_init() });
             }
         }
         Ok((CpuStorage::F32(out), Shape::from(nx + nw)))

@@ -13,6 +13,8 @@
 //! convolution's by float32 rounding of those sums (measured: a relative error about 1e-6 of the
 //! output's scale, see the tests), and runs stay bit-identical for a given thread count.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::cpu::{bf16_product, gemm, Lhs};
@@ -83,16 +85,44 @@ pub(super) fn transform_kernel(w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
     u
 }
 
+/// [`convolve`] into a new vector of N·O·OH·OW values, not zero-filled first (a pass over the
+/// output saved: `convolve` writes every value).
+pub(super) fn convolved(
+    geo: &Geometry,
+    cout: usize,
+    x: &[f32],
+    u: &[f32],
+    n: usize,
+    bf16: bool,
+) -> Vec<f32> {
+    let len = n * cout * geo.oh * geo.ow;
+    let mut out = Vec::with_capacity(len);
+    convolve(
+        geo,
+        cout,
+        x,
+        u,
+        n,
+        &mut out.spare_capacity_mut()[..len],
+        bf16,
+    );
+    // SAFETY: `convolve` wrote every one of the `len` values.
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// `out` (N, O, OH, OW) := the convolution of `x` (N, C, H, W) by the kernel whose transform is
 /// `u` ([`transform_kernel`]), for the geometry `geo` (3x3, stride 1); with `bf16`, the 16
 /// products take bf16 operands (the transformed kernel and input rounded) and sum in float32.
+/// Every value of `out` is written (the tiles cover the output, cropped at its edges), so it
+/// needs no zero-filling first.
 pub(super) fn convolve(
     geo: &Geometry,
     cout: usize,
     x: &[f32],
     u: &[f32],
     n: usize,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
     bf16: bool,
 ) {
     let (c, img_len, out_len) = (geo.c, geo.c * geo.h * geo.w, cout * geo.oh * geo.ow);
@@ -337,7 +367,7 @@ fn transform_output(
     cout: usize,
     m: &[f32],
     tiles: std::ops::Range<usize>,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
 ) {
     #[cfg(target_arch = "x86_64")]
     if avx512() {
@@ -389,14 +419,14 @@ fn transform_input_any(geo: &Geometry, x: &[f32], tiles: std::ops::Range<usize>,
 }
 
 /// The output tiles `tiles` of `out` (images, O, OH, OW) := `Aᵀ M A` of `m` (16, O, tiles),
-/// cropped at the bottom and right edges.
+/// cropped at the bottom and right edges: every value of those tiles' outputs is written.
 #[inline(always)]
 fn transform_output_any(
     geo: &Geometry,
     cout: usize,
     m: &[f32],
     tiles: std::ops::Range<usize>,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
 ) {
     let (oh, ow) = (geo.oh, geo.ow);
     let tb = tiles.len();
@@ -425,14 +455,14 @@ fn transform_output_any(
                 if ox + 2 * len <= ow {
                     let dst = &mut row[ox..ox + 2 * len];
                     for (l, pair) in dst.chunks_exact_mut(2).enumerate() {
-                        pair[0] = left[l];
-                        pair[1] = right[l];
+                        pair[0].write(left[l]);
+                        pair[1].write(right[l]);
                     }
                 } else {
                     for l in 0..len {
-                        row[ox + 2 * l] = left[l];
+                        row[ox + 2 * l].write(left[l]);
                         if ox + 2 * l + 1 < ow {
-                            row[ox + 2 * l + 1] = right[l];
+                            row[ox + 2 * l + 1].write(right[l]);
                         }
                     }
                 }
@@ -518,7 +548,7 @@ fn transform_output_grad_any(
 /// identical bit for bit.
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    use super::{spans, stride, Geometry, LANES};
+    use super::{spans, stride, Geometry, MaybeUninit, LANES};
     use crate::avx512::{index, EVEN, HIGH, LOW, ODD};
     use std::arch::x86_64::*;
 
@@ -837,7 +867,7 @@ mod simd {
         cout: usize,
         m: &[f32],
         tiles: std::ops::Range<usize>,
-        out: &mut [f32],
+        out: &mut [MaybeUninit<f32>],
     ) {
         let (oh, ow) = (geo.oh, geo.ow);
         let tb = tiles.len();
@@ -915,7 +945,7 @@ mod simd {
                         let top = _mm512_permutex2var_ps(l0, i, r0);
                         let bottom = _mm512_permutex2var_ps(l1, i, r1);
                         let v = _mm512_mask_blend_ps(0xff00, top, bottom);
-                        _mm512_storeu_ps(plane.as_mut_ptr().add(16 * k), v);
+                        _mm512_storeu_ps(plane.as_mut_ptr().cast::<f32>().add(16 * k), v);
                     }
                     continue;
                 }
@@ -934,7 +964,7 @@ mod simd {
                         if mask != 0 {
                             // SAFETY: the plane lies in `out` (asserted above); the mask
                             // keeps the lanes on the run's outputs in its row.
-                            let dst = out.as_mut_ptr().wrapping_offset(plane + at);
+                            let dst = out.as_mut_ptr().cast::<f32>().wrapping_offset(plane + at);
                             _mm512_mask_storeu_ps(dst, mask, *v);
                         }
                     }
@@ -1062,6 +1092,40 @@ mod tests {
 
     use crate::test_values::values;
 
+    /// `convolve` writes every value of its output (`convolved` relies on it to skip the
+    /// zero-filling pass): into a buffer of NaNs, odd and even sizes, every padding, more
+    /// images than one thread's share, float32 and bf16; the same bits as `convolved`.
+    #[test]
+    fn convolve_writes_every_output_value() -> candle_core::Result<()> {
+        for (n, c, cout, h, w, p) in [
+            (3, 16, 16, 5, 7, 1),
+            (2, 16, 17, 8, 8, 1),
+            (5, 17, 16, 9, 6, 0),
+            (2, 16, 16, 4, 4, 2),
+            (4, 16, 16, 3, 3, 1),
+        ] {
+            let geo = Geometry::new(c, h, w, 3, 3, 1, p)?;
+            let x = values(n * c * h * w, 3);
+            let u = transform_kernel(&values(cout * c * 9, 5), cout, c);
+            for bf16 in [false, crate::bf16_gemm::available()] {
+                let len = n * cout * geo.oh * geo.ow;
+                let mut out = vec![MaybeUninit::new(f32::NAN); len];
+                convolve(&geo, cout, &x, &u, n, &mut out, bf16);
+                // SAFETY: every value was initialised (NaN, or written by `convolve`).
+                let out: Vec<f32> = out.iter().map(|v| unsafe { v.assume_init() }).collect();
+                let shape = format!("n{n} {c}->{cout} {h}x{w} p{p} bf16 {bf16}");
+                assert!(
+                    out.iter().all(|v| v.is_finite()),
+                    "{shape}: values left unwritten"
+                );
+                let again = convolved(&geo, cout, &x, &u, n, bf16);
+                let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&out), bits(&again), "{shape}");
+            }
+        }
+        Ok(())
+    }
+
     /// The AVX-512 transforms against the portable ones, bit for bit: image sizes below, at and
     /// above one run of tiles, paddings 0 to 2, blocks that start and end inside a tile row.
     #[test]
@@ -1107,11 +1171,18 @@ mod tests {
                 unsafe { simd::transform_output_grad(&geo, cout, &g, range.clone(), &mut b) };
                 assert_eq!(a, b, "output grad {h}x{w} p{p} {range:?}");
                 let m = values(16 * stride(cout, tb), tb as u32);
-                let (mut a, mut b) = (vec![0f32; g.len()], vec![0f32; g.len()]);
+                let unset = MaybeUninit::new(f32::NAN);
+                let (mut a, mut b) = (vec![unset; g.len()], vec![unset; g.len()]);
                 transform_output_any(&geo, cout, &m, range.clone(), &mut a);
                 // SAFETY: as above.
                 unsafe { simd::transform_output(&geo, cout, &m, range.clone(), &mut b) };
-                assert_eq!(a, b, "output {h}x{w} p{p} {range:?}");
+                // SAFETY: every value was initialised (NaN, or written by the transforms).
+                let bits = |v: &[MaybeUninit<f32>]| -> Vec<u32> {
+                    v.iter()
+                        .map(|v| unsafe { v.assume_init() }.to_bits())
+                        .collect()
+                };
+                assert_eq!(bits(&a), bits(&b), "output {h}x{w} p{p} {range:?}");
             }
         }
         Ok(())
