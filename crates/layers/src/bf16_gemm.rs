@@ -53,7 +53,7 @@ pub(crate) fn bf16_bits(v: f32) -> u32 {
 
 /// Two neighbouring `k` as one packed pair: the even one in the low half.
 #[inline]
-fn pair(even: f32, odd: f32) -> u32 {
+pub(crate) fn pair(even: f32, odd: f32) -> u32 {
     bf16_bits(even) | (bf16_bits(odd) << 16)
 }
 
@@ -167,6 +167,42 @@ fn vectors_for(n: usize) -> usize {
         1
     } else {
         2
+    }
+}
+
+/// Where [`gemm_packed`] finds each value of a right operand (K x N) packed once by its
+/// producer (Winograd's input transform): panels of `nr` columns ([`vectors_for`]), each all
+/// `kp = ⌈K/2⌉` pairs deep, pair `p` of column `j` at `p · nr + column(j)`. Values of the last
+/// panel's columns past N may be anything finite: no product reads them into `dst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RhsLayout {
+    pub(crate) n: usize,
+    pub(crate) k: usize,
+    pub(crate) nr: usize,
+}
+
+impl RhsLayout {
+    /// The layout of a K x N operand; `None` where K is too deep for one panel block in L1
+    /// ([`PANEL_BYTES`]; more than 256 rows for N > 16) or the operand is empty.
+    pub(crate) fn new(k: usize, n: usize) -> Option<Self> {
+        let nr = 16 * vectors_for(n);
+        let fits = k.div_ceil(2) <= (PANEL_BYTES / (4 * nr)).max(1);
+        (fits && k * n > 0).then_some(Self { n, k, nr })
+    }
+
+    /// Pairs per column.
+    pub(crate) fn pairs(&self) -> usize {
+        self.k.div_ceil(2)
+    }
+
+    /// Values (`u32` pairs) of the packed operand.
+    pub(crate) fn len(&self) -> usize {
+        self.n.div_ceil(self.nr) * self.pairs() * self.nr
+    }
+
+    /// Where pair 0 of column `j` lies (pair `p` lies `p · nr` further on).
+    pub(crate) fn column(&self, j: usize) -> usize {
+        j / self.nr * self.pairs() * self.nr + j % self.nr
     }
 }
 
@@ -481,15 +517,65 @@ unsafe fn tile<const NV: usize>(
     }
 }
 
+/// The right operand of a product: float32 to pack as it goes, or packed already.
+#[derive(Clone, Copy)]
+enum Rhs<'a> {
+    View(View<'a>),
+    Packed(&'a [u32], RhsLayout),
+}
+
 /// `dst` (M x N) := `dst` (if `accumulate`) + `lhs` · `rhs` (K x N), in bf16 products with
 /// float32 sums, on `threads` threads (row tiles split between them).
 ///
 /// Panics if [`available`] is false or a view is out of bounds.
 pub(crate) fn gemm(
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     dst: (&mut [f32], usize, usize),
     lhs: &PackedLhs,
     rhs: View,
+    accumulate: bool,
+    threads: usize,
+    scratch: &mut Scratch,
+) {
+    let (_, n, k) = dims;
+    let (r, rrs, rcs) = rhs;
+    assert!(
+        n * k == 0 || (k - 1) * rrs + (n - 1) * rcs < r.len(),
+        "bf16 gemm: operands out of bounds"
+    );
+    product(dims, dst, lhs, Rhs::View(rhs), accumulate, threads, scratch)
+}
+
+/// [`gemm`] with a right operand packed by its producer as `layout` says (the same bits as
+/// [`gemm`] of the float32 values it was packed from: the same products, summed in the same
+/// order).
+///
+/// Panics if [`available`] is false, `rhs` is shorter than the layout or the layout is not the
+/// operand's.
+pub(crate) fn gemm_packed(
+    dims: (usize, usize, usize),
+    dst: (&mut [f32], usize, usize),
+    lhs: &PackedLhs,
+    (rhs, layout): (&[u32], RhsLayout),
+    accumulate: bool,
+    threads: usize,
+) {
+    let (_, n, k) = dims;
+    assert!(
+        RhsLayout::new(k, n) == Some(layout) && rhs.len() >= layout.len(),
+        "bf16 gemm: packed rhs {layout:?} ({} values) is not a {k}x{n} operand's",
+        rhs.len()
+    );
+    let mut scratch = Scratch::default();
+    let rhs = Rhs::Packed(rhs, layout);
+    product(dims, dst, lhs, rhs, accumulate, threads, &mut scratch)
+}
+
+fn product(
+    (m, n, k): (usize, usize, usize),
+    dst: (&mut [f32], usize, usize),
+    lhs: &PackedLhs,
+    rhs: Rhs,
     accumulate: bool,
     threads: usize,
     scratch: &mut Scratch,
@@ -512,10 +598,8 @@ pub(crate) fn gemm(
         }
         return;
     }
-    let (r, rrs, rcs) = rhs;
     assert!(
-        (m - 1) * drs + (n - 1) * dcs < d.len()
-            && (k == 0 || (k - 1) * rrs + (n - 1) * rcs < r.len()),
+        (m - 1) * drs + (n - 1) * dcs < d.len(),
         "bf16 gemm: operands out of bounds"
     );
     let tiles = m.div_ceil(MR);
@@ -572,7 +656,7 @@ fn gemm_tiles(
     tiles: std::ops::Range<usize>,
     dst: (&mut [f32], usize, usize),
     lhs: &PackedLhs,
-    rhs: View,
+    rhs: Rhs,
     accumulate: bool,
     scratch: &mut Scratch,
 ) {
@@ -587,7 +671,7 @@ fn gemm_tiles_from(
     first_row: usize,
     (d, drs, dcs): (&mut [f32], usize, usize),
     lhs: &PackedLhs,
-    rhs: View,
+    rhs: Rhs,
     accumulate: bool,
     scratch: &mut Scratch,
 ) {
@@ -600,8 +684,15 @@ fn gemm_tiles_from(
     loop {
         let kc = kc_max.min(kp - p0);
         let load = accumulate || p0 > 0;
-        pack_rhs((k, n), rhs, p0, kc, nr, &mut scratch.rhs);
-        for (panel, block) in scratch.rhs.chunks_exact(kc * nr).enumerate() {
+        let blocks = match rhs {
+            Rhs::View(view) => {
+                pack_rhs((k, n), view, p0, kc, nr, &mut scratch.rhs);
+                &scratch.rhs[..]
+            }
+            // One block of every pair (the layout's promise, checked by `gemm_packed`).
+            Rhs::Packed(packed, layout) => &packed[..layout.len()],
+        };
+        for (panel, block) in blocks.chunks_exact(kc * nr).enumerate() {
             let col0 = panel * nr;
             let cols = nr.min(n - col0);
             for t in tiles.clone() {
@@ -778,6 +869,63 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_prepacked_operand_gives_the_bits_of_the_float32_one() {
+        if !available() {
+            eprintln!("skipped: this CPU lacks AVX512-BF16");
+            return;
+        }
+        // One panel or several, a last panel part full, odd K, K at the deepest one block holds.
+        for &(m, n, k) in &[
+            (8, 16, 2),
+            (13, 37, 9),
+            (16, 100, 64),
+            (9, 8, 511),
+            (24, 70, 256),
+        ] {
+            let layout = RhsLayout::new(k, n).expect("fits one block");
+            let b = values(k * n, (n + k) as u32);
+            let mut packed = vec![0u32; layout.len()];
+            for p in 0..layout.pairs() {
+                for j in 0..n {
+                    let odd = if 2 * p + 1 < k {
+                        b[(2 * p + 1) * n + j]
+                    } else {
+                        0.0
+                    };
+                    packed[p * layout.nr + layout.column(j)] = pair(b[2 * p * n + j], odd);
+                }
+            }
+            let lhs = PackedLhs::new(m, k, (&values(m * k, 3), k, 1));
+            for threads in [1, 2] {
+                let (mut want, mut got) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
+                let mut scratch = Scratch::default();
+                gemm(
+                    (m, n, k),
+                    (&mut want, n, 1),
+                    &lhs,
+                    (&b, n, 1),
+                    false,
+                    threads,
+                    &mut scratch,
+                );
+                gemm_packed(
+                    (m, n, k),
+                    (&mut got, n, 1),
+                    &lhs,
+                    (&packed, layout),
+                    false,
+                    threads,
+                );
+                let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{m}x{n}x{k} threads {threads}");
+            }
+        }
+        // Too deep for one block: no layout.
+        assert_eq!(RhsLayout::new(258, 40), None);
+        assert!(RhsLayout::new(258, 16).is_some());
     }
 
     #[test]

@@ -75,6 +75,20 @@ pub(crate) fn bf16_product(
     })
 }
 
+/// [`bf16_gemm::gemm_packed`] (`dst :=` the product, not accumulated), counted as GEMM time.
+pub(crate) fn bf16_product_packed(
+    (m, n, k): (usize, usize, usize),
+    dst: (&mut [f32], usize, usize),
+    lhs: &PackedLhs,
+    rhs: (&[u32], bf16_gemm::RhsLayout),
+    threads: usize,
+) {
+    crate::profile::gemm_flops(2 * m * n * k);
+    time(Part::Gemm, || {
+        bf16_gemm::gemm_packed((m, n, k), dst, lhs, rhs, false, threads)
+    })
+}
+
 /// The left operand of a product used many times: float32 as given, or packed once to bf16.
 pub(crate) enum Lhs<'a> {
     F32(View<'a>),

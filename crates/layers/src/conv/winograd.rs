@@ -19,7 +19,9 @@ use rayon::prelude::*;
 
 use super::cpu::{bf16_product, gemm, Lhs};
 use super::geometry::Geometry;
+use crate::bf16_gemm::RhsLayout;
 use crate::bf16_gemm::{self, PackedLhs};
+use crate::products::bf16_product_packed;
 use crate::profile::{time, Part};
 
 /// Channels from which F(2x2, 3x3) beats the direct convolution: below them the transforms
@@ -46,6 +48,70 @@ fn tiles_per_block(c: usize, cout: usize) -> usize {
 /// multiple of 4 KB apart otherwise) fall in different sets of the L1 cache.
 fn stride(rows: usize, tb: usize) -> usize {
     rows * tb + 16
+}
+
+/// The layout in which the input transform packs its (C x `tiles`) bf16 matrices for the
+/// products ([`transform_input_packed`]), where the CPU has AVX512-BF16 and C fits one packed
+/// panel block (up to 256 channels); `None` otherwise.
+fn packs_input(c: usize, tiles: usize) -> Option<RhsLayout> {
+    #[cfg(test)]
+    if !tests::PACKED_INPUT.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx512() && bf16_gemm::available() {
+        return RhsLayout::new(c, tiles);
+    }
+    None
+}
+
+/// Values from one position's packed matrix to the next: one cache line more than the matrix
+/// (as [`stride`]).
+fn packed_stride(layout: RhsLayout) -> usize {
+    layout.len() + 16
+}
+
+/// [`transform_input`] packed for the bf16 products as [`packs_input`] lays them out.
+fn transform_input_packed(
+    geo: &Geometry,
+    x: &[f32],
+    tiles: std::ops::Range<usize>,
+    vp: &mut [u32],
+    (ps, layout): (usize, RhsLayout),
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() && bf16_gemm::available() {
+        // SAFETY: the CPU has AVX-512F and AVX512-BF16 (checked at run time).
+        return unsafe { simd::transform_input_packed(geo, x, tiles, vp, (ps, layout)) };
+    }
+    transform_input_packed_any(geo, x, tiles, vp, (ps, layout))
+}
+
+/// [`transform_input_any`], then packed as [`transform_input_packed`] packs it.
+fn transform_input_packed_any(
+    geo: &Geometry,
+    x: &[f32],
+    tiles: std::ops::Range<usize>,
+    vp: &mut [u32],
+    (ps, layout): (usize, RhsLayout),
+) {
+    let (c, tb) = (geo.c, tiles.len());
+    let vs = stride(c, tb);
+    let mut v = vec![0f32; 16 * vs];
+    transform_input_any(geo, x, tiles, &mut v);
+    for (xi, v) in v.chunks_exact(vs).enumerate() {
+        for p in 0..layout.pairs() {
+            for j in 0..tb {
+                let odd = if 2 * p + 1 < c {
+                    v[(2 * p + 1) * tb + j]
+                } else {
+                    0.0
+                };
+                let at = xi * ps + p * layout.nr + layout.column(j);
+                vp[at] = bf16_gemm::pair(v[2 * p * tb + j], odd);
+            }
+        }
+    }
 }
 
 /// Whether [`convolve`] runs the convolution of `geo` with `cout` output channels.
@@ -146,20 +212,43 @@ pub(super) fn convolve(
         .for_each(|(out, x)| {
             let images = out.len() / out_len.max(1);
             let tiles = images * tiles_per_image;
-            let mut v = vec![0f32; 16 * stride(c, block.min(tiles))];
+            // bf16 products: the input transform writes the right operands packed, as the
+            // products take them, instead of float32 matrices packed again by each product.
+            let packed = match lhs.first() {
+                Some(Lhs::Bf16(_)) => packs_input(c, block.min(tiles)),
+                _ => None,
+            };
+            let mut v = Vec::new();
+            let mut vp = vec![0u32; packed.map_or(0, |layout| 16 * packed_stride(layout))];
             let mut m = vec![0f32; 16 * stride(cout, block.min(tiles))];
             let mut scratch = bf16_gemm::Scratch::default();
             for first in (0..tiles).step_by(block) {
                 let range = first..(first + block).min(tiles);
                 let tb = range.len();
-                time(Part::Im2col, || {
-                    transform_input(geo, x, range.clone(), &mut v[..16 * stride(c, tb)])
-                });
-                for xi in 0..16 {
-                    let (vs, ms) = (stride(c, tb), stride(cout, tb));
-                    let dst = (&mut m[xi * ms..xi * ms + cout * tb], tb, 1);
-                    let rhs = (&v[xi * vs..xi * vs + c * tb], tb, 1);
-                    lhs[xi].product((cout, tb, c), dst, rhs, false, gemm_threads, &mut scratch);
+                let ms = stride(cout, tb);
+                // (A block shorter than the first fits the buffer and a layout too.)
+                if let Some(layout) = packed.and(packs_input(c, tb)) {
+                    let ps = packed_stride(layout);
+                    time(Part::Im2col, || {
+                        transform_input_packed(geo, x, range.clone(), &mut vp, (ps, layout))
+                    });
+                    for (xi, lhs) in lhs.iter().enumerate() {
+                        let Lhs::Bf16(lhs) = lhs else { continue };
+                        let dst = (&mut m[xi * ms..xi * ms + cout * tb], tb, 1);
+                        let rhs = (&vp[xi * ps..xi * ps + layout.len()], layout);
+                        bf16_product_packed((cout, tb, c), dst, lhs, rhs, gemm_threads);
+                    }
+                } else {
+                    let vs = stride(c, tb);
+                    v.resize(16 * stride(c, block.min(tiles)), 0.0);
+                    time(Part::Im2col, || {
+                        transform_input(geo, x, range.clone(), &mut v[..16 * vs])
+                    });
+                    for xi in 0..16 {
+                        let dst = (&mut m[xi * ms..xi * ms + cout * tb], tb, 1);
+                        let rhs = (&v[xi * vs..xi * vs + c * tb], tb, 1);
+                        lhs[xi].product((cout, tb, c), dst, rhs, false, gemm_threads, &mut scratch);
+                    }
                 }
                 time(Part::Im2col, || {
                     transform_output(geo, cout, &m[..16 * stride(cout, tb)], range, out)
@@ -550,6 +639,7 @@ fn transform_output_grad_any(
 mod simd {
     use super::{spans, stride, Geometry, MaybeUninit, LANES};
     use crate::avx512::{index, EVEN, HIGH, LOW, ODD};
+    use crate::bf16_gemm::RhsLayout;
     use std::arch::x86_64::*;
 
     #[inline(always)]
@@ -754,6 +844,99 @@ mod simd {
             .collect()
     }
 
+    /// What the input transforms of a block of tiles plan once for all channels: the spans, and
+    /// per span the 8x8 image it covers whole or its runs' plans.
+    struct InputPlan {
+        spans: Vec<super::Span>,
+        plans: Vec<(Option<usize>, Vec<RunPlan>)>,
+    }
+
+    impl InputPlan {
+        /// The plan of `tiles`, checking that `x` holds their images.
+        fn new(geo: &Geometry, x: &[f32], tiles: std::ops::Range<usize>) -> Self {
+            let spans = spans(geo, tiles);
+            let images = spans.iter().flat_map(|s| &s.2).map(|p| p.1 + 1).max();
+            assert!(
+                x.len() >= images.unwrap_or(0) * geo.c * geo.h * geo.w,
+                "winograd: input shorter than its tiles' images"
+            );
+            let plans = spans
+                .iter()
+                .map(|(_, len, parts)| {
+                    match whole_8x8(geo, *len, parts).filter(|_| geo.padding == 1) {
+                        Some(image) => (Some(image), Vec::new()),
+                        None => (None, run_plans(geo, parts)),
+                    }
+                })
+                .collect();
+            Self { spans, plans }
+        }
+
+        /// `Bᵀ d B` of channel `ch`'s patches of span `s`'s tiles (lane `l`: the span's tile
+        /// `l`; lanes past the span's tiles are zero), position `ξ = 4i + j` at `[ξ]`.
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn patch(&self, geo: &Geometry, x: &[f32], ch: usize, s: usize) -> [__m512; 16] {
+            let (c, plane_len) = (geo.c, geo.h * geo.w);
+            let (even, odd) = (index(&EVEN), index(&ODD));
+            let (next0, next1) = (index(&NEXT0), index(&NEXT1));
+            let (whole, runs) = &self.plans[s];
+            let mut d = [[_mm512_setzero_ps(); 4]; 4];
+            if let Some(image) = *whole {
+                if ch + PREFETCH_CHANNELS < c {
+                    let next = (image * c + ch + PREFETCH_CHANNELS) * 64;
+                    prefetch(x, next, 64, (0, 1), (0, 64));
+                }
+                let r = plane_8x8(x, (image * c + ch) * 64);
+                for (q, v) in d.as_flattened_mut().iter_mut().enumerate() {
+                    *v = gather(&r, &PATCHES_8X8, q);
+                }
+            }
+            for run in runs {
+                // What a later channel reads here, asked of memory now.
+                if ch + PREFETCH_CHANNELS < c {
+                    let next = (run.image * c + ch + PREFETCH_CHANNELS) * plane_len;
+                    prefetch(x, next, geo.w, run.prefetch.0, run.prefetch.1);
+                }
+                let plane = ((run.image * c + ch) * plane_len) as isize;
+                for (rows, row) in d.iter_mut().zip(&run.rows) {
+                    let Some(row) = row else { continue };
+                    // SAFETY: the plane lies in `x` (asserted by `new`); the masks keep each
+                    // load's lanes inside its row ([`load_mask`]).
+                    let at = x.as_ptr().wrapping_offset(plane + row.start);
+                    let a = _mm512_maskz_loadu_ps(row.masks[0], at);
+                    let b = _mm512_maskz_loadu_ps(row.masks[1], at.wrapping_add(16));
+                    let c = _mm512_maskz_loadu_ps(row.masks[2], at.wrapping_add(32));
+                    let e0 = _mm512_permutex2var_ps(a, even, b);
+                    let e1 = _mm512_permutex2var_ps(a, odd, b);
+                    let cols = [
+                        e0,
+                        e1,
+                        _mm512_permutex2var_ps(e0, next0, c),
+                        _mm512_permutex2var_ps(e1, next1, c),
+                    ];
+                    for (lane, col) in rows.iter_mut().zip(cols) {
+                        *lane = _mm512_mask_mov_ps(*lane, run.lanes, col);
+                    }
+                }
+            }
+            let t: [[__m512; 4]; 4] = [
+                std::array::from_fn(|j| _mm512_sub_ps(d[0][j], d[2][j])),
+                std::array::from_fn(|j| _mm512_add_ps(d[1][j], d[2][j])),
+                std::array::from_fn(|j| _mm512_sub_ps(d[2][j], d[1][j])),
+                std::array::from_fn(|j| _mm512_sub_ps(d[1][j], d[3][j])),
+            ];
+            let mut out = [_mm512_setzero_ps(); 16];
+            for (i, [a, b, e, f]) in t.into_iter().enumerate() {
+                out[4 * i] = _mm512_sub_ps(a, e);
+                out[4 * i + 1] = _mm512_add_ps(b, e);
+                out[4 * i + 2] = _mm512_sub_ps(e, b);
+                out[4 * i + 3] = _mm512_sub_ps(b, f);
+            }
+            out
+        }
+    }
+
     /// [`super::transform_input_any`] in AVX-512.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn transform_input(
@@ -762,97 +945,92 @@ mod simd {
         tiles: std::ops::Range<usize>,
         v: &mut [f32],
     ) {
-        let c = geo.c;
-        let tb = tiles.len();
-        let plane_len = geo.h * geo.w;
-        let spans = spans(geo, tiles);
+        let (c, tb) = (geo.c, tiles.len());
         let vs = stride(c, tb);
         assert!(
             tb == 0 || v.len() >= 15 * vs + c * tb,
             "winograd: transform buffer too short"
         );
-        let images = spans.iter().flat_map(|s| &s.2).map(|p| p.1 + 1).max();
-        assert!(
-            x.len() >= images.unwrap_or(0) * c * plane_len,
-            "winograd: input shorter than its tiles' images"
-        );
-        // Per span: the 8x8 image it covers whole, or its runs' plans.
-        let plans: Vec<(Option<usize>, Vec<RunPlan>)> = spans
-            .iter()
-            .map(
-                |(_, len, parts)| match whole_8x8(geo, *len, parts).filter(|_| geo.padding == 1) {
-                    Some(image) => (Some(image), Vec::new()),
-                    None => (None, run_plans(geo, parts)),
-                },
-            )
-            .collect();
-        let (even, odd) = (index(&EVEN), index(&ODD));
-        let (next0, next1) = (index(&NEXT0), index(&NEXT1));
+        let plan = InputPlan::new(geo, x, tiles);
         for ch in 0..c {
-            for ((tl, len, _), (whole, runs)) in spans.iter().zip(&plans) {
-                let (tl, len) = (*tl, *len);
-                let mut d = [[_mm512_setzero_ps(); 4]; 4];
-                if let Some(image) = *whole {
-                    if ch + PREFETCH_CHANNELS < c {
-                        let next = (image * c + ch + PREFETCH_CHANNELS) * 64;
-                        prefetch(x, next, 64, (0, 1), (0, 64));
-                    }
-                    let r = plane_8x8(x, (image * c + ch) * 64);
-                    for (q, v) in d.as_flattened_mut().iter_mut().enumerate() {
-                        *v = gather(&r, &PATCHES_8X8, q);
-                    }
-                }
-                for run in runs {
-                    // What a later channel reads here, asked of memory now.
-                    if ch + PREFETCH_CHANNELS < c {
-                        let next = (run.image * c + ch + PREFETCH_CHANNELS) * plane_len;
-                        prefetch(x, next, geo.w, run.prefetch.0, run.prefetch.1);
-                    }
-                    let plane = ((run.image * c + ch) * plane_len) as isize;
-                    for (rows, row) in d.iter_mut().zip(&run.rows) {
-                        let Some(row) = row else { continue };
-                        // SAFETY: the plane lies in `x` (asserted above); the masks keep each
-                        // load's lanes inside its row ([`load_mask`]).
-                        let at = x.as_ptr().wrapping_offset(plane + row.start);
-                        let a = _mm512_maskz_loadu_ps(row.masks[0], at);
-                        let b = _mm512_maskz_loadu_ps(row.masks[1], at.wrapping_add(16));
-                        let c = _mm512_maskz_loadu_ps(row.masks[2], at.wrapping_add(32));
-                        let e0 = _mm512_permutex2var_ps(a, even, b);
-                        let e1 = _mm512_permutex2var_ps(a, odd, b);
-                        let cols = [
-                            e0,
-                            e1,
-                            _mm512_permutex2var_ps(e0, next0, c),
-                            _mm512_permutex2var_ps(e1, next1, c),
-                        ];
-                        for (lane, col) in rows.iter_mut().zip(cols) {
-                            *lane = _mm512_mask_mov_ps(*lane, run.lanes, col);
-                        }
-                    }
-                }
-                let t: [[__m512; 4]; 4] = [
-                    std::array::from_fn(|j| _mm512_sub_ps(d[0][j], d[2][j])),
-                    std::array::from_fn(|j| _mm512_add_ps(d[1][j], d[2][j])),
-                    std::array::from_fn(|j| _mm512_sub_ps(d[2][j], d[1][j])),
-                    std::array::from_fn(|j| _mm512_sub_ps(d[1][j], d[3][j])),
-                ];
+            for (s, &(tl, len, _)) in plan.spans.iter().enumerate() {
+                let vals = plan.patch(geo, x, ch, s);
                 let mask = ((1u32 << len) - 1) as u16;
                 let base = v.as_mut_ptr().add(ch * tb + tl);
-                for (i, [a, b, e, f]) in t.into_iter().enumerate() {
-                    let vals = [
-                        _mm512_sub_ps(a, e),
-                        _mm512_add_ps(b, e),
-                        _mm512_sub_ps(e, b),
-                        _mm512_sub_ps(b, f),
-                    ];
-                    for (j, val) in vals.into_iter().enumerate() {
-                        // SAFETY: `ch · tb + tl + len <= c · tb` and the position's matrix
-                        // starts at `(4i + j) · vs <= 15 · vs` (`v`'s length asserted above).
-                        let at = base.add((i * 4 + j) * vs);
-                        if len == LANES {
-                            _mm512_storeu_ps(at, val);
-                        } else {
-                            _mm512_mask_storeu_ps(at, mask, val);
+                for (xi, val) in vals.into_iter().enumerate() {
+                    // SAFETY: `ch · tb + tl + len <= c · tb` and the position's matrix starts
+                    // at `ξ · vs <= 15 · vs` (`v`'s length asserted above).
+                    let at = base.add(xi * vs);
+                    if len == LANES {
+                        _mm512_storeu_ps(at, val);
+                    } else {
+                        _mm512_mask_storeu_ps(at, mask, val);
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`transform_input`] packed for [`crate::bf16_gemm::gemm_packed`] as it is made: the 16
+    /// matrices (C x tiles) `ps` values apart in `vp`, each laid out as `layout` says, the
+    /// values rounded to bf16 as the product's own packing would (the same instruction), two
+    /// neighbouring channels to a pair (the even one in the low half; past the last channel,
+    /// zero).
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn transform_input_packed(
+        geo: &Geometry,
+        x: &[f32],
+        tiles: std::ops::Range<usize>,
+        vp: &mut [u32],
+        (ps, layout): (usize, RhsLayout),
+    ) {
+        let (c, tb) = (geo.c, tiles.len());
+        assert!(
+            layout.k == c && layout.n == tb && (tb == 0 || vp.len() >= 15 * ps + layout.len()),
+            "winograd: packed transform buffer too short or not laid out for {c}x{tb}"
+        );
+        let plan = InputPlan::new(geo, x, tiles);
+        // Per span, its lanes' stores: a panel holds whole vectors of 16 columns, so a span
+        // falls in one panel or straddles two: (offset of lane 0, lanes) for each part.
+        let stores: Vec<[(isize, u16); 2]> = plan
+            .spans
+            .iter()
+            .map(|&(tl, len, _)| {
+                let first = (layout.nr - tl % layout.nr).min(len);
+                let low = (layout.column(tl) as isize, lanes(0, first));
+                let high = match first < len {
+                    true => (
+                        layout.column(tl + first) as isize - first as isize,
+                        lanes(first, len - first),
+                    ),
+                    false => (0, 0),
+                };
+                [low, high]
+            })
+            .collect();
+        let zero = [_mm512_setzero_ps(); 16];
+        for p in 0..layout.pairs() {
+            for (s, parts) in stores.iter().enumerate() {
+                let even = plan.patch(geo, x, 2 * p, s);
+                let odd = match 2 * p + 1 < c {
+                    true => plan.patch(geo, x, 2 * p + 1, s),
+                    false => zero,
+                };
+                for (xi, (e, o)) in even.into_iter().zip(odd).enumerate() {
+                    let e = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(
+                        _mm512_cvtneps_pbh(e),
+                    ));
+                    let o = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(
+                        _mm512_cvtneps_pbh(o),
+                    ));
+                    let pairs = _mm512_or_si512(e, _mm512_slli_epi32::<16>(o));
+                    let row = (xi * ps + p * layout.nr) as isize;
+                    for &(at, mask) in parts {
+                        if mask != 0 {
+                            // SAFETY: the lanes in `mask` land on columns below `tb` of pair
+                            // `p` of matrix `ξ`, inside `vp` (asserted above).
+                            let dst = vp.as_mut_ptr().wrapping_offset(row + at);
+                            _mm512_mask_storeu_epi32(dst.cast(), mask, pairs);
                         }
                     }
                 }
@@ -1092,6 +1270,44 @@ mod tests {
 
     use crate::test_values::values;
 
+    /// Off: [`packs_input`] says no, and bf16 products pack float32 transforms themselves
+    /// (for every thread: the products run on the pool's; the two give the same bits, so other
+    /// tests running meanwhile are unaffected).
+    pub(super) static PACKED_INPUT: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(true);
+
+    /// The bf16 convolution with the input transform packing the products' operands gives the
+    /// bits of the one whose products pack float32 transforms: odd channel counts (a pair half
+    /// empty), blocks shorter than a panel and straddling panels, several blocks per share.
+    #[test]
+    fn packed_input_transform_gives_the_same_bits() -> candle_core::Result<()> {
+        if !bf16_gemm::available() {
+            eprintln!("skipped: this CPU lacks AVX512-BF16");
+            return Ok(());
+        }
+        for (n, c, cout, h, w, p) in [
+            (2, 16, 16, 32, 32, 1),
+            (3, 17, 16, 7, 9, 1),
+            (2, 33, 24, 28, 28, 1),
+            (4, 64, 64, 8, 8, 1),
+            (2, 256, 16, 6, 6, 0),
+            (2, 16, 300, 6, 6, 2),
+        ] {
+            let geo = Geometry::new(c, h, w, 3, 3, 1, p)?;
+            let x = values(n * c * h * w, 11);
+            let u = transform_kernel(&values(cout * c * 9, 13), cout, c);
+            let shape = format!("n{n} {c}->{cout} {h}x{w} p{p}");
+            assert!(packs_input(c, 64).is_some(), "{shape}: not packed");
+            let packed = convolved(&geo, cout, &x, &u, n, true);
+            PACKED_INPUT.store(false, std::sync::atomic::Ordering::Relaxed);
+            let plain = convolved(&geo, cout, &x, &u, n, true);
+            PACKED_INPUT.store(true, std::sync::atomic::Ordering::Relaxed);
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&packed), bits(&plain), "{shape}");
+        }
+        Ok(())
+    }
+
     /// `convolve` writes every value of its output (`convolved` relies on it to skip the
     /// zero-filling pass): into a buffer of NaNs, odd and even sizes, every padding, more
     /// images than one thread's share, float32 and bf16; the same bits as `convolved`.
@@ -1164,6 +1380,25 @@ mod tests {
                 // SAFETY: the CPU has AVX-512F.
                 unsafe { simd::transform_input(&geo, &x, range.clone(), &mut b) };
                 assert_eq!(a, b, "input {h}x{w} p{p} {range:?}");
+                if let Some(layout) = RhsLayout::new(c, tb) {
+                    let ps = packed_stride(layout);
+                    let (mut a, mut b) = (vec![0u32; 16 * ps], vec![0u32; 16 * ps]);
+                    transform_input_packed_any(&geo, &x, range.clone(), &mut a, (ps, layout));
+                    // SAFETY: the CPU has AVX-512F; AVX512-BF16 checked here.
+                    if bf16_gemm::available() {
+                        let b = &mut b;
+                        unsafe {
+                            simd::transform_input_packed(&geo, &x, range.clone(), b, (ps, layout))
+                        };
+                    } else {
+                        b.clone_from(&a);
+                    }
+                    assert_eq!(a, b, "packed input {h}x{w} p{p} {range:?}");
+                    assert!(
+                        a.iter().any(|&v| v != 0),
+                        "packed input {h}x{w} p{p} {range:?}"
+                    );
+                }
                 let len = 16 * stride(cout, tb);
                 let (mut a, mut b) = (vec![0f32; len], vec![0f32; len]);
                 transform_output_grad_any(&geo, cout, &g, range.clone(), &mut a);
