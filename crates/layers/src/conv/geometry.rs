@@ -145,7 +145,39 @@ impl Geometry {
     }
 }
 
+/// Channels ahead of the one being copied whose rows [`Geometry::prefetch_rows`] asks of
+/// memory: the copies read (or add into) a few rows of each channel's plane, apart in memory,
+/// so that the hardware's prefetchers miss them and each row waited for its load (the 1x1
+/// stride-2 projection of `resnet18-cifar`, 64 channels of 32x32 at batch 128: 6.6 ms of thread
+/// time per forward in its `im2col` for 1.4 ms in its product).
+const PREFETCH_CHANNELS: usize = 2;
+
 impl Geometry {
+    /// Asks the cache for the rows of channel `ch`'s plane in `img` that output rows `rows`
+    /// read through the kernel (a hint: no effect on results).
+    fn prefetch_rows(&self, img: &[f32], ch: usize, rows: Range<usize>) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let plane = ch * self.h * self.w;
+            for oy in rows {
+                for ki in 0..self.kh {
+                    let Some(y) = self.row(oy, ki) else { continue };
+                    let line = plane + y * self.w;
+                    for at in (line..line + self.w).step_by(16) {
+                        // SAFETY: a prefetch reads nothing and never faults; the address is
+                        // inside `img` (row `y < h` of channel `ch < c`) or just past it.
+                        unsafe {
+                            _mm_prefetch::<_MM_HINT_T0>(img.as_ptr().wrapping_add(at).cast())
+                        };
+                    }
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (img, ch, rows);
+    }
+
     /// The columns of one image's output rows `rows` as (C·KH·KW) rows of `rows.len()`·OW
     /// values: row (ch, ki, kj) holds the input each output position reads through tap
     /// (ki, kj), zero in the padding. Every entry is written, so `out` may hold anything.
@@ -167,6 +199,9 @@ impl Geometry {
         for r in 0..self.c * self.kh * self.kw {
             let row = &mut out[r * stride..r * stride + len];
             let (ch, ki, kj) = (r / (self.kh * self.kw), r / self.kw % self.kh, r % self.kw);
+            if ki == 0 && kj == 0 && ch + PREFETCH_CHANNELS < self.c {
+                self.prefetch_rows(img, ch + PREFETCH_CHANNELS, rows.clone());
+            }
             let src = &img[ch * plane..(ch + 1) * plane];
             let (lo, hi, x0) = self.span(kj);
             for (oy, out_row) in rows.clone().zip(row.chunks_exact_mut(self.ow)) {
@@ -195,6 +230,9 @@ impl Geometry {
         let (len, plane) = (rows.len() * self.ow, self.h * self.w);
         for (r, row) in cols.chunks_exact(len).enumerate() {
             let (ch, ki, kj) = (r / (self.kh * self.kw), r / self.kw % self.kh, r % self.kw);
+            if ki == 0 && kj == 0 && ch + PREFETCH_CHANNELS < self.c {
+                self.prefetch_rows(img, ch + PREFETCH_CHANNELS, rows.clone());
+            }
             let dst = &mut img[ch * plane..(ch + 1) * plane];
             let (lo, hi, _) = self.span(kj);
             for (oy, in_row) in rows.clone().zip(row.chunks_exact(self.ow)) {
