@@ -664,7 +664,7 @@ mod tests {
     /// The fused `forward_add_relu` gives the bits of `forward_t` then `add_relu`: output,
     /// gradients of the input, the residual, the weight and the bias, running statistics; in
     /// training and evaluation; 2-D and 4-D inputs, a tracked and an untracked residual; a
-    /// residual of another shape is an error.
+    /// residual of another shape is an error; short rows and long ones (32 values and more).
     #[test]
     fn batch_norm_add_relu_equals_the_two_operations() -> Result<()> {
         let dev = Device::Cpu;
@@ -679,6 +679,11 @@ mod tests {
             (vec![4, 3, 5, 6], true),
             (vec![6, 5], true),
             (vec![3, 8, 2, 2], false),
+            // Rows of 32 values and more; of 256 and more, the residual's gradient made in the
+            // sums' pass.
+            (vec![3, 4, 6, 7], true),
+            (vec![2, 3, 8, 8], false),
+            (vec![3, 2, 16, 17], true),
         ] {
             let c = shape[1];
             for train in [true, false] {
