@@ -146,11 +146,17 @@ impl Geometry {
 }
 
 /// Channels ahead of the one being copied whose rows [`Geometry::prefetch_rows`] asks of
-/// memory: the copies read (or add into) a few rows of each channel's plane, apart in memory,
-/// so that the hardware's prefetchers miss them and each row waited for its load (the 1x1
-/// stride-2 projection of `resnet18-cifar`, 64 channels of 32x32 at batch 128: 6.6 ms of thread
-/// time per forward in its `im2col` for 1.4 ms in its product).
+/// memory, on planes of [`PREFETCH_PLANE`] values and more: the copies read (or add into) a few
+/// rows of each channel's plane, and on planes of a 4 KB page or more the hardware's
+/// prefetchers (which stop at page boundaries) missed them, so that each row waited for its
+/// load (the 1x1 stride-2 projection of `resnet18-cifar`, 64 channels of 32x32 at batch 128:
+/// 6.6 ms of thread time per forward in its `im2col` for 1.4 ms in its product; in the step,
+/// forward and both gradients 6.2-6.6 -> 3.1-4.2 ms each). On 16x16 planes (four to a page)
+/// the hint measured slower (128->256: 1.48-2.12 against 1.62-2.26 ms).
 const PREFETCH_CHANNELS: usize = 2;
+
+/// Plane sizes (values) from which [`PREFETCH_CHANNELS`] applies: a 4 KB page of f32.
+const PREFETCH_PLANE: usize = 1024;
 
 impl Geometry {
     /// Asks the cache for the rows of channel `ch`'s plane in `img` that output rows `rows`
@@ -199,7 +205,7 @@ impl Geometry {
         for r in 0..self.c * self.kh * self.kw {
             let row = &mut out[r * stride..r * stride + len];
             let (ch, ki, kj) = (r / (self.kh * self.kw), r / self.kw % self.kh, r % self.kw);
-            if ki == 0 && kj == 0 && ch + PREFETCH_CHANNELS < self.c {
+            if ki == 0 && kj == 0 && ch + PREFETCH_CHANNELS < self.c && plane >= PREFETCH_PLANE {
                 self.prefetch_rows(img, ch + PREFETCH_CHANNELS, rows.clone());
             }
             let src = &img[ch * plane..(ch + 1) * plane];
@@ -230,7 +236,7 @@ impl Geometry {
         let (len, plane) = (rows.len() * self.ow, self.h * self.w);
         for (r, row) in cols.chunks_exact(len).enumerate() {
             let (ch, ki, kj) = (r / (self.kh * self.kw), r / self.kw % self.kh, r % self.kw);
-            if ki == 0 && kj == 0 && ch + PREFETCH_CHANNELS < self.c {
+            if ki == 0 && kj == 0 && ch + PREFETCH_CHANNELS < self.c && plane >= PREFETCH_PLANE {
                 self.prefetch_rows(img, ch + PREFETCH_CHANNELS, rows.clone());
             }
             let dst = &mut img[ch * plane..(ch + 1) * plane];
