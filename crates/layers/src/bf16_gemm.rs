@@ -547,8 +547,8 @@ pub(crate) fn gemm(
 }
 
 /// [`gemm`] with a right operand packed by its producer as `layout` says (the same bits as
-/// [`gemm`] of the float32 values it was packed from: the same products, summed in the same
-/// order).
+/// [`gemm`] of the float32 values it was packed from, rounded the same way: the same products,
+/// summed in the same order).
 ///
 /// Panics if [`available`] is false, `rhs` is shorter than the layout or the layout is not the
 /// operand's.
@@ -559,6 +559,7 @@ pub(crate) fn gemm_packed(
     (rhs, layout): (&[u32], RhsLayout),
     accumulate: bool,
     threads: usize,
+    scratch: &mut Scratch,
 ) {
     let (_, n, k) = dims;
     assert!(
@@ -566,9 +567,8 @@ pub(crate) fn gemm_packed(
         "bf16 gemm: packed rhs {layout:?} ({} values) is not a {k}x{n} operand's",
         rhs.len()
     );
-    let mut scratch = Scratch::default();
     let rhs = Rhs::Packed(rhs, layout);
-    product(dims, dst, lhs, rhs, accumulate, threads, &mut scratch)
+    product(dims, dst, lhs, rhs, accumulate, threads, scratch)
 }
 
 fn product(
@@ -918,6 +918,7 @@ mod tests {
                     (&packed, layout),
                     false,
                     threads,
+                    &mut scratch,
                 );
                 let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&got), bits(&want), "{m}x{n}x{k} threads {threads}");

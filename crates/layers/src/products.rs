@@ -82,10 +82,11 @@ pub(crate) fn bf16_product_packed(
     lhs: &PackedLhs,
     rhs: (&[u32], bf16_gemm::RhsLayout),
     threads: usize,
+    scratch: &mut bf16_gemm::Scratch,
 ) {
     crate::profile::gemm_flops(2 * m * n * k);
     time(Part::Gemm, || {
-        bf16_gemm::gemm_packed((m, n, k), dst, lhs, rhs, false, threads)
+        bf16_gemm::gemm_packed((m, n, k), dst, lhs, rhs, false, threads, scratch)
     })
 }
 

@@ -152,7 +152,8 @@ impl Geometry {
 /// load (the 1x1 stride-2 projection of `resnet18-cifar`, 64 channels of 32x32 at batch 128:
 /// 6.6 ms of thread time per forward in its `im2col` for 1.4 ms in its product; in the step,
 /// forward and both gradients 6.2-6.6 -> 3.1-4.2 ms each). On 16x16 planes (four to a page)
-/// the hint measured slower (128->256: 1.48-2.12 against 1.62-2.26 ms).
+/// the hint measured slower (128->256: 1.48-2.12 against 1.62-2.26 ms). It applies to every
+/// kernel on large planes (the default build's strided 3x3 ones too, not measured apart).
 const PREFETCH_CHANNELS: usize = 2;
 
 /// Plane sizes (values) from which [`PREFETCH_CHANNELS`] applies: a 4 KB page of f32.
@@ -172,7 +173,7 @@ impl Geometry {
                     let line = plane + y * self.w;
                     for at in (line..line + self.w).step_by(16) {
                         // SAFETY: a prefetch reads nothing and never faults; the address is
-                        // inside `img` (row `y < h` of channel `ch < c`) or just past it.
+                        // inside `img` (row `y < h` of channel `ch < c`).
                         unsafe {
                             _mm_prefetch::<_MM_HINT_T0>(img.as_ptr().wrapping_add(at).cast())
                         };

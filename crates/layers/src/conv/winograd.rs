@@ -52,7 +52,8 @@ fn stride(rows: usize, tb: usize) -> usize {
 
 /// The layout in which the input transform packs its (C x `tiles`) bf16 matrices for the
 /// products ([`transform_input_packed`]), where the CPU has AVX512-BF16 and C fits one packed
-/// panel block (up to 256 channels); `None` otherwise.
+/// panel block (up to 256 channels for blocks of more than 16 tiles, 512 for 16 or fewer);
+/// `None` otherwise.
 fn packs_input(c: usize, tiles: usize) -> Option<RhsLayout> {
     #[cfg(test)]
     if !tests::PACKED_INPUT.load(std::sync::atomic::Ordering::Relaxed) {
@@ -192,6 +193,13 @@ pub(super) fn convolve(
     bf16: bool,
 ) {
     let (c, img_len, out_len) = (geo.c, geo.c * geo.h * geo.w, cout * geo.oh * geo.ow);
+    // Every chunk of `out` below is written: none may be left out by a short input.
+    assert!(
+        x.len() == n * img_len && out.len() == n * out_len,
+        "winograd: {} input and {} output values for {n} images of {img_len} and {out_len}",
+        x.len(),
+        out.len()
+    );
     let (share, gemm_threads) = shares(n);
     let tiles_per_image = geo.oh.div_ceil(2) * geo.ow.div_ceil(2);
     let block = tiles_per_block(c, cout);
@@ -207,6 +215,14 @@ pub(super) fn convolve(
             )
         })
         .collect();
+    // The packed bf16 kernels, all 16 of them or none (float32 products).
+    let bf16_lhs: Vec<&PackedLhs> = lhs
+        .iter()
+        .filter_map(|l| match l {
+            Lhs::Bf16(l) => Some(l),
+            Lhs::F32(_) => None,
+        })
+        .collect();
     out.par_chunks_mut(share * out_len)
         .zip(x.par_chunks(share * img_len))
         .for_each(|(out, x)| {
@@ -214,8 +230,8 @@ pub(super) fn convolve(
             let tiles = images * tiles_per_image;
             // bf16 products: the input transform writes the right operands packed, as the
             // products take them, instead of float32 matrices packed again by each product.
-            let packed = match lhs.first() {
-                Some(Lhs::Bf16(_)) => packs_input(c, block.min(tiles)),
+            let packed = match bf16_lhs.len() {
+                16 => packs_input(c, block.min(tiles)),
                 _ => None,
             };
             let mut v = Vec::new();
@@ -232,11 +248,11 @@ pub(super) fn convolve(
                     time(Part::Im2col, || {
                         transform_input_packed(geo, x, range.clone(), &mut vp, (ps, layout))
                     });
-                    for (xi, lhs) in lhs.iter().enumerate() {
-                        let Lhs::Bf16(lhs) = lhs else { continue };
+                    for (xi, lhs) in bf16_lhs.iter().enumerate() {
                         let dst = (&mut m[xi * ms..xi * ms + cout * tb], tb, 1);
                         let rhs = (&vp[xi * ps..xi * ps + layout.len()], layout);
-                        bf16_product_packed((cout, tb, c), dst, lhs, rhs, gemm_threads);
+                        let dims = (cout, tb, c);
+                        bf16_product_packed(dims, dst, lhs, rhs, gemm_threads, &mut scratch);
                     }
                 } else {
                     let vs = stride(c, tb);
@@ -973,9 +989,10 @@ mod simd {
 
     /// [`transform_input`] packed for [`crate::bf16_gemm::gemm_packed`] as it is made: the 16
     /// matrices (C x tiles) `ps` values apart in `vp`, each laid out as `layout` says, the
-    /// values rounded to bf16 as the product's own packing would (the same instruction), two
-    /// neighbouring channels to a pair (the even one in the low half; past the last channel,
-    /// zero).
+    /// values rounded to bf16 by the instruction the products' vector packing uses
+    /// (`vcvtneps2bf16`: nearest even, subnormal values flushed to zero, where the portable
+    /// rounding keeps them), two neighbouring channels to a pair (the even one in the low half;
+    /// past the last channel, zero).
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn transform_input_packed(
         geo: &Geometry,
@@ -1277,8 +1294,10 @@ mod tests {
         std::sync::atomic::AtomicBool::new(true);
 
     /// The bf16 convolution with the input transform packing the products' operands gives the
-    /// bits of the one whose products pack float32 transforms: odd channel counts (a pair half
-    /// empty), blocks shorter than a panel and straddling panels, several blocks per share.
+    /// bits of the one whose products pack float32 transforms (for values of normal size: the
+    /// products' scalar packing of a panel's last columns keeps subnormal values that the
+    /// vector rounding flushes): odd channel counts (a pair half empty), blocks shorter than a
+    /// panel and straddling panels, several blocks per share, more than 256 channels.
     #[test]
     fn packed_input_transform_gives_the_same_bits() -> candle_core::Result<()> {
         if !bf16_gemm::available() {
@@ -1292,12 +1311,16 @@ mod tests {
             (4, 64, 64, 8, 8, 1),
             (2, 256, 16, 6, 6, 0),
             (2, 16, 300, 6, 6, 2),
+            // More than 256 channels: blocks of 16 tiles or fewer (panels of 16 columns).
+            (1, 300, 16, 4, 4, 1),
+            // One image per share: blocks of 25 tiles (panels of 32), then 11 (of 16).
+            (1, 16, 300, 12, 12, 1),
         ] {
             let geo = Geometry::new(c, h, w, 3, 3, 1, p)?;
             let x = values(n * c * h * w, 11);
             let u = transform_kernel(&values(cout * c * 9, 13), cout, c);
             let shape = format!("n{n} {c}->{cout} {h}x{w} p{p}");
-            assert!(packs_input(c, 64).is_some(), "{shape}: not packed");
+            assert!(packs_input(c, 16).is_some(), "{shape}: not packed");
             let packed = convolved(&geo, cout, &x, &u, n, true);
             PACKED_INPUT.store(false, std::sync::atomic::Ordering::Relaxed);
             let plain = convolved(&geo, cout, &x, &u, n, true);
@@ -1384,20 +1407,18 @@ mod tests {
                     let ps = packed_stride(layout);
                     let (mut a, mut b) = (vec![0u32; 16 * ps], vec![0u32; 16 * ps]);
                     transform_input_packed_any(&geo, &x, range.clone(), &mut a, (ps, layout));
-                    // SAFETY: the CPU has AVX-512F; AVX512-BF16 checked here.
-                    if bf16_gemm::available() {
-                        let b = &mut b;
-                        unsafe {
-                            simd::transform_input_packed(&geo, &x, range.clone(), b, (ps, layout))
-                        };
-                    } else {
-                        b.clone_from(&a);
-                    }
-                    assert_eq!(a, b, "packed input {h}x{w} p{p} {range:?}");
                     assert!(
                         a.iter().any(|&v| v != 0),
                         "packed input {h}x{w} p{p} {range:?}"
                     );
+                    if bf16_gemm::available() {
+                        let b = &mut b;
+                        // SAFETY: the CPU has AVX-512F and AVX512-BF16.
+                        unsafe {
+                            simd::transform_input_packed(&geo, &x, range.clone(), b, (ps, layout))
+                        };
+                        assert_eq!(a, *b, "packed input {h}x{w} p{p} {range:?}");
+                    }
                 }
                 let len = 16 * stride(cout, tb);
                 let (mut a, mut b) = (vec![0f32; len], vec![0f32; len]);
