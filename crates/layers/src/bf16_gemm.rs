@@ -53,7 +53,7 @@ pub(crate) fn bf16_bits(v: f32) -> u32 {
 
 /// Two neighbouring `k` as one packed pair: the even one in the low half.
 #[inline]
-pub(crate) fn pair(even: f32, odd: f32) -> u32 {
+fn pair(even: f32, odd: f32) -> u32 {
     bf16_bits(even) | (bf16_bits(odd) << 16)
 }
 
@@ -203,6 +203,20 @@ impl RhsLayout {
     /// Where pair 0 of column `j` lies (pair `p` lies `p · nr` further on).
     pub(crate) fn column(&self, j: usize) -> usize {
         j / self.nr * self.pairs() * self.nr + j % self.nr
+    }
+
+    /// `b` (K x N, as (values, row stride, column stride)) packed into `out` as laid out here,
+    /// one value at a time (the portable reference of the producers that pack as they go).
+    pub(crate) fn pack(&self, (b, rs, cs): View, out: &mut [u32]) {
+        for p in 0..self.pairs() {
+            for j in 0..self.n {
+                let odd = match 2 * p + 1 < self.k {
+                    true => b[(2 * p + 1) * rs + j * cs],
+                    false => 0.0,
+                };
+                out[p * self.nr + self.column(j)] = pair(b[2 * p * rs + j * cs], odd);
+            }
+        }
     }
 }
 
@@ -888,16 +902,7 @@ mod tests {
             let layout = RhsLayout::new(k, n).expect("fits one block");
             let b = values(k * n, (n + k) as u32);
             let mut packed = vec![0u32; layout.len()];
-            for p in 0..layout.pairs() {
-                for j in 0..n {
-                    let odd = if 2 * p + 1 < k {
-                        b[(2 * p + 1) * n + j]
-                    } else {
-                        0.0
-                    };
-                    packed[p * layout.nr + layout.column(j)] = pair(b[2 * p * n + j], odd);
-                }
-            }
+            layout.pack((&b, n, 1), &mut packed);
             let lhs = PackedLhs::new(m, k, (&values(m * k, 3), k, 1));
             for threads in [1, 2] {
                 let (mut want, mut got) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);

@@ -101,17 +101,7 @@ fn transform_input_packed_any(
     let mut v = vec![0f32; 16 * vs];
     transform_input_any(geo, x, tiles, &mut v);
     for (xi, v) in v.chunks_exact(vs).enumerate() {
-        for p in 0..layout.pairs() {
-            for j in 0..tb {
-                let odd = if 2 * p + 1 < c {
-                    v[(2 * p + 1) * tb + j]
-                } else {
-                    0.0
-                };
-                let at = xi * ps + p * layout.nr + layout.column(j);
-                vp[at] = bf16_gemm::pair(v[2 * p * tb + j], odd);
-            }
-        }
+        layout.pack((&v[..c * tb], tb, 1), &mut vp[xi * ps..]);
     }
 }
 
@@ -1293,6 +1283,21 @@ mod tests {
     pub(super) static PACKED_INPUT: std::sync::atomic::AtomicBool =
         std::sync::atomic::AtomicBool::new(true);
 
+    /// A convolution to test: its geometry, `n` images of input, the transformed kernel of
+    /// `cout` output channels, and a name for messages.
+    fn case(
+        (n, c, cout, h, w, p): (usize, usize, usize, usize, usize, usize),
+    ) -> candle_core::Result<(Geometry, Vec<f32>, Vec<f32>, String)> {
+        let geo = Geometry::new(c, h, w, 3, 3, 1, p)?;
+        let x = values(n * c * h * w, (c + h) as u32);
+        let u = transform_kernel(&values(cout * c * 9, cout as u32), cout, c);
+        Ok((geo, x, u, format!("n{n} {c}->{cout} {h}x{w} p{p}")))
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|v| v.to_bits()).collect()
+    }
+
     /// The bf16 convolution with the input transform packing the products' operands gives the
     /// bits of the one whose products pack float32 transforms (for values of normal size: the
     /// products' scalar packing of a panel's last columns keeps subnormal values that the
@@ -1304,7 +1309,7 @@ mod tests {
             eprintln!("skipped: this CPU lacks AVX512-BF16");
             return Ok(());
         }
-        for (n, c, cout, h, w, p) in [
+        for shape in [
             (2, 16, 16, 32, 32, 1),
             (3, 17, 16, 7, 9, 1),
             (2, 33, 24, 28, 28, 1),
@@ -1316,17 +1321,14 @@ mod tests {
             // One image per share: blocks of 25 tiles (panels of 32), then 11 (of 16).
             (1, 16, 300, 12, 12, 1),
         ] {
-            let geo = Geometry::new(c, h, w, 3, 3, 1, p)?;
-            let x = values(n * c * h * w, 11);
-            let u = transform_kernel(&values(cout * c * 9, 13), cout, c);
-            let shape = format!("n{n} {c}->{cout} {h}x{w} p{p}");
-            assert!(packs_input(c, 16).is_some(), "{shape}: not packed");
+            let (n, c, cout) = (shape.0, shape.1, shape.2);
+            let (geo, x, u, name) = case(shape)?;
+            assert!(packs_input(c, 16).is_some(), "{name}: not packed");
             let packed = convolved(&geo, cout, &x, &u, n, true);
             PACKED_INPUT.store(false, std::sync::atomic::Ordering::Relaxed);
             let plain = convolved(&geo, cout, &x, &u, n, true);
             PACKED_INPUT.store(true, std::sync::atomic::Ordering::Relaxed);
-            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&packed), bits(&plain), "{shape}");
+            assert_eq!(bits(&packed), bits(&plain), "{name}");
         }
         Ok(())
     }
@@ -1336,30 +1338,28 @@ mod tests {
     /// images than one thread's share, float32 and bf16; the same bits as `convolved`.
     #[test]
     fn convolve_writes_every_output_value() -> candle_core::Result<()> {
-        for (n, c, cout, h, w, p) in [
+        for shape in [
             (3, 16, 16, 5, 7, 1),
             (2, 16, 17, 8, 8, 1),
             (5, 17, 16, 9, 6, 0),
             (2, 16, 16, 4, 4, 2),
             (4, 16, 16, 3, 3, 1),
         ] {
-            let geo = Geometry::new(c, h, w, 3, 3, 1, p)?;
-            let x = values(n * c * h * w, 3);
-            let u = transform_kernel(&values(cout * c * 9, 5), cout, c);
+            let (n, cout) = (shape.0, shape.2);
+            let (geo, x, u, name) = case(shape)?;
             for bf16 in [false, crate::bf16_gemm::available()] {
                 let len = n * cout * geo.oh * geo.ow;
                 let mut out = vec![MaybeUninit::new(f32::NAN); len];
                 convolve(&geo, cout, &x, &u, n, &mut out, bf16);
                 // SAFETY: every value was initialised (NaN, or written by `convolve`).
                 let out: Vec<f32> = out.iter().map(|v| unsafe { v.assume_init() }).collect();
-                let shape = format!("n{n} {c}->{cout} {h}x{w} p{p} bf16 {bf16}");
+                let name = format!("{name} bf16 {bf16}");
                 assert!(
                     out.iter().all(|v| v.is_finite()),
-                    "{shape}: values left unwritten"
+                    "{name}: values left unwritten"
                 );
                 let again = convolved(&geo, cout, &x, &u, n, bf16);
-                let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&out), bits(&again), "{shape}");
+                assert_eq!(bits(&out), bits(&again), "{name}");
             }
         }
         Ok(())
