@@ -20,8 +20,9 @@
 //! the input, the kernel and the output gradient are rounded to bf16 (nearest even) before
 //! the products, which are then exact in float32, and summed in float32 (PyTorch's
 //! `torch.autocast("cpu", torch.bfloat16)` rounds the same operands); the output and the
-//! gradient stay float32. With the `onednn` feature on, those bf16 first layers go to oneDNN's
-//! bf16 kernels instead (measured faster); narrower ones stay here in float32.
+//! gradient stay float32. With the `onednn` feature on, strided bf16 first layers go to
+//! oneDNN's bf16 kernels instead (measured faster there; stride-1 ones measured faster here);
+//! narrower ones stay here in float32.
 //!
 //! The kernel gradient's bits are the same on every run for a given thread count (each
 //! thread's share of the batch fixed by the count, the shares added in order).
@@ -585,7 +586,7 @@ mod tests {
             eprintln!("skipped: no AVX-512");
             return Ok(());
         }
-        // With oneDNN on, bf16 first layers go to it (this thread only).
+        // With oneDNN on, strided bf16 first layers go to it (this thread only).
         #[cfg(feature = "onednn")]
         crate::onednn::set_enabled(false);
         let dev = Device::Cpu;
@@ -696,31 +697,36 @@ mod tests {
         Ok(())
     }
 
-    /// With oneDNN on, a bf16 first layer goes to oneDNN's bf16 kernels; float32 ones stay here.
+    /// With oneDNN on, a strided bf16 first layer goes to oneDNN's bf16 kernels; stride-1 bf16
+    /// ones and float32 ones stay here.
     #[cfg(feature = "onednn")]
     #[test]
-    fn bf16_first_layers_go_to_onednn() -> Result<()> {
+    fn strided_bf16_first_layers_go_to_onednn() -> Result<()> {
         if !available() || !crate::bf16_gemm::available() {
             return Ok(());
         }
         crate::onednn::set_enabled(true);
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1., (2, 3, 16, 16), &dev)?;
-        let w = Tensor::randn(0f32, 0.3, (16, 3, 3, 3), &dev)?;
-        let cfg = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
-        let conv = Conv2d::new(w, None, cfg);
-        for (dtype, direct) in [(None, true), (Some(candle_core::DType::BF16), false)] {
-            let _guard = crate::autocast::set(dtype);
-            let before = RUNS.with(|r| r.get());
-            Module::forward(&conv, &x)?;
-            assert_eq!(
-                RUNS.with(|r| r.get()) - before,
-                usize::from(direct),
-                "{dtype:?}"
-            );
+        for (k, stride) in [(3, 1), (7, 2)] {
+            let w = Tensor::randn(0f32, 0.3, (16, 3, k, k), &dev)?;
+            let cfg = Conv2dConfig {
+                padding: k / 2,
+                stride,
+                ..Default::default()
+            };
+            let conv = Conv2d::new(w, None, cfg);
+            for dtype in [None, Some(candle_core::DType::BF16)] {
+                let direct = dtype.is_none() || stride == 1;
+                let _guard = crate::autocast::set(dtype);
+                let before = RUNS.with(|r| r.get());
+                Module::forward(&conv, &x)?;
+                assert_eq!(
+                    RUNS.with(|r| r.get()) - before,
+                    usize::from(direct),
+                    "{k}x{k} stride {stride} {dtype:?}"
+                );
+            }
         }
         Ok(())
     }

@@ -273,11 +273,13 @@ impl Conv2d {
                 ),
                 Some(_) => None,
             };
-            // With oneDNN, its bf16 kernels run first layers in bf16 (measured faster than the
-            // direct convolution's float32 products of rounded operands: `resnet18-cifar` bf16
-            // 617 against 625 ms a step, `resnet18-seed` 52.6 against 53.2, three rounds).
+            // With oneDNN, its bf16 kernels run strided first layers in bf16; stride-1 ones stay
+            // here. Per operation inside the step (forward + kernel gradient, medians of three,
+            // oneDNN's reorders included): `resnet18-seed`'s 7x7 stride-2 stem 3.8 ms with
+            // oneDNN against 6.1 here; `resnet18-cifar`'s 3x3 stem 8.7 against 6.0, the MNIST
+            // CNN's 1->32 1.05 against 0.81.
             #[cfg(feature = "onednn")]
-            let bf16 = bf16.filter(|b| !(*b && onednn::enabled()));
+            let bf16 = bf16.filter(|b| !(*b && onednn::enabled() && c.stride > 1));
             if let Some(bf16) = bf16 {
                 let (s, p) = (c.stride, c.padding);
                 if let Some(ys) = direct::conv2d(xs, &self.weight, after, s, p, bf16)? {
