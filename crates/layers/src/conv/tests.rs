@@ -406,6 +406,47 @@ fn the_weight_gradient_repeats_bit_for_bit() -> Result<()> {
     Ok(())
 }
 
+/// Winograd's forward and input gradient split the batch over the pool's threads, and each
+/// image's output is the same whatever share it is in: pools of 1 to 3 threads (shares of 37,
+/// 19 and 13 images; blocks of tiles across images and within one) give the same bits, in
+/// float32 and bf16.
+#[test]
+fn winograd_gives_the_same_bits_on_any_pool() -> Result<()> {
+    let dev = Device::Cpu;
+    for (n, c, size, cout) in [(37, 16, 8, 16), (37, 32, 12, 24), (37, 64, 4, 64)] {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, c, size, size), &dev)?)?;
+        let wt = Var::from_tensor(&Tensor::randn(0f32, 0.1, (cout, c, 3, 3), &dev)?)?;
+        let up = Tensor::randn(0f32, 1., (n, cout, size, size), &dev)?;
+        let geo = geometry::Geometry::new(c, size, size, 3, 3, 1, 1)?;
+        assert!(winograd::applies(&geo, cout));
+        for bf16 in [false, true] {
+            let run = |threads: usize| -> Result<Vec<Vec<u32>>> {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("a pool");
+                pool.install(|| {
+                    let (xs, ws) = (x.as_tensor(), wt.as_tensor());
+                    let got = output_and_grads(&x, &wt, &up, || {
+                        cpu::conv2d_cpu(xs, ws, bias::After::Nothing, 1, 1, bf16)
+                    })?;
+                    // The output and the input gradient (the kernel gradient's shares follow
+                    // the pool: `the_weight_gradient_repeats_bit_for_bit`).
+                    got[..2].iter().map(bits).collect()
+                })
+            };
+            let one = run(1)?;
+            for threads in [2, 3] {
+                assert!(
+                    run(threads)? == one,
+                    "n{n} c{c} {size}x{size} bf16 {bf16}: {threads} threads"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn an_untracked_input_gets_no_gradient() -> Result<()> {
     let dev = Device::Cpu;
