@@ -333,34 +333,58 @@ pub(super) fn weight_grad(
             du
         })
         .collect();
-    let mut partials = partials.into_iter();
-    let mut du = partials.next().unwrap_or_else(|| vec![0f32; 16 * cout * c]);
-    for p in partials {
-        du.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
-    }
-    time(Part::Im2col, || kernel_grad(&du, cout, c))
+    time(Part::Im2col, || kernel_grad(&partials, cout, c))
 }
 
-/// dw (O, C, 3, 3) = `Gᵀ dU G` for each channel pair of `du` (16, O, C).
-fn kernel_grad(du: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+/// dw (O, C, 3, 3) = `Gᵀ dU G` for each channel pair of `dU` (16, O, C), the sum of the
+/// threads' `partials` added in order (the first, plus the second, ...: the same sums on any
+/// number of pool threads for a given number of partials). Output channels in parallel: on
+/// one thread, the sums and transforms of 512 x 512 channels were a serial stretch of each
+/// kernel gradient.
+fn kernel_grad(partials: &[Vec<f32>], cout: usize, cin: usize) -> Vec<f32> {
     let mut dw = vec![0f32; cout * cin * 9];
-    for o in 0..cout {
-        for c in 0..cin {
-            let d: [f32; 16] = std::array::from_fn(|xi| du[(xi * cout + o) * cin + c]);
-            // Gᵀ D: 3x4.
-            let s: [[f32; 4]; 3] = [
-                std::array::from_fn(|j| d[j] + 0.5 * (d[4 + j] + d[8 + j])),
-                std::array::from_fn(|j| 0.5 * (d[4 + j] - d[8 + j])),
-                std::array::from_fn(|j| 0.5 * (d[4 + j] + d[8 + j]) + d[12 + j]),
-            ];
-            // (Gᵀ D) G: 3x3.
-            for (i, [a, b, e, f]) in s.into_iter().enumerate() {
-                let row = [a + 0.5 * (b + e), 0.5 * (b - e), 0.5 * (b + e) + f];
-                dw[(o * cin + c) * 9 + i * 3..(o * cin + c) * 9 + i * 3 + 3].copy_from_slice(&row);
+    if partials.is_empty() {
+        return dw;
+    }
+    dw.par_chunks_mut(cin * 9)
+        .enumerate()
+        .with_min_len(8)
+        .for_each(|(o, dw)| {
+            // The 16 rows of this output channel, summed over the partials in order.
+            let mut d16 = vec![0f32; 16 * cin];
+            for (xi, row) in d16.chunks_exact_mut(cin).enumerate() {
+                let at = (xi * cout + o) * cin;
+                row.copy_from_slice(&partials[0][at..at + cin]);
+                for p in &partials[1..] {
+                    row.iter_mut()
+                        .zip(&p[at..at + cin])
+                        .for_each(|(a, b)| *a += b);
+                }
             }
+            kernel_grad_row(&d16, cin, dw);
+        });
+    dw
+}
+
+/// `kernel_grad` of one output channel: `d16` its 16 rows of C values, `dw` its (C, 3, 3).
+fn kernel_grad_row(d16: &[f32], cin: usize, dw: &mut [f32]) {
+    for (c, dw) in dw.chunks_exact_mut(9).enumerate().take(cin) {
+        let d: [f32; 16] = std::array::from_fn(|xi| d16[xi * cin + c]);
+        // Gᵀ D: 3x4.
+        let s: [[f32; 4]; 3] = [
+            std::array::from_fn(|j| d[j] + 0.5 * (d[4 + j] + d[8 + j])),
+            std::array::from_fn(|j| 0.5 * (d[4 + j] - d[8 + j])),
+            std::array::from_fn(|j| 0.5 * (d[4 + j] + d[8 + j]) + d[12 + j]),
+        ];
+        // (Gᵀ D) G: 3x3.
+        for (i, [a, b, e, f]) in s.into_iter().enumerate() {
+            dw[i * 3..i * 3 + 3].copy_from_slice(&[
+                a + 0.5 * (b + e),
+                0.5 * (b - e),
+                0.5 * (b + e) + f,
+            ]);
         }
     }
-    dw
 }
 
 /// The tile `t` of a run of images: (image, first output row, first output column).
