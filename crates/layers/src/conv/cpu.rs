@@ -437,6 +437,24 @@ pub(super) fn input_grad(
     grad.apply_op2_no_bwd(&w.contiguous()?, &op)
 }
 
+/// The kernel gradient (O, C, KH, KW) of the image-by-image convolution of geometry `geo` of
+/// `x` (N, C, H, W), from the output gradient `grad` (N, O, OH, OW), contiguous (the
+/// built-in products, Winograd's where they apply).
+#[cfg(feature = "onednn")]
+pub(super) fn weight_grad(
+    geo: Geometry,
+    cout: usize,
+    bf16: bool,
+    x: &Tensor,
+    grad: &Tensor,
+) -> Result<Tensor> {
+    let op = ConvCpuGrads {
+        conv: ConvCpu { geo, cout, bf16 },
+        want_input: false,
+    };
+    grad.apply_op2_no_bwd(&x.contiguous()?, &op)
+}
+
 /// One gradient of [`ConvCpu`] from the output gradient and the other argument: the input's
 /// (second argument the kernel) or the kernel's (second argument the input).
 struct ConvCpuGrads {

@@ -36,6 +36,10 @@
 //! channels, the AVX512-BF16 kernel active) it comes here (oneDNN's bf16 kernels measured
 //! faster).
 //!
+//! In bf16, 3x3 convolutions to 4x4 outputs from 256 channels and more (`resnet18-cifar`'s
+//! last stage) take their kernel gradient from the built-in products instead (Winograd's for
+//! stride 1; [`builtin_weight_grad`]), faster there than oneDNN 2.6's backward-weights kernel.
+//!
 //! [`set_enabled`] turns it off per thread (for comparisons); shapes oneDNN has no kernel for
 //! fall back to the built-in convolution.
 
@@ -305,8 +309,25 @@ fn run(
             return Ok(None);
         }
     }
-    let op = ConvDnnl { desc };
+    let op = ConvDnnl {
+        desc,
+        builtin_weight_grad: builtin_weight_grad(geo, bf16).then_some(*geo),
+    };
     Ok(Some(super::bias::apply(xs, weight, after, op)?))
+}
+
+/// Whether the kernel gradient of a convolution oneDNN runs forward is the built-in one's
+/// (Winograd's for stride 1): bf16 3x3 kernels on 4x4 outputs from 256 input channels, where
+/// oneDNN 2.6's backward-weights kernel is the slower. `resnet18-cifar` at batch 128, wall time
+/// of each operation inside the step: the kernel gradient alone, 512->512 on 4x4 15.2-15.5 ms
+/// built-in against 17.6-18.0 (oneDNN), 256->512 stride 2 from 8x8 10.8 against 13.0-13.4;
+/// from fewer channels level or slower (128->256 stride 2 from 16x16 10.3 against 10.0-10.2,
+/// 64->128 from 32x32 14.4 against 11.4). Both gradients, three interleaved runs: 512->512
+/// 29.8-31.7 against 37.6-41.1, 256->512 28.9-30.0 against 30.7-32.4. oneDNN's forward and
+/// input gradient stay: on these shapes they are the faster (512->512 on 4x4: 8.8-9.5 and
+/// 11.2-11.7 ms against Winograd's 12.2-13.4 and 20).
+pub(super) fn builtin_weight_grad(geo: &Geometry, bf16: bool) -> bool {
+    bf16 && geo.kh == 3 && geo.kw == 3 && geo.oh * geo.ow == 16 && geo.c >= 256
 }
 
 /// The kernel oneDNN runs for this convolution's forward pass, e.g. `jit_wino_4x3:avx512_core`.
@@ -375,9 +396,12 @@ impl CnnDnnlConv {
     }
 }
 
-/// The forward pass, a custom op so that its backward is oneDNN's too.
+/// The forward pass, a custom op so that its backward is oneDNN's too (the kernel gradient
+/// the built-in one's where [`builtin_weight_grad`]).
 struct ConvDnnl {
     desc: CnnDnnlConv,
+    /// The geometry, where the kernel gradient is the built-in one's ([`builtin_weight_grad`]).
+    builtin_weight_grad: Option<Geometry>,
 }
 
 impl CustomOp2 for ConvDnnl {
@@ -438,6 +462,23 @@ impl CustomOp2 for ConvDnnl {
         let (want_x, want_w) = (x.track_op(), w.track_op());
         if !want_x && !want_w {
             return Ok((None, None));
+        }
+        if let (Some(geo), true) = (self.builtin_weight_grad, want_w) {
+            let grad = grad.contiguous()?;
+            let gx = match want_x {
+                true => {
+                    let op = ConvDnnlGrads {
+                        desc: self.desc,
+                        want_x,
+                        want_w: false,
+                    };
+                    Some(grad.apply_op3_no_bwd(x, w, &op)?.reshape(x.shape())?)
+                }
+                false => None,
+            };
+            let (cout, bf16) = (self.desc.o as usize, self.desc.bf16 != 0);
+            let gw = super::cpu::weight_grad(geo, cout, bf16, x, &grad)?;
+            return Ok((gx, Some(gw)));
         }
         let op = ConvDnnlGrads {
             desc: self.desc,

@@ -602,6 +602,51 @@ fn onednn_matches_the_built_in_convolution() -> Result<()> {
     Ok(())
 }
 
+/// In bf16, 3x3 convolutions to 4x4 outputs from 256 channels and more run forward and input
+/// gradient on oneDNN and the kernel gradient on the built-in products (Winograd's for stride
+/// 1): the kernel gradient has the bits of the built-in one, with or without an input gradient
+/// wanted, and the input gradient is oneDNN's (within bf16's precision of float32).
+#[cfg(feature = "onednn")]
+#[test]
+fn onednn_leaves_the_kernel_gradient_of_deep_4x4_outputs_to_the_built_in() -> Result<()> {
+    if !crate::autocast::cpu_bf16_kernel_active() {
+        eprintln!("skipped: this CPU lacks AVX512-BF16");
+        return Ok(());
+    }
+    let dev = Device::Cpu;
+    for (size, stride) in [(4, 1), (8, 2)] {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (3, 256, size, size), &dev)?)?;
+        let wt = Var::from_tensor(&Tensor::randn(0f32, 0.05, (32, 256, 3, 3), &dev)?)?;
+        let (xs, ws) = (x.as_tensor(), wt.as_tensor());
+        let (geo, cout) = geometry::Geometry::of_conv(xs, ws, stride, 1)?;
+        assert!(onednn::builtin_weight_grad(&geo, true));
+        let up = Tensor::randn(0f32, 1., (3, 32, 4, 4), &dev)?;
+        let [_, gx, gw] = output_and_grads(&x, &wt, &up, || {
+            Ok(onednn::conv2d_any_shape(xs, ws, stride, 1, true)?.expect("a oneDNN kernel"))
+        })?;
+        let built_in = bits(&cpu::weight_grad(geo, cout, true, xs, &up)?)?;
+        assert!(
+            bits(&gw)? == built_in,
+            "{size}x{size} stride {stride}: not the built-in's"
+        );
+        // The input untracked (a frozen network's input): the same kernel gradient alone.
+        let y = onednn::conv2d_any_shape(&xs.detach(), ws, stride, 1, true)?.expect("kernel");
+        let g = (&y * &up)?.sum_all()?.backward()?;
+        let alone = bits(g.get(ws).expect("kernel gradient"))?;
+        assert!(alone == built_in, "{size}x{size} stride {stride}: alone");
+        let exact = output_and_grads(&x, &wt, &up, || conv2d_gemm(xs, ws, None, stride, 1))?;
+        let d = (&gx - &exact[1])?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let scale = exact[1].abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(d <= 2e-2 * scale, "input gradient {d} (scale {scale})");
+    }
+    // From fewer channels oneDNN's kernel gradient stays.
+    let x = Tensor::zeros((1, 128, 4, 4), DType::F32, &dev)?;
+    let (geo, _) =
+        geometry::Geometry::of_conv(&x, &Tensor::zeros((32, 128, 3, 3), DType::F32, &dev)?, 1, 1)?;
+    assert!(!onednn::builtin_weight_grad(&geo, true));
+    Ok(())
+}
+
 /// With one argument not tracked (a frozen kernel, or the input of a first layer), oneDNN's
 /// backward gives only the other gradient, equal to the one computed with both.
 #[cfg(feature = "onednn")]
