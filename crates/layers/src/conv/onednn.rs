@@ -36,8 +36,8 @@
 //! channels, the AVX512-BF16 kernel active) it comes here (oneDNN's bf16 kernels measured
 //! faster).
 //!
-//! In bf16, 3x3 convolutions to 4x4 outputs from 256 channels and more (`resnet18-cifar`'s
-//! last stage) take their kernel gradient from the built-in products instead (Winograd's for
+//! In bf16, 3x3 convolutions to outputs of 4x4 and smaller from 192 channels and more (the
+//! ResNets' last stages) take their kernel gradient from the built-in products instead (Winograd's for
 //! stride 1; [`builtin_weight_grad`]), faster there than oneDNN 2.6's backward-weights kernel.
 //!
 //! [`set_enabled`] turns it off per thread (for comparisons); shapes oneDNN has no kernel for
@@ -317,17 +317,20 @@ fn run(
 }
 
 /// Whether the kernel gradient of a convolution oneDNN runs forward is the built-in one's
-/// (Winograd's for stride 1): bf16 3x3 kernels on 4x4 outputs from 256 input channels, where
-/// oneDNN 2.6's backward-weights kernel is the slower. `resnet18-cifar` at batch 128, wall time
-/// of each operation inside the step: the kernel gradient alone, 512->512 on 4x4 15.2-15.5 ms
-/// built-in against 17.6-18.0 (oneDNN), 256->512 stride 2 from 8x8 10.8 against 13.0-13.4;
-/// from fewer channels level or slower (128->256 stride 2 from 16x16 10.3 against 10.0-10.2,
-/// 64->128 from 32x32 14.4 against 11.4). Both gradients, three interleaved runs: 512->512
-/// 29.8-31.7 against 37.6-41.1, 256->512 28.9-30.0 against 30.7-32.4. oneDNN's forward and
-/// input gradient stay: on these shapes they are the faster (512->512 on 4x4: 8.8-9.5 and
+/// (Winograd's for stride 1): bf16 3x3 kernels to outputs of 4x4 and smaller from 192 input
+/// channels, where oneDNN 2.6's backward-weights kernel is the slower. Wall time of each
+/// operation inside the step at batch 128, both gradients, three interleaved runs:
+/// `resnet18-cifar`'s 512->512 on 4x4 37.6-41.1 ms (oneDNN) against 29.8-31.7 (oneDNN's input
+/// gradient, the built-in kernel gradient), 256->512 stride 2 from 8x8 30.7-32.4 against
+/// 28.9-30.0; `resnet18-seed`'s 192->192 on 2x2 2.60-2.68 against 1.94-2.17. From fewer channels
+/// or to larger outputs oneDNN's is as fast or faster (`resnet18-seed`'s 128->128 on 4x4
+/// 2.06-2.11 against 2.13-2.38, 128->192 stride 2 from 4x4 2.3 against 3.1, 64->128 stride 2
+/// from 8x8 2.0 against 3.0-3.2; the kernel gradient alone, `resnet18-cifar`'s 128->256 stride
+/// 2 from 16x16 10.0-10.2 against 10.3, 64->128 from 32x32 11.4 against 14.4). oneDNN's forward
+/// and input gradient stay: on these shapes they are the faster (512->512 on 4x4: 8.8-9.5 and
 /// 11.2-11.7 ms against Winograd's 12.2-13.4 and 20).
 pub(super) fn builtin_weight_grad(geo: &Geometry, bf16: bool) -> bool {
-    bf16 && geo.kh == 3 && geo.kw == 3 && geo.oh * geo.ow == 16 && geo.c >= 256
+    bf16 && geo.kh == 3 && geo.kw == 3 && geo.oh * geo.ow <= 16 && geo.c >= 192
 }
 
 /// The kernel oneDNN runs for this convolution's forward pass, e.g. `jit_wino_4x3:avx512_core`.

@@ -602,25 +602,25 @@ fn onednn_matches_the_built_in_convolution() -> Result<()> {
     Ok(())
 }
 
-/// In bf16, 3x3 convolutions to 4x4 outputs from 256 channels and more run forward and input
-/// gradient on oneDNN and the kernel gradient on the built-in products (Winograd's for stride
+/// In bf16, 3x3 convolutions to outputs of 4x4 and smaller from 192 channels and more run
+/// forward and input gradient on oneDNN and the kernel gradient on the built-in products (Winograd's for stride
 /// 1): the kernel gradient has the bits of the built-in one, with or without an input gradient
 /// wanted, and the input gradient is oneDNN's (within bf16's precision of float32).
 #[cfg(feature = "onednn")]
 #[test]
-fn onednn_leaves_the_kernel_gradient_of_deep_4x4_outputs_to_the_built_in() -> Result<()> {
+fn onednn_leaves_the_kernel_gradient_of_deep_small_outputs_to_the_built_in() -> Result<()> {
     if !crate::autocast::cpu_bf16_kernel_active() {
         eprintln!("skipped: this CPU lacks AVX512-BF16");
         return Ok(());
     }
     let dev = Device::Cpu;
-    for (size, stride) in [(4, 1), (8, 2)] {
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (3, 256, size, size), &dev)?)?;
-        let wt = Var::from_tensor(&Tensor::randn(0f32, 0.05, (32, 256, 3, 3), &dev)?)?;
+    for (c, size, stride) in [(256, 4, 1), (256, 8, 2), (192, 2, 1)] {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (3, c, size, size), &dev)?)?;
+        let wt = Var::from_tensor(&Tensor::randn(0f32, 0.05, (32, c, 3, 3), &dev)?)?;
         let (xs, ws) = (x.as_tensor(), wt.as_tensor());
         let (geo, cout) = geometry::Geometry::of_conv(xs, ws, stride, 1)?;
         assert!(onednn::builtin_weight_grad(&geo, true));
-        let up = Tensor::randn(0f32, 1., (3, 32, 4, 4), &dev)?;
+        let up = Tensor::randn(0f32, 1., (3, 32, geo.oh, geo.ow), &dev)?;
         let [_, gx, gw] = output_and_grads(&x, &wt, &up, || {
             Ok(onednn::conv2d_any_shape(xs, ws, stride, 1, true)?.expect("a oneDNN kernel"))
         })?;
@@ -639,7 +639,11 @@ fn onednn_leaves_the_kernel_gradient_of_deep_4x4_outputs_to_the_built_in() -> Re
         let scale = exact[1].abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(d <= 2e-2 * scale, "input gradient {d} (scale {scale})");
     }
-    // From fewer channels oneDNN's kernel gradient stays.
+    // From fewer channels, or to larger outputs, oneDNN's kernel gradient stays.
+    let x = Tensor::zeros((1, 256, 8, 8), DType::F32, &dev)?;
+    let (geo, _) =
+        geometry::Geometry::of_conv(&x, &Tensor::zeros((32, 256, 3, 3), DType::F32, &dev)?, 1, 1)?;
+    assert!(!onednn::builtin_weight_grad(&geo, true));
     let x = Tensor::zeros((1, 128, 4, 4), DType::F32, &dev)?;
     let (geo, _) =
         geometry::Geometry::of_conv(&x, &Tensor::zeros((32, 128, 3, 3), DType::F32, &dev)?, 1, 1)?;
