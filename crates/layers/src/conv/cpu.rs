@@ -421,38 +421,21 @@ impl CustomOp2 for ConvCpu {
     }
 }
 
-/// The input gradient (N, C, H, W) of the image-by-image convolution of geometry `geo` with
-/// `w` (O, C, KH, KW), from the output gradient `grad` (N, O, OH, OW), contiguous.
-pub(super) fn input_grad(
-    geo: Geometry,
-    cout: usize,
-    bf16: bool,
-    w: &Tensor,
+/// One gradient of the image-by-image convolution of geometry `geo` (`cout` output channels)
+/// from the output gradient `grad` (N, O, OH, OW), contiguous: with `input`, the input's
+/// (N, C, H, W) from the kernel `other` (O, C, KH, KW); otherwise the kernel's from the input
+/// `other` (the built-in products, Winograd's where they apply).
+pub(super) fn grad(
+    (geo, cout, bf16): (Geometry, usize, bool),
+    input: bool,
+    other: &Tensor,
     grad: &Tensor,
 ) -> Result<Tensor> {
     let op = ConvCpuGrads {
         conv: ConvCpu { geo, cout, bf16 },
-        want_input: true,
+        want_input: input,
     };
-    grad.apply_op2_no_bwd(&w.contiguous()?, &op)
-}
-
-/// The kernel gradient (O, C, KH, KW) of the image-by-image convolution of geometry `geo` of
-/// `x` (N, C, H, W), from the output gradient `grad` (N, O, OH, OW), contiguous (the
-/// built-in products, Winograd's where they apply).
-#[cfg(feature = "onednn")]
-pub(super) fn weight_grad(
-    geo: Geometry,
-    cout: usize,
-    bf16: bool,
-    x: &Tensor,
-    grad: &Tensor,
-) -> Result<Tensor> {
-    let op = ConvCpuGrads {
-        conv: ConvCpu { geo, cout, bf16 },
-        want_input: false,
-    };
-    grad.apply_op2_no_bwd(&x.contiguous()?, &op)
+    grad.apply_op2_no_bwd(&other.contiguous()?, &op)
 }
 
 /// One gradient of [`ConvCpu`] from the output gradient and the other argument: the input's

@@ -306,8 +306,11 @@ impl CustomOp2 for Direct {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let gx = match x.track_op() {
-            true => Some(super::cpu::input_grad(
-                self.geo, self.cout, self.bf16, w, &grad,
+            true => Some(super::cpu::grad(
+                (self.geo, self.cout, self.bf16),
+                true,
+                w,
+                &grad,
             )?),
             false => None,
         };

@@ -480,7 +480,7 @@ impl CustomOp2 for ConvDnnl {
                 false => None,
             };
             let (cout, bf16) = (self.desc.o as usize, self.desc.bf16 != 0);
-            let gw = super::cpu::weight_grad(geo, cout, bf16, x, &grad)?;
+            let gw = super::cpu::grad((geo, cout, bf16), false, x, &grad)?;
             return Ok((gx, Some(gw)));
         }
         let op = ConvDnnlGrads {

@@ -624,7 +624,7 @@ fn onednn_leaves_the_kernel_gradient_of_deep_small_outputs_to_the_built_in() -> 
         let [_, gx, gw] = output_and_grads(&x, &wt, &up, || {
             Ok(onednn::conv2d_any_shape(xs, ws, stride, 1, true)?.expect("a oneDNN kernel"))
         })?;
-        let built_in = bits(&cpu::weight_grad(geo, cout, true, xs, &up)?)?;
+        let built_in = bits(&cpu::grad((geo, cout, true), false, xs, &up)?)?;
         assert!(
             bits(&gw)? == built_in,
             "{size}x{size} stride {stride}: not the built-in's"
