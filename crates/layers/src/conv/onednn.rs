@@ -37,8 +37,9 @@
 //! faster).
 //!
 //! In bf16, 3x3 convolutions to outputs of 4x4 and smaller from 192 channels and more (the
-//! ResNets' last stages) take their kernel gradient from the built-in products instead (Winograd's for
-//! stride 1; [`builtin_weight_grad`]), faster there than oneDNN 2.6's backward-weights kernel.
+//! ResNets' last stages) take their kernel gradient from the built-in products instead
+//! (Winograd's for stride 1; [`builtin_weight_grad`]), faster there than oneDNN 2.6's
+//! backward-weights kernel.
 //!
 //! [`set_enabled`] turns it off per thread (for comparisons); shapes oneDNN has no kernel for
 //! fall back to the built-in convolution.

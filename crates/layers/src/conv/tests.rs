@@ -603,9 +603,10 @@ fn onednn_matches_the_built_in_convolution() -> Result<()> {
 }
 
 /// In bf16, 3x3 convolutions to outputs of 4x4 and smaller from 192 channels and more run
-/// forward and input gradient on oneDNN and the kernel gradient on the built-in products (Winograd's for stride
-/// 1): the kernel gradient has the bits of the built-in one, with or without an input gradient
-/// wanted, and the input gradient is oneDNN's (within bf16's precision of float32).
+/// forward and input gradient on oneDNN and the kernel gradient on the built-in products
+/// (Winograd's for stride 1): the kernel gradient has the bits of the built-in one, with or
+/// without an input gradient wanted, and the input gradient is oneDNN's (within bf16's
+/// precision of float32).
 #[cfg(feature = "onednn")]
 #[test]
 fn onednn_leaves_the_kernel_gradient_of_deep_small_outputs_to_the_built_in() -> Result<()> {
