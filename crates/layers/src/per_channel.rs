@@ -108,7 +108,8 @@ const CHANNEL_RUN: usize = 16;
 
 /// For every channel `ch` of an (N, C, L) tensor, `step(acc, ch, r)` on an accumulator made by
 /// `init` for each row `r` (the range of (i, ch, ·)) in the order of the images `i`: the
-/// channels' accumulators, in order. Runs of [`CHANNEL_RUN`] channels go in parallel, each
+/// channels' accumulators, in order. Runs of [`CHANNEL_RUN`] channels (fewer where that leaves
+/// a pool thread without one: LeNet-5's 6 and 16 channels) go in parallel, each
 /// image by image through its channels' rows, which lie side by side in memory: going channel by
 /// channel instead jumped from one row to the next a whole image apart, and with rows of a page
 /// (32x32 maps) each began with misses the hardware's prefetchers, which stop at page
@@ -119,10 +120,10 @@ fn fold_rows<A: Send>(
     init: impl Fn() -> A + Sync,
     step: impl Fn(&mut A, usize, std::ops::Range<usize>) + Sync,
 ) -> Vec<A> {
-    let runs: Vec<Range<usize>> = (0..c)
-        .step_by(CHANNEL_RUN)
-        .map(|s| s..(s + CHANNEL_RUN).min(c))
-        .collect();
+    let run = CHANNEL_RUN
+        .min(c.div_ceil(rayon::current_num_threads().max(1)))
+        .max(1);
+    let runs: Vec<Range<usize>> = (0..c).step_by(run).map(|s| s..(s + run).min(c)).collect();
     let parts: Vec<Vec<A>> = runs
         .into_par_iter()
         .map(|chs| {

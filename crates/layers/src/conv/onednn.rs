@@ -36,9 +36,9 @@
 //! channels, the AVX512-BF16 kernel active) it comes here (oneDNN's bf16 kernels measured
 //! faster).
 //!
-//! In bf16, 3x3 convolutions to outputs of 4x4 and smaller from 192 channels and more (the
-//! ResNets' last stages) take their kernel gradient from the built-in products instead
-//! (Winograd's for stride 1; [`builtin_weight_grad`]), faster there than oneDNN 2.6's
+//! In bf16, 3x3 convolutions to outputs of 16 positions or fewer (4x4, 2x2) from 192 channels
+//! and more (the ResNets' last stages) take their kernel gradient from the built-in products
+//! instead (Winograd's for stride 1; [`builtin_weight_grad`]), faster there than oneDNN 2.6's
 //! backward-weights kernel.
 //!
 //! [`set_enabled`] turns it off per thread (for comparisons); shapes oneDNN has no kernel for
@@ -318,9 +318,9 @@ fn run(
 }
 
 /// Whether the kernel gradient of a convolution oneDNN runs forward is the built-in one's
-/// (Winograd's for stride 1): bf16 3x3 kernels to outputs of 4x4 and smaller from 192 input
-/// channels, where oneDNN 2.6's backward-weights kernel is the slower. Wall time of each
-/// operation inside the step at batch 128, both gradients, three interleaved runs:
+/// (Winograd's for stride 1): bf16 3x3 kernels to outputs of 16 positions or fewer (4x4, 2x2)
+/// from 192 input channels, where oneDNN 2.6's backward-weights kernel is the slower. Wall
+/// time of each operation inside the step at batch 128, both gradients, three interleaved runs:
 /// `resnet18-cifar`'s 512->512 on 4x4 37.6-41.1 ms (oneDNN) against 29.8-31.7 (oneDNN's input
 /// gradient, the built-in kernel gradient), 256->512 stride 2 from 8x8 30.7-32.4 against
 /// 28.9-30.0; `resnet18-seed`'s 192->192 on 2x2 2.60-2.68 against 1.94-2.17. From fewer channels

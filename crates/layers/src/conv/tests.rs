@@ -636,9 +636,11 @@ fn onednn_leaves_the_kernel_gradient_of_deep_small_outputs_to_the_built_in() -> 
         let alone = bits(g.get(ws).expect("kernel gradient"))?;
         assert!(alone == built_in, "{size}x{size} stride {stride}: alone");
         let exact = output_and_grads(&x, &wt, &up, || conv2d_gemm(xs, ws, None, stride, 1))?;
-        let d = (&gx - &exact[1])?.abs()?.max_all()?.to_scalar::<f32>()?;
-        let scale = exact[1].abs()?.max_all()?.to_scalar::<f32>()?;
-        assert!(d <= 2e-2 * scale, "input gradient {d} (scale {scale})");
+        for (got, want, what) in [(&gx, &exact[1], "input"), (&gw, &exact[2], "kernel")] {
+            let d = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(d <= 2e-2 * scale, "{what} gradient {d} (scale {scale})");
+        }
     }
     // From fewer channels, or to larger outputs, oneDNN's kernel gradient stays.
     let x = Tensor::zeros((1, 256, 8, 8), DType::F32, &dev)?;

@@ -361,7 +361,7 @@ pub(super) fn weight_grad(
 /// kernel gradient.
 fn kernel_grad(partials: &[Vec<f32>], cout: usize, cin: usize) -> Vec<f32> {
     let mut dw = vec![0f32; cout * cin * 9];
-    if partials.is_empty() {
+    if partials.is_empty() || cin == 0 {
         return dw;
     }
     dw.par_chunks_mut(cin * 9)
