@@ -86,7 +86,7 @@ fn lane_sums<const N: usize>(
 /// (n, ch, ·), added in the order of the images.
 fn per_channel_sums<const K: usize>(
     (n, c, l): (usize, usize, usize),
-    f: impl Fn(usize, std::ops::Range<usize>) -> [f64; K] + Sync,
+    f: impl Fn(usize, Range<usize>) -> [f64; K] + Sync,
 ) -> Vec<[f64; K]> {
     fold_rows(
         (n, c, l),
@@ -118,7 +118,7 @@ const CHANNEL_RUN: usize = 16;
 fn fold_rows<A: Send>(
     (n, c, l): (usize, usize, usize),
     init: impl Fn() -> A + Sync,
-    step: impl Fn(&mut A, usize, std::ops::Range<usize>) + Sync,
+    step: impl Fn(&mut A, usize, Range<usize>) + Sync,
 ) -> Vec<A> {
     let run = CHANNEL_RUN
         .min(c.div_ceil(rayon::current_num_threads().max(1)))

@@ -367,9 +367,9 @@ fn kernel_grad(partials: &[Vec<f32>], cout: usize, cin: usize) -> Vec<f32> {
     dw.par_chunks_mut(cin * 9)
         .enumerate()
         .with_min_len(8)
-        .for_each(|(o, dw)| {
+        .for_each_init(Vec::new, |d16, (o, dw)| {
             // The 16 rows of this output channel, summed over the partials in order.
-            let mut d16 = vec![0f32; 16 * cin];
+            d16.resize(16 * cin, 0.0);
             for (xi, row) in d16.chunks_exact_mut(cin).enumerate() {
                 let at = (xi * cout + o) * cin;
                 row.copy_from_slice(&partials[0][at..at + cin]);
@@ -379,7 +379,7 @@ fn kernel_grad(partials: &[Vec<f32>], cout: usize, cin: usize) -> Vec<f32> {
                         .for_each(|(a, b)| *a += b);
                 }
             }
-            kernel_grad_row(&d16, cin, dw);
+            kernel_grad_row(d16, cin, dw);
         });
     dw
 }
