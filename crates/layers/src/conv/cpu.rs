@@ -306,6 +306,17 @@ impl ConvCpu {
         if g.stride == 1 && g.kh == g.kw && g.padding < g.kh {
             // w'[ch][(o, ki, kj)] = w[o][ch][kh-1-ki][kw-1-kj]: (C, O·KH·KW).
             let taps = g.kh * g.kw;
+            let back = Geometry::new(cout, g.oh, g.ow, g.kh, g.kw, 1, g.kh - 1 - g.padding)?;
+            if winograd::applies(&back, g.c) {
+                // The flipped kernel's taps read in place (3x3: `applies`).
+                let u = time(Part::Im2col, || {
+                    winograd::transform_kernel_of(g.c, cout, |ch, o| {
+                        std::array::from_fn(|t| w[(o * g.c + ch) * 9 + 8 - t])
+                    })
+                });
+                // The backward convolution's output is the input's size: all of dL/dx.
+                return Ok(winograd::convolved(&back, g.c, grad, &u, n, self.bf16));
+            }
             let mut flipped = vec![0f32; g.c * cout * taps];
             for o in 0..cout {
                 for ch in 0..g.c {
@@ -314,14 +325,6 @@ impl ConvCpu {
                             w[(o * g.c + ch) * taps + t];
                     }
                 }
-            }
-            let back = Geometry::new(cout, g.oh, g.ow, g.kh, g.kw, 1, g.kh - 1 - g.padding)?;
-            if winograd::applies(&back, g.c) {
-                let u = time(Part::Im2col, || {
-                    winograd::transform_kernel(&flipped, g.c, cout)
-                });
-                // The backward convolution's output is the input's size: all of dL/dx.
-                return Ok(winograd::convolved(&back, g.c, grad, &u, n, self.bf16));
             }
             let mut gx = crate::fill::par_zeros(n * img_len);
             let (bk, hw) = (cout * taps, g.h * g.w);

@@ -557,7 +557,7 @@ impl CustomOp3 for ConvDnnlGrads {
         let (parts, threads) = parts(d);
         let (x_img, g_img) = (d.input_len() / n, d.output_len() / n);
         // The kernel gradient of each part but the first apart, summed after in order.
-        let mut extra = vec![MaybeUninit::new(0f32); parts.len().saturating_sub(1) * nw];
+        let mut extra = vec![MaybeUninit::<f32>::uninit(); parts.len().saturating_sub(1) * nw];
         let gx_parts: Vec<Option<&mut [MaybeUninit<f32>]>> = match self.want_x {
             true => cut_mut(gx, &parts, x_img).into_iter().map(Some).collect(),
             false => parts.iter().map(|_| None).collect(),
@@ -605,14 +605,21 @@ impl CustomOp3 for ConvDnnlGrads {
         // SAFETY: every part's call succeeded, and a successful backward writes the whole
         // gradients asked for (the input's rows and columns it skips were zeroed above).
         unsafe { out.set_len(nx + nw) };
-        if nw > 0 {
-            let gw = &mut out[nx..];
-            for part in extra.chunks(nw) {
-                // SAFETY: as above, for the other parts' kernel gradients.
-                gw.iter_mut()
-                    .zip(part)
-                    .for_each(|(a, b)| *a += unsafe { b.assume_init() });
-            }
+        if nw > 0 && !extra.is_empty() {
+            // In parallel over stretches of the kernel, each summed over the parts in order.
+            const STRETCH: usize = 1 << 14;
+            out[nx..]
+                .par_chunks_mut(STRETCH)
+                .enumerate()
+                .for_each(|(i, gw)| {
+                    for part in extra.chunks(nw) {
+                        let part = &part[i * STRETCH..][..gw.len()];
+                        // SAFETY: as above, for the other parts' kernel gradients.
+                        gw.iter_mut()
+                            .zip(part)
+                            .for_each(|(a, b)| *a += unsafe { b.assume_init() });
+                    }
+                });
         }
         Ok((CpuStorage::F32(out), Shape::from(nx + nw)))
     }

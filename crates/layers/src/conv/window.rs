@@ -1,6 +1,10 @@
 //! A window of a convolution kernel as its own differentiable op (the taps that reach the input).
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor};
+
+use crate::fill::{par_filled, par_init};
 
 /// `weight[:, :, r0..r0 + nh, c0..c0 + nw]` of an (O, I, kH, kW) f32 CPU kernel as a contiguous
 /// kernel, differentiable: the gradient is the full kernel's, zero outside the window, made in
@@ -38,12 +42,20 @@ impl candle_core::CustomOp1 for KernelWindow {
         let w = crate::per_channel::f32_slice(s, l, self.name(), "kernel")?;
         let (o, i, kh, kw) = l.shape().dims4()?;
         let ((r0, nh), (c0, nw)) = (self.rows, self.cols);
-        let mut out = Vec::with_capacity(o * i * nh * nw);
-        for k in w.chunks_exact(kh * kw) {
-            for r in r0..r0 + nh {
-                out.extend_from_slice(&k[r * kw + c0..][..nw]);
+        // Output channels in parallel, tap by tap (a 1x1 window is one value per channel pair:
+        // a `memcpy` call per value was a serial stretch of ResNet-18's last stage).
+        let fill = |oc: usize, out: &mut [MaybeUninit<f32>]| {
+            let w = &w[oc * i * kh * kw..];
+            for (k, out) in w.chunks_exact(kh * kw).zip(out.chunks_exact_mut(nh * nw)) {
+                for (r, out) in out.chunks_exact_mut(nw).enumerate() {
+                    for (o, &v) in out.iter_mut().zip(&k[(r0 + r) * kw + c0..][..nw]) {
+                        o.write(v);
+                    }
+                }
             }
-        }
+        };
+        // SAFETY: each chunk is the windows of whole output channels, every value written.
+        let out = unsafe { par_filled(o * i * nh * nw, i * nh * nw, fill) };
         Ok((CpuStorage::F32(out), Shape::from((o, i, nh, nw))))
     }
 
@@ -70,12 +82,16 @@ impl candle_core::CustomOp1 for PadWindow {
             rows: (r0, _),
             cols: (c0, _),
         } = self.0;
-        let mut out = vec![0f32; o * i * kh * kw];
-        for (k, g) in out.chunks_exact_mut(kh * kw).zip(g.chunks_exact(nh * nw)) {
-            for (r, g) in g.chunks_exact(nw).enumerate() {
-                k[(r0 + r) * kw + c0..][..nw].copy_from_slice(g);
+        let out = par_init(o * i * kh * kw, i * kh * kw, 0f32, |oc, out| {
+            let g = &g[oc * i * nh * nw..];
+            for (k, g) in out.chunks_exact_mut(kh * kw).zip(g.chunks_exact(nh * nw)) {
+                for (r, g) in g.chunks_exact(nw).enumerate() {
+                    for (k, &v) in k[(r0 + r) * kw + c0..][..nw].iter_mut().zip(g) {
+                        *k = v;
+                    }
+                }
             }
-        }
+        });
         Ok((CpuStorage::F32(out), Shape::from((o, i, kh, kw))))
     }
 }
