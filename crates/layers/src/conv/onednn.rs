@@ -45,7 +45,7 @@
 //! fall back to the built-in convolution.
 
 use std::cell::Cell;
-use std::ffi::{c_char, CStr};
+use std::ffi::{c_char, c_void, CStr};
 use std::mem::MaybeUninit;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
@@ -80,6 +80,7 @@ extern "C" {
         s: *const CnnDnnlConv,
         src: *const f32,
         wei: *const f32,
+        wei_ready: *const c_void,
         dst: *mut f32,
         err: *mut c_char,
         len: usize,
@@ -89,6 +90,7 @@ extern "C" {
         s: *const CnnDnnlConv,
         src: *const f32,
         wei: *const f32,
+        wei_ready: *const c_void,
         diff_dst: *const f32,
         diff_src: *mut f32,
         diff_wei: *mut f32,
@@ -96,6 +98,18 @@ extern "C" {
         len: usize,
     ) -> i32;
     fn cnn_dnnl_impl(s: *const CnnDnnlConv, out: *mut c_char, len: usize) -> i32;
+    fn cnn_dnnl_kernel_size(s: *const CnnDnnlConv, pass: i32, block: *mut i64) -> i64;
+    #[allow(clippy::too_many_arguments)]
+    fn cnn_dnnl_kernel(
+        s: *const CnnDnnlConv,
+        pass: i32,
+        wei: *const f32,
+        dst: *mut c_void,
+        o0: i64,
+        o1: i64,
+        err: *mut c_char,
+        len: usize,
+    ) -> i32;
 }
 
 /// Input channels from which a convolution goes through oneDNN.
@@ -105,6 +119,7 @@ thread_local! {
     static ENABLED: Cell<bool> = Cell::new(std::env::var_os("CNN_ONEDNN").is_none_or(|v| v != "0"));
     static EVERYWHERE: Cell<bool> = const { Cell::new(false) };
     static WINOGRAD: Cell<bool> = Cell::new(std::env::var_os("CNN_ONEDNN_WINOGRAD").is_some_and(|v| v == "1"));
+    static SHARED_KERNEL: Cell<bool> = const { Cell::new(true) };
 }
 
 /// Whether float32 3x3 stride-1 convolutions on this thread use oneDNN's Winograd F(4x4, 3x3)
@@ -190,6 +205,86 @@ fn cut_mut<'a, T>(mut v: &'a mut [T], sizes: &[CnnDnnlConv], each: usize) -> Vec
         v = b;
     }
     out
+}
+
+/// Kernel values from which the parts of a batch share one reorder ([`shared_kernel`]). Wall
+/// time of each oneDNN operation inside a `resnet18-cifar` bf16 step at batch 128 on 2 threads,
+/// each thread its own reorder against one shared (medians of three interleaved runs, two
+/// sittings): 512->512 on 4x4 forward 10.1-10.2 -> 9.2-9.6 ms and input gradient 12.5-13.0
+/// -> 10.8-11.1, 256->512 stride 2 forward 7.2-7.9 -> 6.1-6.4; 128->256 stride 2 forward
+/// 8.1-8.2 -> 7.5-7.8 but both gradients 20.4-20.9 -> 20.1-22.0; the five together 116.5 ->
+/// 109.9 ms a step in the second sitting. Below (`resnet18-seed`'s 128->192 stride 2, 221,184
+/// values: forward 0.54 -> 0.58 ms; `resnet18-cifar`'s 64->128 stride 2, 73,728 values: 8.8
+/// -> 9.3) the second round of the pool's threads costs more than the reorder it saves.
+const SHARED_KERNEL_MIN: usize = 1 << 18;
+
+/// A cache line of a kernel in oneDNN's layout (its buffers aligned as oneDNN aligns its own).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// The kernel `w` (O, C, kH, kW) in the layout of `pass` (0: forward, 1: input gradient) of
+/// every part's primitive, reordered once: each of the pool's threads reorders a range of whole
+/// blocks of output channels (before, each part's call reordered all of it: the same kernel
+/// once per thread). `None` where the parts' primitives may differ (parts of unequal sizes),
+/// for one part, where the primitive reads the OIHW kernel itself, and on the thread where
+/// [`share_kernels`] is off. The same bits either way.
+fn shared_kernel(
+    parts: &[CnnDnnlConv],
+    threads: usize,
+    pass: i32,
+    w: &[f32],
+) -> Result<Option<Vec<Line>>> {
+    let Some(part) = parts.first() else {
+        return Ok(None);
+    };
+    if parts.len() < 2
+        || parts.iter().any(|p| p.n != part.n)
+        || part.kernel_len() < SHARED_KERNEL_MIN
+        || !SHARED_KERNEL.with(Cell::get)
+    {
+        return Ok(None);
+    }
+    let mut block = 0i64;
+    // SAFETY: `part` was set up (`run`); `block` is written.
+    let bytes = unsafe { cnn_dnnl_kernel_size(part, pass, &mut block) };
+    if bytes < 0 {
+        candle_core::bail!("conv2d: oneDNN has no kernel layout for a shape it set up")
+    }
+    if bytes == 0 || block < 1 || part.o % block != 0 {
+        return Ok(None);
+    }
+    let (blocks, k) = (part.o / block, parts.len() as i64);
+    let ranges: Vec<(i64, i64)> = (0..k)
+        .map(|i| (blocks * i / k * block, blocks * (i + 1) / k * block))
+        .filter(|(a, b)| a < b)
+        .collect();
+    // Zeros first: padding in the layout (channels rounded up to its blocks) reads as zeros.
+    let mut out = vec![Line([0; 64]); (bytes as usize).div_ceil(64)];
+    let dst = out.as_mut_ptr() as usize;
+    ranges.into_par_iter().try_for_each(|(o0, o1)| {
+        let result = call("kernel reorder", threads, |e, l| {
+            // SAFETY: `dst` holds the layout's `bytes`; ranges of output channels are disjoint
+            // whole blocks, so the threads write disjoint bytes; `w` is the (O, C, kH, kW)
+            // kernel `part` was set up for (lengths checked by the callers).
+            unsafe { cnn_dnnl_kernel(part, pass, w.as_ptr(), dst as *mut c_void, o0, o1, e, l) }
+        });
+        done("kernel reorder", result)
+    })?;
+    #[cfg(test)]
+    SHARED_KERNELS_MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(Some(out))
+}
+
+/// Kernels [`shared_kernel`] reordered (for tests: that the shared path ran).
+#[cfg(test)]
+pub(super) static SHARED_KERNELS_MADE: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+/// Whether oneDNN's calls on this thread reorder a kernel once for all parts of a batch
+/// ([`shared_kernel`]; default yes); returns the previous setting. For tests and comparisons.
+pub fn share_kernels(on: bool) -> bool {
+    SHARED_KERNEL.with(|s| s.replace(on))
 }
 
 /// `Ok(true)` of [`call`] for a shape set up before: anything else is an error.
@@ -440,13 +535,19 @@ impl CustomOp2 for ConvDnnl {
         );
         let jobs: Vec<_> = parts.iter().zip(cut(x, &parts, x_img)).zip(outs).collect();
         time(Part::Gemm, || {
+            let kernel = shared_kernel(&parts, threads, 0, w)?;
+            let ready = kernel.as_ref().map_or(0, |k| k.as_ptr() as usize);
             jobs.into_par_iter().try_for_each(|((part, x), out)| {
                 let dst = out.as_mut_ptr().cast::<f32>();
                 done(
                     "forward",
                     call("forward", threads, |e, l| {
-                        // SAFETY: the slices have the lengths `part` gives (checked above).
-                        unsafe { cnn_dnnl_forward(part, x.as_ptr(), w.as_ptr(), dst, e, l) }
+                        // SAFETY: the slices have the lengths `part` gives (checked above);
+                        // `ready` is null or the kernel in the forward's layout, alive here.
+                        unsafe {
+                            let ready = ready as *const c_void;
+                            cnn_dnnl_forward(part, x.as_ptr(), w.as_ptr(), ready, dst, e, l)
+                        }
                     }),
                 )
             })
@@ -579,18 +680,25 @@ impl CustomOp3 for ConvDnnlGrads {
             .zip(gx_parts.into_iter().zip(gw_parts))
             .collect();
         time(Part::Gemm, || {
+            let kernel = match self.want_x {
+                true => shared_kernel(&parts, threads, 1, w)?,
+                false => None,
+            };
+            let ready = kernel.as_ref().map_or(0, |k| k.as_ptr() as usize);
             jobs.into_par_iter()
                 .try_for_each(|((part, (grad, x)), (gx, gw))| {
                     let px = gx.map_or(std::ptr::null_mut(), |g| g.as_mut_ptr().cast::<f32>());
                     let pw = gw.map_or(std::ptr::null_mut(), |g| g.as_mut_ptr().cast::<f32>());
                     let result = call("backward", threads, |e, l| {
                         // SAFETY: every slice has the length `part` gives (checked above); null
-                        // pointers mark the gradients not wanted.
+                        // pointers mark the gradients not wanted; `ready` is null or the
+                        // kernel in the input gradient's layout, alive here.
                         unsafe {
                             cnn_dnnl_backward(
                                 part,
                                 x.as_ptr(),
                                 w.as_ptr(),
+                                ready as *const c_void,
                                 grad.as_ptr(),
                                 px,
                                 pw,

@@ -111,6 +111,11 @@ struct Entry {
     // Forward: src, wei in, dst out. Backward data: diff_dst, wei in, diff_src out.
     // Backward weights: src, diff_dst in, diff_wei out.
     Operand f_src, f_wei, f_dst, d_ddst, d_wei, d_dsrc, w_src, w_ddst, w_dwei;
+    /// Reorders of a range of output channels of the kernel into the forward's (pass 0) or
+    /// the backward-data's (1) layout, by (pass, first channel, end), built on first use.
+    std::mutex ranges_lock;
+    std::map<std::array<int64_t, 3>, std::unique_ptr<std::pair<reorder::primitive_desc, reorder>>>
+        ranges;
 };
 
 /// Guards `cache` (lookups and insertions; the entries, never removed, run outside it).
@@ -223,6 +228,27 @@ Entry &ready(const CnnDnnlConv &s) {
     return *e;
 }
 
+/// The kernel's operand of pass 0 (forward) or 1 (backward data).
+Operand &kernel_operand(Entry &e, int32_t pass) { return pass == 0 ? e.f_wei : e.d_wei; }
+
+/// The output channels of one block of the kernel's layout for `pass` (1 when not blocked by
+/// them).
+int64_t kernel_block(Entry &e, int32_t pass) {
+    const memory::desc &d = kernel_operand(e, pass).inner;
+    int64_t block = 1;
+#if DNNL_VERSION_MAJOR >= 3
+    auto blks = d.get_inner_blks();
+    auto idxs = d.get_inner_idxs();
+    for (size_t i = 0; i < blks.size(); ++i)
+        if (idxs[i] == 0) block *= blks[i];
+#else
+    const auto &b = d.data.format_desc.blocking;
+    for (int i = 0; i < b.inner_nblks; ++i)
+        if (b.inner_idxs[i] == 0) block *= b.inner_blks[i];
+#endif
+    return block;
+}
+
 /// The user's tensor as the primitive wants it: itself, or a reorder into `buf`.
 memory input(stream &st, Operand &op, const void *ptr, Buffer &buf) {
     memory user(op.user, eng(), const_cast<void *>(ptr));
@@ -230,6 +256,13 @@ memory input(stream &st, Operand &op, const void *ptr, Buffer &buf) {
     memory inner(op.inner, eng(), buf.get(op.inner.get_size()));
     run_reorder(st, op.to_inner, op.to_inner_pd, user, inner);
     return inner;
+}
+
+/// The kernel for the primitives: `wei` reordered by the caller beforehand (see
+/// `cnn_dnnl_kernel`), or reordered here into `buf`.
+memory kernel(stream &st, Operand &op, const float *wei, const void *ready, Buffer &buf) {
+    if (ready && !op.same) return memory(op.inner, eng(), const_cast<void *>(ready));
+    return input(st, op, wei, buf);
 }
 
 /// Where the primitive writes: the user's tensor, or `buf` (then [`output_done`] reorders).
@@ -283,14 +316,65 @@ int32_t cnn_dnnl_prepare(const CnnDnnlConv *s, char *err, size_t len) {
     }
 }
 
-/// dst (n, o, oh, ow) = conv(src (n, c, h, w), wei (o, c, kh, kw)).
-int32_t cnn_dnnl_forward(const CnnDnnlConv *s, const float *src, const float *wei, float *dst,
-                         char *err, size_t len) {
+/// Bytes of the kernel in the layout of pass 0 (forward) or 1 (backward data), and in `block`
+/// the output channels of one block of that layout; 0 where the primitive reads the user's
+/// OIHW float32 kernel itself; -1 on an error.
+int64_t cnn_dnnl_kernel_size(const CnnDnnlConv *s, int32_t pass, int64_t *block) {
+    try {
+        Entry &e = ready(*s);
+        Operand &op = kernel_operand(e, pass);
+        *block = kernel_block(e, pass);
+        return op.same ? 0 : static_cast<int64_t>(op.inner.get_size());
+    } catch (...) {
+        return -1;
+    }
+}
+
+/// Output channels `o0..o1` (whole blocks of the layout) of the OIHW float32 kernel `wei`
+/// reordered into `dst`, the kernel in the layout of pass 0 (forward) or 1 (backward data) of
+/// `cnn_dnnl_kernel_size`'s bytes: the threads of a batch's parts each reorder a range, once,
+/// and every part's primitive reads the whole (instead of each thread reordering all of it).
+int32_t cnn_dnnl_kernel(const CnnDnnlConv *s, int32_t pass, const float *wei, void *dst,
+                        int64_t o0, int64_t o1, char *err, size_t len) {
+    try {
+        Entry &e = ready(*s);
+        Operand &op = kernel_operand(e, pass);
+        if (op.same || o0 >= o1) return 0;
+        memory::dims dims{o1 - o0, s->c, s->kh, s->kw}, at{o0, 0, 0, 0};
+        auto from_d = op.user.submemory_desc(dims, at), to_d = op.inner.submemory_desc(dims, at);
+        std::pair<reorder::primitive_desc, reorder> *r;
+        {
+            std::lock_guard<std::mutex> g(e.ranges_lock);
+            auto &slot = e.ranges[{pass, o0, o1}];
+            if (!slot) {
+                primitive_attr attr;
+                attr.set_scratchpad_mode(scratchpad_mode::user);
+                auto pd = reorder::primitive_desc(eng(), from_d, eng(), to_d, attr);
+                slot = std::make_unique<std::pair<reorder::primitive_desc, reorder>>(pd, reorder(pd));
+            }
+            r = slot.get();
+        }
+        stream st(eng());
+        memory from(from_d, eng(), const_cast<float *>(wei)), to(to_d, eng(), dst);
+        run_reorder(st, r->second, r->first, from, to);
+        st.wait();
+        return 0;
+    } catch (const std::exception &ex) {
+        return fail("kernel reorder", ex, err, len);
+    } catch (...) {
+        return unknown("kernel reorder", err, len);
+    }
+}
+
+/// dst (n, o, oh, ow) = conv(src (n, c, h, w), wei (o, c, kh, kw)); the kernel from
+/// `wei_ready` where not null (`cnn_dnnl_kernel`, pass 0), else reordered from `wei`.
+int32_t cnn_dnnl_forward(const CnnDnnlConv *s, const float *src, const float *wei,
+                         const void *wei_ready, float *dst, char *err, size_t len) {
     try {
         Entry &e = ready(*s);
         stream st(eng());
         memory S = input(st, e.f_src, src, buf_src);
-        memory W = input(st, e.f_wei, wei, buf_wei);
+        memory W = kernel(st, e.f_wei, wei, wei_ready, buf_wei);
         memory D = output(e.f_dst, dst, buf_dst);
         e.fwd.execute(st, {{DNNL_ARG_SRC, S},
                            {DNNL_ARG_WEIGHTS, W},
@@ -306,12 +390,13 @@ int32_t cnn_dnnl_forward(const CnnDnnlConv *s, const float *src, const float *we
     }
 }
 
-/// diff_src (n, c, h, w) from diff_dst (n, o, oh, ow) and wei, if diff_src is not null; diff_wei
+/// diff_src (n, c, h, w) from diff_dst (n, o, oh, ow) and wei (from `wei_ready` where not null,
+/// as `cnn_dnnl_kernel` pass 1 wrote it), if diff_src is not null; diff_wei
 /// (o, c, kh, kw) from diff_dst and src, if diff_wei is not null. The caller zeroes diff_src:
 /// rows and columns no window reaches (a 1x1 stride-2 kernel on an even size) are not written.
 int32_t cnn_dnnl_backward(const CnnDnnlConv *s, const float *src, const float *wei,
-                          const float *diff_dst, float *diff_src, float *diff_wei, char *err,
-                          size_t len) {
+                          const void *wei_ready, const float *diff_dst, float *diff_src,
+                          float *diff_wei, char *err, size_t len) {
     try {
         Entry &e = ready(*s);
         stream st(eng());
@@ -320,7 +405,7 @@ int32_t cnn_dnnl_backward(const CnnDnnlConv *s, const float *src, const float *w
         bool shared = e.d_ddst.inner == e.w_ddst.inner;
         if (diff_src) {
             G = input(st, e.d_ddst, diff_dst, buf_dst);
-            memory W = input(st, e.d_wei, wei, buf_wei);
+            memory W = kernel(st, e.d_wei, wei, wei_ready, buf_wei);
             memory DS = output(e.d_dsrc, diff_src, buf_src);
             e.bwd_data.execute(st, {{DNNL_ARG_DIFF_DST, G},
                                     {DNNL_ARG_WEIGHTS, W},

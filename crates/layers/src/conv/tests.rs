@@ -731,6 +731,57 @@ fn onednn_splits_the_batch_over_the_pool() -> Result<()> {
     Ok(())
 }
 
+/// A kernel reordered once for all parts of a batch (each pool thread a range of its output
+/// channels) gives the bits of each part reordering it itself: the output and both gradients,
+/// float32 and bf16, in the layouts of 3x3, 1x1 and strided kernels (of 2^18 values or more),
+/// on pools of 2 and 4 threads (equal parts: shared) and 3 (unequal parts: each part its own).
+#[cfg(feature = "onednn")]
+#[test]
+fn onednn_shares_a_kernel_reordered_once() -> Result<()> {
+    use std::sync::atomic::Ordering;
+    let dev = Device::Cpu;
+    let made = || onednn::SHARED_KERNELS_MADE.load(Ordering::Relaxed);
+    let before = made();
+    for (c, size, cout, k, s, p) in [
+        (128, 4, 256, 3, 1, 1),
+        (128, 6, 256, 3, 2, 1),
+        (256, 2, 1024, 1, 1, 0),
+    ] {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (8, c, size, size), &dev)?)?;
+        let wt = Var::from_tensor(&Tensor::randn(0f32, 0.1, (cout, c, k, k), &dev)?)?;
+        let (xs, ws) = (x.as_tensor(), wt.as_tensor());
+        let up = Tensor::randn(0f32, 1., conv2d_gemm(xs, ws, None, s, p)?.shape(), &dev)?;
+        for (threads, bf16) in [(2, false), (2, true), (3, true), (4, false)] {
+            if bf16 && !crate::autocast::cpu_bf16_kernel_active() {
+                continue;
+            }
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("a pool");
+            let run = |share: bool| {
+                pool.install(|| {
+                    let was = onednn::share_kernels(share);
+                    let out = output_and_grads(&x, &wt, &up, || {
+                        Ok(onednn::conv2d_any_shape(xs, ws, s, p, bf16)?.expect("a kernel"))
+                    });
+                    onednn::share_kernels(was);
+                    out
+                })
+            };
+            let (shared, own) = (run(true)?, run(false)?);
+            for (a, b) in shared.iter().zip(&own) {
+                assert!(
+                    bits(a)? == bits(b)?,
+                    "c{c} {size}x{size} o{cout} k{k} {threads} bf16 {bf16}"
+                );
+            }
+        }
+    }
+    assert!(made() > before, "no kernel was shared");
+    Ok(())
+}
+
 /// Through [`Conv2d`], the routing: the built-in Winograd keeps 3x3 stride-1 convolutions on
 /// 8x8 outputs (same bits as without oneDNN); a strided one goes to oneDNN (within 1e-5).
 #[cfg(feature = "onednn")]
