@@ -210,13 +210,14 @@ fn cut_mut<'a, T>(mut v: &'a mut [T], sizes: &[CnnDnnlConv], each: usize) -> Vec
 /// Kernel values from which the parts of a batch share one reorder ([`shared_kernel`]). Wall
 /// time of each oneDNN operation inside a `resnet18-cifar` bf16 step at batch 128 on 2 threads,
 /// each thread its own reorder against one shared (medians of three interleaved runs, two
-/// sittings): 512->512 on 4x4 forward 10.1-10.2 -> 9.2-9.6 ms and input gradient 12.5-13.0
-/// -> 10.8-11.1, 256->512 stride 2 forward 7.2-7.9 -> 6.1-6.4; 128->256 stride 2 forward
-/// 8.1-8.2 -> 7.5-7.8 but both gradients 20.4-20.9 -> 20.1-22.0; the five together 116.5 ->
-/// 109.9 ms a step in the second sitting. Below (`resnet18-seed`'s 128->192 stride 2, 221,184
-/// values: forward 0.54 -> 0.58 ms; `resnet18-cifar`'s 64->128 stride 2, 73,728 values: 8.8
-/// -> 9.3) the second round of the pool's threads costs more than the reorder it saves.
-const SHARED_KERNEL_MIN: usize = 1 << 18;
+/// sittings): 512->512 on 4x4 (2,359,296 values) forward 10.1-10.2 -> 9.2-9.6 ms and input
+/// gradient 12.5-13.0 -> 10.8-11.1, 256->512 stride 2 forward 7.2-7.9 -> 6.1-6.4. Smaller
+/// kernels gained nothing or lost: 128->256 stride 2 (294,912 values) forward 8.1-8.2 ->
+/// 7.5-7.8 but both gradients 20.4-20.9 -> 20.1-22.0; `resnet18-seed`'s 192->192 on 2x2
+/// (331,776) level, its 128->192 stride 2 (221,184) forward 0.54 -> 0.58; `resnet18-cifar`'s
+/// 64->128 stride 2 (73,728) 8.8 -> 9.3: there the second round of the pool's threads costs as
+/// much as the reorder it saves.
+const SHARED_KERNEL_MIN: usize = 1 << 19;
 
 /// A cache line of a kernel in oneDNN's layout (its buffers aligned as oneDNN aligns its own).
 #[derive(Clone, Copy)]

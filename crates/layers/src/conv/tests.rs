@@ -733,7 +733,7 @@ fn onednn_splits_the_batch_over_the_pool() -> Result<()> {
 
 /// A kernel reordered once for all parts of a batch (each pool thread a range of its output
 /// channels) gives the bits of each part reordering it itself: the output and both gradients,
-/// float32 and bf16, in the layouts of 3x3, 1x1 and strided kernels (of 2^18 values or more),
+/// float32 and bf16, in the layouts of 3x3, 1x1 and strided kernels (of 2^19 values or more),
 /// on pools of 2 and 4 threads (equal parts: shared) and 3 (unequal parts: each part its own).
 #[cfg(feature = "onednn")]
 #[test]
@@ -743,9 +743,9 @@ fn onednn_shares_a_kernel_reordered_once() -> Result<()> {
     let made = || onednn::SHARED_KERNELS_MADE.load(Ordering::Relaxed);
     let before = made();
     for (c, size, cout, k, s, p) in [
-        (128, 4, 256, 3, 1, 1),
-        (128, 6, 256, 3, 2, 1),
-        (256, 2, 1024, 1, 1, 0),
+        (256, 4, 512, 3, 1, 1),
+        (256, 6, 512, 3, 2, 1),
+        (512, 2, 1024, 1, 1, 0),
     ] {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1., (8, c, size, size), &dev)?)?;
         let wt = Var::from_tensor(&Tensor::randn(0f32, 0.1, (cout, c, k, k), &dev)?)?;
