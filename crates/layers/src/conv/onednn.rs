@@ -361,15 +361,18 @@ pub(super) fn routes(geo: &Geometry, cout: usize, bf16: bool) -> bool {
     if geo.kh == 1 && geo.kw == 1 && geo.stride > 1 && geo.oh * geo.ow >= 16 && !onednn_winograd {
         return false;
     }
-    // Where the built-in Winograd F(2x2, 3x3) runs on outputs of 8x8 and up (in float32, 4x4
-    // and up), it is faster than oneDNN's direct convolution in float32 and as fast in bf16
+    // Where the built-in Winograd F(2x2, 3x3) runs on outputs of 8x8 and up, it is faster than
+    // oneDNN's direct convolution in float32 and as fast in bf16
     // (`resnet18-cifar`'s shapes at batch 128, forward and backward, float32 / bf16: 64->64
     // 32x32 153-162 against 198-209 / 131-133 against 131-138 ms; 128->128 16x16 115-129
     // against 170-213 / 88-98 against 103-105; 256->256 8x8 109-118 against 144-151 / 85-88
-    // against 80-87; float32 512->512 4x4 117-146 against 135-165, 128->128 4x4 10-12 against
-    // 10-19); on 2x2 outputs, with a stride, and on 4x4 in bf16, oneDNN is (512->512 2x2: 58-70
-    // against 46-52 ms in float32; 512->512 4x4 96-109 against 75-93 in bf16).
-    let min_positions = if bf16 { 64 } else { 16 };
+    // against 80-87); on 2x2 outputs, with a stride, and on 4x4, oneDNN is (512->512 2x2: 58-70
+    // against 46-52 ms in float32; 512->512 4x4 96-109 against 75-93 in bf16). In float32 on
+    // 4x4, oneDNN's forward and input gradient with the built-in kernel gradient
+    // ([`builtin_weight_grad`]) beat the built-in Winograd's three inside the step (medians of
+    // three interleaved runs at batch 128): `resnet18-cifar`'s 512->512 70.1 -> 57.3 ms a layer,
+    // `resnet18-seed`'s 128->128 4.50 -> 3.59 (all three on oneDNN: 72.3 and 4.08).
+    let min_positions = if bf16 { 64 } else { 17 };
     onednn_winograd || !(super::winograd::applies(geo, cout) && geo.oh * geo.ow >= min_positions)
 }
 
@@ -414,7 +417,7 @@ fn run(
 }
 
 /// Whether the kernel gradient of a convolution oneDNN runs forward is the built-in one's
-/// (Winograd's for stride 1): bf16 3x3 kernels to outputs of 16 positions or fewer (4x4, 2x2)
+/// (Winograd's for stride 1). In bf16, 3x3 kernels to outputs of 16 positions or fewer (4x4, 2x2)
 /// from 192 input channels, where oneDNN 2.6's backward-weights kernel is the slower. Wall
 /// time of each operation inside the step at batch 128, both gradients, three interleaved runs:
 /// `resnet18-cifar`'s 512->512 on 4x4 37.6-41.1 ms (oneDNN) against 29.8-31.7 (oneDNN's input
@@ -426,8 +429,18 @@ fn run(
 /// 2 from 16x16 10.0-10.2 against 10.3, 64->128 from 32x32 11.4 against 14.4). oneDNN's forward
 /// and input gradient stay: on these shapes they are the faster (512->512 on 4x4: 8.8-9.5 and
 /// 11.2-11.7 ms against Winograd's 12.2-13.4 and 20).
+///
+/// In float32, stride-1 3x3 kernels to outputs of 16 positions or fewer from 128 channels
+/// (medians of three interleaved runs inside the step): `resnet18-cifar`'s 512->512 on 4x4
+/// both gradients 50.5 ms (oneDNN) against 18.5 + 17.3, `resnet18-seed`'s 128->128 on 4x4 2.63
+/// against 1.03 + 1.19, its 192->192 on 2x2 2.23-2.25 against 0.80-0.81 + 1.02-1.08; with a
+/// stride oneDNN's stays (128->192 stride 2 from 4x4: 2.21 against 1.14 + 2.00).
 pub(super) fn builtin_weight_grad(geo: &Geometry, bf16: bool) -> bool {
-    bf16 && geo.kh == 3 && geo.kw == 3 && geo.oh * geo.ow <= 16 && geo.c >= 192
+    let small = geo.kh == 3 && geo.kw == 3 && geo.oh * geo.ow <= 16;
+    match bf16 {
+        true => small && geo.c >= 192,
+        false => small && geo.c >= 128 && geo.stride == 1,
+    }
 }
 
 /// The kernel oneDNN runs for this convolution's forward pass, e.g. `jit_wino_4x3:avx512_core`.
