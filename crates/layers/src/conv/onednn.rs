@@ -13,9 +13,10 @@
 //! made `resnet18-seed` about 10% slower.
 //!
 //! Which convolutions (plain: one group, no dilation) go to oneDNN, by measurement
-//! (`examples/conv_shapes.rs`): all with 4 or more input channels (in bf16, all), except the
-//! 3x3 stride-1 ones with 16 or more channels and 4x4 outputs or more in float32 (8x8 in bf16,
-//! and there from more than 32 input channels: from fewer, oneDNN's bf16 kernels are faster),
+//! (`examples/conv_shapes.rs`, then inside the step): all with 4 or more input channels (in
+//! bf16, all), except the 3x3 stride-1 ones with 16 or more channels and outputs larger than
+//! 4x4 in float32 (8x8 and up in bf16, and there from more than 32 input channels: from fewer,
+//! oneDNN's bf16 kernels are faster),
 //! where the built-in Winograd F(2x2, 3x3) is faster (unless [`set_winograd`] is on, in
 //! float32), and the strided 1x1 ones (ResNet's projections) on 4x4 outputs or more, where the
 //! built-in product is. So: strided 3x3 and 7x7 kernels, 1x1 kernels of stride 1, 5x5
@@ -36,10 +37,10 @@
 //! channels, the AVX512-BF16 kernel active) it comes here (oneDNN's bf16 kernels measured
 //! faster).
 //!
-//! In bf16, 3x3 convolutions to outputs of 16 positions or fewer (4x4, 2x2) from 192 channels
-//! and more (the ResNets' last stages) take their kernel gradient from the built-in products
-//! instead (Winograd's for stride 1; [`builtin_weight_grad`]), faster there than oneDNN 2.6's
-//! backward-weights kernel.
+//! 3x3 convolutions to outputs of 16 positions or fewer (4x4, 2x2) from 192 channels and more
+//! in bf16 (in float32, from 128 with stride 1 and 256 with a stride: the ResNets' last stages)
+//! take their kernel gradient from the built-in products instead (Winograd's for stride 1;
+//! [`builtin_weight_grad`]), faster there than oneDNN 2.6's backward-weights kernel.
 //!
 //! [`set_enabled`] turns it off per thread (for comparisons); shapes oneDNN has no kernel for
 //! fall back to the built-in convolution.
@@ -430,16 +431,18 @@ fn run(
 /// and input gradient stay: on these shapes they are the faster (512->512 on 4x4: 8.8-9.5 and
 /// 11.2-11.7 ms against Winograd's 12.2-13.4 and 20).
 ///
-/// In float32, stride-1 3x3 kernels to outputs of 16 positions or fewer from 128 channels
-/// (medians of three interleaved runs inside the step): `resnet18-cifar`'s 512->512 on 4x4
-/// both gradients 50.5 ms (oneDNN) against 18.5 + 17.3, `resnet18-seed`'s 128->128 on 4x4 2.63
-/// against 1.03 + 1.19, its 192->192 on 2x2 2.23-2.25 against 0.80-0.81 + 1.02-1.08; with a
-/// stride oneDNN's stays (128->192 stride 2 from 4x4: 2.21 against 1.14 + 2.00).
+/// In float32, 3x3 kernels to outputs of 16 positions or fewer from 128 channels with stride 1,
+/// from 256 with a stride (medians of interleaved runs inside the step, input gradient +
+/// kernel gradient): `resnet18-cifar`'s 512->512 on 4x4 both gradients 50.5 ms (oneDNN)
+/// against 18.5 + 17.3, its 256->512 stride 2 from 8x8 39.0 against 17.6 + 16.3,
+/// `resnet18-seed`'s 128->128 on 4x4 2.63 against 1.03 + 1.19, its 192->192 on 2x2 2.23-2.25
+/// against 0.80-0.81 + 1.02-1.08; its 128->192 stride 2 from 4x4 keeps oneDNN's (2.21 against
+/// 1.14 + 2.00).
 pub(super) fn builtin_weight_grad(geo: &Geometry, bf16: bool) -> bool {
     let small = geo.kh == 3 && geo.kw == 3 && geo.oh * geo.ow <= 16;
     match bf16 {
         true => small && geo.c >= 192,
-        false => small && geo.c >= 128 && geo.stride == 1,
+        false => small && geo.c >= if geo.stride == 1 { 128 } else { 256 },
     }
 }
 
