@@ -14,9 +14,9 @@
 //!
 //! Which convolutions (plain: one group, no dilation) go to oneDNN, by measurement
 //! (`examples/conv_shapes.rs`, then inside the step): all with 4 or more input channels (in
-//! bf16, all), except the 3x3 stride-1 ones with 16 or more channels and outputs larger than
-//! 4x4 in float32 (8x8 and up in bf16, and there from more than 32 input channels: from fewer,
-//! oneDNN's bf16 kernels are faster),
+//! bf16, all), except the 3x3 stride-1 ones with 16 or more channels and outputs of 4x4 and up
+//! in float32 (larger than 4x4 from 128 channels; 8x8 and up in bf16, and there from more than
+//! 32 input channels: from fewer, oneDNN's bf16 kernels are faster),
 //! where the built-in Winograd F(2x2, 3x3) is faster (unless [`set_winograd`] is on, in
 //! float32), and the strided 1x1 ones (ResNet's projections) on 4x4 outputs or more, where the
 //! built-in product is. So: strided 3x3 and 7x7 kernels, 1x1 kernels of stride 1, 5x5
@@ -106,6 +106,7 @@ extern "C" {
         pass: i32,
         wei: *const f32,
         dst: *mut c_void,
+        bytes: i64,
         o0: i64,
         o1: i64,
         err: *mut c_char,
@@ -221,16 +222,18 @@ fn cut_mut<'a, T>(mut v: &'a mut [T], sizes: &[CnnDnnlConv], each: usize) -> Vec
 const SHARED_KERNEL_MIN: usize = 1 << 19;
 
 /// A cache line of a kernel in oneDNN's layout (its buffers aligned as oneDNN aligns its own).
-#[derive(Clone, Copy)]
 #[repr(C, align(64))]
-struct Line([u8; 64]);
+struct Line(MaybeUninit<[u8; 64]>);
 
 /// The kernel `w` (O, C, kH, kW) in the layout of `pass` (0: forward, 1: input gradient) of
 /// every part's primitive, reordered once: each of the pool's threads reorders a range of whole
 /// blocks of output channels (before, each part's call reordered all of it: the same kernel
-/// once per thread). `None` where the parts' primitives may differ (parts of unequal sizes),
-/// for one part, where the primitive reads the OIHW kernel itself, and on the thread where
-/// [`share_kernels`] is off. The same bits either way.
+/// once per thread). `None` (each part reorders it itself) for one part, parts of unequal
+/// sizes (their primitives may differ), kernels under [`SHARED_KERNEL_MIN`] values, oneDNN's
+/// Winograd (its buffers keep a spare page: `onednn_shim.cpp`), a primitive that reads the
+/// OIHW kernel itself, a layout whose output channels cannot be reordered by ranges (padded,
+/// or not blocked by whole blocks of them), and on the thread where [`share_kernels`] is off.
+/// The same bits either way.
 fn shared_kernel(
     parts: &[CnnDnnlConv],
     threads: usize,
@@ -243,13 +246,18 @@ fn shared_kernel(
     if parts.len() < 2
         || parts.iter().any(|p| p.n != part.n)
         || part.kernel_len() < SHARED_KERNEL_MIN
+        || part.winograd != 0
         || !SHARED_KERNEL.with(Cell::get)
     {
         return Ok(None);
     }
     let mut block = 0i64;
-    // SAFETY: `part` was set up (`run`); `block` is written.
-    let bytes = unsafe { cnn_dnnl_kernel_size(part, pass, &mut block) };
+    // The primitives of the parts' thread count (the shim's cache is keyed by it).
+    // SAFETY: plain setter; `part` was set up (`run`); `block` is written.
+    let bytes = unsafe {
+        cnn_dnnl_set_threads(threads as i32);
+        cnn_dnnl_kernel_size(part, pass, &mut block)
+    };
     if bytes < 0 {
         candle_core::bail!("conv2d: oneDNN has no kernel layout for a shape it set up")
     }
@@ -261,27 +269,35 @@ fn shared_kernel(
         .map(|i| (blocks * i / k * block, blocks * (i + 1) / k * block))
         .filter(|(a, b)| a < b)
         .collect();
-    // Zeros first: padding in the layout (channels rounded up to its blocks) reads as zeros.
-    let mut out = vec![Line([0; 64]); (bytes as usize).div_ceil(64)];
+    // Every byte of the layout is written by the ranges' reorders (it has no padding).
+    let lines = (bytes as usize).div_ceil(64);
+    let mut out = Vec::with_capacity(lines);
+    out.resize_with(lines, || Line(MaybeUninit::uninit()));
     let dst = out.as_mut_ptr() as usize;
     ranges.into_par_iter().try_for_each(|(o0, o1)| {
         let result = call("kernel reorder", threads, |e, l| {
-            // SAFETY: `dst` holds the layout's `bytes`; ranges of output channels are disjoint
-            // whole blocks, so the threads write disjoint bytes; `w` is the (O, C, kH, kW)
-            // kernel `part` was set up for (lengths checked by the callers).
-            unsafe { cnn_dnnl_kernel(part, pass, w.as_ptr(), dst as *mut c_void, o0, o1, e, l) }
+            // SAFETY: `dst` holds the layout's `bytes` (the shim checks them against the
+            // layout); ranges of output channels are disjoint whole blocks, so the threads
+            // write disjoint bytes; `w` is the (O, C, kH, kW) kernel `part` was set up for
+            // (lengths checked by the callers).
+            unsafe {
+                let dst = dst as *mut c_void;
+                cnn_dnnl_kernel(part, pass, w.as_ptr(), dst, bytes, o0, o1, e, l)
+            }
         });
         done("kernel reorder", result)
     })?;
     #[cfg(test)]
-    SHARED_KERNELS_MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    SHARED_KERNELS_MADE.with(|m| m.set(m.get() + 1));
     Ok(Some(out))
 }
 
-/// Kernels [`shared_kernel`] reordered (for tests: that the shared path ran).
 #[cfg(test)]
-pub(super) static SHARED_KERNELS_MADE: std::sync::atomic::AtomicUsize =
-    std::sync::atomic::AtomicUsize::new(0);
+thread_local! {
+    /// Kernels [`shared_kernel`] reordered on this thread (for tests: whether the shared path
+    /// ran; the ops run on the caller's thread).
+    pub(super) static SHARED_KERNELS_MADE: Cell<usize> = const { Cell::new(0) };
+}
 
 /// Whether oneDNN's calls on this thread reorder a kernel once for all parts of a batch
 /// ([`shared_kernel`]; default yes); returns the previous setting. For tests and comparisons.
@@ -369,11 +385,16 @@ pub(super) fn routes(geo: &Geometry, cout: usize, bf16: bool) -> bool {
     // against 170-213 / 88-98 against 103-105; 256->256 8x8 109-118 against 144-151 / 85-88
     // against 80-87); on 2x2 outputs, with a stride, and on 4x4, oneDNN is (512->512 2x2: 58-70
     // against 46-52 ms in float32; 512->512 4x4 96-109 against 75-93 in bf16). In float32 on
-    // 4x4, oneDNN's forward and input gradient with the built-in kernel gradient
-    // ([`builtin_weight_grad`]) beat the built-in Winograd's three inside the step (medians of
-    // three interleaved runs at batch 128): `resnet18-cifar`'s 512->512 70.1 -> 57.3 ms a layer,
-    // `resnet18-seed`'s 128->128 4.50 -> 3.59 (all three on oneDNN: 72.3 and 4.08).
-    let min_positions = if bf16 { 64 } else { 17 };
+    // 4x4 from 128 channels, oneDNN's forward and input gradient with the built-in kernel
+    // gradient ([`builtin_weight_grad`]) beat the built-in Winograd's three inside the step
+    // (medians of three interleaved runs at batch 128): `resnet18-cifar`'s 512->512 70.1 ->
+    // 57.3 ms a layer, `resnet18-seed`'s 128->128 4.50 -> 3.59 (all three on oneDNN: 72.3 and
+    // 4.08); from fewer channels (no built-in kernel gradient there) it was not measured.
+    let min_positions = match (bf16, geo.c >= 128) {
+        (true, _) => 64,
+        (false, true) => 17,
+        (false, false) => 16,
+    };
     onednn_winograd || !(super::winograd::applies(geo, cout) && geo.oh * geo.ow >= min_positions)
 }
 
@@ -676,6 +697,10 @@ impl CustomOp3 for ConvDnnlGrads {
         let (x_img, g_img) = (d.input_len() / n, d.output_len() / n);
         // The kernel gradient of each part but the first apart, summed after in order.
         let mut extra = vec![MaybeUninit::<f32>::uninit(); parts.len().saturating_sub(1) * nw];
+        #[cfg(test)]
+        extra
+            .iter_mut()
+            .for_each(|v| *v = MaybeUninit::new(f32::NAN));
         let gx_parts: Vec<Option<&mut [MaybeUninit<f32>]>> = match self.want_x {
             true => cut_mut(gx, &parts, x_img).into_iter().map(Some).collect(),
             false => parts.iter().map(|_| None).collect(),

@@ -232,16 +232,23 @@ Entry &ready(const CnnDnnlConv &s) {
 Operand &kernel_operand(Entry &e, int32_t pass) { return pass == 0 ? e.f_wei : e.d_wei; }
 
 /// The output channels of one block of the kernel's layout for `pass` (1 when not blocked by
-/// them).
+/// them); 0 where ranges of its output channels cannot be reordered apart: a layout that is not
+/// a plain blocked one (Winograd's), or one padded in any dimension (channels rounded up to
+/// its blocks: oneDNN has no sub-memory of a padded dimension).
 int64_t kernel_block(Entry &e, int32_t pass) {
     const memory::desc &d = kernel_operand(e, pass).inner;
     int64_t block = 1;
 #if DNNL_VERSION_MAJOR >= 3
+    if (d.get_format_kind() != memory::format_kind::blocked || d.get_dims() != d.get_padded_dims())
+        return 0;
     auto blks = d.get_inner_blks();
     auto idxs = d.get_inner_idxs();
     for (size_t i = 0; i < blks.size(); ++i)
         if (idxs[i] == 0) block *= blks[i];
 #else
+    if (d.data.format_kind != dnnl_blocked) return 0;
+    for (int i = 0; i < d.data.ndims; ++i)
+        if (d.data.padded_dims[i] != d.data.dims[i]) return 0;
     const auto &b = d.data.format_desc.blocking;
     for (int i = 0; i < b.inner_nblks; ++i)
         if (b.inner_idxs[i] == 0) block *= b.inner_blks[i];
@@ -318,13 +325,14 @@ int32_t cnn_dnnl_prepare(const CnnDnnlConv *s, char *err, size_t len) {
 
 /// Bytes of the kernel in the layout of pass 0 (forward) or 1 (backward data), and in `block`
 /// the output channels of one block of that layout; 0 where the primitive reads the user's
-/// OIHW float32 kernel itself; -1 on an error.
+/// OIHW float32 kernel itself or where `cnn_dnnl_kernel` cannot reorder ranges of it
+/// (`kernel_block`); -1 on an error.
 int64_t cnn_dnnl_kernel_size(const CnnDnnlConv *s, int32_t pass, int64_t *block) {
     try {
         Entry &e = ready(*s);
         Operand &op = kernel_operand(e, pass);
         *block = kernel_block(e, pass);
-        return op.same ? 0 : static_cast<int64_t>(op.inner.get_size());
+        return op.same || *block < 1 ? 0 : static_cast<int64_t>(op.inner.get_size());
     } catch (...) {
         return -1;
     }
@@ -332,14 +340,16 @@ int64_t cnn_dnnl_kernel_size(const CnnDnnlConv *s, int32_t pass, int64_t *block)
 
 /// Output channels `o0..o1` (whole blocks of the layout) of the OIHW float32 kernel `wei`
 /// reordered into `dst`, the kernel in the layout of pass 0 (forward) or 1 (backward data) of
-/// `cnn_dnnl_kernel_size`'s bytes: the threads of a batch's parts each reorder a range, once,
+/// `bytes` (`cnn_dnnl_kernel_size`'s, checked): the threads of a batch's parts each reorder a range, once,
 /// and every part's primitive reads the whole (instead of each thread reordering all of it).
 int32_t cnn_dnnl_kernel(const CnnDnnlConv *s, int32_t pass, const float *wei, void *dst,
-                        int64_t o0, int64_t o1, char *err, size_t len) {
+                        int64_t bytes, int64_t o0, int64_t o1, char *err, size_t len) {
     try {
         Entry &e = ready(*s);
         Operand &op = kernel_operand(e, pass);
-        if (op.same || o0 >= o1) return 0;
+        if (op.same || kernel_block(e, pass) < 1 || bytes != static_cast<int64_t>(op.inner.get_size()))
+            throw std::runtime_error("the kernel's layout is not the one its size was asked for");
+        if (o0 >= o1) return 0;
         memory::dims dims{o1 - o0, s->c, s->kh, s->kw}, at{o0, 0, 0, 0};
         auto from_d = op.user.submemory_desc(dims, at), to_d = op.inner.submemory_desc(dims, at);
         std::pair<reorder::primitive_desc, reorder> *r;
