@@ -74,30 +74,31 @@ struct Buffer {
     }
 };
 
+/// A reorder from one layout to another, with its scratchpad taken from the caller (a
+/// library-managed one may not move between threads, and reorders run on any of rayon's).
+struct Reorder {
+    reorder::primitive_desc pd;
+    reorder r;
+    Reorder() = default;
+    Reorder(const memory::desc &from, const memory::desc &to) {
+        primitive_attr attr;
+        attr.set_scratchpad_mode(scratchpad_mode::user);
+        pd = reorder::primitive_desc(eng(), from, eng(), to, attr);
+        r = reorder(pd);
+    }
+};
+
 /// The primitive's operand in its own layout, with the reorders to and from the user's NCHW.
-/// The reorders take their scratchpad from the caller (a library-managed one may not move
-/// between threads, and they run on any of rayon's).
 struct Operand {
     memory::desc user, inner;
     bool same = true;
-    reorder::primitive_desc to_inner_pd, to_user_pd;
-    reorder to_inner, to_user;
+    Reorder to_inner, to_user;
     void init(const memory::desc &u, const memory::desc &p, bool in, bool out) {
         user = u;
         inner = p;
         same = (u == p);
-        if (!same) {
-            primitive_attr attr;
-            attr.set_scratchpad_mode(scratchpad_mode::user);
-            if (in) {
-                to_inner_pd = reorder::primitive_desc(eng(), u, eng(), p, attr);
-                to_inner = reorder(to_inner_pd);
-            }
-            if (out) {
-                to_user_pd = reorder::primitive_desc(eng(), p, eng(), u, attr);
-                to_user = reorder(to_user_pd);
-            }
-        }
+        if (!same && in) to_inner = Reorder(u, p);
+        if (!same && out) to_user = Reorder(p, u);
     }
 };
 
@@ -114,8 +115,7 @@ struct Entry {
     /// Reorders of a range of output channels of the kernel into the forward's (pass 0) or
     /// the backward-data's (1) layout, by (pass, first channel, end), built on first use.
     std::mutex ranges_lock;
-    std::map<std::array<int64_t, 3>, std::unique_ptr<std::pair<reorder::primitive_desc, reorder>>>
-        ranges;
+    std::map<std::array<int64_t, 3>, std::unique_ptr<Reorder>> ranges;
 };
 
 /// Guards `cache` (lookups and insertions; the entries, never removed, run outside it).
@@ -125,12 +125,11 @@ std::mutex lock;
 std::map<std::array<int64_t, 14>, std::unique_ptr<Entry>> cache;
 thread_local Buffer buf_src, buf_wei, buf_dst, buf_scratch, buf_reorder_scratch;
 
-/// Runs `r` (described by `pd`) from `from` to `to` with this thread's reorder scratchpad.
-void run_reorder(stream &st, const reorder &r, const reorder::primitive_desc &pd, memory &from,
-                 memory &to) {
-    auto sd = pd.scratchpad_desc();
+/// Runs `r` from `from` to `to` with this thread's reorder scratchpad.
+void run_reorder(stream &st, const Reorder &r, memory &from, memory &to) {
+    auto sd = r.pd.scratchpad_desc();
     memory pad(sd, eng(), buf_reorder_scratch.get(sd.get_size() + 1));
-    r.execute(st, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}, {DNNL_ARG_SCRATCHPAD, pad}});
+    r.r.execute(st, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}, {DNNL_ARG_SCRATCHPAD, pad}});
 }
 
 std::unique_ptr<Entry> make(const CnnDnnlConv &s) {
@@ -261,7 +260,7 @@ memory input(stream &st, Operand &op, const void *ptr, Buffer &buf) {
     memory user(op.user, eng(), const_cast<void *>(ptr));
     if (op.same) return user;
     memory inner(op.inner, eng(), buf.get(op.inner.get_size()));
-    run_reorder(st, op.to_inner, op.to_inner_pd, user, inner);
+    run_reorder(st, op.to_inner, user, inner);
     return inner;
 }
 
@@ -281,7 +280,7 @@ memory output(Operand &op, void *ptr, Buffer &buf) {
 void output_done(stream &st, Operand &op, memory &inner, void *ptr) {
     if (op.same) return;
     memory user(op.user, eng(), ptr);
-    run_reorder(st, op.to_user, op.to_user_pd, inner, user);
+    run_reorder(st, op.to_user, inner, user);
 }
 
 memory scratch(const primitive_desc_base &pd) {
@@ -340,33 +339,30 @@ int64_t cnn_dnnl_kernel_size(const CnnDnnlConv *s, int32_t pass, int64_t *block)
 
 /// Output channels `o0..o1` (whole blocks of the layout) of the OIHW float32 kernel `wei`
 /// reordered into `dst`, the kernel in the layout of pass 0 (forward) or 1 (backward data) of
-/// `bytes` (`cnn_dnnl_kernel_size`'s, checked): the threads of a batch's parts each reorder a range, once,
-/// and every part's primitive reads the whole (instead of each thread reordering all of it).
+/// `bytes` (`cnn_dnnl_kernel_size`'s, checked): the threads of a batch's parts each reorder a
+/// range, once, and every part's primitive reads the whole (instead of each thread reordering
+/// all of it).
 int32_t cnn_dnnl_kernel(const CnnDnnlConv *s, int32_t pass, const float *wei, void *dst,
                         int64_t bytes, int64_t o0, int64_t o1, char *err, size_t len) {
     try {
         Entry &e = ready(*s);
         Operand &op = kernel_operand(e, pass);
-        if (op.same || kernel_block(e, pass) < 1 || bytes != static_cast<int64_t>(op.inner.get_size()))
+        bool same_size = bytes == static_cast<int64_t>(op.inner.get_size());
+        if (op.same || kernel_block(e, pass) < 1 || !same_size)
             throw std::runtime_error("the kernel's layout is not the one its size was asked for");
         if (o0 >= o1) return 0;
         memory::dims dims{o1 - o0, s->c, s->kh, s->kw}, at{o0, 0, 0, 0};
         auto from_d = op.user.submemory_desc(dims, at), to_d = op.inner.submemory_desc(dims, at);
-        std::pair<reorder::primitive_desc, reorder> *r;
+        Reorder *r;
         {
             std::lock_guard<std::mutex> g(e.ranges_lock);
             auto &slot = e.ranges[{pass, o0, o1}];
-            if (!slot) {
-                primitive_attr attr;
-                attr.set_scratchpad_mode(scratchpad_mode::user);
-                auto pd = reorder::primitive_desc(eng(), from_d, eng(), to_d, attr);
-                slot = std::make_unique<std::pair<reorder::primitive_desc, reorder>>(pd, reorder(pd));
-            }
+            if (!slot) slot = std::make_unique<Reorder>(from_d, to_d);
             r = slot.get();
         }
         stream st(eng());
         memory from(from_d, eng(), const_cast<float *>(wei)), to(to_d, eng(), dst);
-        run_reorder(st, r->second, r->first, from, to);
+        run_reorder(st, *r, from, to);
         st.wait();
         return 0;
     } catch (const std::exception &ex) {
