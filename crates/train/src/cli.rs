@@ -154,6 +154,7 @@ impl Recipe {
     pub fn main(&self) -> Result<()> {
         crate::memory::keep_freed_memory();
         crate::threads::candle_ops_on_the_calling_thread();
+        crate::threads::calling_thread_joins_the_pool();
         let matches = self
             .command()
             .try_get_matches_from(std::env::args_os())

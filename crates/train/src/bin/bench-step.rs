@@ -109,6 +109,7 @@ fn main() -> Result<()> {
     }
     // As the training programs (`CANDLE_NUM_THREADS=2` keeps Candle's pool).
     train::threads::candle_ops_on_the_calling_thread();
+    train::threads::calling_thread_joins_the_pool();
     let args = BenchArgs::parse();
     let (steps, only, split) = (args.steps, args.only.as_deref(), args.split);
     let update = args.optimizer_update.map(Update::from);
