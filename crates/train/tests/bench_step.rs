@@ -19,3 +19,89 @@ fn help_prints_the_flags_and_runs_nothing() {
         .expect("bench-step starts");
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// `--rounds` times each model in turn and ends with the medians and PyTorch's time over ours
+/// round by round, here from a saved PyTorch result (the anchor script's output format).
+#[test]
+fn rounds_end_with_medians_and_per_round_ratios() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let saved = dir.path().join("pytorch.txt");
+    std::fs::write(
+        &saved,
+        "torch 2.15.0 threads 2 isa AVX512\n\
+         lenet5   f32      batch  64  step    5.3 ms     12000.0 img/s\n\
+         lenet5   f32-cl   batch  64  step    3.5 ms     18000.0 img/s\n\
+         lenet5   bf16-cl  batch  64  step    3.4 ms     18500.0 img/s\n",
+    )
+    .expect("write the saved result");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bench-step"))
+        .args(["--only", "lenet5", "--steps", "1", "--rounds", "2"])
+        .args(["--precision", "f32,bf16", "--pytorch-results"])
+        .arg(&saved)
+        .output()
+        .expect("bench-step starts");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Our step per round and precision, as printed: `lenet5 b64   f32   10.6 ms ...`.
+    let ours = |precision: &str| -> Vec<f64> {
+        text.lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                match f.as_slice() {
+                    ["lenet5", "b64", p, ms, "ms", ..] if *p == precision => ms.parse().ok(),
+                    _ => None,
+                }
+            })
+            .collect()
+    };
+    let (f32s, bf16s) = (ours("f32"), ours("bf16"));
+    assert_eq!((f32s.len(), bf16s.len()), (2, 2), "{text}");
+    assert!(text.contains("lenet5 round 2/2"), "{text}");
+    assert!(
+        text.contains("lenet5 over 2 rounds, medians: ours b64 f32"),
+        "{text}"
+    );
+    assert!(
+        text.contains("lenet5 PyTorch f32 5.3 ms, f32-cl 3.5 ms, bf16-cl 3.4 ms"),
+        "{text}"
+    );
+    // Each round's ratio is PyTorch's time over that round's own step (printed to 0.1 ms).
+    for (mode, pytorch, ours) in [("f32", 5.3, &f32s), ("f32-cl", 3.5, &f32s)]
+        .into_iter()
+        .chain([("bf16-cl", 3.4, &bf16s)])
+    {
+        let precision = mode.split('-').next().unwrap();
+        let head = format!("PyTorch {mode} / our {precision}, round by round: ");
+        let line = text
+            .lines()
+            .find_map(|l| l.split_once(&head).map(|(_, rest)| rest))
+            .unwrap_or_else(|| panic!("no `{head}` in\n{text}"));
+        let ratios: Vec<f64> = line
+            .split(" (median")
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .map(|r| r.parse().expect("a ratio"))
+            .collect();
+        assert_eq!(ratios.len(), 2, "{line}");
+        for (ratio, ms) in ratios.iter().zip(ours.iter()) {
+            let expected = pytorch / ms;
+            assert!(
+                (ratio - expected).abs() <= 0.01 + 0.01 * expected,
+                "{mode}: {ratio} against {pytorch} / {ms} ms\n{text}"
+            );
+        }
+        // (Unless a round is too close to call from the printed time.)
+        if ours.iter().all(|ms| (pytorch / ms - 1.0).abs() > 0.02) {
+            let ahead = ours.iter().filter(|&&ms| pytorch / ms > 1.0).count();
+            assert!(
+                line.contains(&format!("ours faster in {ahead} of 2")),
+                "{line}"
+            );
+        }
+    }
+}

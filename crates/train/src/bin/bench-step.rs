@@ -11,7 +11,9 @@
 //! `--compare-pytorch PYTHON` runs PyTorch's step for each model right after ours
 //! (`$CNN_SHARED_DIR/tools/pytorch-anchors/cpu_step_modes.py`: f32, f32 channels_last and bf16
 //! autocast + channels_last, with as many threads as ours) and prints the ratios;
-//! `--pytorch-results FILE` reads that script's saved output instead.
+//! `--pytorch-results FILE` reads that script's saved output instead. `--rounds N` times each
+//! model N times in turn (ours, then PyTorch's) and ends with the medians over the rounds and
+//! PyTorch's time over ours round by round.
 //! `--optimizer-update per-tensor|flat` picks how the optimizer updates (by default flat on a
 //! GPU, per tensor on the CPU; the results are the same bits).
 //! `--split` also prints the forward, backward and optimizer parts of the step, timed apart,
@@ -82,6 +84,11 @@ struct BenchArgs {
     /// sitting, on this machine)
     #[arg(long, value_name = "FILE")]
     pytorch_results: Option<PathBuf>,
+    /// Time each model this many times in turn (with `--compare-pytorch`, ours then PyTorch's
+    /// each round) and end with the medians over the rounds and each round's ratio: this
+    /// machine's speed moves from run to run, so one round proves little
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100))]
+    rounds: usize,
     /// The PyTorch anchor scripts [default: $CNN_SHARED_DIR/tools/pytorch-anchors]
     #[arg(long, value_name = "DIR")]
     anchors: Option<PathBuf>,
@@ -143,33 +150,151 @@ fn main() -> Result<()> {
         if only.is_some_and(|o| o != model) {
             continue;
         }
-        for &precision in &precisions {
-            let _precision = precision.enter();
-            for batch in batches.clone().unwrap_or_else(|| vec![default_batch]) {
-                let big = batch * shape.0 * shape.1 * shape.2 > 200_000 && device.is_cpu();
-                let n = steps.unwrap_or(if big { 3 } else { 10 });
-                let ([ms, fwd, bwd, opt], shares) =
-                    median_step_ms(&device, model, batch, shape, (optimizer, update), n, split)?;
-                let phases = match split {
-                    true => format!(
-                        "  forward {fwd:.1} ms, backward {bwd:.1} ms, optimizer {opt:.1} ms{shares}"
-                    ),
-                    false => String::new(),
-                };
-                train::say!(
-                    "{model:>15} b{batch:<4} {:<4} {ms:>10.1} ms  {:>9.0} images/s  (median of {n}){phases}",
-                    format!("{precision:?}").to_lowercase(),
-                    batch as f64 * 1e3 / ms
-                );
-                if let Some(reference) = &mut pytorch {
-                    if batch == default_batch {
-                        compare(reference, model, precision, ms)?;
+        let mut rounds = Rounds::default();
+        for round in 0..args.rounds {
+            if args.rounds > 1 {
+                train::say!("{model:>15} round {}/{}", round + 1, args.rounds);
+            }
+            for &precision in &precisions {
+                let _precision = precision.enter();
+                for batch in batches.clone().unwrap_or_else(|| vec![default_batch]) {
+                    let big = batch * shape.0 * shape.1 * shape.2 > 200_000 && device.is_cpu();
+                    let n = steps.unwrap_or(if big { 3 } else { 10 });
+                    let ([ms, fwd, bwd, opt], shares) = median_step_ms(
+                        &device,
+                        model,
+                        batch,
+                        shape,
+                        (optimizer, update),
+                        n,
+                        split,
+                    )?;
+                    let phases = match split {
+                        true => format!(
+                            "  forward {fwd:.1} ms, backward {bwd:.1} ms, optimizer {opt:.1} ms{shares}"
+                        ),
+                        false => String::new(),
+                    };
+                    let name = format!("{precision:?}").to_lowercase();
+                    train::say!(
+                        "{model:>15} b{batch:<4} {name:<4} {ms:>10.1} ms  {:>9.0} images/s  (median of {n}){phases}",
+                        batch as f64 * 1e3 / ms
+                    );
+                    rounds.ours(round, &format!("b{batch} {name}"), ms);
+                    if let Some(reference) = &mut pytorch {
+                        if batch == default_batch {
+                            for (mode, ms) in compare(reference, model, precision, ms)? {
+                                rounds.pytorch(round, &mode, ms);
+                            }
+                        }
                     }
                 }
             }
         }
+        if args.rounds > 1 {
+            for line in rounds.summary(default_batch) {
+                train::say!("{model:>15} {line}");
+            }
+        }
     }
     Ok(())
+}
+
+/// One model's times over `--rounds`: ours per case (`b128 bf16`) and PyTorch's per mode
+/// (`bf16-cl`), each a list of (round, ms).
+#[derive(Default)]
+struct Rounds {
+    ours: Vec<(String, Vec<(usize, f64)>)>,
+    pytorch: Vec<(String, Vec<(usize, f64)>)>,
+}
+
+impl Rounds {
+    fn ours(&mut self, round: usize, case: &str, ms: f64) {
+        Self::push(&mut self.ours, round, case, ms)
+    }
+
+    fn pytorch(&mut self, round: usize, mode: &str, ms: f64) {
+        Self::push(&mut self.pytorch, round, mode, ms)
+    }
+
+    fn push(list: &mut Vec<(String, Vec<(usize, f64)>)>, round: usize, key: &str, ms: f64) {
+        match list.iter_mut().find(|(k, _)| k == key) {
+            Some((_, v)) => v.push((round, ms)),
+            None => list.push((key.to_string(), vec![(round, ms)])),
+        }
+    }
+
+    /// The summary lines: medians over the rounds, then for each of our precisions at the
+    /// models' batch and each PyTorch mode of that precision (`f32`: `f32`, `f32-cl`; `bf16`:
+    /// `bf16-cl`), PyTorch's time over ours round by round (PyTorch's median of the round where
+    /// it ran more than once), and the median of those ratios.
+    fn summary(&self, default_batch: usize) -> Vec<String> {
+        let medians = |list: &[(String, Vec<(usize, f64)>)]| -> String {
+            list.iter()
+                .map(|(k, v)| {
+                    let mut ms: Vec<f64> = v.iter().map(|&(_, ms)| ms).collect();
+                    format!("{k} {:.1} ms", median(&mut ms))
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let rounds = self
+            .ours
+            .iter()
+            .flat_map(|(_, v)| v.iter().map(|&(r, _)| r + 1))
+            .max()
+            .unwrap_or(0);
+        let mut lines = vec![format!(
+            "over {rounds} rounds, medians: ours {}",
+            medians(&self.ours)
+        )];
+        if !self.pytorch.is_empty() {
+            lines.push(format!("PyTorch {}", medians(&self.pytorch)));
+        }
+        let prefix = format!("b{default_batch} ");
+        for (case, ours) in &self.ours {
+            let Some(precision) = case.strip_prefix(&prefix) else {
+                continue;
+            };
+            for (mode, theirs) in &self.pytorch {
+                if mode.split('-').next() != Some(precision) {
+                    continue;
+                }
+                let mut ratios: Vec<f64> = ours
+                    .iter()
+                    .filter_map(|&(round, ms)| {
+                        let mut t: Vec<f64> = theirs
+                            .iter()
+                            .filter(|&&(r, _)| r == round)
+                            .map(|&(_, ms)| ms)
+                            .collect();
+                        (!t.is_empty()).then(|| median(&mut t) / ms)
+                    })
+                    .collect();
+                if ratios.is_empty() {
+                    continue;
+                }
+                let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+                let ahead = ratios.iter().filter(|&&r| r > 1.0).count();
+                lines.push(format!(
+                    "PyTorch {mode} / our {precision}, round by round: {} (median {:.2}x; ours faster in {ahead} of {})",
+                    shown.join(" "),
+                    median(&mut ratios),
+                    ratios.len()
+                ));
+            }
+        }
+        lines
+    }
+}
+
+/// The median of `v` (the upper one of an even count, as the step's own); 0 when empty.
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// Where PyTorch's step times come from: a run of the anchor script per model, right after
@@ -212,13 +337,13 @@ fn parse_pytorch(output: &str, model: &str) -> Vec<(String, f64)> {
 }
 
 /// Prints PyTorch's step for `model` next to ours (`ours_ms`) and the ratios: above 1, PyTorch
-/// takes longer.
+/// takes longer. Returns PyTorch's (mode, ms).
 fn compare(
     reference: &mut Reference,
     model: &str,
     precision: Precision,
     ours_ms: f64,
-) -> Result<()> {
+) -> Result<Vec<(String, f64)>> {
     let name = model.replace('-', "_");
     let output = match reference {
         Reference::Saved(text) => text.clone(),
@@ -245,7 +370,7 @@ fn compare(
     let modes = parse_pytorch(&output, &name);
     if modes.is_empty() {
         train::say!("{:>15}      PyTorch: no figures for {name}", "");
-        return Ok(());
+        return Ok(modes);
     }
     let shown: Vec<String> = modes
         .iter()
@@ -258,7 +383,7 @@ fn compare(
         shown.join(", "),
         format!("{precision:?}").to_lowercase()
     );
-    Ok(())
+    Ok(modes)
 }
 
 /// `2.15.0` from the script's first line `torch 2.15.0 threads 2 isa AVX512`, or `?`.
@@ -379,10 +504,7 @@ fn median_step_ms(
         true => shares(&layers::profile::take(), &times[0], &times[3]),
         false => String::new(),
     };
-    let medians = times.map(|mut t| {
-        t.sort_by(f64::total_cmp);
-        t[t.len() / 2]
-    });
+    let medians = times.map(|mut t| median(&mut t));
     Ok((medians, shares))
 }
 
