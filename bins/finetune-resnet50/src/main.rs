@@ -108,8 +108,7 @@ fn image_size() -> clap::builder::RangedU64ValueParser<usize> {
 }
 
 fn main() -> Result<()> {
-    train::memory::keep_freed_memory();
-    train::threads::candle_ops_on_the_calling_thread();
+    train::cli::set_up_process();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Predict(args)) => predict(&args),

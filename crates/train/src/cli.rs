@@ -16,6 +16,17 @@ use crate::run::{run, Outcome};
 use crate::rundir::RunDir;
 use crate::state;
 
+/// What every training program does first, on its main thread, before anything else runs:
+/// freed memory is kept for reuse ([`crate::memory::keep_freed_memory`]), Candle's element-wise
+/// operations run on the calling thread ([`crate::threads::candle_ops_on_the_calling_thread`])
+/// and that thread computes in rayon's pool
+/// ([`crate::threads::calling_thread_joins_the_pool`]).
+pub fn set_up_process() {
+    crate::memory::keep_freed_memory();
+    crate::threads::candle_ops_on_the_calling_thread();
+    crate::threads::calling_thread_joins_the_pool();
+}
+
 impl Recipe {
     /// The clap command: [`Args`] with this recipe's defaults in the help text.
     pub fn command(&self) -> Command {
@@ -152,9 +163,7 @@ impl Recipe {
 
     /// The whole program: parse the process's arguments, run, report errors.
     pub fn main(&self) -> Result<()> {
-        crate::memory::keep_freed_memory();
-        crate::threads::candle_ops_on_the_calling_thread();
-        crate::threads::calling_thread_joins_the_pool();
+        set_up_process();
         let matches = self
             .command()
             .try_get_matches_from(std::env::args_os())

@@ -4,13 +4,13 @@
 //! rayon's global pool takes the calling thread in ([`calling_thread_joins_the_pool`]): before,
 //! the thread running the step handed each parallel operation to the pool's threads and slept
 //! until one of them woke it, a sleep and a wake-up per operation (several hundred per step;
-//! scheduler and futex time were about 7% of a `resnet18-seed` bf16 step's samples). Measured
+//! about 10% of a `resnet18-seed` bf16 step's samples were in the kernel, 7% after). Measured
 //! with `bench-step` (oneDNN build, one binary with and without it, interleaved runs, medians):
 //! `lenet5` b64 bf16 1.6 -> 1.3 ms and f32 1.9 -> 1.5 (six rounds of 40 steps), `cnn-mnist` b64
 //! 9.7 -> 9.25 and 12.65 -> 12.0, `resnet18-seed` b128 bf16 69.0 -> 62.9 and f32 97.8 -> 85.6
-//! (six rounds of 30 steps, faster in 5 of 6), `resnet18-cifar` b128 level (bf16 746 -> 738 ms,
-//! f32 1,100 -> 1,080, four rounds: its operations are long enough that a wake-up costs
-//! little). Running the whole step on a pool thread instead (`ThreadPool::install`) had been
+//! (six rounds of 30 steps, faster in 5 of 6), `resnet18-cifar` b128 level (bf16 746 -> 738 ms
+//! and f32 1,100 -> 1,080 over four rounds, bf16 810 -> 787 over eight more: its operations are
+//! long enough that a wake-up costs little). Running the whole step on a pool thread instead (`ThreadPool::install`) had been
 //! slower (the README: `resnet18-cifar` bf16 624 -> 671 ms); one cause, measured now: the
 //! step's large blocks then come from that thread's malloc arena, which hands them back to the
 //! kernel when freed (five times the page faults of a `resnet18-seed` run).

@@ -184,7 +184,7 @@ fn main() -> Result<()> {
                     if let Some(reference) = &mut pytorch {
                         if batch == default_batch {
                             for (mode, ms) in compare(reference, model, precision, ms)? {
-                                rounds.pytorch(round, &mode, ms);
+                                rounds.pytorch(round, &name, &mode, ms);
                             }
                         }
                     }
@@ -201,7 +201,8 @@ fn main() -> Result<()> {
 }
 
 /// One model's times over `--rounds`: ours per case (`b128 bf16`) and PyTorch's per mode
-/// (`bf16-cl`), each a list of (round, ms).
+/// (`bf16-cl`, from the run right after our step of that precision), each a list of
+/// (round, ms).
 #[derive(Default)]
 struct Rounds {
     ours: Vec<(String, Vec<(usize, f64)>)>,
@@ -213,8 +214,13 @@ impl Rounds {
         Self::push(&mut self.ours, round, case, ms)
     }
 
-    fn pytorch(&mut self, round: usize, mode: &str, ms: f64) {
-        Self::push(&mut self.pytorch, round, mode, ms)
+    /// PyTorch's `mode` timed right after our step in `precision`: kept for the modes of that
+    /// precision (`f32` and `f32-cl` after our f32, `bf16-cl` after bf16), so that each round
+    /// compares runs made side by side.
+    fn pytorch(&mut self, round: usize, precision: &str, mode: &str, ms: f64) {
+        if mode.split('-').next() == Some(precision) {
+            Self::push(&mut self.pytorch, round, mode, ms)
+        }
     }
 
     fn push(list: &mut Vec<(String, Vec<(usize, f64)>)>, round: usize, key: &str, ms: f64) {
@@ -226,8 +232,8 @@ impl Rounds {
 
     /// The summary lines: medians over the rounds, then for each of our precisions at the
     /// models' batch and each PyTorch mode of that precision (`f32`: `f32`, `f32-cl`; `bf16`:
-    /// `bf16-cl`), PyTorch's time over ours round by round (PyTorch's median of the round where
-    /// it ran more than once), and the median of those ratios.
+    /// `bf16-cl`), PyTorch's time over ours round by round (`round:ratio`, rounds without a
+    /// PyTorch figure left out), and the median of those ratios.
     fn summary(&self, default_batch: usize) -> Vec<String> {
         let medians = |list: &[(String, Vec<(usize, f64)>)]| -> String {
             list.iter()
@@ -260,7 +266,7 @@ impl Rounds {
                 if mode.split('-').next() != Some(precision) {
                     continue;
                 }
-                let mut ratios: Vec<f64> = ours
+                let by_round: Vec<(usize, f64)> = ours
                     .iter()
                     .filter_map(|&(round, ms)| {
                         let mut t: Vec<f64> = theirs
@@ -268,13 +274,17 @@ impl Rounds {
                             .filter(|&&(r, _)| r == round)
                             .map(|&(_, ms)| ms)
                             .collect();
-                        (!t.is_empty()).then(|| median(&mut t) / ms)
+                        (!t.is_empty()).then(|| (round, median(&mut t) / ms))
                     })
                     .collect();
-                if ratios.is_empty() {
+                if by_round.is_empty() {
                     continue;
                 }
-                let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+                let shown: Vec<String> = by_round
+                    .iter()
+                    .map(|(round, r)| format!("{}:{r:.2}", round + 1))
+                    .collect();
+                let mut ratios: Vec<f64> = by_round.iter().map(|&(_, r)| r).collect();
                 let ahead = ratios.iter().filter(|&&r| r > 1.0).count();
                 lines.push(format!(
                     "PyTorch {mode} / our {precision}, round by round: {} (median {:.2}x; ours faster in {ahead} of {})",
@@ -288,13 +298,17 @@ impl Rounds {
     }
 }
 
-/// The median of `v` (the upper one of an even count, as the step's own); 0 when empty.
+/// The median of `v` (the mean of the middle two of an even count); 0 when empty.
 fn median(v: &mut [f64]) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let h = v.len() / 2;
+    match v.len() % 2 {
+        1 => v[h],
+        _ => (v[h - 1] + v[h]) / 2.0,
+    }
 }
 
 /// Where PyTorch's step times come from: a run of the anchor script per model, right after
@@ -504,7 +518,10 @@ fn median_step_ms(
         true => shares(&layers::profile::take(), &times[0], &times[3]),
         false => String::new(),
     };
-    let medians = times.map(|mut t| median(&mut t));
+    let medians = times.map(|mut t| {
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    });
     Ok((medians, shares))
 }
 
@@ -539,6 +556,30 @@ fn shares(report: &layers::profile::Report, steps_ms: &[f64], optimizer_ms: &[f6
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rounds_pair_each_mode_with_the_run_after_our_step_of_its_precision() {
+        let mut r = super::Rounds::default();
+        for (round, (f32_ms, bf16_ms)) in [(10.0, 4.0), (20.0, 5.0)].into_iter().enumerate() {
+            r.ours(round, "b128 f32", f32_ms);
+            // After our f32 step: PyTorch's f32 modes count, its bf16-cl does not.
+            r.pytorch(round, "f32", "f32", 30.0);
+            r.pytorch(round, "f32", "bf16-cl", 99.0);
+            r.ours(round, "b128 bf16", bf16_ms);
+            r.pytorch(round, "bf16", "f32", 99.0);
+            r.pytorch(round, "bf16", "bf16-cl", 8.0);
+        }
+        let lines = r.summary(128);
+        assert_eq!(
+            lines,
+            [
+                "over 2 rounds, medians: ours b128 f32 15.0 ms, b128 bf16 4.5 ms",
+                "PyTorch f32 30.0 ms, bf16-cl 8.0 ms",
+                "PyTorch f32 / our f32, round by round: 1:3.00 2:1.50 (median 2.25x; ours faster in 2 of 2)",
+                "PyTorch bf16-cl / our bf16, round by round: 1:2.00 2:1.60 (median 1.80x; ours faster in 2 of 2)",
+            ]
+        );
+    }
+
     #[test]
     fn pytorch_lines_are_read_per_model_and_mode() {
         let out = "torch 2.15.0 threads 2 isa AVX512\n\
