@@ -782,19 +782,31 @@ mod tests {
     #[test]
     fn channel_bias_matches_broadcast_add_forward_and_backward() -> candle_core::Result<()> {
         let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 5, 7, 6), &dev)?)?;
-        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 5, &dev)?)?;
-        let up = Tensor::randn(0f32, 1.0, (3, 5, 7, 6), &dev)?;
+        // Seeded: the same values every run.
+        let mut rng = rng::Rng::new(11);
+        let mut normals = |shape: &[usize]| {
+            let n = shape.iter().product();
+            Tensor::from_vec(rng.normals(n, 0.0, 1.0), shape, &dev)
+        };
+        let x = Var::from_tensor(&normals(&[3, 5, 7, 6])?)?;
+        let b = Var::from_tensor(&normals(&[5])?)?;
+        let up = normals(&[3, 5, 7, 6])?;
         let ours = super::add_channel_bias(&x, &b)?;
         let theirs = x.broadcast_add(&b.reshape((1, 5, 1, 1))?)?;
         let diff = (&ours - &theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert_eq!(diff, 0.0);
         let g1 = (&ours * &up)?.sum_all()?.backward()?;
         let g2 = (&theirs * &up)?.sum_all()?.backward()?;
+        // The bias gradient sums 126 products per channel in f64 where Candle sums them in f32
+        // (about 1e-5 apart at this size): within float32 rounding of the sums' scale.
         for v in [&x, &b] {
             let (a, c) = (g1.get(v).unwrap(), g2.get(v).unwrap());
             let diff = (a - c)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert!(diff < 1e-5, "gradient differs by {diff}");
+            let scale = c.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
+            assert!(
+                diff <= 4e-6 * scale,
+                "gradient differs by {diff} (scale {scale})"
+            );
         }
         Ok(())
     }
