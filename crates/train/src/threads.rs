@@ -10,10 +10,11 @@
 //! 9.7 -> 9.25 and 12.65 -> 12.0, `resnet18-seed` b128 bf16 69.0 -> 62.9 and f32 97.8 -> 85.6
 //! (six rounds of 30 steps, faster in 5 of 6), `resnet18-cifar` b128 level (bf16 746 -> 738 ms
 //! and f32 1,100 -> 1,080 over four rounds, bf16 810 -> 787 over eight more: its operations are
-//! long enough that a wake-up costs little). Running the whole step on a pool thread instead (`ThreadPool::install`) had been
-//! slower (the README: `resnet18-cifar` bf16 624 -> 671 ms); one cause, measured now: the
-//! step's large blocks then come from that thread's malloc arena, which hands them back to the
-//! kernel when freed (five times the page faults of a `resnet18-seed` run).
+//! long enough that a wake-up costs little). Running the whole step on a pool thread instead
+//! (`ThreadPool::install`) had been slower (the README: `resnet18-cifar` bf16 624 -> 671 ms);
+//! one cause, measured now: the step's large blocks then come from that thread's malloc arena,
+//! which hands them back to the kernel when freed (five times the page faults of a
+//! `resnet18-seed` run).
 //!
 //! Candle 0.11 splits every element-wise operation over 64K elements or more across its own
 //! "barrier pool" of threads, apart from rayon's pool that the GEMMs and this workspace's
