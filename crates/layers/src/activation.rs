@@ -20,6 +20,7 @@ use std::mem::MaybeUninit;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 use crate::fill::par_filled;
+use crate::memory_format;
 use crate::per_channel::f32_slice;
 
 /// Elements per chunk of the parallel passes; tensors up to twice this run on the caller.
@@ -31,8 +32,8 @@ const CHUNK: usize = 16 * 1024;
 /// Only those of Candle's `tanh` on tensors that are not f32 on the CPU.
 pub fn tanh(xs: &Tensor) -> Result<Tensor> {
     match cpu_f32(xs) {
-        true => xs.contiguous()?.apply_op1(Unary::Tanh),
-        false => xs.tanh(),
+        true => memory_format::keep(xs, |xs| xs.contiguous()?.apply_op1(Unary::Tanh)),
+        false => memory_format::map(xs, |xs| xs.tanh()),
     }
 }
 
@@ -43,8 +44,8 @@ pub fn tanh(xs: &Tensor) -> Result<Tensor> {
 /// Only those of Candle's `relu` on tensors that are not f32 on the CPU.
 pub fn relu(xs: &Tensor) -> Result<Tensor> {
     match cpu_f32(xs) {
-        true => xs.contiguous()?.apply_op1(Unary::Relu),
-        false => xs.relu(),
+        true => memory_format::keep(xs, |xs| xs.contiguous()?.apply_op1(Unary::Relu)),
+        false => memory_format::map(xs, |xs| xs.relu()),
     }
 }
 
@@ -77,8 +78,8 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         )
     }
     match cpu_f32(a) && cpu_f32(b) {
-        true => a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu),
-        false => (a + b)?.relu(),
+        true => memory_format::keep(a, |a| a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)),
+        false => memory_format::map2(a, b, |a, b| (a + b)?.relu()),
     }
 }
 

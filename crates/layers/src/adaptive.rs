@@ -31,7 +31,14 @@ pub fn adaptive_avg_pool2d(xs: &Tensor, (out_h, out_w): (usize, usize)) -> Resul
         return Ok(xs.clone());
     }
     if (out_h, out_w) == (1, 1) {
-        return xs.mean_keepdim(3)?.mean_keepdim(2);
+        // Channels-last: the means over the (N, H, W, C) view, width first as below.
+        return match crate::memory_format::nhwc(xs)? {
+            Some(v) => crate::memory_format::from_nhwc(&v.mean_keepdim(2)?.mean_keepdim(1)?),
+            None => xs.mean_keepdim(3)?.mean_keepdim(2),
+        };
+    }
+    if crate::memory_format::is_channels_last(xs) {
+        return crate::memory_format::keep(xs, |xs| adaptive_avg_pool2d(xs, (out_h, out_w)));
     }
     let dev = xs.device();
     let aw = Tensor::from_vec(bins(w, out_w), (out_w, w), &candle_core::Device::Cpu)?

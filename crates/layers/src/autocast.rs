@@ -190,7 +190,8 @@ pub(crate) fn cast(t: &Tensor, dtype: DType) -> Result<Tensor> {
     if t.dtype() == dtype {
         Ok(t.clone())
     } else {
-        t.to_dtype(dtype)
+        // A channels-last activation stays channels-last (a cast of its (N, H, W, C) view).
+        crate::memory_format::map(t, |t| t.to_dtype(dtype))
     }
 }
 

@@ -17,7 +17,7 @@ use candle_core::{
     CpuStorage, CustomOp3, DType, Layout, ModuleT, Result, Shape, Storage, Tensor, Var,
 };
 
-use crate::per_channel;
+use crate::{memory_format, per_channel};
 
 #[cfg(feature = "cudnn")]
 pub(crate) mod cudnn;
@@ -211,6 +211,12 @@ impl BatchNorm {
                 residual.dims()
             )
         }
+        // Channels-last on the CPU: the (N, C, H, W) path on contiguous copies, the output
+        // channels-last. On CUDA the batch norm below keeps the format, and so does the join.
+        if memory_format::is_channels_last(xs) && xs.device().is_cpu() {
+            let r = residual.contiguous()?;
+            return memory_format::keep(xs, |xs| self.forward_add_relu(xs, &r, train));
+        }
         let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
         let fused = train
             && stats_sync().is_none()
@@ -238,6 +244,27 @@ impl BatchNorm {
                 xs.dims()
             )
         }
+        if memory_format::is_channels_last(xs) {
+            // cuDNN's NHWC batch norm in training on CUDA, on the (N, H, W, C) view.
+            #[cfg(feature = "cudnn")]
+            if let Some(ys) = self.train_nhwc(xs, train, relu)? {
+                return Ok(ys);
+            }
+            // Evaluation: the same per-channel scale and shift, over the (N, H, W, C) view.
+            if !train {
+                let dtype = match xs.dtype() {
+                    DType::F16 | DType::BF16 => DType::F32,
+                    d => d,
+                };
+                let v = memory_format::nhwc(xs)?.ok_or_else(|| {
+                    candle_core::Error::Msg("batch-norm: no channels-last view".into())
+                })?;
+                let ys = self.eval(&v.to_dtype(dtype)?, relu, 3)?;
+                return memory_format::from_nhwc(&ys.to_dtype(xs.dtype())?);
+            }
+            // Elsewhere the (N, C, H, W) path on a contiguous copy, handed on channels-last.
+            return memory_format::keep(xs, |xs| self.forward_inner(xs, train, relu));
+        }
         let (n, l) = (xs.dim(0)?, xs.elem_count() / (xs.dim(0)? * c).max(1));
         // A bfloat16 or float16 input in training on CUDA (what convolutions hand on under
         // autocast there): cuDNN's mixed-precision batch norm, output in the input's dtype, as
@@ -250,7 +277,7 @@ impl BatchNorm {
             && cudnn::supports(self, xs)
             && cudnn::reduced_allowed()
         {
-            if let Some(ys) = cudnn::train_reduced(self, &xs.reshape((n, c, l))?, relu)? {
+            if let Some(ys) = cudnn::train_reduced(self, &xs.reshape((n, c, l))?, relu, false)? {
                 return ys.reshape(xs.shape());
             }
         }
@@ -262,21 +289,54 @@ impl BatchNorm {
         let ys = if train {
             self.train(&x, relu)?
         } else {
-            self.eval(&x, relu)?
+            self.eval(&x, relu, 1)?
         };
         ys.reshape(xs.shape())?.to_dtype(xs.dtype())
     }
 
-    fn eval(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+    /// The training step of a channels-last `xs` (N, C, H, W) through cuDNN's NHWC batch norm,
+    /// channels-last out, where cuDNN takes it (as in [`forward_inner`](Self::forward_inner):
+    /// training, no cross-process statistics, a dtype it normalises); `None` otherwise.
+    #[cfg(feature = "cudnn")]
+    fn train_nhwc(&self, xs: &Tensor, train: bool, relu: bool) -> Result<Option<Tensor>> {
+        let (n, c, h, w) = xs.dims4()?;
+        if !train || n * h * w < 2 || stats_sync().is_some() || !cudnn::supports(self, xs) {
+            return Ok(None);
+        }
+        let Some(v) = memory_format::nhwc(xs)? else {
+            return Ok(None);
+        };
+        let v = v.reshape((n, h * w, c))?;
+        let ys = match xs.dtype() {
+            DType::F16 | DType::BF16 if cudnn::reduced_allowed() => {
+                cudnn::train_reduced(self, &v, relu, true)?
+            }
+            // cuDNN refused the reduced dtype: float32 there and back, channels-last.
+            DType::F16 | DType::BF16 => {
+                let ys = cudnn::train(self, &v.to_dtype(DType::F32)?, relu, true)?;
+                Some(ys.to_dtype(xs.dtype())?)
+            }
+            _ => Some(cudnn::train(self, &v, relu, true)?),
+        };
+        match ys {
+            Some(ys) => Ok(Some(memory_format::from_nhwc(&ys.reshape((n, h, w, c))?)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The evaluation-mode `relu?(x * scale + shift)` of `x` whose channels are dimension
+    /// `axis` (1 of (N, C, L), 3 of a channels-last tensor's (N, H, W, C) view).
+    fn eval(&self, x: &Tensor, relu: bool, axis: usize) -> Result<Tensor> {
         let invstd = (self.running_var.as_detached_tensor() + self.eps)?
             .sqrt()?
             .recip()?;
         let scale = (&self.weight * invstd)?;
         let shift = (&self.bias - (self.running_mean.as_detached_tensor() * &scale)?)?;
-        let c = scale.elem_count();
+        let mut dims = vec![1; x.rank()];
+        dims[axis] = scale.elem_count();
         let ys = x
-            .broadcast_mul(&scale.reshape((1, c, 1))?)?
-            .broadcast_add(&shift.reshape((1, c, 1))?)?;
+            .broadcast_mul(&scale.reshape(dims.as_slice())?)?
+            .broadcast_add(&shift.reshape(dims.as_slice())?)?;
         if relu {
             ys.relu()
         } else {
@@ -296,7 +356,7 @@ impl BatchNorm {
         }
         #[cfg(feature = "cudnn")]
         if sync.is_none() && cudnn::supports(self, x) {
-            return cudnn::train(self, x, relu);
+            return cudnn::train(self, x, relu, false);
         }
         let detached = x.detach();
         // Local sums; under a StatsSync the whole global batch's, reduced with the count.

@@ -57,17 +57,30 @@ pub(crate) fn dims4(dims: [usize; 4], what: &str) -> Result<[i32; 4]> {
     ])
 }
 
-/// A 4-D NCHW tensor descriptor.
+/// cuDNN's layout of a 4-D tensor, or of a filter (whose NHWC is (O, KH, KW, C)).
+fn format(nhwc: bool) -> sys::cudnnTensorFormat_t {
+    match nhwc {
+        true => sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
+        false => sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
+    }
+}
+
+/// A 4-D tensor descriptor, dims (N, C, H, W), NCHW or NHWC in memory.
 #[derive(Debug)]
 pub(crate) struct TensorDesc(pub(crate) sys::cudnnTensorDescriptor_t);
 
 impl TensorDesc {
     pub(crate) fn nchw(dtype: sys::cudnnDataType_t, dims: [usize; 4]) -> Result<Self> {
+        Self::new(dtype, dims, false)
+    }
+
+    /// (N, C, H, W) = `dims`, held (N, H, W, C) in memory when `nhwc`.
+    pub(crate) fn new(dtype: sys::cudnnDataType_t, dims: [usize; 4], nhwc: bool) -> Result<Self> {
         let desc = Self(context(
             result::create_tensor_descriptor(),
             "tensor descriptor",
         )?);
-        let format = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+        let format = format(nhwc);
         // SAFETY: the descriptor was just created and is destroyed only by `drop`.
         context(
             unsafe { result::set_tensor4d_descriptor(desc.0, format, dtype, dims4(dims, "dim")?) },
@@ -79,22 +92,23 @@ impl TensorDesc {
 
 impl Drop for TensorDesc {
     fn drop(&mut self) {
-        // SAFETY: created by `nchw`, destroyed once, here. A failure leaks one descriptor.
+        // SAFETY: created by `new`, destroyed once, here. A failure leaks one descriptor.
         let _ = unsafe { result::destroy_tensor_descriptor(self.0) };
     }
 }
 
-/// A 4-D NCHW filter descriptor, (O, C / groups, KH, KW).
+/// A 4-D filter descriptor, dims (O, C / groups, KH, KW), held in that order or, when `nhwc`,
+/// as (O, KH, KW, C / groups).
 #[derive(Debug)]
 pub(crate) struct FilterDesc(pub(crate) sys::cudnnFilterDescriptor_t);
 
 impl FilterDesc {
-    pub(crate) fn nchw(dtype: sys::cudnnDataType_t, dims: [usize; 4]) -> Result<Self> {
+    pub(crate) fn new(dtype: sys::cudnnDataType_t, dims: [usize; 4], nhwc: bool) -> Result<Self> {
         let desc = Self(context(
             result::create_filter_descriptor(),
             "filter descriptor",
         )?);
-        let format = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+        let format = format(nhwc);
         // SAFETY: the descriptor was just created and is destroyed only by `drop`.
         context(
             unsafe { result::set_filter4d_descriptor(desc.0, dtype, format, dims4(dims, "dim")?) },
@@ -106,7 +120,7 @@ impl FilterDesc {
 
 impl Drop for FilterDesc {
     fn drop(&mut self) {
-        // SAFETY: created by `nchw`, destroyed once, here.
+        // SAFETY: created by `new`, destroyed once, here.
         let _ = unsafe { result::destroy_filter_descriptor(self.0) };
     }
 }

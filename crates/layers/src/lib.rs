@@ -14,6 +14,8 @@
 //!   [`WeightInit`]);
 //! - [`ParamStore`], a seeded parameter store keyed by PyTorch `state_dict()` names, and
 //!   [`checkpoint`], strict safetensors loading and atomic saving;
+//! - [`memory_format`]: PyTorch's `torch.channels_last` activations (cuDNN's NHWC kernels on
+//!   CUDA);
 //! - [`Network`], the surface every model exposes.
 
 mod activation;
@@ -32,6 +34,7 @@ mod dropout_cuda;
 mod fill;
 pub mod init;
 mod linear_cpu;
+pub mod memory_format;
 mod nn;
 mod params;
 mod per_channel;
@@ -63,6 +66,7 @@ pub use batch_norm::{batch_norm, set_stats_sync, BatchNorm, StatsSync};
 pub use conv::onednn;
 pub use conv::{conv2d_conv_grads, conv2d_cpu_f32, conv2d_gemm, set_direct_first_layer, Conv2d};
 pub use init::WeightInit;
+pub use memory_format::{to_channels_last, MemoryFormat};
 pub use nn::{conv2d, conv_cfg, flatten, linear, ConvBnRelu, Dropout, Linear};
 pub use params::{is_buffer, ParamStore};
 pub use pool::{avg_pool2d, max_pool2d, Pool2d, PoolKind};

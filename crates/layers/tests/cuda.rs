@@ -2,7 +2,8 @@
 //! Runs where the build has the `cuda` feature and a GPU is present; says so otherwise.
 
 use candle_core::{Device, Module, ModuleT, Result, Tensor, Var};
-use layers::{adaptive_avg_pool2d, BatchNorm, Conv2d, Pool2d, PoolKind};
+use layers::memory_format::is_channels_last;
+use layers::{adaptive_avg_pool2d, BatchNorm, Conv2d, MemoryFormat, Pool2d, PoolKind};
 
 fn gpu() -> Option<Device> {
     match Device::cuda_if_available(0) {
@@ -357,7 +358,8 @@ const CONV_CASES: [ConvCase; 9] = [
 
 /// The convolution forward and both gradients on CUDA (cuDNN with the `cudnn` feature)
 /// against an f64 reference: float32 with TF32 off within 1e-5 of the scale, TF32 and bf16
-/// autocast (inputs that bf16 holds exactly) within 1e-2.
+/// autocast (inputs that bf16 holds exactly) within 1e-2; with the input contiguous and
+/// channels-last (cuDNN's NHWC kernels, the output channels-last too).
 #[test]
 fn conv_forward_and_both_gradients_match_an_f64_reference() -> Result<()> {
     let Some(gpu) = gpu() else { return Ok(()) };
@@ -368,14 +370,24 @@ fn conv_forward_and_both_gradients_match_an_f64_reference() -> Result<()> {
             .map(|i| ((i * 31) % 7) as f32 - 3.0)
             .collect();
         let [y_ref, gx_ref, gw_ref] = case.reference(&host(&x)?, &host(&w)?, &g);
-        for (precision, tol) in [("f32", 1e-5), ("tf32", 1e-2), ("bf16", 1e-2)] {
+        let modes = [("f32", 1e-5), ("tf32", 1e-2), ("bf16", 1e-2)];
+        let formats = [MemoryFormat::Contiguous, MemoryFormat::ChannelsLast];
+        for ((precision, tol), format) in modes.iter().flat_map(|m| formats.map(|f| (*m, f))) {
             let _tf32 = layers::autocast::tf32(precision == "tf32");
             let _cast =
                 layers::autocast::set((precision == "bf16").then_some(candle_core::DType::BF16));
             let xv = Var::from_tensor(&x.to_device(&gpu)?)?;
             let wv = Var::from_tensor(&w.to_device(&gpu)?)?;
             let conv = Conv2d::new(wv.as_tensor().clone(), None, case.config());
-            let y = conv.forward(xv.as_tensor())?;
+            let y = conv.forward(&format.apply(xv.as_tensor())?)?;
+            let [_, o, oh, ow] = case.y();
+            if format == MemoryFormat::ChannelsLast && o > 1 && oh * ow > 1 {
+                assert!(
+                    is_channels_last(&y),
+                    "{case:?}: output strides {:?}",
+                    y.stride()
+                );
+            }
             // In the output's dtype: bf16 under autocast on CUDA (the values are exact there).
             let upstream = Tensor::from_slice(&g, y.shape(), &Device::Cpu)?
                 .to_device(&gpu)?
@@ -389,12 +401,12 @@ fn conv_forward_and_both_gradients_match_an_f64_reference() -> Result<()> {
                 relative(&host(gw)?, &gw_ref),
             ];
             println!(
-                "{CUDA_CONV} conv {precision} {case:?}: output {:.1e}, input gradient {:.1e}, weight gradient {:.1e} (relative)",
+                "{CUDA_CONV} conv {precision} {format} {case:?}: output {:.1e}, input gradient {:.1e}, weight gradient {:.1e} (relative)",
                 errors[0], errors[1], errors[2]
             );
             assert!(
                 errors.iter().all(|e| *e < tol),
-                "{precision} {case:?}: {errors:?} over {tol}"
+                "{precision} {format} {case:?}: {errors:?} over {tol}"
             );
         }
     }
@@ -412,13 +424,15 @@ fn batch_norm_training_step_matches_the_cpu() -> Result<()> {
     } else {
         "portable"
     };
-    for (shape, relu) in [
+    let cases = [
         ((8, 6, 7, 5), false),
         ((8, 6, 7, 5), true),
         ((16, 32, 8, 8), true),
         ((64, 10, 1, 1), false),
         ((2, 3, 1, 1), true),
-    ] {
+    ];
+    let formats = [MemoryFormat::Contiguous, MemoryFormat::ChannelsLast];
+    for ((shape, relu), format) in cases.iter().flat_map(|c| formats.map(|f| (*c, f))) {
         let c = shape.1;
         let x = (Tensor::randn(0f32, 2.0, shape, &Device::Cpu)? + 1.5)?;
         let weight = Tensor::randn(1f32, 0.3, c, &Device::Cpu)?;
@@ -439,10 +453,12 @@ fn batch_norm_training_step_matches_the_cpu() -> Result<()> {
                 0.1,
             )?
             .with_batches_tracked(Tensor::new(3i64, dev)?)?;
+            let input = format.apply(xv.as_tensor())?;
             let y = match relu {
-                true => bn.forward_relu(xv.as_tensor(), true)?,
-                false => bn.forward_t(xv.as_tensor(), true)?,
+                true => bn.forward_relu(&input, true)?,
+                false => bn.forward_t(&input, true)?,
             };
+            assert_eq!(is_channels_last(&y), is_channels_last(&input), "{shape:?}");
             let grads = (&y * upstream.to_device(dev)?)?.sum_all()?.backward()?;
             let count = bn
                 .num_batches_tracked()
@@ -495,12 +511,12 @@ fn batch_norm_training_step_matches_the_cpu() -> Result<()> {
             .map(|(n, e)| format!("{n} {e:.1e}"))
             .collect();
         println!(
-            "{path} batch norm {shape:?} relu={relu}: {}",
+            "{path} batch norm {shape:?} {format} relu={relu}: {}",
             report.join(", ")
         );
         assert!(
             errors.iter().all(|e| *e < 1e-5),
-            "{shape:?} relu={relu}: {}",
+            "{shape:?} {format} relu={relu}: {}",
             report.join(", ")
         );
     }
@@ -645,5 +661,100 @@ fn dropout_on_cuda_repeats_with_the_seed_and_keeps_the_rate() -> Result<()> {
     }
     assert_eq!(masks[0], masks[1], "the same seed draws the same mask");
     assert_ne!(masks[0], masks[2], "another seed draws another mask");
+    Ok(())
+}
+
+/// A residual block (convolution, batch norm and ReLU; convolution, batch norm, the join and
+/// its ReLU; then adaptive pooling) trained one step on CUDA with a channels-last input equals
+/// the same step with a contiguous one: in float32 within 1e-4 of the scale (cuDNN's NHWC and
+/// NCHW kernels sum in other orders), in bf16 autocast within 2e-2; the block's output is
+/// channels-last, and the running statistics agree.
+#[test]
+fn channels_last_block_matches_the_contiguous_one() -> Result<()> {
+    use candle_core::DType;
+    let Some(gpu) = gpu() else { return Ok(()) };
+    let (n, c, h) = (8, 16, 10);
+    let x = Tensor::randn(0f32, 1.0, (n, c, h, h), &Device::Cpu)?;
+    let w1 = Tensor::randn(0f32, 0.2, (c, c, 3, 3), &Device::Cpu)?;
+    let w2 = Tensor::randn(0f32, 0.2, (c, c, 3, 3), &Device::Cpu)?;
+    let bn_w = Tensor::rand(0.5f32, 1.5, c, &Device::Cpu)?;
+    let bn_b = Tensor::rand(-0.5f32, 0.5, c, &Device::Cpu)?;
+    let run = |format: MemoryFormat, bf16: bool| -> Result<Vec<Vec<f32>>> {
+        let _cast = layers::autocast::set(bf16.then_some(DType::BF16));
+        let vars = [&x, &w1, &w2, &bn_w, &bn_b]
+            .map(|t| t.to_device(&gpu).and_then(|t| Var::from_tensor(&t)));
+        let [xv, w1v, w2v, bwv, bbv] = vars;
+        let (xv, w1v, w2v, bwv, bbv) = (xv?, w1v?, w2v?, bwv?, bbv?);
+        let cfg = candle_nn::Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let bn = || {
+            BatchNorm::new(
+                Tensor::zeros(c, DType::F32, &gpu)?,
+                Tensor::ones(c, DType::F32, &gpu)?,
+                bwv.as_tensor().clone(),
+                bbv.as_tensor().clone(),
+                1e-5,
+                0.1,
+            )
+        };
+        let (bn1, bn2) = (bn()?, bn()?);
+        let conv1 = Conv2d::new(w1v.as_tensor().clone(), None, cfg);
+        let conv2 = Conv2d::new(w2v.as_tensor().clone(), None, cfg);
+        let input = format.apply(xv.as_tensor())?;
+        let a = conv1.forward_batch_norm(&input, &bn1, true, true)?;
+        let shortcut =
+            layers::autocast::dtype().map_or(Ok(input.clone()), |d| input.to_dtype(d))?;
+        let shortcut = format.apply(&shortcut)?;
+        let y = conv2.forward_batch_norm_add_relu(&a, &bn2, &shortcut, true)?;
+        assert_eq!(
+            is_channels_last(&y),
+            format == MemoryFormat::ChannelsLast,
+            "block output strides {:?}",
+            y.stride()
+        );
+        let pooled = adaptive_avg_pool2d(&y, (1, 1))?.to_dtype(DType::F32)?;
+        let up = Tensor::from_vec(
+            (0..n * c)
+                .map(|i| ((i * 31) % 7) as f32 - 3.0)
+                .collect::<Vec<f32>>(),
+            (n, c, 1, 1),
+            &gpu,
+        )?;
+        let grads = (pooled.broadcast_mul(&up)?).sum_all()?.backward()?;
+        let mut out = vec![host(&y)?];
+        for v in [&xv, &w1v, &w2v, &bwv, &bbv] {
+            out.push(host(grads.get(v.as_tensor()).expect("a gradient"))?);
+        }
+        for bn in [&bn1, &bn2] {
+            out.push(host(bn.running_mean())?);
+            out.push(host(bn.running_var())?);
+        }
+        Ok(out)
+    };
+    let names = [
+        "output",
+        "input grad",
+        "conv1 weight grad",
+        "conv2 weight grad",
+        "bn weight grad",
+        "bn bias grad",
+        "bn1 running mean",
+        "bn1 running var",
+        "bn2 running mean",
+        "bn2 running var",
+    ];
+    for (bf16, tol) in [(false, 1e-4), (true, 2e-2)] {
+        let plain = run(MemoryFormat::Contiguous, bf16)?;
+        let last = run(MemoryFormat::ChannelsLast, bf16)?;
+        for ((name, a), r) in names.iter().zip(&last).zip(&plain) {
+            let e = relative(a, &r.iter().map(|v| *v as f64).collect::<Vec<_>>());
+            println!(
+                "{CUDA_CONV} block, channels_last against contiguous, bf16={bf16}: {name} {e:.1e}"
+            );
+            assert!(e < tol, "bf16={bf16} {name}: {e} over {tol}");
+        }
+    }
     Ok(())
 }

@@ -373,4 +373,72 @@ mod tests {
         assert_eq!(stages[2].1.dims(), [2, 32, 4, 4]);
         Ok(())
     }
+
+    /// Named values: parameter gradients and running statistics.
+    type Named = Vec<(String, Vec<f32>)>;
+
+    /// A training step (forward, loss, backward) of `config`'s network on `x` in `format`:
+    /// the logits, then the evaluation-mode logits after it, every parameter's gradient and
+    /// every running statistic, by name.
+    fn step(
+        config: &ResNetConfig,
+        x: &Tensor,
+        format: layers::MemoryFormat,
+    ) -> Result<(Vec<f32>, Named)> {
+        let store = ParamStore::new(3, &Device::Cpu);
+        let net = ResNet::new(config, store.vb())?;
+        let logits = net.forward_t(&format.apply(x)?, true)?;
+        let loss = logits.sqr()?.mean_all()?;
+        let grads = loss.backward()?;
+        // Then evaluation, with the running statistics the step moved.
+        let eval = net.forward_t(&format.apply(x)?, false)?;
+        let mut values = vec![("eval logits".to_string(), eval.flatten_all()?.to_vec1()?)];
+        for (name, var) in store.named_vars() {
+            let v = match grads.get(var.as_tensor()) {
+                Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
+                None => var
+                    .as_tensor()
+                    .flatten_all()?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec1()?,
+            };
+            values.push((name, v));
+        }
+        Ok((logits.flatten_all()?.to_vec1()?, values))
+    }
+
+    #[test]
+    fn channels_last_input_gives_the_same_training_step() -> Result<()> {
+        // Both stems, both blocks, a downsampling join: bit for bit the contiguous step (on
+        // the CPU a channels-last activation runs the same kernels on a contiguous copy).
+        let narrow = |block, stem| ResNetConfig {
+            widths: vec![4, 8],
+            layers: vec![1, 1],
+            stem_width: 4,
+            stem,
+            ..ResNetConfig::torchvision(block, [1, 1, 1, 1], 3)
+        };
+        let x = Tensor::randn(0f32, 1., (2, 3, 16, 16), &Device::Cpu)?;
+        for config in [
+            narrow(BlockKind::Basic, Stem::Cifar),
+            narrow(BlockKind::Bottleneck, Stem::ImageNet),
+        ] {
+            // The activations stay channels-last from stage to stage, as PyTorch's.
+            let store = ParamStore::new(3, &Device::Cpu);
+            let net = ResNet::new(&config, store.vb())?;
+            let mut a = net.stem_forward_t(&layers::to_channels_last(&x)?, true)?;
+            for stage in 0..net.num_stages() {
+                assert!(layers::memory_format::is_channels_last(&a), "{config:?}");
+                a = net.stage_forward_t(stage, &a, true)?;
+            }
+            let plain = step(&config, &x, layers::MemoryFormat::Contiguous)?;
+            let last = step(&config, &x, layers::MemoryFormat::ChannelsLast)?;
+            assert_eq!(plain.0, last.0, "logits of {config:?}");
+            assert_eq!(plain.1.len(), last.1.len());
+            for ((name, a), (_, b)) in plain.1.iter().zip(&last.1) {
+                assert_eq!(a, b, "{name} of {config:?}");
+            }
+        }
+        Ok(())
+    }
 }

@@ -270,4 +270,46 @@ mod tests {
         assert_eq!(num_parameters("cnn-mnist", 10)?, 421_642);
         Ok(())
     }
+
+    /// A training step of one model of each family (VGG's layers are AlexNet's and ResNet's)
+    /// with its images channels-last
+    /// (`torch.channels_last`) gives the contiguous step's logits and gradients bit for bit:
+    /// every layer takes a channels-last input (on the CPU by computing on a contiguous copy).
+    #[test]
+    fn channels_last_images_train_as_contiguous_ones() -> Result<()> {
+        use candle_core::Tensor;
+        use layers::MemoryFormat;
+        for name in [
+            "lenet5",
+            "cnn-mnist",
+            "alexnet-tv",
+            "googlenet",
+            "resnet18-seed",
+        ] {
+            let (c, h, w) = spec(name)?.input;
+            let x = Tensor::randn(0f32, 1.0, (2, c, h, w), &Device::Cpu)?;
+            let step = |format: MemoryFormat| -> Result<Vec<Vec<f32>>> {
+                let store = ParamStore::new(5, &Device::Cpu);
+                let net = build(name, 10, store.vb())?;
+                let logits = net.forward_t(&format.apply(&x)?, true)?;
+                let grads = logits.sqr()?.mean_all()?.backward()?;
+                let mut out = vec![logits.flatten_all()?.to_vec1::<f32>()?];
+                for (_, var) in store.named_vars() {
+                    if let Some(g) = grads.get(var.as_tensor()) {
+                        out.push(g.flatten_all()?.to_vec1::<f32>()?);
+                    }
+                }
+                Ok(out)
+            };
+            let seed = layers::rng::state();
+            let plain = step(MemoryFormat::Contiguous)?;
+            layers::rng::set_state(seed);
+            let last = step(MemoryFormat::ChannelsLast)?;
+            assert_eq!(plain.len(), last.len(), "{name}");
+            for (i, (a, b)) in plain.iter().zip(&last).enumerate() {
+                assert!(a == b, "{name}: tensor {i} differs");
+            }
+        }
+        Ok(())
+    }
 }

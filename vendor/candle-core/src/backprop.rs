@@ -713,18 +713,28 @@ impl GradStore {
 
     /// Adds `grad` to `tensor`'s gradient: stored as it is (made contiguous) when it is the first
     /// and has `tensor`'s shape, dtype and device; otherwise added to zeros, as `or_insert` + `add`
-    /// would (so a mismatch fails with the same error).
+    /// would (so a mismatch fails with the same error). A 4-D gradient in the channels-last
+    /// layout (PyTorch's `torch.channels_last`: (N, C, H, W) with the channels innermost) stays
+    /// in that layout, first or summed, rather than being copied to (N, C, H, W) order.
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
-                let sum = entry.get().add(grad)?;
+                let sum = match channels_last(entry.get()) && channels_last(grad) {
+                    true => {
+                        let nhwc = |t: &Tensor| t.permute((0, 2, 3, 1));
+                        nhwc(entry.get())?.add(&nhwc(grad)?)?.permute((0, 3, 1, 2))?
+                    }
+                    false => entry.get().add(grad)?,
+                };
                 entry.insert(sum);
             }
             Entry::Vacant(entry) => {
                 let same = grad.shape() == tensor.shape()
                     && grad.dtype() == tensor.dtype()
                     && grad.device().same_device(tensor.device());
-                let first = if same {
+                let first = if same && channels_last(grad) {
+                    grad.clone()
+                } else if same {
                     grad.contiguous()?
                 } else {
                     tensor.zeros_like()?.add(grad)?
@@ -778,4 +788,13 @@ impl GradStore {
     pub fn get_ids(&self) -> impl Iterator<Item = &TensorId> {
         self.0.keys()
     }
+}
+
+/// Whether `t` is 4-D, not contiguous, and dense with its second dimension innermost: a
+/// permuted view of a contiguous (N, H, W, C) tensor, PyTorch's `torch.channels_last`.
+fn channels_last(t: &Tensor) -> bool {
+    let (d, s) = (t.dims(), t.stride());
+    t.rank() == 4
+        && !t.is_contiguous()
+        && crate::Shape::from(vec![d[0], d[2], d[3], d[1]]).is_contiguous(&[s[0], s[2], s[3], s[1]])
 }

@@ -9,6 +9,11 @@
 //! float16, the parameters and statistics float32, as PyTorch's batch norm under CUDA
 //! autocast (cuDNN's mixed-precision batch norm: reduced-precision data, float32 per-channel
 //! values and arithmetic).
+//!
+//! A channels-last input comes as its (N, H·W, C) view and runs cuDNN's NHWC batch norm (in
+//! `CUDNN_BATCHNORM_SPATIAL`, or `CUDNN_BATCHNORM_SPATIAL_PERSISTENT` with
+//! `LAYERS_CUDNN_BN_PERSISTENT` set, PyTorch's choice for channels-last training), the output
+//! and the input gradient in the same order.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -31,7 +36,16 @@ use crate::cudnn::{check, data_type, f32_write_ptr, read_ptr, with_state, Buffer
 /// 1e-5 before cuDNN 7.5); smaller ones take the portable path.
 const MIN_EPS: f64 = 1e-5;
 
-const MODE: sys::cudnnBatchNormMode_t = sys::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL;
+/// cuDNN's batch-norm mode for an NCHW or NHWC (`nhwc`) input.
+fn mode(nhwc: bool) -> sys::cudnnBatchNormMode_t {
+    static PERSISTENT: OnceLock<bool> = OnceLock::new();
+    let persistent =
+        *PERSISTENT.get_or_init(|| std::env::var_os("LAYERS_CUDNN_BN_PERSISTENT").is_some());
+    match nhwc && persistent {
+        true => sys::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL_PERSISTENT,
+        false => sys::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL,
+    }
+}
 
 const ONE: f32 = 1.0;
 const ZERO: f32 = 0.0;
@@ -64,9 +78,14 @@ pub(super) fn reduced_allowed() -> bool {
 /// [`train`] for a bfloat16 or float16 input; `None` when cuDNN refuses the dtype (its forward
 /// call says not supported or bad parameter, before it changed anything: said once on stderr,
 /// and such inputs take the float32 path from then on). Any other error is returned.
-pub(super) fn train_reduced(bn: &BatchNorm, x: &Tensor, relu: bool) -> Result<Option<Tensor>> {
+pub(super) fn train_reduced(
+    bn: &BatchNorm,
+    x: &Tensor,
+    relu: bool,
+    nhwc: bool,
+) -> Result<Option<Tensor>> {
     let refused = Arc::new(AtomicBool::new(false));
-    match train_flagged(bn, x, relu, refused.clone()) {
+    match train_flagged(bn, x, relu, nhwc, refused.clone()) {
         Ok(ys) => Ok(Some(ys)),
         Err(error) if refused.load(Ordering::Relaxed) => {
             if REDUCED.swap(false, Ordering::Relaxed) {
@@ -81,11 +100,11 @@ pub(super) fn train_reduced(bn: &BatchNorm, x: &Tensor, relu: bool) -> Result<Op
     }
 }
 
-/// The training-mode `relu?(batch_norm(x))` of an (N, C, L) CUDA tensor (float32, bfloat16 or
-/// float16; the output in the same dtype); the running statistics move (in place) and one more
-/// batch is counted.
-pub(super) fn train(bn: &BatchNorm, x: &Tensor, relu: bool) -> Result<Tensor> {
-    train_flagged(bn, x, relu, Arc::new(AtomicBool::new(false)))
+/// The training-mode `relu?(batch_norm(x))` of an (N, C, L) CUDA tensor, or of an (N, L, C)
+/// one when `nhwc` (float32, bfloat16 or float16; the output in the same dtype and order); the
+/// running statistics move (in place) and one more batch is counted.
+pub(super) fn train(bn: &BatchNorm, x: &Tensor, relu: bool, nhwc: bool) -> Result<Tensor> {
+    train_flagged(bn, x, relu, nhwc, Arc::new(AtomicBool::new(false)))
 }
 
 /// [`train`], setting `refused` when cuDNN's forward call refuses the input's dtype.
@@ -93,10 +112,14 @@ fn train_flagged(
     bn: &BatchNorm,
     x: &Tensor,
     relu: bool,
+    nhwc: bool,
     refused: Arc<AtomicBool>,
 ) -> Result<Tensor> {
     let x = x.contiguous()?;
-    let (n, c, l) = x.dims3()?;
+    let (n, c, l) = match (nhwc, x.dims3()?) {
+        (true, (n, l, c)) => (n, c, l),
+        (false, dims) => dims,
+    };
     if n * l < 2 {
         candle_core::bail!(
             "batch-norm in training needs more than one value per channel, got input (N, C, L) = ({n}, {c}, {l})"
@@ -109,6 +132,7 @@ fn train_flagged(
         eps: bn.eps,
         relu,
         dims: [n, c, l],
+        nhwc,
         dtype: x.dtype(),
         refused,
         saved: OnceLock::new(),
@@ -119,7 +143,7 @@ fn train_flagged(
 }
 
 /// The descriptors of one input shape: the input (and output, and their gradients) as
-/// (N, C, L, 1), the per-channel tensors as (1, C, 1, 1).
+/// (N, C, L, 1), NCHW or NHWC, the per-channel tensors as (1, C, 1, 1).
 struct Descs {
     x: TensorDesc,
     channels: TensorDesc,
@@ -128,23 +152,31 @@ struct Descs {
 /// The descriptors of one thread on one device, by (N, C, L) and the input's dtype.
 #[derive(Default)]
 pub(crate) struct Cache {
-    descs: HashMap<([usize; 3], DType), Descs>,
+    descs: HashMap<([usize; 3], DType, bool), Descs>,
 }
 
 impl Cache {
-    fn descs(&mut self, [n, c, l]: [usize; 3], dtype: DType) -> Result<&Descs> {
+    fn descs(&mut self, [n, c, l]: [usize; 3], dtype: DType, nhwc: bool) -> Result<&Descs> {
         use std::collections::hash_map::Entry;
         let float = sys::cudnnDataType_t::CUDNN_DATA_FLOAT;
         let Some(data) = data_type(dtype) else {
             candle_core::bail!("cudnn batch-norm: no {dtype:?} input")
         };
-        Ok(match self.descs.entry(([n, c, l], dtype)) {
+        Ok(match self.descs.entry(([n, c, l], dtype, nhwc)) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => e.insert(Descs {
-                x: TensorDesc::nchw(data, [n, c, l, 1])?,
+                x: TensorDesc::new(data, [n, c, l, 1], nhwc)?,
                 channels: TensorDesc::nchw(float, [1, c, 1, 1])?,
             }),
         })
+    }
+}
+
+/// The shape an input of (N, C, L) = `dims` is held in: (N, L, C) when `nhwc`.
+fn held([n, c, l]: [usize; 3], nhwc: bool) -> Shape {
+    match nhwc {
+        true => Shape::from_dims(&[n, l, c]),
+        false => Shape::from_dims(&[n, c, l]),
     }
 }
 
@@ -185,6 +217,8 @@ struct Forward {
     relu: bool,
     /// N, C, L.
     dims: [usize; 3],
+    /// The input (and output) held as (N, L, C).
+    nhwc: bool,
     /// The input's (and output's) dtype.
     dtype: DType,
     /// Set when cuDNN's forward call refuses a reduced-precision dtype (nothing changed yet).
@@ -205,7 +239,7 @@ impl Forward {
     ) -> Result<CudaStorage> {
         let [n, c, l] = self.dims;
         with_state(&x.device, |state| {
-            let descs = state.batch_norm.descs(self.dims, self.dtype)?;
+            let descs = state.batch_norm.descs(self.dims, self.dtype, self.nhwc)?;
             let (stream, device) = (&state.stream, &state.device);
             let mut y = Buffer::uninit(device, self.dtype, n * c * l)?;
             // SAFETY: cuDNN writes all of `y` and both saved statistics.
@@ -227,7 +261,7 @@ impl Forward {
                 let status = unsafe {
                     sys::cudnnBatchNormalizationForwardTraining(
                         state.handle.0,
-                        MODE,
+                        mode(self.nhwc),
                         &ONE as *const f32 as *const c_void,
                         &ZERO as *const f32 as *const c_void,
                         descs.x.0,
@@ -291,7 +325,7 @@ impl CustomOp3 for Forward {
         b: &CudaStorage,
         bl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let shape = Shape::from_dims(&self.dims);
+        let shape = held(self.dims, self.nhwc);
         if xl.shape() != &shape || x.dtype() != self.dtype {
             candle_core::bail!(
                 "cudnn batch-norm: input {:?} {:?}, expected {shape:?} {:?}",
@@ -342,6 +376,7 @@ impl CustomOp3 for Forward {
         };
         let op = Backward {
             dims: self.dims,
+            nhwc: self.nhwc,
             dtype: self.dtype,
             eps: self.eps,
             saved,
@@ -360,6 +395,8 @@ impl CustomOp3 for Forward {
 /// (x, dy, weight) -> dx, with the weight's and bias's gradients left in `params`.
 struct Backward<'a> {
     dims: [usize; 3],
+    /// The input and both gradients held as (N, L, C).
+    nhwc: bool,
     /// The input's (and both data gradients') dtype.
     dtype: DType,
     eps: f64,
@@ -394,7 +431,7 @@ impl CustomOp3 for Backward<'_> {
         wl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let [n, c, l] = self.dims;
-        let shape = Shape::from_dims(&self.dims);
+        let shape = held(self.dims, self.nhwc);
         if xl.shape() != &shape
             || dyl.shape() != &shape
             || [x.dtype(), dy.dtype()] != [self.dtype; 2]
@@ -409,7 +446,7 @@ impl CustomOp3 for Backward<'_> {
             )
         }
         with_state(&x.device, |state| {
-            let descs = state.batch_norm.descs(self.dims, self.dtype)?;
+            let descs = state.batch_norm.descs(self.dims, self.dtype, self.nhwc)?;
             let (stream, device) = (&state.stream, &state.device);
             let mut dx = Buffer::uninit(device, self.dtype, n * c * l)?;
             // SAFETY: cuDNN writes all three gradients.
@@ -433,7 +470,7 @@ impl CustomOp3 for Backward<'_> {
                     unsafe {
                         sys::cudnnBatchNormalizationBackward(
                             state.handle.0,
-                            MODE,
+                            mode(self.nhwc),
                             one,
                             zero,
                             one,

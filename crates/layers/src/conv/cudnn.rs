@@ -11,6 +11,11 @@
 //! TF32 is on ([`autocast::tf32`](crate::autocast::tf32), Candle's flag for float32 products:
 //! `CUDNN_DEFAULT_MATH`, which lets cuDNN use TF32 tensor cores); bf16 and f16 on tensor cores
 //! (`CUDNN_TENSOR_OP_MATH`) with float32 sums. Set `LAYERS_CUDNN_LOG` to see each choice.
+//!
+//! A channels-last input ([`memory_format`](crate::memory_format)) runs cuDNN's NHWC kernels,
+//! as PyTorch's `channels_last` convolutions: the input, output and both of their gradients
+//! stay (N, H, W, C) in memory, and the kernel is handed to cuDNN as (O, KH, KW, C / groups)
+//! (a copy of the weight each call, and one of its gradient back to (O, C / groups, KH, KW)).
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -23,6 +28,7 @@ use candle_core::{
 use candle_nn::Conv2dConfig;
 
 use crate::cudnn::{check, data_type, Buffer, ConvDesc, FilterDesc, Handle, TensorDesc};
+use crate::memory_format;
 
 type FwdAlgo = sys::cudnnConvolutionFwdAlgo_t;
 type DataAlgo = sys::cudnnConvolutionBwdDataAlgo_t;
@@ -74,11 +80,16 @@ pub(super) fn supports(xs: &Tensor) -> bool {
 
 /// `F.conv2d(xs, weight, None, stride, padding, dilation, groups)` through cuDNN, with its
 /// backward (both gradients) through cuDNN as well. `xs` (N, C, H, W) and `weight`
-/// (O, C / groups, KH, KW) of one dtype, on one CUDA device.
+/// (O, C / groups, KH, KW) of one dtype, on one CUDA device. A channels-last `xs` gives a
+/// channels-last output (cuDNN's NHWC kernels); any other is made contiguous.
 pub(super) fn conv2d(xs: &Tensor, weight: &Tensor, cfg: &Conv2dConfig) -> Result<Tensor> {
-    let conv = Conv::of(xs, weight, cfg)?;
-    xs.contiguous()?
-        .apply_op2(&weight.contiguous()?, Forward(conv))
+    let nhwc = memory_format::nhwc(xs)?;
+    let conv = Conv::of(xs, weight, cfg, nhwc.is_some())?;
+    let weight = weight.contiguous()?;
+    match nhwc {
+        Some(x) => memory_format::from_nhwc(&x.apply_op2(&weight, Forward(conv))?),
+        None => xs.contiguous()?.apply_op2(&weight, Forward(conv)),
+    }
 }
 
 /// One convolution as cuDNN sees it: the key of everything cached.
@@ -92,10 +103,13 @@ pub(crate) struct Conv {
     params: [usize; 4],
     /// TF32 allowed for float32 (fixed when the forward runs; the backward uses the same).
     tf32: bool,
+    /// Input and output (and their gradients) (N, H, W, C) in memory, the kernel given to
+    /// cuDNN as (O, KH, KW, C / groups); `x` and `y` stay the logical (N, C, H, W).
+    nhwc: bool,
 }
 
 impl Conv {
-    fn of(xs: &Tensor, weight: &Tensor, cfg: &Conv2dConfig) -> Result<Self> {
+    fn of(xs: &Tensor, weight: &Tensor, cfg: &Conv2dConfig, nhwc: bool) -> Result<Self> {
         let (n, c, h, w) = xs.dims4()?;
         let (o, cg, kh, kw) = weight.dims4()?;
         let (p, s, d, g) = (cfg.padding, cfg.stride, cfg.dilation, cfg.groups);
@@ -129,7 +143,24 @@ impl Conv {
             y: [n, o, oh, ow],
             params: [p, s, d, g],
             tf32: candle_core::cuda::gemm_reduced_precision_f32(),
+            nhwc,
         })
+    }
+
+    /// The shape in which an operand or result with the logical dims `dims` is held: the
+    /// input's and output's (N, H, W, C) when NHWC, the kernel's always as given,
+    /// (O, C / groups, KH, KW).
+    fn held(&self, dims: [usize; 4], kernel: bool) -> [usize; 4] {
+        match self.nhwc && !kernel {
+            true => [dims[0], dims[2], dims[3], dims[1]],
+            false => dims,
+        }
+    }
+
+    /// The kernel as cuDNN's NHWC kernels read it, (O, KH, KW, C / groups).
+    fn krsc(&self) -> [usize; 4] {
+        let [o, c, kh, kw] = self.w;
+        [o, kh, kw, c]
     }
 
     fn cudnn_type(&self) -> Result<sys::cudnnDataType_t> {
@@ -196,9 +227,9 @@ impl Cache {
             Entry::Vacant(e) => {
                 let t = conv.cudnn_type()?;
                 e.insert(Plan {
-                    x: TensorDesc::nchw(t, conv.x)?,
-                    w: FilterDesc::nchw(t, conv.w)?,
-                    y: TensorDesc::nchw(t, conv.y)?,
+                    x: TensorDesc::new(t, conv.x, conv.nhwc)?,
+                    w: FilterDesc::new(t, conv.w, conv.nhwc)?,
+                    y: TensorDesc::new(t, conv.y, conv.nhwc)?,
                     forward: None,
                     data: None,
                     filter: None,
@@ -293,8 +324,8 @@ impl<A: Copy + std::fmt::Debug, P: Copy> Search<'_, A, P> {
             }
             if log_choices() {
                 eprintln!(
-                    "cudnn {} {:?} x{:?} w{:?} p/s/d/g{:?} tf32={}: {algo:?} {math:?} {ms:.3} ms, {memory} B",
-                    self.what, conv.dtype, conv.x, conv.w, conv.params, conv.tf32
+                    "cudnn {} {:?} x{:?} w{:?} p/s/d/g{:?} tf32={} nhwc={}: {algo:?} {math:?} {ms:.3} ms, {memory} B",
+                    self.what, conv.dtype, conv.x, conv.w, conv.params, conv.tf32, conv.nhwc
                 );
             }
             desc.set_math(math)?;
@@ -500,14 +531,15 @@ fn run(
     (a, al): (&CudaStorage, &Layout),
     (b, bl): (&CudaStorage, &Layout),
 ) -> Result<(CudaStorage, Shape)> {
+    use candle_core::backend::BackendStorage;
+    // The operands' and the result's shapes as held (NHWC or not), and which is the kernel.
     let (a_dims, b_dims, out_dims) = match direction {
-        Direction::Forward => (conv.x, conv.w, conv.y),
-        Direction::Data => (conv.w, conv.y, conv.x),
-        Direction::Filter => (conv.x, conv.y, conv.w),
+        Direction::Forward => (conv.held(conv.x, false), conv.w, conv.held(conv.y, false)),
+        Direction::Data => (conv.w, conv.held(conv.y, false), conv.held(conv.x, false)),
+        Direction::Filter => (conv.held(conv.x, false), conv.held(conv.y, false), conv.w),
     };
     // The descriptors come from `conv`: the operands must be what they describe.
     for (s, l, dims) in [(a, al, a_dims), (b, bl, b_dims)] {
-        use candle_core::backend::BackendStorage;
         if s.dtype() != conv.dtype || l.shape().dims() != dims {
             candle_core::bail!(
                 "cudnn conv2d {direction:?}: operand {:?} {:?}, expected {:?} {dims:?}",
@@ -517,6 +549,51 @@ fn run(
             )
         }
     }
+    // NHWC: the kernel reordered to (O, KH, KW, C / groups) for cuDNN, and the kernel
+    // gradient computed in that order and reordered back.
+    let krsc = Layout::contiguous(Shape::from_dims(&conv.krsc()));
+    let reordered = match (conv.nhwc, direction) {
+        (true, Direction::Forward) => Some(to_krsc(conv, b, bl)?),
+        (true, Direction::Data) => Some(to_krsc(conv, a, al)?),
+        _ => None,
+    };
+    let ((a, al), (b, bl)) = match (&reordered, direction) {
+        (Some(k), Direction::Forward) => ((a, al), (k, &krsc)),
+        (Some(k), _) => ((k, &krsc), (b, bl)),
+        (None, _) => ((a, al), (b, bl)),
+    };
+    let (out, shape) = run_held(conv, direction, (a, al), (b, bl), out_dims)?;
+    match (conv.nhwc, direction) {
+        (true, Direction::Filter) => {
+            // (O, KH, KW, C / groups) read as (O, C / groups, KH, KW): copied in that order.
+            let mut ockk = Buffer::uninit(&out.device, conv.dtype, Conv::len(conv.w))?
+                .into_storage(out.device.clone());
+            out.copy_strided_src(&mut ockk, 0, &krsc.permute(&[0, 3, 1, 2])?)?;
+            Ok((ockk, Shape::from_dims(&conv.w)))
+        }
+        _ => Ok((out, shape)),
+    }
+}
+
+/// The kernel `(w, wl)`, (O, C / groups, KH, KW), copied to a new (O, KH, KW, C / groups)
+/// storage.
+fn to_krsc(conv: &Conv, w: &CudaStorage, wl: &Layout) -> Result<CudaStorage> {
+    use candle_core::backend::BackendStorage;
+    let mut krsc =
+        Buffer::uninit(&w.device, conv.dtype, Conv::len(conv.w))?.into_storage(w.device.clone());
+    w.copy_strided_src(&mut krsc, 0, &wl.permute(&[0, 2, 3, 1])?)?;
+    Ok(krsc)
+}
+
+/// [`run`] on operands held as the descriptors describe them (the kernel as (O, KH, KW,
+/// C / groups) for NHWC), giving the result held as `out_dims`.
+fn run_held(
+    conv: &Conv,
+    direction: Direction,
+    (a, al): (&CudaStorage, &Layout),
+    (b, bl): (&CudaStorage, &Layout),
+    out_dims: [usize; 4],
+) -> Result<(CudaStorage, Shape)> {
     crate::cudnn::with_state(&a.device, |state| {
         let crate::cudnn::State {
             handle,

@@ -36,7 +36,7 @@ mod winograd;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::Conv2dConfig;
 
-use crate::{autocast, per_channel};
+use crate::{autocast, memory_format, per_channel};
 
 pub use cpu::conv2d_cpu_f32;
 pub use direct::set_direct_first_layer;
@@ -242,6 +242,13 @@ impl Conv2d {
         xs: &Tensor,
         bn: Option<&batch_norm::Epilogue>,
     ) -> Result<(Tensor, bool)> {
+        // A channels-last input without cuDNN's NHWC kernels to take it: the (N, C, H, W)
+        // paths on a contiguous copy, the output handed on channels-last (as PyTorch's
+        // fallbacks).
+        if memory_format::is_channels_last(xs) && !nhwc_kernels(xs) {
+            let (ys, fused) = self.forward_then(&xs.contiguous()?, bn)?;
+            return Ok((memory_format::to_channels_last(&ys)?, fused));
+        }
         // On the CPU, kernel taps that only meet padding are not multiplied (on CUDA, cuDNN
         // chooses its own algorithms).
         if xs.device().is_cpu() {
@@ -424,12 +431,35 @@ impl Conv2d {
         }
     }
 
-    /// `ys` plus the bias, if any, broadcast over (N, ·, H, W).
+    /// `ys` plus the bias, if any, broadcast over (N, ·, H, W) (over the channels of the
+    /// (N, H, W, C) view of a channels-last `ys`, which stays channels-last).
     fn add_bias(&self, ys: Tensor, cpu_f32: bool) -> Result<Tensor> {
         match &self.bias {
-            Some(b) if cpu_f32 && b.dtype() == DType::F32 => per_channel::add_channel_bias(&ys, b),
-            Some(b) => ys.broadcast_add(&autocast::cast(b, ys.dtype())?.reshape((1, (), 1, 1))?),
+            Some(b) if cpu_f32 && b.dtype() == DType::F32 && ys.is_contiguous() => {
+                per_channel::add_channel_bias(&ys, b)
+            }
+            Some(b) => {
+                let b = autocast::cast(b, ys.dtype())?;
+                match memory_format::nhwc(&ys)? {
+                    Some(v) => {
+                        memory_format::from_nhwc(&v.broadcast_add(&b.reshape((1, 1, 1, ()))?)?)
+                    }
+                    None => ys.broadcast_add(&b.reshape((1, (), 1, 1))?),
+                }
+            }
             None => Ok(ys),
         }
+    }
+}
+
+/// Whether a convolution of `xs` runs cuDNN's NHWC kernels when `xs` is channels-last: CUDA
+/// with the `cudnn` feature, in a dtype cuDNN convolves.
+fn nhwc_kernels(xs: &Tensor) -> bool {
+    #[cfg(feature = "cudnn")]
+    return cudnn::supports(xs);
+    #[cfg(not(feature = "cudnn"))]
+    {
+        let _ = xs;
+        false
     }
 }

@@ -20,11 +20,14 @@ impl Module for Pool2d {
         if xs.rank() != 4 {
             candle_core::bail!("pooling expects (N, C, H, W) input, got {:?}", xs.shape())
         }
-        if xs.device().is_cpu() {
-            xs.contiguous()?.apply_op1(cpu::PoolOp::new(*self))
-        } else {
-            composite::forward(self, xs)
-        }
+        // A channels-last input is pooled in (N, C, H, W) order and handed on channels-last.
+        crate::memory_format::keep(xs, |xs| {
+            if xs.device().is_cpu() {
+                xs.contiguous()?.apply_op1(cpu::PoolOp::new(*self))
+            } else {
+                composite::forward(self, xs)
+            }
+        })
     }
 }
 
@@ -42,7 +45,9 @@ impl Pool2d {
             candle_core::bail!("pooling expects (N, C, H, W) input, got {:?}", xs.shape())
         }
         match xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32 {
-            true => xs.contiguous()?.apply_op1(cpu::PoolOp::with_relu(*self)),
+            true => crate::memory_format::keep(xs, |xs| {
+                xs.contiguous()?.apply_op1(cpu::PoolOp::with_relu(*self))
+            }),
             false => crate::relu(&self.forward(xs)?),
         }
     }

@@ -1,0 +1,318 @@
+//! PyTorch's memory formats for 4-D activations: `torch.contiguous_format` ((N, C, H, W) in
+//! that order in memory) and `torch.channels_last` (the same logical (N, C, H, W) tensor with
+//! the channels innermost, as (N, H, W, C) in memory).
+//!
+//! A channels-last tensor here is what PyTorch's is: a view with shape (N, C, H, W) and strides
+//! (H·W·C, 1, W·C, C), made by [`to_channels_last`]. Shapes, indexing and results do not
+//! change, only the order in memory. On CUDA with the `cudnn` feature the convolutions and
+//! batch norms run cuDNN's NHWC kernels on such tensors (tensor cores read NHWC natively; in
+//! NCHW cuDNN transposes around its bf16 kernels), and the layers of this crate hand on their
+//! output in their input's format, as PyTorch's do. Elsewhere (the CPU, and layers without an
+//! NHWC kernel) a layer computes in (N, C, H, W) order and converts its output back, so the
+//! results are the same, with one copy more each way.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use layers::memory_format::{is_channels_last, to_channels_last};
+//! # fn main() -> candle_core::Result<()> {
+//! let x = Tensor::arange(0f32, 24., &Device::Cpu)?.reshape((1, 2, 3, 4))?;
+//! let y = to_channels_last(&x)?;
+//! assert!(is_channels_last(&y) && !y.is_contiguous());
+//! assert_eq!(y.dims(), x.dims());
+//! // The same values, in another order in memory.
+//! assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, x.flatten_all()?.to_vec1::<f32>()?);
+//! # Ok(()) }
+//! ```
+
+use candle_core::{Result, Shape, Tensor};
+
+/// The order of a 4-D activation in memory, PyTorch's `torch.memory_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MemoryFormat {
+    /// (N, C, H, W) in that order: `torch.contiguous_format`, the default.
+    #[default]
+    Contiguous,
+    /// (N, H, W, C) in memory, the channels innermost: `torch.channels_last`.
+    ChannelsLast,
+}
+
+impl MemoryFormat {
+    /// PyTorch's name without `torch.`: `contiguous_format` or `channels_last`.
+    pub fn name(self) -> &'static str {
+        match self {
+            MemoryFormat::Contiguous => "contiguous_format",
+            MemoryFormat::ChannelsLast => "channels_last",
+        }
+    }
+
+    /// `t` in this format: [`to_channels_last`], or `t.contiguous()`. A tensor of another rank
+    /// than 4 is returned as it is for `ChannelsLast` (PyTorch's `Tensor.to(memory_format=...)`
+    /// refuses it; a batch of vectors has no channels to move).
+    ///
+    /// # Errors
+    /// The copy failed (out of memory).
+    pub fn apply(self, t: &Tensor) -> Result<Tensor> {
+        match self {
+            MemoryFormat::Contiguous => t.contiguous(),
+            MemoryFormat::ChannelsLast if t.rank() == 4 => to_channels_last(t),
+            MemoryFormat::ChannelsLast => Ok(t.clone()),
+        }
+    }
+}
+
+impl std::fmt::Display for MemoryFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for MemoryFormat {
+    type Err = String;
+
+    /// `contiguous_format` (or `contiguous`) and `channels_last`, `-` taken for `_`.
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s.replace('-', "_").as_str() {
+            "contiguous" | "contiguous_format" => Ok(MemoryFormat::Contiguous),
+            "channels_last" => Ok(MemoryFormat::ChannelsLast),
+            _ => Err(format!(
+                "unknown memory format {s:?}: expected contiguous_format or channels_last"
+            )),
+        }
+    }
+}
+
+/// Whether `t` is a 4-D tensor in the channels-last layout and not also plainly contiguous
+/// (for one channel or a 1x1 map both hold, and such a tensor counts as contiguous): shape
+/// (N, C, H, W), strides (H·W·C, 1, W·C, C), dimensions of size 1 aside. PyTorch's
+/// `t.is_contiguous(memory_format=torch.channels_last)` for the tensors where the two differ.
+pub fn is_channels_last(t: &Tensor) -> bool {
+    let (d, s) = (t.dims(), t.stride());
+    t.rank() == 4
+        && !t.is_contiguous()
+        && Shape::from(vec![d[0], d[2], d[3], d[1]]).is_contiguous(&[s[0], s[2], s[3], s[1]])
+}
+
+/// `t` (N, C, H, W) as a channels-last tensor: the same shape and values, the channels
+/// innermost in memory (one copy, none when it already is). PyTorch:
+/// `t.to(memory_format=torch.channels_last)`.
+///
+/// # Errors
+/// `t` is not 4-D.
+pub fn to_channels_last(t: &Tensor) -> Result<Tensor> {
+    if t.rank() != 4 {
+        candle_core::bail!(
+            "channels_last needs a 4-D (N, C, H, W) tensor, got shape {:?}",
+            t.dims()
+        )
+    }
+    if is_channels_last(t) {
+        return Ok(t.clone());
+    }
+    t.permute((0, 2, 3, 1))?.contiguous()?.permute((0, 3, 1, 2))
+}
+
+/// The contiguous (N, H, W, C) tensor behind a channels-last `t` (a view, no copy), or `None`
+/// when `t` is not channels-last.
+pub(crate) fn nhwc(t: &Tensor) -> Result<Option<Tensor>> {
+    match is_channels_last(t) {
+        true => Ok(Some(t.permute((0, 2, 3, 1))?)),
+        false => Ok(None),
+    }
+}
+
+/// The (N, C, H, W) view of a contiguous (N, H, W, C) tensor: channels-last.
+pub(crate) fn from_nhwc(t: &Tensor) -> Result<Tensor> {
+    t.permute((0, 3, 1, 2))
+}
+
+/// `f(t)` in `t`'s memory format: for a channels-last `t`, `f` runs on a contiguous copy and
+/// its (4-D) result is converted to channels-last (a layer without an NHWC kernel, as PyTorch's
+/// fallbacks do); otherwise `f(t)`.
+pub(crate) fn keep(t: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    match is_channels_last(t) {
+        true => {
+            let ys = f(&t.contiguous()?)?;
+            match ys.rank() {
+                4 => to_channels_last(&ys),
+                _ => Ok(ys),
+            }
+        }
+        false => f(t),
+    }
+}
+
+/// An element-wise `f` of `t` in its memory format: on the (N, H, W, C) view of a
+/// channels-last `t` (no copy), otherwise on `t`.
+pub(crate) fn map(t: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    match nhwc(t)? {
+        Some(v) => from_nhwc(&f(&v)?),
+        None => f(t),
+    }
+}
+
+/// An element-wise `f` of `a` and `b` (one shape) in their memory format: on both (N, H, W, C)
+/// views when both are channels-last, otherwise on the tensors (a contiguous result).
+pub(crate) fn map2(
+    a: &Tensor,
+    b: &Tensor,
+    f: impl FnOnce(&Tensor, &Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    match (nhwc(a)?, nhwc(b)?) {
+        (Some(va), Some(vb)) => from_nhwc(&f(&va, &vb)?),
+        _ => f(a, b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn sample(dims: (usize, usize, usize, usize)) -> Result<Tensor> {
+        let len = dims.0 * dims.1 * dims.2 * dims.3;
+        Tensor::arange(0f32, len as f32, &Device::Cpu)?.reshape(dims)
+    }
+
+    fn values(t: &Tensor) -> Result<Vec<f32>> {
+        t.flatten_all()?.to_vec1::<f32>()
+    }
+
+    #[test]
+    fn channels_last_keeps_values_and_puts_channels_innermost() -> Result<()> {
+        let x = sample((2, 3, 4, 5))?;
+        assert!(!is_channels_last(&x));
+        let y = to_channels_last(&x)?;
+        assert!(is_channels_last(&y));
+        assert_eq!(y.dims(), &[2, 3, 4, 5]);
+        assert_eq!(y.stride(), &[60, 1, 15, 3]);
+        assert_eq!(values(&x)?, values(&y)?);
+        // Converting again copies nothing; back to contiguous gives the original order.
+        assert_eq!(to_channels_last(&y)?.stride(), y.stride());
+        assert!(MemoryFormat::Contiguous.apply(&y)?.is_contiguous());
+        // One channel or a 1x1 map: both layouts at once, counted as contiguous.
+        for dims in [(2, 1, 4, 5), (2, 3, 1, 1)] {
+            let t = to_channels_last(&sample(dims)?)?;
+            assert!(t.is_contiguous() && !is_channels_last(&t));
+        }
+        // Not 4-D: an error naming the shape; `apply` leaves it.
+        let v = Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu)?;
+        let err = to_channels_last(&v).unwrap_err().to_string();
+        assert!(err.contains("[2, 3]"), "{err}");
+        assert_eq!(MemoryFormat::ChannelsLast.apply(&v)?.dims(), &[2, 3]);
+        Ok(())
+    }
+
+    #[test]
+    fn names_are_pytorchs() {
+        for f in [MemoryFormat::Contiguous, MemoryFormat::ChannelsLast] {
+            assert_eq!(f.name().parse::<MemoryFormat>(), Ok(f));
+        }
+        assert_eq!(
+            "channels-last".parse::<MemoryFormat>(),
+            Ok(MemoryFormat::ChannelsLast)
+        );
+        assert!("nhwc".parse::<MemoryFormat>().is_err());
+    }
+
+    #[test]
+    fn element_wise_helpers_keep_the_format_and_its_gradients() -> Result<()> {
+        // Channels-last views of two (N, H, W, C) variables.
+        let nhwc_var = |scale: f64| -> Result<Var> {
+            let t = (sample((2, 3, 4, 5))? * scale)?.permute((0, 2, 3, 1))?;
+            Var::from_tensor(&t.contiguous()?)
+        };
+        let (vx, vy) = (nhwc_var(1.0)?, nhwc_var(-0.5)?);
+        let (x, y) = (from_nhwc(vx.as_tensor())?, from_nhwc(vy.as_tensor())?);
+        assert!(is_channels_last(&x) && is_channels_last(&y));
+        let s = map2(&x, &y, |a, b| a + b)?;
+        assert!(is_channels_last(&s));
+        let r = map(&s, |t| t.relu())?;
+        assert!(is_channels_last(&r));
+        let k = keep(&r, |t| {
+            assert!(t.is_contiguous());
+            t.affine(2.0, 1.0)
+        })?;
+        assert!(is_channels_last(&k));
+        let plain = (x.contiguous()? + y.contiguous()?)?
+            .relu()?
+            .affine(2.0, 1.0)?;
+        assert_eq!(values(&k)?, values(&plain)?);
+        let grads = k.sqr()?.sum_all()?.backward()?;
+        let plain_grads = plain.sqr()?.sum_all()?.backward()?;
+        for v in [&vx, &vy] {
+            let g = grads.get(v.as_tensor()).expect("a gradient");
+            let p = plain_grads.get(v.as_tensor()).expect("a gradient");
+            assert!(g.is_contiguous());
+            assert_eq!(values(g)?, values(p)?);
+        }
+        Ok(())
+    }
+
+    /// Identity on the CPU whose backward passes `2 · grad` (a new buffer) and keeps the
+    /// gradient it received and the one it gave (alive, so that no address is reused).
+    struct Probe(std::sync::Arc<std::sync::Mutex<Vec<Tensor>>>);
+
+    fn address(t: &Tensor) -> usize {
+        let (storage, layout) = t.storage_and_layout();
+        match &*storage {
+            candle_core::Storage::Cpu(s) => {
+                let data = s.as_slice::<f32>().expect("f32");
+                data[layout.start_offset()..].as_ptr() as usize
+            }
+            _ => unreachable!("CPU tensors only"),
+        }
+    }
+
+    impl candle_core::CustomOp1 for Probe {
+        fn name(&self) -> &'static str {
+            "probe"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s: &candle_core::CpuStorage,
+            l: &candle_core::Layout,
+        ) -> Result<(candle_core::CpuStorage, Shape)> {
+            let data = s.as_slice::<f32>()?;
+            let n = l.shape().elem_count();
+            let data = data[l.start_offset()..l.start_offset() + n].to_vec();
+            Ok((candle_core::CpuStorage::F32(data), l.shape().clone()))
+        }
+
+        fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+            let out = (grad * 2.0)?;
+            let mut seen = self.0.lock().expect("probe");
+            seen.push(grad.clone());
+            seen.push(out.clone());
+            Ok(Some(out))
+        }
+    }
+
+    #[test]
+    fn a_channels_last_gradient_reaches_the_op_before_it_uncopied() -> Result<()> {
+        // up (N, H, W, C) -> first probe -> channels-last x -> second probe on x's (N, H, W, C)
+        // view -> loss. The gradient the second probe gives travels back through two
+        // permutes and a channels-last (N, C, H, W) gradient to the first probe: the same
+        // buffer when Candle's backward keeps the channels-last gradient (vendor/'s patch).
+        let up = Var::from_tensor(&sample((2, 4, 5, 3))?)?;
+        let (first, second) = (Probe(Default::default()), Probe(Default::default()));
+        let (seen_first, seen_second) = (first.0.clone(), second.0.clone());
+        let x = from_nhwc(&up.as_tensor().apply_op1(first)?)?;
+        assert!(is_channels_last(&x));
+        let x2 = map(&x, |v| v.apply_op1(second))?;
+        assert!(is_channels_last(&x2));
+        let grads = x2.sum_all()?.backward()?;
+        assert_eq!(
+            values(grads.get(up.as_tensor()).expect("a gradient"))?,
+            vec![4.0; 120]
+        );
+        let (first, second) = (seen_first.lock().unwrap(), seen_second.lock().unwrap());
+        assert_eq!((first.len(), second.len()), (2, 2));
+        assert_eq!(
+            address(&first[0]),
+            address(&second[1]),
+            "the gradient was copied on the way"
+        );
+        Ok(())
+    }
+}
