@@ -22,13 +22,17 @@
 # prints: PyTorch's training images/s on the same GPU in the same call (the shared
 # gpu_anchor.py, which `pack` copies into gpu/anchor when ../shared is beside this checkout);
 # every layer on CUDA against the CPU and an f64 reference (cuDNN convolutions forward
-# and both gradients, cuDNN batch norm); the training step of every model, f32 and TF32 at
-# batch 128 and bf16 at batch 512 (the issue's table), with the data-pipeline comparison;
-# resnet18-cifar's step split into forward, backward and optimizer; the baselines that were
-# packed; then CIFAR-10 with the data held on the GPU, resnet18-cifar, OneCycle, bf16, batch
-# 512, label smoothing 0.1, for $CIFAR_EPOCHS epochs (default 30) or until the time is up
-# (at most $CIFAR_SECONDS, default 300). The layer tests log each cuDNN algorithm choice with
-# its time (LAYERS_CUDNN_LOG=1 does the same for any program).
+# and both gradients, cuDNN batch norm, each with contiguous and channels-last inputs, and a
+# residual block channels-last against contiguous); the training step of every model, f32 and
+# TF32 at batch 128 and bf16 at batch 512 (the issue's table), each with the activations
+# contiguous and channels-last (`-cl`, cuDNN's NHWC kernels), with the data-pipeline
+# comparison; resnet18-cifar's step split into forward, backward and optimizer; bf16
+# channels-last batch norm in cuDNN's persistent mode (LAYERS_CUDNN_BN_PERSISTENT); the
+# baselines that were packed; then CIFAR-10 with the data held on the GPU, resnet18-cifar,
+# OneCycle, bf16, batch 512, label smoothing 0.1, the activations $CIFAR_FORMAT (default
+# channels_last), for $CIFAR_EPOCHS epochs (default 30) or until the time is up (at most
+# $CIFAR_SECONDS, default 300). The layer tests log each cuDNN algorithm choice with its time
+# (LAYERS_CUDNN_LOG=1 does the same for any program).
 set -u
 cd "$(dirname "$0")/.."
 case "${1:-}" in
@@ -123,16 +127,19 @@ for f in pathlib.Path('gpu/xz').glob('*.xz'):
     echo "== layers on CUDA against the CPU and an f64 reference (cuDNN)" | tee -a "$log"
     LAYERS_CUDNN_LOG=1 timeout "$(budget 120)" gpu/bin/layers-cuda-test --nocapture --test-threads 1 2>&1 |
         tee -a "$log"
-    echo "== training step: f32 and TF32 at b128, bf16 at b512, and the data pipeline" | tee -a "$log"
+    formats=contiguous_format,channels_last
+    echo "== training step: bf16 at b512, f32 and TF32 at b128 (-cl: channels_last), the data pipeline" | tee -a "$log"
+    timeout "$(budget 100)" gpu/bin/bench-step --device cuda --batches 512 --precision bf16 \
+        --memory-format "$formats" --steps 5 2>&1 | tee -a "$log"
     timeout "$(budget 150)" gpu/bin/bench-step --device cuda --batches 128 --precision f32,tf32 \
-        --steps 5 --pipeline 2>&1 | tee -a "$log"
-    timeout "$(budget 90)" gpu/bin/bench-step --device cuda --batches 512 --precision bf16 \
-        --steps 5 2>&1 | tee -a "$log"
+        --memory-format "$formats" --steps 5 --pipeline 2>&1 | tee -a "$log"
     echo "== where the resnet18-cifar step goes: forward, backward, optimizer, timed apart" | tee -a "$log"
-    timeout "$(budget 60)" gpu/bin/bench-step --device cuda --batches 128 --precision f32 --steps 5 \
-        --only resnet18-cifar --split 2>&1 | tee -a "$log"
     timeout "$(budget 60)" gpu/bin/bench-step --device cuda --batches 512 --precision bf16 --steps 5 \
-        --only resnet18-cifar --split 2>&1 | tee -a "$log"
+        --memory-format "$formats" --only resnet18-cifar --split 2>&1 | tee -a "$log"
+    echo "== bf16 channels_last with cuDNN's persistent batch norm (LAYERS_CUDNN_BN_PERSISTENT=1)" | tee -a "$log"
+    LAYERS_CUDNN_BN_PERSISTENT=1 timeout "$(budget 45)" gpu/bin/bench-step --device cuda \
+        --batches 512 --precision bf16 --steps 5 --memory-format channels_last \
+        --only resnet18-cifar 2>&1 | tee -a "$log"
     for base in nocudnn session2 candleconv; do
         [ -x "gpu/bin/bench-step-$base" ] || continue
         echo "== baseline bench-step-$base (nocudnn: --features cuda; session2: before layers::BatchNorm; candleconv: Candle's conv backward)" | tee -a "$log"
@@ -143,6 +150,7 @@ for f in pathlib.Path('gpu/xz').glob('*.xz'):
     timeout "$(budget "${CIFAR_SECONDS:-300}")" gpu/bin/train-cifar --data-dir gpu/data/cifar10 \
         --model resnet18-cifar --schedule onecycle --lr 0.2 --epochs "${CIFAR_EPOCHS:-30}" \
         --batch-size 512 --test-batch-size 1000 --label-smoothing 0.1 --precision bf16 \
+        --memory-format "${CIFAR_FORMAT:-channels_last}" \
         --data-placement device --device cuda --workers 16 --out /tmp/cifar 2>&1 |
         grep -v '^\s*$' | tee -a "$log"
     cp /tmp/cifar/metrics.csv /tmp/cifar/curves.png "$OUT/" 2>/dev/null

@@ -290,7 +290,9 @@ fn utc_timestamp(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DataPlacement, DatasetKind, Precision, ScheduleKind, ADAM_BETAS};
+    use crate::config::{
+        DataPlacement, DatasetKind, MemoryFormat, Precision, ScheduleKind, ADAM_BETAS,
+    };
 
     const RECIPE: Recipe = Recipe {
         program: "train-test",
@@ -359,6 +361,23 @@ mod tests {
         );
         let cast = RECIPE.parse(["prog", "--resume", "x", "--precision", "bf16"])?;
         assert!(resumed_config(&config, &cast).is_err());
+        // PyTorch's names for the memory formats; a resumed run may change it (speed only).
+        assert_eq!(config.memory_format, MemoryFormat::Contiguous);
+        for name in ["channels_last", "channels-last"] {
+            let cl = RECIPE.config(&RECIPE.parse(["prog", "--memory-format", name])?)?;
+            assert_eq!(cl.memory_format, MemoryFormat::ChannelsLast);
+            let json = serde_json::to_string(&cl)?;
+            assert!(
+                json.contains(r#""memory_format":"channels_last""#),
+                "{json}"
+            );
+        }
+        assert!(RECIPE.parse(["prog", "--memory-format", "nhwc"]).is_err());
+        let cl = RECIPE.parse(["prog", "--resume", "x", "--memory-format", "channels_last"])?;
+        assert_eq!(
+            resumed_config(&config, &cl)?.memory_format,
+            MemoryFormat::ChannelsLast
+        );
         let betas = RECIPE.config(&RECIPE.parse(["prog", "--betas", "0.8,0.99"])?)?;
         assert_eq!(betas.betas, Some((0.8, 0.99)));
         assert_eq!(config.adam_betas(), ADAM_BETAS);
@@ -385,8 +404,19 @@ mod tests {
     /// and refuses any other value of the fixed ones, naming the flag.
     #[test]
     fn each_flag_of_the_table_has_help_a_default_and_a_resume_rule() -> Result<()> {
-        const VALUES: [&str; 12] = [
-            "2", "7", "0.5", "0.25", "sgd", "adamw", "cosine", "bf16", "host", "4,6", "0.8,0.99",
+        const VALUES: [&str; 13] = [
+            "2",
+            "7",
+            "0.5",
+            "0.25",
+            "sgd",
+            "adamw",
+            "cosine",
+            "bf16",
+            "host",
+            "4,6",
+            "0.8,0.99",
+            "channels_last",
             "other",
         ];
         let command = RECIPE.command();

@@ -84,6 +84,32 @@ impl Precision {
     }
 }
 
+/// The order of the activations in memory, PyTorch's `torch.memory_format`: what
+/// `model.to(memory_format=...)` and `images.to(memory_format=...)` choose in a PyTorch loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ValueEnum)]
+pub enum MemoryFormat {
+    /// (N, C, H, W) in memory, `torch.contiguous_format`.
+    #[default]
+    #[serde(rename = "contiguous_format")]
+    #[value(name = "contiguous_format", alias = "contiguous")]
+    Contiguous,
+    /// (N, H, W, C) in memory, `torch.channels_last`: cuDNN's NHWC convolutions and batch
+    /// norms on CUDA (with `cudnn`); elsewhere the same results with a copy around each layer.
+    #[serde(rename = "channels_last")]
+    #[value(name = "channels_last", alias = "channels-last")]
+    ChannelsLast,
+}
+
+impl MemoryFormat {
+    /// The `layers` format.
+    pub fn layers(self) -> layers::MemoryFormat {
+        match self {
+            MemoryFormat::Contiguous => layers::MemoryFormat::Contiguous,
+            MemoryFormat::ChannelsLast => layers::MemoryFormat::ChannelsLast,
+        }
+    }
+}
+
 /// Where the images wait between epochs and get augmented.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -160,6 +186,9 @@ pub struct RunConfig {
     /// Where the data is held and augmented (the batches are the same either way).
     #[serde(default)]
     pub data_placement: DataPlacement,
+    /// The order of the activations in memory (the images are converted as they enter).
+    #[serde(default)]
+    pub memory_format: MemoryFormat,
     /// `--sync-bn` and `--drop-last` (saved as `sync_bn`, `drop_last`).
     #[serde(flatten, default)]
     pub parallel: crate::distributed::DataParallel,

@@ -12,6 +12,21 @@ use crate::schedule::Scheduled;
 use crate::source::BatchSource;
 use crate::tally::Tally;
 
+/// A model fed its images in a memory format: PyTorch's `images.to(memory_format=...)` before
+/// each forward (with `torch.channels_last`, the layers hand on channels-last activations).
+pub struct InMemoryFormat<'a> {
+    /// The model.
+    pub model: &'a dyn ModuleT,
+    /// The images' format.
+    pub format: layers::MemoryFormat,
+}
+
+impl ModuleT for InMemoryFormat<'_> {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.model.forward_t(&self.format.apply(xs)?, train)
+    }
+}
+
 /// What a training epoch needs besides the model and the data.
 pub struct TrainStep<'a> {
     /// The optimizer.

@@ -13,7 +13,8 @@ use anyhow::{bail, Result};
 use clap::ValueEnum;
 
 use crate::config::{
-    DataPlacement, DatasetKind, OptimizerKind, Precision, RunConfig, ScheduleKind, ADAM_BETAS,
+    DataPlacement, DatasetKind, MemoryFormat, OptimizerKind, Precision, RunConfig, ScheduleKind,
+    ADAM_BETAS,
 };
 
 /// A program's defaults: the tutorial's recipe for its section.
@@ -159,7 +160,13 @@ macro_rules! flag_text_by_value_name {
         }
     )*};
 }
-flag_text_by_value_name!(OptimizerKind, ScheduleKind, Precision, DataPlacement);
+flag_text_by_value_name!(
+    OptimizerKind,
+    ScheduleKind,
+    Precision,
+    DataPlacement,
+    MemoryFormat
+);
 
 impl FlagText for PathBuf {
     fn flag_text(&self) -> String {
@@ -413,6 +420,10 @@ hyperparameters! {
     /// there (auto: on a GPU when the transforms allow)
     #[arg(long, value_enum)]
     data_placement: Option<DataPlacement> = value(|_| DataPlacement::default()).changeable();
+    /// contiguous_format or channels_last (PyTorch's torch.channels_last: NHWC activations,
+    /// cuDNN's NHWC kernels on CUDA; the same results elsewhere, slower on the CPU)
+    #[arg(long, value_enum)]
+    memory_format: Option<MemoryFormat> = value(|_| MemoryFormat::default()).changeable();
     /// Data-parallel training: --distributed, --sync-bn, --drop-last
     #[command(flatten)]
     distributed: crate::distributed::DistributedArgs;

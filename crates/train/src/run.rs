@@ -10,7 +10,7 @@ use candle_nn::ModuleT;
 use datasets::{Dataset, Loader, LoaderConfig, ResidentLoader, Split};
 use layers::{Network, ParamStore};
 
-use crate::config::{DataPlacement, Precision, RunConfig};
+use crate::config::{DataPlacement, MemoryFormat, Precision, RunConfig};
 use crate::device::{device_name, parse_device};
 use crate::engine::{evaluate, train_epoch, Pass, TrainStep};
 use crate::history::{self, EpochRecord};
@@ -160,7 +160,7 @@ pub fn train(
         });
     }
     crate::say!(
-        "{} {}: {title} ({} train / {} test images, {} parameters, {} trained) on {}{}, writing to {}",
+        "{} {}: {title} ({} train / {} test images, {} parameters, {} trained) on {}{}{}, writing to {}",
         config.program,
         if progress.epochs_done > 0 {
             "resumes"
@@ -177,8 +177,20 @@ pub fn train(
             Precision::Tf32 => " with TF32 products",
             Precision::Bf16 => " in bf16 autocast",
         },
+        match config.memory_format {
+            MemoryFormat::Contiguous => "",
+            MemoryFormat::ChannelsLast => ", channels_last",
+        },
         out.display()
     );
+    let formatted = crate::engine::InMemoryFormat {
+        model,
+        format: config.memory_format.layers(),
+    };
+    let model: &dyn ModuleT = match config.memory_format {
+        MemoryFormat::Contiguous => model,
+        MemoryFormat::ChannelsLast => &formatted,
+    };
     let passes = Epoch {
         model,
         train: train_loader,

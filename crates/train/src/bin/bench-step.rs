@@ -14,6 +14,9 @@
 //! `--pytorch-results FILE` reads that script's saved output instead. `--rounds N` times each
 //! model N times in turn (ours, then PyTorch's) and ends with the medians over the rounds and
 //! PyTorch's time over ours round by round.
+//! `--memory-format contiguous_format,channels_last` times the step with the images (and so
+//! the activations) in each of PyTorch's memory formats (`-cl` after the precision in the
+//! output: cuDNN's NHWC kernels on CUDA).
 //! `--optimizer-update per-tensor|flat` picks how the optimizer updates (by default flat on a
 //! GPU, per tensor on the CPU; the results are the same bits).
 //! `--split` also prints the forward, backward and optimizer parts of the step, timed apart,
@@ -32,7 +35,7 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Parser;
 use datasets::{Loader, LoaderConfig, ResidentLoader, Transform};
-use train::config::{DatasetKind, OptimizerKind, Precision, RunConfig};
+use train::config::{DatasetKind, MemoryFormat, OptimizerKind, Precision, RunConfig};
 use train::optim::Update;
 use train::source::BatchSource;
 
@@ -66,6 +69,15 @@ struct BenchArgs {
     /// Precisions, comma separated: f32, tf32, bf16
     #[arg(long, value_enum, value_delimiter = ',', default_value = "f32")]
     precision: Vec<Precision>,
+    /// Memory formats of the images and activations, comma separated: contiguous_format,
+    /// channels_last (PyTorch's torch.channels_last)
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "contiguous_format"
+    )]
+    memory_format: Vec<MemoryFormat>,
     /// Also time the CIFAR-10 training transform, host loader against device-resident data
     #[arg(long)]
     pipeline: bool,
@@ -155,7 +167,11 @@ fn main() -> Result<()> {
             if args.rounds > 1 {
                 train::say!("{model:>15} round {}/{}", round + 1, args.rounds);
             }
-            for &precision in &precisions {
+            let formats = args.memory_format.iter();
+            for (&precision, &format) in precisions
+                .iter()
+                .flat_map(|p| formats.clone().map(move |f| (p, f)))
+            {
                 let _precision = precision.enter();
                 for batch in batches.clone().unwrap_or_else(|| vec![default_batch]) {
                     let big = batch * shape.0 * shape.1 * shape.2 > 200_000 && device.is_cpu();
@@ -166,7 +182,7 @@ fn main() -> Result<()> {
                         batch,
                         shape,
                         (optimizer, update),
-                        n,
+                        (n, format),
                         split,
                     )?;
                     let phases = match split {
@@ -175,14 +191,17 @@ fn main() -> Result<()> {
                         ),
                         false => String::new(),
                     };
-                    let name = format!("{precision:?}").to_lowercase();
+                    let name = match format {
+                        MemoryFormat::Contiguous => format!("{precision:?}").to_lowercase(),
+                        MemoryFormat::ChannelsLast => format!("{precision:?}-cl").to_lowercase(),
+                    };
                     train::say!(
-                        "{model:>15} b{batch:<4} {name:<4} {ms:>10.1} ms  {:>9.0} images/s  (median of {n}){phases}",
+                        "{model:>15} b{batch:<4} {name:<7} {ms:>10.1} ms  {:>9.0} images/s  (median of {n}){phases}",
                         batch as f64 * 1e3 / ms
                     );
                     rounds.ours(round, &format!("b{batch} {name}"), ms);
                     if let Some(reference) = &mut pytorch {
-                        if batch == default_batch {
+                        if batch == default_batch && format == MemoryFormat::Contiguous {
                             for (mode, ms) in compare(reference, model, precision, ms)? {
                                 rounds.pytorch(round, &name, &mode, ms);
                             }
@@ -452,14 +471,15 @@ fn pipeline(device: &Device) -> Result<()> {
 
 /// Medians over `steps` steps, in ms: the whole step, then forward (with the loss), backward and
 /// optimizer step, which are timed apart (synchronising the device between them) when `split`;
-/// and on the CPU with `split`, the shares of each part of the work ([`layers::profile`]).
+/// and on the CPU with `split`, the shares of each part of the work ([`layers::profile`]). The
+/// images are in `format` (converted once, as PyTorch's `x.to(memory_format=...)`).
 fn median_step_ms(
     device: &Device,
     model_name: &str,
     batch: usize,
     (c, h, w): (usize, usize, usize),
     (optimizer, update): (OptimizerKind, Option<Update>),
-    steps: usize,
+    (steps, format): (usize, MemoryFormat),
     split: bool,
 ) -> Result<([f64; 4], String)> {
     let store = layers::ParamStore::new(0, device);
@@ -475,7 +495,9 @@ fn median_step_ms(
         ..RunConfig::new("bench-step", DatasetKind::Cifar10, model_name)
     };
     let mut opt = config.optimizer_updating(store.trainable(), update)?;
-    let x = Tensor::randn(0f32, 1.0, (batch, c, h, w), device)?;
+    let x = format
+        .layers()
+        .apply(&Tensor::randn(0f32, 1.0, (batch, c, h, w), device)?)?;
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % 10).collect();
     let y = Tensor::from_vec(labels, batch, device)?;
     // Per step: the whole step, then (with `split`) forward with the loss, backward, optimizer.

@@ -157,3 +157,24 @@ fn a_non_finite_loss_names_the_first_batch_where_it_happened() -> Result<()> {
     assert!(tested.metrics.loss().is_nan());
     Ok(())
 }
+
+/// `InMemoryFormat` hands the model its images channels-last (as PyTorch's
+/// `images.to(memory_format=torch.channels_last)`), with the same values.
+#[test]
+fn in_memory_format_hands_the_model_channels_last_images() -> Result<()> {
+    struct Sees;
+    impl ModuleT for Sees {
+        fn forward_t(&self, xs: &Tensor, _train: bool) -> candle_core::Result<Tensor> {
+            assert!(layers::memory_format::is_channels_last(xs));
+            xs.flatten_from(1)
+        }
+    }
+    let x = Tensor::randn(0f32, 1.0, (2, 3, 4, 5), &Device::Cpu)?;
+    let model = InMemoryFormat {
+        model: &Sees,
+        format: layers::MemoryFormat::ChannelsLast,
+    };
+    let y = model.forward_t(&x, true)?;
+    assert_eq!(y.to_vec2::<f32>()?, x.flatten_from(1)?.to_vec2::<f32>()?);
+    Ok(())
+}
