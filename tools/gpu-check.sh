@@ -125,7 +125,7 @@ for f in pathlib.Path('gpu/xz').glob('*.xz'):
         PYTHONUNBUFFERED=1 timeout "$(budget 60)" python3 gpu/anchor/table.py 2>&1 | tee -a "$log"
     fi
     echo "== layers on CUDA against the CPU and an f64 reference (cuDNN)" | tee -a "$log"
-    LAYERS_CUDNN_LOG=1 timeout "$(budget 120)" gpu/bin/layers-cuda-test --nocapture --test-threads 1 2>&1 |
+    LAYERS_CUDNN_LOG=1 timeout "$(budget 200)" gpu/bin/layers-cuda-test --nocapture --test-threads 1 2>&1 |
         tee -a "$log"
     formats=contiguous_format,channels_last
     echo "== training step: bf16 at b512, f32 and TF32 at b128 (-cl: channels_last), the data pipeline" | tee -a "$log"

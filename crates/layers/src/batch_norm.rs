@@ -275,7 +275,7 @@ impl BatchNorm {
             && n * l >= 2
             && stats_sync().is_none()
             && cudnn::supports(self, xs)
-            && cudnn::reduced_allowed()
+            && cudnn::reduced_allowed(false)
         {
             if let Some(ys) = cudnn::train_reduced(self, &xs.reshape((n, c, l))?, relu, false)? {
                 return ys.reshape(xs.shape());
@@ -308,7 +308,7 @@ impl BatchNorm {
         };
         let v = v.reshape((n, h * w, c))?;
         let ys = match xs.dtype() {
-            DType::F16 | DType::BF16 if cudnn::reduced_allowed() => {
+            DType::F16 | DType::BF16 if cudnn::reduced_allowed(true) => {
                 cudnn::train_reduced(self, &v, relu, true)?
             }
             // cuDNN refused the reduced dtype: float32 there and back, channels-last.

@@ -24,7 +24,43 @@
 //! # Ok(()) }
 //! ```
 
+use std::cell::Cell;
+
 use candle_core::{Result, Shape, Tensor};
+
+thread_local! {
+    static PREFERRED: Cell<MemoryFormat> = const { Cell::new(MemoryFormat::Contiguous) };
+}
+
+/// The format this thread's layers prefer for a tensor that is both contiguous and
+/// channels-last (one channel, such as MNIST's images, or a 1x1 map): with `ChannelsLast` a
+/// convolution on CUDA takes such an input in cuDNN's NHWC kernels and hands on channels-last,
+/// as PyTorch's channels-last model does; the memory is the same either way. Set by
+/// [`prefer`].
+pub fn preferred() -> MemoryFormat {
+    PREFERRED.with(Cell::get)
+}
+
+/// Restores the previous preference when dropped.
+#[derive(Debug)]
+#[must_use = "the preference ends when the guard is dropped"]
+pub struct Guard {
+    previous: MemoryFormat,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        PREFERRED.with(|p| p.set(self.previous));
+    }
+}
+
+/// Prefers `format` on this thread until the guard is dropped (see [`preferred`]); a model
+/// run in a format sets it for its forward pass (`train::engine::InMemoryFormat`).
+pub fn prefer(format: MemoryFormat) -> Guard {
+    Guard {
+        previous: PREFERRED.with(|p| p.replace(format)),
+    }
+}
 
 /// The order of a 4-D activation in memory, PyTorch's `torch.memory_format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -112,9 +148,16 @@ pub fn to_channels_last(t: &Tensor) -> Result<Tensor> {
 }
 
 /// The contiguous (N, H, W, C) tensor behind a channels-last `t` (a view, no copy), or `None`
-/// when `t` is not channels-last.
+/// when `t` is not channels-last. While channels-last is [`preferred`], also for a 4-D `t`
+/// that is contiguous and channels-last at once (one channel, or a 1x1 map).
 pub(crate) fn nhwc(t: &Tensor) -> Result<Option<Tensor>> {
-    match is_channels_last(t) {
+    let both = || {
+        preferred() == MemoryFormat::ChannelsLast
+            && t.rank() == 4
+            && t.is_contiguous()
+            && t.permute((0, 2, 3, 1)).is_ok_and(|v| v.is_contiguous())
+    };
+    match is_channels_last(t) || both() {
         true => Ok(Some(t.permute((0, 2, 3, 1))?)),
         false => Ok(None),
     }
@@ -199,6 +242,28 @@ mod tests {
         let err = to_channels_last(&v).unwrap_err().to_string();
         assert!(err.contains("[2, 3]"), "{err}");
         assert_eq!(MemoryFormat::ChannelsLast.apply(&v)?.dims(), &[2, 3]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_preference_takes_one_channel_inputs_as_channels_last() -> Result<()> {
+        let one = sample((2, 1, 4, 5))?;
+        let many = sample((2, 3, 4, 5))?;
+        assert!(nhwc(&one)?.is_none() && nhwc(&many)?.is_none());
+        {
+            let _cl = prefer(MemoryFormat::ChannelsLast);
+            assert_eq!(preferred(), MemoryFormat::ChannelsLast);
+            let v = nhwc(&one)?.expect("an (N, H, W, C) view");
+            assert!(v.is_contiguous() && v.dims() == [2, 4, 5, 1]);
+            // A contiguous tensor of several channels is no channels-last one.
+            assert!(nhwc(&many)?.is_none());
+            {
+                let _plain = prefer(MemoryFormat::Contiguous);
+                assert!(nhwc(&one)?.is_none());
+            }
+            assert!(nhwc(&one)?.is_some());
+        }
+        assert_eq!(preferred(), MemoryFormat::Contiguous);
         Ok(())
     }
 

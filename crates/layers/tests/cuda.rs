@@ -664,11 +664,12 @@ fn dropout_on_cuda_repeats_with_the_seed_and_keeps_the_rate() -> Result<()> {
     Ok(())
 }
 
-/// A residual block (convolution, batch norm and ReLU; convolution, batch norm, the join and
-/// its ReLU; then adaptive pooling) trained one step on CUDA with a channels-last input equals
-/// the same step with a contiguous one: in float32 within 1e-4 of the scale (cuDNN's NHWC and
-/// NCHW kernels sum in other orders), in bf16 autocast within 2e-2; the block's output is
-/// channels-last, and the running statistics agree.
+/// A residual block (a convolution with a bias, batch norm and ReLU; a convolution, batch norm,
+/// the join and its ReLU; a 2x2 max pooling, then adaptive pooling) trained one step on CUDA
+/// with a channels-last input equals the same step with a contiguous one: in float32 within
+/// 1e-4 of the scale (cuDNN's NHWC and NCHW kernels sum in other orders), in bf16 autocast
+/// within 2e-2; the block's output is channels-last, and the running statistics and the
+/// evaluation-mode output after the step agree.
 #[test]
 fn channels_last_block_matches_the_contiguous_one() -> Result<()> {
     use candle_core::DType;
@@ -676,15 +677,17 @@ fn channels_last_block_matches_the_contiguous_one() -> Result<()> {
     let (n, c, h) = (8, 16, 10);
     let x = Tensor::randn(0f32, 1.0, (n, c, h, h), &Device::Cpu)?;
     let w1 = Tensor::randn(0f32, 0.2, (c, c, 3, 3), &Device::Cpu)?;
+    let b1 = Tensor::randn(0f32, 0.2, c, &Device::Cpu)?;
     let w2 = Tensor::randn(0f32, 0.2, (c, c, 3, 3), &Device::Cpu)?;
     let bn_w = Tensor::rand(0.5f32, 1.5, c, &Device::Cpu)?;
     let bn_b = Tensor::rand(-0.5f32, 0.5, c, &Device::Cpu)?;
     let run = |format: MemoryFormat, bf16: bool| -> Result<Vec<Vec<f32>>> {
         let _cast = layers::autocast::set(bf16.then_some(DType::BF16));
-        let vars = [&x, &w1, &w2, &bn_w, &bn_b]
+        let _preferred = layers::memory_format::prefer(format);
+        let vars = [&x, &w1, &b1, &w2, &bn_w, &bn_b]
             .map(|t| t.to_device(&gpu).and_then(|t| Var::from_tensor(&t)));
-        let [xv, w1v, w2v, bwv, bbv] = vars;
-        let (xv, w1v, w2v, bwv, bbv) = (xv?, w1v?, w2v?, bwv?, bbv?);
+        let [xv, w1v, b1v, w2v, bwv, bbv] = vars;
+        let (xv, w1v, b1v, w2v, bwv, bbv) = (xv?, w1v?, b1v?, w2v?, bwv?, bbv?);
         let cfg = candle_nn::Conv2dConfig {
             padding: 1,
             ..Default::default()
@@ -700,21 +703,27 @@ fn channels_last_block_matches_the_contiguous_one() -> Result<()> {
             )
         };
         let (bn1, bn2) = (bn()?, bn()?);
-        let conv1 = Conv2d::new(w1v.as_tensor().clone(), None, cfg);
+        let conv1 = Conv2d::new(w1v.as_tensor().clone(), Some(b1v.as_tensor().clone()), cfg);
         let conv2 = Conv2d::new(w2v.as_tensor().clone(), None, cfg);
+        let block = |input: &Tensor, train: bool| -> Result<Tensor> {
+            let a = conv1.forward_batch_norm(input, &bn1, true, train)?;
+            let shortcut = match layers::autocast::dtype() {
+                Some(d) => format.apply(&input.to_dtype(d)?)?,
+                None => input.clone(),
+            };
+            conv2.forward_batch_norm_add_relu(&a, &bn2, &shortcut, train)
+        };
         let input = format.apply(xv.as_tensor())?;
-        let a = conv1.forward_batch_norm(&input, &bn1, true, true)?;
-        let shortcut =
-            layers::autocast::dtype().map_or(Ok(input.clone()), |d| input.to_dtype(d))?;
-        let shortcut = format.apply(&shortcut)?;
-        let y = conv2.forward_batch_norm_add_relu(&a, &bn2, &shortcut, true)?;
+        let y = block(&input, true)?;
         assert_eq!(
             is_channels_last(&y),
             format == MemoryFormat::ChannelsLast,
             "block output strides {:?}",
             y.stride()
         );
-        let pooled = adaptive_avg_pool2d(&y, (1, 1))?.to_dtype(DType::F32)?;
+        let pooled = Pool2d::max(2, 2).forward(&y)?;
+        assert_eq!(is_channels_last(&pooled), is_channels_last(&y));
+        let pooled = adaptive_avg_pool2d(&pooled, (1, 1))?.to_dtype(DType::F32)?;
         let up = Tensor::from_vec(
             (0..n * c)
                 .map(|i| ((i * 31) % 7) as f32 - 3.0)
@@ -724,19 +733,23 @@ fn channels_last_block_matches_the_contiguous_one() -> Result<()> {
         )?;
         let grads = (pooled.broadcast_mul(&up)?).sum_all()?.backward()?;
         let mut out = vec![host(&y)?];
-        for v in [&xv, &w1v, &w2v, &bwv, &bbv] {
+        for v in [&xv, &w1v, &b1v, &w2v, &bwv, &bbv] {
             out.push(host(grads.get(v.as_tensor()).expect("a gradient"))?);
         }
         for bn in [&bn1, &bn2] {
             out.push(host(bn.running_mean())?);
             out.push(host(bn.running_var())?);
         }
+        let evaluated = block(&input, false)?;
+        assert_eq!(is_channels_last(&evaluated), is_channels_last(&y));
+        out.push(host(&evaluated)?);
         Ok(out)
     };
     let names = [
         "output",
         "input grad",
         "conv1 weight grad",
+        "conv1 bias grad",
         "conv2 weight grad",
         "bn weight grad",
         "bn bias grad",
@@ -744,10 +757,12 @@ fn channels_last_block_matches_the_contiguous_one() -> Result<()> {
         "bn1 running var",
         "bn2 running mean",
         "bn2 running var",
+        "evaluation output",
     ];
     for (bf16, tol) in [(false, 1e-4), (true, 2e-2)] {
         let plain = run(MemoryFormat::Contiguous, bf16)?;
         let last = run(MemoryFormat::ChannelsLast, bf16)?;
+        assert_eq!((plain.len(), last.len()), (names.len(), names.len()));
         for ((name, a), r) in names.iter().zip(&last).zip(&plain) {
             let e = relative(a, &r.iter().map(|v| *v as f64).collect::<Vec<_>>());
             println!(

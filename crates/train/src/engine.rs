@@ -23,6 +23,7 @@ pub struct InMemoryFormat<'a> {
 
 impl ModuleT for InMemoryFormat<'_> {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let _preferred = layers::memory_format::prefer(self.format);
         self.model.forward_t(&self.format.apply(xs)?, train)
     }
 }

@@ -13,7 +13,9 @@
 //! A channels-last input comes as its (N, H·W, C) view and runs cuDNN's NHWC batch norm (in
 //! `CUDNN_BATCHNORM_SPATIAL`, or `CUDNN_BATCHNORM_SPATIAL_PERSISTENT` with
 //! `LAYERS_CUDNN_BN_PERSISTENT` set, PyTorch's choice for channels-last training), the output
-//! and the input gradient in the same order.
+//! and the input gradient in the same order. The persistent mode is an experiment to measure:
+//! cuDNN documents that it may overflow on inputs of a wide range, which it reports only
+//! through `cudnnQueryRuntimeError` (not called: it waits for the GPU).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -66,18 +68,20 @@ pub(super) fn supports(bn: &BatchNorm, x: &Tensor) -> bool {
         .all(|t| t.dtype() == DType::F32)
 }
 
-/// Whether reduced-precision inputs go to cuDNN (until cuDNN refuses one).
-static REDUCED: AtomicBool = AtomicBool::new(true);
+/// Whether reduced-precision inputs go to cuDNN (until cuDNN refuses one), held (N, C, L) and
+/// (N, L, C): a refusal of one layout leaves the other.
+static REDUCED: [AtomicBool; 2] = [AtomicBool::new(true), AtomicBool::new(true)];
 
-/// Whether a bfloat16 or float16 input may go to cuDNN's batch norm: until cuDNN refused one
-/// ([`train_reduced`]).
-pub(super) fn reduced_allowed() -> bool {
-    REDUCED.load(Ordering::Relaxed)
+/// Whether a bfloat16 or float16 input held (N, C, L), or (N, L, C) when `nhwc`, may go to
+/// cuDNN's batch norm: until cuDNN refused one so held ([`train_reduced`]).
+pub(super) fn reduced_allowed(nhwc: bool) -> bool {
+    REDUCED[nhwc as usize].load(Ordering::Relaxed)
 }
 
 /// [`train`] for a bfloat16 or float16 input; `None` when cuDNN refuses the dtype (its forward
 /// call says not supported or bad parameter, before it changed anything: said once on stderr,
-/// and such inputs take the float32 path from then on). Any other error is returned.
+/// and such inputs in that layout take the float32 path from then on). Any other error is
+/// returned.
 pub(super) fn train_reduced(
     bn: &BatchNorm,
     x: &Tensor,
@@ -88,9 +92,11 @@ pub(super) fn train_reduced(
     match train_flagged(bn, x, relu, nhwc, refused.clone()) {
         Ok(ys) => Ok(Some(ys)),
         Err(error) if refused.load(Ordering::Relaxed) => {
-            if REDUCED.swap(false, Ordering::Relaxed) {
+            if REDUCED[nhwc as usize].swap(false, Ordering::Relaxed) {
                 eprintln!(
-                    "cuDNN batch norm refused a {:?} input ({error}); batch norm runs in float32 from now on",
+                    "cuDNN batch norm ({:?}, {}) refused a {:?} input ({error}); batch norm of such inputs runs in float32 from now on",
+                    mode(nhwc),
+                    if nhwc { "NHWC" } else { "NCHW" },
                     x.dtype()
                 );
             }

@@ -147,11 +147,11 @@ impl Conv {
         })
     }
 
-    /// The shape in which an operand or result with the logical dims `dims` is held: the
-    /// input's and output's (N, H, W, C) when NHWC, the kernel's always as given,
-    /// (O, C / groups, KH, KW).
-    fn held(&self, dims: [usize; 4], kernel: bool) -> [usize; 4] {
-        match self.nhwc && !kernel {
+    /// The shape in which the input, the output or one of their gradients, of logical dims
+    /// `dims`, is held: (N, H, W, C) when NHWC. (The kernel is always handed over as
+    /// (O, C / groups, KH, KW).)
+    fn held(&self, dims: [usize; 4]) -> [usize; 4] {
+        match self.nhwc {
             true => [dims[0], dims[2], dims[3], dims[1]],
             false => dims,
         }
@@ -534,9 +534,9 @@ fn run(
     use candle_core::backend::BackendStorage;
     // The operands' and the result's shapes as held (NHWC or not), and which is the kernel.
     let (a_dims, b_dims, out_dims) = match direction {
-        Direction::Forward => (conv.held(conv.x, false), conv.w, conv.held(conv.y, false)),
-        Direction::Data => (conv.w, conv.held(conv.y, false), conv.held(conv.x, false)),
-        Direction::Filter => (conv.held(conv.x, false), conv.held(conv.y, false), conv.w),
+        Direction::Forward => (conv.held(conv.x), conv.w, conv.held(conv.y)),
+        Direction::Data => (conv.w, conv.held(conv.y), conv.held(conv.x)),
+        Direction::Filter => (conv.held(conv.x), conv.held(conv.y), conv.w),
     };
     // The descriptors come from `conv`: the operands must be what they describe.
     for (s, l, dims) in [(a, al, a_dims), (b, bl, b_dims)] {

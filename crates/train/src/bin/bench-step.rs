@@ -495,6 +495,7 @@ fn median_step_ms(
         ..RunConfig::new("bench-step", DatasetKind::Cifar10, model_name)
     };
     let mut opt = config.optimizer_updating(store.trainable(), update)?;
+    let _preferred = layers::memory_format::prefer(format.layers());
     let x = format
         .layers()
         .apply(&Tensor::randn(0f32, 1.0, (batch, c, h, w), device)?)?;

@@ -166,6 +166,10 @@ fn in_memory_format_hands_the_model_channels_last_images() -> Result<()> {
     impl ModuleT for Sees {
         fn forward_t(&self, xs: &Tensor, _train: bool) -> candle_core::Result<Tensor> {
             assert!(layers::memory_format::is_channels_last(xs));
+            assert_eq!(
+                layers::memory_format::preferred(),
+                layers::MemoryFormat::ChannelsLast
+            );
             xs.flatten_from(1)
         }
     }
@@ -176,5 +180,9 @@ fn in_memory_format_hands_the_model_channels_last_images() -> Result<()> {
     };
     let y = model.forward_t(&x, true)?;
     assert_eq!(y.to_vec2::<f32>()?, x.flatten_from(1)?.to_vec2::<f32>()?);
+    assert_eq!(
+        layers::memory_format::preferred(),
+        layers::MemoryFormat::Contiguous
+    );
     Ok(())
 }
