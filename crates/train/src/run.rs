@@ -183,6 +183,12 @@ pub fn train(
         },
         out.display()
     );
+    if config.memory_format == MemoryFormat::ChannelsLast && !device.is_cuda() {
+        crate::say!(
+            "note: --memory-format channels_last computes each layer on a contiguous copy here \
+             (the same results, slower); it pays on CUDA with cuDNN"
+        );
+    }
     let formatted = crate::engine::InMemoryFormat {
         model,
         format: config.memory_format.layers(),
