@@ -73,7 +73,8 @@ impl ModuleT for Inception {
         let b2 = self.branch2[1].forward_t(&self.branch2[0].forward_t(xs, train)?, train)?;
         let b3 = self.branch3[1].forward_t(&self.branch3[0].forward_t(xs, train)?, train)?;
         let b4 = self.branch4.forward_t(&self.pool.forward(xs)?, train)?;
-        Tensor::cat(&[b1, b2, b3, b4], 1)
+        // In the branches' memory format (channels-last stays channels-last).
+        layers::memory_format::cat_channels(&[&b1, &b2, &b3, &b4])
     }
 }
 

@@ -147,6 +147,20 @@ pub fn to_channels_last(t: &Tensor) -> Result<Tensor> {
     t.permute((0, 2, 3, 1))?.contiguous()?.permute((0, 3, 1, 2))
 }
 
+/// `torch.cat(ts, dim=1)`: (N, C_i, H, W) tensors joined along the channels. Channels-last
+/// when every part is (joined along the channels of their (N, H, W, C) views), otherwise
+/// Candle's `Tensor::cat`; the values are the same either way.
+///
+/// # Errors
+/// No parts, or parts whose other dimensions, dtypes or devices differ.
+pub fn cat_channels(ts: &[&Tensor]) -> Result<Tensor> {
+    let views: Option<Vec<Tensor>> = ts.iter().map(|t| nhwc(t).ok().flatten()).collect();
+    match views {
+        Some(views) if !views.is_empty() => from_nhwc(&Tensor::cat(&views, 3)?),
+        _ => Tensor::cat(ts, 1),
+    }
+}
+
 /// The contiguous (N, H, W, C) tensor behind a channels-last `t` (a view, no copy), or `None`
 /// when `t` is not channels-last. While channels-last is [`preferred`], also for a 4-D `t`
 /// that is contiguous and channels-last at once (one channel, or a 1x1 map).
@@ -264,6 +278,22 @@ mod tests {
             assert!(nhwc(&one)?.is_some());
         }
         assert_eq!(preferred(), MemoryFormat::Contiguous);
+        Ok(())
+    }
+
+    #[test]
+    fn channels_join_in_the_parts_format() -> Result<()> {
+        let (a, b) = (sample((2, 3, 4, 5))?, (sample((2, 2, 4, 5))? * -1.0)?);
+        let plain = Tensor::cat(&[&a, &b], 1)?;
+        let (ca, cb) = (to_channels_last(&a)?, to_channels_last(&b)?);
+        let joined = cat_channels(&[&ca, &cb])?;
+        assert!(is_channels_last(&joined));
+        assert_eq!(values(&joined)?, values(&plain)?);
+        // Mixed formats: Candle's join (not channels-last), the same values.
+        let mixed = cat_channels(&[&ca, &b])?;
+        assert!(!is_channels_last(&mixed));
+        assert_eq!(values(&mixed)?, values(&plain)?);
+        assert!(cat_channels(&[]).is_err());
         Ok(())
     }
 
