@@ -18,8 +18,9 @@
 # On the GPU machine, from the repository root (with gpu/ carried there):
 #   tools/gpu-check.sh run           # writes its log and the run's metrics into $OUT (or gpu/out)
 #
-# `run` takes at most $RUN_SECONDS (default 540) in all, each part cut to what is left. It
-# prints: PyTorch's training images/s on the same GPU in the same call (the shared
+# `run` takes at most $RUN_SECONDS (default 540) in all, each part cut to what is left, and
+# runs the parts named in $PARTS (default tests,table,split,cifar; e.g. PARTS=cifar in a second
+# call). It prints: PyTorch's training images/s on the same GPU in the same call (the shared
 # gpu_anchor.py, which `pack` copies into gpu/anchor when ../shared is beside this checkout);
 # every layer on CUDA against the CPU and an f64 reference (cuDNN convolutions forward
 # and both gradients, cuDNN batch norm, each with contiguous and channels-last inputs, and a
@@ -104,6 +105,9 @@ run)
     mkdir -p "$OUT" gpu/bin
     log="$OUT/gpu.txt"
     deadline=$((SECONDS + ${RUN_SECONDS:-540}))
+    # Which parts run: $PARTS, a comma-separated subset of tests,table,split,cifar (default all),
+    # so that a second call can run what the first had no time for.
+    want() { [[ ",${PARTS:-tests,table,split,cifar}," == *",$1,"* ]]; }
     # The seconds part of the run may take: at most $1, and what is left before the deadline.
     budget() {
         local left=$((deadline - SECONDS))
@@ -120,40 +124,65 @@ for f in pathlib.Path('gpu/xz').glob('*.xz'):
     pathlib.Path('gpu/bin', f.stem).write_bytes(lzma.decompress(f.read_bytes()))
 "
     chmod +x gpu/bin/*
-    if [ -f gpu/anchor/table.py ]; then
+    if want table && [ -f gpu/anchor/table.py ]; then
         echo "== PyTorch on this GPU, same call: training images/s (gpu_anchor.py's step)" | tee -a "$log"
         PYTHONUNBUFFERED=1 timeout "$(budget 60)" python3 gpu/anchor/table.py 2>&1 | tee -a "$log"
     fi
-    echo "== layers on CUDA against the CPU and an f64 reference (cuDNN)" | tee -a "$log"
-    LAYERS_CUDNN_LOG=1 timeout "$(budget 200)" gpu/bin/layers-cuda-test --nocapture --test-threads 1 2>&1 |
-        tee -a "$log"
-    formats=contiguous_format,channels_last
-    echo "== training step: bf16 at b512, f32 and TF32 at b128 (-cl: channels_last), the data pipeline" | tee -a "$log"
-    timeout "$(budget 100)" gpu/bin/bench-step --device cuda --batches 512 --precision bf16 \
-        --memory-format "$formats" --steps 5 2>&1 | tee -a "$log"
-    timeout "$(budget 150)" gpu/bin/bench-step --device cuda --batches 128 --precision f32,tf32 \
-        --memory-format "$formats" --steps 5 --pipeline 2>&1 | tee -a "$log"
-    echo "== where the resnet18-cifar step goes: forward, backward, optimizer, timed apart" | tee -a "$log"
-    timeout "$(budget 60)" gpu/bin/bench-step --device cuda --batches 512 --precision bf16 --steps 5 \
-        --memory-format "$formats" --only resnet18-cifar --split 2>&1 | tee -a "$log"
-    echo "== bf16 channels_last with cuDNN's persistent batch norm (LAYERS_CUDNN_BN_PERSISTENT=1)" | tee -a "$log"
-    LAYERS_CUDNN_BN_PERSISTENT=1 timeout "$(budget 45)" gpu/bin/bench-step --device cuda \
-        --batches 512 --precision bf16 --steps 5 --memory-format channels_last \
-        --only resnet18-cifar 2>&1 | tee -a "$log"
-    for base in nocudnn session2 candleconv; do
-        [ -x "gpu/bin/bench-step-$base" ] || continue
-        echo "== baseline bench-step-$base (nocudnn: --features cuda; session2: before layers::BatchNorm; candleconv: Candle's conv backward)" | tee -a "$log"
-        timeout "$(budget 45)" "gpu/bin/bench-step-$base" --device cuda --batches 128 --steps 5 \
+    if want tests; then
+        echo "== layers on CUDA against the CPU and an f64 reference (cuDNN)" | tee -a "$log"
+        LAYERS_CUDNN_LOG=1 timeout "$(budget 200)" gpu/bin/layers-cuda-test --nocapture --test-threads 1 2>&1 |
+            tee -a "$log"
+    fi
+    if want table; then
+        echo "== training step: bf16 at b512, f32 and TF32 at b128 (-cl: channels_last), the data pipeline" | tee -a "$log"
+        # Each format in its own call, so that a failure of one leaves the other's rows.
+        for format in contiguous_format channels_last; do
+            timeout "$(budget 60)" gpu/bin/bench-step --device cuda --batches 512 --precision bf16 \
+                --memory-format "$format" --steps 5 2>&1 | tee -a "$log"
+        done
+        timeout "$(budget 90)" gpu/bin/bench-step --device cuda --batches 128 --precision f32,tf32 \
+            --steps 5 --pipeline 2>&1 | tee -a "$log"
+        timeout "$(budget 70)" gpu/bin/bench-step --device cuda --batches 128 --precision f32,tf32 \
+            --memory-format channels_last --steps 5 2>&1 | tee -a "$log"
+    fi
+    if want split; then
+        echo "== where the resnet18-cifar step goes: forward, backward, optimizer, timed apart" | tee -a "$log"
+        timeout "$(budget 60)" gpu/bin/bench-step --device cuda --batches 512 --precision bf16 --steps 5 \
+            --memory-format contiguous_format,channels_last --only resnet18-cifar --split 2>&1 |
+            tee -a "$log"
+        echo "== bf16 channels_last with cuDNN's persistent batch norm (LAYERS_CUDNN_BN_PERSISTENT=1)" | tee -a "$log"
+        LAYERS_CUDNN_BN_PERSISTENT=1 timeout "$(budget 45)" gpu/bin/bench-step --device cuda \
+            --batches 512 --precision bf16 --steps 5 --memory-format channels_last \
             --only resnet18-cifar 2>&1 | tee -a "$log"
-    done
-    echo "== CIFAR-10, resnet18-cifar, OneCycle, bf16, batch 512, data on the GPU" | tee -a "$log"
-    timeout "$(budget "${CIFAR_SECONDS:-300}")" gpu/bin/train-cifar --data-dir gpu/data/cifar10 \
-        --model resnet18-cifar --schedule onecycle --lr 0.2 --epochs "${CIFAR_EPOCHS:-30}" \
-        --batch-size 512 --test-batch-size 1000 --label-smoothing 0.1 --precision bf16 \
-        --memory-format "${CIFAR_FORMAT:-channels_last}" \
-        --data-placement device --device cuda --workers 16 --out /tmp/cifar 2>&1 |
-        grep -v '^\s*$' | tee -a "$log"
-    cp /tmp/cifar/metrics.csv /tmp/cifar/curves.png "$OUT/" 2>/dev/null
+        for base in nocudnn session2 candleconv; do
+            [ -x "gpu/bin/bench-step-$base" ] || continue
+            echo "== baseline bench-step-$base (nocudnn: --features cuda; session2: before layers::BatchNorm; candleconv: Candle's conv backward)" | tee -a "$log"
+            timeout "$(budget 45)" "gpu/bin/bench-step-$base" --device cuda --batches 128 --steps 5 \
+                --only resnet18-cifar 2>&1 | tee -a "$log"
+        done
+    fi
+    if want cifar; then
+        # In $CIFAR_FORMAT; if a channels_last run fails (not a timeout), again in
+        # contiguous_format with the time left.
+        cifar() {
+            echo "== CIFAR-10, resnet18-cifar, OneCycle, bf16, batch 512, data on the GPU, $1" | tee -a "$log"
+            timeout "$(budget "${CIFAR_SECONDS:-300}")" gpu/bin/train-cifar --data-dir gpu/data/cifar10 \
+                --model resnet18-cifar --schedule onecycle --lr 0.2 --epochs "${CIFAR_EPOCHS:-30}" \
+                --batch-size 512 --test-batch-size 1000 --label-smoothing 0.1 --precision bf16 \
+                --memory-format "$1" --overwrite \
+                --data-placement device --device cuda --workers 16 --out /tmp/cifar 2>&1 |
+                grep -v '^\s*$' | tee -a "$log"
+            return "${PIPESTATUS[0]}"
+        }
+        format=${CIFAR_FORMAT:-channels_last}
+        cifar "$format"
+        status=$?
+        if [ "$status" != 0 ] && [ "$status" != 124 ] && [ "$format" = channels_last ]; then
+            echo "(the channels_last run failed with status $status: again in contiguous_format)" | tee -a "$log"
+            cifar contiguous_format
+        fi
+        cp /tmp/cifar/metrics.csv /tmp/cifar/curves.png "$OUT/" 2>/dev/null
+    fi
     echo "run took ${SECONDS}s" | tee -a "$log"
     exit 0
     ;;
