@@ -108,12 +108,22 @@ run)
     # Which parts run: $PARTS, a comma-separated subset of tests,table,split,cifar (default all),
     # so that a second call can run what the first had no time for.
     want() { [[ ",${PARTS:-tests,table,split,cifar}," == *",$1,"* ]]; }
+    parts=${PARTS:-tests,table,split,cifar}
+    for part in ${parts//,/ }; do
+        case "$part" in
+        tests | table | split | cifar) ;;
+        *)
+            echo "PARTS: unknown part '$part' (tests, table, split, cifar)" >&2
+            exit 2
+            ;;
+        esac
+    done
     # The seconds part of the run may take: at most $1, and what is left before the deadline.
     budget() {
         local left=$((deadline - SECONDS))
         [ "$left" -lt "$1" ] && echo $((left > 1 ? left : 1)) || echo "$1"
     }
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$log"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$log"
     NV=$(python3 -c "import nvidia; print(list(nvidia.__path__)[0])")
     LD_LIBRARY_PATH="$(find "$NV" -maxdepth 3 -type d -name lib | tr '\n' ':')${LD_LIBRARY_PATH:-}"
     export LD_LIBRARY_PATH
@@ -175,11 +185,16 @@ for f in pathlib.Path('gpu/xz').glob('*.xz'):
             return "${PIPESTATUS[0]}"
         }
         format=${CIFAR_FORMAT:-channels_last}
-        cifar "$format"
-        status=$?
+        if [ $((deadline - SECONDS)) -lt 60 ]; then
+            echo "(under a minute left for the CIFAR-10 run: run again with PARTS=cifar)" | tee -a "$log"
+            status=0
+        else
+            cifar "$format"
+            status=$?
+        fi
         if [ "$status" != 0 ] && [ "$status" != 124 ] && [ "$format" = channels_last ]; then
             echo "(the channels_last run failed with status $status: again in contiguous_format)" | tee -a "$log"
-            cifar contiguous_format
+            cifar contiguous_format || true
         fi
         cp /tmp/cifar/metrics.csv /tmp/cifar/curves.png "$OUT/" 2>/dev/null
     fi

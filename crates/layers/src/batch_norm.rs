@@ -69,7 +69,8 @@ fn all_reduce_parts(sync: &dyn StatsSync, parts: &[&Tensor]) -> Result<Vec<Tenso
 /// Batch normalisation over dimension 1 of an (N, C, ...) input, with PyTorch's semantics:
 /// the biased batch variance normalises, the unbiased one enters the running estimate, and
 /// `running = (1 - momentum) * running + momentum * batch`. Parameters `weight`, `bias`,
-/// buffers `running_mean`, `running_var`.
+/// buffers `running_mean`, `running_var`. The output is in the input's memory format
+/// ([`memory_format`](crate::memory_format)).
 ///
 /// ```
 /// use candle_core::{Device, ModuleT, Tensor};

@@ -147,6 +147,17 @@ pub fn to_channels_last(t: &Tensor) -> Result<Tensor> {
     t.permute((0, 2, 3, 1))?.contiguous()?.permute((0, 3, 1, 2))
 }
 
+/// Whether the layers take `t` as channels-last: it is ([`is_channels_last`]), or it is
+/// contiguous and channels-last at once (one channel, or a 1x1 map) while channels-last is
+/// [`preferred`].
+pub fn takes_channels_last(t: &Tensor) -> bool {
+    is_channels_last(t)
+        || (preferred() == MemoryFormat::ChannelsLast
+            && t.rank() == 4
+            && t.is_contiguous()
+            && t.permute((0, 2, 3, 1)).is_ok_and(|v| v.is_contiguous()))
+}
+
 /// `torch.cat(ts, dim=1)`: (N, C_i, H, W) tensors joined along the channels. Channels-last
 /// when every part is (joined along the channels of their (N, H, W, C) views), otherwise
 /// Candle's `Tensor::cat`; the values are the same either way.
@@ -165,13 +176,7 @@ pub fn cat_channels(ts: &[&Tensor]) -> Result<Tensor> {
 /// when `t` is not channels-last. While channels-last is [`preferred`], also for a 4-D `t`
 /// that is contiguous and channels-last at once (one channel, or a 1x1 map).
 pub(crate) fn nhwc(t: &Tensor) -> Result<Option<Tensor>> {
-    let both = || {
-        preferred() == MemoryFormat::ChannelsLast
-            && t.rank() == 4
-            && t.is_contiguous()
-            && t.permute((0, 2, 3, 1)).is_ok_and(|v| v.is_contiguous())
-    };
-    match is_channels_last(t) || both() {
+    match takes_channels_last(t) {
         true => Ok(Some(t.permute((0, 2, 3, 1))?)),
         false => Ok(None),
     }

@@ -339,9 +339,11 @@ impl ConvCase {
     }
 }
 
-const CONV_CASES: [ConvCase; 9] = [
+const CONV_CASES: [ConvCase; 10] = [
     // ResNet's 3x3, stride 1 and 2, its 1x1 projection with stride 2, a 1x1, the 7x7 stem.
     conv([8, 16, 12, 12], 32, 3, 1),
+    // The MNIST CNN's first layer: one input channel.
+    conv([4, 1, 12, 12], 8, 3, 0),
     conv([4, 8, 15, 15], 16, 3, 1).stride(2),
     conv([4, 16, 9, 8], 32, 1, 0).stride(2),
     conv([4, 32, 8, 8], 16, 1, 0),
@@ -374,6 +376,7 @@ fn conv_forward_and_both_gradients_match_an_f64_reference() -> Result<()> {
         let formats = [MemoryFormat::Contiguous, MemoryFormat::ChannelsLast];
         for ((precision, tol), format) in modes.iter().flat_map(|m| formats.map(|f| (*m, f))) {
             let _tf32 = layers::autocast::tf32(precision == "tf32");
+            let _preferred = layers::memory_format::prefer(format);
             let _cast =
                 layers::autocast::set((precision == "bf16").then_some(candle_core::DType::BF16));
             let xv = Var::from_tensor(&x.to_device(&gpu)?)?;

@@ -88,20 +88,22 @@ impl Precision {
 /// `model.to(memory_format=...)` and `images.to(memory_format=...)` choose in a PyTorch loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ValueEnum)]
 pub enum MemoryFormat {
-    /// (N, C, H, W) in memory, `torch.contiguous_format`.
+    /// (N, C, H, W) in memory, PyTorch's torch.contiguous_format.
     #[default]
     #[serde(rename = "contiguous_format")]
     #[value(name = "contiguous_format", alias = "contiguous")]
     Contiguous,
-    /// (N, H, W, C) in memory, `torch.channels_last`: cuDNN's NHWC convolutions and batch
-    /// norms on CUDA (with `cudnn`); elsewhere the same results with a copy around each layer.
+    /// (N, H, W, C) in memory, PyTorch's torch.channels_last: cuDNN's NHWC convolutions and
+    /// batch norms on CUDA (with the cudnn feature); elsewhere the same results with a copy
+    /// around each layer.
     #[serde(rename = "channels_last")]
     #[value(name = "channels_last", alias = "channels-last")]
     ChannelsLast,
 }
 
 impl MemoryFormat {
-    /// The `layers` format.
+    /// The same format as `layers` names it ([`layers::MemoryFormat`]), which the layers and
+    /// [`crate::engine::InMemoryFormat`] take.
     pub fn layers(self) -> layers::MemoryFormat {
         match self {
             MemoryFormat::Contiguous => layers::MemoryFormat::Contiguous,

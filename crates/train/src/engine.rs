@@ -13,7 +13,10 @@ use crate::source::BatchSource;
 use crate::tally::Tally;
 
 /// A model fed its images in a memory format: PyTorch's `images.to(memory_format=...)` before
-/// each forward (with `torch.channels_last`, the layers hand on channels-last activations).
+/// each forward (with `torch.channels_last`, the layers hand on channels-last activations),
+/// with that format [preferred](layers::memory_format::prefer) during the forward (so that
+/// MNIST's one-channel images count as channels-last). Inputs that are not 4-D pass as they
+/// are. The weights are not converted: checkpoints are the same in either format.
 pub struct InMemoryFormat<'a> {
     /// The model.
     pub model: &'a dyn ModuleT,

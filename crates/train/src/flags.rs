@@ -421,7 +421,7 @@ hyperparameters! {
     #[arg(long, value_enum)]
     data_placement: Option<DataPlacement> = value(|_| DataPlacement::default()).changeable();
     /// contiguous_format or channels_last (PyTorch's torch.channels_last: NHWC activations,
-    /// cuDNN's NHWC kernels on CUDA; the same results elsewhere, slower on the CPU)
+    /// cuDNN's NHWC kernels on CUDA with the cudnn feature; the same results elsewhere, slower)
     #[arg(long, value_enum)]
     memory_format: Option<MemoryFormat> = value(|_| MemoryFormat::default()).changeable();
     /// Data-parallel training: --distributed, --sync-bn, --drop-last

@@ -183,10 +183,12 @@ pub fn train(
         },
         out.display()
     );
-    if config.memory_format == MemoryFormat::ChannelsLast && !device.is_cuda() {
+    if config.memory_format == MemoryFormat::ChannelsLast
+        && !(device.is_cuda() && cfg!(feature = "cudnn"))
+    {
         crate::say!(
             "note: --memory-format channels_last computes each layer on a contiguous copy here \
-             (the same results, slower); it pays on CUDA with cuDNN"
+             (the same results, slower); it pays on CUDA in a build with the cudnn feature"
         );
     }
     let formatted = crate::engine::InMemoryFormat {

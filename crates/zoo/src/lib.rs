@@ -291,6 +291,7 @@ mod tests {
             let step = |format: MemoryFormat| -> Result<Vec<Vec<f32>>> {
                 let store = ParamStore::new(5, &Device::Cpu);
                 let net = build(name, 10, store.vb())?;
+                let _preferred = layers::memory_format::prefer(format);
                 let logits = net.forward_t(&format.apply(&x)?, true)?;
                 let grads = logits.sqr()?.mean_all()?.backward()?;
                 let mut out = vec![logits.flatten_all()?.to_vec1::<f32>()?];

@@ -12,7 +12,7 @@
 //!
 //! A channels-last input comes as its (N, H·W, C) view and runs cuDNN's NHWC batch norm (in
 //! `CUDNN_BATCHNORM_SPATIAL`, or `CUDNN_BATCHNORM_SPATIAL_PERSISTENT` with
-//! `LAYERS_CUDNN_BN_PERSISTENT` set, PyTorch's choice for channels-last training), the output
+//! `LAYERS_CUDNN_BN_PERSISTENT=1`, PyTorch's choice for channels-last training), the output
 //! and the input gradient in the same order. The persistent mode is an experiment to measure:
 //! cuDNN documents that it may overflow on inputs of a wide range, which it reports only
 //! through `cudnnQueryRuntimeError` (not called: it waits for the GPU).
@@ -41,8 +41,9 @@ const MIN_EPS: f64 = 1e-5;
 /// cuDNN's batch-norm mode for an NCHW or NHWC (`nhwc`) input.
 fn mode(nhwc: bool) -> sys::cudnnBatchNormMode_t {
     static PERSISTENT: OnceLock<bool> = OnceLock::new();
-    let persistent =
-        *PERSISTENT.get_or_init(|| std::env::var_os("LAYERS_CUDNN_BN_PERSISTENT").is_some());
+    let persistent = *PERSISTENT.get_or_init(|| {
+        matches!(std::env::var("LAYERS_CUDNN_BN_PERSISTENT").as_deref(), Ok(v) if !v.is_empty() && v != "0")
+    });
     match nhwc && persistent {
         true => sys::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL_PERSISTENT,
         false => sys::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL,

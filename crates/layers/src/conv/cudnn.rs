@@ -341,10 +341,11 @@ impl<A: Copy + std::fmt::Debug, P: Copy> Search<'_, A, P> {
             });
         }
         candle_core::bail!(
-            "cuDNN found no usable {} algorithm for {:?} input {:?}, kernel {:?}, padding/stride/dilation/groups {:?} (tried: {})",
+            "cuDNN found no usable {} algorithm for {:?} input {:?}{}, kernel {:?}, padding/stride/dilation/groups {:?} (tried: {})",
             self.what,
             conv.dtype,
             conv.x,
+            if conv.nhwc { " held channels-last (NHWC; the contiguous format may have one)" } else { "" },
             conv.w,
             conv.params,
             tried.join(", ")

@@ -46,7 +46,9 @@ pub use im2col::conv2d_gemm;
 /// Output channels from which bf16 autocast runs a CPU convolution's products in bf16.
 const MIN_BF16_CHANNELS: usize = 16;
 
-/// `nn.Conv2d`: weight (out, in / groups, k, k), optional bias (out).
+/// `nn.Conv2d`: weight (out, in / groups, k, k), optional bias (out). The output is in the
+/// input's memory format ([`memory_format`](crate::memory_format): a channels-last input gives
+/// a channels-last output); the weight stays (out, in / groups, k, k) either way.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     weight: Tensor,
@@ -242,11 +244,15 @@ impl Conv2d {
         xs: &Tensor,
         bn: Option<&batch_norm::Epilogue>,
     ) -> Result<(Tensor, bool)> {
-        // A channels-last input without cuDNN's NHWC kernels to take it: the (N, C, H, W)
-        // paths on a contiguous copy, the output handed on channels-last (as PyTorch's
-        // fallbacks).
-        if memory_format::is_channels_last(xs) && !nhwc_kernels(xs) {
-            let (ys, fused) = self.forward_then(&xs.contiguous()?, bn)?;
+        // A channels-last input (or a one-channel one while channels-last is preferred) without
+        // cuDNN's NHWC kernels to take it: the (N, C, H, W) paths on a contiguous copy, the
+        // output handed on channels-last (as PyTorch's fallbacks).
+        if memory_format::takes_channels_last(xs) && !nhwc_kernels(xs) {
+            let (ys, fused) = {
+                // A one-channel input is its own contiguous copy: taken as such inside.
+                let _plain = memory_format::prefer(memory_format::MemoryFormat::Contiguous);
+                self.forward_then(&xs.contiguous()?, bn)?
+            };
             return Ok((memory_format::to_channels_last(&ys)?, fused));
         }
         // On the CPU, kernel taps that only meet padding are not multiplied (on CUDA, cuDNN

@@ -16,7 +16,8 @@ pub enum PoolKind {
     },
 }
 
-/// A 2-D pooling layer over (N, C, H, W) input, as `nn.MaxPool2d` / `nn.AvgPool2d`.
+/// A 2-D pooling layer over (N, C, H, W) input, as `nn.MaxPool2d` / `nn.AvgPool2d`. The
+/// output is in the input's memory format ([`memory_format`](crate::memory_format)).
 ///
 /// ```
 /// # fn main() -> candle_core::Result<()> {

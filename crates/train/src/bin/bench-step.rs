@@ -1,7 +1,8 @@
 //! Median time of one training step (forward, backward, optimizer) for the tutorial's
 //! networks, with images/s, and how fast the CIFAR-10 training batches are made:
 //! `cargo run -p train --bin bench-step [-- --steps N] [--only MODEL] [--device cuda]
-//! [--batches 128,512] [--precision f32,bf16] [--pipeline] [--split]`.
+//! [--batches 128,512] [--precision f32,bf16] [--memory-format contiguous_format,channels_last]
+//! [--pipeline] [--split]`.
 //!
 //! `--precision bf16` runs the step under bf16 autocast (products in bf16, weights in f32);
 //! `tf32` lets CUDA's f32 GEMMs use TF32 tensor cores.
