@@ -62,6 +62,8 @@ pub mod tap;
 pub use activation::{add_relu, relu, tanh};
 pub use adaptive::{adaptive_avg_pool2d, AdaptiveAvgPool2d};
 pub use batch_norm::{batch_norm, set_stats_sync, BatchNorm, StatsSync};
+#[cfg(feature = "cudnn")]
+pub use conv::cudnn::{cudnn_nhwc_kernels, NhwcKernels};
 #[cfg(feature = "onednn")]
 pub use conv::onednn;
 pub use conv::{conv2d_conv_grads, conv2d_cpu_f32, conv2d_gemm, set_direct_first_layer, Conv2d};

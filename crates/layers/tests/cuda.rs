@@ -361,7 +361,9 @@ const CONV_CASES: [ConvCase; 10] = [
 /// The convolution forward and both gradients on CUDA (cuDNN with the `cudnn` feature)
 /// against an f64 reference: float32 with TF32 off within 1e-5 of the scale, TF32 and bf16
 /// autocast (inputs that bf16 holds exactly) within 1e-2; with the input contiguous and
-/// channels-last (cuDNN's NHWC kernels, the output channels-last too).
+/// channels-last (cuDNN's NHWC kernels, the output channels-last too), and channels-last with
+/// the NHWC kernels off (`cudnn` builds: NCHW kernels on copies, what a convolution cuDNN has
+/// no NHWC algorithm for runs).
 #[test]
 fn conv_forward_and_both_gradients_match_an_f64_reference() -> Result<()> {
     let Some(gpu) = gpu() else { return Ok(()) };
@@ -373,8 +375,24 @@ fn conv_forward_and_both_gradients_match_an_f64_reference() -> Result<()> {
             .collect();
         let [y_ref, gx_ref, gw_ref] = case.reference(&host(&x)?, &host(&w)?, &g);
         let modes = [("f32", 1e-5), ("tf32", 1e-2), ("bf16", 1e-2)];
-        let formats = [MemoryFormat::Contiguous, MemoryFormat::ChannelsLast];
-        for ((precision, tol), format) in modes.iter().flat_map(|m| formats.map(|f| (*m, f))) {
+        let formats = [
+            (MemoryFormat::Contiguous, true),
+            (MemoryFormat::ChannelsLast, true),
+            (MemoryFormat::ChannelsLast, false),
+        ];
+        for ((precision, tol), (format, nhwc_kernels)) in
+            modes.iter().flat_map(|m| formats.map(|f| (*m, f)))
+        {
+            #[cfg(feature = "cudnn")]
+            let _kernels = layers::cudnn_nhwc_kernels(nhwc_kernels);
+            #[cfg(not(feature = "cudnn"))]
+            if !nhwc_kernels {
+                continue;
+            }
+            let format_name = match nhwc_kernels {
+                true => format.to_string(),
+                false => format!("{format} (NCHW kernels)"),
+            };
             let _tf32 = layers::autocast::tf32(precision == "tf32");
             let _preferred = layers::memory_format::prefer(format);
             let _cast =
@@ -404,12 +422,12 @@ fn conv_forward_and_both_gradients_match_an_f64_reference() -> Result<()> {
                 relative(&host(gw)?, &gw_ref),
             ];
             println!(
-                "{CUDA_CONV} conv {precision} {format} {case:?}: output {:.1e}, input gradient {:.1e}, weight gradient {:.1e} (relative)",
+                "{CUDA_CONV} conv {precision} {format_name} {case:?}: output {:.1e}, input gradient {:.1e}, weight gradient {:.1e} (relative)",
                 errors[0], errors[1], errors[2]
             );
             assert!(
                 errors.iter().all(|e| *e < tol),
-                "{precision} {format} {case:?}: {errors:?} over {tol}"
+                "{precision} {format_name} {case:?}: {errors:?} over {tol}"
             );
         }
     }

@@ -203,14 +203,18 @@ struct Chosen<A> {
     workspace: usize,
 }
 
+/// A direction's algorithm, or why cuDNN has none for it (kept, so that the search is not
+/// repeated).
+type Choice<A> = std::result::Result<A, String>;
+
 /// Everything kept for one [`Conv`].
 struct Plan {
     x: TensorDesc,
     w: FilterDesc,
     y: TensorDesc,
-    forward: Option<Chosen<FwdAlgo>>,
-    data: Option<Chosen<DataAlgo>>,
-    filter: Option<Chosen<FilterAlgo>>,
+    forward: Option<Choice<Chosen<FwdAlgo>>>,
+    data: Option<Choice<Chosen<DataAlgo>>>,
+    filter: Option<Choice<Chosen<FilterAlgo>>>,
 }
 
 /// The plans of one thread on one device.
@@ -292,14 +296,15 @@ struct Search<'a, A, P> {
 impl<A: Copy + std::fmt::Debug, P: Copy> Search<'_, A, P> {
     /// Times the candidates with as much scratch as the hungriest one asks for (within
     /// [`search_scratch`]'s limits) and keeps the fastest that succeeded and keeps the
-    /// precision (cuDNN lists them fastest first), its math type set on `desc`.
+    /// precision (cuDNN lists them fastest first), its math type set on `desc`; `Ok(Err(why))`
+    /// when none did.
     fn choose(
         &self,
         conv: &Conv,
         desc: ConvDesc,
         device: &CudaDevice,
         stream: &CudaStream,
-    ) -> Result<Chosen<A>> {
+    ) -> Result<Choice<Chosen<A>>> {
         let success = sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS;
         let wanted = self.algos.iter().filter_map(|&a| {
             let mut bytes = 0;
@@ -334,22 +339,27 @@ impl<A: Copy + std::fmt::Debug, P: Copy> Search<'_, A, P> {
                 (self.size)(algo, &mut bytes),
                 &format!("{} workspace size", self.what),
             )?;
-            return Ok(Chosen {
+            return Ok(Ok(Chosen {
                 desc,
                 algo,
                 workspace: bytes.max(memory),
-            });
+            }));
         }
-        candle_core::bail!(
+        let why = format!(
             "cuDNN found no usable {} algorithm for {:?} input {:?}{}, kernel {:?}, padding/stride/dilation/groups {:?} (tried: {})",
             self.what,
             conv.dtype,
             conv.x,
-            if conv.nhwc { " held channels-last (NHWC; the contiguous format may have one)" } else { "" },
+            if conv.nhwc { " held channels-last (NHWC)" } else { "" },
             conv.w,
             conv.params,
             tried.join(", ")
-        )
+        );
+        if conv.nhwc {
+            // Once per convolution and direction: the refusal is kept in its plan.
+            eprintln!("{why}; it runs cuDNN's NCHW kernels on NCHW copies instead");
+        }
+        Ok(Err(why))
     }
 }
 
@@ -369,7 +379,7 @@ impl Plan {
         device: &CudaDevice,
         stream: &CudaStream,
         p: &Ptrs,
-    ) -> Result<&Chosen<FwdAlgo>> {
+    ) -> Result<&Choice<Chosen<FwdAlgo>>> {
         if self.forward.is_none() {
             let desc = ConvDesc::new(conv.params, FLOAT, conv.math())?;
             let (h, x, w, y, d, p) = (h.0, self.x.0, self.w.0, self.y.0, desc.0, p);
@@ -407,7 +417,7 @@ impl Plan {
         }
         self.forward
             .as_ref()
-            .ok_or_else(|| candle_core::Error::Msg("cuDNN: no forward algorithm".into()))
+            .ok_or_else(|| candle_core::Error::Msg("cuDNN: no forward search".into()))
     }
 
     /// The input gradient's algorithm, chosen on the first call (dx from w = `p.a` and
@@ -419,7 +429,7 @@ impl Plan {
         device: &CudaDevice,
         stream: &CudaStream,
         p: &Ptrs,
-    ) -> Result<&Chosen<DataAlgo>> {
+    ) -> Result<&Choice<Chosen<DataAlgo>>> {
         if self.data.is_none() {
             let desc = ConvDesc::new(conv.params, FLOAT, conv.math())?;
             let (h, x, w, y, d, p) = (h.0, self.x.0, self.w.0, self.y.0, desc.0, p);
@@ -458,7 +468,7 @@ impl Plan {
         }
         self.data
             .as_ref()
-            .ok_or_else(|| candle_core::Error::Msg("cuDNN: no input-gradient algorithm".into()))
+            .ok_or_else(|| candle_core::Error::Msg("cuDNN: no input-gradient search".into()))
     }
 
     /// The weight gradient's algorithm, chosen on the first call (dw from x = `p.a` and
@@ -470,7 +480,7 @@ impl Plan {
         device: &CudaDevice,
         stream: &CudaStream,
         p: &Ptrs,
-    ) -> Result<&Chosen<FilterAlgo>> {
+    ) -> Result<&Choice<Chosen<FilterAlgo>>> {
         if self.filter.is_none() {
             let desc = ConvDesc::new(conv.params, FLOAT, conv.math())?;
             let (h, x, w, y, d, p) = (h.0, self.x.0, self.w.0, self.y.0, desc.0, p);
@@ -509,7 +519,7 @@ impl Plan {
         }
         self.filter
             .as_ref()
-            .ok_or_else(|| candle_core::Error::Msg("cuDNN: no weight-gradient algorithm".into()))
+            .ok_or_else(|| candle_core::Error::Msg("cuDNN: no weight-gradient search".into()))
     }
 }
 
@@ -550,29 +560,126 @@ fn run(
             )
         }
     }
-    // NHWC: the kernel reordered to (O, KH, KW, C / groups) for cuDNN, and the kernel
-    // gradient computed in that order and reordered back.
+    if !conv.nhwc {
+        return run_held(conv, direction, (a, al), (b, bl), out_dims)?
+            .map_err(candle_core::Error::Msg);
+    }
+    if nhwc_kernels() {
+        if let Ok(done) = run_nhwc(conv, direction, (a, al), (b, bl), out_dims)? {
+            return Ok(done);
+        }
+    }
+    via_nchw(conv, direction, (a, al), (b, bl))
+}
+
+/// [`run`] with cuDNN's NHWC kernels: the kernel reordered to (O, KH, KW, C / groups) for
+/// cuDNN, and the kernel gradient computed in that order and reordered back. `Ok(Err(why))`
+/// when cuDNN has no NHWC algorithm for it.
+fn run_nhwc(
+    conv: &Conv,
+    direction: Direction,
+    (a, al): (&CudaStorage, &Layout),
+    (b, bl): (&CudaStorage, &Layout),
+    out_dims: [usize; 4],
+) -> Result<Choice<(CudaStorage, Shape)>> {
+    use candle_core::backend::BackendStorage;
     let krsc = Layout::contiguous(Shape::from_dims(&conv.krsc()));
-    let reordered = match (conv.nhwc, direction) {
-        (true, Direction::Forward) => Some(to_krsc(conv, b, bl)?),
-        (true, Direction::Data) => Some(to_krsc(conv, a, al)?),
-        _ => None,
+    let reordered = match direction {
+        Direction::Forward => Some(to_krsc(conv, b, bl)?),
+        Direction::Data => Some(to_krsc(conv, a, al)?),
+        Direction::Filter => None,
     };
     let ((a, al), (b, bl)) = match (&reordered, direction) {
         (Some(k), Direction::Forward) => ((a, al), (k, &krsc)),
         (Some(k), _) => ((k, &krsc), (b, bl)),
         (None, _) => ((a, al), (b, bl)),
     };
-    let (out, shape) = run_held(conv, direction, (a, al), (b, bl), out_dims)?;
-    match (conv.nhwc, direction) {
-        (true, Direction::Filter) => {
+    let (out, shape) = match run_held(conv, direction, (a, al), (b, bl), out_dims)? {
+        Ok(done) => done,
+        Err(why) => return Ok(Err(why)),
+    };
+    match direction {
+        Direction::Filter => {
             // (O, KH, KW, C / groups) read as (O, C / groups, KH, KW): copied in that order.
             let mut ockk = Buffer::uninit(&out.device, conv.dtype, Conv::len(conv.w))?
                 .into_storage(out.device.clone());
             out.copy_strided_src(&mut ockk, 0, &krsc.permute(&[0, 3, 1, 2])?)?;
-            Ok((ockk, Shape::from_dims(&conv.w)))
+            Ok(Ok((ockk, Shape::from_dims(&conv.w))))
         }
-        _ => Ok((out, shape)),
+        _ => Ok(Ok((out, shape))),
+    }
+}
+
+/// [`run`] of an NHWC convolution through cuDNN's NCHW kernels, for one cuDNN has no NHWC
+/// algorithm for (or all of them while [`cudnn_nhwc_kernels`] is off): the NHWC operands
+/// copied to NCHW, and an NHWC result copied back from NCHW.
+fn via_nchw(
+    conv: &Conv,
+    direction: Direction,
+    (a, al): (&CudaStorage, &Layout),
+    (b, bl): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    use candle_core::backend::BackendStorage;
+    let plain = Conv {
+        nhwc: false,
+        ..*conv
+    };
+    // `(s, l)` held as (N, H, W, C) from `l`'s start, or (N, C, H, W) held as (N, H, W, C)
+    // in the other direction: copied in the order of `permutation` into a new contiguous
+    // storage, returned with its layout.
+    let reorder = |s: &CudaStorage, l: &Layout, permutation: &[usize]| {
+        let permuted = l.permute(permutation)?;
+        let mut out = Buffer::uninit(&s.device, conv.dtype, l.shape().elem_count())?
+            .into_storage(s.device.clone());
+        s.copy_strided_src(&mut out, 0, &permuted)?;
+        Ok::<_, candle_core::Error>((out, Layout::contiguous(permuted.shape())))
+    };
+    const TO_NCHW: [usize; 4] = [0, 3, 1, 2];
+    const TO_NHWC: [usize; 4] = [0, 2, 3, 1];
+    let (a_held, b_held, out_dims) = match direction {
+        Direction::Forward => (true, false, conv.y),
+        Direction::Data => (false, true, conv.x),
+        Direction::Filter => (true, true, conv.w),
+    };
+    let a_copy = a_held.then(|| reorder(a, al, &TO_NCHW)).transpose()?;
+    let b_copy = b_held.then(|| reorder(b, bl, &TO_NCHW)).transpose()?;
+    let (a, al) = a_copy.as_ref().map_or((a, al), |(s, l)| (s, l));
+    let (b, bl) = b_copy.as_ref().map_or((b, bl), |(s, l)| (s, l));
+    let (out, shape) = run_held(&plain, direction, (a, al), (b, bl), out_dims)?
+        .map_err(candle_core::Error::Msg)?;
+    match direction {
+        Direction::Filter => Ok((out, shape)),
+        _ => {
+            let (nhwc, layout) = reorder(&out, &Layout::contiguous(shape), &TO_NHWC)?;
+            Ok((nhwc, layout.shape().clone()))
+        }
+    }
+}
+
+thread_local! {
+    static NHWC_KERNELS: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+fn nhwc_kernels() -> bool {
+    NHWC_KERNELS.with(|k| k.get())
+}
+
+/// Whether channels-last convolutions on this thread use cuDNN's NHWC kernels (the default,
+/// `true`) or, with `false`, copy their NHWC operands to NCHW, run cuDNN's NCHW kernels and
+/// copy the result back: what a convolution cuDNN has no NHWC algorithm for does (it says so
+/// once on standard error). The results are the same up to the kernels' rounding; this is for
+/// tests and measurements. Returns a guard that restores the previous setting when dropped.
+#[must_use = "the setting lasts while the guard lives"]
+pub fn cudnn_nhwc_kernels(allowed: bool) -> NhwcKernels {
+    NhwcKernels(NHWC_KERNELS.with(|k| k.replace(allowed)))
+}
+
+/// The guard of [`cudnn_nhwc_kernels`]: restores the previous setting when dropped.
+pub struct NhwcKernels(bool);
+
+impl Drop for NhwcKernels {
+    fn drop(&mut self) {
+        NHWC_KERNELS.with(|k| k.set(self.0));
     }
 }
 
@@ -594,7 +701,7 @@ fn run_held(
     (a, al): (&CudaStorage, &Layout),
     (b, bl): (&CudaStorage, &Layout),
     out_dims: [usize; 4],
-) -> Result<(CudaStorage, Shape)> {
+) -> Result<Choice<(CudaStorage, Shape)>> {
     crate::cudnn::with_state(&a.device, |state| {
         let crate::cudnn::State {
             handle,
@@ -626,7 +733,10 @@ fn run_held(
             // at least the algorithm's size, float scaling factors (float, half and bf16 data).
             match direction {
                 Direction::Forward => {
-                    let c = plan.forward(h, conv, device, stream, &p)?;
+                    let c = match plan.forward(h, conv, device, stream, &p)? {
+                        Ok(c) => c,
+                        Err(why) => return Ok(Err(why.clone())),
+                    };
                     let (algo, desc) = (c.algo, c.desc.0);
                     let (ws, ws_len, _gw) = workspace.get(device, stream, c.workspace)?;
                     check(
@@ -640,7 +750,10 @@ fn run_held(
                     )?;
                 }
                 Direction::Data => {
-                    let c = plan.data(h, conv, device, stream, &p)?;
+                    let c = match plan.data(h, conv, device, stream, &p)? {
+                        Ok(c) => c,
+                        Err(why) => return Ok(Err(why.clone())),
+                    };
                     let (algo, desc) = (c.algo, c.desc.0);
                     let (ws, ws_len, _gw) = workspace.get(device, stream, c.workspace)?;
                     check(
@@ -654,7 +767,10 @@ fn run_held(
                     )?;
                 }
                 Direction::Filter => {
-                    let c = plan.filter(h, conv, device, stream, &p)?;
+                    let c = match plan.filter(h, conv, device, stream, &p)? {
+                        Ok(c) => c,
+                        Err(why) => return Ok(Err(why.clone())),
+                    };
                     let (algo, desc) = (c.algo, c.desc.0);
                     let (ws, ws_len, _gw) = workspace.get(device, stream, c.workspace)?;
                     check(
@@ -669,10 +785,10 @@ fn run_held(
                 }
             }
         }
-        Ok((
+        Ok(Ok((
             out.into_storage(device.clone()),
             Shape::from_dims(&out_dims),
-        ))
+        )))
     })
 }
 
