@@ -7,7 +7,9 @@
 //! pass over contiguous f32 data, in 16K-element chunks across the thread pool, and the
 //! backward is one pass reading the output and its gradient: `g (1 - y²)` for Tanh and
 //! `g [not y <= 0]` for ReLU (PyTorch's `tanh_backward` and `threshold_backward`). Element-wise, so
-//! the result does not depend on the number of threads. Other dtypes and devices take Candle's
+//! the result does not depend on the number of threads. On CUDA (`cuda` feature), float32 and
+//! bf16 tensors take one kernel each way (`activation_cuda.rs`, the same rules), on the
+//! (N, H, W, C) view of a channels-last tensor. Other dtypes and devices take Candle's
 //! operations.
 //!
 //! The Tanh is Cephes' `tanhf` written without branches, so that it vectorises: an odd
@@ -31,9 +33,10 @@ const CHUNK: usize = 16 * 1024;
 /// # Errors
 /// Only those of Candle's `tanh` on tensors that are not f32 on the CPU.
 pub fn tanh(xs: &Tensor) -> Result<Tensor> {
-    match cpu_f32(xs) {
-        true => memory_format::keep(xs, |xs| xs.contiguous()?.apply_op1(Unary::Tanh)),
-        false => memory_format::map(xs, |xs| xs.tanh()),
+    match fused(xs) {
+        Some(Place::Cpu) => memory_format::keep(xs, |xs| xs.contiguous()?.apply_op1(Unary::Tanh)),
+        Some(Place::Cuda) => memory_format::map(xs, |xs| xs.contiguous()?.apply_op1(Unary::Tanh)),
+        None => memory_format::map(xs, |xs| xs.tanh()),
     }
 }
 
@@ -41,34 +44,61 @@ pub fn tanh(xs: &Tensor) -> Result<Tensor> {
 /// the output is zero, including at x = 0, as PyTorch's (Candle's own passes it there).
 ///
 /// # Errors
-/// Only those of Candle's `relu` on tensors that are not f32 on the CPU.
+/// Only those of Candle's `relu` on tensors that are neither f32 on the CPU nor f32 or bf16
+/// on CUDA.
 pub fn relu(xs: &Tensor) -> Result<Tensor> {
-    match cpu_f32(xs) {
-        true => memory_format::keep(xs, |xs| xs.contiguous()?.apply_op1(Unary::Relu)),
-        false => memory_format::map(xs, |xs| xs.relu()),
+    match fused(xs) {
+        Some(Place::Cpu) => memory_format::keep(xs, |xs| xs.contiguous()?.apply_op1(Unary::Relu)),
+        Some(Place::Cuda) => memory_format::map(xs, |xs| xs.contiguous()?.apply_op1(Unary::Relu)),
+        None => memory_format::map(xs, |xs| xs.relu()),
     }
 }
 
-/// The input gradient of a ReLU from its output `y` and the output's gradient `g` (f32 CPU
-/// tensors of one shape): PyTorch's `threshold_backward`, zero where `y <= 0`.
+/// The input gradient of a ReLU from its output `y` and the output's gradient `g` (tensors of
+/// one shape, f32 on the CPU or f32/bf16 on CUDA: see [`takes_relu_backward`]): PyTorch's
+/// `threshold_backward`, zero where `y <= 0`.
 pub(crate) fn relu_backward(y: &Tensor, g: &Tensor) -> Result<Tensor> {
     y.contiguous()?
         .apply_op2_no_bwd(&g.contiguous()?, &Backward(Unary::Relu))
+}
+
+/// Whether [`relu_backward`] takes an output and gradient like `y`.
+#[cfg(feature = "cudnn")]
+pub(crate) fn takes_relu_backward(y: &Tensor) -> bool {
+    fused(y).is_some()
+}
+
+/// Where the one-pass kernels here run `xs`: f32 on the CPU, f32 and bf16 on CUDA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Cpu,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    Cuda,
+}
+
+fn fused(xs: &Tensor) -> Option<Place> {
+    if cpu_f32(xs) {
+        return Some(Place::Cpu);
+    }
+    #[cfg(feature = "cuda")]
+    if crate::activation_cuda::takes(xs) {
+        return Some(Place::Cuda);
+    }
+    None
 }
 
 /// `torch.relu(a + b)` for two tensors of one shape: a residual block's join, torchvision's
 /// `out += identity; out = self.relu(out)` in `BasicBlock` and `Bottleneck`. Returns a tensor of
 /// that shape.
 ///
-/// On contiguous-able f32 CPU tensors, one pass forward (the sum rounded as Candle's and
-/// PyTorch's `+`) and one backward: both inputs get the gradient where y is not `<= 0` (PyTorch's
+/// On contiguous-able f32 CPU tensors (and f32 or bf16 CUDA tensors, one kernel each way), one
+/// pass forward (the sum rounded as Candle's and PyTorch's `+`) and one backward: both inputs get the gradient where y is not `<= 0` (PyTorch's
 /// `threshold_backward`: zero at y = 0, passed where y is NaN). Candle's `(a + b)?.relu()` takes one pass for the sum and one for the ReLU
 /// forward, and six backward (the ReLU mask built as zeros, a comparison, a conversion, a
 /// product, then the sum's two gradients).
 ///
 /// # Errors
-/// Shapes that differ (no broadcasting), or those of Candle's `+` and `relu` on tensors that
-/// are not f32 on the CPU.
+/// Shapes that differ (no broadcasting), or those of Candle's `+` and `relu` on other tensors.
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if a.dims() != b.dims() {
         candle_core::bail!(
@@ -77,9 +107,12 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             b.dims()
         )
     }
-    match cpu_f32(a) && cpu_f32(b) {
-        true => memory_format::keep(a, |a| a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)),
-        false => memory_format::map2(a, b, |a, b| (a + b)?.relu()),
+    let place = fused(a).filter(|&p| fused(b) == Some(p) && a.dtype() == b.dtype());
+    let op = |a: &Tensor, b: &Tensor| a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu);
+    match place {
+        Some(Place::Cpu) => memory_format::keep(a, |a| op(a, b)),
+        Some(Place::Cuda) => memory_format::map2(a, b, op),
+        None => memory_format::map2(a, b, |a, b| (a + b)?.relu()),
     }
 }
 
@@ -88,7 +121,18 @@ struct AddRelu;
 
 impl CustomOp2 for AddRelu {
     fn name(&self) -> &'static str {
-        "add-relu-cpu"
+        "add-relu"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        a: &candle_core::CudaStorage,
+        al: &Layout,
+        b: &candle_core::CudaStorage,
+        bl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::activation_cuda::launch("add_relu", &[(a, al), (b, bl)])
     }
 
     fn cpu_fwd(
@@ -246,9 +290,18 @@ impl Unary {
 impl CustomOp1 for Unary {
     fn name(&self) -> &'static str {
         match self {
-            Unary::Tanh => "tanh-cpu",
-            Unary::Relu => "relu-cpu",
+            Unary::Tanh => "tanh",
+            Unary::Relu => "relu",
         }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::activation_cuda::launch(self.name(), &[(s, l)])
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
@@ -270,9 +323,24 @@ struct Backward(Unary);
 impl CustomOp2 for Backward {
     fn name(&self) -> &'static str {
         match self.0 {
-            Unary::Tanh => "tanh-cpu-backward",
-            Unary::Relu => "relu-cpu-backward",
+            Unary::Tanh => "tanh-backward",
+            Unary::Relu => "relu-backward",
         }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        ys: &candle_core::CudaStorage,
+        yl: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let kernel = match self.0 {
+            Unary::Tanh => "tanh_bwd",
+            Unary::Relu => "relu_bwd",
+        };
+        crate::activation_cuda::launch(kernel, &[(ys, yl), (gs, gl)])
     }
 
     fn cpu_fwd(

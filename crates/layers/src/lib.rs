@@ -19,6 +19,8 @@
 //! - [`Network`], the surface every model exposes.
 
 mod activation;
+#[cfg(feature = "cuda")]
+mod activation_cuda;
 mod adaptive;
 pub mod autocast;
 #[cfg(target_arch = "x86_64")]

@@ -794,3 +794,150 @@ fn channels_last_block_matches_the_contiguous_one() -> Result<()> {
     }
     Ok(())
 }
+
+/// ReLU, Tanh and the residual join `relu(a + b)` on CUDA (one kernel each way with the `cuda`
+/// feature) against the CPU's, forward and backward: ReLU and the join bit for bit in float32
+/// and in bf16 (the CPU's float32 result of the bf16 values, rounded to bf16), Tanh within
+/// 1e-5 of the scale in float32 (both within 2 ulp of tanh) and 7e-2 in bf16 (its gradient
+/// reads the output rounded to bf16, the CPU's the float32 one); PyTorch's rules at the edges (the gradient is zero
+/// where the output is 0, passed where it is NaN; NaN stays NaN); channels-last inputs give
+/// channels-last outputs with the same values.
+#[test]
+fn activations_match_the_cpu() -> Result<()> {
+    use candle_core::DType;
+    let Some(gpu) = gpu() else { return Ok(()) };
+    let shape = (4, 6, 5, 7);
+    let len = 4 * 6 * 5 * 7;
+    // Values with exact zeros, ties of the join at zero, a NaN and both infinities.
+    let special = |i: usize| match i % 61 {
+        0 => 0.0,
+        1 => f32::NAN,
+        2 => f32::INFINITY,
+        3 => f32::NEG_INFINITY,
+        4 => -0.0,
+        _ => ((i * 37) % 101) as f32 / 17.0 - 3.0,
+    };
+    let a = Tensor::from_vec(
+        (0..len).map(special).collect::<Vec<f32>>(),
+        shape,
+        &Device::Cpu,
+    )?;
+    let b = Tensor::from_vec(
+        (0..len)
+            .map(|i| match i % 61 {
+                // a + b = 0 exactly.
+                5 => -special(5),
+                _ => ((i * 53) % 89) as f32 / 13.0 - 3.5,
+            })
+            .collect::<Vec<f32>>(),
+        shape,
+        &Device::Cpu,
+    )?;
+    let up = Tensor::from_vec(
+        (0..len)
+            .map(|i| ((i * 29) % 11) as f32 - 5.0)
+            .collect::<Vec<f32>>(),
+        shape,
+        &Device::Cpu,
+    )?;
+    type Op = fn(&Tensor, &Tensor) -> Result<Tensor>;
+    let ops: [(&str, Op, f64); 3] = [
+        ("relu", |a, _| layers::relu(a), 0.0),
+        ("add_relu", |a, b| layers::add_relu(a, b), 0.0),
+        ("tanh", |a, _| layers::tanh(a), 1e-5),
+    ];
+    let bits = |t: &Tensor| -> Result<Vec<u32>> {
+        Ok(t.to_device(&Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|v| v.to_bits())
+            .collect())
+    };
+    for (name, op, tol) in ops {
+        for dtype in [DType::F32, DType::BF16] {
+            for format in [MemoryFormat::Contiguous, MemoryFormat::ChannelsLast] {
+                let run = |dev: &Device| -> Result<[Tensor; 4]> {
+                    let to = |t: &Tensor| -> Result<Tensor> {
+                        format.apply(&t.to_dtype(dtype)?.to_device(dev)?)
+                    };
+                    let (va, vb) = (Var::from_tensor(&to(&a)?)?, Var::from_tensor(&to(&b)?)?);
+                    // The CPU computes bf16 values in float32 (its kernels are float32's).
+                    let (xa, xb) = match dev.is_cpu() {
+                        true => (va.to_dtype(DType::F32)?, vb.to_dtype(DType::F32)?),
+                        false => (va.as_tensor().clone(), vb.as_tensor().clone()),
+                    };
+                    let y = op(&xa, &xb)?;
+                    let g = to(&up)?.to_dtype(y.dtype())?;
+                    let grads = (&y * &g)?.sum_all()?.backward()?;
+                    let gb = match grads.get(&vb) {
+                        Some(gb) => gb.clone(),
+                        None => vb.zeros_like()?,
+                    };
+                    let ga = grads.get(&va).expect("a gradient").clone();
+                    let yd = y.to_dtype(dtype)?;
+                    Ok([yd, ga.to_dtype(dtype)?, gb.to_dtype(dtype)?, y])
+                };
+                let cpu = run(&Device::Cpu)?;
+                let cuda = run(&gpu)?;
+                if format == MemoryFormat::ChannelsLast {
+                    assert!(
+                        is_channels_last(&cuda[3]),
+                        "{name} {dtype:?}: {:?}",
+                        cuda[3].stride()
+                    );
+                }
+                assert_eq!(cuda[3].dtype(), dtype, "{name}: output dtype");
+                for (what, (c, g)) in ["output", "gradient of a", "gradient of b"]
+                    .iter()
+                    .zip(cpu.iter().zip(&cuda))
+                {
+                    let (c, g) = (bits(c)?, bits(g)?);
+                    let step = match dtype {
+                        DType::BF16 => 7e-2,
+                        _ => tol,
+                    };
+                    let mut worst = 0f64;
+                    for (i, (&c, &g)) in c.iter().zip(&g).enumerate() {
+                        let (cf, gf) = (f32::from_bits(c), f32::from_bits(g));
+                        if cf.is_nan() || gf.is_nan() {
+                            assert!(
+                                cf.is_nan() && gf.is_nan(),
+                                "{name} {dtype:?} {format} {what} [{i}]: {cf} against {gf}"
+                            );
+                            continue;
+                        }
+                        if name != "tanh" {
+                            assert_eq!(
+                                c, g,
+                                "{name} {dtype:?} {format} {what} [{i}]: {cf} against {gf}"
+                            );
+                            continue;
+                        }
+                        let e = ((cf - gf).abs() / cf.abs().max(1.0)) as f64;
+                        worst = worst.max(e);
+                        assert!(
+                            e <= step,
+                            "{name} {dtype:?} {format} {what} [{i}]: {cf} against {gf}"
+                        );
+                    }
+                    println!("activation {name} {dtype:?} {format}: {what} within {worst:.1e} of the CPU");
+                }
+            }
+        }
+    }
+    // PyTorch's rules, read from the CUDA results: zero gradient where relu's output is 0.
+    let x = Tensor::new(&[-1f32, 0.0, 2.0, f32::NAN], &gpu)?;
+    let v = Var::from_tensor(&x)?;
+    let y = layers::relu(v.as_tensor())?;
+    let grads = (y.clone() * Tensor::new(&[3f32, 3.0, 3.0, 3.0], &gpu)?)?
+        .sum_all()?
+        .backward()?;
+    let g = grads.get(&v).expect("gradient").to_vec1::<f32>()?;
+    let y = y.to_vec1::<f32>()?;
+    assert_eq!(&y[..3], &[0.0, 0.0, 2.0]);
+    assert!(y[3].is_nan(), "relu keeps NaN");
+    assert_eq!(&g[..3], &[0.0, 0.0, 3.0], "threshold_backward");
+    Ok(())
+}

@@ -377,7 +377,11 @@ impl CustomOp3 for Forward {
         };
         // The output gradient in the input's dtype, as cuDNN takes it.
         let grad = grad.to_dtype(self.dtype)?;
+        // The ReLU's gradient in one kernel where there is one (PyTorch's `threshold_backward`).
         let grad = match self.relu {
+            true if crate::activation::takes_relu_backward(ys) => {
+                crate::activation::relu_backward(ys, &grad)?
+            }
             true => (&grad * ys.gt(0.0)?.to_dtype(self.dtype)?)?,
             false => grad,
         };
