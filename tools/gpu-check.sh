@@ -7,6 +7,7 @@
 #   export CARGO_TARGET_DIR=target-cudnn
 #   cargo build --release --features cudnn -p train --bins -p train-cifar
 #   cargo test --release --features cudnn -p layers --test cuda --no-run
+#   cargo test --release --features cudnn -p train --lib --no-run
 #   (optional, the same step without cuDNN, as a baseline:
 #    CARGO_TARGET_DIR=target-cuda cargo build --release --features cuda -p train --bins)
 #   tools/gpu-check.sh pack          # xz-compressed binaries into gpu/xz (about 30-45 MB)
@@ -24,7 +25,8 @@
 # gpu_anchor.py, which `pack` copies into gpu/anchor when ../shared is beside this checkout);
 # every layer on CUDA against the CPU and an f64 reference (cuDNN convolutions forward
 # and both gradients, cuDNN batch norm, each with contiguous and channels-last inputs, and a
-# residual block channels-last against contiguous); the training step of every model, f32 and
+# residual block channels-last against contiguous; the fused activation kernels); train's
+# tally kernel against the host's counts; the training step of every model, f32 and
 # TF32 at batch 128 and bf16 at batch 512 (the table), each with the activations
 # contiguous and channels-last (`-cl`, cuDNN's NHWC kernels), with the data-pipeline
 # comparison; resnet18-cifar's step split into forward, backward and optimizer; bf16
@@ -62,8 +64,13 @@ pack)
     cuda=${CUDA_TARGET:-target-cuda}
     mkdir -p gpu/xz gpu/data/cifar10
     test_bin=$(ls -t "$cudnn"/release/deps/cuda-* | grep -v '\.d$' | head -1)
+    # train's unit tests (the tally's CUDA kernel against the host's counts runs there).
+    train_tests=$(find "$cudnn/release/deps" -maxdepth 1 -type f -executable -name 'train-*' \
+        -printf '%T@ %p\n' | sort -rn | head -1 | cut -d' ' -f2)
+    [ -n "$train_tests" ] ||
+        { echo "no train unit-test binary: cargo test --release --features cudnn -p train --lib --no-run" >&2; exit 1; }
     pairs=("$cudnn/release/bench-step:bench-step" "$cudnn/release/train-cifar:train-cifar"
-        "$test_bin:layers-cuda-test")
+        "$test_bin:layers-cuda-test" "$train_tests:train-unit-test")
     for bin in bench-step train-cifar; do
         nm -D --undefined-only "$cudnn/release/$bin" | grep -q ' cudnn' ||
             { echo "$cudnn/release/$bin does not link cuDNN: build it with --features cudnn" >&2; exit 1; }
@@ -142,6 +149,8 @@ for f in pathlib.Path('gpu/xz').glob('*.xz'):
         echo "== layers on CUDA against the CPU and an f64 reference (cuDNN)" | tee -a "$log"
         LAYERS_CUDNN_LOG=1 timeout "$(budget 200)" gpu/bin/layers-cuda-test --nocapture --test-threads 1 2>&1 |
             tee -a "$log"
+        echo "== train's tally (one kernel a batch on CUDA) and optimizers against the host" | tee -a "$log"
+        timeout "$(budget 30)" gpu/bin/train-unit-test tally optim --test-threads 1 2>&1 | tee -a "$log"
     fi
     if want table; then
         echo "== training step: bf16 at b512, f32 and TF32 at b128 (-cl: channels_last), the data pipeline" | tee -a "$log"

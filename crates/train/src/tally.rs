@@ -11,6 +11,10 @@
 //! row is NaN); a top-5 hit is a sample with fewer than five logits strictly above its
 //! label's; counts are integers; and each batch's mean loss travels to the host as the f64
 //! value of the loss tensor, where the loss sum is formed in the order of the batches.
+//!
+//! On CUDA (`cuda` feature, float32 logits) the predictions, confusion cells and top-5 hits of
+//! a batch are one kernel launch (`tally/cuda.rs`) instead of about 25 small operations; the
+//! tests compare both paths with the host computation.
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
@@ -39,11 +43,9 @@ pub struct Tally {
     k: usize,
     device: Device,
     constants: Constants,
-    /// `(k * k + 1,)` u32: confusion counts (true class major) since the last read; the last
-    /// slot counts labels that are no class.
+    /// `(k * k + 2,)` u32, since the last read: confusion counts (true class major), then
+    /// the labels that are no class, then the top-5 hits.
     counts: Tensor,
-    /// `()` u32: top-5 hits since the last read.
-    top5: Tensor,
     /// Each batch's mean loss, f64, in order.
     losses: Log,
     /// Each sample's predicted class, u32, in order.
@@ -171,8 +173,7 @@ impl Tally {
             k,
             device: device.clone(),
             constants: Constants::new(k, device)?,
-            counts: Tensor::zeros(k * k + 1, DType::U32, device)?,
-            top5: Tensor::zeros((), DType::U32, device)?,
+            counts: Tensor::zeros(k * k + 2, DType::U32, device)?,
             losses: Log::new(batches, DType::F64, device)?,
             predicted: Log::new(samples, DType::U32, device)?,
             sizes: Vec::with_capacity(batches),
@@ -213,9 +214,16 @@ impl Tally {
             .push(&loss.detach().to_dtype(DType::F64)?.reshape(1)?)?;
         self.sizes.push(n);
         self.indices.extend_from_slice(indices);
-        let c = &mut self.constants;
         let x = logits.detach().to_dtype(DType::F32)?;
         let labels = labels.to_dtype(DType::U32)?;
+        #[cfg(feature = "cuda")]
+        if cuda::takes(&x) {
+            let (counts, predicted) = cuda::add(&x, &labels, &self.counts)?;
+            self.counts = counts;
+            self.predicted.push(&predicted)?;
+            return Ok(());
+        }
+        let c = &mut self.constants;
         // The first maximal logit, NaN ignored: every maximal position scores `k - i`, every
         // other 0 (0.5 at class 0, which wins a row of NaN), so each row's top score is unique
         // and any device's argmax finds it.
@@ -235,16 +243,20 @@ impl Tally {
             .to_dtype(DType::U32)?
             .sum_keepdim(1)?;
         let hits = above.broadcast_lt(&c.five.unsqueeze(0)?)?;
-        self.top5 = (&self.top5 + hits.to_dtype(DType::U32)?.sum_all()?)?;
         // The confusion cell `label * k + predicted`; a label that is no class counts in the
-        // extra slot `k * k`.
+        // extra slot `k * k`; the hits count in the slot after it.
         let cells = labels
             .broadcast_minimum(&c.k)?
             .affine(k as f64, 0.0)?
             .add(&predicted)?
             .broadcast_minimum(&c.overflow)?;
         let ones = c.ones(n)?;
-        self.counts = self.counts.index_add(&cells, &ones, 0)?;
+        let hit_slots = ones.affine(0.0, (k * k + 1) as f64)?;
+        self.counts = self.counts.index_add(
+            &Tensor::cat(&[&cells, &hit_slots], 0)?,
+            &Tensor::cat(&[&ones, &hits.flatten_all()?.to_dtype(DType::U32)?], 0)?,
+            0,
+        )?;
         self.predicted.push(&predicted)?;
         Ok(())
     }
@@ -260,12 +272,11 @@ impl Tally {
         let losses = self.losses.since(from)?.to_vec1::<f64>()?;
         let counts = std::mem::replace(
             &mut self.counts,
-            Tensor::zeros(self.k * self.k + 1, DType::U32, &self.device)?,
+            Tensor::zeros(self.k * self.k + 2, DType::U32, &self.device)?,
         )
         .to_vec1::<u32>()?;
-        let top5 = std::mem::replace(&mut self.top5, Tensor::zeros((), DType::U32, &self.device)?)
-            .to_scalar::<u32>()?;
         let (confusion, stray) = counts.split_at(self.k * self.k);
+        let top5 = stray[1];
         if stray[0] > 0 {
             bail!(
                 "{} samples with a label that is no class of a {}-class task",
@@ -309,5 +320,7 @@ impl Tally {
     }
 }
 
+#[cfg(feature = "cuda")]
+mod cuda;
 #[cfg(test)]
 mod tests;

@@ -245,7 +245,6 @@ fn a_tally_never_holds_an_empty_device_tensor() -> Result<()> {
         let c = &t.constants;
         for (name, x) in [
             ("counts", &t.counts),
-            ("top5", &t.top5),
             ("losses", &t.losses.data),
             ("predicted", &t.predicted.data),
             ("minus_infinity", &c.minus_infinity),

@@ -1,0 +1,52 @@
+//! For build scripts of crates with CUDA kernels of their own (`layers`, `train`, under their
+//! `cuda` feature): [`compile`] turns one `.cu` file into PTX in `$OUT_DIR`, which the crate
+//! then includes with `include_str!(concat!(env!("OUT_DIR"), "/NAME.ptx"))` and loads with
+//! Candle's `CudaDevice::get_or_load_custom_func`.
+//!
+//! nvcc is `$NVCC`, else `$CUDA_HOME/bin/nvcc`, else `nvcc` on the `PATH` (where candle-kernels
+//! finds it); the target is `compute_$CUDA_COMPUTE_CAP` (default 75, which every GPU from
+//! Turing on runs: the driver compiles the PTX for the GPU it finds).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Compiles `src` (a path relative to the crate's manifest directory, ending in `.cu`) to
+/// `$OUT_DIR/<file stem>.ptx`, and tells Cargo to rerun when it or the variables above change.
+///
+/// # Panics
+/// When nvcc cannot be run or fails: a build script's way to stop the build with a message.
+pub fn compile(src: &str) {
+    for var in ["NVCC", "CUDA_HOME", "CUDA_COMPUTE_CAP"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    println!("cargo:rerun-if-changed={src}");
+    let nvcc = std::env::var_os("NVCC")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("CUDA_HOME")
+                .map(|home| PathBuf::from(home).join("bin/nvcc"))
+                .filter(|p| p.exists())
+        })
+        .unwrap_or_else(|| PathBuf::from("nvcc"));
+    let cap: String = std::env::var("CUDA_COMPUTE_CAP")
+        .unwrap_or_else(|_| "75".into())
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("Cargo sets OUT_DIR"));
+    let stem = std::path::Path::new(src)
+        .file_stem()
+        .unwrap_or_else(|| panic!("{src}: not a file name"));
+    let ptx = out_dir.join(stem).with_extension("ptx");
+    let status = Command::new(&nvcc)
+        .args(["--ptx", "-O3", &format!("-arch=compute_{cap}"), "-o"])
+        .arg(&ptx)
+        .arg(src)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {} for {src}: {e}", nvcc.display()));
+    assert!(
+        status.success(),
+        "{} failed on {src} ({status})",
+        nvcc.display()
+    );
+}
