@@ -1,7 +1,9 @@
-//! With feature `cuda`: compiles `src/cuda/tally.cu` to PTX in `$OUT_DIR` (`ptx-build`), where
-//! `tally/cuda.rs` includes it.
+//! With feature `cuda`: compiles `src/cuda/tally.cu` and `src/cuda/sgd.cu` to PTX in
+//! `$OUT_DIR` (`ptx-build`), where `tally/cuda.rs` and `optim/cuda.rs` include them.
 
 fn main() {
     #[cfg(feature = "cuda")]
-    ptx_build::compile("src/cuda/tally.cu");
+    for src in ["src/cuda/tally.cu", "src/cuda/sgd.cu"] {
+        ptx_build::compile(src);
+    }
 }

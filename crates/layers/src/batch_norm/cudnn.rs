@@ -28,11 +28,12 @@ use candle_core::cuda::cudarc::cudnn::sys;
 use candle_core::cuda::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use candle_core::op::{BackpropOp, Relu};
 use candle_core::{
-    CpuStorage, CudaStorage, CustomOp3, DType, InplaceOp1, Layout, Result, Shape, Storage, Tensor,
+    CpuStorage, CudaStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,
 };
 
 use super::BatchNorm;
 use crate::cudnn::{check, data_type, f32_write_ptr, read_ptr, with_state, Buffer, TensorDesc};
+use crate::in_place::in_place_cuda;
 
 /// The smallest epsilon cuDNN's batch norm has always accepted (`CUDNN_BN_MIN_EPSILON` was
 /// 1e-5 before cuDNN 7.5); smaller ones take the portable path.
@@ -193,28 +194,6 @@ struct Saved {
     invstd: CudaSlice<f32>,
 }
 
-/// Runs a closure on a tensor's storage in place: how the forward gets write access to the
-/// running statistics, which cuDNN updates in the same call that normalises.
-struct InPlace<F>(RefCell<F>);
-
-impl<F: FnMut(&mut CudaStorage, &Layout) -> Result<()>> InplaceOp1 for InPlace<F> {
-    fn name(&self) -> &'static str {
-        "cudnn-batch-norm-running-stats"
-    }
-
-    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout) -> Result<()> {
-        candle_core::bail!("{} runs on CUDA tensors only", self.name())
-    }
-
-    fn cuda_fwd(&self, storage: &mut CudaStorage, layout: &Layout) -> Result<()> {
-        let mut f = self
-            .0
-            .try_borrow_mut()
-            .map_err(|_| candle_core::Error::Msg(format!("{}: re-entered", self.name())))?;
-        f(storage, layout)
-    }
-}
-
 /// (x, weight, bias) -> y, with the running statistics updated on the way.
 struct Forward {
     running_mean: Tensor,
@@ -343,17 +322,16 @@ impl CustomOp3 for Forward {
         }
         let mut ys = None;
         // Write access to both running statistics, one inside the other, for the one call.
-        self.running_var.inplace_op1(&InPlace(RefCell::new(
-            |var: &mut CudaStorage, vl: &Layout| {
-                self.running_mean.inplace_op1(&InPlace(RefCell::new(
-                    |mean: &mut CudaStorage, ml: &Layout| {
-                        let (mean, var) = ((&mut *mean, ml), (&mut *var, vl));
-                        ys = Some(self.launch((x, xl), (w, wl), (b, bl), mean, var)?);
-                        Ok(())
-                    },
-                )))
-            },
-        )))?;
+        // (How the forward gets write access to the running statistics, which cuDNN updates in
+        // the same call that normalises.)
+        const NAME: &str = "cudnn-batch-norm-running-stats";
+        in_place_cuda(&self.running_var, NAME, |var, vl| {
+            in_place_cuda(&self.running_mean, NAME, |mean, ml| {
+                let (mean, var) = ((&mut *mean, ml), (&mut *var, vl));
+                ys = Some(self.launch((x, xl), (w, wl), (b, bl), mean, var)?);
+                Ok(())
+            })
+        })?;
         let Some(ys) = ys else {
             candle_core::bail!("cudnn batch-norm: the forward did not run")
         };

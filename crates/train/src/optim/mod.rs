@@ -10,6 +10,8 @@
 //! same bits.
 
 mod adam;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod flat;
 mod fused;
 mod sgd;

@@ -143,8 +143,7 @@ impl Sgd {
         let mut cached = std::mem::take(&mut self.flat);
         for (key, members) in flat::partition(keyed) {
             let vars: Vec<&Var> = members.iter().map(|&i| &self.params[i].var).collect();
-            let grad = flat::gather(members.iter().filter_map(|&i| grad_of[i]))?;
-            let param = flat::gather(vars.iter().map(|v| v.as_tensor()))?;
+            let grads: Vec<&Tensor> = members.iter().filter_map(|&i| grad_of[i]).collect();
             let buf = match (key.state, cached.take(&members)) {
                 (false, _) => None,
                 (true, Some(mut bufs)) => bufs.pop(),
@@ -154,8 +153,18 @@ impl Sgd {
                         .filter_map(|&i| self.params[i].momentum_buffer.as_ref()),
                 )?),
             };
-            let (param, buf) = update(&self.config, &param, &grad, buf)?;
-            flat::scatter(&param, vars.iter().copied())?;
+            let buf = match cuda_takes(&vars, &grads) {
+                // One launch a step for every 64 tensors, in place (`optim/cuda.rs`).
+                #[cfg(feature = "cuda")]
+                true => super::cuda::sgd_step(&self.config, &vars, &grads, buf.as_ref())?,
+                _ => {
+                    let grad = flat::gather(grads.iter().copied())?;
+                    let param = flat::gather(vars.iter().map(|v| v.as_tensor()))?;
+                    let (param, buf) = update(&self.config, &param, &grad, buf)?;
+                    flat::scatter(&param, vars.iter().copied())?;
+                    buf
+                }
+            };
             if let Some(buf) = buf {
                 let views = flat::views(&buf, vars.iter().copied())?;
                 for (&i, view) in members.iter().zip(views) {
@@ -225,6 +234,17 @@ impl Optimizer for Sgd {
             };
         }
         Ok(())
+    }
+}
+
+/// Whether the flat step of these parameters and gradients runs as CUDA's one-launch kernel.
+fn cuda_takes(vars: &[&Var], grads: &[&Tensor]) -> bool {
+    #[cfg(feature = "cuda")]
+    return super::cuda::takes(vars, grads);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (vars, grads);
+        false
     }
 }
 
