@@ -808,7 +808,8 @@ fn activations_match_the_cpu() -> Result<()> {
     let Some(gpu) = gpu() else { return Ok(()) };
     let shape = (4, 6, 5, 7);
     let len = 4 * 6 * 5 * 7;
-    // Values with exact zeros, ties of the join at zero, a NaN and both infinities.
+    // Values with exact zeros, a join whose sum is exactly zero (i = 5), a NaN and both
+    // infinities.
     let special = |i: usize| match i % 61 {
         0 => 0.0,
         1 => f32::NAN,
@@ -859,17 +860,20 @@ fn activations_match_the_cpu() -> Result<()> {
         for dtype in [DType::F32, DType::BF16] {
             for format in [MemoryFormat::Contiguous, MemoryFormat::ChannelsLast] {
                 let run = |dev: &Device| -> Result<[Tensor; 4]> {
-                    let to = |t: &Tensor| -> Result<Tensor> {
-                        format.apply(&t.to_dtype(dtype)?.to_device(dev)?)
-                    };
-                    let (va, vb) = (Var::from_tensor(&to(&a)?)?, Var::from_tensor(&to(&b)?)?);
+                    let plain = |t: &Tensor| t.to_dtype(dtype)?.to_device(dev);
+                    // (A variable is a contiguous copy: the format is applied to its tensor.)
+                    let (va, vb) = (
+                        Var::from_tensor(&plain(&a)?)?,
+                        Var::from_tensor(&plain(&b)?)?,
+                    );
+                    let (la, lb) = (format.apply(va.as_tensor())?, format.apply(vb.as_tensor())?);
                     // The CPU computes bf16 values in float32 (its kernels are float32's).
                     let (xa, xb) = match dev.is_cpu() {
-                        true => (va.to_dtype(DType::F32)?, vb.to_dtype(DType::F32)?),
-                        false => (va.as_tensor().clone(), vb.as_tensor().clone()),
+                        true => (la.to_dtype(DType::F32)?, lb.to_dtype(DType::F32)?),
+                        false => (la, lb),
                     };
                     let y = op(&xa, &xb)?;
-                    let g = to(&up)?.to_dtype(y.dtype())?;
+                    let g = format.apply(&plain(&up)?)?.to_dtype(y.dtype())?;
                     let grads = (&y * &g)?.sum_all()?.backward()?;
                     let gb = match grads.get(&vb) {
                         Some(gb) => gb.clone(),
@@ -938,6 +942,10 @@ fn activations_match_the_cpu() -> Result<()> {
     let y = y.to_vec1::<f32>()?;
     assert_eq!(&y[..3], &[0.0, 0.0, 2.0]);
     assert!(y[3].is_nan(), "relu keeps NaN");
-    assert_eq!(&g[..3], &[0.0, 0.0, 3.0], "threshold_backward");
+    assert_eq!(
+        g,
+        [0.0, 0.0, 3.0, 3.0],
+        "threshold_backward: passed where the output is NaN"
+    );
     Ok(())
 }

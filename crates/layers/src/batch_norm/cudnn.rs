@@ -335,9 +335,18 @@ impl CustomOp3 for Forward {
         let Some(ys) = ys else {
             candle_core::bail!("cudnn batch-norm: the forward did not run")
         };
-        let ys = match self.relu {
-            true => ys.unary_impl::<Relu>(&Layout::contiguous(shape.clone()))?,
-            false => ys,
+        // The ReLU as `layers::relu` runs it (NaN stays NaN, as torch.relu), in place of
+        // Candle's (whose float32 `fmaxf` makes NaN 0) where a kernel of ours takes the dtype.
+        let ys = match (self.relu, self.dtype) {
+            (true, DType::F32 | DType::BF16) => {
+                crate::activation_cuda::launch(
+                    "relu",
+                    &[(&ys, &Layout::contiguous(shape.clone()))],
+                )?
+                .0
+            }
+            (true, _) => ys.unary_impl::<Relu>(&Layout::contiguous(shape.clone()))?,
+            (false, _) => ys,
         };
         Ok((ys, shape))
     }

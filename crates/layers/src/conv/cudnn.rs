@@ -16,6 +16,10 @@
 //! as PyTorch's `channels_last` convolutions: the input, output and both of their gradients
 //! stay (N, H, W, C) in memory, and the kernel is handed to cuDNN as (O, KH, KW, C / groups)
 //! (a copy of the weight each call, and one of its gradient back to (O, C / groups, KH, KW)).
+//! Where cuDNN has no NHWC algorithm for a direction (or refuses the search), that direction
+//! copies its operands to NCHW, runs the NCHW kernels and copies the result back
+//! ([`cudnn_nhwc_kernels`] forces this everywhere); it says so once per convolution, thread
+//! and device.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -207,6 +211,14 @@ struct Chosen<A> {
 /// repeated).
 type Choice<A> = std::result::Result<A, String>;
 
+/// Why a search found no algorithm, and whether another call may find one: the search had
+/// less scratch memory than it asked for, or a candidate could not allocate. Such a refusal
+/// is not kept.
+struct Refusal {
+    why: String,
+    transient: bool,
+}
+
 /// Everything kept for one [`Conv`].
 struct Plan {
     x: TensorDesc,
@@ -296,33 +308,46 @@ struct Search<'a, A, P> {
 impl<A: Copy + std::fmt::Debug, P: Copy> Search<'_, A, P> {
     /// Times the candidates with as much scratch as the hungriest one asks for (within
     /// [`search_scratch`]'s limits) and keeps the fastest that succeeded and keeps the
-    /// precision (cuDNN lists them fastest first), its math type set on `desc`; `Ok(Err(why))`
-    /// when none did.
+    /// precision (cuDNN lists them fastest first), its math type set on `desc`; `Ok(Err(_))`
+    /// when none did (or, for NHWC, when the search itself was refused).
     fn choose(
         &self,
         conv: &Conv,
         desc: ConvDesc,
         device: &CudaDevice,
         stream: &CudaStream,
-    ) -> Result<Choice<Chosen<A>>> {
+    ) -> Result<std::result::Result<Chosen<A>, Refusal>> {
         let success = sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS;
+        let alloc_failed = sys::cudnnStatus_t::CUDNN_STATUS_ALLOC_FAILED;
         let wanted = self.algos.iter().filter_map(|&a| {
             let mut bytes = 0;
             ((self.size)(a, &mut bytes) == success).then_some(bytes)
         });
-        let mut scratch = search_scratch(device, wanted.max().unwrap_or(0));
+        let wanted = wanted.max().unwrap_or(0);
+        let mut scratch = search_scratch(device, wanted);
+        let mut transient =
+            scratch.as_ref().map_or(0, |s| s.len()) < wanted.min(MAX_SEARCH_WORKSPACE);
         let (ws, ws_len, _guard) = scratch_ptr(&mut scratch, stream);
         // SAFETY: `P` is one of cuDNN's perf-result structs, plain data whose all-zero value
         // is valid (every enum field has a variant 0).
         let mut results: Vec<P> = vec![unsafe { std::mem::zeroed() }; self.algos.len()];
         let mut count = 0;
-        check(
-            (self.find)(&mut results, &mut count, ws, ws_len),
-            &format!("{} algorithm search", self.what),
-        )?;
+        let found = (self.find)(&mut results, &mut count, ws, ws_len);
+        if found != success && conv.nhwc {
+            // cuDNN refused the whole NHWC search: the NCHW kernels stand in.
+            return Ok(Err(Refusal {
+                why: format!(
+                    "cuDNN's {} algorithm search for {:?} input {:?} held channels-last (NHWC), kernel {:?}, padding/stride/dilation/groups {:?} failed: {found:?}",
+                    self.what, conv.dtype, conv.x, conv.w, conv.params
+                ),
+                transient: transient || found == alloc_failed,
+            }));
+        }
+        check(found, &format!("{} algorithm search", self.what))?;
         let count = count.clamp(0, results.len() as i32) as usize;
         let mut tried = Vec::new();
         for (algo, status, ms, memory, math) in results[..count].iter().map(self.timing) {
+            transient |= status == alloc_failed;
             if status != success || !conv.allows(math) {
                 tried.push(format!("{algo:?}: {status:?} {math:?}"));
                 continue;
@@ -355,11 +380,12 @@ impl<A: Copy + std::fmt::Debug, P: Copy> Search<'_, A, P> {
             conv.params,
             tried.join(", ")
         );
-        if conv.nhwc {
-            // Once per convolution and direction: the refusal is kept in its plan.
+        if conv.nhwc && !transient {
+            // Once per convolution and direction (on each thread and device): the refusal is
+            // kept in its plan.
             eprintln!("{why}; it runs cuDNN's NCHW kernels on NCHW copies instead");
         }
-        Ok(Err(why))
+        Ok(Err(Refusal { why, transient }))
     }
 }
 
@@ -379,7 +405,7 @@ impl Plan {
         device: &CudaDevice,
         stream: &CudaStream,
         p: &Ptrs,
-    ) -> Result<&Choice<Chosen<FwdAlgo>>> {
+    ) -> Result<Choice<&Chosen<FwdAlgo>>> {
         if self.forward.is_none() {
             let desc = ConvDesc::new(conv.params, FLOAT, conv.math())?;
             let (h, x, w, y, d, p) = (h.0, self.x.0, self.w.0, self.y.0, desc.0, p);
@@ -413,11 +439,17 @@ impl Plan {
                 find: &find,
                 timing: |r| (r.algo, r.status, r.time, r.memory, r.mathType),
             };
-            self.forward = Some(search.choose(conv, desc, device, stream)?);
+            match search.choose(conv, desc, device, stream)? {
+                Ok(chosen) => self.forward = Some(Ok(chosen)),
+                Err(r) if r.transient => return Ok(Err(r.why)),
+                Err(r) => self.forward = Some(Err(r.why)),
+            }
         }
-        self.forward
-            .as_ref()
-            .ok_or_else(|| candle_core::Error::Msg("cuDNN: no forward search".into()))
+        match &self.forward {
+            Some(Ok(chosen)) => Ok(Ok(chosen)),
+            Some(Err(why)) => Ok(Err(why.clone())),
+            None => candle_core::bail!("cuDNN: no forward search"),
+        }
     }
 
     /// The input gradient's algorithm, chosen on the first call (dx from w = `p.a` and
@@ -429,7 +461,7 @@ impl Plan {
         device: &CudaDevice,
         stream: &CudaStream,
         p: &Ptrs,
-    ) -> Result<&Choice<Chosen<DataAlgo>>> {
+    ) -> Result<Choice<&Chosen<DataAlgo>>> {
         if self.data.is_none() {
             let desc = ConvDesc::new(conv.params, FLOAT, conv.math())?;
             let (h, x, w, y, d, p) = (h.0, self.x.0, self.w.0, self.y.0, desc.0, p);
@@ -464,11 +496,17 @@ impl Plan {
                 find: &find,
                 timing: |r| (r.algo, r.status, r.time, r.memory, r.mathType),
             };
-            self.data = Some(search.choose(conv, desc, device, stream)?);
+            match search.choose(conv, desc, device, stream)? {
+                Ok(chosen) => self.data = Some(Ok(chosen)),
+                Err(r) if r.transient => return Ok(Err(r.why)),
+                Err(r) => self.data = Some(Err(r.why)),
+            }
         }
-        self.data
-            .as_ref()
-            .ok_or_else(|| candle_core::Error::Msg("cuDNN: no input-gradient search".into()))
+        match &self.data {
+            Some(Ok(chosen)) => Ok(Ok(chosen)),
+            Some(Err(why)) => Ok(Err(why.clone())),
+            None => candle_core::bail!("cuDNN: no input-gradient search"),
+        }
     }
 
     /// The weight gradient's algorithm, chosen on the first call (dw from x = `p.a` and
@@ -480,7 +518,7 @@ impl Plan {
         device: &CudaDevice,
         stream: &CudaStream,
         p: &Ptrs,
-    ) -> Result<&Choice<Chosen<FilterAlgo>>> {
+    ) -> Result<Choice<&Chosen<FilterAlgo>>> {
         if self.filter.is_none() {
             let desc = ConvDesc::new(conv.params, FLOAT, conv.math())?;
             let (h, x, w, y, d, p) = (h.0, self.x.0, self.w.0, self.y.0, desc.0, p);
@@ -515,11 +553,17 @@ impl Plan {
                 find: &find,
                 timing: |r| (r.algo, r.status, r.time, r.memory, r.mathType),
             };
-            self.filter = Some(search.choose(conv, desc, device, stream)?);
+            match search.choose(conv, desc, device, stream)? {
+                Ok(chosen) => self.filter = Some(Ok(chosen)),
+                Err(r) if r.transient => return Ok(Err(r.why)),
+                Err(r) => self.filter = Some(Err(r.why)),
+            }
         }
-        self.filter
-            .as_ref()
-            .ok_or_else(|| candle_core::Error::Msg("cuDNN: no weight-gradient search".into()))
+        match &self.filter {
+            Some(Ok(chosen)) => Ok(Ok(chosen)),
+            Some(Err(why)) => Ok(Err(why.clone())),
+            None => candle_core::bail!("cuDNN: no weight-gradient search"),
+        }
     }
 }
 
@@ -564,12 +608,27 @@ fn run(
         return run_held(conv, direction, (a, al), (b, bl), out_dims)?
             .map_err(candle_core::Error::Msg);
     }
-    if nhwc_kernels() {
+    if nhwc_kernels() && !refused(&a.device, conv, direction)? {
         if let Ok(done) = run_nhwc(conv, direction, (a, al), (b, bl), out_dims)? {
             return Ok(done);
         }
     }
     via_nchw(conv, direction, (a, al), (b, bl))
+}
+
+/// Whether cuDNN refused `direction` of `conv` before (kept in its plan on this thread).
+fn refused(device: &CudaDevice, conv: &Conv, direction: Direction) -> Result<bool> {
+    crate::cudnn::with_state(device, |state| {
+        Ok(state
+            .conv
+            .plans
+            .get(conv)
+            .is_some_and(|plan| match direction {
+                Direction::Forward => matches!(plan.forward, Some(Err(_))),
+                Direction::Data => matches!(plan.data, Some(Err(_))),
+                Direction::Filter => matches!(plan.filter, Some(Err(_))),
+            }))
+    })
 }
 
 /// [`run`] with cuDNN's NHWC kernels: the kernel reordered to (O, KH, KW, C / groups) for
@@ -645,8 +704,11 @@ fn via_nchw(
     let b_copy = b_held.then(|| reorder(b, bl, &TO_NCHW)).transpose()?;
     let (a, al) = a_copy.as_ref().map_or((a, al), |(s, l)| (s, l));
     let (b, bl) = b_copy.as_ref().map_or((b, bl), |(s, l)| (s, l));
-    let (out, shape) = run_held(&plain, direction, (a, al), (b, bl), out_dims)?
-        .map_err(candle_core::Error::Msg)?;
+    let (out, shape) = run_held(&plain, direction, (a, al), (b, bl), out_dims)?.map_err(|why| {
+        candle_core::Error::Msg(format!(
+            "{why} (in place of NHWC kernels, for a channels-last input)"
+        ))
+    })?;
     match direction {
         Direction::Filter => Ok((out, shape)),
         _ => {
@@ -735,7 +797,7 @@ fn run_held(
                 Direction::Forward => {
                     let c = match plan.forward(h, conv, device, stream, &p)? {
                         Ok(c) => c,
-                        Err(why) => return Ok(Err(why.clone())),
+                        Err(why) => return Ok(Err(why)),
                     };
                     let (algo, desc) = (c.algo, c.desc.0);
                     let (ws, ws_len, _gw) = workspace.get(device, stream, c.workspace)?;
@@ -752,7 +814,7 @@ fn run_held(
                 Direction::Data => {
                     let c = match plan.data(h, conv, device, stream, &p)? {
                         Ok(c) => c,
-                        Err(why) => return Ok(Err(why.clone())),
+                        Err(why) => return Ok(Err(why)),
                     };
                     let (algo, desc) = (c.algo, c.desc.0);
                     let (ws, ws_len, _gw) = workspace.get(device, stream, c.workspace)?;
@@ -769,7 +831,7 @@ fn run_held(
                 Direction::Filter => {
                     let c = match plan.filter(h, conv, device, stream, &p)? {
                         Ok(c) => c,
-                        Err(why) => return Ok(Err(why.clone())),
+                        Err(why) => return Ok(Err(why)),
                     };
                     let (algo, desc) = (c.algo, c.desc.0);
                     let (ws, ws_len, _gw) = workspace.get(device, stream, c.workspace)?;
