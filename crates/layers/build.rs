@@ -6,6 +6,7 @@
 //! where `activation_cuda.rs` includes it.
 
 fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
     #[cfg(feature = "cuda")]
     ptx_build::compile("src/cuda/activation.cu");
     #[cfg(feature = "onednn")]

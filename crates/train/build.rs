@@ -2,6 +2,7 @@
 //! `$OUT_DIR` (`ptx-build`), where `tally/cuda.rs` and `optim/cuda.rs` include them.
 
 fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
     #[cfg(feature = "cuda")]
     for src in ["src/cuda/tally.cu", "src/cuda/sgd.cu"] {
         ptx_build::compile(src);

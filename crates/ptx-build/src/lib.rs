@@ -5,7 +5,8 @@
 //!
 //! nvcc is `$NVCC`, else `$CUDA_HOME/bin/nvcc`, else `nvcc` on the `PATH` (where candle-kernels
 //! finds it); the target is `compute_$CUDA_COMPUTE_CAP` (default 75, which every GPU from
-//! Turing on runs: the driver compiles the PTX for the GPU it finds).
+//! Turing on runs: the driver compiles the PTX for the GPU it finds; the kernels here need 70
+//! or more, for `__grid_constant__`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -16,6 +17,7 @@ use std::process::Command;
 /// # Panics
 /// When nvcc cannot be run or fails: a build script's way to stop the build with a message.
 pub fn compile(src: &str) {
+    println!("cargo:rerun-if-changed=build.rs");
     for var in ["NVCC", "CUDA_HOME", "CUDA_COMPUTE_CAP"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
@@ -37,7 +39,7 @@ pub fn compile(src: &str) {
     let stem = std::path::Path::new(src)
         .file_stem()
         .unwrap_or_else(|| panic!("{src}: not a file name"));
-    let ptx = out_dir.join(stem).with_extension("ptx");
+    let ptx = out_dir.join(format!("{}.ptx", stem.to_string_lossy()));
     let status = Command::new(&nvcc)
         .args(["--ptx", "-O3", &format!("-arch=compute_{cap}"), "-o"])
         .arg(&ptx)

@@ -3,10 +3,14 @@
 //! are, the group's momentum buffer read from its flat tensor and written to a new one. The
 //! generic flat update gathers parameters and gradients (one copy each), runs 2 to 8
 //! element-wise operations and copies every parameter back: for ResNet-18's 62 tensors about
-//! 190 launches a step, here two. The kernel applies the same operations with the same
+//! 190 launches a step, here one. The kernel applies the same operations with the same
 //! roundings in the same order (Candle's `affine` is an fma with 0, its `+` one rounding), so
 //! the parameters and buffers are the per-tensor update's bit for bit; the optimizer tests
 //! compare them on every device they find.
+//!
+//! With more than 64 tensors the launches go in turn: an error in a later one (a failed
+//! launch) leaves the earlier tensors updated and the step failed, which ends the run before
+//! anything is saved.
 
 use anyhow::{bail, Result};
 use candle_core::backend::BackendStorage;
@@ -46,8 +50,10 @@ const DAMPENING: u32 = 8;
 const NESTEROV: u32 = 16;
 
 /// Whether [`sgd_step`] takes these parameters and their gradients (in order): float32,
-/// contiguous, on one CUDA device, each gradient of its parameter's shape, the parameters
-/// distinct tensors, and something to update.
+/// contiguous, on one CUDA device, each gradient of its parameter's shape, every parameter
+/// with a storage of its own (shared by no other parameter and no gradient: the step holds
+/// the gradients for reading while it takes each parameter for writing), and something to
+/// update.
 pub(super) fn takes(vars: &[&Var], grads: &[&Tensor]) -> bool {
     let Some(first) = vars.first() else {
         return false;
@@ -55,10 +61,13 @@ pub(super) fn takes(vars: &[&Var], grads: &[&Tensor]) -> bool {
     let device = first.device();
     let fits =
         |t: &Tensor| t.dtype() == DType::F32 && t.device().same_device(device) && t.is_contiguous();
-    let ids: std::collections::HashSet<_> = vars.iter().map(|v| v.as_tensor().id()).collect();
+    // A storage's identity: the address of the storage behind its lock.
+    let key = |t: &Tensor| std::ptr::from_ref(&*t.storage_and_layout().0).addr();
+    let params: std::collections::HashSet<usize> = vars.iter().map(|v| key(v)).collect();
     device.is_cuda()
         && vars.len() == grads.len()
-        && ids.len() == vars.len()
+        && params.len() == vars.len()
+        && grads.iter().all(|g| !params.contains(&key(g)))
         && vars.iter().map(|v| v.elem_count()).sum::<usize>() > 0
         && vars
             .iter()
@@ -102,9 +111,11 @@ pub(super) fn sgd_step(
         }
     }
     let stream = device.cuda_stream();
-    // SAFETY: with momentum the kernel writes all `total` values; without, it is not handed
-    // over and is dropped unread.
-    let mut new_buf = unsafe { device.alloc::<f32>(if momentum { total } else { 1 }) }?;
+    // SAFETY: the kernel writes all `total` values.
+    let mut new_buf = match momentum {
+        true => Some(unsafe { device.alloc::<f32>(total) }?),
+        false => None,
+    };
     {
         let grads_held: Vec<_> = grads.iter().map(|g| g.storage_and_layout()).collect();
         let buf_held = buf.map(|b| b.storage_and_layout());
@@ -130,8 +141,13 @@ pub(super) fn sgd_step(
             }
             None => 0,
         };
-        let (new_buf_ptr, new_buf_guard) = new_buf.device_ptr_mut(&stream);
-        let new_buf_ptr = if momentum { new_buf_ptr } else { 0 };
+        let (new_buf_ptr, new_buf_guard) = match &mut new_buf {
+            Some(b) => {
+                let (ptr, guard) = b.device_ptr_mut(&stream);
+                (ptr, Some(guard))
+            }
+            None => (0, None),
+        };
         let scalars = [
             c.weight_decay as f32,
             c.momentum as f32,
@@ -192,9 +208,9 @@ pub(super) fn sgd_step(
         drop(new_buf_guard);
         drop(guards);
     }
-    if !momentum {
+    let Some(new_buf) = new_buf else {
         return Ok(buf.cloned());
-    }
+    };
     let storage = CudaStorage::wrap_cuda_slice(new_buf, device.clone());
     Ok(Some(Tensor::from_storage(
         Storage::Cuda(storage),

@@ -1,12 +1,13 @@
 //! [`Tally::add`](super::Tally::add)'s counts on CUDA in one kernel launch
 //! (`src/cuda/tally.cu`, compiled to PTX by the build script) instead of about 25 small
-//! operations: the predictions, the confusion cells and the top-5 hits of a batch, added to
-//! the previous counts, by the same rules as the device operations of the other path.
+//! operations: the predictions, the confusion cells and the top-5 hits of a batch, added in
+//! place to the tally's counts, by the same rules as the device operations of the other path.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::WrapErr;
-use candle_core::{CpuStorage, CudaStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::op::BackpropOp;
+use candle_core::{CudaStorage, DType, Device, Result, Storage, Tensor};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/tally.ptx"));
 
@@ -15,105 +16,67 @@ pub(super) fn takes(logits: &Tensor) -> bool {
     logits.device().is_cuda() && logits.dtype() == DType::F32
 }
 
-/// The counts `prev` (`(k * k + 2,)` u32: confusion cells, the stray slot, top-5 hits) with the
-/// batch of `logits` `(N, k)` f32 and `labels` `(N,)` u32 added, and the batch's `(N,)`
-/// predicted classes.
-pub(super) fn add(logits: &Tensor, labels: &Tensor, prev: &Tensor) -> Result<(Tensor, Tensor)> {
+/// Adds the batch of `logits` `(N, k)` f32 and `labels` `(N,)` u32 to `counts` (`(k * k + 2,)`
+/// u32 of the tally's own: confusion cells, the stray slot, top-5 hits) in place, and returns
+/// the batch's `(N,)` predicted classes.
+pub(super) fn add(logits: &Tensor, labels: &Tensor, counts: &Tensor) -> Result<Tensor> {
     let (n, k) = logits.dims2()?;
-    let out = logits.contiguous()?.apply_op3_no_bwd(
-        &labels.contiguous()?,
-        &prev.contiguous()?,
-        &Batch { n, k },
-    )?;
     let slots = k * k + 2;
-    Ok((out.narrow(0, 0, slots)?, out.narrow(0, slots, n)?))
-}
-
-/// (logits, labels, previous counts) -> new counts followed by the predictions.
-struct Batch {
-    n: usize,
-    k: usize,
-}
-
-impl CustomOp3 for Batch {
-    fn name(&self) -> &'static str {
-        "tally-batch"
+    let Device::Cuda(device) = logits.device() else {
+        candle_core::bail!("tally-batch: the logits are not on a CUDA device")
+    };
+    let (logits, labels) = (logits.contiguous()?, labels.contiguous()?);
+    if labels.dims() != [n] || labels.dtype() != DType::U32 || counts.dims() != [slots] {
+        candle_core::bail!(
+            "tally-batch: labels {:?} {:?} and counts {:?} for {n} samples of {k} classes",
+            labels.dims(),
+            labels.dtype(),
+            counts.dims()
+        )
     }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        candle_core::bail!("{} runs on CUDA tensors only", self.name())
-    }
-
-    fn cuda_fwd(
-        &self,
-        x: &CudaStorage,
-        xl: &Layout,
-        y: &CudaStorage,
-        yl: &Layout,
-        p: &CudaStorage,
-        pl: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let (n, k) = (self.n, self.k);
-        let slots = k * k + 2;
-        let fits = |l: &Layout, dims: &[usize]| l.is_contiguous() && l.dims() == dims;
-        if !fits(xl, &[n, k]) || !fits(yl, &[n]) || !fits(pl, &[slots]) {
-            candle_core::bail!(
-                "{}: logits {:?}, labels {:?} and counts {:?} for {n} samples of {k} classes",
-                self.name(),
-                xl.dims(),
-                yl.dims(),
-                pl.dims()
-            )
+    let (Ok(n32), Ok(k32), Ok(_)) = (u32::try_from(n), u32::try_from(k), u32::try_from(slots))
+    else {
+        candle_core::bail!("tally-batch: {n} samples of {k} classes are too many")
+    };
+    let window = |at: usize, len: usize, total: usize| {
+        if at + len > total {
+            candle_core::bail!("tally-batch: an operand extends past its storage")
         }
-        let (Ok(n32), Ok(k32), Ok(_)) =
-            (u32::try_from(n), u32::try_from(k), u32::try_from(slots + n))
-        else {
-            candle_core::bail!("{}: {n} samples of {k} classes are too many", self.name())
-        };
-        let device = x.device().clone();
-        let window = |at: usize, len: usize, total: usize| {
-            if at + len > total {
-                candle_core::bail!("tally-batch: an operand extends past its storage")
-            }
-            Ok(at..at + len)
-        };
-        let logits = x.as_cuda_slice::<f32>()?;
-        let logits = logits.slice(window(xl.start_offset(), n * k, logits.len())?);
-        let labels = y.as_cuda_slice::<u32>()?;
-        let labels = labels.slice(window(yl.start_offset(), n, labels.len())?);
-        let prev = p.as_cuda_slice::<u32>()?;
-        let prev = prev.slice(window(pl.start_offset(), slots, prev.len())?);
-        // SAFETY: the kernel writes all `slots + n` values before anything reads them.
-        let out = unsafe { device.alloc::<u32>(slots + n)? };
-        let func = device.get_or_load_custom_func("tally_batch", "train-tally", PTX)?;
+        Ok(at..at + len)
+    };
+    let (xs, xl) = logits.storage_and_layout();
+    let (ys, yl) = labels.storage_and_layout();
+    let (Storage::Cuda(xs), Storage::Cuda(ys)) = (&*xs, &*ys) else {
+        candle_core::bail!("tally-batch: the labels are not on the logits' device")
+    };
+    let x = xs.as_cuda_slice::<f32>()?;
+    let x = x.slice(window(xl.start_offset(), n * k, x.len())?);
+    let y = ys.as_cuda_slice::<u32>()?;
+    let y = y.slice(window(yl.start_offset(), n, y.len())?);
+    // SAFETY: the kernel writes all `n` values before anything reads them (n > 0: `Tally::add`
+    // adds no empty batch).
+    let predicted = unsafe { device.alloc::<u32>(n.max(1))? };
+    let func = device.get_or_load_custom_func("tally_batch", "train-tally", PTX)?;
+    layers::in_place_cuda(counts, "tally-batch", |cs, cl| {
+        if !cl.is_contiguous() || cs.dtype() != DType::U32 {
+            candle_core::bail!("tally-batch: the counts are not a contiguous u32 tensor")
+        }
+        let c = cs.as_cuda_slice_mut::<u32>()?;
+        let range = window(cl.start_offset(), slots, c.len())?;
+        let mut c = c.slice_mut(range);
         let mut builder = func.builder();
-        builder.arg(&logits);
-        builder.arg(&labels);
-        builder.arg(&prev);
-        builder.arg(&out);
+        builder.arg(&x);
+        builder.arg(&y);
+        builder.arg(&mut c);
+        builder.arg(&predicted);
         builder.arg(&n32);
         builder.arg(&k32);
-        // One block, so that its barrier orders the copy of the previous counts before the
-        // additions.
-        let config = LaunchConfig {
-            grid_dim: (1, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: the kernel reads n * k f32 logits, n u32 labels and k * k + 2 u32 counts (all
-        // checked to lie within their storages) and writes k * k + 2 + n u32 values of `out`.
-        unsafe { builder.launch(config) }.w()?;
-        Ok((
-            CudaStorage::wrap_cuda_slice(out, device),
-            Shape::from(slots + n),
-        ))
-    }
+        // SAFETY: the kernel reads n * k f32 logits and n u32 labels, adds to k * k + 2 u32
+        // counts (all checked to lie within their storages) and writes n u32 predictions.
+        unsafe { builder.launch(LaunchConfig::for_num_elems(n32)) }.w()?;
+        Ok(())
+    })?;
+    let storage = CudaStorage::wrap_cuda_slice(predicted, device.clone());
+    Tensor::from_storage(Storage::Cuda(storage), n.max(1), BackpropOp::none(), false)
+        .narrow(0, 0, n)
 }

@@ -148,6 +148,8 @@ fn counts_equal_on(dev: &Device) -> Result<()> {
         (1, vec![4, 3]),
         (7, vec![33]),
         (100, vec![40, 40, 9]),
+        // More rows than one block of the CUDA kernel's threads.
+        (10, vec![1500, 3]),
     ] {
         for seed in 0..4 {
             let data = batches(k, &sizes, seed);
@@ -192,7 +194,14 @@ fn ties_go_to_the_first_maximal_logit_and_nan_is_skipped() -> Result<()> {
 
 #[test]
 fn a_read_names_the_first_non_finite_batch_loss() -> Result<()> {
-    let dev = Device::Cpu;
+    for dev in devices()? {
+        a_read_names_the_first_non_finite_batch_loss_on(&dev)?;
+    }
+    Ok(())
+}
+
+fn a_read_names_the_first_non_finite_batch_loss_on(dev: &Device) -> Result<()> {
+    let dev = dev.clone();
     let mut tally = Tally::new(2, &dev, 8, 8)?;
     let logits = Tensor::new(&[[1f32, 0.0]], &dev)?;
     let labels = Tensor::new(&[0u32], &dev)?;
@@ -212,7 +221,14 @@ fn a_read_names_the_first_non_finite_batch_loss() -> Result<()> {
 
 #[test]
 fn a_label_that_is_no_class_is_an_error_at_the_next_read() -> Result<()> {
-    let dev = Device::Cpu;
+    for dev in devices()? {
+        a_label_that_is_no_class_is_an_error_on(&dev)?;
+    }
+    Ok(())
+}
+
+fn a_label_that_is_no_class_is_an_error_on(dev: &Device) -> Result<()> {
+    let dev = dev.clone();
     let mut tally = Tally::new(3, &dev, 1, 1)?;
     let logits = Tensor::new(&[[1f32, 0.0, 2.0], [0.0, 1.0, 0.0]], &dev)?;
     let loss = Tensor::new(0.5f32, &dev)?;

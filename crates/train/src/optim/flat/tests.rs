@@ -213,6 +213,61 @@ fn flat_sgd_equals_the_per_tensor_update_bit_for_bit() -> Result<()> {
     Ok(())
 }
 
+/// More tensors than one launch of the CUDA step takes (64): 70 small parameters, some with
+/// exact zeros, updated flat and per tensor with weight decay and Nesterov momentum, bit for
+/// bit after every step (on every device [`devices`] finds).
+#[test]
+fn flat_sgd_of_more_tensors_than_one_launch_takes_equals_the_per_tensor_update() -> Result<()> {
+    for dev in devices()? {
+        let make = |dev: &Device| -> Result<Vec<NamedVar>> {
+            (0..70)
+                .map(|i| {
+                    let n = 1 + (i * 7) % 13;
+                    let values: Vec<f32> = (0..n)
+                        .map(|j| match (i + j) % 5 {
+                            0 => 0.0,
+                            k => (k as f32 - 2.5) * (1.0 + i as f32 / 50.0),
+                        })
+                        .collect();
+                    let t = Tensor::from_vec(values, n, dev)?;
+                    Ok((format!("q{i}"), Var::from_tensor(&t)?))
+                })
+                .collect()
+        };
+        let (a, b) = (make(&dev)?, make(&dev)?);
+        let config = SgdConfig {
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 5e-4,
+            ..SgdConfig::new(0.05)
+        };
+        let mut per_tensor = Sgd::new(a.clone(), config)?.with_update(Update::PerTensor);
+        let mut flat = Sgd::new(b.clone(), config)?.with_update(Update::Flat);
+        let loss = |params: &[NamedVar], step: usize| -> Result<Tensor> {
+            let mut total = Tensor::zeros((), candle_core::DType::F32, &dev)?;
+            for (i, (_, v)) in params.iter().enumerate() {
+                let k = 0.1 + ((i + step) % 4) as f64 * 0.3;
+                total = (total + (v.as_tensor().sqr()? * k)?.sum_all()?)?;
+            }
+            Ok(total)
+        };
+        for step in 1..=3 {
+            per_tensor.step(&loss(&a, step)?.backward()?)?;
+            flat.step(&loss(&b, step)?.backward()?)?;
+            for ((name, x), (_, y)) in a.iter().zip(&b) {
+                assert_eq!(
+                    bits(x.as_tensor())?,
+                    bits(y.as_tensor())?,
+                    "{name} after step {step} on {:?}",
+                    dev.location()
+                );
+            }
+            assert_eq!(state_bits(&per_tensor)?, state_bits(&flat)?, "step {step}");
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn flat_adam_and_adamw_equal_the_per_tensor_update_bit_for_bit() -> Result<()> {
     let makes: [Make; 4] = [
