@@ -159,27 +159,47 @@ impl Adam {
         let mut cached = std::mem::take(&mut self.flat);
         for (key, members) in flat::partition(keyed) {
             let vars: Vec<&Var> = members.iter().map(|&i| &self.params[i].var).collect();
-            let grad = flat::gather(members.iter().filter_map(|&i| grad_of[i]))?;
-            let param = flat::gather(vars.iter().map(|v| v.as_tensor()))?;
-            let (exp_avg, exp_avg_sq) = match (key.state, cached.take(&members)) {
-                (0, _) => (grad.zeros_like()?, grad.zeros_like()?),
-                (_, Some(buffers)) => (buffers[0].clone(), buffers[1].clone()),
+            let grads: Vec<&Tensor> = members.iter().filter_map(|&i| grad_of[i]).collect();
+            // The group's flat moments, `None` before its first step (zeros).
+            let moments = match (key.state, cached.take(&members)) {
+                (0, _) => None,
+                (_, Some(buffers)) => Some((buffers[0].clone(), buffers[1].clone())),
                 (_, None) => {
                     let moments = || {
                         members
                             .iter()
                             .filter_map(|&i| self.params[i].moments.as_ref())
                     };
-                    (
+                    Some((
                         flat::gather(moments().map(|m| &m.exp_avg))?,
                         flat::gather(moments().map(|m| &m.exp_avg_sq))?,
-                    )
+                    ))
                 }
             };
             let step = key.state + 1;
-            let (param, exp_avg, exp_avg_sq) =
-                tensor_step(&self.config, step, &param, &grad, &exp_avg, &exp_avg_sq)?;
-            flat::scatter(&param, vars.iter().copied())?;
+            let (exp_avg, exp_avg_sq) = match flat::one_launch(&vars, &grads) {
+                // One launch a step for every 64 tensors, in place (`optim/cuda.rs`).
+                #[cfg(feature = "cuda")]
+                true => super::cuda::adam_step(
+                    &self.config,
+                    step,
+                    &vars,
+                    &grads,
+                    moments.as_ref().map(|(a, b)| (a, b)),
+                )?,
+                _ => {
+                    let grad = flat::gather(grads.iter().copied())?;
+                    let param = flat::gather(vars.iter().map(|v| v.as_tensor()))?;
+                    let (exp_avg, exp_avg_sq) = match moments {
+                        Some(m) => m,
+                        None => (grad.zeros_like()?, grad.zeros_like()?),
+                    };
+                    let (param, exp_avg, exp_avg_sq) =
+                        tensor_step(&self.config, step, &param, &grad, &exp_avg, &exp_avg_sq)?;
+                    flat::scatter(&param, vars.iter().copied())?;
+                    (exp_avg, exp_avg_sq)
+                }
+            };
             let views = flat::views(&exp_avg, vars.iter().copied())?
                 .into_iter()
                 .zip(flat::views(&exp_avg_sq, vars.iter().copied())?);

@@ -79,6 +79,18 @@ pub(super) fn partition<K: PartialEq>(keyed: Vec<(usize, K)>) -> Vec<(K, Vec<usi
     groups
 }
 
+/// Whether the flat step of these parameters and gradients runs as CUDA's one-launch kernel
+/// (`optim/cuda.rs`): float32 CUDA tensors of storages of their own.
+pub(super) fn one_launch(vars: &[&Var], grads: &[&Tensor]) -> bool {
+    #[cfg(feature = "cuda")]
+    return super::cuda::takes(vars, grads);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (vars, grads);
+        false
+    }
+}
+
 /// `tensors` flattened and concatenated (one copy each; a single tensor is only flattened).
 pub(super) fn gather<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> Result<Tensor> {
     let flat = tensors

@@ -153,7 +153,7 @@ impl Sgd {
                         .filter_map(|&i| self.params[i].momentum_buffer.as_ref()),
                 )?),
             };
-            let buf = match cuda_takes(&vars, &grads) {
+            let buf = match flat::one_launch(&vars, &grads) {
                 // One launch a step for every 64 tensors, in place (`optim/cuda.rs`).
                 #[cfg(feature = "cuda")]
                 true => super::cuda::sgd_step(&self.config, &vars, &grads, buf.as_ref())?,
@@ -234,17 +234,6 @@ impl Optimizer for Sgd {
             };
         }
         Ok(())
-    }
-}
-
-/// Whether the flat step of these parameters and gradients runs as CUDA's one-launch kernel.
-fn cuda_takes(vars: &[&Var], grads: &[&Tensor]) -> bool {
-    #[cfg(feature = "cuda")]
-    return super::cuda::takes(vars, grads);
-    #[cfg(not(feature = "cuda"))]
-    {
-        let _ = (vars, grads);
-        false
     }
 }
 

@@ -214,12 +214,33 @@ fn flat_sgd_equals_the_per_tensor_update_bit_for_bit() -> Result<()> {
 }
 
 /// More tensors than one launch of the CUDA step takes (64): 70 small parameters, some with
-/// exact zeros, updated flat and per tensor with weight decay and Nesterov momentum, bit for
-/// bit after every step (on every device [`devices`] finds).
+/// exact zeros, updated flat and per tensor by SGD with weight decay and Nesterov momentum and
+/// by AdamW, bit for bit after every step (on every device [`devices`] finds).
 #[test]
-fn flat_sgd_of_more_tensors_than_one_launch_takes_equals_the_per_tensor_update() -> Result<()> {
-    for dev in devices()? {
-        let make = |dev: &Device| -> Result<Vec<NamedVar>> {
+fn flat_updates_of_more_tensors_than_one_launch_takes_equal_the_per_tensor_ones() -> Result<()> {
+    let makes: [Make; 2] = [
+        |p, u| {
+            let c = SgdConfig {
+                momentum: 0.9,
+                nesterov: true,
+                weight_decay: 5e-4,
+                ..SgdConfig::new(0.05)
+            };
+            Ok(Box::new(Sgd::new(p, c)?.with_update(u)))
+        },
+        |p, u| {
+            let c = AdamConfig {
+                weight_decay: 0.01,
+                ..AdamConfig::adamw(0.01)
+            };
+            Ok(Box::new(Adam::new(p, c)?.with_update(u)))
+        },
+    ];
+    for (dev, make) in devices()?
+        .into_iter()
+        .flat_map(|d| makes.map(|m| (d.clone(), m)))
+    {
+        let tensors = |dev: &Device| -> Result<Vec<NamedVar>> {
             (0..70)
                 .map(|i| {
                     let n = 1 + (i * 7) % 13;
@@ -234,15 +255,9 @@ fn flat_sgd_of_more_tensors_than_one_launch_takes_equals_the_per_tensor_update()
                 })
                 .collect()
         };
-        let (a, b) = (make(&dev)?, make(&dev)?);
-        let config = SgdConfig {
-            momentum: 0.9,
-            nesterov: true,
-            weight_decay: 5e-4,
-            ..SgdConfig::new(0.05)
-        };
-        let mut per_tensor = Sgd::new(a.clone(), config)?.with_update(Update::PerTensor);
-        let mut flat = Sgd::new(b.clone(), config)?.with_update(Update::Flat);
+        let (a, b) = (tensors(&dev)?, tensors(&dev)?);
+        let mut per_tensor = make(a.clone(), Update::PerTensor)?;
+        let mut flat = make(b.clone(), Update::Flat)?;
         let loss = |params: &[NamedVar], step: usize| -> Result<Tensor> {
             let mut total = Tensor::zeros((), candle_core::DType::F32, &dev)?;
             for (i, (_, v)) in params.iter().enumerate() {
@@ -262,7 +277,11 @@ fn flat_sgd_of_more_tensors_than_one_launch_takes_equals_the_per_tensor_update()
                     dev.location()
                 );
             }
-            assert_eq!(state_bits(&per_tensor)?, state_bits(&flat)?, "step {step}");
+            assert_eq!(
+                state_bits(per_tensor.as_ref())?,
+                state_bits(flat.as_ref())?,
+                "step {step}"
+            );
         }
     }
     Ok(())
