@@ -79,7 +79,17 @@ struct Scalars([f32; 8]);
 // SAFETY: plain data with the layout of the kernel's `struct Scalars`.
 unsafe impl DeviceRepr for Scalars {}
 
-/// `flags` with `flag` set where `on`.
+// The flags of `optim.cu`'s kernels.
+const SGD_WEIGHT_DECAY: u32 = 1;
+const SGD_MOMENTUM: u32 = 2;
+const SGD_HAS_BUFFER: u32 = 4;
+const SGD_DAMPENING: u32 = 8;
+const SGD_NESTEROV: u32 = 16;
+const ADAM_WEIGHT_DECAY: u32 = 1;
+const ADAM_DECOUPLED: u32 = 2;
+const ADAM_HAS_MOMENTS: u32 = 4;
+
+/// The flags whose condition holds.
 fn flags(bits: &[(bool, u32)]) -> u32 {
     bits.iter().filter(|(on, _)| *on).fold(0, |f, (_, b)| f | b)
 }
@@ -95,11 +105,11 @@ pub(super) fn sgd_step(
 ) -> Result<Option<Tensor>> {
     let momentum = c.momentum != 0.0;
     let bits = flags(&[
-        (c.weight_decay != 0.0, 1),
-        (momentum, 2),
-        (buf.is_some(), 4),
-        (c.dampening != 0.0, 8),
-        (c.nesterov, 16),
+        (c.weight_decay != 0.0, SGD_WEIGHT_DECAY),
+        (momentum, SGD_MOMENTUM),
+        (buf.is_some(), SGD_HAS_BUFFER),
+        (c.dampening != 0.0, SGD_DAMPENING),
+        (c.nesterov, SGD_NESTEROV),
     ]);
     let mut s = Scalars::default();
     s.0[..4].copy_from_slice(&[
@@ -127,9 +137,9 @@ pub(super) fn adam_step(
     moments: Option<(&Tensor, &Tensor)>,
 ) -> Result<(Tensor, Tensor)> {
     let bits = flags(&[
-        (c.weight_decay != 0.0, 1),
-        (c.decoupled, 2),
-        (moments.is_some(), 4),
+        (c.weight_decay != 0.0, ADAM_WEIGHT_DECAY),
+        (c.decoupled, ADAM_DECOUPLED),
+        (moments.is_some(), ADAM_HAS_MOMENTS),
     ]);
     let bias_correction1 = 1.0 - c.beta1.powf(step as f64);
     let bias_correction2 = 1.0 - c.beta2.powf(step as f64);
@@ -148,8 +158,8 @@ pub(super) fn adam_step(
         0.0,
     ]);
     let ins = [moments.map(|m| m.0), moments.map(|m| m.1)];
-    let mut outs = launch("adam_f32", vars, grads, ins, 2, s, bits)?;
-    let (Some(exp_avg_sq), Some(exp_avg)) = (outs.pop(), outs.pop()) else {
+    let outs = launch("adam_f32", vars, grads, ins, 2, s, bits)?;
+    let Ok([exp_avg, exp_avg_sq]) = <[Tensor; 2]>::try_from(outs) else {
         bail!("the CUDA Adam step gave no moments")
     };
     Ok((exp_avg, exp_avg_sq))
@@ -172,11 +182,16 @@ fn launch(
     };
     let total: usize = vars.iter().map(|v| v.elem_count()).sum();
     for t in ins.iter().flatten() {
-        if t.dims() != [total] || t.dtype() != DType::F32 || !t.is_contiguous() {
+        if t.dims() != [total]
+            || t.dtype() != DType::F32
+            || !t.is_contiguous()
+            || !t.device().same_device(vars[0].device())
+        {
             bail!(
-                "a flat optimizer state is {:?} {:?}, expected ({total},) F32",
+                "a flat optimizer state is {:?} {:?} on {:?}, expected ({total},) F32 on the parameters' device",
                 t.dims(),
-                t.dtype()
+                t.dtype(),
+                t.device().location()
             )
         }
     }

@@ -96,6 +96,21 @@ fn state_bits(opt: &dyn Optimizer) -> Result<Vec<(String, String, Vec<u8>)>> {
 
 type Make = fn(Vec<NamedVar>, Update) -> Result<Box<dyn Optimizer>>;
 
+/// On a CUDA device (in a `cuda` build), the flat step of `params` with these gradients runs
+/// as the one-launch kernel (`optim/cuda.rs`), so the comparisons above test it.
+fn assert_one_launch(params: &[NamedVar], grads: &candle_core::backprop::GradStore) {
+    let (vars, grads): (Vec<&Var>, Vec<&Tensor>) = params
+        .iter()
+        .filter_map(|(_, v)| grads.get(v.as_tensor()).map(|g| (v, g)))
+        .unzip();
+    if vars.first().is_some_and(|v| v.device().is_cuda()) && cfg!(feature = "cuda") {
+        assert!(
+            one_launch(&vars, &grads),
+            "the one-launch kernel does not take these"
+        );
+    }
+}
+
 /// Runs `steps` steps of `make` per tensor and flat, from the same parameters, and checks that
 /// parameters and state agree bit for bit after every step; the schedule moves the learning
 /// rate and momentum every step (momentum 0 in step 4). Then both states resume both ways.
@@ -122,7 +137,9 @@ fn same_both_ways_on(make: Make, steps: usize, dev: &Device) -> Result<()> {
             });
         }
         per_tensor.step(&step_loss(&a, step)?.backward()?)?;
-        flat.step(&step_loss(&b, step)?.backward()?)?;
+        let grads = step_loss(&b, step)?.backward()?;
+        assert_one_launch(&b, &grads);
+        flat.step(&grads)?;
         for ((name, x), (_, y)) in a.iter().zip(&b) {
             assert_eq!(
                 bits(x.as_tensor())?,
@@ -214,11 +231,11 @@ fn flat_sgd_equals_the_per_tensor_update_bit_for_bit() -> Result<()> {
 }
 
 /// More tensors than one launch of the CUDA step takes (64): 70 small parameters, some with
-/// exact zeros, updated flat and per tensor by SGD with weight decay and Nesterov momentum and
-/// by AdamW, bit for bit after every step (on every device [`devices`] finds).
+/// exact zeros, updated flat and per tensor by SGD with weight decay and Nesterov momentum, by
+/// AdamW and by Adam with (coupled) weight decay, bit for bit after every step (on every device [`devices`] finds).
 #[test]
 fn flat_updates_of_more_tensors_than_one_launch_takes_equal_the_per_tensor_ones() -> Result<()> {
-    let makes: [Make; 2] = [
+    let makes: [Make; 3] = [
         |p, u| {
             let c = SgdConfig {
                 momentum: 0.9,
@@ -230,8 +247,15 @@ fn flat_updates_of_more_tensors_than_one_launch_takes_equal_the_per_tensor_ones(
         },
         |p, u| {
             let c = AdamConfig {
-                weight_decay: 0.01,
+                weight_decay: 0.02,
                 ..AdamConfig::adamw(0.01)
+            };
+            Ok(Box::new(Adam::new(p, c)?.with_update(u)))
+        },
+        |p, u| {
+            let c = AdamConfig {
+                weight_decay: 0.1,
+                ..AdamConfig::adam(0.05)
             };
             Ok(Box::new(Adam::new(p, c)?.with_update(u)))
         },
@@ -268,7 +292,9 @@ fn flat_updates_of_more_tensors_than_one_launch_takes_equal_the_per_tensor_ones(
         };
         for step in 1..=3 {
             per_tensor.step(&loss(&a, step)?.backward()?)?;
-            flat.step(&loss(&b, step)?.backward()?)?;
+            let grads = loss(&b, step)?.backward()?;
+            assert_one_launch(&b, &grads);
+            flat.step(&grads)?;
             for ((name, x), (_, y)) in a.iter().zip(&b) {
                 assert_eq!(
                     bits(x.as_tensor())?,
