@@ -406,7 +406,7 @@ impl Plan {
         stream: &CudaStream,
         p: &Ptrs,
     ) -> Result<Choice<&Chosen<FwdAlgo>>> {
-        if self.forward.is_none() {
+        let searched = if self.forward.is_none() {
             let desc = ConvDesc::new(conv.params, FLOAT, conv.math())?;
             let (h, x, w, y, d, p) = (h.0, self.x.0, self.w.0, self.y.0, desc.0, p);
             // SAFETY (both): a live handle and descriptors that describe the contiguous
@@ -439,17 +439,11 @@ impl Plan {
                 find: &find,
                 timing: |r| (r.algo, r.status, r.time, r.memory, r.mathType),
             };
-            match search.choose(conv, desc, device, stream)? {
-                Ok(chosen) => self.forward = Some(Ok(chosen)),
-                Err(r) if r.transient => return Ok(Err(r.why)),
-                Err(r) => self.forward = Some(Err(r.why)),
-            }
-        }
-        match &self.forward {
-            Some(Ok(chosen)) => Ok(Ok(chosen)),
-            Some(Err(why)) => Ok(Err(why.clone())),
-            None => candle_core::bail!("cuDNN: no forward search"),
-        }
+            Some(search.choose(conv, desc, device, stream)?)
+        } else {
+            None
+        };
+        kept(&mut self.forward, searched, "forward")
     }
 
     /// The input gradient's algorithm, chosen on the first call (dx from w = `p.a` and
@@ -462,7 +456,7 @@ impl Plan {
         stream: &CudaStream,
         p: &Ptrs,
     ) -> Result<Choice<&Chosen<DataAlgo>>> {
-        if self.data.is_none() {
+        let searched = if self.data.is_none() {
             let desc = ConvDesc::new(conv.params, FLOAT, conv.math())?;
             let (h, x, w, y, d, p) = (h.0, self.x.0, self.w.0, self.y.0, desc.0, p);
             // SAFETY (both): as in `forward`.
@@ -496,17 +490,11 @@ impl Plan {
                 find: &find,
                 timing: |r| (r.algo, r.status, r.time, r.memory, r.mathType),
             };
-            match search.choose(conv, desc, device, stream)? {
-                Ok(chosen) => self.data = Some(Ok(chosen)),
-                Err(r) if r.transient => return Ok(Err(r.why)),
-                Err(r) => self.data = Some(Err(r.why)),
-            }
-        }
-        match &self.data {
-            Some(Ok(chosen)) => Ok(Ok(chosen)),
-            Some(Err(why)) => Ok(Err(why.clone())),
-            None => candle_core::bail!("cuDNN: no input-gradient search"),
-        }
+            Some(search.choose(conv, desc, device, stream)?)
+        } else {
+            None
+        };
+        kept(&mut self.data, searched, "input-gradient")
     }
 
     /// The weight gradient's algorithm, chosen on the first call (dw from x = `p.a` and
@@ -519,7 +507,7 @@ impl Plan {
         stream: &CudaStream,
         p: &Ptrs,
     ) -> Result<Choice<&Chosen<FilterAlgo>>> {
-        if self.filter.is_none() {
+        let searched = if self.filter.is_none() {
             let desc = ConvDesc::new(conv.params, FLOAT, conv.math())?;
             let (h, x, w, y, d, p) = (h.0, self.x.0, self.w.0, self.y.0, desc.0, p);
             // SAFETY (both): as in `forward`.
@@ -553,17 +541,31 @@ impl Plan {
                 find: &find,
                 timing: |r| (r.algo, r.status, r.time, r.memory, r.mathType),
             };
-            match search.choose(conv, desc, device, stream)? {
-                Ok(chosen) => self.filter = Some(Ok(chosen)),
-                Err(r) if r.transient => return Ok(Err(r.why)),
-                Err(r) => self.filter = Some(Err(r.why)),
-            }
-        }
-        match &self.filter {
-            Some(Ok(chosen)) => Ok(Ok(chosen)),
-            Some(Err(why)) => Ok(Err(why.clone())),
-            None => candle_core::bail!("cuDNN: no weight-gradient search"),
-        }
+            Some(search.choose(conv, desc, device, stream)?)
+        } else {
+            None
+        };
+        kept(&mut self.filter, searched, "weight-gradient")
+    }
+}
+
+/// The algorithm in `slot` once `searched` (a search's result, when one ran) is kept there; a
+/// refusal another call may overturn is returned but not kept.
+fn kept<'a, A>(
+    slot: &'a mut Option<Choice<Chosen<A>>>,
+    searched: Option<std::result::Result<Chosen<A>, Refusal>>,
+    what: &str,
+) -> Result<Choice<&'a Chosen<A>>> {
+    match searched {
+        Some(Ok(chosen)) => *slot = Some(Ok(chosen)),
+        Some(Err(r)) if r.transient => return Ok(Err(r.why)),
+        Some(Err(r)) => *slot = Some(Err(r.why)),
+        None => {}
+    }
+    match slot {
+        Some(Ok(chosen)) => Ok(Ok(chosen)),
+        Some(Err(why)) => Ok(Err(why.clone())),
+        None => candle_core::bail!("cuDNN: no {what} search"),
     }
 }
 

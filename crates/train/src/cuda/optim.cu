@@ -26,21 +26,27 @@ struct Scalars {
 
 __device__ __forceinline__ float scaled(float x, float s) { return __fmaf_rn(x, s, 0.0f); }
 
-// The tensor holding flat position i, and i's position in it.
-__device__ __forceinline__ unsigned int tensor_of(const Tensors &t, unsigned long long i,
-                                                  unsigned long long *at) {
-    unsigned int lo = 0, hi = t.count;
-    // start[lo] <= i < start[hi], narrowed to hi = lo + 1.
-    while (hi - lo > 1) {
-        unsigned int mid = (lo + hi) / 2;
-        if (t.start[mid] <= i) {
-            lo = mid;
-        } else {
-            hi = mid;
+// `update(i, param, grad)` for every flat position i of the tensors (a grid-stride loop):
+// `param` is the address of i's parameter value, `grad` its gradient.
+template <typename Update>
+__device__ __forceinline__ void for_each(const Tensors &t, Update update) {
+    const unsigned long long total = t.start[t.count];
+    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+         i < total; i += stride) {
+        // The tensor holding i: start[lo] <= i < start[hi], narrowed to hi = lo + 1.
+        unsigned int lo = 0, hi = t.count;
+        while (hi - lo > 1) {
+            unsigned int mid = (lo + hi) / 2;
+            if (t.start[mid] <= i) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
         }
+        const unsigned long long at = i - t.start[lo];
+        update(i, (float *)t.param[lo] + at, ((const float *)t.grad[lo])[at]);
     }
-    *at = i - t.start[lo];
-    return lo;
 }
 
 enum {
@@ -56,15 +62,8 @@ enum {
 extern "C" __global__ void sgd_f32(const __grid_constant__ Tensors t, const float *in0,
                                    const float *in1, float *out0, float *out1,
                                    const __grid_constant__ Scalars s, unsigned int flags) {
-    const unsigned long long total = t.start[t.count];
-    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
-    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
-         i < total; i += stride) {
-        unsigned long long at;
-        const unsigned int j = tensor_of(t, i, &at);
-        float *param = (float *)t.param[j];
-        const float p = param[at];
-        float d = ((const float *)t.grad[j])[at];
+    for_each(t, [&](unsigned long long i, float *param, float d) {
+        const float p = *param;
         if (flags & SGD_WEIGHT_DECAY) {
             d = __fadd_rn(d, scaled(p, s.v[0]));
         }
@@ -80,8 +79,8 @@ extern "C" __global__ void sgd_f32(const __grid_constant__ Tensors t, const floa
             out0[i] = b;
             d = (flags & SGD_NESTEROV) ? __fadd_rn(d, scaled(b, s.v[1])) : b;
         }
-        param[at] = __fadd_rn(p, scaled(d, s.v[3]));
-    }
+        *param = __fadd_rn(p, scaled(d, s.v[3]));
+    });
 }
 
 enum {
@@ -96,15 +95,8 @@ enum {
 extern "C" __global__ void adam_f32(const __grid_constant__ Tensors t, const float *in0,
                                     const float *in1, float *out0, float *out1,
                                     const __grid_constant__ Scalars s, unsigned int flags) {
-    const unsigned long long total = t.start[t.count];
-    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
-    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
-         i < total; i += stride) {
-        unsigned long long at;
-        const unsigned int j = tensor_of(t, i, &at);
-        float *param = (float *)t.param[j];
-        float p = param[at];
-        float g = ((const float *)t.grad[j])[at];
+    for_each(t, [&](unsigned long long i, float *param, float g) {
+        float p = *param;
         if (flags & ADAM_WEIGHT_DECAY) {
             if (flags & ADAM_DECOUPLED) {
                 p = scaled(p, s.v[0]);
@@ -120,6 +112,6 @@ extern "C" __global__ void adam_f32(const __grid_constant__ Tensors t, const flo
         const float denom = __fmaf_rn(__fdiv_rn(__fsqrt_rn(sq), s.v[4]), 1.0f, s.v[5]);
         out0[i] = avg;
         out1[i] = sq;
-        param[at] = __fadd_rn(p, __fdiv_rn(scaled(avg, s.v[6]), denom));
-    }
+        *param = __fadd_rn(p, __fdiv_rn(scaled(avg, s.v[6]), denom));
+    });
 }
