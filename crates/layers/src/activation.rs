@@ -92,10 +92,11 @@ fn fused(xs: &Tensor) -> Option<Place> {
 /// that shape.
 ///
 /// On contiguous-able f32 CPU tensors (and f32 or bf16 CUDA tensors, one kernel each way), one
-/// pass forward (the sum rounded as Candle's and PyTorch's `+`) and one backward: both inputs get the gradient where y is not `<= 0` (PyTorch's
-/// `threshold_backward`: zero at y = 0, passed where y is NaN). Candle's `(a + b)?.relu()` takes one pass for the sum and one for the ReLU
-/// forward, and six backward (the ReLU mask built as zeros, a comparison, a conversion, a
-/// product, then the sum's two gradients).
+/// pass forward (the sum rounded as Candle's and PyTorch's `+`) and one backward: both inputs
+/// get the gradient where y is not `<= 0` (PyTorch's `threshold_backward`: zero at y = 0,
+/// passed where y is NaN). Candle's `(a + b)?.relu()` takes one pass for the sum and one for
+/// the ReLU forward, and six backward (the ReLU mask built as zeros, a comparison, a
+/// conversion, a product, then the sum's two gradients).
 ///
 /// # Errors
 /// Shapes that differ (no broadcasting), or those of Candle's `+` and `relu` on other tensors.
