@@ -4,11 +4,16 @@
 //!
 //! With feature `cuda`: compiles `src/cuda/activation.cu` to PTX in `$OUT_DIR` (`ptx-build`),
 //! where `activation_cuda.rs` includes it.
+//!
+//! With feature `cuda-emulation`: compiles the same file as C++ for the CPU into a static
+//! library (`ptx-build`'s `host`), whose kernels `activation_host_tests.rs` checks.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     #[cfg(feature = "cuda")]
     ptx_build::compile("src/cuda/activation.cu");
+    #[cfg(feature = "cuda-emulation")]
+    ptx_build::host(&["src/cuda/activation.cu"], "layers_cuda_host");
     #[cfg(feature = "onednn")]
     {
         println!("cargo:rerun-if-changed=src/conv/onednn_shim.cpp");

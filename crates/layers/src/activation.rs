@@ -521,3 +521,7 @@ mod tests {
         Ok(())
     }
 }
+
+#[cfg(all(test, feature = "cuda-emulation"))]
+#[path = "activation_host_tests.rs"]
+mod host_tests;

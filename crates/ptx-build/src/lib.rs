@@ -7,6 +7,13 @@
 //! finds it); the target is `compute_$CUDA_COMPUTE_CAP` (default 75, which every GPU from
 //! Turing on runs: the driver compiles the PTX for the GPU it finds; the kernels here need 70
 //! or more, for `__grid_constant__`).
+//!
+//! With feature `host`, [`host`] compiles the same files as C++ for the CPU instead, for tests
+//! on machines without a GPU (the crates' `cuda-emulation` feature): each kernel becomes an
+//! `extern "C"` function that a test calls once per thread, after setting the thread's indices
+//! with `cuda_host_thread(grid, block, block_index, thread_index)`, as a launch of
+//! `grid` blocks of `block` threads would run it. `src/cuda_host.h` says what of CUDA that
+//! covers.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -51,4 +58,46 @@ pub fn compile(src: &str) {
         "{} failed on {src} ({status})",
         nvcc.display()
     );
+}
+
+/// Compiles the `.cu` files `srcs` (paths relative to the crate's manifest directory) as C++
+/// for the CPU, with `cuda_host.h` standing in for CUDA, into the static library `lib`, which
+/// Cargo links into the crate. Floating point as on the GPU: IEEE single precision, nothing
+/// contracted into FMAs (`-ffp-contract=off`).
+///
+/// # Panics
+/// When the C++ compiler cannot be run or fails (a build script's way to stop the build).
+#[cfg(feature = "host")]
+pub fn host(srcs: &[&str], lib: &str) {
+    println!("cargo:rerun-if-changed=build.rs");
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("Cargo sets OUT_DIR"));
+    let dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("Cargo sets it"));
+    let header = out_dir.join("cuda_host.h");
+    std::fs::write(&header, include_str!("cuda_host.h"))
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", header.display()));
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .flag("-std=c++17")
+        .flag("-ffp-contract=off")
+        // Kernels share signatures whose arguments not every one reads.
+        .flag("-Wno-unused-parameter")
+        .opt_level(2);
+    for src in srcs {
+        println!("cargo:rerun-if-changed={src}");
+        let stem = std::path::Path::new(src)
+            .file_stem()
+            .unwrap_or_else(|| panic!("{src}: not a file name"))
+            .to_string_lossy();
+        let unit = out_dir.join(format!("{stem}_host.cpp"));
+        let text = format!(
+            "#include \"{}\"\n#include \"{}\"\n",
+            header.display(),
+            dir.join(src).display()
+        );
+        std::fs::write(&unit, text)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", unit.display()));
+        build.file(unit);
+    }
+    build.compile(lib);
 }

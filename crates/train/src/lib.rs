@@ -7,6 +7,8 @@
 pub mod atomic;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "cuda-emulation")]
+mod cuda_host;
 pub mod device;
 pub mod distributed;
 pub mod engine;

@@ -14,7 +14,9 @@
 //!
 //! On CUDA (`cuda` feature, float32 logits) the predictions, confusion cells and top-5 hits of
 //! a batch are one kernel launch (`tally/cuda.rs`, adding to the counts in place) instead of
-//! about 25 small operations; the tests compare both paths with the host computation.
+//! about 25 small operations; the tests compare both paths with the host computation. With
+//! `cuda-emulation` the same kernel, compiled for the CPU, counts CPU batches too
+//! (`tally/host.rs`), so that the tests check it on machines without a GPU.
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
@@ -222,6 +224,12 @@ impl Tally {
             self.predicted.push(&predicted)?;
             return Ok(());
         }
+        #[cfg(feature = "cuda-emulation")]
+        if host::takes(&x) {
+            let predicted = host::add(&x, &labels, &self.counts)?;
+            self.predicted.push(&predicted)?;
+            return Ok(());
+        }
         let c = &mut self.constants;
         // The first maximal logit, NaN ignored: every maximal position scores `k - i`, every
         // other 0 (0.5 at class 0, which wins a row of NaN), so each row's top score is unique
@@ -319,7 +327,54 @@ impl Tally {
     }
 }
 
+/// The tally kernel's operands (`tally/cuda.rs`, `tally/host.rs`).
+#[cfg(any(feature = "cuda", feature = "cuda-emulation"))]
+struct KernelOperands {
+    /// `(N, k)` f32, contiguous.
+    logits: Tensor,
+    /// `(N,)` u32, contiguous.
+    labels: Tensor,
+    n: usize,
+    k: usize,
+    /// `N` and `k` as the kernel takes them.
+    n32: u32,
+    k32: u32,
+}
+
+/// `logits` and `labels` made contiguous and checked against `counts` `(k * k + 2,)`.
+#[cfg(any(feature = "cuda", feature = "cuda-emulation"))]
+fn kernel_operands(
+    logits: &Tensor,
+    labels: &Tensor,
+    counts: &Tensor,
+) -> candle_core::Result<KernelOperands> {
+    let (n, k) = logits.dims2()?;
+    let slots = k * k + 2;
+    if labels.dims() != [n] || labels.dtype() != DType::U32 || counts.dims() != [slots] {
+        candle_core::bail!(
+            "tally-batch: labels {:?} {:?} and counts {:?} for {n} samples of {k} classes",
+            labels.dims(),
+            labels.dtype(),
+            counts.dims()
+        )
+    }
+    let (Ok(n32), Ok(k32), Ok(_)) = (u32::try_from(n), u32::try_from(k), u32::try_from(slots))
+    else {
+        candle_core::bail!("tally-batch: {n} samples of {k} classes are too many")
+    };
+    Ok(KernelOperands {
+        logits: logits.contiguous()?,
+        labels: labels.contiguous()?,
+        n,
+        k,
+        n32,
+        k32,
+    })
+}
+
 #[cfg(feature = "cuda")]
 mod cuda;
+#[cfg(feature = "cuda-emulation")]
+mod host;
 #[cfg(test)]
 mod tests;

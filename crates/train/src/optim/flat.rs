@@ -79,12 +79,13 @@ pub(super) fn partition<K: PartialEq>(keyed: Vec<(usize, K)>) -> Vec<(K, Vec<usi
     groups
 }
 
-/// Whether the flat step of these parameters and gradients runs as CUDA's one-launch kernel
-/// (`optim/cuda.rs`): float32 CUDA tensors of storages of their own.
+/// Whether the flat step of these parameters and gradients runs as the one-launch kernel
+/// (`optim/multi_tensor.rs`): float32 CUDA tensors of storages of their own (or CPU ones, with
+/// `cuda-emulation`).
 pub(super) fn one_launch(vars: &[&Var], grads: &[&Tensor]) -> bool {
-    #[cfg(feature = "cuda")]
-    return super::cuda::takes(vars, grads);
-    #[cfg(not(feature = "cuda"))]
+    #[cfg(any(feature = "cuda", feature = "cuda-emulation"))]
+    return super::multi_tensor::takes(vars, grads);
+    #[cfg(not(any(feature = "cuda", feature = "cuda-emulation")))]
     {
         let _ = (vars, grads);
         false

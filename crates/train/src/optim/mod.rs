@@ -14,6 +14,10 @@ mod adam;
 mod cuda;
 mod flat;
 mod fused;
+#[cfg(feature = "cuda-emulation")]
+mod host;
+#[cfg(any(feature = "cuda", feature = "cuda-emulation"))]
+mod multi_tensor;
 mod sgd;
 
 pub use adam::{Adam, AdamConfig};

@@ -154,9 +154,9 @@ impl Sgd {
                 )?),
             };
             let buf = match flat::one_launch(&vars, &grads) {
-                // One launch a step for every 64 tensors, in place (`optim/cuda.rs`).
-                #[cfg(feature = "cuda")]
-                true => super::cuda::sgd_step(&self.config, &vars, &grads, buf.as_ref())?,
+                // One launch a step for every 64 tensors, in place (`optim/multi_tensor.rs`).
+                #[cfg(any(feature = "cuda", feature = "cuda-emulation"))]
+                true => super::multi_tensor::sgd_step(&self.config, &vars, &grads, buf.as_ref())?,
                 _ => {
                     let grad = flat::gather(grads.iter().copied())?;
                     let param = flat::gather(vars.iter().map(|v| v.as_tensor()))?;

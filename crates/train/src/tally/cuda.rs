@@ -20,24 +20,18 @@ pub(super) fn takes(logits: &Tensor) -> bool {
 /// u32 of the tally's own: confusion cells, the stray slot, top-5 hits) in place, and returns
 /// the batch's `(N,)` predicted classes.
 pub(super) fn add(logits: &Tensor, labels: &Tensor, counts: &Tensor) -> Result<Tensor> {
-    let (n, k) = logits.dims2()?;
-    let slots = k * k + 2;
     let Device::Cuda(device) = logits.device() else {
         candle_core::bail!("tally-batch: the logits are not on a CUDA device")
     };
-    let (logits, labels) = (logits.contiguous()?, labels.contiguous()?);
-    if labels.dims() != [n] || labels.dtype() != DType::U32 || counts.dims() != [slots] {
-        candle_core::bail!(
-            "tally-batch: labels {:?} {:?} and counts {:?} for {n} samples of {k} classes",
-            labels.dims(),
-            labels.dtype(),
-            counts.dims()
-        )
-    }
-    let (Ok(n32), Ok(k32), Ok(_)) = (u32::try_from(n), u32::try_from(k), u32::try_from(slots))
-    else {
-        candle_core::bail!("tally-batch: {n} samples of {k} classes are too many")
-    };
+    let super::KernelOperands {
+        logits,
+        labels,
+        n,
+        k,
+        n32,
+        k32,
+    } = super::kernel_operands(logits, labels, counts)?;
+    let slots = k * k + 2;
     let window = |at: usize, len: usize, total: usize| {
         if at + len > total {
             candle_core::bail!("tally-batch: an operand extends past its storage")

@@ -96,14 +96,18 @@ fn state_bits(opt: &dyn Optimizer) -> Result<Vec<(String, String, Vec<u8>)>> {
 
 type Make = fn(Vec<NamedVar>, Update) -> Result<Box<dyn Optimizer>>;
 
-/// On a CUDA device (in a `cuda` build), the flat step of `params` with these gradients runs
-/// as the one-launch kernel (`optim/cuda.rs`), so the comparisons above test it.
+/// On a CUDA device (in a `cuda` build), and on the CPU with `cuda-emulation`, the flat step of
+/// `params` with these gradients runs as the one-launch kernel (`optim/multi_tensor.rs`), so
+/// the comparisons above test it.
 fn assert_one_launch(params: &[NamedVar], grads: &candle_core::backprop::GradStore) {
     let (vars, grads): (Vec<&Var>, Vec<&Tensor>) = params
         .iter()
         .filter_map(|(_, v)| grads.get(v.as_tensor()).map(|g| (v, g)))
         .unzip();
-    if vars.first().is_some_and(|v| v.device().is_cuda()) && cfg!(feature = "cuda") {
+    let kernel_runs = |d: &Device| {
+        (d.is_cuda() && cfg!(feature = "cuda")) || (d.is_cpu() && cfg!(feature = "cuda-emulation"))
+    };
+    if vars.first().is_some_and(|v| kernel_runs(v.device())) {
         assert!(
             one_launch(&vars, &grads),
             "the one-launch kernel does not take these"
