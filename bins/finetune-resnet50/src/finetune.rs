@@ -49,7 +49,7 @@ impl FineTuneConfig {
     }
 
     fn path(dir: &Path) -> PathBuf {
-        dir.join("finetune.json")
+        dir.join(train::rundir::FINETUNE)
     }
 
     /// Writes `finetune.json` into `dir`.

@@ -190,6 +190,39 @@ fn one_run_owns_its_directory() {
         std::fs::read(done.join(train::rundir::BEST)).expect("best"),
         best
     );
+    // An --overwrite run that fails before its first epoch (here, the test transform does not
+    // fit the images) leaves the finished run as it was.
+    let listing = |dir: &Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let files = listing(&done);
+    let failed = train_mnist(&[
+        "--data-dir",
+        &data,
+        "--out",
+        &s(&done),
+        "--epochs",
+        "1",
+        "--test-transform",
+        "normalize:imagenet",
+        "--overwrite",
+    ]);
+    assert!(!failed.status.success());
+    assert!(
+        stderr(&failed).contains("replaced run is back"),
+        "{}",
+        stderr(&failed)
+    );
+    assert_eq!(listing(&done), files);
+    assert_eq!(
+        std::fs::read(done.join(train::rundir::BEST)).expect("best"),
+        best
+    );
     let replaced = train_mnist(&[
         "--data-dir",
         &data,
@@ -207,6 +240,16 @@ fn one_run_owns_its_directory() {
     assert_ne!(
         std::fs::read(done.join(train::rundir::BEST)).expect("best"),
         best
+    );
+    // Nothing of the old run is left beside the new one: one event file, no folder aside.
+    let now = listing(&done);
+    let events = now
+        .iter()
+        .filter(|n| n.starts_with(train::rundir::EVENTS_PREFIX))
+        .count();
+    assert!(
+        events == 1 && !now.iter().any(|n| n == train::rundir::REPLACED),
+        "{now:?}"
     );
 
     let file = dir.path().join("a-file");

@@ -258,12 +258,28 @@ fn limited(
     Ok(Arc::new(subset))
 }
 
-/// `runs/<program>-<UTC timestamp>`.
+/// `runs/<program>-<UTC timestamp>`, or with `-2`, `-3`... after it when a run started in the
+/// same second already has that directory.
 pub fn default_out(program: &str) -> PathBuf {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    PathBuf::from("runs").join(format!("{program}-{}", utc_timestamp(secs)))
+    free_dir(&PathBuf::from("runs").join(format!("{program}-{}", utc_timestamp(secs))))
+}
+
+/// `base`, or the first of `base-2`, `base-3`... that does not exist yet.
+fn free_dir(base: &Path) -> PathBuf {
+    (1..)
+        .map(|n| match n {
+            1 => base.to_path_buf(),
+            n => {
+                let mut name = base.as_os_str().to_os_string();
+                name.push(format!("-{n}"));
+                PathBuf::from(name)
+            }
+        })
+        .find(|path| !path.exists())
+        .expect("some suffix is free")
 }
 
 /// `YYYYmmdd-HHMMSS` for seconds since the Unix epoch (UTC; civil-from-days by H. Hinnant).
@@ -293,6 +309,23 @@ mod tests {
     use crate::config::{
         DataPlacement, DatasetKind, MemoryFormat, Precision, ScheduleKind, ADAM_BETAS,
     };
+
+    /// Two runs started in the same second get directories of their own.
+    #[test]
+    fn default_directories_do_not_collide() -> Result<()> {
+        let root = tempfile::tempdir()?;
+        let base = root.path().join("train-mnist-20261202-060330");
+        assert_eq!(free_dir(&base), base);
+        std::fs::create_dir(&base)?;
+        let second = root.path().join("train-mnist-20261202-060330-2");
+        assert_eq!(free_dir(&base), second);
+        std::fs::create_dir(&second)?;
+        assert_eq!(
+            free_dir(&base),
+            root.path().join("train-mnist-20261202-060330-3")
+        );
+        Ok(())
+    }
 
     const RECIPE: Recipe = Recipe {
         program: "train-test",

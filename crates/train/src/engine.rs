@@ -112,9 +112,13 @@ pub fn train_epoch<M: ModuleT + ?Sized>(
 /// The error of a training loss that became `value` in epoch `epoch` (from 0) at batch `b`
 /// (from 0) of `batches`.
 pub(crate) fn non_finite_loss(value: f64, epoch: usize, b: usize, batches: usize) -> anyhow::Error {
+    let kept = match epoch {
+        0 => "no epoch had finished, so this run saved nothing".to_string(),
+        e => format!("the checkpoints of epoch {e}, the last finished, are kept"),
+    };
     anyhow!(
         "the training loss became {value} in epoch {} at batch {}/{batches}: training stopped \
-         (try a lower --lr); the checkpoints of the last finished epoch are kept",
+         (try a lower --lr); {kept}",
         epoch + 1,
         b + 1
     )

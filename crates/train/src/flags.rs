@@ -333,7 +333,7 @@ hyperparameters! {
     /// Directory holding the data set (else it is downloaded from the Hugging Face Hub)
     #[arg(long)]
     data_dir: Option<PathBuf> = optional().changeable();
-    /// Output directory [default: runs/<program>-<timestamp>; with --resume, that directory]
+    /// Output directory [default: runs/<program>-<timestamp>, -2, -3... after it if taken; with --resume, that directory]
     #[arg(long)]
     out: Option<PathBuf>;
     /// Model name (see the zoo)

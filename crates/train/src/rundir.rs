@@ -1,6 +1,8 @@
 //! The output directory of a run (`--out`): checked and locked before any data is loaded, held
 //! by one run at a time, never silently taken over from a finished run, and cleaned of the
-//! temporary files a killed run left behind.
+//! temporary files a killed run left behind. A run that `--overwrite` replaces is moved aside
+//! (into [`REPLACED`]) and only removed once the new run has saved its first epoch; if the new
+//! run stops before that, the replaced run is put back.
 
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
@@ -34,6 +36,11 @@ pub const PREDICTIONS: &str = "predictions.png";
 pub const CONFUSION: &str = "confusion.png";
 /// How TensorBoard event files begin (`events.out.tfevents.<seconds>.<host>.<pid>`).
 pub const EVENTS_PREFIX: &str = "events.out.tfevents.";
+/// `finetune-resnet50`'s fine-tuning settings (weights, unfrozen stages, image size).
+pub const FINETUNE: &str = "finetune.json";
+/// The folder inside a run directory where `--overwrite` keeps the run it replaces until the
+/// new run has saved its first epoch.
+pub const REPLACED: &str = "replaced-run";
 
 /// What a training program leaves in its run directory after an epoch.
 pub const OUTPUTS: [&str; 9] = [
@@ -60,8 +67,78 @@ pub fn evaluation_summary(weights: &str) -> String {
 
 /// Files whose presence means the directory already holds a run.
 const RUN_FILES: [&str; 5] = [STATE, LEGACY_STATE_JSON, BEST, LAST, CONFIG];
-/// What `--overwrite` removes first, so that nothing of the old run mixes with the new one.
-const REPLACED_FILES: [&str; 4] = [STATE, LEGACY_STATE_JSON, BEST, LAST];
+
+/// Whether `name` is a file a run, or `evaluate` on it, writes into the run directory: what
+/// `--overwrite` moves aside, so that nothing of the old run mixes with the new one.
+fn is_run_output(name: &str) -> bool {
+    let named = [
+        STATE,
+        LEGACY_STATE_JSON,
+        BEST,
+        LAST,
+        CONFIG,
+        CLASSES,
+        METRICS_CSV,
+        METRICS_JSON,
+        CURVES,
+        PREDICTIONS,
+        CONFUSION,
+        FINETUNE,
+    ];
+    named.contains(&name)
+        || name.starts_with(EVENTS_PREFIX)
+        || (name.starts_with("confusion-") && name.ends_with(".png"))
+        || (name.starts_with("evaluation-") && name.ends_with(".json"))
+}
+
+/// The run's files in `dir` (see [`is_run_output`]).
+fn run_outputs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        if is_run_output(&entry.file_name().to_string_lossy()) && entry.file_type()?.is_file() {
+            found.push(entry.path());
+        }
+    }
+    Ok(found)
+}
+
+/// Moves `from` to `to` (one file system: a rename).
+fn move_file(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to)
+        .with_context(|| format!("cannot move {} to {}", from.display(), to.display()))
+}
+
+/// Ends the replacement of a run that `--overwrite` moved into `dir`'s [`REPLACED`] folder, if
+/// there is one: removes the old run once the new one has saved an epoch (its [`STATE`]), and
+/// otherwise removes what the new run wrote and puts the old run back.
+fn settle(dir: &Path) -> Result<()> {
+    let aside = dir.join(REPLACED);
+    if !aside.is_dir() {
+        return Ok(());
+    }
+    if dir.join(STATE).exists() {
+        return std::fs::remove_dir_all(&aside)
+            .with_context(|| format!("cannot remove the replaced run in {}", aside.display()));
+    }
+    for file in run_outputs(dir)? {
+        std::fs::remove_file(&file).with_context(|| format!("cannot remove {}", file.display()))?;
+    }
+    let entries =
+        std::fs::read_dir(&aside).with_context(|| format!("cannot list {}", aside.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", aside.display()))?;
+        move_file(&entry.path(), &dir.join(entry.file_name()))?;
+    }
+    std::fs::remove_dir(&aside).with_context(|| format!("cannot remove {}", aside.display()))?;
+    eprintln!(
+        "the run that was to replace the one in {} stopped before saving an epoch: the replaced run is back in place",
+        dir.display()
+    );
+    Ok(())
+}
 
 /// A locked run directory. The lock (an OS file lock, released by the kernel even when the
 /// process is killed) lasts as long as this value.
@@ -69,7 +146,9 @@ const REPLACED_FILES: [&str; 4] = [STATE, LEGACY_STATE_JSON, BEST, LAST];
 pub struct RunDir {
     path: PathBuf,
     /// `None` on the data-parallel ranks that write nothing (rank 0 holds the lock).
-    _lock: Option<File>,
+    lock: Option<File>,
+    /// Whether this run replaces one that `--overwrite` moved into [`REPLACED`].
+    replacing: bool,
 }
 
 impl RunDir {
@@ -77,14 +156,16 @@ impl RunDir {
     ///
     /// Errors: the directory cannot be created or written, another run holds it, or it already
     /// holds a run (its `state.safetensors`, checkpoints or `config.json`) and `overwrite` is
-    /// false. With `overwrite`, the old run's state and checkpoints are removed first.
+    /// false. With `overwrite`, the old run's files move into [`REPLACED`]: removed once this
+    /// run has saved its first epoch (when this value is dropped, or by the next run to lock
+    /// the directory if this process is killed), put back if it stops before that.
     pub fn fresh(path: &Path, overwrite: bool) -> Result<Self> {
         if !crate::distributed::writes() {
             return Ok(Self::unlocked(path));
         }
         std::fs::create_dir_all(path)
             .with_context(|| format!("--out {}: cannot create the directory", path.display()))?;
-        let dir = Self::lock(path)?;
+        let mut dir = Self::lock(path)?;
         let held: Vec<&str> = RUN_FILES
             .into_iter()
             .filter(|f| path.join(f).exists())
@@ -99,14 +180,19 @@ impl RunDir {
                     path.display()
                 );
             }
-            for file in REPLACED_FILES {
-                let file = path.join(file);
-                if file.exists() {
-                    std::fs::remove_file(&file).with_context(|| {
-                        format!("--overwrite: cannot remove {}", file.display())
-                    })?;
-                }
+            let aside = path.join(REPLACED);
+            std::fs::create_dir(&aside)
+                .with_context(|| format!("--overwrite: cannot create {}", aside.display()))?;
+            dir.replacing = true;
+            for file in run_outputs(path)? {
+                let name = file.file_name().expect("a listed file has a name");
+                move_file(&file, &aside.join(name)).context("--overwrite")?;
             }
+            crate::say!(
+                "--overwrite: the run in {} moved to {} until this run saves its first epoch",
+                path.display(),
+                aside.display()
+            );
         }
         Ok(dir)
     }
@@ -133,7 +219,8 @@ impl RunDir {
     fn unlocked(path: &Path) -> Self {
         Self {
             path: path.to_path_buf(),
-            _lock: None,
+            lock: None,
+            replacing: false,
         }
     }
 
@@ -158,10 +245,23 @@ impl RunDir {
             }
         }
         remove_temporaries(path)?;
+        settle(path)?;
         Ok(Self {
             path: path.to_path_buf(),
-            _lock: Some(lock),
+            lock: Some(lock),
+            replacing: false,
         })
+    }
+}
+
+impl Drop for RunDir {
+    /// Ends a replacement (see [`RunDir::fresh`]) while the lock is still held.
+    fn drop(&mut self) {
+        if self.replacing && self.lock.is_some() {
+            if let Err(e) = settle(&self.path) {
+                eprintln!("{e:#}");
+            }
+        }
     }
 }
 
@@ -239,8 +339,9 @@ mod tests {
         left.sort();
         assert_eq!(left, [LOCK, BEST]);
         drop(resumed);
-        RunDir::fresh(&out, true)?;
-        assert!(!out.join(BEST).exists());
+        let replacing = RunDir::fresh(&out, true)?;
+        assert!(!out.join(BEST).exists() && out.join(REPLACED).join(BEST).exists());
+        drop(replacing);
 
         let file = root.path().join("file");
         std::fs::write(&file, b"x")?;
@@ -251,6 +352,74 @@ mod tests {
             RunDir::existing(&root.path().join("none")).unwrap_err()
         );
         assert!(err.contains("no such run directory"), "{err}");
+        Ok(())
+    }
+
+    fn names(dir: &Path) -> Result<Vec<String>> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)?
+            .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_>>()?;
+        names.sort();
+        Ok(names)
+    }
+
+    /// `--overwrite` moves the old run aside and puts it back, whole, when the new run stops
+    /// before saving an epoch (on drop, or at the next lock after a kill); once the new run has
+    /// saved its state, the old run is gone. Files that are not a run's stay where they are.
+    #[test]
+    fn an_overwritten_run_is_kept_until_the_new_one_saves_an_epoch() -> Result<()> {
+        let root = tempfile::tempdir()?;
+        let out = root.path().join("run");
+        std::fs::create_dir(&out)?;
+        let old = [
+            (STATE, "old state"),
+            (BEST, "old best"),
+            (LAST, "old last"),
+            (CONFIG, "old config"),
+            (METRICS_CSV, "old metrics"),
+            (CURVES, "old curves"),
+            ("events.out.tfevents.1.host.7", "old events"),
+            ("evaluation-best.json", "old evaluation"),
+            ("notes.txt", "the user's"),
+        ];
+        for (name, text) in old {
+            std::fs::write(out.join(name), text)?;
+        }
+        let before = names(&out)?;
+        let unchanged = |out: &Path| -> Result<()> {
+            for (name, text) in old {
+                assert_eq!(std::fs::read_to_string(out.join(name))?, text, "{name}");
+            }
+            assert_eq!(names(out)?.len(), before.len() + 1, "{:?}", names(out)?); // + .lock
+            Ok(())
+        };
+
+        // The new run fails before its first epoch: the old run is back.
+        let dir = RunDir::fresh(&out, true)?;
+        assert_eq!(names(&out)?, [LOCK, "notes.txt", REPLACED]);
+        std::fs::write(out.join(CONFIG), "new config")?;
+        std::fs::write(out.join(METRICS_CSV), "new metrics")?;
+        drop(dir);
+        unchanged(&out)?;
+
+        // Killed before its first epoch: the next run to lock the directory puts it back.
+        let dir = RunDir::fresh(&out, true)?;
+        std::fs::write(out.join(CONFIG), "new config")?;
+        let aside = out.join(REPLACED);
+        let kept = root.path().join("kept");
+        std::fs::rename(&aside, &kept)?;
+        drop(dir); // (nothing to settle now)
+        std::fs::rename(&kept, &aside)?;
+        drop(RunDir::existing(&out)?);
+        unchanged(&out)?;
+
+        // The new run saves an epoch: the old run is gone, the new one stays.
+        let dir = RunDir::fresh(&out, true)?;
+        std::fs::write(out.join(STATE), "new state")?;
+        std::fs::write(out.join(BEST), "new best")?;
+        drop(dir);
+        assert_eq!(names(&out)?, [LOCK, BEST, "notes.txt", STATE]);
+        assert_eq!(std::fs::read_to_string(out.join(STATE))?, "new state");
         Ok(())
     }
 }
