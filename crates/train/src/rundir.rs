@@ -41,6 +41,10 @@ pub const FINETUNE: &str = "finetune.json";
 /// The folder inside a run directory where `--overwrite` keeps the run it replaces until the
 /// new run has saved its first epoch.
 pub const REPLACED: &str = "replaced-run";
+/// [`REPLACED`] while `--overwrite` moves the old run's files into it.
+const MOVING_ASIDE: &str = "replaced-run.moving";
+/// [`REPLACED`] while the old run's files move back.
+const MOVING_BACK: &str = "replaced-run.returning";
 
 /// What a training program leaves in its run directory after an epoch.
 pub const OUTPUTS: [&str; 9] = [
@@ -111,32 +115,49 @@ fn move_file(from: &Path, to: &Path) -> Result<()> {
         .with_context(|| format!("cannot move {} to {}", from.display(), to.display()))
 }
 
+/// Moves every entry of the folder `from` into `to`, then removes `from`.
+fn move_all(from: &Path, to: &Path) -> Result<()> {
+    let entries =
+        std::fs::read_dir(from).with_context(|| format!("cannot list {}", from.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", from.display()))?;
+        move_file(&entry.path(), &to.join(entry.file_name()))?;
+    }
+    std::fs::remove_dir(from).with_context(|| format!("cannot remove {}", from.display()))
+}
+
 /// Ends the replacement of a run that `--overwrite` moved into `dir`'s [`REPLACED`] folder, if
 /// there is one: removes the old run once the new one has saved an epoch (its [`STATE`]), and
-/// otherwise removes what the new run wrote and puts the old run back.
+/// otherwise removes what the new run wrote and puts the old run back. Each step can be
+/// interrupted (a kill) and is finished by the next call: the old run's files move aside
+/// through [`MOVING_ASIDE`] and back through [`MOVING_BACK`], each renamed whole.
 fn settle(dir: &Path) -> Result<()> {
+    // Moving aside was interrupted: the new run never started.
+    let moving = dir.join(MOVING_ASIDE);
+    if moving.is_dir() {
+        move_all(&moving, dir)?;
+    }
     let aside = dir.join(REPLACED);
-    if !aside.is_dir() {
-        return Ok(());
+    let back = dir.join(MOVING_BACK);
+    if aside.is_dir() {
+        if dir.join(STATE).exists() {
+            return std::fs::remove_dir_all(&aside)
+                .with_context(|| format!("cannot remove the replaced run in {}", aside.display()));
+        }
+        // What is beside it is the new run's.
+        for file in run_outputs(dir)? {
+            std::fs::remove_file(&file)
+                .with_context(|| format!("cannot remove {}", file.display()))?;
+        }
+        move_file(&aside, &back)?;
     }
-    if dir.join(STATE).exists() {
-        return std::fs::remove_dir_all(&aside)
-            .with_context(|| format!("cannot remove the replaced run in {}", aside.display()));
+    if back.is_dir() {
+        move_all(&back, dir)?;
+        eprintln!(
+            "the run that was to replace the one in {} stopped before saving an epoch: the replaced run is back in place",
+            dir.display()
+        );
     }
-    for file in run_outputs(dir)? {
-        std::fs::remove_file(&file).with_context(|| format!("cannot remove {}", file.display()))?;
-    }
-    let entries =
-        std::fs::read_dir(&aside).with_context(|| format!("cannot list {}", aside.display()))?;
-    for entry in entries {
-        let entry = entry.with_context(|| format!("cannot list {}", aside.display()))?;
-        move_file(&entry.path(), &dir.join(entry.file_name()))?;
-    }
-    std::fs::remove_dir(&aside).with_context(|| format!("cannot remove {}", aside.display()))?;
-    eprintln!(
-        "the run that was to replace the one in {} stopped before saving an epoch: the replaced run is back in place",
-        dir.display()
-    );
     Ok(())
 }
 
@@ -180,14 +201,22 @@ impl RunDir {
                     path.display()
                 );
             }
-            let aside = path.join(REPLACED);
-            std::fs::create_dir(&aside)
-                .with_context(|| format!("--overwrite: cannot create {}", aside.display()))?;
-            dir.replacing = true;
-            for file in run_outputs(path)? {
-                let name = file.file_name().expect("a listed file has a name");
-                move_file(&file, &aside.join(name)).context("--overwrite")?;
+            let (moving, aside) = (path.join(MOVING_ASIDE), path.join(REPLACED));
+            let move_aside = || -> Result<()> {
+                std::fs::create_dir(&moving)
+                    .with_context(|| format!("cannot create {}", moving.display()))?;
+                for file in run_outputs(path)? {
+                    let name = file.file_name().expect("a listed file has a name");
+                    move_file(&file, &moving.join(name))?;
+                }
+                move_file(&moving, &aside)
+            };
+            if let Err(e) = move_aside() {
+                // Whatever moved goes back; the error is the first one.
+                let _ = settle(path);
+                return Err(e.context("--overwrite"));
             }
+            dir.replacing = true;
             crate::say!(
                 "--overwrite: the run in {} moved to {} until this run saves its first epoch",
                 path.display(),
@@ -412,6 +441,18 @@ mod tests {
         std::fs::rename(&kept, &aside)?;
         drop(RunDir::existing(&out)?);
         unchanged(&out)?;
+
+        // Killed while moving the old run aside, or while moving it back: the next lock
+        // finishes putting it back.
+        for (part, folder) in [(3, MOVING_ASIDE), (5, MOVING_BACK)] {
+            let half = out.join(folder);
+            std::fs::create_dir(&half)?;
+            for (name, _) in &old[..part] {
+                std::fs::rename(out.join(name), half.join(name))?;
+            }
+            drop(RunDir::fresh(&out, false).unwrap_err());
+            unchanged(&out)?;
+        }
 
         // The new run saves an epoch: the old run is gone, the new one stays.
         let dir = RunDir::fresh(&out, true)?;
