@@ -61,24 +61,74 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct FineTuneArgs {
-    /// Pretrained weights: a .safetensors file or a Hugging Face Hub model id
-    #[arg(long, default_value = weights::DEFAULT_WEIGHTS)]
-    weights: String,
+    /// Pretrained weights: a .safetensors file or a Hugging Face Hub model id [default:
+    /// timm/resnet50.tv_in1k]
+    #[arg(long)]
+    weights: Option<String>,
     /// Train on an ImageFolder at --data-dir (ROOT/<class>/*.jpg, or ROOT/train + ROOT/test)
     /// instead of CIFAR-10
     #[arg(long)]
     folder: bool,
-    /// Side of the square network input (smaller is faster on a CPU)
-    #[arg(long, default_value_t = 224, value_parser = image_size())]
-    image_size: usize,
-    /// How much of the backbone trains besides the new head
-    #[arg(long, value_enum, default_value_t = Unfreeze::None)]
-    unfreeze: Unfreeze,
+    /// Side of the square network input (smaller is faster on a CPU) [default: 224]
+    #[arg(long, value_parser = image_size())]
+    image_size: Option<usize>,
+    /// How much of the backbone trains besides the new head [default: none]
+    #[arg(long, value_enum)]
+    unfreeze: Option<Unfreeze>,
     /// RandomResizedCrop + horizontal flip for training (turns off feature caching)
     #[arg(long)]
     augment: bool,
     #[command(flatten)]
     train: train::cli::Args,
+}
+
+impl FineTuneArgs {
+    /// A fresh run's fine-tuning settings: the flags, or their defaults.
+    fn fresh(&self) -> FineTuneConfig {
+        FineTuneConfig {
+            weights: (self.weights.clone()).unwrap_or_else(|| weights::DEFAULT_WEIGHTS.into()),
+            unfreeze: self.unfreeze.unwrap_or(Unfreeze::None),
+            image_size: self.image_size.unwrap_or(224),
+            augment: self.augment,
+        }
+    }
+
+    /// A resumed run's fine-tuning settings: the saved ones. A flag given with another value
+    /// is refused (as the training flags are), naming it, the saved value and the given one.
+    fn resumed(&self, saved: FineTuneConfig, dir: &std::path::Path) -> Result<FineTuneConfig> {
+        let name = |u: Unfreeze| {
+            clap::ValueEnum::to_possible_value(&u)
+                .map_or_else(|| format!("{u:?}"), |v| v.get_name().to_string())
+        };
+        let mut differ = Vec::new();
+        if let Some(w) = self.weights.as_ref().filter(|w| **w != saved.weights) {
+            differ.push(format!("--weights {w} (the run has {})", saved.weights));
+        }
+        if let Some(u) = self.unfreeze.filter(|u| *u != saved.unfreeze) {
+            differ.push(format!(
+                "--unfreeze {} (the run has {})",
+                name(u),
+                name(saved.unfreeze)
+            ));
+        }
+        if let Some(s) = self.image_size.filter(|s| *s != saved.image_size) {
+            differ.push(format!(
+                "--image-size {s} (the run has {})",
+                saved.image_size
+            ));
+        }
+        if self.augment && !saved.augment {
+            differ.push("--augment (the run has none)".into());
+        }
+        if !differ.is_empty() {
+            bail!(
+                "--resume {} continues the saved fine-tuning; these flags differ from it: {}",
+                dir.display(),
+                differ.join(", ")
+            );
+        }
+        Ok(saved)
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -94,9 +144,10 @@ struct PredictArgs {
     image: Vec<PathBuf>,
     /// More images to classify
     images: Vec<PathBuf>,
-    /// Side of the network input (Resize to size*256/224, CenterCrop to size)
-    #[arg(long, default_value_t = 224, value_parser = image_size())]
-    image_size: usize,
+    /// Side of the network input (Resize to size*256/224, CenterCrop to size) [default: the
+    /// fine-tuning run's, from finetune.json beside --weights; else 224]
+    #[arg(long, value_parser = image_size())]
+    image_size: Option<usize>,
     /// auto, cpu, cuda or cuda:N
     #[arg(long, default_value = "auto")]
     device: String,
@@ -148,7 +199,7 @@ fn predict(args: &PredictArgs) -> Result<()> {
 fn run(args: FineTuneArgs) -> Result<()> {
     if let Some(dir) = &args.train.resume {
         let (locked, saved, tensors) = RECIPE.resume_dir(dir, &args.train)?;
-        let ft = FineTuneConfig::load(dir)?;
+        let ft = args.resumed(FineTuneConfig::load(dir)?, dir)?;
         let config = train::cli::resumed_config(&saved.config, &args.train)?;
         finetune::finetune(&config, &ft, locked.path(), Some((saved, tensors)))?;
         return Ok(());
@@ -156,12 +207,7 @@ fn run(args: FineTuneArgs) -> Result<()> {
     if args.folder && args.train.data_dir.is_none() {
         bail!("--folder needs --data-dir ROOT with one subfolder per class");
     }
-    let ft = FineTuneConfig {
-        weights: args.weights.clone(),
-        unfreeze: args.unfreeze,
-        image_size: args.image_size,
-        augment: args.augment,
-    };
+    let ft = args.fresh();
     let (train_t, test_t) = ft.transforms();
     let mut train_args = args.train.clone();
     train_args.train_transform.get_or_insert(train_t);

@@ -22,9 +22,15 @@ pub struct Classifier {
 
 impl Classifier {
     /// Loads `weights` (a file or a Hub id). Class names come from `classes.json` beside a
-    /// fine-tuned checkpoint, else ImageNet's for a 1000-class head.
-    pub fn load(weights: &str, image_size: usize, device: &Device) -> Result<Self> {
+    /// fine-tuned checkpoint, else ImageNet's for a 1000-class head. The input side is
+    /// `image_size`, or without one the fine-tuning run's (its `finetune.json` beside the
+    /// checkpoint), else 224.
+    pub fn load(weights: &str, image_size: Option<usize>, device: &Device) -> Result<Self> {
         let path = weights::resolve(weights)?;
+        let image_size = match image_size {
+            Some(size) => size,
+            None => run_image_size(&path)?.unwrap_or(224),
+        };
         let tensors = layers::checkpoint::read(&path)?;
         transfer::weights::check_resnet50(&tensors, &path)?;
         let num_classes = transfer::weights::head_classes(&tensors, &path)?;
@@ -52,4 +58,21 @@ impl Classifier {
         )?
         .top5(path)
     }
+}
+
+/// The image size a fine-tuning run trained at, when `weights` lies in its directory (beside
+/// its `finetune.json`).
+fn run_image_size(weights: &Path) -> Result<Option<usize>> {
+    let Some(dir) = weights.parent() else {
+        return Ok(None);
+    };
+    if !dir.join(train::rundir::FINETUNE).is_file() {
+        return Ok(None);
+    }
+    let size = crate::finetune::FineTuneConfig::load(dir)?.image_size;
+    train::say!(
+        "image size {size}, as the fine-tuning run in {} (--image-size sets another)",
+        dir.display()
+    );
+    Ok(Some(size))
 }

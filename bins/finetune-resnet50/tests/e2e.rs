@@ -463,6 +463,45 @@ fn resume_reaches_the_same_weights_as_an_uninterrupted_run() {
     let parts = dir.path().join("parts");
     let args = common(&parts, "1");
     ok(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    // A fine-tuning flag of another value, or data whose classes differ, is refused, naming
+    // what differs; the run is left as it was (the resume below still matches).
+    let refused = |extra: &[&str], expected: &[&str]| {
+        let mut args = vec!["--resume", s(&parts), "--epochs", "2", "--device", "cpu"];
+        args.extend(extra);
+        let err = fails(&args, &[]);
+        for e in expected {
+            assert!(err.contains(e), "{args:?}: {err}");
+        }
+    };
+    refused(
+        &["--image-size", "64"],
+        &["--image-size 64 (the run has 32)"],
+    );
+    refused(
+        &["--unfreeze", "all", "--augment"],
+        &["--unfreeze all (the run has none)", "--augment"],
+    );
+    refused(
+        &["--weights", "other.safetensors"],
+        &["--weights other.safetensors"],
+    );
+    let renamed = dir.path().join("renamed");
+    for split in ["train", "test"] {
+        for class in ["airplane", "frog", "truck"] {
+            let to = renamed
+                .join(split)
+                .join(if class == "frog" { "bird" } else { class });
+            std::fs::create_dir_all(&to).expect("class dir");
+            for file in std::fs::read_dir(data.join(split).join(class)).expect("list") {
+                let file = file.expect("entry").path();
+                std::fs::copy(&file, to.join(file.file_name().expect("name"))).expect("copy");
+            }
+        }
+    }
+    refused(
+        &["--data-dir", s(&renamed)],
+        &["class 1 is \"bird\" in the data but \"frog\" in the run"],
+    );
     ok(
         &["--resume", s(&parts), "--epochs", "2", "--device", "cpu"],
         &[],
@@ -472,6 +511,21 @@ fn resume_reaches_the_same_weights_as_an_uninterrupted_run() {
             == std::fs::read(parts.join(train::rundir::LAST)).expect("parts"),
         "a resumed run ends with the same weights as an uninterrupted one"
     );
+    // predict with the run's checkpoint as --weights takes the run's image size (32, not 224),
+    // as predict --run does.
+    let image = data.join("test/airplane/0000.png");
+    let best = parts.join(train::rundir::BEST);
+    let by_run = ok(&["predict", "--run", s(&parts), s(&image)], &[]);
+    let by_weights = ok(&["predict", "--weights", s(&best), s(&image)], &[]);
+    let top5 = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| l.contains('%'))
+            .map(String::from)
+            .collect()
+    };
+    assert!(by_weights.contains("image size 32"), "{by_weights}");
+    assert_eq!(top5(&by_run), top5(&by_weights));
+    assert_eq!(top5(&by_run).len(), 3, "{by_run}");
 }
 
 /// Fine-tuning and predict with every flag at 0, 1, negative, huge, non-numeric and empty

@@ -318,6 +318,19 @@ fn resume_accepts_the_same_flags_and_names_a_changed_one() {
     assert!(!changed.status.success());
     let err = stderr(&changed);
     assert!(err.contains("--seed 4 (the run has 3)"), "{err}");
+    // Fewer epochs than the run has trained: refused, and the run's configuration stays.
+    let config = std::fs::read(out.join(train::rundir::CONFIG)).expect("config");
+    let fewer = train_mnist(&["--resume", &s(&out), "--epochs", "1"]);
+    assert!(!fewer.status.success());
+    let err = stderr(&fewer);
+    assert!(
+        err.contains("--epochs 1") && err.contains("already trained 2 epochs"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(out.join(train::rundir::CONFIG)).expect("config"),
+        config
+    );
 }
 
 /// Output into a closed pipe (`train-mnist ... | head -1`) ends the printing, not the run.

@@ -171,8 +171,8 @@ fn samples_of(listing: &Listing, dir: &str, classes: &[String]) -> Result<Picks>
     for (label, class) in classes.iter().enumerate() {
         ensure!(
             keyed.iter().any(|k| k.0 == label),
-            "{}: empty class folder (no {} images; every class of the training split needs \
-             images here)",
+            "{}: missing or empty class folder (no {} images; every class of the training split \
+             needs images here)",
             listing.origin.join(join(dir, class)).display(),
             IMAGE_EXTENSIONS.join("/")
         );
@@ -284,8 +284,8 @@ fn decode_all(chosen: Chosen) -> Result<InMemory> {
             let img = sample.decode()?;
             ensure!(
                 img.shape() == shape,
-                "{}: image is {:?} (CxHxW) but {} is {shape:?}; loading into memory needs one size \
-                 (use Storage::Files)",
+                "{}: image is {:?} (CxHxW) but {} is {shape:?}; images held in memory (as CIFAR-10's \
+                 folders are) must all have one size",
                 sample.name,
                 img.shape(),
                 first.name

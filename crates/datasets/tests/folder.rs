@@ -76,7 +76,7 @@ fn val_folder_is_the_test_split_and_class_sets_must_match() {
     let msg = chain(&image_folder(dir.path(), &FolderOptions::default()).unwrap_err());
     assert!(
         msg.contains(&format!(
-            "val{}a: empty class folder",
+            "val{}a: missing or empty class folder",
             std::path::MAIN_SEPARATOR
         )),
         "{msg}"

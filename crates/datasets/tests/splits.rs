@@ -131,7 +131,7 @@ fn image_folder_class_sets_must_match() {
     let msg = chain(&image_folder(dir.path(), &FolderOptions::default()).unwrap_err());
     let missing = dir.path().join("test").join("b").display().to_string();
     assert!(
-        msg.contains(&format!("{missing}: empty class folder")),
+        msg.contains(&format!("{missing}: missing or empty class folder")),
         "{msg}"
     );
     write_folder(dir.path(), &["test"], &["b", "d"], 1, 4, 4);

@@ -40,6 +40,7 @@ pub fn save_with_metadata(
     let written =
         safetensors::serialize_to_file(on_cpu.iter().map(|(k, v)| (*k, v)), metadata, &tmp)
             .with_context(|| format!("cannot write {}", tmp.display()))
+            .and_then(|()| readable_by_all(&tmp))
             .and_then(|()| {
                 std::fs::rename(&tmp, path)
                     .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
@@ -48,6 +49,27 @@ pub fn save_with_metadata(
         let _ = std::fs::remove_file(&tmp);
     }
     written
+}
+
+/// Gives `path` the mode `torch.save` gives a new file, `rw-rw-rw-` less the process's umask
+/// (`rw-r--r--` under the usual 022; read from `/proc/self/status`, 022 where it cannot be):
+/// safetensors writes through a temporary file that only its owner may read.
+fn readable_by_all(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let umask = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().find(|l| l.starts_with("Umask:"))?;
+                u32::from_str_radix(line["Umask:".len()..].trim(), 8).ok()
+            })
+            .unwrap_or(0o022);
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666 & !umask))
+            .with_context(|| format!("cannot set the permissions of {}", path.display()))?;
+    }
+    let _ = path;
+    Ok(())
 }
 
 fn temporary_path(path: &Path) -> PathBuf {
@@ -263,6 +285,18 @@ mod tests {
         let a = ParamStore::new(1, &Device::Cpu);
         model(&a, 2)?;
         save(a.varmap(), &path)?;
+        #[cfg(unix)]
+        {
+            // Readable by others as the umask allows, as torch.save's files (safetensors' own
+            // are owner-only): the mode of a file created here.
+            use std::os::unix::fs::PermissionsExt;
+            let plain = dir.path().join("plain");
+            std::fs::write(&plain, b"x")?;
+            let mode = |p: &Path| -> Result<u32> {
+                Ok(std::fs::metadata(p)?.permissions().mode() & 0o777)
+            };
+            assert_eq!(mode(&path)?, mode(&plain)?);
+        }
         let raw = read(&path)?;
         assert_eq!(raw["bn.num_batches_tracked"].dtype(), DType::I64);
         let b = ParamStore::new(2, &Device::Cpu);

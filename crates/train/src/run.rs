@@ -127,6 +127,9 @@ pub fn train(
         Some((train, test)) => (train, test),
         None => (train_loader, test_loader),
     };
+    if resume.is_some() {
+        same_classes(out, &classes)?;
+    }
     let writes = crate::distributed::writes();
     if writes {
         std::fs::create_dir_all(out)
@@ -140,6 +143,16 @@ pub fn train(
     let _precision = config.precision.enter();
 
     let mut progress = restore(store, optimizer.as_mut(), resume)?;
+    if progress.epochs_done > config.epochs {
+        bail!(
+            "--epochs {}: the run in {} has already trained {} epochs; give --epochs {} or more to \
+             continue it",
+            config.epochs,
+            out.display(),
+            progress.epochs_done,
+            progress.epochs_done + 1
+        );
+    }
     crate::distributed::broadcast_weights(store)?;
     let mut outputs = None;
     if writes {
@@ -716,6 +729,37 @@ pub fn source(
         started.elapsed().as_secs_f64()
     );
     Ok(Box::new(resident))
+}
+
+/// Refuses to resume the run in `out` on data whose class names (in label order) are not those
+/// the run was trained on (its `classes.json`, where it has one): the checkpoints' outputs would
+/// get other names.
+fn same_classes(out: &Path, classes: &[String]) -> Result<()> {
+    let path = out.join(crate::rundir::CLASSES);
+    let Ok(text) = std::fs::read(&path) else {
+        return Ok(());
+    };
+    let saved: Vec<String> = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not a JSON list of class names", path.display()))?;
+    if saved == classes {
+        return Ok(());
+    }
+    let differ = match saved.iter().zip(classes).position(|(a, b)| a != b) {
+        Some(i) => format!(
+            "class {i} is {:?} in the data but {:?} in the run",
+            classes[i], saved[i]
+        ),
+        None => format!(
+            "the data has {} classes, the run {}",
+            classes.len(),
+            saved.len()
+        ),
+    };
+    bail!(
+        "--resume {}: the data's classes are not the run's ({differ}; the run's are in {}): resume on the data the run was trained on",
+        out.display(),
+        path.display()
+    )
 }
 
 /// The dropout generator's seed: derived from the run's seed, apart from the initialisation's.

@@ -30,8 +30,14 @@ macro_rules! say {
 }
 
 fn main() -> Result<()> {
-    let workers = match std::env::args().nth(1) {
-        Some(w) => w.parse().context("WORKERS must be a number")?,
+    let workers = match std::env::args().nth(1).as_deref() {
+        Some("-h" | "--help") => {
+            say!("usage: bench-pipeline [WORKERS]  (default 2; CNN_SHARED_DIR for the real data)");
+            return Ok(());
+        }
+        Some(w) => w
+            .parse()
+            .with_context(|| format!("WORKERS must be a number, not {w:?}"))?,
         None => 2,
     };
     let shared = std::env::var_os("CNN_SHARED_DIR").map(PathBuf::from);

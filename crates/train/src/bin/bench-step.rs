@@ -132,6 +132,10 @@ fn main() -> Result<()> {
     train::threads::calling_thread_joins_the_pool();
     let args = BenchArgs::parse();
     let (steps, only, split) = (args.steps, args.only.as_deref(), args.split);
+    if let Some(o) = only.filter(|o| !CASES.iter().any(|c| c.0 == *o)) {
+        let names: Vec<&str> = CASES.iter().map(|c| c.0).collect();
+        anyhow::bail!("--only {o}: no such model here ({})", names.join(", "));
+    }
     let update = args.optimizer_update.map(Update::from);
     let device = train::device::parse_device(&args.device)?;
     let batches = args.batches;
