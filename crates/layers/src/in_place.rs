@@ -1,8 +1,10 @@
-//! Write access to a CUDA tensor's storage for kernels that update tensors in place: batch
-//! norm's running statistics (cuDNN moves them in the call that normalises) and the
-//! optimizers' multi-tensor step (`train::optim`), which nests one call per parameter.
+//! Write access to a tensor's storage for kernels that update tensors in place: batch norm's
+//! running statistics on CUDA (cuDNN moves them in the call that normalises), the optimizers'
+//! multi-tensor step (`train::optim`), which nests one call per parameter, and, on the CPU,
+//! the same kernels compiled for tests (`train`'s `cuda-emulation`).
 
 use std::cell::RefCell;
+use std::marker::PhantomData;
 
 use candle_core::{CpuStorage, CudaStorage, InplaceOp1, Layout, Result, Tensor};
 
@@ -16,18 +18,51 @@ pub fn in_place_cuda(
     name: &'static str,
     f: impl FnMut(&mut CudaStorage, &Layout) -> Result<()>,
 ) -> Result<()> {
-    t.inplace_op1(&InPlace {
-        name,
-        f: RefCell::new(f),
-    })
+    t.inplace_op1(&InPlace::<_, CudaStorage>::new(name, f))
 }
 
-struct InPlace<F> {
+/// [`in_place_cuda`] for a tensor on the CPU.
+///
+/// # Errors
+/// `t` is not on the CPU, `f` re-enters itself, or what `f` returns.
+pub fn in_place_cpu(
+    t: &Tensor,
+    name: &'static str,
+    f: impl FnMut(&mut CpuStorage, &Layout) -> Result<()>,
+) -> Result<()> {
+    t.inplace_op1(&InPlace::<_, CpuStorage>::new(name, f))
+}
+
+/// `f` on a storage of type `S` held for writing.
+struct InPlace<F, S> {
     name: &'static str,
     f: RefCell<F>,
+    storage: PhantomData<fn(&mut S)>,
 }
 
-impl<F: FnMut(&mut CudaStorage, &Layout) -> Result<()>> InplaceOp1 for InPlace<F> {
+impl<F, S> InPlace<F, S> {
+    fn new(name: &'static str, f: F) -> Self {
+        Self {
+            name,
+            f: RefCell::new(f),
+            storage: PhantomData,
+        }
+    }
+
+    /// Calls `f` on `storage`, refusing a re-entry.
+    fn call(&self, storage: &mut S, layout: &Layout) -> Result<()>
+    where
+        F: FnMut(&mut S, &Layout) -> Result<()>,
+    {
+        let mut f = self
+            .f
+            .try_borrow_mut()
+            .map_err(|_| candle_core::Error::Msg(format!("{}: re-entered", self.name)))?;
+        f(storage, layout)
+    }
+}
+
+impl<F: FnMut(&mut CudaStorage, &Layout) -> Result<()>> InplaceOp1 for InPlace<F, CudaStorage> {
     fn name(&self) -> &'static str {
         self.name
     }
@@ -37,10 +72,16 @@ impl<F: FnMut(&mut CudaStorage, &Layout) -> Result<()>> InplaceOp1 for InPlace<F
     }
 
     fn cuda_fwd(&self, storage: &mut CudaStorage, layout: &Layout) -> Result<()> {
-        let mut f = self
-            .f
-            .try_borrow_mut()
-            .map_err(|_| candle_core::Error::Msg(format!("{}: re-entered", self.name)))?;
-        f(storage, layout)
+        self.call(storage, layout)
+    }
+}
+
+impl<F: FnMut(&mut CpuStorage, &Layout) -> Result<()>> InplaceOp1 for InPlace<F, CpuStorage> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        self.call(storage, layout)
     }
 }

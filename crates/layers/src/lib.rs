@@ -34,7 +34,6 @@ mod cudnn;
 #[cfg(feature = "cuda")]
 mod dropout_cuda;
 mod fill;
-#[cfg(feature = "cuda")]
 mod in_place;
 pub mod init;
 mod linear_cpu;
@@ -71,8 +70,7 @@ pub use conv::cudnn::{cudnn_nhwc_kernels, NhwcKernels};
 #[cfg(feature = "onednn")]
 pub use conv::onednn;
 pub use conv::{conv2d_conv_grads, conv2d_cpu_f32, conv2d_gemm, set_direct_first_layer, Conv2d};
-#[cfg(feature = "cuda")]
-pub use in_place::in_place_cuda;
+pub use in_place::{in_place_cpu, in_place_cuda};
 pub use init::WeightInit;
 pub use memory_format::{to_channels_last, MemoryFormat};
 pub use nn::{conv2d, conv_cfg, flatten, linear, ConvBnRelu, Dropout, Linear};

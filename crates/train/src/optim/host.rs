@@ -113,7 +113,7 @@ fn with_param_ptrs(
     let Some((first, rest)) = vars.split_first() else {
         return launch(ptrs);
     };
-    cuda_host::in_place(first.as_tensor(), "optimizer-step", |s, layout| {
+    layers::in_place_cpu(first.as_tensor(), "optimizer-step", |s, layout| {
         let (at, len) = (layout.start_offset(), layout.shape().elem_count());
         let CpuStorage::F32(values) = s else {
             candle_core::bail!("optimizer step: a parameter is not an f32 tensor")

@@ -46,7 +46,7 @@ pub(super) fn add(logits: &Tensor, labels: &Tensor, counts: &Tensor) -> Result<T
     let x = cuda_host::host_ptr::<f32>(xs, xl.start_offset(), n * k)?;
     let y = cuda_host::host_ptr::<u32>(ys, yl.start_offset(), n)?;
     let mut predicted = vec![0u32; n];
-    cuda_host::in_place(counts, "tally-batch", |cs, cl| {
+    layers::in_place_cpu(counts, "tally-batch", |cs, cl| {
         let CpuStorage::U32(c) = cs else {
             candle_core::bail!("tally-batch: the counts are not a u32 tensor")
         };
