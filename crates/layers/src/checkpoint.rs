@@ -40,8 +40,8 @@ pub fn save_with_metadata(
     let written =
         safetensors::serialize_to_file(on_cpu.iter().map(|(k, v)| (*k, v)), metadata, &tmp)
             .with_context(|| format!("cannot write {}", tmp.display()))
-            .and_then(|()| readable_by_all(&tmp))
             .and_then(|()| {
+                readable_by_all(&tmp);
                 std::fs::rename(&tmp, path)
                     .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
             });
@@ -52,9 +52,10 @@ pub fn save_with_metadata(
 }
 
 /// Gives `path` the mode `torch.save` gives a new file, `rw-rw-rw-` less the process's umask
-/// (`rw-r--r--` under the usual 022; read from `/proc/self/status`, 022 where it cannot be):
-/// safetensors writes through a temporary file that only its owner may read.
-fn readable_by_all(path: &Path) -> Result<()> {
+/// (`rw-r--r--` under the usual 022): safetensors writes through a temporary file that only
+/// its owner may read. Best effort: where the umask cannot be read (no `/proc/self/status`)
+/// or the file system keeps no modes, the file stays as it is.
+fn readable_by_all(path: &Path) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -63,13 +64,12 @@ fn readable_by_all(path: &Path) -> Result<()> {
             .and_then(|s| {
                 let line = s.lines().find(|l| l.starts_with("Umask:"))?;
                 u32::from_str_radix(line["Umask:".len()..].trim(), 8).ok()
-            })
-            .unwrap_or(0o022);
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666 & !umask))
-            .with_context(|| format!("cannot set the permissions of {}", path.display()))?;
+            });
+        if let Some(umask) = umask {
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666 & !umask));
+        }
     }
     let _ = path;
-    Ok(())
 }
 
 fn temporary_path(path: &Path) -> PathBuf {

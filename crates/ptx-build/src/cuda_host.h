@@ -2,9 +2,10 @@
 // CPU, one thread at a time (ptx-build's `host`, for tests without a GPU). A kernel becomes a
 // plain `extern "C"` function; before each call, `cuda_host_thread` sets the thread's
 // `gridDim.x`, `blockDim.x`, `blockIdx.x` and `threadIdx.x` (thread-local, so test threads do
-// not meet). The `_rn` intrinsics are the IEEE operations they name (compiled without
-// contraction into FMAs, as on the GPU, where nothing contracts them); atomics are plain
-// updates, the threads running in turn.
+// not meet). The `_rn` intrinsics are the IEEE operations they name, never contracted into
+// FMAs, as on the GPU; here nothing else is contracted either (`-ffp-contract=off`), while nvcc
+// may contract a plain `a * b + c` into an FMA, so only kernels written with the intrinsics
+// give the GPU's bits exactly. Atomics are plain updates, the threads running in turn.
 
 #pragma once
 #include <math.h>

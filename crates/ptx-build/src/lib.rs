@@ -62,8 +62,9 @@ pub fn compile(src: &str) {
 
 /// Compiles the `.cu` files `srcs` (paths relative to the crate's manifest directory) as C++
 /// for the CPU, with `cuda_host.h` standing in for CUDA, into the static library `lib`, which
-/// Cargo links into the crate. Floating point as on the GPU: IEEE single precision, nothing
-/// contracted into FMAs (`-ffp-contract=off`).
+/// Cargo links into the crate. IEEE single precision with nothing contracted into FMAs
+/// (`-ffp-contract=off`): the GPU's bits wherever the kernel spells its roundings with the
+/// `_rn` intrinsics (nvcc may contract plain `a * b + c`).
 ///
 /// # Panics
 /// When the C++ compiler cannot be run or fails (a build script's way to stop the build).

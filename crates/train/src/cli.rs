@@ -267,19 +267,28 @@ pub fn default_out(program: &str) -> PathBuf {
     free_dir(&PathBuf::from("runs").join(format!("{program}-{}", utc_timestamp(secs))))
 }
 
-/// `base`, or the first of `base-2`, `base-3`... that does not exist yet.
+/// `base`, or the first of `base-2`, `base-3`... that does not exist yet, created here so that
+/// runs started together each get their own (a directory that cannot be created is returned
+/// as it is, for [`RunDir::fresh`] to report).
 fn free_dir(base: &Path) -> PathBuf {
-    (1..)
-        .map(|n| match n {
+    if let Some(parent) = base.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let mut n = 1;
+    loop {
+        let path = match n {
             1 => base.to_path_buf(),
             n => {
                 let mut name = base.as_os_str().to_os_string();
                 name.push(format!("-{n}"));
                 PathBuf::from(name)
             }
-        })
-        .find(|path| !path.exists())
-        .expect("some suffix is free")
+        };
+        match std::fs::create_dir(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
+            _ => return path,
+        }
+    }
 }
 
 /// `YYYYmmdd-HHMMSS` for seconds since the Unix epoch (UTC; civil-from-days by H. Hinnant).
@@ -314,15 +323,15 @@ mod tests {
     #[test]
     fn default_directories_do_not_collide() -> Result<()> {
         let root = tempfile::tempdir()?;
-        let base = root.path().join("train-mnist-20261202-060330");
+        let base = root.path().join("runs/train-mnist-20261202-060330");
         assert_eq!(free_dir(&base), base);
-        std::fs::create_dir(&base)?;
-        let second = root.path().join("train-mnist-20261202-060330-2");
+        assert!(base.is_dir());
+        let second = root.path().join("runs/train-mnist-20261202-060330-2");
         assert_eq!(free_dir(&base), second);
-        std::fs::create_dir(&second)?;
+        assert!(second.is_dir());
         assert_eq!(
             free_dir(&base),
-            root.path().join("train-mnist-20261202-060330-3")
+            root.path().join("runs/train-mnist-20261202-060330-3")
         );
         Ok(())
     }

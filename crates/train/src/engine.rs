@@ -113,7 +113,11 @@ pub fn train_epoch<M: ModuleT + ?Sized>(
 /// (from 0) of `batches`.
 pub(crate) fn non_finite_loss(value: f64, epoch: usize, b: usize, batches: usize) -> anyhow::Error {
     let kept = match epoch {
-        0 => "no epoch had finished, so this run saved nothing".to_string(),
+        0 => {
+            "no epoch had finished, so no checkpoint was saved (add --overwrite to start again in \
+              the same --out)"
+                .to_string()
+        }
         e => format!("the checkpoints of epoch {e}, the last finished, are kept"),
     };
     anyhow!(

@@ -543,6 +543,8 @@ impl Snapshot<'_> {
             optimizer: self.optimizer,
         };
         state::save(out, &self.state, &tensors)?;
+        // A run this one replaces (--overwrite) goes once this one has saved an epoch.
+        crate::rundir::forget_replaced(out)?;
         history::save(out, history)?;
         pictures::save_curves(out, self.title, history)?;
         pictures::save_prediction_tiles(out, self.title, &self.tiles)?;
@@ -736,8 +738,11 @@ pub fn source(
 /// get other names.
 fn same_classes(out: &Path, classes: &[String]) -> Result<()> {
     let path = out.join(crate::rundir::CLASSES);
-    let Ok(text) = std::fs::read(&path) else {
-        return Ok(());
+    let text = match std::fs::read(&path) {
+        Ok(text) => text,
+        // Runs of data sets with built-in class names may have none.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     let saved: Vec<String> = serde_json::from_slice(&text)
         .with_context(|| format!("{} is not a JSON list of class names", path.display()))?;

@@ -45,6 +45,8 @@ pub const REPLACED: &str = "replaced-run";
 const MOVING_ASIDE: &str = "replaced-run.moving";
 /// [`REPLACED`] while the old run's files move back.
 const MOVING_BACK: &str = "replaced-run.returning";
+/// The file that marks those folders as `--overwrite`'s.
+const MARK: &str = ".made-by-overwrite";
 
 /// What a training program leaves in its run directory after an epoch.
 pub const OUTPUTS: [&str; 9] = [
@@ -89,10 +91,10 @@ fn is_run_output(name: &str) -> bool {
         CONFUSION,
         FINETUNE,
     ];
-    named.contains(&name)
-        || name.starts_with(EVENTS_PREFIX)
-        || (name.starts_with("confusion-") && name.ends_with(".png"))
-        || (name.starts_with("evaluation-") && name.ends_with(".json"))
+    let evaluated = ["best", "last"]
+        .iter()
+        .any(|w| name == evaluated_confusion(w) || name == evaluation_summary(w));
+    named.contains(&name) || name.starts_with(EVENTS_PREFIX) || evaluated
 }
 
 /// The run's files in `dir` (see [`is_run_output`]).
@@ -102,7 +104,8 @@ fn run_outputs(dir: &Path) -> Result<Vec<PathBuf>> {
         std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
     for entry in entries {
         let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
-        if is_run_output(&entry.file_name().to_string_lossy()) && entry.file_type()?.is_file() {
+        // Files and links to them (a link moves as the link); never a folder.
+        if is_run_output(&entry.file_name().to_string_lossy()) && !entry.file_type()?.is_dir() {
             found.push(entry.path());
         }
     }
@@ -115,32 +118,33 @@ fn move_file(from: &Path, to: &Path) -> Result<()> {
         .with_context(|| format!("cannot move {} to {}", from.display(), to.display()))
 }
 
-/// Moves every entry of the folder `from` into `to`, then removes `from`.
-fn move_all(from: &Path, to: &Path) -> Result<()> {
-    let entries =
-        std::fs::read_dir(from).with_context(|| format!("cannot list {}", from.display()))?;
-    for entry in entries {
-        let entry = entry.with_context(|| format!("cannot list {}", from.display()))?;
-        move_file(&entry.path(), &to.join(entry.file_name()))?;
-    }
-    std::fs::remove_dir(from).with_context(|| format!("cannot remove {}", from.display()))
+/// Whether `folder` is one of ours (it holds [`MARK`]), not a user's folder of the same name.
+fn ours(folder: &Path) -> bool {
+    folder.join(MARK).is_file()
+}
+
+/// Whether the run in `dir` has saved an epoch: its own [`STATE`], a file (written by
+/// renaming a temporary over it, so never a link).
+fn saved_an_epoch(dir: &Path) -> bool {
+    std::fs::symlink_metadata(dir.join(STATE)).is_ok_and(|m| m.is_file())
 }
 
 /// Ends the replacement of a run that `--overwrite` moved into `dir`'s [`REPLACED`] folder, if
 /// there is one: removes the old run once the new one has saved an epoch (its [`STATE`]), and
 /// otherwise removes what the new run wrote and puts the old run back. Each step can be
 /// interrupted (a kill) and is finished by the next call: the old run's files move aside
-/// through [`MOVING_ASIDE`] and back through [`MOVING_BACK`], each renamed whole.
+/// through [`MOVING_ASIDE`] and back through [`MOVING_BACK`], each renamed whole. Folders of
+/// these names without our [`MARK`] are the user's and left alone.
 fn settle(dir: &Path) -> Result<()> {
     // Moving aside was interrupted: the new run never started.
     let moving = dir.join(MOVING_ASIDE);
-    if moving.is_dir() {
-        move_all(&moving, dir)?;
+    if ours(&moving) {
+        move_back(&moving, dir)?;
     }
     let aside = dir.join(REPLACED);
     let back = dir.join(MOVING_BACK);
-    if aside.is_dir() {
-        if dir.join(STATE).exists() {
+    if ours(&aside) {
+        if saved_an_epoch(dir) {
             return std::fs::remove_dir_all(&aside)
                 .with_context(|| format!("cannot remove the replaced run in {}", aside.display()));
         }
@@ -151,12 +155,40 @@ fn settle(dir: &Path) -> Result<()> {
         }
         move_file(&aside, &back)?;
     }
-    if back.is_dir() {
-        move_all(&back, dir)?;
+    if ours(&back) {
+        move_back(&back, dir)?;
         eprintln!(
             "the run that was to replace the one in {} stopped before saving an epoch: the replaced run is back in place",
             dir.display()
         );
+    }
+    Ok(())
+}
+
+/// Moves the run's files in our folder `from` back into `dir`, then removes the folder (its
+/// mark last).
+fn move_back(from: &Path, dir: &Path) -> Result<()> {
+    let entries =
+        std::fs::read_dir(from).with_context(|| format!("cannot list {}", from.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", from.display()))?;
+        if entry.file_name() != MARK {
+            move_file(&entry.path(), &dir.join(entry.file_name()))?;
+        }
+    }
+    std::fs::remove_file(from.join(MARK))
+        .and_then(|()| std::fs::remove_dir(from))
+        .with_context(|| format!("cannot remove {}", from.display()))
+}
+
+/// Removes the run that `--overwrite` set aside in `dir` once the new run has saved an epoch:
+/// called by the epoch writer after each resume state, so that the old run goes with the
+/// first one. Nothing to do otherwise.
+pub(crate) fn forget_replaced(dir: &Path) -> Result<()> {
+    let aside = dir.join(REPLACED);
+    if ours(&aside) && saved_an_epoch(dir) {
+        std::fs::remove_dir_all(&aside)
+            .with_context(|| format!("cannot remove the replaced run in {}", aside.display()))?;
     }
     Ok(())
 }
@@ -202,9 +234,20 @@ impl RunDir {
                 );
             }
             let (moving, aside) = (path.join(MOVING_ASIDE), path.join(REPLACED));
+            for folder in [&moving, &aside, &path.join(MOVING_BACK)] {
+                if std::fs::symlink_metadata(folder).is_ok() {
+                    bail!(
+                        "--overwrite: {} is in the way (it is not one this program made); move it \
+                         elsewhere first",
+                        folder.display()
+                    );
+                }
+            }
             let move_aside = || -> Result<()> {
                 std::fs::create_dir(&moving)
                     .with_context(|| format!("cannot create {}", moving.display()))?;
+                std::fs::write(moving.join(MARK), b"")
+                    .with_context(|| format!("cannot write in {}", moving.display()))?;
                 for file in run_outputs(path)? {
                     let name = file.file_name().expect("a listed file has a name");
                     move_file(&file, &moving.join(name))?;
@@ -218,7 +261,7 @@ impl RunDir {
             }
             dir.replacing = true;
             crate::say!(
-                "--overwrite: the run in {} moved to {} until this run saves its first epoch",
+                "--overwrite: the run in {} moved to {}, to be deleted when this run saves its first epoch",
                 path.display(),
                 aside.display()
             );
@@ -234,6 +277,22 @@ impl RunDir {
             bail!("--resume {}: no such run directory", path.display());
         }
         if !crate::distributed::writes() {
+            // Rank 0 finishes an interrupted --overwrite (see `settle`) when it locks the
+            // directory; the other ranks read the state once it has.
+            let waited = std::time::Instant::now();
+            while ours(&path.join(MOVING_ASIDE))
+                || ours(&path.join(MOVING_BACK))
+                || (ours(&path.join(REPLACED)) && !saved_an_epoch(path))
+            {
+                if waited.elapsed() > std::time::Duration::from_secs(120) {
+                    bail!(
+                        "--resume {}: an interrupted --overwrite is still being undone there; \
+                         run again",
+                        path.display()
+                    );
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
             return Ok(Self::unlocked(path));
         }
         Self::lock(path)
@@ -447,6 +506,7 @@ mod tests {
         for (part, folder) in [(3, MOVING_ASIDE), (5, MOVING_BACK)] {
             let half = out.join(folder);
             std::fs::create_dir(&half)?;
+            std::fs::write(half.join(MARK), b"")?;
             for (name, _) in &old[..part] {
                 std::fs::rename(out.join(name), half.join(name))?;
             }
@@ -454,13 +514,48 @@ mod tests {
             unchanged(&out)?;
         }
 
+        // A folder of the user's under one of those names is left alone, and --overwrite
+        // refuses to start rather than take it.
+        let theirs = out.join(REPLACED);
+        std::fs::create_dir(&theirs)?;
+        std::fs::write(theirs.join(BEST), "their best")?;
+        let err = format!("{:#}", RunDir::fresh(&out, true).unwrap_err());
+        assert!(err.contains("in the way"), "{err}");
+        assert_eq!(std::fs::read_to_string(theirs.join(BEST))?, "their best");
+        std::fs::remove_dir_all(&theirs)?;
+        unchanged(&out)?;
+
         // The new run saves an epoch: the old run is gone, the new one stays.
         let dir = RunDir::fresh(&out, true)?;
         std::fs::write(out.join(STATE), "new state")?;
         std::fs::write(out.join(BEST), "new best")?;
+        // (The epoch writer removes it as soon as the state is saved.)
+        forget_replaced(&out)?;
+        assert!(!out.join(REPLACED).exists());
         drop(dir);
         assert_eq!(names(&out)?, [LOCK, BEST, "notes.txt", STATE]);
         assert_eq!(std::fs::read_to_string(out.join(STATE))?, "new state");
+        Ok(())
+    }
+
+    /// A run file that is a link (here the state) moves aside and back as the link, and does
+    /// not count as the new run's saved state.
+    #[cfg(unix)]
+    #[test]
+    fn linked_run_files_move_as_links() -> Result<()> {
+        let root = tempfile::tempdir()?;
+        let out = root.path().join("run");
+        std::fs::create_dir(&out)?;
+        let target = root.path().join("elsewhere.safetensors");
+        std::fs::write(&target, "old state")?;
+        std::os::unix::fs::symlink(&target, out.join(STATE))?;
+        std::fs::write(out.join(BEST), "old best")?;
+        let dir = RunDir::fresh(&out, true)?;
+        assert!(!out.join(BEST).exists() && std::fs::symlink_metadata(out.join(STATE)).is_err());
+        drop(dir);
+        assert_eq!(std::fs::read_link(out.join(STATE))?, target);
+        assert_eq!(std::fs::read_to_string(out.join(BEST))?, "old best");
+        assert!(!out.join(REPLACED).exists());
         Ok(())
     }
 }
