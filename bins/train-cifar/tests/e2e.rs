@@ -155,6 +155,49 @@ fn a_model_that_does_not_fit_fails_before_training() {
         "{log}"
     );
     assert!(!out.join(train::rundir::METRICS_CSV).exists());
+
+    // A transform that does not fit the images is refused before training, naming the flag,
+    // and leaves nothing that would hold the directory.
+    let run = train_cifar(&[
+        "--data-dir",
+        &s(&data),
+        "--out",
+        &s(&out),
+        "--model",
+        "resnet18-cifar",
+        "--train-transform",
+        "random-crop:64:4,flip,normalize:cifar10",
+    ]);
+    assert!(!run.status.success());
+    let log = text(&run);
+    assert!(
+        log.contains("--train-transform random-crop:64:4") && log.contains("3x32x32"),
+        "{log}"
+    );
+    assert!(!out.join(train::rundir::CONFIG).exists());
+
+    // A last training batch of one image, which torchvision's ResNet-18 (its last stage at 1x1
+    // here) cannot batch-normalise: the error says which batch and what to change.
+    let run = train_cifar(&[
+        "--data-dir",
+        &s(&data),
+        "--out",
+        &s(&out),
+        "--model",
+        "resnet18",
+        "--limit-train",
+        "9",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+    ]);
+    assert!(!run.status.success());
+    let log = text(&run);
+    assert!(
+        log.contains("batch 2/2 (1 image)") && log.contains("--drop-last"),
+        "{log}"
+    );
 }
 
 /// The real CIFAR-10 JPEG archive, end to end on a slice of it.

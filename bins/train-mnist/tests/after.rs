@@ -30,11 +30,11 @@ fn run(args: &[&str]) -> String {
     text
 }
 
-fn trained(dir: &Path) -> PathBuf {
+fn trained(dir: &Path, extra: &[&str]) -> PathBuf {
     let data = dir.join("mnist");
     train::synthetic::write_mnist(&data, 96, 40).expect("synthetic MNIST");
     let out = dir.join("run");
-    run(&[
+    let args = [
         "--data-dir",
         &s(&data),
         "--model",
@@ -49,14 +49,13 @@ fn trained(dir: &Path) -> PathBuf {
         &s(&out),
         "--device",
         "cpu",
-    ]);
+    ];
+    run(&[&args[..], extra].concat());
     out
 }
 
-#[test]
-fn evaluate_reproduces_the_logged_numbers_and_predict_a_forward_pass() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let out = trained(dir.path());
+/// `evaluate`'s top-1 and loss of `which` (best or last) equal the numbers the run logged.
+fn evaluate_matches_the_log(out: &Path) {
     let csv = std::fs::read_to_string(out.join(train::rundir::METRICS_CSV)).expect("metrics");
     let rows: Vec<Vec<f64>> = csv
         .lines()
@@ -70,7 +69,7 @@ fn evaluate_reproduces_the_logged_numbers_and_predict_a_forward_pass() {
         let log = run(&[
             "evaluate",
             "--run",
-            &s(&out),
+            &s(out),
             "--weights",
             which,
             "--device",
@@ -95,6 +94,20 @@ fn evaluate_reproduces_the_logged_numbers_and_predict_a_forward_pass() {
         assert_eq!(json["per_class"].as_array().map(Vec::len), Some(10));
         assert!(out.join(format!("confusion-{which}.png")).is_file());
     }
+}
+
+/// A run trained in bf16 (autocast) is evaluated in bf16 too, as its test passes were.
+#[test]
+fn evaluate_runs_in_the_runs_precision() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    evaluate_matches_the_log(&trained(dir.path(), &["--precision", "bf16"]));
+}
+
+#[test]
+fn evaluate_reproduces_the_logged_numbers_and_predict_a_forward_pass() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = trained(dir.path(), &[]);
+    evaluate_matches_the_log(&out);
 
     // A 28x28 grey digit: the test transform alone, as the run's test images saw it.
     let image = dir.path().join("digit.png");
@@ -146,7 +159,7 @@ fn evaluate_reproduces_the_logged_numbers_and_predict_a_forward_pass() {
 #[test]
 fn evaluate_and_predict_flags_never_panic() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = s(&trained(dir.path()));
+    let out = s(&trained(dir.path(), &[]));
     let image = dir.path().join("digit.png");
     image::RgbImage::from_pixel(40, 30, image::Rgb([200, 10, 10]))
         .save(&image)

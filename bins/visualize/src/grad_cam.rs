@@ -117,13 +117,14 @@ fn overlay(seen: &U8Image, cam: &Cam) -> Result<U8Image> {
 /// the class explained.
 pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
     let device = Device::Cpu;
-    let (model, store_spec, classes, transform) = match (&args.run, &args.model) {
+    let (model, store_spec, input, classes, transform) = match (&args.run, &args.model) {
         (Some(run), _) => {
             let weights = args.weights.as_deref().unwrap_or("best");
             let trained = train::inference::Trained::open(run, weights, &device)?;
             let spec = zoo::spec(&trained.config.model)?;
+            let input = train::inference::run_input(&trained.config)?;
             let transform = Transform::parse(&trained.config.test_transform)?;
-            (trained.model, spec, trained.classes, transform)
+            (trained.model, spec, input, trained.classes, transform)
         }
         (None, Some(name)) => {
             let spec = zoo::spec(name)?;
@@ -137,17 +138,13 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
                     .map(|k| format!("class {k}"))
                     .collect()
             };
-            (net, spec, classes, (data.eval)(spec.input.1))
+            let input = (spec.input.0, spec.input.1);
+            (net, spec, input, classes, (data.eval)(spec.input.1))
         }
         (None, None) => bail!("grad-cam needs --run DIR (a training run) or --model NAME"),
     };
-    let predictor = train::inference::Predictor::new(
-        model.as_ref(),
-        transform,
-        (store_spec.input.0, store_spec.input.1),
-        &classes,
-        &device,
-    )?;
+    let predictor =
+        train::inference::Predictor::new(model.as_ref(), transform, input, &classes, &device)?;
     let (seen, x) = predictor.prepare(&args.image)?;
     let class = match &args.class {
         None => None,

@@ -319,6 +319,34 @@ mod tests {
         DataPlacement, DatasetKind, MemoryFormat, Precision, ScheduleKind, ADAM_BETAS,
     };
 
+    /// `--nesterov` is refused with Adam and without momentum, naming the flags.
+    #[test]
+    fn nesterov_needs_sgd_with_momentum() -> Result<()> {
+        for (argv, expected) in [
+            (&["prog", "--optimizer", "adam", "--nesterov"][..], "Adam"),
+            (
+                &[
+                    "prog",
+                    "--optimizer",
+                    "sgd",
+                    "--nesterov",
+                    "--momentum",
+                    "0",
+                ][..],
+                "--momentum",
+            ),
+        ] {
+            let err = format!("{:#}", RECIPE.config(&RECIPE.parse(argv)?).unwrap_err());
+            assert!(
+                err.contains("--nesterov") && err.contains(expected),
+                "{err}"
+            );
+        }
+        let sgd = RECIPE.parse(["prog", "--optimizer", "sgd", "--nesterov"])?;
+        assert!(RECIPE.config(&sgd)?.nesterov);
+        Ok(())
+    }
+
     /// Two runs started in the same second get directories of their own.
     #[test]
     fn default_directories_do_not_collide() -> Result<()> {

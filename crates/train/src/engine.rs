@@ -1,6 +1,6 @@
 //! One epoch of training, one pass of testing.
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use candle_core::{Device, Tensor};
 use candle_nn::ModuleT;
 
@@ -87,7 +87,22 @@ pub fn train_epoch<M: ModuleT + ?Sized>(
         step.schedule.apply(step.optimizer, epoch, b, batches);
         last_lr = step.optimizer.learning_rate();
         let (images, labels) = to_device(&batch.images, &batch.labels, device)?;
-        let logits = model.forward_t(&images, true)?;
+        let logits = model.forward_t(&images, true).with_context(|| {
+            let n = batch.indices.len();
+            let hint = match n {
+                // torch.nn.BatchNorm2d refuses one value per channel in training too.
+                1 => {
+                    " (a batch of one image: choose a --batch-size that does not leave one \
+                      over, or --drop-last)"
+                }
+                _ => "",
+            };
+            let images = if n == 1 { "image" } else { "images" };
+            format!(
+                "the forward pass of training batch {}/{batches} ({n} {images}){hint}",
+                b + 1
+            )
+        })?;
         let loss = cross_entropy(&logits, &labels, step.label_smoothing)?;
         let grads = loss.backward()?;
         step.optimizer.step(&grads)?;
@@ -113,11 +128,7 @@ pub fn train_epoch<M: ModuleT + ?Sized>(
 /// (from 0) of `batches`.
 pub(crate) fn non_finite_loss(value: f64, epoch: usize, b: usize, batches: usize) -> anyhow::Error {
     let kept = match epoch {
-        0 => {
-            "no epoch had finished, so no checkpoint was saved (add --overwrite to start again in \
-              the same --out)"
-                .to_string()
-        }
+        0 => "no epoch had finished, so no checkpoint was saved".to_string(),
         e => format!("the checkpoints of epoch {e}, the last finished, are kept"),
     };
     anyhow!(

@@ -150,6 +150,8 @@ pub struct Evaluation {
 pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
     let device = parse_device(&args.device)?;
     let trained = Trained::open(&args.run, &args.weights, &device)?;
+    // The run's precision (bf16 autocast, TF32), as its test passes ran.
+    let _precision = trained.config.precision.enter();
     let mut config = trained.config.clone();
     if let Some(dir) = &args.data_dir {
         config.data_dir = Some(dir.clone());
@@ -328,18 +330,35 @@ impl<'a> Predictor<'a> {
     }
 }
 
+/// The `(channels, side)` of the images a run's model saw before its test transform: the data
+/// set's own image shape where all its images share one (MNIST's 1x28x28, CIFAR-10's 3x32x32,
+/// whatever the model's native input), else the model's native input (an ImageFolder run,
+/// whose test transform then resizes).
+///
+/// Errors: the run's model is not in the zoo.
+pub fn run_input(config: &RunConfig) -> Result<(usize, usize)> {
+    match config.dataset.spec().shape {
+        Some((channels, side, _)) => Ok((channels, side)),
+        None => {
+            let spec = zoo::spec(&config.model)?;
+            Ok((spec.input.0, spec.input.1))
+        }
+    }
+}
+
 /// Prints the top-5 classes with probabilities for each image, under a run's checkpoint.
 ///
 /// Errors: those of [`Trained::open`] and [`Predictor::top5`].
 pub fn predict(args: &PredictArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
     let trained = Trained::open(&args.run, &args.weights, &device)?;
-    let spec = zoo::spec(&trained.config.model)?;
+    // The run's precision (bf16 autocast, TF32), as its test passes ran.
+    let _precision = trained.config.precision.enter();
     let transform = Transform::parse(&trained.config.test_transform)?;
     let predictor = Predictor::new(
         trained.model.as_ref(),
         transform,
-        (spec.input.0, spec.input.1),
+        run_input(&trained.config)?,
         &trained.classes,
         &device,
     )?;
@@ -351,4 +370,23 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DatasetKind;
+
+    /// A model of another native size trained on CIFAR-10 or MNIST saw the data set's images
+    /// (before the test transform), not its native input; an ImageFolder run's test transform
+    /// resizes to the model's.
+    #[test]
+    fn predict_feeds_the_images_the_run_saw() -> Result<()> {
+        let run = |data, model| run_input(&RunConfig::new("t", data, model));
+        assert_eq!(run(DatasetKind::Cifar10, "resnet18")?, (3, 32));
+        assert_eq!(run(DatasetKind::Cifar10, "resnet18-cifar")?, (3, 32));
+        assert_eq!(run(DatasetKind::Mnist, "lenet5")?, (1, 28));
+        assert_eq!(run(DatasetKind::Folder, "resnet18")?, (3, 224));
+        Ok(())
+    }
 }

@@ -71,6 +71,7 @@ pub fn run(
     let classes = data.train.classes().to_vec();
     let store = ParamStore::new(config.seed, &device);
     let model = zoo::build(&config.model, classes.len(), store.vb())?;
+    check_transforms(config, &data)?;
     check_fits(
         model.as_ref(),
         &config.model,
@@ -775,6 +776,42 @@ fn dropout_seed(seed: u64) -> u64 {
 /// The data set's name for logs and pictures.
 pub fn dataset_title(config: &RunConfig) -> &'static str {
     config.dataset.spec().title
+}
+
+/// Refuses, before training, a transform that does not fit the data set's images (a crop larger
+/// than the padded image, a normalisation of another number of channels): each split's first
+/// image goes through its transform, and an error names the flag.
+fn check_transforms(config: &RunConfig, data: &Split) -> Result<()> {
+    let splits: [(&str, &str, &dyn Dataset); 2] = [
+        (
+            "--train-transform",
+            &config.train_transform,
+            data.train.as_ref(),
+        ),
+        (
+            "--test-transform",
+            &config.test_transform,
+            data.test.as_ref(),
+        ),
+    ];
+    for (flag, text, split) in splits {
+        let transform =
+            datasets::Transform::parse(text).with_context(|| format!("{flag} {text}"))?;
+        if split.is_empty() {
+            continue;
+        }
+        let image = split.image(0).context("cannot read the first image")?;
+        let shape = image.shape();
+        transform
+            .apply(image, &mut datasets::Rng::new(0))
+            .with_context(|| {
+                format!(
+                    "{flag} {text} does not fit the data's {}x{}x{} images",
+                    shape.0, shape.1, shape.2
+                )
+            })?;
+    }
+    Ok(())
 }
 
 /// Fails early, with a clear message, when `model` cannot take the data set's images:

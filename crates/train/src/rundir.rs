@@ -208,8 +208,9 @@ impl RunDir {
     /// Creates `path` (if needed) for a fresh run and locks it.
     ///
     /// Errors: the directory cannot be created or written, another run holds it, or it already
-    /// holds a run (its `state.safetensors`, checkpoints or `config.json`) and `overwrite` is
-    /// false. With `overwrite`, the old run's files move into [`REPLACED`]: removed once this
+    /// holds a run that saved an epoch (its `state.safetensors` or checkpoints) and `overwrite`
+    /// is false. A run that saved none (only its `config.json`) is replaced without asking.
+    /// With `overwrite`, the old run's files move into [`REPLACED`]: removed once this
     /// run has saved its first epoch (when this value is dropped, or by the next run to lock
     /// the directory if this process is killed), put back if it stops before that.
     pub fn fresh(path: &Path, overwrite: bool) -> Result<Self> {
@@ -223,7 +224,18 @@ impl RunDir {
             .into_iter()
             .filter(|f| path.join(f).exists())
             .collect();
-        if !held.is_empty() {
+        if held == [CONFIG] && !overwrite {
+            // A run that stopped before saving its first epoch (an error, a NaN loss, a kill):
+            // no weights, nothing to resume; this run takes its place.
+            for file in run_outputs(path)? {
+                std::fs::remove_file(&file)
+                    .with_context(|| format!("cannot remove {}", file.display()))?;
+            }
+            crate::say!(
+                "--out {}: the run there stopped before saving an epoch; this run replaces it",
+                path.display()
+            );
+        } else if !held.is_empty() {
             if !overwrite {
                 bail!(
                     "--out {} already holds a run ({}): continue it with --resume {}, or replace \
@@ -558,4 +570,20 @@ mod tests {
         assert!(!out.join(REPLACED).exists());
         Ok(())
     }
+
+    /// A run that stopped before saving an epoch (only its configuration, classes and events)
+    /// is replaced by the next fresh run without --overwrite; other files stay.
+    #[test]
+    fn a_run_that_saved_no_epoch_is_replaced() -> Result<()> {
+        let root = tempfile::tempdir()?;
+        let out = root.path().join("run");
+        std::fs::create_dir(&out)?;
+        for name in [CONFIG, CLASSES, "events.out.tfevents.1.host.7", "notes.txt"] {
+            std::fs::write(out.join(name), "x")?;
+        }
+        drop(RunDir::fresh(&out, false)?);
+        assert_eq!(names(&out)?, [LOCK, "notes.txt"]);
+        Ok(())
+    }
 }
+

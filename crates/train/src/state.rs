@@ -83,7 +83,8 @@ pub fn load(dir: &Path) -> Result<(ResumeState, StateTensors)> {
     let path = dir.join(STATE);
     if !path.exists() {
         bail!(
-            "cannot resume from {}: it holds no {STATE} (was the run saved after an epoch?)",
+            "cannot resume from {}: it holds no {STATE} (the run saved no epoch: start it again \
+             without --resume, with the same --out)",
             dir.display()
         );
     }
