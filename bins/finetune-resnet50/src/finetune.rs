@@ -80,6 +80,7 @@ pub fn finetune(
     resume: Option<(train::state::ResumeState, train::state::StateTensors)>,
 ) -> Result<Outcome> {
     let data = train::cli::load_data(run)?;
+    train::run::check_transforms(run, &data)?;
     let classes = data.train.classes().to_vec();
     let device = train::device::parse_device(&train::distributed::device_spec(&run.device))?;
     let path = weights::resolve(&ft.weights)?;

@@ -190,8 +190,8 @@ fn one_run_owns_its_directory() {
         std::fs::read(done.join(train::rundir::BEST)).expect("best"),
         best
     );
-    // An --overwrite run that fails before its first epoch (here, the test transform does not
-    // fit the images) leaves the finished run as it was.
+    // An --overwrite run that fails in its first epoch, after writing its configuration (here
+    // its loss becomes NaN), leaves the finished run as it was.
     let listing = |dir: &Path| {
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .expect("list")
@@ -208,11 +208,12 @@ fn one_run_owns_its_directory() {
         &s(&done),
         "--epochs",
         "1",
-        "--test-transform",
-        "normalize:imagenet",
+        "--lr",
+        "1e30",
         "--overwrite",
     ]);
     assert!(!failed.status.success());
+    assert!(stderr(&failed).contains("NaN"), "{}", stderr(&failed));
     assert!(
         stderr(&failed).contains("replaced run is back"),
         "{}",
@@ -261,6 +262,52 @@ fn one_run_owns_its_directory() {
         err.contains("--out") && !err.contains("nonexistent"),
         "{err}"
     );
+}
+
+/// With --overwrite, the replaced run goes as soon as the new run has saved its first epoch,
+/// while it trains on.
+#[test]
+fn the_replaced_run_goes_with_the_first_saved_epoch() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    let out = dir.path().join("run");
+    let mut args = common(&data, &out);
+    let epochs = args.iter().position(|a| a == "--epochs").expect("--epochs") + 1;
+    args[epochs] = "1".into();
+    let first = train_mnist(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(first.status.success(), "{}", stderr(&first));
+    args[epochs] = "5000".into(); // killed long before the end
+    let mut live = Command::new(BIN)
+        .args(&args)
+        .args([
+            "--overwrite",
+            "--seed",
+            "5",
+            "--device",
+            "cpu",
+            "--workers",
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("train-mnist starts");
+    let aside = out.join(train::rundir::REPLACED);
+    let waited = Instant::now();
+    while !aside.exists() && waited.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let set_aside = aside.exists() || out.join(train::rundir::STATE).exists();
+    while aside.exists() && waited.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let alive = live.try_wait().expect("wait").is_none();
+    let _ = live.kill();
+    let _ = live.wait();
+    assert!(set_aside, "the old run was never set aside");
+    assert!(!aside.exists(), "the replaced run is still there");
+    assert!(alive, "the new run ended before the replaced run went");
+    assert!(out.join(train::rundir::STATE).exists());
 }
 
 /// A run made by another program is not resumed; the error names that program.

@@ -138,13 +138,17 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
                     .map(|k| format!("class {k}"))
                     .collect()
             };
-            let input = (spec.input.0, spec.input.1);
+            let input = train::inference::RunInput {
+                channels: spec.input.0,
+                side: spec.input.1,
+                data_size: false,
+            };
             (net, spec, input, classes, (data.eval)(spec.input.1))
         }
         (None, None) => bail!("grad-cam needs --run DIR (a training run) or --model NAME"),
     };
     let predictor =
-        train::inference::Predictor::new(model.as_ref(), transform, input, &classes, &device)?;
+        train::inference::Predictor::for_run(model.as_ref(), transform, input, &classes, &device)?;
     let (seen, x) = predictor.prepare(&args.image)?;
     let class = match &args.class {
         None => None,

@@ -53,20 +53,21 @@ pub fn save_with_metadata(
 
 /// Gives `path` the mode `torch.save` gives a new file, `rw-rw-rw-` less the process's umask
 /// (`rw-r--r--` under the usual 022): safetensors writes through a temporary file that only
-/// its owner may read. Best effort: where the umask cannot be read (no `/proc/self/status`)
-/// or the file system keeps no modes, the file stays as it is.
+/// its owner may read. The mode is that of a file created beside it (a probe, removed at
+/// once), so it follows the umask on every Unix. Best effort: where no probe can be made or the
+/// file system keeps no modes, the file stays as it is.
 fn readable_by_all(path: &Path) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let umask = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                let line = s.lines().find(|l| l.starts_with("Umask:"))?;
-                u32::from_str_radix(line["Umask:".len()..].trim(), 8).ok()
-            });
-        if let Some(umask) = umask {
-            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666 & !umask));
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(".mode");
+        let probe = temporary_path(&path.with_file_name(name));
+        let mode = std::fs::File::create(&probe).and_then(|f| f.metadata());
+        let _ = std::fs::remove_file(&probe);
+        if let Ok(mode) = mode {
+            let mode = mode.permissions().mode() & 0o777;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
         }
     }
     let _ = path;

@@ -90,6 +90,16 @@ impl Recipe {
         if !adam && args.betas.is_some() {
             bail!("--betas are Adam's and AdamW's; SGD takes --momentum");
         }
+        // (Checked for fresh runs only: runs saved before kept the flag, unused, with Adam.)
+        if adam && config.nesterov {
+            bail!("--nesterov is SGD's momentum; Adam and AdamW take none");
+        }
+        if config.nesterov && config.momentum <= 0.0 {
+            bail!(
+                "--nesterov needs a momentum above 0 (--momentum), got {}",
+                config.momentum
+            );
+        }
         if !adam {
             config.betas = None;
         }
@@ -271,6 +281,10 @@ pub fn default_out(program: &str) -> PathBuf {
 /// runs started together each get their own (a directory that cannot be created is returned
 /// as it is, for [`RunDir::fresh`] to report).
 fn free_dir(base: &Path) -> PathBuf {
+    if !crate::distributed::writes() {
+        // Data-parallel ranks other than 0 write nothing there.
+        return base.to_path_buf();
+    }
     if let Some(parent) = base.parent() {
         let _ = std::fs::create_dir_all(parent);
     }

@@ -279,15 +279,6 @@ impl RunConfig {
         if self.limit_train == Some(0) || self.limit_test == Some(0) {
             bail!("--limit-train and --limit-test must be at least 1");
         }
-        if self.nesterov && adam {
-            bail!("--nesterov is SGD's momentum; Adam and AdamW take none (torch.optim.NAdam is not here)");
-        }
-        if self.nesterov && self.momentum <= 0.0 {
-            bail!(
-                "--nesterov needs a momentum above 0 (--momentum), got {}",
-                self.momentum
-            );
-        }
         Ok(())
     }
 

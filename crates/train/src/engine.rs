@@ -92,8 +92,8 @@ pub fn train_epoch<M: ModuleT + ?Sized>(
             let hint = match n {
                 // torch.nn.BatchNorm2d refuses one value per channel in training too.
                 1 => {
-                    " (a batch of one image: choose a --batch-size that does not leave one \
-                      over, or --drop-last)"
+                    " (a batch of one image: choose a --batch-size of 2 or more that does not \
+                      leave one image over, or add --drop-last)"
                 }
                 _ => "",
             };

@@ -259,15 +259,44 @@ impl<'a> Predictor<'a> {
         let transform = if resizes {
             transform
         } else {
-            let n = transform.normalization();
-            let mut fitted = Transform::to_tensor_normalize(n.mean(), n.std())?
-                .resize(side)
-                .center_crop(side);
-            for op in transform.ops() {
-                fitted = fitted.then(op.clone());
-            }
-            fitted
+            sized_first(&transform, side)?
         };
+        Self::with(model, transform, channels, classes, device)
+    }
+
+    /// The predictor of a trained run's model: as [`Predictor::new`], except that where the
+    /// run's data set has one image size (`input.data_size`), every image is first brought to
+    /// it (`Resize` + `CenterCrop`), as the run's test images were, before the run's test
+    /// transform (which may resize again, as fine-tuning's `imagenet-eval`).
+    ///
+    /// Errors: as [`Predictor::new`].
+    pub fn for_run(
+        model: &'a dyn Network,
+        transform: Transform,
+        input: RunInput,
+        classes: &'a [String],
+        device: &Device,
+    ) -> Result<Self> {
+        if !input.data_size {
+            return Self::new(
+                model,
+                transform,
+                (input.channels, input.side),
+                classes,
+                device,
+            );
+        }
+        let transform = sized_first(&transform, input.side)?;
+        Self::with(model, transform, input.channels, classes, device)
+    }
+
+    fn with(
+        model: &'a dyn Network,
+        transform: Transform,
+        channels: usize,
+        classes: &'a [String],
+        device: &Device,
+    ) -> Result<Self> {
         Ok(Self {
             model,
             transform,
@@ -330,20 +359,53 @@ impl<'a> Predictor<'a> {
     }
 }
 
-/// The `(channels, side)` of the images a run's model saw before its test transform: the data
-/// set's own image shape where all its images share one (MNIST's 1x28x28, CIFAR-10's 3x32x32,
-/// whatever the model's native input), else the model's native input (an ImageFolder run,
-/// whose test transform then resizes).
+/// What images a run's model saw before its test transform, for [`Predictor::for_run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunInput {
+    /// Colour channels (1: grey).
+    pub channels: usize,
+    /// Height and width.
+    pub side: usize,
+    /// Whether `side` is the data set's own image size (every image is brought to it first),
+    /// rather than the model's native input (brought to it only by a test transform that does
+    /// not resize).
+    pub data_size: bool,
+}
+
+/// The images a run's model saw before its test transform: the data set's own image shape
+/// where all its images share one (MNIST's 1x28x28, CIFAR-10's 3x32x32, whatever the model's
+/// native input), else the model's native input (an ImageFolder run, whose test transform
+/// resizes).
 ///
 /// Errors: the run's model is not in the zoo.
-pub fn run_input(config: &RunConfig) -> Result<(usize, usize)> {
-    match config.dataset.spec().shape {
-        Some((channels, side, _)) => Ok((channels, side)),
+pub fn run_input(config: &RunConfig) -> Result<RunInput> {
+    Ok(match config.dataset.spec().shape {
+        Some((channels, side, _)) => RunInput {
+            channels,
+            side,
+            data_size: true,
+        },
         None => {
             let spec = zoo::spec(&config.model)?;
-            Ok((spec.input.0, spec.input.1))
+            RunInput {
+                channels: spec.input.0,
+                side: spec.input.1,
+                data_size: false,
+            }
         }
+    })
+}
+
+/// `transform` with `Resize(side)` and `CenterCrop(side)` in front.
+fn sized_first(transform: &Transform, side: usize) -> Result<Transform> {
+    let n = transform.normalization();
+    let mut fitted = Transform::to_tensor_normalize(n.mean(), n.std())?
+        .resize(side)
+        .center_crop(side);
+    for op in transform.ops() {
+        fitted = fitted.then(op.clone());
     }
+    Ok(fitted)
 }
 
 /// Prints the top-5 classes with probabilities for each image, under a run's checkpoint.
@@ -355,7 +417,7 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
     // The run's precision (bf16 autocast, TF32), as its test passes ran.
     let _precision = trained.config.precision.enter();
     let transform = Transform::parse(&trained.config.test_transform)?;
-    let predictor = Predictor::new(
+    let predictor = Predictor::for_run(
         trained.model.as_ref(),
         transform,
         run_input(&trained.config)?,
@@ -382,11 +444,14 @@ mod tests {
     /// resizes to the model's.
     #[test]
     fn predict_feeds_the_images_the_run_saw() -> Result<()> {
-        let run = |data, model| run_input(&RunConfig::new("t", data, model));
-        assert_eq!(run(DatasetKind::Cifar10, "resnet18")?, (3, 32));
-        assert_eq!(run(DatasetKind::Cifar10, "resnet18-cifar")?, (3, 32));
-        assert_eq!(run(DatasetKind::Mnist, "lenet5")?, (1, 28));
-        assert_eq!(run(DatasetKind::Folder, "resnet18")?, (3, 224));
+        let run = |data, model| -> Result<(usize, usize, bool)> {
+            let input = run_input(&RunConfig::new("t", data, model))?;
+            Ok((input.channels, input.side, input.data_size))
+        };
+        assert_eq!(run(DatasetKind::Cifar10, "resnet18")?, (3, 32, true));
+        assert_eq!(run(DatasetKind::Cifar10, "resnet18-cifar")?, (3, 32, true));
+        assert_eq!(run(DatasetKind::Mnist, "lenet5")?, (1, 28, true));
+        assert_eq!(run(DatasetKind::Folder, "resnet18")?, (3, 224, false));
         Ok(())
     }
 }

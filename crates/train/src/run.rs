@@ -545,7 +545,7 @@ impl Snapshot<'_> {
         };
         state::save(out, &self.state, &tensors)?;
         // A run this one replaces (--overwrite) goes once this one has saved an epoch.
-        crate::rundir::forget_replaced(out)?;
+        crate::rundir::forget_replaced(out);
         history::save(out, history)?;
         pictures::save_curves(out, self.title, history)?;
         pictures::save_prediction_tiles(out, self.title, &self.tiles)?;
@@ -781,7 +781,10 @@ pub fn dataset_title(config: &RunConfig) -> &'static str {
 /// Refuses, before training, a transform that does not fit the data set's images (a crop larger
 /// than the padded image, a normalisation of another number of channels): each split's first
 /// image goes through its transform, and an error names the flag.
-fn check_transforms(config: &RunConfig, data: &Split) -> Result<()> {
+///
+/// # Errors
+/// A transform that does not parse or does not fit, or the first image cannot be read.
+pub fn check_transforms(config: &RunConfig, data: &Split) -> Result<()> {
     let splits: [(&str, &str, &dyn Dataset); 2] = [
         (
             "--train-transform",

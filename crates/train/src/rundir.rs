@@ -118,6 +118,35 @@ fn move_file(from: &Path, to: &Path) -> Result<()> {
         .with_context(|| format!("cannot move {} to {}", from.display(), to.display()))
 }
 
+/// Whether `dir` holds a run of ours that stopped before saving its first epoch: its
+/// [`CONFIG`] is a run configuration, and there is no state, checkpoint or metrics (written
+/// after the state) of any kind, not even a link.
+fn saved_no_epoch(dir: &Path) -> bool {
+    let none = [
+        STATE,
+        LEGACY_STATE_JSON,
+        BEST,
+        LAST,
+        METRICS_CSV,
+        METRICS_JSON,
+    ]
+    .iter()
+    .all(|f| std::fs::symlink_metadata(dir.join(f)).is_err());
+    none && std::fs::read(dir.join(CONFIG))
+        .is_ok_and(|text| serde_json::from_slice::<crate::config::RunConfig>(&text).is_ok())
+}
+
+/// Removes the old run that a new one replaced once it has saved an epoch. Best effort: the old
+/// run is no longer needed, so a failure (a file still open over NFS) is said and left.
+fn remove_replaced(aside: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(aside) {
+        eprintln!(
+            "cannot remove the replaced run in {} ({e}); it is no longer needed: delete it when you like",
+            aside.display()
+        );
+    }
+}
+
 /// Whether `folder` is one of ours (it holds [`MARK`]), not a user's folder of the same name.
 fn ours(folder: &Path) -> bool {
     folder.join(MARK).is_file()
@@ -136,6 +165,13 @@ fn saved_an_epoch(dir: &Path) -> bool {
 /// through [`MOVING_ASIDE`] and back through [`MOVING_BACK`], each renamed whole. Folders of
 /// these names without our [`MARK`] are the user's and left alone.
 fn settle(dir: &Path) -> Result<()> {
+    // A kill between making one of these folders and marking it (or between unmarking and
+    // removing it) leaves it empty: remove_dir removes only an empty one.
+    for name in [MOVING_ASIDE, REPLACED, MOVING_BACK] {
+        if !ours(&dir.join(name)) {
+            let _ = std::fs::remove_dir(dir.join(name));
+        }
+    }
     // Moving aside was interrupted: the new run never started.
     let moving = dir.join(MOVING_ASIDE);
     if ours(&moving) {
@@ -145,8 +181,8 @@ fn settle(dir: &Path) -> Result<()> {
     let back = dir.join(MOVING_BACK);
     if ours(&aside) {
         if saved_an_epoch(dir) {
-            return std::fs::remove_dir_all(&aside)
-                .with_context(|| format!("cannot remove the replaced run in {}", aside.display()));
+            remove_replaced(&aside);
+            return Ok(());
         }
         // What is beside it is the new run's.
         for file in run_outputs(dir)? {
@@ -184,13 +220,11 @@ fn move_back(from: &Path, dir: &Path) -> Result<()> {
 /// Removes the run that `--overwrite` set aside in `dir` once the new run has saved an epoch:
 /// called by the epoch writer after each resume state, so that the old run goes with the
 /// first one. Nothing to do otherwise.
-pub(crate) fn forget_replaced(dir: &Path) -> Result<()> {
+pub(crate) fn forget_replaced(dir: &Path) {
     let aside = dir.join(REPLACED);
     if ours(&aside) && saved_an_epoch(dir) {
-        std::fs::remove_dir_all(&aside)
-            .with_context(|| format!("cannot remove the replaced run in {}", aside.display()))?;
+        remove_replaced(&aside);
     }
-    Ok(())
 }
 
 /// A locked run directory. The lock (an OS file lock, released by the kernel even when the
@@ -224,7 +258,7 @@ impl RunDir {
             .into_iter()
             .filter(|f| path.join(f).exists())
             .collect();
-        if held == [CONFIG] && !overwrite {
+        if !overwrite && saved_no_epoch(path) {
             // A run that stopped before saving its first epoch (an error, a NaN loss, a kill):
             // no weights, nothing to resume; this run takes its place.
             for file in run_outputs(path)? {
@@ -292,9 +326,11 @@ impl RunDir {
             // Rank 0 finishes an interrupted --overwrite (see `settle`) when it locks the
             // directory; the other ranks read the state once it has.
             let waited = std::time::Instant::now();
+            // In the order a folder passes through them, so that one renamed meanwhile is
+            // still seen.
             while ours(&path.join(MOVING_ASIDE))
-                || ours(&path.join(MOVING_BACK))
                 || (ours(&path.join(REPLACED)) && !saved_an_epoch(path))
+                || ours(&path.join(MOVING_BACK))
             {
                 if waited.elapsed() > std::time::Duration::from_secs(120) {
                     bail!(
@@ -542,7 +578,7 @@ mod tests {
         std::fs::write(out.join(STATE), "new state")?;
         std::fs::write(out.join(BEST), "new best")?;
         // (The epoch writer removes it as soon as the state is saved.)
-        forget_replaced(&out)?;
+        forget_replaced(&out);
         assert!(!out.join(REPLACED).exists());
         drop(dir);
         assert_eq!(names(&out)?, [LOCK, BEST, "notes.txt", STATE]);
@@ -564,6 +600,9 @@ mod tests {
         std::fs::write(out.join(BEST), "old best")?;
         let dir = RunDir::fresh(&out, true)?;
         assert!(!out.join(BEST).exists() && std::fs::symlink_metadata(out.join(STATE)).is_err());
+        // A link where the new run's state would be is no saved epoch.
+        std::os::unix::fs::symlink(root.path().join("other"), out.join(STATE))?;
+        std::fs::write(root.path().join("other"), "not a state")?;
         drop(dir);
         assert_eq!(std::fs::read_link(out.join(STATE))?, target);
         assert_eq!(std::fs::read_to_string(out.join(BEST))?, "old best");
@@ -578,12 +617,38 @@ mod tests {
         let root = tempfile::tempdir()?;
         let out = root.path().join("run");
         std::fs::create_dir(&out)?;
-        for name in [CONFIG, CLASSES, "events.out.tfevents.1.host.7", "notes.txt"] {
+        let config =
+            crate::config::RunConfig::new("t", crate::config::DatasetKind::Mnist, "lenet5");
+        std::fs::write(out.join(CONFIG), serde_json::to_vec(&config)?)?;
+        for name in [CLASSES, "events.out.tfevents.1.host.7", "notes.txt"] {
             std::fs::write(out.join(name), "x")?;
         }
         drop(RunDir::fresh(&out, false)?);
         assert_eq!(names(&out)?, [LOCK, "notes.txt"]);
+
+        // Not so: a config.json that is no run's, or a run whose metrics show a saved epoch
+        // (its checkpoints deleted), or one whose checkpoint is a dangling link.
+        let not_a_run = root.path().join("project");
+        std::fs::create_dir(&not_a_run)?;
+        std::fs::write(not_a_run.join(CONFIG), r#"{"architectures": ["Bert"]}"#)?;
+        let pruned = root.path().join("pruned");
+        std::fs::create_dir(&pruned)?;
+        std::fs::write(pruned.join(CONFIG), serde_json::to_vec(&config)?)?;
+        std::fs::write(pruned.join(METRICS_CSV), "epoch\n1")?;
+        let mut dirs = vec![not_a_run, pruned];
+        #[cfg(unix)]
+        {
+            let dangling = root.path().join("dangling");
+            std::fs::create_dir(&dangling)?;
+            std::fs::write(dangling.join(CONFIG), serde_json::to_vec(&config)?)?;
+            std::os::unix::fs::symlink(root.path().join("gone"), dangling.join(BEST))?;
+            dirs.push(dangling);
+        }
+        for dir in dirs {
+            let err = format!("{:#}", RunDir::fresh(&dir, false).unwrap_err());
+            assert!(err.contains("already holds a run"), "{err}");
+            assert!(dir.join(CONFIG).is_file());
+        }
         Ok(())
     }
 }
-

@@ -82,9 +82,19 @@ pub fn save(dir: &Path, state: &ResumeState, tensors: &StateTensors) -> Result<(
 pub fn load(dir: &Path) -> Result<(ResumeState, StateTensors)> {
     let path = dir.join(STATE);
     if !path.exists() {
+        let saved_none = dir.join(crate::rundir::CONFIG).is_file()
+            && [crate::rundir::BEST, crate::rundir::LAST]
+                .iter()
+                .all(|f| !dir.join(f).exists());
+        let hint = match saved_none {
+            true => {
+                " (the run there saved no epoch: start it again without --resume, with the \
+                     same --out)"
+            }
+            false => " (no epoch of a run was saved there)",
+        };
         bail!(
-            "cannot resume from {}: it holds no {STATE} (the run saved no epoch: start it again \
-             without --resume, with the same --out)",
+            "cannot resume from {}: it holds no {STATE}{hint}",
             dir.display()
         );
     }
