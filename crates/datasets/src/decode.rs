@@ -1,4 +1,5 @@
-//! Encoded image bytes (JPEG, PNG) to CHW u8 images, refusing truncated files.
+//! Encoded image bytes (JPEG, PNG, BMP, PPM/PGM, TIFF, WebP: torchvision's `IMG_EXTENSIONS`) to
+//! CHW u8 images, refusing truncated files.
 
 use crate::U8Image;
 use anyhow::{bail, ensure, Context, Result};
@@ -13,18 +14,24 @@ pub enum ColorMode {
     Gray,
 }
 
-/// Decodes a JPEG or PNG held in `bytes` into a CHW image in `mode`.
+/// The formats [`decode_image`] reads, as its errors name them.
+const FORMATS: &str = "JPEG, PNG, BMP, PPM/PGM, TIFF or WebP";
+
+/// Decodes a JPEG, PNG, BMP, PPM/PGM (any PNM), TIFF or WebP image held in `bytes` into a CHW
+/// image in `mode`. The format is read from the bytes, not from the file name.
 ///
 /// The file must be complete: a JPEG must reach its end-of-image marker through whole segments
-/// and scans, a PNG its `IEND` chunk through whole chunks. Decoders fill a cut-off image with
-/// grey instead of failing; PIL refuses it ("image file is truncated"), and so does this.
+/// and scans, a PNG its `IEND` chunk through whole chunks. Decoders fill a cut-off JPEG or PNG
+/// with grey instead of failing; PIL refuses it ("image file is truncated"), and so does this.
+/// The other formats' decoders fail on a cut-off file themselves (tested on every cut).
 pub fn decode_image(bytes: &[u8], mode: ColorMode) -> Result<U8Image> {
-    let format =
-        image::guess_format(bytes).context("unsupported image format (not JPEG or PNG)")?;
+    let format = image::guess_format(bytes)
+        .with_context(|| format!("unsupported image format (not {FORMATS})"))?;
     match format {
         ImageFormat::Jpeg => check_jpeg(bytes)?,
         ImageFormat::Png => check_png(bytes)?,
-        other => bail!("unsupported image format {other:?} (not JPEG or PNG)"),
+        ImageFormat::Bmp | ImageFormat::Pnm | ImageFormat::Tiff | ImageFormat::WebP => {}
+        other => bail!("unsupported image format {other:?} (not {FORMATS})"),
     }
     let img = image::load_from_memory_with_format(bytes, format)
         .context("corrupt or unsupported image data")?;

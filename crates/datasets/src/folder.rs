@@ -1,6 +1,6 @@
-//! torchvision's ImageFolder: `root/<class>/**/*.{jpg,jpeg,png}`, classes sorted by name,
-//! from a directory or a `.tar.gz`, split by `train/` + `test/` (or `val/`) folders or by a
-//! seeded fraction.
+//! torchvision's ImageFolder: `root/<class>/**/*.{jpg,jpeg,png,ppm,bmp,pgm,tif,tiff,webp}`,
+//! classes sorted by name, from a directory or a `.tar.gz`, split by `train/` + `test/` (or
+//! `val/`) folders or by a seeded fraction.
 
 use crate::archive::read_archive;
 use crate::filelist::{EncodedSample, FileList};

@@ -8,9 +8,11 @@ use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Image extensions accepted, compared case-insensitively (torchvision's `IMG_EXTENSIONS` that
-/// the decoder supports).
-pub const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+/// Image extensions accepted, compared case-insensitively: torchvision's `IMG_EXTENSIONS`
+/// (`.jpg .jpeg .png .ppm .bmp .pgm .tif .tiff .webp`).
+pub const IMAGE_EXTENSIONS: [&str; 9] = [
+    "jpg", "jpeg", "png", "ppm", "bmp", "pgm", "tif", "tiff", "webp",
+];
 
 /// Directories and image files under one root, with `/`-separated relative paths.
 #[derive(Debug)]

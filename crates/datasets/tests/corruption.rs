@@ -25,9 +25,25 @@ fn png_32() -> Vec<u8> {
     bytes
 }
 
+/// A 32x32 image in `format` (lossless for all but JPEG).
+fn encoded_32(format: image::ImageFormat) -> Vec<u8> {
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    pattern_rgb(32, 32, 7).write_to(&mut bytes, format).unwrap();
+    bytes.into_inner()
+}
+
 #[test]
-fn every_truncation_of_a_jpeg_or_png_is_refused() {
-    for (format, bytes) in [("JPEG", jpeg_32()), ("PNG", png_32())] {
+fn every_truncation_of_an_image_file_is_refused() {
+    use image::ImageFormat::{Bmp, Pnm, Tiff, WebP};
+    let formats = [
+        ("JPEG", jpeg_32()),
+        ("PNG", png_32()),
+        ("BMP", encoded_32(Bmp)),
+        ("PPM", encoded_32(Pnm)),
+        ("TIFF", encoded_32(Tiff)),
+        ("WebP", encoded_32(WebP)),
+    ];
+    for (format, bytes) in formats {
         decode_image(&bytes, ColorMode::Rgb).unwrap();
         for cut in 0..bytes.len() {
             let result = decode_image(&bytes[..cut], ColorMode::Rgb);
@@ -37,6 +53,12 @@ fn every_truncation_of_a_jpeg_or_png_is_refused() {
                 bytes.len()
             );
         }
+    }
+}
+
+#[test]
+fn a_truncated_jpeg_or_png_is_called_truncated() {
+    for (format, bytes) in [("JPEG", jpeg_32()), ("PNG", png_32())] {
         let msg = format!(
             "{:#}",
             decode_image(&bytes[..bytes.len() / 2], ColorMode::Rgb).unwrap_err()

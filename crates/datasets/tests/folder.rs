@@ -31,6 +31,58 @@ fn decoded_png_is_chw_with_known_pixels() {
     assert_eq!(grey.shape(), (1, 2, 3));
 }
 
+/// torchvision's other image types (`IMG_EXTENSIONS`) decode to the PNG's pixels, and an
+/// ImageFolder takes each of its extensions, in any case.
+#[test]
+fn bmp_ppm_pgm_tiff_and_webp_decode_and_count_in_a_folder() {
+    use image::ImageFormat::{Bmp, Png, Pnm, Tiff, WebP};
+    let img = pattern_rgb(5, 3, 9);
+    let encode = |format| {
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut bytes, format).unwrap();
+        bytes.into_inner()
+    };
+    // A binary PGM (P5), as PIL writes one.
+    let encode_pgm = || {
+        use image::codecs::pnm::{PnmEncoder, PnmSubtype, SampleEncoding};
+        let mut bytes = Vec::new();
+        let encoder =
+            PnmEncoder::new(&mut bytes).with_subtype(PnmSubtype::Graymap(SampleEncoding::Binary));
+        image::DynamicImage::ImageRgb8(img.clone())
+            .into_luma8()
+            .write_with_encoder(encoder)
+            .unwrap();
+        bytes
+    };
+    let png = encode(Png);
+    let rgb = decode_image(&png, ColorMode::Rgb).unwrap();
+    let grey = decode_image(&png, ColorMode::Gray).unwrap();
+    let dir = tempdir().unwrap();
+    let files = [
+        ("bmp", encode(Bmp)),
+        ("ppm", encode(Pnm)),
+        ("TIF", encode(Tiff)),
+        ("tiff", encode(Tiff)),
+        ("webp", encode(WebP)),
+    ];
+    for (ext, bytes) in &files {
+        assert_eq!(decode_image(bytes, ColorMode::Rgb).unwrap(), rgb, "{ext}");
+        assert_eq!(decode_image(bytes, ColorMode::Gray).unwrap(), grey, "{ext}");
+        let path = dir.path().join(format!("a/{ext}.{ext}"));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+    let pgm = encode_pgm();
+    assert!(pgm.starts_with(b"P5"), "a binary PGM");
+    assert_eq!(decode_image(&pgm, ColorMode::Gray).unwrap(), grey);
+    save_png(&img, &dir.path().join("b/y.png"));
+    std::fs::write(dir.path().join("b/x.pgm"), &pgm).unwrap();
+    std::fs::write(dir.path().join("b/z.PGM"), &pgm).unwrap();
+    let split = image_folder(dir.path(), &opts(Storage::Memory)).unwrap();
+    assert_eq!(split.train.classes(), ["a", "b"]);
+    assert_eq!(split.train.len() + split.test.len(), files.len() + 3);
+}
+
 #[test]
 fn train_test_folders_sorted_classes_and_labels() {
     let dir = tempdir().unwrap();
