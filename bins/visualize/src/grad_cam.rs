@@ -17,7 +17,8 @@ pub struct GradCamArgs {
     /// A training run (what --out was); its checkpoint, transform and class names are used
     #[arg(long, conflicts_with = "model")]
     run: Option<PathBuf>,
-    /// Or a zoo model (lenet5, resnet18, ...), with --weights or its seeded initial weights
+    /// Or a zoo model (lenet5, resnet18, ...), with --weights (as many classes as its
+    /// classifier has rows) or its seeded initial weights
     #[arg(long)]
     model: Option<String>,
     /// The run's checkpoint (best, last or a file), or the --model's weights file
@@ -129,14 +130,13 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
         (None, Some(name)) => {
             let spec = zoo::spec(name)?;
             let weights = args.weights.as_ref().map(PathBuf::from);
-            let (net, _) = zoo::load(name, spec.default_classes, weights.as_deref(), &device, 0)?;
+            let (net, _, count) =
+                zoo::load_counting_classes(name, None, weights.as_deref(), &device, 0)?;
             let data = datasets::catalog::spec(spec.data)?;
-            let classes: Vec<String> = if data.classes.len() == spec.default_classes {
+            let classes: Vec<String> = if data.classes.len() == count {
                 data.classes.iter().map(|c| c.to_string()).collect()
             } else {
-                (0..spec.default_classes)
-                    .map(|k| format!("class {k}"))
-                    .collect()
+                (0..count).map(|k| format!("class {k}")).collect()
             };
             let input = train::inference::RunInput {
                 channels: spec.input.0,

@@ -18,7 +18,8 @@ pub struct ModelArgs {
     /// keeps its seeded initial parameters.
     #[arg(long)]
     weights: Option<PathBuf>,
-    /// Outputs of the last layer (1 to 100000); defaults to the model's usual number.
+    /// Outputs of the last layer (1 to 100000) [default: the rows of the --weights' classifier,
+    /// else the model's usual number]
     #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     num_classes: Option<usize>,
     /// Seed of the initial parameters (used when no --weights are given).
@@ -42,10 +43,9 @@ impl ModelArgs {
     /// Builds the model on the CPU and loads `--weights` if given.
     pub fn load(&self) -> Result<Loaded> {
         let spec = zoo::spec(&self.model)?;
-        let classes = self.num_classes.unwrap_or(spec.default_classes);
-        let (net, store) = zoo::load(
+        let (net, store, _) = zoo::load_counting_classes(
             spec.name,
-            classes,
+            self.num_classes,
             self.weights.as_deref(),
             &Device::Cpu,
             self.seed,

@@ -1,4 +1,4 @@
-//! `visualize filters` and `visualize feature-maps` on LeNet-5 with weights saved here.
+//! `visualize filters`, `feature-maps` and `grad-cam` on LeNet-5 with weights saved here.
 
 mod common;
 
@@ -244,4 +244,73 @@ fn feature_maps_refuses_a_missing_or_broken_image() {
         out,
     ]);
     assert!(err.contains("cannot decode image"), "{err}");
+}
+
+/// `--weights` of a head trained for other classes (here 3) load without `--num-classes`:
+/// the classifier's rows give the count, in `filters` and in `grad-cam` (whose classes are
+/// then numbered); a contradicting `--num-classes` is refused naming both counts.
+#[test]
+fn a_checkpoint_of_another_class_count_loads_by_its_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ParamStore::new(4, &Device::Cpu);
+    zoo::build("lenet5", 3, store.vb()).unwrap();
+    let weights = dir.path().join("three.safetensors");
+    layers::checkpoint::save(store.varmap(), &weights).unwrap();
+    let weights = weights.to_str().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let digit = dir.path().join("digit.png");
+    write_picture(&digit, 28, 28, true);
+    let stdout = visualize(&[
+        "grad-cam",
+        "--model",
+        "lenet5",
+        "--weights",
+        weights,
+        "--image",
+        digit.to_str().unwrap(),
+        "--class",
+        "2",
+        "--out",
+        out,
+    ]);
+    assert!(stdout.contains("class 2 (class 2)"), "{stdout}");
+    assert_not_blank(&open_png(&dir.path().join("grad-cam.png")), "grad-cam.png");
+    let err = visualize_fails(&[
+        "grad-cam",
+        "--model",
+        "lenet5",
+        "--weights",
+        weights,
+        "--image",
+        digit.to_str().unwrap(),
+        "--class",
+        "3",
+        "--out",
+        out,
+    ]);
+    assert!(err.contains("out of range for 3 classes"), "{err}");
+    visualize(&[
+        "filters",
+        "--model",
+        "lenet5",
+        "--weights",
+        weights,
+        "--out",
+        out,
+    ]);
+    let err = visualize_fails(&[
+        "filters",
+        "--model",
+        "lenet5",
+        "--weights",
+        weights,
+        "--num-classes",
+        "10",
+        "--out",
+        out,
+    ]);
+    assert!(
+        err.contains("three.safetensors") && err.contains("3 rows") && err.contains("10"),
+        "{err}"
+    );
 }

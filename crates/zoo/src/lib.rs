@@ -81,6 +81,50 @@ pub fn load(
     Ok((net, store))
 }
 
+/// [`load`], with the number of classes taken from `weights` when `num_classes` is `None`: the
+/// rows of the checkpoint's `<classifier>.weight` (a head fine-tuned for 5 classes loads as a
+/// 5-class model), or the model's usual number without weights or without that tensor (the
+/// strict load then names what is missing). Returns the network, its parameters and the number
+/// of classes built.
+///
+/// Errors: as [`load`]; also a `--num-classes`-style `Some(n)` that the checkpoint's head
+/// contradicts (named with both numbers).
+pub fn load_counting_classes(
+    name: &str,
+    num_classes: Option<usize>,
+    weights: Option<&Path>,
+    device: &Device,
+    seed: u64,
+) -> Result<(Box<dyn Network>, ParamStore, usize)> {
+    let spec = spec(name)?;
+    let Some(path) = weights else {
+        let classes = num_classes.unwrap_or(spec.default_classes);
+        let (net, store) = load(name, classes, None, device, seed)?;
+        return Ok((net, store, classes));
+    };
+    let tensors = layers::checkpoint::read(path)?;
+    let head = format!("{}.weight", spec.classifier);
+    let rows = tensors.get(&head).and_then(|w| w.dims().first().copied());
+    let classes = match (num_classes, rows) {
+        (Some(n), Some(rows)) if n != rows => anyhow::bail!(
+            "{}: its {head} has {rows} rows (classes), not the {n} asked for",
+            path.display()
+        ),
+        (Some(n), _) => n,
+        (None, Some(rows)) if rows > 0 => rows,
+        (None, _) => spec.default_classes,
+    };
+    let store = ParamStore::new(seed, device);
+    let net = build(name, classes, store.vb())?;
+    layers::checkpoint::load_tensors_strict(store.varmap(), &tensors).with_context(|| {
+        format!(
+            "cannot load {} into {name} with {classes} classes",
+            path.display()
+        )
+    })?;
+    Ok((net, store, classes))
+}
+
 /// The description of model `name`; an unknown name is an error listing the known ones.
 pub fn spec(name: &str) -> Result<ModelSpec> {
     registry::entry(name).map(|e| e.spec)
@@ -229,6 +273,37 @@ mod tests {
             err.contains("tiny.safetensors") && err.contains("layer1.0.conv1.weight"),
             "{err}"
         );
+        Ok(())
+    }
+
+    /// A checkpoint's head gives the number of classes: a 3-class LeNet-5 loads as one without
+    /// being told; a contradicting count is refused naming the file and both numbers.
+    #[test]
+    fn the_number_of_classes_comes_from_the_checkpoints_head() -> Result<()> {
+        let (_, store) = load("lenet5", 3, None, &Device::Cpu, 5)?;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("three.safetensors");
+        layers::checkpoint::save(store.varmap(), &path)?;
+        let (net, loaded, classes) =
+            load_counting_classes("lenet5", None, Some(&path), &Device::Cpu, 0)?;
+        assert_eq!(classes, 3);
+        assert_eq!(loaded.num_parameters(), store.num_parameters());
+        let x = candle_core::Tensor::zeros((1, 1, 28, 28), candle_core::DType::F32, &Device::Cpu)?;
+        assert_eq!(net.forward_t(&x, false)?.dims(), [1, 3]);
+        assert_eq!(
+            load_counting_classes("lenet5", Some(3), Some(&path), &Device::Cpu, 0)?.2,
+            3
+        );
+        let err = load_counting_classes("lenet5", Some(10), Some(&path), &Device::Cpu, 0)
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(
+            err.contains("three.safetensors") && err.contains("3 rows") && err.contains("10"),
+            "{err}"
+        );
+        let usual = load_counting_classes("lenet5", None, None, &Device::Cpu, 0)?.2;
+        assert_eq!(usual, spec("lenet5")?.default_classes);
         Ok(())
     }
 
