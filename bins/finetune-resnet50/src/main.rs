@@ -151,6 +151,9 @@ struct PredictArgs {
     /// auto, cpu, cuda or cuda:N
     #[arg(long, default_value = "auto")]
     device: String,
+    /// f32, tf32 or bf16 (autocast) [default: the --run's precision; f32 with --weights]
+    #[arg(long, value_enum)]
+    precision: Option<train::config::Precision>,
 }
 
 /// `--image-size`: ResNet-50 halves its input five times; 32 is the least that leaves a pixel.
@@ -182,8 +185,10 @@ fn predict(args: &PredictArgs) -> Result<()> {
             images,
             weights: "best".into(),
             device: args.device.clone(),
+            precision: args.precision,
         });
     }
+    let _precision = args.precision.unwrap_or_default().enter();
     let device = train::device::parse_device(&args.device)?;
     let classifier = predict::Classifier::load(&args.weights, args.image_size, &device)?;
     for image in &images {

@@ -103,6 +103,58 @@ fn evaluate_runs_in_the_runs_precision() {
     evaluate_matches_the_log(&trained(dir.path(), &["--precision", "bf16"]));
 }
 
+/// `--precision` overrides the run's: a bf16 run evaluated in f32 says so, records it in its
+/// summary, and gives other (close) numbers than the bf16 pass; predict takes it too.
+#[test]
+fn evaluate_and_predict_take_another_precision() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = trained(dir.path(), &["--precision", "bf16"]);
+    let summary = |precision: Option<&str>| {
+        let mut args = vec![
+            "evaluate",
+            "--run",
+            out.to_str().expect("path"),
+            "--device",
+            "cpu",
+        ];
+        args.extend(precision.map(|p| ["--precision", p]).into_iter().flatten());
+        let log = run(&args);
+        let json: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(out.join("evaluation-best.json")).expect("summary"),
+        )
+        .expect("json");
+        (log, json)
+    };
+    let (log, bf16) = summary(None);
+    assert_eq!(bf16["precision"], "bf16", "{log}");
+    assert!(!log.contains("the run trained in"), "{log}");
+    let (log, f32) = summary(Some("f32"));
+    assert_eq!(f32["precision"], "f32", "{log}");
+    assert!(log.contains(" in f32 (the run trained in bf16)"), "{log}");
+    let (a, b) = (
+        bf16["loss"].as_f64().expect("loss"),
+        f32["loss"].as_f64().expect("loss"),
+    );
+    assert!(
+        a != b && (a - b).abs() < 0.05 * a.max(b),
+        "bf16 {a}, f32 {b}"
+    );
+    // predict in f32 gives the float32 forward pass's top-5, although the run trained in bf16.
+    let (image, pixels) = digit(dir.path());
+    let printed = run(&[
+        "predict",
+        "--run",
+        &s(&out),
+        &s(&image),
+        "--device",
+        "cpu",
+        "--precision",
+        "f32",
+    ]);
+    let lines: Vec<&str> = printed.lines().skip(1).collect();
+    assert_eq!(lines, f32_top5(&out, &pixels), "{printed}");
+}
+
 #[test]
 fn evaluate_reproduces_the_logged_numbers_and_predict_a_forward_pass() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -110,13 +162,26 @@ fn evaluate_reproduces_the_logged_numbers_and_predict_a_forward_pass() {
     evaluate_matches_the_log(&out);
 
     // A 28x28 grey digit: the test transform alone, as the run's test images saw it.
-    let image = dir.path().join("digit.png");
+    let (image, pixels) = digit(dir.path());
+    let printed = run(&["predict", "--run", &s(&out), &s(&image), "--device", "cpu"]);
+    let lines: Vec<&str> = printed.lines().skip(1).collect();
+    assert_eq!(lines, f32_top5(&out, &pixels), "{printed}");
+}
+
+/// The 28x28 grey digit `pixels` saved as `dir/digit.png`.
+fn digit(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let image = dir.join("digit.png");
     let pixels: Vec<u8> = (0..28 * 28).map(|i| ((i * 37) % 251) as u8).collect();
     image::GrayImage::from_raw(28, 28, pixels.clone())
         .expect("image")
         .save(&image)
         .expect("png");
-    let printed = run(&["predict", "--run", &s(&out), &s(&image), "--device", "cpu"]);
+    (image, pixels)
+}
+
+/// `predict`'s top-5 lines for the digit `pixels` under the run's best checkpoint, from a
+/// float32 forward pass in eval mode with the MNIST test transform.
+fn f32_top5(out: &Path, pixels: &[u8]) -> Vec<String> {
     let (net, _) = zoo::load(
         "lenet5",
         10,
@@ -142,7 +207,7 @@ fn evaluate_reproduces_the_logged_numbers_and_predict_a_forward_pass() {
         .expect("probs");
     let mut order: Vec<usize> = (0..10).collect();
     order.sort_by(|a, b| probs[*b].total_cmp(&probs[*a]));
-    let expected: Vec<String> = order[..5]
+    order[..5]
         .iter()
         .map(|&k| {
             format!(
@@ -151,9 +216,7 @@ fn evaluate_reproduces_the_logged_numbers_and_predict_a_forward_pass() {
                 datasets::MNIST_CLASSES[k]
             )
         })
-        .collect();
-    let lines: Vec<&str> = printed.lines().skip(1).collect();
-    assert_eq!(lines, expected, "{printed}");
+        .collect()
 }
 
 #[test]

@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, Args as _, Command, FromArgMatches as _};
 use datasets::Dataset;
 
-use crate::config::{OptimizerKind, RunConfig};
-use crate::flags::{apply_on_resume, table};
+use crate::config::{OptimizerKind, RunConfig, ScheduleKind};
+use crate::flags::{apply_on_resume, table, FlagText};
 pub use crate::flags::{Args, Recipe};
 use crate::inference::{evaluate, predict, EvaluateArgs, PredictArgs};
 use crate::run::{run, Outcome};
@@ -72,7 +72,9 @@ impl Recipe {
     ///
     /// # Errors
     /// `--model` is not one of the recipe's models, `--momentum` with Adam or `--betas` with SGD,
-    /// `--betas` with other than two numbers, or a value that [`RunConfig::validate`] refuses.
+    /// `--betas` with other than two numbers, a schedule flag the schedule does not use
+    /// (`--milestones` without `multistep`, `--step-size` without `step`, `--gamma` with
+    /// neither), or a value that [`RunConfig::validate`] refuses.
     pub fn config(&self, args: &Args) -> Result<RunConfig> {
         let mut config = self.resolve(args)?;
         if !self.models.is_empty() && !self.models.contains(&config.model.as_str()) {
@@ -103,6 +105,7 @@ impl Recipe {
         if !adam {
             config.betas = None;
         }
+        check_schedule_flags(args, config.schedule)?;
         config.validate()?;
         Ok(config)
     }
@@ -268,6 +271,31 @@ fn limited(
     Ok(Arc::new(subset))
 }
 
+/// Refuses a schedule flag given on the command line that `schedule` would ignore, as a
+/// PyTorch scheduler takes only its own arguments: `--milestones` is `MultiStepLR`'s,
+/// `--step-size` `StepLR`'s, `--gamma` both of theirs.
+fn check_schedule_flags(args: &Args, schedule: ScheduleKind) -> Result<()> {
+    use ScheduleKind::{Multistep, Step};
+    let given = [
+        ("--milestones", args.milestones.is_some(), &[Multistep][..]),
+        ("--step-size", args.step_size.is_some(), &[Step]),
+        ("--gamma", args.gamma.is_some(), &[Multistep, Step]),
+    ];
+    for (flag, is_given, users) in given {
+        if is_given && !users.contains(&schedule) {
+            let names: Vec<_> = users.iter().map(|s| s.flag_text()).collect();
+            bail!(
+                "{flag} is used by --schedule {} only; --schedule {} would ignore it \
+                 (give --schedule {} with it, or leave it out)",
+                names.join(" or "),
+                schedule.flag_text(),
+                names[0]
+            );
+        }
+    }
+    Ok(())
+}
+
 /// `runs/<program>-<UTC timestamp>`, or with `-2`, `-3`... after it when a run started in the
 /// same second already has that directory.
 pub fn default_out(program: &str) -> PathBuf {
@@ -398,6 +426,57 @@ mod tests {
         test_transform: "mnist-test",
     };
 
+    /// A scheduler's own flags with another schedule are refused, not ignored, naming the
+    /// flag and the schedule that uses it; the recipe's default schedule counts too.
+    #[test]
+    fn schedule_flags_need_their_schedule() -> Result<()> {
+        let config = |argv: &[&str]| -> Result<std::result::Result<RunConfig, String>> {
+            let args = RECIPE.parse(["prog"].iter().chain(argv))?;
+            Ok(RECIPE.config(&args).map_err(|e| e.to_string()))
+        };
+        for (argv, used_by) in [
+            (&["--milestones", "3"][..], "multistep"),
+            (&["--schedule", "step", "--milestones", "3"], "multistep"),
+            (&["--schedule", "multistep", "--step-size", "3"], "step"),
+            (
+                &["--schedule", "cosine", "--gamma", "0.5"],
+                "multistep or step",
+            ),
+            (
+                &["--schedule", "onecycle", "--gamma", "0.5"],
+                "multistep or step",
+            ),
+            (&["--step-size", "2"], "step"),
+        ] {
+            let err = config(argv)?.expect_err(&format!("{argv:?}"));
+            let flag = argv[argv.len() - 2];
+            assert!(
+                err.starts_with(&format!("{flag} is used by --schedule {used_by} only")),
+                "{argv:?}: {err}"
+            );
+            assert!(err.contains("would ignore it"), "{argv:?}: {err}");
+        }
+        let step = config(&["--schedule", "step", "--step-size", "3", "--gamma", "0.5"])?
+            .map_err(anyhow::Error::msg)?;
+        assert_eq!((step.step_size, step.gamma), (3, 0.5));
+        let multistep = config(&[
+            "--schedule",
+            "multistep",
+            "--milestones",
+            "2,4",
+            "--gamma",
+            "0.2",
+        ])?
+        .map_err(anyhow::Error::msg)?;
+        assert_eq!(
+            (multistep.milestones.as_slice(), multistep.gamma),
+            (&[2, 4][..], 0.2)
+        );
+        // The recipe's own milestones and gamma are not flags given: any schedule takes them.
+        assert!(config(&["--schedule", "cosine"])?.is_ok());
+        Ok(())
+    }
+
     #[test]
     fn timestamps_are_utc_calendar_dates() {
         assert_eq!(utc_timestamp(0), "19700101-000000");
@@ -411,6 +490,8 @@ mod tests {
             "prog",
             "--epochs",
             "2",
+            "--schedule",
+            "multistep",
             "--milestones",
             "3,5",
             "--lr",
@@ -508,6 +589,8 @@ mod tests {
             "prog",
             "--data-dir",
             "d",
+            "--schedule",
+            "multistep",
             "--milestones",
             "3,5",
             "--limit-train",

@@ -11,9 +11,10 @@ use datasets::{ColorMode, Op, Rng, Transform};
 use layers::{Network, ParamStore};
 use serde::Serialize;
 
-use crate::config::RunConfig;
+use crate::config::{Precision, RunConfig};
 use crate::device::parse_device;
 use crate::engine::evaluate as evaluate_pass;
+use crate::flags::FlagText;
 use crate::rundir::{evaluated_confusion, evaluation_summary, BEST, CLASSES, CONFIG, LAST};
 
 /// Writes `classes` as `dir/classes.json`.
@@ -123,6 +124,9 @@ pub struct EvaluateArgs {
     /// auto, cpu, cuda or cuda:N
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// f32, tf32 or bf16 (autocast) [default: the run's --precision]
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
 }
 
 /// What `evaluate` measured (also written as `evaluation-<weights>.json`).
@@ -130,6 +134,8 @@ pub struct EvaluateArgs {
 pub struct Evaluation {
     /// The checkpoint.
     pub weights: PathBuf,
+    /// The precision the test pass ran in (the run's unless `--precision` said otherwise).
+    pub precision: Precision,
     /// Test images.
     pub samples: usize,
     /// Mean test loss, with the run's training criterion.
@@ -150,8 +156,9 @@ pub struct Evaluation {
 pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
     let device = parse_device(&args.device)?;
     let trained = Trained::open(&args.run, &args.weights, &device)?;
-    // The run's precision (bf16 autocast, TF32), as its test passes ran.
-    let _precision = trained.config.precision.enter();
+    // The run's precision (bf16 autocast, TF32), as its test passes ran, unless told otherwise.
+    let precision = args.precision.unwrap_or(trained.config.precision);
+    let _precision = precision.enter();
     let mut config = trained.config.clone();
     if let Some(dir) = &args.data_dir {
         config.data_dir = Some(dir.clone());
@@ -176,6 +183,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
     let m = &pass.metrics;
     let evaluation = Evaluation {
         weights: trained.weights.clone(),
+        precision,
         samples: m.samples(),
         loss: m.loss(),
         top1: m.accuracy(),
@@ -187,8 +195,17 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
             .zip(m.per_class_accuracy())
             .collect(),
     };
+    let shown = if precision == trained.config.precision {
+        String::new()
+    } else {
+        format!(
+            " in {} (the run trained in {})",
+            precision.flag_text(),
+            trained.config.precision.flag_text()
+        )
+    };
     crate::say!(
-        "{} on {} test images of {}: loss {:.4}, top-1 {:.2}%, top-5 {:.2}%",
+        "{} on {} test images of {}{shown}: loss {:.4}, top-1 {:.2}%, top-5 {:.2}%",
         trained.weights.display(),
         evaluation.samples,
         config.dataset.spec().title,
@@ -228,6 +245,9 @@ pub struct PredictArgs {
     /// auto, cpu, cuda or cuda:N
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// f32, tf32 or bf16 (autocast) [default: the run's --precision]
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
 }
 
 /// Classifies image files as a trained network sees them.
@@ -414,8 +434,8 @@ fn sized_first(transform: &Transform, side: usize) -> Result<Transform> {
 pub fn predict(args: &PredictArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
     let trained = Trained::open(&args.run, &args.weights, &device)?;
-    // The run's precision (bf16 autocast, TF32), as its test passes ran.
-    let _precision = trained.config.precision.enter();
+    // The run's precision (bf16 autocast, TF32), as its test passes ran, unless told otherwise.
+    let _precision = args.precision.unwrap_or(trained.config.precision).enter();
     let transform = Transform::parse(&trained.config.test_transform)?;
     let predictor = Predictor::for_run(
         trained.model.as_ref(),
