@@ -192,6 +192,17 @@ fn image_decode() {
         pattern_rgb(17, 9, 40).write_with_encoder(encoder).unwrap();
         seeds.push(jpeg);
     }
+    // torchvision's other image types, which the decoder reads too.
+    for format in [
+        image::ImageFormat::Bmp,
+        image::ImageFormat::Pnm,
+        image::ImageFormat::Tiff,
+        image::ImageFormat::WebP,
+    ] {
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        pattern_rgb(6, 5, 90).write_to(&mut bytes, format).unwrap();
+        seeds.push(bytes.into_inner());
+    }
     fuzz("image_decode", &seeds, HANG, |bytes, flags, _| {
         let mode = if flags & 1 == 0 {
             ColorMode::Rgb
