@@ -63,8 +63,14 @@ fn same_seed_same_metrics_and_resume_matches_an_uninterrupted_run() {
         "--test-batch-size",
         "20",
     ];
-    let log = ok(&[&common[..], &["--epochs", "2", "--out", &s(&a)]].concat());
+    // A limit at the split's size (40 test images) uses all of it, and says so.
+    let limit = ["--limit-test", "40"];
+    let log = ok(&[&common[..], &limit, &["--epochs", "2", "--out", &s(&a)]].concat());
     assert!(log.contains("epoch 2/2"), "{log}");
+    assert!(
+        log.contains("--limit-test 40: the test split has 40 images, all of them used"),
+        "{log}"
+    );
     ok(&[&common[..], &["--epochs", "2", "--out", &s(&b)]].concat());
     ok(&[&common[..], &["--epochs", "1", "--out", &s(&c)]].concat());
     let resumed = ok(&["--resume", &s(&c), "--epochs", "2"]);

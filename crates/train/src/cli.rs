@@ -242,9 +242,16 @@ fn limited(
     seed: u64,
     what: &str,
 ) -> Result<Arc<dyn Dataset>> {
-    let Some(limit) = limit.filter(|&l| l < data.len()) else {
+    let Some(limit) = limit else {
         return Ok(data);
     };
+    if limit >= data.len() {
+        crate::say!(
+            "--limit-{what} {limit}: the {what} split has {} images, all of them used",
+            data.len()
+        );
+        return Ok(data);
+    }
     let indices = datasets::stratified_indices(data.as_ref(), limit, seed);
     let subset = datasets::Subset::new(data.clone(), indices)?;
     let mut counts = vec![0usize; subset.classes().len()];
