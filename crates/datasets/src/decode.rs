@@ -20,26 +20,84 @@ const FORMATS: &str = "JPEG, PNG, BMP, PPM/PGM, TIFF or WebP";
 /// Decodes a JPEG, PNG, BMP, PPM/PGM (any PNM), TIFF or WebP image held in `bytes` into a CHW
 /// image in `mode`. The format is read from the bytes, not from the file name.
 ///
+/// The pixels are PIL's after `Image.open(f).convert("RGB")` (or `"L"`), torchvision's loader:
+/// alpha dropped, grey from RGB by ITU-R 601-2 as PIL rounds it (`(19595 R + 38470 G + 7471 B
+/// + 2^15) >> 16`), 16-bit RGB by its high byte, 16-bit grey clipped at 255 (PIL's `I;16`).
+///
 /// The file must be complete: a JPEG must reach its end-of-image marker through whole segments
-/// and scans, a PNG its `IEND` chunk through whole chunks. Decoders fill a cut-off JPEG or PNG
-/// with grey instead of failing; PIL refuses it ("image file is truncated"), and so does this.
-/// The other formats' decoders fail on a cut-off file themselves (tested on every cut).
+/// and scans, a PNG its `IEND` chunk through whole chunks, a WebP its RIFF size, a TIFF's
+/// strips or tiles must lie inside the file. Decoders fill a cut-off JPEG (also inside a TIFF)
+/// or PNG with grey instead of failing; PIL refuses it ("image file is truncated"), and so
+/// does this. The BMP and binary PNM decoders fail on a cut-off file themselves (tested on
+/// every cut); a plain-text (ASCII) PNM cut inside its last number reads as PIL reads it.
 pub fn decode_image(bytes: &[u8], mode: ColorMode) -> Result<U8Image> {
     let format = image::guess_format(bytes)
         .with_context(|| format!("unsupported image format (not {FORMATS})"))?;
     match format {
         ImageFormat::Jpeg => check_jpeg(bytes)?,
         ImageFormat::Png => check_png(bytes)?,
-        ImageFormat::Bmp | ImageFormat::Pnm | ImageFormat::Tiff | ImageFormat::WebP => {}
+        ImageFormat::Tiff => check_tiff(bytes)?,
+        ImageFormat::WebP => check_webp(bytes)?,
+        ImageFormat::Bmp | ImageFormat::Pnm => {}
         other => bail!("unsupported image format {other:?} (not {FORMATS})"),
     }
     let img = image::load_from_memory_with_format(bytes, format)
         .context("corrupt or unsupported image data")?;
     let (width, height) = (img.width() as usize, img.height() as usize);
-    match mode {
-        ColorMode::Rgb => U8Image::from_hwc(3, height, width, img.into_rgb8().as_raw()),
-        ColorMode::Gray => U8Image::from_hwc(1, height, width, img.into_luma8().as_raw()),
+    match (mode, pil_pixels(img)) {
+        (ColorMode::Rgb, Pixels::Rgb(rgb)) => U8Image::from_hwc(3, height, width, &rgb),
+        (ColorMode::Rgb, Pixels::Grey(grey)) => {
+            let rgb: Vec<u8> = grey.iter().flat_map(|&l| [l, l, l]).collect();
+            U8Image::from_hwc(3, height, width, &rgb)
+        }
+        (ColorMode::Gray, Pixels::Grey(grey)) => U8Image::from_hwc(1, height, width, &grey),
+        (ColorMode::Gray, Pixels::Rgb(rgb)) => {
+            let grey: Vec<u8> = rgb.chunks_exact(3).map(pil_luma).collect();
+            U8Image::from_hwc(1, height, width, &grey)
+        }
     }
+}
+
+/// 8-bit pixels as PIL holds them after opening a file: grey (`L`, also from `I;16`) or RGB.
+enum Pixels {
+    Grey(Vec<u8>),
+    Rgb(Vec<u8>),
+}
+
+/// `img` as PIL would hold it, alpha dropped (as `convert("RGB")` / `convert("L")` drop it):
+/// 16-bit RGB by its high byte (PIL's `RGB;16B` raw mode), 16-bit grey clipped at 255 (PIL's
+/// `I;16` to `L` or `RGB`).
+fn pil_pixels(img: image::DynamicImage) -> Pixels {
+    use image::DynamicImage as D;
+    match img {
+        D::ImageLuma8(grey) => Pixels::Grey(grey.into_raw()),
+        D::ImageLumaA8(grey) => Pixels::Grey(grey.pixels().map(|p| p[0]).collect()),
+        D::ImageLuma16(grey) => Pixels::Grey(grey.pixels().map(|p| clip(p[0])).collect()),
+        D::ImageLumaA16(grey) => Pixels::Grey(grey.pixels().map(|p| clip(p[0])).collect()),
+        D::ImageRgb16(rgb) => Pixels::Rgb(rgb.into_raw().iter().map(|&v| high(v)).collect()),
+        D::ImageRgba16(rgba) => Pixels::Rgb(
+            rgba.pixels()
+                .flat_map(|p| [high(p[0]), high(p[1]), high(p[2])])
+                .collect(),
+        ),
+        other => Pixels::Rgb(other.into_rgb8().into_raw()),
+    }
+}
+
+/// A 16-bit grey value as PIL converts `I;16` to 8 bits: clipped at 255.
+fn clip(v: u16) -> u8 {
+    v.min(255) as u8
+}
+
+/// A 16-bit colour value's high byte.
+fn high(v: u16) -> u8 {
+    (v >> 8) as u8
+}
+
+/// PIL's RGB to `L` (`rgb2l`: ITU-R 601-2 luma in 16.16 fixed point, rounded).
+fn pil_luma(rgb: &[u8]) -> u8 {
+    let [r, g, b] = [rgb[0], rgb[1], rgb[2]].map(u32::from);
+    ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16) as u8
 }
 
 /// Decodes the image in `bytes`, naming `name` (a file) in any error.
@@ -114,6 +172,53 @@ fn skip_scan(bytes: &[u8], mut at: usize) -> Option<usize> {
             _ => return Some(at),
         }
     }
+}
+
+/// A WebP file holds its RIFF chunk whole: the size in its header (plus the 8 bytes before it)
+/// fits in the file, as libwebp (and so PIL) requires.
+fn check_webp(bytes: &[u8]) -> Result<()> {
+    let Some(size) = bytes.get(4..8) else {
+        bail!("image file is truncated: a WebP of {} bytes", bytes.len());
+    };
+    let riff = u64::from(u32::from_le_bytes([size[0], size[1], size[2], size[3]])) + 8;
+    ensure!(
+        riff <= bytes.len() as u64,
+        "image file is truncated: the WebP's RIFF header claims {riff} bytes, the file has {}",
+        bytes.len()
+    );
+    Ok(())
+}
+
+/// Every strip or tile of a TIFF's first image lies inside the file.
+fn check_tiff(bytes: &[u8]) -> Result<()> {
+    use tiff::tags::Tag;
+    let mut decoder =
+        tiff::decoder::Decoder::new(std::io::Cursor::new(bytes)).context("corrupt TIFF")?;
+    let kinds = [
+        ("strip", Tag::StripOffsets, Tag::StripByteCounts),
+        ("tile", Tag::TileOffsets, Tag::TileByteCounts),
+    ];
+    for (kind, offsets, counts) in kinds {
+        let Some(offsets) = decoder.find_tag(offsets).context("corrupt TIFF")? else {
+            continue;
+        };
+        let counts = decoder
+            .find_tag(counts)
+            .context("corrupt TIFF")?
+            .with_context(|| format!("corrupt TIFF: {kind} offsets without byte counts"))?;
+        let offsets = offsets.into_u64_vec().context("corrupt TIFF")?;
+        let counts = counts.into_u64_vec().context("corrupt TIFF")?;
+        for (at, count) in offsets.into_iter().zip(counts) {
+            ensure!(
+                at.checked_add(count)
+                    .is_some_and(|end| end <= bytes.len() as u64),
+                "image file is truncated: the TIFF's {kind} at byte {at} of {count} bytes ends \
+                 past the file's {} bytes",
+                bytes.len()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The PNG signature.

@@ -56,6 +56,70 @@ fn every_truncation_of_an_image_file_is_refused() {
     }
 }
 
+/// A 2x2 RGB TIFF with its directory first and its strip last, as cameras and GDAL write them
+/// (image's encoder puts the directory last): pixels 0, 1, ..., 11.
+fn tiff_directory_first() -> Vec<u8> {
+    let mut tiff = b"II*\0".to_vec();
+    tiff.extend(8u32.to_le_bytes());
+    let (bits_at, data_at) = (8 + 2 + 9 * 12 + 4, 8 + 2 + 9 * 12 + 4 + 6);
+    let entries: [(u16, u16, u32); 9] = [
+        (256, 3, 2),       // ImageWidth
+        (257, 3, 2),       // ImageLength
+        (258, 3, bits_at), // BitsPerSample: 3 values, at bits_at
+        (259, 3, 1),       // Compression: none
+        (262, 3, 2),       // PhotometricInterpretation: RGB
+        (273, 4, data_at), // StripOffsets
+        (277, 3, 3),       // SamplesPerPixel
+        (278, 3, 2),       // RowsPerStrip
+        (279, 4, 12),      // StripByteCounts
+    ];
+    tiff.extend(9u16.to_le_bytes());
+    for (tag, kind, value) in entries {
+        tiff.extend(tag.to_le_bytes());
+        tiff.extend(kind.to_le_bytes());
+        tiff.extend(if tag == 258 { 3u32 } else { 1 }.to_le_bytes());
+        tiff.extend(value.to_le_bytes());
+    }
+    tiff.extend(0u32.to_le_bytes());
+    for _ in 0..3 {
+        tiff.extend(8u16.to_le_bytes());
+    }
+    assert_eq!(tiff.len(), data_at as usize);
+    tiff.extend(0u8..12);
+    tiff
+}
+
+/// A TIFF whose strip data is cut, and a WebP shorter than its RIFF header says, are called
+/// truncated by the checks before decoding (a JPEG strip or a lossy WebP would otherwise be
+/// filled in by the decoder).
+#[test]
+fn a_cut_tiff_strip_or_webp_chunk_is_called_truncated() {
+    let tiff = tiff_directory_first();
+    let whole = decode_image(&tiff, ColorMode::Rgb).unwrap();
+    assert_eq!(whole.data, [0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, 11]);
+    for cut in tiff.len() - 12..tiff.len() {
+        let msg = format!(
+            "{:#}",
+            decode_image(&tiff[..cut], ColorMode::Rgb).unwrap_err()
+        );
+        assert!(
+            msg.contains("truncated") && msg.contains("strip"),
+            "cut at {cut}: {msg}"
+        );
+    }
+    let webp = encoded_32(image::ImageFormat::WebP);
+    for cut in 12..webp.len() {
+        let msg = format!(
+            "{:#}",
+            decode_image(&webp[..cut], ColorMode::Rgb).unwrap_err()
+        );
+        assert!(
+            msg.contains("truncated") && msg.contains("RIFF"),
+            "cut at {cut}: {msg}"
+        );
+    }
+}
+
 #[test]
 fn a_truncated_jpeg_or_png_is_called_truncated() {
     for (format, bytes) in [("JPEG", jpeg_32()), ("PNG", png_32())] {

@@ -31,6 +31,59 @@ fn decoded_png_is_chw_with_known_pixels() {
     assert_eq!(grey.shape(), (1, 2, 3));
 }
 
+/// The pixels are PIL's (Pillow 13.0, `Image.open(f).convert("RGB")` and `.convert("L")`, the
+/// values below printed by it): grey from RGB rounded as its `rgb2l`, 16-bit RGB by the high
+/// byte, 16-bit grey clipped at 255.
+#[test]
+fn pixels_are_pils_after_convert() {
+    let png = |img: image::DynamicImage| {
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut bytes, image::ImageFormat::Png).unwrap();
+        bytes.into_inner()
+    };
+    let triples: [[u8; 3]; 8] = [
+        [0, 0, 0],
+        [255, 255, 255],
+        [255, 0, 0],
+        [0, 255, 0],
+        [0, 0, 255],
+        [12, 200, 99],
+        [128, 128, 127],
+        [1, 2, 3],
+    ];
+    let rgb = image::RgbImage::from_fn(8, 1, |x, _| image::Rgb(triples[x as usize]));
+    let grey = decode_image(&png(rgb.into()), ColorMode::Gray).unwrap();
+    assert_eq!(grey.data, [0, 255, 76, 150, 29, 132, 128, 2]);
+
+    let values: [u16; 7] = [0, 255, 256, 300, 0x80ff, 0x8100, 65535];
+    let rgb16 = image::ImageBuffer::<image::Rgb<u16>, _>::from_fn(7, 1, |x, _| {
+        image::Rgb([values[x as usize]; 3])
+    });
+    let rgb16 = png(image::DynamicImage::ImageRgb16(rgb16));
+    let expected = [0, 0, 1, 1, 128, 129, 255];
+    assert_eq!(
+        decode_image(&rgb16, ColorMode::Rgb).unwrap().data[..7],
+        expected
+    );
+    assert_eq!(
+        decode_image(&rgb16, ColorMode::Gray).unwrap().data,
+        expected
+    );
+    let grey16 = image::ImageBuffer::<image::Luma<u16>, _>::from_fn(7, 1, |x, _| {
+        image::Luma([values[x as usize]])
+    });
+    let grey16 = png(image::DynamicImage::ImageLuma16(grey16));
+    let clipped = [0, 255, 255, 255, 255, 255, 255];
+    assert_eq!(
+        decode_image(&grey16, ColorMode::Gray).unwrap().data,
+        clipped
+    );
+    assert_eq!(
+        decode_image(&grey16, ColorMode::Rgb).unwrap().data[7..14],
+        clipped
+    );
+}
+
 /// torchvision's other image types (`IMG_EXTENSIONS`) decode to the PNG's pixels, and an
 /// ImageFolder takes each of its extensions, in any case.
 #[test]
@@ -42,21 +95,21 @@ fn bmp_ppm_pgm_tiff_and_webp_decode_and_count_in_a_folder() {
         img.write_to(&mut bytes, format).unwrap();
         bytes.into_inner()
     };
-    // A binary PGM (P5), as PIL writes one.
+    let png = encode(Png);
+    let rgb = decode_image(&png, ColorMode::Rgb).unwrap();
+    let grey = decode_image(&png, ColorMode::Gray).unwrap();
+    // A binary PGM (P5) of that grey, as PIL writes one.
     let encode_pgm = || {
         use image::codecs::pnm::{PnmEncoder, PnmSubtype, SampleEncoding};
         let mut bytes = Vec::new();
         let encoder =
             PnmEncoder::new(&mut bytes).with_subtype(PnmSubtype::Graymap(SampleEncoding::Binary));
-        image::DynamicImage::ImageRgb8(img.clone())
-            .into_luma8()
+        image::GrayImage::from_raw(5, 3, grey.data.clone())
+            .unwrap()
             .write_with_encoder(encoder)
             .unwrap();
         bytes
     };
-    let png = encode(Png);
-    let rgb = decode_image(&png, ColorMode::Rgb).unwrap();
-    let grey = decode_image(&png, ColorMode::Gray).unwrap();
     let dir = tempdir().unwrap();
     let files = [
         ("bmp", encode(Bmp)),
