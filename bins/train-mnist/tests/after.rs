@@ -109,7 +109,7 @@ fn evaluate_runs_in_the_runs_precision() {
 fn evaluate_and_predict_take_another_precision() {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = trained(dir.path(), &["--precision", "bf16"]);
-    let summary = |precision: Option<&str>| {
+    let summary = |precision: Option<&str>, file: &str| {
         let mut args = vec![
             "evaluate",
             "--run",
@@ -119,17 +119,21 @@ fn evaluate_and_predict_take_another_precision() {
         ];
         args.extend(precision.map(|p| ["--precision", p]).into_iter().flatten());
         let log = run(&args);
-        let json: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(out.join("evaluation-best.json")).expect("summary"),
-        )
-        .expect("json");
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join(file)).expect("summary")).expect("json");
         (log, json)
     };
-    let (log, bf16) = summary(None);
+    let (log, bf16) = summary(None, "evaluation-best.json");
     assert_eq!(bf16["precision"], "bf16", "{log}");
     assert!(!log.contains("the run trained in"), "{log}");
-    let (log, f32) = summary(Some("f32"));
+    let (log, f32) = summary(Some("f32"), "evaluation-best-f32.json");
     assert_eq!(f32["precision"], "f32", "{log}");
+    assert!(out.join("confusion-best-f32.png").is_file(), "{log}");
+    // The run-precision summary stays as it was.
+    let kept: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("evaluation-best.json")).expect("summary"))
+            .expect("json");
+    assert_eq!(kept, bf16);
     assert!(log.contains(" in f32 (the run trained in bf16)"), "{log}");
     let (a, b) = (
         bf16["loss"].as_f64().expect("loss"),
@@ -139,20 +143,27 @@ fn evaluate_and_predict_take_another_precision() {
         a != b && (a - b).abs() < 0.05 * a.max(b),
         "bf16 {a}, f32 {b}"
     );
-    // predict in f32 gives the float32 forward pass's top-5, although the run trained in bf16.
+    // predict gives the bf16 forward pass's top-5 by default, the float32 one's in f32.
     let (image, pixels) = digit(dir.path());
-    let printed = run(&[
-        "predict",
-        "--run",
-        &s(&out),
-        &s(&image),
-        "--device",
-        "cpu",
-        "--precision",
-        "f32",
-    ]);
-    let lines: Vec<&str> = printed.lines().skip(1).collect();
-    assert_eq!(lines, f32_top5(&out, &pixels), "{printed}");
+    let predicted = |precision: &[&str]| {
+        let printed = run(&[
+            &["predict", "--run", &s(&out), &s(&image), "--device", "cpu"][..],
+            precision,
+        ]
+        .concat());
+        printed
+            .lines()
+            .skip(1)
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let (f32, bf16) = (
+        top5(&out, &pixels, train::config::Precision::F32),
+        top5(&out, &pixels, train::config::Precision::Bf16),
+    );
+    assert_ne!(f32, bf16, "the two precisions print apart");
+    assert_eq!(predicted(&[]), bf16);
+    assert_eq!(predicted(&["--precision", "f32"]), f32);
 }
 
 #[test]
@@ -165,7 +176,11 @@ fn evaluate_reproduces_the_logged_numbers_and_predict_a_forward_pass() {
     let (image, pixels) = digit(dir.path());
     let printed = run(&["predict", "--run", &s(&out), &s(&image), "--device", "cpu"]);
     let lines: Vec<&str> = printed.lines().skip(1).collect();
-    assert_eq!(lines, f32_top5(&out, &pixels), "{printed}");
+    assert_eq!(
+        lines,
+        top5(&out, &pixels, train::config::Precision::F32),
+        "{printed}"
+    );
 }
 
 /// The 28x28 grey digit `pixels` saved as `dir/digit.png`.
@@ -180,8 +195,9 @@ fn digit(dir: &Path) -> (PathBuf, Vec<u8>) {
 }
 
 /// `predict`'s top-5 lines for the digit `pixels` under the run's best checkpoint, from a
-/// float32 forward pass in eval mode with the MNIST test transform.
-fn f32_top5(out: &Path, pixels: &[u8]) -> Vec<String> {
+/// forward pass in eval mode in `precision` with the MNIST test transform.
+fn top5(out: &Path, pixels: &[u8], precision: train::config::Precision) -> Vec<String> {
+    let _precision = precision.enter();
     let (net, _) = zoo::load(
         "lenet5",
         10,

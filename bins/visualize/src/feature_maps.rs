@@ -18,8 +18,8 @@ const MAX_CHANNELS: usize = 64;
 pub struct FeatureMapsArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// The image to look at (PNG or JPEG, any size: resized and centre-cropped to the model's
-    /// input).
+    /// The image to look at (JPEG, PNG, BMP, PPM/PGM, TIFF or WebP, any size: resized and
+    /// centre-cropped to the model's input).
     #[arg(long)]
     image: PathBuf,
 }

@@ -105,7 +105,7 @@ impl Recipe {
         if !adam {
             config.betas = None;
         }
-        check_schedule_flags(args, config.schedule)?;
+        check_schedule_flags(args, config.schedule, &config.milestones)?;
         config.validate()?;
         Ok(config)
     }
@@ -280,8 +280,9 @@ fn limited(
 
 /// Refuses a schedule flag given on the command line that `schedule` would ignore, as a
 /// PyTorch scheduler takes only its own arguments: `--milestones` is `MultiStepLR`'s,
-/// `--step-size` `StepLR`'s, `--gamma` both of theirs.
-fn check_schedule_flags(args: &Args, schedule: ScheduleKind) -> Result<()> {
+/// `--step-size` `StepLR`'s, `--gamma` both of theirs. A multistep schedule without
+/// milestones (a constant rate in disguise) is refused too.
+fn check_schedule_flags(args: &Args, schedule: ScheduleKind, milestones: &[usize]) -> Result<()> {
     use ScheduleKind::{Multistep, Step};
     let given = [
         ("--milestones", args.milestones.is_some(), &[Multistep][..]),
@@ -299,6 +300,12 @@ fn check_schedule_flags(args: &Args, schedule: ScheduleKind) -> Result<()> {
                 names[0]
             );
         }
+    }
+    if schedule == Multistep && milestones.is_empty() {
+        bail!(
+            "--schedule multistep needs --milestones (epochs at which the rate is multiplied by \
+             --gamma); without them the rate stays constant (--schedule constant)"
+        );
     }
     Ok(())
 }
@@ -481,6 +488,36 @@ mod tests {
         );
         // The recipe's own milestones and gamma are not flags given: any schedule takes them.
         assert!(config(&["--schedule", "cosine"])?.is_ok());
+        // Multistep without milestones (this recipe has none) is refused, naming the flag.
+        for argv in [
+            &["--schedule", "multistep"][..],
+            &["--schedule", "multistep", "--gamma", "0.5"],
+        ] {
+            let err = config(argv)?.expect_err("no milestones");
+            assert!(err.contains("needs --milestones"), "{err}");
+        }
+        // Values the schedule would use are still checked.
+        for (argv, flag) in [
+            (
+                &["--schedule", "step", "--step-size", "0"][..],
+                "--step-size",
+            ),
+            (
+                &[
+                    "--schedule",
+                    "multistep",
+                    "--milestones",
+                    "2",
+                    "--gamma",
+                    "0",
+                ],
+                "--gamma",
+            ),
+            (&["--schedule", "step", "--gamma=-1"], "--gamma"),
+        ] {
+            let err = config(argv)?.expect_err(&format!("{argv:?}"));
+            assert!(err.starts_with(&format!("{flag} must")), "{argv:?}: {err}");
+        }
         Ok(())
     }
 

@@ -118,7 +118,8 @@ pub struct EvaluateArgs {
     /// Directory holding the data set [default: the run's]
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Where confusion-<weights>.png and evaluation-<weights>.json go [default: the run directory]
+    /// Where confusion-<weights>.png and evaluation-<weights>.json go (<weights>-<precision>
+    /// with a --precision other than the run's) [default: the run directory]
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// auto, cpu, cuda or cuda:N
@@ -222,9 +223,16 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
     let out = args.out.clone().unwrap_or_else(|| args.run.clone());
     std::fs::create_dir_all(&out)
         .with_context(|| format!("--out {}: cannot create the directory", out.display()))?;
-    let picture = out.join(evaluated_confusion(&trained.tag));
+    // In another precision than the run's, the outputs say which (`evaluation-best-f32.json`),
+    // so the run-precision ones stay.
+    let tag = if precision == trained.config.precision {
+        trained.tag.clone()
+    } else {
+        format!("{}-{}", trained.tag, precision.flag_text())
+    };
+    let picture = out.join(evaluated_confusion(&tag));
     crate::pictures::save_confusion_as(&picture, m.confusion(), &trained.classes)?;
-    let summary = out.join(evaluation_summary(&trained.tag));
+    let summary = out.join(evaluation_summary(&tag));
     crate::atomic::write_bytes(&summary, &serde_json::to_vec_pretty(&evaluation)?)?;
     crate::say!("wrote {} and {}", picture.display(), summary.display());
     Ok(evaluation)

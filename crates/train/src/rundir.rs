@@ -61,12 +61,14 @@ pub const OUTPUTS: [&str; 9] = [
     CONFUSION,
 ];
 
-/// `evaluate`'s confusion matrix of the `best` or `last` weights.
+/// `evaluate`'s confusion matrix of the `best` or `last` weights (`best-f32` and the like when
+/// evaluated in another precision than the run's).
 pub fn evaluated_confusion(weights: &str) -> String {
     format!("confusion-{weights}.png")
 }
 
-/// `evaluate`'s JSON summary of the `best` or `last` weights.
+/// `evaluate`'s JSON summary of the `best` or `last` weights (`best-f32` and the like when
+/// evaluated in another precision than the run's).
 pub fn evaluation_summary(weights: &str) -> String {
     format!("evaluation-{weights}.json")
 }
@@ -91,9 +93,16 @@ fn is_run_output(name: &str) -> bool {
         CONFUSION,
         FINETUNE,
     ];
-    let evaluated = ["best", "last"]
-        .iter()
-        .any(|w| name == evaluated_confusion(w) || name == evaluation_summary(w));
+    let precisions = <crate::config::Precision as clap::ValueEnum>::value_variants();
+    let evaluated = ["best", "last"].iter().any(|w| {
+        let tags = std::iter::once(w.to_string()).chain(
+            precisions
+                .iter()
+                .map(|p| format!("{w}-{}", crate::flags::FlagText::flag_text(p))),
+        );
+        tags.into_iter()
+            .any(|tag| name == evaluated_confusion(&tag) || name == evaluation_summary(&tag))
+    });
     named.contains(&name) || name.starts_with(EVENTS_PREFIX) || evaluated
 }
 
@@ -516,6 +525,7 @@ mod tests {
             (CURVES, "old curves"),
             ("events.out.tfevents.1.host.7", "old events"),
             ("evaluation-best.json", "old evaluation"),
+            ("confusion-last-f32.png", "old evaluation in f32"),
             ("notes.txt", "the user's"),
         ];
         for (name, text) in old {

@@ -107,7 +107,7 @@ pub fn load_counting_classes(
     let rows = tensors.get(&head).and_then(|w| w.dims().first().copied());
     let classes = match (num_classes, rows) {
         (Some(n), Some(rows)) if n != rows => anyhow::bail!(
-            "{}: its {head} has {rows} rows (classes), not the {n} asked for",
+            "{}: its {head} has {rows} rows (classes), not the {n} asked for (--num-classes)",
             path.display()
         ),
         (Some(n), _) => n,
