@@ -260,34 +260,25 @@ fn a_checkpoint_of_another_class_count_loads_by_its_head() {
     let out = dir.path().to_str().unwrap();
     let digit = dir.path().join("digit.png");
     write_picture(&digit, 28, 28, true);
-    let stdout = visualize(&[
-        "grad-cam",
-        "--model",
-        "lenet5",
-        "--weights",
-        weights,
-        "--image",
-        digit.to_str().unwrap(),
-        "--class",
-        "2",
-        "--out",
-        out,
-    ]);
+    let grad_cam = |class| {
+        [
+            "grad-cam",
+            "--model",
+            "lenet5",
+            "--weights",
+            weights,
+            "--image",
+            digit.to_str().unwrap(),
+            "--class",
+            class,
+            "--out",
+            out,
+        ]
+    };
+    let stdout = visualize(&grad_cam("2"));
     assert!(stdout.contains("class 2 (class 2)"), "{stdout}");
     assert_not_blank(&open_png(&dir.path().join("grad-cam.png")), "grad-cam.png");
-    let err = visualize_fails(&[
-        "grad-cam",
-        "--model",
-        "lenet5",
-        "--weights",
-        weights,
-        "--image",
-        digit.to_str().unwrap(),
-        "--class",
-        "3",
-        "--out",
-        out,
-    ]);
+    let err = visualize_fails(&grad_cam("3"));
     assert!(err.contains("out of range for 3 classes"), "{err}");
     visualize(&[
         "filters",

@@ -196,7 +196,8 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
             .zip(m.per_class_accuracy())
             .collect(),
     };
-    let shown = if precision == trained.config.precision {
+    let own_precision = precision == trained.config.precision;
+    let shown = if own_precision {
         String::new()
     } else {
         format!(
@@ -225,7 +226,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
         .with_context(|| format!("--out {}: cannot create the directory", out.display()))?;
     // In another precision than the run's, the outputs say which (`evaluation-best-f32.json`),
     // so the run-precision ones stay.
-    let tag = if precision == trained.config.precision {
+    let tag = if own_precision {
         trained.tag.clone()
     } else {
         format!("{}-{}", trained.tag, precision.flag_text())
