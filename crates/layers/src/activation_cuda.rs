@@ -76,13 +76,13 @@ fn typed<T: CudaDType + DeviceRepr + 'static>(
         })
         .collect::<Result<Vec<_>>>()?;
     // SAFETY: the kernel writes all `n` values before anything reads them.
-    let out = unsafe { device.alloc::<T>(n.max(1))? };
+    let mut out = unsafe { device.alloc::<T>(n.max(1))? };
     if n > 0 {
         let mut builder = func.builder();
         for v in &views {
             builder.arg(v);
         }
-        builder.arg(&out);
+        builder.arg(&mut out);
         builder.arg(&count);
         // SAFETY: the kernel reads `count` values of each operand (checked above to lie
         // within their storages) and writes `count` values of `out`, all of type `T`.

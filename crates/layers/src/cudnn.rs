@@ -28,6 +28,25 @@ pub(crate) fn check(status: sys::cudnnStatus_t, what: &str) -> Result<()> {
         .map_err(|e| candle_core::Error::Msg(format!("cuDNN {what}: {:?}", e.0)))
 }
 
+/// Whether `status` is cuDNN refusing the call as asked (a parameter, layout, data type or
+/// shape it does not take), not a failure: cuDNN 9 reports that as `CUDNN_STATUS_BAD_PARAM`,
+/// `CUDNN_STATUS_NOT_SUPPORTED` or one of their detailed codes (2000-2999 and 3000-3999, e.g.
+/// `NOT_SUPPORTED_LAYOUT` 3004, `BAD_PARAM_MISALIGNED_POINTER` 2003).
+pub(crate) fn is_refusal(status: sys::cudnnStatus_t) -> bool {
+    (2000..4000).contains(&(status as u32))
+}
+
+/// Whether `status` says that cuDNN could not allocate memory (on the host or the device), so
+/// that a later call may succeed.
+pub(crate) fn is_out_of_memory(status: sys::cudnnStatus_t) -> bool {
+    use sys::cudnnStatus_t::*;
+    matches!(
+        status,
+        CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED
+            | CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED
+    )
+}
+
 /// A cuDNN error from cudarc's `result` layer, with what was being done.
 pub(crate) fn context<T>(r: std::result::Result<T, result::CudnnError>, what: &str) -> Result<T> {
     r.map_err(|e| candle_core::Error::Msg(format!("cuDNN {what}: {:?}", e.0)))

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use candle_core::cuda::cudarc::curand::{result, sys};
 use candle_core::cuda::cudarc::driver::DevicePtrMut;
-use candle_core::cuda_backend::{CudaDevice, DeviceId};
+use candle_core::cuda_backend::{CudaDevice, DeviceId, WrapErr};
 use candle_core::op::BackpropOp;
 use candle_core::{CudaStorage, DType, Device, Result, Storage, Tensor};
 
@@ -43,6 +43,8 @@ pub(crate) fn uniform(device: &CudaDevice, shape: &[usize], seed: u64) -> Result
         let generator = match g.entry(device.id()) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
+                // cuRAND creates the generator in the current context: this device's.
+                stream.context().bind_to_thread().w()?;
                 let kind = sys::curandRngType_t::CURAND_RNG_PSEUDO_PHILOX4_32_10;
                 let gen = result::create_generator_kind(kind).map_err(|e| curand(e, "create"))?;
                 let gen = Generator(gen);

@@ -265,10 +265,7 @@ impl Forward {
                         sip as *mut c_void,
                     )
                 };
-                use sys::cudnnStatus_t::{CUDNN_STATUS_BAD_PARAM, CUDNN_STATUS_NOT_SUPPORTED};
-                if self.dtype != DType::F32
-                    && matches!(status, CUDNN_STATUS_NOT_SUPPORTED | CUDNN_STATUS_BAD_PARAM)
-                {
+                if self.dtype != DType::F32 && crate::cudnn::is_refusal(status) {
                     self.refused.store(true, Ordering::Relaxed);
                 }
                 check(status, "batch-norm forward")?;

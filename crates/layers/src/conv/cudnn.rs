@@ -194,6 +194,16 @@ impl Conv {
             )
     }
 
+    /// The math type to run a search result with math type `math` in: float32 without TF32
+    /// runs in `CUDNN_FMA_MATH` even when cuDNN reports `CUDNN_DEFAULT_MATH`, which would
+    /// allow TF32 on Ampere and later (PyTorch asserts the same, `ASSERT_CORRECT_PRECISION`).
+    fn run_math(&self, math: sys::cudnnMathType_t) -> sys::cudnnMathType_t {
+        match self.math() {
+            sys::cudnnMathType_t::CUDNN_FMA_MATH => sys::cudnnMathType_t::CUDNN_FMA_MATH,
+            _ => math,
+        }
+    }
+
     fn len(dims: [usize; 4]) -> usize {
         dims.iter().product()
     }
@@ -318,7 +328,6 @@ impl<A: Copy + std::fmt::Debug, P: Copy> Search<'_, A, P> {
         stream: &CudaStream,
     ) -> Result<std::result::Result<Chosen<A>, Refusal>> {
         let success = sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS;
-        let alloc_failed = sys::cudnnStatus_t::CUDNN_STATUS_ALLOC_FAILED;
         let wanted = self.algos.iter().filter_map(|&a| {
             let mut bytes = 0;
             ((self.size)(a, &mut bytes) == success).then_some(bytes)
@@ -340,14 +349,14 @@ impl<A: Copy + std::fmt::Debug, P: Copy> Search<'_, A, P> {
                     "cuDNN's {} algorithm search for {:?} input {:?} held channels-last (NHWC), kernel {:?}, padding/stride/dilation/groups {:?} failed: {found:?}",
                     self.what, conv.dtype, conv.x, conv.w, conv.params
                 ),
-                transient: transient || found == alloc_failed,
+                transient: transient || crate::cudnn::is_out_of_memory(found),
             }));
         }
         check(found, &format!("{} algorithm search", self.what))?;
         let count = count.clamp(0, results.len() as i32) as usize;
         let mut tried = Vec::new();
         for (algo, status, ms, memory, math) in results[..count].iter().map(self.timing) {
-            transient |= status == alloc_failed;
+            transient |= crate::cudnn::is_out_of_memory(status);
             if status != success || !conv.allows(math) {
                 tried.push(format!("{algo:?}: {status:?} {math:?}"));
                 continue;
@@ -358,7 +367,7 @@ impl<A: Copy + std::fmt::Debug, P: Copy> Search<'_, A, P> {
                     self.what, conv.dtype, conv.x, conv.w, conv.params, conv.tf32, conv.nhwc
                 );
             }
-            desc.set_math(math)?;
+            desc.set_math(conv.run_math(math))?;
             let mut bytes = 0;
             check(
                 (self.size)(algo, &mut bytes),
@@ -797,55 +806,59 @@ fn run_held(
             // at least the algorithm's size, float scaling factors (float, half and bf16 data).
             match direction {
                 Direction::Forward => {
-                    let c = match plan.forward(h, conv, device, stream, &p)? {
-                        Ok(c) => c,
+                    let (algo, desc, bytes) = match plan.forward(h, conv, device, stream, &p)? {
+                        Ok(c) => (c.algo, c.desc.0, c.workspace),
                         Err(why) => return Ok(Err(why)),
                     };
-                    let (algo, desc) = (c.algo, c.desc.0);
-                    let (ws, ws_len, _gw) = workspace.get(device, stream, c.workspace)?;
-                    check(
-                        unsafe {
-                            sys::cudnnConvolutionForward(
-                                h.0, one, plan.x.0, p.a, plan.w.0, p.b, desc, algo, ws, ws_len,
-                                zero, plan.y.0, p.out,
-                            )
-                        },
-                        "convolution forward",
-                    )?;
+                    let (ws, ws_len, _gw) = workspace.get(device, stream, bytes)?;
+                    let status = unsafe {
+                        sys::cudnnConvolutionForward(
+                            h.0, one, plan.x.0, p.a, plan.w.0, p.b, desc, algo, ws, ws_len, zero,
+                            plan.y.0, p.out,
+                        )
+                    };
+                    if let Some(why) = refused_at_run(conv, status, "forward", &mut plan.forward) {
+                        return Ok(Err(why));
+                    }
+                    check(status, "convolution forward")?;
                 }
                 Direction::Data => {
-                    let c = match plan.data(h, conv, device, stream, &p)? {
-                        Ok(c) => c,
+                    let (algo, desc, bytes) = match plan.data(h, conv, device, stream, &p)? {
+                        Ok(c) => (c.algo, c.desc.0, c.workspace),
                         Err(why) => return Ok(Err(why)),
                     };
-                    let (algo, desc) = (c.algo, c.desc.0);
-                    let (ws, ws_len, _gw) = workspace.get(device, stream, c.workspace)?;
-                    check(
-                        unsafe {
-                            sys::cudnnConvolutionBackwardData(
-                                h.0, one, plan.w.0, p.a, plan.y.0, p.b, desc, algo, ws, ws_len,
-                                zero, plan.x.0, p.out,
-                            )
-                        },
-                        "convolution input gradient",
-                    )?;
+                    let (ws, ws_len, _gw) = workspace.get(device, stream, bytes)?;
+                    let status = unsafe {
+                        sys::cudnnConvolutionBackwardData(
+                            h.0, one, plan.w.0, p.a, plan.y.0, p.b, desc, algo, ws, ws_len, zero,
+                            plan.x.0, p.out,
+                        )
+                    };
+                    if let Some(why) =
+                        refused_at_run(conv, status, "input-gradient", &mut plan.data)
+                    {
+                        return Ok(Err(why));
+                    }
+                    check(status, "convolution input gradient")?;
                 }
                 Direction::Filter => {
-                    let c = match plan.filter(h, conv, device, stream, &p)? {
-                        Ok(c) => c,
+                    let (algo, desc, bytes) = match plan.filter(h, conv, device, stream, &p)? {
+                        Ok(c) => (c.algo, c.desc.0, c.workspace),
                         Err(why) => return Ok(Err(why)),
                     };
-                    let (algo, desc) = (c.algo, c.desc.0);
-                    let (ws, ws_len, _gw) = workspace.get(device, stream, c.workspace)?;
-                    check(
-                        unsafe {
-                            sys::cudnnConvolutionBackwardFilter(
-                                h.0, one, plan.x.0, p.a, plan.y.0, p.b, desc, algo, ws, ws_len,
-                                zero, plan.w.0, p.out,
-                            )
-                        },
-                        "convolution weight gradient",
-                    )?;
+                    let (ws, ws_len, _gw) = workspace.get(device, stream, bytes)?;
+                    let status = unsafe {
+                        sys::cudnnConvolutionBackwardFilter(
+                            h.0, one, plan.x.0, p.a, plan.y.0, p.b, desc, algo, ws, ws_len, zero,
+                            plan.w.0, p.out,
+                        )
+                    };
+                    if let Some(why) =
+                        refused_at_run(conv, status, "weight-gradient", &mut plan.filter)
+                    {
+                        return Ok(Err(why));
+                    }
+                    check(status, "convolution weight gradient")?;
                 }
             }
         }
@@ -854,6 +867,28 @@ fn run_held(
             Shape::from_dims(&out_dims),
         )))
     })
+}
+
+/// After a call with a chosen algorithm: when cuDNN refused to run it on NHWC operands (it
+/// may refuse at run time what its search accepted, PyTorch's `AlgoIterator::try_all` moves
+/// on then), the refusal, kept in `slot`, so that this direction runs cuDNN's NCHW kernels on
+/// NCHW copies from now on. `None` for anything else.
+fn refused_at_run<A>(
+    conv: &Conv,
+    status: sys::cudnnStatus_t,
+    what: &str,
+    slot: &mut Option<Choice<Chosen<A>>>,
+) -> Option<String> {
+    if !conv.nhwc || !crate::cudnn::is_refusal(status) {
+        return None;
+    }
+    let why = format!(
+        "cuDNN refused to run its {what} algorithm for {:?} input {:?} held channels-last (NHWC), kernel {:?}, padding/stride/dilation/groups {:?}: {status:?}",
+        conv.dtype, conv.x, conv.w, conv.params
+    );
+    eprintln!("{why}; it runs cuDNN's NCHW kernels on NCHW copies instead");
+    *slot = Some(Err(why.clone()));
+    Some(why)
 }
 
 fn no_cpu(name: &str) -> Result<(CpuStorage, Shape)> {

@@ -23,6 +23,16 @@ pub(super) fn add(logits: &Tensor, labels: &Tensor, counts: &Tensor) -> Result<T
     let Device::Cuda(device) = logits.device() else {
         candle_core::bail!("tally-batch: the logits are not on a CUDA device")
     };
+    // The kernel takes raw addresses: all three must be on the logits' GPU.
+    for (what, t) in [("labels", labels), ("counts", counts)] {
+        if !t.device().same_device(logits.device()) {
+            candle_core::bail!(
+                "tally-batch: the {what} are on {:?}, the logits on {:?}",
+                t.device().location(),
+                logits.device().location()
+            )
+        }
+    }
     let super::KernelOperands {
         logits,
         labels,
@@ -49,7 +59,7 @@ pub(super) fn add(logits: &Tensor, labels: &Tensor, counts: &Tensor) -> Result<T
     let y = y.slice(window(yl.start_offset(), n, y.len())?);
     // SAFETY: the kernel writes all `n` values before anything reads them (n > 0: `Tally::add`
     // adds no empty batch).
-    let predicted = unsafe { device.alloc::<u32>(n.max(1))? };
+    let mut predicted = unsafe { device.alloc::<u32>(n.max(1))? };
     let func = device.get_or_load_custom_func("tally_batch", "train-tally", PTX)?;
     layers::in_place_cuda(counts, "tally-batch", |cs, cl| {
         if !cl.is_contiguous() || cs.dtype() != DType::U32 {
@@ -62,7 +72,7 @@ pub(super) fn add(logits: &Tensor, labels: &Tensor, counts: &Tensor) -> Result<T
         builder.arg(&x);
         builder.arg(&y);
         builder.arg(&mut c);
-        builder.arg(&predicted);
+        builder.arg(&mut predicted);
         builder.arg(&n32);
         builder.arg(&k32);
         // SAFETY: the kernel reads n * k f32 logits and n u32 labels, adds to k * k + 2 u32
