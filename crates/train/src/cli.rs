@@ -105,7 +105,7 @@ impl Recipe {
         if !adam {
             config.betas = None;
         }
-        check_schedule_flags(args, config.schedule, &config.milestones)?;
+        check_schedule_flags(args, &config, false)?;
         config.validate()?;
         Ok(config)
     }
@@ -199,6 +199,11 @@ impl Recipe {
 /// # Errors
 /// A fixed flag differs from the saved run, or the result fails [`RunConfig::validate`].
 pub fn resumed_config(saved: &RunConfig, args: &Args) -> Result<RunConfig> {
+    if args.schedule.is_none_or(|s| s == saved.schedule) {
+        // A scheduler's flag the run's schedule does not take, named as such (rather than
+        // as a value differing from the saved one).
+        check_schedule_flags(args, saved, true)?;
+    }
     let (config, refused) = apply_on_resume(saved, args)?;
     if !refused.is_empty() {
         let changeable: Vec<String> = table()
@@ -278,20 +283,53 @@ fn limited(
     Ok(Arc::new(subset))
 }
 
-/// Refuses a schedule flag given on the command line that `schedule` would ignore, as a
-/// PyTorch scheduler takes only its own arguments: `--milestones` is `MultiStepLR`'s,
-/// `--step-size` `StepLR`'s, `--gamma` both of theirs. A multistep schedule without
-/// milestones (a constant rate in disguise) is refused too.
-fn check_schedule_flags(args: &Args, schedule: ScheduleKind, milestones: &[usize]) -> Result<()> {
+/// Refuses a schedule flag given on the command line that `config`'s schedule would ignore, as
+/// a PyTorch scheduler takes only its own arguments: `--milestones` is `MultiStepLR`'s,
+/// `--step-size` `StepLR`'s, `--gamma` both of theirs. On resume (`resumed`, `config` the
+/// saved run's) only a value other than the run's is refused, saying that the run's schedule
+/// takes no such flag. On a fresh run a multistep schedule without milestones (a constant rate
+/// in disguise) is refused too (runs saved before that check are resumed as they are).
+fn check_schedule_flags(args: &Args, config: &RunConfig, resumed: bool) -> Result<()> {
     use ScheduleKind::{Multistep, Step};
+    let (schedule, milestones) = (config.schedule, &config.milestones);
+    // Resumed: only a value other than the run's (the same command with `--resume` added is
+    // taken, as for any flag).
+    let given = |is_given: bool, same: bool| is_given && !(resumed && same);
     let given = [
-        ("--milestones", args.milestones.is_some(), &[Multistep][..]),
-        ("--step-size", args.step_size.is_some(), &[Step]),
-        ("--gamma", args.gamma.is_some(), &[Multistep, Step]),
+        (
+            "--milestones",
+            given(
+                args.milestones.is_some(),
+                args.milestones.as_ref() == Some(milestones),
+            ),
+            &[Multistep][..],
+        ),
+        (
+            "--step-size",
+            given(
+                args.step_size.is_some(),
+                args.step_size == Some(config.step_size),
+            ),
+            &[Step],
+        ),
+        (
+            "--gamma",
+            given(args.gamma.is_some(), args.gamma == Some(config.gamma)),
+            &[Multistep, Step],
+        ),
     ];
     for (flag, is_given, users) in given {
         if is_given && !users.contains(&schedule) {
             let names: Vec<_> = users.iter().map(|s| s.flag_text()).collect();
+            if resumed {
+                bail!(
+                    "{flag} is used by --schedule {} only; the run being resumed has --schedule \
+                     {}, which takes no {flag} (and a resumed run keeps its schedule): leave it \
+                     out",
+                    names.join(" or "),
+                    schedule.flag_text()
+                );
+            }
             bail!(
                 "{flag} is used by --schedule {} only; --schedule {} would ignore it \
                  (give --schedule {} with it, or leave it out)",
@@ -301,7 +339,7 @@ fn check_schedule_flags(args: &Args, schedule: ScheduleKind, milestones: &[usize
             );
         }
     }
-    if schedule == Multistep && milestones.is_empty() {
+    if !resumed && schedule == Multistep && milestones.is_empty() {
         bail!(
             "--schedule multistep needs --milestones (epochs at which the rate is multiplied by \
              --gamma); without them the rate stays constant (--schedule constant)"
@@ -518,6 +556,48 @@ mod tests {
             let err = config(argv)?.expect_err(&format!("{argv:?}"));
             assert!(err.starts_with(&format!("{flag} must")), "{argv:?}: {err}");
         }
+        // On resume, a flag the run's schedule does not take says so (not "differs from the
+        // saved value"); the run's own schedule flags, repeated, are taken.
+        let resumed = |saved: &RunConfig, argv: &[&str]| -> Result<Result<RunConfig, String>> {
+            let args = RECIPE.parse(["prog", "--resume", "x"].iter().chain(argv))?;
+            Ok(resumed_config(saved, &args).map_err(|e| e.to_string()))
+        };
+        let cosine = config(&["--schedule", "cosine"])?.map_err(anyhow::Error::msg)?;
+        for argv in [
+            &["--milestones", "5"][..],
+            &["--gamma", "0.5"],
+            &["--schedule", "cosine", "--step-size", "3"],
+        ] {
+            let err = resumed(&cosine, argv)?.expect_err(&format!("{argv:?}"));
+            assert!(
+                err.contains("the run being resumed has --schedule cosine, which takes no"),
+                "{argv:?}: {err}"
+            );
+        }
+        let again = [
+            "--schedule",
+            "multistep",
+            "--milestones",
+            "2,4",
+            "--gamma",
+            "0.2",
+        ];
+        assert_eq!(
+            resumed(&multistep, &again)?.map_err(anyhow::Error::msg)?,
+            multistep
+        );
+        // A multistep run saved without milestones (before they were required) resumes.
+        let old = RunConfig {
+            milestones: Vec::new(),
+            ..multistep.clone()
+        };
+        assert!(resumed(&old, &["--epochs", "9"])?.is_ok());
+        // Another schedule is refused as a changed value.
+        let err = resumed(&cosine, &["--schedule", "step", "--gamma", "0.5"])?.unwrap_err();
+        assert!(
+            err.contains("--schedule step (the run has cosine)"),
+            "{err}"
+        );
         Ok(())
     }
 
