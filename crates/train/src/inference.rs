@@ -37,7 +37,8 @@ pub struct Trained {
     pub store: ParamStore,
     /// The checkpoint loaded.
     pub weights: PathBuf,
-    /// `best`, `last` or the checkpoint's file stem, for output names.
+    /// `best`, `last` or the checkpoint's file stem (`<folder>-<stem>` for a file outside the
+    /// run directory), for output names.
     pub tag: String,
 }
 
@@ -45,9 +46,14 @@ impl Trained {
     /// Opens the run in `dir` with the checkpoint `weights` (`best`, `last` or a file) on
     /// `device`.
     ///
-    /// Errors: no `config.json` (not a run directory), class names that cannot be found, an
+    /// An `--overwrite` of `dir` that was interrupted before the new run saved an epoch is
+    /// undone first ([`crate::rundir::settle_for_reading`]), so the replaced run is read.
+    ///
+    /// Errors: a run replacing the one in `dir` is still training and has saved no epoch, no
+    /// `config.json` (not a run directory), class names that cannot be found, an
     /// unknown model, or a checkpoint that is missing, non-finite or does not match (named).
     pub fn open(dir: &Path, weights: &str, device: &Device) -> Result<Self> {
+        crate::rundir::settle_for_reading(dir)?;
         let config_path = dir.join(CONFIG);
         let text = std::fs::read(&config_path).with_context(|| {
             format!(
@@ -82,10 +88,8 @@ impl Trained {
             "last" => (dir.join(LAST), "last".to_string()),
             file => {
                 let path = PathBuf::from(file);
-                let stem = path
-                    .file_stem()
-                    .map_or("weights".into(), |s| s.to_string_lossy().into_owned());
-                (path, stem)
+                let tag = checkpoint_tag(dir, &path);
+                (path, tag)
             }
         };
         let (model, store) = zoo::load(
@@ -103,6 +107,31 @@ impl Trained {
             weights: path,
             tag,
         })
+    }
+}
+
+/// The output-name tag of the checkpoint file `path` evaluated with the run in `dir`: its stem,
+/// with its folder's name before it when it lies outside `dir` (another run's
+/// `best.safetensors` is `<that run>-best`), so that its outputs do not take the run's own.
+fn checkpoint_tag(dir: &Path, path: &Path) -> String {
+    let stem = path
+        .file_stem()
+        .map_or("weights".into(), |s| s.to_string_lossy().into_owned());
+    let parent = path.parent().map(|p| match p.as_os_str().is_empty() {
+        true => Path::new("."),
+        false => p,
+    });
+    match (
+        parent.and_then(|p| p.canonicalize().ok()),
+        dir.canonicalize(),
+    ) {
+        (Some(folder), Ok(run)) if folder != run => {
+            let name = folder
+                .file_name()
+                .map_or("file".into(), |n| n.to_string_lossy().into_owned());
+            format!("{name}-{stem}")
+        }
+        _ => stem,
     }
 }
 
@@ -467,6 +496,26 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
 mod tests {
     use super::*;
     use crate::config::DatasetKind;
+
+    /// A checkpoint file outside the run directory names its outputs with its folder.
+    #[test]
+    fn checkpoints_from_elsewhere_are_named_with_their_folder() -> Result<()> {
+        let root = tempfile::tempdir()?;
+        let (run, other) = (root.path().join("run"), root.path().join("r1"));
+        std::fs::create_dir_all(&run)?;
+        std::fs::create_dir_all(&other)?;
+        assert_eq!(
+            checkpoint_tag(&run, &run.join("epoch3.safetensors")),
+            "epoch3"
+        );
+        let dotted = run.join(".").join("best.safetensors");
+        assert_eq!(checkpoint_tag(&run, &dotted), "best");
+        assert_eq!(
+            checkpoint_tag(&run, &other.join("best.safetensors")),
+            "r1-best"
+        );
+        Ok(())
+    }
 
     /// A model of another native size trained on CIFAR-10 or MNIST saw the data set's images
     /// (before the test transform), not its native input; an ImageFolder run's test transform

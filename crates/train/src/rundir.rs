@@ -236,6 +236,52 @@ pub(crate) fn forget_replaced(dir: &Path) {
     }
 }
 
+/// Before `evaluate`, `predict` or `grad-cam` read the run in `dir`: when an `--overwrite`
+/// there was interrupted (Ctrl-C, a kill) before the new run saved an epoch, and no run holds
+/// the directory, puts the replaced run back (as the next run to lock it would), so that what
+/// is read is the old run, whole. Nothing to do for a directory without such a replacement.
+///
+/// Errors: a live run started with `--overwrite` holds `dir` and has not saved an epoch (the
+/// files beside its `replaced-run` are then the new run's, incomplete; the error names the
+/// folder holding the old run), or putting the old run back fails.
+pub fn settle_for_reading(dir: &Path) -> Result<()> {
+    let pending = |dir: &Path| {
+        ours(&dir.join(MOVING_ASIDE))
+            || (ours(&dir.join(REPLACED)) && !saved_an_epoch(dir))
+            || ours(&dir.join(MOVING_BACK))
+    };
+    if !pending(dir) {
+        return Ok(());
+    }
+    let lock_path = dir.join(LOCK);
+    let Ok(lock) = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+    else {
+        bail!(
+            "--run {}: an interrupted --overwrite left the run there half replaced, and the \
+             directory is not writable to put it back; the replaced run is in {}",
+            dir.display(),
+            dir.join(REPLACED).display()
+        );
+    };
+    match lock.try_lock() {
+        Ok(()) => settle(dir),
+        Err(TryLockError::WouldBlock) if pending(dir) => bail!(
+            "--run {}: a run started there with --overwrite is still training and has not saved \
+             its first epoch; until it does, the run it replaces is in {} (give that as --run)",
+            dir.display(),
+            dir.join(REPLACED).display()
+        ),
+        Err(TryLockError::WouldBlock) => Ok(()),
+        Err(TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
+        }
+    }
+}
+
 /// A locked run directory. The lock (an OS file lock, released by the kernel even when the
 /// process is killed) lasts as long as this value.
 #[derive(Debug)]
@@ -557,6 +603,25 @@ mod tests {
         drop(dir); // (nothing to settle now)
         std::fs::rename(&kept, &aside)?;
         drop(RunDir::existing(&out)?);
+        unchanged(&out)?;
+
+        // Readers (`evaluate`, `predict`, `grad-cam`): while the new run lives and has saved
+        // no epoch they are refused, pointed at the replaced run; after it was interrupted
+        // (its lock released without settling, as by Ctrl-C or a kill) they put the old run
+        // back first.
+        settle_for_reading(&out)?; // nothing pending
+        let mut dir = RunDir::fresh(&out, true)?;
+        std::fs::write(out.join(CONFIG), "new config")?;
+        let err = settle_for_reading(&out).unwrap_err().to_string();
+        assert!(
+            err.contains("still training") && err.contains(REPLACED),
+            "{err}"
+        );
+        drop(dir.lock.take()); // the process dies: the kernel releases its lock
+        dir.replacing = false;
+        drop(dir);
+        assert_eq!(std::fs::read_to_string(out.join(CONFIG))?, "new config");
+        settle_for_reading(&out)?;
         unchanged(&out)?;
 
         // Killed while moving the old run aside, or while moving it back: the next lock
