@@ -83,15 +83,30 @@ pub fn finetune(
     train::run::check_transforms(run, &data)?;
     let classes = data.train.classes().to_vec();
     let device = train::device::parse_device(&train::distributed::device_spec(&run.device))?;
-    let path = weights::resolve(&ft.weights)?;
-    let tensors = layers::checkpoint::read(&path)?;
     let store = ParamStore::new(run.seed, &device);
     let net = ResNet::resnet50(classes.len(), store.vb())?;
-    transfer::weights::load(&store, tensors, &path, true)?;
+    let loaded = match &resume {
+        // The run's own weights, the pretrained backbone included: resuming needs neither the
+        // Hub nor the --weights file (the backbone's features are computed before the rest of
+        // the state is restored).
+        Some((_, saved)) => {
+            layers::checkpoint::load_tensors_strict(store.varmap(), &saved.model)
+                .context("restoring the model from the resume state")?;
+            format!(
+                "the weights of {} (pretrained: {})",
+                out.join(train::rundir::STATE).display(),
+                ft.weights
+            )
+        }
+        None => {
+            let path = weights::resolve(&ft.weights)?;
+            let tensors = layers::checkpoint::read(&path)?;
+            transfer::weights::load(&store, tensors, &path, true)?;
+            format!("{} ({})", ft.weights, path.display())
+        }
+    };
     train::say!(
-        "loaded {} ({}); new head for {} classes; training {}",
-        ft.weights,
-        path.display(),
+        "loaded {loaded}; new head for {} classes; training {}",
         classes.len(),
         match ft.unfreeze {
             Unfreeze::None => "the head only (backbone frozen)",

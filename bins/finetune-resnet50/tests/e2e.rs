@@ -502,10 +502,18 @@ fn resume_reaches_the_same_weights_as_an_uninterrupted_run() {
         &["--data-dir", s(&renamed)],
         &["class 1 is \"bird\" in the data but \"frog\" in the run"],
     );
-    ok(
+    // The pretrained file is not needed to resume: the state holds the backbone.
+    let moved = dir.path().join("moved.safetensors");
+    std::fs::rename(&weights, &moved).expect("move the pretrained weights");
+    let resumed = ok(
         &["--resume", s(&parts), "--epochs", "2", "--device", "cpu"],
         &[],
     );
+    assert!(
+        resumed.contains("state.safetensors (pretrained:"),
+        "{resumed}"
+    );
+    std::fs::rename(&moved, &weights).expect("put the pretrained weights back");
     assert!(
         std::fs::read(whole.join(train::rundir::LAST)).expect("whole")
             == std::fs::read(parts.join(train::rundir::LAST)).expect("parts"),

@@ -106,6 +106,7 @@ impl Recipe {
             config.betas = None;
         }
         check_schedule_flags(args, &config, false)?;
+        absolute_data_dir(&mut config)?;
         config.validate()?;
         Ok(config)
     }
@@ -204,7 +205,7 @@ pub fn resumed_config(saved: &RunConfig, args: &Args) -> Result<RunConfig> {
         // as a value differing from the saved one).
         check_schedule_flags(args, saved, true)?;
     }
-    let (config, refused) = apply_on_resume(saved, args)?;
+    let (mut config, refused) = apply_on_resume(saved, args)?;
     if !refused.is_empty() {
         let changeable: Vec<String> = table()
             .iter()
@@ -219,8 +220,22 @@ pub fn resumed_config(saved: &RunConfig, args: &Args) -> Result<RunConfig> {
             changeable.join(", ")
         );
     }
+    if args.data_dir.is_some() {
+        absolute_data_dir(&mut config)?;
+    }
     config.validate()?;
     Ok(config)
+}
+
+/// Makes `--data-dir` absolute (relative to the working directory), as it is saved in
+/// `config.json`: `evaluate`, `predict` and `--resume` then find the data from any directory.
+fn absolute_data_dir(config: &mut RunConfig) -> Result<()> {
+    if let Some(dir) = &config.data_dir {
+        let absolute = std::path::absolute(dir)
+            .with_context(|| format!("--data-dir {}: cannot make it absolute", dir.display()))?;
+        config.data_dir = Some(absolute);
+    }
+    Ok(())
 }
 
 /// Loads the configured data set (see [`datasets::catalog::load`]); with `--limit-train` /
@@ -764,7 +779,14 @@ mod tests {
                 tried += 1;
                 if row.changeable {
                     let config = outcome.map_err(anyhow::Error::msg)?;
-                    assert_eq!(Some((row.value)(&config).as_str()), value, "{flag}");
+                    let shown = (row.value)(&config);
+                    if flag == "--data-dir" {
+                        // Saved absolute, from any directory.
+                        let given = value.map(std::path::absolute).transpose()?;
+                        assert_eq!(Some(PathBuf::from(shown)), given, "{flag}");
+                    } else {
+                        assert_eq!(Some(shown.as_str()), value, "{flag}");
+                    }
                 } else {
                     let err = outcome.expect_err(&flag);
                     assert!(err.contains(&format!("{flag} ")), "{flag}: {err}");
