@@ -144,11 +144,10 @@ impl Recipe {
     /// As [`RunDir::fresh`]: the directory cannot be created or locked, or holds a run and
     /// `--overwrite` is not given.
     pub fn fresh_dir(&self, args: &Args) -> Result<RunDir> {
-        let out = args
-            .out
-            .clone()
-            .unwrap_or_else(|| default_out(self.program));
-        RunDir::fresh(&out, args.overwrite)
+        match &args.out {
+            Some(out) => RunDir::fresh(out, args.overwrite),
+            None => RunDir::fresh_made(&default_out(self.program), args.overwrite, true),
+        }
     }
 
     /// Locks the run directory `dir` and reads its state, refusing a run another program made

@@ -291,6 +291,9 @@ pub struct RunDir {
     lock: Option<File>,
     /// Whether this run replaces one that `--overwrite` moved into [`REPLACED`].
     replacing: bool,
+    /// Whether this run made the directory: removed again if the run stops before writing
+    /// anything but its configuration.
+    created: bool,
 }
 
 impl RunDir {
@@ -303,12 +306,20 @@ impl RunDir {
     /// run has saved its first epoch (when this value is dropped, or by the next run to lock
     /// the directory if this process is killed), put back if it stops before that.
     pub fn fresh(path: &Path, overwrite: bool) -> Result<Self> {
+        let created = std::fs::symlink_metadata(path).is_err();
+        Self::fresh_made(path, overwrite, created)
+    }
+
+    /// [`RunDir::fresh`] for a directory this run made (`created`: the default `--out`, which
+    /// [`crate::cli::default_out`] claims by creating it), or not.
+    pub(crate) fn fresh_made(path: &Path, overwrite: bool, created: bool) -> Result<Self> {
         if !crate::distributed::writes() {
             return Ok(Self::unlocked(path));
         }
         std::fs::create_dir_all(path)
             .with_context(|| format!("--out {}: cannot create the directory", path.display()))?;
         let mut dir = Self::lock(path)?;
+        dir.created = created;
         let held: Vec<&str> = RUN_FILES
             .into_iter()
             .filter(|f| path.join(f).exists())
@@ -412,6 +423,7 @@ impl RunDir {
             path: path.to_path_buf(),
             lock: None,
             replacing: false,
+            created: false,
         }
     }
 
@@ -441,19 +453,46 @@ impl RunDir {
             path: path.to_path_buf(),
             lock: Some(lock),
             replacing: false,
+            created: false,
         })
     }
 }
 
 impl Drop for RunDir {
-    /// Ends a replacement (see [`RunDir::fresh`]) while the lock is still held.
+    /// Ends a replacement (see [`RunDir::fresh`]) while the lock is still held, and removes a
+    /// directory this run made when it stopped before writing anything but its configuration
+    /// (a bad flag, missing data): failed starts leave no empty run directories behind.
     fn drop(&mut self) {
         if self.replacing && self.lock.is_some() {
             if let Err(e) = settle(&self.path) {
                 eprintln!("{e:#}");
             }
         }
+        if self.created && self.lock.is_some() {
+            remove_if_unused(&self.path);
+        }
     }
+}
+
+/// Removes the run directory `dir` if it holds nothing but the lock and the configuration
+/// files a run writes before training ([`CONFIG`], [`CLASSES`], [`FINETUNE`]). Best effort.
+fn remove_if_unused(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let Ok(entry) = entry else { return };
+        let name = entry.file_name();
+        if ![LOCK, CONFIG, CLASSES, FINETUNE].iter().any(|f| name == *f) {
+            return;
+        }
+        files.push(entry.path());
+    }
+    for file in files {
+        let _ = std::fs::remove_file(file);
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// Removes what an interrupted atomic write left: `name.tmp<pid>`, `.stem.tmp<pid>.ext`, and
@@ -658,6 +697,31 @@ mod tests {
         drop(dir);
         assert_eq!(names(&out)?, [LOCK, BEST, "notes.txt", STATE]);
         assert_eq!(std::fs::read_to_string(out.join(STATE))?, "new state");
+        Ok(())
+    }
+
+    /// A directory the run made is removed when the run stops having written nothing but its
+    /// configuration; one that existed before, or that holds anything else, stays.
+    #[test]
+    fn failed_starts_leave_no_directory_they_made() -> Result<()> {
+        let root = tempfile::tempdir()?;
+        let made = root.path().join("made");
+        let dir = RunDir::fresh(&made, false)?;
+        std::fs::write(made.join(CONFIG), "config")?;
+        std::fs::write(made.join(CLASSES), "[]")?;
+        drop(dir);
+        assert!(!made.exists());
+
+        let dir = RunDir::fresh(&made, false)?;
+        std::fs::write(made.join(CONFIG), "config")?;
+        std::fs::write(made.join("events.out.tfevents.1.host.7"), "losses")?;
+        drop(dir);
+        assert_eq!(names(&made)?.len(), 3);
+
+        let theirs = root.path().join("theirs");
+        std::fs::create_dir(&theirs)?;
+        drop(RunDir::fresh(&theirs, false)?);
+        assert!(theirs.is_dir());
         Ok(())
     }
 
