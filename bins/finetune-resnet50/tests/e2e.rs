@@ -632,4 +632,31 @@ fn own_class_folders_need_no_folder_flag() {
     let mut sorted = classes.clone();
     sorted.sort_unstable();
     assert_eq!(sorted, ["airplane", "frog", "truck"], "{printed}");
+
+    // A folder holding only test/<class>/... has one class folder ("test"): refused, not a
+    // one-class classifier at 100% accuracy; nothing is left in the --out it would make.
+    let lone = dir.path().join("lone");
+    std::fs::create_dir_all(&lone).expect("lone");
+    std::fs::rename(data.join("test"), lone.join("test")).expect("move test/");
+    let lone_out = dir.path().join("lone-run");
+    let err = fails(
+        &[
+            "--weights",
+            s(&weights),
+            "--data-dir",
+            s(&lone),
+            "--image-size",
+            "32",
+            "--device",
+            "cpu",
+            "--out",
+            s(&lone_out),
+        ],
+        &[],
+    );
+    assert!(
+        err.contains("one class found (\"test\")") && err.contains("two or more"),
+        "{err}"
+    );
+    assert!(!lone_out.exists(), "a failed start leaves no directory");
 }

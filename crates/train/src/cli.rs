@@ -248,6 +248,17 @@ fn absolute_data_dir(config: &mut RunConfig) -> Result<()> {
 pub fn load_data(config: &RunConfig) -> Result<datasets::Split> {
     let split = datasets::catalog::load(config.dataset.spec(), config.data_dir.as_deref())
         .context("cannot load the data set")?;
+    if let [only] = split.train.classes() {
+        bail!(
+            "{}: one class found ({only:?}); a classifier needs two or more. The class folders \
+             go directly inside --data-dir (ROOT/<class>/...), or inside ROOT/train/ and \
+             ROOT/test/ (or val/) together",
+            config
+                .data_dir
+                .as_deref()
+                .map_or("the data set".into(), |d| d.display().to_string())
+        );
+    }
     Ok(datasets::Split {
         train: limited(split.train, config.limit_train, config.seed, "train")?,
         test: limited(split.test, config.limit_test, config.seed, "test")?,
