@@ -465,6 +465,30 @@ fn extreme_flag_values_never_panic() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// `--drop-last` with a batch larger than the training images would train no step: refused
+/// before training, naming both flags, and the --out it made is gone again.
+#[test]
+fn drop_last_leaving_no_batch_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    let out = dir.path().join("run");
+    let mut args = common(&data, &out);
+    let at = args
+        .iter()
+        .position(|a| a == "--batch-size")
+        .expect("--batch-size");
+    args[at + 1] = "128".into();
+    args.push("--drop-last".into());
+    let run = train_mnist(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = stderr(&run);
+    assert!(!run.status.success(), "{err}");
+    assert!(
+        err.contains("--drop-last with --batch-size 128") && err.contains("no step would train"),
+        "{err}"
+    );
+    assert!(!out.exists(), "{err}");
+}
+
 /// Each epoch's files are written on a second thread while the next epoch trains: a write that
 /// fails (here `curves.png` is a directory) still ends the run with an error naming the file,
 /// at the next epoch's end, and the files written before it stay.

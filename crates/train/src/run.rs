@@ -128,6 +128,18 @@ pub fn train(
         Some((train, test)) => (train, test),
         None => (train_loader, test_loader),
     };
+    if train_loader.num_batches() == 0 {
+        bail!(
+            "--drop-last with --batch-size {}: the training images (fewer than one batch{}) \
+             make no batch, so no step would train; lower --batch-size or leave out --drop-last",
+            config.batch_size,
+            if shards.is_some() {
+                " on each data-parallel rank"
+            } else {
+                ""
+            }
+        );
+    }
     if resume.is_some() {
         same_classes(out, &classes)?;
     }
