@@ -12,7 +12,7 @@ mod weights;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use clap::{Parser, Subcommand};
+use clap::{FromArgMatches, Parser, Subcommand};
 use train::cli::Recipe;
 use train::config::{DatasetKind, OptimizerKind, ScheduleKind};
 
@@ -163,7 +163,12 @@ fn image_size() -> clap::builder::RangedU64ValueParser<usize> {
 
 fn main() -> Result<()> {
     train::cli::set_up_process();
-    let cli = Cli::parse();
+    // The recipe's defaults in --help (the transforms' depend on --augment and --image-size).
+    let command = RECIPE.with_defaults(
+        <Cli as clap::CommandFactory>::command(),
+        &["train_transform", "test_transform"],
+    );
+    let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
     match cli.command {
         Some(Command::Predict(args)) => predict(&args),
         Some(Command::Evaluate(args)) => train::inference::evaluate(&args).map(drop),

@@ -539,6 +539,23 @@ fn resume_reaches_the_same_weights_as_an_uninterrupted_run() {
 /// Fine-tuning and predict with every flag at 0, 1, negative, huge, non-numeric and empty
 /// values: clear errors or runs, never a panic, an abort or a hang. A resumed run of another
 /// program is refused too.
+/// `--help` shows the recipe's defaults (the tutorial's: 10 epochs, SGD 0.001, batch 64), and
+/// a negative value reaches the range check, which names the flag.
+#[test]
+fn help_shows_the_recipe_and_negative_values_are_checked() {
+    let help = ok(&["--help"], &[]);
+    for default in [
+        "Epochs to train in total [default: 10]",
+        "[default: 0.001]",
+        "Training batch size [default: 64]",
+        "[default: multistep]",
+    ] {
+        assert!(help.contains(default), "{default}: {help}");
+    }
+    let err = fails(&["--lr", "-1"], &[]);
+    assert!(err.contains("--lr must be"), "{err}");
+}
+
 #[test]
 fn extreme_flag_values_never_panic() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -28,16 +28,28 @@ pub fn set_up_process() {
 }
 
 impl Recipe {
-    /// The clap command: [`Args`] with this recipe's defaults in the help text.
-    pub fn command(&self) -> Command {
-        // After the flags: their struct's doc comment would otherwise become the description.
-        let mut cmd = Args::augment_args(Command::new(self.program)).about(self.about);
+    /// `cmd` (holding the training flags, [`Args`]) with this recipe's defaults in the flags'
+    /// help (`[default: ...]`), but for the fields in `except` (whose default the program
+    /// decides otherwise), and taking negative numbers as values (`--lr -1` is refused by the
+    /// range check, naming the flag, not by the parser as an unknown flag `-1`).
+    pub fn with_defaults(&self, mut cmd: Command, except: &[&str]) -> Command {
         for (id, value) in self.help_defaults() {
+            if except.contains(&id) {
+                continue;
+            }
             cmd = cmd.mut_arg(id, |a| {
                 let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
                 a.help(format!("{help} [default: {value}]"))
             });
         }
+        cmd.allow_negative_numbers(true)
+    }
+
+    /// The clap command: [`Args`] with this recipe's defaults in the help text.
+    pub fn command(&self) -> Command {
+        // After the flags: their struct's doc comment would otherwise become the description.
+        let mut cmd = self.with_defaults(Args::augment_args(Command::new(self.program)), &[]);
+        cmd = cmd.about(self.about);
         if !self.models.is_empty() {
             let models = self.models.join("|");
             cmd = cmd.mut_arg("model", |a| {
