@@ -72,6 +72,14 @@ impl FineTuneConfig {
     }
 }
 
+/// Where the network's weights come from before training.
+enum Start<'a> {
+    /// The pretrained file (`--weights`, or its Hub download).
+    Pretrained(PathBuf),
+    /// A resumed run's state, by PyTorch name.
+    State(&'a std::collections::HashMap<String, candle_core::Tensor>),
+}
+
 /// Fine-tunes as `run` and `ft` say, on the data `run` names, writing into `out`.
 pub fn finetune(
     run: &RunConfig,
@@ -79,18 +87,24 @@ pub fn finetune(
     out: &Path,
     resume: Option<(train::state::ResumeState, train::state::StateTensors)>,
 ) -> Result<Outcome> {
+    // The pretrained file (or its Hub download) first: a wrong --weights is said before the
+    // data is loaded. A resumed run takes its state's weights.
+    let start = match &resume {
+        Some((_, saved)) => Start::State(&saved.model),
+        None => Start::Pretrained(weights::resolve(&ft.weights)?),
+    };
     let data = train::cli::load_data(run)?;
     train::run::check_transforms(run, &data)?;
     let classes = data.train.classes().to_vec();
     let device = train::device::parse_device(&train::distributed::device_spec(&run.device))?;
     let store = ParamStore::new(run.seed, &device);
     let net = ResNet::resnet50(classes.len(), store.vb())?;
-    let loaded = match &resume {
+    let loaded = match start {
         // The run's own weights, the pretrained backbone included: resuming needs neither the
         // Hub nor the --weights file (the backbone's features are computed before the rest of
         // the state is restored).
-        Some((_, saved)) => {
-            layers::checkpoint::load_tensors_strict(store.varmap(), &saved.model)
+        Start::State(model) => {
+            layers::checkpoint::load_tensors_strict(store.varmap(), model)
                 .context("restoring the model from the resume state")?;
             format!(
                 "the weights of {} (pretrained: {})",
@@ -98,8 +112,7 @@ pub fn finetune(
                 ft.weights
             )
         }
-        None => {
-            let path = weights::resolve(&ft.weights)?;
+        Start::Pretrained(path) => {
             let tensors = layers::checkpoint::read(&path)?;
             transfer::weights::load(&store, tensors, &path, true)?;
             format!("{} ({})", ft.weights, path.display())

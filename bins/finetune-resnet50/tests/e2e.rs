@@ -428,6 +428,9 @@ fn bad_checkpoints_are_refused_with_the_reason() {
         err.contains("nowhere.safetensors") && err.contains("does not exist"),
         "{err}"
     );
+    // A run directory given for the file: named as a directory.
+    let err = predict(dir.path());
+    assert!(err.contains("a directory, not a file"), "{err}");
 }
 
 #[test]

@@ -265,4 +265,58 @@ fn evaluate_and_predict_flags_never_panic() {
         ));
     }
     assert!(failures.is_empty(), "{failures:#?}");
+
+    // What is not an image is refused, naming it and why, without reading it to its end.
+    let empty = dir.path().join("empty.png");
+    std::fs::write(&empty, b"").expect("empty file");
+    let folder = dir.path().join("a-folder");
+    std::fs::create_dir(&folder).expect("folder");
+    for (path, expected) in [
+        (s(&empty), "the file is empty"),
+        (s(&folder), "not an image file (a directory)"),
+        ("/dev/zero".to_string(), "not an image file (a device"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["predict", "--run", &out, &path, "--device", "cpu"])
+            .output()
+            .expect("train-mnist starts");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(expected),
+            "{path}: {err}"
+        );
+    }
+}
+
+/// A run trained with a relative `--data-dir` is evaluated from another directory: the
+/// configuration holds the data directory absolute.
+#[test]
+fn evaluate_finds_a_relative_data_dir_from_elsewhere() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    train::synthetic::write_mnist(&dir.path().join("mnist"), 96, 40).expect("synthetic MNIST");
+    let trained = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["--data-dir", "mnist", "--model", "lenet5", "--epochs", "1"])
+        .args(["--out", "run", "--device", "cpu"])
+        .output()
+        .expect("train-mnist starts");
+    assert!(
+        trained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trained.stderr)
+    );
+    let out = dir.path().join("run");
+    let config = std::fs::read_to_string(out.join(train::rundir::CONFIG)).expect("config");
+    assert!(config.contains(&s(&dir.path().join("mnist"))), "{config}");
+    let elsewhere = tempfile::tempdir().expect("another directory");
+    let evaluated = Command::new(BIN)
+        .current_dir(elsewhere.path())
+        .args(["evaluate", "--run", &s(&out), "--device", "cpu"])
+        .output()
+        .expect("train-mnist starts");
+    assert!(
+        evaluated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&evaluated.stderr)
+    );
 }

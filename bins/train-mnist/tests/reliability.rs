@@ -465,6 +465,38 @@ fn extreme_flag_values_never_panic() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// A file where a directory belongs (--data-dir, --out, --resume) is named as such.
+#[test]
+fn a_file_given_for_a_directory_is_named() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, "mine").expect("file");
+    let idx = Path::new(&data).join("train-images-idx3-ubyte");
+    for (args, expected) in [
+        (
+            vec!["--data-dir".to_string(), s(&idx)],
+            "is a file: MNIST's --data-dir is the directory",
+        ),
+        (
+            vec!["--data-dir".into(), data.clone(), "--out".into(), s(&file)],
+            "a file, not a directory",
+        ),
+        (
+            vec!["--resume".into(), s(&file)],
+            "a file, not a run directory",
+        ),
+    ] {
+        let run = train_mnist(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let err = stderr(&run);
+        assert!(
+            !run.status.success() && err.contains(expected),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&file).expect("file"), "mine");
+}
+
 /// `--drop-last` with a batch larger than the training images would train no step: refused
 /// before training, naming both flags, and the --out it made is gone again.
 #[test]

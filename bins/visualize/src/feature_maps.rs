@@ -39,7 +39,7 @@ pub fn eval_transform(model: &ModelSpec) -> Result<(Transform, &'static DatasetS
 /// Decodes `path` and brings it to the model's input: returns the cropped image and the
 /// normalised `(1, C, H, W)` batch.
 pub fn prepare(path: &Path, model: &ModelSpec) -> Result<(U8Image, Tensor)> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = datasets::read_image_file(path)?;
     let mode = if model.input.0 == 1 {
         ColorMode::Gray
     } else {

@@ -24,6 +24,8 @@ const FORMATS: &str = "JPEG, PNG, BMP, PPM/PGM, TIFF or WebP";
 /// alpha dropped, grey from RGB by ITU-R 601-2 as PIL rounds it (`(19595 R + 38470 G + 7471 B
 /// + 2^15) >> 16`), 16-bit RGB by its high byte, 16-bit grey clipped at 255 (PIL's `I;16`).
 ///
+/// Errors: an empty file, a format other than those, or a file that is not complete.
+///
 /// The file must be complete: a JPEG must reach its end-of-image marker through whole segments
 /// and scans, a PNG its `IEND` chunk through whole chunks, a WebP its RIFF size, a TIFF's
 /// strips or tiles must lie inside the file. Decoders fill a cut-off JPEG (also inside a TIFF)
@@ -31,6 +33,7 @@ const FORMATS: &str = "JPEG, PNG, BMP, PPM/PGM, TIFF or WebP";
 /// does this. The BMP and binary PNM decoders fail on a cut-off file themselves (tested on
 /// every cut); a plain-text (ASCII) PNM cut inside its last number reads as PIL reads it.
 pub fn decode_image(bytes: &[u8], mode: ColorMode) -> Result<U8Image> {
+    ensure!(!bytes.is_empty(), "the file is empty (0 bytes)");
     let format = image::guess_format(bytes)
         .with_context(|| format!("unsupported image format (not {FORMATS})"))?;
     match format {

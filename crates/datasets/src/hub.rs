@@ -202,6 +202,9 @@ pub fn file_or_hub(spec: &str, hub_file: &str, flag: &str, example_id: &str) -> 
         || spec.starts_with('/')
         || spec.matches('/').count() != 1;
     if looks_local {
+        if path.is_dir() {
+            bail!("{flag} {spec}: a directory, not a file (give a .safetensors file, such as a run's best.safetensors, or a Hub model id such as {example_id})")
+        }
         if !path.is_file() {
             bail!("{flag} {spec}: the file does not exist (give a .safetensors file or a Hub model id such as {example_id})")
         }

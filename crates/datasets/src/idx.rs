@@ -40,6 +40,11 @@ pub fn mnist(dir: Option<&Path>) -> Result<Split> {
 /// MNIST's four IDX files in `dir` (see [`mnist`]).
 pub(crate) fn mnist_dir(dir: &Path) -> Result<Split> {
     ensure_exists(dir)?;
+    anyhow::ensure!(
+        dir.is_dir(),
+        "{} is a file: MNIST's --data-dir is the directory holding its four IDX files",
+        dir.display()
+    );
     let dir = [
         dir.to_path_buf(),
         dir.join("raw"),

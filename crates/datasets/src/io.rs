@@ -8,6 +8,28 @@ use std::path::Path;
 /// The gzip magic bytes.
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
+/// Reads the image file `path` (for [`crate::decode_image`]): a regular file, so that a
+/// directory, a device such as `/dev/zero` or a pipe is refused, naming it, rather than read
+/// without end.
+///
+/// # Errors
+/// `path` does not exist, is not a regular file, or cannot be read.
+pub fn read_image_file(path: &Path) -> Result<Vec<u8>> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read image {}", path.display()))?;
+    anyhow::ensure!(
+        meta.is_file(),
+        "{}: not an image file ({})",
+        path.display(),
+        if meta.is_dir() {
+            "a directory"
+        } else {
+            "a device, pipe or socket"
+        }
+    );
+    std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))
+}
+
 /// Reads `path` into memory, gunzipping it when it starts with the gzip magic.
 ///
 /// The gzip stream is read to its end, so its CRC-32 and length trailer are verified; data after

@@ -380,8 +380,7 @@ impl<'a> Predictor<'a> {
     ///
     /// Errors: the file cannot be read or decoded (named).
     pub fn prepare(&self, path: &Path) -> Result<(datasets::U8Image, Tensor)> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
+        let bytes = datasets::read_image_file(path)?;
         let image = datasets::decode_image(&bytes, self.mode)
             .with_context(|| format!("cannot decode image {}", path.display()))?;
         let seen = self.transform.augment(image, &mut Rng::new(0))?;

@@ -316,6 +316,12 @@ impl RunDir {
         if !crate::distributed::writes() {
             return Ok(Self::unlocked(path));
         }
+        if path.exists() && !path.is_dir() {
+            bail!(
+                "--out {}: a file, not a directory (--out names the run's directory)",
+                path.display()
+            );
+        }
         std::fs::create_dir_all(path)
             .with_context(|| format!("--out {}: cannot create the directory", path.display()))?;
         let mut dir = Self::lock(path)?;
@@ -385,6 +391,12 @@ impl RunDir {
     ///
     /// Errors: `path` is not a directory, or another run holds it.
     pub fn existing(path: &Path) -> Result<Self> {
+        if path.exists() && !path.is_dir() {
+            bail!(
+                "--resume {}: a file, not a run directory (give the directory that was --out)",
+                path.display()
+            );
+        }
         if !path.is_dir() {
             bail!("--resume {}: no such run directory", path.display());
         }
