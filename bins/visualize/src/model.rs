@@ -1,4 +1,5 @@
-//! The `--model` / `--weights` options: a zoo network, trained or freshly initialised.
+//! The `--run` or `--model` / `--weights` options: a training run's network, or a zoo network,
+//! trained or freshly initialised.
 
 use std::path::PathBuf;
 
@@ -11,11 +12,15 @@ use zoo::ModelSpec;
 /// Which network to look at.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
+    /// A training run (what --out was): its model with its checkpoint (--weights best, last or
+    /// a file; default best)
+    #[arg(long, conflicts_with_all = ["model", "num_classes"])]
+    run: Option<PathBuf>,
     /// A model of the zoo (lenet5, cnn-mnist, alexnet, vgg16, resnet18-seed, ...).
-    #[arg(long)]
-    model: String,
+    #[arg(long, required_unless_present = "run")]
+    model: Option<String>,
     /// Safetensors weights under PyTorch's names, loaded strictly; without them the network
-    /// keeps its seeded initial parameters.
+    /// keeps its seeded initial parameters. With --run: best, last or a file [default: best]
     #[arg(long)]
     weights: Option<PathBuf>,
     /// Outputs of the last layer (1 to 100000) [default: the rows of the --weights' classifier,
@@ -40,9 +45,27 @@ pub struct Loaded {
 }
 
 impl ModelArgs {
-    /// Builds the model on the CPU and loads `--weights` if given.
+    /// Builds the model on the CPU and loads `--weights` if given, or the `--run`'s model and
+    /// checkpoint.
     pub fn load(&self) -> Result<Loaded> {
-        let spec = zoo::spec(&self.model)?;
+        let model = match (&self.run, &self.model) {
+            (Some(run), _) => {
+                let weights = self
+                    .weights
+                    .as_deref()
+                    .map_or("best".into(), |w| w.to_string_lossy().into_owned());
+                let trained = train::inference::Trained::open(run, &weights, &Device::Cpu)?;
+                return Ok(Loaded {
+                    spec: zoo::spec(&trained.config.model)?,
+                    origin: format!("trained weights from {}", trained.weights.display()),
+                    store: trained.store,
+                    net: trained.model,
+                });
+            }
+            (None, Some(model)) => model,
+            (None, None) => anyhow::bail!("give --run DIR (a training run) or --model NAME"),
+        };
+        let spec = zoo::spec(model)?;
         let (net, store, _) = zoo::load_counting_classes(
             spec.name,
             self.num_classes,
@@ -84,7 +107,8 @@ mod tests {
 
     fn args(model: &str) -> ModelArgs {
         ModelArgs {
-            model: model.into(),
+            run: None,
+            model: Some(model.into()),
             weights: None,
             num_classes: None,
             seed: 3,

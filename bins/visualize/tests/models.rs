@@ -65,6 +65,36 @@ fn filters_draws_the_saved_kernels() {
         }
     }
 
+    // A training run's directory gives the same model and checkpoint (its best by default).
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    let config =
+        train::config::RunConfig::new("train-mnist", train::config::DatasetKind::Mnist, "lenet5");
+    std::fs::write(
+        run.join(train::rundir::CONFIG),
+        serde_json::to_vec(&config).unwrap(),
+    )
+    .unwrap();
+    std::fs::copy(&weights, run.join(train::rundir::BEST)).unwrap();
+    let by_run = dir.path().join("by-run");
+    let stdout = visualize(&[
+        "filters",
+        "--run",
+        run.to_str().unwrap(),
+        "--out",
+        by_run.to_str().unwrap(),
+    ]);
+    assert!(stdout.contains("best.safetensors"), "{stdout}");
+    assert!(open_png(&by_run.join("filters.png")) == img);
+    let err = visualize_fails(&[
+        "filters",
+        "--run",
+        run.to_str().unwrap(),
+        "--model",
+        "vgg11",
+    ]);
+    assert!(err.contains("cannot be used with"), "{err}");
+
     let initial_out = dir.path().join("initial");
     let stdout = visualize(&[
         "filters",
