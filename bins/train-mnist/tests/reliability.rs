@@ -497,6 +497,37 @@ fn a_file_given_for_a_directory_is_named() {
     assert_eq!(std::fs::read_to_string(&file).expect("file"), "mine");
 }
 
+/// A transform whose images the model cannot take (here a 32x32 crop for the 28x28 MNIST
+/// CNN) is refused before training, naming the flag, for the test transform too (which would
+/// otherwise fail only after a whole training epoch).
+#[test]
+fn images_the_model_cannot_take_are_refused_before_training() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    for flag in ["--train-transform", "--test-transform"] {
+        let out = dir.path().join("run");
+        let run = train_mnist(&[
+            "--data-dir",
+            &data,
+            "--model",
+            "cnn-mnist",
+            flag,
+            "random-crop:32:4",
+            "--out",
+            &s(&out),
+        ]);
+        let err = stderr(&run);
+        assert!(!run.status.success(), "{err}");
+        assert!(
+            err.contains(&format!(
+                "cnn-mnist does not fit the 1x32x32 images that {flag} random-crop:32:4 gives"
+            )),
+            "{err}"
+        );
+        assert!(!out.exists(), "{err}");
+    }
+}
+
 /// `--drop-last` with a batch larger than the training images would train no step: refused
 /// before training, naming both flags, and the --out it made is gone again.
 #[test]

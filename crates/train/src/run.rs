@@ -71,11 +71,11 @@ pub fn run(
     let classes = data.train.classes().to_vec();
     let store = ParamStore::new(config.seed, &device);
     let model = zoo::build(&config.model, classes.len(), store.vb())?;
-    check_transforms(config, &data)?;
+    let inputs = check_transforms(config, &data)?;
     check_fits(
         model.as_ref(),
         &config.model,
-        data.test.as_ref(),
+        &inputs,
         classes.len(),
         &device,
     )?;
@@ -790,14 +790,19 @@ pub fn dataset_title(config: &RunConfig) -> &'static str {
     config.dataset.spec().title
 }
 
+/// What a transform makes of a split's images: the flag, its value and the `(C, H, W)` shape
+/// of the images it gives.
+pub type TransformedInput = (&'static str, String, (usize, usize, usize));
+
 /// Refuses, before training, a transform that does not fit the data set's images (a crop larger
 /// than the padded image, a normalisation of another number of channels): each split's first
-/// image goes through its transform, and an error names the flag.
+/// image goes through its transform, and an error names the flag. Returns the shapes the
+/// transforms give, for [`check_fits`].
 ///
 /// # Errors
 /// A transform that does not parse or does not fit, or the first image cannot be read.
-pub fn check_transforms(config: &RunConfig, data: &Split) -> Result<()> {
-    let splits: [(&str, &str, &dyn Dataset); 2] = [
+pub fn check_transforms(config: &RunConfig, data: &Split) -> Result<Vec<TransformedInput>> {
+    let splits: [(&'static str, &str, &dyn Dataset); 2] = [
         (
             "--train-transform",
             &config.train_transform,
@@ -809,6 +814,7 @@ pub fn check_transforms(config: &RunConfig, data: &Split) -> Result<()> {
             data.test.as_ref(),
         ),
     ];
+    let mut inputs = Vec::new();
     for (flag, text, split) in splits {
         let transform =
             datasets::Transform::parse(text).with_context(|| format!("{flag} {text}"))?;
@@ -817,7 +823,7 @@ pub fn check_transforms(config: &RunConfig, data: &Split) -> Result<()> {
         }
         let image = split.image(0).context("cannot read the first image")?;
         let shape = image.shape();
-        transform
+        let (given, _) = transform
             .apply(image, &mut datasets::Rng::new(0))
             .with_context(|| {
                 format!(
@@ -825,39 +831,43 @@ pub fn check_transforms(config: &RunConfig, data: &Split) -> Result<()> {
                     shape.0, shape.1, shape.2
                 )
             })?;
+        inputs.push((flag, text.to_string(), given));
     }
-    Ok(())
+    Ok(inputs)
 }
 
-/// Fails early, with a clear message, when `model` cannot take the data set's images:
-/// one eval-mode forward of a single zero image of the data's shape.
+/// Fails early, with a clear message, when `model` cannot take the images the transforms give
+/// (`inputs`, from [`check_transforms`]): one eval-mode forward of a single zero image of each
+/// shape, which must give `num_classes` logits. The training would otherwise fail at its first
+/// batch (a crop of another size for the training images) or after a whole epoch (for the
+/// test images).
 pub fn check_fits(
     model: &dyn Network,
     name: &str,
-    test: &dyn Dataset,
+    inputs: &[TransformedInput],
     num_classes: usize,
     device: &Device,
 ) -> Result<()> {
-    let image = test.image(0).context("cannot read the first test image")?;
-    let shape = (image.channels, image.height, image.width);
     let expects = zoo::spec(name)
         .map(|s| format!(" (it expects {}x{}x{})", s.input.0, s.input.1, s.input.2))
         .unwrap_or_default();
-    let x = Tensor::zeros((1, shape.0, shape.1, shape.2), DType::F32, device)?;
-    let logits = model.forward_t(&x, false).with_context(|| {
-        format!(
-            "model {name} does not fit this data set's {}x{}x{} images{expects}",
-            shape.0, shape.1, shape.2
-        )
-    })?;
-    if logits.dims() != [1, num_classes] {
-        anyhow::bail!(
-            "model {name} gives outputs of shape {:?} for one {}x{}x{} image; expected [1, {num_classes}]",
-            logits.dims(),
-            shape.0,
-            shape.1,
-            shape.2
-        );
+    let mut tried = Vec::new();
+    for (flag, text, shape) in inputs {
+        if tried.contains(shape) {
+            continue;
+        }
+        tried.push(*shape);
+        let (c, h, w) = *shape;
+        let x = Tensor::zeros((1, c, h, w), DType::F32, device)?;
+        let logits = model.forward_t(&x, false).with_context(|| {
+            format!("model {name} does not fit the {c}x{h}x{w} images that {flag} {text} gives{expects}")
+        })?;
+        if logits.dims() != [1, num_classes] {
+            anyhow::bail!(
+                "model {name} gives outputs of shape {:?} for one {c}x{h}x{w} image ({flag} {text}); expected [1, {num_classes}]",
+                logits.dims()
+            );
+        }
     }
     Ok(())
 }
