@@ -378,6 +378,19 @@ fn resume_accepts_the_same_flags_and_names_a_changed_one() {
         std::fs::read(out.join(train::rundir::CONFIG)).expect("config"),
         config
     );
+    // As many epochs as it has trained: nothing to do, said so, and the run is unchanged.
+    let state = std::fs::read(out.join(train::rundir::STATE)).expect("state");
+    let done = train_mnist(&["--resume", &s(&out), "--epochs", "2"]);
+    assert!(done.status.success(), "{}", stderr(&done));
+    let said = String::from_utf8_lossy(&done.stdout);
+    assert!(
+        said.contains("already trained all 2 epochs: nothing to train"),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read(out.join(train::rundir::STATE)).expect("state"),
+        state
+    );
 }
 
 /// Output into a closed pipe (`train-mnist ... | head -1`) ends the printing, not the run.

@@ -166,6 +166,14 @@ pub fn train(
             progress.epochs_done + 1
         );
     }
+    if progress.epochs_done == config.epochs && config.epochs > 0 {
+        crate::say!(
+            "the run in {} has already trained all {} epochs: nothing to train (give a larger \
+             --epochs to continue it)",
+            out.display(),
+            config.epochs
+        );
+    }
     crate::distributed::broadcast_weights(store)?;
     let mut outputs = None;
     if writes {
