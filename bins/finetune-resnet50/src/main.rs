@@ -196,14 +196,7 @@ fn predict(args: &PredictArgs) -> Result<()> {
     let _precision = args.precision.unwrap_or_default().enter();
     let device = train::device::parse_device(&args.device)?;
     let classifier = predict::Classifier::load(&args.weights, args.image_size, &device)?;
-    for image in &images {
-        let top5 = classifier.top5(image)?;
-        train::say!("{}", image.display());
-        for (name, prob) in &top5 {
-            train::say!("  {:6.2}%  {name}", prob * 100.0);
-        }
-    }
-    Ok(())
+    train::inference::print_top5(&images, |image| classifier.top5(image))
 }
 
 fn run(args: FineTuneArgs) -> Result<()> {

@@ -266,26 +266,41 @@ fn evaluate_and_predict_flags_never_panic() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 
-    // What is not an image is refused, naming it and why, without reading it to its end.
+    // What is not an image is refused, naming it and why, without reading it to its end; the
+    // other images are still classified, and the exit status says that some were not.
     let empty = dir.path().join("empty.png");
     std::fs::write(&empty, b"").expect("empty file");
     let folder = dir.path().join("a-folder");
     std::fs::create_dir(&folder).expect("folder");
-    for (path, expected) in [
+    let bad = [
         (s(&empty), "the file is empty"),
         (s(&folder), "not an image file (a directory)"),
         ("/dev/zero".to_string(), "not an image file (a device"),
-    ] {
-        let out = Command::new(BIN)
-            .args(["predict", "--run", &out, &path, "--device", "cpu"])
-            .output()
-            .expect("train-mnist starts");
-        let err = String::from_utf8_lossy(&out.stderr);
+    ];
+    let mut args = vec!["predict", "--run", &out, "--device", "cpu"];
+    args.extend(bad.iter().map(|(path, _)| path.as_str()));
+    args.push(&image);
+    let predicted = Command::new(BIN)
+        .args(&args)
+        .output()
+        .expect("train-mnist starts");
+    let err = String::from_utf8_lossy(&predicted.stderr);
+    assert!(!predicted.status.success(), "{err}");
+    for (path, expected) in &bad {
         assert!(
-            !out.status.success() && err.contains(expected),
-            "{path}: {err}"
+            err.contains(&format!("{path}: ")) && err.contains(expected),
+            "{err}"
         );
     }
+    assert!(
+        err.contains("3 of 4 images could not be classified"),
+        "{err}"
+    );
+    let printed = String::from_utf8_lossy(&predicted.stdout);
+    assert!(
+        printed.contains(&image) && printed.matches('%').count() == 5,
+        "{printed}"
+    );
 }
 
 /// A run trained with a relative `--data-dir` is evaluated from another directory: the

@@ -488,12 +488,38 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
         &trained.classes,
         &device,
     )?;
-    for image in &args.images {
-        let top5 = predictor.top5(image)?;
-        crate::say!("{}", image.display());
-        for (class, p) in top5 {
-            crate::say!("  {:6.2}%  {class}", p * 100.0);
+    print_top5(&args.images, |image| predictor.top5(image))
+}
+
+/// Prints each image's path and its top-5 classes (`top5`). An image that cannot be read or
+/// classified is said on standard error, naming it, and the rest are still classified.
+///
+/// # Errors
+/// One or more images could not be classified (how many, after all were tried).
+pub fn print_top5(
+    images: &[PathBuf],
+    top5: impl Fn(&Path) -> Result<Vec<(String, f32)>>,
+) -> Result<()> {
+    let mut failed = 0;
+    for image in images {
+        match top5(image) {
+            Ok(top5) => {
+                crate::say!("{}", image.display());
+                for (class, p) in top5 {
+                    crate::say!("  {:6.2}%  {class}", p * 100.0);
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("{}: {e:#}", image.display());
+            }
         }
+    }
+    if failed > 0 {
+        bail!(
+            "{failed} of {} images could not be classified (each is named above)",
+            images.len()
+        );
     }
     Ok(())
 }
