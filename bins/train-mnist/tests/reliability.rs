@@ -541,6 +541,22 @@ fn images_the_model_cannot_take_are_refused_before_training() {
     }
 }
 
+/// `--sync-bn` in one process (no MPI launcher) says that batch norm is then plain.
+#[test]
+fn sync_bn_in_one_process_says_so() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    let out = dir.path().join("run");
+    let mut args = common(&data, &out);
+    args.extend(["--sync-bn", "--limit-train", "32"].map(String::from));
+    let at = args.iter().position(|a| a == "--epochs").expect("--epochs");
+    args[at + 1] = "1".into();
+    let run = train_mnist(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(run.status.success(), "{}", stderr(&run));
+    let said = String::from_utf8_lossy(&run.stdout);
+    assert!(said.contains("--sync-bn: one process"), "{said}");
+}
+
 /// `--drop-last` with a batch larger than the training images would train no step: refused
 /// before training, naming both flags, and the --out it made is gone again.
 #[test]

@@ -206,7 +206,16 @@ pub fn launch<T>(args: &DistributedArgs, body: impl FnOnce() -> Result<T>) -> Re
     let mode = args.distributed.unwrap_or_default();
     let found = launcher();
     match (mode, found) {
-        (Mode::Off, _) | (Mode::Auto, None) => body(),
+        (Mode::Off, _) | (Mode::Auto, None) => {
+            if args.sync_bn {
+                crate::say!(
+                    "--sync-bn: one process, so batch norm uses this process's batch (as \
+                     SyncBatchNorm does in a world of one); start the ranks with mpirun to \
+                     synchronise it across them"
+                );
+            }
+            body()
+        }
         (Mode::On, None) => bail!(
             "--distributed on: no MPI launcher started this process; start the ranks with \
              `mpirun -n N <program> ...` (or `srun --mpi=pmix`), or leave out --distributed"
