@@ -174,7 +174,9 @@ fn main() -> Result<()> {
         Some(Command::Evaluate(args)) => train::inference::evaluate(&args).map(drop),
         None => {
             let distributed = cli.finetune.train.distributed.clone();
-            train::distributed::launch(&distributed, || run(cli.finetune))
+            train::cli::exit_status(train::distributed::launch(&distributed, || {
+                run(cli.finetune)
+            }))
         }
     }
 }

@@ -130,6 +130,83 @@ fn a_kill_at_any_moment_leaves_a_resumable_run() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
+/// Sends SIGINT (Ctrl-C) to `child` once `ready` holds, and waits for it.
+fn ctrl_c_when(child: std::process::Child, ready: impl Fn() -> bool) -> Output {
+    let waited = Instant::now();
+    while !ready() {
+        assert!(waited.elapsed() < Duration::from_secs(120), "never ready");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    child.wait_with_output().expect("wait")
+}
+
+/// Ctrl-C stops the run after the current batch with exit status 130, saying where it stopped
+/// and how to continue; every finished epoch stays saved (also the one whose files were being
+/// written on the second thread), and --resume continues. Ctrl-C during an --overwrite whose
+/// new run has saved no epoch puts the old run back at once.
+#[test]
+fn ctrl_c_keeps_every_finished_epoch_and_undoes_an_unsaved_overwrite() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    let out = dir.path().join("run");
+    // Long enough that Ctrl-C comes in the middle: 100 epochs of 96 one-image steps.
+    let long = |data: &str, extra: &[&str]| {
+        let mut args = common(data, &out);
+        for (flag, value) in [("--batch-size", "1"), ("--epochs", "100")] {
+            let at = args.iter().position(|a| a == flag).expect("flag");
+            args[at + 1] = value.into();
+        }
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Command::new(BIN)
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("train-mnist starts")
+    };
+    let state = out.join(train::rundir::STATE);
+    let stopped = ctrl_c_when(long(&data, &[]), || state.exists());
+    let err = stderr(&stopped);
+    assert_eq!(stopped.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("stopped by Ctrl-C in epoch")
+            && err.contains(&format!("continue with --resume {}", out.display())),
+        "{err}"
+    );
+    let done = metrics_without_seconds(&out).len() - 1; // the header
+    assert!((1..100).contains(&done), "{done} epochs");
+    assert!(
+        err.contains(&format!("in epoch {} of 100", done + 1)),
+        "{err}"
+    );
+    let resumed = train_mnist(&["--resume", &s(&out), "--epochs", &(done + 1).to_string()]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert_eq!(metrics_without_seconds(&out).len(), done + 2);
+
+    let config = std::fs::read(out.join(train::rundir::CONFIG)).expect("config");
+    let aside = out.join(train::rundir::REPLACED);
+    // The new run's first epoch (4,000 steps) cannot end before Ctrl-C reaches it.
+    let more = dir.path().join("more");
+    train::synthetic::write_mnist(&more, 4000, 40).expect("synthetic MNIST");
+    let stopped = ctrl_c_when(long(&s(&more), &["--overwrite", "--lr", "0.01"]), || {
+        aside.exists()
+    });
+    let err = stderr(&stopped);
+    assert_eq!(stopped.status.code(), Some(130), "{err}");
+    assert!(err.contains("no epoch had finished"), "{err}");
+    assert!(!aside.exists(), "{err}");
+    assert_eq!(
+        std::fs::read(out.join(train::rundir::CONFIG)).expect("config"),
+        config
+    );
+    assert_eq!(metrics_without_seconds(&out).len(), done + 2);
+}
+
 /// A second run cannot write into a directory a live run holds; a finished run's directory is
 /// refused unless `--resume` or `--overwrite`; errors about `--out` come before the data is
 /// read.

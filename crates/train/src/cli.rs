@@ -196,8 +196,22 @@ impl Recipe {
         match matches.subcommand() {
             Some(("evaluate", m)) => evaluate(&EvaluateArgs::from_arg_matches(m)?).map(drop),
             Some(("predict", m)) => predict(&PredictArgs::from_arg_matches(m)?),
-            _ => self.run(&Args::from_arg_matches(&matches)?).map(drop),
+            _ => exit_status(self.run(&Args::from_arg_matches(&matches)?).map(drop)),
         }
+    }
+}
+
+/// A training run's result, for `main` to return; a run stopped by Ctrl-C
+/// ([`crate::interrupt::Interrupted`]) ends the process here, with its message and exit
+/// status 130, as a shell gives a process ended by SIGINT.
+pub fn exit_status(result: Result<()>) -> Result<()> {
+    match result {
+        Err(e) if e.downcast_ref::<crate::interrupt::Interrupted>().is_some() => {
+            // The run's own message (where it stopped, what is saved), not the cause's.
+            eprintln!("Error: {e}");
+            std::process::exit(130)
+        }
+        result => result,
     }
 }
 

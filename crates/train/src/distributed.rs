@@ -207,6 +207,7 @@ pub fn launch<T>(args: &DistributedArgs, body: impl FnOnce() -> Result<T>) -> Re
     let found = launcher();
     match (mode, found) {
         (Mode::Off, _) | (Mode::Auto, None) => {
+            crate::interrupt::take_over_ctrl_c();
             if args.sync_bn {
                 crate::say!(
                     "--sync-bn: one process, so batch norm uses this process's batch (as \
@@ -233,6 +234,7 @@ fn start<T>(mode: Mode, who: &str, size: usize, body: impl FnOnce() -> Result<T>
              --distributed off to train one independent run per process"
         );
     }
+    crate::interrupt::take_over_ctrl_c();
     body()
 }
 

@@ -83,6 +83,7 @@ pub fn train_epoch<M: ModuleT + ?Sized>(
         None => Ok(()),
     };
     for (b, batch) in loader.batches(epoch).enumerate() {
+        crate::interrupt::check()?;
         let batch = batch?;
         step.schedule.apply(step.optimizer, epoch, b, batches);
         last_lr = step.optimizer.learning_rate();
@@ -159,6 +160,7 @@ pub fn evaluate<M: ModuleT + ?Sized>(
     let mut tally = Tally::new(num_classes, device, batches, loader.num_samples())?;
     let mut progress = Progress::start(label, batches);
     for batch in loader.batches(0) {
+        crate::interrupt::check()?;
         let batch = batch?;
         let (images, labels) = to_device(&batch.images, &batch.labels, device)?;
         let logits = model.forward_t(&images, false)?;

@@ -16,6 +16,7 @@ pub mod features;
 pub mod flags;
 pub mod history;
 pub mod inference;
+pub mod interrupt;
 pub mod loss;
 pub mod memory;
 pub mod metrics;

@@ -304,7 +304,28 @@ pub fn train(
             ))),
             (trained, written) => trained.and(written),
         }
-    })?;
+    })
+    .map_err(
+        |error| match error.downcast_ref::<crate::interrupt::Interrupted>() {
+            Some(_) => {
+                let kept = match progress.epochs_done {
+                    0 => "no epoch had finished, so nothing was saved".to_string(),
+                    1 => format!("epoch 1 is saved in {}", out.display()),
+                    done => format!("epochs 1-{done} are saved in {}", out.display()),
+                };
+                let resume = match progress.epochs_done {
+                    0 => String::new(),
+                    _ => format!("; continue with --resume {}", out.display()),
+                };
+                error.context(format!(
+                    "stopped by Ctrl-C in epoch {} of {}: {kept}{resume}",
+                    progress.epochs_done + 1,
+                    config.epochs
+                ))
+            }
+            None => error,
+        },
+    )?;
     crate::say!(
         "best test accuracy {:.2}% (epoch {}); weights in {}",
         progress.best_acc,
