@@ -341,6 +341,23 @@ impl RunDir {
                 "--out {}: the run there stopped before saving an epoch; this run replaces it",
                 path.display()
             );
+        } else if held.is_empty() && !overwrite {
+            // No run here, but files a run writes (a user's own metrics.csv, say): this run
+            // would overwrite them.
+            let theirs: Vec<&str> = OUTPUTS
+                .iter()
+                .chain(&[CLASSES, FINETUNE])
+                .copied()
+                .filter(|f| std::fs::symlink_metadata(path.join(f)).is_ok())
+                .collect();
+            if !theirs.is_empty() {
+                bail!(
+                    "--out {} holds {}, which this run would overwrite; move them, choose another \
+                     --out, or give --overwrite to replace them",
+                    path.display(),
+                    theirs.join(", ")
+                );
+            }
         } else if !held.is_empty() {
             if !overwrite {
                 bail!(
@@ -584,6 +601,18 @@ mod tests {
         let replacing = RunDir::fresh(&out, true)?;
         assert!(!out.join(BEST).exists() && out.join(REPLACED).join(BEST).exists());
         drop(replacing);
+
+        // No run, but a file of a run's name (the user's): refused, not overwritten.
+        let theirs = root.path().join("theirs");
+        std::fs::create_dir(&theirs)?;
+        std::fs::write(theirs.join(METRICS_CSV), b"their numbers")?;
+        let err = format!("{:#}", RunDir::fresh(&theirs, false).unwrap_err());
+        assert!(
+            err.contains("holds metrics.csv, which this run would overwrite"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(theirs.join(METRICS_CSV))?, b"their numbers");
+        drop(RunDir::fresh(&theirs, true)?);
 
         let file = root.path().join("file");
         std::fs::write(&file, b"x")?;
