@@ -275,7 +275,10 @@ fn evaluate_and_predict_flags_never_panic() {
     let bad = [
         (s(&empty), "the file is empty"),
         (s(&folder), "not an image file (a directory)"),
-        ("/dev/zero".to_string(), "not an image file (a device"),
+        (
+            "/dev/zero".to_string(),
+            "not an image file (a device or socket)",
+        ),
     ];
     let mut args = vec!["predict", "--run", &out, "--device", "cpu"];
     args.extend(bad.iter().map(|(path, _)| path.as_str()));
@@ -301,6 +304,27 @@ fn evaluate_and_predict_flags_never_panic() {
         printed.contains(&image) && printed.matches('%').count() == 5,
         "{printed}"
     );
+    // A pipe is read (to a limit): the same top 5 as the file.
+    let piped = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cat '{image}' | '{BIN}' predict --run '{out}' --device cpu /dev/stdin"
+        ))
+        .output()
+        .expect("sh runs");
+    let through = String::from_utf8_lossy(&piped.stdout);
+    assert!(
+        piped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    let lines = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.contains('%'))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(lines(&through), lines(&printed));
 }
 
 /// A run trained with a relative `--data-dir` is evaluated from another directory: the

@@ -130,6 +130,11 @@ fn a_kill_at_any_moment_leaves_a_resumable_run() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
+/// SIGINT's number (2 on Linux and every POSIX system in use).
+fn libc_sigint() -> i32 {
+    2
+}
+
 /// Sends SIGINT (Ctrl-C) to `child` once `ready` holds, and waits for it.
 fn ctrl_c_when(child: std::process::Child, ready: impl Fn() -> bool) -> Output {
     let waited = Instant::now();
@@ -145,8 +150,8 @@ fn ctrl_c_when(child: std::process::Child, ready: impl Fn() -> bool) -> Output {
     child.wait_with_output().expect("wait")
 }
 
-/// Ctrl-C stops the run after the current batch with exit status 130, saying where it stopped
-/// and how to continue; every finished epoch stays saved (also the one whose files were being
+/// Ctrl-C stops the run after the current batch, saying where it stopped and how to continue,
+/// and then ends by SIGINT (so a shell loop around it stops); every finished epoch stays saved (also the one whose files were being
 /// written on the second thread), and --resume continues. Ctrl-C during an --overwrite whose
 /// new run has saved no epoch puts the old run back at once.
 #[test]
@@ -172,7 +177,11 @@ fn ctrl_c_keeps_every_finished_epoch_and_undoes_an_unsaved_overwrite() {
     let state = out.join(train::rundir::STATE);
     let stopped = ctrl_c_when(long(&data, &[]), || state.exists());
     let err = stderr(&stopped);
-    assert_eq!(stopped.status.code(), Some(130), "{err}");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&stopped.status),
+        Some(libc_sigint()),
+        "{err}"
+    );
     assert!(
         err.contains("stopped by Ctrl-C in epoch")
             && err.contains(&format!("continue with --resume {}", out.display())),
@@ -193,11 +202,17 @@ fn ctrl_c_keeps_every_finished_epoch_and_undoes_an_unsaved_overwrite() {
     // The new run's first epoch (4,000 steps) cannot end before Ctrl-C reaches it.
     let more = dir.path().join("more");
     train::synthetic::write_mnist(&more, 4000, 40).expect("synthetic MNIST");
+    // Once the new run trains (its configuration written): Ctrl-C before that ends the
+    // process at once, and the old run comes back at the next lock or read.
     let stopped = ctrl_c_when(long(&s(&more), &["--overwrite", "--lr", "0.01"]), || {
-        aside.exists()
+        aside.exists() && std::fs::read(out.join(train::rundir::CONFIG)).is_ok_and(|c| c != config)
     });
     let err = stderr(&stopped);
-    assert_eq!(stopped.status.code(), Some(130), "{err}");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&stopped.status),
+        Some(libc_sigint()),
+        "{err}"
+    );
     assert!(err.contains("no epoch had finished"), "{err}");
     assert!(!aside.exists(), "{err}");
     assert_eq!(

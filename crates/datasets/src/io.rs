@@ -8,26 +8,49 @@ use std::path::Path;
 /// The gzip magic bytes.
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
-/// Reads the image file `path` (for [`crate::decode_image`]): a regular file, so that a
-/// directory, a device such as `/dev/zero` or a pipe is refused, naming it, rather than read
-/// without end.
+/// The most bytes [`read_image_file`] reads from a pipe (whose length is not known before).
+pub const MAX_PIPED_IMAGE: u64 = 256 << 20;
+
+/// Reads the image file `path` (for [`crate::decode_image`]): a regular file, or a pipe
+/// (`predict <(curl ...)`, `/dev/stdin`) of at most [`MAX_PIPED_IMAGE`] bytes. A directory, a
+/// device such as `/dev/zero` or a socket is refused, naming it, rather than read without end.
 ///
 /// # Errors
-/// `path` does not exist, is not a regular file, or cannot be read.
+/// `path` does not exist, is none of those, a pipe gives more than the limit, or it cannot be
+/// read.
 pub fn read_image_file(path: &Path) -> Result<Vec<u8>> {
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("cannot read image {}", path.display()))?;
+    let read_error = || format!("cannot read image {}", path.display());
+    let meta = std::fs::metadata(path).with_context(read_error)?;
+    #[cfg(unix)]
+    let pipe = std::os::unix::fs::FileTypeExt::is_fifo(&meta.file_type());
+    #[cfg(not(unix))]
+    let pipe = false;
     anyhow::ensure!(
-        meta.is_file(),
+        meta.is_file() || pipe,
         "{}: not an image file ({})",
         path.display(),
         if meta.is_dir() {
             "a directory"
         } else {
-            "a device, pipe or socket"
+            "a device or socket"
         }
     );
-    std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))
+    if !pipe {
+        return std::fs::read(path).with_context(read_error);
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .with_context(read_error)?
+        .take(MAX_PIPED_IMAGE + 1)
+        .read_to_end(&mut bytes)
+        .with_context(read_error)?;
+    anyhow::ensure!(
+        bytes.len() as u64 <= MAX_PIPED_IMAGE,
+        "{}: the pipe gives more than {} MiB, too much for an image",
+        path.display(),
+        MAX_PIPED_IMAGE >> 20
+    );
+    Ok(bytes)
 }
 
 /// Reads `path` into memory, gunzipping it when it starts with the gzip magic.

@@ -28,12 +28,25 @@ pub(crate) fn check(status: sys::cudnnStatus_t, what: &str) -> Result<()> {
         .map_err(|e| candle_core::Error::Msg(format!("cuDNN {what}: {:?}", e.0)))
 }
 
-/// Whether `status` is cuDNN refusing the call as asked (a parameter, layout, data type or
-/// shape it does not take), not a failure: cuDNN 9 reports that as `CUDNN_STATUS_BAD_PARAM`,
-/// `CUDNN_STATUS_NOT_SUPPORTED` or one of their detailed codes (2000-2999 and 3000-3999, e.g.
-/// `NOT_SUPPORTED_LAYOUT` 3004, `BAD_PARAM_MISALIGNED_POINTER` 2003).
+/// Whether `status` is cuDNN refusing the problem as asked (its shape, layout, data type or
+/// padding), not a failure of this call: `CUDNN_STATUS_BAD_PARAM`, `CUDNN_STATUS_NOT_SUPPORTED`
+/// and cuDNN 9's detailed codes of that kind (`NOT_SUPPORTED_LAYOUT` 3004, ...). Codes that
+/// name a bug or the set-up (a null or misaligned pointer, another stream, the driver) are not
+/// refusals: they stay errors rather than send every later call elsewhere.
 pub(crate) fn is_refusal(status: sys::cudnnStatus_t) -> bool {
-    (2000..4000).contains(&(status as u32))
+    use sys::cudnnStatus_t::*;
+    matches!(
+        status,
+        CUDNN_STATUS_BAD_PARAM
+            | CUDNN_STATUS_NOT_SUPPORTED
+            | CUDNN_STATUS_NOT_SUPPORTED_GRAPH_PATTERN
+            | CUDNN_STATUS_NOT_SUPPORTED_SHAPE
+            | CUDNN_STATUS_NOT_SUPPORTED_DATA_TYPE
+            | CUDNN_STATUS_NOT_SUPPORTED_LAYOUT
+            | CUDNN_STATUS_NOT_SUPPORTED_SHARED_MEMORY_INSUFFICIENT
+            | CUDNN_STATUS_NOT_SUPPORTED_PADDING
+            | CUDNN_STATUS_NOT_SUPPORTED_BAD_LAUNCH_PARAM
+    )
 }
 
 /// Whether `status` says that cuDNN could not allocate memory (on the host or the device), so

@@ -202,14 +202,14 @@ impl Recipe {
 }
 
 /// A training run's result, for `main` to return; a run stopped by Ctrl-C
-/// ([`crate::interrupt::Interrupted`]) ends the process here, with its message and exit
-/// status 130, as a shell gives a process ended by SIGINT.
+/// ([`crate::interrupt::Interrupted`]) ends the process here, after its message, by SIGINT
+/// (a shell reports status 130, and a loop around the program stops too).
 pub fn exit_status(result: Result<()>) -> Result<()> {
     match result {
         Err(e) if e.downcast_ref::<crate::interrupt::Interrupted>().is_some() => {
-            // The run's own message (where it stopped, what is saved), not the cause's.
+            // The run's own message (where it stopped, what is saved) is the outermost.
             eprintln!("Error: {e}");
-            std::process::exit(130)
+            crate::interrupt::die_by_sigint()
         }
         result => result,
     }
@@ -245,8 +245,15 @@ pub fn resumed_config(saved: &RunConfig, args: &Args) -> Result<RunConfig> {
             changeable.join(", ")
         );
     }
-    if args.data_dir.is_some() {
-        absolute_data_dir(&mut config)?;
+    match (&args.data_dir, &saved.data_dir) {
+        (Some(_), _) => absolute_data_dir(&mut config)?,
+        // Runs saved before `--data-dir` was made absolute.
+        (None, Some(dir)) if dir.is_relative() && !dir.exists() => bail!(
+            "the run's --data-dir {} is relative to the directory it was trained in, and is not \
+             found from here: give --data-dir DIR with --resume",
+            dir.display()
+        ),
+        (None, _) => {}
     }
     config.validate()?;
     Ok(config)

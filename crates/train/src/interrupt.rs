@@ -1,50 +1,98 @@
-//! Ctrl-C during training (SIGINT, and the termination signals SIGTERM and SIGHUP): the first
-//! one stops the run after the current batch, as an error that ends it like any other. The
-//! files of the last finished epoch are then written to their end (they are written on a second
-//! thread while the next epoch trains), and an `--overwrite` whose new run has not saved an
-//! epoch puts the old run back. A second one ends the process at once, as Ctrl-C always did.
+//! Ctrl-C (SIGINT) during training: the first one while the epochs train stops the run after
+//! the current batch, as an error that ends it like any other. The files of the last finished
+//! epoch are then written to their end (they are written on a second thread while the next
+//! epoch trains), and an `--overwrite` whose new run has not saved an epoch puts the old run
+//! back. The program then says where it stopped and ends by SIGINT, as before (so that a shell
+//! loop around it stops too). A second Ctrl-C, or one before the epochs start (loading the
+//! data, say) or after they end, ends the process at once, as Ctrl-C always did.
 //!
 //! Only a run in one process takes it over ([`crate::distributed::launch`]): the ranks of a
-//! data-parallel job could stop at different batches and wait on each other, so there the
-//! signal keeps its default action.
+//! data-parallel job could stop at different batches and wait on each other, so there Ctrl-C
+//! keeps its default action, as does a process that was started with SIGINT ignored (a
+//! background job of a script). Other signals (SIGTERM, SIGHUP) keep theirs: a run under
+//! `nohup` still ignores the hangup.
 
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Set by the first signal.
+/// Set by the first Ctrl-C while the epochs train.
 static REQUESTED: AtomicBool = AtomicBool::new(false);
+/// Whether the epochs are training: Ctrl-C then waits for the end of the batch.
+static TRAINING: AtomicBool = AtomicBool::new(false);
 
-/// The error of a run stopped by Ctrl-C; [`crate::cli::exit_status`] gives it the exit status
-/// 130, as a shell gives a process ended by SIGINT.
+/// The error of a run stopped by Ctrl-C; [`crate::cli::exit_status`] ends the process by
+/// SIGINT for it, after the message.
 #[derive(Debug)]
 pub struct Interrupted;
 
 impl std::fmt::Display for Interrupted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("stopped by Ctrl-C (or a termination signal)")
+        f.write_str("stopped by Ctrl-C")
     }
 }
 
 impl std::error::Error for Interrupted {}
 
-/// Takes over Ctrl-C for this process (see the module's description). A process that already
-/// has a handler (ctrlc's, installed once) keeps it.
+/// Ends the process by SIGINT, its default action (a shell reports it as Ctrl-C's, status 130).
+pub fn die_by_sigint() -> ! {
+    // SAFETY: plain libc calls; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+        libc::raise(libc::SIGINT);
+    }
+    // Only if SIGINT is blocked on this thread.
+    std::process::exit(130)
+}
+
+/// Whether SIGINT is ignored in this process (a background job of a non-interactive shell).
+fn sigint_ignored() -> bool {
+    // SAFETY: reads the current action into a zeroed struct; no handler is installed.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGINT, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
+/// Takes over Ctrl-C for this process (see the module's description), unless SIGINT is
+/// ignored or a handler of ctrlc's is installed already.
 pub fn take_over_ctrl_c() {
+    if sigint_ignored() {
+        return;
+    }
     let _ = ctrlc::set_handler(|| {
-        if REQUESTED.swap(true, Ordering::SeqCst) {
-            eprintln!("\nCtrl-C again: stopping at once");
-            std::process::exit(130);
+        // A terminal that is gone must not end this thread: writes are best effort.
+        let mut err = std::io::stderr();
+        if !TRAINING.load(Ordering::SeqCst) || REQUESTED.swap(true, Ordering::SeqCst) {
+            die_by_sigint();
         }
-        eprintln!(
+        let _ = writeln!(
+            err,
             "\nCtrl-C: stopping after this batch; the finished epochs stay saved (Ctrl-C again \
              to stop at once)"
         );
     });
 }
 
+/// Marks the epochs as training (Ctrl-C then stops after the batch) until the guard drops.
+pub fn training() -> Training {
+    TRAINING.store(true, Ordering::SeqCst);
+    Training
+}
+
+/// See [`training`].
+pub struct Training;
+
+impl Drop for Training {
+    fn drop(&mut self) {
+        TRAINING.store(false, Ordering::SeqCst);
+    }
+}
+
 /// `Err(Interrupted)` once Ctrl-C was pressed: called before each batch.
 ///
 /// # Errors
-/// [`Interrupted`], after the first signal.
+/// [`Interrupted`], after the first Ctrl-C.
 pub fn check() -> Result<(), Interrupted> {
     match REQUESTED.load(Ordering::SeqCst) {
         true => Err(Interrupted),

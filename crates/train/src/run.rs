@@ -14,6 +14,7 @@ use crate::config::{DataPlacement, MemoryFormat, Precision, RunConfig};
 use crate::device::{device_name, parse_device};
 use crate::engine::{evaluate, train_epoch, Pass, TrainStep};
 use crate::history::{self, EpochRecord};
+use crate::interrupt::Interrupted;
 use crate::optim::{NamedVar, Optimizer};
 use crate::rundir::{BEST, CONFIG, CONFUSION, LAST, PREDICTIONS};
 use crate::source::BatchSource;
@@ -108,6 +109,8 @@ pub fn train(
     resume: Option<(ResumeState, StateTensors)>,
 ) -> Result<Outcome> {
     config.validate()?;
+    // Ctrl-C from here on stops after the batch (see `crate::interrupt`).
+    let _training = crate::interrupt::training();
     let Trainee {
         model,
         store,
@@ -298,34 +301,16 @@ pub fn train(
             None => Ok(()),
         };
         match (trained, written) {
+            (Err(error), written) if error.downcast_ref::<Interrupted>().is_some() => Err(
+                stopped_by_ctrl_c(error, written, &progress, config.epochs, out),
+            ),
             // Both failed: the epoch's error, and that the files said to be kept may not be.
             (Err(error), Err(writing)) => Err(error.context(format!(
                 "writing the files of an earlier epoch failed too: {writing:#}"
             ))),
             (trained, written) => trained.and(written),
         }
-    })
-    .map_err(
-        |error| match error.downcast_ref::<crate::interrupt::Interrupted>() {
-            Some(_) => {
-                let kept = match progress.epochs_done {
-                    0 => "no epoch had finished, so nothing was saved".to_string(),
-                    1 => format!("epoch 1 is saved in {}", out.display()),
-                    done => format!("epochs 1-{done} are saved in {}", out.display()),
-                };
-                let resume = match progress.epochs_done {
-                    0 => String::new(),
-                    _ => format!("; continue with --resume {}", out.display()),
-                };
-                error.context(format!(
-                    "stopped by Ctrl-C in epoch {} of {}: {kept}{resume}",
-                    progress.epochs_done + 1,
-                    config.epochs
-                ))
-            }
-            None => error,
-        },
-    )?;
+    })?;
     crate::say!(
         "best test accuracy {:.2}% (epoch {}); weights in {}",
         progress.best_acc,
@@ -337,6 +322,39 @@ pub fn train(
         history: progress.history,
         best_acc: progress.best_acc,
     })
+}
+
+/// The error of a run stopped by Ctrl-C (`error`, an [`Interrupted`]) after `progress`'s
+/// epochs, whose last files' writing ended as `written`: where it stopped, what is saved, how
+/// to continue.
+fn stopped_by_ctrl_c(
+    error: anyhow::Error,
+    written: Result<()>,
+    progress: &RunProgress,
+    epochs: usize,
+    out: &Path,
+) -> anyhow::Error {
+    let done = progress.epochs_done;
+    let at = format!("stopped by Ctrl-C in epoch {} of {epochs}", done + 1);
+    let message = match (done, written) {
+        (_, Err(writing)) => format!(
+            "{at}: writing the files of epoch {done} failed ({writing:#}); --resume {} continues \
+             from the last epoch whose files were written",
+            out.display()
+        ),
+        (0, Ok(())) => format!("{at}: no epoch had finished, so nothing was saved"),
+        (1, Ok(())) => format!(
+            "{at}: epoch 1 is saved in {}; continue with --resume {}",
+            out.display(),
+            out.display()
+        ),
+        (_, Ok(())) => format!(
+            "{at}: epochs 1-{done} are saved in {}; continue with --resume {}",
+            out.display(),
+            out.display()
+        ),
+    };
+    error.context(message)
 }
 
 /// Restores the model, the optimizer (buffers and learning rate) and the dropout generator

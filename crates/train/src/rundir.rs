@@ -271,7 +271,8 @@ pub fn settle_for_reading(dir: &Path) -> Result<()> {
         Ok(()) => settle(dir),
         Err(TryLockError::WouldBlock) if pending(dir) => bail!(
             "--run {}: a run started there with --overwrite is still training and has not saved \
-             its first epoch; until it does, the run it replaces is in {} (give that as --run)",
+             its first epoch; until it does, the run it replaces is in {} (give that as --run, \
+             with --out elsewhere for evaluate's outputs: that folder goes with the first epoch)",
             dir.display(),
             dir.join(REPLACED).display()
         ),
@@ -342,13 +343,13 @@ impl RunDir {
                 path.display()
             );
         } else if held.is_empty() && !overwrite {
-            // No run here, but files a run writes (a user's own metrics.csv, say): this run
-            // would overwrite them.
+            // No run here, but files a run writes after an epoch (a user's own metrics.csv,
+            // say): this run would overwrite them. (The classes.json and finetune.json that a
+            // run which failed before training left are ours, and simply replaced.)
             let theirs: Vec<&str> = OUTPUTS
                 .iter()
-                .chain(&[CLASSES, FINETUNE])
                 .copied()
-                .filter(|f| std::fs::symlink_metadata(path.join(f)).is_ok())
+                .filter(|f| std::fs::symlink_metadata(path.join(f)).is_ok_and(|m| !m.is_dir()))
                 .collect();
             if !theirs.is_empty() {
                 bail!(
