@@ -177,7 +177,7 @@ fn a_model_that_does_not_fit_fails_before_training() {
     assert!(!out.join(train::rundir::CONFIG).exists());
 
     // A last training batch of one image, which torchvision's ResNet-18 (its last stage at 1x1
-    // here) cannot batch-normalise: the error says which batch and what to change.
+    // here) cannot batch-normalise: refused before training, saying what to change.
     let run = train_cifar(&[
         "--data-dir",
         &s(&data),
@@ -195,9 +195,12 @@ fn a_model_that_does_not_fit_fails_before_training() {
     assert!(!run.status.success());
     let log = text(&run);
     assert!(
-        log.contains("batch 2/2 (1 image)") && log.contains("--drop-last"),
+        log.contains("would hold one image (9 images in batches of 8)")
+            && log.contains("resnet18 cannot train on")
+            && log.contains("--drop-last"),
         "{log}"
     );
+    assert!(!out.join(train::rundir::CONFIG).exists(), "{log}");
 }
 
 /// The real CIFAR-10 JPEG archive, end to end on a slice of it.

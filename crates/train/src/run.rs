@@ -82,6 +82,14 @@ pub fn run(
     )?;
     let train_source = source(config, loader(config, &data.train, true)?, &device, "train")?;
     let test_source = source(config, loader(config, &data.test, false)?, &device, "test")?;
+    check_last_batch(
+        model.as_ref(),
+        &store,
+        config,
+        train_source.num_samples(),
+        &inputs,
+        &device,
+    )?;
     let trainee = Trainee {
         model: model.as_ref(),
         store: &store,
@@ -881,6 +889,51 @@ pub fn check_transforms(config: &RunConfig, data: &Split) -> Result<Vec<Transfor
         inputs.push((flag, text.to_string(), given));
     }
     Ok(inputs)
+}
+
+/// Refuses, before training, an epoch whose last training batch holds one image that the model
+/// cannot train on: batch norm in training needs more than one value per channel
+/// (`torch.nn.BatchNorm2d` refuses it too), which a stage at 1x1 only has with two images or
+/// more. The run would otherwise fail at the end of its first epoch. One training-mode forward
+/// of a single zero image tells; the parameters, batch-norm statistics and dropout generator
+/// are put back as they were, so the run is the same as without the check. Nothing to check
+/// with `--drop-last`, in a data-parallel job (its ranks' batches differ) or when the last
+/// batch is not a single image.
+pub fn check_last_batch(
+    model: &dyn Network,
+    store: &ParamStore,
+    config: &RunConfig,
+    samples: usize,
+    inputs: &[TransformedInput],
+    device: &Device,
+) -> Result<()> {
+    let single = config.batch_size > 1 && samples % config.batch_size == 1;
+    let Some((_, _, (c, h, w))) = inputs.first() else {
+        return Ok(());
+    };
+    if !single || config.parallel.drop_last || crate::distributed::rank().is_some() {
+        return Ok(());
+    }
+    let vars = store.named_vars();
+    let kept: Vec<Tensor> = vars
+        .iter()
+        .map(|(_, v)| v.as_tensor().copy())
+        .collect::<candle_core::Result<_>>()?;
+    let rng = layers::rng::state();
+    let x = Tensor::zeros((1, *c, *h, *w), DType::F32, device)?;
+    let forward = model.forward_t(&x, true);
+    layers::rng::set_state(rng);
+    for ((_, var), value) in vars.iter().zip(&kept) {
+        var.set(value)?;
+    }
+    forward.map(drop).with_context(|| {
+        format!(
+            "the last training batch of each epoch would hold one image ({samples} images in \
+             batches of {}), which {} cannot train on; choose another --batch-size, or add \
+             --drop-last",
+            config.batch_size, config.model
+        )
+    })
 }
 
 /// Fails early, with a clear message, when `model` cannot take the images the transforms give
