@@ -569,15 +569,15 @@ mod tests {
         let step = config(&["--schedule", "step", "--step-size", "3", "--gamma", "0.5"])?
             .map_err(anyhow::Error::msg)?;
         assert_eq!((step.step_size, step.gamma), (3, 0.5));
-        let multistep = config(&[
+        let multistep_argv = [
             "--schedule",
             "multistep",
             "--milestones",
             "2,4",
             "--gamma",
             "0.2",
-        ])?
-        .map_err(anyhow::Error::msg)?;
+        ];
+        let multistep = config(&multistep_argv)?.map_err(anyhow::Error::msg)?;
         assert_eq!(
             (multistep.milestones.as_slice(), multistep.gamma),
             (&[2, 4][..], 0.2)
@@ -632,16 +632,8 @@ mod tests {
                 "{argv:?}: {err}"
             );
         }
-        let again = [
-            "--schedule",
-            "multistep",
-            "--milestones",
-            "2,4",
-            "--gamma",
-            "0.2",
-        ];
         assert_eq!(
-            resumed(&multistep, &again)?.map_err(anyhow::Error::msg)?,
+            resumed(&multistep, &multistep_argv)?.map_err(anyhow::Error::msg)?,
             multistep
         );
         // A multistep run saved without milestones (before they were required) resumes.
