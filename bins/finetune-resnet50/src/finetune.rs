@@ -43,9 +43,10 @@ impl FineTuneConfig {
     }
 
     /// Whether the backbone's features can be computed once: nothing in it trains and the
-    /// inputs do not change between epochs.
-    pub fn caches_features(&self) -> bool {
-        self.unfreeze == Unfreeze::None && !self.augment
+    /// inputs do not change between epochs (no --augment, and a `train_transform` without
+    /// random steps: a `--train-transform cifar10-train` is drawn anew each epoch).
+    pub fn caches_features(&self, train_transform: &Transform) -> bool {
+        self.unfreeze == Unfreeze::None && !self.augment && !train_transform.is_random()
     }
 
     fn path(dir: &Path) -> PathBuf {
@@ -140,7 +141,7 @@ pub fn finetune(
     let cached: (CachedFeatures, CachedFeatures);
     let sources: (Box<dyn BatchSource>, Box<dyn BatchSource>);
     let (trained, train_source, test_source): (&dyn ModuleT, &dyn BatchSource, &dyn BatchSource) =
-        if ft.caches_features() {
+        if ft.caches_features(&Transform::parse(&run.train_transform)?) {
             train::say!(
                 "backbone frozen and no augmentation: computing its features once, then training the head on them"
             );

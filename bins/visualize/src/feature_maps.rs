@@ -114,17 +114,40 @@ fn save_stage(path: &Path, stage: &str, t: &Tensor) -> Result<Option<String>> {
 /// `feature-maps-<stage>.png` for every stage in `out`, and prints the predicted class.
 pub fn run(args: &FeatureMapsArgs, out: &Path) -> Result<()> {
     let model = args.model.load()?;
-    let input = model.spec.input;
-    let (_, data) = eval_transform(&model.spec)?;
-    let normalisation = data.title;
-    let (seen, batch) = prepare(&args.image, &model.spec)?;
+    // A run's images go through its own test transform (as `predict` and `grad-cam` feed
+    // them), and its class names name the prediction; a zoo model's through its data set's.
+    let (seen, batch, described, classes) = match &model.run {
+        Some((config, classes)) => {
+            let predictor = train::inference::Predictor::for_run(
+                model.net.as_ref(),
+                Transform::parse(&config.test_transform)?,
+                train::inference::run_input(config)?,
+                classes,
+                &Device::Cpu,
+            )?;
+            let (seen, batch) = predictor.prepare(&args.image)?;
+            let described = format!("the run's test transform {}", config.test_transform);
+            (seen, batch, described, classes.clone())
+        }
+        None => {
+            let (_, data) = eval_transform(&model.spec)?;
+            let (seen, batch) = prepare(&args.image, &model.spec)?;
+            let classes = data.classes.iter().map(|c| c.to_string()).collect();
+            (
+                seen,
+                batch,
+                format!("{} normalisation", data.title),
+                classes,
+            )
+        }
+    };
     train::say!("{}: {}", model.spec.name, model.origin);
     train::say!(
-        "{} -> {}x{}x{}, {normalisation} normalisation",
+        "{} -> {}x{}x{}, {described}",
         args.image.display(),
-        input.0,
-        input.1,
-        input.2
+        seen.channels,
+        seen.height,
+        seen.width
     );
     let caption = format!("{}x{}x{}", seen.channels, seen.height, seen.width);
     let tile = viz::Tile {
@@ -151,8 +174,8 @@ pub fn run(args: &FeatureMapsArgs, out: &Path) -> Result<()> {
         let logits = logits.flatten_all()?.to_vec1::<f32>()?;
         let best = (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b]));
         if let Some(best) = best {
-            let name = match data.classes.get(best) {
-                Some(class) if data.classes.len() == logits.len() => format!(" ({class})"),
+            let name = match classes.get(best) {
+                Some(class) if classes.len() == logits.len() => format!(" ({class})"),
                 _ => String::new(),
             };
             train::say!("predicted class: {best}{name}, logit {:.4}", logits[best]);

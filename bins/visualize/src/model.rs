@@ -42,6 +42,8 @@ pub struct Loaded {
     pub net: Box<dyn Network>,
     /// Where the parameters come from, for titles and messages.
     pub origin: String,
+    /// With `--run`: the run's configuration (its test transform) and class names.
+    pub run: Option<(train::config::RunConfig, Vec<String>)>,
 }
 
 impl ModelArgs {
@@ -60,6 +62,7 @@ impl ModelArgs {
                     origin: format!("trained weights from {}", trained.weights.display()),
                     store: trained.store,
                     net: trained.model,
+                    run: Some((trained.config, trained.classes)),
                 });
             }
             (None, Some(model)) => model,
@@ -82,6 +85,7 @@ impl ModelArgs {
             store,
             net,
             origin,
+            run: None,
         })
     }
 }

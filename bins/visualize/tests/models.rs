@@ -94,6 +94,26 @@ fn filters_draws_the_saved_kernels() {
         "vgg11",
     ]);
     assert!(err.contains("cannot be used with"), "{err}");
+    // feature-maps of a run: the run's test transform (MNIST's 28x28 grey) and class names.
+    let picture = dir.path().join("picture.png");
+    write_picture(&picture, 40, 30, true);
+    let stdout = visualize(&[
+        "feature-maps",
+        "--run",
+        run.to_str().unwrap(),
+        "--image",
+        picture.to_str().unwrap(),
+        "--out",
+        by_run.to_str().unwrap(),
+    ]);
+    assert!(
+        stdout.contains("-> 1x28x28, the run's test transform mnist-test"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("predicted class: ") && stdout.contains(" - "),
+        "{stdout}"
+    );
 
     let initial_out = dir.path().join("initial");
     let stdout = visualize(&[

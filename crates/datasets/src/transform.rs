@@ -341,6 +341,16 @@ impl Transform {
         &self.ops
     }
 
+    /// Whether an image may come out differently each time (a random crop, a flip with a
+    /// probability strictly between 0 and 1): its results cannot be computed once and reused.
+    pub fn is_random(&self) -> bool {
+        self.ops.iter().any(|op| match op {
+            Op::RandomCrop { .. } | Op::RandomResizedCrop { .. } => true,
+            Op::RandomHorizontalFlip { p } => *p > 0.0 && *p < 1.0,
+            Op::Resize { .. } | Op::CenterCrop { .. } => false,
+        })
+    }
+
     /// The final normalisation.
     pub fn normalization(&self) -> &Normalize {
         &self.normalize
@@ -398,6 +408,26 @@ mod tests {
 
     fn ramp(c: usize, h: usize, w: usize) -> U8Image {
         U8Image::new(c, h, w, (0..c * h * w).map(|v| (v % 251) as u8).collect()).unwrap()
+    }
+
+    /// Random steps make a transform random; resizes, centre crops and certain flips do not.
+    #[test]
+    fn randomness_is_known() -> Result<()> {
+        for (text, random) in [
+            ("cifar10-train", true),
+            ("cifar10-test", false),
+            ("imagenet-eval", false),
+            ("random-crop:32:4,normalize:cifar10", true),
+            ("resize:40,center-crop:32,normalize:cifar10", false),
+            ("flip,normalize:cifar10", true),
+        ] {
+            assert_eq!(Transform::parse(text)?.is_random(), random, "{text}");
+        }
+        assert!(!Transform::to_tensor()
+            .random_horizontal_flip(1.0)
+            .resize(8)
+            .is_random());
+        Ok(())
     }
 
     #[test]

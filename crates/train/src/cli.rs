@@ -208,7 +208,7 @@ pub fn exit_status(result: Result<()>) -> Result<()> {
     match result {
         Err(e) if e.downcast_ref::<crate::interrupt::Interrupted>().is_some() => {
             // The run's own message (where it stopped, what is saved) is the outermost.
-            eprintln!("Error: {e}");
+            crate::warn!("Error: {e}");
             crate::interrupt::die_by_sigint()
         }
         result => result,

@@ -258,9 +258,10 @@ fn start<T>(_mode: Mode, _who: &str, _size: usize, body: impl FnOnce() -> Result
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         default_hook(info);
-        eprintln!(
+        crate::warn!(
             "rank {} of {} panicked: aborting the job",
-            rank.rank, rank.size
+            rank.rank,
+            rank.size
         );
         let _ = std::io::stderr().flush();
         mpi::topology::SimpleCommunicator::world().abort(101);
@@ -286,7 +287,7 @@ fn start<T>(_mode: Mode, _who: &str, _size: usize, body: impl FnOnce() -> Result
         }
         Err(e) if rank.size > 1 => {
             // Printed before the abort: mpirun then ends every rank within moments.
-            eprintln!("Error on rank {} of {}: {e:?}", rank.rank, rank.size);
+            crate::warn!("Error on rank {} of {}: {e:?}", rank.rank, rank.size);
             let _ = std::io::stderr().flush();
             let _ = std::io::stdout().flush();
             mpi::topology::SimpleCommunicator::world().abort(1)

@@ -511,7 +511,7 @@ pub fn print_top5(
             }
             Err(e) => {
                 failed += 1;
-                eprintln!("{}: {e:#}", image.display());
+                crate::warn!("{}: {e:#}", image.display());
             }
         }
     }

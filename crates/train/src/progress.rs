@@ -105,3 +105,22 @@ macro_rules! say {
         $crate::progress::say(format_args!($($arg)*))
     };
 }
+
+/// Writes one line to stderr, like `eprintln!`, but never panics: once stderr is closed (the
+/// output piped into `tee` or `head`, and that process gone), the line is dropped.
+pub fn warn(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// `eprintln!` through [`warn`]: a closed stderr drops the line instead of panicking.
+///
+/// ```
+/// train::warn!("cannot remove {}; delete it when you like", "runs/x");
+/// ```
+#[macro_export]
+macro_rules! warn {
+    ($($arg:tt)*) => {
+        $crate::progress::warn(format_args!($($arg)*))
+    };
+}

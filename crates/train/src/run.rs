@@ -891,14 +891,14 @@ pub fn check_transforms(config: &RunConfig, data: &Split) -> Result<Vec<Transfor
     Ok(inputs)
 }
 
-/// Refuses, before training, an epoch whose last training batch holds one image that the model
-/// cannot train on: batch norm in training needs more than one value per channel
-/// (`torch.nn.BatchNorm2d` refuses it too), which a stage at 1x1 only has with two images or
-/// more. The run would otherwise fail at the end of its first epoch. One training-mode forward
-/// of a single zero image tells; the parameters, batch-norm statistics and dropout generator
-/// are put back as they were, so the run is the same as without the check. Nothing to check
-/// with `--drop-last`, in a data-parallel job (its ranks' batches differ) or when the last
-/// batch is not a single image.
+/// Refuses, before training, batches of one image that the model cannot train on: batch norm in
+/// training needs more than one value per channel (`torch.nn.BatchNorm2d` refuses it too), so
+/// a stage at 1x1 needs two images or more. Checked when the last batch of each epoch would
+/// hold one image (the run would otherwise fail at the end of its first epoch) or
+/// `--batch-size` is 1; not with `--drop-last` (which drops such a last batch) or in a
+/// data-parallel job (its ranks' batches differ). One training-mode forward of a single zero
+/// image tells; the parameters, batch-norm statistics and dropout generator are put back as
+/// they were, so the run is the same as without the check.
 pub fn check_last_batch(
     model: &dyn Network,
     store: &ParamStore,
@@ -907,11 +907,12 @@ pub fn check_last_batch(
     inputs: &[TransformedInput],
     device: &Device,
 ) -> Result<()> {
-    let single = config.batch_size > 1 && samples % config.batch_size == 1;
+    let single =
+        config.batch_size == 1 || (samples % config.batch_size == 1 && !config.parallel.drop_last);
     let Some((_, _, (c, h, w))) = inputs.first() else {
         return Ok(());
     };
-    if !single || config.parallel.drop_last || crate::distributed::rank().is_some() {
+    if !single || crate::distributed::rank().is_some() {
         return Ok(());
     }
     let vars = store.named_vars();
@@ -926,13 +927,23 @@ pub fn check_last_batch(
     for ((_, var), value) in vars.iter().zip(&kept) {
         var.set(value)?;
     }
-    forward.map(drop).with_context(|| {
-        format!(
-            "the last training batch of each epoch would hold one image ({samples} images in \
-             batches of {}), which {} cannot train on; choose another --batch-size, or add \
-             --drop-last",
-            config.batch_size, config.model
-        )
+    forward.map(drop).with_context(|| match config.batch_size {
+        1 => format!(
+            "--batch-size 1: {} cannot train on batches of one image (batch norm needs more \
+             than one value per channel); choose a --batch-size of 2 or more",
+            config.model
+        ),
+        b => format!(
+            "the last training batch of each epoch would hold one image ({samples} image{} in \
+             batches of {b}), which {} cannot train on; choose another --batch-size{}",
+            if samples == 1 { "" } else { "s" },
+            config.model,
+            if samples > b {
+                ", or add --drop-last"
+            } else {
+                ""
+            }
+        ),
     })
 }
 

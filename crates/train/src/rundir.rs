@@ -149,7 +149,7 @@ fn saved_no_epoch(dir: &Path) -> bool {
 /// run is no longer needed, so a failure (a file still open over NFS) is said and left.
 fn remove_replaced(aside: &Path) {
     if let Err(e) = std::fs::remove_dir_all(aside) {
-        eprintln!(
+        crate::warn!(
             "cannot remove the replaced run in {} ({e}); it is no longer needed: delete it when you like",
             aside.display()
         );
@@ -202,7 +202,7 @@ fn settle(dir: &Path) -> Result<()> {
     }
     if ours(&back) {
         move_back(&back, dir)?;
-        eprintln!(
+        crate::warn!(
             "the run that was to replace the one in {} stopped before saving an epoch: the replaced run is back in place",
             dir.display()
         );
@@ -495,7 +495,7 @@ impl Drop for RunDir {
     fn drop(&mut self) {
         if self.replacing && self.lock.is_some() {
             if let Err(e) = settle(&self.path) {
-                eprintln!("{e:#}");
+                crate::warn!("{e:#}");
             }
         }
         if self.created && self.lock.is_some() {

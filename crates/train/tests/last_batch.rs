@@ -61,6 +61,21 @@ fn the_check_changes_nothing_and_refuses_a_model_that_cannot_train_on_one_image(
         "{err}"
     );
     assert!(values(&store)? == before, "a parameter or statistic moved");
+    // Batches of one image: refused, asking for two or more.
+    let one = RunConfig {
+        batch_size: 1,
+        ..config("resnet18")
+    };
+    let err = train::run::check_last_batch(
+        net.as_ref(),
+        &store,
+        &one,
+        16,
+        std::slice::from_ref(&shape),
+        &Device::Cpu,
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("--batch-size 1: resnet18 cannot train"));
     // No single-image last batch: nothing to check.
     train::run::check_last_batch(
         net.as_ref(),
