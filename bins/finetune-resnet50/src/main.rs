@@ -86,7 +86,10 @@ impl FineTuneArgs {
     /// A fresh run's fine-tuning settings: the flags, or their defaults.
     fn fresh(&self) -> FineTuneConfig {
         FineTuneConfig {
-            weights: (self.weights.clone()).unwrap_or_else(|| weights::DEFAULT_WEIGHTS.into()),
+            weights: self
+                .weights
+                .as_deref()
+                .map_or_else(|| weights::DEFAULT_WEIGHTS.into(), weights::saved_form),
             unfreeze: self.unfreeze.unwrap_or(Unfreeze::None),
             image_size: self.image_size.unwrap_or(224),
             augment: self.augment,
@@ -101,8 +104,16 @@ impl FineTuneArgs {
                 .map_or_else(|| format!("{u:?}"), |v| v.get_name().to_string())
         };
         let mut differ = Vec::new();
-        if let Some(w) = self.weights.as_ref().filter(|w| **w != saved.weights) {
-            differ.push(format!("--weights {w} (the run has {})", saved.weights));
+        if let Some(w) = self
+            .weights
+            .as_ref()
+            .filter(|w| !weights::same(w, &saved.weights))
+        {
+            differ.push(format!(
+                "--weights {w} (the run has {}; leave --weights out to resume: the run's state \
+                 holds its weights)",
+                saved.weights
+            ));
         }
         if let Some(u) = self.unfreeze.filter(|u| *u != saved.unfreeze) {
             differ.push(format!(

@@ -13,3 +13,40 @@ pub const DEFAULT_WEIGHTS: &str = "timm/resnet50.tv_in1k";
 pub fn resolve(spec: &str) -> Result<PathBuf> {
     datasets::hub::file_or_hub(spec, "model.safetensors", "--weights", DEFAULT_WEIGHTS)
 }
+
+/// `--weights` as a run saves it (`finetune.json`): an existing file as its absolute path, so
+/// that the run's record names it from any directory; a Hub model id as given.
+pub fn saved_form(spec: &str) -> String {
+    let path = std::path::Path::new(spec);
+    match path.is_file().then(|| std::path::absolute(path)) {
+        Some(Ok(absolute)) => absolute.to_string_lossy().into_owned(),
+        _ => spec.to_string(),
+    }
+}
+
+/// Whether two `--weights` values name the same weights: the same text, or two spellings of one
+/// existing file (`w.safetensors`, `./w.safetensors`, its absolute path).
+pub fn same(a: &str, b: &str) -> bool {
+    let file = |s: &str| std::fs::canonicalize(s).ok().filter(|p| p.is_file());
+    a == b || file(a).is_some_and(|p| file(b) == Some(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_file_spelled_two_ways_is_the_same_weights() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("w.safetensors");
+        std::fs::write(&file, b"x")?;
+        let absolute = saved_form(file.to_str().unwrap_or_default());
+        assert!(std::path::Path::new(&absolute).is_absolute());
+        let dotted = dir.path().join(".").join("w.safetensors");
+        assert!(same(dotted.to_str().unwrap_or_default(), &absolute));
+        assert!(!same("other.safetensors", &absolute));
+        assert_eq!(saved_form(DEFAULT_WEIGHTS), DEFAULT_WEIGHTS);
+        assert!(same(DEFAULT_WEIGHTS, DEFAULT_WEIGHTS));
+        Ok(())
+    }
+}

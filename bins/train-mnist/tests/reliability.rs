@@ -527,6 +527,11 @@ fn help_describes_the_program() {
         text.contains("--overwrite") && text.contains("--betas"),
         "{text}"
     );
+    assert!(
+        text.contains("evaluate  Evaluate a run's checkpoint")
+            && text.contains("predict   Print the top-5 classes"),
+        "{text}"
+    );
 }
 
 /// Every flag with 0, 1, negative, huge, non-numeric and empty values: clear errors or runs,
@@ -647,6 +652,31 @@ fn sync_bn_in_one_process_says_so() {
     assert!(run.status.success(), "{}", stderr(&run));
     let said = String::from_utf8_lossy(&run.stdout);
     assert!(said.contains("--sync-bn: one process"), "{said}");
+}
+
+/// `evaluate` on a run that saved no epoch says so (not a missing-file error).
+#[test]
+fn evaluate_of_a_run_without_an_epoch_says_so() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).expect("run dir");
+    let config =
+        train::config::RunConfig::new("train-mnist", train::config::DatasetKind::Mnist, "lenet5");
+    std::fs::write(
+        run.join(train::rundir::CONFIG),
+        serde_json::to_vec(&config).expect("json"),
+    )
+    .expect("config");
+    let out = Command::new(BIN)
+        .args(["evaluate", "--run", &s(&run), "--device", "cpu"])
+        .output()
+        .expect("train-mnist starts");
+    let err = stderr(&out);
+    assert!(
+        !out.status.success()
+            && err.contains("no best.safetensors: the run has not saved an epoch"),
+        "{err}"
+    );
 }
 
 /// `--drop-last` with a batch larger than the training images would train no step: refused

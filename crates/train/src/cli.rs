@@ -58,13 +58,15 @@ impl Recipe {
             });
         }
         cmd.args_conflicts_with_subcommands(true)
-            .subcommand(EvaluateArgs::augment_args(Command::new("evaluate").about(
+            // The descriptions after the flags: their structs' doc comments would replace them.
+            .subcommand(EvaluateArgs::augment_args(Command::new("evaluate")).about(
                 "Evaluate a run's checkpoint on its test split: loss, top-1, top-5, per-class \
                  accuracy, confusion matrix",
-            )))
-            .subcommand(PredictArgs::augment_args(Command::new("predict").about(
-                "Print the top-5 classes of images under a run's checkpoint",
-            )))
+            ))
+            .subcommand(
+                PredictArgs::augment_args(Command::new("predict"))
+                    .about("Print the top-5 classes of images under a run's checkpoint"),
+            )
     }
 
     /// Parses `argv` (program name first) into [`Args`].

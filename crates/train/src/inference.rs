@@ -92,6 +92,14 @@ impl Trained {
                 (path, tag)
             }
         };
+        if matches!(weights, "best" | "last") && std::fs::symlink_metadata(&path).is_err() {
+            bail!(
+                "--run {}: there is no {}: the run has not saved an epoch (yet)",
+                dir.display(),
+                path.file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+            );
+        }
         let (model, store) = zoo::load(
             &config.model,
             classes.len(),
