@@ -247,18 +247,28 @@ pub fn resumed_config(saved: &RunConfig, args: &Args) -> Result<RunConfig> {
             changeable.join(", ")
         );
     }
-    match (&args.data_dir, &saved.data_dir) {
-        (Some(_), _) => absolute_data_dir(&mut config)?,
-        // Runs saved before `--data-dir` was made absolute.
-        (None, Some(dir)) if dir.is_relative() && !dir.exists() => bail!(
-            "the run's --data-dir {} is relative to the directory it was trained in, and is not \
-             found from here: give --data-dir DIR with --resume",
-            dir.display()
-        ),
-        (None, _) => {}
+    match &args.data_dir {
+        Some(_) => absolute_data_dir(&mut config)?,
+        None => saved_data_dir_is_here(saved)?,
     }
     config.validate()?;
     Ok(config)
+}
+
+/// Refuses a run's saved `--data-dir` that is relative (runs saved before it was made
+/// absolute) and not found from the working directory, asking for `--data-dir`.
+///
+/// # Errors
+/// That case.
+pub(crate) fn saved_data_dir_is_here(saved: &RunConfig) -> Result<()> {
+    match &saved.data_dir {
+        Some(dir) if dir.is_relative() && !dir.exists() => bail!(
+            "the run's --data-dir {} is relative to the directory it was trained in, and is not \
+             found from here: give --data-dir DIR",
+            dir.display()
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// Makes `--data-dir` absolute (relative to the working directory), as it is saved in

@@ -39,7 +39,6 @@ impl CachedFeatures {
         let mut labels = Vec::with_capacity(images.num_samples());
         let mut indices = Vec::with_capacity(images.num_samples());
         for batch in images.batches(0) {
-            crate::interrupt::check()?;
             let batch = batch?;
             let x = batch.images.to_device(device)?;
             features.push(backbone(&x)?.detach());

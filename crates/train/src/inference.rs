@@ -198,15 +198,9 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
     let precision = args.precision.unwrap_or(trained.config.precision);
     let _precision = precision.enter();
     let mut config = trained.config.clone();
-    match (&args.data_dir, &config.data_dir) {
-        (Some(dir), _) => config.data_dir = Some(dir.clone()),
-        // Runs saved before `--data-dir` was made absolute.
-        (None, Some(dir)) if dir.is_relative() && !dir.exists() => bail!(
-            "the run's --data-dir {} is relative to the directory it was trained in, and is not \
-             found from here: give --data-dir DIR",
-            dir.display()
-        ),
-        (None, _) => {}
+    match &args.data_dir {
+        Some(dir) => config.data_dir = Some(dir.clone()),
+        None => crate::cli::saved_data_dir_is_here(&config)?,
     }
     let data = crate::cli::load_data(&config)?;
     if data.test.classes() != trained.classes.as_slice() {

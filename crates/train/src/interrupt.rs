@@ -12,7 +12,6 @@
 //! background job of a script). Other signals (SIGTERM, SIGHUP) keep theirs: a run under
 //! `nohup` still ignores the hangup.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Set by the first Ctrl-C while the epochs train.
@@ -61,13 +60,11 @@ pub fn take_over_ctrl_c() {
         return;
     }
     let _ = ctrlc::set_handler(|| {
-        // A terminal that is gone must not end this thread: writes are best effort.
-        let mut err = std::io::stderr();
         if !TRAINING.load(Ordering::SeqCst) || REQUESTED.swap(true, Ordering::SeqCst) {
             die_by_sigint();
         }
-        let _ = writeln!(
-            err,
+        // Best effort: a terminal that is gone must not end this thread.
+        crate::warn!(
             "\nCtrl-C: stopping after this batch; the finished epochs stay saved (Ctrl-C again \
              to stop at once)"
         );

@@ -909,7 +909,10 @@ pub fn check_last_batch(
 ) -> Result<()> {
     let single =
         config.batch_size == 1 || (samples % config.batch_size == 1 && !config.parallel.drop_last);
-    let Some((_, _, (c, h, w))) = inputs.first() else {
+    let Some((_, _, (c, h, w))) = inputs
+        .iter()
+        .find(|(flag, ..)| *flag == "--train-transform")
+    else {
         return Ok(());
     };
     if !single || crate::distributed::rank().is_some() {
