@@ -222,6 +222,97 @@ fn ctrl_c_keeps_every_finished_epoch_and_undoes_an_unsaved_overwrite() {
     assert_eq!(metrics_without_seconds(&out).len(), done + 2);
 }
 
+/// Ctrl-C while the data loads (before the epochs train) ends the process at once, leaving the
+/// run directory as a run that fails there would: an `--overwrite` puts the old run back, and
+/// a run directory the run made (the default `runs/train-mnist-<time>`) goes. (A Ctrl-C that
+/// lands once the epochs train ends the same way, after the batch.)
+#[test]
+fn ctrl_c_while_the_data_loads_leaves_the_directory_as_it_was() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    let out = dir.path().join("run");
+    let done = train_mnist(
+        &common(&data, &out)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(done.status.success(), "{}", stderr(&done));
+    let before: Vec<(String, Vec<u8>)> = {
+        let mut files: Vec<_> = std::fs::read_dir(&out)
+            .expect("list")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.is_file())
+            .map(|p| {
+                let bytes = std::fs::read(&p).expect("read");
+                (p.file_name().unwrap().to_string_lossy().into_owned(), bytes)
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    // 60,000 training images: loading them takes a while after the old run moved aside.
+    let big = dir.path().join("big");
+    train::synthetic::write_mnist(&big, 60_000, 10_000).expect("synthetic MNIST");
+    let start = |extra: &[&str], cwd: &Path| {
+        Command::new(BIN)
+            .args(["--data-dir", &s(&big), "--model", "lenet5", "--epochs", "1"])
+            .args(extra)
+            .args(["--device", "cpu"])
+            .current_dir(cwd)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("train-mnist starts")
+    };
+    let aside = out.join(train::rundir::REPLACED);
+    // (A moment more for a directory the run made: the program notes it as its own just
+    // after locking it.)
+    let settled = |ready: bool| {
+        ready && {
+            std::thread::sleep(Duration::from_millis(3));
+            true
+        }
+    };
+    let stopped = ctrl_c_when(
+        start(&["--out", &s(&out), "--overwrite"], dir.path()),
+        || aside.exists(),
+    );
+    let err = stderr(&stopped);
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&stopped.status),
+        Some(libc_sigint()),
+        "{err}"
+    );
+    assert!(!aside.exists(), "{err}");
+    for (name, bytes) in &before {
+        assert!(
+            std::fs::read(out.join(name)).is_ok_and(|b| &b == bytes),
+            "{name} is not the old run's: {err}"
+        );
+    }
+
+    // The default --out, made by this run.
+    let cwd = dir.path().join("elsewhere");
+    std::fs::create_dir(&cwd).expect("mkdir");
+    let runs = cwd.join("runs");
+    let made = || std::fs::read_dir(&runs).is_ok_and(|mut d| d.next().is_some());
+    let locked = || {
+        std::fs::read_dir(&runs).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.path().join(train::rundir::LOCK).exists())
+        })
+    };
+    let stopped = ctrl_c_when(start(&[], &cwd), || settled(locked()));
+    let err = stderr(&stopped);
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&stopped.status),
+        Some(libc_sigint()),
+        "{err}"
+    );
+    assert!(!made(), "{err}");
+}
+
 /// A second run cannot write into a directory a live run holds; a finished run's directory is
 /// refused unless `--resume` or `--overwrite`; errors about `--out` come before the data is
 /// read.

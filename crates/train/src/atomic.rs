@@ -26,6 +26,7 @@ pub fn temp_path(path: &Path) -> PathBuf {
 pub fn write_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = temp_path(path);
     let result = write(&tmp).and_then(|()| {
+        let _not_while_tidying = crate::rundir::no_tidying();
         std::fs::rename(&tmp, path)
             .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
     });

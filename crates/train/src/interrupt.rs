@@ -4,7 +4,9 @@
 //! epoch trains), and an `--overwrite` whose new run has not saved an epoch puts the old run
 //! back. The program then says where it stopped and ends by SIGINT, as before (so that a shell
 //! loop around it stops too). A second Ctrl-C, or one before the epochs start (loading the
-//! data, say) or after they end, ends the process at once, as Ctrl-C always did.
+//! data, say) or after they end, ends the process at once, as Ctrl-C always did; outside the
+//! epochs it first tidies the run directory as a run that stops there would (an `--overwrite`
+//! puts the old run back, a directory the run made and left unused goes).
 //!
 //! Only a run in one process takes it over ([`crate::distributed::launch`]): the ranks of a
 //! data-parallel job could stop at different batches and wait on each other, so there Ctrl-C
@@ -60,7 +62,13 @@ pub fn take_over_ctrl_c() {
         return;
     }
     let _ = ctrlc::set_handler(|| {
-        if !TRAINING.load(Ordering::SeqCst) || REQUESTED.swap(true, Ordering::SeqCst) {
+        if !TRAINING.load(Ordering::SeqCst) {
+            // Nothing is being saved: the run directory is left as the run's end would leave
+            // it (no half-replaced --overwrite, no unused directory), then the process ends.
+            crate::rundir::tidy_at_ctrl_c();
+            die_by_sigint();
+        }
+        if REQUESTED.swap(true, Ordering::SeqCst) {
             die_by_sigint();
         }
         // Best effort: a terminal that is gone must not end this thread.

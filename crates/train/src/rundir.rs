@@ -6,6 +6,7 @@
 
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use anyhow::{bail, Context, Result};
 
@@ -327,6 +328,10 @@ impl RunDir {
             .with_context(|| format!("--out {}: cannot create the directory", path.display()))?;
         let mut dir = Self::lock(path)?;
         dir.created = created;
+        // A Ctrl-C from here until this run is noted waits, so that it never tidies a half
+        // moved run (see `tidy_at_ctrl_c`). Declared after `dir`, it is released before an
+        // error drops `dir` (whose drop takes it too).
+        let mut noting = noted();
         let held: Vec<&str> = RUN_FILES
             .into_iter()
             .filter(|f| path.join(f).exists())
@@ -401,6 +406,13 @@ impl RunDir {
                 path.display(),
                 aside.display()
             );
+        }
+        if dir.replacing || dir.created {
+            noting.push(Held {
+                path: path.to_path_buf(),
+                replacing: dir.replacing,
+                created: dir.created,
+            });
         }
         Ok(dir)
     }
@@ -493,15 +505,70 @@ impl Drop for RunDir {
     /// directory this run made when it stopped before writing anything but its configuration
     /// (a bad flag, missing data): failed starts leave no empty run directories behind.
     fn drop(&mut self) {
-        if self.replacing && self.lock.is_some() {
+        if self.lock.is_none() || !(self.replacing || self.created) {
+            return;
+        }
+        let mut held = noted();
+        held.retain(|h| h.path != self.path);
+        let this = Held {
+            path: self.path.clone(),
+            replacing: self.replacing,
+            created: self.created,
+        };
+        this.end();
+    }
+}
+
+/// A fresh run's directory that must be tidied when the run ends: a replacement to settle, or
+/// a directory the run made, to remove if unused.
+#[derive(Debug)]
+pub(crate) struct Held {
+    path: PathBuf,
+    replacing: bool,
+    created: bool,
+}
+
+impl Held {
+    /// What [`RunDir`]'s drop does.
+    fn end(&self) {
+        if self.replacing {
             if let Err(e) = settle(&self.path) {
                 crate::warn!("{e:#}");
             }
         }
-        if self.created && self.lock.is_some() {
+        if self.created {
             remove_if_unused(&self.path);
         }
     }
+}
+
+/// The fresh runs' directories this process holds that need tidying when their run ends
+/// (see [`Held`]), for [`tidy_at_ctrl_c`]. Its lock also keeps [`crate::atomic`]'s renames
+/// from running while they are tidied.
+static HELD: Mutex<Vec<Held>> = Mutex::new(Vec::new());
+
+fn noted() -> MutexGuard<'static, Vec<Held>> {
+    HELD.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Held while [`crate::atomic`] renames a file into place: never while a Ctrl-C tidies the
+/// run directories ([`tidy_at_ctrl_c`]), so no file of the new run lands after the old run
+/// was put back.
+pub(crate) fn no_tidying() -> MutexGuard<'static, Vec<Held>> {
+    noted()
+}
+
+/// For a Ctrl-C that ends the process at once outside the epochs (while the data loads, say;
+/// see [`crate::interrupt`]): does what the drop of each fresh [`RunDir`] would, so that an
+/// `--overwrite` whose run saved no epoch puts the old run back and a run directory this
+/// process made and left unused goes, as when the run stops with an error. The lock stays
+/// held until the process ends: no file is renamed into a run directory after this.
+pub(crate) fn tidy_at_ctrl_c() {
+    let held = noted();
+    for h in held.iter() {
+        h.end();
+    }
+    std::mem::forget(held);
 }
 
 /// Removes the run directory `dir` if it holds nothing but the lock and the configuration
@@ -739,6 +806,37 @@ mod tests {
         drop(dir);
         assert_eq!(names(&out)?, [LOCK, BEST, "notes.txt", STATE]);
         assert_eq!(std::fs::read_to_string(out.join(STATE))?, "new state");
+        Ok(())
+    }
+
+    /// What a Ctrl-C outside the epochs tidies ([`tidy_at_ctrl_c`]): each fresh run's directory
+    /// that needs it is noted while held, ended as its drop would end it, and forgotten when
+    /// dropped.
+    #[test]
+    fn fresh_run_directories_are_noted_for_ctrl_c() -> Result<()> {
+        let root = tempfile::tempdir()?;
+        let out = root.path().join("run");
+        std::fs::create_dir(&out)?;
+        std::fs::write(out.join(STATE), "old state")?;
+        std::fs::write(out.join(CONFIG), "old config")?;
+        let replacing = RunDir::fresh(&out, true)?;
+        std::fs::write(out.join(CONFIG), "new config")?;
+        let made = root.path().join("made");
+        let creating = RunDir::fresh(&made, false)?;
+        // A directory that was there: nothing to tidy, so not noted.
+        let theirs = root.path().join("theirs");
+        std::fs::create_dir(&theirs)?;
+        let plain = RunDir::fresh(&theirs, false)?;
+        let ours = |h: &Held| h.path.starts_with(root.path());
+        assert_eq!(noted().iter().filter(|h| ours(h)).count(), 2);
+        // What `tidy_at_ctrl_c` does, for this test's directories (it keeps the lock).
+        noted().iter().filter(|h| ours(h)).for_each(Held::end);
+        assert_eq!(std::fs::read_to_string(out.join(CONFIG))?, "old config");
+        assert_eq!(std::fs::read_to_string(out.join(STATE))?, "old state");
+        assert!(!out.join(REPLACED).exists() && !made.exists() && theirs.is_dir());
+        drop((replacing, creating, plain));
+        assert!(!noted().iter().any(ours));
+        assert_eq!(std::fs::read_to_string(out.join(CONFIG))?, "old config");
         Ok(())
     }
 
