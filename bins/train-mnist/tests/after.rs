@@ -328,7 +328,7 @@ fn evaluate_and_predict_flags_never_panic() {
 }
 
 /// A run trained with a relative `--data-dir` is evaluated from another directory: the
-/// configuration holds the data directory absolute.
+/// configuration holds the data directory absolute. Evaluating needs only the test files.
 #[test]
 fn evaluate_finds_a_relative_data_dir_from_elsewhere() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -348,14 +348,28 @@ fn evaluate_finds_a_relative_data_dir_from_elsewhere() {
     let config = std::fs::read_to_string(out.join(train::rundir::CONFIG)).expect("config");
     assert!(config.contains(&s(&dir.path().join("mnist"))), "{config}");
     let elsewhere = tempfile::tempdir().expect("another directory");
-    let evaluated = Command::new(BIN)
-        .current_dir(elsewhere.path())
-        .args(["evaluate", "--run", &s(&out), "--device", "cpu"])
-        .output()
-        .expect("train-mnist starts");
-    assert!(
-        evaluated.status.success(),
-        "{}",
-        String::from_utf8_lossy(&evaluated.stderr)
-    );
+    let evaluate = || {
+        let evaluated = Command::new(BIN)
+            .current_dir(elsewhere.path())
+            .args(["evaluate", "--run", &s(&out), "--device", "cpu"])
+            .output()
+            .expect("train-mnist starts");
+        assert!(
+            evaluated.status.success(),
+            "{}",
+            String::from_utf8_lossy(&evaluated.stderr)
+        );
+        String::from_utf8_lossy(&evaluated.stdout)
+            .lines()
+            .filter(|l| l.contains('%'))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let with_training_files = evaluate();
+    assert_eq!(with_training_files.len(), 11, "{with_training_files:?}");
+    // Evaluating reads the test files alone: the training files may be gone.
+    for file in ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"] {
+        std::fs::remove_file(dir.path().join("mnist").join(file)).expect("remove");
+    }
+    assert_eq!(evaluate(), with_training_files);
 }

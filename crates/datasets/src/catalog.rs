@@ -13,12 +13,12 @@
 //! ```
 
 use std::path::Path;
-use std::sync::{LazyLock, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::{cifar, folder, hub, idx, FolderOptions, Split, Transform};
+use crate::{cifar, folder, hub, idx, Dataset, FolderOptions, Split, Transform};
 
 /// The data sets the training programs take (a run's `config.json` names one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,9 +78,29 @@ pub struct DatasetSpec {
     /// What a local directory holds, for messages (`"the four MNIST IDX files"`).
     pub local_files: &'static str,
     /// Reads the data set from a local path (`None`: it cannot be loaded, only named).
-    pub read: Option<fn(&Path) -> Result<Split>>,
+    pub read: Option<Reader>,
     /// The evaluation transform for a model input of `side` x `side`.
     pub eval: fn(usize) -> Transform,
+}
+
+/// How a data set's local files are read.
+#[derive(Debug, Clone, Copy)]
+pub struct Reader {
+    /// Both splits, from a local path ([`load`]).
+    pub split: fn(&Path) -> Result<Split>,
+    /// The test split alone ([`load_test`]), without reading the training files where the
+    /// layout allows; `None`: the whole split is read and its test half kept.
+    pub test: Option<ReadTest>,
+}
+
+/// A reader of the test split alone ([`Reader::test`]).
+pub type ReadTest = fn(&Path) -> Result<Arc<dyn Dataset>>;
+
+impl Reader {
+    /// A reader of both splits at once (the test split alone is their test half).
+    pub const fn split(split: fn(&Path) -> Result<Split>) -> Self {
+        Self { split, test: None }
+    }
 }
 
 /// MNIST (LeCun et al.): IDX files, or the Hub's `ylecun/mnist`.
@@ -99,7 +119,10 @@ pub const MNIST: DatasetSpec = DatasetSpec {
         test: "mnist/test/0000.parquet",
     }),
     local_files: "the four MNIST IDX files",
-    read: Some(idx::mnist_dir),
+    read: Some(Reader {
+        split: idx::mnist_dir,
+        test: Some(idx::mnist_test_dir),
+    }),
     eval: |side| Transform::mnist_test().resize(side).center_crop(side),
 };
 
@@ -120,7 +143,10 @@ pub const CIFAR10: DatasetSpec = DatasetSpec {
         test: "plain_text/test/0000.parquet",
     }),
     local_files: "cifar-10-batches-bin or an ImageFolder of CIFAR-10",
-    read: Some(cifar::cifar10_path),
+    read: Some(Reader {
+        split: cifar::cifar10_path,
+        test: Some(cifar::cifar10_test_path),
+    }),
     eval: |side| Transform::cifar10_test().resize(side).center_crop(side),
 };
 
@@ -147,7 +173,11 @@ pub const FOLDER: DatasetSpec = DatasetSpec {
     title: "an image folder",
     classes: &[],
     shape: None,
-    read: Some(|root| folder::image_folder(root, &FolderOptions::default())),
+    // A held-out fraction is drawn from every image, so the test split alone needs the whole
+    // folder listed (the images themselves are read lazily).
+    read: Some(Reader::split(|root| {
+        folder::image_folder(root, &FolderOptions::default())
+    })),
     local_files: "ROOT/<class>/*.jpg, or ROOT/train and ROOT/test",
     ..IMAGENET
 };
@@ -197,13 +227,32 @@ pub fn load(spec: &DatasetSpec, dir: Option<&Path>) -> Result<Split> {
         };
     };
     match spec.read {
-        Some(read) => read(dir),
+        Some(read) => (read.split)(dir),
         None => bail!(
             "{} cannot be loaded from {}: {}",
             spec.title,
             dir.display(),
             spec.local_files
         ),
+    }
+}
+
+/// The test split of `spec` alone, from `dir` or with `None` from its Hub copy: what
+/// evaluating a trained network needs. MNIST's `t10k` files, CIFAR-10's `test_batch.bin` and
+/// the Hub's test file are read without the training files (which may be absent); other
+/// layouts (archives, image folders) are read as [`load`] reads them, keeping the test half.
+///
+/// Errors: as [`load`], for the files read.
+pub fn load_test(spec: &DatasetSpec, dir: Option<&Path>) -> Result<Arc<dyn Dataset>> {
+    let Some(dir) = dir else {
+        return match spec.hub {
+            Some(_) => hub::load_test(spec),
+            None => bail!("{} needs --data-dir with {}", spec.title, spec.local_files),
+        };
+    };
+    match spec.read.and_then(|read| read.test) {
+        Some(read_test) => read_test(dir),
+        None => Ok(load(spec, Some(dir))?.test),
     }
 }
 

@@ -6,7 +6,7 @@ use crate::dataset::class_names;
 use crate::folder::{image_folder_listing, FolderOptions, Storage};
 use crate::io::{ensure_exists, is_archive};
 use crate::listing::Listing;
-use crate::{InMemory, Split};
+use crate::{Dataset, InMemory, Split};
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -101,6 +101,32 @@ pub(crate) fn cifar10_path(path: &Path) -> Result<Split> {
          cifar-10-batches-bin/, train/ + test/ class folders, or a *cifar*.tar.gz archive)",
         path.display()
     )
+}
+
+/// CIFAR-10's test split alone from a local `path`: the `test_batch.bin` that [`cifar10`]
+/// would read (in `path` or its `cifar-10-batches-bin/`), also when training batches are
+/// missing; any other layout is read whole and its test half kept.
+pub(crate) fn cifar10_test_path(path: &Path) -> Result<Arc<dyn Dataset>> {
+    ensure_exists(path)?;
+    if path.is_dir() {
+        let bin_dirs = [path.to_path_buf(), path.join(BIN_DIR)];
+        // The order of `cifar10_path`: complete batches first, then the other layouts.
+        let complete = bin_dirs.iter().find(|dir| {
+            TRAIN_BATCHES.iter().all(|b| dir.join(b).is_file()) && dir.join(TEST_BATCH).is_file()
+        });
+        let other_layout = || -> Result<bool> {
+            Ok(path.join("train").is_dir() || cifar_archive_in(path)?.is_some())
+        };
+        let bin_dir = match complete {
+            Some(dir) => Some(dir),
+            None if !other_layout()? => bin_dirs.iter().find(|d| d.join(TEST_BATCH).is_file()),
+            None => None,
+        };
+        if let Some(dir) = bin_dir {
+            return Ok(Arc::new(cifar10_test_bin(&dir.join(TEST_BATCH))?));
+        }
+    }
+    Ok(cifar10_path(path)?.test)
 }
 
 /// Whether `path` holds CIFAR-10 as [`cifar10`] reads it (without reading the images): the

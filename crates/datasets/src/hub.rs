@@ -5,7 +5,7 @@
 use crate::catalog::{DatasetSpec, HubLocation};
 use crate::dataset::class_names;
 use crate::decode::{decode_named, ColorMode};
-use crate::{InMemory, Split};
+use crate::{Dataset, InMemory, Split};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use hf_hub::{HFClient, HFClientSync, HFError};
 use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -35,6 +35,36 @@ pub fn offline() -> bool {
 /// The Hub copy of `spec` (its [`HubLocation`]), downloaded into the HF cache unless already
 /// there.
 pub(crate) fn load(spec: &DatasetSpec) -> Result<Split> {
+    with_files(spec, |part, location| {
+        let ((train, train_origin), (test, test_origin)) =
+            (part(location.train)?, part(location.test)?);
+        let split = Split {
+            train: Arc::new(train),
+            test: Arc::new(test),
+        };
+        split.check(&train_origin, &test_origin)?;
+        Ok(split)
+    })
+}
+
+/// The test split of `spec`'s Hub copy alone (its training file is not downloaded).
+pub(crate) fn load_test(spec: &DatasetSpec) -> Result<Arc<dyn Dataset>> {
+    with_files(spec, |part, location| {
+        let (test, origin) = part(location.test)?;
+        ensure!(!test.is_empty(), "{origin}: the test split has no images");
+        Ok(Arc::new(test) as Arc<dyn Dataset>)
+    })
+}
+
+/// A split of the Hub copy, read, with the file it came from.
+type Part = (InMemory, String);
+
+/// Calls `read` with a reader of `spec`'s Hub files (downloading each into the HF cache unless
+/// it is there) and their location.
+fn with_files<R>(
+    spec: &DatasetSpec,
+    read: impl FnOnce(&dyn Fn(&str) -> Result<Part>, &HubLocation) -> Result<R>,
+) -> Result<R> {
     let (Some(location), Some(shape)) = (spec.hub, spec.shape) else {
         bail!(
             "{} has no Hub copy; pass --data-dir DIR with {}",
@@ -58,14 +88,11 @@ pub(crate) fn load(spec: &DatasetSpec) -> Result<Split> {
     let cache = client.cache_dir().to_path_buf();
     let client = HFClientSync::from_inner(client)
         .map_err(|e| anyhow!("cannot set up the Hugging Face client: {e}"))?;
-    let train = fetch(&client, &cache, data, data.location.train)?;
-    let test = fetch(&client, &cache, data, data.location.test)?;
-    let split = Split {
-        train: Arc::new(read_parquet(&train, data)?),
-        test: Arc::new(read_parquet(&test, data)?),
+    let part = |file: &str| -> Result<Part> {
+        let path = fetch(&client, &cache, data, file)?;
+        Ok((read_parquet(&path, data)?, path.display().to_string()))
     };
-    split.check(&train.display().to_string(), &test.display().to_string())?;
-    Ok(split)
+    read(&part, &location)
 }
 
 /// The cached path of `file`, downloading it unless offline.

@@ -3,7 +3,7 @@
 
 use crate::dataset::class_names;
 use crate::io::{ensure_exists, read_maybe_gz};
-use crate::{InMemory, Split};
+use crate::{Dataset, InMemory, Split};
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,34 +39,51 @@ pub fn mnist(dir: Option<&Path>) -> Result<Split> {
 
 /// MNIST's four IDX files in `dir` (see [`mnist`]).
 pub(crate) fn mnist_dir(dir: &Path) -> Result<Split> {
-    ensure_exists(dir)?;
-    anyhow::ensure!(
-        dir.is_dir(),
-        "{} is a file: MNIST's --data-dir is the directory holding its four IDX files",
-        dir.display()
-    );
-    let dir = [
-        dir.to_path_buf(),
-        dir.join("raw"),
-        dir.join("MNIST").join("raw"),
-    ]
-    .into_iter()
-    .find(|d| find_idx(d, "train-images-idx3-ubyte").is_some())
-    .unwrap_or_else(|| dir.to_path_buf());
-    let part = |images: &str, labels: &str| -> Result<(InMemory, String)> {
-        let images = find_idx(&dir, images).with_context(|| missing(&dir, images))?;
-        let labels = find_idx(&dir, labels).with_context(|| missing(&dir, labels))?;
-        let data = read_idx_pair(&images, &labels)?;
-        Ok((data, images.display().to_string()))
-    };
-    let (train, train_origin) = part("train-images-idx3-ubyte", "train-labels-idx1-ubyte")?;
-    let (test, test_origin) = part("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")?;
+    let dir = files_dir(dir, "train-images-idx3-ubyte")?;
+    let (train, train_origin) = part(&dir, "train-images-idx3-ubyte", "train-labels-idx1-ubyte")?;
+    let (test, test_origin) = part(&dir, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")?;
     let split = Split {
         train: Arc::new(train),
         test: Arc::new(test),
     };
     split.check(&train_origin, &test_origin)?;
     Ok(split)
+}
+
+/// MNIST's test split alone: the two `t10k` IDX files in `dir` (or its `raw/`,
+/// `MNIST/raw/`), without the training files.
+pub(crate) fn mnist_test_dir(dir: &Path) -> Result<Arc<dyn Dataset>> {
+    let dir = files_dir(dir, "t10k-images-idx3-ubyte")?;
+    let (test, origin) = part(&dir, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")?;
+    ensure!(!test.is_empty(), "{origin}: the test split has no images");
+    Ok(Arc::new(test))
+}
+
+/// Where in `dir` MNIST's files are: `dir`, its `raw/` or its `MNIST/raw/` (torchvision's
+/// layout), whichever holds `stem`; `dir` itself when none does (its errors name the file).
+fn files_dir(dir: &Path, stem: &str) -> Result<PathBuf> {
+    ensure_exists(dir)?;
+    ensure!(
+        dir.is_dir(),
+        "{} is a file: MNIST's --data-dir is the directory holding its four IDX files",
+        dir.display()
+    );
+    Ok([
+        dir.to_path_buf(),
+        dir.join("raw"),
+        dir.join("MNIST").join("raw"),
+    ]
+    .into_iter()
+    .find(|d| find_idx(d, stem).is_some())
+    .unwrap_or_else(|| dir.to_path_buf()))
+}
+
+/// The IDX pair `images` + `labels` in `dir`, with the images' path for messages.
+fn part(dir: &Path, images: &str, labels: &str) -> Result<(InMemory, String)> {
+    let images = find_idx(dir, images).with_context(|| missing(dir, images))?;
+    let labels = find_idx(dir, labels).with_context(|| missing(dir, labels))?;
+    let data = read_idx_pair(&images, &labels)?;
+    Ok((data, images.display().to_string()))
 }
 
 fn missing(dir: &Path, stem: &str) -> String {

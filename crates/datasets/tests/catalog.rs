@@ -38,7 +38,7 @@ fn a_data_set_registered_from_a_spec_loads_by_name() -> Result<()> {
         shape: Some((1, 4, 4)),
         hub: None,
         local_files: "train.bin and test.bin",
-        read: Some(read_letters),
+        read: Some(catalog::Reader::split(read_letters)),
         ..catalog::MNIST
     })?;
     assert!(catalog::register(catalog::MNIST).is_err());
@@ -55,6 +55,9 @@ fn a_data_set_registered_from_a_spec_loads_by_name() -> Result<()> {
     assert_eq!(split.train.len(), 3);
     assert_eq!(split.test.classes(), LETTERS);
     assert_eq!(split.test.label(0), 2);
+    // Without a test reader of its own, the test split alone is the whole split's test half.
+    let test = catalog::load_test(spec, Some(dir.path()))?;
+    assert_eq!((test.len(), test.label(0)), (2, 2));
     let missing = catalog::load(spec, None).unwrap_err().to_string();
     assert!(
         missing.contains("Letters needs --data-dir with train.bin and test.bin"),

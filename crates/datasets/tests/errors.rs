@@ -164,6 +164,68 @@ fn cifar_only_test_batch_names_missing_batches() {
     assert_eq!(test.len(), 4);
 }
 
+/// The test split alone (`catalog::load_test`, what `evaluate` reads) is the whole split's test
+/// half, and MNIST's `t10k` files or CIFAR-10's `test_batch.bin` suffice for it; without
+/// them the error names the missing file.
+#[test]
+fn the_test_split_alone_needs_only_the_test_files() {
+    use datasets::catalog::{load_test, CIFAR10, MNIST};
+    let same = |a: &dyn Dataset, b: &dyn Dataset| {
+        assert_eq!(a.len(), b.len());
+        assert_eq!(a.classes(), b.classes());
+        for i in 0..a.len() {
+            assert_eq!(a.label(i), b.label(i));
+            assert_eq!(a.image(i).unwrap().data, b.image(i).unwrap().data);
+        }
+    };
+    let dir = tempdir().unwrap();
+    let raw = dir.path().join("MNIST").join("raw");
+    std::fs::create_dir_all(&raw).unwrap();
+    write_mnist(&raw, 30, 12, true);
+    let whole = mnist(Some(dir.path())).unwrap();
+    same(
+        whole.test.as_ref(),
+        load_test(&MNIST, Some(dir.path())).unwrap().as_ref(),
+    );
+    for file in ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"] {
+        std::fs::remove_file(raw.join(file)).unwrap();
+    }
+    same(
+        whole.test.as_ref(),
+        load_test(&MNIST, Some(dir.path())).unwrap().as_ref(),
+    );
+    std::fs::remove_file(raw.join("t10k-labels-idx1-ubyte.gz")).unwrap();
+    let msg = chain(&load_test(&MNIST, Some(dir.path())).err().expect("an error"));
+    assert!(msg.contains("t10k-labels-idx1-ubyte"), "{msg}");
+
+    let dir = tempdir().unwrap();
+    let bin = dir.path().join("cifar-10-batches-bin");
+    std::fs::create_dir(&bin).unwrap();
+    for n in 1..=5 {
+        std::fs::write(bin.join(format!("data_batch_{n}.bin")), cifar_records(3)).unwrap();
+    }
+    std::fs::write(bin.join("test_batch.bin"), cifar_records(7)).unwrap();
+    let whole = cifar10(Some(dir.path())).unwrap();
+    same(
+        whole.test.as_ref(),
+        load_test(&CIFAR10, Some(dir.path())).unwrap().as_ref(),
+    );
+    for n in 1..=5 {
+        std::fs::remove_file(bin.join(format!("data_batch_{n}.bin"))).unwrap();
+    }
+    same(
+        whole.test.as_ref(),
+        load_test(&CIFAR10, Some(dir.path())).unwrap().as_ref(),
+    );
+    std::fs::remove_file(bin.join("test_batch.bin")).unwrap();
+    let msg = chain(
+        &load_test(&CIFAR10, Some(dir.path()))
+            .err()
+            .expect("an error"),
+    );
+    assert!(msg.contains("no CIFAR-10 data found"), "{msg}");
+}
+
 #[test]
 fn cifar_nothing_found() {
     let dir = tempdir().unwrap();

@@ -310,6 +310,18 @@ pub fn load_data(config: &RunConfig) -> Result<datasets::Split> {
     })
 }
 
+/// The configured data set's test split alone, as [`load_data`] gives it (the same
+/// `--limit-test` subset), read without the training files where the data set's layout allows
+/// ([`datasets::catalog::load_test`]): what `evaluate` needs.
+///
+/// # Errors
+/// The test split cannot be found, downloaded or read, or a subset cannot be drawn.
+pub fn load_test_data(config: &RunConfig) -> Result<Arc<dyn Dataset>> {
+    let test = datasets::catalog::load_test(config.dataset.spec(), config.data_dir.as_deref())
+        .context("cannot load the test split")?;
+    limited(test, config.limit_test, config.seed, "test")
+}
+
 /// `data`, or `limit` of its samples chosen by [`datasets::stratified_indices`].
 fn limited(
     data: Arc<dyn Dataset>,

@@ -187,7 +187,7 @@ pub struct Evaluation {
 }
 
 /// Evaluates a run's checkpoint on the test split its configuration names (the same transform
-/// and limit), prints loss, top-1, top-5 and per-class accuracy, and writes the confusion
+/// and limit; MNIST's and CIFAR-10's training files need not be there), prints loss, top-1, top-5 and per-class accuracy, and writes the confusion
 /// matrix and a JSON summary.
 ///
 /// Errors: those of [`Trained::open`], of loading the data, and of writing the outputs.
@@ -202,15 +202,15 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
         Some(dir) => config.data_dir = Some(dir.clone()),
         None => crate::cli::saved_data_dir_is_here(&config)?,
     }
-    let data = crate::cli::load_data(&config)?;
-    if data.test.classes() != trained.classes.as_slice() {
+    let test = crate::cli::load_test_data(&config)?;
+    if test.classes() != trained.classes.as_slice() {
         bail!(
             "the test data's classes {:?} are not the run's {:?}",
-            data.test.classes(),
+            test.classes(),
             trained.classes
         );
     }
-    let loader = crate::run::loader(&config, &data.test, false)?;
+    let loader = crate::run::loader(&config, &test, false)?;
     let pass = evaluate_pass(
         trained.model.as_ref(),
         &loader,
