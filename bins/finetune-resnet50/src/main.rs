@@ -144,12 +144,14 @@ impl FineTuneArgs {
 
 #[derive(clap::Args, Debug)]
 struct PredictArgs {
-    /// A fine-tuning run (what --out was): its best checkpoint, classes and image size
-    #[arg(long, conflicts_with_all = ["weights", "image_size"])]
+    /// A fine-tuning run (what --out was): its checkpoint (--weights best or last), classes,
+    /// image size and precision
+    #[arg(long, conflicts_with = "image_size")]
     run: Option<PathBuf>,
-    /// A .safetensors file (a fine-tuned run's best.safetensors) or a Hub model id
-    #[arg(long, default_value = weights::DEFAULT_WEIGHTS)]
-    weights: String,
+    /// A .safetensors file (a fine-tuned run's best.safetensors) or a Hub model id; with --run:
+    /// best, last or a .safetensors file [default: timm/resnet50.tv_in1k; with --run: best]
+    #[arg(long)]
+    weights: Option<String>,
     /// Images to classify
     #[arg(long, num_args = 1..)]
     image: Vec<PathBuf>,
@@ -201,14 +203,15 @@ fn predict(args: &PredictArgs) -> Result<()> {
         return train::inference::predict(&train::inference::PredictArgs {
             run: run.clone(),
             images,
-            weights: "best".into(),
+            weights: args.weights.clone().unwrap_or_else(|| "best".into()),
             device: args.device.clone(),
             precision: args.precision,
         });
     }
     let _precision = args.precision.unwrap_or_default().enter();
     let device = train::device::parse_device(&args.device)?;
-    let classifier = predict::Classifier::load(&args.weights, args.image_size, &device)?;
+    let weights = args.weights.as_deref().unwrap_or(weights::DEFAULT_WEIGHTS);
+    let classifier = predict::Classifier::load(weights, args.image_size, &device)?;
     train::inference::print_top5(&images, |image| classifier.top5(image))
 }
 

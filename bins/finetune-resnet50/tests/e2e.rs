@@ -537,6 +537,33 @@ fn resume_reaches_the_same_weights_as_an_uninterrupted_run() {
     assert!(by_weights.contains("image size 32"), "{by_weights}");
     assert_eq!(top5(&by_run), top5(&by_weights));
     assert_eq!(top5(&by_run).len(), 3, "{by_run}");
+    // --run takes --weights best, last or a file, as the training programs' predict does.
+    let last = parts.join(train::rundir::LAST);
+    let by_run_last = ok(
+        &[
+            "predict",
+            "--run",
+            s(&parts),
+            "--weights",
+            "last",
+            s(&image),
+        ],
+        &[],
+    );
+    let by_last = ok(&["predict", "--weights", s(&last), s(&image)], &[]);
+    assert_eq!(top5(&by_run_last), top5(&by_last));
+    let best_again = ok(
+        &[
+            "predict",
+            "--run",
+            s(&parts),
+            "--weights",
+            s(&best),
+            s(&image),
+        ],
+        &[],
+    );
+    assert_eq!(top5(&best_again), top5(&by_run));
 }
 
 /// Fine-tuning and predict with every flag at 0, 1, negative, huge, non-numeric and empty
