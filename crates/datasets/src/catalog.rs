@@ -89,7 +89,10 @@ pub struct Reader {
     /// Both splits, from a local path ([`load`]).
     pub split: fn(&Path) -> Result<Split>,
     /// The test split alone ([`load_test`]), without reading the training files where the
-    /// layout allows; `None`: the whole split is read and its test half kept.
+    /// layout allows; `None`: the whole split is read and its test half kept. It must give
+    /// what `split` gives as the test half, from the same files (a spec that takes another
+    /// spec's fields with `..` sets `read` whole, with [`Reader::split`] for a reader of its
+    /// own).
     pub test: Option<ReadTest>,
 }
 

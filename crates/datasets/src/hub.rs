@@ -14,12 +14,61 @@ use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// A catalog entry's Hub copy, resolved.
+/// A catalog entry's Hub copy, resolved, with the client that fetches its files.
 struct HubData<'a> {
     spec: &'a DatasetSpec,
     location: HubLocation,
     shape: (usize, usize, usize),
     mode: ColorMode,
+    client: HFClientSync,
+    cache: PathBuf,
+}
+
+impl<'a> HubData<'a> {
+    /// `spec`'s Hub copy.
+    ///
+    /// Errors: `spec` has none, or the Hugging Face client cannot be set up.
+    fn new(spec: &'a DatasetSpec) -> Result<Self> {
+        let (Some(location), Some(shape)) = (spec.hub, spec.shape) else {
+            bail!(
+                "{} has no Hub copy; pass --data-dir DIR with {}",
+                spec.title,
+                spec.local_files
+            )
+        };
+        let client =
+            HFClient::new().map_err(|e| anyhow!("cannot set up the Hugging Face client: {e}"))?;
+        let cache = client.cache_dir().to_path_buf();
+        let client = HFClientSync::from_inner(client)
+            .map_err(|e| anyhow!("cannot set up the Hugging Face client: {e}"))?;
+        Ok(Self {
+            spec,
+            location,
+            shape,
+            mode: if shape.0 == 1 {
+                ColorMode::Gray
+            } else {
+                ColorMode::Rgb
+            },
+            client,
+            cache,
+        })
+    }
+
+    /// The cached path of `file`, downloading it unless offline.
+    fn fetch(&self, file: &str) -> Result<PathBuf> {
+        let (owner, name) = hf_hub::split_id(self.location.repo);
+        let repo = self.client.dataset(owner, name);
+        let download = repo
+            .download_file()
+            .filename(file)
+            .revision(self.location.revision);
+        let what = format!("{} file {}/{file}", self.spec.title, self.location.repo);
+        let hint = format!("pass --data-dir DIR with {}", self.spec.local_files);
+        cached_or_downloaded(&what, &self.cache, &hint, |local_only| {
+            download.clone().local_files_only(local_only).send()
+        })
+    }
 }
 
 /// Whether `HF_HUB_OFFLINE` asks for cache-only access (`1`, `true`, `yes`, `on`).
@@ -33,81 +82,30 @@ pub fn offline() -> bool {
 }
 
 /// The Hub copy of `spec` (its [`HubLocation`]), downloaded into the HF cache unless already
-/// there.
+/// there. Both files are fetched before either is read, so that a missing one is said at once.
 pub(crate) fn load(spec: &DatasetSpec) -> Result<Split> {
-    with_files(spec, |part, location| {
-        let ((train, train_origin), (test, test_origin)) =
-            (part(location.train)?, part(location.test)?);
-        let split = Split {
-            train: Arc::new(train),
-            test: Arc::new(test),
-        };
-        split.check(&train_origin, &test_origin)?;
-        Ok(split)
-    })
+    let data = HubData::new(spec)?;
+    let train = data.fetch(data.location.train)?;
+    let test = data.fetch(data.location.test)?;
+    let split = Split {
+        train: Arc::new(read_parquet(&train, &data)?),
+        test: Arc::new(read_parquet(&test, &data)?),
+    };
+    split.check(&train.display().to_string(), &test.display().to_string())?;
+    Ok(split)
 }
 
 /// The test split of `spec`'s Hub copy alone (its training file is not downloaded).
 pub(crate) fn load_test(spec: &DatasetSpec) -> Result<Arc<dyn Dataset>> {
-    with_files(spec, |part, location| {
-        let (test, origin) = part(location.test)?;
-        ensure!(!test.is_empty(), "{origin}: the test split has no images");
-        Ok(Arc::new(test) as Arc<dyn Dataset>)
-    })
-}
-
-/// A split of the Hub copy, read, with the file it came from.
-type Part = (InMemory, String);
-
-/// Calls `read` with a reader of `spec`'s Hub files (downloading each into the HF cache unless
-/// it is there) and their location.
-fn with_files<R>(
-    spec: &DatasetSpec,
-    read: impl FnOnce(&dyn Fn(&str) -> Result<Part>, &HubLocation) -> Result<R>,
-) -> Result<R> {
-    let (Some(location), Some(shape)) = (spec.hub, spec.shape) else {
-        bail!(
-            "{} has no Hub copy; pass --data-dir DIR with {}",
-            spec.title,
-            spec.local_files
-        )
-    };
-    let data = HubData {
-        spec,
-        location,
-        shape,
-        mode: if shape.0 == 1 {
-            ColorMode::Gray
-        } else {
-            ColorMode::Rgb
-        },
-    };
-    let data = &data;
-    let client =
-        HFClient::new().map_err(|e| anyhow!("cannot set up the Hugging Face client: {e}"))?;
-    let cache = client.cache_dir().to_path_buf();
-    let client = HFClientSync::from_inner(client)
-        .map_err(|e| anyhow!("cannot set up the Hugging Face client: {e}"))?;
-    let part = |file: &str| -> Result<Part> {
-        let path = fetch(&client, &cache, data, file)?;
-        Ok((read_parquet(&path, data)?, path.display().to_string()))
-    };
-    read(&part, &location)
-}
-
-/// The cached path of `file`, downloading it unless offline.
-fn fetch(client: &HFClientSync, cache: &Path, data: &HubData, file: &str) -> Result<PathBuf> {
-    let (owner, name) = hf_hub::split_id(data.location.repo);
-    let repo = client.dataset(owner, name);
-    let download = repo
-        .download_file()
-        .filename(file)
-        .revision(data.location.revision);
-    let what = format!("{} file {}/{file}", data.spec.title, data.location.repo);
-    let hint = format!("pass --data-dir DIR with {}", data.spec.local_files);
-    cached_or_downloaded(&what, cache, &hint, |local_only| {
-        download.clone().local_files_only(local_only).send()
-    })
+    let data = HubData::new(spec)?;
+    let test = data.fetch(data.location.test)?;
+    let split = read_parquet(&test, &data)?;
+    ensure!(
+        !split.is_empty(),
+        "{}: the test split has no images",
+        test.display()
+    );
+    Ok(Arc::new(split))
 }
 
 /// `file` of the Hub model repository `repo_id` (for example `timm/resnet50.tv_in1k`), from

@@ -53,7 +53,12 @@ pub(crate) fn mnist_dir(dir: &Path) -> Result<Split> {
 /// MNIST's test split alone: the two `t10k` IDX files in `dir` (or its `raw/`,
 /// `MNIST/raw/`), without the training files.
 pub(crate) fn mnist_test_dir(dir: &Path) -> Result<Arc<dyn Dataset>> {
-    let dir = files_dir(dir, "t10k-images-idx3-ubyte")?;
+    // Where `mnist_dir` reads them when the training files are there too.
+    let with_train = files_dir(dir, "train-images-idx3-ubyte")?;
+    let dir = match find_idx(&with_train, "t10k-images-idx3-ubyte") {
+        Some(_) => with_train,
+        None => files_dir(dir, "t10k-images-idx3-ubyte")?,
+    };
     let (test, origin) = part(&dir, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")?;
     ensure!(!test.is_empty(), "{origin}: the test split has no images");
     Ok(Arc::new(test))
@@ -65,7 +70,7 @@ fn files_dir(dir: &Path, stem: &str) -> Result<PathBuf> {
     ensure_exists(dir)?;
     ensure!(
         dir.is_dir(),
-        "{} is a file: MNIST's --data-dir is the directory holding its four IDX files",
+        "{} is a file: MNIST's --data-dir is the directory holding its IDX files",
         dir.display()
     );
     Ok([

@@ -194,6 +194,27 @@ fn the_test_split_alone_needs_only_the_test_files() {
         whole.test.as_ref(),
         load_test(&MNIST, Some(dir.path())).unwrap().as_ref(),
     );
+    // Stray test files in the directory itself, the four files in MNIST/raw: the test files
+    // beside the training files are read, as the whole split reads them.
+    write_mnist(&raw, 30, 12, true);
+    write_mnist(dir.path(), 5, 5, false);
+    for file in ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"] {
+        std::fs::remove_file(dir.path().join(file)).unwrap();
+    }
+    same(
+        mnist(Some(dir.path())).unwrap().test.as_ref(),
+        whole.test.as_ref(),
+    );
+    same(
+        whole.test.as_ref(),
+        load_test(&MNIST, Some(dir.path())).unwrap().as_ref(),
+    );
+    for file in ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"] {
+        std::fs::remove_file(dir.path().join(file)).unwrap();
+    }
+    for file in ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"] {
+        std::fs::remove_file(raw.join(file)).unwrap();
+    }
     std::fs::remove_file(raw.join("t10k-labels-idx1-ubyte.gz")).unwrap();
     let msg = chain(&load_test(&MNIST, Some(dir.path())).err().expect("an error"));
     assert!(msg.contains("t10k-labels-idx1-ubyte"), "{msg}");

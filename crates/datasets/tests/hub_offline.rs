@@ -21,6 +21,21 @@ fn offline_and_not_cached_says_to_pass_data_dir() {
             "names the cache: {msg}"
         );
     }
+    // The test split alone (evaluate's) asks for the test file only.
+    for spec in [&datasets::catalog::MNIST, &datasets::catalog::CIFAR10] {
+        let whole = format!("{:#}", datasets::catalog::load(spec, None).unwrap_err());
+        assert!(whole.contains("/train/0000.parquet"), "{whole}");
+        let test = datasets::catalog::load_test(spec, None)
+            .err()
+            .expect("not cached");
+        let msg = format!("{test:#}");
+        assert!(
+            msg.contains("/test/0000.parquet")
+                && !msg.contains("/train/")
+                && msg.contains("HF_HUB_OFFLINE"),
+            "{msg}"
+        );
+    }
     let msg = format!(
         "{:#}",
         datasets::hub::fetch_model_file(
