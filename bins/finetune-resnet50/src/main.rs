@@ -144,8 +144,8 @@ impl FineTuneArgs {
 
 #[derive(clap::Args, Debug)]
 struct PredictArgs {
-    /// A fine-tuning run (what --out was): its checkpoint (--weights best or last), classes,
-    /// image size and precision
+    /// A fine-tuning run (what --out was): its checkpoint (--weights best, last or a file),
+    /// classes, image size and precision
     #[arg(long, conflicts_with = "image_size")]
     run: Option<PathBuf>,
     /// A .safetensors file (a fine-tuned run's best.safetensors) or a Hub model id; with --run:

@@ -538,7 +538,15 @@ fn resume_reaches_the_same_weights_as_an_uninterrupted_run() {
     assert_eq!(top5(&by_run), top5(&by_weights));
     assert_eq!(top5(&by_run).len(), 3, "{by_run}");
     // --run takes --weights best, last or a file, as the training programs' predict does.
+    // A last checkpoint made to answer class 2 (truck) whatever the image, to tell it from best.
     let last = parts.join(train::rundir::LAST);
+    let mut tensors = candle_core::safetensors::load(&last, &Device::Cpu).expect("last");
+    let bias = &tensors["fc.bias"];
+    let tilted = bias
+        .broadcast_add(&Tensor::new(&[0f32, 0., 50.], &Device::Cpu).expect("tensor"))
+        .expect("add");
+    tensors.insert("fc.bias".into(), tilted);
+    candle_core::safetensors::save(&tensors, &last).expect("save");
     let by_run_last = ok(
         &[
             "predict",
@@ -550,6 +558,11 @@ fn resume_reaches_the_same_weights_as_an_uninterrupted_run() {
         ],
         &[],
     );
+    assert!(
+        top5(&by_run_last)[0].contains("100.00%") && top5(&by_run_last)[0].ends_with("truck"),
+        "{by_run_last}"
+    );
+    assert_ne!(top5(&by_run_last), top5(&by_run));
     let by_last = ok(&["predict", "--weights", s(&last), s(&image)], &[]);
     assert_eq!(top5(&by_run_last), top5(&by_last));
     let best_again = ok(
