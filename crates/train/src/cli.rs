@@ -160,7 +160,7 @@ impl Recipe {
     pub fn fresh_dir(&self, args: &Args) -> Result<RunDir> {
         match &args.out {
             Some(out) => RunDir::fresh(out, args.overwrite),
-            None => RunDir::fresh_made(&default_out(self.program), args.overwrite, true),
+            None => RunDir::fresh_default(self.program, args.overwrite),
         }
     }
 

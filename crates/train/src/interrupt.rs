@@ -62,10 +62,12 @@ pub fn take_over_ctrl_c() {
         return;
     }
     let _ = ctrlc::set_handler(|| {
-        if !TRAINING.load(Ordering::SeqCst) {
-            // Nothing is being saved: the run directory is left as the run's end would leave
-            // it (no half-replaced --overwrite, no unused directory), then the process ends.
-            crate::rundir::tidy_at_ctrl_c();
+        // Outside the epochs nothing is being saved: the run directory is left as the run's end
+        // would leave it (no half-replaced --overwrite, no unused directory), then the process
+        // ends. (Unless the epochs started meanwhile.)
+        if !TRAINING.load(Ordering::SeqCst)
+            && crate::rundir::tidy_at_ctrl_c(|| TRAINING.load(Ordering::SeqCst))
+        {
             die_by_sigint();
         }
         if REQUESTED.swap(true, Ordering::SeqCst) {
@@ -81,6 +83,8 @@ pub fn take_over_ctrl_c() {
 
 /// Marks the epochs as training (Ctrl-C then stops after the batch) until the guard drops.
 pub fn training() -> Training {
+    // Not while a Ctrl-C tidies the run directory (it then ends the process first).
+    let _no_tidying = crate::rundir::no_tidying();
     TRAINING.store(true, Ordering::SeqCst);
     Training
 }

@@ -296,6 +296,8 @@ pub struct RunDir {
     /// Whether this run made the directory: removed again if the run stops before writing
     /// anything but its configuration.
     created: bool,
+    /// Whether it is noted in [`HELD`] (for a Ctrl-C outside the epochs).
+    noted: bool,
 }
 
 impl RunDir {
@@ -308,13 +310,30 @@ impl RunDir {
     /// run has saved its first epoch (when this value is dropped, or by the next run to lock
     /// the directory if this process is killed), put back if it stops before that.
     pub fn fresh(path: &Path, overwrite: bool) -> Result<Self> {
+        let mut noting = noted();
         let created = std::fs::symlink_metadata(path).is_err();
-        Self::fresh_made(path, overwrite, created)
+        Self::fresh_noted(path, overwrite, created, &mut noting)
     }
 
-    /// [`RunDir::fresh`] for a directory this run made (`created`: the default `--out`, which
-    /// [`crate::cli::default_out`] claims by creating it), or not.
-    pub(crate) fn fresh_made(path: &Path, overwrite: bool, created: bool) -> Result<Self> {
+    /// [`RunDir::fresh`] in a new directory `runs/<program>-<time>` that this run makes
+    /// ([`crate::cli::default_out`]: with `-2`, `-3`... when taken).
+    pub(crate) fn fresh_default(program: &str, overwrite: bool) -> Result<Self> {
+        let mut noting = noted();
+        let path = crate::cli::default_out(program);
+        Self::fresh_noted(&path, overwrite, true, &mut noting)
+    }
+
+    /// [`RunDir::fresh`] for a directory this run made (`created`) or not, while the caller
+    /// holds [`HELD`] (`noting`), from before the directory is made until the run is noted
+    /// there: a Ctrl-C meanwhile waits, and never tidies a half-made or half-moved run (see
+    /// [`tidy_at_ctrl_c`]). A `RunDir` dropped by an error here is not noted yet, and tidies
+    /// without taking the lock.
+    fn fresh_noted(
+        path: &Path,
+        overwrite: bool,
+        created: bool,
+        noting: &mut Vec<Held>,
+    ) -> Result<Self> {
         if !crate::distributed::writes() {
             return Ok(Self::unlocked(path));
         }
@@ -328,10 +347,6 @@ impl RunDir {
             .with_context(|| format!("--out {}: cannot create the directory", path.display()))?;
         let mut dir = Self::lock(path)?;
         dir.created = created;
-        // A Ctrl-C from here until this run is noted waits, so that it never tidies a half
-        // moved run (see `tidy_at_ctrl_c`). Declared after `dir`, it is released before an
-        // error drops `dir` (whose drop takes it too).
-        let mut noting = noted();
         let held: Vec<&str> = RUN_FILES
             .into_iter()
             .filter(|f| path.join(f).exists())
@@ -413,6 +428,7 @@ impl RunDir {
                 replacing: dir.replacing,
                 created: dir.created,
             });
+            dir.noted = true;
         }
         Ok(dir)
     }
@@ -466,6 +482,7 @@ impl RunDir {
             lock: None,
             replacing: false,
             created: false,
+            noted: false,
         }
     }
 
@@ -496,6 +513,7 @@ impl RunDir {
             lock: Some(lock),
             replacing: false,
             created: false,
+            noted: false,
         })
     }
 }
@@ -508,8 +526,11 @@ impl Drop for RunDir {
         if self.lock.is_none() || !(self.replacing || self.created) {
             return;
         }
-        let mut held = noted();
-        held.retain(|h| h.path != self.path);
+        // Unnoted: it failed while being made, and its maker holds the lock.
+        let mut held = self.noted.then(noted);
+        if let Some(held) = held.as_mut() {
+            held.retain(|h| h.path != self.path);
+        }
         let this = Held {
             path: self.path.clone(),
             replacing: self.replacing,
@@ -551,9 +572,10 @@ fn noted() -> MutexGuard<'static, Vec<Held>> {
     HELD.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Held while [`crate::atomic`] renames a file into place: never while a Ctrl-C tidies the
-/// run directories ([`tidy_at_ctrl_c`]), so no file of the new run lands after the old run
-/// was put back.
+/// Held while [`crate::atomic`] renames a file into place, and while
+/// [`crate::interrupt::training`] marks the epochs as training: never while a Ctrl-C tidies
+/// the run directories ([`tidy_at_ctrl_c`]), so that no file of the new run lands after the
+/// old run was put back, and no epoch starts.
 pub(crate) fn no_tidying() -> MutexGuard<'static, Vec<Held>> {
     noted()
 }
@@ -561,18 +583,42 @@ pub(crate) fn no_tidying() -> MutexGuard<'static, Vec<Held>> {
 /// For a Ctrl-C that ends the process at once outside the epochs (while the data loads, say;
 /// see [`crate::interrupt`]): does what the drop of each fresh [`RunDir`] would, so that an
 /// `--overwrite` whose run saved no epoch puts the old run back and a run directory this
-/// process made and left unused goes, as when the run stops with an error. The lock stays
-/// held until the process ends: no file is renamed into a run directory after this.
-pub(crate) fn tidy_at_ctrl_c() {
-    let held = noted();
+/// process made and left unused goes, as when the run stops with an error; temporary files of
+/// writes it cut short go too. The lock stays held until the process ends: no file is renamed
+/// into a run directory after this (the checkpoints are written only while the epochs train,
+/// and they cannot start), and `true` is returned, for the process to end.
+///
+/// `false` (nothing done): `training()` holds once the lock is taken (the epochs started
+/// meanwhile; Ctrl-C then stops after the batch). `true` without tidying: the lock stays
+/// taken for two seconds (a write blocked on a full disk or a stopped terminal); the next run
+/// or reader puts an old run back.
+pub(crate) fn tidy_at_ctrl_c(training: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let held = loop {
+        match HELD.try_lock() {
+            Ok(held) => break held,
+            Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return true,
+        }
+    };
+    if training() {
+        return false;
+    }
     for h in held.iter() {
+        let _ = remove_temporaries(&h.path);
         h.end();
     }
     std::mem::forget(held);
+    true
 }
 
-/// Removes the run directory `dir` if it holds nothing but the lock and the configuration
-/// files a run writes before training ([`CONFIG`], [`CLASSES`], [`FINETUNE`]). Best effort.
+/// Removes the run directory `dir` if it holds nothing but the lock, the configuration files a
+/// run writes before training ([`CONFIG`], [`CLASSES`], [`FINETUNE`]), TensorBoard events of
+/// an epoch that did not finish and temporary files of cut writes: a run that saved no epoch
+/// (no state, checkpoint or metrics) leaves nothing. Best effort.
 fn remove_if_unused(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -581,7 +627,11 @@ fn remove_if_unused(dir: &Path) {
     for entry in entries {
         let Ok(entry) = entry else { return };
         let name = entry.file_name();
-        if ![LOCK, CONFIG, CLASSES, FINETUNE].iter().any(|f| name == *f) {
+        let name = name.to_string_lossy();
+        if ![LOCK, CONFIG, CLASSES, FINETUNE].contains(&name.as_ref())
+            && !name.starts_with(EVENTS_PREFIX)
+            && !is_temporary(&name)
+        {
             return;
         }
         files.push(entry.path());
@@ -840,8 +890,8 @@ mod tests {
         Ok(())
     }
 
-    /// A directory the run made is removed when the run stops having written nothing but its
-    /// configuration; one that existed before, or that holds anything else, stays.
+    /// A directory the run made is removed when the run stops having saved no epoch (only its
+    /// configuration, events of the first epoch, temporaries); one that existed before, or that holds anything else, stays.
     #[test]
     fn failed_starts_leave_no_directory_they_made() -> Result<()> {
         let root = tempfile::tempdir()?;
@@ -852,11 +902,23 @@ mod tests {
         drop(dir);
         assert!(!made.exists());
 
+        // Stopped in its first epoch (Ctrl-C, a NaN loss): its batch losses go with it.
         let dir = RunDir::fresh(&made, false)?;
         std::fs::write(made.join(CONFIG), "config")?;
         std::fs::write(made.join("events.out.tfevents.1.host.7"), "losses")?;
+        std::fs::write(made.join(".config.tmp7.json"), "cut")?;
         drop(dir);
-        assert_eq!(names(&made)?.len(), 3);
+        assert!(!made.exists());
+
+        // Anything else (a saved epoch, a file of the user's) keeps the directory.
+        for kept in [METRICS_CSV, "notes.txt"] {
+            let dir = RunDir::fresh(&made, false)?;
+            std::fs::write(made.join(CONFIG), "config")?;
+            std::fs::write(made.join(kept), "kept")?;
+            drop(dir);
+            assert_eq!(names(&made)?, [LOCK, CONFIG, kept]);
+            std::fs::remove_dir_all(&made)?;
+        }
 
         let theirs = root.path().join("theirs");
         std::fs::create_dir(&theirs)?;
