@@ -116,11 +116,19 @@ pub fn finetune(
         Start::Pretrained(path) => {
             let tensors = layers::checkpoint::read(&path)?;
             transfer::weights::load(&store, tensors, &path, true)?;
-            format!("{} ({})", ft.weights, path.display())
+            // A Hub id with the cached file it names; a file once.
+            match Path::new(&ft.weights) == path {
+                true => ft.weights.clone(),
+                false => format!("{} ({})", ft.weights, path.display()),
+            }
         }
     };
+    let head = match resume.is_some() {
+        true => "its head",
+        false => "a new head",
+    };
     train::say!(
-        "loaded {loaded}; new head for {} classes; training {}",
+        "loaded {loaded}; {head} for {} classes; training {}",
         classes.len(),
         match ft.unfreeze {
             Unfreeze::None => "the head only (backbone frozen)",

@@ -272,6 +272,10 @@ fn evaluate_and_predict_flags_never_panic() {
     std::fs::write(&empty, b"").expect("empty file");
     let folder = dir.path().join("a-folder");
     std::fs::create_dir(&folder).expect("folder");
+    // A named pipe nothing writes to is not waited for.
+    let fifo = dir.path().join("fifo.png");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
     let bad = [
         (s(&empty), "the file is empty"),
         (s(&folder), "not an image file (a directory)"),
@@ -279,6 +283,7 @@ fn evaluate_and_predict_flags_never_panic() {
             "/dev/zero".to_string(),
             "not an image file (a device or socket)",
         ),
+        (s(&fifo), "the pipe gave no bytes"),
     ];
     let mut args = vec!["predict", "--run", &out, "--device", "cpu"];
     args.extend(bad.iter().map(|(path, _)| path.as_str()));
@@ -294,9 +299,11 @@ fn evaluate_and_predict_flags_never_panic() {
             err.contains(&format!("{path}: ")) && err.contains(expected),
             "{err}"
         );
+        // The path is said once.
+        assert!(!err.contains(&format!("{path}: {path}")), "{err}");
     }
     assert!(
-        err.contains("3 of 4 images could not be classified"),
+        err.contains("4 of 5 images could not be classified"),
         "{err}"
     );
     let printed = String::from_utf8_lossy(&predicted.stdout);
@@ -372,4 +379,17 @@ fn evaluate_finds_a_relative_data_dir_from_elsewhere() {
         std::fs::remove_file(dir.path().join("mnist").join(file)).expect("remove");
     }
     assert_eq!(evaluate(), with_training_files);
+    // Data moved away: the error says where the run's data was, and how to give it.
+    std::fs::rename(dir.path().join("mnist"), dir.path().join("moved")).expect("move");
+    let moved = Command::new(BIN)
+        .args(["evaluate", "--run", &s(&out), "--device", "cpu"])
+        .output()
+        .expect("train-mnist starts");
+    let err = String::from_utf8_lossy(&moved.stderr);
+    assert!(
+        !moved.status.success()
+            && err.contains(&format!("--data-dir {}", s(&dir.path().join("mnist"))))
+            && err.contains("give --data-dir where the data is now"),
+        "{err}"
+    );
 }

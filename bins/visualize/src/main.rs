@@ -48,6 +48,13 @@ enum Command {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let out = &cli.out;
+    // Before any work: the pictures go into a folder.
+    if out.exists() && !out.is_dir() {
+        anyhow::bail!(
+            "--out {}: a file, not a directory (--out names the folder the pictures go into)",
+            out.display()
+        );
+    }
     match &cli.command {
         Command::Conv(args) => conv::run(args, out),
         Command::Pool(args) => pool::run(args, out),

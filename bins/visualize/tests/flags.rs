@@ -42,4 +42,19 @@ fn extreme_flag_values_never_panic() {
         ));
     }
     assert!(failures.is_empty(), "{failures:#?}");
+
+    // An --out that is a file is refused before any work, naming it.
+    let file = dir.path().join("some.png");
+    std::fs::write(&file, b"x").expect("write");
+    let refused = std::process::Command::new(&program)
+        .args(["--out", &s(&file), "conv"])
+        .output()
+        .expect("visualize starts");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && err.contains(&format!("--out {}: a file, not a directory", s(&file)))
+            && refused.stdout.is_empty(),
+        "{err}"
+    );
 }

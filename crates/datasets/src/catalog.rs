@@ -18,7 +18,7 @@ use std::sync::{Arc, LazyLock, RwLock};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::{cifar, folder, hub, idx, Dataset, FolderOptions, Split, Transform};
+use crate::{cifar, folder, hub, idx, Dataset, FolderOptions, Split, Storage, Transform};
 
 /// The data sets the training programs take (a run's `config.json` names one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,11 +176,10 @@ pub const FOLDER: DatasetSpec = DatasetSpec {
     title: "an image folder",
     classes: &[],
     shape: None,
-    // A held-out fraction is drawn from every image, so the test split alone needs the whole
-    // folder listed (the images themselves are read lazily).
-    read: Some(Reader::split(|root| {
-        folder::image_folder(root, &FolderOptions::default())
-    })),
+    read: Some(Reader {
+        split: |root| folder::image_folder(root, &FolderOptions::default()),
+        test: Some(|root| folder::image_folder_test(root, Storage::Files)),
+    }),
     local_files: "ROOT/<class>/*.jpg, or ROOT/train and ROOT/test",
     ..IMAGENET
 };
@@ -241,9 +240,10 @@ pub fn load(spec: &DatasetSpec, dir: Option<&Path>) -> Result<Split> {
 }
 
 /// The test split of `spec` alone, from `dir` or with `None` from its Hub copy: what
-/// evaluating a trained network needs. MNIST's `t10k` files, CIFAR-10's `test_batch.bin` and
-/// the Hub's test file are read without the training files (which may be absent); other
-/// layouts (archives, image folders) are read as [`load`] reads them, keeping the test half.
+/// evaluating a trained network needs. MNIST's `t10k` files, CIFAR-10's `test_batch.bin`, an
+/// image folder's `test/` (or `val/`) when `train/` is gone and the Hub's test file are read
+/// without the training files; other layouts (archives, a folder split by a held-out
+/// fraction) are read as [`load`] reads them, keeping the test half.
 ///
 /// Errors: as [`load`], for the files read.
 pub fn load_test(spec: &DatasetSpec, dir: Option<&Path>) -> Result<Arc<dyn Dataset>> {

@@ -3,7 +3,7 @@
 
 use crate::archive::{read_archive, ArchiveEntry};
 use crate::dataset::class_names;
-use crate::folder::{image_folder_listing, FolderOptions, Storage};
+use crate::folder::{image_folder_listing, only_test_folder, test_folder, FolderOptions, Storage};
 use crate::io::{ensure_exists, is_archive};
 use crate::listing::Listing;
 use crate::{Dataset, InMemory, Split};
@@ -124,6 +124,15 @@ pub(crate) fn cifar10_test_path(path: &Path) -> Result<Arc<dyn Dataset>> {
         };
         if let Some(dir) = bin_dir {
             return Ok(Arc::new(cifar10_test_bin(&dir.join(TEST_BATCH))?));
+        }
+        if !other_layout()? {
+            // An ImageFolder whose train/ is gone: its test/ (or val/) alone.
+            let listing = Listing::from_dir(path)?;
+            if let Some(dir) = only_test_folder(&listing) {
+                let test = test_folder(listing, dir, Storage::Memory)?;
+                check_folder_part(test.as_ref(), &path.join(dir))?;
+                return Ok(test);
+            }
         }
     }
     Ok(cifar10_path(path)?.test)
@@ -314,19 +323,25 @@ fn from_folder(listing: Listing, origin: &Path) -> Result<Split> {
     };
     let split = image_folder_listing(listing, &options)?;
     for part in [&split.train, &split.test] {
-        ensure!(
-            part.classes().len() == CIFAR10_CLASSES.len(),
-            "{}: CIFAR-10 needs 10 class folders, found {}: {:?}",
-            origin.display(),
-            part.classes().len(),
-            part.classes()
-        );
-        let shape = part.image(0)?.shape();
-        ensure!(
-            shape == (3, 32, 32),
-            "{}: wrong image size {shape:?} (CxHxW), CIFAR-10 images are 3x32x32",
-            origin.display()
-        );
+        check_folder_part(part.as_ref(), origin)?;
     }
     Ok(split)
+}
+
+/// A split of a CIFAR-10 ImageFolder from `origin`: ten classes of 3x32x32 images.
+fn check_folder_part(part: &dyn Dataset, origin: &Path) -> Result<()> {
+    ensure!(
+        part.classes().len() == CIFAR10_CLASSES.len(),
+        "{}: CIFAR-10 needs 10 class folders, found {}: {:?}",
+        origin.display(),
+        part.classes().len(),
+        part.classes()
+    );
+    let shape = part.image(0)?.shape();
+    ensure!(
+        shape == (3, 32, 32),
+        "{}: wrong image size {shape:?} (CxHxW), CIFAR-10 images are 3x32x32",
+        origin.display()
+    );
+    Ok(())
 }

@@ -113,6 +113,51 @@ pub fn image_folder_listing(listing: Listing, options: &FolderOptions) -> Result
     Ok(split)
 }
 
+/// The test split alone of an ImageFolder ([`image_folder`]) in `root`, for evaluating: with
+/// `test/` (or `val/`) as its only folder (the `train/` + `test/` layout with `train/` gone),
+/// that folder is read as the whole layout's test half would be, without `train/`; any other
+/// layout (a directory or archive) is read whole and its test half kept.
+///
+/// # Errors
+/// As [`image_folder`].
+pub(crate) fn image_folder_test(root: &Path, storage: Storage) -> Result<Arc<dyn Dataset>> {
+    ensure_exists(root)?;
+    let options = FolderOptions {
+        storage,
+        ..FolderOptions::default()
+    };
+    if !root.is_dir() {
+        return Ok(image_folder(root, &options)?.test);
+    }
+    let listing = Listing::from_dir(root)?;
+    match only_test_folder(&listing) {
+        Some(dir) => test_folder(listing, dir, storage),
+        None => Ok(image_folder_listing(listing, &options)?.test),
+    }
+}
+
+/// `test` or `val` when it is the listing's only folder.
+pub(crate) fn only_test_folder(listing: &Listing) -> Option<&'static str> {
+    match children(listing, "").as_slice() {
+        [only] => ["test", "val"].into_iter().find(|d| d == only),
+        _ => None,
+    }
+}
+
+/// The class folders under `dir` of the listing as one dataset (the test half of
+/// [`image_folder_listing`]'s `train/` + `test/` layout, read alone).
+pub(crate) fn test_folder(
+    listing: Listing,
+    dir: &str,
+    storage: Storage,
+) -> Result<Arc<dyn Dataset>> {
+    let classes = children(&listing, dir);
+    let picks = samples_of(&listing, dir, &classes)?;
+    let mut files: Vec<Option<EncodedSample>> =
+        listing.files.into_iter().map(|(_, s)| Some(s)).collect();
+    build(picks.take(&mut files), storage)
+}
+
 /// The sorted, visible child folders of `dir`.
 fn children(listing: &Listing, dir: &str) -> Vec<String> {
     let depth = if dir.is_empty() {

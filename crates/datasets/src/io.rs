@@ -14,10 +14,11 @@ pub const MAX_PIPED_IMAGE: u64 = 256 << 20;
 /// Reads the image file `path` (for [`crate::decode_image`]): a regular file, or a pipe
 /// (`predict <(curl ...)`, `/dev/stdin`) of at most [`MAX_PIPED_IMAGE`] bytes. A directory, a
 /// device such as `/dev/zero` or a socket is refused, naming it, rather than read without end.
+/// A named pipe that no process has open for writing is not waited for: it gives no bytes.
 ///
 /// # Errors
-/// `path` does not exist, is none of those, a pipe gives more than the limit, or it cannot be
-/// read.
+/// `path` does not exist, is none of those, a pipe gives no bytes or more than the limit, or it
+/// cannot be read.
 pub fn read_image_file(path: &Path) -> Result<Vec<u8>> {
     let read_error = || format!("cannot read image {}", path.display());
     let meta = std::fs::metadata(path).with_context(read_error)?;
@@ -39,11 +40,16 @@ pub fn read_image_file(path: &Path) -> Result<Vec<u8>> {
         return std::fs::read(path).with_context(read_error);
     }
     let mut bytes = Vec::new();
-    std::fs::File::open(path)
+    open_pipe(path)
         .with_context(read_error)?
         .take(MAX_PIPED_IMAGE + 1)
         .read_to_end(&mut bytes)
         .with_context(read_error)?;
+    anyhow::ensure!(
+        !bytes.is_empty(),
+        "{}: the pipe gave no bytes (a named pipe that nothing writes to, or an empty image)",
+        path.display()
+    );
     anyhow::ensure!(
         bytes.len() as u64 <= MAX_PIPED_IMAGE,
         "{}: the pipe gives more than {} MiB, too much for an image",
@@ -51,6 +57,33 @@ pub fn read_image_file(path: &Path) -> Result<Vec<u8>> {
         MAX_PIPED_IMAGE >> 20
     );
     Ok(bytes)
+}
+
+/// Opens the pipe `path` for reading without waiting for a writer to open it (as a plain open
+/// would, forever, for a named pipe nothing writes to); reads then wait for data as usual, and
+/// end at once when no writer has it open.
+#[cfg(unix)]
+fn open_pipe(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let file = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    // SAFETY: fcntl on a descriptor this function owns, with valid commands and flags.
+    unsafe {
+        let fd = file.as_raw_fd();
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(file)
+}
+
+#[cfg(not(unix))]
+fn open_pipe(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::File::open(path)
 }
 
 /// Reads `path` into memory, gunzipping it when it starts with the gzip magic.

@@ -245,6 +245,36 @@ fn the_test_split_alone_needs_only_the_test_files() {
             .expect("an error"),
     );
     assert!(msg.contains("no CIFAR-10 data found"), "{msg}");
+
+    // An ImageFolder (CIFAR-10's, or one's own with val/): its test folder alone once train/
+    // is gone.
+    use datasets::catalog::FOLDER;
+    for (spec, classes, test_dir) in [
+        (&CIFAR10, datasets::CIFAR10_CLASSES.to_vec(), "test"),
+        (&FOLDER, vec!["cat", "dog"], "val"),
+    ] {
+        let dir = tempdir().unwrap();
+        for (split, n) in [("train", 2u8), (test_dir, 3)] {
+            for (c, class) in classes.iter().enumerate() {
+                let folder = dir.path().join(split).join(class);
+                std::fs::create_dir_all(&folder).unwrap();
+                for i in 0..n {
+                    pattern_rgb(32, 32, 20 * c as u8 + i)
+                        .save(folder.join(format!("{i}.png")))
+                        .unwrap();
+                }
+            }
+        }
+        let whole = datasets::catalog::load(spec, Some(dir.path())).unwrap();
+        same(
+            whole.test.as_ref(),
+            load_test(spec, Some(dir.path())).unwrap().as_ref(),
+        );
+        std::fs::remove_dir_all(dir.path().join("train")).unwrap();
+        let test = load_test(spec, Some(dir.path())).unwrap();
+        same(whole.test.as_ref(), test.as_ref());
+        assert_eq!(test.len(), 3 * classes.len());
+    }
 }
 
 #[test]

@@ -202,7 +202,13 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
         Some(dir) => config.data_dir = Some(dir.clone()),
         None => crate::cli::saved_data_dir_is_here(&config)?,
     }
-    let test = crate::cli::load_test_data(&config)?;
+    let test = crate::cli::load_test_data(&config).with_context(|| match (&args.data_dir, &config.data_dir) {
+        (None, Some(saved)) => format!(
+            "the run's data, --data-dir {} (from its {CONFIG}): give --data-dir where the data is now",
+            saved.display()
+        ),
+        _ => "the run's test data".into(),
+    })?;
     if test.classes() != trained.classes.as_slice() {
         bail!(
             "the test data's classes {:?} are not the run's {:?}",
@@ -513,7 +519,13 @@ pub fn print_top5(
             }
             Err(e) => {
                 failed += 1;
-                crate::warn!("{}: {e:#}", image.display());
+                // Said once, also when the error names the image itself.
+                let message = format!("{e:#}");
+                let named = format!("{}: ", image.display());
+                match message.starts_with(&named) {
+                    true => crate::warn!("{message}"),
+                    false => crate::warn!("{named}{message}"),
+                }
             }
         }
     }
