@@ -3,7 +3,7 @@
 
 use crate::archive::{read_archive, ArchiveEntry};
 use crate::dataset::class_names;
-use crate::folder::{image_folder_listing, only_test_folder, test_folder, FolderOptions, Storage};
+use crate::folder::{image_folder_listing, test_folder, test_folder_alone, FolderOptions, Storage};
 use crate::io::{ensure_exists, is_archive};
 use crate::listing::Listing;
 use crate::{Dataset, InMemory, Split};
@@ -125,14 +125,11 @@ pub(crate) fn cifar10_test_path(path: &Path) -> Result<Arc<dyn Dataset>> {
         if let Some(dir) = bin_dir {
             return Ok(Arc::new(cifar10_test_bin(&dir.join(TEST_BATCH))?));
         }
-        if !other_layout()? {
-            // An ImageFolder whose train/ is gone: its test/ (or val/) alone.
-            let listing = Listing::from_dir(path)?;
-            if let Some(dir) = only_test_folder(&listing) {
-                let test = test_folder(listing, dir, Storage::Memory)?;
-                check_folder_part(test.as_ref(), &path.join(dir))?;
-                return Ok(test);
-            }
+        // An ImageFolder whose train/ is gone: its test/ (or val/) alone.
+        if let Some(dir) = test_folder_alone(path) {
+            let test = test_folder(&path.join(dir), Storage::Memory)?;
+            check_folder_part(test.as_ref(), &path.join(dir))?;
+            return Ok(test);
         }
     }
     Ok(cifar10_path(path)?.test)

@@ -113,46 +113,50 @@ pub fn image_folder_listing(listing: Listing, options: &FolderOptions) -> Result
     Ok(split)
 }
 
-/// The test split alone of an ImageFolder ([`image_folder`]) in `root`, for evaluating: with
-/// `test/` (or `val/`) as its only folder (the `train/` + `test/` layout with `train/` gone),
-/// that folder is read as the whole layout's test half would be, without `train/`; any other
-/// layout (a directory or archive) is read whole and its test half kept.
+/// The test split alone of an ImageFolder ([`image_folder`]) in `root`, for evaluating: when
+/// its only folders are `test/` and `val/` (the `train/` + `test/` layout with `train/` gone),
+/// the one the whole layout would take as its test split is read alone; any other layout (a
+/// directory or archive) is read whole and its test half kept.
 ///
 /// # Errors
 /// As [`image_folder`].
 pub(crate) fn image_folder_test(root: &Path, storage: Storage) -> Result<Arc<dyn Dataset>> {
     ensure_exists(root)?;
+    if let Some(dir) = test_folder_alone(root) {
+        return test_folder(&root.join(dir), storage);
+    }
     let options = FolderOptions {
         storage,
         ..FolderOptions::default()
     };
-    if !root.is_dir() {
-        return Ok(image_folder(root, &options)?.test);
-    }
-    let listing = Listing::from_dir(root)?;
-    match only_test_folder(&listing) {
-        Some(dir) => test_folder(listing, dir, storage),
-        None => Ok(image_folder_listing(listing, &options)?.test),
-    }
+    Ok(image_folder(root, &options)?.test)
 }
 
-/// `test` or `val` when it is the listing's only folder.
-pub(crate) fn only_test_folder(listing: &Listing) -> Option<&'static str> {
-    match children(listing, "").as_slice() {
-        [only] => ["test", "val"].into_iter().find(|d| d == only),
-        _ => None,
+/// `test` (else `val`) when the directory `root`'s visible folders are among `test` and `val`:
+/// the `train/` + `test/` layout without its `train/`. Looks at `root` alone, without walking
+/// it.
+pub(crate) fn test_folder_alone(root: &Path) -> Option<&'static str> {
+    let names: Vec<String> = std::fs::read_dir(root)
+        .ok()?
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    if names.is_empty() || !names.iter().all(|n| n == "test" || n == "val") {
+        return None;
     }
+    ["test", "val"]
+        .into_iter()
+        .find(|d| names.iter().any(|n| n == d))
 }
 
-/// The class folders under `dir` of the listing as one dataset (the test half of
-/// [`image_folder_listing`]'s `train/` + `test/` layout, read alone).
-pub(crate) fn test_folder(
-    listing: Listing,
-    dir: &str,
-    storage: Storage,
-) -> Result<Arc<dyn Dataset>> {
-    let classes = children(&listing, dir);
-    let picks = samples_of(&listing, dir, &classes)?;
+/// The class folders in `dir` as one dataset, read as [`image_folder_listing`] reads the test
+/// half of a `train/` + `test/` layout, with the classes of `dir`'s own folders.
+pub(crate) fn test_folder(dir: &Path, storage: Storage) -> Result<Arc<dyn Dataset>> {
+    let listing = Listing::from_dir(dir)?;
+    let classes = children(&listing, "");
+    let picks = samples_of(&listing, "", &classes)?;
     let mut files: Vec<Option<EncodedSample>> =
         listing.files.into_iter().map(|(_, s)| Some(s)).collect();
     build(picks.take(&mut files), storage)

@@ -11,14 +11,18 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// The most bytes [`read_image_file`] reads from a pipe (whose length is not known before).
 pub const MAX_PIPED_IMAGE: u64 = 256 << 20;
 
+/// How long [`read_image_file`] waits for a process to open a named pipe for writing.
+pub const PIPE_WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Reads the image file `path` (for [`crate::decode_image`]): a regular file, or a pipe
 /// (`predict <(curl ...)`, `/dev/stdin`) of at most [`MAX_PIPED_IMAGE`] bytes. A directory, a
 /// device such as `/dev/zero` or a socket is refused, naming it, rather than read without end.
-/// A named pipe that no process has open for writing is not waited for: it gives no bytes.
+/// A pipe is read as `cat` reads it, except that a named pipe which no process opens for
+/// writing within [`PIPE_WRITER_WAIT`] is an error rather than a wait without end.
 ///
 /// # Errors
-/// `path` does not exist, is none of those, a pipe gives no bytes or more than the limit, or it
-/// cannot be read.
+/// `path` does not exist, is none of those, a named pipe finds no writer, a pipe gives no
+/// bytes or more than the limit, or it cannot be read.
 pub fn read_image_file(path: &Path) -> Result<Vec<u8>> {
     let read_error = || format!("cannot read image {}", path.display());
     let meta = std::fs::metadata(path).with_context(read_error)?;
@@ -39,15 +43,10 @@ pub fn read_image_file(path: &Path) -> Result<Vec<u8>> {
     if !pipe {
         return std::fs::read(path).with_context(read_error);
     }
-    let mut bytes = Vec::new();
-    open_pipe(path)
-        .with_context(read_error)?
-        .take(MAX_PIPED_IMAGE + 1)
-        .read_to_end(&mut bytes)
-        .with_context(read_error)?;
+    let bytes = read_pipe(path)?;
     anyhow::ensure!(
         !bytes.is_empty(),
-        "{}: the pipe gave no bytes (a named pipe that nothing writes to, or an empty image)",
+        "{}: the pipe gave no bytes (an empty image)",
         path.display()
     );
     anyhow::ensure!(
@@ -59,31 +58,67 @@ pub fn read_image_file(path: &Path) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Opens the pipe `path` for reading without waiting for a writer to open it (as a plain open
-/// would, forever, for a named pipe nothing writes to); reads then wait for data as usual, and
-/// end at once when no writer has it open.
+/// The bytes of the pipe `path`, up to one more than [`MAX_PIPED_IMAGE`]. It is opened without
+/// waiting for a writer (a plain open waits forever for a named pipe nothing writes to); while
+/// a read finds no writer, one is waited for, up to [`PIPE_WRITER_WAIT`]; once one is there
+/// (the pipe of `<(cmd)` or `/dev/stdin` has one from the start), reads wait for its data as
+/// usual.
 #[cfg(unix)]
-fn open_pipe(path: &Path) -> std::io::Result<std::fs::File> {
+fn read_pipe(path: &Path) -> Result<Vec<u8>> {
     use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::io::AsRawFd;
-    let file = std::fs::File::options()
+    let read_error = || format!("cannot read image {}", path.display());
+    let mut file = std::fs::File::options()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    // SAFETY: fcntl on a descriptor this function owns, with valid commands and flags.
-    unsafe {
-        let fd = file.as_raw_fd();
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0 {
-            return Err(std::io::Error::last_os_error());
+        .open(path)
+        .with_context(read_error)?;
+    let mut bytes = Vec::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    let waited = std::time::Instant::now();
+    loop {
+        match file.read(&mut chunk) {
+            // No writer yet (a named pipe): wait for one.
+            Ok(0) if waited.elapsed() < PIPE_WRITER_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Ok(0) => anyhow::bail!(
+                "{}: no process opened the named pipe for writing within {} s",
+                path.display(),
+                PIPE_WRITER_WAIT.as_secs()
+            ),
+            Ok(n) => {
+                bytes.extend_from_slice(&chunk[..n]);
+                break;
+            }
+            // A writer, no data yet.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).with_context(read_error),
         }
     }
-    Ok(file)
+    // SAFETY: fcntl on a descriptor this function owns, with valid commands and flags.
+    let cleared = unsafe {
+        let fd = file.as_raw_fd();
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) >= 0
+    };
+    if !cleared {
+        return Err(std::io::Error::last_os_error()).with_context(read_error);
+    }
+    file.take(MAX_PIPED_IMAGE + 1 - bytes.len() as u64)
+        .read_to_end(&mut bytes)
+        .with_context(read_error)?;
+    Ok(bytes)
 }
 
 #[cfg(not(unix))]
-fn open_pipe(path: &Path) -> std::io::Result<std::fs::File> {
+fn read_pipe(path: &Path) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
     std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_PIPED_IMAGE + 1).read_to_end(&mut bytes))
+        .with_context(|| format!("cannot read image {}", path.display()))?;
+    Ok(bytes)
 }
 
 /// Reads `path` into memory, gunzipping it when it starts with the gzip magic.

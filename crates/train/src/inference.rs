@@ -187,7 +187,8 @@ pub struct Evaluation {
 }
 
 /// Evaluates a run's checkpoint on the test split its configuration names (the same transform
-/// and limit; MNIST's and CIFAR-10's training files need not be there), prints loss, top-1, top-5 and per-class accuracy, and writes the confusion
+/// and limit, read without the training files where the layout allows:
+/// [`crate::cli::load_test_data`]), prints loss, top-1, top-5 and per-class accuracy, and writes the confusion
 /// matrix and a JSON summary.
 ///
 /// Errors: those of [`Trained::open`], of loading the data, and of writing the outputs.
@@ -202,13 +203,18 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
         Some(dir) => config.data_dir = Some(dir.clone()),
         None => crate::cli::saved_data_dir_is_here(&config)?,
     }
-    let test = crate::cli::load_test_data(&config).with_context(|| match (&args.data_dir, &config.data_dir) {
-        (None, Some(saved)) => format!(
-            "the run's data, --data-dir {} (from its {CONFIG}): give --data-dir where the data is now",
-            saved.display()
-        ),
-        _ => "the run's test data".into(),
-    })?;
+    let test = crate::cli::load_test_data(&config);
+    let test = match (&args.data_dir, &config.data_dir) {
+        // The run's own data directory, gone: say where it was and how to give it.
+        (None, Some(saved)) if !saved.exists() => test.with_context(|| {
+            format!(
+                "the run's data, --data-dir {} (from its {CONFIG}), is not there: give \
+                 --data-dir where the data is now",
+                saved.display()
+            )
+        })?,
+        _ => test?,
+    };
     if test.classes() != trained.classes.as_slice() {
         bail!(
             "the test data's classes {:?} are not the run's {:?}",
@@ -519,12 +525,11 @@ pub fn print_top5(
             }
             Err(e) => {
                 failed += 1;
-                // Said once, also when the error names the image itself.
+                // The image named once: its own errors name it already.
                 let message = format!("{e:#}");
-                let named = format!("{}: ", image.display());
-                match message.starts_with(&named) {
+                match message.contains(&image.display().to_string()) {
                     true => crate::warn!("{message}"),
-                    false => crate::warn!("{named}{message}"),
+                    false => crate::warn!("{}: {message}", image.display()),
                 }
             }
         }

@@ -71,10 +71,7 @@ pub fn take_over_ctrl_c() {
             die_by_sigint();
         }
         if REQUESTED.swap(true, Ordering::SeqCst) {
-            crate::warn!(
-                "\nCtrl-C again: stopping at once; the epochs saved so far stay saved (--resume \
-                 continues from the last)"
-            );
+            crate::warn!("\nCtrl-C again: stopping at once; the epochs saved so far stay saved");
             die_by_sigint();
         }
         // Best effort: a terminal that is gone must not end this thread.
