@@ -125,8 +125,11 @@ pub(crate) fn cifar10_test_path(path: &Path) -> Result<Arc<dyn Dataset>> {
         if let Some(dir) = bin_dir {
             return Ok(Arc::new(cifar10_test_bin(&dir.join(TEST_BATCH))?));
         }
-        // An ImageFolder whose train/ is gone: its test/ (or val/) alone.
-        if let Some(dir) = test_folder_alone(path) {
+        // An ImageFolder whose train/ is gone: its test/ (or val/) alone (not beside an
+        // archive, which the whole read takes first).
+        if let Some(dir) =
+            test_folder_alone(path).filter(|_| cifar_archive_in(path).is_ok_and(|a| a.is_none()))
+        {
             let test = test_folder(&path.join(dir), Storage::Memory)?;
             check_folder_part(test.as_ref(), &path.join(dir))?;
             return Ok(test);

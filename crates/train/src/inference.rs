@@ -188,8 +188,8 @@ pub struct Evaluation {
 
 /// Evaluates a run's checkpoint on the test split its configuration names (the same transform
 /// and limit, read without the training files where the layout allows:
-/// [`crate::cli::load_test_data`]), prints loss, top-1, top-5 and per-class accuracy, and writes the confusion
-/// matrix and a JSON summary.
+/// [`crate::cli::load_test_data`]), prints loss, top-1, top-5 and per-class accuracy, and
+/// writes the confusion matrix and a JSON summary.
 ///
 /// Errors: those of [`Trained::open`], of loading the data, and of writing the outputs.
 pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {

@@ -891,7 +891,8 @@ mod tests {
     }
 
     /// A directory the run made is removed when the run stops having saved no epoch (only its
-    /// configuration, events of the first epoch, temporaries); one that existed before, or that holds anything else, stays.
+    /// configuration, events of the first epoch, temporaries); one that existed before, or
+    /// that holds anything else, stays.
     #[test]
     fn failed_starts_leave_no_directory_they_made() -> Result<()> {
         let root = tempfile::tempdir()?;
