@@ -309,6 +309,32 @@ fn ctrl_c_while_the_data_loads_leaves_the_directory_as_it_was() {
     assert!(while_loading, "no Ctrl-C landed while the data loaded");
 }
 
+/// A warm-up as long as the run is allowed (as PyTorch's `LinearLR` allows it), with a warning
+/// that the learning rate never reaches `--lr`; a shorter one goes without a word.
+#[test]
+fn a_warm_up_as_long_as_the_run_is_said() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    for (warmup, warned) in [("1", true), ("2", true), ("0", false)] {
+        let out = dir.path().join(format!("run-{warmup}"));
+        let ran = train_mnist(&[
+            "--data-dir",
+            &data,
+            "--model",
+            "lenet5",
+            "--epochs",
+            "1",
+            "--warmup-epochs",
+            warmup,
+            "--out",
+            &s(&out),
+        ]);
+        let err = stderr(&ran);
+        assert!(ran.status.success(), "{err}");
+        assert_eq!(err.contains("never reaches --lr"), warned, "{err}");
+    }
+}
+
 /// A second run cannot write into a directory a live run holds; a finished run's directory is
 /// refused unless `--resume` or `--overwrite`; errors about `--out` come before the data is
 /// read.
