@@ -105,7 +105,8 @@ pub(crate) fn cifar10_path(path: &Path) -> Result<Split> {
 
 /// CIFAR-10's test split alone from a local `path`: the `test_batch.bin` that [`cifar10`]
 /// would read (in `path` or its `cifar-10-batches-bin/`), also when training batches are
-/// missing; any other layout is read whole and its test half kept.
+/// missing, or an ImageFolder's `test/` (or `val/`) once its `train/` is gone; any other
+/// layout is read whole and its test half kept.
 pub(crate) fn cifar10_test_path(path: &Path) -> Result<Arc<dyn Dataset>> {
     ensure_exists(path)?;
     if path.is_dir() {
@@ -114,25 +115,24 @@ pub(crate) fn cifar10_test_path(path: &Path) -> Result<Arc<dyn Dataset>> {
         let complete = bin_dirs.iter().find(|dir| {
             TRAIN_BATCHES.iter().all(|b| dir.join(b).is_file()) && dir.join(TEST_BATCH).is_file()
         });
-        let other_layout = || -> Result<bool> {
-            Ok(path.join("train").is_dir() || cifar_archive_in(path)?.is_some())
+        let test_bin = |dir: &Path| -> Result<Arc<dyn Dataset>> {
+            Ok(Arc::new(cifar10_test_bin(&dir.join(TEST_BATCH))?))
         };
-        let bin_dir = match complete {
-            Some(dir) => Some(dir),
-            None if !other_layout()? => bin_dirs.iter().find(|d| d.join(TEST_BATCH).is_file()),
-            None => None,
-        };
-        if let Some(dir) = bin_dir {
-            return Ok(Arc::new(cifar10_test_bin(&dir.join(TEST_BATCH))?));
+        if let Some(dir) = complete {
+            return test_bin(dir);
         }
-        // An ImageFolder whose train/ is gone: its test/ (or val/) alone (not beside an
-        // archive, which the whole read takes first).
-        if let Some(dir) =
-            test_folder_alone(path).filter(|_| cifar_archive_in(path).is_ok_and(|a| a.is_none()))
-        {
-            let test = test_folder(&path.join(dir), Storage::Memory)?;
-            check_folder_part(test.as_ref(), &path.join(dir))?;
-            return Ok(test);
+        // Without the other layouts (train/ folders, an archive), which the whole read takes
+        // next: a test_batch.bin whose training batches are gone, or an ImageFolder whose
+        // train/ is gone (its test/ or val/ alone).
+        if !path.join("train").is_dir() && cifar_archive_in(path)?.is_none() {
+            if let Some(dir) = bin_dirs.iter().find(|d| d.join(TEST_BATCH).is_file()) {
+                return test_bin(dir);
+            }
+            if let Some(dir) = test_folder_alone(path) {
+                let test = test_folder(&path.join(dir), Storage::Memory)?;
+                check_folder_part(test.as_ref(), &path.join(dir))?;
+                return Ok(test);
+            }
         }
     }
     Ok(cifar10_path(path)?.test)
