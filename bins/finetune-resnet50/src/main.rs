@@ -220,6 +220,10 @@ fn run(args: FineTuneArgs) -> Result<()> {
         let (locked, saved, tensors) = RECIPE.resume_dir(dir, &args.train)?;
         let ft = args.resumed(FineTuneConfig::load(dir)?, dir)?;
         let config = train::cli::resumed_config(&saved.config, &args.train)?;
+        // A finished run is said so before the weights and the data are loaded.
+        if train::run::finished(&config, &saved, locked.path())?.is_some() {
+            return Ok(());
+        }
         finetune::finetune(&config, &ft, locked.path(), Some((saved, tensors)))?;
         return Ok(());
     }

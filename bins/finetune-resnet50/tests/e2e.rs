@@ -522,6 +522,25 @@ fn resume_reaches_the_same_weights_as_an_uninterrupted_run() {
             == std::fs::read(parts.join(train::rundir::LAST)).expect("parts"),
         "a resumed run ends with the same weights as an uninterrupted one"
     );
+    // Resumed again, finished: said so before the data is read (its folder may be gone), and
+    // nothing in the run changes.
+    let state = std::fs::read(parts.join(train::rundir::STATE)).expect("state");
+    let done = ok(
+        &[
+            "--resume",
+            s(&parts),
+            "--epochs",
+            "2",
+            "--data-dir",
+            s(&dir.path().join("gone")),
+        ],
+        &[],
+    );
+    assert!(done.contains("nothing to train"), "{done}");
+    assert_eq!(
+        std::fs::read(parts.join(train::rundir::STATE)).expect("state"),
+        state
+    );
     // predict with the run's checkpoint as --weights takes the run's image size (32, not 224),
     // as predict --run does.
     let image = data.join("test/airplane/0000.png");

@@ -583,19 +583,39 @@ fn resume_accepts_the_same_flags_and_names_a_changed_one() {
         std::fs::read(out.join(train::rundir::CONFIG)).expect("config"),
         config
     );
-    // As many epochs as it has trained: nothing to do, said so, and the run is unchanged.
+    // As many epochs as it has trained: nothing to do, said so before any data is loaded (a
+    // --data-dir that is gone does not matter), and the run is unchanged: no file is added.
     let state = std::fs::read(out.join(train::rundir::STATE)).expect("state");
-    let done = train_mnist(&["--resume", &s(&out), "--epochs", "2"]);
+    let listing = |dir: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("run dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let files = listing(&out);
+    let gone = dir.path().join("gone");
+    let done = train_mnist(&[
+        "--resume",
+        &s(&out),
+        "--epochs",
+        "2",
+        "--data-dir",
+        &s(&gone),
+    ]);
     assert!(done.status.success(), "{}", stderr(&done));
     let said = String::from_utf8_lossy(&done.stdout);
     assert!(
-        said.contains("already trained all 2 epochs: nothing to train"),
+        said.contains("already trained all 2 epochs: nothing to train")
+            && said.contains("best test accuracy"),
         "{said}"
     );
     assert_eq!(
         std::fs::read(out.join(train::rundir::STATE)).expect("state"),
         state
     );
+    assert_eq!(listing(&out), files);
 }
 
 /// Output into a closed pipe (`train-mnist ... | head -1`) ends the printing, not the run.

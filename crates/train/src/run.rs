@@ -117,6 +117,11 @@ pub fn train(
     resume: Option<(ResumeState, StateTensors)>,
 ) -> Result<Outcome> {
     config.validate()?;
+    if let Some((saved, _)) = &resume {
+        if let Some(done) = finished(config, saved, out)? {
+            return Ok(done);
+        }
+    }
     // Ctrl-C from here on stops after the batch (see `crate::interrupt`).
     let _training = crate::interrupt::training();
     let Trainee {
@@ -167,24 +172,6 @@ pub fn train(
     let _precision = config.precision.enter();
 
     let mut progress = restore(store, optimizer.as_mut(), resume)?;
-    if progress.epochs_done > config.epochs {
-        bail!(
-            "--epochs {}: the run in {} has already trained {} epochs; give --epochs {} or more to \
-             continue it",
-            config.epochs,
-            out.display(),
-            progress.epochs_done,
-            progress.epochs_done + 1
-        );
-    }
-    if progress.epochs_done == config.epochs && config.epochs > 0 {
-        crate::say!(
-            "the run in {} has already trained all {} epochs: nothing to train (give a larger \
-             --epochs to continue it)",
-            out.display(),
-            config.epochs
-        );
-    }
     crate::distributed::broadcast_weights(store)?;
     let mut outputs = None;
     if writes {
@@ -330,6 +317,49 @@ pub fn train(
         history: progress.history,
         best_acc: progress.best_acc,
     })
+}
+
+/// A resumed run's trained epochs (`saved`) against `config.epochs`, checked before any data is
+/// loaded: more than asked is refused; exactly as many is a finished run, said so and returned
+/// as it is (its `metrics.csv` / `metrics.json` rewritten from the state, which completes them
+/// after a run killed between the two writes); fewer is `None`, a run to continue.
+///
+/// # Errors
+/// More epochs trained than `--epochs`, or the metrics cannot be written.
+pub fn finished(config: &RunConfig, saved: &ResumeState, out: &Path) -> Result<Option<Outcome>> {
+    if saved.epochs_done > config.epochs {
+        bail!(
+            "--epochs {}: the run in {} has already trained {} epochs; give --epochs {} or more to \
+             continue it",
+            config.epochs,
+            out.display(),
+            saved.epochs_done,
+            saved.epochs_done + 1
+        );
+    }
+    if saved.epochs_done < config.epochs || config.epochs == 0 {
+        return Ok(None);
+    }
+    crate::say!(
+        "the run in {} has already trained all {} epochs: nothing to train (give a larger \
+         --epochs to continue it)",
+        out.display(),
+        config.epochs
+    );
+    if crate::distributed::writes() && !saved.history.is_empty() {
+        history::save(out, &saved.history)?;
+    }
+    crate::say!(
+        "best test accuracy {:.2}% (epoch {}); weights in {}",
+        saved.best_acc,
+        saved.best_epoch,
+        out.join(BEST).display()
+    );
+    Ok(Some(Outcome {
+        out: out.to_path_buf(),
+        history: saved.history.clone(),
+        best_acc: saved.best_acc,
+    }))
 }
 
 /// The error of a run stopped by Ctrl-C (`error`, an [`Interrupted`]) after `progress`'s
