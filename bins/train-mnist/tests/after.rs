@@ -183,6 +183,49 @@ fn evaluate_reproduces_the_logged_numbers_and_predict_a_forward_pass() {
     );
 }
 
+/// `evaluate --limit-test N|all` tests on another share of the test split than the run's, and
+/// names its outputs for it, so the run's own evaluation stays.
+#[test]
+fn evaluate_takes_another_test_limit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = trained(dir.path(), &["--limit-test", "20"]);
+    let summary = |limit: &[&str], file: &str| {
+        let log = run(&[
+            &["evaluate", "--run", &s(&out), "--device", "cpu"][..],
+            limit,
+        ]
+        .concat());
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join(file)).expect("summary")).expect("json");
+        (log, json)
+    };
+    let (log, own) = summary(&[], "evaluation-best.json");
+    assert_eq!(own["samples"], 20, "{log}");
+    // The run's own limit, given: the same test set, the same names.
+    let (log, same) = summary(&["--limit-test", "20"], "evaluation-best.json");
+    assert_eq!(same, own, "{log}");
+    let (log, all) = summary(&["--limit-test", "all"], "evaluation-best-test-all.json");
+    assert_eq!(all["samples"], 40, "{log}");
+    assert!(out.join("confusion-best-test-all.png").is_file(), "{log}");
+    let (log, ten) = summary(&["--limit-test", "10"], "evaluation-best-test10.json");
+    assert_eq!(ten["samples"], 10, "{log}");
+    let kept: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("evaluation-best.json")).expect("summary"))
+            .expect("json");
+    assert_eq!(kept, own);
+    for (bad, said) in [("0", "test nothing"), ("ten", "not a count of images")] {
+        let refused = Command::new(BIN)
+            .args(["evaluate", "--run", &s(&out), "--limit-test", bad])
+            .output()
+            .expect("train-mnist starts");
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success() && err.contains("--limit-test") && err.contains(said),
+            "{err}"
+        );
+    }
+}
+
 /// The 28x28 grey digit `pixels` saved as `dir/digit.png`.
 fn digit(dir: &Path) -> (PathBuf, Vec<u8>) {
     let image = dir.join("digit.png");

@@ -165,6 +165,29 @@ pub struct EvaluateArgs {
     /// f32, tf32 or bf16 (autocast) [default: the run's --precision]
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
+    /// Test on N test images (the seeded subset keeping each class's share that training's
+    /// --limit-test N draws), or on all of them [default: the run's --limit-test]
+    #[arg(long, value_name = "N|all", value_parser = parse_test_limit)]
+    pub limit_test: Option<TestLimit>,
+}
+
+/// `evaluate --limit-test`: `all` test images, or a subset of `N` (`TestLimit(Some(N))`), as
+/// the training programs' `--limit-test N` draws it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TestLimit(pub Option<usize>);
+
+/// Parses `all` or a positive count.
+fn parse_test_limit(text: &str) -> Result<TestLimit, String> {
+    if text == "all" {
+        return Ok(TestLimit(None));
+    }
+    match text.parse::<usize>() {
+        Ok(0) => Err("0 test images would test nothing: give 1 or more, or all".into()),
+        Ok(n) => Ok(TestLimit(Some(n))),
+        Err(_) => Err(format!(
+            "{text:?} is not a count of images: give a whole number of 1 or more, or all"
+        )),
+    }
 }
 
 /// What `evaluate` measured (also written as `evaluation-<weights>.json`).
@@ -199,6 +222,11 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
     let precision = args.precision.unwrap_or(trained.config.precision);
     let _precision = precision.enter();
     let mut config = trained.config.clone();
+    if let Some(TestLimit(limit)) = args.limit_test {
+        config.limit_test = limit;
+    }
+    // Another test set than the run's (`--limit-test`) is said in the outputs' names too.
+    let other_limit = config.limit_test != trained.config.limit_test;
     match &args.data_dir {
         Some(dir) => config.data_dir = Some(dir.clone()),
         None => crate::cli::saved_data_dir_is_here(&config)?,
@@ -276,11 +304,16 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
         .with_context(|| format!("--out {}: cannot create the directory", out.display()))?;
     // In another precision than the run's, the outputs say which (`evaluation-best-f32.json`),
     // so the run-precision ones stay.
-    let tag = if own_precision {
-        trained.tag.clone()
-    } else {
-        format!("{}-{}", trained.tag, precision.flag_text())
-    };
+    let mut tag = trained.tag.clone();
+    if !own_precision {
+        tag = format!("{tag}-{}", precision.flag_text());
+    }
+    if other_limit {
+        tag = match config.limit_test {
+            Some(n) => format!("{tag}-test{n}"),
+            None => format!("{tag}-test-all"),
+        };
+    }
     let picture = out.join(evaluated_confusion(&tag));
     crate::pictures::save_confusion_as(&picture, m.confusion(), &trained.classes)?;
     let summary = out.join(evaluation_summary(&tag));
