@@ -27,7 +27,8 @@ pub struct GradCamArgs {
     /// The image (any size and colour mode)
     #[arg(long)]
     image: PathBuf,
-    /// The class to explain, by name or index [default: the predicted one]
+    /// The class to explain: a name (any case; MNIST's `7 - seven` also as `seven`) or an index
+    /// from 0 [default: the predicted one]
     #[arg(long, allow_hyphen_values = true)]
     class: Option<String>,
 }
@@ -152,12 +153,7 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
     let (seen, x) = predictor.prepare(&args.image)?;
     let class = match &args.class {
         None => None,
-        Some(c) => Some(match classes.iter().position(|name| name == c) {
-            Some(k) => k,
-            None => c.parse::<usize>().with_context(|| {
-                format!("--class {c}: neither a class name nor an index (classes: {classes:?})")
-            })?,
-        }),
+        Some(c) => Some(class_index(c, &classes)?),
     };
     let cam = grad_cam(model.as_ref(), &x, store_spec.cam_stage, class)?;
     ensure!(
@@ -213,6 +209,37 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
         path.display()
     );
     Ok(())
+}
+
+/// `--class`: a class name (`cat`; any case; for MNIST's `7 - seven` also `seven`) or an index
+/// from 0 (`7`).
+///
+/// # Errors
+/// Neither a name nor an index below the class count: the classes are listed.
+fn class_index(given: &str, classes: &[String]) -> Result<usize> {
+    let named = |name: &str| {
+        name.eq_ignore_ascii_case(given)
+            || name
+                .split_once(" - ")
+                .is_some_and(|(_, word)| word.eq_ignore_ascii_case(given))
+    };
+    if let Some(k) = classes.iter().position(|name| name == given) {
+        return Ok(k);
+    }
+    if let Some(k) = classes.iter().position(|name| named(name)) {
+        return Ok(k);
+    }
+    match given.parse::<usize>() {
+        Ok(k) if k < classes.len() => Ok(k),
+        Ok(k) => bail!(
+            "--class {k} is out of range for {} classes, numbered 0 to {} ({classes:?})",
+            classes.len(),
+            classes.len() - 1
+        ),
+        Err(_) => {
+            bail!("--class {given}: neither a class name nor an index (classes: {classes:?})")
+        }
+    }
 }
 
 #[cfg(test)]
@@ -283,5 +310,28 @@ mod tests {
             assert!(cam.height * cam.width > 1, "{name}");
         }
         Ok(())
+    }
+
+    #[test]
+    fn class_by_name_word_or_index() {
+        let mnist: Vec<String> = datasets::MNIST_CLASSES
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(class_index("7 - seven", &mnist).unwrap(), 7);
+        assert_eq!(class_index("seven", &mnist).unwrap(), 7);
+        assert_eq!(class_index("Seven", &mnist).unwrap(), 7);
+        assert_eq!(class_index("7", &mnist).unwrap(), 7);
+        let err = class_index("10", &mnist).unwrap_err().to_string();
+        assert!(
+            err.contains("out of range for 10 classes, numbered 0 to 9"),
+            "{err}"
+        );
+        assert!(class_index("eleven", &mnist).is_err());
+        // A class named by a number is its name first, not an index.
+        let folders: Vec<String> = ["1", "0"].map(String::from).to_vec();
+        assert_eq!(class_index("1", &folders).unwrap(), 0);
+        let cifar: Vec<String> = ["airplane", "cat"].map(String::from).to_vec();
+        assert_eq!(class_index("CAT", &cifar).unwrap(), 1);
     }
 }
