@@ -345,6 +345,7 @@ impl RunDir {
         }
         std::fs::create_dir_all(path)
             .with_context(|| format!("--out {}: cannot create the directory", path.display()))?;
+        let had_lock = std::fs::symlink_metadata(path.join(LOCK)).is_ok();
         let mut dir = Self::lock(path)?;
         dir.created = created;
         let held: Vec<&str> = RUN_FILES
@@ -372,6 +373,10 @@ impl RunDir {
                 .filter(|f| std::fs::symlink_metadata(path.join(f)).is_ok_and(|m| !m.is_dir()))
                 .collect();
             if !theirs.is_empty() {
+                // The user's directory is left as it was: without the lock file made just now.
+                if !had_lock {
+                    let _ = std::fs::remove_file(path.join(LOCK));
+                }
                 bail!(
                     "--out {} holds {}, which this run would overwrite; move them, choose another \
                      --out, or give --overwrite to replace them",
@@ -730,6 +735,8 @@ mod tests {
             "{err}"
         );
         assert_eq!(std::fs::read(theirs.join(METRICS_CSV))?, b"their numbers");
+        // ... and left as it was, without a lock file.
+        assert_eq!(names(&theirs)?, [METRICS_CSV]);
         drop(RunDir::fresh(&theirs, true)?);
 
         let file = root.path().join("file");
