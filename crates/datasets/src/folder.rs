@@ -92,13 +92,13 @@ pub fn image_folder_listing(listing: Listing, options: &FolderOptions) -> Result
     let (train, test) = match test_dir {
         Some(test_dir) if top.iter().any(|d| d == "train") => {
             let classes = children(&listing, "train");
-            let train = samples_of(&listing, "train", &classes)?;
-            let test = samples_of(&listing, test_dir, &classes)?;
+            let train = samples_of(&listing, "train", &classes, false)?;
+            let test = samples_of(&listing, test_dir, &classes, true)?;
             (train, test)
         }
         _ => {
             let classes = children(&listing, "");
-            let all = samples_of(&listing, "", &classes)?;
+            let all = samples_of(&listing, "", &classes, false)?;
             all.split_fraction(options.test_fraction, options.split_seed)?
         }
     };
@@ -156,7 +156,7 @@ pub(crate) fn test_folder_alone(root: &Path) -> Option<&'static str> {
 pub(crate) fn test_folder(dir: &Path, storage: Storage) -> Result<Arc<dyn Dataset>> {
     let listing = Listing::from_dir(dir)?;
     let classes = children(&listing, "");
-    let picks = samples_of(&listing, "", &classes)?;
+    let picks = samples_of(&listing, "", &classes, false)?;
     let mut files: Vec<Option<EncodedSample>> =
         listing.files.into_iter().map(|(_, s)| Some(s)).collect();
     build(picks.take(&mut files), storage)
@@ -189,8 +189,15 @@ struct Picks {
 }
 
 /// Lists the samples under `dir/<class>/` for every class in `classes`: every class folder must
-/// exist and hold an image, and a folder of another class is an error.
-fn samples_of(listing: &Listing, dir: &str, classes: &[String]) -> Result<Picks> {
+/// exist and hold an image, and a folder of another class is an error. `of_training`: the
+/// classes are the training split's (the test half of a `train/` + `test/` layout), not
+/// `dir`'s own folders.
+fn samples_of(
+    listing: &Listing,
+    dir: &str,
+    classes: &[String],
+    of_training: bool,
+) -> Result<Picks> {
     let origin = listing.origin.join(dir).display().to_string();
     ensure!(!classes.is_empty(), "{origin}: no class folders found");
     let index: HashMap<&str, usize> = classes
@@ -220,10 +227,19 @@ fn samples_of(listing: &Listing, dir: &str, classes: &[String]) -> Result<Picks>
     for (label, class) in classes.iter().enumerate() {
         ensure!(
             keyed.iter().any(|k| k.0 == label),
-            "{}: missing or empty class folder (no {} images; every class of the training split \
-             needs images here)",
+            "{}: {} (no {} images; {})",
             listing.origin.join(join(dir, class)).display(),
-            IMAGE_EXTENSIONS.join("/")
+            if of_training {
+                "missing or empty class folder"
+            } else {
+                "empty class folder"
+            },
+            IMAGE_EXTENSIONS.join("/"),
+            if of_training {
+                "every class of the training split needs images here"
+            } else {
+                "every class folder needs at least one image"
+            }
         );
     }
     keyed.sort_unstable();

@@ -274,6 +274,21 @@ fn the_test_split_alone_needs_only_the_test_files() {
         let test = load_test(spec, Some(dir.path())).unwrap();
         same(whole.test.as_ref(), test.as_ref());
         assert_eq!(test.len(), 3 * classes.len());
+        // An empty class folder there is named as such, with no training split to speak of.
+        let emptied = dir.path().join(test_dir).join(classes[1]);
+        let aside = tempdir().unwrap();
+        let kept = aside.path().join("kept");
+        std::fs::rename(&emptied, &kept).unwrap();
+        std::fs::create_dir(&emptied).unwrap();
+        let msg = chain(&load_test(spec, Some(dir.path())).err().expect("an error"));
+        assert!(
+            msg.contains(&format!("{}: empty class folder", emptied.display()))
+                && msg.contains("every class folder needs at least one image")
+                && !msg.contains("training"),
+            "{msg}"
+        );
+        std::fs::remove_dir(&emptied).unwrap();
+        std::fs::rename(&kept, &emptied).unwrap();
         if spec.name == "cifar10" {
             // Beside a CIFAR-10 archive, which the whole read takes first, the folder is not
             // read alone: the archive's error shows it was the one read.
