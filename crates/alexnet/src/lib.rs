@@ -67,7 +67,12 @@ impl AlexNetConfig {
     }
 }
 
-/// AlexNet (see the crate documentation).
+/// AlexNet (see the crate documentation): A. Krizhevsky, I. Sutskever and G. E. Hinton,
+/// "ImageNet Classification with Deep Convolutional Neural Networks" (NeurIPS 2012), and
+/// torchvision's `alexnet`. Takes `(N, in_channels, H, W)` float32 images, 224x224 natively
+/// (any side of 63 or more: the adaptive pool brings the features to 6x6), normalised as the
+/// weights were trained (`datasets::IMAGENET_MEAN_STD` for torchvision's), and gives
+/// `(N, num_classes)` logits. Dropout (`cfg.dropout`) acts in training only.
 #[derive(Debug, Clone)]
 pub struct AlexNet {
     convs: Vec<Conv2d>,
@@ -82,7 +87,8 @@ impl AlexNet {
     /// Builds the network described by `cfg` under `vb`.
     ///
     /// # Errors
-    /// `vb` cannot provide a parameter of the expected shape (weights of another layout).
+    /// `cfg.dropout` outside [0, 1], or `vb` cannot provide a parameter of the expected shape
+    /// (weights of another layout).
     pub fn new(cfg: &AlexNetConfig, vb: VarBuilder) -> Result<Self> {
         let features = vb.pp("features");
         let init = WeightInit::TorchDefault;
@@ -111,7 +117,7 @@ impl AlexNet {
             fc7: linear(classifier.pp("4"), cfg.hidden, cfg.hidden, init)?,
             fc8: linear(classifier.pp("6"), cfg.hidden, cfg.num_classes, init)?,
             pool: Pool2d::max(3, 2),
-            dropout: Dropout::new(cfg.dropout),
+            dropout: Dropout::new(cfg.dropout)?,
         })
     }
 

@@ -55,6 +55,9 @@ impl Default for FolderOptions {
 /// `options.test_fraction` of each class (drawn with `options.split_seed`) becomes the test split.
 /// Classes are the class folder names sorted (torchvision's rule); files are searched recursively
 /// and ordered like torchvision's `sorted(os.walk(...))`. Hidden files and folders are skipped.
+/// Images are decoded to RGB (torchvision's `pil_loader`: `convert("RGB")`), each at its own
+/// size: give the loader's transform a `Resize` / `CenterCrop` (or `RandomResizedCrop`) when
+/// the sizes differ, since a batch needs one size.
 ///
 /// # Errors
 /// `root` cannot be read or unpacked, has no class folder, a class without images, `train/` and

@@ -27,8 +27,10 @@ pub const MNIST_CLASSES: [&str; 10] = [
     "9 - nine",
 ];
 
-/// Loads MNIST: from `dir` (holding the four IDX files, raw or `.gz`, directly or in torchvision's
-/// `MNIST/raw/` layout) or, with `None`, from the Hugging Face Hub cache (downloading if needed).
+/// Loads MNIST, as `torchvision.datasets.MNIST` does: from `dir` (holding the four IDX files, raw
+/// or `.gz`, directly or in torchvision's `MNIST/raw/` layout) or, with `None`, from the Hugging
+/// Face Hub cache (downloading if needed). Images are 1x28x28 u8 (60,000 train, 10,000 test in
+/// the full set), labels 0-9 with torchvision's class names ([`MNIST_CLASSES`]).
 ///
 /// # Errors
 /// `dir` lacks one of the four files, a file is not IDX (wrong magic number, truncated, images and

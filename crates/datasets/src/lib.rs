@@ -3,7 +3,8 @@
 //!
 //! - sources: [`mnist`] (IDX files, raw or `.gz`), [`cifar10`] (binary batches, their archive,
 //!   an ImageFolder tree or archive), [`image_folder`] (a directory or `.tar.gz`), each giving a
-//!   [`Split`] of [`Dataset`]s; `None` as the directory downloads from the Hub into the HF cache;
+//!   [`Split`] of [`Dataset`]s; for [`mnist`] and [`cifar10`], `None` as the directory
+//!   downloads from the Hub into the HF cache ([`image_folder`] always reads a `root`);
 //! - [`Transform`]: `RandomCrop`, `RandomHorizontalFlip`, `Resize`, `CenterCrop`,
 //!   `RandomResizedCrop` on u8 images, then `ToTensor` + `Normalize`, with presets and a
 //!   command-line grammar (see [`parse`]);

@@ -101,7 +101,7 @@ impl InceptionAux {
             conv: basic_conv(vb.pp("conv"), in_channels, channels, 1, 1, 0)?,
             fc1: linear(vb.pp("fc1"), channels * 16, hidden, FC_INIT)?,
             fc2: linear(vb.pp("fc2"), hidden, num_classes, FC_INIT)?,
-            dropout: Dropout::new(dropout),
+            dropout: Dropout::new(dropout)?,
         })
     }
 }

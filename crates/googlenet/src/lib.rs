@@ -46,7 +46,16 @@ pub struct GoogLeNetOutput {
     pub aux2: Option<Tensor>,
 }
 
-/// GoogLeNet (see the crate documentation).
+/// GoogLeNet (see the crate documentation): C. Szegedy et al., "Going Deeper with
+/// Convolutions" (CVPR 2015, arXiv:1409.4842), in torchvision's `googlenet` layout. Takes
+/// `(N, in_channels, H, W)` float32 images, 224x224 natively, and gives `(N, num_classes)`
+/// logits ([`GoogLeNet::forward_with_aux`] adds the auxiliary ones in training).
+///
+/// torchvision's ImageNet weights (`GoogLeNet_Weights.IMAGENET1K_V1`) hold `aux1.*` and
+/// `aux2.*` too: load them into a network built with `aux_logits: true`, or the strict load
+/// names those keys as unexpected. They were trained with `transform_input=True`, which this
+/// network does not apply: give it images normalised with mean 0.5 and std 0.5 on every
+/// channel (what `transform_input` makes of `IMAGENET_MEAN_STD`-normalised input).
 #[derive(Debug, Clone)]
 pub struct GoogLeNet {
     stem: [ConvBnRelu; 3],
@@ -68,7 +77,8 @@ impl GoogLeNet {
     /// Builds the network described by `cfg` under `vb`.
     ///
     /// # Errors
-    /// `vb` cannot provide a parameter of the expected shape (weights of another layout).
+    /// `cfg.dropout` or `cfg.aux_dropout` outside [0, 1], or `vb` cannot provide a parameter of
+    /// the expected shape (weights of another layout).
     pub fn new(cfg: &GoogLeNetConfig, vb: VarBuilder) -> Result<Self> {
         let [w1, w2, w3] = cfg.stem;
         let stem = [
@@ -108,7 +118,7 @@ impl GoogLeNet {
             blocks,
             aux,
             fc: linear(vb.pp("fc"), channels, cfg.num_classes, FC_INIT)?,
-            dropout: Dropout::new(cfg.dropout),
+            dropout: Dropout::new(cfg.dropout)?,
         })
     }
 
@@ -124,7 +134,8 @@ impl GoogLeNet {
     /// trains with `loss + 0.3 * (aux1_loss + aux2_loss)`).
     ///
     /// # Errors
-    /// `xs` is not `(N, 3, H, W)` with sides the network can reduce, or a tensor operation fails.
+    /// `xs` is not `(N, in_channels, H, W)` with sides the network can reduce, or a tensor
+    /// operation fails.
     pub fn forward_with_aux(&self, xs: &Tensor, train: bool) -> Result<GoogLeNetOutput> {
         let (mut stages, aux1, aux2) = self.run(xs, train)?;
         match stages.pop() {

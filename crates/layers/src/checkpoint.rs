@@ -199,9 +199,12 @@ pub fn ensure_finite(tensors: &HashMap<String, Tensor>) -> Result<()> {
     }
 }
 
-/// Loads `path` into the variables of `varmap`, strictly: every variable must be in the file
-/// with the same shape, and the file may hold nothing else (`num_batches_tracked` excepted).
-/// Errors name the file, the key and both shapes. Values are cast to each variable's dtype.
+/// Loads `path` into the variables of `varmap`, strictly (PyTorch's
+/// `load_state_dict(strict=True)`): every variable must be in the file with the same shape, and
+/// the file may hold nothing else (`num_batches_tracked` excepted). Build the model from the
+/// store first: its variables are what the file fills (into an empty store every key is
+/// unexpected). Errors name the file, the key and both shapes. Values are cast to each
+/// variable's dtype.
 pub fn load_strict(varmap: &VarMap, path: &Path) -> Result<()> {
     let tensors = read(path)?;
     load_tensors_strict(varmap, &tensors).with_context(|| format!("loading {}", path.display()))

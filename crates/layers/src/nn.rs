@@ -11,10 +11,14 @@ use crate::conv::Conv2d;
 use crate::init::WeightInit;
 
 /// `nn.Conv2d(in_channels, out_channels, kernel, stride, padding, groups, bias)` with the given
-/// initialisation; parameters `weight` (and `bias`) under `vb`'s prefix.
+/// initialisation; parameters `weight` of shape `(out_channels, in_channels / groups, kernel,
+/// kernel)` (and `bias`, `(out_channels,)`) under `vb`'s prefix. The layer maps `(N,
+/// in_channels, H, W)` to `(N, out_channels, H', W')`, `H' = (H + 2 padding - dilation (kernel
+/// - 1) - 1) / stride + 1`.
 ///
 /// # Errors
-/// `vb` holds tensors of other shapes under these names, or cannot create them.
+/// `groups` is 0 or does not divide both channel counts (PyTorch's `ValueError`s), or `vb`
+/// holds tensors of other shapes under these names, or cannot create them.
 pub fn conv2d(
     vb: VarBuilder,
     in_channels: usize,
@@ -24,6 +28,16 @@ pub fn conv2d(
     bias: bool,
     init: WeightInit,
 ) -> Result<Conv2d> {
+    if cfg.groups == 0 {
+        candle_core::bail!("groups must be a positive integer, got 0")
+    }
+    if in_channels % cfg.groups != 0 || out_channels % cfg.groups != 0 {
+        candle_core::bail!(
+            "in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by \
+             groups ({})",
+            cfg.groups
+        )
+    }
     let fan_in = in_channels / cfg.groups * kernel * kernel;
     let weight = vb.get_with_hints(
         (out_channels, in_channels / cfg.groups, kernel, kernel),
@@ -157,9 +171,16 @@ pub struct Dropout {
 }
 
 impl Dropout {
-    /// A dropout layer with drop probability `p` in [0, 1).
-    pub fn new(p: f32) -> Self {
-        Self { p }
+    /// A dropout layer with drop probability `p` in [0, 1] (`p = 1` zeroes everything in
+    /// training, as PyTorch's does).
+    ///
+    /// # Errors
+    /// `p` outside [0, 1] or NaN, as `nn.Dropout` raises `ValueError`.
+    pub fn new(p: f32) -> Result<Self> {
+        if !(0.0..=1.0).contains(&p) {
+            candle_core::bail!("dropout probability has to be between 0 and 1, but got {p}")
+        }
+        Ok(Self { p })
     }
 }
 
@@ -168,8 +189,8 @@ impl ModuleT for Dropout {
         if !train || self.p == 0.0 {
             return Ok(xs.clone());
         }
-        if !(0.0..1.0).contains(&self.p) {
-            candle_core::bail!("dropout probability must be in [0, 1), got {}", self.p)
+        if self.p == 1.0 {
+            return xs.zeros_like();
         }
         let keep = 1.0 - self.p as f64;
         // On CUDA the mask is drawn there (cuRAND's Philox, seeded from `crate::rng`).
@@ -273,7 +294,13 @@ pub struct ConvBnRelu {
 }
 
 impl ConvBnRelu {
-    /// Builds `conv` and `bn` under `vb` (Kaiming fan-out unless `init` says otherwise).
+    /// Builds `conv` (as [`conv2d`], no bias, its weight initialised by `init`: torchvision's
+    /// GoogLeNet passes its truncated normal) and `bn` (`nn.BatchNorm2d(out_channels, eps =
+    /// bn_eps)`) under `vb`. The block maps `(N, in_channels, H, W)` to `(N, out_channels, H',
+    /// W')` as [`conv2d`] says.
+    ///
+    /// # Errors
+    /// Those of [`conv2d`] and of the batch norm's parameters.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         vb: VarBuilder,
@@ -345,7 +372,7 @@ mod tests {
         values[8] = -0.0;
         let x = candle_core::Var::from_vec(values, (4, 10, 1000), &Device::Cpu)?;
         let g = Tensor::randn(0f32, 1.0, (4, 10, 1000), &Device::Cpu)?;
-        let d = Dropout::new(0.3);
+        let d = Dropout::new(0.3)?;
         // The global generator is shared by every test in this process: the mask is redrawn
         // from the state before the call, and the call retried if another test drew meanwhile.
         let keep = 1.0 - 0.3f64;
@@ -387,7 +414,7 @@ mod tests {
     #[test]
     fn dropout_is_identity_in_eval_scales_in_train_and_repeats_with_the_seed() -> Result<()> {
         let x = Tensor::ones((1000,), candle_core::DType::F32, &Device::Cpu)?;
-        let d = Dropout::new(0.25);
+        let d = Dropout::new(0.25)?;
         assert_eq!(
             d.forward_t(&x, false)?.to_vec1::<f32>()?,
             x.to_vec1::<f32>()?
@@ -404,6 +431,49 @@ mod tests {
         crate::rng::set_seed(11);
         let b: Vec<f32> = d.forward_t(&x, true)?.to_vec1()?;
         assert_eq!(a, b);
+        Ok(())
+    }
+
+    /// `nn.Conv2d`'s checks of `groups`: positive, dividing both channel counts.
+    #[test]
+    fn conv2d_groups_are_checked() -> Result<()> {
+        let store = crate::ParamStore::new(0, &Device::Cpu);
+        let grouped = |groups: usize, name: &str| {
+            let cfg = Conv2dConfig {
+                groups,
+                ..Default::default()
+            };
+            conv2d(
+                store.vb().pp(name),
+                6,
+                4,
+                3,
+                cfg,
+                false,
+                WeightInit::TorchDefault,
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        };
+        let err = grouped(0, "a").unwrap_err();
+        assert!(err.contains("groups must be a positive integer"), "{err}");
+        let err = grouped(3, "b").unwrap_err();
+        assert!(err.contains("must be divisible by groups (3)"), "{err}");
+        assert!(grouped(2, "c").is_ok());
+        Ok(())
+    }
+
+    /// `nn.Dropout`'s bounds: `p` in [0, 1], `p = 1` zeroes everything in training.
+    #[test]
+    fn dropout_probability_is_checked_when_built() -> Result<()> {
+        for p in [-0.1, 1.5, f32::NAN] {
+            let err = Dropout::new(p).unwrap_err().to_string();
+            assert!(err.contains("between 0 and 1"), "{p}: {err}");
+        }
+        let x = Tensor::ones((8,), candle_core::DType::F32, &Device::Cpu)?;
+        let all = Dropout::new(1.0)?;
+        assert_eq!(all.forward_t(&x, true)?.to_vec1::<f32>()?, [0.0; 8]);
+        assert_eq!(all.forward_t(&x, false)?.to_vec1::<f32>()?, [1.0; 8]);
         Ok(())
     }
 }

@@ -31,7 +31,10 @@ struct SeededBackend {
 }
 
 impl ParamStore {
-    /// An empty store on `device`; variables created through [`ParamStore::vb`] draw from `seed`.
+    /// An empty store on `device`; variables created through [`ParamStore::vb`] draw from `seed`
+    /// (each store its own generator: `torch.manual_seed(seed)` before building a model). A
+    /// model built from [`ParamStore::vb`] makes its variables here; build it before loading a
+    /// checkpoint into [`ParamStore::varmap`], which fills only the variables that exist.
     pub fn new(seed: u64, device: &Device) -> Self {
         Self {
             backend: SeededBackend {

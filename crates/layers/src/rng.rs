@@ -1,9 +1,11 @@
-//! The seeded generator behind parameter initialisation and dropout: one global [`Rng`]
-//! (the workspace's `rng` crate).
+//! The seeded generator behind dropout: one global [`Rng`] (the workspace's `rng` crate), as
+//! `torch.manual_seed` seeds PyTorch's dropout masks.
 //!
-//! Candle's CPU random ops cannot be seeded, so runs would never repeat. Everything random in
-//! the networks draws from this generator instead; its state can be saved and restored, which
-//! is what lets a resumed training run reach the same weights as an uninterrupted one.
+//! Candle's CPU random ops cannot be seeded, so runs would never repeat. Dropout draws its
+//! masks from this generator instead; its state can be saved and restored, which is what lets
+//! a resumed training run reach the same weights as an uninterrupted one. Parameter
+//! initialisation does not use it: each [`crate::ParamStore`] has its own generator, seeded by
+//! [`crate::ParamStore::new`], so [`set_seed`] does not change a model's initial weights.
 
 use std::sync::Mutex;
 

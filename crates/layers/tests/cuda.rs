@@ -662,7 +662,7 @@ fn dropout_on_cuda_repeats_with_the_seed_and_keeps_the_rate() -> Result<()> {
     let Some(gpu) = gpu() else { return Ok(()) };
     let n = 1 << 20;
     let x = Var::from_tensor(&Tensor::ones(n, candle_core::DType::F32, &gpu)?)?;
-    let drop = layers::Dropout::new(0.3);
+    let drop = layers::Dropout::new(0.3)?;
     let mut masks = Vec::new();
     for seed in [7, 7, 8] {
         layers::rng::set_seed(seed);

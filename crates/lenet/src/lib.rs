@@ -66,6 +66,11 @@ impl LeNetConfig {
 }
 
 /// LeNet-5: `features` (conv-tanh-avgpool twice) and `classifier` (three linears, Tanh between).
+/// Takes `(N, in_channels, H, W)` float32 images of the configured `input_size` (MNIST's
+/// normalisation, `datasets::MNIST_MEAN_STD`, for the tutorial's) and gives `(N, num_classes)`
+/// logits; a size whose features do not fit `fc1` is an error naming both sizes. Y. LeCun, L.
+/// Bottou, Y. Bengio and P. Haffner, "Gradient-based learning applied to document
+/// recognition" (Proc. IEEE, 1998), with the tutorial's Tanh and average pooling.
 #[derive(Debug, Clone)]
 pub struct LeNet {
     conv1: Conv2d,
@@ -74,6 +79,8 @@ pub struct LeNet {
     fc2: Linear,
     fc3: Linear,
     pool: Pool2d,
+    /// The configured input side, and the side of the features `fc1` was sized for.
+    sides: (usize, usize),
 }
 
 impl LeNet {
@@ -104,6 +111,7 @@ impl LeNet {
             fc2: linear(classifier.pp("2"), h1, h2, init)?,
             fc3: linear(classifier.pp("4"), h2, cfg.num_classes, init)?,
             pool: Pool2d::avg(2, 2),
+            sides: (cfg.input_size, side),
         })
     }
 
@@ -125,6 +133,7 @@ impl LeNet {
             "conv2",
             self.pool.forward(&tanh(&self.conv2.forward(&c1)?)?)?,
         )?;
+        check_features(&c2, xs, self.sides, "LeNet")?;
         let f1 = tap::stage("fc1", tanh(&self.fc1.forward(&flatten(&c2)?)?)?)?;
         let f2 = tap::stage("fc2", tanh(&self.fc2.forward(&f1)?)?)?;
         let logits = self.fc3.forward(&f2)?;
@@ -136,6 +145,24 @@ impl LeNet {
             ("logits".to_string(), logits),
         ])
     }
+}
+
+/// Refuses features (`features`, of the input `xs`) of another side than the `sides.1` that
+/// `fc1` was sized for (built for `sides.0`x`sides.0` inputs), naming both input sizes, where
+/// the product would fail with a bare shape error.
+fn check_features(features: &Tensor, xs: &Tensor, sides: (usize, usize), net: &str) -> Result<()> {
+    let (_, _, h, w) = features.dims4()?;
+    if (h, w) != (sides.1, sides.1) {
+        candle_core::bail!(
+            "{net} was built for {0}x{0} inputs (its fc1 takes {1}x{1} feature maps), but the \
+             input {2:?} gives {h}x{w}: resize the images to {0}x{0}, or build it with that \
+             input_size",
+            sides.0,
+            sides.1,
+            xs.dims()
+        )
+    }
+    Ok(())
 }
 
 impl ModuleT for LeNet {
@@ -158,6 +185,19 @@ mod tests {
     use super::*;
     use candle_core::Device;
     use layers::Network;
+
+    #[test]
+    fn an_input_of_another_size_is_named() -> Result<()> {
+        let store = layers::ParamStore::new(0, &Device::Cpu);
+        let net = LeNet::lenet5(10, store.vb())?;
+        let x = Tensor::zeros((2, 1, 32, 32), candle_core::DType::F32, &Device::Cpu)?;
+        let err = net.forward_t(&x, false).unwrap_err().to_string();
+        assert!(
+            err.contains("built for 28x28 inputs") && err.contains("[2, 1, 32, 32] gives 5x5"),
+            "{err}"
+        );
+        Ok(())
+    }
 
     #[test]
     fn lenet5_has_the_tutorial_keys_and_count() -> Result<()> {

@@ -53,7 +53,10 @@ impl MnistCnnConfig {
     }
 }
 
-/// The MNIST CNN of the tutorial.
+/// The MNIST CNN of the tutorial. Takes `(N, in_channels, H, W)` float32 images of the
+/// configured `input_size` (MNIST's normalisation, `datasets::MNIST_MEAN_STD`, for the
+/// tutorial's) and gives `(N, num_classes)` logits; a size whose features do not fit `fc1` is an
+/// error naming both sizes.
 #[derive(Debug, Clone)]
 pub struct MnistCnn {
     conv1: Conv2d,
@@ -62,14 +65,16 @@ pub struct MnistCnn {
     fc2: Linear,
     pool: Pool2d,
     dropout: Dropout,
+    /// The configured input side, and the side of the features `fc1` was sized for.
+    sides: (usize, usize),
 }
 
 impl MnistCnn {
     /// Builds the network described by `cfg` under `vb`.
     ///
     /// # Errors
-    /// An input smaller than 4x4, or `vb` cannot provide a parameter of the expected shape (weights
-    /// of another layout).
+    /// An input smaller than 4x4, `cfg.dropout` outside [0, 1], or `vb` cannot provide a
+    /// parameter of the expected shape (weights of another layout).
     pub fn new(cfg: &MnistCnnConfig, vb: VarBuilder) -> Result<Self> {
         if cfg.input_size < 4 {
             candle_core::bail!(
@@ -95,7 +100,8 @@ impl MnistCnn {
             fc1: linear(vb.pp("fc1"), c2 * side * side, cfg.hidden, init)?,
             fc2: linear(vb.pp("fc2"), cfg.hidden, cfg.num_classes, init)?,
             pool: Pool2d::max(2, 2),
-            dropout: Dropout::new(cfg.dropout),
+            dropout: Dropout::new(cfg.dropout)?,
+            sides: (cfg.input_size, side),
         })
     }
 
@@ -114,6 +120,17 @@ impl MnistCnn {
         // the elements, in one op with the pooling.
         let c1 = tap::stage("conv1", self.pool.forward_relu(&self.conv1.forward(xs)?)?)?;
         let c2 = tap::stage("conv2", self.pool.forward_relu(&self.conv2.forward(&c1)?)?)?;
+        let (_, _, h, w) = c2.dims4()?;
+        if (h, w) != (self.sides.1, self.sides.1) {
+            candle_core::bail!(
+                "the MNIST CNN was built for {0}x{0} inputs (its fc1 takes {1}x{1} feature maps), \
+                 but the input {2:?} gives {h}x{w}: resize the images to {0}x{0}, or build it \
+                 with that input_size",
+                self.sides.0,
+                self.sides.1,
+                xs.dims()
+            )
+        }
         let dropped = self.dropout.forward_t(&c2, train)?;
         let f1 = tap::stage("fc1", relu(&self.fc1.forward(&flatten(&dropped)?)?)?)?;
         let logits = self.fc2.forward(&f1)?;
@@ -146,6 +163,23 @@ mod tests {
     use super::*;
     use candle_core::Device;
     use layers::Network;
+
+    #[test]
+    fn an_input_of_another_size_is_named() -> Result<()> {
+        let store = layers::ParamStore::new(0, &candle_core::Device::Cpu);
+        let net = MnistCnn::tutorial(10, store.vb())?;
+        let x = Tensor::zeros(
+            (1, 1, 32, 32),
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )?;
+        let err = net.forward_t(&x, false).unwrap_err().to_string();
+        assert!(
+            err.contains("built for 28x28 inputs") && err.contains("gives 8x8"),
+            "{err}"
+        );
+        Ok(())
+    }
 
     #[test]
     fn tutorial_has_pytorch_keys_and_count() -> Result<()> {

@@ -39,7 +39,13 @@ enum Block {
     MaxPool,
 }
 
-/// A VGG network (see the crate documentation).
+/// A VGG network (see the crate documentation): K. Simonyan and A. Zisserman, "Very Deep
+/// Convolutional Networks for Large-Scale Image Recognition" (ICLR 2015, arXiv:1409.1556), in
+/// torchvision's `vgg` layout. Takes `(N, in_channels, H, W)` float32 images, 224x224 natively
+/// (any side of 32 or more: five 2x2 max-pools, then the adaptive pool to 7x7), normalised as
+/// the weights were trained (`datasets::IMAGENET_MEAN_STD` for torchvision's), and gives
+/// `(N, num_classes)` logits. Dropout acts in training only, and batch norm (the `_bn`
+/// variants) uses batch statistics in training and its running statistics otherwise.
 #[derive(Debug, Clone)]
 pub struct Vgg {
     features: Vec<Block>,
@@ -55,7 +61,8 @@ impl Vgg {
     /// Builds the network described by `cfg` under `vb`.
     ///
     /// # Errors
-    /// `vb` cannot provide a parameter of the expected shape (weights of another layout).
+    /// `cfg.dropout` outside [0, 1], or `vb` cannot provide a parameter of the expected shape
+    /// (weights of another layout).
     pub fn new(cfg: &VggConfig, vb: VarBuilder) -> Result<Self> {
         let vf = vb.pp("features");
         let mut features = Vec::with_capacity(cfg.layers.len());
@@ -99,7 +106,7 @@ impl Vgg {
             fc7: linear(vc.pp("3"), cfg.hidden, cfg.hidden, init)?,
             fc8: linear(vc.pp("6"), cfg.hidden, cfg.num_classes, init)?,
             pool: Pool2d::max(2, 2),
-            dropout: Dropout::new(cfg.dropout),
+            dropout: Dropout::new(cfg.dropout)?,
         })
     }
 
@@ -141,6 +148,10 @@ macro_rules! named_constructors {
         impl Vgg {
             $(
                 #[doc = $doc]
+                ///
+                /// # Errors
+                /// `vb` cannot provide a parameter of the expected shape (weights of another
+                /// layout).
                 pub fn $name(num_classes: usize, vb: VarBuilder) -> Result<Self> {
                     Self::new(&VggConfig::from_depth($depth, $bn, num_classes)?, vb)
                 }
@@ -150,14 +161,14 @@ macro_rules! named_constructors {
 }
 
 named_constructors! {
-    vgg11, 11, false, "torchvision's `vgg11`.";
-    vgg11_bn, 11, true, "torchvision's `vgg11_bn`.";
-    vgg13, 13, false, "torchvision's `vgg13`.";
-    vgg13_bn, 13, true, "torchvision's `vgg13_bn`.";
+    vgg11, 11, false, "torchvision's `vgg11` (132,863,336 parameters at 1000 classes).";
+    vgg11_bn, 11, true, "torchvision's `vgg11_bn` (132,868,840 parameters at 1000 classes).";
+    vgg13, 13, false, "torchvision's `vgg13` (133,047,848 parameters at 1000 classes).";
+    vgg13_bn, 13, true, "torchvision's `vgg13_bn` (133,053,736 parameters at 1000 classes).";
     vgg16, 16, false, "torchvision's `vgg16` (138,357,544 parameters at 1000 classes).";
     vgg16_bn, 16, true, "torchvision's `vgg16_bn` (138,365,992 parameters at 1000 classes).";
-    vgg19, 19, false, "torchvision's `vgg19`.";
-    vgg19_bn, 19, true, "torchvision's `vgg19_bn`.";
+    vgg19, 19, false, "torchvision's `vgg19` (143,667,240 parameters at 1000 classes).";
+    vgg19_bn, 19, true, "torchvision's `vgg19_bn` (143,678,248 parameters at 1000 classes).";
 }
 
 impl ModuleT for Vgg {

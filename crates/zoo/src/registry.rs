@@ -16,11 +16,15 @@ use vgg::Vgg;
 pub struct ModelSpec {
     /// The name [`crate::build`] takes.
     pub name: &'static str,
-    /// The native input (channels, height, width).
+    /// The native input (channels, height, width) of the `(N, C, H, W)` batches. `lenet5` and
+    /// `cnn-mnist` take that size only (their `fc1` is sized for it); the others reduce other
+    /// sizes too, down to a minimum (AlexNet 63, VGG 32), through their adaptive pooling.
     pub input: (usize, usize, usize),
     /// The data set the native layout is made for (`"mnist"`, `"cifar10"` or `"imagenet"`):
-    /// its normalisation is the model's evaluation transform and its class names are the
-    /// model's at [`ModelSpec::default_classes`].
+    /// its normalisation (`datasets::MNIST_MEAN_STD`, `CIFAR10_MEAN_STD` or
+    /// `IMAGENET_MEAN_STD`, through `datasets::catalog::spec(data)`'s `eval` transform) is the
+    /// model's evaluation transform and its class names are the model's at
+    /// [`ModelSpec::default_classes`].
     pub data: &'static str,
     /// The number of classes the model is usually built with.
     pub default_classes: usize,

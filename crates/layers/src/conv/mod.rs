@@ -193,8 +193,9 @@ impl Conv2d {
         self.forward_batch_norm_then(xs, bn, true, None, Some(pool), train)
     }
 
-    /// `relu(bn(self(xs)) + residual)` with `bn` in training mode (a residual block's last
-    /// convolution, batch norm and join): as [`Conv2d::forward_batch_norm`], in the
+    /// `relu(bn(self(xs)) + residual)`, `bn` in training mode when `train`, else with its running
+    /// statistics (a residual block's last convolution, batch norm and join): as
+    /// [`Conv2d::forward_batch_norm`], in training in the
     /// convolution's op where the output has at least four times the kernel's values (the
     /// kernel travels with the batch norm's parameters, copied once each way), otherwise as
     /// [`BatchNorm::forward_add_relu`](crate::BatchNorm::forward_add_relu). `residual` has the
