@@ -31,7 +31,7 @@ pub fn conv2d(
     if cfg.groups == 0 {
         candle_core::bail!("groups must be a positive integer, got 0")
     }
-    if in_channels % cfg.groups != 0 || out_channels % cfg.groups != 0 {
+    if !in_channels.is_multiple_of(cfg.groups) || !out_channels.is_multiple_of(cfg.groups) {
         candle_core::bail!(
             "in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by \
              groups ({})",
