@@ -331,7 +331,11 @@ fn a_warm_up_as_long_as_the_run_is_said() {
         ]);
         let err = stderr(&ran);
         assert!(ran.status.success(), "{err}");
-        assert_eq!(err.contains("never reaches --lr"), warned, "{err}");
+        assert_eq!(
+            err.contains("does not end within the run, so the learning rate never reaches --lr"),
+            warned,
+            "{err}"
+        );
     }
 }
 

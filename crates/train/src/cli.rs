@@ -125,7 +125,8 @@ impl Recipe {
         if config.warmup_epochs >= config.epochs && config.warmup_epochs > 0 {
             // Allowed, as PyTorch's LinearLR allows it, but rarely meant.
             crate::warn!(
-                "--warmup-epochs {} with --epochs {}: the warm-up does not end within the run, so                  the learning rate never reaches --lr",
+                "--warmup-epochs {} with --epochs {}: the warm-up does not end within the run, \
+                 so the learning rate never reaches --lr",
                 config.warmup_epochs,
                 config.epochs
             );

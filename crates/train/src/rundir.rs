@@ -296,6 +296,9 @@ pub struct RunDir {
     /// Whether this run made the directory: removed again if the run stops before writing
     /// anything but its configuration.
     created: bool,
+    /// Whether this run made the lock file in a directory it did not make: removed again if
+    /// the run saves no epoch (a failed start in a folder of the user's leaves it as it was).
+    made_lock: bool,
     /// Whether it is noted in [`HELD`] (for a Ctrl-C outside the epochs).
     noted: bool,
 }
@@ -345,7 +348,6 @@ impl RunDir {
         }
         std::fs::create_dir_all(path)
             .with_context(|| format!("--out {}: cannot create the directory", path.display()))?;
-        let had_lock = std::fs::symlink_metadata(path.join(LOCK)).is_ok();
         let mut dir = Self::lock(path)?;
         dir.created = created;
         let held: Vec<&str> = RUN_FILES
@@ -373,10 +375,6 @@ impl RunDir {
                 .filter(|f| std::fs::symlink_metadata(path.join(f)).is_ok_and(|m| !m.is_dir()))
                 .collect();
             if !theirs.is_empty() {
-                // The user's directory is left as it was: without the lock file made just now.
-                if !had_lock {
-                    let _ = std::fs::remove_file(path.join(LOCK));
-                }
                 bail!(
                     "--out {} holds {}, which this run would overwrite; move them, choose another \
                      --out, or give --overwrite to replace them",
@@ -427,11 +425,12 @@ impl RunDir {
                 aside.display()
             );
         }
-        if dir.replacing || dir.created {
+        if dir.replacing || dir.created || dir.made_lock {
             noting.push(Held {
                 path: path.to_path_buf(),
                 replacing: dir.replacing,
                 created: dir.created,
+                made_lock: dir.made_lock,
             });
             dir.noted = true;
         }
@@ -487,12 +486,14 @@ impl RunDir {
             lock: None,
             replacing: false,
             created: false,
+            made_lock: false,
             noted: false,
         }
     }
 
     fn lock(path: &Path) -> Result<Self> {
         let lock_path = path.join(LOCK);
+        let made_lock = std::fs::symlink_metadata(&lock_path).is_err();
         let lock = File::options()
             .create(true)
             .truncate(false)
@@ -511,15 +512,18 @@ impl RunDir {
                 return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
             }
         }
-        remove_temporaries(path)?;
-        settle(path)?;
-        Ok(Self {
+        // Made before the tidying below, so that its drop takes back a lock file it made.
+        let dir = Self {
             path: path.to_path_buf(),
             lock: Some(lock),
             replacing: false,
             created: false,
+            made_lock,
             noted: false,
-        })
+        };
+        remove_temporaries(path)?;
+        settle(path)?;
+        Ok(dir)
     }
 }
 
@@ -528,7 +532,7 @@ impl Drop for RunDir {
     /// directory this run made when it stopped before writing anything but its configuration
     /// (a bad flag, missing data): failed starts leave no empty run directories behind.
     fn drop(&mut self) {
-        if self.lock.is_none() || !(self.replacing || self.created) {
+        if self.lock.is_none() || !(self.replacing || self.created || self.made_lock) {
             return;
         }
         // Unnoted: it failed while being made, and its maker holds the lock.
@@ -540,6 +544,7 @@ impl Drop for RunDir {
             path: self.path.clone(),
             replacing: self.replacing,
             created: self.created,
+            made_lock: self.made_lock,
         };
         this.end();
     }
@@ -552,6 +557,7 @@ pub(crate) struct Held {
     path: PathBuf,
     replacing: bool,
     created: bool,
+    made_lock: bool,
 }
 
 impl Held {
@@ -564,6 +570,9 @@ impl Held {
         }
         if self.created {
             remove_if_unused(&self.path);
+        } else if self.made_lock && !saved_an_epoch(&self.path) {
+            // A directory of the user's that holds no run: only the lock file was ours.
+            let _ = std::fs::remove_file(self.path.join(LOCK));
         }
     }
 }
@@ -737,6 +746,19 @@ mod tests {
         assert_eq!(std::fs::read(theirs.join(METRICS_CSV))?, b"their numbers");
         // ... and left as it was, without a lock file.
         assert_eq!(names(&theirs)?, [METRICS_CSV]);
+        // A folder of the user's that a run or a resume locked and left without saving an
+        // epoch (a failed start) is left as it was too; one whose run saved keeps the lock.
+        let plain = root.path().join("plain");
+        std::fs::create_dir(&plain)?;
+        std::fs::write(plain.join("a.txt"), b"theirs")?;
+        drop(RunDir::existing(&plain)?);
+        assert_eq!(names(&plain)?, ["a.txt"]);
+        drop(RunDir::fresh(&plain, false)?);
+        assert_eq!(names(&plain)?, ["a.txt"]);
+        let kept = RunDir::fresh(&plain, false)?;
+        std::fs::write(plain.join(STATE), b"saved")?;
+        drop(kept);
+        assert_eq!(names(&plain)?, [LOCK, "a.txt", STATE]);
         drop(RunDir::fresh(&theirs, true)?);
 
         let file = root.path().join("file");
@@ -880,17 +902,18 @@ mod tests {
         std::fs::write(out.join(CONFIG), "new config")?;
         let made = root.path().join("made");
         let creating = RunDir::fresh(&made, false)?;
-        // A directory that was there: nothing to tidy, so not noted.
+        // A directory that was there, without a lock: noted, for the lock file made in it.
         let theirs = root.path().join("theirs");
         std::fs::create_dir(&theirs)?;
         let plain = RunDir::fresh(&theirs, false)?;
         let ours = |h: &Held| h.path.starts_with(root.path());
-        assert_eq!(noted().iter().filter(|h| ours(h)).count(), 2);
+        assert_eq!(noted().iter().filter(|h| ours(h)).count(), 3);
         // What `tidy_at_ctrl_c` does, for this test's directories (it keeps the lock).
         noted().iter().filter(|h| ours(h)).for_each(Held::end);
         assert_eq!(std::fs::read_to_string(out.join(CONFIG))?, "old config");
         assert_eq!(std::fs::read_to_string(out.join(STATE))?, "old state");
         assert!(!out.join(REPLACED).exists() && !made.exists() && theirs.is_dir());
+        assert!(names(&theirs)?.is_empty());
         drop((replacing, creating, plain));
         assert!(!noted().iter().any(ours));
         assert_eq!(std::fs::read_to_string(out.join(CONFIG))?, "old config");
@@ -973,7 +996,8 @@ mod tests {
             std::fs::write(out.join(name), "x")?;
         }
         drop(RunDir::fresh(&out, false)?);
-        assert_eq!(names(&out)?, [LOCK, "notes.txt"]);
+        // (Its lock file too: this run made it, and saved no epoch either.)
+        assert_eq!(names(&out)?, ["notes.txt"]);
 
         // Not so: a config.json that is no run's, or a run whose metrics show a saved epoch
         // (its checkpoints deleted), or one whose checkpoint is a dangling link.
