@@ -55,12 +55,23 @@ impl Trained {
     pub fn open(dir: &Path, weights: &str, device: &Device) -> Result<Self> {
         crate::rundir::settle_for_reading(dir)?;
         let config_path = dir.join(CONFIG);
-        let text = std::fs::read(&config_path).with_context(|| {
-            format!(
-                "--run {}: no readable {CONFIG} (is it a run directory?)",
-                dir.display()
-            )
-        })?;
+        let text = match std::fs::read(&config_path) {
+            Ok(text) => text,
+            Err(_) if crate::rundir::in_use(dir) => bail!(
+                "--run {}: a run is starting there (it holds {}) and has not written its {CONFIG} \
+                 yet; it can be read once it has saved its first epoch",
+                dir.display(),
+                dir.join(crate::rundir::LOCK).display()
+            ),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "--run {}: no readable {CONFIG} (is it a run directory?)",
+                        dir.display()
+                    )
+                })
+            }
+        };
         let config: RunConfig = serde_json::from_slice(&text)
             .with_context(|| format!("{} is not a run configuration", config_path.display()))?;
         let classes: Vec<String> = match std::fs::read(dir.join(CLASSES)) {

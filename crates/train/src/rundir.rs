@@ -284,6 +284,13 @@ pub fn settle_for_reading(dir: &Path) -> Result<()> {
     }
 }
 
+/// Whether a live run holds `dir`'s lock (a run starting, training, or resuming there): what a
+/// reader says when the files it needs are not there yet. Best effort: `false` when unsure.
+pub fn in_use(dir: &Path) -> bool {
+    File::open(dir.join(LOCK))
+        .is_ok_and(|lock| matches!(lock.try_lock(), Err(TryLockError::WouldBlock)))
+}
+
 /// A locked run directory. The lock (an OS file lock, released by the kernel even when the
 /// process is killed) lasts as long as this value.
 #[derive(Debug)]
@@ -691,6 +698,7 @@ fn is_temporary(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     #[test]
     fn temporaries_are_recognised() {
@@ -755,6 +763,16 @@ mod tests {
         assert_eq!(names(&plain)?, ["a.txt"]);
         drop(RunDir::fresh(&plain, false)?);
         assert_eq!(names(&plain)?, ["a.txt"]);
+        // While a run holds it, before its configuration is written, readers say so.
+        let starting = RunDir::fresh(&plain, false)?;
+        assert!(in_use(&plain));
+        let err = match crate::inference::Trained::open(&plain, "best", &Device::Cpu) {
+            Ok(_) => panic!("a run with no configuration opened"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains("a run is starting there"), "{err}");
+        drop(starting);
+        assert!(!in_use(&plain));
         let kept = RunDir::fresh(&plain, false)?;
         std::fs::write(plain.join(STATE), b"saved")?;
         drop(kept);
