@@ -207,6 +207,11 @@ fn evaluate_takes_another_test_limit() {
     let (log, all) = summary(&["--limit-test", "all"], "evaluation-best-test-all.json");
     assert_eq!(all["samples"], 40, "{log}");
     assert!(out.join("confusion-best-test-all.png").is_file(), "{log}");
+    // A limit at or above the split's 40 images is the whole split, named so.
+    std::fs::remove_file(out.join("evaluation-best-test-all.json")).expect("remove");
+    let (log, over) = summary(&["--limit-test", "41"], "evaluation-best-test-all.json");
+    assert_eq!(over, all, "{log}");
+    assert!(!out.join("evaluation-best-test41.json").exists(), "{log}");
     let (log, ten) = summary(&["--limit-test", "10"], "evaluation-best-test10.json");
     assert_eq!(ten["samples"], 10, "{log}");
     let kept: serde_json::Value =

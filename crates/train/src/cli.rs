@@ -325,14 +325,19 @@ pub fn load_data(config: &RunConfig) -> Result<datasets::Split> {
 
 /// The configured data set's test split alone, as [`load_data`] gives it (the same
 /// `--limit-test` subset), read without the training files where the data set's layout allows
-/// ([`datasets::catalog::load_test`]): what `evaluate` needs.
+/// ([`datasets::catalog::load_test`]): what `evaluate` needs. Also gives the whole split's
+/// number of images (a `--limit-test` at or above it is the whole split).
 ///
 /// # Errors
 /// The test split cannot be found, downloaded or read, or a subset cannot be drawn.
-pub fn load_test_data(config: &RunConfig) -> Result<Arc<dyn Dataset>> {
+pub fn load_test_data(config: &RunConfig) -> Result<(Arc<dyn Dataset>, usize)> {
     let test = datasets::catalog::load_test(config.dataset.spec(), config.data_dir.as_deref())
         .context("cannot load the test split")?;
-    limited(test, config.limit_test, config.seed, "test")
+    let whole = test.len();
+    Ok((
+        limited(test, config.limit_test, config.seed, "test")?,
+        whole,
+    ))
 }
 
 /// `data`, or `limit` of its samples chosen by [`datasets::stratified_indices`].

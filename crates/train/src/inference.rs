@@ -236,14 +236,12 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
     if let Some(TestLimit(limit)) = args.limit_test {
         config.limit_test = limit;
     }
-    // Another test set than the run's (`--limit-test`) is said in the outputs' names too.
-    let other_limit = config.limit_test != trained.config.limit_test;
     match &args.data_dir {
         Some(dir) => config.data_dir = Some(dir.clone()),
         None => crate::cli::saved_data_dir_is_here(&config)?,
     }
     let test = crate::cli::load_test_data(&config);
-    let test = match (&args.data_dir, &config.data_dir) {
+    let (test, whole) = match (&args.data_dir, &config.data_dir) {
         // The run's own data directory, gone: say where it was and how to give it.
         (None, Some(saved)) if !saved.exists() => test.with_context(|| {
             format!(
@@ -254,6 +252,10 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
         })?,
         _ => test?,
     };
+    // Another test set than the run's (`--limit-test`) is said in the outputs' names too; a
+    // limit at or above the split's size is the whole split.
+    let limit = |limit: Option<usize>| limit.filter(|&n| n < whole);
+    let other_limit = limit(config.limit_test) != limit(trained.config.limit_test);
     if test.classes() != trained.classes.as_slice() {
         bail!(
             "the test data's classes {:?} are not the run's {:?}",
@@ -320,7 +322,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
         tag = format!("{tag}-{}", precision.flag_text());
     }
     if other_limit {
-        tag = match config.limit_test {
+        tag = match limit(config.limit_test) {
             Some(n) => format!("{tag}-test{n}"),
             None => format!("{tag}-test-all"),
         };
