@@ -129,7 +129,7 @@ impl FineTuneArgs {
             ));
         }
         if self.augment && !saved.augment {
-            differ.push("--augment (the run has none)".into());
+            differ.push("--augment (the run trained without augmentation)".into());
         }
         if !differ.is_empty() {
             bail!(

@@ -482,7 +482,10 @@ fn resume_reaches_the_same_weights_as_an_uninterrupted_run() {
     );
     refused(
         &["--unfreeze", "all", "--augment"],
-        &["--unfreeze all (the run has none)", "--augment"],
+        &[
+            "--unfreeze all (the run has none)",
+            "--augment (the run trained without augmentation)",
+        ],
     );
     refused(
         &["--weights", "other.safetensors"],

@@ -192,12 +192,15 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
         .max_by(|a, b| a.1.total_cmp(b.1))
         .map_or(0, |(i, _)| i);
     let lit = cam.values.iter().filter(|v| **v > 0.5).count();
-    if lit == 0 {
+    if cam.values.iter().all(|v| *v <= 0.0) {
         train::say!(
-            "class {} ({name}): no cell of {} speaks for it (every gradient-weighted sum is <= 0)",
+            "class {} ({name}): no cell of {} speaks for it (every gradient-weighted sum is <= 0, \
+             so the map is blank); wrote {}",
             cam.class,
-            store_spec.cam_stage
+            store_spec.cam_stage,
+            path.display()
         );
+        return Ok(());
     }
     train::say!(
         "class {} ({name}): {lit} of {}x{} cells above half the peak, the peak at row {}, column {}; wrote {}",

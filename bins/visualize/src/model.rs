@@ -11,13 +11,15 @@ use zoo::ModelSpec;
 
 /// Which network to look at.
 #[derive(Debug, Args)]
+#[group(skip)]
+#[command(group = clap::ArgGroup::new("network").required(true).args(["run", "model"]))]
 pub struct ModelArgs {
     /// A training run (what --out was): its model with its checkpoint (--weights best, last or
     /// a file; default best)
     #[arg(long, conflicts_with_all = ["model", "num_classes"])]
     run: Option<PathBuf>,
     /// A model of the zoo (lenet5, cnn-mnist, alexnet, vgg16, resnet18-seed, ...).
-    #[arg(long, required_unless_present = "run")]
+    #[arg(long)]
     model: Option<String>,
     /// Safetensors weights under PyTorch's names, loaded strictly; without them the network
     /// keeps its seeded initial parameters. With --run: best, last or a file [default: best]
