@@ -878,3 +878,31 @@ fn a_failed_write_ends_the_run_with_an_error_naming_the_file() {
         "the run stops at the next epoch's end: {stdout}"
     );
 }
+
+/// A user's error (here a --data-dir that is not there) prints without a backtrace even with
+/// RUST_BACKTRACE=1 set, which stays for panics; RUST_LIB_BACKTRACE=1 still asks for one.
+#[test]
+fn errors_print_without_a_backtrace_unless_asked() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let failed = |lib: Option<&str>| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["--data-dir", &s(&dir.path().join("nowhere"))])
+            .args(["--out", &s(&dir.path().join("run")), "--device", "cpu"])
+            .env("RUST_BACKTRACE", "1")
+            .env_remove("RUST_LIB_BACKTRACE");
+        if let Some(value) = lib {
+            command.env("RUST_LIB_BACKTRACE", value);
+        }
+        let out = command.output().expect("train-mnist starts");
+        assert!(!out.status.success());
+        stderr(&out)
+    };
+    let err = failed(None);
+    assert!(
+        err.contains("nowhere") && !err.contains("Stack backtrace"),
+        "{err}"
+    );
+    let err = failed(Some("1"));
+    assert!(err.contains("Stack backtrace"), "{err}");
+}

@@ -46,6 +46,7 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    train::cli::user_errors_without_backtraces();
     let cli = Cli::parse();
     let out = &cli.out;
     // Before any work: the pictures go into a folder.

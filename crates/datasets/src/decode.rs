@@ -123,8 +123,8 @@ fn check_jpeg(bytes: &[u8]) -> Result<()> {
     );
     let truncated = |at: usize| {
         anyhow::anyhow!(
-            "image file is truncated: the JPEG ends at byte {} before its end-of-image marker \
-             (cut at byte {at})",
+            "image file is truncated: its {} bytes end inside the JPEG segment that starts at \
+             byte {at}, before the end-of-image marker",
             bytes.len()
         )
     };

@@ -141,11 +141,26 @@ fn cached_or_downloaded(
              or unset HF_HUB_OFFLINE to download it",
             cache.display()
         ),
-        Err(HFError::LocalEntryNotFound { .. }) => {
-            send(false).map_err(|e| anyhow!("cannot download {what} ({e}); {hint} instead"))
-        }
+        Err(HFError::LocalEntryNotFound { .. }) => send(false).map_err(|e| {
+            anyhow!(
+                "cannot download {what} ({}); {hint} instead",
+                said_once(&e.to_string())
+            )
+        }),
         Err(e) => Err(anyhow!("cannot read {what} from the cache ({e})")),
     }
+}
+
+/// `text` without a last parenthesised part that it already holds: hf-hub adds the URL to an
+/// HTTP error that names it already (`... for url (U) (U)`).
+fn said_once(text: &str) -> &str {
+    if let Some(start) = text.strip_suffix(')').and_then(|t| t.rfind(" (")) {
+        let (head, tail) = text.split_at(start);
+        if head.contains(tail.trim_start()) {
+            return head;
+        }
+    }
+    text
 }
 
 /// Reads rows `{image: {bytes, path}, label}` and decodes the images in parallel.
@@ -236,4 +251,22 @@ pub fn file_or_hub(spec: &str, hub_file: &str, flag: &str, example_id: &str) -> 
         return Ok(path.to_path_buf());
     }
     fetch_model_file(spec, hub_file, &format!("{flag} FILE.safetensors"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::said_once;
+
+    #[test]
+    fn a_repeated_url_is_said_once() {
+        let url = "https://huggingface.co/datasets/x/resolve/main/a.parquet";
+        let twice = format!("HTTP request error: error sending request for url ({url}) ({url})");
+        assert_eq!(
+            said_once(&twice),
+            format!("HTTP request error: error sending request for url ({url})")
+        );
+        for text in ["status 404 (not found)", "no parentheses", "a (b) (c)"] {
+            assert_eq!(said_once(text), text);
+        }
+    }
 }

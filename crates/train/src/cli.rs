@@ -20,11 +20,24 @@ use crate::state;
 /// freed memory is kept for reuse ([`crate::memory::keep_freed_memory`]), Candle's element-wise
 /// operations run on the calling thread ([`crate::threads::candle_ops_on_the_calling_thread`])
 /// and that thread computes in rayon's pool
-/// ([`crate::threads::calling_thread_joins_the_pool`]).
+/// ([`crate::threads::calling_thread_joins_the_pool`]). Errors print without a backtrace
+/// ([`user_errors_without_backtraces`]).
 pub fn set_up_process() {
+    user_errors_without_backtraces();
     crate::memory::keep_freed_memory();
     crate::threads::candle_ops_on_the_calling_thread();
     crate::threads::calling_thread_joins_the_pool();
+}
+
+/// The programs' errors are the user's to fix (a path, a flag, a file), printed with their
+/// causes; a backtrace of where the error was made tells a user nothing. So `RUST_BACKTRACE=1`
+/// (often set for good) keeps giving panics their backtraces, but adds none to an error unless
+/// `RUST_LIB_BACKTRACE=1` asks for it (the variable `anyhow` reads first). Call it first on the
+/// main thread, before other threads start.
+pub fn user_errors_without_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
 }
 
 impl Recipe {
