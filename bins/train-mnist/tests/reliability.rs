@@ -906,3 +906,35 @@ fn errors_print_without_a_backtrace_unless_asked() {
     let err = failed(Some("1"));
     assert!(err.contains("Stack backtrace"), "{err}");
 }
+
+/// Resuming for more epochs under a schedule that spans the run (cosine, onecycle) says that
+/// the rest of it follows the new length; under a constant rate nothing is said.
+#[test]
+fn a_longer_resume_of_a_cosine_run_is_said() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    for (schedule, warned) in [("cosine", true), ("constant", false)] {
+        let out = s(&dir.path().join(schedule));
+        let first = train_mnist(&[
+            "--data-dir",
+            &data,
+            "--model",
+            "lenet5",
+            "--epochs",
+            "1",
+            "--schedule",
+            schedule,
+            "--out",
+            &out,
+        ]);
+        assert!(first.status.success(), "{}", stderr(&first));
+        let longer = train_mnist(&["--resume", &out, "--epochs", "2"]);
+        let err = stderr(&longer);
+        assert!(longer.status.success(), "{err}");
+        assert_eq!(
+            err.contains("spans the whole run, so the rest of it follows the new length"),
+            warned,
+            "{schedule}: {err}"
+        );
+    }
+}
