@@ -134,10 +134,17 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
             let (net, _, count) =
                 zoo::load_counting_classes(name, None, weights.as_deref(), &device, 0)?;
             let data = datasets::catalog::spec(spec.data)?;
-            let classes: Vec<String> = if data.classes.len() == count {
-                data.classes.iter().map(|c| c.to_string()).collect()
-            } else {
-                (0..count).map(|k| format!("class {k}")).collect()
+            // A run's checkpoint: the names saved beside it; else the data set's, where the
+            // count is theirs.
+            let beside = weights
+                .as_deref()
+                .and_then(|w| train::inference::classes_beside(w, count));
+            let classes: Vec<String> = match beside {
+                Some(classes) => classes,
+                None if data.classes.len() == count => {
+                    data.classes.iter().map(|c| c.to_string()).collect()
+                }
+                None => (0..count).map(|k| format!("class {k}")).collect(),
             };
             let input = train::inference::RunInput {
                 channels: spec.input.0,

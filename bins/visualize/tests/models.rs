@@ -330,6 +330,16 @@ fn a_checkpoint_of_another_class_count_loads_by_its_head() {
     assert_not_blank(&open_png(&dir.path().join("grad-cam.png")), "grad-cam.png");
     let err = visualize_fails(&grad_cam("3"));
     assert!(err.contains("out of range for 3 classes"), "{err}");
+    // Beside a run's classes.json (three names, as the head has), the names are the run's;
+    // a list of another length is not taken.
+    let names = dir.path().join("classes.json");
+    std::fs::write(&names, br#"["ant", "bee", "cat"]"#).unwrap();
+    let stdout = visualize(&grad_cam("bee"));
+    assert!(stdout.contains("class 1 (bee)"), "{stdout}");
+    std::fs::write(&names, br#"["ant", "bee"]"#).unwrap();
+    let stdout = visualize(&grad_cam("1"));
+    assert!(stdout.contains("class 1 (class 1)"), "{stdout}");
+    std::fs::remove_file(&names).unwrap();
     visualize(&[
         "filters",
         "--model",

@@ -25,6 +25,16 @@ pub fn save_classes(dir: &Path, classes: &[String]) -> Result<()> {
     crate::atomic::write_bytes(&dir.join(CLASSES), &serde_json::to_vec_pretty(classes)?)
 }
 
+/// The class names in the `classes.json` beside the checkpoint `weights` (a run directory's
+/// `best.safetensors`, say), when there is one with `count` names; `None` otherwise.
+pub fn classes_beside(weights: &Path, count: usize) -> Option<Vec<String>> {
+    let dir = weights.parent()?;
+    let text = std::fs::read(dir.join(CLASSES)).ok()?;
+    serde_json::from_slice::<Vec<String>>(&text)
+        .ok()
+        .filter(|classes| classes.len() == count)
+}
+
 /// A trained run, ready to evaluate or predict.
 pub struct Trained {
     /// The run's configuration.
