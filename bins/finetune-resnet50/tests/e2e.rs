@@ -737,7 +737,8 @@ fn own_class_folders_need_no_folder_flag() {
         &[],
     );
     assert!(
-        err.contains("one class found (\"test\")") && err.contains("two or more"),
+        err.contains("the one folder there is test/, taken as a class")
+            && err.contains("train/ and test/ (or val/) together"),
         "{err}"
     );
     assert!(!lone_out.exists(), "a failed start leaves no directory");

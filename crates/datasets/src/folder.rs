@@ -287,11 +287,20 @@ impl Picks {
         };
         let test = part(true);
         ensure!(
+            fraction > 0.0 || !test.files.is_empty(),
+            "{}: a test fraction of 0 holds out no image: make train/ and test/ (or val/) folders, \
+             or give FolderOptions::test_fraction above 0",
+            self.origin
+        );
+        ensure!(
             !test.files.is_empty(),
-            "{}: test fraction {fraction} holds out no image of the {} (use train/ and test/ \
-             folders, or a larger fraction)",
+            "{}: holding out {}% of each class (rounded) as the test split leaves no test image \
+             among the {}: give a class {} or more images, or make train/ and test/ (or val/) \
+             folders (from the library, a larger FolderOptions::test_fraction works too)",
             self.origin,
-            self.files.len()
+            fraction * 100.0,
+            self.files.len(),
+            (0.5 / fraction).ceil()
         );
         Ok((part(false), test))
     }

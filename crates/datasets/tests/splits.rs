@@ -90,7 +90,17 @@ fn image_folder_with_an_empty_test_split_names_it() {
         ..FolderOptions::default()
     };
     let msg = chain(&image_folder(flat.path(), &none_held).unwrap_err());
-    assert!(msg.contains("holds out no image"), "{msg}");
+    assert!(
+        msg.contains("a test fraction of 0 holds out no image"),
+        "{msg}"
+    );
+    // Two images a class: 20% of each rounds to none; the message says how many would do.
+    let msg = chain(&image_folder(flat.path(), &FolderOptions::default()).unwrap_err());
+    assert!(
+        msg.contains("holding out 20% of each class (rounded)")
+            && msg.contains("give a class 3 or more images"),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -337,6 +337,17 @@ pub fn load_data(config: &RunConfig) -> Result<datasets::Split> {
     let split = datasets::catalog::load(config.dataset.spec(), config.data_dir.as_deref())
         .context("cannot load the data set")?;
     if let [only] = split.train.classes() {
+        if ["train", "test", "val"].contains(&only.as_str()) {
+            bail!(
+                "{}: the one folder there is {only}/, taken as a class; a split needs train/ and \
+                 test/ (or val/) together, each with the class folders, or the class folders \
+                 directly inside --data-dir (20% of each class is then held out for testing)",
+                config
+                    .data_dir
+                    .as_deref()
+                    .map_or("the data set".into(), |d| d.display().to_string())
+            );
+        }
         bail!(
             "{}: one class found ({only:?}); a classifier needs two or more. The class folders \
              go directly inside --data-dir (ROOT/<class>/...), or inside ROOT/train/ and \
