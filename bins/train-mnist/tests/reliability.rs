@@ -273,7 +273,9 @@ fn ctrl_c_while_the_data_loads_leaves_the_directory_as_it_was() {
             "{err}"
         );
         // Before the epochs the stop is said, with what it means; in them, the usual message.
-        let before = err.contains("stopped by Ctrl-C before any epoch ran: nothing was saved");
+        let before = err.contains(
+            "stopped by Ctrl-C before the epochs began: the run directory is left as it was",
+        );
         assert!(before != err.contains("stopping after this batch"), "{err}");
         before
     };
@@ -935,6 +937,13 @@ fn a_longer_resume_of_a_cosine_run_is_said() {
             err.contains("spans the whole run, so the rest of it follows the new length"),
             warned,
             "{schedule}: {err}"
+        );
+        // Finished at its new length: nothing to train, and nothing to warn about.
+        let again = train_mnist(&["--resume", &out, "--epochs", "2"]);
+        let err = stderr(&again);
+        assert!(
+            again.status.success() && !err.contains("spans the whole run"),
+            "{err}"
         );
     }
 }

@@ -121,10 +121,9 @@ fn check_jpeg(bytes: &[u8]) -> Result<()> {
         bytes.starts_with(&[0xff, 0xd8]),
         "JPEG without a start-of-image marker"
     );
-    let truncated = |at: usize| {
+    let truncated = || {
         anyhow::anyhow!(
-            "image file is truncated: its {} bytes end inside the JPEG segment that starts at \
-             byte {at}, before the end-of-image marker",
+            "image file is truncated: the JPEG's {} bytes end before its end-of-image marker",
             bytes.len()
         )
     };
@@ -136,7 +135,7 @@ fn check_jpeg(bytes: &[u8]) -> Result<()> {
         }
         let (Some(&0xff), Some(&marker)) = (bytes.get(at), bytes.get(at + 1)) else {
             if at >= bytes.len() {
-                return Err(truncated(at));
+                return Err(truncated());
             }
             bail!("corrupt JPEG: expected a marker at byte {at}");
         };
@@ -148,7 +147,7 @@ fn check_jpeg(bytes: &[u8]) -> Result<()> {
             _ => {}
         }
         let (Some(&hi), Some(&lo)) = (bytes.get(at), bytes.get(at + 1)) else {
-            return Err(truncated(at));
+            return Err(truncated());
         };
         let length = usize::from(u16::from_be_bytes([hi, lo]));
         ensure!(
@@ -158,9 +157,9 @@ fn check_jpeg(bytes: &[u8]) -> Result<()> {
         at = at
             .checked_add(length)
             .filter(|&end| end <= bytes.len())
-            .ok_or_else(|| truncated(at))?;
+            .ok_or_else(truncated)?;
         if marker == 0xda {
-            at = skip_scan(bytes, at).ok_or_else(|| truncated(bytes.len()))?;
+            at = skip_scan(bytes, at).ok_or_else(truncated)?;
         }
     }
 }

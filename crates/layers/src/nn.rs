@@ -190,7 +190,9 @@ impl ModuleT for Dropout {
             return Ok(xs.clone());
         }
         if self.p == 1.0 {
-            return xs.zeros_like();
+            // `input * zeros`, as PyTorch: zero gradients reach the layers before (and NaN
+            // stays). (Candle's `affine(0, 0)` would cut the graph.)
+            return xs.mul(&xs.zeros_like()?);
         }
         let keep = 1.0 - self.p as f64;
         // On CUDA the mask is drawn there (cuRAND's Philox, seeded from `crate::rng`).
@@ -473,6 +475,11 @@ mod tests {
         let x = Tensor::ones((8,), candle_core::DType::F32, &Device::Cpu)?;
         let all = Dropout::new(1.0)?;
         assert_eq!(all.forward_t(&x, true)?.to_vec1::<f32>()?, [0.0; 8]);
+        // `input * 0`: the layers before still get a (zero) gradient, as in PyTorch.
+        let v = candle_core::Var::from_tensor(&x)?;
+        let grads = all.forward_t(v.as_tensor(), true)?.sum_all()?.backward()?;
+        let g = grads.get(&v).expect("a gradient reaches the input");
+        assert_eq!(g.to_vec1::<f32>()?, [0.0; 8]);
         assert_eq!(all.forward_t(&x, false)?.to_vec1::<f32>()?, [1.0; 8]);
         Ok(())
     }

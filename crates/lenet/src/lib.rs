@@ -151,8 +151,9 @@ impl LeNet {
 /// `fc1` was sized for (built for `sides.0`x`sides.0` inputs), naming both input sizes, where
 /// the product would fail with a bare shape error.
 fn check_features(features: &Tensor, xs: &Tensor, sides: (usize, usize), net: &str) -> Result<()> {
+    // What `fc1` reads is the flattened map: as in PyTorch, its area has to fit.
     let (_, _, h, w) = features.dims4()?;
-    if (h, w) != (sides.1, sides.1) {
+    if h * w != sides.1 * sides.1 {
         candle_core::bail!(
             "{net} was built for {0}x{0} inputs (its fc1 takes {1}x{1} feature maps), but the \
              input {2:?} gives {h}x{w}: resize the images to {0}x{0}, or build it with that \

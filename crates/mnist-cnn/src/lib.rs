@@ -120,8 +120,9 @@ impl MnistCnn {
         // the elements, in one op with the pooling.
         let c1 = tap::stage("conv1", self.pool.forward_relu(&self.conv1.forward(xs)?)?)?;
         let c2 = tap::stage("conv2", self.pool.forward_relu(&self.conv2.forward(&c1)?)?)?;
+        // What `fc1` reads is the flattened map: as in PyTorch, its area has to fit.
         let (_, _, h, w) = c2.dims4()?;
-        if (h, w) != (self.sides.1, self.sides.1) {
+        if h * w != self.sides.1 * self.sides.1 {
             candle_core::bail!(
                 "the MNIST CNN was built for {0}x{0} inputs (its fc1 takes {1}x{1} feature maps), \
                  but the input {2:?} gives {h}x{w}: resize the images to {0}x{0}, or build it \

@@ -278,23 +278,6 @@ pub fn resumed_config(saved: &RunConfig, args: &Args) -> Result<RunConfig> {
         None => saved_data_dir_is_here(saved)?,
     }
     config.validate()?;
-    if config.epochs != saved.epochs
-        && matches!(
-            config.schedule,
-            ScheduleKind::Cosine | ScheduleKind::Onecycle
-        )
-    {
-        crate::warn!(
-            "--epochs {} (the run was started for {}): --schedule {} spans the whole run, so the \
-             rest of it follows the new length; the result is that of neither an uninterrupted \
-             {}-epoch run nor a {}-epoch one",
-            config.epochs,
-            saved.epochs,
-            config.schedule.flag_text(),
-            saved.epochs,
-            config.epochs
-        );
-    }
     Ok(config)
 }
 

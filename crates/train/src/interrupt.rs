@@ -68,7 +68,9 @@ pub fn take_over_ctrl_c() {
         if !TRAINING.load(Ordering::SeqCst)
             && crate::rundir::tidy_at_ctrl_c(|| TRAINING.load(Ordering::SeqCst))
         {
-            crate::warn!("\nstopped by Ctrl-C before any epoch ran: nothing was saved");
+            crate::warn!(
+                "\nstopped by Ctrl-C before the epochs began: the run directory is left as it was"
+            );
             die_by_sigint();
         }
         if REQUESTED.swap(true, Ordering::SeqCst) {

@@ -10,7 +10,7 @@ use candle_nn::ModuleT;
 use datasets::{Dataset, Loader, LoaderConfig, ResidentLoader, Split};
 use layers::{Network, ParamStore};
 
-use crate::config::{DataPlacement, MemoryFormat, Precision, RunConfig};
+use crate::config::{DataPlacement, MemoryFormat, Precision, RunConfig, ScheduleKind};
 use crate::device::{device_name, parse_device};
 use crate::engine::{evaluate, train_epoch, Pass, TrainStep};
 use crate::history::{self, EpochRecord};
@@ -120,6 +120,23 @@ pub fn train(
     if let Some((saved, _)) = &resume {
         if let Some(done) = finished(config, saved, out)? {
             return Ok(done);
+        }
+        if config.epochs != saved.config.epochs
+            && matches!(
+                config.schedule,
+                ScheduleKind::Cosine | ScheduleKind::Onecycle
+            )
+        {
+            crate::warn!(
+                "--epochs {} (the run was set for {}): --schedule {} spans the whole run, so the \
+                 rest of it follows the new length; the result is that of neither an \
+                 uninterrupted {}-epoch run nor a {}-epoch one",
+                config.epochs,
+                saved.config.epochs,
+                crate::flags::FlagText::flag_text(&config.schedule),
+                saved.config.epochs,
+                config.epochs
+            );
         }
     }
     // Ctrl-C from here on stops after the batch (see `crate::interrupt`).

@@ -94,17 +94,35 @@ fn is_run_output(name: &str) -> bool {
         CONFUSION,
         FINETUNE,
     ];
+    named.contains(&name) || name.starts_with(EVENTS_PREFIX) || is_evaluation_output(name)
+}
+
+/// Whether `name` is `evaluate`'s output for the run's `best` or `last` weights:
+/// `confusion-<tag>.png` or `evaluation-<tag>.json`, the tag `best` or `last`, then
+/// `-<precision>` in another precision than the run's, then `-test-all` or `-test<N>` with
+/// another `--limit-test` than the run's.
+fn is_evaluation_output(name: &str) -> bool {
+    let tag = match (
+        name.strip_prefix("confusion-")
+            .and_then(|t| t.strip_suffix(".png")),
+        name.strip_prefix("evaluation-")
+            .and_then(|t| t.strip_suffix(".json")),
+    ) {
+        (Some(tag), _) | (_, Some(tag)) => tag,
+        (None, None) => return false,
+    };
+    let tag = match tag.rsplit_once("-test") {
+        Some((head, "-all")) => head,
+        Some((head, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => head,
+        _ => tag,
+    };
     let precisions = <crate::config::Precision as clap::ValueEnum>::value_variants();
-    let evaluated = ["best", "last"].iter().any(|w| {
-        let tags = std::iter::once(w.to_string()).chain(
-            precisions
+    ["best", "last"].iter().any(|w| {
+        tag == *w
+            || precisions
                 .iter()
-                .map(|p| format!("{w}-{}", crate::flags::FlagText::flag_text(p))),
-        );
-        tags.into_iter()
-            .any(|tag| name == evaluated_confusion(&tag) || name == evaluation_summary(&tag))
-    });
-    named.contains(&name) || name.starts_with(EVENTS_PREFIX) || evaluated
+                .any(|p| tag == format!("{w}-{}", crate::flags::FlagText::flag_text(p)))
+    })
 }
 
 /// The run's files in `dir` (see [`is_run_output`]).
@@ -255,20 +273,28 @@ pub fn settle_for_reading(dir: &Path) -> Result<()> {
         return Ok(());
     }
     let lock_path = dir.join(LOCK);
-    let Ok(lock) = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-    else {
-        bail!(
-            "--run {}: an interrupted --overwrite left the run there half replaced, and the \
-             directory is not writable to put it back; the replaced run is in {}",
-            dir.display(),
-            dir.join(REPLACED).display()
-        );
+    let lock = loop {
+        let Ok(lock) = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+        else {
+            bail!(
+                "--run {}: an interrupted --overwrite left the run there half replaced, and the \
+                 directory is not writable to put it back; the replaced run is in {}",
+                dir.display(),
+                dir.join(REPLACED).display()
+            );
+        };
+        // As `RunDir::lock`: a lock file unlinked meanwhile is not the directory's lock.
+        match lock.try_lock() {
+            Ok(()) if !same_file(&lock, &lock_path) => continue,
+            locked => break (lock, locked),
+        }
     };
-    match lock.try_lock() {
+    let (_lock, locked) = lock;
+    match locked {
         Ok(()) => settle(dir),
         Err(TryLockError::WouldBlock) if pending(dir) => bail!(
             "--run {}: a run started there with --overwrite is still training and has not saved \
@@ -281,6 +307,15 @@ pub fn settle_for_reading(dir: &Path) -> Result<()> {
         Err(TryLockError::Error(e)) => {
             Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
         }
+    }
+}
+
+/// Whether the open file `file` is the one `path` names now (not unlinked or replaced since).
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
     }
 }
 
@@ -304,7 +339,8 @@ pub struct RunDir {
     /// anything but its configuration.
     created: bool,
     /// Whether this run made the lock file in a directory it did not make: removed again if
-    /// the run saves no epoch (a failed start in a folder of the user's leaves it as it was).
+    /// the directory holds no saved epoch when the run ends (a failed start in a folder of the
+    /// user's takes its lock file back; files a run wrote once training began stay).
     made_lock: bool,
     /// Whether it is noted in [`HELD`] (for a Ctrl-C outside the epochs).
     noted: bool,
@@ -500,25 +536,33 @@ impl RunDir {
 
     fn lock(path: &Path) -> Result<Self> {
         let lock_path = path.join(LOCK);
-        let made_lock = std::fs::symlink_metadata(&lock_path).is_err();
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("{} is not writable", path.display()))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => bail!(
-                "{} is in use by another run (it holds {}); wait for it to finish or choose \
-                 another --out",
-                path.display(),
-                lock_path.display()
-            ),
-            Err(TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
+        // A run that saved nothing removes the lock file it made (see `Held::end`), after
+        // which another process may lock the unlinked file it had opened before: a lock is only
+        // taken once the name still leads to the file locked, else the name is opened again.
+        let (lock, made_lock) = loop {
+            let made_lock = std::fs::symlink_metadata(&lock_path).is_err();
+            let lock = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .with_context(|| format!("{} is not writable", path.display()))?;
+            match lock.try_lock() {
+                Ok(()) => {}
+                Err(TryLockError::WouldBlock) => bail!(
+                    "{} is in use by another run (it holds {}); wait for it to finish or choose \
+                     another --out",
+                    path.display(),
+                    lock_path.display()
+                ),
+                Err(TryLockError::Error(e)) => {
+                    return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
+                }
             }
-        }
+            if same_file(&lock, &lock_path) {
+                break (lock, made_lock);
+            }
+        };
         // Made before the tidying below, so that its drop takes back a lock file it made.
         let dir = Self {
             path: path.to_path_buf(),
@@ -683,16 +727,29 @@ fn remove_temporaries(dir: &Path) -> Result<()> {
 }
 
 fn is_temporary(name: &str) -> bool {
+    // tempfile's six random letters and digits (a digit or capital among them: a user's
+    // `.tmpconfig` is not one).
     let tempfile_crate = name.len() == 10
         && name.starts_with(".tmp")
-        && name[4..].chars().all(|c| c.is_ascii_alphanumeric());
-    tempfile_crate
-        || name.match_indices(".tmp").any(|(i, m)| {
-            name[i + m.len()..]
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_digit())
+        && name[4..].chars().all(|c| c.is_ascii_alphanumeric())
+        && name[4..]
+            .chars()
+            .any(|c| c.is_ascii_digit() || c.is_ascii_uppercase());
+    // `atomic`'s `.{stem}.tmp{pid}{ext}` of a run's file (`.curves.tmp77.png`).
+    let atomic = name
+        .strip_prefix('.')
+        .and_then(|rest| {
+            let (stem, after) = rest.rsplit_once(".tmp")?;
+            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+            let ext = &after[digits..];
+            (digits > 0 && (ext.is_empty() || ext.starts_with('.'))).then(|| format!("{stem}{ext}"))
         })
+        .is_some_and(|target| is_run_output(&target));
+    // The older `{name}.tmp{pid}` of a run's file.
+    let older = name.rsplit_once(".tmp").is_some_and(|(target, pid)| {
+        !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) && is_run_output(target)
+    });
+    tempfile_crate || atomic || older
 }
 
 #[cfg(test)]
@@ -709,6 +766,34 @@ mod tests {
         assert!(is_temporary(".tmpq6jowu"));
         assert!(!is_temporary(".tmpq6jowu.png"));
         assert!(!is_temporary("tmpq6jowu12"));
+        // A user's files that look alike are not ours.
+        assert!(!is_temporary("thesis.tmp1.docx"));
+        assert!(!is_temporary(".notes.tmp1.txt"));
+        assert!(!is_temporary("notes.txt.tmp12"));
+        assert!(!is_temporary(".tmpconfig"));
+        assert!(is_temporary(".metrics.tmp12.csv"));
+        assert!(is_temporary(".evaluation-best-test-all.tmp9.json"));
+    }
+
+    #[test]
+    fn evaluate_outputs_are_the_runs() {
+        for name in [
+            "confusion-best.png",
+            "evaluation-last.json",
+            "evaluation-best-f32.json",
+            "confusion-best-test-all.png",
+            "evaluation-last-bf16-test500.json",
+        ] {
+            assert!(is_run_output(name), "{name}");
+        }
+        for name in [
+            "evaluation-other-best.json",
+            "confusion-best-test.png",
+            "evaluation-best-testx.json",
+            "evaluation-best.png",
+        ] {
+            assert!(!is_run_output(name), "{name}");
+        }
     }
 
     #[test]
