@@ -26,6 +26,16 @@ fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
+/// The names in `dir`, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 fn synthetic(dir: &Path) -> String {
     let data = dir.join("mnist");
     train::synthetic::write_mnist(&data, 96, 40).expect("synthetic MNIST");
@@ -406,14 +416,6 @@ fn one_run_owns_its_directory() {
     );
     // An --overwrite run that fails in its first epoch, after writing its configuration (here
     // its loss becomes NaN), leaves the finished run as it was.
-    let listing = |dir: &Path| {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .expect("list")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    };
     let files = listing(&done);
     let failed = train_mnist(&[
         "--data-dir",
@@ -595,14 +597,6 @@ fn resume_accepts_the_same_flags_and_names_a_changed_one() {
     // As many epochs as it has trained: nothing to do, said so before any data is loaded (a
     // --data-dir that is gone does not matter), and the run is unchanged: no file is added.
     let state = std::fs::read(out.join(train::rundir::STATE)).expect("state");
-    let listing = |dir: &Path| -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .expect("run dir")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    };
     let files = listing(&out);
     let gone = dir.path().join("gone");
     let done = train_mnist(&[
