@@ -742,4 +742,46 @@ fn own_class_folders_need_no_folder_flag() {
         "{err}"
     );
     assert!(!lone_out.exists(), "a failed start leaves no directory");
+
+    // The class folders directly in --data-dir (4 images each): --test-fraction 0.5 holds out
+    // 2 of each for testing, evaluate reads the same split, and a resume keeps the fraction.
+    let flat = dir.path().join("flat");
+    std::fs::rename(data.join("train"), &flat).expect("move train/");
+    let flat_out = dir.path().join("flat-run");
+    let flat_args = [
+        "--weights",
+        s(&weights),
+        "--data-dir",
+        s(&flat),
+        "--image-size",
+        "32",
+        "--device",
+        "cpu",
+        "--out",
+        s(&flat_out),
+    ];
+    let log = ok(
+        &[&flat_args[..], &["--epochs", "1", "--test-fraction", "0.5"]].concat(),
+        &[],
+    );
+    assert!(log.contains("(6 train / 6 test images"), "{log}");
+    let evaluated = ok(&["evaluate", "--run", s(&flat_out), "--device", "cpu"], &[]);
+    assert!(evaluated.contains("on 6 test images"), "{evaluated}");
+    let err = fails(
+        &[
+            "--resume",
+            s(&flat_out),
+            "--epochs",
+            "2",
+            "--test-fraction",
+            "0.25",
+        ],
+        &[],
+    );
+    assert!(
+        err.contains("--test-fraction 0.25 (the run has 0.5)"),
+        "{err}"
+    );
+    let err = fails(&[&flat_args[..], &["--test-fraction", "1"]].concat(), &[]);
+    assert!(err.contains("--test-fraction must be in (0, 1)"), "{err}");
 }

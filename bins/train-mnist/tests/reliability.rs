@@ -941,3 +941,26 @@ fn a_longer_resume_of_a_cosine_run_is_said() {
         );
     }
 }
+
+/// `--test-fraction` is for image folders; MNIST has its own test split, so it is refused,
+/// not ignored.
+#[test]
+fn a_test_fraction_for_mnist_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    let out = dir.path().join("run");
+    let ran = train_mnist(&[
+        "--data-dir",
+        &data,
+        "--test-fraction",
+        "0.3",
+        "--out",
+        &s(&out),
+    ]);
+    let err = stderr(&ran);
+    assert!(
+        !ran.status.success() && err.contains("MNIST comes with its own test split"),
+        "{err}"
+    );
+    assert!(!out.exists(), "a failed start leaves no directory");
+}

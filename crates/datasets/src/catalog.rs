@@ -18,7 +18,7 @@ use std::sync::{Arc, LazyLock, RwLock};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::{cifar, folder, hub, idx, Dataset, FolderOptions, Split, Storage, Transform};
+use crate::{cifar, folder, hub, idx, Dataset, FolderOptions, Split, Transform};
 
 /// The data sets the training programs take (a run's `config.json` names one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,7 +178,7 @@ pub const FOLDER: DatasetSpec = DatasetSpec {
     shape: None,
     read: Some(Reader {
         split: |root| folder::image_folder(root, &FolderOptions::default()),
-        test: Some(|root| folder::image_folder_test(root, Storage::Files)),
+        test: Some(|root| folder::image_folder_test(root, &FolderOptions::default())),
     }),
     local_files: "ROOT/<class>/*.jpg, or ROOT/train and ROOT/test",
     ..IMAGENET

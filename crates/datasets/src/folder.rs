@@ -123,16 +123,12 @@ pub fn image_folder_listing(listing: Listing, options: &FolderOptions) -> Result
 ///
 /// # Errors
 /// As [`image_folder`].
-pub(crate) fn image_folder_test(root: &Path, storage: Storage) -> Result<Arc<dyn Dataset>> {
+pub fn image_folder_test(root: &Path, options: &FolderOptions) -> Result<Arc<dyn Dataset>> {
     ensure_exists(root)?;
     if let Some(dir) = test_folder_alone(root) {
-        return test_folder(&root.join(dir), storage);
+        return test_folder(&root.join(dir), options.storage);
     }
-    let options = FolderOptions {
-        storage,
-        ..FolderOptions::default()
-    };
-    Ok(image_folder(root, &options)?.test)
+    Ok(image_folder(root, options)?.test)
 }
 
 /// `test` (else `val`) when the directory `root`'s visible folders are among `test` and `val`:
@@ -289,14 +285,14 @@ impl Picks {
         ensure!(
             fraction > 0.0 || !test.files.is_empty(),
             "{}: a test fraction of 0 holds out no image: make train/ and test/ (or val/) folders, \
-             or give FolderOptions::test_fraction above 0",
+             or hold out more (--test-fraction; FolderOptions::test_fraction)",
             self.origin
         );
         ensure!(
             !test.files.is_empty(),
             "{}: holding out {}% of each class (rounded) as the test split leaves no test image \
-             among the {}: give a class {} or more images, or make train/ and test/ (or val/) \
-             folders (from the library, a larger FolderOptions::test_fraction works too)",
+             among the {}: give a class {} or more images, hold out more (--test-fraction; \
+             FolderOptions::test_fraction), or make train/ and test/ (or val/) folders",
             self.origin,
             fraction * 100.0,
             self.files.len(),

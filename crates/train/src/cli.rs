@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, Args as _, Command, FromArgMatches as _};
 use datasets::Dataset;
 
-use crate::config::{OptimizerKind, RunConfig, ScheduleKind};
+use crate::config::{DatasetKind, OptimizerKind, RunConfig, ScheduleKind};
 use crate::flags::{apply_on_resume, table, FlagText};
 pub use crate::flags::{Args, Recipe};
 use crate::inference::{evaluate, predict, EvaluateArgs, PredictArgs};
@@ -317,14 +317,28 @@ fn absolute_data_dir(config: &mut RunConfig) -> Result<()> {
 /// The data set cannot be found, downloaded or read (with the reader's reason), or a subset cannot
 /// be drawn.
 pub fn load_data(config: &RunConfig) -> Result<datasets::Split> {
-    let split = datasets::catalog::load(config.dataset.spec(), config.data_dir.as_deref())
-        .context("cannot load the data set")?;
+    if config.dataset != DatasetKind::Folder
+        && config.test_fraction != datasets::FolderOptions::default().test_fraction
+    {
+        bail!(
+            "--test-fraction {}: {} comes with its own test split; the flag is for an image \
+             folder whose class folders stand directly in --data-dir",
+            config.test_fraction,
+            config.dataset.spec().title
+        );
+    }
+    let split = match (config.dataset, config.data_dir.as_deref()) {
+        (DatasetKind::Folder, Some(dir)) => datasets::image_folder(dir, &folder_options(config)),
+        (dataset, dir) => datasets::catalog::load(dataset.spec(), dir),
+    }
+    .context("cannot load the data set")?;
     if let [only] = split.train.classes() {
         if ["train", "test", "val"].contains(&only.as_str()) {
             bail!(
                 "{}: the one folder there is {only}/, taken as a class; a split needs train/ and \
                  test/ (or val/) together, each with the class folders, or the class folders \
-                 directly inside --data-dir (20% of each class is then held out for testing)",
+                 directly inside --data-dir (--test-fraction of each class, 0.2 by default, is \
+                 then held out for testing)",
                 config
                     .data_dir
                     .as_deref()
@@ -355,13 +369,27 @@ pub fn load_data(config: &RunConfig) -> Result<datasets::Split> {
 /// # Errors
 /// The test split cannot be found, downloaded or read, or a subset cannot be drawn.
 pub fn load_test_data(config: &RunConfig) -> Result<(Arc<dyn Dataset>, usize)> {
-    let test = datasets::catalog::load_test(config.dataset.spec(), config.data_dir.as_deref())
-        .context("cannot load the test split")?;
+    let test = match (config.dataset, config.data_dir.as_deref()) {
+        (DatasetKind::Folder, Some(dir)) => {
+            datasets::image_folder_test(dir, &folder_options(config))
+        }
+        (dataset, dir) => datasets::catalog::load_test(dataset.spec(), dir),
+    }
+    .context("cannot load the test split")?;
     let whole = test.len();
     Ok((
         limited(test, config.limit_test, config.seed, "test")?,
         whole,
     ))
+}
+
+/// How an image folder (`DatasetKind::Folder`) is read: the catalog's way, with the run's
+/// `--test-fraction`.
+fn folder_options(config: &RunConfig) -> datasets::FolderOptions {
+    datasets::FolderOptions {
+        test_fraction: config.test_fraction,
+        ..datasets::FolderOptions::default()
+    }
 }
 
 /// `data`, or `limit` of its samples chosen by [`datasets::stratified_indices`].

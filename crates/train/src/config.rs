@@ -180,6 +180,10 @@ pub struct RunConfig {
     pub limit_train: Option<usize>,
     /// Test on this many test images (a seeded stratified subset).
     pub limit_test: Option<usize>,
+    /// An image folder without `train/` and `test/`: the share of each class held out for
+    /// testing (`datasets::FolderOptions::test_fraction`; runs saved before it had 0.2).
+    #[serde(default = "default_test_fraction")]
+    pub test_fraction: f64,
     /// Data-loading threads.
     pub workers: usize,
     /// The dtype of convolutions and matrix products.
@@ -269,6 +273,12 @@ impl RunConfig {
                 self.label_smoothing,
                 (0.0..=1.0).contains(&self.label_smoothing),
                 "in [0, 1]",
+            ),
+            (
+                "--test-fraction",
+                self.test_fraction,
+                self.test_fraction > 0.0 && self.test_fraction < 1.0,
+                "in (0, 1)",
             ),
         ];
         for (flag, value, ok, rule) in reals {
@@ -406,4 +416,9 @@ impl LrSchedule for Box<dyn LrSchedule> {
     fn momentum(&self, t: usize) -> Option<f64> {
         self.as_ref().momentum(t)
     }
+}
+
+/// The image-folder hold-out of runs saved before `--test-fraction` existed.
+fn default_test_fraction() -> f64 {
+    datasets::FolderOptions::default().test_fraction
 }

@@ -409,6 +409,10 @@ hyperparameters! {
     /// Test on N test images: a seeded subset keeping each class's share
     #[arg(long)]
     limit_test: Option<usize> = optional();
+    /// Image folders with the class folders directly in --data-dir (no train/ and test/):
+    /// the share of each class held out as the test split (rounded, drawn with a fixed seed)
+    #[arg(long)]
+    test_fraction: Option<f64> = value(|_| datasets::FolderOptions::default().test_fraction);
     /// Data-loading threads [default: the number of CPUs]
     #[arg(long)]
     workers: Option<usize> = value(|_| default_workers()).default_in_help_text().changeable();
