@@ -201,6 +201,12 @@ fn evaluate_takes_another_test_limit() {
     };
     let (log, own) = summary(&[], "evaluation-best.json");
     assert_eq!(own["samples"], 20, "{log}");
+    // The data read is recorded: the run's (absolute) data directory.
+    let data_dir = own["data_dir"].as_str().expect("data_dir").to_string();
+    assert!(
+        Path::new(&data_dir).is_absolute() && data_dir.ends_with("mnist"),
+        "{data_dir}"
+    );
     // The run's own limit, given: the same test set, the same names.
     let (log, same) = summary(&["--limit-test", "20"], "evaluation-best.json");
     assert_eq!(same, own, "{log}");

@@ -386,3 +386,22 @@ fn corrupt_archive() {
         "{msg}"
     );
 }
+
+#[test]
+fn cifar_folder_with_only_train_says_the_splits_go_together() {
+    let dir = tempdir().unwrap();
+    write_folder(
+        dir.path(),
+        &["train"],
+        &datasets::CIFAR10_CLASSES,
+        1,
+        32,
+        32,
+    );
+    let msg = chain(&cifar10(Some(dir.path())).unwrap_err());
+    assert!(
+        msg.contains("the one folder there is train/, taken as a class")
+            && msg.contains("needs train/ and test/ together"),
+        "{msg}"
+    );
+}

@@ -164,7 +164,8 @@ pub struct RunConfig {
     pub step_size: usize,
     /// Decay factor of StepLR and MultiStepLR.
     pub gamma: f64,
-    /// Epochs of linear warm-up (from a third of the rate, as PyTorch's LinearLR) before the schedule.
+    /// Epochs of linear warm-up (from a third of the rate, as PyTorch's LinearLR), multiplied into
+    /// the schedule (`ChainedScheduler([LinearLR, schedule])`).
     pub warmup_epochs: usize,
     /// Label smoothing of the cross-entropy.
     pub label_smoothing: f64,

@@ -378,7 +378,9 @@ hyperparameters! {
     /// StepLR / MultiStepLR decay factor
     #[arg(long)]
     gamma: Option<f64> = value(|r| r.gamma);
-    /// Epochs of linear warm-up before the schedule
+    /// Epochs of linear warm-up, from a third of the rate, multiplied into the schedule as
+    /// PyTorch's ChainedScheduler([LinearLR, schedule]) (not SequentialLR: the schedule runs
+    /// from the first epoch)
     #[arg(long)]
     warmup_epochs: Option<usize> = value(|_| 0);
     /// Cross-entropy label smoothing

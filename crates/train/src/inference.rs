@@ -218,6 +218,9 @@ pub struct Evaluation {
     pub weights: PathBuf,
     /// The precision the test pass ran in (the run's unless `--precision` said otherwise).
     pub precision: Precision,
+    /// Where the test images were read (`--data-dir`, else the run's); `None`: the Hugging
+    /// Face Hub's copy.
+    pub data_dir: Option<PathBuf>,
     /// Test images.
     pub samples: usize,
     /// Mean test loss, with the run's training criterion.
@@ -286,6 +289,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
     let evaluation = Evaluation {
         weights: trained.weights.clone(),
         precision,
+        data_dir: config.data_dir.clone(),
         samples: m.samples(),
         loss: m.loss(),
         top1: m.accuracy(),

@@ -48,7 +48,9 @@ pub fn save_predictions(
 }
 
 /// The first [`PREDICTION_TILES`] of `predictions` (dataset index, predicted class) as
-/// captioned tiles of their `test` images: what [`save_predictions`] draws.
+/// captioned tiles of their `test` images: what [`save_predictions`] draws. When those are all
+/// of one class (a test set in class order, as an image folder's), the tiles are spread
+/// evenly over the predictions instead, so that the picture shows more than one class.
 ///
 /// # Errors
 /// An image cannot be read from `test`.
@@ -58,8 +60,20 @@ pub fn prediction_tiles(
 ) -> Result<Vec<viz::Tile>> {
     let classes = test.classes();
     let name = |c: usize| classes.get(c).cloned().unwrap_or_else(|| c.to_string());
+    let first = &predictions[..predictions.len().min(PREDICTION_TILES)];
+    let one_class = first.len() > 1
+        && first
+            .iter()
+            .all(|p| test.label(p.0) == test.label(first[0].0));
+    let shown: Vec<(usize, usize)> = if one_class {
+        (0..first.len())
+            .map(|i| predictions[i * predictions.len() / first.len()])
+            .collect()
+    } else {
+        first.to_vec()
+    };
     let mut tiles = Vec::with_capacity(PREDICTION_TILES);
-    for &(index, predicted) in predictions.iter().take(PREDICTION_TILES) {
+    for &(index, predicted) in &shown {
         let image = test.image(index)?;
         let label = test.label(index);
         tiles.push(viz::Tile {
@@ -98,4 +112,34 @@ pub fn save_confusion(dir: &Path, confusion: &[Vec<u64>], classes: &[String]) ->
 /// The matrix is not square or does not match `classes`, or the picture cannot be written.
 pub fn save_confusion_as(path: &Path, confusion: &[Vec<u64>], classes: &[String]) -> Result<()> {
     atomic::write_with(path, |tmp| viz::save_confusion(tmp, confusion, classes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A test set in class order shows tiles spread over it; a mixed one its first ten.
+    #[test]
+    fn predictions_show_more_than_one_class() -> Result<()> {
+        let classes: Vec<String> = ["a", "b"].map(String::from).to_vec();
+        let captions = |labels: Vec<usize>| -> Result<Vec<String>> {
+            let n = labels.len();
+            let data =
+                datasets::InMemory::new(vec![0; n], labels.clone(), (1, 1, 1), classes.clone())?;
+            let predictions: Vec<(usize, usize)> = (0..n).map(|i| (i, labels[i])).collect();
+            Ok(prediction_tiles(&data, &predictions)?
+                .into_iter()
+                .map(|t| t.caption)
+                .collect())
+        };
+        let sorted = captions([vec![0; 20], vec![1; 20]].concat())?;
+        assert_eq!(sorted.len(), PREDICTION_TILES);
+        assert_eq!(
+            sorted.iter().filter(|c| c.starts_with("true: b")).count(),
+            5
+        );
+        let mixed = captions((0..40).map(|i| i % 2).collect())?;
+        assert!(mixed[0].starts_with("true: a") && mixed[1].starts_with("true: b"));
+        Ok(())
+    }
 }

@@ -30,6 +30,11 @@ macro_rules! say {
 }
 
 fn main() -> Result<()> {
+    // As the training programs: an error is printed with its causes, without a backtrace
+    // (RUST_BACKTRACE=1 stays for panics; RUST_LIB_BACKTRACE=1 asks for one).
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     let workers = match std::env::args().nth(1).as_deref() {
         Some("-h" | "--help") => {
             say!("usage: bench-pipeline [WORKERS]  (default 2; CNN_SHARED_DIR for the real data)");

@@ -124,6 +124,7 @@ impl From<UpdateArg> for Update {
 }
 
 fn main() -> Result<()> {
+    train::cli::user_errors_without_backtraces();
     if std::env::var_os("BENCH_MMAP").is_none() {
         train::memory::keep_freed_memory();
     }
