@@ -1009,9 +1009,22 @@ pub fn check_fits(
     num_classes: usize,
     device: &Device,
 ) -> Result<()> {
-    let expects = zoo::spec(name)
-        .map(|s| format!(" (it expects {}x{}x{})", s.input.0, s.input.1, s.input.2))
+    let native = zoo::spec(name).ok().map(|s| s.input);
+    let expects = native
+        .map(|(c, h, w)| format!(" (it expects {c}x{h}x{w})"))
         .unwrap_or_default();
+    // What to do about it: the same channels take a resize (the adaptive pooling of most zoo
+    // models takes other sides); other channels need another model.
+    let hint = |c: usize| match native {
+        Some((nc, nh, _)) if nc == c => format!(
+            "; give --train-transform and --test-transform that resize the images (for example \
+             resize:{nh} before the other steps), or choose a --model made for them"
+        ),
+        Some((nc, _, _)) => {
+            format!("; it takes {nc}-channel images: choose a --model made for {c} channels")
+        }
+        None => String::new(),
+    };
     let mut tried = Vec::new();
     for (flag, text, shape) in inputs {
         if tried.contains(shape) {
@@ -1021,7 +1034,11 @@ pub fn check_fits(
         let (c, h, w) = *shape;
         let x = Tensor::zeros((1, c, h, w), DType::F32, device)?;
         let logits = model.forward_t(&x, false).with_context(|| {
-            format!("model {name} does not fit the {c}x{h}x{w} images that {flag} {text} gives{expects}")
+            format!(
+                "model {name} does not fit the {c}x{h}x{w} images that {flag} {text} gives\
+                 {expects}{}",
+                hint(c)
+            )
         })?;
         if logits.dims() != [1, num_classes] {
             anyhow::bail!(
