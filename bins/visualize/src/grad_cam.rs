@@ -119,42 +119,59 @@ fn overlay(seen: &U8Image, cam: &Cam) -> Result<U8Image> {
 /// the class explained.
 pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
     let device = Device::Cpu;
-    let (model, store_spec, input, classes, transform) = match (&args.run, &args.model) {
-        (Some(run), _) => {
-            let weights = args.weights.as_deref().unwrap_or("best");
-            let trained = train::inference::Trained::open(run, weights, &device)?;
-            let spec = zoo::spec(&trained.config.model)?;
-            let input = train::inference::run_input(&trained.config)?;
-            let transform = Transform::parse(&trained.config.test_transform)?;
-            (trained.model, spec, input, trained.classes, transform)
-        }
-        (None, Some(name)) => {
-            let spec = zoo::spec(name)?;
-            let weights = args.weights.as_ref().map(PathBuf::from);
-            let (net, _, count) =
-                zoo::load_counting_classes(name, None, weights.as_deref(), &device, 0)?;
-            let data = datasets::catalog::spec(spec.data)?;
-            // A run's checkpoint: the names saved beside it; else the data set's, where the
-            // count is theirs.
-            let beside = weights
-                .as_deref()
-                .and_then(|w| train::inference::classes_beside(w, count));
-            let classes: Vec<String> = match beside {
-                Some(classes) => classes,
-                None if data.classes.len() == count => {
-                    data.classes.iter().map(|c| c.to_string()).collect()
-                }
-                None => (0..count).map(|k| format!("class {k}")).collect(),
-            };
-            let input = train::inference::RunInput {
-                channels: spec.input.0,
-                side: spec.input.1,
-                data_size: false,
-            };
-            (net, spec, input, classes, (data.eval)(spec.input.1))
-        }
-        (None, None) => bail!("grad-cam needs --run DIR (a training run) or --model NAME"),
+    // A run's checkpoint given as --model NAME --weights RUN/best.safetensors is read as
+    // --run RUN would read it: its input size, transform and classes, not the model's native
+    // ones (a resnet18 trained on 32x32 CIFAR-10 images, say).
+    let beside = match (&args.run, &args.model, &args.weights) {
+        (None, Some(name), Some(weights)) => run_beside(Path::new(weights), name),
+        _ => None,
     };
+    if let Some(run) = &beside {
+        train::say!(
+            "{}: a checkpoint of the run in {}: its input size, transform and classes are used \
+             (as --run {} --weights FILE)",
+            args.weights.as_deref().unwrap_or_default(),
+            run.display(),
+            run.display()
+        );
+    }
+    let (model, store_spec, input, classes, transform) =
+        match (args.run.as_ref().or(beside.as_ref()), &args.model) {
+            (Some(run), _) => {
+                let weights = args.weights.as_deref().unwrap_or("best");
+                let trained = train::inference::Trained::open(run, weights, &device)?;
+                let spec = zoo::spec(&trained.config.model)?;
+                let input = train::inference::run_input(&trained.config)?;
+                let transform = Transform::parse(&trained.config.test_transform)?;
+                (trained.model, spec, input, trained.classes, transform)
+            }
+            (None, Some(name)) => {
+                let spec = zoo::spec(name)?;
+                let weights = args.weights.as_ref().map(PathBuf::from);
+                let (net, _, count) =
+                    zoo::load_counting_classes(name, None, weights.as_deref(), &device, 0)?;
+                let data = datasets::catalog::spec(spec.data)?;
+                // A run's checkpoint: the names saved beside it; else the data set's, where the
+                // count is theirs.
+                let beside = weights
+                    .as_deref()
+                    .and_then(|w| train::inference::classes_beside(w, count));
+                let classes: Vec<String> = match beside {
+                    Some(classes) => classes,
+                    None if data.classes.len() == count => {
+                        data.classes.iter().map(|c| c.to_string()).collect()
+                    }
+                    None => (0..count).map(|k| format!("class {k}")).collect(),
+                };
+                let input = train::inference::RunInput {
+                    channels: spec.input.0,
+                    side: spec.input.1,
+                    data_size: false,
+                };
+                (net, spec, input, classes, (data.eval)(spec.input.1))
+            }
+            (None, None) => bail!("grad-cam needs --run DIR (a training run) or --model NAME"),
+        };
     let predictor =
         train::inference::Predictor::for_run(model.as_ref(), transform, input, &classes, &device)?;
     let (seen, x) = predictor.prepare(&args.image)?;
@@ -219,6 +236,15 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
         path.display()
     );
     Ok(())
+}
+
+/// The run directory holding the checkpoint `weights` (its `config.json` beside it names the
+/// zoo model `name`), if any.
+fn run_beside(weights: &Path, name: &str) -> Option<PathBuf> {
+    let dir = weights.parent()?;
+    let text = std::fs::read(dir.join(train::rundir::CONFIG)).ok()?;
+    let config: train::config::RunConfig = serde_json::from_slice(&text).ok()?;
+    (config.model == name).then(|| dir.to_path_buf())
 }
 
 /// `--class`: a class name (`cat`; any case; for MNIST's `7 - seven` also `seven`) or an index

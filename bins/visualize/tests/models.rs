@@ -114,6 +114,32 @@ fn filters_draws_the_saved_kernels() {
         stdout.contains("predicted class: ") && stdout.contains(" - "),
         "{stdout}"
     );
+    // grad-cam of the run's checkpoint named as --model --weights: read as the run's.
+    let best = run.join(train::rundir::BEST);
+    let stdout = visualize(&[
+        "grad-cam",
+        "--model",
+        "lenet5",
+        "--weights",
+        best.to_str().unwrap(),
+        "--image",
+        picture.to_str().unwrap(),
+        "--out",
+        by_run.to_str().unwrap(),
+    ]);
+    assert!(stdout.contains("a checkpoint of the run in"), "{stdout}");
+    let stdout = visualize(&[
+        "grad-cam",
+        "--model",
+        "lenet5",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--image",
+        picture.to_str().unwrap(),
+        "--out",
+        by_run.to_str().unwrap(),
+    ]);
+    assert!(!stdout.contains("a checkpoint of the run"), "{stdout}");
 
     let initial_out = dir.path().join("initial");
     let stdout = visualize(&[
