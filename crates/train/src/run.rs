@@ -223,7 +223,9 @@ pub fn train(
         device_name(&device),
         match config.precision {
             Precision::F32 => "",
-            Precision::Tf32 => " with TF32 products",
+            Precision::Tf32 if device.is_cuda() => " with TF32 products",
+            // As PyTorch's allow_tf32: a CUDA setting, float32 elsewhere.
+            Precision::Tf32 => " in float32 (TF32 is for CUDA's tensor cores)",
             Precision::Bf16 => " in bf16 autocast",
         },
         match config.memory_format {
