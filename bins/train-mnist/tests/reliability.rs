@@ -767,7 +767,7 @@ fn images_the_model_cannot_take_are_refused_before_training() {
         assert!(
             err.contains(&format!(
                 "cnn-mnist does not fit the 1x32x32 images that {flag} random-crop:32:4 gives"
-            )) && err.contains("resize:28 before the other steps"),
+            )) && err.contains("with resize:28,center-crop:28 (after any crop)"),
             "{err}"
         );
         assert!(!out.exists(), "{err}");

@@ -241,7 +241,14 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
 /// The run directory holding the checkpoint `weights` (its `config.json` beside it names the
 /// zoo model `name`), if any.
 fn run_beside(weights: &Path, name: &str) -> Option<PathBuf> {
-    let dir = weights.parent()?;
+    // `best` and `last` name a run's checkpoints to `Trained::open`, not files.
+    if weights == Path::new("best") || weights == Path::new("last") {
+        return None;
+    }
+    let dir = match weights.parent()? {
+        dir if dir.as_os_str().is_empty() => Path::new("."),
+        dir => dir,
+    };
     let text = std::fs::read(dir.join(train::rundir::CONFIG)).ok()?;
     let config: train::config::RunConfig = serde_json::from_slice(&text).ok()?;
     (config.model == name).then(|| dir.to_path_buf())

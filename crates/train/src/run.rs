@@ -1019,8 +1019,8 @@ pub fn check_fits(
     // models takes other sides); other channels need another model.
     let hint = |c: usize| match native {
         Some((nc, nh, _)) if nc == c => format!(
-            "; give --train-transform and --test-transform that resize the images (for example \
-             resize:{nh} before the other steps), or choose a --model made for them"
+            "; end --train-transform and --test-transform with resize:{nh},center-crop:{nh} \
+             (after any crop), or choose a --model made for these images"
         ),
         Some((nc, _, _)) => {
             format!("; it takes {nc}-channel images: choose a --model made for {c} channels")
