@@ -114,31 +114,24 @@ fn filters_draws_the_saved_kernels() {
         stdout.contains("predicted class: ") && stdout.contains(" - "),
         "{stdout}"
     );
-    // grad-cam of the run's checkpoint named as --model --weights: read as the run's.
-    let best = run.join(train::rundir::BEST);
-    let stdout = visualize(&[
-        "grad-cam",
-        "--model",
-        "lenet5",
-        "--weights",
-        best.to_str().unwrap(),
-        "--image",
-        picture.to_str().unwrap(),
-        "--out",
-        by_run.to_str().unwrap(),
-    ]);
+    // grad-cam of the run's checkpoint named as --model --weights: read as the run's; a file
+    // elsewhere is the zoo model's.
+    let grad_cam = |weights: &Path| {
+        visualize(&[
+            "grad-cam",
+            "--model",
+            "lenet5",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--image",
+            picture.to_str().unwrap(),
+            "--out",
+            by_run.to_str().unwrap(),
+        ])
+    };
+    let stdout = grad_cam(&run.join(train::rundir::BEST));
     assert!(stdout.contains("a checkpoint of the run in"), "{stdout}");
-    let stdout = visualize(&[
-        "grad-cam",
-        "--model",
-        "lenet5",
-        "--weights",
-        weights.to_str().unwrap(),
-        "--image",
-        picture.to_str().unwrap(),
-        "--out",
-        by_run.to_str().unwrap(),
-    ]);
+    let stdout = grad_cam(&weights);
     assert!(!stdout.contains("a checkpoint of the run"), "{stdout}");
 
     let initial_out = dir.path().join("initial");
