@@ -330,14 +330,6 @@ fn from_folder(listing: Listing, origin: &Path) -> Result<Split> {
 
 /// A split of a CIFAR-10 ImageFolder from `origin`: ten classes of 3x32x32 images.
 fn check_folder_part(part: &dyn Dataset, origin: &Path) -> Result<()> {
-    if let [only] = part.classes() {
-        ensure!(
-            !["train", "test", "val"].contains(&only.as_str()),
-            "{}: the one folder there is {only}/, taken as a class; CIFAR-10 as an image folder \
-             needs train/ and test/ together, each with the 10 class folders",
-            origin.display()
-        );
-    }
     ensure!(
         part.classes().len() == CIFAR10_CLASSES.len(),
         "{}: CIFAR-10 needs 10 class folders, found {}: {:?}",

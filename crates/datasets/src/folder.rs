@@ -61,7 +61,8 @@ impl Default for FolderOptions {
 ///
 /// # Errors
 /// `root` cannot be read or unpacked, has no class folder, a class without images, `train/` and
-/// `test/` with different classes, or an unusable `options.test_fraction`.
+/// `test/` with different classes, only one of `train/`, `test/` and `val/` (which would be
+/// taken as the one class), or an unusable `options.test_fraction`.
 pub fn image_folder(root: &Path, options: &FolderOptions) -> Result<Split> {
     ensure_exists(root)?;
     let listing = if root.is_file() {
@@ -100,6 +101,16 @@ pub fn image_folder_listing(listing: Listing, options: &FolderOptions) -> Result
             (train, test)
         }
         _ => {
+            if let [only] = top.as_slice() {
+                ensure!(
+                    !["train", "test", "val"].contains(&only.as_str()),
+                    "{}: the one folder there is {only}/, taken as a class; a split needs train/ \
+                     and test/ (or val/) together, each with the class folders, or the class \
+                     folders directly inside it (a fraction of each class, 0.2 by default, is \
+                     then held out for testing: --test-fraction; FolderOptions::test_fraction)",
+                    listing.origin.display()
+                );
+            }
             let classes = children(&listing, "");
             let all = samples_of(&listing, "", &classes, false)?;
             all.split_fraction(options.test_fraction, options.split_seed)?
@@ -357,8 +368,11 @@ fn decode_all(chosen: Chosen) -> Result<InMemory> {
             let img = sample.decode()?;
             ensure!(
                 img.shape() == shape,
-                "{}: image is {:?} (CxHxW) but {} is {shape:?}; images held in memory (as CIFAR-10's \
-                 folders are) must all have one size",
+                "{}: image is {:?} (CxHxW) but {} is {shape:?}; images held decoded in memory \
+                 (as CIFAR-10's folders are) must all have one size as stored, whatever transform \
+                 follows: make them one size, or read the folder as a plain image folder \
+                 (Storage::Files; finetune-resnet50 --folder), which decodes each image as it is \
+                 read and resizes it then",
                 sample.name,
                 img.shape(),
                 first.name

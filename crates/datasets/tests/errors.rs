@@ -401,7 +401,28 @@ fn cifar_folder_with_only_train_says_the_splits_go_together() {
     let msg = chain(&cifar10(Some(dir.path())).unwrap_err());
     assert!(
         msg.contains("the one folder there is train/, taken as a class")
-            && msg.contains("needs train/ and test/ together"),
+            && msg.contains("train/ and test/ (or val/) together"),
         "{msg}"
     );
+}
+
+#[test]
+fn image_folder_with_only_one_split_folder_says_the_splits_go_together() {
+    for only in ["train", "test", "val"] {
+        let dir = tempdir().unwrap();
+        write_folder(dir.path(), &[only], &["cat", "dog"], 5, 8, 8);
+        let msg = chain(&image_folder(dir.path(), &FolderOptions::default()).unwrap_err());
+        assert!(
+            msg.contains(&format!(
+                "the one folder there is {only}/, taken as a class"
+            )) && msg.contains("train/ and test/ (or val/) together")
+                && msg.contains(&dir.path().display().to_string()),
+            "{msg}"
+        );
+    }
+    // A folder named like a split beside a class folder is a class like any other.
+    let dir = tempdir().unwrap();
+    write_folder(dir.path(), &[""], &["test", "dog"], 5, 8, 8);
+    let split = image_folder(dir.path(), &FolderOptions::default()).unwrap();
+    assert_eq!(split.train.classes(), ["dog", "test"]);
 }

@@ -333,18 +333,6 @@ pub fn load_data(config: &RunConfig) -> Result<datasets::Split> {
     }
     .context("cannot load the data set")?;
     if let [only] = split.train.classes() {
-        if ["train", "test", "val"].contains(&only.as_str()) {
-            bail!(
-                "{}: the one folder there is {only}/, taken as a class; a split needs train/ and \
-                 test/ (or val/) together, each with the class folders, or the class folders \
-                 directly inside --data-dir (--test-fraction of each class, 0.2 by default, is \
-                 then held out for testing)",
-                config
-                    .data_dir
-                    .as_deref()
-                    .map_or("the data set".into(), |d| d.display().to_string())
-            );
-        }
         bail!(
             "{}: one class found ({only:?}); a classifier needs two or more. The class folders \
              go directly inside --data-dir (ROOT/<class>/...), or inside ROOT/train/ and \

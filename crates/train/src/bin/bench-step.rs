@@ -20,8 +20,8 @@
 //! output: cuDNN's NHWC kernels on CUDA).
 //! `--optimizer-update per-tensor|flat` picks how the optimizer updates (by default flat on a
 //! GPU, per tensor on the CPU; the results are the same bits).
-//! `--split` also prints the forward, backward and optimizer parts of the step, timed apart,
-//! and on the CPU the share of the thread time spent in GEMM, im2col/layout, batch norm,
+//! `--split` also prints the forward, backward and optimizer parts of the step, timed apart
+//! (each part's share of the timed steps, times the median step), and on the CPU the share of the thread time spent in GEMM, im2col/layout, batch norm,
 //! pooling, the optimizer and the rest (element-wise operations, Candle's own operations,
 //! allocation), with the GEMM's GFLOP/s per thread.
 
@@ -475,8 +475,9 @@ fn pipeline(device: &Device) -> Result<()> {
     Ok(())
 }
 
-/// Medians over `steps` steps, in ms: the whole step, then forward (with the loss), backward and
-/// optimizer step, which are timed apart (synchronising the device between them) when `split`;
+/// The median over `steps` steps, in ms, of the whole step, then its forward (with the loss),
+/// backward and optimizer parts ([`parts_of_the_median`]), which are timed apart (synchronising
+/// the device between them) when `split`;
 /// and on the CPU with `split`, the shares of each part of the work ([`layers::profile`]). The
 /// images are in `format` (converted once, as PyTorch's `x.to(memory_format=...)`).
 fn median_step_ms(
@@ -547,11 +548,24 @@ fn median_step_ms(
         true => shares(&layers::profile::take(), &times[0], &times[3]),
         false => String::new(),
     };
-    let medians = times.map(|mut t| {
-        t.sort_by(f64::total_cmp);
-        t[t.len() / 2]
-    });
-    Ok((medians, shares))
+    Ok((parts_of_the_median(&times), shares))
+}
+
+/// The median step, and the forward, backward and optimizer parts of it: each part's share of
+/// the time summed over the steps, times the median step. So the parts add up to the step (less
+/// the time between them), where the parts' own medians, taken each on its own, need not: a
+/// stall that falls into the forward in some steps and into the backward in others raises both
+/// medians, and on a busy machine their sum went past the median step.
+fn parts_of_the_median(times: &[Vec<f64>; 4]) -> [f64; 4] {
+    let mut steps = times[0].clone();
+    steps.sort_by(f64::total_cmp);
+    let median = steps[steps.len() / 2];
+    let total: f64 = times[0].iter().sum();
+    let part = |k: usize| match total > 0.0 {
+        true => median * times[k].iter().sum::<f64>() / total,
+        false => 0.0,
+    };
+    [median, part(1), part(2), part(3)]
 }
 
 /// The shares of the timed steps' thread time (wall time x threads) spent in each part, with
@@ -585,6 +599,22 @@ fn shares(report: &layers::profile::Report, steps_ms: &[f64], optimizer_ms: &[f6
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_parts_add_up_to_the_median_step() {
+        // A 2 ms stall in the forward of two steps and in the backward of the other two: each
+        // part's own median would be 3 ms, 6 in all against a 4.1 ms step.
+        let times = [
+            vec![4.1, 4.1, 4.1, 4.1, 2.1],
+            vec![3.0, 3.0, 1.0, 1.0, 1.0],
+            vec![1.0, 1.0, 3.0, 3.0, 1.0],
+            vec![0.1, 0.1, 0.1, 0.1, 0.1],
+        ];
+        let [step, forward, backward, optimizer] = super::parts_of_the_median(&times);
+        assert_eq!(step, 4.1);
+        assert!((forward + backward + optimizer - step).abs() < 1e-9);
+        assert!((forward - backward).abs() < 1e-9 && forward > 1.9 && forward < 2.0);
+    }
+
     #[test]
     fn rounds_pair_each_mode_with_the_run_after_our_step_of_its_precision() {
         let mut r = super::Rounds::default();
