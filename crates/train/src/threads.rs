@@ -11,7 +11,7 @@
 //! (six rounds of 30 steps, faster in 5 of 6), `resnet18-cifar` b128 level (bf16 746 -> 738 ms
 //! and f32 1,100 -> 1,080 over four rounds, bf16 810 -> 787 over eight more: its operations are
 //! long enough that a wake-up costs little). Running the whole step on a pool thread instead
-//! (`ThreadPool::install`) had been slower (the README: `resnet18-cifar` bf16 624 -> 671 ms);
+//! (`ThreadPool::install`) had been slower (docs/PERFORMANCE.md: `resnet18-cifar` bf16 624 -> 671 ms);
 //! one cause, measured now: the step's large blocks then come from that thread's malloc arena,
 //! which hands them back to the kernel when freed (five times the page faults of a
 //! `resnet18-seed` run).
