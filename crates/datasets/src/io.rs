@@ -15,10 +15,10 @@ pub const MAX_PIPED_IMAGE: u64 = 256 << 20;
 pub const PIPE_WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Reads the image file `path` (for [`crate::decode_image`]): a regular file, or a pipe
-/// (`predict <(curl ...)`, `/dev/stdin`) of at most [`MAX_PIPED_IMAGE`] bytes. A directory, a
+/// (`predict <(curl ...)`, `/dev/stdin`) of at most `MAX_PIPED_IMAGE` bytes (256 MiB). A directory, a
 /// device such as `/dev/zero` or a socket is refused, naming it, rather than read without end.
 /// A pipe is read as `cat` reads it, except that a named pipe which no process opens for
-/// writing within [`PIPE_WRITER_WAIT`] is an error rather than a wait without end.
+/// writing within `PIPE_WRITER_WAIT` (10 s) is an error rather than a wait without end.
 ///
 /// # Errors
 /// `path` does not exist, is none of those, a named pipe finds no writer, a pipe gives no

@@ -212,9 +212,11 @@ pub fn load_strict(varmap: &VarMap, path: &Path) -> Result<()> {
 
 /// [`load_strict`] from tensors already in memory.
 ///
+/// Values are not checked for NaN or infinity here: [`read`], which every loader reads files
+/// with, refuses them.
+///
 /// # Errors
-/// Names missing from `tensors` or not in `varmap` (all listed), a tensor of another shape, or NaN
-/// or infinity.
+/// Names missing from `tensors` or not in `varmap` (all listed), or a tensor of another shape.
 pub fn load_tensors_strict(varmap: &VarMap, tensors: &HashMap<String, Tensor>) -> Result<()> {
     let data = varmap.data().lock().unwrap_or_else(|p| p.into_inner());
     // A checkpoint without `num_batches_tracked` (written before it was counted) leaves it as is.

@@ -1,7 +1,9 @@
 //! What every classic CNN in this workspace shares and Candle lacks or does differently.
 //!
-//! - [`Conv2d`]: convolution whose backward pass is two GEMMs on the CPU (Candle's is a direct
-//!   loop, several times slower);
+//! - [`Conv2d`]: convolution with its own backward pass: on the CPU GEMMs, Winograd F(2x2, 3x3)
+//!   for 3x3 stride-1 kernels, a direct kernel for a network's first layer and, with the
+//!   `onednn` feature, oneDNN where it is faster; on CUDA cuDNN with `cudnn` (Candle's backward
+//!   is a direct loop, several times slower);
 //! - [`Pool2d`]: max and average pooling with PyTorch's kernel/stride/padding/`ceil_mode`
 //!   semantics and a backward pass for every configuration;
 //! - [`adaptive_avg_pool2d`] with PyTorch's bins;

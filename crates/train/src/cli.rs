@@ -99,9 +99,11 @@ impl Recipe {
     ///
     /// # Errors
     /// `--model` is not one of the recipe's models, `--momentum` with Adam or `--betas` with SGD,
-    /// `--betas` with other than two numbers, a schedule flag the schedule does not use
-    /// (`--milestones` without `multistep`, `--step-size` without `step`, `--gamma` with
-    /// neither), or a value that [`RunConfig::validate`] refuses.
+    /// `--betas` with other than two numbers, `--nesterov` with Adam or AdamW or without a
+    /// momentum above 0, a schedule flag the schedule does not use (`--milestones` without
+    /// `multistep`, `--step-size` without `step`, `--gamma` with neither), `multistep` without
+    /// `--milestones`, a `--data-dir` that cannot be made absolute, or a value that
+    /// [`RunConfig::validate`] refuses.
     pub fn config(&self, args: &Args) -> Result<RunConfig> {
         let mut config = self.resolve(args)?;
         if !self.models.is_empty() && !self.models.contains(&config.model.as_str()) {
@@ -245,13 +247,15 @@ pub fn exit_status(result: Result<()>) -> Result<()> {
 
 /// The saved configuration, with the flags a resumed run may change applied (those the
 /// [`crate::flags`] table marks changeable: `--epochs`, `--device`, `--workers`,
-/// `--data-placement`, `--data-dir`). Other training flags may be given with the saved value
+/// `--data-placement`, `--memory-format`, `--data-dir`). Other training flags may be given with the saved value
 /// (re-running the same command with `--resume` added works); a different value is refused,
 /// naming the flag, the saved value and the given one, since it would make the run differ from
 /// the one being continued.
 ///
 /// # Errors
-/// A fixed flag differs from the saved run, or the result fails [`RunConfig::validate`].
+/// A fixed flag differs from the saved run, a schedule's flag is given that the run's schedule
+/// does not take, the run's saved relative `--data-dir` is not found from here (without
+/// `--data-dir`), or the result fails [`RunConfig::validate`].
 pub fn resumed_config(saved: &RunConfig, args: &Args) -> Result<RunConfig> {
     if args.schedule.is_none_or(|s| s == saved.schedule) {
         // A scheduler's flag the run's schedule does not take, named as such (rather than
@@ -314,8 +318,9 @@ fn absolute_data_dir(config: &mut RunConfig) -> Result<()> {
 /// when they are unbalanced.
 ///
 /// # Errors
-/// The data set cannot be found, downloaded or read (with the reader's reason), or a subset cannot
-/// be drawn.
+/// The data set cannot be found, downloaded or read (with the reader's reason), holds one class
+/// only, or a subset cannot be drawn; `--test-fraction` is given for MNIST or CIFAR-10 (which
+/// have their own test split).
 pub fn load_data(config: &RunConfig) -> Result<datasets::Split> {
     if config.dataset != DatasetKind::Folder
         && config.test_fraction != datasets::FolderOptions::default().test_fraction

@@ -206,8 +206,9 @@ impl RunConfig {
     ///
     /// # Errors
     /// The first unusable value: counts outside `[least, MAX_COUNT]` (`MAX_WORKERS` for
-    /// `--workers`), negative or non-finite rates, Adam betas outside `[0, 1)`, a `--gamma` not
-    /// above 0, label smoothing outside `[0, 1]`, or a limit of 0.
+    /// `--workers`), a `--milestones` epoch above `MAX_COUNT`, negative or non-finite rates,
+    /// Adam betas outside `[0, 1)`, a `--gamma` not above 0, label smoothing outside `[0, 1]`,
+    /// a `--test-fraction` outside `(0, 1)`, or a limit of 0.
     pub fn validate(&self) -> Result<()> {
         let counts = [
             ("--epochs", self.epochs, 1),

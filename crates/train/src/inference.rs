@@ -548,7 +548,10 @@ fn sized_first(transform: &Transform, side: usize) -> Result<Transform> {
 
 /// Prints the top-5 classes with probabilities for each image, under a run's checkpoint.
 ///
-/// Errors: those of [`Trained::open`] and [`Predictor::top5`].
+/// # Errors
+/// Those of [`parse_device`] and [`Trained::open`]; the run's saved test transform or input
+/// size cannot be read; one or more images could not be classified ([`print_top5`], after all
+/// were tried, each named with its [`Predictor::top5`] error).
 pub fn predict(args: &PredictArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
     let trained = Trained::open(&args.run, &args.weights, &device)?;

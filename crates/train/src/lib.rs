@@ -1,8 +1,9 @@
 //! The training engine: PyTorch's optimizers and LR schedules, the train/eval loop, metrics,
 //! checkpoints with resumable state, progress output and the pictures of a run.
 //!
-//! The training programs are thin: they describe their defaults as a [`cli::Recipe`] and call
-//! [`cli::Recipe::main`].
+//! The training programs are thin: `train-mnist` and `train-cifar` describe their defaults as a
+//! [`cli::Recipe`] and call [`cli::Recipe::main`]; `finetune-resnet50` adds its own flags and
+//! builds its configuration with the same recipe ([`cli::Recipe::config`]).
 
 pub mod atomic;
 pub mod cli;

@@ -49,7 +49,8 @@ const MOVING_BACK: &str = "replaced-run.returning";
 /// The file that marks those folders as `--overwrite`'s.
 const MARK: &str = ".made-by-overwrite";
 
-/// What a training program leaves in its run directory after an epoch.
+/// What a training program leaves in its run directory after an epoch, besides [`CLASSES`] and
+/// [`FINETUNE`] (written before training) and TensorBoard's event files ([`EVENTS_PREFIX`]).
 pub const OUTPUTS: [&str; 9] = [
     BEST,
     LAST,
@@ -63,13 +64,14 @@ pub const OUTPUTS: [&str; 9] = [
 ];
 
 /// `evaluate`'s confusion matrix of the `best` or `last` weights (`best-f32` and the like when
-/// evaluated in another precision than the run's).
+/// evaluated in another precision than the run's, then `-test-all` or `-test<N>` with another
+/// `--limit-test`; a checkpoint file given by its path is named by its stem, `<folder>-<stem>`
+/// outside the run directory).
 pub fn evaluated_confusion(weights: &str) -> String {
     format!("confusion-{weights}.png")
 }
 
-/// `evaluate`'s JSON summary of the `best` or `last` weights (`best-f32` and the like when
-/// evaluated in another precision than the run's).
+/// `evaluate`'s JSON summary, tagged as [`evaluated_confusion`] is.
 pub fn evaluation_summary(weights: &str) -> String {
     format!("evaluation-{weights}.json")
 }
