@@ -462,4 +462,44 @@ fn evaluate_finds_a_relative_data_dir_from_elsewhere() {
             && err.contains("give --data-dir where the data is now"),
         "{err}"
     );
+    // --data-dir where the data is now: the run's own data, under the run's output names.
+    let summary = out.join("evaluation-best.json");
+    std::fs::remove_file(&summary).expect("remove the summary");
+    let evaluate_on = |data: &Path| {
+        let evaluated = Command::new(BIN)
+            .args(["evaluate", "--run", &s(&out), "--device", "cpu"])
+            .args(["--data-dir", &s(data)])
+            .output()
+            .expect("train-mnist starts");
+        let printed = String::from_utf8_lossy(&evaluated.stdout).into_owned();
+        assert!(evaluated.status.success(), "{printed}");
+        printed
+    };
+    let moved = dir.path().join("moved");
+    evaluate_on(&moved);
+    let own = std::fs::read(&summary).expect("the run's own summary");
+    // With the run's data back in place, another directory is other data: its outputs are
+    // named after it, and the run's own evaluation stays.
+    copy_dir(&moved, &dir.path().join("mnist"));
+    let other = dir.path().join("other copy");
+    copy_dir(&moved, &other);
+    let printed = evaluate_on(&other);
+    assert!(
+        out.join("evaluation-best-data-other_copy.json").is_file()
+            && out.join("confusion-best-data-other_copy.png").is_file(),
+        "{printed}"
+    );
+    assert_eq!(std::fs::read(&summary).expect("summary"), own);
+    // The run's own directory, spelt another way, is the run's data.
+    std::fs::remove_file(&summary).expect("remove the summary");
+    evaluate_on(&dir.path().join("mnist").join("..").join("mnist"));
+    assert!(summary.is_file());
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("list") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
 }

@@ -173,7 +173,8 @@ pub struct EvaluateArgs {
     /// The checkpoint: best, last, or a .safetensors file
     #[arg(long, default_value = "best")]
     pub weights: String,
-    /// Directory holding the data set [default: the run's]
+    /// Directory holding the data set [default: the run's] (other data than the run's adds
+    /// -data-<its name> to the outputs' names)
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Where confusion-<weights>.png and evaluation-<weights>.json go (<weights>-<precision>
@@ -190,6 +191,37 @@ pub struct EvaluateArgs {
     /// --limit-test N draws), or on all of them [default: the run's --limit-test]
     #[arg(long, value_name = "N|all", value_parser = parse_test_limit)]
     pub limit_test: Option<TestLimit>,
+}
+
+/// The name that `evaluate --data-dir DIR` adds to its outputs' names (`-data-<name>`) when
+/// `DIR` is other data than the run's: the run's own data directory is still there and is
+/// another, or the run read the Hub's copy. So the evaluation of the run's own data stays.
+/// `None` when `DIR` is the run's data directory, or when that is gone (`DIR` is then taken as
+/// where the data is now). The name is `DIR`'s own, its characters other than letters,
+/// digits, `.`, `_` and `-` written `_`.
+fn other_data(given: Option<&Path>, saved: Option<&Path>) -> Option<String> {
+    let given = given?;
+    let real = |p: &Path| std::fs::canonicalize(p).or_else(|_| std::path::absolute(p));
+    let given = real(given).unwrap_or_else(|_| given.to_path_buf());
+    if let Some(saved) = saved {
+        if !saved.exists() || real(saved).is_ok_and(|saved| saved == given) {
+            return None;
+        }
+    }
+    let name: String = given
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| match c.is_ascii_alphanumeric() || "._-".contains(c) {
+            true => c,
+            false => '_',
+        })
+        .collect();
+    Some(match name.is_empty() {
+        true => "data".into(),
+        false => name,
+    })
 }
 
 /// `evaluate --limit-test`: `all` test images, or a subset of `N` (`TestLimit(Some(N))`), as
@@ -269,6 +301,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
     // limit at or above the split's size is the whole split.
     let limit = |limit: Option<usize>| limit.filter(|&n| n < whole);
     let other_limit = limit(config.limit_test) != limit(trained.config.limit_test);
+    let other_data = other_data(args.data_dir.as_deref(), trained.config.data_dir.as_deref());
     if test.classes() != trained.classes.as_slice() {
         bail!(
             "the test data's classes {:?} are not the run's {:?}",
@@ -340,6 +373,9 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
             Some(n) => format!("{tag}-test{n}"),
             None => format!("{tag}-test-all"),
         };
+    }
+    if let Some(name) = other_data {
+        tag = format!("{tag}-data-{name}");
     }
     let picture = out.join(evaluated_confusion(&tag));
     crate::pictures::save_confusion_as(&picture, m.confusion(), &trained.classes)?;

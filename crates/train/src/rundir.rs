@@ -65,8 +65,8 @@ pub const OUTPUTS: [&str; 9] = [
 
 /// `evaluate`'s confusion matrix of the `best` or `last` weights (`best-f32` and the like when
 /// evaluated in another precision than the run's, then `-test-all` or `-test<N>` with another
-/// `--limit-test`; a checkpoint file given by its path is named by its stem, `<folder>-<stem>`
-/// outside the run directory).
+/// `--limit-test`, then `-data-<name>` with another `--data-dir`; a checkpoint file given by
+/// its path is named by its stem, `<folder>-<stem>` outside the run directory).
 pub fn evaluated_confusion(weights: &str) -> String {
     format!("confusion-{weights}.png")
 }
@@ -102,7 +102,7 @@ fn is_run_output(name: &str) -> bool {
 /// Whether `name` is `evaluate`'s output for the run's `best` or `last` weights:
 /// `confusion-<tag>.png` or `evaluation-<tag>.json`, the tag `best` or `last`, then
 /// `-<precision>` in another precision than the run's, then `-test-all` or `-test<N>` with
-/// another `--limit-test` than the run's.
+/// another `--limit-test` than the run's, then `-data-<name>` for another `--data-dir`.
 fn is_evaluation_output(name: &str) -> bool {
     let tag = match (
         name.strip_prefix("confusion-")
@@ -112,6 +112,10 @@ fn is_evaluation_output(name: &str) -> bool {
     ) {
         (Some(tag), _) | (_, Some(tag)) => tag,
         (None, None) => return false,
+    };
+    let tag = match tag.split_once("-data-") {
+        Some((head, name)) if !name.is_empty() => head,
+        _ => tag,
     };
     let tag = match tag.rsplit_once("-test") {
         Some((head, "-all")) => head,
@@ -785,6 +789,8 @@ mod tests {
             "evaluation-best-f32.json",
             "confusion-best-test-all.png",
             "evaluation-last-bf16-test500.json",
+            "evaluation-best-data-cifar10-jpeg.tar.gz.json",
+            "confusion-last-f32-test-all-data-my_photos.png",
         ] {
             assert!(is_run_output(name), "{name}");
         }
@@ -792,6 +798,8 @@ mod tests {
             "evaluation-other-best.json",
             "confusion-best-test.png",
             "evaluation-best-testx.json",
+            "evaluation-best-data-.json",
+            "evaluation-other-data-x.json",
             "evaluation-best.png",
         ] {
             assert!(!is_run_output(name), "{name}");
