@@ -139,6 +139,19 @@ pub fn read_idx_pair(images: &Path, labels: &Path) -> Result<InMemory> {
     .with_context(|| format!("{} + {}", images.display(), labels.display()))
 }
 
+/// The bytes an IDX file of `dims` dimensions should have by its `head`er; `None` when the
+/// header is short, not `magic`'s or impossible (the reader then says what is wrong).
+fn declared_size(head: &[u8], magic: u32, dims: usize) -> Option<usize> {
+    let header_len = 4 + 4 * dims;
+    if head.len() < header_len || be_u32(head, 0) != magic {
+        return None;
+    }
+    (0..dims)
+        .map(|d| be_u32(head, 4 + 4 * d) as usize)
+        .try_fold(1usize, |acc, d| acc.checked_mul(d))
+        .and_then(|data| data.checked_add(header_len))
+}
+
 fn be_u32(bytes: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
@@ -188,7 +201,7 @@ fn header(path: &Path, bytes: &[u8], magic: u32, dims: usize) -> Result<Vec<usiz
 
 /// Returns `(count, rows, cols, pixels)` of an IDX3 image file.
 fn read_images(path: &Path) -> Result<(usize, usize, usize, Vec<u8>)> {
-    let mut bytes = read_maybe_gz(path)?;
+    let mut bytes = read_maybe_gz(path, 16, |head| declared_size(head, IMAGES_MAGIC, 3))?;
     let shape = header(path, &bytes, IMAGES_MAGIC, 3)?;
     bytes.drain(..16);
     Ok((shape[0], shape[1], shape[2], bytes))
@@ -196,7 +209,7 @@ fn read_images(path: &Path) -> Result<(usize, usize, usize, Vec<u8>)> {
 
 /// Returns the label bytes of an IDX1 label file.
 fn read_labels(path: &Path) -> Result<Vec<u8>> {
-    let mut bytes = read_maybe_gz(path)?;
+    let mut bytes = read_maybe_gz(path, 8, |head| declared_size(head, LABELS_MAGIC, 1))?;
     header(path, &bytes, LABELS_MAGIC, 1)?;
     bytes.drain(..8);
     Ok(bytes)

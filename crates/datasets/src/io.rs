@@ -1,6 +1,6 @@
 //! Reading whole files, transparently gunzipping `.gz` ones.
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use flate2::read::MultiGzDecoder;
 use std::io::Read;
 use std::path::Path;
@@ -124,16 +124,50 @@ fn read_pipe(path: &Path) -> Result<Vec<u8>> {
 /// Reads `path` into memory, gunzipping it when it starts with the gzip magic.
 ///
 /// The gzip stream is read to its end, so its CRC-32 and length trailer are verified; data after
-/// it that is not another gzip member is an error, as for `gzip -t`.
-pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+/// it that is not another gzip member is an error, as for `gzip -t`. `size` is told the first
+/// `head` bytes (fewer in a shorter file) and says how many bytes the whole should have (a
+/// header's count), or `None` for a header the reader will refuse (those bytes alone are then
+/// returned). Gunzipping stops one byte past that size, and more is an error, so that a small
+/// file that unpacks to far more than its header says (a "gzip bomb") is not unpacked into
+/// memory.
+///
+/// # Errors
+/// The file cannot be read, its gzip data is corrupt or truncated, or it unpacks to more bytes
+/// than `size` says.
+pub fn read_maybe_gz(
+    path: &Path,
+    head: usize,
+    size: impl Fn(&[u8]) -> Option<usize>,
+) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     if !raw.starts_with(&GZIP_MAGIC) {
         return Ok(raw);
     }
-    let mut out = Vec::with_capacity(raw.len().saturating_mul(4));
-    MultiGzDecoder::new(raw.as_slice())
+    let corrupt = || format!("{}: corrupt or truncated gzip data", path.display());
+    let mut decoder = MultiGzDecoder::new(raw.as_slice());
+    let mut out = Vec::with_capacity(head);
+    (&mut decoder)
+        .take(head as u64)
         .read_to_end(&mut out)
-        .with_context(|| format!("{}: corrupt or truncated gzip data", path.display()))?;
+        .with_context(corrupt)?;
+    let Some(whole) = size(&out) else {
+        return Ok(out);
+    };
+    let mut rest = (&mut decoder).take(whole.saturating_sub(out.len()).saturating_add(1) as u64);
+    out.reserve(
+        whole
+            .saturating_sub(out.len())
+            .min(raw.len().saturating_mul(64)),
+    );
+    rest.read_to_end(&mut out).with_context(corrupt)?;
+    ensure!(
+        out.len() <= whole,
+        "{}: unpacks to more than the {whole} bytes its header says (unpacking stopped there)",
+        path.display()
+    );
+    // The stream read to its end (nothing is left), for its checksum.
+    let mut tail = Vec::new();
+    decoder.read_to_end(&mut tail).with_context(corrupt)?;
     Ok(out)
 }
 

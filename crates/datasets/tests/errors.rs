@@ -426,3 +426,41 @@ fn image_folder_with_only_one_split_folder_says_the_splits_go_together() {
     let split = image_folder(dir.path(), &FolderOptions::default()).unwrap();
     assert_eq!(split.train.classes(), ["dog", "test"]);
 }
+
+#[test]
+fn bench_pipeline_refuses_a_worker_count_out_of_range() {
+    for workers in ["0", "100000", "two"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bench-pipeline"))
+            .arg(workers)
+            .env_remove("CNN_SHARED_DIR")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("WORKERS must be a whole number from 1 to 256"),
+            "{workers}: {err}"
+        );
+    }
+}
+
+/// A small gzipped IDX file that unpacks to far more than its header says is stopped at the
+/// header's size, not unpacked whole into memory.
+#[test]
+fn mnist_gzip_bomb_is_stopped_at_the_header_size() {
+    use std::io::Write;
+    let dir = tempdir().unwrap();
+    write_mnist(dir.path(), 30, 12, true);
+    let path = dir.path().join("train-images-idx3-ubyte.gz");
+    let mut bytes = vec![0, 0, 8, 3, 0, 0, 0, 30, 0, 0, 0, 4, 0, 0, 0, 3];
+    bytes.resize((64 << 20) + 16, 0);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&bytes).unwrap();
+    std::fs::write(&path, gz.finish().unwrap()).unwrap();
+    assert!(std::fs::metadata(&path).unwrap().len() < 1 << 20);
+    let msg = mnist_err(dir.path());
+    assert!(
+        msg.contains("train-images-idx3-ubyte.gz")
+            && msg.contains("unpacks to more than the 376 bytes its header says"),
+        "{msg}"
+    );
+}

@@ -35,6 +35,8 @@ fn main() -> Result<()> {
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
+    // As the training programs' --workers.
+    const MAX_WORKERS: usize = 256;
     let workers = match std::env::args().nth(1).as_deref() {
         Some("-h" | "--help") => {
             say!("usage: bench-pipeline [WORKERS]  (default 2; CNN_SHARED_DIR for the real data)");
@@ -42,7 +44,11 @@ fn main() -> Result<()> {
         }
         Some(w) => w
             .parse()
-            .with_context(|| format!("WORKERS must be a number, not {w:?}"))?,
+            .ok()
+            .filter(|n| (1..=MAX_WORKERS).contains(n))
+            .with_context(|| {
+                format!("WORKERS must be a whole number from 1 to {MAX_WORKERS}, not {w:?}")
+            })?,
         None => 2,
     };
     let shared = std::env::var_os("CNN_SHARED_DIR").map(PathBuf::from);
