@@ -21,7 +21,7 @@ pub fn sidecar(weights: &Path) -> std::path::PathBuf {
 pub fn for_checkpoint(weights: &Path, num_classes: usize) -> Result<Vec<String>> {
     let path = sidecar(weights);
     if path.is_file() {
-        let text = std::fs::read_to_string(&path)
+        let text = layers::file::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         let names: Vec<String> = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a JSON list of class names", path.display()))?;

@@ -63,7 +63,7 @@ impl FineTuneConfig {
     /// Reads `finetune.json` from a run directory.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = Self::path(dir);
-        let text = std::fs::read_to_string(&path).with_context(|| {
+        let text = layers::file::read_to_string(&path).with_context(|| {
             format!(
                 "cannot read {} (is this a fine-tuning run?)",
                 path.display()

@@ -25,10 +25,15 @@ pub fn saved_form(spec: &str) -> String {
 }
 
 /// Whether two `--weights` values name the same weights: the same text, or two spellings of one
-/// existing file (`w.safetensors`, `./w.safetensors`, its absolute path).
+/// existing file (`w.safetensors`, `./w.safetensors`, its absolute path), or of one path whose
+/// file is gone.
 pub fn same(a: &str, b: &str) -> bool {
     let file = |s: &str| std::fs::canonicalize(s).ok().filter(|p| p.is_file());
-    a == b || file(a).is_some_and(|p| file(b) == Some(p))
+    // A file that is gone (moved after the run began) is compared by its absolute path.
+    let absolute = |s: &str| std::path::absolute(s).ok();
+    a == b
+        || file(a).is_some_and(|p| file(b) == Some(p))
+        || (file(a).is_none() && absolute(a).is_some_and(|p| absolute(b) == Some(p)))
 }
 
 #[cfg(test)]
@@ -43,6 +48,10 @@ mod tests {
         let absolute = saved_form(file.to_str().unwrap_or_default());
         assert!(std::path::Path::new(&absolute).is_absolute());
         let dotted = dir.path().join(".").join("w.safetensors");
+        assert!(same(dotted.to_str().unwrap_or_default(), &absolute));
+        assert!(!same("other.safetensors", &absolute));
+        // Gone: the same path, relative or absolute, is still the same weights.
+        std::fs::remove_file(&file)?;
         assert!(same(dotted.to_str().unwrap_or_default(), &absolute));
         assert!(!same("other.safetensors", &absolute));
         assert_eq!(saved_form(DEFAULT_WEIGHTS), DEFAULT_WEIGHTS);

@@ -494,6 +494,81 @@ fn evaluate_finds_a_relative_data_dir_from_elsewhere() {
     std::fs::remove_file(&summary).expect("remove the summary");
     evaluate_on(&dir.path().join("mnist").join("..").join("mnist"));
     assert!(summary.is_file());
+
+    // Another run's directory as --out is refused before evaluating: its own evaluation stays.
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir(&theirs).expect("mkdir");
+    std::fs::write(theirs.join(train::rundir::CONFIG), "{}").expect("their config");
+    std::fs::write(theirs.join("evaluation-best.json"), "theirs").expect("their summary");
+    let refused = Command::new(BIN)
+        .args([
+            "evaluate",
+            "--run",
+            &s(&out),
+            "--device",
+            "cpu",
+            "--out",
+            &s(&theirs),
+        ])
+        .output()
+        .expect("train-mnist starts");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("it holds another run"),
+        "{err}"
+    );
+    let kept = std::fs::read(theirs.join("evaluation-best.json")).expect("their summary");
+    assert_eq!(kept, b"theirs");
+
+    // Weights that are finite but overflow the outputs: evaluate and predict refuse to give
+    // numbers computed from NaN, naming the weights.
+    let mut tensors = layers::checkpoint::read(&out.join(train::rundir::BEST)).expect("best");
+    for t in tensors.values_mut() {
+        if t.rank() == 2 {
+            *t = (t.ones_like().expect("ones") * 3e38).expect("huge");
+        }
+    }
+    let huge = dir.path().join("huge.safetensors");
+    candle_core::safetensors::save(&tensors, &huge).expect("save");
+    let refused = Command::new(BIN)
+        .args([
+            "evaluate",
+            "--run",
+            &s(&out),
+            "--device",
+            "cpu",
+            "--weights",
+            &s(&huge),
+        ])
+        .output()
+        .expect("train-mnist starts");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("not finite") && err.contains(&s(&huge)),
+        "{err}"
+    );
+    let image = dir.path().join("digit.png");
+    image::GrayImage::from_pixel(28, 28, image::Luma([200]))
+        .save(&image)
+        .expect("png");
+    let refused = Command::new(BIN)
+        .args([
+            "predict",
+            "--run",
+            &s(&out),
+            "--device",
+            "cpu",
+            "--weights",
+            &s(&huge),
+        ])
+        .arg(&image)
+        .output()
+        .expect("train-mnist starts");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("not finite"),
+        "{err}"
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {

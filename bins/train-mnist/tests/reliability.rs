@@ -964,3 +964,114 @@ fn a_test_fraction_for_mnist_is_refused() {
     );
     assert!(!out.exists(), "a failed start leaves no directory");
 }
+
+/// A run's file that is a named pipe, or a link to a device, is refused naming it: no wait
+/// without end on the pipe, no reading of `/dev/zero` until memory runs out.
+#[test]
+fn a_run_file_that_is_a_pipe_or_a_device_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    let run = dir.path().join("run");
+    let mut args = common(&data, &run);
+    let epochs = args.iter().position(|a| a == "--epochs").expect("--epochs") + 1;
+    args[epochs] = "1".into();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let trained = train_mnist(&args);
+    assert!(trained.status.success(), "{}", stderr(&trained));
+    let image = dir.path().join("digit.png");
+    image::GrayImage::from_pixel(28, 28, image::Luma([200]))
+        .save(&image)
+        .expect("png");
+    let resume = ["--resume", &s(&run), "--epochs", "2"];
+    let evaluate = ["evaluate", "--run", &s(&run)];
+    let predict = ["predict", "--run", &s(&run), &s(&image)];
+    let cases: [(&str, &[&str]); 5] = [
+        (train::rundir::STATE, &resume),
+        (train::rundir::LOCK, &resume),
+        (train::rundir::BEST, &evaluate),
+        (train::rundir::CONFIG, &evaluate),
+        (train::rundir::CLASSES, &predict),
+    ];
+    for (name, command) in cases {
+        let path = run.join(name);
+        let aside = dir.path().join("aside");
+        let existed = path.exists();
+        if existed {
+            std::fs::rename(&path, &aside).expect("move aside");
+        }
+        let made = Command::new("mkfifo").arg(&path).status().expect("mkfifo");
+        assert!(made.success());
+        let mut child = Command::new(BIN)
+            .args(command)
+            .args(["--device", "cpu"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("train-mnist starts");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while child.try_wait().expect("wait").is_none() {
+            if std::time::Instant::now() > deadline {
+                child.kill().expect("kill");
+                panic!("{command:?} with {name} a named pipe did not end");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().expect("output");
+        let err = stderr(&out);
+        assert!(
+            !out.status.success() && err.contains(&s(&path)) && err.contains("a named pipe"),
+            "{name}: {err}"
+        );
+        std::fs::remove_file(&path).expect("remove the pipe");
+        if existed {
+            std::fs::rename(&aside, &path).expect("put back");
+        }
+    }
+    // --weights naming a device.
+    let zero = dir.path().join("zero.safetensors");
+    std::os::unix::fs::symlink("/dev/zero", &zero).expect("link");
+    let evaluate = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["evaluate", "--run", &s(&run), "--device", "cpu"])
+            .args(extra)
+            .output()
+            .expect("train-mnist starts")
+    };
+    let out = evaluate(&["--weights", &s(&zero)]);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success() && err.contains(&s(&zero)) && err.contains("a device"),
+        "{err}"
+    );
+    // The run is whole again: evaluate reads it.
+    let out = evaluate(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// `--resume` on data of another size than the run trained on is refused, naming both sizes;
+/// on the same data it goes on.
+#[test]
+fn resume_on_other_data_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    let run = dir.path().join("run");
+    let mut args = common(&data, &run);
+    let epochs = args.iter().position(|a| a == "--epochs").expect("--epochs") + 1;
+    args[epochs] = "1".into();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let trained = train_mnist(&args);
+    assert!(trained.status.success(), "{}", stderr(&trained));
+    train::synthetic::write_mnist(Path::new(&data), 80, 40).expect("smaller MNIST");
+    let resume = ["--resume", &s(&run), "--epochs", "2"];
+    let out = train_mnist(&resume);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success()
+            && err.contains("the data is not what the run trained on")
+            && err.contains("80 training and 40 test images, the run had 96 and 40"),
+        "{err}"
+    );
+    train::synthetic::write_mnist(Path::new(&data), 96, 40).expect("the same MNIST");
+    let out = train_mnist(&resume);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

@@ -50,7 +50,8 @@ pub struct Cam {
 /// `forward_stages`, for `class` (the top-scoring one when `None`). The last stage is taken as
 /// the logits.
 ///
-/// Errors: no stage of that name, a stage without a spatial map, a class out of range.
+/// Errors: no stage of that name, a stage without a spatial map, a class out of range, logits
+/// that are not finite.
 pub fn grad_cam(net: &dyn Network, x: &Tensor, stage: &str, class: Option<usize>) -> Result<Cam> {
     let (stages, leaf) = layers::tap::capture(stage, || net.forward_stages(x))?;
     let leaf = leaf.with_context(|| format!("the network has no stage {stage}"))?;
@@ -60,6 +61,12 @@ pub fn grad_cam(net: &dyn Network, x: &Tensor, stage: &str, class: Option<usize>
         .dims4()
         .with_context(|| format!("stage {stage} has no (N, C, H, W) map"))?;
     let logits = logits.flatten_all()?;
+    let values = logits.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+    ensure!(
+        values.iter().all(|v| v.is_finite()),
+        "the network's outputs (logits) are not finite (NaN or infinity): its weights give no \
+         prediction to explain"
+    );
     let classes = logits.dim(0)?;
     let class = match class {
         Some(c) if c < classes => c,
@@ -249,7 +256,7 @@ fn run_beside(weights: &Path, name: &str) -> Option<PathBuf> {
         dir if dir.as_os_str().is_empty() => Path::new("."),
         dir => dir,
     };
-    let text = std::fs::read(dir.join(train::rundir::CONFIG)).ok()?;
+    let text = layers::file::read(&dir.join(train::rundir::CONFIG)).ok()?;
     let config: train::config::RunConfig = serde_json::from_slice(&text).ok()?;
     (config.model == name).then(|| dir.to_path_buf())
 }

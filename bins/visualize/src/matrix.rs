@@ -81,7 +81,7 @@ impl Matrix {
 
     /// Reads and parses a matrix file.
     pub fn from_file(path: &Path) -> Result<Matrix> {
-        let text = std::fs::read_to_string(path)
+        let text = layers::file::read_to_string(path)
             .with_context(|| format!("cannot read matrix file {}", path.display()))?;
         Matrix::parse(&text).with_context(|| format!("bad matrix in {}", path.display()))
     }

@@ -42,8 +42,13 @@ pub fn save_with_metadata(
             .with_context(|| format!("cannot write {}", tmp.display()))
             .and_then(|()| {
                 readable_by_all(&tmp);
-                std::fs::rename(&tmp, path)
-                    .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+                crate::file::sync(&tmp)
+                    .with_context(|| format!("cannot sync {}", tmp.display()))?;
+                std::fs::rename(&tmp, path).with_context(|| {
+                    format!("cannot move {} to {}", tmp.display(), path.display())
+                })?;
+                crate::file::sync_dir(path.parent().unwrap_or(Path::new("")));
+                Ok(())
             });
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -127,7 +132,7 @@ pub fn read(path: &Path) -> Result<HashMap<String, Tensor>> {
 pub fn read_with_metadata(
     path: &Path,
 ) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
-    let bytes = std::fs::read(path)
+    let bytes = crate::file::read(path)
         .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
     let Some(head) = bytes.get(..9) else {
         bail!(

@@ -35,6 +35,7 @@ mod conv;
 mod cudnn;
 #[cfg(feature = "cuda")]
 mod dropout_cuda;
+pub mod file;
 mod fill;
 mod in_place;
 pub mod init;

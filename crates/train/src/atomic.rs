@@ -1,4 +1,6 @@
-//! Writing files so that a reader never sees half of one: a temporary file, then a rename.
+//! Writing files so that a reader never sees half of one: a temporary file, synced to the disk,
+//! then a rename (and the directory synced), so that neither a crash nor a power cut leaves
+//! half a file under the name.
 
 use std::path::{Path, PathBuf};
 
@@ -26,9 +28,13 @@ pub fn temp_path(path: &Path) -> PathBuf {
 pub fn write_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = temp_path(path);
     let result = write(&tmp).and_then(|()| {
+        // The data on the disk before the name: a power cut never leaves an empty file there.
+        layers::file::sync(&tmp).with_context(|| format!("cannot sync {}", tmp.display()))?;
         let _not_while_tidying = crate::rundir::no_tidying();
         std::fs::rename(&tmp, path)
-            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+        layers::file::sync_dir(path.parent().unwrap_or(Path::new("")));
+        Ok(())
     });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

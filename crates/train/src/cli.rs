@@ -199,7 +199,13 @@ impl Recipe {
         dir: &Path,
         args: &Args,
     ) -> Result<(RunDir, state::ResumeState, state::StateTensors)> {
-        if args.out.as_ref().is_some_and(|o| o != dir) {
+        // `rs/` and `./rs` are the same directory.
+        let same = |o: &Path| {
+            o == dir
+                || std::fs::canonicalize(o)
+                    .is_ok_and(|o| std::fs::canonicalize(dir).is_ok_and(|d| o == d))
+        };
+        if args.out.as_deref().is_some_and(|o| !same(o)) {
             bail!("--resume continues in its own directory; leave out --out or give the same directory");
         }
         let locked = RunDir::existing(dir)?;

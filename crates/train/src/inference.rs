@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use candle_core::{Device, Tensor, D};
 use datasets::{ColorMode, Op, Rng, Transform};
 use layers::{Network, ParamStore};
@@ -29,7 +29,7 @@ pub fn save_classes(dir: &Path, classes: &[String]) -> Result<()> {
 /// `best.safetensors`, say), when there is one with `count` names; `None` otherwise.
 pub fn classes_beside(weights: &Path, count: usize) -> Option<Vec<String>> {
     let dir = weights.parent()?;
-    let text = std::fs::read(dir.join(CLASSES)).ok()?;
+    let text = layers::file::read(&dir.join(CLASSES)).ok()?;
     serde_json::from_slice::<Vec<String>>(&text)
         .ok()
         .filter(|classes| classes.len() == count)
@@ -65,7 +65,7 @@ impl Trained {
     pub fn open(dir: &Path, weights: &str, device: &Device) -> Result<Self> {
         crate::rundir::settle_for_reading(dir)?;
         let config_path = dir.join(CONFIG);
-        let text = match std::fs::read(&config_path) {
+        let text = match layers::file::read(&config_path) {
             Ok(text) => text,
             Err(_) if crate::rundir::in_use(dir) => bail!(
                 "--run {}: a run is starting there (it holds {}) and has not written its {CONFIG} \
@@ -84,23 +84,32 @@ impl Trained {
         };
         let config: RunConfig = serde_json::from_slice(&text)
             .with_context(|| format!("{} is not a run configuration", config_path.display()))?;
-        let classes: Vec<String> = match std::fs::read(dir.join(CLASSES)) {
+        let classes: Vec<String> = match layers::file::read(&dir.join(CLASSES)) {
             Ok(text) => serde_json::from_slice(&text).with_context(|| {
                 format!(
                     "{} is not a JSON list of class names",
                     dir.join(CLASSES).display()
                 )
             })?,
-            Err(_) if !config.dataset.spec().classes.is_empty() => config
-                .dataset
-                .spec()
-                .classes
-                .iter()
-                .map(|c| c.to_string())
-                .collect(),
+            // A data set with built-in class names (runs saved before classes.json was written).
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && !config.dataset.spec().classes.is_empty() =>
+            {
+                config
+                    .dataset
+                    .spec()
+                    .classes
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect()
+            }
             Err(e) => {
                 return Err(e).with_context(|| {
-                    format!("--run {}: no {CLASSES} with the class names", dir.display())
+                    format!(
+                        "--run {}: no readable {CLASSES} with the class names",
+                        dir.display()
+                    )
                 })
             }
         };
@@ -127,7 +136,18 @@ impl Trained {
             Some(&path),
             device,
             config.seed,
-        )?;
+        )
+        .with_context(|| {
+            // The class count comes from classes.json: name it, as it may be the one at fault.
+            match dir.join(CLASSES).is_file() {
+                true => format!(
+                    "{} lists {} classes (the model's outputs)",
+                    dir.join(CLASSES).display(),
+                    classes.len()
+                ),
+                false => format!("the run's data set has {} classes", classes.len()),
+            }
+        })?;
         Ok(Self {
             config,
             classes,
@@ -272,6 +292,20 @@ pub struct Evaluation {
 ///
 /// Errors: those of [`Trained::open`], of loading the data, and of writing the outputs.
 pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
+    // Another run's directory as --out: its own evaluation would be replaced.
+    let same_dir = |a: &Path, b: &Path| {
+        std::fs::canonicalize(a).is_ok_and(|a| std::fs::canonicalize(b).is_ok_and(|b| a == b))
+    };
+    if let Some(out) = args.out.as_deref() {
+        if !same_dir(out, &args.run) && crate::rundir::holds_run(out) {
+            bail!(
+                "--out {}: it holds another run, whose evaluation files this would replace: give \
+                 a folder of no run, or leave --out out to write into --run {}",
+                out.display(),
+                args.run.display()
+            );
+        }
+    }
     let device = parse_device(&args.device)?;
     let trained = Trained::open(&args.run, &args.weights, &device)?;
     // The run's precision (bf16 autocast, TF32), as its test passes ran, unless told otherwise.
@@ -319,6 +353,13 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
         format!("evaluate {}", trained.tag),
     )?;
     let m = &pass.metrics;
+    ensure!(
+        m.loss().is_finite(),
+        "{}: the network's outputs on the test images are not finite (the loss is {}): its \
+         weights give no prediction; nothing was written",
+        trained.weights.display(),
+        m.loss()
+    );
     let evaluation = Evaluation {
         weights: trained.weights.clone(),
         precision,
@@ -507,14 +548,21 @@ impl<'a> Predictor<'a> {
 
     /// The softmax probability of every class for the image in `path`, in label order.
     ///
-    /// Errors: the file cannot be read or decoded (named).
+    /// Errors: the file cannot be read or decoded (named), or the outputs are not finite.
     pub fn probabilities(&self, path: &Path) -> Result<Vec<f32>> {
         let (_, x) = self.prepare(path)?;
         let logits = self.model.forward_t(&x, false)?;
-        Ok(candle_nn::ops::softmax(&logits, D::Minus1)?
+        let probabilities = candle_nn::ops::softmax(&logits, D::Minus1)?
             .squeeze(0)?
             .to_dtype(candle_core::DType::F32)?
-            .to_vec1::<f32>()?)
+            .to_vec1::<f32>()?;
+        ensure!(
+            probabilities.iter().all(|p| p.is_finite()),
+            "{}: the network's outputs are not finite (NaN or infinity): its weights give no \
+             prediction",
+            path.display()
+        );
+        Ok(probabilities)
     }
 
     /// The five most probable classes (fewer when there are fewer), best first.

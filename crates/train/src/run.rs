@@ -173,8 +173,10 @@ pub fn train(
             }
         );
     }
-    if resume.is_some() {
+    if let Some((saved, _)) = &resume {
         same_classes(out, &classes)?;
+        let images = [train_loader.num_samples(), test_images.len()];
+        same_images(out, saved.images, images)?;
     }
     let writes = crate::distributed::writes();
     if writes {
@@ -636,7 +638,13 @@ impl<'a> Outputs<'a> {
             improved,
             model,
             optimizer: host_copies(optimizer.state()?, true)?,
-            state: resume_state(self.config, optimizer, progress, schedule, train_loader),
+            state: resume_state(
+                self.config,
+                optimizer,
+                progress,
+                schedule,
+                (train_loader, self.test_images.len()),
+            ),
             tiles: pictures::prediction_tiles(self.test_images, &tested.predictions)?,
             confusion: tested.metrics.confusion().to_vec(),
             batch_losses: trained.batch_losses.clone(),
@@ -767,7 +775,7 @@ fn resume_state(
     optimizer: &dyn Optimizer,
     progress: &RunProgress,
     schedule: &crate::schedule::Scheduled,
-    train_loader: &dyn BatchSource,
+    (train_loader, test_images): (&dyn BatchSource, usize),
 ) -> ResumeState {
     ResumeState {
         epochs_done: progress.epochs_done,
@@ -779,6 +787,7 @@ fn resume_state(
         lr: optimizer.learning_rate(),
         history: progress.history.clone(),
         config: config.clone(),
+        images: Some([train_loader.num_samples(), test_images]),
     }
 }
 
@@ -855,7 +864,7 @@ pub fn source(
 /// get other names.
 fn same_classes(out: &Path, classes: &[String]) -> Result<()> {
     let path = out.join(crate::rundir::CLASSES);
-    let text = match std::fs::read(&path) {
+    let text = match layers::file::read(&path) {
         Ok(text) => text,
         // Runs of data sets with built-in class names may have none.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -882,6 +891,26 @@ fn same_classes(out: &Path, classes: &[String]) -> Result<()> {
         out.display(),
         path.display()
     )
+}
+
+/// Refuses to resume the run in `out` on data of another size than it trained and tested on
+/// (`saved`, from its resume state; states saved before it was recorded have none): images
+/// added or removed change the batches, and an image folder's held-out test split is drawn
+/// again, so images trained on could become test images.
+fn same_images(out: &Path, saved: Option<[usize; 2]>, now: [usize; 2]) -> Result<()> {
+    match saved {
+        Some(saved) if saved != now => bail!(
+            "--resume {}: the data is not what the run trained on: it has {} training and {} \
+             test images, the run had {} and {} (with its --limit-train and --limit-test); \
+             resume on the same data, or start a new run",
+            out.display(),
+            now[0],
+            now[1],
+            saved[0],
+            saved[1]
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// The dropout generator's seed: derived from the run's seed, apart from the initialisation's.

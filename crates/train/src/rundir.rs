@@ -79,6 +79,11 @@ pub fn evaluation_summary(weights: &str) -> String {
 /// Files whose presence means the directory already holds a run.
 const RUN_FILES: [&str; 5] = [STATE, LEGACY_STATE_JSON, BEST, LAST, CONFIG];
 
+/// Whether `dir` holds a run's files (its state, a checkpoint or its configuration).
+pub fn holds_run(dir: &Path) -> bool {
+    RUN_FILES.iter().any(|f| dir.join(f).exists())
+}
+
 /// Whether `name` is a file a run, or `evaluate` on it, writes into the run directory: what
 /// `--overwrite` moves aside, so that nothing of the old run mixes with the new one.
 fn is_run_output(name: &str) -> bool {
@@ -166,7 +171,7 @@ fn saved_no_epoch(dir: &Path) -> bool {
     ]
     .iter()
     .all(|f| std::fs::symlink_metadata(dir.join(f)).is_err());
-    none && std::fs::read(dir.join(CONFIG))
+    none && layers::file::read(&dir.join(CONFIG))
         .is_ok_and(|text| serde_json::from_slice::<crate::config::RunConfig>(&text).is_ok())
 }
 
@@ -280,12 +285,7 @@ pub fn settle_for_reading(dir: &Path) -> Result<()> {
     }
     let lock_path = dir.join(LOCK);
     let lock = loop {
-        let Ok(lock) = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-        else {
+        let Ok(lock) = open_lock(&lock_path, true) else {
             bail!(
                 "--run {}: an interrupted --overwrite left the run there half replaced, and the \
                  directory is not writable to put it back; the replaced run is in {}",
@@ -325,10 +325,28 @@ fn same_file(file: &File, path: &Path) -> bool {
     }
 }
 
+/// Opens the lock file `path` (for writing, made if missing, with `make`; else for reading). A
+/// path there that is not a regular file (a named pipe, a device, a directory) is refused,
+/// naming it, rather than waited on: no run makes one.
+fn open_lock(path: &Path, make: bool) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match layers::file::regular(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut options = File::options();
+    match make {
+        true => options.create(true).truncate(false).write(true),
+        false => options.read(true),
+    };
+    // Never waits, even on a pipe put there after the check.
+    options.custom_flags(libc::O_NONBLOCK).open(path)
+}
+
 /// Whether a live run holds `dir`'s lock (a run starting, training, or resuming there): what a
 /// reader says when the files it needs are not there yet. Best effort: `false` when unsure.
 pub fn in_use(dir: &Path) -> bool {
-    File::open(dir.join(LOCK))
+    open_lock(&dir.join(LOCK), false)
         .is_ok_and(|lock| matches!(lock.try_lock(), Err(TryLockError::WouldBlock)))
 }
 
@@ -547,11 +565,7 @@ impl RunDir {
         // taken once the name still leads to the file locked, else the name is opened again.
         let (lock, made_lock) = loop {
             let made_lock = std::fs::symlink_metadata(&lock_path).is_err();
-            let lock = File::options()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&lock_path)
+            let lock = open_lock(&lock_path, true)
                 .with_context(|| format!("{} is not writable", path.display()))?;
             match lock.try_lock() {
                 Ok(()) => {}
@@ -715,21 +729,65 @@ fn remove_if_unused(dir: &Path) {
 
 /// Removes what an interrupted atomic write left: `name.tmp<pid>`, `.stem.tmp<pid>.ext`, and
 /// `.tmpXXXXXX` (six letters or digits: the sibling temporary file in which
-/// `safetensors::serialize_to_file` writes before its own rename). Only called under the lock,
-/// so no live writer owns them.
+/// `safetensors::serialize_to_file` writes before its own rename). Called under the lock, so no
+/// run writes them; a `<pid>` that is still alive (an `evaluate` writing its outputs, which
+/// takes no lock) keeps its file, and so does a `.tmpXXXXXX` that does not begin as a
+/// safetensors file does (a user's file).
 fn remove_temporaries(dir: &Path) -> Result<()> {
     let entries =
         std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
     for entry in entries {
         let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
         let name = entry.file_name();
-        if is_temporary(&name.to_string_lossy()) && entry.file_type()?.is_file() {
+        let name = name.to_string_lossy();
+        if is_temporary(&name)
+            && entry.file_type()?.is_file()
+            && !writer_alive(&name)
+            && (!name.starts_with(".tmp") || begins_as_safetensors(&entry.path()))
+        {
             let path = entry.path();
             std::fs::remove_file(&path)
                 .with_context(|| format!("cannot remove the leftover {}", path.display()))?;
         }
     }
     Ok(())
+}
+
+/// Whether the process whose id a temporary's name holds (`.tmp<pid>`) is alive, other than
+/// this one.
+fn writer_alive(name: &str) -> bool {
+    let Some((_, after)) = name.rsplit_once(".tmp") else {
+        return false;
+    };
+    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+    let Ok(pid) = digits.parse::<libc::pid_t>() else {
+        return false;
+    };
+    if pid <= 0 || pid as u32 == std::process::id() {
+        return false;
+    }
+    // SAFETY: signal 0 only asks whether the process exists.
+    let found = unsafe { libc::kill(pid, 0) } == 0;
+    found || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Whether `path` is empty or begins as a safetensors file (an 8-byte header length, then the
+/// JSON header's `{`): what a cut `safetensors::serialize_to_file` leaves.
+fn begins_as_safetensors(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 9];
+    let Ok(mut file) = File::open(path) else {
+        return false;
+    };
+    let mut read = 0;
+    while read < head.len() {
+        match file.read(&mut head[read..]) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(_) => return false,
+        }
+    }
+    read == 0 || (read == head.len() && head[8] == b'{')
 }
 
 fn is_temporary(name: &str) -> bool {
@@ -779,6 +837,35 @@ mod tests {
         assert!(!is_temporary(".tmpconfig"));
         assert!(is_temporary(".metrics.tmp12.csv"));
         assert!(is_temporary(".evaluation-best-test-all.tmp9.json"));
+    }
+
+    /// Leftovers of dead writers go; a live writer's file, and a user's file named like
+    /// tempfile's, stay.
+    #[test]
+    fn only_dead_writers_temporaries_are_removed() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut ended = std::process::Command::new("true").spawn()?;
+        let dead = ended.id();
+        ended.wait()?;
+        let mut sleeper = std::process::Command::new("sleep").arg("30").spawn()?;
+        let live = sleeper.id();
+        let files: [(String, &[u8], bool); 5] = [
+            (format!(".metrics.tmp{dead}.csv"), b"1,2", false),
+            (format!(".evaluation-best.tmp{live}.json"), b"{", true),
+            (".tmpA1b2C3".into(), b"the user's notes", true),
+            (".tmpB2c3D4".into(), b"\x02\0\0\0\0\0\0\0{}", false),
+            (".tmpC3d4E5".into(), b"", false),
+        ];
+        for (name, bytes, _) in &files {
+            std::fs::write(dir.path().join(name), bytes)?;
+        }
+        remove_temporaries(dir.path())?;
+        sleeper.kill()?;
+        sleeper.wait()?;
+        for (name, _, stays) in &files {
+            assert_eq!(dir.path().join(name).exists(), *stays, "{name}");
+        }
+        Ok(())
     }
 
     #[test]

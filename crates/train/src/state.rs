@@ -43,6 +43,10 @@ pub struct ResumeState {
     pub history: Vec<EpochRecord>,
     /// The run's configuration.
     pub config: RunConfig,
+    /// How many training and test images the run trained and tested on (`None` in states
+    /// saved before they were recorded): a resume on data of other sizes is refused.
+    #[serde(default)]
+    pub images: Option<[usize; 2]>,
 }
 
 /// The tensors of a saved state.
@@ -135,7 +139,7 @@ pub fn load(dir: &Path) -> Result<(ResumeState, StateTensors)> {
 
 fn legacy_json(dir: &Path) -> Result<ResumeState> {
     let path = dir.join(LEGACY_STATE_JSON);
-    let text = std::fs::read(&path).with_context(|| {
+    let text = layers::file::read(&path).with_context(|| {
         format!(
             "{} holds no resume state in its metadata and there is no readable {}",
             dir.join(STATE).display(),

@@ -1,0 +1,113 @@
+//! Reading the files a run keeps (checkpoints, resume states, JSON settings) as `std::fs`
+//! reads them, except that a path that is not a regular file once links are followed (a
+//! directory, a named pipe, a device such as `/dev/zero`, a socket) is refused with its name:
+//! `std::fs::read` would wait on a pipe without end, or read a device until memory runs out.
+
+use std::io::{Error, ErrorKind, Result};
+use std::path::Path;
+
+/// `std::fs::read` of a regular file.
+///
+/// # Errors
+/// `std::fs::read`'s (a missing file keeps `ErrorKind::NotFound`), or `ErrorKind::InvalidInput`
+/// naming `path` and what it is when it is not a regular file.
+pub fn read(path: &Path) -> Result<Vec<u8>> {
+    regular(path)?;
+    std::fs::read(path)
+}
+
+/// `std::fs::read_to_string` of a regular file.
+///
+/// # Errors
+/// As [`read`], and text that is not UTF-8.
+pub fn read_to_string(path: &Path) -> Result<String> {
+    regular(path)?;
+    std::fs::read_to_string(path)
+}
+
+/// Makes a file just written durable before it is renamed over another: its data goes to the
+/// disk (`fsync`), so that after a power cut the new name never leads to an empty or partial
+/// file (a rename can reach the disk before the data it names).
+///
+/// # Errors
+/// The file cannot be opened or synced.
+pub fn sync(path: &Path) -> Result<()> {
+    std::fs::File::open(path)?.sync_all()
+}
+
+/// After a rename into `dir`: the directory's entry goes to the disk too (`fsync` of the
+/// directory). Best effort: a file system that cannot sync a directory is left as it is.
+pub fn sync_dir(dir: &Path) {
+    let dir = match dir.as_os_str().is_empty() {
+        true => Path::new("."),
+        false => dir,
+    };
+    if let Ok(dir) = std::fs::File::open(dir) {
+        let _ = dir.sync_all();
+    }
+}
+
+/// `Ok` when `path` leads to a regular file (following links); `NotFound` when nothing is
+/// there; `InvalidInput` naming what it is otherwise.
+///
+/// # Errors
+/// As said.
+pub fn regular(path: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::metadata(path)?.file_type();
+    let what = if kind.is_file() {
+        return Ok(());
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a named pipe"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    };
+    Err(Error::new(
+        ErrorKind::InvalidInput,
+        format!("{} is {what}, not a regular file", path.display()),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_regular_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.json");
+        std::fs::write(&file, b"[1]").unwrap();
+        assert_eq!(read(&file).unwrap(), b"[1]");
+        assert_eq!(read_to_string(&file).unwrap(), "[1]");
+        // Through a link too.
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert_eq!(read(&link).unwrap(), b"[1]");
+        let missing = read(&dir.path().join("missing")).unwrap_err();
+        assert_eq!(missing.kind(), ErrorKind::NotFound);
+        let fifo = dir.path().join("pipe.safetensors");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success());
+        let zero = dir.path().join("zero.safetensors");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        for (path, what) in [
+            (&fifo, "a named pipe"),
+            (&zero, "a device"),
+            (&dir.path().to_path_buf(), "a directory"),
+        ] {
+            let err = read(path).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput);
+            let text = err.to_string();
+            assert!(
+                text.contains(&path.display().to_string()) && text.contains(what),
+                "{text}"
+            );
+        }
+    }
+}
