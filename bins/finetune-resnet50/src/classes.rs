@@ -37,6 +37,11 @@ pub fn for_checkpoint(weights: &Path, num_classes: usize) -> Result<Vec<String>>
     if num_classes == 1000 {
         return Ok(imagenet());
     }
+    train::warn!(
+        "no {} beside {}: its {num_classes} classes are named by number (class 0, class 1, ...)",
+        train::rundir::CLASSES,
+        weights.display()
+    );
     Ok((0..num_classes).map(|i| format!("class {i}")).collect())
 }
 

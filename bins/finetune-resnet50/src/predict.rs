@@ -67,6 +67,14 @@ fn run_image_size(weights: &Path) -> Result<Option<usize>> {
         return Ok(None);
     };
     if !dir.join(train::rundir::FINETUNE).is_file() {
+        if dir.join(train::rundir::CLASSES).is_file() {
+            // A fine-tuned checkpoint whose run settings are gone: the size is a guess.
+            train::warn!(
+                "no {} beside {}: taking image size 224 (--image-size sets the run's)",
+                train::rundir::FINETUNE,
+                weights.display()
+            );
+        }
         return Ok(None);
     }
     let size = crate::finetune::FineTuneConfig::load(dir)?.image_size;
