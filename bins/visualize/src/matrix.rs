@@ -79,10 +79,12 @@ impl Matrix {
         }
     }
 
-    /// Reads and parses a matrix file.
+    /// Reads and parses a matrix file: a regular file or a pipe (`--input-file <(cmd)`), as an
+    /// image is read (`datasets::read_input_file`: a device or a directory is refused, named).
     pub fn from_file(path: &Path) -> Result<Matrix> {
-        let text = layers::file::read_to_string(path)
-            .with_context(|| format!("cannot read matrix file {}", path.display()))?;
+        let bytes = datasets::read_input_file(path, "matrix")?;
+        let text = String::from_utf8(bytes)
+            .with_context(|| format!("matrix file {} is not UTF-8 text", path.display()))?;
         Matrix::parse(&text).with_context(|| format!("bad matrix in {}", path.display()))
     }
 

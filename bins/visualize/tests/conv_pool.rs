@@ -133,6 +133,12 @@ fn conv_rejects_bad_matrices_clearly() {
     );
     let missing = visualize_fails(&["conv", "--kernel", "@/nonexistent/k.txt", "--out", out]);
     assert!(missing.contains("/nonexistent/k.txt"), "{missing}");
+    // A device is refused, named, not read until memory runs out.
+    let device = visualize_fails(&["conv", "--input-file", "/dev/zero", "--out", out]);
+    assert!(
+        device.contains("/dev/zero: not a matrix file (a device or socket)"),
+        "{device}"
+    );
     let zero_stride = visualize_fails(&["conv", "--stride", "0", "--out", out]);
     assert!(zero_stride.contains("--stride"), "{zero_stride}");
     assert!(!dir.path().join("conv.png").exists());

@@ -24,7 +24,20 @@ pub const PIPE_WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs
 /// `path` does not exist, is none of those, a named pipe finds no writer, a pipe gives no
 /// bytes or more than the limit, or it cannot be read.
 pub fn read_image_file(path: &Path) -> Result<Vec<u8>> {
-    let read_error = || format!("cannot read image {}", path.display());
+    read_input_file(path, "image")
+}
+
+/// Reads a user's input file of the kind `what` (`"image"`, `"matrix"`: named in the errors)
+/// as [`read_image_file`] reads an image: a regular file, or a pipe.
+///
+/// # Errors
+/// As [`read_image_file`].
+pub fn read_input_file(path: &Path, what: &str) -> Result<Vec<u8>> {
+    let article = match what.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        true => "an",
+        false => "a",
+    };
+    let read_error = || format!("cannot read {what} {}", path.display());
     let meta = std::fs::metadata(path).with_context(read_error)?;
     #[cfg(unix)]
     let pipe = std::os::unix::fs::FileTypeExt::is_fifo(&meta.file_type());
@@ -32,7 +45,7 @@ pub fn read_image_file(path: &Path) -> Result<Vec<u8>> {
     let pipe = false;
     anyhow::ensure!(
         meta.is_file() || pipe,
-        "{}: not an image file ({})",
+        "{}: not {article} {what} file ({})",
         path.display(),
         if meta.is_dir() {
             "a directory"
@@ -46,12 +59,12 @@ pub fn read_image_file(path: &Path) -> Result<Vec<u8>> {
     let bytes = read_pipe(path)?;
     anyhow::ensure!(
         !bytes.is_empty(),
-        "{}: the pipe gave no bytes (an empty image)",
+        "{}: the pipe gave no bytes (an empty {what})",
         path.display()
     );
     anyhow::ensure!(
         bytes.len() as u64 <= MAX_PIPED_IMAGE,
-        "{}: the pipe gives more than {} MiB, too much for an image",
+        "{}: the pipe gives more than {} MiB, too much for {article} {what}",
         path.display(),
         MAX_PIPED_IMAGE >> 20
     );

@@ -56,7 +56,7 @@ pub use decode::{decode_image, ColorMode};
 pub use filelist::{EncodedSample, FileList, Source};
 pub use folder::{image_folder, image_folder_test, FolderOptions, Storage};
 pub use idx::{mnist, read_idx_pair, MNIST_CLASSES};
-pub use io::read_image_file;
+pub use io::{read_image_file, read_input_file};
 pub use listing::IMAGE_EXTENSIONS;
 pub use loader::{Batch, Epoch, Loader, LoaderConfig};
 pub use resident::ResidentLoader;
