@@ -183,11 +183,24 @@ impl Recipe {
     /// The locked output directory of a fresh run: `--out`, or `runs/<program>-<timestamp>`.
     ///
     /// # Errors
-    /// As [`RunDir::fresh`]: the directory cannot be created or locked, or holds a run and
-    /// `--overwrite` is not given.
+    /// `--out` lies inside `--data-dir` (the run's folder would be read as data: a class of an
+    /// image folder), or as [`RunDir::fresh`]: the directory cannot be created or locked, or
+    /// holds a run and `--overwrite` is not given.
     pub fn fresh_dir(&self, args: &Args) -> Result<RunDir> {
         match &args.out {
-            Some(out) => RunDir::fresh(out, args.overwrite),
+            Some(out) => {
+                if let Some(data) = &args.data_dir {
+                    if inside(out, data) {
+                        bail!(
+                            "--out {} is inside --data-dir {}: the run's folder would be read as \
+                             data (a class folder of an image folder); give an --out outside it",
+                            out.display(),
+                            data.display()
+                        );
+                    }
+                }
+                RunDir::fresh(out, args.overwrite)
+            }
             None => RunDir::fresh_default(self.program, args.overwrite),
         }
     }
@@ -289,6 +302,37 @@ pub fn resumed_config(saved: &RunConfig, args: &Args) -> Result<RunConfig> {
     }
     config.validate()?;
     Ok(config)
+}
+
+/// Whether `path` (which need not exist yet) is `dir` or lies inside the directory `dir`,
+/// links resolved.
+fn inside(path: &Path, dir: &Path) -> bool {
+    let Ok(dir) = std::fs::canonicalize(dir) else {
+        return false;
+    };
+    if !dir.is_dir() {
+        return false;
+    }
+    let Ok(path) = std::path::absolute(path) else {
+        return false;
+    };
+    // The deepest part of `path` that exists, resolved, with the rest after it.
+    let mut rest = Vec::new();
+    let mut existing = path.as_path();
+    let resolved = loop {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            break real;
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return false,
+        }
+    };
+    let path = rest.iter().rev().fold(resolved, |p, name| p.join(name));
+    path.starts_with(&dir)
 }
 
 /// Refuses a run's saved `--data-dir` that is relative (runs saved before it was made
@@ -560,6 +604,38 @@ fn utc_timestamp(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_out_inside_the_data_dir_is_seen_through_dots_and_links() -> Result<()> {
+        let root = tempfile::tempdir()?;
+        let data = root.path().join("photos");
+        std::fs::create_dir_all(data.join("cats"))?;
+        std::fs::create_dir(root.path().join("other"))?;
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&data, &link)?;
+        for out in [
+            data.join("run"),
+            data.join("new/deeper/run"),
+            data.join("cats"),
+            data.clone(),
+            root.path().join("other/../photos/run"),
+            link.join("run"),
+        ] {
+            assert!(inside(&out, &data), "{}", out.display());
+        }
+        for out in [
+            root.path().join("photos-run"),
+            root.path().join("run"),
+            root.path().to_path_buf(),
+        ] {
+            assert!(!inside(&out, &data), "{}", out.display());
+        }
+        // A data set given as a file (an archive) has no inside.
+        let archive = root.path().join("data.tar.gz");
+        std::fs::write(&archive, b"")?;
+        assert!(!inside(&root.path().join("data.tar.gz/run"), &archive));
+        Ok(())
+    }
     use crate::config::{
         DataPlacement, DatasetKind, MemoryFormat, Precision, ScheduleKind, ADAM_BETAS,
     };
