@@ -20,7 +20,8 @@ pub fn sidecar(weights: &Path) -> std::path::PathBuf {
 /// The names for a checkpoint with `num_classes` outputs stored at `weights`.
 pub fn for_checkpoint(weights: &Path, num_classes: usize) -> Result<Vec<String>> {
     let path = sidecar(weights);
-    if path.is_file() {
+    // Anything there is read (a pipe or a folder is refused, named, not taken for absent).
+    if std::fs::symlink_metadata(&path).is_ok() {
         let text = layers::file::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         let names: Vec<String> = serde_json::from_str(&text)

@@ -197,6 +197,7 @@ pub fn finetune(
         trainable,
         train: train_source,
         test: test_source,
+        train_images: data.train.len(),
         test_images: data.test.as_ref(),
         classes,
         title,

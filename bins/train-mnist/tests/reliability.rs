@@ -1019,7 +1019,7 @@ fn a_run_file_that_is_a_pipe_or_a_device_is_refused() {
         let out = child.wait_with_output().expect("output");
         let err = stderr(&out);
         assert!(
-            !out.status.success() && err.contains(&s(&path)) && err.contains("a named pipe"),
+            !out.status.success() && err.contains(&s(&path)) && err.contains("a pipe"),
             "{name}: {err}"
         );
         std::fs::remove_file(&path).expect("remove the pipe");

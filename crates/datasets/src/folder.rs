@@ -101,13 +101,23 @@ pub fn image_folder_listing(listing: Listing, options: &FolderOptions) -> Result
             (train, test)
         }
         _ => {
-            if let [only] = top.as_slice() {
-                ensure!(
-                    !["train", "test", "val"].contains(&only.as_str()),
-                    "{}: the one folder there is {only}/, taken as a class; a split needs train/ \
-                     and test/ (or val/) together, each with the class folders, or the class \
-                     folders directly inside it (a fraction of each class, 0.2 by default, is \
-                     then held out for testing: --test-fraction; FolderOptions::test_fraction)",
+            // Only split folders, without train/: they would be taken as classes.
+            let splits = ["train", "test", "val"];
+            if !top.is_empty() && top.iter().all(|d| splits.contains(&d.as_str())) {
+                let found: Vec<String> = top.iter().map(|d| format!("{d}/")).collect();
+                let found = match found.as_slice() {
+                    [one] => format!("the one folder there is {one}, taken as a class"),
+                    _ => format!(
+                        "the folders there are {}, taken as classes",
+                        found.join(" and ")
+                    ),
+                };
+                bail!(
+                    "{}: {found}; a split \
+                     needs train/ and test/ (or val/) together, each with the class folders, or \
+                     the class folders directly inside it (a fraction of each class, 0.2 by \
+                     default, is then held out for testing: finetune-resnet50's --test-fraction, \
+                     FolderOptions::test_fraction)",
                     listing.origin.display()
                 );
             }

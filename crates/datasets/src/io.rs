@@ -56,7 +56,7 @@ pub fn read_input_file(path: &Path, what: &str) -> Result<Vec<u8>> {
     if !pipe {
         return std::fs::read(path).with_context(read_error);
     }
-    let bytes = read_pipe(path)?;
+    let bytes = read_pipe(path, what)?;
     anyhow::ensure!(
         !bytes.is_empty(),
         "{}: the pipe gave no bytes (an empty {what})",
@@ -77,10 +77,10 @@ pub fn read_input_file(path: &Path, what: &str) -> Result<Vec<u8>> {
 /// (the pipe of `<(cmd)` or `/dev/stdin` has one from the start), reads wait for its data as
 /// usual.
 #[cfg(unix)]
-fn read_pipe(path: &Path) -> Result<Vec<u8>> {
+fn read_pipe(path: &Path, what: &str) -> Result<Vec<u8>> {
     use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::io::AsRawFd;
-    let read_error = || format!("cannot read image {}", path.display());
+    let read_error = || format!("cannot read {what} {}", path.display());
     let mut file = std::fs::File::options()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
@@ -126,11 +126,11 @@ fn read_pipe(path: &Path) -> Result<Vec<u8>> {
 }
 
 #[cfg(not(unix))]
-fn read_pipe(path: &Path) -> Result<Vec<u8>> {
+fn read_pipe(path: &Path, what: &str) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .and_then(|f| f.take(MAX_PIPED_IMAGE + 1).read_to_end(&mut bytes))
-        .with_context(|| format!("cannot read image {}", path.display()))?;
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
     Ok(bytes)
 }
 
@@ -152,6 +152,13 @@ pub fn read_maybe_gz(
     head: usize,
     size: impl Fn(&[u8]) -> Option<usize>,
 ) -> Result<Vec<u8>> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    ensure!(
+        meta.is_file(),
+        "{}: not a regular file (a directory, a pipe or a device)",
+        path.display()
+    );
     let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     if !raw.starts_with(&GZIP_MAGIC) {
         return Ok(raw);

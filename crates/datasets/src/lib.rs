@@ -58,7 +58,7 @@ pub use folder::{image_folder, image_folder_test, FolderOptions, Storage};
 pub use idx::{mnist, read_idx_pair, MNIST_CLASSES};
 pub use io::{read_image_file, read_input_file};
 pub use listing::IMAGE_EXTENSIONS;
-pub use loader::{Batch, Epoch, Loader, LoaderConfig};
+pub use loader::{Batch, Epoch, Loader, LoaderConfig, MAX_WORKERS};
 pub use resident::ResidentLoader;
 pub use resize::resize_bilinear;
 pub use rng::Rng;

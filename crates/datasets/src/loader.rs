@@ -12,6 +12,10 @@ use std::thread::JoinHandle;
 /// How many finished batches may wait ahead of the consumer.
 const PREFETCH: usize = 2;
 
+/// The most data-loading threads a loader is asked for (the training programs' `--workers`,
+/// `bench-pipeline`'s `WORKERS`).
+pub const MAX_WORKERS: usize = 256;
+
 /// Batching options.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoaderConfig {

@@ -420,6 +420,13 @@ fn image_folder_with_only_one_split_folder_says_the_splits_go_together() {
             "{msg}"
         );
     }
+    let dir = tempdir().unwrap();
+    write_folder(dir.path(), &["test", "val"], &["cat", "dog"], 5, 8, 8);
+    let msg = chain(&image_folder(dir.path(), &FolderOptions::default()).unwrap_err());
+    assert!(
+        msg.contains("the folders there are test/ and val/, taken as classes"),
+        "{msg}"
+    );
     // A folder named like a split beside a class folder is a class like any other.
     let dir = tempdir().unwrap();
     write_folder(dir.path(), &[""], &["test", "dog"], 5, 8, 8);

@@ -2,6 +2,8 @@
 //! reads them, except that a path that is not a regular file once links are followed (a
 //! directory, a named pipe, a device such as `/dev/zero`, a socket) is refused with its name:
 //! `std::fs::read` would wait on a pipe without end, or read a device until memory runs out.
+//! And the syncing that makes a temporary file durable before its rename ([`sync`],
+//! [`sync_dir`]).
 
 use std::io::{Error, ErrorKind, Result};
 use std::path::Path;
@@ -27,12 +29,23 @@ pub fn read_to_string(path: &Path) -> Result<String> {
 
 /// Makes a file just written durable before it is renamed over another: its data goes to the
 /// disk (`fsync`), so that after a power cut the new name never leads to an empty or partial
-/// file (a rename can reach the disk before the data it names).
+/// file (a rename can reach the disk before the data it names). File systems that cannot sync
+/// a file (`EINVAL`, `ENOTSUP`: some FUSE and network ones) are left as they are.
 ///
 /// # Errors
-/// The file cannot be opened or synced.
+/// The file cannot be opened for writing, or the sync fails otherwise (a failing disk: `EIO`).
 pub fn sync(path: &Path) -> Result<()> {
-    std::fs::File::open(path)?.sync_all()
+    let synced = std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.sync_all());
+    match synced {
+        // EINVAL and ENOTSUP.
+        Err(e) if e.kind() == ErrorKind::Unsupported || e.kind() == ErrorKind::InvalidInput => {
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// After a rename into `dir`: the directory's entry goes to the disk too (`fsync` of the
@@ -48,25 +61,20 @@ pub fn sync_dir(dir: &Path) {
 }
 
 /// `Ok` when `path` leads to a regular file (following links); `NotFound` when nothing is
-/// there; `InvalidInput` naming what it is otherwise.
+/// there; `InvalidInput` naming what it is otherwise (a pipe, `<(cmd)` included: save what it
+/// gives to a file first).
 ///
 /// # Errors
 /// As said.
 pub fn regular(path: &Path) -> Result<()> {
-    use std::os::unix::fs::FileTypeExt;
     let kind = std::fs::metadata(path)?.file_type();
-    let what = if kind.is_file() {
+    if kind.is_file() {
         return Ok(());
-    } else if kind.is_dir() {
+    }
+    let what = if kind.is_dir() {
         "a directory"
-    } else if kind.is_fifo() {
-        "a named pipe"
-    } else if kind.is_char_device() || kind.is_block_device() {
-        "a device"
-    } else if kind.is_socket() {
-        "a socket"
     } else {
-        "not a file"
+        special(&kind)
     };
     Err(Error::new(
         ErrorKind::InvalidInput,
@@ -74,7 +82,26 @@ pub fn regular(path: &Path) -> Result<()> {
     ))
 }
 
-#[cfg(test)]
+#[cfg(unix)]
+fn special(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_fifo() {
+        "a pipe (save what it gives to a file first)"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "something else"
+    }
+}
+
+#[cfg(not(unix))]
+fn special(_: &std::fs::FileType) -> &'static str {
+    "something else"
+}
+
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 
@@ -97,7 +124,7 @@ mod tests {
         let zero = dir.path().join("zero.safetensors");
         std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
         for (path, what) in [
-            (&fifo, "a named pipe"),
+            (&fifo, "a pipe"),
             (&zero, "a device"),
             (&dir.path().to_path_buf(), "a directory"),
         ] {

@@ -15,7 +15,8 @@
 //! - constructors with torchvision's initialisation ([`conv2d`], [`linear`], [`batch_norm`],
 //!   [`WeightInit`]);
 //! - [`ParamStore`], a seeded parameter store keyed by PyTorch `state_dict()` names, and
-//!   [`checkpoint`], strict safetensors loading and atomic saving;
+//!   [`checkpoint`], strict safetensors loading and atomic, synced saving; [`file`], reads of a
+//!   run's files that refuse pipes and devices;
 //! - [`memory_format`]: PyTorch's `torch.channels_last` activations (cuDNN's NHWC kernels on
 //!   CUDA);
 //! - [`Network`], the surface every model exposes.

@@ -183,24 +183,31 @@ impl Recipe {
     /// The locked output directory of a fresh run: `--out`, or `runs/<program>-<timestamp>`.
     ///
     /// # Errors
-    /// `--out` lies inside `--data-dir` (the run's folder would be read as data: a class of an
-    /// image folder), or as [`RunDir::fresh`]: the directory cannot be created or locked, or
-    /// holds a run and `--overwrite` is not given.
+    /// The run directory lies inside a `--data-dir` whose class folders stand directly in it
+    /// (the run's folder would be read as an empty class), or as [`RunDir::fresh`]: the
+    /// directory cannot be created or locked, or holds a run and `--overwrite` is not given.
     pub fn fresh_dir(&self, args: &Args) -> Result<RunDir> {
+        let flat_folder = args.data_dir.as_deref().filter(|data| {
+            self.dataset != DatasetKind::Mnist
+                && data.is_dir()
+                && !data.join("train").is_dir()
+                && !datasets::is_cifar10(data)
+        });
+        let out = args.out.as_deref().unwrap_or(Path::new("runs"));
+        if let Some(data) = flat_folder.filter(|data| inside(out, data)) {
+            bail!(
+                "{} {} is inside --data-dir {}, whose class folders stand directly in it: the \
+                 run's folder would be read as an empty class; give an --out outside it",
+                match args.out {
+                    Some(_) => "--out",
+                    None => "the default --out",
+                },
+                out.display(),
+                data.display()
+            );
+        }
         match &args.out {
-            Some(out) => {
-                if let Some(data) = &args.data_dir {
-                    if inside(out, data) {
-                        bail!(
-                            "--out {} is inside --data-dir {}: the run's folder would be read as \
-                             data (a class folder of an image folder); give an --out outside it",
-                            out.display(),
-                            data.display()
-                        );
-                    }
-                }
-                RunDir::fresh(out, args.overwrite)
-            }
+            Some(out) => RunDir::fresh(out, args.overwrite),
             None => RunDir::fresh_default(self.program, args.overwrite),
         }
     }

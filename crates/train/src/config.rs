@@ -21,7 +21,7 @@ pub const MAX_COUNT: usize = 1_000_000;
 pub const ADAM_BETAS: (f64, f64) = (0.9, ADAM_BETA2);
 const ADAM_BETA2: f64 = 0.999;
 /// The most data-loading threads a run starts.
-pub const MAX_WORKERS: usize = 256;
+pub const MAX_WORKERS: usize = datasets::MAX_WORKERS;
 
 /// `torch.optim` algorithms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]

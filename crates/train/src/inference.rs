@@ -137,15 +137,17 @@ impl Trained {
             device,
             config.seed,
         )
-        .with_context(|| {
-            // The class count comes from classes.json: name it, as it may be the one at fault.
-            match dir.join(CLASSES).is_file() {
-                true => format!(
-                    "{} lists {} classes (the model's outputs)",
-                    dir.join(CLASSES).display(),
-                    classes.len()
-                ),
-                false => format!("the run's data set has {} classes", classes.len()),
+        .map_err(|e| {
+            // A head of another size: the class count came from classes.json, which may be the
+            // one at fault.
+            match format!("{e:#}").contains("shape mismatch") && dir.join(CLASSES).is_file() {
+                true => e.context(format!(
+                    "loading {} for the {} classes that {} lists",
+                    path.display(),
+                    classes.len(),
+                    dir.join(CLASSES).display()
+                )),
+                false => e,
             }
         })?;
         Ok(Self {

@@ -45,6 +45,9 @@ pub struct Trainee<'a> {
     pub train: &'a dyn BatchSource,
     /// Test batches; their indices address `test_images`.
     pub test: &'a dyn BatchSource,
+    /// How many training images there are (after `--limit-train`; before `--drop-last` and
+    /// any sharding): what a resumed run must find again.
+    pub train_images: usize,
     /// The test images, for the predictions picture.
     pub test_images: &'a dyn Dataset,
     /// Class names, in label order.
@@ -96,6 +99,7 @@ pub fn run(
         trainable: store.trainable(),
         train: train_source.as_ref(),
         test: test_source.as_ref(),
+        train_images: data.train.len(),
         test_images: data.test.as_ref(),
         classes,
         title: format!("{} on {}", config.model, dataset_title(config)),
@@ -147,6 +151,7 @@ pub fn train(
         trainable,
         train: train_loader,
         test: test_loader,
+        train_images,
         test_images,
         classes,
         title,
@@ -175,8 +180,7 @@ pub fn train(
     }
     if let Some((saved, _)) = &resume {
         same_classes(out, &classes)?;
-        let images = [train_loader.num_samples(), test_images.len()];
-        same_images(out, saved.images, images)?;
+        same_images(out, saved.images, [train_images, test_images.len()])?;
     }
     let writes = crate::distributed::writes();
     if writes {
@@ -207,6 +211,7 @@ pub fn train(
             title: &title,
             classes: &classes,
             test_images,
+            images: [train_images, test_images.len()],
             events: Some(EventWriter::create(out)?),
         });
     }
@@ -564,6 +569,8 @@ struct Outputs<'a> {
     title: &'a str,
     classes: &'a [String],
     test_images: &'a dyn Dataset,
+    /// The training and test images, for the resume state.
+    images: [usize; 2],
     /// The TensorBoard file; with the writing thread while an epoch's files are written.
     events: Option<EventWriter>,
 }
@@ -643,7 +650,7 @@ impl<'a> Outputs<'a> {
                 optimizer,
                 progress,
                 schedule,
-                (train_loader, self.test_images.len()),
+                (train_loader, self.images),
             ),
             tiles: pictures::prediction_tiles(self.test_images, &tested.predictions)?,
             confusion: tested.metrics.confusion().to_vec(),
@@ -775,7 +782,7 @@ fn resume_state(
     optimizer: &dyn Optimizer,
     progress: &RunProgress,
     schedule: &crate::schedule::Scheduled,
-    (train_loader, test_images): (&dyn BatchSource, usize),
+    (train_loader, images): (&dyn BatchSource, [usize; 2]),
 ) -> ResumeState {
     ResumeState {
         epochs_done: progress.epochs_done,
@@ -787,7 +794,7 @@ fn resume_state(
         lr: optimizer.learning_rate(),
         history: progress.history.clone(),
         config: config.clone(),
-        images: Some([train_loader.num_samples(), test_images]),
+        images: Some(images),
     }
 }
 

@@ -285,13 +285,18 @@ pub fn settle_for_reading(dir: &Path) -> Result<()> {
     }
     let lock_path = dir.join(LOCK);
     let lock = loop {
-        let Ok(lock) = open_lock(&lock_path, true) else {
-            bail!(
+        let lock = match open_lock(&lock_path, true) {
+            Ok(lock) => lock,
+            // Something there that is no lock file (a pipe, a directory): named as such.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                return Err(e).with_context(|| format!("--run {}", dir.display()))
+            }
+            Err(_) => bail!(
                 "--run {}: an interrupted --overwrite left the run there half replaced, and the \
                  directory is not writable to put it back; the replaced run is in {}",
                 dir.display(),
                 dir.join(REPLACED).display()
-            );
+            ),
         };
         // As `RunDir::lock`: a lock file unlinked meanwhile is not the directory's lock.
         match lock.try_lock() {
@@ -565,8 +570,16 @@ impl RunDir {
         // taken once the name still leads to the file locked, else the name is opened again.
         let (lock, made_lock) = loop {
             let made_lock = std::fs::symlink_metadata(&lock_path).is_err();
-            let lock = open_lock(&lock_path, true)
-                .with_context(|| format!("{} is not writable", path.display()))?;
+            let lock = open_lock(&lock_path, true).map_err(|e| {
+                let context = match e.kind() {
+                    std::io::ErrorKind::PermissionDenied
+                    | std::io::ErrorKind::ReadOnlyFilesystem => {
+                        format!("{} is not writable", path.display())
+                    }
+                    _ => format!("cannot open the lock file {}", lock_path.display()),
+                };
+                anyhow::Error::new(e).context(context)
+            })?;
             match lock.try_lock() {
                 Ok(()) => {}
                 Err(TryLockError::WouldBlock) => bail!(
@@ -740,11 +753,11 @@ fn remove_temporaries(dir: &Path) -> Result<()> {
         let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if is_temporary(&name)
-            && entry.file_type()?.is_file()
-            && !writer_alive(&name)
-            && (!name.starts_with(".tmp") || begins_as_safetensors(&entry.path()))
-        {
+        let ours = match tempfile_name(&name) {
+            true => begins_as_safetensors(&entry.path()),
+            false => is_temporary(&name) && !writer_alive(&name),
+        };
+        if ours && entry.file_type()?.is_file() {
             let path = entry.path();
             std::fs::remove_file(&path)
                 .with_context(|| format!("cannot remove the leftover {}", path.display()))?;
@@ -753,13 +766,17 @@ fn remove_temporaries(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Whether the process whose id a temporary's name holds (`.tmp<pid>`) is alive, other than
-/// this one.
+/// Whether the process whose id a temporary's name holds (`.stem.tmp<pid>.ext`,
+/// `name.tmp<pid>`) is alive, other than this one.
 fn writer_alive(name: &str) -> bool {
     let Some((_, after)) = name.rsplit_once(".tmp") else {
         return false;
     };
     let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+    let rest = &after[digits.len()..];
+    if !(rest.is_empty() || rest.starts_with('.')) {
+        return false;
+    }
     let Ok(pid) = digits.parse::<libc::pid_t>() else {
         return false;
     };
@@ -790,15 +807,19 @@ fn begins_as_safetensors(path: &Path) -> bool {
     read == 0 || (read == head.len() && head[8] == b'{')
 }
 
-fn is_temporary(name: &str) -> bool {
-    // tempfile's six random letters and digits (a digit or capital among them: a user's
-    // `.tmpconfig` is not one).
-    let tempfile_crate = name.len() == 10
+/// tempfile's `.tmpXXXXXX`: six random letters and digits (a digit or capital among them: a
+/// user's `.tmpconfig` is not one), no process id.
+fn tempfile_name(name: &str) -> bool {
+    name.len() == 10
         && name.starts_with(".tmp")
         && name[4..].chars().all(|c| c.is_ascii_alphanumeric())
         && name[4..]
             .chars()
-            .any(|c| c.is_ascii_digit() || c.is_ascii_uppercase());
+            .any(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+}
+
+fn is_temporary(name: &str) -> bool {
+    let tempfile_crate = tempfile_name(name);
     // `atomic`'s `.{stem}.tmp{pid}{ext}` of a run's file (`.curves.tmp77.png`).
     let atomic = name
         .strip_prefix('.')
@@ -849,12 +870,14 @@ mod tests {
         ended.wait()?;
         let mut sleeper = std::process::Command::new("sleep").arg("30").spawn()?;
         let live = sleeper.id();
-        let files: [(String, &[u8], bool); 5] = [
+        let files: [(String, &[u8], bool); 6] = [
             (format!(".metrics.tmp{dead}.csv"), b"1,2", false),
             (format!(".evaluation-best.tmp{live}.json"), b"{", true),
             (".tmpA1b2C3".into(), b"the user's notes", true),
             (".tmpB2c3D4".into(), b"\x02\0\0\0\0\0\0\0{}", false),
             (".tmpC3d4E5".into(), b"", false),
+            // A tempfile name that begins with digits is no process id.
+            (".tmp1b2c3D".into(), b"\x02\0\0\0\0\0\0\0{}", false),
         ];
         for (name, bytes, _) in &files {
             std::fs::write(dir.path().join(name), bytes)?;

@@ -35,8 +35,6 @@ fn main() -> Result<()> {
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
-    // As the training programs' --workers.
-    const MAX_WORKERS: usize = 256;
     let workers = match std::env::args().nth(1).as_deref() {
         Some("-h" | "--help") => {
             say!("usage: bench-pipeline [WORKERS]  (default 2; CNN_SHARED_DIR for the real data)");
@@ -45,9 +43,12 @@ fn main() -> Result<()> {
         Some(w) => w
             .parse()
             .ok()
-            .filter(|n| (1..=MAX_WORKERS).contains(n))
+            .filter(|n| (1..=datasets::MAX_WORKERS).contains(n))
             .with_context(|| {
-                format!("WORKERS must be a whole number from 1 to {MAX_WORKERS}, not {w:?}")
+                format!(
+                    "WORKERS must be a whole number from 1 to {}, not {w:?}",
+                    datasets::MAX_WORKERS
+                )
             })?,
         None => 2,
     };
