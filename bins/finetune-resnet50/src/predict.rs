@@ -18,6 +18,8 @@ pub struct Classifier {
     classes: Vec<String>,
     image_size: usize,
     device: Device,
+    /// The checkpoint file, for errors.
+    weights: std::path::PathBuf,
 }
 
 impl Classifier {
@@ -43,6 +45,7 @@ impl Classifier {
             classes,
             image_size,
             device: device.clone(),
+            weights: path,
         })
     }
 
@@ -56,6 +59,7 @@ impl Classifier {
             &self.classes,
             &self.device,
         )?
+        .named(&self.weights)
         .top5(path)
     }
 }

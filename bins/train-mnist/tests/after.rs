@@ -566,7 +566,35 @@ fn evaluate_finds_a_relative_data_dir_from_elsewhere() {
         .expect("train-mnist starts");
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        !refused.status.success() && err.contains("not finite"),
+        !refused.status.success() && err.contains("not finite") && err.contains(&s(&huge)),
+        "{err}"
+    );
+
+    // Test images of another size than the run's: said before any forward pass.
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).expect("mkdir");
+    let mut images = vec![0, 0, 8, 3, 0, 0, 0, 10, 0, 0, 0, 14, 0, 0, 0, 14];
+    images.extend(std::iter::repeat_n(7u8, 10 * 14 * 14));
+    let mut labels = vec![0, 0, 8, 1, 0, 0, 0, 10];
+    labels.extend(0..10u8);
+    std::fs::write(small.join("t10k-images-idx3-ubyte"), images).expect("images");
+    std::fs::write(small.join("t10k-labels-idx1-ubyte"), labels).expect("labels");
+    let refused = Command::new(BIN)
+        .args([
+            "evaluate",
+            "--run",
+            &s(&out),
+            "--device",
+            "cpu",
+            "--data-dir",
+            &s(&small),
+        ])
+        .output()
+        .expect("train-mnist starts");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && err.contains("are 1x14x14 (CxHxW), the run trained on 1x28x28 images"),
         "{err}"
     );
 }

@@ -1046,6 +1046,24 @@ fn a_run_file_that_is_a_pipe_or_a_device_is_refused() {
     // The run is whole again: evaluate reads it.
     let out = evaluate(&[]);
     assert!(out.status.success(), "{}", stderr(&out));
+
+    // A checkpoint the run would write that is a folder: --resume says so before training.
+    let best = run.join(train::rundir::BEST);
+    let aside = dir.path().join("best-aside");
+    std::fs::rename(&best, &aside).expect("move aside");
+    std::fs::create_dir(&best).expect("mkdir");
+    let out = train_mnist(&resume);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success()
+            && err.contains(&s(&best))
+            && err.contains("a directory")
+            && err.contains("the run writes it after each epoch")
+            && !err.contains("epoch 2"),
+        "{err}"
+    );
+    std::fs::remove_dir(&best).expect("rmdir");
+    std::fs::rename(&aside, &best).expect("put back");
 }
 
 /// `--resume` on data of another size than the run trained on is refused, naming both sizes;

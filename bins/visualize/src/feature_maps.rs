@@ -171,7 +171,15 @@ pub fn run(args: &FeatureMapsArgs, out: &Path) -> Result<()> {
         }
     }
     if let Some((_, logits)) = stages.last() {
-        let logits = logits.flatten_all()?.to_vec1::<f32>()?;
+        let logits = logits
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?;
+        anyhow::ensure!(
+            logits.iter().all(|v| v.is_finite()),
+            "the network's outputs (logits) are not finite (NaN or infinity): its weights give \
+             no prediction (the feature maps above are written)"
+        );
         let best = (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b]));
         if let Some(best) = best {
             let name = match classes.get(best) {

@@ -142,6 +142,7 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
             run.display()
         );
     }
+    let weights_named: String;
     let (model, store_spec, input, classes, transform) =
         match (args.run.as_ref().or(beside.as_ref()), &args.model) {
             (Some(run), _) => {
@@ -150,11 +151,16 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
                 let spec = zoo::spec(&trained.config.model)?;
                 let input = train::inference::run_input(&trained.config)?;
                 let transform = Transform::parse(&trained.config.test_transform)?;
+                weights_named = trained.weights.display().to_string();
                 (trained.model, spec, input, trained.classes, transform)
             }
             (None, Some(name)) => {
                 let spec = zoo::spec(name)?;
                 let weights = args.weights.as_ref().map(PathBuf::from);
+                weights_named = match &weights {
+                    Some(w) => w.display().to_string(),
+                    None => format!("{name}'s initial weights"),
+                };
                 let (net, _, count) =
                     zoo::load_counting_classes(name, None, weights.as_deref(), &device, 0)?;
                 let data = datasets::catalog::spec(spec.data)?;
@@ -186,7 +192,8 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
         None => None,
         Some(c) => Some(class_index(c, &classes)?),
     };
-    let cam = grad_cam(model.as_ref(), &x, store_spec.cam_stage, class)?;
+    let cam = grad_cam(model.as_ref(), &x, store_spec.cam_stage, class)
+        .with_context(|| format!("Grad-CAM under {weights_named}"))?;
     ensure!(
         cam.class < classes.len(),
         "the model has more outputs than class names"

@@ -44,6 +44,14 @@ impl Matrix {
             if line.is_empty() {
                 continue;
             }
+            // Between commas a value must stand ("1,,2" and "1,2," are refused, not read as
+            // shorter rows).
+            if line.split(',').any(|cell| cell.trim().is_empty()) {
+                bail!(
+                    "row {} ({line:?}) has an empty value between commas",
+                    rows.len() + 1
+                );
+            }
             let row = line
                 .split(|c: char| c == ',' || c.is_whitespace())
                 .filter(|v| !v.is_empty())
@@ -177,6 +185,10 @@ mod tests {
         assert_eq!(inline.values, [1., 0., 1., 0., 1., 0., 1., 0., 1.]);
         let lines = Matrix::parse("1 0 1\n0, 1, 0\n\n1\t0 1\n")?;
         assert_eq!(lines, inline);
+        for bad in ["1,,2;3,4,5", "1,2,;3,4,5", ",1"] {
+            let err = format!("{:#}", Matrix::parse(bad).unwrap_err());
+            assert!(err.contains("empty value between commas"), "{bad}: {err}");
+        }
         let decimals = Matrix::parse("-1.5, 2e1")?;
         assert_eq!(decimals.values, [-1.5, 20.0]);
         Ok(())

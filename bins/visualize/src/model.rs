@@ -16,7 +16,7 @@ use zoo::ModelSpec;
 pub struct ModelArgs {
     /// A training run (what --out was): its model with its checkpoint (--weights best, last or
     /// a file; default best)
-    #[arg(long, conflicts_with_all = ["model", "num_classes"])]
+    #[arg(long, conflicts_with_all = ["model", "num_classes", "seed"])]
     run: Option<PathBuf>,
     /// A model of the zoo (lenet5, cnn-mnist, alexnet, vgg16, resnet18-seed, ...).
     #[arg(long)]
@@ -29,9 +29,9 @@ pub struct ModelArgs {
     /// else the model's usual number]
     #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     num_classes: Option<usize>,
-    /// Seed of the initial parameters (used when no --weights are given).
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Seed of the initial parameters (used when no --weights are given) [default: 0]
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 /// A built network with its parameters.
@@ -76,11 +76,14 @@ impl ModelArgs {
             self.num_classes,
             self.weights.as_deref(),
             &Device::Cpu,
-            self.seed,
+            self.seed.unwrap_or(0),
         )?;
         let origin = match &self.weights {
             Some(path) => format!("trained weights from {}", path.display()),
-            None => format!("initial weights (seed {}), no --weights given", self.seed),
+            None => format!(
+                "initial weights (seed {}), no --weights given",
+                self.seed.unwrap_or(0)
+            ),
         };
         Ok(Loaded {
             spec,
@@ -117,7 +120,7 @@ mod tests {
             model: Some(model.into()),
             weights: None,
             num_classes: None,
-            seed: 3,
+            seed: Some(3),
         }
     }
 

@@ -245,6 +245,11 @@ pub fn file_or_hub(spec: &str, hub_file: &str, flag: &str, example_id: &str) -> 
         if path.is_dir() {
             bail!("{flag} {spec}: a directory, not a file (give a .safetensors file, such as a run's best.safetensors, or a Hub model id such as {example_id})")
         }
+        if path.exists() && !path.is_file() {
+            bail!(
+                "{flag} {spec}: not a regular file (a pipe or a device): give a .safetensors file"
+            )
+        }
         if !path.is_file() {
             bail!("{flag} {spec}: the file does not exist (give a .safetensors file or a Hub model id such as {example_id})")
         }

@@ -100,12 +100,13 @@ fn missing(dir: &Path, stem: &str) -> String {
     )
 }
 
-/// The path of `stem` or `stem.gz` in `dir`, if either exists.
+/// The path of `stem` or `stem.gz` in `dir`, if either is there (a path that is there but is
+/// no regular file is given too: the reader names what it is).
 fn find_idx(dir: &Path, stem: &str) -> Option<PathBuf> {
     [stem.to_string(), format!("{stem}.gz")]
         .into_iter()
         .map(|name| dir.join(name))
-        .find(|p| p.is_file())
+        .find(|p| p.exists())
 }
 
 /// Reads an IDX image file and its IDX label file into a 10-class dataset.

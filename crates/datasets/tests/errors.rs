@@ -448,6 +448,15 @@ fn bench_pipeline_refuses_a_worker_count_out_of_range() {
             "{workers}: {err}"
         );
     }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bench-pipeline"))
+        .args(["1", "2"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("\"2\" is one too many"),
+        "{err}"
+    );
 }
 
 /// A small gzipped IDX file that unpacks to far more than its header says is stopped at the

@@ -229,6 +229,7 @@ impl Recipe {
             bail!("--resume continues in its own directory; leave out --out or give the same directory");
         }
         let locked = RunDir::existing(dir)?;
+        crate::rundir::check_outputs_are_files(dir)?;
         let (saved, tensors) = state::load(dir)?;
         if saved.config.program != self.program {
             bail!(

@@ -134,7 +134,7 @@ pub(crate) fn non_finite_loss(value: f64, epoch: usize, b: usize, batches: usize
     };
     anyhow!(
         "the training loss became {value} in epoch {} at batch {}/{batches}: training stopped \
-         (try a lower --lr); {kept}",
+         (a lower --lr may help, in a new run: --resume keeps the run's); {kept}",
         epoch + 1,
         b + 1
     )

@@ -345,6 +345,29 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
             trained.classes
         );
     }
+    // A data set of one image size: the images must be the run's (a folder run's test
+    // transform resizes whatever it is given).
+    let input = run_input(&trained.config)?;
+    if input.data_size && !test.is_empty() {
+        let shape = test
+            .image(0)
+            .context("cannot read the first test image")?
+            .shape();
+        let want = (input.channels, input.side, input.side);
+        ensure!(
+            shape == want,
+            "the test images{} are {}x{}x{} (CxHxW), the run trained on {}x{}x{} images",
+            args.data_dir
+                .as_ref()
+                .map_or(String::new(), |d| format!(" of --data-dir {}", d.display())),
+            shape.0,
+            shape.1,
+            shape.2,
+            want.0,
+            want.1,
+            want.2
+        );
+    }
     let loader = crate::run::loader(&config, &test, false)?;
     let pass = evaluate_pass(
         trained.model.as_ref(),
@@ -455,9 +478,18 @@ pub struct Predictor<'a> {
     mode: ColorMode,
     classes: &'a [String],
     device: Device,
+    /// The checkpoint the model holds, for errors ([`Predictor::named`]).
+    weights: Option<PathBuf>,
 }
 
 impl<'a> Predictor<'a> {
+    /// Names the checkpoint the model holds in this predictor's errors (outputs that are not
+    /// finite).
+    pub fn named(mut self, weights: &Path) -> Self {
+        self.weights = Some(weights.to_path_buf());
+        self
+    }
+
     /// `model` (input `(N, channels, side, side)`) with the run's test `transform`; a transform
     /// that does not resize gets `Resize(side)` + `CenterCrop(side)` in front, so that any image
     /// fits.
@@ -525,6 +557,7 @@ impl<'a> Predictor<'a> {
             },
             classes,
             device: device.clone(),
+            weights: None,
         })
     }
 
@@ -560,9 +593,12 @@ impl<'a> Predictor<'a> {
             .to_vec1::<f32>()?;
         ensure!(
             probabilities.iter().all(|p| p.is_finite()),
-            "{}: the network's outputs are not finite (NaN or infinity): its weights give no \
-             prediction",
-            path.display()
+            "{}: the network's outputs are not finite (NaN or infinity): {} give no prediction",
+            path.display(),
+            match &self.weights {
+                Some(weights) => format!("the weights of {}", weights.display()),
+                None => "its weights".to_string(),
+            }
         );
         Ok(probabilities)
     }
@@ -650,7 +686,8 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
         run_input(&trained.config)?,
         &trained.classes,
         &device,
-    )?;
+    )?
+    .named(&trained.weights);
     print_top5(&args.images, |image| predictor.top5(image))
 }
 

@@ -526,7 +526,8 @@ impl Epoch<'_> {
         ] {
             if !value.is_finite() {
                 bail!(
-                    "the {what} of epoch {} is {value}: training stopped (try a lower --lr); {}",
+                    "the {what} of epoch {} is {value}: training stopped (a lower --lr may help, \
+                     in a new run: --resume keeps the run's); {}",
                     epoch + 1,
                     kept(epoch)
                 );
@@ -750,7 +751,7 @@ fn ensure_finite_after(epoch: usize, store: &ParamStore, optimizer: &dyn Optimiz
         if let Some((name, value)) = layers::checkpoint::first_non_finite(&tensors)? {
             bail!(
                 "after the updates of epoch {epoch}, {what} {name} holds {value}: training \
-                 stopped (try a lower --lr); {}",
+                 stopped (a lower --lr may help, in a new run: --resume keeps the run's); {}",
                 kept(epoch - 1)
             );
         }

@@ -79,6 +79,25 @@ pub fn evaluation_summary(weights: &str) -> String {
 /// Files whose presence means the directory already holds a run.
 const RUN_FILES: [&str; 5] = [STATE, LEGACY_STATE_JSON, BEST, LAST, CONFIG];
 
+/// Refuses a run directory where a file the run writes after each epoch ([`OUTPUTS`],
+/// [`CLASSES`], [`FINETUNE`]) is something else (a directory, a pipe, a link to a device): a
+/// resumed run would train an epoch and then fail to save it.
+///
+/// # Errors
+/// The first such path, named with what it is.
+pub fn check_outputs_are_files(dir: &Path) -> Result<()> {
+    for name in OUTPUTS.iter().chain(&[CLASSES, FINETUNE]) {
+        let path = dir.join(name);
+        match layers::file::regular(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => bail!(
+                "{e}; the run writes it after each epoch: remove it, or put the run's file back"
+            ),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Whether `dir` holds a run's files (its state, a checkpoint or its configuration).
 pub fn holds_run(dir: &Path) -> bool {
     RUN_FILES.iter().any(|f| dir.join(f).exists())

@@ -35,6 +35,9 @@ fn main() -> Result<()> {
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
+    if let Some(extra) = std::env::args().nth(2) {
+        anyhow::bail!("bench-pipeline takes one argument, WORKERS; {extra:?} is one too many");
+    }
     let workers = match std::env::args().nth(1).as_deref() {
         Some("-h" | "--help") => {
             say!("usage: bench-pipeline [WORKERS]  (default 2; CNN_SHARED_DIR for the real data)");

@@ -150,7 +150,7 @@ fn main() -> Result<()> {
             script: anchors(args.anchors.as_deref())?.join("cpu_step_modes.py"),
         }),
         (None, Some(file)) => Some(Reference::Saved(
-            std::fs::read_to_string(file)
+            layers::file::read_to_string(file)
                 .with_context(|| format!("--pytorch-results {}: cannot read", file.display()))?,
         )),
         (None, None) => None,
