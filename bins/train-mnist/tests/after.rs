@@ -495,28 +495,25 @@ fn evaluate_finds_a_relative_data_dir_from_elsewhere() {
     evaluate_on(&dir.path().join("mnist").join("..").join("mnist"));
     assert!(summary.is_file());
 
+    // A subcommand on the run that fails: its standard error.
+    let refused = |args: &[&str]| {
+        let ended = Command::new(BIN)
+            .arg(args[0])
+            .args(["--run", &s(&out), "--device", "cpu"])
+            .args(&args[1..])
+            .output()
+            .expect("train-mnist starts");
+        assert!(!ended.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&ended.stderr).into_owned()
+    };
+
     // Another run's directory as --out is refused before evaluating: its own evaluation stays.
     let theirs = dir.path().join("theirs");
     std::fs::create_dir(&theirs).expect("mkdir");
     std::fs::write(theirs.join(train::rundir::CONFIG), "{}").expect("their config");
     std::fs::write(theirs.join("evaluation-best.json"), "theirs").expect("their summary");
-    let refused = Command::new(BIN)
-        .args([
-            "evaluate",
-            "--run",
-            &s(&out),
-            "--device",
-            "cpu",
-            "--out",
-            &s(&theirs),
-        ])
-        .output()
-        .expect("train-mnist starts");
-    let err = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        !refused.status.success() && err.contains("it holds another run"),
-        "{err}"
-    );
+    let err = refused(&["evaluate", "--out", &s(&theirs)]);
+    assert!(err.contains("it holds another run"), "{err}");
     let kept = std::fs::read(theirs.join("evaluation-best.json")).expect("their summary");
     assert_eq!(kept, b"theirs");
 
@@ -530,43 +527,18 @@ fn evaluate_finds_a_relative_data_dir_from_elsewhere() {
     }
     let huge = dir.path().join("huge.safetensors");
     candle_core::safetensors::save(&tensors, &huge).expect("save");
-    let refused = Command::new(BIN)
-        .args([
-            "evaluate",
-            "--run",
-            &s(&out),
-            "--device",
-            "cpu",
-            "--weights",
-            &s(&huge),
-        ])
-        .output()
-        .expect("train-mnist starts");
-    let err = String::from_utf8_lossy(&refused.stderr);
+    let err = refused(&["evaluate", "--weights", &s(&huge)]);
     assert!(
-        !refused.status.success() && err.contains("not finite") && err.contains(&s(&huge)),
+        err.contains("not finite") && err.contains(&s(&huge)),
         "{err}"
     );
     let image = dir.path().join("digit.png");
     image::GrayImage::from_pixel(28, 28, image::Luma([200]))
         .save(&image)
         .expect("png");
-    let refused = Command::new(BIN)
-        .args([
-            "predict",
-            "--run",
-            &s(&out),
-            "--device",
-            "cpu",
-            "--weights",
-            &s(&huge),
-        ])
-        .arg(&image)
-        .output()
-        .expect("train-mnist starts");
-    let err = String::from_utf8_lossy(&refused.stderr);
+    let err = refused(&["predict", "--weights", &s(&huge), &s(&image)]);
     assert!(
-        !refused.status.success() && err.contains("not finite") && err.contains(&s(&huge)),
+        err.contains("not finite") && err.contains(&s(&huge)),
         "{err}"
     );
 
@@ -579,22 +551,9 @@ fn evaluate_finds_a_relative_data_dir_from_elsewhere() {
     labels.extend(0..10u8);
     std::fs::write(small.join("t10k-images-idx3-ubyte"), images).expect("images");
     std::fs::write(small.join("t10k-labels-idx1-ubyte"), labels).expect("labels");
-    let refused = Command::new(BIN)
-        .args([
-            "evaluate",
-            "--run",
-            &s(&out),
-            "--device",
-            "cpu",
-            "--data-dir",
-            &s(&small),
-        ])
-        .output()
-        .expect("train-mnist starts");
-    let err = String::from_utf8_lossy(&refused.stderr);
+    let err = refused(&["evaluate", "--data-dir", &s(&small)]);
     assert!(
-        !refused.status.success()
-            && err.contains("are 1x14x14 (CxHxW), the run trained on 1x28x28 images"),
+        err.contains("are 1x14x14 (CxHxW), the run trained on 1x28x28 images"),
         "{err}"
     );
 }

@@ -965,19 +965,25 @@ fn a_test_fraction_for_mnist_is_refused() {
     assert!(!out.exists(), "a failed start leaves no directory");
 }
 
-/// A run's file that is a named pipe, or a link to a device, is refused naming it: no wait
-/// without end on the pipe, no reading of `/dev/zero` until memory runs out.
-#[test]
-fn a_run_file_that_is_a_pipe_or_a_device_is_refused() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let data = synthetic(dir.path());
-    let run = dir.path().join("run");
+/// A one-epoch run in `dir/run` on synthetic MNIST in `dir/mnist`: the data and the run.
+fn one_epoch_run(dir: &Path) -> (String, PathBuf) {
+    let data = synthetic(dir);
+    let run = dir.join("run");
     let mut args = common(&data, &run);
     let epochs = args.iter().position(|a| a == "--epochs").expect("--epochs") + 1;
     args[epochs] = "1".into();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let trained = train_mnist(&args);
     assert!(trained.status.success(), "{}", stderr(&trained));
+    (data, run)
+}
+
+/// A run's file that is a named pipe, or a link to a device, is refused naming it: no wait
+/// without end on the pipe, no reading of `/dev/zero` until memory runs out.
+#[test]
+fn a_run_file_that_is_a_pipe_or_a_device_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_, run) = one_epoch_run(dir.path());
     let image = dir.path().join("digit.png");
     image::GrayImage::from_pixel(28, 28, image::Luma([200]))
         .save(&image)
@@ -1071,14 +1077,7 @@ fn a_run_file_that_is_a_pipe_or_a_device_is_refused() {
 #[test]
 fn resume_on_other_data_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let data = synthetic(dir.path());
-    let run = dir.path().join("run");
-    let mut args = common(&data, &run);
-    let epochs = args.iter().position(|a| a == "--epochs").expect("--epochs") + 1;
-    args[epochs] = "1".into();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let trained = train_mnist(&args);
-    assert!(trained.status.success(), "{}", stderr(&trained));
+    let (data, run) = one_epoch_run(dir.path());
     train::synthetic::write_mnist(Path::new(&data), 80, 40).expect("smaller MNIST");
     let resume = ["--resume", &s(&run), "--epochs", "2"];
     let out = train_mnist(&resume);

@@ -39,12 +39,12 @@ fn is_hidden(name: &str) -> bool {
 impl Listing {
     /// Walks `root` recursively in name order, following links but entering each real directory
     /// once (so link cycles end; the real folders are walked first, then linked ones in the order
-    /// met), skipping hidden
-    /// entries and anything that is neither a directory nor a regular file (FIFOs, sockets and
-    /// devices are never opened).
+    /// met), skipping hidden entries and files not named as images. A pipe, socket or device
+    /// named as an image is refused, never opened (it would block or never end).
     ///
     /// # Errors
-    /// `root` or a folder below it cannot be read.
+    /// `root` or a folder below it cannot be read, or an image's name leads to something other
+    /// than a regular file.
     pub fn from_dir(root: &Path) -> Result<Self> {
         anyhow::ensure!(root.is_dir(), "{} is not a directory", root.display());
         let mut listing = Self {
@@ -78,6 +78,11 @@ impl Listing {
                     Ok(meta) if meta.is_file() && is_image(&name) => {
                         listing.files.push((child, EncodedSample::file(path)));
                     }
+                    Ok(_) if is_image(&name) => anyhow::bail!(
+                        "{}: named as an image but not a regular file (a pipe, a socket or a \
+                         device): remove it from the data",
+                        path.display()
+                    ),
                     Ok(_) => {}
                     Err(err) if is_image(&name) => {
                         return Err(err).with_context(|| format!("cannot read {}", path.display()))

@@ -1,5 +1,5 @@
 //! Folder walks end on any tree and never block: link cycles are entered once, FIFOs and other
-//! special files are skipped without being opened.
+//! special files are never opened (refused when named as images, else passed over).
 
 #![cfg(unix)]
 
@@ -81,8 +81,10 @@ fn a_folder_outside_the_tree_linked_twice_is_entered_once() {
     );
 }
 
+/// A FIFO or a socket named as an image is refused, named, without being opened (which would
+/// block); under another name it is not data and is passed over.
 #[test]
-fn fifos_and_sockets_are_skipped_unopened() {
+fn fifos_and_sockets_named_as_images_are_refused_unopened() {
     let dir = tempdir().unwrap();
     let root = write_folder(dir.path(), &["train", "test"], &["a", "b"], 1, 4, 4);
     let fifo = root.join("train").join("a").join("pipe.jpg");
@@ -91,9 +93,23 @@ fn fifos_and_sockets_are_skipped_unopened() {
         .status()
         .unwrap();
     assert!(status.success());
-    let _socket =
-        std::os::unix::net::UnixListener::bind(root.join("test").join("b").join("sock.png"))
-            .unwrap();
+    let err = format!("{:#}", load_within_seconds(&root).unwrap_err());
+    assert!(
+        err.contains("pipe.jpg") && err.contains("not a regular file"),
+        "{err}"
+    );
+    std::fs::remove_file(&fifo).unwrap();
+    let socket = root.join("test").join("b").join("sock.png");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let err = format!("{:#}", load_within_seconds(&root).unwrap_err());
+    assert!(err.contains("sock.png"), "{err}");
+    std::fs::remove_file(&socket).unwrap();
+    let other = root.join("train").join("a").join("notes");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&other)
+        .status()
+        .unwrap();
+    assert!(status.success());
     let split = load_within_seconds(&root).unwrap();
     assert_eq!((split.train.len(), split.test.len()), (2, 2));
 }
