@@ -64,8 +64,12 @@ pub fn pick(data: &dyn Dataset, count: usize, per_class: bool) -> Vec<usize> {
 /// Runs `samples`: writes `samples-<dataset>.png` in `out` and prints each image's label.
 pub fn run(args: &SamplesArgs, out: &Path) -> Result<()> {
     let dir = args.data_dir.as_deref();
-    let split = datasets::catalog::load(args.dataset, dir)?;
-    let train = split.train;
+    let train = match (args.dataset.name, dir) {
+        // An image folder's training images, none held out: a folder too small to split
+        // still shows its samples.
+        ("folder", Some(dir)) => datasets::image_folder_training(dir, datasets::Storage::Files)?,
+        _ => datasets::catalog::load(args.dataset, dir)?.train,
+    };
     ensure!(!train.is_empty(), "the training set is empty");
     let chosen = pick(train.as_ref(), usize::from(args.count), args.per_class);
     let mut tiles = Vec::with_capacity(chosen.len());

@@ -64,18 +64,54 @@ impl Default for FolderOptions {
 /// `test/` with different classes, only one of `train/`, `test/` and `val/` (which would be
 /// taken as the one class), or an unusable `options.test_fraction`.
 pub fn image_folder(root: &Path, options: &FolderOptions) -> Result<Split> {
+    image_folder_listing(listing_of(root)?, options)
+}
+
+/// The listing of an ImageFolder tree in a directory or an archive.
+fn listing_of(root: &Path) -> Result<Listing> {
     ensure_exists(root)?;
-    let listing = if root.is_file() {
+    if root.is_file() {
         ensure!(
             is_archive(root),
             "{} is neither a directory nor a .tar.gz/.tgz/.tar archive",
             root.display()
         );
-        Listing::from_entries(root, read_archive(root)?)?
+        Listing::from_entries(root, read_archive(root)?)
     } else {
-        Listing::from_dir(root)?
+        Listing::from_dir(root)
+    }
+}
+
+/// Refuses a listing without images.
+fn ensure_images(listing: &Listing) -> Result<()> {
+    ensure!(
+        !listing.files.is_empty(),
+        "{}: no images found (extensions {})",
+        listing.origin.display(),
+        IMAGE_EXTENSIONS.join(", ")
+    );
+    Ok(())
+}
+
+/// The training images of an ImageFolder ([`image_folder`]) in `root` (a directory or an
+/// archive), none held out: `train/`'s class folders in a `train/` + `test/` layout, else every
+/// image of the class folders (torchvision's `ImageFolder(root)`). For showing samples of a
+/// folder too small to split.
+///
+/// # Errors
+/// As [`image_folder`], less those of the split.
+pub fn image_folder_training(root: &Path, storage: Storage) -> Result<Arc<dyn Dataset>> {
+    let listing = listing_of(root)?;
+    ensure_images(&listing)?;
+    let part = match children(&listing, "").iter().any(|d| d == "train") {
+        true => "train",
+        false => "",
     };
-    image_folder_listing(listing, options)
+    let classes = children(&listing, part);
+    let picks = samples_of(&listing, part, &classes, false)?;
+    let mut files: Vec<Option<EncodedSample>> =
+        listing.files.into_iter().map(|(_, s)| Some(s)).collect();
+    build(picks.take(&mut files), storage)
 }
 
 /// Applies the ImageFolder rules of [`image_folder`] to an already built listing.
@@ -83,12 +119,7 @@ pub fn image_folder(root: &Path, options: &FolderOptions) -> Result<Split> {
 /// # Errors
 /// As [`image_folder`], for the listing.
 pub fn image_folder_listing(listing: Listing, options: &FolderOptions) -> Result<Split> {
-    ensure!(
-        !listing.files.is_empty(),
-        "{}: no images found (extensions {})",
-        listing.origin.display(),
-        IMAGE_EXTENSIONS.join(", ")
-    );
+    ensure_images(&listing)?;
     let top = children(&listing, "");
     let test_dir = ["test", "val"]
         .into_iter()

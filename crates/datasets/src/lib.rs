@@ -54,7 +54,7 @@ pub use cifar::{cifar10, cifar10_test_bin, is_cifar10, CIFAR10_CLASSES};
 pub use dataset::{Dataset, InMemory, Split};
 pub use decode::{decode_image, ColorMode};
 pub use filelist::{EncodedSample, FileList, Source};
-pub use folder::{image_folder, image_folder_test, FolderOptions, Storage};
+pub use folder::{image_folder, image_folder_test, image_folder_training, FolderOptions, Storage};
 pub use idx::{mnist, read_idx_pair, MNIST_CLASSES};
 pub use io::{read_image_file, read_input_file};
 pub use listing::IMAGE_EXTENSIONS;

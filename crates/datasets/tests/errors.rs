@@ -480,3 +480,22 @@ fn mnist_gzip_bomb_is_stopped_at_the_header_size() {
         "{msg}"
     );
 }
+
+/// The training images of a folder, none held out: a flat folder too small to split (one image
+/// a class) gives them all; a train/ + test/ layout gives train/'s.
+#[test]
+fn image_folder_training_holds_nothing_out() {
+    let flat = tempdir().unwrap();
+    write_folder(flat.path(), &[""], &["cat", "dog"], 1, 8, 8);
+    assert!(image_folder(flat.path(), &FolderOptions::default()).is_err());
+    let all = datasets::image_folder_training(flat.path(), Storage::Files).unwrap();
+    assert_eq!((all.len(), all.classes()), (2, &["cat".to_string(), "dog".into()][..]));
+    let split = tempdir().unwrap();
+    write_folder(split.path(), &["train", "test"], &["cat", "dog"], 3, 8, 8);
+    let train = datasets::image_folder_training(split.path(), Storage::Files).unwrap();
+    assert_eq!(train.len(), 6);
+    let alone = tempdir().unwrap();
+    write_folder(alone.path(), &["train"], &["cat", "dog", "emu"], 1, 8, 8);
+    let train = datasets::image_folder_training(alone.path(), Storage::Files).unwrap();
+    assert_eq!((train.len(), train.classes().len()), (3, 3));
+}
