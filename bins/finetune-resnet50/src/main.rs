@@ -237,7 +237,7 @@ fn run(args: FineTuneArgs) -> Result<()> {
     train_args.test_transform.get_or_insert(test_t);
     let mut config = RECIPE.config(&train_args)?;
     config.dataset = dataset_kind(args.folder, args.train.data_dir.as_deref());
-    let out = RECIPE.fresh_dir(&train_args)?;
+    let out = RECIPE.fresh_dir(&train_args, &config)?;
     finetune::finetune(&config, &ft, out.path(), None)?;
     Ok(())
 }

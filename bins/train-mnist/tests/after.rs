@@ -553,7 +553,10 @@ fn evaluate_finds_a_relative_data_dir_from_elsewhere() {
     std::fs::write(small.join("t10k-labels-idx1-ubyte"), labels).expect("labels");
     let err = refused(&["evaluate", "--data-dir", &s(&small)]);
     assert!(
-        err.contains("are 1x14x14 (CxHxW), the run trained on 1x28x28 images"),
+        err.contains(&format!(
+            "the test images of --data-dir {} are 1x14x14 (CxHxW)",
+            s(&small)
+        )) && err.contains("it expects 1x28x28"),
         "{err}"
     );
 }

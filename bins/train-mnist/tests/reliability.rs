@@ -1064,7 +1064,7 @@ fn a_run_file_that_is_a_pipe_or_a_device_is_refused() {
         !out.status.success()
             && err.contains(&s(&best))
             && err.contains("a directory")
-            && err.contains("the run writes it after each epoch")
+            && err.contains("the run writes best.safetensors there")
             && !err.contains("epoch 2"),
         "{err}"
     );

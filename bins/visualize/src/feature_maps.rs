@@ -177,8 +177,9 @@ pub fn run(args: &FeatureMapsArgs, out: &Path) -> Result<()> {
             .to_vec1::<f32>()?;
         anyhow::ensure!(
             logits.iter().all(|v| v.is_finite()),
-            "the network's outputs (logits) are not finite (NaN or infinity): its weights give \
-             no prediction (the feature maps above are written)"
+            "the network's outputs (logits) are not finite (NaN or infinity): its weights ({}) \
+             give no prediction (the feature maps above are written)",
+            model.origin
         );
         let best = (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b]));
         if let Some(best) = best {

@@ -61,8 +61,9 @@ impl Default for FolderOptions {
 ///
 /// # Errors
 /// `root` cannot be read or unpacked, has no class folder, a class without images, `train/` and
-/// `test/` with different classes, only one of `train/`, `test/` and `val/` (which would be
-/// taken as the one class), or an unusable `options.test_fraction`.
+/// `test/` with different classes, only split folders without `train/` (`test/` alone, say,
+/// which would be taken as a class), a pipe, socket or device named as an image, or an
+/// unusable `options.test_fraction`.
 pub fn image_folder(root: &Path, options: &FolderOptions) -> Result<Split> {
     image_folder_listing(listing_of(root)?, options)
 }

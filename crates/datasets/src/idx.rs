@@ -103,10 +103,11 @@ fn missing(dir: &Path, stem: &str) -> String {
 /// The path of `stem` or `stem.gz` in `dir`, if either is there (a path that is there but is
 /// no regular file is given too: the reader names what it is).
 fn find_idx(dir: &Path, stem: &str) -> Option<PathBuf> {
-    [stem.to_string(), format!("{stem}.gz")]
-        .into_iter()
-        .map(|name| dir.join(name))
-        .find(|p| p.exists())
+    let paths = [dir.join(stem), dir.join(format!("{stem}.gz"))];
+    let found = paths.iter().find(|p| p.is_file());
+    found
+        .or_else(|| paths.iter().find(|p| p.exists() && !p.is_dir()))
+        .cloned()
 }
 
 /// Reads an IDX image file and its IDX label file into a 10-class dataset.

@@ -489,7 +489,10 @@ fn image_folder_training_holds_nothing_out() {
     write_folder(flat.path(), &[""], &["cat", "dog"], 1, 8, 8);
     assert!(image_folder(flat.path(), &FolderOptions::default()).is_err());
     let all = datasets::image_folder_training(flat.path(), Storage::Files).unwrap();
-    assert_eq!((all.len(), all.classes()), (2, &["cat".to_string(), "dog".into()][..]));
+    assert_eq!(
+        (all.len(), all.classes()),
+        (2, &["cat".to_string(), "dog".into()][..])
+    );
     let split = tempdir().unwrap();
     write_folder(split.path(), &["train", "test"], &["cat", "dog"], 3, 8, 8);
     let train = datasets::image_folder_training(split.path(), Storage::Files).unwrap();

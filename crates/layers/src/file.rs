@@ -61,8 +61,7 @@ pub fn sync_dir(dir: &Path) {
 }
 
 /// `Ok` when `path` leads to a regular file (following links); `NotFound` when nothing is
-/// there; `InvalidInput` naming what it is otherwise (a pipe, `<(cmd)` included: save what it
-/// gives to a file first).
+/// there; `InvalidInput` naming what it is otherwise (a pipe, `<(cmd)` included).
 ///
 /// # Errors
 /// As said.
@@ -86,7 +85,7 @@ pub fn regular(path: &Path) -> Result<()> {
 fn special(kind: &std::fs::FileType) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     if kind.is_fifo() {
-        "a pipe (save what it gives to a file first)"
+        "a pipe"
     } else if kind.is_char_device() || kind.is_block_device() {
         "a device"
     } else if kind.is_socket() {

@@ -163,7 +163,7 @@ impl Recipe {
     fn run_here(&self, args: &Args) -> Result<Outcome> {
         let Some(dir) = &args.resume else {
             let config = self.config(args)?;
-            let out = self.fresh_dir(args)?;
+            let out = self.fresh_dir(args, &config)?;
             return run(&config, load_data(&config)?, out.path(), None);
         };
         let (dir, saved, tensors) = self.resume_dir(dir, args)?;
@@ -180,30 +180,25 @@ impl Recipe {
         )
     }
 
-    /// The locked output directory of a fresh run: `--out`, or `runs/<program>-<timestamp>`.
+    /// The locked output directory of a fresh run of `config`: `--out`, or
+    /// `runs/<program>-<timestamp>`.
     ///
     /// # Errors
-    /// The run directory lies inside a `--data-dir` whose class folders stand directly in it
-    /// (the run's folder would be read as an empty class), or as [`RunDir::fresh`]: the
-    /// directory cannot be created or locked, or holds a run and `--overwrite` is not given.
-    pub fn fresh_dir(&self, args: &Args) -> Result<RunDir> {
-        let flat_folder = args.data_dir.as_deref().filter(|data| {
-            self.dataset != DatasetKind::Mnist
-                && data.is_dir()
-                && !data.join("train").is_dir()
-                && !datasets::is_cifar10(data)
-        });
+    /// The run directory lies where an image folder `--data-dir` would read it as a class
+    /// ([`inside_the_classes`]), or as [`RunDir::fresh`]: the directory cannot be created or
+    /// locked, or holds a run and `--overwrite` is not given.
+    pub fn fresh_dir(&self, args: &Args, config: &RunConfig) -> Result<RunDir> {
         let out = args.out.as_deref().unwrap_or(Path::new("runs"));
-        if let Some(data) = flat_folder.filter(|data| inside(out, data)) {
+        if let Some(folder) = inside_the_classes(out, config) {
             bail!(
-                "{} {} is inside --data-dir {}, whose class folders stand directly in it: the \
-                 run's folder would be read as an empty class; give an --out outside it",
+                "{} {} is inside {}, where the image folder's class folders stand: the run's \
+                 folder would be read as an empty class; give an --out outside it",
                 match args.out {
                     Some(_) => "--out",
                     None => "the default --out",
                 },
                 out.display(),
-                data.display()
+                folder.display()
             );
         }
         match &args.out {
@@ -312,8 +307,25 @@ pub fn resumed_config(saved: &RunConfig, args: &Args) -> Result<RunConfig> {
     Ok(config)
 }
 
-/// Whether `path` (which need not exist yet) is `dir` or lies inside the directory `dir`,
-/// links resolved.
+/// The folder of class folders of an image-folder run (`DatasetKind::Folder`) that `out` would
+/// lie in, so that the run's folder would be read as a class: `--data-dir` itself when the
+/// class folders stand directly in it, else its `train/`, `test/` or `val/`. A hidden folder
+/// (`.runs/`) is never read, and other data sets read no class folders.
+fn inside_the_classes(out: &Path, config: &RunConfig) -> Option<PathBuf> {
+    let data = config.data_dir.as_deref()?;
+    if config.dataset != DatasetKind::Folder || !data.is_dir() {
+        return None;
+    }
+    let splits = ["train", "test", "val"].map(|s| data.join(s));
+    let folders: Vec<PathBuf> = match splits[0].is_dir() {
+        true => splits.into_iter().filter(|s| s.is_dir()).collect(),
+        false => vec![data.to_path_buf()],
+    };
+    folders.into_iter().find(|folder| inside(out, folder))
+}
+
+/// Whether `path` (which need not exist yet) lies inside the directory `dir` (or is it), links
+/// resolved, and not in a hidden folder of it (`dir/.runs/x`, which a folder walk skips).
 fn inside(path: &Path, dir: &Path) -> bool {
     let Ok(dir) = std::fs::canonicalize(dir) else {
         return false;
@@ -324,23 +336,27 @@ fn inside(path: &Path, dir: &Path) -> bool {
     let Ok(path) = std::path::absolute(path) else {
         return false;
     };
-    // The deepest part of `path` that exists, resolved, with the rest after it.
-    let mut rest = Vec::new();
-    let mut existing = path.as_path();
-    let resolved = loop {
-        if let Ok(real) = std::fs::canonicalize(existing) {
-            break real;
-        }
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_owned());
-                existing = parent;
+    // Resolved part by part: links of the parts that exist, `..` and `.` of the rest.
+    let mut resolved = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                resolved.pop();
             }
-            _ => return false,
+            std::path::Component::CurDir => {}
+            other => resolved.push(other),
         }
-    };
-    let path = rest.iter().rev().fold(resolved, |p, name| p.join(name));
-    path.starts_with(&dir)
+        if let Ok(real) = std::fs::canonicalize(&resolved) {
+            resolved = real;
+        }
+    }
+    match resolved.strip_prefix(&dir) {
+        Ok(below) => !below
+            .components()
+            .next()
+            .is_some_and(|first| first.as_os_str().to_string_lossy().starts_with('.')),
+        Err(_) => false,
+    }
 }
 
 /// Refuses a run's saved `--data-dir` that is relative (runs saved before it was made
@@ -627,6 +643,8 @@ mod tests {
             data.join("cats"),
             data.clone(),
             root.path().join("other/../photos/run"),
+            data.join("new/../run"),
+            data.join("new/.."),
             link.join("run"),
         ] {
             assert!(inside(&out, &data), "{}", out.display());
@@ -635,6 +653,8 @@ mod tests {
             root.path().join("photos-run"),
             root.path().join("run"),
             root.path().to_path_buf(),
+            data.join(".runs/x"),
+            data.join("new/../../run"),
         ] {
             assert!(!inside(&out, &data), "{}", out.display());
         }
@@ -642,6 +662,24 @@ mod tests {
         let archive = root.path().join("data.tar.gz");
         std::fs::write(&archive, b"")?;
         assert!(!inside(&root.path().join("data.tar.gz/run"), &archive));
+
+        // Which folder an image-folder run reads classes from: the data directory when they
+        // stand in it, else train/ and test/; other data sets read none.
+        let mut config = RunConfig::new("finetune-resnet50", DatasetKind::Folder, "resnet50");
+        config.data_dir = Some(data.clone());
+        assert_eq!(
+            inside_the_classes(&data.join("run"), &config),
+            Some(data.clone())
+        );
+        std::fs::create_dir_all(data.join("train/cats"))?;
+        std::fs::create_dir_all(data.join("test/cats"))?;
+        assert_eq!(inside_the_classes(&data.join("run"), &config), None);
+        assert_eq!(
+            inside_the_classes(&data.join("train/run"), &config),
+            Some(data.join("train"))
+        );
+        config.dataset = DatasetKind::Cifar10;
+        assert_eq!(inside_the_classes(&data.join("train/run"), &config), None);
         Ok(())
     }
     use crate::config::{

@@ -140,7 +140,11 @@ impl Trained {
         .map_err(|e| {
             // A head of another size: the class count came from classes.json, which may be the
             // one at fault.
-            match format!("{e:#}").contains("shape mismatch") && dir.join(CLASSES).is_file() {
+            let head = zoo::spec(&config.model).map(|s| format!("{}.weight:", s.classifier));
+            let message = format!("{e:#}");
+            let head_differs = message.contains("shape mismatch")
+                && head.is_ok_and(|head| message.contains(&head));
+            match head_differs && dir.join(CLASSES).is_file() {
                 true => e.context(format!(
                     "loading {} for the {} classes that {} lists",
                     path.display(),
@@ -345,28 +349,32 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
             trained.classes
         );
     }
-    // A data set of one image size: the images must be the run's (a folder run's test
-    // transform resizes whatever it is given).
-    let input = run_input(&trained.config)?;
-    if input.data_size && !test.is_empty() {
-        let shape = test
-            .image(0)
-            .context("cannot read the first test image")?
-            .shape();
-        let want = (input.channels, input.side, input.side);
-        ensure!(
-            shape == want,
-            "the test images{} are {}x{}x{} (CxHxW), the run trained on {}x{}x{} images",
-            args.data_dir
-                .as_ref()
-                .map_or(String::new(), |d| format!(" of --data-dir {}", d.display())),
-            shape.0,
-            shape.1,
-            shape.2,
-            want.0,
-            want.1,
-            want.2
-        );
+    // Test images the model cannot take (another size than the run's, with a test transform
+    // that does not resize): said before the pass, as training says it.
+    if !test.is_empty() {
+        let image = test.image(0).context("cannot read the first test image")?;
+        let (c, h, w) = image.shape();
+        let text = &config.test_transform;
+        let (given, _) = datasets::Transform::parse(text)?
+            .apply(image, &mut Rng::new(0))
+            .with_context(|| {
+                format!("--test-transform {text} does not fit the {c}x{h}x{w} test images")
+            })?;
+        crate::run::check_fits(
+            trained.model.as_ref(),
+            &config.model,
+            &[("--test-transform", text.clone(), given)],
+            trained.classes.len(),
+            &device,
+        )
+        .with_context(|| {
+            format!(
+                "the test images{} are {c}x{h}x{w} (CxHxW)",
+                args.data_dir
+                    .as_ref()
+                    .map_or(String::new(), |d| format!(" of --data-dir {}", d.display()))
+            )
+        })?;
     }
     let loader = crate::run::loader(&config, &test, false)?;
     let pass = evaluate_pass(

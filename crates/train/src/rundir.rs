@@ -79,9 +79,9 @@ pub fn evaluation_summary(weights: &str) -> String {
 /// Files whose presence means the directory already holds a run.
 const RUN_FILES: [&str; 5] = [STATE, LEGACY_STATE_JSON, BEST, LAST, CONFIG];
 
-/// Refuses a run directory where a file the run writes after each epoch ([`OUTPUTS`],
-/// [`CLASSES`], [`FINETUNE`]) is something else (a directory, a pipe, a link to a device): a
-/// resumed run would train an epoch and then fail to save it.
+/// Refuses a run directory where a file the run writes ([`OUTPUTS`] after each epoch,
+/// [`CLASSES`] and [`FINETUNE`] at its start) is something else (a directory, a pipe, a link to
+/// a device): a resumed run would train an epoch and then fail to save it.
 ///
 /// # Errors
 /// The first such path, named with what it is.
@@ -89,9 +89,12 @@ pub fn check_outputs_are_files(dir: &Path) -> Result<()> {
     for name in OUTPUTS.iter().chain(&[CLASSES, FINETUNE]) {
         let path = dir.join(name);
         match layers::file::regular(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => bail!(
-                "{e}; the run writes it after each epoch: remove it, or put the run's file back"
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => bail!(
+                "{e}; the run writes {name} there: put the run's file back, or take this away"
             ),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot read {}", path.display()))
+            }
             _ => {}
         }
     }
@@ -772,11 +775,13 @@ fn remove_temporaries(dir: &Path) -> Result<()> {
         let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let ours = match tempfile_name(&name) {
-            true => begins_as_safetensors(&entry.path()),
-            false => is_temporary(&name) && !writer_alive(&name),
-        };
-        if ours && entry.file_type()?.is_file() {
+        // A regular file first (not followed through links): a pipe is never opened.
+        let ours = entry.file_type()?.is_file()
+            && match tempfile_name(&name) {
+                true => begins_as_safetensors(&entry.path()),
+                false => is_temporary(&name) && !writer_alive(&name),
+            };
+        if ours {
             let path = entry.path();
             std::fs::remove_file(&path)
                 .with_context(|| format!("cannot remove the leftover {}", path.display()))?;
@@ -901,7 +906,14 @@ mod tests {
         for (name, bytes, _) in &files {
             std::fs::write(dir.path().join(name), bytes)?;
         }
+        // A pipe named like tempfile's is never opened (it would block): it stays.
+        let pipe = dir.path().join(".tmpD4e5F6");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&pipe)
+            .status()?
+            .success());
         remove_temporaries(dir.path())?;
+        assert!(pipe.exists());
         sleeper.kill()?;
         sleeper.wait()?;
         for (name, _, stays) in &files {

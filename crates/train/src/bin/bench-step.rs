@@ -150,8 +150,9 @@ fn main() -> Result<()> {
             script: anchors(args.anchors.as_deref())?.join("cpu_step_modes.py"),
         }),
         (None, Some(file)) => Some(Reference::Saved(
-            layers::file::read_to_string(file)
-                .with_context(|| format!("--pytorch-results {}: cannot read", file.display()))?,
+            // A file or a pipe (`<(cmd)`), as images are read.
+            String::from_utf8(datasets::read_input_file(file, "results")?)
+                .with_context(|| format!("--pytorch-results {}: not UTF-8 text", file.display()))?,
         )),
         (None, None) => None,
     };
