@@ -650,6 +650,68 @@ fn a_closed_stdout_does_not_stop_the_run() {
     assert_eq!(metrics_without_seconds(&out).len(), 3);
 }
 
+/// Output lost to a full disk (`> /dev/full`) ends with an error naming standard output, not
+/// status 0; the run's files are complete, as a closed pipe leaves them.
+#[test]
+fn stdout_on_a_full_disk_is_an_error_after_the_work() {
+    let full = Path::new("/dev/full");
+    if !full.exists() {
+        eprintln!("skipped: no /dev/full here");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    let out = dir.path().join("run");
+    let args = [
+        "--data-dir",
+        &data,
+        "--out",
+        &s(&out),
+        "--epochs",
+        "1",
+        "--model",
+        "lenet5",
+        "--device",
+        "cpu",
+    ];
+    let to_full = |args: &[&str]| {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(full)
+            .expect("/dev/full");
+        Command::new(BIN)
+            .args(args)
+            .stdout(file)
+            .output()
+            .expect("train-mnist runs")
+    };
+    let done = to_full(&args);
+    assert!(!done.status.success(), "exit status 0 with its output lost");
+    let err = stderr(&done);
+    assert!(
+        err.contains("standard output could not be written"),
+        "{err}"
+    );
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(out.join(train::rundir::LAST).is_file());
+    assert_eq!(metrics_without_seconds(&out).len(), 2);
+    // predict's answer is its output: lost, it is an error too.
+    let img = dir.path().join("digit.png");
+    image::GrayImage::from_pixel(28, 28, image::Luma([200]))
+        .save(&img)
+        .expect("png");
+    let done = to_full(&["predict", "--run", &s(&out), &s(&img)]);
+    assert!(
+        !done.status.success(),
+        "predict's lost answer ended with status 0"
+    );
+    assert!(
+        stderr(&done).contains("standard output could not be written"),
+        "{}",
+        stderr(&done)
+    );
+}
+
 /// `--help` opens with what the program does.
 #[test]
 fn help_describes_the_program() {

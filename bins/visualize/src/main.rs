@@ -56,12 +56,13 @@ fn main() -> Result<()> {
             out.display()
         );
     }
-    match &cli.command {
+    let result = match &cli.command {
         Command::Conv(args) => conv::run(args, out),
         Command::Pool(args) => pool::run(args, out),
         Command::Samples(args) => samples::run(args, out),
         Command::Filters(args) => filters::run(args, out),
         Command::FeatureMaps(args) => feature_maps::run(args, out),
         Command::GradCam(args) => grad_cam::run(args, out),
-    }
+    };
+    train::progress::stdout_written(result)
 }

@@ -82,6 +82,20 @@ pub(crate) fn cifar10_path(path: &Path) -> Result<Split> {
         return from_archive(&archive);
     }
     for dir in [path.to_path_buf(), path.join(BIN_DIR)] {
+        // A batch that is there but no regular file (a pipe, a device, a folder) is not missing.
+        let odd: Vec<&str> = TRAIN_BATCHES
+            .iter()
+            .chain([&TEST_BATCH])
+            .copied()
+            .filter(|b| dir.join(b).exists() && !dir.join(b).is_file())
+            .collect();
+        ensure!(
+            odd.is_empty(),
+            "{}: {} not a regular file (a pipe, a device or a folder): the CIFAR-10 batches are \
+             read whole from regular files; copy them into files",
+            dir.display(),
+            odd.join(", ")
+        );
         let missing: Vec<&str> = TRAIN_BATCHES
             .iter()
             .copied()

@@ -44,8 +44,11 @@ pub fn decode_image(bytes: &[u8], mode: ColorMode) -> Result<U8Image> {
         ImageFormat::Bmp | ImageFormat::Pnm => {}
         other => bail!("unsupported image format {other:?} (not {FORMATS})"),
     }
-    let img = image::load_from_memory_with_format(bytes, format)
-        .context("corrupt or unsupported image data")?;
+    let img = match image::load_from_memory_with_format(bytes, format) {
+        Ok(img) => img,
+        Err(image::ImageError::Limits(_)) => bail!("{}", too_large(bytes, format)),
+        Err(e) => return Err(e).context("corrupt or unsupported image data"),
+    };
     let (width, height) = (img.width() as usize, img.height() as usize);
     match (mode, pil_pixels(img)) {
         (ColorMode::Rgb, Pixels::Rgb(rgb)) => U8Image::from_hwc(3, height, width, &rgb),
@@ -59,6 +62,22 @@ pub fn decode_image(bytes: &[u8], mode: ColorMode) -> Result<U8Image> {
             U8Image::from_hwc(1, height, width, &grey)
         }
     }
+}
+
+/// Why an image the decoder refused for its memory limit (512 MiB for the decoded pixels) was
+/// not read, with its size where the header gives it. PIL refuses such images too: 512 MiB of
+/// RGB is its `DecompressionBombError` threshold, `2 * Image.MAX_IMAGE_PIXELS` pixels.
+fn too_large(bytes: &[u8], format: ImageFormat) -> String {
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes));
+    reader.set_format(format);
+    let size = match reader.into_dimensions() {
+        Ok((w, h)) => format!("{w}x{h} pixels: "),
+        Err(_) => String::new(),
+    };
+    format!(
+        "the image is too large to decode ({size}its pixels need more than the decoder's 512 MiB; \
+         PIL refuses images over 178,956,970 pixels as decompression bombs); resize it first"
+    )
 }
 
 /// 8-bit pixels as PIL holds them after opening a file: grey (`L`, also from `I;16`) or RGB.

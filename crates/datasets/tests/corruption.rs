@@ -391,6 +391,12 @@ fn idx_dimensions_past_usize_are_an_error_naming_the_file() {
 
 /// A PNG whose header (with a valid CRC) claims `width` x `height` pixels, and no image data.
 fn png_header_only(width: u32, height: u32) -> Vec<u8> {
+    png_claiming(width, height, None)
+}
+
+/// A PNG whose header claims `width` x `height` pixels, with an `IDAT` chunk holding `idat`
+/// (when given) and nothing more.
+fn png_claiming(width: u32, height: u32, idat: Option<&[u8]>) -> Vec<u8> {
     let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
     let mut chunk = |kind: &[u8], data: &[u8]| {
         bytes.extend_from_slice(&(data.len() as u32).to_be_bytes());
@@ -405,6 +411,9 @@ fn png_header_only(width: u32, height: u32) -> Vec<u8> {
     ihdr.extend_from_slice(&height.to_be_bytes());
     ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
     chunk(b"IHDR", &ihdr);
+    if let Some(idat) = idat {
+        chunk(b"IDAT", idat);
+    }
     chunk(b"IEND", &[]);
     bytes
 }
@@ -415,6 +424,15 @@ fn image_dimensions_past_memory_are_an_error() {
         let result = decode_image(&png_header_only(w, h), ColorMode::Rgb);
         assert!(result.is_err(), "{w}x{h}");
     }
+    // Past the decoder's memory limit (PIL's decompression-bomb threshold): named by its size.
+    // (A zlib stream of no bytes as its data: the decoder checks the size before the data.)
+    let empty_zlib = [0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01];
+    let bomb = png_claiming(30000, 30000, Some(&empty_zlib));
+    let msg = chain(&decode_image(&bomb, ColorMode::Rgb).unwrap_err());
+    assert!(
+        msg.contains("too large to decode (30000x30000 pixels"),
+        "{msg}"
+    );
     let dir = tempdir().unwrap();
     let root = write_folder(dir.path(), &["train", "test"], &["a", "b"], 1, 4, 4);
     let huge = root.join("train").join("a").join("huge.png");

@@ -146,6 +146,38 @@ fn cifar_wrong_size_and_bad_label() {
     assert!(msg.contains("empty"), "{msg}");
 }
 
+/// A batch file that is a pipe (or a folder) is there, not missing: named as what it is, and
+/// never opened (a pipe without a writer would block the read).
+#[test]
+fn cifar_batch_that_is_a_pipe_or_folder_is_named() {
+    let dir = tempdir().unwrap();
+    let bin = dir.path().join("cifar-10-batches-bin");
+    std::fs::create_dir(&bin).unwrap();
+    for n in 1..=4 {
+        std::fs::write(bin.join(format!("data_batch_{n}.bin")), cifar_records(3)).unwrap();
+    }
+    let status = std::process::Command::new("mkfifo")
+        .arg(bin.join("data_batch_5.bin"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::create_dir(bin.join("test_batch.bin")).unwrap();
+    for msg in [
+        chain(&cifar10(Some(dir.path())).unwrap_err()),
+        chain(
+            &datasets::catalog::load_test(&datasets::catalog::CIFAR10, Some(dir.path()))
+                .err()
+                .expect("an error"),
+        ),
+    ] {
+        assert!(
+            msg.contains("data_batch_5.bin, test_batch.bin not a regular file")
+                && !msg.contains("missing"),
+            "{msg}"
+        );
+    }
+}
+
 #[test]
 fn cifar_only_test_batch_names_missing_batches() {
     let dir = tempdir().unwrap();

@@ -245,11 +245,12 @@ impl Recipe {
             .command()
             .try_get_matches_from(std::env::args_os())
             .unwrap_or_else(|e| e.exit());
-        match matches.subcommand() {
+        let result = match matches.subcommand() {
             Some(("evaluate", m)) => evaluate(&EvaluateArgs::from_arg_matches(m)?).map(drop),
             Some(("predict", m)) => predict(&PredictArgs::from_arg_matches(m)?),
             _ => exit_status(self.run(&Args::from_arg_matches(&matches)?).map(drop)),
-        }
+        };
+        crate::progress::stdout_written(result)
     }
 }
 

@@ -84,14 +84,50 @@ impl Progress {
     }
 }
 
+/// The first error met writing to stdout other than a closed pipe (a full disk, an I/O
+/// error), kept for [`stdout_written`] to report when the program ends.
+static STDOUT_FAILED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Keeps `result`'s error for [`stdout_written`], unless stdout was closed by its reader
+/// (`| head`), which is no failure.
+fn note_stdout(result: std::io::Result<()>) {
+    if let Err(e) = result {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            let _ = STDOUT_FAILED.set(e.to_string());
+        }
+    }
+}
+
 /// Writes one line to stdout, like `println!`, but never panics: once stdout is closed (output
-/// piped into `head`, say), the lines are dropped and the program goes on.
+/// piped into `head`, say), the lines are dropped and the program goes on. Another write error
+/// (stdout redirected to a full disk) does not stop the work either, but [`stdout_written`]
+/// reports it when the program ends.
 pub fn say(line: std::fmt::Arguments<'_>) {
     use std::io::Write;
     if crate::distributed::quiet() {
         return;
     }
-    let _ = writeln!(std::io::stdout().lock(), "{line}");
+    note_stdout(writeln!(std::io::stdout().lock(), "{line}"));
+}
+
+/// The end of a program: `result` itself if it is an error, else an error if a line could not
+/// be written to stdout for another reason than a closed pipe, so that output lost to a full
+/// disk does not end with status 0 (as `println!`'s panic or coreutils' exit status 1 would
+/// tell). The work itself is done by then: a run's files are complete.
+///
+/// # Errors
+/// `result`'s error; or stdout could not be written (named with the system's reason).
+pub fn stdout_written<T>(result: anyhow::Result<T>) -> anyhow::Result<T> {
+    use std::io::Write;
+    let value = result?;
+    note_stdout(std::io::stdout().lock().flush());
+    match STDOUT_FAILED.get() {
+        Some(why) => anyhow::bail!(
+            "standard output could not be written ({why}): lines printed there are missing \
+             (the work itself is done; files written are complete)"
+        ),
+        None => Ok(value),
+    }
 }
 
 /// `println!` through [`say`]: a closed stdout ends the printing, not the run.

@@ -125,6 +125,11 @@ impl From<UpdateArg> for Update {
 
 fn main() -> Result<()> {
     train::cli::user_errors_without_backtraces();
+    train::progress::stdout_written(bench())
+}
+
+/// The benchmark: the table (and `--split`'s parts) on stdout.
+fn bench() -> Result<()> {
     if std::env::var_os("BENCH_MMAP").is_none() {
         train::memory::keep_freed_memory();
     }
