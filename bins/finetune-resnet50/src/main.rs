@@ -9,7 +9,7 @@ mod finetune;
 mod predict;
 mod weights;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use clap::{FromArgMatches, Parser, Subcommand};
@@ -148,8 +148,9 @@ struct PredictArgs {
     /// classes, image size and precision
     #[arg(long, conflicts_with = "image_size")]
     run: Option<PathBuf>,
-    /// A .safetensors file (a fine-tuned run's best.safetensors) or a Hub model id; with --run:
-    /// best, last or a .safetensors file [default: timm/resnet50.tv_in1k; with --run: best]
+    /// A .safetensors file or a Hub model id; a fine-tuning run's checkpoint (RUN/best.safetensors)
+    /// is read as --run RUN reads it unless --image-size is given; with --run: best, last or a
+    /// .safetensors file [default: timm/resnet50.tv_in1k; with --run: best]
     #[arg(long)]
     weights: Option<String>,
     /// Images to classify
@@ -157,14 +158,14 @@ struct PredictArgs {
     image: Vec<PathBuf>,
     /// More images to classify
     images: Vec<PathBuf>,
-    /// Side of the network input (Resize to size*256/224, CenterCrop to size) [default: the
-    /// fine-tuning run's, from finetune.json beside --weights; else 224]
+    /// Side of the network input (Resize to size*256/224, CenterCrop to size, ImageNet's
+    /// normalisation) [default: 224; a fine-tuning run's checkpoint: the run's transform]
     #[arg(long, value_parser = image_size())]
     image_size: Option<usize>,
     /// auto, cpu, cuda or cuda:N
     #[arg(long, default_value = "auto")]
     device: String,
-    /// f32, tf32 or bf16 (autocast) [default: the --run's precision; f32 with --weights]
+    /// f32, tf32 or bf16 (autocast) [default: the run's precision; f32 for other weights]
     #[arg(long, value_enum)]
     precision: Option<train::config::Precision>,
 }
@@ -182,7 +183,7 @@ fn main() -> Result<()> {
         &["train_transform", "test_transform"],
     );
     let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
-    match cli.command {
+    let result = match cli.command {
         Some(Command::Predict(args)) => predict(&args),
         Some(Command::Evaluate(args)) => train::inference::evaluate(&args).map(drop),
         None => {
@@ -191,7 +192,8 @@ fn main() -> Result<()> {
                 run(cli.finetune)
             }))
         }
-    }
+    };
+    train::progress::stdout_written(result)
 }
 
 fn predict(args: &PredictArgs) -> Result<()> {
@@ -199,7 +201,26 @@ fn predict(args: &PredictArgs) -> Result<()> {
     if images.is_empty() {
         bail!("predict needs images: predict [--run DIR | --weights W] IMAGE...");
     }
-    if let Some(run) = &args.run {
+    // A fine-tuning run's checkpoint given as --weights RUN/best.safetensors is read as --run
+    // RUN reads it (the same answer): its transform (a CIFAR-10 run's images at 32x32 first),
+    // image size, classes and precision. --image-size asks for ImageNet's preprocessing at
+    // that size instead.
+    let beside = match (&args.run, &args.weights, args.image_size) {
+        (None, Some(weights), None) => train::inference::run_beside(Path::new(weights))
+            .filter(|(_, config)| config.program == RECIPE.program)
+            .map(|(dir, _)| dir),
+        _ => None,
+    };
+    if let Some(dir) = &beside {
+        train::say!(
+            "{}: a checkpoint of the fine-tuning run in {}: read as --run {} --weights FILE \
+             (its transform, image size, classes and precision)",
+            args.weights.as_deref().unwrap_or_default(),
+            dir.display(),
+            dir.display()
+        );
+    }
+    if let Some(run) = args.run.as_ref().or(beside.as_ref()) {
         return train::inference::predict(&train::inference::PredictArgs {
             run: run.clone(),
             images,

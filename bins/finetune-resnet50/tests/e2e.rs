@@ -544,21 +544,46 @@ fn resume_reaches_the_same_weights_as_an_uninterrupted_run() {
         std::fs::read(parts.join(train::rundir::STATE)).expect("state"),
         state
     );
-    // predict with the run's checkpoint as --weights takes the run's image size (32, not 224),
-    // as predict --run does.
+    // predict with the run's checkpoint as --weights reads it as predict --run does (the run's
+    // transform and image size, 32, not 224): the same answer, also for an image of another
+    // size than the run's (which the run's transform brings to 32x32 first).
     let image = data.join("test/airplane/0000.png");
+    let large = dir.path().join("large.png");
+    image::open(&image)
+        .expect("test image")
+        .resize_exact(97, 71, image::imageops::FilterType::Triangle)
+        .save(&large)
+        .expect("save the larger image");
     let best = parts.join(train::rundir::BEST);
-    let by_run = ok(&["predict", "--run", s(&parts), s(&image)], &[]);
-    let by_weights = ok(&["predict", "--weights", s(&best), s(&image)], &[]);
+    let by_run = ok(&["predict", "--run", s(&parts), s(&image), s(&large)], &[]);
+    let by_weights = ok(
+        &["predict", "--weights", s(&best), s(&image), s(&large)],
+        &[],
+    );
     let top5 = |out: &str| -> Vec<String> {
         out.lines()
             .filter(|l| l.contains('%'))
             .map(String::from)
             .collect()
     };
-    assert!(by_weights.contains("image size 32"), "{by_weights}");
+    assert!(by_weights.contains("read as --run"), "{by_weights}");
     assert_eq!(top5(&by_run), top5(&by_weights));
-    assert_eq!(top5(&by_run).len(), 3, "{by_run}");
+    assert_eq!(top5(&by_run).len(), 6, "{by_run}");
+    // --image-size asks for ImageNet's preprocessing at that size instead.
+    let resized = ok(
+        &[
+            "predict",
+            "--weights",
+            s(&best),
+            "--image-size",
+            "32",
+            s(&image),
+        ],
+        &[],
+    );
+    assert!(!resized.contains("read as --run"), "{resized}");
+    assert_eq!(top5(&resized).len(), 3, "{resized}");
+    let by_run = ok(&["predict", "--run", s(&parts), s(&image)], &[]);
     // --run takes --weights best, last or a file, as the training programs' predict does.
     // A last checkpoint made to answer class 2 (truck) whatever the image, to tell it from best.
     let last = parts.join(train::rundir::LAST);

@@ -130,7 +130,9 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
     // --run RUN would read it: its input size, transform and classes, not the model's native
     // ones (a resnet18 trained on 32x32 CIFAR-10 images, say).
     let beside = match (&args.run, &args.model, &args.weights) {
-        (None, Some(name), Some(weights)) => run_beside(Path::new(weights), name),
+        (None, Some(name), Some(weights)) => train::inference::run_beside(Path::new(weights))
+            .filter(|(_, config)| config.model == *name)
+            .map(|(dir, _)| dir),
         _ => None,
     };
     if let Some(run) = &beside {
@@ -250,22 +252,6 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
         path.display()
     );
     Ok(())
-}
-
-/// The run directory holding the checkpoint `weights` (its `config.json` beside it names the
-/// zoo model `name`), if any.
-fn run_beside(weights: &Path, name: &str) -> Option<PathBuf> {
-    // `best` and `last` name a run's checkpoints to `Trained::open`, not files.
-    if weights == Path::new("best") || weights == Path::new("last") {
-        return None;
-    }
-    let dir = match weights.parent()? {
-        dir if dir.as_os_str().is_empty() => Path::new("."),
-        dir => dir,
-    };
-    let text = layers::file::read(&dir.join(train::rundir::CONFIG)).ok()?;
-    let config: train::config::RunConfig = serde_json::from_slice(&text).ok()?;
-    (config.model == name).then(|| dir.to_path_buf())
 }
 
 /// `--class`: a class name (`cat`; any case; for MNIST's `7 - seven` also `seven`) or an index

@@ -35,6 +35,24 @@ pub fn classes_beside(weights: &Path, count: usize) -> Option<Vec<String>> {
         .filter(|classes| classes.len() == count)
 }
 
+/// The run directory holding the checkpoint file `weights` (a run's `best.safetensors`, say)
+/// and its configuration, when a `config.json` beside the file says so; `None` for `best` and
+/// `last` (which name a run's checkpoints, not files) and a file outside any run. A checkpoint
+/// read this way is read as `--run DIR --weights FILE` reads it: the run's input size,
+/// transform and classes.
+pub fn run_beside(weights: &Path) -> Option<(PathBuf, RunConfig)> {
+    if weights == Path::new("best") || weights == Path::new("last") {
+        return None;
+    }
+    let dir = match weights.parent()? {
+        dir if dir.as_os_str().is_empty() => Path::new("."),
+        dir => dir,
+    };
+    let text = layers::file::read(&dir.join(CONFIG)).ok()?;
+    let config: RunConfig = serde_json::from_slice(&text).ok()?;
+    Some((dir.to_path_buf(), config))
+}
+
 /// A trained run, ready to evaluate or predict.
 pub struct Trained {
     /// The run's configuration.
