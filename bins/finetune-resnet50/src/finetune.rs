@@ -42,6 +42,37 @@ impl FineTuneConfig {
         (train, eval)
     }
 
+    /// Before a resume: this `finetune.json` of the run in `dir` agrees with its state's
+    /// configuration `saved`, whose transforms were made from it (unless the run was given its
+    /// own with `--train-transform` / `--test-transform`). An edited or foreign `finetune.json`
+    /// would have the resume check flags against settings the run does not have, and record
+    /// them.
+    ///
+    /// # Errors
+    /// The transforms it makes are not the state's: both named.
+    pub fn check_agrees_with_state(&self, saved: &RunConfig, dir: &Path) -> Result<()> {
+        let (train_t, test_t) = self.transforms();
+        let made_here = |t: &str| t.starts_with("imagenet-");
+        let differs = (made_here(&saved.train_transform) && saved.train_transform != train_t)
+            || (made_here(&saved.test_transform) && saved.test_transform != test_t);
+        anyhow::ensure!(
+            !differs,
+            "--resume {}: {} and {} disagree: its image_size {} and augment {} make the \
+             transforms {train_t} / {test_t}, the run trains with {} / {}: it comes from another \
+             run, or was edited (--resume continues the state's run; --image-size and --augment \
+             cannot change); put the run's own {} back",
+            dir.display(),
+            train::rundir::FINETUNE,
+            train::rundir::STATE,
+            self.image_size,
+            self.augment,
+            saved.train_transform,
+            saved.test_transform,
+            train::rundir::FINETUNE
+        );
+        Ok(())
+    }
+
     /// Whether the backbone's features can be computed once: nothing in it trains and the
     /// inputs do not change between epochs (no --augment, and a `train_transform` without
     /// random steps: a `--train-transform cifar10-train` is drawn anew each epoch).

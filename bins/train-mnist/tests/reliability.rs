@@ -407,7 +407,9 @@ fn one_run_owns_its_directory() {
     assert!(!again.status.success());
     let err = stderr(&again);
     assert!(
-        err.contains("already holds a run") && err.contains("--overwrite"),
+        err.contains("already holds a run")
+            && err.contains("continue it with train-mnist --resume")
+            && err.contains("--overwrite"),
         "{err}"
     );
     assert_eq!(
@@ -1153,4 +1155,137 @@ fn resume_on_other_data_is_refused() {
     train::synthetic::write_mnist(Path::new(&data), 96, 40).expect("the same MNIST");
     let out = train_mnist(&resume);
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// `--resume` continues the run of `state.safetensors`, so the other files of the run must be
+/// its own: a state copied from another run, or a `config.json` edited by hand, is refused
+/// before anything is written (the resumed run would have replaced the run's checkpoints and
+/// configuration with another run's).
+#[test]
+fn resume_refuses_a_state_or_config_of_another_run() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (data, run) = one_epoch_run(dir.path());
+    // Another run on the same data: the MNIST CNN, not LeNet-5.
+    let other = dir.path().join("other");
+    let mut args = common(&data, &other);
+    let model = args.iter().position(|a| a == "--model").expect("--model") + 1;
+    args[model] = "cnn-mnist".into();
+    let epochs = args.iter().position(|a| a == "--epochs").expect("--epochs") + 1;
+    args[epochs] = "1".into();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert!(train_mnist(&args).status.success());
+    let copy = |to: &str| {
+        let to = dir.path().join(to);
+        std::fs::create_dir(&to).expect("copy dir");
+        for file in std::fs::read_dir(&run).expect("list") {
+            let file = file.expect("entry").path();
+            std::fs::copy(&file, to.join(file.file_name().expect("name"))).expect("copy");
+        }
+        to
+    };
+    let bytes = |d: &Path| -> Vec<(String, Vec<u8>)> {
+        listing(d)
+            .into_iter()
+            .map(|f| (f.clone(), std::fs::read(d.join(&f)).expect("read")))
+            .collect()
+    };
+    let refused = |d: &Path, expected: &[&str]| {
+        let before = bytes(d);
+        let out = train_mnist(&["--resume", &s(d), "--epochs", "2"]);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{err}");
+        for e in expected {
+            assert!(err.contains(e), "{e:?} not in: {err}");
+        }
+        assert_eq!(bytes(d), before, "a refused resume changed the run");
+    };
+    // The other run's state beside this run's config.json and checkpoints.
+    let foreign = copy("foreign");
+    std::fs::copy(
+        other.join("state.safetensors"),
+        foreign.join("state.safetensors"),
+    )
+    .expect("copy the state");
+    refused(
+        &foreign,
+        &[
+            "config.json and state.safetensors disagree",
+            "--model: \"lenet5\" in config.json, \"cnn-mnist\" in state.safetensors",
+        ],
+    );
+    // Without the config.json, the checkpoints tell.
+    std::fs::remove_file(foreign.join("config.json")).expect("remove config.json");
+    refused(
+        &foreign,
+        &["best.safetensors holds another network than state.safetensors"],
+    );
+    // config.json edited: it changes nothing, and is said.
+    let edited = copy("edited");
+    let config = std::fs::read_to_string(edited.join("config.json")).expect("config");
+    let lr = config
+        .lines()
+        .find(|l| l.contains("\"lr\""))
+        .expect("lr line");
+    std::fs::write(
+        edited.join("config.json"),
+        config.replace(lr, "  \"lr\": 0.5,"),
+    )
+    .expect("edit");
+    refused(
+        &edited,
+        &["--lr: \"0.5\" in config.json", "editing it changes nothing"],
+    );
+    // The run itself resumes.
+    let out = train_mnist(&["--resume", &s(&run), "--epochs", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// A resumed run whose `best.safetensors` was removed says so, and never names it as where
+/// the best weights are while it is not there; `evaluate` says it was removed. `evaluate`'s
+/// outputs for a checkpoint the run replaces go with it (they described weights now gone).
+#[test]
+fn removed_checkpoints_and_stale_evaluations_are_said() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_, run) = one_epoch_run(dir.path());
+    let evaluate_with = |weights: &str| {
+        Command::new(BIN)
+            .args(["evaluate", "--run", &s(&run), "--weights", weights])
+            .args(["--device", "cpu"])
+            .output()
+            .expect("evaluate runs")
+    };
+    let evaluate = |weights: &str| {
+        let out = evaluate_with(weights);
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    evaluate("best");
+    evaluate("last");
+    let evaluations = || -> Vec<String> {
+        listing(&run)
+            .into_iter()
+            .filter(|f| f.starts_with("evaluation-") || f.starts_with("confusion-"))
+            .collect()
+    };
+    assert_eq!(evaluations().len(), 4, "{:?}", evaluations());
+    std::fs::remove_file(run.join(train::rundir::BEST)).expect("remove best");
+    let out = evaluate_with("best");
+    let err = stderr(&out);
+    assert!(
+        !out.status.success() && err.contains("best.safetensors was removed"),
+        "{err}"
+    );
+    let resumed = train_mnist(&["--resume", &s(&run), "--epochs", "2"]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    let said = String::from_utf8_lossy(&resumed.stdout).into_owned();
+    let err = stderr(&resumed);
+    let best_again = run.join(train::rundir::BEST).is_file();
+    assert!(err.contains("best.safetensors is gone"), "{err}");
+    assert_eq!(said.contains("its weights are gone"), !best_again, "{said}");
+    // The last checkpoint was replaced: its evaluations went, and were named.
+    assert!(said.contains("evaluation-last.json"), "{said}");
+    assert!(
+        evaluations().iter().all(|f| !f.contains("-last")),
+        "{:?}",
+        evaluations()
+    );
 }

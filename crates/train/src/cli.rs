@@ -235,6 +235,7 @@ impl Recipe {
                 saved.config.program
             );
         }
+        state::check_agrees_with_run(dir, &saved, &tensors)?;
         Ok((locked, saved, tensors))
     }
 
@@ -744,6 +745,7 @@ mod tests {
         weight_decay: 0.0,
         schedule: ScheduleKind::Constant,
         milestones: &[],
+        step_size: crate::flags::DEFAULT_STEP_SIZE,
         gamma: 0.1,
         epochs: 16,
         batch_size: 64,

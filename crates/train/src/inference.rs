@@ -141,12 +141,22 @@ impl Trained {
             }
         };
         if matches!(weights, "best" | "last") && std::fs::symlink_metadata(&path).is_err() {
-            bail!(
-                "--run {}: there is no {}: the run has not saved an epoch (yet)",
-                dir.display(),
-                path.file_name()
-                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
-            );
+            let name = path
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            let other = if weights == "best" { "last" } else { "best" };
+            match dir.join(crate::rundir::STATE).exists() {
+                true => bail!(
+                    "--run {}: there is no {name}, though the run saved epochs (its {} is \
+                     there): {name} was removed; take --weights {other}, or a checkpoint file",
+                    dir.display(),
+                    crate::rundir::STATE
+                ),
+                false => bail!(
+                    "--run {}: there is no {name}: the run has not saved an epoch (yet)",
+                    dir.display()
+                ),
+            }
         }
         let (model, store) = zoo::load(
             &config.model,

@@ -197,6 +197,16 @@ pub fn train(
     let mut progress = restore(store, optimizer.as_mut(), resume)?;
     crate::distributed::broadcast_weights(store)?;
     let mut outputs = None;
+    if writes && progress.best_epoch > 0 && !out.join(BEST).exists() {
+        crate::warn!(
+            "{} is gone (the weights of epoch {}, {:.2}%): it is written again when an epoch \
+             beats {:.2}%",
+            out.join(BEST).display(),
+            progress.best_epoch,
+            progress.best_acc,
+            progress.best_acc
+        );
+    }
     if writes {
         atomic::write_bytes(&out.join(CONFIG), &serde_json::to_vec_pretty(config)?)?;
         crate::inference::save_classes(out, &classes)?;
@@ -332,17 +342,29 @@ pub fn train(
             (trained, written) => trained.and(written),
         }
     })?;
-    crate::say!(
-        "best test accuracy {:.2}% (epoch {}); weights in {}",
-        progress.best_acc,
-        progress.best_epoch,
-        out.join(BEST).display()
-    );
+    say_best(out, progress.best_acc, progress.best_epoch);
     Ok(Outcome {
         out: out.to_path_buf(),
         history: progress.history,
         best_acc: progress.best_acc,
     })
+}
+
+/// The closing line: the best test accuracy and where its weights are, or that they are gone
+/// (`best.safetensors` removed since, and no later epoch beat it).
+fn say_best(out: &Path, accuracy: f64, epoch: usize) {
+    let best = out.join(BEST);
+    match best.is_file() || !crate::distributed::writes() {
+        true => crate::say!(
+            "best test accuracy {accuracy:.2}% (epoch {epoch}); weights in {}",
+            best.display()
+        ),
+        false => crate::say!(
+            "best test accuracy {accuracy:.2}% (epoch {epoch}); its weights are gone: {} was \
+             removed (last.safetensors holds the last epoch's)",
+            best.display()
+        ),
+    }
 }
 
 /// A resumed run's trained epochs (`saved`) against `config.epochs`, checked before any data is
@@ -375,12 +397,7 @@ pub fn finished(config: &RunConfig, saved: &ResumeState, out: &Path) -> Result<O
     if crate::distributed::writes() && !saved.history.is_empty() {
         history::save(out, &saved.history)?;
     }
-    crate::say!(
-        "best test accuracy {:.2}% (epoch {}); weights in {}",
-        saved.best_acc,
-        saved.best_epoch,
-        out.join(BEST).display()
-    );
+    say_best(out, saved.best_acc, saved.best_epoch);
     Ok(Some(Outcome {
         out: out.to_path_buf(),
         history: saved.history.clone(),
@@ -666,10 +683,13 @@ impl Snapshot<'_> {
     /// state, metrics, pictures and TensorBoard events, each atomically.
     fn write(self, mut events: EventWriter) -> Result<EventWriter> {
         let out = self.out;
+        // `evaluate`'s outputs for a checkpoint replaced here described weights now gone.
         if self.improved {
             layers::checkpoint::save_tensors(&self.model, &out.join(BEST))?;
+            crate::rundir::remove_evaluations_of(out, "best");
         }
         layers::checkpoint::save_tensors(&self.model, &out.join(LAST))?;
+        crate::rundir::remove_evaluations_of(out, "last");
         let history = &self.state.history;
         let tensors = StateTensors {
             model: self.model,

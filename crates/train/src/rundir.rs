@@ -126,11 +126,50 @@ fn is_run_output(name: &str) -> bool {
     named.contains(&name) || name.starts_with(EVENTS_PREFIX) || is_evaluation_output(name)
 }
 
-/// Whether `name` is `evaluate`'s output for the run's `best` or `last` weights:
+/// Whether `name` is `evaluate`'s output for the run's `best` or `last` weights (see
+/// [`evaluated_checkpoint`]).
+fn is_evaluation_output(name: &str) -> bool {
+    evaluated_checkpoint(name).is_some()
+}
+
+/// Removes `evaluate`'s outputs for the run's checkpoint `weights` (`best` or `last`) from
+/// `dir`, once the run has replaced that checkpoint: they described weights that are gone.
+/// Said on stdout, naming them; a file that cannot be removed is said on stderr.
+pub(crate) fn remove_evaluations_of(dir: &Path, weights: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if evaluated_checkpoint(&name) != Some(weights)
+            || !entry.file_type().is_ok_and(|t| t.is_file())
+        {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => removed.push(name),
+            Err(e) => crate::warn!(
+                "cannot remove {}, which evaluated the {weights} weights this run replaced: {e}",
+                entry.path().display()
+            ),
+        }
+    }
+    if !removed.is_empty() {
+        removed.sort();
+        crate::say!(
+            "removed {} in {}: they evaluated the {weights}.safetensors this epoch replaced",
+            removed.join(", "),
+            dir.display()
+        );
+    }
+}
+
+/// The checkpoint (`best` or `last`) whose `evaluate` output `name` is, if it is one:
 /// `confusion-<tag>.png` or `evaluation-<tag>.json`, the tag `best` or `last`, then
 /// `-<precision>` in another precision than the run's, then `-test-all` or `-test<N>` with
 /// another `--limit-test` than the run's, then `-data-<name>` for another `--data-dir`.
-fn is_evaluation_output(name: &str) -> bool {
+fn evaluated_checkpoint(name: &str) -> Option<&'static str> {
     let tag = match (
         name.strip_prefix("confusion-")
             .and_then(|t| t.strip_suffix(".png")),
@@ -138,7 +177,7 @@ fn is_evaluation_output(name: &str) -> bool {
             .and_then(|t| t.strip_suffix(".json")),
     ) {
         (Some(tag), _) | (_, Some(tag)) => tag,
-        (None, None) => return false,
+        (None, None) => return None,
     };
     let tag = match tag.split_once("-data-") {
         Some((head, name)) if !name.is_empty() => head,
@@ -150,7 +189,7 @@ fn is_evaluation_output(name: &str) -> bool {
         _ => tag,
     };
     let precisions = <crate::config::Precision as clap::ValueEnum>::value_variants();
-    ["best", "last"].iter().any(|w| {
+    ["best", "last"].into_iter().find(|w| {
         tag == *w
             || precisions
                 .iter()
@@ -478,9 +517,16 @@ impl RunDir {
             }
         } else if !held.is_empty() {
             if !overwrite {
+                // The program that made it continues it (a train-mnist run, say, for a
+                // train-cifar --out).
+                let maker = layers::file::read(&path.join(CONFIG))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .and_then(|c| c.get("program")?.as_str().map(|p| format!("{p} ")))
+                    .unwrap_or_default();
                 bail!(
-                    "--out {} already holds a run ({}): continue it with --resume {}, or replace \
-                     it with --overwrite, or choose another --out",
+                    "--out {} already holds a run ({}): continue it with {maker}--resume {}, or \
+                     replace it with --overwrite, or choose another --out",
                     path.display(),
                     held.join(", "),
                     path.display()
@@ -885,15 +931,16 @@ mod tests {
     }
 
     /// Leftovers of dead writers go; a live writer's file, and a user's file named like
-    /// tempfile's, stay.
+    /// tempfile's, stay. (No child process is started: a child forked while another test holds
+    /// a run's lock shares the lock until it execs, and that test would find its directory
+    /// in use.)
     #[test]
     fn only_dead_writers_temporaries_are_removed() -> Result<()> {
         let dir = tempfile::tempdir()?;
-        let mut ended = std::process::Command::new("true").spawn()?;
-        let dead = ended.id();
-        ended.wait()?;
-        let mut sleeper = std::process::Command::new("sleep").arg("30").spawn()?;
-        let live = sleeper.id();
+        // Above any pid_max (at most 2^22): no process has it.
+        let dead = 2_000_000_000;
+        // init, always there.
+        let live = 1;
         let files: [(String, &[u8], bool); 6] = [
             (format!(".metrics.tmp{dead}.csv"), b"1,2", false),
             (format!(".evaluation-best.tmp{live}.json"), b"{", true),
@@ -908,14 +955,11 @@ mod tests {
         }
         // A pipe named like tempfile's is never opened (it would block): it stays.
         let pipe = dir.path().join(".tmpD4e5F6");
-        assert!(std::process::Command::new("mkfifo")
-            .arg(&pipe)
-            .status()?
-            .success());
+        let name = std::ffi::CString::new(pipe.as_os_str().as_encoded_bytes())?;
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
         remove_temporaries(dir.path())?;
         assert!(pipe.exists());
-        sleeper.kill()?;
-        sleeper.wait()?;
         for (name, _, stays) in &files {
             assert_eq!(dir.path().join(name).exists(), *stays, "{name}");
         }

@@ -137,6 +137,176 @@ pub fn load(dir: &Path) -> Result<(ResumeState, StateTensors)> {
     Ok((state, tensors))
 }
 
+/// Before a resume writes anything: the run's other files in `dir` agree with its state
+/// (`saved`, `tensors`), which the resume continues. A `state.safetensors` copied from another
+/// run, or a `config.json` edited by hand, would otherwise have the resumed run replace the
+/// checkpoints and the configuration of the run that is there with another run's.
+///
+/// - `config.json` (when there) holds the state's settings, but for those `--resume` may
+///   change (`--epochs`, `--data-dir`, ...): it is a copy, and editing it changes nothing;
+/// - `best.safetensors` and `last.safetensors` (when there) hold the state's network: the same
+///   tensor names and shapes (read from their headers).
+///
+/// # Errors
+/// Names the file, the settings or tensor that differ, and what to do.
+pub fn check_agrees_with_run(
+    dir: &Path,
+    saved: &ResumeState,
+    tensors: &StateTensors,
+) -> Result<()> {
+    let config_path = dir.join(crate::rundir::CONFIG);
+    match layers::file::read(&config_path) {
+        Ok(bytes) => {
+            let copy: RunConfig = serde_json::from_slice(&bytes).with_context(|| {
+                format!(
+                    "{} is not a run's configuration: --resume takes the settings of {} and \
+                     writes config.json again from them; put the run's config.json back or \
+                     remove it",
+                    config_path.display(),
+                    STATE
+                )
+            })?;
+            let differ = settings_differing(&copy, &saved.config);
+            if !differ.is_empty() {
+                let changeable: Vec<String> = crate::flags::table()
+                    .iter()
+                    .filter(|f| f.changeable)
+                    .map(|f| f.flag())
+                    .collect();
+                bail!(
+                    "--resume {}: config.json and {STATE} disagree ({}): they come from \
+                     different runs, or config.json was edited. --resume continues the run of \
+                     {STATE}, whose settings config.json only copies (editing it changes \
+                     nothing; only {} may change, on the command line); put the run's own \
+                     files back",
+                    dir.display(),
+                    differ.join("; "),
+                    changeable.join(", ")
+                );
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", config_path.display())),
+    }
+    let network: std::collections::BTreeMap<&str, Vec<usize>> = tensors
+        .model
+        .iter()
+        .map(|(name, t)| (name.as_str(), t.dims().to_vec()))
+        .collect();
+    for file in [crate::rundir::BEST, crate::rundir::LAST] {
+        let path = dir.join(file);
+        if !path.exists() {
+            continue;
+        }
+        let shapes = tensor_shapes(&path)?;
+        let found: std::collections::BTreeMap<&str, Vec<usize>> = shapes
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        if let Some(why) = first_difference(&found, &network) {
+            bail!(
+                "--resume {}: {file} holds another network than {STATE} ({why}; the state is \
+                 a {} run): they come from different runs. Resuming would replace {file}; put \
+                 the run's own files back",
+                dir.display(),
+                saved.config.model
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The settings that differ between a run's `config.json` (`copy`) and its state's
+/// configuration (`saved`), as `--flag: X in config.json, Y in state.safetensors`; the settings
+/// `--resume` may change are passed over.
+fn settings_differing(copy: &RunConfig, saved: &RunConfig) -> Vec<String> {
+    let mut differ = Vec::new();
+    let mut compare = |name: String, a: String, b: String| {
+        if a != b {
+            differ.push(format!("{name}: {a:?} in config.json, {b:?} in {STATE}"));
+        }
+    };
+    compare(
+        "program".into(),
+        copy.program.clone(),
+        saved.program.clone(),
+    );
+    compare(
+        "data set".into(),
+        format!("{:?}", copy.dataset),
+        format!("{:?}", saved.dataset),
+    );
+    for row in crate::flags::table().iter().filter(|row| !row.changeable) {
+        compare(row.flag(), (row.value)(copy), (row.value)(saved));
+    }
+    differ
+}
+
+/// The first way in which the tensors `found` (name to shape) differ from `network`'s.
+fn first_difference(
+    found: &std::collections::BTreeMap<&str, Vec<usize>>,
+    network: &std::collections::BTreeMap<&str, Vec<usize>>,
+) -> Option<String> {
+    if let Some(name) = found.keys().find(|k| !network.contains_key(*k)) {
+        return Some(format!("it has {name}, which the state's network lacks"));
+    }
+    if let Some(name) = network.keys().find(|k| !found.contains_key(*k)) {
+        return Some(format!("it lacks {name}"));
+    }
+    found
+        .iter()
+        .find(|(name, shape)| network[*name] != **shape)
+        .map(|(name, shape)| {
+            format!(
+                "{name} is {shape:?} there, {:?} in the state",
+                network[*name]
+            )
+        })
+}
+
+/// The tensor names and shapes of the safetensors file `path`, from its header alone.
+///
+/// # Errors
+/// The file cannot be read or its header is not safetensors'.
+fn tensor_shapes(path: &Path) -> Result<std::collections::BTreeMap<String, Vec<usize>>> {
+    use std::io::Read;
+    let bad = || {
+        format!(
+            "{} is not a safetensors file (its header cannot be read)",
+            path.display()
+        )
+    };
+    layers::file::regular(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).with_context(bad)?;
+    let len = u64::from_le_bytes(len);
+    // safetensors' own limit on a header.
+    anyhow::ensure!(len <= 100_000_000, "{}", bad());
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).with_context(bad)?;
+    let header: HashMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).with_context(bad)?;
+    let mut shapes = std::collections::BTreeMap::new();
+    for (name, info) in header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let shape = info
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .and_then(|dims| {
+                dims.iter()
+                    .map(|d| d.as_u64().map(|d| d as usize))
+                    .collect()
+            })
+            .with_context(bad)?;
+        shapes.insert(name, shape);
+    }
+    Ok(shapes)
+}
+
 fn legacy_json(dir: &Path) -> Result<ResumeState> {
     let path = dir.join(LEGACY_STATE_JSON);
     let text = layers::file::read(&path).with_context(|| {
