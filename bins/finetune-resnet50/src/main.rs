@@ -20,7 +20,7 @@ use crate::finetune::{dataset_kind, FineTuneConfig};
 use transfer::Unfreeze;
 
 /// The transfer-learning recipe of PyTorch's tutorial: SGD lr 0.001 momentum 0.9 on the new
-/// head, the rate divided by 10 after 7 epochs.
+/// head, the rate divided by 10 every 7 epochs (`StepLR(step_size=7, gamma=0.1)`).
 const RECIPE: Recipe = Recipe {
     program: "finetune-resnet50",
     about: "Fine-tune an ImageNet-pretrained ResNet-50 (backbone frozen, new head)",
@@ -31,8 +31,9 @@ const RECIPE: Recipe = Recipe {
     lr: 0.001,
     momentum: 0.9,
     weight_decay: 0.0,
-    schedule: ScheduleKind::Multistep,
+    schedule: ScheduleKind::Step,
     milestones: &[7],
+    step_size: 7,
     gamma: 0.1,
     epochs: 10,
     batch_size: 64,
@@ -239,7 +240,9 @@ fn predict(args: &PredictArgs) -> Result<()> {
 fn run(args: FineTuneArgs) -> Result<()> {
     if let Some(dir) = &args.train.resume {
         let (locked, saved, tensors) = RECIPE.resume_dir(dir, &args.train)?;
-        let ft = args.resumed(FineTuneConfig::load(dir)?, dir)?;
+        let ft = FineTuneConfig::load(dir)?;
+        ft.check_agrees_with_state(&saved.config, dir)?;
+        let ft = args.resumed(ft, dir)?;
         let config = train::cli::resumed_config(&saved.config, &args.train)?;
         // A finished run is said so before the weights and the data are loaded.
         if train::run::finished(&config, &saved, locked.path())?.is_some() {

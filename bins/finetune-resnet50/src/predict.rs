@@ -29,13 +29,13 @@ impl Classifier {
     /// checkpoint), else 224.
     pub fn load(weights: &str, image_size: Option<usize>, device: &Device) -> Result<Self> {
         let path = weights::resolve(weights)?;
-        let image_size = match image_size {
-            Some(size) => size,
-            None => run_image_size(&path)?.unwrap_or(224),
-        };
         let tensors = layers::checkpoint::read(&path)?;
         transfer::weights::check_resnet50(&tensors, &path)?;
         let num_classes = transfer::weights::head_classes(&tensors, &path)?;
+        let image_size = match image_size {
+            Some(size) => size,
+            None => run_image_size(&path, num_classes != IMAGENET_CLASSES)?.unwrap_or(224),
+        };
         let classes = classes::for_checkpoint(&path, num_classes)?;
         let store = ParamStore::new(0, device);
         let model = ResNet::resnet50(num_classes, store.vb())?;
@@ -64,14 +64,20 @@ impl Classifier {
     }
 }
 
+/// The class count of ImageNet's head: a checkpoint with another was fine-tuned.
+const IMAGENET_CLASSES: usize = 1000;
+
 /// The image size a fine-tuning run trained at, when `weights` lies in its directory (beside
-/// its `finetune.json`).
-fn run_image_size(weights: &Path) -> Result<Option<usize>> {
-    let Some(dir) = weights.parent() else {
-        return Ok(None);
+/// its `finetune.json`). A `fine_tuned` checkpoint (a head of other than ImageNet's classes)
+/// without it is said to be read at 224.
+fn run_image_size(weights: &Path, fine_tuned: bool) -> Result<Option<usize>> {
+    let dir = match weights.parent() {
+        Some(dir) if dir.as_os_str().is_empty() => Path::new("."),
+        Some(dir) => dir,
+        None => return Ok(None),
     };
     if !dir.join(train::rundir::FINETUNE).is_file() {
-        if dir.join(train::rundir::CLASSES).is_file() {
+        if fine_tuned || dir.join(train::rundir::CLASSES).is_file() {
             // A fine-tuned checkpoint whose run settings are gone: the size is a guess.
             train::warn!(
                 "no {} beside {}: taking image size 224 (--image-size sets the run's)",

@@ -491,6 +491,23 @@ fn resume_reaches_the_same_weights_as_an_uninterrupted_run() {
         &["--weights", "other.safetensors"],
         &["--weights other.safetensors"],
     );
+    // finetune.json edited: refused, naming the file, before any flag is compared with it.
+    let ft_json = parts.join(train::rundir::FINETUNE);
+    let kept = std::fs::read_to_string(&ft_json).expect("finetune.json");
+    std::fs::write(
+        &ft_json,
+        kept.replace("\"image_size\": 32", "\"image_size\": 64"),
+    )
+    .expect("edit finetune.json");
+    refused(
+        &["--image-size", "64"],
+        &[
+            "finetune.json and state.safetensors disagree",
+            "imagenet-eval:64",
+            "imagenet-eval:32",
+        ],
+    );
+    std::fs::write(&ft_json, kept).expect("put finetune.json back");
     let renamed = dir.path().join("renamed");
     for split in ["train", "test"] {
         for class in ["airplane", "frog", "truck"] {
@@ -583,6 +600,20 @@ fn resume_reaches_the_same_weights_as_an_uninterrupted_run() {
     );
     assert!(!resized.contains("read as --run"), "{resized}");
     assert_eq!(top5(&resized).len(), 3, "{resized}");
+    // A fine-tuned checkpoint alone (no run files beside it) is read at 224, and said so.
+    let lone = dir.path().join("lone");
+    std::fs::create_dir(&lone).expect("lone dir");
+    std::fs::copy(&best, lone.join("best.safetensors")).expect("copy best");
+    let alone = ok(
+        &[
+            "predict",
+            "--weights",
+            s(&lone.join("best.safetensors")),
+            s(&image),
+        ],
+        &[],
+    );
+    assert!(alone.contains("taking image size 224"), "{alone}");
     let by_run = ok(&["predict", "--run", s(&parts), s(&image)], &[]);
     // --run takes --weights best, last or a file, as the training programs' predict does.
     // A last checkpoint made to answer class 2 (truck) whatever the image, to tell it from best.
@@ -638,7 +669,8 @@ fn help_shows_the_recipe_and_negative_values_are_checked() {
         "Epochs to train in total [default: 10]",
         "[default: 0.001]",
         "Training batch size [default: 64]",
-        "[default: multistep]",
+        "[default: step]",
+        "StepLR period in epochs [default: 7]",
     ] {
         assert!(help.contains(default), "{default}: {help}");
     }

@@ -20,6 +20,7 @@ const RECIPE: Recipe = Recipe {
     weight_decay: 5e-4,
     schedule: ScheduleKind::Multistep,
     milestones: &[100, 150],
+    step_size: train::flags::DEFAULT_STEP_SIZE,
     gamma: 0.1,
     epochs: 180,
     batch_size: 128,

@@ -19,6 +19,7 @@ const RECIPE: Recipe = Recipe {
     weight_decay: 0.0,
     schedule: ScheduleKind::Constant,
     milestones: &[],
+    step_size: train::flags::DEFAULT_STEP_SIZE,
     gamma: 0.1,
     epochs: 16,
     batch_size: 64,

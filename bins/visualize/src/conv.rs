@@ -88,13 +88,7 @@ pub fn run(args: &ConvArgs, out: &Path) -> Result<()> {
     let (stride, padding) = (usize::from(args.stride), usize::from(args.padding));
     let (height, width) = rules(&input, &kernel, stride, padding)?;
     let result = convolve(&input, &kernel, stride, padding)?;
-
-    train::say!("input ({}x{}):\n{input}", input.rows, input.cols);
-    train::say!("kernel ({}x{}):\n{kernel}", kernel.rows, kernel.cols);
-    train::say!("stride {stride}, padding {padding}");
-    train::say!("{}", explain_sizes(height, width)?);
-    train::say!("result ({}x{}):\n{result}", result.rows, result.cols);
-
+    result.check_finite("the convolution's result")?;
     let shown = if padding > 0 {
         input
             .padded(padding)
@@ -102,12 +96,18 @@ pub fn run(args: &ConvArgs, out: &Path) -> Result<()> {
     } else {
         input.panel("input")
     };
+    let panels = [shown, kernel.panel("kernel"), result.panel("result")];
+    // Before the matrices are printed: a picture too large to draw is said at once.
+    viz::check_panels(&panels).context("cannot draw conv.png")?;
+
+    train::say!("input ({}x{}):\n{input}", input.rows, input.cols);
+    train::say!("kernel ({}x{}):\n{kernel}", kernel.rows, kernel.cols);
+    train::say!("stride {stride}, padding {padding}");
+    train::say!("{}", explain_sizes(height, width)?);
+    train::say!("result ({}x{}):\n{result}", result.rows, result.cols);
+
     let path = out.join("conv.png");
-    viz::save_panels(
-        &path,
-        &[shown, kernel.panel("kernel"), result.panel("result")],
-        viz::ColorMap::Gray,
-    )?;
+    viz::save_panels(&path, &panels, viz::ColorMap::Gray)?;
     train::say!("wrote {}", path.display());
     Ok(())
 }

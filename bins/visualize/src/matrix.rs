@@ -130,7 +130,25 @@ impl Matrix {
         })
     }
 
-    /// The matrix with `padding` zeros added on every side.
+    /// Refuses a result that holds an infinite (or NaN) value, named `what`, with its place:
+    /// nothing non-finite is printed as a result or drawn.
+    ///
+    /// # Errors
+    /// The first non-finite value, its row and column (from 1).
+    pub fn check_finite(&self, what: &str) -> Result<()> {
+        match self.values.iter().position(|v| !v.is_finite()) {
+            None => Ok(()),
+            Some(i) => anyhow::bail!(
+                "{what} overflows float32: {} at row {}, column {} (values beyond ±3.4e38 are \
+                 infinite, as in PyTorch's float32); give smaller values",
+                self.values[i],
+                i / self.cols + 1,
+                i % self.cols + 1
+            ),
+        }
+    }
+
+    /// The matrix with `padding` zeros on every side.
     pub fn padded(&self, padding: usize) -> Matrix {
         let cols = self.cols + 2 * padding;
         let mut values = vec![0.0; (self.rows + 2 * padding) * cols];

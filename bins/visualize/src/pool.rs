@@ -55,6 +55,7 @@ pub fn run(args: &PoolArgs, out: &Path) -> Result<()> {
     let stride = usize::from(args.stride.unwrap_or(args.kernel));
     let padding = usize::from(args.padding);
     let [max, avg] = pool(&input, kernel, stride, padding)?;
+    avg.check_finite("the average pooling's result")?;
     let height = SizeRule {
         n: input.rows,
         k: kernel,
@@ -74,21 +75,20 @@ pub fn run(args: &PoolArgs, out: &Path) -> Result<()> {
         short.push_str(&format!(", padding {padding}"));
     }
     let window = format!("{kernel}x{kernel}, stride {stride}, padding {padding}");
+    let panels = [
+        input.panel("input"),
+        max.panel(&format!("max pool {short}")),
+        avg.panel(&format!("average pool {short}")),
+    ];
+    // Before the matrices are printed: a picture too large to draw is said at once.
+    viz::check_panels(&panels).context("cannot draw pool.png")?;
     train::say!("input ({}x{}):\n{input}", input.rows, input.cols);
     train::say!("{}", explain_sizes(height, width)?);
     train::say!("max pool {window}:\n{max}");
     train::say!("average pool {window}:\n{avg}");
 
     let path = out.join("pool.png");
-    viz::save_panels(
-        &path,
-        &[
-            input.panel("input"),
-            max.panel(&format!("max pool {short}")),
-            avg.panel(&format!("average pool {short}")),
-        ],
-        viz::ColorMap::Viridis,
-    )?;
+    viz::save_panels(&path, &panels, viz::ColorMap::Viridis)?;
     train::say!("wrote {}", path.display());
     Ok(())
 }

@@ -141,7 +141,55 @@ fn conv_rejects_bad_matrices_clearly() {
     );
     let zero_stride = visualize_fails(&["conv", "--stride", "0", "--out", out]);
     assert!(zero_stride.contains("--stride"), "{zero_stride}");
+    // Finite numbers whose result overflows float32: refused, not drawn as inf.
+    let overflow = visualize_fails(&[
+        "conv",
+        "--input",
+        "1e38,1e38;1e38,1e38",
+        "--kernel",
+        "1e38",
+        "--out",
+        out,
+    ]);
+    assert!(
+        overflow.contains("the convolution's result overflows float32: inf at row 1, column 1"),
+        "{overflow}"
+    );
+    let overflow = visualize_fails(&[
+        "pool",
+        "--input",
+        "3e38,3e38;3e38,3e38",
+        "--kernel",
+        "2",
+        "--out",
+        out,
+    ]);
+    assert!(
+        overflow.contains("the average pooling's result overflows float32"),
+        "{overflow}"
+    );
+    // A matrix too large to draw is said before the matrices are printed (they were printed
+    // first, and the drawing failed after).
+    let large = dir.path().join("large.txt");
+    let row = vec!["0"; 1300].join(" ");
+    std::fs::write(&large, vec![row; 1300].join("\n")).unwrap();
+    let too_large = visualize_fails(&[
+        "conv",
+        "--input-file",
+        large.to_str().unwrap(),
+        "--kernel",
+        "1",
+        "--out",
+        out,
+    ]);
+    assert!(
+        too_large.contains("cannot draw conv.png")
+            && too_large.contains("the picture would be")
+            && too_large.contains("matrices of up to 1300 rows or columns"),
+        "{too_large}"
+    );
     assert!(!dir.path().join("conv.png").exists());
+    assert!(!dir.path().join("pool.png").exists());
 }
 
 #[test]

@@ -42,6 +42,9 @@ pub struct Recipe {
     pub schedule: ScheduleKind,
     /// Default MultiStepLR milestones.
     pub milestones: &'static [usize],
+    /// Default StepLR period in epochs ([`DEFAULT_STEP_SIZE`] unless the recipe's tutorial
+    /// has its own).
+    pub step_size: usize,
     /// Default decay factor.
     pub gamma: f64,
     /// Default epochs.
@@ -374,7 +377,7 @@ hyperparameters! {
     milestones: Option<Vec<usize>> = value(|r| r.milestones.to_vec());
     /// StepLR period in epochs
     #[arg(long)]
-    step_size: Option<usize> = value(|_| DEFAULT_STEP_SIZE);
+    step_size: Option<usize> = value(|r| r.step_size);
     /// StepLR / MultiStepLR decay factor
     #[arg(long)]
     gamma: Option<f64> = value(|r| r.gamma);
@@ -464,6 +467,7 @@ impl RunConfig {
             weight_decay: 0.0,
             schedule: ScheduleKind::Constant,
             milestones: &[],
+            step_size: DEFAULT_STEP_SIZE,
             gamma: 0.1,
             epochs: 1,
             batch_size: 64,

@@ -115,3 +115,43 @@ fn rounds_end_with_medians_and_per_round_ratios() {
         }
     }
 }
+
+/// A `--pytorch-results` file without step figures is refused, named; figures at another batch
+/// than ours give no ratio, and say so.
+#[test]
+fn pytorch_results_without_figures_or_at_another_batch_are_said() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let bench = |saved: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_bench-step"))
+            .args(["--only", "lenet5", "--steps", "1", "--pytorch-results"])
+            .arg(saved)
+            .output()
+            .expect("bench-step starts")
+    };
+    let wrong = dir.path().join("hostname");
+    std::fs::write(&wrong, "localhost\n").expect("write");
+    let out = bench(&wrong);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("hostname: no step figures in it"),
+        "{err}"
+    );
+    let other = dir.path().join("b32.txt");
+    std::fs::write(
+        &other,
+        "lenet5   f32      batch  32  step    2.0 ms     16000.0 img/s\n",
+    )
+    .expect("write");
+    let out = bench(&other);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("figures for lenet5 at batch 32 only, not 64: no ratio"),
+        "{text}"
+    );
+    assert!(!text.contains("x)"), "a ratio across batch sizes: {text}");
+}

@@ -13,7 +13,7 @@ use plotters::style::{RGBColor, ShapeStyle};
 pub(crate) type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
 
 /// Figures larger than this many pixels are refused rather than allocated.
-const MAX_PIXELS: u64 = 100_000_000;
+pub(crate) const MAX_PIXELS: u64 = 100_000_000;
 
 /// Turns a plotters error into an `anyhow` error.
 pub(crate) fn drawing<E: Display>(e: E) -> anyhow::Error {

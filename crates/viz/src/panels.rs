@@ -119,6 +119,27 @@ fn layout(panels: &[Panel]) -> Result<Layout> {
     })
 }
 
+/// Whether [`save_panels`] can draw `panels`: the figure's size within the pixels a PNG here
+/// may have. For a caller that would otherwise print the matrices first and fail after.
+///
+/// # Errors
+/// As [`save_panels`]'s, before drawing: a figure of more than 100,000,000 pixels (cells are
+/// at least 6 pixels wide), named with the figure's size and the largest side of a matrix.
+pub fn check_panels(panels: &[Panel]) -> Result<()> {
+    let layout = layout(panels)?;
+    let pixels = layout.width as u64 * layout.height as u64;
+    let longest = panels.iter().map(|p| p.rows.max(p.cols)).max().unwrap_or(1);
+    ensure!(
+        pixels <= crate::canvas::MAX_PIXELS,
+        "the picture would be {}x{} pixels (matrices of up to {longest} rows or columns, at 6 \
+         pixels a cell), more than the {} drawn here: give smaller matrices",
+        layout.width,
+        layout.height,
+        crate::canvas::MAX_PIXELS
+    );
+    Ok(())
+}
+
 /// Side-by-side titled panels with the value printed in each cell (like the tutorial's
 /// matplotlib figures: input / kernel / result), written to `path` as PNG.
 ///

@@ -154,11 +154,18 @@ fn bench() -> Result<()> {
             python: python.clone(),
             script: anchors(args.anchors.as_deref())?.join("cpu_step_modes.py"),
         }),
-        (None, Some(file)) => Some(Reference::Saved(
+        (None, Some(file)) => {
             // A file or a pipe (`<(cmd)`), as images are read.
-            String::from_utf8(datasets::read_input_file(file, "results")?)
-                .with_context(|| format!("--pytorch-results {}: not UTF-8 text", file.display()))?,
-        )),
+            let text = String::from_utf8(datasets::read_input_file(file, "results")?)
+                .with_context(|| format!("--pytorch-results {}: not UTF-8 text", file.display()))?;
+            anyhow::ensure!(
+                !pytorch_lines(&text).is_empty(),
+                "--pytorch-results {}: no step figures in it (lines of cpu_step_modes.py's \
+                 output, `<model> <mode> batch <N> step <ms> ms ...`): give its saved output",
+                file.display()
+            );
+            Some(Reference::Saved(text))
+        }
         (None, None) => None,
     };
     if pytorch.is_some() && !device.is_cpu() {
@@ -214,7 +221,7 @@ fn bench() -> Result<()> {
                     rounds.ours(round, &format!("b{batch} {name}"), ms);
                     if let Some(reference) = &mut pytorch {
                         if batch == default_batch && format == MemoryFormat::Contiguous {
-                            for (mode, ms) in compare(reference, model, precision, ms)? {
+                            for (mode, ms) in compare(reference, model, (precision, batch), ms)? {
                                 rounds.pytorch(round, &name, &mode, ms);
                             }
                         }
@@ -366,15 +373,30 @@ fn anchors(dir: Option<&Path>) -> Result<PathBuf> {
 /// PyTorch's median step in ms for `model` (the script's name, `resnet18_cifar`) per mode
 /// (`f32`, `f32-cl`, `bf16-cl`), read from the script's output lines
 /// `resnet18_cifar   f32      batch  128  step    2648.7 ms     48.3 img/s`.
-fn parse_pytorch(output: &str, model: &str) -> Vec<(String, f64)> {
+fn parse_pytorch(output: &str, model: &str) -> Vec<(String, usize, f64)> {
+    pytorch_lines(output)
+        .into_iter()
+        .filter(|(name, ..)| name == model)
+        .map(|(_, mode, batch, ms)| (mode, batch, ms))
+        .collect()
+}
+
+/// Every `<model> <mode> batch <N> step <ms> ms ...` line of `cpu_step_modes.py`'s output, as
+/// (model, mode, batch, ms).
+fn pytorch_lines(output: &str) -> Vec<(String, String, usize, f64)> {
     output
         .lines()
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
             match f.as_slice() {
-                [name, mode, "batch", _, "step", ms, "ms", ..] if *name == model => {
-                    Some((mode.to_string(), ms.parse().ok()?))
-                }
+                [name, mode, "batch", batch, "step", ms, "ms", ..] => Some((
+                    name.to_string(),
+                    mode.to_string(),
+                    batch.parse().ok()?,
+                    ms.parse()
+                        .ok()
+                        .filter(|ms: &f64| ms.is_finite() && *ms > 0.0)?,
+                )),
                 _ => None,
             }
         })
@@ -386,7 +408,7 @@ fn parse_pytorch(output: &str, model: &str) -> Vec<(String, f64)> {
 fn compare(
     reference: &mut Reference,
     model: &str,
-    precision: Precision,
+    (precision, batch): (Precision, usize),
     ours_ms: f64,
 ) -> Result<Vec<(String, f64)>> {
     let name = model.replace('-', "_");
@@ -412,9 +434,23 @@ fn compare(
             String::from_utf8_lossy(&out.stdout).into_owned()
         }
     };
-    let modes = parse_pytorch(&output, &name);
+    let found = parse_pytorch(&output, &name);
+    let modes: Vec<(String, f64)> = found
+        .iter()
+        .filter(|(_, b, _)| *b == batch)
+        .map(|(mode, _, ms)| (mode.clone(), *ms))
+        .collect();
     if modes.is_empty() {
-        train::say!("{:>15}      PyTorch: no figures for {name}", "");
+        let mut batches: Vec<String> = found.iter().map(|(_, b, _)| format!("{b}")).collect();
+        batches.dedup();
+        match batches.is_empty() {
+            true => train::say!("{:>15}      PyTorch: no figures for {name}", ""),
+            false => train::say!(
+                "{:>15}      PyTorch: figures for {name} at batch {} only, not {batch}: no ratio",
+                "",
+                batches.join(", ")
+            ),
+        }
         return Ok(modes);
     }
     let shown: Vec<String> = modes
@@ -440,7 +476,7 @@ fn torch_version(output: &str) -> String {
             rest.replace(" isa ", ", ")
                 .replace(" threads ", ", threads ")
         })
-        .unwrap_or_else(|| "?".into())
+        .unwrap_or_else(|| "(version not given)".into())
 }
 
 /// Images/s of the CIFAR-10 training transform at batch 512: host loader against the data
@@ -654,9 +690,14 @@ mod tests {
         let modes = super::parse_pytorch(out, "resnet18_cifar");
         assert_eq!(
             modes,
-            [("f32".to_string(), 2648.7), ("bf16-cl".to_string(), 1107.7)]
+            [
+                ("f32".to_string(), 128, 2648.7),
+                ("bf16-cl".to_string(), 128, 1107.7)
+            ]
         );
         assert!(super::parse_pytorch(out, "vgg").is_empty());
+        assert_eq!(super::pytorch_lines(out).len(), 3);
+        assert!(super::pytorch_lines("localhost\nlenet5 f32 batch x step 1 ms\n").is_empty());
         assert_eq!(super::torch_version(out), "2.15.0, threads 2, AVX512");
     }
 }
