@@ -42,32 +42,39 @@ impl FineTuneConfig {
         (train, eval)
     }
 
-    /// Before a resume: this `finetune.json` of the run in `dir` agrees with its state's
-    /// configuration `saved`, whose transforms were made from it (unless the run was given its
-    /// own with `--train-transform` / `--test-transform`). An edited or foreign `finetune.json`
-    /// would have the resume check flags against settings the run does not have, and record
-    /// them.
+    /// Before a resume: this `finetune.json` of the run in `dir` is the one its state keeps
+    /// (`RunConfig::program_settings` of `saved`, the state's configuration; runs saved before
+    /// it was kept are not checked). An edited or foreign `finetune.json` would have the resume
+    /// check the flags against settings the run does not have, train another part of the
+    /// backbone (`unfreeze`), and record them.
     ///
     /// # Errors
-    /// The transforms it makes are not the state's: both named.
+    /// The two differ: the settings named with both values.
     pub fn check_agrees_with_state(&self, saved: &RunConfig, dir: &Path) -> Result<()> {
-        let (train_t, test_t) = self.transforms();
-        let made_here = |t: &str| t.starts_with("imagenet-");
-        let differs = (made_here(&saved.train_transform) && saved.train_transform != train_t)
-            || (made_here(&saved.test_transform) && saved.test_transform != test_t);
+        let Some(kept) = &saved.program_settings else {
+            return Ok(());
+        };
+        let here = serde_json::to_value(self)?;
+        let differ: Vec<String> = match (here.as_object(), kept.as_object()) {
+            (Some(here), Some(kept)) => here
+                .iter()
+                .filter(|(name, value)| kept.get(*name) != Some(*value))
+                .map(|(name, value)| {
+                    let there = kept.get(name).map_or("nothing".into(), |v| v.to_string());
+                    format!("{name} {value} there, {there} in the state")
+                })
+                .collect(),
+            _ => vec![format!("{here} there, {kept} in the state")],
+        };
         anyhow::ensure!(
-            !differs,
-            "--resume {}: {} and {} disagree: its image_size {} and augment {} make the \
-             transforms {train_t} / {test_t}, the run trains with {} / {}: it comes from another \
-             run, or was edited (--resume continues the state's run; --image-size and --augment \
-             cannot change); put the run's own {} back",
+            differ.is_empty(),
+            "--resume {}: {} and {} disagree ({}): it comes from another run, or was edited \
+             (--resume continues the state's run; --weights, --unfreeze, --image-size and \
+             --augment cannot change); put the run's own {} back",
             dir.display(),
             train::rundir::FINETUNE,
             train::rundir::STATE,
-            self.image_size,
-            self.augment,
-            saved.train_transform,
-            saved.test_transform,
+            differ.join("; "),
             train::rundir::FINETUNE
         );
         Ok(())

@@ -202,18 +202,25 @@ fn predict(args: &PredictArgs) -> Result<()> {
     if images.is_empty() {
         bail!("predict needs images: predict [--run DIR | --weights W] IMAGE...");
     }
-    // A fine-tuning run's checkpoint given as --weights RUN/best.safetensors is read as --run
-    // RUN reads it (the same answer): its transform (a CIFAR-10 run's images at 32x32 first),
-    // image size, classes and precision. --image-size asks for ImageNet's preprocessing at
-    // that size instead.
+    // A fine-tuning run's checkpoint given as --weights RUN/best.safetensors (or last) is read
+    // as --run RUN reads it (the same answer): its transform (a CIFAR-10 run's images at 32x32
+    // first), image size, classes and precision. --image-size asks for ImageNet's
+    // preprocessing at that size instead; other files in a run's folder (ImageNet's weights,
+    // say) are read as files.
     let beside = match (&args.run, &args.weights, args.image_size) {
-        (None, Some(weights), None) => train::inference::run_beside(Path::new(weights))
+        (None, Some(weights), None) => Some(Path::new(weights))
+            .filter(|w| {
+                w.file_name()
+                    .is_some_and(|n| n == train::rundir::BEST || n == train::rundir::LAST)
+            })
+            .and_then(train::inference::run_beside)
             .filter(|(_, config)| config.program == RECIPE.program)
             .map(|(dir, _)| dir),
         _ => None,
     };
     if let Some(dir) = &beside {
-        train::say!(
+        // On stderr: stdout holds the predictions that scripts read.
+        train::warn!(
             "{}: a checkpoint of the fine-tuning run in {}: read as --run {} --weights FILE \
              (its transform, image size, classes and precision)",
             args.weights.as_deref().unwrap_or_default(),
@@ -261,6 +268,8 @@ fn run(args: FineTuneArgs) -> Result<()> {
     train_args.test_transform.get_or_insert(test_t);
     let mut config = RECIPE.config(&train_args)?;
     config.dataset = dataset_kind(args.folder, args.train.data_dir.as_deref());
+    // Kept with the state too, so that a resume can tell an edited finetune.json.
+    config.program_settings = Some(serde_json::to_value(&ft)?);
     let out = RECIPE.fresh_dir(&train_args, &config)?;
     finetune::finetune(&config, &ft, out.path(), None)?;
     Ok(())

@@ -503,10 +503,15 @@ fn resume_reaches_the_same_weights_as_an_uninterrupted_run() {
         &["--image-size", "64"],
         &[
             "finetune.json and state.safetensors disagree",
-            "imagenet-eval:64",
-            "imagenet-eval:32",
+            "image_size 64 there, 32 in the state",
         ],
     );
+    // Another part of the backbone to train: refused too (SGD would have started the backbone
+    // without momentum buffers).
+    let unfrozen = kept.replace("\"unfreeze\": \"none\"", "\"unfreeze\": \"all\"");
+    assert_ne!(unfrozen, kept, "{kept}");
+    std::fs::write(&ft_json, unfrozen).expect("edit finetune.json");
+    refused(&[], &["unfreeze \"all\" there, \"none\" in the state"]);
     std::fs::write(&ft_json, kept).expect("put finetune.json back");
     let renamed = dir.path().join("renamed");
     for split in ["train", "test"] {

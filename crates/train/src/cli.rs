@@ -9,7 +9,7 @@ use clap::{ArgMatches, Args as _, Command, FromArgMatches as _};
 use datasets::Dataset;
 
 use crate::config::{DatasetKind, OptimizerKind, RunConfig, ScheduleKind};
-use crate::flags::{apply_on_resume, table, FlagText};
+use crate::flags::{apply_on_resume, FlagText};
 pub use crate::flags::{Args, Recipe};
 use crate::inference::{evaluate, predict, EvaluateArgs, PredictArgs};
 use crate::run::{run, Outcome};
@@ -288,12 +288,7 @@ pub fn resumed_config(saved: &RunConfig, args: &Args) -> Result<RunConfig> {
     }
     let (mut config, refused) = apply_on_resume(saved, args)?;
     if !refused.is_empty() {
-        let changeable: Vec<String> = table()
-            .iter()
-            .filter(|f| f.changeable)
-            .map(|f| f.flag())
-            .chain(["--distributed".to_string()])
-            .collect();
+        let changeable = crate::flags::changeable_on_resume();
         bail!(
             "--resume continues the saved configuration; these flags differ from it: {} (only {} \
              can change)",
@@ -992,7 +987,7 @@ mod tests {
             "--workers",
             "3",
         ])?)?;
-        for row in table() {
+        for row in crate::flags::table() {
             let flag = row.flag();
             let arg = command
                 .get_arguments()

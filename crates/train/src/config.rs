@@ -199,6 +199,12 @@ pub struct RunConfig {
     /// `--sync-bn` and `--drop-last` (saved as `sync_bn`, `drop_last`).
     #[serde(flatten, default)]
     pub parallel: crate::distributed::DataParallel,
+    /// A program's own settings beyond these flags, as it also saves them beside the run
+    /// (`finetune-resnet50`'s `finetune.json`): kept with the state, so that `--resume` can
+    /// tell an edited or foreign copy. `None` for the other programs, and in runs saved before
+    /// it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program_settings: Option<serde_json::Value>,
 }
 
 impl RunConfig {

@@ -197,6 +197,17 @@ impl<T: FlagText> FlagText for Option<T> {
     }
 }
 
+/// The flags `--resume` may change (those the table marks changeable, and `--distributed`),
+/// as `--resume`'s refusals list them.
+pub fn changeable_on_resume() -> Vec<String> {
+    table()
+        .iter()
+        .filter(|f| f.changeable)
+        .map(|f| f.flag())
+        .chain(["--distributed".to_string()])
+        .collect()
+}
+
 /// What the table says about one flag, for code that goes over all of them.
 #[derive(Debug, Clone, Copy)]
 pub struct FlagInfo {
@@ -270,6 +281,7 @@ macro_rules! hyperparameters {
                     program: self.program.to_string(),
                     dataset: self.dataset,
                     parallel: args.distributed.config(),
+                    program_settings: None,
                     $( $(
                         $field: {
                             let rule: Flag<$ty, _> = $rule;
@@ -288,6 +300,7 @@ macro_rules! hyperparameters {
                     program: self.program.to_string(),
                     dataset: self.dataset,
                     parallel: Default::default(),
+                    program_settings: None,
                     $( $( $field: {
                         let rule: Flag<$ty, _> = $rule;
                         (rule.default)(self)

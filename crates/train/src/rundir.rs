@@ -858,8 +858,9 @@ fn writer_alive(name: &str) -> bool {
     found || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// Whether `path` is empty or begins as a safetensors file (an 8-byte header length, then the
-/// JSON header's `{`): what a cut `safetensors::serialize_to_file` leaves.
+/// Whether `path` is what a cut `safetensors::serialize_to_file` leaves: empty, zeros (it sizes
+/// its temporary to the whole file before writing, so a kill then leaves a file of zeros), or
+/// the beginning of a safetensors file (an 8-byte header length, then the JSON header's `{`).
 fn begins_as_safetensors(path: &Path) -> bool {
     use std::io::Read;
     let mut head = [0u8; 9];
@@ -874,7 +875,7 @@ fn begins_as_safetensors(path: &Path) -> bool {
             Err(_) => return false,
         }
     }
-    read == 0 || (read == head.len() && head[8] == b'{')
+    read == 0 || (read == head.len() && (head[8] == b'{' || head.iter().all(|&b| b == 0)))
 }
 
 /// tempfile's `.tmpXXXXXX`: six random letters and digits (a digit or capital among them: a
@@ -900,11 +901,20 @@ fn is_temporary(name: &str) -> bool {
             (digits > 0 && (ext.is_empty() || ext.starts_with('.'))).then(|| format!("{stem}{ext}"))
         })
         .is_some_and(|target| is_run_output(&target));
-    // The older `{name}.tmp{pid}` of a run's file.
-    let older = name.rsplit_once(".tmp").is_some_and(|(target, pid)| {
-        !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) && is_run_output(target)
-    });
-    tempfile_crate || atomic || older
+    // The older `{name}.tmp{pid}` of a run's file (`layers::checkpoint`'s temporary).
+    let older = |name: &str| {
+        name.rsplit_once(".tmp").is_some_and(|(target, pid)| {
+            !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) && is_run_output(target)
+        })
+    };
+    // `layers::checkpoint`'s probe of the file mode beside its temporary,
+    // `{name}.tmp{pid}.mode.tmp{pid}`, which a kill may leave.
+    let probe = name
+        .rsplit_once(".mode.tmp")
+        .is_some_and(|(temporary, pid)| {
+            !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) && older(temporary)
+        });
+    tempfile_crate || atomic || older(name) || probe
 }
 
 #[cfg(test)]
@@ -915,6 +925,8 @@ mod tests {
     #[test]
     fn temporaries_are_recognised() {
         assert!(is_temporary("best.safetensors.tmp1234"));
+        assert!(is_temporary("state.safetensors.tmp30343.mode.tmp30343"));
+        assert!(!is_temporary("notes.txt.tmp1.mode.tmp1"));
         assert!(is_temporary(".curves.tmp77.png"));
         assert!(!is_temporary("best.safetensors"));
         assert!(!is_temporary("notes.tmpl"));
@@ -941,12 +953,14 @@ mod tests {
         let dead = 2_000_000_000;
         // init, always there.
         let live = 1;
-        let files: [(String, &[u8], bool); 6] = [
+        let files: [(String, &[u8], bool); 7] = [
             (format!(".metrics.tmp{dead}.csv"), b"1,2", false),
             (format!(".evaluation-best.tmp{live}.json"), b"{", true),
             (".tmpA1b2C3".into(), b"the user's notes", true),
             (".tmpB2c3D4".into(), b"\x02\0\0\0\0\0\0\0{}", false),
             (".tmpC3d4E5".into(), b"", false),
+            // Sized before it was written (safetensors' set_len), then killed.
+            (".tmpE5f6G7".into(), &[0u8; 64], false),
             // A tempfile name that begins with digits is no process id.
             (".tmp1b2c3D".into(), b"\x02\0\0\0\0\0\0\0{}", false),
         ];

@@ -168,11 +168,7 @@ pub fn check_agrees_with_run(
             })?;
             let differ = settings_differing(&copy, &saved.config);
             if !differ.is_empty() {
-                let changeable: Vec<String> = crate::flags::table()
-                    .iter()
-                    .filter(|f| f.changeable)
-                    .map(|f| f.flag())
-                    .collect();
+                let changeable = crate::flags::changeable_on_resume();
                 bail!(
                     "--resume {}: config.json and {STATE} disagree ({}): they come from \
                      different runs, or config.json was edited. --resume continues the run of \
@@ -239,6 +235,12 @@ fn settings_differing(copy: &RunConfig, saved: &RunConfig) -> Vec<String> {
     for row in crate::flags::table().iter().filter(|row| !row.changeable) {
         compare(row.flag(), (row.value)(copy), (row.value)(saved));
     }
+    let settings = |c: &RunConfig| {
+        c.program_settings
+            .as_ref()
+            .map_or(String::new(), |s| s.to_string())
+    };
+    compare("program settings".into(), settings(copy), settings(saved));
     differ
 }
 

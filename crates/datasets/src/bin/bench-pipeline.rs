@@ -21,15 +21,35 @@ use std::time::Instant;
 const TORCH_IMAGES_PER_S: (f64, f64) = (3406.0, 2988.0);
 const BATCH: usize = 128;
 
-/// `println!` that ends the printing, not the program, once stdout is closed (`| head`).
+/// The first error writing to stdout other than a closed pipe, for `main` to report.
+static STDOUT_FAILED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// `println!` that ends the printing, not the program, once stdout is closed (`| head`); another
+/// write error (a full disk) is kept, and ends the program with an error after the work, as
+/// the training programs' `train::progress::stdout_written` does.
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write;
-        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                let _ = STDOUT_FAILED.set(e.to_string());
+            }
+        }
     }};
 }
 
 fn main() -> Result<()> {
+    bench()?;
+    match STDOUT_FAILED.get() {
+        Some(why) => anyhow::bail!(
+            "standard output could not be written ({why}): lines printed there are missing"
+        ),
+        None => Ok(()),
+    }
+}
+
+/// The benchmark, its lines on stdout.
+fn bench() -> Result<()> {
     // As the training programs: an error is printed with its causes, without a backtrace
     // (RUST_BACKTRACE=1 stays for panics; RUST_LIB_BACKTRACE=1 asks for one).
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {

@@ -441,8 +441,10 @@ fn compare(
         .map(|(mode, _, ms)| (mode.clone(), *ms))
         .collect();
     if modes.is_empty() {
-        let mut batches: Vec<String> = found.iter().map(|(_, b, _)| format!("{b}")).collect();
+        let mut batches: Vec<usize> = found.iter().map(|(_, b, _)| *b).collect();
+        batches.sort_unstable();
         batches.dedup();
+        let batches: Vec<String> = batches.iter().map(usize::to_string).collect();
         match batches.is_empty() {
             true => train::say!("{:>15}      PyTorch: no figures for {name}", ""),
             false => train::say!(
@@ -467,7 +469,8 @@ fn compare(
     Ok(modes)
 }
 
-/// `2.15.0` from the script's first line `torch 2.15.0 threads 2 isa AVX512`, or `?`.
+/// `2.15.0, threads 2, AVX512` from the script's first line `torch 2.15.0 threads 2 isa
+/// AVX512`, or `(version not given)` without one.
 fn torch_version(output: &str) -> String {
     output
         .lines()
