@@ -91,6 +91,12 @@ impl FineTuneConfig {
         dir.join(train::rundir::FINETUNE)
     }
 
+    /// Whether the run directory `dir` holds a `finetune.json` (anything by that name: what
+    /// is not a readable one is [`FineTuneConfig::load`]'s to name).
+    pub fn exists(dir: &Path) -> bool {
+        std::fs::symlink_metadata(Self::path(dir)).is_ok()
+    }
+
     /// Writes `finetune.json` into `dir`.
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir)

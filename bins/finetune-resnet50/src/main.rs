@@ -183,7 +183,10 @@ fn main() -> Result<()> {
         <Cli as clap::CommandFactory>::command(),
         &["train_transform", "test_transform"],
     );
-    let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
+    let matches = command
+        .try_get_matches()
+        .unwrap_or_else(|e| train::cli::exit_for_clap(e));
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| train::cli::exit_for_clap(e));
     let result = match cli.command {
         Some(Command::Predict(args)) => predict(&args),
         Some(Command::Evaluate(args)) => train::inference::evaluate(&args).map(drop),
@@ -210,8 +213,9 @@ fn predict(args: &PredictArgs) -> Result<()> {
     let beside = match (&args.run, &args.weights, args.image_size) {
         (None, Some(weights), None) => Some(Path::new(weights))
             .filter(|w| {
-                w.file_name()
-                    .is_some_and(|n| n == train::rundir::BEST || n == train::rundir::LAST)
+                w.is_file()
+                    && w.file_name()
+                        .is_some_and(|n| n == train::rundir::BEST || n == train::rundir::LAST)
             })
             .and_then(train::inference::run_beside)
             .filter(|(_, config)| config.program == RECIPE.program)
@@ -247,7 +251,19 @@ fn predict(args: &PredictArgs) -> Result<()> {
 fn run(args: FineTuneArgs) -> Result<()> {
     if let Some(dir) = &args.train.resume {
         let (locked, saved, tensors) = RECIPE.resume_dir(dir, &args.train)?;
-        let ft = FineTuneConfig::load(dir)?;
+        let ft = match (&saved.config.program_settings, FineTuneConfig::exists(dir)) {
+            // The state keeps the settings: a removed finetune.json is written again.
+            (Some(kept), false) => {
+                train::warn!(
+                    "{} was missing: the fine-tuning settings are those {} keeps (it is \
+                     written again)",
+                    dir.join(train::rundir::FINETUNE).display(),
+                    train::rundir::STATE
+                );
+                serde_json::from_value(kept.clone())?
+            }
+            _ => FineTuneConfig::load(dir)?,
+        };
         ft.check_agrees_with_state(&saved.config, dir)?;
         let ft = args.resumed(ft, dir)?;
         let config = train::cli::resumed_config(&saved.config, &args.train)?;

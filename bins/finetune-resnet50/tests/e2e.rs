@@ -512,7 +512,7 @@ fn resume_reaches_the_same_weights_as_an_uninterrupted_run() {
     assert_ne!(unfrozen, kept, "{kept}");
     std::fs::write(&ft_json, unfrozen).expect("edit finetune.json");
     refused(&[], &["unfreeze \"all\" there, \"none\" in the state"]);
-    std::fs::write(&ft_json, kept).expect("put finetune.json back");
+    std::fs::write(&ft_json, &kept).expect("put finetune.json back");
     let renamed = dir.path().join("renamed");
     for split in ["train", "test"] {
         for class in ["airplane", "frog", "truck"] {
@@ -530,6 +530,8 @@ fn resume_reaches_the_same_weights_as_an_uninterrupted_run() {
         &["--data-dir", s(&renamed)],
         &["class 1 is \"bird\" in the data but \"frog\" in the run"],
     );
+    // finetune.json removed: written again from the settings the state keeps.
+    std::fs::remove_file(&ft_json).expect("remove finetune.json");
     // The pretrained file is not needed to resume: the state holds the backbone.
     let moved = dir.path().join("moved.safetensors");
     std::fs::rename(&weights, &moved).expect("move the pretrained weights");
@@ -540,6 +542,11 @@ fn resume_reaches_the_same_weights_as_an_uninterrupted_run() {
     assert!(
         resumed.contains("state.safetensors (pretrained:"),
         "{resumed}"
+    );
+    assert!(resumed.contains("finetune.json was missing"), "{resumed}");
+    assert_eq!(
+        std::fs::read_to_string(&ft_json).expect("finetune.json written again"),
+        kept
     );
     std::fs::rename(&moved, &weights).expect("put the pretrained weights back");
     assert!(

@@ -1240,52 +1240,133 @@ fn resume_refuses_a_state_or_config_of_another_run() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
-/// A resumed run whose `best.safetensors` was removed says so, and never names it as where
-/// the best weights are while it is not there; `evaluate` says it was removed. `evaluate`'s
-/// outputs for a checkpoint the run replaces go with it (they described weights now gone).
+/// The state is the run: checkpoints missing beside it (a kill after the state, before the
+/// checkpoints, or a user's `rm`) are written again from it on resume; checkpoints without a
+/// state are named as such by `--out` and `--resume`; `classes.json` must agree with the
+/// class names the state keeps. `evaluate`'s outputs for a checkpoint the run replaces go with
+/// it, and only they: files that merely look like them stay.
 #[test]
-fn removed_checkpoints_and_stale_evaluations_are_said() {
+fn the_state_restores_checkpoints_and_stale_evaluations_go() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (_, run) = one_epoch_run(dir.path());
-    let evaluate_with = |weights: &str| {
+    let (data, run) = one_epoch_run(dir.path());
+    let evaluate_with = |args: &[&str]| {
         Command::new(BIN)
-            .args(["evaluate", "--run", &s(&run), "--weights", weights])
+            .args(["evaluate", "--run", &s(&run)])
+            .args(args)
             .args(["--device", "cpu"])
             .output()
             .expect("evaluate runs")
     };
-    let evaluate = |weights: &str| {
-        let out = evaluate_with(weights);
+    let evaluate = |args: &[&str]| {
+        let out = evaluate_with(args);
         assert!(out.status.success(), "{}", stderr(&out));
     };
-    evaluate("best");
-    evaluate("last");
+    let best = std::fs::read(run.join(train::rundir::BEST)).expect("best");
+    let last = std::fs::read(run.join(train::rundir::LAST)).expect("last");
+    evaluate(&["--weights", "best"]);
+    evaluate(&["--weights", "last"]);
+    // Another checkpoint file in the run's folder named like a tag of best's: its own names.
+    let copy = run.join("best-bf16.safetensors");
+    std::fs::copy(run.join(train::rundir::BEST), &copy).expect("copy best");
+    evaluate(&["--weights", &s(&copy)]);
+    assert!(
+        run.join("evaluation-run-best-bf16.json").is_file(),
+        "{:?}",
+        listing(&run)
+    );
+    // A file of the user's that only looks like an evaluation.
+    std::fs::write(run.join("evaluation-last-test7.json"), b"mine").expect("theirs");
     let evaluations = || -> Vec<String> {
         listing(&run)
             .into_iter()
             .filter(|f| f.starts_with("evaluation-") || f.starts_with("confusion-"))
             .collect()
     };
-    assert_eq!(evaluations().len(), 4, "{:?}", evaluations());
-    std::fs::remove_file(run.join(train::rundir::BEST)).expect("remove best");
-    let out = evaluate_with("best");
+    assert_eq!(evaluations().len(), 7, "{:?}", evaluations());
+    // Both checkpoints gone (as a kill after the state and before them leaves the first
+    // epoch): evaluate says they were removed; a resume writes them again from the state.
+    for f in [train::rundir::BEST, train::rundir::LAST] {
+        std::fs::remove_file(run.join(f)).expect("remove");
+    }
+    let out = evaluate_with(&[]);
     let err = stderr(&out);
     assert!(
         !out.status.success() && err.contains("best.safetensors was removed"),
         "{err}"
     );
+    // The same run, unfinished (--epochs 1 would have nothing to train): state, then files.
     let resumed = train_mnist(&["--resume", &s(&run), "--epochs", "2"]);
     assert!(resumed.status.success(), "{}", stderr(&resumed));
     let said = String::from_utf8_lossy(&resumed.stdout).into_owned();
     let err = stderr(&resumed);
-    let best_again = run.join(train::rundir::BEST).is_file();
-    assert!(err.contains("best.safetensors is gone"), "{err}");
-    assert_eq!(said.contains("its weights are gone"), !best_again, "{said}");
-    // The last checkpoint was replaced: its evaluations went, and were named.
+    for f in [train::rundir::BEST, train::rundir::LAST] {
+        assert!(
+            err.contains(&format!(
+                "{f} was missing: written again from state.safetensors"
+            )),
+            "{err}"
+        );
+    }
+    assert!(!said.contains("its weights are gone"), "{said}");
+    // Epoch 2 replaced last: its evaluations went, named; the others' stay.
     assert!(said.contains("evaluation-last.json"), "{said}");
+    let left = evaluations();
     assert!(
-        evaluations().iter().all(|f| !f.contains("-last")),
-        "{:?}",
-        evaluations()
+        !left.contains(&"evaluation-last.json".to_string()),
+        "{left:?}"
+    );
+    for kept in [
+        "evaluation-last-test7.json",
+        "evaluation-run-best-bf16.json",
+        "confusion-run-best-bf16.png",
+    ] {
+        assert!(left.contains(&kept.to_string()), "{kept}: {left:?}");
+    }
+    // Best was epoch 1's unless epoch 2 beat it: the restored file was epoch 1's own.
+    let best_now = std::fs::read(run.join(train::rundir::BEST)).expect("best");
+    let improved = said.contains("evaluation-best.json");
+    assert_eq!(best_now == best, !improved, "{said}");
+    assert_ne!(
+        std::fs::read(run.join(train::rundir::LAST)).expect("last"),
+        last
+    );
+
+    // classes.json edited: named as the file at fault, nothing changed.
+    let classes = run.join(train::rundir::CLASSES);
+    let kept = std::fs::read_to_string(&classes).expect("classes.json");
+    std::fs::write(&classes, kept.replace("0 - zero", "0 - nil")).expect("edit");
+    let refused = train_mnist(&["--resume", &s(&run), "--epochs", "3"]);
+    let err = stderr(&refused);
+    assert!(
+        !refused.status.success() && err.contains("classes.json and state.safetensors disagree"),
+        "{err}"
+    );
+    // Removed: written again from the state.
+    std::fs::remove_file(&classes).expect("remove classes.json");
+    let resumed = train_mnist(&["--resume", &s(&run), "--epochs", "3"]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert_eq!(
+        std::fs::read_to_string(&classes).expect("classes.json"),
+        kept
+    );
+
+    // Checkpoints without a state (a kill by an older version, or files put there): neither a
+    // new run nor a resume takes them, and both say why.
+    std::fs::remove_file(run.join(train::rundir::STATE)).expect("remove the state");
+    let mut args = common(&data, &run);
+    let epochs = args.iter().position(|a| a == "--epochs").expect("--epochs") + 1;
+    args[epochs] = "1".into();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let fresh = train_mnist(&args);
+    let err = stderr(&fresh);
+    assert!(
+        !fresh.status.success() && err.contains("no state.safetensors, so it cannot be resumed"),
+        "{err}"
+    );
+    let resume = train_mnist(&["--resume", &s(&run)]);
+    let err = stderr(&resume);
+    assert!(
+        !resume.status.success() && err.contains("only checkpoints"),
+        "{err}"
     );
 }

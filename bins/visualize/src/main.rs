@@ -47,7 +47,7 @@ enum Command {
 
 fn main() -> Result<()> {
     train::cli::user_errors_without_backtraces();
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| train::cli::exit_for_clap(e));
     let out = &cli.out;
     // Before any work: the pictures go into a folder.
     if out.exists() && !out.is_dir() {

@@ -29,6 +29,21 @@ pub fn set_up_process() {
     crate::threads::calling_thread_joins_the_pool();
 }
 
+/// Ends the process for a command line clap did not run (`--help`, `--version`, a bad flag) as
+/// `clap::Error::exit` does, printing its text, but with status 1 when that text could not be
+/// written (`--help > /dev/full`) rather than 0; a closed pipe (`--help | head -1`) is no
+/// failure.
+pub fn exit_for_clap(e: clap::Error) -> ! {
+    let code = e.exit_code();
+    match e.print() {
+        Err(io) if io.kind() != std::io::ErrorKind::BrokenPipe => {
+            crate::warn!("Error: standard output could not be written ({io})");
+            std::process::exit(1)
+        }
+        _ => std::process::exit(code),
+    }
+}
+
 /// The programs' errors are the user's to fix (a path, a flag, a file), printed with their
 /// causes; a backtrace of where the error was made tells a user nothing. So `RUST_BACKTRACE=1`
 /// (often set for good) keeps giving panics their backtraces, but adds none to an error unless
@@ -245,7 +260,7 @@ impl Recipe {
         let matches = self
             .command()
             .try_get_matches_from(std::env::args_os())
-            .unwrap_or_else(|e| e.exit());
+            .unwrap_or_else(|e| exit_for_clap(e));
         let result = match matches.subcommand() {
             Some(("evaluate", m)) => evaluate(&EvaluateArgs::from_arg_matches(m)?).map(drop),
             Some(("predict", m)) => predict(&PredictArgs::from_arg_matches(m)?),

@@ -196,6 +196,9 @@ impl Trained {
 /// The output-name tag of the checkpoint file `path` evaluated with the run in `dir`: its stem,
 /// with its folder's name before it when it lies outside `dir` (another run's
 /// `best.safetensors` is `<that run>-best`), so that its outputs do not take the run's own.
+/// A file of the run's own folder whose stem reads like a tag of the run's checkpoints
+/// (`best-bf16.safetensors` beside `best.safetensors`, whose bf16 evaluation is `best-bf16`)
+/// takes its folder's name before it too.
 fn checkpoint_tag(dir: &Path, path: &Path) -> String {
     let stem = path
         .file_stem()
@@ -209,6 +212,17 @@ fn checkpoint_tag(dir: &Path, path: &Path) -> String {
         dir.canonicalize(),
     ) {
         (Some(folder), Ok(run)) if folder != run => {
+            let name = folder
+                .file_name()
+                .map_or("file".into(), |n| n.to_string_lossy().into_owned());
+            format!("{name}-{stem}")
+        }
+        (Some(folder), Ok(_))
+            if stem != "best"
+                && stem != "last"
+                && crate::rundir::evaluated_checkpoint(&format!("evaluation-{stem}.json"))
+                    .is_some() =>
+        {
             let name = folder
                 .file_name()
                 .map_or("file".into(), |n| n.to_string_lossy().into_owned());

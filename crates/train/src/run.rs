@@ -179,7 +179,7 @@ pub fn train(
         );
     }
     if let Some((saved, _)) = &resume {
-        same_classes(out, &classes)?;
+        same_classes(out, &classes, saved.classes.as_deref())?;
         same_images(out, saved.images, [train_images, test_images.len()])?;
     }
     let writes = crate::distributed::writes();
@@ -194,6 +194,9 @@ pub fn train(
     // Forward and backward run on this thread: autocast covers every epoch of this run.
     let _precision = config.precision.enter();
 
+    if let (true, Some((saved, tensors))) = (writes, &resume) {
+        checkpoints_from_state(out, saved, &tensors.model)?;
+    }
     let mut progress = restore(store, optimizer.as_mut(), resume)?;
     crate::distributed::broadcast_weights(store)?;
     let mut outputs = None;
@@ -348,6 +351,41 @@ pub fn train(
         history: progress.history,
         best_acc: progress.best_acc,
     })
+}
+
+/// Before a resumed run trains: the checkpoints its state holds the weights of, written again
+/// from the state. `last.safetensors` is always the state's weights, and `best.safetensors`
+/// too when the last epoch saved was the best; a kill between the state and the checkpoints
+/// (which the epoch writes after it) left them an epoch behind, or missing.
+///
+/// # Errors
+/// A checkpoint cannot be written.
+fn checkpoints_from_state(
+    out: &Path,
+    saved: &ResumeState,
+    model: &std::collections::HashMap<String, candle_core::Tensor>,
+) -> Result<()> {
+    if saved.epochs_done == 0 {
+        return Ok(());
+    }
+    let mut files = vec![LAST];
+    if saved.best_epoch == saved.epochs_done {
+        files.push(BEST);
+    }
+    for file in files {
+        let path = out.join(file);
+        let missing = !path.exists();
+        layers::checkpoint::save_tensors(model, &path)?;
+        if missing {
+            crate::warn!(
+                "{} was missing: written again from {} (the weights of epoch {})",
+                path.display(),
+                crate::rundir::STATE,
+                saved.epochs_done
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The closing line: the best test accuracy and where its weights are, or that they are gone
@@ -669,6 +707,7 @@ impl<'a> Outputs<'a> {
                 progress,
                 schedule,
                 (train_loader, self.images),
+                self.classes,
             ),
             tiles: pictures::prediction_tiles(self.test_images, &tested.predictions)?,
             confusion: tested.metrics.confusion().to_vec(),
@@ -683,13 +722,9 @@ impl Snapshot<'_> {
     /// state, metrics, pictures and TensorBoard events, each atomically.
     fn write(self, mut events: EventWriter) -> Result<EventWriter> {
         let out = self.out;
-        // `evaluate`'s outputs for a checkpoint replaced here described weights now gone.
-        if self.improved {
-            layers::checkpoint::save_tensors(&self.model, &out.join(BEST))?;
-            crate::rundir::remove_evaluations_of(out, "best");
-        }
-        layers::checkpoint::save_tensors(&self.model, &out.join(LAST))?;
-        crate::rundir::remove_evaluations_of(out, "last");
+        // The state first: it commits the epoch, and holds the weights the checkpoints are
+        // copies of, so that a kill between the files leaves a run that resumes (which writes
+        // the checkpoints again from the state: `checkpoints_from_state`).
         let history = &self.state.history;
         let tensors = StateTensors {
             model: self.model,
@@ -698,6 +733,13 @@ impl Snapshot<'_> {
         state::save(out, &self.state, &tensors)?;
         // A run this one replaces (--overwrite) goes once this one has saved an epoch.
         crate::rundir::forget_replaced(out);
+        // `evaluate`'s outputs for a checkpoint replaced here described weights now gone.
+        if self.improved {
+            layers::checkpoint::save_tensors(&tensors.model, &out.join(BEST))?;
+            crate::rundir::remove_evaluations_of(out, "best");
+        }
+        layers::checkpoint::save_tensors(&tensors.model, &out.join(LAST))?;
+        crate::rundir::remove_evaluations_of(out, "last");
         history::save(out, history)?;
         pictures::save_curves(out, self.title, history)?;
         pictures::save_prediction_tiles(out, self.title, &self.tiles)?;
@@ -804,6 +846,7 @@ fn resume_state(
     progress: &RunProgress,
     schedule: &crate::schedule::Scheduled,
     (train_loader, images): (&dyn BatchSource, [usize; 2]),
+    classes: &[String],
 ) -> ResumeState {
     ResumeState {
         epochs_done: progress.epochs_done,
@@ -816,6 +859,7 @@ fn resume_state(
         history: progress.history.clone(),
         config: config.clone(),
         images: Some(images),
+        classes: Some(classes.to_vec()),
     }
 }
 
@@ -887,38 +931,58 @@ pub fn source(
     Ok(Box::new(resident))
 }
 
-/// Refuses to resume the run in `out` on data whose class names (in label order) are not those
-/// the run was trained on (its `classes.json`, where it has one): the checkpoints' outputs would
-/// get other names.
-fn same_classes(out: &Path, classes: &[String]) -> Result<()> {
+/// On resume: the data's classes (`classes`, in label order) are the run's: those its state
+/// keeps (`kept`; states saved before it was kept have none), and `classes.json`, which must
+/// agree with the state too (an edited or foreign copy is named as such, not blamed on the
+/// data).
+///
+/// # Errors
+/// The first class that differs, naming where.
+fn same_classes(out: &Path, classes: &[String], kept: Option<&[String]>) -> Result<()> {
+    let differ = |a: &[String], b: &[String], a_is: &str, b_is: &str| -> Option<String> {
+        if a == b {
+            return None;
+        }
+        Some(match a.iter().zip(b).position(|(x, y)| x != y) {
+            Some(i) => format!("class {i} is {:?} in {a_is} but {:?} in {b_is}", a[i], b[i]),
+            None => format!("{a_is} has {} classes, {b_is} {}", a.len(), b.len()),
+        })
+    };
     let path = out.join(crate::rundir::CLASSES);
-    let text = match layers::file::read(&path) {
-        Ok(text) => text,
+    let copy: Option<Vec<String>> = match layers::file::read(&path) {
+        Ok(text) => Some(
+            serde_json::from_slice(&text)
+                .with_context(|| format!("{} is not a JSON list of class names", path.display()))?,
+        ),
         // Runs of data sets with built-in class names may have none.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
-    let saved: Vec<String> = serde_json::from_slice(&text)
-        .with_context(|| format!("{} is not a JSON list of class names", path.display()))?;
-    if saved == classes {
-        return Ok(());
+    if let (Some(kept), Some(copy)) = (kept, &copy) {
+        if let Some(why) = differ(copy, kept, "classes.json", crate::rundir::STATE) {
+            bail!(
+                "--resume {}: {} and {} disagree ({why}): classes.json was edited or comes \
+                 from another run; put the run's own back (or remove it: the resume writes it \
+                 again from the state)",
+                out.display(),
+                path.display(),
+                crate::rundir::STATE
+            );
+        }
     }
-    let differ = match saved.iter().zip(classes).position(|(a, b)| a != b) {
-        Some(i) => format!(
-            "class {i} is {:?} in the data but {:?} in the run",
-            classes[i], saved[i]
-        ),
-        None => format!(
-            "the data has {} classes, the run {}",
-            classes.len(),
-            saved.len()
-        ),
+    let (run, where_) = match (kept, &copy) {
+        (Some(kept), _) => (kept.to_vec(), crate::rundir::STATE.to_string()),
+        (None, Some(copy)) => (copy.clone(), path.display().to_string()),
+        (None, None) => return Ok(()),
     };
-    bail!(
-        "--resume {}: the data's classes are not the run's ({differ}; the run's are in {}): resume on the data the run was trained on",
-        out.display(),
-        path.display()
-    )
+    if let Some(why) = differ(classes, &run, "the data", "the run") {
+        bail!(
+            "--resume {}: the data's classes are not the run's ({why}; the run's are in {where_}): \
+             resume on the data the run was trained on",
+            out.display()
+        );
+    }
+    Ok(())
 }
 
 /// Refuses to resume the run in `out` on data of another size than it trained and tested on

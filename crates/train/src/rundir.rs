@@ -134,31 +134,72 @@ fn is_evaluation_output(name: &str) -> bool {
 
 /// Removes `evaluate`'s outputs for the run's checkpoint `weights` (`best` or `last`) from
 /// `dir`, once the run has replaced that checkpoint: they described weights that are gone.
-/// Said on stdout, naming them; a file that cannot be removed is said on stderr.
+/// Only an `evaluation-<tag>.json` whose recorded `weights` is that checkpoint of this
+/// directory goes, with its `confusion-<tag>.png`; files that only look like them (a user's,
+/// or the outputs of another checkpoint file) stay. Said on stdout, naming them; a file that
+/// cannot be removed is said on stderr.
 pub(crate) fn remove_evaluations_of(dir: &Path, weights: &str) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
+    let checkpoint = format!("{weights}.safetensors");
+    let here = std::fs::canonicalize(dir).ok();
+    let evaluated_here = |path: &Path| -> bool {
+        let Ok(bytes) = layers::file::read(path) else {
+            return false;
+        };
+        let Ok(json) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            return false;
+        };
+        let Some(file) = json.get("weights").and_then(|w| w.as_str()).map(Path::new) else {
+            return false;
+        };
+        let folder = match file.parent() {
+            Some(p) if p.as_os_str().is_empty() => Path::new("."),
+            Some(p) => p,
+            None => return false,
+        };
+        file.file_name().is_some_and(|n| n == checkpoint.as_str())
+            && here.is_some()
+            && std::fs::canonicalize(folder).ok() == here
+    };
     let mut removed = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(tag) = name
+            .strip_prefix("evaluation-")
+            .and_then(|t| t.strip_suffix(".json"))
+        else {
+            continue;
+        };
         if evaluated_checkpoint(&name) != Some(weights)
             || !entry.file_type().is_ok_and(|t| t.is_file())
+            || !evaluated_here(&entry.path())
         {
             continue;
         }
-        match std::fs::remove_file(entry.path()) {
-            Ok(()) => removed.push(name),
-            Err(e) => crate::warn!(
-                "cannot remove {}, which evaluated the {weights} weights this run replaced: {e}",
-                entry.path().display()
-            ),
+        let picture = dir.join(evaluated_confusion(tag));
+        for path in [entry.path(), picture] {
+            if !path.is_file() {
+                continue;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed.push(
+                    path.file_name()
+                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                ),
+                Err(e) => crate::warn!(
+                    "cannot remove {}, which evaluated the {weights} weights this run replaced: \
+                     {e}",
+                    path.display()
+                ),
+            }
         }
     }
     if !removed.is_empty() {
         removed.sort();
         crate::say!(
-            "removed {} in {}: they evaluated the {weights}.safetensors this epoch replaced",
+            "removed {} in {}: they evaluated the {checkpoint} this epoch replaced",
             removed.join(", "),
             dir.display()
         );
@@ -169,7 +210,7 @@ pub(crate) fn remove_evaluations_of(dir: &Path, weights: &str) {
 /// `confusion-<tag>.png` or `evaluation-<tag>.json`, the tag `best` or `last`, then
 /// `-<precision>` in another precision than the run's, then `-test-all` or `-test<N>` with
 /// another `--limit-test` than the run's, then `-data-<name>` for another `--data-dir`.
-fn evaluated_checkpoint(name: &str) -> Option<&'static str> {
+pub(crate) fn evaluated_checkpoint(name: &str) -> Option<&'static str> {
     let tag = match (
         name.strip_prefix("confusion-")
             .and_then(|t| t.strip_suffix(".png")),
@@ -524,6 +565,18 @@ impl RunDir {
                     .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
                     .and_then(|c| c.get("program")?.as_str().map(|p| format!("{p} ")))
                     .unwrap_or_default();
+                if (held.contains(&BEST) || held.contains(&LAST))
+                    && !held.contains(&STATE)
+                    && !held.contains(&LEGACY_STATE_JSON)
+                {
+                    bail!(
+                        "--out {} already holds checkpoints ({}) but no {STATE}, so it cannot \
+                         be resumed: replace them with --overwrite (they are moved aside), or \
+                         choose another --out",
+                        path.display(),
+                        held.join(", ")
+                    );
+                }
                 bail!(
                     "--out {} already holds a run ({}): continue it with {maker}--resume {}, or \
                      replace it with --overwrite, or choose another --out",
@@ -1021,7 +1074,10 @@ mod tests {
 
         let err = format!("{:#}", RunDir::fresh(&out, false).unwrap_err());
         assert!(
-            err.contains("already holds a run") && err.contains(BEST) && err.contains("--resume"),
+            err.contains("already holds checkpoints")
+                && err.contains(BEST)
+                && err.contains("no state.safetensors")
+                && err.contains("--overwrite"),
             "{err}"
         );
         assert!(out.join(BEST).exists());

@@ -47,6 +47,10 @@ pub struct ResumeState {
     /// saved before they were recorded): a resume on data of other sizes is refused.
     #[serde(default)]
     pub images: Option<[usize; 2]>,
+    /// The class names in label order (`None` in states saved before they were kept): a
+    /// resume on data with other classes is refused, whatever `classes.json` says.
+    #[serde(default)]
+    pub classes: Option<Vec<String>>,
 }
 
 /// The tensors of a saved state.
@@ -90,12 +94,20 @@ pub fn load(dir: &Path) -> Result<(ResumeState, StateTensors)> {
             && [crate::rundir::BEST, crate::rundir::LAST]
                 .iter()
                 .all(|f| !dir.join(f).exists());
-        let hint = match saved_none {
-            true => {
+        let checkpoints = [crate::rundir::BEST, crate::rundir::LAST]
+            .iter()
+            .any(|f| dir.join(f).exists());
+        let hint = match (saved_none, checkpoints) {
+            (true, _) => {
                 " (the run there saved no epoch: start it again without --resume, with the \
                      same --out)"
             }
-            false => " (no epoch of a run was saved there)",
+            (false, true) => {
+                " (only checkpoints, which do not say how to go on: a run killed while saving \
+                 its first epoch by an older version, or files put there; start the run again \
+                 with --overwrite, which moves them aside)"
+            }
+            (false, false) => " (no epoch of a run was saved there)",
         };
         bail!(
             "cannot resume from {}: it holds no {STATE}{hint}",

@@ -136,7 +136,7 @@ fn bench() -> Result<()> {
     // As the training programs (`CANDLE_NUM_THREADS=2` keeps Candle's pool).
     train::threads::candle_ops_on_the_calling_thread();
     train::threads::calling_thread_joins_the_pool();
-    let args = BenchArgs::parse();
+    let args = BenchArgs::try_parse().unwrap_or_else(|e| train::cli::exit_for_clap(e));
     let (steps, only, split) = (args.steps, args.only.as_deref(), args.split);
     if let Some(o) = only.filter(|o| !CASES.iter().any(|c| c.0 == *o)) {
         let names: Vec<&str> = CASES.iter().map(|c| c.0).collect();
