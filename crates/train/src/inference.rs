@@ -207,22 +207,15 @@ fn checkpoint_tag(dir: &Path, path: &Path) -> String {
         true => Path::new("."),
         false => p,
     });
+    // Inside the run's folder, a stem that reads like a tag of the run's checkpoints.
+    let like_a_tag = stem != "best"
+        && stem != "last"
+        && crate::rundir::evaluated_checkpoint(&format!("evaluation-{stem}.json")).is_some();
     match (
         parent.and_then(|p| p.canonicalize().ok()),
         dir.canonicalize(),
     ) {
-        (Some(folder), Ok(run)) if folder != run => {
-            let name = folder
-                .file_name()
-                .map_or("file".into(), |n| n.to_string_lossy().into_owned());
-            format!("{name}-{stem}")
-        }
-        (Some(folder), Ok(_))
-            if stem != "best"
-                && stem != "last"
-                && crate::rundir::evaluated_checkpoint(&format!("evaluation-{stem}.json"))
-                    .is_some() =>
-        {
+        (Some(folder), Ok(run)) if folder != run || like_a_tag => {
             let name = folder
                 .file_name()
                 .map_or("file".into(), |n| n.to_string_lossy().into_owned());
