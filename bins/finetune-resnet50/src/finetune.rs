@@ -132,6 +132,7 @@ pub fn finetune(
     out: &Path,
     resume: Option<(train::state::ResumeState, train::state::StateTensors)>,
 ) -> Result<Outcome> {
+    train::run::advise_on_out_of_memory(run, out, resume.is_some());
     // The pretrained file (or its Hub download) first: a wrong --weights is said before the
     // data is loaded. A resumed run takes its state's weights.
     let start = match &resume {

@@ -176,6 +176,10 @@ fn image_size() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::new().range(32..=4096)
 }
 
+/// Running out of memory ends in an error saying what to do, not in an abort.
+#[global_allocator]
+static ALLOCATOR: train::memory::ReportOutOfMemory = train::memory::ReportOutOfMemory;
+
 fn main() -> Result<()> {
     train::cli::set_up_process();
     // The recipe's defaults in --help (the transforms' depend on --augment and --image-size).

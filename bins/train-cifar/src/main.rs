@@ -29,6 +29,10 @@ const RECIPE: Recipe = Recipe {
     test_transform: "cifar10-test",
 };
 
+/// Running out of memory ends in an error saying what to do, not in an abort.
+#[global_allocator]
+static ALLOCATOR: train::memory::ReportOutOfMemory = train::memory::ReportOutOfMemory;
+
 fn main() -> anyhow::Result<()> {
     RECIPE.main()
 }

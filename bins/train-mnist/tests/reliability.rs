@@ -967,6 +967,63 @@ fn errors_print_without_a_backtrace_unless_asked() {
     assert!(err.contains("Stack backtrace"), "{err}");
 }
 
+/// Memory that runs out (here a 1.5 GB address-space limit, `ulimit -v`, and a batch of 4,000
+/// images, whose convolution columns alone take 2.6 GB) ends the run with an error naming the
+/// batch sizes to lower and status 1, not Rust's abort (status 134); the folder is taken by the
+/// next run with a smaller batch.
+#[test]
+fn running_out_of_memory_is_an_error_naming_the_batch_size() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("mnist");
+    train::synthetic::write_mnist(&data, 4000, 40).expect("synthetic MNIST");
+    let out = dir.path().join("run");
+    let args = |batch: &str| {
+        [
+            "--data-dir",
+            &s(&data),
+            "--out",
+            &s(&out),
+            "--epochs",
+            "1",
+            "--batch-size",
+            batch,
+        ]
+        .map(String::from)
+    };
+    let mut command = Command::new(BIN);
+    command
+        .args(args("4000"))
+        .args(["--device", "cpu"])
+        .env("RUST_BACKTRACE", "0");
+    // SAFETY: setrlimit is async-signal-safe and touches nothing of this process's memory.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 1_500_000_000,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let failed = command.output().expect("train-mnist starts");
+    let err = stderr(&failed);
+    assert_eq!(failed.status.code(), Some(1), "{:?}: {err}", failed.status);
+    assert!(err.contains("Error: out of memory: "), "{err}");
+    assert!(
+        err.contains("--batch-size (now 4000)") && err.contains("--test-batch-size (now 1000)"),
+        "{err}"
+    );
+    assert!(!err.contains("memory allocation of"), "{err}");
+    let again = train_mnist(&args("500").iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(out.join(train::rundir::BEST).is_file());
+}
+
 /// Resuming for more epochs under a schedule that spans the run (cosine, onecycle) says that
 /// the rest of it follows the new length; under a constant rate nothing is said.
 #[test]

@@ -45,6 +45,10 @@ enum Command {
     GradCam(grad_cam::GradCamArgs),
 }
 
+/// Running out of memory ends in an error saying what to do, not in an abort.
+#[global_allocator]
+static ALLOCATOR: train::memory::ReportOutOfMemory = train::memory::ReportOutOfMemory;
+
 fn main() -> Result<()> {
     train::cli::user_errors_without_backtraces();
     let cli = Cli::try_parse().unwrap_or_else(|e| train::cli::exit_for_clap(e));

@@ -1,4 +1,4 @@
-//! How the process keeps the memory of freed tensors.
+//! How the process keeps the memory of freed tensors, and what it says when memory runs out.
 //!
 //! A CPU training step allocates and frees the same large buffers (activations, gradients,
 //! im2col columns) over and over. glibc's malloc hands every block over 32 MB straight to
@@ -17,6 +17,132 @@ pub fn keep_freed_memory() {
         // blocks over their 64 MB heaps), and no heap is trimmed back to the kernel.
         libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
+    }
+}
+
+/// The system allocator ([`std::alloc::System`]), except that when memory runs out the process
+/// ends with an error saying what to do, with status 1, where Rust's own handling prints
+/// "memory allocation of N bytes failed" and aborts (status 134). PyTorch says as much in its
+/// `RuntimeError` ("DefaultCPUAllocator: not enough memory: you tried to allocate N bytes").
+/// The training programs declare it as their global allocator:
+///
+/// ```
+/// #[global_allocator]
+/// static ALLOCATOR: train::memory::ReportOutOfMemory = train::memory::ReportOutOfMemory;
+/// ```
+///
+/// Memory runs out where the allocator is refused it: under an address-space limit (`ulimit
+/// -v`), or for one block larger than the machine's memory and swap (Linux's default
+/// overcommit). Where Linux's out-of-memory killer ends the process instead, nothing in it
+/// runs. Rust allocations cannot fail back to their caller (`Vec`, `Tensor`), so the process
+/// ends where the allocation failed: files already written stay as they are, and the run's
+/// temporaries are cleaned when it is resumed or taken over, as after a kill.
+pub struct ReportOutOfMemory;
+
+// SAFETY: every call is the system allocator's; a failed allocation ends the process without
+// returning (and without unwinding, which a global allocator must not do).
+unsafe impl std::alloc::GlobalAlloc for ReportOutOfMemory {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        checked(std::alloc::System.alloc(layout), layout.size())
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        checked(std::alloc::System.alloc_zeroed(layout), layout.size())
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        checked(std::alloc::System.realloc(ptr, layout, new_size), new_size)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        std::alloc::System.dealloc(ptr, layout)
+    }
+}
+
+/// The advice [`ReportOutOfMemory`] prints after its first line (see [`on_out_of_memory`]).
+static ADVICE: std::sync::atomic::AtomicPtr<String> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// Sets what [`ReportOutOfMemory`] says after "out of memory: N bytes could not be allocated",
+/// such as the flags that make the work smaller (`--batch-size`). The last call's advice
+/// counts; without any, the first line is all.
+pub fn on_out_of_memory(advice: String) {
+    let new = Box::into_raw(Box::new(advice));
+    // The previous advice is left allocated: a thread may be printing it.
+    ADVICE.swap(new, std::sync::atomic::Ordering::AcqRel);
+}
+
+/// `ptr`, or the end of the process when it is null (an allocation of `size` bytes failed).
+fn checked(ptr: *mut u8, size: usize) -> *mut u8 {
+    if ptr.is_null() {
+        out_of_memory(size)
+    }
+    ptr
+}
+
+/// Prints the error and ends the process with status 1. Nothing here allocates: the message is
+/// formatted into a buffer on the stack and written straight to standard error.
+#[cold]
+fn out_of_memory(size: usize) -> ! {
+    use std::fmt::Write;
+    let mut message = StackText::default();
+    // SAFETY: isatty only inspects the descriptor.
+    if unsafe { libc::isatty(2) } == 1 {
+        // Below a progress bar's line rather than inside it.
+        message.push("\n");
+    }
+    let _ = write!(
+        message,
+        "Error: out of memory: {size} bytes ({:.1} GiB) could not be allocated",
+        size as f64 / (1u64 << 30) as f64
+    );
+    let advice = ADVICE.load(std::sync::atomic::Ordering::Acquire);
+    if !advice.is_null() {
+        message.push("\n");
+        // SAFETY: a set advice is never freed (see `on_out_of_memory`).
+        message.push(unsafe { &*advice });
+    }
+    message.push("\n");
+    let bytes = message.as_bytes();
+    // SAFETY: write reads `bytes`, which lives to the end of this function; _exit ends the
+    // process at once (no destructors, no atexit handlers, which could allocate).
+    unsafe {
+        libc::write(2, bytes.as_ptr().cast(), bytes.len());
+        libc::_exit(1)
+    }
+}
+
+/// Text in a fixed buffer on the stack, cut at its capacity.
+struct StackText {
+    buf: [u8; 2048],
+    len: usize,
+}
+
+impl Default for StackText {
+    fn default() -> Self {
+        StackText {
+            buf: [0; 2048],
+            len: 0,
+        }
+    }
+}
+
+impl StackText {
+    fn push(&mut self, s: &str) {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl std::fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.push(s);
+        Ok(())
     }
 }
 
@@ -39,6 +165,17 @@ mod tests {
         assert_eq!(block[(40 << 20) - 1], 1);
         drop(block);
         faults() - before
+    }
+
+    #[test]
+    fn the_out_of_memory_message_is_cut_at_its_buffer() {
+        use std::fmt::Write;
+        let mut text = super::StackText::default();
+        write!(text, "{} bytes ({:.1} GiB)", 3usize << 30, 3.0).unwrap();
+        assert_eq!(text.as_bytes(), b"3221225472 bytes (3.0 GiB)");
+        text.push(&"x".repeat(5000));
+        assert_eq!(text.as_bytes().len(), 2048);
+        assert!(text.as_bytes().ends_with(b"xxx"));
     }
 
     #[test]

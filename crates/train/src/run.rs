@@ -71,6 +71,7 @@ pub fn run(
     resume: Option<(ResumeState, StateTensors)>,
 ) -> Result<Outcome> {
     config.validate()?;
+    advise_on_out_of_memory(config, out, resume.is_some());
     let device = parse_device(&crate::distributed::device_spec(&config.device))?;
     let classes = data.train.classes().to_vec();
     let store = ParamStore::new(config.seed, &device);
@@ -108,6 +109,25 @@ pub fn run(
     train(config, trainee, out, resume)
 }
 
+/// Sets what running out of memory says (see [`crate::memory::ReportOutOfMemory`]) for a
+/// training run of `config` writing to `out`, `resumed` or new: the batch sizes to lower, and
+/// that the files saved stay.
+pub fn advise_on_out_of_memory(config: &RunConfig, out: &Path, resumed: bool) {
+    crate::memory::on_out_of_memory(format!(
+        "A batch's activations take most of a step's memory: a smaller --batch-size (now {}) \
+         or --test-batch-size (now {}) needs less{}. The files already saved in {} stay as \
+         they were.",
+        config.batch_size,
+        config.test_batch_size,
+        if resumed {
+            " (--resume keeps the run's batch sizes: a new run can take smaller ones)"
+        } else {
+            ""
+        },
+        out.display()
+    ));
+}
+
 /// Trains `trainee` as `config` says (optimizer, schedule, epochs, seed), writing checkpoints,
 /// resumable state, metrics and pictures into `out`; with `resume`, continues a saved run.
 ///
@@ -143,6 +163,7 @@ pub fn train(
             );
         }
     }
+    advise_on_out_of_memory(config, out, resume.is_some());
     // Ctrl-C from here on stops after the batch (see `crate::interrupt`).
     let _training = crate::interrupt::training();
     let Trainee {

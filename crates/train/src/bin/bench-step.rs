@@ -123,6 +123,10 @@ impl From<UpdateArg> for Update {
     }
 }
 
+/// Running out of memory ends in an error saying what to do, not in an abort.
+#[global_allocator]
+static ALLOCATOR: train::memory::ReportOutOfMemory = train::memory::ReportOutOfMemory;
+
 fn main() -> Result<()> {
     train::cli::user_errors_without_backtraces();
     train::progress::stdout_written(bench())
@@ -145,6 +149,10 @@ fn bench() -> Result<()> {
     let update = args.optimizer_update.map(Update::from);
     let device = train::device::parse_device(&args.device)?;
     let batches = args.batches;
+    train::memory::on_out_of_memory(
+        "A batch's activations take most of a step's memory: smaller --batches need less."
+            .to_string(),
+    );
     let precisions = args.precision;
     if args.pipeline {
         pipeline(&device)?;
