@@ -487,7 +487,19 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
         tag = format!("{tag}-data-{name}");
     }
     let picture = out.join(evaluated_confusion(&tag));
-    crate::pictures::save_confusion_as(&picture, m.confusion(), &trained.classes)?;
+    let weights = trained.weights.file_name().map_or_else(
+        || trained.weights.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    crate::pictures::save_confusion_as(
+        &picture,
+        &format!(
+            "{} {weights}{shown}: top-1 {:.2}% of {} test images",
+            config.model, evaluation.top1, evaluation.samples
+        ),
+        m.confusion(),
+        &trained.classes,
+    )?;
     let summary = out.join(evaluation_summary(&tag));
     crate::atomic::write_bytes(&summary, &serde_json::to_vec_pretty(&evaluation)?)?;
     crate::say!("wrote {} and {}", picture.display(), summary.display());

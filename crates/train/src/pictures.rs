@@ -98,20 +98,33 @@ pub fn save_prediction_tiles(dir: &Path, title: &str, tiles: &[viz::Tile]) -> Re
     })
 }
 
-/// Writes `confusion.png` for counts by true class (rows) and predicted class (columns).
+/// Writes `confusion.png` for counts by true class (rows) and predicted class (columns), headed
+/// by `title`.
 ///
 /// # Errors
 /// The matrix is not square or does not match `classes`, or the picture cannot be written.
-pub fn save_confusion(dir: &Path, confusion: &[Vec<u64>], classes: &[String]) -> Result<()> {
-    save_confusion_as(&dir.join(CONFUSION), confusion, classes)
+pub fn save_confusion(
+    dir: &Path,
+    title: &str,
+    confusion: &[Vec<u64>],
+    classes: &[String],
+) -> Result<()> {
+    save_confusion_as(&dir.join(CONFUSION), title, confusion, classes)
 }
 
-/// The confusion matrix as the PNG file `path`.
+/// The confusion matrix as the PNG file `path`, headed by `title`.
 ///
 /// # Errors
 /// The matrix is not square or does not match `classes`, or the picture cannot be written.
-pub fn save_confusion_as(path: &Path, confusion: &[Vec<u64>], classes: &[String]) -> Result<()> {
-    atomic::write_with(path, |tmp| viz::save_confusion(tmp, confusion, classes))
+pub fn save_confusion_as(
+    path: &Path,
+    title: &str,
+    confusion: &[Vec<u64>],
+    classes: &[String],
+) -> Result<()> {
+    atomic::write_with(path, |tmp| {
+        viz::save_confusion(tmp, title, confusion, classes)
+    })
 }
 
 #[cfg(test)]

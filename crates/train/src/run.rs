@@ -316,14 +316,13 @@ pub fn train(
                         outputs.events = Some(finish(done)?);
                     }
                 }
-                let (trained, tested, record) =
+                let (trained, tested, record, images_per_s) =
                     passes.run(epoch, store, optimizer.as_mut(), &schedule)?;
                 let improved = record.test_acc > progress.best_acc || progress.history.is_empty();
                 if improved {
                     progress.best_acc = record.test_acc;
                     progress.best_epoch = record.epoch;
                 }
-                let images_per_s = trained.metrics.samples() as f64 / record.seconds.max(1e-9);
                 progress.history.push(record);
                 progress.epochs_done = epoch + 1;
                 let Some(outputs) = outputs.as_mut() else {
@@ -539,14 +538,15 @@ struct Epoch<'a> {
 
 impl Epoch<'_> {
     /// Trains epoch `epoch` (from 0), checks that nothing became non-finite, tests, prints the
-    /// epoch's line and returns both passes with the epoch's record.
+    /// epoch's line and returns both passes with the epoch's record and the training pass's
+    /// images/s.
     fn run(
         &self,
         epoch: usize,
         store: &ParamStore,
         optimizer: &mut dyn Optimizer,
         schedule: &crate::schedule::Scheduled,
-    ) -> Result<(Pass, Pass, EpochRecord)> {
+    ) -> Result<(Pass, Pass, EpochRecord, f64)> {
         let config = self.config;
         let started = Instant::now();
         let label = |phase: &str| format!("epoch {}/{} {phase}", epoch + 1, config.epochs);
@@ -577,6 +577,8 @@ impl Epoch<'_> {
                 label("train"),
             )?,
         };
+        // The training pass alone: its images/s do not depend on the size of the test split.
+        let train_seconds = started.elapsed().as_secs_f64();
         ensure_finite_after(epoch + 1, store, optimizer)?;
         let tested = match self.shards {
             Some((_, test)) => crate::distributed::evaluate(
@@ -621,8 +623,9 @@ impl Epoch<'_> {
             lr: trained.last_lr.unwrap_or_else(|| optimizer.learning_rate()),
             seconds,
         };
+        let images_per_s = trained.metrics.samples() as f64 / train_seconds.max(1e-9);
         crate::say!(
-            "epoch {}/{}: train loss {:.4} acc {:.2}% | test loss {:.4} acc {:.2}% (top-5 {:.2}%) | lr {:.3e} | {:.1} s, {:.0} img/s",
+            "epoch {}/{}: train loss {:.4} acc {:.2}% | test loss {:.4} acc {:.2}% (top-5 {:.2}%) | lr {:.3e} | {:.1} s (training {:.1} s, {:.0} img/s)",
             record.epoch,
             config.epochs,
             record.train_loss,
@@ -632,9 +635,10 @@ impl Epoch<'_> {
             record.test_top5,
             record.lr,
             seconds,
-            trained.metrics.samples() as f64 / seconds.max(1e-9)
+            train_seconds,
+            images_per_s
         );
-        Ok((trained, tested, record))
+        Ok((trained, tested, record, images_per_s))
     }
 }
 
@@ -763,9 +767,23 @@ impl Snapshot<'_> {
         crate::rundir::remove_evaluations_of(out, "last");
         history::save(out, history)?;
         pictures::save_curves(out, self.title, history)?;
-        pictures::save_prediction_tiles(out, self.title, &self.tiles)?;
-        pictures::save_confusion(out, &self.confusion, self.classes)?;
         let epoch = self.state.epochs_done - 1;
+        pictures::save_prediction_tiles(
+            out,
+            &format!("{}, epoch {}", self.title, epoch + 1),
+            &self.tiles,
+        )?;
+        let tested = history.last().map_or(f64::NAN, |r| r.test_acc);
+        pictures::save_confusion(
+            out,
+            &format!(
+                "{}, epoch {}: test top-1 {tested:.2}%",
+                self.title,
+                epoch + 1
+            ),
+            &self.confusion,
+            self.classes,
+        )?;
         log_epoch(
             &mut events,
             epoch,

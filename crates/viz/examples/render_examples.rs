@@ -160,9 +160,19 @@ fn main() -> Result<()> {
         })
         .collect();
     let names: Vec<String> = cifar.iter().map(|s| s.to_string()).collect();
-    save_confusion(&dir.join("confusion_cifar.png"), &matrix, &names)?;
+    save_confusion(
+        &dir.join("confusion_cifar.png"),
+        "Confusion matrix",
+        &matrix,
+        &names,
+    )?;
     let digits: Vec<String> = (0..10).map(|d| d.to_string()).collect();
-    save_confusion(&dir.join("confusion_mnist.png"), &matrix, &digits)?;
+    save_confusion(
+        &dir.join("confusion_mnist.png"),
+        "Confusion matrix",
+        &matrix,
+        &digits,
+    )?;
     println!("wrote examples to {}", dir.display());
     Ok(())
 }

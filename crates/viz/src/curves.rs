@@ -59,7 +59,8 @@ pub fn save_curves(path: &Path, title: &str, points: &[EpochPoint]) -> Result<()
     let x_labels = ((last - first) as usize + 1).min(10);
     render_png(path, (CURVES_WIDTH, CURVES_HEIGHT), |root| {
         let (top, body) = root.split_vertically(TITLE_BAND);
-        let size = text::fit_size(title, CURVES_WIDTH - 20, 22.0, 10.0, true)?;
+        let (title, size) = text::fit(title, CURVES_WIDTH - 20, 22.0, 10.0, true)?;
+        let title = title.as_ref();
         let style = text::style(
             size,
             true,

@@ -210,7 +210,8 @@ pub fn save_image_grid(path: &Path, title: &str, tiles: &[Tile], cols: usize) ->
     let size = (px(layout.width)?, px(layout.height)?);
     render_png(path, size, |area| {
         if !title.is_empty() {
-            let size = text::fit_size(title, px(layout.width - 2 * MARGIN)?, 20.0, 9.0, true)?;
+            let (title, size) = text::fit(title, px(layout.width - 2 * MARGIN)?, 20.0, 9.0, true)?;
+            let title = title.as_ref();
             let style = text::style(
                 size,
                 true,
@@ -252,7 +253,8 @@ fn draw_tile(area: &Area, tile: &Tile, layout: &Layout, (x, y): (usize, usize)) 
         RGBColor(0, 0, 0)
     };
     for (k, line) in tile.caption.lines().enumerate() {
-        let size = text::fit_size(line, px(layout.slot_w)?, 14.0, 7.0, false)?;
+        let (line, size) = text::fit(line, px(layout.slot_w)?, 14.0, 7.0, false)?;
+        let line = line.as_ref();
         let style = text::style(
             size,
             false,

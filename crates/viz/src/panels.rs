@@ -172,7 +172,7 @@ fn draw_panel(
     x0: usize,
     slot: usize,
 ) -> Result<()> {
-    let title_size = text::fit_size(&panel.title, px(slot)?, 18.0, PANEL_MIN_TITLE, true)?;
+    let (title, title_size) = text::fit(&panel.title, px(slot)?, 18.0, PANEL_MIN_TITLE, true)?;
     let title_style = text::style(
         title_size,
         true,
@@ -184,7 +184,7 @@ fn draw_panel(
         (x0 + slot / 2) as i32,
         (PANEL_MARGIN + PANEL_TITLE_BAND / 2) as i32,
     );
-    area.draw_text(&panel.title, &title_style, title_at)
+    area.draw_text(title.as_ref(), &title_style, title_at)
         .map_err(crate::canvas::drawing)?;
 
     let finite = panel.values.iter().copied().filter(|v| v.is_finite());

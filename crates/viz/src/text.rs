@@ -1,5 +1,6 @@
 //! Text on figures: the embedded DejaVu Sans font, measuring and fitting labels.
 
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use anyhow::{anyhow, Result};
@@ -79,6 +80,35 @@ pub(crate) fn fit_size(
     Ok(min)
 }
 
+/// `text` fitted into `max_width` pixels as [`fit_size`] fits it, and when it is too wide even
+/// at `min`, cut at the end with "…" (as a plot elides a long label): the text to draw and its
+/// size. For names and titles; numbers are shrunk, never cut.
+pub(crate) fn fit(
+    text: &str,
+    max_width: u32,
+    preferred: f64,
+    min: f64,
+    bold: bool,
+) -> Result<(Cow<'_, str>, f64)> {
+    let size = fit_size(text, max_width, preferred, min, bold)?;
+    if width(text, size, bold)? <= max_width {
+        return Ok((Cow::Borrowed(text), size));
+    }
+    let chars: Vec<char> = text.chars().collect();
+    let cut = |n: usize| format!("{}…", chars[..n].iter().collect::<String>().trim_end());
+    // The longest start that fits with the ellipsis (none at all when nothing does).
+    let (mut lo, mut hi) = (0, chars.len());
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if width(&cut(mid), size, bold)? <= max_width {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    Ok((Cow::Owned(cut(lo)), size))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +131,23 @@ mod tests {
         let fitted = fit_size(text, 100, 18.0, 8.0, false)?;
         assert!(fitted < 18.0);
         assert!(fitted == 8.0 || width(text, fitted, false)? <= 100);
+        Ok(())
+    }
+
+    #[test]
+    fn names_too_long_even_when_shrunk_are_cut_with_an_ellipsis() -> Result<()> {
+        ensure_fonts()?;
+        let (whole, size) = fit("airplane", 10_000, 16.0, 6.0, false)?;
+        assert_eq!((whole.as_ref(), size), ("airplane", 16.0));
+        let long = "Airplane_with_a_really_long_descriptive_name";
+        let (cut, size) = fit(long, 80, 16.0, 9.0, false)?;
+        assert_eq!(size, 9.0);
+        assert!(cut.starts_with("Airpl") && cut.ends_with('…'), "{cut}");
+        assert!(width(&cut, size, false)? <= 80);
+        // One more character would not fit.
+        let n = cut.chars().count() - 1;
+        let longer: String = long.chars().take(n + 1).chain(['…']).collect();
+        assert!(width(&longer, size, false)? > 80);
         Ok(())
     }
 }

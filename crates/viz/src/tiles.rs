@@ -6,7 +6,9 @@ use candle_core::{DType, Tensor};
 use crate::grid::Tile;
 
 /// A tensor `(N, C, H, W)` or `(C, H, W)` of any float dtype to tiles, each normalised on its
-/// own to `0..=255` (minimum black, maximum white; a constant tile is black).
+/// own to `0..=255` (minimum black, maximum white). A constant tile (a 1x1 map, or a channel
+/// that is one value) is drawn at its value on the whole tensor's scale, so a row of 1x1 maps
+/// reads as a strip of values and a channel of ReLU zeros is black; a constant tensor is black.
 ///
 /// When `C` is 1, or 3 and `per_channel` is false, every image is one tile (RGB for 3,
 /// normalised over its three channels together, so AlexNet's first filters show in colour).
@@ -37,11 +39,12 @@ pub fn tensor_tiles(t: &Tensor, per_channel: bool) -> Result<Vec<Tile>> {
         );
     }
     let plane = h * w;
+    let whole = range(&values);
     let whole_images = c == 1 || (c == 3 && !per_channel);
     let mut tiles = Vec::new();
     for (image, chunk) in values.chunks(c * plane).enumerate() {
         if whole_images {
-            tiles.push(tile(c, h, w, chunk, image.to_string()));
+            tiles.push(tile(c, h, w, chunk, whole, image.to_string()));
         } else {
             for (channel, plane_values) in chunk.chunks(plane).enumerate() {
                 let caption = if n > 1 {
@@ -49,16 +52,34 @@ pub fn tensor_tiles(t: &Tensor, per_channel: bool) -> Result<Vec<Tile>> {
                 } else {
                     channel.to_string()
                 };
-                tiles.push(tile(1, h, w, plane_values, caption));
+                tiles.push(tile(1, h, w, plane_values, whole, caption));
             }
         }
     }
     Ok(tiles)
 }
 
-fn tile(channels: usize, height: usize, width: usize, values: &[f32], caption: String) -> Tile {
+/// The smallest and largest of `values`.
+fn range(values: &[f32]) -> (f32, f32) {
     let lo = values.iter().copied().fold(f32::INFINITY, f32::min);
     let hi = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    (lo, hi)
+}
+
+/// `values` as a tile scaled to its own range, or to the whole tensor's (`whole`) when its own
+/// is empty.
+fn tile(
+    channels: usize,
+    height: usize,
+    width: usize,
+    values: &[f32],
+    whole: (f32, f32),
+    caption: String,
+) -> Tile {
+    let (mut lo, mut hi) = range(values);
+    if hi <= lo {
+        (lo, hi) = whole;
+    }
     let span = hi - lo;
     let data = values
         .iter()
@@ -119,6 +140,15 @@ mod tests {
     fn constant_tile_is_black_and_bad_input_errors() -> Result<()> {
         let flat = Tensor::ones((1, 1, 2, 2), DType::F32, &Device::Cpu)?;
         assert_eq!(tensor_tiles(&flat, false)?[0].data, vec![0; 4]);
+        // 1x1 maps (and constant channels) on the tensor's scale: a strip of values.
+        let maps = Tensor::new(&[[[-2f32]], [[0.0]], [[2.0]], [[1.0]]], &Device::Cpu)?;
+        let strip: Vec<u8> = tensor_tiles(&maps, true)?
+            .iter()
+            .map(|t| t.data[0])
+            .collect();
+        assert_eq!(strip, [0, 128, 255, 191]);
+        let dead = Tensor::new(&[[[0f32, 0.0]], [[0.0, 3.0]]], &Device::Cpu)?;
+        assert_eq!(tensor_tiles(&dead, true)?[0].data, [0, 0]);
         let rank2 = Tensor::ones((2, 2), DType::F32, &Device::Cpu)?;
         assert!(tensor_tiles(&rank2, false).is_err());
         let empty = Tensor::ones((0, 1, 2, 2), DType::F32, &Device::Cpu)?;
