@@ -904,8 +904,9 @@ fn drop_last_leaving_no_batch_is_refused() {
 }
 
 /// Each epoch's files are written on a second thread while the next epoch trains: a write that
-/// fails (here `curves.png` is a directory) still ends the run with an error naming the file,
-/// at the next epoch's end, and the files written before it stay.
+/// fails (here `curves.png` is a directory) still ends the run with an error naming the file
+/// and how to go on, at the latest at the next epoch's end (the epoch training stops after the
+/// batch in which the write failed), and the files written before it stay.
 #[test]
 fn a_failed_write_ends_the_run_with_an_error_naming_the_file() {
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -922,6 +923,10 @@ fn a_failed_write_ends_the_run_with_an_error_naming_the_file() {
         "the error names the file: {err}"
     );
     assert!(!err.contains("panicked"), "no panic: {err}");
+    assert!(
+        err.contains("could not be written, so the run stopped; --resume"),
+        "{err}"
+    );
     let metrics = metrics_without_seconds(&out);
     assert_eq!(
         metrics.len(),
@@ -1022,6 +1027,37 @@ fn running_out_of_memory_is_an_error_naming_the_batch_size() {
     let again = train_mnist(&args("500").iter().map(String::as_str).collect::<Vec<_>>());
     assert!(again.status.success(), "{}", stderr(&again));
     assert!(out.join(train::rundir::BEST).is_file());
+}
+
+/// A file-size limit (`ulimit -f`, here 100 KB: LeNet-5's state is 180 KB) fails the write with
+/// "File too large", named, and status 1, as in Python; SIGXFSZ killed the run without a word.
+#[test]
+fn a_file_size_limit_is_an_error_naming_the_file() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    let out = dir.path().join("run");
+    let mut command = Command::new(BIN);
+    command.args(common(&data, &out)).args(["--device", "cpu"]);
+    // SAFETY: setrlimit is async-signal-safe and touches nothing of this process's memory.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 100_000,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let failed = command.output().expect("train-mnist starts");
+    let err = stderr(&failed);
+    assert_eq!(failed.status.code(), Some(1), "{:?}: {err}", failed.status);
+    assert!(err.contains("File too large"), "{err}");
+    assert!(err.contains(".safetensors"), "{err}");
 }
 
 /// Resuming for more epochs under a schedule that spans the run (cosine, onecycle) says that

@@ -107,7 +107,9 @@ pub fn run(args: &ConvArgs, out: &Path) -> Result<()> {
     train::say!("result ({}x{}):\n{result}", result.rows, result.cols);
 
     let path = out.join("conv.png");
-    viz::save_panels(&path, &panels, viz::ColorMap::Gray)?;
+    train::atomic::write_with(&path, |tmp| {
+        viz::save_panels(tmp, &panels, viz::ColorMap::Gray)
+    })?;
     train::say!("wrote {}", path.display());
     Ok(())
 }

@@ -86,7 +86,7 @@ fn save_stage(path: &Path, stage: &str, t: &Tensor) -> Result<Option<String>> {
             } else {
                 format!("{stage}: {c} channels, {h}x{w}")
             };
-            viz::save_square_grid(path, &title, &tiles)?;
+            train::atomic::write_with(path, |tmp| viz::save_square_grid(tmp, &title, &tiles))?;
             Ok(Some(title))
         }
         [f] => {
@@ -103,7 +103,9 @@ fn save_stage(path: &Path, stage: &str, t: &Tensor) -> Result<Option<String>> {
                 cols: shown,
                 values,
             };
-            viz::save_panels(path, &[panel], viz::ColorMap::Viridis)?;
+            train::atomic::write_with(path, |tmp| {
+                viz::save_panels(tmp, &[panel], viz::ColorMap::Viridis)
+            })?;
             Ok(Some(title))
         }
         _ => Ok(None),
@@ -159,7 +161,7 @@ pub fn run(args: &FeatureMapsArgs, out: &Path) -> Result<()> {
         highlight: false,
     };
     let path = out.join("feature-maps-input.png");
-    viz::save_image_grid(&path, "input", &[tile], 1)?;
+    train::atomic::write_with(&path, |tmp| viz::save_image_grid(tmp, "input", &[tile], 1))?;
     train::say!("wrote {}", path.display());
 
     let stages = model.net.forward_stages(&batch)?;

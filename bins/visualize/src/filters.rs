@@ -31,7 +31,7 @@ pub fn run(args: &FiltersArgs, out: &Path) -> Result<()> {
     let tiles = viz::tensor_tiles(&weight, false)?;
     let title = format!("{} {name}", model.spec.name);
     let path = out.join("filters.png");
-    viz::save_square_grid(&path, &title, &tiles)?;
+    train::atomic::write_with(&path, |tmp| viz::save_square_grid(tmp, &title, &tiles))?;
     train::say!("wrote {}", path.display());
     Ok(())
 }

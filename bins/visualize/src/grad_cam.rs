@@ -224,7 +224,7 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
         },
     ];
     let path = out.join("grad-cam.png");
-    viz::save_image_grid(&path, &caption, &tiles, 2)?;
+    train::atomic::write_with(&path, |tmp| viz::save_image_grid(tmp, &caption, &tiles, 2))?;
     let peak = cam
         .values
         .iter()

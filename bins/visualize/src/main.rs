@@ -51,6 +51,7 @@ static ALLOCATOR: train::memory::ReportOutOfMemory = train::memory::ReportOutOfM
 
 fn main() -> Result<()> {
     train::cli::user_errors_without_backtraces();
+    train::cli::write_errors_not_signals();
     let cli = Cli::try_parse().unwrap_or_else(|e| train::cli::exit_for_clap(e));
     let out = &cli.out;
     // Before any work: the pictures go into a folder.

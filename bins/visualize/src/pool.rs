@@ -88,7 +88,9 @@ pub fn run(args: &PoolArgs, out: &Path) -> Result<()> {
     train::say!("average pool {window}:\n{avg}");
 
     let path = out.join("pool.png");
-    viz::save_panels(&path, &panels, viz::ColorMap::Viridis)?;
+    train::atomic::write_with(&path, |tmp| {
+        viz::save_panels(tmp, &panels, viz::ColorMap::Viridis)
+    })?;
     train::say!("wrote {}", path.display());
     Ok(())
 }

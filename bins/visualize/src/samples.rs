@@ -93,7 +93,9 @@ pub fn run(args: &SamplesArgs, out: &Path) -> Result<()> {
     };
     let title = format!("{}: {which}", args.dataset.title);
     let path = out.join(format!("samples-{}.png", args.dataset.name));
-    viz::save_image_grid(&path, &title, &tiles, usize::from(args.cols))?;
+    train::atomic::write_with(&path, |tmp| {
+        viz::save_image_grid(tmp, &title, &tiles, usize::from(args.cols))
+    })?;
     train::say!("wrote {}", path.display());
     Ok(())
 }

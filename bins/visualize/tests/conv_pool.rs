@@ -273,3 +273,34 @@ fn pool_options_and_errors() {
     let padding = visualize_fails(&["pool", "--padding", "2", "--out", out]);
     assert!(padding.contains("at most half the kernel"), "{padding}");
 }
+
+/// A picture that cannot be written whole (here past a 4 KB file-size limit, `ulimit -f`) is an
+/// error naming it, with status 1, and leaves the picture there before it as it was: pictures
+/// are written to a temporary and renamed, as a run's files are.
+#[test]
+fn a_failed_write_keeps_the_picture_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    visualize(&["conv", "--out", out]);
+    let before = std::fs::read(dir.path().join("conv.png")).unwrap();
+    assert!(before.len() > 4096, "{} bytes", before.len());
+    let failed = std::process::Command::new("sh")
+        .args(["-c", "ulimit -f 4 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_visualize"))
+        .args(["conv", "--stride", "2", "--out", out])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{:?}: {err}", failed.status);
+    assert!(
+        err.contains("conv.png") && err.contains("File too large"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(dir.path().join("conv.png")).unwrap(), before);
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["conv.png"], "a temporary was left");
+}

@@ -24,9 +24,22 @@ use crate::state;
 /// ([`user_errors_without_backtraces`]).
 pub fn set_up_process() {
     user_errors_without_backtraces();
+    write_errors_not_signals();
     crate::memory::keep_freed_memory();
     crate::threads::candle_ops_on_the_calling_thread();
     crate::threads::calling_thread_joins_the_pool();
+}
+
+/// A write past the file-size limit (`ulimit -f`) fails with "File too large" (EFBIG), which
+/// the program's error names with its file, instead of SIGXFSZ ending the process at once with
+/// nothing said (status 153). Python ignores SIGXFSZ too, so PyTorch's programs get an
+/// `OSError` there.
+pub fn write_errors_not_signals() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal to be ignored touches no memory of the process.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
 }
 
 /// Ends the process for a command line clap did not run (`--help`, `--version`, a bad flag) as

@@ -102,13 +102,57 @@ impl Drop for Training {
     }
 }
 
-/// `Err(Interrupted)` once Ctrl-C was pressed: called before each batch.
+/// The error of a run that stopped after a batch because the thread writing the previous
+/// epoch's files failed ([`stop_when`]); the run then ends in that write's error.
+#[derive(Debug)]
+pub struct WriteFailed;
+
+impl std::fmt::Display for WriteFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stopped after a batch: an epoch's files could not be written")
+    }
+}
+
+impl std::error::Error for WriteFailed {}
+
+thread_local! {
+    /// This thread's [`stop_when`] flag.
+    static STOP: std::cell::RefCell<Option<std::sync::Arc<AtomicBool>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Until the guard drops, [`check`] on this thread also fails ([`WriteFailed`]) once `flag` is
+/// set: the thread writing an epoch's files sets it when a write fails, so that the epoch
+/// training meanwhile stops after its batch instead of running to its end for nothing.
+pub fn stop_when(flag: std::sync::Arc<AtomicBool>) -> StopWhen {
+    STOP.with(|s| *s.borrow_mut() = Some(flag));
+    StopWhen
+}
+
+/// See [`stop_when`].
+pub struct StopWhen;
+
+impl Drop for StopWhen {
+    fn drop(&mut self) {
+        STOP.with(|s| *s.borrow_mut() = None);
+    }
+}
+
+/// `Err` once Ctrl-C was pressed, or once this thread's [`stop_when`] flag is set: called
+/// before each batch.
 ///
 /// # Errors
-/// [`Interrupted`], after the first Ctrl-C.
-pub fn check() -> Result<(), Interrupted> {
-    match REQUESTED.load(Ordering::SeqCst) {
-        true => Err(Interrupted),
-        false => Ok(()),
+/// [`Interrupted`] after the first Ctrl-C; [`WriteFailed`] after a failed write.
+pub fn check() -> anyhow::Result<()> {
+    if REQUESTED.load(Ordering::SeqCst) {
+        return Err(Interrupted.into());
     }
+    if STOP.with(|s| {
+        s.borrow()
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::SeqCst))
+    }) {
+        return Err(WriteFailed.into());
+    }
+    Ok(())
 }

@@ -303,8 +303,16 @@ pub fn train(
     // Each epoch's files are written on a second thread while the next epoch trains, from host
     // copies taken on this one (`Snapshot`); the writes of one epoch finish before the next
     // epoch's start, and the last before the run returns, also when it fails.
+    // A failed write stops the epoch training meanwhile after its batch (in one process: the
+    // ranks of a job stop together, at the epoch's end).
+    let write_failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _stop = shards
+        .is_none()
+        .then(|| crate::interrupt::stop_when(write_failed.clone()));
     std::thread::scope(|scope| -> Result<()> {
         let mut pending = None;
+        // A write's error found while the epochs go on: the run's error once they stop.
+        let mut write_error = None;
         let trained = (|| -> Result<()> {
             for epoch in progress.epochs_done..config.epochs {
                 // A write that already ended (failed, say) is taken up before the next epoch.
@@ -313,7 +321,13 @@ pub fn train(
                     .is_some_and(|h: &Writing<'_>| h.is_finished())
                 {
                     if let (Some(done), Some(outputs)) = (pending.take(), outputs.as_mut()) {
-                        outputs.events = Some(finish(done)?);
+                        match finish(done) {
+                            Ok(events) => outputs.events = Some(events),
+                            Err(e) => {
+                                write_error = Some(e);
+                                return Err(crate::interrupt::WriteFailed.into());
+                            }
+                        }
                     }
                 }
                 let (trained, tested, record, images_per_s) =
@@ -330,7 +344,13 @@ pub fn train(
                 };
                 // The previous epoch's files first: one snapshot in memory at a time.
                 if let Some(previous) = pending.take() {
-                    outputs.events = Some(finish(previous)?);
+                    match finish(previous) {
+                        Ok(events) => outputs.events = Some(events),
+                        Err(e) => {
+                            write_error = Some(e);
+                            return Err(crate::interrupt::WriteFailed.into());
+                        }
+                    }
                 }
                 let snapshot = outputs.snapshot(
                     &progress,
@@ -342,7 +362,14 @@ pub fn train(
                 let Some(events) = outputs.events.take() else {
                     bail!("the TensorBoard event file was lost by an earlier failed write")
                 };
-                pending = Some(scope.spawn(move || snapshot.write(events)));
+                let failed = write_failed.clone();
+                pending = Some(scope.spawn(move || {
+                    let written = snapshot.write(events);
+                    if written.is_err() {
+                        failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    written
+                }));
             }
             Ok(())
         })();
@@ -352,17 +379,26 @@ pub fn train(
                     outputs.events = Some(events);
                 }
             }),
-            None => Ok(()),
+            None => write_error.map_or(Ok(()), Err),
         };
         match (trained, written) {
             (Err(error), written) if error.downcast_ref::<Interrupted>().is_some() => Err(
                 stopped_by_ctrl_c(error, written, &progress, config.epochs, out),
             ),
+            // The write's error is the run's: the epoch training meanwhile stopped for it.
+            (Err(error), Err(writing))
+                if error
+                    .downcast_ref::<crate::interrupt::WriteFailed>()
+                    .is_some() =>
+            {
+                Err(write_failed_error(writing, out))
+            }
             // Both failed: the epoch's error, and that the files said to be kept may not be.
             (Err(error), Err(writing)) => Err(error.context(format!(
                 "writing the files of an earlier epoch failed too: {writing:#}"
             ))),
-            (trained, written) => trained.and(written),
+            (Ok(()), Err(writing)) => Err(write_failed_error(writing, out)),
+            (trained, Ok(())) => trained,
         }
     })?;
     say_best(out, progress.best_acc, progress.best_epoch);
@@ -466,6 +502,23 @@ pub fn finished(config: &RunConfig, saved: &ResumeState, out: &Path) -> Result<O
 /// The error of a run stopped by Ctrl-C (`error`, an [`Interrupted`]) after `progress`'s
 /// epochs, whose last files' writing ended as `written`: where it stopped, what is saved, how
 /// to continue.
+/// The error of a run whose epoch files could not be written (`writing`): the run stopped
+/// there (an epoch training meanwhile stops after its batch); what stays and how to go on.
+fn write_failed_error(writing: anyhow::Error, out: &Path) -> anyhow::Error {
+    let next = if out.join(crate::rundir::STATE).is_file() {
+        format!(
+            "--resume {} continues from the last epoch whose resume state was written, once \
+             the cause is fixed",
+            out.display()
+        )
+    } else {
+        "no epoch was saved".to_string()
+    };
+    writing.context(format!(
+        "an epoch's files could not be written, so the run stopped; {next}"
+    ))
+}
+
 fn stopped_by_ctrl_c(
     error: anyhow::Error,
     written: Result<()>,

@@ -129,6 +129,7 @@ static ALLOCATOR: train::memory::ReportOutOfMemory = train::memory::ReportOutOfM
 
 fn main() -> Result<()> {
     train::cli::user_errors_without_backtraces();
+    train::cli::write_errors_not_signals();
     train::progress::stdout_written(bench())
 }
 
