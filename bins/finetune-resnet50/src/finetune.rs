@@ -132,7 +132,6 @@ pub fn finetune(
     out: &Path,
     resume: Option<(train::state::ResumeState, train::state::StateTensors)>,
 ) -> Result<Outcome> {
-    train::run::advise_on_out_of_memory(run, out, resume.is_some());
     // The pretrained file (or its Hub download) first: a wrong --weights is said before the
     // data is loaded. A resumed run takes its state's weights.
     let start = match &resume {
@@ -182,6 +181,8 @@ pub fn finetune(
             Unfreeze::All => "every layer",
         }
     );
+    // From here the batches take the memory (the backbone's features too, batch by batch).
+    train::run::advise_on_out_of_memory(run, out, resume.is_some());
     let model = FineTune::new(net, ft.unfreeze)?;
     let train_images = train::run::loader(run, &data.train, true)?;
     let test_images = train::run::loader(run, &data.test, false)?;

@@ -235,6 +235,16 @@ fn evaluate_takes_another_test_limit() {
             "{err}"
         );
     }
+    // Another test batch size (smaller, for a machine with less memory): the same figures.
+    let (log, batched) = summary(&["--test-batch-size", "3"], "evaluation-best.json");
+    for key in ["samples", "top1", "top5", "per_class", "checkpoint"] {
+        assert_eq!(batched[key], own[key], "{key}: {log}");
+    }
+    let loss = |j: &serde_json::Value| j["loss"].as_f64().expect("loss");
+    assert!(
+        (loss(&batched) - loss(&own)).abs() <= 1e-5 * loss(&own).abs(),
+        "{log}"
+    );
 }
 
 /// The 28x28 grey digit `pixels` saved as `dir/digit.png`.

@@ -1357,7 +1357,22 @@ fn the_state_restores_checkpoints_and_stale_evaluations_go() {
     let best = std::fs::read(run.join(train::rundir::BEST)).expect("best");
     let last = std::fs::read(run.join(train::rundir::LAST)).expect("last");
     evaluate(&["--weights", "best"]);
-    evaluate(&["--weights", "last"]);
+    // `last` evaluated from the run's parent folder, by a relative path: still the run's own,
+    // when the run (from here) replaces it.
+    let from_parent = Command::new(BIN)
+        .current_dir(dir.path())
+        .args([
+            "evaluate",
+            "--run",
+            "run",
+            "--weights",
+            "last",
+            "--device",
+            "cpu",
+        ])
+        .output()
+        .expect("evaluate runs");
+    assert!(from_parent.status.success(), "{}", stderr(&from_parent));
     // Another checkpoint file in the run's folder named like a tag of best's: its own names.
     let copy = run.join("best-bf16.safetensors");
     std::fs::copy(run.join(train::rundir::BEST), &copy).expect("copy best");
@@ -1404,10 +1419,9 @@ fn the_state_restores_checkpoints_and_stale_evaluations_go() {
     // Epoch 2 replaced last: its evaluations went, named; the others' stay.
     assert!(said.contains("evaluation-last.json"), "{said}");
     let left = evaluations();
-    assert!(
-        !left.contains(&"evaluation-last.json".to_string()),
-        "{left:?}"
-    );
+    for gone in ["evaluation-last.json", "confusion-last.png"] {
+        assert!(!left.contains(&gone.to_string()), "{gone}: {left:?}");
+    }
     for kept in [
         "evaluation-last-test7.json",
         "evaluation-run-best-bf16.json",

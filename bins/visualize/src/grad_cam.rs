@@ -232,6 +232,16 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
         .max_by(|a, b| a.1.total_cmp(b.1))
         .map_or(0, |(i, _)| i);
     let lit = cam.values.iter().filter(|v| **v > 0.5).count();
+    if cam.height * cam.width == 1 {
+        train::warn!(
+            "note: {}'s map is 1x1 for this input ({}x{}), so Grad-CAM can point at no place: the \
+             picture is one colour; a larger input (--image-size for a fine-tuning run) gives the \
+             stage a map",
+            store_spec.cam_stage,
+            seen.height,
+            seen.width
+        );
+    }
     if cam.values.iter().all(|v| *v <= 0.0) {
         train::say!(
             "class {} ({name}): no cell of {} speaks for it (every gradient-weighted sum is <= 0, \

@@ -298,7 +298,7 @@ pub fn exit_status(result: Result<()>) -> Result<()> {
 }
 
 /// The saved configuration, with the flags a resumed run may change applied (those the
-/// [`crate::flags`] table marks changeable: `--epochs`, `--device`, `--workers`,
+/// [`crate::flags`] table marks changeable: `--epochs`, `--test-batch-size`, `--device`, `--workers`,
 /// `--data-placement`, `--memory-format`, `--data-dir`). Other training flags may be given with the saved value
 /// (re-running the same command with `--resume` added works); a different value is refused,
 /// naming the flag, the saved value and the given one, since it would make the run differ from
@@ -496,8 +496,9 @@ fn limited(
     };
     if limit >= data.len() {
         crate::say!(
-            "--limit-{what} {limit}: the {what} split has {} images, all of them used",
-            data.len()
+            "--limit-{what} {limit}: the {what} split has {} image{}, all of them used",
+            data.len(),
+            if data.len() == 1 { "" } else { "s" }
         );
         return Ok(data);
     }

@@ -361,9 +361,10 @@ hyperparameters! {
     /// Training batch size
     #[arg(long)]
     batch_size: Option<usize> = value(|r| r.batch_size);
-    /// Test batch size
+    /// Test batch size (may change on --resume: the test pass in eval mode gives each image's
+    /// output alone, so training does not depend on it)
     #[arg(long)]
-    test_batch_size: Option<usize> = value(|r| r.test_batch_size);
+    test_batch_size: Option<usize> = value(|r| r.test_batch_size).changeable();
     /// Optimizer
     #[arg(long, value_enum)]
     optimizer: Option<OptimizerKind> = value(|r| r.optimizer);

@@ -252,6 +252,10 @@ pub struct EvaluateArgs {
     /// --limit-test N draws), or on all of them [default: the run's --limit-test]
     #[arg(long, value_name = "N|all", value_parser = parse_test_limit)]
     pub limit_test: Option<TestLimit>,
+    /// Test images per batch; the results do not depend on it (eval mode) [default: the run's
+    /// --test-batch-size]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub test_batch_size: Option<u64>,
 }
 
 /// The name that `evaluate --data-dir DIR` adds to its outputs' names (`-data-<name>`) when
@@ -307,12 +311,19 @@ fn parse_test_limit(text: &str) -> Result<TestLimit, String> {
 /// What `evaluate` measured (also written as `evaluation-<weights>.json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Evaluation {
-    /// The checkpoint.
+    /// The checkpoint, as given (relative to the directory `evaluate` ran in, or absolute).
+    #[serde(serialize_with = "path_text")]
     pub weights: PathBuf,
+    /// The run's checkpoint evaluated (`best` or `last`) when the outputs lie beside it in its
+    /// run directory: the run removes them when it replaces that checkpoint, from wherever
+    /// either ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
     /// The precision the test pass ran in (the run's unless `--precision` said otherwise).
     pub precision: Precision,
     /// Where the test images were read (`--data-dir`, else the run's); `None`: the Hugging
     /// Face Hub's copy.
+    #[serde(serialize_with = "optional_path_text")]
     pub data_dir: Option<PathBuf>,
     /// Test images.
     pub samples: usize,
@@ -324,6 +335,23 @@ pub struct Evaluation {
     pub top5: f64,
     /// Each class's accuracy in percent (`None`: no test image of that class).
     pub per_class: Vec<(String, Option<f64>)>,
+}
+
+/// A path as JSON text; one that is not UTF-8 with U+FFFD for what is not (the report is
+/// written, not refused).
+fn path_text<S: serde::Serializer>(path: &Path, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&path.to_string_lossy())
+}
+
+/// [`path_text`] of an optional path (`null` for none).
+fn optional_path_text<S: serde::Serializer>(
+    path: &Option<PathBuf>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match path {
+        Some(path) => path_text(path, serializer),
+        None => serializer.serialize_none(),
+    }
 }
 
 /// Evaluates a run's checkpoint on the test split its configuration names (the same transform
@@ -356,6 +384,14 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
     if let Some(TestLimit(limit)) = args.limit_test {
         config.limit_test = limit;
     }
+    if let Some(n) = args.test_batch_size {
+        config.test_batch_size = usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    crate::memory::on_out_of_memory(format!(
+        "A batch's activations take most of the memory: a smaller --test-batch-size (now {}) \
+         needs less.",
+        config.test_batch_size
+    ));
     match &args.data_dir {
         Some(dir) => config.data_dir = Some(dir.clone()),
         None => crate::cli::saved_data_dir_is_here(&config)?,
@@ -430,6 +466,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
     );
     let evaluation = Evaluation {
         weights: trained.weights.clone(),
+        checkpoint: None,
         precision,
         data_dir: config.data_dir.clone(),
         samples: m.samples(),
@@ -454,13 +491,13 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
         )
     };
     crate::say!(
-        "{} on {} test images of {}{shown}: loss {:.4}, top-1 {:.2}%, top-5 {:.2}%",
+        "{} on {} test images of {}{shown}: loss {:.4}, top-1 {:.2}%{}",
         trained.weights.display(),
         evaluation.samples,
         config.dataset.spec().title,
         evaluation.loss,
         evaluation.top1,
-        evaluation.top5
+        crate::metrics::top5_text(evaluation.top5, trained.classes.len(), ", top-5 ", "%")
     );
     for (class, acc) in &evaluation.per_class {
         match acc {
@@ -471,6 +508,17 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
     let out = args.out.clone().unwrap_or_else(|| args.run.clone());
     std::fs::create_dir_all(&out)
         .with_context(|| format!("--out {}: cannot create the directory", out.display()))?;
+    let mut evaluation = evaluation;
+    evaluation.checkpoint = [BEST, LAST]
+        .into_iter()
+        .find(|c| {
+            let folder = match trained.weights.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            trained.weights.file_name().is_some_and(|n| n == *c) && same_dir(folder, &out)
+        })
+        .map(|c| c.trim_end_matches(".safetensors").to_string());
     // In another precision than the run's, the outputs say which (`evaluation-best-f32.json`),
     // so the run-precision ones stay.
     let mut tag = trained.tag.clone();

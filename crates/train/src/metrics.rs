@@ -195,6 +195,22 @@ fn argmax(row: &[f32]) -> usize {
     best
 }
 
+/// The top-5 accuracy `top5` (percent) as printed between `before` and `after`, or nothing
+/// for `classes` of at most five: every prediction is then in the top five, so the figure says
+/// nothing (PyTorch's `topk(5)` refuses fewer than five classes). The saved metrics keep it.
+///
+/// ```
+/// assert_eq!(train::metrics::top5_text(99.5, 10, ", top-5 ", "%"), ", top-5 99.50%");
+/// assert_eq!(train::metrics::top5_text(100.0, 3, ", top-5 ", "%"), "");
+/// ```
+pub fn top5_text(top5: f64, classes: usize, before: &str, after: &str) -> String {
+    if classes > 5 {
+        format!("{before}{top5:.2}{after}")
+    } else {
+        String::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -71,7 +71,6 @@ pub fn run(
     resume: Option<(ResumeState, StateTensors)>,
 ) -> Result<Outcome> {
     config.validate()?;
-    advise_on_out_of_memory(config, out, resume.is_some());
     let device = parse_device(&crate::distributed::device_spec(&config.device))?;
     let classes = data.train.classes().to_vec();
     let store = ParamStore::new(config.seed, &device);
@@ -86,6 +85,8 @@ pub fn run(
     )?;
     let train_source = source(config, loader(config, &data.train, true)?, &device, "train")?;
     let test_source = source(config, loader(config, &data.test, false)?, &device, "test")?;
+    // From here the batches take the memory.
+    advise_on_out_of_memory(config, out, resume.is_some());
     check_last_batch(
         model.as_ref(),
         &store,
@@ -120,7 +121,8 @@ pub fn advise_on_out_of_memory(config: &RunConfig, out: &Path, resumed: bool) {
         config.batch_size,
         config.test_batch_size,
         if resumed {
-            " (--resume keeps the run's batch sizes: a new run can take smaller ones)"
+            " (--resume keeps the run's --batch-size, a new run can take a smaller one; \
+             --test-batch-size may change on --resume)"
         } else {
             ""
         },
@@ -678,14 +680,14 @@ impl Epoch<'_> {
         };
         let images_per_s = trained.metrics.samples() as f64 / train_seconds.max(1e-9);
         crate::say!(
-            "epoch {}/{}: train loss {:.4} acc {:.2}% | test loss {:.4} acc {:.2}% (top-5 {:.2}%) | lr {:.3e} | {:.1} s (training {:.1} s, {:.0} img/s)",
+            "epoch {}/{}: train loss {:.4} acc {:.2}% | test loss {:.4} acc {:.2}%{} | lr {:.3e} | {:.1} s (training {:.1} s, {:.0} img/s)",
             record.epoch,
             config.epochs,
             record.train_loss,
             record.train_acc,
             record.test_loss,
             record.test_acc,
-            record.test_top5,
+            crate::metrics::top5_text(record.test_top5, self.classes, " (top-5 ", "%)"),
             record.lr,
             seconds,
             train_seconds,

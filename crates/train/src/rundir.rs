@@ -134,9 +134,10 @@ fn is_evaluation_output(name: &str) -> bool {
 
 /// Removes `evaluate`'s outputs for the run's checkpoint `weights` (`best` or `last`) from
 /// `dir`, once the run has replaced that checkpoint: they described weights that are gone.
-/// Only an `evaluation-<tag>.json` whose recorded `weights` is that checkpoint of this
-/// directory goes, with its `confusion-<tag>.png`; files that only look like them (a user's,
-/// or the outputs of another checkpoint file) stay. Said on stdout, naming them; a file that
+/// Only an `evaluation-<tag>.json` that records that checkpoint of this directory as the one
+/// evaluated (its `checkpoint`, or in older outputs its `weights` path, read from here) goes,
+/// with its `confusion-<tag>.png`; files that only look like them (a user's, or the outputs of
+/// another checkpoint file) stay. Said on stdout, naming them; a file that
 /// cannot be removed is said on stderr.
 pub(crate) fn remove_evaluations_of(dir: &Path, weights: &str) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -151,6 +152,11 @@ pub(crate) fn remove_evaluations_of(dir: &Path, weights: &str) {
         let Ok(json) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
             return false;
         };
+        // Written beside the run's checkpoint, which `evaluate` records (wherever it ran).
+        if let Some(evaluated) = json.get("checkpoint") {
+            return evaluated.as_str() == Some(weights);
+        }
+        // Outputs of older versions: the recorded path, from here.
         let Some(file) = json.get("weights").and_then(|w| w.as_str()).map(Path::new) else {
             return false;
         };
