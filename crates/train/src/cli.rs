@@ -712,6 +712,22 @@ mod tests {
         DataPlacement, DatasetKind, MemoryFormat, Precision, ScheduleKind, ADAM_BETAS,
     };
 
+    /// A `--data-dir` that is not UTF-8 is refused naming the flag (the run keeps it as text;
+    /// serde said only "path contains invalid UTF-8 characters").
+    #[cfg(unix)]
+    #[test]
+    fn a_data_dir_that_is_not_utf8_is_refused_naming_the_flag() -> Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = std::ffi::OsStr::from_bytes(b"bad\xffdir");
+        let args = RECIPE.parse([std::ffi::OsStr::new("prog"), "--data-dir".as_ref(), dir])?;
+        let err = format!(
+            "{:#}",
+            RECIPE.config(&args).and_then(|c| c.validate()).unwrap_err()
+        );
+        assert!(err.contains("--data-dir") && err.contains("UTF-8"), "{err}");
+        Ok(())
+    }
+
     /// `--nesterov` is refused with Adam and without momentum, naming the flags.
     #[test]
     fn nesterov_needs_sgd_with_momentum() -> Result<()> {

@@ -216,6 +216,14 @@ impl RunConfig {
     /// Adam betas outside `[0, 1)`, a `--gamma` not above 0, label smoothing outside `[0, 1]`,
     /// a `--test-fraction` outside `(0, 1)`, or a limit of 0.
     pub fn validate(&self) -> Result<()> {
+        if let Some(dir) = self.data_dir.as_deref().filter(|d| d.to_str().is_none()) {
+            bail!(
+                "--data-dir {}: the path is not valid UTF-8, and the run keeps it as text \
+                 (config.json, the resume state); give a path of UTF-8 names (a link to the \
+                 folder, say)",
+                dir.display()
+            );
+        }
         let counts = [
             ("--epochs", self.epochs, 1),
             ("--batch-size", self.batch_size, 1),
