@@ -271,8 +271,23 @@ fn run(args: FineTuneArgs) -> Result<()> {
         ft.check_agrees_with_state(&saved.config, dir)?;
         let ft = args.resumed(ft, dir)?;
         let config = train::cli::resumed_config(&saved.config, &args.train)?;
+        // With the backbone's features computed once, the training images' features are
+        // computed in test batches too: another size could round them otherwise.
+        if config.test_batch_size != saved.config.test_batch_size
+            && ft.caches_features(&datasets::Transform::parse(&config.train_transform)?)
+        {
+            bail!(
+                "--test-batch-size {}: this run (backbone frozen, no augmentation) computes the \
+                 training images' backbone features in test batches of {}, so another size \
+                 could change what it trains on; give --test-batch-size {} (evaluate takes \
+                 any)",
+                config.test_batch_size,
+                saved.config.test_batch_size,
+                saved.config.test_batch_size
+            );
+        }
         // A finished run is said so before the weights and the data are loaded.
-        if train::run::finished(&config, &saved, locked.path())?.is_some() {
+        if train::run::finished(&config, &saved, &tensors.model, locked.path())?.is_some() {
             return Ok(());
         }
         finetune::finetune(&config, &ft, locked.path(), Some((saved, tensors)))?;

@@ -491,6 +491,11 @@ fn resume_reaches_the_same_weights_as_an_uninterrupted_run() {
         &["--weights", "other.safetensors"],
         &["--weights other.safetensors"],
     );
+    // The training images' backbone features are computed in test batches: fixed here.
+    refused(
+        &["--test-batch-size", "5"],
+        &["--test-batch-size 5", "give --test-batch-size"],
+    );
     // finetune.json edited: refused, naming the file, before any flag is compared with it.
     let ft_json = parts.join(train::rundir::FINETUNE);
     let kept = std::fs::read_to_string(&ft_json).expect("finetune.json");

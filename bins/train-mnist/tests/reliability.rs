@@ -1060,6 +1060,46 @@ fn a_file_size_limit_is_an_error_naming_the_file() {
     assert!(err.contains(".safetensors"), "{err}");
 }
 
+/// A finished run whose last epoch's checkpoint was not written (a failed write or a kill after
+/// the state): `--resume` says there is nothing to train and writes the checkpoint again from
+/// the state, removing `evaluate`'s outputs of the weights it held.
+#[test]
+fn resuming_a_finished_run_completes_its_checkpoints() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_, run) = one_epoch_run(dir.path());
+    let last = run.join(train::rundir::LAST);
+    let epoch1 = std::fs::read(&last).expect("last");
+    let more = train_mnist(&["--resume", &s(&run), "--epochs", "2"]);
+    assert!(more.status.success(), "{}", stderr(&more));
+    let epoch2 = std::fs::read(&last).expect("last");
+    assert_ne!(epoch1, epoch2);
+    // Epoch 2's checkpoint lost: last is epoch 1's, and evaluated as such.
+    std::fs::write(&last, &epoch1).expect("older last");
+    let evaluated = Command::new(BIN)
+        .args([
+            "evaluate",
+            "--run",
+            &s(&run),
+            "--weights",
+            "last",
+            "--device",
+            "cpu",
+        ])
+        .output()
+        .expect("evaluate runs");
+    assert!(evaluated.status.success(), "{}", stderr(&evaluated));
+    assert!(run.join("evaluation-last.json").is_file());
+    let again = train_mnist(&["--resume", &s(&run), "--epochs", "2"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let said = String::from_utf8_lossy(&again.stdout);
+    assert!(said.contains("nothing to train"), "{said}");
+    assert_eq!(std::fs::read(&last).expect("last"), epoch2, "{said}");
+    assert!(!run.join("evaluation-last.json").exists(), "{said}");
+    // Already whole: nothing written again is said, and nothing removed.
+    let whole = train_mnist(&["--resume", &s(&run), "--epochs", "2"]);
+    assert!(!String::from_utf8_lossy(&whole.stdout).contains("removed"));
+}
+
 /// Resuming for more epochs under a schedule that spans the run (cosine, onecycle) says that
 /// the rest of it follows the new length; under a constant rate nothing is said.
 #[test]

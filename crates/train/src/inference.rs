@@ -315,9 +315,8 @@ pub struct Evaluation {
     #[serde(serialize_with = "path_text")]
     pub weights: PathBuf,
     /// The run's checkpoint evaluated (`best` or `last`) when the outputs lie beside it in its
-    /// run directory: the run removes them when it replaces that checkpoint, from wherever
-    /// either ran.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// run directory, else `null`: the run removes them when it replaces that checkpoint, from
+    /// wherever either ran.
     pub checkpoint: Option<String>,
     /// The precision the test pass ran in (the run's unless `--precision` said otherwise).
     pub precision: Precision,
@@ -387,11 +386,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
     if let Some(n) = args.test_batch_size {
         config.test_batch_size = usize::try_from(n).unwrap_or(usize::MAX);
     }
-    crate::memory::on_out_of_memory(format!(
-        "A batch's activations take most of the memory: a smaller --test-batch-size (now {}) \
-         needs less.",
-        config.test_batch_size
-    ));
+
     match &args.data_dir {
         Some(dir) => config.data_dir = Some(dir.clone()),
         None => crate::cli::saved_data_dir_is_here(&config)?,
@@ -448,6 +443,12 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
         })?;
     }
     let loader = crate::run::loader(&config, &test, false)?;
+    // From here the batches take the memory.
+    crate::memory::on_out_of_memory(format!(
+        "A batch's activations take most of the memory: a smaller --test-batch-size (now {}) \
+         needs less.",
+        config.test_batch_size
+    ));
     let pass = evaluate_pass(
         trained.model.as_ref(),
         &loader,

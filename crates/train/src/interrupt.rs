@@ -125,16 +125,21 @@ thread_local! {
 /// set: the thread writing an epoch's files sets it when a write fails, so that the epoch
 /// training meanwhile stops after its batch instead of running to its end for nothing.
 pub fn stop_when(flag: std::sync::Arc<AtomicBool>) -> StopWhen {
-    STOP.with(|s| *s.borrow_mut() = Some(flag));
-    StopWhen
+    StopWhen {
+        previous: STOP.with(|s| s.borrow_mut().replace(flag)),
+    }
 }
 
-/// See [`stop_when`].
-pub struct StopWhen;
+/// See [`stop_when`]; dropped, it puts back the flag before it.
+#[must_use = "the flag counts only while the guard lives"]
+pub struct StopWhen {
+    previous: Option<std::sync::Arc<AtomicBool>>,
+}
 
 impl Drop for StopWhen {
     fn drop(&mut self) {
-        STOP.with(|s| *s.borrow_mut() = None);
+        let previous = self.previous.take();
+        STOP.with(|s| *s.borrow_mut() = previous);
     }
 }
 

@@ -31,6 +31,10 @@ pub fn keep_freed_memory() {
 /// static ALLOCATOR: train::memory::ReportOutOfMemory = train::memory::ReportOutOfMemory;
 /// ```
 ///
+/// Every failed allocation ends the process, also one whose caller could have gone on
+/// (`Vec::try_reserve`, which some image decoders use): a program that would rather name the
+/// one image too large checks its size first.
+///
 /// Memory runs out where the allocator is refused it: under an address-space limit (`ulimit
 /// -v`), or for one block larger than the machine's memory and swap (Linux's default
 /// overcommit). Where Linux's out-of-memory killer ends the process instead, nothing in it
@@ -102,7 +106,7 @@ fn out_of_memory(size: usize) -> ! {
         // SAFETY: a set advice is never freed (see `on_out_of_memory`).
         message.push(unsafe { &*advice });
     }
-    message.push("\n");
+    message.end_line();
     let bytes = message.as_bytes();
     // SAFETY: write reads `bytes`, which lives to the end of this function; _exit ends the
     // process at once (no destructors, no atexit handlers, which could allocate).
@@ -128,10 +132,24 @@ impl Default for StackText {
 }
 
 impl StackText {
+    /// Appends `s`, or as much of it as fits whole characters, keeping the last byte for the
+    /// message's closing newline.
     fn push(&mut self, s: &str) {
-        let n = s.len().min(self.buf.len() - self.len);
+        let room = self.buf.len() - 1 - self.len.min(self.buf.len() - 1);
+        let mut n = s.len().min(room);
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
         self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
         self.len += n;
+    }
+
+    /// Ends the text with a newline (in the byte `push` keeps for it).
+    fn end_line(&mut self) {
+        if self.len < self.buf.len() {
+            self.buf[self.len] = b'\n';
+            self.len += 1;
+        }
     }
 
     fn as_bytes(&self) -> &[u8] {
@@ -173,9 +191,15 @@ mod tests {
         let mut text = super::StackText::default();
         write!(text, "{} bytes ({:.1} GiB)", 3usize << 30, 3.0).unwrap();
         assert_eq!(text.as_bytes(), b"3221225472 bytes (3.0 GiB)");
-        text.push(&"x".repeat(5000));
-        assert_eq!(text.as_bytes().len(), 2048);
-        assert!(text.as_bytes().ends_with(b"xxx"));
+        text.push(&"é".repeat(3000));
+        text.end_line();
+        let bytes = text.as_bytes();
+        assert_eq!(
+            bytes.len(),
+            2047,
+            "cut before a split character, then the newline"
+        );
+        assert!(std::str::from_utf8(bytes).is_ok_and(|t| t.ends_with("é\n")));
     }
 
     #[test]

@@ -143,8 +143,8 @@ pub fn train(
     resume: Option<(ResumeState, StateTensors)>,
 ) -> Result<Outcome> {
     config.validate()?;
-    if let Some((saved, _)) = &resume {
-        if let Some(done) = finished(config, saved, out)? {
+    if let Some((saved, tensors)) = &resume {
+        if let Some(done) = finished(config, saved, &tensors.model, out)? {
             return Ok(done);
         }
         if config.epochs != saved.config.epochs
@@ -433,7 +433,12 @@ fn checkpoints_from_state(
     for file in files {
         let path = out.join(file);
         let missing = !path.exists();
+        let before = std::fs::read(&path).ok();
         layers::checkpoint::save_tensors(model, &path)?;
+        // Other weights than the file held (an epoch behind): `evaluate`'s outputs of those go.
+        if before.is_some_and(|b| std::fs::read(&path).ok().is_none_or(|now| now != b)) {
+            crate::rundir::remove_evaluations_of(out, file.trim_end_matches(".safetensors"));
+        }
         if missing {
             crate::warn!(
                 "{} was missing: written again from {} (the weights of epoch {})",
@@ -465,12 +470,19 @@ fn say_best(out: &Path, accuracy: f64, epoch: usize) {
 
 /// A resumed run's trained epochs (`saved`) against `config.epochs`, checked before any data is
 /// loaded: more than asked is refused; exactly as many is a finished run, said so and returned
-/// as it is (its `metrics.csv` / `metrics.json` rewritten from the state, which completes them
-/// after a run killed between the two writes); fewer is `None`, a run to continue.
+/// as it is (its `metrics.csv` / `metrics.json` rewritten from the state, and its checkpoints
+/// from the state's weights `model` as a resume writes them, which completes a run killed, or
+/// whose writes failed, between the state and the other files of its last epoch); fewer is
+/// `None`, a run to continue.
 ///
 /// # Errors
-/// More epochs trained than `--epochs`, or the metrics cannot be written.
-pub fn finished(config: &RunConfig, saved: &ResumeState, out: &Path) -> Result<Option<Outcome>> {
+/// More epochs trained than `--epochs`, or the metrics or checkpoints cannot be written.
+pub fn finished(
+    config: &RunConfig,
+    saved: &ResumeState,
+    model: &std::collections::HashMap<String, candle_core::Tensor>,
+    out: &Path,
+) -> Result<Option<Outcome>> {
     if saved.epochs_done > config.epochs {
         bail!(
             "--epochs {}: the run in {} has already trained {} epochs; give --epochs {} or more to \
@@ -491,6 +503,7 @@ pub fn finished(config: &RunConfig, saved: &ResumeState, out: &Path) -> Result<O
         config.epochs
     );
     if crate::distributed::writes() && !saved.history.is_empty() {
+        checkpoints_from_state(out, saved, model)?;
         history::save(out, &saved.history)?;
     }
     say_best(out, saved.best_acc, saved.best_epoch);
@@ -501,9 +514,6 @@ pub fn finished(config: &RunConfig, saved: &ResumeState, out: &Path) -> Result<O
     }))
 }
 
-/// The error of a run stopped by Ctrl-C (`error`, an [`Interrupted`]) after `progress`'s
-/// epochs, whose last files' writing ended as `written`: where it stopped, what is saved, how
-/// to continue.
 /// The error of a run whose epoch files could not be written (`writing`): the run stopped
 /// there (an epoch training meanwhile stops after its batch); what stays and how to go on.
 fn write_failed_error(writing: anyhow::Error, out: &Path) -> anyhow::Error {
@@ -521,6 +531,9 @@ fn write_failed_error(writing: anyhow::Error, out: &Path) -> anyhow::Error {
     ))
 }
 
+/// The error of a run stopped by Ctrl-C (`error`, an [`Interrupted`]) after `progress`'s
+/// epochs, whose last files' writing ended as `written`: where it stopped, what is saved, how
+/// to continue.
 fn stopped_by_ctrl_c(
     error: anyhow::Error,
     written: Result<()>,
