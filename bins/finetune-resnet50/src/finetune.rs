@@ -199,6 +199,15 @@ pub fn finetune(
             train::say!(
                 "backbone frozen and no augmentation: computing its features once, then training the head on them"
             );
+            train::memory::on_out_of_memory(format!(
+                "The backbone's features are computed in batches of --test-batch-size (now {}): \
+                 a smaller one needs less{}.",
+                run.test_batch_size,
+                match resume.is_some() {
+                    true => " (in a new run: this run keeps its own)",
+                    false => "",
+                }
+            ));
             let unshuffled = Loader::new(
                 data.train.clone(),
                 Transform::parse(&run.train_transform)?,

@@ -219,7 +219,12 @@ fn checkpoint_tag(dir: &Path, path: &Path) -> String {
             let name = folder
                 .file_name()
                 .map_or("file".into(), |n| n.to_string_lossy().into_owned());
-            format!("{name}-{stem}")
+            let tag = format!("{name}-{stem}");
+            // A folder named like a checkpoint (`best/bf16.safetensors`): not the run's names.
+            match crate::rundir::evaluated_checkpoint(&format!("evaluation-{tag}.json")) {
+                Some(_) => format!("file-{tag}"),
+                None => tag,
+            }
         }
         _ => stem,
     }
@@ -336,6 +341,14 @@ pub struct Evaluation {
     pub per_class: Vec<(String, Option<f64>)>,
 }
 
+/// What tells one version of a file from the next (device, inode, size, modification time):
+/// a checkpoint is replaced by renaming a new file over it. `None` when it cannot be read.
+fn file_stamp(path: &Path) -> Option<(u64, u64, u64, Option<std::time::SystemTime>)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.dev(), meta.ino(), meta.len(), meta.modified().ok()))
+}
+
 /// A path as JSON text; one that is not UTF-8 with U+FFFD for what is not (the report is
 /// written, not refused).
 fn path_text<S: serde::Serializer>(path: &Path, serializer: S) -> Result<S::Ok, S::Error> {
@@ -375,6 +388,13 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
         }
     }
     let device = parse_device(&args.device)?;
+    // The checkpoint as it is before it is read: a run training meanwhile may replace it.
+    let weights_file = match args.weights.as_str() {
+        "best" => args.run.join(BEST),
+        "last" => args.run.join(LAST),
+        file => PathBuf::from(file),
+    };
+    let before = file_stamp(&weights_file);
     let trained = Trained::open(&args.run, &args.weights, &device)?;
     // The run's precision (bf16 autocast, TF32), as its test passes ran, unless told otherwise.
     let precision = args.precision.unwrap_or(trained.config.precision);
@@ -535,6 +555,14 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
     if let Some(name) = other_data {
         tag = format!("{tag}-data-{name}");
     }
+    // Replaced while it was tested (its run is training): these figures describe weights that
+    // are gone, and the run has already cleared the outputs of the old ones.
+    ensure!(
+        before.is_some() && file_stamp(&weights_file) == before,
+        "{} was replaced while it was evaluated (its run is training, or it was copied over): \
+         the figures above describe the weights before; nothing was written; evaluate again",
+        trained.weights.display()
+    );
     let picture = out.join(evaluated_confusion(&tag));
     let weights = trained.weights.file_name().map_or_else(
         || trained.weights.display().to_string(),
@@ -855,6 +883,31 @@ mod tests {
             checkpoint_tag(&run, &other.join("best.safetensors")),
             "r1-best"
         );
+        // A folder named like a checkpoint: its file's tag is not one of the run's.
+        let best = root.path().join("best");
+        std::fs::create_dir_all(&best)?;
+        assert_eq!(
+            checkpoint_tag(&run, &best.join("bf16.safetensors")),
+            "file-best-bf16"
+        );
+        Ok(())
+    }
+
+    /// A checkpoint replaced by a rename (as a run writes it) while it was evaluated is seen,
+    /// even with the same size; one left alone is not.
+    #[test]
+    fn a_replaced_checkpoint_changes_its_stamp() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("best.safetensors");
+        std::fs::write(&path, b"epoch 1")?;
+        let before = file_stamp(&path);
+        assert!(before.is_some());
+        assert_eq!(file_stamp(&path), before);
+        let tmp = dir.path().join(".best.tmp1.safetensors");
+        std::fs::write(&tmp, b"epoch 2")?;
+        std::fs::rename(&tmp, &path)?;
+        assert_ne!(file_stamp(&path), before);
+        assert_eq!(file_stamp(&dir.path().join("gone")), None);
         Ok(())
     }
 

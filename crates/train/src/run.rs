@@ -116,13 +116,13 @@ pub fn run(
 pub fn advise_on_out_of_memory(config: &RunConfig, out: &Path, resumed: bool) {
     crate::memory::on_out_of_memory(format!(
         "A batch's activations take most of a step's memory: a smaller --batch-size (now {}) \
-         or --test-batch-size (now {}) needs less{}. The files already saved in {} stay as \
-         they were.",
+         or --test-batch-size (now {}) needs less{}. The files saved in {} before stay (an \
+         --overwrite's old run is put back by the next run on it).",
         config.batch_size,
         config.test_batch_size,
         if resumed {
-            " (--resume keeps the run's --batch-size, a new run can take a smaller one; \
-             --test-batch-size may change on --resume)"
+            " (a resumed run keeps its --batch-size, and a fine-tuning run that computes its \
+             backbone's features once its --test-batch-size: a new run can take smaller ones)"
         } else {
             ""
         },

@@ -205,7 +205,7 @@ pub(crate) fn remove_evaluations_of(dir: &Path, weights: &str) {
     if !removed.is_empty() {
         removed.sort();
         crate::say!(
-            "removed {} in {}: they evaluated the {checkpoint} this epoch replaced",
+            "removed {} in {}: they evaluated weights the run has replaced in {checkpoint}",
             removed.join(", "),
             dir.display()
         );

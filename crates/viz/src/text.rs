@@ -80,9 +80,9 @@ pub(crate) fn fit_size(
     Ok(min)
 }
 
-/// `text` fitted into `max_width` pixels as [`fit_size`] fits it, and when it is too wide even
-/// at `min`, cut at the end with "…" (as a plot elides a long label): the text to draw and its
-/// size. For names and titles; numbers are shrunk, never cut.
+/// `text` fitted into `max_width` pixels as [`fit_size`] fits it (but not below 9 pixels,
+/// or `preferred` when that is smaller), and when it is too wide even then, cut at the end with
+/// "…" (as a plot elides a long label): the text to draw and its size. For names and titles; numbers are shrunk, never cut.
 pub(crate) fn fit(
     text: &str,
     max_width: u32,
@@ -90,6 +90,8 @@ pub(crate) fn fit(
     min: f64,
     bold: bool,
 ) -> Result<(Cow<'_, str>, f64)> {
+    // Cut rather than shrunk below a readable size (9 pixels, or `preferred` when smaller).
+    let min = min.max(preferred.min(9.0));
     let size = fit_size(text, max_width, preferred, min, bold)?;
     if width(text, size, bold)? <= max_width {
         return Ok((Cow::Borrowed(text), size));
