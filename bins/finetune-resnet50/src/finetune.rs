@@ -125,6 +125,11 @@ enum Start<'a> {
     State(&'a std::collections::HashMap<String, candle_core::Tensor>),
 }
 
+/// What a fine-tuning run's pictures are headed.
+pub fn title(run: &RunConfig) -> String {
+    format!("resnet50 fine-tuned on {}", train::run::dataset_title(run))
+}
+
 /// Fine-tunes as `run` and `ft` say, on the data `run` names, writing into `out`.
 pub fn finetune(
     run: &RunConfig,
@@ -189,7 +194,7 @@ pub fn finetune(
     if train::distributed::writes() {
         ft.save(out)?;
     }
-    let title = format!("resnet50 fine-tuned on {}", train::run::dataset_title(run));
+    let title = title(run);
     let trainable = model.trainable(&store);
     let head = Head(model.net());
     let cached: (CachedFeatures, CachedFeatures);

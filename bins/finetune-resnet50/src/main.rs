@@ -287,7 +287,14 @@ fn run(args: FineTuneArgs) -> Result<()> {
             );
         }
         // A finished run is said so before the weights and the data are loaded.
-        if train::run::finished(&config, &saved, &tensors.model, locked.path())?.is_some() {
+        if train::run::finished(
+            &config,
+            &saved,
+            (&tensors.model, &finetune::title(&config)),
+            locked.path(),
+        )?
+        .is_some()
+        {
             return Ok(());
         }
         finetune::finetune(&config, &ft, locked.path(), Some((saved, tensors)))?;

@@ -1073,8 +1073,9 @@ fn resuming_a_finished_run_completes_its_checkpoints() {
     assert!(more.status.success(), "{}", stderr(&more));
     let epoch2 = std::fs::read(&last).expect("last");
     assert_ne!(epoch1, epoch2);
-    // Epoch 2's checkpoint lost: last is epoch 1's, and evaluated as such.
+    // Epoch 2's checkpoint and curves lost: last is epoch 1's, and evaluated as such.
     std::fs::write(&last, &epoch1).expect("older last");
+    std::fs::remove_file(run.join(train::rundir::CURVES)).expect("remove curves.png");
     let evaluated = Command::new(BIN)
         .args([
             "evaluate",
@@ -1095,6 +1096,7 @@ fn resuming_a_finished_run_completes_its_checkpoints() {
     assert!(said.contains("nothing to train"), "{said}");
     assert_eq!(std::fs::read(&last).expect("last"), epoch2, "{said}");
     assert!(!run.join("evaluation-last.json").exists(), "{said}");
+    assert!(run.join(train::rundir::CURVES).is_file(), "curves.png drawn again");
     // Already whole: nothing written again is said, and nothing removed.
     let whole = train_mnist(&["--resume", &s(&run), "--epochs", "2"]);
     assert!(!String::from_utf8_lossy(&whole.stdout).contains("removed"));

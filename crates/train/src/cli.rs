@@ -197,7 +197,12 @@ impl Recipe {
         let (dir, saved, tensors) = self.resume_dir(dir, args)?;
         let config = resumed_config(&saved.config, args)?;
         // A finished run is said so before its data is loaded (it may be large, or gone).
-        if let Some(done) = crate::run::finished(&config, &saved, &tensors.model, dir.path())? {
+        if let Some(done) = crate::run::finished(
+            &config,
+            &saved,
+            (&tensors.model, &crate::run::title(&config)),
+            dir.path(),
+        )? {
             return Ok(done);
         }
         run(

@@ -104,10 +104,15 @@ pub fn run(
         train_images: data.train.len(),
         test_images: data.test.as_ref(),
         classes,
-        title: format!("{} on {}", config.model, dataset_title(config)),
+        title: title(config),
         device,
     };
     train(config, trainee, out, resume)
+}
+
+/// What a run's pictures are headed: the model and the data set (`cnn-mnist on MNIST`).
+pub fn title(config: &RunConfig) -> String {
+    format!("{} on {}", config.model, dataset_title(config))
 }
 
 /// Sets what running out of memory says (see [`crate::memory::ReportOutOfMemory`]) for a
@@ -144,7 +149,7 @@ pub fn train(
 ) -> Result<Outcome> {
     config.validate()?;
     if let Some((saved, tensors)) = &resume {
-        if let Some(done) = finished(config, saved, &tensors.model, out)? {
+        if let Some(done) = finished(config, saved, (&tensors.model, &trainee.title), out)? {
             return Ok(done);
         }
         if config.epochs != saved.config.epochs
@@ -470,8 +475,8 @@ fn say_best(out: &Path, accuracy: f64, epoch: usize) {
 
 /// A resumed run's trained epochs (`saved`) against `config.epochs`, checked before any data is
 /// loaded: more than asked is refused; exactly as many is a finished run, said so and returned
-/// as it is (its `metrics.csv` / `metrics.json` rewritten from the state, and its checkpoints
-/// from the state's weights `model` as a resume writes them, which completes a run killed, or
+/// as it is (its `metrics.csv` / `metrics.json` and `curves.png`, headed `title`, rewritten
+/// from the state, and its checkpoints from the state's weights `model` as a resume writes them, which completes a run killed, or
 /// whose writes failed, between the state and the other files of its last epoch); fewer is
 /// `None`, a run to continue.
 ///
@@ -480,7 +485,10 @@ fn say_best(out: &Path, accuracy: f64, epoch: usize) {
 pub fn finished(
     config: &RunConfig,
     saved: &ResumeState,
-    model: &std::collections::HashMap<String, candle_core::Tensor>,
+    (model, title): (
+        &std::collections::HashMap<String, candle_core::Tensor>,
+        &str,
+    ),
     out: &Path,
 ) -> Result<Option<Outcome>> {
     if saved.epochs_done > config.epochs {
@@ -505,6 +513,7 @@ pub fn finished(
     if crate::distributed::writes() && !saved.history.is_empty() {
         checkpoints_from_state(out, saved, model)?;
         history::save(out, &saved.history)?;
+        pictures::save_curves(out, title, &saved.history)?;
     }
     say_best(out, saved.best_acc, saved.best_epoch);
     Ok(Some(Outcome {
