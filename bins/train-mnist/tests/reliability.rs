@@ -972,13 +972,41 @@ fn errors_print_without_a_backtrace_unless_asked() {
     assert!(err.contains("Stack backtrace"), "{err}");
 }
 
+/// A resource limit of the child process (`ulimit -v`, `ulimit -f`).
+enum Limit {
+    AddressSpace,
+    FileSize,
+}
+
+/// Sets `which` to `bytes` (the soft limit) in the process `command` starts.
+fn limit(command: &mut Command, which: Limit, bytes: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe and touches nothing of this process's memory.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            let set = match which {
+                Limit::AddressSpace => libc::setrlimit(libc::RLIMIT_AS, &limit),
+                Limit::FileSize => libc::setrlimit(libc::RLIMIT_FSIZE, &limit),
+            };
+            if set == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
 /// Memory that runs out (here a 1.5 GB address-space limit, `ulimit -v`, and a batch of 4,000
 /// images, whose convolution columns alone take 2.6 GB) ends the run with an error naming the
 /// batch sizes to lower and status 1, not Rust's abort (status 134); the folder is taken by the
 /// next run with a smaller batch.
 #[test]
 fn running_out_of_memory_is_an_error_naming_the_batch_size() {
-    use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("mnist");
     train::synthetic::write_mnist(&data, 4000, 40).expect("synthetic MNIST");
@@ -1001,20 +1029,7 @@ fn running_out_of_memory_is_an_error_naming_the_batch_size() {
         .args(args("4000"))
         .args(["--device", "cpu"])
         .env("RUST_BACKTRACE", "0");
-    // SAFETY: setrlimit is async-signal-safe and touches nothing of this process's memory.
-    unsafe {
-        command.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: 1_500_000_000,
-                rlim_max: libc::RLIM_INFINITY,
-            };
-            if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
+    limit(&mut command, Limit::AddressSpace, 1_500_000_000);
     let failed = command.output().expect("train-mnist starts");
     let err = stderr(&failed);
     assert_eq!(failed.status.code(), Some(1), "{:?}: {err}", failed.status);
@@ -1033,26 +1048,12 @@ fn running_out_of_memory_is_an_error_naming_the_batch_size() {
 /// "File too large", named, and status 1, as in Python; SIGXFSZ killed the run without a word.
 #[test]
 fn a_file_size_limit_is_an_error_naming_the_file() {
-    use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().expect("temp dir");
     let data = synthetic(dir.path());
     let out = dir.path().join("run");
     let mut command = Command::new(BIN);
     command.args(common(&data, &out)).args(["--device", "cpu"]);
-    // SAFETY: setrlimit is async-signal-safe and touches nothing of this process's memory.
-    unsafe {
-        command.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: 100_000,
-                rlim_max: libc::RLIM_INFINITY,
-            };
-            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
+    limit(&mut command, Limit::FileSize, 100_000);
     let failed = command.output().expect("train-mnist starts");
     let err = stderr(&failed);
     assert_eq!(failed.status.code(), Some(1), "{:?}: {err}", failed.status);
@@ -1096,7 +1097,10 @@ fn resuming_a_finished_run_completes_its_checkpoints() {
     assert!(said.contains("nothing to train"), "{said}");
     assert_eq!(std::fs::read(&last).expect("last"), epoch2, "{said}");
     assert!(!run.join("evaluation-last.json").exists(), "{said}");
-    assert!(run.join(train::rundir::CURVES).is_file(), "curves.png drawn again");
+    assert!(
+        run.join(train::rundir::CURVES).is_file(),
+        "curves.png drawn again"
+    );
     // Already whole: nothing written again is said, and nothing removed.
     let whole = train_mnist(&["--resume", &s(&run), "--epochs", "2"]);
     assert!(!String::from_utf8_lossy(&whole.stdout).contains("removed"));
