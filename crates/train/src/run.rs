@@ -321,6 +321,18 @@ pub fn train(
         // A write's error found while the epochs go on: the run's error once they stop.
         let mut write_error = None;
         let trained = (|| -> Result<()> {
+            // A finished write: its event file back, or its error kept and the epochs stopped.
+            let mut take_up = |handle: Writing<'_>, outputs: &mut Outputs<'_>| match finish(handle)
+            {
+                Ok(events) => {
+                    outputs.events = Some(events);
+                    Ok(())
+                }
+                Err(e) => {
+                    write_error = Some(e);
+                    Err(anyhow::Error::from(crate::interrupt::WriteFailed))
+                }
+            };
             for epoch in progress.epochs_done..config.epochs {
                 // A write that already ended (failed, say) is taken up before the next epoch.
                 if pending
@@ -328,13 +340,7 @@ pub fn train(
                     .is_some_and(|h: &Writing<'_>| h.is_finished())
                 {
                     if let (Some(done), Some(outputs)) = (pending.take(), outputs.as_mut()) {
-                        match finish(done) {
-                            Ok(events) => outputs.events = Some(events),
-                            Err(e) => {
-                                write_error = Some(e);
-                                return Err(crate::interrupt::WriteFailed.into());
-                            }
-                        }
+                        take_up(done, outputs)?;
                     }
                 }
                 let (trained, tested, record, images_per_s) =
@@ -351,13 +357,7 @@ pub fn train(
                 };
                 // The previous epoch's files first: one snapshot in memory at a time.
                 if let Some(previous) = pending.take() {
-                    match finish(previous) {
-                        Ok(events) => outputs.events = Some(events),
-                        Err(e) => {
-                            write_error = Some(e);
-                            return Err(crate::interrupt::WriteFailed.into());
-                        }
-                    }
+                    take_up(previous, outputs)?;
                 }
                 let snapshot = outputs.snapshot(
                     &progress,
