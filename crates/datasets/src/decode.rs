@@ -24,7 +24,8 @@ const FORMATS: &str = "JPEG, PNG, BMP, PPM/PGM, TIFF or WebP";
 /// alpha dropped, grey from RGB by ITU-R 601-2 as PIL rounds it (`(19595 R + 38470 G + 7471 B
 /// + 2^15) >> 16`), 16-bit RGB by its high byte, 16-bit grey clipped at 255 (PIL's `I;16`).
 ///
-/// Errors: an empty file, a format other than those, or a file that is not complete.
+/// Errors: an empty file, a format other than those, a file that is not complete, or an image
+/// with no pixels (a width or height of 0, which a PNM header can declare).
 ///
 /// The file must be complete: a JPEG must reach its end-of-image marker through whole segments
 /// and scans, a PNG its `IEND` chunk through whole chunks, a WebP its RIFF size, a TIFF's
@@ -50,6 +51,10 @@ pub fn decode_image(bytes: &[u8], mode: ColorMode) -> Result<U8Image> {
         Err(e) => return Err(e).context("corrupt or unsupported image data"),
     };
     let (width, height) = (img.width() as usize, img.height() as usize);
+    ensure!(
+        width > 0 && height > 0,
+        "the image has no pixels: it is {width}x{height} (width x height)"
+    );
     match (mode, pil_pixels(img)) {
         (ColorMode::Rgb, Pixels::Rgb(rgb)) => U8Image::from_hwc(3, height, width, &rgb),
         (ColorMode::Rgb, Pixels::Grey(grey)) => {

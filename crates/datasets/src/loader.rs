@@ -253,13 +253,24 @@ struct Job {
 }
 
 impl Job {
-    /// Decodes and augments sample `index` with its own random stream.
+    /// Decodes and augments sample `index` with its own random stream. A panic there (a bug
+    /// that some image brings out) is this sample's error, so that the epoch stops on it rather
+    /// than ending early.
     fn sample(&self, index: usize) -> Result<U8Image> {
-        let img = self.dataset.image(index)?;
-        let mut rng = Rng::for_sample(self.seed, self.epoch, index as u64);
-        self.transform
-            .augment(img, &mut rng)
-            .with_context(|| format!("transforming sample {index}"))
+        let work = || -> Result<U8Image> {
+            let img = self.dataset.image(index)?;
+            let mut rng = Rng::for_sample(self.seed, self.epoch, index as u64);
+            self.transform
+                .augment(img, &mut rng)
+                .with_context(|| format!("transforming sample {index}"))
+        };
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|panic| {
+            anyhow::bail!(
+                "reading or transforming sample {index} failed: {} (a bug; please report it \
+                 with the image)",
+                panic_text(panic.as_ref())
+            )
+        })
     }
 
     fn batch(&self, indices: &[usize]) -> Result<Batch> {
@@ -321,7 +332,23 @@ impl Iterator for Epoch {
             self.remaining = 0;
             return Some(Err(e));
         }
-        let batch = self.rx.as_ref()?.recv().ok();
+        let batch = match self.rx.as_ref()?.recv() {
+            Ok(batch) => Some(batch),
+            // The thread ended before the epoch's last batch: it panicked. The epoch fails
+            // rather than ending short.
+            Err(_) if self.remaining > 0 => {
+                self.rx = None;
+                let why = match self.handle.take().map(JoinHandle::join) {
+                    Some(Err(panic)) => panic_text(panic.as_ref()),
+                    _ => "it stopped".to_string(),
+                };
+                Some(Err(anyhow::anyhow!(
+                    "the data-loading thread failed with {} batches of the epoch left: {why}",
+                    self.remaining
+                )))
+            }
+            Err(_) => None,
+        };
         match &batch {
             Some(Ok(_)) => self.remaining = self.remaining.saturating_sub(1),
             _ => self.remaining = 0,
@@ -341,5 +368,14 @@ impl Drop for Epoch {
         if let Some(handle) = self.handle.take() {
             let _ = handle.join();
         }
+    }
+}
+
+/// What a panic said (its `&str` or `String` message).
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(text), _) => (*text).to_string(),
+        (_, Some(text)) => text.clone(),
+        _ => "a panic".to_string(),
     }
 }

@@ -19,7 +19,8 @@ impl U8Image {
     /// Wraps CHW bytes, checking that their number matches the shape.
     ///
     /// # Errors
-    /// The number of bytes is not `channels * height * width` (or that product overflows).
+    /// A side or the channel count is 0, or the number of bytes is not
+    /// `channels * height * width` (or that product overflows).
     pub fn new(channels: usize, height: usize, width: usize, data: Vec<u8>) -> Result<Self> {
         let needed = byte_count(channels, height, width)?;
         ensure!(
@@ -93,6 +94,10 @@ impl U8Image {
 
 /// `channels * height * width`, or an error when it does not fit in memory.
 fn byte_count(channels: usize, height: usize, width: usize) -> Result<usize> {
+    ensure!(
+        channels > 0 && height > 0 && width > 0,
+        "an image of shape {channels}x{height}x{width} (CxHxW) has no pixels"
+    );
     channels
         .checked_mul(height)
         .and_then(|n| n.checked_mul(width))

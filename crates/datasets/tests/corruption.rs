@@ -139,6 +139,45 @@ fn bytes_after_the_end_of_a_jpeg_are_allowed() {
     assert_eq!(decode_image(&bytes, ColorMode::Rgb).unwrap(), whole);
 }
 
+/// A PNM header may declare a width or height of 0, which the decoder accepts: such an image is
+/// refused, by itself and in a folder (read ahead into memory or batch by batch), naming the
+/// file. It used to panic in the resize, or in the loader's thread, where the epoch then ended
+/// early as if complete.
+#[test]
+fn an_image_with_no_pixels_is_refused_naming_the_file() {
+    for header in [&b"P6\n0 5\n255\n"[..], b"P5\n7 0\n255\n", b"P5\n0 0\n255\n"] {
+        let msg = format!("{:#}", decode_image(header, ColorMode::Rgb).unwrap_err());
+        assert!(msg.contains("no pixels"), "{msg}");
+    }
+    let dir = tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    for split in ["train", "test"] {
+        for class in ["a", "b"] {
+            let dir = tree.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("1.png"), png_32()).unwrap();
+        }
+    }
+    // The first file of its class: the one a folder read into memory takes its shape from.
+    let empty = tree.join("train").join("b").join("0.ppm");
+    std::fs::write(&empty, b"P6\n0 5\n255\n").unwrap();
+    let memory = FolderOptions {
+        storage: Storage::Memory,
+        ..FolderOptions::default()
+    };
+    let msg = chain(&image_folder(&tree, &memory).unwrap_err());
+    assert!(
+        msg.contains(&empty.display().to_string()) && msg.contains("no pixels"),
+        "{msg}"
+    );
+    let lazy = image_folder(&tree, &FolderOptions::default()).unwrap();
+    let index = (0..lazy.train.len())
+        .find(|&i| lazy.train.image(i).is_err())
+        .expect("the empty image fails");
+    let msg = chain(&lazy.train.image(index).unwrap_err());
+    assert!(msg.contains("0.ppm") && msg.contains("no pixels"), "{msg}");
+}
+
 /// A train/test ImageFolder of 32x32 JPEGs, one of them cut in half inside its scan data.
 fn folder_with_truncated_jpeg(root: &Path) -> std::path::PathBuf {
     for split in ["train", "test"] {

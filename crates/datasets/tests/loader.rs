@@ -156,3 +156,46 @@ fn mixed_sizes_error_and_bad_config() {
     );
     assert!(Loader::new(dataset(3), Transform::to_tensor(), LoaderConfig::eval(0)).is_err());
 }
+
+/// A data set whose sample 5 panics when read (a bug some image brings out).
+struct PanicsAtFive;
+
+impl Dataset for PanicsAtFive {
+    fn len(&self) -> usize {
+        10
+    }
+    fn classes(&self) -> &[String] {
+        static CLASSES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+        CLASSES.get_or_init(|| vec!["a".into(), "b".into()])
+    }
+    fn label(&self, index: usize) -> usize {
+        index % 2
+    }
+    fn image(&self, index: usize) -> anyhow::Result<datasets::U8Image> {
+        assert!(index != 5, "sample five breaks");
+        Ok(datasets::U8Image::zeros(1, 4, 4))
+    }
+}
+
+/// A panic while a batch is built is an error of the epoch naming the sample, not an epoch
+/// that ends early (which trained and tested on the batches before it, as if complete).
+#[test]
+fn a_panic_in_a_sample_is_an_error_not_a_short_epoch() {
+    let loader = Loader::new(
+        Arc::new(PanicsAtFive),
+        Transform::to_tensor(),
+        LoaderConfig::eval(2),
+    )
+    .unwrap();
+    let results: Vec<_> = loader.epoch(0).collect();
+    assert_eq!(results.len(), 3, "two batches, then the error");
+    assert!(results[0].is_ok() && results[1].is_ok());
+    let err = format!("{:#}", results[2].as_ref().unwrap_err());
+    assert!(
+        err.contains("sample 5") && err.contains("sample five breaks"),
+        "{err}"
+    );
+    // The same through `batch`.
+    let err = format!("{:#}", loader.batch(0, &[4, 5]).unwrap_err());
+    assert!(err.contains("sample 5"), "{err}");
+}
