@@ -225,6 +225,7 @@ pub fn finetune(
                     limit: run.limit_train,
                 },
             )?;
+            let started = std::time::Instant::now();
             cached = (
                 CachedFeatures::compute(
                     &|x| model.frozen_features(x),
@@ -242,6 +243,15 @@ pub fn finetune(
                     None,
                     "features: test".into(),
                 )?,
+            );
+            let images = cached.0.num_samples() + cached.1.num_samples();
+            let seconds = started.elapsed().as_secs_f64();
+            train::say!(
+                "features of {} training and {} test images computed in {seconds:.1} s \
+                 ({:.0} img/s); the epochs' times are the head's alone",
+                cached.0.num_samples(),
+                cached.1.num_samples(),
+                images as f64 / seconds.max(1e-9)
             );
             (&head, &cached.0, &cached.1)
         } else {

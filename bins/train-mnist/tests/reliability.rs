@@ -831,7 +831,10 @@ fn images_the_model_cannot_take_are_refused_before_training() {
         assert!(
             err.contains(&format!(
                 "cnn-mnist does not fit the 1x32x32 images that {flag} random-crop:32:4 gives"
-            )) && err.contains("with resize:28,center-crop:28 (after any crop)"),
+            )) && err.contains(&format!(
+                "a resize:28,center-crop:28 step before normalize ({flag} \
+                 random-crop:32:4,resize:28,center-crop:28,to-tensor), or choose"
+            )),
             "{err}"
         );
         assert!(!out.exists(), "{err}");

@@ -85,13 +85,18 @@ fn parse(spec: &str) -> Result<Transform> {
             }
             _ => bail!(
                 "unknown step {step:?} (expected random-crop:SIZE[:PAD], flip[:P], resize:SIZE, \
-                 center-crop:SIZE, random-resized-crop:SIZE, to-tensor or normalize:...)"
+                 center-crop:SIZE, random-resized-crop:SIZE, to-tensor or normalize:...; a \
+                 preset ({PRESETS}) stands alone)"
             ),
         };
     }
     t.validate()?;
     Ok(t)
 }
+
+/// The presets' names, as errors and help texts list them.
+pub const PRESETS: &str =
+    "mnist-train, mnist-test, cifar10-train, cifar10-test, imagenet-train[:SIZE], imagenet-eval[:SIZE]";
 
 fn preset(spec: &str) -> Result<Option<Transform>> {
     let (name, size) = match spec.split_once(':') {
@@ -152,7 +157,8 @@ fn floats(s: &str) -> Result<Vec<f32>> {
         .collect()
 }
 
-/// Writes the grammar's explicit form, which parses back to an equal transform.
+/// Writes the grammar's step form (a preset's steps; `normalize:NAME` for the named statistics),
+/// which parses back to an equal transform.
 impl fmt::Display for Transform {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let join = |v: &[f32]| {
@@ -165,7 +171,9 @@ impl fmt::Display for Transform {
             .ops()
             .iter()
             .map(|op| match op {
+                Op::RandomCrop { size, padding: 0 } => format!("random-crop:{size}"),
                 Op::RandomCrop { size, padding } => format!("random-crop:{size}:{padding}"),
+                Op::RandomHorizontalFlip { p } if *p == 0.5 => "flip".to_string(),
                 Op::RandomHorizontalFlip { p } => format!("flip:{p}"),
                 Op::Resize { size } => format!("resize:{size}"),
                 Op::CenterCrop { size } => format!("center-crop:{size}"),
@@ -176,10 +184,21 @@ impl fmt::Display for Transform {
             })
             .collect();
         let norm = self.normalization();
-        steps.push(if norm.is_identity() {
-            "to-tensor".to_string()
-        } else {
-            format!("normalize:{}:{}", join(norm.mean()), join(norm.std()))
+        let named = [
+            (
+                "mnist",
+                MNIST_MEAN_STD.0.as_slice(),
+                MNIST_MEAN_STD.1.as_slice(),
+            ),
+            ("cifar10", &CIFAR10_MEAN_STD.0, &CIFAR10_MEAN_STD.1),
+            ("imagenet", &IMAGENET_MEAN_STD.0, &IMAGENET_MEAN_STD.1),
+        ]
+        .into_iter()
+        .find(|(_, mean, std)| norm.mean() == *mean && norm.std() == *std);
+        steps.push(match named {
+            _ if norm.is_identity() => "to-tensor".to_string(),
+            Some((name, ..)) => format!("normalize:{name}"),
+            None => format!("normalize:{}:{}", join(norm.mean()), join(norm.std())),
         });
         f.write_str(&steps.join(","))
     }
@@ -225,6 +244,24 @@ mod tests {
         ] {
             assert_eq!(Transform::parse(&t.to_string()).unwrap(), t, "{t}");
         }
+        // The presets' steps as one writes them.
+        for (preset, steps) in [
+            ("cifar10-train", "random-crop:32:4,flip,normalize:cifar10"),
+            ("cifar10-test", "normalize:cifar10"),
+            ("mnist-train", "normalize:mnist"),
+            (
+                "imagenet-eval",
+                "resize:256,center-crop:224,normalize:imagenet",
+            ),
+        ] {
+            assert_eq!(Transform::parse(preset).unwrap().to_string(), steps);
+        }
+        assert_eq!(
+            Transform::parse("random-crop:28,flip:0.25,normalize:0.5:0.25")
+                .unwrap()
+                .to_string(),
+            "random-crop:28,flip:0.25,normalize:0.5:0.25"
+        );
     }
 
     #[test]

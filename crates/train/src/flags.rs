@@ -404,11 +404,16 @@ hyperparameters! {
     /// Cross-entropy label smoothing
     #[arg(long)]
     label_smoothing: Option<f64> = value(|_| 0.0);
-    /// Training transform: a preset (mnist-train, cifar10-train, ...) or steps such as
+    /// Training transform (torchvision's transforms.Compose): a preset (mnist-train,
+    /// mnist-test, cifar10-train, cifar10-test, imagenet-train[:SIZE], imagenet-eval[:SIZE])
+    /// or comma-separated steps among random-crop:SIZE[:PAD], flip[:P], resize:SIZE,
+    /// center-crop:SIZE, random-resized-crop:SIZE[:S0:S1[:R0:R1]], then to-tensor or
+    /// normalize:mnist|cifar10|imagenet|M1/M2/..:S1/S2/.. last; cifar10-train is
     /// `random-crop:32:4,flip,normalize:cifar10`
     #[arg(long)]
     train_transform: Option<String> = value(|r| r.train_transform.to_string());
-    /// Test transform: a preset (mnist-test, cifar10-test, ...) or steps
+    /// Test transform: a preset or steps, as --train-transform; cifar10-test is
+    /// `normalize:cifar10`
     #[arg(long)]
     test_transform: Option<String> = value(|r| r.test_transform.to_string());
     /// Random seed (initialisation, data order, augmentation, dropout)

@@ -520,6 +520,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
         evaluation.top1,
         crate::metrics::top5_text(evaluation.top5, trained.classes.len(), ", top-5 ", "%")
     );
+    crate::say!("accuracy per class (the share of its test images predicted as it):");
     for (class, acc) in &evaluation.per_class {
         match acc {
             Some(acc) => crate::say!("  {acc:6.2}%  {class}"),

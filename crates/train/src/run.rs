@@ -845,22 +845,14 @@ impl Snapshot<'_> {
         history::save(out, history)?;
         pictures::save_curves(out, self.title, history)?;
         let epoch = self.state.epochs_done - 1;
-        pictures::save_prediction_tiles(
-            out,
-            &format!("{}, epoch {}", self.title, epoch + 1),
-            &self.tiles,
-        )?;
         let tested = history.last().map_or(f64::NAN, |r| r.test_acc);
-        pictures::save_confusion(
-            out,
-            &format!(
-                "{}, epoch {}: test top-1 {tested:.2}%",
-                self.title,
-                epoch + 1
-            ),
-            &self.confusion,
-            self.classes,
-        )?;
+        let title = format!(
+            "{}, epoch {}: test top-1 {tested:.2}%",
+            self.title,
+            epoch + 1
+        );
+        pictures::save_prediction_tiles(out, &title, &self.tiles)?;
+        pictures::save_confusion(out, &title, &self.confusion, self.classes)?;
         log_epoch(
             &mut events,
             epoch,
@@ -1253,11 +1245,23 @@ pub fn check_fits(
         .map(|(c, h, w)| format!(" (it expects {c}x{h}x{w})"))
         .unwrap_or_default();
     // What to do about it: the same channels take a resize (the adaptive pooling of most zoo
-    // models takes other sides); other channels need another model.
+    // models takes other sides), given as the whole flags; other channels need another model.
+    let resized = |side: usize| -> String {
+        inputs
+            .iter()
+            .filter(|(_, _, (_, h, w))| (*h, *w) != (side, side))
+            .filter_map(|(flag, text, _)| {
+                let t = datasets::Transform::parse(text).ok()?;
+                Some(format!("{flag} {}", t.resize(side).center_crop(side)))
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     let hint = |c: usize| match native {
         Some((nc, nh, _)) if nc == c => format!(
-            "; end --train-transform and --test-transform with resize:{nh},center-crop:{nh} \
-             (after any crop), or choose a --model made for these images"
+            "; resize the images to it with a resize:{nh},center-crop:{nh} step before \
+             normalize ({}), or choose a --model made for these images",
+            resized(nh)
         ),
         Some((nc, _, _)) => {
             format!("; it takes {nc}-channel images: choose a --model made for {c} channels")
