@@ -43,8 +43,8 @@ impl Listing {
     /// named as an image is refused, never opened (it would block or never end).
     ///
     /// # Errors
-    /// `root` or a folder below it cannot be read, or an image's name leads to something other
-    /// than a regular file.
+    /// `root` or a folder below it cannot be read, a folder's name is not UTF-8, or an image's
+    /// name leads to something other than a regular file.
     pub fn from_dir(root: &Path) -> Result<Self> {
         anyhow::ensure!(root.is_dir(), "{} is not a directory", root.display());
         let mut listing = Self {
@@ -72,7 +72,16 @@ impl Listing {
                 let path = entry.path();
                 let child = join(&rel, &name);
                 // `metadata` follows links and never opens the file, so it cannot block.
-                match std::fs::metadata(&path) {
+                let meta = std::fs::metadata(&path);
+                // A folder's name is a class (or split) name: text. Read lossily, two such
+                // names could be one class.
+                if meta.as_ref().is_ok_and(|m| m.is_dir()) && entry.file_name().to_str().is_none() {
+                    anyhow::bail!(
+                        "{}: a folder whose name is not UTF-8; rename it (class names are text)",
+                        path.display()
+                    );
+                }
+                match meta {
                     Ok(meta) if meta.is_dir() && is_link => linked.push_back((path, child)),
                     Ok(meta) if meta.is_dir() => real.push((path, child)),
                     Ok(meta) if meta.is_file() && is_image(&name) => {

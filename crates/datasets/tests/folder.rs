@@ -256,6 +256,134 @@ fn archive_matches_directory() {
     }
 }
 
+/// A `.tar` of `members`: (path, link target or `None` for a file, bytes), each a regular file,
+/// a symbolic link or (`hard:` before the target) a hard link, with the path written as given.
+fn raw_tar(path: &std::path::Path, members: &[(&[u8], Option<&str>, &[u8])]) {
+    let mut builder = tar::Builder::new(std::fs::File::create(path).unwrap());
+    for (name, link, bytes) in members {
+        let mut header = tar::Header::new_gnu();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name);
+        header.set_mode(0o644);
+        match link {
+            None => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(bytes.len() as u64);
+            }
+            Some(target) => {
+                let (kind, target) = match target.strip_prefix("hard:") {
+                    Some(t) => (tar::EntryType::Link, t),
+                    None => (tar::EntryType::Symlink, *target),
+                };
+                header.set_entry_type(kind);
+                header.set_link_name(target).unwrap();
+                header.set_size(0);
+            }
+        }
+        header.set_cksum();
+        builder.append(&header, *bytes).unwrap();
+    }
+    builder.into_inner().unwrap();
+}
+
+/// An archive is read as `tar -x` leaves it: hard and symbolic links (to a file or a folder) as
+/// copies of their targets, a member given twice as its last copy. Links used to be dropped and
+/// a repeated member counted twice, so the archive and its extracted tree gave other data.
+#[test]
+fn an_archive_reads_as_its_extracted_tree() {
+    let dir = tempdir().unwrap();
+    let png = |k: u8| {
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        pattern_rgb(4, 4, k)
+            .write_to(&mut bytes, image::ImageFormat::Png)
+            .unwrap();
+        bytes.into_inner()
+    };
+    let (a0, a1, b0, old) = (png(1), png(2), png(3), png(9));
+    let archive = dir.path().join("links.tar");
+    raw_tar(
+        &archive,
+        &[
+            (b"train/a/0.png", None, &a0),
+            (b"train/a/1.png", None, &old),
+            (b"train/a/1.png", None, &a1),
+            (b"train/a/2.png", Some("0.png"), b""),
+            (b"train/a/3.png", Some("hard:train/a/0.png"), b""),
+            (b"test/a/0.png", Some("../../train/a/1.png"), b""),
+            (b"train/b/0.png", None, &b0),
+            (b"test/b", Some("../train/b"), b""),
+        ],
+    );
+    let split = image_folder(&archive, &opts(Storage::Memory)).unwrap();
+    assert_eq!(split.train.len(), 5, "a: 0, 1 (once), 2 and 3; b: 0");
+    assert_eq!(
+        split.test.len(),
+        2,
+        "the linked file and the linked folder's file"
+    );
+    let decoded = |bytes: &[u8]| decode_image(bytes, ColorMode::Rgb).unwrap();
+    let train: Vec<_> = (0..5).map(|i| split.train.image(i).unwrap()).collect();
+    for (i, want) in [&a0, &a1, &a0, &a0, &b0].into_iter().enumerate() {
+        assert_eq!(train[i], decoded(want), "training image {i}");
+    }
+    assert_eq!(split.test.image(0).unwrap(), decoded(&a1));
+    assert_eq!(split.test.image(1).unwrap(), decoded(&b0));
+}
+
+/// Members that `tar -x` would not put where their names say, or whose names two class folders
+/// could share, are refused naming the member.
+#[test]
+fn archive_members_that_cannot_be_classes_are_refused() {
+    let dir = tempdir().unwrap();
+    let png = {
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        pattern_rgb(4, 4, 1)
+            .write_to(&mut bytes, image::ImageFormat::Png)
+            .unwrap();
+        bytes.into_inner()
+    };
+    let cases: [(&[u8], Option<&str>, &str); 4] = [
+        (b"train/cat/../dog/0.png", None, "\"..\""),
+        (b"train/caf\xe9/0.png", None, "not UTF-8"),
+        (
+            b"train/cat/1.png",
+            Some("/etc/cat.png"),
+            "a place outside it",
+        ),
+        (b"train/cat/1.png", Some("2.png"), "train/cat/2.png"),
+    ];
+    for (name, link, needle) in cases {
+        let archive = dir.path().join("bad.tar");
+        raw_tar(
+            &archive,
+            &[
+                (b"train/cat/0.png", None, &png),
+                (b"train/dog/0.png", None, &png),
+                (name, link, if link.is_some() { b"" } else { &png }),
+            ],
+        );
+        let msg = chain(&image_folder(&archive, &opts(Storage::Memory)).unwrap_err());
+        let shown = String::from_utf8_lossy(name);
+        assert!(msg.contains(&*shown) && msg.contains(needle), "{msg}");
+    }
+}
+
+/// A class folder whose name is not UTF-8 is refused: read lossily, `caf\xe9` and `caf\xe8`
+/// were one class.
+#[test]
+fn a_class_folder_named_in_another_encoding_is_refused() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    write_folder(&tree, &[""], &["dog"], 2, 4, 4);
+    let odd = tree.join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    save_png(&pattern_rgb(4, 4, 1), &odd.join("0.png"));
+    let msg = chain(&image_folder(&tree, &opts(Storage::Files)).unwrap_err());
+    assert!(
+        msg.contains(&odd.display().to_string()) && msg.contains("not UTF-8"),
+        "{msg}"
+    );
+}
+
 #[test]
 fn cifar_from_folder_tree_archive_and_binary() {
     let dir = tempdir().unwrap();
