@@ -247,6 +247,41 @@ fn evaluate_takes_another_test_limit() {
     );
 }
 
+/// `evaluate` refuses the run's own data when its test split is no longer the one the run
+/// tested on (its state records the count), as `--resume` refuses it; given as --data-dir, the
+/// data as it is now is evaluated, with a note.
+#[test]
+fn evaluate_refuses_the_runs_data_once_changed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = trained(dir.path(), &[]);
+    let data = dir.path().join("mnist");
+    train::synthetic::write_mnist(&data, 96, 50).expect("synthetic MNIST");
+    let refused = Command::new(BIN)
+        .args(["evaluate", "--run", &s(&out), "--device", "cpu"])
+        .output()
+        .expect("train-mnist starts");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && err.contains("has changed since it trained")
+            && err.contains("now has 50 images, the run tested on 40")
+            && err.contains("--data-dir"),
+        "{err}"
+    );
+    assert!(!out.join("evaluation-best.json").exists(), "{err}");
+    let given = Command::new(BIN)
+        .args(["evaluate", "--run", &s(&out), "--device", "cpu"])
+        .args(["--data-dir", &s(&data)])
+        .output()
+        .expect("train-mnist starts");
+    let err = String::from_utf8_lossy(&given.stderr);
+    assert!(given.status.success(), "{err}");
+    assert!(
+        err.contains("these figures are not the run's test"),
+        "{err}"
+    );
+}
+
 /// The 28x28 grey digit `pixels` saved as `dir/digit.png`.
 fn digit(dir: &Path) -> (PathBuf, Vec<u8>) {
     let image = dir.join("digit.png");

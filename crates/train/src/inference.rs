@@ -435,6 +435,36 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
             trained.classes
         );
     }
+    // The run's own data that has since changed: its test split is not the one the run
+    // tested on (and an image folder's held-out share, drawn again, may hold images it
+    // trained on), as `--resume` refuses it too.
+    let tested = crate::state::saved_images(&args.run)
+        .map(|[_, tested]| tested)
+        .filter(|&tested| !other_limit && tested != test.len());
+    match (tested, &args.data_dir) {
+        (Some(tested), None) => bail!(
+            "the run's data{} has changed since it trained: its test split now has {} images, \
+             the run tested on {tested}{}; give --data-dir to evaluate on the data as it is now",
+            config
+                .data_dir
+                .as_ref()
+                .map_or(String::new(), |d| format!(" in {}", d.display())),
+            test.len(),
+            if config.dataset == crate::config::DatasetKind::Folder {
+                " (an image folder's held-out test images are drawn again from what is there, \
+                 and may include images the run trained on)"
+            } else {
+                ""
+            }
+        ),
+        (Some(tested), Some(dir)) => crate::warn!(
+            "note: --data-dir {}: its test split has {} images, the run tested on {tested}; \
+             these figures are not the run's test",
+            dir.display(),
+            test.len()
+        ),
+        (None, _) => {}
+    }
     // Test images the model cannot take (another size than the run's, with a test transform
     // that does not resize): said before the pass, as training says it.
     if !test.is_empty() {

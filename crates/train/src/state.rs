@@ -83,6 +83,30 @@ pub fn save(dir: &Path, state: &ResumeState, tensors: &StateTensors) -> Result<(
     )
 }
 
+/// How many training and test images the run in `dir` trained and tested on, as its state
+/// records them, read from the state's header alone (not its tensors). `None` without a state,
+/// or for a state that does not record them (or cannot be read: [`load`] says why).
+pub fn saved_images(dir: &Path) -> Option<[usize; 2]> {
+    use std::io::Read;
+    #[derive(serde::Deserialize)]
+    struct Recorded {
+        #[serde(default)]
+        images: Option<[usize; 2]>,
+    }
+    let mut file = std::fs::File::open(dir.join(STATE)).ok()?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).ok()?;
+    // A header larger than safetensors allows (100 MB) is no state's.
+    let len = usize::try_from(u64::from_le_bytes(len))
+        .ok()
+        .filter(|&n| n <= 100_000_000)?;
+    let mut header = vec![0u8; len];
+    file.read_exact(&mut header).ok()?;
+    let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    let json = header.get("__metadata__")?.get(RESUME_KEY)?.as_str()?;
+    serde_json::from_str::<Recorded>(json).ok()?.images
+}
+
 /// Reads the state saved in `dir`.
 ///
 /// Errors name the file: missing (no epoch finished yet), not a valid state, a tensor holding
