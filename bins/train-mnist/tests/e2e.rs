@@ -55,6 +55,8 @@ fn same_seed_same_metrics_and_resume_matches_an_uninterrupted_run() {
         dir.path().join("b"),
         dir.path().join("c"),
     );
+    // A rate whose shortest decimal is 17 digits: read back exactly (serde_json's
+    // float_roundtrip), the same flags with --resume are the run's.
     let common = [
         "--data-dir",
         &data,
@@ -62,6 +64,8 @@ fn same_seed_same_metrics_and_resume_matches_an_uninterrupted_run() {
         "16",
         "--test-batch-size",
         "20",
+        "--lr",
+        "0.011000000000000001",
     ];
     // A limit at the split's size (40 test images) uses all of it, and says so.
     let limit = ["--limit-test", "40"];
@@ -73,8 +77,24 @@ fn same_seed_same_metrics_and_resume_matches_an_uninterrupted_run() {
     );
     ok(&[&common[..], &["--epochs", "2", "--out", &s(&b)]].concat());
     ok(&[&common[..], &["--epochs", "1", "--out", &s(&c)]].concat());
-    let resumed = ok(&["--resume", &s(&c), "--epochs", "2"]);
+    let resumed = ok(&[&common[..], &["--resume", &s(&c), "--epochs", "2"]].concat());
     assert!(resumed.contains("resumes"), "{resumed}");
+    // The history read back from the state is the one saved, to the last bit: metrics.json
+    // (all but the wall times) and the best checkpoint are the uninterrupted run's.
+    let history = |dir: &Path| -> Vec<serde_json::Value> {
+        let text = bytes(dir.join(train::rundir::METRICS_JSON));
+        let mut json: serde_json::Value = serde_json::from_slice(&text).expect("metrics.json");
+        let rows = json.as_array_mut().expect("a list of epochs");
+        for row in rows.iter_mut() {
+            row.as_object_mut().expect("an epoch").remove("seconds");
+        }
+        rows.clone()
+    };
+    assert_eq!(history(&a), history(&c));
+    assert_eq!(
+        bytes(a.join(train::rundir::BEST)),
+        bytes(c.join(train::rundir::BEST))
+    );
 
     let header = "epoch,train_loss,train_acc,test_loss,test_acc,lr";
     let rows = metrics_without_seconds(&a);
