@@ -282,6 +282,40 @@ fn evaluate_refuses_the_runs_data_once_changed() {
     );
 }
 
+/// A `config.json` edited to a setting no run accepts (a `--limit-test` of 0, label smoothing
+/// of 5) is refused naming the file, where `evaluate` tested 0 images and said 0%.
+#[test]
+fn an_edited_config_is_refused_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = trained(dir.path(), &[]);
+    let config = out.join("config.json");
+    let saved = std::fs::read_to_string(&config).expect("config.json");
+    let json: serde_json::Value = serde_json::from_str(&saved).expect("json");
+    for (key, value, flag) in [
+        (
+            "limit_test",
+            serde_json::json!(0),
+            "--limit-train and --limit-test",
+        ),
+        ("label_smoothing", serde_json::json!(5.0), "label-smoothing"),
+    ] {
+        let mut edited = json.clone();
+        edited[key] = value;
+        std::fs::write(&config, edited.to_string()).expect("write");
+        let refused = Command::new(BIN)
+            .args(["evaluate", "--run", &s(&out), "--device", "cpu"])
+            .output()
+            .expect("train-mnist starts");
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success() && err.contains("config.json") && err.contains(flag),
+            "{key}: {err}"
+        );
+    }
+    std::fs::write(&config, saved).expect("write");
+    run(&["evaluate", "--run", &s(&out), "--device", "cpu"]);
+}
+
 /// The 28x28 grey digit `pixels` saved as `dir/digit.png`.
 fn digit(dir: &Path) -> (PathBuf, Vec<u8>) {
     let image = dir.join("digit.png");

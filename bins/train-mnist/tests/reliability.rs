@@ -1077,6 +1077,8 @@ fn resuming_a_finished_run_completes_its_checkpoints() {
     assert!(more.status.success(), "{}", stderr(&more));
     let epoch2 = std::fs::read(&last).expect("last");
     assert_ne!(epoch1, epoch2);
+    let config = std::fs::read(run.join(train::rundir::CONFIG)).expect("config.json");
+    let classes = std::fs::read(run.join(train::rundir::CLASSES)).expect("classes.json");
     // Epoch 2's checkpoint and curves lost: last is epoch 1's, and evaluated as such.
     std::fs::write(&last, &epoch1).expect("older last");
     std::fs::remove_file(run.join(train::rundir::CURVES)).expect("remove curves.png");
@@ -1103,6 +1105,20 @@ fn resuming_a_finished_run_completes_its_checkpoints() {
     assert!(
         run.join(train::rundir::CURVES).is_file(),
         "curves.png drawn again"
+    );
+    // config.json and classes.json removed: written again from the state, as they were.
+    for name in [train::rundir::CONFIG, train::rundir::CLASSES] {
+        std::fs::remove_file(run.join(name)).expect("remove");
+    }
+    let again = train_mnist(&["--resume", &s(&run), "--epochs", "2"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(
+        std::fs::read(run.join(train::rundir::CONFIG)).expect("config.json"),
+        config
+    );
+    assert_eq!(
+        std::fs::read(run.join(train::rundir::CLASSES)).expect("classes.json"),
+        classes
     );
     // Already whole: nothing written again is said, and nothing removed.
     let whole = train_mnist(&["--resume", &s(&run), "--epochs", "2"]);

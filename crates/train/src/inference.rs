@@ -102,6 +102,13 @@ impl Trained {
         };
         let config: RunConfig = serde_json::from_slice(&text)
             .with_context(|| format!("{} is not a run configuration", config_path.display()))?;
+        // Settings a run refuses on its command line cannot come from a run (edited, then).
+        config.validate().with_context(|| {
+            format!(
+                "{}: a setting no run saves (the file was edited?)",
+                config_path.display()
+            )
+        })?;
         let classes: Vec<String> = match layers::file::read(&dir.join(CLASSES)) {
             Ok(text) => serde_json::from_slice(&text).with_context(|| {
                 format!(

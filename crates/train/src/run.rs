@@ -476,9 +476,10 @@ fn say_best(out: &Path, accuracy: f64, epoch: usize) {
 /// A resumed run's trained epochs (`saved`) against `config.epochs`, checked before any data is
 /// loaded: more than asked is refused; exactly as many is a finished run, said so and returned
 /// as it is (its `metrics.csv` / `metrics.json` and `curves.png`, headed `title`, rewritten
-/// from the state, and its checkpoints from the state's weights `model` as a resume writes them, which completes a run killed, or
-/// whose writes failed, between the state and the other files of its last epoch); fewer is
-/// `None`, a run to continue.
+/// from the state, its checkpoints from the state's weights `model` as a resume writes them,
+/// and its `config.json` and `classes.json`, which completes a run killed, or whose writes
+/// failed, between the state and the other files of its last epoch, or files removed); fewer
+/// is `None`, a run to continue.
 ///
 /// # Errors
 /// More epochs trained than `--epochs`, or the metrics or checkpoints cannot be written.
@@ -514,6 +515,11 @@ pub fn finished(
         checkpoints_from_state(out, saved, model)?;
         history::save(out, &saved.history)?;
         pictures::save_curves(out, title, &saved.history)?;
+        // What `evaluate` and `predict` read, as a run that goes on writes it again.
+        atomic::write_bytes(&out.join(CONFIG), &serde_json::to_vec_pretty(config)?)?;
+        if let Some(classes) = &saved.classes {
+            crate::inference::save_classes(out, classes)?;
+        }
     }
     say_best(out, saved.best_acc, saved.best_epoch);
     Ok(Some(Outcome {
