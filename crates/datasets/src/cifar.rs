@@ -98,10 +98,11 @@ pub(crate) fn cifar10_path(path: &Path) -> Result<Split> {
         );
         let missing: Vec<&str> = TRAIN_BATCHES
             .iter()
+            .chain([&TEST_BATCH])
             .copied()
             .filter(|b| !dir.join(b).is_file())
             .collect();
-        if missing.len() < TRAIN_BATCHES.len() || dir.join(TEST_BATCH).is_file() {
+        if missing.len() <= TRAIN_BATCHES.len() {
             bail!(
                 "{}: incomplete CIFAR-10 binary batches, missing {}: training needs all five \
                  data_batch_N.bin and test_batch.bin in the --data-dir directory",
@@ -184,13 +185,17 @@ pub fn is_cifar10(path: &Path) -> bool {
         || folders(path) == cifar
 }
 
+/// Records beyond which a file is no CIFAR-10 batch (each official one holds 10,000); the
+/// file is refused before it is read.
+const MAX_BATCH_BYTES: u64 = 100_000 * RECORD_BYTES as u64;
+
 /// Reads one official binary batch file (e.g. `test_batch.bin`): 10,000 records of 3073 bytes.
 ///
 /// # Errors
 /// The file (or a `batches.meta.txt` beside it) cannot be read, is empty or not a whole number
 /// of 3073-byte records, or holds a label out of range.
 pub fn cifar10_test_bin(path: &Path) -> Result<InMemory> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = crate::io::read_at_most(path, MAX_BATCH_BYTES, "a CIFAR-10 batch")?;
     parse_batch(&bytes, &path.display().to_string(), classes_near(path)?)
 }
 
@@ -203,7 +208,7 @@ fn classes_near(batch: &Path) -> Result<Vec<String>> {
     if !meta.is_file() {
         return Ok(class_names(&CIFAR10_CLASSES));
     }
-    let bytes = std::fs::read(&meta).with_context(|| format!("cannot read {}", meta.display()))?;
+    let bytes = crate::io::read_at_most(&meta, 1 << 20, "a list of ten class names")?;
     parse_meta(&bytes, &meta.display().to_string())
 }
 
@@ -211,6 +216,8 @@ fn classes_near(batch: &Path) -> Result<Vec<String>> {
 /// names; `name` identifies the file in errors.
 fn parse_meta(bytes: &[u8], name: &str) -> Result<Vec<String>> {
     let text = std::str::from_utf8(bytes).with_context(|| format!("{name}: not UTF-8 text"))?;
+    // A byte-order mark (as some Windows editors save) is no part of the first name.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let names: Vec<String> = text
         .lines()
         .map(str::trim)
@@ -263,8 +270,7 @@ fn from_bin_dir(dir: &Path) -> Result<Split> {
     let classes = classes_near(&dir.join(TEST_BATCH))?;
     let read = |file: &str| -> Result<InMemory> {
         let path = dir.join(file);
-        let bytes =
-            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = crate::io::read_at_most(&path, MAX_BATCH_BYTES, "a CIFAR-10 batch")?;
         parse_batch(&bytes, &path.display().to_string(), classes.clone())
     };
     let train = TRAIN_BATCHES
@@ -326,6 +332,14 @@ fn from_archive(path: &Path) -> Result<Split> {
             &name(test),
         )?;
         return Ok(split);
+    }
+    // Binary batches without their test batch: not an image tree to look for images in.
+    if TRAIN_BATCHES.iter().any(|file| batch(file).is_some()) {
+        bail!(
+            "{}: the archive holds CIFAR-10 binary batches but no {TEST_BATCH}: the test split \
+             needs it beside data_batch_1..5.bin",
+            path.display()
+        );
     }
     from_folder(Listing::from_entries(path, entries)?, path)
 }

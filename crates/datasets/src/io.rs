@@ -1,6 +1,6 @@
 //! Reading whole files, transparently gunzipping `.gz` ones.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use flate2::read::MultiGzDecoder;
 use std::io::Read;
 use std::path::Path;
@@ -10,6 +10,10 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// The most bytes [`read_image_file`] reads from a pipe (whose length is not known before).
 pub const MAX_PIPED_IMAGE: u64 = 256 << 20;
+
+/// The largest regular file [`read_image_file`] reads (4 GiB): an encoded image's pixels may
+/// take at most 512 MiB, so a larger file is no image this can decode.
+pub const MAX_INPUT_FILE: u64 = 4 << 30;
 
 /// How long [`read_image_file`] waits for a process to open a named pipe for writing.
 pub const PIPE_WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -21,8 +25,9 @@ pub const PIPE_WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs
 /// writing within `PIPE_WRITER_WAIT` (10 s) is an error rather than a wait without end.
 ///
 /// # Errors
-/// `path` does not exist, is none of those, a named pipe finds no writer, a pipe gives no
-/// bytes or more than the limit, or it cannot be read.
+/// `path` does not exist, is none of those, is a regular file over `MAX_INPUT_FILE` (4 GiB), a
+/// named pipe finds no writer, a pipe gives no bytes or more than the limit, or it cannot be
+/// read.
 pub fn read_image_file(path: &Path) -> Result<Vec<u8>> {
     read_input_file(path, "image")
 }
@@ -54,6 +59,15 @@ pub fn read_input_file(path: &Path, what: &str) -> Result<Vec<u8>> {
         }
     );
     if !pipe {
+        // Read whole, a file of terabytes would take the memory; no image is that large.
+        ensure!(
+            meta.len() <= MAX_INPUT_FILE,
+            "{}: {:.1} GiB, too large for {article} {what} (at most {} GiB are read; an image's \
+             pixels may take 512 MiB)",
+            path.display(),
+            meta.len() as f64 / f64::from(1u32 << 30),
+            MAX_INPUT_FILE >> 30
+        );
         return std::fs::read(path).with_context(read_error);
     }
     let bytes = read_pipe(path, what)?;
@@ -134,6 +148,23 @@ fn read_pipe(path: &Path, what: &str) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Reads the file `path` whole, refusing (naming it) one over `max` bytes, which `what` (as
+/// "a CIFAR-10 batch") cannot be: read whole, a file of terabytes would take the memory.
+///
+/// # Errors
+/// The file cannot be read, or is larger than `max`.
+pub fn read_at_most(path: &Path, max: u64, what: &str) -> Result<Vec<u8>> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    ensure!(
+        meta.len() <= max,
+        "{}: {} bytes, more than {what} can be (at most {max})",
+        path.display(),
+        meta.len()
+    );
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
 /// Reads `path` into memory, gunzipping it when it starts with the gzip magic.
 ///
 /// The gzip stream is read to its end, so its CRC-32 and length trailer are verified; data after
@@ -159,6 +190,23 @@ pub fn read_maybe_gz(
         "{}: not a regular file (a directory, a pipe or a device)",
         path.display()
     );
+    // A plain file longer than its header says is refused before it is read whole (one of
+    // terabytes would otherwise take the memory).
+    let mut first = Vec::with_capacity(head);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(head as u64).read_to_end(&mut first))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if !first.starts_with(&GZIP_MAGIC) {
+        if let Some(whole) = size(&first).filter(|&whole| meta.len() > whole as u64) {
+            bail!(
+                "{}: {} unexpected trailing bytes after the {whole} bytes its header describes \
+                 (the file has {} bytes)",
+                path.display(),
+                meta.len() - whole as u64,
+                meta.len()
+            );
+        }
+    }
     let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     if !raw.starts_with(&GZIP_MAGIC) {
         return Ok(raw);

@@ -534,3 +534,50 @@ fn image_folder_training_holds_nothing_out() {
     let train = datasets::image_folder_training(alone.path(), Storage::Files).unwrap();
     assert_eq!((train.len(), train.classes().len()), (3, 3));
 }
+
+/// Files far larger than what they hold can be (sparse here: 200 GB that take no disk) are
+/// refused naming the file, before they are read whole, where reading them took the memory and
+/// ended the process with an out-of-memory message that named no file.
+#[test]
+fn files_larger_than_their_kind_can_be_are_refused_unread() {
+    const HUGE: u64 = 200 << 30;
+    let grow = |path: &Path| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_len(HUGE)
+            .unwrap();
+    };
+    let dir = tempdir().unwrap();
+    write_mnist(dir.path(), 4, 2, false);
+    let labels = dir.path().join("train-labels-idx1-ubyte");
+    grow(&labels);
+    let msg = mnist_err(dir.path());
+    assert!(
+        msg.contains("train-labels-idx1-ubyte") && msg.contains("unexpected trailing bytes"),
+        "{msg}"
+    );
+
+    let batch = dir.path().join("test_batch.bin");
+    std::fs::write(&batch, cifar_records(2)).unwrap();
+    grow(&batch);
+    let msg = chain(&cifar10_test_bin(&batch).unwrap_err());
+    assert!(
+        msg.contains("test_batch.bin") && msg.contains("more than a CIFAR-10 batch can be"),
+        "{msg}"
+    );
+
+    let tree = dir.path().join("tree");
+    write_folder(&tree, &["train", "test"], &["a", "b"], 2, 4, 4);
+    let big = tree.join("train").join("b").join("001.png");
+    grow(&big);
+    let lazy = image_folder(&tree, &FolderOptions::default()).unwrap();
+    let msg = chain(&lazy.train.image(lazy.train.len() - 1).unwrap_err());
+    assert!(
+        msg.contains("001.png") && msg.contains("too large for an image"),
+        "{msg}"
+    );
+    let msg = chain(&datasets::read_image_file(&big).unwrap_err());
+    assert!(msg.contains("001.png") && msg.contains("GiB"), "{msg}");
+}

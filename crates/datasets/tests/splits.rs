@@ -70,6 +70,31 @@ fn cifar_meta_naming_a_class_twice_is_refused() {
     assert!(msg.contains("batches.meta.txt"), "{msg}");
 }
 
+/// A `batches.meta.txt` saved with a byte-order mark names its first class without it; binary
+/// batches without `test_batch.bin` are said to lack it, in a folder or an archive.
+#[test]
+fn cifar_meta_with_a_bom_and_a_missing_test_batch() {
+    let dir = tempdir().unwrap();
+    let bin = dir.path().join("cifar-10-batches-bin");
+    std::fs::create_dir(&bin).unwrap();
+    for i in 1..=5 {
+        std::fs::write(bin.join(format!("data_batch_{i}.bin")), cifar_records(2)).unwrap();
+    }
+    let names = datasets::CIFAR10_CLASSES.join("\n");
+    std::fs::write(bin.join("batches.meta.txt"), format!("\u{feff}{names}")).unwrap();
+    let msg = chain(&cifar10(Some(dir.path())).unwrap_err());
+    assert!(msg.contains("missing test_batch.bin"), "{msg}");
+    let archive = dir.path().join("cifar-10-binary.tar.gz");
+    tar_gz(&bin, &archive, "cifar-10-batches-bin");
+    let only = tempdir().unwrap();
+    std::fs::copy(&archive, only.path().join("cifar-10-binary.tar.gz")).unwrap();
+    let msg = chain(&cifar10(Some(only.path())).unwrap_err());
+    assert!(msg.contains("no test_batch.bin"), "{msg}");
+    std::fs::write(bin.join("test_batch.bin"), cifar_records(2)).unwrap();
+    let split = cifar10(Some(dir.path())).unwrap();
+    assert_eq!(split.train.classes()[0], "airplane");
+}
+
 #[test]
 fn image_folder_with_an_empty_test_split_names_it() {
     let dir = tempdir().unwrap();
