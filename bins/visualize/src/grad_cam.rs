@@ -38,6 +38,8 @@ pub struct GradCamArgs {
 pub struct Cam {
     /// The class explained.
     pub class: usize,
+    /// The network's softmax probability of that class, in `[0, 1]`.
+    pub probability: f32,
     /// Row-major values, 1 at the map's maximum (all 0 when nothing speaks for the class).
     pub values: Vec<f32>,
     /// Rows of the stage's map.
@@ -73,6 +75,9 @@ pub fn grad_cam(net: &dyn Network, x: &Tensor, stage: &str, class: Option<usize>
         Some(c) => bail!("class {c} is out of range for {classes} classes"),
         None => logits.argmax(D::Minus1)?.to_scalar::<u32>()? as usize,
     };
+    let top_logit = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let total: f32 = values.iter().map(|v| (v - top_logit).exp()).sum();
+    let probability = (values[class] - top_logit).exp() / total;
     let grads = logits.get(class)?.backward()?;
     let gradient = grads
         .get(activation)
@@ -92,6 +97,7 @@ pub fn grad_cam(net: &dyn Network, x: &Tensor, stage: &str, class: Option<usize>
         .collect();
     Ok(Cam {
         class,
+        probability,
         values,
         height,
         width,
@@ -122,8 +128,9 @@ fn overlay(seen: &U8Image, cam: &Cam) -> Result<U8Image> {
     U8Image::new(3, seen.height, seen.width, data)
 }
 
-/// Runs `grad-cam`: writes `grad-cam.png` (the image and the map over it) in `out` and prints
-/// the class explained.
+/// Runs `grad-cam`: writes `grad-cam-<image's stem>.png` (`-class<K>` added for a `--class`):
+/// the image and the map over it, titled with the stage, the class and its softmax
+/// probability, in `out`, and prints the class explained.
 pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
     let device = Device::Cpu;
     // A run's checkpoint given as --model NAME --weights RUN/best.safetensors is read as
@@ -201,7 +208,12 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
         "the model has more outputs than class names"
     );
     let name = &classes[cam.class];
-    let caption = format!("Grad-CAM for {name} at {}", store_spec.cam_stage);
+    let title = format!(
+        "Grad-CAM at {}: class {} ({name}), softmax {:.1}%",
+        store_spec.cam_stage,
+        cam.class,
+        100.0 * cam.probability
+    );
     let tiles = [
         viz::Tile {
             channels: seen.channels,
@@ -218,13 +230,16 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
                 height: over.height,
                 width: over.width,
                 data: over.data,
-                caption: caption.clone(),
+                caption: name.clone(),
                 highlight: false,
             }
         },
     ];
-    let path = out.join("grad-cam.png");
-    train::atomic::write_with(&path, |tmp| viz::save_image_grid(tmp, &caption, &tiles, 2))?;
+    let path = out.join(file_name(
+        &args.image,
+        args.class.as_ref().map(|_| cam.class),
+    ));
+    train::atomic::write_with(&path, |tmp| viz::save_image_grid(tmp, &title, &tiles, 2))?;
     let peak = cam
         .values
         .iter()
@@ -262,6 +277,19 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
         path.display()
     );
     Ok(())
+}
+
+/// `grad-cam-<image's stem>.png`, with `-class<K>` for a class asked for by `--class`: each
+/// image (and class) its own picture.
+fn file_name(image: &Path, class: Option<usize>) -> String {
+    let stem = image
+        .file_stem()
+        .map_or("image".into(), |s| s.to_string_lossy())
+        .replace(|c: char| c.is_control() || c == '/', "_");
+    match class {
+        Some(k) => format!("grad-cam-{stem}-class{k}.png"),
+        None => format!("grad-cam-{stem}.png"),
+    }
 }
 
 /// `--class`: a class name (`cat`; any case; for MNIST's `7 - seven` also `seven`) or an index

@@ -35,13 +35,15 @@ enum Command {
     Conv(conv::ConvArgs),
     /// Max- and average-pools the tutorial's 4x4 feature map (or your own): pool.png.
     Pool(pool::PoolArgs),
-    /// The first training images of MNIST or CIFAR-10 with their labels: samples-<dataset>.png.
+    /// The first training images of MNIST, CIFAR-10 or an image folder (--dataset folder) with
+    /// their labels: samples-<dataset>.png.
     Samples(samples::SamplesArgs),
     /// A model's first-layer kernels as an image grid: filters.png.
     Filters(filters::FiltersArgs),
     /// A model's activations after each stage for one image: feature-maps-<stage>.png.
     FeatureMaps(feature_maps::FeatureMapsArgs),
-    /// Where a (trained) network looks for a class (Grad-CAM) in one image: grad-cam.png.
+    /// Where a (trained) network looks for a class (Grad-CAM) in one image:
+    /// grad-cam-<image>.png (grad-cam-<image>-class<K>.png for a --class).
     GradCam(grad_cam::GradCamArgs),
 }
 

@@ -86,10 +86,15 @@ pub fn run(args: &SamplesArgs, out: &Path) -> Result<()> {
             highlight: false,
         });
     }
+    // An image folder's images are its train/ folder's, or all of them (none held out).
+    let images = match args.dataset.name {
+        "folder" => "",
+        _ => " training",
+    };
     let which = if args.per_class {
-        "the first training image of each class".to_string()
+        format!("the first{images} image of each class")
     } else {
-        format!("the first {} training images", chosen.len())
+        format!("the first {}{images} images", chosen.len())
     };
     let title = format!("{}: {which}", args.dataset.title);
     let path = out.join(format!("samples-{}.png", args.dataset.name));

@@ -346,7 +346,10 @@ fn a_checkpoint_of_another_class_count_loads_by_its_head() {
     };
     let stdout = visualize(&grad_cam("2"));
     assert!(stdout.contains("class 2 (class 2)"), "{stdout}");
-    assert_not_blank(&open_png(&dir.path().join("grad-cam.png")), "grad-cam.png");
+    assert_not_blank(
+        &open_png(&dir.path().join("grad-cam-digit-class2.png")),
+        "grad-cam-digit-class2.png",
+    );
     let err = visualize_fails(&grad_cam("3"));
     assert!(err.contains("out of range for 3 classes"), "{err}");
     // Beside a run's classes.json (three names, as the head has), the names are the run's;
