@@ -1542,3 +1542,55 @@ fn the_state_restores_checkpoints_and_stale_evaluations_go() {
         "{err}"
     );
 }
+
+/// `evaluate` on a run whose `--overwrite` was killed before the new run saved an epoch puts
+/// the old run back first and evaluates it, without calling its checkpoint replaced while read
+/// (the putting back had happened between the checkpoint's two looks).
+#[test]
+fn evaluate_after_a_killed_overwrite_reads_the_old_run() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    let out = dir.path().join("run");
+    let mut args = common(&data, &out);
+    let epochs = args.iter().position(|a| a == "--epochs").expect("--epochs") + 1;
+    args[epochs] = "1".into();
+    let first = train_mnist(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(first.status.success(), "{}", stderr(&first));
+    let best = std::fs::read(out.join(train::rundir::BEST)).expect("best");
+    // A first epoch of 4,000 steps: killed long before it ends.
+    let more = dir.path().join("more");
+    train::synthetic::write_mnist(&more, 4000, 40).expect("synthetic MNIST");
+    let mut live = Command::new(BIN)
+        .args([
+            "--data-dir",
+            &s(&more),
+            "--model",
+            "lenet5",
+            "--batch-size",
+            "1",
+        ])
+        .args(["--out", &s(&out), "--overwrite", "--device", "cpu"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("train-mnist starts");
+    let aside = out.join(train::rundir::REPLACED);
+    let waited = Instant::now();
+    while !aside.exists() && waited.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = live.kill();
+    let _ = live.wait();
+    assert!(aside.exists(), "the old run was never set aside");
+    let evaluated = Command::new(BIN)
+        .args(["evaluate", "--run", &s(&out), "--device", "cpu"])
+        .output()
+        .expect("evaluate runs");
+    assert!(evaluated.status.success(), "{}", stderr(&evaluated));
+    assert!(!aside.exists());
+    assert_eq!(
+        std::fs::read(out.join(train::rundir::BEST)).expect("best"),
+        best
+    );
+    assert!(out.join("evaluation-best.json").is_file());
+}

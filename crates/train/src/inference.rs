@@ -401,6 +401,8 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
         "last" => args.run.join(LAST),
         file => PathBuf::from(file),
     };
+    // An interrupted --overwrite's old run put back first: that is no replacement while read.
+    crate::rundir::settle_for_reading(&args.run)?;
     let before = file_stamp(&weights_file);
     let trained = Trained::open(&args.run, &args.weights, &device)?;
     // The run's precision (bf16 autocast, TF32), as its test passes ran, unless told otherwise.

@@ -85,6 +85,12 @@ pub fn take_over_ctrl_c() {
     });
 }
 
+/// Whether a Ctrl-C came while the epochs trained (it may have come after the last batch, too
+/// late to stop anything: the run then ends whole, and by SIGINT still).
+pub fn requested() -> bool {
+    REQUESTED.load(Ordering::SeqCst)
+}
+
 /// Marks the epochs as training (Ctrl-C then stops after the batch) until the guard drops.
 pub fn training() -> Training {
     // Not while a Ctrl-C tidies the run directory (it then ends the process first).
