@@ -375,8 +375,8 @@ mod tests {
         let x = candle_core::Var::from_vec(values, (4, 10, 1000), &Device::Cpu)?;
         let g = Tensor::randn(0f32, 1.0, (4, 10, 1000), &Device::Cpu)?;
         let d = Dropout::new(0.3)?;
-        // The global generator is shared by every test in this process: the mask is redrawn
-        // from the state before the call, and the call retried if another test drew meanwhile.
+        // The mask is redrawn from the thread's generator state before the call (the retry is
+        // for a generator shared between threads, which it no longer is).
         let keep = 1.0 - 0.3f64;
         let scale = (1.0 / keep) as f32;
         let (ours, mask) = (0..20)
