@@ -40,8 +40,8 @@ impl EncodedSample {
     pub fn decode(&self) -> Result<U8Image> {
         match &self.source {
             Source::Path(path) => {
-                let bytes = crate::io::read_image_file(path)
-                    .with_context(|| format!("cannot read {}", self.name))?;
+                // Its errors name the file.
+                let bytes = crate::io::read_image_file(path)?;
                 decode_named(&bytes, ColorMode::Rgb, &self.name)
             }
             Source::Bytes(bytes) => decode_named(bytes, ColorMode::Rgb, &self.name),

@@ -62,8 +62,7 @@ pub fn read_input_file(path: &Path, what: &str) -> Result<Vec<u8>> {
         // Read whole, a file of terabytes would take the memory; no image is that large.
         ensure!(
             meta.len() <= MAX_INPUT_FILE,
-            "{}: {:.1} GiB, too large for {article} {what} (at most {} GiB are read; an image's \
-             pixels may take 512 MiB)",
+            "{}: {:.1} GiB, too large for {article} {what} (at most {} GiB are read)",
             path.display(),
             meta.len() as f64 / f64::from(1u32 << 30),
             MAX_INPUT_FILE >> 30

@@ -112,7 +112,7 @@ impl Listing {
     pub fn from_entries(archive: &Path, entries: Vec<ArchiveEntry>) -> Result<Self> {
         let visible = |name: &str| !name.split('/').any(is_hidden);
         let mut dirs: Vec<String> = Vec::new();
-        let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut files: Vec<(String, Arc<Vec<u8>>)> = Vec::new();
         for entry in entries {
             if !visible(&entry.name) {
                 continue;
@@ -144,7 +144,7 @@ impl Listing {
             }
             let sample = EncodedSample {
                 name: format!("{}:{name}", archive.display()),
-                source: Source::Bytes(Arc::new(bytes)),
+                source: Source::Bytes(bytes),
             };
             listing.files.push((rel, sample));
         }
@@ -154,7 +154,7 @@ impl Listing {
 
 /// The leading folders shared by every file, kept while at least `split/class/file` or
 /// `class/file` remains below them.
-fn common_top(files: &[(String, Vec<u8>)]) -> String {
+fn common_top(files: &[(String, Arc<Vec<u8>>)]) -> String {
     let mut prefix = String::new();
     loop {
         let rest = |name: &str| name[prefix.len()..].trim_start_matches('/').to_string();
