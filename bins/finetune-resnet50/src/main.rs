@@ -296,7 +296,9 @@ fn run(args: FineTuneArgs) -> Result<()> {
         .is_some()
         {
             // A removed finetune.json comes back, as `evaluate` and `predict` need it.
-            ft.save(locked.path())?;
+            if train::distributed::writes() {
+                ft.save(locked.path())?;
+            }
             return Ok(());
         }
         finetune::finetune(&config, &ft, locked.path(), Some((saved, tensors)))?;

@@ -1594,3 +1594,42 @@ fn evaluate_after_a_killed_overwrite_reads_the_old_run() {
     );
     assert!(out.join("evaluation-best.json").is_file());
 }
+
+/// A `best.safetensors` damaged since it was saved (cut short) is said on `--resume`, with the
+/// epoch whose weights it held: the run cannot write those weights again (only the last
+/// epoch's are in its state), and used to go on without a word.
+#[test]
+fn a_damaged_best_checkpoint_is_said_on_resume() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    let out = dir.path().join("run");
+    let mut args = common(&data, &out);
+    let epochs = args.iter().position(|a| a == "--epochs").expect("--epochs") + 1;
+    args[epochs] = "1".into();
+    args.extend(["--lr", "0.05"].map(String::from));
+    let first = train_mnist(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(first.status.success(), "{}", stderr(&first));
+    // Epochs until the best is no longer the last one.
+    let mut done = 1;
+    let best_is_earlier = |out: &Path| {
+        let (state, _) = train::state::load(out).expect("state");
+        state.best_epoch < state.epochs_done
+    };
+    while !best_is_earlier(&out) {
+        done += 1;
+        assert!(done <= 40, "every epoch was the best so far");
+        let more = train_mnist(&["--resume", &s(&out), "--epochs", &done.to_string()]);
+        assert!(more.status.success(), "{}", stderr(&more));
+    }
+    let best = out.join(train::rundir::BEST);
+    let bytes = std::fs::read(&best).expect("best");
+    std::fs::write(&best, &bytes[..1000]).expect("cut best short");
+    let resumed = train_mnist(&["--resume", &s(&out), "--epochs", &(done + 1).to_string()]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    let err = stderr(&resumed);
+    assert!(
+        err.contains("best.safetensors cannot be read")
+            && err.contains("held the weights of epoch"),
+        "{err}"
+    );
+}

@@ -458,8 +458,12 @@ hyperparameters! {
     distributed: crate::distributed::DistributedArgs;
 }
 
+/// One worker per CPU, up to the loader's [`datasets::MAX_WORKERS`] (a machine of more CPUs
+/// would otherwise have its default refused).
 fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(datasets::MAX_WORKERS)
 }
 
 impl RunConfig {

@@ -228,15 +228,17 @@ pub fn train(
     let mut progress = restore(store, optimizer.as_mut(), resume)?;
     crate::distributed::broadcast_weights(store)?;
     let mut outputs = None;
-    if writes && progress.best_epoch > 0 && !out.join(BEST).exists() {
-        crate::warn!(
-            "{} is gone (the weights of epoch {}, {:.2}%): it is written again when an epoch \
-             beats {:.2}%",
-            out.join(BEST).display(),
-            progress.best_epoch,
-            progress.best_acc,
-            progress.best_acc
-        );
+    if writes && progress.best_epoch > 0 {
+        if let Some(why) = best_damage(out) {
+            crate::warn!(
+                "{} {why}: it held the weights of epoch {}, {:.2}%; it is written again when \
+                 an epoch beats {:.2}%",
+                out.join(BEST).display(),
+                progress.best_epoch,
+                progress.best_acc,
+                progress.best_acc
+            );
+        }
     }
     if writes {
         atomic::write_bytes(&out.join(CONFIG), &serde_json::to_vec_pretty(config)?)?;
@@ -473,6 +475,19 @@ fn say_best(out: &Path, accuracy: f64, epoch: usize) {
     }
 }
 
+/// What is wrong with the run's `best.safetensors`, which a resumed run cannot write again
+/// (only the last epoch's weights are in its state): gone, or damaged since it was saved (cut
+/// short, overwritten). `None` when it reads.
+fn best_damage(out: &Path) -> Option<String> {
+    let best = out.join(BEST);
+    match best.exists() {
+        false => Some("is gone".to_string()),
+        true => layers::checkpoint::read(&best)
+            .err()
+            .map(|e| format!("cannot be read ({e:#})")),
+    }
+}
+
 /// A resumed run's trained epochs (`saved`) against `config.epochs`, checked before any data is
 /// loaded: more than asked is refused; exactly as many is a finished run, said so and returned
 /// as it is (its `metrics.csv` / `metrics.json` and `curves.png`, headed `title`, rewritten
@@ -519,6 +534,16 @@ pub fn finished(
         atomic::write_bytes(&out.join(CONFIG), &serde_json::to_vec_pretty(config)?)?;
         if let Some(classes) = &saved.classes {
             crate::inference::save_classes(out, classes)?;
+        }
+        if let Some(why) = best_damage(out).filter(|_| saved.best_epoch > 0) {
+            crate::warn!(
+                "{} {why}: it held the weights of epoch {}, {:.2}%, which this finished run \
+                 cannot write again (last.safetensors holds epoch {}'s)",
+                out.join(BEST).display(),
+                saved.best_epoch,
+                saved.best_acc,
+                saved.epochs_done
+            );
         }
     }
     say_best(out, saved.best_acc, saved.best_epoch);
