@@ -209,9 +209,8 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
     );
     let name = &classes[cam.class];
     let title = format!(
-        "Grad-CAM at {}: class {} ({name}), softmax {:.1}%",
+        "Grad-CAM at {}: {name}, softmax {:.1}%",
         store_spec.cam_stage,
-        cam.class,
         100.0 * cam.probability
     );
     let tiles = [
