@@ -71,9 +71,9 @@ pub fn read_archive(path: &Path) -> Result<Vec<ArchiveEntry>> {
 /// (the archive file's size) caps what is reserved ahead of reading.
 fn read_tar(stream: impl Read, real_size: u64) -> Result<Vec<ArchiveEntry>> {
     let mut archive = tar::Archive::new(stream);
-    let mut out = Vec::new();
-    // Symbolic and hard links: (name, target), both archive paths, resolved once all is read.
-    let mut links: Vec<(String, String)> = Vec::new();
+    // The members in archive order: files and folders, and links (name, target as an archive
+    // path; hard or symbolic), applied in that order once all is read.
+    let mut items: Vec<Item> = Vec::new();
     for entry in archive.entries()? {
         let mut entry = entry?;
         let kind = entry.header().entry_type();
@@ -99,7 +99,11 @@ fn read_tar(stream: impl Read, real_size: u64) -> Result<Vec<ArchiveEntry>> {
                 (true, _) | (false, None) => lexical(&target),
                 (false, Some((folder, _))) => lexical(&format!("{folder}/{target}")),
             };
-            links.push((name, target.unwrap_or_default()));
+            let target = target.unwrap_or_default();
+            items.push(match kind.is_hard_link() {
+                true => Item::Hard(name, target),
+                false => Item::Symbolic(name, target),
+            });
             continue;
         }
         let mut bytes = Vec::new();
@@ -115,11 +119,11 @@ fn read_tar(stream: impl Read, real_size: u64) -> Result<Vec<ArchiveEntry>> {
                 bytes.len()
             );
         }
-        out.push(ArchiveEntry {
+        items.push(Item::Member(ArchiveEntry {
             name,
             is_dir: kind.is_dir(),
             bytes: std::sync::Arc::new(bytes),
-        });
+        }));
     }
     // The tar reader stops at the first zero block, or silently at the end of the data when a
     // cut falls between members; the second zero block must follow the first.
@@ -145,93 +149,166 @@ fn read_tar(stream: impl Read, real_size: u64) -> Result<Vec<ArchiveEntry>> {
     // gzip decoder check its CRC-32 and length trailer and refuse anything after the stream.
     std::io::copy(&mut rest, &mut std::io::sink())
         .context("corrupt or truncated data after the end-of-archive marker")?;
-    as_extracted(out, links)
+    as_extracted(items)
 }
 
-/// The entries as the image-folder walk reads the tree `tar -x` leaves: a member that comes
-/// again replaces the earlier one; a link to a file (through other links, as the file system
-/// follows them) is that file, its bytes shared; a link to a folder is an empty folder, as the
-/// walk enters each real folder once; a link to nothing is skipped.
+/// One member of an archive, in its order.
+enum Item {
+    /// A file or a folder.
+    Member(ArchiveEntry),
+    /// A hard link: its name and the archive path of the file it repeats.
+    Hard(String, String),
+    /// A symbolic link: its name and the archive path it points to (empty: outside it).
+    Symbolic(String, String),
+}
+
+/// What a name holds once the members before it are extracted.
+enum Node {
+    File(std::sync::Arc<Vec<u8>>),
+    Folder,
+    Link(String),
+}
+
+/// The members as the image-folder walk reads the tree `tar -x` leaves, in archive order: a
+/// member that comes again replaces the earlier one (a link too); a hard link repeats the file
+/// its target names at that point; a symbolic link to a file (through links, also as folders
+/// on the way, up to Linux's 40) reads as that file, its bytes shared; one to a folder as an
+/// empty folder, as the walk enters each real folder once, unless that folder is hidden (the
+/// walk skips it), whose files then read below the link, once; a link to nothing is skipped.
 ///
 /// # Errors
 /// A link named as an image that leads to no file of the archive.
-fn as_extracted(
-    entries: Vec<ArchiveEntry>,
-    links: Vec<(String, String)>,
-) -> Result<Vec<ArchiveEntry>> {
+fn as_extracted(items: Vec<Item>) -> Result<Vec<ArchiveEntry>> {
     use std::collections::{HashMap, HashSet};
-    let mut out: Vec<ArchiveEntry> = Vec::with_capacity(entries.len() + links.len());
-    let mut at: HashMap<String, usize> = HashMap::new();
-    let put = |entry: ArchiveEntry,
-               out: &mut Vec<ArchiveEntry>,
-               at: &mut HashMap<String, usize>| {
-        match at.get(&entry.name) {
-            Some(&i) => out[i] = entry,
-            None => {
-                at.insert(entry.name.clone(), out.len());
-                out.push(entry);
-            }
+    let mut order: Vec<String> = Vec::with_capacity(items.len());
+    let mut nodes: HashMap<String, Node> = HashMap::new();
+    let mut set = |name: String, node: Node, nodes: &mut HashMap<String, Node>| {
+        if !nodes.contains_key(&name) {
+            order.push(name.clone());
         }
+        nodes.insert(name, node);
     };
-    for entry in entries {
-        put(entry, &mut out, &mut at);
-    }
-    // The real folders: those named, and those above a file.
-    let mut folders: HashSet<String> = HashSet::new();
-    for entry in &out {
-        if entry.is_dir {
-            folders.insert(entry.name.clone());
+    let nowhere = |name: &str, target: &str| -> anyhow::Error {
+        Refused(format!(
+            "member {name} is a link to {}, which the archive does not hold as a file there: \
+             extract the archive where its target exists and pass the folder",
+            if target.is_empty() {
+                "a place outside it"
+            } else {
+                target
+            }
+        ))
+        .into()
+    };
+    for item in items {
+        match item {
+            Item::Member(e) if e.is_dir => set(e.name, Node::Folder, &mut nodes),
+            Item::Member(e) => set(e.name, Node::File(e.bytes), &mut nodes),
+            Item::Hard(name, target) => match nodes.get(&target) {
+                Some(Node::File(bytes)) => {
+                    let bytes = bytes.clone();
+                    set(name, Node::File(bytes), &mut nodes)
+                }
+                _ if crate::listing::is_image(&name) => return Err(nowhere(&name, &target)),
+                _ => {}
+            },
+            Item::Symbolic(name, target) => set(name, Node::Link(target), &mut nodes),
         }
-        let mut above = entry.name.as_str();
+    }
+    // The folders: those named, and those above any member.
+    let mut folders: HashSet<String> = HashSet::new();
+    for (name, node) in &nodes {
+        if matches!(node, Node::Folder) {
+            folders.insert(name.clone());
+        }
+        let mut above = name.as_str();
         while let Some((parent, _)) = above.rsplit_once('/') {
             folders.insert(parent.to_string());
             above = parent;
         }
     }
-    let linked: HashMap<&str, &str> = links
-        .iter()
-        .map(|(name, target)| (name.as_str(), target.as_str()))
-        .collect();
-    let mut resolved = Vec::with_capacity(links.len());
-    for (name, target) in &links {
-        // Through links to links, up to Linux's limit of 40.
-        let mut target = target.as_str();
-        for _ in 0..40 {
-            match linked.get(target) {
-                Some(next) if !at.contains_key(target) => target = next,
-                _ => break,
-            }
-        }
-        match at.get(target).map(|&i| &out[i]) {
-            Some(file) if !file.is_dir => resolved.push(ArchiveEntry {
+    let hidden = |path: &str| path.split('/').any(|part| part.starts_with('.'));
+    let mut claimed: HashSet<String> = HashSet::new();
+    let mut out = Vec::with_capacity(order.len());
+    for name in &order {
+        match &nodes[name] {
+            Node::File(bytes) => out.push(ArchiveEntry {
                 name: name.clone(),
                 is_dir: false,
-                bytes: file.bytes.clone(),
+                bytes: bytes.clone(),
             }),
-            _ if folders.contains(target) => resolved.push(ArchiveEntry {
+            Node::Folder => out.push(ArchiveEntry {
                 name: name.clone(),
                 is_dir: true,
                 bytes: Default::default(),
             }),
-            _ if crate::listing::is_image(name) => {
-                return Err(Refused(format!(
-                    "member {name} is a link to {}, which the archive does not hold as a file: \
-                     extract the archive where its target exists and pass the folder",
-                    if target.is_empty() {
-                        "a place outside it"
-                    } else {
-                        target
+            Node::Link(target) => match resolve(target, &nodes) {
+                Some(path) => match nodes.get(&path) {
+                    Some(Node::File(bytes)) => out.push(ArchiveEntry {
+                        name: name.clone(),
+                        is_dir: false,
+                        bytes: bytes.clone(),
+                    }),
+                    _ if folders.contains(&path) => {
+                        out.push(ArchiveEntry {
+                            name: name.clone(),
+                            is_dir: true,
+                            bytes: Default::default(),
+                        });
+                        // A hidden folder is not walked but through the link: its files.
+                        if hidden(&path) && !hidden(name) && claimed.insert(path.clone()) {
+                            let below = format!("{path}/");
+                            for inner in &order {
+                                if let (Some(rest), Some(Node::File(bytes))) =
+                                    (inner.strip_prefix(&below), nodes.get(inner))
+                                {
+                                    out.push(ArchiveEntry {
+                                        name: format!("{name}/{rest}"),
+                                        is_dir: false,
+                                        bytes: bytes.clone(),
+                                    });
+                                }
+                            }
+                        }
                     }
-                ))
-                .into())
-            }
-            _ => {}
+                    _ if crate::listing::is_image(name) => return Err(nowhere(name, target)),
+                    _ => {}
+                },
+                None if crate::listing::is_image(name) => return Err(nowhere(name, target)),
+                None => {}
+            },
         }
     }
-    for entry in resolved {
-        put(entry, &mut out, &mut at);
-    }
     Ok(out)
+}
+
+/// The archive path that `path` leads to once the symbolic links on the way (itself, or a
+/// folder of it) are followed, up to 40 of them as Linux follows them; `None` past that, or
+/// through a link out of the archive.
+fn resolve(path: &str, nodes: &std::collections::HashMap<String, Node>) -> Option<String> {
+    let mut path = path.to_string();
+    for _ in 0..=40 {
+        if path.is_empty() {
+            return None;
+        }
+        let parts: Vec<&str> = path.split('/').collect();
+        let link = (1..=parts.len()).find_map(|i| match nodes.get(&parts[..i].join("/")) {
+            Some(Node::Link(target)) => Some((i, target.clone())),
+            _ => None,
+        });
+        let Some((i, target)) = link else {
+            return Some(path);
+        };
+        if target.is_empty() {
+            return None;
+        }
+        let rest = parts[i..].join("/");
+        path = match rest.is_empty() {
+            true => target,
+            false => lexical(&format!("{target}/{rest}"))?,
+        };
+    }
+    None
 }
 
 /// A member's path as its archive names it (`./a/b/` -> `a/b`: the components joined by `/`),

@@ -121,6 +121,10 @@ impl Listing {
                 dirs.push(entry.name);
             } else if is_image(&entry.name) {
                 files.push((entry.name, entry.bytes));
+            } else if let Some((folder, _)) = entry.name.rsplit_once('/') {
+                // Its folder is there once extracted, images or not (an empty class folder
+                // is then refused, as for the folder itself).
+                dirs.push(folder.to_string());
             }
         }
         let strip = common_top(&files);

@@ -310,14 +310,17 @@ fn an_archive_reads_as_its_extracted_tree() {
             (b"train/a/3.png", Some("hard:train/a/0.png"), b""),
             (b"train/a/4.png", Some("3.png"), b""),
             (b"test/a/0.png", Some("../../train/a/1.png"), b""),
+            // A link, then a file of its name: the file, as extracted.
+            (b"train/a/5.png", Some("1.png"), b""),
+            (b"train/a/5.png", None, &b0),
             (b"train/b/0.png", None, &b0),
             (b"test/b/0.png", None, &b0),
         ],
     );
     let split = image_folder(&archive, &opts(Storage::Memory)).unwrap();
-    assert_eq!(split.train.len(), 6, "a: 0, 1 (once), 2, 3 and 4; b: 0");
+    assert_eq!(split.train.len(), 7, "a: 0, 1 (once), 2, 3, 4 and 5; b: 0");
     let decoded = |bytes: &[u8]| decode_image(bytes, ColorMode::Rgb).unwrap();
-    for (i, want) in [&a0, &a1, &a0, &a0, &a0, &b0].into_iter().enumerate() {
+    for (i, want) in [&a0, &a1, &a0, &a0, &a0, &b0, &b0].into_iter().enumerate() {
         assert_eq!(
             split.train.image(i).unwrap(),
             decoded(want),
@@ -333,10 +336,17 @@ fn an_archive_reads_as_its_extracted_tree() {
 #[test]
 fn an_archive_of_links_and_its_tree_agree() {
     use std::os::unix::fs::symlink;
-    for folder_link in [false, true] {
+    for (folder_link, hidden) in [(false, false), (true, false), (false, true)] {
         let dir = tempdir().unwrap();
         let tree = dir.path().join("tree");
-        write_folder(&tree, &["train"], &["a", "b"], 2, 4, 4);
+        write_folder(&tree, &["train"], &["a"], 2, 4, 4);
+        if hidden {
+            // train/b is a link to a hidden folder, which the walk enters through it alone.
+            write_folder(&tree, &[".store"], &["b"], 2, 4, 4);
+            symlink("../.store/b", tree.join("train/b")).unwrap();
+        } else {
+            write_folder(&tree, &["train"], &["b"], 2, 4, 4);
+        }
         std::fs::create_dir_all(tree.join("test/a")).unwrap();
         symlink("000.png", tree.join("train/a/002.png")).unwrap();
         symlink("../../train/a/001.png", tree.join("test/a/000.png")).unwrap();
@@ -373,6 +383,35 @@ fn an_archive_of_links_and_its_tree_agree() {
                 a.map(|s| s.train.len())
             ),
         }
+    }
+}
+
+/// A class folder that holds no image but other files is there once extracted: refused as an
+/// empty class by the folder walk, and so in the archive (as `tar cf x.tar */*` makes it, with
+/// no folder members).
+#[test]
+fn a_class_folder_of_notes_alone_is_refused_in_an_archive_too() {
+    let dir = tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    write_folder(&tree, &["train", "test"], &["a", "b"], 2, 4, 4);
+    std::fs::create_dir_all(tree.join("train/notes")).unwrap();
+    std::fs::write(tree.join("train/notes/readme.txt"), "notes").unwrap();
+    let from_tree = chain(&image_folder(&tree, &opts(Storage::Memory)).unwrap_err());
+    let png = std::fs::read(tree.join("train/a/000.png")).unwrap();
+    let archive = dir.path().join("notes.tar");
+    raw_tar(
+        &archive,
+        &[
+            (b"train/a/0.png", None, &png),
+            (b"train/b/0.png", None, &png),
+            (b"train/notes/readme.txt", None, b"notes"),
+            (b"test/a/0.png", None, &png),
+            (b"test/b/0.png", None, &png),
+        ],
+    );
+    let from_tar = chain(&image_folder(&archive, &opts(Storage::Memory)).unwrap_err());
+    for msg in [from_tree, from_tar] {
+        assert!(msg.contains("notes"), "{msg}");
     }
 }
 
