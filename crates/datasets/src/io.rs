@@ -172,11 +172,12 @@ pub fn read_at_most(path: &Path, max: u64, what: &str) -> Result<Vec<u8>> {
 /// header's count), or `None` for a header the reader will refuse (those bytes alone are then
 /// returned). Gunzipping stops one byte past that size, and more is an error, so that a small
 /// file that unpacks to far more than its header says (a "gzip bomb") is not unpacked into
-/// memory.
+/// memory. A plain file is measured against `size` before it is read: one of another size is
+/// refused unread (a file of terabytes would take the memory).
 ///
 /// # Errors
-/// The file cannot be read, its gzip data is corrupt or truncated, or it unpacks to more bytes
-/// than `size` says.
+/// The file cannot be read, its gzip data is corrupt or truncated, it unpacks to more bytes
+/// than `size` says, or a plain file's length is not what `size` says.
 pub fn read_maybe_gz(
     path: &Path,
     head: usize,
@@ -196,14 +197,22 @@ pub fn read_maybe_gz(
         .and_then(|f| f.take(head as u64).read_to_end(&mut first))
         .with_context(|| format!("cannot read {}", path.display()))?;
     if !first.starts_with(&GZIP_MAGIC) {
-        if let Some(whole) = size(&first).filter(|&whole| meta.len() > whole as u64) {
-            bail!(
+        match size(&first) {
+            // A header the reader refuses: its bytes are all it needs to say why.
+            None => return Ok(first),
+            Some(whole) if meta.len() > whole as u64 => bail!(
                 "{}: {} unexpected trailing bytes after the {whole} bytes its header describes \
                  (the file has {} bytes)",
                 path.display(),
                 meta.len() - whole as u64,
                 meta.len()
-            );
+            ),
+            Some(whole) if meta.len() < whole as u64 => bail!(
+                "{}: truncated file: its header says {whole} bytes, the file has {}",
+                path.display(),
+                meta.len()
+            ),
+            Some(_) => {}
         }
     }
     let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;

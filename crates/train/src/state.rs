@@ -180,8 +180,9 @@ pub fn load(dir: &Path) -> Result<(ResumeState, StateTensors)> {
 ///
 /// - `config.json` (when there) holds the state's settings, but for those `--resume` may
 ///   change (`--epochs`, `--data-dir`, ...): it is a copy, and editing it changes nothing;
-/// - `best.safetensors` and `last.safetensors` (when there) hold the state's network: the same
-///   tensor names and shapes (read from their headers).
+/// - `best.safetensors` and `last.safetensors` (when there and readable: one cut short holds
+///   nothing to keep) hold the state's network: the same tensor names and shapes (read from
+///   their headers).
 ///
 /// # Errors
 /// Names the file, the settings or tensor that differ, and what to do.
@@ -230,7 +231,11 @@ pub fn check_agrees_with_run(
         if !path.exists() {
             continue;
         }
-        let shapes = tensor_shapes(&path)?;
+        // A file cut short or garbled holds no network to protect: `last` is written again
+        // from the state, and a damaged `best` is said (run::best_damage).
+        let Ok(shapes) = tensor_shapes(&path) else {
+            continue;
+        };
         let found: std::collections::BTreeMap<&str, Vec<usize>> = shapes
             .iter()
             .map(|(k, v)| (k.as_str(), v.clone()))
