@@ -280,6 +280,12 @@ fn evaluate_refuses_the_runs_data_once_changed() {
         err.contains("these figures are not the run's test"),
         "{err}"
     );
+    // Named for the data: no evaluation of the run's own test is replaced.
+    assert!(
+        out.join("evaluation-best-data-mnist.json").is_file(),
+        "{err}"
+    );
+    assert!(!out.join("evaluation-best.json").exists(), "{err}");
 }
 
 /// A `config.json` edited to a setting no run accepts (a `--limit-test` of 0, label smoothing

@@ -208,8 +208,9 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
         "the model has more outputs than class names"
     );
     let name = &classes[cam.class];
+    // The probability before the name, which a long name then cannot push out of the title.
     let title = format!(
-        "Grad-CAM at {}: {name}, softmax {:.1}%",
+        "Grad-CAM at {}, softmax {:.1}%: {name}",
         store_spec.cam_stage,
         100.0 * cam.probability
     );

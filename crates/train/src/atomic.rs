@@ -7,12 +7,17 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 /// A hidden temporary path beside `path` (same directory, so the rename is atomic) that keeps
-/// the extension, for writers that pick the format from it (`.curves.tmp123.png`).
+/// the extension, for writers that pick the format from it (`.curves.tmp123.png`). A long
+/// stem is cut to its first 100 characters, so that the temporary name stays within the
+/// 255 bytes a file name may have wherever the final name does.
 pub fn temp_path(path: &Path) -> PathBuf {
-    let stem = path
+    let stem: String = path
         .file_stem()
         .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .chars()
+        .take(100)
+        .collect();
     let ext = path
         .extension()
         .map(|e| format!(".{}", e.to_string_lossy()))

@@ -103,12 +103,19 @@ impl Trained {
         let config: RunConfig = serde_json::from_slice(&text)
             .with_context(|| format!("{} is not a run configuration", config_path.display()))?;
         // Settings a run refuses on its command line cannot come from a run (edited, then).
-        config.validate().with_context(|| {
-            format!(
-                "{}: a setting no run saves (the file was edited?)",
-                config_path.display()
-            )
-        })?;
+        config
+            .validate()
+            .and_then(|()| {
+                datasets::Transform::parse(&config.test_transform)
+                    .map(drop)
+                    .context("--test-transform")
+            })
+            .with_context(|| {
+                format!(
+                    "{}: a setting no run saves (the file was edited?)",
+                    config_path.display()
+                )
+            })?;
         let classes: Vec<String> = match layers::file::read(&dir.join(CLASSES)) {
             Ok(text) => serde_json::from_slice(&text).with_context(|| {
                 format!(
@@ -436,7 +443,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
     // limit at or above the split's size is the whole split.
     let limit = |limit: Option<usize>| limit.filter(|&n| n < whole);
     let other_limit = limit(config.limit_test) != limit(trained.config.limit_test);
-    let other_data = other_data(args.data_dir.as_deref(), trained.config.data_dir.as_deref());
+    let mut other_data = other_data(args.data_dir.as_deref(), trained.config.data_dir.as_deref());
     if test.classes() != trained.classes.as_slice() {
         bail!(
             "the test data's classes {:?} are not the run's {:?}",
@@ -466,12 +473,18 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
                 ""
             }
         ),
-        (Some(tested), Some(dir)) => crate::warn!(
-            "note: --data-dir {}: its test split has {} images, the run tested on {tested}; \
-             these figures are not the run's test",
-            dir.display(),
-            test.len()
-        ),
+        (Some(tested), Some(dir)) => {
+            crate::warn!(
+                "note: --data-dir {}: its test split has {} images, the run tested on {tested}; \
+                 these figures are not the run's test (the outputs are named for the data)",
+                dir.display(),
+                test.len()
+            );
+            // Named for the data, even the run's own folder changed: the run's evaluation stays.
+            if other_data.is_none() {
+                other_data = crate::inference::other_data(Some(dir), None);
+            }
+        }
         (None, _) => {}
     }
     // Test images the model cannot take (another size than the run's, with a test transform
