@@ -1549,13 +1549,7 @@ fn the_state_restores_checkpoints_and_stale_evaluations_go() {
 #[test]
 fn evaluate_after_a_killed_overwrite_reads_the_old_run() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let data = synthetic(dir.path());
-    let out = dir.path().join("run");
-    let mut args = common(&data, &out);
-    let epochs = args.iter().position(|a| a == "--epochs").expect("--epochs") + 1;
-    args[epochs] = "1".into();
-    let first = train_mnist(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(first.status.success(), "{}", stderr(&first));
+    let (_, out) = one_epoch_run(dir.path());
     let best = std::fs::read(out.join(train::rundir::BEST)).expect("best");
     // A first epoch of 4,000 steps: killed long before it ends.
     let more = dir.path().join("more");
