@@ -596,6 +596,19 @@ fn check_schedule_flags(args: &Args, config: &RunConfig, resumed: bool) -> Resul
             );
         }
     }
+    // OneCycleLR warms up by itself (its first 30% of steps rise from lr / 25 to lr) and is not
+    // chainable: PyTorch's ChainedScheduler([LinearLR, OneCycleLR]) steps to OneCycleLR's rates
+    // alone, so a warm-up multiplied into it would be no PyTorch schedule. (Runs saved before
+    // this check are resumed as they are.)
+    if !resumed && schedule == ScheduleKind::Onecycle && config.warmup_epochs > 0 {
+        bail!(
+            "--warmup-epochs {} with --schedule onecycle: OneCycleLR warms up by itself (the \
+             rate rises from lr / 25 to lr over the first 30% of the steps) and, as PyTorch \
+             says, is not chainable (ChainedScheduler([LinearLR, OneCycleLR]) gives \
+             OneCycleLR's rates alone): leave --warmup-epochs out",
+            config.warmup_epochs
+        );
+    }
     if !resumed && schedule == Multistep && milestones.is_empty() {
         bail!(
             "--schedule multistep needs --milestones (epochs at which the rate is multiplied by \
@@ -862,6 +875,15 @@ mod tests {
             let err = config(argv)?.expect_err("no milestones");
             assert!(err.contains("needs --milestones"), "{err}");
         }
+        // OneCycleLR takes no warm-up (it has its own, and is not chainable); others do.
+        let err = config(&["--schedule", "onecycle", "--warmup-epochs", "2"])?
+            .expect_err("warm-up with onecycle");
+        assert!(
+            err.starts_with("--warmup-epochs 2 with --schedule onecycle"),
+            "{err}"
+        );
+        assert!(config(&["--schedule", "onecycle"])?.is_ok());
+        assert!(config(&["--schedule", "cosine", "--warmup-epochs", "2"])?.is_ok());
         // Values the schedule would use are still checked.
         for (argv, flag) in [
             (

@@ -378,7 +378,8 @@ hyperparameters! {
     /// Adam's and AdamW's (beta1, beta2), as torch.optim.Adam(betas=...)
     #[arg(long, value_delimiter = ',', num_args = 1)]
     betas: Option<Vec<f64>> = betas();
-    /// Weight decay (L2 for SGD and Adam, decoupled for AdamW)
+    /// Weight decay (L2 for SGD and Adam, decoupled for AdamW); the recipe's whatever the
+    /// optimizer (torch.optim.AdamW's own default is 0.01: give it to have that)
     #[arg(long)]
     weight_decay: Option<f64> = value(|r| r.weight_decay);
     /// Nesterov momentum (SGD)
@@ -398,7 +399,7 @@ hyperparameters! {
     gamma: Option<f64> = value(|r| r.gamma);
     /// Epochs of linear warm-up, from a third of the rate, multiplied into the schedule as
     /// PyTorch's ChainedScheduler([LinearLR, schedule]) (not SequentialLR: the schedule runs
-    /// from the first epoch)
+    /// from the first epoch); not with onecycle, which warms up by itself
     #[arg(long)]
     warmup_epochs: Option<usize> = value(|_| 0);
     /// Cross-entropy label smoothing

@@ -1,6 +1,8 @@
-//! Transfer learning on an ImageNet-pretrained ResNet, as the PyTorch tutorial does it:
-//! [`FineTune`] trains a new `fc` (and, with [`Unfreeze`], the last stages) while the frozen
-//! part runs in evaluation mode; [`weights`] checks and loads torchvision-named ResNet-50
+//! Transfer learning on an ImageNet-pretrained ResNet, after the PyTorch transfer-learning
+//! tutorial's "ConvNet as fixed feature extractor": [`FineTune`] trains a new `fc` (and, with
+//! [`Unfreeze`], the last stages) while the frozen part runs in evaluation mode (the tutorial's
+//! `model.train()` leaves the frozen batch norm on batch statistics, updating its running
+//! ones; here the pretrained statistics stay, so the frozen features do not change); [`weights`] checks and loads torchvision-named ResNet-50
 //! checkpoints, keeping or replacing their head.
 
 #![warn(missing_docs)]
