@@ -267,7 +267,7 @@ pub fn finetune(
         trainable,
         train: train_source,
         test: test_source,
-        train_images: data.train.len(),
+        train_images: data.train.as_ref(),
         test_images: data.test.as_ref(),
         classes,
         title,

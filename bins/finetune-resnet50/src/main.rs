@@ -271,6 +271,7 @@ fn run(args: FineTuneArgs) -> Result<()> {
         ft.check_agrees_with_state(&saved.config, dir)?;
         let ft = args.resumed(ft, dir)?;
         let config = train::cli::resumed_config(&saved.config, &args.train)?;
+        train::distributed::agree_on_run(&config, saved.epochs_done)?;
         // With the backbone's features computed once, the training images' features are
         // computed in test batches too: another size could round them otherwise.
         if config.test_batch_size != saved.config.test_batch_size
@@ -316,6 +317,7 @@ fn run(args: FineTuneArgs) -> Result<()> {
     config.dataset = dataset_kind(args.folder, args.train.data_dir.as_deref());
     // Kept with the state too, so that a resume can tell an edited finetune.json.
     config.program_settings = Some(serde_json::to_value(&ft)?);
+    train::distributed::agree_on_run(&config, 0)?;
     let out = RECIPE.fresh_dir(&train_args, &config)?;
     finetune::finetune(&config, &ft, out.path(), None)?;
     Ok(())

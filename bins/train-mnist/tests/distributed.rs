@@ -4,6 +4,7 @@
 //! MNIST subset); skipped with a message otherwise.
 #![cfg(feature = "mpi")]
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -119,6 +120,114 @@ fn a_failing_rank_ends_the_job_with_its_error() {
     assert!(stderr.contains("no-such-data"), "{stderr}");
     eprintln!("the job ended {:.1} s after it started", took.as_secs_f64());
     assert!(took < Duration::from_secs(30), "took {took:?}");
+}
+
+/// Ranks given different settings (`--limit-train`, which left alone makes them wait on each
+/// other forever; `--lr`, which would train each rank its own way) or different data (a copy of
+/// MNIST with one training label changed) end the job at once, the error naming what differs
+/// and both values.
+#[test]
+fn ranks_that_differ_in_a_setting_or_their_data_are_refused() {
+    use datasets::Dataset;
+    let Some(data) = shared_data("mnist") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The copy: one label changed, in a plain IDX file.
+    let copy = dir.path().join("mnist-copy");
+    std::fs::create_dir(&copy).expect("copy dir");
+    for name in [
+        "train-images-idx3-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ] {
+        std::fs::copy(data.join(name), copy.join(name)).expect("copy");
+    }
+    let train = datasets::read_idx_pair(
+        &data.join("train-images-idx3-ubyte.gz"),
+        &data.join("train-labels-idx1-ubyte.gz"),
+    )
+    .expect("MNIST");
+    let mut labels = [0u8, 0, 8, 1].to_vec();
+    labels.extend((train.len() as u32).to_be_bytes());
+    labels.extend((0..train.len()).map(|i| train.label(i) as u8));
+    labels[8] = (labels[8] + 1) % 10;
+    std::fs::write(copy.join("train-labels-idx1-ubyte"), labels).expect("labels");
+    let (data, copy) = (data.to_string_lossy(), copy.to_string_lossy());
+    let out = dir.path().join("run");
+    let out = out.to_string_lossy();
+    for (other, says) in [
+        (
+            (&*data, ["--lr", "0.001", "--limit-train", "300"]),
+            "differ in their settings: --limit-train 300 here, 600 on rank 0",
+        ),
+        (
+            (&*data, ["--lr", "0.01", "--limit-train", "600"]),
+            "differ in their settings: --lr 0.01 here, 0.001 on rank 0",
+        ),
+        (
+            (&*copy, ["--lr", "0.001", "--limit-train", "600"]),
+            "differ in their data and model: the training images 600 (CRC-32C",
+        ),
+    ] {
+        let started = Instant::now();
+        let result = mpirun()
+            .args(["-n", "1", BIN])
+            .args(args(&data, &out, "32"))
+            .args(["--limit-train", "600"])
+            .args([":", "-n", "1", BIN])
+            .args(args(other.0, &out, "32"))
+            .args(other.1)
+            .output()
+            .expect("cannot start mpirun");
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(!result.status.success(), "{stderr}");
+        assert!(stderr.contains("Error on rank 1 of 2"), "{stderr}");
+        assert!(stderr.contains(says), "{says}: {stderr}");
+        assert!(started.elapsed() < Duration::from_secs(60), "{other:?}");
+        assert!(
+            !Path::new(&*out).join("last.safetensors").exists(),
+            "{other:?}: nothing trained"
+        );
+    }
+}
+
+/// Dropout (the MNIST CNN's) with a last global batch split unevenly (501 images, 2 ranks of
+/// 32): rank 1 draws fewer masks in it, yet the run resumed after epoch 1 (which restores rank
+/// 0's generator on every rank) reaches the uninterrupted run's weights bit for bit.
+#[test]
+fn a_resumed_run_with_dropout_and_an_uneven_last_batch_is_exact() {
+    let Some(data) = shared_data("mnist") else {
+        return;
+    };
+    let data = data.to_string_lossy().into_owned();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (whole, resumed) = (dir.path().join("whole"), dir.path().join("resumed"));
+    let (whole, resumed) = (whole.to_string_lossy(), resumed.to_string_lossy());
+    let job = |out: &str, epochs: &str, resume: bool| {
+        let mut cmd = mpirun();
+        cmd.args(["-n", "2", BIN, "--data-dir", &data, "--model", "cnn-mnist"]);
+        cmd.args([
+            "--limit-train",
+            "501",
+            "--limit-test",
+            "200",
+            "--batch-size",
+            "32",
+        ]);
+        cmd.args(["--workers", "1", "--epochs", epochs]);
+        cmd.args([if resume { "--resume" } else { "--out" }, out]);
+        run(&mut cmd);
+    };
+    job(&whole, "2", false);
+    job(&resumed, "1", false);
+    job(&resumed, "2", true);
+    let (diff, name) = max_difference(
+        &Path::new(&*whole).join("last.safetensors"),
+        &Path::new(&*resumed).join("last.safetensors"),
+    );
+    assert_eq!(diff, 0.0, "{name} differs by {diff}");
+    assert_eq!(metrics(Path::new(&*whole)), metrics(Path::new(&*resumed)));
 }
 
 /// Without a launcher, `--distributed on` is a clear error; `off` under a launcher trains alone.

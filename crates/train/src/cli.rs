@@ -191,11 +191,13 @@ impl Recipe {
     fn run_here(&self, args: &Args) -> Result<Outcome> {
         let Some(dir) = &args.resume else {
             let config = self.config(args)?;
+            crate::distributed::agree_on_run(&config, 0)?;
             let out = self.fresh_dir(args, &config)?;
             return run(&config, load_data(&config)?, out.path(), None);
         };
         let (dir, saved, tensors) = self.resume_dir(dir, args)?;
         let config = resumed_config(&saved.config, args)?;
+        crate::distributed::agree_on_run(&config, saved.epochs_done)?;
         // A finished run is said so before its data is loaded (it may be large, or gone).
         if let Some(done) = crate::run::finished(
             &config,
@@ -939,6 +941,43 @@ mod tests {
         assert!(
             err.contains("--schedule step (the run has cosine)"),
             "{err}"
+        );
+        Ok(())
+    }
+
+    /// The ranks of a data-parallel job compare their settings by flag: those that may differ
+    /// from rank to rank are left out, and a difference names the flag and both values.
+    #[test]
+    fn ranks_compare_their_settings_by_flag() -> Result<()> {
+        use crate::distributed::{differences, run_settings};
+        let config = |argv: &[&str]| -> Result<RunConfig> {
+            RECIPE.config(&RECIPE.parse(["prog"].iter().chain(argv))?)
+        };
+        let first = run_settings(&config(&["--workers", "1", "--device", "cpu"])?, 0)?;
+        let names: Vec<&str> = first.iter().map(|(n, _)| n.as_str()).collect();
+        for name in [
+            "--lr",
+            "--batch-size",
+            "--test-batch-size",
+            "--sync-bn",
+            "--seed",
+        ] {
+            assert!(names.contains(&name), "{name} in {names:?}");
+        }
+        for name in ["--data-dir", "--device", "--workers", "--memory-format"] {
+            assert!(!names.contains(&name), "{name} in {names:?}");
+        }
+        // Only per-rank settings differ: nothing to say.
+        let here = run_settings(&config(&["--workers", "2", "--device", "auto"])?, 0)?;
+        assert!(differences(&here, &first).is_empty());
+        let here = run_settings(&config(&["--lr", "0.5", "--test-batch-size", "7"])?, 2)?;
+        assert_eq!(
+            differences(&here, &first),
+            [
+                "--lr 0.5 here, 0.001 on rank 0",
+                "--test-batch-size 7 here, 1000 on rank 0",
+                "the epochs done (--resume) 2 here, 0 on rank 0"
+            ]
         );
         Ok(())
     }

@@ -480,6 +480,36 @@ impl Context {
 
     #[cfg(not(feature = "mpi"))]
     fn broadcast_f32(&self, _values: &mut [f32]) {}
+
+    /// Rank 0's `values`, on every rank.
+    #[cfg(feature = "mpi")]
+    fn broadcast_u64(&self, values: &mut [u64]) {
+        use mpi::traits::{Communicator, Root};
+        self.comm.process_at_rank(0).broadcast_into(values);
+    }
+
+    #[cfg(not(feature = "mpi"))]
+    fn broadcast_u64(&self, _values: &mut [u64]) {}
+
+    /// Rank 0's `mine`, on every rank (its length first, then its bytes).
+    #[cfg(feature = "mpi")]
+    fn broadcast_bytes(&self, mine: &[u8]) -> Vec<u8> {
+        use mpi::traits::{Communicator, Root};
+        let root = self.comm.process_at_rank(0);
+        let mut len = [mine.len() as u64];
+        root.broadcast_into(&mut len[..]);
+        let mut bytes = match self.rank.rank {
+            0 => mine.to_vec(),
+            _ => vec![0u8; len[0] as usize],
+        };
+        root.broadcast_into(&mut bytes[..]);
+        bytes
+    }
+
+    #[cfg(not(feature = "mpi"))]
+    fn broadcast_bytes(&self, mine: &[u8]) -> Vec<u8> {
+        mine.to_vec()
+    }
 }
 
 /// Copies rank 0's float tensors of `store` (weights and batch-norm statistics) to every rank,
@@ -515,6 +545,166 @@ pub fn broadcast_weights(store: &ParamStore) -> Result<()> {
         at += n;
     }
     Ok(())
+}
+
+/// Settings every rank of a job must share, each by name with its value as text (see
+/// [`agree`]).
+pub type Settings = Vec<(String, String)>;
+
+/// The settings in `config` that must be the same on every rank, and `epochs_done` (0 for a
+/// fresh run, the saved state's count for `--resume`), named by their flags. Left out, as they
+/// may differ from rank to rank: the path of `--data-dir` (the data itself is compared by
+/// [`data_settings`]), `--device`, `--workers`, `--data-placement`, `--memory-format`, and
+/// a fine-tuning run's `--weights` (rank 0's weights are broadcast before training).
+pub fn run_settings(config: &crate::config::RunConfig, epochs_done: usize) -> Result<Settings> {
+    const PER_RANK: [&str; 6] = [
+        "data_dir",
+        "device",
+        "workers",
+        "data_placement",
+        "memory_format",
+        "weights",
+    ];
+    let mut settings = Settings::new();
+    let mut add = |key: &str, value: &serde_json::Value| {
+        if !PER_RANK.contains(&key) {
+            let name = match key {
+                "program" => "the program".into(),
+                "dataset" => "the data set".into(),
+                key => format!("--{}", key.replace('_', "-")),
+            };
+            settings.push((name, value.to_string()));
+        }
+    };
+    if let serde_json::Value::Object(fields) = serde_json::to_value(config)? {
+        for (key, value) in &fields {
+            match (key.as_str(), value) {
+                ("program_settings", serde_json::Value::Object(more)) => {
+                    for (key, value) in more {
+                        add(key, value);
+                    }
+                }
+                (key, value) => add(key, value),
+            }
+        }
+    }
+    settings.push(("the epochs done (--resume)".into(), epochs_done.to_string()));
+    Ok(settings)
+}
+
+/// What every rank must train on and with: the training and test images (their counts, the
+/// class names and the labels, in order), and the model's parameters (their names and shapes)
+/// and the trained ones. Labels and names are compared by CRC-32C.
+pub fn data_settings(
+    train: &dyn datasets::Dataset,
+    test: &dyn datasets::Dataset,
+    store: &ParamStore,
+    trainable: &[(String, candle_core::Var)],
+) -> Settings {
+    let labels = |d: &dyn datasets::Dataset| {
+        let crc = (0..d.len()).fold(0, |crc, i| {
+            crc32c::crc32c_append(crc, &(d.label(i) as u64).to_le_bytes())
+        });
+        format!("{} (CRC-32C {crc:08x})", d.len())
+    };
+    let names = |names: &mut dyn Iterator<Item = String>| {
+        let (mut count, mut crc) = (0, 0);
+        for name in names {
+            crc = crc32c::crc32c_append(crc, name.as_bytes());
+            crc = crc32c::crc32c_append(crc, b"\n");
+            count += 1;
+        }
+        format!("{count} (CRC-32C {crc:08x})")
+    };
+    let shapes = |vars: &mut dyn Iterator<Item = (&String, &candle_core::Var)>| {
+        names(&mut vars.map(|(name, v)| format!("{name} {:?}", v.dims())))
+    };
+    let all = store.named_vars();
+    vec![
+        ("the training images".into(), labels(train)),
+        ("the test images".into(), labels(test)),
+        (
+            "the classes".into(),
+            names(&mut train.classes().iter().cloned()),
+        ),
+        (
+            "the model's tensors".into(),
+            shapes(&mut all.iter().map(|(n, v)| (n, v))),
+        ),
+        (
+            "the trained tensors".into(),
+            shapes(&mut trainable.iter().map(|(n, v)| (n, v))),
+        ),
+    ]
+}
+
+/// [`agree`] on the run's settings ([`run_settings`]): called by every rank once the run's
+/// configuration is known, before its first collective.
+///
+/// Errors: a setting differs from rank 0's.
+pub fn agree_on_run(config: &crate::config::RunConfig, epochs_done: usize) -> Result<()> {
+    agree("settings", &run_settings(config, epochs_done)?)
+}
+
+/// Refuses a job whose ranks differ in `settings` (their `what`: their settings, their data
+/// and model): a rank whose settings are not rank 0's fails, naming each one that differs with
+/// both values, and so ends the job (see [`launch`]), instead of training on mixed settings,
+/// waiting forever in a collective another rank never reaches, or corrupting memory in one
+/// whose length differs. DDP checks its parameters' shapes across ranks likewise. Every rank
+/// must call it at the same point; nothing without a job.
+///
+/// Errors: the settings differ from rank 0's.
+pub fn agree(what: &str, settings: &Settings) -> Result<()> {
+    let Some(context) = context() else {
+        return Ok(());
+    };
+    let mine = serde_json::to_vec(settings)?;
+    let first = context.broadcast_bytes(&mine);
+    if first == mine {
+        return Ok(());
+    }
+    let first: Settings = serde_json::from_slice(&first)?;
+    let differ = differences(settings, &first);
+    bail!(
+        "the ranks of this data-parallel job differ in their {what}: {} (every rank runs the \
+         same command on the same data; only --data-dir's path, --device, --workers, \
+         --data-placement, --memory-format and a fine-tuning run's --weights may differ)",
+        differ.join("; ")
+    )
+}
+
+/// Each setting of `here` (this rank's) whose value is not `first`'s (rank 0's), or that only
+/// one of them has: `NAME HERE here, FIRST on rank 0`.
+pub(crate) fn differences(here: &Settings, first: &Settings) -> Vec<String> {
+    let value = |list: &Settings, name: &str| {
+        list.iter()
+            .find(|(n, _)| n == name)
+            .map_or("nothing".to_string(), |(_, v)| v.clone())
+    };
+    let mut differ: Vec<String> = here
+        .iter()
+        .filter(|(name, value_here)| value(first, name) != *value_here)
+        .map(|(name, mine)| format!("{name} {mine} here, {} on rank 0", value(first, name)))
+        .collect();
+    differ.extend(
+        first
+            .iter()
+            .filter(|(name, _)| !here.iter().any(|(n, _)| n == name))
+            .map(|(name, there)| format!("{name} nothing here, {there} on rank 0")),
+    );
+    differ
+}
+
+/// Sets every rank's dropout generator (`layers::rng`, of this thread) to rank 0's: after each
+/// training epoch, so that a rank whose share of the last global batch was smaller (and which
+/// drew fewer masks) continues as rank 0 does, as a resumed run continues from rank 0's saved
+/// state. Nothing without a job.
+pub fn broadcast_dropout_generator() {
+    if let Some(context) = context() {
+        let mut state = layers::rng::state();
+        context.broadcast_u64(&mut state);
+        layers::rng::set_state(state);
+    }
 }
 
 /// Bytes all-reduced per training step: the flattened f32 gradients of `trainable` plus the
@@ -633,6 +823,7 @@ pub fn train_epoch(
     result?;
     progress.finish();
     broadcast_weights(store)?;
+    broadcast_dropout_generator();
     let counted = tally.finish()?;
     Ok(Pass {
         metrics: reduce_metrics(&counted.metrics)?,

@@ -45,9 +45,10 @@ pub struct Trainee<'a> {
     pub train: &'a dyn BatchSource,
     /// Test batches; their indices address `test_images`.
     pub test: &'a dyn BatchSource,
-    /// How many training images there are (after `--limit-train`; before `--drop-last` and
-    /// any sharding): what a resumed run must find again.
-    pub train_images: usize,
+    /// The training images (after `--limit-train`; before `--drop-last` and any sharding): their
+    /// count is what a resumed run must find again, their labels what the ranks of a
+    /// data-parallel job must share.
+    pub train_images: &'a dyn Dataset,
     /// The test images, for the predictions picture.
     pub test_images: &'a dyn Dataset,
     /// Class names, in label order.
@@ -101,7 +102,7 @@ pub fn run(
         trainable: store.trainable(),
         train: train_source.as_ref(),
         test: test_source.as_ref(),
-        train_images: data.train.len(),
+        train_images: data.train.as_ref(),
         test_images: data.test.as_ref(),
         classes,
         title: title(config),
@@ -185,6 +186,12 @@ pub fn train(
         title,
         device,
     } = trainee;
+    // Data-parallel: the same data and model on every rank, before the first collective.
+    crate::distributed::agree(
+        "data and model",
+        &crate::distributed::data_settings(train_images, test_images, store, &trainable),
+    )?;
+    let train_images = train_images.len();
     let shards =
         crate::distributed::shard(train_loader, config.batch_size, config.parallel.drop_last).zip(
             crate::distributed::shard(test_loader, config.test_batch_size, false),
