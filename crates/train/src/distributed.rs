@@ -809,7 +809,7 @@ pub fn train_epoch(
             if n > 0 {
                 tally.add(&loss, &logits, &labels, &batch.indices)?;
             }
-            progress.batch(n * loader.rank.size);
+            progress.batch(loader.global_len(b));
             if progress.due() {
                 tally.read()?;
                 progress.show(global_loss, tally.metrics().accuracy());
@@ -865,7 +865,7 @@ pub fn evaluate(
             let first = b * loader.global + loader.slice(loader.global_len(b)).0;
             positions.extend(first..first + n);
         }
-        progress.batch(n * loader.rank.size);
+        progress.batch(loader.global_len(b));
         if progress.due() {
             tally.read()?;
             progress.show(tally.metrics().loss(), tally.metrics().accuracy());
