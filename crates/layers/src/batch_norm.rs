@@ -339,7 +339,8 @@ impl BatchNorm {
             .broadcast_mul(&scale.reshape(dims.as_slice())?)?
             .broadcast_add(&shift.reshape(dims.as_slice())?)?;
         if relu {
-            ys.relu()
+            // NaN stays NaN, as torch.relu (Candle's `relu` makes it 0).
+            crate::activation::relu(&ys)
         } else {
             Ok(ys)
         }
@@ -896,6 +897,46 @@ mod tests {
         let gw = synced_grads.get(w.as_tensor()).expect("weight gradient");
         let full_gw = full_grads.get(w.as_tensor()).expect("weight gradient");
         close(&gw.affine(2.0, 0.0)?, full_gw, 1e-4)?;
+        Ok(())
+    }
+
+    /// NaN stays NaN through the ReLU after the batch norm, as `torch.relu` keeps it: a
+    /// negative running variance in evaluation (its square root), in both memory formats, and
+    /// a NaN input value in training (its channel's statistics); the other channels stay
+    /// finite. Short rows and long ones (the two CPU passes).
+    #[test]
+    fn nan_stays_nan_through_the_relu() -> Result<()> {
+        let dev = Device::Cpu;
+        let channel_nan = |y: &Tensor| -> Result<Vec<bool>> {
+            let y = y.contiguous()?.to_dtype(DType::F32)?;
+            let (c, per) = (y.dim(1)?, y.elem_count() / y.dim(0)? / y.dim(1)?);
+            let v = y.flatten_all()?.to_vec1::<f32>()?;
+            Ok((0..c)
+                .map(|ch| {
+                    let of = |f: fn(&f32) -> bool| {
+                        v.chunks(c * per)
+                            .all(|image| image[ch * per..][..per].iter().all(f))
+                    };
+                    assert!(of(|v| v.is_nan()) || of(|v| !v.is_nan()), "channel {ch}");
+                    of(|v| v.is_nan())
+                })
+                .collect())
+        };
+        for (h, w) in [(2, 2), (16, 16)] {
+            let ones = Tensor::ones(3, DType::F32, &dev)?;
+            let zeros = Tensor::zeros(3, DType::F32, &dev)?;
+            let var = Tensor::new(&[1f32, -1.0, 1.0], &dev)?;
+            let bn = BatchNorm::new(zeros.clone(), var, ones, zeros, 1e-5, 0.1)?;
+            let x = Tensor::randn(0f32, 1.0, (2, 3, h, w), &dev)?;
+            for x in [x.clone(), memory_format::to_channels_last(&x)?] {
+                let y = bn.forward_relu(&x, false)?;
+                assert_eq!(channel_nan(&y)?, [false, true, false], "eval {h}x{w}");
+            }
+            let mut v = x.flatten_all()?.to_vec1::<f32>()?;
+            v[2 * h * w + 1] = f32::NAN;
+            let y = bn.forward_relu(&Tensor::from_vec(v, (2, 3, h, w), &dev)?, true)?;
+            assert_eq!(channel_nan(&y)?, [false, false, true], "train {h}x{w}");
+        }
         Ok(())
     }
 

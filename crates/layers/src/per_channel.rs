@@ -285,7 +285,8 @@ pub(crate) fn normalize(
                     None => {
                         for ((y, &x), ((&m, &s), &b)) in yi.iter_mut().zip(xi).zip(coefs) {
                             let v = (x - m) * s + b;
-                            y.write(if relu { v.max(0.0) } else { v });
+                            // NaN stays NaN, as torch.relu.
+                            y.write(if relu && v <= 0.0 { 0.0 } else { v });
                         }
                     }
                     Some(r) => {
@@ -312,7 +313,8 @@ pub(crate) fn normalize(
                     None => {
                         for (y, &x) in yr.iter_mut().zip(xr) {
                             let v = (x - m) * s + b;
-                            y.write(if relu { v.max(0.0) } else { v });
+                            // NaN stays NaN, as torch.relu.
+                            y.write(if relu && v <= 0.0 { 0.0 } else { v });
                         }
                     }
                     Some(r) => {
@@ -381,7 +383,8 @@ unsafe impl Sync for RowsOut {}
 
 /// [`normalize`]'s gradients; `bias`, for a ReLU right after the batch norm (no residual):
 /// the ReLU's mask is then `(x - mean)·(w·invstd) + bias > 0` recomputed from the input as
-/// [`normalize`] computed it (the same bits, so the same mask; NaN masked, as the output's 0),
+/// [`normalize`] computed it (the same bits, so the same mask; NaN passed, as from the output's
+/// NaN: PyTorch's `threshold_backward`),
 /// and the output `ys` is not read over rows of [`SHORT_ROW`] values and more (unless the
 /// residual's gradient is wanted): two passes over a tensor fewer. Never with a residual, whose
 /// value the mask would miss.
@@ -459,7 +462,7 @@ pub(crate) fn normalize_grads(
                                     &xv[r.clone()],
                                     &xv[r],
                                     |g, x, _| {
-                                        let g = if (x - m) * s + b > 0.0 { g } else { 0.0 };
+                                        let g = if (x - m) * s + b <= 0.0 { 0.0 } else { g };
                                         [g, g * (x - m)]
                                     },
                                 );
@@ -508,7 +511,7 @@ pub(crate) fn normalize_grads(
                                     let beta = bias[ch];
                                     let rows = gv[r.clone()].iter().zip(&xv[r]);
                                     for (o, (&g, &x)) in o[ch * l..][..l].iter_mut().zip(rows) {
-                                        let g = if (x - m) * a + beta > 0.0 { g } else { 0.0 };
+                                        let g = if (x - m) * a + beta <= 0.0 { 0.0 } else { g };
                                         o.write(g * a + (x - m) * k + b);
                                     }
                                     continue;
