@@ -244,6 +244,51 @@ fn checkpoint_tag(dir: &Path, path: &Path) -> String {
     }
 }
 
+/// `tag`, or the first of `tag-2`, `tag-3`... whose evaluation in `out` is not another file's:
+/// names made of a folder and a file name can meet (`a/b-c.safetensors` and
+/// `a-b/c.safetensors` are both `a-b-c`; two runs' `best` evaluated into one `--out`), and one
+/// checkpoint's figures must not replace another's. An evaluation there is `file`'s when it
+/// names it (its `weights_file`; for one written before that was kept, its `weights` as seen
+/// from here); one that cannot be read or tell is taken as another file's.
+fn unclaimed_tag(out: &Path, tag: String, file: Option<&Path>) -> String {
+    let claimed_by_another = |tag: &str| {
+        let path = out.join(evaluation_summary(tag));
+        if std::fs::symlink_metadata(&path).is_err() {
+            return false;
+        }
+        let Some(file) = file else {
+            return true;
+        };
+        let named = layers::file::read_to_string(&path)
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .and_then(|json| {
+                let at = |key: &str| json.get(key)?.as_str().map(PathBuf::from);
+                at("weights_file").or_else(|| at("weights"))
+            })
+            .and_then(|named| std::fs::canonicalize(named).ok());
+        named.as_deref() != Some(file)
+    };
+    let mut n = 1;
+    loop {
+        let candidate = match n {
+            1 => tag.clone(),
+            n => format!("{tag}-{n}"),
+        };
+        if !claimed_by_another(&candidate) {
+            if n > 1 {
+                crate::say!(
+                    "{} holds the evaluation of another checkpoint file: this one's outputs are \
+                     named {candidate}",
+                    out.join(evaluation_summary(&tag)).display()
+                );
+            }
+            return candidate;
+        }
+        n += 1;
+    }
+}
+
 /// `evaluate`'s flags.
 #[derive(clap::Args, Debug, Clone)]
 pub struct EvaluateArgs {
@@ -333,6 +378,10 @@ pub struct Evaluation {
     /// The checkpoint, as given (relative to the directory `evaluate` ran in, or absolute).
     #[serde(serialize_with = "path_text")]
     pub weights: PathBuf,
+    /// The checkpoint's absolute path (links resolved): which file these figures are of, so
+    /// that another file's evaluation never replaces them.
+    #[serde(serialize_with = "optional_path_text")]
+    pub weights_file: Option<PathBuf>,
     /// The run's checkpoint evaluated (`best` or `last`) when the outputs lie beside it in its
     /// run directory, else `null`: the run removes them when it replaces that checkpoint, from
     /// wherever either ran.
@@ -539,6 +588,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
     );
     let evaluation = Evaluation {
         weights: trained.weights.clone(),
+        weights_file: std::fs::canonicalize(&trained.weights).ok(),
         checkpoint: None,
         precision,
         data_dir: config.data_dir.clone(),
@@ -608,6 +658,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
     if let Some(name) = other_data {
         tag = format!("{tag}-data-{name}");
     }
+    let tag = unclaimed_tag(&out, tag, evaluation.weights_file.as_deref());
     // Replaced while it was tested (its run is training): these figures describe weights that
     // are gone, and the run has already cleared the outputs of the old ones.
     ensure!(
@@ -943,6 +994,50 @@ mod tests {
             checkpoint_tag(&run, &best.join("bf16.safetensors")),
             "file-best-bf16"
         );
+        Ok(())
+    }
+
+    /// Two checkpoint files whose outputs would take one name (`a/b-c` and `a-b/c`, both
+    /// `a-b-c`) each keep their own: the second is named `a-b-c-2`, and evaluated again it
+    /// takes that name again; an evaluation saved before the file was recorded is matched by
+    /// its `weights`; one that cannot be read is another file's.
+    #[test]
+    fn another_files_evaluation_is_not_replaced() -> Result<()> {
+        let root = tempfile::tempdir()?;
+        let out = root.path().join("out");
+        std::fs::create_dir_all(root.path().join("a"))?;
+        std::fs::create_dir_all(root.path().join("a-b"))?;
+        std::fs::create_dir_all(&out)?;
+        let (one, two) = (
+            root.path().join("a").join("b-c.safetensors"),
+            root.path().join("a-b").join("c.safetensors"),
+        );
+        std::fs::write(&one, b"1")?;
+        std::fs::write(&two, b"2")?;
+        let (one, two) = (std::fs::canonicalize(&one)?, std::fs::canonicalize(&two)?);
+        let tag = |file: &Path| unclaimed_tag(&out, "a-b-c".into(), Some(file));
+        let record = |tag: &str, json: serde_json::Value| {
+            std::fs::write(out.join(evaluation_summary(tag)), json.to_string())
+        };
+        assert_eq!(tag(&one), "a-b-c");
+        record(
+            "a-b-c",
+            serde_json::json!({"weights": "x", "weights_file": one}),
+        )?;
+        assert_eq!(tag(&one), "a-b-c");
+        assert_eq!(tag(&two), "a-b-c-2");
+        record(
+            "a-b-c-2",
+            serde_json::json!({"weights": "y", "weights_file": two}),
+        )?;
+        assert_eq!(tag(&two), "a-b-c-2");
+        assert_eq!(tag(&one), "a-b-c");
+        // Saved before `weights_file`: its `weights`.
+        record("a-b-c", serde_json::json!({"weights": one}))?;
+        assert_eq!((tag(&one), tag(&two)), ("a-b-c".into(), "a-b-c-2".into()));
+        // Unreadable: another file's.
+        std::fs::write(out.join(evaluation_summary("a-b-c")), b"{")?;
+        assert_eq!(tag(&one), "a-b-c-3");
         Ok(())
     }
 
