@@ -175,9 +175,14 @@ impl Matrix {
 }
 
 impl std::fmt::Display for Matrix {
-    /// Nested lists, one row a line, columns right-aligned: `[[4, 2, 2],\n [1, 4, 2], ...]`.
+    /// Nested lists, one row a line, columns right-aligned: `[[4, 2, 2],\n [1, 4, 2], ...]`
+    /// (values to four decimals, as PyTorch prints them, without trailing zeros).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let cells: Vec<String> = self.values.iter().map(|&v| viz::format_value(v)).collect();
+        let cells: Vec<String> = self
+            .values
+            .iter()
+            .map(|&v| viz::format_value_precisely(v))
+            .collect();
         let width = cells.iter().map(String::len).max().unwrap_or(0);
         for (r, row) in cells.chunks(self.cols).enumerate() {
             let open = if r == 0 { "[[" } else { " [" };

@@ -1,4 +1,4 @@
-//! Compact number formatting for values printed inside matrix cells.
+//! Number formatting: compact for values printed inside matrix cells, precise for terminals.
 
 /// Formats `v` compactly: integers without decimals (`3`, `-12`), other values with at most
 /// two decimals and no trailing zeros (`0.5`, `-1.25`), one decimal from 100 on (`123.4`),
@@ -21,9 +21,55 @@ pub fn format_value(v: f32) -> String {
     }
 }
 
+/// Formats `v` for a terminal, as PyTorch prints a tensor's values (four decimals), with no
+/// trailing zeros: integers without decimals (`3`), fractions to four decimals (`0.125`,
+/// `6.625`, `0.3333`), two from 1 000 on and none from 100 000 on, and an exponent form with
+/// three decimals for non-zero values below 0.00005 (`1.5e-6`).
+pub fn format_value_precisely(v: f32) -> String {
+    if !v.is_finite() {
+        return v.to_string();
+    }
+    let magnitude = v.abs();
+    if v.fract() == 0.0 || magnitude >= 100_000.0 {
+        return format!("{:.0}", v + 0.0);
+    }
+    if magnitude < 5e-5 {
+        let text = format!("{v:.3e}");
+        let (mantissa, exponent) = text.split_once('e').unwrap_or((&text, "0"));
+        let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
+        return format!("{mantissa}e{exponent}");
+    }
+    let decimals = if magnitude >= 1_000.0 { 2 } else { 4 };
+    let fixed = format!("{v:.decimals$}");
+    fixed
+        .trim_end_matches('0')
+        .trim_end_matches('.')
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::format_value;
+    use super::{format_value, format_value_precisely};
+
+    #[test]
+    fn precisely_to_four_decimals() {
+        for (v, text) in [
+            (3.0, "3"),
+            (-0.0, "0"),
+            (0.125, "0.125"),
+            (6.625, "6.625"),
+            (0.0635, "0.0635"),
+            (1.0 / 3.0, "0.3333"),
+            (-2.5, "-2.5"),
+            (1234.567, "1234.57"),
+            (123456.7, "123457"),
+            (0.0000015, "1.5e-6"),
+            (-0.00001234, "-1.234e-5"),
+            (f32::NAN, "NaN"),
+        ] {
+            assert_eq!(format_value_precisely(v), text, "{v}");
+        }
+    }
 
     #[test]
     fn integers_have_no_decimals() {
