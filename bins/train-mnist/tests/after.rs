@@ -592,6 +592,20 @@ fn evaluate_finds_a_relative_data_dir_from_elsewhere() {
         String::from_utf8_lossy(&ended.stderr).into_owned()
     };
 
+    // A file, or a link to nothing, as --out is named so before evaluating.
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, "mine").expect("file");
+    let err = refused(&["evaluate", "--out", &s(&file)]);
+    assert!(err.contains("notes.txt: a file, not a directory"), "{err}");
+    let dangling = dir.path().join("gone");
+    std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).expect("link");
+    let err = refused(&["evaluate", "--out", &s(&dangling)]);
+    assert!(
+        err.contains("gone: a link to nothing, not a directory"),
+        "{err}"
+    );
+    assert!(!err.contains("test images"), "evaluated first: {err}");
+
     // Another run's directory as --out is refused before evaluating: its own evaluation stays.
     let theirs = dir.path().join("theirs");
     std::fs::create_dir(&theirs).expect("mkdir");

@@ -1458,13 +1458,20 @@ fn the_state_restores_checkpoints_and_stale_evaluations_go() {
     assert_eq!(evaluations().len(), 7, "{:?}", evaluations());
     // Both checkpoints gone (as a kill after the state and before them leaves the first
     // epoch): evaluate says they were removed; a resume writes them again from the state.
-    for f in [train::rundir::BEST, train::rundir::LAST] {
-        std::fs::remove_file(run.join(f)).expect("remove");
-    }
+    std::fs::remove_file(run.join(train::rundir::BEST)).expect("remove");
     let out = evaluate_with(&[]);
     let err = stderr(&out);
     assert!(
-        !out.status.success() && err.contains("best.safetensors was removed"),
+        !out.status.success() && err.contains("best.safetensors was removed; take --weights last"),
+        "{err}"
+    );
+    std::fs::remove_file(run.join(train::rundir::LAST)).expect("remove");
+    let out = evaluate_with(&[]);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success()
+            && err.contains("neither best.safetensors nor last.safetensors is there")
+            && err.contains(&format!("`train-mnist --resume {}` writes", s(&run))),
         "{err}"
     );
     // The same run, unfinished (--epochs 1 would have nothing to train): state, then files.

@@ -7,7 +7,7 @@ use candle_core::Module;
 use clap::Args;
 
 use crate::geometry::{explain_sizes, SizeRule};
-use crate::matrix::Matrix;
+use crate::matrix::{bad_option, Matrix};
 
 /// The tutorial's input.
 const INPUT: &str = "1,0,0,1,0; 0,1,1,0,1; 1,0,1,0,1; 0,1,0,1,0; 1,0,1,0,1";
@@ -74,13 +74,13 @@ fn rules(
 /// Runs `conv`: prints the matrices and the size rule, writes `conv.png` in `out`.
 pub fn run(args: &ConvArgs, out: &Path) -> Result<()> {
     let input = match Matrix::from_options(args.input.as_deref(), args.input_file.as_deref())
-        .context("bad --input")?
+        .with_context(|| bad_option("--input", args.input_file.is_some()))?
     {
         Some(m) => m,
         None => Matrix::parse(INPUT)?,
     };
     let kernel = match Matrix::from_options(args.kernel.as_deref(), args.kernel_file.as_deref())
-        .context("bad --kernel")?
+        .with_context(|| bad_option("--kernel", args.kernel_file.is_some()))?
     {
         Some(m) => m,
         None => Matrix::parse(KERNEL)?,

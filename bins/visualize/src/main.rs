@@ -60,10 +60,14 @@ fn main() -> Result<()> {
     let cli = Cli::try_parse().unwrap_or_else(|e| train::cli::exit_for_clap(e));
     let out = &cli.out;
     // Before any work: the pictures go into a folder.
-    if out.exists() && !out.is_dir() {
+    if std::fs::symlink_metadata(out).is_ok() && !out.is_dir() {
         anyhow::bail!(
-            "--out {}: a file, not a directory (--out names the folder the pictures go into)",
-            out.display()
+            "--out {}: {}, not a directory (--out names the folder the pictures go into)",
+            out.display(),
+            match out.exists() {
+                true => "a file",
+                false => "a link to nothing",
+            }
         );
     }
     let result = match &cli.command {

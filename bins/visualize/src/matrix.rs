@@ -93,7 +93,9 @@ impl Matrix {
         let bytes = datasets::read_input_file(path, "matrix")?;
         let text = String::from_utf8(bytes)
             .with_context(|| format!("matrix file {} is not UTF-8 text", path.display()))?;
-        Matrix::parse(&text).with_context(|| format!("bad matrix in {}", path.display()))
+        // A byte-order mark (some editors write one) is no value.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        Matrix::parse(text).with_context(|| format!("bad matrix in {}", path.display()))
     }
 
     /// The square matrix `1, 2, ..., side * side`, row by row.
@@ -174,6 +176,15 @@ impl Matrix {
     }
 }
 
+/// The context of a matrix option's error: `bad --input`, or `bad --input-file` when the file
+/// option gave it.
+pub fn bad_option(flag: &str, from_file: bool) -> String {
+    match from_file {
+        true => format!("bad {flag}-file"),
+        false => format!("bad {flag}"),
+    }
+}
+
 impl std::fmt::Display for Matrix {
     /// Nested lists, one row a line, columns right-aligned: `[[4, 2, 2],\n [1, 4, 2], ...]`
     /// (values to four decimals, as PyTorch prints them, without trailing zeros).
@@ -200,6 +211,16 @@ impl std::fmt::Display for Matrix {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file that starts with a byte-order mark (as some editors save text) reads as without.
+    #[test]
+    fn a_byte_order_mark_is_no_value() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("m.txt");
+        std::fs::write(&path, "\u{feff}1 2\n3 4\n")?;
+        assert_eq!(Matrix::from_file(&path)?.values, [1.0, 2.0, 3.0, 4.0]);
+        Ok(())
+    }
 
     #[test]
     fn parses_inline_and_multiline_text() -> Result<()> {

@@ -7,7 +7,7 @@ use candle_core::Module;
 use clap::Args;
 
 use crate::geometry::{explain_sizes, SizeRule};
-use crate::matrix::Matrix;
+use crate::matrix::{bad_option, Matrix};
 
 /// Options of `pool`.
 #[derive(Debug, Args)]
@@ -49,7 +49,7 @@ pub fn pool(input: &Matrix, kernel: usize, stride: usize, padding: usize) -> Res
 /// Runs `pool`: prints the map, both results and the size rule, writes `pool.png` in `out`.
 pub fn run(args: &PoolArgs, out: &Path) -> Result<()> {
     let input = Matrix::from_options(args.input.as_deref(), args.input_file.as_deref())
-        .context("bad --input")?
+        .with_context(|| bad_option("--input", args.input_file.is_some()))?
         .unwrap_or_else(|| Matrix::counting(4));
     let kernel = usize::from(args.kernel);
     let stride = usize::from(args.stride.unwrap_or(args.kernel));

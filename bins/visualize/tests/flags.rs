@@ -57,4 +57,16 @@ fn extreme_flag_values_never_panic() {
             && refused.stdout.is_empty(),
         "{err}"
     );
+    // A link to nothing too.
+    let dangling = dir.path().join("gone");
+    std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).expect("link");
+    let refused = std::process::Command::new(&program)
+        .args(["--out", &s(&dangling), "conv"])
+        .output()
+        .expect("visualize starts");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("gone: a link to nothing, not a directory"),
+        "{err}"
+    );
 }

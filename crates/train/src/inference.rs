@@ -159,12 +159,25 @@ impl Trained {
                 .file_name()
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
             let other = if weights == "best" { "last" } else { "best" };
+            let other_there = dir
+                .join(if weights == "best" { LAST } else { BEST })
+                .exists();
             match dir.join(crate::rundir::STATE).exists() {
-                true => bail!(
+                true if other_there => bail!(
                     "--run {}: there is no {name}, though the run saved epochs (its {} is \
                      there): {name} was removed; take --weights {other}, or a checkpoint file",
                     dir.display(),
                     crate::rundir::STATE
+                ),
+                true => bail!(
+                    "--run {}: neither {BEST} nor {LAST} is there, though the run saved epochs \
+                     (its {} is there): both were removed; `{} --resume {}` writes {LAST} \
+                     again from the state (a finished run trains no more), or give a \
+                     checkpoint file",
+                    dir.display(),
+                    crate::rundir::STATE,
+                    config.program,
+                    dir.display()
                 ),
                 false => bail!(
                     "--run {}: there is no {name}: the run has not saved an epoch (yet)",
@@ -441,6 +454,16 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
         std::fs::canonicalize(a).is_ok_and(|a| std::fs::canonicalize(b).is_ok_and(|b| a == b))
     };
     if let Some(out) = args.out.as_deref() {
+        if std::fs::symlink_metadata(out).is_ok() && !out.is_dir() {
+            bail!(
+                "--out {}: {}, not a directory (--out names the folder the outputs go into)",
+                out.display(),
+                match out.exists() {
+                    true => "a file",
+                    false => "a link to nothing",
+                }
+            );
+        }
         if !same_dir(out, &args.run) && crate::rundir::holds_run(out) {
             bail!(
                 "--out {}: it holds another run, whose evaluation files this would replace: give \
