@@ -201,8 +201,23 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
         None => None,
         Some(c) => Some(class_index(c, &classes)?),
     };
-    let cam = grad_cam(model.as_ref(), &x, store_spec.cam_stage, class)
+    let mut stage = store_spec.cam_stage.to_string();
+    let mut cam = grad_cam(model.as_ref(), &x, &stage, class)
         .with_context(|| format!("Grad-CAM under {weights_named}"))?;
+    if cam.height * cam.width == 1 {
+        // A 1x1 map points at no place: the last stage before it that has a map, if any.
+        if let Some(earlier) = earlier_stage_with_a_map(model.as_ref(), &x, &stage)? {
+            train::say!(
+                "note: {stage}'s map is 1x1 for this input ({}x{}), so Grad-CAM could point at \
+                 no place: it is taken at {earlier}, the last stage before it with a map",
+                seen.height,
+                seen.width
+            );
+            stage = earlier;
+            cam = grad_cam(model.as_ref(), &x, &stage, class)
+                .with_context(|| format!("Grad-CAM under {weights_named}"))?;
+        }
+    }
     ensure!(
         cam.class < classes.len(),
         "the model has more outputs than class names"
@@ -210,8 +225,7 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
     let name = &classes[cam.class];
     // The probability before the name, which a long name then cannot push out of the title.
     let title = format!(
-        "Grad-CAM at {}, softmax {:.1}%: {name}",
-        store_spec.cam_stage,
+        "Grad-CAM at {stage}, softmax {:.1}%: {name}",
         100.0 * cam.probability
     );
     let tiles = [
@@ -249,10 +263,9 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
     let lit = cam.values.iter().filter(|v| **v > 0.5).count();
     if cam.height * cam.width == 1 {
         train::warn!(
-            "note: {}'s map is 1x1 for this input ({}x{}), so Grad-CAM can point at no place: the \
-             picture is one colour; a larger input (--image-size for a fine-tuning run) gives the \
-             stage a map",
-            store_spec.cam_stage,
+            "note: {stage}'s map is 1x1 for this input ({}x{}), so Grad-CAM can point at no \
+             place: the picture is one colour; a larger input (--image-size for a fine-tuning \
+             run) gives the stage a map",
             seen.height,
             seen.width
         );
@@ -262,7 +275,7 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
             "class {} ({name}): no cell of {} speaks for it (every gradient-weighted sum is <= 0, \
              so the map is blank); wrote {}",
             cam.class,
-            store_spec.cam_stage,
+            stage,
             path.display()
         );
         return Ok(());
@@ -290,6 +303,20 @@ fn file_name(image: &Path, class: Option<usize>) -> String {
         Some(k) => format!("grad-cam-{stem}-class{k}.png"),
         None => format!("grad-cam-{stem}.png"),
     }
+}
+
+/// The last stage of `net` before `stage` whose output for `x` is an (N, C, H, W) map of more
+/// than one cell; `None` when there is none (or no stage `stage`).
+fn earlier_stage_with_a_map(net: &dyn Network, x: &Tensor, stage: &str) -> Result<Option<String>> {
+    let stages = net.forward_stages(&x.detach())?;
+    let Some(at) = stages.iter().position(|(name, _)| name == stage) else {
+        return Ok(None);
+    };
+    Ok(stages[..at]
+        .iter()
+        .rev()
+        .find(|(_, t)| t.dims4().is_ok_and(|(_, _, h, w)| h * w > 1))
+        .map(|(name, _)| name.clone()))
 }
 
 /// `--class`: a class name (`cat`; any case; for MNIST's `7 - seven` also `seven`) or an index
@@ -390,6 +417,23 @@ mod tests {
             assert!(cam.values.iter().all(|v| (0.0..=1.0).contains(v)), "{name}");
             assert!(cam.height * cam.width > 1, "{name}");
         }
+        Ok(())
+    }
+
+    /// ResNet-50 at 32x32 (a fine-tuning run at --image-size 32): `layer4`'s map is 1x1, the
+    /// last stage before it with a map is `layer3` (2x2).
+    #[test]
+    fn a_stage_of_one_cell_gives_way_to_the_one_before() -> Result<()> {
+        let (net, _) = zoo::load("resnet50", 10, None, &Device::Cpu, 1)?;
+        let x = Tensor::rand(0f32, 1.0, (1, 3, 32, 32), &Device::Cpu)?;
+        let cam = grad_cam(net.as_ref(), &x, "layer4", None)?;
+        assert_eq!((cam.height, cam.width), (1, 1));
+        let earlier = earlier_stage_with_a_map(net.as_ref(), &x, "layer4")?;
+        assert_eq!(earlier.as_deref(), Some("layer3"));
+        let cam = grad_cam(net.as_ref(), &x, "layer3", None)?;
+        assert_eq!((cam.height, cam.width), (2, 2));
+        // No stage of that name: none.
+        assert_eq!(earlier_stage_with_a_map(net.as_ref(), &x, "nowhere")?, None);
         Ok(())
     }
 
