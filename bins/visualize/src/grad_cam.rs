@@ -295,14 +295,24 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
 /// `grad-cam-<image's stem>.png`, with `-class<K>` for a class asked for by `--class`: each
 /// image (and class) its own picture.
 fn file_name(image: &Path, class: Option<usize>) -> String {
-    let stem = image
+    let mut stem = image
         .file_stem()
         .map_or("image".into(), |s| s.to_string_lossy())
         .replace(|c: char| c.is_control() || c == '/', "_");
-    match class {
-        Some(k) => format!("grad-cam-{stem}-class{k}.png"),
-        None => format!("grad-cam-{stem}.png"),
+    let suffix = match class {
+        Some(k) => format!("-class{k}.png"),
+        None => ".png".into(),
+    };
+    // A file name has at most 255 bytes: a longer image name is cut (at a character).
+    let room = 255 - "grad-cam-".len() - suffix.len();
+    if stem.len() > room {
+        let cut = (0..=room)
+            .rev()
+            .find(|&i| stem.is_char_boundary(i))
+            .unwrap_or(0);
+        stem.truncate(cut);
     }
+    format!("grad-cam-{stem}{suffix}")
 }
 
 /// The last stage of `net` before `stage` whose output for `x` is an (N, C, H, W) map of more
@@ -435,6 +445,24 @@ mod tests {
         // No stage of that name: none.
         assert_eq!(earlier_stage_with_a_map(net.as_ref(), &x, "nowhere")?, None);
         Ok(())
+    }
+
+    /// The picture's name keeps within 255 bytes (a file name's limit), cut at a character.
+    #[test]
+    fn long_image_names_are_cut() {
+        let long = format!("{}.png", "é".repeat(200));
+        for class in [None, Some(7)] {
+            let name = file_name(Path::new(&long), class);
+            assert!(name.len() <= 255 && name.len() > 240, "{}", name.len());
+            assert!(
+                name.starts_with("grad-cam-é") && name.ends_with(".png"),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            file_name(Path::new("a/cat.jpg"), Some(3)),
+            "grad-cam-cat-class3.png"
+        );
     }
 
     #[test]
