@@ -197,6 +197,19 @@ pub fn finetune(
     let title = title(run);
     let trainable = model.trainable(&store);
     let head = Head(model.net());
+    // Data-parallel: the same data and model on every rank, then rank 0's weights, before the
+    // frozen backbone's features are computed (a rank's own --weights file could differ).
+    train::distributed::agree(
+        "data and model",
+        &train::distributed::data_settings(
+            data.train.as_ref(),
+            data.test.as_ref(),
+            &store,
+            &trainable,
+            &device,
+        ),
+    )?;
+    train::distributed::broadcast_weights(&store)?;
     let cached: (CachedFeatures, CachedFeatures);
     let sources: (Box<dyn BatchSource>, Box<dyn BatchSource>);
     let (trained, train_source, test_source): (&dyn ModuleT, &dyn BatchSource, &dyn BatchSource) =

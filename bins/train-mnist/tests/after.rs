@@ -660,6 +660,58 @@ fn evaluate_finds_a_relative_data_dir_from_elsewhere() {
     );
 }
 
+/// The run's own evaluation keeps its name when the run's folder has moved since (its summary
+/// names the checkpoint where it was): a checkpoint file from elsewhere whose outputs' name
+/// holds another file's evaluation is named `-2`.
+#[test]
+fn a_moved_runs_own_evaluation_keeps_its_name() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = trained(dir.path(), &[]);
+    let evaluate = |dir: &Path, extra: &[&str]| {
+        run(&[
+            &["evaluate", "--run", &s(dir), "--device", "cpu"][..],
+            extra,
+        ]
+        .concat())
+    };
+    evaluate(&out, &[]);
+    let moved = dir.path().join("moved");
+    std::fs::rename(&out, &moved).expect("move the run");
+    evaluate(&moved, &[]);
+    let names = |run: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(run)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("evaluation-"))
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(&moved), ["evaluation-best.json"]);
+    let summary: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(moved.join("evaluation-best.json")).expect("summary"),
+    )
+    .expect("JSON");
+    let file = std::fs::canonicalize(moved.join(train::rundir::BEST)).expect("best");
+    assert_eq!(summary["weights_file"], s(&file));
+    // Two files from elsewhere whose outputs' names meet: the second is named -2.
+    for (folder, name) in [("a", "b-c"), ("a-b", "c")] {
+        let folder = dir.path().join(folder);
+        std::fs::create_dir_all(&folder).expect("mkdir");
+        let copy = folder.join(format!("{name}.safetensors"));
+        std::fs::copy(moved.join(train::rundir::LAST), &copy).expect("copy");
+        evaluate(&moved, &["--weights", &s(&copy)]);
+    }
+    assert_eq!(
+        names(&moved),
+        [
+            "evaluation-a-b-c-2.json",
+            "evaluation-a-b-c.json",
+            "evaluation-best.json"
+        ]
+    );
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for entry in std::fs::read_dir(from).expect("list") {

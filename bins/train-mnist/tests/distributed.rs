@@ -78,8 +78,9 @@ fn two_ranks_of_32_match_one_process_of_64() {
             "{x:?} vs {y:?}"
         );
     }
-    // The saved state does not depend on the world size: one process continues the run.
-    run(Command::new(BIN).args([
+    // The saved state does not depend on the world size: one process continues the run,
+    // saying that the global batch changes.
+    let resumed = run(Command::new(BIN).args([
         "--resume",
         &two_s,
         "--epochs",
@@ -90,6 +91,12 @@ fn two_ranks_of_32_match_one_process_of_64() {
         &data,
     ]));
     assert_eq!(metrics(&two).len(), 2);
+    let err = String::from_utf8_lossy(&resumed.stderr);
+    assert!(
+        err.contains("trained with 2 data-parallel process(es) and goes on with 1")
+            && err.contains("goes from 64 to 32"),
+        "{err}"
+    );
 }
 
 /// One rank given a data directory that does not exist fails while the other waits in the first

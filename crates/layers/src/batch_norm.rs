@@ -934,8 +934,27 @@ mod tests {
             }
             let mut v = x.flatten_all()?.to_vec1::<f32>()?;
             v[2 * h * w + 1] = f32::NAN;
+            // A bias that is a variable: its gradient is the sum of the ReLU's passed
+            // gradients, which threshold_backward passes where the output is NaN (all of
+            // channel 2: 2 images x h x w ones).
+            let bias = Var::zeros(3, DType::F32, &dev)?;
+            let bn = BatchNorm::new(
+                Tensor::zeros(3, DType::F32, &dev)?,
+                Tensor::ones(3, DType::F32, &dev)?,
+                Tensor::ones(3, DType::F32, &dev)?,
+                bias.as_tensor().clone(),
+                1e-5,
+                0.1,
+            )?;
             let y = bn.forward_relu(&Tensor::from_vec(v, (2, 3, h, w), &dev)?, true)?;
             assert_eq!(channel_nan(&y)?, [false, false, true], "train {h}x{w}");
+            let grads = y.sum_all()?.backward()?;
+            let gb = grads.get(bias.as_tensor()).expect("bias gradient");
+            let gb = gb.to_vec1::<f32>()?;
+            assert_eq!(gb[2], (2 * h * w) as f32, "train {h}x{w}: {gb:?}");
+            assert!(gb[..2]
+                .iter()
+                .all(|g| g.is_finite() && *g < (2 * h * w) as f32));
         }
         Ok(())
     }

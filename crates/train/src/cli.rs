@@ -964,12 +964,30 @@ mod tests {
         ] {
             assert!(names.contains(&name), "{name} in {names:?}");
         }
-        for name in ["--data-dir", "--device", "--workers", "--memory-format"] {
+        for name in [
+            "--data-dir",
+            "--device",
+            "--workers",
+            "--data-placement",
+            "--memory-format",
+            "--weights",
+        ] {
             assert!(!names.contains(&name), "{name} in {names:?}");
         }
-        // Only per-rank settings differ: nothing to say.
-        let here = run_settings(&config(&["--workers", "2", "--device", "auto"])?, 0)?;
-        assert!(differences(&here, &first).is_empty());
+        // Only per-rank settings differ: nothing to say. (A fine-tuning run's settings, kept
+        // in `program_settings`, are compared by name, its `weights` left out.)
+        let mut per_rank = config(&["--workers", "2", "--device", "auto"])?;
+        per_rank.data_placement = crate::config::DataPlacement::Host;
+        let mut fine_tuning = |weights: &str| -> Result<_> {
+            per_rank.program_settings =
+                Some(serde_json::json!({"weights": weights, "unfreeze": "none"}));
+            run_settings(&per_rank, 0)
+        };
+        let (mut a, b) = (fine_tuning("a.safetensors")?, fine_tuning("b.safetensors")?);
+        assert!(differences(&a, &b).is_empty());
+        assert!(a.iter().any(|(n, v)| n == "--unfreeze" && v == "\"none\""));
+        a.retain(|(n, _)| n != "--unfreeze");
+        assert!(differences(&a, &first).is_empty(), "{a:?}");
         let here = run_settings(&config(&["--lr", "0.5", "--test-batch-size", "7"])?, 2)?;
         assert_eq!(
             differences(&here, &first),

@@ -593,13 +593,15 @@ pub fn run_settings(config: &crate::config::RunConfig, epochs_done: usize) -> Re
 }
 
 /// What every rank must train on and with: the training and test images (their counts, the
-/// class names and the labels, in order), and the model's parameters (their names and shapes)
-/// and the trained ones. Labels and names are compared by CRC-32C.
+/// class names and the labels, in order), the model's parameters (their names and shapes) and
+/// the trained ones, and, in a build with NCCL (which all-reduces CUDA tensors, MPI host ones),
+/// whether `device` is CUDA. Labels and names are compared by CRC-32C.
 pub fn data_settings(
     train: &dyn datasets::Dataset,
     test: &dyn datasets::Dataset,
     store: &ParamStore,
     trainable: &[(String, candle_core::Var)],
+    device: &Device,
 ) -> Settings {
     let labels = |d: &dyn datasets::Dataset| {
         let crc = (0..d.len()).fold(0, |crc, i| {
@@ -620,7 +622,7 @@ pub fn data_settings(
         names(&mut vars.map(|(name, v)| format!("{name} {:?}", v.dims())))
     };
     let all = store.named_vars();
-    vec![
+    let mut settings: Settings = vec![
         ("the training images".into(), labels(train)),
         ("the test images".into(), labels(test)),
         (
@@ -635,7 +637,15 @@ pub fn data_settings(
             "the trained tensors".into(),
             shapes(&mut trainable.iter().map(|(n, v)| (n, v))),
         ),
-    ]
+    ];
+    if cfg!(feature = "nccl") {
+        let kind = match device.is_cuda() {
+            true => "cuda",
+            false => "cpu",
+        };
+        settings.push(("the device (--device)".into(), kind.into()));
+    }
+    settings
 }
 
 /// [`agree`] on the run's settings ([`run_settings`]): called by every rank once the run's
@@ -667,8 +677,9 @@ pub fn agree(what: &str, settings: &Settings) -> Result<()> {
     let differ = differences(settings, &first);
     bail!(
         "the ranks of this data-parallel job differ in their {what}: {} (every rank runs the \
-         same command on the same data; only --data-dir's path, --device, --workers, \
-         --data-placement, --memory-format and a fine-tuning run's --weights may differ)",
+         same command on the same data; only --data-dir's path, --device (with NCCL, all CUDA \
+         or all CPU), --workers, --data-placement, --memory-format and a fine-tuning run's \
+         --weights may differ)",
         differ.join("; ")
     )
 }

@@ -681,7 +681,12 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
     if let Some(name) = other_data {
         tag = format!("{tag}-data-{name}");
     }
-    let tag = unclaimed_tag(&out, tag, evaluation.weights_file.as_deref());
+    // The run's own best or last beside it takes its name (the run clears those outputs when
+    // it replaces the checkpoint); another file, the first name not another file's.
+    let tag = match evaluation.checkpoint {
+        Some(_) => tag,
+        None => unclaimed_tag(&out, tag, evaluation.weights_file.as_deref()),
+    };
     // Replaced while it was tested (its run is training): these figures describe weights that
     // are gone, and the run has already cleared the outputs of the old ones.
     ensure!(

@@ -171,6 +171,22 @@ pub fn train(
             );
         }
     }
+    if let Some((saved, _)) = &resume {
+        let world = crate::distributed::rank().map_or(1, |r| r.size);
+        if let Some(was) = saved.world_size.filter(|&was| was != world) {
+            if !crate::distributed::quiet() {
+                crate::warn!(
+                    "the run trained with {was} data-parallel process(es) and goes on with \
+                     {world}: its global batch (processes x --batch-size {}) goes from {} to {}, \
+                     so the rest of the run steps unlike an uninterrupted one would (resume \
+                     with {was} to continue it exactly)",
+                    config.batch_size,
+                    was * config.batch_size,
+                    world * config.batch_size
+                );
+            }
+        }
+    }
     advise_on_out_of_memory(config, out, resume.is_some());
     // Ctrl-C from here on stops after the batch (see `crate::interrupt`).
     let _training = crate::interrupt::training();
@@ -189,7 +205,7 @@ pub fn train(
     // Data-parallel: the same data and model on every rank, before the first collective.
     crate::distributed::agree(
         "data and model",
-        &crate::distributed::data_settings(train_images, test_images, store, &trainable),
+        &crate::distributed::data_settings(train_images, test_images, store, &trainable, &device),
     )?;
     let train_images = train_images.len();
     let shards =
@@ -1006,6 +1022,7 @@ fn resume_state(
         config: config.clone(),
         images: Some(images),
         classes: Some(classes.to_vec()),
+        world_size: Some(crate::distributed::rank().map_or(1, |r| r.size)),
     }
 }
 

@@ -51,6 +51,11 @@ pub struct ResumeState {
     /// resume on data with other classes is refused, whatever `classes.json` says.
     #[serde(default)]
     pub classes: Option<Vec<String>>,
+    /// How many data-parallel processes (the world size) trained the last epoch (`None` in
+    /// states saved before it was kept): a resume with another count is said, since the
+    /// global batch (world size x `--batch-size`) changes with it.
+    #[serde(default)]
+    pub world_size: Option<usize>,
 }
 
 /// The tensors of a saved state.
