@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
-use candle_core::op::{Add, Mul, Relu};
+use candle_core::op::{Add, Mul};
 use candle_core::{
     CpuStorage, CustomOp3, DType, Layout, ModuleT, Result, Shape, Storage, Tensor, Var,
 };
@@ -388,17 +388,21 @@ impl BatchNorm {
         let var = (squares / count)?;
         self.update_running(&mean, &var, count)?;
         let invstd = (var + self.eps)?.sqrt()?.recip()?;
-        x.apply_op3(
+        let ys = x.apply_op3(
             &self.weight.to_dtype(x.dtype())?,
             &self.bias.to_dtype(x.dtype())?,
             BatchNormOp {
                 centered: centered.contiguous()?,
                 invstd,
-                relu,
                 count,
                 sync,
             },
-        )
+        )?;
+        match relu {
+            // NaN stays NaN, as torch.relu (Candle's `relu` makes it 0).
+            true => crate::activation::relu(&ys),
+            false => Ok(ys),
+        }
     }
 
     /// [`train`](Self::train) for an f32 CPU input: statistics, output and backward in a few
@@ -539,7 +543,7 @@ fn sum_per_channel(x: &Tensor) -> Result<Tensor> {
     x.sum(2)?.sum(0)
 }
 
-/// The training-mode output `relu?(centered * weight * invstd + bias)` of an (N, C, L) input,
+/// The training-mode output `centered * weight * invstd + bias` of an (N, C, L) input,
 /// with the batch statistics already taken; its backward is the closed form of the gradient
 /// through the batch mean and variance. Under a [`StatsSync`], `count` is the global batch's
 /// values per channel and the backward's two per-channel sums are reduced across processes
@@ -548,14 +552,13 @@ fn sum_per_channel(x: &Tensor) -> Result<Tensor> {
 struct BatchNormOp {
     centered: Tensor,
     invstd: Tensor,
-    relu: bool,
     count: f64,
     sync: Option<Arc<dyn StatsSync>>,
 }
 
 impl BatchNormOp {
-    /// The forward on whichever backend holds the tensors: a per-channel scale and shift, and
-    /// the ReLU, as Candle's own broadcast kernels.
+    /// The forward on whichever backend holds the tensors: a per-channel scale and shift, as
+    /// Candle's own broadcast kernels.
     fn fwd<S: BackendStorage>(
         &self,
         weight: (&S, &Layout),
@@ -575,11 +578,6 @@ impl BatchNormOp {
         let ys = cs.binary_impl::<Mul>(&scale, cl, &scale_l)?;
         let out = Layout::contiguous(shape.clone());
         let ys = ys.binary_impl::<Add>(bias.0, &out, &per_channel(bias.1))?;
-        let ys = if self.relu {
-            ys.unary_impl::<Relu>(&out)?
-        } else {
-            ys
-        };
         Ok((ys, shape))
     }
 }
@@ -629,19 +627,14 @@ impl CustomOp3 for BatchNormOp {
         x: &Tensor,
         w: &Tensor,
         _b: &Tensor,
-        ys: &Tensor,
+        _ys: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let c = self.centered.dim(1)?;
         let count = self.count;
-        let grad = if self.relu {
-            (grad * ys.gt(0.0)?.to_dtype(grad.dtype())?)?
-        } else {
-            grad.clone()
-        };
         let per_channel = |t: &Tensor| t.reshape((1, c, 1));
-        let grad_sum = sum_per_channel(&grad)?;
-        let grad_dot = sum_per_channel(&(&grad * &self.centered)?)?;
+        let grad_sum = sum_per_channel(grad)?;
+        let grad_dot = sum_per_channel(&(grad * &self.centered)?)?;
         let grad_w = (&grad_dot * &self.invstd)?;
         let (grad_sum_all, grad_dot_all) = match &self.sync {
             None => (grad_sum.clone(), grad_dot.clone()),
@@ -946,7 +939,19 @@ mod tests {
                 1e-5,
                 0.1,
             )?;
-            let y = bn.forward_relu(&Tensor::from_vec(v, (2, 3, h, w), &dev)?, true)?;
+            let x = Tensor::from_vec(v, (2, 3, h, w), &dev)?;
+            // The generic pass too (any dtype and device; here under a statistics
+            // reduction, SyncBatchNorm's, of two identical processes: the bias's gradient is
+            // this process's share).
+            let previous = set_stats_sync(Some(Arc::new(TwoIdentical)));
+            let synced = (|| bn.forward_relu(&x, true)?.sum_all()?.backward())();
+            set_stats_sync(previous);
+            let gb = synced?
+                .get(bias.as_tensor())
+                .expect("bias gradient")
+                .to_vec1::<f32>()?;
+            assert_eq!(gb[2], (2 * h * w) as f32, "synced {h}x{w}");
+            let y = bn.forward_relu(&x, true)?;
             assert_eq!(channel_nan(&y)?, [false, false, true], "train {h}x{w}");
             let grads = y.sum_all()?.backward()?;
             let gb = grads.get(bias.as_tensor()).expect("bias gradient");
