@@ -185,7 +185,8 @@ impl Trained {
                 ),
             }
         }
-        let (model, store) = zoo::load(
+        // Frozen: evaluate's test batches build no autograd graph.
+        let (model, store) = zoo::load_frozen(
             &config.model,
             classes.len(),
             Some(&path),

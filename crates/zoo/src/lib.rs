@@ -68,8 +68,51 @@ pub fn load(
     device: &Device,
     seed: u64,
 ) -> Result<(Box<dyn Network>, ParamStore)> {
-    let store = ParamStore::new(seed, device);
-    let net = build(name, num_classes, store.vb())?;
+    load_into(
+        name,
+        num_classes,
+        weights,
+        ParamStore::new(seed, device),
+        false,
+    )
+}
+
+/// [`load`] for inference: every parameter enters the network frozen
+/// ([`ParamStore::vb_frozen`], PyTorch's `requires_grad_(False)`), so that a forward pass builds
+/// no autograd graph and frees each activation once the next layer has read it (evaluating a
+/// batch of 128 ResNet-50 images at 224x224 needs about 2 GB instead of 20). The outputs are
+/// the same. A gradient with respect to an input or an activation that is made a variable
+/// (Grad-CAM's) still flows.
+///
+/// Errors: as [`load`].
+pub fn load_frozen(
+    name: &str,
+    num_classes: usize,
+    weights: Option<&Path>,
+    device: &Device,
+    seed: u64,
+) -> Result<(Box<dyn Network>, ParamStore)> {
+    load_into(
+        name,
+        num_classes,
+        weights,
+        ParamStore::new(seed, device),
+        true,
+    )
+}
+
+fn load_into(
+    name: &str,
+    num_classes: usize,
+    weights: Option<&Path>,
+    store: ParamStore,
+    frozen: bool,
+) -> Result<(Box<dyn Network>, ParamStore)> {
+    let vb = match frozen {
+        true => store.vb_frozen(|_| true),
+        false => store.vb(),
+    };
+    let net = build(name, num_classes, vb)?;
     if let Some(path) = weights {
         layers::checkpoint::load_strict(store.varmap(), path).with_context(|| {
             format!(
