@@ -238,7 +238,8 @@ fn predict(args: &PredictArgs) -> Result<()> {
     }
     if let Some(run) = args.run.as_ref().or(beside.as_ref()) {
         return train::inference::predict(&train::inference::PredictArgs {
-            run: run.clone(),
+            run: Some(run.clone()),
+            image: Vec::new(),
             images,
             weights: args.weights.clone().unwrap_or_else(|| "best".into()),
             device: args.device.clone(),

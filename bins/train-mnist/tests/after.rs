@@ -181,6 +181,34 @@ fn evaluate_reproduces_the_logged_numbers_and_predict_a_forward_pass() {
         top5(&out, &pixels, train::config::Precision::F32),
         "{printed}"
     );
+    // The same with --image (as finetune-resnet50 predict and visualize take images), and
+    // with the run found from its checkpoint's folder.
+    let best = out.join(train::rundir::BEST);
+    for args in [
+        vec!["predict", "--run", &s(&out), "--image", &s(&image)],
+        vec!["predict", "--weights", &s(&best), &s(&image)],
+    ] {
+        let again = run(&[&args[..], &["--device", "cpu"]].concat());
+        assert_eq!(again, printed, "{args:?}");
+    }
+    // Neither --run nor a checkpoint inside a run's folder: said so.
+    let elsewhere = dir.path().join("elsewhere.safetensors");
+    std::fs::copy(&best, &elsewhere).expect("copy");
+    for (args, says) in [
+        (vec!["predict", &s(&image)], "predict needs --run DIR"),
+        (
+            vec!["predict", "--weights", &s(&elsewhere), &s(&image)],
+            "lies in no run's folder",
+        ),
+        (vec!["predict", "--run", &s(&out)], "predict needs images"),
+    ] {
+        let ended = Command::new(BIN).args(&args).output().expect("starts");
+        let err = String::from_utf8_lossy(&ended.stderr);
+        assert!(
+            !ended.status.success() && err.contains(says),
+            "{args:?}: {err}"
+        );
+    }
 }
 
 /// `evaluate --limit-test N|all` tests on another share of the test split than the run's, and

@@ -719,11 +719,15 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
 /// `predict`'s flags.
 #[derive(clap::Args, Debug, Clone)]
 pub struct PredictArgs {
-    /// The run directory (what --out was)
+    /// The run directory (what --out was) [default: the folder of --weights FILE, when it
+    /// holds a run]
     #[arg(long)]
-    pub run: PathBuf,
-    /// Images to classify (any size and colour mode)
-    #[arg(required = true, num_args = 1..)]
+    pub run: Option<PathBuf>,
+    /// Images to classify (any size and colour mode), as finetune-resnet50 predict and
+    /// visualize take them
+    #[arg(long, num_args = 1..)]
+    pub image: Vec<PathBuf>,
+    /// More images to classify
     pub images: Vec<PathBuf>,
     /// The checkpoint: best, last, or a .safetensors file
     #[arg(long, default_value = "best")]
@@ -940,8 +944,38 @@ fn sized_first(transform: &Transform, side: usize) -> Result<Transform> {
 /// size cannot be read; one or more images could not be classified ([`print_top5`], after all
 /// were tried, each named with its [`Predictor::top5`] error).
 pub fn predict(args: &PredictArgs) -> Result<()> {
+    let images: Vec<PathBuf> = args.image.iter().chain(&args.images).cloned().collect();
+    if images.is_empty() {
+        bail!("predict needs images: predict --run DIR IMAGE... (or --image IMAGE)");
+    }
+    // Without --run, the run whose folder holds the --weights file.
+    let run = match &args.run {
+        Some(run) => run.clone(),
+        None => match run_beside(Path::new(&args.weights)) {
+            Some((dir, _)) => {
+                // On stderr: stdout holds the predictions that scripts read.
+                crate::warn!(
+                    "{}: a checkpoint of the run in {}: read as --run {} --weights FILE",
+                    args.weights,
+                    dir.display(),
+                    dir.display()
+                );
+                dir
+            }
+            None => bail!(
+                "predict needs --run DIR (a training run: what --out was){}",
+                match args.weights.as_str() {
+                    "best" | "last" => String::new(),
+                    file => format!(
+                        "; --weights {file} lies in no run's folder (no readable {CONFIG} \
+                         beside it), so its model, transform and classes are unknown"
+                    ),
+                }
+            ),
+        },
+    };
     let device = parse_device(&args.device)?;
-    let trained = Trained::open(&args.run, &args.weights, &device)?;
+    let trained = Trained::open(&run, &args.weights, &device)?;
     // The run's precision (bf16 autocast, TF32), as its test passes ran, unless told otherwise.
     let _precision = args.precision.unwrap_or(trained.config.precision).enter();
     let transform = Transform::parse(&trained.config.test_transform)?;
@@ -953,7 +987,7 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
         &device,
     )?
     .named(&trained.weights);
-    print_top5(&args.images, |image| predictor.top5(image))
+    print_top5(&images, |image| predictor.top5(image))
 }
 
 /// Prints each image's path and its top-5 classes (`top5`). An image that cannot be read or
