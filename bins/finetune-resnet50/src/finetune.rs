@@ -156,6 +156,11 @@ pub fn finetune(
         classes.len(),
         store.vb_frozen(move |name| !unfreeze.trains(name, head)),
     )?;
+    // A fine-tuned checkpoint of these very classes (its run's classes.json beside it, the
+    // same names in the same order) keeps its head: fine-tuning in two stages, the head first,
+    // then --unfreeze, continues from the trained head, as load_state_dict of the whole
+    // fine-tuned model does in PyTorch. Any other checkpoint gets a new head.
+    let mut kept_head = false;
     let loaded = match start {
         // The run's own weights, the pretrained backbone included: resuming needs neither the
         // Hub nor the --weights file (the backbone's features are computed before the rest of
@@ -171,7 +176,10 @@ pub fn finetune(
         }
         Start::Pretrained(path) => {
             let tensors = layers::checkpoint::read(&path)?;
-            transfer::weights::load(&store, tensors, &path, true)?;
+            kept_head = transfer::weights::head_classes(&tensors, &path)? == classes.len()
+                && train::inference::classes_beside(&path, classes.len()).as_deref()
+                    == Some(&classes[..]);
+            transfer::weights::load(&store, tensors, &path, !kept_head)?;
             // A Hub id with the cached file it names; a file once.
             match Path::new(&ft.weights) == path {
                 true => ft.weights.clone(),
@@ -179,9 +187,12 @@ pub fn finetune(
             }
         }
     };
-    let head = match resume.is_some() {
-        true => "its head",
-        false => "a new head",
+    let head = match (resume.is_some(), kept_head) {
+        (true, _) => "its head",
+        (false, true) => {
+            "its fine-tuned head (the same classes, as the classes.json beside it says)"
+        }
+        (false, false) => "a new head",
     };
     train::say!(
         "loaded {loaded}; {head} for {} classes; training {}",

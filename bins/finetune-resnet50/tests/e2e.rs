@@ -349,6 +349,42 @@ fn finetunes_a_small_folder_above_chance_with_the_backbone_untouched() {
         names.iter().all(|n| classes.iter().any(|c| c == n)),
         "{out_text}"
     );
+
+    // Fine-tuning in two stages: the run's checkpoint as --weights, with --unfreeze, keeps its
+    // trained head (the same classes, as its classes.json says); at --lr 0 it stays as it was.
+    let second = dir.path().join("second");
+    let log = ok(
+        &[
+            "--weights",
+            s(&out.join(train::rundir::BEST)),
+            "--folder",
+            "--data-dir",
+            s(&data),
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--lr",
+            "0",
+            "--unfreeze",
+            "layer4",
+            "--batch-size",
+            "16",
+            "--device",
+            "cpu",
+            "--out",
+            s(&second),
+        ],
+        &[],
+    );
+    assert!(log.contains("its fine-tuned head"), "{log}");
+    let (first, then) = (
+        raw(&out.join(train::rundir::BEST)),
+        raw(&second.join(train::rundir::LAST)),
+    );
+    for key in ["fc.weight", "fc.bias"] {
+        assert!(first[key] == then[key], "{key} is the first stage's");
+    }
 }
 
 #[test]
