@@ -111,6 +111,21 @@ pub(crate) fn cifar10_path(path: &Path) -> Result<Split> {
             );
         }
     }
+    // torchvision's download (`CIFAR10(root, download=True)`) is the Python version: pickled
+    // NumPy arrays, which this reader does not take.
+    let python = [path.join("cifar-10-batches-py"), path.to_path_buf()]
+        .into_iter()
+        .find(|d| d.join("data_batch_1").is_file() && d.join("batches.meta").is_file());
+    if let Some(python) = python {
+        bail!(
+            "{}: CIFAR-10's Python version (pickled NumPy arrays, what torchvision's \
+             CIFAR10(download=True) fetches), which is not read here: give the binary version, \
+             cifar-10-binary.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html (the \
+             archive itself, or its cifar-10-batches-bin/ folder), or leave out --data-dir to \
+             download it from the Hugging Face Hub",
+            python.display()
+        );
+    }
     bail!(
         "{}: no CIFAR-10 data found (expected data_batch_1..5.bin + test_batch.bin, \
          cifar-10-batches-bin/, train/ + test/ class folders, or a *cifar*.tar.gz archive)",

@@ -581,3 +581,22 @@ fn files_larger_than_their_kind_can_be_are_refused_unread() {
     let msg = chain(&datasets::read_image_file(&big).unwrap_err());
     assert!(msg.contains("001.png") && msg.contains("GiB"), "{msg}");
 }
+
+/// torchvision's download of CIFAR-10 (the Python version, `cifar-10-batches-py/`) is named as
+/// such, with where to get the binary version, not "no CIFAR-10 data found".
+#[test]
+fn cifar_python_version_is_named() {
+    let dir = tempdir().unwrap();
+    let py = dir.path().join("cifar-10-batches-py");
+    std::fs::create_dir(&py).unwrap();
+    for name in ["data_batch_1", "batches.meta", "test_batch"] {
+        std::fs::write(py.join(name), b"\x80\x02}q\x00.").unwrap();
+    }
+    for given in [dir.path(), py.as_path()] {
+        let msg = format!("{:#}", cifar10(Some(given)).err().expect("an error"));
+        assert!(
+            msg.contains("CIFAR-10's Python version") && msg.contains("cifar-10-binary.tar.gz"),
+            "{msg}"
+        );
+    }
+}
