@@ -593,7 +593,7 @@ fn cifar_python_version_is_named() {
         std::fs::write(py.join(name), b"\x80\x02}q\x00.").unwrap();
     }
     for given in [dir.path(), py.as_path()] {
-        let msg = format!("{:#}", cifar10(Some(given)).err().expect("an error"));
+        let msg = format!("{:#}", cifar10(Some(given)).expect_err("an error"));
         assert!(
             msg.contains("CIFAR-10's Python version") && msg.contains("cifar-10-binary.tar.gz"),
             "{msg}"
