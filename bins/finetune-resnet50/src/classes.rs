@@ -6,10 +6,7 @@ use anyhow::{bail, Context, Result};
 
 /// The 1000 ImageNet class names in label order (torchvision's / Keras' index).
 pub fn imagenet() -> Vec<String> {
-    include_str!("../assets/imagenet_classes.txt")
-        .lines()
-        .map(|l| l.replace('_', " "))
-        .collect()
+    datasets::catalog::imagenet_classes()
 }
 
 /// The file beside a fine-tuned checkpoint that holds its class names (a JSON list).

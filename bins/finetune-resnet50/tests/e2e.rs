@@ -230,7 +230,8 @@ fn our_checkpoint_has_torchvisions_keys_and_predicts_through_the_hub_cache() {
         rows.windows(2).all(|w| w[0].0 >= w[1].0),
         "best first:\n{out}"
     );
-    let imagenet = include_str!("../assets/imagenet_classes.txt").replace('_', " ");
+    let imagenet =
+        include_str!("../../../crates/datasets/assets/imagenet_classes.txt").replace('_', " ");
     assert!(
         rows.iter().all(|(_, n)| imagenet.lines().any(|l| l == n)),
         "ImageNet names:\n{out}"

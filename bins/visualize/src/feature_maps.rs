@@ -183,7 +183,7 @@ pub fn run(args: &FeatureMapsArgs, out: &Path) -> Result<()> {
              give no prediction (the feature maps above are written)",
             model.origin
         );
-        let best = (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b]));
+        let best = first_max(&logits);
         if let Some(best) = best {
             let name = match classes.get(best) {
                 Some(class) if classes.len() == logits.len() => format!(" ({class})"),
@@ -227,5 +227,20 @@ mod tests {
         assert_eq!(file_stem("layer1"), "layer1");
         assert_eq!(file_stem("inception3a/branch 1"), "inception3a-branch-1");
         assert_eq!(file_stem("features.0"), "features-0");
+    }
+}
+
+/// The index of the first maximal value, as `torch.argmax` takes it; `None` for no values.
+fn first_max(values: &[f32]) -> Option<usize> {
+    (0..values.len()).max_by(|&a, &b| values[a].total_cmp(&values[b]).then(b.cmp(&a)))
+}
+
+#[cfg(test)]
+mod first_max_tests {
+    #[test]
+    fn ties_go_to_the_first() {
+        assert_eq!(super::first_max(&[0.5, 2.0, 2.0, -1.0]), Some(1));
+        assert_eq!(super::first_max(&[3.0; 1000]), Some(0));
+        assert_eq!(super::first_max(&[]), None);
     }
 }

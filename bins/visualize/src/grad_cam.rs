@@ -183,6 +183,10 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
                     None if data.classes.len() == count => {
                         data.classes.iter().map(|c| c.to_string()).collect()
                     }
+                    // An ImageNet head (ResNet-50's pretrained weights, say): ImageNet's names.
+                    None if data.name == datasets::catalog::IMAGENET.name && count == 1000 => {
+                        datasets::catalog::imagenet_classes()
+                    }
                     None => (0..count).map(|k| format!("class {k}")).collect(),
                 };
                 let input = train::inference::RunInput {
@@ -355,7 +359,17 @@ fn class_index(given: &str, classes: &[String]) -> Result<usize> {
             classes.len() - 1
         ),
         Err(_) => {
-            bail!("--class {given}: neither a class name nor an index (classes: {classes:?})")
+            // The first names (an ImageNet head has a thousand).
+            let shown: Vec<&String> = classes.iter().take(12).collect();
+            let more = match classes.len() > shown.len() {
+                true => format!(" and {} more", classes.len() - shown.len()),
+                false => String::new(),
+            };
+            bail!(
+                "--class {given}: neither a class name nor an index from 0 to {} (classes: \
+                 {shown:?}{more})",
+                classes.len().saturating_sub(1)
+            )
         }
     }
 }
@@ -486,5 +500,14 @@ mod tests {
         assert_eq!(class_index("1", &folders).unwrap(), 0);
         let cifar: Vec<String> = ["airplane", "cat"].map(String::from).to_vec();
         assert_eq!(class_index("CAT", &cifar).unwrap(), 1);
+        // ImageNet's names (a ResNet-50's pretrained head); an unknown one lists the first few.
+        let imagenet = datasets::catalog::imagenet_classes();
+        assert_eq!(class_index("tiger cat", &imagenet).unwrap(), 282);
+        let err = class_index("tabby cat", &imagenet).unwrap_err().to_string();
+        assert!(
+            err.contains("\"tench\"") && err.contains("and 988 more"),
+            "{err}"
+        );
+        assert!(err.len() < 600, "{} characters", err.len());
     }
 }

@@ -153,6 +153,15 @@ pub const CIFAR10: DatasetSpec = DatasetSpec {
     eval: |side| Transform::cifar10_test().resize(side).center_crop(side),
 };
 
+/// ImageNet-1k's 1000 class names in label order (torchvision's `IMAGENET1K_V1` weights' and
+/// Keras' index, `_` written as a space): what a 1000-class ImageNet head predicts.
+pub fn imagenet_classes() -> Vec<String> {
+    include_str!("../assets/imagenet_classes.txt")
+        .lines()
+        .map(|l| l.replace('_', " "))
+        .collect()
+}
+
 /// ImageNet-1k: not loadable here, but the normalisation, input and classes of every
 /// ImageNet-pretrained model.
 pub const IMAGENET: DatasetSpec = DatasetSpec {
