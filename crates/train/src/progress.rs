@@ -1,5 +1,6 @@
-//! Progress output: a bar with loss, accuracy, images/s and ETA on a terminal; one plain line
-//! per epoch otherwise (logs, CI).
+//! Progress output: a bar with loss, accuracy, images/s and ETA on a terminal; otherwise (logs,
+//! CI, `nohup`) one plain line on stderr every [`PLAIN_EVERY`] while a phase runs, as tqdm
+//! writes to a file, besides the epoch lines on stdout.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -10,12 +11,27 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// them waits for the device, so a pass does it at most this often (and at its end).
 pub const REFRESH: Duration = Duration::from_millis(250);
 
+/// How often a phase without a bar (stdout not a terminal) says how far it is, on stderr.
+pub const PLAIN_EVERY: Duration = Duration::from_secs(60);
+
 /// Reports batches of one phase (training or testing) of one epoch.
 pub struct Progress {
     bar: Option<ProgressBar>,
     started: Instant,
     refreshed: Instant,
     images: usize,
+    /// Without a bar: the label, the batches done of how many, when the last plain line was
+    /// written, and the last running loss and accuracy shown (`None` where the phase shows
+    /// none, or no bar is drawn).
+    plain: Option<Plain>,
+}
+
+struct Plain {
+    label: String,
+    done: usize,
+    batches: usize,
+    said: Instant,
+    figures: Option<(f64, f64)>,
 }
 
 impl Progress {
@@ -23,6 +39,13 @@ impl Progress {
     /// (for example `epoch 3/16 train`). Draws nothing unless stdout is a terminal.
     pub fn start(label: String, batches: usize) -> Self {
         let shown = std::io::stdout().is_terminal() && !crate::distributed::quiet();
+        let plain = (!shown && !crate::distributed::quiet()).then(|| Plain {
+            label: label.clone(),
+            done: 0,
+            batches,
+            said: Instant::now(),
+            figures: None,
+        });
         let bar = shown.then(|| {
             let style =
                 ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
@@ -38,6 +61,7 @@ impl Progress {
             started: now,
             refreshed: now,
             images: 0,
+            plain,
         }
     }
 
@@ -46,6 +70,15 @@ impl Progress {
         self.images += images;
         if let Some(bar) = &self.bar {
             bar.inc(1);
+        }
+        let rate = self.images_per_second();
+        let elapsed = self.started.elapsed();
+        if let Some(plain) = &mut self.plain {
+            plain.done += 1;
+            if plain.said.elapsed() >= PLAIN_EVERY && plain.done < plain.batches {
+                plain.said = Instant::now();
+                crate::warn!("{}", plain.line(rate, elapsed));
+            }
         }
     }
 
@@ -62,7 +95,10 @@ impl Progress {
     }
 
     /// Shows the running loss and accuracy (percent) with the images per second so far.
-    pub fn show(&self, loss: f64, accuracy: f64) {
+    pub fn show(&mut self, loss: f64, accuracy: f64) {
+        if let Some(plain) = &mut self.plain {
+            plain.figures = Some((loss, accuracy));
+        }
         if let Some(bar) = &self.bar {
             bar.set_message(format!(
                 "loss {loss:.4} acc {accuracy:.2}% {:.0} img/s",
@@ -81,6 +117,35 @@ impl Progress {
         if let Some(bar) = self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+impl Plain {
+    /// `epoch 3/16 train: 120/391 batches, loss 1.2345 acc 45.60%, 745 img/s, about 36 s left`
+    /// after `elapsed` at `rate` images per second.
+    fn line(&self, rate: f64, elapsed: Duration) -> String {
+        let left = elapsed.as_secs_f64() / self.done.max(1) as f64
+            * self.batches.saturating_sub(self.done) as f64;
+        format!(
+            "{}: {}/{} batches{}, {rate:.0} img/s, about {} left",
+            self.label,
+            self.done,
+            self.batches,
+            self.figures.map_or(String::new(), |(loss, acc)| format!(
+                ", loss {loss:.4} acc {acc:.2}%"
+            )),
+            duration_text(left)
+        )
+    }
+}
+
+/// `s` seconds as `42 s`, `3 min 20 s` or `2 h 5 min`.
+fn duration_text(s: f64) -> String {
+    let s = s.max(0.0).round() as u64;
+    match s {
+        s if s < 60 => format!("{s} s"),
+        s if s < 3600 => format!("{} min {} s", s / 60, s % 60),
+        s => format!("{} h {} min", s / 3600, s % 3600 / 60),
     }
 }
 
@@ -159,4 +224,34 @@ macro_rules! warn {
     ($($arg:tt)*) => {
         $crate::progress::warn(format_args!($($arg)*))
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plain line of a phase without a bar: where it is, the running figures if shown,
+    /// the speed and the time left at that pace.
+    #[test]
+    fn plain_lines_say_where_the_phase_is() {
+        let mut plain = Plain {
+            label: "epoch 3/16 train".into(),
+            done: 120,
+            batches: 391,
+            said: Instant::now(),
+            figures: None,
+        };
+        assert_eq!(
+            plain.line(745.2, Duration::from_secs(60)),
+            "epoch 3/16 train: 120/391 batches, 745 img/s, about 2 min 16 s left"
+        );
+        plain.figures = Some((1.23456, 45.6));
+        assert_eq!(
+            plain.line(745.0, Duration::from_secs(60)),
+            "epoch 3/16 train: 120/391 batches, loss 1.2346 acc 45.60%, 745 img/s, about 2 min \
+             16 s left"
+        );
+        assert_eq!(duration_text(42.4), "42 s");
+        assert_eq!(duration_text(7500.0), "2 h 5 min");
+    }
 }
