@@ -1000,6 +1000,22 @@ mod tests {
         Ok(())
     }
 
+    /// `--workers 0`, PyTorch's habit for loading in the training process, is refused saying
+    /// what the flag counts and what comes closest.
+    #[test]
+    fn workers_0_says_what_comes_closest() -> Result<()> {
+        let err = RECIPE
+            .config(&RECIPE.parse(["prog", "--workers", "0"])?)
+            .and_then(|c| c.validate())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("--workers must lie in [1, ") && err.contains("closest to --workers 1"),
+            "{err}"
+        );
+        Ok(())
+    }
+
     #[test]
     fn timestamps_are_utc_calendar_dates() {
         assert_eq!(utc_timestamp(0), "19700101-000000");

@@ -238,6 +238,13 @@ impl RunConfig {
             } else {
                 MAX_COUNT
             };
+            if flag == "--workers" && value == 0 {
+                bail!(
+                    "--workers must lie in [1, {most}], got 0: these are the threads that \
+                     decode and augment the batches beside training; PyTorch's num_workers=0 \
+                     (loading in the training process) is closest to --workers 1"
+                );
+            }
             if !(least..=most).contains(&value) {
                 bail!("{flag} must lie in [{least}, {most}], got {value}");
             }
