@@ -413,8 +413,8 @@ fn decode_all(chosen: Chosen) -> Result<InMemory> {
                 "{}: image is {:?} (CxHxW) but {} is {shape:?}; images held decoded in memory \
                  (as CIFAR-10's folders are) must all have one size as stored, whatever transform \
                  follows: make them one size, or read the folder as a plain image folder \
-                 (finetune-resnet50 --folder; Storage::Files), which decodes each image as it is \
-                 read and resizes it then",
+                 (finetune-resnet50 --folder), which decodes each image as its batch is loaded \
+                 and resizes it then",
                 sample.name,
                 img.shape(),
                 first.name
