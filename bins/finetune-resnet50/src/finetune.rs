@@ -176,6 +176,8 @@ pub fn finetune(
         }
         Start::Pretrained(path) => {
             let tensors = layers::checkpoint::read(&path)?;
+            // What the file is not (a ResNet-18, other names) said before its head is read.
+            transfer::weights::check_resnet50(&tensors, &path)?;
             kept_head = transfer::weights::head_classes(&tensors, &path)? == classes.len()
                 && train::inference::classes_beside(&path, classes.len()).as_deref()
                     == Some(&classes[..]);

@@ -38,7 +38,8 @@ impl Classifier {
         };
         let classes = classes::for_checkpoint(&path, num_classes)?;
         let store = ParamStore::new(0, device);
-        let model = ResNet::resnet50(num_classes, store.vb())?;
+        // Frozen (requires_grad_(False)): a forward pass builds no autograd graph.
+        let model = ResNet::resnet50(num_classes, store.vb_frozen(|_| true))?;
         transfer::weights::load(&store, tensors, &path, false)?;
         Ok(Self {
             model,

@@ -419,6 +419,32 @@ fn bad_checkpoints_are_refused_with_the_reason() {
         err.contains("ResNet-18") && err.contains("ResNet-50"),
         "{err}"
     );
+    // Fine-tuning from it says the same (before its head is read).
+    let data = dir.path().join("data");
+    small_folder(&data, 4, 2);
+    let ft18 = dir.path().join("ft18");
+    let err = fails(
+        &[
+            "--weights",
+            s(&r18),
+            "--folder",
+            "--data-dir",
+            s(&data),
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            s(&ft18),
+        ],
+        &[],
+    );
+    assert!(
+        err.contains("ResNet-18") && err.contains("ResNet-50"),
+        "{err}"
+    );
 
     let store = ParamStore::new(0, &Device::Cpu);
     ResNet::resnet50(1000, store.vb()).expect("resnet50");

@@ -183,8 +183,12 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
                     None if data.classes.len() == count => {
                         data.classes.iter().map(|c| c.to_string()).collect()
                     }
-                    // An ImageNet head (ResNet-50's pretrained weights, say): ImageNet's names.
-                    None if data.name == datasets::catalog::IMAGENET.name && count == 1000 => {
+                    // An ImageNet head (ResNet-50's pretrained weights, say): ImageNet's names
+                    // (not for the random initial weights).
+                    None if weights.is_some()
+                        && data.name == datasets::catalog::IMAGENET.name
+                        && count == 1000 =>
+                    {
                         datasets::catalog::imagenet_classes()
                     }
                     None => (0..count).map(|k| format!("class {k}")).collect(),
@@ -345,11 +349,23 @@ fn class_index(given: &str, classes: &[String]) -> Result<usize> {
                 .split_once(" - ")
                 .is_some_and(|(_, word)| word.eq_ignore_ascii_case(given))
     };
-    if let Some(k) = classes.iter().position(|name| name == given) {
-        return Ok(k);
-    }
-    if let Some(k) = classes.iter().position(|name| named(name)) {
-        return Ok(k);
+    // A name (exact first, then in any case) that one class alone has; ImageNet's list has a
+    // few twice ("crane": the bird and the machine).
+    for matches in [
+        &(|name: &String| name == given) as &dyn Fn(&String) -> bool,
+        &|name: &String| named(name),
+    ] {
+        let found: Vec<usize> = (0..classes.len())
+            .filter(|&k| matches(&classes[k]))
+            .collect();
+        match found.as_slice() {
+            [] => {}
+            [k] => return Ok(*k),
+            several => bail!(
+                "--class {given}: the name of classes {several:?}; give the index of the one \
+                 meant"
+            ),
+        }
     }
     match given.parse::<usize>() {
         Ok(k) if k < classes.len() => Ok(k),
@@ -503,6 +519,8 @@ mod tests {
         // ImageNet's names (a ResNet-50's pretrained head); an unknown one lists the first few.
         let imagenet = datasets::catalog::imagenet_classes();
         assert_eq!(class_index("tiger cat", &imagenet).unwrap(), 282);
+        let err = class_index("crane", &imagenet).unwrap_err().to_string();
+        assert!(err.contains("classes [134, 517]"), "{err}");
         let err = class_index("tabby cat", &imagenet).unwrap_err().to_string();
         assert!(
             err.contains("\"tench\"") && err.contains("and 988 more"),

@@ -745,7 +745,10 @@ impl layers::StatsSync for BnSync {
 /// Trains epoch `epoch` of a data-parallel job over this rank's share `loader` (from
 /// [`shard`]): `engine::train_epoch`'s loop with the gradients all-reduced before each step.
 /// The returned metrics and batch losses are the whole global batches'; the predictions this
-/// rank's. `sync_bn` installs the batch-norm statistics reduction for the epoch.
+/// rank's. `sync_bn` installs the batch-norm statistics reduction for the epoch. The gradients
+/// of `trainable` (the parameters the optimizer updates: a fine-tuning run's head, not its
+/// frozen backbone) are all-reduced; `store` holds every weight, broadcast from rank 0 after
+/// the epoch.
 ///
 /// Errors: a batch, the model or the transport failed; the global loss became non-finite
 /// (every rank stops at the same step with the same error).
@@ -754,6 +757,7 @@ pub fn train_epoch(
     model: &dyn ModuleT,
     loader: &Sharded<'_>,
     store: &ParamStore,
+    trainable: &[(String, candle_core::Var)],
     device: &Device,
     epoch: usize,
     step: TrainStep<'_>,
@@ -762,7 +766,6 @@ pub fn train_epoch(
     sync_bn: bool,
 ) -> Result<Pass> {
     let batches = loader.num_batches();
-    let trainable = store.trainable();
     let mut tally = Tally::new(num_classes, device, batches, loader.num_samples())?;
     let mut progress = Progress::start(label, batches);
     let mut last_lr = step.optimizer.learning_rate();
@@ -787,7 +790,7 @@ pub fn train_epoch(
             // This rank's part of the global batch's mean loss; its gradient is summed below.
             let mut grads = loss.affine(share, 0.0)?.backward()?;
             let mut parts = Vec::with_capacity(trainable.len() + 1);
-            for (_, v) in &trainable {
+            for (_, v) in trainable {
                 parts.push(match grads.get(v.as_tensor()) {
                     Some(g) => g.to_dtype(DType::F32)?.flatten_all()?,
                     None => Tensor::zeros(v.elem_count(), DType::F32, v.device())?,
@@ -806,7 +809,7 @@ pub fn train_epoch(
                 return Err(non_finite_loss(global_loss, epoch, b, batches));
             }
             let mut at = 0;
-            for (_, v) in &trainable {
+            for (_, v) in trainable {
                 let len = v.elem_count();
                 let g = summed
                     .narrow(0, at, len)?

@@ -239,6 +239,8 @@ pub fn train(
             .with_context(|| format!("cannot create output directory {}", out.display()))?;
     }
     let trained_parameters: usize = trainable.iter().map(|(_, v)| v.elem_count()).sum();
+    // Data-parallel: the gradients of these are all-reduced.
+    let reduced = trainable.clone();
     let mut optimizer = config.optimizer(trainable)?;
     let schedule = config.schedule(train_loader.num_batches());
     layers::rng::set_seed(dropout_seed(config.seed));
@@ -331,6 +333,7 @@ pub fn train(
         classes: classes.len(),
         config,
         shards: shards.as_ref().map(|(a, b)| (a, b)),
+        trainable: &reduced,
     };
     // Each epoch's files are written on a second thread while the next epoch trains, from host
     // copies taken on this one (`Snapshot`); the writes of one epoch finish before the next
@@ -665,6 +668,8 @@ struct Epoch<'a> {
         &'a crate::distributed::Sharded<'a>,
         &'a crate::distributed::Sharded<'a>,
     )>,
+    /// The parameters the optimizer updates (whose gradients a data-parallel job all-reduces).
+    trainable: &'a [NamedVar],
 }
 
 impl Epoch<'_> {
@@ -691,6 +696,7 @@ impl Epoch<'_> {
                 self.model,
                 train,
                 store,
+                self.trainable,
                 self.device,
                 epoch,
                 step,
