@@ -219,15 +219,12 @@ pub fn finetune(
     let head = Head(model.net());
     // Data-parallel: the same data and model on every rank, then rank 0's weights, before the
     // frozen backbone's features are computed (a rank's own --weights file could differ).
-    train::distributed::agree(
-        "data and model",
-        &train::distributed::data_settings(
-            data.train.as_ref(),
-            data.test.as_ref(),
-            &store,
-            &trainable,
-            &device,
-        ),
+    train::distributed::agree_on_data(
+        data.train.as_ref(),
+        data.test.as_ref(),
+        &store,
+        &trainable,
+        &device,
     )?;
     train::distributed::broadcast_weights(&store)?;
     let cached: (CachedFeatures, CachedFeatures);

@@ -656,6 +656,23 @@ pub fn agree_on_run(config: &crate::config::RunConfig, epochs_done: usize) -> Re
     agree("settings", &run_settings(config, epochs_done)?)
 }
 
+/// [`agree`] on the data and model ([`data_settings`]): called by every rank before the first
+/// collective that depends on them (a weight broadcast, the first step).
+///
+/// Errors: the data or model differs from rank 0's.
+pub fn agree_on_data(
+    train: &dyn datasets::Dataset,
+    test: &dyn datasets::Dataset,
+    store: &ParamStore,
+    trainable: &[(String, candle_core::Var)],
+    device: &Device,
+) -> Result<()> {
+    agree(
+        "data and model",
+        &data_settings(train, test, store, trainable, device),
+    )
+}
+
 /// Refuses a job whose ranks differ in `settings` (their `what`: their settings, their data
 /// and model): a rank whose settings are not rank 0's fails, naming each one that differs with
 /// both values, and so ends the job (see [`launch`]), instead of training on mixed settings,

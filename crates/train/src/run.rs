@@ -203,10 +203,7 @@ pub fn train(
         device,
     } = trainee;
     // Data-parallel: the same data and model on every rank, before the first collective.
-    crate::distributed::agree(
-        "data and model",
-        &crate::distributed::data_settings(train_images, test_images, store, &trainable, &device),
-    )?;
+    crate::distributed::agree_on_data(train_images, test_images, store, &trainable, &device)?;
     let train_images = train_images.len();
     let shards =
         crate::distributed::shard(train_loader, config.batch_size, config.parallel.drop_last).zip(

@@ -68,13 +68,7 @@ pub fn load(
     device: &Device,
     seed: u64,
 ) -> Result<(Box<dyn Network>, ParamStore)> {
-    load_into(
-        name,
-        num_classes,
-        weights,
-        ParamStore::new(seed, device),
-        false,
-    )
+    load_into(name, num_classes, weights, device, seed, false)
 }
 
 /// [`load`] for inference: every parameter enters the network frozen
@@ -93,22 +87,18 @@ pub fn load_frozen(
     device: &Device,
     seed: u64,
 ) -> Result<(Box<dyn Network>, ParamStore)> {
-    load_into(
-        name,
-        num_classes,
-        weights,
-        ParamStore::new(seed, device),
-        true,
-    )
+    load_into(name, num_classes, weights, device, seed, true)
 }
 
 fn load_into(
     name: &str,
     num_classes: usize,
     weights: Option<&Path>,
-    store: ParamStore,
+    device: &Device,
+    seed: u64,
     frozen: bool,
 ) -> Result<(Box<dyn Network>, ParamStore)> {
+    let store = ParamStore::new(seed, device);
     let vb = match frozen {
         true => store.vb_frozen(|_| true),
         false => store.vb(),
