@@ -24,8 +24,8 @@ pub struct SamplesArgs {
     /// Which data set of the catalog (mnist, cifar10, folder, ...).
     #[arg(long, value_parser = loadable)]
     dataset: &'static DatasetSpec,
-    /// Where the data set is (MNIST: the IDX files; CIFAR-10: binary batches, an ImageFolder
-    /// tree or its .tar.gz); without it, the Hugging Face Hub copy (downloaded once).
+    /// Where the data set is (MNIST: the IDX files; CIFAR-10: the binary or Python batches, an
+    /// ImageFolder tree, or the .tar.gz of any); without it, the Hub copy (downloaded once).
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// How many images.

@@ -1,7 +1,9 @@
 //! CIFAR-10: the official binary batches (a directory or `cifar-10-binary.tar.gz` read in place),
-//! an ImageFolder tree or archive of it, or the Hugging Face Hub.
+//! the official Python version (torchvision's download: `cifar-10-batches-py/` or
+//! `cifar-10-python.tar.gz`), an ImageFolder tree or archive of it, or the Hugging Face Hub.
 
 use crate::archive::{read_archive, ArchiveEntry};
+use crate::cifar_python as py;
 use crate::dataset::class_names;
 use crate::folder::{image_folder_listing, test_folder, test_folder_alone, FolderOptions, Storage};
 use crate::io::{ensure_exists, is_archive};
@@ -42,17 +44,207 @@ const TEST_BATCH: &str = "test_batch.bin";
 /// The directory the official archive unpacks to.
 const BIN_DIR: &str = "cifar-10-batches-bin";
 
+/// One of the two official versions of CIFAR-10's batches: where its files are and how they read.
+struct Version {
+    /// "binary" or "Python", for messages.
+    name: &'static str,
+    /// The folder its official archive unpacks to.
+    dir: &'static str,
+    /// The five train batch files.
+    train: [&'static str; 5],
+    /// The train batch files as one name, for messages.
+    all_train: &'static str,
+    /// The test batch file.
+    test: &'static str,
+    /// The class names' file (optional: without it, [`CIFAR10_CLASSES`]).
+    meta: &'static str,
+    /// Bytes beyond which a file is no batch of this version (refused unread).
+    max_batch: u64,
+    /// Reads one batch's bytes; the `&str` names the file in errors.
+    parse_batch: fn(&[u8], &str, Vec<String>) -> Result<InMemory>,
+    /// Reads the class names' file.
+    parse_meta: fn(&[u8], &str) -> Result<Vec<String>>,
+}
+
+/// The binary version (`cifar-10-binary.tar.gz`).
+const BINARY: Version = Version {
+    name: "binary",
+    dir: BIN_DIR,
+    train: TRAIN_BATCHES,
+    all_train: "data_batch_1..5.bin",
+    test: TEST_BATCH,
+    meta: META,
+    max_batch: MAX_BATCH_BYTES,
+    parse_batch,
+    parse_meta,
+};
+
+/// The Python version (`cifar-10-python.tar.gz`, torchvision's download).
+const PYTHON: Version = Version {
+    name: "Python",
+    dir: py::DIR,
+    train: py::TRAIN_BATCHES,
+    all_train: "data_batch_1..5",
+    test: py::TEST_BATCH,
+    meta: py::META,
+    max_batch: py::MAX_BATCH_BYTES,
+    parse_batch: py::parse_batch,
+    parse_meta: py::parse_meta,
+};
+
+impl Version {
+    /// Where in `path` this version's files may be: `path` itself, or its official folder.
+    fn dirs(&self, path: &Path) -> [PathBuf; 2] {
+        [path.to_path_buf(), path.join(self.dir)]
+    }
+
+    /// The train batches, then the test batch.
+    fn files(&self) -> impl Iterator<Item = &'static str> {
+        self.train.into_iter().chain([self.test])
+    }
+
+    /// The folder of `path` holding all of this version's batches as regular files.
+    fn complete_dir(&self, path: &Path) -> Option<PathBuf> {
+        let dirs = self.dirs(path);
+        dirs.into_iter()
+            .find(|dir| self.files().all(|b| dir.join(b).is_file()))
+    }
+
+    /// Whether `path` (or its official folder) holds any batch of this version.
+    fn any_batch(&self, path: &Path) -> bool {
+        self.dirs(path)
+            .iter()
+            .any(|dir| self.files().any(|b| dir.join(b).is_file()))
+    }
+
+    /// Class names from the names' file in `dir`, else the standard ones.
+    fn classes(&self, dir: &Path) -> Result<Vec<String>> {
+        let meta = dir.join(self.meta);
+        if !meta.is_file() {
+            return Ok(class_names(&CIFAR10_CLASSES));
+        }
+        let bytes = crate::io::read_at_most(&meta, 1 << 20, "a list of ten class names")?;
+        (self.parse_meta)(&bytes, &meta.display().to_string())
+    }
+
+    /// The batch file `path`, with labels among `classes`.
+    fn read(&self, path: &Path, classes: Vec<String>) -> Result<InMemory> {
+        let what = format!("a CIFAR-10 {} batch", self.name);
+        let bytes = crate::io::read_at_most(path, self.max_batch, &what)?;
+        (self.parse_batch)(&bytes, &path.display().to_string(), classes)
+    }
+
+    /// The test batch in `dir`.
+    fn test_split(&self, dir: &Path) -> Result<InMemory> {
+        self.read(&dir.join(self.test), self.classes(dir)?)
+    }
+
+    /// Both splits from the complete folder `dir`.
+    fn split(&self, dir: &Path) -> Result<Split> {
+        let classes = self.classes(dir)?;
+        let train = self
+            .train
+            .iter()
+            .map(|b| self.read(&dir.join(b), classes.clone()))
+            .collect::<Result<Vec<_>>>()?;
+        let split = Split {
+            train: Arc::new(InMemory::concat(train)?),
+            test: Arc::new(self.read(&dir.join(self.test), classes)?),
+        };
+        split.check(
+            &dir.join(self.all_train).display().to_string(),
+            &dir.join(self.test).display().to_string(),
+        )?;
+        Ok(split)
+    }
+
+    /// Both splits from an archive's `entries` holding this version's test batch (`None` when
+    /// it holds none); `path` is the archive, for errors.
+    fn split_of_archive(&self, path: &Path, entries: &[ArchiveEntry]) -> Option<Result<Split>> {
+        let batch = |file: &str| -> Option<&ArchiveEntry> {
+            entries
+                .iter()
+                .find(|e| e.name.rsplit('/').next() == Some(file))
+        };
+        let test = batch(self.test)?;
+        let name = |e: &ArchiveEntry| format!("{}:{}", path.display(), e.name);
+        let read = || -> Result<Split> {
+            let classes = match batch(self.meta) {
+                Some(meta) => (self.parse_meta)(&meta.bytes, &name(meta))?,
+                None => class_names(&CIFAR10_CLASSES),
+            };
+            let mut train = Vec::new();
+            for file in self.train {
+                let entry = batch(file)
+                    .with_context(|| format!("{}: archive has no {file}", path.display()))?;
+                train.push((self.parse_batch)(
+                    &entry.bytes,
+                    &name(entry),
+                    classes.clone(),
+                )?);
+            }
+            let split = Split {
+                train: Arc::new(InMemory::concat(train)?),
+                test: Arc::new((self.parse_batch)(&test.bytes, &name(test), classes)?),
+            };
+            split.check(
+                &format!("{}:{}", path.display(), self.all_train),
+                &name(test),
+            )?;
+            Ok(split)
+        };
+        Some(read())
+    }
+
+    /// Refuses `path` when it holds some of this version's batches but not all, or holds one
+    /// that is no regular file.
+    fn refuse_incomplete(&self, path: &Path) -> Result<()> {
+        for dir in self.dirs(path) {
+            // A batch that is there but no regular file (a pipe, a device, a folder) is not
+            // missing.
+            let odd: Vec<&str> = self
+                .files()
+                .filter(|b| dir.join(b).exists() && !dir.join(b).is_file())
+                .collect();
+            ensure!(
+                odd.is_empty(),
+                "{}: {} not a regular file (a pipe, a device or a folder): the CIFAR-10 batches \
+                 are read whole from regular files; copy them into files",
+                dir.display(),
+                odd.join(", ")
+            );
+            let missing: Vec<&str> = self.files().filter(|b| !dir.join(b).is_file()).collect();
+            ensure!(
+                missing.len() > self.train.len(),
+                "{}: incomplete CIFAR-10 {} batches, missing {}: training needs all of {} and {} \
+                 in the --data-dir directory",
+                dir.display(),
+                self.name,
+                missing.join(", "),
+                self.all_train,
+                self.test
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Loads CIFAR-10 from `path` or, with `None`, from the Hugging Face Hub cache.
 ///
 /// `path` may be: a directory with the official binary batches (`data_batch_1..5.bin`,
 /// `test_batch.bin`), or one containing `cifar-10-batches-bin/`; the official
-/// `cifar-10-binary.tar.gz`, read without extracting; an ImageFolder tree (`train/<class>/*.jpg`,
-/// `test/<class>/*.jpg`) or a `.tar.gz` of one; or a directory holding one such `*cifar*.tar.gz`.
-/// Images are decoded into memory as 3x32x32 u8, labels follow [`CIFAR10_CLASSES`].
+/// `cifar-10-binary.tar.gz`, read without extracting; the official Python version, as
+/// torchvision's `CIFAR10(root, download=True)` leaves it (`root`, its `cifar-10-batches-py/`
+/// with the pickled `data_batch_1..5`, `test_batch` and `batches.meta`, or
+/// `cifar-10-python.tar.gz`), decoded without running any of the pickles' code; an ImageFolder
+/// tree (`train/<class>/*.jpg`, `test/<class>/*.jpg`) or a `.tar.gz` of one; or a directory
+/// holding one such `*cifar*.tar.gz`. Images are decoded into memory as 3x32x32 u8, labels
+/// follow [`CIFAR10_CLASSES`].
 ///
 /// # Errors
-/// `path` holds none of these layouts, a file is truncated or malformed (named), the classes are
-/// not CIFAR-10's, or the Hub copy cannot be downloaded or read.
+/// `path` holds none of these layouts (or only some of a version's batches), a file is
+/// truncated or malformed (named), the classes are not CIFAR-10's, or the Hub copy cannot be
+/// downloaded or read.
 pub fn cifar10(path: Option<&Path>) -> Result<Split> {
     crate::catalog::load(&crate::catalog::CIFAR10, path)
 }
@@ -64,15 +256,16 @@ pub(crate) fn cifar10_path(path: &Path) -> Result<Split> {
         ensure!(
             is_archive(path),
             "{} is neither a directory nor a .tar.gz archive: give --data-dir the directory that \
-             holds data_batch_1..5.bin and test_batch.bin (or cifar-10-batches-bin/), an \
-             ImageFolder, or cifar-10-binary.tar.gz",
+             holds data_batch_1..5.bin and test_batch.bin (or cifar-10-batches-bin/ or \
+             cifar-10-batches-py/), an ImageFolder, cifar-10-binary.tar.gz or \
+             cifar-10-python.tar.gz",
             path.display()
         );
         return from_archive(path);
     }
-    for dir in [path.to_path_buf(), path.join(BIN_DIR)] {
-        if TRAIN_BATCHES.iter().all(|b| dir.join(b).is_file()) && dir.join(TEST_BATCH).is_file() {
-            return from_bin_dir(&dir);
+    for version in [&BINARY, &PYTHON] {
+        if let Some(dir) = version.complete_dir(path) {
+            return version.split(&dir);
         }
     }
     if path.join("train").is_dir() {
@@ -81,82 +274,39 @@ pub(crate) fn cifar10_path(path: &Path) -> Result<Split> {
     if let Some(archive) = cifar_archive_in(path)? {
         return from_archive(&archive);
     }
-    for dir in [path.to_path_buf(), path.join(BIN_DIR)] {
-        // A batch that is there but no regular file (a pipe, a device, a folder) is not missing.
-        let odd: Vec<&str> = TRAIN_BATCHES
-            .iter()
-            .chain([&TEST_BATCH])
-            .copied()
-            .filter(|b| dir.join(b).exists() && !dir.join(b).is_file())
-            .collect();
-        ensure!(
-            odd.is_empty(),
-            "{}: {} not a regular file (a pipe, a device or a folder): the CIFAR-10 batches are \
-             read whole from regular files; copy them into files",
-            dir.display(),
-            odd.join(", ")
-        );
-        let missing: Vec<&str> = TRAIN_BATCHES
-            .iter()
-            .chain([&TEST_BATCH])
-            .copied()
-            .filter(|b| !dir.join(b).is_file())
-            .collect();
-        if missing.len() <= TRAIN_BATCHES.len() {
-            bail!(
-                "{}: incomplete CIFAR-10 binary batches, missing {}: training needs all five \
-                 data_batch_N.bin and test_batch.bin in the --data-dir directory",
-                dir.display(),
-                missing.join(", ")
-            );
-        }
-    }
-    // torchvision's download (`CIFAR10(root, download=True)`) is the Python version: pickled
-    // NumPy arrays, which this reader does not take.
-    let python = [path.join("cifar-10-batches-py"), path.to_path_buf()]
-        .into_iter()
-        .find(|d| d.join("data_batch_1").is_file() && d.join("batches.meta").is_file());
-    if let Some(python) = python {
-        bail!(
-            "{}: CIFAR-10's Python version (pickled NumPy arrays, what torchvision's \
-             CIFAR10(download=True) fetches), which is not read here: give the binary version, \
-             cifar-10-binary.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html (the \
-             archive itself, or its cifar-10-batches-bin/ folder), or leave out --data-dir to \
-             download it from the Hugging Face Hub",
-            python.display()
-        );
+    for version in [&BINARY, &PYTHON] {
+        version.refuse_incomplete(path)?;
     }
     bail!(
         "{}: no CIFAR-10 data found (expected data_batch_1..5.bin + test_batch.bin, \
-         cifar-10-batches-bin/, train/ + test/ class folders, or a *cifar*.tar.gz archive)",
+         cifar-10-batches-bin/, the Python version's data_batch_1..5 + test_batch or \
+         cifar-10-batches-py/, train/ + test/ class folders, or a *cifar*.tar.gz archive)",
         path.display()
     )
 }
 
-/// CIFAR-10's test split alone from a local `path`: the `test_batch.bin` that [`cifar10`]
-/// would read (in `path` or its `cifar-10-batches-bin/`), also when training batches are
-/// missing, or an ImageFolder's `test/` (or `val/`) once its `train/` is gone; any other
+/// CIFAR-10's test split alone from a local `path`: the test batch that [`cifar10`] would read
+/// (`test_batch.bin`, or the Python version's `test_batch`, in `path` or the version's official
+/// folder), also when training batches are missing, or an ImageFolder's `test/` (or `val/`) once its `train/` is gone; any other
 /// layout is read whole and its test half kept.
 pub(crate) fn cifar10_test_path(path: &Path) -> Result<Arc<dyn Dataset>> {
     ensure_exists(path)?;
     if path.is_dir() {
-        let bin_dirs = [path.to_path_buf(), path.join(BIN_DIR)];
         // The order of `cifar10_path`: complete batches first, then the other layouts.
-        let complete = bin_dirs.iter().find(|dir| {
-            TRAIN_BATCHES.iter().all(|b| dir.join(b).is_file()) && dir.join(TEST_BATCH).is_file()
-        });
-        let test_bin = |dir: &Path| -> Result<Arc<dyn Dataset>> {
-            Ok(Arc::new(cifar10_test_bin(&dir.join(TEST_BATCH))?))
-        };
-        if let Some(dir) = complete {
-            return test_bin(dir);
+        for version in [&BINARY, &PYTHON] {
+            if let Some(dir) = version.complete_dir(path) {
+                return Ok(Arc::new(version.test_split(&dir)?));
+            }
         }
         // Without the other layouts (train/ folders, an archive), which the whole read takes
-        // next: a test_batch.bin whose training batches are gone, or an ImageFolder whose
-        // train/ is gone (its test/ or val/ alone).
+        // next: a test batch whose training batches are gone, or an ImageFolder whose train/ is
+        // gone (its test/ or val/ alone).
         if !path.join("train").is_dir() && cifar_archive_in(path)?.is_none() {
-            if let Some(dir) = bin_dirs.iter().find(|d| d.join(TEST_BATCH).is_file()) {
-                return test_bin(dir);
+            for version in [&BINARY, &PYTHON] {
+                let dirs = version.dirs(path);
+                if let Some(dir) = dirs.iter().find(|d| d.join(version.test).is_file()) {
+                    return Ok(Arc::new(version.test_split(dir)?));
+                }
             }
             if let Some(dir) = test_folder_alone(path) {
                 let test = test_folder(&path.join(dir), Storage::Memory)?;
@@ -169,8 +319,8 @@ pub(crate) fn cifar10_test_path(path: &Path) -> Result<Arc<dyn Dataset>> {
 }
 
 /// Whether `path` holds CIFAR-10 as [`cifar10`] reads it (without reading the images): the
-/// binary batches (or some of them), a `*cifar*` archive, or an ImageFolder whose training
-/// classes are exactly CIFAR-10's. A folder of other classes is somebody's own data.
+/// binary or Python batches (or some of them), a `*cifar*` archive, or an ImageFolder whose
+/// training classes are exactly CIFAR-10's. A folder of other classes is somebody's own data.
 pub fn is_cifar10(path: &Path) -> bool {
     if path.is_file() {
         return is_archive(path)
@@ -178,9 +328,6 @@ pub fn is_cifar10(path: &Path) -> bool {
                 .file_name()
                 .is_some_and(|n| n.to_string_lossy().to_lowercase().contains("cifar"));
     }
-    let binary = [path.to_path_buf(), path.join(BIN_DIR)].iter().any(|dir| {
-        dir.join(TEST_BATCH).is_file() || TRAIN_BATCHES.iter().any(|b| dir.join(b).is_file())
-    });
     let folders = |dir: &Path| -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .into_iter()
@@ -194,7 +341,8 @@ pub fn is_cifar10(path: &Path) -> bool {
     };
     let mut cifar: Vec<String> = CIFAR10_CLASSES.iter().map(|c| c.to_string()).collect();
     cifar.sort();
-    binary
+    BINARY.any_batch(path)
+        || PYTHON.any_batch(path)
         || matches!(cifar_archive_in(path), Ok(Some(_)))
         || folders(&path.join("train")) == cifar
         || folders(path) == cifar
@@ -210,22 +358,14 @@ const MAX_BATCH_BYTES: u64 = 100_000 * RECORD_BYTES as u64;
 /// The file (or a `batches.meta.txt` beside it) cannot be read, is empty or not a whole number
 /// of 3073-byte records, or holds a label out of range.
 pub fn cifar10_test_bin(path: &Path) -> Result<InMemory> {
-    let bytes = crate::io::read_at_most(path, MAX_BATCH_BYTES, "a CIFAR-10 batch")?;
-    parse_batch(&bytes, &path.display().to_string(), classes_near(path)?)
+    BINARY.read(
+        path,
+        BINARY.classes(path.parent().unwrap_or(Path::new(".")))?,
+    )
 }
 
 /// The class-name file of the official distribution.
 const META: &str = "batches.meta.txt";
-
-/// Class names from `batches.meta.txt` beside `batch`, else the standard ones.
-fn classes_near(batch: &Path) -> Result<Vec<String>> {
-    let meta = batch.with_file_name(META);
-    if !meta.is_file() {
-        return Ok(class_names(&CIFAR10_CLASSES));
-    }
-    let bytes = crate::io::read_at_most(&meta, 1 << 20, "a list of ten class names")?;
-    parse_meta(&bytes, &meta.display().to_string())
-}
 
 /// The class names of a `batches.meta.txt` (one a line, blank lines ignored): ten distinct
 /// names; `name` identifies the file in errors.
@@ -239,6 +379,11 @@ fn parse_meta(bytes: &[u8], name: &str) -> Result<Vec<String>> {
         .filter(|l| !l.is_empty())
         .map(String::from)
         .collect();
+    check_class_names(names, name)
+}
+
+/// `names` as CIFAR-10's class names: ten, distinct; `name` identifies their file in errors.
+pub(crate) fn check_class_names(names: Vec<String>, name: &str) -> Result<Vec<String>> {
     ensure!(
         names.len() == CIFAR10_CLASSES.len(),
         "{name}: {} class names, CIFAR-10 has {}",
@@ -248,7 +393,7 @@ fn parse_meta(bytes: &[u8], name: &str) -> Result<Vec<String>> {
     for (i, class) in names.iter().enumerate() {
         ensure!(
             !names[..i].contains(class),
-            "{name}: class {class:?} is named twice (lines {} and {})",
+            "{name}: class {class:?} is named twice (names {} and {} of the list)",
             names[..i].iter().position(|n| n == class).unwrap_or(0) + 1,
             i + 1
         );
@@ -281,28 +426,6 @@ fn parse_batch(bytes: &[u8], name: &str, classes: Vec<String>) -> Result<InMemor
     InMemory::new(images, labels, (3, 32, 32), classes).with_context(|| name.to_string())
 }
 
-fn from_bin_dir(dir: &Path) -> Result<Split> {
-    let classes = classes_near(&dir.join(TEST_BATCH))?;
-    let read = |file: &str| -> Result<InMemory> {
-        let path = dir.join(file);
-        let bytes = crate::io::read_at_most(&path, MAX_BATCH_BYTES, "a CIFAR-10 batch")?;
-        parse_batch(&bytes, &path.display().to_string(), classes.clone())
-    };
-    let train = TRAIN_BATCHES
-        .iter()
-        .map(|b| read(b))
-        .collect::<Result<Vec<_>>>()?;
-    let split = Split {
-        train: Arc::new(InMemory::concat(train)?),
-        test: Arc::new(read(TEST_BATCH)?),
-    };
-    split.check(
-        &dir.join("data_batch_1..5.bin").display().to_string(),
-        &dir.join(TEST_BATCH).display().to_string(),
-    )?;
-    Ok(split)
-}
-
 /// A `*cifar*.tar.gz` in `dir`, preferring the official binary archive.
 fn cifar_archive_in(dir: &Path) -> Result<Option<PathBuf>> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -321,39 +444,27 @@ fn cifar_archive_in(dir: &Path) -> Result<Option<PathBuf>> {
 
 fn from_archive(path: &Path) -> Result<Split> {
     let entries = read_archive(path)?;
-    let batch = |file: &str| -> Option<&ArchiveEntry> {
+    for version in [&BINARY, &PYTHON] {
+        if let Some(split) = version.split_of_archive(path, &entries) {
+            return split;
+        }
+    }
+    let batch = |file: &str| {
         entries
             .iter()
-            .find(|e| e.name.rsplit('/').next() == Some(file))
+            .any(|e| e.name.rsplit('/').next() == Some(file))
     };
-    if let Some(test) = batch(TEST_BATCH) {
-        let name = |e: &ArchiveEntry| format!("{}:{}", path.display(), e.name);
-        let classes = match batch(META) {
-            Some(meta) => parse_meta(&meta.bytes, &name(meta))?,
-            None => class_names(&CIFAR10_CLASSES),
-        };
-        let mut train = Vec::new();
-        for file in TRAIN_BATCHES {
-            let entry = batch(file)
-                .with_context(|| format!("{}: archive has no {file}", path.display()))?;
-            train.push(parse_batch(&entry.bytes, &name(entry), classes.clone())?);
-        }
-        let split = Split {
-            train: Arc::new(InMemory::concat(train)?),
-            test: Arc::new(parse_batch(&test.bytes, &name(test), classes)?),
-        };
-        split.check(
-            &format!("{}:data_batch_1..5.bin", path.display()),
-            &name(test),
-        )?;
-        return Ok(split);
-    }
     // Binary batches without their test batch: not an image tree to look for images in.
-    if TRAIN_BATCHES.iter().any(|file| batch(file).is_some()) {
+    if TRAIN_BATCHES
+        .iter()
+        .chain(&py::TRAIN_BATCHES)
+        .any(|file| batch(file))
+    {
         bail!(
-            "{}: the archive holds CIFAR-10 binary batches but no {TEST_BATCH}: the test split \
-             needs it beside data_batch_1..5.bin",
-            path.display()
+            "{}: the archive holds CIFAR-10 batches but no {TEST_BATCH} (binary version) or \
+             {} (Python version): the test split needs it beside the training batches",
+            path.display(),
+            py::TEST_BATCH
         );
     }
     from_folder(Listing::from_entries(path, entries)?, path)
@@ -387,4 +498,108 @@ fn check_folder_part(part: &dyn Dataset, origin: &Path) -> Result<()> {
         origin.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cifar_python::tests::{python2_batch, python2_meta};
+    use crate::Dataset;
+
+    /// Writes the same `n` images a batch as the binary version into `bin` and as the Python
+    /// version into `py`; `skip` names Python files left out.
+    fn write_both(bin: &Path, py: &Path, n: usize, skip: &[&str]) -> Result<()> {
+        std::fs::create_dir_all(bin)?;
+        std::fs::create_dir_all(py)?;
+        let files = TRAIN_BATCHES
+            .iter()
+            .zip(py::TRAIN_BATCHES)
+            .chain([(&TEST_BATCH, py::TEST_BATCH)]);
+        for (b, (bin_name, py_name)) in files.enumerate() {
+            let images: Vec<u8> = (0..n * IMAGE_BYTES)
+                .map(|i| ((i * 13 + b * 101) % 256) as u8)
+                .collect();
+            let labels: Vec<u8> = (0..n).map(|i| ((i + b) % 10) as u8).collect();
+            let records: Vec<u8> = labels
+                .iter()
+                .enumerate()
+                .flat_map(|(i, &l)| {
+                    std::iter::once(l)
+                        .chain(images[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES].to_vec())
+                })
+                .collect();
+            std::fs::write(bin.join(bin_name), records)?;
+            if !skip.contains(&py_name) {
+                std::fs::write(py.join(py_name), python2_batch(&images, &labels, b == 2))?;
+            }
+        }
+        std::fs::write(py.join(py::META), python2_meta(&CIFAR10_CLASSES))?;
+        Ok(())
+    }
+
+    fn same(a: &dyn Dataset, b: &dyn Dataset) -> Result<()> {
+        assert_eq!(a.len(), b.len());
+        assert_eq!(a.classes(), b.classes());
+        for i in 0..a.len() {
+            assert_eq!(a.label(i), b.label(i), "label {i}");
+            assert_eq!(a.image(i)?, b.image(i)?, "image {i}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_python_version_reads_as_the_binary_version() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (bin, root) = (dir.path().join("bin"), dir.path().join("torchvision"));
+        write_both(&bin, &root.join(py::DIR), 4, &[])?;
+        let binary = cifar10_path(&bin)?;
+        // torchvision's root, its cifar-10-batches-py/, and cifar-10-python.tar.gz.
+        let archive = dir.path().join("cifar-10-python.tar.gz");
+        let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+            std::fs::File::create(&archive)?,
+            flate2::Compression::fast(),
+        ));
+        tar.append_dir_all(py::DIR, root.join(py::DIR))?;
+        tar.into_inner()?.finish()?;
+        for path in [root.clone(), root.join(py::DIR), archive.clone()] {
+            let python = cifar10_path(&path)?;
+            assert_eq!(python.train.len(), 20);
+            same(binary.train.as_ref(), python.train.as_ref())?;
+            same(binary.test.as_ref(), python.test.as_ref())?;
+            same(binary.test.as_ref(), cifar10_test_path(&path)?.as_ref())?;
+            assert!(is_cifar10(&path), "{}", path.display());
+        }
+        // Evaluation needs the test batch alone.
+        std::fs::remove_file(root.join(py::DIR).join("data_batch_3"))?;
+        same(binary.test.as_ref(), cifar10_test_path(&root)?.as_ref())?;
+        Ok(())
+    }
+
+    #[test]
+    fn an_incomplete_python_version_names_what_is_missing() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let py_dir = dir.path().join(py::DIR);
+        write_both(
+            &dir.path().join("bin"),
+            &py_dir,
+            1,
+            &["data_batch_4", "test_batch"],
+        )?;
+        let err = format!("{:#}", cifar10_path(dir.path()).unwrap_err());
+        assert!(
+            err.contains("incomplete CIFAR-10 Python batches")
+                && err.contains("data_batch_4, test_batch")
+                && err.contains(py::DIR),
+            "{err}"
+        );
+        // A corrupt batch is named.
+        write_both(&dir.path().join("bin"), &py_dir, 1, &[])?;
+        std::fs::write(py_dir.join("data_batch_2"), b"\x80\x02}q\x01(U\x04data")?;
+        let err = format!("{:#}", cifar10_path(dir.path()).unwrap_err());
+        assert!(
+            err.contains("data_batch_2") && err.contains("pickle"),
+            "{err}"
+        );
+        Ok(())
+    }
 }

@@ -1,8 +1,8 @@
 //! Everything between image files (or the Hugging Face Hub) and a batch tensor, with
 //! torchvision's semantics:
 //!
-//! - sources: [`mnist`] (IDX files, raw or `.gz`), [`cifar10`] (binary batches, their archive,
-//!   an ImageFolder tree or archive), [`image_folder`] (a directory or `.tar.gz`), each giving a
+//! - sources: [`mnist`] (IDX files, raw or `.gz`), [`cifar10`] (binary or Python batches, their
+//!   archives, an ImageFolder tree or archive), [`image_folder`] (a directory or `.tar.gz`), each giving a
 //!   [`Split`] of [`Dataset`]s; for [`mnist`] and [`cifar10`], `None` as the directory
 //!   downloads from the Hub into the HF cache ([`image_folder`] always reads a `root`);
 //! - [`Transform`]: `RandomCrop`, `RandomHorizontalFlip`, `Resize`, `CenterCrop`,
@@ -31,6 +31,7 @@
 mod archive;
 pub mod catalog;
 mod cifar;
+mod cifar_python;
 mod dataset;
 mod decode;
 mod filelist;

@@ -564,7 +564,7 @@ fn files_larger_than_their_kind_can_be_are_refused_unread() {
     grow(&batch);
     let msg = chain(&cifar10_test_bin(&batch).unwrap_err());
     assert!(
-        msg.contains("test_batch.bin") && msg.contains("more than a CIFAR-10 batch can be"),
+        msg.contains("test_batch.bin") && msg.contains("more than a CIFAR-10 binary batch can be"),
         "{msg}"
     );
 
@@ -582,10 +582,10 @@ fn files_larger_than_their_kind_can_be_are_refused_unread() {
     assert!(msg.contains("001.png") && msg.contains("GiB"), "{msg}");
 }
 
-/// torchvision's download of CIFAR-10 (the Python version, `cifar-10-batches-py/`) is named as
-/// such, with where to get the binary version, not "no CIFAR-10 data found".
+/// torchvision's download of CIFAR-10 (the Python version, `cifar-10-batches-py/`) with batches
+/// missing names them, not "no CIFAR-10 data found"; a batch that is no CIFAR-10 pickle is named.
 #[test]
-fn cifar_python_version_is_named() {
+fn cifar_python_version_with_missing_or_wrong_batches_is_named() {
     let dir = tempdir().unwrap();
     let py = dir.path().join("cifar-10-batches-py");
     std::fs::create_dir(&py).unwrap();
@@ -595,8 +595,24 @@ fn cifar_python_version_is_named() {
     for given in [dir.path(), py.as_path()] {
         let msg = format!("{:#}", cifar10(Some(given)).expect_err("an error"));
         assert!(
-            msg.contains("CIFAR-10's Python version") && msg.contains("cifar-10-binary.tar.gz"),
+            msg.contains("incomplete CIFAR-10 Python batches")
+                && msg.contains("missing data_batch_2, data_batch_3, data_batch_4, data_batch_5"),
             "{msg}"
         );
     }
+    for n in 2..=5 {
+        std::fs::write(py.join(format!("data_batch_{n}")), b"\x80\x02}q\x00.").unwrap();
+    }
+    let msg = format!("{:#}", cifar10(Some(dir.path())).expect_err("an error"));
+    assert!(
+        msg.contains("batches.meta") && msg.contains("no list `label_names`"),
+        "{msg}"
+    );
+    std::fs::remove_file(py.join("batches.meta")).unwrap();
+    let msg = format!("{:#}", cifar10(Some(dir.path())).expect_err("an error"));
+    assert!(
+        msg.contains("data_batch_1")
+            && msg.contains("has no keys, not CIFAR-10's `data` and `labels`"),
+        "{msg}"
+    );
 }

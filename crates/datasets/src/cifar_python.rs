@@ -1,0 +1,756 @@
+//! CIFAR-10's Python version: `cifar-10-python.tar.gz`, unpacking to `cifar-10-batches-py/`
+//! (`data_batch_1` .. `data_batch_5`, `test_batch`, `batches.meta`), which is what torchvision's
+//! `CIFAR10(root, download=True)` fetches and reads with `pickle.load(f, encoding="latin1")`.
+//!
+//! Each batch is a pickled dict: `data`, a NumPy `uint8` array of shape `(N, 3072)` (each row
+//! 1024 red, 1024 green, then 1024 blue bytes, row by row: the binary version's layout), and
+//! `labels`, a list of `N` ints. `batches.meta` holds `label_names`. The pickles are decoded by
+//! `serde-pickle`, which builds values and never runs code: NumPy's reconstruction calls stay
+//! unresolved and only their arguments and state are read.
+
+use crate::InMemory;
+use anyhow::{bail, ensure, Context, Result};
+use serde_pickle::{DeOptions, HashableValue, Value};
+
+/// The train batch files, as in the official archive.
+pub(crate) const TRAIN_BATCHES: [&str; 5] = [
+    "data_batch_1",
+    "data_batch_2",
+    "data_batch_3",
+    "data_batch_4",
+    "data_batch_5",
+];
+/// The test batch file.
+pub(crate) const TEST_BATCH: &str = "test_batch";
+/// The class names' file.
+pub(crate) const META: &str = "batches.meta";
+/// The folder the official archive unpacks to.
+pub(crate) const DIR: &str = "cifar-10-batches-py";
+
+/// Bytes per image: 3x32x32.
+const IMAGE_BYTES: usize = 3 * 32 * 32;
+/// Bytes beyond which a file is no CIFAR-10 Python batch (each official one holds 10,000 images
+/// in about 31 MB): 100,000 images and their names. The file is refused before it is read.
+pub(crate) const MAX_BATCH_BYTES: u64 = 100_000 * (IMAGE_BYTES as u64 + 64);
+
+/// Decodes the pickle in `bytes`; `name` identifies the file in errors.
+fn unpickle(bytes: &[u8], name: &str) -> Result<Value> {
+    ensure!(
+        matches!(bytes.first(), Some(0x80 | b'(' | b'}')),
+        "{name}: not a pickle (CIFAR-10's Python version pickles each batch; this file starts \
+         with {:02x?})",
+        &bytes[..bytes.len().min(4)]
+    );
+    check_shape(bytes, name)?;
+    // `keep_restore_state`: an unresolved call (NumPy's `_frombuffer`, protocol 5) keeps its
+    // arguments, where the array's bytes are; `_reconstruct` is followed by its state anyway.
+    let options = DeOptions::new()
+        .replace_unresolved_globals()
+        .keep_restore_state();
+    serde_pickle::value_from_slice(bytes, options)
+        .map_err(|e| anyhow::anyhow!("{name}: not a readable pickle ({e})"))
+}
+
+/// Nesting beyond which a pickle is no CIFAR-10 batch (the official ones nest 4 deep).
+const MAX_DEPTH: u64 = 32;
+/// Values beyond which a pickle is no CIFAR-10 batch (the official ones hold about 20,000: a
+/// label and a file name an image).
+const MAX_VALUES: u64 = 1_000_000;
+/// Lists, dicts, tuples and calls beyond which a pickle is no CIFAR-10 batch (the official ones
+/// make about 30).
+const MAX_CONTAINERS: usize = 10_000;
+
+/// Walks the pickle's opcodes, keeping only which containers hold which, so that a file that
+/// would exhaust the decoder is refused before it is decoded: nesting deeper than [`MAX_DEPTH`]
+/// (the decoder recurses), or more than [`MAX_VALUES`] values once repeated references are
+/// expanded (a few hundred bytes of back-references can stand for billions of values).
+fn check_shape(bytes: &[u8], name: &str) -> Result<()> {
+    /// A stack or memo entry: a scalar, or a container (an index into `nodes`).
+    #[derive(Clone, Copy)]
+    enum Item {
+        Leaf,
+        Node(usize),
+    }
+    /// A container: how many scalars it holds directly, and which containers.
+    #[derive(Default)]
+    struct Node {
+        leaves: u64,
+        children: Vec<usize>,
+    }
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut stack: Vec<Item> = Vec::new();
+    let mut marks: Vec<usize> = Vec::new();
+    let mut memo: std::collections::HashMap<u64, Item> = std::collections::HashMap::new();
+    let mut pos = 0usize;
+    let unreadable = |what: &str, at: usize| -> anyhow::Error {
+        anyhow::anyhow!("{name}: not a readable pickle ({what} at offset {at})")
+    };
+    let take = |pos: &mut usize, n: usize| -> Result<&[u8]> {
+        let start = *pos;
+        let end = start.checked_add(n).filter(|&e| e <= bytes.len());
+        let end = end.ok_or_else(|| unreadable("cut short", start))?;
+        *pos = end;
+        Ok(&bytes[start..end])
+    };
+    let uint = |b: &[u8]| {
+        b.iter()
+            .rev()
+            .fold(0u64, |acc, &x| (acc << 8) | u64::from(x))
+    };
+    let line = |pos: &mut usize| -> Result<&[u8]> {
+        let start = *pos;
+        let len = bytes[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| unreadable("cut short", start))?;
+        *pos = start + len + 1;
+        Ok(&bytes[start..start + len])
+    };
+    let index = |text: &[u8]| {
+        String::from_utf8_lossy(text)
+            .trim()
+            .parse()
+            .unwrap_or(u64::MAX)
+    };
+    // Adds `items` to container `node`.
+    let add = |nodes: &mut Vec<Node>, node: usize, items: &[Item]| {
+        for item in items {
+            match *item {
+                Item::Leaf => nodes[node].leaves += 1,
+                Item::Node(child) => nodes[node].children.push(child),
+            }
+        }
+    };
+    let top = loop {
+        let at = pos;
+        let op = take(&mut pos, 1)?[0];
+        let underflow = || unreadable("stack underflow", at);
+        let floor = marks.last().copied().unwrap_or(0);
+        let pop = |stack: &mut Vec<Item>, n: usize| -> Result<Vec<Item>> {
+            let keep = stack.len().checked_sub(n).filter(|&k| k >= floor);
+            Ok(stack.split_off(keep.ok_or_else(underflow)?))
+        };
+        let new_node = |nodes: &mut Vec<Node>, items: &[Item]| -> Result<Item> {
+            ensure!(
+                nodes.len() < MAX_CONTAINERS,
+                "{name}: the pickle makes more than {MAX_CONTAINERS} lists, dicts, tuples or \
+                 objects (at offset {at}); a CIFAR-10 batch makes about 30"
+            );
+            nodes.push(Node::default());
+            add(nodes, nodes.len() - 1, items);
+            Ok(Item::Node(nodes.len() - 1))
+        };
+        match op {
+            b'.' => break stack.pop().ok_or_else(underflow)?,
+            0x80 => drop(take(&mut pos, 1)?),
+            0x95 => drop(take(&mut pos, 8)?),
+            // Scalars with fixed-size arguments.
+            b'N' | 0x88 | 0x89 => stack.push(Item::Leaf),
+            b'K' | b'M' | b'J' | b'G' => {
+                let n = match op {
+                    b'K' => 1,
+                    b'M' => 2,
+                    b'J' => 4,
+                    _ => 8,
+                };
+                take(&mut pos, n)?;
+                stack.push(Item::Leaf)
+            }
+            // Scalars with counted arguments.
+            b'U' | b'C' | 0x8c | 0x8a | b'T' | b'B' | b'X' | 0x8b | 0x8d | 0x8e | 0x96 => {
+                let width = match op {
+                    b'U' | b'C' | 0x8c | 0x8a => 1,
+                    b'T' | b'B' | b'X' | 0x8b => 4,
+                    _ => 8,
+                };
+                let n = usize::try_from(uint(take(&mut pos, width)?)).unwrap_or(usize::MAX);
+                take(&mut pos, n)?;
+                stack.push(Item::Leaf)
+            }
+            // Scalars with text arguments (protocol 0), and globals.
+            b'I' | b'L' | b'F' | b'S' | b'V' | b'c' => {
+                line(&mut pos)?;
+                if op == b'c' {
+                    line(&mut pos)?;
+                }
+                stack.push(Item::Leaf)
+            }
+            0x93 => {
+                pop(&mut stack, 2)?;
+                stack.push(Item::Leaf)
+            }
+            // Containers.
+            b']' | b'}' | b')' | 0x8f => {
+                let node = new_node(&mut nodes, &[])?;
+                stack.push(node)
+            }
+            b'(' => marks.push(stack.len()),
+            b't' | b'l' | b'd' | 0x91 | b'e' | b'u' | 0x90 | b'1' => {
+                marks.pop().ok_or_else(underflow)?;
+                let items = stack.split_off(floor.min(stack.len()));
+                match op {
+                    b'1' => {}
+                    b't' | b'l' | b'd' | 0x91 => {
+                        let node = new_node(&mut nodes, &items)?;
+                        stack.push(node)
+                    }
+                    _ => match stack.last() {
+                        Some(Item::Node(node)) => add(&mut nodes, *node, &items),
+                        _ => return Err(unreadable("adding to no list, dict or set", at)),
+                    },
+                }
+            }
+            0x85..=0x87 => {
+                let items = pop(&mut stack, usize::from(op - 0x84))?;
+                let node = new_node(&mut nodes, &items)?;
+                stack.push(node)
+            }
+            b'a' | b's' => {
+                let items = pop(&mut stack, if op == b'a' { 1 } else { 2 })?;
+                match stack.last() {
+                    Some(Item::Node(node)) => add(&mut nodes, *node, &items),
+                    _ => return Err(unreadable("adding to no list or dict", at)),
+                }
+            }
+            b'0' => drop(pop(&mut stack, 1)?),
+            b'2' => {
+                let top = *stack.last().ok_or_else(underflow)?;
+                stack.push(top)
+            }
+            // Calls: the decoder keeps at most their arguments, and an object its state.
+            b'R' | 0x81 | 0x92 => {
+                let items = pop(&mut stack, if op == 0x92 { 3 } else { 2 })?;
+                let node = new_node(&mut nodes, &items[1..])?;
+                stack.push(node)
+            }
+            b'b' => {
+                let state = pop(&mut stack, 2)?[1];
+                stack.push(state)
+            }
+            // The memo: a reference is the very container, which may still grow.
+            b'p' | b'q' | b'r' | 0x94 => {
+                let key = match op {
+                    b'p' => index(line(&mut pos)?),
+                    b'q' => uint(take(&mut pos, 1)?),
+                    b'r' => uint(take(&mut pos, 4)?),
+                    _ => memo.len() as u64,
+                };
+                memo.insert(key, *stack.last().ok_or_else(underflow)?);
+            }
+            b'g' | b'h' | b'j' => {
+                let key = match op {
+                    b'g' => index(line(&mut pos)?),
+                    b'h' => uint(take(&mut pos, 1)?),
+                    _ => uint(take(&mut pos, 4)?),
+                };
+                let item = memo
+                    .get(&key)
+                    .ok_or_else(|| unreadable("a missing memo entry", at))?;
+                stack.push(*item)
+            }
+            other => bail!(
+                "{name}: not a readable pickle (opcode {other:#04x} at offset {at} is not one a \
+                 CIFAR-10 batch uses)"
+            ),
+        }
+    };
+    let Item::Node(root) = top else {
+        return Ok(());
+    };
+    // Each container's expanded size and depth, children first, without recursion.
+    const UNSEEN: u64 = u64::MAX;
+    const OPEN: u64 = u64::MAX - 1;
+    let mut size = vec![UNSEEN; nodes.len()];
+    let mut depth = vec![0u64; nodes.len()];
+    let mut todo = vec![root];
+    while let Some(&node) = todo.last() {
+        if size[node] == UNSEEN {
+            size[node] = OPEN;
+            for &child in &nodes[node].children {
+                match size[child] {
+                    UNSEEN => todo.push(child),
+                    OPEN => bail!(
+                        "{name}: the pickle holds a container that contains itself; a CIFAR-10 \
+                         batch holds none"
+                    ),
+                    _ => {}
+                }
+            }
+            continue;
+        }
+        todo.pop();
+        if size[node] != OPEN {
+            continue;
+        }
+        let children = &nodes[node].children;
+        size[node] = children
+            .iter()
+            .fold(1 + nodes[node].leaves, |a, &c| a.saturating_add(size[c]));
+        depth[node] = 1 + children.iter().map(|&c| depth[c]).max().unwrap_or(0);
+        ensure!(
+            depth[node] <= MAX_DEPTH,
+            "{name}: the pickle nests values more than {MAX_DEPTH} deep; a CIFAR-10 batch nests \
+             4 deep"
+        );
+        ensure!(
+            size[node] <= MAX_VALUES,
+            "{name}: the pickle holds more than {MAX_VALUES} values once its repeated references \
+             are counted; a CIFAR-10 batch holds about two an image"
+        );
+    }
+    Ok(())
+}
+
+/// The value under `key` in a pickled dict, whichever way the key was pickled (Python 2's
+/// `str` arrives as bytes, Python 3's as text).
+fn field<'a>(dict: &'a Value, key: &str) -> Option<&'a Value> {
+    let Value::Dict(map) = dict else {
+        return None;
+    };
+    map.get(&HashableValue::Bytes(key.as_bytes().to_vec()))
+        .or_else(|| map.get(&HashableValue::String(key.to_string())))
+}
+
+/// The keys of a pickled dict, for errors.
+fn keys(dict: &Value) -> String {
+    let Value::Dict(map) = dict else {
+        return String::new();
+    };
+    let names: Vec<String> = map
+        .keys()
+        .map(|k| match k {
+            HashableValue::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+            HashableValue::String(s) => s.clone(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    names.join(", ")
+}
+
+/// A pickled dict (the top of every file of the Python version).
+fn top_dict(bytes: &[u8], name: &str, wanted: &str) -> Result<Value> {
+    let value = unpickle(bytes, name)?;
+    ensure!(
+        matches!(value, Value::Dict(_)),
+        "{name}: the pickle holds no dict but {}; CIFAR-10's Python version pickles a dict with \
+         {wanted}",
+        kind(&value)
+    );
+    Ok(value)
+}
+
+/// A short description of a pickled value's type, for errors.
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::None => "None",
+        Value::Bool(_) => "a bool",
+        Value::I64(_) | Value::Int(_) => "an int",
+        Value::F64(_) => "a float",
+        Value::Bytes(_) => "bytes",
+        Value::String(_) => "a str",
+        Value::List(_) => "a list",
+        Value::Tuple(_) => "a tuple (an object's state)",
+        Value::Set(_) | Value::FrozenSet(_) => "a set",
+        Value::Dict(_) => "a dict",
+    }
+}
+
+/// A pickled int that fits `usize`.
+fn small_int(value: &Value) -> Option<usize> {
+    match value {
+        Value::I64(v) => usize::try_from(*v).ok(),
+        _ => None,
+    }
+}
+
+/// A pickled NumPy array's shape and bytes (C order), from what an unresolved reconstruction
+/// leaves: `_reconstruct`'s state `(version, shape, dtype, is_fortran, bytes)` (protocols 0-4),
+/// or `_frombuffer`'s arguments `(bytes, dtype, shape, order)` (protocol 5).
+fn ndarray(value: &Value) -> Option<(Vec<usize>, bool, &[u8])> {
+    let Value::Tuple(items) = value else {
+        return None;
+    };
+    let shape = |v: &Value| -> Option<Vec<usize>> {
+        match v {
+            Value::Tuple(dims) => dims.iter().map(small_int).collect(),
+            _ => None,
+        }
+    };
+    fn data(v: &Value) -> Option<&[u8]> {
+        match v {
+            Value::Bytes(b) => Some(b.as_slice()),
+            _ => None,
+        }
+    }
+    match items.as_slice() {
+        [_version, dims, _dtype, Value::Bool(fortran), bytes] => {
+            Some((shape(dims)?, *fortran, data(bytes)?))
+        }
+        [bytes, _dtype, dims, Value::String(order)] => {
+            Some((shape(dims)?, order == "F", data(bytes)?))
+        }
+        _ => None,
+    }
+}
+
+/// The images of one batch's `data`: `(N, 3072)` uint8 in C order, or its Fortran-order copy.
+fn images(data: &Value, name: &str) -> Result<(usize, Vec<u8>)> {
+    let (shape, fortran, bytes) = ndarray(data).with_context(|| {
+        format!(
+            "{name}: `data` is {} but not a pickled NumPy array; CIFAR-10's Python version holds \
+             a uint8 array of shape (N, 3072) there",
+            kind(data)
+        )
+    })?;
+    let [n, row] = shape[..] else {
+        bail!(
+            "{name}: `data` has shape {shape:?}, CIFAR-10's Python version has (N, 3072): one row \
+             of 3x32x32 bytes an image"
+        );
+    };
+    ensure!(
+        row == IMAGE_BYTES && n > 0,
+        "{name}: `data` has shape ({n}, {row}), CIFAR-10's Python version has (N, 3072) with N \
+         at least 1: one row of 3x32x32 bytes an image"
+    );
+    ensure!(
+        bytes.len() == n * row,
+        "{name}: `data` holds {} bytes for shape ({n}, {row}): its type is not uint8 (one byte a \
+         pixel), or the file is cut short",
+        bytes.len()
+    );
+    if !fortran {
+        return Ok((n, bytes.to_vec()));
+    }
+    // Column-major: element (i, j) at j * n + i.
+    let mut rows = vec![0u8; n * row];
+    for (j, column) in bytes.chunks_exact(n).enumerate() {
+        for (i, &v) in column.iter().enumerate() {
+            rows[i * row + j] = v;
+        }
+    }
+    Ok((n, rows))
+}
+
+/// Reads one pickled batch (`data_batch_N`, `test_batch`) into 3x32x32 u8 images with labels in
+/// `classes`' order; `name` identifies the file in errors.
+///
+/// # Errors
+/// The bytes are not a pickle, hold no dict with `data` (a `(N, 3072)` uint8 array) and
+/// `labels` (`N` ints below the class count), or are CIFAR-100's (`fine_labels`).
+pub(crate) fn parse_batch(bytes: &[u8], name: &str, classes: Vec<String>) -> Result<InMemory> {
+    let dict = top_dict(bytes, name, "`data` and `labels`")?;
+    if field(&dict, "fine_labels").is_some() {
+        bail!(
+            "{name}: a CIFAR-100 batch (it has `fine_labels`); this reads CIFAR-10's Python \
+             version, whose batches have `labels`"
+        );
+    }
+    let (data, labels) = match (field(&dict, "data"), field(&dict, "labels")) {
+        (Some(d), Some(l)) => (d, l),
+        _ => bail!(
+            "{name}: the pickled dict has {}, not CIFAR-10's `data` and `labels`",
+            match keys(&dict) {
+                k if k.is_empty() => "no keys".to_string(),
+                k => format!("the keys {k}"),
+            }
+        ),
+    };
+    let (n, images) = images(data, name)?;
+    let Value::List(labels) = labels else {
+        bail!(
+            "{name}: `labels` is {}, CIFAR-10's Python version has a list of ints there",
+            kind(labels)
+        );
+    };
+    ensure!(
+        labels.len() == n,
+        "{name}: {} labels for {n} images",
+        labels.len()
+    );
+    let labels = labels
+        .iter()
+        .enumerate()
+        .map(|(i, label)| match small_int(label) {
+            Some(l) if l < classes.len() => Ok(l as u8),
+            _ => bail!(
+                "{name}: label {i} is {}, not a class index below {}",
+                match label {
+                    Value::I64(v) => v.to_string(),
+                    other => kind(other).to_string(),
+                },
+                classes.len()
+            ),
+        })
+        .collect::<Result<Vec<u8>>>()?;
+    InMemory::new(images, labels, (3, 32, 32), classes).with_context(|| name.to_string())
+}
+
+/// The class names of a pickled `batches.meta` (its `label_names`); `name` identifies the file.
+///
+/// # Errors
+/// Not a pickle, no `label_names` list of ten distinct names.
+pub(crate) fn parse_meta(bytes: &[u8], name: &str) -> Result<Vec<String>> {
+    let dict = top_dict(bytes, name, "`label_names`")?;
+    let Some(Value::List(list)) = field(&dict, "label_names") else {
+        bail!(
+            "{name}: no list `label_names` in the pickled dict (its keys: {}); CIFAR-10's \
+             batches.meta lists the ten class names there",
+            keys(&dict)
+        );
+    };
+    let names = list
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            Value::Bytes(b) => Ok(String::from_utf8_lossy(b).into_owned()),
+            Value::String(s) => Ok(s.clone()),
+            other => bail!("{name}: class name {i} is {}, not a string", kind(other)),
+        })
+        .collect::<Result<Vec<String>>>()?;
+    crate::cifar::check_class_names(names, name)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A batch pickled as the official files are (Python 2's cPickle, protocol 2, NumPy's
+    /// `_reconstruct` and `str` data); `fortran` stores the array column-major.
+    pub(crate) fn python2_batch(images: &[u8], labels: &[u8], fortran: bool) -> Vec<u8> {
+        let n = labels.len();
+        let mut p = vec![0x80, 2, b'}', b'(']; // PROTO 2, EMPTY_DICT, MARK
+        let short = |p: &mut Vec<u8>, s: &[u8]| {
+            p.push(b'U');
+            p.push(s.len() as u8);
+            p.extend_from_slice(s);
+        };
+        let int = |p: &mut Vec<u8>, v: i32| {
+            p.push(b'J');
+            p.extend_from_slice(&v.to_le_bytes());
+        };
+        short(&mut p, b"batch_label");
+        short(&mut p, b"testing batch 1 of 1");
+        short(&mut p, b"labels");
+        p.extend_from_slice(b"]("); // EMPTY_LIST, MARK
+        for &l in labels {
+            p.extend_from_slice(&[b'K', l]);
+        }
+        p.push(b'e'); // APPENDS
+        short(&mut p, b"data");
+        p.extend_from_slice(b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n");
+        p.extend_from_slice(&[b'K', 0, 0x85]); // (0,)
+        short(&mut p, b"b");
+        p.extend_from_slice(&[0x87, b'R', b'(']); // TUPLE3, REDUCE, MARK
+        p.extend_from_slice(&[b'K', 1]);
+        int(&mut p, n as i32);
+        p.extend_from_slice(&[b'M', 0x00, 0x0c, 0x86]); // 3072, TUPLE2
+        p.extend_from_slice(b"cnumpy\ndtype\n");
+        short(&mut p, b"u1");
+        p.extend_from_slice(&[b'K', 0, b'K', 1, 0x87, b'R', b'(', b'K', 3]);
+        short(&mut p, b"|");
+        p.extend_from_slice(b"NNN");
+        int(&mut p, -1);
+        int(&mut p, -1);
+        p.extend_from_slice(&[b'K', 0, b't', b'b']); // TUPLE, BUILD
+        p.push(if fortran { 0x88 } else { 0x89 });
+        let data: Vec<u8> = if fortran {
+            (0..IMAGE_BYTES)
+                .flat_map(|j| (0..n).map(move |i| (i, j)))
+                .map(|(i, j)| images[i * IMAGE_BYTES + j])
+                .collect()
+        } else {
+            images.to_vec()
+        };
+        p.push(b'T'); // BINSTRING
+        p.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        p.extend_from_slice(&data);
+        p.extend_from_slice(b"tb"); // TUPLE, BUILD
+        p.extend_from_slice(b"u."); // SETITEMS, STOP
+        p
+    }
+
+    /// `batches.meta` as the official file pickles it.
+    pub(crate) fn python2_meta(names: &[&str]) -> Vec<u8> {
+        let mut p = vec![0x80, 2, b'}', b'('];
+        let short = |p: &mut Vec<u8>, s: &[u8]| {
+            p.push(b'U');
+            p.push(s.len() as u8);
+            p.extend_from_slice(s);
+        };
+        short(&mut p, b"num_cases_per_batch");
+        p.extend_from_slice(&[b'M', 0x10, 0x27]);
+        short(&mut p, b"label_names");
+        p.extend_from_slice(b"](");
+        for name in names {
+            short(&mut p, name.as_bytes());
+        }
+        p.push(b'e');
+        short(&mut p, b"num_vis");
+        p.extend_from_slice(&[b'M', 0x00, 0x0c]);
+        p.extend_from_slice(b"u.");
+        p
+    }
+
+    /// A batch as Python 3 pickles NumPy's array with protocol 5 in band (`_frombuffer` with a
+    /// `bytearray`), keys as `str`.
+    fn protocol5_batch(images: &[u8], labels: &[u8]) -> Vec<u8> {
+        let text = |p: &mut Vec<u8>, s: &str| {
+            p.push(0x8c); // SHORT_BINUNICODE
+            p.push(s.len() as u8);
+            p.extend_from_slice(s.as_bytes());
+        };
+        let mut p = vec![0x80, 5, b'}', b'('];
+        text(&mut p, "labels");
+        p.extend_from_slice(b"](");
+        for &l in labels {
+            p.extend_from_slice(&[b'K', l]);
+        }
+        p.push(b'e');
+        text(&mut p, "data");
+        p.push(0x8c);
+        p.push(b"numpy.core.numeric".len() as u8);
+        p.extend_from_slice(b"numpy.core.numeric");
+        text(&mut p, "_frombuffer");
+        p.push(0x93); // STACK_GLOBAL
+        p.push(b'('); // MARK: the arguments (buffer, dtype, shape, order)
+        p.push(0x96); // BYTEARRAY8
+        p.extend_from_slice(&(images.len() as u64).to_le_bytes());
+        p.extend_from_slice(images);
+        text(&mut p, "numpy");
+        text(&mut p, "dtype");
+        p.push(0x93);
+        text(&mut p, "u1");
+        p.extend_from_slice(&[0x89, 0x88, 0x87, b'R', b'(', b'K', 3]);
+        text(&mut p, "|");
+        p.extend_from_slice(b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb");
+        p.push(b'J');
+        p.extend_from_slice(&(labels.len() as i32).to_le_bytes());
+        p.extend_from_slice(&[b'M', 0x00, 0x0c, 0x86]);
+        text(&mut p, "C");
+        p.extend_from_slice(b"tR"); // TUPLE (from the MARK), REDUCE
+        p.extend_from_slice(b"u.");
+        p
+    }
+
+    fn classes() -> Vec<String> {
+        crate::dataset::class_names(&crate::cifar::CIFAR10_CLASSES)
+    }
+
+    fn sample(n: usize) -> (Vec<u8>, Vec<u8>) {
+        let images: Vec<u8> = (0..n * IMAGE_BYTES).map(|i| (i * 7 % 251) as u8).collect();
+        let labels: Vec<u8> = (0..n).map(|i| (i * 3 % 10) as u8).collect();
+        (images, labels)
+    }
+
+    #[test]
+    fn official_protocol_2_batches_read_as_the_binary_layout() -> Result<()> {
+        use crate::Dataset;
+        let (images, labels) = sample(3);
+        for fortran in [false, true] {
+            let batch = parse_batch(&python2_batch(&images, &labels, fortran), "b", classes())?;
+            assert_eq!(batch.len(), 3);
+            for i in 0..3 {
+                assert_eq!(batch.label(i), usize::from(labels[i]));
+                let image = batch.image(i)?;
+                assert_eq!(image.shape(), (3, 32, 32));
+                assert_eq!(
+                    image.data,
+                    &images[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES],
+                    "image {i}, fortran {fortran}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn protocol_5_batches_read_too() -> Result<()> {
+        use crate::Dataset;
+        let (images, labels) = sample(2);
+        let batch = parse_batch(&protocol5_batch(&images, &labels), "b", classes())?;
+        assert_eq!(batch.len(), 2);
+        assert_eq!(batch.label(1), usize::from(labels[1]));
+        assert_eq!(batch.image(1)?.data, &images[IMAGE_BYTES..]);
+        Ok(())
+    }
+
+    #[test]
+    fn meta_gives_the_class_names() -> Result<()> {
+        let names = parse_meta(&python2_meta(&crate::cifar::CIFAR10_CLASSES), "m")?;
+        assert_eq!(names, classes());
+        let err = parse_meta(&python2_meta(&["a", "b"]), "m").unwrap_err();
+        assert!(format!("{err:#}").contains("2 class names"), "{err:#}");
+        Ok(())
+    }
+
+    #[test]
+    fn malformed_batches_are_refused_naming_the_file() {
+        let (images, labels) = sample(2);
+        let good = python2_batch(&images, &labels, false);
+        let err =
+            |bytes: &[u8]| format!("{:#}", parse_batch(bytes, "f.pkl", classes()).unwrap_err());
+        // Not a pickle.
+        assert!(err(b"hello").contains("not a pickle"), "{}", err(b"hello"));
+        // Cut short.
+        let cut = err(&good[..good.len() / 2]);
+        assert!(
+            cut.contains("f.pkl") && cut.contains("not a readable pickle"),
+            "{cut}"
+        );
+        // A label out of range.
+        let bad = python2_batch(&images, &[1, 10], false);
+        assert!(err(&bad).contains("label 1 is 10"), "{}", err(&bad));
+        // Fewer labels than images.
+        let short = python2_batch(&images, &[1], false);
+        let e = err(&short);
+        assert!(e.contains("1 labels for") || e.contains("shape"), "{e}");
+        // Not a dict at all: a pickled list.
+        let list = err(&[0x80, 2, b']', b'.']);
+        assert!(list.contains("no dict but a list"), "{list}");
+        // Where the batch is hostile: nested beyond the decoder's stack, ...
+        let n = 100_000;
+        let deep = [&[0x80, 2][..], &vec![b']'; n], &vec![b'a'; n - 1], b"."].concat();
+        let e = err(&deep);
+        assert!(e.contains("the pickle makes more than 10000 lists"), "{e}");
+        let deep = [&[0x80, 2][..], &[b']'; 100], &[b'a'; 99], b"."].concat();
+        let e = err(&deep);
+        assert!(e.contains("nests values more than 32 deep"), "{e}");
+        // ... a few references standing for billions of values (each list holds the one before
+        // twice), also when the lists are filled after they are referenced, ...
+        let mut bomb = vec![0x80, 2, b']', b'q', 0, b'N', b'a'];
+        for level in 1..=25u8 {
+            let below = level - 1;
+            bomb.extend_from_slice(&[b']', b'q', level, b'h', below, b'a', b'h', below, b'a']);
+        }
+        bomb.push(b'.');
+        let e = err(&bomb);
+        assert!(
+            e.contains("more than 1000000 values once its repeated references"),
+            "{e}"
+        );
+        let mut late = vec![0x80, 2];
+        for level in 0..=25u8 {
+            late.extend_from_slice(&[b']', b'q', level, b'0']);
+        }
+        for level in (1..=25u8).rev() {
+            let below = level - 1;
+            late.extend_from_slice(&[b'h', level, b'h', below, b'a', b'h', below, b'a', b'0']);
+        }
+        late.extend_from_slice(&[b'h', 0, b'N', b'a', b'0', b'h', 25, b'.']);
+        let e = err(&late);
+        assert!(
+            e.contains("more than 1000000 values once its repeated references"),
+            "{e}"
+        );
+        // ... or a list holding itself.
+        let e = err(&[0x80, 2, b']', b'q', 0, b'h', 0, b'a', b'.']);
+        assert!(e.contains("contains itself"), "{e}");
+        // The meta file where a batch is expected.
+        let meta = err(&python2_meta(&crate::cifar::CIFAR10_CLASSES));
+        assert!(
+            meta.contains("label_names") && meta.contains("not CIFAR-10's"),
+            "{meta}"
+        );
+    }
+}
