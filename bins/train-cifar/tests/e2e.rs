@@ -39,7 +39,7 @@ fn assert_outputs(dir: &Path, epochs: usize) {
     let mut lines = csv.lines();
     assert_eq!(
         lines.next(),
-        Some("epoch,train_loss,train_acc,test_loss,test_acc,lr,seconds")
+        Some("epoch,train_loss,train_acc,test_loss,test_acc,test_top5,lr,seconds")
     );
     assert_eq!(lines.count(), epochs);
 }
@@ -75,7 +75,7 @@ fn synthetic_cifar_run_writes_every_output_and_onecycle_steps_per_batch() {
     let lr: f64 = csv
         .lines()
         .nth(2)
-        .and_then(|l| l.split(',').nth(5))
+        .and_then(|l| l.split(',').nth(6))
         .and_then(|v| v.parse().ok())
         .expect("lr");
     assert!((lr - 4e-7).abs() < 1e-13, "{csv}");

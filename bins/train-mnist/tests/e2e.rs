@@ -96,7 +96,7 @@ fn same_seed_same_metrics_and_resume_matches_an_uninterrupted_run() {
         bytes(c.join(train::rundir::BEST))
     );
 
-    let header = "epoch,train_loss,train_acc,test_loss,test_acc,lr";
+    let header = "epoch,train_loss,train_acc,test_loss,test_acc,test_top5,lr";
     let rows = metrics_without_seconds(&a);
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[0], header);

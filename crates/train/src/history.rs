@@ -10,7 +10,7 @@ use crate::atomic;
 use crate::rundir::{METRICS_CSV, METRICS_JSON};
 
 /// The header of `metrics.csv`.
-pub const CSV_HEADER: &str = "epoch,train_loss,train_acc,test_loss,test_acc,lr,seconds";
+pub const CSV_HEADER: &str = "epoch,train_loss,train_acc,test_loss,test_acc,test_top5,lr,seconds";
 
 /// One epoch's numbers. Accuracies are in percent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,12 +46,13 @@ pub fn to_csv(records: &[EpochRecord]) -> String {
     for r in records {
         let _ = writeln!(
             out,
-            "{},{:.6},{:.4},{:.6},{:.4},{},{:.2}",
+            "{},{:.6},{:.4},{:.6},{:.4},{:.4},{},{:.2}",
             r.epoch,
             r.train_loss,
             r.train_acc,
             r.test_loss,
             r.test_acc,
+            r.test_top5,
             tidy(r.lr),
             r.seconds
         );
@@ -89,8 +90,8 @@ mod tests {
         let csv = to_csv(&[r]);
         assert_eq!(
             csv,
-            "epoch,train_loss,train_acc,test_loss,test_acc,lr,seconds\n\
-             1,0.500000,90.0000,0.250000,95.5000,0.01,12.35\n"
+            "epoch,train_loss,train_acc,test_loss,test_acc,test_top5,lr,seconds\n\
+             1,0.500000,90.0000,0.250000,95.5000,100.0000,0.01,12.35\n"
         );
     }
 }

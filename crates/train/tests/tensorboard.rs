@@ -65,6 +65,7 @@ fn scalars_and_images_match_the_run() -> Result<()> {
             ("train_acc", "train/acc"),
             ("test_loss", "test/loss"),
             ("test_acc", "test/acc"),
+            ("test_top5", "test/top5"),
             ("lr", "lr"),
         ] {
             let expected = fields[header.iter().position(|h| *h == column).expect(column)];
