@@ -129,6 +129,107 @@ fn a_failing_rank_ends_the_job_with_its_error() {
     assert!(took < Duration::from_secs(30), "took {took:?}");
 }
 
+/// The pid of the process running `BIN` as rank `rank` of the MPI job whose command line holds
+/// `marker` (Linux: its environment in /proc names the rank).
+fn pid_of_rank(rank: usize, marker: &str) -> Option<u32> {
+    let wanted = format!("OMPI_COMM_WORLD_RANK={rank}");
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let exe = std::fs::read_link(entry.path().join("exe")).ok()?;
+            let environ = std::fs::read(entry.path().join("environ")).ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let ours = exe == Path::new(BIN)
+                && cmdline
+                    .split(|&b| b == 0)
+                    .any(|arg| arg == marker.as_bytes())
+                && environ
+                    .split(|&b| b == 0)
+                    .any(|var| var == wanted.as_bytes());
+            ours.then_some(pid)
+        })
+}
+
+/// A rank that stops without failing (here suspended with SIGSTOP, as a hung or unreachable one
+/// would be) leaves the other waiting in a collective: after --collective-timeout seconds that
+/// rank says so and ends the job, instead of waiting forever.
+#[test]
+fn a_stopped_rank_ends_the_job_after_the_collective_timeout() {
+    let Some(data) = shared_data("mnist") else {
+        return;
+    };
+    let data = data.to_string_lossy().into_owned();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("run");
+    let out = out.to_string_lossy();
+    let mut job = mpirun()
+        .args(["-n", "2", BIN, "--data-dir", &data, "--model", "lenet5"])
+        .args([
+            "--epochs",
+            "20",
+            "--batch-size",
+            "32",
+            "--workers",
+            "1",
+            "--out",
+            &out,
+        ])
+        .args(["--collective-timeout", "3"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cannot start mpirun");
+    let started = Instant::now();
+    let pid = loop {
+        if let Some(pid) = pid_of_rank(1, &out) {
+            break pid;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "rank 1 never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Into its first epoch (the run takes far longer than this), then suspended.
+    std::thread::sleep(Duration::from_secs(2));
+    let stop = |signal: &str| {
+        let _ = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status();
+    };
+    stop("-STOP");
+    let stopped = Instant::now();
+    let ended = loop {
+        if let Some(status) = job.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if stopped.elapsed() > Duration::from_secs(120) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let took = stopped.elapsed();
+    if ended.is_none() {
+        stop("-CONT");
+        let _ = job.kill();
+    }
+    let result = job.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    let status = ended.unwrap_or_else(|| panic!("the job still ran 120 s later:\n{stderr}"));
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Error on rank 0 of 2: waited 3 s in")
+            && stderr.contains("for the other ranks (--collective-timeout 3)"),
+        "{stderr}"
+    );
+    eprintln!(
+        "the job ended {:.1} s after rank 1 stopped",
+        took.as_secs_f64()
+    );
+}
+
 /// Ranks given different settings (`--limit-train`, which left alone makes them wait on each
 /// other forever; `--lr`, which would train each rank its own way) or different data (a copy of
 /// MNIST with one training label changed) end the job at once, the error naming what differs

@@ -20,7 +20,10 @@
 //! - Evaluation is sharded too; the sums behind the metrics are reduced.
 //! - Rank 0 alone writes the run directory and prints; the others are quiet unless
 //!   `CNN_LOG_ALL_RANKS=1`. A rank that fails prints its error and aborts the whole job
-//!   (`MPI_Abort`), so that the others do not wait forever.
+//!   (`MPI_Abort`), so that the others do not wait forever. A rank that stops without failing
+//!   (suspended, hung, its machine unreachable) leaves the others waiting in a collective: after
+//!   `--collective-timeout` seconds (30 minutes, PyTorch's default for its Gloo and MPI process
+//!   groups) a waiting rank says so and ends the job.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -65,6 +68,143 @@ pub struct DistributedArgs {
     /// Drop the last training batch (the last global one, data-parallel) when it is partial
     #[arg(long)]
     pub drop_last: bool,
+    /// Seconds a rank waits in one collective (an all-reduce, a broadcast) for the other ranks
+    /// before it ends the whole job, as PyTorch's process-group timeout does: for a rank that
+    /// stopped or hangs (one that fails ends the job at once) [default: 1800]
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub collective_timeout: Option<u64>,
+}
+
+/// `--collective-timeout`'s default in seconds: PyTorch's for its Gloo and MPI process groups.
+pub const DEFAULT_COLLECTIVE_TIMEOUT_S: u64 = 1800;
+
+/// The watchdog of `--collective-timeout`: each collective marks this rank as waiting; a thread
+/// ends the job when one lasts too long.
+#[cfg(feature = "mpi")]
+mod watchdog {
+    use super::Rank;
+    use anyhow::Result;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+    /// The collectives a rank may wait in.
+    #[derive(Debug, Clone, Copy)]
+    pub(super) enum Collective {
+        AllReduce,
+        Broadcast,
+        Barrier,
+        #[cfg_attr(not(feature = "nccl"), allow(dead_code))]
+        NcclSetup,
+    }
+
+    /// Their names, in [`Collective`]'s order, for the watchdog's message.
+    const COLLECTIVES: [&str; 4] = [
+        "an all-reduce",
+        "a broadcast",
+        "the final barrier",
+        "NCCL's setup",
+    ];
+
+    /// When this rank entered the collective it waits in (milliseconds since [`clock`]'s start,
+    /// plus 1), or 0 when it waits in none.
+    static WAITING_SINCE: AtomicU64 = AtomicU64::new(0);
+    /// Which of [`COLLECTIVES`] it waits in.
+    static WAITING_IN: AtomicUsize = AtomicUsize::new(0);
+
+    /// Milliseconds since the first call.
+    fn clock() -> u64 {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64
+    }
+
+    /// Marks this rank as waiting in collective `what` until it is dropped.
+    pub(super) struct Waiting;
+
+    impl Waiting {
+        pub(super) fn new(what: Collective) -> Self {
+            WAITING_IN.store(what as usize, Ordering::Relaxed);
+            WAITING_SINCE.store(clock() + 1, Ordering::Release);
+            Waiting
+        }
+    }
+
+    impl Drop for Waiting {
+        fn drop(&mut self) {
+            WAITING_SINCE.store(0, Ordering::Release);
+        }
+    }
+
+    /// How long this rank has waited in its collective, and which, at `now` (milliseconds).
+    fn waited(now: u64) -> Option<(u64, &'static str)> {
+        let since = WAITING_SINCE.load(Ordering::Acquire);
+        let what = COLLECTIVES[WAITING_IN
+            .load(Ordering::Relaxed)
+            .min(COLLECTIVES.len() - 1)];
+        (since != 0).then(|| (now.saturating_sub(since - 1), what))
+    }
+
+    /// The watchdog's message when `rank` has waited `seconds` in `what`.
+    fn timeout_message(rank: Rank, what: &str, seconds: u64) -> String {
+        format!(
+            "Error on rank {} of {}: waited {seconds} s in {what} for the other ranks \
+             (--collective-timeout {seconds}): a rank has stopped, hangs or cannot be reached; \
+             ending the job",
+            rank.rank, rank.size
+        )
+    }
+
+    /// Starts the thread that ends the job when this rank has waited in one collective for longer
+    /// than `timeout_s`. It exits the process at once (`_exit`, as MPI may not be called from this
+    /// thread): the launcher then ends the other ranks.
+    pub(super) fn start_watchdog(rank: Rank, timeout_s: u64) -> Result<()> {
+        let limit = timeout_s.saturating_mul(1000);
+        clock();
+        std::thread::Builder::new()
+            .name("collective-watchdog".into())
+            .spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                if let Some((ms, what)) = waited(clock()) {
+                    if ms >= limit {
+                        crate::warn!("{}", timeout_message(rank, what, timeout_s));
+                        use std::io::Write;
+                        let _ = std::io::stderr().flush();
+                        let _ = std::io::stdout().flush();
+                        // SAFETY: `_exit` ends the process without running anything of this one.
+                        unsafe { libc::_exit(1) };
+                    }
+                }
+            })
+            .map_err(|e| anyhow::anyhow!("cannot start the collective watchdog thread: {e}"))?;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// The watchdog sees how long this rank has waited in which collective, and nothing
+        /// once the collective returned.
+        #[test]
+        fn the_watchdog_sees_the_collective_waited_in() {
+            assert_eq!(waited(clock()), None);
+            {
+                let _waiting = Waiting::new(Collective::Broadcast);
+                std::thread::sleep(std::time::Duration::from_millis(30));
+                let (ms, what) = waited(clock()).expect("waiting");
+                assert!(ms >= 30, "{ms}");
+                assert_eq!(what, "a broadcast");
+            }
+            assert_eq!(waited(clock()), None);
+            let message = timeout_message(Rank { rank: 1, size: 4 }, "an all-reduce", 60);
+            assert!(
+                message.starts_with("Error on rank 1 of 4: waited 60 s in an all-reduce")
+                    && message.contains("--collective-timeout 60"),
+                "{message}"
+            );
+        }
+    }
 }
 
 /// The training flags of data-parallel runs, saved with the run (`sync_bn`, `drop_last` in
@@ -221,12 +361,25 @@ pub fn launch<T>(args: &DistributedArgs, body: impl FnOnce() -> Result<T>) -> Re
             "--distributed on: no MPI launcher started this process; start the ranks with \
              `mpirun -n N <program> ...` (or `srun --mpi=pmix`), or leave out --distributed"
         ),
-        (_, Some((who, size))) => start(mode, who, size, body),
+        (_, Some((who, size))) => start(
+            mode,
+            who,
+            size,
+            args.collective_timeout
+                .unwrap_or(DEFAULT_COLLECTIVE_TIMEOUT_S),
+            body,
+        ),
     }
 }
 
 #[cfg(not(feature = "mpi"))]
-fn start<T>(mode: Mode, who: &str, size: usize, body: impl FnOnce() -> Result<T>) -> Result<T> {
+fn start<T>(
+    mode: Mode,
+    who: &str,
+    size: usize,
+    _timeout_s: u64,
+    body: impl FnOnce() -> Result<T>,
+) -> Result<T> {
     if mode == Mode::On || size != 1 {
         bail!(
             "started by {who} as one of {size} processes, but this program was built without \
@@ -239,7 +392,13 @@ fn start<T>(mode: Mode, who: &str, size: usize, body: impl FnOnce() -> Result<T>
 }
 
 #[cfg(feature = "mpi")]
-fn start<T>(_mode: Mode, _who: &str, _size: usize, body: impl FnOnce() -> Result<T>) -> Result<T> {
+fn start<T>(
+    _mode: Mode,
+    _who: &str,
+    _size: usize,
+    timeout_s: u64,
+    body: impl FnOnce() -> Result<T>,
+) -> Result<T> {
     use mpi::traits::{Communicator, CommunicatorCollectives};
     use std::io::Write;
 
@@ -266,6 +425,9 @@ fn start<T>(_mode: Mode, _who: &str, _size: usize, body: impl FnOnce() -> Result
         let _ = std::io::stderr().flush();
         mpi::topology::SimpleCommunicator::world().abort(101);
     }));
+    if rank.size > 1 {
+        watchdog::start_watchdog(rank, timeout_s)?;
+    }
     CONTEXT.with(|c| {
         *c.borrow_mut() = Some(Rc::new(Context {
             rank,
@@ -279,6 +441,7 @@ fn start<T>(_mode: Mode, _who: &str, _size: usize, body: impl FnOnce() -> Result
     match result {
         Ok(value) => {
             if let Some(context) = &context {
+                let _waiting = watchdog::Waiting::new(watchdog::Collective::Barrier);
                 context.comm.barrier();
             }
             drop(context);
@@ -425,6 +588,7 @@ impl Context {
                 match slot.as_ref() {
                     Some(n) => n.clone(),
                     None => {
+                        let _waiting = watchdog::Waiting::new(watchdog::Collective::NcclSetup);
                         let n = Rc::new(nccl::Nccl::new(cuda, self.rank, &self.comm)?);
                         *slot = Some(n.clone());
                         n
@@ -442,6 +606,7 @@ impl Context {
             dtype => {
                 let local = flat.to_dtype(DType::F32)?.to_vec1::<f32>()?;
                 let mut sum = vec![0f32; local.len()];
+                let _waiting = watchdog::Waiting::new(watchdog::Collective::AllReduce);
                 mpi::collective::CommunicatorCollectives::all_reduce_into(
                     &self.comm,
                     &local[..],
@@ -457,6 +622,7 @@ impl Context {
     #[cfg(feature = "mpi")]
     fn sum_f64(&self, local: &[f64]) -> Vec<f64> {
         let mut sum = vec![0f64; local.len()];
+        let _waiting = watchdog::Waiting::new(watchdog::Collective::AllReduce);
         mpi::collective::CommunicatorCollectives::all_reduce_into(
             &self.comm,
             local,
@@ -475,6 +641,7 @@ impl Context {
     #[cfg(feature = "mpi")]
     fn broadcast_f32(&self, values: &mut [f32]) {
         use mpi::traits::{Communicator, Root};
+        let _waiting = watchdog::Waiting::new(watchdog::Collective::Broadcast);
         self.comm.process_at_rank(0).broadcast_into(values);
     }
 
@@ -485,6 +652,7 @@ impl Context {
     #[cfg(feature = "mpi")]
     fn broadcast_u64(&self, values: &mut [u64]) {
         use mpi::traits::{Communicator, Root};
+        let _waiting = watchdog::Waiting::new(watchdog::Collective::Broadcast);
         self.comm.process_at_rank(0).broadcast_into(values);
     }
 
@@ -496,6 +664,7 @@ impl Context {
     fn broadcast_bytes(&self, mine: &[u8]) -> Vec<u8> {
         use mpi::traits::{Communicator, Root};
         let root = self.comm.process_at_rank(0);
+        let _waiting = watchdog::Waiting::new(watchdog::Collective::Broadcast);
         let mut len = [mine.len() as u64];
         root.broadcast_into(&mut len[..]);
         let mut bytes = match self.rank.rank {

@@ -211,7 +211,11 @@ macro_rules! say {
 /// output piped into `tee` or `head`, and that process gone), the line is dropped.
 pub fn warn(line: std::fmt::Arguments<'_>) {
     use std::io::Write;
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
+    // One write: stderr is unbuffered, and a line written in pieces can be cut by another
+    // process's output on the same stream (mpirun's, another rank's).
+    let _ = std::io::stderr()
+        .lock()
+        .write_all(format!("{line}\n").as_bytes());
 }
 
 /// `eprintln!` through [`warn`]: a closed stderr drops the line instead of panicking.
