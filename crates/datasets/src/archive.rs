@@ -46,8 +46,18 @@ const BLOCK: usize = 512;
 /// `tar -x` does not extract either) or is not UTF-8 (two class folders could read as one),
 /// and a link named as an image that leads nowhere in the archive; other members with such
 /// names are skipped. Memory grows with the bytes actually read, never with a size a header
-/// claims.
+/// claims. Only images' bytes are kept (each at most [`crate::io::MAX_INPUT_FILE`], as a
+/// file); other files are listed with no bytes, unread.
 pub fn read_archive(path: &Path) -> Result<Vec<ArchiveEntry>> {
+    read_archive_keeping(path, &|_| None)
+}
+
+/// [`read_archive`], keeping also the bytes of the files for which `keep(name)` gives the
+/// most bytes such a file may hold and what it is (for the error when a member holds more).
+pub(crate) fn read_archive_keeping(
+    path: &Path,
+    keep: &dyn Fn(&str) -> Option<(u64, &'static str)>,
+) -> Result<Vec<ArchiveEntry>> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let real_size = file
@@ -61,7 +71,7 @@ pub fn read_archive(path: &Path) -> Result<Vec<ArchiveEntry>> {
     } else {
         Box::new(reader)
     };
-    read_tar(stream, real_size).map_err(|e| match e.downcast_ref::<Refused>() {
+    read_tar(stream, real_size, keep).map_err(|e| match e.downcast_ref::<Refused>() {
         Some(_) => e.context(format!("{}: a member that cannot be read", path.display())),
         None => e.context(format!("{}: corrupt or truncated archive", path.display())),
     })
@@ -69,7 +79,11 @@ pub fn read_archive(path: &Path) -> Result<Vec<ArchiveEntry>> {
 
 /// Reads the tar stream to its end (so that a gzip trailer below it is verified); `real_size`
 /// (the archive file's size) caps what is reserved ahead of reading.
-fn read_tar(stream: impl Read, real_size: u64) -> Result<Vec<ArchiveEntry>> {
+fn read_tar(
+    stream: impl Read,
+    real_size: u64,
+    keep: &dyn Fn(&str) -> Option<(u64, &'static str)>,
+) -> Result<Vec<ArchiveEntry>> {
     let mut archive = tar::Archive::new(stream);
     // The members in archive order: files and folders, and links (name, target as an archive
     // path; hard or symbolic), applied in that order once all is read.
@@ -107,7 +121,24 @@ fn read_tar(stream: impl Read, real_size: u64) -> Result<Vec<ArchiveEntry>> {
             continue;
         }
         let mut bytes = Vec::new();
-        if kind.is_file() {
+        let limit = match crate::listing::is_image(&name) {
+            true => Some((crate::io::MAX_INPUT_FILE, "an image file")),
+            false => keep(&name),
+        };
+        if let (true, Some((max, what))) = (kind.is_file(), limit) {
+            ensure!(
+                entry.size() <= max,
+                Refused(format!(
+                    "member {name}: {} bytes, more than {what} can be (at most {max})",
+                    entry.size()
+                ))
+            );
+        }
+        if kind.is_file() && limit.is_none() {
+            // Not needed: read past, unkept.
+            std::io::copy(&mut entry, &mut std::io::sink())
+                .with_context(|| format!("cannot read member {name}"))?;
+        } else if kind.is_file() {
             let size = entry.size();
             bytes.reserve(usize::try_from(size.min(real_size)).unwrap_or(0));
             entry

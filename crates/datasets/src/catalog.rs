@@ -129,8 +129,8 @@ pub const MNIST: DatasetSpec = DatasetSpec {
     eval: |side| Transform::mnist_test().resize(side).center_crop(side),
 };
 
-/// CIFAR-10 (Krizhevsky, 2009): binary batches, their archive, an ImageFolder, or the Hub's
-/// `uoft-cs/cifar10`.
+/// CIFAR-10 (Krizhevsky, 2009): the binary or Python batches, their archives, an ImageFolder,
+/// or the Hub's `uoft-cs/cifar10`.
 pub const CIFAR10: DatasetSpec = DatasetSpec {
     name: "cifar10",
     title: "CIFAR-10",
@@ -145,7 +145,7 @@ pub const CIFAR10: DatasetSpec = DatasetSpec {
         train: "plain_text/train/0000.parquet",
         test: "plain_text/test/0000.parquet",
     }),
-    local_files: "cifar-10-batches-bin or an ImageFolder of CIFAR-10",
+    local_files: "cifar-10-batches-bin, cifar-10-batches-py or an ImageFolder of CIFAR-10",
     read: Some(Reader {
         split: cifar::cifar10_path,
         test: Some(cifar::cifar10_test_path),

@@ -2,7 +2,7 @@
 //! the official Python version (torchvision's download: `cifar-10-batches-py/` or
 //! `cifar-10-python.tar.gz`), an ImageFolder tree or archive of it, or the Hugging Face Hub.
 
-use crate::archive::{read_archive, ArchiveEntry};
+use crate::archive::{read_archive_keeping, ArchiveEntry};
 use crate::cifar_python as py;
 use crate::dataset::class_names;
 use crate::folder::{image_folder_listing, test_folder, test_folder_alone, FolderOptions, Storage};
@@ -161,12 +161,43 @@ impl Version {
     /// Both splits from an archive's `entries` holding this version's test batch (`None` when
     /// it holds none); `path` is the archive, for errors.
     fn split_of_archive(&self, path: &Path, entries: &[ArchiveEntry]) -> Option<Result<Split>> {
+        let split = |name: &str| -> (String, String) {
+            match name.rsplit_once('/') {
+                Some((folder, file)) => (folder.to_string(), file.to_string()),
+                None => (String::new(), name.to_string()),
+            }
+        };
+        let tests: Vec<&ArchiveEntry> = entries
+            .iter()
+            .filter(|e| !e.is_dir && split(&e.name).1 == self.test)
+            .collect();
+        // The batches are read from the test batch's folder, as torchvision reads them from
+        // one folder: the official one when several folders hold a test batch.
+        let test = match tests[..] {
+            [] => return None,
+            [one] => one,
+            ref many => match many.iter().find(|e| split(&e.name).0 == self.dir) {
+                Some(official) => official,
+                None => {
+                    let names: Vec<&str> = many.iter().map(|e| e.name.as_str()).collect();
+                    return Some(Err(anyhow::anyhow!(
+                        "{}: the archive holds {} in several folders ({}); keep one copy of the \
+                         CIFAR-10 {} batches, in {}/",
+                        path.display(),
+                        self.test,
+                        names.join(", "),
+                        self.name,
+                        self.dir
+                    )));
+                }
+            },
+        };
+        let folder = split(&test.name).0;
         let batch = |file: &str| -> Option<&ArchiveEntry> {
             entries
                 .iter()
-                .find(|e| e.name.rsplit('/').next() == Some(file))
+                .find(|e| !e.is_dir && split(&e.name) == (folder.clone(), file.to_string()))
         };
-        let test = batch(self.test)?;
         let name = |e: &ArchiveEntry| format!("{}:{}", path.display(), e.name);
         let read = || -> Result<Split> {
             let classes = match batch(self.meta) {
@@ -175,8 +206,13 @@ impl Version {
             };
             let mut train = Vec::new();
             for file in self.train {
-                let entry = batch(file)
-                    .with_context(|| format!("{}: archive has no {file}", path.display()))?;
+                let entry = batch(file).with_context(|| {
+                    format!(
+                        "{}: the archive has no {file} beside {}",
+                        path.display(),
+                        test.name
+                    )
+                })?;
                 train.push((self.parse_batch)(
                     &entry.bytes,
                     &name(entry),
@@ -343,7 +379,7 @@ pub fn is_cifar10(path: &Path) -> bool {
     cifar.sort();
     BINARY.any_batch(path)
         || PYTHON.any_batch(path)
-        || matches!(cifar_archive_in(path), Ok(Some(_)))
+        || !matches!(cifar_archive_in(path), Ok(None))
         || folders(&path.join("train")) == cifar
         || folders(path) == cifar
 }
@@ -392,6 +428,11 @@ pub(crate) fn check_class_names(names: Vec<String>, name: &str) -> Result<Vec<St
     );
     for (i, class) in names.iter().enumerate() {
         ensure!(
+            !class.trim().is_empty(),
+            "{name}: class {} has an empty name",
+            i + 1
+        );
+        ensure!(
             !names[..i].contains(class),
             "{name}: class {class:?} is named twice (names {} and {} of the list)",
             names[..i].iter().position(|n| n == class).unwrap_or(0) + 1,
@@ -426,7 +467,12 @@ fn parse_batch(bytes: &[u8], name: &str, classes: Vec<String>) -> Result<InMemor
     InMemory::new(images, labels, (3, 32, 32), classes).with_context(|| name.to_string())
 }
 
-/// A `*cifar*.tar.gz` in `dir`, preferring the official binary archive.
+/// The `*cifar*.tar.gz` in `dir`: the official binary archive, else the official Python one,
+/// else the only one.
+///
+/// # Errors
+/// `dir` cannot be listed; it holds several other such archives (which one is meant is not
+/// guessed).
 fn cifar_archive_in(dir: &Path) -> Result<Option<PathBuf>> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot list {}", dir.display()))?
@@ -438,12 +484,37 @@ fn cifar_archive_in(dir: &Path) -> Result<Option<PathBuf>> {
                     .is_some_and(|n| n.to_string_lossy().to_lowercase().contains("cifar"))
         })
         .collect();
-    found.sort_by_key(|p| !p.to_string_lossy().contains("binary"));
+    let official = ["cifar-10-binary.tar.gz", "cifar-10-python.tar.gz"];
+    let rank = |p: &PathBuf| {
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+        official
+            .iter()
+            .position(|o| name.as_deref() == Some(*o))
+            .unwrap_or(official.len())
+    };
+    found.sort_by_key(|p| (rank(p), p.clone()));
+    if found.len() > 1 && rank(&found[0]) == official.len() {
+        let names: Vec<String> = found.iter().map(|p| p.display().to_string()).collect();
+        bail!(
+            "{}: several CIFAR-10 archives ({}); give --data-dir the one to read",
+            dir.display(),
+            names.join(", ")
+        );
+    }
     Ok(found.into_iter().next())
 }
 
 fn from_archive(path: &Path) -> Result<Split> {
-    let entries = read_archive(path)?;
+    let entries = read_archive_keeping(path, &|name| {
+        let file = name.rsplit('/').next().unwrap_or(name);
+        [&BINARY, &PYTHON].into_iter().find_map(|v| {
+            if v.files().any(|b| b == file) {
+                Some((v.max_batch, "a CIFAR-10 batch"))
+            } else {
+                (v.meta == file).then_some((1 << 20, "a list of ten class names"))
+            }
+        })
+    })?;
     for version in [&BINARY, &PYTHON] {
         if let Some(split) = version.split_of_archive(path, &entries) {
             return split;
@@ -572,6 +643,62 @@ mod tests {
         // Evaluation needs the test batch alone.
         std::fs::remove_file(root.join(py::DIR).join("data_batch_3"))?;
         same(binary.test.as_ref(), cifar10_test_path(&root)?.as_ref())?;
+        Ok(())
+    }
+
+    /// An archive's batches are read from one folder: the test batch's, the official one when
+    /// several hold one; files it does not need are not kept in memory.
+    #[test]
+    fn an_archive_is_read_from_one_folder() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (bin, good, other) = (
+            dir.path().join("bin"),
+            dir.path().join("good"),
+            dir.path().join("other"),
+        );
+        write_both(&bin, &good, 2, &[])?;
+        write_both(&dir.path().join("bin2"), &other, 3, &[])?;
+        let pack = |name: &str, members: &[(&str, &Path)]| -> Result<PathBuf> {
+            let archive = dir.path().join(name);
+            let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+                std::fs::File::create(&archive)?,
+                flate2::Compression::fast(),
+            ));
+            for (at, from) in members {
+                tar.append_dir_all(at, from)?;
+            }
+            tar.into_inner()?.finish()?;
+            Ok(archive)
+        };
+        let both = pack(
+            "both.tar.gz",
+            &[("copy/cifar-10-batches-py", &other), (py::DIR, &good)],
+        )?;
+        let split = cifar10_path(&both)?;
+        same(cifar10_path(&bin)?.test.as_ref(), split.test.as_ref())?;
+        assert_eq!(split.train.len(), 10);
+        let neither = pack("neither.tar.gz", &[("a", &other), ("b", &good)])?;
+        let err = format!("{:#}", cifar10_path(&neither).unwrap_err());
+        assert!(
+            err.contains("test_batch in several folders (a/test_batch, b/test_batch)"),
+            "{err}"
+        );
+        // A train batch only in another folder is missing, not taken from there.
+        std::fs::remove_file(good.join("data_batch_2"))?;
+        let mixed = pack(
+            "mixed.tar.gz",
+            &[(py::DIR, &good), ("other/cifar-10-batches-py", &other)],
+        )?;
+        let err = format!("{:#}", cifar10_path(&mixed).unwrap_err());
+        assert!(
+            err.contains("several folders") || err.contains("no data_batch_2 beside"),
+            "{err}"
+        );
+        // Other files are listed, not kept.
+        std::fs::write(good.join("readme.html"), vec![b'x'; 1 << 16])?;
+        let entries = read_archive_keeping(&pack("junk.tar.gz", &[(py::DIR, &good)])?, &|_| None)?;
+        let readme = entries.iter().find(|e| e.name.ends_with("readme.html"));
+        assert_eq!(readme.map(|e| e.bytes.len()), Some(0));
         Ok(())
     }
 

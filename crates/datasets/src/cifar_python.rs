@@ -56,6 +56,11 @@ const MAX_DEPTH: u64 = 32;
 /// Values beyond which a pickle is no CIFAR-10 batch (the official ones hold about 20,000: a
 /// label and a file name an image).
 const MAX_VALUES: u64 = 1_000_000;
+/// Bytes beyond which a scalar repeated by reference is no part of a CIFAR-10 batch (they
+/// repeat short names only).
+const MAX_REPEATED: u64 = 64;
+/// Bytes of repeated scalars beyond which a pickle is no CIFAR-10 batch.
+const MAX_COPIED: u64 = 1 << 20;
 /// Lists, dicts, tuples and calls beyond which a pickle is no CIFAR-10 batch (the official ones
 /// make about 30).
 const MAX_CONTAINERS: usize = 10_000;
@@ -65,12 +70,16 @@ const MAX_CONTAINERS: usize = 10_000;
 /// (the decoder recurses), or more than [`MAX_VALUES`] values once repeated references are
 /// expanded (a few hundred bytes of back-references can stand for billions of values).
 fn check_shape(bytes: &[u8], name: &str) -> Result<()> {
-    /// A stack or memo entry: a scalar, or a container (an index into `nodes`).
+    /// A stack or memo entry: a scalar (its size in bytes), a scalar fetched from the memo
+    /// (which the decoder copies), or a container (an index into `nodes`).
     #[derive(Clone, Copy)]
     enum Item {
-        Leaf,
+        Leaf(u64),
+        Copy(u64),
         Node(usize),
     }
+    // Bytes of scalars the decoder copies from the memo, in all.
+    let mut copied = 0u64;
     /// A container: how many scalars it holds directly, and which containers.
     #[derive(Default)]
     struct Node {
@@ -116,7 +125,7 @@ fn check_shape(bytes: &[u8], name: &str) -> Result<()> {
     let add = |nodes: &mut Vec<Node>, node: usize, items: &[Item]| {
         for item in items {
             match *item {
-                Item::Leaf => nodes[node].leaves += 1,
+                Item::Leaf(_) | Item::Copy(_) => nodes[node].leaves += 1,
                 Item::Node(child) => nodes[node].children.push(child),
             }
         }
@@ -145,7 +154,7 @@ fn check_shape(bytes: &[u8], name: &str) -> Result<()> {
             0x80 => drop(take(&mut pos, 1)?),
             0x95 => drop(take(&mut pos, 8)?),
             // Scalars with fixed-size arguments.
-            b'N' | 0x88 | 0x89 => stack.push(Item::Leaf),
+            b'N' | 0x88 | 0x89 => stack.push(Item::Leaf(0)),
             b'K' | b'M' | b'J' | b'G' => {
                 let n = match op {
                     b'K' => 1,
@@ -154,7 +163,7 @@ fn check_shape(bytes: &[u8], name: &str) -> Result<()> {
                     _ => 8,
                 };
                 take(&mut pos, n)?;
-                stack.push(Item::Leaf)
+                stack.push(Item::Leaf(n as u64))
             }
             // Scalars with counted arguments.
             b'U' | b'C' | 0x8c | 0x8a | b'T' | b'B' | b'X' | 0x8b | 0x8d | 0x8e | 0x96 => {
@@ -165,19 +174,19 @@ fn check_shape(bytes: &[u8], name: &str) -> Result<()> {
                 };
                 let n = usize::try_from(uint(take(&mut pos, width)?)).unwrap_or(usize::MAX);
                 take(&mut pos, n)?;
-                stack.push(Item::Leaf)
+                stack.push(Item::Leaf(n as u64))
             }
             // Scalars with text arguments (protocol 0), and globals.
             b'I' | b'L' | b'F' | b'S' | b'V' | b'c' => {
-                line(&mut pos)?;
+                let mut n = line(&mut pos)?.len();
                 if op == b'c' {
-                    line(&mut pos)?;
+                    n += line(&mut pos)?.len();
                 }
-                stack.push(Item::Leaf)
+                stack.push(Item::Leaf(n as u64))
             }
             0x93 => {
                 pop(&mut stack, 2)?;
-                stack.push(Item::Leaf)
+                stack.push(Item::Leaf(0))
             }
             // Containers.
             b']' | b'}' | b')' | 0x8f => {
@@ -213,10 +222,6 @@ fn check_shape(bytes: &[u8], name: &str) -> Result<()> {
                 }
             }
             b'0' => drop(pop(&mut stack, 1)?),
-            b'2' => {
-                let top = *stack.last().ok_or_else(underflow)?;
-                stack.push(top)
-            }
             // Calls: the decoder keeps at most their arguments, and an object its state.
             b'R' | 0x81 | 0x92 => {
                 let items = pop(&mut stack, if op == 0x92 { 3 } else { 2 })?;
@@ -235,7 +240,11 @@ fn check_shape(bytes: &[u8], name: &str) -> Result<()> {
                     b'r' => uint(take(&mut pos, 4)?),
                     _ => memo.len() as u64,
                 };
-                memo.insert(key, *stack.last().ok_or_else(underflow)?);
+                let top = *stack.last().ok_or_else(underflow)?;
+                if let Item::Copy(n) = top {
+                    copied += n;
+                }
+                memo.insert(key, top);
             }
             b'g' | b'h' | b'j' => {
                 let key = match op {
@@ -246,7 +255,23 @@ fn check_shape(bytes: &[u8], name: &str) -> Result<()> {
                 let item = memo
                     .get(&key)
                     .ok_or_else(|| unreadable("a missing memo entry", at))?;
-                stack.push(*item)
+                // Python's pickler refers back to objects it has written; a CIFAR-10 batch
+                // repeats only short names (a NumPy global, an encoding), never a list, a dict,
+                // an array's bytes. The decoder copies each repeat: more is refused.
+                let n = match *item {
+                    Item::Leaf(n) | Item::Copy(n) if n <= MAX_REPEATED => n,
+                    _ => bail!(
+                        "{name}: the pickle repeats a container or a long value by reference (at \
+                         offset {at}); a CIFAR-10 batch repeats only short names"
+                    ),
+                };
+                copied += n;
+                ensure!(
+                    copied <= MAX_COPIED,
+                    "{name}: the pickle repeats values by reference more than a CIFAR-10 batch \
+                     does ({MAX_COPIED} bytes in all, at offset {at})"
+                );
+                stack.push(Item::Copy(n))
             }
             other => bail!(
                 "{name}: not a readable pickle (opcode {other:#04x} at offset {at} is not one a \
@@ -349,7 +374,7 @@ fn kind(value: &Value) -> &'static str {
         Value::Bytes(_) => "bytes",
         Value::String(_) => "a str",
         Value::List(_) => "a list",
-        Value::Tuple(_) => "a tuple (an object's state)",
+        Value::Tuple(_) => "a tuple, or an object (a NumPy array, say)",
         Value::Set(_) | Value::FrozenSet(_) => "a set",
         Value::Dict(_) => "a dict",
     }
@@ -414,7 +439,7 @@ fn images(data: &Value, name: &str) -> Result<(usize, Vec<u8>)> {
          at least 1: one row of 3x32x32 bytes an image"
     );
     ensure!(
-        bytes.len() == n * row,
+        n.checked_mul(row) == Some(bytes.len()),
         "{name}: `data` holds {} bytes for shape ({n}, {row}): its type is not uint8 (one byte a \
          pixel), or the file is cut short",
         bytes.len()
@@ -503,7 +528,8 @@ pub(crate) fn parse_meta(bytes: &[u8], name: &str) -> Result<Vec<String>> {
         .iter()
         .enumerate()
         .map(|(i, v)| match v {
-            Value::Bytes(b) => Ok(String::from_utf8_lossy(b).into_owned()),
+            // Python 2's `str`, read as torchvision reads it (`encoding="latin1"`).
+            Value::Bytes(b) => Ok(b.iter().map(|&c| char::from(c)).collect()),
             Value::String(s) => Ok(s.clone()),
             other => bail!("{name}: class name {i} is {}, not a string", kind(other)),
         })
@@ -726,7 +752,7 @@ pub(crate) mod tests {
         bomb.push(b'.');
         let e = err(&bomb);
         assert!(
-            e.contains("more than 1000000 values once its repeated references"),
+            e.contains("repeats a container or a long value by reference"),
             "{e}"
         );
         let mut late = vec![0x80, 2];
@@ -740,12 +766,50 @@ pub(crate) mod tests {
         late.extend_from_slice(&[b'h', 0, b'N', b'a', b'0', b'h', 25, b'.']);
         let e = err(&late);
         assert!(
-            e.contains("more than 1000000 values once its repeated references"),
+            e.contains("repeats a container or a long value by reference"),
             "{e}"
         );
-        // ... or a list holding itself.
+        // ... a list holding itself, ...
         let e = err(&[0x80, 2, b']', b'q', 0, b'h', 0, b'a', b'.']);
-        assert!(e.contains("contains itself"), "{e}");
+        assert!(e.contains("repeats a container"), "{e}");
+        // ... long bytes repeated (each repeat is a copy), by reference or by DUP (which
+        // Python's pickler never writes), ...
+        let mut long = vec![0x80, 2, b']', b'(', b'B'];
+        long.extend_from_slice(&10_000u32.to_le_bytes());
+        long.extend_from_slice(&[7; 10_000]);
+        long.extend_from_slice(&[b'q', 0, b'h', 0, b'h', 0, b'e', b'.']);
+        let e = err(&long);
+        assert!(e.contains("repeats a container or a long value"), "{e}");
+        let mut dup = long[..long.len() - 8].to_vec();
+        dup.extend_from_slice(b"22e.");
+        let e = err(&dup);
+        assert!(
+            e.contains("opcode 0x32") && e.contains("not one a CIFAR-10 batch uses"),
+            "{e}"
+        );
+        // ... or many short names repeated.
+        let mut names = vec![0x80, 2, b']', b'(', b'U', 64];
+        names.extend_from_slice(&[b'x'; 64]);
+        names.extend_from_slice(&[b'q', 0]);
+        for _ in 0..20_000 {
+            names.extend_from_slice(&[b'h', 0]);
+        }
+        names.extend_from_slice(b"e.");
+        let e = err(&names);
+        assert!(e.contains("repeats values by reference more than"), "{e}");
+        // An array of 2^62 images: its byte count overflows.
+        let array = Value::Tuple(vec![
+            Value::I64(1),
+            Value::Tuple(vec![Value::I64(1 << 62), Value::I64(3072)]),
+            Value::None,
+            Value::Bool(false),
+            Value::Bytes(vec![0; 3072]),
+        ]);
+        let e = format!("{:#}", super::images(&array, "f.pkl").unwrap_err());
+        assert!(
+            e.contains("holds 3072 bytes for shape (4611686018427387904, 3072)"),
+            "{e}"
+        );
         // The meta file where a batch is expected.
         let meta = err(&python2_meta(&crate::cifar::CIFAR10_CLASSES));
         assert!(
