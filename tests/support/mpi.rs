@@ -79,7 +79,7 @@ pub fn max_difference(a: &Path, b: &Path) -> (f32, String) {
     worst
 }
 
-/// `metrics.csv`'s rows: epoch, train loss and accuracy, test loss and accuracy, lr.
+/// `metrics.csv`'s rows: epoch, train loss and accuracy, test loss, accuracy and top-5, lr.
 pub fn metrics(dir: &Path) -> Vec<Vec<f64>> {
     let text = std::fs::read_to_string(dir.join("metrics.csv")).expect("metrics.csv");
     let mut lines = text.lines();

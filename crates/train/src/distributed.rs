@@ -70,7 +70,9 @@ pub struct DistributedArgs {
     pub drop_last: bool,
     /// Seconds a rank waits in one collective (an all-reduce, a broadcast) for the other ranks
     /// before it ends the whole job, as PyTorch's process-group timeout does: for a rank that
-    /// stopped or hangs (one that fails ends the job at once) [default: 1800]
+    /// stopped or hangs (one that fails ends the job at once). The wait includes rank 0's own
+    /// work between collectives (saving checkpoints and pictures): keep it well above that
+    /// [default: 1800]
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub collective_timeout: Option<u64>,
 }
