@@ -30,6 +30,10 @@ impl std::fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
+/// Bytes of files other than images that [`read_archive_keeping`] keeps, in all (CIFAR-10's
+/// seven files hold 180 MB).
+pub(crate) const MAX_KEPT: u64 = 1 << 30;
+
 /// Size of a tar block; the end-of-archive marker is two zero blocks.
 const BLOCK: usize = 512;
 
@@ -53,7 +57,8 @@ pub fn read_archive(path: &Path) -> Result<Vec<ArchiveEntry>> {
 }
 
 /// [`read_archive`], keeping also the bytes of the files for which `keep(name)` gives the
-/// most bytes such a file may hold and what it is (for the error when a member holds more).
+/// most bytes such a file may hold and what it is (for the error when a member holds more); at
+/// most [`MAX_KEPT`] bytes of such files in all.
 pub(crate) fn read_archive_keeping(
     path: &Path,
     keep: &dyn Fn(&str) -> Option<(u64, &'static str)>,
@@ -88,6 +93,7 @@ fn read_tar(
     // The members in archive order: files and folders, and links (name, target as an archive
     // path; hard or symbolic), applied in that order once all is read.
     let mut items: Vec<Item> = Vec::new();
+    let mut kept = 0u64;
     for entry in archive.entries()? {
         let mut entry = entry?;
         let kind = entry.header().entry_type();
@@ -133,6 +139,16 @@ fn read_tar(
                     entry.size()
                 ))
             );
+            if !crate::listing::is_image(&name) {
+                kept = kept.saturating_add(entry.size());
+                ensure!(
+                    kept <= MAX_KEPT,
+                    Refused(format!(
+                        "member {name}: the files to read besides images hold more than \
+                         {MAX_KEPT} bytes in all (copies of the same files in several folders?)"
+                    ))
+                );
+            }
         }
         if kind.is_file() && limit.is_none() {
             // Not needed: read past, unkept.

@@ -322,9 +322,9 @@ pub(crate) fn cifar10_path(path: &Path) -> Result<Split> {
 }
 
 /// CIFAR-10's test split alone from a local `path`: the test batch that [`cifar10`] would read
-/// (`test_batch.bin`, or the Python version's `test_batch`, in `path` or the version's official
-/// folder), also when training batches are missing, or an ImageFolder's `test/` (or `val/`) once its `train/` is gone; any other
-/// layout is read whole and its test half kept.
+/// (`test_batch.bin`, or the Python version's `test_batch`, in `path` or the version's
+/// official folder), also when training batches are missing, or an ImageFolder's `test/` (or
+/// `val/`) once its `train/` is gone; any other layout is read whole and its test half kept.
 pub(crate) fn cifar10_test_path(path: &Path) -> Result<Arc<dyn Dataset>> {
     ensure_exists(path)?;
     if path.is_dir() {
@@ -379,7 +379,7 @@ pub fn is_cifar10(path: &Path) -> bool {
     cifar.sort();
     BINARY.any_batch(path)
         || PYTHON.any_batch(path)
-        || !matches!(cifar_archive_in(path), Ok(None))
+        || !cifar_archives(path).is_empty()
         || folders(&path.join("train")) == cifar
         || folders(path) == cifar
 }
@@ -474,16 +474,8 @@ fn parse_batch(bytes: &[u8], name: &str, classes: Vec<String>) -> Result<InMemor
 /// `dir` cannot be listed; it holds several other such archives (which one is meant is not
 /// guessed).
 fn cifar_archive_in(dir: &Path) -> Result<Option<PathBuf>> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot list {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && is_archive(p)
-                && p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().to_lowercase().contains("cifar"))
-        })
-        .collect();
+    std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    let mut found = cifar_archives(dir);
     let official = ["cifar-10-binary.tar.gz", "cifar-10-python.tar.gz"];
     let rank = |p: &PathBuf| {
         let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
@@ -502,6 +494,21 @@ fn cifar_archive_in(dir: &Path) -> Result<Option<PathBuf>> {
         );
     }
     Ok(found.into_iter().next())
+}
+
+/// The `*cifar*` archives in `dir` (none when it cannot be listed).
+fn cifar_archives(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && is_archive(p)
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().to_lowercase().contains("cifar"))
+        })
+        .collect()
 }
 
 fn from_archive(path: &Path) -> Result<Split> {
@@ -691,7 +698,7 @@ mod tests {
         )?;
         let err = format!("{:#}", cifar10_path(&mixed).unwrap_err());
         assert!(
-            err.contains("several folders") || err.contains("no data_batch_2 beside"),
+            err.contains("has no data_batch_2 beside cifar-10-batches-py/test_batch"),
             "{err}"
         );
         // Other files are listed, not kept.

@@ -33,22 +33,30 @@ const IMAGE_BYTES: usize = 3 * 32 * 32;
 /// in about 31 MB): 100,000 images and their names. The file is refused before it is read.
 pub(crate) const MAX_BATCH_BYTES: u64 = 100_000 * (IMAGE_BYTES as u64 + 64);
 
-/// Decodes the pickle in `bytes`; `name` identifies the file in errors.
-fn unpickle(bytes: &[u8], name: &str) -> Result<Value> {
+/// Decodes the pickle in `bytes`, with the type codes of the NumPy dtypes it builds; `name`
+/// identifies the file in errors.
+fn unpickle(bytes: &[u8], name: &str) -> Result<(Value, Vec<String>)> {
     ensure!(
         matches!(bytes.first(), Some(0x80 | b'(' | b'}')),
         "{name}: not a pickle (CIFAR-10's Python version pickles each batch; this file starts \
          with {:02x?})",
         &bytes[..bytes.len().min(4)]
     );
-    check_shape(bytes, name)?;
+    let dtypes = check_shape(bytes, name)?;
     // `keep_restore_state`: an unresolved call (NumPy's `_frombuffer`, protocol 5) keeps its
     // arguments, where the array's bytes are; `_reconstruct` is followed by its state anyway.
     let options = DeOptions::new()
         .replace_unresolved_globals()
         .keep_restore_state();
-    serde_pickle::value_from_slice(bytes, options)
-        .map_err(|e| anyhow::anyhow!("{name}: not a readable pickle ({e})"))
+    let value = serde_pickle::value_from_slice(bytes, options).map_err(|e| match bytes[0] {
+        0x80 => anyhow::anyhow!("{name}: not a readable pickle ({e})"),
+        _ => anyhow::anyhow!(
+            "{name}: not a readable pickle ({e}); it is of protocol 0 or 1, whose escaped text \
+             strings are not all read here: pickle it again with protocol 2 or higher, as the \
+             official files are (pickle.dump(batch, f, protocol=2))"
+        ),
+    })?;
+    Ok((value, dtypes))
 }
 
 /// Nesting beyond which a pickle is no CIFAR-10 batch (the official ones nest 4 deep).
@@ -56,6 +64,8 @@ const MAX_DEPTH: u64 = 32;
 /// Values beyond which a pickle is no CIFAR-10 batch (the official ones hold about 20,000: a
 /// label and a file name an image).
 const MAX_VALUES: u64 = 1_000_000;
+/// Opcodes beyond which a pickle is no CIFAR-10 batch (the official ones have about 30,000).
+const MAX_OPS: usize = 4_000_000;
 /// Bytes beyond which a scalar repeated by reference is no part of a CIFAR-10 batch (they
 /// repeat short names only).
 const MAX_REPEATED: u64 = 64;
@@ -69,22 +79,32 @@ const MAX_CONTAINERS: usize = 10_000;
 /// would exhaust the decoder is refused before it is decoded: nesting deeper than [`MAX_DEPTH`]
 /// (the decoder recurses), or more than [`MAX_VALUES`] values once repeated references are
 /// expanded (a few hundred bytes of back-references can stand for billions of values).
-fn check_shape(bytes: &[u8], name: &str) -> Result<()> {
+/// Gives the type codes of the NumPy dtypes the pickle builds (`numpy.dtype("u1", ...)`), which
+/// the decoder drops.
+fn check_shape(bytes: &[u8], name: &str) -> Result<Vec<String>> {
     /// A stack or memo entry: a scalar (its size in bytes), a scalar fetched from the memo
-    /// (which the decoder copies), or a container (an index into `nodes`).
-    #[derive(Clone, Copy)]
+    /// (which the decoder copies), a short text (an index into `words`; fetched from the memo
+    /// or not), `numpy.dtype`, or a container (an index into `nodes`).
+    #[derive(Clone, Copy, PartialEq)]
     enum Item {
         Leaf(u64),
         Copy(u64),
+        Word(usize, bool),
+        Dtype,
         Node(usize),
     }
+    let mut words: Vec<Vec<u8>> = Vec::new();
+    let mut memoized: std::collections::HashSet<usize> = std::collections::HashSet::new();
+    let mut ops = 0usize;
+    let mut dtypes: Vec<String> = Vec::new();
     // Bytes of scalars the decoder copies from the memo, in all.
     let mut copied = 0u64;
-    /// A container: how many scalars it holds directly, and which containers.
+    /// A container: how many scalars it holds directly, which containers, and its first item.
     #[derive(Default)]
     struct Node {
         leaves: u64,
         children: Vec<usize>,
+        first: Option<Item>,
     }
     let mut nodes: Vec<Node> = Vec::new();
     let mut stack: Vec<Item> = Vec::new();
@@ -124,14 +144,22 @@ fn check_shape(bytes: &[u8], name: &str) -> Result<()> {
     // Adds `items` to container `node`.
     let add = |nodes: &mut Vec<Node>, node: usize, items: &[Item]| {
         for item in items {
+            nodes[node].first.get_or_insert(*item);
             match *item {
-                Item::Leaf(_) | Item::Copy(_) => nodes[node].leaves += 1,
                 Item::Node(child) => nodes[node].children.push(child),
+                _ => nodes[node].leaves += 1,
             }
         }
     };
     let top = loop {
         let at = pos;
+        // Every opcode makes at most one value: their number bounds the decoder's values.
+        ops += 1;
+        ensure!(
+            ops <= MAX_OPS,
+            "{name}: the pickle has more than {MAX_OPS} opcodes; a CIFAR-10 batch has about \
+             three an image"
+        );
         let op = take(&mut pos, 1)?[0];
         let underflow = || unreadable("stack underflow", at);
         let floor = marks.last().copied().unwrap_or(0);
@@ -150,7 +178,10 @@ fn check_shape(bytes: &[u8], name: &str) -> Result<()> {
             Ok(Item::Node(nodes.len() - 1))
         };
         match op {
-            b'.' => break stack.pop().ok_or_else(underflow)?,
+            b'.' => {
+                ensure!(marks.is_empty(), unreadable("a mark left open", at));
+                break stack.pop().ok_or_else(underflow)?;
+            }
             0x80 => drop(take(&mut pos, 1)?),
             0x95 => drop(take(&mut pos, 8)?),
             // Scalars with fixed-size arguments.
@@ -173,27 +204,53 @@ fn check_shape(bytes: &[u8], name: &str) -> Result<()> {
                     _ => 8,
                 };
                 let n = usize::try_from(uint(take(&mut pos, width)?)).unwrap_or(usize::MAX);
-                take(&mut pos, n)?;
-                stack.push(Item::Leaf(n as u64))
+                let text = take(&mut pos, n)?;
+                if n <= 16 && matches!(op, b'U' | b'C' | 0x8c | b'T' | b'B' | b'X') {
+                    words.push(text.to_vec());
+                    stack.push(Item::Word(words.len() - 1, false))
+                } else {
+                    stack.push(Item::Leaf(n as u64))
+                }
             }
             // Scalars with text arguments (protocol 0), and globals.
             b'I' | b'L' | b'F' | b'S' | b'V' | b'c' => {
-                let mut n = line(&mut pos)?.len();
+                let first = line(&mut pos)?;
+                let mut n = first.len();
+                let mut dtype = false;
                 if op == b'c' {
-                    n += line(&mut pos)?.len();
+                    let second = line(&mut pos)?;
+                    n += second.len();
+                    dtype = first.starts_with(b"numpy") && second == b"dtype";
                 }
-                stack.push(Item::Leaf(n as u64))
+                stack.push(if dtype {
+                    Item::Dtype
+                } else {
+                    Item::Leaf(n as u64)
+                })
             }
             0x93 => {
-                pop(&mut stack, 2)?;
-                stack.push(Item::Leaf(0))
+                let dtype = match pop(&mut stack, 2)?[..] {
+                    [Item::Word(module, _), Item::Word(global, _)] => {
+                        words[module].starts_with(b"numpy") && words[global] == b"dtype"
+                    }
+                    _ => false,
+                };
+                stack.push(if dtype { Item::Dtype } else { Item::Leaf(0) })
             }
             // Containers.
             b']' | b'}' | b')' | 0x8f => {
                 let node = new_node(&mut nodes, &[])?;
                 stack.push(node)
             }
-            b'(' => marks.push(stack.len()),
+            b'(' => {
+                // Each open mark costs the decoder a stack of its own.
+                ensure!(
+                    marks.len() < MAX_DEPTH as usize,
+                    "{name}: the pickle opens more than {MAX_DEPTH} marks at once (at offset \
+                     {at}); a CIFAR-10 batch opens 2"
+                );
+                marks.push(stack.len())
+            }
             b't' | b'l' | b'd' | 0x91 | b'e' | b'u' | 0x90 | b'1' => {
                 marks.pop().ok_or_else(underflow)?;
                 let items = stack.split_off(floor.min(stack.len()));
@@ -225,6 +282,11 @@ fn check_shape(bytes: &[u8], name: &str) -> Result<()> {
             // Calls: the decoder keeps at most their arguments, and an object its state.
             b'R' | 0x81 | 0x92 => {
                 let items = pop(&mut stack, if op == 0x92 { 3 } else { 2 })?;
+                if let [Item::Dtype, Item::Node(args)] = items[..] {
+                    if let Some(Item::Word(code, _)) = nodes[args].first {
+                        dtypes.push(String::from_utf8_lossy(&words[code]).into_owned());
+                    }
+                }
                 let node = new_node(&mut nodes, &items[1..])?;
                 stack.push(node)
             }
@@ -240,11 +302,25 @@ fn check_shape(bytes: &[u8], name: &str) -> Result<()> {
                     b'r' => uint(take(&mut pos, 4)?),
                     _ => memo.len() as u64,
                 };
-                let top = *stack.last().ok_or_else(underflow)?;
-                if let Item::Copy(n) = top {
-                    copied += n;
-                }
-                memo.insert(key, top);
+                // The decoder leaves a reference in the stored value's place and copies the
+                // value when a reference is stored again, which Python's pickler never does.
+                let top = stack.last_mut().ok_or_else(underflow)?;
+                let again = match *top {
+                    Item::Copy(_) | Item::Word(_, true) => true,
+                    Item::Node(node) => !memoized.insert(node),
+                    _ => false,
+                };
+                ensure!(
+                    !again,
+                    "{name}: the pickle stores a value in its memo twice (at offset {at}), which \
+                     Python's pickler never does"
+                );
+                memo.insert(key, *top);
+                *top = match *top {
+                    Item::Leaf(n) => Item::Copy(n),
+                    Item::Word(w, _) => Item::Word(w, true),
+                    other => other,
+                };
             }
             b'g' | b'h' | b'j' => {
                 let key = match op {
@@ -258,8 +334,10 @@ fn check_shape(bytes: &[u8], name: &str) -> Result<()> {
                 // Python's pickler refers back to objects it has written; a CIFAR-10 batch
                 // repeats only short names (a NumPy global, an encoding), never a list, a dict,
                 // an array's bytes. The decoder copies each repeat: more is refused.
-                let n = match *item {
-                    Item::Leaf(n) | Item::Copy(n) if n <= MAX_REPEATED => n,
+                let (n, fetched) = match *item {
+                    Item::Leaf(n) | Item::Copy(n) if n <= MAX_REPEATED => (n, Item::Copy(n)),
+                    Item::Word(w, _) => (words[w].len() as u64, Item::Word(w, true)),
+                    Item::Dtype => (0, Item::Dtype),
                     _ => bail!(
                         "{name}: the pickle repeats a container or a long value by reference (at \
                          offset {at}); a CIFAR-10 batch repeats only short names"
@@ -271,7 +349,7 @@ fn check_shape(bytes: &[u8], name: &str) -> Result<()> {
                     "{name}: the pickle repeats values by reference more than a CIFAR-10 batch \
                      does ({MAX_COPIED} bytes in all, at offset {at})"
                 );
-                stack.push(Item::Copy(n))
+                stack.push(fetched)
             }
             other => bail!(
                 "{name}: not a readable pickle (opcode {other:#04x} at offset {at} is not one a \
@@ -280,7 +358,7 @@ fn check_shape(bytes: &[u8], name: &str) -> Result<()> {
         }
     };
     let Item::Node(root) = top else {
-        return Ok(());
+        return Ok(dtypes);
     };
     // Each container's expanded size and depth, children first, without recursion.
     const UNSEEN: u64 = u64::MAX;
@@ -323,7 +401,7 @@ fn check_shape(bytes: &[u8], name: &str) -> Result<()> {
              are counted; a CIFAR-10 batch holds about two an image"
         );
     }
-    Ok(())
+    Ok(dtypes)
 }
 
 /// The value under `key` in a pickled dict, whichever way the key was pickled (Python 2's
@@ -353,15 +431,15 @@ fn keys(dict: &Value) -> String {
 }
 
 /// A pickled dict (the top of every file of the Python version).
-fn top_dict(bytes: &[u8], name: &str, wanted: &str) -> Result<Value> {
-    let value = unpickle(bytes, name)?;
+fn top_dict(bytes: &[u8], name: &str, wanted: &str) -> Result<(Value, Vec<String>)> {
+    let (value, dtypes) = unpickle(bytes, name)?;
     ensure!(
         matches!(value, Value::Dict(_)),
         "{name}: the pickle holds no dict but {}; CIFAR-10's Python version pickles a dict with \
          {wanted}",
         kind(&value)
     );
-    Ok(value)
+    Ok((value, dtypes))
 }
 
 /// A short description of a pickled value's type, for errors.
@@ -464,7 +542,15 @@ fn images(data: &Value, name: &str) -> Result<(usize, Vec<u8>)> {
 /// The bytes are not a pickle, hold no dict with `data` (a `(N, 3072)` uint8 array) and
 /// `labels` (`N` ints below the class count), or are CIFAR-100's (`fine_labels`).
 pub(crate) fn parse_batch(bytes: &[u8], name: &str, classes: Vec<String>) -> Result<InMemory> {
-    let dict = top_dict(bytes, name, "`data` and `labels`")?;
+    let (dict, dtypes) = top_dict(bytes, name, "`data` and `labels`")?;
+    // The decoder keeps an array's bytes and shape, not its type: a batch's one array is
+    // `data`, of uint8 (`u1`; `|u1` in older NumPy).
+    if let Some(other) = dtypes.iter().find(|d| !matches!(d.as_str(), "u1" | "|u1")) {
+        bail!(
+            "{name}: holds a NumPy array of dtype {other:?}; CIFAR-10's Python version holds \
+             `data` as uint8 (\"u1\") and `labels` as a list of ints"
+        );
+    }
     if field(&dict, "fine_labels").is_some() {
         bail!(
             "{name}: a CIFAR-100 batch (it has `fine_labels`); this reads CIFAR-10's Python \
@@ -516,7 +602,7 @@ pub(crate) fn parse_batch(bytes: &[u8], name: &str, classes: Vec<String>) -> Res
 /// # Errors
 /// Not a pickle, no `label_names` list of ten distinct names.
 pub(crate) fn parse_meta(bytes: &[u8], name: &str) -> Result<Vec<String>> {
-    let dict = top_dict(bytes, name, "`label_names`")?;
+    let (dict, _) = top_dict(bytes, name, "`label_names`")?;
     let Some(Value::List(list)) = field(&dict, "label_names") else {
         bail!(
             "{name}: no list `label_names` in the pickled dict (its keys: {}); CIFAR-10's \
@@ -544,7 +630,7 @@ pub(crate) mod tests {
     /// A batch pickled as the official files are (Python 2's cPickle, protocol 2, NumPy's
     /// `_reconstruct` and `str` data); `fortran` stores the array column-major.
     pub(crate) fn python2_batch(images: &[u8], labels: &[u8], fortran: bool) -> Vec<u8> {
-        let n = labels.len();
+        let n = images.len() / IMAGE_BYTES;
         let mut p = vec![0x80, 2, b'}', b'(']; // PROTO 2, EMPTY_DICT, MARK
         let short = |p: &mut Vec<u8>, s: &[u8]| {
             p.push(b'U');
@@ -724,13 +810,45 @@ pub(crate) mod tests {
             cut.contains("f.pkl") && cut.contains("not a readable pickle"),
             "{cut}"
         );
+        // Another dtype than uint8 (the same bytes as int8, or as float32 in protocol 5).
+        let retype = |mut bytes: Vec<u8>, from: &[u8], to: &[u8]| {
+            let at = bytes
+                .windows(from.len())
+                .position(|w| w == from)
+                .expect("dtype");
+            bytes[at..at + to.len()].copy_from_slice(to);
+            bytes
+        };
+        let int8 = retype(good.clone(), b"U\x02u1", b"U\x02i1");
+        let e = err(&int8);
+        assert!(e.contains("a NumPy array of dtype \"i1\""), "{e}");
+        let float = retype(
+            protocol5_batch(&images, &labels),
+            b"\x8c\x02u1",
+            b"\x8c\x02f4",
+        );
+        let e = err(&float);
+        assert!(e.contains("a NumPy array of dtype \"f4\""), "{e}");
         // A label out of range.
         let bad = python2_batch(&images, &[1, 10], false);
         assert!(err(&bad).contains("label 1 is 10"), "{}", err(&bad));
         // Fewer labels than images.
         let short = python2_batch(&images, &[1], false);
         let e = err(&short);
-        assert!(e.contains("1 labels for") || e.contains("shape"), "{e}");
+        assert!(e.contains("1 labels for 2 images"), "{e}");
+        // A value stored in the memo twice (the decoder copies it each time), or marks left
+        // open (each costs the decoder a stack).
+        let mut twice = vec![0x80, 2, b'B'];
+        twice.extend_from_slice(&1000u32.to_le_bytes());
+        twice.extend_from_slice(&[1; 1000]);
+        twice.extend_from_slice(&[b'q', 0, b'q', 1, b'.']);
+        let e = err(&twice);
+        assert!(e.contains("stores a value in its memo twice"), "{e}");
+        let marks = [&[0x80, 2, b'N'][..], &[b'('; 40], b"."].concat();
+        let e = err(&marks);
+        assert!(e.contains("opens more than 32 marks"), "{e}");
+        let e = err(&[0x80, 2, b'N', b'(', b'.']);
+        assert!(e.contains("a mark left open"), "{e}");
         // Not a dict at all: a pickled list.
         let list = err(&[0x80, 2, b']', b'.']);
         assert!(list.contains("no dict but a list"), "{list}");
