@@ -615,6 +615,19 @@ mod tests {
         Ok(())
     }
 
+    /// Writes a `.tar.gz` at `archive` holding each folder `from` as `at`.
+    fn pack(archive: &Path, members: &[(&str, &Path)]) -> Result<PathBuf> {
+        let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+            std::fs::File::create(archive)?,
+            flate2::Compression::fast(),
+        ));
+        for (at, from) in members {
+            tar.append_dir_all(at, from)?;
+        }
+        tar.into_inner()?.finish()?;
+        Ok(archive.to_path_buf())
+    }
+
     fn same(a: &dyn Dataset, b: &dyn Dataset) -> Result<()> {
         assert_eq!(a.len(), b.len());
         assert_eq!(a.classes(), b.classes());
@@ -632,13 +645,10 @@ mod tests {
         write_both(&bin, &root.join(py::DIR), 4, &[])?;
         let binary = cifar10_path(&bin)?;
         // torchvision's root, its cifar-10-batches-py/, and cifar-10-python.tar.gz.
-        let archive = dir.path().join("cifar-10-python.tar.gz");
-        let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
-            std::fs::File::create(&archive)?,
-            flate2::Compression::fast(),
-        ));
-        tar.append_dir_all(py::DIR, root.join(py::DIR))?;
-        tar.into_inner()?.finish()?;
+        let archive = pack(
+            &dir.path().join("cifar-10-python.tar.gz"),
+            &[(py::DIR, &root.join(py::DIR))],
+        )?;
         for path in [root.clone(), root.join(py::DIR), archive.clone()] {
             let python = cifar10_path(&path)?;
             assert_eq!(python.train.len(), 20);
@@ -665,18 +675,7 @@ mod tests {
         );
         write_both(&bin, &good, 2, &[])?;
         write_both(&dir.path().join("bin2"), &other, 3, &[])?;
-        let pack = |name: &str, members: &[(&str, &Path)]| -> Result<PathBuf> {
-            let archive = dir.path().join(name);
-            let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
-                std::fs::File::create(&archive)?,
-                flate2::Compression::fast(),
-            ));
-            for (at, from) in members {
-                tar.append_dir_all(at, from)?;
-            }
-            tar.into_inner()?.finish()?;
-            Ok(archive)
-        };
+        let pack = |name: &str, members: &[(&str, &Path)]| pack(&dir.path().join(name), members);
         let both = pack(
             "both.tar.gz",
             &[("copy/cifar-10-batches-py", &other), (py::DIR, &good)],

@@ -627,16 +627,18 @@ pub(crate) fn parse_meta(bytes: &[u8], name: &str) -> Result<Vec<String>> {
 pub(crate) mod tests {
     use super::*;
 
+    /// Appends a Python 2 `str` shorter than 256 bytes (SHORT_BINSTRING).
+    fn short(p: &mut Vec<u8>, s: &[u8]) {
+        p.push(b'U');
+        p.push(s.len() as u8);
+        p.extend_from_slice(s);
+    }
+
     /// A batch pickled as the official files are (Python 2's cPickle, protocol 2, NumPy's
     /// `_reconstruct` and `str` data); `fortran` stores the array column-major.
     pub(crate) fn python2_batch(images: &[u8], labels: &[u8], fortran: bool) -> Vec<u8> {
         let n = images.len() / IMAGE_BYTES;
         let mut p = vec![0x80, 2, b'}', b'(']; // PROTO 2, EMPTY_DICT, MARK
-        let short = |p: &mut Vec<u8>, s: &[u8]| {
-            p.push(b'U');
-            p.push(s.len() as u8);
-            p.extend_from_slice(s);
-        };
         let int = |p: &mut Vec<u8>, v: i32| {
             p.push(b'J');
             p.extend_from_slice(&v.to_le_bytes());
@@ -685,11 +687,6 @@ pub(crate) mod tests {
     /// `batches.meta` as the official file pickles it.
     pub(crate) fn python2_meta(names: &[&str]) -> Vec<u8> {
         let mut p = vec![0x80, 2, b'}', b'('];
-        let short = |p: &mut Vec<u8>, s: &[u8]| {
-            p.push(b'U');
-            p.push(s.len() as u8);
-            p.extend_from_slice(s);
-        };
         short(&mut p, b"num_cases_per_batch");
         p.extend_from_slice(&[b'M', 0x10, 0x27]);
         short(&mut p, b"label_names");
