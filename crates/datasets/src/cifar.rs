@@ -161,22 +161,16 @@ impl Version {
     /// Both splits from an archive's `entries` holding this version's test batch (`None` when
     /// it holds none); `path` is the archive, for errors.
     fn split_of_archive(&self, path: &Path, entries: &[ArchiveEntry]) -> Option<Result<Split>> {
-        let split = |name: &str| -> (String, String) {
-            match name.rsplit_once('/') {
-                Some((folder, file)) => (folder.to_string(), file.to_string()),
-                None => (String::new(), name.to_string()),
-            }
-        };
         let tests: Vec<&ArchiveEntry> = entries
             .iter()
-            .filter(|e| !e.is_dir && split(&e.name).1 == self.test)
+            .filter(|e| !e.is_dir && folder_and_file(&e.name).1 == self.test)
             .collect();
         // The batches are read from the test batch's folder, as torchvision reads them from
         // one folder: the official one when several folders hold a test batch.
         let test = match tests[..] {
             [] => return None,
             [one] => one,
-            ref many => match many.iter().find(|e| split(&e.name).0 == self.dir) {
+            ref many => match many.iter().find(|e| folder_and_file(&e.name).0 == self.dir) {
                 Some(official) => official,
                 None => {
                     let names: Vec<&str> = many.iter().map(|e| e.name.as_str()).collect();
@@ -192,11 +186,11 @@ impl Version {
                 }
             },
         };
-        let folder = split(&test.name).0;
+        let folder = folder_and_file(&test.name).0;
         let batch = |file: &str| -> Option<&ArchiveEntry> {
             entries
                 .iter()
-                .find(|e| !e.is_dir && split(&e.name) == (folder.clone(), file.to_string()))
+                .find(|e| !e.is_dir && folder_and_file(&e.name) == (folder, file))
         };
         let name = |e: &ArchiveEntry| format!("{}:{}", path.display(), e.name);
         let read = || -> Result<Split> {
@@ -496,6 +490,11 @@ fn cifar_archive_in(dir: &Path) -> Result<Option<PathBuf>> {
     Ok(found.into_iter().next())
 }
 
+/// An archive member's folder (empty at the top) and file name.
+fn folder_and_file(name: &str) -> (&str, &str) {
+    name.rsplit_once('/').unwrap_or(("", name))
+}
+
 /// The `*cifar*` archives in `dir` (none when it cannot be listed).
 fn cifar_archives(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
@@ -513,7 +512,7 @@ fn cifar_archives(dir: &Path) -> Vec<PathBuf> {
 
 fn from_archive(path: &Path) -> Result<Split> {
     let entries = read_archive_keeping(path, &|name| {
-        let file = name.rsplit('/').next().unwrap_or(name);
+        let file = folder_and_file(name).1;
         [&BINARY, &PYTHON].into_iter().find_map(|v| {
             if v.files().any(|b| b == file) {
                 Some((v.max_batch, "a CIFAR-10 batch"))
@@ -527,17 +526,9 @@ fn from_archive(path: &Path) -> Result<Split> {
             return split;
         }
     }
-    let batch = |file: &str| {
-        entries
-            .iter()
-            .any(|e| e.name.rsplit('/').next() == Some(file))
-    };
-    // Binary batches without their test batch: not an image tree to look for images in.
-    if TRAIN_BATCHES
-        .iter()
-        .chain(&py::TRAIN_BATCHES)
-        .any(|file| batch(file))
-    {
+    // Batches without their test batch: not an image tree to look for images in.
+    let batch = |file: &str| entries.iter().any(|e| folder_and_file(&e.name).1 == file);
+    if [&BINARY, &PYTHON].iter().flat_map(|v| v.train).any(batch) {
         bail!(
             "{}: the archive holds CIFAR-10 batches but no {TEST_BATCH} (binary version) or \
              {} (Python version): the test split needs it beside the training batches",

@@ -360,7 +360,9 @@ fn check_shape(bytes: &[u8], name: &str) -> Result<Vec<String>> {
     let Item::Node(root) = top else {
         return Ok(dtypes);
     };
-    // Each container's expanded size and depth, children first, without recursion.
+    // Each container's expanded size and depth, children first, without recursion. The
+    // containers form a tree: each is added to one parent at most (a repeat by reference or
+    // DUP is refused above).
     const UNSEEN: u64 = u64::MAX;
     const OPEN: u64 = u64::MAX - 1;
     let mut size = vec![UNSEEN; nodes.len()];
@@ -369,16 +371,7 @@ fn check_shape(bytes: &[u8], name: &str) -> Result<Vec<String>> {
     while let Some(&node) = todo.last() {
         if size[node] == UNSEEN {
             size[node] = OPEN;
-            for &child in &nodes[node].children {
-                match size[child] {
-                    UNSEEN => todo.push(child),
-                    OPEN => bail!(
-                        "{name}: the pickle holds a container that contains itself; a CIFAR-10 \
-                         batch holds none"
-                    ),
-                    _ => {}
-                }
-            }
+            todo.extend(nodes[node].children.iter().filter(|&&c| size[c] == UNSEEN));
             continue;
         }
         todo.pop();
