@@ -309,6 +309,12 @@ fn run(args: FineTuneArgs) -> Result<()> {
     if args.folder && args.train.data_dir.is_none() {
         bail!("--folder needs --data-dir ROOT with one subfolder per class");
     }
+    if let (true, Some(given)) = (args.augment, &args.train.train_transform) {
+        bail!(
+            "--augment and --train-transform {given} both set the training transform (--augment \
+             is imagenet-train:SIZE, RandomResizedCrop and a horizontal flip); give one of them"
+        );
+    }
     let ft = args.fresh();
     let (train_t, test_t) = ft.transforms();
     let mut train_args = args.train.clone();

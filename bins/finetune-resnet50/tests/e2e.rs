@@ -756,6 +756,12 @@ fn help_shows_the_recipe_and_negative_values_are_checked() {
     }
     let err = fails(&["--lr", "-1"], &[]);
     assert!(err.contains("--lr must be"), "{err}");
+    // Two flags for the training transform: refused, not one silently taken.
+    let err = fails(&["--augment", "--train-transform", "flip"], &[]);
+    assert!(
+        err.contains("--augment and --train-transform flip both set the training transform"),
+        "{err}"
+    );
 }
 
 #[test]

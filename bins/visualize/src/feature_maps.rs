@@ -134,12 +134,11 @@ pub fn run(args: &FeatureMapsArgs, out: &Path) -> Result<()> {
         None => {
             let (_, data) = eval_transform(&model.spec)?;
             let (seen, batch) = prepare(&args.image, &model.spec)?;
-            let classes = data.classes.iter().map(|c| c.to_string()).collect();
             (
                 seen,
                 batch,
                 format!("{} normalisation", data.title),
-                classes,
+                model.classes.clone(),
             )
         }
     };

@@ -173,26 +173,10 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
                 let (net, _, count) =
                     zoo::load_counting_classes(name, None, weights.as_deref(), &device, 0)?;
                 let data = datasets::catalog::spec(spec.data)?;
-                // A run's checkpoint: the names saved beside it; else the data set's, where the
-                // count is theirs.
-                let beside = weights
-                    .as_deref()
-                    .and_then(|w| train::inference::classes_beside(w, count));
-                let classes: Vec<String> = match beside {
-                    Some(classes) => classes,
-                    None if data.classes.len() == count => {
-                        data.classes.iter().map(|c| c.to_string()).collect()
-                    }
-                    // An ImageNet head (ResNet-50's pretrained weights, say): ImageNet's names
-                    // (not for the random initial weights).
-                    None if weights.is_some()
-                        && data.name == datasets::catalog::IMAGENET.name
-                        && count == 1000 =>
-                    {
-                        datasets::catalog::imagenet_classes()
-                    }
-                    None => (0..count).map(|k| format!("class {k}")).collect(),
-                };
+                let classes = crate::model::class_names(&spec, weights.as_deref(), count);
+                if weights.is_none() {
+                    train::say!("{name}: initial weights (seed 0), no --weights given");
+                }
                 let input = train::inference::RunInput {
                     channels: spec.input.0,
                     side: spec.input.1,

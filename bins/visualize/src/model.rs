@@ -46,6 +46,36 @@ pub struct Loaded {
     pub origin: String,
     /// With `--run`: the run's configuration (its test transform) and class names.
     pub run: Option<(train::config::RunConfig, Vec<String>)>,
+    /// The class names of the outputs (see [`class_names`]).
+    pub classes: Vec<String>,
+}
+
+/// The names of a zoo network's `count` outputs under `weights`: those of the run the
+/// checkpoint comes from (its `classes.json` beside it), else its data set's where the count is
+/// theirs, else ImageNet's for an ImageNet model's 1000-class head of loaded weights (a
+/// pretrained ResNet-50; not the random initial ones), else `class K`.
+pub fn class_names(
+    spec: &ModelSpec,
+    weights: Option<&std::path::Path>,
+    count: usize,
+) -> Vec<String> {
+    let data = datasets::catalog::spec(spec.data).ok();
+    if let Some(classes) = weights.and_then(|w| train::inference::classes_beside(w, count)) {
+        return classes;
+    }
+    match data {
+        Some(data) if data.classes.len() == count => {
+            data.classes.iter().map(|c| c.to_string()).collect()
+        }
+        Some(data)
+            if weights.is_some()
+                && data.name == datasets::catalog::IMAGENET.name
+                && count == 1000 =>
+        {
+            datasets::catalog::imagenet_classes()
+        }
+        _ => (0..count).map(|k| format!("class {k}")).collect(),
+    }
 }
 
 impl ModelArgs {
@@ -64,6 +94,7 @@ impl ModelArgs {
                     origin: format!("trained weights from {}", trained.weights.display()),
                     store: trained.store,
                     net: trained.model,
+                    classes: trained.classes.clone(),
                     run: Some((trained.config, trained.classes)),
                 });
             }
@@ -71,7 +102,7 @@ impl ModelArgs {
             (None, None) => anyhow::bail!("give --run DIR (a training run) or --model NAME"),
         };
         let spec = zoo::spec(model)?;
-        let (net, store, _) = zoo::load_counting_classes(
+        let (net, store, count) = zoo::load_counting_classes(
             spec.name,
             self.num_classes,
             self.weights.as_deref(),
@@ -86,6 +117,7 @@ impl ModelArgs {
             ),
         };
         Ok(Loaded {
+            classes: class_names(&spec, self.weights.as_deref(), count),
             spec,
             store,
             net,
@@ -113,6 +145,22 @@ impl Loaded {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outputs_are_named_as_the_weights_allow() -> Result<()> {
+        let resnet50 = zoo::spec("resnet50")?;
+        let file = std::path::Path::new("/nonexistent/resnet50.safetensors");
+        // Loaded ImageNet weights: ImageNet's names (as predict gives them).
+        assert_eq!(class_names(&resnet50, Some(file), 1000)[0], "tench");
+        // Random initial weights name no ImageNet class; other counts have no names.
+        assert_eq!(class_names(&resnet50, None, 1000)[0], "class 0");
+        assert_eq!(class_names(&resnet50, Some(file), 7)[6], "class 6");
+        assert_eq!(
+            class_names(&zoo::spec("resnet18-seed")?, None, 10)[0],
+            "airplane"
+        );
+        Ok(())
+    }
 
     fn args(model: &str) -> ModelArgs {
         ModelArgs {

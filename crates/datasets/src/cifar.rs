@@ -555,8 +555,10 @@ fn from_folder(listing: Listing, origin: &Path) -> Result<Split> {
 fn check_folder_part(part: &dyn Dataset, origin: &Path) -> Result<()> {
     ensure!(
         part.classes().len() == CIFAR10_CLASSES.len(),
-        "{}: CIFAR-10 needs 10 class folders, found {}: {:?}",
+        "{}: CIFAR-10 needs its 10 class folders ({}), found {}: {:?}; a folder of other \
+         classes is your own data set, which finetune-resnet50 --data-dir trains on",
         origin.display(),
+        CIFAR10_CLASSES.join(", "),
         part.classes().len(),
         part.classes()
     );

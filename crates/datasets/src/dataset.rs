@@ -23,6 +23,11 @@ pub trait Dataset: Send + Sync {
     fn fixed_shape(&self) -> Option<(usize, usize, usize)> {
         None
     }
+    /// Where sample `index` comes from, for messages: the file (or `archive:entry`) of
+    /// file-backed data; `None` when samples have no name of their own (decoded batches).
+    fn sample_name(&self, _index: usize) -> Option<String> {
+        None
+    }
 }
 
 /// Train and test halves.

@@ -129,4 +129,8 @@ impl Dataset for FileList {
             .with_context(|| format!("sample {index} is out of range for {} samples", self.len()))?
             .decode()
     }
+
+    fn sample_name(&self, index: usize) -> Option<String> {
+        self.samples.get(index).map(|s| s.name.clone())
+    }
 }

@@ -273,6 +273,14 @@ impl Job {
         })
     }
 
+    /// ` (its file)` for a sample that has a name, for messages.
+    fn named(&self, index: usize) -> String {
+        self.dataset
+            .sample_name(index)
+            .map(|name| format!(" ({name})"))
+            .unwrap_or_default()
+    }
+
     fn batch(&self, indices: &[usize]) -> Result<Batch> {
         let Some((&head, rest)) = indices.split_first() else {
             anyhow::bail!("empty batch");
@@ -293,9 +301,12 @@ impl Job {
                     let img = self.sample(index)?;
                     ensure!(
                         img.shape() == shape,
-                        "sample {index} is {:?} (CxHxW) after the transform but sample {head} is \
-                         {shape:?}; add a resize/crop so that every sample has one size",
-                        img.shape()
+                        "sample {index}{} is {:?} (CxHxW) after the transform but sample \
+                         {head}{} is {shape:?}; add a resize/crop so that every sample has one \
+                         size",
+                        self.named(index),
+                        img.shape(),
+                        self.named(head)
                     );
                     norm.write(&img, out)
                 })

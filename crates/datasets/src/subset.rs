@@ -58,6 +58,10 @@ impl Dataset for Subset {
     fn fixed_shape(&self) -> Option<(usize, usize, usize)> {
         self.inner.fixed_shape()
     }
+
+    fn sample_name(&self, index: usize) -> Option<String> {
+        self.inner.sample_name(*self.indices.get(index)?)
+    }
 }
 
 /// `n` sample indices of `data` (all when `n >= len`), drawn with `seed` so that each class
@@ -124,6 +128,20 @@ mod tests {
             classes,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn samples_keep_their_file_names() -> Result<()> {
+        let files = crate::FileList::from_paths(
+            vec!["a/0.png".into(), "b/1.png".into()],
+            vec![0, 1],
+            vec!["a".into(), "b".into()],
+        )?;
+        let subset = Subset::new(Arc::new(files), vec![1])?;
+        assert_eq!(subset.sample_name(0).as_deref(), Some("b/1.png"));
+        assert_eq!(subset.sample_name(1), None);
+        assert_eq!(sorted_by_class(&[1]).sample_name(0), None);
+        Ok(())
     }
 
     #[test]

@@ -130,6 +130,9 @@ fn mixed_sizes_error_and_bad_config() {
         fn image(&self, index: usize) -> anyhow::Result<datasets::U8Image> {
             Ok(datasets::U8Image::zeros(3, 4, 4 + index))
         }
+        fn sample_name(&self, index: usize) -> Option<String> {
+            Some(format!("photos/{index}.png"))
+        }
     }
     let loader = Loader::new(
         Arc::new(Mixed),
@@ -141,7 +144,9 @@ fn mixed_sizes_error_and_bad_config() {
     assert_eq!(results.len(), 1);
     let msg = format!("{:#}", results[0].as_ref().unwrap_err());
     assert!(
-        msg.contains("sample 1") && msg.contains("one size"),
+        msg.contains("sample 1 (photos/1.png) is (3, 4, 5)")
+            && msg.contains("sample 0 (photos/0.png) is (3, 4, 4)")
+            && msg.contains("one size"),
         "{msg}"
     );
     let fixed = Loader::new(

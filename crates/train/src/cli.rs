@@ -91,13 +91,15 @@ impl Recipe {
         // After the flags: their struct's doc comment would otherwise become the description.
         let mut cmd = self.with_defaults(Args::augment_args(Command::new(self.program)), &[]);
         cmd = cmd.about(self.about);
-        if !self.models.is_empty() {
-            let models = self.models.join("|");
-            cmd = cmd.mut_arg("model", |a| {
-                let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
-                a.help(format!("{help}: {models}"))
-            });
-        }
+        let models = if self.models.is_empty() {
+            self.zoo_models_for_the_data()
+        } else {
+            self.models.join("|")
+        };
+        cmd = cmd.mut_arg("model", |a| {
+            let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+            a.help(format!("{help}: {models}"))
+        });
         cmd.args_conflicts_with_subcommands(true)
             // The descriptions after the flags: their structs' doc comments would replace them.
             .subcommand(EvaluateArgs::augment_args(Command::new("evaluate")).about(
@@ -108,6 +110,26 @@ impl Recipe {
                 PredictArgs::augment_args(Command::new("predict"))
                     .about("Print the top-5 classes of images under a run's checkpoint"),
             )
+    }
+
+    /// For `--model`'s help when any zoo model is accepted: those made for this recipe's images,
+    /// then the others taking as many channels.
+    fn zoo_models_for_the_data(&self) -> String {
+        let Some(shape) = self.dataset.spec().shape else {
+            return zoo::names().join(", ");
+        };
+        let specs = zoo::specs();
+        let names = |keep: &dyn Fn(&zoo::ModelSpec) -> bool| {
+            let kept: Vec<&str> = specs.iter().filter(|s| keep(s)).map(|s| s.name).collect();
+            kept.join(", ")
+        };
+        let (c, h, w) = shape;
+        format!(
+            "{} (made for {c}x{h}x{w}); also the zoo's other {c}-channel models: {} (made for \
+             larger images; some need a resize step, which the error then gives)",
+            names(&|s| s.input == shape),
+            names(&|s| s.input != shape && s.input.0 == c)
+        )
     }
 
     /// Parses `argv` (program name first) into [`Args`].
@@ -1203,5 +1225,19 @@ mod tests {
         assert!(help.starts_with("test\n"), "{help}");
         assert!(help.contains("[default: 1000]"), "{help}");
         assert!(help.contains("lenet5|cnn-mnist"), "{help}");
+        // Any zoo model: those made for the data first, then the others of its channels.
+        let any = Recipe {
+            dataset: DatasetKind::Cifar10,
+            models: &[],
+            ..RECIPE
+        };
+        let help = any.command().render_help().to_string();
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            help.contains("resnet18-seed, resnet18-cifar (made for 3x32x32)"),
+            "{help}"
+        );
+        assert!(help.contains("other 3-channel models: alexnet,"), "{help}");
+        assert!(!help.contains("lenet5"), "{help}");
     }
 }

@@ -352,7 +352,7 @@ hyperparameters! {
     /// Output directory [default: runs/<program>-<timestamp>, -2, -3... after it if taken; with --resume, that directory]
     #[arg(long)]
     out: Option<PathBuf>;
-    /// Model name (see the zoo)
+    /// Model name
     #[arg(long)]
     model: Option<String> = value(|r| r.model.to_string());
     /// Epochs to train in total

@@ -220,6 +220,16 @@ mod tests {
     }
 
     #[test]
+    fn torchvision_spellings_are_answered_with_ours() {
+        for (given, ours) in [("vgg16_bn", "vgg16-bn"), ("ResNet50", "resnet50")] {
+            let err = spec(given).unwrap_err().to_string();
+            assert!(err.contains(&format!("(did you mean {ours:?}?)")), "{err}");
+        }
+        let err = spec("resnet19").unwrap_err().to_string();
+        assert!(!err.contains("did you mean"), "{err}");
+    }
+
+    #[test]
     fn native_inputs() -> Result<()> {
         assert_eq!(spec("cnn-mnist")?.input, (1, 28, 28));
         assert_eq!(spec("resnet18-cifar")?.input, (3, 32, 32));

@@ -280,7 +280,17 @@ pub(crate) fn entry(name: &str) -> Result<Entry> {
         Some(entry) => Ok(entry.clone()),
         None => {
             let known: Vec<&str> = table.iter().map(|e| e.spec.name).collect();
-            bail!("unknown model {name:?}; known models: {}", known.join(", "))
+            // torchvision's spellings (`vgg16_bn`, `ResNet50`) differ in case and separator.
+            let folded = |n: &str| n.to_ascii_lowercase().replace('_', "-");
+            let suggestion = known
+                .iter()
+                .find(|k| folded(k) == folded(name))
+                .map(|k| format!(" (did you mean {k:?}?)"))
+                .unwrap_or_default();
+            bail!(
+                "unknown model {name:?}{suggestion}; known models: {}",
+                known.join(", ")
+            )
         }
     }
 }
