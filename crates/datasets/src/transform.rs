@@ -179,9 +179,10 @@ impl Normalize {
     pub fn write(&self, img: &U8Image, out: &mut [f32]) -> Result<()> {
         ensure!(
             self.tables.len() == 1 || self.tables.len() == img.channels,
-            "normalize has {} channel values but the image has {} channels",
+            "normalize has {} channel values but the image has {} channel{}",
             self.tables.len(),
-            img.channels
+            img.channels,
+            if img.channels == 1 { "" } else { "s" }
         );
         ensure!(
             out.len() == img.data.len(),

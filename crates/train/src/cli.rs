@@ -78,6 +78,12 @@ impl Recipe {
             if except.contains(&id) {
                 continue;
             }
+            // An empty list (train-mnist's milestones) is shown as none.
+            let value = if value.is_empty() {
+                "none".into()
+            } else {
+                value
+            };
             cmd = cmd.mut_arg(id, |a| {
                 let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
                 a.help(format!("{help} [default: {value}]"))
@@ -90,7 +96,9 @@ impl Recipe {
     pub fn command(&self) -> Command {
         // After the flags: their struct's doc comment would otherwise become the description.
         let mut cmd = self.with_defaults(Args::augment_args(Command::new(self.program)), &[]);
-        cmd = cmd.about(self.about);
+        // The workspace's version, which every program shares (`--version`, as clap's `version`
+        // attribute gives finetune-resnet50 and visualize).
+        cmd = cmd.about(self.about).version(env!("CARGO_PKG_VERSION"));
         let models = if self.models.is_empty() {
             self.zoo_models_for_the_data()
         } else {
@@ -1225,6 +1233,12 @@ mod tests {
         assert!(help.starts_with("test\n"), "{help}");
         assert!(help.contains("[default: 1000]"), "{help}");
         assert!(help.contains("lenet5|cnn-mnist"), "{help}");
+        assert!(help.contains("comma separated [default: none]"), "{help}");
+        let version = RECIPE.command().render_version();
+        assert_eq!(
+            version.trim(),
+            format!("train-test {}", env!("CARGO_PKG_VERSION"))
+        );
         // Any zoo model: those made for the data first, then the others of its channels.
         let any = Recipe {
             dataset: DatasetKind::Cifar10,

@@ -359,6 +359,11 @@ pub fn launch<T>(args: &DistributedArgs, body: impl FnOnce() -> Result<T>) -> Re
             }
             body()
         }
+        (Mode::On, None) if !cfg!(feature = "mpi") => bail!(
+            "--distributed on: this program was built without data-parallel training; rebuild \
+             it with `--features mpi` (or `nccl`), then start the ranks with `mpirun -n N \
+             <program> ...`"
+        ),
         (Mode::On, None) => bail!(
             "--distributed on: no MPI launcher started this process; start the ranks with \
              `mpirun -n N <program> ...` (or `srun --mpi=pmix`), or leave out --distributed"
@@ -1194,6 +1199,25 @@ mod nccl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The first thing missing is said first: the feature in a build without it, else the
+    /// launcher.
+    #[test]
+    fn distributed_on_alone_says_what_is_missing() {
+        if launcher().is_some() {
+            return;
+        }
+        let args = DistributedArgs {
+            distributed: Some(Mode::On),
+            ..DistributedArgs::default()
+        };
+        let err = launch(&args, || Ok(())).unwrap_err().to_string();
+        let expected = match cfg!(feature = "mpi") {
+            true => "no MPI launcher started this process",
+            false => "built without data-parallel training; rebuild it with `--features mpi`",
+        };
+        assert!(err.contains(expected), "{err}");
+    }
 
     struct Keys(usize);
 

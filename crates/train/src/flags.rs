@@ -378,8 +378,8 @@ hyperparameters! {
     /// Adam's and AdamW's (beta1, beta2), as torch.optim.Adam(betas=...)
     #[arg(long, value_delimiter = ',', num_args = 1)]
     betas: Option<Vec<f64>> = betas();
-    /// Weight decay (L2 for SGD and Adam, decoupled for AdamW); the recipe's whatever the
-    /// optimizer (torch.optim.AdamW's own default is 0.01: give it to have that)
+    /// Weight decay (L2 for SGD and Adam, decoupled for AdamW); the default is the recipe's for
+    /// every optimizer (torch.optim.AdamW's own default is 0.01: give --weight-decay 0.01 for it)
     #[arg(long)]
     weight_decay: Option<f64> = value(|r| r.weight_decay);
     /// Nesterov momentum (SGD)
