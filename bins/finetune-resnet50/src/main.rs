@@ -237,14 +237,19 @@ fn predict(args: &PredictArgs) -> Result<()> {
         );
     }
     if let Some(run) = args.run.as_ref().or(beside.as_ref()) {
-        return train::inference::predict(&train::inference::PredictArgs {
-            run: Some(run.clone()),
-            image: Vec::new(),
-            images,
-            weights: args.weights.clone().unwrap_or_else(|| "best".into()),
-            device: args.device.clone(),
-            precision: args.precision,
-        });
+        // The run names its data set: the kind given here is not read.
+        return train::inference::predict(
+            &train::inference::PredictArgs {
+                run: Some(run.clone()),
+                image: Vec::new(),
+                images,
+                weights: args.weights.clone().unwrap_or_else(|| "best".into()),
+                model: None,
+                device: args.device.clone(),
+                precision: args.precision,
+            },
+            train::config::DatasetKind::Folder,
+        );
     }
     let _precision = args.precision.unwrap_or_default().enter();
     let device = train::device::parse_device(&args.device)?;

@@ -201,6 +201,25 @@ fn evaluate_reproduces_the_logged_numbers_and_predict_a_forward_pass() {
             "lies in no run's folder",
         ),
         (vec!["predict", "--run", &s(&out)], "predict needs images"),
+        (
+            vec!["predict", "--weights", &s(&elsewhere), &s(&image)],
+            "give --model NAME",
+        ),
+        (
+            vec!["predict", "--model", "lenet5", &s(&image)],
+            "--model lenet5 reads a checkpoint file",
+        ),
+        (
+            vec![
+                "predict",
+                "--model",
+                "cnn-mnist",
+                "--weights",
+                &s(&elsewhere),
+                &s(&image),
+            ],
+            "cannot load",
+        ),
     ] {
         let ended = Command::new(BIN).args(&args).output().expect("starts");
         let err = String::from_utf8_lossy(&ended.stderr);
@@ -209,6 +228,19 @@ fn evaluate_reproduces_the_logged_numbers_and_predict_a_forward_pass() {
             "{args:?}: {err}"
         );
     }
+    // With the model named, the file outside the run gives the run's answer: MNIST's test
+    // transform and class names.
+    let loose = run(&[
+        "predict",
+        "--model",
+        "lenet5",
+        "--weights",
+        &s(&elsewhere),
+        &s(&image),
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(loose, printed);
 }
 
 /// `evaluate --limit-test N|all` tests on another share of the test split than the run's, and

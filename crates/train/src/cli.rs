@@ -313,7 +313,7 @@ impl Recipe {
             .unwrap_or_else(|e| exit_for_clap(e));
         let result = match matches.subcommand() {
             Some(("evaluate", m)) => evaluate(&EvaluateArgs::from_arg_matches(m)?).map(drop),
-            Some(("predict", m)) => predict(&PredictArgs::from_arg_matches(m)?),
+            Some(("predict", m)) => predict(&PredictArgs::from_arg_matches(m)?, self.dataset),
             _ => exit_status(self.run(&Args::from_arg_matches(&matches)?).map(drop)),
         };
         crate::progress::stdout_written(result)

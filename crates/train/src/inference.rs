@@ -11,7 +11,7 @@ use datasets::{ColorMode, Op, Rng, Transform};
 use layers::{Network, ParamStore};
 use serde::Serialize;
 
-use crate::config::{Precision, RunConfig};
+use crate::config::{DatasetKind, Precision, RunConfig};
 use crate::device::parse_device;
 use crate::engine::evaluate as evaluate_pass;
 use crate::flags::FlagText;
@@ -732,10 +732,15 @@ pub struct PredictArgs {
     /// The checkpoint: best, last, or a .safetensors file
     #[arg(long, default_value = "best")]
     pub weights: String,
+    /// The zoo model a --weights file outside any run holds (e.g. resnet18-seed): read with
+    /// this program's data set's test transform and class names, its classes counted from the
+    /// checkpoint's classifier
+    #[arg(long, conflicts_with = "run")]
+    pub model: Option<String>,
     /// auto, cpu, cuda or cuda:N
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// f32, tf32 or bf16 (autocast) [default: the run's --precision]
+    /// f32, tf32 or bf16 (autocast) [default: the run's --precision; f32 with --model]
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
 }
@@ -943,10 +948,13 @@ fn sized_first(transform: &Transform, side: usize) -> Result<Transform> {
 /// Those of [`parse_device`] and [`Trained::open`]; the run's saved test transform or input
 /// size cannot be read; one or more images could not be classified ([`print_top5`], after all
 /// were tried, each named with its [`Predictor::top5`] error).
-pub fn predict(args: &PredictArgs) -> Result<()> {
+pub fn predict(args: &PredictArgs, dataset: DatasetKind) -> Result<()> {
     let images: Vec<PathBuf> = args.image.iter().chain(&args.images).cloned().collect();
     if images.is_empty() {
         bail!("predict needs images: predict --run DIR IMAGE... (or --image IMAGE)");
+    }
+    if let Some(model) = &args.model {
+        return predict_with_model(args, model, dataset, &images);
     }
     // Without --run, the run whose folder holds the --weights file.
     let run = match &args.run {
@@ -968,7 +976,10 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
                     "best" | "last" => String::new(),
                     file => format!(
                         "; --weights {file} lies in no run's folder (no readable {CONFIG} \
-                         beside it), so its model, transform and classes are unknown"
+                         beside it), so its model, transform and classes are unknown: give \
+                         --model NAME, the zoo model it holds, to read it with {}'s test \
+                         transform and classes",
+                        dataset.spec().title
                     ),
                 }
             ),
@@ -988,6 +999,46 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
     )?
     .named(&trained.weights);
     print_top5(&images, |image| predictor.top5(image))
+}
+
+/// `predict --model NAME --weights FILE`: a checkpoint outside any run, as the zoo model `name`
+/// with as many classes as its classifier has rows, through `dataset`'s evaluation transform at
+/// the data set's image size (the model's native size for data of varying size), and the data
+/// set's class names where the count is theirs (a `classes.json` beside the file first).
+fn predict_with_model(
+    args: &PredictArgs,
+    name: &str,
+    dataset: DatasetKind,
+    images: &[PathBuf],
+) -> Result<()> {
+    if matches!(args.weights.as_str(), "best" | "last") {
+        bail!(
+            "--model {name} reads a checkpoint file: give --weights FILE.safetensors (best and \
+             last are a run's: give --run DIR instead of --model)"
+        );
+    }
+    let weights = Path::new(&args.weights);
+    let device = parse_device(&args.device)?;
+    let _precision = args.precision.unwrap_or_default().enter();
+    let spec = zoo::spec(name)?;
+    let (model, _, count) = zoo::load_counting_classes(name, None, Some(weights), &device, 0)?;
+    let data = dataset.spec();
+    let classes = classes_beside(weights, count).unwrap_or_else(|| match data.classes.len() {
+        n if n == count => data.classes.iter().map(|c| c.to_string()).collect(),
+        _ => (0..count).map(|k| format!("class {k}")).collect(),
+    });
+    let (channels, side) = data
+        .shape
+        .map_or((spec.input.0, spec.input.1), |(c, h, _)| (c, h));
+    let predictor = Predictor::new(
+        model.as_ref(),
+        (data.eval)(side),
+        (channels, side),
+        &classes,
+        &device,
+    )?
+    .named(weights);
+    print_top5(images, |image| predictor.top5(image))
 }
 
 /// Prints each image's path and its top-5 classes (`top5`). An image that cannot be read or
