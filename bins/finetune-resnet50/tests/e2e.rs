@@ -885,6 +885,34 @@ fn own_class_folders_need_no_folder_flag() {
         "{err}"
     );
     assert!(!lone_out.exists(), "a failed start leaves no directory");
+    // A folder that wraps the data set (wrapped/photos/train/<class>/...): one class, photos,
+    // and the error names the folder to give instead.
+    let wrapped = dir.path().join("wrapped");
+    small_folder(&wrapped.join("photos"), 2, 1);
+    let err = fails(
+        &[
+            "--weights",
+            s(&weights),
+            "--data-dir",
+            s(&wrapped),
+            "--image-size",
+            "32",
+            "--device",
+            "cpu",
+            "--out",
+            s(&lone_out),
+        ],
+        &[],
+    );
+    let inner = wrapped.join("photos");
+    assert!(
+        err.contains(&format!("one class found (\"photos\")"))
+            && err.contains(&format!(
+                "if \"photos\" holds the class folders, give --data-dir {}",
+                inner.display()
+            )),
+        "{err}"
+    );
 
     // The class folders directly in --data-dir (4 images each): --test-fraction 0.5 holds out
     // 2 of each for testing, evaluate reads the same split, and a resume keeps the fraction.

@@ -481,10 +481,31 @@ pub fn load_data(config: &RunConfig) -> Result<datasets::Split> {
     }
     .context("cannot load the data set")?;
     if let [only] = split.train.classes() {
+        // A folder that wraps the class folders (what an archive holds unwrapped): its path.
+        let inner = config
+            .data_dir
+            .as_deref()
+            .map(|d| d.join(only))
+            .filter(|inner| {
+                std::fs::read_dir(inner).is_ok_and(|entries| {
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .nth(1)
+                        .is_some()
+                })
+            })
+            .map(|inner| {
+                format!(
+                    "; if {only:?} holds the class folders, give --data-dir {}",
+                    inner.display()
+                )
+            })
+            .unwrap_or_default();
         bail!(
             "{}: one class found ({only:?}); a classifier needs two or more. The class folders \
              go directly inside --data-dir (ROOT/<class>/...), or inside ROOT/train/ and \
-             ROOT/test/ (or val/) together",
+             ROOT/test/ (or val/) together{inner}",
             config
                 .data_dir
                 .as_deref()
