@@ -906,7 +906,7 @@ fn own_class_folders_need_no_folder_flag() {
     );
     let inner = wrapped.join("photos");
     assert!(
-        err.contains(&format!("one class found (\"photos\")"))
+        err.contains("one class found (\"photos\")")
             && err.contains(&format!(
                 "if \"photos\" holds the class folders, give --data-dir {}",
                 inner.display()
