@@ -429,6 +429,82 @@ pub fn settle_for_reading(dir: &Path) -> Result<()> {
     }
 }
 
+/// The lock files this process holds, one per run directory (its device and inode): what the
+/// directory's `.lock` must still be when a file is written there ([`check_lock`]).
+static LOCKS: Mutex<Vec<HeldLock>> = Mutex::new(Vec::new());
+
+struct HeldLock {
+    dir: (u64, u64),
+    path: PathBuf,
+    /// The lock file locked (device, inode): the lock itself stays with the [`RunDir`].
+    locked: (u64, u64),
+    /// A lock file made and locked again by [`check_lock`], held until the run ends.
+    again: Option<File>,
+}
+
+/// A path's (device, inode).
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.dev(), meta.ino()))
+}
+
+fn locks() -> MutexGuard<'static, Vec<HeldLock>> {
+    LOCKS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Before a file is renamed into `dir` ([`crate::atomic`]): where this process holds `dir`'s
+/// lock, its `.lock` must still be the file locked. One removed meanwhile (by hand, taken for a
+/// stale lock) would let another run start there and mix its files with this one's: it is
+/// made and locked again, with a warning. Another file there is another run's lock (the run
+/// may have finished since): this run writes no more there.
+///
+/// # Errors
+/// Another run holds `dir`'s lock now (this run then stops without writing there), or the
+/// lock file cannot be made again.
+pub(crate) fn check_lock(dir: &Path) -> Result<()> {
+    let mut held = locks();
+    let Some(id) = file_id(dir) else {
+        return Ok(());
+    };
+    let Some(entry) = held.iter_mut().rev().find(|h| h.dir == id) else {
+        return Ok(());
+    };
+    let now = file_id(&entry.path);
+    if now == Some(entry.locked) {
+        return Ok(());
+    }
+    let gone = format!(
+        "{} was removed or replaced while this run held {}",
+        entry.path.display(),
+        dir.display()
+    );
+    // Another lock file there was made by another run (which may have ended since, its files
+    // written): this run's next writes would mix with them.
+    let taken = format!(
+        "{gone}, and another run has taken the folder since: this run stops without writing \
+         there again, so as not to mix its files with the other run's (a live run's .lock is \
+         not stale: leave it)"
+    );
+    if now.is_some() {
+        bail!("{taken}");
+    }
+    let again = open_lock(&entry.path, true)
+        .with_context(|| format!("{gone}, and cannot be made again"))?;
+    match again.try_lock() {
+        Ok(()) if same_file(&again, &entry.path) => {
+            crate::warn!("{gone}: it is locked again (a live run's lock is not stale: leave it)");
+            if let Some(id) = file_id(&entry.path) {
+                entry.locked = id;
+            }
+            entry.again = Some(again);
+            Ok(())
+        }
+        Ok(()) | Err(TryLockError::WouldBlock) => bail!("{taken}"),
+        Err(TryLockError::Error(e)) => Err(e).with_context(|| format!("{gone}; cannot lock it")),
+    }
+}
+
 /// Whether the open file `file` is the one `path` names now (not unlinked or replaced since).
 fn same_file(file: &File, path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -723,6 +799,15 @@ impl RunDir {
                 break (lock, made_lock);
             }
         };
+        // Checked before each write into the directory (see `check_lock`).
+        if let (Some(dir), Some(locked)) = (file_id(path), file_id(&lock_path)) {
+            locks().push(HeldLock {
+                dir,
+                path: lock_path.clone(),
+                locked,
+                again: None,
+            });
+        }
         // Made before the tidying below, so that its drop takes back a lock file it made.
         let dir = Self {
             path: path.to_path_buf(),
@@ -743,6 +828,9 @@ impl Drop for RunDir {
     /// directory this run made when it stopped before writing anything but its configuration
     /// (a bad flag, missing data): failed starts leave no empty run directories behind.
     fn drop(&mut self) {
+        if let Some(id) = file_id(&self.path) {
+            locks().retain(|h| h.dir != id);
+        }
         if self.lock.is_none() || !(self.replacing || self.created || self.made_lock) {
             return;
         }
@@ -1062,6 +1150,42 @@ mod tests {
         ] {
             assert!(!is_run_output(name), "{name}");
         }
+    }
+
+    /// A `.lock` removed by hand while its run trains is locked again before the run's next
+    /// write; one that another run has taken since stops this run's writes there.
+    #[test]
+    fn a_removed_lock_file_is_taken_again_or_stops_the_writes() -> Result<()> {
+        let root = tempfile::tempdir()?;
+        let out = root.path().join("run");
+        let run = RunDir::fresh(&out, false)?;
+        crate::atomic::write_bytes(&out.join("a.txt"), b"1")?;
+        std::fs::remove_file(out.join(LOCK))?;
+        crate::atomic::write_bytes(&out.join("a.txt"), b"2")?;
+        assert!(in_use(&out), "the new .lock is locked");
+        assert!(RunDir::existing(&out).is_err());
+        // Removed again, and another run (here: another open file) made a new one, locked
+        // while it lives, unlocked once it ended: either way this run writes no more there.
+        std::fs::remove_file(out.join(LOCK))?;
+        let other = open_lock(&out.join(LOCK), true)?;
+        other.try_lock()?;
+        for _ in 0..2 {
+            let err = format!(
+                "{:#}",
+                crate::atomic::write_bytes(&out.join("a.txt"), b"3").unwrap_err()
+            );
+            assert!(
+                err.contains("another run has taken the folder since"),
+                "{err}"
+            );
+            assert_eq!(std::fs::read(out.join("a.txt"))?, b"2");
+            other.unlock()?;
+        }
+        drop(other);
+        drop(run);
+        // Released with the run: the folder can be taken again.
+        assert!(!in_use(&out));
+        Ok(())
     }
 
     #[test]
