@@ -326,6 +326,46 @@ fn ctrl_c_while_the_data_loads_leaves_the_directory_as_it_was() {
 
 /// A warm-up as long as the run is allowed (as PyTorch's `LinearLR` allows it), with a warning
 /// that the learning rate never reaches `--lr`; a shorter one goes without a word.
+/// The closing line of a run whose `best.safetensors` was damaged since (cut short), and that
+/// no later epoch wrote again, names the damage instead of pointing at the file.
+#[test]
+fn the_closing_line_names_a_damaged_best_checkpoint() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    let out = dir.path().join("run");
+    let args = [
+        "--data-dir",
+        &data,
+        "--model",
+        "lenet5",
+        "--epochs",
+        "2",
+        "--lr",
+        "0",
+        "--out",
+        &s(&out),
+    ];
+    let first = train_mnist(&args);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let said = String::from_utf8_lossy(&first.stdout).into_owned();
+    assert!(said.contains("weights in "), "{said}");
+    let best = out.join(train::rundir::BEST);
+    let bytes = std::fs::read(&best).expect("best");
+    std::fs::write(&best, &bytes[..1000]).expect("cut best short");
+    // A rate of 0 keeps the weights: no epoch beats the first, whose weights best holds (the
+    // state holds the last epoch's). Resumed for one more epoch, best is not written again.
+    let again = train_mnist(&["--resume", &s(&out), "--epochs", "3"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let said = String::from_utf8_lossy(&again.stdout).into_owned();
+    assert!(
+        said.contains(&format!(
+            "its weights are not there: {} cannot be read",
+            best.display()
+        )) && !said.contains("weights in "),
+        "{said}"
+    );
+}
+
 #[test]
 fn a_warm_up_as_long_as_the_run_is_said() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -485,14 +485,17 @@ fn checkpoints_from_state(
 /// (`best.safetensors` removed since, and no later epoch beat it).
 fn say_best(out: &Path, accuracy: f64, epoch: usize) {
     let best = out.join(BEST);
-    match best.is_file() || !crate::distributed::writes() {
-        true => crate::say!(
+    let damage = crate::distributed::writes()
+        .then(|| best_damage(out))
+        .flatten();
+    match damage {
+        None => crate::say!(
             "best test accuracy {accuracy:.2}% (epoch {epoch}); weights in {}",
             best.display()
         ),
-        false => crate::say!(
-            "best test accuracy {accuracy:.2}% (epoch {epoch}); its weights are gone: {} was \
-             removed (last.safetensors holds the last epoch's)",
+        Some(why) => crate::say!(
+            "best test accuracy {accuracy:.2}% (epoch {epoch}); its weights are not there: {} \
+             {why} (last.safetensors holds the last epoch's)",
             best.display()
         ),
     }
