@@ -1334,8 +1334,8 @@ fn a_run_file_that_is_a_pipe_or_a_device_is_refused() {
     std::fs::rename(&aside, &best).expect("put back");
 }
 
-/// `--resume` on data of another size than the run trained on is refused, naming both sizes;
-/// on the same data it goes on.
+/// `--resume` on data of another size than the run trained on is refused, naming both sizes,
+/// and on data of the same size with other labels in order; on the same data it goes on.
 #[test]
 fn resume_on_other_data_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -1348,6 +1348,20 @@ fn resume_on_other_data_is_refused() {
         !out.status.success()
             && err.contains("the data is not what the run trained on")
             && err.contains("80 training and 40 test images, the run had 96 and 40"),
+        "{err}"
+    );
+    // As many images, but two training labels swapped (other images, or the same in another
+    // order): refused too, naming the split.
+    train::synthetic::write_mnist(Path::new(&data), 96, 40).expect("the same MNIST");
+    let labels = Path::new(&data).join("train-labels-idx1-ubyte");
+    let mut bytes = std::fs::read(&labels).expect("labels");
+    bytes.swap(8, 9);
+    std::fs::write(&labels, &bytes).expect("swapped labels");
+    let out = train_mnist(&resume);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success()
+            && err.contains("its training images are as many as the run's, but their labels"),
         "{err}"
     );
     train::synthetic::write_mnist(Path::new(&data), 96, 40).expect("the same MNIST");

@@ -780,10 +780,7 @@ pub fn data_settings(
     device: &Device,
 ) -> Settings {
     let labels = |d: &dyn datasets::Dataset| {
-        let crc = (0..d.len()).fold(0, |crc, i| {
-            crc32c::crc32c_append(crc, &(d.label(i) as u64).to_le_bytes())
-        });
-        format!("{} (CRC-32C {crc:08x})", d.len())
+        format!("{} (CRC-32C {:08x})", d.len(), crate::state::labels_crc(d))
     };
     let names = |names: &mut dyn Iterator<Item = String>| {
         let (mut count, mut crc) = (0, 0);

@@ -204,6 +204,7 @@ pub fn train(
     } = trainee;
     // Data-parallel: the same data and model on every rank, before the first collective.
     crate::distributed::agree_on_data(train_images, test_images, store, &trainable, &device)?;
+    let train_data = train_images;
     let train_images = train_images.len();
     let shards =
         crate::distributed::shard(train_loader, config.batch_size, config.parallel.drop_last).zip(
@@ -226,9 +227,14 @@ pub fn train(
             }
         );
     }
+    let labels = [
+        crate::state::labels_crc(train_data),
+        crate::state::labels_crc(test_images),
+    ];
     if let Some((saved, _)) = &resume {
         same_classes(out, &classes, saved.classes.as_deref())?;
         same_images(out, saved.images, [train_images, test_images.len()])?;
+        same_labels(out, saved.labels, labels)?;
     }
     let writes = crate::distributed::writes();
     if writes {
@@ -277,6 +283,7 @@ pub fn train(
             classes: &classes,
             test_images,
             images: [train_images, test_images.len()],
+            labels,
             events: Some(EventWriter::create(out)?),
         });
     }
@@ -789,6 +796,8 @@ struct Outputs<'a> {
     test_images: &'a dyn Dataset,
     /// The training and test images, for the resume state.
     images: [usize; 2],
+    /// Their labels' CRC-32C, for the resume state.
+    labels: [u32; 2],
     /// The TensorBoard file; with the writing thread while an epoch's files are written.
     events: Option<EventWriter>,
 }
@@ -868,7 +877,7 @@ impl<'a> Outputs<'a> {
                 optimizer,
                 progress,
                 schedule,
-                (train_loader, self.images),
+                (train_loader, self.images, self.labels),
                 self.classes,
             ),
             tiles: pictures::prediction_tiles(self.test_images, &tested.predictions)?,
@@ -1013,7 +1022,7 @@ fn resume_state(
     optimizer: &dyn Optimizer,
     progress: &RunProgress,
     schedule: &crate::schedule::Scheduled,
-    (train_loader, images): (&dyn BatchSource, [usize; 2]),
+    (train_loader, images, labels): (&dyn BatchSource, [usize; 2], [u32; 2]),
     classes: &[String],
 ) -> ResumeState {
     ResumeState {
@@ -1027,6 +1036,7 @@ fn resume_state(
         history: progress.history.clone(),
         config: config.clone(),
         images: Some(images),
+        labels: Some(labels),
         classes: Some(classes.to_vec()),
         world_size: Some(crate::distributed::rank().map_or(1, |r| r.size)),
     }
@@ -1172,6 +1182,33 @@ fn same_images(out: &Path, saved: Option<[usize; 2]>, now: [usize; 2]) -> Result
         ),
         _ => Ok(()),
     }
+}
+
+/// Refuses to resume the run in `out` on data whose labels, in order, are not those it trained
+/// and tested on (`saved`, CRC-32C from its state; states saved before they were kept have
+/// none): other images of the same number, or the same in another order (CIFAR-10's
+/// ImageFolder after its binary batches, a test split swapped for the training one).
+fn same_labels(out: &Path, saved: Option<[u32; 2]>, now: [u32; 2]) -> Result<()> {
+    let Some(saved) = saved else {
+        return Ok(());
+    };
+    let differ: Vec<&str> = ["training", "test"]
+        .into_iter()
+        .zip(saved.iter().zip(&now))
+        .filter(|(_, (a, b))| a != b)
+        .map(|(split, _)| split)
+        .collect();
+    if differ.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "--resume {}: the data is not what the run trained on: its {} images are as many as \
+         the run's, but their labels in order are not the run's (other images, or the same in \
+         another order, which changes every batch); resume on the files the run trained on, \
+         or start a new run",
+        out.display(),
+        differ.join(" and ")
+    )
 }
 
 /// The dropout generator's seed: derived from the run's seed, apart from the initialisation's.

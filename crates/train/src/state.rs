@@ -56,6 +56,20 @@ pub struct ResumeState {
     /// global batch (world size x `--batch-size`) changes with it.
     #[serde(default)]
     pub world_size: Option<usize>,
+    /// The training and test labels in order, each split's as [`labels_crc`] sums them (`None`
+    /// in states saved before they were kept): a resume on data of the same sizes whose images
+    /// are others, or in another order (the test split trained on, say), is refused.
+    #[serde(default)]
+    pub labels: Option<[u32; 2]>,
+}
+
+/// The CRC-32C of `data`'s labels in order (each as 8 little-endian bytes): what tells one data
+/// set from another of the same size and classes, or the same in another order, without
+/// reading the images.
+pub fn labels_crc(data: &dyn datasets::Dataset) -> u32 {
+    (0..data.len()).fold(0, |crc, i| {
+        crc32c::crc32c_append(crc, &(data.label(i) as u64).to_le_bytes())
+    })
 }
 
 /// The tensors of a saved state.
