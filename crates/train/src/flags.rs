@@ -362,8 +362,9 @@ hyperparameters! {
     #[arg(long)]
     batch_size: Option<usize> = value(|r| r.batch_size);
     /// Test batch size (may change on --resume: the test pass in eval mode gives each image's
-    /// output alone, so training does not depend on it; not in a fine-tuning run that computes
-    /// its backbone's features once, in test batches)
+    /// output alone, so the weights and accuracies do not depend on it, the test loss only in its
+    /// last digits; not in a fine-tuning run that computes its backbone's features once, in test
+    /// batches)
     #[arg(long)]
     test_batch_size: Option<usize> = value(|r| r.test_batch_size).changeable();
     /// Optimizer

@@ -330,8 +330,8 @@ pub struct EvaluateArgs {
     /// --limit-test N draws), or on all of them [default: the run's --limit-test]
     #[arg(long, value_name = "N|all", value_parser = parse_test_limit)]
     pub limit_test: Option<TestLimit>,
-    /// Test images per batch; the results do not depend on it (eval mode) [default: the run's
-    /// --test-batch-size]
+    /// Test images per batch; the accuracies do not depend on it (eval mode), the loss (summed in
+    /// float32 batch by batch) only in its last digits [default: the run's --test-batch-size]
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub test_batch_size: Option<u64>,
 }
