@@ -176,6 +176,13 @@ pub fn load(dir: &Path) -> Result<(ResumeState, StateTensors)> {
             state.epochs_done
         );
     }
+    check_consistent(&state).with_context(|| {
+        format!(
+            "{}: the resume state does not hold together (edited or damaged); resume is not \
+             possible from it",
+            path.display()
+        )
+    })?;
     let mut tensors = StateTensors {
         model: HashMap::new(),
         optimizer: HashMap::new(),
@@ -190,6 +197,31 @@ pub fn load(dir: &Path) -> Result<(ResumeState, StateTensors)> {
         }
     }
     Ok((state, tensors))
+}
+
+/// What a saved state must hold to be continued: one history record per epoch done, epochs 1
+/// to `epochs_done` in order (a resume writes the metrics files from it), a best epoch among
+/// them, and a dropout generator state that is not all zero (xoshiro256's one state that
+/// gives nothing but zeros).
+fn check_consistent(state: &ResumeState) -> Result<()> {
+    let epochs: Vec<usize> = state.history.iter().map(|r| r.epoch).collect();
+    if !epochs.iter().copied().eq(1..=state.epochs_done) {
+        bail!(
+            "{} epochs done, but the history holds epochs {epochs:?}",
+            state.epochs_done
+        );
+    }
+    if state.best_epoch > state.epochs_done {
+        bail!(
+            "its best epoch {} is past the {} epochs done",
+            state.best_epoch,
+            state.epochs_done
+        );
+    }
+    if state.rng_state == [0; 4] {
+        bail!("its dropout generator state is all zero");
+    }
+    Ok(())
 }
 
 /// Before a resume writes anything: the run's other files in `dir` agree with its state

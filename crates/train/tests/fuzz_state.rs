@@ -61,3 +61,45 @@ fn resume_state_load() {
         },
     );
 }
+
+/// A state edited so that it no longer holds together (a history without the epochs done, a
+/// best epoch past them, an all-zero dropout generator) is refused, naming the file and what
+/// is wrong: a resume from it would rewrite the metrics without the epochs trained.
+#[test]
+fn edited_states_that_do_not_hold_together_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    seeds(dir.path());
+    let run = dir.path().join("run0");
+    let path = run.join(train::rundir::STATE);
+    let (tensors, metadata) = layers::checkpoint::read_with_metadata(&path).unwrap();
+    let original: serde_json::Value = serde_json::from_str(&metadata["resume_state"]).unwrap();
+    assert!(train::state::load(&run).is_ok());
+    for (field, value, says) in [
+        (
+            "history",
+            serde_json::json!([]),
+            "1 epochs done, but the history holds epochs []",
+        ),
+        (
+            "best_epoch",
+            serde_json::json!(7),
+            "its best epoch 7 is past the 1 epochs done",
+        ),
+        (
+            "rng_state",
+            serde_json::json!([0, 0, 0, 0]),
+            "dropout generator state is all zero",
+        ),
+    ] {
+        let mut edited = original.clone();
+        edited[field] = value;
+        let metadata =
+            std::collections::HashMap::from([("resume_state".to_string(), edited.to_string())]);
+        layers::checkpoint::save_with_metadata(&tensors, Some(metadata), &path).unwrap();
+        let err = format!("{:#}", train::state::load(&run).err().unwrap());
+        assert!(
+            err.contains("the resume state does not hold together") && err.contains(says),
+            "{field}: {err}"
+        );
+    }
+}
