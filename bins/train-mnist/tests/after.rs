@@ -243,6 +243,44 @@ fn evaluate_reproduces_the_logged_numbers_and_predict_a_forward_pass() {
     assert_eq!(loose, printed);
 }
 
+/// A run whose `config.json` and `classes.json` were removed is still evaluated and predicted
+/// with: its state keeps the settings and the class names (as `--resume` writes them again).
+#[test]
+fn evaluate_and_predict_take_the_settings_from_the_state() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = trained(dir.path(), &[]);
+    let (image, _) = digit(dir.path());
+    let evaluated = run(&["evaluate", "--run", &s(&out), "--device", "cpu"]);
+    let predicted = run(&["predict", "--run", &s(&out), &s(&image), "--device", "cpu"]);
+    for file in [train::rundir::CONFIG, train::rundir::CLASSES] {
+        std::fs::remove_file(out.join(file)).expect("remove");
+    }
+    let ended = Command::new(BIN)
+        .args(["evaluate", "--run", &s(&out), "--device", "cpu"])
+        .output()
+        .expect("starts");
+    let err = String::from_utf8_lossy(&ended.stderr);
+    assert!(ended.status.success(), "{err}");
+    assert!(
+        err.contains("config.json is missing: the run's settings come from its state.safetensors"),
+        "{err}"
+    );
+    let summary = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.contains("top-1") || l.contains("loss"))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(
+        summary(&String::from_utf8_lossy(&ended.stdout)),
+        summary(&evaluated)
+    );
+    assert_eq!(
+        run(&["predict", "--run", &s(&out), &s(&image), "--device", "cpu"]),
+        predicted
+    );
+}
+
 /// `evaluate --limit-test N|all` tests on another share of the test split than the run's, and
 /// names its outputs for it, so the run's own evaluation stays.
 #[test]

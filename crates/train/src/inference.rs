@@ -83,22 +83,41 @@ impl Trained {
     pub fn open(dir: &Path, weights: &str, device: &Device) -> Result<Self> {
         crate::rundir::settle_for_reading(dir)?;
         let config_path = dir.join(CONFIG);
-        let text = match layers::file::read(&config_path) {
-            Ok(text) => text,
-            Err(_) if crate::rundir::in_use(dir) => bail!(
+        // A removed config.json: the state keeps the same settings (and the class names).
+        let kept = match std::fs::symlink_metadata(&config_path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !crate::rundir::in_use(dir) => {
+                crate::state::saved_settings(dir)
+            }
+            _ => None,
+        };
+        if kept.is_some() {
+            crate::warn!(
+                "{} is missing: the run's settings come from its {} (`--resume` writes {CONFIG} \
+                 again)",
+                config_path.display(),
+                crate::rundir::STATE
+            );
+        }
+        let (kept_config, kept_classes) = kept.unzip();
+        let text = match kept_config.as_ref().map(serde_json::to_vec).transpose()? {
+            Some(text) => text,
+            None => match layers::file::read(&config_path) {
+                Ok(text) => text,
+                Err(_) if crate::rundir::in_use(dir) => bail!(
                 "--run {}: a run is starting there (it holds {}) and has not written its {CONFIG} \
                  yet; it can be read once it has saved its first epoch",
                 dir.display(),
                 dir.join(crate::rundir::LOCK).display()
             ),
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!(
-                        "--run {}: no readable {CONFIG} (is it a run directory?)",
-                        dir.display()
-                    )
-                })
-            }
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!(
+                            "--run {}: no readable {CONFIG} (is it a run directory?)",
+                            dir.display()
+                        )
+                    })
+                }
+            },
         };
         let config: RunConfig = serde_json::from_slice(&text)
             .with_context(|| format!("{} is not a run configuration", config_path.display()))?;
@@ -116,6 +135,12 @@ impl Trained {
                     config_path.display()
                 )
             })?;
+        let unreadable = || {
+            format!(
+                "--run {}: no readable {CLASSES} with the class names",
+                dir.display()
+            )
+        };
         let classes: Vec<String> = match layers::file::read(&dir.join(CLASSES)) {
             Ok(text) => serde_json::from_slice(&text).with_context(|| {
                 format!(
@@ -123,27 +148,20 @@ impl Trained {
                     dir.join(CLASSES).display()
                 )
             })?,
-            // A data set with built-in class names (runs saved before classes.json was written).
-            Err(e)
-                if e.kind() == std::io::ErrorKind::NotFound
-                    && !config.dataset.spec().classes.is_empty() =>
-            {
-                config
-                    .dataset
-                    .spec()
-                    .classes
-                    .iter()
-                    .map(|c| c.to_string())
-                    .collect()
+            // Removed: the state keeps them (states saved before it kept them have none), or a
+            // data set with built-in class names (runs saved before classes.json was written).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let kept = kept_classes
+                    .flatten()
+                    .or_else(|| crate::state::saved_settings(dir).and_then(|(_, c)| c));
+                let builtin = config.dataset.spec().classes;
+                match kept {
+                    Some(classes) => classes,
+                    None if !builtin.is_empty() => builtin.iter().map(|c| c.to_string()).collect(),
+                    None => return Err(e).with_context(unreadable),
+                }
             }
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!(
-                        "--run {}: no readable {CLASSES} with the class names",
-                        dir.display()
-                    )
-                })
-            }
+            Err(e) => return Err(e).with_context(unreadable),
         };
         let (path, tag) = match weights {
             "best" => (dir.join(BEST), "best".to_string()),

@@ -106,12 +106,33 @@ pub fn save(dir: &Path, state: &ResumeState, tensors: &StateTensors) -> Result<(
 /// records them, read from the state's header alone (not its tensors). `None` without a state,
 /// or for a state that does not record them (or cannot be read: [`load`] says why).
 pub fn saved_images(dir: &Path) -> Option<[usize; 2]> {
-    use std::io::Read;
     #[derive(serde::Deserialize)]
     struct Recorded {
         #[serde(default)]
         images: Option<[usize; 2]>,
     }
+    serde_json::from_str::<Recorded>(&saved_header(dir)?)
+        .ok()?
+        .images
+}
+
+/// The run's configuration and class names as the state in `dir` keeps them, read from its
+/// header alone: what `evaluate` and `predict` take when `config.json` (or `classes.json`) was
+/// removed. `None` without a readable state.
+pub fn saved_settings(dir: &Path) -> Option<(RunConfig, Option<Vec<String>>)> {
+    #[derive(serde::Deserialize)]
+    struct Recorded {
+        config: RunConfig,
+        #[serde(default)]
+        classes: Option<Vec<String>>,
+    }
+    let recorded = serde_json::from_str::<Recorded>(&saved_header(dir)?).ok()?;
+    Some((recorded.config, recorded.classes))
+}
+
+/// The resume state's JSON in the header of `dir`'s state, without reading its tensors.
+fn saved_header(dir: &Path) -> Option<String> {
+    use std::io::Read;
     let mut file = std::fs::File::open(dir.join(STATE)).ok()?;
     let mut len = [0u8; 8];
     file.read_exact(&mut len).ok()?;
@@ -122,8 +143,13 @@ pub fn saved_images(dir: &Path) -> Option<[usize; 2]> {
     let mut header = vec![0u8; len];
     file.read_exact(&mut header).ok()?;
     let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
-    let json = header.get("__metadata__")?.get(RESUME_KEY)?.as_str()?;
-    serde_json::from_str::<Recorded>(json).ok()?.images
+    Some(
+        header
+            .get("__metadata__")?
+            .get(RESUME_KEY)?
+            .as_str()?
+            .to_string(),
+    )
 }
 
 /// Reads the state saved in `dir`.
