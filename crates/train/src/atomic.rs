@@ -36,7 +36,7 @@ pub fn write_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Resul
         // The data on the disk before the name: a power cut never leaves an empty file there.
         layers::file::sync(&tmp).with_context(|| format!("cannot sync {}", tmp.display()))?;
         let _not_while_tidying = crate::rundir::no_tidying();
-        crate::rundir::check_lock(path.parent().unwrap_or(Path::new(".")))?;
+        crate::rundir::check_lock(crate::rundir::folder_of(path))?;
         std::fs::rename(&tmp, path)
             .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
         layers::file::sync_dir(path.parent().unwrap_or(Path::new("")));

@@ -471,7 +471,7 @@ fn checkpoints_from_state(
         let path = out.join(file);
         let missing = !path.exists();
         let before = std::fs::read(&path).ok();
-        layers::checkpoint::save_tensors(model, &path)?;
+        save_checkpoint(model, &path)?;
         // Other weights than the file held (an epoch behind): `evaluate`'s outputs of those go.
         if before.is_some_and(|b| std::fs::read(&path).ok().is_none_or(|now| now != b)) {
             crate::rundir::remove_evaluations_of(out, file.trim_end_matches(".safetensors"));
@@ -486,6 +486,16 @@ fn checkpoints_from_state(
         }
     }
     Ok(())
+}
+
+/// Writes a checkpoint of the run (`layers::checkpoint::save_tensors`) once its folder is still
+/// this run's ([`crate::rundir::check_lock`]).
+pub(crate) fn save_checkpoint(
+    model: &std::collections::HashMap<String, candle_core::Tensor>,
+    path: &Path,
+) -> Result<()> {
+    crate::rundir::check_lock(crate::rundir::folder_of(path))?;
+    layers::checkpoint::save_tensors(model, path)
 }
 
 /// The closing line: the best test accuracy and where its weights are, or that they are gone
@@ -590,7 +600,16 @@ pub fn finished(
 /// The error of a run whose epoch files could not be written (`writing`): the run stopped
 /// there (an epoch training meanwhile stops after its batch); what stays and how to go on.
 fn write_failed_error(writing: anyhow::Error, out: &Path) -> anyhow::Error {
-    let next = if out.join(crate::rundir::STATE).is_file() {
+    let taken = writing
+        .chain()
+        .any(|e| e.is::<crate::rundir::FolderTaken>());
+    let next = if taken {
+        format!(
+            "{} is the other run's now, not to be resumed as this one: start this run again \
+             with another --out",
+            out.display()
+        )
+    } else if out.join(crate::rundir::STATE).is_file() {
         format!(
             "--resume {} continues from the last epoch whose resume state was written, once \
              the cause is fixed",
@@ -906,10 +925,10 @@ impl Snapshot<'_> {
         crate::rundir::forget_replaced(out);
         // `evaluate`'s outputs for a checkpoint replaced here described weights now gone.
         if self.improved {
-            layers::checkpoint::save_tensors(&tensors.model, &out.join(BEST))?;
+            save_checkpoint(&tensors.model, &out.join(BEST))?;
             crate::rundir::remove_evaluations_of(out, "best");
         }
-        layers::checkpoint::save_tensors(&tensors.model, &out.join(LAST))?;
+        save_checkpoint(&tensors.model, &out.join(LAST))?;
         crate::rundir::remove_evaluations_of(out, "last");
         history::save(out, history)?;
         pictures::save_curves(out, self.title, history)?;

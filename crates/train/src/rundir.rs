@@ -487,7 +487,7 @@ pub(crate) fn check_lock(dir: &Path) -> Result<()> {
          not stale: leave it)"
     );
     if now.is_some() {
-        bail!("{taken}");
+        return Err(FolderTaken(taken).into());
     }
     let again = open_lock(&entry.path, true)
         .with_context(|| format!("{gone}, and cannot be made again"))?;
@@ -500,9 +500,39 @@ pub(crate) fn check_lock(dir: &Path) -> Result<()> {
             entry.again = Some(again);
             Ok(())
         }
-        Ok(()) | Err(TryLockError::WouldBlock) => bail!("{taken}"),
+        Ok(()) | Err(TryLockError::WouldBlock) => Err(FolderTaken(taken).into()),
         Err(TryLockError::Error(e)) => Err(e).with_context(|| format!("{gone}; cannot lock it")),
     }
+}
+
+/// [`check_lock`]'s error when another run has taken the folder: what the run stops on, with no
+/// advice to resume there (the folder is the other run's).
+#[derive(Debug)]
+pub struct FolderTaken(String);
+
+impl std::fmt::Display for FolderTaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for FolderTaken {}
+
+/// The folder a file is written into: `path`'s parent, `.` for a bare file name.
+pub(crate) fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
+}
+
+/// Whether another run has made `dir`'s `.lock` since this process locked it (see
+/// [`check_lock`]): the folder is no longer this run's to tidy.
+fn taken_by_another(dir: &Path) -> bool {
+    let held = locks();
+    file_id(dir)
+        .and_then(|id| held.iter().rev().find(|h| h.dir == id))
+        .is_some_and(|h| file_id(&h.path).is_some_and(|now| now != h.locked))
 }
 
 /// Whether the open file `file` is the one `path` names now (not unlinked or replaced since).
@@ -828,10 +858,19 @@ impl Drop for RunDir {
     /// directory this run made when it stopped before writing anything but its configuration
     /// (a bad flag, missing data): failed starts leave no empty run directories behind.
     fn drop(&mut self) {
-        if let Some(id) = file_id(&self.path) {
-            locks().retain(|h| h.dir != id);
-        }
-        if self.lock.is_none() || !(self.replacing || self.created || self.made_lock) {
+        // The lock made again by `check_lock` is held until the tidying below is done; a folder
+        // another run has taken since is not tidied (its files, its .lock are that run's).
+        let taken = taken_by_another(&self.path);
+        let release = |path: &Path| {
+            if let Some(id) = file_id(path) {
+                locks().retain(|h| h.dir != id);
+            }
+        };
+        if taken || self.lock.is_none() || !(self.replacing || self.created || self.made_lock) {
+            if taken && self.noted {
+                noted().retain(|h| h.path != self.path);
+            }
+            release(&self.path);
             return;
         }
         // Unnoted: it failed while being made, and its maker holds the lock.
@@ -846,6 +885,8 @@ impl Drop for RunDir {
             made_lock: self.made_lock,
         };
         this.end();
+        drop(held);
+        release(&self.path);
     }
 }
 
@@ -1169,7 +1210,13 @@ mod tests {
         std::fs::remove_file(out.join(LOCK))?;
         let other = open_lock(&out.join(LOCK), true)?;
         other.try_lock()?;
+        std::fs::write(out.join(CONFIG), b"the other run's")?;
+        let weights = std::collections::HashMap::from([(
+            "w".to_string(),
+            candle_core::Tensor::new(&[1f32], &Device::Cpu)?,
+        )]);
         for _ in 0..2 {
+            // Neither a file (atomic) nor a checkpoint (safetensors) is written.
             let err = format!(
                 "{:#}",
                 crate::atomic::write_bytes(&out.join("a.txt"), b"3").unwrap_err()
@@ -1179,11 +1226,18 @@ mod tests {
                 "{err}"
             );
             assert_eq!(std::fs::read(out.join("a.txt"))?, b"2");
+            let err = crate::run::save_checkpoint(&weights, &out.join(LAST)).unwrap_err();
+            assert!(err.is::<FolderTaken>(), "{err:#}");
+            assert!(!out.join(LAST).exists());
             other.unlock()?;
         }
-        drop(other);
+        // This run ends: the folder it made is the other run's (which has saved no epoch
+        // yet), left as that run has it.
+        std::fs::remove_file(out.join("a.txt"))?;
         drop(run);
-        // Released with the run: the folder can be taken again.
+        assert_eq!(std::fs::read(out.join(CONFIG))?, b"the other run's");
+        assert!(out.join(LOCK).exists());
+        drop(other);
         assert!(!in_use(&out));
         Ok(())
     }

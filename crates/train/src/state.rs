@@ -95,6 +95,7 @@ pub fn save(dir: &Path, state: &ResumeState, tensors: &StateTensors) -> Result<(
         Tensor::new(state.epochs_done as i64, &Device::Cpu)?,
     );
     let json = serde_json::to_string(state)?;
+    crate::rundir::check_lock(dir)?;
     layers::checkpoint::save_with_metadata(
         &all,
         Some(HashMap::from([(RESUME_KEY.to_string(), json)])),
