@@ -213,6 +213,17 @@ fn evaluate_reproduces_the_logged_numbers_and_predict_a_forward_pass() {
             vec![
                 "predict",
                 "--model",
+                "resnet18-seed",
+                "--weights",
+                &s(&elsewhere),
+                &s(&image),
+            ],
+            "--model resnet18-seed takes 3-channel images, and this program reads MNIST",
+        ),
+        (
+            vec![
+                "predict",
+                "--model",
                 "cnn-mnist",
                 "--weights",
                 &s(&elsewhere),

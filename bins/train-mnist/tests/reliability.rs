@@ -324,8 +324,6 @@ fn ctrl_c_while_the_data_loads_leaves_the_directory_as_it_was() {
     assert!(while_loading, "no Ctrl-C landed while the data loaded");
 }
 
-/// A warm-up as long as the run is allowed (as PyTorch's `LinearLR` allows it), with a warning
-/// that the learning rate never reaches `--lr`; a shorter one goes without a word.
 /// The closing line of a run whose `best.safetensors` was damaged since (cut short), and that
 /// no later epoch wrote again, names the damage instead of pointing at the file.
 #[test]
@@ -366,6 +364,8 @@ fn the_closing_line_names_a_damaged_best_checkpoint() {
     );
 }
 
+/// A warm-up as long as the run is allowed (as PyTorch's `LinearLR` allows it), with a warning
+/// that the learning rate never reaches `--lr`; a shorter one goes without a word.
 #[test]
 fn a_warm_up_as_long_as_the_run_is_said() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -119,8 +119,13 @@ impl Trained {
                 }
             },
         };
+        // Where the settings come from, for the errors below.
+        let source = match kept_config {
+            Some(_) => dir.join(crate::rundir::STATE),
+            None => config_path.clone(),
+        };
         let config: RunConfig = serde_json::from_slice(&text)
-            .with_context(|| format!("{} is not a run configuration", config_path.display()))?;
+            .with_context(|| format!("{} is not a run configuration", source.display()))?;
         // Settings a run refuses on its command line cannot come from a run (edited, then).
         config
             .validate()
@@ -132,7 +137,7 @@ impl Trained {
             .with_context(|| {
                 format!(
                     "{}: a setting no run saves (the file was edited?)",
-                    config_path.display()
+                    source.display()
                 )
             })?;
         let unreadable = || {
@@ -1039,8 +1044,26 @@ fn predict_with_model(
     let device = parse_device(&args.device)?;
     let _precision = args.precision.unwrap_or_default().enter();
     let spec = zoo::spec(name)?;
-    let (model, _, count) = zoo::load_counting_classes(name, None, Some(weights), &device, 0)?;
     let data = dataset.spec();
+    if let Some((c, _, _)) = data.shape.filter(|s| s.0 != spec.input.0) {
+        bail!(
+            "--model {name} takes {}-channel images, and this program reads {} ({c}-channel): \
+             give a model of {c} channels, or use the program of {name}'s data ({})",
+            spec.input.0,
+            data.title,
+            spec.data
+        );
+    }
+    if let Some((dir, _)) = run_beside(weights) {
+        crate::warn!(
+            "{}: a checkpoint of the run in {}, read as --model {name} says (with {}'s test \
+             transform and classes), not as its run was set up (leave out --model for that)",
+            weights.display(),
+            dir.display(),
+            data.title
+        );
+    }
+    let (model, _, count) = zoo::load_counting_classes(name, None, Some(weights), &device, 0)?;
     let classes = classes_beside(weights, count).unwrap_or_else(|| match data.classes.len() {
         n if n == count => data.classes.iter().map(|c| c.to_string()).collect(),
         _ => (0..count).map(|k| format!("class {k}")).collect(),

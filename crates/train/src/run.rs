@@ -1223,8 +1223,7 @@ fn same_labels(out: &Path, saved: Option<[u32; 2]>, now: [u32; 2]) -> Result<()>
     bail!(
         "--resume {}: the data is not what the run trained on: its {} images are as many as \
          the run's, but their labels in order are not the run's (other images, or the same in \
-         another order, which changes every batch); resume on the files the run trained on, \
-         or start a new run",
+         another order); resume on the files the run trained on, or start a new run",
         out.display(),
         differ.join(" and ")
     )

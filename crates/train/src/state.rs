@@ -234,13 +234,14 @@ fn check_consistent(state: &ResumeState) -> Result<()> {
     let epochs: Vec<usize> = state.history.iter().map(|r| r.epoch).collect();
     if !epochs.iter().copied().eq(1..=state.epochs_done) {
         bail!(
-            "{} epochs done, but the history holds epochs {epochs:?}",
-            state.epochs_done
+            "{} epoch{} done, but the history holds epochs {epochs:?}",
+            state.epochs_done,
+            if state.epochs_done == 1 { "" } else { "s" }
         );
     }
     if state.best_epoch > state.epochs_done {
         bail!(
-            "its best epoch {} is past the {} epochs done",
+            "its best epoch {} is past the epochs done ({})",
             state.best_epoch,
             state.epochs_done
         );

@@ -78,12 +78,12 @@ fn edited_states_that_do_not_hold_together_are_refused() {
         (
             "history",
             serde_json::json!([]),
-            "1 epochs done, but the history holds epochs []",
+            "1 epoch done, but the history holds epochs []",
         ),
         (
             "best_epoch",
             serde_json::json!(7),
-            "its best epoch 7 is past the 1 epochs done",
+            "its best epoch 7 is past the epochs done (1)",
         ),
         (
             "rng_state",
