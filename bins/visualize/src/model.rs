@@ -50,32 +50,15 @@ pub struct Loaded {
     pub classes: Vec<String>,
 }
 
-/// The names of a zoo network's `count` outputs under `weights`: those of the run the
-/// checkpoint comes from (its `classes.json` beside it), else its data set's where the count is
-/// theirs, else ImageNet's for an ImageNet model's 1000-class head of loaded weights (a
-/// pretrained ResNet-50; not the random initial ones), else `class K`.
+/// The names of a zoo network's `count` outputs under `weights`, by its data set
+/// ([`train::inference::output_names`]; a data set the catalog lacks names none).
 pub fn class_names(
     spec: &ModelSpec,
     weights: Option<&std::path::Path>,
     count: usize,
 ) -> Vec<String> {
-    let data = datasets::catalog::spec(spec.data).ok();
-    if let Some(classes) = weights.and_then(|w| train::inference::classes_beside(w, count)) {
-        return classes;
-    }
-    match data {
-        Some(data) if data.classes.len() == count => {
-            data.classes.iter().map(|c| c.to_string()).collect()
-        }
-        Some(data)
-            if weights.is_some()
-                && data.name == datasets::catalog::IMAGENET.name
-                && count == 1000 =>
-        {
-            datasets::catalog::imagenet_classes()
-        }
-        _ => (0..count).map(|k| format!("class {k}")).collect(),
-    }
+    let data = datasets::catalog::spec(spec.data).unwrap_or(&datasets::catalog::FOLDER);
+    train::inference::output_names(data, weights, count)
 }
 
 impl ModelArgs {

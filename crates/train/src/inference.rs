@@ -1024,6 +1024,27 @@ pub fn predict(args: &PredictArgs, dataset: DatasetKind) -> Result<()> {
     print_top5(&images, |image| predictor.top5(image))
 }
 
+/// The names of a network's `count` outputs under `weights`, for a model of data set `data`:
+/// those of the run the checkpoint comes from (its `classes.json` beside it), else the data
+/// set's where the count is theirs, else ImageNet's for a 1000-class head of loaded weights of
+/// an ImageNet model (a pretrained ResNet-50; not random initial ones), else `class K`.
+pub fn output_names(
+    data: &datasets::DatasetSpec,
+    weights: Option<&Path>,
+    count: usize,
+) -> Vec<String> {
+    if let Some(classes) = weights.and_then(|w| classes_beside(w, count)) {
+        return classes;
+    }
+    if data.classes.len() == count {
+        data.classes.iter().map(|c| c.to_string()).collect()
+    } else if weights.is_some() && data.name == datasets::catalog::IMAGENET.name && count == 1000 {
+        datasets::catalog::imagenet_classes()
+    } else {
+        (0..count).map(|k| format!("class {k}")).collect()
+    }
+}
+
 /// `predict --model NAME --weights FILE`: a checkpoint outside any run, as the zoo model `name`
 /// with as many classes as its classifier has rows, through `dataset`'s evaluation transform at
 /// the data set's image size (the model's native size for data of varying size), and the data
@@ -1064,10 +1085,7 @@ fn predict_with_model(
         );
     }
     let (model, _, count) = zoo::load_counting_classes(name, None, Some(weights), &device, 0)?;
-    let classes = classes_beside(weights, count).unwrap_or_else(|| match data.classes.len() {
-        n if n == count => data.classes.iter().map(|c| c.to_string()).collect(),
-        _ => (0..count).map(|k| format!("class {k}")).collect(),
-    });
+    let classes = output_names(data, Some(weights), count);
     let (channels, side) = data
         .shape
         .map_or((spec.input.0, spec.input.1), |(c, h, _)| (c, h));
