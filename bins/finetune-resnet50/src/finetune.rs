@@ -1,4 +1,4 @@
-//! The fine-tuning run: pretrained ResNet-50, new head, frozen backbone, the shared engine.
+//! The fine-tuning run: pretrained ResNet (ResNet-50 unless `--model` says), new head, frozen backbone, the shared engine.
 
 use std::path::{Path, PathBuf};
 
@@ -6,7 +6,6 @@ use anyhow::{Context, Result};
 use candle_nn::ModuleT;
 use datasets::{Loader, LoaderConfig, Transform};
 use layers::ParamStore;
-use resnet::ResNet;
 use serde::{Deserialize, Serialize};
 use train::config::{DatasetKind, RunConfig};
 use train::features::CachedFeatures;
@@ -127,7 +126,11 @@ enum Start<'a> {
 
 /// What a fine-tuning run's pictures are headed.
 pub fn title(run: &RunConfig) -> String {
-    format!("resnet50 fine-tuned on {}", train::run::dataset_title(run))
+    format!(
+        "{} fine-tuned on {}",
+        run.model,
+        train::run::dataset_title(run)
+    )
 }
 
 /// Fine-tunes as `run` and `ft` say, on the data `run` names, writing into `out`.
@@ -141,7 +144,7 @@ pub fn finetune(
     // data is loaded. A resumed run takes its state's weights.
     let start = match &resume {
         Some((_, saved)) => Start::State(&saved.model),
-        None => Start::Pretrained(weights::resolve(&ft.weights)?),
+        None => Start::Pretrained(weights::resolve(&ft.weights, &run.model)?),
     };
     let data = train::cli::load_data(run)?;
     train::run::check_transforms(run, &data)?;
@@ -152,7 +155,8 @@ pub fn finetune(
     // forward passes build no autograd graph, so each activation is freed once read (a
     // ResNet-50 batch of 128 at 224x224 otherwise holds about 20 GB until its end).
     let (unfreeze, head) = (ft.unfreeze, transfer::classifier()?);
-    let net = ResNet::resnet50(
+    let net = transfer::build(
+        &run.model,
         classes.len(),
         store.vb_frozen(move |name| !unfreeze.trains(name, head)),
     )?;
@@ -177,11 +181,12 @@ pub fn finetune(
         Start::Pretrained(path) => {
             let tensors = layers::checkpoint::read(&path)?;
             // What the file is not (a ResNet-18, other names) said before its head is read.
-            transfer::weights::check_resnet50(&tensors, &path)?;
-            kept_head = transfer::weights::head_classes(&tensors, &path)? == classes.len()
+            transfer::weights::check(&tensors, &path, &run.model)?;
+            kept_head = transfer::weights::head_classes(&tensors, &path, &run.model)?
+                == classes.len()
                 && train::inference::classes_beside(&path, classes.len()).as_deref()
                     == Some(&classes[..]);
-            transfer::weights::load(&store, tensors, &path, !kept_head)?;
+            transfer::weights::load(&store, tensors, &path, &run.model, !kept_head)?;
             // A Hub id with the cached file it names; a file once.
             match Path::new(&ft.weights) == path {
                 true => ft.weights.clone(),
@@ -197,7 +202,8 @@ pub fn finetune(
         (false, false) => "a new head",
     };
     train::say!(
-        "loaded {loaded}; {head} for {} classes; training {}",
+        "loaded {loaded}, a ResNet-{}; {head} for {} classes; training {}",
+        transfer::depth(&run.model)?,
         classes.len(),
         match ft.unfreeze {
             Unfreeze::None => "the head only (backbone frozen)",

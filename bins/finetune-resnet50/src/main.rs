@@ -1,5 +1,6 @@
-//! Fine-tune an ImageNet-pretrained ResNet-50 on CIFAR-10 or your own image folders (the
-//! tutorial's transfer learning), and predict with any ResNet-50 checkpoint.
+//! Fine-tune an ImageNet-pretrained ResNet (ResNet-50, or with `--model` any of torchvision's
+//! `resnet18` ... `resnet152`) on CIFAR-10 or your own image folders (the tutorial's transfer
+//! learning), and predict with any such checkpoint.
 //!
 //! `cargo run -p finetune-resnet50 -- --data-dir ../shared/data/cifar10 --image-size 64 --limit-train 2000`
 //! `cargo run -p finetune-resnet50 -- predict --image cat.jpg`
@@ -23,10 +24,11 @@ use transfer::Unfreeze;
 /// head, the rate divided by 10 every 7 epochs (`StepLR(step_size=7, gamma=0.1)`).
 const RECIPE: Recipe = Recipe {
     program: "finetune-resnet50",
-    about: "Fine-tune an ImageNet-pretrained ResNet-50 (backbone frozen, new head)",
+    about: "Fine-tune an ImageNet-pretrained ResNet (ResNet-50 unless --model says; backbone \
+            frozen, new head)",
     dataset: DatasetKind::Cifar10,
-    models: &["resnet50"],
-    model: "resnet50",
+    models: &transfer::MODELS,
+    model: transfer::MODEL,
     optimizer: OptimizerKind::Sgd,
     lr: 0.001,
     momentum: 0.9,
@@ -53,7 +55,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Print the top-5 classes of images under a ResNet-50 checkpoint
+    /// Print the top-5 classes of images under a ResNet checkpoint (any of torchvision's five)
     Predict(PredictArgs),
     /// Evaluate a run's checkpoint on its test split: loss, top-1, top-5, per-class accuracy,
     /// confusion matrix
@@ -63,7 +65,7 @@ enum Command {
 #[derive(clap::Args, Debug)]
 struct FineTuneArgs {
     /// Pretrained weights: a .safetensors file or a Hugging Face Hub model id [default:
-    /// timm/resnet50.tv_in1k]
+    /// torchvision's ImageNet weights of --model, timm/resnet50.tv_in1k for resnet50]
     #[arg(long)]
     weights: Option<String>,
     /// Train on an ImageFolder at --data-dir (ROOT/<class>/*.jpg, or ROOT/train + ROOT/test)
@@ -87,10 +89,10 @@ impl FineTuneArgs {
     /// A fresh run's fine-tuning settings: the flags, or their defaults.
     fn fresh(&self) -> FineTuneConfig {
         FineTuneConfig {
-            weights: self
-                .weights
-                .as_deref()
-                .map_or_else(|| weights::DEFAULT_WEIGHTS.into(), weights::saved_form),
+            weights: self.weights.as_deref().map_or_else(
+                || transfer::default_weights(self.train.model.as_deref().unwrap_or(RECIPE.model)),
+                weights::saved_form,
+            ),
             unfreeze: self.unfreeze.unwrap_or(Unfreeze::None),
             image_size: self.image_size.unwrap_or(224),
             augment: self.augment,
@@ -171,7 +173,7 @@ struct PredictArgs {
     precision: Option<train::config::Precision>,
 }
 
-/// `--image-size`: ResNet-50 halves its input five times; 32 is the least that leaves a pixel.
+/// `--image-size`: a ResNet halves its input five times; 32 is the least that leaves a pixel.
 fn image_size() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::new().range(32..=4096)
 }

@@ -1,5 +1,5 @@
-//! `finetune-resnet50 predict`: top-5 classes of images under a ResNet-50 checkpoint (a file or
-//! a Hub id), through the training programs' shared [`train::inference::Predictor`].
+//! `finetune-resnet50 predict`: top-5 classes of images under a ResNet checkpoint (a file or
+//! a Hub id; any of torchvision's five depths), through the training programs' shared [`train::inference::Predictor`].
 
 use std::path::Path;
 
@@ -12,7 +12,7 @@ use resnet::ResNet;
 use crate::classes;
 use crate::weights;
 
-/// A ResNet-50 ready for inference with its class names.
+/// A ResNet (the depth its checkpoint has) ready for inference with its class names.
 pub struct Classifier {
     model: ResNet,
     classes: Vec<String>,
@@ -23,15 +23,16 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// Loads `weights` (a file or a Hub id). Class names come from `classes.json` beside a
+    /// Loads `weights` (a file or a Hub id), a torchvision ResNet of any of
+    /// [`transfer::MODELS`], told by its keys. Class names come from `classes.json` beside a
     /// fine-tuned checkpoint, else ImageNet's for a 1000-class head. The input side is
     /// `image_size`, or without one the fine-tuning run's (its `finetune.json` beside the
     /// checkpoint), else 224.
     pub fn load(weights: &str, image_size: Option<usize>, device: &Device) -> Result<Self> {
-        let path = weights::resolve(weights)?;
+        let path = weights::resolve(weights, transfer::MODEL)?;
         let tensors = layers::checkpoint::read(&path)?;
-        transfer::weights::check_resnet50(&tensors, &path)?;
-        let num_classes = transfer::weights::head_classes(&tensors, &path)?;
+        let model = transfer::weights::model_of(&tensors, &path)?;
+        let num_classes = transfer::weights::head_classes(&tensors, &path, model)?;
         let image_size = match image_size {
             Some(size) => size,
             None => run_image_size(&path, num_classes != IMAGENET_CLASSES)?.unwrap_or(224),
@@ -39,10 +40,10 @@ impl Classifier {
         let classes = classes::for_checkpoint(&path, num_classes)?;
         let store = ParamStore::new(0, device);
         // Frozen (requires_grad_(False)): a forward pass builds no autograd graph.
-        let model = ResNet::resnet50(num_classes, store.vb_frozen(|_| true))?;
-        transfer::weights::load(&store, tensors, &path, false)?;
+        let net = transfer::build(model, num_classes, store.vb_frozen(|_| true))?;
+        transfer::weights::load(&store, tensors, &path, model, false)?;
         Ok(Self {
-            model,
+            model: net,
             classes,
             image_size,
             device: device.clone(),

@@ -1,17 +1,23 @@
-//! Where the pretrained ResNet-50 comes from: a file, or the Hub model the tutorial's
-//! `resnet50(pretrained=True)` corresponds to.
+//! Where the pretrained ResNet comes from: a file, or the Hub model that torchvision's
+//! `resnet50(pretrained=True)` (or `resnet18(...)`, the tutorial's) corresponds to.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 
-/// torchvision's original ImageNet weights, as published by timm in safetensors.
+/// torchvision's original ImageNet weights of the default model, as published by timm in
+/// safetensors ([`transfer::default_weights`] of the others).
 pub const DEFAULT_WEIGHTS: &str = "timm/resnet50.tv_in1k";
 
 /// `--weights`: a `.safetensors` file, or a Hub model id whose `model.safetensors` is fetched
-/// into the Hugging Face cache.
-pub fn resolve(spec: &str) -> Result<PathBuf> {
-    datasets::hub::file_or_hub(spec, "model.safetensors", "--weights", DEFAULT_WEIGHTS)
+/// into the Hugging Face cache; errors give `model`'s Hub id as the example.
+pub fn resolve(spec: &str, model: &str) -> Result<PathBuf> {
+    datasets::hub::file_or_hub(
+        spec,
+        "model.safetensors",
+        "--weights",
+        &transfer::default_weights(model),
+    )
 }
 
 /// `--weights` as a run saves it (`finetune.json`): an existing file as its absolute path, so
@@ -55,6 +61,7 @@ mod tests {
         assert!(same(dotted.to_str().unwrap_or_default(), &absolute));
         assert!(!same("other.safetensors", &absolute));
         assert_eq!(saved_form(DEFAULT_WEIGHTS), DEFAULT_WEIGHTS);
+        assert_eq!(transfer::default_weights(transfer::MODEL), DEFAULT_WEIGHTS);
         assert!(same(DEFAULT_WEIGHTS, DEFAULT_WEIGHTS));
         Ok(())
     }

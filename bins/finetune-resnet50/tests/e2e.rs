@@ -54,14 +54,24 @@ fn fails(args: &[&str], env: &[(&str, &Path)]) -> String {
     text(&out)
 }
 
+/// Arguments as `ok` and `fails` take them.
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
 /// A ResNet-50 (1000 classes) with batch-norm statistics calibrated on `images` (N,3,H,W).
 fn pretrained(images: &Tensor, path: &Path) {
+    pretrained_model("resnet50", images, path)
+}
+
+/// [`pretrained`] of another of torchvision's ResNets (`resnet18` ...).
+fn pretrained_model(model: &str, images: &Tensor, path: &Path) {
     let store = ParamStore::new(7, &Device::Cpu);
-    let net = ResNet::resnet50(1000, store.vb()).expect("resnet50");
+    let net = transfer::build(model, 1000, store.vb()).expect("a torchvision ResNet");
     for _ in 0..12 {
         net.forward_t(images, true).expect("calibration pass");
     }
@@ -414,12 +424,13 @@ fn bad_checkpoints_are_refused_with_the_reason() {
     let store = ParamStore::new(0, &Device::Cpu);
     ResNet::resnet18(1000, store.vb()).expect("resnet18");
     layers::checkpoint::save(store.varmap(), &r18).expect("save");
-    let err = predict(&r18);
-    assert!(
-        err.contains("ResNet-18") && err.contains("ResNet-50"),
-        "{err}"
+    // predict reads a checkpoint of any depth; fine-tuning from it needs --model resnet18,
+    // said before its head is read.
+    let top5 = ok(
+        &["predict", "--weights", s(&r18), "--image", s(&image)],
+        &[],
     );
-    // Fine-tuning from it says the same (before its head is read).
+    assert!(top5.contains('%'), "{top5}");
     let data = dir.path().join("data");
     small_folder(&data, 4, 2);
     let ft18 = dir.path().join("ft18");
@@ -442,9 +453,10 @@ fn bad_checkpoints_are_refused_with_the_reason() {
         &[],
     );
     assert!(
-        err.contains("ResNet-18") && err.contains("ResNet-50"),
+        err.contains("ResNet-18") && err.contains("ResNet-50") && err.contains("--model resnet18"),
         "{err}"
     );
+    assert!(!ft18.join(train::rundir::STATE).exists());
 
     let store = ParamStore::new(0, &Device::Cpu);
     ResNet::resnet50(1000, store.vb()).expect("resnet50");
@@ -494,6 +506,141 @@ fn bad_checkpoints_are_refused_with_the_reason() {
     // A run directory given for the file: named as a directory.
     let err = predict(dir.path());
     assert!(err.contains("a directory, not a file"), "{err}");
+}
+
+/// `--model resnet18`, the tutorial's own model: its torchvision weights (512 features), its
+/// Hub id by default, a 512-wide new head, and predict, evaluate and resume of its run.
+#[test]
+fn finetunes_the_tutorials_resnet18_and_every_command_reads_its_run() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let calib = small_folder(&data, 12, 4);
+    let r18 = dir.path().join("r18.safetensors");
+    pretrained_model("resnet18", &calib, &r18);
+    let run = dir.path().join("run");
+    let base = [
+        "--model",
+        "resnet18",
+        "--folder",
+        "--data-dir",
+        s(&data),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+    ];
+    let train = |extra: &[&str]| -> Vec<String> {
+        base.iter().chain(extra).map(|a| a.to_string()).collect()
+    };
+    let log = ok(
+        &strs(&train(&[
+            "--weights",
+            s(&r18),
+            "--epochs",
+            "1",
+            "--out",
+            s(&run),
+        ])),
+        &[],
+    );
+    assert!(
+        log.contains("a ResNet-18;") && log.contains("a new head"),
+        "{log}"
+    );
+    let before = raw(&r18);
+    let after = raw(&run.join(train::rundir::BEST));
+    assert_eq!(
+        after["fc.weight"].0,
+        [3, 512],
+        "a new 3-class head on 512 features"
+    );
+    for (key, (_, bytes)) in before.iter().filter(|(k, _)| !k.starts_with("fc.")) {
+        assert!(after[key].1 == *bytes, "frozen {key} changed");
+    }
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join(train::rundir::CONFIG)).expect("config.json"),
+    )
+    .expect("json");
+    assert_eq!(config["model"], "resnet18");
+
+    let image = data.join("test/frog/0000.png");
+    let by_run = ok(&["predict", "--run", s(&run), s(&image)], &[]);
+    let by_file = ok(
+        &[
+            "predict",
+            "--weights",
+            s(&run.join(train::rundir::BEST)),
+            s(&image),
+        ],
+        &[],
+    );
+    let rows = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| l.contains('%'))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(rows(&by_run).len(), 3, "{by_run}");
+    assert_eq!(rows(&by_run), rows(&by_file));
+    let evaluated = ok(&["evaluate", "--run", s(&run), "--device", "cpu"], &[]);
+    assert!(evaluated.contains("on 12 test images"), "{evaluated}");
+    // A resume keeps the model (and needs no --model); another one is refused.
+    let err = fails(
+        &["--resume", s(&run), "--model", "resnet34", "--epochs", "2"],
+        &[],
+    );
+    assert!(err.contains("--model resnet34"), "{err}");
+    ok(
+        &["--resume", s(&run), "--epochs", "2", "--device", "cpu"],
+        &[],
+    );
+    let csv = std::fs::read_to_string(run.join(train::rundir::METRICS_CSV)).expect("metrics");
+    assert_eq!(csv.lines().count(), 3, "two epochs:\n{csv}");
+
+    // Without --weights: torchvision's ResNet-18 from the Hub (offline here, so named).
+    let err = fails(
+        &strs(&train(&[
+            "--epochs",
+            "1",
+            "--out",
+            s(&dir.path().join("hub")),
+        ])),
+        &[("HF_HOME", &dir.path().join("empty-hf"))],
+    );
+    assert!(err.contains("timm/resnet18.tv_in1k"), "{err}");
+    // ResNet-50 weights for --model resnet18: named, with the flag that reads them.
+    let r50 = dir.path().join("r50.safetensors");
+    pretrained(&calib, &r50);
+    let err = fails(
+        &strs(&train(&[
+            "--weights",
+            s(&r50),
+            "--out",
+            s(&dir.path().join("r50")),
+        ])),
+        &[],
+    );
+    assert!(
+        err.contains("ResNet-50") && err.contains("--model resnet50"),
+        "{err}"
+    );
+    let err = fails(
+        &[
+            "--model",
+            "resnet18-cifar",
+            "--weights",
+            s(&r18),
+            "--data-dir",
+            s(&data),
+        ],
+        &[],
+    );
+    assert!(
+        err.contains("--model resnet18-cifar") && err.contains("resnet152"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -751,6 +898,7 @@ fn help_shows_the_recipe_and_negative_values_are_checked() {
         "Training batch size [default: 64]",
         "[default: step]",
         "StepLR period in epochs [default: 7]",
+        "resnet18|resnet34|resnet50|resnet101|resnet152 [default: resnet50]",
     ] {
         assert!(help.contains(default), "{default}: {help}");
     }

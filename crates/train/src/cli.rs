@@ -84,9 +84,17 @@ impl Recipe {
             } else {
                 value
             };
+            // --model lists the models it takes.
+            let models = match id {
+                "model" if self.models.is_empty() => {
+                    format!(": {}", self.zoo_models_for_the_data())
+                }
+                "model" => format!(": {}", self.models.join("|")),
+                _ => String::new(),
+            };
             cmd = cmd.mut_arg(id, |a| {
                 let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
-                a.help(format!("{help} [default: {value}]"))
+                a.help(format!("{help}{models} [default: {value}]"))
             });
         }
         cmd.allow_negative_numbers(true)
@@ -99,15 +107,6 @@ impl Recipe {
         // The workspace's version, which every program shares (`--version`, as clap's `version`
         // attribute gives finetune-resnet50 and visualize).
         cmd = cmd.about(self.about).version(env!("CARGO_PKG_VERSION"));
-        let models = if self.models.is_empty() {
-            self.zoo_models_for_the_data()
-        } else {
-            self.models.join("|")
-        };
-        cmd = cmd.mut_arg("model", |a| {
-            let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
-            a.help(format!("{help}: {models}"))
-        });
         cmd.args_conflicts_with_subcommands(true)
             // The descriptions after the flags: their structs' doc comments would replace them.
             .subcommand(EvaluateArgs::augment_args(Command::new("evaluate")).about(

@@ -45,7 +45,7 @@ impl Unfreeze {
     }
 }
 
-/// A ResNet-50 whose frozen part always runs in evaluation mode, so that its batch norms
+/// A pretrained ResNet (one of [`crate::MODELS`]) whose frozen part always runs in evaluation mode, so that its batch norms
 /// keep their ImageNet statistics, as `requires_grad = False` plus `model.eval()` on the
 /// frozen modules does in PyTorch.
 pub struct FineTune {
@@ -55,8 +55,8 @@ pub struct FineTune {
 }
 
 impl FineTune {
-    /// Wraps `net`, training the parts `unfreeze` names and the classifier of the zoo's
-    /// ResNet-50 entry.
+    /// Wraps `net`, training the parts `unfreeze` names and the classifier (`fc`, the zoo's
+    /// name for it).
     ///
     /// # Errors
     /// The zoo has no ResNet-50 entry (see [`crate::classifier`]).
@@ -82,10 +82,11 @@ impl FineTune {
             .collect()
     }
 
-    /// The pooled 2048-d features of the frozen backbone (evaluation mode throughout).
+    /// The pooled features of the frozen backbone (evaluation mode throughout): 512 per image
+    /// for ResNet-18 and 34, 2048 for the deeper ones.
     ///
     /// # Errors
-    /// As [`ResNet::features_t`]: input `(N, 3, H, W)`, output `(N, 2048)`.
+    /// As [`ResNet::features_t`]: input `(N, 3, H, W)`, output `(N, features)`.
     pub fn frozen_features(&self, xs: &Tensor) -> Result<Tensor> {
         self.net.features_t(xs, false)
     }
