@@ -290,6 +290,19 @@ fn evaluate_and_predict_take_the_settings_from_the_state() {
         run(&["predict", "--run", &s(&out), &s(&image), "--device", "cpu"]),
         predicted
     );
+    // The run's checkpoint given as a file is read as the run's too.
+    let best = out.join(train::rundir::BEST);
+    assert_eq!(
+        run(&[
+            "predict",
+            "--weights",
+            &s(&best),
+            &s(&image),
+            "--device",
+            "cpu"
+        ]),
+        predicted
+    );
 }
 
 /// `evaluate --limit-test N|all` tests on another share of the test split than the run's, and

@@ -177,7 +177,8 @@ pub fn first_non_finite(tensors: &HashMap<String, Tensor>) -> Result<Option<(Str
     Ok(None)
 }
 
-/// A NaN or infinite element of `t`, if it has one (integer tensors have none).
+/// A NaN or infinite element of `t`, if it has one (integer tensors have none). Every float
+/// type is read, the 8-bit ones (`F8_E4M3`, whose NaN is `0x7f`) included.
 ///
 /// # Errors
 /// `t` cannot be read back to the host.
@@ -186,11 +187,19 @@ pub fn non_finite_value(t: &Tensor) -> Result<Option<f64>> {
     let flat = t.flatten_all()?;
     Ok(match t.dtype() {
         DType::F64 => flat.to_vec1::<f64>()?.into_iter().find(|v| !v.is_finite()),
-        DType::F32 | DType::F16 | DType::BF16 => flat
+        DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 => flat
             .to_dtype(DType::F32)?
             .to_vec1::<f32>()?
             .into_iter()
             .find(|v| !v.is_finite())
+            .map(f64::from),
+        // Candle converts these narrower float types only in some builds; one it cannot
+        // convert cannot be loaded into a model either (that conversion's error says so).
+        dtype if dtype.is_float() => flat
+            .to_dtype(DType::F32)
+            .and_then(|f| f.to_vec1::<f32>())
+            .ok()
+            .and_then(|v| v.into_iter().find(|v| !v.is_finite()))
             .map(f64::from),
         _ => None,
     })
@@ -437,6 +446,23 @@ mod tests {
         }
         let bf16 = Tensor::new(&[f32::NAN], &Device::Cpu)?.to_dtype(DType::BF16)?;
         assert!(non_finite_value(&bf16)?.is_some_and(f64::is_nan));
+        // An 8-bit float's NaN (0x7f in F8_E4M3), as a file stores it, refused on reading.
+        let f8 = Tensor::new(&[0.5f32, 1.0], &Device::Cpu)?.to_dtype(DType::F8E4M3)?;
+        assert!(non_finite_value(&f8)?.is_none());
+        let mut bytes = std::fs::read({
+            let path = dir.path().join("f8.safetensors");
+            candle_core::safetensors::save(&HashMap::from([("w".to_string(), f8)]), &path)?;
+            path
+        })?;
+        let last = bytes.len() - 1;
+        bytes[last] = 0x7f;
+        let path = dir.path().join("f8-nan.safetensors");
+        std::fs::write(&path, bytes)?;
+        let err = format!("{:#}", read(&path).unwrap_err());
+        assert!(
+            err.contains("f8-nan.safetensors") && err.contains("tensor w") && err.contains("NaN"),
+            "{err}"
+        );
         let ints = Tensor::new(&[1i64, 2], &Device::Cpu)?;
         assert!(non_finite_value(&ints)?.is_none());
         Ok(())

@@ -36,10 +36,10 @@ pub fn classes_beside(weights: &Path, count: usize) -> Option<Vec<String>> {
 }
 
 /// The run directory holding the checkpoint file `weights` (a run's `best.safetensors`, say)
-/// and its configuration, when a `config.json` beside the file says so; `None` for `best` and
-/// `last` (which name a run's checkpoints, not files) and a file outside any run. A checkpoint
-/// read this way is read as `--run DIR --weights FILE` reads it: the run's input size,
-/// transform and classes.
+/// and its configuration, when a `config.json` beside the file says so (or, where it was
+/// removed, the resume state's copy of it); `None` for `best` and `last` (which name a run's
+/// checkpoints, not files) and a file outside any run. A checkpoint read this way is read as
+/// `--run DIR --weights FILE` reads it: the run's input size, transform and classes.
 pub fn run_beside(weights: &Path) -> Option<(PathBuf, RunConfig)> {
     if weights == Path::new("best") || weights == Path::new("last") {
         return None;
@@ -48,8 +48,13 @@ pub fn run_beside(weights: &Path) -> Option<(PathBuf, RunConfig)> {
         dir if dir.as_os_str().is_empty() => Path::new("."),
         dir => dir,
     };
-    let text = layers::file::read(&dir.join(CONFIG)).ok()?;
-    let config: RunConfig = serde_json::from_slice(&text).ok()?;
+    let config = match layers::file::read(&dir.join(CONFIG)) {
+        Ok(text) => serde_json::from_slice(&text).ok()?,
+        Err(_) if std::fs::symlink_metadata(dir.join(CONFIG)).is_err() => {
+            crate::state::saved_settings(dir)?.0
+        }
+        Err(_) => return None,
+    };
     Some((dir.to_path_buf(), config))
 }
 
