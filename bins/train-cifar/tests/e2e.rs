@@ -67,6 +67,15 @@ fn synthetic_cifar_run_writes_every_output_and_onecycle_steps_per_batch() {
     let run = train_cifar(&args);
     assert!(run.status.success(), "{}", text(&run));
     assert_outputs(&out, 2);
+    // Batches of other sizes than the official ones (a file cut at a record's end, or a
+    // subset as here): said.
+    assert!(
+        text(&run).contains(
+            "holds 40 training and 20 test images; the official CIFAR-10 has 50000 and 10000"
+        ),
+        "{}",
+        text(&run)
+    );
     let config = std::fs::read_to_string(out.join(train::rundir::CONFIG)).expect("config.json");
     assert!(config.contains("\"resnet18-seed\""), "{config}");
     assert!(config.contains("\"onecycle\""), "{config}");
@@ -226,6 +235,12 @@ fn real_cifar_archive_end_to_end() {
     ]);
     assert!(run.status.success(), "{}", text(&run));
     assert_outputs(dir.path(), 1);
+    // The whole data set (--limit-train draws from it): no note on its sizes.
+    assert!(
+        !text(&run).contains("the official CIFAR-10 has"),
+        "{}",
+        text(&run)
+    );
 }
 
 /// Every flag with 0, 1, negative, huge, non-numeric and empty values: clear errors or runs,

@@ -77,6 +77,10 @@ pub struct DatasetSpec {
     pub hub: Option<HubLocation>,
     /// What a local directory holds, for messages (`"the four MNIST IDX files"`).
     pub local_files: &'static str,
+    /// The official training and test split sizes (MNIST's 60,000 and 10,000), which the
+    /// training programs compare with what they read (a file cut at a record's end is
+    /// otherwise whole); `None` where there are none.
+    pub sizes: Option<[usize; 2]>,
     /// Reads the data set from a local path (`None`: it cannot be loaded, only named).
     pub read: Option<Reader>,
     /// The evaluation transform for a model input of `side` x `side`.
@@ -122,6 +126,7 @@ pub const MNIST: DatasetSpec = DatasetSpec {
         test: "mnist/test/0000.parquet",
     }),
     local_files: "the four MNIST IDX files",
+    sizes: Some([60_000, 10_000]),
     read: Some(Reader {
         split: idx::mnist_dir,
         test: Some(idx::mnist_test_dir),
@@ -146,6 +151,7 @@ pub const CIFAR10: DatasetSpec = DatasetSpec {
         test: "plain_text/test/0000.parquet",
     }),
     local_files: "cifar-10-batches-bin, cifar-10-batches-py or an ImageFolder of CIFAR-10",
+    sizes: Some([50_000, 10_000]),
     read: Some(Reader {
         split: cifar::cifar10_path,
         test: Some(cifar::cifar10_test_path),
@@ -174,6 +180,7 @@ pub const IMAGENET: DatasetSpec = DatasetSpec {
     test_transform: "imagenet-eval",
     hub: None,
     local_files: "an ImageFolder (fine-tune on your own classes instead)",
+    sizes: Some([1_281_167, 50_000]),
     read: None,
     eval: Transform::imagenet_eval,
 };
@@ -190,6 +197,7 @@ pub const FOLDER: DatasetSpec = DatasetSpec {
         test: Some(|root| folder::image_folder_test(root, &FolderOptions::default())),
     }),
     local_files: "ROOT/<class>/*.jpg, or ROOT/train and ROOT/test",
+    sizes: None,
     ..IMAGENET
 };
 

@@ -94,10 +94,17 @@ fn part(dir: &Path, images: &str, labels: &str) -> Result<(InMemory, String)> {
 }
 
 fn missing(dir: &Path, stem: &str) -> String {
-    format!(
-        "MNIST file {stem} (or {stem}.gz) not found in {}",
-        dir.display()
-    )
+    let folders = [dir.join(stem), dir.join(format!("{stem}.gz"))];
+    match folders.iter().find(|p| p.is_dir()) {
+        Some(folder) => format!(
+            "{} is a directory, not MNIST's IDX file (raw or gzipped)",
+            folder.display()
+        ),
+        None => format!(
+            "MNIST file {stem} (or {stem}.gz) not found in {}",
+            dir.display()
+        ),
+    }
 }
 
 /// The path of `stem` or `stem.gz` in `dir`, if either is there (a path that is there but is

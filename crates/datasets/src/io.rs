@@ -238,7 +238,8 @@ pub fn read_maybe_gz(
     rest.read_to_end(&mut out).with_context(corrupt)?;
     ensure!(
         out.len() <= whole,
-        "{}: unpacks to more than the {whole} bytes its header says (unpacking stopped there)",
+        "{}: unpacks to more than the {whole} bytes its header says (unpacking stopped there): \
+         corrupt gzip data, or contents other than the header describes",
         path.display()
     );
     // The stream read to its end (nothing is left), for its checksum.
@@ -257,7 +258,15 @@ pub fn is_archive(path: &Path) -> bool {
 }
 
 /// Errors unless `path` exists, naming it.
+/// A data set's root must be a directory or a regular file (an archive): a pipe, a socket or
+/// a device is named as such.
 pub fn ensure_exists(path: &Path) -> Result<()> {
     anyhow::ensure!(path.exists(), "{} does not exist", path.display());
+    anyhow::ensure!(
+        path.is_dir() || path.is_file(),
+        "{} is neither a directory nor a regular file (a pipe, a socket or a device): give the \
+         data set's directory or archive",
+        path.display()
+    );
     Ok(())
 }

@@ -38,6 +38,7 @@ fn a_data_set_registered_from_a_spec_loads_by_name() -> Result<()> {
         shape: Some((1, 4, 4)),
         hub: None,
         local_files: "train.bin and test.bin",
+        sizes: None,
         read: Some(catalog::Reader::split(read_letters)),
         ..catalog::MNIST
     })?;

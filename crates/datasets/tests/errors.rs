@@ -119,6 +119,40 @@ fn mnist_missing_file_and_missing_dir() {
         msg.contains("nope") && msg.contains("does not exist"),
         "{msg}"
     );
+    // A folder by the file's name is there, not missing.
+    std::fs::create_dir(dir.path().join("t10k-labels-idx1-ubyte.gz")).unwrap();
+    let msg = mnist_err(dir.path());
+    assert!(
+        msg.contains("t10k-labels-idx1-ubyte.gz is a directory, not MNIST's IDX file"),
+        "{msg}"
+    );
+}
+
+/// A pipe given as the data set's root (an archive's name, say) is named as what it is, for
+/// every data set, and never opened.
+#[test]
+fn a_pipe_as_the_data_root_is_named() {
+    let dir = tempdir().unwrap();
+    let fifo = dir.path().join("cifar-10-binary.tar.gz");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for msg in [
+        chain(&cifar10(Some(&fifo)).unwrap_err()),
+        mnist_err(&fifo),
+        chain(
+            &image_folder(&fifo, &FolderOptions::default())
+                .err()
+                .expect("an error"),
+        ),
+    ] {
+        assert!(
+            msg.contains("cifar-10-binary.tar.gz is neither a directory nor a regular file"),
+            "{msg}"
+        );
+    }
 }
 
 #[test]
