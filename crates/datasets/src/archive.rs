@@ -48,8 +48,8 @@ const BLOCK: usize = 512;
 /// a tar header with a wrong checksum or size, a member cut short, a missing end-of-archive
 /// marker. So, named as such, is a folder, link or image member whose path holds `..` (which
 /// `tar -x` does not extract either) or is not UTF-8 (two class folders could read as one),
-/// and a link named as an image that leads nowhere in the archive; other members with such
-/// names are skipped. Memory grows with the bytes actually read, never with a size a header
+/// a link named as an image that leads nowhere in the archive, and a pipe or device member
+/// named as an image; other members with such names are skipped. Memory grows with the bytes actually read, never with a size a header
 /// claims. Only images' bytes are kept (each at most [`crate::io::MAX_INPUT_FILE`], as a
 /// file); other files are listed with no bytes, unread.
 pub fn read_archive(path: &Path) -> Result<Vec<ArchiveEntry>> {
@@ -99,6 +99,16 @@ fn read_tar(
         let kind = entry.header().entry_type();
         let link = kind.is_symlink() || kind.is_hard_link();
         if !(kind.is_file() || kind.is_dir() || link) {
+            // A pipe or device member named as an image, refused as in a folder (extracted,
+            // it would block or never end).
+            let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            if crate::listing::is_image(&raw) {
+                return Err(Refused(format!(
+                    "member {raw}: named as an image but not a regular file (a pipe or a \
+                     device): remove it from the archive"
+                ))
+                .into());
+            }
             continue;
         }
         let raw = entry.path_bytes();

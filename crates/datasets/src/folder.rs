@@ -262,6 +262,16 @@ fn samples_of(
     } else {
         format!("{dir}/")
     };
+    // A test class folder of no training class, empty or not (torchvision's ImageFolder of
+    // test/ would have another class list).
+    if of_training {
+        if let Some(class) = children(listing, dir)
+            .into_iter()
+            .find(|c| !index.contains_key(c.as_str()))
+        {
+            bail!("{origin}/{class}: class folder not among the training classes {classes:?}");
+        }
+    }
     let mut keyed: Vec<(usize, &str, &str, usize)> = Vec::new();
     for (i, (rel, _)) in listing.files.iter().enumerate() {
         let Some(rest) = rel.strip_prefix(&prefix) else {

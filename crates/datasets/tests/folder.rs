@@ -257,7 +257,8 @@ fn archive_matches_directory() {
 }
 
 /// A `.tar` of `members`: (path, link target or `None` for a file, bytes), each a regular file,
-/// a symbolic link or (`hard:` before the target) a hard link, with the path written as given.
+/// a symbolic link, (`hard:` before the target) a hard link or (`fifo:`) a named pipe, with the
+/// path written as given.
 fn raw_tar(path: &std::path::Path, members: &[(&[u8], Option<&str>, &[u8])]) {
     let mut builder = tar::Builder::new(std::fs::File::create(path).unwrap());
     for (name, link, bytes) in members {
@@ -268,6 +269,10 @@ fn raw_tar(path: &std::path::Path, members: &[(&[u8], Option<&str>, &[u8])]) {
             None => {
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_size(bytes.len() as u64);
+            }
+            Some("fifo:") => {
+                header.set_entry_type(tar::EntryType::Fifo);
+                header.set_size(0);
             }
             Some(target) => {
                 let (kind, target) = match target.strip_prefix("hard:") {
@@ -329,6 +334,47 @@ fn an_archive_reads_as_its_extracted_tree() {
     }
     assert_eq!(split.test.len(), 2);
     assert_eq!(split.test.image(0).unwrap(), decoded(&a1));
+}
+
+/// A pipe member named as an image is refused, named, as a pipe in a folder is (extracted, it
+/// would block the read); one named otherwise is skipped, as other files are.
+#[test]
+fn a_pipe_member_named_as_an_image_is_refused() {
+    let dir = tempdir().unwrap();
+    let mut png = std::io::Cursor::new(Vec::new());
+    pattern_rgb(4, 4, 1)
+        .write_to(&mut png, image::ImageFormat::Png)
+        .unwrap();
+    let png = png.into_inner();
+    let archive = dir.path().join("pipes.tar");
+    let members: [(&[u8], Option<&str>, &[u8]); 5] = [
+        (b"train/a/0.png", None, &png),
+        (b"train/b/0.png", None, &png),
+        (b"test/a/0.png", None, &png),
+        (b"test/b/0.png", None, &png),
+        (b"train/a/notes.fifo", Some("fifo:"), b""),
+    ];
+    raw_tar(&archive, &members);
+    assert_eq!(
+        image_folder(&archive, &opts(Storage::Memory))
+            .unwrap()
+            .train
+            .len(),
+        2
+    );
+    let mut with_image = members.to_vec();
+    with_image.push((b"train/a/1.jpg", Some("fifo:"), b""));
+    raw_tar(&archive, &with_image);
+    let err = chain(
+        &image_folder(&archive, &opts(Storage::Memory))
+            .err()
+            .expect("refused"),
+    );
+    assert!(
+        err.contains("pipes.tar")
+            && err.contains("member train/a/1.jpg: named as an image but not a regular file"),
+        "{err}"
+    );
 }
 
 /// A tree with symbolic links, and its archive as `tar` stores them (links as links): the same

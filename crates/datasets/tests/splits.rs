@@ -175,6 +175,14 @@ fn image_folder_class_sets_must_match() {
         msg.contains("d: class folder not among the training classes"),
         "{msg}"
     );
+    // An empty one too (it was ignored).
+    std::fs::remove_dir_all(dir.path().join("test").join("d")).unwrap();
+    std::fs::create_dir(dir.path().join("test").join("zebra")).unwrap();
+    let msg = chain(&image_folder(dir.path(), &FolderOptions::default()).unwrap_err());
+    assert!(
+        msg.contains("zebra: class folder not among the training classes"),
+        "{msg}"
+    );
 }
 
 fn gray(n: usize, shape: (usize, usize, usize), classes: &[&str]) -> Arc<InMemory> {
