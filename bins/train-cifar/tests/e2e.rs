@@ -70,9 +70,12 @@ fn synthetic_cifar_run_writes_every_output_and_onecycle_steps_per_batch() {
     // Batches of other sizes than the official ones (a file cut at a record's end, or a
     // subset as here): said.
     assert!(
-        text(&run).contains(
-            "holds 40 training and 20 test images; the official CIFAR-10 has 50000 and 10000"
-        ),
+        text(&run).contains(&format!(
+            "read CIFAR-10: 40 training images from {}, 20 test images from {}; the official \
+             CIFAR-10 has 50000 and 10000",
+            data.join("data_batch_1..5.bin").display(),
+            data.join("test_batch.bin").display()
+        )),
         "{}",
         text(&run)
     );

@@ -151,11 +151,10 @@ impl Version {
             train: Arc::new(InMemory::concat(train)?),
             test: Arc::new(self.read(&dir.join(self.test), classes)?),
         };
-        split.check(
+        split.checked(
             &dir.join(self.all_train).display().to_string(),
             &dir.join(self.test).display().to_string(),
-        )?;
-        Ok(split)
+        )
     }
 
     /// Both splits from an archive's `entries` holding this version's test batch (`None` when
@@ -217,11 +216,10 @@ impl Version {
                 train: Arc::new(InMemory::concat(train)?),
                 test: Arc::new((self.parse_batch)(&test.bytes, &name(test), classes)?),
             };
-            split.check(
+            split.checked(
                 &format!("{}:{}", path.display(), self.all_train),
                 &name(test),
-            )?;
-            Ok(split)
+            )
         };
         Some(read())
     }

@@ -28,6 +28,43 @@ pub trait Dataset: Send + Sync {
     fn sample_name(&self, _index: usize) -> Option<String> {
         None
     }
+    /// Where the samples were read from, for messages: the files, folder or archive a
+    /// reader ([`mnist`](crate::mnist), [`cifar10`](crate::cifar10),
+    /// [`image_folder`](crate::image_folder), the Hub's copy) took them from; `None` when not
+    /// recorded.
+    fn origin(&self) -> Option<String> {
+        None
+    }
+}
+
+/// A data set with the place it was read from ([`Dataset::origin`]); the samples are `inner`'s.
+struct Read {
+    inner: Arc<dyn Dataset>,
+    origin: String,
+}
+
+impl Dataset for Read {
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+    fn classes(&self) -> &[String] {
+        self.inner.classes()
+    }
+    fn label(&self, index: usize) -> usize {
+        self.inner.label(index)
+    }
+    fn image(&self, index: usize) -> Result<U8Image> {
+        self.inner.image(index)
+    }
+    fn fixed_shape(&self) -> Option<(usize, usize, usize)> {
+        self.inner.fixed_shape()
+    }
+    fn sample_name(&self, index: usize) -> Option<String> {
+        self.inner.sample_name(index)
+    }
+    fn origin(&self) -> Option<String> {
+        Some(self.origin.clone())
+    }
 }
 
 /// Train and test halves.
@@ -75,6 +112,27 @@ impl Split {
             );
         }
         Ok(())
+    }
+}
+
+impl Split {
+    /// [`Split::check`], then each half with its origin ([`Dataset::origin`]): what the readers
+    /// give.
+    ///
+    /// # Errors
+    /// As [`Split::check`].
+    pub fn checked(self, train_origin: &str, test_origin: &str) -> Result<Split> {
+        self.check(train_origin, test_origin)?;
+        Ok(Split {
+            train: Arc::new(Read {
+                inner: self.train,
+                origin: train_origin.to_string(),
+            }),
+            test: Arc::new(Read {
+                inner: self.test,
+                origin: test_origin.to_string(),
+            }),
+        })
     }
 }
 

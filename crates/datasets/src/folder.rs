@@ -165,8 +165,7 @@ pub fn image_folder_listing(listing: Listing, options: &FolderOptions) -> Result
         train: build(train.take(&mut files), options.storage)?,
         test: build(test.take(&mut files), options.storage)?,
     };
-    split.check(&train_origin, &test_origin)?;
-    Ok(split)
+    split.checked(&train_origin, &test_origin)
 }
 
 /// The test split alone of an ImageFolder ([`image_folder`]) in `root`, for evaluating: when

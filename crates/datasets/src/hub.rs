@@ -91,8 +91,7 @@ pub(crate) fn load(spec: &DatasetSpec) -> Result<Split> {
         train: Arc::new(read_parquet(&train, &data)?),
         test: Arc::new(read_parquet(&test, &data)?),
     };
-    split.check(&train.display().to_string(), &test.display().to_string())?;
-    Ok(split)
+    split.checked(&train.display().to_string(), &test.display().to_string())
 }
 
 /// The test split of `spec`'s Hub copy alone (its training file is not downloaded).

@@ -48,8 +48,7 @@ pub(crate) fn mnist_dir(dir: &Path) -> Result<Split> {
         train: Arc::new(train),
         test: Arc::new(test),
     };
-    split.check(&train_origin, &test_origin)?;
-    Ok(split)
+    split.checked(&train_origin, &test_origin)
 }
 
 /// MNIST's test split alone: the two `t10k` IDX files in `dir` (or its `raw/`,

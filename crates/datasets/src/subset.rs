@@ -62,6 +62,9 @@ impl Dataset for Subset {
     fn sample_name(&self, index: usize) -> Option<String> {
         self.inner.sample_name(*self.indices.get(index)?)
     }
+    fn origin(&self) -> Option<String> {
+        self.inner.origin()
+    }
 }
 
 /// `n` sample indices of `data` (all when `n >= len`), drawn with `seed` so that each class

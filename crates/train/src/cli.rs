@@ -511,32 +511,39 @@ pub fn load_data(config: &RunConfig) -> Result<datasets::Split> {
                 .map_or("the data set".into(), |d| d.display().to_string())
         );
     }
-    note_other_sizes(config, [split.train.len(), split.test.len()]);
+    say_read(config, &split);
     Ok(datasets::Split {
         train: limited(split.train, config.limit_train, config.seed, "train")?,
         test: limited(split.test, config.limit_test, config.seed, "test")?,
     })
 }
 
-/// Says when the data read has other split sizes than the official data set's (a subset, or
-/// a file cut at a record's end, which its format cannot tell from a whole one).
-fn note_other_sizes(config: &RunConfig, read: [usize; 2]) {
+/// Says what was read, from where ([`datasets::Dataset::origin`]), and when the split sizes
+/// are not the official data set's (a subset, or a file cut at a record's end, which its
+/// format cannot tell from a whole one).
+fn say_read(config: &RunConfig, split: &datasets::Split) {
     let spec = config.dataset.spec();
-    if let Some(official) = spec.sizes.filter(|sizes| *sizes != read) {
-        crate::say!(
-            "note: {} holds {} training and {} test images; the official {} has {} and {} (a \
-             subset, or a cut or edited file?)",
-            config
-                .data_dir
-                .as_deref()
-                .map_or_else(|| "the data set".into(), |d| d.display().to_string()),
-            read[0],
-            read[1],
-            spec.title,
-            official[0],
-            official[1]
-        );
-    }
+    let read = [split.train.len(), split.test.len()];
+    let from = |part: &dyn Dataset| {
+        part.origin()
+            .map(|o| format!(" from {o}"))
+            .unwrap_or_default()
+    };
+    let note = match spec.sizes.filter(|sizes| *sizes != read) {
+        Some(official) => format!(
+            "; the official {} has {} and {} (a subset, or a cut or edited file?)",
+            spec.title, official[0], official[1]
+        ),
+        None => String::new(),
+    };
+    crate::say!(
+        "read {}: {} training images{}, {} test images{}{note}",
+        spec.title,
+        read[0],
+        from(split.train.as_ref()),
+        read[1],
+        from(split.test.as_ref()),
+    );
 }
 
 /// The configured data set's test split alone, as [`load_data`] gives it (the same
