@@ -142,11 +142,7 @@ fn a_pipe_as_the_data_root_is_named() {
     for msg in [
         chain(&cifar10(Some(&fifo)).unwrap_err()),
         mnist_err(&fifo),
-        chain(
-            &image_folder(&fifo, &FolderOptions::default())
-                .err()
-                .expect("an error"),
-        ),
+        chain(&image_folder(&fifo, &FolderOptions::default()).expect_err("an error")),
     ] {
         assert!(
             msg.contains("cifar-10-binary.tar.gz is neither a directory nor a regular file"),

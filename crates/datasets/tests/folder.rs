@@ -365,11 +365,7 @@ fn a_pipe_member_named_as_an_image_is_refused() {
     let mut with_image = members.to_vec();
     with_image.push((b"train/a/1.jpg", Some("fifo:"), b""));
     raw_tar(&archive, &with_image);
-    let err = chain(
-        &image_folder(&archive, &opts(Storage::Memory))
-            .err()
-            .expect("refused"),
-    );
+    let err = chain(&image_folder(&archive, &opts(Storage::Memory)).expect_err("refused"));
     assert!(
         err.contains("pipes.tar")
             && err.contains("member train/a/1.jpg: named as an image but not a regular file"),
