@@ -118,8 +118,11 @@ impl FineTuneConfig {
 
 /// Where the network's weights come from before training.
 enum Start<'a> {
-    /// The pretrained file (`--weights`, or its Hub download).
-    Pretrained(PathBuf),
+    /// The pretrained file (`--weights`, or its Hub download) and its tensors, by PyTorch name.
+    Pretrained(
+        PathBuf,
+        std::collections::HashMap<String, candle_core::Tensor>,
+    ),
     /// A resumed run's state, by PyTorch name.
     State(&'a std::collections::HashMap<String, candle_core::Tensor>),
 }
@@ -144,7 +147,15 @@ pub fn finetune(
     // data is loaded. A resumed run takes its state's weights.
     let start = match &resume {
         Some((_, saved)) => Start::State(&saved.model),
-        None => Start::Pretrained(weights::resolve(&ft.weights, &run.model)?),
+        None => {
+            let path = weights::resolve(&ft.weights, &run.model)?;
+            let tensors = layers::checkpoint::read(&path)?;
+            // What the file is not (another depth than --model's, other names, a head of
+            // other features) is said before the data is read too.
+            transfer::weights::check(&tensors, &path, &run.model)?;
+            transfer::weights::head_classes(&tensors, &path, &run.model)?;
+            Start::Pretrained(path, tensors)
+        }
     };
     let data = train::cli::load_data(run)?;
     train::run::check_transforms(run, &data)?;
@@ -178,10 +189,7 @@ pub fn finetune(
                 ft.weights
             )
         }
-        Start::Pretrained(path) => {
-            let tensors = layers::checkpoint::read(&path)?;
-            // What the file is not (a ResNet-18, other names) said before its head is read.
-            transfer::weights::check(&tensors, &path, &run.model)?;
+        Start::Pretrained(path, tensors) => {
             kept_head = transfer::weights::head_classes(&tensors, &path, &run.model)?
                 == classes.len()
                 && train::inference::classes_beside(&path, classes.len()).as_deref()

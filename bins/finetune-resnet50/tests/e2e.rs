@@ -549,6 +549,14 @@ fn finetunes_the_tutorials_resnet18_and_every_command_reads_its_run() {
         log.contains("a ResNet-18;") && log.contains("a new head"),
         "{log}"
     );
+    assert!(
+        log.contains(&format!(
+            "read an image folder: 36 training images from {}, 12 test images from {}",
+            data.join("train").display(),
+            data.join("test").display()
+        )),
+        "{log}"
+    );
     let before = raw(&r18);
     let after = raw(&run.join(train::rundir::BEST));
     assert_eq!(
@@ -626,6 +634,8 @@ fn finetunes_the_tutorials_resnet18_and_every_command_reads_its_run() {
         err.contains("ResNet-50") && err.contains("--model resnet50"),
         "{err}"
     );
+    // Said before the data is read.
+    assert!(!err.contains("training images from"), "{err}");
     let err = fails(
         &[
             "--model",

@@ -98,21 +98,38 @@ fn read_tar(
         let mut entry = entry?;
         let kind = entry.header().entry_type();
         let link = kind.is_symlink() || kind.is_hard_link();
-        if !(kind.is_file() || kind.is_dir() || link) {
+        let special = kind.is_fifo() || kind.is_character_special() || kind.is_block_special();
+        if special || kind.is_gnu_sparse() {
             // A pipe or device member named as an image, refused as in a folder (extracted,
-            // it would block or never end).
+            // it would block or never end); a sparse file (`tar --sparse`), which this reader
+            // does not expand. Hidden ones are skipped, as a folder's are.
             let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            if crate::listing::is_image(&raw) {
-                return Err(Refused(format!(
-                    "member {raw}: named as an image but not a regular file (a pipe or a \
-                     device): remove it from the archive"
-                ))
-                .into());
+            let hidden = raw
+                .split('/')
+                .filter(|c| !c.is_empty() && *c != ".")
+                .any(crate::listing::is_hidden);
+            if !hidden && crate::listing::is_image(&raw) {
+                let why = match special {
+                    true => {
+                        "named as an image but not a regular file (a pipe or a device): \
+                             remove it from the archive"
+                    }
+                    false => {
+                        "a sparse file (tar --sparse), which is not read here: pack the \
+                              images without --sparse"
+                    }
+                };
+                return Err(Refused(format!("member {raw}: {why}")).into());
             }
             continue;
         }
+        // A contiguous file (type '7') is a regular file to `tar -x`.
+        let file = kind.is_file() || kind.is_contiguous();
+        if !(file || kind.is_dir() || link) {
+            continue;
+        }
         let raw = entry.path_bytes();
-        let matters = !kind.is_file() || crate::listing::is_image(&String::from_utf8_lossy(&raw));
+        let matters = !file || crate::listing::is_image(&String::from_utf8_lossy(&raw));
         let Some(name) = member_name(&raw, matters)? else {
             continue;
         };
@@ -141,7 +158,7 @@ fn read_tar(
             true => Some((crate::io::MAX_INPUT_FILE, "an image file")),
             false => keep(&name),
         };
-        if let (true, Some((max, what))) = (kind.is_file(), limit) {
+        if let (true, Some((max, what))) = (file, limit) {
             ensure!(
                 entry.size() <= max,
                 Refused(format!(
@@ -160,11 +177,11 @@ fn read_tar(
                 );
             }
         }
-        if kind.is_file() && limit.is_none() {
+        if file && limit.is_none() {
             // Not needed: read past, unkept.
             std::io::copy(&mut entry, &mut std::io::sink())
                 .with_context(|| format!("cannot read member {name}"))?;
-        } else if kind.is_file() {
+        } else if file {
             let size = entry.size();
             bytes.reserve(usize::try_from(size.min(real_size)).unwrap_or(0));
             entry

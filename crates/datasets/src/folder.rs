@@ -249,7 +249,7 @@ fn samples_of(
     classes: &[String],
     of_training: bool,
 ) -> Result<Picks> {
-    let origin = listing.origin.join(dir).display().to_string();
+    let origin = listing.place(dir);
     ensure!(!classes.is_empty(), "{origin}: no class folders found");
     let index: HashMap<&str, usize> = classes
         .iter()
@@ -268,7 +268,21 @@ fn samples_of(
             .into_iter()
             .find(|c| !index.contains_key(c.as_str()))
         {
-            bail!("{origin}/{class}: class folder not among the training classes {classes:?}");
+            let inside = format!("{prefix}{class}/");
+            let empty = !listing
+                .files
+                .iter()
+                .any(|(rel, _)| rel.starts_with(&inside));
+            bail!(
+                "{}: class folder not among the training classes {classes:?}{}",
+                listing.place(&join(dir, &class)),
+                if empty {
+                    " (an empty folder, which torchvision's ImageFolder of this split would \
+                     count as a class too: remove it)"
+                } else {
+                    ""
+                }
+            );
         }
     }
     let mut keyed: Vec<(usize, &str, &str, usize)> = Vec::new();
@@ -280,7 +294,10 @@ fn samples_of(
             continue;
         };
         let Some(&label) = index.get(class) else {
-            bail!("{origin}/{class}: class folder not among the training classes {classes:?}");
+            bail!(
+                "{}: class folder not among the training classes {classes:?}",
+                listing.place(&join(dir, class))
+            );
         };
         let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
         keyed.push((label, parent, name, i));
@@ -289,7 +306,7 @@ fn samples_of(
         ensure!(
             keyed.iter().any(|k| k.0 == label),
             "{}: {} (no {} images; {})",
-            listing.origin.join(join(dir, class)).display(),
+            listing.place(&join(dir, class)),
             if of_training {
                 "missing or empty class folder"
             } else {

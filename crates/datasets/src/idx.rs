@@ -95,6 +95,12 @@ fn part(dir: &Path, images: &str, labels: &str) -> Result<(InMemory, String)> {
 fn missing(dir: &Path, stem: &str) -> String {
     let folders = [dir.join(stem), dir.join(format!("{stem}.gz"))];
     match folders.iter().find(|p| p.is_dir()) {
+        // Some downloads (Kaggle's) unpack each file into a folder of its name.
+        Some(folder) if find_idx(folder, stem).is_some() => format!(
+            "{} is a directory holding MNIST's {stem}: give --data-dir a folder with the four \
+             IDX files themselves (move them out of their folders)",
+            folder.display()
+        ),
         Some(folder) => format!(
             "{} is a directory, not MNIST's IDX file (raw or gzipped)",
             folder.display()

@@ -257,15 +257,26 @@ pub fn is_archive(path: &Path) -> bool {
     name.ends_with(".tar.gz") || name.ends_with(".tgz") || name.ends_with(".tar")
 }
 
-/// Errors unless `path` exists, naming it.
-/// A data set's root must be a directory or a regular file (an archive): a pipe, a socket or
-/// a device is named as such.
+/// Errors unless `path` exists, naming it. A data set's root must be a directory or a
+/// regular file (an archive): a pipe, a socket or a device is named as what it is.
 pub fn ensure_exists(path: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
     anyhow::ensure!(path.exists(), "{} does not exist", path.display());
+    let kind = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .file_type();
+    let what = if kind.is_fifo() {
+        "a pipe"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "neither a directory nor a regular file"
+    };
     anyhow::ensure!(
-        path.is_dir() || path.is_file(),
-        "{} is neither a directory nor a regular file (a pipe, a socket or a device): give the \
-         data set's directory or archive",
+        kind.is_dir() || kind.is_file(),
+        "{} is {what}, not a data set's folder or file",
         path.display()
     );
     Ok(())

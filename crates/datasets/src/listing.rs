@@ -25,6 +25,18 @@ pub struct Listing {
     pub files: Vec<(String, EncodedSample)>,
 }
 
+impl Listing {
+    /// The folder or file `rel` of the listing as messages name it: a path below a directory,
+    /// `archive:rel` in an archive (as its samples are named); the origin itself for `""`.
+    pub fn place(&self, rel: &str) -> String {
+        match (rel.is_empty(), self.origin.is_file()) {
+            (true, _) => self.origin.display().to_string(),
+            (false, true) => format!("{}:{rel}", self.origin.display()),
+            (false, false) => self.origin.join(rel).display().to_string(),
+        }
+    }
+}
+
 /// Whether `name` ends in an accepted image extension.
 pub fn is_image(name: &str) -> bool {
     name.rsplit_once('.')
@@ -32,7 +44,7 @@ pub fn is_image(name: &str) -> bool {
 }
 
 /// Hidden names (`.git`, `.DS_Store`, macOS `._x.jpg`) are skipped.
-fn is_hidden(name: &str) -> bool {
+pub(crate) fn is_hidden(name: &str) -> bool {
     name.starts_with('.')
 }
 

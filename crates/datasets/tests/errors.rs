@@ -126,6 +126,18 @@ fn mnist_missing_file_and_missing_dir() {
         msg.contains("t10k-labels-idx1-ubyte.gz is a directory, not MNIST's IDX file"),
         "{msg}"
     );
+    // Kaggle's layout: each file in a folder of its name.
+    std::fs::write(
+        dir.path()
+            .join("t10k-labels-idx1-ubyte.gz/t10k-labels-idx1-ubyte"),
+        b"x",
+    )
+    .unwrap();
+    let msg = mnist_err(dir.path());
+    assert!(
+        msg.contains("is a directory holding MNIST's t10k-labels-idx1-ubyte"),
+        "{msg}"
+    );
 }
 
 /// A pipe given as the data set's root (an archive's name, say) is named as what it is, for
@@ -145,7 +157,7 @@ fn a_pipe_as_the_data_root_is_named() {
         chain(&image_folder(&fifo, &FolderOptions::default()).expect_err("an error")),
     ] {
         assert!(
-            msg.contains("cifar-10-binary.tar.gz is neither a directory nor a regular file"),
+            msg.contains("cifar-10-binary.tar.gz is a pipe, not a data set's folder or file"),
             "{msg}"
         );
     }

@@ -257,8 +257,8 @@ fn archive_matches_directory() {
 }
 
 /// A `.tar` of `members`: (path, link target or `None` for a file, bytes), each a regular file,
-/// a symbolic link, (`hard:` before the target) a hard link or (`fifo:`) a named pipe, with the
-/// path written as given.
+/// a symbolic link, (`hard:` before the target) a hard link, (`fifo:`) a named pipe or
+/// (`contiguous:`) a contiguous file, with the path written as given.
 fn raw_tar(path: &std::path::Path, members: &[(&[u8], Option<&str>, &[u8])]) {
     let mut builder = tar::Builder::new(std::fs::File::create(path).unwrap());
     for (name, link, bytes) in members {
@@ -273,6 +273,10 @@ fn raw_tar(path: &std::path::Path, members: &[(&[u8], Option<&str>, &[u8])]) {
             Some("fifo:") => {
                 header.set_entry_type(tar::EntryType::Fifo);
                 header.set_size(0);
+            }
+            Some("contiguous:") => {
+                header.set_entry_type(tar::EntryType::Continuous);
+                header.set_size(bytes.len() as u64);
             }
             Some(target) => {
                 let (kind, target) = match target.strip_prefix("hard:") {
@@ -355,13 +359,14 @@ fn a_pipe_member_named_as_an_image_is_refused() {
         (b"train/a/notes.fifo", Some("fifo:"), b""),
     ];
     raw_tar(&archive, &members);
-    assert_eq!(
-        image_folder(&archive, &opts(Storage::Memory))
-            .unwrap()
-            .train
-            .len(),
-        2
-    );
+    let read = |archive: &std::path::Path| image_folder(archive, &opts(Storage::Memory));
+    assert_eq!(read(&archive).unwrap().train.len(), 2);
+    // A hidden one is skipped, as in a folder; a contiguous file (type '7') is a file.
+    let mut more = members.to_vec();
+    more.push((b"./train/.cache/1.jpg", Some("fifo:"), b""));
+    more.push((b"train/b/1.png", Some("contiguous:"), &png));
+    raw_tar(&archive, &more);
+    assert_eq!(read(&archive).unwrap().train.len(), 3);
     let mut with_image = members.to_vec();
     with_image.push((b"train/a/1.jpg", Some("fifo:"), b""));
     raw_tar(&archive, &with_image);

@@ -455,14 +455,19 @@ mod tests {
             path
         })?;
         let last = bytes.len() - 1;
-        bytes[last] = 0x7f;
-        let path = dir.path().join("f8-nan.safetensors");
-        std::fs::write(&path, bytes)?;
-        let err = format!("{:#}", read(&path).unwrap_err());
-        assert!(
-            err.contains("f8-nan.safetensors") && err.contains("tensor w") && err.contains("NaN"),
-            "{err}"
-        );
+        // Its NaNs: 0x7f and, negative, 0xff.
+        for nan in [0x7f, 0xff] {
+            bytes[last] = nan;
+            let path = dir.path().join("f8-nan.safetensors");
+            std::fs::write(&path, &bytes)?;
+            let err = format!("{:#}", read(&path).unwrap_err());
+            assert!(
+                err.contains("f8-nan.safetensors")
+                    && err.contains("tensor w")
+                    && err.contains("NaN"),
+                "{err}"
+            );
+        }
         let ints = Tensor::new(&[1i64, 2], &Device::Cpu)?;
         assert!(non_finite_value(&ints)?.is_none());
         Ok(())

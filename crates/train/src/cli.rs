@@ -536,14 +536,25 @@ fn say_read(config: &RunConfig, split: &datasets::Split) {
         ),
         None => String::new(),
     };
-    crate::say!(
-        "read {}: {} training images{}, {} test images{}{note}",
-        spec.title,
-        read[0],
-        from(split.train.as_ref()),
-        read[1],
-        from(split.test.as_ref()),
-    );
+    let (train, test) = (split.train.origin(), split.test.origin());
+    match (&train, &test) {
+        // One folder whose classes are split: the test images are a held-out share.
+        (Some(one), Some(other)) if one == other => crate::say!(
+            "read {}: {} training and {} test images from {one} (held out: --test-fraction {}){note}",
+            spec.title,
+            read[0],
+            read[1],
+            config.test_fraction
+        ),
+        _ => crate::say!(
+            "read {}: {} training images{}, {} test images{}{note}",
+            spec.title,
+            read[0],
+            from(split.train.as_ref()),
+            read[1],
+            from(split.test.as_ref()),
+        ),
+    }
 }
 
 /// The configured data set's test split alone, as [`load_data`] gives it (the same

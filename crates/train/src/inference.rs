@@ -48,12 +48,13 @@ pub fn run_beside(weights: &Path) -> Option<(PathBuf, RunConfig)> {
         dir if dir.as_os_str().is_empty() => Path::new("."),
         dir => dir,
     };
-    let config = match layers::file::read(&dir.join(CONFIG)) {
-        Ok(text) => serde_json::from_slice(&text).ok()?,
-        Err(_) if std::fs::symlink_metadata(dir.join(CONFIG)).is_err() => {
+    // As `Trained::open` reads a run: a removed config.json (not one a replacing run is about
+    // to write) from the state.
+    let config = match std::fs::symlink_metadata(dir.join(CONFIG)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !crate::rundir::in_use(dir) => {
             crate::state::saved_settings(dir)?.0
         }
-        Err(_) => return None,
+        _ => serde_json::from_slice(&layers::file::read(&dir.join(CONFIG)).ok()?).ok()?,
     };
     Some((dir.to_path_buf(), config))
 }
@@ -1147,6 +1148,29 @@ pub fn print_top5(
 mod tests {
     use super::*;
     use crate::config::DatasetKind;
+
+    /// A checkpoint whose folder has no config.json and a pipe for its state: the state is
+    /// never opened (the open would wait for a writer), so the file is in no run.
+    #[test]
+    fn a_pipe_for_the_state_is_never_opened() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let weights = dir.path().join("best.safetensors");
+        std::fs::write(&weights, b"x")?;
+        let pipe = dir.path().join(crate::rundir::STATE);
+        let name = std::ffi::CString::new(pipe.as_os_str().as_encoded_bytes())?;
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(run_beside(&weights).is_none());
+        });
+        // A blocked open is a failure here, not a hung test.
+        assert_eq!(
+            rx.recv_timeout(std::time::Duration::from_secs(20)),
+            Ok(true)
+        );
+        Ok(())
+    }
 
     /// A checkpoint file outside the run directory names its outputs with its folder.
     #[test]

@@ -134,7 +134,12 @@ pub fn saved_settings(dir: &Path) -> Option<(RunConfig, Option<Vec<String>>)> {
 /// The resume state's JSON in the header of `dir`'s state, without reading its tensors.
 fn saved_header(dir: &Path) -> Option<String> {
     use std::io::Read;
-    let mut file = std::fs::File::open(dir.join(STATE)).ok()?;
+    // A pipe or device by the state's name is never opened (the open would wait on a pipe).
+    let path = dir.join(STATE);
+    if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+        return None;
+    }
+    let mut file = std::fs::File::open(path).ok()?;
     let mut len = [0u8; 8];
     file.read_exact(&mut len).ok()?;
     // A header larger than safetensors allows (100 MB) is no state's.

@@ -87,14 +87,29 @@ pub fn classifier() -> anyhow::Result<&'static str> {
 mod tests {
     use super::*;
 
+    /// The layouts here and the zoo's (which `evaluate`, `predict --run` and `visualize` build
+    /// a fine-tuning run's model from) are the same networks: every parameter's name and shape.
     #[test]
-    fn each_model_is_torchvisions_and_in_the_zoo() -> Result<()> {
-        let store = layers::ParamStore::new(0, &candle_core::Device::Cpu);
+    fn each_model_is_the_zoos() -> Result<()> {
+        let shapes = |store: &layers::ParamStore| -> Vec<(String, Vec<usize>)> {
+            let mut all: Vec<_> = store
+                .named_vars()
+                .into_iter()
+                .map(|(name, var)| (name, var.as_tensor().dims().to_vec()))
+                .collect();
+            all.sort();
+            all
+        };
         for model in MODELS {
-            let ours = build(model, 10, store.vb().pp(model))?;
-            let zoo = zoo::spec(model)?;
-            assert_eq!(zoo.classifier, classifier()?);
-            assert_eq!(ours.config(), &config(model, 10)?);
+            let (ours, zoos) = (
+                layers::ParamStore::new(0, &candle_core::Device::Cpu),
+                layers::ParamStore::new(0, &candle_core::Device::Cpu),
+            );
+            let net = build(model, 10, ours.vb())?;
+            zoo::build(model, 10, zoos.vb())?;
+            assert_eq!(shapes(&ours), shapes(&zoos), "{model}");
+            assert_eq!(zoo::spec(model)?.classifier, classifier()?);
+            assert_eq!(net.config(), &config(model, 10)?);
             assert_eq!(
                 depth(model)?.to_string(),
                 model.trim_start_matches("resnet")

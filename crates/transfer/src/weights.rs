@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use candle_core::Tensor;
 use layers::ParamStore;
 
@@ -35,7 +35,7 @@ pub fn model_of(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<&'stat
                 .count()
         })
         .collect();
-    LAYOUTS
+    let model = LAYOUTS
         .iter()
         .find(|(_, _, block, layers)| {
             (*block == resnet::BlockKind::Bottleneck) == bottleneck && layers[..] == blocks[..]
@@ -53,7 +53,36 @@ pub fn model_of(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<&'stat
                 },
                 MODELS.join(", ")
             )
-        })
+        })?;
+    // The same blocks with another stem or widths: this workspace's CIFAR ResNets
+    // (resnet18-seed, resnet18-cifar), a wide ResNet, a ResNeXt.
+    let expected: [(&str, &[usize]); 3] = [
+        ("conv1.weight", &[64, 3, 7, 7]),
+        (
+            "layer1.0.conv1.weight",
+            if bottleneck {
+                &[64, 64, 1, 1]
+            } else {
+                &[64, 64, 3, 3]
+            },
+        ),
+        ("layer4.0.conv2.weight", &[512, 512, 3, 3]),
+    ];
+    for (key, dims) in expected {
+        let found = tensors
+            .get(key)
+            .map(|t| t.dims().to_vec())
+            .unwrap_or_default();
+        ensure!(
+            found == dims,
+            "{} is not one of torchvision's ImageNet ResNets: {key} is {found:?}, torchvision's \
+             {model} has {dims:?} (this workspace's CIFAR ResNets, resnet18-seed and \
+             resnet18-cifar, have other widths or a 3x3 stem: train-cifar predict --model NAME \
+             --weights FILE reads them; wide ResNets and ResNeXts are not fine-tuned here)",
+            path.display()
+        );
+    }
+    Ok(model)
 }
 
 /// Checks that `tensors` (read from `path`) is a torchvision-named `model` (one of
@@ -174,6 +203,24 @@ mod tests {
             .collect();
         let err = model_of(&renamed, path).unwrap_err().to_string();
         assert!(err.contains("torchvision's ResNet names"), "{err}");
+        // The blocks of a ResNet-18 with CIFAR's stem and widths (train-cifar's models).
+        for (name, key, dims) in [
+            ("resnet18-seed", "layer4.0.conv2.weight", "[256, 256, 3, 3]"),
+            ("resnet18-cifar", "conv1.weight", "[64, 3, 3, 3]"),
+        ] {
+            let store = ParamStore::new(0, &Device::Cpu);
+            zoo::build(name, 10, store.vb())?;
+            let cifar: HashMap<String, Tensor> = store
+                .named_vars()
+                .into_iter()
+                .map(|(name, var)| (name, var.as_tensor().clone()))
+                .collect();
+            let err = model_of(&cifar, path).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("{key} is {dims}")) && err.contains("train-cifar predict"),
+                "{name}: {err}"
+            );
+        }
         Ok(())
     }
 }
