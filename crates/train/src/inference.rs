@@ -1033,7 +1033,7 @@ pub fn predict(args: &PredictArgs, dataset: DatasetKind) -> Result<()> {
 /// The names of a network's `count` outputs under `weights`, for a model of data set `data`:
 /// those of the run the checkpoint comes from (its `classes.json` beside it), else the data
 /// set's where the count is theirs, else ImageNet's for a 1000-class head of loaded weights of
-/// an ImageNet model (a pretrained ResNet-50; not random initial ones), else `class K`.
+/// an ImageNet model (a pretrained ResNet, say; not random initial ones), else `class K`.
 pub fn output_names(
     data: &datasets::DatasetSpec,
     weights: Option<&Path>,
