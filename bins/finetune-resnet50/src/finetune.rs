@@ -158,6 +158,10 @@ pub fn finetune(
         }
     };
     let data = train::cli::load_data(run)?;
+    if let Some((saved, _)) = &resume {
+        // Before the head is built for the data's classes and the features computed.
+        train::run::check_resumed_data(out, run, saved, &data)?;
+    }
     train::run::check_transforms(run, &data)?;
     let classes = data.train.classes().to_vec();
     let device = train::device::parse_device(&train::distributed::device_spec(&run.device))?;
@@ -176,6 +180,8 @@ pub fn finetune(
     // then --unfreeze, continues from the trained head, as load_state_dict of the whole
     // fine-tuned model does in PyTorch. Any other checkpoint gets a new head.
     let mut kept_head = false;
+    // A fine-tuned head of as many classes whose classes.json names others: why it is new.
+    let mut other_classes = false;
     let loaded = match start {
         // The run's own weights, the pretrained backbone included: resuming needs neither the
         // Hub nor the --weights file (the backbone's features are computed before the rest of
@@ -190,10 +196,11 @@ pub fn finetune(
             )
         }
         Start::Pretrained(path, tensors) => {
-            kept_head = transfer::weights::head_classes(&tensors, &path, &run.model)?
-                == classes.len()
-                && train::inference::classes_beside(&path, classes.len()).as_deref()
-                    == Some(&classes[..]);
+            let beside = train::inference::classes_beside(&path, classes.len());
+            let as_many =
+                transfer::weights::head_classes(&tensors, &path, &run.model)? == classes.len();
+            kept_head = as_many && beside.as_deref() == Some(&classes[..]);
+            other_classes = as_many && beside.is_some() && !kept_head;
             transfer::weights::load(&store, tensors, &path, &run.model, !kept_head)?;
             // A Hub id with the cached file it names; a file once.
             match Path::new(&ft.weights) == path {
@@ -206,6 +213,10 @@ pub fn finetune(
         (true, _) => "its head",
         (false, true) => {
             "its fine-tuned head (the same classes, as the classes.json beside it says)"
+        }
+        (false, false) if other_classes => {
+            "a new head (the classes.json beside the checkpoint names other classes than the \
+             data's)"
         }
         (false, false) => "a new head",
     };

@@ -211,11 +211,12 @@ fn predict(args: &PredictArgs) -> Result<()> {
     if images.is_empty() {
         bail!("predict needs images: predict [--run DIR | --weights W] IMAGE...");
     }
-    // A fine-tuning run's checkpoint given as --weights RUN/best.safetensors (or last) is read
-    // as --run RUN reads it (the same answer): its transform (a CIFAR-10 run's images at 32x32
-    // first), image size, classes and precision. --image-size asks for ImageNet's
-    // preprocessing at that size instead; other files in a run's folder (ImageNet's weights,
-    // say) are read as files.
+    // A run's checkpoint given as --weights RUN/best.safetensors (or last) is read as --run RUN
+    // reads it (the same answer): its transform (a CIFAR-10 run's images at 32x32 first),
+    // image size, classes and precision; a train-cifar run's too (read at 224 with ImageNet's
+    // normalisation, it answered otherwise). --image-size asks for ImageNet's preprocessing at
+    // that size instead; other files in a run's folder (ImageNet's weights, say) are read as
+    // files.
     let beside = match (&args.run, &args.weights, args.image_size) {
         (None, Some(weights), None) => Some(Path::new(weights))
             .filter(|w| {
@@ -223,21 +224,21 @@ fn predict(args: &PredictArgs) -> Result<()> {
                     && w.file_name()
                         .is_some_and(|n| n == train::rundir::BEST || n == train::rundir::LAST)
             })
-            .and_then(train::inference::run_beside)
-            .filter(|(_, config)| config.program == RECIPE.program)
-            .map(|(dir, _)| dir),
+            .and_then(train::inference::run_beside),
         _ => None,
     };
-    if let Some(dir) = &beside {
+    if let Some((dir, config)) = &beside {
         // On stderr: stdout holds the predictions that scripts read.
         train::warn!(
-            "{}: a checkpoint of the fine-tuning run in {}: read as --run {} --weights FILE \
-             (its transform, image size, classes and precision)",
+            "{}: a checkpoint of the {} run in {}: read as --run {} --weights FILE (its \
+             transform, image size, classes and precision)",
             args.weights.as_deref().unwrap_or_default(),
+            config.program,
             dir.display(),
             dir.display()
         );
     }
+    let beside = beside.map(|(dir, _)| dir);
     if let Some(run) = args.run.as_ref().or(beside.as_ref()) {
         // The run names its data set: the kind given here is not read.
         return train::inference::predict(

@@ -648,8 +648,62 @@ fn finetunes_the_tutorials_resnet18_and_every_command_reads_its_run() {
         &[],
     );
     assert!(
-        err.contains("--model resnet18-cifar") && err.contains("resnet152"),
+        err.contains("--model \"resnet18-cifar\"") && err.contains("resnet152"),
         "{err}"
+    );
+    let err = fails(&["--model", "ResNet-18", "--data-dir", s(&data)], &[]);
+    assert!(err.contains("(did you mean resnet18?)"), "{err}");
+    // Resumed on data of other classes: refused before the features are computed (it was a
+    // shape mismatch of the head, after them).
+    let fewer = dir.path().join("fewer");
+    small_folder(&fewer, 2, 1);
+    for split in ["train", "test"] {
+        std::fs::remove_dir_all(fewer.join(split).join("truck")).expect("remove a class");
+    }
+    let err = fails(
+        &[
+            "--resume",
+            s(&run),
+            "--epochs",
+            "3",
+            "--data-dir",
+            s(&fewer),
+            "--device",
+            "cpu",
+        ],
+        &[],
+    );
+    assert!(
+        err.contains("the data's classes are not the run's") && !err.contains("features of"),
+        "{err}"
+    );
+    // Another program's run (a train-cifar run of resnet18, say): its checkpoint given as
+    // --weights is read as its run too (it was read at 224 with ImageNet's normalisation).
+    let config_path = run.join(train::rundir::CONFIG);
+    let text = std::fs::read_to_string(&config_path).expect("config.json");
+    std::fs::write(
+        &config_path,
+        text.replace("\"finetune-resnet50\"", "\"train-cifar\""),
+    )
+    .expect("edit config.json");
+    let by_run = ok(&["predict", "--run", s(&run), s(&image)], &[]);
+    let by_file = finetune(
+        &[
+            "predict",
+            "--weights",
+            s(&run.join(train::rundir::BEST)),
+            s(&image),
+        ],
+        &[],
+    );
+    let said = String::from_utf8_lossy(&by_file.stderr);
+    assert!(
+        said.contains("a checkpoint of the train-cifar run in"),
+        "{said}"
+    );
+    assert_eq!(
+        rows(&by_run),
+        rows(&String::from_utf8_lossy(&by_file.stdout))
     );
 }
 
@@ -1113,4 +1167,34 @@ fn own_class_folders_need_no_folder_flag() {
     );
     let err = fails(&[&flat_args[..], &["--test-fraction", "1"]].concat(), &[]);
     assert!(err.contains("--test-fraction must be in (0, 1)"), "{err}");
+    assert!(
+        log.contains("6 training and 6 test images from") && log.contains("(held out"),
+        "{log}"
+    );
+    // The same number of images with the same labels, but other files (a class's images
+    // renamed: which are held out is drawn again): refused by evaluate and --resume, which
+    // compared the counts alone.
+    let frog = flat.join("frog");
+    for entry in std::fs::read_dir(&frog).expect("class folder") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        std::fs::rename(&path, frog.join(format!("renamed-{name}"))).expect("rename");
+    }
+    let err = fails(&["evaluate", "--run", s(&flat_out), "--device", "cpu"], &[]);
+    assert!(
+        err.contains("has as many images as the run tested on, but other files"),
+        "{err}"
+    );
+    let err = fails(
+        &["--resume", s(&flat_out), "--epochs", "2", "--device", "cpu"],
+        &[],
+    );
+    assert!(
+        err.contains("as many as the run's, with the same labels, but other files"),
+        "{err}"
+    );
 }

@@ -65,7 +65,25 @@ impl ModelArgs {
     /// Builds the model on the CPU and loads `--weights` if given, or the `--run`'s model and
     /// checkpoint.
     pub fn load(&self) -> Result<Loaded> {
-        let model = match (&self.run, &self.model) {
+        // A run's checkpoint given as --model NAME --weights RUN/best.safetensors is read as
+        // --run RUN reads it (its input size, transform and classes), as grad-cam and predict
+        // read it.
+        let beside = match (&self.run, &self.model, &self.weights, self.num_classes) {
+            (None, Some(name), Some(weights), None) => train::inference::run_beside(weights)
+                .filter(|(_, config)| config.model == *name)
+                .map(|(dir, _)| dir),
+            _ => None,
+        };
+        if let Some(run) = &beside {
+            train::say!(
+                "{}: a checkpoint of the run in {}: its input size, transform and classes are \
+                 used (as --run {} --weights FILE)",
+                self.weights.as_deref().unwrap_or(run).display(),
+                run.display(),
+                run.display()
+            );
+        }
+        let model = match (self.run.as_ref().or(beside.as_ref()), &self.model) {
             (Some(run), _) => {
                 let weights = self
                     .weights

@@ -133,6 +133,23 @@ fn filters_draws_the_saved_kernels() {
     assert!(stdout.contains("a checkpoint of the run in"), "{stdout}");
     let stdout = grad_cam(&weights);
     assert!(!stdout.contains("a checkpoint of the run"), "{stdout}");
+    // feature-maps the same: the run's transform (it took LeNet-5's 32x32 zoo input before).
+    let stdout = visualize(&[
+        "feature-maps",
+        "--model",
+        "lenet5",
+        "--weights",
+        run.join(train::rundir::BEST).to_str().unwrap(),
+        "--image",
+        picture.to_str().unwrap(),
+        "--out",
+        by_run.to_str().unwrap(),
+    ]);
+    assert!(
+        stdout.contains("a checkpoint of the run in")
+            && stdout.contains("-> 1x28x28, the run's test transform mnist-test"),
+        "{stdout}"
+    );
 
     let initial_out = dir.path().join("initial");
     let stdout = visualize(&[

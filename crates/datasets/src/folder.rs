@@ -377,7 +377,16 @@ impl Picks {
             self.files.len(),
             (0.5 / fraction).ceil()
         );
-        Ok((part(false), test))
+        let train = part(false);
+        ensure!(
+            !train.files.is_empty(),
+            "{}: holding out {}% of each class (rounded) as the test split leaves no training \
+             image among the {}: hold out less (--test-fraction; FolderOptions::test_fraction)",
+            self.origin,
+            fraction * 100.0,
+            self.files.len()
+        );
+        Ok((train, test))
     }
 
     /// Moves this split's samples out of the listing's files.

@@ -138,7 +138,12 @@ fn image_folder_train_emptied_by_the_fraction_is_refused() {
         ..FolderOptions::default()
     };
     let msg = chain(&image_folder(dir.path(), &most).unwrap_err());
-    assert!(msg.contains("training split has no images"), "{msg}");
+    assert!(
+        msg.contains(
+            "holding out 90% of each class (rounded) as the test split leaves no training image"
+        ) && msg.contains("hold out less"),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -245,12 +245,17 @@ pub fn load_tensors_strict(varmap: &VarMap, tensors: &HashMap<String, Tensor>) -
         .collect();
     unexpected.sort();
     if !missing.is_empty() || !unexpected.is_empty() {
+        let part = |keys: &[&String], what: &str| match keys.len() {
+            0 => None,
+            n => Some(format!("{n} {what} key(s) {}", preview(keys))),
+        };
+        let parts: Vec<String> = [part(&missing, "missing"), part(&unexpected, "unexpected")]
+            .into_iter()
+            .flatten()
+            .collect();
         bail!(
-            "the checkpoint does not match the model: {} missing key(s) {}; {} unexpected key(s) {}",
-            missing.len(),
-            preview(&missing),
-            unexpected.len(),
-            preview(&unexpected)
+            "the checkpoint does not match the model: {} (a checkpoint of another model?)",
+            parts.join("; ")
         )
     }
     let mut mismatched: Vec<String> = data
@@ -278,9 +283,6 @@ pub fn load_tensors_strict(varmap: &VarMap, tensors: &HashMap<String, Tensor>) -
 }
 
 fn preview(keys: &[&String]) -> String {
-    if keys.is_empty() {
-        return "-".into();
-    }
     let shown: Vec<&str> = keys.iter().take(8).map(|k| k.as_str()).collect();
     let more = if keys.len() > 8 { ", ..." } else { "" };
     format!("[{}{more}]", shown.join(", "))

@@ -165,10 +165,13 @@ impl Recipe {
         let mut config = self.resolve(args)?;
         if !self.models.is_empty() && !self.models.contains(&config.model.as_str()) {
             bail!(
-                "{} trains {}; --model {} is not one of them",
+                "{} trains {}; --model {:?} is not one of them{}",
                 self.program,
                 self.models.join(" or "),
-                config.model
+                config.model,
+                zoo::did_you_mean(&config.model, self.models)
+                    .map(|k| format!(" (did you mean {k}?)"))
+                    .unwrap_or_default()
             );
         }
         let adam = config.optimizer != OptimizerKind::Sgd;
@@ -537,6 +540,20 @@ fn say_read(config: &RunConfig, split: &datasets::Split) {
         None => String::new(),
     };
     let (train, test) = (split.train.origin(), split.test.origin());
+    let default_fraction = datasets::FolderOptions::default().test_fraction;
+    let note = match (&train, &test) {
+        (Some(one), Some(other))
+            if config.dataset == DatasetKind::Folder
+                && one != other
+                && config.test_fraction != default_fraction =>
+        {
+            format!(
+                "{note}; --test-fraction {} has no effect: the folder has its own test split",
+                config.test_fraction
+            )
+        }
+        _ => note,
+    };
     match (&train, &test) {
         // One folder whose classes are split: the test images are a held-out share.
         (Some(one), Some(other)) if one == other => crate::say!(

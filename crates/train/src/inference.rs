@@ -589,6 +589,28 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
         }
         (None, _) => {}
     }
+    // As many test images, but other files: an image folder's held-out share drawn again after
+    // an image was added to a class, say (its labels in the same places).
+    if tested.is_none() && !other_limit && args.data_dir.is_none() {
+        let now = crate::state::names_crc(test.as_ref(), config.data_dir.as_deref());
+        if crate::state::saved_test_names(&args.run).is_some_and(|saved| saved != now) {
+            bail!(
+                "the run's data{} has changed since it trained: its test split has as many \
+                 images as the run tested on, but other files{}; give --data-dir to evaluate on \
+                 the data as it is now",
+                config
+                    .data_dir
+                    .as_ref()
+                    .map_or(String::new(), |d| format!(" in {}", d.display())),
+                if config.dataset == crate::config::DatasetKind::Folder {
+                    " (an image folder's held-out test images are drawn again from what is \
+                     there, and may include images the run trained on)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
     // Test images the model cannot take (another size than the run's, with a test transform
     // that does not resize): said before the pass, as training says it.
     if !test.is_empty() {

@@ -231,10 +231,16 @@ pub fn train(
         crate::state::labels_crc(train_data),
         crate::state::labels_crc(test_images),
     ];
+    let root = config.data_dir.as_deref();
+    let names = [
+        crate::state::names_crc(train_data, root),
+        crate::state::names_crc(test_images, root),
+    ];
     if let Some((saved, _)) = &resume {
         same_classes(out, &classes, saved.classes.as_deref())?;
         same_images(out, saved.images, [train_images, test_images.len()])?;
         same_labels(out, saved.labels, labels)?;
+        same_names(out, saved.names, names)?;
     }
     let writes = crate::distributed::writes();
     if writes {
@@ -284,6 +290,7 @@ pub fn train(
             test_images,
             images: [train_images, test_images.len()],
             labels,
+            names,
             events: Some(EventWriter::create(out)?),
         });
     }
@@ -817,6 +824,8 @@ struct Outputs<'a> {
     images: [usize; 2],
     /// Their labels' CRC-32C, for the resume state.
     labels: [u32; 2],
+    /// Their names' CRC-32C ([`crate::state::names_crc`]), for the resume state.
+    names: [u32; 2],
     /// The TensorBoard file; with the writing thread while an epoch's files are written.
     events: Option<EventWriter>,
 }
@@ -896,7 +905,7 @@ impl<'a> Outputs<'a> {
                 optimizer,
                 progress,
                 schedule,
-                (train_loader, self.images, self.labels),
+                (train_loader, self.images, (self.labels, self.names)),
                 self.classes,
             ),
             tiles: pictures::prediction_tiles(self.test_images, &tested.predictions)?,
@@ -1041,7 +1050,7 @@ fn resume_state(
     optimizer: &dyn Optimizer,
     progress: &RunProgress,
     schedule: &crate::schedule::Scheduled,
-    (train_loader, images, labels): (&dyn BatchSource, [usize; 2], [u32; 2]),
+    (train_loader, images, (labels, names)): (&dyn BatchSource, [usize; 2], DataSums),
     classes: &[String],
 ) -> ResumeState {
     ResumeState {
@@ -1056,10 +1065,15 @@ fn resume_state(
         config: config.clone(),
         images: Some(images),
         labels: Some(labels),
+        names: Some(names),
         classes: Some(classes.to_vec()),
         world_size: Some(crate::distributed::rank().map_or(1, |r| r.size)),
     }
 }
+
+/// The training and test splits' CRC-32C sums of their labels and of their file names (the
+/// resume state's `labels` and `names`).
+type DataSums = ([u32; 2], [u32; 2]);
 
 /// The training (shuffled) or test loader that `config` describes for `dataset`.
 ///
@@ -1127,6 +1141,69 @@ pub fn source(
         started.elapsed().as_secs_f64()
     );
     Ok(Box::new(resident))
+}
+
+/// On resume of the run in `out` (its state `saved`, its settings now `config`): the data
+/// (`data`, as [`crate::cli::load_data`] gives it, with its limits) is the run's: its classes,
+/// numbers of images, labels and file names in order, as [`train`] checks them. For a program that works on the data
+/// before [`train`] (a fine-tuning run builds its head for the data's classes and computes the
+/// backbone's features): the refusal then comes first, not as a shape mismatch or after that
+/// work.
+///
+/// # Errors
+/// The data differs from the run's, as said.
+pub fn check_resumed_data(
+    out: &Path,
+    config: &RunConfig,
+    saved: &crate::state::ResumeState,
+    data: &datasets::Split,
+) -> Result<()> {
+    same_classes(out, data.train.classes(), saved.classes.as_deref())?;
+    same_images(out, saved.images, [data.train.len(), data.test.len()])?;
+    same_labels(
+        out,
+        saved.labels,
+        [
+            crate::state::labels_crc(data.train.as_ref()),
+            crate::state::labels_crc(data.test.as_ref()),
+        ],
+    )?;
+    let root = config.data_dir.as_deref();
+    same_names(
+        out,
+        saved.names,
+        [
+            crate::state::names_crc(data.train.as_ref(), root),
+            crate::state::names_crc(data.test.as_ref(), root),
+        ],
+    )
+}
+
+/// Refuses to resume the run in `out` on images whose names, in order, are not those it
+/// trained and tested on (`saved`, CRC-32C from its state; states saved before they were kept
+/// have none): an image folder's held-out split drawn again after an image was added or
+/// removed, with as many images and labels in the same places.
+fn same_names(out: &Path, saved: Option<[u32; 2]>, now: [u32; 2]) -> Result<()> {
+    let Some(saved) = saved else {
+        return Ok(());
+    };
+    let differ: Vec<&str> = ["training", "test"]
+        .into_iter()
+        .zip(saved.iter().zip(&now))
+        .filter(|(_, (a, b))| a != b)
+        .map(|(split, _)| split)
+        .collect();
+    if differ.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "--resume {}: the data is not what the run trained on: its {} images are as many as \
+         the run's, with the same labels, but other files (an image folder's held-out test \
+         split drawn again after an image was added or removed, or files renamed); resume on \
+         the files the run trained on, or start a new run",
+        out.display(),
+        differ.join(" and ")
+    )
 }
 
 /// On resume: the data's classes (`classes`, in label order) are the run's: those its state

@@ -61,6 +61,12 @@ pub struct ResumeState {
     /// are others, or in another order (the test split trained on, say), is refused.
     #[serde(default)]
     pub labels: Option<[u32; 2]>,
+    /// The training and test images' names in order, each split's as [`names_crc`] sums them
+    /// (`None` in states saved before they were kept): an image folder's held-out test split
+    /// drawn again (an image added to a class) holds other images in as many places with the
+    /// same labels.
+    #[serde(default)]
+    pub names: Option<[u32; 2]>,
 }
 
 /// The CRC-32C of `data`'s labels in order (each as 8 little-endian bytes): what tells one data
@@ -70,6 +76,35 @@ pub fn labels_crc(data: &dyn datasets::Dataset) -> u32 {
     (0..data.len()).fold(0, |crc, i| {
         crc32c::crc32c_append(crc, &(data.label(i) as u64).to_le_bytes())
     })
+}
+
+/// The CRC-32C of `data`'s sample names in order ([`datasets::Dataset::sample_name`], each
+/// with `root`, the run's data directory, cut from its start, so that the same folder moved
+/// elsewhere is the same data): what tells an image folder's held-out split drawn again from
+/// the run's. Data whose samples have no names (decoded batches) sums to 0.
+pub fn names_crc(data: &dyn datasets::Dataset, root: Option<&Path>) -> u32 {
+    let root = root.map(|r| r.display().to_string()).unwrap_or_default();
+    (0..data.len()).fold(0, |crc, i| match data.sample_name(i) {
+        Some(name) => {
+            let name = name.strip_prefix(root.as_str()).unwrap_or(&name);
+            crc32c::crc32c_append(crc32c::crc32c_append(crc, name.as_bytes()), &[0])
+        }
+        None => crc,
+    })
+}
+
+/// The test split's [`names_crc`] that the state in `dir` records, read from its header alone.
+/// `None` without a state, or for one that does not record it.
+pub fn saved_test_names(dir: &Path) -> Option<u32> {
+    #[derive(serde::Deserialize)]
+    struct Recorded {
+        #[serde(default)]
+        names: Option<[u32; 2]>,
+    }
+    serde_json::from_str::<Recorded>(&saved_header(dir)?)
+        .ok()?
+        .names
+        .map(|[_, test]| test)
 }
 
 /// The tensors of a saved state.

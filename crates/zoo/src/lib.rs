@@ -188,6 +188,18 @@ pub fn num_parameters(name: &str, num_classes: usize) -> Result<usize> {
     Ok(recorder.num_parameters())
 }
 
+/// The one of `known` that `name` spells another way, as torchvision's spellings differ from
+/// ours in case and separators (`vgg16_bn`, `ResNet50`, `resnet-18`).
+pub fn did_you_mean<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
+    let folded = |n: &str| {
+        n.chars()
+            .filter(|c| *c != '-' && *c != '_')
+            .collect::<String>()
+            .to_ascii_lowercase()
+    };
+    known.iter().copied().find(|k| folded(k) == folded(name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,7 +233,12 @@ mod tests {
 
     #[test]
     fn torchvision_spellings_are_answered_with_ours() {
-        for (given, ours) in [("vgg16_bn", "vgg16-bn"), ("ResNet50", "resnet50")] {
+        for (given, ours) in [
+            ("vgg16_bn", "vgg16-bn"),
+            ("ResNet50", "resnet50"),
+            ("resnet-18", "resnet18"),
+            ("RESNET18_SEED", "resnet18-seed"),
+        ] {
             let err = spec(given).unwrap_err().to_string();
             assert!(err.contains(&format!("(did you mean {ours:?}?)")), "{err}");
         }

@@ -280,11 +280,7 @@ pub(crate) fn entry(name: &str) -> Result<Entry> {
         Some(entry) => Ok(entry.clone()),
         None => {
             let known: Vec<&str> = table.iter().map(|e| e.spec.name).collect();
-            // torchvision's spellings (`vgg16_bn`, `ResNet50`) differ in case and separator.
-            let folded = |n: &str| n.to_ascii_lowercase().replace('_', "-");
-            let suggestion = known
-                .iter()
-                .find(|k| folded(k) == folded(name))
+            let suggestion = crate::did_you_mean(name, &known)
                 .map(|k| format!(" (did you mean {k:?}?)"))
                 .unwrap_or_default();
             bail!(
