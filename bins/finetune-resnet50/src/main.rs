@@ -278,8 +278,16 @@ fn run(args: FineTuneArgs) -> Result<()> {
             _ => FineTuneConfig::load(dir)?,
         };
         ft.check_agrees_with_state(&saved.config, dir)?;
-        let ft = args.resumed(ft, dir)?;
-        let config = train::cli::resumed_config(&saved.config, &args.train)?;
+        // Both the fine-tuning flags and the training flags, so that every one that differs
+        // is named at once.
+        let (ft, config) = match (
+            args.resumed(ft, dir),
+            train::cli::resumed_config(&saved.config, &args.train),
+        ) {
+            (Ok(ft), Ok(config)) => (ft, config),
+            (Err(ft), Err(training)) => bail!("{ft:#}; and {training:#}"),
+            (Err(e), _) | (_, Err(e)) => return Err(e),
+        };
         train::distributed::agree_on_run(&config, saved.epochs_done)?;
         // With the backbone's features computed once, the training images' features are
         // computed in test batches too: another size could round them otherwise.

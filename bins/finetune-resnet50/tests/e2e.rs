@@ -600,6 +600,24 @@ fn finetunes_the_tutorials_resnet18_and_every_command_reads_its_run() {
         &[],
     );
     assert!(err.contains("--model resnet34"), "{err}");
+    // With another --weights too: both named.
+    let err = fails(
+        &[
+            "--resume",
+            s(&run),
+            "--model",
+            "resnet34",
+            "--weights",
+            "other.safetensors",
+            "--epochs",
+            "2",
+        ],
+        &[],
+    );
+    assert!(
+        err.contains("--model resnet34") && err.contains("--weights other.safetensors"),
+        "{err}"
+    );
     ok(
         &["--resume", s(&run), "--epochs", "2", "--device", "cpu"],
         &[],

@@ -171,7 +171,7 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
                     None => format!("{name}'s initial weights"),
                 };
                 let (net, _, count) =
-                    zoo::load_counting_classes(name, None, weights.as_deref(), &device, 0)?;
+                    crate::model::load_zoo(name, None, weights.as_deref(), &device, 0)?;
                 let data = datasets::catalog::spec(spec.data)?;
                 let classes = crate::model::class_names(&spec, weights.as_deref(), count);
                 if weights.is_none() {

@@ -61,6 +61,42 @@ pub fn class_names(
     train::inference::output_names(data, weights, count)
 }
 
+/// `zoo::load_counting_classes`, naming the checkpoint's own model when it is another of
+/// torchvision's ResNets than `name` (resnet50 weights given to `--model resnet18`, say): the
+/// load's own error lists keys and shapes.
+///
+/// # Errors
+/// As `zoo::load_counting_classes`.
+pub fn load_zoo(
+    name: &str,
+    num_classes: Option<usize>,
+    weights: Option<&std::path::Path>,
+    device: &Device,
+    seed: u64,
+) -> Result<(Box<dyn Network>, ParamStore, usize)> {
+    zoo::load_counting_classes(name, num_classes, weights, device, seed).map_err(|e| match weights
+        .and_then(|w| other_depth(name, w))
+    {
+        Some(hint) => e.context(hint),
+        None => e,
+    })
+}
+
+/// The other torchvision ResNet that `weights` holds, said, when `name` is one of them.
+fn other_depth(name: &str, weights: &std::path::Path) -> Option<String> {
+    if !transfer::MODELS.contains(&name) {
+        return None;
+    }
+    let tensors = layers::checkpoint::read(weights).ok()?;
+    let found = transfer::weights::model_of(&tensors, weights).ok()?;
+    (found != name).then(|| {
+        format!(
+            "{} is a torchvision {found} checkpoint, not a {name} one: give --model {found}",
+            weights.display()
+        )
+    })
+}
+
 impl ModelArgs {
     /// Builds the model on the CPU and loads `--weights` if given, or the `--run`'s model and
     /// checkpoint.
@@ -103,7 +139,7 @@ impl ModelArgs {
             (None, None) => anyhow::bail!("give --run DIR (a training run) or --model NAME"),
         };
         let spec = zoo::spec(model)?;
-        let (net, store, count) = zoo::load_counting_classes(
+        let (net, store, count) = load_zoo(
             spec.name,
             self.num_classes,
             self.weights.as_deref(),

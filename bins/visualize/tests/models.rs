@@ -213,6 +213,26 @@ fn weights_of_another_model_are_refused() {
     );
     let unknown = visualize_fails(&["filters", "--model", "lenet7"]);
     assert!(unknown.contains("unknown model"), "{unknown}");
+    // Another torchvision ResNet's file: its model named.
+    let r18 = dir.path().join("r18.safetensors");
+    let store = ParamStore::new(0, &Device::Cpu);
+    zoo::build("resnet18", 1000, store.vb()).unwrap();
+    layers::checkpoint::save(store.varmap(), &r18).unwrap();
+    let err = visualize_fails(&[
+        "filters",
+        "--model",
+        "resnet50",
+        "--weights",
+        r18.to_str().unwrap(),
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains(
+            "is a torchvision resnet18 checkpoint, not a resnet50 one: give --model resnet18"
+        ),
+        "{err}"
+    );
 }
 
 /// A `w` x `h` picture: a bright disc on a dark background when `disc`, else stripes.
