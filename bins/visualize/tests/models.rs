@@ -424,3 +424,65 @@ fn a_checkpoint_of_another_class_count_loads_by_its_head() {
         "{err}"
     );
 }
+
+/// A fine-tuning run of `--model resnet18` at `--image-size 32` (its files as
+/// finetune-resnet50 writes them): grad-cam takes `layer3`, `layer4`'s map being 1x1 there,
+/// and feature-maps feeds the run's transform and names its classes.
+#[test]
+fn a_resnet18_fine_tuning_run_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    let mut config = train::config::RunConfig::new(
+        "finetune-resnet50",
+        train::config::DatasetKind::Folder,
+        "resnet18",
+    );
+    config.train_transform = "imagenet-eval:32".into();
+    config.test_transform = "imagenet-eval:32".into();
+    std::fs::write(
+        run.join(train::rundir::CONFIG),
+        serde_json::to_vec(&config).unwrap(),
+    )
+    .unwrap();
+    let classes: Vec<String> = ["ant", "bee", "cat"].map(String::from).to_vec();
+    train::inference::save_classes(&run, &classes).unwrap();
+    let store = ParamStore::new(3, &Device::Cpu);
+    zoo::build("resnet18", 3, store.vb()).unwrap();
+    layers::checkpoint::save(store.varmap(), &run.join(train::rundir::BEST)).unwrap();
+    let picture = dir.path().join("picture.png");
+    write_picture(&picture, 40, 30, true);
+    let out = dir.path().join("out");
+    let explain = |command: &str| {
+        visualize(&[
+            command,
+            "--run",
+            run.to_str().unwrap(),
+            "--image",
+            picture.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let stdout = explain("grad-cam");
+    assert!(
+        stdout.contains("layer4's map is 1x1") && stdout.contains("it is taken at layer3"),
+        "{stdout}"
+    );
+    assert_not_blank(
+        &open_png(&out.join("grad-cam-picture.png")),
+        "grad-cam-picture.png",
+    );
+    let stdout = explain("feature-maps");
+    let predicted = stdout
+        .lines()
+        .find(|l| l.contains("predicted class: "))
+        .unwrap_or_default();
+    assert!(
+        stdout.contains("-> 3x32x32, the run's test transform imagenet-eval:32")
+            && ["(ant)", "(bee)", "(cat)"]
+                .iter()
+                .any(|c| predicted.contains(c)),
+        "{stdout}"
+    );
+}
