@@ -338,6 +338,19 @@ fn run(args: FineTuneArgs) -> Result<()> {
     train_args.test_transform.get_or_insert(test_t);
     let mut config = RECIPE.config(&train_args)?;
     config.dataset = dataset_kind(args.folder, args.train.data_dir.as_deref());
+    // --test-fraction holds out a share of class folders that stand directly in --data-dir; a
+    // folder with its own test split would ignore it (an archive's layout is said once read).
+    if let (Some(fraction), Some(dir)) = (args.train.test_fraction, &args.train.data_dir) {
+        let split = ["test", "val"].iter().find(|d| dir.join(d).is_dir());
+        if let (true, Some(split)) = (dir.join("train").is_dir(), split) {
+            bail!(
+                "--test-fraction {fraction}: {} has its own test split ({split}/ beside train/), \
+                 which is used as it is; leave out --test-fraction, or put the class folders \
+                 directly in the folder to hold out a share of each",
+                dir.display()
+            );
+        }
+    }
     // Kept with the state too, so that a resume can tell an edited finetune.json.
     config.program_settings = Some(serde_json::to_value(&ft)?);
     train::distributed::agree_on_run(&config, 0)?;

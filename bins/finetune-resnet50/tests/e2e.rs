@@ -671,6 +671,22 @@ fn finetunes_the_tutorials_resnet18_and_every_command_reads_its_run() {
     );
     let err = fails(&["--model", "ResNet-18", "--data-dir", s(&data)], &[]);
     assert!(err.contains("(did you mean resnet18?)"), "{err}");
+    // --test-fraction beside the folder's own test split: refused, not ignored.
+    let err = fails(
+        &strs(&train(&[
+            "--weights",
+            s(&r18),
+            "--test-fraction",
+            "0.5",
+            "--out",
+            s(&dir.path().join("fraction")),
+        ])),
+        &[],
+    );
+    assert!(
+        err.contains("--test-fraction 0.5: ") && err.contains("has its own test split (test/"),
+        "{err}"
+    );
     // Resumed on data of other classes: refused before the features are computed (it was a
     // shape mismatch of the head, after them).
     let fewer = dir.path().join("fewer");
