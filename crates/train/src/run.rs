@@ -1179,20 +1179,26 @@ pub fn check_resumed_data(
     )
 }
 
+/// The splits ("training", "test") whose sums `now` differ from the `saved` ones (none
+/// without saved ones: states saved before they were kept).
+fn differing_splits(saved: Option<[u32; 2]>, now: [u32; 2]) -> Vec<&'static str> {
+    let Some(saved) = saved else {
+        return Vec::new();
+    };
+    ["training", "test"]
+        .into_iter()
+        .zip(saved.iter().zip(&now))
+        .filter(|(_, (a, b))| a != b)
+        .map(|(split, _)| split)
+        .collect()
+}
+
 /// Refuses to resume the run in `out` on images whose names, in order, are not those it
 /// trained and tested on (`saved`, CRC-32C from its state; states saved before they were kept
 /// have none): an image folder's held-out split drawn again after an image was added or
 /// removed, with as many images and labels in the same places.
 fn same_names(out: &Path, saved: Option<[u32; 2]>, now: [u32; 2]) -> Result<()> {
-    let Some(saved) = saved else {
-        return Ok(());
-    };
-    let differ: Vec<&str> = ["training", "test"]
-        .into_iter()
-        .zip(saved.iter().zip(&now))
-        .filter(|(_, (a, b))| a != b)
-        .map(|(split, _)| split)
-        .collect();
+    let differ = differing_splits(saved, now);
     if differ.is_empty() {
         return Ok(());
     }
@@ -1285,15 +1291,7 @@ fn same_images(out: &Path, saved: Option<[usize; 2]>, now: [usize; 2]) -> Result
 /// none): other images of the same number, or the same in another order (CIFAR-10's
 /// ImageFolder after its binary batches, a test split swapped for the training one).
 fn same_labels(out: &Path, saved: Option<[u32; 2]>, now: [u32; 2]) -> Result<()> {
-    let Some(saved) = saved else {
-        return Ok(());
-    };
-    let differ: Vec<&str> = ["training", "test"]
-        .into_iter()
-        .zip(saved.iter().zip(&now))
-        .filter(|(_, (a, b))| a != b)
-        .map(|(split, _)| split)
-        .collect();
+    let differ = differing_splits(saved, now);
     if differ.is_empty() {
         return Ok(());
     }
