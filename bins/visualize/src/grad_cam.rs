@@ -133,24 +133,12 @@ fn overlay(seen: &U8Image, cam: &Cam) -> Result<U8Image> {
 /// probability, in `out`, and prints the class explained.
 pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
     let device = Device::Cpu;
-    // A run's checkpoint given as --model NAME --weights RUN/best.safetensors is read as
-    // --run RUN would read it: its input size, transform and classes, not the model's native
-    // ones (a resnet18 trained on 32x32 CIFAR-10 images, say).
     let beside = match (&args.run, &args.model, &args.weights) {
-        (None, Some(name), Some(weights)) => train::inference::run_beside(Path::new(weights))
-            .filter(|(_, config)| config.model == *name)
-            .map(|(dir, _)| dir),
+        (None, Some(name), Some(weights)) => {
+            crate::model::run_of_checkpoint(name, Path::new(weights))
+        }
         _ => None,
     };
-    if let Some(run) = &beside {
-        train::say!(
-            "{}: a checkpoint of the run in {}: its input size, transform and classes are used \
-             (as --run {} --weights FILE)",
-            args.weights.as_deref().unwrap_or_default(),
-            run.display(),
-            run.display()
-        );
-    }
     let weights_named: String;
     let (model, store_spec, input, classes, transform) =
         match (args.run.as_ref().or(beside.as_ref()), &args.model) {

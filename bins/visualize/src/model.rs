@@ -61,6 +61,23 @@ pub fn class_names(
     train::inference::output_names(data, weights, count)
 }
 
+/// The run whose checkpoint `weights` is, when it is a run of `name`: a run's checkpoint given
+/// as `--model NAME --weights RUN/best.safetensors` is read as `--run RUN` reads it (its input
+/// size, transform and classes, not the model's native ones: a resnet18 trained on 32x32
+/// CIFAR-10 images, say), as `predict` reads it. Said so when it is.
+pub fn run_of_checkpoint(name: &str, weights: &std::path::Path) -> Option<PathBuf> {
+    let (run, _) =
+        train::inference::run_beside(weights).filter(|(_, config)| config.model == name)?;
+    train::say!(
+        "{}: a checkpoint of the run in {}: its input size, transform and classes are used \
+         (as --run {} --weights FILE)",
+        weights.display(),
+        run.display(),
+        run.display()
+    );
+    Some(run)
+}
+
 /// `zoo::load_counting_classes`, naming the checkpoint's own model when it is another of
 /// torchvision's ResNets than `name` (resnet50 weights given to `--model resnet18`, say): the
 /// load's own error lists keys and shapes.
@@ -101,24 +118,10 @@ impl ModelArgs {
     /// Builds the model on the CPU and loads `--weights` if given, or the `--run`'s model and
     /// checkpoint.
     pub fn load(&self) -> Result<Loaded> {
-        // A run's checkpoint given as --model NAME --weights RUN/best.safetensors is read as
-        // --run RUN reads it (its input size, transform and classes), as grad-cam and predict
-        // read it.
         let beside = match (&self.run, &self.model, &self.weights, self.num_classes) {
-            (None, Some(name), Some(weights), None) => train::inference::run_beside(weights)
-                .filter(|(_, config)| config.model == *name)
-                .map(|(dir, _)| dir),
+            (None, Some(name), Some(weights), None) => run_of_checkpoint(name, weights),
             _ => None,
         };
-        if let Some(run) = &beside {
-            train::say!(
-                "{}: a checkpoint of the run in {}: its input size, transform and classes are \
-                 used (as --run {} --weights FILE)",
-                self.weights.as_deref().unwrap_or(run).display(),
-                run.display(),
-                run.display()
-            );
-        }
         let model = match (self.run.as_ref().or(beside.as_ref()), &self.model) {
             (Some(run), _) => {
                 let weights = self

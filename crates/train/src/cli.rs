@@ -527,32 +527,29 @@ pub fn load_data(config: &RunConfig) -> Result<datasets::Split> {
 fn say_read(config: &RunConfig, split: &datasets::Split) {
     let spec = config.dataset.spec();
     let read = [split.train.len(), split.test.len()];
-    let from = |part: &dyn Dataset| {
-        part.origin()
-            .map(|o| format!(" from {o}"))
-            .unwrap_or_default()
-    };
-    let note = match spec.sizes.filter(|sizes| *sizes != read) {
-        Some(official) => format!(
+    let (train, test) = (split.train.origin(), split.test.origin());
+    let mut note = String::new();
+    if let Some(official) = spec.sizes.filter(|sizes| *sizes != read) {
+        note += &format!(
             "; the official {} has {} and {} (a subset, or a cut or edited file?)",
             spec.title, official[0], official[1]
-        ),
-        None => String::new(),
-    };
-    let (train, test) = (split.train.origin(), split.test.origin());
-    let default_fraction = datasets::FolderOptions::default().test_fraction;
-    let note = match (&train, &test) {
-        (Some(one), Some(other))
-            if config.dataset == DatasetKind::Folder
-                && one != other
-                && config.test_fraction != default_fraction =>
-        {
-            format!(
-                "{note}; --test-fraction {} has no effect: the folder has its own test split",
-                config.test_fraction
-            )
-        }
-        _ => note,
+        );
+    }
+    let own_test = matches!((&train, &test), (Some(one), Some(other)) if one != other);
+    if config.dataset == DatasetKind::Folder
+        && own_test
+        && config.test_fraction != datasets::FolderOptions::default().test_fraction
+    {
+        note += &format!(
+            "; --test-fraction {} has no effect: the folder has its own test split",
+            config.test_fraction
+        );
+    }
+    let from = |origin: &Option<String>| {
+        origin
+            .as_ref()
+            .map(|o| format!(" from {o}"))
+            .unwrap_or_default()
     };
     match (&train, &test) {
         // One folder whose classes are split: the test images are a held-out share.
@@ -567,9 +564,9 @@ fn say_read(config: &RunConfig, split: &datasets::Split) {
             "read {}: {} training images{}, {} test images{}{note}",
             spec.title,
             read[0],
-            from(split.train.as_ref()),
+            from(&train),
             read[1],
-            from(split.test.as_ref()),
+            from(&test),
         ),
     }
 }

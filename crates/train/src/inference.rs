@@ -50,13 +50,20 @@ pub fn run_beside(weights: &Path) -> Option<(PathBuf, RunConfig)> {
     };
     // As `Trained::open` reads a run: a removed config.json (not one a replacing run is about
     // to write) from the state.
-    let config = match std::fs::symlink_metadata(dir.join(CONFIG)) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !crate::rundir::in_use(dir) => {
-            crate::state::saved_settings(dir)?.0
-        }
-        _ => serde_json::from_slice(&layers::file::read(&dir.join(CONFIG)).ok()?).ok()?,
+    let config = match config_removed(dir) {
+        true => crate::state::saved_settings(dir)?.0,
+        false => serde_json::from_slice(&layers::file::read(&dir.join(CONFIG)).ok()?).ok()?,
     };
     Some((dir.to_path_buf(), config))
+}
+
+/// Whether the run in `dir` has no `config.json` because it was removed (not because a run
+/// replacing it is about to write one): its state's copy of the settings is then read.
+fn config_removed(dir: &Path) -> bool {
+    matches!(
+        std::fs::symlink_metadata(dir.join(CONFIG)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound
+    ) && !crate::rundir::in_use(dir)
 }
 
 /// A trained run, ready to evaluate or predict.
@@ -90,11 +97,9 @@ impl Trained {
         crate::rundir::settle_for_reading(dir)?;
         let config_path = dir.join(CONFIG);
         // A removed config.json: the state keeps the same settings (and the class names).
-        let kept = match std::fs::symlink_metadata(&config_path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !crate::rundir::in_use(dir) => {
-                crate::state::saved_settings(dir)
-            }
-            _ => None,
+        let kept = match config_removed(dir) {
+            true => crate::state::saved_settings(dir),
+            false => None,
         };
         if kept.is_some() {
             crate::warn!(
@@ -559,22 +564,30 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
     let tested = crate::state::saved_images(&args.run)
         .map(|[_, tested]| tested)
         .filter(|&tested| !other_limit && tested != test.len());
-    match (tested, &args.data_dir) {
-        (Some(tested), None) => bail!(
-            "the run's data{} has changed since it trained: its test split now has {} images, \
-             the run tested on {tested}{}; give --data-dir to evaluate on the data as it is now",
+    // The run's own data changed since: refused, saying how (`what`).
+    let changed = |what: String| {
+        anyhow::anyhow!(
+            "the run's data{} has changed since it trained: its test split {what}{}; give \
+             --data-dir to evaluate on the data as it is now",
             config
                 .data_dir
                 .as_ref()
                 .map_or(String::new(), |d| format!(" in {}", d.display())),
-            test.len(),
             if config.dataset == crate::config::DatasetKind::Folder {
                 " (an image folder's held-out test images are drawn again from what is there, \
                  and may include images the run trained on)"
             } else {
                 ""
             }
-        ),
+        )
+    };
+    match (tested, &args.data_dir) {
+        (Some(tested), None) => {
+            return Err(changed(format!(
+                "now has {} images, the run tested on {tested}",
+                test.len()
+            )))
+        }
         (Some(tested), Some(dir)) => {
             crate::warn!(
                 "note: --data-dir {}: its test split has {} images, the run tested on {tested}; \
@@ -587,29 +600,17 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
                 other_data = crate::inference::other_data(Some(dir), None);
             }
         }
-        (None, _) => {}
-    }
-    // As many test images, but other files: an image folder's held-out share drawn again after
-    // an image was added to a class, say (its labels in the same places).
-    if tested.is_none() && !other_limit && args.data_dir.is_none() {
-        let now = crate::state::names_crc(test.as_ref(), config.data_dir.as_deref());
-        if crate::state::saved_test_names(&args.run).is_some_and(|saved| saved != now) {
-            bail!(
-                "the run's data{} has changed since it trained: its test split has as many \
-                 images as the run tested on, but other files{}; give --data-dir to evaluate on \
-                 the data as it is now",
-                config
-                    .data_dir
-                    .as_ref()
-                    .map_or(String::new(), |d| format!(" in {}", d.display())),
-                if config.dataset == crate::config::DatasetKind::Folder {
-                    " (an image folder's held-out test images are drawn again from what is \
-                     there, and may include images the run trained on)"
-                } else {
-                    ""
-                }
-            );
+        // As many test images, but other files: an image folder's held-out share drawn again
+        // after an image was added to a class, say (its labels in the same places).
+        (None, None) if !other_limit => {
+            let now = crate::state::names_crc(test.as_ref(), config.data_dir.as_deref());
+            if crate::state::saved_test_names(&args.run).is_some_and(|saved| saved != now) {
+                return Err(changed(
+                    "has as many images as the run tested on, but other files".into(),
+                ));
+            }
         }
+        (None, _) => {}
     }
     // Test images the model cannot take (another size than the run's, with a test transform
     // that does not resize): said before the pass, as training says it.

@@ -227,20 +227,15 @@ pub fn train(
             }
         );
     }
-    let labels = [
-        crate::state::labels_crc(train_data),
-        crate::state::labels_crc(test_images),
-    ];
-    let root = config.data_dir.as_deref();
-    let names = [
-        crate::state::names_crc(train_data, root),
-        crate::state::names_crc(test_images, root),
-    ];
+    let (labels, names) = data_sums(train_data, test_images, config.data_dir.as_deref());
     if let Some((saved, _)) = &resume {
-        same_classes(out, &classes, saved.classes.as_deref())?;
-        same_images(out, saved.images, [train_images, test_images.len()])?;
-        same_labels(out, saved.labels, labels)?;
-        same_names(out, saved.names, names)?;
+        same_data(
+            out,
+            saved,
+            &classes,
+            [train_images, test_images.len()],
+            (labels, names),
+        )?;
     }
     let writes = crate::distributed::writes();
     if writes {
@@ -1158,25 +1153,47 @@ pub fn check_resumed_data(
     saved: &crate::state::ResumeState,
     data: &datasets::Split,
 ) -> Result<()> {
-    same_classes(out, data.train.classes(), saved.classes.as_deref())?;
-    same_images(out, saved.images, [data.train.len(), data.test.len()])?;
-    same_labels(
+    same_data(
         out,
-        saved.labels,
+        saved,
+        data.train.classes(),
+        [data.train.len(), data.test.len()],
+        data_sums(
+            data.train.as_ref(),
+            data.test.as_ref(),
+            config.data_dir.as_deref(),
+        ),
+    )
+}
+
+/// The training and test splits' [`DataSums`]: their labels' and their names' CRC-32C, the
+/// names below `root` (the run's data directory).
+fn data_sums(train: &dyn Dataset, test: &dyn Dataset, root: Option<&Path>) -> DataSums {
+    (
         [
-            crate::state::labels_crc(data.train.as_ref()),
-            crate::state::labels_crc(data.test.as_ref()),
+            crate::state::labels_crc(train),
+            crate::state::labels_crc(test),
         ],
-    )?;
-    let root = config.data_dir.as_deref();
-    same_names(
-        out,
-        saved.names,
         [
-            crate::state::names_crc(data.train.as_ref(), root),
-            crate::state::names_crc(data.test.as_ref(), root),
+            crate::state::names_crc(train, root),
+            crate::state::names_crc(test, root),
         ],
     )
+}
+
+/// On resume of the run in `out`: the data's classes, numbers of images (`images`) and sums
+/// (`sums`) are those its state `saved` records.
+fn same_data(
+    out: &Path,
+    saved: &crate::state::ResumeState,
+    classes: &[String],
+    images: [usize; 2],
+    (labels, names): DataSums,
+) -> Result<()> {
+    same_classes(out, classes, saved.classes.as_deref())?;
+    same_images(out, saved.images, images)?;
+    same_labels(out, saved.labels, labels)?;
+    same_names(out, saved.names, names)
 }
 
 /// The splits ("training", "test") whose sums `now` differ from the `saved` ones (none

@@ -101,10 +101,7 @@ pub fn saved_test_names(dir: &Path) -> Option<u32> {
         #[serde(default)]
         names: Option<[u32; 2]>,
     }
-    serde_json::from_str::<Recorded>(&saved_header(dir)?)
-        .ok()?
-        .names
-        .map(|[_, test]| test)
+    recorded::<Recorded>(dir)?.names.map(|[_, test]| test)
 }
 
 /// The tensors of a saved state.
@@ -147,9 +144,7 @@ pub fn saved_images(dir: &Path) -> Option<[usize; 2]> {
         #[serde(default)]
         images: Option<[usize; 2]>,
     }
-    serde_json::from_str::<Recorded>(&saved_header(dir)?)
-        .ok()?
-        .images
+    recorded::<Recorded>(dir)?.images
 }
 
 /// The run's configuration and class names as the state in `dir` keeps them, read from its
@@ -162,8 +157,14 @@ pub fn saved_settings(dir: &Path) -> Option<(RunConfig, Option<Vec<String>>)> {
         #[serde(default)]
         classes: Option<Vec<String>>,
     }
-    let recorded = serde_json::from_str::<Recorded>(&saved_header(dir)?).ok()?;
+    let recorded = recorded::<Recorded>(dir)?;
     Some((recorded.config, recorded.classes))
+}
+
+/// What the resume state in `dir` records, as `T` takes it from its JSON (`None` without a
+/// readable one).
+fn recorded<T: serde::de::DeserializeOwned>(dir: &Path) -> Option<T> {
+    serde_json::from_str(&saved_header(dir)?).ok()
 }
 
 /// The resume state's JSON in the header of `dir`'s state, without reading its tensors.

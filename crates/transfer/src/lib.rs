@@ -33,13 +33,10 @@ const LAYOUTS: [(&str, usize, BlockKind, [usize; 4]); 5] = [
     ("resnet152", 152, BlockKind::Bottleneck, [3, 8, 36, 3]),
 ];
 
-/// The torchvision configuration of `model` (one of [`MODELS`]) with `num_classes` outputs.
-///
-/// # Errors
-/// `model` is not one of [`MODELS`].
-pub fn config(model: &str, num_classes: usize) -> Result<ResNetConfig> {
+/// `model`'s row of [`LAYOUTS`].
+fn layout(model: &str) -> Result<&'static (&'static str, usize, BlockKind, [usize; 4])> {
     match LAYOUTS.iter().find(|(name, ..)| *name == model) {
-        Some((_, _, block, layers)) => Ok(ResNetConfig::torchvision(*block, *layers, num_classes)),
+        Some(layout) => Ok(layout),
         None => bail!(
             "{model} is not one of the ResNets this fine-tunes: {}",
             MODELS.join(", ")
@@ -47,16 +44,21 @@ pub fn config(model: &str, num_classes: usize) -> Result<ResNetConfig> {
     }
 }
 
+/// The torchvision configuration of `model` (one of [`MODELS`]) with `num_classes` outputs.
+///
+/// # Errors
+/// `model` is not one of [`MODELS`].
+pub fn config(model: &str, num_classes: usize) -> Result<ResNetConfig> {
+    let (_, _, block, layers) = layout(model)?;
+    Ok(ResNetConfig::torchvision(*block, *layers, num_classes))
+}
+
 /// The depth of `model` (18 for `resnet18`), for messages ("ResNet-18").
 ///
 /// # Errors
 /// `model` is not one of [`MODELS`].
 pub fn depth(model: &str) -> Result<usize> {
-    config(model, 1)?;
-    Ok(LAYOUTS
-        .iter()
-        .find(|(name, ..)| *name == model)
-        .map_or(0, |l| l.1))
+    Ok(layout(model)?.1)
 }
 
 /// Builds `model` (one of [`MODELS`], as torchvision's `resnet18()` ... `resnet152()`) with
