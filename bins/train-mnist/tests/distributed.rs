@@ -338,6 +338,80 @@ fn a_resumed_run_with_dropout_and_an_uneven_last_batch_is_exact() {
     assert_eq!(metrics(Path::new(&*whole)), metrics(Path::new(&*resumed)));
 }
 
+/// The `evaluate-*.json` summary written in `dir`.
+fn evaluation_in(dir: &Path) -> serde_json::Value {
+    let found: Vec<_> = std::fs::read_dir(dir)
+        .expect("outputs")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("evaluation-") && name.ends_with(".json")
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    serde_json::from_slice(&std::fs::read(&found[0]).expect("summary")).expect("JSON")
+}
+
+/// `evaluate` under `mpirun -n 2`: each rank tests its half of the 2,000 test images (batches
+/// of 50, a global batch of 100); rank 0 alone prints the figures and writes the outputs, which
+/// are one process's evaluation in batches of 100 (the same top-1, top-5 and per-class
+/// accuracies; the loss to float32 rounding, the sums taken in another order). Ranks that
+/// would evaluate in different precisions are refused, naming it, and write nothing.
+#[test]
+fn two_ranks_evaluate_as_one_process() {
+    let Some(data) = shared_data("mnist") else {
+        return;
+    };
+    let data = data.to_string_lossy().into_owned();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let (trained, one, two, mixed) = (path("run"), path("one"), path("two"), path("mixed"));
+    run(Command::new(BIN)
+        .args(args(&data, &trained, "64"))
+        .args(["--limit-train", "600"]));
+    let evaluate = |out: &str, batch: &str| {
+        let flags = ["evaluate", "--run", &trained, "--out", out];
+        let mut flags: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+        flags.extend(["--test-batch-size".into(), batch.into()]);
+        flags
+    };
+    run(Command::new(BIN).args(evaluate(&one, "100")));
+    let job = run(mpirun().args(["-n", "2", BIN]).args(evaluate(&two, "50")));
+    let stdout = String::from_utf8_lossy(&job.stdout);
+    assert_eq!(
+        stdout.matches("test images of MNIST").count(),
+        1,
+        "{stdout}"
+    );
+    let (a, b) = (
+        evaluation_in(Path::new(&one)),
+        evaluation_in(Path::new(&two)),
+    );
+    assert_eq!(a["samples"], 2000, "{a}");
+    for field in ["samples", "top1", "top5", "per_class", "precision"] {
+        assert_eq!(a[field], b[field], "{field}: {a} vs {b}");
+    }
+    let (x, y) = (a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap());
+    assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "loss {x} vs {y}");
+    let result = mpirun()
+        .args(["-n", "1", BIN])
+        .args(evaluate(&mixed, "50"))
+        .args([":", "-n", "1", BIN])
+        .args(evaluate(&mixed, "50"))
+        .args(["--precision", "bf16"])
+        .output()
+        .expect("cannot start mpirun");
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Error on rank 1 of 2")
+            && stderr.contains("differ in their evaluation: --precision bf16 here, f32 on rank 0"),
+        "{stderr}"
+    );
+    assert!(!Path::new(&mixed).exists(), "nothing written");
+}
+
 /// Without a launcher, `--distributed on` is a clear error; `off` under a launcher trains alone.
 #[test]
 fn distributed_on_needs_a_launcher() {

@@ -17,7 +17,8 @@
 //! - Batch-norm statistics stay per rank (DDP's default; rank 0's running statistics are
 //!   broadcast before each evaluation and saved); `--sync-bn` reduces them across ranks
 //!   ([`layers::StatsSync`]).
-//! - Evaluation is sharded too; the sums behind the metrics are reduced.
+//! - Evaluation is sharded too; the sums behind the metrics are reduced. So is the `evaluate`
+//!   command under a launcher ([`Job::Evaluation`]).
 //! - Rank 0 alone writes the run directory and prints; the others are quiet unless
 //!   `CNN_LOG_ALL_RANKS=1`. A rank that fails prints its error and aborts the whole job
 //!   (`MPI_Abort`), so that the others do not wait forever. A rank that stops without failing
@@ -338,6 +339,26 @@ pub fn device_spec(spec: &str) -> String {
     }
 }
 
+/// What a job does: train (the training programs) or evaluate a checkpoint (`evaluate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Job {
+    /// Data-parallel training: Ctrl-C is taken over when it runs alone
+    /// ([`crate::interrupt`]).
+    Training,
+    /// A sharded evaluation: each rank tests its share of the test set, the sums are reduced.
+    Evaluation,
+}
+
+impl Job {
+    /// The verb the messages use.
+    fn verb(self) -> &'static str {
+        match self {
+            Job::Training => "train",
+            Job::Evaluation => "evaluate",
+        }
+    }
+}
+
 /// Runs `body` as `args` says: directly, or as one rank of a data-parallel job (MPI initialised
 /// around it, finalised after). A rank whose `body` fails prints the error, naming the rank, and
 /// aborts the whole job, so that no rank waits for it forever.
@@ -345,11 +366,24 @@ pub fn device_spec(spec: &str) -> String {
 /// Errors: `--distributed on` without a launcher; a launcher but no `mpi` feature (unless
 /// `--distributed off`); MPI cannot start; `body`'s error, when it runs alone.
 pub fn launch<T>(args: &DistributedArgs, body: impl FnOnce() -> Result<T>) -> Result<T> {
+    launch_job(Job::Training, args, body)
+}
+
+/// [`launch`] for `job`: an evaluation neither takes over Ctrl-C nor says anything of
+/// `--sync-bn`, and its messages say "evaluate".
+pub fn launch_job<T>(
+    job: Job,
+    args: &DistributedArgs,
+    body: impl FnOnce() -> Result<T>,
+) -> Result<T> {
     let mode = args.distributed.unwrap_or_default();
     let found = launcher();
+    let verb = job.verb();
     match (mode, found) {
         (Mode::Off, _) | (Mode::Auto, None) => {
-            crate::interrupt::take_over_ctrl_c();
+            if job == Job::Training {
+                crate::interrupt::take_over_ctrl_c();
+            }
             if args.sync_bn {
                 crate::say!(
                     "--sync-bn: one process, so batch norm uses this process's batch (as \
@@ -366,9 +400,11 @@ pub fn launch<T>(args: &DistributedArgs, body: impl FnOnce() -> Result<T>) -> Re
         ),
         (Mode::On, None) => bail!(
             "--distributed on: no MPI launcher started this process; start the ranks with \
-             `mpirun -n N <program> ...` (or `srun --mpi=pmix`), or leave out --distributed"
+             `mpirun -n N <program> ...` (or `srun --mpi=pmix`), or leave out --distributed \
+             to {verb} in one process"
         ),
         (_, Some((who, size))) => start(
+            job,
             mode,
             who,
             size,
@@ -381,6 +417,7 @@ pub fn launch<T>(args: &DistributedArgs, body: impl FnOnce() -> Result<T>) -> Re
 
 #[cfg(not(feature = "mpi"))]
 fn start<T>(
+    job: Job,
     mode: Mode,
     who: &str,
     size: usize,
@@ -388,18 +425,25 @@ fn start<T>(
     body: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
     if mode == Mode::On || size != 1 {
+        let alone = match job {
+            Job::Training => "train one independent run per process",
+            Job::Evaluation => "evaluate the whole test set in each process",
+        };
         bail!(
             "started by {who} as one of {size} processes, but this program was built without \
              data-parallel training: rebuild it with `--features mpi` (or `nccl`), or pass \
-             --distributed off to train one independent run per process"
+             --distributed off to {alone}"
         );
     }
-    crate::interrupt::take_over_ctrl_c();
+    if job == Job::Training {
+        crate::interrupt::take_over_ctrl_c();
+    }
     body()
 }
 
 #[cfg(feature = "mpi")]
 fn start<T>(
+    _job: Job,
     _mode: Mode,
     _who: &str,
     _size: usize,
@@ -602,7 +646,13 @@ impl Context {
                     }
                 }
             };
-            return nccl.all_reduce(t);
+            let reduced = nccl.all_reduce(t)?;
+            // The host waits for NCCL's kernel here (the step reads the loss from the sum right
+            // after), watched by --collective-timeout as MPI's collectives are: a rank that
+            // never joins leaves the kernel waiting on the GPU, and this rank in this wait.
+            let _waiting = watchdog::Waiting::new(watchdog::Collective::AllReduce);
+            t.device().synchronize()?;
+            return Ok(reduced);
         }
         let flat = t.flatten_all()?;
         let reduced = match t.dtype() {
@@ -855,6 +905,18 @@ pub fn agree_on_data(
 ///
 /// Errors: the settings differ from rank 0's.
 pub fn agree(what: &str, settings: &Settings) -> Result<()> {
+    agree_that(
+        what,
+        settings,
+        "only --data-dir's path, --device (with NCCL, all CUDA or all CPU), --workers, \
+         --data-placement, --memory-format and a fine-tuning run's --weights may differ",
+    )
+}
+
+/// [`agree`], its error saying `may_differ` (what the ranks may give differently).
+///
+/// Errors: the settings differ from rank 0's.
+pub fn agree_that(what: &str, settings: &Settings, may_differ: &str) -> Result<()> {
     let Some(context) = context() else {
         return Ok(());
     };
@@ -867,9 +929,7 @@ pub fn agree(what: &str, settings: &Settings) -> Result<()> {
     let differ = differences(settings, &first);
     bail!(
         "the ranks of this data-parallel job differ in their {what}: {} (every rank runs the \
-         same command on the same data; only --data-dir's path, --device (with NCCL, all CUDA \
-         or all CPU), --workers, --data-placement, --memory-format and a fine-tuning run's \
-         --weights may differ)",
+         same command on the same data; {may_differ})",
         differ.join("; ")
     )
 }

@@ -368,6 +368,15 @@ pub struct EvaluateArgs {
     /// float32 batch by batch) only in its last digits [default: the run's --test-batch-size]
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub test_batch_size: Option<u64>,
+    /// off, auto or on: under an MPI launcher (mpirun -n N), each process tests its share of
+    /// the test images and the sums are reduced, as a DistributedSampler evaluation in PyTorch;
+    /// rank 0 prints and writes; --test-batch-size is then per rank [default: auto]
+    #[arg(long, value_enum)]
+    pub distributed: Option<crate::distributed::Mode>,
+    /// Seconds a rank waits in one collective for the others before it ends the whole job
+    /// (as training's --collective-timeout) [default: 1800]
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub collective_timeout: Option<u64>,
 }
 
 /// The name that `evaluate --data-dir DIR` adds to its outputs' names (`-data-<name>`) when
@@ -482,8 +491,26 @@ fn optional_path_text<S: serde::Serializer>(
 /// [`crate::cli::load_test_data`]), prints loss, top-1, top-5 and per-class accuracy, and
 /// writes the confusion matrix and a JSON summary.
 ///
-/// Errors: those of [`Trained::open`], of loading the data, and of writing the outputs.
+/// Under an MPI launcher (with the `mpi` feature; `--distributed`), each rank tests its share
+/// of the test images ([`crate::distributed::evaluate`]) after the ranks agree on the
+/// checkpoint, the test images and the settings; every rank returns the whole test set's
+/// evaluation, rank 0 alone prints it and writes the outputs.
+///
+/// Errors: those of [`Trained::open`], of loading the data, of writing the outputs, and of
+/// [`crate::distributed::launch_job`]; ranks that differ in what they would evaluate.
 pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
+    let job = crate::distributed::DistributedArgs {
+        distributed: args.distributed,
+        collective_timeout: args.collective_timeout,
+        ..Default::default()
+    };
+    crate::distributed::launch_job(crate::distributed::Job::Evaluation, &job, || {
+        evaluate_here(args)
+    })
+}
+
+/// [`evaluate`] in this process (one rank of a sharded evaluation, or alone).
+fn evaluate_here(args: &EvaluateArgs) -> Result<Evaluation> {
     // Another run's directory as --out: its own evaluation would be replaced.
     let same_dir = |a: &Path, b: &Path| {
         std::fs::canonicalize(a).is_ok_and(|a| std::fs::canonicalize(b).is_ok_and(|b| a == b))
@@ -508,7 +535,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
             );
         }
     }
-    let device = parse_device(&args.device)?;
+    let device = parse_device(&crate::distributed::device_spec(&args.device))?;
     // The checkpoint as it is before it is read: a run training meanwhile may replace it.
     let weights_file = match args.weights.as_str() {
         "best" => args.run.join(BEST),
@@ -639,6 +666,12 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
             )
         })?;
     }
+    // Every rank evaluates the same checkpoint on the same test images with the same settings.
+    crate::distributed::agree_that(
+        "evaluation",
+        &evaluation_settings(&trained, &config, test.as_ref(), precision)?,
+        "only the paths of --run, --weights and --data-dir, --device and --out may differ",
+    )?;
     let loader = crate::run::loader(&config, &test, false)?;
     // From here the batches take the memory.
     crate::memory::on_out_of_memory(format!(
@@ -646,14 +679,26 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
          needs less.",
         config.test_batch_size
     ));
-    let pass = evaluate_pass(
-        trained.model.as_ref(),
-        &loader,
-        &device,
-        trained.classes.len(),
-        config.label_smoothing,
-        format!("evaluate {}", trained.tag),
-    )?;
+    let label = format!("evaluate {}", trained.tag);
+    let (model, classes) = (trained.model.as_ref(), trained.classes.len());
+    let pass = match crate::distributed::shard(&loader, config.test_batch_size, false) {
+        Some(share) => crate::distributed::evaluate(
+            model,
+            &share,
+            &device,
+            classes,
+            config.label_smoothing,
+            label,
+        )?,
+        None => evaluate_pass(
+            model,
+            &loader,
+            &device,
+            classes,
+            config.label_smoothing,
+            label,
+        )?,
+    };
     let m = &pass.metrics;
     ensure!(
         m.loss().is_finite(),
@@ -706,8 +751,12 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
         }
     }
     let out = args.out.clone().unwrap_or_else(|| args.run.clone());
-    std::fs::create_dir_all(&out)
-        .with_context(|| format!("--out {}: cannot create the directory", out.display()))?;
+    // One process, or rank 0 of a sharded evaluation, writes.
+    let writes = crate::distributed::writes();
+    if writes {
+        std::fs::create_dir_all(&out)
+            .with_context(|| format!("--out {}: cannot create the directory", out.display()))?;
+    }
     let mut evaluation = evaluation;
     evaluation.checkpoint = [BEST, LAST]
         .into_iter()
@@ -748,6 +797,9 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
          the figures above describe the weights before; nothing was written; evaluate again",
         trained.weights.display()
     );
+    if !writes {
+        return Ok(evaluation);
+    }
     let picture = out.join(evaluated_confusion(&tag));
     let weights = trained.weights.file_name().map_or_else(
         || trained.weights.display().to_string(),
@@ -766,6 +818,59 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
     crate::atomic::write_bytes(&summary, &serde_json::to_vec_pretty(&evaluation)?)?;
     crate::say!("wrote {} and {}", picture.display(), summary.display());
     Ok(evaluation)
+}
+
+/// What every rank of a sharded evaluation must share ([`crate::distributed::agree`]): the
+/// checkpoint's bytes, the model, the classes, the test images (their count and labels in
+/// order), the test transform, the batch size, the precision and the loss's label smoothing.
+/// Sums are CRC-32C. Nothing is read without a job.
+fn evaluation_settings(
+    trained: &Trained,
+    config: &RunConfig,
+    test: &dyn datasets::Dataset,
+    precision: Precision,
+) -> Result<crate::distributed::Settings> {
+    if crate::distributed::rank().is_none() {
+        return Ok(Vec::new());
+    }
+    let bytes = std::fs::read(&trained.weights)
+        .with_context(|| format!("cannot read {}", trained.weights.display()))?;
+    let classes = trained.classes.iter().fold(0, |crc, name| {
+        crc32c::crc32c_append(crc32c::crc32c_append(crc, name.as_bytes()), b"\n")
+    });
+    Ok(vec![
+        (
+            "the checkpoint".into(),
+            format!(
+                "{} bytes (CRC-32C {:08x})",
+                bytes.len(),
+                crc32c::crc32c(&bytes)
+            ),
+        ),
+        ("the model".into(), config.model.clone()),
+        (
+            "the classes".into(),
+            format!("{} (CRC-32C {classes:08x})", trained.classes.len()),
+        ),
+        (
+            "the test images".into(),
+            format!(
+                "{} (CRC-32C {:08x})",
+                test.len(),
+                crate::state::labels_crc(test)
+            ),
+        ),
+        ("--test-transform".into(), config.test_transform.clone()),
+        (
+            "--test-batch-size".into(),
+            config.test_batch_size.to_string(),
+        ),
+        ("--precision".into(), precision.flag_text()),
+        (
+            "the label smoothing".into(),
+            config.label_smoothing.to_string(),
+        ),
+    ])
 }
 
 /// `predict`'s flags.
