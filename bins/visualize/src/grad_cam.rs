@@ -21,7 +21,8 @@ pub struct GradCamArgs {
     /// classifier has rows) or its seeded initial weights
     #[arg(long)]
     model: Option<String>,
-    /// The run's checkpoint (best, last or a file), or the --model's weights file
+    /// The run's checkpoint (best, last or a file), or the --model's weights file; alone, a
+    /// run's checkpoint (read as its run) or a torchvision ResNet's (its depth found)
     #[arg(long)]
     weights: Option<String>,
     /// The image (any size and colour mode)
@@ -133,47 +134,56 @@ fn overlay(seen: &U8Image, cam: &Cam) -> Result<U8Image> {
 /// probability, in `out`, and prints the class explained.
 pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
     let device = Device::Cpu;
-    let beside = match (&args.run, &args.model, &args.weights) {
-        (None, Some(name), Some(weights)) => {
-            crate::model::run_of_checkpoint(name, Path::new(weights))
-        }
-        _ => None,
+    let (beside, found) = match (&args.run, &args.model, &args.weights) {
+        (None, Some(name), Some(weights)) => (
+            crate::model::run_of_checkpoint(name, Path::new(weights)),
+            None,
+        ),
+        (None, None, Some(weights)) => match crate::model::holder_of(Path::new(weights))? {
+            crate::model::Holder::Run(run) => (Some(run), None),
+            crate::model::Holder::Model(name) => (None, Some(name.to_string())),
+        },
+        _ => (None, None),
     };
     let weights_named: String;
-    let (model, store_spec, input, classes, transform) =
-        match (args.run.as_ref().or(beside.as_ref()), &args.model) {
-            (Some(run), _) => {
-                let weights = args.weights.as_deref().unwrap_or("best");
-                let trained = train::inference::Trained::open(run, weights, &device)?;
-                let spec = zoo::spec(&trained.config.model)?;
-                let input = train::inference::run_input(&trained.config)?;
-                let transform = Transform::parse(&trained.config.test_transform)?;
-                weights_named = trained.weights.display().to_string();
-                (trained.model, spec, input, trained.classes, transform)
+    let (model, store_spec, input, classes, transform) = match (
+        args.run.as_ref().or(beside.as_ref()),
+        args.model.as_ref().or(found.as_ref()),
+    ) {
+        (Some(run), _) => {
+            let weights = args.weights.as_deref().unwrap_or("best");
+            let trained = train::inference::Trained::open(run, weights, &device)?;
+            let spec = zoo::spec(&trained.config.model)?;
+            let input = train::inference::run_input(&trained.config)?;
+            let transform = Transform::parse(&trained.config.test_transform)?;
+            weights_named = trained.weights.display().to_string();
+            (trained.model, spec, input, trained.classes, transform)
+        }
+        (None, Some(name)) => {
+            let spec = zoo::spec(name)?;
+            let weights = args.weights.as_ref().map(PathBuf::from);
+            weights_named = match &weights {
+                Some(w) => w.display().to_string(),
+                None => format!("{name}'s initial weights"),
+            };
+            let (net, _, count) =
+                crate::model::load_zoo(name, None, weights.as_deref(), &device, 0)?;
+            let data = datasets::catalog::spec(spec.data)?;
+            let classes = crate::model::class_names(&spec, weights.as_deref(), count);
+            if weights.is_none() {
+                train::say!("{name}: initial weights (seed 0), no --weights given");
             }
-            (None, Some(name)) => {
-                let spec = zoo::spec(name)?;
-                let weights = args.weights.as_ref().map(PathBuf::from);
-                weights_named = match &weights {
-                    Some(w) => w.display().to_string(),
-                    None => format!("{name}'s initial weights"),
-                };
-                let (net, _, count) =
-                    crate::model::load_zoo(name, None, weights.as_deref(), &device, 0)?;
-                let data = datasets::catalog::spec(spec.data)?;
-                let classes = crate::model::class_names(&spec, weights.as_deref(), count);
-                if weights.is_none() {
-                    train::say!("{name}: initial weights (seed 0), no --weights given");
-                }
-                let input = train::inference::RunInput {
-                    channels: spec.input.0,
-                    side: spec.input.1,
-                    data_size: false,
-                };
-                (net, spec, input, classes, (data.eval)(spec.input.1))
-            }
-            (None, None) => bail!("grad-cam needs --run DIR (a training run) or --model NAME"),
-        };
+            let input = train::inference::RunInput {
+                channels: spec.input.0,
+                side: spec.input.1,
+                data_size: false,
+            };
+            (net, spec, input, classes, (data.eval)(spec.input.1))
+        }
+        (None, None) => {
+            bail!("grad-cam needs --run DIR (a training run), --model NAME or a --weights file")
+        }
+    };
     let predictor =
         train::inference::Predictor::for_run(model.as_ref(), transform, input, &classes, &device)?;
     let (seen, x) = predictor.prepare(&args.image)?;

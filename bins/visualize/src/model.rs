@@ -12,7 +12,7 @@ use zoo::ModelSpec;
 /// Which network to look at.
 #[derive(Debug, Args)]
 #[group(skip)]
-#[command(group = clap::ArgGroup::new("network").required(true).args(["run", "model"]))]
+#[command(group = clap::ArgGroup::new("network").required(true).multiple(true).args(["run", "model", "weights"]))]
 pub struct ModelArgs {
     /// A training run (what --out was): its model with its checkpoint (--weights best, last or
     /// a file; default best)
@@ -22,7 +22,8 @@ pub struct ModelArgs {
     #[arg(long)]
     model: Option<String>,
     /// Safetensors weights under PyTorch's names, loaded strictly; without them the network
-    /// keeps its seeded initial parameters. With --run: best, last or a file [default: best]
+    /// keeps its seeded initial parameters. With --run: best, last or a file [default: best].
+    /// Alone: a run's checkpoint (read as its run) or a torchvision ResNet's (its depth found)
     #[arg(long)]
     weights: Option<PathBuf>,
     /// Outputs of the last layer (1 to 100000) [default: the rows of the --weights' classifier,
@@ -78,6 +79,55 @@ pub fn run_of_checkpoint(name: &str, weights: &std::path::Path) -> Option<PathBu
     Some(run)
 }
 
+/// What a `--weights FILE` given without `--run` or `--model` holds (see [`holder_of`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// The checkpoint of the run in this directory.
+    Run(PathBuf),
+    /// The weights of this torchvision ResNet (`resnet18` to `resnet152`).
+    Model(&'static str),
+}
+
+/// The network `weights` holds, for `--weights FILE` given alone (as `predict --weights FILE`
+/// works it out): the run beside it when the file is a run's checkpoint (read as `--run DIR`
+/// reads it), else the torchvision ResNet its blocks make. Said so.
+///
+/// # Errors
+/// `best` or `last` (which name a run's checkpoints: `--run` is needed), a file that cannot be
+/// read, or one that is neither (the message asks for `--model`).
+pub fn holder_of(weights: &std::path::Path) -> Result<Holder> {
+    if weights == std::path::Path::new("best") || weights == std::path::Path::new("last") {
+        anyhow::bail!(
+            "--weights {}: names a run's checkpoint; give --run DIR with it",
+            weights.display()
+        );
+    }
+    if let Some((run, config)) = train::inference::run_beside(weights) {
+        train::say!(
+            "{}: a checkpoint of the run in {} ({}): its input size, transform and classes are \
+             used (as --run {} --weights FILE)",
+            weights.display(),
+            run.display(),
+            config.model,
+            run.display()
+        );
+        return Ok(Holder::Run(run));
+    }
+    let tensors = layers::checkpoint::read(weights)?;
+    let found = transfer::weights::model_of(&tensors, weights).with_context(|| {
+        format!(
+            "--weights {}: not a training run's checkpoint (no config.json beside it) nor \
+             torchvision's weights of a ResNet: give --model NAME, the zoo model it holds",
+            weights.display()
+        )
+    })?;
+    train::say!(
+        "{}: torchvision's {found} weights (from their blocks; as --model {found})",
+        weights.display()
+    );
+    Ok(Holder::Model(found))
+}
+
 /// `zoo::load_counting_classes`, naming the checkpoint's own model when it is another of
 /// torchvision's ResNets than `name` (resnet50 weights given to `--model resnet18`, say): the
 /// load's own error lists keys and shapes.
@@ -118,11 +168,27 @@ impl ModelArgs {
     /// Builds the model on the CPU and loads `--weights` if given, or the `--run`'s model and
     /// checkpoint.
     pub fn load(&self) -> Result<Loaded> {
-        let beside = match (&self.run, &self.model, &self.weights, self.num_classes) {
-            (None, Some(name), Some(weights), None) => run_of_checkpoint(name, weights),
-            _ => None,
+        let (beside, found) = match (&self.run, &self.model, &self.weights, self.num_classes) {
+            (None, Some(name), Some(weights), None) => (run_of_checkpoint(name, weights), None),
+            (None, None, Some(weights), classes) => match holder_of(weights)? {
+                Holder::Run(run) => {
+                    if let Some(n) = classes {
+                        anyhow::bail!(
+                            "--num-classes {n}: {} is a run's checkpoint, with the run's classes; \
+                             leave --num-classes out",
+                            weights.display()
+                        );
+                    }
+                    (Some(run), None)
+                }
+                Holder::Model(name) => (None, Some(name.to_string())),
+            },
+            _ => (None, None),
         };
-        let model = match (self.run.as_ref().or(beside.as_ref()), &self.model) {
+        let model = match (
+            self.run.as_ref().or(beside.as_ref()),
+            self.model.as_ref().or(found.as_ref()),
+        ) {
             (Some(run), _) => {
                 let weights = self
                     .weights

@@ -150,6 +150,47 @@ fn filters_draws_the_saved_kernels() {
             && stdout.contains("-> 1x28x28, the run's test transform mnist-test"),
         "{stdout}"
     );
+    // --weights alone: a run's checkpoint is read as its run (feature-maps and grad-cam), a
+    // file outside any run that is not a torchvision ResNet's asks for --model.
+    for command in ["feature-maps", "grad-cam"] {
+        let stdout = visualize(&[
+            command,
+            "--weights",
+            run.join(train::rundir::BEST).to_str().unwrap(),
+            "--image",
+            picture.to_str().unwrap(),
+            "--out",
+            by_run.to_str().unwrap(),
+        ]);
+        assert!(
+            stdout.contains("a checkpoint of the run in") && stdout.contains("(lenet5)"),
+            "{command}: {stdout}"
+        );
+        let err = visualize_fails(&[
+            command,
+            "--weights",
+            weights.to_str().unwrap(),
+            "--image",
+            picture.to_str().unwrap(),
+            "--out",
+            by_run.to_str().unwrap(),
+        ]);
+        assert!(
+            err.contains("lenet5.safetensors: not a training run's checkpoint")
+                && err.contains("give --model NAME"),
+            "{command}: {err}"
+        );
+    }
+    let err = visualize_fails(&["filters", "--weights", "best"]);
+    assert!(err.contains("give --run DIR with it"), "{err}");
+    let err = visualize_fails(&[
+        "filters",
+        "--weights",
+        run.join(train::rundir::BEST).to_str().unwrap(),
+        "--num-classes",
+        "3",
+    ]);
+    assert!(err.contains("leave --num-classes out"), "{err}");
 
     let initial_out = dir.path().join("initial");
     let stdout = visualize(&[
@@ -232,6 +273,20 @@ fn weights_of_another_model_are_refused() {
             "is a torchvision resnet18 checkpoint, not a resnet50 one: give --model resnet18"
         ),
         "{err}"
+    );
+    // Given alone, that file is read as the ResNet it holds.
+    let alone = dir.path().join("alone");
+    let stdout = visualize(&[
+        "filters",
+        "--weights",
+        r18.to_str().unwrap(),
+        "--out",
+        alone.to_str().unwrap(),
+    ]);
+    assert!(
+        stdout.contains("torchvision's resnet18 weights")
+            && stdout.contains("first layer conv1.weight: 64 kernels of 3x7x7"),
+        "{stdout}"
     );
 }
 
