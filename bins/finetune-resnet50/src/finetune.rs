@@ -158,9 +158,10 @@ pub fn finetune(
         }
     };
     let data = train::cli::load_data(run)?;
-    if let Some((saved, _)) = &resume {
+    match &resume {
         // Before the head is built for the data's classes and the features computed.
-        train::run::check_resumed_data(out, run, saved, &data)?;
+        Some((saved, _)) => train::run::check_resumed_data(out, run, saved, &data)?,
+        None => train::cli::refuse_unused_test_fraction(run, &data)?,
     }
     train::run::check_transforms(run, &data)?;
     let classes = data.train.classes().to_vec();

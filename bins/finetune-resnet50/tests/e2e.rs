@@ -687,6 +687,35 @@ fn finetunes_the_tutorials_resnet18_and_every_command_reads_its_run() {
         err.contains("--test-fraction 0.5: ") && err.contains("has its own test split (test/"),
         "{err}"
     );
+    // The same folder as a .tar, whose layout only reading tells: refused too, nothing kept.
+    let archive = dir.path().join("data.tar");
+    let mut tar = tar::Builder::new(std::fs::File::create(&archive).expect("archive"));
+    tar.append_dir_all(".", &data).expect("archive the folder");
+    tar.finish().expect("archive written");
+    let fraction_run = dir.path().join("fraction-archive");
+    let mut flags = train(&[
+        "--weights",
+        s(&r18),
+        "--test-fraction",
+        "0.5",
+        "--out",
+        s(&fraction_run),
+    ]);
+    let at = flags.iter().position(|f| f == "--data-dir").unwrap() + 1;
+    flags[at] = archive.display().to_string();
+    let err = fails(&strs(&flags), &[]);
+    assert!(
+        err.contains("--test-fraction 0.5: ")
+            && err.contains(&format!(
+                "has its own test split ({}:test)",
+                archive.display()
+            )),
+        "{err}"
+    );
+    assert!(
+        !fraction_run.exists(),
+        "the run folder made for nothing is removed"
+    );
     // Resumed on data of other classes: refused before the features are computed (it was a
     // shape mismatch of the head, after them).
     let fewer = dir.path().join("fewer");

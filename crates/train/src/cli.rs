@@ -535,11 +535,7 @@ fn say_read(config: &RunConfig, split: &datasets::Split) {
             spec.title, official[0], official[1]
         );
     }
-    let own_test = matches!((&train, &test), (Some(one), Some(other)) if one != other);
-    if config.dataset == DatasetKind::Folder
-        && own_test
-        && config.test_fraction != datasets::FolderOptions::default().test_fraction
-    {
+    if unused_test_fraction(config, split) {
         note += &format!(
             "; --test-fraction {} has no effect: the folder has its own test split",
             config.test_fraction
@@ -569,6 +565,41 @@ fn say_read(config: &RunConfig, split: &datasets::Split) {
             from(&test),
         ),
     }
+}
+
+/// Whether `--test-fraction` was given (another than the default) for image-folder data that
+/// has its own test split (the folder's or an archive's `train/` and `test/`): it has no effect.
+fn unused_test_fraction(config: &RunConfig, split: &datasets::Split) -> bool {
+    let own_test = matches!(
+        (split.train.origin(), split.test.origin()),
+        (Some(one), Some(other)) if one != other
+    );
+    config.dataset == DatasetKind::Folder
+        && own_test
+        && config.test_fraction != datasets::FolderOptions::default().test_fraction
+}
+
+/// Refuses `--test-fraction` given for a fresh run on image-folder data with its own test
+/// split, which only reading tells for an archive (a folder's `train/` and `test/` can be
+/// refused before). A resumed run made with it before is only told ([`load_data`]'s note).
+///
+/// # Errors
+/// The flag would have no effect.
+pub fn refuse_unused_test_fraction(config: &RunConfig, split: &datasets::Split) -> Result<()> {
+    if unused_test_fraction(config, split) {
+        bail!(
+            "--test-fraction {}: {} has its own test split ({}), which is used as it is; leave \
+             out --test-fraction, or put the class folders directly in the archive's top to \
+             hold out a share of each",
+            config.test_fraction,
+            config
+                .data_dir
+                .as_deref()
+                .map_or("the data".into(), |d| d.display().to_string()),
+            split.test.origin().unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 /// The configured data set's test split alone, as [`load_data`] gives it (the same
