@@ -338,7 +338,7 @@ fn a_resumed_run_with_dropout_and_an_uneven_last_batch_is_exact() {
     assert_eq!(metrics(Path::new(&*whole)), metrics(Path::new(&*resumed)));
 }
 
-/// The `evaluate-*.json` summary written in `dir`.
+/// The `evaluation-*.json` summary written in `dir`.
 fn evaluation_in(dir: &Path) -> serde_json::Value {
     let found: Vec<_> = std::fs::read_dir(dir)
         .expect("outputs")
@@ -357,7 +357,10 @@ fn evaluation_in(dir: &Path) -> serde_json::Value {
 /// of 50, a global batch of 100); rank 0 alone prints the figures and writes the outputs, which
 /// are one process's evaluation in batches of 100 (the same top-1, top-5 and per-class
 /// accuracies; the loss to float32 rounding, the sums taken in another order). Ranks that
-/// would evaluate in different precisions are refused, naming it, and write nothing.
+/// would evaluate in different precisions are refused, naming it, and write nothing. Rank 1,
+/// given its own --out, writes nothing there. With 1,001 images in batches of 500, rank 1's
+/// share of the last global batch (one image) is empty, and the figures are still one
+/// process's.
 #[test]
 fn two_ranks_evaluate_as_one_process() {
     let Some(data) = shared_data("mnist") else {
@@ -394,6 +397,28 @@ fn two_ranks_evaluate_as_one_process() {
     }
     let (x, y) = (a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap());
     assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "loss {x} vs {y}");
+    // Uneven: 1,001 images, 500 a rank; rank 1 told to write elsewhere.
+    let (odd_one, odd_two, rank1) = (path("odd-one"), path("odd-two"), path("rank1"));
+    let odd = |out: &str| {
+        let mut flags = evaluate(out, "500");
+        flags.extend(["--limit-test".into(), "1001".into()]);
+        flags
+    };
+    run(Command::new(BIN).args(odd(&odd_one)));
+    run(mpirun()
+        .args(["-n", "1", BIN])
+        .args(odd(&odd_two))
+        .args([":", "-n", "1", BIN])
+        .args(odd(&rank1)));
+    let (a, b) = (
+        evaluation_in(Path::new(&odd_one)),
+        evaluation_in(Path::new(&odd_two)),
+    );
+    assert_eq!(a["samples"], 1001, "{a}");
+    for field in ["samples", "top1", "top5", "per_class"] {
+        assert_eq!(a[field], b[field], "{field}: {a} vs {b}");
+    }
+    assert!(!Path::new(&rank1).exists(), "rank 1 wrote {rank1}");
     let result = mpirun()
         .args(["-n", "1", BIN])
         .args(evaluate(&mixed, "50"))

@@ -13,6 +13,7 @@ use layers::Network;
 
 /// Options of `grad-cam`.
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("network").required(true).multiple(true).args(["run", "model", "weights"]))]
 pub struct GradCamArgs {
     /// A training run (what --out was); its checkpoint, transform and class names are used
     #[arg(long, conflicts_with = "model")]

@@ -89,8 +89,9 @@ pub enum Holder {
 }
 
 /// The network `weights` holds, for `--weights FILE` given alone (as `predict --weights FILE`
-/// works it out): the run beside it when the file is a run's checkpoint (read as `--run DIR`
-/// reads it), else the torchvision ResNet its blocks make. Said so.
+/// works it out): the run beside it (or beside the file a link names) when the file is a run's
+/// checkpoint (read as `--run DIR` reads it), else the torchvision ResNet its blocks make (also
+/// a ResNet's file put in the folder of a run of another model). Said so.
 ///
 /// # Errors
 /// `best` or `last` (which name a run's checkpoints: `--run` is needed), a file that cannot be
@@ -102,7 +103,23 @@ pub fn holder_of(weights: &std::path::Path) -> Result<Holder> {
             weights.display()
         );
     }
+    // Read first: a file that is no checkpoint is said so before anything else.
+    let tensors = layers::checkpoint::read(weights)?;
+    let resnet = transfer::weights::model_of(&tensors, weights);
     if let Some((run, config)) = train::inference::run_beside(weights) {
+        // A torchvision ResNet's file put in a run's folder is that ResNet's.
+        if let Ok(&found) = resnet.as_ref() {
+            if found != config.model {
+                train::say!(
+                    "{}: torchvision's {found} weights (from their blocks; as --model {found}), \
+                     not the {} run's in {}",
+                    weights.display(),
+                    config.model,
+                    run.display()
+                );
+                return Ok(Holder::Model(found));
+            }
+        }
         train::say!(
             "{}: a checkpoint of the run in {} ({}): its input size, transform and classes are \
              used (as --run {} --weights FILE)",
@@ -113,10 +130,9 @@ pub fn holder_of(weights: &std::path::Path) -> Result<Holder> {
         );
         return Ok(Holder::Run(run));
     }
-    let tensors = layers::checkpoint::read(weights)?;
-    let found = transfer::weights::model_of(&tensors, weights).with_context(|| {
+    let found = resnet.with_context(|| {
         format!(
-            "--weights {}: not a training run's checkpoint (no config.json beside it) nor \
+            "--weights {}: not a training run's checkpoint (no readable config.json beside it) nor \
              torchvision's weights of a ResNet: give --model NAME, the zoo model it holds",
             weights.display()
         )
@@ -172,11 +188,18 @@ impl ModelArgs {
             (None, Some(name), Some(weights), None) => (run_of_checkpoint(name, weights), None),
             (None, None, Some(weights), classes) => match holder_of(weights)? {
                 Holder::Run(run) => {
-                    if let Some(n) = classes {
+                    // As with --run: the run's classes and its trained weights.
+                    let given = match (classes, self.seed) {
+                        (Some(n), _) => Some(format!("--num-classes {n}")),
+                        (None, Some(seed)) => Some(format!("--seed {seed}")),
+                        (None, None) => None,
+                    };
+                    if let Some(given) = given {
                         anyhow::bail!(
-                            "--num-classes {n}: {} is a run's checkpoint, with the run's classes; \
-                             leave --num-classes out",
-                            weights.display()
+                            "{given}: {} is a run's checkpoint, read with the run's classes and \
+                             weights; leave {} out",
+                            weights.display(),
+                            given.split(' ').next().unwrap_or_default()
                         );
                     }
                     (Some(run), None)
@@ -205,7 +228,9 @@ impl ModelArgs {
                 });
             }
             (None, Some(model)) => model,
-            (None, None) => anyhow::bail!("give --run DIR (a training run) or --model NAME"),
+            (None, None) => {
+                anyhow::bail!("give --run DIR (a training run), --model NAME or a --weights file")
+            }
         };
         let spec = zoo::spec(model)?;
         let (net, store, count) = load_zoo(

@@ -181,6 +181,27 @@ fn filters_draws_the_saved_kernels() {
             "{command}: {err}"
         );
     }
+    // A link to the run's checkpoint is read as the run too.
+    let link = dir.path().join("link.safetensors");
+    std::os::unix::fs::symlink(run.join(train::rundir::BEST), &link).unwrap();
+    let stdout = visualize(&[
+        "filters",
+        "--weights",
+        link.to_str().unwrap(),
+        "--out",
+        by_run.to_str().unwrap(),
+    ]);
+    assert!(stdout.contains("a checkpoint of the run in"), "{stdout}");
+    // A file in the run's folder that is no checkpoint is said to be none.
+    let err = visualize_fails(&[
+        "filters",
+        "--weights",
+        run.join(train::rundir::CONFIG).to_str().unwrap(),
+    ]);
+    assert!(
+        !err.contains("a checkpoint of the run") && err.contains("config.json"),
+        "{err}"
+    );
     let err = visualize_fails(&["filters", "--weights", "best"]);
     assert!(err.contains("give --run DIR with it"), "{err}");
     let err = visualize_fails(&[
@@ -191,6 +212,17 @@ fn filters_draws_the_saved_kernels() {
         "3",
     ]);
     assert!(err.contains("leave --num-classes out"), "{err}");
+    let err = visualize_fails(&[
+        "filters",
+        "--weights",
+        run.join(train::rundir::BEST).to_str().unwrap(),
+        "--seed",
+        "3",
+    ]);
+    assert!(
+        err.contains("--seed 3: ") && err.contains("leave --seed out"),
+        "{err}"
+    );
 
     let initial_out = dir.path().join("initial");
     let stdout = visualize(&[
@@ -274,7 +306,29 @@ fn weights_of_another_model_are_refused() {
         ),
         "{err}"
     );
-    // Given alone, that file is read as the ResNet it holds.
+    // Given alone, that file is read as the ResNet it holds, also in a LeNet-5 run's folder.
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    let config =
+        train::config::RunConfig::new("train-mnist", train::config::DatasetKind::Mnist, "lenet5");
+    std::fs::write(
+        run.join(train::rundir::CONFIG),
+        serde_json::to_vec(&config).unwrap(),
+    )
+    .unwrap();
+    std::fs::copy(&r18, run.join("r18.safetensors")).unwrap();
+    let stdout = visualize(&[
+        "filters",
+        "--weights",
+        run.join("r18.safetensors").to_str().unwrap(),
+        "--out",
+        dir.path().join("in-run").to_str().unwrap(),
+    ]);
+    assert!(
+        stdout.contains("torchvision's resnet18 weights")
+            && stdout.contains("not the lenet5 run's"),
+        "{stdout}"
+    );
     let alone = dir.path().join("alone");
     let stdout = visualize(&[
         "filters",

@@ -100,12 +100,7 @@ mod watchdog {
     }
 
     /// Their names, in [`Collective`]'s order, for the watchdog's message.
-    const COLLECTIVES: [&str; 4] = [
-        "an all-reduce",
-        "a broadcast",
-        "the final barrier",
-        "NCCL's setup",
-    ];
+    const COLLECTIVES: [&str; 4] = ["an all-reduce", "a broadcast", "a barrier", "NCCL's setup"];
 
     /// When this rank entered the collective it waits in (milliseconds since [`clock`]'s start,
     /// plus 1), or 0 when it waits in none.
@@ -394,7 +389,7 @@ pub fn launch_job<T>(
             body()
         }
         (Mode::On, None) if !cfg!(feature = "mpi") => bail!(
-            "--distributed on: this program was built without data-parallel training; rebuild \
+            "--distributed on: this program was built without MPI (data-parallel jobs); rebuild \
              it with `--features mpi` (or `nccl`), then start the ranks with `mpirun -n N \
              <program> ...`"
         ),
@@ -431,7 +426,7 @@ fn start<T>(
         };
         bail!(
             "started by {who} as one of {size} processes, but this program was built without \
-             data-parallel training: rebuild it with `--features mpi` (or `nccl`), or pass \
+             MPI (data-parallel jobs): rebuild it with `--features mpi` (or `nccl`), or pass \
              --distributed off to {alone}"
         );
     }
@@ -624,6 +619,32 @@ fn all_reduce(t: &Tensor) -> Result<Tensor> {
     context.all_reduce(t)
 }
 
+/// [`all_reduce`] of a step's gradients, waited for at once: the step reads the loss from the
+/// sum right after, which waits for it anyway. With NCCL (CUDA tensors) that wait is for the
+/// kernel on the GPU, and is watched by `--collective-timeout` as MPI's collectives are: a rank
+/// that never joins leaves the others' kernels waiting, and them in this wait, until the
+/// timeout ends the job. (SyncBatchNorm's reductions inside the step are not waited for.)
+fn all_reduce_waited(t: &Tensor) -> Result<Tensor> {
+    let summed = all_reduce(t)?;
+    #[cfg(feature = "nccl")]
+    if context().is_some() && summed.device().is_cuda() {
+        let _waiting = watchdog::Waiting::new(watchdog::Collective::AllReduce);
+        summed.device().synchronize()?;
+    }
+    Ok(summed)
+}
+
+/// Waits until every rank of the job is here (nothing without a job), watched by
+/// `--collective-timeout`.
+pub fn barrier() {
+    #[cfg(feature = "mpi")]
+    if let Some(context) = context() {
+        use mpi::traits::CommunicatorCollectives;
+        let _waiting = watchdog::Waiting::new(watchdog::Collective::Barrier);
+        context.comm.barrier();
+    }
+}
+
 impl Context {
     #[cfg(not(feature = "mpi"))]
     fn all_reduce(&self, t: &Tensor) -> Result<Tensor> {
@@ -646,13 +667,7 @@ impl Context {
                     }
                 }
             };
-            let reduced = nccl.all_reduce(t)?;
-            // The host waits for NCCL's kernel here (the step reads the loss from the sum right
-            // after), watched by --collective-timeout as MPI's collectives are: a rank that
-            // never joins leaves the kernel waiting on the GPU, and this rank in this wait.
-            let _waiting = watchdog::Waiting::new(watchdog::Collective::AllReduce);
-            t.device().synchronize()?;
-            return Ok(reduced);
+            return nccl.all_reduce(t);
         }
         let flat = t.flatten_all()?;
         let reduced = match t.dtype() {
@@ -1052,7 +1067,7 @@ pub fn train_epoch(
                 value
             };
             parts.push(Tensor::new(&[local_loss as f32], device)?);
-            let summed = all_reduce(&Tensor::cat(&parts, 0)?)?;
+            let summed = all_reduce_waited(&Tensor::cat(&parts, 0)?)?;
             let total = summed.elem_count();
             let global_loss = f64::from(summed.narrow(0, total - 1, 1)?.to_vec1::<f32>()?[0]);
             if !global_loss.is_finite() {
@@ -1271,9 +1286,21 @@ mod tests {
         let err = launch(&args, || Ok(())).unwrap_err().to_string();
         let expected = match cfg!(feature = "mpi") {
             true => "no MPI launcher started this process",
-            false => "built without data-parallel training; rebuild it with `--features mpi`",
+            false => "built without MPI (data-parallel jobs); rebuild it with `--features mpi`",
         };
         assert!(err.contains(expected), "{err}");
+        // An evaluation says so.
+        let err = launch_job(Job::Evaluation, &args, || Ok(()))
+            .unwrap_err()
+            .to_string();
+        if cfg!(feature = "mpi") {
+            assert!(
+                err.contains("leave out --distributed to evaluate in one process"),
+                "{err}"
+            );
+        } else {
+            assert!(err.contains(expected), "{err}");
+        }
     }
 
     struct Keys(usize);

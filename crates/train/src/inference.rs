@@ -44,6 +44,15 @@ pub fn run_beside(weights: &Path) -> Option<(PathBuf, RunConfig)> {
     if weights == Path::new("best") || weights == Path::new("last") {
         return None;
     }
+    // A link to a run's checkpoint: the run where the file it names lies.
+    run_in_folder_of(weights).or_else(|| {
+        let link = std::fs::symlink_metadata(weights).ok()?.is_symlink();
+        run_in_folder_of(&std::fs::canonicalize(weights).ok().filter(|_| link)?)
+    })
+}
+
+/// [`run_beside`] for the file's own folder.
+fn run_in_folder_of(weights: &Path) -> Option<(PathBuf, RunConfig)> {
     let dir = match weights.parent()? {
         dir if dir.as_os_str().is_empty() => Path::new("."),
         dir => dir,
@@ -368,9 +377,10 @@ pub struct EvaluateArgs {
     /// float32 batch by batch) only in its last digits [default: the run's --test-batch-size]
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub test_batch_size: Option<u64>,
-    /// off, auto or on: under an MPI launcher (mpirun -n N), each process tests its share of
-    /// the test images and the sums are reduced, as a DistributedSampler evaluation in PyTorch;
-    /// rank 0 prints and writes; --test-batch-size is then per rank [default: auto]
+    /// off, auto or on: under an MPI launcher (mpirun -n N), each process tests a contiguous
+    /// share of each global batch, nothing repeated (unlike DistributedSampler's padding), and
+    /// the sums are reduced; rank 0 prints and writes; --test-batch-size is then per rank
+    /// [default: auto]
     #[arg(long, value_enum)]
     pub distributed: Option<crate::distributed::Mode>,
     /// Seconds a rank waits in one collective for the others before it ends the whole job
@@ -491,8 +501,9 @@ fn optional_path_text<S: serde::Serializer>(
 /// [`crate::cli::load_test_data`]), prints loss, top-1, top-5 and per-class accuracy, and
 /// writes the confusion matrix and a JSON summary.
 ///
-/// Under an MPI launcher (with the `mpi` feature; `--distributed`), each rank tests its share
-/// of the test images ([`crate::distributed::evaluate`]) after the ranks agree on the
+/// Under an MPI launcher (with the `mpi` feature; `--distributed`), rank 0 first puts back a
+/// run an interrupted `--overwrite` left half replaced, then each rank tests its share of the
+/// test images ([`crate::distributed::evaluate`]) after the ranks agree on the
 /// checkpoint, the test images and the settings; every rank returns the whole test set's
 /// evaluation, rank 0 alone prints it and writes the outputs.
 ///
@@ -543,7 +554,11 @@ fn evaluate_here(args: &EvaluateArgs) -> Result<Evaluation> {
         file => PathBuf::from(file),
     };
     // An interrupted --overwrite's old run put back first: that is no replacement while read.
-    crate::rundir::settle_for_reading(&args.run)?;
+    // Rank 0 alone, then the others: two ranks would race to put the same run back.
+    if crate::distributed::writes() {
+        crate::rundir::settle_for_reading(&args.run)?;
+    }
+    crate::distributed::barrier();
     let before = file_stamp(&weights_file);
     let trained = Trained::open(&args.run, &args.weights, &device)?;
     // The run's precision (bf16 autocast, TF32), as its test passes ran, unless told otherwise.
@@ -616,12 +631,15 @@ fn evaluate_here(args: &EvaluateArgs) -> Result<Evaluation> {
             )))
         }
         (Some(tested), Some(dir)) => {
-            crate::warn!(
-                "note: --data-dir {}: its test split has {} images, the run tested on {tested}; \
-                 these figures are not the run's test (the outputs are named for the data)",
-                dir.display(),
-                test.len()
-            );
+            if crate::distributed::writes() {
+                crate::warn!(
+                    "note: --data-dir {}: its test split has {} images, the run tested on \
+                     {tested}; these figures are not the run's test (the outputs are named for \
+                     the data)",
+                    dir.display(),
+                    test.len()
+                );
+            }
             // Named for the data, even the run's own folder changed: the run's evaluation stays.
             if other_data.is_none() {
                 other_data = crate::inference::other_data(Some(dir), None);
@@ -794,7 +812,8 @@ fn evaluate_here(args: &EvaluateArgs) -> Result<Evaluation> {
     ensure!(
         before.is_some() && file_stamp(&weights_file) == before,
         "{} was replaced while it was evaluated (its run is training, or it was copied over): \
-         the figures above describe the weights before; nothing was written; evaluate again",
+         nothing was written, as the figures may not be those of the file there now; evaluate \
+         again",
         trained.weights.display()
     );
     if !writes {
@@ -821,7 +840,7 @@ fn evaluate_here(args: &EvaluateArgs) -> Result<Evaluation> {
 }
 
 /// What every rank of a sharded evaluation must share ([`crate::distributed::agree`]): the
-/// checkpoint's bytes, the model, the classes, the test images (their count and labels in
+/// weights loaded, the model, the classes, the test images (their count and labels in
 /// order), the test transform, the batch size, the precision and the loss's label smoothing.
 /// Sums are CRC-32C. Nothing is read without a job.
 fn evaluation_settings(
@@ -833,19 +852,32 @@ fn evaluation_settings(
     if crate::distributed::rank().is_none() {
         return Ok(Vec::new());
     }
-    let bytes = std::fs::read(&trained.weights)
-        .with_context(|| format!("cannot read {}", trained.weights.display()))?;
+    // What was loaded (not the file, which may have been replaced since): each tensor's name,
+    // shape and values in float32 (little-endian), in name order.
+    let mut vars = trained.store.named_vars();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut weights = 0;
+    let mut bytes = Vec::new();
+    for (name, var) in &vars {
+        weights = crc32c::crc32c_append(weights, format!("{name} {:?}\n", var.dims()).as_bytes());
+        let values = var
+            .as_tensor()
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?;
+        for chunk in values.chunks(1 << 14) {
+            bytes.clear();
+            bytes.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
+            weights = crc32c::crc32c_append(weights, &bytes);
+        }
+    }
     let classes = trained.classes.iter().fold(0, |crc, name| {
         crc32c::crc32c_append(crc32c::crc32c_append(crc, name.as_bytes()), b"\n")
     });
     Ok(vec![
         (
-            "the checkpoint".into(),
-            format!(
-                "{} bytes (CRC-32C {:08x})",
-                bytes.len(),
-                crc32c::crc32c(&bytes)
-            ),
+            "the checkpoint's weights".into(),
+            format!("{} tensors (CRC-32C {weights:08x})", vars.len()),
         ),
         ("the model".into(), config.model.clone()),
         (
@@ -853,7 +885,7 @@ fn evaluation_settings(
             format!("{} (CRC-32C {classes:08x})", trained.classes.len()),
         ),
         (
-            "the test images".into(),
+            "the test images and labels".into(),
             format!(
                 "{} (CRC-32C {:08x})",
                 test.len(),
