@@ -31,6 +31,10 @@ fn save_lenet(path: &Path) {
     layers::checkpoint::save(store.varmap(), path).unwrap();
 }
 
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 #[test]
 fn filters_draws_the_saved_kernels() {
     let dir = tempfile::tempdir().unwrap();
@@ -152,29 +156,22 @@ fn filters_draws_the_saved_kernels() {
     );
     // --weights alone: a run's checkpoint is read as its run (feature-maps and grad-cam), a
     // file outside any run that is not a torchvision ResNet's asks for --model.
+    let best = run.join(train::rundir::BEST);
+    let alone = |command: &str, weights: &Path| -> Vec<String> {
+        [command, "--weights", weights.to_str().unwrap()]
+            .into_iter()
+            .chain(["--image", picture.to_str().unwrap()])
+            .chain(["--out", by_run.to_str().unwrap()])
+            .map(String::from)
+            .collect()
+    };
     for command in ["feature-maps", "grad-cam"] {
-        let stdout = visualize(&[
-            command,
-            "--weights",
-            run.join(train::rundir::BEST).to_str().unwrap(),
-            "--image",
-            picture.to_str().unwrap(),
-            "--out",
-            by_run.to_str().unwrap(),
-        ]);
+        let stdout = visualize(&strs(&alone(command, &best)));
         assert!(
             stdout.contains("a checkpoint of the run in") && stdout.contains("(lenet5)"),
             "{command}: {stdout}"
         );
-        let err = visualize_fails(&[
-            command,
-            "--weights",
-            weights.to_str().unwrap(),
-            "--image",
-            picture.to_str().unwrap(),
-            "--out",
-            by_run.to_str().unwrap(),
-        ]);
+        let err = visualize_fails(&strs(&alone(command, &weights)));
         assert!(
             err.contains("lenet5.safetensors: not a training run's checkpoint")
                 && err.contains("give --model NAME"),
@@ -183,46 +180,27 @@ fn filters_draws_the_saved_kernels() {
     }
     // A link to the run's checkpoint is read as the run too.
     let link = dir.path().join("link.safetensors");
-    std::os::unix::fs::symlink(run.join(train::rundir::BEST), &link).unwrap();
-    let stdout = visualize(&[
-        "filters",
-        "--weights",
-        link.to_str().unwrap(),
-        "--out",
-        by_run.to_str().unwrap(),
-    ]);
+    std::os::unix::fs::symlink(&best, &link).unwrap();
+    let stdout = visualize(&strs(&alone("feature-maps", &link)));
     assert!(stdout.contains("a checkpoint of the run in"), "{stdout}");
     // A file in the run's folder that is no checkpoint is said to be none.
-    let err = visualize_fails(&[
-        "filters",
-        "--weights",
-        run.join(train::rundir::CONFIG).to_str().unwrap(),
-    ]);
+    let err = visualize_fails(&strs(&alone(
+        "feature-maps",
+        &run.join(train::rundir::CONFIG),
+    )));
     assert!(
         !err.contains("a checkpoint of the run") && err.contains("config.json"),
         "{err}"
     );
     let err = visualize_fails(&["filters", "--weights", "best"]);
     assert!(err.contains("give --run DIR with it"), "{err}");
-    let err = visualize_fails(&[
-        "filters",
-        "--weights",
-        run.join(train::rundir::BEST).to_str().unwrap(),
-        "--num-classes",
-        "3",
-    ]);
-    assert!(err.contains("leave --num-classes out"), "{err}");
-    let err = visualize_fails(&[
-        "filters",
-        "--weights",
-        run.join(train::rundir::BEST).to_str().unwrap(),
-        "--seed",
-        "3",
-    ]);
-    assert!(
-        err.contains("--seed 3: ") && err.contains("leave --seed out"),
-        "{err}"
-    );
+    for flag in ["--num-classes", "--seed"] {
+        let err = visualize_fails(&["filters", "--weights", best.to_str().unwrap(), flag, "3"]);
+        assert!(
+            err.contains(&format!("{flag} 3: ")) && err.contains(&format!("leave {flag} out")),
+            "{err}"
+        );
+    }
 
     let initial_out = dir.path().join("initial");
     let stdout = visualize(&[
