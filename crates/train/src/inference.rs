@@ -807,6 +807,11 @@ fn evaluate_here(args: &EvaluateArgs) -> Result<Evaluation> {
         Some(_) => tag,
         None => unclaimed_tag(&out, tag, evaluation.weights_file.as_deref()),
     };
+    // Only the writer checks what follows: another rank's refusal would end the job while
+    // rank 0 writes.
+    if !writes {
+        return Ok(evaluation);
+    }
     // Replaced while it was tested (its run is training): these figures describe weights that
     // are gone, and the run has already cleared the outputs of the old ones.
     ensure!(
@@ -816,9 +821,6 @@ fn evaluate_here(args: &EvaluateArgs) -> Result<Evaluation> {
          again",
         trained.weights.display()
     );
-    if !writes {
-        return Ok(evaluation);
-    }
     let picture = out.join(evaluated_confusion(&tag));
     let weights = trained.weights.file_name().map_or_else(
         || trained.weights.display().to_string(),
