@@ -31,6 +31,19 @@ fn save_lenet(path: &Path) {
     layers::checkpoint::save(store.varmap(), path).unwrap();
 }
 
+/// Makes `run` a LeNet-5 training run's folder: its `config.json` (train-mnist's), no
+/// checkpoint yet.
+fn lenet_run(run: &Path) {
+    std::fs::create_dir(run).unwrap();
+    let config =
+        train::config::RunConfig::new("train-mnist", train::config::DatasetKind::Mnist, "lenet5");
+    std::fs::write(
+        run.join(train::rundir::CONFIG),
+        serde_json::to_vec(&config).unwrap(),
+    )
+    .unwrap();
+}
+
 fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
@@ -71,14 +84,7 @@ fn filters_draws_the_saved_kernels() {
 
     // A training run's directory gives the same model and checkpoint (its best by default).
     let run = dir.path().join("run");
-    std::fs::create_dir(&run).unwrap();
-    let config =
-        train::config::RunConfig::new("train-mnist", train::config::DatasetKind::Mnist, "lenet5");
-    std::fs::write(
-        run.join(train::rundir::CONFIG),
-        serde_json::to_vec(&config).unwrap(),
-    )
-    .unwrap();
+    lenet_run(&run);
     std::fs::copy(&weights, run.join(train::rundir::BEST)).unwrap();
     let by_run = dir.path().join("by-run");
     let stdout = visualize(&[
@@ -286,14 +292,7 @@ fn weights_of_another_model_are_refused() {
     );
     // Given alone, that file is read as the ResNet it holds, also in a LeNet-5 run's folder.
     let run = dir.path().join("run");
-    std::fs::create_dir(&run).unwrap();
-    let config =
-        train::config::RunConfig::new("train-mnist", train::config::DatasetKind::Mnist, "lenet5");
-    std::fs::write(
-        run.join(train::rundir::CONFIG),
-        serde_json::to_vec(&config).unwrap(),
-    )
-    .unwrap();
+    lenet_run(&run);
     std::fs::copy(&r18, run.join("r18.safetensors")).unwrap();
     let stdout = visualize(&[
         "filters",
