@@ -437,6 +437,32 @@ fn two_ranks_evaluate_as_one_process() {
     assert!(!Path::new(&mixed).exists(), "nothing written");
 }
 
+/// A rank given `--distributed off` among ranks given `auto` says so, naming itself, before it
+/// runs alone (the others wait for it in MPI's start-up, and the launcher ends them).
+#[test]
+fn a_rank_given_distributed_off_among_others_says_so() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("no-such-data");
+    let missing = missing.to_string_lossy();
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    let (one, two) = (one.to_string_lossy(), two.to_string_lossy());
+    let result = mpirun()
+        .args(["-n", "1", BIN])
+        .args(args(&missing, &one, "32"))
+        .args([":", "-n", "1", BIN, "--distributed", "off"])
+        .args(args(&missing, &two, "32"))
+        .output()
+        .expect("cannot start mpirun");
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "--distributed off: Open MPI started 2 processes; this one (rank 1) trains alone"
+        ),
+        "{stderr}"
+    );
+}
+
 /// Without a launcher, `--distributed on` is a clear error; `off` under a launcher trains alone.
 #[test]
 fn distributed_on_needs_a_launcher() {

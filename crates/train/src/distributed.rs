@@ -310,6 +310,13 @@ pub fn launcher() -> Option<(&'static str, usize)> {
     None
 }
 
+/// This process's rank as the launcher's environment announces it, before MPI starts.
+fn launched_rank() -> Option<usize> {
+    ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
+}
+
 /// The local rank on this host (which GPU to take), from the launcher's environment.
 fn local_rank() -> usize {
     [
@@ -376,6 +383,16 @@ pub fn launch_job<T>(
     let verb = job.verb();
     match (mode, found) {
         (Mode::Off, _) | (Mode::Auto, None) => {
+            if let (Mode::Off, Some((who, size @ 2..))) = (mode, found) {
+                // The other ranks, if they were not given `off` too, wait for this one in MPI's
+                // start-up and end with the launcher's own message: say why here.
+                crate::warn!(
+                    "--distributed off: {who} started {size} processes; this one ({}) {verb}s \
+                     alone, without MPI; ranks given --distributed auto or on wait for it to \
+                     join and end when it exits: give all ranks the same --distributed",
+                    launched_rank().map_or("rank unknown".into(), |r| format!("rank {r}"))
+                );
+            }
             if job == Job::Training {
                 crate::interrupt::take_over_ctrl_c();
             }
