@@ -119,6 +119,48 @@ impl Recipe {
             )
     }
 
+    /// A fresh run's `--model`, when any zoo model is accepted: a zoo model taking as many
+    /// channels as the configured data set's images have, checked before the data is read (a
+    /// misspelt name otherwise cost a whole data load). A data set of unknown shape (an image
+    /// folder) is checked for the name only; its channels when the images are read.
+    fn check_zoo_model(&self, config: &RunConfig) -> Result<()> {
+        let shape = config.dataset.spec().shape;
+        let fitting: Vec<&str> = zoo::specs()
+            .into_iter()
+            .filter(|s| shape.is_none_or(|(c, _, _)| s.input.0 == c))
+            .map(|s| s.name)
+            .collect();
+        let known = match zoo::spec(&config.model) {
+            Ok(spec) => spec,
+            Err(_) => bail!(
+                "--model {:?}: no such model{}; {} trains {}",
+                config.model,
+                zoo::did_you_mean(&config.model, &fitting)
+                    .map(|k| format!(" (did you mean {k}?)"))
+                    .unwrap_or_default(),
+                self.program,
+                match shape {
+                    Some(_) if config.dataset == self.dataset => self.zoo_models_for_the_data(),
+                    _ => fitting.join(", "),
+                }
+            ),
+        };
+        if let Some((c, _, _)) = shape {
+            if known.input.0 != c {
+                bail!(
+                    "--model {}: it takes {}-channel images, and {} reads {} ({c}-channel); \
+                     choose one of {}",
+                    known.name,
+                    known.input.0,
+                    self.program,
+                    config.dataset.spec().title,
+                    fitting.join(", ")
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// For `--model`'s help when any zoo model is accepted: those made for this recipe's images,
     /// then the others taking as many channels.
     fn zoo_models_for_the_data(&self) -> String {
@@ -173,6 +215,9 @@ impl Recipe {
                     .map(|k| format!(" (did you mean {k}?)"))
                     .unwrap_or_default()
             );
+        }
+        if self.models.is_empty() {
+            self.check_zoo_model(&config)?;
         }
         let adam = config.optimizer != OptimizerKind::Sgd;
         if adam && args.momentum.is_some() {
@@ -1358,5 +1403,53 @@ mod tests {
         );
         assert!(help.contains("other 3-channel models: alexnet,"), "{help}");
         assert!(!help.contains("lenet5"), "{help}");
+    }
+
+    /// Any zoo model: a misspelt name, or one taking other images, is refused by the
+    /// configuration, before any data is read, naming the models that fit.
+    #[test]
+    fn a_zoo_model_is_checked_before_the_data_is_read() -> Result<()> {
+        let any = Recipe {
+            dataset: DatasetKind::Cifar10,
+            models: &[],
+            ..RECIPE
+        };
+        let refused = |model: &str| -> Result<String> {
+            let args = any.parse(["prog", "--model", model])?;
+            Ok(format!("{:#}", any.config(&args).unwrap_err()))
+        };
+        let err = refused("resnet18_cifar")?;
+        assert!(
+            err.contains("no such model (did you mean resnet18-cifar?)"),
+            "{err}"
+        );
+        assert!(err.contains("other 3-channel models: alexnet,"), "{err}");
+        assert!(!err.contains("lenet5"), "{err}");
+        let err = refused("google")?;
+        assert!(err.contains("(did you mean googlenet?)"), "{err}");
+        let err = refused("lenet5")?;
+        assert!(
+            err.contains(
+                "--model lenet5: it takes 1-channel images, and train-test reads CIFAR-10"
+            ),
+            "{err}"
+        );
+        assert!(
+            err.contains("; choose one of ") && err.contains("resnet18-cifar"),
+            "{err}"
+        );
+        assert!(!err.contains("cnn-mnist"), "{err}");
+        assert!(any
+            .config(&any.parse(["prog", "--model", "resnet18-cifar"])?)
+            .is_ok());
+        // The recipe's own list: as before, with the name it begins.
+        let err = format!(
+            "{:#}",
+            RECIPE
+                .config(&RECIPE.parse(["prog", "--model", "lenet"])?)
+                .unwrap_err()
+        );
+        assert!(err.contains("(did you mean lenet5?)"), "{err}");
+        Ok(())
     }
 }

@@ -189,7 +189,8 @@ pub fn num_parameters(name: &str, num_classes: usize) -> Result<usize> {
 }
 
 /// The one of `known` that `name` spells another way, as torchvision's spellings differ from
-/// ours in case and separators (`vgg16_bn`, `ResNet50`, `resnet-18`).
+/// ours in case and separators (`vgg16_bn`, `ResNet50`, `resnet-18`), or the only one that
+/// `name` begins (`lenet` for `lenet5`, `google` for `googlenet`; `vgg` begins several, so none).
 pub fn did_you_mean<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
     let folded = |n: &str| {
         n.chars()
@@ -197,7 +198,18 @@ pub fn did_you_mean<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
             .collect::<String>()
             .to_ascii_lowercase()
     };
-    known.iter().copied().find(|k| folded(k) == folded(name))
+    let given = folded(name);
+    if let Some(same) = known.iter().copied().find(|k| folded(k) == given) {
+        return Some(same);
+    }
+    let mut begun = known
+        .iter()
+        .copied()
+        .filter(|k| given.len() >= 3 && folded(k).starts_with(&given));
+    match (begun.next(), begun.next()) {
+        (Some(only), None) => Some(only),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -241,6 +253,13 @@ mod tests {
         ] {
             let err = spec(given).unwrap_err().to_string();
             assert!(err.contains(&format!("(did you mean {ours:?}?)")), "{err}");
+        }
+        // The only name a given one begins; none where it begins several, or is too short.
+        for (given, ours) in [("lenet", Some("lenet5")), ("GoogLe", Some("googlenet"))] {
+            assert_eq!(did_you_mean(given, &names()), ours, "{given}");
+        }
+        for given in ["vgg", "resnet", "le", "resnet19"] {
+            assert_eq!(did_you_mean(given, &names()), None, "{given}");
         }
         let err = spec("resnet19").unwrap_err().to_string();
         assert!(!err.contains("did you mean"), "{err}");
