@@ -150,7 +150,8 @@ pub const CIFAR10: DatasetSpec = DatasetSpec {
         train: "plain_text/train/0000.parquet",
         test: "plain_text/test/0000.parquet",
     }),
-    local_files: "cifar-10-batches-bin, cifar-10-batches-py or an ImageFolder of CIFAR-10",
+    local_files: "cifar-10-batches-bin, cifar-10-batches-py, an ImageFolder of CIFAR-10 or a \
+                  *cifar*.tar.gz archive (cifar-10-binary.tar.gz as downloaded)",
     sizes: Some([50_000, 10_000]),
     read: Some(Reader {
         split: cifar::cifar10_path,

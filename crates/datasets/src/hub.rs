@@ -254,7 +254,15 @@ pub fn file_or_hub(spec: &str, hub_file: &str, flag: &str, example_id: &str) -> 
         }
         return Ok(path.to_path_buf());
     }
-    fetch_model_file(spec, hub_file, &format!("{flag} FILE.safetensors"))
+    fetch_model_file(
+        spec,
+        hub_file,
+        &format!(
+            "{flag} FILE.safetensors (made once where PyTorch is installed: the model's \
+             state_dict() through safetensors.torch's save_file; or {spec}'s {hub_file} copied \
+             from a machine with access)"
+        ),
+    )
 }
 
 #[cfg(test)]

@@ -51,4 +51,24 @@ fn offline_and_not_cached_says_to_pass_data_dir() {
             && msg.contains("HF_HUB_OFFLINE"),
         "{msg}"
     );
+    // A Hub id given for a flag: the message says how to make the file instead.
+    let msg = format!(
+        "{:#}",
+        datasets::hub::file_or_hub(
+            "timm/resnet18.tv_in1k",
+            "model.safetensors",
+            "--weights",
+            "timm/resnet18.tv_in1k"
+        )
+        .unwrap_err()
+    );
+    assert!(
+        msg.contains("--weights FILE.safetensors (made once where PyTorch is installed")
+            && msg.contains("save_file")
+            && msg.contains("HF_HUB_OFFLINE"),
+        "{msg}"
+    );
+    // CIFAR-10's hint names the archives too.
+    let msg = format!("{:#}", datasets::cifar10(None).unwrap_err());
+    assert!(msg.contains("*cifar*.tar.gz archive"), "{msg}");
 }
