@@ -346,6 +346,32 @@ pub(crate) fn cifar10_test_path(path: &Path) -> Result<Arc<dyn Dataset>> {
     Ok(cifar10_path(path)?.test)
 }
 
+/// The batch folders in `path` that [`cifar10`] passes over as incomplete (some of a
+/// version's batches there, not all), each said with what it lacks; none when a complete one
+/// is there (it is what is read) or `path` is no directory. For a note beside what was read
+/// instead (an ImageFolder, an archive).
+pub fn cifar10_incomplete_batches(path: &Path) -> Vec<String> {
+    let versions = [&BINARY, &PYTHON];
+    if !path.is_dir() || versions.iter().any(|v| v.complete_dir(path).is_some()) {
+        return Vec::new();
+    }
+    let mut found = Vec::new();
+    for version in versions {
+        for dir in version.dirs(path) {
+            let missing: Vec<&str> = version.files().filter(|b| !dir.join(b).is_file()).collect();
+            if !missing.is_empty() && missing.len() < version.files().count() {
+                found.push(format!(
+                    "{} (CIFAR-10 {} batches without {})",
+                    dir.display(),
+                    version.name,
+                    missing.join(", ")
+                ));
+            }
+        }
+    }
+    found
+}
+
 /// Whether `path` holds CIFAR-10 as [`cifar10`] reads it (without reading the images): the
 /// binary or Python batches (or some of them), a `*cifar*` archive, or an ImageFolder whose
 /// training classes are exactly CIFAR-10's. A folder of other classes is somebody's own data.
@@ -716,8 +742,19 @@ mod tests {
                 && err.contains(py::DIR),
             "{err}"
         );
+        // Passed over, when an archive or a folder is read instead: said with what it lacks.
+        let passed = cifar10_incomplete_batches(dir.path());
+        assert_eq!(passed.len(), 1, "{passed:?}");
+        assert!(
+            passed[0].contains(py::DIR)
+                && passed[0]
+                    .ends_with("(CIFAR-10 Python batches without data_batch_4, test_batch)"),
+            "{passed:?}"
+        );
         // A corrupt batch is named.
         write_both(&dir.path().join("bin"), &py_dir, 1, &[])?;
+        // Complete: nothing is passed over.
+        assert!(cifar10_incomplete_batches(dir.path()).is_empty());
         std::fs::write(py_dir.join("data_batch_2"), b"\x80\x02}q\x01(U\x04data")?;
         let err = format!("{:#}", cifar10_path(dir.path()).unwrap_err());
         assert!(

@@ -51,7 +51,9 @@ mod u8image;
 
 pub use archive::{read_archive, ArchiveEntry};
 pub use catalog::{DatasetKind, DatasetSpec};
-pub use cifar::{cifar10, cifar10_test_bin, is_cifar10, CIFAR10_CLASSES};
+pub use cifar::{
+    cifar10, cifar10_incomplete_batches, cifar10_test_bin, is_cifar10, CIFAR10_CLASSES,
+};
 pub use dataset::{Dataset, InMemory, Split};
 pub use decode::{decode_image, ColorMode};
 pub use filelist::{EncodedSample, FileList, Source};

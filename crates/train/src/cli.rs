@@ -130,31 +130,30 @@ impl Recipe {
             .filter(|s| shape.is_none_or(|(c, _, _)| s.input.0 == c))
             .map(|s| s.name)
             .collect();
+        let listing = match shape {
+            Some(_) if config.dataset == self.dataset => self.zoo_models_for_the_data(),
+            _ => fitting.join(", "),
+        };
         let known = match zoo::spec(&config.model) {
             Ok(spec) => spec,
             Err(_) => bail!(
-                "--model {:?}: no such model{}; {} trains {}",
+                "--model {:?}: no such model{}; {} trains {listing}",
                 config.model,
                 zoo::did_you_mean(&config.model, &fitting)
                     .map(|k| format!(" (did you mean {k}?)"))
                     .unwrap_or_default(),
                 self.program,
-                match shape {
-                    Some(_) if config.dataset == self.dataset => self.zoo_models_for_the_data(),
-                    _ => fitting.join(", "),
-                }
             ),
         };
         if let Some((c, _, _)) = shape {
             if known.input.0 != c {
                 bail!(
-                    "--model {}: it takes {}-channel images, and {} reads {} ({c}-channel); \
-                     choose one of {}",
+                    "--model {}: it takes {}-channel images, and {} reads {} ({c}-channel); it \
+                     trains {listing}",
                     known.name,
                     known.input.0,
                     self.program,
                     config.dataset.spec().title,
-                    fitting.join(", ")
                 );
             }
         }
@@ -579,6 +578,12 @@ fn say_read(config: &RunConfig, split: &datasets::Split) {
             "; the official {} has {} and {} (a subset, or a cut or edited file?)",
             spec.title, official[0], official[1]
         );
+    }
+    if let (DatasetKind::Cifar10, Some(dir)) = (config.dataset, config.data_dir.as_deref()) {
+        let passed = datasets::cifar10_incomplete_batches(dir);
+        if !passed.is_empty() {
+            note += &format!("; passed over, as incomplete: {}", passed.join(", "));
+        }
     }
     if unused_test_fraction(config, split) {
         note += &format!(
@@ -1435,7 +1440,7 @@ mod tests {
             "{err}"
         );
         assert!(
-            err.contains("; choose one of ") && err.contains("resnet18-cifar"),
+            err.contains("(3-channel); it trains resnet18-seed, resnet18-cifar (made for"),
             "{err}"
         );
         assert!(!err.contains("cnn-mnist"), "{err}");
