@@ -201,6 +201,14 @@ fn evaluate_reproduces_the_logged_numbers_and_predict_a_forward_pass() {
             "lies in no run's folder",
         ),
         (vec!["predict", "--run", &s(&out)], "predict needs images"),
+        // The run's folder where the images go (a guess from other tools): the flag it wants.
+        (
+            vec!["predict", &s(&out), &s(&image)],
+            &format!(
+                "; {0} is a run's folder, given where the images go: predict --run {0} IMAGE...",
+                s(&out)
+            ),
+        ),
         (
             vec!["predict", "--weights", &s(&elsewhere), &s(&image)],
             "give --model NAME",

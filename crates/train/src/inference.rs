@@ -1133,6 +1133,14 @@ fn sized_first(transform: &Transform, side: usize) -> Result<Transform> {
     Ok(fitted)
 }
 
+/// The first of `paths` that is a run's folder (it holds the run's `config.json` or resume
+/// state).
+fn run_among(paths: &[PathBuf]) -> Option<&PathBuf> {
+    paths.iter().find(|p| {
+        p.is_dir() && (p.join(CONFIG).is_file() || p.join(crate::rundir::STATE).is_file())
+    })
+}
+
 /// Prints the top-5 classes with probabilities for each image, under a run's checkpoint.
 ///
 /// # Errors
@@ -1163,9 +1171,15 @@ pub fn predict(args: &PredictArgs, dataset: DatasetKind) -> Result<()> {
             }
             None => bail!(
                 "predict needs --run DIR (a training run: what --out was){}",
-                match args.weights.as_str() {
-                    "best" | "last" => String::new(),
-                    file => format!(
+                match (args.weights.as_str(), run_among(&images)) {
+                    // A PyTorch user's guess: the run's folder first, where the images go.
+                    (_, Some(dir)) => format!(
+                        "; {0} is a run's folder, given where the images go: predict --run {0} \
+                         IMAGE...",
+                        dir.display()
+                    ),
+                    ("best" | "last", None) => String::new(),
+                    (file, None) => format!(
                         "; --weights {file} lies in no run's folder (no readable {CONFIG} \
                          beside it), so its model, transform and classes are unknown: give \
                          --model NAME, the zoo model it holds, to read it with {}'s test \
