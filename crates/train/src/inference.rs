@@ -197,6 +197,21 @@ impl Trained {
                 (path, tag)
             }
         };
+        if let Some(epochs) = crate::state::epochs_of_state_file(&path) {
+            let run = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(dir);
+            bail!(
+                "--weights {}: a run's resume state (the weights of epoch {epochs} with the \
+                 optimizer's buffers and the run's progress), not a checkpoint: `{} --resume {}` \
+                 writes {LAST} again from it (a finished run trains no more), then take --weights \
+                 last",
+                path.display(),
+                config.program,
+                run.display()
+            );
+        }
         if matches!(weights, "best" | "last") && std::fs::symlink_metadata(&path).is_err() {
             let name = path
                 .file_name()
@@ -253,6 +268,9 @@ impl Trained {
                 false => e,
             }
         })?;
+        if let Some(note) = behind_the_state(dir, weights, &path, &store) {
+            crate::warn!("{note}");
+        }
         Ok(Self {
             config,
             classes,
@@ -1131,6 +1149,51 @@ fn sized_first(transform: &Transform, side: usize) -> Result<Transform> {
         fitted = fitted.then(op.clone());
     }
     Ok(fitted)
+}
+
+/// Whether the run's `best` or `last` checkpoint (`weights`, read from `path` into `store`)
+/// holds other weights than its resume state's when it should hold the same (`last`, and
+/// `best` when the last epoch saved was the best): a kill between the state and the
+/// checkpoints left it an epoch behind, which `--resume` mends. Said, not mended here. Looked
+/// at only when the checkpoint is older than the state (it is written after it).
+fn behind_the_state(dir: &Path, weights: &str, path: &Path, store: &ParamStore) -> Option<String> {
+    let (epochs, best) = crate::state::saved_epochs(dir)?;
+    if !(weights == "last" || (weights == "best" && best == epochs)) {
+        return None;
+    }
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if modified(path)? >= modified(&dir.join(crate::rundir::STATE))? {
+        return None;
+    }
+    let (_, saved) = crate::state::load(dir).ok()?;
+    let loaded = layers::checkpoint::state_dict(store.varmap()).ok()?;
+    let same = |a: &Tensor, b: &Tensor| -> candle_core::Result<bool> {
+        let (a, b) = (
+            a.to_dtype(candle_core::DType::F64)?,
+            b.to_device(a.device())?.to_dtype(candle_core::DType::F64)?,
+        );
+        Ok(a.dims() == b.dims() && (a - b)?.abs()?.max_all()?.to_scalar::<f64>()? == 0.0)
+    };
+    let differs = saved.model.len() != loaded.len()
+        || saved.model.iter().any(|(name, t)| {
+            loaded
+                .get(name)
+                .is_none_or(|l| !same(t, l).unwrap_or(false))
+        });
+    differs.then(|| {
+        format!(
+            "{} holds other weights than the run's {} (epoch {epochs}): a kill between the \
+             run's files left it behind, and it is read as it is (not as epoch {epochs}'s weights): \
+             `{} --resume {}` writes it again from the state (a finished run trains no more)",
+            path.display(),
+            crate::rundir::STATE,
+            std::fs::read(dir.join(CONFIG))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<RunConfig>(&b).ok())
+                .map_or_else(|| "the program".into(), |c| c.program),
+            dir.display()
+        )
+    })
 }
 
 /// The first of `paths` that is a run's folder (it holds the run's `config.json` or resume

@@ -566,10 +566,13 @@ pub fn finished(
         return Ok(None);
     }
     crate::say!(
-        "the run in {} has already trained all {} epochs: nothing to train (give a larger \
-         --epochs to continue it)",
+        "the run in {} has already trained {}: nothing to train (give a larger --epochs to \
+         continue it)",
         out.display(),
-        config.epochs
+        match config.epochs {
+            1 => "its 1 epoch".to_string(),
+            n => format!("all {n} epochs"),
+        }
     );
     if crate::distributed::writes() && !saved.history.is_empty() {
         checkpoints_from_state(out, saved, model)?;
@@ -914,28 +917,16 @@ impl<'a> Outputs<'a> {
 impl Snapshot<'_> {
     /// Writes the epoch's files: `best` (when it improved) and `last` checkpoints, the resume
     /// state, metrics, pictures and TensorBoard events, each atomically.
+    ///
+    /// The pictures and the TensorBoard events come first, then the state, which commits the
+    /// epoch, then the files the state can give again. A kill before the state leaves the
+    /// epoch to be trained again by `--resume`, which (resuming exactly) draws the same
+    /// pictures and logs the same values once more; a kill after it finds them written. (With
+    /// the events after the state, a kill between the two lost the epoch's TensorBoard
+    /// scalars for good, and in the last epoch left the pictures of the epoch before.)
     fn write(self, mut events: EventWriter) -> Result<EventWriter> {
         let out = self.out;
-        // The state first: it commits the epoch, and holds the weights the checkpoints are
-        // copies of, so that a kill between the files leaves a run that resumes (which writes
-        // the checkpoints again from the state: `checkpoints_from_state`).
         let history = &self.state.history;
-        let tensors = StateTensors {
-            model: self.model,
-            optimizer: self.optimizer,
-        };
-        state::save(out, &self.state, &tensors)?;
-        // A run this one replaces (--overwrite) goes once this one has saved an epoch.
-        crate::rundir::forget_replaced(out);
-        // `evaluate`'s outputs for a checkpoint replaced here described weights now gone.
-        if self.improved {
-            save_checkpoint(&tensors.model, &out.join(BEST))?;
-            crate::rundir::remove_evaluations_of(out, "best");
-        }
-        save_checkpoint(&tensors.model, &out.join(LAST))?;
-        crate::rundir::remove_evaluations_of(out, "last");
-        history::save(out, history)?;
-        pictures::save_curves(out, self.title, history)?;
         let epoch = self.state.epochs_done - 1;
         let tested = history.last().map_or(f64::NAN, |r| r.test_acc);
         let title = format!(
@@ -956,6 +947,26 @@ impl Snapshot<'_> {
         events.png("predictions", step, &out.join(PREDICTIONS))?;
         events.png("confusion", step, &out.join(CONFUSION))?;
         events.flush()?;
+        // The state: it commits the epoch, and holds the weights the checkpoints are copies
+        // of, so that a kill between the files leaves a run that resumes (which writes the
+        // checkpoints again from the state: `checkpoints_from_state`), as it does the metrics
+        // and the curves (`finished`, for a run whose last epoch this is).
+        let tensors = StateTensors {
+            model: self.model,
+            optimizer: self.optimizer,
+        };
+        state::save(out, &self.state, &tensors)?;
+        // A run this one replaces (--overwrite) goes once this one has saved an epoch.
+        crate::rundir::forget_replaced(out);
+        // `evaluate`'s outputs for a checkpoint replaced here described weights now gone.
+        if self.improved {
+            save_checkpoint(&tensors.model, &out.join(BEST))?;
+            crate::rundir::remove_evaluations_of(out, "best");
+        }
+        save_checkpoint(&tensors.model, &out.join(LAST))?;
+        crate::rundir::remove_evaluations_of(out, "last");
+        history::save(out, history)?;
+        pictures::save_curves(out, self.title, history)?;
         Ok(events)
     }
 }

@@ -848,6 +848,7 @@ impl RunDir {
             noted: false,
         };
         remove_temporaries(path)?;
+        remove_empty_event_files(path);
         settle(path)?;
         Ok(dir)
     }
@@ -1013,7 +1014,7 @@ fn remove_temporaries(dir: &Path) -> Result<()> {
         let ours = entry.file_type()?.is_file()
             && match tempfile_name(&name) {
                 true => begins_as_safetensors(&entry.path()),
-                false => is_temporary(&name) && !writer_alive(&name),
+                false => is_temporary(&name) && !writer_alive(&entry.path(), &name),
             };
         if ours {
             let path = entry.path();
@@ -1024,9 +1025,38 @@ fn remove_temporaries(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Removes the TensorBoard event files in `dir` that hold nothing but their version record:
+/// those of runs stopped before an epoch's end (each process writes its own file). Called
+/// under the lock, so no run writes them. Best effort.
+fn remove_empty_event_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        // The version record alone is about 40 bytes; one scalar makes it longer than this.
+        let small = entry
+            .metadata()
+            .is_ok_and(|m| m.file_type().is_file() && m.len() < 128);
+        if !name.to_string_lossy().starts_with(EVENTS_PREFIX) || !small {
+            continue;
+        }
+        let empty = crate::tensorboard::read_events(&entry.path()).is_ok_and(|events| {
+            events
+                .iter()
+                .all(|e| e.summary.is_none() && e.file_version.is_some())
+        });
+        if empty {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Whether the process whose id a temporary's name holds (`.stem.tmp<pid>.ext`,
-/// `name.tmp<pid>`) is alive, other than this one.
-fn writer_alive(name: &str) -> bool {
+/// `name.tmp<pid>`, the file `path`) is alive, other than this one, and may have written it: a
+/// process of that id started after the file was last written is another (ids are reused: in
+/// a container the program is often process 1, each time it starts).
+fn writer_alive(path: &Path, name: &str) -> bool {
     let Some((_, after)) = name.rsplit_once(".tmp") else {
         return false;
     };
@@ -1043,7 +1073,40 @@ fn writer_alive(name: &str) -> bool {
     }
     // SAFETY: signal 0 only asks whether the process exists.
     let found = unsafe { libc::kill(pid, 0) } == 0;
-    found || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    let found = found || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    found && !started_after_writing(pid, path)
+}
+
+/// Whether process `pid` started after `path` was last written, by more than the clocks'
+/// rounding (Linux: its start in `/proc/<pid>/stat`, from the boot time in whole seconds);
+/// `false` where that cannot be told.
+fn started_after_writing(pid: libc::pid_t, path: &Path) -> bool {
+    let started = || -> Option<std::time::SystemTime> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Field 22, `starttime` (clock ticks after boot), counted after the command's `)`,
+        // which ends field 2 (a command name may hold spaces and parentheses).
+        let fields = stat.get(stat.rfind(')')? + 1..)?;
+        let ticks: u64 = fields.split_whitespace().nth(19)?.parse().ok()?;
+        let boot: u64 = std::fs::read_to_string("/proc/stat")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))?
+            .trim()
+            .parse()
+            .ok()?;
+        // SAFETY: sysconf only reads a system setting.
+        let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+        (hz > 0).then(|| {
+            std::time::UNIX_EPOCH
+                + std::time::Duration::from_secs(boot)
+                + std::time::Duration::from_millis(ticks * 1000 / hz)
+        })
+    };
+    let written = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    match (started(), written) {
+        (Some(started), Some(written)) => written + std::time::Duration::from_secs(2) < started,
+        _ => false,
+    }
 }
 
 /// Whether `path` is what a cut `safetensors::serialize_to_file` leaves: empty, zeros (it sizes
@@ -1160,11 +1223,23 @@ mod tests {
         let name = std::ffi::CString::new(pipe.as_os_str().as_encoded_bytes())?;
         // SAFETY: a NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        // Written before process 1 started (a container's earlier program of that id, say):
+        // another process's, so it goes.
+        let before = dir.path().join(format!("last.safetensors.tmp{live}"));
+        std::fs::write(&before, b"\x02\0\0\0\0\0\0\0{}")?;
+        std::fs::File::options()
+            .write(true)
+            .open(&before)?
+            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(946_684_800))?;
         remove_temporaries(dir.path())?;
         assert!(pipe.exists());
         for (name, _, stays) in &files {
             assert_eq!(dir.path().join(name).exists(), *stays, "{name}");
         }
+        assert!(
+            !before.exists(),
+            "a temporary older than its pid's process goes"
+        );
         Ok(())
     }
 

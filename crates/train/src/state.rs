@@ -161,6 +161,29 @@ pub fn saved_settings(dir: &Path) -> Option<(RunConfig, Option<Vec<String>>)> {
     Some((recorded.config, recorded.classes))
 }
 
+/// The epochs done and the best epoch (from 1) that the resume state in `dir` records, read
+/// from its header alone. `None` without a readable state.
+pub fn saved_epochs(dir: &Path) -> Option<(usize, usize)> {
+    #[derive(serde::Deserialize)]
+    struct Recorded {
+        epochs_done: usize,
+        best_epoch: usize,
+    }
+    recorded::<Recorded>(dir).map(|r| (r.epochs_done, r.best_epoch))
+}
+
+/// The epochs done that `path` records when it is a resume state (whatever its name: a state
+/// given where a checkpoint goes), read from its header alone; `None` for any other file.
+pub fn epochs_of_state_file(path: &Path) -> Option<usize> {
+    #[derive(serde::Deserialize)]
+    struct Recorded {
+        epochs_done: usize,
+    }
+    serde_json::from_str::<Recorded>(&header_of(path)?)
+        .ok()
+        .map(|r| r.epochs_done)
+}
+
 /// What the resume state in `dir` records, as `T` takes it from its JSON (`None` without a
 /// readable one).
 fn recorded<T: serde::de::DeserializeOwned>(dir: &Path) -> Option<T> {
@@ -169,10 +192,15 @@ fn recorded<T: serde::de::DeserializeOwned>(dir: &Path) -> Option<T> {
 
 /// The resume state's JSON in the header of `dir`'s state, without reading its tensors.
 fn saved_header(dir: &Path) -> Option<String> {
+    header_of(&dir.join(STATE))
+}
+
+/// The resume state's JSON in the header of the safetensors file `path`, without reading its
+/// tensors; `None` for a file that holds none.
+fn header_of(path: &Path) -> Option<String> {
     use std::io::Read;
     // A pipe or device by the state's name is never opened (the open would wait on a pipe).
-    let path = dir.join(STATE);
-    if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
         return None;
     }
     let mut file = std::fs::File::open(path).ok()?;

@@ -175,13 +175,15 @@ impl EventWriter {
         )
     }
 
-    /// Writes buffered records to the file.
+    /// Writes buffered records to the file, and the file to the disk (a run commits its epoch
+    /// after its events: they must not be lost in a crash that keeps the epoch).
     ///
     /// # Errors
     /// The event file cannot be written.
     pub fn flush(&mut self) -> Result<()> {
         self.file
             .flush()
+            .and_then(|()| self.file.get_ref().sync_data())
             .with_context(|| format!("cannot write {}", self.path.display()))
     }
 
@@ -213,6 +215,23 @@ impl EventWriter {
 /// Errors: the file cannot be read, a record is cut short, a checksum does not match, or a
 /// record is no `Event` (each with the record's offset).
 pub fn read_events(path: &Path) -> Result<Vec<Event>> {
+    let (events, damage) = read_records(path)?;
+    match damage {
+        Some(e) => Err(e),
+        None => Ok(events),
+    }
+}
+
+/// The events of an event file as TensorBoard shows them: those before the first record that
+/// is cut short or damaged (a process killed while it wrote its last record leaves one).
+///
+/// Errors: the file cannot be read.
+pub fn read_events_until_damage(path: &Path) -> Result<Vec<Event>> {
+    Ok(read_records(path)?.0)
+}
+
+/// The events before the first damaged record, and that record's damage.
+fn read_records(path: &Path) -> Result<(Vec<Event>, Option<anyhow::Error>)> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -220,35 +239,44 @@ pub fn read_events(path: &Path) -> Result<Vec<Event>> {
     let mut events = Vec::new();
     let mut at = 0usize;
     while at < bytes.len() {
-        let field = |from: usize, n: usize| -> Result<&[u8]> {
-            bytes
-                .get(from..from.saturating_add(n))
-                .with_context(|| format!("{}: record at {at} is cut short", path.display()))
-        };
-        let len_bytes = field(at, 8)?;
-        let stored = u32::from_le_bytes(field(at + 8, 4)?.try_into()?);
-        if stored != masked_crc(len_bytes) {
-            bail!(
-                "{}: length checksum of the record at {at} does not match",
-                path.display()
-            );
+        match read_record(path, &bytes, at) {
+            Ok((event, next)) => {
+                events.push(event);
+                at = next;
+            }
+            Err(e) => return Ok((events, Some(e))),
         }
-        let len = usize::try_from(u64::from_le_bytes(len_bytes.try_into()?))?;
-        let data = field(at + 12, len)?;
-        let stored = u32::from_le_bytes(field(at + 12 + len, 4)?.try_into()?);
-        if stored != masked_crc(data) {
-            bail!(
-                "{}: data checksum of the record at {at} does not match",
-                path.display()
-            );
-        }
-        events.push(
-            Event::decode(data)
-                .with_context(|| format!("{}: record at {at} is no Event", path.display()))?,
-        );
-        at += 16 + len;
     }
-    Ok(events)
+    Ok((events, None))
+}
+
+/// The record at `at` of `bytes` (the file `path`), and where the next begins.
+fn read_record(path: &Path, bytes: &[u8], at: usize) -> Result<(Event, usize)> {
+    let field = |from: usize, n: usize| -> Result<&[u8]> {
+        bytes
+            .get(from..from.saturating_add(n))
+            .with_context(|| format!("{}: record at {at} is cut short", path.display()))
+    };
+    let len_bytes = field(at, 8)?;
+    let stored = u32::from_le_bytes(field(at + 8, 4)?.try_into()?);
+    if stored != masked_crc(len_bytes) {
+        bail!(
+            "{}: length checksum of the record at {at} does not match",
+            path.display()
+        );
+    }
+    let len = usize::try_from(u64::from_le_bytes(len_bytes.try_into()?))?;
+    let data = field(at + 12, len)?;
+    let stored = u32::from_le_bytes(field(at + 12 + len, 4)?.try_into()?);
+    if stored != masked_crc(data) {
+        bail!(
+            "{}: data checksum of the record at {at} does not match",
+            path.display()
+        );
+    }
+    let event = Event::decode(data)
+        .with_context(|| format!("{}: record at {at} is no Event", path.display()))?;
+    Ok((event, at + 16 + len))
 }
 
 #[cfg(test)]
@@ -292,6 +320,12 @@ mod tests {
         std::fs::write(&path, &bytes)?;
         let err = read_events(&path).unwrap_err().to_string();
         assert!(err.contains("checksum"), "{err}");
+        // As TensorBoard reads it: the records before the damaged one; the same for a file
+        // cut inside its last record (a process killed while writing it).
+        assert_eq!(read_events_until_damage(&path)?.len(), 2);
+        std::fs::write(&path, &bytes[..last])?;
+        assert!(read_events(&path).is_err());
+        assert_eq!(read_events_until_damage(&path)?.len(), 2);
         Ok(())
     }
 }
