@@ -181,40 +181,43 @@ fn logged_epochs(dir: &Path) -> Vec<i64> {
     epochs
 }
 
-/// Runs train-mnist with `args` and kills it (SIGKILL) as soon as a temporary of
-/// `last.safetensors` appears in `out` for the `nth` time (from 1): right after an epoch's state
-/// was committed. Returns whether it was killed so.
-fn kill_as_last_is_written(args: &[String], out: &Path, nth: usize) -> bool {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .args(["--device", "cpu", "--workers", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("train-mnist starts");
-    let mut seen = 0;
-    let mut inside = false;
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return false;
-        }
-        let writing = std::fs::read_dir(out).is_ok_and(|entries| {
-            entries.flatten().any(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                name.starts_with("last.safetensors.tmp") || name.starts_with(".last.tmp")
-            })
-        });
-        if writing && !inside {
-            seen += 1;
-            if seen == nth {
+/// Whether `out` holds a temporary of `last.safetensors` (one being written).
+fn writing_last(out: &Path) -> bool {
+    std::fs::read_dir(out).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("last.safetensors.tmp") || name.starts_with(".last.tmp")
+        })
+    })
+}
+
+/// Runs train-mnist with `args` and kills it (SIGKILL) while it writes `last.safetensors` of
+/// epoch `epoch` (from 1), that is once the state records that epoch and a temporary of `last`
+/// is there: right after the epoch was committed. Returns whether it was killed so: the
+/// temporary still there after the kill (a killed process renames nothing), so that `last` is
+/// still the epoch before's. Tries fresh runs (`--overwrite`) until one is caught, up to 20.
+fn kill_as_last_is_written(args: &[String], out: &Path, epoch: usize) -> bool {
+    (0..20).any(|_| {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .args(["--overwrite", "--device", "cpu", "--workers", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("train-mnist starts");
+        loop {
+            if child.try_wait().expect("wait").is_some() {
+                return false;
+            }
+            let committed = train::state::saved_epochs(out).is_some_and(|(done, _)| done == epoch);
+            if committed && writing_last(out) {
                 let _ = child.kill();
                 let _ = child.wait();
-                return true;
+                return writing_last(out);
             }
+            std::thread::sleep(Duration::from_micros(100));
         }
-        inside = writing;
-        std::thread::sleep(Duration::from_micros(200));
-    }
+    })
 }
 
 /// A kill just after an epoch's state is committed loses none of that epoch's TensorBoard
@@ -230,17 +233,10 @@ fn a_kill_after_the_state_loses_no_tensorboard_epoch_or_picture() {
         let mut args = common(&data, &out);
         let at = args.iter().position(|a| a == "--epochs").expect("--epochs") + 1;
         args[at] = epochs.into();
-        let mut killed = false;
-        // The poll may miss a short write: try again on a fresh run (it is rare).
-        for _ in 0..5 {
-            let mut fresh = args.clone();
-            fresh.push("--overwrite".into());
-            if kill_as_last_is_written(&fresh, &out, nth) {
-                killed = true;
-                break;
-            }
-        }
-        assert!(killed, "the run was never caught writing last.safetensors");
+        assert!(
+            kill_as_last_is_written(&args, &out, nth),
+            "the run was never caught writing last.safetensors"
+        );
         assert!(
             out.join(train::rundir::STATE).is_file(),
             "epoch 1 committed"
@@ -269,12 +265,10 @@ fn evaluating_a_checkpoint_behind_the_state_says_so() {
     let mut args = common(&data, &out);
     let at = args.iter().position(|a| a == "--epochs").expect("--epochs") + 1;
     args[at] = "2".into();
-    let killed = (0..5).any(|_| {
-        let mut fresh = args.clone();
-        fresh.push("--overwrite".into());
-        kill_as_last_is_written(&fresh, &out, 2)
-    });
-    assert!(killed, "the run was never caught writing last.safetensors");
+    assert!(
+        kill_as_last_is_written(&args, &out, 2),
+        "the run was never caught writing last.safetensors"
+    );
     let evaluate = |weights: &str| {
         Command::new(BIN)
             .args(["evaluate", "--run", &s(&out), "--weights", weights])
@@ -1274,6 +1268,14 @@ fn a_file_size_limit_is_an_error_naming_the_file() {
     assert_eq!(failed.status.code(), Some(1), "{:?}: {err}", failed.status);
     assert!(err.contains("File too large"), "{err}");
     assert!(err.contains(&format!("cannot write {}/", s(&out))), "{err}");
+    // No epoch was saved: the directory the run made goes, with the pictures and events it
+    // wrote before the state.
+    assert!(err.contains("no epoch was saved"), "{err}");
+    assert!(
+        !out.exists(),
+        "{:?}",
+        std::fs::read_dir(&out).map(|d| d.count())
+    );
 }
 
 /// A finished run whose last epoch's checkpoint was not written (a failed write or a kill after

@@ -35,11 +35,19 @@ pub fn read_to_string(path: &Path) -> Result<String> {
 /// # Errors
 /// The file cannot be opened for writing, or the sync fails otherwise (a failing disk: `EIO`).
 pub fn sync(path: &Path) -> Result<()> {
-    let synced = std::fs::File::options()
+    std::fs::File::options()
         .write(true)
         .open(path)
-        .and_then(|f| f.sync_all());
-    match synced {
+        .and_then(|f| sync_file(&f))
+}
+
+/// [`sync`] of a file already open (for writing): a file system that cannot sync (`EINVAL`,
+/// `ENOTSUP`) is no error.
+///
+/// # Errors
+/// The sync fails otherwise (a failing disk: `EIO`).
+pub fn sync_file(file: &std::fs::File) -> Result<()> {
+    match file.sync_all() {
         // EINVAL and ENOTSUP.
         Err(e) if e.kind() == ErrorKind::Unsupported || e.kind() == ErrorKind::InvalidInput => {
             Ok(())

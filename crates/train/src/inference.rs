@@ -268,7 +268,7 @@ impl Trained {
                 false => e,
             }
         })?;
-        if let Some(note) = behind_the_state(dir, weights, &path, &store) {
+        if let Some(note) = behind_the_state(dir, (weights, &path), &store, &config.program) {
             crate::warn!("{note}");
         }
         Ok(Self {
@@ -1155,8 +1155,18 @@ fn sized_first(transform: &Transform, side: usize) -> Result<Transform> {
 /// holds other weights than its resume state's when it should hold the same (`last`, and
 /// `best` when the last epoch saved was the best): a kill between the state and the
 /// checkpoints left it an epoch behind, which `--resume` mends. Said, not mended here. Looked
-/// at only when the checkpoint is older than the state (it is written after it).
-fn behind_the_state(dir: &Path, weights: &str, path: &Path, store: &ParamStore) -> Option<String> {
+/// at only when the checkpoint is older than the state (it is written after it), by one
+/// process of a data-parallel job, and not while a run holds the directory (it may be between
+/// the two writes).
+fn behind_the_state(
+    dir: &Path,
+    (weights, path): (&str, &Path),
+    store: &ParamStore,
+    program: &str,
+) -> Option<String> {
+    if !crate::distributed::writes() || crate::rundir::in_use(dir) {
+        return None;
+    }
     let (epochs, best) = crate::state::saved_epochs(dir)?;
     if !(weights == "last" || (weights == "best" && best == epochs)) {
         return None;
@@ -1187,10 +1197,7 @@ fn behind_the_state(dir: &Path, weights: &str, path: &Path, store: &ParamStore) 
              `{} --resume {}` writes it again from the state (a finished run trains no more)",
             path.display(),
             crate::rundir::STATE,
-            std::fs::read(dir.join(CONFIG))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<RunConfig>(&b).ok())
-                .map_or_else(|| "the program".into(), |c| c.program),
+            program,
             dir.display()
         )
     })

@@ -641,10 +641,13 @@ fn stopped_by_ctrl_c(
     let done = progress.epochs_done;
     let at = format!("stopped by Ctrl-C in epoch {} of {epochs}", done + 1);
     let message = match (done, written) {
-        (_, Err(writing)) => format!(
+        (_, Err(writing)) if out.join(crate::rundir::STATE).is_file() => format!(
             "{at}: writing the files of epoch {done} failed ({writing:#}); --resume {} continues \
              from the last epoch whose files were written",
             out.display()
+        ),
+        (_, Err(writing)) => format!(
+            "{at}: writing the files of epoch {done} failed ({writing:#}), so no epoch was saved"
         ),
         (0, Ok(())) => format!("{at}: no epoch had finished, so nothing was saved"),
         (1, Ok(())) => format!(
@@ -915,8 +918,9 @@ impl<'a> Outputs<'a> {
 }
 
 impl Snapshot<'_> {
-    /// Writes the epoch's files: `best` (when it improved) and `last` checkpoints, the resume
-    /// state, metrics, pictures and TensorBoard events, each atomically.
+    /// Writes the epoch's files: the pictures, the TensorBoard events, the resume state, `best`
+    /// (when it improved) and `last` checkpoints, the metrics and the curves; each file but the
+    /// event file (appended to) atomically.
     ///
     /// The pictures and the TensorBoard events come first, then the state, which commits the
     /// epoch, then the files the state can give again. A kill before the state leaves the

@@ -776,7 +776,9 @@ impl RunDir {
             }
             return Ok(Self::unlocked(path));
         }
-        Self::lock(path)
+        let dir = Self::lock(path)?;
+        remove_empty_event_files(path);
+        Ok(dir)
     }
 
     /// The directory.
@@ -848,7 +850,6 @@ impl RunDir {
             noted: false,
         };
         remove_temporaries(path)?;
-        remove_empty_event_files(path);
         settle(path)?;
         Ok(dir)
     }
@@ -971,9 +972,10 @@ pub(crate) fn tidy_at_ctrl_c(training: impl Fn() -> bool) -> bool {
 }
 
 /// Removes the run directory `dir` if it holds nothing but the lock, the configuration files a
-/// run writes before training ([`CONFIG`], [`CLASSES`], [`FINETUNE`]), TensorBoard events of
-/// an epoch that did not finish and temporary files of cut writes: a run that saved no epoch
-/// (no state, checkpoint or metrics) leaves nothing. Best effort.
+/// run writes before training ([`CONFIG`], [`CLASSES`], [`FINETUNE`]), TensorBoard events and
+/// pictures ([`PREDICTIONS`], [`CONFUSION`], written before the state) of an epoch that was
+/// not saved, and temporary files of cut writes: a run that saved no epoch (no state,
+/// checkpoint or metrics) leaves nothing. Best effort.
 fn remove_if_unused(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -983,7 +985,7 @@ fn remove_if_unused(dir: &Path) {
         let Ok(entry) = entry else { return };
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if ![LOCK, CONFIG, CLASSES, FINETUNE].contains(&name.as_ref())
+        if ![LOCK, CONFIG, CLASSES, FINETUNE, PREDICTIONS, CONFUSION].contains(&name.as_ref())
             && !name.starts_with(EVENTS_PREFIX)
             && !is_temporary(&name)
         {
@@ -1025,10 +1027,43 @@ fn remove_temporaries(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Removes the TensorBoard event files in `dir` that hold nothing but their version record:
-/// those of runs stopped before an epoch's end (each process writes its own file). Called
-/// under the lock, so no run writes them. Best effort.
+/// Removes the TensorBoard event files in `dir` that hold nothing but their version record and
+/// were made by a process of this program's naming on this host that is gone: those of runs
+/// of this run stopped before an epoch's end (each process writes its own file). Called under
+/// the lock when a run resumes; another program's writer that has not flushed yet (PyTorch's
+/// `SummaryWriter` in a shared log folder) names another process, alive. Best effort.
 fn remove_empty_event_files(dir: &Path) {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    // `events.out.tfevents.<seconds>.<host>.<pid>`, then `.<n>` for a second file in one
+    // second (`EventWriter::create`).
+    let gone_writer = |path: &Path, name: &str| -> bool {
+        let Some(rest) = name.strip_prefix(EVENTS_PREFIX) else {
+            return false;
+        };
+        let Some((seconds, rest)) = rest.split_once('.') else {
+            return false;
+        };
+        let Some(rest) = rest
+            .strip_prefix(host.as_str())
+            .and_then(|r| r.strip_prefix('.'))
+        else {
+            return false;
+        };
+        let pid = rest.split_once('.').map_or(rest, |(pid, n)| {
+            match n.bytes().all(|b| b.is_ascii_digit()) {
+                true => pid,
+                false => "",
+            }
+        });
+        let numbers = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        numbers(seconds)
+            && numbers(pid)
+            && pid.parse::<libc::pid_t>().is_ok_and(|pid| {
+                pid > 0 && pid as u32 != std::process::id() && !process_wrote(pid, path)
+            })
+    };
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -1038,7 +1073,7 @@ fn remove_empty_event_files(dir: &Path) {
         let small = entry
             .metadata()
             .is_ok_and(|m| m.file_type().is_file() && m.len() < 128);
-        if !name.to_string_lossy().starts_with(EVENTS_PREFIX) || !small {
+        if !small || !gone_writer(&entry.path(), &name.to_string_lossy()) {
             continue;
         }
         let empty = crate::tensorboard::read_events(&entry.path()).is_ok_and(|events| {
@@ -1071,6 +1106,12 @@ fn writer_alive(path: &Path, name: &str) -> bool {
     if pid <= 0 || pid as u32 == std::process::id() {
         return false;
     }
+    process_wrote(pid, path)
+}
+
+/// Whether process `pid` is alive and may have written `path`: it started before the file was
+/// last written.
+fn process_wrote(pid: libc::pid_t, path: &Path) -> bool {
     // SAFETY: signal 0 only asks whether the process exists.
     let found = unsafe { libc::kill(pid, 0) } == 0;
     let found = found || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
@@ -1240,6 +1281,58 @@ mod tests {
             !before.exists(),
             "a temporary older than its pid's process goes"
         );
+        Ok(())
+    }
+
+    /// A resumed run removes the event files that hold only their version record and name a
+    /// process of this host that is gone; not one of a live process, of another host, or with
+    /// a record.
+    #[test]
+    fn only_gone_writers_empty_event_files_are_removed() -> Result<()> {
+        let made = tempfile::tempdir()?;
+        let empty = {
+            let writer = crate::tensorboard::EventWriter::create(made.path())?;
+            writer.path().to_path_buf()
+        };
+        let mut writer = crate::tensorboard::EventWriter::create(made.path())?;
+        writer.scalar("test/acc", 1, 50.0)?;
+        writer.flush()?;
+        let logged = writer.path().to_path_buf();
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")?
+            .trim()
+            .to_string();
+        let dir = tempfile::tempdir()?;
+        let dead = 2_000_000_000;
+        let files = [
+            (
+                format!("{EVENTS_PREFIX}1796364732.{host}.{dead}"),
+                &empty,
+                false,
+            ),
+            (
+                format!("{EVENTS_PREFIX}1796364732.{host}.{dead}.1"),
+                &empty,
+                false,
+            ),
+            (format!("{EVENTS_PREFIX}1796364732.{host}.1"), &empty, true),
+            (
+                format!("{EVENTS_PREFIX}1796364732.elsewhere.{dead}"),
+                &empty,
+                true,
+            ),
+            (
+                format!("{EVENTS_PREFIX}1796364733.{host}.{dead}"),
+                &logged,
+                true,
+            ),
+        ];
+        for (name, from, _) in &files {
+            std::fs::copy(from, dir.path().join(name))?;
+        }
+        remove_empty_event_files(dir.path());
+        for (name, _, stays) in &files {
+            assert_eq!(dir.path().join(name).exists(), *stays, "{name}");
+        }
         Ok(())
     }
 

@@ -183,7 +183,7 @@ impl EventWriter {
     pub fn flush(&mut self) -> Result<()> {
         self.file
             .flush()
-            .and_then(|()| self.file.get_ref().sync_data())
+            .and_then(|()| layers::file::sync_file(self.file.get_ref()))
             .with_context(|| format!("cannot write {}", self.path.display()))
     }
 
