@@ -191,6 +191,20 @@ fn evaluate_reproduces_the_logged_numbers_and_predict_a_forward_pass() {
         let again = run(&[&args[..], &["--device", "cpu"]].concat());
         assert_eq!(again, printed, "{args:?}");
     }
+    // The run's folder without --run (as other tools take it): the flag is named.
+    let bare = Command::new(BIN)
+        .args(["evaluate", &s(&out)])
+        .output()
+        .expect("starts");
+    let err = String::from_utf8_lossy(&bare.stderr);
+    assert!(!bare.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "tip: {0} is a run's folder: give it as --run {0}",
+            s(&out)
+        )),
+        "{err}"
+    );
     // Neither --run nor a checkpoint inside a run's folder: said so.
     let elsewhere = dir.path().join("elsewhere.safetensors");
     std::fs::copy(&best, &elsewhere).expect("copy");

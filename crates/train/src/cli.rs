@@ -53,8 +53,30 @@ pub fn exit_for_clap(e: clap::Error) -> ! {
             crate::warn!("Error: standard output could not be written ({io})");
             std::process::exit(1)
         }
-        _ => std::process::exit(code),
+        _ => {
+            if let Some(tip) = run_folder_tip(&e) {
+                crate::warn!("{tip}");
+            }
+            std::process::exit(code)
+        }
     }
+}
+
+/// For an unexpected argument that is a run's folder (`evaluate runs/x`, as other tools take
+/// it): the flag that takes it.
+fn run_folder_tip(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let ContextValue::String(arg) = e.get(ContextKind::InvalidArg)? else {
+        return None;
+    };
+    let path = Path::new(arg);
+    let run = path.is_dir()
+        && (path.join(crate::rundir::CONFIG).is_file()
+            || path.join(crate::rundir::STATE).is_file());
+    run.then(|| format!("  tip: {arg} is a run's folder: give it as --run {arg}"))
 }
 
 /// The programs' errors are the user's to fix (a path, a flag, a file), printed with their
