@@ -181,22 +181,24 @@ fn logged_epochs(dir: &Path) -> Vec<i64> {
     epochs
 }
 
-/// Whether `out` holds a temporary of `last.safetensors` (one being written).
-fn writing_last(out: &Path) -> bool {
+/// Whether `out` holds a temporary of the run's file `name` (`last.safetensors`, one being
+/// written).
+fn writing(out: &Path, name: &str) -> bool {
+    let stem = name.split('.').next().unwrap_or(name);
     std::fs::read_dir(out).is_ok_and(|entries| {
         entries.flatten().any(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.starts_with("last.safetensors.tmp") || name.starts_with(".last.tmp")
+            let found = e.file_name().to_string_lossy().into_owned();
+            found.starts_with(&format!("{name}.tmp")) || found.starts_with(&format!(".{stem}.tmp"))
         })
     })
 }
 
-/// Runs train-mnist with `args` and kills it (SIGKILL) while it writes `last.safetensors` of
-/// epoch `epoch` (from 1), that is once the state records that epoch and a temporary of `last`
-/// is there: right after the epoch was committed. Returns whether it was killed so: the
-/// temporary still there after the kill (a killed process renames nothing), so that `last` is
-/// still the epoch before's. Tries fresh runs (`--overwrite`) until one is caught, up to 20.
-fn kill_as_last_is_written(args: &[String], out: &Path, epoch: usize) -> bool {
+/// Runs train-mnist with `args` and kills it (SIGKILL) while it writes the run's file `name`
+/// once the state records `saved` epochs: `last.safetensors` with `saved` the epoch just
+/// committed, `state.safetensors` with `saved` the epoch before the one being saved. Returns
+/// whether it was killed so: the temporary still there after the kill (a killed process
+/// renames nothing). Tries fresh runs (`--overwrite`) until one is caught, up to 20.
+fn kill_while_writing(args: &[String], out: &Path, name: &str, saved: usize) -> bool {
     (0..20).any(|_| {
         let mut child = Command::new(BIN)
             .args(args)
@@ -209,15 +211,20 @@ fn kill_as_last_is_written(args: &[String], out: &Path, epoch: usize) -> bool {
             if child.try_wait().expect("wait").is_some() {
                 return false;
             }
-            let committed = train::state::saved_epochs(out).is_some_and(|(done, _)| done == epoch);
-            if committed && writing_last(out) {
+            let committed = train::state::saved_epochs(out).is_some_and(|(done, _)| done == saved);
+            if committed && writing(out, name) {
                 let _ = child.kill();
                 let _ = child.wait();
-                return writing_last(out);
+                return writing(out, name);
             }
             std::thread::sleep(Duration::from_micros(100));
         }
     })
+}
+
+/// [`kill_while_writing`] of `last.safetensors` just after epoch `epoch` was committed.
+fn kill_as_last_is_written(args: &[String], out: &Path, epoch: usize) -> bool {
+    kill_while_writing(args, out, train::rundir::LAST, epoch)
 }
 
 /// A kill just after an epoch's state is committed loses none of that epoch's TensorBoard
@@ -253,6 +260,42 @@ fn a_kill_after_the_state_loses_no_tensorboard_epoch_or_picture() {
     }
 }
 
+/// A run killed while saving its second epoch's state has logged that epoch (pictures and
+/// TensorBoard scalars come first): resumed with `--epochs 1`, the run trains no more and says
+/// that the pictures and TensorBoard show an epoch it did not save.
+#[test]
+fn a_finished_resume_names_an_epoch_logged_but_not_saved() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    let out = dir.path().join("run");
+    let mut args = common(&data, &out);
+    let at = args.iter().position(|a| a == "--epochs").expect("--epochs") + 1;
+    args[at] = "2".into();
+    assert!(
+        kill_while_writing(&args, &out, train::rundir::STATE, 1),
+        "the run was never caught writing the state of epoch 2"
+    );
+    assert_eq!(train::state::saved_epochs(&out).map(|e| e.0), Some(1));
+    let resumed = train_mnist(&["--resume", &s(&out), "--epochs", "1"]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(
+        stderr(&resumed)
+            .contains("epoch 2 was trained and logged, but the run stopped while saving it")
+            && stderr(&resumed).contains("--epochs 2 with --resume trains it again"),
+        "{}",
+        stderr(&resumed)
+    );
+    // Trained again, the note goes.
+    let again = train_mnist(&["--resume", &s(&out), "--epochs", "2"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let done = train_mnist(&["--resume", &s(&out), "--epochs", "2"]);
+    assert!(
+        !stderr(&done).contains("was trained and logged"),
+        "{}",
+        stderr(&done)
+    );
+}
+
 /// A run killed as its last epoch's `last.safetensors` was being written holds that epoch in its
 /// state and the epoch before in `last`: `evaluate --weights last` says so (and how to mend
 /// it), and stops saying it once `--resume` has written `last` again. The state given as
@@ -285,6 +328,41 @@ fn evaluating_a_checkpoint_behind_the_state_says_so() {
         )) && stderr(&behind).contains(&format!("train-mnist --resume {}", s(&out))),
         "{}",
         stderr(&behind)
+    );
+    // The same file by its path, and the folder copied (times not kept: `last` copied after
+    // the state, so newer): the same note.
+    let by_path = evaluate(&s(&out.join(train::rundir::LAST)));
+    assert!(
+        stderr(&by_path).contains("holds other weights than the run's state.safetensors"),
+        "{}",
+        stderr(&by_path)
+    );
+    let copy = dir.path().join("copy");
+    std::fs::create_dir(&copy).expect("copy");
+    for name in [
+        train::rundir::STATE,
+        train::rundir::LAST,
+        train::rundir::CONFIG,
+        train::rundir::CLASSES,
+    ] {
+        std::fs::copy(out.join(name), copy.join(name)).expect("copy");
+    }
+    let copied = Command::new(BIN)
+        .args([
+            "evaluate",
+            "--run",
+            &s(&copy),
+            "--weights",
+            "last",
+            "--device",
+            "cpu",
+        ])
+        .output()
+        .expect("evaluate starts");
+    assert!(
+        stderr(&copied).contains("holds other weights than the run's state.safetensors"),
+        "{}",
+        stderr(&copied)
     );
     let state = out.join(train::rundir::STATE);
     let refused = evaluate(&s(&state));

@@ -1155,9 +1155,8 @@ fn sized_first(transform: &Transform, side: usize) -> Result<Transform> {
 /// holds other weights than its resume state's when it should hold the same (`last`, and
 /// `best` when the last epoch saved was the best): a kill between the state and the
 /// checkpoints left it an epoch behind, which `--resume` mends. Said, not mended here. Looked
-/// at only when the checkpoint is older than the state (it is written after it), by one
-/// process of a data-parallel job, and not while a run holds the directory (it may be between
-/// the two writes).
+/// at by one process of a data-parallel job, and not while a run holds the directory (it may
+/// be between the two writes); the checkpoint may be given by its path.
 fn behind_the_state(
     dir: &Path,
     (weights, path): (&str, &Path),
@@ -1168,11 +1167,14 @@ fn behind_the_state(
         return None;
     }
     let (epochs, best) = crate::state::saved_epochs(dir)?;
-    if !(weights == "last" || (weights == "best" && best == epochs)) {
-        return None;
-    }
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if modified(path)? >= modified(&dir.join(crate::rundir::STATE))? {
+    // The run's checkpoint, by its word or its path.
+    let same_file = |name: &str| {
+        let canonical = |p: &Path| std::fs::canonicalize(p).ok();
+        canonical(path).is_some_and(|p| Some(p) == canonical(&dir.join(name)))
+    };
+    let last = weights == "last" || same_file(LAST);
+    let best_is_last = (weights == "best" || same_file(BEST)) && best == epochs;
+    if !(last || best_is_last) {
         return None;
     }
     let (_, saved) = crate::state::load(dir).ok()?;

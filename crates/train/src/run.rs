@@ -533,6 +533,32 @@ fn best_damage(out: &Path) -> Option<String> {
     }
 }
 
+/// The latest epoch whose test accuracy the TensorBoard event files in `out` log, read as
+/// TensorBoard reads them. An epoch's events come before its state, so a run stopped while
+/// saving an epoch has logged one epoch more than it saved.
+fn latest_logged_epoch(out: &Path) -> Option<i64> {
+    std::fs::read_dir(out)
+        .ok()?
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(crate::rundir::EVENTS_PREFIX)
+                && e.file_type().is_ok_and(|t| t.is_file())
+        })
+        .filter_map(|e| crate::tensorboard::read_events_until_damage(&e.path()).ok())
+        .flatten()
+        .filter(|event| {
+            event
+                .summary
+                .iter()
+                .flat_map(|s| &s.value)
+                .any(|v| v.tag == "test/acc")
+        })
+        .map(|event| event.step)
+        .max()
+}
+
 /// A resumed run's trained epochs (`saved`) against `config.epochs`, checked before any data is
 /// loaded: more than asked is refused; exactly as many is a finished run, said so and returned
 /// as it is (its `metrics.csv` / `metrics.json` and `curves.png`, headed `title`, rewritten
@@ -574,6 +600,20 @@ pub fn finished(
             n => format!("all {n} epochs"),
         }
     );
+    if let Some(logged) = crate::distributed::writes()
+        .then(|| latest_logged_epoch(out))
+        .flatten()
+        .filter(|&epoch| epoch > saved.epochs_done as i64)
+    {
+        crate::warn!(
+            "epoch {logged} was trained and logged, but the run stopped while saving it: {} and \
+             {} show it, and TensorBoard has its step {logged}, though the checkpoints hold \
+             epoch {}; --epochs {logged} with --resume trains it again (to the same values)",
+            out.join(PREDICTIONS).display(),
+            out.join(CONFUSION).display(),
+            saved.epochs_done
+        );
+    }
     if crate::distributed::writes() && !saved.history.is_empty() {
         checkpoints_from_state(out, saved, model)?;
         history::save(out, &saved.history)?;
