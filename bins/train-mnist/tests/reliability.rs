@@ -68,6 +68,14 @@ fn common(data: &str, out: &Path) -> Vec<String> {
     .to_vec()
 }
 
+/// [`common`] with `--epochs epochs`.
+fn common_epochs(data: &str, out: &Path, epochs: &str) -> Vec<String> {
+    let mut args = common(data, out);
+    let at = args.iter().position(|a| a == "--epochs").expect("--epochs") + 1;
+    args[at] = epochs.into();
+    args
+}
+
 /// SIGKILL at moments spread over a whole run, then `--resume` (or `--overwrite` when no epoch
 /// had finished): the run always continues, leaves no temporary file, and ends with the same
 /// weights and metrics as an uninterrupted run.
@@ -237,9 +245,7 @@ fn a_kill_after_the_state_loses_no_tensorboard_epoch_or_picture() {
     let data = synthetic(dir.path());
     for (epochs, nth) in [("3", 1), ("1", 1)] {
         let out = dir.path().join(format!("run-{epochs}"));
-        let mut args = common(&data, &out);
-        let at = args.iter().position(|a| a == "--epochs").expect("--epochs") + 1;
-        args[at] = epochs.into();
+        let args = common_epochs(&data, &out, epochs);
         assert!(
             kill_as_last_is_written(&args, &out, nth),
             "the run was never caught writing last.safetensors"
@@ -268,9 +274,7 @@ fn a_finished_resume_names_an_epoch_logged_but_not_saved() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = synthetic(dir.path());
     let out = dir.path().join("run");
-    let mut args = common(&data, &out);
-    let at = args.iter().position(|a| a == "--epochs").expect("--epochs") + 1;
-    args[at] = "2".into();
+    let args = common_epochs(&data, &out, "2");
     assert!(
         kill_while_writing(&args, &out, train::rundir::STATE, 1),
         "the run was never caught writing the state of epoch 2"
@@ -305,9 +309,7 @@ fn evaluating_a_checkpoint_behind_the_state_says_so() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = synthetic(dir.path());
     let out = dir.path().join("run");
-    let mut args = common(&data, &out);
-    let at = args.iter().position(|a| a == "--epochs").expect("--epochs") + 1;
-    args[at] = "2".into();
+    let args = common_epochs(&data, &out, "2");
     assert!(
         kill_as_last_is_written(&args, &out, 2),
         "the run was never caught writing last.safetensors"
