@@ -72,11 +72,8 @@ fn run_folder_tip(e: &clap::Error) -> Option<String> {
     let ContextValue::String(arg) = e.get(ContextKind::InvalidArg)? else {
         return None;
     };
-    let path = Path::new(arg);
-    let run = path.is_dir()
-        && (path.join(crate::rundir::CONFIG).is_file()
-            || path.join(crate::rundir::STATE).is_file());
-    run.then(|| format!("  tip: {arg} is a run's folder: give it as --run {arg}"))
+    crate::rundir::is_run_folder(Path::new(arg))
+        .then(|| format!("  tip: {arg} is a run's folder: give it as --run {arg}"))
 }
 
 /// The programs' errors are the user's to fix (a path, a flag, a file), printed with their

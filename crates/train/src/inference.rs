@@ -1205,14 +1205,6 @@ fn behind_the_state(
     })
 }
 
-/// The first of `paths` that is a run's folder (it holds the run's `config.json` or resume
-/// state).
-fn run_among(paths: &[PathBuf]) -> Option<&PathBuf> {
-    paths.iter().find(|p| {
-        p.is_dir() && (p.join(CONFIG).is_file() || p.join(crate::rundir::STATE).is_file())
-    })
-}
-
 /// Prints the top-5 classes with probabilities for each image, under a run's checkpoint.
 ///
 /// # Errors
@@ -1243,7 +1235,10 @@ pub fn predict(args: &PredictArgs, dataset: DatasetKind) -> Result<()> {
             }
             None => bail!(
                 "predict needs --run DIR (a training run: what --out was){}",
-                match (args.weights.as_str(), run_among(&images)) {
+                match (
+                    args.weights.as_str(),
+                    images.iter().find(|p| crate::rundir::is_run_folder(p))
+                ) {
                     // A PyTorch user's guess: the run's folder first, where the images go.
                     (_, Some(dir)) => format!(
                         "; {0} is a run's folder, given where the images go: predict --run {0} \

@@ -101,6 +101,12 @@ pub fn check_outputs_are_files(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether `path` is a run's folder as a reader takes it: a directory holding the run's
+/// [`CONFIG`] or [`STATE`] (for the hints to a folder given where it does not go).
+pub fn is_run_folder(path: &Path) -> bool {
+    path.is_dir() && (path.join(CONFIG).is_file() || path.join(STATE).is_file())
+}
+
 /// Whether `dir` holds a run's files (its state, a checkpoint or its configuration).
 pub fn holds_run(dir: &Path) -> bool {
     RUN_FILES.iter().any(|f| dir.join(f).exists())
@@ -1033,9 +1039,7 @@ fn remove_temporaries(dir: &Path) -> Result<()> {
 /// the lock when a run resumes; another program's writer that has not flushed yet (PyTorch's
 /// `SummaryWriter` in a shared log folder) names another process, alive. Best effort.
 fn remove_empty_event_files(dir: &Path) {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default();
+    let host = crate::tensorboard::host();
     // `events.out.tfevents.<seconds>.<host>.<pid>`, then `.<n>` for a second file in one
     // second (`EventWriter::create`).
     let gone_writer = |path: &Path, name: &str| -> bool {
@@ -1298,9 +1302,7 @@ mod tests {
         writer.scalar("test/acc", 1, 50.0)?;
         writer.flush()?;
         let logged = writer.path().to_path_buf();
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")?
-            .trim()
-            .to_string();
+        let host = crate::tensorboard::host();
         let dir = tempfile::tempdir()?;
         let dead = 2_000_000_000;
         let files = [

@@ -87,16 +87,21 @@ pub struct EventWriter {
     file: BufWriter<File>,
 }
 
+/// The host name an event file's name holds (`localhost` where none is set).
+pub(crate) fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 impl EventWriter {
     /// Creates the next event file in `dir` and writes its version record.
     ///
     /// Errors: the file cannot be created or written (named).
     pub fn create(dir: &Path) -> Result<Self> {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "localhost".into());
+        let host = host();
         let stem = format!(
             "{EVENTS_PREFIX}{}.{host}.{}",
             now() as u64,
