@@ -289,6 +289,7 @@ pub fn finetune(
                     &device,
                     run.batch_size,
                     Some(run.seed),
+                    run.precision,
                     "features: train".into(),
                 )?,
                 CachedFeatures::compute(
@@ -297,6 +298,7 @@ pub fn finetune(
                     &device,
                     run.test_batch_size,
                     None,
+                    run.precision,
                     "features: test".into(),
                 )?,
             );

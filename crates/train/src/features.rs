@@ -2,9 +2,10 @@
 //! augmentation each epoch then costs one pass of the head.
 
 use anyhow::Result;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use datasets::{Batch, Rng};
 
+use crate::config::Precision;
 use crate::progress::Progress;
 use crate::source::BatchSource;
 
@@ -22,6 +23,9 @@ impl CachedFeatures {
     /// Runs `backbone` (images `(N, C, H, W)` to features `(N, F)`, typically a frozen network
     /// in evaluation mode) over every batch of `images`, on `device`; serves the features in
     /// batches of `batch_size`, shuffled per epoch from `shuffle` (a seed) or in order.
+    /// `backbone` runs in `precision` (bf16: under autocast, as the training step would run
+    /// it; PyTorch: the features computed inside `torch.autocast`); the features are kept in
+    /// float32, whatever dtype the backbone hands back.
     ///
     /// # Errors
     /// `backbone` fails on a batch, a batch cannot be read from `images` or moved to `device`, or
@@ -32,8 +36,10 @@ impl CachedFeatures {
         device: &Device,
         batch_size: usize,
         shuffle: Option<u64>,
+        precision: Precision,
         label: String,
     ) -> Result<Self> {
+        let _precision = precision.enter();
         let mut progress = Progress::start(label, images.num_batches());
         let mut features = Vec::with_capacity(images.num_batches());
         let mut labels = Vec::with_capacity(images.num_samples());
@@ -41,7 +47,7 @@ impl CachedFeatures {
         for batch in images.batches(0) {
             let batch = batch?;
             let x = batch.images.to_device(device)?;
-            features.push(backbone(&x)?.detach());
+            features.push(backbone(&x)?.to_dtype(DType::F32)?.detach());
             labels.extend(batch.labels.to_vec1::<u32>()?);
             indices.extend(&batch.indices);
             progress.batch(batch.indices.len());
@@ -103,5 +109,66 @@ impl BatchSource for CachedFeatures {
                 indices: rows.iter().map(|&r| self.indices[r]).collect(),
             })
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+
+    /// Ten two-value "images" in batches of four, as a source.
+    fn images() -> Result<CachedFeatures> {
+        let x: Vec<f32> = (0..20).map(|i| i as f32 / 3.0).collect();
+        Ok(CachedFeatures {
+            features: Tensor::from_vec(x, (10, 2), &Device::Cpu)?,
+            labels: (0..10).map(|i| i % 3).collect(),
+            indices: (0..10).collect(),
+            batch_size: 4,
+            shuffle: None,
+        })
+    }
+
+    /// The backbone runs in the run's precision (autocast on for bf16, as in the training
+    /// step), and the features are kept in float32 even where it hands back bf16 (a CUDA
+    /// convolution under autocast does); autocast ends with the pass.
+    #[test]
+    fn the_backbone_runs_in_the_runs_precision() -> Result<()> {
+        let source = images()?;
+        for (precision, expected) in [(Precision::F32, None), (Precision::Bf16, Some(DType::BF16))]
+        {
+            let seen = RefCell::new(Vec::new());
+            let backbone = |x: &Tensor| {
+                seen.borrow_mut().push(layers::autocast::dtype());
+                match layers::autocast::dtype() {
+                    Some(dtype) => (x * 2.0)?.to_dtype(dtype),
+                    None => x * 2.0,
+                }
+            };
+            let cached = CachedFeatures::compute(
+                &backbone,
+                &source,
+                &Device::Cpu,
+                5,
+                None,
+                precision,
+                "features".into(),
+            )?;
+            assert_eq!(*seen.borrow(), vec![expected; 3], "{precision:?}");
+            assert_eq!(layers::autocast::dtype(), None);
+            assert_eq!(cached.features.dtype(), DType::F32);
+            assert_eq!(cached.features.dims(), [10, 2]);
+            assert_eq!(cached.labels, source.labels);
+            let doubled = (&source.features * 2.0)?;
+            let diff = (cached.features - doubled)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
+            // bf16 keeps 8 bits of the values (up to 13.3 here).
+            let tolerance = if expected.is_some() { 0.06 } else { 0.0 };
+            assert!(diff <= tolerance, "{precision:?}: {diff}");
+        }
+        Ok(())
     }
 }
