@@ -163,7 +163,10 @@ pub fn run(args: &FeatureMapsArgs, out: &Path) -> Result<()> {
     train::atomic::write_with(&path, |tmp| viz::save_image_grid(tmp, "input", &[tile], 1))?;
     train::say!("wrote {}", path.display());
 
-    let stages = model.net.forward_stages(&batch)?;
+    let stages = {
+        let _no_grad = layers::no_grad();
+        model.net.forward_stages(&batch)?
+    };
     for (stage, t) in &stages {
         let path = out.join(format!("feature-maps-{}.png", file_stem(stage)));
         match save_stage(&path, stage, t).with_context(|| format!("stage {stage}"))? {

@@ -46,6 +46,12 @@ pub fn set_stats_sync(sync: Option<Arc<dyn StatsSync>>) -> Option<Arc<dyn StatsS
     STATS_SYNC.with(|slot| slot.replace(sync))
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Evaluation-mode batch norms run in place on this thread ([`BatchNorm::eval_in_place`]).
+    pub(crate) static EVAL_IN_PLACE_RUNS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 fn stats_sync() -> Option<Arc<dyn StatsSync>> {
     STATS_SYNC.with(|slot| slot.borrow().clone())
 }
@@ -204,6 +210,13 @@ impl BatchNorm {
     /// `xs` has fewer than two dimensions, or not `C` channels in dimension 1, or `residual`
     /// another shape.
     pub fn forward_add_relu(&self, xs: &Tensor, residual: &Tensor, train: bool) -> Result<Tensor> {
+        let tracked = [xs, residual, &self.weight, &self.bias];
+        if crate::grad_mode::detach_first(&tracked.map(Some)) {
+            let residual = residual.detach();
+            return self
+                .detached()
+                .forward_add_relu(&xs.detach(), &residual, train);
+        }
         let c = self.weight.elem_count();
         if xs.rank() < 2 || xs.dim(1)? != c || residual.dims() != xs.dims() {
             candle_core::bail!(
@@ -238,6 +251,9 @@ impl BatchNorm {
     }
 
     fn forward_inner(&self, xs: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        if crate::grad_mode::detach_first(&[Some(xs), Some(&self.weight), Some(&self.bias)]) {
+            return self.detached().forward_inner(&xs.detach(), train, relu);
+        }
         let c = self.weight.elem_count();
         if xs.rank() < 2 || xs.dim(1)? != c {
             candle_core::bail!(
@@ -328,11 +344,7 @@ impl BatchNorm {
     /// The evaluation-mode `relu?(x * scale + shift)` of `x` whose channels are dimension
     /// `axis` (1 of (N, C, L), 3 of a channels-last tensor's (N, H, W, C) view).
     fn eval(&self, x: &Tensor, relu: bool, axis: usize) -> Result<Tensor> {
-        let invstd = (self.running_var.as_detached_tensor() + self.eps)?
-            .sqrt()?
-            .recip()?;
-        let scale = (&self.weight * invstd)?;
-        let shift = (&self.bias - (self.running_mean.as_detached_tensor() * &scale)?)?;
+        let (scale, shift) = self.eval_scale_shift()?;
         let mut dims = vec![1; x.rank()];
         dims[axis] = scale.elem_count();
         let ys = x
@@ -344,6 +356,84 @@ impl BatchNorm {
         } else {
             Ok(ys)
         }
+    }
+
+    /// The same batch norm with detached weight and bias ([`crate::no_grad`]); the running
+    /// statistics are shared, and still move in training mode, as under `torch.no_grad()`.
+    pub(crate) fn detached(&self) -> Self {
+        Self {
+            weight: self.weight.detach(),
+            bias: self.bias.detach(),
+            ..self.clone()
+        }
+    }
+
+    /// Evaluation mode's per-channel `scale = weight / sqrt(running_var + eps)` and `shift =
+    /// bias - running_mean · scale`, (C) each.
+    fn eval_scale_shift(&self) -> Result<(Tensor, Tensor)> {
+        let invstd = (self.running_var.as_detached_tensor() + self.eps)?
+            .sqrt()?
+            .recip()?;
+        let scale = (&self.weight * invstd)?;
+        let shift = (&self.bias - (self.running_mean.as_detached_tensor() * &scale)?)?;
+        Ok((scale, shift))
+    }
+
+    /// Evaluation mode on a convolution's fresh output `ys` (N, C, H, W), in place where
+    /// nothing needs a gradient: `relu?(ys · scale + shift)`, or `relu(ys · scale + shift +
+    /// residual)`, in one pass over `ys` with no new tensor, the same values bit for bit as
+    /// [`forward_after`](Self::forward_after) in evaluation mode (the product and the sums
+    /// rounded one by one, as there). Returns whether it ran: only for contiguous f32 CPU
+    /// tensors (a residual of `ys`'s shape) of which none is tracked by autograd (inference
+    /// under [`crate::no_grad`], or a frozen network), `ys` held by the caller alone.
+    pub(crate) fn eval_in_place(
+        &self,
+        ys: &Tensor,
+        relu: bool,
+        residual: Option<&Tensor>,
+    ) -> Result<bool> {
+        let plain = |t: &Tensor| {
+            t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous() && !t.track_op()
+        };
+        let c = self.weight.elem_count();
+        if !plain(ys)
+            || ys.rank() < 2
+            || ys.dim(1)? != c
+            || memory_format::is_channels_last(ys)
+            || [&self.weight, &self.bias]
+                .into_iter()
+                .any(|p| p.track_op() || !p.device().is_cpu() || p.dtype() != DType::F32)
+            || residual.is_some_and(|r| !plain(r) || r.dims() != ys.dims())
+        {
+            return Ok(false);
+        }
+        #[cfg(test)]
+        EVAL_IN_PLACE_RUNS.with(|r| r.set(r.get() + 1));
+        let (scale, shift) = self.eval_scale_shift()?;
+        let (scale, shift) = (scale.to_vec1::<f32>()?, shift.to_vec1::<f32>()?);
+        let l = ys.elem_count() / (ys.dim(0)? * c).max(1);
+        if l == 0 {
+            return Ok(true);
+        }
+        let run = |y: &mut [f32], r: Option<&[f32]>| {
+            per_channel::scale_shift_in_place(y, r, (c, l), (&scale, &shift), relu)
+        };
+        crate::in_place::in_place_cpu(ys, "batch-norm-eval", |storage, layout| {
+            let (Some((a, b)), CpuStorage::F32(v)) = (layout.contiguous_offsets(), storage) else {
+                candle_core::bail!("batch-norm-eval: expected a contiguous f32 CPU output")
+            };
+            let y = &mut v[a..b];
+            match residual {
+                None => run(y, None),
+                Some(r) => match per_channel::with_f32(r, |r| run(y, Some(r))) {
+                    Some(done) => done,
+                    None => {
+                        candle_core::bail!("batch-norm-eval: expected a contiguous f32 residual")
+                    }
+                },
+            }
+        })?;
+        Ok(true)
     }
 
     fn train(&self, x: &Tensor, relu: bool) -> Result<Tensor> {

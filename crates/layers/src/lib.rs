@@ -10,6 +10,7 @@
 //! - [`BatchNorm`]: PyTorch's batch norm (optionally with its ReLU) as one operation with a
 //!   closed-form backward;
 //! - [`Linear`], and [`autocast`]: bf16/f16 products with float32 weights, as `torch.autocast`;
+//! - [`no_grad`]: inference without an autograd graph, as `torch.no_grad()`;
 //! - [`tanh`] and [`relu`] as one-pass CPU operations (Candle's call `tanhf` per element);
 //! - [`Dropout`] (seeded, identity in eval), [`flatten`], [`ConvBnRelu`];
 //! - constructors with torchvision's initialisation ([`conv2d`], [`linear`], [`batch_norm`],
@@ -38,6 +39,7 @@ mod cudnn;
 mod dropout_cuda;
 pub mod file;
 mod fill;
+mod grad_mode;
 mod in_place;
 pub mod init;
 mod linear_cpu;
@@ -74,6 +76,7 @@ pub use conv::cudnn::{cudnn_nhwc_kernels, NhwcKernels};
 #[cfg(feature = "onednn")]
 pub use conv::onednn;
 pub use conv::{conv2d_conv_grads, conv2d_cpu_f32, conv2d_gemm, set_direct_first_layer, Conv2d};
+pub use grad_mode::{is_grad_enabled, no_grad, NoGradGuard};
 pub use in_place::{in_place_cpu, in_place_cuda};
 pub use init::WeightInit;
 pub use memory_format::{to_channels_last, MemoryFormat};

@@ -111,6 +111,12 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        // Under `no_grad`: the same on detached inputs and parameters (no graph recorded).
+        if crate::grad_mode::detach_first(&[Some(xs), Some(&self.weight), self.bias.as_ref()]) {
+            let detached =
+                Linear::new(self.weight.detach(), self.bias.as_ref().map(Tensor::detach));
+            return detached.forward(&xs.detach());
+        }
         let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
         if let (Some(b), 2) = (&self.bias, xs.rank()) {
             if f32_cpu(xs) && f32_cpu(&self.weight) && f32_cpu(b) {

@@ -778,6 +778,57 @@ pub(crate) fn add_bias_in_place(y: &mut [f32], shape: &Shape, bias: &[f32]) -> R
     Ok(())
 }
 
+/// `y = relu?(y · scale[c] + shift[c] (+ r))` in place over a contiguous (N, C, L) `y` (and
+/// `r` of its length), `(c, l)` its channels and positions: the product and the sums rounded
+/// one by one (as separate tensor operations would), and the ReLU as [`crate::relu`]'s (NaN
+/// stays NaN, `-0.0` becomes `0.0`). Rows of channels run side by side on the thread pool.
+///
+/// # Errors
+/// `y`'s length is not a multiple of `c · l`, or `r`'s differs from it.
+pub(crate) fn scale_shift_in_place(
+    y: &mut [f32],
+    r: Option<&[f32]>,
+    (c, l): (usize, usize),
+    (scale, shift): (&[f32], &[f32]),
+    relu: bool,
+) -> Result<()> {
+    if c == 0 || l == 0 || !y.len().is_multiple_of(c * l) || r.is_some_and(|r| r.len() != y.len()) {
+        candle_core::bail!(
+            "batch-norm-eval: {} values are not (N, {c}, {l}), or the residual has another length",
+            y.len()
+        )
+    }
+    if scale.len() != c || shift.len() != c {
+        candle_core::bail!("batch-norm-eval: {c} channels and {} scales", scale.len())
+    }
+    // Whole rows of L values per task, about 16K values each.
+    let rows = (16 * 1024 / l).max(1);
+    let one = |(task, y): (usize, &mut [f32])| {
+        let first = task * rows;
+        for (i, y) in y.chunks_mut(l).enumerate() {
+            let row = first + i;
+            let (s, t) = (scale[row % c], shift[row % c]);
+            let at = row * l;
+            match r {
+                None => {
+                    for v in y.iter_mut() {
+                        let z = *v * s + t;
+                        *v = if relu && z <= 0.0 { 0.0 } else { z };
+                    }
+                }
+                Some(r) => {
+                    for (v, &r) in y.iter_mut().zip(&r[at..at + l]) {
+                        let z = (*v * s + t) + r;
+                        *v = if relu && z <= 0.0 { 0.0 } else { z };
+                    }
+                }
+            }
+        }
+    };
+    y.par_chunks_mut(rows * l).enumerate().for_each(one);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Tensor, Var};

@@ -1147,6 +1147,7 @@ pub fn evaluate(
         loader.num_batches(),
         loader.num_samples(),
     )?;
+    let _no_grad = layers::no_grad();
     let mut positions = Vec::new();
     let mut progress = Progress::start(label, loader.num_batches());
     for (b, batch) in loader.batches(0).enumerate() {

@@ -74,6 +74,8 @@ pub fn train_epoch<M: ModuleT + ?Sized>(
     num_classes: usize,
     label: String,
 ) -> Result<Pass> {
+    // As the tutorial's `with torch.no_grad():` test loop: no graph, activations freed early.
+    let _no_grad = layers::no_grad();
     let batches = loader.num_batches();
     let mut tally = Tally::new(num_classes, device, batches, loader.num_samples())?;
     let mut progress = Progress::start(label, batches);
@@ -143,7 +145,8 @@ pub(crate) fn non_finite_loss(value: f64, epoch: usize, b: usize, batches: usize
 /// Tests `model` in eval mode over `loader` (in its order), on `device`. The loss is the
 /// training criterion, cross-entropy with `label_smoothing`, as torchvision's reference
 /// scripts evaluate; accuracy does not depend on it. Counted on `device` as in [`train_epoch`];
-/// a non-finite loss is no error here (the caller judges [`Pass::metrics`]).
+/// a non-finite loss is no error here (the caller judges [`Pass::metrics`]). It runs under
+/// [`layers::no_grad`], as PyTorch's test loops run under `torch.no_grad()`.
 ///
 /// # Errors
 /// A batch cannot be read or moved to `device`, or the forward pass or the loss fails (for example

@@ -40,6 +40,7 @@ impl CachedFeatures {
         label: String,
     ) -> Result<Self> {
         let _precision = precision.enter();
+        let _no_grad = layers::no_grad();
         let mut progress = Progress::start(label, images.num_batches());
         let mut features = Vec::with_capacity(images.num_batches());
         let mut labels = Vec::with_capacity(images.num_samples());

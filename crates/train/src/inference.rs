@@ -1069,6 +1069,7 @@ impl<'a> Predictor<'a> {
     /// Errors: the file cannot be read or decoded (named), or the outputs are not finite.
     pub fn probabilities(&self, path: &Path) -> Result<Vec<f32>> {
         let (_, x) = self.prepare(path)?;
+        let _no_grad = layers::no_grad();
         let logits = self.model.forward_t(&x, false)?;
         let probabilities = candle_nn::ops::softmax(&logits, D::Minus1)?
             .squeeze(0)?

@@ -80,6 +80,15 @@ impl Conv2d {
     pub fn config(&self) -> &Conv2dConfig {
         &self.config
     }
+
+    /// The same convolution on detached parameters ([`crate::no_grad`]).
+    fn detached(&self) -> Self {
+        Self {
+            weight: self.weight.detach(),
+            bias: self.bias.as_ref().map(Tensor::detach),
+            config: self.config,
+        }
+    }
 }
 
 /// The kernel taps `first..=last` along one side that reach the input for some output position
@@ -223,6 +232,22 @@ impl Conv2d {
         pool: Option<&crate::Pool2d>,
         train: bool,
     ) -> Result<Tensor> {
+        // Under `no_grad`: the same on detached inputs and parameters (no graph recorded).
+        let tracked = [xs, &self.weight, bn.weight(), bn.bias()];
+        if crate::grad_mode::detach_first(&tracked.map(Some))
+            || crate::grad_mode::detach_first(&[self.bias.as_ref(), residual])
+        {
+            let residual = residual.map(Tensor::detach);
+            let bn = bn.detached();
+            return self.detached().forward_batch_norm_then(
+                &xs.detach(),
+                &bn,
+                relu,
+                residual.as_ref(),
+                pool,
+                train,
+            );
+        }
         let conv = (xs, &self.weight, self.bias.is_some());
         let pooled = |ys: Tensor| match pool {
             Some(p) => candle_core::Module::forward(p, &ys),
@@ -236,7 +261,13 @@ impl Conv2d {
             }
             return pooled(bn.forward_after(&ys, relu, residual, train)?);
         }
-        pooled(bn.forward_after(&self.forward(xs)?, relu, residual, train)?)
+        let ys = self.forward(xs)?;
+        // Evaluation with nothing tracked (inference): the batch norm in place on the fresh
+        // output, one pass and no new tensor.
+        if !train && bn.eval_in_place(&ys, relu, residual)? {
+            return pooled(ys);
+        }
+        pooled(bn.forward_after(&ys, relu, residual, train)?)
     }
 
     /// The convolution, and `bn` in its op where the path allows: (output, whether `bn` ran).
@@ -245,6 +276,9 @@ impl Conv2d {
         xs: &Tensor,
         bn: Option<&batch_norm::Epilogue>,
     ) -> Result<(Tensor, bool)> {
+        if crate::grad_mode::detach_first(&[Some(xs), Some(&self.weight), self.bias.as_ref()]) {
+            return self.detached().forward_then(&xs.detach(), bn);
+        }
         // A channels-last input (or a one-channel one while channels-last is preferred) without
         // cuDNN's NHWC kernels to take it: the (N, C, H, W) paths on a contiguous copy, the
         // output handed on channels-last (as PyTorch's fallbacks).
