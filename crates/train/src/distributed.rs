@@ -1047,6 +1047,7 @@ pub fn train_epoch(
     label: String,
     sync_bn: bool,
 ) -> Result<Pass> {
+    crate::engine::refuse_no_grad(epoch)?;
     let batches = loader.num_batches();
     let mut tally = Tally::new(num_classes, device, batches, loader.num_samples())?;
     let mut progress = Progress::start(label, batches);

@@ -74,8 +74,7 @@ pub fn train_epoch<M: ModuleT + ?Sized>(
     num_classes: usize,
     label: String,
 ) -> Result<Pass> {
-    // As the tutorial's `with torch.no_grad():` test loop: no graph, activations freed early.
-    let _no_grad = layers::no_grad();
+    refuse_no_grad(epoch)?;
     let batches = loader.num_batches();
     let mut tally = Tally::new(num_classes, device, batches, loader.num_samples())?;
     let mut progress = Progress::start(label, batches);
@@ -127,6 +126,20 @@ pub fn train_epoch<M: ModuleT + ?Sized>(
     })
 }
 
+/// An error for a training epoch (from 0) run under [`layers::no_grad`]: PyTorch's backward
+/// under `torch.no_grad()` raises ("element 0 of tensors does not require grad"); here the loss
+/// would have no graph and no weight would move.
+pub(crate) fn refuse_no_grad(epoch: usize) -> Result<()> {
+    if !layers::is_grad_enabled() {
+        anyhow::bail!(
+            "training epoch {} under layers::no_grad: no gradient would be recorded (drop the \
+             no_grad guard before training)",
+            epoch + 1
+        )
+    }
+    Ok(())
+}
+
 /// The error of a training loss that became `value` in epoch `epoch` (from 0) at batch `b`
 /// (from 0) of `batches`.
 pub(crate) fn non_finite_loss(value: f64, epoch: usize, b: usize, batches: usize) -> anyhow::Error {
@@ -159,6 +172,8 @@ pub fn evaluate<M: ModuleT + ?Sized>(
     label_smoothing: f64,
     label: String,
 ) -> Result<Pass> {
+    // As the tutorial's `with torch.no_grad():` test loop: no graph, activations freed early.
+    let _no_grad = layers::no_grad();
     let batches = loader.num_batches();
     let mut tally = Tally::new(num_classes, device, batches, loader.num_samples())?;
     let mut progress = Progress::start(label, batches);

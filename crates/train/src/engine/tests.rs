@@ -186,3 +186,55 @@ fn in_memory_format_hands_the_model_channels_last_images() -> Result<()> {
     );
     Ok(())
 }
+
+/// With `layers::Linear` (which honours `layers::no_grad`): the test pass runs without a graph
+/// and counts what the graph-recording forward counts; training after it still moves the
+/// weights (the guard ends with the pass); and a training epoch under `no_grad` is an error,
+/// as PyTorch's backward is there.
+#[test]
+fn the_test_pass_runs_under_no_grad_and_training_refuses_it() -> Result<()> {
+    let held = data(&[])?;
+    let schedule = constant(0.5);
+    let store = ParamStore::new(5, &Device::Cpu);
+    let net = layers::linear(
+        store.vb().pp("fc"),
+        FEATURES,
+        CLASSES,
+        layers::WeightInit::TorchDefault,
+    )?;
+    let tested = evaluate(&net, &held, &Device::Cpu, CLASSES, 0.0, "e".into())?;
+    let mut want = Metrics::new(CLASSES);
+    for batch in &held.0 {
+        let logits = net.forward(&batch.images)?;
+        assert!(logits.track_op());
+        let value = cross_entropy(&logits, &batch.labels, 0.0)?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+        want.update(value, &logits.to_vec2()?, &batch.labels.to_vec1()?)?;
+    }
+    assert_eq!(tested.metrics, want);
+    assert!(layers::is_grad_enabled());
+
+    let before = net.weight().flatten_all()?.to_vec1::<f32>()?;
+    let mut opt = sgd(&store)?;
+    let step = |opt: &mut Sgd| -> Result<Pass> {
+        let step = TrainStep {
+            optimizer: opt,
+            schedule: &schedule,
+            label_smoothing: 0.0,
+        };
+        train_epoch(&net, &held, &Device::Cpu, 0, step, CLASSES, "t".into())
+    };
+    let err = {
+        let _no_grad = layers::no_grad();
+        step(&mut opt)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    assert!(err.contains("under layers::no_grad"), "{err}");
+    assert_eq!(net.weight().flatten_all()?.to_vec1::<f32>()?, before);
+    step(&mut opt)?;
+    assert_ne!(net.weight().flatten_all()?.to_vec1::<f32>()?, before);
+    Ok(())
+}
