@@ -19,17 +19,21 @@
 # On the GPU machine, from the repository root (with gpu/ carried there):
 #   tools/gpu-check.sh run           # writes its log and the run's metrics into $OUT (or gpu/out)
 #
-# `run` takes at most $RUN_SECONDS (default 540) in all, each part cut to what is left, and
-# runs the parts named in $PARTS (default tests,table,split,cifar; e.g. PARTS=cifar in a second
-# call). It prints: PyTorch's training images/s on the same GPU in the same call (the shared
-# gpu_anchor.py, which `pack` copies into gpu/anchor when ../shared is beside this checkout);
-# every layer on CUDA against the CPU and an f64 reference (cuDNN convolutions forward
+# `run` takes at most $RUN_SECONDS (default 420) in all, each command cut to what is left and
+# skipped (said in the log) when under 15 seconds are left, and runs the parts named in $PARTS
+# (default tests,table,split,cifar; e.g. PARTS=cifar in a second call). It first checks that
+# every packed binary finds its shared libraries (cuBLAS, cuRAND, NVRTC of CUDA 13, cuDNN 9,
+# from the PyTorch install's nvidia/* and torch/lib folders) and stops at once, naming the
+# missing ones, when one does not; a driver older than 580 is named too (it refuses nvcc 13.0's
+# PTX). Each command's exit status is logged when it is not 0. It prints: every layer on CUDA against the CPU and an f64 reference (cuDNN convolutions forward
 # and both gradients, cuDNN batch norm, each with contiguous and channels-last inputs, and a
 # residual block channels-last against contiguous; the fused activation kernels); train's
 # tally kernel against the host's counts; the training step of every model, f32 and
 # TF32 at batch 128 and bf16 at batch 512 (the issue's table), each with the activations
 # contiguous and channels-last (`-cl`, cuDNN's NHWC kernels), with the data-pipeline
-# comparison; resnet18-cifar's step split into forward, backward and optimizer; bf16
+# comparison, then PyTorch's training images/s on the same GPU in the same call (the shared
+# gpu_anchor.py, which `pack` copies into gpu/anchor when ../shared is beside this checkout);
+# resnet18-cifar's step split into forward, backward and optimizer; bf16
 # channels-last batch norm in cuDNN's persistent mode (LAYERS_CUDNN_BN_PERSISTENT); the
 # baselines that were packed; then CIFAR-10 with the data held on the GPU, resnet18-cifar,
 # OneCycle, bf16, batch 512, label smoothing 0.1, the activations $CIFAR_FORMAT (default
@@ -111,7 +115,7 @@ run)
     OUT=${OUT:-gpu/out}
     mkdir -p "$OUT" gpu/bin
     log="$OUT/gpu.txt"
-    deadline=$((SECONDS + ${RUN_SECONDS:-540}))
+    deadline=$((SECONDS + ${RUN_SECONDS:-420}))
     # Which parts run: $PARTS, a comma-separated subset of tests,table,split,cifar (default all),
     # so that a second call can run what the first had no time for.
     want() { [[ ",${PARTS:-tests,table,split,cifar}," == *",$1,"* ]]; }
@@ -130,54 +134,101 @@ run)
         local left=$((deadline - SECONDS))
         [ "$left" -lt "$1" ] && echo $((left > 1 ? left : 1)) || echo "$1"
     }
+    # `step SECONDS COMMAND...`: COMMAND under `timeout` with at most SECONDS (and what is left),
+    # its output logged; skipped, and said so, when under 15 seconds are left; a status other
+    # than 0 logged (124: the time ran out). Returns COMMAND's status.
+    step() {
+        local most=$1
+        shift
+        if [ $((deadline - SECONDS)) -lt 15 ]; then
+            echo "(skipped, no time left: $*)" | tee -a "$log"
+            return 124
+        fi
+        timeout -k 10 "$(budget "$most")" "$@" 2>&1 | tee -a "$log"
+        local status=${PIPESTATUS[0]}
+        [ "$status" = 0 ] || echo "(exit status $status: $*)" | tee -a "$log"
+        return "$status"
+    }
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$log"
-    NV=$(python3 -c "import nvidia; print(list(nvidia.__path__)[0])")
-    LD_LIBRARY_PATH="$(find "$NV" -maxdepth 3 -type d -name lib | tr '\n' ':')${LD_LIBRARY_PATH:-}"
+    driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1)
+    if [ -n "$driver" ] && [ "${driver%%.*}" -lt 580 ] 2>/dev/null; then
+        echo "(driver $driver is older than 580: it may refuse the PTX of nvcc 13.0, Candle's and our kernels)" | tee -a "$log"
+    fi
+    # The CUDA 13 libraries and cuDNN 9 of the machine's PyTorch: every nvidia/* package folder
+    # and torch/lib.
+    libs=$(python3 - <<'PY' 2>/dev/null
+import glob, os
+dirs = []
+try:
+    import nvidia
+    for root in nvidia.__path__:
+        dirs += glob.glob(os.path.join(root, "*", "lib"))
+except ImportError:
+    pass
+try:
+    import importlib.util
+    spec = importlib.util.find_spec("torch")
+    if spec and spec.origin:
+        dirs.append(os.path.join(os.path.dirname(spec.origin), "lib"))
+except Exception:
+    pass
+print(":".join(d for d in dirs if os.path.isdir(d)))
+PY
+    )
+    LD_LIBRARY_PATH="${libs:+$libs:}${LD_LIBRARY_PATH:-}"
     export LD_LIBRARY_PATH
-    find "$NV" -maxdepth 3 -name 'libcudnn.so*' | head -3 | tee -a "$log"
+    echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH" | tee -a "$log"
     python3 -c "
 import lzma, pathlib
 for f in pathlib.Path('gpu/xz').glob('*.xz'):
     pathlib.Path('gpu/bin', f.stem).write_bytes(lzma.decompress(f.read_bytes()))
 "
     chmod +x gpu/bin/*
-    if want table && [ -f gpu/anchor/table.py ]; then
-        echo "== PyTorch on this GPU, same call: training images/s (gpu_anchor.py's step)" | tee -a "$log"
-        PYTHONUNBUFFERED=1 timeout "$(budget 60)" python3 gpu/anchor/table.py 2>&1 | tee -a "$log"
+    # Every shared library the binaries need, found? (They are linked with -z now, so one
+    # missing cuDNN symbol stops them too.) Stop here if not: nothing else could run.
+    missing=$(for bin in gpu/bin/*; do ldd -r "$bin" 2>&1 | grep -E 'not found|undefined symbol' |
+        sed "s|^|$(basename "$bin"): |"; done | sort -u)
+    if [ -n "$missing" ]; then
+        echo "== shared libraries the binaries cannot find (with LD_LIBRARY_PATH above):" | tee -a "$log"
+        echo "$missing" | head -20 | tee -a "$log"
+        echo "run took ${SECONDS}s" | tee -a "$log"
+        exit 3
     fi
     if want tests; then
         echo "== layers on CUDA against the CPU and an f64 reference (cuDNN)" | tee -a "$log"
-        LAYERS_CUDNN_LOG=1 timeout "$(budget 200)" gpu/bin/layers-cuda-test --nocapture --test-threads 1 2>&1 |
-            tee -a "$log"
+        LAYERS_CUDNN_LOG=1 step 200 gpu/bin/layers-cuda-test --nocapture --test-threads 1
         echo "== train's tally (one kernel a batch on CUDA) and optimizers against the host" | tee -a "$log"
-        timeout "$(budget 30)" gpu/bin/train-unit-test tally optim --test-threads 1 2>&1 | tee -a "$log"
+        step 30 gpu/bin/train-unit-test tally optim --test-threads 1
     fi
     if want table; then
         echo "== training step: bf16 at b512, f32 and TF32 at b128 (-cl: channels_last), the data pipeline" | tee -a "$log"
         # Each format in its own call, so that a failure of one leaves the other's rows.
         for format in contiguous_format channels_last; do
-            timeout "$(budget 60)" gpu/bin/bench-step --device cuda --batches 512 --precision bf16 \
-                --memory-format "$format" --steps 5 2>&1 | tee -a "$log"
+            step 60 gpu/bin/bench-step --device cuda --batches 512 --precision bf16 \
+                --memory-format "$format" --steps 5
         done
-        timeout "$(budget 90)" gpu/bin/bench-step --device cuda --batches 128 --precision f32,tf32 \
-            --steps 5 --pipeline 2>&1 | tee -a "$log"
-        timeout "$(budget 70)" gpu/bin/bench-step --device cuda --batches 128 --precision f32,tf32 \
-            --memory-format channels_last --steps 5 2>&1 | tee -a "$log"
+        step 90 gpu/bin/bench-step --device cuda --batches 128 --precision f32,tf32 \
+            --steps 5 --pipeline
+        step 70 gpu/bin/bench-step --device cuda --batches 128 --precision f32,tf32 \
+            --memory-format channels_last --steps 5
+        if [ -f gpu/anchor/table.py ]; then
+            echo "== PyTorch on this GPU, same call: training images/s (gpu_anchor.py's step)" | tee -a "$log"
+            PYTHONUNBUFFERED=1 step 60 python3 gpu/anchor/table.py
+        fi
     fi
     if want split; then
         echo "== where the resnet18-cifar step goes: forward, backward, optimizer, timed apart" | tee -a "$log"
-        timeout "$(budget 60)" gpu/bin/bench-step --device cuda --batches 512 --precision bf16 --steps 5 \
-            --memory-format contiguous_format,channels_last --only resnet18-cifar --split 2>&1 |
-            tee -a "$log"
+        step 60 gpu/bin/bench-step --device cuda --batches 512 --precision bf16 --steps 5 \
+            --memory-format contiguous_format,channels_last --only resnet18-cifar --split
         echo "== bf16 channels_last with cuDNN's persistent batch norm (LAYERS_CUDNN_BN_PERSISTENT=1)" | tee -a "$log"
-        LAYERS_CUDNN_BN_PERSISTENT=1 timeout "$(budget 45)" gpu/bin/bench-step --device cuda \
+        LAYERS_CUDNN_BN_PERSISTENT=1 step 45 gpu/bin/bench-step --device cuda \
             --batches 512 --precision bf16 --steps 5 --memory-format channels_last \
-            --only resnet18-cifar 2>&1 | tee -a "$log"
+            --only resnet18-cifar
         for base in nocudnn session2 candleconv; do
             [ -x "gpu/bin/bench-step-$base" ] || continue
             echo "== baseline bench-step-$base (nocudnn: --features cuda; session2: before layers::BatchNorm; candleconv: Candle's conv backward)" | tee -a "$log"
-            timeout "$(budget 45)" "gpu/bin/bench-step-$base" --device cuda --batches 128 --steps 5 \
-                --only resnet18-cifar 2>&1 | tee -a "$log"
+            step 45 "gpu/bin/bench-step-$base" --device cuda --batches 128 --steps 5 \
+                --only resnet18-cifar
         done
     fi
     if want cifar; then
