@@ -342,8 +342,11 @@ impl<A: Copy + std::fmt::Debug, P: Copy> Search<'_, A, P> {
         let mut results: Vec<P> = vec![unsafe { std::mem::zeroed() }; self.algos.len()];
         let mut count = 0;
         let found = (self.find)(&mut results, &mut count, ws, ws_len);
-        if found != success && conv.nhwc {
-            // cuDNN refused the whole NHWC search: the NCHW kernels stand in.
+        // cuDNN refused the whole NHWC search (the problem as asked, or memory for it): the
+        // NCHW kernels stand in. Other codes (a misaligned pointer, a stream mismatch, a failed
+        // execution) stay errors, as at run time.
+        let refused = crate::cudnn::is_refusal(found) || crate::cudnn::is_out_of_memory(found);
+        if found != success && conv.nhwc && refused {
             return Ok(Err(Refusal {
                 why: format!(
                     "cuDNN's {} algorithm search for {:?} input {:?} held channels-last (NHWC), kernel {:?}, padding/stride/dilation/groups {:?} failed: {found:?}",
