@@ -27,8 +27,10 @@
 //! let net = resnet::ResNet::resnet18_cifar(10, store.vb())?; // makes the variables
 //! layers::checkpoint::load_strict(store.varmap(), &file)?; // every key, every shape, or an error
 //! let images = Tensor::zeros((2, 3, 32, 32), DType::F32, &Device::Cpu)?; // normalised (N, 3, 32, 32)
+//! let _no_grad = layers::no_grad(); // as `with torch.no_grad():`, no autograd graph
 //! let logits = net.forward_t(&images, false)?; // eval mode: batch norm's running statistics
 //! assert_eq!(logits.dims(), [2, 10]);
+//! assert!(!logits.track_op());
 //! # std::fs::remove_file(&file)?;
 //! # Ok(()) }
 //! ```

@@ -34,6 +34,7 @@ fn main() -> Result<()> {
         // The test transform draws nothing at random; the generator is for random steps.
         let ((c, h, w), pixels) = transform.apply(img, &mut Rng::new(0))?;
         let x = Tensor::from_vec(pixels, (1, c, h, w), &device)?;
+        let _no_grad = layers::no_grad(); // as `with torch.no_grad():`, no autograd graph
         let logits = net.forward_t(&x, false)?; // (1, 10); false: eval mode
         let probs = candle_nn::ops::softmax(&logits, D::Minus1)?
             .squeeze(0)?
