@@ -411,6 +411,8 @@ impl BatchNorm {
         EVAL_IN_PLACE_RUNS.with(|r| r.set(r.get() + 1));
         let (scale, shift) = self.eval_scale_shift()?;
         let (scale, shift) = (scale.to_vec1::<f32>()?, shift.to_vec1::<f32>()?);
+        // A residual join always ends in a ReLU, as in `forward_add_relu`.
+        let relu = relu || residual.is_some();
         let l = ys.elem_count() / (ys.dim(0)? * c).max(1);
         if l == 0 {
             return Ok(true);

@@ -43,6 +43,8 @@ pub fn is_grad_enabled() -> bool {
 #[must_use = "no_grad ends when the guard is dropped"]
 pub struct NoGradGuard {
     previous: bool,
+    /// The setting is this thread's: the guard stays on it (not `Send`).
+    thread: std::marker::PhantomData<*const ()>,
 }
 
 impl Drop for NoGradGuard {
@@ -56,6 +58,7 @@ impl Drop for NoGradGuard {
 pub fn no_grad() -> NoGradGuard {
     NoGradGuard {
         previous: ENABLED.with(|e| e.replace(false)),
+        thread: std::marker::PhantomData,
     }
 }
 

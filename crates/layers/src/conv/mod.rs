@@ -263,7 +263,8 @@ impl Conv2d {
         }
         let ys = self.forward(xs)?;
         // Evaluation with nothing tracked (inference): the batch norm in place on the fresh
-        // output, one pass and no new tensor.
+        // output, one pass and no new tensor. `ys` must be held here alone (every path of
+        // `forward` makes a new output): the write is not checked against other holders.
         if !train && bn.eval_in_place(&ys, relu, residual)? {
             return pooled(ys);
         }
