@@ -309,7 +309,10 @@ fn file_name(image: &Path, class: Option<usize>) -> String {
 /// The last stage of `net` before `stage` whose output for `x` is an (N, C, H, W) map of more
 /// than one cell; `None` when there is none (or no stage `stage`).
 fn earlier_stage_with_a_map(net: &dyn Network, x: &Tensor, stage: &str) -> Result<Option<String>> {
-    let stages = net.forward_stages(&x.detach())?;
+    let stages = {
+        let _no_grad = layers::no_grad();
+        net.forward_stages(&x.detach())?
+    };
     let Some(at) = stages.iter().position(|(name, _)| name == stage) else {
         return Ok(None);
     };

@@ -74,16 +74,8 @@ mod tests {
     use candle_nn::ModuleT;
 
     use crate::batch_norm::EVAL_IN_PLACE_RUNS;
-    use crate::test_values::values;
+    use crate::test_values::{bits, values};
     use crate::{conv_cfg, BatchNorm, Conv2d, Linear, Pool2d};
-
-    fn bits(t: &Tensor) -> Result<Vec<u32>> {
-        Ok(t.flatten_all()?
-            .to_vec1::<f32>()?
-            .iter()
-            .map(|v| v.to_bits())
-            .collect())
-    }
 
     fn tensor(shape: &[usize], seed: u32) -> Result<Tensor> {
         let n = shape.iter().product();

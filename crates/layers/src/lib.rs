@@ -63,6 +63,15 @@ mod test_values {
             })
             .collect()
     }
+
+    /// The bits of an f32 tensor's values, for comparisons that must be exact.
+    pub(crate) fn bits(t: &candle_core::Tensor) -> candle_core::Result<Vec<u32>> {
+        Ok(t.flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|v| v.to_bits())
+            .collect())
+    }
 }
 pub mod profile;
 pub mod rng;

@@ -1539,6 +1539,7 @@ pub fn check_fits(
         tried.push(*shape);
         let (c, h, w) = *shape;
         let x = Tensor::zeros((1, c, h, w), DType::F32, device)?;
+        let _no_grad = layers::no_grad();
         let logits = model.forward_t(&x, false).with_context(|| {
             format!(
                 "model {name} does not fit the {c}x{h}x{w} images that {flag} {text} gives\

@@ -3,6 +3,8 @@
 use super::*;
 use candle_core::{Device, Var};
 
+use crate::test_values::bits;
+
 #[allow(clippy::too_many_arguments)]
 fn check(
     n: usize,
@@ -990,15 +992,6 @@ fn onednn_runs_small_outputs_in_bf16_under_autocast() -> Result<()> {
     assert_eq!(diff(&ours, &bf16)?, 0.0, "the bf16 kernel's values");
     assert!(diff(&ours, &f32)? > 0.0, "not the float32 kernel's");
     Ok(())
-}
-
-/// The bits of an f32 tensor's values, for comparisons that must be exact.
-fn bits(t: &Tensor) -> Result<Vec<u32>> {
-    Ok(t.flatten_all()?
-        .to_vec1::<f32>()?
-        .iter()
-        .map(|v| v.to_bits())
-        .collect())
 }
 
 #[test]
