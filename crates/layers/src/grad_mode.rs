@@ -105,9 +105,9 @@ mod tests {
     /// In evaluation mode under `no_grad` a convolution's batch norm, ReLU and residual join
     /// run in place on its output with the bits of the graph-recording path: `relu(bn(conv))`,
     /// `bn(conv)`, `relu(bn(conv) + residual)` and the stem's `pool(relu(bn(conv)))`, over
-    /// image-by-image (8x8) and whole-batch (2x2) outputs and a direct first layer, with a NaN, zeros and infinities in
-    /// the input. Nothing comes out tracked; with gradients on, the outputs are tracked and the
-    /// in-place path does not run.
+    /// image-by-image (8x8) and whole-batch (2x2) outputs and a direct first layer, with a NaN,
+    /// zeros and infinities in the input. Nothing comes out tracked; with gradients on, the
+    /// outputs are tracked and the in-place path does not run.
     #[test]
     fn no_grad_evaluation_has_the_bits_of_the_graph_path() -> Result<()> {
         let pool = Pool2d::max(3, 2).padding(1);

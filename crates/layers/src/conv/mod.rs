@@ -233,10 +233,9 @@ impl Conv2d {
         train: bool,
     ) -> Result<Tensor> {
         // Under `no_grad`: the same on detached inputs and parameters (no graph recorded).
-        let tracked = [xs, &self.weight, bn.weight(), bn.bias()];
-        if crate::grad_mode::detach_first(&tracked.map(Some))
-            || crate::grad_mode::detach_first(&[self.bias.as_ref(), residual])
-        {
+        let inputs = [Some(xs), Some(&self.weight), self.bias.as_ref()];
+        let bn_inputs = [Some(bn.weight()), Some(bn.bias()), residual];
+        if crate::grad_mode::detach_first(&[inputs, bn_inputs].concat()) {
             let residual = residual.map(Tensor::detach);
             let bn = bn.detached();
             return self.detached().forward_batch_norm_then(
