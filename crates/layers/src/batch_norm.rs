@@ -285,14 +285,15 @@ impl BatchNorm {
         let (n, l) = (xs.dim(0)?, xs.elem_count() / (xs.dim(0)? * c).max(1));
         // A bfloat16 or float16 input in training on CUDA (what convolutions hand on under
         // autocast there): cuDNN's mixed-precision batch norm, output in the input's dtype, as
-        // PyTorch. Where cuDNN refuses the dtype, the float32 path below, from then on.
+        // PyTorch. Where cuDNN refuses the dtype at this shape, the float32 path below, for
+        // that shape from then on.
         #[cfg(feature = "cudnn")]
         if train
             && matches!(xs.dtype(), DType::F16 | DType::BF16)
             && n * l >= 2
             && stats_sync().is_none()
             && cudnn::supports(self, xs)
-            && cudnn::reduced_allowed(false)
+            && cudnn::reduced_allowed([n, c, l], xs.dtype(), false)
         {
             if let Some(ys) = cudnn::train_reduced(self, &xs.reshape((n, c, l))?, relu, false)? {
                 return ys.reshape(xs.shape());
@@ -325,7 +326,7 @@ impl BatchNorm {
         };
         let v = v.reshape((n, h * w, c))?;
         let ys = match xs.dtype() {
-            DType::F16 | DType::BF16 if cudnn::reduced_allowed(true) => {
+            DType::F16 | DType::BF16 if cudnn::reduced_allowed([n, c, h * w], xs.dtype(), true) => {
                 cudnn::train_reduced(self, &v, relu, true)?
             }
             // cuDNN refused the reduced dtype: float32 there and back, channels-last.

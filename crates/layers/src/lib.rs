@@ -33,6 +33,8 @@ mod batch_norm;
 mod bf16_gemm;
 pub mod checkpoint;
 mod conv;
+#[cfg(feature = "cuda")]
+pub mod cuda_memory;
 #[cfg(feature = "cudnn")]
 mod cudnn;
 #[cfg(feature = "cuda")]

@@ -434,6 +434,73 @@ fn conv_forward_and_both_gradients_match_an_f64_reference() -> Result<()> {
     Ok(())
 }
 
+/// A convolution whose input starts off a 16-byte boundary (a contiguous view 4, 8 or 2 bytes
+/// into its buffer), run after the same convolution on an aligned input, in float32 and bf16:
+/// the forward and both gradients match the f64 reference as the aligned run's do. (cuDNN's
+/// algorithms chosen on aligned operands are not reused for misaligned ones: the choice is
+/// keyed by the operands' alignment, as PyTorch's.)
+#[test]
+fn a_misaligned_input_matches_the_reference_after_an_aligned_one() -> Result<()> {
+    use candle_core::DType;
+    let Some(gpu) = gpu() else { return Ok(()) };
+    let case = CONV_CASES[0];
+    let x = bf16_exact(Tensor::randn(0f32, 1.0, case.x.to_vec(), &Device::Cpu)?)?;
+    let w = bf16_exact(Tensor::randn(0f32, 0.2, case.w().to_vec(), &Device::Cpu)?)?;
+    let g: Vec<f32> = (0..case.y().iter().product::<usize>())
+        .map(|i| ((i * 31) % 7) as f32 - 3.0)
+        .collect();
+    let [y_ref, gx_ref, gw_ref] = case.reference(&host(&x)?, &host(&w)?, &g);
+    let len = x.elem_count();
+    for (dtype, tol) in [(DType::F32, 1e-5), (DType::BF16, 1e-2)] {
+        for offset in [0, 1, 2, 4, 0] {
+            let _cast = layers::autocast::set((dtype == DType::BF16).then_some(dtype));
+            let padded = Tensor::cat(
+                &[
+                    Tensor::zeros(offset, DType::F32, &Device::Cpu)?,
+                    x.flatten_all()?,
+                ],
+                0,
+            )?;
+            let xv = Var::from_tensor(&padded.to_device(&gpu)?.to_dtype(dtype)?)?;
+            let xs = xv
+                .as_tensor()
+                .narrow(0, offset, len)?
+                .reshape(case.x.to_vec())?;
+            assert_eq!(
+                (xs.layout().start_offset(), xs.is_contiguous()),
+                (offset, true),
+                "the input is a contiguous view {offset} values into its buffer"
+            );
+            let wv = Var::from_tensor(&w.to_device(&gpu)?.to_dtype(dtype)?)?;
+            let y = Conv2d::new(wv.as_tensor().clone(), None, case.config()).forward(&xs)?;
+            let upstream = Tensor::from_slice(&g, y.shape(), &Device::Cpu)?
+                .to_device(&gpu)?
+                .to_dtype(y.dtype())?;
+            let grads = (&y * upstream)?.sum_all()?.backward()?;
+            let gx = grads
+                .get(&xv)
+                .expect("input gradient")
+                .narrow(0, offset, len)?;
+            let gw = grads.get(&wv).expect("weight gradient");
+            let errors = [
+                relative(&host(&y)?, &y_ref),
+                relative(&host(&gx)?, &gx_ref),
+                relative(&host(gw)?, &gw_ref),
+            ];
+            let bytes = offset * dtype.size_in_bytes();
+            println!(
+                "{CUDA_CONV} conv {dtype:?}, input {bytes} bytes into its buffer: output {:.1e}, input gradient {:.1e}, weight gradient {:.1e} (relative)",
+                errors[0], errors[1], errors[2]
+            );
+            assert!(
+                errors.iter().all(|e| *e < tol),
+                "{dtype:?} input {bytes} bytes into its buffer: {errors:?} over {tol}"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Training-mode batch norm (with and without its ReLU) on CUDA, cuDNN's with the `cudnn`
 /// feature, against the CPU's: output, the three gradients, the running statistics and the
 /// batch count, within 1e-5 of their scale.

@@ -34,7 +34,16 @@ fn cuda(index: usize) -> Result<Device> {
     if !cfg!(feature = "cuda") {
         bail!("this program was built without CUDA support; rebuild it with `--features cuda` or use --device cpu");
     }
-    Device::new_cuda(index).with_context(|| format!("cannot open CUDA device {index}"))
+    let device =
+        Device::new_cuda(index).with_context(|| format!("cannot open CUDA device {index}"))?;
+    // Freed memory stays in the device's pool from step to step, as PyTorch's caching
+    // allocator keeps its blocks.
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = &device {
+        layers::cuda_memory::keep_freed_memory(cuda)
+            .with_context(|| format!("CUDA device {index}"))?;
+    }
+    Ok(device)
 }
 
 /// A short name for a device, for logs and `config.json`.

@@ -21,7 +21,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc::cudnn::sys;
@@ -54,10 +54,18 @@ fn mode(nhwc: bool) -> sys::cudnnBatchNormMode_t {
 const ONE: f32 = 1.0;
 const ZERO: f32 = 0.0;
 
+/// The largest batch PyTorch hands cuDNN's batch norm in training (`_batch_norm_impl_index`:
+/// `input.size(0) <= 880801`); larger ones take its native kernels, here the portable path.
+const MAX_BATCH: usize = 880_801;
+
 /// Whether cuDNN runs `bn`'s training step on `x`: a float32, bfloat16 or float16 input,
-/// float32 parameters and running statistics on a CUDA device, and an epsilon cuDNN accepts.
+/// float32 parameters and running statistics on a CUDA device, and an epsilon cuDNN accepts;
+/// as PyTorch, at most [`MAX_BATCH`] images and fewer than 2^31 - 1 values (some of cuDNN's
+/// kernels index in 32 bits).
 pub(super) fn supports(bn: &BatchNorm, x: &Tensor) -> bool {
     x.device().is_cuda()
+        && x.dims().first().is_some_and(|&n| n <= MAX_BATCH)
+        && x.elem_count() < i32::MAX as usize
         && bn.eps >= MIN_EPS
         && matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16)
         && [
@@ -70,20 +78,26 @@ pub(super) fn supports(bn: &BatchNorm, x: &Tensor) -> bool {
         .all(|t| t.dtype() == DType::F32)
 }
 
-/// Whether reduced-precision inputs go to cuDNN (until cuDNN refuses one), held (N, C, L) and
-/// (N, L, C): a refusal of one layout leaves the other.
-static REDUCED: [AtomicBool; 2] = [AtomicBool::new(true), AtomicBool::new(true)];
+/// A reduced-precision input cuDNN's batch norm refused: its (N, C, L), dtype and whether it
+/// is held (N, L, C).
+type Refused = ([usize; 3], DType, bool);
 
-/// Whether a bfloat16 or float16 input held (N, C, L), or (N, L, C) when `nhwc`, may go to
-/// cuDNN's batch norm: until cuDNN refused one so held ([`train_reduced`]).
-pub(super) fn reduced_allowed(nhwc: bool) -> bool {
-    REDUCED[nhwc as usize].load(Ordering::Relaxed)
+/// The reduced-precision inputs cuDNN refused ([`train_reduced`]): each such shape, dtype and
+/// layout takes the float32 path from then on; other shapes still go to cuDNN.
+static REFUSED: Mutex<Vec<Refused>> = Mutex::new(Vec::new());
+
+/// Whether a bfloat16 or float16 input of (N, C, L) = `dims`, held (N, L, C) when `nhwc`, may
+/// go to cuDNN's batch norm: unless cuDNN refused one of that shape, dtype and layout before.
+pub(super) fn reduced_allowed(dims: [usize; 3], dtype: DType, nhwc: bool) -> bool {
+    REFUSED
+        .lock()
+        .map_or(true, |refused| !refused.contains(&(dims, dtype, nhwc)))
 }
 
 /// [`train`] for a bfloat16 or float16 input; `None` when cuDNN refuses the dtype (its forward
 /// call says not supported or bad parameter, before it changed anything: said once on stderr,
-/// and such inputs in that layout take the float32 path from then on). Any other error is
-/// returned.
+/// and inputs of that shape, dtype and layout take the float32 path from then on). Any other
+/// error is returned.
 pub(super) fn train_reduced(
     bn: &BatchNorm,
     x: &Tensor,
@@ -94,9 +108,21 @@ pub(super) fn train_reduced(
     match train_flagged(bn, x, relu, nhwc, refused.clone()) {
         Ok(ys) => Ok(Some(ys)),
         Err(error) if refused.load(Ordering::Relaxed) => {
-            if REDUCED[nhwc as usize].swap(false, Ordering::Relaxed) {
+            let (n, c, l) = match (nhwc, x.dims3()?) {
+                (true, (n, l, c)) => (n, c, l),
+                (false, dims) => dims,
+            };
+            let key = ([n, c, l], x.dtype(), nhwc);
+            let first = REFUSED.lock().is_ok_and(|mut refused| {
+                let first = !refused.contains(&key);
+                if first {
+                    refused.push(key);
+                }
+                first
+            });
+            if first {
                 eprintln!(
-                    "cuDNN batch norm ({:?}, {}) refused a {:?} input ({error}); batch norm of such inputs runs in float32 from now on",
+                    "cuDNN batch norm ({:?}, {}) refused a {:?} input of (N, C, L) = ({n}, {c}, {l}) ({error}); batch norm of such inputs runs in float32 from now on",
                     mode(nhwc),
                     if nhwc { "NHWC" } else { "NCHW" },
                     x.dtype()

@@ -1,11 +1,11 @@
 //! The convolution on CUDA through cuDNN: forward, input gradient and weight gradient, as
 //! `torch.nn.Conv2d` runs them with `torch.backends.cudnn.benchmark = True`.
 //!
-//! For each convolution (shape, dtype, padding, stride, dilation, groups, TF32 or not) the
-//! descriptors are made once and kept, and each of the three directions times cuDNN's
-//! candidate algorithms on its first call (`cudnnFind*AlgorithmEx`, on the call's own tensors)
-//! and keeps the fastest. The scratch space is one buffer per thread and device, grown when an
-//! algorithm needs more.
+//! For each convolution (shape, dtype, padding, stride, dilation, groups, TF32 or not, and the
+//! byte alignment of its operands' addresses, as PyTorch's cache key) the descriptors are made
+//! once and kept, and each of the three directions times cuDNN's candidate algorithms on its
+//! first call (`cudnnFind*AlgorithmEx`, on the call's own tensors) and keeps the fastest. The
+//! scratch space is one buffer per thread and device, grown when an algorithm needs more.
 //!
 //! Precision as PyTorch's: float32 with FMA kernels only (`CUDNN_FMA_MATH`, TF32 off) unless
 //! TF32 is on ([`autocast::tf32`](crate::autocast::tf32), Candle's flag for float32 products:
@@ -110,6 +110,11 @@ pub(crate) struct Conv {
     /// Input and output (and their gradients) (N, H, W, C) in memory, the kernel given to
     /// cuDNN as (O, KH, KW, C / groups); `x` and `y` stay the logical (N, C, H, W).
     nhwc: bool,
+    /// The byte alignment (1 to 16) of the call's two operands' addresses, as PyTorch's
+    /// `ConvolutionParams` keys its algorithm cache (`getAlignment`): an algorithm timed on
+    /// aligned operands may be unable to run on a view that starts off a 16-byte boundary.
+    /// Set by [`run`] for each call (the output is always a fresh, aligned allocation).
+    alignment: [u8; 2],
 }
 
 impl Conv {
@@ -148,6 +153,7 @@ impl Conv {
             params: [p, s, d, g],
             tf32: candle_core::cuda::gemm_reduced_precision_f32(),
             nhwc,
+            alignment: [16; 2],
         })
     }
 
@@ -206,6 +212,18 @@ impl Conv {
 
     fn len(dims: [usize; 4]) -> usize {
         dims.iter().product()
+    }
+}
+
+/// The alignment PyTorch's `getAlignment` gives a contiguous operand: the largest power of two
+/// up to 16 dividing its address. Candle's CUDA buffers start on 256-byte boundaries
+/// (`cuMemAllocAsync`'s guarantee), so the address's alignment is its offset's.
+fn alignment(storage: &CudaStorage, layout: &Layout) -> u8 {
+    use candle_core::backend::BackendStorage;
+    let offset = layout.start_offset() * storage.dtype().size_in_bytes();
+    match offset {
+        0 => 16,
+        bytes => 1u8 << bytes.trailing_zeros().min(4),
     }
 }
 
@@ -366,8 +384,8 @@ impl<A: Copy + std::fmt::Debug, P: Copy> Search<'_, A, P> {
             }
             if log_choices() {
                 eprintln!(
-                    "cudnn {} {:?} x{:?} w{:?} p/s/d/g{:?} tf32={} nhwc={}: {algo:?} {math:?} {ms:.3} ms, {memory} B",
-                    self.what, conv.dtype, conv.x, conv.w, conv.params, conv.tf32, conv.nhwc
+                    "cudnn {} {:?} x{:?} w{:?} p/s/d/g{:?} tf32={} nhwc={} align={:?}: {algo:?} {math:?} {ms:.3} ms, {memory} B",
+                    self.what, conv.dtype, conv.x, conv.w, conv.params, conv.tf32, conv.nhwc, conv.alignment
                 );
             }
             desc.set_math(conv.run_math(math))?;
@@ -601,6 +619,10 @@ fn run(
     (b, bl): (&CudaStorage, &Layout),
 ) -> Result<(CudaStorage, Shape)> {
     use candle_core::backend::BackendStorage;
+    let conv = &Conv {
+        alignment: [alignment(a, al), alignment(b, bl)],
+        ..*conv
+    };
     // The operands' and the result's shapes as held (NHWC or not), and which is the kernel.
     let (a_dims, b_dims, out_dims) = match direction {
         Direction::Forward => (conv.held(conv.x), conv.w, conv.held(conv.y)),
