@@ -383,7 +383,10 @@ pub(crate) fn forget_replaced(dir: &Path) {
 /// Before `evaluate`, `predict` or `grad-cam` read the run in `dir`: when an `--overwrite`
 /// there was interrupted (Ctrl-C, a kill) before the new run saved an epoch, and no run holds
 /// the directory, puts the replaced run back (as the next run to lock it would), so that what
-/// is read is the old run, whole. Nothing to do for a directory without such a replacement.
+/// is read is the old run, whole, and removes the temporaries the killed run left (those of
+/// processes that are gone). When the new run was killed after saving its first epoch, the
+/// replaced run it had not removed yet goes, as the next run would remove it. Nothing to do for
+/// a directory without such a replacement.
 ///
 /// Errors: a live run started with `--overwrite` holds `dir` and has not saved an epoch (the
 /// files beside its `replaced-run` are then the new run's, incomplete; the error names the
@@ -394,7 +397,9 @@ pub fn settle_for_reading(dir: &Path) -> Result<()> {
             || (ours(&dir.join(REPLACED)) && !saved_an_epoch(dir))
             || ours(&dir.join(MOVING_BACK))
     };
-    if !pending(dir) {
+    // The new run saved an epoch but was killed before it removed the old one.
+    let replaced_left = |dir: &Path| ours(&dir.join(REPLACED)) && saved_an_epoch(dir);
+    if !pending(dir) && !replaced_left(dir) {
         return Ok(());
     }
     let lock_path = dir.join(LOCK);
@@ -420,7 +425,10 @@ pub fn settle_for_reading(dir: &Path) -> Result<()> {
     };
     let (_lock, locked) = lock;
     match locked {
-        Ok(()) => settle(dir),
+        Ok(()) => {
+            settle(dir)?;
+            remove_temporaries(dir)
+        }
         Err(TryLockError::WouldBlock) if pending(dir) => bail!(
             "--run {}: a run started there with --overwrite is still training and has not saved \
              its first epoch; until it does, the run it replaces is in {} (give that as --run, \
@@ -1566,11 +1574,15 @@ mod tests {
             err.contains("still training") && err.contains(REPLACED),
             "{err}"
         );
+        // It was writing its pictures when it died: their temporaries go too.
+        let left = out.join(".predictions.tmp2000000000.png");
+        std::fs::write(&left, "half a picture")?;
         drop(dir.lock.take()); // the process dies: the kernel releases its lock
         dir.replacing = false;
         drop(dir);
         assert_eq!(std::fs::read_to_string(out.join(CONFIG))?, "new config");
         settle_for_reading(&out)?;
+        assert!(!left.exists(), "the killed run's temporary is removed");
         unchanged(&out)?;
 
         // Killed while moving the old run aside, or while moving it back: the next lock
@@ -1607,6 +1619,23 @@ mod tests {
         drop(dir);
         assert_eq!(names(&out)?, [LOCK, BEST, "notes.txt", STATE]);
         assert_eq!(std::fs::read_to_string(out.join(STATE))?, "new state");
+
+        // Killed right after its first state, before it removed the old run: a reader leaves
+        // the new run and removes the old, as the next run would; not while a run holds it.
+        let mut dir = RunDir::fresh(&out, true)?;
+        std::fs::write(out.join(STATE), "newer state")?;
+        settle_for_reading(&out)?;
+        assert!(
+            out.join(REPLACED).exists(),
+            "a live run's replaced run stays"
+        );
+        drop(dir.lock.take());
+        dir.replacing = false;
+        drop(dir);
+        assert!(out.join(REPLACED).exists());
+        settle_for_reading(&out)?;
+        assert_eq!(names(&out)?, [LOCK, "notes.txt", STATE]);
+        assert_eq!(std::fs::read_to_string(out.join(STATE))?, "newer state");
         Ok(())
     }
 
