@@ -178,29 +178,32 @@ impl ConvCpu {
         let mut out = crate::fill::par_zeros(n * cout * ohw);
         let (side_by_side, threads) = split(n);
         let lhs = Lhs::new(self.bf16, (cout, k), (w, k, 1));
+        let pointwise = geo.is_pointwise();
         let one = |(i, o): (usize, &mut [f32]), work: &mut Work| {
             let img = &x[i * img_len..(i + 1) * img_len];
             for rows in row_blocks(geo, k) {
                 let (p0, len) = (rows.start * geo.ow, rows.len() * geo.ow);
-                let cols = &mut work.cols[..k * len];
-                time(Part::Im2col, || geo.im2col_t_rows(img, rows, cols));
+                // A 1x1 convolution with stride 1 and no padding reads the image as it is:
+                // its (C, H·W) rows are the columns `im2col` would copy.
+                let rhs: View = if pointwise {
+                    (&img[p0..], ohw, 1)
+                } else {
+                    let cols = &mut work.cols[..k * len];
+                    time(Part::Im2col, || geo.im2col_t_rows(img, rows, cols));
+                    (cols, len, 1)
+                };
                 lhs.product(
                     (cout, len, k),
                     (&mut o[p0..], ohw, 1),
-                    (cols, len, 1),
+                    rhs,
                     false,
                     threads,
                     &mut work.packed,
                 );
             }
         };
-        each_image(
-            &mut out,
-            cout * ohw,
-            k * block_len(geo, k),
-            side_by_side,
-            one,
-        );
+        let cols = if pointwise { 0 } else { k * block_len(geo, k) };
+        each_image(&mut out, cout * ohw, cols, side_by_side, one);
         out
     }
 

@@ -222,6 +222,12 @@ impl Geometry {
                 if self.stride == 1 {
                     let start = (lo as isize + x0) as usize;
                     out_row[lo..hi].copy_from_slice(&line[start..start + hi - lo]);
+                } else if self.stride == 2 && hi > lo {
+                    let start = 2 * lo + kj - self.padding;
+                    every_other(
+                        &line[start..start + 2 * (hi - lo) - 1],
+                        &mut out_row[lo..hi],
+                    );
                 } else {
                     for (ox, v) in out_row[lo..hi].iter_mut().enumerate() {
                         *v = line[((ox + lo) * self.stride) + kj - self.padding];
@@ -252,6 +258,11 @@ impl Geometry {
         }
     }
 
+    /// Whether `im2col` would copy the image unchanged: a 1x1 kernel, stride 1, no padding.
+    pub(super) fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0
+    }
+
     /// For tap column `kj`: the output columns `lo..hi` whose input column is inside the
     /// image, and the input column of output column 0 relative to it (`ox + x0` for stride 1).
     pub(super) fn span(&self, kj: usize) -> (usize, usize, isize) {
@@ -262,5 +273,65 @@ impl Geometry {
         let lo = (first(0) as usize).min(self.ow);
         let hi = (first(self.w as isize) as usize).clamp(lo, self.ow);
         (lo, hi, x0)
+    }
+}
+
+/// `dst[i] = src[2i]`: a stride-2 convolution's taps along a row. `src` holds `2·dst.len() - 1`
+/// values (or more). Sixteen at a time with AVX-512 (two loads, one permute), else one by one.
+fn every_other(src: &[f32], dst: &mut [f32]) {
+    assert!(
+        src.len() + 1 >= 2 * dst.len(),
+        "every_other: source too short"
+    );
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx512::available() {
+        // SAFETY: AVX-512F is present; the lengths were checked above.
+        done = unsafe { every_other_avx512(src, dst) };
+    }
+    for (i, d) in dst.iter_mut().enumerate().skip(done) {
+        *d = src[2 * i];
+    }
+}
+
+/// [`every_other`] of the whole sixteens that have 32 source values; returns how many values of
+/// `dst` it wrote.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn every_other_avx512(src: &[f32], dst: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    let even = crate::avx512::index(&crate::avx512::EVEN);
+    let mut i = 0;
+    while i + 16 <= dst.len() && 2 * i + 32 <= src.len() {
+        // SAFETY: `src[2i..2i + 32]` and `dst[i..i + 16]` are in bounds (the loop's test).
+        let a = _mm512_loadu_ps(src.as_ptr().add(2 * i));
+        let b = _mm512_loadu_ps(src.as_ptr().add(2 * i + 16));
+        _mm512_storeu_ps(dst.as_mut_ptr().add(i), _mm512_permutex2var_ps(a, even, b));
+        i += 16;
+    }
+    i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stride-2 gather equals picking every other value, at every length around the
+    /// vector's sixteen, from sources just long enough and longer.
+    #[test]
+    fn every_other_picks_the_even_values() {
+        let src: Vec<f32> = (0..200u16).map(|i| f32::from(i) * 0.5 - 7.0).collect();
+        for n in 0..70usize {
+            for extra in [0, 1, 2, 31] {
+                let len = (2 * n).saturating_sub(1) + extra;
+                let mut dst = vec![f32::NAN; n];
+                every_other(&src[3..3 + len], &mut dst);
+                let want: Vec<f32> = (0..n).map(|i| src[3 + 2 * i]).collect();
+                assert_eq!(dst, want, "{n} values from {len}");
+            }
+        }
     }
 }
