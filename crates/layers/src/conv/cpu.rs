@@ -265,10 +265,22 @@ impl ConvCpu {
                 let g = &grad[i * cout * ohw..(i + 1) * cout * ohw];
                 for rows in row_blocks(geo, k) {
                     let (p0, len) = (rows.start * geo.ow, rows.len() * geo.ow);
-                    let cols = &mut work.cols[..k * len];
-                    time(Part::Im2col, || geo.im2col_t_rows(img, rows, cols));
-                    let (lhs, rhs) = ((&g[p0..], ohw, 1), (&work.cols[..k * len], 1, len));
-                    product(lhs, rhs, len, acc, &mut work.lhs, &mut work.packed);
+                    // 1x1: the image's (C, H·W) rows are the columns, as in `forward`.
+                    let rhs: View = if geo.is_pointwise() {
+                        (&img[p0..], 1, ohw)
+                    } else {
+                        let cols = &mut work.cols[..k * len];
+                        time(Part::Im2col, || geo.im2col_t_rows(img, rows, cols));
+                        (&work.cols[..k * len], 1, len)
+                    };
+                    product(
+                        (&g[p0..], ohw, 1),
+                        rhs,
+                        len,
+                        acc,
+                        &mut work.lhs,
+                        &mut work.packed,
+                    );
                 }
             }
         };
@@ -332,23 +344,34 @@ impl ConvCpu {
             let mut gx = crate::fill::par_zeros(n * img_len);
             let (bk, hw) = (cout * taps, g.h * g.w);
             let lhs = Lhs::new(self.bf16, (g.c, bk), (&flipped, bk, 1));
+            let pointwise = back.is_pointwise();
             let one = |(i, dst): (usize, &mut [f32]), work: &mut Work| {
                 let gi = &grad[i * cout * ohw..(i + 1) * cout * ohw];
                 for rows in row_blocks(&back, bk) {
                     let (p0, len) = (rows.start * back.ow, rows.len() * back.ow);
-                    let cols = &mut work.cols[..bk * len];
-                    time(Part::Im2col, || back.im2col_t_rows(gi, rows, cols));
+                    // 1x1: the gradient's (O, H·W) rows are the columns, as in `forward`.
+                    let rhs: View = if pointwise {
+                        (&gi[p0..], ohw, 1)
+                    } else {
+                        let cols = &mut work.cols[..bk * len];
+                        time(Part::Im2col, || back.im2col_t_rows(gi, rows, cols));
+                        (cols, len, 1)
+                    };
                     lhs.product(
                         (g.c, len, bk),
                         (&mut dst[p0..], hw, 1),
-                        (cols, len, 1),
+                        rhs,
                         false,
                         threads,
                         &mut work.packed,
                     );
                 }
             };
-            let scratch = bk * block_len(&back, bk);
+            let scratch = if pointwise {
+                0
+            } else {
+                bk * block_len(&back, bk)
+            };
             each_image(&mut gx, img_len, scratch, side_by_side, one);
             return Ok(gx);
         }

@@ -179,7 +179,7 @@ fn autocast_runs_the_product_in_bf16_and_returns_f32() -> Result<()> {
 /// bf16 autocast on the CPU, in the AVX512-BF16 kernel, against float32 products of rounded
 /// operands: with an output gradient that is exact in bf16 the outputs differ only in the order
 /// of the float32 sums, the gradients by one rounding to bf16, for every product layout
-/// (stride 1, strided, 1x1, batches above and below the thread count).
+/// (stride 1, strided, 1x1 strided and not, batches above and below the thread count).
 #[test]
 fn the_bf16_kernel_matches_float32_products_of_rounded_operands() -> Result<()> {
     if !crate::bf16_gemm::available() {
@@ -195,6 +195,7 @@ fn the_bf16_kernel_matches_float32_products_of_rounded_operands() -> Result<()> 
             (8, 16, 3, 1, 1, 12, 13),
             (5, 17, 3, 2, 1, 12, 13),
             (7, 16, 1, 2, 0, 12, 13),
+            (24, 16, 1, 1, 0, 12, 13),
             (3, 16, 7, 2, 3, 12, 13),
             // Outputs under 4x4: one product over the batch's columns.
             (16, 32, 3, 1, 1, 2, 2),
@@ -371,6 +372,10 @@ fn matches_the_im2col_path_forward_and_backward() -> Result<()> {
         check_per_image((n, 2, 11, 10), (3, 5, 3), 3, 0)?;
         check_per_image((n, 3, 15, 14), (4, 7, 7), 2, 3)?;
         check_per_image((n, 4, 8, 7), (5, 1, 1), 2, 0)?;
+        // 1x1, stride 1, no padding: the image is read as its own columns, in one block of
+        // rows and (256 channels of 24 columns) in two.
+        check_per_image((n, 4, 8, 7), (5, 1, 1), 1, 0)?;
+        check_per_image((n, 256, 24, 24), (6, 1, 1), 1, 0)?;
         check_per_image((n, 2, 6, 6), (3, 3, 3), 1, 0)?;
         check_per_image((n, 2, 5, 5), (2, 1, 1), 1, 1)?;
         check_per_image((n, 2, 6, 5), (3, 3, 2), 1, 1)?;
