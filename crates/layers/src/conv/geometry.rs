@@ -251,6 +251,11 @@ impl Geometry {
             for (oy, in_row) in rows.clone().zip(row.chunks_exact(self.ow)) {
                 let Some(y) = self.row(oy, ki) else { continue };
                 let line = &mut dst[y * self.w..(y + 1) * self.w];
+                if self.stride == 2 && hi > lo {
+                    let start = 2 * lo + kj - self.padding;
+                    add_every_other(&in_row[lo..hi], &mut line[start..start + 2 * (hi - lo) - 1]);
+                    continue;
+                }
                 for (ox, v) in in_row[lo..hi].iter().enumerate() {
                     line[(ox + lo) * self.stride + kj - self.padding] += *v;
                 }
@@ -315,6 +320,58 @@ unsafe fn every_other_avx512(src: &[f32], dst: &mut [f32]) -> usize {
     i
 }
 
+/// `dst[2i] += src[i]`: a stride-2 convolution's column gradients added back along a row (the
+/// odd values of `dst` unchanged). `dst` holds `2·src.len() - 1` values (or more). Sixteen at a
+/// time with AVX-512 (the values spread to the even lanes by permutes, each sum the scalar
+/// one's), else one by one.
+fn add_every_other(src: &[f32], dst: &mut [f32]) {
+    assert!(
+        dst.len() + 1 >= 2 * src.len(),
+        "add_every_other: destination too short"
+    );
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx512::available() {
+        // SAFETY: AVX-512F is present; the lengths were checked above.
+        done = unsafe { add_every_other_avx512(src, dst) };
+    }
+    for (i, v) in src.iter().enumerate().skip(done) {
+        dst[2 * i] += *v;
+    }
+}
+
+/// [`add_every_other`] of the whole sixteens that have 32 destination values; returns how
+/// many values of `src` it added.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn add_every_other_avx512(src: &[f32], dst: &mut [f32]) -> usize {
+    use crate::avx512::{index, HIGH, LOW};
+    use std::arch::x86_64::*;
+    let (low, high) = (index(&LOW), index(&HIGH));
+    // Even lanes only: the odd values are stored back as they were read (adding +0.0 would
+    // turn a -0.0 into +0.0).
+    const EVEN_LANES: __mmask16 = 0x5555;
+    let mut i = 0;
+    while i + 16 <= src.len() && 2 * i + 32 <= dst.len() {
+        // SAFETY: `src[i..i + 16]` and `dst[2i..2i + 32]` are in bounds (the loop's test).
+        let v = _mm512_loadu_ps(src.as_ptr().add(i));
+        let zero = _mm512_setzero_ps();
+        let (v0, v1) = (
+            _mm512_permutex2var_ps(v, low, zero),
+            _mm512_permutex2var_ps(v, high, zero),
+        );
+        let d = dst.as_mut_ptr().add(2 * i);
+        let (a, b) = (_mm512_loadu_ps(d), _mm512_loadu_ps(d.add(16)));
+        _mm512_storeu_ps(d, _mm512_mask_add_ps(a, EVEN_LANES, a, v0));
+        _mm512_storeu_ps(d.add(16), _mm512_mask_add_ps(b, EVEN_LANES, b, v1));
+        i += 16;
+    }
+    i
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,6 +388,31 @@ mod tests {
                 every_other(&src[3..3 + len], &mut dst);
                 let want: Vec<f32> = (0..n).map(|i| src[3 + 2 * i]).collect();
                 assert_eq!(dst, want, "{n} values from {len}");
+            }
+        }
+    }
+
+    /// The stride-2 scatter-add equals adding to every other value one by one, bit for bit
+    /// (a -0.0 in an odd place stays -0.0), at every length around the vector's sixteen.
+    #[test]
+    fn add_every_other_adds_to_the_even_values() {
+        let src: Vec<f32> = (0..100u16).map(|i| f32::from(i) * 0.25 - 3.0).collect();
+        for n in 0..70usize {
+            for extra in [0, 1, 2, 31] {
+                let len = (2 * n).saturating_sub(1) + extra;
+                let start: Vec<f32> = (0..len)
+                    .map(|i| match i % 3 {
+                        0 => -0.0,
+                        1 => 1.0 / 3.0,
+                        _ => f32::from(i as u16) * -0.125,
+                    })
+                    .collect();
+                let mut dst = start.clone();
+                add_every_other(&src[..n], &mut dst);
+                let mut want = start;
+                (0..n).for_each(|i| want[2 * i] += src[i]);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&dst), bits(&want), "{n} values into {len}");
             }
         }
     }
