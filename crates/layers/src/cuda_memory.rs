@@ -48,3 +48,31 @@ pub fn keep_freed_memory(device: &CudaDevice) -> Result<()> {
     }
     Ok(())
 }
+
+/// Bytes the current memory pool of `device` holds but no allocation uses: memory the next
+/// allocations take before asking the driver for more, so free for them though the driver's
+/// `cuMemGetInfo` does not count it (0 when unknown, or without a stream-ordered allocator).
+pub fn pool_spare_bytes(device: &CudaDevice) -> usize {
+    let stream = device.cuda_stream();
+    let context = stream.context();
+    if !context.has_async_alloc() || context.bind_to_thread().is_err() {
+        return 0;
+    }
+    let read = |pool, attr| {
+        let mut value = 0u64;
+        // SAFETY: a valid pool; both attributes' values are `cuuint64_t`.
+        unsafe { result::mem_pool::get_attribute(pool, attr, (&mut value as *mut u64).cast()) }
+            .map(|()| value)
+    };
+    // SAFETY: the device is the context's own.
+    let Ok(pool) = (unsafe { result::device::get_mem_pool(context.cu_device()) }) else {
+        return 0;
+    };
+    use sys::CUmemPool_attribute::{
+        CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT as RESERVED, CU_MEMPOOL_ATTR_USED_MEM_CURRENT as USED,
+    };
+    match (read(pool, RESERVED), read(pool, USED)) {
+        (Ok(reserved), Ok(used)) => usize::try_from(reserved.saturating_sub(used)).unwrap_or(0),
+        _ => 0,
+    }
+}

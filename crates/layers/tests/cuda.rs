@@ -5,6 +5,10 @@ use candle_core::{Device, Module, ModuleT, Result, Tensor, Var};
 use layers::memory_format::is_channels_last;
 use layers::{adaptive_avg_pool2d, BatchNorm, Conv2d, MemoryFormat, Pool2d, PoolKind};
 
+/// Held by every test here: one turns TF32 on (a process-wide flag), which the others' float32
+/// convolutions must not see.
+static TF32_FLAG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn gpu() -> Option<Device> {
     match Device::cuda_if_available(0) {
         Ok(d) if d.is_cuda() => Some(d),
@@ -67,6 +71,7 @@ fn same_on_both(
 #[test]
 fn pooling_conv_batch_norm_and_adaptive_pooling_agree_with_the_cpu() -> Result<()> {
     let Some(gpu) = gpu() else { return Ok(()) };
+    let _serial = TF32_FLAG.lock().unwrap_or_else(|e| e.into_inner());
     for (name, pool) in [
         ("maxpool k3 s2 p1", Pool2d::max(3, 2).padding(1)),
         ("maxpool k3 s2 ceil", Pool2d::max(3, 2).ceil_mode(true)),
@@ -139,6 +144,7 @@ fn pooling_conv_batch_norm_and_adaptive_pooling_agree_with_the_cpu() -> Result<(
 #[test]
 fn conv_weight_gradients_agree_in_f32_and_bf16() -> Result<()> {
     let Some(gpu) = gpu() else { return Ok(()) };
+    let _serial = TF32_FLAG.lock().unwrap_or_else(|e| e.into_inner());
     let x = Tensor::randn(0f32, 1.0, (8, 16, 16, 16), &Device::Cpu)?;
     let w = Tensor::randn(0f32, 0.1, (32, 16, 3, 3), &Device::Cpu)?;
     let run = |dev: &Device, bf16: bool| -> Result<(Tensor, Tensor)> {
@@ -367,6 +373,7 @@ const CONV_CASES: [ConvCase; 10] = [
 #[test]
 fn conv_forward_and_both_gradients_match_an_f64_reference() -> Result<()> {
     let Some(gpu) = gpu() else { return Ok(()) };
+    let _serial = TF32_FLAG.lock().unwrap_or_else(|e| e.into_inner());
     for case in CONV_CASES {
         let x = bf16_exact(Tensor::randn(0f32, 1.0, case.x.to_vec(), &Device::Cpu)?)?;
         let w = bf16_exact(Tensor::randn(0f32, 0.2, case.w().to_vec(), &Device::Cpu)?)?;
@@ -434,8 +441,9 @@ fn conv_forward_and_both_gradients_match_an_f64_reference() -> Result<()> {
     Ok(())
 }
 
-/// A convolution whose input starts off a 16-byte boundary (a contiguous view 4, 8 or 2 bytes
-/// into its buffer), run after the same convolution on an aligned input, in float32 and bf16:
+/// A convolution whose input starts off a 16-byte boundary (a contiguous view 1, 2 or 4 values
+/// into its buffer: 4, 8 or 16 bytes in float32, 2, 4 or 8 in bf16), run after and before the
+/// same convolution on an aligned input, in float32 and bf16:
 /// the forward and both gradients match the f64 reference as the aligned run's do. (cuDNN's
 /// algorithms chosen on aligned operands are not reused for misaligned ones: the choice is
 /// keyed by the operands' alignment, as PyTorch's.)
@@ -443,6 +451,7 @@ fn conv_forward_and_both_gradients_match_an_f64_reference() -> Result<()> {
 fn a_misaligned_input_matches_the_reference_after_an_aligned_one() -> Result<()> {
     use candle_core::DType;
     let Some(gpu) = gpu() else { return Ok(()) };
+    let _serial = TF32_FLAG.lock().unwrap_or_else(|e| e.into_inner());
     let case = CONV_CASES[0];
     let x = bf16_exact(Tensor::randn(0f32, 1.0, case.x.to_vec(), &Device::Cpu)?)?;
     let w = bf16_exact(Tensor::randn(0f32, 0.2, case.w().to_vec(), &Device::Cpu)?)?;
@@ -507,6 +516,7 @@ fn a_misaligned_input_matches_the_reference_after_an_aligned_one() -> Result<()>
 #[test]
 fn batch_norm_training_step_matches_the_cpu() -> Result<()> {
     let Some(gpu) = gpu() else { return Ok(()) };
+    let _serial = TF32_FLAG.lock().unwrap_or_else(|e| e.into_inner());
     let path = if cfg!(feature = "cudnn") {
         "cuDNN"
     } else {
@@ -619,6 +629,7 @@ fn batch_norm_training_step_matches_the_cpu() -> Result<()> {
 fn autocast_on_cuda_keeps_bf16_activations_and_float32_statistics() -> Result<()> {
     use candle_core::DType;
     let Some(gpu) = gpu() else { return Ok(()) };
+    let _serial = TF32_FLAG.lock().unwrap_or_else(|e| e.into_inner());
     let _bf16 = layers::autocast::enable(DType::BF16)?;
     let x = Tensor::randn(0f32, 1.0, (8, 3, 12, 12), &Device::Cpu)?.to_device(&gpu)?;
     let w = Tensor::randn(0f32, 0.3, (16, 3, 3, 3), &Device::Cpu)?.to_device(&gpu)?;
@@ -727,6 +738,7 @@ fn autocast_on_cuda_keeps_bf16_activations_and_float32_statistics() -> Result<()
 #[test]
 fn dropout_on_cuda_repeats_with_the_seed_and_keeps_the_rate() -> Result<()> {
     let Some(gpu) = gpu() else { return Ok(()) };
+    let _serial = TF32_FLAG.lock().unwrap_or_else(|e| e.into_inner());
     let n = 1 << 20;
     let x = Var::from_tensor(&Tensor::ones(n, candle_core::DType::F32, &gpu)?)?;
     let drop = layers::Dropout::new(0.3)?;
@@ -762,6 +774,7 @@ fn dropout_on_cuda_repeats_with_the_seed_and_keeps_the_rate() -> Result<()> {
 fn channels_last_block_matches_the_contiguous_one() -> Result<()> {
     use candle_core::DType;
     let Some(gpu) = gpu() else { return Ok(()) };
+    let _serial = TF32_FLAG.lock().unwrap_or_else(|e| e.into_inner());
     let (n, c, h) = (8, 16, 10);
     let x = Tensor::randn(0f32, 1.0, (n, c, h, h), &Device::Cpu)?;
     let w1 = Tensor::randn(0f32, 0.2, (c, c, 3, 3), &Device::Cpu)?;
@@ -873,6 +886,7 @@ fn channels_last_block_matches_the_contiguous_one() -> Result<()> {
 fn activations_match_the_cpu() -> Result<()> {
     use candle_core::DType;
     let Some(gpu) = gpu() else { return Ok(()) };
+    let _serial = TF32_FLAG.lock().unwrap_or_else(|e| e.into_inner());
     let shape = (4, 6, 5, 7);
     let len = 4 * 6 * 5 * 7;
     // Values with exact zeros, a join whose sum is exactly zero (i = 5), a NaN and both

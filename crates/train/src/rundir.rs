@@ -410,6 +410,8 @@ pub fn settle_for_reading(dir: &Path) -> Result<()> {
             Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
                 return Err(e).with_context(|| format!("--run {}", dir.display()))
             }
+            // Only the finished replacement's old run left: the run is whole, read as it is.
+            Err(_) if !pending(dir) => return Ok(()),
             Err(_) => bail!(
                 "--run {}: an interrupted --overwrite left the run there half replaced, and the \
                  directory is not writable to put it back; the replaced run is in {}",
@@ -426,8 +428,23 @@ pub fn settle_for_reading(dir: &Path) -> Result<()> {
     let (_lock, locked) = lock;
     match locked {
         Ok(()) => {
+            let left = replaced_left(dir);
             settle(dir)?;
-            remove_temporaries(dir)
+            if left && !dir.join(REPLACED).exists() {
+                crate::warn!(
+                    "removed {}: the run that replaced it in {} had saved its first epoch",
+                    dir.join(REPLACED).display(),
+                    dir.display()
+                );
+            }
+            // Best effort: what is read is whole without it.
+            if let Err(e) = remove_temporaries(dir) {
+                crate::warn!(
+                    "{e:#}; the leftover stays until the next run in {}",
+                    dir.display()
+                );
+            }
+            Ok(())
         }
         Err(TryLockError::WouldBlock) if pending(dir) => bail!(
             "--run {}: a run started there with --overwrite is still training and has not saved \
@@ -437,6 +454,7 @@ pub fn settle_for_reading(dir: &Path) -> Result<()> {
             dir.join(REPLACED).display()
         ),
         Err(TryLockError::WouldBlock) => Ok(()),
+        Err(TryLockError::Error(_)) if !pending(dir) => Ok(()),
         Err(TryLockError::Error(e)) => {
             Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
         }

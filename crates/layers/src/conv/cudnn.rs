@@ -284,11 +284,14 @@ impl Cache {
 }
 
 /// Scratch memory for one algorithm search, freed after it: `wanted` bytes, at most
-/// [`MAX_SEARCH_WORKSPACE`] and half of what is free. Without it (nothing wanted, or the
+/// [`MAX_SEARCH_WORKSPACE`] and half of what is free (the driver's free memory and the pool's
+/// unused part). Without it (nothing wanted, or the
 /// allocation failed) the search tries the algorithms that need none.
 fn search_scratch(device: &CudaDevice, wanted: usize) -> Option<CudaSlice<u8>> {
+    // The memory pool keeps what steps freed (`cuda_memory::keep_freed_memory`): free for
+    // this allocation too, though the driver does not count it.
     let free = candle_core::cuda::cudarc::driver::result::mem_get_info()
-        .map(|(free, _)| free / 2)
+        .map(|(free, _)| (free + crate::cuda_memory::pool_spare_bytes(device)) / 2)
         .unwrap_or(0);
     let bytes = wanted.min(MAX_SEARCH_WORKSPACE).min(free);
     // SAFETY: cuDNN's scratch space; nothing reads it before cuDNN writes it.

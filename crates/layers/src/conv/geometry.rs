@@ -282,72 +282,86 @@ impl Geometry {
 }
 
 /// `dst[i] = src[2i]`: a stride-2 convolution's taps along a row. `src` holds `2·dst.len() - 1`
-/// values (or more). Sixteen at a time with AVX-512 (two loads, one permute), else one by one.
+/// values (or more). Sixteen at a time with AVX-512 (two loads, one permute; the last sixteen
+/// or fewer with masked loads and stores, which touch nothing past the values used), else one
+/// by one.
 fn every_other(src: &[f32], dst: &mut [f32]) {
     assert!(
         src.len() + 1 >= 2 * dst.len(),
         "every_other: source too short"
     );
-    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if crate::avx512::available() {
         // SAFETY: AVX-512F is present; the lengths were checked above.
-        done = unsafe { every_other_avx512(src, dst) };
+        unsafe { every_other_avx512(src, dst) };
+        return;
     }
-    for (i, d) in dst.iter_mut().enumerate().skip(done) {
+    for (i, d) in dst.iter_mut().enumerate() {
         *d = src[2 * i];
     }
 }
 
-/// [`every_other`] of the whole sixteens that have 32 source values; returns how many values of
-/// `dst` it wrote.
+/// The first `n` (at most 16) lanes.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn lanes(n: usize) -> u16 {
+    ((1u32 << n.min(16)) - 1) as u16
+}
+
+/// [`every_other`] in AVX-512.
 ///
 /// # Safety
-/// The CPU has AVX-512F.
+/// The CPU has AVX-512F; `src` holds at least `2·dst.len() - 1` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn every_other_avx512(src: &[f32], dst: &mut [f32]) -> usize {
+unsafe fn every_other_avx512(src: &[f32], dst: &mut [f32]) {
     use std::arch::x86_64::*;
     let even = crate::avx512::index(&crate::avx512::EVEN);
     let mut i = 0;
-    while i + 16 <= dst.len() && 2 * i + 32 <= src.len() {
-        // SAFETY: `src[2i..2i + 32]` and `dst[i..i + 16]` are in bounds (the loop's test).
-        let a = _mm512_loadu_ps(src.as_ptr().add(2 * i));
-        let b = _mm512_loadu_ps(src.as_ptr().add(2 * i + 16));
-        _mm512_storeu_ps(dst.as_mut_ptr().add(i), _mm512_permutex2var_ps(a, even, b));
-        i += 16;
+    while i < dst.len() {
+        // `m` values of `dst` from `2m - 1` of `src`, all inside the slices.
+        let m = (dst.len() - i).min(16);
+        let used = 2 * m - 1;
+        let from = src.as_ptr().add(2 * i);
+        // SAFETY: the masks read `src[2i..2i + used]` and write `dst[i..i + m]`, in bounds.
+        let a = _mm512_maskz_loadu_ps(lanes(used), from);
+        let b = match used > 16 {
+            true => _mm512_maskz_loadu_ps(lanes(used - 16), from.add(16)),
+            false => _mm512_setzero_ps(),
+        };
+        let picked = _mm512_permutex2var_ps(a, even, b);
+        _mm512_mask_storeu_ps(dst.as_mut_ptr().add(i), lanes(m), picked);
+        i += m;
     }
-    i
 }
 
 /// `dst[2i] += src[i]`: a stride-2 convolution's column gradients added back along a row (the
 /// odd values of `dst` unchanged). `dst` holds `2·src.len() - 1` values (or more). Sixteen at a
 /// time with AVX-512 (the values spread to the even lanes by permutes, each sum the scalar
-/// one's), else one by one.
+/// one's; the last sixteen or fewer masked), else one by one.
 fn add_every_other(src: &[f32], dst: &mut [f32]) {
     assert!(
         dst.len() + 1 >= 2 * src.len(),
         "add_every_other: destination too short"
     );
-    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if crate::avx512::available() {
         // SAFETY: AVX-512F is present; the lengths were checked above.
-        done = unsafe { add_every_other_avx512(src, dst) };
+        unsafe { add_every_other_avx512(src, dst) };
+        return;
     }
-    for (i, v) in src.iter().enumerate().skip(done) {
+    for (i, v) in src.iter().enumerate() {
         dst[2 * i] += *v;
     }
 }
 
-/// [`add_every_other`] of the whole sixteens that have 32 destination values; returns how
-/// many values of `src` it added.
+/// [`add_every_other`] in AVX-512.
 ///
 /// # Safety
-/// The CPU has AVX-512F.
+/// The CPU has AVX-512F; `dst` holds at least `2·src.len() - 1` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn add_every_other_avx512(src: &[f32], dst: &mut [f32]) -> usize {
+unsafe fn add_every_other_avx512(src: &[f32], dst: &mut [f32]) {
     use crate::avx512::{index, HIGH, LOW};
     use std::arch::x86_64::*;
     let (low, high) = (index(&LOW), index(&HIGH));
@@ -355,21 +369,27 @@ unsafe fn add_every_other_avx512(src: &[f32], dst: &mut [f32]) -> usize {
     // turn a -0.0 into +0.0).
     const EVEN_LANES: __mmask16 = 0x5555;
     let mut i = 0;
-    while i + 16 <= src.len() && 2 * i + 32 <= dst.len() {
-        // SAFETY: `src[i..i + 16]` and `dst[2i..2i + 32]` are in bounds (the loop's test).
-        let v = _mm512_loadu_ps(src.as_ptr().add(i));
+    while i < src.len() {
+        // `m` values of `src` onto `2m - 1` of `dst`, all inside the slices.
+        let m = (src.len() - i).min(16);
+        let used = 2 * m - 1;
+        // SAFETY: the masks read `src[i..i + m]` and read and write `dst[2i..2i + used]`.
+        let v = _mm512_maskz_loadu_ps(lanes(m), src.as_ptr().add(i));
         let zero = _mm512_setzero_ps();
         let (v0, v1) = (
             _mm512_permutex2var_ps(v, low, zero),
             _mm512_permutex2var_ps(v, high, zero),
         );
         let d = dst.as_mut_ptr().add(2 * i);
-        let (a, b) = (_mm512_loadu_ps(d), _mm512_loadu_ps(d.add(16)));
-        _mm512_storeu_ps(d, _mm512_mask_add_ps(a, EVEN_LANES, a, v0));
-        _mm512_storeu_ps(d.add(16), _mm512_mask_add_ps(b, EVEN_LANES, b, v1));
-        i += 16;
+        let (first, second) = (lanes(used), lanes(used.saturating_sub(16)));
+        let a = _mm512_maskz_loadu_ps(first, d);
+        _mm512_mask_storeu_ps(d, first, _mm512_mask_add_ps(a, EVEN_LANES, a, v0));
+        if second != 0 {
+            let b = _mm512_maskz_loadu_ps(second, d.add(16));
+            _mm512_mask_storeu_ps(d.add(16), second, _mm512_mask_add_ps(b, EVEN_LANES, b, v1));
+        }
+        i += m;
     }
-    i
 }
 
 #[cfg(test)]
