@@ -34,7 +34,9 @@
 # comparison, then PyTorch's training images/s on the same GPU in the same call (the shared
 # gpu_anchor.py, which `pack` copies into gpu/anchor when ../shared is beside this checkout);
 # resnet18-cifar's step split into forward, backward and optimizer; bf16
-# channels-last batch norm in cuDNN's persistent mode (LAYERS_CUDNN_BN_PERSISTENT); the
+# channels-last batch norm in cuDNN's persistent mode (LAYERS_CUDNN_BN_PERSISTENT), and with
+# the memory pool handing freed memory back at each synchronisation (LAYERS_CUDA_KEEP_FREED=0,
+# Candle's default, against the kept pool of every other row); the
 # baselines that were packed; then CIFAR-10 with the data held on the GPU, resnet18-cifar,
 # OneCycle, bf16, batch 512, label smoothing 0.1, the activations $CIFAR_FORMAT (default
 # channels_last), for $CIFAR_EPOCHS epochs (default 30) or until the time is up (at most
@@ -222,6 +224,10 @@ for f in pathlib.Path('gpu/xz').glob('*.xz'):
             --memory-format contiguous_format,channels_last --only resnet18-cifar --split
         echo "== bf16 channels_last with cuDNN's persistent batch norm (LAYERS_CUDNN_BN_PERSISTENT=1)" | tee -a "$log"
         LAYERS_CUDNN_BN_PERSISTENT=1 step 45 gpu/bin/bench-step --device cuda \
+            --batches 512 --precision bf16 --steps 5 --memory-format channels_last \
+            --only resnet18-cifar
+        echo "== the same, freed memory handed back to the driver at each sync (LAYERS_CUDA_KEEP_FREED=0, Candle's default)" | tee -a "$log"
+        LAYERS_CUDA_KEEP_FREED=0 step 45 gpu/bin/bench-step --device cuda \
             --batches 512 --precision bf16 --steps 5 --memory-format channels_last \
             --only resnet18-cifar
         for base in nocudnn session2 candleconv; do

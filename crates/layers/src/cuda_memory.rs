@@ -14,11 +14,16 @@ use candle_core::{CudaDevice, Result};
 /// (`CU_MEMPOOL_ATTR_RELEASE_THRESHOLD`, as PyTorch's `cudaMallocAsync` backend), so that
 /// memory a step frees stays in the pool for the next step instead of going back to the driver
 /// at each synchronisation. Nothing happens where the device has no stream-ordered allocator
-/// (cudarc then allocates with `cuMemAlloc`, which keeps nothing either way).
+/// (cudarc then allocates with `cuMemAlloc`, which keeps nothing either way), or with
+/// `LAYERS_CUDA_KEEP_FREED=0` in the environment (Candle's default kept, to measure the
+/// difference: `tools/gpu-check.sh` does).
 ///
 /// # Errors
 /// The driver's error when the pool cannot be read or set.
 pub fn keep_freed_memory(device: &CudaDevice) -> Result<()> {
+    if std::env::var_os("LAYERS_CUDA_KEEP_FREED").is_some_and(|v| v == "0") {
+        return Ok(());
+    }
     let stream = device.cuda_stream();
     let context = stream.context();
     if !context.has_async_alloc() {
