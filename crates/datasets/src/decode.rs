@@ -45,6 +45,15 @@ pub fn decode_image(bytes: &[u8], mode: ColorMode) -> Result<U8Image> {
         ImageFormat::Bmp | ImageFormat::Pnm => {}
         other => bail!("unsupported image format {other:?} (not {FORMATS})"),
     }
+    // PIL's `DecompressionBombError`: more than twice `Image.MAX_IMAGE_PIXELS` pixels, whatever
+    // their depth (a grey image that fits the decoder's memory limit is refused too).
+    let mut header = image::ImageReader::new(std::io::Cursor::new(bytes));
+    header.set_format(format);
+    if let Ok((w, h)) = header.into_dimensions() {
+        if u64::from(w) * u64::from(h) > MAX_PIXELS {
+            bail!("{}", too_large(bytes, format));
+        }
+    }
     let img = match image::load_from_memory_with_format(bytes, format) {
         Ok(img) => img,
         Err(image::ImageError::Limits(_)) => bail!("{}", too_large(bytes, format)),
@@ -69,9 +78,13 @@ pub fn decode_image(bytes: &[u8], mode: ColorMode) -> Result<U8Image> {
     }
 }
 
-/// Why an image the decoder refused for its memory limit (512 MiB for the decoded pixels) was
-/// not read, with its size where the header gives it. PIL refuses such images too: 512 MiB of
-/// RGB is its `DecompressionBombError` threshold, `2 * Image.MAX_IMAGE_PIXELS` pixels.
+/// The most pixels an image may have: PIL's `DecompressionBombError` threshold,
+/// `2 * Image.MAX_IMAGE_PIXELS`.
+const MAX_PIXELS: u64 = 178_956_970;
+
+/// Why an image over [`MAX_PIXELS`], or one the decoder refused for its memory limit (512 MiB for
+/// the decoded pixels), was not read, with its size where the header gives it. PIL refuses such
+/// images too: 512 MiB of RGB is its `DecompressionBombError` threshold.
 fn too_large(bytes: &[u8], format: ImageFormat) -> String {
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes));
     reader.set_format(format);
@@ -80,8 +93,9 @@ fn too_large(bytes: &[u8], format: ImageFormat) -> String {
         Err(_) => String::new(),
     };
     format!(
-        "the image is too large to decode ({size}its pixels need more than the decoder's 512 MiB; \
-         PIL refuses images over 178,956,970 pixels as decompression bombs); resize it first"
+        "the image is too large to decode ({size}over 178,956,970 pixels or more than the \
+         decoder's 512 MiB; PIL refuses images over 178,956,970 pixels as decompression bombs); \
+         resize it first"
     )
 }
 

@@ -433,9 +433,14 @@ fn png_header_only(width: u32, height: u32) -> Vec<u8> {
     png_claiming(width, height, None)
 }
 
-/// A PNG whose header claims `width` x `height` pixels, with an `IDAT` chunk holding `idat`
+/// A PNG whose header claims `width` x `height` RGB pixels, with an `IDAT` chunk holding `idat`
 /// (when given) and nothing more.
 fn png_claiming(width: u32, height: u32, idat: Option<&[u8]>) -> Vec<u8> {
+    png_of_colour(2, width, height, idat)
+}
+
+/// [`png_claiming`] with PNG colour type `colour` (0 grey, 2 RGB).
+fn png_of_colour(colour: u8, width: u32, height: u32, idat: Option<&[u8]>) -> Vec<u8> {
     let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
     let mut chunk = |kind: &[u8], data: &[u8]| {
         bytes.extend_from_slice(&(data.len() as u32).to_be_bytes());
@@ -448,7 +453,7 @@ fn png_claiming(width: u32, height: u32, idat: Option<&[u8]>) -> Vec<u8> {
     };
     let mut ihdr = width.to_be_bytes().to_vec();
     ihdr.extend_from_slice(&height.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    ihdr.extend_from_slice(&[8, colour, 0, 0, 0]);
     chunk(b"IHDR", &ihdr);
     if let Some(idat) = idat {
         chunk(b"IDAT", idat);
@@ -470,6 +475,14 @@ fn image_dimensions_past_memory_are_an_error() {
     let msg = chain(&decode_image(&bomb, ColorMode::Rgb).unwrap_err());
     assert!(
         msg.contains("too large to decode (30000x30000 pixels"),
+        "{msg}"
+    );
+    // Over PIL's pixel count though its grey bytes (381 MiB) fit the decoder's memory limit:
+    // refused as PIL refuses it, before decoding.
+    let grey_bomb = png_of_colour(0, 20000, 20000, Some(&empty_zlib));
+    let msg = chain(&decode_image(&grey_bomb, ColorMode::Rgb).unwrap_err());
+    assert!(
+        msg.contains("too large to decode (20000x20000 pixels"),
         "{msg}"
     );
     let dir = tempdir().unwrap();
