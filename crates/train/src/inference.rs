@@ -229,8 +229,9 @@ impl Trained {
                 ),
                 true => bail!(
                     "--run {}: neither {BEST} nor {LAST} is there, though the run saved epochs \
-                     (its {} is there): both were removed; `{} --resume {}` writes {LAST} \
-                     again from the state (a finished run trains no more), or give a \
+                     (its {} is there): the run was stopped after saving an epoch's state and \
+                     before writing its checkpoints, or they were removed; `{} --resume {}` \
+                     writes {LAST} from the state (a finished run trains no more), or give a \
                      checkpoint file",
                     dir.display(),
                     crate::rundir::STATE,
@@ -538,6 +539,44 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
     })
 }
 
+/// Whether files can be made in `dir`, where `evaluate` writes its outputs: a file made there
+/// and removed at once. Errors name the folder, the flag it came from (`--run` when `from_run`,
+/// else `--out`) and, for `--run`, `--out` as the way out.
+fn check_writable(dir: &Path, from_run: bool) -> Result<()> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let probe = dir.join(format!(
+        ".evaluate-write-check.{}.{nanos}",
+        std::process::id()
+    ));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(file) => {
+            drop(file);
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => {
+            let (flag, hint) = match from_run {
+                true => (
+                    "--run",
+                    " (evaluate writes its confusion matrix and figures beside the run's \
+                     checkpoints): give --out DIR for them",
+                ),
+                false => ("--out", ""),
+            };
+            Err(anyhow::Error::new(e).context(format!(
+                "{flag} {}: cannot write there{hint}",
+                dir.display()
+            )))
+        }
+    }
+}
+
 /// [`evaluate`] in this process (one rank of a sharded evaluation, or alone).
 fn evaluate_here(args: &EvaluateArgs) -> Result<Evaluation> {
     // Another run's directory as --out: its own evaluation would be replaced.
@@ -577,6 +616,13 @@ fn evaluate_here(args: &EvaluateArgs) -> Result<Evaluation> {
         crate::rundir::settle_for_reading(&args.run)?;
     }
     crate::distributed::barrier();
+    // The outputs' folder must take files before the test pass, not after it.
+    if crate::distributed::writes() {
+        let out = args.out.as_deref().unwrap_or(&args.run);
+        if out.is_dir() {
+            check_writable(out, args.out.is_none())?;
+        }
+    }
     let before = file_stamp(&weights_file);
     let trained = Trained::open(&args.run, &args.weights, &device)?;
     // The run's precision (bf16 autocast, TF32), as its test passes ran, unless told otherwise.
@@ -1392,6 +1438,30 @@ pub fn print_top5(
 mod tests {
     use super::*;
     use crate::config::DatasetKind;
+
+    /// `evaluate`'s outputs folder is tried before the test pass: a folder that takes no file
+    /// (`/proc`, even for root) is named with its flag, `--run`'s with `--out` as the way out;
+    /// a writable one passes and is left as it was.
+    #[test]
+    fn an_unwritable_outputs_folder_is_named_before_the_test_pass() -> Result<()> {
+        let err = format!(
+            "{:#}",
+            check_writable(Path::new("/proc"), true).unwrap_err()
+        );
+        assert!(
+            err.starts_with("--run /proc: cannot write there") && err.contains("--out DIR"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            check_writable(Path::new("/proc"), false).unwrap_err()
+        );
+        assert!(err.starts_with("--out /proc: cannot write there"), "{err}");
+        let dir = tempfile::tempdir()?;
+        check_writable(dir.path(), true)?;
+        assert_eq!(std::fs::read_dir(dir.path())?.count(), 0);
+        Ok(())
+    }
 
     /// A checkpoint whose folder has no config.json and a pipe for its state: the state is
     /// never opened (the open would wait for a writer), so the file is in no run.

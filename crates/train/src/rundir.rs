@@ -383,10 +383,11 @@ pub(crate) fn forget_replaced(dir: &Path) {
 /// Before `evaluate`, `predict` or `grad-cam` read the run in `dir`: when an `--overwrite`
 /// there was interrupted (Ctrl-C, a kill) before the new run saved an epoch, and no run holds
 /// the directory, puts the replaced run back (as the next run to lock it would), so that what
-/// is read is the old run, whole, and removes the temporaries the killed run left (those of
-/// processes that are gone). When the new run was killed after saving its first epoch, the
-/// replaced run it had not removed yet goes, as the next run would remove it. Nothing to do for
-/// a directory without such a replacement.
+/// is read is the old run, whole. When the new run was killed after saving its first epoch, the
+/// replaced run it had not removed yet goes, as the next run would remove it. In every case,
+/// with no run holding the directory, the temporaries killed processes left (a run's, an
+/// `evaluate`'s: those of processes that are gone) and emptied `--overwrite` folders go too.
+/// Nothing to do for a directory without any of these.
 ///
 /// Errors: a live run started with `--overwrite` holds `dir` and has not saved an epoch (the
 /// files beside its `replaced-run` are then the new run's, incomplete; the error names the
@@ -399,7 +400,7 @@ pub fn settle_for_reading(dir: &Path) -> Result<()> {
     };
     // The new run saved an epoch but was killed before it removed the old one.
     let replaced_left = |dir: &Path| ours(&dir.join(REPLACED)) && saved_an_epoch(dir);
-    if !pending(dir) && !replaced_left(dir) {
+    if !pending(dir) && !replaced_left(dir) && !leftovers(dir) {
         return Ok(());
     }
     let lock_path = dir.join(LOCK);
@@ -459,6 +460,21 @@ pub fn settle_for_reading(dir: &Path) -> Result<()> {
             Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
         }
     }
+}
+
+/// Whether `dir` holds what a killed process may have left and the next run would remove: a
+/// temporary of a run's file (of a dead writer or not: [`remove_temporaries`] tells), or one of
+/// the `--overwrite` folders without our mark (emptied, or made and killed before marking).
+fn leftovers(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        is_temporary(&name)
+            || ([MOVING_ASIDE, REPLACED, MOVING_BACK].contains(&&*name) && !ours(&entry.path()))
+    })
 }
 
 /// The lock files this process holds, one per run directory (its device and inode): what the
@@ -1527,6 +1543,50 @@ mod tests {
             .collect::<Result<_>>()?;
         names.sort();
         Ok(names)
+    }
+
+    /// A reader (`evaluate`, `predict`, `grad-cam`) of a run with nothing to put back removes
+    /// what killed processes left, as the next run would: dead writers' temporaries (a run's
+    /// checkpoint, an `evaluate`'s picture) and an `--overwrite` folder killed before its mark;
+    /// a live writer's temporary stays, and nothing is touched while a run holds the directory.
+    #[test]
+    fn readers_remove_what_killed_processes_left() -> Result<()> {
+        let root = tempfile::tempdir()?;
+        let out = root.path().join("run");
+        std::fs::create_dir(&out)?;
+        std::fs::write(out.join(STATE), "state")?;
+        std::fs::write(out.join(BEST), "best")?;
+        let dead = 2_000_000_000;
+        let gone = [
+            format!("{LAST}.tmp{dead}"),
+            format!(".confusion-best.tmp{dead}.png"),
+        ];
+        // Process 1 (init, always there), written after it started.
+        let live = out.join(".evaluation-best.tmp1.json");
+        let empty = out.join(MOVING_ASIDE);
+        let fill = |out: &Path| -> Result<()> {
+            for name in &gone {
+                std::fs::write(out.join(name), "half")?;
+            }
+            std::fs::write(&live, "{")?;
+            std::fs::create_dir(&empty)?;
+            Ok(())
+        };
+        // A run holds it: left alone.
+        let held = RunDir::existing(&out)?;
+        fill(&out)?;
+        settle_for_reading(&out)?;
+        assert!(gone.iter().all(|n| out.join(n).exists()) && empty.exists());
+        drop(held);
+        settle_for_reading(&out)?;
+        for name in &gone {
+            assert!(!out.join(name).exists(), "{name} stays");
+        }
+        assert!(live.exists(), "a live writer's temporary is removed");
+        assert!(!empty.exists(), "the unmarked --overwrite folder stays");
+        assert_eq!(std::fs::read_to_string(out.join(BEST))?, "best");
+        assert_eq!(std::fs::read_to_string(out.join(STATE))?, "state");
+        Ok(())
     }
 
     /// `--overwrite` moves the old run aside and puts it back, whole, when the new run stops
