@@ -394,7 +394,7 @@ pub struct EvaluateArgs {
     pub limit_test: Option<TestLimit>,
     /// Test images per batch; the accuracies do not depend on it (eval mode), the loss (summed in
     /// float32 batch by batch) only in its last digits [default: the run's --test-batch-size]
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=crate::config::MAX_COUNT as u64))]
     pub test_batch_size: Option<u64>,
     /// off, auto or on: under an MPI launcher (mpirun -n N), each process tests a contiguous
     /// share of each global batch, nothing repeated (unlike DistributedSampler's padding), and
