@@ -9,9 +9,10 @@ use layers::{adaptive_avg_pool2d, BatchNorm, Conv2d, MemoryFormat, Pool2d, PoolK
 /// convolutions must not see.
 static TF32_FLAG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn gpu() -> Option<Device> {
+/// The GPU, with [`TF32_FLAG`] held for the test's length.
+fn gpu() -> Option<(Device, std::sync::MutexGuard<'static, ()>)> {
     match Device::cuda_if_available(0) {
-        Ok(d) if d.is_cuda() => Some(d),
+        Ok(d) if d.is_cuda() => Some((d, TF32_FLAG.lock().unwrap_or_else(|e| e.into_inner()))),
         _ => {
             eprintln!(
                 "skipped: no CUDA device (build with --features cuda on a machine with a GPU)"
@@ -70,8 +71,9 @@ fn same_on_both(
 
 #[test]
 fn pooling_conv_batch_norm_and_adaptive_pooling_agree_with_the_cpu() -> Result<()> {
-    let Some(gpu) = gpu() else { return Ok(()) };
-    let _serial = TF32_FLAG.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((gpu, _serial)) = gpu() else {
+        return Ok(());
+    };
     for (name, pool) in [
         ("maxpool k3 s2 p1", Pool2d::max(3, 2).padding(1)),
         ("maxpool k3 s2 ceil", Pool2d::max(3, 2).ceil_mode(true)),
@@ -143,8 +145,9 @@ fn pooling_conv_batch_norm_and_adaptive_pooling_agree_with_the_cpu() -> Result<(
 /// The convolution's weight gradient, in f32 and under bf16 autocast, on both devices.
 #[test]
 fn conv_weight_gradients_agree_in_f32_and_bf16() -> Result<()> {
-    let Some(gpu) = gpu() else { return Ok(()) };
-    let _serial = TF32_FLAG.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((gpu, _serial)) = gpu() else {
+        return Ok(());
+    };
     let x = Tensor::randn(0f32, 1.0, (8, 16, 16, 16), &Device::Cpu)?;
     let w = Tensor::randn(0f32, 0.1, (32, 16, 3, 3), &Device::Cpu)?;
     let run = |dev: &Device, bf16: bool| -> Result<(Tensor, Tensor)> {
@@ -372,8 +375,9 @@ const CONV_CASES: [ConvCase; 10] = [
 /// no NHWC algorithm for runs).
 #[test]
 fn conv_forward_and_both_gradients_match_an_f64_reference() -> Result<()> {
-    let Some(gpu) = gpu() else { return Ok(()) };
-    let _serial = TF32_FLAG.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((gpu, _serial)) = gpu() else {
+        return Ok(());
+    };
     for case in CONV_CASES {
         let x = bf16_exact(Tensor::randn(0f32, 1.0, case.x.to_vec(), &Device::Cpu)?)?;
         let w = bf16_exact(Tensor::randn(0f32, 0.2, case.w().to_vec(), &Device::Cpu)?)?;
@@ -423,21 +427,32 @@ fn conv_forward_and_both_gradients_match_an_f64_reference() -> Result<()> {
             let grads = (&y * upstream)?.sum_all()?.backward()?;
             let gx = grads.get(&xv).expect("input gradient");
             let gw = grads.get(&wv).expect("weight gradient");
-            let errors = [
-                relative(&host(&y)?, &y_ref),
-                relative(&host(gx)?, &gx_ref),
-                relative(&host(gw)?, &gw_ref),
-            ];
-            println!(
-                "{CUDA_CONV} conv {precision} {format_name} {case:?}: output {:.1e}, input gradient {:.1e}, weight gradient {:.1e} (relative)",
-                errors[0], errors[1], errors[2]
-            );
-            assert!(
-                errors.iter().all(|e| *e < tol),
-                "{precision} {format_name} {case:?}: {errors:?} over {tol}"
-            );
+            check_conv(
+                &format!("{precision} {format_name} {case:?}"),
+                [&y, gx, gw],
+                [&y_ref, &gx_ref, &gw_ref],
+                tol,
+            )?;
         }
     }
+    Ok(())
+}
+
+/// A convolution's output and two gradients against the f64 reference `refs`: the relative
+/// errors printed for `what` and each asserted under `tol`.
+fn check_conv(what: &str, got: [&Tensor; 3], refs: [&[f64]; 3], tol: f64) -> Result<()> {
+    let mut errors = [0f64; 3];
+    for ((e, t), r) in errors.iter_mut().zip(got).zip(refs) {
+        *e = relative(&host(t)?, r);
+    }
+    println!(
+        "{CUDA_CONV} conv {what}: output {:.1e}, input gradient {:.1e}, weight gradient {:.1e} (relative)",
+        errors[0], errors[1], errors[2]
+    );
+    assert!(
+        errors.iter().all(|e| *e < tol),
+        "{what}: {errors:?} over {tol}"
+    );
     Ok(())
 }
 
@@ -450,8 +465,9 @@ fn conv_forward_and_both_gradients_match_an_f64_reference() -> Result<()> {
 #[test]
 fn a_misaligned_input_matches_the_reference_after_an_aligned_one() -> Result<()> {
     use candle_core::DType;
-    let Some(gpu) = gpu() else { return Ok(()) };
-    let _serial = TF32_FLAG.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((gpu, _serial)) = gpu() else {
+        return Ok(());
+    };
     let case = CONV_CASES[0];
     let x = bf16_exact(Tensor::randn(0f32, 1.0, case.x.to_vec(), &Device::Cpu)?)?;
     let w = bf16_exact(Tensor::randn(0f32, 0.2, case.w().to_vec(), &Device::Cpu)?)?;
@@ -491,20 +507,13 @@ fn a_misaligned_input_matches_the_reference_after_an_aligned_one() -> Result<()>
                 .expect("input gradient")
                 .narrow(0, offset, len)?;
             let gw = grads.get(&wv).expect("weight gradient");
-            let errors = [
-                relative(&host(&y)?, &y_ref),
-                relative(&host(&gx)?, &gx_ref),
-                relative(&host(gw)?, &gw_ref),
-            ];
             let bytes = offset * dtype.size_in_bytes();
-            println!(
-                "{CUDA_CONV} conv {dtype:?}, input {bytes} bytes into its buffer: output {:.1e}, input gradient {:.1e}, weight gradient {:.1e} (relative)",
-                errors[0], errors[1], errors[2]
-            );
-            assert!(
-                errors.iter().all(|e| *e < tol),
-                "{dtype:?} input {bytes} bytes into its buffer: {errors:?} over {tol}"
-            );
+            check_conv(
+                &format!("{dtype:?}, input {bytes} bytes into its buffer"),
+                [&y, &gx, gw],
+                [&y_ref, &gx_ref, &gw_ref],
+                tol,
+            )?;
         }
     }
     Ok(())
@@ -515,8 +524,9 @@ fn a_misaligned_input_matches_the_reference_after_an_aligned_one() -> Result<()>
 /// batch count, within 1e-5 of their scale.
 #[test]
 fn batch_norm_training_step_matches_the_cpu() -> Result<()> {
-    let Some(gpu) = gpu() else { return Ok(()) };
-    let _serial = TF32_FLAG.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((gpu, _serial)) = gpu() else {
+        return Ok(());
+    };
     let path = if cfg!(feature = "cudnn") {
         "cuDNN"
     } else {
@@ -628,8 +638,9 @@ fn batch_norm_training_step_matches_the_cpu() -> Result<()> {
 #[test]
 fn autocast_on_cuda_keeps_bf16_activations_and_float32_statistics() -> Result<()> {
     use candle_core::DType;
-    let Some(gpu) = gpu() else { return Ok(()) };
-    let _serial = TF32_FLAG.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((gpu, _serial)) = gpu() else {
+        return Ok(());
+    };
     let _bf16 = layers::autocast::enable(DType::BF16)?;
     let x = Tensor::randn(0f32, 1.0, (8, 3, 12, 12), &Device::Cpu)?.to_device(&gpu)?;
     let w = Tensor::randn(0f32, 0.3, (16, 3, 3, 3), &Device::Cpu)?.to_device(&gpu)?;
@@ -737,8 +748,9 @@ fn autocast_on_cuda_keeps_bf16_activations_and_float32_statistics() -> Result<()
 /// `1 / (1 - p)`, and the gradient is the mask.
 #[test]
 fn dropout_on_cuda_repeats_with_the_seed_and_keeps_the_rate() -> Result<()> {
-    let Some(gpu) = gpu() else { return Ok(()) };
-    let _serial = TF32_FLAG.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((gpu, _serial)) = gpu() else {
+        return Ok(());
+    };
     let n = 1 << 20;
     let x = Var::from_tensor(&Tensor::ones(n, candle_core::DType::F32, &gpu)?)?;
     let drop = layers::Dropout::new(0.3)?;
@@ -773,8 +785,9 @@ fn dropout_on_cuda_repeats_with_the_seed_and_keeps_the_rate() -> Result<()> {
 #[test]
 fn channels_last_block_matches_the_contiguous_one() -> Result<()> {
     use candle_core::DType;
-    let Some(gpu) = gpu() else { return Ok(()) };
-    let _serial = TF32_FLAG.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((gpu, _serial)) = gpu() else {
+        return Ok(());
+    };
     let (n, c, h) = (8, 16, 10);
     let x = Tensor::randn(0f32, 1.0, (n, c, h, h), &Device::Cpu)?;
     let w1 = Tensor::randn(0f32, 0.2, (c, c, 3, 3), &Device::Cpu)?;
@@ -885,8 +898,9 @@ fn channels_last_block_matches_the_contiguous_one() -> Result<()> {
 #[test]
 fn activations_match_the_cpu() -> Result<()> {
     use candle_core::DType;
-    let Some(gpu) = gpu() else { return Ok(()) };
-    let _serial = TF32_FLAG.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((gpu, _serial)) = gpu() else {
+        return Ok(());
+    };
     let shape = (4, 6, 5, 7);
     let len = 4 * 6 * 5 * 7;
     // Values with exact zeros, a join whose sum is exactly zero (i = 5), a NaN and both
