@@ -110,7 +110,7 @@ pub(crate) struct Conv {
     /// Input and output (and their gradients) (N, H, W, C) in memory, the kernel given to
     /// cuDNN as (O, KH, KW, C / groups); `x` and `y` stay the logical (N, C, H, W).
     nhwc: bool,
-    /// The byte alignment (1 to 16) of the call's two operands' addresses, as PyTorch's
+    /// The byte alignment (1 to 16) of the call's two operands' device addresses, as PyTorch's
     /// `ConvolutionParams` keys its algorithm cache (`getAlignment`): an algorithm timed on
     /// aligned operands may be unable to run on a view that starts off a 16-byte boundary.
     /// Set by [`run`] for each call (the output is always a fresh, aligned allocation).
@@ -216,15 +216,14 @@ impl Conv {
 }
 
 /// The alignment PyTorch's `getAlignment` gives a contiguous operand: the largest power of two
-/// up to 16 dividing its address. Candle's CUDA buffers start on 256-byte boundaries
-/// (`cuMemAllocAsync`'s guarantee), so the address's alignment is its offset's.
-fn alignment(storage: &CudaStorage, layout: &Layout) -> u8 {
-    use candle_core::backend::BackendStorage;
-    let offset = layout.start_offset() * storage.dtype().size_in_bytes();
-    match offset {
+/// up to 16 dividing its device address.
+fn alignment(storage: &CudaStorage, layout: &Layout) -> Result<u8> {
+    let stream = storage.device.cuda_stream();
+    let (ptr, _read) = crate::cudnn::read_ptr(storage, layout, &stream, "convolution operand")?;
+    Ok(match ptr as usize {
         0 => 16,
-        bytes => 1u8 << bytes.trailing_zeros().min(4),
-    }
+        address => 1u8 << address.trailing_zeros().min(4),
+    })
 }
 
 /// An algorithm chosen for one direction, its descriptor (math type set to the algorithm's)
@@ -623,7 +622,7 @@ fn run(
 ) -> Result<(CudaStorage, Shape)> {
     use candle_core::backend::BackendStorage;
     let conv = &Conv {
-        alignment: [alignment(a, al), alignment(b, bl)],
+        alignment: [alignment(a, al)?, alignment(b, bl)?],
         ..*conv
     };
     // The operands' and the result's shapes as held (NHWC or not), and which is the kernel.
