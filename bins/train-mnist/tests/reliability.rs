@@ -300,6 +300,37 @@ fn a_finished_resume_names_an_epoch_logged_but_not_saved() {
     );
 }
 
+/// A run stopped between its first epoch's state and its checkpoints (here: a finished 1-epoch
+/// run whose checkpoints are then removed, what such a kill leaves) is evaluated: `evaluate`
+/// writes `last` and `best` from the state first, as `--resume` would, says so, and they are
+/// the checkpoints the run wrote, bit for bit.
+#[test]
+fn evaluating_a_run_stopped_before_its_checkpoints_writes_them_from_the_state() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    let out = dir.path().join("run");
+    let args = common_epochs(&data, &out, "1");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = train_mnist(&args);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let read = |name: &str| std::fs::read(out.join(name)).expect("checkpoint");
+    let (best, last) = (read(train::rundir::BEST), read(train::rundir::LAST));
+    for name in [train::rundir::BEST, train::rundir::LAST] {
+        std::fs::remove_file(out.join(name)).expect("remove");
+    }
+    let evaluate = Command::new(BIN)
+        .args(["evaluate", "--run", &s(&out), "--device", "cpu"])
+        .output()
+        .expect("evaluate starts");
+    assert!(evaluate.status.success(), "{}", stderr(&evaluate));
+    assert!(
+        stderr(&evaluate).contains("was missing: written again from state.safetensors"),
+        "{}",
+        stderr(&evaluate)
+    );
+    assert!(read(train::rundir::BEST) == best && read(train::rundir::LAST) == last);
+}
+
 /// A run killed as its last epoch's `last.safetensors` was being written holds that epoch in its
 /// state and the epoch before in `last`: `evaluate --weights last` says so (and how to mend
 /// it), and stops saying it once `--resume` has written `last` again. The state given as

@@ -217,10 +217,13 @@ impl Trained {
                 .file_name()
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
             let other = if weights == "best" { "last" } else { "best" };
+            let state_there = dir.join(crate::rundir::STATE).exists();
+            restore_checkpoints(dir, weights);
             let other_there = dir
                 .join(if weights == "best" { LAST } else { BEST })
                 .exists();
-            match dir.join(crate::rundir::STATE).exists() {
+            match state_there {
+                _ if path.exists() => {}
                 true if other_there => bail!(
                     "--run {}: there is no {name}, though the run saved epochs (its {} is \
                      there): {name} was removed; take --weights {other}, or a checkpoint file",
@@ -539,6 +542,22 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
     })
 }
 
+/// When the run in `dir` was stopped between saving an epoch's state and writing its
+/// checkpoints (neither is there, the state is): writes them from the state as `--resume` would
+/// first (said on stderr), where no run holds the directory, so that `weights` (`best` or
+/// `last`) can be read. Nothing otherwise, nor for a checkpoint file given by its path; a
+/// failure leaves the error to the reader, which names the way out.
+fn restore_checkpoints(dir: &Path, weights: &str) {
+    let wanted = matches!(weights, "best" | "last");
+    if wanted
+        && !dir.join(BEST).exists()
+        && !dir.join(LAST).exists()
+        && dir.join(crate::rundir::STATE).exists()
+    {
+        let _ = crate::run::checkpoints_for_reading(dir);
+    }
+}
+
 /// Whether files can be made in `dir`, where `evaluate` writes its outputs: a file made there
 /// and removed at once. Errors name the folder, the flag it came from (`--run` when `from_run`,
 /// else `--out`) and, for `--run`, `--out` as the way out.
@@ -622,6 +641,10 @@ fn evaluate_here(args: &EvaluateArgs) -> Result<Evaluation> {
         if out.is_dir() {
             check_writable(out, args.out.is_none())?;
         }
+    }
+    // Before the checkpoint's stamp: one written from the state now is no replacement.
+    if crate::distributed::writes() {
+        restore_checkpoints(&args.run, &args.weights);
     }
     let before = file_stamp(&weights_file);
     let trained = Trained::open(&args.run, &args.weights, &device)?;

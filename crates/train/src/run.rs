@@ -490,6 +490,25 @@ fn checkpoints_from_state(
     Ok(())
 }
 
+/// For a reader of the run in `dir` (`evaluate`, `predict`, `grad-cam`) that finds neither
+/// checkpoint beside its resume state (the run was stopped between saving an epoch's state and
+/// writing its checkpoints): writes them from the state as `--resume` would first ([`LAST`],
+/// and [`BEST`] when the state's last epoch was the best), holding the directory's lock. One
+/// process only (not a rank of a data-parallel evaluation).
+///
+/// # Errors
+/// A run holds the directory, the directory cannot be written, or the state cannot be read.
+pub(crate) fn checkpoints_for_reading(dir: &Path) -> Result<()> {
+    if crate::distributed::rank().is_some() {
+        bail!("a data-parallel evaluation does not write checkpoints");
+    }
+    let held = crate::rundir::RunDir::existing(dir)?;
+    let (saved, tensors) = crate::state::load(dir)?;
+    checkpoints_from_state(dir, &saved, &tensors.model)?;
+    drop(held);
+    Ok(())
+}
+
 /// Writes a checkpoint of the run (`layers::checkpoint::save_tensors`) once its folder is still
 /// this run's ([`crate::rundir::check_lock`]).
 pub(crate) fn save_checkpoint(
