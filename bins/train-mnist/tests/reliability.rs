@@ -303,7 +303,7 @@ fn a_finished_resume_names_an_epoch_logged_but_not_saved() {
 /// A run stopped between its first epoch's state and its checkpoints (here: a finished 1-epoch
 /// run whose checkpoints are then removed, what such a kill leaves) is evaluated: `evaluate`
 /// writes `last` and `best` from the state first, as `--resume` would, says so, and they are
-/// the checkpoints the run wrote, bit for bit.
+/// the checkpoints the run wrote, bit for bit. Links to nothing in their place stay.
 #[test]
 fn evaluating_a_run_stopped_before_its_checkpoints_writes_them_from_the_state() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -329,6 +329,20 @@ fn evaluating_a_run_stopped_before_its_checkpoints_writes_them_from_the_state() 
         stderr(&evaluate)
     );
     assert!(read(train::rundir::BEST) == best && read(train::rundir::LAST) == last);
+    // Links to nothing (storage unmounted) are the user's: never written over.
+    for name in [train::rundir::BEST, train::rundir::LAST] {
+        std::fs::remove_file(out.join(name)).expect("remove");
+        std::os::unix::fs::symlink(dir.path().join("gone"), out.join(name)).expect("link");
+    }
+    let dangling = Command::new(BIN)
+        .args(["evaluate", "--run", &s(&out), "--device", "cpu"])
+        .output()
+        .expect("evaluate starts");
+    assert!(!dangling.status.success());
+    for name in [train::rundir::BEST, train::rundir::LAST] {
+        let meta = std::fs::symlink_metadata(out.join(name)).expect("link");
+        assert!(meta.file_type().is_symlink(), "{name} was written over");
+    }
 }
 
 /// A run killed as its last epoch's `last.safetensors` was being written holds that epoch in its
@@ -1738,7 +1752,8 @@ fn resume_refuses_a_state_or_config_of_another_run() {
 }
 
 /// The state is the run: checkpoints missing beside it (a kill after the state, before the
-/// checkpoints, or a user's `rm`) are written again from it on resume; checkpoints without a
+/// checkpoints, or a user's `rm`) are written again from it on resume (and by `evaluate` when
+/// both are missing); checkpoints without a
 /// state are named as such by `--out` and `--resume`; `classes.json` must agree with the
 /// class names the state keeps. `evaluate`'s outputs for a checkpoint the run replaces go with
 /// it, and only they: files that merely look like them stay.
@@ -1795,8 +1810,9 @@ fn the_state_restores_checkpoints_and_stale_evaluations_go() {
             .collect()
     };
     assert_eq!(evaluations().len(), 7, "{:?}", evaluations());
-    // Both checkpoints gone (as a kill after the state and before them leaves the first
-    // epoch): evaluate says they were removed; a resume writes them again from the state.
+    // One checkpoint gone: evaluate says so and names the other. Both gone (as a kill after
+    // the state and before them leaves the first epoch): evaluate writes them again from the
+    // state, as a resume does; removed again, a resume writes them.
     std::fs::remove_file(run.join(train::rundir::BEST)).expect("remove");
     let out = evaluate_with(&[]);
     let err = stderr(&out);
@@ -1808,11 +1824,16 @@ fn the_state_restores_checkpoints_and_stale_evaluations_go() {
     let out = evaluate_with(&[]);
     let err = stderr(&out);
     assert!(
-        !out.status.success()
-            && err.contains("neither best.safetensors nor last.safetensors is there")
-            && err.contains(&format!("`train-mnist --resume {}` writes", s(&run))),
+        out.status.success() && err.contains("was missing: written again from state.safetensors"),
         "{err}"
     );
+    assert_eq!(
+        std::fs::read(run.join(train::rundir::BEST)).expect("best"),
+        best
+    );
+    for name in [train::rundir::BEST, train::rundir::LAST] {
+        std::fs::remove_file(run.join(name)).expect("remove");
+    }
     // The same run, unfinished (--epochs 1 would have nothing to train): state, then files.
     let resumed = train_mnist(&["--resume", &s(&run), "--epochs", "2"]);
     assert!(resumed.status.success(), "{}", stderr(&resumed));

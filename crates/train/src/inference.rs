@@ -548,10 +548,11 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
 /// `last`) can be read. Nothing otherwise, nor for a checkpoint file given by its path; a
 /// failure leaves the error to the reader, which names the way out.
 fn restore_checkpoints(dir: &Path, weights: &str) {
-    let wanted = matches!(weights, "best" | "last");
-    if wanted
-        && !dir.join(BEST).exists()
-        && !dir.join(LAST).exists()
+    // A link to nothing counts as there: it is the user's, never written over.
+    let absent = |name: &str| std::fs::symlink_metadata(dir.join(name)).is_err();
+    if matches!(weights, "best" | "last")
+        && absent(BEST)
+        && absent(LAST)
         && dir.join(crate::rundir::STATE).exists()
     {
         let _ = crate::run::checkpoints_for_reading(dir);

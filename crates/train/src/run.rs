@@ -503,6 +503,13 @@ pub(crate) fn checkpoints_for_reading(dir: &Path) -> Result<()> {
         bail!("a data-parallel evaluation does not write checkpoints");
     }
     let held = crate::rundir::RunDir::existing(dir)?;
+    // Written meanwhile (another reader, a `--resume`): nothing to do.
+    if [LAST, BEST]
+        .iter()
+        .any(|name| std::fs::symlink_metadata(dir.join(name)).is_ok())
+    {
+        return Ok(());
+    }
     let (saved, tensors) = crate::state::load(dir)?;
     checkpoints_from_state(dir, &saved, &tensors.model)?;
     drop(held);
