@@ -636,15 +636,13 @@ fn evaluate_here(args: &EvaluateArgs) -> Result<Evaluation> {
         crate::rundir::settle_for_reading(&args.run)?;
     }
     crate::distributed::barrier();
-    // The outputs' folder must take files before the test pass, not after it.
     if crate::distributed::writes() {
+        // The outputs' folder must take files before the test pass, not after it.
         let out = args.out.as_deref().unwrap_or(&args.run);
         if out.is_dir() {
             check_writable(out, args.out.is_none())?;
         }
-    }
-    // Before the checkpoint's stamp: one written from the state now is no replacement.
-    if crate::distributed::writes() {
+        // Before the checkpoint's stamp: one written from the state now is no replacement.
         restore_checkpoints(&args.run, &args.weights);
     }
     let before = file_stamp(&weights_file);
