@@ -62,7 +62,9 @@ impl Default for FolderOptions {
 /// # Errors
 /// `root` cannot be read or unpacked, has no class folder, a class without images, `train/` and
 /// `test/` with different classes, only split folders without `train/` (`test/` alone, say,
-/// which would be taken as a class), a pipe, socket or device named as an image, or an
+/// which would be taken as a class), a folder of images beside `train/` and `test/` (it would
+/// not be read), a folder named as a split in another case or spelling (`Train/`, `validation/`) that
+/// holds folders where class folders stand, a pipe, socket or device named as an image, or an
 /// unusable `options.test_fraction`.
 pub fn image_folder(root: &Path, options: &FolderOptions) -> Result<Split> {
     image_folder_listing(listing_of(root)?, options)
@@ -127,6 +129,30 @@ pub fn image_folder_listing(listing: Listing, options: &FolderOptions) -> Result
         .find(|d| top.contains(&d.to_string()));
     let (train, test) = match test_dir {
         Some(test_dir) if top.iter().any(|d| d == "train") => {
+            // A folder of images beside the splits would not be read: said, not passed over.
+            // One without images (a run's --out, notes) and a third split (val/ beside test/)
+            // are left alone.
+            let holds_images = |d: &str| {
+                let prefix = format!("{d}/");
+                listing
+                    .files
+                    .iter()
+                    .any(|(name, _)| name.starts_with(&prefix))
+            };
+            let beside: Vec<String> = top
+                .iter()
+                .filter(|d| !split_like(d) && holds_images(d))
+                .map(|d| format!("{d}/"))
+                .collect();
+            if !beside.is_empty() {
+                bail!(
+                    "{}: {} beside train/ and {test_dir}/, which hold the split, would not be \
+                     read; move its images into the class folders of train/ and {test_dir}/, or \
+                     move it out",
+                    listing.origin.display(),
+                    beside.join(", ")
+                );
+            }
             let classes = children(&listing, "train");
             let train = samples_of(&listing, "train", &classes, false)?;
             let test = samples_of(&listing, test_dir, &classes, true)?;
@@ -153,6 +179,26 @@ pub fn image_folder_listing(listing: Listing, options: &FolderOptions) -> Result
                     listing.origin.display()
                 );
             }
+            // Named as a split (in another case or spelling) and holding folders, as a split
+            // holds its class folders: a misnamed split, which would be read as one class.
+            let misnamed: Vec<String> = top
+                .iter()
+                .filter(|d| split_like(d) && !children(&listing, d).is_empty())
+                .map(|d| format!("{d}/"))
+                .collect();
+            if !misnamed.is_empty() {
+                let (these, are, hold, stand, each) = match misnamed.len() {
+                    1 => (misnamed[0].clone(), "is", "holds", "stands", "it"),
+                    _ => (misnamed.join(" and "), "are", "hold", "stand", "each"),
+                };
+                bail!(
+                    "{}: {these} {are} named as a split and {hold} folders, as a split holds its \
+                     class folders, but {stand} where the class folders stand, so {each} would \
+                     be read as one class; a split needs train/ and test/ (or val/), named so, \
+                     each with the class folders",
+                    listing.origin.display()
+                );
+            }
             let classes = children(&listing, "");
             let all = samples_of(&listing, "", &classes, false)?;
             all.split_fraction(options.test_fraction, options.split_seed)?
@@ -166,6 +212,33 @@ pub fn image_folder_listing(listing: Listing, options: &FolderOptions) -> Result
         test: build(test.take(&mut files), options.storage)?,
     };
     split.checked(&train_origin, &test_origin)
+}
+
+/// A fraction as a percentage for messages: `20` for 0.2, `1.0e-7` for 1e-9 (no float
+/// noise such as `0.00000010000000000000001`).
+pub fn percent(fraction: f64) -> String {
+    let p = fraction * 100.0;
+    let fixed = format!("{p:.6}");
+    let fixed = fixed.trim_end_matches('0').trim_end_matches('.');
+    match fixed {
+        "0" if p != 0.0 => format!("{p:.1e}"),
+        _ => fixed.to_string(),
+    }
+}
+
+/// Whether a folder name names a split rather than a class, in any case: `train`, `test` and
+/// `val` (the names [`image_folder`] reads as splits) and their usual other spellings.
+fn split_like(name: &str) -> bool {
+    const SPLITS: [&str; 7] = [
+        "train",
+        "training",
+        "test",
+        "testing",
+        "val",
+        "valid",
+        "validation",
+    ];
+    SPLITS.contains(&name.to_lowercase().as_str())
 }
 
 /// The test split alone of an ImageFolder ([`image_folder`]) in `root`, for evaluating: when
@@ -305,7 +378,7 @@ fn samples_of(
     for (label, class) in classes.iter().enumerate() {
         ensure!(
             keyed.iter().any(|k| k.0 == label),
-            "{}: {} (no {} images; {})",
+            "{}: {} (no {} images, hidden files such as .x.jpg not counted; {})",
             listing.place(&join(dir, class)),
             if of_training {
                 "missing or empty class folder"
@@ -373,7 +446,7 @@ impl Picks {
              among the {}: give a class {} or more images, hold out more (--test-fraction; \
              FolderOptions::test_fraction), or make train/ and test/ (or val/) folders",
             self.origin,
-            fraction * 100.0,
+            percent(fraction),
             self.files.len(),
             (0.5 / fraction).ceil()
         );
@@ -383,7 +456,7 @@ impl Picks {
             "{}: holding out {}% of each class (rounded) as the test split leaves no training \
              image among the {}: hold out less (--test-fraction; FolderOptions::test_fraction)",
             self.origin,
-            fraction * 100.0,
+            percent(fraction),
             self.files.len()
         );
         Ok((train, test))

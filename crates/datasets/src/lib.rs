@@ -57,7 +57,9 @@ pub use cifar::{
 pub use dataset::{Dataset, InMemory, Split};
 pub use decode::{decode_image, ColorMode};
 pub use filelist::{EncodedSample, FileList, Source};
-pub use folder::{image_folder, image_folder_test, image_folder_training, FolderOptions, Storage};
+pub use folder::{
+    image_folder, image_folder_test, image_folder_training, percent, FolderOptions, Storage,
+};
 pub use idx::{mnist, read_idx_pair, MNIST_CLASSES};
 pub use io::{read_image_file, read_input_file};
 pub use listing::IMAGE_EXTENSIONS;
@@ -67,6 +69,6 @@ pub use resize::resize_bilinear;
 pub use rng::Rng;
 pub use subset::{stratified_indices, Subset};
 pub use transform::{
-    Normalize, Op, Transform, CIFAR10_MEAN_STD, IMAGENET_MEAN_STD, MNIST_MEAN_STD,
+    Normalize, Op, Transform, CIFAR10_MEAN_STD, IMAGENET_MEAN_STD, MAX_SIDE, MNIST_MEAN_STD,
 };
 pub use u8image::U8Image;

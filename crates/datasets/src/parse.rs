@@ -104,8 +104,17 @@ fn preset(spec: &str) -> Result<Option<Transform>> {
         None => (spec, None),
     };
     let has_size = size.is_some();
-    let size = || size.map_or(Ok(224), num);
-    Ok(Some(match (name, has_size) {
+    let size = || -> Result<usize> {
+        let size = size.map_or(Ok(224), num)?;
+        // Before `imagenet-eval`'s `size * 256 / 224`; 0 is refused by `validate`.
+        ensure!(
+            size <= crate::transform::MAX_SIDE,
+            "{name}:{size}: size {size} is over {} pixels, the largest a transform takes",
+            crate::transform::MAX_SIDE
+        );
+        Ok(size)
+    };
+    let preset = match (name, has_size) {
         ("mnist-train", false) => Transform::mnist_train(),
         ("mnist-test", false) => Transform::mnist_test(),
         ("cifar10-train", false) => Transform::cifar10_train(),
@@ -113,7 +122,9 @@ fn preset(spec: &str) -> Result<Option<Transform>> {
         ("imagenet-train", _) => Transform::imagenet_train(size()?),
         ("imagenet-eval", _) => Transform::imagenet_eval(size()?),
         _ => return Ok(None),
-    }))
+    };
+    preset.validate()?;
+    Ok(Some(preset))
 }
 
 fn named_stats(name: &str) -> Result<(Vec<f32>, Vec<f32>)> {
@@ -276,6 +287,19 @@ mod tests {
             "normalize:0.5/0.5:0.5",
             "random-crop:0",
             "imagenet-eval:abc",
+            // Sizes of 0 and sizes whose arithmetic would overflow (they panicked).
+            "imagenet-eval:0",
+            "imagenet-train:0",
+            "imagenet-eval:18446744073709551615",
+            "random-crop:32:9223372036854775807",
+            "random-crop:32:18446744073709551615",
+            "center-crop:18446744073709551615",
+            "resize:4294967295",
+            "random-resized-crop:16385",
+            // A normalize mean that is not finite (it made every loss NaN).
+            "normalize:nan:1",
+            "normalize:inf/0:1/1",
+            "normalize:1e39:1",
         ] {
             let err = Transform::parse(bad).unwrap_err();
             assert!(
@@ -283,5 +307,17 @@ mod tests {
                 "{bad}: {err:#}"
             );
         }
+        let err = format!("{:#}", Transform::parse("resize:16385").unwrap_err());
+        assert!(err.contains("size 16385 is over 16384 pixels"), "{err}");
+        let err = format!("{:#}", Transform::parse("imagenet-eval:99999").unwrap_err());
+        assert!(
+            err.contains("imagenet-eval:99999: size 99999 is over 16384"),
+            "{err}"
+        );
+        let err = format!("{:#}", Transform::parse("normalize:nan:1").unwrap_err());
+        assert!(err.contains("normalize mean must be finite"), "{err}");
+        // The largest sizes still parse.
+        Transform::parse("random-crop:16384:16384,resize:16384,center-crop:16384").unwrap();
+        Transform::parse("imagenet-eval:14336").unwrap();
     }
 }

@@ -8,6 +8,10 @@ use crate::resize::resize_bilinear;
 use crate::{Rng, U8Image};
 use anyhow::{bail, ensure, Result};
 
+/// The largest size (and padding) a transform step takes, in pixels: beyond it an image is
+/// gigabytes, and sizes near `usize::MAX` would overflow the arithmetic.
+pub const MAX_SIDE: usize = 16_384;
+
 /// MNIST's normalisation (mean, std), as in the PyTorch MNIST example.
 pub const MNIST_MEAN_STD: ([f32; 1], [f32; 1]) = ([0.1307], [0.3081]);
 /// CIFAR-10's per-channel normalisation (mean, std).
@@ -122,7 +126,8 @@ impl Normalize {
     /// Checks lengths and that every std is non-zero.
     ///
     /// # Errors
-    /// No means, a different number of means and stds, or a std that is zero or not finite.
+    /// No means, a different number of means and stds, a std that is zero or not finite, or a
+    /// mean that is not finite.
     pub fn new(mean: &[f32], std: &[f32]) -> Result<Self> {
         ensure!(
             !mean.is_empty() && mean.len() == std.len(),
@@ -133,6 +138,10 @@ impl Normalize {
         ensure!(
             std.iter().all(|&s| s != 0.0 && s.is_finite()),
             "normalize std must be finite and non-zero, got {std:?}"
+        );
+        ensure!(
+            mean.iter().all(|m| m.is_finite()),
+            "normalize mean must be finite, got {mean:?}"
         );
         Ok(Self::build(mean, std))
     }
@@ -360,19 +369,34 @@ impl Transform {
     /// Checks every step's parameters (sizes > 0, probabilities in [0, 1], valid ranges).
     ///
     /// # Errors
-    /// The first step with a size of 0, a probability outside `[0, 1]`, or a scale or ratio
-    /// range that is not positive and increasing.
+    /// The first step with a size of 0 or over [`MAX_SIDE`] (or such a padding), a probability
+    /// outside `[0, 1]`, or a scale or ratio range that is not positive and increasing.
     pub fn validate(&self) -> Result<()> {
+        let at_most = |op: &Op, what: &str, value: usize| {
+            ensure!(
+                value <= MAX_SIDE,
+                "{op:?}: {what} {value} is over {MAX_SIDE} pixels, the largest a transform takes \
+                 (a {MAX_SIDE} x {MAX_SIDE} RGB image is 805 MB)"
+            );
+            Ok(())
+        };
         for op in &self.ops {
             match *op {
-                Op::RandomCrop { size, .. } | Op::Resize { size } | Op::CenterCrop { size } => {
-                    ensure!(size > 0, "{op:?}: size must be positive")
+                Op::RandomCrop { size, padding } => {
+                    ensure!(size > 0, "{op:?}: size must be positive");
+                    at_most(op, "size", size)?;
+                    at_most(op, "padding", padding)?;
+                }
+                Op::Resize { size } | Op::CenterCrop { size } => {
+                    ensure!(size > 0, "{op:?}: size must be positive");
+                    at_most(op, "size", size)?;
                 }
                 Op::RandomHorizontalFlip { p } => {
                     ensure!((0.0..=1.0).contains(&p), "{op:?}: p must be in [0, 1]")
                 }
                 Op::RandomResizedCrop { size, scale, ratio } => {
                     ensure!(size > 0, "{op:?}: size must be positive");
+                    at_most(op, "size", size)?;
                     if !(0.0 < scale.0 && scale.0 <= scale.1 && 0.0 < ratio.0 && ratio.0 <= ratio.1)
                     {
                         bail!("{op:?}: scale and ratio must be positive, increasing ranges");

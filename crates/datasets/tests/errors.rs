@@ -433,7 +433,7 @@ fn folder_path_does_not_exist() {
 #[test]
 fn memory_storage_needs_one_size() {
     let dir = tempdir().unwrap();
-    write_folder(dir.path(), &[""], &["a", "b"], 2, 4, 4);
+    write_folder(dir.path(), &[""], &["a", "b"], 3, 4, 4);
     save_png(
         &pattern_rgb(5, 4, 0),
         &dir.path().join("b").join("wide.png"),
@@ -506,6 +506,68 @@ fn image_folder_with_only_one_split_folder_says_the_splits_go_together() {
     write_folder(dir.path(), &[""], &["test", "dog"], 5, 8, 8);
     let split = image_folder(dir.path(), &FolderOptions::default()).unwrap();
     assert_eq!(split.train.classes(), ["dog", "test"]);
+}
+
+/// Splits named otherwise than `train/` and `test/` (or `val/`), holding class folders, would
+/// be read as classes (a "train against test" classifier): refused, naming them. A folder
+/// beside `train/` and `test/` would not be read: refused, naming it.
+#[test]
+fn misnamed_splits_and_folders_beside_the_splits_are_refused() {
+    for (splits, named) in [
+        (["Train", "Test"], "Test/ and Train/ are named as a split"),
+        (["train", "validation"], "train/ and validation/ are named"),
+        (["TRAINING", "Val"], "TRAINING/ and Val/ are named"),
+    ] {
+        let dir = tempdir().unwrap();
+        write_folder(dir.path(), &splits, &["cat", "dog"], 3, 8, 8);
+        let msg = chain(&image_folder(dir.path(), &FolderOptions::default()).unwrap_err());
+        assert!(
+            msg.contains(named)
+                && msg.contains("would be read as one class")
+                && msg.contains(&dir.path().display().to_string()),
+            "{msg}"
+        );
+    }
+    // A test/ of class folders beside the class folders: one misnamed split.
+    let dir = tempdir().unwrap();
+    write_folder(dir.path(), &[""], &["cat", "dog"], 3, 8, 8);
+    write_folder(dir.path(), &["test"], &["cat", "dog"], 2, 8, 8);
+    let msg = chain(&image_folder(dir.path(), &FolderOptions::default()).unwrap_err());
+    assert!(
+        msg.contains("test/ is named as a split and holds folders"),
+        "{msg}"
+    );
+    // A folder beside train/ and test/.
+    let dir = tempdir().unwrap();
+    write_folder(dir.path(), &["train", "test"], &["cat", "dog"], 3, 8, 8);
+    write_folder(dir.path(), &[""], &["extra"], 2, 8, 8);
+    let msg = chain(&image_folder(dir.path(), &FolderOptions::default()).unwrap_err());
+    assert!(
+        msg.contains("extra/ beside train/ and test/, which hold the split, would not be read"),
+        "{msg}"
+    );
+    // ... but not a folder without images (a run's --out, notes), nor a third split
+    // (train/, val/ and test/: test/ is read).
+    std::fs::remove_dir_all(dir.path().join("extra")).unwrap();
+    std::fs::create_dir_all(dir.path().join("runs").join("a-run")).unwrap();
+    std::fs::write(
+        dir.path().join("runs").join("a-run").join("config.json"),
+        "{}",
+    )
+    .unwrap();
+    let split = image_folder(dir.path(), &FolderOptions::default()).unwrap();
+    assert_eq!(split.train.classes(), ["cat", "dog"]);
+    let dir = tempdir().unwrap();
+    write_folder(
+        dir.path(),
+        &["train", "val", "test"],
+        &["cat", "dog"],
+        3,
+        8,
+        8,
+    );
+    let split = image_folder(dir.path(), &FolderOptions::default()).unwrap();
+    assert_eq!(split.test.len(), 6);
 }
 
 #[test]
@@ -655,6 +717,38 @@ fn cifar_python_version_with_missing_or_wrong_batches_is_named() {
     assert!(
         msg.contains("data_batch_1")
             && msg.contains("has no keys, not CIFAR-10's `data` and `labels`"),
+        "{msg}"
+    );
+}
+
+/// The held-out share is said as a percentage without float noise when it holds out no image.
+#[test]
+fn a_tiny_held_out_share_is_said_without_float_noise() {
+    let dir = tempdir().unwrap();
+    write_folder(dir.path(), &[""], &["b", "c"], 4, 8, 8);
+    let tiny = FolderOptions {
+        test_fraction: 1e-9,
+        ..FolderOptions::default()
+    };
+    let msg = chain(&image_folder(dir.path(), &tiny).unwrap_err());
+    assert!(msg.contains("holding out 1.0e-7% of each class"), "{msg}");
+}
+
+/// A class folder whose only images are hidden (`.x.png`, macOS's `._x.png`) is empty to the
+/// reader, and the message says hidden files are not counted.
+#[test]
+fn a_class_folder_of_hidden_images_is_empty_and_says_why() {
+    let dir = tempdir().unwrap();
+    write_folder(dir.path(), &["train", "test"], &["a", "b"], 2, 8, 8);
+    let hidden = dir.path().join("train").join("a");
+    for k in 0..2 {
+        let name = format!("{k:03}.png");
+        std::fs::rename(hidden.join(&name), hidden.join(format!(".{name}"))).unwrap();
+    }
+    let msg = chain(&image_folder(dir.path(), &FolderOptions::default()).unwrap_err());
+    assert!(
+        msg.contains(&format!("{}: empty class folder", hidden.display()))
+            && msg.contains("hidden files such as .x.jpg not counted"),
         "{msg}"
     );
 }

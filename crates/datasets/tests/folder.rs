@@ -32,8 +32,8 @@ fn decoded_png_is_chw_with_known_pixels() {
 }
 
 /// The pixels are PIL's (Pillow 13.0, `Image.open(f).convert("RGB")` and `.convert("L")`, the
-/// values below printed by it): grey from RGB rounded as its `rgb2l`, 16-bit RGB by the high
-/// byte, 16-bit grey clipped at 255.
+/// values below printed by it): grey from RGB rounded as its `rgb2l`, 16-bit RGB and 16-bit
+/// grey with alpha by the high byte, 16-bit grey clipped at 255.
 #[test]
 fn pixels_are_pils_after_convert() {
     let png = |img: image::DynamicImage| {
@@ -82,6 +82,41 @@ fn pixels_are_pils_after_convert() {
         decode_image(&grey16, ColorMode::Rgb).unwrap().data[7..14],
         clipped
     );
+    // 16-bit grey with alpha (PNG colour type 4): PIL reads it as `LA;16B`, the high byte.
+    let grey_alpha16 = image::ImageBuffer::<image::LumaA<u16>, _>::from_fn(7, 1, |x, _| {
+        image::LumaA([values[x as usize], 65535])
+    });
+    let grey_alpha16 = png(image::DynamicImage::ImageLumaA16(grey_alpha16));
+    assert_eq!(
+        decode_image(&grey_alpha16, ColorMode::Gray).unwrap().data,
+        expected
+    );
+    assert_eq!(
+        decode_image(&grey_alpha16, ColorMode::Rgb).unwrap().data[7..14],
+        expected
+    );
+}
+
+/// JPEGs decode to Pillow's pixels exactly (`tests/data`: written and decoded by Pillow 13.0 on
+/// libjpeg-turbo 3.2.0), colour 4:2:0, greyscale and progressive 4:2:2, as RGB and as grey.
+#[test]
+fn jpegs_decode_to_pils_pixels() {
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    for name in ["pil-420", "pil-grey", "pil-progressive"] {
+        let jpeg = std::fs::read(data.join(format!("{name}.jpg"))).unwrap();
+        for (mode, ext, channels) in [(ColorMode::Rgb, "rgb", 3), (ColorMode::Gray, "l", 1)] {
+            let pil = std::fs::read(data.join(format!("{name}.{ext}"))).unwrap();
+            let ours = decode_image(&jpeg, mode).unwrap();
+            assert_eq!(ours.shape(), (channels, 16, 16), "{name}");
+            // Ours is CHW, PIL's HWC.
+            let hwc: Vec<u8> = (0..16 * 16)
+                .flat_map(|p| (0..channels).map(move |c| (c, p)))
+                .map(|(c, p)| ours.data[c * 256 + p])
+                .collect();
+            let differing = hwc.iter().zip(&pil).filter(|(a, b)| a != b).count();
+            assert_eq!(differing, 0, "{name} as {ext}: {differing} values differ");
+        }
+    }
 }
 
 /// torchvision's other image types (`IMG_EXTENSIONS`) decode to the PNG's pixels, and an

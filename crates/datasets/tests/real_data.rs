@@ -81,6 +81,20 @@ fn cifar_test_batch_and_jpeg_archive_agree() {
             "channel {c}: {jpeg:?} vs {raw:?}"
         );
     }
+    // test_batch.bin holds the test JPEGs as PIL decodes them (see the data's README), and
+    // libjpeg here decodes each to one of its records of the same label, to the bit.
+    let records: std::collections::HashSet<(usize, Vec<u8>)> = (0..bin.len())
+        .map(|r| (bin.label(r), bin.image(r).unwrap().data))
+        .collect();
+    let differing: Vec<usize> = (0..split.test.len())
+        .filter(|&i| !records.contains(&(split.test.label(i), split.test.image(i).unwrap().data)))
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "{} of 10,000 test JPEGs decode to pixels of no record of their class (test images {:?}...)",
+        differing.len(),
+        &differing[..differing.len().min(3)]
+    );
 }
 
 /// The CIFAR-10 training transform on the real test batch: the data held "on the device" (the
