@@ -161,7 +161,10 @@ pub fn finetune(
     match &resume {
         // Before the head is built for the data's classes and the features computed.
         Some((saved, _)) => train::run::check_resumed_data(out, run, saved, &data)?,
-        None => train::cli::refuse_unused_test_fraction(run, &data)?,
+        None => {
+            train::cli::refuse_unused_test_fraction(run, &data)?;
+            train::cli::refuse_a_class_outside_a_split(run, &data)?;
+        }
     }
     train::run::check_transforms(run, &data)?;
     let classes = data.train.classes().to_vec();

@@ -1234,6 +1234,18 @@ fn own_class_folders_need_no_folder_flag() {
         log.contains("6 training and 6 test images from") && log.contains("(held out"),
         "{log}"
     );
+    // The run's own folder given as --data-dir, in other spellings: the run's test, no note.
+    let evaluate_on = |data: &str| {
+        let args = ["evaluate", "--run", s(&flat_out), "--device", "cpu"];
+        ok(&[&args[..], &["--data-dir", data]].concat(), &[])
+    };
+    for form in [format!("{}/", s(&flat)), format!("{}/./", s(&flat))] {
+        let given = evaluate_on(&form);
+        assert!(
+            !given.contains("not the run's test") && given.contains("on 6 test images"),
+            "{given}"
+        );
+    }
     // The same number of images with the same labels, but other files (a class's images
     // renamed: which are held out is drawn again): refused by evaluate and --resume, which
     // compared the counts alone.
@@ -1259,5 +1271,22 @@ fn own_class_folders_need_no_folder_flag() {
     assert!(
         err.contains("as many as the run's, with the same labels, but other files"),
         "{err}"
+    );
+    // Given as --data-dir, the changed folder is evaluated as it is, with a note, and the
+    // outputs are named for the data: the run's own evaluation stays.
+    let before = std::fs::read(flat_out.join("evaluation-best.json")).expect("evaluation");
+    let given = evaluate_on(s(&flat));
+    assert!(
+        given.contains("as many images as the run tested on (6), but other files")
+            && given.contains("these figures are not the run's test"),
+        "{given}"
+    );
+    assert!(
+        flat_out.join("evaluation-best-data-flat.json").is_file(),
+        "{given}"
+    );
+    assert_eq!(
+        std::fs::read(flat_out.join("evaluation-best.json")).expect("evaluation"),
+        before
     );
 }

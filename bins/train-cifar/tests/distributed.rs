@@ -22,7 +22,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_train-cifar");
 /// the weights agree to 2.4e-7, after four to ~2.5e-4 (measured; without --sync-bn they differ
 /// by orders of magnitude more, the batch statistics being different). 1e-3 is that noise with
 /// margin and a small fraction of the steps' changes (each step moves conv1 by ~0.04 in norm);
-/// losses agree to 1e-3, accuracies to one of the 64 test images.
+/// losses agree to 1e-3, top-1 accuracies to one of the 64 test images. Top-5 to three: after
+/// four steps the logits are near uniform (test loss 2.30, ln 10), so which class is fifth
+/// turns on differences of that noise's size (two of the 64 images moved when the JPEG decoder
+/// changed the inputs).
 #[test]
 fn two_ranks_with_sync_bn_match_one_process() {
     let Some(data) = shared_data("cifar10") else {
@@ -66,9 +69,10 @@ fn two_ranks_with_sync_bn_match_one_process() {
     assert_eq!(a.len(), b.len());
     for (x, y) in a.iter().zip(&b) {
         // epoch, train loss, train acc, test loss, test acc, (top-5,) lr
-        for (u, v) in x.iter().zip(y) {
+        for (i, (u, v)) in x.iter().zip(y).enumerate() {
+            let images = if i == 5 { 3.0 } else { 1.0 };
             assert!(
-                (u - v).abs() <= 100.0 / 64.0 + 1e-9,
+                (u - v).abs() <= images * 100.0 / 64.0 + 1e-9,
                 "metrics differ: {x:?} vs {y:?}"
             );
         }

@@ -549,6 +549,23 @@ fn evaluate_and_predict_flags_never_panic() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 
+    // A --run that is not there, or is a file, is named as such.
+    let missing = s(&dir.path().join("no-such-run"));
+    for (run, said) in [
+        (missing.as_str(), "no such directory"),
+        (image.as_str(), "a file, not a run directory"),
+    ] {
+        for sub in [
+            vec!["evaluate", "--run", run],
+            vec!["predict", "--run", run, &image],
+        ] {
+            let refused = Command::new(BIN).args(&sub).output().expect("starts");
+            let err = String::from_utf8_lossy(&refused.stderr);
+            assert!(!refused.status.success(), "{err}");
+            assert!(err.contains(&format!("--run {run}: {said}")), "{err}");
+        }
+    }
+
     // What is not an image is refused, naming it and why, without reading it to its end; the
     // other images are still classified, and the exit status says that some were not.
     let empty = dir.path().join("empty.png");

@@ -435,6 +435,36 @@ fn two_ranks_evaluate_as_one_process() {
         "{stderr}"
     );
     assert!(!Path::new(&mixed).exists(), "nothing written");
+    // A run stopped between its state and its checkpoints: rank 0 writes them from the state
+    // (the run's own, bit for bit), the other rank reads them once it has.
+    let checkpoints = ["best.safetensors", "last.safetensors"].map(|n| Path::new(&trained).join(n));
+    let saved = checkpoints
+        .each_ref()
+        .map(|p| std::fs::read(p).expect("checkpoint"));
+    for path in &checkpoints {
+        std::fs::remove_file(path).expect("remove");
+    }
+    let restored = path("restored");
+    let job = run(mpirun()
+        .args(["-n", "2", BIN])
+        .args(evaluate(&restored, "50")));
+    let stderr = String::from_utf8_lossy(&job.stderr);
+    assert!(
+        stderr.contains("written again from state.safetensors"),
+        "{stderr}"
+    );
+    for (path, bytes) in checkpoints.iter().zip(&saved) {
+        assert!(
+            &std::fs::read(path).expect("written again") == bytes,
+            "{}",
+            path.display()
+        );
+    }
+    let (a, b) = (
+        evaluation_in(Path::new(&one)),
+        evaluation_in(Path::new(&restored)),
+    );
+    assert_eq!(a["top1"], b["top1"], "{a} vs {b}");
 }
 
 /// A rank given `--distributed off` among ranks given `auto` says so, naming itself, before it

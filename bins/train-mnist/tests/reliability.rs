@@ -307,12 +307,7 @@ fn a_finished_resume_names_an_epoch_logged_but_not_saved() {
 #[test]
 fn evaluating_a_run_stopped_before_its_checkpoints_writes_them_from_the_state() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let data = synthetic(dir.path());
-    let out = dir.path().join("run");
-    let args = common_epochs(&data, &out, "1");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let run = train_mnist(&args);
-    assert!(run.status.success(), "{}", stderr(&run));
+    let (_, out) = one_epoch_run(dir.path());
     let read = |name: &str| std::fs::read(out.join(name)).expect("checkpoint");
     let (best, last) = (read(train::rundir::BEST), read(train::rundir::LAST));
     for name in [train::rundir::BEST, train::rundir::LAST] {
@@ -343,6 +338,128 @@ fn evaluating_a_run_stopped_before_its_checkpoints_writes_them_from_the_state() 
         let meta = std::fs::symlink_metadata(out.join(name)).expect("link");
         assert!(meta.file_type().is_symlink(), "{name} was written over");
     }
+}
+
+/// The run directory `out`'s lock, taken here (standing for another process holding it).
+fn hold_lock(out: &Path) -> std::fs::File {
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .open(out.join(train::rundir::LOCK))
+        .expect("the run's lock file");
+    lock.try_lock().expect("no process holds the run's lock");
+    lock
+}
+
+/// Starts `args` with stderr read line by line on a thread; returns the child, the lines as
+/// they come, and the thread that collects them all (joined for the whole stderr).
+fn spawn_reading_stderr(
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<String>,
+    std::thread::JoinHandle<String>,
+) {
+    use std::io::BufRead;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("train-mnist starts");
+    let err = child.stderr.take().expect("stderr");
+    let (send, lines) = std::sync::mpsc::channel();
+    let all = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            all += &line;
+            all.push('\n');
+            let _ = send.send(line);
+        }
+        all
+    });
+    (child, lines, all)
+}
+
+/// Waits (at most a minute) for a line containing `text` from [`spawn_reading_stderr`].
+fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, text: &str) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        match lines.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) if line.contains(text) => return,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    panic!("no line containing {text:?} within a minute");
+}
+
+/// A reader that finds the checkpoints missing while another process holds the run directory
+/// (here the test, standing for another `evaluate` writing them from the state) waits for
+/// them, then reads the ones the other wrote: it neither fails nor writes them again. Where
+/// the process holds the directory past the wait, the reader says so and writes nothing. A
+/// `--resume` started while a reader holds the directory for a moment waits for it too.
+#[test]
+fn a_reader_waits_for_the_checkpoints_another_reader_writes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_, out) = one_epoch_run(dir.path());
+    let names = [train::rundir::BEST, train::rundir::LAST];
+    let saved: Vec<Vec<u8>> = names
+        .iter()
+        .map(|name| std::fs::read(out.join(name)).expect("checkpoint"))
+        .collect();
+    for name in names {
+        std::fs::remove_file(out.join(name)).expect("remove");
+    }
+    let lock = hold_lock(&out);
+    let run = s(&out);
+    let (mut evaluate, lines, all) =
+        spawn_reading_stderr(&["evaluate", "--run", &run, "--device", "cpu"]);
+    // Once it says it waits: the other reader's writes, each file whole at once.
+    wait_for_line(&lines, "waiting up to 20 s");
+    for (name, bytes) in names.iter().zip(&saved) {
+        let part = out.join(format!("{name}.part"));
+        std::fs::write(&part, bytes).expect("write");
+        std::fs::rename(&part, out.join(name)).expect("rename");
+    }
+    drop(lock);
+    let status = evaluate.wait().expect("evaluate ends");
+    let err = all.join().expect("stderr");
+    assert!(status.success(), "{err}");
+    assert!(!err.contains("written again from"), "{err}");
+    for (name, bytes) in names.iter().zip(&saved) {
+        assert!(&std::fs::read(out.join(name)).expect("checkpoint") == bytes);
+    }
+    // Held throughout (a `--resume` still loading its data): said so after the wait, and
+    // nothing written.
+    for name in names {
+        std::fs::remove_file(out.join(name)).expect("remove");
+    }
+    let lock = hold_lock(&out);
+    let held = Command::new(BIN)
+        .args(["evaluate", "--run", &s(&out), "--device", "cpu"])
+        .output()
+        .expect("evaluate starts");
+    drop(lock);
+    assert!(!held.status.success());
+    assert!(
+        stderr(&held).contains("another process still held the directory after a wait of 20 s"),
+        "{}",
+        stderr(&held)
+    );
+    assert!(names.iter().all(|name| !out.join(name).exists()));
+    // A `--resume` started while a reader holds the directory for a moment waits for it.
+    let lock = hold_lock(&out);
+    let (mut resume, lines, all) =
+        spawn_reading_stderr(&["--resume", &run, "--epochs", "1", "--device", "cpu"]);
+    wait_for_line(&lines, "trying again for 5 s");
+    drop(lock);
+    let status = resume.wait().expect("the resume ends");
+    let err = all.join().expect("stderr");
+    assert!(status.success(), "{err}");
+    assert!(
+        std::fs::read(out.join(train::rundir::LAST)).expect("written again") == saved[1],
+        "{err}"
+    );
 }
 
 /// A run killed as its last epoch's `last.safetensors` was being written holds that epoch in its
@@ -694,14 +811,25 @@ fn one_run_owns_its_directory() {
     let out = dir.path().join("run");
     let mut args = common(&data, &out);
     let epochs = args.iter().position(|a| a == "--epochs").expect("--epochs") + 1;
-    args[epochs] = "200".into(); // long enough to be alive while the second run starts
-    let mut live = Command::new(BIN)
-        .args(&args)
-        .args(["--device", "cpu", "--workers", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("train-mnist starts");
+    // Long enough to be alive while the second run starts and tries the lock again for 5 s.
+    args[epochs] = "100000".into();
+    /// Killed when dropped: the long run never outlives a failed assertion.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let live = KillOnDrop(
+        Command::new(BIN)
+            .args(&args)
+            .args(["--device", "cpu", "--workers", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("train-mnist starts"),
+    );
     let waited = Instant::now();
     while !out.join(train::rundir::CONFIG).exists() {
         assert!(
@@ -711,8 +839,7 @@ fn one_run_owns_its_directory() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let second = train_mnist(&["--data-dir", &data, "--out", &s(&out), "--epochs", "1"]);
-    let _ = live.kill();
-    let _ = live.wait();
+    drop(live);
     assert!(!second.status.success());
     assert!(
         stderr(&second).contains("in use by another run"),
@@ -1996,4 +2123,25 @@ fn a_damaged_best_checkpoint_is_said_on_resume() {
             "{cut}: {err}"
         );
     }
+}
+
+/// A `--limit-train` / `--limit-test` subset too small to hold every class says which classes
+/// it leaves out, and what that means, as a warning.
+#[test]
+fn a_subset_without_some_classes_says_so() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    let out = dir.path().join("run");
+    let mut args = common_epochs(&data, &out, "1");
+    args.extend(["--limit-train", "4", "--limit-test", "30"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = train_mnist(&args);
+    let err = stderr(&run);
+    assert!(run.status.success(), "{err}");
+    assert!(
+        err.contains("--limit-train 4: the train subset has no image of 6 of the 10 classes")
+            && err.contains("the model never trains on them"),
+        "{err}"
+    );
+    assert!(!err.contains("--limit-test 30:"), "{err}");
 }

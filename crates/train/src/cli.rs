@@ -126,6 +126,11 @@ impl Recipe {
         // The workspace's version, which every program shares (`--version`, as clap's `version`
         // attribute gives finetune-resnet50 and visualize).
         cmd = cmd.about(self.about).version(env!("CARGO_PKG_VERSION"));
+        // MNIST and CIFAR-10 come with their test split: --test-fraction (refused there, naming
+        // why) is not offered.
+        if self.dataset != DatasetKind::Folder {
+            cmd = cmd.mut_arg("test_fraction", |a| a.hide(true));
+        }
         cmd.args_conflicts_with_subcommands(true)
             // The descriptions after the flags: their structs' doc comments would replace them.
             .subcommand(EvaluateArgs::augment_args(Command::new("evaluate")).about(
@@ -648,6 +653,96 @@ fn unused_test_fraction(config: &RunConfig, split: &datasets::Split) -> bool {
         && config.test_fraction != datasets::FolderOptions::default().test_fraction
 }
 
+/// Refuses, for a fresh run, data that leaves a class out of a split: a class with no
+/// training image is never learnt, one with no test image never tested. An image folder's
+/// held-out share does so for a class of few images (at 0.2, one or two images round to no
+/// test image; at 0.5, one image to no training image). A resumed run, an evaluation, read
+/// their data as it is; a `--limit-train` / `--limit-test` subset is warned of instead.
+///
+/// # Errors
+/// A class without training or test images, named with its number of images.
+pub fn refuse_a_class_outside_a_split(config: &RunConfig, split: &datasets::Split) -> Result<()> {
+    // A --limit-train / --limit-test subset without some classes is warned of where it is
+    // drawn (`limited`), whatever left them out.
+    if config.limit_train.is_some() || config.limit_test.is_some() {
+        return Ok(());
+    }
+    let counts = |data: &dyn Dataset| {
+        let mut counts = vec![0usize; data.classes().len()];
+        for i in 0..data.len() {
+            counts[data.label(i)] += 1;
+        }
+        counts
+    };
+    let (train, test) = (counts(split.train.as_ref()), counts(split.test.as_ref()));
+    let classes = split.train.classes();
+    let named = |missing: &[usize]| {
+        let shown: Vec<String> = missing
+            .iter()
+            .take(8)
+            .map(|&k| {
+                let n = train[k] + test.get(k).copied().unwrap_or(0);
+                format!(
+                    "{:?} ({n} image{})",
+                    classes[k],
+                    if n == 1 { "" } else { "s" }
+                )
+            })
+            .collect();
+        let more = match missing.len() > shown.len() {
+            true => format!(" and {} more", missing.len() - shown.len()),
+            false => String::new(),
+        };
+        format!("{}{more}", shown.join(", "))
+    };
+    let held_out = config.dataset == DatasetKind::Folder
+        && split.train.origin().is_some()
+        && split.train.origin() == split.test.origin();
+    let data = config
+        .data_dir
+        .as_deref()
+        .map_or("the data".into(), |d| d.display().to_string());
+    let share = format!(
+        "holding out {}% of each class (rounded, --test-fraction {})",
+        datasets::percent(config.test_fraction),
+        config.test_fraction
+    );
+    let untrained: Vec<usize> = (0..classes.len()).filter(|&k| train[k] == 0).collect();
+    if !untrained.is_empty() {
+        match held_out {
+            true => bail!(
+                "{data}: {share} leaves no training image of {}: give {} more images, hold out \
+                 less, or make train/ and test/ (or val/) folders",
+                named(&untrained),
+                if untrained.len() == 1 { "it" } else { "them" }
+            ),
+            false => bail!(
+                "{data}: the training split has no image of {}",
+                named(&untrained)
+            ),
+        }
+    }
+    let untested: Vec<usize> = (0..classes.len())
+        .filter(|&k| test.get(k).copied().unwrap_or(0) == 0)
+        .collect();
+    if !untested.is_empty() {
+        match held_out {
+            true => bail!(
+                "{data}: {share} leaves no test image of {}: give {} {} or more images, hold out \
+                 more, or make train/ and test/ (or val/) folders",
+                named(&untested),
+                if untested.len() == 1 { "it" } else { "each" },
+                (0.5 / config.test_fraction).ceil()
+            ),
+            false => bail!(
+                "{data}: the test split has no image of {}",
+                named(&untested)
+            ),
+        }
+    }
+    Ok(())
+}
+
 /// Refuses `--test-fraction` given for a fresh run on image-folder data with its own test
 /// split, which only reading tells for an archive (a folder's `train/` and `test/` can be
 /// refused before). A resumed run made with it before is only told ([`load_data`]'s note).
@@ -730,7 +825,31 @@ fn limited(
         counts.iter().copied().min().unwrap_or(0),
         counts.iter().copied().max().unwrap_or(0),
     );
-    if most > least.max(1) * 3 / 2 {
+    let without: Vec<&String> = subset
+        .classes()
+        .iter()
+        .zip(&counts)
+        .filter(|&(_, &n)| n == 0)
+        .map(|(c, _)| c)
+        .collect();
+    if !without.is_empty() {
+        crate::warn!(
+            "--limit-{what} {limit}: the {what} subset has no image of {} of the {} classes \
+             ({}){}; a larger --limit-{what} keeps them",
+            without.len(),
+            counts.len(),
+            without
+                .iter()
+                .take(12)
+                .map(|c| format!("{c:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            match what {
+                "train" => ": the model never trains on them",
+                _ => ": they are never tested",
+            }
+        );
+    } else if most > least.max(1) * 3 / 2 {
         let shown: Vec<String> = subset
             .classes()
             .iter()
@@ -1401,6 +1520,57 @@ mod tests {
         Ok(())
     }
 
+    /// A fresh run's image folder whose held-out share leaves a class without training or
+    /// test images is refused, naming the class and its number of images; with every class in
+    /// both splits it passes.
+    #[test]
+    fn a_class_outside_a_split_is_refused_for_a_fresh_run() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let image = |class: &str, k: usize| -> Result<()> {
+            let path = dir.path().join(class).join(format!("{k}.png"));
+            std::fs::create_dir_all(path.parent().unwrap())?;
+            image::RgbImage::from_pixel(4, 4, image::Rgb([k as u8 * 40, 1, 2])).save(path)?;
+            Ok(())
+        };
+        for class in ["b", "c"] {
+            for k in 0..4 {
+                image(class, k)?;
+            }
+        }
+        image("a", 0)?;
+        let mut config = RECIPE.config(&RECIPE.parse(["prog", "--data-dir", "d"])?)?;
+        config.dataset = DatasetKind::Folder;
+        config.data_dir = Some(dir.path().to_path_buf());
+        let refused = |config: &RunConfig| -> Result<String> {
+            let split = datasets::image_folder(dir.path(), &folder_options(config))?;
+            Ok(refuse_a_class_outside_a_split(config, &split)
+                .map_or_else(|e| format!("{e:#}"), |()| String::new()))
+        };
+        config.test_fraction = 0.5;
+        let err = refused(&config)?;
+        assert!(
+            err.contains(
+                "holding out 50% of each class (rounded, --test-fraction 0.5) leaves no \
+                 training image of \"a\" (1 image)"
+            ),
+            "{err}"
+        );
+        config.test_fraction = 0.2;
+        let err = refused(&config)?;
+        assert!(
+            err.contains("leaves no test image of \"a\" (1 image): give it 3 or more images"),
+            "{err}"
+        );
+        // A subset's missing classes are warned of where it is drawn, not refused here.
+        config.limit_test = Some(5);
+        assert_eq!(refused(&config)?, "");
+        config.limit_test = None;
+        image("a", 1)?;
+        config.test_fraction = 0.25;
+        assert_eq!(refused(&config)?, "");
+        Ok(())
+    }
+
     #[test]
     fn help_shows_the_recipe_defaults() {
         let help = RECIPE.command().render_help().to_string();
@@ -1427,6 +1597,14 @@ mod tests {
         );
         assert!(help.contains("other 3-channel models: alexnet,"), "{help}");
         assert!(!help.contains("lenet5"), "{help}");
+        // --test-fraction is an image folder's, not offered for CIFAR-10 (nor MNIST).
+        assert!(!help.contains("--test-fraction"), "{help}");
+        let folder = Recipe {
+            dataset: DatasetKind::Folder,
+            ..any
+        };
+        let help = folder.command().render_help().to_string();
+        assert!(help.contains("--test-fraction"), "{help}");
     }
 
     /// Any zoo model: a misspelt name, or one taking other images, is refused by the

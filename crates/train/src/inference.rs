@@ -99,10 +99,27 @@ impl Trained {
     /// An `--overwrite` of `dir` that was interrupted before the new run saved an epoch is
     /// undone first ([`crate::rundir::settle_for_reading`]), so the replaced run is read.
     ///
-    /// Errors: a run replacing the one in `dir` is still training and has saved no epoch, no
+    /// Errors: `dir` is not there or not a directory, a run replacing the one in `dir` is still
+    /// training and has saved no epoch, no
     /// `config.json` (not a run directory), class names that cannot be found, an
     /// unknown model, or a checkpoint that is missing, non-finite or does not match (named).
     pub fn open(dir: &Path, weights: &str, device: &Device) -> Result<Self> {
+        match std::fs::metadata(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                "--run {}: no such directory{} (give the directory a run wrote, its --out)",
+                dir.display(),
+                match std::fs::symlink_metadata(dir).is_ok() {
+                    true => " (a link to nothing)",
+                    false => "",
+                }
+            ),
+            Ok(meta) if !meta.is_dir() => bail!(
+                "--run {}: a file, not a run directory (give the directory a run wrote, its \
+                 --out; a checkpoint file goes to --weights)",
+                dir.display()
+            ),
+            _ => {}
+        }
         crate::rundir::settle_for_reading(dir)?;
         let config_path = dir.join(CONFIG);
         // A removed config.json: the state keeps the same settings (and the class names).
@@ -218,7 +235,10 @@ impl Trained {
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
             let other = if weights == "best" { "last" } else { "best" };
             let state_there = dir.join(crate::rundir::STATE).exists();
-            restore_checkpoints(dir, weights);
+            // A data-parallel evaluation's rank 0 did it before the ranks met (`evaluate_here`).
+            if crate::distributed::rank().is_none() {
+                restore_checkpoints(dir, weights);
+            }
             let other_there = dir
                 .join(if weights == "best" { LAST } else { BEST })
                 .exists();
@@ -229,6 +249,16 @@ impl Trained {
                      there): {name} was removed; take --weights {other}, or a checkpoint file",
                     dir.display(),
                     crate::rundir::STATE
+                ),
+                true if crate::rundir::in_use(dir) => bail!(
+                    "--run {}: neither {BEST} nor {LAST} is there, though the run saved epochs \
+                     (its {} is there), and another process still held the directory after a \
+                     wait of {} s (it holds {}): a `--resume` writes {LAST} from the state once \
+                     its data is loaded; run again then",
+                    dir.display(),
+                    crate::rundir::STATE,
+                    crate::run::READER_WAIT.as_secs(),
+                    dir.join(crate::rundir::LOCK).display()
                 ),
                 true => bail!(
                     "--run {}: neither {BEST} nor {LAST} is there, though the run saved epochs \
@@ -524,7 +554,8 @@ fn optional_path_text<S: serde::Serializer>(
 /// writes the confusion matrix and a JSON summary.
 ///
 /// Under an MPI launcher (with the `mpi` feature; `--distributed`), rank 0 first puts back a
-/// run an interrupted `--overwrite` left half replaced, then each rank tests its share of the
+/// run an interrupted `--overwrite` left half replaced and writes the checkpoints of a run
+/// stopped before them from its state, then each rank tests its share of the
 /// test images ([`crate::distributed::evaluate`]) after the ranks agree on the
 /// checkpoint, the test images and the settings; every rank returns the whole test set's
 /// evaluation, rank 0 alone prints it and writes the outputs.
@@ -544,8 +575,9 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
 
 /// When the run in `dir` was stopped between saving an epoch's state and writing its
 /// checkpoints (neither is there, the state is): writes them from the state as `--resume` would
-/// first (said on stderr), where no run holds the directory, so that `weights` (`best` or
-/// `last`) can be read. Nothing otherwise, nor for a checkpoint file given by its path; a
+/// first (said on stderr), so that `weights` (`best` or `last`) can be read; a process holding
+/// the directory is waited for ([`crate::run::checkpoints_for_reading`]). Nothing otherwise,
+/// nor for a checkpoint file given by its path, nor on a data-parallel rank other than 0; a
 /// failure leaves the error to the reader, which names the way out.
 fn restore_checkpoints(dir: &Path, weights: &str) {
     // A link to nothing counts as there: it is the user's, never written over.
@@ -645,6 +677,8 @@ fn evaluate_here(args: &EvaluateArgs) -> Result<Evaluation> {
         // Before the checkpoint's stamp: one written from the state now is no replacement.
         restore_checkpoints(&args.run, &args.weights);
     }
+    // The other ranks read the checkpoints rank 0 may have written.
+    crate::distributed::barrier();
     let before = file_stamp(&weights_file);
     let trained = Trained::open(&args.run, &args.weights, &device)?;
     // The run's precision (bf16 autocast, TF32), as its test passes ran, unless told otherwise.
@@ -734,11 +768,34 @@ fn evaluate_here(args: &EvaluateArgs) -> Result<Evaluation> {
         // As many test images, but other files: an image folder's held-out share drawn again
         // after an image was added to a class, say (its labels in the same places).
         (None, None) if !other_limit => {
-            let now = crate::state::names_crc(test.as_ref(), config.data_dir.as_deref());
-            if crate::state::saved_test_names(&args.run).is_some_and(|saved| saved != now) {
+            let saved = crate::state::saved_test_names(&args.run);
+            let root = config.data_dir.as_deref();
+            let now = crate::state::names_crc_like(saved, test.as_ref(), root);
+            if saved.is_some_and(|saved| saved != now) {
                 return Err(changed(
                     "has as many images as the run tested on, but other files".into(),
                 ));
+            }
+        }
+        // The same count in the folder given, but other files (the run's own folder changed,
+        // or another one): noted and named for the data, as a changed count is.
+        (None, Some(dir)) if !other_limit => {
+            let saved = crate::state::saved_test_names(&args.run);
+            let root = config.data_dir.as_deref();
+            let now = crate::state::names_crc_like(saved, test.as_ref(), root);
+            if saved.is_some_and(|saved| saved != now) {
+                if crate::distributed::writes() {
+                    crate::warn!(
+                        "note: --data-dir {}: its test split has as many images as the run \
+                         tested on ({}), but other files; these figures are not the run's test \
+                         (the outputs are named for the data)",
+                        dir.display(),
+                        test.len()
+                    );
+                }
+                if other_data.is_none() {
+                    other_data = crate::inference::other_data(Some(dir), None);
+                }
             }
         }
         (None, _) => {}

@@ -227,7 +227,13 @@ pub fn train(
             }
         );
     }
-    let (labels, names) = data_sums(train_data, test_images, config.data_dir.as_deref());
+    let saved_names = resume.as_ref().and_then(|(saved, _)| saved.names);
+    let (labels, names) = data_sums(
+        train_data,
+        test_images,
+        config.data_dir.as_deref(),
+        saved_names,
+    );
     if let Some((saved, _)) = &resume {
         same_data(
             out,
@@ -493,21 +499,48 @@ fn checkpoints_from_state(
 /// For a reader of the run in `dir` (`evaluate`, `predict`, `grad-cam`) that finds neither
 /// checkpoint beside its resume state (the run was stopped between saving an epoch's state and
 /// writing its checkpoints): writes them from the state as `--resume` would first ([`LAST`],
-/// and [`BEST`] when the state's last epoch was the best), holding the directory's lock. One
-/// process only (not a rank of a data-parallel evaluation).
+/// and [`BEST`] when the state's last epoch was the best), holding the directory's lock. The
+/// process that writes the run directory only (alone, or rank 0 of a data-parallel
+/// evaluation, whose other ranks wait for it).
+///
+/// Where another process holds the directory (another reader writing the same checkpoints, a
+/// `--resume` about to), waits up to [`READER_WAIT`] for the checkpoints or the lock (the first
+/// time in the process).
 ///
 /// # Errors
-/// A run holds the directory, the directory cannot be written, or the state cannot be read.
+/// A rank other than 0, a run still holds the directory after the wait, the directory cannot
+/// be written, or the state cannot be read.
 pub(crate) fn checkpoints_for_reading(dir: &Path) -> Result<()> {
-    if crate::distributed::rank().is_some() {
-        bail!("a data-parallel evaluation does not write checkpoints");
+    if !crate::distributed::writes() {
+        bail!("rank 0 of a data-parallel evaluation writes the checkpoints");
+    }
+    let written = || {
+        [LAST, BEST]
+            .iter()
+            .any(|name| std::fs::symlink_metadata(dir.join(name)).is_ok())
+    };
+    // Once per process: `evaluate` asks before it opens the run, and opening it asks again.
+    static WAITED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let waited = std::time::Instant::now();
+    let wait = !WAITED.swap(true, std::sync::atomic::Ordering::Relaxed);
+    if wait && crate::rundir::in_use(dir) && !written() {
+        crate::warn!(
+            "note: {}: the run's checkpoints are not there and another process holds the \
+             directory: waiting up to {} s for it",
+            dir.display(),
+            READER_WAIT.as_secs()
+        );
+    }
+    while wait && crate::rundir::in_use(dir) && !written() && waited.elapsed() < READER_WAIT {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Still held: not waited for again (the lock's own retry).
+    if crate::rundir::in_use(dir) && !written() {
+        bail!("{} is held by another process", dir.display());
     }
     let held = crate::rundir::RunDir::existing(dir)?;
     // Written meanwhile (another reader, a `--resume`): nothing to do.
-    if [LAST, BEST]
-        .iter()
-        .any(|name| std::fs::symlink_metadata(dir.join(name)).is_ok())
-    {
+    if written() {
         return Ok(());
     }
     let (saved, tensors) = crate::state::load(dir)?;
@@ -515,6 +548,11 @@ pub(crate) fn checkpoints_for_reading(dir: &Path) -> Result<()> {
     drop(held);
     Ok(())
 }
+
+/// How long a reader that would write a run's checkpoints from its state waits for another
+/// process holding the directory: a reader writing them (seconds, a ResNet-50's two) or a
+/// `--resume`, which writes them once its data is loaded.
+pub(crate) const READER_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Writes a checkpoint of the run (`layers::checkpoint::save_tensors`) once its folder is still
 /// this run's ([`crate::rundir::check_lock`]).
@@ -1243,21 +1281,28 @@ pub fn check_resumed_data(
             data.train.as_ref(),
             data.test.as_ref(),
             config.data_dir.as_deref(),
+            saved.names,
         ),
     )
 }
 
 /// The training and test splits' [`DataSums`]: their labels' and their names' CRC-32C, the
-/// names below `root` (the run's data directory).
-fn data_sums(train: &dyn Dataset, test: &dyn Dataset, root: Option<&Path>) -> DataSums {
+/// names below `root` (the run's data directory), summed as a resumed run's state summed them
+/// (`saved`: [`crate::state::names_crc_like`]).
+fn data_sums(
+    train: &dyn Dataset,
+    test: &dyn Dataset,
+    root: Option<&Path>,
+    saved: Option<[u32; 2]>,
+) -> DataSums {
     (
         [
             crate::state::labels_crc(train),
             crate::state::labels_crc(test),
         ],
         [
-            crate::state::names_crc(train, root),
-            crate::state::names_crc(test, root),
+            crate::state::names_crc_like(saved.map(|s| s[0]), train, root),
+            crate::state::names_crc_like(saved.map(|s| s[1]), test, root),
         ],
     )
 }

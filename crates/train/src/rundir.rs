@@ -617,6 +617,10 @@ pub fn in_use(dir: &Path) -> bool {
         .is_ok_and(|lock| matches!(lock.try_lock(), Err(TryLockError::WouldBlock)))
 }
 
+/// How long a run tries again for a run directory's lock another process holds before it is
+/// refused as in use (see [`RunDir::lock`]).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A locked run directory. The lock (an OS file lock, released by the kernel even when the
 /// process is killed) lasts as long as this value.
 #[derive(Debug)]
@@ -851,6 +855,10 @@ impl RunDir {
         // A run that saved nothing removes the lock file it made (see `Held::end`), after
         // which another process may lock the unlinked file it had opened before: a lock is only
         // taken once the name still leads to the file locked, else the name is opened again.
+        // A lock held by another process is tried again for up to `LOCK_WAIT`: `evaluate`,
+        // `predict` and `grad-cam` hold it for the moments they tidy the run or write its
+        // checkpoints from its state.
+        let (waited, mut said) = (std::time::Instant::now(), false);
         let (lock, made_lock) = loop {
             let made_lock = std::fs::symlink_metadata(&lock_path).is_err();
             let lock = open_lock(&lock_path, true).map_err(|e| {
@@ -865,6 +873,20 @@ impl RunDir {
             })?;
             match lock.try_lock() {
                 Ok(()) => {}
+                Err(TryLockError::WouldBlock) if waited.elapsed() < LOCK_WAIT => {
+                    if !said {
+                        said = true;
+                        crate::warn!(
+                            "note: {} is held by another process (it holds {}): trying again \
+                             for {} s",
+                            path.display(),
+                            lock_path.display(),
+                            LOCK_WAIT.as_secs()
+                        );
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    continue;
+                }
                 Err(TryLockError::WouldBlock) => bail!(
                     "{} is in use by another run (it holds {}); wait for it to finish or choose \
                      another --out",

@@ -80,12 +80,57 @@ pub fn labels_crc(data: &dyn datasets::Dataset) -> u32 {
 
 /// The CRC-32C of `data`'s sample names in order ([`datasets::Dataset::sample_name`], each
 /// with `root`, the run's data directory, cut from its start, so that the same folder moved
-/// elsewhere is the same data): what tells an image folder's held-out split drawn again from
-/// the run's. Data whose samples have no names (decoded batches) sums to 0.
+/// elsewhere, or spelled otherwise (`DIR`, `DIR/`, `DIR/.`), is the same data): what tells an
+/// image folder's held-out split drawn again from the run's. Data whose samples have no names
+/// (decoded batches) sums to 0.
 pub fn names_crc(data: &dyn datasets::Dataset, root: Option<&Path>) -> u32 {
-    let root = root.map(|r| r.display().to_string()).unwrap_or_default();
+    // One spelling of a path: its components (as the plain spelling `DIR` always was).
+    let plain = |path: &str| {
+        Path::new(path)
+            .components()
+            .collect::<std::path::PathBuf>()
+            .display()
+            .to_string()
+    };
+    crc_of_names(data, root.map(|r| plain(&r.to_string_lossy())), plain)
+}
+
+/// [`names_crc`] as `saved` was summed: the one spelling of the paths, or, for a state saved
+/// before they had one, `root` cut from the names as it is spelled (`DIR/` with its slash,
+/// which tab completion adds). `saved` `None`: the one spelling.
+pub fn names_crc_like(
+    saved: Option<u32>,
+    data: &dyn datasets::Dataset,
+    root: Option<&Path>,
+) -> u32 {
+    let now = names_crc(data, root);
+    match saved {
+        Some(saved) if saved != now => {
+            // The root as given, and with a slash: a state of `DIR/` read with `--data-dir DIR`.
+            let as_given = root.map(|r| r.display().to_string()).unwrap_or_default();
+            let slashed = format!("{}/", as_given.trim_end_matches('/'));
+            let matches = [as_given, slashed]
+                .into_iter()
+                .any(|root| crc_of_names(data, Some(root), |name| name.to_string()) == saved);
+            match matches {
+                true => saved,
+                false => now,
+            }
+        }
+        _ => now,
+    }
+}
+
+/// The CRC-32C of `data`'s names, each spelled by `spell`, with `root` cut from its start.
+fn crc_of_names(
+    data: &dyn datasets::Dataset,
+    root: Option<String>,
+    spell: impl Fn(&str) -> String,
+) -> u32 {
+    let root = root.unwrap_or_default();
     (0..data.len()).fold(0, |crc, i| match data.sample_name(i) {
         Some(name) => {
+            let name = spell(&name);
             let name = name.strip_prefix(root.as_str()).unwrap_or(&name);
             crc32c::crc32c_append(crc32c::crc32c_append(crc, name.as_bytes()), &[0])
         }
@@ -509,4 +554,71 @@ fn legacy_json(dir: &Path) -> Result<ResumeState> {
     })?;
     serde_json::from_slice(&text)
         .with_context(|| format!("{} is not a valid resume state", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An image folder of two classes of two images each under `root`.
+    fn folder(root: &Path) {
+        for class in ["cat", "dog"] {
+            for k in 0..2u8 {
+                let path = root.join(class).join(format!("{k}.png"));
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                image::RgbImage::from_pixel(4, 4, image::Rgb([k * 50, 0, 9]))
+                    .save(&path)
+                    .unwrap();
+            }
+        }
+    }
+
+    /// The training images of the folder read as `spelled`.
+    fn read(spelled: &str) -> std::sync::Arc<dyn datasets::Dataset> {
+        datasets::image_folder_training(Path::new(spelled), datasets::Storage::Files).unwrap()
+    }
+
+    /// One folder spelled `DIR`, `DIR/` or `DIR/.` sums to one CRC, the plain spelling's as it
+    /// always was (the names below the folder, from their slash); a state saved before, which
+    /// summed `DIR/`'s names without their slash, is still matched by `names_crc_like`, and
+    /// other names are not.
+    #[test]
+    fn one_folder_in_any_spelling_has_one_names_crc() {
+        let dir = tempfile::tempdir().unwrap();
+        folder(dir.path());
+        let plain = dir.path().display().to_string();
+        let data = read(&plain);
+        let expected = ["/cat/0.png", "/cat/1.png", "/dog/0.png", "/dog/1.png"]
+            .iter()
+            .fold(0, |crc, name| {
+                crc32c::crc32c_append(crc32c::crc32c_append(crc, name.as_bytes()), &[0])
+            });
+        assert_eq!(names_crc(data.as_ref(), Some(Path::new(&plain))), expected);
+        for spelled in [
+            format!("{plain}/"),
+            format!("{plain}/."),
+            format!("{plain}//"),
+        ] {
+            let data = read(&spelled);
+            let root = Some(Path::new(&spelled));
+            assert_eq!(names_crc(data.as_ref(), root), expected, "{spelled}");
+        }
+        // As a state saved before summed `DIR/`: the names from below the slash.
+        let slashed = format!("{plain}/");
+        let data = read(&slashed);
+        let root = Some(Path::new(&slashed));
+        let before = ["cat/0.png", "cat/1.png", "dog/0.png", "dog/1.png"]
+            .iter()
+            .fold(0, |crc, name| {
+                crc32c::crc32c_append(crc32c::crc32c_append(crc, name.as_bytes()), &[0])
+            });
+        assert_eq!(names_crc_like(Some(before), data.as_ref(), root), before);
+        // ... and read with the plain spelling (`evaluate --data-dir DIR` of a run of `DIR/`).
+        let data = read(&plain);
+        let root = Some(Path::new(&plain));
+        assert_eq!(names_crc_like(Some(before), data.as_ref(), root), before);
+        let (data, root) = (read(&slashed), Some(Path::new(&slashed)));
+        assert_eq!(names_crc_like(None, data.as_ref(), root), expected);
+        assert_eq!(names_crc_like(Some(7), data.as_ref(), root), expected);
+    }
 }
