@@ -329,12 +329,11 @@ fn earlier_stage_with_a_map(net: &dyn Network, x: &Tensor, stage: &str) -> Resul
 /// # Errors
 /// Neither a name nor an index below the class count: the classes are listed.
 fn class_index(given: &str, classes: &[String]) -> Result<usize> {
-    let named = |name: &str| {
-        name.eq_ignore_ascii_case(given)
-            || name
-                .split_once(" - ")
-                .is_some_and(|(_, word)| word.eq_ignore_ascii_case(given))
-    };
+    // Any case in Unicode's sense (`CAFÉ` for `café`), as Python's `str.lower()`.
+    let given_lower = given.to_lowercase();
+    let same = |name: &str| name.to_lowercase() == given_lower;
+    let named =
+        |name: &str| same(name) || name.split_once(" - ").is_some_and(|(_, word)| same(word));
     // A name (exact first, then in any case) that one class alone has; ImageNet's list has a
     // few twice ("crane": the bird and the machine).
     for matches in [
@@ -502,6 +501,11 @@ mod tests {
         assert_eq!(class_index("1", &folders).unwrap(), 0);
         let cifar: Vec<String> = ["airplane", "cat"].map(String::from).to_vec();
         assert_eq!(class_index("CAT", &cifar).unwrap(), 1);
+        // Any case beyond ASCII: folder names of other scripts.
+        let unicode: Vec<String> = ["Zebra", "café", "日本"].map(String::from).to_vec();
+        assert_eq!(class_index("CAFÉ", &unicode).unwrap(), 1);
+        assert_eq!(class_index("zebra", &unicode).unwrap(), 0);
+        assert_eq!(class_index("日本", &unicode).unwrap(), 2);
         // ImageNet's names (a ResNet-50's pretrained head); an unknown one lists the first few.
         let imagenet = datasets::catalog::imagenet_classes();
         assert_eq!(class_index("tiger cat", &imagenet).unwrap(), 282);

@@ -56,12 +56,15 @@ impl Matrix {
                 .split(|c: char| c == ',' || c.is_whitespace())
                 .filter(|v| !v.is_empty())
                 .map(|v| {
-                    v.parse::<f32>()
-                        .ok()
-                        .filter(|x| x.is_finite())
-                        .with_context(|| {
-                            format!("{v:?} in row {} is not a finite number", rows.len() + 1)
-                        })
+                    let row = rows.len() + 1;
+                    match v.parse::<f32>() {
+                        Ok(x) if x.is_finite() => Ok(x),
+                        Ok(_) => bail!(
+                            "{v:?} in row {row} is not a finite number (NaN, infinite, or beyond \
+                             float32's range)"
+                        ),
+                        Err(_) => bail!("{v:?} in row {row} is not a number"),
+                    }
                 })
                 .collect::<Result<Vec<f32>>>()?;
             rows.push(row);

@@ -122,9 +122,13 @@ fn conv_rejects_bad_matrices_clearly() {
         "{ragged}"
     );
     let word = visualize_fails(&["conv", "--input", "1,a;0,1", "--out", out]);
+    assert!(word.contains("\"a\" in row 1 is not a number"), "{word}");
+    let hex = visualize_fails(&["pool", "--input", "0x10,1;1,1", "--out", out]);
+    assert!(hex.contains("\"0x10\" in row 1 is not a number"), "{hex}");
+    let nan = visualize_fails(&["conv", "--input", "1,2;NaN,1", "--out", out]);
     assert!(
-        word.contains("\"a\" in row 1 is not a finite number"),
-        "{word}"
+        nan.contains("\"NaN\" in row 2 is not a finite number"),
+        "{nan}"
     );
     let big = visualize_fails(&["conv", "--input", "1,2;3,4", "--out", out]);
     assert!(
