@@ -118,6 +118,11 @@ run)
     mkdir -p "$OUT" gpu/bin
     log="$OUT/gpu.txt"
     deadline=$((SECONDS + ${RUN_SECONDS:-420}))
+    # gpu/ is ignored by git: it reaches the GPU machine only when the call carries it.
+    if ! compgen -G "gpu/xz/*.xz" >/dev/null; then
+        echo "no packed binaries in gpu/xz: run 'tools/gpu-check.sh pack' here, and carry gpu/ to the GPU machine (the device tool's carry [\"gpu\"])" | tee -a "$log" >&2
+        exit 2
+    fi
     # Which parts run: $PARTS, a comma-separated subset of tests,table,split,cifar (default all),
     # so that a second call can run what the first had no time for.
     want() { [[ ",${PARTS:-tests,table,split,cifar}," == *",$1,"* ]]; }
