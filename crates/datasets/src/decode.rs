@@ -26,7 +26,9 @@ const FORMATS: &str = "JPEG, PNG, BMP, PPM/PGM, TIFF or WebP";
 /// clipped at 255 (PIL's `I;16`).
 ///
 /// Errors: an empty file, a format other than those, a file that is not complete, or an image
-/// with no pixels (a width or height of 0, which a PNM header can declare).
+/// with no pixels (a width or height of 0, which a PNM header can declare). libjpeg's errors
+/// reach Rust as an unwind that is caught here: a program built with `panic = "abort"` stops at
+/// a JPEG libjpeg refuses, where others get this error.
 ///
 /// The file must be complete: a JPEG must reach its end-of-image marker through whole segments
 /// and scans, a PNG its `IEND` chunk through whole chunks, a WebP its RIFF size, a TIFF's
@@ -112,8 +114,9 @@ fn too_large(bytes: &[u8], format: ImageFormat) -> String {
 
 /// A JPEG's (width, height, pixels) as PIL decodes it: with libjpeg-turbo's decoder (mozjpeg's
 /// copy of it) and PIL's settings, libjpeg's defaults (the accurate integer IDCT, "fancy"
-/// chroma upsampling), YCbCr to RGB and greyscale to grey. `None` for the other colour spaces
-/// (CMYK, YCCK, RGB-coded), which the `image` crate decodes. The pure-Rust decoder differs
+/// chroma upsampling), YCbCr and RGB-coded colour to RGB, greyscale to grey, CMYK and YCCK to
+/// CMYK made RGB as PIL makes it ([`cmyk_to_rgb`]). `None` for other colour spaces (libjpeg
+/// reads none other from a JFIF or Adobe file), which the `image` crate decodes. The pure-Rust decoder differs
 /// from libjpeg in its IDCT, upsampling and colour conversion: up to 8 levels on a fifth of the
 /// values of CIFAR-10's JPEGs, where this is PIL's to the bit.
 ///
@@ -122,12 +125,23 @@ fn too_large(bytes: &[u8], format: ImageFormat) -> String {
 /// passed over, as PIL passes them over.
 fn libjpeg_pixels(bytes: &[u8]) -> Result<Option<(usize, usize, Pixels)>> {
     use mozjpeg::ColorSpace;
+    enum Read {
+        Decoded(usize, usize, Pixels),
+        OtherColours,
+        TooLarge,
+    }
     // libjpeg's fatal errors unwind (mozjpeg's error manager), without a panic message.
     let decoded = std::panic::catch_unwind(|| -> std::io::Result<_> {
         let jpeg = mozjpeg::Decompress::new_mem(bytes)?;
         let (width, height) = jpeg.size();
+        // The header as libjpeg reads it, which decodes: PIL's pixel limit again, should the
+        // `image` crate's reader have refused the header above.
+        if width as u64 * height as u64 > MAX_PIXELS {
+            return Ok(Read::TooLarge);
+        }
         let pixels = match jpeg.color_space() {
-            ColorSpace::JCS_YCbCr => {
+            // YCbCr, and RGB-coded colour (Adobe transform 0: PIL's rawmode "RGB").
+            ColorSpace::JCS_YCbCr | ColorSpace::JCS_RGB => {
                 let mut rgb = jpeg.rgb()?;
                 let values = rgb.read_scanlines::<u8>()?;
                 rgb.finish()?;
@@ -139,9 +153,18 @@ fn libjpeg_pixels(bytes: &[u8]) -> Result<Option<(usize, usize, Pixels)>> {
                 grey.finish()?;
                 Pixels::Grey(values)
             }
-            _ => return Ok(None),
+            // PIL's "CMYK;I" (Adobe's inverted polarity, whichever way the file says; YCCK
+            // made CMYK by libjpeg), then `convert("RGB")`'s `cmyk2rgb`.
+            ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK => {
+                let mut cmyk = jpeg.to_colorspace(ColorSpace::JCS_CMYK)?;
+                let values = cmyk.read_scanlines::<[u8; 4]>()?;
+                cmyk.finish()?;
+                Pixels::Rgb(values.iter().flat_map(|&p| cmyk_to_rgb(p)).collect())
+            }
+            _ => return Ok(Read::OtherColours),
         };
         let (Pixels::Rgb(values) | Pixels::Grey(values)) = &pixels;
+        // A short read leaves fewer values than the whole image's.
         let channels = if matches!(pixels, Pixels::Rgb(_)) {
             3
         } else {
@@ -153,10 +176,12 @@ fn libjpeg_pixels(bytes: &[u8]) -> Result<Option<(usize, usize, Pixels)>> {
                 values.len() / (width * channels).max(1)
             )));
         }
-        Ok(Some((width, height, pixels)))
+        Ok(Read::Decoded(width, height, pixels))
     });
     match decoded {
-        Ok(Ok(pixels)) => Ok(pixels),
+        Ok(Ok(Read::Decoded(width, height, pixels))) => Ok(Some((width, height, pixels))),
+        Ok(Ok(Read::OtherColours)) => Ok(None),
+        Ok(Ok(Read::TooLarge)) => bail!("{}", too_large(bytes, ImageFormat::Jpeg)),
         Ok(Err(e)) => Err(e).context("corrupt or unsupported JPEG data"),
         Err(unwound) => {
             let why = unwound
@@ -167,6 +192,19 @@ fn libjpeg_pixels(bytes: &[u8]) -> Result<Option<(usize, usize, Pixels)>> {
             bail!("corrupt or unsupported JPEG data ({why})")
         }
     }
+}
+
+/// A pixel libjpeg decoded as CMYK, as PIL makes it RGB: its JPEG rawmode `CMYK;I` inverts the
+/// four values, then `cmyk2rgb` (`Convert.c`) takes each of R, G, B as `(255 - K) - (C (255 -
+/// K)) / 255`, the product rounded as PIL's `MULDIV255`.
+fn cmyk_to_rgb(raw: [u8; 4]) -> [u8; 3] {
+    let [c, m, y, k] = raw.map(|v| 255 - u32::from(v));
+    let nk = 255 - k;
+    let muldiv255 = |a: u32| {
+        let t = a * nk + 128;
+        ((t >> 8) + t) >> 8
+    };
+    [c, m, y].map(|v| (nk - muldiv255(v)) as u8)
 }
 
 /// 8-bit pixels as PIL holds them after opening a file: grey (`L`, also from `I;16`) or RGB.

@@ -98,11 +98,19 @@ fn pixels_are_pils_after_convert() {
 }
 
 /// JPEGs decode to Pillow's pixels exactly (`tests/data`: written and decoded by Pillow 13.0 on
-/// libjpeg-turbo 3.2.0), colour 4:2:0, greyscale and progressive 4:2:2, as RGB and as grey.
+/// libjpeg-turbo 3.2.0), colour 4:2:0, greyscale, progressive 4:2:2, RGB-coded, CMYK and
+/// YCCK, as RGB and as grey.
 #[test]
 fn jpegs_decode_to_pils_pixels() {
     let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
-    for name in ["pil-420", "pil-grey", "pil-progressive"] {
+    for name in [
+        "pil-420",
+        "pil-grey",
+        "pil-progressive",
+        "pil-rgb",
+        "pil-cmyk",
+        "pil-ycck",
+    ] {
         let jpeg = std::fs::read(data.join(format!("{name}.jpg"))).unwrap();
         for (mode, ext, channels) in [(ColorMode::Rgb, "rgb", 3), (ColorMode::Gray, "l", 1)] {
             let pil = std::fs::read(data.join(format!("{name}.{ext}"))).unwrap();
