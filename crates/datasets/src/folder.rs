@@ -130,14 +130,14 @@ pub fn image_folder_listing(listing: Listing, options: &FolderOptions) -> Result
     let (train, test) = match test_dir {
         Some(test_dir) if top.iter().any(|d| d == "train") => {
             // A folder of images beside the splits would not be read: said, not passed over.
-            // One without images (a run's --out, notes) and a third split (val/ beside test/)
-            // are left alone.
+            // One without images (notes), a run's folder (its `--out`, whose pictures are no
+            // class's) and a third split (val/ beside test/) are left alone.
             let holds_images = |d: &str| {
                 let prefix = format!("{d}/");
                 listing
                     .files
                     .iter()
-                    .any(|(name, _)| name.starts_with(&prefix))
+                    .any(|(name, _)| name.starts_with(&prefix) && !in_a_run(&listing, name))
             };
             let beside: Vec<String> = top
                 .iter()
@@ -191,11 +191,28 @@ pub fn image_folder_listing(listing: Listing, options: &FolderOptions) -> Result
                     1 => (misnamed[0].clone(), "is", "holds", "stands", "it"),
                     _ => (misnamed.join(" and "), "are", "hold", "stand", "each"),
                 };
+                // The names to give them, where they are not already so named.
+                let renames: Vec<String> = top
+                    .iter()
+                    .filter(|d| split_like(d) && !children(&listing, d).is_empty())
+                    .filter_map(|d| {
+                        let to = match d.to_lowercase().as_str() {
+                            "train" | "training" => "train",
+                            "test" | "testing" => "test",
+                            _ => "val",
+                        };
+                        (d != to).then(|| format!("{d}/ to {to}/"))
+                    })
+                    .collect();
+                let rename = match renames.is_empty() {
+                    true => String::new(),
+                    false => format!(" (rename {})", renames.join(" and ")),
+                };
                 bail!(
                     "{}: {these} {are} named as a split and {hold} folders, as a split holds its \
                      class folders, but {stand} where the class folders stand, so {each} would \
                      be read as one class; a split needs train/ and test/ (or val/), named so, \
-                     each with the class folders",
+                     each with the class folders{rename}",
                     listing.origin.display()
                 );
             }
@@ -228,6 +245,27 @@ pub fn percent(fraction: f64) -> String {
 
 /// Whether a folder name names a split rather than a class, in any case: `train`, `test` and
 /// `val` (the names [`image_folder`] reads as splits) and their usual other spellings.
+/// Whether the image `name` of a folder's listing lies in a training run's folder (one that
+/// holds the run's `config.json` or `state.safetensors`, as the `train` crate writes them):
+/// its `curves.png` and other pictures, no class's images. Archives hold no runs.
+fn in_a_run(listing: &Listing, name: &str) -> bool {
+    if listing.origin.is_file() {
+        return false;
+    }
+    let mut dir = Path::new(name).parent();
+    while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty()) {
+        let at = listing.origin.join(d);
+        if ["config.json", "state.safetensors"]
+            .iter()
+            .any(|f| at.join(f).is_file())
+        {
+            return true;
+        }
+        dir = d.parent();
+    }
+    false
+}
+
 fn split_like(name: &str) -> bool {
     const SPLITS: [&str; 7] = [
         "train",

@@ -106,11 +106,22 @@ fn preset(spec: &str) -> Result<Option<Transform>> {
     let has_size = size.is_some();
     let size = || -> Result<usize> {
         let size = size.map_or(Ok(224), num)?;
-        // Before `imagenet-eval`'s `size * 256 / 224`; 0 is refused by `validate`.
+        // Before `imagenet-eval`'s resize to `size * 256 / 224`, which must stay within
+        // MAX_SIDE too; 0 is refused by `validate`.
+        let most = match name {
+            "imagenet-eval" => crate::transform::MAX_SIDE * 224 / 256,
+            _ => crate::transform::MAX_SIDE,
+        };
         ensure!(
-            size <= crate::transform::MAX_SIDE,
-            "{name}:{size}: size {size} is over {} pixels, the largest a transform takes",
-            crate::transform::MAX_SIDE
+            size <= most,
+            "{name}:{size}: size {size} is over {most} pixels, the largest {name} takes{}",
+            match name {
+                "imagenet-eval" => format!(
+                    " (it resizes to size x 256 / 224 first, at most {} pixels)",
+                    crate::transform::MAX_SIDE
+                ),
+                _ => String::new(),
+            }
         );
         Ok(size)
     };
@@ -311,9 +322,21 @@ mod tests {
         assert!(err.contains("size 16385 is over 16384 pixels"), "{err}");
         let err = format!("{:#}", Transform::parse("imagenet-eval:99999").unwrap_err());
         assert!(
-            err.contains("imagenet-eval:99999: size 99999 is over 16384"),
+            err.contains("imagenet-eval:99999: size 99999 is over 14336 pixels"),
             "{err}"
         );
+        // Within MAX_SIDE itself, but not once resized by 256 / 224: the size given is named.
+        let err = format!("{:#}", Transform::parse("imagenet-eval:15000").unwrap_err());
+        assert!(
+            err.contains("imagenet-eval:15000: size 15000 is over 14336 pixels"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            Transform::parse("imagenet-train:16385").unwrap_err()
+        );
+        assert!(err.contains("size 16385 is over 16384 pixels"), "{err}");
+        Transform::parse("imagenet-train:16384").unwrap();
         let err = format!("{:#}", Transform::parse("normalize:nan:1").unwrap_err());
         assert!(err.contains("normalize mean must be finite"), "{err}");
         // The largest sizes still parse.

@@ -513,16 +513,29 @@ fn image_folder_with_only_one_split_folder_says_the_splits_go_together() {
 /// beside `train/` and `test/` would not be read: refused, naming it.
 #[test]
 fn misnamed_splits_and_folders_beside_the_splits_are_refused() {
-    for (splits, named) in [
-        (["Train", "Test"], "Test/ and Train/ are named as a split"),
-        (["train", "validation"], "train/ and validation/ are named"),
-        (["TRAINING", "Val"], "TRAINING/ and Val/ are named"),
+    for (splits, named, rename) in [
+        (
+            ["Train", "Test"],
+            "Test/ and Train/ are named as a split",
+            "(rename Test/ to test/ and Train/ to train/)",
+        ),
+        (
+            ["train", "validation"],
+            "train/ and validation/ are named",
+            "(rename validation/ to val/)",
+        ),
+        (
+            ["TRAINING", "Val"],
+            "TRAINING/ and Val/ are named",
+            "(rename TRAINING/ to train/ and Val/ to val/)",
+        ),
     ] {
         let dir = tempdir().unwrap();
         write_folder(dir.path(), &splits, &["cat", "dog"], 3, 8, 8);
         let msg = chain(&image_folder(dir.path(), &FolderOptions::default()).unwrap_err());
         assert!(
             msg.contains(named)
+                && msg.contains(rename)
                 && msg.contains("would be read as one class")
                 && msg.contains(&dir.path().display().to_string()),
             "{msg}"
@@ -553,6 +566,22 @@ fn misnamed_splits_and_folders_beside_the_splits_are_refused() {
     std::fs::write(
         dir.path().join("runs").join("a-run").join("config.json"),
         "{}",
+    )
+    .unwrap();
+    // A run beside the splits holds its pictures (curves.png, ...): no class's images. So
+    // does one given as --out ROOT/NAME (its state, once the config is gone).
+    for png in ["curves.png", "confusion.png"] {
+        std::fs::copy(
+            dir.path().join("train").join("cat").join("000.png"),
+            dir.path().join("runs").join("a-run").join(png),
+        )
+        .unwrap();
+    }
+    std::fs::create_dir_all(dir.path().join("other-run")).unwrap();
+    std::fs::write(dir.path().join("other-run").join("state.safetensors"), "").unwrap();
+    std::fs::copy(
+        dir.path().join("train").join("cat").join("000.png"),
+        dir.path().join("other-run").join("curves.png"),
     )
     .unwrap();
     let split = image_folder(dir.path(), &FolderOptions::default()).unwrap();
