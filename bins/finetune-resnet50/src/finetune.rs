@@ -157,14 +157,17 @@ pub fn finetune(
             Start::Pretrained(path, tensors)
         }
     };
-    let data = train::cli::load_data(run)?;
-    match &resume {
-        // Before the head is built for the data's classes and the features computed.
-        Some((saved, _)) => train::run::check_resumed_data(out, run, saved, &data)?,
-        None => {
-            train::cli::refuse_unused_test_fraction(run, &data)?;
-            train::cli::refuse_a_class_outside_a_split(run, &data)?;
-        }
+    // Checked before the head is built for the data's classes and the features computed; a
+    // fresh run's classes on the whole split, before a --limit-* subset is drawn.
+    let data = match &resume {
+        Some(_) => train::cli::load_data(run)?,
+        None => train::cli::load_data_then(run, |whole| {
+            train::cli::refuse_unused_test_fraction(run, whole)?;
+            train::cli::refuse_a_class_outside_a_split(run, whole)
+        })?,
+    };
+    if let Some((saved, _)) = &resume {
+        train::run::check_resumed_data(out, run, saved, &data)?;
     }
     train::run::check_transforms(run, &data)?;
     let classes = data.train.classes().to_vec();

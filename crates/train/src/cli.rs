@@ -535,6 +535,18 @@ fn absolute_data_dir(config: &mut RunConfig) -> Result<()> {
 /// only, or a subset cannot be drawn; `--test-fraction` is given for MNIST or CIFAR-10 (which
 /// have their own test split).
 pub fn load_data(config: &RunConfig) -> Result<datasets::Split> {
+    load_data_then(config, |_| Ok(()))
+}
+
+/// [`load_data`], with `check` run on the whole split as read, before a `--limit-train` /
+/// `--limit-test` subset is drawn (a fresh run's [`refuse_a_class_outside_a_split`]).
+///
+/// # Errors
+/// As [`load_data`], and `check`'s.
+pub fn load_data_then(
+    config: &RunConfig,
+    check: impl FnOnce(&datasets::Split) -> Result<()>,
+) -> Result<datasets::Split> {
     if config.dataset != DatasetKind::Folder
         && config.test_fraction != datasets::FolderOptions::default().test_fraction
     {
@@ -583,6 +595,7 @@ pub fn load_data(config: &RunConfig) -> Result<datasets::Split> {
         );
     }
     say_read(config, &split);
+    check(&split)?;
     Ok(datasets::Split {
         train: limited(split.train, config.limit_train, config.seed, "train")?,
         test: limited(split.test, config.limit_test, config.seed, "test")?,
@@ -657,16 +670,13 @@ fn unused_test_fraction(config: &RunConfig, split: &datasets::Split) -> bool {
 /// training image is never learnt, one with no test image never tested. An image folder's
 /// held-out share does so for a class of few images (at 0.2, one or two images round to no
 /// test image; at 0.5, one image to no training image). A resumed run, an evaluation, read
-/// their data as it is; a `--limit-train` / `--limit-test` subset is warned of instead.
+/// their data as it is. `split` is the whole data as read ([`load_data_then`]): a
+/// `--limit-train` / `--limit-test` subset that leaves out classes the whole split has is
+/// warned of where it is drawn.
 ///
 /// # Errors
 /// A class without training or test images, named with its number of images.
 pub fn refuse_a_class_outside_a_split(config: &RunConfig, split: &datasets::Split) -> Result<()> {
-    // A --limit-train / --limit-test subset without some classes is warned of where it is
-    // drawn (`limited`), whatever left them out.
-    if config.limit_train.is_some() || config.limit_test.is_some() {
-        return Ok(());
-    }
     let counts = |data: &dyn Dataset| {
         let mut counts = vec![0usize; data.classes().len()];
         for i in 0..data.len() {
@@ -833,9 +843,27 @@ fn limited(
         .map(|(c, _)| c)
         .collect();
     if !without.is_empty() {
+        // Whether the whole split has them, for the advice.
+        let mut whole = vec![0usize; counts.len()];
+        for i in 0..data.len() {
+            whole[data.label(i)] += 1;
+        }
+        let absent = counts
+            .iter()
+            .zip(&whole)
+            .filter(|&(&n, &all)| n == 0 && all == 0)
+            .count();
+        let advice = match absent {
+            0 => format!("a larger --limit-{what} keeps them"),
+            a if a == without.len() => format!("the whole {what} split has none of them either"),
+            a => format!(
+                "the whole {what} split has none of {a} of them; a larger --limit-{what} keeps \
+                 the others"
+            ),
+        };
         crate::warn!(
             "--limit-{what} {limit}: the {what} subset has no image of {} of the {} classes \
-             ({}){}; a larger --limit-{what} keeps them",
+             ({}){}; {advice}",
             without.len(),
             counts.len(),
             without
@@ -1561,10 +1589,24 @@ mod tests {
             err.contains("leaves no test image of \"a\" (1 image): give it 3 or more images"),
             "{err}"
         );
-        // A subset's missing classes are warned of where it is drawn, not refused here.
-        config.limit_test = Some(5);
-        assert_eq!(refused(&config)?, "");
-        config.limit_test = None;
+        // The whole split is checked, whatever subset --limit-* draws from it afterwards.
+        config.limit_train = Some(5);
+        let mut seen = 0;
+        let err = load_data_then(&config, |whole| {
+            seen = whole.train.len();
+            refuse_a_class_outside_a_split(&config, whole)
+        })
+        .unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("leaves no test image of \"a\" (1 image)"),
+            "{err}"
+        );
+        assert!(
+            seen > 5,
+            "the check saw {seen} training images, not the whole split"
+        );
+        config.limit_train = None;
         image("a", 1)?;
         config.test_fraction = 0.25;
         assert_eq!(refused(&config)?, "");

@@ -534,8 +534,12 @@ pub(crate) fn checkpoints_for_reading(dir: &Path) -> Result<()> {
     while wait && crate::rundir::in_use(dir) && !written() && waited.elapsed() < READER_WAIT {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    // Written meanwhile (another reader, a `--resume` that may still hold the directory).
+    if written() {
+        return Ok(());
+    }
     // Still held: not waited for again (the lock's own retry).
-    if crate::rundir::in_use(dir) && !written() {
+    if crate::rundir::in_use(dir) {
         bail!("{} is held by another process", dir.display());
     }
     let held = crate::rundir::RunDir::existing(dir)?;
