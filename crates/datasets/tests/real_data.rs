@@ -81,8 +81,9 @@ fn cifar_test_batch_and_jpeg_archive_agree() {
             "channel {c}: {jpeg:?} vs {raw:?}"
         );
     }
-    // test_batch.bin holds the test JPEGs as PIL decodes them (see the data's README), and
-    // libjpeg here decodes each to one of its records of the same label, to the bit.
+    // test_batch.bin holds the test JPEGs decoded (the data's README), in another order than
+    // the archive's; they match Pillow 13's pixels, and libjpeg here decodes each JPEG to one
+    // of its records of the same label, to the bit (a set of records: the order differs).
     let records: std::collections::HashSet<(usize, Vec<u8>)> = (0..bin.len())
         .map(|r| (bin.label(r), bin.image(r).unwrap().data))
         .collect();
