@@ -1,4 +1,4 @@
-//! Section 4 of the tutorial: ResNet-18 (or any zoo model taking 3x32x32) on CIFAR-10.
+//! Section 4 of the tutorial: ResNet-18 (or another 3-channel zoo model) on CIFAR-10.
 //!
 //! `cargo run -p train-cifar -- --data-dir ../shared/data/cifar10 --limit-train 5000 --limit-test 1000 --epochs 3`
 
