@@ -622,6 +622,32 @@ fn bench_pipeline_refuses_a_worker_count_out_of_range() {
         !out.status.success() && err.contains("\"2\" is one too many"),
         "{err}"
     );
+    // The flags: each bad one named, before any benchmark runs.
+    let anchors = tempfile::tempdir().unwrap();
+    let missing = anchors.path().display().to_string();
+    for (args, says) in [
+        (
+            vec!["--rounds", "0"],
+            "--rounds must be a whole number from 1 to 100, not \"0\"",
+        ),
+        (vec!["--rounds"], "--rounds needs a value"),
+        (vec!["--bogus"], "unknown flag \"--bogus\""),
+        (
+            vec!["--compare-pytorch", "python3", "--anchors", &missing],
+            "cpu_pipeline.py is not there",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bench-pipeline"))
+            .args(&args)
+            .env_remove("CNN_SHARED_DIR")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says) && out.stdout.is_empty(),
+            "{args:?}: {err}"
+        );
+    }
 }
 
 /// A small gzipped IDX file that unpacks to far more than its header says is stopped at the

@@ -2,11 +2,17 @@
 //! (a) the CIFAR-10 train transform (RandomCrop(32, 4), flip, Normalize) from in-memory u8
 //!     images into batches of 128;
 //! (b) decoding the CIFAR-10 JPEG ImageFolder (extracted to a temporary directory, one file per
-//!     sample, decoded every epoch like torchvision's ImageFolder) plus the same transform.
+//!     sample, decoded every epoch like torchvision's ImageFolder) plus the same transform;
+//! (c) the whole archive read and decoded into memory once (all cores).
 //!
-//! `cargo run -p datasets --bin bench-pipeline [-- WORKERS]` (default 2 workers, like the
-//! torchvision reference). (a) uses `$CNN_SHARED_DIR/data/cifar10/cifar-10-batches-bin/test_batch.bin`
-//! when set, else synthetic images; (b) needs `$CNN_SHARED_DIR`.
+//! `cargo run --release -p datasets --bin bench-pipeline [-- [WORKERS] [--rounds N]
+//! [--compare-pytorch PYTHON] [--anchors DIR]]` (default 2 workers, like the torchvision
+//! reference). (a) uses `$CNN_SHARED_DIR/data/cifar10/cifar-10-batches-bin/test_batch.bin` when
+//! set, else synthetic images; (b) and (c) need `$CNN_SHARED_DIR`. `--compare-pytorch PYTHON`
+//! runs torchvision's DataLoader on the same archive right after ours in each round
+//! (`cpu_pipeline.py` of `--anchors DIR`, default `$CNN_SHARED_DIR/tools/pytorch-anchors`: (a)
+//! and (b) with 2 workers), and prints the medians and the ratios round by round: the reference
+//! is always measured in the same sitting, never a figure from another day.
 
 #[path = "common/bench_input.rs"]
 mod bench_input;
@@ -17,8 +23,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// torchvision DataLoader, 2 workers, on the same data: (a) and (b).
-const TORCH_IMAGES_PER_S: (f64, f64) = (3406.0, 2988.0);
 const BATCH: usize = 128;
 
 /// The first error writing to stdout other than a closed pipe, for `main` to report.
@@ -55,42 +59,162 @@ fn bench() -> Result<()> {
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
-    if let Some(extra) = std::env::args().nth(2) {
-        anyhow::bail!("bench-pipeline takes one argument, WORKERS; {extra:?} is one too many");
-    }
-    let workers = match std::env::args().nth(1).as_deref() {
-        Some("-h" | "--help") => {
-            say!("usage: bench-pipeline [WORKERS]  (default 2; CNN_SHARED_DIR for the real data)");
-            return Ok(());
-        }
-        Some(w) => w
-            .parse()
-            .ok()
-            .filter(|n| (1..=datasets::MAX_WORKERS).contains(n))
-            .with_context(|| {
-                format!(
-                    "WORKERS must be a whole number from 1 to {}, not {w:?}",
-                    datasets::MAX_WORKERS
-                )
-            })?,
-        None => 2,
-    };
-    let shared = std::env::var_os("CNN_SHARED_DIR").map(PathBuf::from);
-    say!("bench-pipeline: {workers} workers, batch {BATCH}");
-
-    let (data, what) = bench_input::cifar10_images(shared.as_deref())?;
-    let rate = throughput(data, workers, 3)?;
-    report(
-        "(a) in-memory u8 + crop/flip/normalize",
-        &what,
-        rate,
-        TORCH_IMAGES_PER_S.0,
-    );
-
-    let Some(shared) = shared else {
-        say!("(b) skipped: CNN_SHARED_DIR not set");
+    let args = Args::parse(std::env::args().skip(1))?;
+    let Some(args) = args else {
+        say!("{USAGE}");
         return Ok(());
     };
+    let shared = std::env::var_os("CNN_SHARED_DIR").map(PathBuf::from);
+    let torch = match &args.compare_pytorch {
+        None => None,
+        Some(python) => {
+            let anchors = match (&args.anchors, &shared) {
+                (Some(dir), _) => dir.clone(),
+                (None, Some(shared)) => shared.join("tools/pytorch-anchors"),
+                (None, None) => {
+                    anyhow::bail!("--compare-pytorch needs --anchors DIR or CNN_SHARED_DIR")
+                }
+            };
+            let script = anchors.join("cpu_pipeline.py");
+            anyhow::ensure!(
+                script.is_file(),
+                "--compare-pytorch: {} is not there (--anchors DIR names the folder of \
+                 cpu_pipeline.py)",
+                script.display()
+            );
+            anyhow::ensure!(
+                shared.is_some(),
+                "--compare-pytorch runs PyTorch on the CIFAR-10 JPEG archive of CNN_SHARED_DIR, \
+                 which is not set"
+            );
+            // PyTorch there, before minutes of our rows.
+            let found = std::process::Command::new(python)
+                .args(["-c", "import torch, torchvision, PIL"])
+                .output()
+                .with_context(|| format!("--compare-pytorch: cannot run {}", python.display()))?;
+            anyhow::ensure!(
+                found.status.success(),
+                "--compare-pytorch: {} cannot import torch, torchvision and PIL: {}",
+                python.display(),
+                String::from_utf8_lossy(&found.stderr).trim()
+            );
+            Some((python.clone(), script))
+        }
+    };
+    let workers = args.workers;
+    say!(
+        "bench-pipeline: {workers} workers, batch {BATCH}, {} round{}",
+        args.rounds,
+        if args.rounds == 1 { "" } else { "s" }
+    );
+    let (data, what) = bench_input::cifar10_images(shared.as_deref())?;
+    // Rows (a) and (b) by round, ours and torchvision's.
+    let mut ours: Vec<[Option<f64>; 2]> = Vec::new();
+    let mut theirs: Vec<[Option<f64>; 2]> = Vec::new();
+    for round in 1..=args.rounds {
+        if args.rounds > 1 {
+            say!("round {round}:");
+        }
+        let a = throughput(data.clone(), workers, 3)?;
+        say!("(a) in-memory u8 + crop/flip/normalize [{what}]: {a:.0} images/s");
+        let b = match &shared {
+            None => {
+                say!("(b) and (c) skipped: CNN_SHARED_DIR not set");
+                None
+            }
+            Some(shared) => Some(jpeg_rows(shared, workers)?),
+        };
+        ours.push([Some(a), b]);
+        if let (Some((python, script)), Some(shared)) = (&torch, &shared) {
+            let archive = shared.join("data/cifar10/cifar10-jpeg.tar.gz");
+            let rates = torchvision(python, script, &archive)?;
+            say!(
+                "    torchvision DataLoader ({} workers): (a) {:.0} images/s, (b) {:.0} images/s",
+                2,
+                rates[0],
+                rates[1]
+            );
+            theirs.push(rates.map(Some));
+        }
+    }
+    if args.rounds > 1 || torch.is_some() {
+        summary(&ours, &theirs, workers);
+    }
+    Ok(())
+}
+
+const USAGE: &str = "usage: bench-pipeline [WORKERS] [--rounds N] [--compare-pytorch PYTHON] \
+                     [--anchors DIR]  (WORKERS default 2; CNN_SHARED_DIR for the real data)";
+
+/// The command line.
+struct Args {
+    workers: usize,
+    rounds: usize,
+    compare_pytorch: Option<PathBuf>,
+    anchors: Option<PathBuf>,
+}
+
+impl Args {
+    /// `None` for `--help`.
+    ///
+    /// # Errors
+    /// A value out of range or missing, an unknown flag, or a second `WORKERS`.
+    fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Self>> {
+        let mut parsed = Args {
+            workers: 2,
+            rounds: 1,
+            compare_pytorch: None,
+            anchors: None,
+        };
+        let mut workers_given = false;
+        while let Some(arg) = args.next() {
+            let mut value = |flag: &str| {
+                args.next()
+                    .with_context(|| format!("{flag} needs a value ({USAGE})"))
+            };
+            match arg.as_str() {
+                "-h" | "--help" => return Ok(None),
+                "--rounds" => {
+                    let n = value("--rounds")?;
+                    parsed.rounds = n
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=100).contains(n))
+                        .with_context(|| {
+                            format!("--rounds must be a whole number from 1 to 100, not {n:?}")
+                        })?;
+                }
+                "--compare-pytorch" => {
+                    parsed.compare_pytorch = Some(PathBuf::from(value("--compare-pytorch")?))
+                }
+                "--anchors" => parsed.anchors = Some(PathBuf::from(value("--anchors")?)),
+                flag if flag.starts_with('-') && flag.parse::<i64>().is_err() => {
+                    anyhow::bail!("unknown flag {flag:?} ({USAGE})")
+                }
+                w if workers_given => anyhow::bail!(
+                    "bench-pipeline takes one WORKERS argument; {w:?} is one too many ({USAGE})"
+                ),
+                w => {
+                    workers_given = true;
+                    parsed.workers = w
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=datasets::MAX_WORKERS).contains(n))
+                        .with_context(|| {
+                            format!(
+                                "WORKERS must be a whole number from 1 to {}, not {w:?}",
+                                datasets::MAX_WORKERS
+                            )
+                        })?;
+                }
+            }
+        }
+        Ok(Some(parsed))
+    }
+}
+
+/// Rows (b) and (c) on the shared CIFAR-10 JPEG archive; (b)'s images per second.
+fn jpeg_rows(shared: &Path, workers: usize) -> Result<f64> {
     let archive = shared.join("data/cifar10/cifar10-jpeg.tar.gz");
     let tmp = tempfile::tempdir()?;
     let start = Instant::now();
@@ -103,12 +227,7 @@ fn bench() -> Result<()> {
     let root = find_split_root(tmp.path())?;
     let split = image_folder(&root, &FolderOptions::default())?;
     let rate = throughput(split.train.clone(), workers, 1)?;
-    report(
-        "(b) JPEG files decoded per epoch + same transform",
-        "50,000 train JPEGs",
-        rate,
-        TORCH_IMAGES_PER_S.1,
-    );
+    say!("(b) JPEG files decoded per epoch + same transform [50,000 train JPEGs]: {rate:.0} images/s");
 
     let start = Instant::now();
     let memory = FolderOptions {
@@ -123,7 +242,82 @@ fn bench() -> Result<()> {
          {secs:.2} s = {:.0} images/s (all cores)",
         n as f64 / secs
     );
-    Ok(())
+    Ok(rate)
+}
+
+/// torchvision's (a) and (b) images per second: `cpu_pipeline.py`'s two lines.
+///
+/// # Errors
+/// The script cannot be started, fails, or prints no such lines.
+fn torchvision(python: &Path, script: &Path, archive: &Path) -> Result<[f64; 2]> {
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .arg(archive)
+        .output()
+        .with_context(|| format!("--compare-pytorch: cannot run {}", python.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success(),
+        "--compare-pytorch: {} {} failed ({}): {}",
+        python.display(),
+        script.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let rate = |what: &str| {
+        text.lines()
+            .find(|l| l.starts_with(what))
+            .and_then(|l| l.rsplit(':').next())
+            .and_then(|v| {
+                v.trim()
+                    .trim_end_matches("img/s")
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .with_context(|| {
+                format!("--compare-pytorch: no {what:?} line in cpu_pipeline.py's output: {text}")
+            })
+    };
+    Ok([
+        rate("torchvision in-memory")?,
+        rate("torchvision JPEG decode")?,
+    ])
+}
+
+/// Medians over the rounds, and torchvision's images per second over ours, round by round.
+fn summary(ours: &[[Option<f64>; 2]], theirs: &[[Option<f64>; 2]], workers: usize) {
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => None,
+            n if n % 2 == 1 => Some(v[n / 2]),
+            n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+        }
+    };
+    for (row, name) in ["(a) in-memory", "(b) JPEG decode"].iter().enumerate() {
+        let mut mine: Vec<f64> = ours.iter().filter_map(|r| r[row]).collect();
+        let Some(m) = median(&mut mine) else { continue };
+        let mut line = format!(
+            "{name}: ours {m:.0} images/s ({workers} workers, median of {})",
+            mine.len()
+        );
+        let mut torch: Vec<f64> = theirs.iter().filter_map(|r| r[row]).collect();
+        if let Some(t) = median(&mut torch) {
+            let ratios: Vec<String> = ours
+                .iter()
+                .zip(theirs)
+                .filter_map(|(o, t)| Some(format!("{:.1}x", o[row]? / t[row]?)))
+                .collect();
+            line.push_str(&format!(
+                ", torchvision {t:.0} images/s (2 workers): ours / torchvision {:.1}x, round by \
+                 round {}",
+                m / t,
+                ratios.join(" ")
+            ));
+        }
+        say!("{line}");
+    }
 }
 
 /// Images per second over `epochs` shuffled epochs of the CIFAR-10 train transform.
@@ -141,13 +335,6 @@ fn throughput(data: Arc<dyn Dataset>, workers: usize, epochs: usize) -> Result<f
         }
     }
     Ok(images as f64 / start.elapsed().as_secs_f64())
-}
-
-fn report(name: &str, data: &str, rate: f64, torch: f64) {
-    say!(
-        "{name} [{data}]: {rate:.0} images/s ({:.1}x torchvision's {torch:.0})",
-        rate / torch
-    );
 }
 
 fn extract(archive: &Path, into: &Path) -> Result<()> {
