@@ -90,6 +90,22 @@ pub fn cpu_bf16_kernel_active() -> bool {
     CPU_BF16_KERNEL.with(Cell::get) && crate::bf16_gemm::available()
 }
 
+/// Whether this CPU has Intel AMX with bf16 (`AMX-BF16`, CPUID leaf 7, EDX bit 22: Sapphire
+/// Rapids and later Xeons), whose tiles PyTorch's bf16 autocast runs its convolutions on
+/// through oneDNN. The built-in bf16 kernel does not use them; a build with the `onednn`
+/// feature does ([`crate::onednn::amx_bf16`]).
+pub fn cpu_has_amx_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // CPUID is on every x86-64 CPU; leaf 7 is read only where leaf 0 lists it.
+        use std::arch::x86_64::__cpuid_count;
+        let leaf7 = (__cpuid_count(0, 0).eax >= 7).then(|| __cpuid_count(7, 0).edx);
+        leaf7.is_some_and(|edx| edx & (1 << 22) != 0)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// Restores Candle's TF32 setting when dropped.
 #[derive(Debug)]
 #[must_use = "TF32 ends when the guard is dropped"]

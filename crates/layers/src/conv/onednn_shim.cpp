@@ -302,6 +302,13 @@ int unknown(const char *what, char *err, size_t len) {
 
 extern "C" {
 
+/// 1 where oneDNN dispatches to Intel AMX's bf16 tiles on this CPU (its effective ISA, which
+/// counts the operating system's permission and ONEDNN_MAX_CPU_ISA), else 0.
+int32_t cnn_dnnl_amx_bf16(void) {
+    const unsigned amx = dnnl_cpu_isa_avx512_core_amx;
+    return (static_cast<unsigned>(dnnl_get_effective_cpu_isa()) & amx) == amx ? 1 : 0;
+}
+
 /// Threads for oneDNN's OpenMP regions, from the calling thread on.
 void cnn_dnnl_set_threads(int32_t n) {
     if (n > 0) omp_set_num_threads(n);

@@ -1182,9 +1182,10 @@ fn convolutions_go_to_onednn_where_it_measured_faster() -> Result<()> {
     let (g, cout) = geo(32, 64, 14)?;
     assert!(onednn::routes(&g, cout, true));
     assert!(!onednn::routes(&g, cout, false));
-    // 64 input channels on 8x8: the built-in Winograd in both.
+    // 64 input channels on 8x8: the built-in Winograd in both; in bf16 oneDNN where it runs
+    // on AMX's tiles (every bf16 convolution there).
     let (g, cout) = geo(64, 64, 8)?;
-    assert!(!onednn::routes(&g, cout, true));
+    assert_eq!(onednn::routes(&g, cout, true), onednn::amx_bf16());
     assert!(!onednn::routes(&g, cout, false));
     // 512 channels on 4x4: oneDNN in both (the kernel gradient the built-in one's), and on 8x8
     // the built-in Winograd in f32.
@@ -1208,8 +1209,11 @@ fn convolutions_go_to_onednn_where_it_measured_faster() -> Result<()> {
     let x = Tensor::zeros((2, 128, 32, 32), DType::F32, &dev)?;
     let w = Tensor::zeros((256, 128, 1, 1), DType::F32, &dev)?;
     let (g, cout) = geometry::Geometry::of_conv(&x, &w, 2, 0)?;
-    assert!(!onednn::routes(&g, cout, true));
+    assert_eq!(onednn::routes(&g, cout, true), onednn::amx_bf16());
     assert!(!onednn::routes(&g, cout, false));
+    // oneDNN dispatches to AMX only on a CPU that has it (and, where the operating system
+    // grants the tiles, does so there).
+    assert!(!onednn::amx_bf16() || crate::autocast::cpu_has_amx_bf16());
     onednn::set_winograd(winograd);
     Ok(())
 }
