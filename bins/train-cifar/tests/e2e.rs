@@ -134,6 +134,13 @@ fn device_resident_data_matches_the_host_loader_and_bf16_trains() {
 
     let (bf16_log, bf16) = run("bf16", &["--precision", "bf16"]);
     assert!(bf16_log.contains("bf16 autocast"), "{bf16_log}");
+    // On a CPU with Intel AMX, a build without oneDNN names the build that uses its tiles.
+    let amx = layers::autocast::cpu_has_amx_bf16() && !cfg!(feature = "onednn");
+    assert_eq!(
+        bf16_log.contains("note: this CPU has Intel AMX: a build with the onednn feature"),
+        amx,
+        "{bf16_log}"
+    );
     assert!(bf16 != host, "bf16 autocast left the weights bit-identical");
     let tensors = safetensors::SafeTensors::deserialize(&bf16).expect("safetensors");
     let fc = tensors.tensor("fc.weight").expect("fc.weight");
