@@ -414,12 +414,15 @@ fn a_reader_waits_for_the_checkpoints_another_reader_writes() {
     let run = s(&out);
     let (mut evaluate, lines, all) =
         spawn_reading_stderr(&["evaluate", "--run", &run, "--device", "cpu"]);
-    // Once it says it waits: the other reader's writes, each file whole at once.
+    // Once it says it waits: the other reader's writes, each file whole at once, `last` then
+    // `best` as a restore writes them, a moment apart (the reader, which wants `best`, waits
+    // for both, not only the first).
     wait_for_line(&lines, "waiting up to 20 s");
-    for (name, bytes) in names.iter().zip(&saved) {
+    for (name, bytes) in names.iter().zip(&saved).rev() {
         let part = out.join(format!("{name}.part"));
         std::fs::write(&part, bytes).expect("write");
         std::fs::rename(&part, out.join(name)).expect("rename");
+        std::thread::sleep(Duration::from_millis(500));
     }
     drop(lock);
     let status = evaluate.wait().expect("evaluate ends");

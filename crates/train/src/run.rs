@@ -331,7 +331,7 @@ pub fn train(
     }
     if config.precision == Precision::Bf16
         && !device.is_cuda()
-        && !cfg!(feature = "onednn")
+        && !crate::ONEDNN
         && layers::autocast::cpu_has_amx_bf16()
     {
         crate::say!(
@@ -525,32 +525,35 @@ pub(crate) fn checkpoints_for_reading(dir: &Path) -> Result<()> {
     if !crate::distributed::writes() {
         bail!("rank 0 of a data-parallel evaluation writes the checkpoints");
     }
-    let written = || {
-        [LAST, BEST]
-            .iter()
-            .any(|name| std::fs::symlink_metadata(dir.join(name)).is_ok())
-    };
+    let there = |name: &str| std::fs::symlink_metadata(dir.join(name)).is_ok();
+    let written = || there(LAST) || there(BEST);
+    // Both: what a restore writes last is there (it writes `last` first, then `best`).
+    let both = || there(LAST) && there(BEST);
     // Once per process: `evaluate` asks before it opens the run, and opening it asks again.
     static WAITED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let waited = std::time::Instant::now();
     let wait = !WAITED.swap(true, std::sync::atomic::Ordering::Relaxed);
-    if wait && crate::rundir::in_use(dir) && !written() {
+    if wait && crate::rundir::in_use(dir) && !both() {
         crate::warn!(
-            "note: {}: the run's checkpoints are not there and another process holds the \
+            "note: {}: the run's checkpoints are not all there and another process holds the \
              directory: waiting up to {} s for it",
             dir.display(),
             READER_WAIT.as_secs()
         );
     }
-    while wait && crate::rundir::in_use(dir) && !written() && waited.elapsed() < READER_WAIT {
+    while wait && crate::rundir::in_use(dir) && !both() && waited.elapsed() < READER_WAIT {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    // Written meanwhile (another reader, a `--resume` that may still hold the directory).
-    if written() {
+    if both() {
         return Ok(());
     }
-    // Still held: not waited for again (the lock's own retry).
+    // Still held after the wait: a `--resume` training on (it writes its checkpoints once its
+    // data is loaded; `best` only where its epoch was the best), read as it is; or a writer
+    // that wrote none.
     if crate::rundir::in_use(dir) {
+        if written() {
+            return Ok(());
+        }
         bail!("{} is held by another process", dir.display());
     }
     let held = crate::rundir::RunDir::existing(dir)?;
