@@ -135,7 +135,7 @@ fn device_resident_data_matches_the_host_loader_and_bf16_trains() {
     let (bf16_log, bf16) = run("bf16", &["--precision", "bf16"]);
     assert!(bf16_log.contains("bf16 autocast"), "{bf16_log}");
     // On a CPU with Intel AMX, a build without oneDNN names the build that uses its tiles.
-    let amx = layers::autocast::cpu_has_amx_bf16() && !cfg!(feature = "onednn");
+    let amx = layers::autocast::cpu_has_amx_bf16() && !train::ONEDNN;
     assert_eq!(
         bf16_log.contains("note: this CPU has Intel AMX: a build with the onednn feature"),
         amx,

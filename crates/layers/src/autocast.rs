@@ -91,16 +91,24 @@ pub fn cpu_bf16_kernel_active() -> bool {
 }
 
 /// Whether this CPU has Intel AMX with bf16 (`AMX-BF16`, CPUID leaf 7, EDX bit 22: Sapphire
-/// Rapids and later Xeons), whose tiles PyTorch's bf16 autocast runs its convolutions on
-/// through oneDNN. The built-in bf16 kernel does not use them; a build with the `onednn`
-/// feature does ([`crate::onednn::amx_bf16`]).
+/// Rapids and later Xeons) and the operating system keeps its tile state (`XCR0` bits 17 and
+/// 18, Linux from 5.16), the tiles PyTorch's bf16 autocast runs its convolutions on through
+/// oneDNN. The built-in bf16 kernel does not use them; a build with the `onednn` feature does
+/// ([`crate::onednn::amx_bf16`]).
 pub fn cpu_has_amx_bf16() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        // CPUID is on every x86-64 CPU; leaf 7 is read only where leaf 0 lists it.
         use std::arch::x86_64::__cpuid_count;
+        // CPUID is on every x86-64 CPU; leaf 7 is read only where leaf 0 lists it.
         let leaf7 = (__cpuid_count(0, 0).eax >= 7).then(|| __cpuid_count(7, 0).edx);
-        leaf7.is_some_and(|edx| edx & (1 << 22) != 0)
+        let osxsave = __cpuid_count(1, 0).ecx & (1 << 27) != 0;
+        #[target_feature(enable = "xsave")]
+        unsafe fn xcr0() -> u64 {
+            std::arch::x86_64::_xgetbv(0)
+        }
+        // SAFETY: XGETBV runs where CPUID says the OS enabled XSAVE (OSXSAVE).
+        let tiles = osxsave && unsafe { xcr0() } & (3 << 17) == 3 << 17;
+        tiles && leaf7.is_some_and(|edx| edx & (1 << 22) != 0)
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
