@@ -159,7 +159,9 @@ fn libjpeg_pixels(bytes: &[u8]) -> Result<Option<(usize, usize, Pixels)>> {
                 let mut cmyk = jpeg.to_colorspace(ColorSpace::JCS_CMYK)?;
                 let values = cmyk.read_scanlines::<[u8; 4]>()?;
                 cmyk.finish()?;
-                Pixels::Rgb(values.iter().flat_map(|&p| cmyk_to_rgb(p)).collect())
+                let mut rgb = Vec::with_capacity(values.len() * 3);
+                rgb.extend(values.iter().flat_map(|&p| cmyk_to_rgb(p)));
+                Pixels::Rgb(rgb)
             }
             _ => return Ok(Read::OtherColours),
         };

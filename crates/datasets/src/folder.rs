@@ -243,8 +243,6 @@ pub fn percent(fraction: f64) -> String {
     }
 }
 
-/// Whether a folder name names a split rather than a class, in any case: `train`, `test` and
-/// `val` (the names [`image_folder`] reads as splits) and their usual other spellings.
 /// Whether the image `name` of a folder's listing lies in a training run's folder (one that
 /// holds the run's `config.json` or `state.safetensors`, as the `train` crate writes them):
 /// its `curves.png` and other pictures, no class's images. Archives hold no runs.
@@ -266,6 +264,8 @@ fn in_a_run(listing: &Listing, name: &str) -> bool {
     false
 }
 
+/// Whether a folder name names a split rather than a class, in any case: `train`, `test` and
+/// `val` (the names [`image_folder`] reads as splits) and their usual other spellings.
 fn split_like(name: &str) -> bool {
     const SPLITS: [&str; 7] = [
         "train",

@@ -633,6 +633,14 @@ fn bench_pipeline_refuses_a_worker_count_out_of_range() {
         (vec!["--rounds"], "--rounds needs a value"),
         (vec!["--bogus"], "unknown flag \"--bogus\""),
         (
+            vec!["--anchors", "--rounds", "3"],
+            "--anchors needs a value",
+        ),
+        (
+            vec!["--anchors", "dir"],
+            "--anchors names the folder of cpu_pipeline.py",
+        ),
+        (
             vec!["--compare-pytorch", "python3", "--anchors", &missing],
             "cpu_pipeline.py is not there",
         ),

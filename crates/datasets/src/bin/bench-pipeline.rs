@@ -168,9 +168,9 @@ impl Args {
         };
         let mut workers_given = false;
         while let Some(arg) = args.next() {
-            let mut value = |flag: &str| {
-                args.next()
-                    .with_context(|| format!("{flag} needs a value ({USAGE})"))
+            let mut value = |flag: &str| match args.next() {
+                Some(v) if !v.starts_with("--") => Ok(v),
+                _ => Err(anyhow::anyhow!("{flag} needs a value ({USAGE})")),
             };
             match arg.as_str() {
                 "-h" | "--help" => return Ok(None),
@@ -209,6 +209,11 @@ impl Args {
                 }
             }
         }
+        anyhow::ensure!(
+            parsed.anchors.is_none() || parsed.compare_pytorch.is_some(),
+            "--anchors names the folder of cpu_pipeline.py for --compare-pytorch, which is not \
+             given ({USAGE})"
+        );
         Ok(Some(parsed))
     }
 }
