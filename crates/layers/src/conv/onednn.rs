@@ -22,9 +22,13 @@
 //! built-in product is. So: strided 3x3 and 7x7 kernels, 1x1 kernels of stride 1, 5x5
 //! kernels, small outputs, and in bf16 the first layers and narrow ones. On a CPU where oneDNN
 //! runs Intel AMX's bf16 tiles ([`amx_bf16`]: Sapphire Rapids and later Xeons), every bf16
-//! convolution goes to oneDNN, as PyTorch's autocast runs them there: its AMX kernels are
-//! faster than every built-in one (the shapes above were measured on AVX512-BF16 machines
-//! without AMX).
+//! convolution that reaches this routing goes to oneDNN, as PyTorch's autocast runs them there:
+//! its AMX kernels are faster than the built-in ones (the shapes above were measured on
+//! AVX512-BF16 machines without AMX). A stride-1 first layer stays on the built-in direct
+//! convolution (below): on AMX, oneDNN's was level on `resnet18-cifar`'s stem (the step 989
+//! against 1,009 ms, medians of three interleaved) and slower on the MNIST CNN's 1->32 (11.4
+//! against 10.1 ms); some small layers keep the built-in kernel gradient
+//! ([`builtin_weight_grad`]), and convolutions to fewer than 16 channels run in float32.
 //! - float32: oneDNN's direct convolution; with [`set_winograd`] (or `CNN_ONEDNN_WINOGRAD=1`),
 //!   its Winograd F(4x4, 3x3) for 3x3 stride-1 convolutions where it has one (16 or more
 //!   channels in and out, AVX-512): faster, less exact.
