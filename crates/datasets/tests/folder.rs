@@ -98,8 +98,8 @@ fn pixels_are_pils_after_convert() {
 }
 
 /// JPEGs decode to Pillow's pixels exactly (`tests/data`: written and decoded by Pillow 13.0 on
-/// libjpeg-turbo 3.2.0), colour 4:2:0, greyscale, progressive 4:2:2, RGB-coded, CMYK and
-/// YCCK, as RGB and as grey.
+/// libjpeg-turbo 3.2.0), colour 4:2:0, greyscale, progressive 4:2:2, RGB-coded, CMYK (with and
+/// without Adobe's marker: PIL inverts both) and YCCK, as RGB and as grey.
 #[test]
 fn jpegs_decode_to_pils_pixels() {
     let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
@@ -109,6 +109,7 @@ fn jpegs_decode_to_pils_pixels() {
         "pil-progressive",
         "pil-rgb",
         "pil-cmyk",
+        "pil-cmyk-noadobe",
         "pil-ycck",
     ] {
         let jpeg = std::fs::read(data.join(format!("{name}.jpg"))).unwrap();
