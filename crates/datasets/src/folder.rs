@@ -181,27 +181,26 @@ pub fn image_folder_listing(listing: Listing, options: &FolderOptions) -> Result
             }
             // Named as a split (in another case or spelling) and holding folders, as a split
             // holds its class folders: a misnamed split, which would be read as one class.
-            let misnamed: Vec<String> = top
+            let names: Vec<&String> = top
                 .iter()
                 .filter(|d| split_like(d) && !children(&listing, d).is_empty())
-                .map(|d| format!("{d}/"))
                 .collect();
+            let misnamed: Vec<String> = names.iter().map(|d| format!("{d}/")).collect();
             if !misnamed.is_empty() {
                 let (these, are, hold, stand, each) = match misnamed.len() {
                     1 => (misnamed[0].clone(), "is", "holds", "stands", "it"),
                     _ => (misnamed.join(" and "), "are", "hold", "stand", "each"),
                 };
                 // The names to give them, where they are not already so named.
-                let renames: Vec<String> = top
+                let renames: Vec<String> = names
                     .iter()
-                    .filter(|d| split_like(d) && !children(&listing, d).is_empty())
                     .filter_map(|d| {
                         let to = match d.to_lowercase().as_str() {
                             "train" | "training" => "train",
                             "test" | "testing" => "test",
                             _ => "val",
                         };
-                        (d != to).then(|| format!("{d}/ to {to}/"))
+                        (d.as_str() != to).then(|| format!("{d}/ to {to}/"))
                     })
                     .collect();
                 let rename = match renames.is_empty() {
