@@ -12,6 +12,15 @@
 //! block of `k` pairs at a time into panels of 16 or 32 columns, so that one panel
 //! stays in the L1 cache while every row tile passes over it. The register tile is
 //! [`MR`] x (16 x NV) float32 accumulators.
+//!
+//! On a CPU with Intel AMX (`AMX-BF16`: Sapphire Rapids and later Xeons), the products run on
+//! its tiles instead ([`Kernel::Amx`], `tdpbf16ps`, the instruction oneDNN's bf16 kernels and
+//! so PyTorch's CPU autocast run there): the left operand packed into tiles of [`AMX_MR`] rows,
+//! each row's pairs side by side sixteen at a time (one 16 x 64-byte tile row each); the right
+//! operand's panels as above, which are already the tiles' pair layout, sixteen pairs deep per
+//! step (zero pairs past K). The accumulator tile is [`AMX_MR`] x (16 x NV) float32 in two or
+//! four tile registers. The products and float32 sums are those of `vdpbf16ps` (subnormal
+//! operands and results as zero), summed in a different order.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -20,6 +29,38 @@ use rayon::prelude::*;
 
 /// Rows of the left operand per tile (and per register tile).
 pub(crate) const MR: usize = 8;
+
+/// Rows of the left operand per tile of [`Kernel::Amx`]: two 16-row tile registers.
+pub(crate) const AMX_MR: usize = 32;
+
+/// Which instructions run a product.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    /// AVX512-BF16's `vdpbf16ps` on vector registers.
+    #[default]
+    Avx512,
+    /// Intel AMX's `tdpbf16ps` on tile registers.
+    Amx,
+}
+
+impl Kernel {
+    /// The fastest on this CPU: [`Kernel::Amx`] where [`amx_available`], else [`Kernel::Avx512`].
+    pub(crate) fn best() -> Self {
+        if amx_available() {
+            Kernel::Amx
+        } else {
+            Kernel::Avx512
+        }
+    }
+
+    /// Rows of the left operand per tile.
+    fn rows(self) -> usize {
+        match self {
+            Kernel::Avx512 => MR,
+            Kernel::Amx => AMX_MR,
+        }
+    }
+}
 
 /// Bytes of one packed right-operand panel block, kept in L1 (32 KB per core on the machines
 /// measured).
@@ -37,6 +78,33 @@ pub(crate) fn available() -> bool {
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether this CPU runs AMX's bf16 tiles ([`available`] too, `AMX-BF16`, tile state kept by the
+/// OS: [`crate::autocast::cpu_has_amx_bf16`]) and Linux let this process use them
+/// (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, asked once, for every thread).
+pub(crate) fn amx_available() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        static AMX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AMX.get_or_init(|| {
+            const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+            const XFEATURE_XTILEDATA: libc::c_long = 18;
+            available()
+                && crate::autocast::cpu_has_amx_bf16()
+                // SAFETY: arch_prctl with an integer request and argument touches no memory of
+                // ours; it fails (non-zero) where the kernel refuses.
+                && unsafe {
+                    libc::syscall(
+                        libc::SYS_arch_prctl,
+                        ARCH_REQ_XCOMP_PERM,
+                        XFEATURE_XTILEDATA,
+                    )
+                } == 0
+        })
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     false
 }
 
@@ -64,28 +132,40 @@ const PAR_PACK: usize = 64 * 1024;
 pub(crate) type View<'a> = (&'a [f32], usize, usize);
 
 /// The left operand (M x K) in bf16, packed into tiles of [`MR`] rows: `data[(t·KP + p)·MR + i]`
-/// holds row `t·MR + i`, columns `2p` and `2p + 1` (zero past M or K).
+/// holds row `t·MR + i`, columns `2p` and `2p + 1` (zero past M or K). For [`Kernel::Amx`],
+/// tiles of [`AMX_MR`] rows, sixteen pairs of each row side by side: `data[((t·G + g)·AMX_MR +
+/// i)·16 + q]` holds row `t·AMX_MR + i`, pair `16g + q` (`G = ⌈KP/16⌉`; zero past M or K).
 #[derive(Debug, Default, Clone)]
 pub(crate) struct PackedLhs {
     m: usize,
     k: usize,
+    kernel: Kernel,
     data: Vec<u32>,
 }
 
 impl PackedLhs {
-    /// `a` (M x K) packed.
+    /// `a` (M x K) packed for [`Kernel::best`].
     pub(crate) fn new(m: usize, k: usize, a: View) -> Self {
         let mut packed = Self::default();
         packed.pack(m, k, a);
         packed
     }
 
-    /// Packs `a` (M x K) in place of what this held, reusing its buffer.
-    pub(crate) fn pack(&mut self, m: usize, k: usize, (a, rs, cs): View) {
-        let kp = k.div_ceil(2);
-        let tiles = m.div_ceil(MR);
+    /// Packs `a` (M x K) for [`Kernel::best`] in place of what this held, reusing its buffer.
+    pub(crate) fn pack(&mut self, m: usize, k: usize, a: View) {
+        self.pack_for(Kernel::best(), m, k, a)
+    }
+
+    /// Packs `a` (M x K) for `kernel`.
+    fn pack_for(&mut self, kernel: Kernel, m: usize, k: usize, (a, rs, cs): View) {
         self.m = m;
         self.k = k;
+        self.kernel = kernel;
+        if kernel == Kernel::Amx {
+            return self.pack_amx((a, rs, cs));
+        }
+        let kp = k.div_ceil(2);
+        let tiles = m.div_ceil(MR);
         // Every value is written below (rows past M as zeros): no zero-filling pass first.
         self.data.resize(tiles * kp * MR, 0);
         if m * k == 0 {
@@ -143,6 +223,62 @@ impl PackedLhs {
         } else {
             let mut run = Vec::new();
             let tiles = self.data.chunks_exact_mut(kp * MR).enumerate();
+            tiles.for_each(|t| pack_tile(&mut run, t));
+        }
+    }
+
+    /// [`PackedLhs::pack_for`] [`Kernel::Amx`]: each row's pairs made as a run, then laid out
+    /// sixteen at a time.
+    fn pack_amx(&mut self, (a, rs, cs): View) {
+        let (m, k) = (self.m, self.k);
+        let kp = k.div_ceil(2);
+        let groups = kp.div_ceil(16);
+        let tile_len = groups * 16 * AMX_MR;
+        // Every value is written below (rows past M and pairs past K as zeros).
+        self.data.resize(m.div_ceil(AMX_MR) * tile_len, 0);
+        if m * k == 0 {
+            return;
+        }
+        assert!(
+            (m - 1) * rs + (k - 1) * cs < a.len(),
+            "bf16 gemm: lhs out of bounds"
+        );
+        let pack_tile = |run: &mut Vec<u32>, (t, tile): (usize, &mut [u32])| {
+            let rows = AMX_MR.min(m - t * AMX_MR);
+            run.resize(16 * groups, 0);
+            for i in 0..AMX_MR {
+                if i < rows {
+                    let row = &a[(t * AMX_MR + i) * rs..];
+                    if cs == 1 {
+                        pair_run(&row[..k], &mut run[..kp]);
+                    } else {
+                        for (p, v) in run[..kp].iter_mut().enumerate() {
+                            let odd = if 2 * p + 1 < k {
+                                row[(2 * p + 1) * cs]
+                            } else {
+                                0.0
+                            };
+                            *v = pair(row[2 * p * cs], odd);
+                        }
+                    }
+                    run[kp..].fill(0);
+                } else if i == rows {
+                    run.fill(0);
+                }
+                for (g, pairs) in run.chunks_exact(16).enumerate() {
+                    let at = (g * AMX_MR + i) * 16;
+                    tile[at..at + 16].copy_from_slice(pairs);
+                }
+            }
+        };
+        if m * k >= PAR_PACK {
+            self.data
+                .par_chunks_exact_mut(tile_len)
+                .enumerate()
+                .for_each_init(Vec::new, pack_tile);
+        } else {
+            let mut run = Vec::new();
+            let tiles = self.data.chunks_exact_mut(tile_len).enumerate();
             tiles.for_each(|t| pack_tile(&mut run, t));
         }
     }
@@ -220,25 +356,27 @@ impl RhsLayout {
     }
 }
 
-/// Packs rows `2·p0 .. 2·(p0 + kc)` of `b` (K x N) into panels of `nr` columns:
-/// `out[(panel·kc + p)·nr + j]` = the pair of rows `2(p0 + p)`, `2(p0 + p) + 1` at column
-/// `panel·nr + j` (zero past K or N).
+/// Packs rows `2·p0 .. 2·(p0 + kc)` of `b` (K x N) into panels of `nr` columns, `depth >= kc`
+/// pairs deep: `out[(panel·depth + p)·nr + j]` = the pair of rows `2(p0 + p)`, `2(p0 + p) + 1`
+/// at column `panel·nr + j` (zero past K or N, and for `p >= kc`).
 fn pack_rhs(
     (k, n): (usize, usize),
     (b, rs, cs): View,
-    p0: usize,
-    kc: usize,
+    (p0, kc, depth): (usize, usize, usize),
     nr: usize,
     out: &mut Vec<u32>,
 ) {
     let panels = n.div_ceil(nr);
-    // Every value is written below (columns past N as zeros): no zero-filling pass first.
-    out.resize(panels * kc * nr, 0);
+    // Every value is written below (columns past N and pairs past `kc` as zeros): no
+    // zero-filling pass first.
+    out.resize(panels * depth * nr, 0);
     // With rows of stride 1, each column's pairs lie side by side: a column's run at a time.
     let by_column = rs == 1 && cs != 1;
     let mut run = vec![0u32; if by_column { kc } else { 0 }];
     let end = (2 * (p0 + kc)).min(k);
-    for (panel, block) in out.chunks_exact_mut(kc * nr).enumerate() {
+    for (panel, block) in out.chunks_exact_mut(depth * nr).enumerate() {
+        let (block, pad) = block.split_at_mut(kc * nr);
+        pad.fill(0);
         let col0 = panel * nr;
         let cols = nr.min(n - col0);
         if cols < nr {
@@ -616,7 +754,8 @@ fn product(
         (m - 1) * drs + (n - 1) * dcs < d.len(),
         "bf16 gemm: operands out of bounds"
     );
-    let tiles = m.div_ceil(MR);
+    let mr = lhs.kernel.rows();
+    let tiles = m.div_ceil(mr);
     let rows_apart = dcs * (n - 1) < drs;
     if threads <= 1 || tiles < 2 || !rows_apart {
         gemm_tiles(
@@ -638,11 +777,11 @@ fn product(
     let mut start = 0;
     while start < tiles {
         let end = (start + share).min(tiles);
-        let rows_end = (end * MR).min(m);
+        let rows_end = (end * mr).min(m);
         let (part, tail) = if end == tiles {
             (rest, &mut [][..])
         } else {
-            rest.split_at_mut((rows_end - start * MR) * drs)
+            rest.split_at_mut((rows_end - start * mr) * drs)
         };
         parts.push((start..end, part));
         rest = tail;
@@ -650,7 +789,7 @@ fn product(
     }
     parts.into_par_iter().for_each(|(range, part)| {
         let mut scratch = Scratch::default();
-        let first_row = range.start * MR;
+        let first_row = range.start * mr;
         // `part` starts at row `first_row`; shift the tile numbers to it.
         gemm_tiles_from(
             (m, n, k),
@@ -689,6 +828,11 @@ fn gemm_tiles_from(
     accumulate: bool,
     scratch: &mut Scratch,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if lhs.kernel == Kernel::Amx {
+        let (tiles, dst) = ((tiles, first_row), (d, drs, dcs));
+        return amx_tiles_from((m, n, k), tiles, dst, lhs, rhs, accumulate, scratch);
+    }
     let nv = vectors_for(n);
     let nr = 16 * nv;
     let kp = lhs.pairs();
@@ -700,7 +844,7 @@ fn gemm_tiles_from(
         let load = accumulate || p0 > 0;
         let blocks = match rhs {
             Rhs::View(view) => {
-                pack_rhs((k, n), view, p0, kc, nr, &mut scratch.rhs);
+                pack_rhs((k, n), view, (p0, kc, kc), nr, &mut scratch.rhs);
                 &scratch.rhs[..]
             }
             // One block of every pair (the layout's promise, checked by `gemm_packed`).
@@ -755,6 +899,229 @@ fn gemm_tiles_from(
     }
 }
 
+/// [`gemm_tiles_from`] on AMX's tiles ([`Kernel::Amx`]; `lhs` packed for it): the row tiles
+/// `tiles.0` of the product, `dst` starting at row `tiles.1`.
+#[cfg(target_arch = "x86_64")]
+fn amx_tiles_from(
+    (m, n, k): (usize, usize, usize),
+    (tiles, first_row): (std::ops::Range<usize>, usize),
+    (d, drs, dcs): (&mut [f32], usize, usize),
+    lhs: &PackedLhs,
+    rhs: Rhs,
+    accumulate: bool,
+    scratch: &mut Scratch,
+) {
+    assert!(amx_available(), "bf16 gemm: this CPU or process lacks AMX");
+    let nv = vectors_for(n);
+    let nr = 16 * nv;
+    let kp = lhs.pairs();
+    let groups = kp.div_ceil(16);
+    // 128 or 256 pairs: whole steps of sixteen.
+    let kc_max = PANEL_BYTES / (4 * nr);
+    scratch.tile.resize(AMX_MR * nr, 0.0);
+    // SAFETY: `amx_available()` (asserted) asked Linux for the tiles.
+    let _tiles = unsafe { Tiles::configure() };
+    let mut p0 = 0;
+    loop {
+        let kc = kc_max.min(kp - p0);
+        // Whole steps of sixteen pairs, zero past `kc` (the left operand is zero there too).
+        let depth = kc.next_multiple_of(16);
+        let blocks = match rhs {
+            Rhs::View(view) => {
+                pack_rhs((k, n), view, (p0, kc, depth), nr, &mut scratch.rhs);
+                &scratch.rhs[..]
+            }
+            // One block of every pair (the layout's promise, checked by `gemm_packed`).
+            Rhs::Packed(packed, layout) if depth == kc => &packed[..layout.len()],
+            Rhs::Packed(packed, layout) => {
+                let padded = &mut scratch.rhs;
+                padded.clear();
+                for panel in packed[..layout.len()].chunks_exact(kc * nr) {
+                    padded.extend_from_slice(panel);
+                    padded.resize(padded.len() + (depth - kc) * nr, 0);
+                }
+                &scratch.rhs[..]
+            }
+        };
+        for (panel, block) in blocks.chunks_exact(depth * nr).enumerate() {
+            let col0 = panel * nr;
+            let cols = nr.min(n - col0);
+            for t in tiles.clone() {
+                let row0 = t * AMX_MR - first_row;
+                let rows = AMX_MR.min(m - t * AMX_MR);
+                let a = lhs.data[(t * groups + p0 / 16) * 16 * AMX_MR..].as_ptr();
+                let load = accumulate || p0 > 0;
+                let direct = dcs == 1 && rows == AMX_MR && cols == nr;
+                let (c, rs) = if direct {
+                    (d[row0 * drs + col0..].as_mut_ptr(), drs)
+                } else {
+                    // As in `gemm_tiles_from`: stale sums outside the product, never stored.
+                    let tile = &mut scratch.tile;
+                    if load {
+                        for i in 0..rows {
+                            for j in 0..cols {
+                                tile[i * nr + j] = d[(row0 + i) * drs + (col0 + j) * dcs];
+                            }
+                        }
+                    }
+                    (tile.as_mut_ptr(), nr)
+                };
+                // SAFETY: the tiles are configured on this thread; `a` has `depth / 16` steps
+                // of AMX_MR rows by sixteen pairs left in the packed tile (`p0 + depth <=
+                // 16·groups`), `block` `depth` pairs of `nr` columns; `c` reaches AMX_MR rows
+                // of `nr` values at stride `rs`: a full tile inside `d` (direct) or the
+                // scratch tile.
+                unsafe {
+                    match nv {
+                        1 => amx_tile::<1>(depth / 16, a, block.as_ptr(), (c, rs), load),
+                        _ => amx_tile::<2>(depth / 16, a, block.as_ptr(), (c, rs), load),
+                    }
+                }
+                if !direct {
+                    let tile = &scratch.tile;
+                    for i in 0..rows {
+                        for j in 0..cols {
+                            d[(row0 + i) * drs + (col0 + j) * dcs] = tile[i * nr + j];
+                        }
+                    }
+                }
+            }
+        }
+        p0 += kc;
+        if p0 >= kp {
+            break;
+        }
+    }
+}
+
+/// This thread's AMX tile registers configured for [`amx_tile`] (palette 1, eight tiles of 16
+/// rows by 64 bytes) until dropped (`tilerelease`).
+#[cfg(target_arch = "x86_64")]
+struct Tiles;
+
+#[cfg(target_arch = "x86_64")]
+impl Tiles {
+    /// # Safety
+    /// The CPU has AMX and Linux granted this process the tiles ([`amx_available`]).
+    unsafe fn configure() -> Self {
+        #[repr(C, align(64))]
+        struct Config([u8; 64]);
+        let mut config = Config([0; 64]);
+        config.0[0] = 1;
+        for t in 0..8 {
+            config.0[16 + 2 * t] = 64;
+            config.0[48 + t] = 16;
+        }
+        std::arch::asm!(
+            "ldtilecfg [{}]",
+            in(reg) config.0.as_ptr(),
+            options(nostack, readonly, preserves_flags)
+        );
+        Tiles
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Drop for Tiles {
+    fn drop(&mut self) {
+        // SAFETY: the tiles were configured (`configure`); releasing them touches no memory.
+        unsafe { std::arch::asm!("tilerelease", options(nostack, nomem, preserves_flags)) };
+    }
+}
+
+/// One accumulator tile on AMX: `c` (AMX_MR x 16·NV, row stride `rs`) := `c` (if `load`) + the
+/// product of `steps` sixteens of pairs of the packed tile `a` ([`PackedLhs`]'s AMX layout) and
+/// panel `b` (16·NV columns). Tiles 0-3 accumulate (rows 0-15 and 16-31, by columns 0-15 and
+/// 16-31), 4-5 hold the left operand's two row halves, 6-7 the panel's column halves.
+///
+/// # Safety
+/// The tiles are configured ([`Tiles`]); `a` holds `steps · 16 · AMX_MR` values, `b` `steps ·
+/// 16` rows of `16·NV` values, `c` AMX_MR rows of `16·NV` values at stride `rs`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn amx_tile<const NV: usize>(
+    steps: usize,
+    a: *const u32,
+    b: *const u32,
+    (c, rs): (*mut f32, usize),
+    load: bool,
+) {
+    use std::arch::asm;
+    let (cs, bs, lhs_stride) = (4 * rs, 64 * NV, 64usize);
+    let (c0, c2) = (c, c.add(16 * rs));
+    // Unused (and maybe past `c`'s end) where NV is 1.
+    let (c1, c3) = (c0.wrapping_add(16), c2.wrapping_add(16));
+    match (load, NV) {
+        (true, 1) => asm!(
+            "tileloadd tmm0, [{c0} + {s}*1]",
+            "tileloadd tmm2, [{c2} + {s}*1]",
+            c0 = in(reg) c0, c2 = in(reg) c2, s = in(reg) cs,
+            options(nostack, readonly, preserves_flags)
+        ),
+        (true, _) => asm!(
+            "tileloadd tmm0, [{c0} + {s}*1]",
+            "tileloadd tmm1, [{c1} + {s}*1]",
+            "tileloadd tmm2, [{c2} + {s}*1]",
+            "tileloadd tmm3, [{c3} + {s}*1]",
+            c0 = in(reg) c0, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3, s = in(reg) cs,
+            options(nostack, readonly, preserves_flags)
+        ),
+        (false, _) => asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            options(nostack, nomem, preserves_flags)
+        ),
+    }
+    for g in 0..steps {
+        let (a0, b0) = (a.add(g * 16 * AMX_MR), b.add(g * 16 * 16 * NV));
+        let (a1, b1) = (a0.add(16 * 16), b0.add(16));
+        if NV == 1 {
+            asm!(
+                "tileloadd tmm4, [{a0} + {sa}*1]",
+                "tileloadd tmm6, [{b0} + {sb}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tileloadd tmm5, [{a1} + {sa}*1]",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0,
+                sa = in(reg) lhs_stride, sb = in(reg) bs,
+                options(nostack, readonly, preserves_flags)
+            );
+        } else {
+            asm!(
+                "tileloadd tmm4, [{a0} + {sa}*1]",
+                "tileloadd tmm6, [{b0} + {sb}*1]",
+                "tileloadd tmm7, [{b1} + {sb}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tileloadd tmm5, [{a1} + {sa}*1]",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b1,
+                sa = in(reg) lhs_stride, sb = in(reg) bs,
+                options(nostack, readonly, preserves_flags)
+            );
+        }
+    }
+    if NV == 1 {
+        asm!(
+            "tilestored [{c0} + {s}*1], tmm0",
+            "tilestored [{c2} + {s}*1], tmm2",
+            c0 = in(reg) c0, c2 = in(reg) c2, s = in(reg) cs,
+            options(nostack, preserves_flags)
+        );
+    } else {
+        asm!(
+            "tilestored [{c0} + {s}*1], tmm0",
+            "tilestored [{c1} + {s}*1], tmm1",
+            "tilestored [{c2} + {s}*1], tmm2",
+            "tilestored [{c3} + {s}*1], tmm3",
+            c0 = in(reg) c0, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3, s = in(reg) cs,
+            options(nostack, preserves_flags)
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -779,6 +1146,23 @@ mod tests {
     }
 
     use crate::test_values::values;
+
+    /// The kernels this CPU runs: AVX512-BF16's, and AMX's where it has them.
+    fn kernels() -> Vec<Kernel> {
+        if amx_available() {
+            vec![Kernel::Avx512, Kernel::Amx]
+        } else {
+            eprintln!("AMX's kernel skipped: this CPU (or process) lacks AMX-BF16");
+            vec![Kernel::Avx512]
+        }
+    }
+
+    /// `a` (M x K) packed for `kernel`.
+    fn packed(kernel: Kernel, m: usize, k: usize, a: View) -> PackedLhs {
+        let mut packed = PackedLhs::default();
+        packed.pack_for(kernel, m, k, a);
+        packed
+    }
 
     #[test]
     fn rounding_matches_half() {
@@ -811,36 +1195,52 @@ mod tests {
         let at = |v: &[f32], i: usize, len: usize| if i < len { v[i] } else { 0.0 };
         // Buffers reused from case to case, as in a product: nothing stale may remain.
         let mut packed = PackedLhs::default();
-        for (rows, k) in [
-            (1, 1),
-            (8, 32),
-            (13, 33),
-            (16, 64),
-            (9, 100),
-            (24, 257),
-            (3, 31),
-        ] {
-            for stride in [k, k + 5] {
-                let mut a = values(rows * stride, (rows + k) as u32);
-                let last = a.len() - 1;
-                a[stride.min(last)] = f32::NAN;
-                packed.pack(rows, k, (&a, stride, 1));
-                let kp = k.div_ceil(2);
-                for t in 0..rows.div_ceil(MR) {
-                    for p in 0..kp {
-                        for i in 0..MR {
-                            let row = t * MR + i;
-                            let want = if row < rows {
-                                let r = &a[row * stride..row * stride + k];
-                                pair(r[2 * p], at(r, 2 * p + 1, k))
-                            } else {
-                                0
-                            };
-                            let got = packed.data[(t * kp + p) * MR + i];
-                            assert_eq!(
-                                got, want,
-                                "lhs {rows}x{k} stride {stride}: tile {t} pair {p} row {i}"
-                            );
+        for kernel in [Kernel::Avx512, Kernel::Amx] {
+            for (rows, k) in [
+                (1, 1),
+                (8, 32),
+                (13, 33),
+                (16, 64),
+                (9, 100),
+                (24, 257),
+                (3, 31),
+                (40, 70),
+            ] {
+                for stride in [k, k + 5] {
+                    let mut a = values(rows * stride, (rows + k) as u32);
+                    let last = a.len() - 1;
+                    a[stride.min(last)] = f32::NAN;
+                    packed.pack_for(kernel, rows, k, (&a, stride, 1));
+                    let kp = k.div_ceil(2);
+                    let (mr, groups) = (kernel.rows(), kp.div_ceil(16));
+                    // Pairs per row as laid out: past K up to a whole sixteen on AMX.
+                    let depth = match kernel {
+                        Kernel::Avx512 => kp,
+                        Kernel::Amx => 16 * groups,
+                    };
+                    let tiles = rows.div_ceil(mr);
+                    assert_eq!(packed.data.len(), tiles * depth * mr);
+                    for t in 0..tiles {
+                        for p in 0..depth {
+                            for i in 0..mr {
+                                let row = t * mr + i;
+                                let want = if row < rows && p < kp {
+                                    let r = &a[row * stride..row * stride + k];
+                                    pair(r[2 * p], at(r, 2 * p + 1, k))
+                                } else {
+                                    0
+                                };
+                                let at = match kernel {
+                                    Kernel::Avx512 => (t * kp + p) * MR + i,
+                                    Kernel::Amx => {
+                                        ((t * groups + p / 16) * AMX_MR + i) * 16 + p % 16
+                                    }
+                                };
+                                assert_eq!(
+                                    packed.data[at], want,
+                                    "{kernel:?} lhs {rows}x{k} stride {stride}: tile {t} pair {p} row {i}"
+                                );
+                            }
                         }
                     }
                 }
@@ -862,20 +1262,24 @@ mod tests {
             b[(cs + 1).min(last)] = f32::NAN;
             for nr in [16, 32] {
                 let kp = k.div_ceil(2);
-                for (p0, kc) in [(0, kp), (0, kp.min(20)), (kp / 3, kp - kp / 3)] {
-                    pack_rhs((k, n), (&b, 1, cs), p0, kc, nr, &mut out);
+                let blocks = [(0, kp), (0, kp.min(20)), (kp / 3, kp - kp / 3)];
+                for ((p0, kc), pad) in blocks.into_iter().flat_map(|b| [(b, false), (b, true)]) {
+                    // AMX's blocks: whole sixteens of pairs, zero past `kc`.
+                    let depth = if pad { kc.next_multiple_of(16) } else { kc };
+                    pack_rhs((k, n), (&b, 1, cs), (p0, kc, depth), nr, &mut out);
+                    assert_eq!(out.len(), n.div_ceil(nr) * depth * nr);
                     for panel in 0..n.div_ceil(nr) {
-                        for p in 0..kc {
+                        for p in 0..depth {
                             for j in 0..nr {
                                 let col = panel * nr + j;
                                 let even = 2 * (p0 + p);
-                                let want = if col < n {
+                                let want = if col < n && p < kc {
                                     let c = &b[col * cs..col * cs + k];
                                     pair(c[even], at(c, even + 1, k))
                                 } else {
                                     0
                                 };
-                                let got = out[(panel * kc + p) * nr + j];
+                                let got = out[(panel * depth + p) * nr + j];
                                 assert_eq!(got, want, "rhs {k}x{n} nr {nr} from {p0}: panel {panel} pair {p} column {j}");
                             }
                         }
@@ -898,13 +1302,14 @@ mod tests {
             (16, 100, 64),
             (9, 8, 511),
             (24, 70, 256),
+            (70, 40, 100),
         ] {
             let layout = RhsLayout::new(k, n).expect("fits one block");
             let b = values(k * n, (n + k) as u32);
             let mut packed = vec![0u32; layout.len()];
             layout.pack((&b, n, 1), &mut packed);
-            let lhs = PackedLhs::new(m, k, (&values(m * k, 3), k, 1));
-            for threads in [1, 2] {
+            for (kernel, threads) in kernels().into_iter().flat_map(|k| [(k, 1), (k, 2)]) {
+                let lhs = self::packed(kernel, m, k, (&values(m * k, 3), k, 1));
                 let (mut want, mut got) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
                 let mut scratch = Scratch::default();
                 gemm(
@@ -926,7 +1331,11 @@ mod tests {
                     &mut scratch,
                 );
                 let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&got), bits(&want), "{m}x{n}x{k} threads {threads}");
+                assert_eq!(
+                    bits(&got),
+                    bits(&want),
+                    "{kernel:?} {m}x{n}x{k} threads {threads}"
+                );
             }
         }
         // Too deep for one block: no layout.
@@ -950,11 +1359,12 @@ mod tests {
             (17, 100, 1001),
             (70, 16, 300),
             (9, 48, 3),
+            (96, 64, 40),
         ] {
             for (transposed_a, transposed_b) in
                 [(false, false), (true, false), (false, true), (true, true)]
             {
-                for threads in [1, 2] {
+                for (kernel, threads) in kernels().into_iter().flat_map(|k| [(k, 1), (k, 2)]) {
                     let a = values(m * k, (m + 3 * k) as u32);
                     let b = values(k * n, (n + 7 * k) as u32);
                     let av = if transposed_a {
@@ -968,7 +1378,7 @@ mod tests {
                         (&b[..], n, 1)
                     };
                     let want = reference((m, n, k), av, bv);
-                    let lhs = PackedLhs::new(m, k, av);
+                    let lhs = packed(kernel, m, k, av);
                     let mut c = values(m * n, 5);
                     let before = c.clone();
                     gemm(
@@ -985,7 +1395,7 @@ mod tests {
                         let tol = 1e-5 * (k as f64).sqrt() + 1e-6 * w.abs();
                         assert!(
                             (*got as f64 - w).abs() < tol,
-                            "{m}x{n}x{k} {transposed_a} {transposed_b} [{i}]: {got} vs {w}"
+                            "{kernel:?} {m}x{n}x{k} {transposed_a} {transposed_b} [{i}]: {got} vs {w}"
                         );
                     }
                     // Overwriting, into a transposed destination.
