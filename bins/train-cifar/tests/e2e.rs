@@ -133,12 +133,15 @@ fn device_resident_data_matches_the_host_loader_and_bf16_trains() {
     );
 
     let (bf16_log, bf16) = run("bf16", &["--precision", "bf16"]);
-    assert!(bf16_log.contains("bf16 autocast"), "{bf16_log}");
-    // On a CPU with Intel AMX, a build without oneDNN names the build that uses its tiles.
-    let amx = layers::autocast::cpu_has_amx_bf16() && !train::ONEDNN;
+    // The log names the instructions that run the products: AMX's tiles where the CPU has them.
+    let isa = match layers::autocast::cpu_bf16_isa() {
+        Some(isa) => format!("bf16 autocast (products on {isa})"),
+        None => "bf16 autocast (float32 products".into(),
+    };
+    assert!(bf16_log.contains(&isa), "{isa}: {bf16_log}");
     assert_eq!(
-        bf16_log.contains("note: this CPU has Intel AMX: a build with the onednn feature"),
-        amx,
+        bf16_log.contains("products on AMX"),
+        layers::autocast::cpu_has_amx_bf16(),
         "{bf16_log}"
     );
     assert!(bf16 != host, "bf16 autocast left the weights bit-identical");

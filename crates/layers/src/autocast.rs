@@ -90,11 +90,23 @@ pub fn cpu_bf16_kernel_active() -> bool {
     CPU_BF16_KERNEL.with(Cell::get) && crate::bf16_gemm::available()
 }
 
+/// The instructions that run this thread's bf16 products on the CPU, for logs: `"AMX"` (Intel
+/// AMX's tiles, `tdpbf16ps`, where [`cpu_has_amx_bf16`] and Linux grants the process the
+/// tiles; oneDNN's kernels too, with the `onednn` feature), `"AVX512-BF16"` (`vdpbf16ps`), or
+/// `None` where they run in float32 ([`cpu_bf16_kernel_active`] false).
+pub fn cpu_bf16_isa() -> Option<&'static str> {
+    match crate::bf16_gemm::Kernel::best() {
+        _ if !cpu_bf16_kernel_active() => None,
+        crate::bf16_gemm::Kernel::Amx => Some("AMX"),
+        crate::bf16_gemm::Kernel::Avx512 => Some("AVX512-BF16"),
+    }
+}
+
 /// Whether this CPU has Intel AMX with bf16 (`AMX-BF16`, CPUID leaf 7, EDX bit 22: Sapphire
 /// Rapids and later Xeons) and the operating system keeps its tile state (`XCR0` bits 17 and
 /// 18, Linux from 5.16), the tiles PyTorch's bf16 autocast runs its convolutions on through
-/// oneDNN. The built-in bf16 kernel does not use them; a build with the `onednn` feature does
-/// ([`crate::onednn::amx_bf16`]).
+/// oneDNN. The built-in bf16 kernel runs its products there too ([`cpu_bf16_isa`]), and so
+/// does oneDNN with the `onednn` feature ([`crate::onednn::amx_bf16`]).
 pub fn cpu_has_amx_bf16() -> bool {
     #[cfg(target_arch = "x86_64")]
     {

@@ -34,7 +34,3 @@ pub mod synthetic;
 pub mod tally;
 pub mod tensorboard;
 pub mod threads;
-
-/// Whether this crate was built with its `onednn` feature (the CPU convolutions through oneDNN),
-/// whichever crate asked for it.
-pub const ONEDNN: bool = cfg!(feature = "onednn");

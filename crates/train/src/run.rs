@@ -309,11 +309,15 @@ pub fn train(
         trained_parameters,
         device_name(&device),
         match config.precision {
-            Precision::F32 => "",
-            Precision::Tf32 if device.is_cuda() => " with TF32 products",
+            Precision::F32 => String::new(),
+            Precision::Tf32 if device.is_cuda() => " with TF32 products".into(),
             // As PyTorch's allow_tf32: a CUDA setting, float32 elsewhere.
-            Precision::Tf32 => " in float32 (TF32 is for CUDA's tensor cores)",
-            Precision::Bf16 => " in bf16 autocast",
+            Precision::Tf32 => " in float32 (TF32 is for CUDA's tensor cores)".into(),
+            Precision::Bf16 if device.is_cuda() => " in bf16 autocast".into(),
+            Precision::Bf16 => match layers::autocast::cpu_bf16_isa() {
+                Some(isa) => format!(" in bf16 autocast (products on {isa})"),
+                None => " in bf16 autocast (float32 products: this CPU lacks AVX512-BF16)".into(),
+            },
         },
         match config.memory_format {
             MemoryFormat::Contiguous => "",
@@ -327,17 +331,6 @@ pub fn train(
         crate::say!(
             "note: --memory-format channels_last computes each layer on a contiguous copy here \
              (the same results, slower); it pays on CUDA in a build with the cudnn feature"
-        );
-    }
-    if config.precision == Precision::Bf16
-        && !device.is_cuda()
-        && !crate::ONEDNN
-        && layers::autocast::cpu_has_amx_bf16()
-    {
-        crate::say!(
-            "note: this CPU has Intel AMX: a build with the onednn feature (apt-get install \
-             libdnnl-dev, then cargo run --features onednn ...) runs the bf16 convolutions on \
-             its tiles, as PyTorch does ({AMX_GAIN})"
         );
     }
     let formatted = crate::engine::InMemoryFormat {
@@ -1645,8 +1638,3 @@ pub fn check_fits(
     }
     Ok(())
 }
-
-/// What the `onednn` feature gained on a CPU with AMX, for the note that names it.
-/// (Interleaved on a 2-core Xeon with AMX, 2026-12-04, three rounds each.)
-const AMX_GAIN: &str = "resnet18-cifar's bf16 step at batch 128 took 0.91 s against 1.87 s \
-                        on a 2-core Xeon";
