@@ -133,17 +133,13 @@ fn device_resident_data_matches_the_host_loader_and_bf16_trains() {
     );
 
     let (bf16_log, bf16) = run("bf16", &["--precision", "bf16"]);
-    // The log names the instructions that run the products: AMX's tiles where the CPU has them.
+    // The log names the instructions that run the products (AMX's tiles where the CPU has them
+    // and Linux grants them).
     let isa = match layers::autocast::cpu_bf16_isa() {
         Some(isa) => format!("bf16 autocast (products on {isa})"),
         None => "bf16 autocast (float32 products".into(),
     };
     assert!(bf16_log.contains(&isa), "{isa}: {bf16_log}");
-    assert_eq!(
-        bf16_log.contains("products on AMX"),
-        layers::autocast::cpu_has_amx_bf16(),
-        "{bf16_log}"
-    );
     assert!(bf16 != host, "bf16 autocast left the weights bit-identical");
     let tensors = safetensors::SafeTensors::deserialize(&bf16).expect("safetensors");
     let fc = tensors.tensor("fc.weight").expect("fc.weight");

@@ -102,9 +102,9 @@ pub fn cpu_bf16_isa() -> Option<&'static str> {
     }
 }
 
-/// Whether this CPU has Intel AMX with bf16 (`AMX-BF16`, CPUID leaf 7, EDX bit 22: Sapphire
-/// Rapids and later Xeons) and the operating system keeps its tile state (`XCR0` bits 17 and
-/// 18, Linux from 5.16), the tiles PyTorch's bf16 autocast runs its convolutions on through
+/// Whether this CPU has Intel AMX with bf16 (`AMX-BF16` and `AMX-TILE`, CPUID leaf 7, EDX bits
+/// 22 and 24: Sapphire Rapids and later Xeons) and the operating system keeps its tile state
+/// (`XCR0` bits 17 and 18, Linux from 5.16), the tiles PyTorch's bf16 autocast runs its convolutions on through
 /// oneDNN. The built-in bf16 kernel runs its products there too ([`cpu_bf16_isa`]), and so
 /// does oneDNN with the `onednn` feature ([`crate::onednn::amx_bf16`]).
 pub fn cpu_has_amx_bf16() -> bool {
@@ -120,7 +120,9 @@ pub fn cpu_has_amx_bf16() -> bool {
         }
         // SAFETY: XGETBV runs where CPUID says the OS enabled XSAVE (OSXSAVE).
         let tiles = osxsave && unsafe { xcr0() } & (3 << 17) == 3 << 17;
-        tiles && leaf7.is_some_and(|edx| edx & (1 << 22) != 0)
+        // AMX-BF16 (bit 22) and AMX-TILE (bit 24).
+        let amx = 1 << 22 | 1 << 24;
+        tiles && leaf7.is_some_and(|edx| edx & amx == amx)
     }
     #[cfg(not(target_arch = "x86_64"))]
     false

@@ -53,6 +53,16 @@ impl Kernel {
         }
     }
 
+    /// The kernel for a left operand of `m` rows: [`Kernel::best`], but AVX512-BF16's under 16
+    /// rows, where most of an AMX tile's 32 rows would be padding (and the products' row tiles
+    /// would leave the pool's other threads idle).
+    fn for_rows(m: usize) -> Self {
+        match Self::best() {
+            Kernel::Amx if m < 16 => Kernel::Avx512,
+            best => best,
+        }
+    }
+
     /// Rows of the left operand per tile.
     fn rows(self) -> usize {
         match self {
@@ -65,6 +75,9 @@ impl Kernel {
 /// Bytes of one packed right-operand panel block, kept in L1 (32 KB per core on the machines
 /// measured).
 const PANEL_BYTES: usize = 16 << 10;
+
+// AMX's steps take sixteen pairs: the blocks of both panel widths are whole steps.
+const _: () = assert!((PANEL_BYTES / (4 * 32)) % 16 == 0 && (PANEL_BYTES / (4 * 16)) % 16 == 0);
 
 /// Whether this CPU runs `vdpbf16ps` (AVX512-BF16 with AVX-512F).
 pub(crate) fn available() -> bool {
@@ -144,16 +157,17 @@ pub(crate) struct PackedLhs {
 }
 
 impl PackedLhs {
-    /// `a` (M x K) packed for [`Kernel::best`].
+    /// `a` (M x K) packed ([`PackedLhs::pack`]).
     pub(crate) fn new(m: usize, k: usize, a: View) -> Self {
         let mut packed = Self::default();
         packed.pack(m, k, a);
         packed
     }
 
-    /// Packs `a` (M x K) for [`Kernel::best`] in place of what this held, reusing its buffer.
+    /// Packs `a` (M x K) for the kernel that runs its products fastest ([`Kernel::best`], from
+    /// 16 rows) in place of what this held, reusing its buffer.
     pub(crate) fn pack(&mut self, m: usize, k: usize, a: View) {
-        self.pack_for(Kernel::best(), m, k, a)
+        self.pack_for(Kernel::for_rows(m), m, k, a)
     }
 
     /// Packs `a` (M x K) for `kernel`.
@@ -828,7 +842,6 @@ fn gemm_tiles_from(
     accumulate: bool,
     scratch: &mut Scratch,
 ) {
-    #[cfg(target_arch = "x86_64")]
     if lhs.kernel == Kernel::Amx {
         let (tiles, dst) = ((tiles, first_row), (d, drs, dcs));
         return amx_tiles_from((m, n, k), tiles, dst, lhs, rhs, accumulate, scratch);
@@ -900,8 +913,8 @@ fn gemm_tiles_from(
 }
 
 /// [`gemm_tiles_from`] on AMX's tiles ([`Kernel::Amx`]; `lhs` packed for it): the row tiles
-/// `tiles.0` of the product, `dst` starting at row `tiles.1`.
-#[cfg(target_arch = "x86_64")]
+/// `tiles.0` of the product, `dst` starting at row `tiles.1`. In tests on a CPU without AMX,
+/// the same steps in plain Rust ([`amx_tile_any`]).
 fn amx_tiles_from(
     (m, n, k): (usize, usize, usize),
     (tiles, first_row): (std::ops::Range<usize>, usize),
@@ -911,7 +924,9 @@ fn amx_tiles_from(
     accumulate: bool,
     scratch: &mut Scratch,
 ) {
-    assert!(amx_available(), "bf16 gemm: this CPU or process lacks AMX");
+    let hardware = amx_available();
+    #[cfg(not(test))]
+    assert!(hardware, "bf16 gemm: this CPU or process lacks AMX");
     let nv = vectors_for(n);
     let nr = 16 * nv;
     let kp = lhs.pairs();
@@ -919,8 +934,9 @@ fn amx_tiles_from(
     // 128 or 256 pairs: whole steps of sixteen.
     let kc_max = PANEL_BYTES / (4 * nr);
     scratch.tile.resize(AMX_MR * nr, 0.0);
-    // SAFETY: `amx_available()` (asserted) asked Linux for the tiles.
-    let _tiles = unsafe { Tiles::configure() };
+    // SAFETY: `amx_available()` asked Linux for the tiles.
+    #[cfg(target_arch = "x86_64")]
+    let _tiles = hardware.then(|| unsafe { Tiles::configure() });
     let mut p0 = 0;
     loop {
         let kc = kc_max.min(kp - p0);
@@ -966,15 +982,15 @@ fn amx_tiles_from(
                     }
                     (tile.as_mut_ptr(), nr)
                 };
-                // SAFETY: the tiles are configured on this thread; `a` has `depth / 16` steps
+                // SAFETY: the tiles are configured on this thread (with `hardware`); `a` has `depth / 16` steps
                 // of AMX_MR rows by sixteen pairs left in the packed tile (`p0 + depth <=
                 // 16·groups`), `block` `depth` pairs of `nr` columns; `c` reaches AMX_MR rows
                 // of `nr` values at stride `rs`: a full tile inside `d` (direct) or the
                 // scratch tile.
                 unsafe {
                     match nv {
-                        1 => amx_tile::<1>(depth / 16, a, block.as_ptr(), (c, rs), load),
-                        _ => amx_tile::<2>(depth / 16, a, block.as_ptr(), (c, rs), load),
+                        1 => amx_step::<1>(hardware, depth / 16, a, block.as_ptr(), (c, rs), load),
+                        _ => amx_step::<2>(hardware, depth / 16, a, block.as_ptr(), (c, rs), load),
                     }
                 }
                 if !direct {
@@ -994,10 +1010,62 @@ fn amx_tiles_from(
     }
 }
 
+/// [`amx_tile`] on the tiles where `hardware`, else in plain Rust ([`amx_tile_any`]).
+///
+/// # Safety
+/// As [`amx_tile`].
+unsafe fn amx_step<const NV: usize>(
+    hardware: bool,
+    steps: usize,
+    a: *const u32,
+    b: *const u32,
+    c: (*mut f32, usize),
+    load: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if hardware {
+        return amx_tile::<NV>(steps, a, b, c, load);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = hardware;
+    amx_tile_any::<NV>(steps, a, b, c, load)
+}
+
+/// [`amx_tile`] in plain Rust: the same operands read in the same layouts, each pair's two
+/// products added in order (no flushing of subnormals). Only tests run it, on CPUs without
+/// AMX, where [`Kernel::best`] never packs for AMX.
+///
+/// # Safety
+/// As [`amx_tile`], without the tiles.
+unsafe fn amx_tile_any<const NV: usize>(
+    steps: usize,
+    a: *const u32,
+    b: *const u32,
+    (c, rs): (*mut f32, usize),
+    load: bool,
+) {
+    let bf = |v: u32| f32::from_bits(v << 16);
+    for i in 0..AMX_MR {
+        for j in 0..16 * NV {
+            let mut acc = if load { *c.add(i * rs + j) } else { 0.0 };
+            for g in 0..steps {
+                for q in 0..16 {
+                    let x = *a.add((g * AMX_MR + i) * 16 + q);
+                    let y = *b.add((g * 16 + q) * 16 * NV + j);
+                    acc += bf(x & 0xffff) * bf(y & 0xffff);
+                    acc += bf(x >> 16) * bf(y >> 16);
+                }
+            }
+            *c.add(i * rs + j) = acc;
+        }
+    }
+}
+
 /// This thread's AMX tile registers configured for [`amx_tile`] (palette 1, eight tiles of 16
-/// rows by 64 bytes) until dropped (`tilerelease`).
+/// rows by 64 bytes) until dropped (`tilerelease`), on the thread that configured them (not
+/// `Send`).
 #[cfg(target_arch = "x86_64")]
-struct Tiles;
+struct Tiles(std::marker::PhantomData<*const ()>);
 
 #[cfg(target_arch = "x86_64")]
 impl Tiles {
@@ -1017,7 +1085,7 @@ impl Tiles {
             in(reg) config.0.as_ptr(),
             options(nostack, readonly, preserves_flags)
         );
-        Tiles
+        Tiles(std::marker::PhantomData)
     }
 }
 
@@ -1147,14 +1215,13 @@ mod tests {
 
     use crate::test_values::values;
 
-    /// The kernels this CPU runs: AVX512-BF16's, and AMX's where it has them.
+    /// Both kernels: AMX's on its tiles where the CPU has them, else its steps in plain Rust
+    /// ([`amx_tile_any`]: the layouts and edges, not the instructions).
     fn kernels() -> Vec<Kernel> {
-        if amx_available() {
-            vec![Kernel::Avx512, Kernel::Amx]
-        } else {
-            eprintln!("AMX's kernel skipped: this CPU (or process) lacks AMX-BF16");
-            vec![Kernel::Avx512]
+        if !amx_available() {
+            eprintln!("AMX's kernel in plain Rust: this CPU (or process) lacks AMX-BF16");
         }
+        vec![Kernel::Avx512, Kernel::Amx]
     }
 
     /// `a` (M x K) packed for `kernel`.
@@ -1205,12 +1272,21 @@ mod tests {
                 (24, 257),
                 (3, 31),
                 (40, 70),
+                // Tiles packed across the pool (PAR_PACK values and more).
+                (70, 1000),
             ] {
-                for stride in [k, k + 5] {
-                    let mut a = values(rows * stride, (rows + k) as u32);
+                // Rows along `k` (two row strides), and `k` along rows (the transposed view).
+                for stride in [k, k + 5, 0] {
+                    let transposed = stride == 0;
+                    let len = if transposed { rows * k } else { rows * stride };
+                    let mut a = values(len, (rows + k) as u32);
                     let last = a.len() - 1;
                     a[stride.min(last)] = f32::NAN;
-                    packed.pack_for(kernel, rows, k, (&a, stride, 1));
+                    let view = match transposed {
+                        true => (&a[..], 1, rows),
+                        false => (&a[..], stride, 1),
+                    };
+                    packed.pack_for(kernel, rows, k, view);
                     let kp = k.div_ceil(2);
                     let (mr, groups) = (kernel.rows(), kp.div_ceil(16));
                     // Pairs per row as laid out: past K up to a whole sixteen on AMX.
@@ -1225,8 +1301,11 @@ mod tests {
                             for i in 0..mr {
                                 let row = t * mr + i;
                                 let want = if row < rows && p < kp {
-                                    let r = &a[row * stride..row * stride + k];
-                                    pair(r[2 * p], at(r, 2 * p + 1, k))
+                                    let r: Vec<f32> = match transposed {
+                                        true => (0..k).map(|c| a[c * rows + row]).collect(),
+                                        false => a[row * stride..row * stride + k].to_vec(),
+                                    };
+                                    pair(r[2 * p], at(&r, 2 * p + 1, k))
                                 } else {
                                     0
                                 };
@@ -1349,7 +1428,9 @@ mod tests {
             eprintln!("skipped: this CPU lacks AVX512-BF16");
             return;
         }
-        // Odd K, edges in M and N, K blocks, both operand layouts, accumulation, threads.
+        // Odd K, edges in M and N, K blocks, both operand layouts, accumulation, threads; one
+        // scratch for all, as a layer reuses it: nothing stale may remain.
+        let mut scratch = Scratch::default();
         for &(m, n, k) in &[
             (1, 1, 1),
             (8, 156, 54),
@@ -1360,6 +1441,8 @@ mod tests {
             (70, 16, 300),
             (9, 48, 3),
             (96, 64, 40),
+            // A last block of one pair after 128 (panels of 32 columns).
+            (33, 40, 258),
         ] {
             for (transposed_a, transposed_b) in
                 [(false, false), (true, false), (false, true), (true, true)]
@@ -1388,7 +1471,7 @@ mod tests {
                         bv,
                         true,
                         threads,
-                        &mut Scratch::default(),
+                        &mut scratch,
                     );
                     for (i, (got, (w, c0))) in c.iter().zip(want.iter().zip(&before)).enumerate() {
                         let w = w + *c0 as f64;
@@ -1407,7 +1490,7 @@ mod tests {
                         bv,
                         false,
                         threads,
-                        &mut Scratch::default(),
+                        &mut scratch,
                     );
                     for i in 0..m {
                         for j in 0..n {

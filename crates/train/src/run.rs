@@ -316,7 +316,7 @@ pub fn train(
             Precision::Bf16 if device.is_cuda() => " in bf16 autocast".into(),
             Precision::Bf16 => match layers::autocast::cpu_bf16_isa() {
                 Some(isa) => format!(" in bf16 autocast (products on {isa})"),
-                None => " in bf16 autocast (float32 products: this CPU lacks AVX512-BF16)".into(),
+                None => " in bf16 autocast (float32 products: no AVX512-BF16 here)".into(),
             },
         },
         match config.memory_format {
