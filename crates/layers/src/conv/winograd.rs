@@ -141,17 +141,23 @@ pub(super) fn transform_kernel(w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
 }
 
 /// [`transform_kernel`] of the kernel whose 3x3 taps (row by row) for output channel `o` and
-/// input channel `c` are `taps(o, c)` (a flipped kernel read in place). One thread: for
-/// `resnet18-seed`'s kernels (64 channels) the transform takes tens of microseconds, less than
-/// waking the pool (output channels in parallel took 2-3x as long inside its step); larger
-/// kernels were not measured.
+/// input channel `c` are `taps(o, c)` (a flipped kernel read in place). Output channels side by
+/// side across the pool from [`PAR_KERNEL`] pairs of channels: for `resnet18-seed`'s kernels
+/// (64 channels) the transform takes tens of microseconds, less than waking the pool (output
+/// channels in parallel took 2-3x as long inside its step).
 pub(super) fn transform_kernel_of(
     cout: usize,
     cin: usize,
-    taps: impl Fn(usize, usize) -> [f32; 9],
+    taps: impl Fn(usize, usize) -> [f32; 9] + Sync,
 ) -> Vec<f32> {
     let mut u = vec![0f32; 16 * cout * cin];
-    for o in 0..cout {
+    /// `u`'s values, written by output channel from the pool's threads.
+    struct Shared(*mut f32);
+    // SAFETY: each output channel's values (below) are written by one thread only.
+    unsafe impl Sync for Shared {}
+    let shared = Shared(u.as_mut_ptr());
+    let channel = |o: usize| {
+        let shared = &shared;
         for c in 0..cin {
             let g = taps(o, c);
             // G g: 4x3.
@@ -167,13 +173,24 @@ pub(super) fn transform_kernel_of(
             for (i, &[a, b, e]) in t.iter().enumerate() {
                 let row = [a, 0.5 * (a + b + e), 0.5 * (a - b + e), e];
                 for (j, v) in row.into_iter().enumerate() {
-                    u[((i * 4 + j) * cout + o) * cin + c] = v;
+                    // SAFETY: the index is below 16·cout·cin (`o < cout`, `c < cin`), the
+                    // length of `u`, and belongs to output channel `o` alone.
+                    unsafe { *shared.0.add(((i * 4 + j) * cout + o) * cin + c) = v };
                 }
             }
         }
+    };
+    if cout * cin >= PAR_KERNEL {
+        (0..cout).into_par_iter().for_each(channel);
+    } else {
+        (0..cout).for_each(channel);
     }
     u
 }
+
+/// Pairs of channels from which [`transform_kernel_of`] shares the output channels across the
+/// pool (128 x 128 kernels and larger).
+const PAR_KERNEL: usize = 128 * 128;
 
 /// [`convolve`] into a new vector of N·O·OH·OW values, not zero-filled first (a pass over the
 /// output saved: `convolve` writes every value).
