@@ -77,7 +77,9 @@ impl Kernel {
 const PANEL_BYTES: usize = 16 << 10;
 
 // AMX's steps take sixteen pairs: the blocks of both panel widths are whole steps.
-const _: () = assert!((PANEL_BYTES / (4 * 32)) % 16 == 0 && (PANEL_BYTES / (4 * 16)) % 16 == 0);
+const _: () = assert!(
+    (PANEL_BYTES / (4 * 32)).is_multiple_of(16) && (PANEL_BYTES / (4 * 16)).is_multiple_of(16)
+);
 
 /// Whether this CPU runs `vdpbf16ps` (AVX512-BF16 with AVX-512F).
 pub(crate) fn available() -> bool {
