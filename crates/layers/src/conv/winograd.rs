@@ -156,27 +156,54 @@ pub(super) fn transform_kernel_of(
     // SAFETY: each output channel's values (below) are written by one thread only.
     unsafe impl Sync for Shared {}
     let shared = Shared(u.as_mut_ptr());
+    // One output channel: its taps gathered by tap (`g[t·cin + c]`), then each step of the
+    // transform as a pass along the input channels (the same operations per value as one
+    // 3x3 at a time, in vector registers), each of the 16 results written as one run.
     let channel = |o: usize| {
         let shared = &shared;
+        let mut g = vec![0f32; 9 * cin];
         for c in 0..cin {
-            let g = taps(o, c);
-            // G g: 4x3.
-            let mut t = [[0f32; 3]; 4];
-            for j in 0..3 {
-                let (a, b, e) = (g[j], g[3 + j], g[6 + j]);
-                t[0][j] = a;
-                t[1][j] = 0.5 * (a + b + e);
-                t[2][j] = 0.5 * (a - b + e);
-                t[3][j] = e;
+            for (t, v) in taps(o, c).into_iter().enumerate() {
+                g[t * cin + c] = v;
             }
-            // (G g) Gᵀ: 4x4.
-            for (i, &[a, b, e]) in t.iter().enumerate() {
-                let row = [a, 0.5 * (a + b + e), 0.5 * (a - b + e), e];
-                for (j, v) in row.into_iter().enumerate() {
-                    // SAFETY: the index is below 16·cout·cin (`o < cout`, `c < cin`), the
-                    // length of `u`, and belongs to output channel `o` alone.
-                    unsafe { *shared.0.add(((i * 4 + j) * cout + o) * cin + c) = v };
-                }
+        }
+        // G g: 4x3, `gg[(i·3 + j)·cin + c]`.
+        let mut gg = vec![0f32; 12 * cin];
+        for j in 0..3 {
+            let (a, b, e) = (&g[j * cin..], &g[(3 + j) * cin..], &g[(6 + j) * cin..]);
+            let (a, b, e) = (&a[..cin], &b[..cin], &e[..cin]);
+            let (rows01, rows23) = gg.split_at_mut(6 * cin);
+            let (r0, r1) = rows01.split_at_mut(3 * cin);
+            let (r2, r3) = rows23.split_at_mut(3 * cin);
+            let at = j * cin..(j + 1) * cin;
+            let (r0, r1, r2, r3) = (
+                &mut r0[at.clone()],
+                &mut r1[at.clone()],
+                &mut r2[at.clone()],
+                &mut r3[at],
+            );
+            for c in 0..cin {
+                r0[c] = a[c];
+                r1[c] = 0.5 * (a[c] + b[c] + e[c]);
+                r2[c] = 0.5 * (a[c] - b[c] + e[c]);
+                r3[c] = e[c];
+            }
+        }
+        // (G g) Gᵀ: 4x4, row `i` from `gg`'s row `i`.
+        for i in 0..4 {
+            let row = &gg[i * 3 * cin..(i + 1) * 3 * cin];
+            let (a, b, e) = (&row[..cin], &row[cin..2 * cin], &row[2 * cin..]);
+            // SAFETY: the 4 runs `((i·4 + j)·cout + o)·cin ..` of `cin` values lie inside `u`
+            // (16·cout·cin long, `o < cout`) and belong to output channel `o` alone.
+            let run = |j: usize| unsafe {
+                std::slice::from_raw_parts_mut(shared.0.add(((i * 4 + j) * cout + o) * cin), cin)
+            };
+            let (u0, u1, u2, u3) = (run(0), run(1), run(2), run(3));
+            for c in 0..cin {
+                u0[c] = a[c];
+                u1[c] = 0.5 * (a[c] + b[c] + e[c]);
+                u2[c] = 0.5 * (a[c] - b[c] + e[c]);
+                u3[c] = e[c];
             }
         }
     };
@@ -1383,7 +1410,16 @@ mod tests {
             [0.5, -0.5, 0.5],
             [0.0, 0.0, 1.0],
         ];
-        for (cout, cin) in [(1, 1), (3, 5), (64, 64), (17, 130), (0, 4), (4, 0)] {
+        // The last across the pool (PAR_KERNEL pairs and more).
+        for (cout, cin) in [
+            (1, 1),
+            (3, 5),
+            (64, 64),
+            (17, 130),
+            (0, 4),
+            (4, 0),
+            (130, 128),
+        ] {
             let w = values(cout * cin * 9, (cout + 7 * cin) as u32);
             let u = transform_kernel(&w, cout, cin);
             for (o, c, i, j) in (0..cout).flat_map(|o| {
