@@ -64,8 +64,11 @@ thread_local! {
     static CPU_BF16_KERNEL: Cell<bool> = const { Cell::new(true) };
 }
 
-/// Whether bf16 autocast on the CPU may run its products in the AVX512-BF16 kernel on this
-/// thread (per thread, like autocast itself); on by default. Returns the previous setting.
+/// Whether bf16 autocast on the CPU may run its products in the built-in bf16 kernel on this
+/// thread (per thread, like autocast itself); on by default. Returns the previous setting. The
+/// kernel runs AVX512-BF16's `vdpbf16ps`, or Intel AMX's `tdpbf16ps` on its tiles where the CPU
+/// has them (and the product has 16 rows or more): the same products and float32 sums, summed
+/// in another order ([`cpu_bf16_isa`] says which).
 ///
 /// With the kernel, both operands of each of a convolution's or linear layer's three products
 /// (input and weight, output gradient and weight, output gradient and input) are rounded to

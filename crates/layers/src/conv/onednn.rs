@@ -23,8 +23,10 @@
 //! kernels, small outputs, and in bf16 the first layers and narrow ones. On a CPU where oneDNN
 //! runs Intel AMX's bf16 tiles ([`amx_bf16`]: Sapphire Rapids and later Xeons), every bf16
 //! convolution that reaches this routing goes to oneDNN, as PyTorch's autocast runs them there:
-//! its AMX kernels are faster than the built-in ones (the shapes above were measured on
-//! AVX512-BF16 machines without AMX). A stride-1 first layer stays on the built-in direct
+//! its AMX kernels were faster than the built-in ones on AVX512-BF16, and as fast as or a
+//! little faster than the built-in products on AMX's tiles (`resnet18-cifar`'s bf16 step,
+//! interleaved: 798-915 ms, median 816, against 824 and 864 with the routing below, tuned on
+//! machines without AMX). A stride-1 first layer stays on the built-in direct
 //! convolution (below): on AMX, oneDNN's was level on `resnet18-cifar`'s stem (the step 989
 //! against 1,009 ms, medians of three interleaved) and slower on the MNIST CNN's 1->32 (11.4
 //! against 10.1 ms); some small layers keep the built-in kernel gradient
@@ -375,10 +377,11 @@ pub(super) fn routes(geo: &Geometry, cout: usize, bf16: bool) -> bool {
     if EVERYWHERE.with(|e| e.get()) {
         return true;
     }
-    // With AMX, oneDNN's bf16 kernels are faster than every built-in one: `resnet18-cifar`'s
-    // bf16 step at batch 128 on a 2-core Xeon with AMX, 1,520 ms with the routing below
-    // (measured on AVX512-BF16 machines without AMX) and 898 ms with every bf16 convolution
-    // on oneDNN.
+    // With AMX, oneDNN's bf16 kernels are as fast as the built-in ones or faster:
+    // `resnet18-cifar`'s bf16 step at batch 128 on a 2-core Xeon with AMX, 1,520 ms with the
+    // routing below (measured on AVX512-BF16 machines without AMX) and 898 ms with every bf16
+    // convolution on oneDNN while the built-in products ran `vdpbf16ps`; with the built-in
+    // products on AMX's tiles, 824 and 864 ms against 798-915 (median 816).
     if bf16 && amx_bf16() {
         return true;
     }
