@@ -87,8 +87,9 @@ pub fn cpu_bf16_kernel(on: bool) -> bool {
     CPU_BF16_KERNEL.with(|k| k.replace(on))
 }
 
-/// Whether the AVX512-BF16 kernel runs this thread's bf16 products: allowed
-/// ([`cpu_bf16_kernel`]) and this CPU has AVX-512 with BF16.
+/// Whether the built-in bf16 kernel runs this thread's bf16 products: allowed
+/// ([`cpu_bf16_kernel`]) and this CPU has AVX-512 with BF16 (and so, where it has them, AMX's
+/// tiles: [`cpu_bf16_isa`]).
 pub fn cpu_bf16_kernel_active() -> bool {
     CPU_BF16_KERNEL.with(Cell::get) && crate::bf16_gemm::available()
 }
@@ -107,9 +108,10 @@ pub fn cpu_bf16_isa() -> Option<&'static str> {
 
 /// Whether this CPU has Intel AMX with bf16 (`AMX-BF16` and `AMX-TILE`, CPUID leaf 7, EDX bits
 /// 22 and 24: Sapphire Rapids and later Xeons) and the operating system keeps its tile state
-/// (`XCR0` bits 17 and 18, Linux from 5.16), the tiles PyTorch's bf16 autocast runs its convolutions on through
-/// oneDNN. The built-in bf16 kernel runs its products there too ([`cpu_bf16_isa`]), and so
-/// does oneDNN with the `onednn` feature ([`crate::onednn::amx_bf16`]).
+/// (`XCR0` bits 17 and 18, Linux from 5.16), the tiles PyTorch's bf16 autocast runs its
+/// convolutions on through oneDNN. The built-in bf16 kernel runs its products there too
+/// ([`cpu_bf16_isa`]), and so does oneDNN with the `onednn` feature
+/// ([`crate::onednn::amx_bf16`]).
 pub fn cpu_has_amx_bf16() -> bool {
     #[cfg(target_arch = "x86_64")]
     {

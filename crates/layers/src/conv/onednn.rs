@@ -23,10 +23,9 @@
 //! kernels, small outputs, and in bf16 the first layers and narrow ones. On a CPU where oneDNN
 //! runs Intel AMX's bf16 tiles ([`amx_bf16`]: Sapphire Rapids and later Xeons), every bf16
 //! convolution that reaches this routing goes to oneDNN, as PyTorch's autocast runs them there:
-//! its AMX kernels were faster than the built-in ones on AVX512-BF16, and as fast as or a
-//! little faster than the built-in products on AMX's tiles (`resnet18-cifar`'s bf16 step,
-//! interleaved: 798-915 ms, median 816, against 824 and 864 with the routing below, tuned on
-//! machines without AMX). A stride-1 first layer stays on the built-in direct
+//! its AMX kernels were faster than the built-in ones on AVX512-BF16, and level with the
+//! built-in products on AMX's tiles (`resnet18-cifar`'s bf16 step, interleaved: 798-915 ms,
+//! median 816, against 824 and 864 with the routing below, tuned on machines without AMX). A stride-1 first layer stays on the built-in direct
 //! convolution (below): on AMX, oneDNN's was level on `resnet18-cifar`'s stem (the step 989
 //! against 1,009 ms, medians of three interleaved) and slower on the MNIST CNN's 1->32 (11.4
 //! against 10.1 ms); some small layers keep the built-in kernel gradient

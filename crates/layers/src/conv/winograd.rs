@@ -142,9 +142,10 @@ pub(super) fn transform_kernel(w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
 
 /// [`transform_kernel`] of the kernel whose 3x3 taps (row by row) for output channel `o` and
 /// input channel `c` are `taps(o, c)` (a flipped kernel read in place). Output channels side by
-/// side across the pool from [`PAR_KERNEL`] pairs of channels: for `resnet18-seed`'s kernels
-/// (64 channels) the transform takes tens of microseconds, less than waking the pool (output
-/// channels in parallel took 2-3x as long inside its step).
+/// side across the pool from [`PAR_KERNEL`] pairs of channels: for 64x64 kernels the transform
+/// takes tens of microseconds, less than waking the pool (output channels in parallel took 2-3x
+/// as long inside `resnet18-seed`'s step); from 128x128 the pool was faster on
+/// `resnet18-cifar` and level on `resnet18-seed`.
 pub(super) fn transform_kernel_of(
     cout: usize,
     cin: usize,
