@@ -156,6 +156,9 @@ pub(crate) struct PackedLhs {
     k: usize,
     kernel: Kernel,
     data: Vec<u32>,
+    /// Tests: [`Kernel::Amx`]'s steps in plain Rust even on a CPU with AMX.
+    #[cfg(test)]
+    emulate: bool,
 }
 
 impl PackedLhs {
@@ -929,6 +932,8 @@ fn amx_tiles_from(
     let hardware = amx_available();
     #[cfg(not(test))]
     assert!(hardware, "bf16 gemm: this CPU or process lacks AMX");
+    #[cfg(test)]
+    let hardware = hardware && !lhs.emulate;
     let nv = vectors_for(n);
     let nr = 16 * nv;
     let kp = lhs.pairs();
@@ -1217,18 +1222,27 @@ mod tests {
 
     use crate::test_values::values;
 
-    /// Both kernels: AMX's on its tiles where the CPU has them, else its steps in plain Rust
-    /// ([`amx_tile_any`]: the layouts and edges, not the instructions).
-    fn kernels() -> Vec<Kernel> {
+    /// Both kernels, AMX's on its tiles where the CPU has them and its steps in plain Rust
+    /// ([`amx_tile_any`]: the layouts and edges, not the instructions) everywhere: (kernel,
+    /// emulated).
+    fn kernels() -> Vec<(Kernel, bool)> {
         if !amx_available() {
-            eprintln!("AMX's kernel in plain Rust: this CPU (or process) lacks AMX-BF16");
+            eprintln!("AMX's kernel in plain Rust only: this CPU (or process) lacks AMX-BF16");
+            return vec![(Kernel::Avx512, false), (Kernel::Amx, true)];
         }
-        vec![Kernel::Avx512, Kernel::Amx]
+        vec![
+            (Kernel::Avx512, false),
+            (Kernel::Amx, false),
+            (Kernel::Amx, true),
+        ]
     }
 
-    /// `a` (M x K) packed for `kernel`.
-    fn packed(kernel: Kernel, m: usize, k: usize, a: View) -> PackedLhs {
-        let mut packed = PackedLhs::default();
+    /// `a` (M x K) packed for `kernel`, its products in plain Rust where `emulate`.
+    fn packed((kernel, emulate): (Kernel, bool), m: usize, k: usize, a: View) -> PackedLhs {
+        let mut packed = PackedLhs {
+            emulate,
+            ..PackedLhs::default()
+        };
         packed.pack_for(kernel, m, k, a);
         packed
     }
@@ -1389,8 +1403,9 @@ mod tests {
             let b = values(k * n, (n + k) as u32);
             let mut packed = vec![0u32; layout.len()];
             layout.pack((&b, n, 1), &mut packed);
+            let a = values(m * k, 3);
             for (kernel, threads) in kernels().into_iter().flat_map(|k| [(k, 1), (k, 2)]) {
-                let lhs = self::packed(kernel, m, k, (&values(m * k, 3), k, 1));
+                let lhs = self::packed(kernel, m, k, (&a, k, 1));
                 let (mut want, mut got) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
                 let mut scratch = Scratch::default();
                 gemm(
@@ -1417,6 +1432,25 @@ mod tests {
                     bits(&want),
                     "{kernel:?} {m}x{n}x{k} threads {threads}"
                 );
+                // The tiles and the plain Rust steps: the same products, sums in other orders.
+                if kernel.0 == Kernel::Amx && !kernel.1 {
+                    let emulated = self::packed((Kernel::Amx, true), m, k, (&a, k, 1));
+                    let mut plain = vec![f32::NAN; m * n];
+                    let dst = (&mut plain[..], n, 1);
+                    gemm(
+                        (m, n, k),
+                        dst,
+                        &emulated,
+                        (&b, n, 1),
+                        false,
+                        threads,
+                        &mut scratch,
+                    );
+                    for (i, (p, g)) in plain.iter().zip(&got).enumerate() {
+                        let tol = 1e-5 * (k as f32).sqrt() * (1.0 + g.abs());
+                        assert!((p - g).abs() <= tol, "{m}x{n}x{k} [{i}]: {p} against {g}");
+                    }
+                }
             }
         }
         // Too deep for one block: no layout.
