@@ -248,7 +248,26 @@ fn tanh_f32(x: f32) -> f32 {
     }
 }
 
+/// `y[i] = tanh(x[i])`, compiled for AVX-512 where the CPU has it (sixteen lanes a step where
+/// the default target's SSE2 takes four: the same operations, so the same bits).
 fn tanh_slice(x: &[f32], y: &mut [MaybeUninit<f32>]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx512::available() {
+        // SAFETY: the CPU has AVX-512F (checked at run time).
+        return unsafe { tanh_slice_avx512(x, y) };
+    }
+    tanh_slice_any(x, y)
+}
+
+/// [`tanh_slice_any`] compiled for AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tanh_slice_avx512(x: &[f32], y: &mut [MaybeUninit<f32>]) {
+    tanh_slice_any(x, y)
+}
+
+#[inline(always)]
+fn tanh_slice_any(x: &[f32], y: &mut [MaybeUninit<f32>]) {
     for (y, &x) in y.iter_mut().zip(x) {
         y.write(tanh_f32(x));
     }
@@ -401,6 +420,28 @@ mod tests {
             }
         }
         assert!(worst.0 <= 2, "{} ulp at {}", worst.0, worst.1);
+        // The pass over a slice (vectorised, AVX-512 where the CPU has it) gives each value's
+        // bits, edges and non-finite values included.
+        let mut xs: Vec<f32> = (0..top).step_by(89).map(f32::from_bits).collect();
+        xs.extend(xs.clone().iter().map(|x| -x));
+        xs.extend([
+            0.625,
+            -0.625,
+            9.01,
+            30.0,
+            -1e30,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -0.0,
+        ]);
+        xs.push(f32::NAN);
+        let mut ys = vec![MaybeUninit::uninit(); xs.len()];
+        tanh_slice(&xs, &mut ys);
+        for (x, y) in xs.iter().zip(&ys) {
+            // SAFETY: `tanh_slice` wrote every value.
+            let y = unsafe { y.assume_init() };
+            assert_eq!(y.to_bits(), tanh_f32(*x).to_bits(), "tanh({x}) in a slice");
+        }
         for (x, want) in [(30.0, 1.0), (-1e30, -1.0), (f32::INFINITY, 1.0)] {
             assert_eq!(tanh_f32(x), want);
         }
