@@ -875,44 +875,55 @@ fn gemm_tiles_from(
                 let row0 = t * MR - first_row;
                 let rows = MR.min(m - t * MR);
                 let a = lhs.data[(t * kp + p0) * MR..].as_ptr();
-                let direct = dcs == 1 && rows == MR && cols == nr;
-                let (c, rs) = if direct {
-                    (d[row0 * drs + col0..].as_mut_ptr(), drs)
-                } else {
-                    // Without `load` the kernel writes the whole tile; with it, the rows and
-                    // columns outside the product are stale sums, never stored.
-                    let tile = &mut scratch.tile;
-                    if load {
-                        for i in 0..rows {
-                            for j in 0..cols {
-                                tile[i * nr + j] = d[(row0 + i) * drs + (col0 + j) * dcs];
-                            }
+                let (dst, at, buf) = ((&mut *d, drs, dcs), (row0, col0), &mut scratch.tile);
+                on_block(dst, at, (rows, cols), (MR, nr), buf, load, |c, rs| {
+                    // SAFETY: `available()` was asserted; `a` has `kc` pairs of MR rows left in
+                    // the packed tile, `block` `kc` pairs of `nr` columns; `c` reaches MR rows
+                    // of `nr` values at stride `rs` ([`on_block`]).
+                    unsafe {
+                        match nv {
+                            1 => tile::<1>(kc, a, block.as_ptr(), c, rs, load),
+                            _ => tile::<2>(kc, a, block.as_ptr(), c, rs, load),
                         }
                     }
-                    (tile.as_mut_ptr(), nr)
-                };
-                // SAFETY: `available()` was asserted; `a` has `kc` pairs of MR rows left in the
-                // packed tile, `block` `kc` pairs of `nr` columns; `c` reaches MR rows of `nr`
-                // values at stride `rs`: a full tile inside `d` (direct) or the scratch tile.
-                unsafe {
-                    match nv {
-                        1 => tile::<1>(kc, a, block.as_ptr(), c, rs, load),
-                        _ => tile::<2>(kc, a, block.as_ptr(), c, rs, load),
-                    }
-                }
-                if !direct {
-                    let tile = &scratch.tile;
-                    for i in 0..rows {
-                        for j in 0..cols {
-                            d[(row0 + i) * drs + (col0 + j) * dcs] = tile[i * nr + j];
-                        }
-                    }
-                }
+                });
             }
         }
         p0 += kc;
         if p0 >= kp {
             break;
+        }
+    }
+}
+
+/// Runs `kernel` on the accumulators of one tile: `mr` rows by `nr` columns of `dst` from
+/// (`row0`, `col0`), of which `rows` x `cols` lie inside the product. `kernel` gets (pointer,
+/// row stride): straight into `dst` where the tile is whole and its rows are contiguous, else
+/// the scratch `tile` (`mr · nr` values), filled from `dst` first when `load` (the rows and
+/// columns outside the product are then stale sums, never stored) and copied back after.
+fn on_block(
+    (d, drs, dcs): (&mut [f32], usize, usize),
+    (row0, col0): (usize, usize),
+    (rows, cols): (usize, usize),
+    (mr, nr): (usize, usize),
+    tile: &mut [f32],
+    load: bool,
+    kernel: impl FnOnce(*mut f32, usize),
+) {
+    if dcs == 1 && rows == mr && cols == nr {
+        return kernel(d[row0 * drs + col0..].as_mut_ptr(), drs);
+    }
+    if load {
+        for i in 0..rows {
+            for j in 0..cols {
+                tile[i * nr + j] = d[(row0 + i) * drs + (col0 + j) * dcs];
+            }
+        }
+    }
+    kernel(tile.as_mut_ptr(), nr);
+    for i in 0..rows {
+        for j in 0..cols {
+            d[(row0 + i) * drs + (col0 + j) * dcs] = tile[i * nr + j];
         }
     }
 }
@@ -974,40 +985,20 @@ fn amx_tiles_from(
                 let rows = AMX_MR.min(m - t * AMX_MR);
                 let a = lhs.data[(t * groups + p0 / 16) * 16 * AMX_MR..].as_ptr();
                 let load = accumulate || p0 > 0;
-                let direct = dcs == 1 && rows == AMX_MR && cols == nr;
-                let (c, rs) = if direct {
-                    (d[row0 * drs + col0..].as_mut_ptr(), drs)
-                } else {
-                    // As in `gemm_tiles_from`: stale sums outside the product, never stored.
-                    let tile = &mut scratch.tile;
-                    if load {
-                        for i in 0..rows {
-                            for j in 0..cols {
-                                tile[i * nr + j] = d[(row0 + i) * drs + (col0 + j) * dcs];
-                            }
+                let (dst, at, buf) = ((&mut *d, drs, dcs), (row0, col0), &mut scratch.tile);
+                on_block(dst, at, (rows, cols), (AMX_MR, nr), buf, load, |c, rs| {
+                    // SAFETY: the tiles are configured on this thread (with `hardware`); `a` has
+                    // `depth / 16` steps of AMX_MR rows by sixteen pairs left in the packed tile
+                    // (`p0 + depth <= 16·groups`), `block` `depth` pairs of `nr` columns; `c`
+                    // reaches AMX_MR rows of `nr` values at stride `rs` ([`on_block`]).
+                    unsafe {
+                        let b = block.as_ptr();
+                        match nv {
+                            1 => amx_step::<1>(hardware, depth / 16, a, b, (c, rs), load),
+                            _ => amx_step::<2>(hardware, depth / 16, a, b, (c, rs), load),
                         }
                     }
-                    (tile.as_mut_ptr(), nr)
-                };
-                // SAFETY: the tiles are configured on this thread (with `hardware`); `a` has `depth / 16` steps
-                // of AMX_MR rows by sixteen pairs left in the packed tile (`p0 + depth <=
-                // 16·groups`), `block` `depth` pairs of `nr` columns; `c` reaches AMX_MR rows
-                // of `nr` values at stride `rs`: a full tile inside `d` (direct) or the
-                // scratch tile.
-                unsafe {
-                    match nv {
-                        1 => amx_step::<1>(hardware, depth / 16, a, block.as_ptr(), (c, rs), load),
-                        _ => amx_step::<2>(hardware, depth / 16, a, block.as_ptr(), (c, rs), load),
-                    }
-                }
-                if !direct {
-                    let tile = &scratch.tile;
-                    for i in 0..rows {
-                        for j in 0..cols {
-                            d[(row0 + i) * drs + (col0 + j) * dcs] = tile[i * nr + j];
-                        }
-                    }
-                }
+                });
             }
         }
         p0 += kc;
