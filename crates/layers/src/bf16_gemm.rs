@@ -194,8 +194,7 @@ impl PackedLhs {
             (m - 1) * rs + (k - 1) * cs < a.len(),
             "bf16 gemm: lhs out of bounds"
         );
-        // Tiles side by side across the pool when there is enough to share (a large kernel
-        // packed once per call would otherwise run on the calling thread alone).
+        // Tiles side by side across the pool when there is enough to share ([`each_tile`]).
         let pack_tile = |run: &mut Vec<u32>, (t, tile): (usize, &mut [u32])| {
             let rows = MR.min(m - t * MR);
             if rows < MR {
@@ -233,17 +232,7 @@ impl PackedLhs {
                 }
             }
         };
-        if m * k >= PAR_PACK {
-            use rayon::prelude::*;
-            self.data
-                .par_chunks_exact_mut(kp * MR)
-                .enumerate()
-                .for_each_init(Vec::new, pack_tile);
-        } else {
-            let mut run = Vec::new();
-            let tiles = self.data.chunks_exact_mut(kp * MR).enumerate();
-            tiles.for_each(|t| pack_tile(&mut run, t));
-        }
+        each_tile(&mut self.data, kp * MR, m * k, pack_tile);
     }
 
     /// [`PackedLhs::pack_for`] [`Kernel::Amx`]: each row's pairs made as a run, then laid out
@@ -290,20 +279,31 @@ impl PackedLhs {
                 }
             }
         };
-        if m * k >= PAR_PACK {
-            self.data
-                .par_chunks_exact_mut(tile_len)
-                .enumerate()
-                .for_each_init(Vec::new, pack_tile);
-        } else {
-            let mut run = Vec::new();
-            let tiles = self.data.chunks_exact_mut(tile_len).enumerate();
-            tiles.for_each(|t| pack_tile(&mut run, t));
-        }
+        each_tile(&mut self.data, tile_len, m * k, pack_tile);
     }
 
     fn pairs(&self) -> usize {
         self.k.div_ceil(2)
+    }
+}
+
+/// `pack_tile(run, (t, tile))` for every tile `t` of `tile_len` values of `data`, with a buffer
+/// `run` per thread: across the pool from [`PAR_PACK`] `values` of the operand (a large kernel
+/// packed once per call would otherwise run on the calling thread alone), else on this thread.
+fn each_tile(
+    data: &mut [u32],
+    tile_len: usize,
+    values: usize,
+    pack_tile: impl Fn(&mut Vec<u32>, (usize, &mut [u32])) + Sync + Send,
+) {
+    if values >= PAR_PACK {
+        data.par_chunks_exact_mut(tile_len)
+            .enumerate()
+            .for_each_init(Vec::new, pack_tile);
+    } else {
+        let mut run = Vec::new();
+        let tiles = data.chunks_exact_mut(tile_len).enumerate();
+        tiles.for_each(|t| pack_tile(&mut run, t));
     }
 }
 
