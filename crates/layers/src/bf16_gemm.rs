@@ -140,6 +140,17 @@ fn pair(even: f32, odd: f32) -> u32 {
     bf16_bits(even) | (bf16_bits(odd) << 16)
 }
 
+/// Pair `p` of a row of `k` values read at stride `cs` (the odd one zero past `k`).
+#[inline]
+fn strided_pair(row: &[f32], cs: usize, k: usize, p: usize) -> u32 {
+    let odd = if 2 * p + 1 < k {
+        row[(2 * p + 1) * cs]
+    } else {
+        0.0
+    };
+    pair(row[2 * p * cs], odd)
+}
+
 /// Values of a left operand from which [`PackedLhs::pack`] shares its tiles across the pool.
 const PAR_PACK: usize = 64 * 1024;
 
@@ -180,13 +191,14 @@ impl PackedLhs {
         self.m = m;
         self.k = k;
         self.kernel = kernel;
-        if kernel == Kernel::Amx {
-            return self.pack_amx((a, rs, cs));
-        }
         let kp = k.div_ceil(2);
-        let tiles = m.div_ceil(MR);
-        // Every value is written below (rows past M as zeros): no zero-filling pass first.
-        self.data.resize(tiles * kp * MR, 0);
+        let tile_len = match kernel {
+            Kernel::Avx512 => kp * MR,
+            Kernel::Amx => kp.div_ceil(16) * 16 * AMX_MR,
+        };
+        // Every value is written below (rows past M, and pairs past K on AMX, as zeros): no
+        // zero-filling pass first.
+        self.data.resize(m.div_ceil(kernel.rows()) * tile_len, 0);
         if m * k == 0 {
             return;
         }
@@ -194,6 +206,9 @@ impl PackedLhs {
             (m - 1) * rs + (k - 1) * cs < a.len(),
             "bf16 gemm: lhs out of bounds"
         );
+        if kernel == Kernel::Amx {
+            return self.pack_amx((a, rs, cs), tile_len);
+        }
         // Tiles side by side across the pool when there is enough to share ([`each_tile`]).
         let pack_tile = |run: &mut Vec<u32>, (t, tile): (usize, &mut [u32])| {
             let rows = MR.min(m - t * MR);
@@ -223,34 +238,19 @@ impl PackedLhs {
                     continue;
                 }
                 for p in 0..kp {
-                    let odd = if 2 * p + 1 < k {
-                        row[(2 * p + 1) * cs]
-                    } else {
-                        0.0
-                    };
-                    tile[p * MR + i] = pair(row[2 * p * cs], odd);
+                    tile[p * MR + i] = strided_pair(row, cs, k, p);
                 }
             }
         };
-        each_tile(&mut self.data, kp * MR, m * k, pack_tile);
+        each_tile(&mut self.data, tile_len, m * k, pack_tile);
     }
 
-    /// [`PackedLhs::pack_for`] [`Kernel::Amx`]: each row's pairs made as a run, then laid out
-    /// sixteen at a time.
-    fn pack_amx(&mut self, (a, rs, cs): View) {
+    /// [`PackedLhs::pack_for`] [`Kernel::Amx`] into `data` (sized, `a`'s bounds checked):
+    /// each row's pairs made as a run, then laid out sixteen at a time.
+    fn pack_amx(&mut self, (a, rs, cs): View, tile_len: usize) {
         let (m, k) = (self.m, self.k);
         let kp = k.div_ceil(2);
         let groups = kp.div_ceil(16);
-        let tile_len = groups * 16 * AMX_MR;
-        // Every value is written below (rows past M and pairs past K as zeros).
-        self.data.resize(m.div_ceil(AMX_MR) * tile_len, 0);
-        if m * k == 0 {
-            return;
-        }
-        assert!(
-            (m - 1) * rs + (k - 1) * cs < a.len(),
-            "bf16 gemm: lhs out of bounds"
-        );
         let pack_tile = |run: &mut Vec<u32>, (t, tile): (usize, &mut [u32])| {
             let rows = AMX_MR.min(m - t * AMX_MR);
             run.resize(16 * groups, 0);
@@ -261,12 +261,7 @@ impl PackedLhs {
                         pair_run(&row[..k], &mut run[..kp]);
                     } else {
                         for (p, v) in run[..kp].iter_mut().enumerate() {
-                            let odd = if 2 * p + 1 < k {
-                                row[(2 * p + 1) * cs]
-                            } else {
-                                0.0
-                            };
-                            *v = pair(row[2 * p * cs], odd);
+                            *v = strided_pair(row, cs, k, p);
                         }
                     }
                     run[kp..].fill(0);
