@@ -311,18 +311,27 @@ impl ConvCpu {
     }
 
     /// dL/dx (N, C, H, W). Stride 1 with a square kernel and padding below it: the full
-    /// convolution of the gradient with the flipped kernel. Otherwise: Wᵀ · grad_i, then
-    /// `col2im`. Both block of rows by block.
+    /// convolution of the gradient with the flipped kernel, where it is Winograd's or the
+    /// output is the input's size ("same" padding). Otherwise: Wᵀ · grad_i, then `col2im`.
+    /// Both block of rows by block.
+    ///
+    /// Without padding ("valid", LeNet-5's second convolution: 6->16, 5x5 on 14x14), the full
+    /// convolution would read the gradient padded by `k - 1` on every side: 16·25 rows of 14x14
+    /// columns, mostly zeros, and twice the products of `col2im`'s 6·25 rows of 10x10.
     fn input_grad(&self, w: &[f32], grad: &[f32], n: usize) -> Result<Vec<f32>> {
         let g = &self.geo;
-        let (k, ohw, img_len) = self.len();
+        let (_, ohw, img_len) = self.len();
         let cout = self.cout;
         let (side_by_side, threads) = split(n);
         if g.stride == 1 && g.kh == g.kw && g.padding < g.kh {
             // w'[ch][(o, ki, kj)] = w[o][ch][kh-1-ki][kw-1-kj]: (C, O·KH·KW).
             let taps = g.kh * g.kw;
             let back = Geometry::new(cout, g.oh, g.ow, g.kh, g.kw, 1, g.kh - 1 - g.padding)?;
-            if winograd::applies(&back, g.c) {
+            let winograd = winograd::applies(&back, g.c);
+            if !winograd && g.oh * g.ow < g.h * g.w {
+                return Ok(self.input_grad_col2im(w, grad, n));
+            }
+            if winograd {
                 // The flipped kernel's taps read in place (3x3: `applies`).
                 let u = time(Part::Im2col, || {
                     winograd::transform_kernel_of(g.c, cout, |ch, o| {
@@ -375,6 +384,15 @@ impl ConvCpu {
             each_image(&mut gx, img_len, scratch, side_by_side, one);
             return Ok(gx);
         }
+        Ok(self.input_grad_col2im(w, grad, n))
+    }
+
+    /// dL/dx (N, C, H, W) as Wᵀ · grad_i, then `col2im`, block of rows by block.
+    fn input_grad_col2im(&self, w: &[f32], grad: &[f32], n: usize) -> Vec<f32> {
+        let g = &self.geo;
+        let (k, ohw, img_len) = self.len();
+        let cout = self.cout;
+        let (side_by_side, threads) = split(n);
         // `col2im` adds each column into its place: zeros first.
         let mut gx = crate::fill::par_zeros(n * img_len);
         let lhs = Lhs::new(self.bf16, (k, cout), (w, 1, k));
@@ -395,7 +413,7 @@ impl ConvCpu {
             }
         };
         each_image(&mut gx, img_len, k * block_len(g, k), side_by_side, one);
-        Ok(gx)
+        gx
     }
 }
 

@@ -380,6 +380,10 @@ fn matches_the_im2col_path_forward_and_backward() -> Result<()> {
         check_per_image((n, 2, 5, 5), (2, 1, 1), 1, 1)?;
         check_per_image((n, 2, 6, 5), (3, 3, 2), 1, 1)?;
         check_per_image((n, 2, 4, 4), (3, 3, 3), 1, 2)?;
+        // Stride 1 with padding under "same": the input gradient by `col2im` (LeNet-5's 6->16
+        // 5x5 on 14x14, and a 5x5 with padding 1).
+        check_per_image((n, 6, 14, 14), (16, 5, 5), 1, 0)?;
+        check_per_image((n, 3, 9, 8), (4, 5, 5), 1, 1)?;
     }
     Ok(())
 }
