@@ -388,6 +388,50 @@ mod tests {
         }
     }
 
+    /// A tensor used twice gets the sum of its two gradients, the same bits as Candle's `add`
+    /// of them: below and above the size from which `vendor/`'s backward sums them across
+    /// rayon's pool (65,536 values), contiguous and channels-last.
+    #[test]
+    fn gradient_sums_are_candles_additions_bit_for_bit() -> Result<()> {
+        let dev = Device::Cpu;
+        for (dims, cl) in [
+            ((2, 3, 5, 7), false),
+            ((2, 8, 64, 64), false),
+            ((3, 8, 64, 61), false),
+            ((3, 8, 64, 61), true),
+        ] {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1., dims, &dev)?)?;
+            let (a, b) = (
+                Tensor::randn(0f32, 1., dims, &dev)?,
+                Tensor::randn(0f32, 1., dims, &dev)?,
+            );
+            // d/dx of sum(x·a) + sum(x·b): a, then b added to it (channels-last both, where
+            // `cl`: the products of channels-last operands).
+            let layout = |t: &Tensor| {
+                if cl {
+                    to_channels_last(t)
+                } else {
+                    Ok(t.clone())
+                }
+            };
+            let (xa, xb) = (layout(x.as_tensor())?, layout(x.as_tensor())?);
+            let loss = ((xa * layout(&a)?)?.sum_all()? + (xb * layout(&b)?)?.sum_all()?)?;
+            let grads = loss.backward()?;
+            let got = values(grads.get(x.as_tensor()).expect("a gradient"))?;
+            let want = values(&(&a + &b)?)?;
+            assert_eq!(got.len(), want.len());
+            let differs = got
+                .iter()
+                .zip(&want)
+                .position(|(g, w)| g.to_bits() != w.to_bits());
+            assert_eq!(
+                differs, None,
+                "{dims:?} channels-last {cl}: first value that differs"
+            );
+        }
+        Ok(())
+    }
+
     #[test]
     fn a_channels_last_gradient_reaches_the_op_before_it_uncopied() -> Result<()> {
         // up (N, H, W, C) -> first probe -> channels-last x -> second probe on x's (N, H, W, C)

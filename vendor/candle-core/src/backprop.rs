@@ -722,9 +722,9 @@ impl GradStore {
                 let sum = match channels_last(entry.get()) && channels_last(grad) {
                     true => {
                         let nhwc = |t: &Tensor| t.permute((0, 2, 3, 1));
-                        nhwc(entry.get())?.add(&nhwc(grad)?)?.permute((0, 3, 1, 2))?
+                        sum(&nhwc(entry.get())?, &nhwc(grad)?)?.permute((0, 3, 1, 2))?
                     }
-                    false => entry.get().add(grad)?,
+                    false => sum(entry.get(), grad)?,
                 };
                 entry.insert(sum);
             }
@@ -792,6 +792,55 @@ impl GradStore {
 
 /// Whether `t` is 4-D, not contiguous, and dense with its second dimension innermost: a
 /// permuted view of a contiguous (N, H, W, C) tensor, PyTorch's `torch.channels_last`.
+/// `a + b`. Two contiguous float32 CPU tensors of one shape, of [`PAR_SUM`] values or more,
+/// are summed across rayon's pool, value by value (the same additions as `add`, so the same
+/// bits); Candle's `add` runs on one thread where its own pool has none (this workspace's
+/// setting), and the gradient sums of a ResNet's residual joins, the size of its largest
+/// activations, were a serial stretch of every step.
+fn sum(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    use crate::{CpuStorage, DType, Storage};
+    use rayon::prelude::*;
+    let n = a.elem_count();
+    let eligible = a.device().is_cpu()
+        && a.dtype() == DType::F32
+        && b.dtype() == DType::F32
+        && a.shape() == b.shape()
+        && a.is_contiguous()
+        && b.is_contiguous()
+        && n >= PAR_SUM;
+    if !eligible {
+        return a.add(b);
+    }
+    let out = {
+        let ((sa, la), (sb, lb)) = (a.storage_and_layout(), b.storage_and_layout());
+        let (x, y) = match (&*sa, &*sb) {
+            (Storage::Cpu(CpuStorage::F32(x)), Storage::Cpu(CpuStorage::F32(y))) => (
+                &x[la.start_offset()..la.start_offset() + n],
+                &y[lb.start_offset()..lb.start_offset() + n],
+            ),
+            _ => return a.add(b),
+        };
+        let mut out: Vec<f32> = Vec::with_capacity(n);
+        out.spare_capacity_mut()
+            .par_chunks_mut(PAR_SUM_CHUNK)
+            .zip(x.par_chunks(PAR_SUM_CHUNK).zip(y.par_chunks(PAR_SUM_CHUNK)))
+            .for_each(|(o, (x, y))| {
+                for ((o, x), y) in o.iter_mut().zip(x).zip(y) {
+                    o.write(x + y);
+                }
+            });
+        // SAFETY: the chunks cover all `n` values (`x` and `y` hold `n` each), each written.
+        unsafe { out.set_len(n) };
+        out
+    };
+    Tensor::from_vec(out, a.shape(), a.device())
+}
+
+/// Values from which [`sum`] uses rayon's pool.
+const PAR_SUM: usize = 1 << 16;
+/// Values per task of [`sum`].
+const PAR_SUM_CHUNK: usize = 1 << 14;
+
 fn channels_last(t: &Tensor) -> bool {
     let (d, s) = (t.dims(), t.stride());
     t.rank() == 4

@@ -151,12 +151,15 @@ pub(super) fn transform_kernel_of(
     cin: usize,
     taps: impl Fn(usize, usize) -> [f32; 9] + Sync,
 ) -> Vec<f32> {
-    let mut u = vec![0f32; 16 * cout * cin];
+    // Not zero-filled first (a pass over up to 16 MB on the calling thread): every value is
+    // written below.
+    let len = 16 * cout * cin;
+    let mut u: Vec<f32> = Vec::with_capacity(len);
     /// `u`'s values, written by output channel from the pool's threads.
-    struct Shared(*mut f32);
+    struct Shared(*mut MaybeUninit<f32>);
     // SAFETY: each output channel's values (below) are written by one thread only.
     unsafe impl Sync for Shared {}
-    let shared = Shared(u.as_mut_ptr());
+    let shared = Shared(u.spare_capacity_mut().as_mut_ptr());
     // One output channel: its taps gathered by tap (`g[t·cin + c]`), then each step of the
     // transform as a pass along the input channels (the same operations per value as one
     // 3x3 at a time, in vector registers), each of the 16 results written as one run.
@@ -194,17 +197,17 @@ pub(super) fn transform_kernel_of(
         for i in 0..4 {
             let row = &gg[i * 3 * cin..(i + 1) * 3 * cin];
             let (a, b, e) = (&row[..cin], &row[cin..2 * cin], &row[2 * cin..]);
-            // SAFETY: the 4 runs `((i·4 + j)·cout + o)·cin ..` of `cin` values lie inside `u`
-            // (16·cout·cin long, `o < cout`) and belong to output channel `o` alone.
+            // SAFETY: the 4 runs `((i·4 + j)·cout + o)·cin ..` of `cin` values lie inside `u`'s
+            // capacity (16·cout·cin, `o < cout`) and belong to output channel `o` alone.
             let run = |j: usize| unsafe {
                 std::slice::from_raw_parts_mut(shared.0.add(((i * 4 + j) * cout + o) * cin), cin)
             };
             let (u0, u1, u2, u3) = (run(0), run(1), run(2), run(3));
             for c in 0..cin {
-                u0[c] = a[c];
-                u1[c] = 0.5 * (a[c] + b[c] + e[c]);
-                u2[c] = 0.5 * (a[c] - b[c] + e[c]);
-                u3[c] = e[c];
+                u0[c].write(a[c]);
+                u1[c].write(0.5 * (a[c] + b[c] + e[c]));
+                u2[c].write(0.5 * (a[c] - b[c] + e[c]));
+                u3[c].write(e[c]);
             }
         }
     };
@@ -213,6 +216,8 @@ pub(super) fn transform_kernel_of(
     } else {
         (0..cout).for_each(channel);
     }
+    // SAFETY: the 16 runs of each output channel, written above, cover all `len` values.
+    unsafe { u.set_len(len) };
     u
 }
 
