@@ -428,8 +428,51 @@ mod tests {
                 differs, None,
                 "{dims:?} channels-last {cl}: first value that differs"
             );
+            // Both gradients views 7 values into their buffers (`Shifted`'s backward).
+            let shifted = || x.as_tensor().apply_op1(Shifted);
+            let loss = ((shifted()? * &a)?.sum_all()? + (shifted()? * &b)?.sum_all()?)?;
+            let got = values(loss.backward()?.get(x.as_tensor()).expect("a gradient"))?;
+            let differs = got
+                .iter()
+                .zip(&want)
+                .position(|(g, w)| g.to_bits() != w.to_bits());
+            assert_eq!(
+                differs, None,
+                "{dims:?}: a shifted gradient, first value that differs"
+            );
         }
         Ok(())
+    }
+
+    /// The identity, whose backward hands back the gradient as a contiguous view that starts 7
+    /// values into a larger buffer.
+    struct Shifted;
+
+    impl candle_core::CustomOp1 for Shifted {
+        fn name(&self) -> &'static str {
+            "shifted"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s: &candle_core::CpuStorage,
+            l: &candle_core::Layout,
+        ) -> Result<(candle_core::CpuStorage, Shape)> {
+            let data = s.as_slice::<f32>()?;
+            let n = l.shape().elem_count();
+            let data = data[l.start_offset()..l.start_offset() + n].to_vec();
+            Ok((candle_core::CpuStorage::F32(data), l.shape().clone()))
+        }
+
+        fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+            let junk = Tensor::full(f32::NAN, 7, grad.device())?;
+            let n = grad.elem_count();
+            let view = Tensor::cat(&[&junk, &grad.flatten_all()?], 0)?
+                .narrow(0, 7, n)?
+                .reshape(grad.shape())?;
+            assert_eq!(view.layout().start_offset(), 7, "a view into the buffer");
+            Ok(Some(view))
+        }
     }
 
     #[test]

@@ -24,8 +24,8 @@
 //! and without the pool: `lenet5` 20.7-24.0 ms against 7.7-7.8 ms, `cnn-mnist` 81-82 ms against
 //! 40-41 ms, `resnet18-seed` 885-929 ms against 419-424 ms). After the custom operations
 //! (layers' activations, pooling, batch norm, linear layers; the fused Adam) the Candle
-//! element-wise operations left in a step are mostly the gradient sums of its autograd, which
-//! gain little from a second thread.
+//! element-wise operations left in a step are mostly the gradient sums of its autograd; the
+//! large ones (a ResNet's residual joins) run across rayon's pool instead (`vendor/README.md`).
 
 /// Makes Candle run its element-wise CPU operations on the calling thread (its barrier pool
 /// gets no threads), unless `CANDLE_NUM_THREADS` is already set: set it to 2 or more to keep

@@ -790,18 +790,19 @@ impl GradStore {
     }
 }
 
-/// Whether `t` is 4-D, not contiguous, and dense with its second dimension innermost: a
-/// permuted view of a contiguous (N, H, W, C) tensor, PyTorch's `torch.channels_last`.
 /// `a + b`. Two contiguous float32 CPU tensors of one shape, of [`PAR_SUM`] values or more,
 /// are summed across rayon's pool, value by value (the same additions as `add`, so the same
 /// bits); Candle's `add` runs on one thread where its own pool has none (this workspace's
 /// setting), and the gradient sums of a ResNet's residual joins, the size of its largest
-/// activations, were a serial stretch of every step.
+/// activations, were a serial stretch of every step. The sum records the addition as its
+/// operation, as `add` does (for a backward pass through it, `CANDLE_GRAD_DO_NOT_DETACH`).
 fn sum(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    use crate::op::BackpropOp;
     use crate::{CpuStorage, DType, Storage};
     use rayon::prelude::*;
     let n = a.elem_count();
     let eligible = a.device().is_cpu()
+        && b.device().is_cpu()
         && a.dtype() == DType::F32
         && b.dtype() == DType::F32
         && a.shape() == b.shape()
@@ -833,7 +834,9 @@ fn sum(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         unsafe { out.set_len(n) };
         out
     };
-    Tensor::from_vec(out, a.shape(), a.device())
+    let op = BackpropOp::new2(a, b, |a, b| Op::Binary(a, b, BinaryOp::Add));
+    let storage = Storage::Cpu(CpuStorage::F32(out));
+    Ok(crate::tensor::from_storage(storage, a.shape().clone(), op, false))
 }
 
 /// Values from which [`sum`] uses rayon's pool.
@@ -841,6 +844,8 @@ const PAR_SUM: usize = 1 << 16;
 /// Values per task of [`sum`].
 const PAR_SUM_CHUNK: usize = 1 << 14;
 
+/// Whether `t` is 4-D, not contiguous, and dense with its second dimension innermost: a
+/// permuted view of a contiguous (N, H, W, C) tensor, PyTorch's `torch.channels_last`.
 fn channels_last(t: &Tensor) -> bool {
     let (d, s) = (t.dims(), t.stride());
     t.rank() == 4

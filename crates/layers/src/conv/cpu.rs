@@ -5,8 +5,9 @@
 //! backward pass and transposes the NHWC product to NCHW. Here each image's columns are made
 //! in a buffer of a few MB, in the (C·KH·KW) x (OH·OW) layout whose product with the kernel is
 //! the NCHW output itself, used while still in cache, and made again in the backward pass.
-//! Stride-1 input gradients are a convolution of the output gradient with the flipped kernel,
-//! so that every GEMM has the whole receptive field as its inner dimension.
+//! Stride-1 input gradients with "same" padding (or Winograd's) are a convolution of the output
+//! gradient with the flipped kernel, so that every GEMM has the whole receptive field as its
+//! inner dimension; the others are Wᵀ · grad, then `col2im`.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use std::ops::Range;

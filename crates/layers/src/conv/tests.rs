@@ -197,6 +197,8 @@ fn the_bf16_kernel_matches_float32_products_of_rounded_operands() -> Result<()> 
             (7, 16, 1, 2, 0, 12, 13),
             (24, 16, 1, 1, 0, 12, 13),
             (3, 16, 7, 2, 3, 12, 13),
+            // Stride 1 without padding: the input gradient by `col2im` (LeNet-5's second).
+            (6, 16, 5, 1, 0, 14, 14),
             // Outputs under 4x4: one product over the batch's columns.
             (16, 32, 3, 1, 1, 2, 2),
             (16, 24, 3, 2, 1, 4, 3),
