@@ -280,6 +280,36 @@ impl PackedLhs {
     fn pairs(&self) -> usize {
         self.k.div_ceil(2)
     }
+
+    /// For a producer that writes the left operand (M x K) packed for [`Kernel::Amx`] itself
+    /// (Winograd's kernel gradient, [`Self::amx_index`]): makes this that operand, every value
+    /// zero where M or K differ from the last call's (else as the producer left them), and hands
+    /// its values as bf16 bits. `None` where the products would not run on AMX
+    /// ([`Kernel::for_rows`]).
+    pub(crate) fn amx_values(&mut self, m: usize, k: usize) -> Option<&mut [u16]> {
+        if Kernel::for_rows(m) != Kernel::Amx || m * k == 0 {
+            return None;
+        }
+        let len = m.div_ceil(AMX_MR) * k.div_ceil(32) * 16 * AMX_MR;
+        if (self.m, self.k, self.kernel) != (m, k, Kernel::Amx) || self.data.len() != len {
+            self.data.clear();
+            self.data.resize(len, 0);
+            (self.m, self.k, self.kernel) = (m, k, Kernel::Amx);
+        }
+        // SAFETY: `u32` values viewed as twice as many `u16` (alignment 4 >= 2, every bit
+        // pattern valid both ways); the borrow of `self.data` lasts as long as the slice.
+        Some(unsafe {
+            std::slice::from_raw_parts_mut(self.data.as_mut_ptr().cast::<u16>(), 2 * len)
+        })
+    }
+
+    /// Where [`Self::amx_values`] holds value (`i`, `p`) of an AMX-packed operand `k` deep:
+    /// the 32 values of a row's sixteen pairs are side by side (the pair's even value in the
+    /// low half, so first on this little-endian CPU), rows of a tile 32 apart.
+    pub(crate) fn amx_index(k: usize, i: usize, p: usize) -> usize {
+        let groups = k.div_ceil(32);
+        ((i / AMX_MR * groups + p / 32) * AMX_MR + i % AMX_MR) * 32 + p % 32
+    }
 }
 
 /// `pack_tile(run, (t, tile))` for every tile `t` of `tile_len` values of `data`, with a buffer

@@ -385,19 +385,41 @@ pub(super) fn weight_grad(
             let mut v = vec![0f32; 16 * stride(c, block.min(tiles))];
             let mut dm = vec![0f32; 16 * stride(cout, block.min(tiles))];
             let (mut lhs, mut scratch) = (PackedLhs::default(), bf16_gemm::Scratch::default());
+            // bf16 on AMX: the 16 transformed gradients written packed, as the products take
+            // them ([`transform_output_grad_amx`]).
+            let mut packed: Vec<PackedLhs> = match bf16 {
+                true => (0..16).map(|_| PackedLhs::default()).collect(),
+                false => Vec::new(),
+            };
             for first in (0..tiles).step_by(block) {
                 let range = first..(first + block).min(tiles);
                 let tb = range.len();
-                time(Part::Im2col, || {
+                let packed_dm = time(Part::Im2col, || {
                     transform_input(geo, x, range.clone(), &mut v[..16 * stride(c, tb)]);
-                    transform_output_grad(geo, cout, g, range, &mut dm[..16 * stride(cout, tb)]);
+                    let packed_dm =
+                        transform_output_grad_amx(geo, cout, g, range.clone(), &mut packed);
+                    if !packed_dm {
+                        let dm = &mut dm[..16 * stride(cout, tb)];
+                        transform_output_grad(geo, cout, g, range, dm);
+                    }
+                    packed_dm
                 });
                 for xi in 0..16 {
                     let (vs, ms) = (stride(c, tb), stride(cout, tb));
                     let dst = (&mut du[xi * cout * c..(xi + 1) * cout * c], c, 1);
                     let dmx = (&dm[xi * ms..xi * ms + cout * tb], tb, 1);
                     let rhs = (&v[xi * vs..xi * vs + c * tb], 1, tb);
-                    if bf16 {
+                    if packed_dm {
+                        bf16_product(
+                            (cout, c, tb),
+                            dst,
+                            &packed[xi],
+                            rhs,
+                            true,
+                            gemm_threads,
+                            &mut scratch,
+                        );
+                    } else if bf16 {
                         lhs.pack(cout, tb, dmx);
                         bf16_product(
                             (cout, c, tb),
@@ -689,6 +711,56 @@ fn transform_output_grad(
     transform_output_grad_any(geo, cout, g, tiles, dm)
 }
 
+/// [`transform_output_grad`] into `lhs` (16 of them) packed as the kernel gradient's bf16
+/// products take their left operands on AMX, in place of float32 matrices the products then
+/// round and pack (the same bits: the same rounding instruction as their packing, tested).
+/// False, with nothing written, where the products would not run on AMX
+/// ([`PackedLhs::amx_values`]), the CPU lacks the instructions, or a span of tiles would
+/// straddle two groups of 32 (tile rows of odd lengths, blocks not whole 32s of tiles).
+fn transform_output_grad_amx(
+    geo: &Geometry,
+    cout: usize,
+    g: &[f32],
+    tiles: std::ops::Range<usize>,
+    lhs: &mut [PackedLhs],
+) -> bool {
+    #[cfg(test)]
+    if !tests::PACKED_GRAD.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let instructions =
+            avx512() && bf16_gemm::available() && std::arch::is_x86_feature_detected!("avx512vl");
+        if !instructions || lhs.len() != 16 {
+            return false;
+        }
+        if spans(geo, tiles.clone())
+            .iter()
+            .any(|&(tl, len, _)| tl % 32 + len > 32)
+        {
+            return false;
+        }
+        let tb = tiles.len();
+        let mut out = Vec::with_capacity(16);
+        for l in lhs.iter_mut() {
+            match l.amx_values(cout, tb) {
+                Some(values) => out.push(values),
+                None => return false,
+            }
+        }
+        // SAFETY: the CPU has AVX-512F, BW, VL and BF16 (checked above), and every span lies
+        // inside one group of 32 tiles.
+        unsafe { simd::transform_output_grad_packed(geo, cout, g, tiles, &mut out) };
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (geo, cout, g, tiles, lhs);
+        false
+    }
+}
+
 /// `dm` (16, O, tiles) := `A dY Aᵀ` of each output channel's 2x2 gradient tile `dY` of
 /// `g` (images, O, OH, OW), zero past the bottom and right edges.
 #[inline(always)]
@@ -750,7 +822,7 @@ fn transform_output_grad_any(
 /// identical bit for bit.
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    use super::{spans, stride, Geometry, MaybeUninit, LANES};
+    use super::{spans, stride, Geometry, MaybeUninit, PackedLhs, LANES};
     use crate::avx512::{index, EVEN, HIGH, LOW, ODD};
     use crate::bf16_gemm::RhsLayout;
     use std::arch::x86_64::*;
@@ -1274,14 +1346,71 @@ mod simd {
         tiles: std::ops::Range<usize>,
         dm: &mut [f32],
     ) {
-        let (oh, ow) = (geo.oh, geo.ow);
         let tb = tiles.len();
-        let spans = spans(geo, tiles);
         let ms = stride(cout, tb);
         assert!(
             tb == 0 || dm.len() >= 15 * ms + cout * tb,
             "winograd: transform buffer too short"
         );
+        let dm = dm.as_mut_ptr();
+        output_grad_tiles(geo, cout, g, tiles, |o, tl, len, xi, val| {
+            // SAFETY: `o · tb + tl + len <= cout · tb` and the position's matrix starts at
+            // `ξ · ms <= 15 · ms` (`dm`'s length asserted above).
+            let at = dm.add(o * tb + tl + xi * ms);
+            if len == LANES {
+                _mm512_storeu_ps(at, val);
+            } else {
+                _mm512_mask_storeu_ps(at, ((1u32 << len) - 1) as u16, val);
+            }
+        });
+    }
+
+    /// [`transform_output_grad`] written as the kernel gradient's products take their left
+    /// operands on AMX: position `ξ`'s (O x tiles) matrix into `out[ξ]`, rounded to bf16
+    /// ([`PackedLhs::amx_values`], laid out as [`PackedLhs::amx_index`] says: each span's
+    /// tiles are side by side there, one masked store), where the float32 path writes `dm`
+    /// and the products then pack it.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, BW, VL and BF16; every span of `tiles` ([`spans`]) lies inside one
+    /// group of 32 tiles (`tl % 32 + len <= 32`).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub(super) unsafe fn transform_output_grad_packed(
+        geo: &Geometry,
+        cout: usize,
+        g: &[f32],
+        tiles: std::ops::Range<usize>,
+        out: &mut [&mut [u16]],
+    ) {
+        let tb = tiles.len();
+        let len = cout.div_ceil(32) * tb.div_ceil(32) * 32 * 32;
+        assert!(
+            out.len() == 16 && out.iter().all(|v| v.len() == len),
+            "winograd: packed gradient operands of the wrong size"
+        );
+        let out: Vec<*mut u16> = out.iter_mut().map(|v| v.as_mut_ptr()).collect();
+        output_grad_tiles(geo, cout, g, tiles, |o, tl, n, xi, val| {
+            let bits: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(val));
+            // SAFETY: tiles `tl..tl + n` of row `o < cout` lie side by side inside one group
+            // (the caller's promise), below `len` (asserted above).
+            let at = out[xi].add(PackedLhs::amx_index(tb, o, tl));
+            _mm256_mask_storeu_epi16(at.cast(), ((1u32 << n) - 1) as u16, bits);
+        });
+    }
+
+    /// The body of [`transform_output_grad`]: `store(o, tl, len, ξ, value)` for each output
+    /// channel `o`, span of `len` tiles from the block's tile `tl` (lane `l`: tile `tl + l`;
+    /// lanes past `len` are zero) and position `ξ = 4i + j`.
+    #[inline(always)]
+    unsafe fn output_grad_tiles(
+        geo: &Geometry,
+        cout: usize,
+        g: &[f32],
+        tiles: std::ops::Range<usize>,
+        mut store: impl FnMut(usize, usize, usize, usize, __m512),
+    ) {
+        let (oh, ow) = (geo.oh, geo.ow);
+        let spans = spans(geo, tiles);
         let images = spans.iter().flat_map(|s| &s.2).map(|p| p.1 + 1).max();
         assert!(
             g.len() >= images.unwrap_or(0) * cout * oh * ow,
@@ -1358,19 +1487,10 @@ mod simd {
                     let [a, b] = y[i];
                     [a, _mm512_add_ps(a, b), _mm512_sub_ps(a, b), neg(b)]
                 });
-                let mask = ((1u32 << len) - 1) as u16;
-                let base = dm.as_mut_ptr().add(o * tb + tl);
                 for (j, (&p, &q)) in t[0].iter().zip(&t[1]).enumerate() {
                     let rows = [p, _mm512_add_ps(p, q), _mm512_sub_ps(p, q), neg(q)];
                     for (i, val) in rows.into_iter().enumerate() {
-                        // SAFETY: `o · tb + tl + len <= cout · tb` and the position's matrix
-                        // starts at `(4i + j) · ms <= 15 · ms` (`dm`'s length asserted above).
-                        let at = base.add((i * 4 + j) * ms);
-                        if len == LANES {
-                            _mm512_storeu_ps(at, val);
-                        } else {
-                            _mm512_mask_storeu_ps(at, mask, val);
-                        }
+                        store(o, tl, len, i * 4 + j, val);
                     }
                 }
             }
@@ -1388,6 +1508,11 @@ mod tests {
     /// (for every thread: the products run on the pool's; the two give the same bits, so other
     /// tests running meanwhile are unaffected).
     pub(super) static PACKED_INPUT: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(true);
+
+    /// Off: [`transform_output_grad_amx`] says no, and the kernel gradient's bf16 products pack
+    /// float32 transformed gradients themselves (the same bits either way).
+    pub(super) static PACKED_GRAD: std::sync::atomic::AtomicBool =
         std::sync::atomic::AtomicBool::new(true);
 
     /// A convolution to test: its geometry, `n` images of input, the transformed kernel of
@@ -1493,6 +1618,46 @@ mod tests {
             PACKED_INPUT.store(true, std::sync::atomic::Ordering::Relaxed);
             assert_eq!(bits(&packed), bits(&plain), "{name}");
         }
+        Ok(())
+    }
+
+    /// The bf16 kernel gradient with the transformed output gradients written packed for AMX
+    /// gives the bits of the one whose products pack float32 transforms: tile rows of 16, 8,
+    /// 4 (whole 8x8 images) and 2, output channels short of whole 32s (padding rows), blocks
+    /// that end inside a group of 32 tiles, and tile rows of odd length (spans straddling two
+    /// groups: the float32 path).
+    #[test]
+    fn packed_gradient_transform_gives_the_same_bits() -> candle_core::Result<()> {
+        if !bf16_gemm::amx_available() {
+            eprintln!("skipped: this CPU (or process) has no AMX");
+            return Ok(());
+        }
+        for shape in [
+            (2, 16, 32, 32, 32, 1),
+            (4, 24, 48, 16, 16, 1),
+            (8, 64, 64, 8, 8, 1),
+            (16, 32, 20, 4, 4, 1),
+            (3, 16, 16, 4, 4, 1),
+            (3, 16, 16, 10, 10, 1),
+            (1, 16, 40, 12, 12, 0),
+        ] {
+            let (n, cout) = (shape.0, shape.2);
+            let (geo, x, _, name) = case(shape)?;
+            let grad = values(n * cout * geo.oh * geo.ow, (cout + 3) as u32);
+            let packed = weight_grad(&geo, cout, &x, &grad, n, true);
+            PACKED_GRAD.store(false, std::sync::atomic::Ordering::Relaxed);
+            let plain = weight_grad(&geo, cout, &x, &grad, n, true);
+            PACKED_GRAD.store(true, std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(bits(&packed), bits(&plain), "{name}");
+        }
+        // The packed path is taken where the spans allow (rows of 16 tiles), not where one
+        // straddles two groups (rows of 5 tiles: spans of 15 from tile 30).
+        let (geo, _, _, _) = case((1, 16, 32, 32, 32, 1))?;
+        let grad = values(32 * 32 * 32, 5);
+        let mut lhs: Vec<PackedLhs> = (0..16).map(|_| PackedLhs::default()).collect();
+        assert!(transform_output_grad_amx(&geo, 32, &grad, 0..64, &mut lhs));
+        let (geo, _, _, _) = case((1, 16, 32, 10, 10, 1))?;
+        assert!(!transform_output_grad_amx(&geo, 32, &grad, 0..50, &mut lhs));
         Ok(())
     }
 
