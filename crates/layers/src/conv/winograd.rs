@@ -383,7 +383,8 @@ pub(super) fn weight_grad(
             let tiles = x.len() / img_len.max(1) * tiles_per_image;
             let mut du = vec![0f32; 16 * cout * c];
             let mut v = vec![0f32; 16 * stride(c, block.min(tiles))];
-            let mut dm = vec![0f32; 16 * stride(cout, block.min(tiles))];
+            // Made at the first block that needs the float32 path (none on AMX, mostly).
+            let mut dm = Vec::new();
             let (mut lhs, mut scratch) = (PackedLhs::default(), bf16_gemm::Scratch::default());
             // bf16 on AMX: the 16 transformed gradients written packed, as the products take
             // them ([`transform_output_grad_amx`]).
@@ -399,6 +400,7 @@ pub(super) fn weight_grad(
                     let packed_dm =
                         transform_output_grad_amx(geo, cout, g, range.clone(), &mut packed);
                     if !packed_dm {
+                        dm.resize(16 * stride(cout, block.min(tiles)), 0.0);
                         let dm = &mut dm[..16 * stride(cout, tb)];
                         transform_output_grad(geo, cout, g, range, dm);
                     }
@@ -407,8 +409,8 @@ pub(super) fn weight_grad(
                 for xi in 0..16 {
                     let (vs, ms) = (stride(c, tb), stride(cout, tb));
                     let dst = (&mut du[xi * cout * c..(xi + 1) * cout * c], c, 1);
-                    let dmx = (&dm[xi * ms..xi * ms + cout * tb], tb, 1);
                     let rhs = (&v[xi * vs..xi * vs + c * tb], 1, tb);
+                    let dmx = || (&dm[xi * ms..xi * ms + cout * tb], tb, 1);
                     if packed_dm {
                         bf16_product(
                             (cout, c, tb),
@@ -420,7 +422,7 @@ pub(super) fn weight_grad(
                             &mut scratch,
                         );
                     } else if bf16 {
-                        lhs.pack(cout, tb, dmx);
+                        lhs.pack(cout, tb, dmx());
                         bf16_product(
                             (cout, c, tb),
                             dst,
@@ -431,7 +433,7 @@ pub(super) fn weight_grad(
                             &mut scratch,
                         );
                     } else {
-                        gemm((cout, c, tb), dst, dmx, rhs, true, gemm_threads);
+                        gemm((cout, c, tb), dst, dmx(), rhs, true, gemm_threads);
                     }
                 }
             }
