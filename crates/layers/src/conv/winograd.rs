@@ -715,7 +715,10 @@ fn transform_output_grad(
 
 /// [`transform_output_grad`] into `lhs` (16 of them) packed as the kernel gradient's bf16
 /// products take their left operands on AMX, in place of float32 matrices the products then
-/// round and pack (the same bits: the same rounding instruction as their packing, tested).
+/// round and pack: the same bits (the same rounding instruction as their packing, tested), but
+/// for float32 values just under the smallest normal one in the last columns of a block, which
+/// the packing's scalar rounding of its tail makes that normal value and the instruction
+/// flushes to zero.
 /// False, with nothing written, where the products would not run on AMX
 /// ([`PackedLhs::amx_values`]), the CPU lacks the instructions, or a span of tiles would
 /// straddle two groups of 32 (tile rows of odd lengths, blocks not whole 32s of tiles).
@@ -1624,10 +1627,12 @@ mod tests {
     }
 
     /// The bf16 kernel gradient with the transformed output gradients written packed for AMX
-    /// gives the bits of the one whose products pack float32 transforms: tile rows of 16, 8,
-    /// 4 (whole 8x8 images) and 2, output channels short of whole 32s (padding rows), blocks
-    /// that end inside a group of 32 tiles, and tile rows of odd length (spans straddling two
-    /// groups: the float32 path).
+    /// gives the bits of the one whose products pack float32 transforms (for values of normal
+    /// size, see [`transform_output_grad_amx`]): tile rows of 16, 8, 4 (whole 8x8 images) and
+    /// 2, output channels short of whole 32s (padding rows), blocks that end inside a group of
+    /// 32 tiles, several blocks per share (the packed operands reused, the last block
+    /// shorter), and tile rows of odd length (spans that straddle two groups, where a share
+    /// holds more than one image or block: the float32 path).
     #[test]
     fn packed_gradient_transform_gives_the_same_bits() -> candle_core::Result<()> {
         if !bf16_gemm::amx_available() {
@@ -1642,6 +1647,12 @@ mod tests {
             (3, 16, 16, 4, 4, 1),
             (3, 16, 16, 10, 10, 1),
             (1, 16, 40, 12, 12, 0),
+            // 1,024 tiles: blocks of 680, then 344 (misaligned spans: the float32 path).
+            (1, 16, 32, 64, 64, 1),
+            // Rows of 32 tiles in blocks of 512, all packed: two whole blocks (the operands
+            // reused as they are), then a whole block and a shorter one (made anew).
+            (1, 32, 32, 64, 64, 1),
+            (1, 32, 32, 48, 64, 1),
         ] {
             let (n, cout) = (shape.0, shape.2);
             let (geo, x, _, name) = case(shape)?;
@@ -1660,6 +1671,62 @@ mod tests {
         assert!(transform_output_grad_amx(&geo, 32, &grad, 0..64, &mut lhs));
         let (geo, _, _, _) = case((1, 16, 32, 10, 10, 1))?;
         assert!(!transform_output_grad_amx(&geo, 32, &grad, 0..50, &mut lhs));
+        Ok(())
+    }
+
+    /// The packed output-gradient transform's layout, on any CPU with AVX512-BF16 (AMX not
+    /// needed): every value is the bf16 rounding of the float32 transform's, at
+    /// [`PackedLhs::amx_index`]; every other value (rows past O, columns past the block's
+    /// tiles) is left as it was. Blocks at the start, inside and at the end of the images, of
+    /// whole and partial groups of 32 tiles, O short of and at whole 32s.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn packed_gradient_transform_layout() -> candle_core::Result<()> {
+        if !(bf16_gemm::available() && std::arch::is_x86_feature_detected!("avx512vl")) {
+            eprintln!("skipped: this CPU lacks AVX512-BF16");
+            return Ok(());
+        }
+        const UNTOUCHED: u16 = 0xdead;
+        // (images, O, OH = OW, tiles): the images' tiles are whole rows of 16, 8, 4 or 2.
+        for (n, cout, size, tiles) in [
+            (2, 32, 32, 0..512),
+            (2, 40, 32, 32..288),
+            (3, 20, 16, 0..192),
+            (1, 32, 64, 512..1024),
+            (8, 48, 8, 16..128),
+            (16, 20, 4, 4..64),
+            (5, 33, 16, 64..80),
+        ] {
+            let geo = Geometry::new(16, size, size, 3, 3, 1, 1)?;
+            let name = format!("n{n} O{cout} {size}x{size} tiles {tiles:?}");
+            let g = values(n * cout * geo.oh * geo.ow, (cout + size) as u32);
+            let tb = tiles.len();
+            assert!(
+                spans(&geo, tiles.clone())
+                    .iter()
+                    .all(|&(tl, len, _)| tl % 32 + len <= 32),
+                "{name}: a span straddles two groups"
+            );
+            let ms = stride(cout, tb);
+            let mut dm = vec![0f32; 16 * ms];
+            transform_output_grad(&geo, cout, &g, tiles.clone(), &mut dm);
+            let len = cout.div_ceil(32) * tb.div_ceil(32) * 32 * 32;
+            let mut out: Vec<Vec<u16>> = (0..16).map(|_| vec![UNTOUCHED; len]).collect();
+            let mut views: Vec<&mut [u16]> = out.iter_mut().map(|v| v.as_mut_slice()).collect();
+            // SAFETY: the CPU has AVX-512F, BW, VL and BF16 and every span lies inside one
+            // group of 32 tiles (both checked above).
+            unsafe { simd::transform_output_grad_packed(&geo, cout, &g, tiles, &mut views) };
+            for (xi, packed) in out.iter().enumerate() {
+                let mut expected = vec![UNTOUCHED; len];
+                for o in 0..cout {
+                    for t in 0..tb {
+                        let v = dm[xi * ms + o * tb + t];
+                        expected[PackedLhs::amx_index(tb, o, t)] = bf16_gemm::bf16_bits(v) as u16;
+                    }
+                }
+                assert_eq!(packed, &expected, "{name} position {xi}");
+            }
+        }
         Ok(())
     }
 
