@@ -716,9 +716,9 @@ fn transform_output_grad(
 /// [`transform_output_grad`] into `lhs` (16 of them) packed as the kernel gradient's bf16
 /// products take their left operands on AMX, in place of float32 matrices the products then
 /// round and pack: the same bits (the same rounding instruction as their packing, tested), but
-/// for float32 values just under the smallest normal one in the last columns of a block, which
-/// the packing's scalar rounding of its tail makes that normal value and the instruction
-/// flushes to zero.
+/// for float32 subnormal values in a block's last `tiles % 32` columns, which the packing's
+/// scalar rounding of its tail keeps (as bf16 subnormals, or as the smallest normal value for
+/// those just under it) and the instruction flushes to zero.
 /// False, with nothing written, where the products would not run on AMX
 /// ([`PackedLhs::amx_values`]), the CPU lacks the instructions, or a span of tiles would
 /// straddle two groups of 32 (tile rows of odd lengths, blocks not whole 32s of tiles).
@@ -1647,7 +1647,8 @@ mod tests {
             (3, 16, 16, 4, 4, 1),
             (3, 16, 16, 10, 10, 1),
             (1, 16, 40, 12, 12, 0),
-            // 1,024 tiles: blocks of 680, then 344 (misaligned spans: the float32 path).
+            // 1,024 tiles: blocks of 680 (packed, ending inside a group of 32), then 344
+            // (misaligned spans: the float32 path).
             (1, 16, 32, 64, 64, 1),
             // Rows of 32 tiles in blocks of 512, all packed: two whole blocks (the operands
             // reused as they are), then a whole block and a shorter one (made anew).
@@ -1683,11 +1684,11 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     fn packed_gradient_transform_layout() -> candle_core::Result<()> {
         if !(bf16_gemm::available() && std::arch::is_x86_feature_detected!("avx512vl")) {
-            eprintln!("skipped: this CPU lacks AVX512-BF16");
+            eprintln!("skipped: this CPU lacks AVX512-BF16 or AVX-512VL");
             return Ok(());
         }
         const UNTOUCHED: u16 = 0xdead;
-        // (images, O, OH = OW, tiles): the images' tiles are whole rows of 16, 8, 4 or 2.
+        // (images, O, OH = OW, tiles): the images' tiles are whole rows of 32, 16, 8, 4 or 2.
         for (n, cout, size, tiles) in [
             (2, 32, 32, 0..512),
             (2, 40, 32, 32..288),
