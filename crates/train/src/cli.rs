@@ -265,6 +265,8 @@ impl Recipe {
         check_schedule_flags(args, &config, false)?;
         absolute_data_dir(&mut config)?;
         config.validate()?;
+        // Before the data is loaded (a download, perhaps): a typo, or CUDA in a CPU build.
+        crate::device::check_device(&config.device)?;
         if config.warmup_epochs >= config.epochs && config.warmup_epochs > 0 {
             // Allowed, as PyTorch's LinearLR allows it, but rarely meant.
             crate::warn!(
@@ -443,6 +445,7 @@ pub fn resumed_config(saved: &RunConfig, args: &Args) -> Result<RunConfig> {
         None => saved_data_dir_is_here(saved)?,
     }
     config.validate()?;
+    crate::device::check_device(&config.device)?;
     Ok(config)
 }
 
@@ -1103,6 +1106,32 @@ mod tests {
             RECIPE.config(&args).and_then(|c| c.validate()).unwrap_err()
         );
         assert!(err.contains("--data-dir") && err.contains("UTF-8"), "{err}");
+        Ok(())
+    }
+
+    /// A `--device` typo (or CUDA in a build without it) is refused with the other flags, before
+    /// the run's folder is made or any data is read (here a data folder that does not exist).
+    #[test]
+    fn a_bad_device_is_refused_before_the_data_is_read() -> Result<()> {
+        let out = std::env::temp_dir().join(format!("cnn-bad-device-{}", std::process::id()));
+        let mut devices = vec!["gpu", "cuda:x"];
+        if !cfg!(feature = "cuda") {
+            devices.push("cuda");
+        }
+        for device in devices {
+            let args = RECIPE.parse([
+                "prog",
+                "--device",
+                device,
+                "--data-dir",
+                "/nonexistent/cnn-data",
+                "--out",
+                out.to_str().unwrap_or("cnn-bad-device"),
+            ])?;
+            let err = format!("{:#}", RECIPE.run(&args).err().context("a run started")?);
+            assert!(err.contains(&format!("--device {device}")), "{err}");
+            assert!(!out.exists(), "{device}: the run's folder was made");
+        }
         Ok(())
     }
 

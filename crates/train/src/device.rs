@@ -14,26 +14,54 @@ use candle_core::Device;
 /// # Errors
 /// An unknown name, a malformed GPU index, or a CUDA device this build or machine cannot open.
 pub fn parse_device(name: &str) -> Result<Device> {
-    match name.trim().to_ascii_lowercase().as_str() {
-        "cpu" => Ok(Device::Cpu),
-        "auto" if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() => cuda(0),
-        "auto" => Ok(Device::Cpu),
-        "cuda" => cuda(0),
-        other => match other.strip_prefix("cuda:") {
-            Some(index) => cuda(
-                index
-                    .parse()
-                    .with_context(|| format!("bad GPU index in --device {name}"))?,
-            ),
-            None => bail!("unknown device {name:?}: expected auto, cpu, cuda or cuda:N"),
-        },
+    match check_device(name)? {
+        Named::Cpu => Ok(Device::Cpu),
+        Named::Auto if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() => cuda(0),
+        Named::Auto => Ok(Device::Cpu),
+        Named::Cuda(index) => cuda(index),
     }
 }
 
-fn cuda(index: usize) -> Result<Device> {
-    if !cfg!(feature = "cuda") {
-        bail!("this program was built without CUDA support; rebuild it with `--features cuda` or use --device cpu");
+/// A device as named, before anything is opened.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Named {
+    /// `cpu`.
+    Cpu,
+    /// `auto`.
+    Auto,
+    /// `cuda` (0) or `cuda:N`.
+    Cuda(usize),
+}
+
+/// What [`parse_device`] would open, without opening it: the name's syntax, and whether this
+/// build can use CUDA at all (checked with the other flags, before any data is loaded).
+///
+/// # Errors
+/// An unknown name, a malformed GPU index, or `cuda` in a build without the `cuda` feature.
+pub fn check_device(name: &str) -> Result<Named> {
+    let named = match name.trim().to_ascii_lowercase().as_str() {
+        "cpu" => Named::Cpu,
+        "auto" => Named::Auto,
+        "cuda" => Named::Cuda(0),
+        other => match other.strip_prefix("cuda:") {
+            Some(index) => Named::Cuda(
+                index
+                    .parse()
+                    .with_context(|| format!("--device {name}: bad GPU index {index:?}"))?,
+            ),
+            None => bail!("--device {name}: unknown device; expected auto, cpu, cuda or cuda:N"),
+        },
+    };
+    if matches!(named, Named::Cuda(_)) && !cfg!(feature = "cuda") {
+        bail!(
+            "--device {name}: this program was built without CUDA support; rebuild it with \
+             `--features cuda` or use --device cpu"
+        );
     }
+    Ok(named)
+}
+
+fn cuda(index: usize) -> Result<Device> {
     let device =
         Device::new_cuda(index).with_context(|| format!("cannot open CUDA device {index}"))?;
     // Freed memory stays in the device's pool from step to step, as PyTorch's caching
@@ -73,6 +101,20 @@ mod tests {
                 .map(|e| e.to_string())
                 .unwrap_or_default();
             assert!(err.contains("without CUDA"), "{err}");
+            assert!(check_device("cuda").is_err());
         }
+        assert_eq!(
+            check_device(" Cuda:3 ").ok(),
+            cfg!(feature = "cuda").then_some(Named::Cuda(3))
+        );
+        assert_eq!(check_device("auto").ok(), Some(Named::Auto));
+        let err = check_device("gpu")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("--device gpu") && err.contains("expected auto"),
+            "{err}"
+        );
     }
 }
