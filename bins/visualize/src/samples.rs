@@ -11,7 +11,7 @@ fn loadable(name: &str) -> Result<&'static DatasetSpec, String> {
     match datasets::catalog::spec(name) {
         Ok(spec) if spec.read.is_some() => Ok(spec),
         Ok(spec) => Err(format!(
-            "{} cannot be loaded: {}",
+            "{} is not read by name: give {}",
             spec.title, spec.local_files
         )),
         Err(e) => Err(e.to_string()),

@@ -180,7 +180,7 @@ pub const IMAGENET: DatasetSpec = DatasetSpec {
     train_transform: "imagenet-train",
     test_transform: "imagenet-eval",
     hub: None,
-    local_files: "an ImageFolder (fine-tune on your own classes instead)",
+    local_files: "its ImageFolder as `--dataset folder --data-dir ROOT` (ROOT/<class>/*.JPEG)",
     sizes: Some([1_281_167, 50_000]),
     read: None,
     eval: Transform::imagenet_eval,
@@ -234,12 +234,25 @@ pub fn register(spec: DatasetSpec) -> Result<()> {
     Ok(())
 }
 
+/// An error, saying what to give instead, for a data set that is only named (ImageNet).
+fn readable(spec: &DatasetSpec) -> Result<()> {
+    match spec.read {
+        Some(_) => Ok(()),
+        None => bail!(
+            "{} is not read by name: give {}",
+            spec.title,
+            spec.local_files
+        ),
+    }
+}
+
 /// Loads `spec` from `dir`, or with `None` from its Hub copy in the Hugging Face cache
 /// (downloaded unless `HF_HUB_OFFLINE` is set). The split is checked ([`Split::check`]).
 ///
 /// Errors: the reader's (file named, what is wrong); no `dir` for a data set without a Hub copy;
 /// a data set that cannot be loaded.
 pub fn load(spec: &DatasetSpec, dir: Option<&Path>) -> Result<Split> {
+    readable(spec)?;
     let Some(dir) = dir else {
         return match spec.hub {
             Some(_) => hub::load(spec),
@@ -249,7 +262,7 @@ pub fn load(spec: &DatasetSpec, dir: Option<&Path>) -> Result<Split> {
     match spec.read {
         Some(read) => (read.split)(dir),
         None => bail!(
-            "{} cannot be loaded from {}: {}",
+            "{} is not read by name (from {}): give {}",
             spec.title,
             dir.display(),
             spec.local_files
@@ -265,6 +278,7 @@ pub fn load(spec: &DatasetSpec, dir: Option<&Path>) -> Result<Split> {
 ///
 /// Errors: as [`load`], for the files read.
 pub fn load_test(spec: &DatasetSpec, dir: Option<&Path>) -> Result<Arc<dyn Dataset>> {
+    readable(spec)?;
     let Some(dir) = dir else {
         return match spec.hub {
             Some(_) => hub::load_test(spec),
@@ -280,6 +294,26 @@ pub fn load_test(spec: &DatasetSpec, dir: Option<&Path>) -> Result<Arc<dyn Datas
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A data set that is only named says what to give instead, with or without a folder.
+    #[test]
+    fn imagenet_by_name_points_to_the_folder_reader() {
+        let dir = Path::new("/nonexistent/imagenet");
+        let errors = [
+            load(&IMAGENET, None).err(),
+            load(&IMAGENET, Some(dir)).err(),
+            load_test(&IMAGENET, None).err(),
+            load_test(&IMAGENET, Some(dir)).err(),
+        ];
+        for err in errors {
+            let err = err.map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                err.starts_with("ImageNet is not read by name")
+                    && err.contains("--dataset folder --data-dir ROOT"),
+                "{err}"
+            );
+        }
+    }
 
     #[test]
     fn every_entry_is_consistent() -> Result<()> {

@@ -271,7 +271,14 @@ pub fn load_tensors_strict(varmap: &VarMap, tensors: &HashMap<String, Tensor>) -
         .collect();
     mismatched.sort();
     if !mismatched.is_empty() {
-        bail!("shape mismatch for {}", mismatched.join("; "))
+        // Many: another model of the same names (another width, or depth); a few shown.
+        let n = mismatched.len();
+        let more = match n > SHOWN {
+            true => format!("; and {} more (a checkpoint of another model?)", n - SHOWN),
+            false => String::new(),
+        };
+        mismatched.truncate(SHOWN);
+        bail!("shape mismatch for {}{more}", mismatched.join("; "))
     }
     for (name, var) in data.iter().filter(|(name, _)| tensors.contains_key(*name)) {
         let t = tensors[name]
@@ -282,9 +289,12 @@ pub fn load_tensors_strict(varmap: &VarMap, tensors: &HashMap<String, Tensor>) -
     Ok(())
 }
 
+/// Keys or mismatches an error lists before it says how many more there are.
+const SHOWN: usize = 8;
+
 fn preview(keys: &[&String]) -> String {
-    let shown: Vec<&str> = keys.iter().take(8).map(|k| k.as_str()).collect();
-    let more = if keys.len() > 8 { ", ..." } else { "" };
+    let shown: Vec<&str> = keys.iter().take(SHOWN).map(|k| k.as_str()).collect();
+    let more = if keys.len() > SHOWN { ", ..." } else { "" };
     format!("[{}{more}]", shown.join(", "))
 }
 
@@ -369,6 +379,28 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("m.safetensors"), "{err}");
+
+        // Many mismatches (another width of the same model): a few shown, the rest counted.
+        let layers = |store: &ParamStore, width: usize| -> Result<()> {
+            for i in 0..12 {
+                let vb = store.vb().pp(format!("l{i:02}"));
+                crate::linear(vb, width, width, crate::WeightInit::TorchDefault)?;
+            }
+            Ok(())
+        };
+        let narrow = ParamStore::new(1, &Device::Cpu);
+        layers(&narrow, 2)?;
+        let path = dir.path().join("narrow.safetensors");
+        save(narrow.varmap(), &path)?;
+        let wide = ParamStore::new(1, &Device::Cpu);
+        layers(&wide, 3)?;
+        let err = format!("{:#}", load_strict(wide.varmap(), &path).unwrap_err());
+        assert!(err.contains("l00.bias: the checkpoint has [2]"), "{err}");
+        assert!(
+            err.contains("and 16 more (a checkpoint of another model?)"),
+            "{err}"
+        );
+        assert!(!err.contains("l11.weight"), "{err}");
         Ok(())
     }
 
