@@ -46,7 +46,8 @@ pub fn pool(input: &Matrix, kernel: usize, stride: usize, padding: usize) -> Res
     ])
 }
 
-/// Runs `pool`: prints the map, both results and the size rule, writes `pool.png` in `out`.
+/// Runs `pool`: prints the map, both results and the size rule, writes `pool.png` in `out`
+/// (the three panels on one colour scale: each value one colour throughout).
 pub fn run(args: &PoolArgs, out: &Path) -> Result<()> {
     let input = Matrix::from_options(args.input.as_deref(), args.input_file.as_deref())
         .with_context(|| bad_option("--input", args.input_file.is_some()))?
@@ -89,7 +90,7 @@ pub fn run(args: &PoolArgs, out: &Path) -> Result<()> {
 
     let path = out.join("pool.png");
     train::atomic::write_with(&path, |tmp| {
-        viz::save_panels(tmp, &panels, viz::ColorMap::Viridis)
+        viz::save_panels_shared(tmp, &panels, viz::ColorMap::Viridis)
     })?;
     train::say!("wrote {}", path.display());
     Ok(())

@@ -228,7 +228,7 @@ fn pool_prints_max_and_average_and_draws_viridis_panels() {
     };
     let expected_path = dir.path().join("expected.png");
     let counting: Vec<f32> = (1..=16).map(|v| v as f32).collect();
-    viz::save_panels(
+    viz::save_panels_shared(
         &expected_path,
         &[
             panel("input", 4, &counting),

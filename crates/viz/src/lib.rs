@@ -21,5 +21,5 @@ pub use confusion::save_confusion;
 pub use curves::{save_curves, EpochPoint, CURVES_HEIGHT, CURVES_WIDTH};
 pub use grid::{grid_columns, save_image_grid, save_square_grid, Tile};
 pub use number::{format_value, format_value_precisely};
-pub use panels::{check_panels, save_panels, Panel};
+pub use panels::{check_panels, save_panels, save_panels_shared, Panel};
 pub use tiles::tensor_tiles;

@@ -152,22 +152,48 @@ pub fn check_panels(panels: &[Panel]) -> Result<()> {
 /// `32 + sum(slot) + 32 * (n - 1)` by `32 + 32 + max(rows) * cell` pixels.
 /// Errors on no panels, a zero side, or a value count other than `rows * cols`.
 pub fn save_panels(path: &Path, panels: &[Panel], cmap: ColorMap) -> Result<()> {
+    save(path, panels, cmap, false)
+}
+
+/// [`save_panels`], every panel coloured over the minimum..maximum of all of them together, so
+/// that one value has one colour in every panel: for panels of one quantity, such as pooling's
+/// input and outputs (each output an input value, or an average of them).
+///
+/// # Errors
+/// As [`save_panels`]'s.
+pub fn save_panels_shared(path: &Path, panels: &[Panel], cmap: ColorMap) -> Result<()> {
+    save(path, panels, cmap, true)
+}
+
+fn save(path: &Path, panels: &[Panel], cmap: ColorMap, shared: bool) -> Result<()> {
     let layout = layout(panels).with_context(|| format!("cannot draw {}", path.display()))?;
     let size = (px(layout.width)?, px(layout.height)?);
+    let all = range(panels.iter().flat_map(|p| &p.values));
     render_png(path, size, |area| {
         let mut x0 = PANEL_MARGIN;
         for (panel, &slot) in panels.iter().zip(&layout.slots) {
-            draw_panel(area, panel, cmap, layout.cell, x0, slot)?;
+            let scale = if shared { all } else { range(&panel.values) };
+            draw_panel(area, panel, (cmap, scale), layout.cell, x0, slot)?;
             x0 += slot + PANEL_GAP;
         }
         Ok(())
     })
 }
 
+/// The finite values' minimum and maximum (infinities when there are none).
+fn range<'a>(values: impl IntoIterator<Item = &'a f32>) -> (f32, f32) {
+    values
+        .into_iter()
+        .filter(|v| v.is_finite())
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
+}
+
 fn draw_panel(
     area: &Area,
     panel: &Panel,
-    cmap: ColorMap,
+    (cmap, (lo, hi)): (ColorMap, (f32, f32)),
     cell: usize,
     x0: usize,
     slot: usize,
@@ -187,9 +213,6 @@ fn draw_panel(
     area.draw_text(title.as_ref(), &title_style, title_at)
         .map_err(crate::canvas::drawing)?;
 
-    let finite = panel.values.iter().copied().filter(|v| v.is_finite());
-    let lo = finite.clone().fold(f32::INFINITY, f32::min);
-    let hi = finite.fold(f32::NEG_INFINITY, f32::max);
     let left = x0 + (slot - panel.cols * cell) / 2;
     let top = PANEL_MARGIN + PANEL_TITLE_BAND;
     let c = cell as i32;

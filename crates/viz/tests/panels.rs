@@ -150,3 +150,48 @@ fn output_is_deterministic() -> Result<()> {
     assert_eq!(std::fs::read(a)?, std::fs::read(b)?);
     Ok(())
 }
+
+/// `save_panels_shared` gives one value one colour in every panel (pooling's input and
+/// output), where `save_panels` scales each panel over its own range.
+#[test]
+fn a_shared_scale_gives_a_value_one_colour_in_every_panel() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let counting: Vec<f32> = (1..=16).map(|v| v as f32).collect();
+    let panels = [
+        panel("a", 4, 4, counting),
+        panel("b", 2, 2, vec![6.0, 8.0, 14.0, 16.0]),
+    ];
+    let (shared, own) = (dir.path().join("shared.png"), dir.path().join("own.png"));
+    viz::save_panels_shared(&shared, &panels, ColorMap::Viridis)?;
+    save_panels(&own, &panels, ColorMap::Viridis)?;
+    // cell = 720 / 4 = 56; slots 224 and 120 (2 * 56 = 112 centred in it): the first panel's
+    // cells from x = 16, the second's from 16 + 224 + 32 + 4; cell corners away from the text.
+    let first =
+        |img: &image::RgbImage, r: u32, c: u32| pixel(img, 16 + c * 56 + 3, 48 + r * 56 + 3);
+    let second =
+        |img: &image::RgbImage, r: u32, c: u32| pixel(img, 276 + c * 56 + 3, 48 + r * 56 + 3);
+    let shared = load(&shared);
+    assert_eq!(
+        first(&shared, 1, 1),
+        second(&shared, 0, 0),
+        "6 in both panels"
+    );
+    assert_eq!(
+        first(&shared, 3, 3),
+        second(&shared, 1, 1),
+        "16 in both panels"
+    );
+    assert_eq!(
+        first(&shared, 3, 3),
+        [253, 231, 37],
+        "16, the maximum, is yellow"
+    );
+    let own = load(&own);
+    assert_eq!(
+        second(&own, 0, 0),
+        [68, 1, 84],
+        "6, the second panel's minimum"
+    );
+    assert_ne!(first(&own, 1, 1), second(&own, 0, 0));
+    Ok(())
+}
