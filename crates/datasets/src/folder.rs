@@ -87,12 +87,32 @@ fn listing_of(root: &Path) -> Result<Listing> {
 
 /// Refuses a listing without images.
 fn ensure_images(listing: &Listing) -> Result<()> {
-    ensure!(
-        !listing.files.is_empty(),
-        "{}: no images found (extensions {})",
-        listing.origin.display(),
-        IMAGE_EXTENSIONS.join(", ")
-    );
+    if listing.files.is_empty() {
+        // A folder that holds the tree as an archive (CIFAR-10's cifar10-jpeg.tar.gz beside
+        // its batches, say): name it, since the archive itself is what to give.
+        let mut archives: Vec<String> = std::fs::read_dir(&listing.origin)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_file() && is_archive(p))
+            .map(|p| p.display().to_string())
+            .collect();
+        archives.sort();
+        let hint = match archives.len() {
+            0 => String::new(),
+            1 => format!("; it holds {}: give that archive instead", archives[0]),
+            _ => format!(
+                "; it holds {}: give one of them instead",
+                archives.join(", ")
+            ),
+        };
+        bail!(
+            "{}: no images found (extensions {}){hint}",
+            listing.origin.display(),
+            IMAGE_EXTENSIONS.join(", ")
+        );
+    }
     Ok(())
 }
 

@@ -417,6 +417,19 @@ fn no_images_found() {
     std::fs::write(dir.path().join("cat").join("notes.txt"), "hi").unwrap();
     let msg = chain(&image_folder(dir.path(), &FolderOptions::default()).unwrap_err());
     assert!(msg.contains("no images found"), "{msg}");
+    assert!(!msg.contains("holds"), "{msg}");
+    // A folder with the tree as an archive beside it (CIFAR-10's folder): the archive named.
+    let archive = dir.path().join("images.tar.gz");
+    std::fs::write(&archive, "not read").unwrap();
+    let msg = chain(&image_folder(dir.path(), &FolderOptions::default()).unwrap_err());
+    assert!(
+        msg.contains("no images found")
+            && msg.contains(&format!(
+                "it holds {}: give that archive",
+                archive.display()
+            )),
+        "{msg}"
+    );
 }
 
 #[test]
