@@ -299,6 +299,7 @@ impl Recipe {
         };
         let (dir, saved, tensors) = self.resume_dir(dir, args)?;
         let config = resumed_config(&saved.config, args)?;
+        crate::device::check_device(&config.device)?;
         crate::distributed::agree_on_run(&config, saved.epochs_done)?;
         // A finished run is said so before its data is loaded (it may be large, or gone).
         if let Some(done) = crate::run::finished(
@@ -445,7 +446,6 @@ pub fn resumed_config(saved: &RunConfig, args: &Args) -> Result<RunConfig> {
         None => saved_data_dir_is_here(saved)?,
     }
     config.validate()?;
-    crate::device::check_device(&config.device)?;
     Ok(config)
 }
 
