@@ -350,7 +350,9 @@ mod tests {
                 .expect("mismatch")
         );
         assert!(
-            err.contains("tiny.safetensors") && err.contains("layer1.0.conv1.weight"),
+            err.contains("tiny.safetensors")
+                && err.contains("conv1.weight: the checkpoint has [8, 3, 3, 3]")
+                && err.contains("more (a checkpoint of another model?)"),
             "{err}"
         );
         Ok(())
