@@ -373,10 +373,7 @@ mod tests {
             s: &candle_core::CpuStorage,
             l: &candle_core::Layout,
         ) -> Result<(candle_core::CpuStorage, Shape)> {
-            let data = s.as_slice::<f32>()?;
-            let n = l.shape().elem_count();
-            let data = data[l.start_offset()..l.start_offset() + n].to_vec();
-            Ok((candle_core::CpuStorage::F32(data), l.shape().clone()))
+            identity_fwd(s, l)
         }
 
         fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -444,6 +441,17 @@ mod tests {
         Ok(())
     }
 
+    /// The test ops' forward: a contiguous f32 copy of the input.
+    fn identity_fwd(
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, Shape)> {
+        let data = s.as_slice::<f32>()?;
+        let n = l.shape().elem_count();
+        let data = data[l.start_offset()..l.start_offset() + n].to_vec();
+        Ok((candle_core::CpuStorage::F32(data), l.shape().clone()))
+    }
+
     /// The identity, whose backward hands back the gradient as a contiguous view that starts 7
     /// values into a larger buffer.
     struct Shifted;
@@ -458,10 +466,7 @@ mod tests {
             s: &candle_core::CpuStorage,
             l: &candle_core::Layout,
         ) -> Result<(candle_core::CpuStorage, Shape)> {
-            let data = s.as_slice::<f32>()?;
-            let n = l.shape().elem_count();
-            let data = data[l.start_offset()..l.start_offset() + n].to_vec();
-            Ok((candle_core::CpuStorage::F32(data), l.shape().clone()))
+            identity_fwd(s, l)
         }
 
         fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
