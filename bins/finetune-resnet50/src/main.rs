@@ -57,8 +57,8 @@ struct Cli {
 enum Command {
     /// Print the top-5 classes of images under a ResNet checkpoint (any of torchvision's five)
     Predict(PredictArgs),
-    /// Evaluate a run's checkpoint on its test split: loss, top-1, top-5, per-class accuracy,
-    /// confusion matrix
+    /// Evaluate a run's checkpoint on its test split (or, with --model, a checkpoint file on
+    /// CIFAR-10's): loss, top-1, top-5, per-class accuracy, confusion matrix
     Evaluate(train::inference::EvaluateArgs),
 }
 
@@ -195,7 +195,7 @@ fn main() -> Result<()> {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| train::cli::exit_for_clap(e));
     let result = match cli.command {
         Some(Command::Predict(args)) => predict(&args),
-        Some(Command::Evaluate(args)) => train::inference::evaluate(&args).map(drop),
+        Some(Command::Evaluate(args)) => train::inference::evaluate(&args, &RECIPE).map(drop),
         None => {
             let distributed = cli.finetune.train.distributed.clone();
             train::cli::exit_status(train::distributed::launch(&distributed, || {

@@ -527,12 +527,30 @@ fn evaluate_and_predict_flags_never_panic() {
         .save(&image)
         .expect("png");
     let image = s(&image);
+    // A checkpoint outside any run, scored with --model.
+    let loose = dir.path().join("loose.safetensors");
+    std::fs::copy(Path::new(&out).join(train::rundir::BEST), &loose).expect("copy");
+    let (loose, data) = (s(&loose), s(&dir.path().join("mnist")));
     let program = PathBuf::from(BIN);
     let mut failures = Vec::new();
     for (sub, base) in [
         (
             "evaluate",
             vec!["evaluate", "--run", &out, "--device", "cpu"],
+        ),
+        (
+            "evaluate",
+            vec![
+                "evaluate",
+                "--model",
+                "lenet5",
+                "--weights",
+                &loose,
+                "--data-dir",
+                &data,
+                "--device",
+                "cpu",
+            ],
         ),
         (
             "predict",
@@ -878,5 +896,158 @@ fn copy_dir(from: &Path, to: &Path) {
     for entry in std::fs::read_dir(from).expect("list") {
         let entry = entry.expect("entry");
         std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
+}
+
+/// A checkpoint outside any run (as a PyTorch user brings one) is scored with
+/// `evaluate --model NAME --weights FILE` on this program's test split with a fresh run's
+/// settings: a copy of a run's checkpoint gives the run's own figures, its outputs named for the
+/// file beside it. A run's checkpoint is found without `--run`; what cannot be scored is refused,
+/// naming why; another program's run is said to be one.
+#[test]
+fn evaluate_scores_a_checkpoint_outside_any_run() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = trained(dir.path(), &[]);
+    let data = s(&dir.path().join("mnist"));
+    let own = run(&["evaluate", "--run", &s(&out), "--device", "cpu"]);
+    let loose = dir.path().join("from-pytorch");
+    std::fs::create_dir(&loose).expect("folder");
+    let file = loose.join("lenet.safetensors");
+    std::fs::copy(out.join(train::rundir::BEST), &file).expect("copy");
+    let scored = run(&[
+        "evaluate",
+        "--model",
+        "lenet5",
+        "--weights",
+        &s(&file),
+        "--data-dir",
+        &data,
+        "--device",
+        "cpu",
+    ]);
+    // The same figures, line for line, but for the file's name in the first.
+    let figures = |text: &str| -> Vec<String> {
+        text.lines()
+            .take_while(|l| !l.starts_with("wrote "))
+            .map(|l| l.split_once(" on ").map_or(l, |(_, rest)| rest).to_string())
+            .collect()
+    };
+    assert_eq!(figures(&scored), figures(&own), "{scored}\n{own}");
+    assert!(scored.starts_with(&format!("{} on ", s(&file))), "{scored}");
+    let json = |path: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(path).expect("evaluation")).expect("json")
+    };
+    let (mine, runs) = (
+        json(&loose.join("evaluation-lenet.json")),
+        json(&out.join("evaluation-best.json")),
+    );
+    for key in ["samples", "loss", "top1", "top5", "per_class"] {
+        assert_eq!(mine[key], runs[key], "{key}");
+    }
+    assert!(loose.join("confusion-lenet.png").is_file());
+
+    // A run's checkpoint without --run: read as its run (the same outputs' names).
+    let beside = Command::new(BIN)
+        .args(["evaluate", "--weights", &s(&out.join(train::rundir::LAST))])
+        .args(["--device", "cpu"])
+        .output()
+        .expect("starts");
+    let err = String::from_utf8_lossy(&beside.stderr);
+    assert!(beside.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("a checkpoint of the run in {}", s(&out))),
+        "{err}"
+    );
+    assert!(out.join("evaluation-last.json").is_file());
+
+    // Another program's run (its config.json says so): scored as its own program would, said.
+    let config = out.join(train::rundir::CONFIG);
+    let text = std::fs::read_to_string(&config).expect("config");
+    let other = text.replace("\"train-mnist\"", "\"train-cifar\"");
+    assert_ne!(other, text);
+    std::fs::write(&config, other).expect("config");
+    let foreign = Command::new(BIN)
+        .args(["evaluate", "--run", &s(&out), "--device", "cpu"])
+        .output()
+        .expect("starts");
+    let err = String::from_utf8_lossy(&foreign.stderr);
+    assert!(foreign.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "--run {}: a run of train-cifar (lenet5 on MNIST), scored as it was set up, as \
+             `train-cifar evaluate` would",
+            s(&out)
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        figures(&String::from_utf8_lossy(&foreign.stdout)),
+        figures(&own)
+    );
+    std::fs::write(&config, text).expect("config");
+
+    // A head of five classes, for MNIST's ten.
+    let five = loose.join("five.safetensors");
+    let mut tensors = candle_core::safetensors::load(&file, &Device::Cpu).expect("load");
+    for name in ["classifier.4.weight", "classifier.4.bias"] {
+        let t = tensors
+            .get(name)
+            .expect("head")
+            .narrow(0, 0, 5)
+            .expect("narrow");
+        tensors.insert(name.to_string(), t);
+    }
+    candle_core::safetensors::save(&tensors, &five).expect("save");
+    let (file, five, best) = (s(&file), s(&five), s(&out.join(train::rundir::BEST)));
+    for (args, says) in [
+        (vec!["evaluate"], "evaluate needs --run DIR"),
+        (
+            vec!["evaluate", "--weights", &file],
+            "lies in no run's folder (no readable config.json beside it), so its model and data \
+             are unknown: give --model NAME",
+        ),
+        (
+            vec!["evaluate", "--model", "lenet5"],
+            "--model lenet5 reads a checkpoint file",
+        ),
+        (
+            vec!["evaluate", "--model", "lenet5", "--weights", &best],
+            "whose evaluation files this would replace: leave out --model",
+        ),
+        (
+            vec!["evaluate", "--model", "cnn-mnist", "--weights", &file],
+            "cannot load",
+        ),
+        (
+            vec!["evaluate", "--model", "resnet18-seed", "--weights", &file],
+            "train-mnist trains cnn-mnist or lenet5; --model \"resnet18-seed\" is not one of them",
+        ),
+        (
+            vec!["evaluate", "--model", "lenet5", "--weights", &five],
+            "--model lenet5: scored on MNIST, whose test split has 10 classes",
+        ),
+        (
+            vec![
+                "evaluate",
+                "--model",
+                "lenet5",
+                "--weights",
+                &file,
+                "--run",
+                &s(&out),
+            ],
+            "cannot be used with",
+        ),
+    ] {
+        let ended = Command::new(BIN)
+            .args(&args)
+            .args(["--data-dir", &data, "--device", "cpu"])
+            .output()
+            .expect("starts");
+        let err = String::from_utf8_lossy(&ended.stderr);
+        assert!(
+            !ended.status.success() && err.contains(says),
+            "{args:?}: {err}"
+        );
     }
 }

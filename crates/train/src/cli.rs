@@ -134,8 +134,9 @@ impl Recipe {
         cmd.args_conflicts_with_subcommands(true)
             // The descriptions after the flags: their structs' doc comments would replace them.
             .subcommand(EvaluateArgs::augment_args(Command::new("evaluate")).about(
-                "Evaluate a run's checkpoint on its test split: loss, top-1, top-5, per-class \
-                 accuracy, confusion matrix",
+                "Evaluate a run's checkpoint on its test split (or, with --model, a checkpoint \
+                 file on this program's): loss, top-1, top-5, per-class accuracy, confusion \
+                 matrix",
             ))
             .subcommand(
                 PredictArgs::augment_args(Command::new("predict"))
@@ -385,7 +386,7 @@ impl Recipe {
             .try_get_matches_from(std::env::args_os())
             .unwrap_or_else(|e| exit_for_clap(e));
         let result = match matches.subcommand() {
-            Some(("evaluate", m)) => evaluate(&EvaluateArgs::from_arg_matches(m)?).map(drop),
+            Some(("evaluate", m)) => evaluate(&EvaluateArgs::from_arg_matches(m)?, self).map(drop),
             Some(("predict", m)) => predict(&PredictArgs::from_arg_matches(m)?, self.dataset),
             _ => exit_status(self.run(&Args::from_arg_matches(&matches)?).map(drop)),
         };

@@ -1,7 +1,8 @@
 //! After training: evaluate a run's checkpoint again (`<program> evaluate --run DIR`) and
 //! classify images with it (`<program> predict --run DIR IMAGE...`). Both rebuild the model,
 //! transforms and class names from what the run saved: `config.json`, `classes.json` and the
-//! checkpoint.
+//! checkpoint. A checkpoint outside any run (a PyTorch user's) is read as the zoo model that
+//! `--model NAME` names, with the program's data set's settings.
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +12,7 @@ use datasets::{ColorMode, Op, Rng, Transform};
 use layers::{Network, ParamStore};
 use serde::Serialize;
 
+use crate::cli::Recipe;
 use crate::config::{DatasetKind, Precision, RunConfig};
 use crate::device::parse_device;
 use crate::engine::evaluate as evaluate_pass;
@@ -401,12 +403,18 @@ fn unclaimed_tag(out: &Path, tag: String, file: Option<&Path>) -> String {
 /// `evaluate`'s flags.
 #[derive(clap::Args, Debug, Clone)]
 pub struct EvaluateArgs {
-    /// The run directory (what --out was)
+    /// The run directory (what --out was) [default: the folder of --weights FILE, when it
+    /// holds a run]
     #[arg(long)]
-    pub run: PathBuf,
+    pub run: Option<PathBuf>,
     /// The checkpoint: best, last, or a .safetensors file
     #[arg(long, default_value = "best")]
     pub weights: String,
+    /// The zoo model a --weights file outside any run holds (a PyTorch-trained resnet18-seed,
+    /// say): scored on this program's data set's test split with its test transform, test
+    /// batch size and class names; the outputs go beside the file (or to --out)
+    #[arg(long, conflicts_with = "run")]
+    pub model: Option<String>,
     /// Directory holding the data set [default: the run's] (other data than the run's adds
     /// -data-<its name> to the outputs' names)
     #[arg(long)]
@@ -551,7 +559,9 @@ fn optional_path_text<S: serde::Serializer>(
 /// Evaluates a run's checkpoint on the test split its configuration names (the same transform
 /// and limit, read without the training files where the layout allows:
 /// [`crate::cli::load_test_data`]), prints loss, top-1, top-5 and per-class accuracy, and
-/// writes the confusion matrix and a JSON summary.
+/// writes the confusion matrix and a JSON summary. Without `--run`, the run whose folder holds
+/// the `--weights` file; with `--model NAME`, a checkpoint outside any run, scored on the test
+/// split of `recipe`'s data set as a fresh run of `NAME` would test.
 ///
 /// Under an MPI launcher (with the `mpi` feature; `--distributed`), rank 0 first puts back a
 /// run an interrupted `--overwrite` left half replaced and writes the checkpoints of a run
@@ -562,14 +572,14 @@ fn optional_path_text<S: serde::Serializer>(
 ///
 /// Errors: those of [`Trained::open`], of loading the data, of writing the outputs, and of
 /// [`crate::distributed::launch_job`]; ranks that differ in what they would evaluate.
-pub fn evaluate(args: &EvaluateArgs) -> Result<Evaluation> {
+pub fn evaluate(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
     let job = crate::distributed::DistributedArgs {
         distributed: args.distributed,
         collective_timeout: args.collective_timeout,
         ..Default::default()
     };
     crate::distributed::launch_job(crate::distributed::Job::Evaluation, &job, || {
-        evaluate_here(args)
+        evaluate_here(args, recipe)
     })
 }
 
@@ -629,58 +639,120 @@ fn check_writable(dir: &Path, from_run: bool) -> Result<()> {
     }
 }
 
-/// [`evaluate`] in this process (one rank of a sharded evaluation, or alone).
-fn evaluate_here(args: &EvaluateArgs) -> Result<Evaluation> {
-    // Another run's directory as --out: its own evaluation would be replaced.
-    let same_dir = |a: &Path, b: &Path| {
-        std::fs::canonicalize(a).is_ok_and(|a| std::fs::canonicalize(b).is_ok_and(|b| a == b))
+/// Whether `a` and `b` are the same existing directory.
+fn same_dir(a: &Path, b: &Path) -> bool {
+    std::fs::canonicalize(a).is_ok_and(|a| std::fs::canonicalize(b).is_ok_and(|b| a == b))
+}
+
+/// `--out` is a directory (or not there yet) and, unless it is `run`, holds no run, whose
+/// evaluation files the outputs would replace. `run` is `None` for a checkpoint outside any run
+/// (`--model`).
+fn check_out(out: Option<&Path>, run: Option<&Path>) -> Result<()> {
+    let Some(out) = out else {
+        return Ok(());
     };
-    if let Some(out) = args.out.as_deref() {
-        if std::fs::symlink_metadata(out).is_ok() && !out.is_dir() {
-            bail!(
-                "--out {}: {}, not a directory (--out names the folder the outputs go into)",
-                out.display(),
-                match out.exists() {
-                    true => "a file",
-                    false => "a link to nothing",
-                }
-            );
-        }
-        if !same_dir(out, &args.run) && crate::rundir::holds_run(out) {
-            bail!(
-                "--out {}: it holds another run, whose evaluation files this would replace: give \
-                 a folder of no run, or leave --out out to write into --run {}",
-                out.display(),
-                args.run.display()
-            );
-        }
+    if std::fs::symlink_metadata(out).is_ok() && !out.is_dir() {
+        bail!(
+            "--out {}: {}, not a directory (--out names the folder the outputs go into)",
+            out.display(),
+            match out.exists() {
+                true => "a file",
+                false => "a link to nothing",
+            }
+        );
     }
+    if !run.is_some_and(|run| same_dir(out, run)) && crate::rundir::holds_run(out) {
+        bail!(
+            "--out {}: it holds {} run, whose evaluation files this would replace: give a folder \
+             of no run{}",
+            out.display(),
+            match run {
+                Some(_) => "another",
+                None => "a",
+            },
+            match run {
+                Some(run) => format!(", or leave --out out to write into --run {}", run.display()),
+                None => String::new(),
+            }
+        );
+    }
+    Ok(())
+}
+
+/// [`evaluate`] in this process (one rank of a sharded evaluation, or alone).
+fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
+    // Without --run: --model's checkpoint outside any run, or the run whose folder holds the
+    // --weights file.
+    let run = match (&args.run, &args.model) {
+        (Some(run), _) => run.clone(),
+        (None, Some(model)) => return evaluate_with_model(args, recipe, model),
+        (None, None) => match run_beside(Path::new(&args.weights)) {
+            Some((dir, _)) => {
+                if crate::distributed::writes() {
+                    crate::warn!(
+                        "{}: a checkpoint of the run in {}: read as --run {} --weights FILE",
+                        args.weights,
+                        dir.display(),
+                        dir.display()
+                    );
+                }
+                dir
+            }
+            None => bail!(
+                "evaluate needs --run DIR (a training run: what --out was){}",
+                match args.weights.as_str() {
+                    "best" | "last" => String::new(),
+                    file => format!(
+                        "; --weights {file} lies in no run's folder (no readable {CONFIG} beside \
+                         it), so its model and data are unknown: give --model NAME, the zoo model \
+                         it holds, to score it on {}'s test split",
+                        recipe.dataset.spec().title
+                    ),
+                }
+            ),
+        },
+    };
+    let run = run.as_path();
+    check_out(args.out.as_deref(), Some(run))?;
     let device = parse_device(&crate::distributed::device_spec(&args.device))?;
     // The checkpoint as it is before it is read: a run training meanwhile may replace it.
     let weights_file = match args.weights.as_str() {
-        "best" => args.run.join(BEST),
-        "last" => args.run.join(LAST),
+        "best" => run.join(BEST),
+        "last" => run.join(LAST),
         file => PathBuf::from(file),
     };
     // An interrupted --overwrite's old run put back first: that is no replacement while read.
     // Rank 0 alone, then the others: two ranks would race to put the same run back.
     if crate::distributed::writes() {
-        crate::rundir::settle_for_reading(&args.run)?;
+        crate::rundir::settle_for_reading(run)?;
     }
     crate::distributed::barrier();
     if crate::distributed::writes() {
         // The outputs' folder must take files before the test pass, not after it.
-        let out = args.out.as_deref().unwrap_or(&args.run);
+        let out = args.out.as_deref().unwrap_or(run);
         if out.is_dir() {
             check_writable(out, args.out.is_none())?;
         }
         // Before the checkpoint's stamp: one written from the state now is no replacement.
-        restore_checkpoints(&args.run, &args.weights);
+        restore_checkpoints(run, &args.weights);
     }
     // The other ranks read the checkpoints rank 0 may have written.
     crate::distributed::barrier();
     let before = file_stamp(&weights_file);
-    let trained = Trained::open(&args.run, &args.weights, &device)?;
+    let trained = Trained::open(run, &args.weights, &device)?;
+    // Another program's run (`train-cifar evaluate` of a train-mnist run): scored as its own
+    // program would, on its own data, and said so.
+    if trained.config.program != recipe.program && crate::distributed::writes() {
+        crate::warn!(
+            "note: --run {}: a run of {} ({} on {}), scored as it was set up, as `{} evaluate` \
+             would",
+            run.display(),
+            trained.config.program,
+            trained.config.model,
+            trained.config.dataset.spec().title,
+            trained.config.program
+        );
+    }
     // The run's precision (bf16 autocast, TF32), as its test passes ran, unless told otherwise.
     let precision = args.precision.unwrap_or(trained.config.precision);
     let _precision = precision.enter();
@@ -723,7 +795,7 @@ fn evaluate_here(args: &EvaluateArgs) -> Result<Evaluation> {
     // The run's own data that has since changed: its test split is not the one the run
     // tested on (and an image folder's held-out share, drawn again, may hold images it
     // trained on), as `--resume` refuses it too.
-    let tested = crate::state::saved_images(&args.run)
+    let tested = crate::state::saved_images(run)
         .map(|[_, tested]| tested)
         .filter(|&tested| !other_limit && tested != test.len());
     // The run's own data changed since: refused, saying how (`what`).
@@ -768,7 +840,7 @@ fn evaluate_here(args: &EvaluateArgs) -> Result<Evaluation> {
         // As many test images, but other files: an image folder's held-out share drawn again
         // after an image was added to a class, say (its labels in the same places).
         (None, None) if !other_limit => {
-            let saved = crate::state::saved_test_names(&args.run);
+            let saved = crate::state::saved_test_names(run);
             let root = config.data_dir.as_deref();
             let now = crate::state::names_crc_like(saved, test.as_ref(), root);
             if saved.is_some_and(|saved| saved != now) {
@@ -780,7 +852,7 @@ fn evaluate_here(args: &EvaluateArgs) -> Result<Evaluation> {
         // The same count in the folder given, but other files (the run's own folder changed,
         // or another one): noted and named for the data, as a changed count is.
         (None, Some(dir)) if !other_limit => {
-            let saved = crate::state::saved_test_names(&args.run);
+            let saved = crate::state::saved_test_names(run);
             let root = config.data_dir.as_deref();
             let now = crate::state::names_crc_like(saved, test.as_ref(), root);
             if saved.is_some_and(|saved| saved != now) {
@@ -800,6 +872,197 @@ fn evaluate_here(args: &EvaluateArgs) -> Result<Evaluation> {
         }
         (None, _) => {}
     }
+    // In another precision than the run's, the outputs say which (`evaluation-best-f32.json`),
+    // so the run-precision ones stay.
+    let own_precision = precision == trained.config.precision;
+    let mut tag = trained.tag.clone();
+    let mut shown = String::new();
+    if !own_precision {
+        tag = format!("{tag}-{}", precision.flag_text());
+        shown = format!(
+            " in {} (the run trained in {})",
+            precision.flag_text(),
+            trained.config.precision.flag_text()
+        );
+    }
+    if other_limit {
+        tag = match limit(config.limit_test) {
+            Some(n) => format!("{tag}-test{n}"),
+            None => format!("{tag}-test-all"),
+        };
+    }
+    if let Some(name) = other_data {
+        tag = format!("{tag}-data-{name}");
+    }
+    let outputs = Outputs {
+        out: args.out.clone().unwrap_or_else(|| run.to_path_buf()),
+        tag,
+        shown,
+        data_dir: args.data_dir.as_deref(),
+        weights_file,
+        before,
+    };
+    test_and_write(&trained, &config, &test, &device, precision, &outputs)
+}
+
+/// `evaluate --model NAME --weights FILE`: a checkpoint outside any run (trained by PyTorch,
+/// say) as the zoo model `name`, scored on the test split of `recipe`'s data set with the
+/// settings a fresh run of `name` would take (its test transform, test batch size, seed for a
+/// `--limit-test` subset, no label smoothing) and evaluate's flags; the outputs go to `--out`,
+/// else beside the file, named for it (`evaluation-<stem>.json`).
+///
+/// Errors: `best` or `last` as the checkpoint, a run's resume state, a model this program does
+/// not train or whose input does not fit its data, a checkpoint that does not load into `name`
+/// with the data set's number of classes (its mismatches named), the file's folder holding a
+/// run with no `--out` given (its evaluation files would be replaced), and those of the test
+/// pass ([`test_and_write`]).
+fn evaluate_with_model(args: &EvaluateArgs, recipe: &Recipe, name: &str) -> Result<Evaluation> {
+    if matches!(args.weights.as_str(), "best" | "last") {
+        bail!(
+            "--model {name} reads a checkpoint file: give --weights FILE.safetensors (best and \
+             last are a run's: give --run DIR instead of --model)"
+        );
+    }
+    let weights = PathBuf::from(&args.weights);
+    if let Some(epochs) = crate::state::epochs_of_state_file(&weights) {
+        bail!(
+            "--weights {}: a run's resume state (the weights of epoch {epochs} with the \
+             optimizer's buffers and the run's progress), not a checkpoint: score its run with \
+             --run DIR (without --model)",
+            weights.display()
+        );
+    }
+    // The settings of a fresh run of `name` by this program, with evaluate's flags.
+    let flags = crate::flags::Args {
+        model: Some(name.to_string()),
+        data_dir: args.data_dir.clone(),
+        device: Some(crate::distributed::device_spec(&args.device)),
+        precision: args.precision,
+        limit_test: args.limit_test.and_then(|TestLimit(n)| n),
+        test_batch_size: args
+            .test_batch_size
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        ..Default::default()
+    };
+    let config = recipe.config(&flags)?;
+    let device = parse_device(&config.device)?;
+    let folder = match weights.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    check_out(args.out.as_deref(), None)?;
+    if let Some((dir, _)) = run_beside(&weights) {
+        if args.out.is_none() {
+            bail!(
+                "--weights {}: a checkpoint of the run in {}, whose evaluation files this would \
+                 replace: leave out --model to score it as its run was set up (--run {}), or \
+                 give --out DIR for this evaluation",
+                weights.display(),
+                dir.display(),
+                dir.display()
+            );
+        }
+        if crate::distributed::writes() {
+            crate::warn!(
+                "{}: a checkpoint of the run in {}, scored as --model {name} says (with {}'s \
+                 test transform), not as its run was set up (leave out --model for that)",
+                weights.display(),
+                dir.display(),
+                recipe.dataset.spec().title
+            );
+        }
+    }
+    let out = args.out.clone().unwrap_or(folder);
+    if crate::distributed::writes() && out.is_dir() {
+        check_writable(&out, false)?;
+    }
+    let before = file_stamp(&weights);
+    // The model first (a wrong file is said before the data is read), with as many classes as
+    // the data set has.
+    let data = config.dataset.spec();
+    let load = |count: usize| {
+        // Frozen: the test batches build no autograd graph.
+        zoo::load_frozen(name, count, Some(&weights), &device, 0).map_err(|e| {
+            // A head of another size (an ImageNet checkpoint, say): why that many classes.
+            let head = zoo::spec(name).map(|s| format!("{}.weight:", s.classifier));
+            let message = format!("{e:#}");
+            match message.contains("shape mismatch") && head.is_ok_and(|h| message.contains(&h)) {
+                true => e.context(format!(
+                    "--model {name}: scored on {}, whose test split has {count} classes",
+                    data.title
+                )),
+                false => e,
+            }
+        })
+    };
+    let loaded = match data.classes.len() {
+        0 => None,
+        count => Some(load(count)?),
+    };
+    let (test, _) = crate::cli::load_test_data(&config)?;
+    let classes = test.classes().to_vec();
+    let (model, store) = match loaded {
+        Some(loaded) => loaded,
+        None => load(classes.len())?,
+    };
+    let _precision = config.precision.enter();
+    let trained = Trained {
+        tag: checkpoint_tag(&out, &weights),
+        config,
+        classes,
+        model,
+        store,
+        weights: weights.clone(),
+    };
+    let outputs = Outputs {
+        out,
+        tag: trained.tag.clone(),
+        shown: String::new(),
+        data_dir: args.data_dir.as_deref(),
+        weights_file: weights,
+        before,
+    };
+    let precision = trained.config.precision;
+    test_and_write(
+        &trained,
+        &trained.config,
+        &test,
+        &device,
+        precision,
+        &outputs,
+    )
+}
+
+/// Where [`test_and_write`] writes its outputs, how it names them, and what it says.
+struct Outputs<'a> {
+    /// The folder of the confusion matrix and the JSON summary.
+    out: PathBuf,
+    /// Their names' tag, before [`unclaimed_tag`] (`best`, `best-bf16`, ...).
+    tag: String,
+    /// What the printed figures add after the test set (` in bf16 (the run trained in f32)`).
+    shown: String,
+    /// The `--data-dir` given, for the errors.
+    data_dir: Option<&'a Path>,
+    /// The checkpoint file as it was named before it was read, and its stamp then
+    /// ([`file_stamp`]): the figures are not written when it was replaced meanwhile.
+    weights_file: PathBuf,
+    before: Option<(u64, u64, u64, Option<std::time::SystemTime>)>,
+}
+
+/// The test pass of `trained` on `test` with `config`'s settings in `precision` (each rank its
+/// share in a data-parallel job), its figures printed, and the confusion matrix and summary
+/// written by the writing rank as `outputs` says.
+///
+/// Errors: test images the model cannot take, ranks that differ, a pass that fails or gives
+/// non-finite outputs, a checkpoint replaced during the pass, outputs that cannot be written.
+fn test_and_write(
+    trained: &Trained,
+    config: &RunConfig,
+    test: &std::sync::Arc<dyn datasets::Dataset>,
+    device: &Device,
+    precision: Precision,
+    outputs: &Outputs,
+) -> Result<Evaluation> {
     // Test images the model cannot take (another size than the run's, with a test transform
     // that does not resize): said before the pass, as training says it.
     if !test.is_empty() {
@@ -816,13 +1079,13 @@ fn evaluate_here(args: &EvaluateArgs) -> Result<Evaluation> {
             &config.model,
             &[("--test-transform", text.clone(), given)],
             trained.classes.len(),
-            &device,
+            device,
         )
         .with_context(|| {
             format!(
                 "the test images{} are {c}x{h}x{w} (CxHxW)",
-                args.data_dir
-                    .as_ref()
+                outputs
+                    .data_dir
                     .map_or(String::new(), |d| format!(" of --data-dir {}", d.display()))
             )
         })?;
@@ -830,10 +1093,10 @@ fn evaluate_here(args: &EvaluateArgs) -> Result<Evaluation> {
     // Every rank evaluates the same checkpoint on the same test images with the same settings.
     crate::distributed::agree_that(
         "evaluation",
-        &evaluation_settings(&trained, &config, test.as_ref(), precision)?,
+        &evaluation_settings(trained, config, test.as_ref(), precision)?,
         "only the paths of --run, --weights and --data-dir, --device and --out may differ",
     )?;
-    let loader = crate::run::loader(&config, &test, false)?;
+    let loader = crate::run::loader(config, test, false)?;
     // From here the batches take the memory.
     crate::memory::on_out_of_memory(format!(
         "A batch's activations take most of the memory: a smaller --test-batch-size (now {}) \
@@ -846,7 +1109,7 @@ fn evaluate_here(args: &EvaluateArgs) -> Result<Evaluation> {
         Some(share) => crate::distributed::evaluate(
             model,
             &share,
-            &device,
+            device,
             classes,
             config.label_smoothing,
             label,
@@ -854,7 +1117,7 @@ fn evaluate_here(args: &EvaluateArgs) -> Result<Evaluation> {
         None => evaluate_pass(
             model,
             &loader,
-            &device,
+            device,
             classes,
             config.label_smoothing,
             label,
@@ -885,16 +1148,7 @@ fn evaluate_here(args: &EvaluateArgs) -> Result<Evaluation> {
             .zip(m.per_class_accuracy())
             .collect(),
     };
-    let own_precision = precision == trained.config.precision;
-    let shown = if own_precision {
-        String::new()
-    } else {
-        format!(
-            " in {} (the run trained in {})",
-            precision.flag_text(),
-            trained.config.precision.flag_text()
-        )
-    };
+    let shown = &outputs.shown;
     crate::say!(
         "{} on {} test images of {}{shown}: loss {:.4}, top-1 {:.2}%{}",
         trained.weights.display(),
@@ -911,11 +1165,11 @@ fn evaluate_here(args: &EvaluateArgs) -> Result<Evaluation> {
             None => crate::say!("     -    {class} (no test image)"),
         }
     }
-    let out = args.out.clone().unwrap_or_else(|| args.run.clone());
+    let out = &outputs.out;
     // One process, or rank 0 of a sharded evaluation, writes.
     let writes = crate::distributed::writes();
     if writes {
-        std::fs::create_dir_all(&out)
+        std::fs::create_dir_all(out)
             .with_context(|| format!("--out {}: cannot create the directory", out.display()))?;
     }
     let mut evaluation = evaluation;
@@ -926,29 +1180,14 @@ fn evaluate_here(args: &EvaluateArgs) -> Result<Evaluation> {
                 Some(p) if !p.as_os_str().is_empty() => p,
                 _ => Path::new("."),
             };
-            trained.weights.file_name().is_some_and(|n| n == *c) && same_dir(folder, &out)
+            trained.weights.file_name().is_some_and(|n| n == *c) && same_dir(folder, out)
         })
         .map(|c| c.trim_end_matches(".safetensors").to_string());
-    // In another precision than the run's, the outputs say which (`evaluation-best-f32.json`),
-    // so the run-precision ones stay.
-    let mut tag = trained.tag.clone();
-    if !own_precision {
-        tag = format!("{tag}-{}", precision.flag_text());
-    }
-    if other_limit {
-        tag = match limit(config.limit_test) {
-            Some(n) => format!("{tag}-test{n}"),
-            None => format!("{tag}-test-all"),
-        };
-    }
-    if let Some(name) = other_data {
-        tag = format!("{tag}-data-{name}");
-    }
     // The run's own best or last beside it takes its name (the run clears those outputs when
     // it replaces the checkpoint); another file, the first name not another file's.
     let tag = match evaluation.checkpoint {
-        Some(_) => tag,
-        None => unclaimed_tag(&out, tag, evaluation.weights_file.as_deref()),
+        Some(_) => outputs.tag.clone(),
+        None => unclaimed_tag(out, outputs.tag.clone(), evaluation.weights_file.as_deref()),
     };
     // Only the writer checks what follows: another rank's refusal would end the job while
     // rank 0 writes.
@@ -958,7 +1197,7 @@ fn evaluate_here(args: &EvaluateArgs) -> Result<Evaluation> {
     // Replaced while it was tested (its run is training): these figures describe weights that
     // are gone, and the run has already cleared the outputs of the old ones.
     ensure!(
-        before.is_some() && file_stamp(&weights_file) == before,
+        outputs.before.is_some() && file_stamp(&outputs.weights_file) == outputs.before,
         "{} was replaced while it was evaluated (its run is training, or it was copied over): \
          nothing was written, as the figures may not be those of the file there now; evaluate \
          again",
