@@ -53,6 +53,21 @@ pub fn run_beside(weights: &Path) -> Option<(PathBuf, RunConfig)> {
     })
 }
 
+/// The run whose folder holds the checkpoint file `weights` (given without `--run`), said on
+/// standard error (standard output holds what scripts read) by the writing process; `None` for
+/// `best`, `last` and a file in no run's folder.
+fn found_run(weights: &str) -> Option<PathBuf> {
+    let (dir, _) = run_beside(Path::new(weights))?;
+    if crate::distributed::writes() {
+        crate::warn!(
+            "{weights}: a checkpoint of the run in {}: read as --run {} --weights FILE",
+            dir.display(),
+            dir.display()
+        );
+    }
+    Some(dir)
+}
+
 /// [`run_beside`] for the file's own folder.
 fn run_in_folder_of(weights: &Path) -> Option<(PathBuf, RunConfig)> {
     let dir = match weights.parent()? {
@@ -686,18 +701,8 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
     let run = match (&args.run, &args.model) {
         (Some(run), _) => run.clone(),
         (None, Some(model)) => return evaluate_with_model(args, recipe, model),
-        (None, None) => match run_beside(Path::new(&args.weights)) {
-            Some((dir, _)) => {
-                if crate::distributed::writes() {
-                    crate::warn!(
-                        "{}: a checkpoint of the run in {}: read as --run {} --weights FILE",
-                        args.weights,
-                        dir.display(),
-                        dir.display()
-                    );
-                }
-                dir
-            }
+        (None, None) => match found_run(&args.weights) {
+            Some(dir) => dir,
             None => bail!(
                 "evaluate needs --run DIR (a training run: what --out was){}",
                 match args.weights.as_str() {
@@ -1587,17 +1592,8 @@ pub fn predict(args: &PredictArgs, dataset: DatasetKind) -> Result<()> {
     // Without --run, the run whose folder holds the --weights file.
     let run = match &args.run {
         Some(run) => run.clone(),
-        None => match run_beside(Path::new(&args.weights)) {
-            Some((dir, _)) => {
-                // On stderr: stdout holds the predictions that scripts read.
-                crate::warn!(
-                    "{}: a checkpoint of the run in {}: read as --run {} --weights FILE",
-                    args.weights,
-                    dir.display(),
-                    dir.display()
-                );
-                dir
-            }
+        None => match found_run(&args.weights) {
+            Some(dir) => dir,
             None => bail!(
                 "predict needs --run DIR (a training run: what --out was){}",
                 match (
