@@ -945,6 +945,45 @@ fn evaluate_scores_a_checkpoint_outside_any_run() {
         assert_eq!(mine[key], runs[key], "{key}");
     }
     assert!(loose.join("confusion-lenet.png").is_file());
+    assert!(mine["checkpoint"].is_null(), "{mine}");
+    assert_eq!(mine["model"], "lenet5");
+    // Other settings never replace these figures: another precision or a subset is named so,
+    // other test data takes the next free name; the same settings again take the same name.
+    let again = |extra: &[&str], data: &str| {
+        let args = [
+            "evaluate",
+            "--model",
+            "lenet5",
+            "--weights",
+            &s(&file),
+            "--device",
+            "cpu",
+        ];
+        run(&[&args[..], &["--data-dir", data], extra].concat())
+    };
+    let copy = dir.path().join("mnist-copy");
+    copy_dir(Path::new(&data), &copy);
+    for (extra, data, named) in [
+        (&["--precision", "bf16"][..], data.as_str(), "lenet-bf16"),
+        (&["--limit-test", "20"][..], data.as_str(), "lenet-test20"),
+        (&[][..], &s(&copy), "lenet-2"),
+        (&[][..], data.as_str(), "lenet"),
+    ] {
+        let text = again(extra, data);
+        assert!(text.contains(&format!("evaluation-{named}.json")), "{text}");
+    }
+    assert_eq!(
+        json(&loose.join("evaluation-lenet.json"))["samples"],
+        runs["samples"]
+    );
+    assert_eq!(
+        json(&loose.join("evaluation-lenet-test20.json"))["samples"],
+        20
+    );
+    assert_eq!(
+        json(&loose.join("evaluation-lenet-bf16.json"))["precision"],
+        "bf16"
+    );
 
     // A run's checkpoint without --run: read as its run (the same outputs' names).
     let beside = Command::new(BIN)
@@ -1012,7 +1051,9 @@ fn evaluate_scores_a_checkpoint_outside_any_run() {
         ),
         (
             vec!["evaluate", "--model", "lenet5", "--weights", &best],
-            "whose evaluation files this would replace: leave out --model",
+            "its folder holds a run's files, whose evaluation files this would replace: give \
+             --out DIR for this evaluation, or leave out --model to score it as its run was set \
+             up",
         ),
         (
             vec!["evaluate", "--model", "cnn-mnist", "--weights", &file],
@@ -1024,7 +1065,8 @@ fn evaluate_scores_a_checkpoint_outside_any_run() {
         ),
         (
             vec!["evaluate", "--model", "lenet5", "--weights", &five],
-            "--model lenet5: scored on MNIST, whose test split has 10 classes",
+            "its classifier.4.weight has 5 rows (classes), and MNIST's test split, which --model \
+             lenet5 is scored on, has 10 classes",
         ),
         (
             vec![
@@ -1037,6 +1079,22 @@ fn evaluate_scores_a_checkpoint_outside_any_run() {
                 &s(&out),
             ],
             "cannot be used with",
+        ),
+        (
+            vec![
+                "evaluate",
+                "--model",
+                "lenet5",
+                "--weights",
+                &file,
+                "--out",
+                &s(&out),
+            ],
+            "it holds a run, whose evaluation files this would replace",
+        ),
+        (
+            vec!["evaluate", "--model", "lenet5", "--weights", ""],
+            "a value is required for '--weights <WEIGHTS>' but none was supplied",
         ),
     ] {
         let ended = Command::new(BIN)

@@ -146,9 +146,11 @@ pub fn read_with_metadata(
     let pickle = head.starts_with(b"PK\x03\x04") || (head[0] == 0x80 && (2..=5).contains(&head[1]));
     if head[8] != b'{' && (pickle || matches!(ext, "pth" | "pt" | "pkl" | "bin")) {
         bail!(
-            "{} looks like a PyTorch pickle (.pth/.pt), which is not loaded for safety; convert it \
-             with: python -c \"import torch; from safetensors.torch import save_file; \
-             save_file(torch.load('{}', map_location='cpu'), 'model.safetensors')\"",
+            "{} looks like a PyTorch pickle (.pth/.pt), which is not loaded for safety; convert a \
+             saved state_dict with: python -c \"import torch; from safetensors.torch import \
+             save_file; save_file(torch.load('{}', map_location='cpu'), 'model.safetensors')\" \
+             (a whole model saved with torch.save(model): torch.load(..., weights_only=False)\
+             .state_dict(); a checkpoint dict: its state_dict entry, such as ['model'])",
             path.display(),
             path.display()
         )

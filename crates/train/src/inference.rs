@@ -375,8 +375,17 @@ fn checkpoint_tag(dir: &Path, path: &Path) -> String {
 /// `a-b/c.safetensors` are both `a-b-c`; two runs' `best` evaluated into one `--out`), and one
 /// checkpoint's figures must not replace another's. An evaluation there is `file`'s when it
 /// names it (its `weights_file`; for one written before that was kept, its `weights` as seen
-/// from here); one that cannot be read or tell is taken as another file's.
-fn unclaimed_tag(out: &Path, tag: String, file: Option<&Path>) -> String {
+/// from here); one that cannot be read or tell is taken as another file's. With `data` (a
+/// checkpoint outside any run, `--model`, whose names do not say the data), an evaluation of
+/// the same file on other test data (its `data_dir`, `None` for the Hub's copy) is taken as
+/// another's too.
+fn unclaimed_tag(
+    out: &Path,
+    tag: String,
+    file: Option<&Path>,
+    data: Option<Option<&Path>>,
+) -> String {
+    let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let claimed_by_another = |tag: &str| {
         let path = out.join(evaluation_summary(tag));
         if std::fs::symlink_metadata(&path).is_err() {
@@ -385,15 +394,16 @@ fn unclaimed_tag(out: &Path, tag: String, file: Option<&Path>) -> String {
         let Some(file) = file else {
             return true;
         };
-        let named = layers::file::read_to_string(&path)
+        let json = layers::file::read_to_string(&path)
             .ok()
-            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-            .and_then(|json| {
-                let at = |key: &str| json.get(key)?.as_str().map(PathBuf::from);
-                at("weights_file").or_else(|| at("weights"))
-            })
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+        let at = |key: &str| json.as_ref()?.get(key)?.as_str().map(PathBuf::from);
+        let named = at("weights_file")
+            .or_else(|| at("weights"))
             .and_then(|named| std::fs::canonicalize(named).ok());
-        named.as_deref() != Some(file)
+        let other_data =
+            data.is_some_and(|data| at("data_dir").map(|d| real(&d)) != data.map(real));
+        named.as_deref() != Some(file) || other_data
     };
     let mut n = 1;
     loop {
@@ -404,9 +414,13 @@ fn unclaimed_tag(out: &Path, tag: String, file: Option<&Path>) -> String {
         if !claimed_by_another(&candidate) {
             if n > 1 {
                 crate::say!(
-                    "{} holds the evaluation of another checkpoint file: this one's outputs are \
-                     named {candidate}",
-                    out.join(evaluation_summary(&tag)).display()
+                    "{} holds the evaluation of another checkpoint file{}: this one's outputs \
+                     are named {candidate}",
+                    out.join(evaluation_summary(&tag)).display(),
+                    match data {
+                        Some(_) => ", or of this one on other test data",
+                        None => "",
+                    }
                 );
             }
             return candidate;
@@ -423,33 +437,37 @@ pub struct EvaluateArgs {
     #[arg(long)]
     pub run: Option<PathBuf>,
     /// The checkpoint: best, last, or a .safetensors file
-    #[arg(long, default_value = "best")]
+    #[arg(long, default_value = "best", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub weights: String,
     /// The zoo model a --weights file outside any run holds (a PyTorch-trained resnet18-seed,
-    /// say): scored on this program's data set's test split with its test transform, test
-    /// batch size and class names; the outputs go beside the file (or to --out)
+    /// say): scored on this program's data set's test split with a fresh run's test transform,
+    /// test batch size and class names; outputs beside the file (or in --out), named for it
+    /// (evaluation-<stem>[-<precision>][-test<N>].json; -2, -3... for other test data)
     #[arg(long, conflicts_with = "run")]
     pub model: Option<String>,
-    /// Directory holding the data set [default: the run's] (other data than the run's adds
-    /// -data-<its name> to the outputs' names)
+    /// Directory holding the data set [default: the run's; with --model, the program's default]
+    /// (other data than the run's adds -data-<its name> to the outputs' names)
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Where confusion-<weights>.png and evaluation-<weights>.json go (<weights>-<precision>
-    /// with a --precision other than the run's) [default: the run directory]
+    /// with a --precision other than the run's) [default: the run directory; with --model, the
+    /// folder of the --weights file]
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// auto, cpu, cuda or cuda:N
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// f32, tf32 or bf16 (autocast) [default: the run's --precision]
+    /// f32, tf32 or bf16 (autocast) [default: the run's --precision; f32 with --model]
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
     /// Test on N test images (the seeded subset keeping each class's share that training's
-    /// --limit-test N draws), or on all of them [default: the run's --limit-test]
+    /// --limit-test N draws), or on all of them [default: the run's --limit-test; all with
+    /// --model]
     #[arg(long, value_name = "N|all", value_parser = parse_test_limit)]
     pub limit_test: Option<TestLimit>,
     /// Test images per batch; the accuracies do not depend on it (eval mode), the loss (summed in
-    /// float32 batch by batch) only in its last digits [default: the run's --test-batch-size]
+    /// float32 batch by batch) only in its last digits [default: the run's --test-batch-size;
+    /// the program's with --model]
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=crate::config::MAX_COUNT as u64))]
     pub test_batch_size: Option<u64>,
     /// off, auto or on: under an MPI launcher (mpirun -n N), each process tests a contiguous
@@ -517,6 +535,8 @@ fn parse_test_limit(text: &str) -> Result<TestLimit, String> {
 /// What `evaluate` measured (also written as `evaluation-<weights>.json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Evaluation {
+    /// The zoo model the checkpoint was read as (the run's, or `--model`'s).
+    pub model: String,
     /// The checkpoint, as given (relative to the directory `evaluate` ran in, or absolute).
     #[serde(serialize_with = "path_text")]
     pub weights: PathBuf,
@@ -617,9 +637,10 @@ fn restore_checkpoints(dir: &Path, weights: &str) {
 }
 
 /// Whether files can be made in `dir`, where `evaluate` writes its outputs: a file made there
-/// and removed at once. Errors name the folder, the flag it came from (`--run` when `from_run`,
-/// else `--out`) and, for `--run`, `--out` as the way out.
-fn check_writable(dir: &Path, from_run: bool) -> Result<()> {
+/// and removed at once. Errors name the folder as it was given: `--out DIR` when `defaulted`
+/// is `None`, else what it says (`--run DIR`, the folder of the `--weights` file), with
+/// `--out` as the way out.
+fn check_writable(dir: &Path, defaulted: Option<String>) -> Result<()> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
@@ -638,18 +659,14 @@ fn check_writable(dir: &Path, from_run: bool) -> Result<()> {
             Ok(())
         }
         Err(e) => {
-            let (flag, hint) = match from_run {
-                true => (
-                    "--run",
-                    " (evaluate writes its confusion matrix and figures beside the run's \
-                     checkpoints): give --out DIR for them",
+            let said = match defaulted {
+                Some(folder) => format!(
+                    "{folder}: cannot write there (evaluate writes its confusion matrix and \
+                     figures there unless told otherwise): give --out DIR for them"
                 ),
-                false => ("--out", ""),
+                None => format!("--out {}: cannot write there", dir.display()),
             };
-            Err(anyhow::Error::new(e).context(format!(
-                "{flag} {}: cannot write there{hint}",
-                dir.display()
-            )))
+            Err(anyhow::Error::new(e).context(said))
         }
     }
 }
@@ -736,7 +753,8 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
         // The outputs' folder must take files before the test pass, not after it.
         let out = args.out.as_deref().unwrap_or(run);
         if out.is_dir() {
-            check_writable(out, args.out.is_none())?;
+            let defaulted = args.out.is_none();
+            check_writable(out, defaulted.then(|| format!("--run {}", run.display())))?;
         }
         // Before the checkpoint's stamp: one written from the state now is no replacement.
         restore_checkpoints(run, &args.weights);
@@ -906,6 +924,7 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
         data_dir: args.data_dir.as_deref(),
         weights_file,
         before,
+        run_checkpoint: true,
     };
     test_and_write(&trained, &config, &test, &device, precision, &outputs)
 }
@@ -956,17 +975,23 @@ fn evaluate_with_model(args: &EvaluateArgs, recipe: &Recipe, name: &str) -> Resu
         _ => PathBuf::from("."),
     };
     check_out(args.out.as_deref(), None)?;
+    // The file's own folder, when it holds a run's files (a run's checkpoint, or a folder
+    // named like one): the run's evaluation files would be replaced.
+    if args.out.is_none() && crate::rundir::holds_run(&folder) {
+        bail!(
+            "--weights {}: its folder holds a run's files, whose evaluation files this would \
+             replace: give --out DIR for this evaluation{}",
+            weights.display(),
+            match crate::rundir::is_run_folder(&folder) {
+                true => format!(
+                    ", or leave out --model to score it as its run was set up (--run {})",
+                    folder.display()
+                ),
+                false => String::new(),
+            }
+        );
+    }
     if let Some((dir, _)) = run_beside(&weights) {
-        if args.out.is_none() {
-            bail!(
-                "--weights {}: a checkpoint of the run in {}, whose evaluation files this would \
-                 replace: leave out --model to score it as its run was set up (--run {}), or \
-                 give --out DIR for this evaluation",
-                weights.display(),
-                dir.display(),
-                dir.display()
-            );
-        }
         if crate::distributed::writes() {
             crate::warn!(
                 "{}: a checkpoint of the run in {}, scored as --model {name} says (with {}'s \
@@ -977,9 +1002,19 @@ fn evaluate_with_model(args: &EvaluateArgs, recipe: &Recipe, name: &str) -> Resu
             );
         }
     }
-    let out = args.out.clone().unwrap_or(folder);
+    let out = args.out.clone().unwrap_or_else(|| folder.clone());
     if crate::distributed::writes() && out.is_dir() {
-        check_writable(&out, false)?;
+        let defaulted = args.out.is_none();
+        check_writable(
+            &out,
+            defaulted.then(|| {
+                format!(
+                    "{}, the folder of --weights {}",
+                    folder.display(),
+                    weights.display()
+                )
+            }),
+        )?;
     }
     let before = file_stamp(&weights);
     // The model first (a wrong file is said before the data is read), with as many classes as
@@ -988,15 +1023,20 @@ fn evaluate_with_model(args: &EvaluateArgs, recipe: &Recipe, name: &str) -> Resu
     let load = |count: usize| {
         // Frozen: the test batches build no autograd graph.
         zoo::load_frozen(name, count, Some(&weights), &device, 0).map_err(|e| {
-            // A head of another size (an ImageNet checkpoint, say): why that many classes.
-            let head = zoo::spec(name).map(|s| format!("{}.weight:", s.classifier));
-            let message = format!("{e:#}");
-            match message.contains("shape mismatch") && head.is_ok_and(|h| message.contains(&h)) {
-                true => e.context(format!(
-                    "--model {name}: scored on {}, whose test split has {count} classes",
+            // A head of another number of classes (an ImageNet checkpoint, say): why that many.
+            let head = zoo::spec(name).map(|s| format!("{}.weight", s.classifier));
+            let rows = head.ok().and_then(|head| {
+                let tensors = layers::checkpoint::read(&weights).ok()?;
+                Some((tensors.get(&head)?.dims().first().copied()?, head))
+            });
+            match rows {
+                Some((rows, head)) if rows != count => e.context(format!(
+                    "--weights {}: its {head} has {rows} rows (classes), and {}'s test split, \
+                     which --model {name} is scored on, has {count} classes",
+                    weights.display(),
                     data.title
                 )),
-                false => e,
+                _ => e,
             }
         })
     };
@@ -1004,15 +1044,29 @@ fn evaluate_with_model(args: &EvaluateArgs, recipe: &Recipe, name: &str) -> Resu
         0 => None,
         count => Some(load(count)?),
     };
-    let (test, _) = crate::cli::load_test_data(&config)?;
+    let (test, whole) = crate::cli::load_test_data(&config)?;
     let classes = test.classes().to_vec();
     let (model, store) = match loaded {
         Some(loaded) => loaded,
         None => load(classes.len())?,
     };
     let _precision = config.precision.enter();
+    // Named for the file (its stem), with what differs from a fresh run's test: another
+    // precision than f32, a subset. The file's evaluation on other test data takes the next
+    // free name (`unclaimed_tag`). So one setting's figures never replace another's.
+    let mut tag = weights
+        .file_stem()
+        .map_or("weights".into(), |s| s.to_string_lossy().into_owned());
+    let mut shown = String::new();
+    if config.precision != Precision::default() {
+        tag = format!("{tag}-{}", config.precision.flag_text());
+        shown = format!(" in {}", config.precision.flag_text());
+    }
+    if let Some(n) = config.limit_test.filter(|&n| n < whole) {
+        tag = format!("{tag}-test{n}");
+    }
     let trained = Trained {
-        tag: checkpoint_tag(&out, &weights),
+        tag: tag.clone(),
         config,
         classes,
         model,
@@ -1021,11 +1075,12 @@ fn evaluate_with_model(args: &EvaluateArgs, recipe: &Recipe, name: &str) -> Resu
     };
     let outputs = Outputs {
         out,
-        tag: trained.tag.clone(),
-        shown: String::new(),
+        tag,
+        shown,
         data_dir: args.data_dir.as_deref(),
         weights_file: weights,
         before,
+        run_checkpoint: false,
     };
     let precision = trained.config.precision;
     test_and_write(
@@ -1052,6 +1107,9 @@ struct Outputs<'a> {
     /// ([`file_stamp`]): the figures are not written when it was replaced meanwhile.
     weights_file: PathBuf,
     before: Option<(u64, u64, u64, Option<std::time::SystemTime>)>,
+    /// Whether the checkpoint may be a run's `best` or `last` beside the outputs (whose
+    /// outputs the run removes when it replaces it); `false` for a file outside any run.
+    run_checkpoint: bool,
 }
 
 /// The test pass of `trained` on `test` with `config`'s settings in `precision` (each rank its
@@ -1137,6 +1195,7 @@ fn test_and_write(
         m.loss()
     );
     let evaluation = Evaluation {
+        model: config.model.clone(),
         weights: trained.weights.clone(),
         weights_file: std::fs::canonicalize(&trained.weights).ok(),
         checkpoint: None,
@@ -1180,6 +1239,7 @@ fn test_and_write(
     let mut evaluation = evaluation;
     evaluation.checkpoint = [BEST, LAST]
         .into_iter()
+        .filter(|_| outputs.run_checkpoint)
         .find(|c| {
             let folder = match trained.weights.parent() {
                 Some(p) if !p.as_os_str().is_empty() => p,
@@ -1192,7 +1252,12 @@ fn test_and_write(
     // it replaces the checkpoint); another file, the first name not another file's.
     let tag = match evaluation.checkpoint {
         Some(_) => outputs.tag.clone(),
-        None => unclaimed_tag(out, outputs.tag.clone(), evaluation.weights_file.as_deref()),
+        None => unclaimed_tag(
+            out,
+            outputs.tag.clone(),
+            evaluation.weights_file.as_deref(),
+            (!outputs.run_checkpoint).then_some(evaluation.data_dir.as_deref()),
+        ),
     };
     // Only the writer checks what follows: another rank's refusal would end the job while
     // rank 0 writes.
@@ -1308,7 +1373,7 @@ pub struct PredictArgs {
     /// More images to classify
     pub images: Vec<PathBuf>,
     /// The checkpoint: best, last, or a .safetensors file
-    #[arg(long, default_value = "best")]
+    #[arg(long, default_value = "best", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub weights: String,
     /// The zoo model a --weights file outside any run holds (e.g. resnet18-seed): read with
     /// this program's data set's test transform and class names, its classes counted from the
@@ -1584,7 +1649,13 @@ fn behind_the_state(
 pub fn predict(args: &PredictArgs, dataset: DatasetKind) -> Result<()> {
     let images: Vec<PathBuf> = args.image.iter().chain(&args.images).cloned().collect();
     if images.is_empty() {
-        bail!("predict needs images: predict --run DIR IMAGE... (or --image IMAGE)");
+        bail!(
+            "predict needs images: predict {} IMAGE... (or --image IMAGE)",
+            match &args.model {
+                Some(model) => format!("--model {model} --weights FILE"),
+                None => "--run DIR".into(),
+            }
+        );
     }
     if let Some(model) = &args.model {
         return predict_with_model(args, model, dataset, &images);
@@ -1760,7 +1831,7 @@ mod tests {
     fn an_unwritable_outputs_folder_is_named_before_the_test_pass() -> Result<()> {
         let err = format!(
             "{:#}",
-            check_writable(Path::new("/proc"), true).unwrap_err()
+            check_writable(Path::new("/proc"), Some("--run /proc".into())).unwrap_err()
         );
         assert!(
             err.starts_with("--run /proc: cannot write there") && err.contains("--out DIR"),
@@ -1768,11 +1839,11 @@ mod tests {
         );
         let err = format!(
             "{:#}",
-            check_writable(Path::new("/proc"), false).unwrap_err()
+            check_writable(Path::new("/proc"), None).unwrap_err()
         );
         assert!(err.starts_with("--out /proc: cannot write there"), "{err}");
         let dir = tempfile::tempdir()?;
-        check_writable(dir.path(), true)?;
+        check_writable(dir.path(), Some("--run".into()))?;
         assert_eq!(std::fs::read_dir(dir.path())?.count(), 0);
         Ok(())
     }
@@ -1845,7 +1916,7 @@ mod tests {
         std::fs::write(&one, b"1")?;
         std::fs::write(&two, b"2")?;
         let (one, two) = (std::fs::canonicalize(&one)?, std::fs::canonicalize(&two)?);
-        let tag = |file: &Path| unclaimed_tag(&out, "a-b-c".into(), Some(file));
+        let tag = |file: &Path| unclaimed_tag(&out, "a-b-c".into(), Some(file), None);
         let record = |tag: &str, json: serde_json::Value| {
             std::fs::write(out.join(evaluation_summary(tag)), json.to_string())
         };
