@@ -194,7 +194,14 @@ fn main() -> Result<()> {
         .unwrap_or_else(|e| train::cli::exit_for_clap(e));
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| train::cli::exit_for_clap(e));
     let result = match cli.command {
-        Some(Command::Predict(args)) => predict(&args),
+        Some(Command::Predict(mut args)) => {
+            // In the order given, --image and the positional images mixed.
+            if let Some(m) = matches.subcommand_matches("predict") {
+                args.image = train::inference::images_in_order(m);
+                args.images.clear();
+            }
+            predict(&args)
+        }
         Some(Command::Evaluate(args)) => train::inference::evaluate(&args, &RECIPE).map(drop),
         None => {
             let distributed = cli.finetune.train.distributed.clone();

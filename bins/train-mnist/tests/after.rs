@@ -1109,3 +1109,33 @@ fn evaluate_scores_a_checkpoint_outside_any_run() {
         );
     }
 }
+
+/// `predict` answers in the order the images were given, `--image` and the positional images
+/// mixed (clap keeps the two apart).
+#[test]
+fn predict_keeps_the_order_of_the_images() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = trained(dir.path(), &[]);
+    let (image, _) = digit(dir.path());
+    let named: Vec<String> = ["c.png", "a.png", "b.png"]
+        .iter()
+        .map(|name| {
+            let path = dir.path().join(name);
+            std::fs::copy(&image, &path).expect("copy");
+            s(&path)
+        })
+        .collect();
+    let text = run(&[
+        "predict",
+        "--run",
+        &s(&out),
+        &named[0],
+        &named[1],
+        "--image",
+        &named[2],
+        "--device",
+        "cpu",
+    ]);
+    let printed: Vec<&str> = text.lines().filter(|l| !l.starts_with(' ')).collect();
+    assert_eq!(printed, named, "{text}");
+}

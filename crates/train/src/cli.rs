@@ -387,7 +387,12 @@ impl Recipe {
             .unwrap_or_else(|e| exit_for_clap(e));
         let result = match matches.subcommand() {
             Some(("evaluate", m)) => evaluate(&EvaluateArgs::from_arg_matches(m)?, self).map(drop),
-            Some(("predict", m)) => predict(&PredictArgs::from_arg_matches(m)?, self.dataset),
+            Some(("predict", m)) => {
+                let mut args = PredictArgs::from_arg_matches(m)?;
+                args.image = crate::inference::images_in_order(m);
+                args.images.clear();
+                predict(&args, self.dataset)
+            }
             _ => exit_status(self.run(&Args::from_arg_matches(&matches)?).map(drop)),
         };
         crate::progress::stdout_written(result)

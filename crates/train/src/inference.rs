@@ -1388,6 +1388,22 @@ pub struct PredictArgs {
     pub precision: Option<Precision>,
 }
 
+/// The images of `predict`'s `--image` and its positional `images` in `matches`, in the order
+/// they were given on the command line (clap keeps each argument's values apart), so that the
+/// predictions come out in that order.
+pub fn images_in_order(matches: &clap::ArgMatches) -> Vec<PathBuf> {
+    let mut given: Vec<(usize, PathBuf)> = Vec::new();
+    for id in ["image", "images"] {
+        if let (Ok(Some(values)), Some(indices)) =
+            (matches.try_get_many::<PathBuf>(id), matches.indices_of(id))
+        {
+            given.extend(indices.zip(values.cloned()));
+        }
+    }
+    given.sort_by_key(|(index, _)| *index);
+    given.into_iter().map(|(_, path)| path).collect()
+}
+
 /// Classifies image files as a trained network sees them.
 pub struct Predictor<'a> {
     model: &'a dyn Network,
