@@ -185,10 +185,14 @@ static ALLOCATOR: train::memory::ReportOutOfMemory = train::memory::ReportOutOfM
 fn main() -> Result<()> {
     train::cli::set_up_process();
     // The recipe's defaults in --help (the transforms' depend on --augment and --image-size).
-    let command = RECIPE.with_defaults(
-        <Cli as clap::CommandFactory>::command(),
-        &["train_transform", "test_transform"],
-    );
+    let command = RECIPE
+        .with_defaults(
+            <Cli as clap::CommandFactory>::command(),
+            &["train_transform", "test_transform"],
+        )
+        // `--limit-test -5` is a value to refuse, not an unknown flag, there too.
+        .mut_subcommand("evaluate", |c| c.allow_negative_numbers(true))
+        .mut_subcommand("predict", |c| c.allow_negative_numbers(true));
     let matches = command
         .try_get_matches()
         .unwrap_or_else(|e| train::cli::exit_for_clap(e));

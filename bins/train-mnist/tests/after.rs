@@ -1093,6 +1093,10 @@ fn evaluate_scores_a_checkpoint_outside_any_run() {
             "it holds a run, whose evaluation files this would replace",
         ),
         (
+            vec!["evaluate", "--run", &s(&out), "--limit-test", "-5"],
+            "invalid value '-5' for '--limit-test <N|all>'",
+        ),
+        (
             vec!["evaluate", "--model", "lenet5", "--weights", ""],
             "a value is required for '--weights <WEIGHTS>' but none was supplied",
         ),

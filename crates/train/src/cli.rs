@@ -133,14 +133,20 @@ impl Recipe {
         }
         cmd.args_conflicts_with_subcommands(true)
             // The descriptions after the flags: their structs' doc comments would replace them.
-            .subcommand(EvaluateArgs::augment_args(Command::new("evaluate")).about(
-                "Evaluate a run's checkpoint on its test split (or, with --model, a checkpoint \
-                 file on this program's): loss, top-1, top-5, per-class accuracy, confusion \
-                 matrix",
-            ))
+            .subcommand(
+                EvaluateArgs::augment_args(Command::new("evaluate"))
+                    .about(
+                        "Evaluate a run's checkpoint on its test split (or, with --model, a \
+                         checkpoint file on this program's): loss, top-1, top-5, per-class \
+                         accuracy, confusion matrix",
+                    )
+                    // `--limit-test -5` is a value to refuse, not an unknown flag.
+                    .allow_negative_numbers(true),
+            )
             .subcommand(
                 PredictArgs::augment_args(Command::new("predict"))
-                    .about("Print the top-5 classes of images under a run's checkpoint"),
+                    .about("Print the top-5 classes of images under a run's checkpoint")
+                    .allow_negative_numbers(true),
             )
     }
 
