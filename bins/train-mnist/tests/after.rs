@@ -1143,3 +1143,50 @@ fn predict_keeps_the_order_of_the_images() {
     let printed: Vec<&str> = text.lines().filter(|l| !l.starts_with(' ')).collect();
     assert_eq!(printed, named, "{text}");
 }
+
+/// Another run's checkpoint read with this run's settings (`--run A --weights B/best`) is said
+/// to be read so where B's own settings differ (its test transform here), naming them and the
+/// way to read it as its run; where they are the same, nothing is said.
+#[test]
+fn another_runs_checkpoint_read_otherwise_is_said() {
+    let (a, b, c) = (
+        tempfile::tempdir().expect("temp dir"),
+        tempfile::tempdir().expect("temp dir"),
+        tempfile::tempdir().expect("temp dir"),
+    );
+    let run_a = trained(a.path(), &[]);
+    let run_b = trained(b.path(), &["--test-transform", "normalize:0.5:0.5"]);
+    let run_c = trained(c.path(), &[]);
+    let (image, _) = digit(a.path());
+    for (other, said) in [(&run_b, true), (&run_c, false)] {
+        let weights = s(&other.join(train::rundir::BEST));
+        for sub in [
+            vec!["evaluate", "--run", &s(&run_a), "--weights", &weights],
+            vec![
+                "predict",
+                "--run",
+                &s(&run_a),
+                "--weights",
+                &weights,
+                &s(&image),
+            ],
+        ] {
+            let ended = Command::new(BIN)
+                .args(&sub)
+                .args(["--device", "cpu"])
+                .output()
+                .expect("starts");
+            let err = String::from_utf8_lossy(&ended.stderr);
+            assert!(ended.status.success(), "{sub:?}: {err}");
+            let note = format!(
+                "note: --weights {weights}: a checkpoint of the run in {}, which had \
+                 --test-transform normalize:0.5:0.5 (here mnist-test); read with --run {}'s \
+                 settings",
+                s(other),
+                s(&run_a)
+            );
+            assert_eq!(err.contains(&note), said, "{sub:?}: {err}");
+            assert_eq!(err.contains("a checkpoint of the run in"), said, "{err}");
+        }
+    }
+}

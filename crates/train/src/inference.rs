@@ -322,6 +322,9 @@ impl Trained {
         if let Some(note) = behind_the_state(dir, (weights, &path), &store, &config.program) {
             crate::warn!("{note}");
         }
+        if let Some(note) = another_runs_settings(dir, &path, &config, &classes) {
+            crate::warn!("{note}");
+        }
         Ok(Self {
             config,
             classes,
@@ -331,6 +334,49 @@ impl Trained {
             tag,
         })
     }
+}
+
+/// For a checkpoint file `path` of another run than the one in `dir` (whose `config` and
+/// `classes` it is read with): a note naming what that run set otherwise, where it changes
+/// the answer: the model, the test transform (the image size a fine-tuning ran at, say), the
+/// class names or their order. `None` when it is this run's file, in no run's folder, or
+/// read the same; said by the writing process of a data-parallel job only.
+fn another_runs_settings(
+    dir: &Path,
+    path: &Path,
+    config: &RunConfig,
+    classes: &[String],
+) -> Option<String> {
+    if !crate::distributed::writes() {
+        return None;
+    }
+    let (home, theirs) = run_beside(path).filter(|(home, _)| !same_dir(home, dir))?;
+    let mut differs = Vec::new();
+    if theirs.model != config.model {
+        differs.push(format!("--model {} (here {})", theirs.model, config.model));
+    }
+    if theirs.test_transform != config.test_transform {
+        differs.push(format!(
+            "--test-transform {} (here {})",
+            theirs.test_transform, config.test_transform
+        ));
+    }
+    if classes_beside(path, classes.len()).is_some_and(|own| own != classes) {
+        differs.push("other class names or another order of them".into());
+    }
+    if differs.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "note: --weights {}: a checkpoint of the run in {}, which had {}; read with --run {}'s \
+         settings, so the figures may not be that checkpoint's (give --run {} to read it as its \
+         run)",
+        path.display(),
+        home.display(),
+        differs.join(", "),
+        dir.display(),
+        home.display()
+    ))
 }
 
 /// The output-name tag of the checkpoint file `path` evaluated with the run in `dir`: its stem,
