@@ -1290,3 +1290,58 @@ fn own_class_folders_need_no_folder_flag() {
         before
     );
 }
+
+/// An image that cannot be read any more, met in an epoch after others were saved, stops the run
+/// naming the file, where it stopped, what is saved and `--resume` as the way on; the saved
+/// epoch stays as it was, and once the image is mended the run continues.
+#[test]
+fn an_unreadable_image_mid_run_says_what_is_saved() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (data, weights) = folder_and_weights(dir.path(), "data", 4, 2);
+    let out = dir.path().join("run");
+    let run = |epochs: &str| -> Vec<String> {
+        [
+            "--weights",
+            s(&weights),
+            "--folder",
+            "--data-dir",
+            s(&data),
+            "--image-size",
+            "32",
+            "--batch-size",
+            "4",
+            // Augmented: the images are read in each epoch (not once, as frozen features).
+            "--augment",
+            "--device",
+            "cpu",
+            "--out",
+            s(&out),
+            "--epochs",
+            epochs,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    ok(&strs(&run("1")), &[]);
+    let last = out.join(train::rundir::LAST);
+    let saved = std::fs::read(&last).expect("last");
+    let image = data.join("train").join("frog").join("0000.png");
+    let whole = std::fs::read(&image).expect("image");
+    std::fs::write(&image, &whole[..whole.len().min(100)]).expect("truncate");
+    let mut again = run("2");
+    again.extend(["--resume".into(), s(&out).into()]);
+    let err = fails(&strs(&again), &[]);
+    for said in [
+        format!(
+            "the run stopped in epoch 2 of 2 on the error below: epoch 1 is saved in {0}; once \
+             the cause is mended, --resume {0} continues from there",
+            s(&out)
+        ),
+        s(&image).to_string(),
+    ] {
+        assert!(err.contains(&said), "{said}: {err}");
+    }
+    assert_eq!(std::fs::read(&last).expect("last"), saved);
+    std::fs::write(&image, &whole).expect("mend");
+    ok(&strs(&again), &[]);
+}

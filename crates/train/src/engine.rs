@@ -1,6 +1,6 @@
 //! One epoch of training, one pass of testing.
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use candle_nn::ModuleT;
 
@@ -140,6 +140,19 @@ pub(crate) fn refuse_no_grad(epoch: usize) -> Result<()> {
     Ok(())
 }
 
+/// The error of a run whose loss stopped being finite: its message says what is kept and that
+/// a new run (not `--resume`, which would repeat it) is the way on, so the run adds nothing.
+#[derive(Debug)]
+pub struct Diverged(pub String);
+
+impl std::fmt::Display for Diverged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Diverged {}
+
 /// The error of a training loss that became `value` in epoch `epoch` (from 0) at batch `b`
 /// (from 0) of `batches`.
 pub(crate) fn non_finite_loss(value: f64, epoch: usize, b: usize, batches: usize) -> anyhow::Error {
@@ -147,12 +160,12 @@ pub(crate) fn non_finite_loss(value: f64, epoch: usize, b: usize, batches: usize
         0 => "no epoch had finished, so no checkpoint was saved".to_string(),
         e => format!("the checkpoints of epoch {e}, the last finished, are kept"),
     };
-    anyhow!(
+    anyhow::Error::new(Diverged(format!(
         "the training loss became {value} in epoch {} at batch {}/{batches}: training stopped \
          (a lower --lr may help, in a new run: --resume keeps the run's); {kept}",
         epoch + 1,
         b + 1
-    )
+    )))
 }
 
 /// Tests `model` in eval mode over `loader` (in its order), on `device`. The loss is the

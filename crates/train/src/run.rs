@@ -449,6 +449,12 @@ pub fn train(
                 "writing the files of an earlier epoch failed too: {writing:#}"
             ))),
             (Ok(()), Err(writing)) => Err(write_failed_error(writing, out)),
+            // Any other error inside an epoch (an image that cannot be read, say): where the run
+            // stopped, what is saved and how to go on, as for Ctrl-C. A loss that stopped being
+            // finite says so itself (a new run, not --resume, is the way on).
+            (Err(error), Ok(())) if !error.chain().any(|e| e.is::<crate::engine::Diverged>()) => {
+                Err(stopped_by_error(error, &progress, config.epochs, out))
+            }
             (trained, Ok(())) => trained,
         }
     })?;
@@ -779,6 +785,38 @@ fn stopped_by_ctrl_c(
     error.context(message)
 }
 
+/// The error of a run that an error inside an epoch (`error`: an image that cannot be read, a
+/// device failing) stopped after `progress`'s epochs: where it stopped, what is saved and how
+/// to continue once the cause is mended.
+fn stopped_by_error(
+    error: anyhow::Error,
+    progress: &RunProgress,
+    epochs: usize,
+    out: &Path,
+) -> anyhow::Error {
+    let done = progress.epochs_done;
+    let at = format!(
+        "the run stopped in epoch {} of {epochs} on the error below",
+        done + 1
+    );
+    let message = match done {
+        0 => format!("{at}: no epoch had finished, so nothing was saved"),
+        1 => format!(
+            "{at}: epoch 1 is saved in {}; once the cause is mended, --resume {} continues \
+             from there",
+            out.display(),
+            out.display()
+        ),
+        _ => format!(
+            "{at}: epochs 1-{done} are saved in {}; once the cause is mended, --resume {} \
+             continues from there",
+            out.display(),
+            out.display()
+        ),
+    };
+    error.context(message)
+}
+
 /// Restores the model, the optimizer (buffers and learning rate) and the dropout generator
 /// from a resume state; a fresh run starts from nothing done.
 fn restore(
@@ -889,12 +927,13 @@ impl Epoch<'_> {
             ("test loss", tested.metrics.loss()),
         ] {
             if !value.is_finite() {
-                bail!(
+                return Err(crate::engine::Diverged(format!(
                     "the {what} of epoch {} is {value}: training stopped (a lower --lr may help, \
                      in a new run: --resume keeps the run's); {}",
                     epoch + 1,
                     kept(epoch)
-                );
+                ))
+                .into());
             }
         }
         let seconds = started.elapsed().as_secs_f64();
