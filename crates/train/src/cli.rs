@@ -617,6 +617,34 @@ pub fn load_data_then(
     })
 }
 
+/// The image files of the image folder `root` (a directory; none for an archive) that stand
+/// in no class folder, so that no class reads them: directly in `root`, and, where `root` holds
+/// the split (`train/` with `test/` or `val/`), directly in `train/` and the test split's
+/// folder, beside their class folders. Hidden names are left out, as the folder's reading
+/// leaves them out. Sorted.
+fn loose_images(root: &Path) -> Vec<PathBuf> {
+    let mut dirs = vec![root.to_path_buf()];
+    let test = ["test", "val"]
+        .map(|d| root.join(d))
+        .into_iter()
+        .find(|d| d.is_dir());
+    if let (true, Some(test)) = (root.join("train").is_dir(), test) {
+        dirs.extend([root.join("train"), test]);
+    }
+    let mut loose: Vec<PathBuf> = dirs
+        .iter()
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flat_map(|entries| entries.flatten())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            !name.starts_with('.') && datasets::is_image(&name) && e.path().is_file()
+        })
+        .map(|e| e.path())
+        .collect();
+    loose.sort();
+    loose
+}
+
 /// Says what was read, from where ([`datasets::Dataset::origin`]), and when the split sizes
 /// are not the official data set's (a subset, or a file cut at a record's end, which its
 /// format cannot tell from a whole one).
@@ -642,6 +670,24 @@ fn say_read(config: &RunConfig, split: &datasets::Split) {
             "; --test-fraction {} has no effect: the folder has its own test split",
             config.test_fraction
         );
+    }
+    if let (DatasetKind::Folder, Some(dir)) = (config.dataset, config.data_dir.as_deref()) {
+        let loose = loose_images(dir);
+        if !loose.is_empty() {
+            const SHOWN: usize = 3;
+            let mut named: Vec<String> = loose
+                .iter()
+                .take(SHOWN)
+                .map(|p| p.display().to_string())
+                .collect();
+            if loose.len() > SHOWN {
+                named.push(format!("{} more", loose.len() - SHOWN));
+            }
+            note += &format!(
+                "; passed over, as in no class folder (as torchvision's ImageFolder does): {}",
+                named.join(", ")
+            );
+        }
     }
     let from = |origin: &Option<String>| {
         origin
@@ -1047,6 +1093,53 @@ fn utc_timestamp(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Image files in no class folder are found where no class reads them: in the root beside
+    /// the class folders or the split, and in the split's folders beside their classes; not
+    /// in a class, not hidden, not other files, not in a third split's folder.
+    #[test]
+    fn loose_images_are_those_in_no_class_folder() -> Result<()> {
+        let root = tempfile::tempdir()?;
+        let put = |rel: &str| -> Result<()> {
+            let path = root.path().join(rel);
+            std::fs::create_dir_all(path.parent().expect("parent"))?;
+            std::fs::write(path, b"x")?;
+            Ok(())
+        };
+        for rel in [
+            "cat/0.jpg",
+            "dog/0.PNG",
+            "stray.JPG",
+            ".hidden.jpg",
+            "notes.txt",
+        ] {
+            put(rel)?;
+        }
+        let names = |root: &Path| -> Vec<String> {
+            loose_images(root)
+                .iter()
+                .map(|p| p.strip_prefix(root).expect("inside").display().to_string())
+                .collect()
+        };
+        assert_eq!(names(root.path()), ["stray.JPG"]);
+        // A class folder named test/ is a class where no train/ stands beside it.
+        put("test/loose.png")?;
+        assert_eq!(names(root.path()), ["stray.JPG"]);
+        for rel in [
+            "train/cat/1.jpg",
+            "train/a.bmp",
+            "val/b.webp",
+            "test/cat/2.jpg",
+        ] {
+            put(rel)?;
+        }
+        // test/ is the test split (val/ beside it a third split, left alone).
+        assert_eq!(
+            names(root.path()),
+            ["stray.JPG", "test/loose.png", "train/a.bmp"]
+        );
+        Ok(())
+    }
 
     #[test]
     fn an_out_inside_the_data_dir_is_seen_through_dots_and_links() -> Result<()> {

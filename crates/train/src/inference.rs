@@ -355,7 +355,11 @@ fn another_runs_settings(
     if theirs.model != config.model {
         differs.push(format!("--model {} (here {})", theirs.model, config.model));
     }
-    if theirs.test_transform != config.test_transform {
+    // As transforms, not as text: `imagenet-eval` is `imagenet-eval:224`.
+    let transform = |text: &str| Transform::parse(text).ok();
+    if theirs.test_transform != config.test_transform
+        && transform(&theirs.test_transform) != transform(&config.test_transform)
+    {
         differs.push(format!(
             "--test-transform {} (here {})",
             theirs.test_transform, config.test_transform

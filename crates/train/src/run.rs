@@ -364,6 +364,9 @@ pub fn train(
         let mut pending = None;
         // A write's error found while the epochs go on: the run's error once they stop.
         let mut write_error = None;
+        // The epochs whose files are written or being written (by rank 0 in a data-parallel
+        // job): what an error stopping the run can say is saved.
+        let mut snapshotted = progress.epochs_done;
         let trained = (|| -> Result<()> {
             // A finished write: its event file back, or its error kept and the epochs stopped.
             let mut take_up = |handle: Writing<'_>, outputs: &mut Outputs<'_>| match finish(handle)
@@ -397,6 +400,7 @@ pub fn train(
                 progress.history.push(record);
                 progress.epochs_done = epoch + 1;
                 let Some(outputs) = outputs.as_mut() else {
+                    snapshotted = progress.epochs_done;
                     continue;
                 };
                 // The previous epoch's files first: one snapshot in memory at a time.
@@ -421,6 +425,7 @@ pub fn train(
                     }
                     written
                 }));
+                snapshotted = progress.epochs_done;
             }
             Ok(())
         })();
@@ -453,7 +458,7 @@ pub fn train(
             // stopped, what is saved and how to go on, as for Ctrl-C. A loss that stopped being
             // finite says so itself (a new run, not --resume, is the way on).
             (Err(error), Ok(())) if !error.chain().any(|e| e.is::<crate::engine::Diverged>()) => {
-                Err(stopped_by_error(error, &progress, config.epochs, out))
+                Err(stopped_by_error(error, snapshotted, config.epochs, out))
             }
             (trained, Ok(())) => trained,
         }
@@ -786,15 +791,9 @@ fn stopped_by_ctrl_c(
 }
 
 /// The error of a run that an error inside an epoch (`error`: an image that cannot be read, a
-/// device failing) stopped after `progress`'s epochs: where it stopped, what is saved and how
-/// to continue once the cause is mended.
-fn stopped_by_error(
-    error: anyhow::Error,
-    progress: &RunProgress,
-    epochs: usize,
-    out: &Path,
-) -> anyhow::Error {
-    let done = progress.epochs_done;
+/// device failing) stopped after `done` epochs whose files were written: where it stopped, what
+/// is saved and how to continue once the cause is mended.
+fn stopped_by_error(error: anyhow::Error, done: usize, epochs: usize, out: &Path) -> anyhow::Error {
     let at = format!(
         "the run stopped in epoch {} of {epochs} on the error below",
         done + 1
@@ -1180,11 +1179,12 @@ fn ensure_finite_after(epoch: usize, store: &ParamStore, optimizer: &dyn Optimiz
     ];
     for (what, tensors) in found {
         if let Some((name, value)) = layers::checkpoint::first_non_finite(&tensors)? {
-            bail!(
+            return Err(crate::engine::Diverged(format!(
                 "after the updates of epoch {epoch}, {what} {name} holds {value}: training \
                  stopped (a lower --lr may help, in a new run: --resume keeps the run's); {}",
                 kept(epoch - 1)
-            );
+            ))
+            .into());
         }
     }
     Ok(())
@@ -1676,4 +1676,40 @@ pub fn check_fits(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A weight left NaN by an epoch's updates stops the run as a loss that stopped being
+    /// finite does (`Diverged`): its own advice (a new run), not the `--resume` of an error
+    /// whose cause can be mended; a finite one passes.
+    #[test]
+    fn a_non_finite_weight_keeps_its_own_advice() -> Result<()> {
+        let store = ParamStore::new(0, &Device::Cpu);
+        let w = store
+            .vb()
+            .get_with_hints(2, "w", candle_nn::Init::Const(1.0))?;
+        let optimizer =
+            crate::optim::Sgd::new(store.named_vars(), crate::optim::SgdConfig::new(0.1))?;
+        ensure_finite_after(1, &store, &optimizer)?;
+        let var = store
+            .named_vars()
+            .into_iter()
+            .find(|(name, _)| name == "w")
+            .map(|(_, var)| var)
+            .expect("w");
+        var.set(&Tensor::new(&[f32::NAN, 1.0], &Device::Cpu)?)?;
+        assert_eq!(w.dims(), [2]);
+        let err = ensure_finite_after(3, &store, &optimizer).unwrap_err();
+        assert!(err.is::<crate::engine::Diverged>(), "{err:#}");
+        let message = format!("{err:#}");
+        assert!(
+            message.contains("after the updates of epoch 3, model tensor w holds NaN")
+                && message.contains("in a new run"),
+            "{message}"
+        );
+        Ok(())
+    }
 }
