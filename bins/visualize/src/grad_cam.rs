@@ -174,6 +174,24 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
             if weights.is_none() {
                 train::say!("{name}: initial weights (seed 0), no --weights given");
             }
+            // A head of its own outside any run (fine-tuned elsewhere, or copied out of its
+            // run): nothing says its classes or the image size it learned at (said as
+            // `predict` says it).
+            let numbered = classes
+                .iter()
+                .enumerate()
+                .all(|(k, c)| *c == format!("class {k}"));
+            if let (Some(path), true) = (&weights, numbered) {
+                train::warn!(
+                    "{}: no {} beside it names its {count} classes, so they are named by number \
+                     (class 0, class 1, ...), and the image is taken at {name}'s native {}x{} \
+                     (--run DIR, the folder of its run, gives both)",
+                    path.display(),
+                    train::rundir::CLASSES,
+                    spec.input.1,
+                    spec.input.2
+                );
+            }
             let input = train::inference::RunInput {
                 channels: spec.input.0,
                 side: spec.input.1,

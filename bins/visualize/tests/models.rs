@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use common::{assert_not_blank, open_png, visualize, visualize_fails, Grid};
+use common::{assert_not_blank, open_png, visualize, visualize_fails, visualize_stderr, Grid};
 use layers::ParamStore;
 
 /// Kernel `k` of LeNet-5's first layer: a ramp over its 25 taps, rotated by `k`, so the
@@ -571,4 +571,40 @@ fn a_resnet18_fine_tuning_run_is_explained() {
                 .any(|c| predicted.contains(c)),
         "{stdout}"
     );
+}
+
+/// grad-cam of a zoo model whose head has a number of classes of its own, outside any run, says
+/// that its classes are named by number and the image taken at the model's native size (nothing
+/// beside the file says either); a file with MNIST's ten classes (named) says nothing so.
+#[test]
+fn grad_cam_of_a_head_outside_any_run_says_what_it_assumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ParamStore::new(3, &Device::Cpu);
+    zoo::build("lenet5", 5, store.vb()).unwrap();
+    let five = dir.path().join("five.safetensors");
+    layers::checkpoint::save(store.varmap(), &five).unwrap();
+    let ten = dir.path().join("ten.safetensors");
+    save_lenet(&ten);
+    let picture = dir.path().join("picture.png");
+    write_picture(&picture, 40, 30, true);
+    for (weights, said) in [(&five, true), (&ten, false)] {
+        let err = visualize_stderr(&[
+            "grad-cam",
+            "--model",
+            "lenet5",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--image",
+            picture.to_str().unwrap(),
+            "--out",
+            dir.path().to_str().unwrap(),
+        ]);
+        let note = format!(
+            "{}: no classes.json beside it names its 5 classes, so they are named by number \
+             (class 0, class 1, ...), and the image is taken at lenet5's native 28x28",
+            five.display()
+        );
+        assert_eq!(err.contains(&note), said, "{err}");
+        assert_eq!(err.contains("named by number"), said, "{err}");
+    }
 }

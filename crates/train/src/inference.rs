@@ -1275,8 +1275,8 @@ fn test_and_write(
     crate::say!("accuracy per class (the share of its test images predicted as it):");
     for (class, acc) in &evaluation.per_class {
         match acc {
-            Some(acc) => crate::say!("  {acc:6.2}%  {class}"),
-            None => crate::say!("     -    {class} (no test image)"),
+            Some(acc) => crate::say!("  {acc:6.2}%  {}", printable(class)),
+            None => crate::say!("     -    {} (no test image)", printable(class)),
         }
     }
     let out = &outputs.out;
@@ -1847,6 +1847,17 @@ fn predict_with_model(
     print_top5(images, |image| predictor.top5(image))
 }
 
+/// A class name as printed, one line each: its control characters (a newline or a tab in a
+/// folder's name) written as Rust escapes (`\n`), the rest (any script, emoji) as it is.
+pub fn printable(name: &str) -> String {
+    name.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
+}
+
 /// Prints each image's path and its top-5 classes (`top5`). An image that cannot be read or
 /// classified is said on standard error, naming it, and the rest are still classified.
 ///
@@ -1862,7 +1873,7 @@ pub fn print_top5(
             Ok(top5) => {
                 crate::say!("{}", image.display());
                 for (class, p) in top5 {
-                    crate::say!("  {:6.2}%  {class}", p * 100.0);
+                    crate::say!("  {:6.2}%  {}", p * 100.0, printable(&class));
                 }
             }
             Err(e) => {
@@ -1893,6 +1904,16 @@ mod tests {
     /// `evaluate`'s outputs folder is tried before the test pass: a folder that takes no file
     /// (`/proc`, even for root) is named with its flag, `--run`'s with `--out` as the way out;
     /// a writable one passes and is left as it was.
+    /// A class name prints on one line: control characters escaped, other scripts kept.
+    #[test]
+    fn class_names_print_on_one_line() {
+        assert_eq!(printable("new\nline\tx"), "new\\nline\\tx");
+        assert_eq!(
+            printable("Hündchen 🚢 \"big\" cat"),
+            "Hündchen 🚢 \"big\" cat"
+        );
+    }
+
     #[test]
     fn an_unwritable_outputs_folder_is_named_before_the_test_pass() -> Result<()> {
         let err = format!(

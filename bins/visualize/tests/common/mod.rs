@@ -28,6 +28,14 @@ pub fn visualize(args: &[&str]) -> String {
     stdout
 }
 
+/// Runs `visualize args`, expects success and returns its standard error.
+pub fn visualize_stderr(args: &[&str]) -> String {
+    let out = command(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "visualize {args:?} failed:\n{stderr}");
+    stderr
+}
+
 /// Runs `visualize args`, expects failure and returns its standard error.
 pub fn visualize_fails(args: &[&str]) -> String {
     let out = command(args);
