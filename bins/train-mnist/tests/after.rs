@@ -1190,3 +1190,27 @@ fn another_runs_checkpoint_read_otherwise_is_said() {
         }
     }
 }
+
+/// A run whose `classes.json` lists another number of classes than its checkpoint's head has
+/// is refused naming that list as the possible fault.
+#[test]
+fn a_class_list_of_another_length_is_named() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = trained(dir.path(), &[]);
+    let path = out.join(train::rundir::CLASSES);
+    let classes: Vec<String> =
+        serde_json::from_slice(&std::fs::read(&path).expect("classes")).expect("json");
+    std::fs::write(&path, serde_json::to_vec(&classes[..5]).expect("json")).expect("write");
+    let ended = Command::new(BIN)
+        .args(["evaluate", "--run", &s(&out), "--device", "cpu"])
+        .output()
+        .expect("starts");
+    let err = String::from_utf8_lossy(&ended.stderr);
+    assert!(!ended.status.success(), "{err}");
+    let said = format!(
+        "loading {} for the 5 classes that {} lists",
+        s(&out.join(train::rundir::BEST)),
+        s(&path)
+    );
+    assert!(err.contains(&said), "{err}");
+}

@@ -305,10 +305,8 @@ impl Trained {
         .map_err(|e| {
             // A head of another size: the class count came from classes.json, which may be the
             // one at fault.
-            let head = zoo::spec(&config.model).map(|s| format!("{}.weight:", s.classifier));
-            let message = format!("{e:#}");
-            let head_differs = message.contains("shape mismatch")
-                && head.is_ok_and(|head| message.contains(&head));
+            let head_differs =
+                head_rows(&config.model, &path).is_some_and(|(rows, _)| rows != classes.len());
             match head_differs && dir.join(CLASSES).is_file() {
                 true => e.context(format!(
                     "loading {} for the {} classes that {} lists",
@@ -334,6 +332,16 @@ impl Trained {
             tag,
         })
     }
+}
+
+/// The rows (classes) of the classifier's weight of zoo model `model` in the checkpoint
+/// `weights`, with that tensor's name: for the errors of a checkpoint that does not load, to
+/// tell a head of another number of classes from other mismatches. `None` when the model is
+/// unknown, or the file cannot be read or has no such tensor.
+fn head_rows(model: &str, weights: &Path) -> Option<(usize, String)> {
+    let head = format!("{}.weight", zoo::spec(model).ok()?.classifier);
+    let tensors = layers::checkpoint::read(weights).ok()?;
+    Some((tensors.get(&head)?.dims().first().copied()?, head))
 }
 
 /// For a checkpoint file `path` of another run than the one in `dir` (whose `config` and
@@ -1074,12 +1082,7 @@ fn evaluate_with_model(args: &EvaluateArgs, recipe: &Recipe, name: &str) -> Resu
         // Frozen: the test batches build no autograd graph.
         zoo::load_frozen(name, count, Some(&weights), &device, 0).map_err(|e| {
             // A head of another number of classes (an ImageNet checkpoint, say): why that many.
-            let head = zoo::spec(name).map(|s| format!("{}.weight", s.classifier));
-            let rows = head.ok().and_then(|head| {
-                let tensors = layers::checkpoint::read(&weights).ok()?;
-                Some((tensors.get(&head)?.dims().first().copied()?, head))
-            });
-            match rows {
+            match head_rows(name, &weights) {
                 Some((rows, head)) if rows != count => e.context(format!(
                     "--weights {}: its {head} has {rows} rows (classes), and {}'s test split, \
                      which --model {name} is scored on, has {count} classes",
