@@ -776,14 +776,9 @@ fn stopped_by_ctrl_c(
             "{at}: writing the files of epoch {done} failed ({writing:#}), so no epoch was saved"
         ),
         (0, Ok(())) => format!("{at}: no epoch had finished, so nothing was saved"),
-        (1, Ok(())) => format!(
-            "{at}: epoch 1 is saved in {}; continue with --resume {}",
-            out.display(),
-            out.display()
-        ),
         (_, Ok(())) => format!(
-            "{at}: epochs 1-{done} are saved in {}; continue with --resume {}",
-            out.display(),
+            "{at}: {}; continue with --resume {}",
+            saved_in(done, out),
             out.display()
         ),
     };
@@ -800,20 +795,21 @@ fn stopped_by_error(error: anyhow::Error, done: usize, epochs: usize, out: &Path
     );
     let message = match done {
         0 => format!("{at}: no epoch had finished, so nothing was saved"),
-        1 => format!(
-            "{at}: epoch 1 is saved in {}; once the cause is mended, --resume {} continues \
-             from there",
-            out.display(),
-            out.display()
-        ),
         _ => format!(
-            "{at}: epochs 1-{done} are saved in {}; once the cause is mended, --resume {} \
-             continues from there",
-            out.display(),
+            "{at}: {}; once the cause is mended, --resume {} continues from there",
+            saved_in(done, out),
             out.display()
         ),
     };
     error.context(message)
+}
+
+/// `epoch 1 is saved in OUT`, or `epochs 1-N are saved in OUT`, for `done` (1 or more) epochs.
+fn saved_in(done: usize, out: &Path) -> String {
+    match done {
+        1 => format!("epoch 1 is saved in {}", out.display()),
+        _ => format!("epochs 1-{done} are saved in {}", out.display()),
+    }
 }
 
 /// Restores the model, the optimizer (buffers and learning rate) and the dropout generator
