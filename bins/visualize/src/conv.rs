@@ -96,7 +96,11 @@ pub fn run(args: &ConvArgs, out: &Path) -> Result<()> {
     } else {
         input.panel("input")
     };
-    let panels = [shown, kernel.panel("kernel"), result.panel("result")];
+    let result_title = match stride {
+        1 => "result".to_string(),
+        s => format!("result, stride {s}"),
+    };
+    let panels = [shown, kernel.panel("kernel"), result.panel(&result_title)];
     // Before the matrices are printed: a picture too large to draw is said at once.
     viz::check_panels(&panels).context("cannot draw conv.png")?;
 

@@ -168,6 +168,16 @@ pub fn run(args: &FeatureMapsArgs, out: &Path) -> Result<()> {
         model.net.forward_stages(&batch)?
     };
     for (stage, t) in &stages {
+        // Nothing computed from NaN or infinity is drawn (its colours and numbers would mean
+        // nothing).
+        let values = t
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?;
+        if !values.iter().all(|v| v.is_finite()) {
+            train::say!("stage {stage}: not finite (NaN or infinity): not drawn");
+            continue;
+        }
         let path = out.join(format!("feature-maps-{}.png", file_stem(stage)));
         match save_stage(&path, stage, t).with_context(|| format!("stage {stage}"))? {
             Some(title) => train::say!("wrote {} ({title})", path.display()),
@@ -182,7 +192,7 @@ pub fn run(args: &FeatureMapsArgs, out: &Path) -> Result<()> {
         anyhow::ensure!(
             logits.iter().all(|v| v.is_finite()),
             "the network's outputs (logits) are not finite (NaN or infinity): its weights ({}) \
-             give no prediction (the feature maps above are written)",
+             give no prediction (the feature maps of the finite stages above are written)",
             model.origin
         );
         let best = first_max(&logits);
@@ -191,7 +201,8 @@ pub fn run(args: &FeatureMapsArgs, out: &Path) -> Result<()> {
                 Some(class) if classes.len() == logits.len() => format!(" ({class})"),
                 _ => String::new(),
             };
-            train::say!("predicted class: {best}{name}, logit {:.4}", logits[best]);
+            let logit = viz::format_value_precisely(logits[best]);
+            train::say!("predicted class: {best}{name}, logit {logit}");
         }
     }
     Ok(())

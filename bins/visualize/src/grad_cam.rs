@@ -42,6 +42,9 @@ pub struct Cam {
     pub class: usize,
     /// The network's softmax probability of that class, in `[0, 1]`.
     pub probability: f32,
+    /// The class the network predicts (its largest logit, the first of equal ones, as
+    /// `torch.argmax`) and its softmax probability: `class` unless another was asked for.
+    pub predicted: (usize, f32),
     /// Row-major values, 1 at the map's maximum (all 0 when nothing speaks for the class).
     pub values: Vec<f32>,
     /// Rows of the stage's map.
@@ -72,14 +75,17 @@ pub fn grad_cam(net: &dyn Network, x: &Tensor, stage: &str, class: Option<usize>
          prediction to explain"
     );
     let classes = logits.dim(0)?;
+    let predicted = logits.argmax(D::Minus1)?.to_scalar::<u32>()? as usize;
     let class = match class {
         Some(c) if c < classes => c,
         Some(c) => bail!("class {c} is out of range for {classes} classes"),
-        None => logits.argmax(D::Minus1)?.to_scalar::<u32>()? as usize,
+        None => predicted,
     };
     let top_logit = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let total: f32 = values.iter().map(|v| (v - top_logit).exp()).sum();
-    let probability = (values[class] - top_logit).exp() / total;
+    let softmax = |k: usize| (values[k] - top_logit).exp() / total;
+    let probability = softmax(class);
+    let predicted = (predicted, softmax(predicted));
     let grads = logits.get(class)?.backward()?;
     let gradient = grads
         .get(activation)
@@ -100,6 +106,7 @@ pub fn grad_cam(net: &dyn Network, x: &Tensor, stage: &str, class: Option<usize>
     Ok(Cam {
         class,
         probability,
+        predicted,
         values,
         height,
         width,
@@ -233,8 +240,16 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
     );
     let name = &classes[cam.class];
     // The probability before the name, which a long name then cannot push out of the title.
+    // A class asked for that the network does not predict: the prediction beside it.
+    let predicted = match cam.predicted {
+        (k, p) if k != cam.class => {
+            let top = classes.get(k).map_or(format!("class {k}"), Clone::clone);
+            format!(" (predicted: {top}, {:.1}%)", 100.0 * p)
+        }
+        _ => String::new(),
+    };
     let title = format!(
-        "Grad-CAM at {stage}, softmax {:.1}%: {name}",
+        "Grad-CAM at {stage}, softmax {:.1}%: {name}{predicted}",
         100.0 * cam.probability
     );
     let tiles = [
@@ -281,8 +296,8 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
     }
     if cam.values.iter().all(|v| *v <= 0.0) {
         train::say!(
-            "class {} ({name}): no cell of {} speaks for it (every gradient-weighted sum is <= 0, \
-             so the map is blank); wrote {}",
+            "class {} ({name}){predicted}: no cell of {} speaks for it (every gradient-weighted sum \
+             is <= 0, so the map is blank); wrote {}",
             cam.class,
             stage,
             path.display()
@@ -290,7 +305,7 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
         return Ok(());
     }
     train::say!(
-        "class {} ({name}): {lit} of {}x{} cells above half the peak, the peak at row {}, column {}; wrote {}",
+        "class {} ({name}){predicted}: {lit} of {}x{} cells above half the peak, the peak at row {}, column {}; wrote {}",
         cam.class,
         cam.height,
         cam.width,
@@ -444,6 +459,12 @@ mod tests {
         // The other class has a negative weight: nothing speaks for it.
         let other = grad_cam(&net, &x, "features", Some(1))?;
         assert!(other.values.iter().all(|v| *v == 0.0));
+        // Logits 2 * 0.25 and -0.25: class 0 predicted either way, with its own probability.
+        let p0 = 1.0 / (1.0 + (-0.75f32).exp());
+        assert_eq!(cam.predicted, (0, cam.probability));
+        assert!((cam.probability - p0).abs() < 1e-6, "{}", cam.probability);
+        assert_eq!(other.predicted, (0, cam.probability));
+        assert!((other.probability - (1.0 - p0)).abs() < 1e-6);
         assert!(grad_cam(&net, &x, "nowhere", None).is_err());
         assert!(grad_cam(&net, &x, "features", Some(2)).is_err());
         Ok(())

@@ -29,16 +29,21 @@ struct Cli {
     command: Command,
 }
 
+/// Each subcommand takes `--kernel -1` as a value (said to be out of range), not as a flag.
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Convolves the tutorial's 5x5 input with its 3x3 kernel (or your own): conv.png.
+    #[command(allow_negative_numbers = true)]
     Conv(conv::ConvArgs),
     /// Max- and average-pools the tutorial's 4x4 feature map (or your own): pool.png.
+    #[command(allow_negative_numbers = true)]
     Pool(pool::PoolArgs),
     /// The first training images of MNIST, CIFAR-10 or an image folder (--dataset folder) with
     /// their labels: samples-<dataset>.png.
+    #[command(allow_negative_numbers = true)]
     Samples(samples::SamplesArgs),
     /// A model's first-layer kernels as an image grid: filters.png.
+    #[command(allow_negative_numbers = true)]
     Filters(filters::FiltersArgs),
     /// A model's activations after each stage for one image: feature-maps-<stage>.png. A stage
     /// is a block: in the MNIST CNN, conv1 is the output of conv1, its activation and its
@@ -46,9 +51,11 @@ enum Command {
     /// take the paper's layer names, conv1 and conv2 its state_dict's features.0-2 and
     /// features.3-5, fc1 and fc2 classifier.0-1 and classifier.2-3; in a ResNet, torchvision's
     /// layer1..layer4 modules.
+    #[command(allow_negative_numbers = true)]
     FeatureMaps(feature_maps::FeatureMapsArgs),
     /// Where a (trained) network looks for a class (Grad-CAM) in one image:
     /// grad-cam-<image>.png (grad-cam-<image>-class<K>.png for a --class).
+    #[command(allow_negative_numbers = true)]
     GradCam(grad_cam::GradCamArgs),
 }
 

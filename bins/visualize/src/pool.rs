@@ -76,8 +76,14 @@ pub fn run(args: &PoolArgs, out: &Path) -> Result<()> {
         short.push_str(&format!(", padding {padding}"));
     }
     let window = format!("{kernel}x{kernel}, stride {stride}, padding {padding}");
+    // The padding is implicit (PyTorch's): max pooling never picks it, average pooling
+    // counts it as zeros (count_include_pad=True), so the input is drawn as given.
+    let input_title = match padding {
+        0 => "input".to_string(),
+        p => format!("input (padding {p} not drawn)"),
+    };
     let panels = [
-        input.panel("input"),
+        input.panel(&input_title),
         max.panel(&format!("max pool {short}")),
         avg.panel(&format!("average pool {short}")),
     ];
@@ -85,6 +91,12 @@ pub fn run(args: &PoolArgs, out: &Path) -> Result<()> {
     viz::check_panels(&panels).context("cannot draw pool.png")?;
     train::say!("input ({}x{}):\n{input}", input.rows, input.cols);
     train::say!("{}", explain_sizes(height, width)?);
+    if padding > 0 {
+        train::say!(
+            "padding {padding}: max pooling pads with -inf (never the maximum), average pooling \
+             with zeros that count in each window's mean (PyTorch's count_include_pad=True)"
+        );
+    }
     train::say!("max pool {window}:\n{max}");
     train::say!("average pool {window}:\n{avg}");
 

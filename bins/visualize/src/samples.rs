@@ -91,10 +91,18 @@ pub fn run(args: &SamplesArgs, out: &Path) -> Result<()> {
         "folder" => "",
         _ => " training",
     };
-    let which = if args.per_class {
-        format!("the first{images} image of each class")
-    } else {
-        format!("the first {}{images} images", chosen.len())
+    let classes = train.classes().len();
+    let count = usize::from(args.count);
+    if args.per_class && count > classes {
+        train::say!(
+            "--per-class: one image for each of the {classes} classes (--count {count} is more)"
+        );
+    }
+    let which = match (args.per_class, chosen.len()) {
+        (true, n) if n == classes => format!("the first{images} image of each class"),
+        (true, n) => format!("the first{images} image of {n} of its {classes} classes"),
+        (false, 1) => format!("the first{images} image"),
+        (false, n) => format!("the first {n}{images} images"),
     };
     let title = format!("{}: {which}", args.dataset.title);
     let path = out.join(format!("samples-{}.png", args.dataset.name));

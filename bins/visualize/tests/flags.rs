@@ -43,6 +43,28 @@ fn extreme_flag_values_never_panic() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 
+    // A negative number after a space is the flag's value, said to be out of range (it read as
+    // an unknown flag "-1", which did not name the flag).
+    for (args, flag) in [
+        (vec!["pool", "--kernel", "-1"], "--kernel"),
+        (vec!["conv", "--stride", "-2"], "--stride"),
+        (
+            vec!["samples", "--dataset", "mnist", "--count", "-3"],
+            "--count",
+        ),
+    ] {
+        let refused = std::process::Command::new(&program)
+            .args(&args)
+            .current_dir(dir.path())
+            .output()
+            .expect("visualize starts");
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success() && err.contains(&format!("for '{flag} <")),
+            "{args:?}: {err}"
+        );
+    }
+
     // An --out that is a file is refused before any work, naming it.
     let file = dir.path().join("some.png");
     std::fs::write(&file, b"x").expect("write");

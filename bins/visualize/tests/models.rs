@@ -410,6 +410,63 @@ fn feature_maps_draws_every_stage() {
     }
 }
 
+/// Weights whose logits overflow (finite, so a checkpoint holds them): the stages before are
+/// drawn, the logits are not (no picture of NaN), and the error says which are written.
+#[test]
+fn feature_maps_draws_no_stage_that_is_not_finite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ParamStore::new(3, &Device::Cpu);
+    zoo::build("cnn-mnist", 10, store.vb()).unwrap();
+    // fc1 gives 10 everywhere, the head 128 * 10 * 3e38 = infinity.
+    for (name, var) in store.named_vars() {
+        let value = match name.as_str() {
+            "fc1.weight" => 0f32,
+            "fc1.bias" => 10.0,
+            "fc2.weight" => 3e38,
+            _ => continue,
+        };
+        var.set(&Tensor::full(value, var.dims(), &Device::Cpu).unwrap())
+            .unwrap();
+    }
+    let weights = dir.path().join("huge.safetensors");
+    layers::checkpoint::save(store.varmap(), &weights).unwrap();
+    let digit = dir.path().join("digit.png");
+    write_picture(&digit, 28, 28, true);
+    let out = dir.path().join("out");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_visualize"))
+        .args([
+            "feature-maps",
+            "--model",
+            "cnn-mnist",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--image",
+            digit.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("stage logits: not finite (NaN or infinity): not drawn"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("logits) are not finite") && stderr.contains("finite stages"),
+        "{stderr}"
+    );
+    for stage in ["input", "conv1", "conv2", "fc1"] {
+        assert!(
+            out.join(format!("feature-maps-{stage}.png")).exists(),
+            "{stage}"
+        );
+    }
+    assert!(!out.join("feature-maps-logits.png").exists());
+}
+
 #[test]
 fn feature_maps_refuses_a_missing_or_broken_image() {
     let dir = tempfile::tempdir().unwrap();

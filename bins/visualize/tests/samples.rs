@@ -29,6 +29,44 @@ fn write_idx(dir: &Path, prefix: &str, n: u32) {
     std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
 }
 
+/// `--per-class` shows one image of each class, sorted by label, and says when `--count`
+/// asks for more than there are classes.
+#[test]
+fn per_class_shows_each_class_once_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    write_idx(dir.path(), "train", 12);
+    write_idx(dir.path(), "t10k", 2);
+    let out = dir.path().join("out");
+    let args = |count: &'static str| {
+        visualize(&[
+            "samples",
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--per-class",
+            "--count",
+            count,
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let stdout = args("20");
+    assert!(
+        stdout.contains("--per-class: one image for each of the 10 classes (--count 20 is more)"),
+        "{stdout}"
+    );
+    // Labels (3 i) mod 10: image 7 is the first 1, image 4 the first 2.
+    let first = stdout.find("sample 0: label 0").expect("label 0");
+    let one = stdout.find("sample 7: label 1").expect("label 1");
+    let two = stdout.find("sample 4: label 2").expect("label 2");
+    assert!(first < one && one < two, "{stdout}");
+    assert_eq!(stdout.matches("sample ").count(), 10, "{stdout}");
+    let stdout = args("3");
+    assert!(!stdout.contains("--count 3 is more"), "{stdout}");
+    assert_eq!(stdout.matches("sample ").count(), 3, "{stdout}");
+}
+
 #[test]
 fn mnist_grid_shows_the_first_ten_images_with_labels() {
     let dir = tempfile::tempdir().unwrap();

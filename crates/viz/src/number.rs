@@ -24,20 +24,22 @@ pub fn format_value(v: f32) -> String {
 /// Formats `v` for a terminal, as PyTorch prints a tensor's values (four decimals), with no
 /// trailing zeros: integers without decimals (`3`), fractions to four decimals (`0.125`,
 /// `6.625`, `0.3333`), two from 1 000 on and none from 100 000 on, and an exponent form with
-/// three decimals for non-zero values below 0.00005 (`1.5e-6`).
+/// four significant digits where four decimals would lose them or the digits would run long
+/// (PyTorch's scientific mode): non-zero values below 0.001 (`1.234e-4`, `1.5e-6`) and values
+/// from 1e8 on (`1e20`, `-1.235e9`).
 pub fn format_value_precisely(v: f32) -> String {
     if !v.is_finite() {
         return v.to_string();
     }
     let magnitude = v.abs();
-    if v.fract() == 0.0 || magnitude >= 100_000.0 {
-        return format!("{:.0}", v + 0.0);
-    }
-    if magnitude < 5e-5 {
+    if (magnitude < 1e-3 && magnitude > 0.0) || magnitude >= 1e8 {
         let text = format!("{v:.3e}");
         let (mantissa, exponent) = text.split_once('e').unwrap_or((&text, "0"));
         let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
         return format!("{mantissa}e{exponent}");
+    }
+    if v.fract() == 0.0 || magnitude >= 100_000.0 {
+        return format!("{:.0}", v + 0.0);
     }
     let decimals = if magnitude >= 1_000.0 { 2 } else { 4 };
     let fixed = format!("{v:.decimals$}");
@@ -65,6 +67,13 @@ mod tests {
             (123456.7, "123457"),
             (0.0000015, "1.5e-6"),
             (-0.00001234, "-1.234e-5"),
+            (0.00012345, "1.234e-4"),
+            (0.0005, "5e-4"),
+            (0.001, "0.001"),
+            (1e20, "1e20"),
+            (-1.2345e9, "-1.234e9"),
+            (12_345_678.0, "12345678"),
+            (99_999_999.0, "1e8"),
             (f32::NAN, "NaN"),
         ] {
             assert_eq!(format_value_precisely(v), text, "{v}");
