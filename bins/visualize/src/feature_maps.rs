@@ -75,7 +75,8 @@ pub fn file_stem(stage: &str) -> String {
 
 /// Draws one stage's activations for the first image of the batch: a grid of up to 64 channel
 /// maps for `(N, C, H, W)`, a row of up to 64 values for `(N, F)`. `None` for other shapes.
-fn save_stage(path: &Path, stage: &str, t: &Tensor) -> Result<Option<String>> {
+/// `logits` (the network's last stage): its values are the classes' scores, in class order.
+fn save_stage(path: &Path, stage: &str, t: &Tensor, logits: bool) -> Result<Option<String>> {
     let first = t.get(0)?;
     match *first.dims() {
         [c, h, w] => {
@@ -92,11 +93,14 @@ fn save_stage(path: &Path, stage: &str, t: &Tensor) -> Result<Option<String>> {
         [f] => {
             let shown = f.min(MAX_CHANNELS);
             let values = first.narrow(0, 0, shown)?.to_vec1::<f32>()?;
-            let title = if shown < f {
+            let mut title = if shown < f {
                 format!("{stage}: first {shown} of {f} values")
             } else {
                 format!("{stage}: {f} values")
             };
+            if logits {
+                title.push_str(&format!(", classes 0-{} left to right", shown - 1));
+            }
             let panel = viz::Panel {
                 title: title.clone(),
                 rows: 1,
@@ -167,7 +171,12 @@ pub fn run(args: &FeatureMapsArgs, out: &Path) -> Result<()> {
         let _no_grad = layers::no_grad();
         model.net.forward_stages(&batch)?
     };
-    for (stage, t) in &stages {
+    train::say!(
+        "each channel's map is drawn over its own range (its smallest value black, its largest \
+         white; a map of one value, such as a 1x1 map, at its place on the stage's range), a \
+         stage of single values as a row of cells over their range (viridis)"
+    );
+    for (i, (stage, t)) in stages.iter().enumerate() {
         // Nothing computed from NaN or infinity is drawn (its colours and numbers would mean
         // nothing).
         let values = t
@@ -179,7 +188,8 @@ pub fn run(args: &FeatureMapsArgs, out: &Path) -> Result<()> {
             continue;
         }
         let path = out.join(format!("feature-maps-{}.png", file_stem(stage)));
-        match save_stage(&path, stage, t).with_context(|| format!("stage {stage}"))? {
+        let logits = i + 1 == stages.len();
+        match save_stage(&path, stage, t, logits).with_context(|| format!("stage {stage}"))? {
             Some(title) => train::say!("wrote {} ({title})", path.display()),
             None => train::say!("stage {stage} has shape {:?}: not drawn", t.dims()),
         }

@@ -32,6 +32,14 @@ pub fn run(args: &FiltersArgs, out: &Path) -> Result<()> {
     let title = format!("{} {name}", model.spec.name);
     let path = out.join("filters.png");
     train::atomic::write_with(&path, |tmp| viz::save_square_grid(tmp, &title, &tiles))?;
-    train::say!("wrote {}", path.display());
+    train::say!(
+        "wrote {} (each kernel over its own range: its smallest weight black, its largest \
+         white{})",
+        path.display(),
+        match dims[1] {
+            3 => ", its three input channels as one colour image",
+            _ => "",
+        }
+    );
     Ok(())
 }

@@ -366,6 +366,13 @@ fn feature_maps_draws_every_stage() {
         "{stdout}"
     );
     assert!(stdout.contains("predicted class: "), "{stdout}");
+    // The pictures' scales are said, and the logits' cells are the classes in order.
+    assert!(
+        stdout.contains("each channel's map is drawn over its own range")
+            && stdout.contains("(logits: 10 values, classes 0-9 left to right)")
+            && stdout.contains("(fc1: first 64 of 120 values)"),
+        "{stdout}"
+    );
 
     let input = open_png(&out.join("feature-maps-input.png"));
     let grid = Grid::new(28, 28, 1, 1);
