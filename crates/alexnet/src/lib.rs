@@ -164,6 +164,12 @@ impl AlexNet {
     }
 }
 
+/// `model(x)` of PyTorch: the logits `(N, num_classes)` of images `(N, 3, H, W)` (224x224 in
+/// the paper; the adaptive pool takes other sizes its layers leave a map for); `train` is
+/// `model.train()` (dropout on) or `model.eval()`.
+///
+/// # Errors
+/// `xs` is not `(N, C, H, W)` with the configured input channels, or too small for the layers.
 impl ModuleT for AlexNet {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         match self.stages(xs, train)?.pop() {

@@ -50,7 +50,7 @@ const BLOCK: usize = 512;
 /// `tar -x` does not extract either) or is not UTF-8 (two class folders could read as one),
 /// a link named as an image that leads nowhere in the archive, and a pipe or device member
 /// named as an image; other members with such names are skipped. Memory grows with the bytes actually read, never with a size a header
-/// claims. Only images' bytes are kept (each at most [`crate::io::MAX_INPUT_FILE`], as a
+/// claims. Only images' bytes are kept (each at most `MAX_INPUT_FILE`, 4 GiB, as a
 /// file); other files are listed with no bytes, unread.
 pub fn read_archive(path: &Path) -> Result<Vec<ArchiveEntry>> {
     read_archive_keeping(path, &|_| None)

@@ -21,7 +21,7 @@ const FORMATS: &str = "JPEG, PNG, BMP, PPM/PGM, TIFF or WebP";
 /// image in `mode`. The format is read from the bytes, not from the file name.
 ///
 /// The pixels are PIL's after `Image.open(f).convert("RGB")` (or `"L"`), torchvision's loader:
-/// a JPEG decoded by libjpeg-turbo as PIL decodes it ([`libjpeg_pixels`]), alpha dropped, grey from RGB by ITU-R 601-2 as PIL rounds it (`(19595 R + 38470 G + 7471 B
+/// a JPEG decoded by libjpeg-turbo as PIL decodes it (`libjpeg_pixels`), alpha dropped, grey from RGB by ITU-R 601-2 as PIL rounds it (`(19595 R + 38470 G + 7471 B
 /// + 2^15) >> 16`), 16-bit RGB and 16-bit grey with alpha by their high byte, 16-bit grey
 /// clipped at 255 (PIL's `I;16`).
 ///

@@ -182,6 +182,12 @@ impl GoogLeNet {
     }
 }
 
+/// `model(x)` of torchvision in eval mode, or the main logits in training: `(N, num_classes)`
+/// for images `(N, 3, H, W)` (224x224 natively); the auxiliary classifiers' logits (training
+/// only, when configured) come from [`GoogLeNet::forward_with_aux`].
+///
+/// # Errors
+/// `xs` is not `(N, C, H, W)` with the configured input channels, or too small for the layers.
 impl ModuleT for GoogLeNet {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         Ok(self.forward_with_aux(xs, train)?.logits)

@@ -111,7 +111,7 @@ pub fn cpu_bf16_isa() -> Option<&'static str> {
 /// (`XCR0` bits 17 and 18, Linux from 5.16), the tiles PyTorch's bf16 autocast runs its
 /// convolutions on through oneDNN. The built-in bf16 kernel runs its products there too
 /// ([`cpu_bf16_isa`]), and so does oneDNN with the `onednn` feature
-/// ([`crate::onednn::amx_bf16`]).
+/// (`onednn::amx_bf16`).
 pub fn cpu_has_amx_bf16() -> bool {
     #[cfg(target_arch = "x86_64")]
     {

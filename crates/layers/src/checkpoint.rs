@@ -226,6 +226,19 @@ pub fn load_strict(varmap: &VarMap, path: &Path) -> Result<()> {
     load_tensors_strict(varmap, &tensors).with_context(|| format!("loading {}", path.display()))
 }
 
+/// The prefix (`model.`) under which `tensors` holds every one of the `missing` names, if
+/// there is one.
+fn prefix_of_missing(missing: &[&String], tensors: &HashMap<String, Tensor>) -> Option<String> {
+    let first = missing.first()?;
+    let suffix = format!(".{first}");
+    let holder = tensors.keys().find(|k| k.ends_with(&suffix))?;
+    let prefix = &holder[..holder.len() - first.len()];
+    missing
+        .iter()
+        .all(|k| tensors.contains_key(&format!("{prefix}{k}")))
+        .then(|| prefix.to_string())
+}
+
 /// [`load_strict`] from tensors already in memory.
 ///
 /// Values are not checked for NaN or infinity here: [`read`], which every loader reads files
@@ -256,8 +269,19 @@ pub fn load_tensors_strict(varmap: &VarMap, tensors: &HashMap<String, Tensor>) -
             .flatten()
             .collect();
         bail!(
-            "the checkpoint does not match the model: {} (a checkpoint of another model?)",
-            parts.join("; ")
+            "the checkpoint does not match the model: {} ({})",
+            parts.join("; "),
+            match prefix_of_missing(&missing, tensors) {
+                Some(prefix) if prefix == "model." => "every missing key is in the file under \
+                    `model.`, as a run's training state (state.safetensors) holds the weights: \
+                    load the run's best.safetensors or last.safetensors"
+                    .to_string(),
+                Some(prefix) => format!(
+                    "every missing key is in the file under `{prefix}`: the model's weights \
+                     inside something larger (strip the prefix from the names)"
+                ),
+                None => "a checkpoint of another model?".to_string(),
+            }
         )
     }
     let mut mismatched: Vec<String> = data
@@ -381,6 +405,30 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("m.safetensors"), "{err}");
+
+        // The model's weights under a prefix: a run's training state, or another wrapper.
+        for (prefix, said) in [
+            ("model.", "load the run's best.safetensors"),
+            ("net.", "under `net.`: the model's weights inside"),
+        ] {
+            let tensors: HashMap<String, Tensor> = a
+                .named_vars()
+                .into_iter()
+                .map(|(name, var)| (format!("{prefix}{name}"), var.as_tensor().clone()))
+                .chain([(
+                    "meta.epochs".to_string(),
+                    Tensor::new(&[1f32], &Device::Cpu)?,
+                )])
+                .collect();
+            let err = format!(
+                "{:#}",
+                load_tensors_strict(a.varmap(), &tensors).unwrap_err()
+            );
+            assert!(
+                err.contains(said) && !err.contains("another model"),
+                "{err}"
+            );
+        }
 
         // Many mismatches (another width of the same model): a few shown, the rest counted.
         let layers = |store: &ParamStore, width: usize| -> Result<()> {

@@ -16,7 +16,7 @@
 //! - constructors with torchvision's initialisation ([`conv2d`], [`linear`], [`batch_norm`],
 //!   [`WeightInit`]);
 //! - [`ParamStore`], a seeded parameter store keyed by PyTorch `state_dict()` names, and
-//!   [`checkpoint`], strict safetensors loading and atomic, synced saving; [`file`], reads of a
+//!   [`checkpoint`], strict safetensors loading and atomic, synced saving; [`file`](mod@file), reads of a
 //!   run's files that refuse pipes and devices;
 //! - [`memory_format`]: PyTorch's `torch.channels_last` activations (cuDNN's NHWC kernels on
 //!   CUDA);

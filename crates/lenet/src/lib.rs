@@ -166,6 +166,13 @@ fn check_features(features: &Tensor, xs: &Tensor, sides: (usize, usize), net: &s
     Ok(())
 }
 
+/// `model(x)` of PyTorch: the logits `(N, num_classes)` of images `(N, C, H, W)` at the
+/// configured input size (28x28 for the tutorial's); LeNet-5 has no dropout or batch norm, so
+/// `train` changes nothing.
+///
+/// # Errors
+/// `xs` is not `(N, C, H, W)` with the configured channels and input size (the error says which
+/// size to resize to).
 impl ModuleT for LeNet {
     fn forward_t(&self, xs: &Tensor, _train: bool) -> Result<Tensor> {
         match self.stages(xs)?.pop() {

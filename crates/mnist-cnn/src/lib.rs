@@ -144,6 +144,12 @@ impl MnistCnn {
     }
 }
 
+/// `model(x)` of PyTorch: the logits `(N, num_classes)` of images `(N, C, S, S)`, `S` the
+/// configured `input_size` (one channel of 28x28 for the tutorial's network); `train` is
+/// `model.train()` (dropout on) or `model.eval()`.
+///
+/// # Errors
+/// `xs` is not `(N, C, S, S)` with the configured channels and input size.
 impl ModuleT for MnistCnn {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         match self.stages(xs, train)?.pop() {

@@ -8,7 +8,7 @@
 //! Turing on runs: the driver compiles the PTX for the GPU it finds; the kernels here need 70
 //! or more, for `__grid_constant__`).
 //!
-//! With feature `host`, [`host`] compiles the same files as C++ for the CPU instead, for tests
+//! With feature `host`, `host` compiles the same files as C++ for the CPU instead, for tests
 //! on machines without a GPU (the crates' `cuda-emulation` feature): each kernel becomes an
 //! `extern "C"` function that a test calls once per thread, after setting the thread's indices
 //! with `cuda_host_thread(grid, block, block_index, thread_index)`, as a launch of

@@ -212,7 +212,17 @@ impl ResNet {
     }
 
     /// The usual CIFAR ResNet-18: 3x3 stride-1 stem, no max-pool, widths 64-128-256-512
-    /// (11,173,962 parameters at 10 classes).
+    /// (11,173,962 parameters at 10 classes). In PyTorch it is torchvision's ResNet-18 with
+    /// that stem, under torchvision's names (its checkpoints load with `strict=True`):
+    ///
+    /// ```python
+    /// m = torchvision.models.resnet18(num_classes=10)
+    /// m.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    /// m.maxpool = torch.nn.Identity()
+    /// ```
+    ///
+    /// (The same network as kuangliu's `pytorch-cifar` ResNet18, whose names differ:
+    /// `shortcut`, `linear`.)
     ///
     /// # Errors
     /// `vb` cannot provide a parameter of the expected shape (weights of another layout).
@@ -291,6 +301,14 @@ impl ResNet {
     }
 }
 
+/// `model(x)` of PyTorch: the logits `(N, num_classes)` of images `(N, C, H, W)` (f32, or bf16
+/// under [`layers::autocast`]); `train` is `model.train()` (batch norm normalises by the batch
+/// and updates its running statistics) or `model.eval()` (the running statistics).
+///
+/// # Errors
+/// As [`ResNet::stem_forward_t`]: `xs` is not `(N, C, H, W)` with the stem's channels, or is too
+/// small for its kernels; in training, a batch of one image (one value per channel for batch
+/// norm, which PyTorch refuses too).
 impl ModuleT for ResNet {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         self.fc.forward(&self.features_t(xs, train)?)

@@ -55,6 +55,7 @@ fn main() -> Result<()> {
             batches += 1;
         }
         let (mut correct, mut seen) = (0u32, 0usize);
+        let no_grad = layers::no_grad(); // as `with torch.no_grad():`, no autograd graph
         for batch in test.epoch(0) {
             let batch = batch?;
             let predicted = net.forward_t(&batch.images, false)?.argmax(D::Minus1)?;
@@ -65,6 +66,7 @@ fn main() -> Result<()> {
                 .to_scalar::<u32>()?;
             seen += batch.labels.dims1()?;
         }
+        drop(no_grad); // training records its graph again
         println!(
             "epoch {}: train loss {:.4}, test accuracy {:.2}%",
             epoch + 1,

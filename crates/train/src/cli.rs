@@ -330,7 +330,7 @@ impl Recipe {
     ///
     /// # Errors
     /// The run directory lies where an image folder `--data-dir` would read it as a class
-    /// ([`inside_the_classes`]), or as [`RunDir::fresh`]: the directory cannot be created or
+    /// (`inside_the_classes`), or as [`RunDir::fresh`]: the directory cannot be created or
     /// locked, or holds a run and `--overwrite` is not given.
     pub fn fresh_dir(&self, args: &Args, config: &RunConfig) -> Result<RunDir> {
         let out = args.out.as_deref().unwrap_or(Path::new("runs"));

@@ -239,6 +239,8 @@ macro_rules! hyperparameters {
     )*) => {
         /// The flags of every training program. Unset flags take the program's [`Recipe`]
         /// defaults (shown in `--help`); on `--resume`, the saved run's configuration.
+        // The fields' doc comments are `--help`'s text (`<stem>`, `[:SIZE]`), not Markdown.
+        #[allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
         #[derive(clap::Args, Debug, Clone, Default)]
         pub struct Args {
             $( $(#[$attr])* pub $field: $ty, )*

@@ -488,6 +488,8 @@ fn unclaimed_tag(
 }
 
 /// `evaluate`'s flags.
+// The fields' doc comments are `--help`'s text (`<weights>`, `[-test<N>]`), not Markdown.
+#[allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
 #[derive(clap::Args, Debug, Clone)]
 pub struct EvaluateArgs {
     /// The run directory (what --out was) [default: the folder of --weights FILE, when it

@@ -553,7 +553,7 @@ pub(crate) fn check_lock(dir: &Path) -> Result<()> {
     }
 }
 
-/// [`check_lock`]'s error when another run has taken the folder: what the run stops on, with no
+/// `check_lock`'s error when another run has taken the folder: what the run stops on, with no
 /// advice to resume there (the folder is the other run's).
 #[derive(Debug)]
 pub struct FolderTaken(String);

@@ -171,6 +171,12 @@ named_constructors! {
     vgg19_bn, 19, true, "torchvision's `vgg19_bn` (143,678,248 parameters at 1000 classes).";
 }
 
+/// `model(x)` of PyTorch: the logits `(N, num_classes)` of images `(N, C, H, W)` (any size the
+/// five max-pools leave at least 1x1: the adaptive pool brings the map to 7x7); `train` is
+/// `model.train()` (dropout on, batch norm by the batch) or `model.eval()`.
+///
+/// # Errors
+/// `xs` is not `(N, C, H, W)` with the configured input channels, or too small for the pools.
 impl ModuleT for Vgg {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         match self.stages(xs, train)?.pop() {
