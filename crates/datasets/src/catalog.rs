@@ -18,7 +18,7 @@ use std::sync::{Arc, LazyLock, RwLock};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::{cifar, folder, hub, idx, Dataset, FolderOptions, Split, Transform};
+use crate::{cifar, folder, idx, Dataset, FolderOptions, Split, Transform};
 
 /// The data sets the training programs take (a run's `config.json` names one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,6 +246,17 @@ fn readable(spec: &DatasetSpec) -> Result<()> {
     }
 }
 
+/// The error of a Hub load in a build without the `hub` feature.
+#[cfg(not(feature = "hub"))]
+fn no_hub(spec: &DatasetSpec) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} from the Hugging Face Hub needs the datasets crate's `hub` feature (built without \
+         it): give the folder with {}",
+        spec.title,
+        spec.local_files
+    )
+}
+
 /// Loads `spec` from `dir`, or with `None` from its Hub copy in the Hugging Face cache
 /// (downloaded unless `HF_HUB_OFFLINE` is set). The split is checked ([`Split::check`]).
 ///
@@ -255,7 +266,10 @@ pub fn load(spec: &DatasetSpec, dir: Option<&Path>) -> Result<Split> {
     readable(spec)?;
     let Some(dir) = dir else {
         return match spec.hub {
-            Some(_) => hub::load(spec),
+            #[cfg(feature = "hub")]
+            Some(_) => crate::hub::load(spec),
+            #[cfg(not(feature = "hub"))]
+            Some(_) => Err(no_hub(spec)),
             None => bail!("{} needs --data-dir with {}", spec.title, spec.local_files),
         };
     };
@@ -281,7 +295,10 @@ pub fn load_test(spec: &DatasetSpec, dir: Option<&Path>) -> Result<Arc<dyn Datas
     readable(spec)?;
     let Some(dir) = dir else {
         return match spec.hub {
-            Some(_) => hub::load_test(spec),
+            #[cfg(feature = "hub")]
+            Some(_) => crate::hub::load_test(spec),
+            #[cfg(not(feature = "hub"))]
+            Some(_) => Err(no_hub(spec)),
             None => bail!("{} needs --data-dir with {}", spec.title, spec.local_files),
         };
     };
@@ -294,6 +311,23 @@ pub fn load_test(spec: &DatasetSpec, dir: Option<&Path>) -> Result<Arc<dyn Datas
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Without the `hub` feature, a data set asked for without a folder says to give one.
+    #[cfg(not(feature = "hub"))]
+    #[test]
+    fn without_the_hub_feature_a_folder_is_asked_for() {
+        let mnist = spec("mnist").unwrap();
+        for err in [
+            load(mnist, None).map(|_| ()).unwrap_err(),
+            load_test(mnist, None).map(|_| ()).unwrap_err(),
+        ] {
+            let err = err.to_string();
+            assert!(
+                err.contains("needs the datasets crate's `hub` feature") && err.contains("IDX"),
+                "{err}"
+            );
+        }
+    }
 
     /// A data set that is only named says what to give instead, with or without a folder.
     #[test]

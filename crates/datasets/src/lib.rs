@@ -4,7 +4,9 @@
 //! - sources: [`mnist`] (IDX files, raw or `.gz`), [`cifar10`] (binary or Python batches, their
 //!   archives, an ImageFolder tree or archive), [`image_folder`] (a directory or `.tar.gz`), each giving a
 //!   [`Split`] of [`Dataset`]s; for [`mnist`] and [`cifar10`], `None` as the directory
-//!   downloads from the Hub into the HF cache ([`image_folder`] always reads a `root`);
+//!   downloads from the Hub into the HF cache ([`image_folder`] always reads a `root`; the
+//!   `hub` feature, on by default, brings the download: without it `None` is an error saying to
+//!   give the files, and the crate builds with half the dependencies);
 //! - [`Transform`]: `RandomCrop`, `RandomHorizontalFlip`, `Resize`, `CenterCrop`,
 //!   `RandomResizedCrop` on u8 images, then `ToTensor` + `Normalize`, with presets and a
 //!   command-line grammar (see [`parse`]);
@@ -37,6 +39,7 @@ mod decode;
 mod filelist;
 mod folder;
 mod geometry;
+#[cfg(feature = "hub")]
 pub mod hub;
 mod idx;
 mod io;
