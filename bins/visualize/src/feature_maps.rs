@@ -98,7 +98,7 @@ fn save_stage(path: &Path, stage: &str, t: &Tensor, logits: bool) -> Result<Opti
             } else {
                 format!("{stage}: {f} values")
             };
-            if logits {
+            if logits && shown > 0 {
                 title.push_str(&format!(", classes 0-{} left to right", shown - 1));
             }
             let panel = viz::Panel {

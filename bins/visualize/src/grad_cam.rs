@@ -240,16 +240,21 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
     );
     let name = &classes[cam.class];
     // The probability before the name, which a long name then cannot push out of the title.
-    // A class asked for that the network does not predict: the prediction beside it.
-    let predicted = match cam.predicted {
+    // A class asked for that the network does not predict: the prediction beside it (on a
+    // caption line of its own, which the title's width would cut).
+    let (predicted, caption) = match cam.predicted {
         (k, p) if k != cam.class => {
             let top = classes.get(k).map_or(format!("class {k}"), Clone::clone);
-            format!(" (predicted: {top}, {:.1}%)", 100.0 * p)
+            let p = 100.0 * p;
+            (
+                format!(" (predicted: {top}, {p:.1}%)"),
+                format!("{name}\npredicted: {top} {p:.1}%"),
+            )
         }
-        _ => String::new(),
+        _ => (String::new(), name.clone()),
     };
     let title = format!(
-        "Grad-CAM at {stage}, softmax {:.1}%: {name}{predicted}",
+        "Grad-CAM at {stage}, softmax {:.1}%: {name}",
         100.0 * cam.probability
     );
     let tiles = [
@@ -268,7 +273,7 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
                 height: over.height,
                 width: over.width,
                 data: over.data,
-                caption: name.clone(),
+                caption,
                 highlight: false,
             }
         },
@@ -296,8 +301,8 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
     }
     if cam.values.iter().all(|v| *v <= 0.0) {
         train::say!(
-            "class {} ({name}){predicted}: no cell of {} speaks for it (every gradient-weighted sum \
-             is <= 0, so the map is blank); wrote {}",
+            "class {} ({name}){predicted}: no cell of {} speaks for it (every gradient-weighted \
+             sum is <= 0, so the map is blank); wrote {}",
             cam.class,
             stage,
             path.display()
@@ -305,7 +310,8 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
         return Ok(());
     }
     train::say!(
-        "class {} ({name}){predicted}: {lit} of {}x{} cells above half the peak, the peak at row {}, column {}; wrote {}",
+        "class {} ({name}){predicted}: {lit} of {}x{} cells above half the peak, the peak at \
+         row {}, column {}; wrote {}",
         cam.class,
         cam.height,
         cam.width,

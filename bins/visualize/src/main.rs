@@ -29,7 +29,7 @@ struct Cli {
     command: Command,
 }
 
-/// Each subcommand takes `--kernel -1` as a value (said to be out of range), not as a flag.
+// A negative number after a flag is its value (refused by the flag's range), not a flag.
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Convolves the tutorial's 5x5 input with its 3x3 kernel (or your own): conv.png.

@@ -93,9 +93,10 @@ pub fn run(args: &SamplesArgs, out: &Path) -> Result<()> {
     };
     let classes = train.classes().len();
     let count = usize::from(args.count);
-    if args.per_class && count > classes {
+    if args.per_class && count > chosen.len() {
         train::say!(
-            "--per-class: one image for each of the {classes} classes (--count {count} is more)"
+            "--per-class: one image for each class, {} images (--count {count} is more)",
+            chosen.len()
         );
     }
     let which = match (args.per_class, chosen.len()) {

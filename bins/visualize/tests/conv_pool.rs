@@ -276,6 +276,26 @@ fn pool_options_and_errors() {
     assert!(small.contains("smaller than the kernel"), "{small}");
     let padding = visualize_fails(&["pool", "--padding", "2", "--out", out]);
     assert!(padding.contains("at most half the kernel"), "{padding}");
+    // Implicit padding, said: the corner's average counts three zeros (PyTorch's 0.25).
+    let padded = visualize(&[
+        "pool",
+        "--input",
+        "1,-2,3;4,5,-6;7,8,9",
+        "--kernel",
+        "2",
+        "--stride",
+        "1",
+        "--padding",
+        "1",
+        "--out",
+        out,
+    ]);
+    assert!(
+        padded.contains("average pooling with zeros that count in each window's mean")
+            && padded.contains("[[ 0.25, -0.25,  0.25,  0.75],"),
+        "{padded}"
+    );
+    assert!(!stdout.contains("padding 0: max pooling pads"), "{stdout}");
 }
 
 /// A picture that cannot be written whole (here past a 4 KB file-size limit, `ulimit -f`) is an

@@ -533,6 +533,12 @@ fn a_checkpoint_of_another_class_count_loads_by_its_head() {
     };
     let stdout = visualize(&grad_cam("2"));
     assert!(stdout.contains("class 2 (class 2)"), "{stdout}");
+    // Of the three classes, two are not the one predicted: each says which is.
+    let told = ["0", "1", "2"]
+        .into_iter()
+        .filter(|&c| visualize(&grad_cam(c)).contains("(predicted: class "))
+        .count();
+    assert_eq!(told, 2);
     assert_not_blank(
         &open_png(&dir.path().join("grad-cam-digit-class2.png")),
         "grad-cam-digit-class2.png",

@@ -53,7 +53,7 @@ fn per_class_shows_each_class_once_and_says_so() {
     };
     let stdout = args("20");
     assert!(
-        stdout.contains("--per-class: one image for each of the 10 classes (--count 20 is more)"),
+        stdout.contains("--per-class: one image for each class, 10 images (--count 20 is more)"),
         "{stdout}"
     );
     // Labels (3 i) mod 10: image 7 is the first 1, image 4 the first 2.

@@ -260,8 +260,8 @@ fn no_hub(spec: &DatasetSpec) -> anyhow::Error {
 /// Loads `spec` from `dir`, or with `None` from its Hub copy in the Hugging Face cache
 /// (downloaded unless `HF_HUB_OFFLINE` is set). The split is checked ([`Split::check`]).
 ///
-/// Errors: the reader's (file named, what is wrong); no `dir` for a data set without a Hub copy;
-/// a data set that cannot be loaded.
+/// Errors: the reader's (file named, what is wrong); no `dir` for a data set without a Hub copy,
+/// or in a build without the default `hub` feature; a data set that cannot be loaded.
 pub fn load(spec: &DatasetSpec, dir: Option<&Path>) -> Result<Split> {
     readable(spec)?;
     let Some(dir) = dir else {

@@ -272,7 +272,7 @@ impl Version {
 /// # Errors
 /// `path` holds none of these layouts (or only some of a version's batches), a file is
 /// truncated or malformed (named), the classes are not CIFAR-10's, or the Hub copy cannot be
-/// downloaded or read.
+/// downloaded or read (or, built without the default `hub` feature, `None` was given).
 pub fn cifar10(path: Option<&Path>) -> Result<Split> {
     crate::catalog::load(&crate::catalog::CIFAR10, path)
 }

@@ -34,7 +34,8 @@ pub const MNIST_CLASSES: [&str; 10] = [
 ///
 /// # Errors
 /// `dir` lacks one of the four files, a file is not IDX (wrong magic number, truncated, images and
-/// labels of different counts), or the Hub copy cannot be downloaded or read.
+/// labels of different counts), or the Hub copy cannot be downloaded or read (or, built
+/// without the default `hub` feature, `None` was given).
 pub fn mnist(dir: Option<&Path>) -> Result<Split> {
     crate::catalog::load(&crate::catalog::MNIST, dir)
 }

@@ -231,12 +231,22 @@ pub fn load_strict(varmap: &VarMap, path: &Path) -> Result<()> {
 fn prefix_of_missing(missing: &[&String], tensors: &HashMap<String, Tensor>) -> Option<String> {
     let first = missing.first()?;
     let suffix = format!(".{first}");
-    let holder = tensors.keys().find(|k| k.ends_with(&suffix))?;
-    let prefix = &holder[..holder.len() - first.len()];
-    missing
-        .iter()
-        .all(|k| tensors.contains_key(&format!("{prefix}{k}")))
-        .then(|| prefix.to_string())
+    // Every key ending in the first missing name gives a candidate (a ResNet's `bn1.bias` ends
+    // `model.bn1.bias` and `model.layer1.0.bn1.bias` too); the shortest that holds them all.
+    let mut prefixes: Vec<&str> = tensors
+        .keys()
+        .filter(|k| k.ends_with(&suffix))
+        .map(|k| &k[..k.len() - first.len()])
+        .collect();
+    prefixes.sort_by_key(|p| (p.len(), *p));
+    prefixes
+        .into_iter()
+        .find(|prefix| {
+            missing
+                .iter()
+                .all(|k| tensors.contains_key(&format!("{prefix}{k}")))
+        })
+        .map(str::to_string)
 }
 
 /// [`load_strict`] from tensors already in memory.
@@ -406,7 +416,35 @@ mod tests {
         );
         assert!(err.contains("m.safetensors"), "{err}");
 
-        // The model's weights under a prefix: a run's training state, or another wrapper.
+        // The model's weights under a prefix: a run's training state, or another wrapper; the
+        // first missing name (`bn.bias`) also ends other keys (`layer1.0.bn.bias`, as a
+        // ResNet's `layer1.0.bn1.bias` ends as its stem's `bn1.bias`).
+        let nested = ParamStore::new(1, &Device::Cpu);
+        model(&nested, 2)?;
+        crate::batch_norm(nested.vb().pp("layer1").pp("bn"), 2, 1e-5)?;
+        crate::batch_norm(nested.vb().pp("layer1").pp("0").pp("bn"), 2, 1e-5)?;
+        let tensors: HashMap<String, Tensor> = nested
+            .named_vars()
+            .into_iter()
+            .map(|(name, var)| (format!("model.{name}"), var.as_tensor().clone()))
+            .collect();
+        let bn = "bn.bias".to_string();
+        assert_eq!(
+            prefix_of_missing(&[&bn], &tensors).as_deref(),
+            Some("model.")
+        );
+        for _ in 0..20 {
+            // HashMap's order differs from map to map: the answer must not.
+            let shuffled: HashMap<String, Tensor> = tensors
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let err = format!(
+                "{:#}",
+                load_tensors_strict(nested.varmap(), &shuffled).unwrap_err()
+            );
+            assert!(err.contains("load the run's best.safetensors"), "{err}");
+        }
         for (prefix, said) in [
             ("model.", "load the run's best.safetensors"),
             ("net.", "under `net.`: the model's weights inside"),

@@ -307,8 +307,9 @@ impl ResNet {
 ///
 /// # Errors
 /// As [`ResNet::stem_forward_t`]: `xs` is not `(N, C, H, W)` with the stem's channels, or is too
-/// small for its kernels; in training, a batch of one image (one value per channel for batch
-/// norm, which PyTorch refuses too).
+/// small for its kernels; in training, a batch whose deepest map holds one value per channel
+/// (one image whose last stage is 1x1, as an ImageNet ResNet fed 32x32 images): batch norm
+/// refuses it, as PyTorch's does.
 impl ModuleT for ResNet {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         self.fc.forward(&self.features_t(xs, train)?)

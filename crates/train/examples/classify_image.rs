@@ -7,8 +7,8 @@
 //! cargo run --release -p train --example classify_image -- runs/cifar/best.safetensors cat.jpg
 //! ```
 //!
-//! (The first command: three short epochs, about 15 s on 2 cores, near 33% test accuracy, a
-//! first look; fewer steps, or the recipe's rate 0.1 on so few, leave a network that answers
+//! (The first command: three short epochs, 15 s on a 2-core AMD Zen 5 on 2026-12-05 (33% test
+//! accuracy), a first look; fewer steps, or the recipe's rate 0.1 on so few, leave a network that answers
 //! one class for every image.)
 //!
 //! The PyTorch equivalent: `model.load_state_dict(torch.load(...)); model.eval();

@@ -21,12 +21,13 @@ pub fn format_value(v: f32) -> String {
     }
 }
 
-/// Formats `v` for a terminal, as PyTorch prints a tensor's values (four decimals), with no
+/// Formats `v` for a terminal to four decimals, as PyTorch prints a tensor's values, with no
 /// trailing zeros: integers without decimals (`3`), fractions to four decimals (`0.125`,
 /// `6.625`, `0.3333`), two from 1 000 on and none from 100 000 on, and an exponent form with
-/// four significant digits where four decimals would lose them or the digits would run long
-/// (PyTorch's scientific mode): non-zero values below 0.001 (`1.234e-4`, `1.5e-6`) and values
-/// from 1e8 on (`1e20`, `-1.235e9`).
+/// four significant digits where four decimals would lose them or the digits would run long:
+/// non-zero values below 0.001 (`1.234e-4`, `1.5e-6`) and values from 1e8 on (`1e20`,
+/// `-2.5e9`). Each value on its own: PyTorch switches a whole tensor to its exponent form
+/// (`1.2345e-04`) when a value is below 1e-4 or above 1e8, or they span more than 1000x.
 pub fn format_value_precisely(v: f32) -> String {
     if !v.is_finite() {
         return v.to_string();
@@ -71,8 +72,9 @@ mod tests {
             (0.0005, "5e-4"),
             (0.001, "0.001"),
             (1e20, "1e20"),
-            (-1.2345e9, "-1.234e9"),
+            (-2.5e9, "-2.5e9"),
             (12_345_678.0, "12345678"),
+            (99_999_992.0, "99999992"),
             (99_999_999.0, "1e8"),
             (f32::NAN, "NaN"),
         ] {
