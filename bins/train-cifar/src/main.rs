@@ -1,6 +1,6 @@
 //! Section 4 of the tutorial: ResNet-18 (or another 3-channel zoo model) on CIFAR-10.
 //!
-//! `cargo run -p train-cifar -- --data-dir ../shared/data/cifar10 --limit-train 5000 --limit-test 1000 --epochs 3`
+//! `cargo run -p train-cifar -- --data-dir ../shared/data/cifar10 --limit-train 5000 --limit-test 1000 --epochs 3 --lr 0.02`
 
 use train::cli::Recipe;
 use train::config::{DatasetKind, OptimizerKind, ScheduleKind};
