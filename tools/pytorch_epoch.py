@@ -3,9 +3,10 @@ writes it, timed end to end. CIFAR-10's images held decoded in memory (as torchv
 holds them) from the JPEG ImageFolder archive, a seeded subset; RandomCrop(32, 4) + flip +
 ToTensor + Normalize through a DataLoader (batch 128, shuffled, --workers processes); SGD 0.1 /
 momentum 0.9 / weight decay 5e-4, cross-entropy, the running loss and accuracy read every step
-(`loss.item()`), then the test pass (eval mode, torch.no_grad(), batch 256). bf16 is autocast
-with channels_last, as PyTorch's CPU recipe; f32 is NCHW. Prints the training pass's images/s
-and the test pass's seconds (data decoding not counted, as our epoch line does not count it).
+(`loss.item()`), then the test pass (eval mode, torch.no_grad(), batch 256). bf16 is autocast;
+--memory-format picks NCHW or channels_last. Prints the training pass's images/s and the test
+pass's seconds: the clock starts once the DataLoader's iterator exists (its worker processes
+started, as our loader's pool is built before our epoch) and the data decoded, neither counted.
 
 The tutorial's networks come from ../shared/tools/pytorch-anchors/models.py (or
 $CNN_SHARED_DIR/tools/pytorch-anchors):
@@ -39,6 +40,7 @@ p.add_argument("--test", type=int, default=2000)
 p.add_argument("--workers", type=int, default=0)
 p.add_argument("--precision", default="f32", choices=["f32", "bf16"])
 p.add_argument("--threads", type=int, default=2)
+p.add_argument("--memory-format", default="channels_last", choices=["contiguous_format", "channels_last"])
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 bf16 = a.precision == "bf16"
@@ -79,7 +81,7 @@ xtr, ytr = decoded(splits["train"], a.train)
 xte, yte = decoded(splits["test"], a.test)
 torch.manual_seed(0)
 net = models.seed_resnet18() if a.model == "resnet18-seed" else models.cifar_resnet18()
-fmt = torch.channels_last if bf16 else torch.contiguous_format
+fmt = getattr(torch, a.memory_format)
 net = net.to(memory_format=fmt)
 opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
 criterion = torch.nn.CrossEntropyLoss()
@@ -87,8 +89,9 @@ train = DataLoader(Memory(xtr, ytr, TRAIN), batch_size=128, shuffle=True, num_wo
 test = DataLoader(Memory(xte, yte, TEST), batch_size=256, num_workers=a.workers)
 
 net.train()
+batches = iter(train)  # the worker processes start here, before the clock
 start, seen, correct, loss_sum = time.time(), 0, 0, 0.0
-for x, y in train:
+for x, y in batches:
     x = x.to(memory_format=fmt)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         out = net(x)
@@ -101,13 +104,15 @@ for x, y in train:
     correct += (out.argmax(1) == y).sum().item()
 train_s = time.time() - start
 net.eval()
+batches = iter(test)
 start, right = time.time(), 0
 with torch.no_grad():
-    for x, y in test:
+    for x, y in batches:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             right += (net(x.to(memory_format=fmt)).argmax(1) == y).sum().item()
 test_s = time.time() - start
-print(f"pytorch {torch.__version__} {a.model} {a.precision} workers {a.workers}: training {seen} "
+print(f"pytorch {torch.__version__} {a.model} {a.precision} {a.memory_format} workers {a.workers}, "
+      f"{a.threads} threads: training {seen} "
       f"images {train_s:.2f} s, {seen / train_s:.0f} img/s (loss {loss_sum / seen:.4f}, "
       f"acc {100 * correct / seen:.2f}%); test {len(xte)} images {test_s:.2f} s "
       f"(acc {100 * right / len(xte):.2f}%)")
