@@ -5,7 +5,9 @@ mod common;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use common::{assert_not_blank, open_png, visualize, visualize_fails, visualize_stderr, Grid};
+use common::{
+    assert_not_blank, command, open_png, visualize, visualize_fails, visualize_stderr, Grid,
+};
 use layers::ParamStore;
 
 /// Kernel `k` of LeNet-5's first layer: a ramp over its 25 taps, rotated by `k`, so the
@@ -440,20 +442,17 @@ fn feature_maps_draws_no_stage_that_is_not_finite() {
     let digit = dir.path().join("digit.png");
     write_picture(&digit, 28, 28, true);
     let out = dir.path().join("out");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_visualize"))
-        .args([
-            "feature-maps",
-            "--model",
-            "cnn-mnist",
-            "--weights",
-            weights.to_str().unwrap(),
-            "--image",
-            digit.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let output = command(&[
+        "feature-maps",
+        "--model",
+        "cnn-mnist",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--image",
+        digit.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stdout}");

@@ -8,7 +8,8 @@ use std::process::{Command, Output};
 
 use image::RgbImage;
 
-fn command(args: &[&str]) -> Output {
+/// Runs `visualize args` (no backtraces) and returns what it did, whatever its status.
+pub fn command(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_visualize"))
         .args(args)
         .env("RUST_BACKTRACE", "0")
