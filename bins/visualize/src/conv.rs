@@ -33,7 +33,7 @@ pub struct ConvArgs {
     /// Step of the kernel in both directions.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     stride: u16,
-    /// Zeros added on every side of the input.
+    /// Zeros added on every side of the input (0 to 64).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
     padding: u16,
 }

@@ -25,7 +25,7 @@ pub struct PoolArgs {
     /// Step of the window; defaults to the kernel size, as in PyTorch.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     stride: Option<u16>,
-    /// Implicit padding on every side (at most half the kernel, as in PyTorch).
+    /// Implicit padding on every side (at most half the kernel, as in PyTorch, and 64).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
     padding: u16,
 }
