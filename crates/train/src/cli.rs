@@ -610,6 +610,9 @@ pub fn load_data_then(
         );
     }
     say_read(config, &split);
+    if let Some(note) = boxes_in_pictures(split.train.classes()) {
+        crate::warn!("{note}");
+    }
     check(&split)?;
     Ok(datasets::Split {
         train: limited(split.train, config.limit_train, config.seed, "train")?,
@@ -643,6 +646,27 @@ fn loose_images(root: &Path) -> Vec<PathBuf> {
         .collect();
     loose.sort();
     loose
+}
+
+/// A note when class names have characters the pictures' font has no glyph for (a CJK script,
+/// for example): they draw as boxes in the PNGs, as with matplotlib's default font, while the
+/// JSON files and what is printed keep them; `None` when every name draws.
+fn boxes_in_pictures(classes: &[String]) -> Option<String> {
+    let lacking: Vec<&String> = classes
+        .iter()
+        .filter(|c| !viz::missing_glyphs(c).is_empty())
+        .collect();
+    let first = lacking.first()?;
+    let name = crate::inference::printable(first);
+    let which = match lacking.len() {
+        1 => format!("the class name \"{name}\" has"),
+        n => format!("the class names \"{name}\" and {} more have", n - 1),
+    };
+    let chars: String = viz::missing_glyphs(first).into_iter().take(3).collect();
+    Some(format!(
+        "note: {which} characters the pictures' font (DejaVu Sans) has no glyph for ({chars}): \
+         they draw as boxes in the PNGs; classes.json, metrics.json and what is printed keep them"
+    ))
 }
 
 /// Says what was read, from where ([`datasets::Dataset::origin`]), and when the split sizes
@@ -1093,6 +1117,26 @@ fn utc_timestamp(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Class names the pictures cannot draw are said once, the first named; others say nothing.
+    #[test]
+    fn class_names_drawn_as_boxes_are_said() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            boxes_in_pictures(&names(&["cat", "chien", "Ελιά", "ёж"])),
+            None
+        );
+        let one = boxes_in_pictures(&names(&["cat", "猫猫 x"])).expect("a note");
+        assert!(
+            one.contains("the class name \"猫猫 x\" has characters") && one.contains("(猫)"),
+            "{one}"
+        );
+        let more = boxes_in_pictures(&names(&["犬", "cat", "ねこ", "고양이"])).expect("a note");
+        assert!(
+            more.contains("the class names \"犬\" and 2 more have") && more.contains("(犬)"),
+            "{more}"
+        );
+    }
 
     /// Image files in no class folder are found where no class reads them: in the root beside
     /// the class folders or the split, and in the split's folders beside their classes; not

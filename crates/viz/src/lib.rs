@@ -22,4 +22,5 @@ pub use curves::{save_curves, EpochPoint, CURVES_HEIGHT, CURVES_WIDTH};
 pub use grid::{grid_columns, save_image_grid, save_square_grid, Tile};
 pub use number::{format_value, format_value_precisely};
 pub use panels::{check_panels, save_panels, save_panels_shared, Panel};
+pub use text::missing_glyphs;
 pub use tiles::tensor_tiles;

@@ -28,6 +28,27 @@ pub(crate) fn ensure_fonts() -> Result<()> {
     }
 }
 
+/// The characters of `text` the pictures' font (DejaVu Sans) has no glyph for, each once, in
+/// order of appearance (white space and control characters aside): they draw as boxes, as
+/// matplotlib's default font draws them (CJK scripts and emoji, for example).
+pub fn missing_glyphs(text: &str) -> Vec<char> {
+    use ab_glyph::Font;
+    static FONT: OnceLock<Option<ab_glyph::FontRef<'static>>> = OnceLock::new();
+    let Some(font) =
+        FONT.get_or_init(|| ab_glyph::FontRef::try_from_slice(dejavu::sans::regular()).ok())
+    else {
+        return Vec::new();
+    };
+    let mut missing = Vec::new();
+    for c in text.chars() {
+        if !c.is_whitespace() && !c.is_control() && font.glyph_id(c).0 == 0 && !missing.contains(&c)
+        {
+            missing.push(c);
+        }
+    }
+    missing
+}
+
 /// A font of the sans-serif family at `size` pixels.
 pub(crate) fn font(size: f64, bold: bool) -> FontDesc<'static> {
     let style = if bold {
@@ -114,6 +135,16 @@ pub(crate) fn fit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn glyphs_the_font_lacks_are_named_once() {
+        assert_eq!(
+            missing_glyphs("cat, Ünïcödé Ελληνικά кошка\tà"),
+            Vec::<char>::new()
+        );
+        assert_eq!(missing_glyphs("猫 cat 猫 犬"), ['猫', '犬']);
+        assert_eq!(missing_glyphs("ねこ 고"), ['ね', 'こ', '고']);
+    }
 
     #[test]
     fn fonts_register_and_measure() -> Result<()> {
