@@ -176,6 +176,7 @@ pub fn run(args: &FeatureMapsArgs, out: &Path) -> Result<()> {
          white; a map of one value, such as a 1x1 map, at its place on the stage's range), a \
          stage of single values as a row of cells over their range (viridis)"
     );
+    let mut written = vec![path];
     for (i, (stage, t)) in stages.iter().enumerate() {
         // Nothing computed from NaN or infinity is drawn (its colours and numbers would mean
         // nothing).
@@ -190,9 +191,21 @@ pub fn run(args: &FeatureMapsArgs, out: &Path) -> Result<()> {
         let path = out.join(format!("feature-maps-{}.png", file_stem(stage)));
         let logits = i + 1 == stages.len();
         match save_stage(&path, stage, t, logits).with_context(|| format!("stage {stage}"))? {
-            Some(title) => train::say!("wrote {} ({title})", path.display()),
+            Some(title) => {
+                train::say!("wrote {} ({title})", path.display());
+                written.push(path);
+            }
             None => train::say!("stage {stage} has shape {:?}: not drawn", t.dims()),
         }
+    }
+    let earlier = earlier_pictures(out, &written);
+    if !earlier.is_empty() {
+        train::say!(
+            "note: {} also holds {} of an earlier call (another model's stages, or one not drawn \
+             now), left as they are",
+            out.display(),
+            earlier.join(", ")
+        );
     }
     if let Some((_, logits)) = stages.last() {
         let logits = logits
@@ -251,6 +264,25 @@ mod tests {
         assert_eq!(file_stem("inception3a/branch 1"), "inception3a-branch-1");
         assert_eq!(file_stem("features.0"), "features-0");
     }
+}
+
+/// The `feature-maps-*.png` files in `out` that this call did not write (`written`), sorted.
+fn earlier_pictures(out: &Path, written: &[PathBuf]) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return Vec::new();
+    };
+    let mut earlier: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            !written
+                .iter()
+                .any(|w| w.file_name() == Some(&e.file_name()))
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("feature-maps-") && name.ends_with(".png"))
+        .collect();
+    earlier.sort();
+    earlier
 }
 
 /// The index of the first maximal value, as `torch.argmax` takes it; `None` for no values.

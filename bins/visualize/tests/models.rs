@@ -473,6 +473,38 @@ fn feature_maps_draws_no_stage_that_is_not_finite() {
     assert!(!out.join("feature-maps-logits.png").exists());
 }
 
+/// Pictures of an earlier call in the same folder that this one did not replace (another
+/// model's stages) are named, so that they are not read as this model's.
+#[test]
+fn feature_maps_names_the_pictures_of_an_earlier_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let digit = dir.path().join("digit.png");
+    write_picture(&digit, 28, 28, true);
+    let out = dir.path().join("out");
+    let run = |model: &str| {
+        visualize(&[
+            "feature-maps",
+            "--model",
+            model,
+            "--image",
+            digit.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let first = run("lenet5");
+    assert!(!first.contains("of an earlier call"), "{first}");
+    // The MNIST CNN has no fc2: LeNet-5's stays, and is named.
+    let second = run("cnn-mnist");
+    assert!(
+        second.contains("also holds feature-maps-fc2.png of an earlier call"),
+        "{second}"
+    );
+    assert!(out.join("feature-maps-fc2.png").exists());
+    let third = run("lenet5");
+    assert!(!third.contains("of an earlier call"), "{third}");
+}
+
 #[test]
 fn feature_maps_refuses_a_missing_or_broken_image() {
     let dir = tempfile::tempdir().unwrap();
