@@ -64,7 +64,9 @@ pub fn decode_image(bytes: &[u8], mode: ColorMode) -> Result<U8Image> {
     let (width, height, pixels) = match libjpeg {
         Some(decoded) => decoded,
         None => {
-            let img = match image::load_from_memory_with_format(bytes, format) {
+            let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+            reader.limits(decoder_limits());
+            let img = match reader.decode() {
                 Ok(img) => img,
                 Err(image::ImageError::Limits(_)) => bail!("{}", too_large(bytes, format)),
                 Err(e) => return Err(e).context("corrupt or unsupported image data"),
@@ -95,9 +97,21 @@ pub fn decode_image(bytes: &[u8], mode: ColorMode) -> Result<U8Image> {
 /// `2 * Image.MAX_IMAGE_PIXELS`.
 const MAX_PIXELS: u64 = 178_956_970;
 
-/// Why an image over [`MAX_PIXELS`], or one the decoder refused for its memory limit (512 MiB for
-/// the decoded pixels), was not read, with its size where the header gives it. PIL refuses such
-/// images too: 512 MiB of RGB is its `DecompressionBombError` threshold.
+/// The most bytes the decoder may hold at once: [`MAX_PIXELS`] at 8 bytes a pixel (16-bit
+/// RGBA), so that every image PIL decodes fits (the `image` crate's default, 512 MiB, refused a
+/// 12000x12000 RGBA PNG that PIL reads), while a file whose header does not say its size
+/// still cannot take memory without bound.
+const MAX_DECODER_BYTES: u64 = MAX_PIXELS * 8;
+
+fn decoder_limits() -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_DECODER_BYTES);
+    limits
+}
+
+/// Why an image over [`MAX_PIXELS`], or one the decoder refused for its memory limit
+/// ([`MAX_DECODER_BYTES`]), was not read, with its size where the header gives it. PIL refuses
+/// such images too: over 178,956,970 pixels is its `DecompressionBombError`.
 fn too_large(bytes: &[u8], format: ImageFormat) -> String {
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes));
     reader.set_format(format);
@@ -106,9 +120,9 @@ fn too_large(bytes: &[u8], format: ImageFormat) -> String {
         Err(_) => String::new(),
     };
     format!(
-        "the image is too large to decode ({size}over 178,956,970 pixels or more than the \
-         decoder's 512 MiB; PIL refuses images over 178,956,970 pixels as decompression bombs); \
-         resize it first"
+        "the image is too large to decode ({size}over 178,956,970 pixels, or more memory than \
+         8 bytes a pixel of that; PIL refuses images over 178,956,970 pixels as decompression \
+         bombs); resize it first"
     )
 }
 

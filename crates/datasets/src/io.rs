@@ -12,7 +12,8 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 pub const MAX_PIPED_IMAGE: u64 = 256 << 20;
 
 /// The largest regular file [`read_image_file`] reads (4 GiB): an encoded image's pixels may
-/// take at most 512 MiB, so a larger file is no image this can decode.
+/// take at most about 1.4 GB (178,956,970 pixels of 16-bit RGBA), so a larger file is no image
+/// this can decode.
 pub const MAX_INPUT_FILE: u64 = 4 << 30;
 
 /// How long [`read_image_file`] waits for a process to open a named pipe for writing.

@@ -441,6 +441,11 @@ fn png_claiming(width: u32, height: u32, idat: Option<&[u8]>) -> Vec<u8> {
 
 /// [`png_claiming`] with PNG colour type `colour` (0 grey, 2 RGB).
 fn png_of_colour(colour: u8, width: u32, height: u32, idat: Option<&[u8]>) -> Vec<u8> {
+    png_of(8, colour, width, height, idat)
+}
+
+/// [`png_of_colour`] at `depth` bits a sample.
+fn png_of(depth: u8, colour: u8, width: u32, height: u32, idat: Option<&[u8]>) -> Vec<u8> {
     let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
     let mut chunk = |kind: &[u8], data: &[u8]| {
         bytes.extend_from_slice(&(data.len() as u32).to_be_bytes());
@@ -453,13 +458,39 @@ fn png_of_colour(colour: u8, width: u32, height: u32, idat: Option<&[u8]>) -> Ve
     };
     let mut ihdr = width.to_be_bytes().to_vec();
     ihdr.extend_from_slice(&height.to_be_bytes());
-    ihdr.extend_from_slice(&[8, colour, 0, 0, 0]);
+    ihdr.extend_from_slice(&[depth, colour, 0, 0, 0]);
     chunk(b"IHDR", &ihdr);
     if let Some(idat) = idat {
         chunk(b"IDAT", idat);
     }
     chunk(b"IEND", &[]);
     bytes
+}
+
+/// A 16-bit RGBA image under PIL's pixel limit whose pixels take over 512 MiB (the `image`
+/// crate's default limit, which refused it): decoded, as PIL decodes it. 8200x8200 pixels of
+/// 8 bytes, 538 MB.
+#[test]
+fn images_pil_decodes_fit_the_decoders_memory() {
+    use std::io::Write;
+    let (w, h) = (8200u32, 8200u32);
+    let pixel = [0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xff, 0xff];
+    let mut row = vec![0u8]; // filter type 0
+    for _ in 0..w {
+        row.extend_from_slice(&pixel);
+    }
+    let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+    for _ in 0..h {
+        zlib.write_all(&row).unwrap();
+    }
+    let png = png_of(16, 6, w, h, Some(&zlib.finish().unwrap()));
+    let img = decode_image(&png, ColorMode::Rgb).expect("PIL decodes it");
+    assert_eq!(img.shape(), (3, h as usize, w as usize));
+    let plane = (w * h) as usize;
+    for at in [0, plane / 2 + 17, plane - 1] {
+        let rgb = [img.data[at], img.data[plane + at], img.data[2 * plane + at]];
+        assert_eq!(rgb, [0x12, 0x56, 0x9a], "pixel {at}: the high bytes");
+    }
 }
 
 #[test]
