@@ -354,7 +354,8 @@ pub fn dataset_kind(folder: bool, data_dir: Option<&Path>) -> DatasetKind {
             dir.display(),
             kind.spec().title,
             if kind == DatasetKind::Folder && !folder {
-                " (its class folders are not CIFAR-10's)"
+                " (no CIFAR-10 batches or archive, and no train/ + test/ of its ten class \
+                 folders)"
             } else {
                 ""
             }

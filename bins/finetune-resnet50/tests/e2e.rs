@@ -1110,7 +1110,7 @@ fn own_class_folders_need_no_folder_flag() {
         &[],
     );
     assert!(
-        log.contains("as an image folder (its class folders are not CIFAR-10's)"),
+        log.contains("as an image folder (no CIFAR-10 batches or archive"),
         "{log}"
     );
     assert!(out.join(train::rundir::BEST).is_file());
@@ -1246,6 +1246,27 @@ fn own_class_folders_need_no_folder_flag() {
             "{given}"
         );
     }
+    // Another folder (a copy of the run's, here): every one of its 12 images is a test image,
+    // as torchvision's ImageFolder of it gives them all, not the 6 a run would hold out.
+    let copy = dir.path().join("copy");
+    for class in std::fs::read_dir(&flat).expect("flat folder") {
+        let class = class.expect("entry").path();
+        let to = copy.join(class.file_name().expect("class name"));
+        std::fs::create_dir_all(&to).expect("class folder");
+        for image in std::fs::read_dir(&class).expect("class folder") {
+            let image = image.expect("entry").path();
+            std::fs::copy(&image, to.join(image.file_name().expect("name"))).expect("copy");
+        }
+    }
+    let given = evaluate_on(s(&copy));
+    assert!(
+        given.contains("an image folder other than the run's")
+            && given.contains("its 12 test images are all its class folders hold")
+            && given.contains("on 12 test images")
+            && !given.contains("the run tested on"),
+        "{given}"
+    );
+    assert!(flat_out.join("evaluation-best-data-copy.json").is_file());
     // The same number of images with the same labels, but other files (a class's images
     // renamed: which are held out is drawn again): refused by evaluate and --resume, which
     // compared the counts alone.

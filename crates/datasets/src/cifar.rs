@@ -374,7 +374,9 @@ pub fn cifar10_incomplete_batches(path: &Path) -> Vec<String> {
 
 /// Whether `path` holds CIFAR-10 as [`cifar10`] reads it (without reading the images): the
 /// binary or Python batches (or some of them), a `*cifar*` archive, or an ImageFolder whose
-/// training classes are exactly CIFAR-10's. A folder of other classes is somebody's own data.
+/// `train/` classes are exactly CIFAR-10's. A folder of other classes is somebody's own data,
+/// and so is one of CIFAR-10's ten class folders without `train/` and `test/`, which
+/// [`cifar10`] does not read (torchvision's `ImageFolder(path)` of it).
 pub fn is_cifar10(path: &Path) -> bool {
     if path.is_file() {
         return is_archive(path)
@@ -399,7 +401,6 @@ pub fn is_cifar10(path: &Path) -> bool {
         || PYTHON.any_batch(path)
         || !cifar_archives(path).is_empty()
         || folders(&path.join("train")) == cifar
-        || folders(path) == cifar
 }
 
 /// Records beyond which a file is no CIFAR-10 batch (each official one holds 10,000); the
@@ -589,7 +590,9 @@ fn check_folder_part(part: &dyn Dataset, origin: &Path) -> Result<()> {
     let shape = part.image(0)?.shape();
     ensure!(
         shape == (3, 32, 32),
-        "{}: wrong image size {shape:?} (CxHxW), CIFAR-10 images are 3x32x32",
+        "{}: wrong image size {shape:?} (CxHxW), CIFAR-10 images are 3x32x32; a folder of \
+         your own images under CIFAR-10's class names is read as an image folder with \
+         finetune-resnet50 --folder",
         origin.display()
     );
     Ok(())

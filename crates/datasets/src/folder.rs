@@ -178,67 +178,7 @@ pub fn image_folder_listing(listing: Listing, options: &FolderOptions) -> Result
             let test = samples_of(&listing, test_dir, &classes, true)?;
             (train, test)
         }
-        _ => {
-            // Only split folders, without train/: they would be taken as classes.
-            let splits = ["train", "test", "val"];
-            if !top.is_empty() && top.iter().all(|d| splits.contains(&d.as_str())) {
-                let found: Vec<String> = top.iter().map(|d| format!("{d}/")).collect();
-                let found = match found.as_slice() {
-                    [one] => format!("the one folder there is {one}, taken as a class"),
-                    _ => format!(
-                        "the folders there are {}, taken as classes",
-                        found.join(" and ")
-                    ),
-                };
-                bail!(
-                    "{}: {found}; a split \
-                     needs train/ and test/ (or val/) together, each with the class folders, or \
-                     the class folders directly inside it (a fraction of each class, 0.2 by \
-                     default, is then held out for testing: finetune-resnet50's --test-fraction, \
-                     FolderOptions::test_fraction)",
-                    listing.origin.display()
-                );
-            }
-            // Named as a split (in another case or spelling) and holding folders, as a split
-            // holds its class folders: a misnamed split, which would be read as one class.
-            let names: Vec<&String> = top
-                .iter()
-                .filter(|d| split_like(d) && !children(&listing, d).is_empty())
-                .collect();
-            let misnamed: Vec<String> = names.iter().map(|d| format!("{d}/")).collect();
-            if !misnamed.is_empty() {
-                let (these, are, hold, stand, each) = match misnamed.len() {
-                    1 => (misnamed[0].clone(), "is", "holds", "stands", "it"),
-                    _ => (misnamed.join(" and "), "are", "hold", "stand", "each"),
-                };
-                // The names to give them, where they are not already so named.
-                let renames: Vec<String> = names
-                    .iter()
-                    .filter_map(|d| {
-                        let to = match d.to_lowercase().as_str() {
-                            "train" | "training" => "train",
-                            "test" | "testing" => "test",
-                            _ => "val",
-                        };
-                        (d.as_str() != to).then(|| format!("{d}/ to {to}/"))
-                    })
-                    .collect();
-                let rename = match renames.is_empty() {
-                    true => String::new(),
-                    false => format!(" (rename {})", renames.join(" and ")),
-                };
-                bail!(
-                    "{}: {these} {are} named as a split and {hold} folders, as a split holds its \
-                     class folders, but {stand} where the class folders stand, so {each} would \
-                     be read as one class; a split needs train/ and test/ (or val/), named so, \
-                     each with the class folders{rename}",
-                    listing.origin.display()
-                );
-            }
-            let classes = children(&listing, "");
-            let all = samples_of(&listing, "", &classes, false)?;
-            all.split_fraction(options.test_fraction, options.split_seed)?
-        }
+        _ => unsplit(&listing)?.split_fraction(options.test_fraction, options.split_seed)?,
     };
     let (train_origin, test_origin) = (train.origin.clone(), test.origin.clone());
     let mut files: Vec<Option<EncodedSample>> =
@@ -248,6 +188,71 @@ pub fn image_folder_listing(listing: Listing, options: &FolderOptions) -> Result
         test: build(test.take(&mut files), options.storage)?,
     };
     split.checked(&train_origin, &test_origin)
+}
+
+/// The samples of a folder without `train/` + `test/`: every image of its class folders.
+/// Refuses split folders standing where the class folders stand (`test/` alone, `Train/`),
+/// which would be read as classes.
+fn unsplit(listing: &Listing) -> Result<Picks> {
+    let top = children(listing, "");
+    // Only split folders, without train/: they would be taken as classes.
+    let splits = ["train", "test", "val"];
+    if !top.is_empty() && top.iter().all(|d| splits.contains(&d.as_str())) {
+        let found: Vec<String> = top.iter().map(|d| format!("{d}/")).collect();
+        let found = match found.as_slice() {
+            [one] => format!("the one folder there is {one}, taken as a class"),
+            _ => format!(
+                "the folders there are {}, taken as classes",
+                found.join(" and ")
+            ),
+        };
+        bail!(
+            "{}: {found}; a split \
+             needs train/ and test/ (or val/) together, each with the class folders, or \
+             the class folders directly inside it (a fraction of each class, 0.2 by \
+             default, is then held out for testing: finetune-resnet50's --test-fraction, \
+             FolderOptions::test_fraction)",
+            listing.origin.display()
+        );
+    }
+    // Named as a split (in another case or spelling) and holding folders, as a split
+    // holds its class folders: a misnamed split, which would be read as one class.
+    let names: Vec<&String> = top
+        .iter()
+        .filter(|d| split_like(d) && !children(listing, d).is_empty())
+        .collect();
+    let misnamed: Vec<String> = names.iter().map(|d| format!("{d}/")).collect();
+    if !misnamed.is_empty() {
+        let (these, are, hold, stand, each) = match misnamed.len() {
+            1 => (misnamed[0].clone(), "is", "holds", "stands", "it"),
+            _ => (misnamed.join(" and "), "are", "hold", "stand", "each"),
+        };
+        // The names to give them, where they are not already so named.
+        let renames: Vec<String> = names
+            .iter()
+            .filter_map(|d| {
+                let to = match d.to_lowercase().as_str() {
+                    "train" | "training" => "train",
+                    "test" | "testing" => "test",
+                    _ => "val",
+                };
+                (d.as_str() != to).then(|| format!("{d}/ to {to}/"))
+            })
+            .collect();
+        let rename = match renames.is_empty() {
+            true => String::new(),
+            false => format!(" (rename {})", renames.join(" and ")),
+        };
+        bail!(
+            "{}: {these} {are} named as a split and {hold} folders, as a split holds its \
+             class folders, but {stand} where the class folders stand, so {each} would \
+             be read as one class; a split needs train/ and test/ (or val/), named so, \
+             each with the class folders{rename}",
+            listing.origin.display()
+        );
+    }
+    let classes = children(listing, "");
+    samples_of(listing, "", &classes, false)
 }
 
 /// A fraction as a percentage for messages: `20` for 0.2, `1.0e-7` for 1e-9 (no float
@@ -311,6 +316,33 @@ pub fn image_folder_test(root: &Path, options: &FolderOptions) -> Result<Arc<dyn
         return test_folder(&root.join(dir), options.storage);
     }
     Ok(image_folder(root, options)?.test)
+}
+
+/// The images to score a model on that did not train on `root`'s: the test split of a
+/// `train/` + `test/` (or `val/`) layout (or that `test/` alone, as [`image_folder_test`]
+/// reads it), else every image of the class folders, none held out (torchvision's
+/// `ImageFolder(root)`), where [`image_folder_test`] would keep `test_fraction` of them.
+///
+/// # Errors
+/// As [`image_folder`], less those of the held-out share.
+pub fn image_folder_for_evaluation(
+    root: &Path,
+    options: &FolderOptions,
+) -> Result<Arc<dyn Dataset>> {
+    ensure_exists(root)?;
+    if test_folder_alone(root).is_some() {
+        return image_folder_test(root, options);
+    }
+    let listing = listing_of(root)?;
+    ensure_images(&listing)?;
+    let top = children(&listing, "");
+    if top.iter().any(|d| d == "train") && top.iter().any(|d| d == "test" || d == "val") {
+        return Ok(image_folder_listing(listing, options)?.test);
+    }
+    let all = unsplit(&listing)?;
+    let mut files: Vec<Option<EncodedSample>> =
+        listing.files.into_iter().map(|(_, s)| Some(s)).collect();
+    build(all.take(&mut files), options.storage)
 }
 
 /// `test` (else `val`) when the directory `root`'s visible folders are among `test` and `val`:

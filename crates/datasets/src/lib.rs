@@ -61,7 +61,8 @@ pub use dataset::{Dataset, InMemory, Split};
 pub use decode::{decode_image, ColorMode};
 pub use filelist::{EncodedSample, FileList, Source};
 pub use folder::{
-    image_folder, image_folder_test, image_folder_training, percent, FolderOptions, Storage,
+    image_folder, image_folder_for_evaluation, image_folder_test, image_folder_training, percent,
+    FolderOptions, Storage,
 };
 pub use idx::{mnist, read_idx_pair, MNIST_CLASSES};
 pub use io::{read_image_file, read_input_file};

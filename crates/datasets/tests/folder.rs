@@ -634,6 +634,35 @@ fn cifar10_is_told_from_other_class_folders() {
         std::fs::create_dir_all(cifar.join("train").join(class)).unwrap();
     }
     assert!(datasets::is_cifar10(&cifar));
+    // CIFAR-10's class names without train/ and test/: no layout of CIFAR-10 that it reads,
+    // so somebody's own folder (torchvision's ImageFolder of it).
+    let flat = dir.path().join("flat");
+    for class in datasets::CIFAR10_CLASSES {
+        std::fs::create_dir_all(flat.join(class)).unwrap();
+    }
+    assert!(!datasets::is_cifar10(&flat));
+    // train/ + test/ of CIFAR-10's class names holding images of another size: read as
+    // CIFAR-10, refused, and the way to read it as one's own folder said.
+    let sized = dir.path().join("sized");
+    for split in ["train", "test"] {
+        for class in datasets::CIFAR10_CLASSES {
+            let at = sized.join(split).join(class);
+            std::fs::create_dir_all(&at).unwrap();
+            pattern_rgb(50, 40, 3).save(at.join("0.png")).unwrap();
+        }
+    }
+    assert!(datasets::is_cifar10(&sized));
+    let msg = format!(
+        "{:#}",
+        match cifar10(Some(&sized)) {
+            Ok(_) => panic!("read as CIFAR-10 at 40x50"),
+            Err(e) => e,
+        }
+    );
+    assert!(
+        msg.contains("wrong image size (3, 40, 50)") && msg.contains("finetune-resnet50 --folder"),
+        "{msg}"
+    );
     let bin = dir.path().join("bin").join("cifar-10-batches-bin");
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::write(bin.join("test_batch.bin"), b"").unwrap();

@@ -864,14 +864,20 @@ pub fn refuse_unused_test_fraction(config: &RunConfig, split: &datasets::Split) 
 /// The configured data set's test split alone, as [`load_data`] gives it (the same
 /// `--limit-test` subset), read without the training files where the data set's layout allows
 /// ([`datasets::catalog::load_test`]): what `evaluate` needs. Also gives the whole split's
-/// number of images (a `--limit-test` at or above it is the whole split).
+/// number of images (a `--limit-test` at or above it is the whole split). An image folder
+/// without `train/` + `test/` gives the share of each class a run holds out
+/// (`--test-fraction`), or, unless `held_out`, all its images (a folder the run did not train
+/// on: [`datasets::image_folder_for_evaluation`]).
 ///
 /// # Errors
 /// The test split cannot be found, downloaded or read, or a subset cannot be drawn.
-pub fn load_test_data(config: &RunConfig) -> Result<(Arc<dyn Dataset>, usize)> {
+pub fn load_test_data(config: &RunConfig, held_out: bool) -> Result<(Arc<dyn Dataset>, usize)> {
     let test = match (config.dataset, config.data_dir.as_deref()) {
-        (DatasetKind::Folder, Some(dir)) => {
+        (DatasetKind::Folder, Some(dir)) if held_out => {
             datasets::image_folder_test(dir, &folder_options(config))
+        }
+        (DatasetKind::Folder, Some(dir)) => {
+            datasets::image_folder_for_evaluation(dir, &folder_options(config))
         }
         (dataset, dir) => datasets::catalog::load_test(dataset.spec(), dir),
     }

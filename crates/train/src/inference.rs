@@ -851,7 +851,12 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
         Some(dir) => config.data_dir = Some(dir.clone()),
         None => crate::cli::saved_data_dir_is_here(&config)?,
     }
-    let test = crate::cli::load_test_data(&config);
+    // An image folder other than the one the run trained on (and held its test share out of):
+    // every image of it is scored, as torchvision's `ImageFolder(dir)` would give them all.
+    let saved_dir = trained.config.data_dir.as_deref();
+    let other_folder = config.dataset == crate::config::DatasetKind::Folder
+        && other_data(args.data_dir.as_deref(), saved_dir).is_some();
+    let test = crate::cli::load_test_data(&config, !other_folder);
     let (test, whole) = match (&args.data_dir, &config.data_dir) {
         // The run's own data directory, gone: say where it was and how to give it.
         (None, Some(saved)) if !saved.exists() => test.with_context(|| {
@@ -878,9 +883,23 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
     // The run's own data that has since changed: its test split is not the one the run
     // tested on (and an image folder's held-out share, drawn again, may hold images it
     // trained on), as `--resume` refuses it too.
+    if other_folder && crate::distributed::writes() {
+        crate::warn!(
+            "note: --data-dir {}: an image folder other than the run's{}: its {whole} test \
+             images are all its class folders hold (those of test/ or val/ beside train/), \
+             none held out{} (the outputs are named for the data); without --data-dir the \
+             run's own held-out test images are scored",
+            args.data_dir.as_deref().unwrap_or(Path::new("")).display(),
+            saved_dir.map_or(String::new(), |d| format!(" ({})", d.display())),
+            match whole == test.len() {
+                true => String::new(),
+                false => format!(" (--limit-test scores {} of them)", test.len()),
+            }
+        );
+    }
     let tested = crate::state::saved_images(run)
         .map(|[_, tested]| tested)
-        .filter(|&tested| !other_limit && tested != test.len());
+        .filter(|&tested| !other_folder && !other_limit && tested != test.len());
     // The run's own data changed since: refused, saying how (`what`).
     let changed = |what: String| {
         anyhow::anyhow!(
@@ -934,7 +953,7 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
         }
         // The same count in the folder given, but other files (the run's own folder changed,
         // or another one): noted and named for the data, as a changed count is.
-        (None, Some(dir)) if !other_limit => {
+        (None, Some(dir)) if !other_limit && !other_folder => {
             let saved = crate::state::saved_test_names(run);
             let root = config.data_dir.as_deref();
             let now = crate::state::names_crc_like(saved, test.as_ref(), root);
@@ -1099,7 +1118,7 @@ fn evaluate_with_model(args: &EvaluateArgs, recipe: &Recipe, name: &str) -> Resu
         0 => None,
         count => Some(load(count)?),
     };
-    let (test, whole) = crate::cli::load_test_data(&config)?;
+    let (test, whole) = crate::cli::load_test_data(&config, true)?;
     let classes = test.classes().to_vec();
     let (model, store) = match loaded {
         Some(loaded) => loaded,
