@@ -1267,6 +1267,16 @@ fn own_class_folders_need_no_folder_flag() {
         "{given}"
     );
     assert!(flat_out.join("evaluation-best-data-copy.json").is_file());
+    // Each image's prediction names its file.
+    let table = std::fs::read_to_string(flat_out.join("predictions-best-data-copy.csv"))
+        .expect("predictions");
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert_eq!(rows.len(), 12, "{table}");
+    assert!(
+        rows.iter()
+            .all(|r| r.split(',').nth(1).is_some_and(|f| f.contains("copy/"))),
+        "{table}"
+    );
     // The same number of images with the same labels, but other files (a class's images
     // renamed: which are held out is drawn again): refused by evaluate and --resume, which
     // compared the counts alone.

@@ -364,6 +364,36 @@ fn evaluate_takes_another_test_limit() {
     assert!(!out.join("evaluation-best-test41.json").exists(), "{log}");
     let (log, ten) = summary(&["--limit-test", "10"], "evaluation-best-test10.json");
     assert_eq!(ten["samples"], 10, "{log}");
+    // Each test image's prediction beside the summary, under its index in the whole test split
+    // (torchvision's), in order; right as often as the summary's top-1 says.
+    let rows = |file: &str| -> Vec<Vec<String>> {
+        let text = std::fs::read_to_string(out.join(file)).expect("predictions");
+        let mut lines = text.lines();
+        assert_eq!(
+            lines.next(),
+            Some("index,file,label,label_name,predicted,predicted_name")
+        );
+        lines
+            .map(|l| l.split(',').map(String::from).collect())
+            .collect()
+    };
+    let index = |row: &Vec<String>| row[0].parse::<usize>().expect("index");
+    let subset = rows("predictions-best-test10.csv");
+    assert_eq!(subset.len(), 10, "{log}");
+    assert!(subset.windows(2).all(|w| index(&w[0]) < index(&w[1])));
+    assert!(subset.iter().all(|r| index(r) < 40 && r[1].is_empty()));
+    let right = subset.iter().filter(|r| r[2] == r[4]).count();
+    assert_eq!(
+        ten["top1"].as_f64().expect("top1"),
+        100.0 * right as f64 / 10.0
+    );
+    let whole = rows("predictions-best-test-all.csv");
+    let indices: Vec<usize> = whole.iter().map(index).collect();
+    assert_eq!(indices, (0..40).collect::<Vec<_>>());
+    // The same image, the same label and prediction in both tables.
+    for row in &subset {
+        assert_eq!(&whole[index(row)], row);
+    }
     let kept: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("evaluation-best.json")).expect("summary"))
             .expect("json");

@@ -1936,10 +1936,16 @@ fn the_state_restores_checkpoints_and_stale_evaluations_go() {
     let evaluations = || -> Vec<String> {
         listing(&run)
             .into_iter()
-            .filter(|f| f.starts_with("evaluation-") || f.starts_with("confusion-"))
+            .filter(|f| {
+                ["evaluation-", "confusion-", "predictions-"]
+                    .iter()
+                    .any(|p| f.starts_with(p))
+            })
             .collect()
     };
-    assert_eq!(evaluations().len(), 7, "{:?}", evaluations());
+    // Three evaluations of three files each (summary, picture, each image's prediction), and
+    // the user's file.
+    assert_eq!(evaluations().len(), 10, "{:?}", evaluations());
     // One checkpoint gone: evaluate says so and names the other. Both gone (as a kill after
     // the state and before them leaves the first epoch): evaluate writes them again from the
     // state, as a resume does; removed again, a resume writes them.
@@ -1981,13 +1987,18 @@ fn the_state_restores_checkpoints_and_stale_evaluations_go() {
     // Epoch 2 replaced last: its evaluations went, named; the others' stay.
     assert!(said.contains("evaluation-last.json"), "{said}");
     let left = evaluations();
-    for gone in ["evaluation-last.json", "confusion-last.png"] {
+    for gone in [
+        "evaluation-last.json",
+        "confusion-last.png",
+        "predictions-last.csv",
+    ] {
         assert!(!left.contains(&gone.to_string()), "{gone}: {left:?}");
     }
     for kept in [
         "evaluation-last-test7.json",
         "evaluation-run-best-bf16.json",
         "confusion-run-best-bf16.png",
+        "predictions-run-best-bf16.csv",
     ] {
         assert!(left.contains(&kept.to_string()), "{kept}: {left:?}");
     }

@@ -28,6 +28,13 @@ pub trait Dataset: Send + Sync {
     fn sample_name(&self, _index: usize) -> Option<String> {
         None
     }
+    /// Sample `index`'s position in the data set this one was drawn from (through a
+    /// [`Subset`](crate::Subset)'s indices, as `torch.utils.data.Subset` maps them): the index
+    /// torchvision's data set of the same files gives it (`CIFAR10(root, train=False)[i]`).
+    /// `index` itself for a data set of its own.
+    fn source_index(&self, index: usize) -> usize {
+        index
+    }
     /// Where the samples were read from, for messages: the files, folder or archive a
     /// reader ([`mnist`](crate::mnist), [`cifar10`](crate::cifar10),
     /// [`image_folder`](crate::image_folder), the Hub's copy) took them from; `None` when not
@@ -61,6 +68,9 @@ impl Dataset for Read {
     }
     fn sample_name(&self, index: usize) -> Option<String> {
         self.inner.sample_name(index)
+    }
+    fn source_index(&self, index: usize) -> usize {
+        self.inner.source_index(index)
     }
     fn origin(&self) -> Option<String> {
         Some(self.origin.clone())

@@ -62,6 +62,9 @@ impl Dataset for Subset {
     fn sample_name(&self, index: usize) -> Option<String> {
         self.inner.sample_name(*self.indices.get(index)?)
     }
+    fn source_index(&self, index: usize) -> usize {
+        self.inner.source_index(self.indices[index])
+    }
     fn origin(&self) -> Option<String> {
         self.inner.origin()
     }

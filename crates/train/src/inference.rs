@@ -1361,9 +1361,21 @@ fn test_and_write(
         m.confusion(),
         &trained.classes,
     )?;
+    let table = out.join(crate::rundir::evaluated_predictions(&tag));
+    crate::per_image::write_predictions(
+        &table,
+        test.as_ref(),
+        &pass.predictions,
+        &trained.classes,
+    )?;
     let summary = out.join(evaluation_summary(&tag));
     crate::atomic::write_bytes(&summary, &serde_json::to_vec_pretty(&evaluation)?)?;
-    crate::say!("wrote {} and {}", picture.display(), summary.display());
+    crate::say!(
+        "wrote {}, {} and {} (each test image's prediction)",
+        picture.display(),
+        summary.display(),
+        table.display()
+    );
     Ok(evaluation)
 }
 

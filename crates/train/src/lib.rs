@@ -22,6 +22,7 @@ pub mod loss;
 pub mod memory;
 pub mod metrics;
 pub mod optim;
+pub mod per_image;
 pub mod pictures;
 pub mod progress;
 pub mod run;

@@ -76,6 +76,12 @@ pub fn evaluation_summary(weights: &str) -> String {
     format!("evaluation-{weights}.json")
 }
 
+/// `evaluate`'s answer for each test image ([`crate::per_image`]), tagged as
+/// [`evaluated_confusion`] is.
+pub fn evaluated_predictions(weights: &str) -> String {
+    format!("predictions-{weights}.csv")
+}
+
 /// Files whose presence means the directory already holds a run.
 const RUN_FILES: [&str; 5] = [STATE, LEGACY_STATE_JSON, BEST, LAST, CONFIG];
 
@@ -142,7 +148,7 @@ fn is_evaluation_output(name: &str) -> bool {
 /// `dir`, once the run has replaced that checkpoint: they described weights that are gone.
 /// Only an `evaluation-<tag>.json` that records that checkpoint of this directory as the one
 /// evaluated (its `checkpoint`, or in older outputs its `weights` path, read from here) goes,
-/// with its `confusion-<tag>.png`; files that only look like them (a user's, or the outputs of
+/// with its `confusion-<tag>.png` and `predictions-<tag>.csv`; files that only look like them (a user's, or the outputs of
 /// another checkpoint file) stay. Said on stdout, naming them; a file that
 /// cannot be removed is said on stderr.
 pub(crate) fn remove_evaluations_of(dir: &Path, weights: &str) {
@@ -191,7 +197,8 @@ pub(crate) fn remove_evaluations_of(dir: &Path, weights: &str) {
             continue;
         }
         let picture = dir.join(evaluated_confusion(tag));
-        for path in [entry.path(), picture] {
+        let table = dir.join(evaluated_predictions(tag));
+        for path in [entry.path(), picture, table] {
             if !path.is_file() {
                 continue;
             }
@@ -219,19 +226,17 @@ pub(crate) fn remove_evaluations_of(dir: &Path, weights: &str) {
 }
 
 /// The checkpoint (`best` or `last`) whose `evaluate` output `name` is, if it is one:
-/// `confusion-<tag>.png` or `evaluation-<tag>.json`, the tag `best` or `last`, then
+/// `confusion-<tag>.png`, `evaluation-<tag>.json` or `predictions-<tag>.csv`, the tag `best` or `last`, then
 /// `-<precision>` in another precision than the run's, then `-test-all` or `-test<N>` with
 /// another `--limit-test` than the run's, then `-data-<name>` for another `--data-dir`.
 pub(crate) fn evaluated_checkpoint(name: &str) -> Option<&'static str> {
-    let tag = match (
-        name.strip_prefix("confusion-")
-            .and_then(|t| t.strip_suffix(".png")),
-        name.strip_prefix("evaluation-")
-            .and_then(|t| t.strip_suffix(".json")),
-    ) {
-        (Some(tag), _) | (_, Some(tag)) => tag,
-        (None, None) => return None,
+    let tagged = |prefix: &str, suffix: &str| {
+        name.strip_prefix(prefix)
+            .and_then(|t| t.strip_suffix(suffix))
     };
+    let tag = tagged("confusion-", ".png")
+        .or_else(|| tagged("evaluation-", ".json"))
+        .or_else(|| tagged("predictions-", ".csv"))?;
     let tag = match tag.split_once("-data-") {
         Some((head, name)) if !name.is_empty() => head,
         _ => tag,
@@ -1412,6 +1417,8 @@ mod tests {
             "evaluation-last-bf16-test500.json",
             "evaluation-best-data-cifar10-jpeg.tar.gz.json",
             "confusion-last-f32-test-all-data-my_photos.png",
+            "predictions-best.csv",
+            "predictions-last-bf16-test-all.csv",
         ] {
             assert!(is_run_output(name), "{name}");
         }
@@ -1422,6 +1429,8 @@ mod tests {
             "evaluation-best-data-.json",
             "evaluation-other-data-x.json",
             "evaluation-best.png",
+            "predictions-best.json",
+            "predictions-other.csv",
         ] {
             assert!(!is_run_output(name), "{name}");
         }
