@@ -465,6 +465,57 @@ fn a_reader_waits_for_the_checkpoints_another_reader_writes() {
     );
 }
 
+/// A live run whose `.lock` was removed by hand (taken for a stale one) and a second command
+/// on its `--out`, refused for the run there after making a lock file of its own: the refused
+/// command takes its lock file away as it ends, and the run trains on to its last epoch,
+/// locking its folder again (before, it stopped at its next write as if another run had taken
+/// the folder, and said not to resume it; a tester).
+#[test]
+fn a_refused_command_leaves_a_live_run_to_train_on() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Epochs long enough (about a second) for the second command to start and end between
+    // two of the run's writes.
+    let data = dir.path().join("mnist");
+    train::synthetic::write_mnist(&data, 20000, 40).expect("synthetic MNIST");
+    let out = dir.path().join("run");
+    let mut args = common(&s(&data), &out);
+    let epochs = args.iter().position(|a| a == "--epochs").expect("--epochs") + 1;
+    args[epochs] = "4".into();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (mut run, _lines, all) = spawn_reading_stderr(&args);
+    let started = Instant::now();
+    let epochs_saved = || {
+        std::fs::read_to_string(out.join(train::rundir::METRICS_CSV))
+            .map_or(0, |t| t.lines().count().saturating_sub(1))
+    };
+    while epochs_saved() < 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no epoch saved"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::fs::remove_file(out.join(train::rundir::LOCK)).expect("remove the live run's lock");
+    let refused = train_mnist(&args);
+    assert!(
+        !refused.status.success() && stderr(&refused).contains("already holds a run"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(
+        run.try_wait().expect("the run").is_none(),
+        "the run ended before the refused command: nothing was tested"
+    );
+    let status = run.wait().expect("the run ends");
+    let err = all.join().expect("stderr");
+    assert!(status.success(), "{err}");
+    assert!(
+        !err.contains("another run has taken the folder") && err.contains("locked again"),
+        "{err}"
+    );
+    assert_eq!(epochs_saved(), 4, "{err}");
+}
+
 /// A run killed as its last epoch's `last.safetensors` was being written holds that epoch in its
 /// state and the epoch before in `last`: `evaluate --weights last` says so (and how to mend
 /// it), and stops saying it once `--resume` has written `last` again. The state given as

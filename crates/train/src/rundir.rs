@@ -493,6 +493,10 @@ struct HeldLock {
     locked: (u64, u64),
     /// A lock file made and locked again by [`check_lock`], held until the run ends.
     again: Option<File>,
+    /// Whether a file has been written into the directory under this lock ([`check_lock`]
+    /// passed): a process that made the lock file and wrote nothing (refused, say) takes the
+    /// file away when it ends, so that it is not read as another run's.
+    wrote: bool,
 }
 
 /// A path's (device, inode).
@@ -523,8 +527,21 @@ pub(crate) fn check_lock(dir: &Path) -> Result<()> {
     let Some(entry) = held.iter_mut().rev().find(|h| h.dir == id) else {
         return Ok(());
     };
-    let now = file_id(&entry.path);
+    let mut now = file_id(&entry.path);
+    // Another process's lock file there, still locked: one that may be about to end having
+    // written nothing (a command refused for this very run's files, which made the lock file
+    // after it was removed by hand, and takes it away when it ends); waited for as a run
+    // waits for a lock, as long as it stays locked.
+    let waited = std::time::Instant::now();
+    while now.is_some_and(|n| n != entry.locked)
+        && held_by_another(&entry.path)
+        && waited.elapsed() < LOCK_WAIT
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        now = file_id(&entry.path);
+    }
     if now == Some(entry.locked) {
+        entry.wrote = true;
         return Ok(());
     }
     let gone = format!(
@@ -551,6 +568,7 @@ pub(crate) fn check_lock(dir: &Path) -> Result<()> {
                 entry.locked = id;
             }
             entry.again = Some(again);
+            entry.wrote = true;
             Ok(())
         }
         Ok(()) | Err(TryLockError::WouldBlock) => Err(FolderTaken(taken).into()),
@@ -618,8 +636,22 @@ fn open_lock(path: &Path, make: bool) -> std::io::Result<File> {
 /// Whether a live run holds `dir`'s lock (a run starting, training, or resuming there): what a
 /// reader says when the files it needs are not there yet. Best effort: `false` when unsure.
 pub fn in_use(dir: &Path) -> bool {
-    open_lock(&dir.join(LOCK), false)
+    held_by_another(&dir.join(LOCK))
+}
+
+/// Whether another process holds the lock file `path` locked now. Best effort: `false` when
+/// unsure.
+fn held_by_another(path: &Path) -> bool {
+    open_lock(path, false)
         .is_ok_and(|lock| matches!(lock.try_lock(), Err(TryLockError::WouldBlock)))
+}
+
+/// Whether this process has written a file into `dir` under its lock ([`HeldLock::wrote`]).
+fn wrote_into(dir: &Path) -> bool {
+    let held = locks();
+    file_id(dir)
+        .and_then(|id| held.iter().rev().find(|h| h.dir == id))
+        .is_some_and(|h| h.wrote)
 }
 
 /// How long a run tries again for a run directory's lock another process holds before it is
@@ -913,6 +945,7 @@ impl RunDir {
                 path: lock_path.clone(),
                 locked,
                 again: None,
+                wrote: false,
             });
         }
         // Made before the tidying below, so that its drop takes back a lock file it made.
@@ -950,6 +983,16 @@ impl Drop for RunDir {
             release(&self.path);
             return;
         }
+        // A lock file this process made and wrote nothing under (a run refused for the files
+        // there, an `evaluate` that only read), still the one locked: taken away, so that a
+        // live run whose lock file was removed by hand does not take it for another run's and
+        // stop.
+        let unused_lock = self.made_lock
+            && !wrote_into(&self.path)
+            && self
+                .lock
+                .as_ref()
+                .is_some_and(|lock| same_file(lock, &self.path.join(LOCK)));
         // Unnoted: it failed while being made, and its maker holds the lock.
         let mut held = self.noted.then(noted);
         if let Some(held) = held.as_mut() {
@@ -962,6 +1005,9 @@ impl Drop for RunDir {
             made_lock: self.made_lock,
         };
         this.end();
+        if unused_lock {
+            let _ = std::fs::remove_file(self.path.join(LOCK));
+        }
         drop(held);
         release(&self.path);
     }
@@ -1550,8 +1596,10 @@ mod tests {
         assert!(err.contains("a run is starting there"), "{err}");
         drop(starting);
         assert!(!in_use(&plain));
+        // A run that wrote (as the run's files are written, through `atomic`) leaves its lock
+        // file; one that made it and wrote nothing takes it away (above).
         let kept = RunDir::fresh(&plain, false)?;
-        std::fs::write(plain.join(STATE), b"saved")?;
+        crate::atomic::write_bytes(&plain.join(STATE), b"saved")?;
         drop(kept);
         assert_eq!(names(&plain)?, [LOCK, "a.txt", STATE]);
         drop(RunDir::fresh(&theirs, true)?);
@@ -1648,7 +1696,8 @@ mod tests {
             for (name, text) in old {
                 assert_eq!(std::fs::read_to_string(out.join(name))?, text, "{name}");
             }
-            assert_eq!(names(out)?.len(), before.len() + 1, "{:?}", names(out)?); // + .lock
+            let lock = usize::from(out.join(LOCK).exists());
+            assert_eq!(names(out)?.len(), before.len() + lock, "{:?}", names(out)?);
             Ok(())
         };
 
@@ -1804,7 +1853,7 @@ mod tests {
         // Anything else (a saved epoch, a file of the user's) keeps the directory.
         for kept in [METRICS_CSV, "notes.txt"] {
             let dir = RunDir::fresh(&made, false)?;
-            std::fs::write(made.join(CONFIG), "config")?;
+            crate::atomic::write_bytes(&made.join(CONFIG), b"config")?;
             std::fs::write(made.join(kept), "kept")?;
             drop(dir);
             assert_eq!(names(&made)?, [LOCK, CONFIG, kept]);
