@@ -1061,6 +1061,8 @@ fn resume_refuses_another_programs_run() {
     for json in metadata.values_mut() {
         *json = json.replace("\"train-mnist\"", "\"finetune-resnet50\"");
     }
+    // As the other program writes it, with its own checksum.
+    metadata.remove(layers::checkpoint::CHECKSUM_KEY);
     // Written past layers::checkpoint, which would refuse what the test plants.
     safetensors::serialize_to_file(&tensors, Some(metadata), &path).expect("rewrite");
     let resumed = train_mnist(&["--resume", &s(&out), "--epochs", "2"]);
@@ -1718,6 +1720,58 @@ fn one_epoch_run(dir: &Path) -> (String, PathBuf) {
     let trained = train_mnist(&args);
     assert!(trained.status.success(), "{}", stderr(&trained));
     (data, run)
+}
+
+/// One bit of a weight flipped on the disk (the value still finite) in `best`, `last` or the
+/// state: `evaluate`, `predict` and `--resume` refuse the file, naming it as damaged, and the
+/// other files still serve (before, a checkpoint damaged so was scored, and a resume trained
+/// on from the damaged optimizer state; a tester).
+#[test]
+fn a_checkpoint_damaged_on_the_disk_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_, run) = one_epoch_run(dir.path());
+    let image = dir.path().join("digit.png");
+    image::GrayImage::from_pixel(28, 28, image::Luma([200]))
+        .save(&image)
+        .expect("png");
+    let flip = |name: &str| {
+        let path = run.join(name);
+        let mut bytes = std::fs::read(&path).expect("checkpoint");
+        let at = bytes.len() - 2; // the last tensor's last value, a high mantissa bit
+        bytes[at] ^= 0x04;
+        std::fs::write(&path, &bytes).expect("write");
+        bytes
+    };
+    let damaged = |out: &Output, name: &str| {
+        let err = stderr(out);
+        assert!(
+            !out.status.success() && err.contains(&format!("{name} is damaged")),
+            "{name}: {err}"
+        );
+    };
+    let best = flip(train::rundir::BEST);
+    let command = |args: &[&str]| Command::new(BIN).args(args).output().expect("starts");
+    let evaluated = command(&["evaluate", "--run", &s(&run), "--device", "cpu"]);
+    damaged(&evaluated, train::rundir::BEST);
+    let predicted = command(&["predict", "--run", &s(&run), &s(&image)]);
+    damaged(&predicted, train::rundir::BEST);
+    assert_eq!(
+        std::fs::read(run.join(train::rundir::BEST)).expect("best"),
+        best
+    );
+    let last = command(&[
+        "evaluate",
+        "--run",
+        &s(&run),
+        "--weights",
+        "last",
+        "--device",
+        "cpu",
+    ]);
+    assert!(last.status.success(), "{}", stderr(&last));
+    flip(train::rundir::STATE);
+    let resumed = train_mnist(&["--resume", &s(&run), "--epochs", "2"]);
+    damaged(&resumed, train::rundir::STATE);
 }
 
 /// A run's file that is a named pipe, or a link to a device, is refused naming it: no wait

@@ -17,8 +17,41 @@ pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()
     save_with_metadata(tensors, None, path)
 }
 
+/// The metadata key of a checkpoint's checksum ([`tensors_crc`]), written by every save and
+/// checked by every read of a file that has it (PyTorch's `safetensors` readers pass over
+/// metadata; files from elsewhere, which have none, are read unchecked).
+pub const CHECKSUM_KEY: &str = "crc32c";
+
+/// The CRC-32C of the header's other metadata (each key and value, in key order, each ended
+/// by a zero byte) and of the tensors' data bytes as the file holds them (little-endian, the
+/// tensors in name order), as 8 hex digits: what tells a checkpoint damaged since it was
+/// written (a bit flipped on the disk, bytes overwritten) from the one written, where the
+/// values alone, still finite, would be read as weights (or as a resume state).
+fn tensors_crc<'a>(
+    metadata: &HashMap<String, String>,
+    mut tensors: Vec<(&'a str, std::borrow::Cow<'a, [u8]>)>,
+) -> String {
+    let mut entries: Vec<(&String, &String)> = metadata
+        .iter()
+        .filter(|(key, _)| key.as_str() != CHECKSUM_KEY)
+        .collect();
+    entries.sort();
+    let mut crc = entries.iter().fold(0, |crc, (key, value)| {
+        let crc = crc32c::crc32c_append(crc, key.as_bytes());
+        let crc = crc32c::crc32c_append(crc, &[0]);
+        let crc = crc32c::crc32c_append(crc, value.as_bytes());
+        crc32c::crc32c_append(crc, &[0])
+    });
+    tensors.sort_by(|a, b| a.0.cmp(b.0));
+    for (_, data) in &tensors {
+        crc = crc32c::crc32c_append(crc, data);
+    }
+    format!("{crc:08x}")
+}
+
 /// [`save_tensors`] with string metadata in the safetensors header (`__metadata__`), written
-/// in the same atomic step as the tensors; [`read_with_metadata`] gives it back.
+/// in the same atomic step as the tensors; [`read_with_metadata`] gives it back. The header
+/// also holds the tensors' checksum under [`CHECKSUM_KEY`].
 ///
 /// # Errors
 /// A tensor holds NaN or infinity (named), or the file cannot be written.
@@ -37,6 +70,14 @@ pub fn save_with_metadata(
         .iter()
         .map(|(k, v)| Ok((k, v.to_device(&Device::Cpu)?)))
         .collect::<Result<_>>()?;
+    let mut metadata = metadata.unwrap_or_default();
+    let data = on_cpu
+        .iter()
+        .map(|(k, v)| (k.as_str(), safetensors::View::data(v)))
+        .collect();
+    let checksum = tensors_crc(&metadata, data);
+    metadata.insert(CHECKSUM_KEY.into(), checksum);
+    let metadata = Some(metadata);
     let written =
         safetensors::serialize_to_file(on_cpu.iter().map(|(k, v)| (*k, v)), metadata, &tmp)
             .with_context(|| format!("cannot write {}", tmp.display()))
@@ -158,6 +199,25 @@ pub fn read_with_metadata(
     let invalid = || format!("{} is not a valid safetensors file", path.display());
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).with_context(invalid)?;
     let metadata = header.metadata().clone().unwrap_or_default();
+    if let Some(written) = metadata.get(CHECKSUM_KEY) {
+        let file = safetensors::SafeTensors::deserialize(&bytes).with_context(invalid)?;
+        let tensors = file.tensors();
+        let now = tensors_crc(
+            &metadata,
+            tensors
+                .iter()
+                .map(|(name, view)| (name.as_str(), std::borrow::Cow::Borrowed(view.data())))
+                .collect(),
+        );
+        if now != *written {
+            bail!(
+                "{} is damaged: its tensors' bytes or metadata are not those it was written \
+                 with (their CRC-32C is {now}, the file's header says {written}): a bit flipped \
+                 on the disk or bytes overwritten since; it is not read",
+                path.display()
+            );
+        }
+    }
     let tensors =
         candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).with_context(invalid)?;
     ensure_finite(&tensors).with_context(|| format!("refusing {}", path.display()))?;
@@ -379,6 +439,44 @@ mod tests {
                 y.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
             );
         }
+        Ok(())
+    }
+
+    /// Every save writes the tensors' checksum beside the caller's metadata; a read of a file
+    /// whose data changed since (one bit of a weight, still finite) refuses it, naming it; a
+    /// file without a checksum (PyTorch's `save_file`) is read as it is.
+    #[test]
+    fn a_checkpoint_damaged_since_it_was_written_is_refused() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("m.safetensors");
+        let w = Tensor::new(&[1.0f32, 2.0, 3.0, 4.0], &Device::Cpu)?;
+        let tensors = HashMap::from([("w".to_string(), w.clone())]);
+        let mine = HashMap::from([("epoch".to_string(), "3".to_string())]);
+        save_with_metadata(&tensors, Some(mine), &path)?;
+        let (read_back, metadata) = read_with_metadata(&path)?;
+        assert_eq!(metadata["epoch"], "3");
+        assert_eq!(metadata[CHECKSUM_KEY].len(), 8);
+        assert_eq!(read_back["w"].to_vec1::<f32>()?, [1.0, 2.0, 3.0, 4.0]);
+        // The last weight's lowest mantissa bit: 4.0 becomes 4.0000005, finite.
+        let mut bytes = std::fs::read(&path)?;
+        let at = bytes.len() - 4;
+        bytes[at] ^= 1;
+        std::fs::write(&path, &bytes)?;
+        let err = format!("{:#}", read(&path).unwrap_err());
+        assert!(
+            err.contains("m.safetensors is damaged") && err.contains("CRC-32C"),
+            "{err}"
+        );
+        // The metadata edited (the data as written): refused too.
+        let mut edited = HashMap::from([("epoch".to_string(), "4".to_string())]);
+        edited.insert(CHECKSUM_KEY.into(), metadata[CHECKSUM_KEY].clone());
+        safetensors::serialize_to_file([("w", &w)], Some(edited), &path)?;
+        let err = format!("{:#}", read(&path).unwrap_err());
+        assert!(err.contains("m.safetensors is damaged"), "{err}");
+        // Written without a checksum, as PyTorch's safetensors writes: read unchecked.
+        let plain = dir.path().join("plain.safetensors");
+        safetensors::serialize_to_file([("w", &w)], None, &plain)?;
+        assert_eq!(read(&plain)?["w"].to_vec1::<f32>()?, [1.0, 2.0, 3.0, 4.0]);
         Ok(())
     }
 
