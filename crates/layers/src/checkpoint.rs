@@ -17,9 +17,11 @@ pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()
     save_with_metadata(tensors, None, path)
 }
 
-/// The metadata key of a checkpoint's checksum ([`tensors_crc`]), written by every save and
-/// checked by every read of a file that has it (PyTorch's `safetensors` readers pass over
-/// metadata; files from elsewhere, which have none, are read unchecked).
+/// The metadata key of a checkpoint's checksum, written by every save and checked by every
+/// read of a file that has it: the CRC-32C (8 hex digits) of the header's other metadata (each
+/// key and value in key order, each ended by a zero byte), then of the tensors' data bytes in
+/// name order. PyTorch's `safetensors` readers pass over metadata; files from elsewhere, which
+/// have none, are read unchecked.
 pub const CHECKSUM_KEY: &str = "crc32c";
 
 /// The CRC-32C of the header's other metadata (each key and value, in key order, each ended
