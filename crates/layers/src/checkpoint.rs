@@ -18,35 +18,26 @@ pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()
 }
 
 /// The metadata key of a checkpoint's checksum, written by every save and checked by every
-/// read of a file that has it: the CRC-32C (8 hex digits) of the header's other metadata (each
-/// key and value in key order, each ended by a zero byte), then of the tensors' data bytes in
-/// name order. PyTorch's `safetensors` readers pass over metadata; files from elsewhere, which
-/// have none, are read unchecked.
+/// read of a file that has it: the CRC-32C (8 hex digits) of each tensor's name, shape and
+/// data bytes as the file holds them, the tensors in name order ([`tensors_crc`]). Other
+/// metadata is not covered, so a tool that adds its own keys (`"format": "pt"`) leaves the file
+/// readable. PyTorch's `safetensors` readers pass over metadata; files from elsewhere, which
+/// have no checksum, are read unchecked.
 pub const CHECKSUM_KEY: &str = "crc32c";
 
-/// The CRC-32C of the header's other metadata (each key and value, in key order, each ended
-/// by a zero byte) and of the tensors' data bytes as the file holds them (little-endian, the
-/// tensors in name order), as 8 hex digits: what tells a checkpoint damaged since it was
-/// written (a bit flipped on the disk, bytes overwritten) from the one written, where the
-/// values alone, still finite, would be read as weights (or as a resume state).
-fn tensors_crc<'a>(
-    metadata: &HashMap<String, String>,
-    mut tensors: Vec<(&'a str, std::borrow::Cow<'a, [u8]>)>,
-) -> String {
-    let mut entries: Vec<(&String, &String)> = metadata
-        .iter()
-        .filter(|(key, _)| key.as_str() != CHECKSUM_KEY)
-        .collect();
-    entries.sort();
-    let mut crc = entries.iter().fold(0, |crc, (key, value)| {
-        let crc = crc32c::crc32c_append(crc, key.as_bytes());
-        let crc = crc32c::crc32c_append(crc, &[0]);
-        let crc = crc32c::crc32c_append(crc, value.as_bytes());
-        crc32c::crc32c_append(crc, &[0])
-    });
+/// The checksum of [`CHECKSUM_KEY`]: for each tensor in name order, the CRC-32C goes on over
+/// its name, a zero byte, its shape (decimal sizes, each followed by a comma), a zero byte and
+/// its data bytes (little-endian, as safetensors stores them), one tensor's bytes at a time. It
+/// tells a checkpoint damaged since it was written (a bit flipped on the disk, bytes
+/// overwritten) from the one written, where the values alone, still finite, would be read as
+/// weights.
+fn tensors_crc<V: safetensors::View>(mut tensors: Vec<(&str, V)>) -> String {
     tensors.sort_by(|a, b| a.0.cmp(b.0));
-    for (_, data) in &tensors {
-        crc = crc32c::crc32c_append(crc, data);
+    let mut crc = 0;
+    for (name, tensor) in &tensors {
+        let shape: String = tensor.shape().iter().map(|d| format!("{d},")).collect();
+        crc = crc32c::crc32c_append(crc, format!("{name}\0{shape}\0").as_bytes());
+        crc = crc32c::crc32c_append(crc, &tensor.data());
     }
     format!("{crc:08x}")
 }
@@ -73,11 +64,7 @@ pub fn save_with_metadata(
         .map(|(k, v)| Ok((k, v.to_device(&Device::Cpu)?)))
         .collect::<Result<_>>()?;
     let mut metadata = metadata.unwrap_or_default();
-    let data = on_cpu
-        .iter()
-        .map(|(k, v)| (k.as_str(), safetensors::View::data(v)))
-        .collect();
-    let checksum = tensors_crc(&metadata, data);
+    let checksum = tensors_crc(on_cpu.iter().map(|(k, v)| (k.as_str(), v)).collect());
     metadata.insert(CHECKSUM_KEY.into(), checksum);
     let metadata = Some(metadata);
     let written =
@@ -205,17 +192,18 @@ pub fn read_with_metadata(
         let file = safetensors::SafeTensors::deserialize(&bytes).with_context(invalid)?;
         let tensors = file.tensors();
         let now = tensors_crc(
-            &metadata,
             tensors
                 .iter()
-                .map(|(name, view)| (name.as_str(), std::borrow::Cow::Borrowed(view.data())))
+                .map(|(name, view)| (name.as_str(), view))
                 .collect(),
         );
         if now != *written {
             bail!(
-                "{} is damaged: its tensors' bytes or metadata are not those it was written \
-                 with (their CRC-32C is {now}, the file's header says {written}): a bit flipped \
-                 on the disk or bytes overwritten since; it is not read",
+                "{} is damaged: its tensors are not those it was written with (their CRC-32C \
+                 is {now}, the {CHECKSUM_KEY:?} of its header says {written}): a bit flipped on \
+                 the disk or bytes overwritten since, so it is not read (a file rewritten on \
+                 purpose by a tool that kept this header's metadata reads once saved without \
+                 the {CHECKSUM_KEY:?} key)",
                 path.display()
             );
         }
@@ -469,12 +457,17 @@ mod tests {
             err.contains("m.safetensors is damaged") && err.contains("CRC-32C"),
             "{err}"
         );
-        // The metadata edited (the data as written): refused too.
-        let mut edited = HashMap::from([("epoch".to_string(), "4".to_string())]);
+        // Metadata added or changed by another tool, the tensors as written: read.
+        let mut edited = HashMap::from([("format".to_string(), "pt".to_string())]);
         edited.insert(CHECKSUM_KEY.into(), metadata[CHECKSUM_KEY].clone());
-        safetensors::serialize_to_file([("w", &w)], Some(edited), &path)?;
-        let err = format!("{:#}", read(&path).unwrap_err());
-        assert!(err.contains("m.safetensors is damaged"), "{err}");
+        safetensors::serialize_to_file([("w", &w)], Some(edited.clone()), &path)?;
+        assert_eq!(read(&path)?["w"].to_vec1::<f32>()?, [1.0, 2.0, 3.0, 4.0]);
+        // A tensor renamed, or given another shape, with the same bytes: refused.
+        for (name, t) in [("v", w.clone()), ("w", w.reshape((2, 2))?)] {
+            safetensors::serialize_to_file([(name, &t)], Some(edited.clone()), &path)?;
+            let err = format!("{:#}", read(&path).unwrap_err());
+            assert!(err.contains("m.safetensors is damaged"), "{name}: {err}");
+        }
         // Written without a checksum, as PyTorch's safetensors writes: read unchecked.
         let plain = dir.path().join("plain.safetensors");
         safetensors::serialize_to_file([("w", &w)], None, &plain)?;
