@@ -163,6 +163,8 @@ pub struct InMemory {
     labels: Vec<usize>,
     shape: (usize, usize, usize),
     classes: Vec<String>,
+    /// Each sample's file, for images decoded from files ([`InMemory::with_names`]).
+    names: Option<Vec<String>>,
 }
 
 impl InMemory {
@@ -207,7 +209,24 @@ impl InMemory {
             labels,
             shape,
             classes,
+            names: None,
         })
+    }
+
+    /// The same samples, each named by the file it was decoded from
+    /// ([`Dataset::sample_name`]: an image folder's files held decoded, as CIFAR-10's).
+    ///
+    /// # Errors
+    /// Not one name per sample.
+    pub fn with_names(mut self, names: Vec<String>) -> Result<Self> {
+        ensure!(
+            names.len() == self.labels.len(),
+            "{} names for {} samples",
+            names.len(),
+            self.labels.len()
+        );
+        self.names = Some(names);
+        Ok(self)
     }
 
     /// The per-image `(c, h, w)` shape.
@@ -252,6 +271,14 @@ impl InMemory {
             );
             all.images.extend_from_slice(&part.images);
             all.labels.extend_from_slice(&part.labels);
+            // Named only where every part is.
+            all.names = match (all.names.take(), part.names) {
+                (Some(mut names), Some(more)) => {
+                    names.extend(more);
+                    Some(names)
+                }
+                _ => None,
+            };
         }
         Ok(all)
     }
@@ -277,6 +304,10 @@ impl Dataset for InMemory {
 
     fn fixed_shape(&self) -> Option<(usize, usize, usize)> {
         Some(self.shape)
+    }
+
+    fn sample_name(&self, index: usize) -> Option<String> {
+        self.names.as_ref()?.get(index).cloned()
     }
 }
 

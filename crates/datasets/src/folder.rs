@@ -619,5 +619,8 @@ fn decode_all(chosen: Chosen) -> Result<InMemory> {
             out.copy_from_slice(&img.data);
             Ok(())
         })?;
-    InMemory::new(pixels, chosen.labels, shape, chosen.classes).with_context(|| chosen.origin)
+    let names = chosen.samples.iter().map(|s| s.name.clone()).collect();
+    InMemory::new(pixels, chosen.labels, shape, chosen.classes)
+        .and_then(|data| data.with_names(names))
+        .with_context(|| chosen.origin)
 }

@@ -5,10 +5,12 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-/// The table's columns, in order: the image's index in the test split (torchvision's index of
-/// it, `CIFAR10(root, train=False)[index]`, also under `--limit-test`), its file where it has
-/// one (an image folder's or archive's; empty for decoded batches such as MNIST's and
-/// CIFAR-10's), its label and the predicted class, each as its index and its name.
+/// The table's columns, in order: the image's index in the test split as read, also under
+/// `--limit-test` (for MNIST's and CIFAR-10's official files torchvision's index,
+/// `CIFAR10(root, train=False)[index]`; for an image folder, CIFAR-10's JPEG folders too, its
+/// place among the folder's files as `ImageFolder` sorts them, or in the held-out share), its
+/// file where it has one (an image folder's or archive's; empty for MNIST's and CIFAR-10's
+/// batch files), its label and the predicted class, each as its index and its name.
 pub const COLUMNS: [&str; 6] = [
     "index",
     "file",

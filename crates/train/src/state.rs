@@ -105,6 +105,9 @@ pub fn names_crc_like(
 ) -> u32 {
     let now = names_crc(data, root);
     match saved {
+        // Data whose samples had no names when the state was saved (an image folder held
+        // decoded, as CIFAR-10's, before those kept their files' names): nothing to compare.
+        Some(0) => 0,
         Some(saved) if saved != now => {
             // The root as given, and with a slash: a state of `DIR/` read with `--data-dir DIR`.
             let as_given = root.map(|r| r.display().to_string()).unwrap_or_default();
