@@ -1246,18 +1246,30 @@ fn own_class_folders_need_no_folder_flag() {
             "{given}"
         );
     }
-    // Another folder (a copy of the run's, here): every one of its 12 images is a test image,
-    // as torchvision's ImageFolder of it gives them all, not the 6 a run would hold out.
-    let copy = dir.path().join("copy");
-    for class in std::fs::read_dir(&flat).expect("flat folder") {
-        let class = class.expect("entry").path();
-        let to = copy.join(class.file_name().expect("class name"));
-        std::fs::create_dir_all(&to).expect("class folder");
-        for image in std::fs::read_dir(&class).expect("class folder") {
-            let image = image.expect("entry").path();
-            std::fs::copy(&image, to.join(image.file_name().expect("name"))).expect("copy");
+    // A copy of the run's folder elsewhere is the run's data: its held-out share, the run's
+    // test, not its training images too.
+    let copy_as = |name: &str, prefix: &str| {
+        let copy = dir.path().join(name);
+        for class in std::fs::read_dir(&flat).expect("flat folder") {
+            let class = class.expect("entry").path();
+            let to = copy.join(class.file_name().expect("class name"));
+            std::fs::create_dir_all(&to).expect("class folder");
+            for image in std::fs::read_dir(&class).expect("class folder") {
+                let image = image.expect("entry").path();
+                let named = format!("{prefix}{}", image.file_name().expect("name").display());
+                std::fs::copy(&image, to.join(named)).expect("copy");
+            }
         }
-    }
+        copy
+    };
+    let same = evaluate_on(s(&copy_as("same", "")));
+    assert!(
+        same.contains("on 6 test images") && !same.contains("other than the run's"),
+        "{same}"
+    );
+    // Another folder (other files): every one of its 12 images is a test image, as
+    // torchvision's ImageFolder of it gives them all, not the 6 a run would hold out.
+    let copy = copy_as("copy", "new-");
     let given = evaluate_on(s(&copy));
     assert!(
         given.contains("an image folder other than the run's")

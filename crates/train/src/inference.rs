@@ -178,8 +178,22 @@ impl Trained {
             Some(_) => dir.join(crate::rundir::STATE),
             None => config_path.clone(),
         };
-        let config: RunConfig = serde_json::from_slice(&text)
-            .with_context(|| format!("{} is not a run configuration", source.display()))?;
+        let config: RunConfig = serde_json::from_slice(&text).with_context(|| {
+            // A damaged config.json beside a state that keeps the settings: the way to them.
+            let state_keeps = kept_config.is_none() && crate::state::saved_settings(dir).is_some();
+            format!(
+                "{} is not a run configuration{}",
+                source.display(),
+                match state_keeps {
+                    true => format!(
+                        ": put the run's {CONFIG} back, or remove it, and the settings its {} \
+                         keeps are read (`--resume` writes {CONFIG} again from them)",
+                        crate::rundir::STATE
+                    ),
+                    false => String::new(),
+                }
+            )
+        })?;
         // Settings a run refuses on its command line cannot come from a run (edited, then).
         config
             .validate()
@@ -573,6 +587,31 @@ fn other_data(given: Option<&Path>, saved: Option<&Path>) -> Option<String> {
     })
 }
 
+/// Whether `given`, an image folder `evaluate --data-dir` names for a run that trained on one
+/// (`trained`), is another than the run's: neither its folder (by path) nor a copy or move of
+/// it, whose held-out share holds the images the run tested on under the same names (a copy
+/// scored whole would be scored on the images the run trained on). For a state that recorded
+/// no names, any folder at another path than the run's, where that is still there.
+fn another_folder(given: &Path, run: &Path, trained: &RunConfig) -> bool {
+    let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let saved = trained.data_dir.as_deref().filter(|d| d.exists());
+    if saved.is_some_and(|saved| real(saved) == real(given)) {
+        return false;
+    }
+    let Some(names) = crate::state::saved_test_names(run).filter(|&n| n != 0) else {
+        return saved.is_some();
+    };
+    let mut as_run = trained.clone();
+    as_run.data_dir = Some(given.to_path_buf());
+    match crate::cli::load_test_data(&as_run, true) {
+        Ok((held_out, _)) => {
+            crate::state::names_crc_like(Some(names), held_out.as_ref(), Some(given)) != names
+        }
+        // No share of it can be held out as the run's was (too few images): not the run's.
+        Err(_) => true,
+    }
+}
+
 /// `evaluate --limit-test`: `all` test images, or a subset of `N` (`TestLimit(Some(N))`), as
 /// the training programs' `--limit-test N` draws it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -852,10 +891,18 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
         None => crate::cli::saved_data_dir_is_here(&config)?,
     }
     // An image folder other than the one the run trained on (and held its test share out of):
-    // every image of it is scored, as torchvision's `ImageFolder(dir)` would give them all.
+    // every image of it is scored, as torchvision's `ImageFolder(dir)` would give them all,
+    // under its own `--limit-test` only.
     let saved_dir = trained.config.data_dir.as_deref();
-    let other_folder = config.dataset == crate::config::DatasetKind::Folder
-        && other_data(args.data_dir.as_deref(), saved_dir).is_some();
+    let other_folder = match (&args.data_dir, config.dataset) {
+        (Some(given), crate::config::DatasetKind::Folder) => {
+            another_folder(given, run, &trained.config)
+        }
+        _ => false,
+    };
+    if other_folder && args.limit_test.is_none() {
+        config.limit_test = None;
+    }
     let test = crate::cli::load_test_data(&config, !other_folder);
     let (test, whole) = match (&args.data_dir, &config.data_dir) {
         // The run's own data directory, gone: say where it was and how to give it.
