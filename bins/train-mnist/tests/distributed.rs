@@ -353,6 +353,21 @@ fn evaluation_in(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(&found[0]).expect("summary")).expect("JSON")
 }
 
+/// The `predictions-*.csv` `evaluate` wrote into `dir` (each test image's prediction).
+fn predictions_in(dir: &Path) -> Vec<u8> {
+    let found: Vec<_> = std::fs::read_dir(dir)
+        .expect("outputs")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("predictions-") && name.ends_with(".csv")
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    std::fs::read(&found[0]).expect("predictions")
+}
+
 /// `evaluate` under `mpirun -n 2`: each rank tests its half of the 2,000 test images (batches
 /// of 50, a global batch of 100); rank 0 alone prints the figures and writes the outputs, which
 /// are one process's evaluation in batches of 100 (the same top-1, top-5 and per-class
@@ -417,6 +432,13 @@ fn two_ranks_evaluate_as_one_process() {
     assert_eq!(a["samples"], 1001, "{a}");
     for field in ["samples", "top1", "top5", "per_class"] {
         assert_eq!(a[field], b[field], "{field}: {a} vs {b}");
+    }
+    // Each image's prediction, gathered from both ranks in the test split's order: the one
+    // process's table, byte for byte (here and for the even split above).
+    for (one, two) in [(&one, &two), (&odd_one, &odd_two)] {
+        let table = predictions_in(Path::new(one));
+        assert_eq!(table, predictions_in(Path::new(two)), "{one} vs {two}");
+        assert!(!table.is_empty());
     }
     assert!(!Path::new(&rank1).exists(), "rank 1 wrote {rank1}");
     let result = mpirun()

@@ -1005,8 +1005,10 @@ impl Drop for RunDir {
             made_lock: self.made_lock,
         };
         this.end();
-        if unused_lock {
-            let _ = std::fs::remove_file(self.path.join(LOCK));
+        // Still the file locked (the tidying above removes none that another process made).
+        let lock_path = self.path.join(LOCK);
+        if unused_lock && self.lock.as_ref().is_some_and(|l| same_file(l, &lock_path)) {
+            let _ = std::fs::remove_file(&lock_path);
         }
         drop(held);
         release(&self.path);
@@ -1528,6 +1530,31 @@ mod tests {
         assert!(out.join(LOCK).exists());
         drop(other);
         assert!(!in_use(&out));
+        Ok(())
+    }
+
+    /// A lock file another process made after this run's was removed by hand, held for a
+    /// moment and then taken away (a command refused for this run's files, as it ends): the
+    /// run's write waits for it, makes its own lock file again and writes.
+    #[test]
+    fn a_lock_file_taken_away_by_its_maker_is_waited_for() -> Result<()> {
+        let root = tempfile::tempdir()?;
+        let out = root.path().join("run");
+        let _run = RunDir::fresh(&out, false)?;
+        crate::atomic::write_bytes(&out.join("a.txt"), b"1")?;
+        std::fs::remove_file(out.join(LOCK))?;
+        let other = open_lock(&out.join(LOCK), true)?;
+        other.try_lock()?;
+        let path = out.join(LOCK);
+        let refused = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            std::fs::remove_file(&path).expect("remove");
+            drop(other);
+        });
+        crate::atomic::write_bytes(&out.join("a.txt"), b"2")?;
+        refused.join().expect("the other process's end");
+        assert_eq!(std::fs::read(out.join("a.txt"))?, b"2");
+        assert!(in_use(&out), "the run's lock file, made again and locked");
         Ok(())
     }
 
