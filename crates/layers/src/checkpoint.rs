@@ -19,7 +19,7 @@ pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()
 
 /// The metadata key of a checkpoint's checksum, written by every save and checked by every
 /// read of a file that has it: the CRC-32C (8 hex digits) of each tensor's name, shape and
-/// data bytes as the file holds them, the tensors in name order ([`tensors_crc`]). Other
+/// data bytes as the file holds them, the tensors in name order. Other
 /// metadata is not covered, so a tool that adds its own keys (`"format": "pt"`) leaves the file
 /// readable. PyTorch's `safetensors` readers pass over metadata; files from elsewhere, which
 /// have no checksum, are read unchecked.
