@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 
@@ -18,28 +18,46 @@ pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()
 }
 
 /// The metadata key of a checkpoint's checksum, written by every save and checked by every
-/// read of a file that has it: the CRC-32C (8 hex digits) of each tensor's name, shape and
-/// data bytes as the file holds them, the tensors in name order. Other
-/// metadata is not covered, so a tool that adds its own keys (`"format": "pt"`) leaves the file
-/// readable. PyTorch's `safetensors` readers pass over metadata; files from elsewhere, which
-/// have no checksum, are read unchecked.
+/// read of a file that has it: the CRC-32C (8 hex digits) of the metadata the writer gave
+/// (the keys [`COVERED_KEY`] lists) and of each tensor's name, type, shape and data bytes as
+/// the file holds them, the tensors in name order. Keys added by another tool
+/// (`"format": "pt"`) are not covered, so such a file stays readable. PyTorch's `safetensors`
+/// readers pass over metadata; files from elsewhere, which have no checksum, are read
+/// unchecked.
 pub const CHECKSUM_KEY: &str = "crc32c";
 
-/// The checksum of [`CHECKSUM_KEY`]: for each tensor in name order, the CRC-32C goes on over
-/// its name, a zero byte, its shape (decimal sizes, each followed by a comma), a zero byte and
-/// its data bytes (little-endian, as safetensors stores them), one tensor's bytes at a time. It
-/// tells a checkpoint damaged since it was written (a bit flipped on the disk, bytes
-/// overwritten) from the one written, where the values alone, still finite, would be read as
-/// weights.
-fn tensors_crc<V: safetensors::View>(mut tensors: Vec<(&str, V)>) -> String {
-    tensors.sort_by(|a, b| a.0.cmp(b.0));
+/// The metadata key listing (comma-separated, in order) the other keys [`CHECKSUM_KEY`]'s sum
+/// covers: those the writer gave (a resume state's), absent when it gave none.
+pub const COVERED_KEY: &str = "crc32c_covers";
+
+/// The checksum of [`CHECKSUM_KEY`]: the CRC-32C, first over each covered metadata entry in
+/// key order (its key, a zero byte, its value, a zero byte; a listed key that is missing
+/// counts as the key alone), then over each tensor in name order (its name, a zero byte, its
+/// type as the header spells it, a zero byte, its shape as decimal sizes each followed by a
+/// comma, a zero byte, then its data bytes, little-endian as safetensors stores them, one
+/// tensor's bytes at a time). It tells a file damaged since it was written (a bit flipped on
+/// the disk, bytes overwritten) from the one written, where the values alone, still finite,
+/// would be read as weights or as a resume state.
+fn checksum<V: safetensors::View>(
+    metadata: &HashMap<String, String>,
+    covered: &[&str],
+    mut tensors: Vec<(&str, V)>,
+) -> u32 {
     let mut crc = 0;
+    for key in covered {
+        crc = crc32c::crc32c_append(crc, format!("{key}\0").as_bytes());
+        if let Some(value) = metadata.get(*key) {
+            crc = crc32c::crc32c_append(crc, format!("{value}\0").as_bytes());
+        }
+    }
+    tensors.sort_by(|a, b| a.0.cmp(b.0));
     for (name, tensor) in &tensors {
         let shape: String = tensor.shape().iter().map(|d| format!("{d},")).collect();
-        crc = crc32c::crc32c_append(crc, format!("{name}\0{shape}\0").as_bytes());
+        let index = format!("{name}\0{:?}\0{shape}\0", tensor.dtype());
+        crc = crc32c::crc32c_append(crc, index.as_bytes());
         crc = crc32c::crc32c_append(crc, &tensor.data());
     }
-    format!("{crc:08x}")
+    crc
 }
 
 /// [`save_tensors`] with string metadata in the safetensors header (`__metadata__`), written
@@ -64,8 +82,23 @@ pub fn save_with_metadata(
         .map(|(k, v)| Ok((k, v.to_device(&Device::Cpu)?)))
         .collect::<Result<_>>()?;
     let mut metadata = metadata.unwrap_or_default();
-    let checksum = tensors_crc(on_cpu.iter().map(|(k, v)| (k.as_str(), v)).collect());
-    metadata.insert(CHECKSUM_KEY.into(), checksum);
+    let mut covered: Vec<String> = metadata.keys().cloned().collect();
+    covered.sort();
+    ensure!(
+        covered
+            .iter()
+            .all(|k| !k.contains(',') && k != CHECKSUM_KEY && k != COVERED_KEY),
+        "cannot write {}: metadata keys must hold no comma and differ from {CHECKSUM_KEY:?} and \
+         {COVERED_KEY:?}: {covered:?}",
+        path.display()
+    );
+    let covered: Vec<&str> = covered.iter().map(String::as_str).collect();
+    let tensors = on_cpu.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let sum = checksum(&metadata, &covered, tensors);
+    if !covered.is_empty() {
+        metadata.insert(COVERED_KEY.into(), covered.join(","));
+    }
+    metadata.insert(CHECKSUM_KEY.into(), format!("{sum:08x}"));
     let metadata = Some(metadata);
     let written =
         safetensors::serialize_to_file(on_cpu.iter().map(|(k, v)| (*k, v)), metadata, &tmp)
@@ -191,19 +224,24 @@ pub fn read_with_metadata(
     if let Some(written) = metadata.get(CHECKSUM_KEY) {
         let file = safetensors::SafeTensors::deserialize(&bytes).with_context(invalid)?;
         let tensors = file.tensors();
-        let now = tensors_crc(
+        let covered: Vec<&str> = metadata
+            .get(COVERED_KEY)
+            .map_or(Vec::new(), |keys| keys.split(',').collect());
+        let now = checksum(
+            &metadata,
+            &covered,
             tensors
                 .iter()
                 .map(|(name, view)| (name.as_str(), view))
                 .collect(),
         );
-        if now != *written {
+        if u32::from_str_radix(written, 16).ok() != Some(now) {
             bail!(
-                "{} is damaged: its tensors are not those it was written with (their CRC-32C \
-                 is {now}, the {CHECKSUM_KEY:?} of its header says {written}): a bit flipped on \
-                 the disk or bytes overwritten since, so it is not read (a file rewritten on \
-                 purpose by a tool that kept this header's metadata reads once saved without \
-                 the {CHECKSUM_KEY:?} key)",
+                "{} is damaged: its tensors or its resume state are not those it was written \
+                 with (their CRC-32C is {now:08x}, the {CHECKSUM_KEY:?} of its header says \
+                 {written}): a bit flipped on the disk or bytes overwritten since, so it is not \
+                 read (a file rewritten on purpose by a tool that kept this header's metadata \
+                 reads once saved without the {CHECKSUM_KEY:?} key)",
                 path.display()
             );
         }
@@ -457,13 +495,27 @@ mod tests {
             err.contains("m.safetensors is damaged") && err.contains("CRC-32C"),
             "{err}"
         );
-        // Metadata added or changed by another tool, the tensors as written: read.
-        let mut edited = HashMap::from([("format".to_string(), "pt".to_string())]);
-        edited.insert(CHECKSUM_KEY.into(), metadata[CHECKSUM_KEY].clone());
+        // Metadata passed through by another tool that adds its own key, the tensors as
+        // written: read.
+        let mut edited = metadata.clone();
+        edited.insert("format".into(), "pt".into());
         safetensors::serialize_to_file([("w", &w)], Some(edited.clone()), &path)?;
         assert_eq!(read(&path)?["w"].to_vec1::<f32>()?, [1.0, 2.0, 3.0, 4.0]);
-        // A tensor renamed, or given another shape, with the same bytes: refused.
-        for (name, t) in [("v", w.clone()), ("w", w.reshape((2, 2))?)] {
+        // The written metadata edited (the tensors as written): refused; the checksum in
+        // capitals is the same number.
+        let mut bumped = edited.clone();
+        bumped.insert("epoch".into(), "4".into());
+        safetensors::serialize_to_file([("w", &w)], Some(bumped), &path)?;
+        assert!(format!("{:#}", read(&path).unwrap_err()).contains("is damaged"));
+        let mut capitals = metadata.clone();
+        capitals.insert(CHECKSUM_KEY.into(), metadata[CHECKSUM_KEY].to_uppercase());
+        safetensors::serialize_to_file([("w", &w)], Some(capitals), &path)?;
+        assert_eq!(read_with_metadata(&path)?.1["epoch"], "3");
+        // A tensor renamed, given another shape or another type of the same width, with the
+        // same bytes: refused.
+        let bits: Vec<u32> = w.to_vec1::<f32>()?.iter().map(|v| v.to_bits()).collect();
+        let as_int = Tensor::new(bits.as_slice(), &Device::Cpu)?;
+        for (name, t) in [("v", w.clone()), ("w", w.reshape((2, 2))?), ("w", as_int)] {
             safetensors::serialize_to_file([(name, &t)], Some(edited.clone()), &path)?;
             let err = format!("{:#}", read(&path).unwrap_err());
             assert!(err.contains("m.safetensors is damaged"), "{name}: {err}");
