@@ -601,15 +601,26 @@ fn another_folder(given: &Path, run: &Path, trained: &RunConfig) -> bool {
     let Some(names) = crate::state::saved_test_names(run).filter(|&n| n != 0) else {
         return saved.is_some();
     };
+    // The share the run would hold out of it, with the run's `--limit-test` drawn here, not
+    // through `load_test_data`'s, whose notes on the subset are not about what is scored.
     let mut as_run = trained.clone();
     as_run.data_dir = Some(given.to_path_buf());
-    match crate::cli::load_test_data(&as_run, true) {
-        Ok((held_out, _)) => {
-            crate::state::names_crc_like(Some(names), held_out.as_ref(), Some(given)) != names
-        }
+    as_run.limit_test = None;
+    let Ok((held_out, _)) = crate::cli::load_test_data(&as_run, true) else {
         // No share of it can be held out as the run's was (too few images): not the run's.
-        Err(_) => true,
-    }
+        return true;
+    };
+    let held_out = match trained.limit_test.filter(|&n| n < held_out.len()) {
+        Some(n) => {
+            let indices = datasets::stratified_indices(held_out.as_ref(), n, trained.seed);
+            match datasets::Subset::new(held_out, indices) {
+                Ok(subset) => std::sync::Arc::new(subset) as std::sync::Arc<dyn datasets::Dataset>,
+                Err(_) => return true,
+            }
+        }
+        None => held_out,
+    };
+    crate::state::names_crc_like(Some(names), held_out.as_ref(), Some(given)) != names
 }
 
 /// `evaluate --limit-test`: `all` test images, or a subset of `N` (`TestLimit(Some(N))`), as
@@ -934,8 +945,9 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
         crate::warn!(
             "note: --data-dir {}: an image folder other than the run's{}: its {whole} test \
              images are all its class folders hold (those of test/ or val/ beside train/), \
-             none held out{} (the outputs are named for the data); without --data-dir the \
-             run's own held-out test images are scored",
+             none held out{} (the outputs are named for the data); images the run trained on \
+             there (a part or an archive of the run's folder) are scored too: without \
+             --data-dir the run's own held-out test images are scored",
             args.data_dir.as_deref().unwrap_or(Path::new("")).display(),
             saved_dir.map_or(String::new(), |d| format!(" ({})", d.display())),
             match whole == test.len() {
