@@ -340,32 +340,27 @@ fn a_resumed_run_with_dropout_and_an_uneven_last_batch_is_exact() {
 
 /// The `evaluation-*.json` summary written in `dir`.
 fn evaluation_in(dir: &Path) -> serde_json::Value {
-    let found: Vec<_> = std::fs::read_dir(dir)
-        .expect("outputs")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            let name = p.file_name().unwrap().to_string_lossy();
-            name.starts_with("evaluation-") && name.ends_with(".json")
-        })
-        .collect();
-    assert_eq!(found.len(), 1, "{found:?}");
-    serde_json::from_slice(&std::fs::read(&found[0]).expect("summary")).expect("JSON")
+    serde_json::from_slice(&output_in(dir, "evaluation-", ".json")).expect("JSON")
 }
 
 /// The `predictions-*.csv` `evaluate` wrote into `dir` (each test image's prediction).
 fn predictions_in(dir: &Path) -> Vec<u8> {
+    output_in(dir, "predictions-", ".csv")
+}
+
+/// The one file in `dir` named `<prefix>...<suffix>`, read.
+fn output_in(dir: &Path, prefix: &str, suffix: &str) -> Vec<u8> {
     let found: Vec<_> = std::fs::read_dir(dir)
         .expect("outputs")
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
             let name = p.file_name().unwrap().to_string_lossy();
-            name.starts_with("predictions-") && name.ends_with(".csv")
+            name.starts_with(prefix) && name.ends_with(suffix)
         })
         .collect();
     assert_eq!(found.len(), 1, "{found:?}");
-    std::fs::read(&found[0]).expect("predictions")
+    std::fs::read(&found[0]).expect("output")
 }
 
 /// `evaluate` under `mpirun -n 2`: each rank tests its half of the 2,000 test images (batches

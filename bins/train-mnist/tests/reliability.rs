@@ -1735,11 +1735,7 @@ fn one_epoch_run(dir: &Path) -> (String, PathBuf) {
 #[test]
 fn a_checkpoint_damaged_on_the_disk_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (_, run) = one_epoch_run(dir.path());
-    let image = dir.path().join("digit.png");
-    image::GrayImage::from_pixel(28, 28, image::Luma([200]))
-        .save(&image)
-        .expect("png");
+    let (run, image) = one_epoch_run_and_digit(dir.path());
     let flip = |name: &str| {
         let path = run.join(name);
         let mut bytes = std::fs::read(&path).expect("checkpoint");
@@ -1804,16 +1800,22 @@ fn a_checkpoint_damaged_on_the_disk_is_refused() {
     damaged(&resumed, train::rundir::STATE);
 }
 
+/// [`one_epoch_run`], and a digit's picture beside it for `predict`.
+fn one_epoch_run_and_digit(dir: &Path) -> (PathBuf, PathBuf) {
+    let (_, run) = one_epoch_run(dir);
+    let image = dir.join("digit.png");
+    image::GrayImage::from_pixel(28, 28, image::Luma([200]))
+        .save(&image)
+        .expect("png");
+    (run, image)
+}
+
 /// A run's file that is a named pipe, or a link to a device, is refused naming it: no wait
 /// without end on the pipe, no reading of `/dev/zero` until memory runs out.
 #[test]
 fn a_run_file_that_is_a_pipe_or_a_device_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (_, run) = one_epoch_run(dir.path());
-    let image = dir.path().join("digit.png");
-    image::GrayImage::from_pixel(28, 28, image::Luma([200]))
-        .save(&image)
-        .expect("png");
+    let (run, image) = one_epoch_run_and_digit(dir.path());
     let resume = ["--resume", &s(&run), "--epochs", "2"];
     let evaluate = ["evaluate", "--run", &s(&run)];
     let predict = ["predict", "--run", &s(&run), &s(&image)];
