@@ -148,9 +148,9 @@ fn is_evaluation_output(name: &str) -> bool {
 /// `dir`, once the run has replaced that checkpoint: they described weights that are gone.
 /// Only an `evaluation-<tag>.json` that records that checkpoint of this directory as the one
 /// evaluated (its `checkpoint`, or in older outputs its `weights` path, read from here) goes,
-/// with its `confusion-<tag>.png` and `predictions-<tag>.csv`; files that only look like them (a user's, or the outputs of
-/// another checkpoint file) stay. Said on stdout, naming them; a file that
-/// cannot be removed is said on stderr.
+/// with its `confusion-<tag>.png` and `predictions-<tag>.csv`; files that only look like them
+/// (a user's, or the outputs of another checkpoint file) stay. Said on stdout, naming them; a
+/// file that cannot be removed is said on stderr.
 pub(crate) fn remove_evaluations_of(dir: &Path, weights: &str) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -226,9 +226,10 @@ pub(crate) fn remove_evaluations_of(dir: &Path, weights: &str) {
 }
 
 /// The checkpoint (`best` or `last`) whose `evaluate` output `name` is, if it is one:
-/// `confusion-<tag>.png`, `evaluation-<tag>.json` or `predictions-<tag>.csv`, the tag `best` or `last`, then
-/// `-<precision>` in another precision than the run's, then `-test-all` or `-test<N>` with
-/// another `--limit-test` than the run's, then `-data-<name>` for another `--data-dir`.
+/// `confusion-<tag>.png`, `evaluation-<tag>.json` or `predictions-<tag>.csv`, the tag `best`
+/// or `last`, then `-<precision>` in another precision than the run's, then `-test-all` or
+/// `-test<N>` with another `--limit-test` than the run's, then `-data-<name>` for another
+/// `--data-dir`.
 pub(crate) fn evaluated_checkpoint(name: &str) -> Option<&'static str> {
     let tagged = |prefix: &str, suffix: &str| {
         name.strip_prefix(prefix)

@@ -18,6 +18,10 @@ use crate::schedule::Stepping;
 
 /// The metadata key of the JSON half.
 const RESUME_KEY: &str = "resume_state";
+
+/// The metadata key of the resume state's own CRC-32C (8 hex digits of its JSON's bytes), for
+/// the readers of the header alone ([`header_of`]); a load checks the whole file's sum.
+const RESUME_CRC_KEY: &str = "resume_state_crc32c";
 const MODEL: &str = "model.";
 const OPTIMIZER: &str = "optimizer.";
 const EPOCHS_DONE: &str = "meta.epochs_done";
@@ -175,10 +179,14 @@ pub fn save(dir: &Path, state: &ResumeState, tensors: &StateTensors) -> Result<(
         Tensor::new(state.epochs_done as i64, &Device::Cpu)?,
     );
     let json = serde_json::to_string(state)?;
+    let crc = format!("{:08x}", crc32c::crc32c(json.as_bytes()));
     crate::rundir::check_lock(dir)?;
     layers::checkpoint::save_with_metadata(
         &all,
-        Some(HashMap::from([(RESUME_KEY.to_string(), json)])),
+        Some(HashMap::from([
+            (RESUME_KEY.to_string(), json),
+            (RESUME_CRC_KEY.to_string(), crc),
+        ])),
         &dir.join(STATE),
     )
 }
@@ -261,13 +269,19 @@ fn header_of(path: &Path) -> Option<String> {
     let mut header = vec![0u8; len];
     file.read_exact(&mut header).ok()?;
     let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
-    Some(
-        header
-            .get("__metadata__")?
-            .get(RESUME_KEY)?
-            .as_str()?
-            .to_string(),
-    )
+    let metadata = header.get("__metadata__")?;
+    let text = metadata.get(RESUME_KEY)?.as_str()?;
+    // A record damaged since it was written (a flipped digit of its best accuracy, say) is
+    // none; states saved before the sum was kept are read as they are.
+    if let Some(written) = metadata.get(RESUME_CRC_KEY) {
+        let written = written
+            .as_str()
+            .and_then(|w| u32::from_str_radix(w, 16).ok());
+        if written != Some(crc32c::crc32c(text.as_bytes())) {
+            return None;
+        }
+    }
+    Some(text.to_string())
 }
 
 /// Reads the state saved in `dir`.
@@ -574,6 +588,32 @@ mod tests {
                     .unwrap();
             }
         }
+    }
+
+    /// The resume record read from the header alone: as written, or `None` once damaged (one
+    /// digit changed, the length kept); a record without its sum (states saved before) is
+    /// read as it is.
+    #[test]
+    fn a_damaged_resume_record_is_not_read_from_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STATE);
+        let json = r#"{"best_acc":83.0}"#;
+        let crc = format!("{:08x}", crc32c::crc32c(json.as_bytes()));
+        let tensors =
+            HashMap::from([("w".to_string(), Tensor::new(&[1f32], &Device::Cpu).unwrap())]);
+        let write = |record: &str, crc: Option<&str>| {
+            let mut metadata = HashMap::from([(RESUME_KEY.to_string(), record.to_string())]);
+            if let Some(crc) = crc {
+                metadata.insert(RESUME_CRC_KEY.to_string(), crc.to_string());
+            }
+            layers::checkpoint::save_with_metadata(&tensors, Some(metadata), &path).unwrap();
+        };
+        write(json, Some(&crc));
+        assert_eq!(header_of(&path).as_deref(), Some(json));
+        write(&json.replace("83", "93"), Some(&crc));
+        assert_eq!(header_of(&path), None);
+        write(&json.replace("83", "93"), None);
+        assert_eq!(header_of(&path).as_deref(), Some(r#"{"best_acc":93.0}"#));
     }
 
     /// The training images of the folder read as `spelled`.
