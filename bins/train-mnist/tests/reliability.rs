@@ -1761,20 +1761,6 @@ fn a_checkpoint_damaged_on_the_disk_is_refused() {
         std::fs::read(run.join(train::rundir::BEST)).expect("best"),
         best
     );
-    let last = command(&[
-        "evaluate",
-        "--run",
-        &s(&run),
-        "--weights",
-        "last",
-        "--device",
-        "cpu",
-    ]);
-    assert!(last.status.success(), "{}", stderr(&last));
-    // A config.json cut short: the way to the settings the state keeps is said, and taken.
-    let config = run.join(train::rundir::CONFIG);
-    let text = std::fs::read(&config).expect("config");
-    std::fs::write(&config, &text[..text.len() / 2]).expect("cut");
     let last_args = [
         "evaluate",
         "--run",
@@ -1784,6 +1770,12 @@ fn a_checkpoint_damaged_on_the_disk_is_refused() {
         "--device",
         "cpu",
     ];
+    let last = command(&last_args);
+    assert!(last.status.success(), "{}", stderr(&last));
+    // A config.json cut short: the way to the settings the state keeps is said, and taken.
+    let config = run.join(train::rundir::CONFIG);
+    let text = std::fs::read(&config).expect("config");
+    std::fs::write(&config, &text[..text.len() / 2]).expect("cut");
     let cut = command(&last_args);
     assert!(
         !cut.status.success()
