@@ -269,7 +269,7 @@ fn predict(args: &PredictArgs) -> Result<()> {
     let device = train::device::parse_device(&args.device)?;
     let weights = args.weights.as_deref().unwrap_or(weights::DEFAULT_WEIGHTS);
     let classifier = predict::Classifier::load(weights, args.image_size, &device)?;
-    train::inference::print_top5(&images, |image| classifier.top5(image))
+    train::inference::print_top5(&images, &[], |image| classifier.top5(image))
 }
 
 fn run(args: FineTuneArgs) -> Result<()> {

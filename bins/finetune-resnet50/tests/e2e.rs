@@ -150,6 +150,21 @@ fn small_folder(root: &Path, train: usize, test: usize) -> Tensor {
     Tensor::from_vec(tiles, (n, 3, 32, 32), &Device::Cpu).expect("calibration batch")
 }
 
+/// The images `evaluate` left out as trained on in the run `out`'s evaluation of the data
+/// named `tag`.
+fn summary_names(out: &Path, tag: &str) -> Vec<String> {
+    let summary: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join(format!("evaluation-best-data-{tag}.json"))).expect("evaluation"),
+    )
+    .expect("JSON");
+    summary["left_out_as_trained"]
+        .as_array()
+        .expect("left out")
+        .iter()
+        .map(|n| n.as_str().expect("name").to_string())
+        .collect()
+}
+
 /// Every tensor of a safetensors file, as raw bytes by name.
 fn raw(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<u8>)> {
     let bytes = std::fs::read(path).expect("checkpoint");
@@ -1267,27 +1282,135 @@ fn own_class_folders_need_no_folder_flag() {
         same.contains("on 6 test images") && !same.contains("other than the run's"),
         "{same}"
     );
-    // Another folder (other files): every one of its 12 images is a test image, as
-    // torchvision's ImageFolder of it gives them all, not the 6 a run would hold out.
-    let copy = copy_as("copy", "new-");
-    let given = evaluate_on(s(&copy));
+    // Another folder (other images: each of the run's, one pixel changed): every one of its
+    // 12 images is a test image, as torchvision's ImageFolder of it gives them all, not the 6
+    // a run would hold out.
+    let other = copy_as("other", "new-");
+    for class in std::fs::read_dir(&other).expect("other folder") {
+        for image in std::fs::read_dir(class.expect("entry").path()).expect("class folder") {
+            let path = image.expect("entry").path();
+            let mut img = image::open(&path).expect("png").into_rgb8();
+            let p = img.get_pixel_mut(0, 0);
+            p.0[0] = p.0[0].wrapping_add(1);
+            img.save(&path).expect("png");
+        }
+    }
+    let given = evaluate_on(s(&other));
     assert!(
         given.contains("an image folder other than the run's")
             && given.contains("its 12 test images are all its class folders hold")
             && given.contains("on 12 test images")
+            && !given.contains("trained on")
             && !given.contains("the run tested on"),
         "{given}"
     );
-    assert!(flat_out.join("evaluation-best-data-copy.json").is_file());
+    assert!(flat_out.join("evaluation-best-data-other.json").is_file());
     // Each image's prediction names its file.
-    let table = std::fs::read_to_string(flat_out.join("predictions-best-data-copy.csv"))
+    let table = std::fs::read_to_string(flat_out.join("predictions-best-data-other.csv"))
         .expect("predictions");
     let rows: Vec<&str> = table.lines().skip(1).collect();
     assert_eq!(rows.len(), 12, "{table}");
     assert!(
         rows.iter()
-            .all(|r| r.split(',').nth(1).is_some_and(|f| f.contains("copy/"))),
+            .all(|r| r.split(',').nth(1).is_some_and(|f| f.contains("other/"))),
         "{table}"
+    );
+    // The run's files renamed in a folder of their own, or packed in an archive: the 6 the
+    // run trained on (the same bytes) are left out, named, and the 6 it held out are scored.
+    let copy = copy_as("copy", "new-");
+    let archive = dir.path().join("packed.tar");
+    let mut tar = tar::Builder::new(std::fs::File::create(&archive).expect("archive"));
+    tar.append_dir_all(".", &flat).expect("archive the folder");
+    tar.finish().expect("archive");
+    drop(tar);
+    for (given, tag) in [(&copy, "copy"), (&archive, "packed.tar")] {
+        let said = evaluate_on(s(given));
+        assert!(
+            said.contains("its 12 test images are all its class folders hold")
+                && said.contains("6 of them are files the run trained on")
+                && said.contains("left out: ")
+                && said.contains("on 6 test images"),
+            "{said}"
+        );
+        let summary: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(flat_out.join(format!("evaluation-best-data-{tag}.json")))
+                .expect("evaluation"),
+        )
+        .expect("JSON");
+        let left_out = summary["left_out_as_trained"].as_array().expect("left out");
+        assert_eq!(left_out.len(), 6, "{summary}");
+        let table =
+            std::fs::read_to_string(flat_out.join(format!("predictions-best-data-{tag}.csv")))
+                .expect("predictions");
+        // None of the scored images is one of those left out.
+        let rows: Vec<&str> = table.lines().skip(1).collect();
+        assert_eq!(rows.len(), 6, "{table}");
+        assert!(
+            rows.iter().all(|r| left_out
+                .iter()
+                .all(|l| !r.contains(l.as_str().expect("name")))),
+            "{table}\n{summary}"
+        );
+    }
+    // A folder of nothing but the images the run trained on: nothing to test, said.
+    let trained_only = dir.path().join("trained-only");
+    for name in summary_names(&flat_out, "copy") {
+        let from = std::path::PathBuf::from(&name);
+        let class = from.parent().and_then(|p| p.file_name()).expect("class");
+        let to = trained_only.join(class);
+        std::fs::create_dir_all(&to).expect("class folder");
+        std::fs::copy(&from, to.join(from.file_name().expect("name"))).expect("copy");
+    }
+    let err = fails(
+        &[
+            "evaluate",
+            "--run",
+            s(&flat_out),
+            "--device",
+            "cpu",
+            "--data-dir",
+            s(&trained_only),
+        ],
+        &[],
+    );
+    assert!(
+        err.contains("all 6 of its test images are files the run trained on"),
+        "{err}"
+    );
+    // predict says which of its images are files the run trained on.
+    let trained = summary_names(&flat_out, "copy").remove(0);
+    let table = std::fs::read_to_string(flat_out.join("predictions-best-data-copy.csv"))
+        .expect("predictions");
+    let held_out = table
+        .lines()
+        .nth(1)
+        .and_then(|r| r.split(',').nth(1))
+        .expect("a row");
+    let said = ok(
+        &[
+            "predict",
+            "--run",
+            s(&flat_out),
+            "--device",
+            "cpu",
+            &trained,
+            held_out,
+        ],
+        &[],
+    );
+    let note = "(a file the run trained on: the same bytes as one of its training images)";
+    assert_eq!(said.matches(note).count(), 1, "{said}");
+    let after_trained = said
+        .split(trained.as_str())
+        .nth(1)
+        .expect("the image named");
+    assert!(
+        after_trained
+            .split(held_out)
+            .next()
+            .expect("lines")
+            .contains(note),
+        "{said}"
     );
     // The same number of images with the same labels, but other files (a class's images
     // renamed: which are held out is drawn again): refused by evaluate and --resume, which

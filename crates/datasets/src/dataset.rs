@@ -42,6 +42,23 @@ pub trait Dataset: Send + Sync {
     fn origin(&self) -> Option<String> {
         None
     }
+    /// Sample `index`'s [`fingerprint`](crate::fingerprint): the XXH3-64 of the bytes of the
+    /// file (or archive entry) it is read from, which a copy, a move, a renaming or an archive
+    /// of the file keeps; what tells that an image of one data set is one of another's
+    /// (the training images a run's state remembers). `None` for samples that come from no
+    /// file of their own (MNIST's and CIFAR-10's batches).
+    ///
+    /// # Errors
+    /// The file cannot be read (named).
+    fn fingerprint(&self, _index: usize) -> Result<Option<u64>> {
+        Ok(None)
+    }
+}
+
+/// The fingerprint of an image file's bytes ([`Dataset::fingerprint`]): their XXH3-64
+/// (`xxhash.xxh3_64_intdigest` in Python's `xxhash`).
+pub fn fingerprint(bytes: &[u8]) -> u64 {
+    twox_hash::XxHash3_64::oneshot(bytes)
 }
 
 /// A data set with the place it was read from ([`Dataset::origin`]); the samples are `inner`'s.
@@ -74,6 +91,9 @@ impl Dataset for Read {
     }
     fn origin(&self) -> Option<String> {
         Some(self.origin.clone())
+    }
+    fn fingerprint(&self, index: usize) -> Result<Option<u64>> {
+        self.inner.fingerprint(index)
     }
 }
 
@@ -165,6 +185,8 @@ pub struct InMemory {
     classes: Vec<String>,
     /// Each sample's file, for images decoded from files ([`InMemory::with_names`]).
     names: Option<Vec<String>>,
+    /// Each sample's file's [`fingerprint`] ([`InMemory::with_fingerprints`]).
+    fingerprints: Option<Vec<u64>>,
 }
 
 impl InMemory {
@@ -210,6 +232,7 @@ impl InMemory {
             shape,
             classes,
             names: None,
+            fingerprints: None,
         })
     }
 
@@ -226,6 +249,22 @@ impl InMemory {
             self.labels.len()
         );
         self.names = Some(names);
+        Ok(self)
+    }
+
+    /// The same samples, each with its file's [`fingerprint`] ([`Dataset::fingerprint`]), for
+    /// images decoded from files.
+    ///
+    /// # Errors
+    /// Not one fingerprint per sample.
+    pub fn with_fingerprints(mut self, fingerprints: Vec<u64>) -> Result<Self> {
+        ensure!(
+            fingerprints.len() == self.labels.len(),
+            "{} fingerprints for {} samples",
+            fingerprints.len(),
+            self.labels.len()
+        );
+        self.fingerprints = Some(fingerprints);
         Ok(self)
     }
 
@@ -279,6 +318,13 @@ impl InMemory {
                 }
                 _ => None,
             };
+            all.fingerprints = match (all.fingerprints.take(), part.fingerprints) {
+                (Some(mut sums), Some(more)) => {
+                    sums.extend(more);
+                    Some(sums)
+                }
+                _ => None,
+            };
         }
         Ok(all)
     }
@@ -308,6 +354,13 @@ impl Dataset for InMemory {
 
     fn sample_name(&self, index: usize) -> Option<String> {
         self.names.as_ref()?.get(index).cloned()
+    }
+
+    fn fingerprint(&self, index: usize) -> Result<Option<u64>> {
+        Ok(self
+            .fingerprints
+            .as_ref()
+            .and_then(|sums| sums.get(index).copied()))
     }
 }
 

@@ -47,6 +47,35 @@ impl EncodedSample {
             Source::Bytes(bytes) => decode_named(bytes, ColorMode::Rgb, &self.name),
         }
     }
+
+    /// The encoded bytes' [`fingerprint`](crate::fingerprint), read without decoding them.
+    ///
+    /// # Errors
+    /// The file cannot be read (named).
+    pub fn fingerprint(&self) -> Result<u64> {
+        match &self.source {
+            Source::Path(path) => Ok(crate::fingerprint(&crate::io::read_image_file(path)?)),
+            Source::Bytes(bytes) => Ok(crate::fingerprint(bytes)),
+        }
+    }
+
+    /// [`EncodedSample::decode`] and [`EncodedSample::fingerprint`] from one read of the file.
+    ///
+    /// # Errors
+    /// As [`EncodedSample::decode`].
+    pub fn decode_with_fingerprint(&self) -> Result<(U8Image, u64)> {
+        match &self.source {
+            Source::Path(path) => {
+                let bytes = crate::io::read_image_file(path)?;
+                let image = decode_named(&bytes, ColorMode::Rgb, &self.name)?;
+                Ok((image, crate::fingerprint(&bytes)))
+            }
+            Source::Bytes(bytes) => Ok((
+                decode_named(bytes, ColorMode::Rgb, &self.name)?,
+                crate::fingerprint(bytes),
+            )),
+        }
+    }
 }
 
 /// Encoded images, decoded to RGB on every access: memory stays small whatever the image size.
@@ -132,5 +161,13 @@ impl Dataset for FileList {
 
     fn sample_name(&self, index: usize) -> Option<String> {
         self.samples.get(index).map(|s| s.name.clone())
+    }
+
+    fn fingerprint(&self, index: usize) -> Result<Option<u64>> {
+        self.samples
+            .get(index)
+            .with_context(|| format!("sample {index} is out of range for {} samples", self.len()))?
+            .fingerprint()
+            .map(Some)
     }
 }

@@ -588,7 +588,7 @@ fn decode_all(chosen: Chosen) -> Result<InMemory> {
         return InMemory::new(Vec::new(), Vec::<usize>::new(), (3, 1, 1), chosen.classes)
             .with_context(|| chosen.origin.clone());
     };
-    let head = first.decode()?;
+    let (head, _) = first.decode_with_fingerprint()?;
     let shape = head.shape();
     let size = head.data.len();
     let total = size.checked_mul(chosen.samples.len()).with_context(|| {
@@ -599,12 +599,15 @@ fn decode_all(chosen: Chosen) -> Result<InMemory> {
         )
     })?;
     let mut pixels = vec![0u8; total];
+    let mut fingerprints = vec![0u64; chosen.samples.len()];
     pixels
         .par_chunks_mut(size)
+        .zip(fingerprints.par_iter_mut())
         .zip(chosen.samples.par_iter())
         .with_min_len(64)
-        .try_for_each(|(out, sample)| -> Result<()> {
-            let img = sample.decode()?;
+        .try_for_each(|((out, fingerprint), sample)| -> Result<()> {
+            let (img, sum) = sample.decode_with_fingerprint()?;
+            *fingerprint = sum;
             ensure!(
                 img.shape() == shape,
                 "{}: image is {:?} (CxHxW) but {} is {shape:?}; images held decoded in memory \
@@ -622,5 +625,6 @@ fn decode_all(chosen: Chosen) -> Result<InMemory> {
     let names = chosen.samples.iter().map(|s| s.name.clone()).collect();
     InMemory::new(pixels, chosen.labels, shape, chosen.classes)
         .and_then(|data| data.with_names(names))
+        .and_then(|data| data.with_fingerprints(fingerprints))
         .with_context(|| chosen.origin)
 }

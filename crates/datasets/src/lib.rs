@@ -57,7 +57,7 @@ pub use catalog::{DatasetKind, DatasetSpec};
 pub use cifar::{
     cifar10, cifar10_incomplete_batches, cifar10_test_bin, is_cifar10, CIFAR10_CLASSES,
 };
-pub use dataset::{Dataset, InMemory, Split};
+pub use dataset::{fingerprint, Dataset, InMemory, Split};
 pub use decode::{decode_image, ColorMode};
 pub use filelist::{EncodedSample, FileList, Source};
 pub use folder::{

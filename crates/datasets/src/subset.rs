@@ -68,6 +68,12 @@ impl Dataset for Subset {
     fn origin(&self) -> Option<String> {
         self.inner.origin()
     }
+    fn fingerprint(&self, index: usize) -> Result<Option<u64>> {
+        let at = *self.indices.get(index).with_context(|| {
+            format!("sample {index} is out of range for {} samples", self.len())
+        })?;
+        self.inner.fingerprint(at)
+    }
 }
 
 /// `n` sample indices of `data` (all when `n >= len`), drawn with `seed` so that each class

@@ -872,6 +872,22 @@ pub fn refuse_unused_test_fraction(config: &RunConfig, split: &datasets::Split) 
 /// # Errors
 /// The test split cannot be found, downloaded or read, or a subset cannot be drawn.
 pub fn load_test_data(config: &RunConfig, held_out: bool) -> Result<(Arc<dyn Dataset>, usize)> {
+    let (test, whole, _) = load_test_data_without(config, held_out, None)?;
+    Ok((test, whole))
+}
+
+/// [`load_test_data`], without the images whose files' fingerprints
+/// ([`datasets::Dataset::fingerprint`]) are among `trained_on` (sorted: the training images a
+/// run's state keeps), taken out before `--limit-test` draws its subset. Also gives the
+/// whole split's number of images with them, and the names of those taken out, in order.
+///
+/// # Errors
+/// As [`load_test_data`], or a file cannot be read for its fingerprint (named).
+pub fn load_test_data_without(
+    config: &RunConfig,
+    held_out: bool,
+    trained_on: Option<&[u64]>,
+) -> Result<(Arc<dyn Dataset>, usize, Vec<String>)> {
     let test = match (config.dataset, config.data_dir.as_deref()) {
         (DatasetKind::Folder, Some(dir)) if held_out => {
             datasets::image_folder_test(dir, &folder_options(config))
@@ -883,10 +899,42 @@ pub fn load_test_data(config: &RunConfig, held_out: bool) -> Result<(Arc<dyn Dat
     }
     .context("cannot load the test split")?;
     let whole = test.len();
+    let (test, left_out) = match trained_on {
+        Some(trained_on) => without_trained(test, trained_on)?,
+        None => (test, Vec::new()),
+    };
     Ok((
         limited(test, config.limit_test, config.seed, "test")?,
         whole,
+        left_out,
     ))
+}
+
+/// `data` without the samples whose files' fingerprints are among `trained_on` (sorted), and
+/// the names of those (their indices where they have none).
+fn without_trained(
+    data: Arc<dyn Dataset>,
+    trained_on: &[u64],
+) -> Result<(Arc<dyn Dataset>, Vec<String>)> {
+    use rayon::prelude::*;
+    let seen: Vec<bool> = (0..data.len())
+        .into_par_iter()
+        .with_min_len(64)
+        .map(|i| {
+            Ok(data
+                .fingerprint(i)?
+                .is_some_and(|sum| trained_on.binary_search(&sum).is_ok()))
+        })
+        .collect::<Result<_>>()?;
+    if !seen.contains(&true) {
+        return Ok((data, Vec::new()));
+    }
+    let left_out = (0..data.len())
+        .filter(|&i| seen[i])
+        .map(|i| data.sample_name(i).unwrap_or_else(|| format!("image {i}")))
+        .collect();
+    let kept = (0..data.len()).filter(|&i| !seen[i]).collect();
+    Ok((Arc::new(datasets::Subset::new(data, kept)?), left_out))
 }
 
 /// How an image folder (`DatasetKind::Folder`) is read: the catalog's way, with the run's

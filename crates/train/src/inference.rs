@@ -587,6 +587,19 @@ fn other_data(given: Option<&Path>, saved: Option<&Path>) -> Option<String> {
     })
 }
 
+/// The first few of `names` (three), and how many more.
+fn examples(names: &[String]) -> String {
+    let shown: Vec<&str> = names.iter().take(3).map(String::as_str).collect();
+    match names.len() > shown.len() {
+        true => format!(
+            "{} and {} more",
+            shown.join(", "),
+            names.len() - shown.len()
+        ),
+        false => shown.join(", "),
+    }
+}
+
 /// Whether `given`, an image folder `evaluate --data-dir` names for a run that trained on one
 /// (`trained`), is another than the run's: neither its folder (by path) nor a copy or move of
 /// it, whose held-out share holds the images the run tested on under the same names (a copy
@@ -674,6 +687,10 @@ pub struct Evaluation {
     pub top5: f64,
     /// Each class's accuracy in percent (`None`: no test image of that class).
     pub per_class: Vec<(String, Option<f64>)>,
+    /// Images of another folder than the run's (`--data-dir`) left out as files the run
+    /// trained on (the same bytes as its training images), by name; not written when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub left_out_as_trained: Vec<String>,
 }
 
 /// What tells one version of a file from the next (device, inode, size, modification time):
@@ -914,8 +931,15 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
     if other_folder && args.limit_test.is_none() {
         config.limit_test = None;
     }
-    let test = crate::cli::load_test_data(&config, !other_folder);
-    let (test, whole) = match (&args.data_dir, &config.data_dir) {
+    // Another folder's images that are files the run trained on (the same bytes: a part, a
+    // copy or an archive of the run's folder) are left out, as the run's own held-out share
+    // leaves them out; runs whose state keeps no fingerprints score them (said below).
+    let trained_on = match other_folder {
+        true => crate::state::saved_trained_on(run)?,
+        false => None,
+    };
+    let test = crate::cli::load_test_data_without(&config, !other_folder, trained_on.as_deref());
+    let (test, whole, left_out) = match (&args.data_dir, &config.data_dir) {
         // The run's own data directory, gone: say where it was and how to give it.
         (None, Some(saved)) if !saved.exists() => test.with_context(|| {
             format!(
@@ -941,18 +965,46 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
     // The run's own data that has since changed: its test split is not the one the run
     // tested on (and an image folder's held-out share, drawn again, may hold images it
     // trained on), as `--resume` refuses it too.
+    let given = args.data_dir.as_deref().unwrap_or(Path::new(""));
+    if other_folder && test.is_empty() && !left_out.is_empty() {
+        bail!(
+            "--data-dir {}: all {whole} of its test images are files the run trained on (the \
+             same bytes as its training images: a part, a copy or an archive of the run's \
+             folder), which no test scores; without --data-dir the run's own held-out test \
+             images are scored",
+            given.display()
+        );
+    }
     if other_folder && crate::distributed::writes() {
+        let scored = whole - left_out.len();
         crate::warn!(
             "note: --data-dir {}: an image folder other than the run's{}: its {whole} test \
              images are all its class folders hold (those of test/ or val/ beside train/), \
-             none held out{} (the outputs are named for the data); images the run trained on \
-             there (a part or an archive of the run's folder) are scored too: without \
-             --data-dir the run's own held-out test images are scored",
-            args.data_dir.as_deref().unwrap_or(Path::new("")).display(),
+             none held out{}{} (the outputs are named for the data); {}",
+            given.display(),
             saved_dir.map_or(String::new(), |d| format!(" ({})", d.display())),
-            match whole == test.len() {
+            match left_out.len() {
+                0 => String::new(),
+                n => format!(
+                    "; {n} of them {} the run trained on (the same bytes as training images \
+                     of its), left out: {}",
+                    if n == 1 { "is a file" } else { "are files" },
+                    examples(&left_out)
+                ),
+            },
+            match scored == test.len() {
                 true => String::new(),
                 false => format!(" (--limit-test scores {} of them)", test.len()),
+            },
+            match trained_on {
+                Some(_) => "without --data-dir the run's own held-out test images are scored",
+                // A state saved before it kept its training images' fingerprints.
+                None => {
+                    "images the run trained on there (a part or an archive of the run's \
+                     folder) are scored too, as the run's state keeps no fingerprints of its \
+                     training images to tell them (it predates them): without --data-dir the \
+                     run's own held-out test images are scored"
+                }
             }
         );
     }
@@ -1063,6 +1115,7 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
         weights_file,
         before,
         run_checkpoint: true,
+        left_out,
     };
     test_and_write(&trained, &config, &test, &device, precision, &outputs)
 }
@@ -1214,6 +1267,7 @@ fn evaluate_with_model(args: &EvaluateArgs, recipe: &Recipe, name: &str) -> Resu
         weights_file: weights,
         before,
         run_checkpoint: false,
+        left_out: Vec::new(),
     };
     let precision = trained.config.precision;
     test_and_write(
@@ -1243,6 +1297,8 @@ struct Outputs<'a> {
     /// Whether the checkpoint may be a run's `best` or `last` beside the outputs (whose
     /// outputs the run removes when it replaces it); `false` for a file outside any run.
     run_checkpoint: bool,
+    /// The images left out as files the run trained on ([`Evaluation::left_out_as_trained`]).
+    left_out: Vec<String>,
 }
 
 /// The test pass of `trained` on `test` with `config`'s settings in `precision` (each rank its
@@ -1344,6 +1400,7 @@ fn test_and_write(
             .cloned()
             .zip(m.per_class_accuracy())
             .collect(),
+        left_out_as_trained: outputs.left_out.clone(),
     };
     let shown = &outputs.shown;
     crate::say!(
@@ -1863,7 +1920,13 @@ pub fn predict(args: &PredictArgs, dataset: DatasetKind) -> Result<()> {
         &device,
     )?
     .named(&trained.weights);
-    print_top5(&images, |image| predictor.top5(image))
+    // The images that are files the run trained on are said so (a damaged state, which the
+    // checkpoint does not need, says nothing of them).
+    let trained_on = crate::state::saved_trained_on(&run)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    print_top5(&images, &trained_on, |image| predictor.top5(image))
 }
 
 /// The names of a network's `count` outputs under `weights`, for a model of data set `data`:
@@ -1939,7 +2002,7 @@ fn predict_with_model(
         &device,
     )?
     .named(weights);
-    print_top5(images, |image| predictor.top5(image))
+    print_top5(images, &[], |image| predictor.top5(image))
 }
 
 /// A class name as printed, one line each: its control characters (a newline or a tab in a
@@ -1953,13 +2016,17 @@ pub fn printable(name: &str) -> String {
         .collect()
 }
 
-/// Prints each image's path and its top-5 classes (`top5`). An image that cannot be read or
-/// classified is said on standard error, naming it, and the rest are still classified.
+/// Prints each image's path and its top-5 classes (`top5`), and for an image whose file's
+/// [`datasets::fingerprint`] is among `trained_on` (sorted: the training images a run's state
+/// keeps, [`crate::state::saved_trained_on`]; empty for none) a line saying the run trained
+/// on it. An image that cannot be read or classified is said on standard error, naming it, and
+/// the rest are still classified.
 ///
 /// # Errors
 /// One or more images could not be classified (how many, after all were tried).
 pub fn print_top5(
     images: &[PathBuf],
+    trained_on: &[u64],
     top5: impl Fn(&Path) -> Result<Vec<(String, f32)>>,
 ) -> Result<()> {
     let mut failed = 0;
@@ -1969,6 +2036,20 @@ pub fn print_top5(
                 crate::say!("{}", image.display());
                 for (class, p) in top5 {
                     crate::say!("  {:6.2}%  {}", p * 100.0, printable(&class));
+                }
+                // A regular file read again (a pipe gave its bytes once).
+                let trained = !trained_on.is_empty()
+                    && std::fs::metadata(image).is_ok_and(|m| m.is_file())
+                    && datasets::read_image_file(image).is_ok_and(|bytes| {
+                        trained_on
+                            .binary_search(&datasets::fingerprint(&bytes))
+                            .is_ok()
+                    });
+                if trained {
+                    crate::say!(
+                        "  (a file the run trained on: the same bytes as one of its training \
+                         images)"
+                    );
                 }
             }
             Err(e) => {

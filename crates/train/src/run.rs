@@ -244,6 +244,11 @@ pub fn train(
         )?;
     }
     let writes = crate::distributed::writes();
+    // What tells `evaluate` that an image of another folder is one this run trained on.
+    let trained_on = match writes {
+        true => crate::state::fingerprints_of(train_data)?.map(std::sync::Arc::new),
+        false => None,
+    };
     if writes {
         std::fs::create_dir_all(out)
             .with_context(|| format!("cannot create output directory {}", out.display()))?;
@@ -292,6 +297,7 @@ pub fn train(
             images: [train_images, test_images.len()],
             labels,
             names,
+            trained_on,
             events: Some(EventWriter::create(out)?),
         });
     }
@@ -976,6 +982,9 @@ struct Outputs<'a> {
     labels: [u32; 2],
     /// Their names' CRC-32C ([`crate::state::names_crc`]), for the resume state.
     names: [u32; 2],
+    /// The training images' fingerprints, for the resume state
+    /// ([`StateTensors::trained_on`]).
+    trained_on: Option<std::sync::Arc<Vec<u64>>>,
     /// The TensorBoard file; with the writing thread while an epoch's files are written.
     events: Option<EventWriter>,
 }
@@ -1001,6 +1010,7 @@ struct Snapshot<'a> {
     improved: bool,
     model: std::collections::HashMap<String, Tensor>,
     optimizer: std::collections::HashMap<String, Tensor>,
+    trained_on: Option<std::sync::Arc<Vec<u64>>>,
     state: ResumeState,
     tiles: Vec<viz::Tile>,
     confusion: Vec<Vec<u64>>,
@@ -1050,6 +1060,7 @@ impl<'a> Outputs<'a> {
             improved,
             model,
             optimizer: host_copies(optimizer.state()?, true)?,
+            trained_on: self.trained_on.clone(),
             state: resume_state(
                 self.config,
                 optimizer,
@@ -1107,6 +1118,7 @@ impl Snapshot<'_> {
         let tensors = StateTensors {
             model: self.model,
             optimizer: self.optimizer,
+            trained_on: self.trained_on.map(std::sync::Arc::unwrap_or_clone),
         };
         state::save(out, &self.state, &tensors)?;
         // A run this one replaces (--overwrite) goes once this one has saved an epoch.

@@ -25,6 +25,8 @@ const RESUME_CRC_KEY: &str = "resume_state_crc32c";
 const MODEL: &str = "model.";
 const OPTIMIZER: &str = "optimizer.";
 const EPOCHS_DONE: &str = "meta.epochs_done";
+/// The training images' [`datasets::fingerprint`]s, sorted, as int64 (the bits of each u64).
+const TRAINED_ON: &str = "data.trained_on_xxh3_64";
 
 /// Everything besides tensors that a resumed run needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,6 +164,11 @@ pub struct StateTensors {
     pub model: HashMap<String, Tensor>,
     /// Optimizer buffers as [`crate::optim::Optimizer::state`] names them.
     pub optimizer: HashMap<String, Tensor>,
+    /// The training images' files' [`datasets::fingerprint`]s, sorted, for data read from
+    /// files (image folders; `None` for MNIST's and CIFAR-10's batches, and in states saved
+    /// before they were kept): what tells `evaluate` that an image of another folder is one
+    /// the run trained on.
+    pub trained_on: Option<Vec<u64>>,
 }
 
 /// Writes the state into `dir` as one file, atomically.
@@ -178,6 +185,11 @@ pub fn save(dir: &Path, state: &ResumeState, tensors: &StateTensors) -> Result<(
         EPOCHS_DONE.to_string(),
         Tensor::new(state.epochs_done as i64, &Device::Cpu)?,
     );
+    if let Some(sums) = &tensors.trained_on {
+        // The bits of each u64 as an int64 (safetensors' and PyTorch's 64-bit integer).
+        let bits: Vec<i64> = sums.iter().map(|&s| s as i64).collect();
+        all.insert(TRAINED_ON.to_string(), Tensor::new(bits, &Device::Cpu)?);
+    }
     let json = serde_json::to_string(state)?;
     let crc = format!("{:08x}", crc32c::crc32c(json.as_bytes()));
     crate::rundir::check_lock(dir)?;
@@ -344,9 +356,14 @@ pub fn load(dir: &Path) -> Result<(ResumeState, StateTensors)> {
     let mut tensors = StateTensors {
         model: HashMap::new(),
         optimizer: HashMap::new(),
+        trained_on: None,
     };
     for (k, v) in all {
-        if let Some(name) = k.strip_prefix(MODEL) {
+        if k == TRAINED_ON {
+            tensors.trained_on = Some(fingerprints(&v).with_context(|| {
+                format!("{}: {TRAINED_ON} is not a vector of int64", path.display())
+            })?);
+        } else if let Some(name) = k.strip_prefix(MODEL) {
             tensors.model.insert(name.to_string(), v);
         } else if let Some(name) = k.strip_prefix(OPTIMIZER) {
             tensors.optimizer.insert(name.to_string(), v);
@@ -355,6 +372,60 @@ pub fn load(dir: &Path) -> Result<(ResumeState, StateTensors)> {
         }
     }
     Ok((state, tensors))
+}
+
+/// The sorted fingerprints of `data`'s files ([`datasets::Dataset::fingerprint`], each file's
+/// bytes read once, in parallel), what [`StateTensors::trained_on`] keeps of the training
+/// images; `None` for data whose samples come from no file of their own (MNIST's and
+/// CIFAR-10's batches).
+///
+/// # Errors
+/// A file cannot be read (named).
+pub fn fingerprints_of(data: &dyn datasets::Dataset) -> Result<Option<Vec<u64>>> {
+    use rayon::prelude::*;
+    if data.is_empty() || data.fingerprint(0)?.is_none() {
+        return Ok(None);
+    }
+    let sums: Option<Vec<u64>> = (0..data.len())
+        .into_par_iter()
+        .with_min_len(64)
+        .map(|i| data.fingerprint(i))
+        .collect::<Result<_>>()?;
+    Ok(sums.map(|mut sums| {
+        sums.sort_unstable();
+        sums.dedup();
+        sums
+    }))
+}
+
+/// The fingerprints a [`TRAINED_ON`] tensor holds.
+fn fingerprints(tensor: &Tensor) -> Result<Vec<u64>> {
+    Ok(tensor
+        .to_vec1::<i64>()?
+        .into_iter()
+        .map(|s| s as u64)
+        .collect())
+}
+
+/// The training images' fingerprints ([`StateTensors::trained_on`], sorted) that the state in
+/// `dir` keeps. `Ok(None)` without a state, or for one that keeps none (a run of MNIST or
+/// CIFAR-10's batches, or saved before they were kept).
+///
+/// # Errors
+/// The state cannot be read, or is damaged (named).
+pub fn saved_trained_on(dir: &Path) -> Result<Option<Vec<u64>>> {
+    let path = dir.join(STATE);
+    if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+        return Ok(None);
+    }
+    let all = layers::checkpoint::read(&path)?;
+    all.get(TRAINED_ON)
+        .map(|t| {
+            fingerprints(t).with_context(|| {
+                format!("{}: {TRAINED_ON} is not a vector of int64", path.display())
+            })
+        })
+        .transpose()
 }
 
 /// What a saved state must hold to be continued: one history record per epoch done, epochs 1
@@ -614,6 +685,53 @@ mod tests {
         assert_eq!(header_of(&path), None);
         write(&json.replace("83", "93"), None);
         assert_eq!(header_of(&path).as_deref(), Some(r#"{"best_acc":93.0}"#));
+    }
+
+    /// The training images' fingerprints are their files' XXH3-64, whether the folder is read
+    /// file by file or decoded into memory (what `evaluate` reads another folder as may be the
+    /// other), sorted; they survive the state's save and load; MNIST-like batches have none.
+    #[test]
+    fn a_state_keeps_its_training_files_fingerprints() {
+        let dir = tempfile::tempdir().unwrap();
+        folder(dir.path());
+        let mut expected: Vec<u64> = ["cat/0.png", "cat/1.png", "dog/0.png", "dog/1.png"]
+            .iter()
+            .map(|f| datasets::fingerprint(&std::fs::read(dir.path().join(f)).unwrap()))
+            .collect();
+        // Sorted, each once (the two classes hold the same two files).
+        expected.sort_unstable();
+        expected.dedup();
+        assert_eq!(expected.len(), 2);
+        for storage in [datasets::Storage::Files, datasets::Storage::Memory] {
+            let data = datasets::image_folder_training(dir.path(), storage).unwrap();
+            let sums = fingerprints_of(data.as_ref()).unwrap();
+            assert_eq!(sums.as_ref(), Some(&expected), "{storage:?}");
+        }
+        let batches = datasets::InMemory::new(vec![0u8; 8], vec![0usize, 1], (1, 2, 2), {
+            vec!["a".into(), "b".into()]
+        })
+        .unwrap();
+        assert_eq!(fingerprints_of(&batches).unwrap(), None);
+
+        // Kept as int64 bits: sums with the top bit set come back as they were.
+        let run = tempfile::tempdir().unwrap();
+        let kept = vec![3, 1 << 63, u64::MAX];
+        let bits: Vec<i64> = kept.iter().map(|&s| s as i64).collect();
+        let tensors = HashMap::from([
+            (
+                "model.w".to_string(),
+                Tensor::new(&[1f32], &Device::Cpu).unwrap(),
+            ),
+            (
+                TRAINED_ON.to_string(),
+                Tensor::new(bits, &Device::Cpu).unwrap(),
+            ),
+        ]);
+        let path = run.path().join(STATE);
+        layers::checkpoint::save_with_metadata(&tensors, None, &path).unwrap();
+        assert_eq!(saved_trained_on(run.path()).unwrap(), Some(kept));
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(saved_trained_on(&run.path().join("none")).unwrap(), None);
     }
 
     /// The training images of the folder read as `spelled`.
