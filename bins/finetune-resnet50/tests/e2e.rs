@@ -150,6 +150,19 @@ fn small_folder(root: &Path, train: usize, test: usize) -> Tensor {
     Tensor::from_vec(tiles, (n, 3, 32, 32), &Device::Cpu).expect("calibration batch")
 }
 
+/// Every file below `dir`, by path.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("folder") {
+        let path = entry.expect("entry").path();
+        match path.is_dir() {
+            true => found.extend(walk(&path)),
+            false => found.push(path.display().to_string()),
+        }
+    }
+    found
+}
+
 /// The images `evaluate` left out as trained on in the run `out`'s evaluation of the data
 /// named `tag`.
 fn summary_names(out: &Path, tag: &str) -> Vec<String> {
@@ -911,6 +924,12 @@ fn resume_reaches_the_same_weights_as_an_uninterrupted_run() {
             == std::fs::read(parts.join(train::rundir::LAST)).expect("parts"),
         "a resumed run ends with the same weights as an uninterrupted one"
     );
+    // ... and keeps the fingerprints of the images it trained on, as the uninterrupted run.
+    let trained_on =
+        |run: &Path| raw(&run.join(train::rundir::STATE))["data.trained_on_xxh3_64"].clone();
+    let kept = trained_on(&parts);
+    assert_eq!(kept.0, [12 * 3], "one fingerprint a training image");
+    assert_eq!(kept, trained_on(&whole));
     // Resumed again, finished: said so before the data is read (its folder may be gone), and
     // nothing in the run changes.
     let state = std::fs::read(parts.join(train::rundir::STATE)).expect("state");
@@ -1315,6 +1334,28 @@ fn own_class_folders_need_no_folder_flag() {
             .all(|r| r.split(',').nth(1).is_some_and(|f| f.contains("other/"))),
         "{table}"
     );
+    // Another folder of the same name elsewhere: its outputs take the next free name, and
+    // the first folder's keep theirs, evaluated again.
+    let namesake = dir.path().join("elsewhere").join("other");
+    std::fs::create_dir_all(namesake.parent().expect("parent")).expect("parent");
+    std::fs::rename(copy_as("namesake", "again-"), &namesake).expect("move");
+    let said = evaluate_on(s(&namesake));
+    assert!(
+        said.contains("outputs are named best-data-other-2"),
+        "{said}"
+    );
+    let summary = |tag: &str| -> serde_json::Value {
+        serde_json::from_slice(
+            &std::fs::read(flat_out.join(format!("evaluation-best-data-{tag}.json")))
+                .expect("evaluation"),
+        )
+        .expect("JSON")
+    };
+    assert_eq!(summary("other-2")["data_dir"], s(&namesake));
+    let again = evaluate_on(s(&other));
+    assert!(!again.contains("this one's outputs are named"), "{again}");
+    assert_eq!(summary("other")["data_dir"], s(&other));
+    assert!(!flat_out.join("evaluation-best-data-other-3.json").exists());
     // The run's files renamed in a folder of their own, or packed in an archive: the 6 the
     // run trained on (the same bytes) are left out, named, and the 6 it held out are scored.
     let copy = copy_as("copy", "new-");
@@ -1352,6 +1393,78 @@ fn own_class_folders_need_no_folder_flag() {
             "{table}\n{summary}"
         );
     }
+    // The images scored in the renamed copy are the run's own held-out test images (its
+    // predictions-best.csv), the ones left out the others.
+    let files = |table: &str, from: &str| -> std::collections::BTreeSet<String> {
+        table
+            .lines()
+            .skip(1)
+            .filter_map(|r| r.split(',').nth(1))
+            // The run's own evaluated last as `flat/./`.
+            .map(|f| {
+                f.replace("/./", "/")
+                    .replace(from, s(&flat))
+                    .replace("/new-", "/")
+            })
+            .collect()
+    };
+    let read = |name: &str| std::fs::read_to_string(flat_out.join(name)).expect("predictions");
+    let held_out = files(&read("predictions-best.csv"), s(&flat));
+    assert_eq!(held_out.len(), 6);
+    assert_eq!(
+        files(&read("predictions-best-data-copy.csv"), s(&copy)),
+        held_out
+    );
+    let left_out: std::collections::BTreeSet<String> = summary_names(&flat_out, "copy")
+        .iter()
+        .map(|f| f.replace(s(&copy), s(&flat)).replace("/new-", "/"))
+        .collect();
+    let all: std::collections::BTreeSet<String> = walk(&flat).into_iter().collect();
+    assert_eq!(left_out.len(), 6);
+    assert!(left_out.is_disjoint(&held_out));
+    assert_eq!(
+        left_out
+            .union(&held_out)
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        all
+    );
+    // A state saved before it kept the fingerprints (the tensor and the sums taken out):
+    // the copy's 12 images are all scored, and the note says why.
+    let state_path = flat_out.join(train::rundir::STATE);
+    let state = std::fs::read(&state_path).expect("state");
+    let (_, header) = safetensors::SafeTensors::read_metadata(&state).expect("safetensors");
+    let loaded = safetensors::SafeTensors::deserialize(&state).expect("safetensors");
+    let kept: Vec<(String, safetensors::tensor::TensorView)> = loaded
+        .tensors()
+        .into_iter()
+        .filter(|(name, _)| name != "data.trained_on_xxh3_64")
+        .collect();
+    let metadata: std::collections::HashMap<String, String> = header
+        .metadata()
+        .clone()
+        .expect("metadata")
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("crc32c") && k != "trained_on_crc32c")
+        .collect();
+    safetensors::serialize_to_file(kept, Some(metadata), &state_path).expect("older state");
+    let said = evaluate_on(s(&copy));
+    assert!(
+        said.contains("on 12 test images")
+            && said.contains("keeps no fingerprints of its training images")
+            && said.contains("are scored too"),
+        "{said}"
+    );
+    // Without a state at all: said so.
+    std::fs::remove_file(&state_path).expect("remove the state");
+    let said = evaluate_on(s(&copy));
+    assert!(
+        said.contains("state.safetensors is not there to tell them"),
+        "{said}"
+    );
+    std::fs::write(&state_path, &state).expect("state back");
+    let said = evaluate_on(s(&copy));
+    assert!(said.contains("on 6 test images"), "{said}");
     // A folder of nothing but the images the run trained on: nothing to test, said.
     let trained_only = dir.path().join("trained-only");
     for name in summary_names(&flat_out, "copy") {
@@ -1398,20 +1511,9 @@ fn own_class_folders_need_no_folder_flag() {
         ],
         &[],
     );
-    let note = "(a file the run trained on: the same bytes as one of its training images)";
+    let note = "is a file the run trained on (the same bytes as one of its training images)";
     assert_eq!(said.matches(note).count(), 1, "{said}");
-    let after_trained = said
-        .split(trained.as_str())
-        .nth(1)
-        .expect("the image named");
-    assert!(
-        after_trained
-            .split(held_out)
-            .next()
-            .expect("lines")
-            .contains(note),
-        "{said}"
-    );
+    assert!(said.contains(&format!("{trained} {note}")), "{said}");
     // The same number of images with the same labels, but other files (a class's images
     // renamed: which are held out is drawn again): refused by evaluate and --resume, which
     // compared the counts alone.
@@ -1455,6 +1557,58 @@ fn own_class_folders_need_no_folder_flag() {
         std::fs::read(flat_out.join("evaluation-best.json")).expect("evaluation"),
         before
     );
+    // The run's folder with more images (each of `other`'s, other bytes): its held-out share,
+    // drawn again, holds files the run trained on, which are left out, said; none of those
+    // scored is one.
+    for class in ["airplane", "frog", "truck"] {
+        for image in std::fs::read_dir(other.join(class)).expect("class folder") {
+            let image = image.expect("entry").path();
+            let to = flat.join(class).join(image.file_name().expect("name"));
+            std::fs::copy(&image, to).expect("copy");
+        }
+    }
+    let given = evaluate_on(s(&flat));
+    assert!(
+        given.contains("its test split has 12 images, the run tested on 6")
+            && given.contains("test images are files the run trained on"),
+        "{given}"
+    );
+    let (shape, bytes) =
+        raw(&flat_out.join(train::rundir::STATE))["data.trained_on_xxh3_64"].clone();
+    assert_eq!(shape, [6]);
+    let trained: std::collections::BTreeSet<u64> = bytes
+        .chunks_exact(8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .collect();
+    let sum = |file: &str| datasets::fingerprint(&std::fs::read(file).expect("image"));
+    let table = read("predictions-best-data-flat.csv");
+    let scored: Vec<&str> = table
+        .lines()
+        .skip(1)
+        .filter_map(|r| r.split(',').nth(1))
+        .collect();
+    let left_out = summary_names(&flat_out, "flat");
+    assert!(!left_out.is_empty() && !scored.is_empty());
+    assert_eq!(scored.len() + left_out.len(), 12, "{table}");
+    assert!(scored.iter().all(|f| !trained.contains(&sum(f))), "{table}");
+    assert!(
+        left_out.iter().all(|f| trained.contains(&sum(f))),
+        "{left_out:?}"
+    );
+    // The run's folder gone, another folder's evaluation is named for it all the same: the
+    // run's own evaluation stays.
+    let away = dir.path().join("flat-away");
+    std::fs::rename(&flat, &away).expect("move the run's folder");
+    let given = evaluate_on(s(&other));
+    assert!(
+        given.contains("an image folder other than the run's"),
+        "{given}"
+    );
+    assert_eq!(
+        std::fs::read(flat_out.join("evaluation-best.json")).expect("evaluation"),
+        before
+    );
+    std::fs::rename(&away, &flat).expect("move it back");
 }
 
 /// An image that cannot be read any more, met in an epoch after others were saved, stops the run

@@ -254,6 +254,70 @@ fn real_cifar_archive_end_to_end() {
         "{}",
         text(&run)
     );
+    // The state remembers the 256 images trained on by their files' bytes: another CIFAR-10
+    // folder whose test/ holds 2 of them in each class beside 3 test images is scored on the
+    // 30 others, the 20 named as left out.
+    let trained = train::state::saved_trained_on(dir.path())
+        .expect("state")
+        .expect("fingerprints");
+    assert_eq!(trained.len(), 256);
+    let archive = data.join("cifar10-jpeg.tar.gz");
+    let other = dir.path().join("other");
+    let mut put: std::collections::HashMap<(String, bool), usize> = Default::default();
+    for entry in datasets::read_archive(&archive).expect("archive") {
+        let parts: Vec<&str> = entry.name.trim_start_matches("./").split('/').collect();
+        let (split, class) = match parts[..] {
+            [split @ ("train" | "test"), class, _] if !entry.is_dir => (split, class),
+            _ => continue,
+        };
+        let seen = trained
+            .binary_search(&datasets::fingerprint(&entry.bytes))
+            .is_ok();
+        let wanted = match (split, seen) {
+            ("train", true) => 2,
+            ("test", _) => 3,
+            _ => continue,
+        };
+        let n = put.entry((class.to_string(), seen)).or_default();
+        if *n < wanted {
+            let folder = other.join("test").join(class);
+            std::fs::create_dir_all(&folder).expect("class folder");
+            std::fs::write(folder.join(format!("{split}-{}", parts[2])), &*entry.bytes)
+                .expect("image");
+            *n += 1;
+        }
+    }
+    let evaluated = Command::new(env!("CARGO_BIN_EXE_train-cifar"))
+        .args([
+            "evaluate",
+            "--run",
+            &s(dir.path()),
+            "--data-dir",
+            &s(&other),
+        ])
+        .args(["--device", "cpu"])
+        .output()
+        .expect("train-cifar starts");
+    let said = text(&evaluated);
+    assert!(evaluated.status.success(), "{said}");
+    assert!(
+        said.contains("20 of its 50 test images are files the run trained on")
+            && said.contains("30 scored")
+            && said.contains("on 30 test images"),
+        "{said}"
+    );
+    let table = std::fs::read_to_string(dir.path().join("predictions-best-data-other.csv"))
+        .expect("predictions");
+    assert_eq!(
+        table
+            .lines()
+            .skip(1)
+            .filter(|r| r.contains("/train-"))
+            .count(),
+        0,
+        "{table}"
+    );
+    assert_eq!(table.lines().count(), 31, "{table}");
 }
 
 /// Every flag with 0, 1, negative, huge, non-numeric and empty values: clear errors or runs,

@@ -588,7 +588,7 @@ fn decode_all(chosen: Chosen) -> Result<InMemory> {
         return InMemory::new(Vec::new(), Vec::<usize>::new(), (3, 1, 1), chosen.classes)
             .with_context(|| chosen.origin.clone());
     };
-    let (head, _) = first.decode_with_fingerprint()?;
+    let head = first.decode()?;
     let shape = head.shape();
     let size = head.data.len();
     let total = size.checked_mul(chosen.samples.len()).with_context(|| {

@@ -142,6 +142,20 @@ mod tests {
         .unwrap()
     }
 
+    /// A subset's sample `i` has its `indices[i]`'s fingerprint, in any order; past the end,
+    /// an error.
+    #[test]
+    fn samples_keep_their_fingerprints() -> Result<()> {
+        let data = sorted_by_class(&[2, 1]).with_fingerprints(vec![10, 11, 12])?;
+        let subset = Subset::new(Arc::new(data), vec![2, 0])?;
+        assert_eq!(subset.fingerprint(0)?, Some(12));
+        assert_eq!(subset.fingerprint(1)?, Some(10));
+        assert!(subset.fingerprint(2).is_err());
+        let unnamed = Subset::new(Arc::new(sorted_by_class(&[2])), vec![1])?;
+        assert_eq!(unnamed.fingerprint(0)?, None);
+        Ok(())
+    }
+
     #[test]
     fn samples_keep_their_file_names() -> Result<()> {
         let files = crate::FileList::from_paths(

@@ -903,6 +903,10 @@ pub fn load_test_data_without(
         Some(trained_on) => without_trained(test, trained_on)?,
         None => (test, Vec::new()),
     };
+    // Nothing left: nothing for `--limit-test` to draw from (the caller says why).
+    if test.is_empty() {
+        return Ok((test, whole, left_out));
+    }
     Ok((
         limited(test, config.limit_test, config.seed, "test")?,
         whole,
@@ -912,7 +916,7 @@ pub fn load_test_data_without(
 
 /// `data` without the samples whose files' fingerprints are among `trained_on` (sorted), and
 /// the names of those (their indices where they have none).
-fn without_trained(
+pub(crate) fn without_trained(
     data: Arc<dyn Dataset>,
     trained_on: &[u64],
 ) -> Result<(Arc<dyn Dataset>, Vec<String>)> {

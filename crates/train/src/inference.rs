@@ -520,7 +520,9 @@ pub struct EvaluateArgs {
     #[arg(long, conflicts_with = "run")]
     pub model: Option<String>,
     /// Directory holding the data set [default: the run's; with --model, the program's default]
-    /// (other data than the run's adds -data-<its name> to the outputs' names)
+    /// (other data than the run's adds -data-<its name> to the outputs' names, -2, -3... after
+    /// it for another folder of the same name; another image folder than the run's is scored
+    /// on all its images but the files the run trained on)
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Where confusion-<weights>.png and evaluation-<weights>.json go (<weights>-<precision>
@@ -587,9 +589,9 @@ fn other_data(given: Option<&Path>, saved: Option<&Path>) -> Option<String> {
     })
 }
 
-/// The first few of `names` (three), and how many more.
+/// The first few of `names` (three, printable: [`printable`]), and how many more.
 fn examples(names: &[String]) -> String {
-    let shown: Vec<&str> = names.iter().take(3).map(String::as_str).collect();
+    let shown: Vec<String> = names.iter().take(3).map(|n| printable(n)).collect();
     match names.len() > shown.len() {
         true => format!(
             "{} and {} more",
@@ -597,6 +599,24 @@ fn examples(names: &[String]) -> String {
             names.len() - shown.len()
         ),
         false => shown.join(", "),
+    }
+}
+
+/// What the note says of the images `left_out` as files the run trained on (nothing for
+/// none): `; N of them are files the run trained on (...), left out: a, b, c and K more`.
+fn trained_left_out(left_out: &[String]) -> String {
+    match left_out.len() {
+        0 => String::new(),
+        1 => format!(
+            "; 1 of them is a file the run trained on (the same bytes as one of its training \
+             images), left out: {}",
+            examples(left_out)
+        ),
+        n => format!(
+            "; {n} of them are files the run trained on (the same bytes as its training \
+             images), left out: {}",
+            examples(left_out)
+        ),
     }
 }
 
@@ -931,15 +951,33 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
     if other_folder && args.limit_test.is_none() {
         config.limit_test = None;
     }
-    // Another folder's images that are files the run trained on (the same bytes: a part, a
-    // copy or an archive of the run's folder) are left out, as the run's own held-out share
-    // leaves them out; runs whose state keeps no fingerprints score them (said below).
-    let trained_on = match other_folder {
-        true => crate::state::saved_trained_on(run)?,
-        false => None,
+    // Other data's images that are files the run trained on (the same bytes: a part, a copy
+    // or an archive of the run's folder) are left out, as a test scores no image it trained
+    // on; runs whose state keeps no fingerprints score them (said below). Why none are
+    // (`Err`), for the note: a state that cannot tell them does not stop the evaluation,
+    // which needs the checkpoint alone.
+    let trained_on = match args.data_dir.is_some() {
+        true => match crate::state::saved_trained_on(run) {
+            Ok(Some(sums)) => Ok(sums),
+            Ok(None) if !run.join(crate::rundir::STATE).exists() => Err(format!(
+                "the run's {} is not there to tell them",
+                crate::rundir::STATE
+            )),
+            Ok(None) => Err(format!(
+                "the run's {} keeps no fingerprints of its training images to tell them (it \
+                 predates them)",
+                crate::rundir::STATE
+            )),
+            Err(e) => Err(format!("{e:#}")),
+        },
+        false => Err(String::new()),
     };
-    let test = crate::cli::load_test_data_without(&config, !other_folder, trained_on.as_deref());
-    let (test, whole, left_out) = match (&args.data_dir, &config.data_dir) {
+    let test = crate::cli::load_test_data_without(
+        &config,
+        !other_folder,
+        trained_on.as_deref().ok().filter(|_| other_folder),
+    );
+    let (mut test, whole, mut left_out) = match (&args.data_dir, &config.data_dir) {
         // The run's own data directory, gone: say where it was and how to give it.
         (None, Some(saved)) if !saved.exists() => test.with_context(|| {
             format!(
@@ -952,9 +990,15 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
     };
     // Another test set than the run's (`--limit-test`) is said in the outputs' names too; a
     // limit at or above the split's size is the whole split.
-    let limit = |limit: Option<usize>| limit.filter(|&n| n < whole);
+    let not_left_out = whole - left_out.len();
+    let limit = |limit: Option<usize>| limit.filter(|&n| n < not_left_out);
     let other_limit = limit(config.limit_test) != limit(trained.config.limit_test);
     let mut other_data = other_data(args.data_dir.as_deref(), trained.config.data_dir.as_deref());
+    // Another folder than the run's, where the run's own is gone: named for itself all the
+    // same, so the run's own evaluation stays.
+    if other_folder && other_data.is_none() {
+        other_data = crate::inference::other_data(args.data_dir.as_deref(), None);
+    }
     if test.classes() != trained.classes.as_slice() {
         bail!(
             "the test data's classes {:?} are not the run's {:?}",
@@ -983,28 +1027,21 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
              none held out{}{} (the outputs are named for the data); {}",
             given.display(),
             saved_dir.map_or(String::new(), |d| format!(" ({})", d.display())),
-            match left_out.len() {
-                0 => String::new(),
-                n => format!(
-                    "; {n} of them {} the run trained on (the same bytes as training images \
-                     of its), left out: {}",
-                    if n == 1 { "is a file" } else { "are files" },
-                    examples(&left_out)
-                ),
-            },
             match scored == test.len() {
                 true => String::new(),
-                false => format!(" (--limit-test scores {} of them)", test.len()),
+                false => format!(
+                    " (--limit-test scores {} of the {scored} not left out below)",
+                    test.len()
+                ),
             },
-            match trained_on {
-                Some(_) => "without --data-dir the run's own held-out test images are scored",
-                // A state saved before it kept its training images' fingerprints.
-                None => {
+            trained_left_out(&left_out),
+            match &trained_on {
+                Ok(_) => "without --data-dir the run's own held-out test images are scored".into(),
+                Err(why) => format!(
                     "images the run trained on there (a part or an archive of the run's \
-                     folder) are scored too, as the run's state keeps no fingerprints of its \
-                     training images to tell them (it predates them): without --data-dir the \
-                     run's own held-out test images are scored"
-                }
+                     folder) are scored too, as {why}: without --data-dir the run's own \
+                     held-out test images are scored"
+                ),
             }
         );
     }
@@ -1085,6 +1122,38 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
         }
         (None, _) => {}
     }
+    // Other data than the run's test split in a folder not taken for another (the run's own
+    // folder changed since, a CIFAR-10 folder of other images): its images that are files the
+    // run trained on are left out too, from the share the run's --limit-test drew.
+    if let (Some(_), false, Ok(sums)) = (&other_data, other_folder, &trained_on) {
+        let (kept, out) = crate::cli::without_trained(test.clone(), sums)?;
+        if !out.is_empty() {
+            ensure!(
+                !kept.is_empty(),
+                "--data-dir {}: all {} of its test images are files the run trained on (the same \
+                 bytes as its training images), which no test scores",
+                given.display(),
+                test.len()
+            );
+            if crate::distributed::writes() {
+                crate::warn!(
+                    "note: --data-dir {}: {} of its {} test images {} the run trained on (the \
+                     same bytes as its training images), left out: {}; {} scored",
+                    given.display(),
+                    out.len(),
+                    test.len(),
+                    if out.len() == 1 {
+                        "is a file"
+                    } else {
+                        "are files"
+                    },
+                    examples(&out),
+                    kept.len()
+                );
+            }
+            (test, left_out) = (kept, out);
+        }
+    }
     // In another precision than the run's, the outputs say which (`evaluation-best-f32.json`),
     // so the run-precision ones stay.
     let own_precision = precision == trained.config.precision;
@@ -1104,6 +1173,7 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
             None => format!("{tag}-test-all"),
         };
     }
+    let of_other_data = other_data.is_some();
     if let Some(name) = other_data {
         tag = format!("{tag}-data-{name}");
     }
@@ -1115,6 +1185,7 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
         weights_file,
         before,
         run_checkpoint: true,
+        other_data: of_other_data,
         left_out,
     };
     test_and_write(&trained, &config, &test, &device, precision, &outputs)
@@ -1267,6 +1338,7 @@ fn evaluate_with_model(args: &EvaluateArgs, recipe: &Recipe, name: &str) -> Resu
         weights_file: weights,
         before,
         run_checkpoint: false,
+        other_data: false,
         left_out: Vec::new(),
     };
     let precision = trained.config.precision;
@@ -1297,6 +1369,9 @@ struct Outputs<'a> {
     /// Whether the checkpoint may be a run's `best` or `last` beside the outputs (whose
     /// outputs the run removes when it replaces it); `false` for a file outside any run.
     run_checkpoint: bool,
+    /// Whether the tag names other data than the run's (`-data-<name>`, a folder's own name,
+    /// which two folders may share).
+    other_data: bool,
     /// The images left out as files the run trained on ([`Evaluation::left_out_as_trained`]).
     left_out: Vec<String>,
 }
@@ -1439,9 +1514,17 @@ fn test_and_write(
         })
         .map(|c| c.trim_end_matches(".safetensors").to_string());
     // The run's own best or last beside it takes its name (the run clears those outputs when
-    // it replaces the checkpoint); another file, the first name not another file's.
+    // it replaces the checkpoint); on other data, the first name not another folder's of the
+    // same name (`-data-photos`, `-data-photos-2`); another file, the first name not another
+    // file's.
     let tag = match evaluation.checkpoint {
-        Some(_) => outputs.tag.clone(),
+        Some(_) if !outputs.other_data => outputs.tag.clone(),
+        Some(_) => unclaimed_tag(
+            out,
+            outputs.tag.clone(),
+            evaluation.weights_file.as_deref(),
+            Some(evaluation.data_dir.as_deref()),
+        ),
         None => unclaimed_tag(
             out,
             outputs.tag.clone(),
@@ -2046,9 +2129,11 @@ pub fn print_top5(
                             .is_ok()
                     });
                 if trained {
-                    crate::say!(
-                        "  (a file the run trained on: the same bytes as one of its training \
-                         images)"
+                    // On stderr: stdout holds the predictions that scripts read.
+                    crate::warn!(
+                        "note: {} is a file the run trained on (the same bytes as one of its \
+                         training images): its prediction is no test",
+                        image.display()
                     );
                 }
             }

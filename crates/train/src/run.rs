@@ -146,7 +146,7 @@ pub fn train(
     config: &RunConfig,
     trainee: Trainee<'_>,
     out: &Path,
-    resume: Option<(ResumeState, StateTensors)>,
+    mut resume: Option<(ResumeState, StateTensors)>,
 ) -> Result<Outcome> {
     config.validate()?;
     if let Some((saved, tensors)) = &resume {
@@ -244,9 +244,29 @@ pub fn train(
         )?;
     }
     let writes = crate::distributed::writes();
-    // What tells `evaluate` that an image of another folder is one this run trained on.
+    // What tells `evaluate` that an image of another folder is one this run trained on: each
+    // training file's bytes read once now (with those a resumed state kept: a file changed in
+    // place since was trained on as it was too).
     let trained_on = match writes {
-        true => crate::state::fingerprints_of(train_data)?.map(std::sync::Arc::new),
+        true => {
+            let started = std::time::Instant::now();
+            let now = crate::state::fingerprints_of(train_data).context(
+                "reading the training images' files for their fingerprints (kept in the \
+                 run's state, so that evaluate can tell the images the run trained on)",
+            )?;
+            let seconds = started.elapsed().as_secs_f64();
+            if seconds >= 5.0 {
+                crate::say!(
+                    "read the {train_images} training images' files for their fingerprints in \
+                     {seconds:.0} s"
+                );
+            }
+            let kept = resume.as_mut().and_then(|(_, t)| t.trained_on.take());
+            now.map(|mut now| {
+                now.extend(kept.unwrap_or_default());
+                std::sync::Arc::new(crate::state::sorted(now))
+            })
+        }
         false => None,
     };
     if writes {

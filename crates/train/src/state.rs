@@ -27,6 +27,9 @@ const OPTIMIZER: &str = "optimizer.";
 const EPOCHS_DONE: &str = "meta.epochs_done";
 /// The training images' [`datasets::fingerprint`]s, sorted, as int64 (the bits of each u64).
 const TRAINED_ON: &str = "data.trained_on_xxh3_64";
+/// The metadata key of [`TRAINED_ON`]'s own CRC-32C (8 hex digits of its bytes), for
+/// [`saved_trained_on`], which reads that tensor alone.
+const TRAINED_ON_CRC_KEY: &str = "trained_on_crc32c";
 
 /// Everything besides tensors that a resumed run needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -185,22 +188,25 @@ pub fn save(dir: &Path, state: &ResumeState, tensors: &StateTensors) -> Result<(
         EPOCHS_DONE.to_string(),
         Tensor::new(state.epochs_done as i64, &Device::Cpu)?,
     );
-    if let Some(sums) = &tensors.trained_on {
-        // The bits of each u64 as an int64 (safetensors' and PyTorch's 64-bit integer).
-        let bits: Vec<i64> = sums.iter().map(|&s| s as i64).collect();
-        all.insert(TRAINED_ON.to_string(), Tensor::new(bits, &Device::Cpu)?);
-    }
     let json = serde_json::to_string(state)?;
     let crc = format!("{:08x}", crc32c::crc32c(json.as_bytes()));
+    let mut metadata = HashMap::from([
+        (RESUME_KEY.to_string(), json),
+        (RESUME_CRC_KEY.to_string(), crc),
+    ]);
+    if let Some(sums) = &tensors.trained_on {
+        // The bits of each u64 as an int64 (safetensors' and PyTorch's 64-bit integer), in
+        // little-endian order as the file holds them.
+        let bits: Vec<i64> = sums.iter().map(|&s| s as i64).collect();
+        let bytes: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+        metadata.insert(
+            TRAINED_ON_CRC_KEY.to_string(),
+            format!("{:08x}", crc32c::crc32c(&bytes)),
+        );
+        all.insert(TRAINED_ON.to_string(), Tensor::new(bits, &Device::Cpu)?);
+    }
     crate::rundir::check_lock(dir)?;
-    layers::checkpoint::save_with_metadata(
-        &all,
-        Some(HashMap::from([
-            (RESUME_KEY.to_string(), json),
-            (RESUME_CRC_KEY.to_string(), crc),
-        ])),
-        &dir.join(STATE),
-    )
+    layers::checkpoint::save_with_metadata(&all, Some(metadata), &dir.join(STATE))
 }
 
 /// How many training and test images the run in `dir` trained and tested on, as its state
@@ -391,41 +397,102 @@ pub fn fingerprints_of(data: &dyn datasets::Dataset) -> Result<Option<Vec<u64>>>
         .with_min_len(64)
         .map(|i| data.fingerprint(i))
         .collect::<Result<_>>()?;
-    Ok(sums.map(|mut sums| {
-        sums.sort_unstable();
-        sums.dedup();
-        sums
-    }))
+    Ok(sums.map(sorted))
 }
 
-/// The fingerprints a [`TRAINED_ON`] tensor holds.
+/// The fingerprints a [`TRAINED_ON`] tensor holds, sorted, each once (as written; a file
+/// rewritten by another tool may hold them otherwise).
 fn fingerprints(tensor: &Tensor) -> Result<Vec<u64>> {
-    Ok(tensor
-        .to_vec1::<i64>()?
-        .into_iter()
-        .map(|s| s as u64)
-        .collect())
+    Ok(sorted(
+        tensor
+            .to_vec1::<i64>()?
+            .into_iter()
+            .map(|s| s as u64)
+            .collect(),
+    ))
+}
+
+/// `sums` sorted, each once.
+pub(crate) fn sorted(mut sums: Vec<u64>) -> Vec<u64> {
+    sums.sort_unstable();
+    sums.dedup();
+    sums
 }
 
 /// The training images' fingerprints ([`StateTensors::trained_on`], sorted) that the state in
-/// `dir` keeps. `Ok(None)` without a state, or for one that keeps none (a run of MNIST or
-/// CIFAR-10's batches, or saved before they were kept).
+/// `dir` keeps, read from its header and that tensor alone (not the weights and optimizer
+/// buffers), checked against their own CRC-32C. `Ok(None)` without a state, or for one that
+/// keeps none (a run of MNIST or CIFAR-10's batches, or saved before they were kept).
 ///
 /// # Errors
-/// The state cannot be read, or is damaged (named).
+/// The state cannot be read, is no safetensors file, or its fingerprints are damaged (named).
 pub fn saved_trained_on(dir: &Path) -> Result<Option<Vec<u64>>> {
+    use std::io::{Read, Seek};
     let path = dir.join(STATE);
     if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
         return Ok(None);
     }
-    let all = layers::checkpoint::read(&path)?;
-    all.get(TRAINED_ON)
-        .map(|t| {
-            fingerprints(t).with_context(|| {
-                format!("{}: {TRAINED_ON} is not a vector of int64", path.display())
+    let damaged = |what: &str| {
+        anyhow::anyhow!(
+            "{}: the training images' fingerprints ({TRAINED_ON}) {what}",
+            path.display()
+        )
+    };
+    let mut file =
+        std::fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .with_context(|| format!("{} is no safetensors file (too short)", path.display()))?;
+    let len = usize::try_from(u64::from_le_bytes(len))
+        .ok()
+        .filter(|&n| n <= 100_000_000)
+        .with_context(|| format!("{} is no safetensors file (header length)", path.display()))?;
+    let mut header = vec![0u8; len];
+    file.read_exact(&mut header)
+        .with_context(|| format!("{} is no safetensors file (cut short)", path.display()))?;
+    let header: serde_json::Value = serde_json::from_slice(&header)
+        .with_context(|| format!("{} is no safetensors file (header)", path.display()))?;
+    let Some(entry) = header.get(TRAINED_ON) else {
+        return Ok(None);
+    };
+    let offsets: Option<Vec<u64>> = entry
+        .get("data_offsets")
+        .and_then(|o| o.as_array())
+        .map(|o| o.iter().filter_map(|v| v.as_u64()).collect());
+    let (start, end) = match offsets.as_deref() {
+        Some(&[start, end]) if start <= end && (end - start) % 8 == 0 => (start, end),
+        _ => return Err(damaged("have no valid place in the file")),
+    };
+    let shape_ok = entry
+        .get("shape")
+        .and_then(|s| s.as_array())
+        .is_some_and(|s| s.len() == 1 && s[0].as_u64() == Some((end - start) / 8));
+    if entry.get("dtype").and_then(|d| d.as_str()) != Some("I64") || !shape_ok {
+        return Err(damaged("are not a vector of int64"));
+    }
+    let mut bytes = vec![0u8; usize::try_from(end - start).map_err(|_| damaged("too many"))?];
+    file.seek(std::io::SeekFrom::Start(8 + len as u64 + start))
+        .and_then(|_| file.read_exact(&mut bytes))
+        .map_err(|_| damaged("are cut short"))?;
+    let written = header
+        .get("__metadata__")
+        .and_then(|m| m.get(TRAINED_ON_CRC_KEY))
+        .and_then(|c| c.as_str())
+        .and_then(|c| u32::from_str_radix(c, 16).ok());
+    // Written with their sum; a file rewritten by another tool without it is read as it is.
+    if written.is_some_and(|w| w != crc32c::crc32c(&bytes)) {
+        return Err(damaged("are damaged (their CRC-32C does not match)"));
+    }
+    Ok(Some(sorted(
+        bytes
+            .chunks_exact(8)
+            .map(|b| {
+                let mut word = [0u8; 8];
+                word.copy_from_slice(b);
+                u64::from_le_bytes(word)
             })
-        })
-        .transpose()
+            .collect(),
+    )))
 }
 
 /// What a saved state must hold to be continued: one history record per epoch done, epochs 1
@@ -713,10 +780,12 @@ mod tests {
         .unwrap();
         assert_eq!(fingerprints_of(&batches).unwrap(), None);
 
-        // Kept as int64 bits: sums with the top bit set come back as they were.
+        // Kept as int64 bits: sums with the top bit set come back as they were, sorted and each
+        // once however the file holds them; with their CRC-32C, damaged ones are refused.
         let run = tempfile::tempdir().unwrap();
-        let kept = vec![3, 1 << 63, u64::MAX];
+        let kept = [u64::MAX, 3, 1 << 63, 3];
         let bits: Vec<i64> = kept.iter().map(|&s| s as i64).collect();
+        let bytes: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
         let tensors = HashMap::from([
             (
                 "model.w".to_string(),
@@ -728,8 +797,21 @@ mod tests {
             ),
         ]);
         let path = run.path().join(STATE);
-        layers::checkpoint::save_with_metadata(&tensors, None, &path).unwrap();
-        assert_eq!(saved_trained_on(run.path()).unwrap(), Some(kept));
+        let write = |crc: Option<u32>| {
+            let metadata =
+                crc.map(|c| HashMap::from([(TRAINED_ON_CRC_KEY.into(), format!("{c:08x}"))]));
+            layers::checkpoint::save_with_metadata(&tensors, metadata, &path).unwrap();
+        };
+        for crc in [None, Some(crc32c::crc32c(&bytes))] {
+            write(crc);
+            assert_eq!(
+                saved_trained_on(run.path()).unwrap(),
+                Some(vec![3, 1 << 63, u64::MAX])
+            );
+        }
+        write(Some(crc32c::crc32c(&bytes) ^ 1));
+        let err = saved_trained_on(run.path()).unwrap_err().to_string();
+        assert!(err.contains("are damaged") && err.contains(STATE), "{err}");
         std::fs::remove_file(&path).unwrap();
         assert_eq!(saved_trained_on(&run.path().join("none")).unwrap(), None);
     }
