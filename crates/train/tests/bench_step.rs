@@ -155,3 +155,71 @@ fn pytorch_results_without_figures_or_at_another_batch_are_said() {
     );
     assert!(!text.contains("x)"), "a ratio across batch sizes: {text}");
 }
+
+/// `--only` takes the zoo's other models, at batch 128 on `--image-size` images, and
+/// `--compare-pytorch` gives their PyTorch script to the Python named, on standard input, with
+/// the model, batch and size (here a stand-in that checks it was given the script and answers
+/// as the script does); unknown names and 1-channel models are refused, naming the flag.
+#[cfg(unix)]
+#[test]
+fn other_zoo_models_are_timed_against_torchvisions() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let python = dir.path().join("python");
+    std::fs::write(
+        &python,
+        "#!/bin/sh\n\
+         [ \"$1\" = - ] && [ \"$2\" = resnet18 ] && [ \"$4\" = 128 ] && [ \"$6\" = 24 ] || exit 3\n\
+         grep -q 'torchvision.models' || exit 4\n\
+         echo 'torch 2.15.0 threads 2 isa AVX512'\n\
+         echo 'resnet18         f32      batch  128  step    1000.0 ms  128.0 img/s'\n",
+    )
+    .expect("write the stand-in");
+    std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bench-step"))
+        .args(["--only", "resnet18", "--image-size", "24", "--steps", "1"])
+        .arg("--compare-pytorch")
+        .arg(&python)
+        .env_remove("CNN_SHARED_DIR")
+        .output()
+        .expect("bench-step starts");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("resnet18 b128")
+            && text.contains("PyTorch 2.15.0, threads 2, AVX512: f32 1000.0 ms ("),
+        "{text}"
+    );
+    for (args, expected) in [
+        (
+            &["--only", "resnet18x"][..],
+            "--only resnet18x: no such model",
+        ),
+        (
+            &["--only", "lenet5", "--image-size", "32"],
+            "lenet5 is timed at its training images' size, 28x28",
+        ),
+        (
+            &["--image-size", "32"],
+            "--image-size is for a zoo model other than the four",
+        ),
+        (
+            &["--only", "alexnet-tv", "--steps", "1"],
+            "--only alexnet-tv on 32x32 images: give a larger --image-size",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bench-step"))
+            .args(args)
+            .output()
+            .expect("bench-step starts");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(expected),
+            "{args:?}: {err}"
+        );
+    }
+}

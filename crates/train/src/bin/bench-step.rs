@@ -20,6 +20,10 @@
 //! output: cuDNN's NHWC kernels on CUDA).
 //! `--optimizer-update per-tensor|flat` picks how the optimizer updates (by default flat on a
 //! GPU, per tensor on the CPU; the results are the same bits).
+//! `--only NAME` also takes any other zoo model (`vgg11-bn`, `googlenet`, `resnet50`, ...) at
+//! batch 128 with SGD, on random `(N, 3, S, S)` images (`--image-size S`, default 32: CIFAR-10's,
+//! as `train-cifar --model NAME` trains it); its `--compare-pytorch` runs torchvision's model of
+//! that name (`tools/pytorch_zoo_step.py`, built into this program).
 //! `--split` also prints the forward, backward and optimizer parts of the step, timed apart
 //! (each part's share of the timed steps, times the median step), and on the CPU the share of the thread time spent in GEMM, im2col/layout, batch norm,
 //! pooling, the optimizer and the rest (element-wise operations, Candle's own operations,
@@ -58,9 +62,15 @@ struct BenchArgs {
     /// Steps to time per case [default: 10, or 3 for large CPU batches]
     #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
     steps: Option<usize>,
-    /// Only this model (cnn-mnist, lenet5, resnet18-seed, resnet18-cifar)
+    /// Only this model: cnn-mnist, lenet5, resnet18-seed, resnet18-cifar, or any other zoo model
+    /// taking 3-channel images (vgg11-bn, googlenet, resnet50, ...: batch 128, SGD, random
+    /// images of --image-size)
     #[arg(long)]
     only: Option<String>,
+    /// The side of the square images for a zoo model other than the four (--only) [default:
+    /// 32, CIFAR-10's, as train-cifar trains it]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    image_size: Option<usize>,
     /// cpu, cuda or cuda:N
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -143,10 +153,7 @@ fn bench() -> Result<()> {
     train::threads::calling_thread_joins_the_pool();
     let args = BenchArgs::try_parse().unwrap_or_else(|e| train::cli::exit_for_clap(e));
     let (steps, only, split) = (args.steps, args.only.as_deref(), args.split);
-    if let Some(o) = only.filter(|o| !CASES.iter().any(|c| c.0 == *o)) {
-        let names: Vec<&str> = CASES.iter().map(|c| c.0).collect();
-        anyhow::bail!("--only {o}: no such model here ({})", names.join(", "));
-    }
+    let cases = cases(only, args.image_size)?;
     let update = args.optimizer_update.map(Update::from);
     let device = train::device::parse_device(&args.device)?;
     let batches = args.batches;
@@ -158,10 +165,15 @@ fn bench() -> Result<()> {
     if args.pipeline {
         pipeline(&device)?;
     }
+    let of_the_tutorial = cases.iter().any(|c| CASES.contains(c));
     let mut pytorch = match (&args.compare_pytorch, &args.pytorch_results) {
         (Some(python), _) => Some(Reference::Run {
             python: python.clone(),
-            script: anchors(args.anchors.as_deref())?.join("cpu_step_modes.py"),
+            // The tutorial's four from the anchors; the zoo's others from our own script.
+            script: match of_the_tutorial {
+                true => Some(anchors(args.anchors.as_deref())?.join("cpu_step_modes.py")),
+                false => None,
+            },
         }),
         (None, Some(file)) => {
             // A file or a pipe (`<(cmd)`), as images are read.
@@ -186,10 +198,7 @@ fn bench() -> Result<()> {
         "median training step on {} (forward + backward + optimizer step)",
         train::device::device_name(&device)
     );
-    for (model, default_batch, shape, optimizer) in CASES {
-        if only.is_some_and(|o| o != model) {
-            continue;
-        }
+    for (model, default_batch, shape, optimizer) in cases {
         let mut rounds = Rounds::default();
         for round in 0..args.rounds {
             if args.rounds > 1 {
@@ -212,7 +221,16 @@ fn bench() -> Result<()> {
                         (optimizer, update),
                         (n, format),
                         split,
-                    )?;
+                    )
+                    .with_context(|| match of_the_tutorial {
+                        true => format!("{model} at batch {batch}"),
+                        // A size the model's layers cannot reduce (AlexNet's need 63 or more).
+                        false => format!(
+                            "--only {model} on {}x{} images: give a larger --image-size if the \
+                             model's layers need one",
+                            shape.1, shape.2
+                        ),
+                    })?;
                     let phases = match split {
                         true => format!(
                             "  forward {fwd:.1} ms, backward {bwd:.1} ms, optimizer {opt:.1} ms{shares}"
@@ -230,7 +248,8 @@ fn bench() -> Result<()> {
                     rounds.ours(round, &format!("b{batch} {name}"), ms);
                     if let Some(reference) = &mut pytorch {
                         if batch == default_batch && format == MemoryFormat::Contiguous {
-                            for (mode, ms) in compare(reference, model, (precision, batch), ms)? {
+                            let case = (precision, batch, shape.1);
+                            for (mode, ms) in compare(reference, model, case, ms)? {
                                 rounds.pytorch(round, &name, &mode, ms);
                             }
                         }
@@ -359,10 +378,60 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 /// Where PyTorch's step times come from: a run of the anchor script per model, right after
-/// ours, or the script's saved output.
+/// ours (`script`: `cpu_step_modes.py` for the tutorial's four; `None`: our
+/// [`ZOO_SCRIPT`] for the zoo's others), or the script's saved output.
 enum Reference {
-    Run { python: PathBuf, script: PathBuf },
+    Run {
+        python: PathBuf,
+        script: Option<PathBuf>,
+    },
     Saved(String),
+}
+
+/// `tools/pytorch_zoo_step.py`: PyTorch's step for torchvision's models, run through the
+/// Python given (`python - MODEL --batch N --image-size S`, the script on standard input).
+const ZOO_SCRIPT: &str = include_str!("../../../../tools/pytorch_zoo_step.py");
+
+/// The cases `--only` selects: all four of [`CASES`] without it, one of them, or another zoo
+/// model taking 3-channel images, at batch 128 with SGD on `size`-sided images (32: CIFAR-10's).
+///
+/// # Errors
+/// A name the zoo does not know (with the closest it does), or a model of 1-channel images.
+fn cases(only: Option<&str>, size: Option<usize>) -> Result<Vec<Case>> {
+    let Some(name) = only else {
+        anyhow::ensure!(
+            size.is_none(),
+            "--image-size is for a zoo model other than the four (--only NAME)"
+        );
+        return Ok(CASES.to_vec());
+    };
+    if let Some(case) = CASES.iter().find(|c| c.0 == name) {
+        anyhow::ensure!(
+            size.is_none(),
+            "--image-size: {name} is timed at its training images' size, {}x{}",
+            case.2 .1,
+            case.2 .2
+        );
+        return Ok(vec![*case]);
+    }
+    let names = zoo::names();
+    let Ok(spec) = zoo::spec(name) else {
+        anyhow::bail!(
+            "--only {name}: no such model{} (the zoo's: {})",
+            zoo::did_you_mean(name, &names)
+                .map(|k| format!("; did you mean {k}?"))
+                .unwrap_or_default(),
+            names.join(", ")
+        );
+    };
+    anyhow::ensure!(
+        spec.input.0 == 3,
+        "--only {name}: it takes {}-channel images; the zoo's 1-channel models timed here are \
+         cnn-mnist and lenet5",
+        spec.input.0
+    );
+    let size = size.unwrap_or(32);
+    Ok(vec![(spec.name, 128, (3, size, size), OptimizerKind::Sgd)])
 }
 
 /// The anchor scripts' folder: `dir`, else `$CNN_SHARED_DIR/tools/pytorch-anchors`.
@@ -417,26 +486,55 @@ fn pytorch_lines(output: &str) -> Vec<(String, String, usize, f64)> {
 fn compare(
     reference: &mut Reference,
     model: &str,
-    (precision, batch): (Precision, usize),
+    (precision, batch, size): (Precision, usize, usize),
     ours_ms: f64,
 ) -> Result<Vec<(String, f64)>> {
     let name = model.replace('-', "_");
     let output = match reference {
         Reference::Saved(text) => text.clone(),
         Reference::Run { python, script } => {
-            let out = std::process::Command::new(&*python)
-                .arg(&*script)
-                .arg(&name)
-                .env("OMP_NUM_THREADS", rayon::current_num_threads().to_string())
-                .output()
+            use std::io::Write;
+            let threads = rayon::current_num_threads().to_string();
+            let mut command = std::process::Command::new(&*python);
+            command.env("OMP_NUM_THREADS", threads);
+            let (shown, script_text) = match script
+                .as_deref()
+                .filter(|_| CASES.iter().any(|c| c.0 == model))
+            {
+                Some(script) => {
+                    command.arg(script).arg(&name);
+                    (script.display().to_string(), None)
+                }
+                None => {
+                    command.arg("-").arg(model);
+                    command.args(["--batch", &batch.to_string()]);
+                    command.args(["--image-size", &size.to_string()]);
+                    command.stdin(std::process::Stdio::piped());
+                    ("tools/pytorch_zoo_step.py".to_string(), Some(ZOO_SCRIPT))
+                }
+            };
+            let mut child = command
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
                 .with_context(|| {
                     format!("--compare-pytorch {}: cannot run it", python.display())
                 })?;
+            if let (Some(text), Some(mut stdin)) = (script_text, child.stdin.take()) {
+                stdin.write_all(text.as_bytes()).with_context(|| {
+                    format!(
+                        "--compare-pytorch {}: cannot give it {shown}",
+                        python.display()
+                    )
+                })?;
+            }
+            let out = child.wait_with_output().with_context(|| {
+                format!("--compare-pytorch {}: cannot run it", python.display())
+            })?;
             if !out.status.success() {
                 anyhow::bail!(
-                    "--compare-pytorch {}: {} failed: {}",
+                    "--compare-pytorch {}: {shown} failed: {}",
                     python.display(),
-                    script.display(),
                     String::from_utf8_lossy(&out.stderr).trim()
                 );
             }
