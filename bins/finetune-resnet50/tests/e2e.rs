@@ -1043,6 +1043,18 @@ fn resume_reaches_the_same_weights_as_an_uninterrupted_run() {
         &[],
     );
     assert_eq!(top5(&best_again), top5(&by_run));
+    // A training file changed in place (the same name): a resumed run remembers both versions
+    // it trained on, 37 fingerprints for 36 files.
+    let changed = data.join("train/airplane/0000.png");
+    let mut img = image::open(&changed).expect("png").into_rgb8();
+    img.get_pixel_mut(0, 0).0[0] ^= 0x80;
+    img.save(&changed).expect("png");
+    let resumed = ok(
+        &["--resume", s(&whole), "--epochs", "3", "--device", "cpu"],
+        &[],
+    );
+    assert!(resumed.contains("epoch 3/3"), "{resumed}");
+    assert_eq!(trained_on(&whole).0, [37]);
 }
 
 /// Fine-tuning and predict with every flag at 0, 1, negative, huge, non-numeric and empty
@@ -1411,6 +1423,19 @@ fn own_class_folders_need_no_folder_flag() {
     let read = |name: &str| std::fs::read_to_string(flat_out.join(name)).expect("predictions");
     let held_out = files(&read("predictions-best.csv"), s(&flat));
     assert_eq!(held_out.len(), 6);
+    // A held-out file changed in place (the same name, another image): not the run's test any
+    // more, refused without --data-dir, and back as it was, scored as the run's again.
+    let changed = held_out.iter().next().expect("a held-out file").clone();
+    let original = std::fs::read(&changed).expect("image");
+    let mut img = image::open(&changed).expect("png").into_rgb8();
+    img.get_pixel_mut(1, 1).0[1] ^= 0x40;
+    img.save(&changed).expect("png");
+    let err = fails(&["evaluate", "--run", s(&flat_out), "--device", "cpu"], &[]);
+    assert!(
+        err.contains("has the run's 6 test files by name, but other contents (changed in place)"),
+        "{err}"
+    );
+    std::fs::write(&changed, &original).expect("put it back");
     assert_eq!(
         files(&read("predictions-best-data-copy.csv"), s(&copy)),
         held_out
@@ -1459,7 +1484,9 @@ fn own_class_folders_need_no_folder_flag() {
     std::fs::remove_file(&state_path).expect("remove the state");
     let said = evaluate_on(s(&copy));
     assert!(
-        said.contains("state.safetensors is not there to tell them"),
+        said.contains(
+            "scored too, as nothing tells them: the run's state.safetensors is not there"
+        ),
         "{said}"
     );
     std::fs::write(&state_path, &state).expect("state back");
@@ -1529,7 +1556,7 @@ fn own_class_folders_need_no_folder_flag() {
     }
     let err = fails(&["evaluate", "--run", s(&flat_out), "--device", "cpu"], &[]);
     assert!(
-        err.contains("has as many images as the run tested on, but other files"),
+        err.contains("has as many images as the run tested on (6), but other files"),
         "{err}"
     );
     let err = fails(
@@ -1569,8 +1596,8 @@ fn own_class_folders_need_no_folder_flag() {
     }
     let given = evaluate_on(s(&flat));
     assert!(
-        given.contains("its test split has 12 images, the run tested on 6")
-            && given.contains("test images are files the run trained on"),
+        given.contains("its test split now has 12 images, the run tested on 6")
+            && given.contains("the run trained on (the same bytes"),
         "{given}"
     );
     let (shape, bytes) =
@@ -1608,7 +1635,63 @@ fn own_class_folders_need_no_folder_flag() {
         std::fs::read(flat_out.join("evaluation-best.json")).expect("evaluation"),
         before
     );
+    // ... and without the state to tell a folder moved there from another, any folder given
+    // is scored as other data, said so.
+    let state_path = flat_out.join(train::rundir::STATE);
+    let state = std::fs::read(&state_path).expect("state");
+    std::fs::remove_file(&state_path).expect("remove the state");
+    let given = evaluate_on(s(&other));
+    assert!(
+        given.contains("scored as other data than the run's, as the run's folder is gone"),
+        "{given}"
+    );
+    std::fs::write(&state_path, &state).expect("state back");
+    assert_eq!(
+        std::fs::read(flat_out.join("evaluation-best.json")).expect("evaluation"),
+        before
+    );
     std::fs::rename(&away, &flat).expect("move it back");
+    // The run's folder with more images under another --limit-test: still not the run's test
+    // (refused without --data-dir), and with it the images the run trained on are left out
+    // before the limit draws.
+    let err = fails(
+        &[
+            "evaluate",
+            "--run",
+            s(&flat_out),
+            "--device",
+            "cpu",
+            "--limit-test",
+            "4",
+        ],
+        &[],
+    );
+    assert!(err.contains("has changed since it trained"), "{err}");
+    let args = [
+        "evaluate",
+        "--run",
+        s(&flat_out),
+        "--device",
+        "cpu",
+        "--limit-test",
+        "4",
+    ];
+    let given = ok(&[&args[..], &["--data-dir", s(&flat)]].concat(), &[]);
+    assert!(
+        given.contains("the run trained on (the same bytes")
+            && given.contains("--limit-test scores 4 of the")
+            && given.contains("on 4 test images"),
+        "{given}"
+    );
+    let table = read("predictions-best-test4-data-flat.csv");
+    assert!(
+        table
+            .lines()
+            .skip(1)
+            .filter_map(|r| r.split(',').nth(1))
+            .all(|f| !trained.contains(&sum(f))),
+        "{table}"
+    );
 }
 
 /// An image that cannot be read any more, met in an epoch after others were saved, stops the run

@@ -301,8 +301,8 @@ fn real_cifar_archive_end_to_end() {
     let said = text(&evaluated);
     assert!(evaluated.status.success(), "{said}");
     assert!(
-        said.contains("20 of its 50 test images are files the run trained on")
-            && said.contains("30 scored")
+        said.contains("its test split now has 50 images, the run tested on 256")
+            && said.contains("20 of them are files the run trained on")
             && said.contains("on 30 test images"),
         "{said}"
     );

@@ -872,22 +872,6 @@ pub fn refuse_unused_test_fraction(config: &RunConfig, split: &datasets::Split) 
 /// # Errors
 /// The test split cannot be found, downloaded or read, or a subset cannot be drawn.
 pub fn load_test_data(config: &RunConfig, held_out: bool) -> Result<(Arc<dyn Dataset>, usize)> {
-    let (test, whole, _) = load_test_data_without(config, held_out, None)?;
-    Ok((test, whole))
-}
-
-/// [`load_test_data`], without the images whose files' fingerprints
-/// ([`datasets::Dataset::fingerprint`]) are among `trained_on` (sorted: the training images a
-/// run's state keeps), taken out before `--limit-test` draws its subset. Also gives the
-/// whole split's number of images with them, and the names of those taken out, in order.
-///
-/// # Errors
-/// As [`load_test_data`], or a file cannot be read for its fingerprint (named).
-pub fn load_test_data_without(
-    config: &RunConfig,
-    held_out: bool,
-    trained_on: Option<&[u64]>,
-) -> Result<(Arc<dyn Dataset>, usize, Vec<String>)> {
     let test = match (config.dataset, config.data_dir.as_deref()) {
         (DatasetKind::Folder, Some(dir)) if held_out => {
             datasets::image_folder_test(dir, &folder_options(config))
@@ -899,23 +883,18 @@ pub fn load_test_data_without(
     }
     .context("cannot load the test split")?;
     let whole = test.len();
-    let (test, left_out) = match trained_on {
-        Some(trained_on) => without_trained(test, trained_on)?,
-        None => (test, Vec::new()),
-    };
-    // Nothing left: nothing for `--limit-test` to draw from (the caller says why).
-    if test.is_empty() {
-        return Ok((test, whole, left_out));
-    }
     Ok((
         limited(test, config.limit_test, config.seed, "test")?,
         whole,
-        left_out,
     ))
 }
 
-/// `data` without the samples whose files' fingerprints are among `trained_on` (sorted), and
-/// the names of those (their indices where they have none).
+/// `data` without the samples whose files' fingerprints ([`datasets::Dataset::fingerprint`])
+/// are among `trained_on` (sorted: the training images a run's state keeps), and the names of
+/// those (their indices where they have none), in order.
+///
+/// # Errors
+/// A file cannot be read for its fingerprint (named).
 pub(crate) fn without_trained(
     data: Arc<dyn Dataset>,
     trained_on: &[u64],
@@ -951,7 +930,7 @@ fn folder_options(config: &RunConfig) -> datasets::FolderOptions {
 }
 
 /// `data`, or `limit` of its samples chosen by [`datasets::stratified_indices`].
-fn limited(
+pub(crate) fn limited(
     data: Arc<dyn Dataset>,
     limit: Option<usize>,
     seed: u64,

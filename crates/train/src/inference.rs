@@ -450,11 +450,12 @@ fn checkpoint_tag(dir: &Path, path: &Path) -> String {
 /// from here); one that cannot be read or tell is taken as another file's. With `data` (a
 /// checkpoint outside any run, `--model`, whose names do not say the data), an evaluation of
 /// the same file on other test data (its `data_dir`, `None` for the Hub's copy) is taken as
-/// another's too.
+/// another's too. Without `file_too` (the run's own checkpoint beside the outputs: whichever
+/// path it had when evaluated, it is this one), the data alone tells.
 fn unclaimed_tag(
     out: &Path,
     tag: String,
-    file: Option<&Path>,
+    (file, file_too): (Option<&Path>, bool),
     data: Option<Option<&Path>>,
 ) -> String {
     let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
@@ -463,19 +464,24 @@ fn unclaimed_tag(
         if std::fs::symlink_metadata(&path).is_err() {
             return false;
         }
-        let Some(file) = file else {
-            return true;
-        };
         let json = layers::file::read_to_string(&path)
             .ok()
             .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
         let at = |key: &str| json.as_ref()?.get(key)?.as_str().map(PathBuf::from);
-        let named = at("weights_file")
-            .or_else(|| at("weights"))
-            .and_then(|named| std::fs::canonicalize(named).ok());
-        let other_data =
-            data.is_some_and(|data| at("data_dir").map(|d| real(&d)) != data.map(real));
-        named.as_deref() != Some(file) || other_data
+        let other_file = match (file_too, file) {
+            (false, _) => json.is_none(),
+            (true, None) => true,
+            (true, Some(file)) => {
+                let named = at("weights_file")
+                    .or_else(|| at("weights"))
+                    .and_then(|named| std::fs::canonicalize(named).ok());
+                named.as_deref() != Some(file)
+            }
+        };
+        // The data's absolute path as written (`data_dir_file`), else as given, from here.
+        let written = || at("data_dir_file").or_else(|| at("data_dir").map(|d| real(&d)));
+        let other_data = data.is_some_and(|data| written() != data.map(real));
+        other_file || other_data
     };
     let mut n = 1;
     loop {
@@ -589,6 +595,73 @@ fn other_data(given: Option<&Path>, saved: Option<&Path>) -> Option<String> {
     })
 }
 
+/// `data`, or `limit` of its samples as the training programs' `--limit-test` draws them
+/// ([`datasets::stratified_indices`] with `seed`), without a word.
+fn drawn(
+    data: std::sync::Arc<dyn datasets::Dataset>,
+    limit: Option<usize>,
+    seed: u64,
+) -> Result<std::sync::Arc<dyn datasets::Dataset>> {
+    Ok(match limit.filter(|&n| n < data.len()) {
+        Some(n) => {
+            let indices = datasets::stratified_indices(data.as_ref(), n, seed);
+            std::sync::Arc::new(datasets::Subset::new(data, indices)?)
+        }
+        None => data,
+    })
+}
+
+/// How `as_run`, the run's share of a test split drawn as the run drew it, differs from the
+/// test split the run tested on (`record`, from its state; each part compared where recorded),
+/// said as it ends "its test split ...": `None` when it does not (or cannot be told to). `root`:
+/// the data directory the names are below.
+///
+/// # Errors
+/// A test file cannot be read for its fingerprint (named).
+fn test_split_change(
+    record: &crate::state::TestRecord,
+    as_run: &dyn datasets::Dataset,
+    root: Option<&Path>,
+) -> Result<Option<String>> {
+    let n = as_run.len();
+    if let Some(tested) = record.images.filter(|&t| t != n) {
+        return Ok(Some(format!(
+            "now has {n} images, the run tested on {tested}"
+        )));
+    }
+    let names = crate::state::names_crc_like(record.names, as_run, root);
+    if record.names.is_some_and(|saved| saved != names) {
+        return Ok(Some(format!(
+            "has as many images as the run tested on ({n}), but other files"
+        )));
+    }
+    if record
+        .labels
+        .is_some_and(|saved| saved != crate::state::labels_crc(as_run))
+    {
+        return Ok(Some(format!(
+            "has as many images as the run tested on ({n}), but other labels"
+        )));
+    }
+    if let Some(saved) = record.contents {
+        if crate::state::contents_crc(as_run)?.is_some_and(|now| now != saved) {
+            return Ok(Some(format!(
+                "has the run's {n} test files by name, but other contents (changed in place)"
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether the run's own data directory (its `--data-dir`) is gone.
+fn saved_dir_gone(trained: &Trained) -> bool {
+    trained
+        .config
+        .data_dir
+        .as_deref()
+        .is_some_and(|d| !d.exists())
+}
+
 /// The first few of `names` (three, printable: [`printable`]), and how many more.
 fn examples(names: &[String]) -> String {
     let shown: Vec<String> = names.iter().take(3).map(|n| printable(n)).collect();
@@ -697,6 +770,10 @@ pub struct Evaluation {
     /// Face Hub's copy.
     #[serde(serialize_with = "optional_path_text")]
     pub data_dir: Option<PathBuf>,
+    /// `data_dir`'s absolute path (links resolved): which folder these figures are of, so that
+    /// another folder of the same name never replaces them.
+    #[serde(serialize_with = "optional_path_text")]
+    pub data_dir_file: Option<PathBuf>,
     /// Test images.
     pub samples: usize,
     /// Mean test loss, with the run's training criterion.
@@ -707,7 +784,7 @@ pub struct Evaluation {
     pub top5: f64,
     /// Each class's accuracy in percent (`None`: no test image of that class).
     pub per_class: Vec<(String, Option<f64>)>,
-    /// Images of another folder than the run's (`--data-dir`) left out as files the run
+    /// Images of other data than the run's test split (`--data-dir`) left out as files the run
     /// trained on (the same bytes as its training images), by name; not written when none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub left_out_as_trained: Vec<String>,
@@ -951,106 +1028,69 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
     if other_folder && args.limit_test.is_none() {
         config.limit_test = None;
     }
-    // Other data's images that are files the run trained on (the same bytes: a part, a copy
-    // or an archive of the run's folder) are left out, as a test scores no image it trained
-    // on; runs whose state keeps no fingerprints score them (said below). Why none are
-    // (`Err`), for the note: a state that cannot tell them does not stop the evaluation,
-    // which needs the checkpoint alone.
-    let trained_on = match args.data_dir.is_some() {
-        true => match crate::state::saved_trained_on(run) {
-            Ok(Some(sums)) => Ok(sums),
-            Ok(None) if !run.join(crate::rundir::STATE).exists() => Err(format!(
-                "the run's {} is not there to tell them",
-                crate::rundir::STATE
-            )),
-            Ok(None) => Err(format!(
-                "the run's {} keeps no fingerprints of its training images to tell them (it \
-                 predates them)",
-                crate::rundir::STATE
-            )),
-            Err(e) => Err(format!("{e:#}")),
-        },
-        false => Err(String::new()),
+    // The training images' fingerprints, by which images the run trained on are left out of any
+    // test set that is not the run's own; why there are none (`Err`), for the notes: a state
+    // that cannot tell does not stop the evaluation, which needs the checkpoint alone.
+    let trained_on = match crate::state::saved_trained_on(run) {
+        Ok(Some(sums)) => Ok(sums),
+        Ok(None) if !run.join(crate::rundir::STATE).exists() => {
+            Err(format!("the run's {} is not there", crate::rundir::STATE))
+        }
+        Ok(None) => Err(format!(
+            "the run's {} keeps no fingerprints of its training images (it predates them, or \
+             its images were read from no files)",
+            crate::rundir::STATE
+        )),
+        Err(e) => Err(format!("its fingerprints cannot be read ({e:#})")),
     };
-    let test = crate::cli::load_test_data_without(
-        &config,
-        !other_folder,
-        trained_on.as_deref().ok().filter(|_| other_folder),
-    );
-    let (mut test, whole, mut left_out) = match (&args.data_dir, &config.data_dir) {
+    // The whole test split, before any --limit-test: another folder's every image, else the
+    // split the run holds out (or its test files).
+    let mut whole_config = config.clone();
+    whole_config.limit_test = None;
+    let split = crate::cli::load_test_data(&whole_config, !other_folder);
+    let (split, whole) = match (&args.data_dir, &config.data_dir) {
         // The run's own data directory, gone: say where it was and how to give it.
-        (None, Some(saved)) if !saved.exists() => test.with_context(|| {
+        (None, Some(saved)) if !saved.exists() => split.with_context(|| {
             format!(
                 "the run's data, --data-dir {} (from its {CONFIG}), is not there: give \
                  --data-dir where the data is now",
                 saved.display()
             )
         })?,
-        _ => test?,
+        _ => split?,
     };
-    // Another test set than the run's (`--limit-test`) is said in the outputs' names too; a
-    // limit at or above the split's size is the whole split.
-    let not_left_out = whole - left_out.len();
-    let limit = |limit: Option<usize>| limit.filter(|&n| n < not_left_out);
-    let other_limit = limit(config.limit_test) != limit(trained.config.limit_test);
-    let mut other_data = other_data(args.data_dir.as_deref(), trained.config.data_dir.as_deref());
-    // Another folder than the run's, where the run's own is gone: named for itself all the
-    // same, so the run's own evaluation stays.
-    if other_folder && other_data.is_none() {
-        other_data = crate::inference::other_data(args.data_dir.as_deref(), None);
-    }
-    if test.classes() != trained.classes.as_slice() {
+    if split.classes() != trained.classes.as_slice() {
         bail!(
             "the test data's classes {:?} are not the run's {:?}",
-            test.classes(),
+            split.classes(),
             trained.classes
         );
     }
-    // The run's own data that has since changed: its test split is not the one the run
-    // tested on (and an image folder's held-out share, drawn again, may hold images it
-    // trained on), as `--resume` refuses it too.
     let given = args.data_dir.as_deref().unwrap_or(Path::new(""));
-    if other_folder && test.is_empty() && !left_out.is_empty() {
+    let mut other_data = other_data(args.data_dir.as_deref(), trained.config.data_dir.as_deref());
+    // Is it the run's own test split? The run's --limit-test share drawn from it as the run drew
+    // it, against what the state records (its size, and the CRC-32C of its labels, file names
+    // and files' contents). A split that has changed since (images added, removed, renamed or
+    // changed in place) is not: refused without --data-dir (as --resume refuses it), scored as
+    // other data with it.
+    let record = crate::state::saved_test_record(run);
+    let changed = match (other_folder, record) {
+        (false, Some(record)) => {
+            let as_run = drawn(
+                split.clone(),
+                trained.config.limit_test,
+                trained.config.seed,
+            )?;
+            test_split_change(&record, as_run.as_ref(), config.data_dir.as_deref())?
+        }
+        _ => None,
+    };
+    let own_path = args.data_dir.is_none() || other_data.is_none() && !saved_dir_gone(&trained);
+    // The run's own data, unless changed, or given where the run's folder is gone without a
+    // state to confirm it (a folder there could be any).
+    let own = !other_folder && changed.is_none() && (record.is_some() || own_path);
+    if let (Some(what), None) = (&changed, &args.data_dir) {
         bail!(
-            "--data-dir {}: all {whole} of its test images are files the run trained on (the \
-             same bytes as its training images: a part, a copy or an archive of the run's \
-             folder), which no test scores; without --data-dir the run's own held-out test \
-             images are scored",
-            given.display()
-        );
-    }
-    if other_folder && crate::distributed::writes() {
-        let scored = whole - left_out.len();
-        crate::warn!(
-            "note: --data-dir {}: an image folder other than the run's{}: its {whole} test \
-             images are all its class folders hold (those of test/ or val/ beside train/), \
-             none held out{}{} (the outputs are named for the data); {}",
-            given.display(),
-            saved_dir.map_or(String::new(), |d| format!(" ({})", d.display())),
-            match scored == test.len() {
-                true => String::new(),
-                false => format!(
-                    " (--limit-test scores {} of the {scored} not left out below)",
-                    test.len()
-                ),
-            },
-            trained_left_out(&left_out),
-            match &trained_on {
-                Ok(_) => "without --data-dir the run's own held-out test images are scored".into(),
-                Err(why) => format!(
-                    "images the run trained on there (a part or an archive of the run's \
-                     folder) are scored too, as {why}: without --data-dir the run's own \
-                     held-out test images are scored"
-                ),
-            }
-        );
-    }
-    let tested = crate::state::saved_images(run)
-        .map(|[_, tested]| tested)
-        .filter(|&tested| !other_folder && !other_limit && tested != test.len());
-    // The run's own data changed since: refused, saying how (`what`).
-    let changed = |what: String| {
-        anyhow::anyhow!(
             "the run's data{} has changed since it trained: its test split {what}{}; give \
              --data-dir to evaluate on the data as it is now",
             config
@@ -1063,97 +1103,80 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
             } else {
                 ""
             }
-        )
+        );
+    }
+    // Other data is named for itself, so that the run's own evaluation stays.
+    if !own && other_data.is_none() {
+        other_data = crate::inference::other_data(args.data_dir.as_deref(), None);
+    }
+    // Images the run trained on are left out of any test set but its own, before --limit-test
+    // draws from what is left.
+    let (split, left_out) = match (&trained_on, own) {
+        (Ok(sums), false) => crate::cli::without_trained(split, sums)?,
+        _ => (split, Vec::new()),
     };
-    match (tested, &args.data_dir) {
-        (Some(tested), None) => {
-            return Err(changed(format!(
-                "now has {} images, the run tested on {tested}",
-                test.len()
-            )))
-        }
-        (Some(tested), Some(dir)) => {
-            if crate::distributed::writes() {
-                crate::warn!(
-                    "note: --data-dir {}: its test split has {} images, the run tested on \
-                     {tested}; these figures are not the run's test (the outputs are named for \
-                     the data)",
-                    dir.display(),
-                    test.len()
-                );
+    if split.is_empty() && !left_out.is_empty() {
+        bail!(
+            "--data-dir {}: all {whole} of its test images are files the run trained on (the \
+             same bytes as its training images: a part, a copy or an archive of the run's \
+             folder), which no test scores{}",
+            given.display(),
+            match saved_dir_gone(&trained) {
+                true => "",
+                false => "; without --data-dir the run's own held-out test images are scored",
             }
-            // Named for the data, even the run's own folder changed: the run's evaluation stays.
-            if other_data.is_none() {
-                other_data = crate::inference::other_data(Some(dir), None);
-            }
-        }
-        // As many test images, but other files: an image folder's held-out share drawn again
-        // after an image was added to a class, say (its labels in the same places).
-        (None, None) if !other_limit => {
-            let saved = crate::state::saved_test_names(run);
-            let root = config.data_dir.as_deref();
-            let now = crate::state::names_crc_like(saved, test.as_ref(), root);
-            if saved.is_some_and(|saved| saved != now) {
-                return Err(changed(
-                    "has as many images as the run tested on, but other files".into(),
-                ));
-            }
-        }
-        // The same count in the folder given, but other files (the run's own folder changed,
-        // or another one): noted and named for the data, as a changed count is.
-        (None, Some(dir)) if !other_limit && !other_folder => {
-            let saved = crate::state::saved_test_names(run);
-            let root = config.data_dir.as_deref();
-            let now = crate::state::names_crc_like(saved, test.as_ref(), root);
-            if saved.is_some_and(|saved| saved != now) {
-                if crate::distributed::writes() {
-                    crate::warn!(
-                        "note: --data-dir {}: its test split has as many images as the run \
-                         tested on ({}), but other files; these figures are not the run's test \
-                         (the outputs are named for the data)",
-                        dir.display(),
-                        test.len()
-                    );
-                }
-                if other_data.is_none() {
-                    other_data = crate::inference::other_data(Some(dir), None);
-                }
-            }
-        }
-        (None, _) => {}
+        );
     }
-    // Other data than the run's test split in a folder not taken for another (the run's own
-    // folder changed since, a CIFAR-10 folder of other images): its images that are files the
-    // run trained on are left out too, from the share the run's --limit-test drew.
-    if let (Some(_), false, Ok(sums)) = (&other_data, other_folder, &trained_on) {
-        let (kept, out) = crate::cli::without_trained(test.clone(), sums)?;
-        if !out.is_empty() {
-            ensure!(
-                !kept.is_empty(),
-                "--data-dir {}: all {} of its test images are files the run trained on (the same \
-                 bytes as its training images), which no test scores",
-                given.display(),
-                test.len()
-            );
-            if crate::distributed::writes() {
-                crate::warn!(
-                    "note: --data-dir {}: {} of its {} test images {} the run trained on (the \
-                     same bytes as its training images), left out: {}; {} scored",
-                    given.display(),
-                    out.len(),
-                    test.len(),
-                    if out.len() == 1 {
-                        "is a file"
-                    } else {
-                        "are files"
-                    },
-                    examples(&out),
-                    kept.len()
-                );
+    if !own && crate::distributed::writes() {
+        let scored = whole - left_out.len();
+        let limited = config.limit_test.is_some_and(|n| n < scored);
+        crate::warn!(
+            "note: --data-dir {}: {}{}{} (the outputs are named for the data){}",
+            given.display(),
+            match (other_folder, &changed) {
+                (true, _) => format!(
+                    "an image folder other than the run's{}: its {whole} test images are all \
+                     its class folders hold (those of test/ or val/ beside train/), none held \
+                     out",
+                    saved_dir.map_or(String::new(), |d| format!(" ({})", d.display())),
+                ),
+                (false, Some(what)) =>
+                    format!("its test split {what}; these figures are not the run's test"),
+                (false, None) => format!(
+                    "its {whole} test images are scored as other data than the run's, as the \
+                     run's folder is gone and its {} to confirm this is that folder moved",
+                    match record {
+                        None => "state is not there",
+                        Some(_) => "state records nothing of its test split",
+                    }
+                ),
+            },
+            trained_left_out(&left_out),
+            match limited {
+                true => format!(
+                    "; --limit-test scores {} of the {scored} not left out",
+                    config.limit_test.unwrap_or(scored)
+                ),
+                false => String::new(),
+            },
+            match (&trained_on, saved_dir_gone(&trained)) {
+                (Ok(_), true) => String::new(),
+                (Ok(_), false) => {
+                    "; without --data-dir the run's own held-out test images are scored".into()
+                }
+                (Err(why), _) => format!(
+                    "; images the run trained on there (a part, a copy or an archive of the \
+                     run's folder) are scored too, as nothing tells them: {why}"
+                ),
             }
-            (test, left_out) = (kept, out);
-        }
+        );
     }
+    let test = crate::cli::limited(split, config.limit_test, config.seed, "test")?;
+    // Another test set than the run's (`--limit-test`) is said in the outputs' names too; a
+    // limit at or above the split's size is the whole split.
+    let not_left_out = whole - left_out.len();
+    let limit = |limit: Option<usize>| limit.filter(|&n| n < not_left_out);
+    let other_limit = limit(config.limit_test) != limit(trained.config.limit_test);
     // In another precision than the run's, the outputs say which (`evaluation-best-f32.json`),
     // so the run-precision ones stay.
     let own_precision = precision == trained.config.precision;
@@ -1465,6 +1488,10 @@ fn test_and_write(
         checkpoint: None,
         precision,
         data_dir: config.data_dir.clone(),
+        data_dir_file: config
+            .data_dir
+            .as_deref()
+            .and_then(|d| std::fs::canonicalize(d).ok()),
         samples: m.samples(),
         loss: m.loss(),
         top1: m.accuracy(),
@@ -1517,19 +1544,20 @@ fn test_and_write(
     // it replaces the checkpoint); on other data, the first name not another folder's of the
     // same name (`-data-photos`, `-data-photos-2`); another file, the first name not another
     // file's.
+    let data = evaluation.data_dir.as_deref();
     let tag = match evaluation.checkpoint {
         Some(_) if !outputs.other_data => outputs.tag.clone(),
         Some(_) => unclaimed_tag(
             out,
             outputs.tag.clone(),
-            evaluation.weights_file.as_deref(),
-            Some(evaluation.data_dir.as_deref()),
+            (evaluation.weights_file.as_deref(), false),
+            Some(data),
         ),
         None => unclaimed_tag(
             out,
             outputs.tag.clone(),
-            evaluation.weights_file.as_deref(),
-            (!outputs.run_checkpoint).then_some(evaluation.data_dir.as_deref()),
+            (evaluation.weights_file.as_deref(), true),
+            (!outputs.run_checkpoint || outputs.other_data).then_some(data),
         ),
     };
     // Only the writer checks what follows: another rank's refusal would end the job while
@@ -2003,12 +2031,21 @@ pub fn predict(args: &PredictArgs, dataset: DatasetKind) -> Result<()> {
         &device,
     )?
     .named(&trained.weights);
-    // The images that are files the run trained on are said so (a damaged state, which the
-    // checkpoint does not need, says nothing of them).
-    let trained_on = crate::state::saved_trained_on(&run)
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    // The images that are files the run trained on are said so; a state that cannot tell (the
+    // checkpoint does not need it) is said once, on stderr.
+    let cannot_tell = |why: String| {
+        crate::warn!("note: {why}: which images are files the run trained on cannot be said");
+        Vec::new()
+    };
+    let trained_on = match crate::state::saved_trained_on(&run) {
+        Ok(Some(sums)) => sums,
+        Ok(None) if !run.join(crate::rundir::STATE).exists() => cannot_tell(format!(
+            "{} is not there",
+            run.join(crate::rundir::STATE).display()
+        )),
+        Ok(None) => Vec::new(),
+        Err(e) => cannot_tell(format!("{e:#}")),
+    };
     print_top5(&images, &trained_on, |image| predictor.top5(image))
 }
 
@@ -2133,7 +2170,7 @@ pub fn print_top5(
                     crate::warn!(
                         "note: {} is a file the run trained on (the same bytes as one of its \
                          training images): its prediction is no test",
-                        image.display()
+                        printable(&image.display().to_string())
                     );
                 }
             }
@@ -2264,7 +2301,7 @@ mod tests {
         std::fs::write(&one, b"1")?;
         std::fs::write(&two, b"2")?;
         let (one, two) = (std::fs::canonicalize(&one)?, std::fs::canonicalize(&two)?);
-        let tag = |file: &Path| unclaimed_tag(&out, "a-b-c".into(), Some(file), None);
+        let tag = |file: &Path| unclaimed_tag(&out, "a-b-c".into(), (Some(file), true), None);
         let record = |tag: &str, json: serde_json::Value| {
             std::fs::write(out.join(evaluation_summary(tag)), json.to_string())
         };

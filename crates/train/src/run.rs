@@ -269,6 +269,13 @@ pub fn train(
         }
         false => None,
     };
+    // What tells `evaluate` a test split whose files changed in place.
+    let test_contents = match writes {
+        true => crate::state::contents_crc(test_images).context(
+            "reading the test images' files for their fingerprints (kept in the run's state)",
+        )?,
+        false => None,
+    };
     if writes {
         std::fs::create_dir_all(out)
             .with_context(|| format!("cannot create output directory {}", out.display()))?;
@@ -318,6 +325,7 @@ pub fn train(
             labels,
             names,
             trained_on,
+            test_contents,
             events: Some(EventWriter::create(out)?),
         });
     }
@@ -1005,6 +1013,8 @@ struct Outputs<'a> {
     /// The training images' fingerprints, for the resume state
     /// ([`StateTensors::trained_on`]).
     trained_on: Option<std::sync::Arc<Vec<u64>>>,
+    /// The test images' files' [`crate::state::contents_crc`], for the resume state.
+    test_contents: Option<u32>,
     /// The TensorBoard file; with the writing thread while an epoch's files are written.
     events: Option<EventWriter>,
 }
@@ -1081,14 +1091,17 @@ impl<'a> Outputs<'a> {
             model,
             optimizer: host_copies(optimizer.state()?, true)?,
             trained_on: self.trained_on.clone(),
-            state: resume_state(
-                self.config,
-                optimizer,
-                progress,
-                schedule,
-                (train_loader, self.images, (self.labels, self.names)),
-                self.classes,
-            ),
+            state: ResumeState {
+                test_contents: self.test_contents,
+                ..resume_state(
+                    self.config,
+                    optimizer,
+                    progress,
+                    schedule,
+                    (train_loader, self.images, (self.labels, self.names)),
+                    self.classes,
+                )
+            },
             tiles: pictures::prediction_tiles(self.test_images, &tested.predictions)?,
             confusion: tested.metrics.confusion().to_vec(),
             batch_losses: trained.batch_losses.clone(),
@@ -1258,6 +1271,7 @@ fn resume_state(
         images: Some(images),
         labels: Some(labels),
         names: Some(names),
+        test_contents: None,
         classes: Some(classes.to_vec()),
         world_size: Some(crate::distributed::rank().map_or(1, |r| r.size)),
     }

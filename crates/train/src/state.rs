@@ -76,6 +76,11 @@ pub struct ResumeState {
     /// same labels.
     #[serde(default)]
     pub names: Option<[u32; 2]>,
+    /// The test images' files' fingerprints in order, as [`contents_crc`] sums them (`None` for
+    /// data read from no files, and in states saved before they were kept): a test split whose
+    /// files were changed in place (the same names, other images) is not the run's test.
+    #[serde(default)]
+    pub test_contents: Option<u32>,
 }
 
 /// The CRC-32C of `data`'s labels in order (each as 8 little-endian bytes): what tells one data
@@ -147,6 +152,64 @@ fn crc_of_names(
             crc32c::crc32c_append(crc32c::crc32c_append(crc, name.as_bytes()), &[0])
         }
         None => crc,
+    })
+}
+
+/// The CRC-32C of `data`'s files' fingerprints in order ([`datasets::Dataset::fingerprint`],
+/// each as 8 little-endian bytes; the files read in parallel): what tells a test split whose
+/// files changed in place. `None` for data whose samples come from no file of their own.
+///
+/// # Errors
+/// A file cannot be read (named).
+pub fn contents_crc(data: &dyn datasets::Dataset) -> Result<Option<u32>> {
+    use rayon::prelude::*;
+    if data.is_empty() || data.fingerprint(0)?.is_none() {
+        return Ok(None);
+    }
+    let sums: Option<Vec<u64>> = (0..data.len())
+        .into_par_iter()
+        .with_min_len(64)
+        .map(|i| data.fingerprint(i))
+        .collect::<Result<_>>()?;
+    Ok(sums.map(|sums| {
+        sums.iter()
+            .fold(0, |crc, s| crc32c::crc32c_append(crc, &s.to_le_bytes()))
+    }))
+}
+
+/// What the state in `dir` records of the test split the run tested on, read from its header
+/// alone; each `None` where the state does not record it (saved before it was kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TestRecord {
+    /// Its number of images.
+    pub images: Option<usize>,
+    /// Its labels' [`labels_crc`].
+    pub labels: Option<u32>,
+    /// Its names' [`names_crc`].
+    pub names: Option<u32>,
+    /// Its files' [`contents_crc`].
+    pub contents: Option<u32>,
+}
+
+/// The [`TestRecord`] of the state in `dir`; `None` without a readable state.
+pub fn saved_test_record(dir: &Path) -> Option<TestRecord> {
+    #[derive(serde::Deserialize)]
+    struct Recorded {
+        #[serde(default)]
+        images: Option<[usize; 2]>,
+        #[serde(default)]
+        labels: Option<[u32; 2]>,
+        #[serde(default)]
+        names: Option<[u32; 2]>,
+        #[serde(default)]
+        test_contents: Option<u32>,
+    }
+    let r = recorded::<Recorded>(dir)?;
+    Some(TestRecord {
+        images: r.images.map(|[_, test]| test),
+        labels: r.labels.map(|[_, test]| test),
+        names: r.names.map(|[_, test]| test),
+        contents: r.test_contents,
     })
 }
 
@@ -458,9 +521,22 @@ pub fn saved_trained_on(dir: &Path) -> Result<Option<Vec<u64>>> {
     let offsets: Option<Vec<u64>> = entry
         .get("data_offsets")
         .and_then(|o| o.as_array())
-        .map(|o| o.iter().filter_map(|v| v.as_u64()).collect());
+        .and_then(|o| o.iter().map(|v| v.as_u64()).collect());
+    // Within the file: the data section begins after the length and the header.
+    let size = file
+        .metadata()
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
     let (start, end) = match offsets.as_deref() {
-        Some(&[start, end]) if start <= end && (end - start) % 8 == 0 => (start, end),
+        Some(&[start, end])
+            if start <= end
+                && (end - start) % 8 == 0
+                && (8 + len as u64)
+                    .checked_add(end)
+                    .is_some_and(|last| last <= size) =>
+        {
+            (start, end)
+        }
         _ => return Err(damaged("have no valid place in the file")),
     };
     let shape_ok = entry
@@ -812,6 +888,31 @@ mod tests {
         write(Some(crc32c::crc32c(&bytes) ^ 1));
         let err = saved_trained_on(run.path()).unwrap_err().to_string();
         assert!(err.contains("are damaged") && err.contains(STATE), "{err}");
+        // A header that places them past the file's end, at offsets no number, or cut short:
+        // an error, never an allocation of what the header claims.
+        let written = std::fs::read(&path).unwrap();
+        let header_len = u64::from_le_bytes(written[..8].try_into().unwrap()) as usize;
+        let header = std::str::from_utf8(&written[8..8 + header_len])
+            .unwrap()
+            .to_string();
+        let at = header.find("\"data_offsets\":[").unwrap() + "\"data_offsets\":[".len();
+        let close = at + header[at..].find(']').unwrap();
+        let (first, _) = header[at..close].split_once(',').unwrap();
+        for offsets in [
+            format!("{first},{}", u64::MAX - 7),
+            format!("{first},\"x\",{first}"),
+        ] {
+            let bad = header[..at].to_string() + &offsets + &header[close..];
+            let mut file = (bad.len() as u64).to_le_bytes().to_vec();
+            file.extend_from_slice(bad.as_bytes());
+            file.extend_from_slice(&written[8 + header_len..]);
+            std::fs::write(&path, &file).unwrap();
+            let err = saved_trained_on(run.path()).unwrap_err().to_string();
+            assert!(err.contains("have no valid place"), "{offsets}: {err}");
+        }
+        std::fs::write(&path, &written[..written.len() - 8]).unwrap();
+        let err = saved_trained_on(run.path()).unwrap_err().to_string();
+        assert!(err.contains("have no valid place"), "cut short: {err}");
         std::fs::remove_file(&path).unwrap();
         assert_eq!(saved_trained_on(&run.path().join("none")).unwrap(), None);
     }
