@@ -1432,7 +1432,7 @@ fn own_class_folders_need_no_folder_flag() {
     img.save(&changed).expect("png");
     let err = fails(&["evaluate", "--run", s(&flat_out), "--device", "cpu"], &[]);
     assert!(
-        err.contains("has the run's 6 test files by name, but other contents (changed in place)"),
+        err.contains("with the same names and labels, but other contents (changed in place)"),
         "{err}"
     );
     std::fs::write(&changed, &original).expect("put it back");
@@ -1542,8 +1542,9 @@ fn own_class_folders_need_no_folder_flag() {
     assert_eq!(said.matches(note).count(), 1, "{said}");
     assert!(said.contains(&format!("{trained} {note}")), "{said}");
     // The same number of images with the same labels, but other files (a class's images
-    // renamed: which are held out is drawn again): refused by evaluate and --resume, which
-    // compared the counts alone.
+    // A class's images renamed in the same order: the same files are held out, so evaluate
+    // scores them as the run's test (their contents and labels are the run's), while --resume,
+    // which compares the names, refuses.
     let frog = flat.join("frog");
     for entry in std::fs::read_dir(&frog).expect("class folder") {
         let path = entry.expect("entry").path();
@@ -1554,10 +1555,19 @@ fn own_class_folders_need_no_folder_flag() {
             .into_owned();
         std::fs::rename(&path, frog.join(format!("renamed-{name}"))).expect("rename");
     }
-    let err = fails(&["evaluate", "--run", s(&flat_out), "--device", "cpu"], &[]);
+    let before = std::fs::read(flat_out.join("evaluation-best.json")).expect("evaluation");
+    let figures = |json: &[u8]| -> (serde_json::Value, serde_json::Value) {
+        let v: serde_json::Value = serde_json::from_slice(json).expect("JSON");
+        (v["top1"].clone(), v["loss"].clone())
+    };
+    let own = ok(&["evaluate", "--run", s(&flat_out), "--device", "cpu"], &[]);
     assert!(
-        err.contains("has as many images as the run tested on (6), but other files"),
-        "{err}"
+        own.contains("on 6 test images") && !own.contains("not the run's test"),
+        "{own}"
+    );
+    assert_eq!(
+        figures(&std::fs::read(flat_out.join("evaluation-best.json")).expect("evaluation")),
+        figures(&before)
     );
     let err = fails(
         &["--resume", s(&flat_out), "--epochs", "2", "--device", "cpu"],
@@ -1567,23 +1577,7 @@ fn own_class_folders_need_no_folder_flag() {
         err.contains("as many as the run's, with the same labels, but other files"),
         "{err}"
     );
-    // Given as --data-dir, the changed folder is evaluated as it is, with a note, and the
-    // outputs are named for the data: the run's own evaluation stays.
     let before = std::fs::read(flat_out.join("evaluation-best.json")).expect("evaluation");
-    let given = evaluate_on(s(&flat));
-    assert!(
-        given.contains("as many images as the run tested on (6), but other files")
-            && given.contains("these figures are not the run's test"),
-        "{given}"
-    );
-    assert!(
-        flat_out.join("evaluation-best-data-flat.json").is_file(),
-        "{given}"
-    );
-    assert_eq!(
-        std::fs::read(flat_out.join("evaluation-best.json")).expect("evaluation"),
-        before
-    );
     // The run's folder with more images (each of `other`'s, other bytes): its held-out share,
     // drawn again, holds files the run trained on, which are left out, said; none of those
     // scored is one.
@@ -1691,6 +1685,74 @@ fn own_class_folders_need_no_folder_flag() {
             .filter_map(|r| r.split(',').nth(1))
             .all(|f| !trained.contains(&sum(f))),
         "{table}"
+    );
+    // A run that tested on 3 of its 6 held-out images: evaluated on all 6, a held-out image
+    // beyond its 3 that became a copy of a training file is left out (the state's record
+    // covers the 3 alone, which keep the run's figures).
+    let small = dir.path().join("small");
+    std::fs::create_dir_all(&small).expect("folder");
+    for class in ["airplane", "frog", "truck"] {
+        let to = small.join(class);
+        std::fs::create_dir_all(&to).expect("class folder");
+        for image in std::fs::read_dir(other.join(class)).expect("class folder") {
+            let image = image.expect("entry").path();
+            std::fs::copy(&image, to.join(image.file_name().expect("name"))).expect("copy");
+        }
+    }
+    let small_out = dir.path().join("small-run");
+    let mut args: Vec<&str> = flat_args.to_vec();
+    let at = args
+        .iter()
+        .position(|a| *a == s(&flat))
+        .expect("--data-dir");
+    args[at] = s(&small);
+    let at = args.iter().position(|a| *a == s(&flat_out)).expect("--out");
+    args[at] = s(&small_out);
+    args.extend([
+        "--epochs",
+        "1",
+        "--test-fraction",
+        "0.5",
+        "--limit-test",
+        "3",
+    ]);
+    ok(&args, &[]);
+    let eval_small = |extra: &[&str]| {
+        let base = ["evaluate", "--run", s(&small_out), "--device", "cpu"];
+        ok(&[&base[..], extra].concat(), &[])
+    };
+    eval_small(&[]);
+    eval_small(&["--limit-test", "all"]);
+    let names = |file: &str| -> Vec<String> {
+        std::fs::read_to_string(small_out.join(file))
+            .expect("predictions")
+            .lines()
+            .skip(1)
+            .filter_map(|r| r.split(',').nth(1).map(String::from))
+            .collect()
+    };
+    let share = names("predictions-best.csv");
+    let all = names("predictions-best-test-all.csv");
+    assert_eq!((share.len(), all.len()), (3, 6));
+    let beyond = all
+        .iter()
+        .find(|f| !share.contains(f))
+        .expect("a held-out image beyond");
+    let training = walk(&small)
+        .into_iter()
+        .find(|f| !all.contains(f))
+        .expect("a training image");
+    std::fs::copy(&training, beyond).expect("copy a training file over it");
+    let said = eval_small(&["--limit-test", "all"]);
+    assert!(
+        said.contains("1 of them is a file the run trained on")
+            && said.contains("on 5 test images"),
+        "{said}"
+    );
+    let again = eval_small(&[]);
+    assert!(
+        again.contains("on 3 test images") && !again.contains("trained on ("),
+        "{again}"
     );
 }
 

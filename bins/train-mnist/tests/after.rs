@@ -443,6 +443,39 @@ fn evaluate_refuses_the_runs_data_once_changed() {
         "{err}"
     );
     assert!(!out.join("evaluation-best.json").exists(), "{err}");
+    // The same number of test images with the same labels, but other pixels (IDX files carry
+    // no names): refused too, by the images' sums the state keeps.
+    let other = dir.path().join("mnist-other");
+    train::synthetic::write_mnist(&other, 96, 40).expect("synthetic MNIST");
+    let images = other.join("t10k-images-idx3-ubyte");
+    let mut bytes = std::fs::read(&images).expect("images");
+    bytes[16 + 100] ^= 0x55;
+    let same = dir.path().join("mnist-same");
+    train::synthetic::write_mnist(&same, 96, 40).expect("synthetic MNIST");
+    std::fs::write(same.join("t10k-images-idx3-ubyte"), &bytes).expect("images");
+    let changed = Command::new(BIN)
+        .args(["evaluate", "--run", &s(&out), "--device", "cpu"])
+        .args(["--data-dir", &s(&same)])
+        .output()
+        .expect("train-mnist starts");
+    let err = String::from_utf8_lossy(&changed.stderr);
+    assert!(
+        changed.status.success()
+            && err
+                .contains("with the same names and labels, but other contents (changed in place)")
+            && err.contains("these figures are not the run's test"),
+        "{err}"
+    );
+    let unchanged = Command::new(BIN)
+        .args(["evaluate", "--run", &s(&out), "--device", "cpu"])
+        .args(["--data-dir", &s(&other)])
+        .output()
+        .expect("train-mnist starts");
+    let err = String::from_utf8_lossy(&unchanged.stderr);
+    assert!(
+        unchanged.status.success() && !err.contains("not the run's test"),
+        "{err}"
+    );
     let given = Command::new(BIN)
         .args(["evaluate", "--run", &s(&out), "--device", "cpu"])
         .args(["--data-dir", &s(&data)])

@@ -891,22 +891,26 @@ pub fn load_test_data(config: &RunConfig, held_out: bool) -> Result<(Arc<dyn Dat
 
 /// `data` without the samples whose files' fingerprints ([`datasets::Dataset::fingerprint`])
 /// are among `trained_on` (sorted: the training images a run's state keeps), and the names of
-/// those (their indices where they have none), in order.
+/// those (their indices where they have none), in order; the samples `keep` (indices) stay
+/// whatever they are.
 ///
 /// # Errors
 /// A file cannot be read for its fingerprint (named).
 pub(crate) fn without_trained(
     data: Arc<dyn Dataset>,
     trained_on: &[u64],
+    keep: &[usize],
 ) -> Result<(Arc<dyn Dataset>, Vec<String>)> {
     use rayon::prelude::*;
+    let kept: std::collections::HashSet<usize> = keep.iter().copied().collect();
     let seen: Vec<bool> = (0..data.len())
         .into_par_iter()
         .with_min_len(64)
         .map(|i| {
-            Ok(data
-                .fingerprint(i)?
-                .is_some_and(|sum| trained_on.binary_search(&sum).is_ok()))
+            Ok(!kept.contains(&i)
+                && data
+                    .fingerprint(i)?
+                    .is_some_and(|sum| trained_on.binary_search(&sum).is_ok()))
         })
         .collect::<Result<_>>()?;
     if !seen.contains(&true) {

@@ -595,26 +595,20 @@ fn other_data(given: Option<&Path>, saved: Option<&Path>) -> Option<String> {
     })
 }
 
-/// `data`, or `limit` of its samples as the training programs' `--limit-test` draws them
-/// ([`datasets::stratified_indices`] with `seed`), without a word.
-fn drawn(
-    data: std::sync::Arc<dyn datasets::Dataset>,
-    limit: Option<usize>,
-    seed: u64,
-) -> Result<std::sync::Arc<dyn datasets::Dataset>> {
-    Ok(match limit.filter(|&n| n < data.len()) {
-        Some(n) => {
-            let indices = datasets::stratified_indices(data.as_ref(), n, seed);
-            std::sync::Arc::new(datasets::Subset::new(data, indices)?)
-        }
-        None => data,
-    })
+/// How a test split differs from the one the run tested on ([`test_split_change`]).
+struct SplitChange {
+    /// Said after "its test split ...".
+    text: String,
+    /// Whether an image folder's held-out share would be drawn again (images added, removed
+    /// or renamed), not the same files changed.
+    drawn_again: bool,
 }
 
 /// How `as_run`, the run's share of a test split drawn as the run drew it, differs from the
-/// test split the run tested on (`record`, from its state; each part compared where recorded),
-/// said as it ends "its test split ...": `None` when it does not (or cannot be told to). `root`:
-/// the data directory the names are below.
+/// test split the run tested on (`record`, from its state; each part compared where recorded):
+/// `None` when it does not (or cannot be told to). The same images (their contents' sum, where
+/// recorded) under the same labels are the run's test whatever their names (an archive
+/// unpacked). `root`: the data directory the names are below.
 ///
 /// # Errors
 /// A test file cannot be read for its fingerprint (named).
@@ -622,33 +616,46 @@ fn test_split_change(
     record: &crate::state::TestRecord,
     as_run: &dyn datasets::Dataset,
     root: Option<&Path>,
-) -> Result<Option<String>> {
+) -> Result<Option<SplitChange>> {
     let n = as_run.len();
+    let change = |text: String, drawn_again: bool| Ok(Some(SplitChange { text, drawn_again }));
     if let Some(tested) = record.images.filter(|&t| t != n) {
-        return Ok(Some(format!(
-            "now has {n} images, the run tested on {tested}"
-        )));
+        return change(
+            format!("now has {n} images, the run tested on {tested}"),
+            true,
+        );
+    }
+    let labels_differ = record
+        .labels
+        .is_some_and(|saved| saved != crate::state::labels_crc(as_run));
+    let contents = match record.contents {
+        Some(_) => crate::state::contents_crc(as_run)?,
+        None => None,
+    };
+    if !labels_differ && contents.is_some() && contents == record.contents {
+        return Ok(None);
     }
     let names = crate::state::names_crc_like(record.names, as_run, root);
     if record.names.is_some_and(|saved| saved != names) {
-        return Ok(Some(format!(
-            "has as many images as the run tested on ({n}), but other files"
-        )));
+        return change(
+            format!("has as many images as the run tested on ({n}), but other files"),
+            true,
+        );
     }
-    if record
-        .labels
-        .is_some_and(|saved| saved != crate::state::labels_crc(as_run))
-    {
-        return Ok(Some(format!(
-            "has as many images as the run tested on ({n}), but other labels"
-        )));
+    if labels_differ {
+        return change(
+            format!("has as many images as the run tested on ({n}), but other labels"),
+            false,
+        );
     }
-    if let Some(saved) = record.contents {
-        if crate::state::contents_crc(as_run)?.is_some_and(|now| now != saved) {
-            return Ok(Some(format!(
-                "has the run's {n} test files by name, but other contents (changed in place)"
-            )));
-        }
+    if contents.is_some() && contents != record.contents {
+        return change(
+            format!(
+                "has as many images as the run tested on ({n}), with the same names and labels, \
+                 but other contents (changed in place)"
+            ),
+            false,
+        );
     }
     Ok(None)
 }
@@ -1074,34 +1081,41 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
     // changed in place) is not: refused without --data-dir (as --resume refuses it), scored as
     // other data with it.
     let record = crate::state::saved_test_record(run);
+    // The run's share of the split, drawn as the run drew it (its indices in the split).
+    let as_run: Vec<usize> = match trained.config.limit_test.filter(|&n| n < split.len()) {
+        Some(n) => datasets::stratified_indices(split.as_ref(), n, trained.config.seed),
+        None => (0..split.len()).collect(),
+    };
     let changed = match (other_folder, record) {
         (false, Some(record)) => {
-            let as_run = drawn(
-                split.clone(),
-                trained.config.limit_test,
-                trained.config.seed,
-            )?;
-            test_split_change(&record, as_run.as_ref(), config.data_dir.as_deref())?
+            let share = datasets::Subset::new(split.clone(), as_run.clone())?;
+            test_split_change(&record, &share, config.data_dir.as_deref())?
         }
         _ => None,
     };
     let own_path = args.data_dir.is_none() || other_data.is_none() && !saved_dir_gone(&trained);
+    // A record that tells the split (its labels, names or contents, not its size alone).
+    let telling = record.is_some_and(|r| {
+        r.labels.is_some() || r.names.is_some_and(|n| n != 0) || r.contents.is_some()
+    });
     // The run's own data, unless changed, or given where the run's folder is gone without a
     // state to confirm it (a folder there could be any).
-    let own = !other_folder && changed.is_none() && (record.is_some() || own_path);
+    let own = !other_folder && changed.is_none() && (telling || own_path);
     if let (Some(what), None) = (&changed, &args.data_dir) {
         bail!(
-            "the run's data{} has changed since it trained: its test split {what}{}; give \
+            "the run's data{} has changed since it trained: its test split {}{}; give \
              --data-dir to evaluate on the data as it is now",
             config
                 .data_dir
                 .as_ref()
                 .map_or(String::new(), |d| format!(" in {}", d.display())),
-            if config.dataset == crate::config::DatasetKind::Folder {
-                " (an image folder's held-out test images are drawn again from what is there, \
-                 and may include images the run trained on)"
-            } else {
-                ""
+            what.text,
+            match (config.dataset, what.drawn_again) {
+                (crate::config::DatasetKind::Folder, true) => {
+                    " (an image folder's held-out test images are drawn again from what is \
+                     there, and may include images the run trained on)"
+                }
+                _ => "",
             }
         );
     }
@@ -1110,9 +1124,15 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
         other_data = crate::inference::other_data(args.data_dir.as_deref(), None);
     }
     // Images the run trained on are left out of any test set but its own, before --limit-test
-    // draws from what is left.
+    // draws from what is left; of the run's own split under another --limit-test, those
+    // beyond the run's share (which the state's record does not cover).
     let (split, left_out) = match (&trained_on, own) {
-        (Ok(sums), false) => crate::cli::without_trained(split, sums)?,
+        (Ok(sums), false) => crate::cli::without_trained(split, sums, &[])?,
+        (Ok(sums), true)
+            if as_run.len() < split.len() && config.limit_test != trained.config.limit_test =>
+        {
+            crate::cli::without_trained(split, sums, &as_run)?
+        }
         _ => (split, Vec::new()),
     };
     if split.is_empty() && !left_out.is_empty() {
@@ -1127,12 +1147,15 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
             }
         );
     }
-    if !own && crate::distributed::writes() {
+    if (!own || !left_out.is_empty()) && crate::distributed::writes() {
         let scored = whole - left_out.len();
         let limited = config.limit_test.is_some_and(|n| n < scored);
         crate::warn!(
-            "note: --data-dir {}: {}{}{} (the outputs are named for the data){}",
-            given.display(),
+            "note: {}{}{}{}{}{}",
+            match &args.data_dir {
+                Some(dir) => format!("--data-dir {}: ", dir.display()),
+                None => String::new(),
+            },
             match (other_folder, &changed) {
                 (true, _) => format!(
                     "an image folder other than the run's{}: its {whole} test images are all \
@@ -1140,14 +1163,21 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
                      out",
                     saved_dir.map_or(String::new(), |d| format!(" ({})", d.display())),
                 ),
-                (false, Some(what)) =>
-                    format!("its test split {what}; these figures are not the run's test"),
+                (false, Some(what)) => format!(
+                    "its test split {}; these figures are not the run's test",
+                    what.text
+                ),
+                (false, None) if own => format!(
+                    "the run's test split, its {whole} images beyond the run's --limit-test \
+                     share included"
+                ),
                 (false, None) => format!(
                     "its {whole} test images are scored as other data than the run's, as the \
                      run's folder is gone and its {} to confirm this is that folder moved",
-                    match record {
-                        None => "state is not there",
-                        Some(_) => "state records nothing of its test split",
+                    match (record, run.join(crate::rundir::STATE).exists()) {
+                        (_, false) => "state is not there",
+                        (None, true) => "state's record cannot be read",
+                        (Some(_), true) => "state records too little of its test split",
                     }
                 ),
             },
@@ -1159,14 +1189,24 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
                 ),
                 false => String::new(),
             },
-            match (&trained_on, saved_dir_gone(&trained)) {
-                (Ok(_), true) => String::new(),
-                (Ok(_), false) => {
+            match other_data.is_some() {
+                true => " (the outputs are named for the data)",
+                false => "",
+            },
+            match (&trained_on, other_folder && !saved_dir_gone(&trained)) {
+                (Ok(_), true) => {
                     "; without --data-dir the run's own held-out test images are scored".into()
                 }
+                (Ok(_), false) => String::new(),
                 (Err(why), _) => format!(
-                    "; images the run trained on there (a part, a copy or an archive of the \
-                     run's folder) are scored too, as nothing tells them: {why}"
+                    "; images the run trained on there{} are scored too, as nothing tells them: \
+                     {why}",
+                    match config.dataset {
+                        crate::config::DatasetKind::Folder => {
+                            " (a part, a copy or an archive of the run's folder)"
+                        }
+                        _ => "",
+                    }
                 ),
             }
         );
@@ -2043,6 +2083,12 @@ pub fn predict(args: &PredictArgs, dataset: DatasetKind) -> Result<()> {
             "{} is not there",
             run.join(crate::rundir::STATE).display()
         )),
+        Ok(None) if trained.config.dataset == crate::config::DatasetKind::Folder => {
+            cannot_tell(format!(
+                "{} keeps no fingerprints of the run's training images (it predates them)",
+                run.join(crate::rundir::STATE).display()
+            ))
+        }
         Ok(None) => Vec::new(),
         Err(e) => cannot_tell(format!("{e:#}")),
     };
@@ -2153,7 +2199,7 @@ pub fn print_top5(
     for image in images {
         match top5(image) {
             Ok(top5) => {
-                crate::say!("{}", image.display());
+                crate::say!("{}", printable(&image.display().to_string()));
                 for (class, p) in top5 {
                     crate::say!("  {:6.2}%  {}", p * 100.0, printable(&class));
                 }
