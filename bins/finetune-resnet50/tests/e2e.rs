@@ -1370,10 +1370,34 @@ fn own_class_folders_need_no_folder_flag() {
     assert!(!flat_out.join("evaluation-best-data-other-3.json").exists());
     // The run's files renamed in a folder of their own, or packed in an archive: the 6 the
     // run trained on (the same bytes) are left out, named, and the 6 it held out are scored.
+    // Renamed in order, unchanged, the run's images are the run's test (the state records
+    // their contents): its held-out share, not another folder.
+    let renamed = evaluate_on(s(&copy_as("renamed", "r-")));
+    assert!(
+        renamed.contains("on 6 test images") && !renamed.contains("other than the run's"),
+        "{renamed}"
+    );
+    // With one held-out image changed, the renamed copy (and an archive of it) is another
+    // folder.
     let copy = copy_as("copy", "new-");
+    let first_held_out = std::fs::read_to_string(flat_out.join("predictions-best.csv"))
+        .expect("predictions")
+        .lines()
+        .nth(1)
+        .and_then(|r| r.split(',').nth(1))
+        .map(|f| f.replace("/./", "/"))
+        .expect("a held-out image");
+    let in_copy = std::path::PathBuf::from(first_held_out.replace(s(&flat), s(&copy)));
+    let in_copy = in_copy.with_file_name(format!(
+        "new-{}",
+        in_copy.file_name().expect("name").to_string_lossy()
+    ));
+    let mut img = image::open(&in_copy).expect("png").into_rgb8();
+    img.get_pixel_mut(2, 2).0[2] ^= 0x20;
+    img.save(&in_copy).expect("png");
     let archive = dir.path().join("packed.tar");
     let mut tar = tar::Builder::new(std::fs::File::create(&archive).expect("archive"));
-    tar.append_dir_all(".", &flat).expect("archive the folder");
+    tar.append_dir_all(".", &copy).expect("archive the folder");
     tar.finish().expect("archive");
     drop(tar);
     for (given, tag) in [(&copy, "copy"), (&archive, "packed.tar")] {
@@ -1636,7 +1660,7 @@ fn own_class_folders_need_no_folder_flag() {
     std::fs::remove_file(&state_path).expect("remove the state");
     let given = evaluate_on(s(&other));
     assert!(
-        given.contains("scored as other data than the run's, as the run's folder is gone"),
+        given.contains("scored as other data than the run's, as nothing confirms this is the run's test split moved here (the run's folder is gone): its state is not there"),
         "{given}"
     );
     std::fs::write(&state_path, &state).expect("state back");

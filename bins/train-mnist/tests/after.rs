@@ -461,8 +461,7 @@ fn evaluate_refuses_the_runs_data_once_changed() {
     let err = String::from_utf8_lossy(&changed.stderr);
     assert!(
         changed.status.success()
-            && err
-                .contains("with the same names and labels, but other contents (changed in place)")
+            && err.contains("with the same labels, but other images")
             && err.contains("these figures are not the run's test"),
         "{err}"
     );

@@ -649,13 +649,17 @@ fn test_split_change(
         );
     }
     if contents.is_some() && contents != record.contents {
-        return change(
-            format!(
+        let text = match record.names.is_some_and(|n| n != 0) {
+            true => format!(
                 "has as many images as the run tested on ({n}), with the same names and labels, \
                  but other contents (changed in place)"
             ),
-            false,
-        );
+            false => format!(
+                "has as many images as the run tested on ({n}), with the same labels, but other \
+                 images"
+            ),
+        };
+        return change(text, false);
     }
     Ok(None)
 }
@@ -733,7 +737,18 @@ fn another_folder(given: &Path, run: &Path, trained: &RunConfig) -> bool {
         }
         None => held_out,
     };
-    crate::state::names_crc_like(Some(names), held_out.as_ref(), Some(given)) != names
+    if crate::state::names_crc_like(Some(names), held_out.as_ref(), Some(given)) == names {
+        return false;
+    }
+    // Other names, but the run's images under its labels (its archive unpacked, its files
+    // renamed in order): the run's data, where the state records their contents.
+    let record = crate::state::saved_test_record(run);
+    let same_images = record.is_some_and(|r| {
+        r.contents.is_some()
+            && r.labels == Some(crate::state::labels_crc(held_out.as_ref()))
+            && crate::state::contents_crc(held_out.as_ref()).ok().flatten() == r.contents
+    });
+    !same_images
 }
 
 /// `evaluate --limit-test`: `all` test images, or a subset of `N` (`TestLimit(Some(N))`), as
@@ -1095,9 +1110,8 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
     };
     let own_path = args.data_dir.is_none() || other_data.is_none() && !saved_dir_gone(&trained);
     // A record that tells the split (its labels, names or contents, not its size alone).
-    let telling = record.is_some_and(|r| {
-        r.labels.is_some() || r.names.is_some_and(|n| n != 0) || r.contents.is_some()
-    });
+    // (Labels alone tell little of class-sorted data: the classes' counts.)
+    let telling = record.is_some_and(|r| r.names.is_some_and(|n| n != 0) || r.contents.is_some());
     // The run's own data, unless changed, or given where the run's folder is gone without a
     // state to confirm it (a folder there could be any).
     let own = !other_folder && changed.is_none() && (telling || own_path);
@@ -1138,12 +1152,17 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
     if split.is_empty() && !left_out.is_empty() {
         bail!(
             "--data-dir {}: all {whole} of its test images are files the run trained on (the \
-             same bytes as its training images: a part, a copy or an archive of the run's \
-             folder), which no test scores{}",
+             same bytes as its training images{}), which no test scores{}",
             given.display(),
-            match saved_dir_gone(&trained) {
-                true => "",
-                false => "; without --data-dir the run's own held-out test images are scored",
+            match config.dataset {
+                crate::config::DatasetKind::Folder => {
+                    ": a part, a copy or an archive of the run's folder"
+                }
+                _ => "",
+            },
+            match other_folder && !saved_dir_gone(&trained) {
+                true => "; without --data-dir the run's own held-out test images are scored",
+                false => "",
             }
         );
     }
@@ -1168,12 +1187,17 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
                     what.text
                 ),
                 (false, None) if own => format!(
-                    "the run's test split, its {whole} images beyond the run's --limit-test \
-                     share included"
+                    "all {whole} images of the run's test split, those beyond its --limit-test \
+                     share ({}) included",
+                    as_run.len()
                 ),
                 (false, None) => format!(
-                    "its {whole} test images are scored as other data than the run's, as the \
-                     run's folder is gone and its {} to confirm this is that folder moved",
+                    "its {whole} test images are scored as other data than the run's, as \
+                     nothing confirms this is the run's test split{}: its {}",
+                    match saved_dir_gone(&trained) {
+                        true => " moved here (the run's folder is gone)",
+                        false => "",
+                    },
                     match (record, run.join(crate::rundir::STATE).exists()) {
                         (_, false) => "state is not there",
                         (None, true) => "state's record cannot be read",
