@@ -1456,7 +1456,7 @@ fn own_class_folders_need_no_folder_flag() {
     img.save(&changed).expect("png");
     let err = fails(&["evaluate", "--run", s(&flat_out), "--device", "cpu"], &[]);
     assert!(
-        err.contains("with the same names and labels, but other contents (changed in place)"),
+        err.contains("with the same names and labels, but other contents"),
         "{err}"
     );
     std::fs::write(&changed, &original).expect("put it back");
@@ -1538,7 +1538,8 @@ fn own_class_folders_need_no_folder_flag() {
         &[],
     );
     assert!(
-        err.contains("all 6 of its test images are files the run trained on"),
+        err.contains("all 6 of its test images are files the run trained on")
+            && !err.contains("without --data-dir"),
         "{err}"
     );
     // predict says which of its images are files the run trained on.
@@ -1761,6 +1762,14 @@ fn own_class_folders_need_no_folder_flag() {
         said.contains("1 of them is a file the run trained on")
             && said.contains("on 5 test images"),
         "{said}"
+    );
+    // Another folder is scored whole, the run's --limit-test set aside, said.
+    let renamed_folder = dir.path().join("renamed");
+    let whole_other = eval_small(&["--data-dir", s(&renamed_folder)]);
+    assert!(
+        whole_other.contains("the run's --limit-test 3 is set aside")
+            && whole_other.contains("on 12 test images"),
+        "{whole_other}"
     );
     let again = eval_small(&[]);
     assert!(

@@ -652,7 +652,7 @@ fn test_split_change(
         let text = match record.names.is_some_and(|n| n != 0) {
             true => format!(
                 "has as many images as the run tested on ({n}), with the same names and labels, \
-                 but other contents (changed in place)"
+                 but other contents"
             ),
             false => format!(
                 "has as many images as the run tested on ({n}), with the same labels, but other \
@@ -1152,7 +1152,7 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
     if split.is_empty() && !left_out.is_empty() {
         bail!(
             "--data-dir {}: all {whole} of its test images are files the run trained on (the \
-             same bytes as its training images{}), which no test scores{}",
+             same bytes as its training images{}), which no test scores",
             given.display(),
             match config.dataset {
                 crate::config::DatasetKind::Folder => {
@@ -1160,10 +1160,6 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
                 }
                 _ => "",
             },
-            match other_folder && !saved_dir_gone(&trained) {
-                true => "; without --data-dir the run's own held-out test images are scored",
-                false => "",
-            }
         );
     }
     if (!own || !left_out.is_empty()) && crate::distributed::writes() {
@@ -1206,23 +1202,29 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
                 ),
             },
             trained_left_out(&left_out),
-            match limited {
-                true => format!(
+            match (limited, left_out.is_empty()) {
+                (true, true) => format!(
+                    "; --limit-test scores {} of them",
+                    config.limit_test.unwrap_or(scored)
+                ),
+                (true, false) => format!(
                     "; --limit-test scores {} of the {scored} not left out",
                     config.limit_test.unwrap_or(scored)
                 ),
-                false => String::new(),
+                (false, _) => match (other_folder, trained.config.limit_test) {
+                    (true, Some(n)) if args.limit_test.is_none() && n < scored => {
+                        format!("; the run's --limit-test {n} is set aside")
+                    }
+                    _ => String::new(),
+                },
             },
             match other_data.is_some() {
                 true => " (the outputs are named for the data)",
                 false => "",
             },
-            match (&trained_on, other_folder && !saved_dir_gone(&trained)) {
-                (Ok(_), true) => {
-                    "; without --data-dir the run's own held-out test images are scored".into()
-                }
-                (Ok(_), false) => String::new(),
-                (Err(why), _) => format!(
+            match &trained_on {
+                Ok(_) => String::new(),
+                Err(why) => format!(
                     "; images the run trained on there{} are scored too, as nothing tells them: \
                      {why}",
                     match config.dataset {
