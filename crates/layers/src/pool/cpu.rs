@@ -481,6 +481,61 @@ mod gather {
             _mm512_mask_storeu_epi32(chosen[o..][..n].as_mut_ptr().cast(), lanes, at);
         }
     }
+
+    /// [`max_forward`] for up to 16 planes at once, one plane a lane: for planes of fewer than
+    /// 16 outputs (GoogLeNet's 3x3 stride-1 poolings of 2x2 and 1x1 maps), where a vector of
+    /// one plane's outputs would be mostly empty. `x` holds the `planes` planes of `hw` inputs
+    /// each, `y` and `chosen` their outputs; the same comparisons in the same order per lane,
+    /// so the same bits.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn max_forward_across(
+        taps: &Taps,
+        hw: usize,
+        planes: usize,
+        x: &[f32],
+        y: &mut [MaybeUninit<f32>],
+        chosen: &mut [MaybeUninit<i32>],
+    ) {
+        let outputs = taps.outputs;
+        let lanes = ((1u32 << planes.min(16)) - 1) as u16;
+        let lane: [i32; 16] = std::array::from_fn(|k| k as i32);
+        let lane = _mm512_loadu_si512(lane.as_ptr().cast());
+        let base = _mm512_mullo_epi32(lane, _mm512_set1_epi32(hw as i32));
+        let out_at = _mm512_mullo_epi32(lane, _mm512_set1_epi32(outputs as i32));
+        // Each output is lane `o % 16` of block `o / 16`'s taps.
+        for o in 0..outputs {
+            let block = &taps.table[(o / 16) * taps.taps..][..taps.taps];
+            let bit = 1u16 << (o % 16);
+            let mut best = _mm512_setzero_ps();
+            let mut at = _mm512_setzero_si512();
+            let (mut have, mut nan) = (0u16, 0u16);
+            for (idx, m) in block {
+                if m & bit == 0 {
+                    continue;
+                }
+                let index = _mm512_set1_epi32(idx[o % 16]);
+                // SAFETY (caller): plane `k`'s index `idx` is inside `x` for the lanes set.
+                let v = _mm512_mask_i32gather_ps::<4>(
+                    _mm512_setzero_ps(),
+                    lanes,
+                    _mm512_add_epi32(base, index),
+                    x.as_ptr().cast(),
+                );
+                let is_nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+                let greater = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, best);
+                let take = lanes & (!have | (!nan & (greater | is_nan)));
+                best = _mm512_mask_mov_ps(best, take, v);
+                at = _mm512_mask_mov_epi32(at, take, index);
+                have |= lanes;
+                nan |= take & is_nan;
+            }
+            let to = _mm512_add_epi32(out_at, _mm512_set1_epi32(o as i32));
+            // SAFETY: `y` and `chosen` hold `planes` planes of `outputs` each; only the lanes
+            // of planes that exist are written.
+            _mm512_mask_i32scatter_ps::<4>(y.as_mut_ptr().cast(), lanes, to, best);
+            _mm512_mask_i32scatter_epi32::<4>(chosen.as_mut_ptr().cast(), lanes, to, at);
+        }
+    }
 }
 
 /// [`Plane::backward`] of a max pooling from the forward pass's choices, into a zeroed `gx`:
@@ -560,17 +615,26 @@ impl PoolOp {
         if let Some(taps) = gather_taps::<T>(&plane) {
             let n = planes * ohw;
             let (mut y, mut chosen) = (Vec::<f32>::with_capacity(n), Vec::<i32>::with_capacity(n));
+            // Planes of fewer than 16 outputs 16 at a time, one a lane; others one at a time.
+            let group = match ohw < 16 {
+                true => 16,
+                false => 1,
+            };
             y.spare_capacity_mut()[..n]
-                .par_chunks_mut(ohw.max(1))
-                .zip(chosen.spare_capacity_mut()[..n].par_chunks_mut(ohw.max(1)))
+                .par_chunks_mut((group * ohw).max(1))
+                .zip(chosen.spare_capacity_mut()[..n].par_chunks_mut((group * ohw).max(1)))
                 .enumerate()
                 .for_each(|(i, (y, chosen))| {
-                    let x = &x[i * hw..][..hw];
+                    let count = y.len() / ohw.max(1);
+                    let x = &x[i * group * hw..][..count * hw];
                     // SAFETY: `T` is f32 (checked by `gather_taps`), so `x` holds f32 values;
-                    // the CPU has AVX-512F; `max_forward` writes every output of the plane.
+                    // the CPU has AVX-512F; the kernels write every output of the planes.
                     unsafe {
                         let x = std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len());
-                        gather::max_forward(&taps, x, y, chosen)
+                        match group {
+                            1 => gather::max_forward(&taps, x, y, chosen),
+                            _ => gather::max_forward_across(&taps, hw, count, x, y, chosen),
+                        }
                     }
                 });
             // SAFETY: every plane's outputs were written above.
@@ -855,7 +919,18 @@ mod tests {
             },
         ];
         for pool in pools {
-            for (h, w) in [(16, 16), (7, 9), (3, 3), (5, 4), (12, 13), (6, 40)] {
+            for (h, w) in [
+                (16, 16),
+                (7, 9),
+                (3, 3),
+                (5, 4),
+                (12, 13),
+                (6, 40),
+                (1, 1),
+                (2, 2),
+                (4, 4),
+                (2, 3),
+            ] {
                 let Ok((_, plane)) = Plane::new(pool, &[1, 1, h, w]) else {
                     continue;
                 };
@@ -877,6 +952,39 @@ mod tests {
                 plane.forward_windows(&x, &mut y2);
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&y1), bits(&y2), "{what} forward");
+                // Planes side by side, one a lane (1 to 16 of them, the plane's own values
+                // shifted so each differs): each plane's outputs and choices as its own.
+                for count in [1, 5, 16] {
+                    let many: Vec<f32> = (0..count)
+                        .flat_map(|k| x.iter().map(move |v| v + k as f32))
+                        .collect();
+                    let outputs = gy.len();
+                    let mut ya = vec![std::mem::MaybeUninit::new(0f32); count * outputs];
+                    let mut ca = vec![std::mem::MaybeUninit::new(-1i32); count * outputs];
+                    // SAFETY: the CPU has AVX-512F; `many` holds `count` planes.
+                    unsafe {
+                        gather::max_forward_across(&taps, h * w, count, &many, &mut ya, &mut ca)
+                    };
+                    for k in 0..count {
+                        let plane_x = &many[k * h * w..][..h * w];
+                        let mut want = vec![0f32; outputs];
+                        plane.forward_windows(plane_x, &mut want);
+                        // SAFETY: every output written by `max_forward_across`.
+                        let got: Vec<f32> = ya[k * outputs..][..outputs]
+                            .iter()
+                            .map(|v| unsafe { v.assume_init() })
+                            .collect();
+                        assert_eq!(bits(&got), bits(&want), "{what} across {k}/{count}");
+                        let ck: Vec<i32> = ca[k * outputs..][..outputs]
+                            .iter()
+                            .map(|v| unsafe { v.assume_init() })
+                            .collect();
+                        let (mut g1, mut g2) = (vec![0f32; h * w], vec![0f32; h * w]);
+                        scatter(&ck, &gy, &mut g1);
+                        plane.backward_windows(plane_x, &gy, &mut g2);
+                        assert_eq!(bits(&g1), bits(&g2), "{what} across {k}/{count} backward");
+                    }
+                }
                 let (mut g1, mut g2) = (vec![0f32; x.len()], vec![0f32; x.len()]);
                 scatter(&chosen, &gy, &mut g1);
                 plane.backward_windows(&x, &gy, &mut g2);
