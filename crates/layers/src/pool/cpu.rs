@@ -486,7 +486,8 @@ mod gather {
     /// 16 outputs (GoogLeNet's 3x3 stride-1 poolings of 2x2 and 1x1 maps), where a vector of
     /// one plane's outputs would be mostly empty. `x` holds the `planes` planes of `hw` inputs
     /// each, `y` and `chosen` their outputs; the same comparisons in the same order per lane,
-    /// so the same bits.
+    /// so the same bits. The caller keeps `16 * hw` and `16 * outputs` within i32 (the lanes'
+    /// offsets).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn max_forward_across(
         taps: &Taps,
@@ -615,8 +616,9 @@ impl PoolOp {
         if let Some(taps) = gather_taps::<T>(&plane) {
             let n = planes * ohw;
             let (mut y, mut chosen) = (Vec::<f32>::with_capacity(n), Vec::<i32>::with_capacity(n));
-            // Planes of fewer than 16 outputs 16 at a time, one a lane; others one at a time.
-            let group = match ohw < 16 {
+            // Planes of fewer than 16 outputs 16 at a time, one a lane (where 16 planes'
+            // indices fit the gather's i32 offsets); others one at a time.
+            let group = match ohw < 16 && hw.saturating_mul(16) < i32::MAX as usize {
                 true => 16,
                 false => 1,
             };
