@@ -954,12 +954,11 @@ mod tests {
                 plane.forward_windows(&x, &mut y2);
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&y1), bits(&y2), "{what} forward");
-                // Planes side by side, one a lane (1 to 16 of them, the plane's own values
-                // shifted so each differs): each plane's outputs and choices as its own.
+                // Planes side by side, one a lane (1 to 16 of them, each with its NaNs, ties
+                // and signed zeros in other places): each plane's outputs and choices as its
+                // own.
                 for count in [1, 5, 16] {
-                    let many: Vec<f32> = (0..count)
-                        .flat_map(|k| x.iter().map(move |v| v + k as f32))
-                        .collect();
+                    let many = awkward(count * h * w, 0, 17).0;
                     let outputs = gy.len();
                     let mut ya = vec![std::mem::MaybeUninit::new(0f32); count * outputs];
                     let mut ca = vec![std::mem::MaybeUninit::new(-1i32); count * outputs];

@@ -85,20 +85,24 @@ fn nan_propagates_through_max() -> Result<()> {
 }
 
 fn check(pool: Pool2d, h: usize, w: usize) -> Result<()> {
-    check_values(pool, h, w, 1013)?;
+    check_values(pool, (2, 3, h, w), 1013)?;
     // Few distinct values: most max windows hold ties.
-    check_values(pool, h, w, 3)
+    check_values(pool, (2, 3, h, w), 3)
 }
 
-fn check_values(pool: Pool2d, h: usize, w: usize, distinct: usize) -> Result<()> {
-    let n = 2 * 3 * h * w;
+fn check_values(
+    pool: Pool2d,
+    (b, c, h, w): (usize, usize, usize, usize),
+    distinct: usize,
+) -> Result<()> {
+    let n = b * c * h * w;
     let v: Vec<f32> = (0..n)
         .map(|i| ((i * 7919) % distinct) as f32 / 97.0)
         .collect();
-    let x = Var::from_vec(v, (2, 3, h, w), &Device::Cpu)?;
+    let x = Var::from_vec(v, (b, c, h, w), &Device::Cpu)?;
     let g: Vec<f32> = {
         let (oh, ow) = pool.output_size(h, w)?;
-        (0..2 * 3 * oh * ow).map(|i| (i % 5) as f32 - 2.0).collect()
+        (0..b * c * oh * ow).map(|i| (i % 5) as f32 - 2.0).collect()
     };
     let y_op = pool.forward(x.as_tensor())?;
     let y_ref = forward(&pool, x.as_tensor())?;
@@ -111,6 +115,24 @@ fn check_values(pool: Pool2d, h: usize, w: usize, distinct: usize) -> Result<()>
     let b = gx_ref.get(&x).expect("grad");
     let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
     assert!(diff < 1e-5, "{pool:?} backward differs by {diff}");
+    Ok(())
+}
+
+/// Small maps (fewer than 16 outputs a plane), which the kernel pools 16 planes at a time:
+/// 21 planes, one whole group and one of 5, as the composite reference pools them.
+#[test]
+fn small_maps_pooled_across_planes_match_the_composite() -> Result<()> {
+    let googlenet = Pool2d::max(3, 1).padding(1).ceil_mode(true);
+    for (pool, h, w) in [
+        (googlenet, 1, 1),
+        (googlenet, 2, 2),
+        (googlenet, 4, 3),
+        (Pool2d::max(3, 2).padding(1), 3, 3),
+    ] {
+        for distinct in [1013, 3] {
+            check_values(pool, (3, 7, h, w), distinct)?;
+        }
+    }
     Ok(())
 }
 
