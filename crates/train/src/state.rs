@@ -168,29 +168,40 @@ pub fn contents_crc(data: &dyn datasets::Dataset) -> Result<Option<u32>> {
     if data.is_empty() {
         return Ok(None);
     }
-    if data.fingerprint(0)?.is_none() {
-        if data.fixed_shape().is_none() {
-            return Ok(None);
-        }
-        let sums: Vec<u32> = (0..data.len())
-            .into_par_iter()
-            .with_min_len(256)
-            .map(|i| Ok(crc32c::crc32c(&data.image(i)?.data)))
-            .collect::<Result<_>>()?;
+    if let Some(sums) = file_fingerprints(data)? {
         return Ok(Some(
             sums.iter()
                 .fold(0, |crc, s| crc32c::crc32c_append(crc, &s.to_le_bytes())),
         ));
     }
-    let sums: Option<Vec<u64>> = (0..data.len())
+    if data.fixed_shape().is_none() {
+        return Ok(None);
+    }
+    let sums: Vec<u32> = (0..data.len())
+        .into_par_iter()
+        .with_min_len(256)
+        .map(|i| Ok(crc32c::crc32c(&data.image(i)?.data)))
+        .collect::<Result<_>>()?;
+    Ok(Some(sums.iter().fold(0, |crc, s| {
+        crc32c::crc32c_append(crc, &s.to_le_bytes())
+    })))
+}
+
+/// Every sample's [`datasets::Dataset::fingerprint`] in order (the files read in parallel);
+/// `None` for an empty data set or one whose samples come from no file of their own.
+///
+/// # Errors
+/// A file cannot be read (named).
+fn file_fingerprints(data: &dyn datasets::Dataset) -> Result<Option<Vec<u64>>> {
+    use rayon::prelude::*;
+    if data.is_empty() || data.fingerprint(0)?.is_none() {
+        return Ok(None);
+    }
+    (0..data.len())
         .into_par_iter()
         .with_min_len(64)
         .map(|i| data.fingerprint(i))
-        .collect::<Result<_>>()?;
-    Ok(sums.map(|sums| {
-        sums.iter()
-            .fold(0, |crc, s| crc32c::crc32c_append(crc, &s.to_le_bytes()))
-    }))
+        .collect()
 }
 
 /// What the state in `dir` records of the test split the run tested on, read from its header
@@ -467,16 +478,7 @@ pub fn load(dir: &Path) -> Result<(ResumeState, StateTensors)> {
 /// # Errors
 /// A file cannot be read (named).
 pub fn fingerprints_of(data: &dyn datasets::Dataset) -> Result<Option<Vec<u64>>> {
-    use rayon::prelude::*;
-    if data.is_empty() || data.fingerprint(0)?.is_none() {
-        return Ok(None);
-    }
-    let sums: Option<Vec<u64>> = (0..data.len())
-        .into_par_iter()
-        .with_min_len(64)
-        .map(|i| data.fingerprint(i))
-        .collect::<Result<_>>()?;
-    Ok(sums.map(sorted))
+    Ok(file_fingerprints(data)?.map(sorted))
 }
 
 /// The fingerprints a [`TRAINED_ON`] tensor holds, sorted, each once (as written; a file
