@@ -21,18 +21,44 @@ pub fn conv2d_gemm(
 ) -> Result<Tensor> {
     let n = xs.dim(0)?;
     let (geo, cout) = Geometry::of_conv(xs, weight, stride, padding)?;
-    let ys = xs
-        .contiguous()?
-        .apply_op1(Im2Col(geo))?
-        .matmul(&weight.reshape((cout, geo.row_len()))?.t()?)?;
+    let ys = columns(xs, geo)?.matmul(&weight.reshape((cout, geo.row_len()))?.t()?)?;
     let ys = match bias {
         Some(b) => ys.broadcast_add(b)?,
         None => ys,
     };
-    ys.reshape((n, geo.oh * geo.ow, cout))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((n, cout, geo.oh, geo.ow))
+    to_planes(&ys, n, geo, cout)
+}
+
+/// The columns of `xs` (N, C, H, W) for `geo`: (N·OH·OW, C·KH·KW). A pointwise kernel (1x1,
+/// stride 1, no padding) reads each input value once, so its columns are the images'
+/// (H·W, C) transposes: a reshape on a 1x1 map, one transposition otherwise (GoogLeNet's
+/// 1x1 convolutions on 2x2 and 1x1 maps spent 2 ns a value in the tap-by-tap copy).
+pub(super) fn columns(xs: &Tensor, geo: Geometry) -> Result<Tensor> {
+    let xs = xs.contiguous()?;
+    let n = xs.dim(0)?;
+    if geo.kh != 1 || geo.kw != 1 || geo.stride != 1 || geo.padding != 0 {
+        return xs.apply_op1(Im2Col(geo));
+    }
+    let planes = geo.h * geo.w;
+    if planes == 1 {
+        return xs.reshape((n, geo.c));
+    }
+    xs.reshape((n, geo.c, planes))?
+        .apply_op1(SwapLast2)?
+        .reshape((n * planes, geo.c))
+}
+
+/// The product's rows (N·OH·OW, C_out) as the output (N, C_out, OH, OW).
+pub(super) fn to_planes(ys: &Tensor, n: usize, geo: Geometry, cout: usize) -> Result<Tensor> {
+    let planes = geo.oh * geo.ow;
+    let ys = match planes {
+        1 => ys.contiguous()?,
+        _ => ys
+            .contiguous()?
+            .reshape((n, planes, cout))?
+            .apply_op1(SwapLast2)?,
+    };
+    ys.reshape((n, cout, geo.oh, geo.ow))
 }
 
 /// [`conv2d_gemm`] of an f32 CPU input without bias under bf16 autocast: the columns' product
@@ -47,14 +73,15 @@ pub(crate) fn conv2d_gemm_bf16(
 ) -> Result<Tensor> {
     let n = xs.dim(0)?;
     let (geo, cout) = Geometry::of_conv(xs, weight, stride, padding)?;
-    let cols = xs.contiguous()?.apply_op1(Im2Col(geo))?;
+    let cols = columns(xs, geo)?;
     let w = weight.contiguous()?.reshape((cout, geo.row_len()))?;
     let zero = Tensor::zeros(cout, candle_core::DType::F32, xs.device())?;
-    crate::linear_cpu::linear(&cols, &w, &zero, true)?
-        .reshape((n, geo.oh * geo.ow, cout))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((n, cout, geo.oh, geo.ow))
+    to_planes(
+        &crate::linear_cpu::linear(&cols, &w, &zero, true)?,
+        n,
+        geo,
+        cout,
+    )
 }
 
 fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
@@ -65,7 +92,7 @@ fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
 }
 
 /// (N, C, H, W) -> (N * OH * OW, C * KH * KW): each row the receptive field of one output.
-struct Im2Col(Geometry);
+pub(super) struct Im2Col(pub(super) Geometry);
 
 impl Im2Col {
     fn run<T: candle_core::WithDType>(&self, x: &[T], layout: &Layout) -> Result<(Vec<T>, Shape)> {
@@ -147,5 +174,61 @@ impl CustomOp1 for Col2Im {
             CpuStorage::F16(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::F16(v), s)),
             _ => candle_core::bail!("col2im supports f32, f64, bf16 and f16 tensors"),
         }
+    }
+}
+
+/// (N, A, B) -> (N, B, A), contiguous in and out: `t.transpose(1, 2).contiguous()` in tiles
+/// (Candle's strided copy computes every element's index). Its gradient is the same
+/// transposition back.
+struct SwapLast2;
+
+/// The side of the square tiles [`SwapLast2`] copies: 16 f32 rows of a cache line each.
+const TILE: usize = 16;
+
+impl SwapLast2 {
+    fn run<T: candle_core::WithDType>(&self, x: &[T], layout: &Layout) -> Result<(Vec<T>, Shape)> {
+        let x = contiguous(x, layout)?;
+        let (n, a, b) = layout.shape().dims3()?;
+        let mut out = vec![T::zero(); x.len()];
+        if a * b == 0 {
+            return Ok((out, Shape::from((n, b, a))));
+        }
+        // One image a task.
+        out.par_chunks_mut(a * b)
+            .zip(x.par_chunks(a * b))
+            .for_each(|(out, x)| {
+                for i0 in (0..a).step_by(TILE) {
+                    for j0 in (0..b).step_by(TILE) {
+                        for j in j0..(j0 + TILE).min(b) {
+                            let row = &mut out[j * a..(j + 1) * a];
+                            for i in i0..(i0 + TILE).min(a) {
+                                row[i] = x[i * b + j];
+                            }
+                        }
+                    }
+                }
+            });
+        Ok((out, Shape::from((n, b, a))))
+    }
+}
+
+impl CustomOp1 for SwapLast2 {
+    fn name(&self) -> &'static str {
+        "swap-last-2"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _t = crate::profile::Timer::start(crate::profile::Part::Im2col);
+        match storage {
+            CpuStorage::F32(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::F32(v), s)),
+            CpuStorage::F64(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::F64(v), s)),
+            CpuStorage::BF16(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::BF16(v), s)),
+            CpuStorage::F16(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::F16(v), s)),
+            _ => candle_core::bail!("swap-last-2 supports f32, f64, bf16 and f16 tensors"),
+        }
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad_res.contiguous()?.apply_op1(SwapLast2)?))
     }
 }

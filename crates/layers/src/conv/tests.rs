@@ -67,6 +67,45 @@ fn matches_candle_conv_forward_and_backward() -> Result<()> {
     check(2, 2, 5, 5, 2, 3, 2, 1)
 }
 
+#[test]
+fn pointwise_kernels_transpose_instead_of_copying_tap_by_tap() -> Result<()> {
+    // 1x1 stride-1 kernels on 1x1, 2x2 and 3x5 maps (GoogLeNet's on 32x32 images), one image
+    // and several, more channels than a tile of the transposition and fewer.
+    for (n, c, h, w, cout) in [
+        (3, 20, 1, 1, 7),
+        (2, 33, 2, 2, 5),
+        (1, 17, 3, 5, 19),
+        (4, 3, 2, 2, 40),
+    ] {
+        check(n, c, h, w, cout, 1, 1, 0)?;
+        // The columns and their gradient are those of the tap-by-tap copy, bit for bit.
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, c, h, w), &dev)?)?;
+        let geo = geometry::Geometry::new(c, h, w, 1, 1, 1, 0)?;
+        let ours = im2col::columns(x.as_tensor(), geo)?;
+        let copied = x.as_tensor().apply_op1(im2col::Im2Col(geo))?;
+        assert_eq!(bits(&ours)?, bits(&copied)?, "{n}x{c}x{h}x{w} columns");
+        let up = Tensor::randn(0f32, 1., ours.shape(), &dev)?;
+        let g_ours = (ours * &up)?.sum_all()?.backward()?;
+        let g_copied = (copied * &up)?.sum_all()?.backward()?;
+        let (a, b) = (
+            g_ours.get(&x).expect("grad"),
+            g_copied.get(&x).expect("grad"),
+        );
+        assert_eq!(bits(a)?, bits(b)?, "{n}x{c}x{h}x{w} input gradient");
+        // The product's rows as planes: Candle's transposition, bit for bit.
+        let rows = Tensor::randn(0f32, 1., (n * h * w, cout), &dev)?;
+        let planes = im2col::to_planes(&rows, n, geo, cout)?;
+        let candle = rows
+            .reshape((n, h * w, cout))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((n, cout, h, w))?;
+        assert_eq!(bits(&planes)?, bits(&candle)?, "{n}x{c}x{h}x{w} planes");
+    }
+    Ok(())
+}
+
 /// `conv` against the im2col path (whose backward is checked against Candle's above),
 /// output and both gradients.
 pub(super) fn against_im2col(
