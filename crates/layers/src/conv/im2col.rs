@@ -36,7 +36,7 @@ pub fn conv2d_gemm(
 pub(super) fn columns(xs: &Tensor, geo: Geometry) -> Result<Tensor> {
     let xs = xs.contiguous()?;
     let n = xs.dim(0)?;
-    if geo.kh != 1 || geo.kw != 1 || geo.stride != 1 || geo.padding != 0 {
+    if !geo.is_pointwise() {
         return xs.apply_op1(Im2Col(geo));
     }
     let planes = geo.h * geo.w;
