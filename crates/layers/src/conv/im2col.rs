@@ -189,25 +189,25 @@ impl SwapLast2 {
     fn run<T: candle_core::WithDType>(&self, x: &[T], layout: &Layout) -> Result<(Vec<T>, Shape)> {
         let x = contiguous(x, layout)?;
         let (n, a, b) = layout.shape().dims3()?;
-        let mut out = vec![T::zero(); x.len()];
         if a * b == 0 {
-            return Ok((out, Shape::from((n, b, a))));
+            return Ok((Vec::new(), Shape::from((n, b, a))));
         }
-        // One image a task.
-        out.par_chunks_mut(a * b)
-            .zip(x.par_chunks(a * b))
-            .for_each(|(out, x)| {
-                for i0 in (0..a).step_by(TILE) {
-                    for j0 in (0..b).step_by(TILE) {
-                        for j in j0..(j0 + TILE).min(b) {
-                            let row = &mut out[j * a..(j + 1) * a];
-                            for i in i0..(i0 + TILE).min(a) {
-                                row[i] = x[i * b + j];
-                            }
+        let transpose = |i: usize, out: &mut [std::mem::MaybeUninit<T>]| {
+            let x = &x[i * a * b..(i + 1) * a * b];
+            for i0 in (0..a).step_by(TILE) {
+                for j0 in (0..b).step_by(TILE) {
+                    for j in j0..(j0 + TILE).min(b) {
+                        let row = &mut out[j * a..(j + 1) * a];
+                        for i in i0..(i0 + TILE).min(a) {
+                            row[i].write(x[i * b + j]);
                         }
                     }
                 }
-            });
+            }
+        };
+        // One image a task, no zeroing pass first. SAFETY: the tiles cover every (j, i) of
+        // each image's (B, A) output.
+        let out = unsafe { crate::fill::par_filled(x.len(), a * b, transpose) };
         Ok((out, Shape::from((n, b, a))))
     }
 }
