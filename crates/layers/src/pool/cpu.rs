@@ -439,6 +439,96 @@ mod gather {
         }
     }
 
+    /// Planes of at most 16 outputs and 32 inputs, several to a vector: each vector holds the
+    /// outputs of `planes` planes side by side, lane `g * outputs + o` output `o` of plane `g`,
+    /// and each tap's values are a permutation of the planes' inputs, loaded whole into two
+    /// registers (no gathers: GoogLeNet's 3x3 stride-1 poolings of 4x4, 2x2 and 1x1 maps).
+    pub(super) struct Packed {
+        /// Per tap that any lane reads (row-major): each lane's index into the two registers,
+        /// its input's index in its own plane, and the lanes whose window has the tap inside.
+        taps: Vec<([i32; 16], [i32; 16], u16)>,
+        /// Planes per vector.
+        pub(super) planes: usize,
+        hw: usize,
+        outputs: usize,
+    }
+
+    impl Packed {
+        /// The table for planes of `hw` inputs pooled through `taps`, or `None` where a plane
+        /// has more than 16 outputs or 32 inputs.
+        pub(super) fn new(taps: &Taps, hw: usize) -> Option<Self> {
+            let outputs = taps.outputs;
+            if outputs == 0 || outputs > 16 || hw == 0 || hw > 32 {
+                return None;
+            }
+            let planes = (16 / outputs).min(32 / hw);
+            let mut table = Vec::with_capacity(taps.taps);
+            // One block of 16 outputs holds the plane's outputs.
+            for (idx, m) in &taps.table[..taps.taps] {
+                let (mut perm, mut at, mut mask) = ([0i32; 16], [0i32; 16], 0u16);
+                for lane in 0..planes * outputs {
+                    let (g, o) = (lane / outputs, lane % outputs);
+                    if m & (1 << o) != 0 {
+                        perm[lane] = (g * hw) as i32 + idx[o];
+                        at[lane] = idx[o];
+                        mask |= 1 << lane;
+                    }
+                }
+                // A tap no window has inside changes nothing in `argmax`: left out.
+                if mask != 0 {
+                    table.push((perm, at, mask));
+                }
+            }
+            Some(Self {
+                taps: table,
+                planes,
+                hw,
+                outputs,
+            })
+        }
+    }
+
+    /// [`max_forward`] of `count` (at most [`Packed::planes`]) planes `x` side by side into `y`
+    /// and `chosen`: the same comparisons in the same order per lane as [`argmax`], so the same
+    /// bits.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn max_forward_packed(
+        packed: &Packed,
+        count: usize,
+        x: &[f32],
+        y: &mut [MaybeUninit<f32>],
+        chosen: &mut [MaybeUninit<i32>],
+    ) {
+        let first = |n: usize| ((1u32 << n) - 1) as u16;
+        let (inputs, outputs) = (count * packed.hw, count * packed.outputs);
+        debug_assert!(count <= packed.planes && x.len() >= inputs && y.len() >= outputs);
+        // SAFETY (caller): `x` holds `count` planes, at most 32 values; only those are read.
+        let lo = _mm512_maskz_loadu_ps(first(inputs.min(16)), x.as_ptr());
+        let hi = match inputs > 16 {
+            true => _mm512_maskz_loadu_ps(first(inputs - 16), x.as_ptr().add(16)),
+            false => _mm512_setzero_ps(),
+        };
+        let lanes = first(outputs);
+        let mut best = _mm512_setzero_ps();
+        let mut at = _mm512_setzero_si512();
+        let (mut have, mut nan) = (0u16, 0u16);
+        for (perm, idx, m) in &packed.taps {
+            let m = m & lanes;
+            let v = _mm512_permutex2var_ps(lo, _mm512_loadu_si512(perm.as_ptr().cast()), hi);
+            let is_nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+            let greater = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, best);
+            let take = m & (!have | (!nan & (greater | is_nan)));
+            best = _mm512_mask_mov_ps(best, take, v);
+            at = _mm512_mask_mov_epi32(at, take, _mm512_loadu_si512(idx.as_ptr().cast()));
+            have |= m;
+            nan |= take & is_nan;
+        }
+        // SAFETY (caller): `y` and `chosen` hold the `count` planes' outputs; only those lanes
+        // are written.
+        _mm512_mask_storeu_ps(y.as_mut_ptr().cast(), lanes, best);
+        _mm512_mask_storeu_epi32(chosen.as_mut_ptr().cast(), lanes, at);
+    }
+
     /// The first maximum (or first NaN) over the taps, per lane, and its index.
     #[inline]
     #[target_feature(enable = "avx512f")]
@@ -616,11 +706,15 @@ impl PoolOp {
         if let Some(taps) = gather_taps::<T>(&plane) {
             let n = planes * ohw;
             let (mut y, mut chosen) = (Vec::<f32>::with_capacity(n), Vec::<i32>::with_capacity(n));
-            // Planes of fewer than 16 outputs 16 at a time, one a lane (where 16 planes'
-            // indices fit the gather's i32 offsets); others one at a time.
-            let group = match ohw < 16 && hw.saturating_mul(16) < i32::MAX as usize {
-                true => 16,
-                false => 1,
+            // Planes of at most 16 outputs and 32 inputs several to a vector, their taps
+            // permuted from registers; other planes of fewer than 16 outputs 16 at a time, one
+            // a lane (where 16 planes' indices fit the gather's i32 offsets); others one at a
+            // time.
+            let packed = gather::Packed::new(&taps, hw);
+            let group = match &packed {
+                Some(p) => p.planes,
+                None if ohw < 16 && hw.saturating_mul(16) < i32::MAX as usize => 16,
+                None => 1,
             };
             y.spare_capacity_mut()[..n]
                 .par_chunks_mut((group * ohw).max(1))
@@ -633,8 +727,9 @@ impl PoolOp {
                     // the CPU has AVX-512F; the kernels write every output of the planes.
                     unsafe {
                         let x = std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len());
-                        match group {
-                            1 => gather::max_forward(&taps, x, y, chosen),
+                        match (&packed, group) {
+                            (Some(p), _) => gather::max_forward_packed(p, count, x, y, chosen),
+                            (None, 1) => gather::max_forward(&taps, x, y, chosen),
                             _ => gather::max_forward_across(&taps, hw, count, x, y, chosen),
                         }
                     }
@@ -985,6 +1080,42 @@ mod tests {
                         plane.backward_windows(plane_x, &gy, &mut g2);
                         assert_eq!(bits(&g1), bits(&g2), "{what} across {k}/{count} backward");
                     }
+                }
+                // Small planes several to a vector (1 to `planes` of them, the last group of a
+                // call possibly short), taps permuted from registers.
+                if let Some(packed) = gather::Packed::new(&taps, h * w) {
+                    assert!(plane.oh * plane.ow <= 16 && h * w <= 32, "{what}");
+                    for count in 1..=packed.planes {
+                        let many = awkward(count * h * w, 0, 7 + count).0;
+                        let outputs = gy.len();
+                        let mut ya = vec![std::mem::MaybeUninit::new(0f32); count * outputs];
+                        let mut ca = vec![std::mem::MaybeUninit::new(-1i32); count * outputs];
+                        // SAFETY: the CPU has AVX-512F; `many` holds `count` planes.
+                        unsafe {
+                            gather::max_forward_packed(&packed, count, &many, &mut ya, &mut ca)
+                        };
+                        for k in 0..count {
+                            let plane_x = &many[k * h * w..][..h * w];
+                            let mut want = vec![0f32; outputs];
+                            plane.forward_windows(plane_x, &mut want);
+                            // SAFETY: every output written by `max_forward_packed`.
+                            let got: Vec<f32> = ya[k * outputs..][..outputs]
+                                .iter()
+                                .map(|v| unsafe { v.assume_init() })
+                                .collect();
+                            assert_eq!(bits(&got), bits(&want), "{what} packed {k}/{count}");
+                            let ck: Vec<i32> = ca[k * outputs..][..outputs]
+                                .iter()
+                                .map(|v| unsafe { v.assume_init() })
+                                .collect();
+                            let (mut g1, mut g2) = (vec![0f32; h * w], vec![0f32; h * w]);
+                            scatter(&ck, &gy, &mut g1);
+                            plane.backward_windows(plane_x, &gy, &mut g2);
+                            assert_eq!(bits(&g1), bits(&g2), "{what} packed {k}/{count} grad");
+                        }
+                    }
+                } else {
+                    assert!(plane.oh * plane.ow > 16 || h * w > 32, "{what}");
                 }
                 let (mut g1, mut g2) = (vec![0f32; x.len()], vec![0f32; x.len()]);
                 scatter(&chosen, &gy, &mut g1);
