@@ -488,9 +488,9 @@ mod gather {
         }
     }
 
-    /// [`max_forward`] of `count` (at most [`Packed::planes`]) planes `x` side by side into `y`
-    /// and `chosen`: the same comparisons in the same order per lane as [`argmax`], so the same
-    /// bits.
+    /// [`max_forward`] of `count` planes `x` side by side into `y` and `chosen`, [`Packed::planes`]
+    /// to a vector (the last vector possibly short): the same comparisons in the same order per
+    /// lane as [`argmax`], so the same bits.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn max_forward_packed(
         packed: &Packed,
@@ -500,33 +500,40 @@ mod gather {
         chosen: &mut [MaybeUninit<i32>],
     ) {
         let first = |n: usize| ((1u32 << n) - 1) as u16;
-        let (inputs, outputs) = (count * packed.hw, count * packed.outputs);
-        debug_assert!(count <= packed.planes && x.len() >= inputs && y.len() >= outputs);
-        // SAFETY (caller): `x` holds `count` planes, at most 32 values; only those are read.
-        let lo = _mm512_maskz_loadu_ps(first(inputs.min(16)), x.as_ptr());
-        let hi = match inputs > 16 {
-            true => _mm512_maskz_loadu_ps(first(inputs - 16), x.as_ptr().add(16)),
-            false => _mm512_setzero_ps(),
-        };
-        let lanes = first(outputs);
-        let mut best = _mm512_setzero_ps();
-        let mut at = _mm512_setzero_si512();
-        let (mut have, mut nan) = (0u16, 0u16);
-        for (perm, idx, m) in &packed.taps {
-            let m = m & lanes;
-            let v = _mm512_permutex2var_ps(lo, _mm512_loadu_si512(perm.as_ptr().cast()), hi);
-            let is_nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
-            let greater = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, best);
-            let take = m & (!have | (!nan & (greater | is_nan)));
-            best = _mm512_mask_mov_ps(best, take, v);
-            at = _mm512_mask_mov_epi32(at, take, _mm512_loadu_si512(idx.as_ptr().cast()));
-            have |= m;
-            nan |= take & is_nan;
+        let (hw, outputs) = (packed.hw, packed.outputs);
+        assert!(x.len() >= count * hw && y.len() >= count * outputs);
+        assert!(chosen.len() >= count * outputs);
+        for g in (0..count).step_by(packed.planes) {
+            let planes = (count - g).min(packed.planes);
+            let (inputs, lanes) = (planes * hw, first(planes * outputs));
+            let x = x.as_ptr().add(g * hw);
+            // SAFETY: these planes' values, at most 32 (`planes * hw`, checked above against
+            // `x`); only those are read.
+            let lo = _mm512_maskz_loadu_ps(first(inputs.min(16)), x);
+            let hi = match inputs > 16 {
+                true => _mm512_maskz_loadu_ps(first(inputs - 16), x.add(16)),
+                false => _mm512_setzero_ps(),
+            };
+            let mut best = _mm512_setzero_ps();
+            let mut at = _mm512_setzero_si512();
+            let (mut have, mut nan) = (0u16, 0u16);
+            for (perm, idx, m) in &packed.taps {
+                let m = m & lanes;
+                let v = _mm512_permutex2var_ps(lo, _mm512_loadu_si512(perm.as_ptr().cast()), hi);
+                let is_nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+                let greater = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, best);
+                let take = m & (!have | (!nan & (greater | is_nan)));
+                best = _mm512_mask_mov_ps(best, take, v);
+                at = _mm512_mask_mov_epi32(at, take, _mm512_loadu_si512(idx.as_ptr().cast()));
+                have |= m;
+                nan |= take & is_nan;
+            }
+            // SAFETY: these planes' outputs (checked above against `y` and `chosen`); only
+            // those lanes are written.
+            _mm512_mask_storeu_ps(y.as_mut_ptr().add(g * outputs).cast(), lanes, best);
+            let chosen = chosen.as_mut_ptr().add(g * outputs);
+            _mm512_mask_storeu_epi32(chosen.cast(), lanes, at);
         }
-        // SAFETY (caller): `y` and `chosen` hold the `count` planes' outputs; only those lanes
-        // are written.
-        _mm512_mask_storeu_ps(y.as_mut_ptr().cast(), lanes, best);
-        _mm512_mask_storeu_epi32(chosen.as_mut_ptr().cast(), lanes, at);
     }
 
     /// The first maximum (or first NaN) over the taps, per lane, and its index.
@@ -712,7 +719,8 @@ impl PoolOp {
             // time.
             let packed = gather::Packed::new(&taps, hw);
             let group = match &packed {
-                Some(p) => p.planes,
+                // Many vectors a task, so that their comparisons' chains overlap.
+                Some(p) => p.planes * 32,
                 None if ohw < 16 && hw.saturating_mul(16) < i32::MAX as usize => 16,
                 None => 1,
             };
@@ -1081,11 +1089,11 @@ mod tests {
                         assert_eq!(bits(&g1), bits(&g2), "{what} across {k}/{count} backward");
                     }
                 }
-                // Small planes several to a vector (1 to `planes` of them, the last group of a
-                // call possibly short), taps permuted from registers.
+                // Small planes several to a vector, taps permuted from registers: 1 to two
+                // vectors' worth and one plane more (the last vector possibly short).
                 if let Some(packed) = gather::Packed::new(&taps, h * w) {
                     assert!(plane.oh * plane.ow <= 16 && h * w <= 32, "{what}");
-                    for count in 1..=packed.planes {
+                    for count in 1..=2 * packed.planes + 1 {
                         let many = awkward(count * h * w, 0, 7 + count).0;
                         let outputs = gy.len();
                         let mut ya = vec![std::mem::MaybeUninit::new(0f32); count * outputs];
