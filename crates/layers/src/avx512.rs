@@ -19,6 +19,13 @@ pub(crate) const LOW: [i32; 16] = [0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 
 /// Lanes 8-15 of `a` and `b` interleaved.
 pub(crate) const HIGH: [i32; 16] = [8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31];
 
+/// The mask of the first `n` lanes of a vector of 16 (`n` at most 16).
+#[inline(always)]
+pub(crate) fn first(n: usize) -> u16 {
+    debug_assert!(n <= 16);
+    ((1u32 << n.min(16)) - 1) as u16
+}
+
 /// A permute's index vector.
 ///
 /// # Safety

@@ -1,9 +1,10 @@
 //! Pooling on the CPU: hand-written loops over each (H, W) plane, forward and backward, as
 //! custom ops. A max window's gradient goes to its first maximum in scan order (or first NaN).
 //! With AVX-512, 2x2 max pooling of whole blocks runs 16 windows per vector (`simd`), and other
-//! max poolings gather each window tap for 16 outputs at a time (`gather`), keeping the chosen
-//! inputs for the backward pass as PyTorch's `max_pool2d_with_indices`; the same bits as the
-//! loops.
+//! max poolings 16 outputs at a time (`gather`): each window tap gathered for 16 outputs of a
+//! plane, or of 16 planes, or, for planes of at most 16 outputs and 32 inputs, permuted from
+//! several whole planes held in two registers; all keep the chosen inputs for the backward
+//! pass as PyTorch's `max_pool2d_with_indices`, and give the same bits as the loops.
 
 use std::sync::{Arc, OnceLock};
 
@@ -279,14 +280,8 @@ use crate::avx512::available as avx512;
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use super::Plane;
-    use crate::avx512::{index, EVEN, HIGH, LOW, ODD};
+    use crate::avx512::{first, index, EVEN, HIGH, LOW, ODD};
     use std::arch::x86_64::*;
-
-    /// The first `n` (at most 16) lanes.
-    #[inline(always)]
-    fn first(n: usize) -> u16 {
-        ((1u32 << n) - 1) as u16
-    }
 
     /// `row[0..2n]`'s even and odd values, lane `k` from `row[2k]` and `row[2k + 1]`.
     #[inline(always)]
@@ -378,15 +373,55 @@ mod simd {
     }
 }
 
-/// Max pooling of any window, stride and padding in AVX-512, 16 outputs of a plane per vector:
-/// each window tap's values gathered for the 16 outputs, the first maximum in scan order (or
-/// first NaN) kept by the comparisons [`Plane::argmax`] makes, so the results are its bit for
-/// bit. The gather indices are the same for every plane and made once per call.
+/// Max pooling of any window, stride and padding in AVX-512, 16 outputs per vector: each window
+/// tap's values gathered for 16 outputs of a plane ([`max_forward`]) or of 16 planes
+/// ([`max_forward_across`]), or permuted from small planes held whole in registers
+/// ([`max_forward_packed`]); the first maximum in scan order (or first NaN) kept by the
+/// comparisons [`Plane::argmax`] makes, so the results are its bit for bit. The tap indices
+/// are the same for every plane and made once per call.
 #[cfg(target_arch = "x86_64")]
 mod gather {
     use super::Plane;
+    use crate::avx512::first;
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
+
+    /// Per lane, the window's first maximum in scan order (or first NaN) so far, as
+    /// [`Plane::argmax`] keeps it, and its input's index.
+    struct Best {
+        value: __m512,
+        at: __m512i,
+        /// The lanes that have taken a tap inside their window.
+        have: u16,
+        /// The lanes whose value is a NaN (kept from then on).
+        nan: u16,
+    }
+
+    impl Best {
+        #[inline(always)]
+        unsafe fn new() -> Self {
+            Best {
+                value: _mm512_setzero_ps(),
+                at: _mm512_setzero_si512(),
+                have: 0,
+                nan: 0,
+            }
+        }
+
+        /// The next tap: `v` in the lanes `m` whose window has it inside, at input `index`.
+        /// A lane takes it if it is its first tap, or if its value is no NaN yet and `v` is
+        /// greater or a NaN.
+        #[inline(always)]
+        unsafe fn next(&mut self, v: __m512, index: __m512i, m: u16) {
+            let is_nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+            let greater = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, self.value);
+            let take = m & (!self.have | (!self.nan & (greater | is_nan)));
+            self.value = _mm512_mask_mov_ps(self.value, take, v);
+            self.at = _mm512_mask_mov_epi32(self.at, take, index);
+            self.have |= m;
+            self.nan |= take & is_nan;
+        }
+    }
 
     /// For each block of 16 outputs (in the plane's row-major order) and each tap of the window
     /// (row-major), the taps' input indices within the plane and which lanes are inside it.
@@ -499,7 +534,6 @@ mod gather {
         y: &mut [MaybeUninit<f32>],
         chosen: &mut [MaybeUninit<i32>],
     ) {
-        let first = |n: usize| ((1u32 << n) - 1) as u16;
         let (hw, outputs) = (packed.hw, packed.outputs);
         assert!(x.len() >= count * hw && y.len() >= count * outputs);
         assert!(chosen.len() >= count * outputs);
@@ -514,25 +548,16 @@ mod gather {
                 true => _mm512_maskz_loadu_ps(first(inputs - 16), x.add(16)),
                 false => _mm512_setzero_ps(),
             };
-            let mut best = _mm512_setzero_ps();
-            let mut at = _mm512_setzero_si512();
-            let (mut have, mut nan) = (0u16, 0u16);
+            let mut best = Best::new();
             for (perm, idx, m) in &packed.taps {
-                let m = m & lanes;
                 let v = _mm512_permutex2var_ps(lo, _mm512_loadu_si512(perm.as_ptr().cast()), hi);
-                let is_nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
-                let greater = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, best);
-                let take = m & (!have | (!nan & (greater | is_nan)));
-                best = _mm512_mask_mov_ps(best, take, v);
-                at = _mm512_mask_mov_epi32(at, take, _mm512_loadu_si512(idx.as_ptr().cast()));
-                have |= m;
-                nan |= take & is_nan;
+                best.next(v, _mm512_loadu_si512(idx.as_ptr().cast()), m & lanes);
             }
             // SAFETY: these planes' outputs (checked above against `y` and `chosen`); only
             // those lanes are written.
-            _mm512_mask_storeu_ps(y.as_mut_ptr().add(g * outputs).cast(), lanes, best);
+            _mm512_mask_storeu_ps(y.as_mut_ptr().add(g * outputs).cast(), lanes, best.value);
             let chosen = chosen.as_mut_ptr().add(g * outputs);
-            _mm512_mask_storeu_epi32(chosen.cast(), lanes, at);
+            _mm512_mask_storeu_epi32(chosen.cast(), lanes, best.at);
         }
     }
 
@@ -540,22 +565,14 @@ mod gather {
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn argmax(x: &[f32], taps: &[([i32; 16], u16)]) -> (__m512, __m512i) {
-        let mut best = _mm512_setzero_ps();
-        let mut at = _mm512_setzero_si512();
-        let (mut have, mut nan) = (0u16, 0u16);
+        let mut best = Best::new();
         for (idx, m) in taps {
             let vi = _mm512_loadu_si512(idx.as_ptr().cast());
             // SAFETY (caller): every index of a set lane is inside the plane `x`.
             let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), *m, vi, x.as_ptr().cast());
-            let is_nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
-            let greater = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, best);
-            let take = *m & (!have | (!nan & (greater | is_nan)));
-            best = _mm512_mask_mov_ps(best, take, v);
-            at = _mm512_mask_mov_epi32(at, take, vi);
-            have |= *m;
-            nan |= take & is_nan;
+            best.next(v, vi, *m);
         }
-        (best, at)
+        (best.value, best.at)
     }
 
     /// [`Plane::forward`] of a max pooling, for one plane `x` into `y`, with the index in the
@@ -571,7 +588,7 @@ mod gather {
             let (best, at) = argmax(x, block);
             let o = b * 16;
             let n = (taps.outputs - o).min(16);
-            let lanes = ((1u32 << n) - 1) as u16;
+            let lanes = first(n);
             // SAFETY: `y` and `chosen` hold the plane's outputs; only the `n` lanes that exist
             // are written.
             _mm512_mask_storeu_ps(y[o..][..n].as_mut_ptr().cast(), lanes, best);
@@ -595,7 +612,7 @@ mod gather {
         chosen: &mut [MaybeUninit<i32>],
     ) {
         let outputs = taps.outputs;
-        let lanes = ((1u32 << planes.min(16)) - 1) as u16;
+        let lanes = first(planes.min(16));
         let lane: [i32; 16] = std::array::from_fn(|k| k as i32);
         let lane = _mm512_loadu_si512(lane.as_ptr().cast());
         let base = _mm512_mullo_epi32(lane, _mm512_set1_epi32(hw as i32));
@@ -604,9 +621,7 @@ mod gather {
         for o in 0..outputs {
             let block = &taps.table[(o / 16) * taps.taps..][..taps.taps];
             let bit = 1u16 << (o % 16);
-            let mut best = _mm512_setzero_ps();
-            let mut at = _mm512_setzero_si512();
-            let (mut have, mut nan) = (0u16, 0u16);
+            let mut best = Best::new();
             for (idx, m) in block {
                 if m & bit == 0 {
                     continue;
@@ -619,19 +634,13 @@ mod gather {
                     _mm512_add_epi32(base, index),
                     x.as_ptr().cast(),
                 );
-                let is_nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
-                let greater = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, best);
-                let take = lanes & (!have | (!nan & (greater | is_nan)));
-                best = _mm512_mask_mov_ps(best, take, v);
-                at = _mm512_mask_mov_epi32(at, take, index);
-                have |= lanes;
-                nan |= take & is_nan;
+                best.next(v, index, lanes);
             }
             let to = _mm512_add_epi32(out_at, _mm512_set1_epi32(o as i32));
             // SAFETY: `y` and `chosen` hold `planes` planes of `outputs` each; only the lanes
             // of planes that exist are written.
-            _mm512_mask_i32scatter_ps::<4>(y.as_mut_ptr().cast(), lanes, to, best);
-            _mm512_mask_i32scatter_epi32::<4>(chosen.as_mut_ptr().cast(), lanes, to, at);
+            _mm512_mask_i32scatter_ps::<4>(y.as_mut_ptr().cast(), lanes, to, best.value);
+            _mm512_mask_i32scatter_epi32::<4>(chosen.as_mut_ptr().cast(), lanes, to, best.at);
         }
     }
 }
@@ -901,6 +910,7 @@ impl CustomOp2 for PoolBackwardOp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::mem::MaybeUninit;
 
     /// The 2x2 paths give the general window loops' results bit for bit, forward and backward,
     /// on even and odd planes, with ties, NaN and signed zeros, for max (which does not take
@@ -999,6 +1009,58 @@ mod tests {
         (x, gy)
     }
 
+    /// `kernel(x, y, chosen)` pools `count` planes of `plane`'s shape side by side (each with
+    /// its NaNs, ties and signed zeros in other places) as the window loops pool each: the
+    /// same output bits and the same chosen inputs ([`Plane::argmax`]), and the backward from
+    /// those choices the same; nothing read past the planes (NaN there) nor written past their
+    /// outputs (sentinels there).
+    #[cfg(target_arch = "x86_64")]
+    fn many_planes(
+        plane: &Plane,
+        count: usize,
+        what: &str,
+        kernel: impl Fn(&[f32], &mut [MaybeUninit<f32>], &mut [MaybeUninit<i32>]),
+    ) {
+        const PAST: usize = 32;
+        let (hw, outputs) = (plane.h * plane.w, plane.oh * plane.ow);
+        let mut x = awkward(count * hw, 0, 7 + count).0;
+        x.extend([f32::NAN; PAST]);
+        let mut y = vec![MaybeUninit::new(1234.5f32); count * outputs + PAST];
+        let mut chosen = vec![MaybeUninit::new(-7i32); count * outputs + PAST];
+        let n = count * outputs;
+        kernel(&x[..count * hw], &mut y[..n], &mut chosen[..n]);
+        // SAFETY: every element was initialised above (and is overwritten or not).
+        let y: Vec<f32> = y.iter().map(|v| unsafe { v.assume_init() }).collect();
+        let chosen: Vec<i32> = chosen.iter().map(|v| unsafe { v.assume_init() }).collect();
+        assert!(
+            y[n..].iter().all(|v| *v == 1234.5),
+            "{what} {count}: written past"
+        );
+        assert!(
+            chosen[n..].iter().all(|c| *c == -7),
+            "{what} {count}: written past"
+        );
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        // Output gradients without zeros, so that every choice moves a gradient.
+        let gy: Vec<f32> = (0..outputs).map(|o| o as f32 + 1.5).collect();
+        for k in 0..count {
+            let xk = &x[k * hw..][..hw];
+            let mut want = vec![0f32; outputs];
+            plane.forward_windows(xk, &mut want);
+            let got = &y[k * outputs..][..outputs];
+            assert_eq!(bits(got), bits(&want), "{what} {k}/{count} forward");
+            let ck = &chosen[k * outputs..][..outputs];
+            for (o, c) in ck.iter().enumerate() {
+                let at = plane.argmax(xk, plane.window(o / plane.ow, o % plane.ow));
+                assert_eq!(*c as usize, at, "{what} {k}/{count} output {o}'s choice");
+            }
+            let (mut g1, mut g2) = (vec![0f32; hw], vec![0f32; hw]);
+            scatter(ck, &gy, &mut g1);
+            plane.backward_windows(xk, &gy, &mut g2);
+            assert_eq!(bits(&g1), bits(&g2), "{what} {k}/{count} backward");
+        }
+    }
+
     /// The gathered AVX-512 max pooling gives the window loops' results bit for bit, forward
     /// and backward: overlapping windows (3x3 stride 2, as ResNet's stem; stride 1), padding,
     /// ceil mode, non-square kernels and strides, planes of 1 to 40 outputs, ties, NaN (first,
@@ -1061,66 +1123,21 @@ mod tests {
                 // and signed zeros in other places): each plane's outputs and choices as its
                 // own.
                 for count in [1, 5, 16] {
-                    let many = awkward(count * h * w, 0, 17).0;
-                    let outputs = gy.len();
-                    let mut ya = vec![std::mem::MaybeUninit::new(0f32); count * outputs];
-                    let mut ca = vec![std::mem::MaybeUninit::new(-1i32); count * outputs];
-                    // SAFETY: the CPU has AVX-512F; `many` holds `count` planes.
-                    unsafe {
-                        gather::max_forward_across(&taps, h * w, count, &many, &mut ya, &mut ca)
-                    };
-                    for k in 0..count {
-                        let plane_x = &many[k * h * w..][..h * w];
-                        let mut want = vec![0f32; outputs];
-                        plane.forward_windows(plane_x, &mut want);
-                        // SAFETY: every output written by `max_forward_across`.
-                        let got: Vec<f32> = ya[k * outputs..][..outputs]
-                            .iter()
-                            .map(|v| unsafe { v.assume_init() })
-                            .collect();
-                        assert_eq!(bits(&got), bits(&want), "{what} across {k}/{count}");
-                        let ck: Vec<i32> = ca[k * outputs..][..outputs]
-                            .iter()
-                            .map(|v| unsafe { v.assume_init() })
-                            .collect();
-                        let (mut g1, mut g2) = (vec![0f32; h * w], vec![0f32; h * w]);
-                        scatter(&ck, &gy, &mut g1);
-                        plane.backward_windows(plane_x, &gy, &mut g2);
-                        assert_eq!(bits(&g1), bits(&g2), "{what} across {k}/{count} backward");
-                    }
+                    many_planes(&plane, count, &format!("{what} across"), |x, y, c| {
+                        // SAFETY: the CPU has AVX-512F; `x` holds `count` planes, `y` and `c`
+                        // their outputs.
+                        unsafe { gather::max_forward_across(&taps, h * w, count, x, y, c) }
+                    });
                 }
                 // Small planes several to a vector, taps permuted from registers: 1 to two
                 // vectors' worth and one plane more (the last vector possibly short).
                 if let Some(packed) = gather::Packed::new(&taps, h * w) {
                     assert!(plane.oh * plane.ow <= 16 && h * w <= 32, "{what}");
                     for count in 1..=2 * packed.planes + 1 {
-                        let many = awkward(count * h * w, 0, 7 + count).0;
-                        let outputs = gy.len();
-                        let mut ya = vec![std::mem::MaybeUninit::new(0f32); count * outputs];
-                        let mut ca = vec![std::mem::MaybeUninit::new(-1i32); count * outputs];
-                        // SAFETY: the CPU has AVX-512F; `many` holds `count` planes.
-                        unsafe {
-                            gather::max_forward_packed(&packed, count, &many, &mut ya, &mut ca)
-                        };
-                        for k in 0..count {
-                            let plane_x = &many[k * h * w..][..h * w];
-                            let mut want = vec![0f32; outputs];
-                            plane.forward_windows(plane_x, &mut want);
-                            // SAFETY: every output written by `max_forward_packed`.
-                            let got: Vec<f32> = ya[k * outputs..][..outputs]
-                                .iter()
-                                .map(|v| unsafe { v.assume_init() })
-                                .collect();
-                            assert_eq!(bits(&got), bits(&want), "{what} packed {k}/{count}");
-                            let ck: Vec<i32> = ca[k * outputs..][..outputs]
-                                .iter()
-                                .map(|v| unsafe { v.assume_init() })
-                                .collect();
-                            let (mut g1, mut g2) = (vec![0f32; h * w], vec![0f32; h * w]);
-                            scatter(&ck, &gy, &mut g1);
-                            plane.backward_windows(plane_x, &gy, &mut g2);
-                            assert_eq!(bits(&g1), bits(&g2), "{what} packed {k}/{count} grad");
-                        }
+                        many_planes(&plane, count, &format!("{what} packed"), |x, y, c| {
+                            // SAFETY: as above.
+                            unsafe { gather::max_forward_packed(&packed, count, x, y, c) }
+                        });
                     }
                 } else {
                     assert!(plane.oh * plane.ow > 16 || h * w > 32, "{what}");

@@ -118,8 +118,11 @@ fn check_values(
     Ok(())
 }
 
-/// Small maps (fewer than 16 outputs a plane), which the kernel pools 16 planes at a time:
-/// 21 planes, one whole group and one of 5, as the composite reference pools them.
+/// Small maps, as the composite reference pools them, 21 planes: several planes to a vector
+/// where a plane has at most 16 outputs and 32 inputs (GoogLeNet's 1x1, 2x2 and 4x3 maps: 16,
+/// 4 and 1 planes a vector, the last vector short), 16 planes at a time, one a lane, where it
+/// has fewer than 16 outputs and more inputs (a 7x7 map pooled 3x3 with stride 2: one whole
+/// group and one of 5).
 #[test]
 fn small_maps_pooled_across_planes_match_the_composite() -> Result<()> {
     let googlenet = Pool2d::max(3, 1).padding(1).ceil_mode(true);
@@ -128,6 +131,8 @@ fn small_maps_pooled_across_planes_match_the_composite() -> Result<()> {
         (googlenet, 2, 2),
         (googlenet, 4, 3),
         (Pool2d::max(3, 2).padding(1), 3, 3),
+        (Pool2d::max(3, 2), 7, 7),
+        (Pool2d::max(3, 2).ceil_mode(true), 8, 8),
     ] {
         for distinct in [1013, 3] {
             check_values(pool, (3, 7, h, w), distinct)?;
@@ -176,11 +181,14 @@ fn pooling_with_its_relu_in_one_op_gives_the_same_bits() -> Result<()> {
             .map(|v| v.to_bits())
             .collect())
     };
-    // Whole 2x2 blocks (AVX-512 where present), overlapping windows (gathered), odd sides
-    // (window loops), averages; negative values, zeros of both signs, NaN.
+    // Whole 2x2 blocks (AVX-512 where present), overlapping windows (gathered; small maps
+    // several or 16 planes a vector), odd sides (window loops), averages; negative values,
+    // zeros of both signs, NaN.
     let pools = [
         (Pool2d::max(2, 2), 8),
         (Pool2d::max(3, 2).padding(1), 16),
+        (Pool2d::max(3, 1).padding(1).ceil_mode(true), 2),
+        (Pool2d::max(3, 2), 7),
         (Pool2d::max(2, 2).ceil_mode(true), 7),
         (Pool2d::avg(2, 2), 8),
     ];
