@@ -1,6 +1,9 @@
 //! The whole-batch convolution: `im2col` (a custom op whose backward is `col2im`) and one
 //! matrix product, differentiable in all arguments; any dtype, CPU storage.
 
+use std::mem::MaybeUninit;
+use std::ops::Range;
+
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -180,7 +183,7 @@ impl CustomOp1 for Col2Im {
 /// (N, A, B) -> (N, B, A), contiguous in and out: `t.transpose(1, 2).contiguous()` in tiles
 /// (Candle's strided copy computes every element's index). Its gradient is the same
 /// transposition back.
-struct SwapLast2;
+pub(super) struct SwapLast2;
 
 /// The side of the square tiles [`SwapLast2`] copies: 16 f32 rows of a cache line each.
 const TILE: usize = 16;
@@ -192,23 +195,167 @@ impl SwapLast2 {
         if a * b == 0 {
             return Ok((Vec::new(), Shape::from((n, b, a))));
         }
-        let transpose = |i: usize, out: &mut [std::mem::MaybeUninit<T>]| {
+        let transpose = |i: usize, out: &mut [MaybeUninit<T>]| {
             let x = &x[i * a * b..(i + 1) * a * b];
-            for i0 in (0..a).step_by(TILE) {
-                for j0 in (0..b).step_by(TILE) {
-                    for j in j0..(j0 + TILE).min(b) {
-                        let row = &mut out[j * a..(j + 1) * a];
-                        for i in i0..(i0 + TILE).min(a) {
-                            row[i].write(x[i * b + j]);
-                        }
-                    }
+            // Four positions a row (2x2 maps), or four rows, 16 columns a vector in AVX-512.
+            #[cfg(target_arch = "x86_64")]
+            if let Some((xf, of)) = as_f32(x, out).filter(|_| crate::avx512::available()) {
+                // SAFETY: the CPU has AVX-512F; `xf` and `of` are one image's (A, B) input
+                // and (B, A) output.
+                if b == 4 {
+                    let done = unsafe { simd::from_rows_of_4(xf, a, of) };
+                    return tiles(x, (a, b), out, done..a, 0..b);
+                }
+                if a == 4 {
+                    let done = unsafe { simd::to_rows_of_4(xf, b, of) };
+                    return tiles(x, (a, b), out, 0..a, done..b);
                 }
             }
+            tiles(x, (a, b), out, 0..a, 0..b)
         };
-        // One image a task, no zeroing pass first. SAFETY: the tiles cover every (j, i) of
-        // each image's (B, A) output.
+        // One image a task, no zeroing pass first. SAFETY: the vectors and the tiles cover
+        // every (j, i) of each image's (B, A) output.
         let out = unsafe { crate::fill::par_filled(x.len(), a * b, transpose) };
         Ok((out, Shape::from((n, b, a))))
+    }
+}
+
+/// Writes `out[j * a + i] = x[i * b + j]` for `i` in `is` and `j` in `js`, in square tiles.
+fn tiles<T: Copy>(
+    x: &[T],
+    (a, b): (usize, usize),
+    out: &mut [MaybeUninit<T>],
+    is: Range<usize>,
+    js: Range<usize>,
+) {
+    for i0 in is.clone().step_by(TILE) {
+        for j0 in js.clone().step_by(TILE) {
+            for j in j0..(j0 + TILE).min(js.end) {
+                let row = &mut out[j * a..(j + 1) * a];
+                for i in i0..(i0 + TILE).min(is.end) {
+                    row[i].write(x[i * b + j]);
+                }
+            }
+        }
+    }
+}
+
+/// `x` and `out` as f32 slices when `T` is f32.
+#[cfg(target_arch = "x86_64")]
+fn as_f32<'a, 'b, T: candle_core::WithDType>(
+    x: &'a [T],
+    out: &'b mut [MaybeUninit<T>],
+) -> Option<(&'a [f32], &'b mut [MaybeUninit<f32>])> {
+    if T::DTYPE != candle_core::DType::F32 {
+        return None;
+    }
+    // SAFETY: `T` is f32 (its dtype says so): the same layout.
+    unsafe {
+        Some((
+            std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()),
+            std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<MaybeUninit<f32>>(), out.len()),
+        ))
+    }
+}
+
+/// [`SwapLast2`] of one image with four values a row, or four rows, in AVX-512: 16 rows (or
+/// columns) of four at a time, as four vectors through two rounds of permutes.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
+
+    use crate::avx512::index;
+
+    /// Lanes 0-7: value 0 of the first 8 rows of four in `a`, `b`; lanes 8-15: their value 1.
+    const VALUES_01: [i32; 16] = [0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29];
+    /// Values 2 and 3 of the same rows.
+    const VALUES_23: [i32; 16] = [2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31];
+    /// The low halves of `a` and `b`.
+    const LOW_HALVES: [i32; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23];
+    /// The high halves of `a` and `b`.
+    const HIGH_HALVES: [i32; 16] = [8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31];
+    /// The inverse of [`VALUES_01`] and [`VALUES_23`] for the first 4 rows: from `a` (values 0
+    /// and 1 of 8 rows) and `b` (values 2 and 3), rows 0-3 of four again.
+    const ROWS_0_3: [i32; 16] = [0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18, 26, 3, 11, 19, 27];
+    /// Rows 4-7 of four, likewise.
+    const ROWS_4_7: [i32; 16] = [4, 12, 20, 28, 5, 13, 21, 29, 6, 14, 22, 30, 7, 15, 23, 31];
+
+    /// `out[j * a + i] = x[i * 4 + j]` for the first `16 * (a / 16)` rows `i` of the (A, 4)
+    /// image `x` (into its (4, A) `out`); returns how many rows it did.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn from_rows_of_4(
+        x: &[f32],
+        a: usize,
+        out: &mut [MaybeUninit<f32>],
+    ) -> usize {
+        assert!(x.len() >= 4 * a && out.len() >= 4 * a);
+        let whole = a / 16 * 16;
+        let o = out.as_mut_ptr().cast::<f32>();
+        for i0 in (0..whole).step_by(16) {
+            // SAFETY: rows `i0..i0 + 16` of four values are inside `x` (checked above).
+            let v: [__m512; 4] =
+                std::array::from_fn(|k| _mm512_loadu_ps(x.as_ptr().add(4 * i0 + 16 * k)));
+            let p01 = _mm512_permutex2var_ps(v[0], index(&VALUES_01), v[1]);
+            let q01 = _mm512_permutex2var_ps(v[0], index(&VALUES_23), v[1]);
+            let p23 = _mm512_permutex2var_ps(v[2], index(&VALUES_01), v[3]);
+            let q23 = _mm512_permutex2var_ps(v[2], index(&VALUES_23), v[3]);
+            // SAFETY: columns `i0..i0 + 16` of the four output rows are inside `out`.
+            _mm512_storeu_ps(
+                o.add(i0),
+                _mm512_permutex2var_ps(p01, index(&LOW_HALVES), p23),
+            );
+            _mm512_storeu_ps(
+                o.add(a + i0),
+                _mm512_permutex2var_ps(p01, index(&HIGH_HALVES), p23),
+            );
+            _mm512_storeu_ps(
+                o.add(2 * a + i0),
+                _mm512_permutex2var_ps(q01, index(&LOW_HALVES), q23),
+            );
+            _mm512_storeu_ps(
+                o.add(3 * a + i0),
+                _mm512_permutex2var_ps(q01, index(&HIGH_HALVES), q23),
+            );
+        }
+        whole
+    }
+
+    /// `out[j * 4 + i] = x[i * b + j]` for the first `16 * (b / 16)` columns `j` of the (4, B)
+    /// image `x` (into its (B, 4) `out`); returns how many columns it did.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn to_rows_of_4(x: &[f32], b: usize, out: &mut [MaybeUninit<f32>]) -> usize {
+        assert!(x.len() >= 4 * b && out.len() >= 4 * b);
+        let whole = b / 16 * 16;
+        let o = out.as_mut_ptr().cast::<f32>();
+        for j0 in (0..whole).step_by(16) {
+            // SAFETY: columns `j0..j0 + 16` of the four input rows are inside `x`.
+            let r: [__m512; 4] =
+                std::array::from_fn(|i| _mm512_loadu_ps(x.as_ptr().add(i * b + j0)));
+            // Undo `from_rows_of_4`'s second round, then its first.
+            let p01 = _mm512_permutex2var_ps(r[0], index(&LOW_HALVES), r[1]);
+            let p23 = _mm512_permutex2var_ps(r[0], index(&HIGH_HALVES), r[1]);
+            let q01 = _mm512_permutex2var_ps(r[2], index(&LOW_HALVES), r[3]);
+            let q23 = _mm512_permutex2var_ps(r[2], index(&HIGH_HALVES), r[3]);
+            // SAFETY: rows `j0..j0 + 16` of four values are inside `out`.
+            _mm512_storeu_ps(
+                o.add(4 * j0),
+                _mm512_permutex2var_ps(p01, index(&ROWS_0_3), q01),
+            );
+            _mm512_storeu_ps(
+                o.add(4 * j0 + 16),
+                _mm512_permutex2var_ps(p01, index(&ROWS_4_7), q01),
+            );
+            _mm512_storeu_ps(
+                o.add(4 * j0 + 32),
+                _mm512_permutex2var_ps(p23, index(&ROWS_0_3), q23),
+            );
+            _mm512_storeu_ps(
+                o.add(4 * j0 + 48),
+                _mm512_permutex2var_ps(p23, index(&ROWS_4_7), q23),
+            );
+        }
+        whole
     }
 }
 

@@ -76,6 +76,7 @@ fn pointwise_kernels_transpose_instead_of_copying_tap_by_tap() -> Result<()> {
         (2, 33, 2, 2, 5),
         (1, 17, 3, 5, 19),
         (4, 3, 2, 2, 40),
+        (1, 16, 2, 2, 16),
     ] {
         check(n, c, h, w, cout, 1, 1, 0)?;
         // The columns and their gradient are those of the tap-by-tap copy, bit for bit.
@@ -102,6 +103,46 @@ fn pointwise_kernels_transpose_instead_of_copying_tap_by_tap() -> Result<()> {
             .contiguous()?
             .reshape((n, cout, h, w))?;
         assert_eq!(bits(&planes)?, bits(&candle)?, "{n}x{c}x{h}x{w} planes");
+    }
+    Ok(())
+}
+
+#[test]
+fn the_batched_transposition_equals_candles() -> Result<()> {
+    let dev = Device::Cpu;
+    // Four values a row and four rows (the vector kernels: whole groups of 16 and a rest),
+    // other sides (the tiles), an empty one; float32 and bf16.
+    for (n, a, b) in [
+        (2, 37, 4),
+        (2, 4, 37),
+        (1, 16, 4),
+        (3, 4, 16),
+        (2, 5, 7),
+        (1, 40, 33),
+        (1, 0, 4),
+    ] {
+        for dtype in [DType::F32, DType::BF16] {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, a, b), &dev)?.to_dtype(dtype)?)?;
+            let ours = x.as_tensor().apply_op1(im2col::SwapLast2)?;
+            let candle = x.as_tensor().transpose(1, 2)?.contiguous()?;
+            assert_eq!(ours.dims(), candle.dims());
+            let (ours_f, candle_f) = (ours.to_dtype(DType::F32)?, candle.to_dtype(DType::F32)?);
+            assert_eq!(
+                bits(&ours_f)?,
+                bits(&candle_f)?,
+                "({n}, {a}, {b}) {dtype:?}"
+            );
+            // The gradient is the transposition back.
+            let up = Tensor::randn(0f32, 1., (n, b, a), &dev)?.to_dtype(dtype)?;
+            let g = (ours * &up)?.sum_all()?.backward()?;
+            let g = g.get(&x).expect("grad").to_dtype(DType::F32)?;
+            let want = up.transpose(1, 2)?.contiguous()?.to_dtype(DType::F32)?;
+            assert_eq!(
+                bits(&g)?,
+                bits(&want)?,
+                "({n}, {a}, {b}) {dtype:?} gradient"
+            );
+        }
     }
     Ok(())
 }
