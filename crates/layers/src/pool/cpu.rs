@@ -2,8 +2,8 @@
 //! custom ops. A max window's gradient goes to its first maximum in scan order (or first NaN).
 //! With AVX-512, 2x2 max pooling of whole blocks runs 16 windows per vector (`simd`), and other
 //! max poolings 16 outputs at a time (`gather`): each window tap gathered for 16 outputs of a
-//! plane, or of 16 planes, or, for planes of at most 16 outputs and 32 inputs, permuted from
-//! several whole planes held in two registers; all keep the chosen inputs for the backward
+//! plane, or of 16 planes, or, for planes of at most 16 outputs and 64 inputs, permuted from
+//! several whole planes held in two or four registers; all keep the chosen inputs for the backward
 //! pass as PyTorch's `max_pool2d_with_indices`, and give the same bits as the loops.
 
 use std::sync::{Arc, OnceLock};
@@ -474,14 +474,16 @@ mod gather {
         }
     }
 
-    /// Planes of at most 16 outputs and 32 inputs, several to a vector: each vector holds the
+    /// Planes of at most 16 outputs and 64 inputs, several to a vector: each vector holds the
     /// outputs of `planes` planes side by side, lane `g * outputs + o` output `o` of plane `g`,
     /// and each tap's values are a permutation of the planes' inputs, loaded whole into two
-    /// registers (no gathers: GoogLeNet's 3x3 stride-1 poolings of 4x4, 2x2 and 1x1 maps).
+    /// registers (or four, blended) instead of gathered (GoogLeNet's 3x3 poolings of 8x8, 4x4,
+    /// 2x2 and 1x1 maps on 32x32 images).
     pub(super) struct Packed {
-        /// Per tap that any lane reads (row-major): each lane's index into the two registers,
-        /// its input's index in its own plane, and the lanes whose window has the tap inside.
-        taps: Vec<([i32; 16], [i32; 16], u16)>,
+        /// Per tap that any lane reads (row-major): each lane's index into the registers, its
+        /// input's index in its own plane, the lanes whose window has the tap inside, and the
+        /// lanes whose index is in the third or fourth register.
+        taps: Vec<([i32; 16], [i32; 16], u16, u16)>,
         /// Planes per vector.
         pub(super) planes: usize,
         hw: usize,
@@ -490,28 +492,34 @@ mod gather {
 
     impl Packed {
         /// The table for planes of `hw` inputs pooled through `taps`, or `None` where a plane
-        /// has more than 16 outputs or 32 inputs.
+        /// has more than 16 outputs or 64 inputs.
         pub(super) fn new(taps: &Taps, hw: usize) -> Option<Self> {
             let outputs = taps.outputs;
-            if outputs == 0 || outputs > 16 || hw == 0 || hw > 32 {
+            if outputs == 0 || outputs > 16 || hw == 0 || hw > 64 {
                 return None;
             }
-            let planes = (16 / outputs).min(32 / hw);
+            let planes = (16 / outputs).min(64 / hw);
             let mut table = Vec::with_capacity(taps.taps);
             // One block of 16 outputs holds the plane's outputs.
             for (idx, m) in &taps.table[..taps.taps] {
-                let (mut perm, mut at, mut mask) = ([0i32; 16], [0i32; 16], 0u16);
+                let (mut perm, mut at, mut mask, mut high) = ([0i32; 16], [0i32; 16], 0u16, 0u16);
                 for lane in 0..planes * outputs {
                     let (g, o) = (lane / outputs, lane % outputs);
                     if m & (1 << o) != 0 {
-                        perm[lane] = (g * hw) as i32 + idx[o];
+                        let from = g * hw + idx[o] as usize;
+                        // The permutes read the index's low 5 bits: a value of the register
+                        // pair `from / 32`.
+                        perm[lane] = (from % 32) as i32;
                         at[lane] = idx[o];
                         mask |= 1 << lane;
+                        if from >= 32 {
+                            high |= 1 << lane;
+                        }
                     }
                 }
                 // A tap no window has inside changes nothing in `argmax`: left out.
                 if mask != 0 {
-                    table.push((perm, at, mask));
+                    table.push((perm, at, mask, high));
                 }
             }
             Some(Self {
@@ -534,23 +542,45 @@ mod gather {
         y: &mut [MaybeUninit<f32>],
         chosen: &mut [MaybeUninit<i32>],
     ) {
+        match packed.planes * packed.hw > 32 {
+            true => packed_planes::<4>(packed, count, x, y, chosen),
+            false => packed_planes::<2>(packed, count, x, y, chosen),
+        }
+    }
+
+    /// [`max_forward_packed`] with the planes of a vector in `REGISTERS` (2 or 4) registers.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn packed_planes<const REGISTERS: usize>(
+        packed: &Packed,
+        count: usize,
+        x: &[f32],
+        y: &mut [MaybeUninit<f32>],
+        chosen: &mut [MaybeUninit<i32>],
+    ) {
         let (hw, outputs) = (packed.hw, packed.outputs);
         assert!(x.len() >= count * hw && y.len() >= count * outputs);
         assert!(chosen.len() >= count * outputs);
+        assert!(packed.planes * hw <= 16 * REGISTERS);
         for g in (0..count).step_by(packed.planes) {
             let planes = (count - g).min(packed.planes);
             let (inputs, lanes) = (planes * hw, first(planes * outputs));
-            let x = x.as_ptr().add(g * hw);
-            // SAFETY: these planes' values, at most 32 (`planes * hw`, checked above against
-            // `x`); only those are read.
-            let lo = _mm512_maskz_loadu_ps(first(inputs.min(16)), x);
-            let hi = match inputs > 16 {
-                true => _mm512_maskz_loadu_ps(first(inputs - 16), x.add(16)),
+            let x = &x[g * hw..][..inputs];
+            // These planes' values (at most `16 * REGISTERS`, checked above); only those read.
+            let r: [__m512; REGISTERS] = std::array::from_fn(|k| match inputs > 16 * k {
+                // SAFETY: values `16k..inputs` (at most 16 of them) are inside `x`.
+                true => {
+                    _mm512_maskz_loadu_ps(first((inputs - 16 * k).min(16)), x[16 * k..].as_ptr())
+                }
                 false => _mm512_setzero_ps(),
-            };
+            });
             let mut best = Best::new();
-            for (perm, idx, m) in &packed.taps {
-                let v = _mm512_permutex2var_ps(lo, _mm512_loadu_si512(perm.as_ptr().cast()), hi);
+            for (perm, idx, m, high) in &packed.taps {
+                let perm = _mm512_loadu_si512(perm.as_ptr().cast());
+                let v = _mm512_permutex2var_ps(r[0], perm, r[1]);
+                let v = match REGISTERS {
+                    2 => v,
+                    _ => _mm512_mask_mov_ps(v, *high, _mm512_permutex2var_ps(r[2], perm, r[3])),
+                };
                 best.next(v, _mm512_loadu_si512(idx.as_ptr().cast()), m & lanes);
             }
             // SAFETY: these planes' outputs (checked above against `y` and `chosen`); only
@@ -722,7 +752,7 @@ impl PoolOp {
         if let Some(taps) = gather_taps::<T>(&plane) {
             let n = planes * ohw;
             let (mut y, mut chosen) = (Vec::<f32>::with_capacity(n), Vec::<i32>::with_capacity(n));
-            // Planes of at most 16 outputs and 32 inputs several to a vector, their taps
+            // Planes of at most 16 outputs and 64 inputs several to a vector, their taps
             // permuted from registers; other planes of fewer than 16 outputs 16 at a time, one
             // a lane (where 16 planes' indices fit the gather's i32 offsets); others one at a
             // time.
@@ -1132,7 +1162,7 @@ mod tests {
                 // Small planes several to a vector, taps permuted from registers: 1 to two
                 // vectors' worth and one plane more (the last vector possibly short).
                 if let Some(packed) = gather::Packed::new(&taps, h * w) {
-                    assert!(plane.oh * plane.ow <= 16 && h * w <= 32, "{what}");
+                    assert!(plane.oh * plane.ow <= 16 && h * w <= 64, "{what}");
                     for count in 1..=2 * packed.planes + 1 {
                         many_planes(&plane, count, &format!("{what} packed"), |x, y, c| {
                             // SAFETY: as above.
@@ -1140,7 +1170,7 @@ mod tests {
                         });
                     }
                 } else {
-                    assert!(plane.oh * plane.ow > 16 || h * w > 32, "{what}");
+                    assert!(plane.oh * plane.ow > 16 || h * w > 64, "{what}");
                 }
                 let (mut g1, mut g2) = (vec![0f32; x.len()], vec![0f32; x.len()]);
                 scatter(&chosen, &gy, &mut g1);

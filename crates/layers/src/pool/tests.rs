@@ -119,10 +119,10 @@ fn check_values(
 }
 
 /// Small maps, as the composite reference pools them, 21 planes: several planes to a vector
-/// where a plane has at most 16 outputs and 32 inputs (GoogLeNet's 1x1, 2x2 and 4x3 maps: 16,
-/// 4 and 1 planes a vector, the last vector short), 16 planes at a time, one a lane, where it
-/// has fewer than 16 outputs and more inputs (a 7x7 map pooled 3x3 with stride 2: one whole
-/// group and one of 5).
+/// where a plane has at most 16 outputs and 64 inputs (GoogLeNet's 1x1, 2x2 and 4x3 maps: 16,
+/// 4 and 1 planes a vector, the last vector short; 7x7 and 8x8 maps pooled with stride 2, in
+/// four registers), 16 planes at a time, one a lane, where it has fewer than 16 outputs and
+/// more inputs (a 9x9 map pooled 3x3 with stride 3: one whole group and one of 5).
 #[test]
 fn small_maps_pooled_across_planes_match_the_composite() -> Result<()> {
     let googlenet = Pool2d::max(3, 1).padding(1).ceil_mode(true);
@@ -133,6 +133,7 @@ fn small_maps_pooled_across_planes_match_the_composite() -> Result<()> {
         (Pool2d::max(3, 2).padding(1), 3, 3),
         (Pool2d::max(3, 2), 7, 7),
         (Pool2d::max(3, 2).ceil_mode(true), 8, 8),
+        (Pool2d::max(3, 3), 9, 9),
     ] {
         for distinct in [1013, 3] {
             check_values(pool, (3, 7, h, w), distinct)?;
