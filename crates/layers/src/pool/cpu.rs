@@ -474,85 +474,6 @@ mod gather {
         }
     }
 
-    /// The lanes `lo..hi` of 16 (clipped to them).
-    #[inline(always)]
-    fn span(lo: isize, hi: isize) -> u16 {
-        let (lo, hi) = (lo.clamp(0, 16) as usize, hi.clamp(0, 16) as usize);
-        first(hi) & !first(lo.min(hi))
-    }
-
-    /// [`max_forward`] of one plane with a horizontal stride of 1 or 2, 16 outputs of an output
-    /// row at a time: each tap's values loaded from its input row (stride 1), or split from 32
-    /// of them (stride 2), instead of gathered (ResNet's 3x3 stride-2 stem pooling, GoogLeNet's
-    /// poolings of larger maps). The taps in the window loops' order, so the same bits.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn max_forward_rows(
-        plane: &Plane,
-        x: &[f32],
-        y: &mut [MaybeUninit<f32>],
-        chosen: &mut [MaybeUninit<i32>],
-    ) {
-        let p = &plane.pool;
-        let (h, w, oh, ow) = (plane.h, plane.w, plane.oh, plane.ow);
-        let s = p.stride.1;
-        assert!(x.len() >= h * w && y.len() >= oh * ow && chosen.len() >= oh * ow);
-        assert!((s == 1 || s == 2) && h * w < i32::MAX as usize);
-        let lanes: [i32; 16] = std::array::from_fn(|l| (l * s) as i32);
-        let step = _mm512_loadu_si512(lanes.as_ptr().cast());
-        let even = crate::avx512::index(&crate::avx512::EVEN);
-        for i in 0..oh {
-            for j0 in (0..ow).step_by(16) {
-                let n = (ow - j0).min(16);
-                let mut best = Best::new();
-                for tr in 0..p.kernel.0 {
-                    let r = (i * p.stride.0 + tr) as isize - p.padding.0 as isize;
-                    if r < 0 || r >= h as isize {
-                        continue;
-                    }
-                    let row = &x[r as usize * w..][..w];
-                    for tc in 0..p.kernel.1 {
-                        // Lane `l` reads column `base + s * l`, inside the row for `lo..hi`.
-                        let base = (j0 * s + tc) as isize - p.padding.1 as isize;
-                        let (w, n) = (w as isize, n as isize);
-                        let (lo, hi) = match s {
-                            1 => (-base, (w - base).min(n)),
-                            _ => (
-                                (-base + 1).div_euclid(2),
-                                (w - base + 1).div_euclid(2).min(n),
-                            ),
-                        };
-                        let m = span(lo, hi);
-                        if m == 0 {
-                            continue;
-                        }
-                        let at = row.as_ptr().wrapping_offset(base);
-                        // SAFETY: only the lanes (values) inside the row are read, as masked.
-                        let v = match s {
-                            1 => _mm512_maskz_loadu_ps(m, at),
-                            _ => {
-                                // Values `e` of 32 from `base`: those inside the row and under
-                                // 2n; the even ones are the lanes'.
-                                let (e_lo, e_hi) = (-base, (w - base).min(2 * n));
-                                let a = _mm512_maskz_loadu_ps(span(e_lo, e_hi), at);
-                                let b = _mm512_maskz_loadu_ps(
-                                    span(e_lo - 16, e_hi - 16),
-                                    at.wrapping_add(16),
-                                );
-                                _mm512_permutex2var_ps(a, even, b)
-                            }
-                        };
-                        let from = r * w + base;
-                        best.next(v, _mm512_add_epi32(_mm512_set1_epi32(from as i32), step), m);
-                    }
-                }
-                let out = i * ow + j0;
-                // SAFETY: outputs `out..out + n` are inside `y` and `chosen` (checked above).
-                _mm512_mask_storeu_ps(y.as_mut_ptr().add(out).cast(), first(n), best.value);
-                _mm512_mask_storeu_epi32(chosen.as_mut_ptr().add(out).cast(), first(n), best.at);
-            }
-        }
-    }
-
     /// Planes of at most 16 outputs and 64 inputs, several to a vector: each vector holds the
     /// outputs of `planes` planes side by side, lane `g * outputs + o` output `o` of plane `g`,
     /// and each tap's values are a permutation of the planes' inputs, loaded whole into two
@@ -855,9 +776,6 @@ impl PoolOp {
                         let x = std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len());
                         match (&packed, group) {
                             (Some(p), _) => gather::max_forward_packed(p, count, x, y, chosen),
-                            (None, 1) if plane.pool.stride.1 <= 2 => {
-                                gather::max_forward_rows(&plane, x, y, chosen)
-                            }
                             (None, 1) => gather::max_forward(&taps, x, y, chosen),
                             _ => gather::max_forward_across(&taps, hw, count, x, y, chosen),
                         }
@@ -1249,25 +1167,6 @@ mod tests {
                 plane.forward_windows(&x, &mut y2);
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&y1), bits(&y2), "{what} forward");
-                // Rows of 16 outputs, taps loaded (horizontal stride 1) or split (stride 2).
-                if pool.stride.1 <= 2 {
-                    let hw = h * w;
-                    many_planes(&plane, 3, &format!("{what} rows"), |x, y, c| {
-                        for k in 0..3 {
-                            let (x, o) = (&x[k * hw..][..hw], k * plane.oh * plane.ow);
-                            let n = plane.oh * plane.ow;
-                            // SAFETY: the CPU has AVX-512F.
-                            unsafe {
-                                gather::max_forward_rows(
-                                    &plane,
-                                    x,
-                                    &mut y[o..][..n],
-                                    &mut c[o..][..n],
-                                )
-                            }
-                        }
-                    });
-                }
                 // Planes side by side, one a lane (1 to 16 of them, each with its NaNs, ties
                 // and signed zeros in other places): each plane's outputs and choices as its
                 // own.
