@@ -154,6 +154,30 @@ fn pytorch_results_without_figures_or_at_another_batch_are_said() {
         "{text}"
     );
     assert!(!text.contains("x)"), "a ratio across batch sizes: {text}");
+    // Ours at another batch than the tutorial's: said once, no ratio.
+    let saved = dir.path().join("b64.txt");
+    std::fs::write(
+        &saved,
+        "lenet5   f32      batch  64  step    2.0 ms     16000.0 img/s\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bench-step"))
+        .args(["--only", "lenet5", "--steps", "1", "--batches", "8,64"])
+        .arg("--pytorch-results")
+        .arg(&saved)
+        .output()
+        .expect("bench-step starts");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("PyTorch: compared at batch 64 only (the anchors' script times the tutorial's batch): no ratio at batch 8"),
+        "{text}"
+    );
+    assert_eq!(text.matches("no ratio at batch").count(), 1, "{text}");
+    assert!(
+        text.contains("(2.00x)") || text.contains("x)"),
+        "batch 64 compared: {text}"
+    );
 }
 
 /// `--only` takes the zoo's other models, at batch 128 on `--image-size` images, and
@@ -169,31 +193,38 @@ fn other_zoo_models_are_timed_against_torchvisions() {
     std::fs::write(
         &python,
         "#!/bin/sh\n\
-         [ \"$1\" = - ] && [ \"$2\" = resnet18 ] && [ \"$4\" = 128 ] && [ \"$6\" = 24 ] || exit 3\n\
+         [ \"$1\" = - ] && [ \"$2\" = resnet18 ] && [ \"$3\" = --batch ] && [ \"$6\" = 24 ] || exit 3\n\
          grep -q 'torchvision.models' || exit 4\n\
          echo 'torch 2.15.0 threads 2 isa AVX512'\n\
-         echo 'resnet18         f32      batch  128  step    1000.0 ms  128.0 img/s'\n",
+         echo \"resnet18         f32      batch  $4  step    1000.0 ms  128.0 img/s\"\n",
     )
     .expect("write the stand-in");
     std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bench-step"))
-        .args(["--only", "resnet18", "--image-size", "24", "--steps", "1"])
-        .arg("--compare-pytorch")
-        .arg(&python)
-        .env_remove("CNN_SHARED_DIR")
-        .output()
-        .expect("bench-step starts");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        text.contains("resnet18 b128")
-            && text.contains("PyTorch 2.15.0, threads 2, AVX512: f32 1000.0 ms ("),
-        "{text}"
-    );
+    // At the model's batch, and at the one other batch given (the script takes any).
+    for (batches, shown) in [(None, "resnet18 b128"), (Some("6"), "resnet18 b6 ")] {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_bench-step"));
+        command.args(["--only", "resnet18", "--image-size", "24", "--steps", "1"]);
+        if let Some(b) = batches {
+            command.args(["--batches", b]);
+        }
+        let out = command
+            .arg("--compare-pytorch")
+            .arg(&python)
+            .env_remove("CNN_SHARED_DIR")
+            .output()
+            .expect("bench-step starts");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains(shown)
+                && text.contains("PyTorch 2.15.0, threads 2, AVX512: f32 1000.0 ms ("),
+            "{batches:?}: {text}"
+        );
+    }
     for (args, expected) in [
         (
             &["--only", "resnet18x"][..],

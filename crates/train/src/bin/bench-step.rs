@@ -200,6 +200,15 @@ fn bench() -> Result<()> {
     );
     for (model, default_batch, shape, optimizer) in cases {
         let mut rounds = Rounds::default();
+        // PyTorch's step is run (or was saved) at one batch: the tutorial's four at their
+        // training batch (the anchors' script), the zoo's others at the one `--batches` given
+        // (the script takes any), else at theirs.
+        let tutorial = CASES.iter().any(|c| c.0 == model);
+        let compared = match &batches {
+            Some(b) if b.len() == 1 && !tutorial => b[0],
+            _ => default_batch,
+        };
+        let mut said_uncompared = false;
         for round in 0..args.rounds {
             if args.rounds > 1 {
                 train::say!("{model:>15} round {}/{}", round + 1, args.rounds);
@@ -247,18 +256,29 @@ fn bench() -> Result<()> {
                     );
                     rounds.ours(round, &format!("b{batch} {name}"), ms);
                     if let Some(reference) = &mut pytorch {
-                        if batch == default_batch && format == MemoryFormat::Contiguous {
+                        if batch == compared && format == MemoryFormat::Contiguous {
                             let case = (precision, batch, shape.1);
                             for (mode, ms) in compare(reference, model, case, ms)? {
                                 rounds.pytorch(round, &name, &mode, ms);
                             }
+                        } else if batch != compared && !said_uncompared {
+                            said_uncompared = true;
+                            let why = match tutorial {
+                                true => "the anchors' script times the tutorial's batch",
+                                false => "give one --batches to compare at another",
+                            };
+                            train::say!(
+                                "{:>15}      PyTorch: compared at batch {compared} only ({why}): \
+                                 no ratio at batch {batch}",
+                                ""
+                            );
                         }
                     }
                 }
             }
         }
         if args.rounds > 1 {
-            for line in rounds.summary(default_batch) {
+            for line in rounds.summary(compared) {
                 train::say!("{model:>15} {line}");
             }
         }
