@@ -5,12 +5,9 @@ on random (N, 3, S, S) images, in f32 (NCHW), f32 channels_last and bf16 autocas
 channels_last, printed as cpu_step_modes.py prints its models, so that bench-step reads both.
 
 Usage: python pytorch_zoo_step.py MODEL [--batch N] [--image-size S]
-  MODEL: the zoo's name (vgg11-bn, googlenet, resnet50, alexnet-tv, ...)."""
+       python pytorch_zoo_step.py --list
+  MODEL: the zoo's name (vgg11-bn, googlenet, resnet50, alexnet-tv, ...); --list prints them."""
 import argparse, statistics, time
-
-import torch
-import torch.nn as nn
-import torchvision
 
 # The zoo's names of torchvision's models, and how torchvision builds each as the zoo does.
 TORCHVISION = {
@@ -22,11 +19,22 @@ TORCHVISION = {
 }
 
 parser = argparse.ArgumentParser()
-parser.add_argument("model", choices=sorted(TORCHVISION))
+parser.add_argument("model", nargs="?", choices=sorted(TORCHVISION))
 parser.add_argument("--batch", type=int, default=128)
 parser.add_argument("--image-size", type=int, default=32)
 parser.add_argument("--steps", type=int, default=4)
+parser.add_argument("--list", action="store_true", help="print the models it times, one a line")
 args = parser.parse_args()
+if args.list:
+    print("\n".join(sorted(TORCHVISION)))
+    raise SystemExit(0)
+if args.model is None:
+    parser.error("a MODEL is needed (--list prints them)")
+
+import torch
+import torch.nn as nn
+import torchvision
+
 torch.manual_seed(0)
 
 

@@ -180,10 +180,12 @@ fn pytorch_results_without_figures_or_at_another_batch_are_said() {
     );
 }
 
-/// `--only` takes the zoo's other models, at batch 128 on `--image-size` images, and
-/// `--compare-pytorch` gives their PyTorch script to the Python named, on standard input, with
-/// the model, batch and size (here a stand-in that checks it was given the script and answers
-/// as the script does); unknown names and 1-channel models are refused, naming the flag.
+/// `--only` takes the zoo's other models, at batch 128 (or the one `--batches` given) on
+/// `--image-size` images, and `--compare-pytorch` gives their PyTorch script to the Python
+/// named, on standard input, with the model, batch and size (here a stand-in that checks it
+/// was given the script and answers as the script does); unknown names, 1-channel models and
+/// models torchvision does not have (asked of the script's `--list`) are refused, naming the
+/// flag.
 #[cfg(unix)]
 #[test]
 fn other_zoo_models_are_timed_against_torchvisions() {
@@ -193,6 +195,7 @@ fn other_zoo_models_are_timed_against_torchvisions() {
     std::fs::write(
         &python,
         "#!/bin/sh\n\
+         if [ \"$2\" = --list ]; then grep -q 'TORCHVISION' || exit 5; echo resnet18; echo googlenet; exit 0; fi\n\
          [ \"$1\" = - ] && [ \"$2\" = resnet18 ] && [ \"$3\" = --batch ] && [ \"$6\" = 24 ] || exit 3\n\
          grep -q 'torchvision.models' || exit 4\n\
          echo 'torch 2.15.0 threads 2 isa AVX512'\n\
@@ -225,6 +228,24 @@ fn other_zoo_models_are_timed_against_torchvisions() {
             "{batches:?}: {text}"
         );
     }
+    // A zoo model torchvision does not have: refused before ours is timed, naming those it has.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bench-step"))
+        .args(["--only", "alexnet", "--image-size", "64", "--steps", "1"])
+        .arg("--compare-pytorch")
+        .arg(&python)
+        .output()
+        .expect("bench-step starts");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("torchvision has no model alexnet (it is the zoo's own)")
+            && err.contains("timed for resnet18, googlenet"),
+        "{err}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("alexnet b"),
+        "timed before the refusal"
+    );
     for (args, expected) in [
         (
             &["--only", "resnet18x"][..],

@@ -23,7 +23,8 @@
 //! `--only NAME` also takes any other zoo model (`vgg11-bn`, `googlenet`, `resnet50`, ...) at
 //! batch 128 with SGD, on random `(N, 3, S, S)` images (`--image-size S`, default 32: CIFAR-10's,
 //! as `train-cifar --model NAME` trains it); its `--compare-pytorch` runs torchvision's model of
-//! that name (`tools/pytorch_zoo_step.py`, built into this program).
+//! that name (`tools/pytorch_zoo_step.py`, built into this program) at that batch or the one
+//! `--batches` given, and refuses a zoo model torchvision does not have before timing ours.
 //! `--split` also prints the forward, backward and optimizer parts of the step, timed apart
 //! (each part's share of the timed steps, times the median step), and on the CPU the share of the thread time spent in GEMM, im2col/layout, batch norm,
 //! pooling, the optimizer and the rest (element-wise operations, Candle's own operations,
@@ -189,6 +190,25 @@ fn bench() -> Result<()> {
         }
         (None, None) => None,
     };
+    // The zoo's models PyTorch's script times (torchvision's), asked before ours are timed.
+    if let Some(Reference::Run { python, .. }) = &pytorch {
+        let others: Vec<&str> = cases
+            .iter()
+            .map(|c| c.0)
+            .filter(|m| !CASES.iter().any(|c| c.0 == *m))
+            .collect();
+        if !others.is_empty() {
+            let known = torchvision_models(python)?;
+            for model in others {
+                anyhow::ensure!(
+                    known.iter().any(|k| k == model),
+                    "--compare-pytorch: torchvision has no model {model} (it is the zoo's own); \
+                     PyTorch's step is timed for {}",
+                    known.join(", ")
+                );
+            }
+        }
+    }
     if pytorch.is_some() && !device.is_cpu() {
         anyhow::bail!(
             "--compare-pytorch and --pytorch-results compare CPU steps; leave out --device"
@@ -499,6 +519,41 @@ fn pytorch_lines(output: &str) -> Vec<(String, String, usize, f64)> {
             }
         })
         .collect()
+}
+
+/// The zoo's names of the models `tools/pytorch_zoo_step.py` times (torchvision's), from its
+/// `--list` run by `python`.
+fn torchvision_models(python: &Path) -> Result<Vec<String>> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(python)
+        .args(["-", "--list"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("--compare-pytorch {}: cannot run it", python.display()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(ZOO_SCRIPT.as_bytes()).with_context(|| {
+            format!(
+                "--compare-pytorch {}: cannot give it tools/pytorch_zoo_step.py",
+                python.display()
+            )
+        })?;
+    }
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("--compare-pytorch {}: cannot run it", python.display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "--compare-pytorch {}: tools/pytorch_zoo_step.py --list failed: {}",
+        python.display(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect())
 }
 
 /// Prints PyTorch's step for `model` next to ours (`ours_ms`) and the ratios: above 1, PyTorch
