@@ -427,6 +427,8 @@ mod gather {
     /// (row-major), the taps' input indices within the plane and which lanes are inside it.
     pub(super) struct Taps {
         table: Vec<([i32; 16], u16)>,
+        /// For each block of 16 outputs, each lane's first tap inside its window (its index).
+        first_at: Vec<[i32; 16]>,
         taps: usize,
         outputs: usize,
     }
@@ -466,11 +468,130 @@ mod gather {
                     }
                 }
             }
+            let first_at = table
+                .chunks_exact(kh * kw)
+                .map(|block| {
+                    std::array::from_fn(|lane| {
+                        let inside = block.iter().find(|(_, m)| m & (1 << lane) != 0);
+                        inside.map_or(0, |(idx, _)| idx[lane])
+                    })
+                })
+                .collect();
             Some(Self {
                 table,
+                first_at,
                 taps: kh * kw,
                 outputs,
             })
+        }
+    }
+
+    /// The lanes `lo..hi` of 16 (clipped to them).
+    #[inline(always)]
+    fn span(lo: isize, hi: isize) -> u16 {
+        let (lo, hi) = (lo.clamp(0, 16) as usize, hi.clamp(0, 16) as usize);
+        first(hi) & !first(lo.min(hi))
+    }
+
+    /// [`max_forward`] of one plane with a horizontal stride `S` of 1 or 2 (the caller takes
+    /// it for rows of [`super::ROWS_FROM`] outputs or more: ResNet's 3x3 stride-2 stem pooling
+    /// and GoogLeNet's poolings on ImageNet's image sizes), 16 outputs of an output row a vector: each tap's values loaded from its
+    /// input row (stride 1) or split from 32 of them (stride 2) instead of gathered, and kept
+    /// as [`argmax`] keeps them, so the same bits as the window loops.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn max_forward_rows<const S: usize>(
+        plane: &Plane,
+        x: &[f32],
+        y: &mut [MaybeUninit<f32>],
+        chosen: &mut [MaybeUninit<i32>],
+    ) {
+        let p = &plane.pool;
+        let (h, w, oh, ow) = (plane.h, plane.w, plane.oh, plane.ow);
+        assert!(x.len() >= h * w && y.len() >= oh * ow && chosen.len() >= oh * ow);
+        assert!((S == 1 || S == 2) && p.stride.1 == S && h * w < i32::MAX as usize);
+        let steps: [i32; 16] = std::array::from_fn(|l| (l * S) as i32);
+        let step = _mm512_loadu_si512(steps.as_ptr().cast());
+        let even = crate::avx512::index(&crate::avx512::EVEN);
+        let none = _mm512_set1_epi32(i32::MAX);
+        // Per block of 16 output columns and tap column (the same for every row): the column
+        // `base` lane 0 reads (lane `l` reads `base + S * l`), the lanes inside the row, and for
+        // stride 2 the values of the two loads of 32 inside it and under 2n (whose even ones
+        // are the lanes').
+        let (wi, kw) = (w as isize, p.kernel.1);
+        let columns: Vec<(isize, u16, u16, u16)> = (0..ow)
+            .step_by(16)
+            .flat_map(|j0| (0..kw).map(move |tc| (j0, tc)))
+            .map(|(j0, tc)| {
+                let n = (ow - j0).min(16) as isize;
+                let base = (j0 * S + tc) as isize - p.padding.1 as isize;
+                let (lo, hi) = match S {
+                    1 => (-base, (wi - base).min(n)),
+                    _ => (
+                        (-base + 1).div_euclid(2),
+                        (wi - base + 1).div_euclid(2).min(n),
+                    ),
+                };
+                let (e_lo, e_hi) = (-base, (wi - base).min(2 * n));
+                (
+                    base,
+                    span(lo, hi),
+                    span(e_lo, e_hi),
+                    span(e_lo - 16, e_hi - 16),
+                )
+            })
+            .collect();
+        for i in 0..oh {
+            let rows = (0..p.kernel.0)
+                .map(|tr| (i * p.stride.0 + tr) as isize - p.padding.0 as isize)
+                .filter(|r| (0..h as isize).contains(r));
+            // Every window has a row inside the plane (PyTorch's limits on padding and ceil
+            // mode); row 0 otherwise, so that every output is written.
+            let r0 = rows.clone().next().unwrap_or(0);
+            for (block, j0) in (0..ow).step_by(16).enumerate() {
+                let n = (ow - j0).min(16);
+                // Each lane's first tap inside its window: the first row, the first column.
+                let c0 = _mm512_max_epi32(
+                    _mm512_add_epi32(
+                        _mm512_set1_epi32((j0 * S) as i32 - p.padding.1 as i32),
+                        step,
+                    ),
+                    _mm512_setzero_si512(),
+                );
+                let mut at = _mm512_add_epi32(_mm512_set1_epi32((r0 * wi) as i32), c0);
+                let mut best = _mm512_set1_ps(f32::NEG_INFINITY);
+                let mut nan_at = none;
+                for r in rows.clone() {
+                    let row = &x[r as usize * w..][..w];
+                    for &(base, m, ma, mb) in &columns[block * kw..][..kw] {
+                        let from = row.as_ptr().wrapping_offset(base);
+                        // SAFETY: only the lanes (values) inside the row are read, as masked.
+                        let v = match S {
+                            1 => _mm512_maskz_loadu_ps(m, from),
+                            _ => _mm512_permutex2var_ps(
+                                _mm512_maskz_loadu_ps(ma, from),
+                                even,
+                                _mm512_maskz_loadu_ps(mb, from.wrapping_add(16)),
+                            ),
+                        };
+                        let vi = _mm512_add_epi32(_mm512_set1_epi32((r * wi + base) as i32), step);
+                        let take = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(m, v, best);
+                        best = _mm512_mask_mov_ps(best, take, v);
+                        at = _mm512_mask_mov_epi32(at, take, vi);
+                        let is_nan = _mm512_mask_cmp_ps_mask::<_CMP_UNORD_Q>(m, v, v);
+                        nan_at = _mm512_mask_min_epi32(nan_at, is_nan, nan_at, vi);
+                    }
+                }
+                let nan = _mm512_cmpneq_epi32_mask(nan_at, none) & first(n);
+                if nan != 0 {
+                    // SAFETY: a NaN lane's index is one of its taps', inside the plane.
+                    best = _mm512_mask_i32gather_ps::<4>(best, nan, nan_at, x.as_ptr().cast());
+                    at = _mm512_mask_mov_epi32(at, nan, nan_at);
+                }
+                let out = i * ow + j0;
+                // SAFETY: outputs `out..out + n` are inside `y` and `chosen` (checked above).
+                _mm512_mask_storeu_ps(y.as_mut_ptr().add(out).cast(), first(n), best);
+                _mm512_mask_storeu_epi32(chosen.as_mut_ptr().add(out).cast(), first(n), at);
+            }
         }
     }
 
@@ -591,18 +712,40 @@ mod gather {
         }
     }
 
-    /// The first maximum (or first NaN) over the taps, per lane, and its index.
+    /// The first maximum (or first NaN) over the taps, per lane, and its index, as
+    /// [`Plane::argmax`] keeps it, with each lane's first tap inside its window (`first_at`)
+    /// given: from negative infinity there, a lane takes a tap only if it is greater, so that
+    /// each tap waits on one comparison and no mask arithmetic; a NaN is never greater, and the
+    /// lane's first NaN is its NaN of lowest index (the taps' indices grow in scan order),
+    /// kept apart by a minimum and read back at the end.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn argmax(x: &[f32], taps: &[([i32; 16], u16)]) -> (__m512, __m512i) {
-        let mut best = Best::new();
+    unsafe fn argmax(
+        x: &[f32],
+        taps: &[([i32; 16], u16)],
+        first_at: &[i32; 16],
+    ) -> (__m512, __m512i) {
+        let mut best = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut at = _mm512_loadu_si512(first_at.as_ptr().cast());
+        let none = _mm512_set1_epi32(i32::MAX);
+        let mut nan_at = none;
         for (idx, m) in taps {
             let vi = _mm512_loadu_si512(idx.as_ptr().cast());
             // SAFETY (caller): every index of a set lane is inside the plane `x`.
             let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), *m, vi, x.as_ptr().cast());
-            best.next(v, vi, *m);
+            let take = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(*m, v, best);
+            best = _mm512_mask_mov_ps(best, take, v);
+            at = _mm512_mask_mov_epi32(at, take, vi);
+            let is_nan = _mm512_mask_cmp_ps_mask::<_CMP_UNORD_Q>(*m, v, v);
+            nan_at = _mm512_mask_min_epi32(nan_at, is_nan, nan_at, vi);
         }
-        (best.value, best.at)
+        let nan = _mm512_cmpneq_epi32_mask(nan_at, none);
+        if nan != 0 {
+            // SAFETY: a NaN lane's index is one of its taps', inside the plane.
+            best = _mm512_mask_i32gather_ps::<4>(best, nan, nan_at, x.as_ptr().cast());
+            at = _mm512_mask_mov_epi32(at, nan, nan_at);
+        }
+        (best, at)
     }
 
     /// [`Plane::forward`] of a max pooling, for one plane `x` into `y`, with the index in the
@@ -615,7 +758,7 @@ mod gather {
         chosen: &mut [MaybeUninit<i32>],
     ) {
         for (b, block) in taps.table.chunks_exact(taps.taps).enumerate() {
-            let (best, at) = argmax(x, block);
+            let (best, at) = argmax(x, block, &taps.first_at[b]);
             let o = b * 16;
             let n = (taps.outputs - o).min(16);
             let lanes = first(n);
@@ -682,6 +825,12 @@ fn scatter(chosen: &[i32], gy: &[f32], gx: &mut [f32]) {
         gx[i as usize] += g;
     }
 }
+
+/// Output rows from which a plane's max pooling runs row by row ([`gather::max_forward_rows`])
+/// rather than gathered: one thread, 2^20 inputs, 3x3 windows, 28x28 and 14x14 maps with
+/// stride 1 and 112x112, 56x56 and 32x32 with stride 2 took half the gathered kernel's time;
+/// 8x8 and 7x7 (stride 1) and 16x16 (stride 2, rows of 8) took about as long or longer.
+const ROWS_FROM: usize = 12;
 
 /// The gather table for a max pooling on f32 with AVX-512, where the 2x2 kernels do not apply.
 #[cfg(target_arch = "x86_64")]
@@ -776,6 +925,12 @@ impl PoolOp {
                         let x = std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len());
                         match (&packed, group) {
                             (Some(p), _) => gather::max_forward_packed(p, count, x, y, chosen),
+                            (None, 1) if plane.ow >= ROWS_FROM && plane.pool.stride.1 == 1 => {
+                                gather::max_forward_rows::<1>(&plane, x, y, chosen)
+                            }
+                            (None, 1) if plane.ow >= ROWS_FROM && plane.pool.stride.1 == 2 => {
+                                gather::max_forward_rows::<2>(&plane, x, y, chosen)
+                            }
                             (None, 1) => gather::max_forward(&taps, x, y, chosen),
                             _ => gather::max_forward_across(&taps, hw, count, x, y, chosen),
                         }
@@ -1041,7 +1196,8 @@ mod tests {
 
     /// `kernel(x, y, chosen)` pools `count` planes of `plane`'s shape side by side (each with
     /// its NaNs, ties and signed zeros in other places; then all negative, so that a padding
-    /// value taken for an input would win) as the window loops pool each: the same output
+    /// value taken for an input would win; then all negative infinity but the NaNs, so that
+    /// only the first tap inside a window is its maximum) as the window loops pool each: the same output
     /// bits and the same chosen inputs ([`Plane::argmax`]), and the backward from those
     /// choices the same; nothing read past the planes (NaN there) nor written past their
     /// outputs (sentinels there).
@@ -1054,9 +1210,14 @@ mod tests {
     ) {
         let values = awkward(count * plane.h * plane.w, 0, 7 + count).0;
         let negative = values.iter().map(|v| v - 100.0).collect();
+        let infinite = values
+            .iter()
+            .map(|v| if v.is_nan() { *v } else { f32::NEG_INFINITY })
+            .collect();
         for (values, what) in [
             (values, what.to_string()),
             (negative, format!("{what} (< 0)")),
+            (infinite, format!("{what} (-inf)")),
         ] {
             pools_as_the_loops(plane, count, values, &what, &kernel);
         }
@@ -1167,6 +1328,33 @@ mod tests {
                 plane.forward_windows(&x, &mut y2);
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&y1), bits(&y2), "{what} forward");
+                // Rows of 16 outputs, taps loaded (horizontal stride 1) or split (stride 2).
+                let rows = |x: &[f32], y: &mut [MaybeUninit<f32>], c: &mut [MaybeUninit<i32>]| {
+                    let (hw, outputs) = (h * w, plane.oh * plane.ow);
+                    for k in 0..3 {
+                        let (x, y) = (&x[k * hw..][..hw], &mut y[k * outputs..][..outputs]);
+                        let c = &mut c[k * outputs..][..outputs];
+                        // SAFETY: the CPU has AVX-512F; the stride is the kernel's.
+                        match pool.stride.1 {
+                            1 => unsafe { gather::max_forward_rows::<1>(&plane, x, y, c) },
+                            _ => unsafe { gather::max_forward_rows::<2>(&plane, x, y, c) },
+                        }
+                    }
+                };
+                if pool.stride.1 <= 2 {
+                    many_planes(&plane, 3, &format!("{what} rows"), rows);
+                }
+                // Plane by plane (three of them).
+                let (hw, outputs) = (h * w, plane.oh * plane.ow);
+                many_planes(&plane, 3, &format!("{what} plane by plane"), |x, y, c| {
+                    for k in 0..3 {
+                        let (x, y) = (&x[k * hw..][..hw], &mut y[k * outputs..][..outputs]);
+                        // SAFETY: the CPU has AVX-512F.
+                        unsafe {
+                            gather::max_forward(&taps, x, y, &mut c[k * outputs..][..outputs])
+                        }
+                    }
+                });
                 // Planes side by side, one a lane (1 to 16 of them, each with its NaNs, ties
                 // and signed zeros in other places): each plane's outputs and choices as its
                 // own.

@@ -155,6 +155,9 @@ fn nan_is_the_maximum_in_both() -> Result<()> {
 #[test]
 fn composite_matches_the_cpu_kernel() -> Result<()> {
     check(Pool2d::max(3, 2).padding(1), 16, 16)?;
+    // Rows of 12 outputs and more: row by row.
+    check(Pool2d::max(3, 2).padding(1), 40, 37)?;
+    check(Pool2d::max(3, 1).padding(1).ceil_mode(true), 14, 28)?;
     check(Pool2d::max(3, 2).ceil_mode(true), 14, 14)?;
     check(Pool2d::max(3, 2), 13, 13)?;
     check(Pool2d::max(2, 2), 7, 9)?;
