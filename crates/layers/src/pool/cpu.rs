@@ -1,10 +1,12 @@
 //! Pooling on the CPU: hand-written loops over each (H, W) plane, forward and backward, as
 //! custom ops. A max window's gradient goes to its first maximum in scan order (or first NaN).
 //! With AVX-512, 2x2 max pooling of whole blocks runs 16 windows per vector (`simd`), and other
-//! max poolings 16 outputs at a time (`gather`): each window tap gathered for 16 outputs of a
-//! plane, or of 16 planes, or, for planes of at most 16 outputs and 64 inputs, permuted from
-//! several whole planes held in two or four registers; all keep the chosen inputs for the backward
-//! pass as PyTorch's `max_pool2d_with_indices`, and give the same bits as the loops.
+//! max poolings 16 outputs at a time (`gather`): each window tap loaded from its input row for
+//! 16 outputs of an output row (rows of 12 outputs and more, horizontal stride 1 or 2), or
+//! gathered for 16 outputs of a plane or of 16 planes, or, for planes of at most 16 outputs and
+//! 64 inputs, permuted from several whole planes held in two or four registers; all keep the
+//! chosen inputs for the backward pass as PyTorch's `max_pool2d_with_indices`, and give the
+//! same bits as the loops.
 
 use std::sync::{Arc, OnceLock};
 
@@ -374,11 +376,14 @@ mod simd {
 }
 
 /// Max pooling of any window, stride and padding in AVX-512, 16 outputs per vector: each window
-/// tap's values gathered for 16 outputs of a plane ([`max_forward`]) or of 16 planes
+/// tap's values loaded from its input row for 16 outputs of an output row
+/// ([`max_forward_rows`]), gathered for 16 outputs of a plane ([`max_forward`]) or of 16 planes
 /// ([`max_forward_across`]), or permuted from small planes held whole in registers
-/// ([`max_forward_packed`]); the first maximum in scan order (or first NaN) kept by the
-/// comparisons [`Plane::argmax`] makes, so the results are its bit for bit. The tap indices
-/// are the same for every plane and made once per call.
+/// ([`max_forward_packed`]); each lane's first maximum in scan order (or first NaN) kept, by
+/// the comparisons [`Plane::argmax`] makes ([`Best`]) or by a shorter chain with the same
+/// result (`argmax`, `max_forward_rows`), so the results are its bit for bit. The tap tables
+/// are the same for every plane: made once per call, but for `max_forward_rows`'s column
+/// table, made per plane.
 #[cfg(target_arch = "x86_64")]
 mod gather {
     use super::Plane;
@@ -493,6 +498,37 @@ mod gather {
         first(hi) & !first(lo.min(hi))
     }
 
+    /// For [`max_forward_rows`]: per block of 16 output columns and tap column (the same for
+    /// every row), the column `base` lane 0 reads (lane `l` reads `base + S * l`), the lanes
+    /// inside the row (and under the block's outputs `n`), and for stride 2 the values of the
+    /// two loads of 32 from `base` inside the row and under 2n (whose even ones are the lanes').
+    pub(super) fn row_columns<const S: usize>(plane: &Plane) -> Vec<(isize, u16, u16, u16)> {
+        let p = &plane.pool;
+        let (wi, ow) = (plane.w as isize, plane.ow);
+        (0..ow)
+            .step_by(16)
+            .flat_map(|j0| (0..p.kernel.1).map(move |tc| (j0, tc)))
+            .map(|(j0, tc)| {
+                let n = (ow - j0).min(16) as isize;
+                let base = (j0 * S + tc) as isize - p.padding.1 as isize;
+                let (lo, hi) = match S {
+                    1 => (-base, (wi - base).min(n)),
+                    _ => (
+                        (-base + 1).div_euclid(2),
+                        (wi - base + 1).div_euclid(2).min(n),
+                    ),
+                };
+                let (e_lo, e_hi) = (-base, (wi - base).min(2 * n));
+                (
+                    base,
+                    span(lo, hi),
+                    span(e_lo, e_hi),
+                    span(e_lo - 16, e_hi - 16),
+                )
+            })
+            .collect()
+    }
+
     /// [`max_forward`] of one plane with a horizontal stride `S` of 1 or 2 (the caller takes
     /// it for rows of [`super::ROWS_FROM`] outputs or more: ResNet's 3x3 stride-2 stem pooling
     /// and GoogLeNet's poolings on ImageNet's image sizes), 16 outputs of an output row a vector: each tap's values loaded from its
@@ -513,33 +549,8 @@ mod gather {
         let step = _mm512_loadu_si512(steps.as_ptr().cast());
         let even = crate::avx512::index(&crate::avx512::EVEN);
         let none = _mm512_set1_epi32(i32::MAX);
-        // Per block of 16 output columns and tap column (the same for every row): the column
-        // `base` lane 0 reads (lane `l` reads `base + S * l`), the lanes inside the row, and for
-        // stride 2 the values of the two loads of 32 inside it and under 2n (whose even ones
-        // are the lanes').
         let (wi, kw) = (w as isize, p.kernel.1);
-        let columns: Vec<(isize, u16, u16, u16)> = (0..ow)
-            .step_by(16)
-            .flat_map(|j0| (0..kw).map(move |tc| (j0, tc)))
-            .map(|(j0, tc)| {
-                let n = (ow - j0).min(16) as isize;
-                let base = (j0 * S + tc) as isize - p.padding.1 as isize;
-                let (lo, hi) = match S {
-                    1 => (-base, (wi - base).min(n)),
-                    _ => (
-                        (-base + 1).div_euclid(2),
-                        (wi - base + 1).div_euclid(2).min(n),
-                    ),
-                };
-                let (e_lo, e_hi) = (-base, (wi - base).min(2 * n));
-                (
-                    base,
-                    span(lo, hi),
-                    span(e_lo, e_hi),
-                    span(e_lo - 16, e_hi - 16),
-                )
-            })
-            .collect();
+        let columns = row_columns::<S>(plane);
         for i in 0..oh {
             let rows = (0..p.kernel.0)
                 .map(|tr| (i * p.stride.0 + tr) as isize - p.padding.0 as isize)
@@ -653,8 +664,8 @@ mod gather {
     }
 
     /// [`max_forward`] of `count` planes `x` side by side into `y` and `chosen`, [`Packed::planes`]
-    /// to a vector (the last vector possibly short): the same comparisons in the same order per
-    /// lane as [`argmax`], so the same bits.
+    /// to a vector (the last vector possibly short): the window loops' comparisons in their
+    /// order per lane ([`Best`]), so the same bits.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn max_forward_packed(
         packed: &Packed,
@@ -772,8 +783,8 @@ mod gather {
     /// [`max_forward`] for up to 16 planes at once, one plane a lane: for planes of fewer than
     /// 16 outputs (GoogLeNet's 3x3 stride-1 poolings of 2x2 and 1x1 maps), where a vector of
     /// one plane's outputs would be mostly empty. `x` holds the `planes` planes of `hw` inputs
-    /// each, `y` and `chosen` their outputs; the same comparisons in the same order per lane,
-    /// so the same bits. The caller keeps `16 * hw` and `16 * outputs` within i32 (the lanes'
+    /// each, `y` and `chosen` their outputs; the window loops' comparisons in their order per
+    /// lane ([`Best`]), so the same bits. The caller keeps `16 * hw` and `16 * outputs` within i32 (the lanes'
     /// offsets).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn max_forward_across(
@@ -826,6 +837,7 @@ fn scatter(chosen: &[i32], gy: &[f32], gx: &mut [f32]) {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 /// Output rows from which a plane's max pooling runs row by row ([`gather::max_forward_rows`])
 /// rather than gathered: one thread, 2^20 inputs, 3x3 windows, 28x28 and 14x14 maps with
 /// stride 1 and 112x112, 56x56 and 32x32 with stride 2 took half the gathered kernel's time;
@@ -1287,6 +1299,15 @@ mod tests {
             Pool2d::max(3, 1).padding(1),
             Pool2d::max(2, 2).ceil_mode(true),
             Pool2d::max(5, 3).padding(2),
+            Pool2d::max(5, 1).padding(2),
+            Pool2d::max(5, 2).padding(2),
+            Pool2d::max(3, 2).padding(1).ceil_mode(true),
+            Pool2d {
+                kernel: (3, 1),
+                stride: (1, 1),
+                padding: (1, 0),
+                ..Pool2d::max(2, 2)
+            },
             Pool2d {
                 kernel: (2, 3),
                 stride: (1, 2),
@@ -1343,6 +1364,30 @@ mod tests {
                 };
                 if pool.stride.1 <= 2 {
                     many_planes(&plane, 3, &format!("{what} rows"), rows);
+                    // Every lane read, and every value loaded (the odd ones of stride 2 too,
+                    // whose values no output shows), is inside the row; every lane inside it
+                    // and under the block's outputs is read.
+                    let (wi, s) = (w as isize, pool.stride.1 as isize);
+                    let columns = match s {
+                        1 => gather::row_columns::<1>(&plane),
+                        _ => gather::row_columns::<2>(&plane),
+                    };
+                    for (k, &(base, m, ma, mb)) in columns.iter().enumerate() {
+                        let j0 = (k / pool.kernel.1 * 16) as isize;
+                        let n = (plane.ow as isize - j0).min(16);
+                        let inside = |e: isize| (0..wi).contains(&(base + e));
+                        for l in 0..16isize {
+                            let read = m & (1 << l) != 0;
+                            assert_eq!(read, l < n && inside(s * l), "{what} lane {l} of {k}");
+                            let loaded = (ma & (1 << l) != 0, mb & (1 << l) != 0);
+                            assert!(!loaded.0 || inside(l), "{what}: value {l} of {k}");
+                            assert!(
+                                !loaded.1 || inside(l + 16),
+                                "{what}: value {} of {k}",
+                                l + 16
+                            );
+                        }
+                    }
                 }
                 // Plane by plane (three of them).
                 let (hw, outputs) = (h * w, plane.oh * plane.ow);
