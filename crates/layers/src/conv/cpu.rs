@@ -342,12 +342,19 @@ impl ConvCpu {
                 // The backward convolution's output is the input's size: all of dL/dx.
                 return Ok(winograd::convolved(&back, g.c, grad, &u, n, self.bf16));
             }
+            // In 16x16 tiles of (output, input) channels: a 1x1 kernel's flip is a transposition
+            // of its (O, C) matrix, whose row-by-row writes 4·O bytes apart each missed the
+            // cache (2% of a ResNet-50 step at 224x224, its 2048x512 kernels).
             let mut flipped = vec![0f32; g.c * cout * taps];
-            for o in 0..cout {
-                for ch in 0..g.c {
-                    for t in 0..taps {
-                        flipped[(ch * cout + o) * taps + taps - 1 - t] =
-                            w[(o * g.c + ch) * taps + t];
+            for o0 in (0..cout).step_by(16) {
+                for ch0 in (0..g.c).step_by(16) {
+                    for ch in ch0..(ch0 + 16).min(g.c) {
+                        for o in o0..(o0 + 16).min(cout) {
+                            for t in 0..taps {
+                                flipped[(ch * cout + o) * taps + taps - 1 - t] =
+                                    w[(o * g.c + ch) * taps + t];
+                            }
+                        }
                     }
                 }
             }
