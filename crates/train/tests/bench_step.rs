@@ -1,5 +1,12 @@
 //! `bench-step --help` describes the benchmark instead of running it.
 
+/// `bench-step` with `args`, to add more to and run.
+fn bench_step<const N: usize>(args: [&str; N]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_bench-step"));
+    command.args(args);
+    command
+}
+
 #[test]
 fn help_prints_the_flags_and_runs_nothing() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_bench-step"))
@@ -161,8 +168,7 @@ fn pytorch_results_without_figures_or_at_another_batch_are_said() {
         "lenet5   f32      batch  64  step    2.0 ms     16000.0 img/s\n",
     )
     .expect("write");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bench-step"))
-        .args(["--only", "lenet5", "--steps", "1", "--batches", "8,64"])
+    let out = bench_step(["--only", "lenet5", "--steps", "1", "--batches", "8,64"])
         .arg("--pytorch-results")
         .arg(&saved)
         .output()
@@ -205,8 +211,7 @@ fn other_zoo_models_are_timed_against_torchvisions() {
     std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     // At the model's batch, and at the one other batch given (the script takes any).
     for (batches, shown) in [(None, "resnet18 b128"), (Some("6"), "resnet18 b6 ")] {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_bench-step"));
-        command.args(["--only", "resnet18", "--image-size", "24", "--steps", "1"]);
+        let mut command = bench_step(["--only", "resnet18", "--image-size", "24", "--steps", "1"]);
         if let Some(b) = batches {
             command.args(["--batches", b]);
         }
@@ -229,8 +234,7 @@ fn other_zoo_models_are_timed_against_torchvisions() {
         );
     }
     // A zoo model torchvision does not have: refused before ours is timed, naming those it has.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bench-step"))
-        .args(["--only", "alexnet", "--image-size", "64", "--steps", "1"])
+    let out = bench_step(["--only", "alexnet", "--image-size", "64", "--steps", "1"])
         .arg("--compare-pytorch")
         .arg(&python)
         .output()

@@ -87,6 +87,29 @@ pub(crate) fn conv2d_gemm_bf16(
     )
 }
 
+/// A layout op of this file, run on any float dtype's values.
+trait Relayout {
+    /// The op's name in errors.
+    const NAME: &'static str;
+    fn run<T: candle_core::WithDType>(&self, x: &[T], layout: &Layout) -> Result<(Vec<T>, Shape)>;
+}
+
+/// `op` on `storage` of f32, f64, bf16 or f16 (timed as layout work), or an error naming it.
+fn run_on<O: Relayout>(
+    op: &O,
+    storage: &CpuStorage,
+    layout: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    let _t = crate::profile::Timer::start(crate::profile::Part::Im2col);
+    match storage {
+        CpuStorage::F32(x) => op.run(x, layout).map(|(v, s)| (CpuStorage::F32(v), s)),
+        CpuStorage::F64(x) => op.run(x, layout).map(|(v, s)| (CpuStorage::F64(v), s)),
+        CpuStorage::BF16(x) => op.run(x, layout).map(|(v, s)| (CpuStorage::BF16(v), s)),
+        CpuStorage::F16(x) => op.run(x, layout).map(|(v, s)| (CpuStorage::F16(v), s)),
+        _ => candle_core::bail!("{} supports f32, f64, bf16 and f16 tensors", O::NAME),
+    }
+}
+
 fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
@@ -97,7 +120,9 @@ fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
 /// (N, C, H, W) -> (N * OH * OW, C * KH * KW): each row the receptive field of one output.
 pub(super) struct Im2Col(pub(super) Geometry);
 
-impl Im2Col {
+impl Relayout for Im2Col {
+    const NAME: &'static str = "im2col";
+
     fn run<T: candle_core::WithDType>(&self, x: &[T], layout: &Layout) -> Result<(Vec<T>, Shape)> {
         let g = self.0;
         let x = contiguous(x, layout)?;
@@ -120,14 +145,7 @@ impl CustomOp1 for Im2Col {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let _t = crate::profile::Timer::start(crate::profile::Part::Im2col);
-        match storage {
-            CpuStorage::F32(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::F32(v), s)),
-            CpuStorage::F64(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::F64(v), s)),
-            CpuStorage::BF16(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::BF16(v), s)),
-            CpuStorage::F16(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::F16(v), s)),
-            _ => candle_core::bail!("im2col supports f32, f64, bf16 and f16 tensors"),
-        }
+        run_on(self, storage, layout)
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -146,7 +164,9 @@ struct Col2Im {
     n: usize,
 }
 
-impl Col2Im {
+impl Relayout for Col2Im {
+    const NAME: &'static str = "col2im";
+
     fn run<T: candle_core::WithDType>(
         &self,
         cols: &[T],
@@ -169,14 +189,7 @@ impl CustomOp1 for Col2Im {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let _t = crate::profile::Timer::start(crate::profile::Part::Im2col);
-        match storage {
-            CpuStorage::F32(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::F32(v), s)),
-            CpuStorage::F64(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::F64(v), s)),
-            CpuStorage::BF16(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::BF16(v), s)),
-            CpuStorage::F16(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::F16(v), s)),
-            _ => candle_core::bail!("col2im supports f32, f64, bf16 and f16 tensors"),
-        }
+        run_on(self, storage, layout)
     }
 }
 
@@ -188,7 +201,9 @@ pub(super) struct SwapLast2;
 /// The side of the square tiles [`SwapLast2`] copies: 16 f32 rows of a cache line each.
 const TILE: usize = 16;
 
-impl SwapLast2 {
+impl Relayout for SwapLast2 {
+    const NAME: &'static str = "swap-last-2";
+
     fn run<T: candle_core::WithDType>(&self, x: &[T], layout: &Layout) -> Result<(Vec<T>, Shape)> {
         let x = contiguous(x, layout)?;
         let (n, a, b) = layout.shape().dims3()?;
@@ -365,14 +380,7 @@ impl CustomOp1 for SwapLast2 {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let _t = crate::profile::Timer::start(crate::profile::Part::Im2col);
-        match storage {
-            CpuStorage::F32(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::F32(v), s)),
-            CpuStorage::F64(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::F64(v), s)),
-            CpuStorage::BF16(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::BF16(v), s)),
-            CpuStorage::F16(x) => self.run(x, layout).map(|(v, s)| (CpuStorage::F16(v), s)),
-            _ => candle_core::bail!("swap-last-2 supports f32, f64, bf16 and f16 tensors"),
-        }
+        run_on(self, storage, layout)
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
