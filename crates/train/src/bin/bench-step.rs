@@ -524,18 +524,43 @@ fn pytorch_lines(output: &str) -> Vec<(String, String, usize, f64)> {
 /// The zoo's names of the models `tools/pytorch_zoo_step.py` times (torchvision's), from its
 /// `--list` run by `python`.
 fn torchvision_models(python: &Path) -> Result<Vec<String>> {
+    let mut command = std::process::Command::new(python);
+    command.args(["-", "--list"]);
+    let out = run_python(
+        python,
+        command,
+        "tools/pytorch_zoo_step.py --list",
+        Some(ZOO_SCRIPT),
+    )?;
+    Ok(out
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect())
+}
+
+/// Runs `command` (a PyTorch script, `shown` in errors, given `script` on standard input
+/// when there is one) with `python` and returns what it printed; an error naming
+/// `--compare-pytorch` and the script if it cannot run or fails.
+fn run_python(
+    python: &Path,
+    mut command: std::process::Command,
+    shown: &str,
+    script: Option<&str>,
+) -> Result<String> {
     use std::io::Write;
-    let mut child = std::process::Command::new(python)
-        .args(["-", "--list"])
-        .stdin(std::process::Stdio::piped())
+    if script.is_some() {
+        command.stdin(std::process::Stdio::piped());
+    }
+    let mut child = command
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .with_context(|| format!("--compare-pytorch {}: cannot run it", python.display()))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(ZOO_SCRIPT.as_bytes()).with_context(|| {
+    if let (Some(text), Some(mut stdin)) = (script, child.stdin.take()) {
+        stdin.write_all(text.as_bytes()).with_context(|| {
             format!(
-                "--compare-pytorch {}: cannot give it tools/pytorch_zoo_step.py",
+                "--compare-pytorch {}: cannot give it {shown}",
                 python.display()
             )
         })?;
@@ -545,15 +570,11 @@ fn torchvision_models(python: &Path) -> Result<Vec<String>> {
         .with_context(|| format!("--compare-pytorch {}: cannot run it", python.display()))?;
     anyhow::ensure!(
         out.status.success(),
-        "--compare-pytorch {}: tools/pytorch_zoo_step.py --list failed: {}",
+        "--compare-pytorch {}: {shown} failed: {}",
         python.display(),
         String::from_utf8_lossy(&out.stderr).trim()
     );
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Prints PyTorch's step for `model` next to ours (`ours_ms`) and the ratios: above 1, PyTorch
@@ -568,7 +589,6 @@ fn compare(
     let output = match reference {
         Reference::Saved(text) => text.clone(),
         Reference::Run { python, script } => {
-            use std::io::Write;
             let threads = rayon::current_num_threads().to_string();
             let mut command = std::process::Command::new(&*python);
             command.env("OMP_NUM_THREADS", threads);
@@ -584,36 +604,10 @@ fn compare(
                     command.arg("-").arg(model);
                     command.args(["--batch", &batch.to_string()]);
                     command.args(["--image-size", &size.to_string()]);
-                    command.stdin(std::process::Stdio::piped());
                     ("tools/pytorch_zoo_step.py".to_string(), Some(ZOO_SCRIPT))
                 }
             };
-            let mut child = command
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .with_context(|| {
-                    format!("--compare-pytorch {}: cannot run it", python.display())
-                })?;
-            if let (Some(text), Some(mut stdin)) = (script_text, child.stdin.take()) {
-                stdin.write_all(text.as_bytes()).with_context(|| {
-                    format!(
-                        "--compare-pytorch {}: cannot give it {shown}",
-                        python.display()
-                    )
-                })?;
-            }
-            let out = child.wait_with_output().with_context(|| {
-                format!("--compare-pytorch {}: cannot run it", python.display())
-            })?;
-            if !out.status.success() {
-                anyhow::bail!(
-                    "--compare-pytorch {}: {shown} failed: {}",
-                    python.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
-            String::from_utf8_lossy(&out.stdout).into_owned()
+            run_python(python, command, &shown, script_text)?
         }
     };
     let found = parse_pytorch(&output, &name);
