@@ -149,10 +149,24 @@ const BLOCK_BYTES: usize = 384 << 10;
 const GROUP_POSITIONS: usize = 256;
 const GROUP_BYTES: usize = 3 << 19;
 
-/// The output rows of `geo`, in blocks whose columns (`k` values per position) fit
-/// [`BLOCK_BYTES`].
+/// Output positions a block of [`row_blocks`] holds at least (or the whole image): with deep
+/// columns (`k` in the thousands: a 3x3 kernel over 256 or 512 channels) [`BLOCK_BYTES`] alone
+/// would give products of one or two output rows (14 positions on 7x7 outputs), each reading
+/// the whole packed kernel (4.7 MB for 512 -> 512) and, for the kernel gradient, reading and
+/// writing the whole sum: ResNet-50's strided 3x3 convolutions at 224x224 (forward and both
+/// gradients, batch 16, bf16) took 32-43 ms with those blocks and 21-26 with these.
+const MIN_BLOCK_POSITIONS: usize = 256;
+
+/// The output rows of `geo`, in blocks of as even a size as can be whose columns (`k` values
+/// per position) fit [`BLOCK_BYTES`], with at least [`MIN_BLOCK_POSITIONS`] positions.
 fn row_blocks(geo: &Geometry, k: usize) -> impl Iterator<Item = Range<usize>> {
-    let rows = (BLOCK_BYTES / (4 * k * geo.ow).max(1)).clamp(1, geo.oh.max(1));
+    let oh = geo.oh.max(1);
+    let fit = BLOCK_BYTES / (4 * k * geo.ow).max(1);
+    let rows = fit
+        .max(MIN_BLOCK_POSITIONS.div_ceil(geo.ow.max(1)))
+        .clamp(1, oh);
+    // As many blocks, of even sizes (not a last block of one row).
+    let rows = oh.div_ceil(oh.div_ceil(rows));
     let oh = geo.oh;
     (0..oh).step_by(rows).map(move |r| r..(r + rows).min(oh))
 }
