@@ -54,12 +54,6 @@ pub(crate) fn par_init<T: Copy + Send + Sync>(
     unsafe { par_filled(n, chunk, init_then_f) }
 }
 
-/// `n` zeros, written in parallel chunks (`vec![0f32; n]` is one pass of `calloc`'s `memset`
-/// on the calling thread, for buffers that a kernel then fills in parallel but not whole).
-pub(crate) fn par_zeros(n: usize) -> Vec<f32> {
-    par_init(n, 1 << 16, 0.0, |_, _| {})
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

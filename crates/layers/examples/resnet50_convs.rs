@@ -1,0 +1,110 @@
+//! Times each convolution shape of torchvision's ResNet-50 at 224x224 (batch 16): the forward
+//! alone and the forward with both gradients, the minimum of seven runs, and each shape's
+//! total over the network (times the count of that shape), to set beside PyTorch's
+//! (`tools/pytorch_resnet50_convs.py`, the same shapes and columns) on the same machine.
+//!
+//! `cargo run --release -p layers --example resnet50_convs [-- FILTER [f32|bf16]]`: `FILTER`
+//! keeps the shapes whose line contains it (for example `k3 s2`); the precision is bf16
+//! autocast by default. The backward is timed as `(y * g).sum_all().backward()` less the same
+//! on a tensor of the output's shape without a convolution (Candle has no `y.backward(g)`).
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Module, Result, Tensor, Var};
+use candle_nn::Conv2dConfig;
+use layers::{autocast, Conv2d};
+
+/// (count in the network, in, out, input size, kernel, stride, padding).
+const SHAPES: [(usize, usize, usize, usize, usize, usize, usize); 23] = [
+    (1, 3, 64, 224, 7, 2, 3),
+    (1, 64, 64, 56, 1, 1, 0),
+    (3, 64, 64, 56, 3, 1, 1),
+    (4, 64, 256, 56, 1, 1, 0),
+    (2, 256, 64, 56, 1, 1, 0),
+    (1, 256, 128, 56, 1, 1, 0),
+    (1, 128, 128, 56, 3, 2, 1),
+    (4, 128, 512, 28, 1, 1, 0),
+    (1, 256, 512, 56, 1, 2, 0),
+    (3, 512, 128, 28, 1, 1, 0),
+    (3, 128, 128, 28, 3, 1, 1),
+    (1, 512, 256, 28, 1, 1, 0),
+    (1, 256, 256, 28, 3, 2, 1),
+    (6, 256, 1024, 14, 1, 1, 0),
+    (1, 512, 1024, 28, 1, 2, 0),
+    (5, 1024, 256, 14, 1, 1, 0),
+    (5, 256, 256, 14, 3, 1, 1),
+    (1, 1024, 512, 14, 1, 1, 0),
+    (1, 512, 512, 14, 3, 2, 1),
+    (3, 512, 2048, 7, 1, 1, 0),
+    (1, 1024, 2048, 14, 1, 2, 0),
+    (2, 2048, 512, 7, 1, 1, 0),
+    (2, 512, 512, 7, 3, 1, 1),
+];
+
+const BATCH: usize = 16;
+const RUNS: usize = 7;
+
+fn ms(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1e3
+}
+
+fn main() -> Result<()> {
+    // As the training programs keep freed memory (`train::memory::keep_freed_memory`): without
+    // it every output of tens of MB is fresh zeroed pages from the kernel.
+    // SAFETY: mallopt only changes malloc's thresholds.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
+    }
+    let dev = Device::Cpu;
+    let filter = std::env::args().nth(1).unwrap_or_default();
+    let dtype = match std::env::args().nth(2).as_deref() {
+        None | Some("bf16") => Some(DType::BF16),
+        Some("f32") => None,
+        Some(other) => candle_core::bail!("precision {other:?}: f32 or bf16"),
+    };
+    let _autocast = autocast::set(dtype);
+    let mut total = 0.0;
+    for (count, cin, cout, size, k, stride, padding) in SHAPES {
+        let line = format!("{count} {cin:>4}->{cout:<4} {size:>3}x{size:<3} k{k} s{stride}");
+        if !line.contains(&filter) {
+            continue;
+        }
+        let x = Tensor::randn(0f32, 1., (BATCH, cin, size, size), &dev)?;
+        // The first layer's input needs no gradient.
+        let x = match cin > 3 {
+            true => Var::from_tensor(&x)?.as_tensor().clone(),
+            false => x,
+        };
+        let w = Var::from_tensor(&Tensor::randn(0f32, 0.1, (cout, cin, k, k), &dev)?)?;
+        let cfg = Conv2dConfig {
+            padding,
+            stride,
+            ..Default::default()
+        };
+        let conv = Conv2d::new(w.as_tensor().clone(), None, cfg);
+        let out = (size + 2 * padding - k) / stride + 1;
+        let g = Tensor::randn(0f32, 1., (BATCH, cout, out, out), &dev)?;
+        let plain = Var::from_tensor(&g.ones_like()?)?;
+        let (mut fwd, mut all, mut overhead) = (f64::MAX, f64::MAX, f64::MAX);
+        for _ in 0..RUNS {
+            let start = Instant::now();
+            let y = conv.forward(&x)?;
+            fwd = fwd.min(ms(start));
+            std::hint::black_box((y * &g)?.sum_all()?.backward()?);
+            all = all.min(ms(start));
+            let start = Instant::now();
+            let y = (plain.as_tensor() * 1.0)?;
+            std::hint::black_box((y * &g)?.sum_all()?.backward()?);
+            overhead = overhead.min(ms(start));
+        }
+        let both = all - overhead;
+        total += count as f64 * both;
+        println!(
+            "{line}  forward {fwd:6.2} ms  with both gradients {both:6.2} ms  x{count} = {:6.1} ms",
+            count as f64 * both
+        );
+    }
+    println!("total {total:.1} ms");
+    Ok(())
+}
