@@ -45,6 +45,8 @@ def main():
         g = torch.randn(BATCH, cout, out, out).to(memory_format=cl, dtype=dtype)
         fwd = both = float("inf")
         for _ in range(RUNS):
+            # Fresh gradients each run, as `optimizer.zero_grad()` leaves them (none to add to).
+            x.grad = conv.weight.grad = None
             with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
                 t0 = time.perf_counter()
                 y = conv(x)

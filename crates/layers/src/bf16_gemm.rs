@@ -488,8 +488,9 @@ fn pack_rhs(
     }
 }
 
-/// Panels [`pack_rhs`] packs side by side from contiguous rows, and that a product packs and
-/// multiplies at a time from a float32 operand (up to 512 KB packed, kept in L2). A 1x1
+/// Panels [`pack_rhs`] packs side by side from contiguous rows, and that a product on
+/// AVX512-BF16 packs and multiplies at a time from a float32 operand (up to 512 KB packed, kept
+/// in L2; on AMX's tiles, [`amx_tiles_from`] packs a block of the whole operand). A 1x1
 /// convolution 256 -> 64 on 56x56 images (forward, bf16, batch 16) took 4.3 ms packed a
 /// panel at a time, 3.4 with 32 panels.
 const ROW_PANELS: usize = 32;
@@ -1457,6 +1458,9 @@ mod tests {
             (9, 8, 511),
             (24, 70, 256),
             (70, 40, 100),
+            // The float32 operand packed and multiplied [`ROW_PANELS`] panels at a time (two
+            // groups, the last part full) against the one prepacked whole: the same bits.
+            (9, 32 * ROW_PANELS + 77, 200),
         ] {
             let layout = RhsLayout::new(k, n).expect("fits one block");
             let b = values(k * n, (n + k) as u32);

@@ -122,9 +122,9 @@ fn split(n: usize) -> (bool, usize) {
 /// `n` images' outputs of `per_image` values each, image `i`'s filled by `one((i, out_i),
 /// scratch)`: side by side on the thread pool, each task with its own `scratch` of
 /// `scratch_len`, or one after the other. Each `out_i` is zeros when `one` gets it, written on
-/// the task that fills it just before: a zero-filling pass over the whole output first
-/// (`fill::par_zeros`) sent every value to memory twice and read it back once more, about
-/// 2% of ResNet-50's training step at 224x224.
+/// the task that fills it just before (`col2im` adds onto them; the products overwrite them):
+/// a zero-filling pass over the whole output first sent every value to memory twice and read
+/// it back once more.
 fn each_image(
     n: usize,
     per_image: usize,
@@ -180,24 +180,25 @@ const GROUP_BYTES: usize = 3 << 19;
 /// the whole packed kernel (4.7 MB for 512 -> 512) and, for the kernel gradient, reading and
 /// writing the whole sum: ResNet-50's strided 3x3 convolutions at 224x224 (forward and both
 /// gradients, batch 16, bf16) took 32-43 ms with those blocks and 21-26 with these.
-const MIN_BLOCK_POSITIONS: usize = 256;
+pub(super) const MIN_BLOCK_POSITIONS: usize = 256;
 
-/// The output rows of `geo`, in blocks of as even a size as can be whose columns (`k` values
-/// per position) fit [`BLOCK_BYTES`], with at least [`MIN_BLOCK_POSITIONS`] positions.
-fn row_blocks(geo: &Geometry, k: usize) -> impl Iterator<Item = Range<usize>> {
-    let oh = geo.oh.max(1);
-    let fit = BLOCK_BYTES / (4 * k * geo.ow).max(1);
-    let rows = fit
-        .max(MIN_BLOCK_POSITIONS.div_ceil(geo.ow.max(1)))
-        .clamp(1, oh);
-    // As many blocks, of even sizes (not a last block of one row).
-    let rows = oh.div_ceil(oh.div_ceil(rows));
+/// The output rows of `geo`, in blocks whose columns (`k` values per position) fit
+/// [`BLOCK_BYTES`] but hold at least [`MIN_BLOCK_POSITIONS`] positions (or the whole image),
+/// as many blocks as that takes, of sizes that differ by at most one row.
+pub(super) fn row_blocks(geo: &Geometry, k: usize) -> impl Iterator<Item = Range<usize>> {
     let oh = geo.oh;
-    (0..oh).step_by(rows).map(move |r| r..(r + rows).min(oh))
+    let fit = BLOCK_BYTES / (4 * k * geo.ow).max(1);
+    let min_rows = MIN_BLOCK_POSITIONS.div_ceil(geo.ow.max(1));
+    let rows = fit.max(min_rows).clamp(1, oh.max(1));
+    // Block `i` spans rows `i·oh/blocks .. (i + 1)·oh/blocks` (sizes within one row of each
+    // other); `blocks` is capped so that none has fewer than `min_rows` rows in an image that
+    // has them, a block then longer than `rows` (`block_len` sizes the scratch from the blocks).
+    let blocks = oh.div_ceil(rows).min((oh / min_rows).max(1));
+    (0..blocks).map(move |i| i * oh / blocks..(i + 1) * oh / blocks)
 }
 
 /// The longest block [`row_blocks`] makes, in output positions.
-fn block_len(geo: &Geometry, k: usize) -> usize {
+pub(super) fn block_len(geo: &Geometry, k: usize) -> usize {
     row_blocks(geo, k).map(|r| r.len()).max().unwrap_or(0) * geo.ow
 }
 

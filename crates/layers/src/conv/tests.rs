@@ -434,6 +434,42 @@ fn kernel_larger_than_padded_input_is_an_error() {
     assert!(conv2d_gemm(&x, &w, None, 1, 0).is_err());
 }
 
+#[test]
+fn row_blocks_cover_the_rows_in_even_blocks_of_enough_positions() -> Result<()> {
+    for (oh, ow) in [
+        (1, 1),
+        (7, 7),
+        (14, 14),
+        (20, 20),
+        (28, 28),
+        (32, 32),
+        (56, 56),
+        (9, 300),
+    ] {
+        for k in [1, 27, 144, 576, 1152, 4608, 100_000] {
+            let geo = geometry::Geometry::new(1, oh, ow, 1, 1, 1, 0)?;
+            let blocks: Vec<_> = cpu::row_blocks(&geo, k).collect();
+            let case = format!("{oh}x{ow} k {k}: {blocks:?}");
+            // Contiguous, from 0 to oh, none empty.
+            assert_eq!(blocks.first().map(|b| b.start), Some(0), "{case}");
+            assert_eq!(blocks.last().map(|b| b.end), Some(oh), "{case}");
+            assert!(blocks.windows(2).all(|b| b[0].end == b[1].start), "{case}");
+            let (short, long) = blocks.iter().fold((usize::MAX, 0), |(s, l), b| {
+                (s.min(b.len()), l.max(b.len()))
+            });
+            assert!(short >= 1 && long - short <= 1, "{case}");
+            // At least MIN_BLOCK_POSITIONS positions, or the whole image in one block.
+            assert!(
+                short * ow >= cpu::MIN_BLOCK_POSITIONS || blocks.len() == 1,
+                "{case}"
+            );
+            // The scratch sized for the longest.
+            assert_eq!(cpu::block_len(&geo, k), long * ow, "{case}");
+        }
+    }
+    Ok(())
+}
+
 /// [`conv2d_cpu_f32`]: output and both gradients against the whole-batch im2col path.
 fn check_per_image(
     shape: (usize, usize, usize, usize),
@@ -466,6 +502,16 @@ fn matches_the_im2col_path_forward_and_backward() -> Result<()> {
         // 5x5 on 14x14, and a 5x5 with padding 1).
         check_per_image((n, 6, 14, 14), (16, 5, 5), 1, 0)?;
         check_per_image((n, 3, 9, 8), (4, 5, 5), 1, 1)?;
+        // Several blocks of rows through `im2col` (32x32 outputs, 144 and 200 values a
+        // position): strided, its input gradient by `col2im`; and 5x5 "same", its input
+        // gradient the full convolution with the flipped kernel, in blocks too.
+        for ((c, size, kernel, stride, padding), k) in
+            [((16, 64, 3, 2, 1), 144), ((8, 32, 5, 1, 2), 200)]
+        {
+            let geo = geometry::Geometry::new(c, size, size, kernel, kernel, stride, padding)?;
+            assert!(cpu::row_blocks(&geo, k).count() > 1);
+            check_per_image((n, c, size, size), (8, kernel, kernel), stride, padding)?;
+        }
     }
     Ok(())
 }
