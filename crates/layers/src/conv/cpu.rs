@@ -179,7 +179,7 @@ const GROUP_BYTES: usize = 3 << 19;
 /// would give products of one or two output rows (14 positions on 7x7 outputs), each reading
 /// the whole packed kernel (4.7 MB for 512 -> 512) and, for the kernel gradient, reading and
 /// writing the whole sum: ResNet-50's strided 3x3 convolutions at 224x224 (forward and both
-/// gradients, batch 16, bf16) took 32-43 ms with those blocks and 21-26 with these.
+/// gradients, batch 16, bf16) took 29-44 ms each with those blocks and 22-27 with these.
 pub(super) const MIN_BLOCK_POSITIONS: usize = 256;
 
 /// The output rows of `geo`, in blocks whose columns (`k` values per position) fit
