@@ -25,6 +25,8 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 /// Rows of the left operand per tile (and per register tile).
@@ -764,7 +766,38 @@ pub(crate) fn gemm(
         n * k == 0 || (k - 1) * rrs + (n - 1) * rcs < r.len(),
         "bf16 gemm: operands out of bounds"
     );
+    let dst = (as_uninit(dst.0), dst.1, dst.2);
     product(dims, dst, lhs, Rhs::View(rhs), accumulate, threads, scratch)
+}
+
+/// [`gemm`] into a destination that may be uninitialised (`dst :=` the product, never read):
+/// afterwards every value `dst[i·rs + j·cs]`, `i < M`, `j < N`, is initialised (a
+/// convolution's output needs no zero-filling pass first).
+///
+/// Panics as [`gemm`] does.
+pub(crate) fn gemm_uninit(
+    dims: (usize, usize, usize),
+    dst: (&mut [MaybeUninit<f32>], usize, usize),
+    lhs: &PackedLhs,
+    rhs: View,
+    threads: usize,
+    scratch: &mut Scratch,
+) {
+    let (_, n, k) = dims;
+    let (r, rrs, rcs) = rhs;
+    assert!(
+        n * k == 0 || (k - 1) * rrs + (n - 1) * rcs < r.len(),
+        "bf16 gemm: operands out of bounds"
+    );
+    product(dims, dst, lhs, Rhs::View(rhs), false, threads, scratch)
+}
+
+/// `d` as values that may be uninitialised: the products write only initialised values into
+/// it, so it stays initialised.
+fn as_uninit(d: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout; nothing writes an uninitialised value
+    // through the result (the products write only sums), so `d` stays valid for `f32`.
+    unsafe { std::slice::from_raw_parts_mut(d.as_mut_ptr().cast(), d.len()) }
 }
 
 /// [`gemm`] with a right operand packed by its producer as `layout` says (the same bits as
@@ -789,12 +822,16 @@ pub(crate) fn gemm_packed(
         rhs.len()
     );
     let rhs = Rhs::Packed(rhs, layout);
+    let dst = (as_uninit(dst.0), dst.1, dst.2);
     product(dims, dst, lhs, rhs, accumulate, threads, scratch)
 }
 
+/// The product into `dst`, which may be uninitialised unless `accumulate`: a value is read
+/// only where `accumulate` or after this product wrote it (its first block of `k` pairs
+/// writes every value of `dst` it reaches).
 fn product(
     (m, n, k): (usize, usize, usize),
-    dst: (&mut [f32], usize, usize),
+    dst: (&mut [MaybeUninit<f32>], usize, usize),
     lhs: &PackedLhs,
     rhs: Rhs,
     accumulate: bool,
@@ -815,7 +852,7 @@ fn product(
     }
     if k == 0 {
         if !accumulate {
-            (0..m).for_each(|i| (0..n).for_each(|j| d[i * drs + j * dcs] = 0.0));
+            (0..m).for_each(|i| (0..n).for_each(|j| d[i * drs + j * dcs] = MaybeUninit::new(0.0)));
         }
         return;
     }
@@ -876,7 +913,7 @@ fn product(
 fn gemm_tiles(
     dims: (usize, usize, usize),
     tiles: std::ops::Range<usize>,
-    dst: (&mut [f32], usize, usize),
+    dst: (&mut [MaybeUninit<f32>], usize, usize),
     lhs: &PackedLhs,
     rhs: Rhs,
     accumulate: bool,
@@ -891,7 +928,7 @@ fn gemm_tiles_from(
     (m, n, k): (usize, usize, usize),
     tiles: std::ops::Range<usize>,
     first_row: usize,
-    (d, drs, dcs): (&mut [f32], usize, usize),
+    (d, drs, dcs): (&mut [MaybeUninit<f32>], usize, usize),
     lhs: &PackedLhs,
     rhs: Rhs,
     accumulate: bool,
@@ -962,8 +999,9 @@ fn gemm_tiles_from(
 /// row stride): straight into `dst` where the tile is whole and its rows are contiguous, else
 /// the scratch `tile` (`mr · nr` values), filled from `dst` first when `load` (the rows and
 /// columns outside the product are then stale sums, never stored) and copied back after.
+/// `dst`'s values in the tile must be initialised when `load` (the kernel reads them then).
 fn on_block(
-    (d, drs, dcs): (&mut [f32], usize, usize),
+    (d, drs, dcs): (&mut [MaybeUninit<f32>], usize, usize),
     (row0, col0): (usize, usize),
     (rows, cols): (usize, usize),
     (mr, nr): (usize, usize),
@@ -972,19 +1010,20 @@ fn on_block(
     kernel: impl FnOnce(*mut f32, usize),
 ) {
     if dcs == 1 && rows == mr && cols == nr {
-        return kernel(d[row0 * drs + col0..].as_mut_ptr(), drs);
+        return kernel(d[row0 * drs + col0..].as_mut_ptr().cast(), drs);
     }
     if load {
         for i in 0..rows {
             for j in 0..cols {
-                tile[i * nr + j] = d[(row0 + i) * drs + (col0 + j) * dcs];
+                // SAFETY: with `load`, the tile's values are initialised (the caller's promise).
+                tile[i * nr + j] = unsafe { d[(row0 + i) * drs + (col0 + j) * dcs].assume_init() };
             }
         }
     }
     kernel(tile.as_mut_ptr(), nr);
     for i in 0..rows {
         for j in 0..cols {
-            d[(row0 + i) * drs + (col0 + j) * dcs] = tile[i * nr + j];
+            d[(row0 + i) * drs + (col0 + j) * dcs] = MaybeUninit::new(tile[i * nr + j]);
         }
     }
 }
@@ -995,7 +1034,7 @@ fn on_block(
 fn amx_tiles_from(
     (m, n, k): (usize, usize, usize),
     (tiles, first_row): (std::ops::Range<usize>, usize),
-    (d, drs, dcs): (&mut [f32], usize, usize),
+    (d, drs, dcs): (&mut [MaybeUninit<f32>], usize, usize),
     lhs: &PackedLhs,
     rhs: Rhs,
     accumulate: bool,
@@ -1603,6 +1642,20 @@ mod tests {
                             );
                         }
                     }
+                    // Into values that may be uninitialised (NaN sentinels here, and past the
+                    // product): the bits of overwriting, every value in reach written, none
+                    // past it.
+                    let mut u = vec![MaybeUninit::new(f32::NAN); m * n + 3];
+                    gemm_uninit((m, n, k), (&mut u, 1, m), &lhs, bv, threads, &mut scratch);
+                    // SAFETY: every value of `u` was initialised (NaN), and stays so.
+                    let u: Vec<f32> = u.iter().map(|v| unsafe { v.assume_init() }).collect();
+                    let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&u[..m * n]),
+                        bits(&ct),
+                        "{kernel:?} {m}x{n}x{k} uninit"
+                    );
+                    assert!(u[m * n..].iter().all(|v| v.is_nan()));
                 }
             }
         }

@@ -119,50 +119,50 @@ fn split(n: usize) -> (bool, usize) {
     }
 }
 
-/// `n` images' outputs of `per_image` values each, image `i`'s filled by `one((i, out_i),
+/// `n` images' outputs of `per_image` values each, image `i`'s written by `one((i, out_i),
 /// scratch)`: side by side on the thread pool, each task with its own `scratch` of
-/// `scratch_len`, or one after the other. Each `out_i` is zeros when `one` gets it, written on
-/// the task that fills it just before (`col2im` adds onto them; the products overwrite them):
-/// a zero-filling pass over the whole output first sent every value to memory twice and read
-/// it back once more.
-fn each_image(
+/// `scratch_len`, or one after the other. `out_i` may be uninitialised: the products write
+/// into it directly ([`Lhs::product_uninit`]), with no zero-filling pass first, which sent every
+/// value to memory twice and read it back once more.
+///
+/// # Safety
+/// `one` must initialise every value of each `out_i` it is given.
+unsafe fn each_image(
     n: usize,
     per_image: usize,
     scratch_len: usize,
     side_by_side: bool,
-    one: impl Fn((usize, &mut [f32]), &mut Work) + Sync,
+    one: impl Fn((usize, &mut [MaybeUninit<f32>]), &mut Work) + Sync,
 ) -> Vec<f32> {
     let len = n * per_image;
     if len == 0 {
         return Vec::new();
     }
-    let zeroed_then_one = |(i, out): (usize, &mut [MaybeUninit<f32>]), scratch: &mut Work| {
-        out.fill(MaybeUninit::new(0.0));
-        // SAFETY: every value of `out` was just initialised; `MaybeUninit<f32>` has `f32`'s
-        // layout.
-        let out = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast(), out.len()) };
-        one((i, out), scratch)
-    };
     let mut out = Vec::with_capacity(len);
     let spare = &mut out.spare_capacity_mut()[..len];
     if side_by_side {
         spare
             .par_chunks_mut(per_image)
             .enumerate()
-            .for_each_with(Work::new(scratch_len), |scratch, p| {
-                zeroed_then_one(p, scratch)
-            });
+            .for_each_with(Work::new(scratch_len), |scratch, p| one(p, scratch));
     } else {
         let mut scratch = Work::new(scratch_len);
         spare
             .chunks_mut(per_image)
             .enumerate()
-            .for_each(|p| zeroed_then_one(p, &mut scratch));
+            .for_each(|p| one(p, &mut scratch));
     }
-    // SAFETY: the chunks cover the first `len` values, and each was initialised (zeros) before
-    // `one` got it.
+    // SAFETY: the chunks cover the first `len` values, and `one` initialised each (the
+    // caller's promise).
     unsafe { out.set_len(len) };
     out
+}
+
+/// `out` set to zeros, as initialised values.
+fn zeroed(out: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    out.fill(MaybeUninit::new(0.0));
+    // SAFETY: every value was just initialised; `MaybeUninit<f32>` has `f32`'s layout.
+    unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast(), out.len()) }
 }
 
 /// Bytes of columns made at a time: a block of output rows whose columns stay in a core's L2
@@ -219,7 +219,7 @@ impl ConvCpu {
         let (side_by_side, threads) = split(n);
         let lhs = Lhs::new(self.bf16, (cout, k), (w, k, 1));
         let pointwise = geo.is_pointwise();
-        let one = |(i, o): (usize, &mut [f32]), work: &mut Work| {
+        let one = |(i, o): (usize, &mut [MaybeUninit<f32>]), work: &mut Work| {
             let img = &x[i * img_len..(i + 1) * img_len];
             for rows in row_blocks(geo, k) {
                 let (p0, len) = (rows.start * geo.ow, rows.len() * geo.ow);
@@ -232,18 +232,19 @@ impl ConvCpu {
                     time(Part::Im2col, || geo.im2col_t_rows(img, rows, cols));
                     (cols, len, 1)
                 };
-                lhs.product(
+                lhs.product_uninit(
                     (cout, len, k),
                     (&mut o[p0..], ohw, 1),
                     rhs,
-                    false,
                     threads,
                     &mut work.packed,
                 );
             }
         };
         let cols = if pointwise { 0 } else { k * block_len(geo, k) };
-        each_image(n, cout * ohw, cols, side_by_side, one)
+        // SAFETY: the row blocks cover the output rows `0..oh`, and each block's product writes
+        // all `cout` rows of its `len` positions: every value of an image's (cout, oh·ow).
+        unsafe { each_image(n, cout * ohw, cols, side_by_side, one) }
     }
 
     /// dL/dw (O, C·KH·KW) = sum over images and blocks of grad_i (O, block) · cols_iᵀ.
@@ -399,7 +400,7 @@ impl ConvCpu {
             let (bk, hw) = (cout * taps, g.h * g.w);
             let lhs = Lhs::new(self.bf16, (g.c, bk), (&flipped, bk, 1));
             let pointwise = back.is_pointwise();
-            let one = |(i, dst): (usize, &mut [f32]), work: &mut Work| {
+            let one = |(i, dst): (usize, &mut [MaybeUninit<f32>]), work: &mut Work| {
                 let gi = &grad[i * cout * ohw..(i + 1) * cout * ohw];
                 for rows in row_blocks(&back, bk) {
                     let (p0, len) = (rows.start * back.ow, rows.len() * back.ow);
@@ -411,11 +412,10 @@ impl ConvCpu {
                         time(Part::Im2col, || back.im2col_t_rows(gi, rows, cols));
                         (cols, len, 1)
                     };
-                    lhs.product(
+                    lhs.product_uninit(
                         (g.c, len, bk),
                         (&mut dst[p0..], hw, 1),
                         rhs,
-                        false,
                         threads,
                         &mut work.packed,
                     );
@@ -426,7 +426,10 @@ impl ConvCpu {
             } else {
                 bk * block_len(&back, bk)
             };
-            return Ok(each_image(n, img_len, scratch, side_by_side, one));
+            // SAFETY: the row blocks cover `back`'s output rows, the input's `0..h`, and each
+            // block's product writes all `c` channels of its positions: every value of an
+            // image's (c, h·w).
+            return Ok(unsafe { each_image(n, img_len, scratch, side_by_side, one) });
         }
         Ok(self.input_grad_col2im(w, grad, n))
     }
@@ -438,7 +441,9 @@ impl ConvCpu {
         let cout = self.cout;
         let (side_by_side, threads) = split(n);
         let lhs = Lhs::new(self.bf16, (k, cout), (w, 1, k));
-        let one = |(i, dst): (usize, &mut [f32]), work: &mut Work| {
+        let one = |(i, dst): (usize, &mut [MaybeUninit<f32>]), work: &mut Work| {
+            // `col2im` adds each column into its place: onto zeros.
+            let dst = zeroed(dst);
             let gi = &grad[i * cout * ohw..(i + 1) * cout * ohw];
             for rows in row_blocks(g, k) {
                 let (p0, len) = (rows.start * g.ow, rows.len() * g.ow);
@@ -454,8 +459,8 @@ impl ConvCpu {
                 time(Part::Im2col, || g.col2im_t_rows(cols, rows, dst));
             }
         };
-        // `col2im` adds each column into its place: onto the zeros `each_image` starts from.
-        each_image(n, img_len, k * block_len(g, k), side_by_side, one)
+        // SAFETY: `one` zeroes each image's gradient first.
+        unsafe { each_image(n, img_len, k * block_len(g, k), side_by_side, one) }
     }
 }
 
