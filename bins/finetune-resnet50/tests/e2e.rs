@@ -1459,6 +1459,19 @@ fn own_class_folders_need_no_folder_flag() {
         err.contains("with the same names and labels, but other contents"),
         "{err}"
     );
+    // A resume refuses it too (the run's best epoch was chosen on the image as it was), and
+    // leaves the run as it was.
+    let state = std::fs::read(flat_out.join("state.safetensors")).expect("state");
+    let resume = ["--resume", s(&flat_out), "--epochs", "2", "--device", "cpu"];
+    let err = fails(&resume, &[]);
+    assert!(
+        err.contains("test images are as many as the run's, with the same names and labels, but other contents"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(flat_out.join("state.safetensors")).expect("state"),
+        state
+    );
     std::fs::write(&changed, &original).expect("put it back");
     assert_eq!(
         files(&read("predictions-best-data-copy.csv"), s(&copy)),

@@ -269,13 +269,17 @@ pub fn train(
         }
         false => None,
     };
-    // What tells `evaluate` a test split whose files changed in place.
-    let test_contents = match writes {
+    // What tells `evaluate` a test split whose files changed in place; on resume, what the
+    // run's state records of them must be what they are now (on every rank, so that all
+    // refuse together).
+    let saved_contents = resume.as_ref().and_then(|(saved, _)| saved.test_contents);
+    let test_contents = match writes || saved_contents.is_some() {
         true => crate::state::contents_crc(test_images).context(
             "reading the test images' files for their fingerprints (kept in the run's state)",
         )?,
         false => None,
     };
+    same_test_contents(out, saved_contents, test_contents)?;
     if writes {
         std::fs::create_dir_all(out)
             .with_context(|| format!("cannot create output directory {}", out.display()))?;
@@ -1426,6 +1430,26 @@ fn differing_splits(saved: Option<[u32; 2]>, now: [u32; 2]) -> Vec<&'static str>
         .filter(|(_, (a, b))| a != b)
         .map(|(split, _)| split)
         .collect()
+}
+
+/// Refuses to resume the run in `out` on test images whose contents (`now`, [`contents_crc`]
+/// of the files' bytes or the decoded pixels) are not those its state records (`saved`;
+/// states saved before they were kept have none): files changed in place under the same
+/// names. The run's best epoch was chosen on the test images as they were, and `evaluate`
+/// refuses them as the run's test.
+///
+/// [`contents_crc`]: crate::state::contents_crc
+fn same_test_contents(out: &Path, saved: Option<u32>, now: Option<u32>) -> Result<()> {
+    match saved {
+        Some(saved) if now != Some(saved) => bail!(
+            "--resume {}: the data is not what the run trained on: its test images are as many \
+             as the run's, with the same names and labels, but other contents (files changed in \
+             place since the run tested on them; its best epoch was chosen on them as they \
+             were); resume on the images the run tested on, or start a new run",
+            out.display()
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// Refuses to resume the run in `out` on images whose names, in order, are not those it
