@@ -3,6 +3,18 @@
 
 use anyhow::{bail, Result};
 
+/// The median of `values` (sorted in place), the mean of the two middle ones for an even
+/// count (as `numpy.median`), 0 for none: what the benchmarks report of their timings.
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let h = values.len() / 2;
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[h],
+        _ => (values[h - 1] + values[h]) / 2.0,
+    }
+}
+
 /// Accumulates the metrics of one pass over a data set.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Metrics {
@@ -213,6 +225,14 @@ pub fn top5_text(top5: f64, classes: usize, before: &str, after: &str) -> String
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn median_is_the_middle_or_the_mean_of_the_two() {
+        assert_eq!(super::median(&mut [54.9, 55.4, 54.3, 54.6]), 54.75);
+        assert_eq!(super::median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(super::median(&mut [7.5]), 7.5);
+        assert_eq!(super::median(&mut []), 0.0);
+    }
+
     use super::*;
 
     #[test]

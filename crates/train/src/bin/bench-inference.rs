@@ -77,12 +77,7 @@ fn time(net: &dyn ModuleT, x: &Tensor, passes: usize, no_grad: bool) -> Result<f
             ms.push(start.elapsed().as_secs_f64() * 1e3);
         }
     }
-    Ok(median(&mut ms))
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    Ok(train::metrics::median(&mut ms))
 }
 
 fn bench() -> Result<()> {
@@ -128,14 +123,14 @@ fn bench() -> Result<()> {
     }
     if args.rounds > 1 {
         for (name, _, _, _, _, no_grad, graph) in &mut cases {
-            let a = median(no_grad);
+            let a = train::metrics::median(no_grad);
             let mut line = format!(
                 "{name} over {} rounds, medians: no_grad {a:.1} ms ({:.0} img/s)",
                 args.rounds,
                 args.batch as f64 * 1e3 / a
             );
             if args.graph {
-                let b = median(graph);
+                let b = train::metrics::median(graph);
                 line += &format!(", with the graph {b:.1} ms ({:.2}x)", b / a);
             }
             train::say!("{line}");

@@ -345,7 +345,7 @@ impl Rounds {
             list.iter()
                 .map(|(k, v)| {
                     let mut ms: Vec<f64> = v.iter().map(|&(_, ms)| ms).collect();
-                    format!("{k} {:.1} ms", median(&mut ms))
+                    format!("{k} {:.1} ms", train::metrics::median(&mut ms))
                 })
                 .collect::<Vec<_>>()
                 .join(", ")
@@ -380,7 +380,7 @@ impl Rounds {
                             .filter(|&&(r, _)| r == round)
                             .map(|&(_, ms)| ms)
                             .collect();
-                        (!t.is_empty()).then(|| (round, median(&mut t) / ms))
+                        (!t.is_empty()).then(|| (round, train::metrics::median(&mut t) / ms))
                     })
                     .collect();
                 if by_round.is_empty() {
@@ -395,25 +395,12 @@ impl Rounds {
                 lines.push(format!(
                     "PyTorch {mode} / our {precision}, round by round: {} (median {:.2}x; ours faster in {ahead} of {})",
                     shown.join(" "),
-                    median(&mut ratios),
+                    train::metrics::median(&mut ratios),
                     ratios.len()
                 ));
             }
         }
         lines
-    }
-}
-
-/// The median of `v` (the mean of the middle two of an even count); 0 when empty.
-fn median(v: &mut [f64]) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    let h = v.len() / 2;
-    match v.len() % 2 {
-        1 => v[h],
-        _ => (v[h - 1] + v[h]) / 2.0,
     }
 }
 
@@ -778,9 +765,7 @@ fn median_step_ms(
 /// stall that falls into the forward in some steps and into the backward in others raises both
 /// medians, and on a busy machine their sum went past the median step.
 fn parts_of_the_median(times: &[Vec<f64>; 4]) -> [f64; 4] {
-    let mut steps = times[0].clone();
-    steps.sort_by(f64::total_cmp);
-    let median = steps[steps.len() / 2];
+    let median = train::metrics::median(&mut times[0].clone());
     let total: f64 = times[0].iter().sum();
     let part = |k: usize| match total > 0.0 {
         true => median * times[k].iter().sum::<f64>() / total,
