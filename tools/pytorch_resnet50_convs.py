@@ -29,8 +29,17 @@ BATCH, RUNS = 16, 7
 
 def main():
     torch.set_num_threads(2)
+    if sys.argv[1:2] in (["-h"], ["--help"]):
+        print(__doc__)
+        return
     filt = sys.argv[1] if len(sys.argv) > 1 else ""
-    bf16 = (sys.argv[2] if len(sys.argv) > 2 else "bf16") == "bf16"
+    precision = sys.argv[2] if len(sys.argv) > 2 else "bf16"
+    if precision not in ("f32", "bf16"):
+        sys.exit(f"precision {precision!r}: f32 or bf16")
+    bf16 = precision == "bf16"
+    lines = [f"{c} {i:>4}->{o:<4} {z:>3}x{z:<3} k{k} s{s}" for c, i, o, z, k, s, _ in SHAPES]
+    if not any(filt in line for line in lines):
+        sys.exit(f"no shape's line contains {filt!r}; the lines:\n" + "\n".join(lines))
     dtype = torch.bfloat16 if bf16 else torch.float32
     cl = torch.channels_last
     total = 0.0

@@ -348,14 +348,15 @@ pub fn dataset_kind(folder: bool, data_dir: Option<&Path>) -> DatasetKind {
         Some(dir) if folder || !datasets::is_cifar10(dir) => DatasetKind::Folder,
         _ => DatasetKind::Cifar10,
     };
-    if let Some(dir) = data_dir {
+    // A folder that is not there is said so by the reader, without a line on how it is read.
+    if let Some(dir) = data_dir.filter(|d| d.exists()) {
         train::say!(
             "reading {} as {}{}",
             dir.display(),
             kind.spec().title,
             if kind == DatasetKind::Folder && !folder {
-                " (no CIFAR-10 batches or archive, and no train/ + test/ of its ten class \
-                 folders)"
+                " (not CIFAR-10: it holds no CIFAR-10 batches or archive, nor CIFAR-10's ten \
+                 class folders)"
             } else {
                 ""
             }

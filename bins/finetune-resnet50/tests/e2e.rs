@@ -1156,7 +1156,7 @@ fn own_class_folders_need_no_folder_flag() {
         &[],
     );
     assert!(
-        log.contains("as an image folder (no CIFAR-10 batches or archive"),
+        log.contains("as an image folder (not CIFAR-10: it holds no CIFAR-10 batches or archive"),
         "{log}"
     );
     assert!(out.join(train::rundir::BEST).is_file());

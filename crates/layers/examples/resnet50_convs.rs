@@ -43,6 +43,14 @@ const SHAPES: [(usize, usize, usize, usize, usize, usize, usize); 23] = [
     (2, 512, 512, 7, 3, 1, 1),
 ];
 
+const HELP: &str = "
+resnet50_convs [FILTER [f32|bf16]]: each of ResNet-50's convolution shapes at 224x224, batch 16:
+the forward and the forward with both gradients (ms, minimum of seven runs), and times its count
+in the network. FILTER keeps the shapes whose line contains it (\"k3 s2\", \"14x14\"); bf16
+autocast by default. PyTorch's side: tools/pytorch_resnet50_convs.py [FILTER] [f32|bf16]
+(2 threads: run this with RAYON_NUM_THREADS=2 to compare).
+";
+
 const BATCH: usize = 16;
 const RUNS: usize = 7;
 
@@ -60,15 +68,36 @@ fn main() -> Result<()> {
     }
     let dev = Device::Cpu;
     let filter = std::env::args().nth(1).unwrap_or_default();
+    if filter == "--help" || filter == "-h" {
+        println!("{}", HELP.trim());
+        return Ok(());
+    }
     let dtype = match std::env::args().nth(2).as_deref() {
         None | Some("bf16") => Some(DType::BF16),
         Some("f32") => None,
         Some(other) => candle_core::bail!("precision {other:?}: f32 or bf16"),
     };
     let _autocast = autocast::set(dtype);
+    let line = |(count, cin, cout, size, k, stride, _): (
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+    )| { format!("{count} {cin:>4}->{cout:<4} {size:>3}x{size:<3} k{k} s{stride}") };
+    if !SHAPES.iter().any(|&s| line(s).contains(&filter)) {
+        let all: Vec<String> = SHAPES.iter().map(|&s| line(s)).collect();
+        candle_core::bail!(
+            "no shape's line contains {filter:?}; the lines:\n{}",
+            all.join("\n")
+        )
+    }
     let mut total = 0.0;
-    for (count, cin, cout, size, k, stride, padding) in SHAPES {
-        let line = format!("{count} {cin:>4}->{cout:<4} {size:>3}x{size:<3} k{k} s{stride}");
+    for shape in SHAPES {
+        let (count, cin, cout, size, k, stride, padding) = shape;
+        let line = line(shape);
         if !line.contains(&filter) {
             continue;
         }

@@ -60,7 +60,8 @@ const CASES: [Case; 4] = [
 #[derive(Debug, Parser)]
 #[command(name = "bench-step")]
 struct BenchArgs {
-    /// Steps to time per case [default: 10, or 3 for large CPU batches]
+    /// Steps to time per case [default: 10, or 3 on the CPU for batches of more than 200,000
+    /// input values (batch x channels x height x width: from 66 CIFAR-10 images, or 2 at 224x224)]
     #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
     steps: Option<usize>,
     /// Only this model: cnn-mnist, lenet5, resnet18-seed, resnet18-cifar, or any other zoo model
@@ -101,7 +102,9 @@ struct BenchArgs {
     #[arg(long, value_enum)]
     optimizer_update: Option<UpdateArg>,
     /// Also run PyTorch's step with this Python (which has torch installed) right after each
-    /// of our models, through `cpu_step_modes.py` from `--anchors`, and print the ratios
+    /// of our models, through `cpu_step_modes.py` from `--anchors` for the tutorial's four and
+    /// the repository's `tools/pytorch_zoo_step.py` (torchvision's model of that name) for
+    /// another zoo model, and print the ratios
     #[arg(long, value_name = "PYTHON", conflicts_with = "pytorch_results")]
     compare_pytorch: Option<PathBuf>,
     /// Compare with the output of `cpu_step_modes.py` saved in this file (made in the same
