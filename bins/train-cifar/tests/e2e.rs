@@ -152,6 +152,56 @@ fn device_resident_data_matches_the_host_loader_and_bf16_trains() {
     assert!(config.contains("\"precision\": \"bf16\""), "{config}");
 }
 
+/// A test transform that makes inputs of another size, or normalises otherwise, than the
+/// training transform: the run trains (the model takes either), and says so before it does.
+#[test]
+fn transforms_that_differ_between_training_and_testing_are_said() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("cifar");
+    train::synthetic::write_cifar10(&data, 2, 4).expect("synthetic CIFAR-10");
+    let run = train_cifar(&[
+        "--data-dir",
+        &s(&data),
+        "--out",
+        &s(&dir.path().join("run")),
+        "--model",
+        "resnet18-cifar",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--test-transform",
+        "resize:40,center-crop:40,normalize:imagenet",
+    ]);
+    let log = text(&run);
+    assert!(run.status.success(), "{log}");
+    assert!(
+        log.contains("--test-transform resize:40,center-crop:40,normalize:imagenet 3x40x40")
+            && log.contains("tested on inputs of another size")
+            && log.contains("normalise differently"),
+        "{log}"
+    );
+    // The defaults say nothing.
+    let run = train_cifar(&[
+        "--data-dir",
+        &s(&data),
+        "--out",
+        &s(&dir.path().join("plain")),
+        "--model",
+        "resnet18-cifar",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+    ]);
+    let log = text(&run);
+    assert!(run.status.success(), "{log}");
+    assert!(
+        !log.contains("another size") && !log.contains("normalise differently"),
+        "{log}"
+    );
+}
+
 #[test]
 fn a_model_that_does_not_fit_fails_before_training() {
     let dir = tempfile::tempdir().expect("temp dir");

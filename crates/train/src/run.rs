@@ -1598,9 +1598,11 @@ pub fn check_transforms(config: &RunConfig, data: &Split) -> Result<Vec<Transfor
         ),
     ];
     let mut inputs = Vec::new();
+    let mut normalizations = Vec::new();
     for (flag, text, split) in splits {
         let transform =
             datasets::Transform::parse(text).with_context(|| format!("{flag} {text}"))?;
+        normalizations.push(transform.normalization().clone());
         if split.is_empty() {
             continue;
         }
@@ -1615,6 +1617,31 @@ pub fn check_transforms(config: &RunConfig, data: &Split) -> Result<Vec<Transfor
                 )
             })?;
         inputs.push((flag, text.to_string(), given));
+    }
+    // Training and testing on images of another size or normalisation is most likely a
+    // mistake (CIFAR-10's statistics for training, ImageNet's for testing, say); said, as the
+    // model may take either.
+    if let [(_, train, a), (_, test, b)] = &inputs[..] {
+        if a != b {
+            crate::warn!(
+                "--train-transform {train} makes {}x{}x{} inputs, --test-transform {test} {}x{}x{}: \
+                 the model is tested on inputs of another size than it trains on",
+                a.0, a.1, a.2, b.0, b.1, b.2
+            );
+        }
+    }
+    if normalizations[0] != normalizations[1] {
+        crate::warn!(
+            "--train-transform {} and --test-transform {} normalise differently (mean {:?} \
+             and std {:?} against {:?} and {:?}): the model is tested on inputs scaled otherwise \
+             than it trains on",
+            config.train_transform,
+            config.test_transform,
+            normalizations[0].mean(),
+            normalizations[0].std(),
+            normalizations[1].mean(),
+            normalizations[1].std()
+        );
     }
     Ok(inputs)
 }
