@@ -1,6 +1,7 @@
 """PyTorch's side of `bench-inference`: the median evaluation-mode forward pass under
 torch.no_grad(), images/s, with as many threads as given (default 2, this project's CI kind of
-machine), in NCHW and channels_last (and bf16 autocast + channels_last with --precision bf16).
+machine), in float32 NCHW and channels_last, or with --precision bf16 in float32 channels_last
+and bf16 autocast + channels_last.
 
 The tutorial's networks come from ../shared/tools/pytorch-anchors/models.py (or
 $CNN_SHARED_DIR/tools/pytorch-anchors), torchvision's ResNets from torchvision:
