@@ -760,14 +760,16 @@ pub(crate) fn gemm(
     threads: usize,
     scratch: &mut Scratch,
 ) {
-    let (_, n, k) = dims;
-    let (r, rrs, rcs) = rhs;
-    assert!(
-        n * k == 0 || (k - 1) * rrs + (n - 1) * rcs < r.len(),
-        "bf16 gemm: operands out of bounds"
-    );
     let dst = (as_uninit(dst.0), dst.1, dst.2);
-    product(dims, dst, lhs, Rhs::View(rhs), accumulate, threads, scratch)
+    product(
+        dims,
+        dst,
+        lhs,
+        view(dims, rhs),
+        accumulate,
+        threads,
+        scratch,
+    )
 }
 
 /// [`gemm`] into a destination that may be uninitialised (`dst :=` the product, never read):
@@ -783,13 +785,17 @@ pub(crate) fn gemm_uninit(
     threads: usize,
     scratch: &mut Scratch,
 ) {
-    let (_, n, k) = dims;
+    product(dims, dst, lhs, view(dims, rhs), false, threads, scratch)
+}
+
+/// `rhs` (K x N) as a product's right operand, its bounds checked.
+fn view((_, n, k): (usize, usize, usize), rhs: View) -> Rhs {
     let (r, rrs, rcs) = rhs;
     assert!(
         n * k == 0 || (k - 1) * rrs + (n - 1) * rcs < r.len(),
         "bf16 gemm: operands out of bounds"
     );
-    product(dims, dst, lhs, Rhs::View(rhs), false, threads, scratch)
+    Rhs::View(rhs)
 }
 
 /// `d` as values that may be uninitialised: the products write only initialised values into
