@@ -9,9 +9,11 @@
 
 use std::time::Instant;
 
-use candle_core::{DType, Device, Module, Tensor, Var};
-use candle_nn::Conv2dConfig;
+use candle_core::{DType, Device, Module, Tensor};
 use layers::{autocast, Conv2d};
+
+#[path = "common/mod.rs"]
+mod common;
 
 fn median_ms(conv: &Conv2d, x: &Tensor) -> candle_core::Result<f64> {
     let mut t = Vec::new();
@@ -68,19 +70,7 @@ fn main() -> candle_core::Result<()> {
         if !line.contains(&filter) {
             continue;
         }
-        // A network's first layer (one to three input channels) needs no input gradient.
-        let x = Tensor::randn(0f32, 1., (n, cin, size, size), &dev)?;
-        let x = match cin > 3 {
-            true => Var::from_tensor(&x)?.as_tensor().clone(),
-            false => x,
-        };
-        let w = Var::from_tensor(&Tensor::randn(0f32, 0.1, (cout, cin, k, k), &dev)?)?;
-        let cfg = Conv2dConfig {
-            padding,
-            stride,
-            ..Default::default()
-        };
-        let conv = Conv2d::new(w.as_tensor().clone(), None, cfg);
+        let (x, conv) = common::conv_case((n, cin, cout, size, k, stride, padding), &dev)?;
         for (name, dtype, onednn, winograd) in [
             ("f32", None, false, false),
             ("f32-dnnl", None, true, false),

@@ -13,8 +13,10 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Module, Result, Tensor, Var};
-use candle_nn::Conv2dConfig;
-use layers::{autocast, Conv2d};
+use layers::autocast;
+
+#[path = "common/mod.rs"]
+mod common;
 
 /// (count in the network, in, out, input size, kernel, stride, padding).
 const SHAPES: [(usize, usize, usize, usize, usize, usize, usize); 23] = [
@@ -101,19 +103,7 @@ fn main() -> Result<()> {
         if !line.contains(&filter) {
             continue;
         }
-        let x = Tensor::randn(0f32, 1., (BATCH, cin, size, size), &dev)?;
-        // The first layer's input needs no gradient.
-        let x = match cin > 3 {
-            true => Var::from_tensor(&x)?.as_tensor().clone(),
-            false => x,
-        };
-        let w = Var::from_tensor(&Tensor::randn(0f32, 0.1, (cout, cin, k, k), &dev)?)?;
-        let cfg = Conv2dConfig {
-            padding,
-            stride,
-            ..Default::default()
-        };
-        let conv = Conv2d::new(w.as_tensor().clone(), None, cfg);
+        let (x, conv) = common::conv_case((BATCH, cin, cout, size, k, stride, padding), &dev)?;
         let out = (size + 2 * padding - k) / stride + 1;
         let g = Tensor::randn(0f32, 1., (BATCH, cout, out, out), &dev)?;
         let plain = Var::from_tensor(&g.ones_like()?)?;
