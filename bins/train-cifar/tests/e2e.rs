@@ -159,22 +159,27 @@ fn transforms_that_differ_between_training_and_testing_are_said() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("cifar");
     train::synthetic::write_cifar10(&data, 2, 4).expect("synthetic CIFAR-10");
-    let run = train_cifar(&[
-        "--data-dir",
-        &s(&data),
-        "--out",
-        &s(&dir.path().join("run")),
-        "--model",
-        "resnet18-cifar",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "4",
-        "--test-transform",
-        "resize:40,center-crop:40,normalize:imagenet",
-    ]);
-    let log = text(&run);
-    assert!(run.status.success(), "{log}");
+    let run = |out: &str, extra: &[&str]| {
+        let out = s(&dir.path().join(out));
+        let args = [
+            "--data-dir",
+            &s(&data),
+            "--out",
+            &out,
+            "--model",
+            "resnet18-cifar",
+        ];
+        train_cifar(&[&args[..], &["--epochs", "1", "--batch-size", "4"], extra].concat())
+    };
+    let differing = run(
+        "run",
+        &[
+            "--test-transform",
+            "resize:40,center-crop:40,normalize:imagenet",
+        ],
+    );
+    let log = text(&differing);
+    assert!(differing.status.success(), "{log}");
     assert!(
         log.contains("--test-transform resize:40,center-crop:40,normalize:imagenet 3x40x40")
             && log.contains("tested on inputs of another size")
@@ -182,20 +187,9 @@ fn transforms_that_differ_between_training_and_testing_are_said() {
         "{log}"
     );
     // The defaults say nothing.
-    let run = train_cifar(&[
-        "--data-dir",
-        &s(&data),
-        "--out",
-        &s(&dir.path().join("plain")),
-        "--model",
-        "resnet18-cifar",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "4",
-    ]);
-    let log = text(&run);
-    assert!(run.status.success(), "{log}");
+    let plain = run("plain", &[]);
+    let log = text(&plain);
+    assert!(plain.status.success(), "{log}");
     assert!(
         !log.contains("another size") && !log.contains("normalise differently"),
         "{log}"
