@@ -591,7 +591,8 @@ fn evaluating_a_checkpoint_behind_the_state_says_so() {
     let refused = evaluate(&s(&state));
     assert!(!refused.status.success());
     assert!(
-        stderr(&refused).contains("a run's resume state (the weights of epoch 2"),
+        stderr(&refused).contains("a run's resume state (the weights of epoch 2")
+            && stderr(&refused).contains("take --weights last"),
         "{}",
         stderr(&refused)
     );
@@ -694,6 +695,80 @@ fn ctrl_c_keeps_every_finished_epoch_and_undoes_an_unsaved_overwrite() {
         config
     );
     assert_eq!(metrics_without_seconds(&out).len(), done + 2);
+}
+
+/// A second Ctrl-C ends the process at once; a fresh run that has saved no epoch yet (here in
+/// its first batch, one of 4,000 images) then leaves no directory of pictures and events
+/// without a state behind, as a run stopped in its first epoch by one Ctrl-C leaves none.
+#[test]
+fn a_second_ctrl_c_before_the_first_epoch_is_saved_leaves_no_run() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("mnist");
+    train::synthetic::write_mnist(&data, 4000, 40).expect("synthetic MNIST");
+    let out = dir.path().join("run");
+    let events = || {
+        std::fs::read_dir(&out).is_ok_and(|d| {
+            d.flatten().any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("events.out.tfevents")
+            })
+        })
+    };
+    let sigint = |pid: libc::pid_t| {
+        // SAFETY: a plain kill(2) of our own child, which has not been waited for yet.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    };
+    let mut landed = false;
+    for _ in 0..3 {
+        let mut child = Command::new(BIN)
+            .args([
+                "--data-dir",
+                &s(&data),
+                "--out",
+                &s(&out),
+                "--model",
+                "cnn-mnist",
+            ])
+            .args(["--batch-size", "4000", "--epochs", "2", "--device", "cpu"])
+            .env("RAYON_NUM_THREADS", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("train-mnist starts");
+        let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+        let waited = Instant::now();
+        while !events() {
+            assert!(waited.elapsed() < Duration::from_secs(120), "never trained");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        sigint(pid);
+        let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let mut err = String::new();
+        for line in lines.by_ref().map_while(Result::ok) {
+            err += &line;
+            err.push('\n');
+            if line.contains("stopping after this batch") {
+                break;
+            }
+        }
+        sigint(pid);
+        err.extend(lines.map_while(Result::ok).map(|l| l + "\n"));
+        let status = child.wait().expect("wait");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc_sigint()),
+            "{err}"
+        );
+        // Either way (the batch may have ended before the second), no run is left.
+        assert!(!out.exists(), "{err}");
+        landed = err.contains("Ctrl-C again: stopping at once, before the first epoch was saved");
+        if landed {
+            break;
+        }
+    }
+    assert!(landed, "no second Ctrl-C landed in the first batch");
 }
 
 /// Ctrl-C while the data loads (before the epochs train) ends the process at once, leaving the
@@ -1094,10 +1169,24 @@ fn resume_accepts_the_same_flags_and_names_a_changed_one() {
         "--seed",
         "3",
     ];
-    let first = train_mnist(&[&args[..], &["--epochs", "1"]].concat());
+    let threads = |n: &str, more: &[&str]| {
+        Command::new(BIN)
+            .args([&args[..], more, &["--device", "cpu", "--workers", "2"]].concat())
+            .env("RAYON_NUM_THREADS", n)
+            .output()
+            .expect("train-mnist starts")
+    };
+    let first = threads("1", &["--epochs", "1"]);
     assert!(first.status.success(), "{}", stderr(&first));
-    let same = train_mnist(&[&args[..], &["--epochs", "2", "--resume", &s(&out)]].concat());
+    // On other compute threads the gradients' sums run in another order: accepted, and said.
+    let same = threads("2", &["--epochs", "2", "--resume", &s(&out)]);
     assert!(same.status.success(), "{}", stderr(&same));
+    let err = stderr(&same);
+    assert!(
+        err.contains("trained with 1 compute thread(s) and goes on with 2")
+            && err.contains("RAYON_NUM_THREADS=1"),
+        "{err}"
+    );
     let changed = train_mnist(&["--resume", &s(&out), "--epochs", "3", "--seed", "4"]);
     assert!(!changed.status.success());
     let err = stderr(&changed);
@@ -1354,6 +1443,34 @@ fn images_the_model_cannot_take_are_refused_before_training() {
                 "a resize:28,center-crop:28 step before normalize ({flag} \
                  random-crop:32:4,resize:28,center-crop:28,to-tensor), or choose"
             )),
+            "{err}"
+        );
+        assert!(!out.exists(), "{err}");
+    }
+}
+
+/// A transform that does not parse is refused, naming its flag, before any data is read (here
+/// a data directory that does not exist, which would otherwise be what the run says).
+#[test]
+fn a_transform_that_does_not_parse_is_refused_before_the_data_is_read() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("no-data");
+    for flag in ["--train-transform", "--test-transform"] {
+        let out = dir.path().join("run");
+        let run = train_mnist(&[
+            "--data-dir",
+            &s(&missing),
+            flag,
+            "flip:2,normalize:mnist",
+            "--out",
+            &s(&out),
+        ]);
+        let err = stderr(&run);
+        assert!(!run.status.success(), "{err}");
+        assert!(
+            err.contains(&format!("{flag} \"flip:2,normalize:mnist\""))
+                && err.contains("p must be in [0, 1]")
+                && !err.contains("no-data"),
             "{err}"
         );
         assert!(!out.exists(), "{err}");

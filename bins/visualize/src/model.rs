@@ -69,6 +69,10 @@ pub fn class_names(
 pub fn run_of_checkpoint(name: &str, weights: &std::path::Path) -> Option<PathBuf> {
     let (run, _) =
         train::inference::run_beside(weights).filter(|(_, config)| config.model == name)?;
+    // A run's resume state is no checkpoint: the error that follows says what to take instead.
+    if train::state::epochs_of_state_file(weights).is_some() {
+        return Some(run);
+    }
     train::say!(
         "{}: a checkpoint of the run in {}: its input size, transform and classes are used \
          (as --run {} --weights FILE)",
@@ -120,14 +124,17 @@ pub fn holder_of(weights: &std::path::Path) -> Result<Holder> {
                 return Ok(Holder::Model(found));
             }
         }
-        train::say!(
-            "{}: a checkpoint of the run in {} ({}): its input size, transform and classes are \
-             used (as --run {} --weights FILE)",
-            weights.display(),
-            run.display(),
-            config.model,
-            run.display()
-        );
+        // A run's resume state is no checkpoint: the error that follows says what to take.
+        if train::state::epochs_of_state_file(weights).is_none() {
+            train::say!(
+                "{}: a checkpoint of the run in {} ({}): its input size, transform and classes \
+                 are used (as --run {} --weights FILE)",
+                weights.display(),
+                run.display(),
+                config.model,
+                run.display()
+            );
+        }
         return Ok(Holder::Run(run));
     }
     let found = resnet.with_context(|| {

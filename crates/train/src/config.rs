@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
@@ -311,6 +311,13 @@ impl RunConfig {
         }
         if self.limit_train == Some(0) || self.limit_test == Some(0) {
             bail!("--limit-train and --limit-test must be at least 1");
+        }
+        // Before any data is read (a large image folder, say): a transform that does not parse.
+        for (flag, text) in [
+            ("--train-transform", &self.train_transform),
+            ("--test-transform", &self.test_transform),
+        ] {
+            datasets::Transform::parse(text).with_context(|| format!("{flag} {text:?}"))?;
         }
         Ok(())
     }

@@ -58,7 +58,10 @@ pub fn run_beside(weights: &Path) -> Option<(PathBuf, RunConfig)> {
 /// `best`, `last` and a file in no run's folder.
 fn found_run(weights: &str) -> Option<PathBuf> {
     let (dir, _) = run_beside(Path::new(weights))?;
-    if crate::distributed::writes() {
+    // A run's resume state is no checkpoint: the error that follows says what to take.
+    if crate::distributed::writes()
+        && crate::state::epochs_of_state_file(Path::new(weights)).is_none()
+    {
         crate::warn!(
             "{weights}: a checkpoint of the run in {}: read as --run {} --weights FILE",
             dir.display(),
@@ -195,19 +198,12 @@ impl Trained {
             )
         })?;
         // Settings a run refuses on its command line cannot come from a run (edited, then).
-        config
-            .validate()
-            .and_then(|()| {
-                datasets::Transform::parse(&config.test_transform)
-                    .map(drop)
-                    .context("--test-transform")
-            })
-            .with_context(|| {
-                format!(
-                    "{}: a setting no run saves (the file was edited?)",
-                    source.display()
-                )
-            })?;
+        config.validate().with_context(|| {
+            format!(
+                "{}: a setting no run saves (the file was edited?)",
+                source.display()
+            )
+        })?;
         let unreadable = || {
             format!(
                 "--run {}: no readable {CLASSES} with the class names",
@@ -250,11 +246,23 @@ impl Trained {
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(dir);
+            let what = "a run's resume state (the weights of epoch";
+            if run.join(LAST).is_file() {
+                bail!(
+                    "--weights {}: {what} {epochs} with the optimizer's buffers and the run's \
+                     progress), not a checkpoint: take --weights last, the checkpoint of the \
+                     run's last saved epoch ({}; should a kill have left it behind the state, \
+                     reading it says so, and `{} --resume {}` writes it again)",
+                    path.display(),
+                    run.join(LAST).display(),
+                    config.program,
+                    run.display()
+                );
+            }
             bail!(
-                "--weights {}: a run's resume state (the weights of epoch {epochs} with the \
-                 optimizer's buffers and the run's progress), not a checkpoint: `{} --resume {}` \
-                 writes {LAST} again from it (a finished run trains no more), then take --weights \
-                 last",
+                "--weights {}: {what} {epochs} with the optimizer's buffers and the run's \
+                 progress), not a checkpoint: `{} --resume {}` writes {LAST} again from it (a \
+                 finished run trains no more), then take --weights last",
                 path.display(),
                 config.program,
                 run.display()

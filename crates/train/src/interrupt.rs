@@ -6,7 +6,9 @@
 //! loop around it stops too). A second Ctrl-C, or one before the epochs start (loading the
 //! data, say) or after they end, ends the process at once, as Ctrl-C always did; outside the
 //! epochs it first tidies the run directory as a run that stops there would (an `--overwrite`
-//! puts the old run back, a directory the run made and left unused goes).
+//! puts the old run back, a directory the run made and left unused goes), and a second one does
+//! the same for a fresh run that has saved no epoch yet (its first epoch's files being
+//! written, say), which would otherwise leave a directory of pictures and no state.
 //!
 //! Only a run in one process takes it over ([`crate::distributed::launch`]): the ranks of a
 //! data-parallel job could stop at different batches and wait on each other, so there Ctrl-C
@@ -74,7 +76,18 @@ pub fn take_over_ctrl_c() {
             die_by_sigint();
         }
         if REQUESTED.swap(true, Ordering::SeqCst) {
-            crate::warn!("\nCtrl-C again: stopping at once; the epochs saved so far stay saved");
+            // A fresh run that saved no epoch (its first epoch's files being written, say)
+            // leaves its directory as a run that fails before its first epoch does.
+            if crate::rundir::tidy_at_second_ctrl_c() {
+                crate::warn!(
+                    "\nCtrl-C again: stopping at once; the epochs saved so far stay saved"
+                );
+            } else {
+                crate::warn!(
+                    "\nCtrl-C again: stopping at once, before the first epoch was saved: the run \
+                     directory is left as it was before the run (nothing to --resume)"
+                );
+            }
             die_by_sigint();
         }
         // Best effort: a terminal that is gone must not end this thread.

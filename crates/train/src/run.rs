@@ -187,6 +187,15 @@ pub fn train(
             }
         }
     }
+    if let Some((saved, _)) = &resume {
+        let device = device_name(&trainee.device);
+        let recorded = (saved.device.as_deref(), saved.threads);
+        if let Some(note) = exactness_note(recorded, &device, rayon::current_num_threads()) {
+            if !crate::distributed::quiet() {
+                crate::warn!("{note}");
+            }
+        }
+    }
     advise_on_out_of_memory(config, out, resume.is_some());
     // Ctrl-C from here on stops after the batch (see `crate::interrupt`).
     let _training = crate::interrupt::training();
@@ -1104,6 +1113,7 @@ impl<'a> Outputs<'a> {
                     schedule,
                     (train_loader, self.images, (self.labels, self.names)),
                     self.classes,
+                    self.store.device(),
                 )
             },
             tiles: pictures::prediction_tiles(self.test_images, &tested.predictions)?,
@@ -1261,6 +1271,7 @@ fn resume_state(
     schedule: &crate::schedule::Scheduled,
     (train_loader, images, (labels, names)): (&dyn BatchSource, [usize; 2], DataSums),
     classes: &[String],
+    device: &Device,
 ) -> ResumeState {
     ResumeState {
         epochs_done: progress.epochs_done,
@@ -1278,7 +1289,39 @@ fn resume_state(
         test_contents: None,
         classes: Some(classes.to_vec()),
         world_size: Some(crate::distributed::rank().map_or(1, |r| r.size)),
+        threads: Some(rayon::current_num_threads()),
+        device: Some(device_name(device)),
     }
+}
+
+/// What a resume of a run saved on `saved` (its device's name and compute threads, as its state
+/// recorded them) on `device` with `threads` compute threads changes in the run's
+/// exactness, if anything: another device, or on the CPU another count of threads (the
+/// gradients' partial sums follow the threads), continues it to float32 rounding rather than
+/// bit for bit, as PyTorch's sums differ between thread counts and devices too.
+fn exactness_note(
+    saved: (Option<&str>, Option<usize>),
+    device: &str,
+    threads: usize,
+) -> Option<String> {
+    let exact = "so its weights follow an uninterrupted run's to float32 rounding, not bit for bit";
+    match saved.0 {
+        Some(was) if was != device => {
+            return Some(format!(
+                "the run trained on {was} and goes on on {device}: its sums run in another \
+                 order, {exact}"
+            ))
+        }
+        _ => {}
+    }
+    let was = saved.1.filter(|&was| was != threads)?;
+    (device == "cpu").then(|| {
+        format!(
+            "the run trained with {was} compute thread(s) and goes on with {threads}: the \
+             gradients' partial sums follow the threads, {exact} (resume with \
+             RAYON_NUM_THREADS={was} to continue it exactly)"
+        )
+    })
 }
 
 /// The training and test splits' CRC-32C sums of their labels and of their file names (the
@@ -1774,6 +1817,31 @@ pub fn check_fits(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A resume on another device, or on the CPU with another count of threads, says that the
+    /// run goes on to float32 rounding (and how to continue it exactly); the same device and
+    /// threads, a GPU with other host threads, or a state that recorded neither, say nothing.
+    #[test]
+    fn a_resume_that_cannot_be_exact_says_so() {
+        assert_eq!(exactness_note((Some("cpu"), Some(2)), "cpu", 2), None);
+        assert_eq!(exactness_note((None, None), "cpu", 2), None);
+        assert_eq!(
+            exactness_note((Some("cuda:0"), Some(1)), "cuda:0", 16),
+            None
+        );
+        let threads = exactness_note((Some("cpu"), Some(1)), "cpu", 2).expect("a note");
+        assert!(
+            threads.contains("with 1 compute thread(s) and goes on with 2")
+                && threads.contains("RAYON_NUM_THREADS=1")
+                && threads.contains("not bit for bit"),
+            "{threads}"
+        );
+        let device = exactness_note((Some("cuda:0"), Some(2)), "cpu", 2).expect("a note");
+        assert!(
+            device.contains("trained on cuda:0 and goes on on cpu") && device.contains("rounding"),
+            "{device}"
+        );
+    }
 
     /// A weight left NaN by an epoch's updates stops the run as a loss that stopped being
     /// finite does (`Diverged`): its own advice (a new run), not the `--resume` of an error

@@ -1073,26 +1073,55 @@ pub(crate) fn no_tidying() -> MutexGuard<'static, Vec<Held>> {
 /// taken for two seconds (a write blocked on a full disk or a stopped terminal); the next run
 /// or reader puts an old run back.
 pub(crate) fn tidy_at_ctrl_c(training: impl Fn() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    let held = loop {
-        match HELD.try_lock() {
-            Ok(held) => break held,
-            Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(5))
-            }
-            Err(std::sync::TryLockError::WouldBlock) => return true,
-        }
+    let Some(held) = held_for_tidying() else {
+        return true;
     };
     if training() {
         return false;
     }
+    tidy(held);
+    true
+}
+
+/// For a second Ctrl-C, which ends the process at once while the epochs train: what
+/// [`tidy_at_ctrl_c`] does, under the same lock (no file is renamed into place meanwhile or
+/// after), so that a fresh run that has saved no epoch leaves nothing (the directory it made
+/// removed, an `--overwrite`'s old run put back), and one that saved an epoch keeps it.
+/// Returns whether the fresh runs held had all saved an epoch (`true` when none is held: a
+/// resumed run, whose epochs stay, or when the lock stayed taken for two seconds).
+pub(crate) fn tidy_at_second_ctrl_c() -> bool {
+    let Some(held) = held_for_tidying() else {
+        return true;
+    };
+    let saved = held.iter().all(|h| saved_an_epoch(&h.path));
+    tidy(held);
+    saved
+}
+
+/// [`HELD`]'s lock for a Ctrl-C's tidying: `None` when it stays taken for two seconds (a write
+/// blocked on a full disk or a stopped terminal; the next run or reader puts an old run back).
+fn held_for_tidying() -> Option<MutexGuard<'static, Vec<Held>>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match HELD.try_lock() {
+            Ok(held) => return Some(held),
+            Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        }
+    }
+}
+
+/// What the drop of each fresh [`RunDir`] in `held` would do, temporary files of writes cut
+/// short removed too; the lock then stays held until the process ends.
+fn tidy(held: MutexGuard<'static, Vec<Held>>) {
     for h in held.iter() {
         let _ = remove_temporaries(&h.path);
         h.end();
     }
     std::mem::forget(held);
-    true
 }
 
 /// Removes the run directory `dir` if it holds nothing but the lock, the configuration files a

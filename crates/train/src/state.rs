@@ -81,6 +81,16 @@ pub struct ResumeState {
     /// files were changed in place (the same names, other images) is not the run's test.
     #[serde(default)]
     pub test_contents: Option<u32>,
+    /// How many compute threads (rayon's pool) trained the last epoch (`None` in states saved
+    /// before it was kept): on the CPU the gradients' partial sums follow the threads, so a
+    /// resume with another count is said (its weights follow the run to float32 rounding, not
+    /// bit for bit).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// The device that trained the last epoch (`cpu`, `cuda:0`; `None` in states saved before
+    /// it was kept): a resume on another is said, as for [`ResumeState::threads`].
+    #[serde(default)]
+    pub device: Option<String>,
 }
 
 /// The CRC-32C of `data`'s labels in order (each as 8 little-endian bytes): what tells one data
