@@ -1,8 +1,10 @@
 //! A bfloat16 matrix product on AVX512-BF16 (`vdpbf16ps`), for autocast's products on the CPU.
 //!
-//! Both operands are float32 rounded to bf16 (nearest, ties to even, as `tensor.to(torch.bfloat16)`)
-//! while they are packed; each product of two bf16 values is exact in float32 and the sums are
-//! float32, as in oneDNN's bf16 kernels, which PyTorch's CPU autocast runs. `vdpbf16ps` adds
+//! Both operands are float32 rounded to bf16 (nearest, ties to even, as
+//! `tensor.to(torch.bfloat16)`; float32 subnormals to a zero of their sign, as the
+//! `vcvtneps2bf16` instruction of the vector packing rounds them) while they are packed; each
+//! product of two bf16 values is exact in float32 and the sums are float32, as in oneDNN's bf16
+//! kernels, which PyTorch's CPU autocast runs. `vdpbf16ps` adds
 //! the products of a pair of neighbouring `k` in one instruction and treats subnormal bf16
 //! operands as zero, so the result differs from a float32 GEMM over the same rounded operands
 //! by the order of the sums (a few float32 ulps) and in subnormals.
@@ -139,7 +141,21 @@ pub(crate) fn bf16_bits(v: f32) -> u32 {
 /// Two neighbouring `k` as one packed pair: the even one in the low half.
 #[inline]
 fn pair(even: f32, odd: f32) -> u32 {
-    bf16_bits(even) | (bf16_bits(odd) << 16)
+    packed_bits(even) | (packed_bits(odd) << 16)
+}
+
+/// `v` as the packing rounds it: [`bf16_bits`], but a float32 subnormal as a zero of its sign,
+/// as the vector packing's `vcvtneps2bf16` gives it, so that every value of a packed operand
+/// has the same bits whichever path packed it. `vdpbf16ps` takes a bf16 subnormal as zero
+/// anyway; this changes only the products of float32 values just below the smallest normal
+/// one (from `0x007f8000`), which [`bf16_bits`] rounds up to the smallest normal bf16.
+#[inline]
+fn packed_bits(v: f32) -> u32 {
+    if v.is_subnormal() {
+        (v.to_bits() >> 16) & 0x8000
+    } else {
+        bf16_bits(v)
+    }
 }
 
 /// Pair `p` of a row of `k` values read at stride `cs` (the odd one zero past `k`).
@@ -514,6 +530,8 @@ fn prefetch(run: &[f32]) {
         // SAFETY: `c` lies inside `run`; a prefetch reads nothing into the program.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(run.as_ptr().add(c).cast()) };
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = run;
 }
 
 /// `out[p]` = the pair (`src[2p]`, `src[2p + 1]` or 0), sixteen pairs at a time.
@@ -1457,10 +1475,23 @@ mod tests {
         assert!(f32::from_bits(bf16_bits(f32::NAN) << 16).is_nan());
     }
 
+    /// Float32 subnormals in `v` (every seventh value from the third): the largest one, which
+    /// rounds to the smallest normal bf16 unless flushed, others of both signs.
+    fn subnormals(v: &mut [f32]) {
+        let bits = [0x007f_ffff, 0x807f_8000, 0x0000_0001, 0x8040_0000];
+        for (i, x) in v.iter_mut().skip(2).step_by(7).enumerate() {
+            *x = f32::from_bits(bits[i % bits.len()]);
+        }
+    }
+
     /// Both packed operands against the pairs written out one by one (the vector packers
-    /// transpose sixteen by sixteen; every edge of those blocks here, and a NaN).
+    /// transpose sixteen by sixteen, or eight rows; every edge of those blocks here, a NaN and
+    /// subnormals, which every path flushes to zero as `vcvtneps2bf16` does).
     #[test]
     fn packed_operands_equal_the_pairs_one_by_one() {
+        if !available() {
+            eprintln!("no AVX512-BF16 on this CPU: only the portable packing is checked");
+        }
         let at = |v: &[f32], i: usize, len: usize| if i < len { v[i] } else { 0.0 };
         // Buffers reused from case to case, as in a product: nothing stale may remain.
         let mut packed = PackedLhs::default();
@@ -1474,6 +1505,10 @@ mod tests {
                 (24, 257),
                 (3, 31),
                 (40, 70),
+                // A last sixteen pairs whole (the first 16 values), or of one or two pairs past it.
+                (5, 16),
+                (7, 48),
+                (6, 50),
                 // Tiles packed across the pool (PAR_PACK values and more).
                 (70, 1000),
             ] {
@@ -1483,6 +1518,7 @@ mod tests {
                     let len = if transposed { rows * k } else { rows * stride };
                     let mut a = values(len, (rows + k) as u32);
                     let last = a.len() - 1;
+                    subnormals(&mut a);
                     a[stride.min(last)] = f32::NAN;
                     let view = match transposed {
                         true => (&a[..], 1, rows),
@@ -1544,6 +1580,7 @@ mod tests {
                 let stride = if by_rows { n + 2 } else { k + 3 };
                 let mut b = values(stride * if by_rows { k } else { n }, (n + 3 * k) as u32);
                 let last = b.len() - 1;
+                subnormals(&mut b);
                 b[(stride + 1).min(last)] = f32::NAN;
                 let (rs, cs) = if by_rows { (stride, 1) } else { (1, stride) };
                 for nr in [16, 32] {

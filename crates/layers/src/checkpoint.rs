@@ -71,6 +71,24 @@ pub fn save_with_metadata(
     metadata: Option<HashMap<String, String>>,
     path: &Path,
 ) -> Result<()> {
+    save_with_metadata_renaming(tensors, metadata, path, |tmp, path| {
+        std::fs::rename(tmp, path)
+            .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+    })
+}
+
+/// [`save_with_metadata`] whose last step, the rename of the synced temporary file over `path`,
+/// is `rename(temporary, path)`: a caller that must keep other work from the directory at that
+/// moment (a training run tidying its folder at Ctrl-C) renames under its own lock.
+///
+/// # Errors
+/// As [`save_with_metadata`], and those of `rename` (the temporary file is then removed).
+pub fn save_with_metadata_renaming(
+    tensors: &HashMap<String, Tensor>,
+    metadata: Option<HashMap<String, String>>,
+    path: &Path,
+    rename: impl FnOnce(&Path, &Path) -> Result<()>,
+) -> Result<()> {
     ensure_finite(tensors).with_context(|| format!("refusing to write {}", path.display()))?;
     let tmp = temporary_path(path);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -107,9 +125,7 @@ pub fn save_with_metadata(
                 readable_by_all(&tmp);
                 crate::file::sync(&tmp)
                     .with_context(|| format!("cannot sync {}", tmp.display()))?;
-                std::fs::rename(&tmp, path).with_context(|| {
-                    format!("cannot move {} to {}", tmp.display(), path.display())
-                })?;
+                rename(&tmp, path)?;
                 crate::file::sync_dir(path.parent().unwrap_or(Path::new("")));
                 Ok(())
             });

@@ -35,10 +35,7 @@ pub fn write_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Resul
     let result = write(&tmp).and_then(|()| {
         // The data on the disk before the name: a power cut never leaves an empty file there.
         layers::file::sync(&tmp).with_context(|| format!("cannot sync {}", tmp.display()))?;
-        let _not_while_tidying = crate::rundir::no_tidying();
-        crate::rundir::check_lock(crate::rundir::folder_of(path))?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+        rename_into_run(&tmp, path)?;
         layers::file::sync_dir(path.parent().unwrap_or(Path::new("")));
         Ok(())
     });
@@ -46,6 +43,21 @@ pub fn write_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Resul
         let _ = std::fs::remove_file(&tmp);
     }
     result.with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Renames the temporary file `tmp` over `path`, a file of a run's folder, once the folder is
+/// still this run's ([`crate::rundir::check_lock`]), and never while a Ctrl-C tidies the run
+/// directories ([`crate::rundir::no_tidying`]): every file a run puts in place (its checkpoints
+/// and resume state too, through `layers::checkpoint::save_with_metadata_renaming`) lands
+/// before the tidying looks at the folder, or not at all.
+///
+/// # Errors
+/// The folder is no longer this run's, or the rename fails.
+pub(crate) fn rename_into_run(tmp: &Path, path: &Path) -> Result<()> {
+    let _not_while_tidying = crate::rundir::no_tidying();
+    crate::rundir::check_lock(crate::rundir::folder_of(path))?;
+    std::fs::rename(tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
 }
 
 /// Writes `bytes` to `path` atomically.

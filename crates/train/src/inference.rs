@@ -250,8 +250,8 @@ impl Trained {
             if run.join(LAST).is_file() {
                 bail!(
                     "--weights {}: {what} {epochs} with the optimizer's buffers and the run's \
-                     progress), not a checkpoint: take --weights last, the checkpoint of the \
-                     run's last saved epoch ({}; should a kill have left it behind the state, \
+                     progress), not a checkpoint: take --weights {}, the checkpoint of the \
+                     run's last saved epoch (should a kill have left it behind the state, \
                      reading it says so, and `{} --resume {}` writes it again)",
                     path.display(),
                     run.join(LAST).display(),

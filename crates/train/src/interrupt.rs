@@ -78,15 +78,19 @@ pub fn take_over_ctrl_c() {
         if REQUESTED.swap(true, Ordering::SeqCst) {
             // A fresh run that saved no epoch (its first epoch's files being written, say)
             // leaves its directory as a run that fails before its first epoch does.
-            if crate::rundir::tidy_at_second_ctrl_c() {
-                crate::warn!(
+            match crate::rundir::tidy_at_second_ctrl_c() {
+                Some(true) => crate::warn!(
                     "\nCtrl-C again: stopping at once; the epochs saved so far stay saved"
-                );
-            } else {
-                crate::warn!(
-                    "\nCtrl-C again: stopping at once, before the first epoch was saved: the run \
-                     directory is left as it was before the run (nothing to --resume)"
-                );
+                ),
+                Some(false) => crate::warn!(
+                    "\nCtrl-C again: stopping at once, before the first epoch was saved: nothing \
+                     to --resume (a run directory the run made is removed; in one that was there, \
+                     the next run takes the place of this one's files)"
+                ),
+                None => crate::warn!(
+                    "\nCtrl-C again: stopping at once; the epochs saved so far stay saved (the run \
+                     directory was busy: the next run or reader on it tidies it)"
+                ),
             }
             die_by_sigint();
         }

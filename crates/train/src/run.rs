@@ -624,13 +624,19 @@ pub(crate) fn checkpoints_for_reading(dir: &Path) -> Result<()> {
 pub(crate) const READER_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Writes a checkpoint of the run (`layers::checkpoint::save_tensors`) once its folder is still
-/// this run's ([`crate::rundir::check_lock`]).
+/// this run's ([`crate::rundir::check_lock`], before the work and as the file is renamed into
+/// place: [`crate::atomic::rename_into_run`]).
 pub(crate) fn save_checkpoint(
     model: &std::collections::HashMap<String, candle_core::Tensor>,
     path: &Path,
 ) -> Result<()> {
     crate::rundir::check_lock(crate::rundir::folder_of(path))?;
-    layers::checkpoint::save_tensors(model, path)
+    layers::checkpoint::save_with_metadata_renaming(
+        model,
+        None,
+        path,
+        crate::atomic::rename_into_run,
+    )
 }
 
 /// The closing line: the best test accuracy and where its weights are, or that they are gone

@@ -381,6 +381,8 @@ fn move_back(from: &Path, dir: &Path) -> Result<()> {
 /// first one. Nothing to do otherwise.
 pub(crate) fn forget_replaced(dir: &Path) {
     let aside = dir.join(REPLACED);
+    // Not while a Ctrl-C tidies the directory (which may be settling the same folder).
+    let _not_while_tidying = no_tidying();
     if ours(&aside) && saved_an_epoch(dir) {
         remove_replaced(&aside);
     }
@@ -1088,14 +1090,13 @@ pub(crate) fn tidy_at_ctrl_c(training: impl Fn() -> bool) -> bool {
 /// after), so that a fresh run that has saved no epoch leaves nothing (the directory it made
 /// removed, an `--overwrite`'s old run put back), and one that saved an epoch keeps it.
 /// Returns whether the fresh runs held had all saved an epoch (`true` when none is held: a
-/// resumed run, whose epochs stay, or when the lock stayed taken for two seconds).
-pub(crate) fn tidy_at_second_ctrl_c() -> bool {
-    let Some(held) = held_for_tidying() else {
-        return true;
-    };
+/// resumed run, whose epochs stay), or `None` when the lock stayed taken for two seconds (a
+/// write blocked on a full disk, say: nothing tidied, which the next run or reader does).
+pub(crate) fn tidy_at_second_ctrl_c() -> Option<bool> {
+    let held = held_for_tidying()?;
     let saved = held.iter().all(|h| saved_an_epoch(&h.path));
     tidy(held);
-    saved
+    Some(saved)
 }
 
 /// [`HELD`]'s lock for a Ctrl-C's tidying: `None` when it stays taken for two seconds (a write

@@ -305,8 +305,14 @@ pub fn save(dir: &Path, state: &ResumeState, tensors: &StateTensors) -> Result<(
         );
         all.insert(TRAINED_ON.to_string(), Tensor::new(bits, &Device::Cpu)?);
     }
+    // The lock checked before the work, and again as the file is renamed into place.
     crate::rundir::check_lock(dir)?;
-    layers::checkpoint::save_with_metadata(&all, Some(metadata), &dir.join(STATE))
+    layers::checkpoint::save_with_metadata_renaming(
+        &all,
+        Some(metadata),
+        &dir.join(STATE),
+        crate::atomic::rename_into_run,
+    )
 }
 
 /// How many training and test images the run in `dir` trained and tested on, as its state
