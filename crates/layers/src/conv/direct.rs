@@ -16,13 +16,14 @@
 //! - input gradient (only when the input needs one, which the routing avoids): the built-in
 //!   image-by-image convolution's.
 //!
-//! With bf16 autocast (AVX512-BF16 and 16 or more output channels, as the other bf16 kernels)
-//! the input, the kernel and the output gradient are rounded to bf16 (nearest even) before
-//! the products, which are then exact in float32, and summed in float32 (PyTorch's
+//! Its bf16 mode (AVX512-BF16 and 16 or more output channels, as the other bf16 kernels)
+//! rounds the input, the kernel and the output gradient to bf16 (nearest even) before the
+//! products, which are then exact in float32, and sums in float32 (PyTorch's
 //! `torch.autocast("cpu", torch.bfloat16)` rounds the same operands); the output and the
-//! gradient stay float32. With the `onednn` feature on, strided bf16 first layers go to
-//! oneDNN's bf16 kernels instead (measured faster there; stride-1 ones measured faster here);
-//! narrower ones stay here in float32.
+//! gradient stay float32. Under bf16 autocast only the `onednn` build's stride-1 first layers
+//! run it: without oneDNN the image-by-image path's bf16 GEMM (two products per float32
+//! lane's FMA) measured faster at every first layer with bf16 products, and with oneDNN on,
+//! strided ones go to oneDNN's bf16 kernels; narrower ones stay here in float32.
 //!
 //! The kernel gradient's bits are the same on every run for a given thread count (each
 //! thread's share of the batch fixed by the count, the shares added in order).
@@ -528,6 +529,7 @@ pub(super) fn conv2d(
 
 #[cfg(test)]
 mod tests {
+    use super::super::bias::After;
     use super::*;
     use crate::Conv2d;
     use candle_core::{Device, Module, Var};
@@ -616,7 +618,24 @@ mod tests {
                 let conv = Conv2d::new(wt.as_tensor().clone(), None, cfg);
                 let _guard = crate::autocast::set(bf16.then_some(candle_core::DType::BF16));
                 let before = RUNS.with(|r| r.get());
-                let y = Module::forward(&conv, &x)?;
+                // bf16 only where the bf16 kernels run: 16 or more output channels.
+                let round = bf16 && o >= 16 && crate::bf16_gemm::available();
+                // Where bf16 products run, `Conv2d` takes the bf16 GEMM (the direct kernel's bf16
+                // mode only with oneDNN on, stride 1): that mode called directly.
+                let y = match round {
+                    true => {
+                        let gemm = Module::forward(&conv, &x)?;
+                        assert_eq!(RUNS.with(|r| r.get()), before, "{what}: the bf16 GEMM");
+                        let y = super::conv2d(&x, wt.as_tensor(), After::Nothing, s, p, true)?
+                            .expect("the direct convolution applies");
+                        // Both bf16 products with float32 sums, summed in other orders.
+                        let most = |t: &Tensor| t.abs()?.max_all()?.to_scalar::<f32>();
+                        let apart = most(&(&gemm - &y)?)?;
+                        assert!(apart <= 1e-5 * most(&y)?.max(1.0), "{what}: {apart} apart");
+                        y
+                    }
+                    false => Module::forward(&conv, &x)?,
+                };
                 assert_eq!(RUNS.with(|r| r.get()), before + 1, "{what}: direct path");
                 let gy = Tensor::randn(0f32, 1., y.shape(), &dev)?;
                 let grads = (&y * &gy)?.sum_all()?.backward()?;
@@ -625,8 +644,6 @@ mod tests {
                     .expect("kernel gradient")
                     .flatten_all()?
                     .to_vec1::<f32>()?;
-                // bf16 only where the bf16 kernels run: 16 or more output channels.
-                let round = bf16 && o >= 16 && crate::bf16_gemm::available();
                 let (xs, ws) = (
                     x.flatten_all()?.to_vec1::<f32>()?,
                     wt.flatten_all()?.to_vec1::<f32>()?,

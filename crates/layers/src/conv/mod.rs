@@ -311,23 +311,24 @@ impl Conv2d {
         };
         let fused = after.fused();
         // A network's first layer (one to four input channels, an input that needs no
-        // gradient): the direct convolution ([`direct`]), in float32, or with bf16 autocast
-        // rounding its operands where the bf16 kernels would (without oneDNN).
+        // gradient): the direct convolution ([`direct`]) in float32 (and under bf16 autocast
+        // where the products stay float32: fewer than 16 output channels, or no bf16 kernel).
+        // Where bf16 products run, the image-by-image path's bf16 GEMM (`vdpbf16ps`: two
+        // products per float32 FMA's lane) beat the direct convolution's float32 FMAs on
+        // rounded operands at every first layer measured (Zen 5, forward and kernel gradient,
+        // 2026-12-05: ResNet-50's 7x7 stem at 224x224, batch 16, 28-30 -> 20-21 ms; the 3x3 and
+        // 7x7 stems on 32x32 and the MNIST CNN's 1->32 6-15% faster); with oneDNN, stride-1
+        // first layers run the direct convolution in bf16 (below).
         if cpu_f32 && plain && f32_weight {
+            let bf16_products = autocast::dtype() == Some(DType::BF16)
+                && self.weight.dim(0)? >= MIN_BF16_CHANNELS
+                && autocast::cpu_bf16_kernel_active();
             let bf16 = match autocast::dtype() {
                 None | Some(DType::F32) => Some(false),
-                Some(DType::BF16) => Some(
-                    self.weight.dim(0)? >= MIN_BF16_CHANNELS && autocast::cpu_bf16_kernel_active(),
-                ),
+                Some(DType::BF16) if !bf16_products => Some(false),
+                Some(DType::BF16) => onednn_direct_bf16(c.stride).then_some(true),
                 Some(_) => None,
             };
-            // With oneDNN, its bf16 kernels run strided first layers in bf16; stride-1 ones stay
-            // here. Per operation inside the step (forward + kernel gradient, medians of three,
-            // oneDNN's reorders included): `resnet18-seed`'s 7x7 stride-2 stem 3.8 ms with
-            // oneDNN against 6.1 here; `resnet18-cifar`'s 3x3 stem 8.7 against 6.0, the MNIST
-            // CNN's 1->32 1.05 against 0.81.
-            #[cfg(feature = "onednn")]
-            let bf16 = bf16.filter(|b| !(*b && onednn::enabled() && c.stride > 1));
             if let Some(bf16) = bf16 {
                 let (s, p) = (c.stride, c.padding);
                 if let Some(ys) = direct::conv2d(xs, &self.weight, after, s, p, bf16)? {
@@ -501,6 +502,22 @@ fn nhwc_kernels(xs: &Tensor) -> bool {
     #[cfg(not(feature = "cudnn"))]
     {
         let _ = xs;
+        false
+    }
+}
+
+/// Whether a first layer of `stride` under bf16 autocast runs the direct convolution in bf16:
+/// only with oneDNN switched on and stride 1. oneDNN's bf16 kernels run strided first layers;
+/// stride-1 ones measured faster here (per operation inside the step, forward + kernel
+/// gradient, medians of three, oneDNN's reorders included: `resnet18-seed`'s 7x7 stride-2
+/// stem 3.8 ms with oneDNN against 6.1 direct; `resnet18-cifar`'s 3x3 stem 8.7 against 6.0,
+/// the MNIST CNN's 1->32 1.05 against 0.81). Without oneDNN, the built-in bf16 GEMM runs them.
+fn onednn_direct_bf16(stride: usize) -> bool {
+    #[cfg(feature = "onednn")]
+    return onednn::enabled() && stride == 1;
+    #[cfg(not(feature = "onednn"))]
+    {
+        let _ = stride;
         false
     }
 }
