@@ -30,6 +30,10 @@ pub struct LoaderConfig {
     /// Threads decoding and augmenting samples; 0 means one per CPU core.
     pub workers: usize,
     /// Use only the first `limit` samples of the dataset (a fixed subset; shuffled within).
+    /// A split stored class by class (CIFAR-10 or an image folder read from files, sorted by
+    /// class as torchvision's `ImageFolder` sorts it) then holds its first classes only: for a
+    /// subset keeping each class's share, as the training programs' `--limit-train` takes it,
+    /// wrap the dataset in a [`crate::Subset`] of [`crate::stratified_indices`].
     pub limit: Option<usize>,
 }
 

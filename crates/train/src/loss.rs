@@ -32,6 +32,24 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor, label_smoothing: f64) -> 
             logits.dims()
         );
     }
+    // A label outside the classes: said here on the CPU (Candle's gather names only its
+    // index); on a GPU that would wait for the device every step, and the data sets' readers
+    // check their labels against their classes.
+    if labels.device().is_cpu() {
+        let classes = logits.dim(1)?;
+        let values: Vec<i64> = labels.to_dtype(DType::I64)?.to_vec1()?;
+        if let Some((i, y)) = values
+            .iter()
+            .enumerate()
+            .find(|(_, &y)| y < 0 || y as u64 >= classes as u64)
+        {
+            bail!(
+                "cross-entropy: label {y} (sample {i}) outside the logits' {classes} classes \
+                 (0 to {})",
+                classes.saturating_sub(1)
+            );
+        }
+    }
     let labels = labels.to_dtype(DType::U32)?;
     if label_smoothing == 0.0 {
         return Ok(candle_nn::loss::cross_entropy(logits, &labels)?);
@@ -56,6 +74,31 @@ mod tests {
             total += (1.0 - eps) * -logp[y] + eps * uniform;
         }
         total / labels.len() as f64
+    }
+
+    /// A label past the classes, or negative, is named with its sample, as PyTorch's
+    /// `cross_entropy` refuses it ("Target 12 is out of bounds").
+    #[test]
+    fn a_label_outside_the_classes_is_named() -> Result<()> {
+        let logits = Tensor::zeros((3, 10), DType::F32, &Device::Cpu)?;
+        for (labels, said) in [
+            (vec![1i64, 12, 0], "label 12 (sample 1)"),
+            (vec![0, 0, -1], "label -1 (sample 2)"),
+        ] {
+            let labels = Tensor::new(labels.as_slice(), &Device::Cpu)?;
+            for smoothing in [0.0, 0.1] {
+                let err = cross_entropy(&logits, &labels, smoothing)
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    err.contains(said) && err.contains("10 classes (0 to 9)"),
+                    "{err}"
+                );
+            }
+        }
+        let fine = Tensor::new(&[9u32, 0, 3], &Device::Cpu)?;
+        assert!(cross_entropy(&logits, &fine, 0.0).is_ok());
+        Ok(())
     }
 
     #[test]

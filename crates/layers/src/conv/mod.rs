@@ -276,6 +276,19 @@ impl Conv2d {
         xs: &Tensor,
         bn: Option<&batch_norm::Epilogue>,
     ) -> Result<(Tensor, bool)> {
+        // Images of integers (u8 pixels not yet converted) or of another float type than the
+        // kernel's: said here, where Candle's own message names only its im2col or matmul.
+        let (x_type, w_type) = (xs.dtype(), self.weight.dtype());
+        if !x_type.is_float() || (x_type == DType::F64) != (w_type == DType::F64) {
+            candle_core::bail!(
+                "conv2d: input of dtype {x_type:?} {:?} for a {w_type:?} kernel {:?}: the \
+                 convolution takes float images (N, C, H, W) of its kernel's type \
+                 (`xs.to_dtype(DType::{w_type:?})`, pixels scaled and normalised as the model's \
+                 transform says)",
+                xs.dims(),
+                self.weight.dims()
+            )
+        }
         if crate::grad_mode::detach_first(&[Some(xs), Some(&self.weight), self.bias.as_ref()]) {
             return self.detached().forward_then(&xs.detach(), bn);
         }

@@ -1349,3 +1349,27 @@ fn convolutions_go_to_onednn_where_it_measured_faster() -> Result<()> {
     onednn::set_winograd(winograd);
     Ok(())
 }
+
+/// Images of integers (u8 pixels not yet converted) or float64 ones for a float32 kernel are
+/// refused naming both types and shapes, where Candle's own message named its im2col or matmul.
+#[test]
+fn an_input_of_another_type_than_the_kernel_is_named() -> Result<()> {
+    let dev = Device::Cpu;
+    let conv = Conv2d::new(
+        Tensor::zeros((4, 3, 3, 3), DType::F32, &dev)?,
+        None,
+        Default::default(),
+    );
+    for (dtype, name) in [(DType::U8, "U8"), (DType::F64, "F64"), (DType::U32, "U32")] {
+        let xs = Tensor::zeros((2, 3, 8, 8), dtype, &dev)?;
+        let err = conv.forward(&xs).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("input of dtype {name} [2, 3, 8, 8] for a F32 kernel"))
+                && err.contains("xs.to_dtype(DType::F32)"),
+            "{err}"
+        );
+    }
+    let fine = Tensor::zeros((2, 3, 8, 8), DType::F32, &dev)?;
+    assert_eq!(conv.forward(&fine)?.dims(), [2, 4, 6, 6]);
+    Ok(())
+}
