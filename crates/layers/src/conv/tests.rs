@@ -1364,8 +1364,9 @@ fn an_input_of_another_type_than_the_kernel_is_named() -> Result<()> {
         let xs = Tensor::zeros((2, 3, 8, 8), dtype, &dev)?;
         let err = conv.forward(&xs).unwrap_err().to_string();
         assert!(
-            err.contains(&format!("input of dtype {name} [2, 3, 8, 8] for a F32 kernel"))
-                && err.contains("xs.to_dtype(DType::F32)"),
+            err.contains(&format!(
+                "input of dtype {name} [2, 3, 8, 8] for a F32 kernel"
+            )) && err.contains("xs.to_dtype(DType::F32)"),
             "{err}"
         );
     }
