@@ -609,15 +609,14 @@ unsafe fn pack_rows_avx512(r0: &[f32], r1: Option<&[f32]>, dst: &mut [u32]) {
     }
 }
 
-/// Transposes a 16 x 16 matrix of 32-bit values held as 16 rows: afterwards `r[j]` lane `i` is
-/// what `r[i]` lane `j` was.
+/// `N` rows (a multiple of 4) of 32-bit values interleaved by 32 bits, then by 64 bits: within
+/// each 128-bit lane `l`, `u[4g + j]` holds column `4l + j` of rows `4g .. 4g + 4`. The first
+/// two steps of a transposition ([`transpose16`], [`pack_lhs_tile_avx512`]'s eight rows).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn transpose16(r: &mut [__m512i; 16]) {
-    // Pairs of rows interleaved by 32 bits, then by 64 bits: within each 128-bit lane `l`,
-    // `u[4g + j]` holds column `4l + j` of rows `4g .. 4g + 4`.
-    let t: [__m512i; 16] = std::array::from_fn(|q| {
+unsafe fn rows_by_fours<const N: usize>(r: &[__m512i; N]) -> [__m512i; N] {
+    let t: [__m512i; N] = std::array::from_fn(|q| {
         let (a, b) = (r[q & !1], r[q | 1]);
         if q % 2 == 0 {
             _mm512_unpacklo_epi32(a, b)
@@ -625,7 +624,7 @@ unsafe fn transpose16(r: &mut [__m512i; 16]) {
             _mm512_unpackhi_epi32(a, b)
         }
     });
-    let u: [__m512i; 16] = std::array::from_fn(|q| {
+    std::array::from_fn(|q| {
         let (g, j) = (q / 4, q % 4);
         let (a, b) = (t[4 * g + j / 2], t[4 * g + 2 + j / 2]);
         if j % 2 == 0 {
@@ -633,7 +632,16 @@ unsafe fn transpose16(r: &mut [__m512i; 16]) {
         } else {
             _mm512_unpackhi_epi64(a, b)
         }
-    });
+    })
+}
+
+/// Transposes a 16 x 16 matrix of 32-bit values held as 16 rows: afterwards `r[j]` lane `i` is
+/// what `r[i]` lane `j` was.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose16(r: &mut [__m512i; 16]) {
+    let u = rows_by_fours(r);
     // The 4 x 4 matrix of 128-bit lanes of each column group `j` transposed.
     for j in 0..4 {
         let v0 = _mm512_shuffle_i32x4::<0x44>(u[j], u[4 + j]);
@@ -667,26 +675,8 @@ unsafe fn pack_lhs_tile_avx512(a: &[f32], rs: usize, rows: usize, k: usize, tile
         for (i, v) in v.iter_mut().enumerate().take(rows) {
             *v = pairs16_masked(a.as_ptr().add(i * rs + 32 * f), lo, hi);
         }
-        // Rows side by side within each 128-bit lane: `t[2i]` holds rows 2i, 2i + 1 of the
-        // lane's pairs 0 and 1, `t[2i + 1]` of its pairs 2 and 3; then `u[4g + j]` rows 4g to
-        // 4g + 3 of the lane's pair `j`.
-        let t: [__m512i; MR] = std::array::from_fn(|q| {
-            let (x, y) = (v[q & !1], v[q | 1]);
-            if q % 2 == 0 {
-                _mm512_unpacklo_epi32(x, y)
-            } else {
-                _mm512_unpackhi_epi32(x, y)
-            }
-        });
-        let u: [__m512i; MR] = std::array::from_fn(|q| {
-            let (g, j) = (q / 4, q % 4);
-            let (x, y) = (t[4 * g + j / 2], t[4 * g + 2 + j / 2]);
-            if j % 2 == 0 {
-                _mm512_unpacklo_epi64(x, y)
-            } else {
-                _mm512_unpackhi_epi64(x, y)
-            }
-        });
+        // `u[4g + j]`: rows 4g to 4g + 3 of pair `4l + j` in each 128-bit lane `l`.
+        let u = rows_by_fours(&v);
         let pairs = (k - 32 * f).min(32).div_ceil(2);
         for j in 0..4 {
             let a = _mm512_permutex2var_epi64(u[j], first, u[4 + j]);

@@ -1311,14 +1311,11 @@ fn exactness_note(
     threads: usize,
 ) -> Option<String> {
     let exact = "so its weights follow an uninterrupted run's to float32 rounding, not bit for bit";
-    match saved.0 {
-        Some(was) if was != device => {
-            return Some(format!(
-                "the run trained on {was} and goes on on {device}: its sums run in another \
-                 order, {exact}"
-            ))
-        }
-        _ => {}
+    if let Some(was) = saved.0.filter(|&was| was != device) {
+        return Some(format!(
+            "the run trained on {was} and goes on on {device}: its sums run in another order, \
+             {exact}"
+        ));
     }
     let was = saved.1.filter(|&was| was != threads)?;
     (device == "cpu").then(|| {
