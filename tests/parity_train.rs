@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use layers::ParamStore;
-use train::optim::{Adam, AdamConfig, Optimizer, Sgd, SgdConfig};
+use optim::{Adam, AdamConfig, Optimizer, Sgd, SgdConfig};
 
 const LOSS_TOLERANCE: f32 = 1e-4;
 
@@ -59,7 +59,7 @@ fn three_steps(
         let x = &fx[&format!("x{step}")];
         let y = fx[&format!("y{step}")].to_dtype(DType::U32)?;
         let logits = net.forward_t(x, true)?;
-        let loss = train::loss::cross_entropy(&logits, &y, 0.0)?;
+        let loss = layers::loss::cross_entropy(&logits, &y, 0.0)?;
         let ours = loss.to_scalar::<f32>()?;
         let theirs = fx[&format!("loss{step}")].flatten_all()?.to_vec1::<f32>()?[0];
         assert!(

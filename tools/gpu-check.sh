@@ -7,7 +7,7 @@
 #   export CARGO_TARGET_DIR=target-cudnn
 #   cargo build --release --features cudnn -p train --bins -p train-cifar
 #   cargo test --release --features cudnn -p layers --test cuda --no-run
-#   cargo test --release --features cudnn -p train --lib --no-run
+#   cargo test --release --features cudnn -p train -p optim --lib --no-run
 #   (optional, the same step without cuDNN, as a baseline:
 #    CARGO_TARGET_DIR=target-cuda cargo build --release --features cuda -p train --bins)
 #   tools/gpu-check.sh pack          # xz-compressed binaries into gpu/xz (about 30-45 MB)
@@ -70,13 +70,18 @@ pack)
     cuda=${CUDA_TARGET:-target-cuda}
     mkdir -p gpu/xz gpu/data/cifar10
     test_bin=$(ls -t "$cudnn"/release/deps/cuda-* | grep -v '\.d$' | head -1)
-    # train's unit tests (the tally's CUDA kernel against the host's counts runs there).
-    train_tests=$(find "$cudnn/release/deps" -maxdepth 1 -type f -executable -name 'train-*' \
-        -printf '%T@ %p\n' | sort -rn | head -1 | cut -d' ' -f2)
-    [ -n "$train_tests" ] ||
-        { echo "no train unit-test binary: cargo test --release --features cudnn -p train --lib --no-run" >&2; exit 1; }
+    # train's and optim's unit tests (the tally's CUDA kernel against the host's counts, the
+    # optimizers' multi-tensor step against the per-tensor update).
+    unit_test() {
+        find "$cudnn/release/deps" -maxdepth 1 -type f -executable -name "$1-*" \
+            -printf '%T@ %p\n' | sort -rn | head -1 | cut -d' ' -f2
+    }
+    train_tests=$(unit_test train)
+    optim_tests=$(unit_test optim)
+    [ -n "$train_tests" ] && [ -n "$optim_tests" ] ||
+        { echo "no train or optim unit-test binary: cargo test --release --features cudnn -p train -p optim --lib --no-run" >&2; exit 1; }
     pairs=("$cudnn/release/bench-step:bench-step" "$cudnn/release/train-cifar:train-cifar"
-        "$test_bin:layers-cuda-test" "$train_tests:train-unit-test")
+        "$test_bin:layers-cuda-test" "$train_tests:train-unit-test" "$optim_tests:optim-unit-test")
     for bin in bench-step train-cifar; do
         nm -D --undefined-only "$cudnn/release/$bin" | grep -q ' cudnn' ||
             { echo "$cudnn/release/$bin does not link cuDNN: build it with --features cudnn" >&2; exit 1; }
@@ -204,8 +209,9 @@ for f in pathlib.Path('gpu/xz').glob('*.xz'):
     if want tests; then
         echo "== layers on CUDA against the CPU and an f64 reference (cuDNN)" | tee -a "$log"
         LAYERS_CUDNN_LOG=1 step 200 gpu/bin/layers-cuda-test --nocapture --test-threads 1
-        echo "== train's tally (one kernel a batch on CUDA) and optimizers against the host" | tee -a "$log"
-        step 30 gpu/bin/train-unit-test tally optim --test-threads 1
+        echo "== train's tally (one kernel a batch on CUDA) and optim's optimizers against the host" | tee -a "$log"
+        step 30 gpu/bin/train-unit-test tally --test-threads 1
+        step 30 gpu/bin/optim-unit-test --test-threads 1
     fi
     if want table; then
         echo "== training step: bf16 at b512, f32 and TF32 at b128 (-cl: channels_last), the data pipeline" | tee -a "$log"

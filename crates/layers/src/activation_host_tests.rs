@@ -8,7 +8,6 @@ use candle_core::{Device, Result, Tensor};
 use half::bf16;
 
 extern "C" {
-    fn cuda_host_thread(grid: u32, block: u32, block_index: u32, thread_index: u32);
     fn relu_f32(x: *const f32, y: *mut f32, n: u32);
     fn relu_bf16(x: *const bf16, y: *mut bf16, n: u32);
     fn tanh_f32(x: *const f32, y: *mut f32, n: u32);
@@ -43,15 +42,8 @@ fn binary<T: Copy + Default>(kernel: Binary<T>, a: &[T], b: &[T]) -> Vec<T> {
     y
 }
 
-fn launch(n: usize, mut thread: impl FnMut()) {
-    let (block, grid) = (1024, n.div_ceil(1024) as u32);
-    for b in 0..grid {
-        for t in 0..block {
-            // SAFETY: sets four thread-local variables.
-            unsafe { cuda_host_thread(grid, block, b, t) };
-            thread();
-        }
-    }
+fn launch(n: usize, thread: impl FnMut()) {
+    crate::cuda_host::launch(n.div_ceil(1024) as u32, 1024, thread);
 }
 
 /// Edge values (zeros of both signs, infinities, NaN of both signs, subnormals, the largest

@@ -11,6 +11,7 @@
 //!   closed-form backward;
 //! - [`Linear`], and [`autocast`]: bf16/f16 products with float32 weights, as `torch.autocast`;
 //! - [`no_grad`]: inference without an autograd graph, as `torch.no_grad()`;
+//! - [`loss`]: cross-entropy with label smoothing, as `torch.nn.functional.cross_entropy`;
 //! - [`tanh`] and [`relu`] as one-pass CPU operations (Candle's call `tanhf` per element);
 //! - [`Dropout`] (seeded, identity in eval), [`flatten`], [`ConvBnRelu`];
 //! - constructors with torchvision's initialisation ([`conv2d`], [`linear`], [`batch_norm`],
@@ -33,6 +34,9 @@ mod batch_norm;
 mod bf16_gemm;
 pub mod checkpoint;
 mod conv;
+#[cfg(feature = "cuda-emulation")]
+#[doc(hidden)]
+pub mod cuda_host;
 #[cfg(feature = "cuda")]
 pub mod cuda_memory;
 #[cfg(feature = "cudnn")]
@@ -45,6 +49,7 @@ mod grad_mode;
 mod in_place;
 pub mod init;
 mod linear_cpu;
+pub mod loss;
 pub mod memory_format;
 mod nn;
 mod params;

@@ -8,11 +8,11 @@ use serde::{Deserialize, Serialize};
 
 pub use datasets::DatasetKind;
 
-use crate::optim::{Adam, AdamConfig, NamedVar, Optimizer, Sgd, SgdConfig, Update};
-use crate::schedule::{
+use optim::lr_scheduler::{
     Constant, CosineAnnealingLr, LinearWarmup, LrSchedule, MultiStepLr, OneCycleLr, Scheduled,
     StepLr, Stepping,
 };
+use optim::{Adam, AdamConfig, NamedVar, Optimizer, Sgd, SgdConfig, Update};
 
 /// The largest epoch count, batch size and step size a run accepts (schedules count steps as
 /// epochs times batches, which must not overflow).
@@ -435,16 +435,6 @@ impl RunConfig {
             }),
             stepping,
         }
-    }
-}
-
-impl LrSchedule for Box<dyn LrSchedule> {
-    fn lr(&self, t: usize) -> f64 {
-        self.as_ref().lr(t)
-    }
-
-    fn momentum(&self, t: usize) -> Option<f64> {
-        self.as_ref().momentum(t)
     }
 }
 

@@ -38,11 +38,11 @@ use layers::ParamStore;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{non_finite_loss, Pass, TrainStep};
-use crate::loss::cross_entropy;
 use crate::metrics::Metrics;
 use crate::progress::Progress;
 use crate::source::BatchSource;
 use crate::tally::{Counted, Tally};
+use layers::loss::cross_entropy;
 
 /// `--distributed`: whether to train data-parallel across the ranks an MPI launcher started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

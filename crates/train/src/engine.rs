@@ -4,13 +4,13 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use candle_nn::ModuleT;
 
-use crate::loss::cross_entropy;
 use crate::metrics::Metrics;
-use crate::optim::Optimizer;
 use crate::progress::Progress;
-use crate::schedule::Scheduled;
 use crate::source::BatchSource;
 use crate::tally::Tally;
+use layers::loss::cross_entropy;
+use optim::lr_scheduler::Scheduled;
+use optim::Optimizer;
 
 /// A model fed its images in a memory format: PyTorch's `images.to(memory_format=...)` before
 /// each forward (with `torch.channels_last`, the layers hand on channels-last activations),

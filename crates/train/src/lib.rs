@@ -1,5 +1,6 @@
-//! The training engine: PyTorch's optimizers and LR schedules, the train/eval loop, metrics,
-//! checkpoints with resumable state, progress output and the pictures of a run.
+//! The training engine: the train/eval loop over [`optim`]'s optimizers and LR schedules,
+//! metrics, checkpoints with resumable state, progress output and the pictures of a run.
+//! (A loop of your own needs only `layers`, `optim` and a model crate.)
 //!
 //! The training programs are thin: `train-mnist` and `train-cifar` describe their defaults as a
 //! [`cli::Recipe`] and call [`cli::Recipe::main`]; `finetune-resnet50` adds its own flags and
@@ -8,8 +9,6 @@
 pub mod atomic;
 pub mod cli;
 pub mod config;
-#[cfg(feature = "cuda-emulation")]
-mod cuda_host;
 pub mod device;
 pub mod distributed;
 pub mod engine;
@@ -18,16 +17,13 @@ pub mod flags;
 pub mod history;
 pub mod inference;
 pub mod interrupt;
-pub mod loss;
 pub mod memory;
 pub mod metrics;
-pub mod optim;
 pub mod per_image;
 pub mod pictures;
 pub mod progress;
 pub mod run;
 pub mod rundir;
-pub mod schedule;
 pub mod source;
 pub mod state;
 #[cfg(feature = "test-support")]

@@ -15,12 +15,12 @@ use crate::device::{device_name, parse_device};
 use crate::engine::{evaluate, train_epoch, Pass, TrainStep};
 use crate::history::{self, EpochRecord};
 use crate::interrupt::Interrupted;
-use crate::optim::{NamedVar, Optimizer};
 use crate::rundir::{BEST, CONFIG, CONFUSION, LAST, PREDICTIONS};
 use crate::source::BatchSource;
 use crate::state::{self, ResumeState, StateTensors};
 use crate::tensorboard::EventWriter;
 use crate::{atomic, pictures};
+use optim::{NamedVar, Optimizer};
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]
@@ -916,7 +916,7 @@ impl Epoch<'_> {
         epoch: usize,
         store: &ParamStore,
         optimizer: &mut dyn Optimizer,
-        schedule: &crate::schedule::Scheduled,
+        schedule: &optim::lr_scheduler::Scheduled,
     ) -> Result<(Pass, Pass, EpochRecord, f64)> {
         let config = self.config;
         let started = Instant::now();
@@ -1093,7 +1093,7 @@ impl<'a> Outputs<'a> {
         progress: &RunProgress,
         improved: bool,
         optimizer: &dyn Optimizer,
-        (schedule, train_loader): (&crate::schedule::Scheduled, &dyn BatchSource),
+        (schedule, train_loader): (&optim::lr_scheduler::Scheduled, &dyn BatchSource),
         (trained, tested, images_per_s): (&Pass, &Pass, f64),
     ) -> Result<Snapshot<'a>> {
         // `state_dict` copies a GPU's variables to the host; the CPU's it hands out as they are,
@@ -1274,7 +1274,7 @@ fn resume_state(
     config: &RunConfig,
     optimizer: &dyn Optimizer,
     progress: &RunProgress,
-    schedule: &crate::schedule::Scheduled,
+    schedule: &optim::lr_scheduler::Scheduled,
     (train_loader, images, (labels, names)): (&dyn BatchSource, [usize; 2], DataSums),
     classes: &[String],
     device: &Device,
@@ -1855,8 +1855,7 @@ mod tests {
         let w = store
             .vb()
             .get_with_hints(2, "w", candle_nn::Init::Const(1.0))?;
-        let optimizer =
-            crate::optim::Sgd::new(store.named_vars(), crate::optim::SgdConfig::new(0.1))?;
+        let optimizer = optim::Sgd::new(store.named_vars(), optim::SgdConfig::new(0.1))?;
         ensure_finite_after(1, &store, &optimizer)?;
         let var = store
             .named_vars()

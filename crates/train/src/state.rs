@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::RunConfig;
 use crate::history::EpochRecord;
 use crate::rundir::{LEGACY_STATE_JSON, STATE};
-use crate::schedule::Stepping;
+use optim::lr_scheduler::Stepping;
 
 /// The metadata key of the JSON half.
 const RESUME_KEY: &str = "resume_state";
@@ -265,7 +265,7 @@ pub fn saved_test_names(dir: &Path) -> Option<u32> {
 pub struct StateTensors {
     /// Model variables by PyTorch name (running statistics included).
     pub model: HashMap<String, Tensor>,
-    /// Optimizer buffers as [`crate::optim::Optimizer::state`] names them.
+    /// Optimizer buffers as [`optim::Optimizer::state`] names them.
     pub optimizer: HashMap<String, Tensor>,
     /// The training images' files' [`datasets::fingerprint`]s, sorted, for data read from
     /// files (image folders; `None` for MNIST's and CIFAR-10's batches, and in states saved

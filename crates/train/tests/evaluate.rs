@@ -32,7 +32,7 @@ fn the_test_loss_uses_the_label_smoothing_of_training() -> Result<()> {
             smoothing,
             "t".into(),
         )?;
-        let expected = train::loss::cross_entropy(&logits, &labels, smoothing)?
+        let expected = layers::loss::cross_entropy(&logits, &labels, smoothing)?
             .to_dtype(DType::F64)?
             .to_scalar::<f64>()?;
         assert!(

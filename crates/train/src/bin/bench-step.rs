@@ -41,8 +41,8 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Parser;
 use datasets::{Loader, LoaderConfig, ResidentLoader, Transform};
+use optim::Update;
 use train::config::{DatasetKind, MemoryFormat, OptimizerKind, Precision, RunConfig};
-use train::optim::Update;
 use train::source::BatchSource;
 
 /// A benchmarked case: model, batch size, input shape (C, H, W), and the optimizer its
@@ -740,7 +740,7 @@ fn median_step_ms(
             Ok(())
         };
         let logits = model.forward_t(&x, true)?;
-        let loss = train::loss::cross_entropy(&logits, &y, 0.0)?;
+        let loss = layers::loss::cross_entropy(&logits, &y, 0.0)?;
         phase(0)?;
         let grads = loss.backward()?;
         phase(1)?;

@@ -7,8 +7,8 @@ use datasets::Batch;
 use layers::ParamStore;
 
 use super::*;
-use crate::optim::{Sgd, SgdConfig};
-use crate::schedule::{Constant, Stepping};
+use optim::lr_scheduler::{Constant, Stepping};
+use optim::{Sgd, SgdConfig};
 
 /// Batches held in memory.
 struct Held(Vec<Batch>);

@@ -5,7 +5,7 @@
 
 use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
 
-use crate::cuda_host;
+use layers::cuda_host;
 
 /// Threads a block of the launch (Cudarc's `LaunchConfig::for_num_elems`, as `tally/cuda.rs`).
 const BLOCK: u32 = 1024;

@@ -1,4 +1,31 @@
-//! Optimizers with PyTorch's exact update rules (`torch.optim.SGD`, `Adam`, `AdamW`).
+//! PyTorch's optimizers and learning-rate schedules, update for update: `torch.optim.SGD`
+//! ([`Sgd`]: momentum, dampening, Nesterov, weight decay), `Adam` and `AdamW` ([`Adam`]), and
+//! `torch.optim.lr_scheduler` ([`lr_scheduler`]: StepLR, MultiStepLR, CosineAnnealingLR,
+//! OneCycleLR, linear warm-up).
+//!
+//! This crate is what a training loop of your own needs besides the model crates and
+//! [`layers`] (whose [`layers::loss::cross_entropy`] is `F.cross_entropy`); the crate `train`
+//! builds the programs' loop, checkpoints, metrics and pictures on it. A hand-written loop:
+//!
+//! ```
+//! # fn main() -> anyhow::Result<()> {
+//! use candle_core::{DType, Device, Module, Tensor};
+//! use optim::{Optimizer, Sgd, SgdConfig};
+//!
+//! let store = layers::ParamStore::new(0, &Device::Cpu); // seeded, PyTorch's names
+//! let fc = layers::linear(store.vb().pp("fc"), 4, 3, layers::WeightInit::TorchDefault)?;
+//! let mut opt = Sgd::new(store.trainable(), SgdConfig { momentum: 0.9, ..SgdConfig::new(0.1) })?;
+//! let x = Tensor::ones((2, 4), DType::F32, &Device::Cpu)?; // (N, in_features)
+//! let y = Tensor::new(&[0u32, 2], &Device::Cpu)?; // (N,) class indices
+//! let mut losses = Vec::new();
+//! for _ in 0..5 {
+//!     let loss = layers::loss::cross_entropy(&fc.forward(&x)?, &y, 0.0)?;
+//!     losses.push(loss.to_scalar::<f32>()?);
+//!     opt.step(&loss.backward()?)?; // zero_grad is implicit: each backward makes new gradients
+//! }
+//! assert!(losses[4] < losses[0]);
+//! # Ok(()) }
+//! ```
 //!
 //! Candle's own SGD has no momentum and its AdamW places epsilon differently, so these are
 //! written out here, one small file per algorithm, following PyTorch's single-tensor code path
@@ -16,6 +43,7 @@ mod flat;
 mod fused;
 #[cfg(feature = "cuda-emulation")]
 mod host;
+pub mod lr_scheduler;
 #[cfg(any(feature = "cuda", feature = "cuda-emulation"))]
 mod multi_tensor;
 mod sgd;

@@ -13,7 +13,7 @@ use candle_core::{DType, Tensor, D};
 /// use candle_core::{Device, Tensor};
 /// let logits = Tensor::new(&[[0.0f32, 0.0]], &Device::Cpu)?;
 /// let labels = Tensor::new(&[1u32], &Device::Cpu)?;
-/// let loss = train::loss::cross_entropy(&logits, &labels, 0.0)?.to_scalar::<f32>()?;
+/// let loss = layers::loss::cross_entropy(&logits, &labels, 0.0)?.to_scalar::<f32>()?;
 /// assert!((loss - 2f32.ln()).abs() < 1e-6);
 /// # Ok(()) }
 /// ```

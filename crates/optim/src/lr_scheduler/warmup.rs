@@ -34,7 +34,7 @@ impl<S: LrSchedule> LrSchedule for LinearWarmup<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schedule::{Constant, MultiStepLr};
+    use crate::lr_scheduler::{Constant, MultiStepLr};
 
     #[test]
     fn rises_linearly_then_hands_over() {

@@ -25,6 +25,17 @@ pub trait LrSchedule: Send + Sync {
     }
 }
 
+/// A boxed schedule is one too (so [`LinearWarmup`] wraps any schedule chosen at run time).
+impl LrSchedule for Box<dyn LrSchedule> {
+    fn lr(&self, t: usize) -> f64 {
+        self.as_ref().lr(t)
+    }
+
+    fn momentum(&self, t: usize) -> Option<f64> {
+        self.as_ref().momentum(t)
+    }
+}
+
 /// When the scheduler steps: after every epoch (most schedules) or after every batch (OneCycleLR).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -65,7 +76,7 @@ impl Scheduled {
     /// Sets the optimizer's learning rate (and momentum, when the schedule cycles it) for that batch.
     pub fn apply(
         &self,
-        optimizer: &mut dyn crate::optim::Optimizer,
+        optimizer: &mut dyn crate::Optimizer,
         epoch: usize,
         batch: usize,
         batches_per_epoch: usize,

@@ -1,8 +1,9 @@
-//! With the `cuda-emulation` feature: this crate's CUDA kernels (`src/cuda/*.cu`) compiled as
-//! C++ for the CPU by the build script (`ptx-build`'s `host`), so that the tests check the
-//! kernels, and the code that prepares their launches, on machines without a GPU. The
-//! multi-tensor optimizer step and the tally then run them on CPU tensors, where a CUDA build
-//! runs them on CUDA ones. For tests only: one thread at a time, slow.
+//! With the `cuda-emulation` feature: CUDA kernels (`src/cuda/*.cu` of this crate, `optim` and
+//! `train`) compiled as C++ for the CPU by their build scripts (`ptx-build`'s `host`), so that
+//! the tests check the kernels, and the code that prepares their launches, on machines without
+//! a GPU: this module runs such a kernel as a launch would. The activations' tests, the
+//! multi-tensor optimizer step and the tally run them on CPU tensors, where a CUDA build runs
+//! them on CUDA ones. For tests only: one thread at a time, slow.
 
 use candle_core::{CpuStorage, Result};
 
@@ -13,7 +14,7 @@ extern "C" {
 
 /// Runs `thread` as a launch of `grid` blocks of `block` threads runs a kernel: once for each
 /// thread, in turn, with the thread's indices set.
-pub(crate) fn launch(grid: u32, block: u32, mut thread: impl FnMut()) {
+pub fn launch(grid: u32, block: u32, mut thread: impl FnMut()) {
     for b in 0..grid {
         for t in 0..block {
             // SAFETY: sets four thread-local variables.
@@ -24,7 +25,7 @@ pub(crate) fn launch(grid: u32, block: u32, mut thread: impl FnMut()) {
 }
 
 /// The address of `len` values of type `T` from `at` in the CPU storage `s`, checked.
-pub(crate) fn host_ptr<T: candle_core::WithDType>(
+pub fn host_ptr<T: candle_core::WithDType>(
     s: &CpuStorage,
     at: usize,
     len: usize,

@@ -4,7 +4,7 @@
 //! checkpoint PyTorch loads with `load_state_dict`.
 //!
 //! ```sh
-//! cargo run --release -p train --example training_loop -- DIR   # the four MNIST IDX files
+//! cargo run --release -p optim --example training_loop -- DIR   # the four MNIST IDX files
 //! ```
 //!
 //! (`train-mnist` does all this and more: schedules, resume, metrics, pictures.)
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use candle_core::{Device, ModuleT, D};
 use datasets::{Loader, LoaderConfig, Transform};
-use train::optim::{Optimizer, Sgd, SgdConfig};
+use optim::{Optimizer, Sgd, SgdConfig};
 
 fn main() -> Result<()> {
     let dir = std::env::args()
@@ -48,7 +48,8 @@ fn main() -> Result<()> {
         for batch in train.epoch(epoch) {
             let batch = batch?; // images (64, 1, 28, 28) f32, labels (64,) u32
             let logits = net.forward_t(&batch.images.to_device(&device)?, true)?;
-            let loss = train::loss::cross_entropy(&logits, &batch.labels.to_device(&device)?, 0.0)?;
+            let loss =
+                layers::loss::cross_entropy(&logits, &batch.labels.to_device(&device)?, 0.0)?;
             // backward() gives fresh gradients: nothing to zero.
             opt.step(&loss.backward()?)?;
             sum += loss.to_scalar::<f32>()?;

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use candle_core::{CpuStorage, Device, Storage, Tensor, Var};
 
 use super::multi_tensor::{Call, Scalars, Tensors, BLOCK};
-use crate::cuda_host;
+use layers::cuda_host;
 
 type Kernel =
     unsafe extern "C" fn(Tensors, *const f32, *const f32, *mut f32, *mut f32, Scalars, u32);

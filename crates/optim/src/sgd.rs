@@ -50,7 +50,7 @@ struct Param {
 /// ```
 /// # fn main() -> anyhow::Result<()> {
 /// use candle_core::{Device, Var};
-/// use train::optim::{Optimizer, Sgd, SgdConfig};
+/// use optim::{Optimizer, Sgd, SgdConfig};
 /// let w = Var::new(&[1.0f32, 2.0], &Device::Cpu)?;
 /// let mut opt = Sgd::new(vec![("w".into(), w.clone())], SgdConfig { momentum: 0.9, ..SgdConfig::new(0.25) })?;
 /// let loss = w.as_tensor().sqr()?.sum_all()?;
