@@ -28,7 +28,7 @@
 # PTX). Each command's exit status is logged when it is not 0. It prints: every layer on CUDA against the CPU and an f64 reference (cuDNN convolutions forward
 # and both gradients, cuDNN batch norm, each with contiguous and channels-last inputs, and a
 # residual block channels-last against contiguous; the fused activation kernels); train's
-# tally kernel against the host's counts; the training step of every model, f32 and
+# tally kernel against the host's counts; optim's multi-tensor step against the per-tensor one; the training step of every model, f32 and
 # TF32 at batch 128 and bf16 at batch 512 (the table), each with the activations
 # contiguous and channels-last (`-cl`, cuDNN's NHWC kernels), with the data-pipeline
 # comparison, then PyTorch's training images/s on the same GPU in the same call (the shared
@@ -82,6 +82,9 @@ pack)
         { echo "no train or optim unit-test binary: cargo test --release --features cudnn -p train -p optim --lib --no-run" >&2; exit 1; }
     pairs=("$cudnn/release/bench-step:bench-step" "$cudnn/release/train-cifar:train-cifar"
         "$test_bin:layers-cuda-test" "$train_tests:train-unit-test" "$optim_tests:optim-unit-test")
+    # optim's tests check the multi-tensor step on CUDA only when built with its PTX.
+    grep -aq '\.entry sgd_f32' "$optim_tests" ||
+        { echo "$optim_tests has no CUDA kernels: cargo test --release --features cudnn -p train -p optim --lib --no-run" >&2; exit 1; }
     for bin in bench-step train-cifar; do
         nm -D --undefined-only "$cudnn/release/$bin" | grep -q ' cudnn' ||
             { echo "$cudnn/release/$bin does not link cuDNN: build it with --features cudnn" >&2; exit 1; }

@@ -3,7 +3,8 @@
 //! the tests check the kernels, and the code that prepares their launches, on machines without
 //! a GPU: this module runs such a kernel as a launch would. The activations' tests, the
 //! multi-tensor optimizer step and the tally run them on CPU tensors, where a CUDA build runs
-//! them on CUDA ones. For tests only: one thread at a time, slow.
+//! them on CUDA ones. For tests only: one thread at a time, slow; not a stable interface (it is
+//! public for `optim`'s and `train`'s tests).
 
 use candle_core::{CpuStorage, Result};
 

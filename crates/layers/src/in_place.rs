@@ -1,7 +1,7 @@
 //! Write access to a tensor's storage for kernels that update tensors in place: batch norm's
 //! running statistics on CUDA (cuDNN moves them in the call that normalises), the optimizers'
 //! multi-tensor step (`optim`), which nests one call per parameter, and, on the CPU,
-//! the same kernels compiled for tests (`train`'s `cuda-emulation`).
+//! the same kernels compiled for tests (`optim`'s `cuda-emulation`).
 
 use std::cell::RefCell;
 use std::marker::PhantomData;

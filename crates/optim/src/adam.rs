@@ -178,7 +178,7 @@ impl Adam {
             };
             let step = key.state + 1;
             let (exp_avg, exp_avg_sq) = match flat::one_launch(&vars, &grads) {
-                // One launch a step for every 64 tensors, in place (`optim/multi_tensor.rs`).
+                // One launch a step for every 64 tensors, in place (`multi_tensor.rs`).
                 #[cfg(any(feature = "cuda", feature = "cuda-emulation"))]
                 true => super::multi_tensor::adam_step(
                     &self.config,

@@ -66,7 +66,7 @@ pub(super) fn launch(device: &CudaDevice, call: &Call) -> Result<Vec<Tensor>> {
             *ptr = p;
             out_guards.push(guard);
         }
-        let func = device.get_or_load_custom_func(call.kernel, "train-optim", PTX)?;
+        let func = device.get_or_load_custom_func(call.kernel, "optim", PTX)?;
         for chunk in call.chunks() {
             let vars = &call.vars[chunk.tensors.clone()];
             let flat = chunk.flat(in_ptrs, out_ptrs);

@@ -80,7 +80,7 @@ pub(super) fn partition<K: PartialEq>(keyed: Vec<(usize, K)>) -> Vec<(K, Vec<usi
 }
 
 /// Whether the flat step of these parameters and gradients runs as the one-launch kernel
-/// (`optim/multi_tensor.rs`): float32 CUDA tensors of storages of their own (or CPU ones, with
+/// (`multi_tensor.rs`): float32 CUDA tensors of storages of their own (or CPU ones, with
 /// `cuda-emulation`).
 pub(super) fn one_launch(vars: &[&Var], grads: &[&Tensor]) -> bool {
     #[cfg(any(feature = "cuda", feature = "cuda-emulation"))]

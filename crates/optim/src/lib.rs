@@ -10,6 +10,7 @@
 //! ```
 //! # fn main() -> anyhow::Result<()> {
 //! use candle_core::{DType, Device, Module, Tensor};
+//! use optim::lr_scheduler::{LrSchedule, StepLr};
 //! use optim::{Optimizer, Sgd, SgdConfig};
 //!
 //! let store = layers::ParamStore::new(0, &Device::Cpu); // seeded, PyTorch's names
@@ -17,13 +18,17 @@
 //! let mut opt = Sgd::new(store.trainable(), SgdConfig { momentum: 0.9, ..SgdConfig::new(0.1) })?;
 //! let x = Tensor::ones((2, 4), DType::F32, &Device::Cpu)?; // (N, in_features)
 //! let y = Tensor::new(&[0u32, 2], &Device::Cpu)?; // (N,) class indices
+//! // StepLR(step_size=2, gamma=0.5): a schedule is the rate after t scheduler steps, lr(t)
+//! let schedule = StepLr { base_lr: 0.1, step_size: 2, gamma: 0.5 };
 //! let mut losses = Vec::new();
-//! for _ in 0..5 {
+//! for epoch in 0..5 {
+//!     opt.set_learning_rate(schedule.lr(epoch)); // as scheduler.step() after each epoch
 //!     let loss = layers::loss::cross_entropy(&fc.forward(&x)?, &y, 0.0)?;
 //!     losses.push(loss.to_scalar::<f32>()?);
 //!     opt.step(&loss.backward()?)?; // zero_grad is implicit: each backward makes new gradients
 //! }
 //! assert!(losses[4] < losses[0]);
+//! assert_eq!(opt.learning_rate(), 0.025); // 0.1 * 0.5^(4 / 2)
 //! # Ok(()) }
 //! ```
 //!

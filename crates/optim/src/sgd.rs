@@ -154,7 +154,7 @@ impl Sgd {
                 )?),
             };
             let buf = match flat::one_launch(&vars, &grads) {
-                // One launch a step for every 64 tensors, in place (`optim/multi_tensor.rs`).
+                // One launch a step for every 64 tensors, in place (`multi_tensor.rs`).
                 #[cfg(any(feature = "cuda", feature = "cuda-emulation"))]
                 true => super::multi_tensor::sgd_step(&self.config, &vars, &grads, buf.as_ref())?,
                 _ => {

@@ -1,4 +1,4 @@
-//! For build scripts of crates with CUDA kernels of their own (`layers`, `train`, under their
+//! For build scripts of crates with CUDA kernels of their own (`layers`, `optim`, `train`, under their
 //! `cuda` feature): [`compile`] turns one `.cu` file into PTX in `$OUT_DIR`, which the crate
 //! then includes with `include_str!(concat!(env!("OUT_DIR"), "/NAME.ptx"))` and loads with
 //! Candle's `CudaDevice::get_or_load_custom_func`.

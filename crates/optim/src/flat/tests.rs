@@ -97,7 +97,7 @@ fn state_bits(opt: &dyn Optimizer) -> Result<Vec<(String, String, Vec<u8>)>> {
 type Make = fn(Vec<NamedVar>, Update) -> Result<Box<dyn Optimizer>>;
 
 /// On a CUDA device (in a `cuda` build), and on the CPU with `cuda-emulation`, the flat step of
-/// `params` with these gradients runs as the one-launch kernel (`optim/multi_tensor.rs`), so
+/// `params` with these gradients runs as the one-launch kernel (`multi_tensor.rs`), so
 /// the comparisons above test it.
 fn assert_one_launch(params: &[NamedVar], grads: &candle_core::backprop::GradStore) {
     let (vars, grads): (Vec<&Var>, Vec<&Tensor>) = params
