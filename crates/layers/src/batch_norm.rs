@@ -48,7 +48,8 @@ pub fn set_stats_sync(sync: Option<Arc<dyn StatsSync>>) -> Option<Arc<dyn StatsS
 
 #[cfg(test)]
 thread_local! {
-    /// Evaluation-mode batch norms run in place on this thread ([`BatchNorm::eval_in_place`]).
+    /// Evaluation-mode batch norms run in place, or by the convolution's op, on this thread
+    /// (`conv::batch_norm::EvalEpilogue`).
     pub(crate) static EVAL_IN_PLACE_RUNS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
@@ -393,50 +394,55 @@ impl BatchNorm {
         relu: bool,
         residual: Option<&Tensor>,
     ) -> Result<bool> {
+        let plain = ys.device().is_cpu()
+            && ys.dtype() == DType::F32
+            && ys.is_contiguous()
+            && !ys.track_op()
+            && !memory_format::is_channels_last(ys);
+        let Some(epilogue) = plain
+            .then(|| self.eval_epilogue(ys.dims(), relu, residual))
+            .transpose()?
+            .flatten()
+        else {
+            return Ok(false);
+        };
+        epilogue.in_place(ys)?;
+        Ok(true)
+    }
+
+    /// This batch norm in evaluation mode as a convolution's op applies it to an output of
+    /// `dims` (N, C, ...) where nothing needs a gradient ([`Self::eval_in_place`]'s
+    /// conditions): the parameters f32 CPU tensors not tracked by autograd, a residual (of
+    /// `dims`) contiguous, f32, on the CPU and untracked. `None` where they do not hold.
+    pub(crate) fn eval_epilogue(
+        &self,
+        dims: &[usize],
+        relu: bool,
+        residual: Option<&Tensor>,
+    ) -> Result<Option<crate::conv::batch_norm::EvalEpilogue>> {
         let plain = |t: &Tensor| {
             t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous() && !t.track_op()
         };
         let c = self.weight.elem_count();
-        if !plain(ys)
-            || ys.rank() < 2
-            || ys.dim(1)? != c
-            || memory_format::is_channels_last(ys)
+        if dims.len() < 2
+            || dims[1] != c
             || [&self.weight, &self.bias]
                 .into_iter()
                 .any(|p| p.track_op() || !p.device().is_cpu() || p.dtype() != DType::F32)
-            || residual.is_some_and(|r| !plain(r) || r.dims() != ys.dims())
+            || residual.is_some_and(|r| {
+                !plain(r) || r.dims() != dims || memory_format::is_channels_last(r)
+            })
         {
-            return Ok(false);
+            return Ok(None);
         }
-        #[cfg(test)]
-        EVAL_IN_PLACE_RUNS.with(|r| r.set(r.get() + 1));
         let (scale, shift) = self.eval_scale_shift()?;
-        let (scale, shift) = (scale.to_vec1::<f32>()?, shift.to_vec1::<f32>()?);
-        // A residual join always ends in a ReLU, as in `forward_add_relu`.
-        let relu = relu || residual.is_some();
-        let l = ys.elem_count() / (ys.dim(0)? * c).max(1);
-        if l == 0 {
-            return Ok(true);
-        }
-        let run = |y: &mut [f32], r: Option<&[f32]>| {
-            per_channel::scale_shift_in_place(y, r, (c, l), (&scale, &shift), relu)
-        };
-        crate::in_place::in_place_cpu(ys, "batch-norm-eval", |storage, layout| {
-            let (Some((a, b)), CpuStorage::F32(v)) = (layout.contiguous_offsets(), storage) else {
-                candle_core::bail!("batch-norm-eval: expected a contiguous f32 CPU output")
-            };
-            let y = &mut v[a..b];
-            match residual {
-                None => run(y, None),
-                Some(r) => match per_channel::with_f32(r, |r| run(y, Some(r))) {
-                    Some(done) => done,
-                    None => {
-                        candle_core::bail!("batch-norm-eval: expected a contiguous f32 residual")
-                    }
-                },
-            }
-        })?;
-        Ok(true)
+        Ok(Some(crate::conv::batch_norm::EvalEpilogue {
+            scale: scale.to_vec1::<f32>()?,
+            shift: shift.to_vec1::<f32>()?,
+            // A residual join always ends in a ReLU, as in `forward_add_relu`.
+            relu: relu || residual.is_some(),
+            residual: residual.cloned(),
+        }))
     }
 
     fn train(&self, x: &Tensor, relu: bool) -> Result<Tensor> {

@@ -103,55 +103,91 @@ mod tests {
     }
 
     /// In evaluation mode under `no_grad` a convolution's batch norm, ReLU and residual join
-    /// run in place on its output with the bits of the graph-recording path: `relu(bn(conv))`,
-    /// `bn(conv)`, `relu(bn(conv) + residual)` and the stem's `pool(relu(bn(conv)))`, over
-    /// image-by-image (8x8) and whole-batch (2x2) outputs and a direct first layer, with a NaN,
-    /// zeros and infinities in the input. Nothing comes out tracked; with gradients on, the
-    /// outputs are tracked and the in-place path does not run.
+    /// run in the convolution's op (the image-by-image convolution on each block of output
+    /// rows) or in place on its output, with the bits of the graph-recording path:
+    /// `relu(bn(conv))`, `bn(conv)`, `relu(bn(conv) + residual)` and the stem's
+    /// `pool(relu(bn(conv)))`, over image-by-image outputs (8x8: Winograd's 3x3 and a 1x1; 6x6
+    /// with 5x5 and 3x3 strided kernels), whole-batch (2x2) outputs and a direct first layer,
+    /// in float32 and under bf16 autocast (16 channels: bf16 products), with a NaN, zeros and
+    /// infinities in the input. Nothing comes out tracked; with gradients on, the outputs are
+    /// tracked and neither path runs.
     #[test]
     fn no_grad_evaluation_has_the_bits_of_the_graph_path() -> Result<()> {
         let pool = Pool2d::max(3, 2).padding(1);
         // The last: a first layer (three input channels), the direct convolution.
-        for (hw, k, stride, cin) in [(8, 3, 1, 5), (8, 1, 1, 5), (4, 3, 2, 5), (16, 7, 2, 3)] {
-            let (conv, bn) = block(cin, 6, k, stride)?;
-            let mut x = values(2 * cin * hw * hw, 13);
-            x[3] = f32::NAN;
-            x[4] = f32::INFINITY;
-            x[10..20].fill(0.0);
-            let x = Tensor::from_vec(x, (2, cin, hw, hw), &Device::Cpu)?;
-            let out = hw.div_ceil(stride);
-            let residual = tensor(&[2, 6, out, out], 17)?;
-            let cases = |conv: &Conv2d, bn: &BatchNorm| -> Result<Vec<Tensor>> {
-                Ok(vec![
-                    conv.forward_batch_norm(&x, bn, true, false)?,
-                    conv.forward_batch_norm(&x, bn, false, false)?,
-                    conv.forward_batch_norm_add_relu(&x, bn, &residual, false)?,
-                    conv.forward_batch_norm_relu_pool(&x, bn, &pool, false)?,
-                ])
-            };
-            let before = EVAL_IN_PLACE_RUNS.with(|r| r.get());
-            let tracked = cases(&conv, &bn)?;
-            assert_eq!(EVAL_IN_PLACE_RUNS.with(|r| r.get()), before);
-            assert!(tracked.iter().all(Tensor::track_op));
-            let untracked = {
-                let _no_grad = crate::no_grad();
-                cases(&conv, &bn)?
-            };
-            assert_eq!(EVAL_IN_PLACE_RUNS.with(|r| r.get()), before + 4, "{hw} {k}");
-            for (i, (a, b)) in tracked.iter().zip(&untracked).enumerate() {
-                assert!(!b.track_op());
+        let shapes = [
+            (8, 3, 1, 5),
+            (8, 1, 1, 5),
+            (12, 5, 2, 5),
+            (12, 3, 2, 5),
+            (4, 3, 2, 5),
+            (16, 7, 2, 3),
+        ];
+        for precision in [None, Some(DType::BF16)] {
+            let _autocast = crate::autocast::set(precision);
+            let cout = if precision.is_some() { 16 } else { 6 };
+            for (hw, k, stride, cin) in shapes {
+                let (conv, bn) = block(cin, cout, k, stride)?;
+                let mut x = values(2 * cin * hw * hw, 13);
+                x[3] = f32::NAN;
+                x[4] = f32::INFINITY;
+                x[10..20].fill(0.0);
+                let x = Tensor::from_vec(x, (2, cin, hw, hw), &Device::Cpu)?;
+                let out = (hw + 2 * (k / 2) - k) / stride + 1;
+                let residual = tensor(&[2, cout, out, out], 17)?;
+                let cases = |conv: &Conv2d, bn: &BatchNorm| -> Result<Vec<Tensor>> {
+                    Ok(vec![
+                        conv.forward_batch_norm(&x, bn, true, false)?,
+                        conv.forward_batch_norm(&x, bn, false, false)?,
+                        conv.forward_batch_norm_add_relu(&x, bn, &residual, false)?,
+                        conv.forward_batch_norm_relu_pool(&x, bn, &pool, false)?,
+                    ])
+                };
+                let runs = || EVAL_IN_PLACE_RUNS.with(|r| r.get());
+                let in_conv = || crate::conv::cpu::EVAL_IN_CONV_RUNS.with(|r| r.get());
+                let (before, before_in_conv) = (runs(), in_conv());
+                let tracked = cases(&conv, &bn)?;
+                assert_eq!((runs(), in_conv()), (before, before_in_conv));
+                assert!(tracked.iter().all(Tensor::track_op));
+                let untracked = {
+                    let _no_grad = crate::no_grad();
+                    cases(&conv, &bn)?
+                };
+                let at = format!("{precision:?} {hw}x{hw}, {k}x{k} stride {stride}");
+                assert_eq!(runs(), before + 4, "{at}");
+                // Outputs of 4x4 and more run image by image, the batch norm in the
+                // convolution's op: from more than three input channels, and a first layer's
+                // too where its products are bf16 (else the direct convolution). (With
+                // `onednn`, some go to oneDNN, the batch norm then after its op.)
+                let bf16_products =
+                    precision.is_some() && crate::autocast::cpu_bf16_kernel_active();
+                let image_by_image = out >= 4 && (cin > 3 || bf16_products);
+                if !cfg!(feature = "onednn") {
+                    assert_eq!(
+                        in_conv() - before_in_conv,
+                        4 * image_by_image as usize,
+                        "{at}"
+                    );
+                }
+                for (i, (a, b)) in tracked.iter().zip(&untracked).enumerate() {
+                    assert!(!b.track_op());
+                    assert_eq!(bits(a)?, bits(b)?, "case {i}, {at}");
+                }
+                // The unfused reference: bn(conv(x)) then relu / the join, as separate operations.
+                let y = conv.forward(&x)?;
                 assert_eq!(
-                    bits(a)?,
-                    bits(b)?,
-                    "case {i}, {hw}x{hw}, {k}x{k} stride {stride}"
+                    bits(&untracked[1])?,
+                    bits(&bn.forward_t(&y, false)?)?,
+                    "{at}"
                 );
+                assert_eq!(
+                    bits(&untracked[0])?,
+                    bits(&bn.forward_relu(&y, false)?)?,
+                    "{at}"
+                );
+                let joined = crate::add_relu(&bn.forward_t(&y, false)?, &residual)?;
+                assert_eq!(bits(&untracked[2])?, bits(&joined)?, "{at}");
             }
-            // The unfused reference: bn(conv(x)) then relu / the join, as separate operations.
-            let y = conv.forward(&x)?;
-            assert_eq!(bits(&untracked[1])?, bits(&bn.forward_t(&y, false)?)?);
-            assert_eq!(bits(&untracked[0])?, bits(&bn.forward_relu(&y, false)?)?);
-            let joined = crate::add_relu(&bn.forward_t(&y, false)?, &residual)?;
-            assert_eq!(bits(&untracked[2])?, bits(&joined)?);
         }
         Ok(())
     }

@@ -807,26 +807,39 @@ pub(crate) fn scale_shift_in_place(
         let first = task * rows;
         for (i, y) in y.chunks_mut(l).enumerate() {
             let row = first + i;
-            let (s, t) = (scale[row % c], shift[row % c]);
             let at = row * l;
-            match r {
-                None => {
-                    for v in y.iter_mut() {
-                        let z = *v * s + t;
-                        *v = if relu && z <= 0.0 { 0.0 } else { z };
-                    }
-                }
-                Some(r) => {
-                    for (v, &r) in y.iter_mut().zip(&r[at..at + l]) {
-                        let z = (*v * s + t) + r;
-                        *v = if relu && z <= 0.0 { 0.0 } else { z };
-                    }
-                }
-            }
+            scale_shift_row(
+                y,
+                r.map(|r| &r[at..at + l]),
+                scale[row % c],
+                shift[row % c],
+                relu,
+            );
         }
     };
     y.par_chunks_mut(rows * l).enumerate().for_each(one);
     Ok(())
+}
+
+/// `y = relu?(y · s + t (+ r))` in place over one channel's values `y` (and the residual's `r`
+/// of the same length): [`scale_shift_in_place`]'s arithmetic, which a convolution also runs on
+/// each block of its output while it is in cache (`conv::cpu`).
+#[inline]
+pub(crate) fn scale_shift_row(y: &mut [f32], r: Option<&[f32]>, s: f32, t: f32, relu: bool) {
+    match r {
+        None => {
+            for v in y.iter_mut() {
+                let z = *v * s + t;
+                *v = if relu && z <= 0.0 { 0.0 } else { z };
+            }
+        }
+        Some(r) => {
+            for (v, &r) in y.iter_mut().zip(r) {
+                let z = (*v * s + t) + r;
+                *v = if relu && z <= 0.0 { 0.0 } else { z };
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -50,6 +50,59 @@ pub(crate) struct Epilogue {
     pub saved: Arc<OnceLock<Saved>>,
 }
 
+/// An evaluation-mode batch norm (with its ReLU, or a residual join and ReLU) that a
+/// convolution's op applies to its fresh output where nothing is tracked by autograd:
+/// `relu?(y · scale[c] + shift[c] (+ residual))`, [`crate::BatchNorm`]'s evaluation-mode
+/// arithmetic ([`crate::per_channel::scale_shift_row`]). The image-by-image convolution runs it
+/// on each block of output rows while the block is in cache (`conv::cpu`); the other ops on
+/// their whole output, in place ([`EvalEpilogue::in_place`]).
+pub(crate) struct EvalEpilogue {
+    /// Per output channel, (C).
+    pub scale: Vec<f32>,
+    pub shift: Vec<f32>,
+    pub relu: bool,
+    /// A contiguous f32 (N, C, H, W) tensor of the output's shape, added before the ReLU.
+    pub residual: Option<Tensor>,
+}
+
+impl EvalEpilogue {
+    /// Applies it in place to `ys`, an op's fresh contiguous f32 (N, C, ...) output held by the
+    /// caller alone (the write is not checked against other holders).
+    pub(crate) fn in_place(&self, ys: &Tensor) -> Result<()> {
+        #[cfg(test)]
+        crate::batch_norm::EVAL_IN_PLACE_RUNS.with(|r| r.set(r.get() + 1));
+        let c = self.scale.len();
+        let l = ys.elem_count() / (ys.dim(0)? * c).max(1);
+        if l == 0 {
+            return Ok(());
+        }
+        let run = |y: &mut [f32], r: Option<&[f32]>| {
+            crate::per_channel::scale_shift_in_place(
+                y,
+                r,
+                (c, l),
+                (&self.scale, &self.shift),
+                self.relu,
+            )
+        };
+        crate::in_place::in_place_cpu(ys, "batch-norm-eval", |storage, layout| {
+            let (Some((a, b)), CpuStorage::F32(v)) = (layout.contiguous_offsets(), storage) else {
+                candle_core::bail!("batch-norm-eval: expected a contiguous f32 CPU output")
+            };
+            let y = &mut v[a..b];
+            match &self.residual {
+                None => run(y, None),
+                Some(r) => match crate::per_channel::with_f32(r, |r| run(y, Some(r))) {
+                    Some(done) => done,
+                    None => {
+                        candle_core::bail!("batch-norm-eval: expected a contiguous f32 residual")
+                    }
+                },
+            }
+        })
+    }
+}
+
 impl Epilogue {
     /// The batch norm (and residual, ReLU and pooling) of the convolution's output `y` of
     /// `shape`: the output and its shape, with the statistics and `y` kept in `saved`.

@@ -9,7 +9,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-use super::batch_norm::{Epilogue, WithBatchNorm, WithBatchNormAddRelu};
+use super::batch_norm::{Epilogue, EvalEpilogue, WithBatchNorm, WithBatchNormAddRelu};
 use crate::per_channel::{add_bias_in_place, bias_grad};
 
 /// What a convolution's op adds to its output, when it can.
@@ -21,6 +21,8 @@ pub(crate) enum After<'a> {
     Bias(&'a Tensor),
     /// A training-mode batch norm (and ReLU), [`super::batch_norm`].
     BatchNorm(&'a Epilogue),
+    /// An evaluation-mode batch norm (and ReLU, residual join) where nothing is tracked.
+    EvalBatchNorm(&'a EvalEpilogue),
 }
 
 impl After<'_> {
@@ -29,7 +31,7 @@ impl After<'_> {
         match self {
             After::Nothing => false,
             After::Bias(b) => fuses(b),
-            After::BatchNorm(_) => true,
+            After::BatchNorm(_) | After::EvalBatchNorm(_) => true,
         }
     }
 }
@@ -67,6 +69,12 @@ pub(super) fn apply<O: CustomOp2 + Send + Sync + 'static>(
                 },
             ),
         },
+        // Ops that cannot apply it as they write: on their whole output, in place.
+        After::EvalBatchNorm(eval) => {
+            let ys = xs.apply_op2(&weight, op)?;
+            eval.in_place(&ys)?;
+            Ok(ys)
+        }
         _ => xs.apply_op2(&weight, op),
     }
 }

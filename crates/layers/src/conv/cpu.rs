@@ -15,9 +15,11 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use super::batch_norm::EvalEpilogue;
 use super::geometry::Geometry;
 use super::winograd;
 use crate::bf16_gemm::{self, PackedLhs, View};
+use crate::per_channel::{scale_shift_in_place, scale_shift_row, with_f32};
 pub(super) use crate::products::{bf16_product, gemm, Lhs};
 use crate::profile::{time, Part};
 
@@ -57,7 +59,18 @@ pub(crate) fn conv2d_cpu(
 ) -> Result<Tensor> {
     let (geo, cout) = Geometry::of_conv(xs, weight, stride, padding)?;
     let bf16 = bf16 && bf16_gemm::available();
-    super::bias::apply(xs, weight, after, ConvCpu { geo, cout, bf16 })
+    let conv = ConvCpu { geo, cout, bf16 };
+    match after {
+        super::bias::After::EvalBatchNorm(eval) => conv.forward_eval(xs, weight, eval),
+        after => super::bias::apply(xs, weight, after, conv),
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Evaluation-mode batch norms the image-by-image convolution ran on its blocks of output
+    /// rows ([`ConvCpu::forward_eval`]), on this thread.
+    pub(crate) static EVAL_IN_CONV_RUNS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// Output positions per image from which the image-by-image convolution beats the whole-batch
@@ -208,13 +221,66 @@ impl ConvCpu {
         (g.c * g.kh * g.kw, g.oh * g.ow, g.c * g.h * g.w)
     }
 
+    /// The convolution of `xs` with `weight` followed by `eval` (evaluation-mode batch norm,
+    /// ReLU, residual join), each block of output rows as soon as its products wrote it, while
+    /// it is in cache, instead of a pass over the whole output after. Nothing may be tracked by
+    /// autograd (the output is not): [`crate::BatchNorm::eval_epilogue`]'s conditions.
+    fn forward_eval(&self, xs: &Tensor, weight: &Tensor, eval: &EvalEpilogue) -> Result<Tensor> {
+        #[cfg(test)]
+        {
+            crate::batch_norm::EVAL_IN_PLACE_RUNS.with(|r| r.set(r.get() + 1));
+            EVAL_IN_CONV_RUNS.with(|r| r.set(r.get() + 1));
+        }
+        let (xs, weight) = (xs.contiguous()?, weight.contiguous()?);
+        let n = xs.dim(0)?;
+        let (g, cout) = (&self.geo, self.cout);
+        let out_len = n * cout * g.oh * g.ow;
+        if eval.scale.len() != cout
+            || eval
+                .residual
+                .as_ref()
+                .is_some_and(|r| r.elem_count() != out_len)
+        {
+            candle_core::bail!("conv2d-cpu: a batch norm over {} channels, or a residual of another shape, after {cout} output channels", eval.scale.len())
+        }
+        let not_f32 =
+            || candle_core::Error::Msg("conv2d-cpu: expected contiguous f32 tensors".into());
+        let out = with_f32(&xs, |x| {
+            with_f32(&weight, |w| match &eval.residual {
+                None => self.forward_with(x, w, n, Some((eval, None))),
+                Some(r) => with_f32(r, |r| self.forward_with(x, w, n, Some((eval, Some(r)))))
+                    .ok_or_else(not_f32)?,
+            })
+            .ok_or_else(not_f32)?
+        })
+        .ok_or_else(not_f32)??;
+        Tensor::from_vec(out, (n, cout, g.oh, g.ow), xs.device())
+    }
+
     /// `out` (N, O, OH, OW) = the convolution of `x` with `w`, block of output rows by block.
-    fn forward(&self, x: &[f32], w: &[f32], n: usize) -> Vec<f32> {
+    fn forward(&self, x: &[f32], w: &[f32], n: usize) -> Result<Vec<f32>> {
+        self.forward_with(x, w, n, None)
+    }
+
+    /// [`Self::forward`], then `eval` with its residual's values (N, O, OH, OW), if any, on
+    /// each block of output rows.
+    fn forward_with(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        n: usize,
+        eval: Option<(&EvalEpilogue, Option<&[f32]>)>,
+    ) -> Result<Vec<f32>> {
         let (k, ohw, img_len) = self.len();
         let (cout, geo) = (self.cout, &self.geo);
         if winograd::applies(geo, cout) {
             let u = time(Part::Im2col, || winograd::transform_kernel(w, cout, geo.c));
-            return winograd::convolved(geo, cout, x, &u, n, self.bf16);
+            let mut out = winograd::convolved(geo, cout, x, &u, n, self.bf16);
+            if let Some((e, r)) = eval {
+                let scale_shift = (&e.scale[..], &e.shift[..]);
+                scale_shift_in_place(&mut out, r, (cout, ohw), scale_shift, e.relu)?;
+            }
+            return Ok(out);
         }
         let (side_by_side, threads) = split(n);
         let lhs = Lhs::new(self.bf16, (cout, k), (w, k, 1));
@@ -239,12 +305,24 @@ impl ConvCpu {
                     threads,
                     &mut work.packed,
                 );
+                if let Some((e, r)) = eval {
+                    for c in 0..cout {
+                        let at = c * ohw + p0;
+                        // SAFETY: the product just wrote row `c`'s `len` values from `p0`;
+                        // `MaybeUninit<f32>` has `f32`'s layout.
+                        let y = unsafe {
+                            std::slice::from_raw_parts_mut(o[at..at + len].as_mut_ptr().cast(), len)
+                        };
+                        let r = r.map(|r| &r[i * cout * ohw + at..][..len]);
+                        scale_shift_row(y, r, e.scale[c], e.shift[c], e.relu);
+                    }
+                }
             }
         };
         let cols = if pointwise { 0 } else { k * block_len(geo, k) };
         // SAFETY: the row blocks cover the output rows `0..oh`, and each block's product writes
         // all `cout` rows of its `len` positions: every value of an image's (cout, oh·ow).
-        unsafe { each_image(n, cout * ohw, cols, side_by_side, one) }
+        Ok(unsafe { each_image(n, cout * ohw, cols, side_by_side, one) })
     }
 
     /// dL/dw (O, C·KH·KW) = sum over images and blocks of grad_i (O, block) · cols_iᵀ.
@@ -480,7 +558,7 @@ impl CustomOp2 for ConvCpu {
         let n = xl.dims()[0];
         let g = &self.geo;
         Ok((
-            CpuStorage::F32(self.forward(x, w, n)),
+            CpuStorage::F32(self.forward(x, w, n)?),
             Shape::from((n, self.cout, g.oh, g.ow)),
         ))
     }

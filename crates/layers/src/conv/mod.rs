@@ -19,7 +19,7 @@
 
 pub(crate) mod batch_norm;
 mod bias;
-mod cpu;
+pub(crate) mod cpu;
 #[cfg(feature = "cudnn")]
 pub(crate) mod cudnn;
 mod direct;
@@ -156,9 +156,32 @@ impl Conv2d {
     }
 }
 
+impl Conv2d {
+    /// The output's dims (N, O, OH, OW) for a 4-d input `xs` (one group, no dilation), or
+    /// `None` (another kind of convolution, or an input smaller than the kernel).
+    fn output_dims(&self, xs: &Tensor) -> Result<Option<[usize; 4]>> {
+        let c = &self.config;
+        let (Ok((n, _, h, w)), Ok((o, _, kh, kw))) = (xs.dims4(), self.weight.dims4()) else {
+            return Ok(None);
+        };
+        if c.groups != 1 || c.dilation != 1 || c.stride == 0 {
+            return Ok(None);
+        }
+        let out = |size: usize, k: usize| {
+            (size + 2 * c.padding)
+                .checked_sub(k)
+                .map(|d| d / c.stride + 1)
+        };
+        Ok(match (out(h, kh), out(w, kw)) {
+            (Some(oh), Some(ow)) => Some([n, o, oh, ow]),
+            _ => None,
+        })
+    }
+}
+
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        Ok(self.forward_then(xs, None)?.0)
+        Ok(self.forward_then(xs, None, None)?.0)
     }
 }
 
@@ -253,17 +276,29 @@ impl Conv2d {
             None => Ok(ys),
         };
         if let Some(epilogue) = bn.conv_epilogue(conv, relu, residual, pool, train)? {
-            let (ys, fused) = self.forward_then(xs, Some(&epilogue))?;
+            let (ys, fused) = self.forward_then(xs, Some(&epilogue), None)?;
             if fused {
                 bn.update_from(&epilogue)?;
                 return Ok(ys);
             }
             return pooled(bn.forward_after(&ys, relu, residual, train)?);
         }
-        let ys = self.forward(xs)?;
-        // Evaluation with nothing tracked (inference): the batch norm in place on the fresh
-        // output, one pass and no new tensor. `ys` must be held here alone (every path of
-        // `forward` makes a new output): the write is not checked against other holders.
+        // Evaluation with nothing tracked (inference): the batch norm applied by the
+        // convolution's op to its fresh output (the image-by-image convolution on each block of
+        // output rows while it is in cache), else in place after it: no new tensor either way.
+        let eval = match !train && !xs.track_op() && !self.weight.track_op() {
+            true => match self.output_dims(xs)? {
+                Some(dims) => bn.eval_epilogue(&dims, relu, residual)?,
+                None => None,
+            },
+            false => None,
+        };
+        let (ys, ran) = self.forward_then(xs, None, eval.as_ref())?;
+        if ran {
+            return pooled(ys);
+        }
+        // `ys` must be held here alone (every path of `forward` makes a new output): the write
+        // is not checked against other holders.
         if !train && bn.eval_in_place(&ys, relu, residual)? {
             return pooled(ys);
         }
@@ -275,6 +310,7 @@ impl Conv2d {
         &self,
         xs: &Tensor,
         bn: Option<&batch_norm::Epilogue>,
+        eval: Option<&batch_norm::EvalEpilogue>,
     ) -> Result<(Tensor, bool)> {
         // Images of integers (u8 pixels not yet converted) or of another float type than the
         // kernel's: said here, where Candle's own message names only its im2col or matmul.
@@ -290,7 +326,7 @@ impl Conv2d {
             )
         }
         if crate::grad_mode::detach_first(&[Some(xs), Some(&self.weight), self.bias.as_ref()]) {
-            return self.detached().forward_then(&xs.detach(), bn);
+            return self.detached().forward_then(&xs.detach(), bn, eval);
         }
         // A channels-last input (or a one-channel one while channels-last is preferred) without
         // cuDNN's NHWC kernels to take it: the (N, C, H, W) paths on a contiguous copy, the
@@ -299,7 +335,7 @@ impl Conv2d {
             let (ys, fused) = {
                 // A one-channel input is its own contiguous copy: taken as such inside.
                 let _plain = memory_format::prefer(memory_format::MemoryFormat::Contiguous);
-                self.forward_then(&xs.contiguous()?, bn)?
+                self.forward_then(&xs.contiguous()?, bn, eval)?
             };
             return Ok((memory_format::to_channels_last(&ys)?, fused));
         }
@@ -307,7 +343,7 @@ impl Conv2d {
         // chooses its own algorithms).
         if xs.device().is_cpu() {
             if let Some(trimmed) = self.without_padding_taps(xs)? {
-                return trimmed.forward_then(xs, bn);
+                return trimmed.forward_then(xs, bn, eval);
             }
         }
         let c = &self.config;
@@ -317,12 +353,18 @@ impl Conv2d {
         let f32_weight = self.weight.dtype() == DType::F32;
         // What the convolution's op adds where it can (one autograd node): the batch norm, or
         // the bias.
-        let after = match (bn, &self.bias) {
-            (Some(bn), _) => bias::After::BatchNorm(bn),
-            (None, Some(b)) => bias::After::Bias(b),
-            (None, None) => bias::After::Nothing,
+        // An evaluation-mode batch norm only without a bias (which would come first).
+        let after = match (bn, eval, &self.bias) {
+            (Some(bn), _, _) => bias::After::BatchNorm(bn),
+            (None, Some(eval), None) => bias::After::EvalBatchNorm(eval),
+            (None, _, Some(b)) => bias::After::Bias(b),
+            (None, None, None) => bias::After::Nothing,
         };
         let fused = after.fused();
+        let bn_in_op = matches!(
+            after,
+            bias::After::BatchNorm(_) | bias::After::EvalBatchNorm(_)
+        );
         // A network's first layer (one to four input channels, an input that needs no
         // gradient): the direct convolution ([`direct`]) in float32 (and under bf16 autocast
         // where the products stay float32: fewer than 16 output channels, or no bf16 kernel).
@@ -345,7 +387,7 @@ impl Conv2d {
             if let Some(bf16) = bf16 {
                 let (s, p) = (c.stride, c.padding);
                 if let Some(ys) = direct::conv2d(xs, &self.weight, after, s, p, bf16)? {
-                    return self.then_unfused_bias(ys, fused, bn.is_some(), cpu_f32);
+                    return self.then_unfused_bias(ys, fused, bn_in_op, cpu_f32);
                 }
             }
         }
@@ -371,13 +413,13 @@ impl Conv2d {
                 let bf16 = bf16 || batch_bf16;
                 let (s, p) = (c.stride, c.padding);
                 if let Some(ys) = onednn::conv2d(xs, &self.weight, after, s, p, bf16)? {
-                    return self.then_unfused_bias(ys, fused, bn.is_some(), cpu_f32);
+                    return self.then_unfused_bias(ys, fused, bn_in_op, cpu_f32);
                 }
             }
             let ys = match per_image {
                 true => {
                     let ys = cpu::conv2d_cpu(xs, &self.weight, after, c.stride, c.padding, bf16)?;
-                    return self.then_unfused_bias(ys, fused, bn.is_some(), cpu_f32);
+                    return self.then_unfused_bias(ys, fused, bn_in_op, cpu_f32);
                 }
                 false if batch_bf16 => {
                     im2col::conv2d_gemm_bf16(xs, &self.weight, c.stride, c.padding)?
@@ -413,7 +455,10 @@ impl Conv2d {
             false => bias::After::Nothing,
         };
         let fused = after.fused();
-        let bn_fused = matches!(after, bias::After::BatchNorm(_));
+        let bn_fused = matches!(
+            after,
+            bias::After::BatchNorm(_) | bias::After::EvalBatchNorm(_)
+        );
         #[cfg(feature = "onednn")]
         if cpu_f32 && plain && dtype == DType::F32 && onednn::enabled() {
             if let Some(ys) = onednn::conv2d(&x, &w, after, c.stride, c.padding, false)? {
