@@ -106,8 +106,8 @@ mod tests {
     /// run in the convolution's op (the image-by-image convolution on each block of output
     /// rows) or in place on its output, with the bits of the graph-recording path:
     /// `relu(bn(conv))`, `bn(conv)`, `relu(bn(conv) + residual)` and the stem's
-    /// `pool(relu(bn(conv)))`, over image-by-image outputs (8x8: Winograd's 3x3 and a 1x1; 6x6
-    /// with 5x5 and 3x3 strided kernels), whole-batch (2x2) outputs and a direct first layer,
+    /// `pool(relu(bn(conv)))`, over image-by-image outputs (8x8: Winograd's 3x3 and an im2col
+    /// 3x3 and 1x1; 6x6 with 5x5 and 3x3 strided kernels), whole-batch (2x2) outputs and a direct first layer,
     /// in float32 and under bf16 autocast (16 channels: bf16 products), with a NaN, zeros and
     /// infinities in the input. Nothing comes out tracked; with gradients on, the outputs are
     /// tracked and neither path runs.
@@ -115,7 +115,9 @@ mod tests {
     fn no_grad_evaluation_has_the_bits_of_the_graph_path() -> Result<()> {
         let pool = Pool2d::max(3, 2).padding(1);
         // The last: a first layer (three input channels), the direct convolution.
+        // (size, kernel, stride, input channels)
         let shapes = [
+            (8, 3, 1, 16),
             (8, 3, 1, 5),
             (8, 1, 1, 5),
             (12, 5, 2, 5),
@@ -125,8 +127,14 @@ mod tests {
         ];
         for precision in [None, Some(DType::BF16)] {
             let _autocast = crate::autocast::set(precision);
-            let cout = if precision.is_some() { 16 } else { 6 };
             for (hw, k, stride, cin) in shapes {
+                // 16 output channels under bf16 (bf16 products) and for the first shape
+                // (Winograd's, which takes 16 and more both ways).
+                let cout = if precision.is_some() || cin >= 16 {
+                    16
+                } else {
+                    6
+                };
                 let (conv, bn) = block(cin, cout, k, stride)?;
                 let mut x = values(2 * cin * hw * hw, 13);
                 x[3] = f32::NAN;
@@ -156,12 +164,13 @@ mod tests {
                 let at = format!("{precision:?} {hw}x{hw}, {k}x{k} stride {stride}");
                 assert_eq!(runs(), before + 4, "{at}");
                 // Outputs of 4x4 and more run image by image, the batch norm in the
-                // convolution's op: from more than three input channels, and a first layer's
-                // too where its products are bf16 (else the direct convolution). (With
-                // `onednn`, some go to oneDNN, the batch norm then after its op.)
+                // convolution's op, but for a first layer (three channels here) that the
+                // direct convolution takes: with AVX-512, where its products are not bf16.
+                // (With `onednn`, some go to oneDNN, the batch norm then after its op.)
                 let bf16_products =
                     precision.is_some() && crate::autocast::cpu_bf16_kernel_active();
-                let image_by_image = out >= 4 && (cin > 3 || bf16_products);
+                let direct = cin <= 4 && !bf16_products && crate::conv::direct::active();
+                let image_by_image = out >= 4 && !direct;
                 if !cfg!(feature = "onednn") {
                     assert_eq!(
                         in_conv() - before_in_conv,

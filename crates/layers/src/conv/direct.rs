@@ -65,6 +65,13 @@ pub fn set_direct_first_layer(on: bool) -> bool {
     ENABLED.with(|e| e.replace(on))
 }
 
+/// Whether first layers of output rows of 8 or more run here on this thread (for tests that
+/// tell the paths apart).
+#[cfg(test)]
+pub(crate) fn active() -> bool {
+    available() && ENABLED.with(|e| e.get())
+}
+
 /// Whether this CPU runs the AVX-512 kernels.
 fn available() -> bool {
     #[cfg(target_arch = "x86_64")]

@@ -22,7 +22,7 @@ mod bias;
 pub(crate) mod cpu;
 #[cfg(feature = "cudnn")]
 pub(crate) mod cudnn;
-mod direct;
+pub(crate) mod direct;
 mod geometry;
 mod grads;
 mod im2col;
@@ -286,7 +286,8 @@ impl Conv2d {
         // Evaluation with nothing tracked (inference): the batch norm applied by the
         // convolution's op to its fresh output (the image-by-image convolution on each block of
         // output rows while it is in cache), else in place after it: no new tensor either way.
-        let eval = match !train && !xs.track_op() && !self.weight.track_op() {
+        let eval = match !train && self.bias.is_none() && !xs.track_op() && !self.weight.track_op()
+        {
             true => match self.output_dims(xs)? {
                 Some(dims) => bn.eval_epilogue(&dims, relu, residual)?,
                 None => None,
