@@ -157,25 +157,16 @@ impl Conv2d {
 }
 
 impl Conv2d {
-    /// The output's dims (N, O, OH, OW) for a 4-d input `xs` (one group, no dilation), or
-    /// `None` (another kind of convolution, or an input smaller than the kernel).
-    fn output_dims(&self, xs: &Tensor) -> Result<Option<[usize; 4]>> {
+    /// The output's dims (N, O, OH, OW) for `xs` (one group, no dilation), or `None` (another
+    /// kind of convolution, or an input the convolution refuses: it says why itself).
+    fn output_dims(&self, xs: &Tensor) -> Option<[usize; 4]> {
         let c = &self.config;
-        let (Ok((n, _, h, w)), Ok((o, _, kh, kw))) = (xs.dims4(), self.weight.dims4()) else {
-            return Ok(None);
-        };
-        if c.groups != 1 || c.dilation != 1 || c.stride == 0 {
-            return Ok(None);
+        if c.groups != 1 || c.dilation != 1 {
+            return None;
         }
-        let out = |size: usize, k: usize| {
-            (size + 2 * c.padding)
-                .checked_sub(k)
-                .map(|d| d / c.stride + 1)
-        };
-        Ok(match (out(h, kh), out(w, kw)) {
-            (Some(oh), Some(ow)) => Some([n, o, oh, ow]),
-            _ => None,
-        })
+        let (geo, cout) =
+            geometry::Geometry::of_conv(xs, &self.weight, c.stride, c.padding).ok()?;
+        Some([xs.dim(0).ok()?, cout, geo.oh, geo.ow])
     }
 }
 
@@ -288,7 +279,7 @@ impl Conv2d {
         // output rows while it is in cache), else in place after it: no new tensor either way.
         let eval = match !train && self.bias.is_none() && !xs.track_op() && !self.weight.track_op()
         {
-            true => match self.output_dims(xs)? {
+            true => match self.output_dims(xs) {
                 Some(dims) => bn.eval_epilogue(&dims, relu, residual)?,
                 None => None,
             },
