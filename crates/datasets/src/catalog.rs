@@ -273,6 +273,7 @@ pub fn load(spec: &DatasetSpec, dir: Option<&Path>) -> Result<Split> {
             None => bail!("{} needs --data-dir with {}", spec.title, spec.local_files),
         };
     };
+    missing_dir(spec, dir)?;
     match spec.read {
         Some(read) => (read.split)(dir),
         None => bail!(
@@ -281,6 +282,19 @@ pub fn load(spec: &DatasetSpec, dir: Option<&Path>) -> Result<Split> {
             dir.display(),
             spec.local_files
         ),
+    }
+}
+
+/// A data folder (or archive) that is not there, named with what it should hold.
+fn missing_dir(spec: &DatasetSpec, dir: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "{}: {} does not exist (give {})",
+            spec.title,
+            dir.display(),
+            spec.local_files
+        ),
+        _ => Ok(()),
     }
 }
 
@@ -302,6 +316,7 @@ pub fn load_test(spec: &DatasetSpec, dir: Option<&Path>) -> Result<Arc<dyn Datas
             None => bail!("{} needs --data-dir with {}", spec.title, spec.local_files),
         };
     };
+    missing_dir(spec, dir)?;
     match spec.read.and_then(|read| read.test) {
         Some(read_test) => read_test(dir),
         None => Ok(load(spec, Some(dir))?.test),

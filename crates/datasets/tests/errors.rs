@@ -116,7 +116,9 @@ fn mnist_missing_file_and_missing_dir() {
     let gone = dir.path().join("nope");
     let msg = mnist_err(&gone);
     assert!(
-        msg.contains("nope") && msg.contains("does not exist"),
+        msg.contains("nope")
+            && msg.contains("does not exist")
+            && msg.contains("the four MNIST IDX files"),
         "{msg}"
     );
     // A folder by the file's name is there, not missing.

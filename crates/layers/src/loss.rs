@@ -27,8 +27,9 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor, label_smoothing: f64) -> 
     let (n, _) = logits.dims2()?;
     if labels.dims() != [n] {
         bail!(
-            "cross-entropy: {} labels for logits of shape {:?}",
-            labels.elem_count(),
+            "cross-entropy: labels of shape {:?} for logits of shape {:?}: the labels must be \
+             (N,) = ({n},), one class index per sample (squeeze an (N, 1) tensor)",
+            labels.dims(),
             logits.dims()
         );
     }
@@ -98,6 +99,23 @@ mod tests {
         }
         let fine = Tensor::new(&[9u32, 0, 3], &Device::Cpu)?;
         assert!(cross_entropy(&logits, &fine, 0.0).is_ok());
+        Ok(())
+    }
+
+    /// Labels of another shape than (N,), such as PyTorch users' (N, 1) column, are named with
+    /// their shape and the one expected.
+    #[test]
+    fn labels_of_another_shape_are_named_with_it() -> Result<()> {
+        let logits = Tensor::zeros((2, 10), DType::F32, &Device::Cpu)?;
+        let column = Tensor::new(&[[1u32], [2]], &Device::Cpu)?;
+        let err = cross_entropy(&logits, &column, 0.0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("labels of shape [2, 1]") && err.contains("(N,) = (2,)"),
+            "{err}"
+        );
+        assert!(cross_entropy(&logits, &column.squeeze(1)?, 0.0).is_ok());
         Ok(())
     }
 
