@@ -66,25 +66,29 @@ pub(crate) struct EvalEpilogue {
 }
 
 impl EvalEpilogue {
+    /// Applies it to `y`, (N, C, L) values with `l` positions per channel (and the residual's
+    /// `r` of the same layout), across the thread pool.
+    pub(crate) fn on_values(&self, y: &mut [f32], r: Option<&[f32]>, l: usize) -> Result<()> {
+        let (c, scale_shift) = (self.scale.len(), (&self.scale[..], &self.shift[..]));
+        crate::per_channel::scale_shift_in_place(y, r, (c, l), scale_shift, self.relu)
+    }
+
+    /// Applies it to `y`, values of output channel `c` (and the residual's `r` at the same
+    /// places), on this thread.
+    pub(crate) fn on_row(&self, c: usize, y: &mut [f32], r: Option<&[f32]>) {
+        crate::per_channel::scale_shift_row(y, r, self.scale[c], self.shift[c], self.relu)
+    }
+
     /// Applies it in place to `ys`, an op's fresh contiguous f32 (N, C, ...) output held by the
     /// caller alone (the write is not checked against other holders).
     pub(crate) fn in_place(&self, ys: &Tensor) -> Result<()> {
         #[cfg(test)]
         crate::batch_norm::EVAL_IN_PLACE_RUNS.with(|r| r.set(r.get() + 1));
-        let c = self.scale.len();
-        let l = ys.elem_count() / (ys.dim(0)? * c).max(1);
+        let l = ys.elem_count() / (ys.dim(0)? * self.scale.len()).max(1);
         if l == 0 {
             return Ok(());
         }
-        let run = |y: &mut [f32], r: Option<&[f32]>| {
-            crate::per_channel::scale_shift_in_place(
-                y,
-                r,
-                (c, l),
-                (&self.scale, &self.shift),
-                self.relu,
-            )
-        };
+        let run = |y: &mut [f32], r: Option<&[f32]>| self.on_values(y, r, l);
         crate::in_place::in_place_cpu(ys, "batch-norm-eval", |storage, layout| {
             let (Some((a, b)), CpuStorage::F32(v)) = (layout.contiguous_offsets(), storage) else {
                 candle_core::bail!("batch-norm-eval: expected a contiguous f32 CPU output")

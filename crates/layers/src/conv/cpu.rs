@@ -19,7 +19,7 @@ use super::batch_norm::EvalEpilogue;
 use super::geometry::Geometry;
 use super::winograd;
 use crate::bf16_gemm::{self, PackedLhs, View};
-use crate::per_channel::{scale_shift_in_place, scale_shift_row, with_f32};
+use crate::per_channel::with_f32;
 pub(super) use crate::products::{bf16_product, gemm, Lhs};
 use crate::profile::{time, Part};
 
@@ -277,8 +277,7 @@ impl ConvCpu {
             let u = time(Part::Im2col, || winograd::transform_kernel(w, cout, geo.c));
             let mut out = winograd::convolved(geo, cout, x, &u, n, self.bf16);
             if let Some((e, r)) = eval {
-                let scale_shift = (&e.scale[..], &e.shift[..]);
-                scale_shift_in_place(&mut out, r, (cout, ohw), scale_shift, e.relu)?;
+                e.on_values(&mut out, r, ohw)?;
             }
             return Ok(out);
         }
@@ -314,7 +313,7 @@ impl ConvCpu {
                             std::slice::from_raw_parts_mut(o[at..at + len].as_mut_ptr().cast(), len)
                         };
                         let r = r.map(|r| &r[i * cout * ohw + at..][..len]);
-                        scale_shift_row(y, r, e.scale[c], e.shift[c], e.relu);
+                        e.on_row(c, y, r);
                     }
                 }
             }
