@@ -2,12 +2,12 @@
 
 use std::collections::HashMap;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
 use super::flat::{self, GroupKey, Update};
-use super::{buffers_of, fused, restore_like, NamedVar, Optimizer};
+use super::{buffers_of, check_hyper, fused, restore_like, NamedVar, Optimizer};
 
 /// Adam's hyper-parameters, PyTorch's names and defaults.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -76,13 +76,18 @@ impl Adam {
     /// An optimizer over `params`, checking the configuration as PyTorch does.
     ///
     /// # Errors
-    /// A negative learning rate, epsilon or weight decay, or betas outside `[0, 1)` (as
-    /// `torch.optim.Adam`).
+    /// A learning rate, epsilon or weight decay that is negative or not finite, or a beta
+    /// outside `[0, 1)` (as `torch.optim.Adam`), named with PyTorch's message (`Invalid beta
+    /// parameter at index 1: 1.5`) and the field (`beta2`).
     pub fn new(params: Vec<NamedVar>, config: AdamConfig) -> Result<Self> {
-        let betas_ok = (0.0..1.0).contains(&config.beta1) && (0.0..1.0).contains(&config.beta2);
-        if config.lr < 0.0 || config.eps < 0.0 || config.weight_decay < 0.0 || !betas_ok {
-            bail!("Adam: invalid hyper-parameters {config:?} (betas must lie in [0, 1), the rest be non-negative)");
-        }
+        let name = if config.decoupled { "AdamW" } else { "Adam" };
+        check_hyper(name, ("lr", "Invalid learning rate"), config.lr, false)?;
+        check_hyper(name, ("eps", "Invalid epsilon value"), config.eps, false)?;
+        let beta = |i| format!("Invalid beta parameter at index {i}");
+        check_hyper(name, ("beta1", &beta(0)), config.beta1, true)?;
+        check_hyper(name, ("beta2", &beta(1)), config.beta2, true)?;
+        let decay = ("weight_decay", "Invalid weight_decay value");
+        check_hyper(name, decay, config.weight_decay, false)?;
         let update = Update::for_params(&params.iter().map(|p| p.1.clone()).collect::<Vec<_>>());
         let params = params
             .into_iter()

@@ -94,6 +94,28 @@ pub trait Optimizer: Send {
 }
 
 /// Moves the buffers of `state` that belong to parameter `name` into a map keyed by buffer name.
+/// `value` of the hyper-parameter `field` checked as PyTorch's optimizers check it, with its
+/// message (`"Invalid learning rate: -0.1"`) after the optimizer's name and the field's name in
+/// the config: a finite number in `[0, ∞)`, or in `[0, 1)` where `below_one` (Adam's betas).
+/// NaN and infinities are refused too (PyTorch lets an infinite rate through; its first step
+/// would make every parameter non-finite).
+fn check_hyper(
+    optimizer: &str,
+    (field, pytorch): (&str, &str),
+    value: f64,
+    below_one: bool,
+) -> Result<()> {
+    let ok = value.is_finite() && value >= 0.0 && (!below_one || value < 1.0);
+    if !ok {
+        let expected = match below_one {
+            true => "a number in [0, 1)",
+            false => "a finite number >= 0",
+        };
+        bail!("{optimizer}: {pytorch}: {value} (`{field}` must be {expected})");
+    }
+    Ok(())
+}
+
 fn buffers_of(
     state: &HashMap<String, Tensor>,
     names: &[&str],

@@ -7,7 +7,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
 use super::flat::{self, GroupKey, Update};
-use super::{buffers_of, fused, restore_like, NamedVar, Optimizer};
+use super::{buffers_of, check_hyper, fused, restore_like, NamedVar, Optimizer};
 
 /// SGD's hyper-parameters, PyTorch's names and defaults.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -69,14 +69,25 @@ impl Sgd {
     /// An optimizer over `params`, checking the configuration as PyTorch does.
     ///
     /// # Errors
-    /// A negative learning rate, momentum or weight decay, or Nesterov without momentum or with
-    /// dampening (as `torch.optim.SGD`).
+    /// A learning rate, momentum or weight decay that is negative or not finite
+    /// (named with PyTorch's message, `Invalid learning rate: -0.1`, and the field), or Nesterov
+    /// without momentum or with dampening (as `torch.optim.SGD`).
     pub fn new(params: Vec<NamedVar>, config: SgdConfig) -> Result<Self> {
-        if config.lr < 0.0 || config.momentum < 0.0 || config.weight_decay < 0.0 {
-            bail!("SGD: learning rate, momentum and weight decay must be non-negative, got {config:?}");
-        }
+        check_hyper("SGD", ("lr", "Invalid learning rate"), config.lr, false)?;
+        check_hyper(
+            "SGD",
+            ("momentum", "Invalid momentum value"),
+            config.momentum,
+            false,
+        )?;
+        let decay = ("weight_decay", "Invalid weight_decay value");
+        check_hyper("SGD", decay, config.weight_decay, false)?;
         if config.nesterov && (config.momentum <= 0.0 || config.dampening != 0.0) {
-            bail!("SGD: Nesterov momentum requires a momentum and zero dampening, got {config:?}");
+            bail!(
+                "SGD: Nesterov momentum requires a momentum and zero dampening, got momentum {} and dampening {}",
+                config.momentum,
+                config.dampening
+            );
         }
         let update = Update::for_params(&params.iter().map(|p| p.1.clone()).collect::<Vec<_>>());
         let params = params

@@ -218,3 +218,73 @@ fn saved_state_resumes_the_same_trajectory() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn invalid_hyper_parameters_are_named_as_pytorch_names_them() {
+    let message = |r: Result<()>| r.err().map(|e| e.to_string()).unwrap_or_default();
+    let sgd = |c: SgdConfig| message(Sgd::new(vec![], c).map(|_| ()));
+    let adam = |c: AdamConfig| message(Adam::new(vec![], c).map(|_| ()));
+    let cases = [
+        (
+            sgd(SgdConfig::new(-0.1)),
+            "SGD: Invalid learning rate: -0.1 (`lr`",
+        ),
+        (
+            sgd(SgdConfig::new(f64::NAN)),
+            "SGD: Invalid learning rate: NaN",
+        ),
+        (
+            sgd(SgdConfig {
+                momentum: -0.9,
+                ..SgdConfig::new(0.1)
+            }),
+            "SGD: Invalid momentum value: -0.9 (`momentum`",
+        ),
+        (
+            sgd(SgdConfig {
+                weight_decay: f64::INFINITY,
+                ..SgdConfig::new(0.1)
+            }),
+            "SGD: Invalid weight_decay value: inf (`weight_decay` must be a finite number >= 0)",
+        ),
+        (
+            adam(AdamConfig {
+                beta2: 1.5,
+                ..AdamConfig::adam(1e-3)
+            }),
+            "Adam: Invalid beta parameter at index 1: 1.5 (`beta2` must be a number in [0, 1))",
+        ),
+        (
+            adam(AdamConfig {
+                beta1: -0.1,
+                ..AdamConfig::adamw(1e-3)
+            }),
+            "AdamW: Invalid beta parameter at index 0: -0.1 (`beta1`",
+        ),
+        (
+            adam(AdamConfig {
+                eps: -1e-8,
+                ..AdamConfig::adam(1e-3)
+            }),
+            "Adam: Invalid epsilon value: -0.00000001 (`eps`",
+        ),
+        (
+            adam(AdamConfig::adam(f64::NAN)),
+            "Adam: Invalid learning rate: NaN",
+        ),
+    ];
+    for (got, want) in cases {
+        assert!(
+            got.starts_with(want),
+            "{got:?} does not start with {want:?}"
+        );
+    }
+    // The edges PyTorch accepts.
+    assert!(Sgd::new(vec![], SgdConfig::new(0.0)).is_ok());
+    let zero_betas = AdamConfig {
+        beta1: 0.0,
+        beta2: 0.0,
+        ..AdamConfig::adam(0.0)
+    };
+    assert!(Adam::new(vec![], zero_betas).is_ok());
+}
