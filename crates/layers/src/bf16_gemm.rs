@@ -283,6 +283,36 @@ impl PackedLhs {
         let groups = kp.div_ceil(16);
         let pack_tile = |run: &mut Vec<u32>, (t, tile): (usize, &mut [u32])| {
             let rows = AMX_MR.min(m - t * AMX_MR);
+            // A transposed operand (rows of stride 1: a kernel read as Wᵀ): each pair of
+            // columns' values for the tile's rows lie side by side, paired sixteen at a time
+            // ([`pack_rows`]) and then laid out row by row, instead of two reads a column's
+            // stride apart per value.
+            if rs == 1 && cs != 1 {
+                run.resize(16 * AMX_MR, 0);
+                for g in 0..groups {
+                    for q in 0..16 {
+                        let (p, dst) = (16 * g + q, &mut run[q * AMX_MR..(q + 1) * AMX_MR]);
+                        let first = t * AMX_MR;
+                        match 2 * p < k {
+                            true => {
+                                let r0 = &a[2 * p * cs + first..][..rows];
+                                let r1 =
+                                    (2 * p + 1 < k).then(|| &a[(2 * p + 1) * cs + first..][..rows]);
+                                pack_rows(r0, r1, &mut dst[..rows]);
+                                dst[rows..].fill(0);
+                            }
+                            false => dst.fill(0),
+                        }
+                    }
+                    let block = &mut tile[g * AMX_MR * 16..(g + 1) * AMX_MR * 16];
+                    for (i, row) in block.chunks_exact_mut(16).enumerate() {
+                        for (q, v) in row.iter_mut().enumerate() {
+                            *v = run[q * AMX_MR + i];
+                        }
+                    }
+                }
+                return;
+            }
             run.resize(16 * groups, 0);
             for i in 0..AMX_MR {
                 if i < rows {
