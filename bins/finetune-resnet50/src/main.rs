@@ -190,6 +190,19 @@ fn main() -> Result<()> {
             <Cli as clap::CommandFactory>::command(),
             &["train_transform", "test_transform"],
         )
+        .mut_arg("train_transform", |a| {
+            let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+            a.help(format!(
+                "{help} [default: imagenet-eval:SIZE, or imagenet-train:SIZE with --augment; \
+                 SIZE is --image-size]"
+            ))
+        })
+        .mut_arg("test_transform", |a| {
+            let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+            a.help(format!(
+                "{help} [default: imagenet-eval:SIZE, SIZE is --image-size]"
+            ))
+        })
         // `--limit-test -5` is a value to refuse, not an unknown flag, there too.
         .mut_subcommand("evaluate", |c| c.allow_negative_numbers(true))
         .mut_subcommand("predict", |c| c.allow_negative_numbers(true));

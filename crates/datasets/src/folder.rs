@@ -210,8 +210,8 @@ fn unsplit(listing: &Listing) -> Result<Picks> {
             "{}: {found}; a split \
              needs train/ and test/ (or val/) together, each with the class folders, or \
              the class folders directly inside it (a fraction of each class, 0.2 by \
-             default, is then held out for testing: finetune-resnet50's --test-fraction, \
-             FolderOptions::test_fraction)",
+             default, is then held out for testing: finetune-resnet50's --test-fraction, the \
+             library's FolderOptions::test_fraction)",
             listing.origin.display()
         );
     }
@@ -526,14 +526,14 @@ impl Picks {
         ensure!(
             fraction > 0.0 || !test.files.is_empty(),
             "{}: a test fraction of 0 holds out no image: make train/ and test/ (or val/) folders, \
-             or hold out more (--test-fraction; FolderOptions::test_fraction)",
+             or hold out more (the programs' --test-fraction, the library's FolderOptions::test_fraction)",
             self.origin
         );
         ensure!(
             !test.files.is_empty(),
             "{}: holding out {}% of each class (rounded) as the test split leaves no test image \
-             among the {}: give a class {} or more images, hold out more (--test-fraction; \
-             FolderOptions::test_fraction), or make train/ and test/ (or val/) folders",
+             among the {}: give a class {} or more images, hold out more (the programs' \
+             --test-fraction, the library's FolderOptions::test_fraction), or make train/ and test/ (or val/) folders",
             self.origin,
             percent(fraction),
             self.files.len(),
@@ -543,7 +543,7 @@ impl Picks {
         ensure!(
             !train.files.is_empty(),
             "{}: holding out {}% of each class (rounded) as the test split leaves no training \
-             image among the {}: hold out less (--test-fraction; FolderOptions::test_fraction)",
+             image among the {}: hold out less (the programs' --test-fraction, the library's FolderOptions::test_fraction)",
             self.origin,
             percent(fraction),
             self.files.len()

@@ -1992,7 +1992,8 @@ fn sized_first(transform: &Transform, side: usize) -> Result<Transform> {
 /// Whether the run's `best` or `last` checkpoint (`weights`, read from `path` into `store`)
 /// holds other weights than its resume state's when it should hold the same (`last`, and
 /// `best` when the last epoch saved was the best): a kill between the state and the
-/// checkpoints left it an epoch behind, which `--resume` mends. Said, not mended here. Looked
+/// checkpoints left it an epoch behind, or the file was changed since the run wrote it (edited,
+/// copied over); `--resume` writes the state's weights again. Said, not mended here. Looked
 /// at by one process of a data-parallel job, and not while a run holds the directory (it may
 /// be between the two writes); the checkpoint may be given by its path.
 fn behind_the_state(
@@ -2032,9 +2033,10 @@ fn behind_the_state(
         });
     differs.then(|| {
         format!(
-            "{} holds other weights than the run's {} (epoch {epochs}): a kill between the \
-             run's files left it behind, and it is read as it is (not as epoch {epochs}'s weights): \
-             `{} --resume {}` writes it again from the state (a finished run trains no more)",
+            "{} holds other weights than the run's {} (epoch {epochs}): changed since the run \
+             wrote it, or left behind by a kill between the run's files; it is read as it is \
+             (not as epoch {epochs}'s weights): `{} --resume {}` writes epoch {epochs}'s again \
+             from the state (a finished run trains no more)",
             path.display(),
             crate::rundir::STATE,
             program,

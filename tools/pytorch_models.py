@@ -1,0 +1,124 @@
+"""The zoo's tutorial networks in PyTorch, under the names our checkpoints use, so that a run's
+`best.safetensors` / `last.safetensors` loads with `load_state_dict(..., strict=True)`.
+
+torchvision builds the others itself (`resnet18`..`resnet152`, `alexnet-tv`, `vgg*`,
+`googlenet` with `aux_logits=False, init_weights=False`); `resnet18-cifar` is torchvision's
+`resnet18` with a 3x3 stem and no max-pool. The tutorial's three are here:
+
+    from pytorch_models import build
+    model = build("resnet18-seed", num_classes=10)
+    model.load_state_dict(safetensors.torch.load_file("runs/cifar/best.safetensors"), strict=True)
+
+The programs' test transforms, to feed the model the same tensors as `evaluate` and `predict`:
+`normalize:cifar10` is `Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))` after
+`ToTensor()`, MNIST's `Normalize((0.1307,), (0.3081,))`, and `imagenet-eval:SIZE` is
+`Resize(SIZE * 256 // 224)`, `CenterCrop(SIZE)`, `ToTensor()`, `Normalize((0.485, 0.456, 0.406),
+(0.229, 0.224, 0.225))`.
+
+`python tools/pytorch_models.py RUN_DIR [best|last]` loads a run's checkpoint into its network
+(the model named in the run's `config.json`) with `strict=True` and prints the parameter count.
+"""
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from torchvision.models.resnet import BasicBlock, ResNet
+
+
+class LeNet5(nn.Module):
+    """The tutorial's LeNet-5 (zoo `lenet5`): Tanh and average pooling, 1x28x28 input."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 6, 5), nn.Tanh(), nn.AvgPool2d(2, 2),
+            nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2, 2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Linear(16 * 4 * 4, 120), nn.Tanh(), nn.Linear(120, 84), nn.Tanh(),
+            nn.Linear(84, num_classes),
+        )
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class MnistCnn(nn.Module):
+    """The tutorial's MNIST CNN (zoo `cnn-mnist`): two 3x3 convolutions, dropout 0.25."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
+        self.fc1 = nn.Linear(64 * 7 * 7, 128)
+        self.fc2 = nn.Linear(128, num_classes)
+        self.dropout = nn.Dropout(0.25)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = self.dropout(torch.flatten(x, 1))
+        return self.fc2(self.dropout(F.relu(self.fc1(x))))
+
+
+class SeedResNet18(ResNet):
+    """The tutorial's ResNet-18 (zoo `resnet18-seed`): torchvision's ResNet-18, 7x7 stem and
+    max-pool, with stage widths 64-128-192-256 (4,192,202 parameters at 10 classes)."""
+
+    def __init__(self, num_classes=10):
+        super().__init__(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
+        self.inplanes = 64
+        self.layer1 = self._make_layer(BasicBlock, 64, 2)
+        self.layer2 = self._make_layer(BasicBlock, 128, 2, stride=2)
+        self.layer3 = self._make_layer(BasicBlock, 192, 2, stride=2)
+        self.layer4 = self._make_layer(BasicBlock, 256, 2, stride=2)
+        self.fc = nn.Linear(256, num_classes)
+
+
+def resnet18_cifar(num_classes=10):
+    """Zoo `resnet18-cifar`: torchvision's ResNet-18 with a 3x3 stride-1 stem, no max-pool."""
+    m = torchvision.models.resnet18(num_classes=num_classes)
+    m.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    m.maxpool = nn.Identity()
+    return m
+
+
+def build(name, num_classes=10):
+    """The PyTorch network of the zoo model `name`, untrained."""
+    tutorial = {"lenet5": LeNet5, "cnn-mnist": MnistCnn, "resnet18-seed": SeedResNet18,
+                "resnet18-cifar": resnet18_cifar}
+    if name in tutorial:
+        return tutorial[name](num_classes)
+    torchvision_names = {"alexnet-tv": "alexnet"}
+    tv = torchvision_names.get(name, name.replace("-bn", "_bn"))
+    if tv == "googlenet":
+        return torchvision.models.googlenet(num_classes=num_classes, aux_logits=False,
+                                            init_weights=False)
+    if not hasattr(torchvision.models, tv):
+        raise SystemExit(f"{name}: no PyTorch network for this zoo name here")
+    return getattr(torchvision.models, tv)(num_classes=num_classes)
+
+
+def main():
+    if len(sys.argv) not in (2, 3):
+        raise SystemExit("usage: pytorch_models.py RUN_DIR [best|last]")
+    from safetensors.torch import load_file
+
+    run = Path(sys.argv[1])
+    which = sys.argv[2] if len(sys.argv) == 3 else "best"
+    config = json.loads((run / "config.json").read_text())
+    model_name = config["model"]
+    classes = json.loads((run / "classes.json").read_text())
+    model = build(model_name, num_classes=len(classes))
+    path = run / f"{which}.safetensors"
+    print(model.load_state_dict(load_file(str(path)), strict=True))
+    params = sum(p.numel() for p in model.parameters())
+    print(f"{path}: {model_name}, {len(classes)} classes, {params:,} parameters")
+
+
+if __name__ == "__main__":
+    main()
