@@ -93,6 +93,9 @@ def build(name, num_classes=10):
                 "resnet18-cifar": resnet18_cifar}
     if name in tutorial:
         return tutorial[name](num_classes)
+    if name == "alexnet":
+        raise SystemExit("alexnet (the paper's widths 96-256-384-384-256) has no torchvision "
+                         "network; alexnet-tv is torchvision's alexnet")
     torchvision_names = {"alexnet-tv": "alexnet"}
     tv = torchvision_names.get(name, name.replace("-bn", "_bn"))
     if tv == "googlenet":

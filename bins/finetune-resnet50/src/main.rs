@@ -171,6 +171,11 @@ struct PredictArgs {
     /// f32, tf32 or bf16 (autocast) [default: the run's precision; f32 for other weights]
     #[arg(long, value_enum)]
     precision: Option<train::config::Precision>,
+    /// Also print each image's logits (the network's outputs before softmax, PyTorch's
+    /// `model(x)`): one line `logits: [...]` in label order, each value at float32's full
+    /// precision, a Python list
+    #[arg(long)]
+    logits: bool,
 }
 
 /// `--image-size`: a ResNet halves its input five times; 32 is the least that leaves a pixel.
@@ -274,6 +279,7 @@ fn predict(args: &PredictArgs) -> Result<()> {
                 model: None,
                 device: args.device.clone(),
                 precision: args.precision,
+                logits: args.logits,
             },
             train::config::DatasetKind::Folder,
         );
@@ -282,7 +288,7 @@ fn predict(args: &PredictArgs) -> Result<()> {
     let device = train::device::parse_device(&args.device)?;
     let weights = args.weights.as_deref().unwrap_or(weights::DEFAULT_WEIGHTS);
     let classifier = predict::Classifier::load(weights, args.image_size, &device)?;
-    train::inference::print_top5(&images, &[], |image| classifier.top5(image))
+    train::inference::print_top5(&images, &[], args.logits, |image| classifier.predict(image))
 }
 
 fn run(args: FineTuneArgs) -> Result<()> {

@@ -51,9 +51,10 @@ impl Classifier {
         })
     }
 
-    /// The top-5 classes of the image in `path`, with softmax probabilities, best first
-    /// (`Resize(size * 256 / 224)`, `CenterCrop(size)`, ImageNet's normalisation).
-    pub fn top5(&self, path: &Path) -> Result<Vec<(String, f32)>> {
+    /// The top-5 classes of the image in `path`, with softmax probabilities, best first, and
+    /// the network's logits (`Resize(size * 256 / 224)`, `CenterCrop(size)`, ImageNet's
+    /// normalisation).
+    pub fn predict(&self, path: &Path) -> Result<train::inference::Prediction> {
         train::inference::Predictor::new(
             &self.model,
             Transform::imagenet_eval(self.image_size),
@@ -62,7 +63,7 @@ impl Classifier {
             &self.device,
         )?
         .named(&self.weights)
-        .top5(path)
+        .predict(path)
     }
 }
 

@@ -181,6 +181,47 @@ fn evaluate_reproduces_the_logged_numbers_and_predict_a_forward_pass() {
         top5(&out, &pixels, train::config::Precision::F32),
         "{printed}"
     );
+    // --logits: the same lines, then the network's outputs before softmax as a Python list,
+    // those of the forward pass here; their softmax gives the printed percentages.
+    let with_logits = run(&[
+        "predict",
+        "--run",
+        &s(&out),
+        &s(&image),
+        "--device",
+        "cpu",
+        "--logits",
+    ]);
+    let (head, list) = with_logits
+        .trim_end()
+        .rsplit_once("\n  logits: ")
+        .unwrap_or_else(|| panic!("no logits line: {with_logits}"));
+    assert_eq!(head, printed.trim_end());
+    let got: Vec<f32> = list
+        .strip_prefix('[')
+        .and_then(|l| l.strip_suffix(']'))
+        .unwrap_or_else(|| panic!("not a list: {list}"))
+        .split(", ")
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("not a number: {v:?}")))
+        .collect();
+    let want = logits(&out, &pixels);
+    assert_eq!(got.len(), 10, "{list}");
+    for (g, w) in got.iter().zip(&want) {
+        assert!(
+            (g - w).abs() <= 1e-6 * (1.0 + w.abs()),
+            "{got:?} against {want:?}"
+        );
+    }
+    let total: f64 = got.iter().map(|v| f64::from(*v).exp()).sum();
+    let best = got.iter().cloned().fold(f32::MIN, f32::max);
+    let first = lines[0].trim_start();
+    let printed_p: f64 = first[..first.find('%').expect("a percentage")]
+        .parse()
+        .expect("p");
+    assert!(
+        (f64::from(best).exp() / total * 100.0 - printed_p).abs() < 0.006,
+        "{first} against {got:?}"
+    );
     // The same with --image (as finetune-resnet50 predict and visualize take images), and
     // with the run found from its checkpoint's folder.
     let best = out.join(train::rundir::BEST);
@@ -541,6 +582,33 @@ fn digit(dir: &Path) -> (PathBuf, Vec<u8>) {
 
 /// `predict`'s top-5 lines for the digit `pixels` under the run's best checkpoint, from a
 /// forward pass in eval mode in `precision` with the MNIST test transform.
+/// The run's `best` network's logits for the 28x28 grey `pixels`, in f32.
+fn logits(out: &Path, pixels: &[u8]) -> Vec<f32> {
+    let (net, _) = zoo::load(
+        "lenet5",
+        10,
+        Some(&out.join(train::rundir::BEST)),
+        &Device::Cpu,
+        0,
+    )
+    .expect("model");
+    let x = Tensor::from_vec(
+        pixels
+            .iter()
+            .map(|&p| (f32::from(p) / 255.0 - 0.1307) / 0.3081)
+            .collect::<Vec<f32>>(),
+        (1, 1, 28, 28),
+        &Device::Cpu,
+    )
+    .expect("input");
+    net.forward_t(&x, false)
+        .expect("forward")
+        .flatten_all()
+        .expect("flat")
+        .to_vec1::<f32>()
+        .expect("logits")
+}
+
 fn top5(out: &Path, pixels: &[u8], precision: train::config::Precision) -> Vec<String> {
     let _precision = precision.enter();
     let (net, _) = zoo::load(

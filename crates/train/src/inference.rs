@@ -1773,6 +1773,11 @@ pub struct PredictArgs {
     /// f32, tf32 or bf16 (autocast) [default: the run's --precision; f32 with --model]
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
+    /// Also print each image's logits (the network's outputs before softmax, PyTorch's
+    /// `model(x)`): one line `logits: [...]` in label order, each value at float32's full
+    /// precision, a Python list
+    #[arg(long)]
+    pub logits: bool,
 }
 
 /// The images of `predict`'s `--image` and its positional `images` in `matches`, in the order
@@ -1905,6 +1910,12 @@ impl<'a> Predictor<'a> {
     ///
     /// Errors: the file cannot be read or decoded (named), or the outputs are not finite.
     pub fn probabilities(&self, path: &Path) -> Result<Vec<f32>> {
+        Ok(self.outputs(path)?.1)
+    }
+
+    /// The network's outputs for the image in `path`: its logits (before softmax) and their
+    /// softmax probabilities, each in label order, in float32.
+    fn outputs(&self, path: &Path) -> Result<(Vec<f32>, Vec<f32>)> {
         let (_, x) = self.prepare(path)?;
         let _no_grad = layers::no_grad();
         let logits = self.model.forward_t(&x, false)?;
@@ -1912,8 +1923,12 @@ impl<'a> Predictor<'a> {
             .squeeze(0)?
             .to_dtype(candle_core::DType::F32)?
             .to_vec1::<f32>()?;
+        let logits = logits
+            .squeeze(0)?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?;
         ensure!(
-            probabilities.iter().all(|p| p.is_finite()),
+            probabilities.iter().chain(&logits).all(|p| p.is_finite()),
             "{}: the network's outputs are not finite (NaN or infinity): {} give no prediction",
             path.display(),
             match &self.weights {
@@ -1921,7 +1936,7 @@ impl<'a> Predictor<'a> {
                 None => "its weights".to_string(),
             }
         );
-        Ok(probabilities)
+        Ok((logits, probabilities))
     }
 
     /// The five most probable classes (fewer when there are fewer), best first.
@@ -1929,15 +1944,35 @@ impl<'a> Predictor<'a> {
     /// # Errors
     /// The image cannot be read or decoded, or the forward pass fails.
     pub fn top5(&self, path: &Path) -> Result<Vec<(String, f32)>> {
-        let probs = self.probabilities(path)?;
+        Ok(self.predict(path)?.top5)
+    }
+
+    /// The top 5 and the logits of the image in `path`, from one forward pass.
+    ///
+    /// # Errors
+    /// The image cannot be read or decoded, or the forward pass fails or gives values that are
+    /// not finite.
+    pub fn predict(&self, path: &Path) -> Result<Prediction> {
+        let (logits, probs) = self.outputs(path)?;
         let mut order: Vec<usize> = (0..probs.len()).collect();
         order.sort_by(|a, b| probs[*b].total_cmp(&probs[*a]));
-        Ok(order
+        let top5 = order
             .into_iter()
             .take(5)
             .map(|i| (self.classes[i].clone(), probs[i]))
-            .collect())
+            .collect();
+        Ok(Prediction { top5, logits })
     }
+}
+
+/// What `predict` says of one image ([`Predictor::predict`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// The five most probable classes (fewer when there are fewer) with their softmax
+    /// probabilities (0 to 1), best first.
+    pub top5: Vec<(String, f32)>,
+    /// The network's outputs before softmax, in label order (PyTorch's `model(x)[0]`).
+    pub logits: Vec<f32>,
 }
 
 /// What images a run's model saw before its test transform, for [`Predictor::for_run`].
@@ -2128,7 +2163,9 @@ pub fn predict(args: &PredictArgs, dataset: DatasetKind) -> Result<()> {
         Ok(None) => Vec::new(),
         Err(e) => cannot_tell(format!("{e:#}")),
     };
-    print_top5(&images, &trained_on, |image| predictor.top5(image))
+    print_top5(&images, &trained_on, args.logits, |image| {
+        predictor.predict(image)
+    })
 }
 
 /// The names of a network's `count` outputs under `weights`, for a model of data set `data`:
@@ -2204,7 +2241,13 @@ fn predict_with_model(
         &device,
     )?
     .named(weights);
-    print_top5(images, &[], |image| predictor.top5(image))
+    print_top5(images, &[], args.logits, |image| predictor.predict(image))
+}
+
+/// `values` as a Python list, each the shortest decimal that reads back as the same float32.
+fn python_list(values: &[f32]) -> String {
+    let items: Vec<String> = values.iter().map(|v| format!("{v:?}")).collect();
+    format!("[{}]", items.join(", "))
 }
 
 /// A class name as printed, one line each: its control characters (a newline or a tab in a
@@ -2218,7 +2261,9 @@ pub fn printable(name: &str) -> String {
         .collect()
 }
 
-/// Prints each image's path and its top-5 classes (`top5`), and for an image whose file's
+/// Prints each image's path and its top-5 classes (`predict`), with `logits` its logits too
+/// (`  logits: [v0, v1, ...]`, label order, each value as the shortest decimal that reads back
+/// as the same float32: a Python list), and for an image whose file's
 /// [`datasets::fingerprint`] is among `trained_on` (sorted: the training images a run's state
 /// keeps, [`crate::state::saved_trained_on`]; empty for none) a line saying the run trained
 /// on it. An image that cannot be read or classified is said on standard error, naming it, and
@@ -2229,15 +2274,19 @@ pub fn printable(name: &str) -> String {
 pub fn print_top5(
     images: &[PathBuf],
     trained_on: &[u64],
-    top5: impl Fn(&Path) -> Result<Vec<(String, f32)>>,
+    logits: bool,
+    predict: impl Fn(&Path) -> Result<Prediction>,
 ) -> Result<()> {
     let mut failed = 0;
     for image in images {
-        match top5(image) {
-            Ok(top5) => {
+        match predict(image) {
+            Ok(prediction) => {
                 crate::say!("{}", printable(&image.display().to_string()));
-                for (class, p) in top5 {
-                    crate::say!("  {:6.2}%  {}", p * 100.0, printable(&class));
+                for (class, p) in &prediction.top5 {
+                    crate::say!("  {:6.2}%  {}", p * 100.0, printable(class));
+                }
+                if logits {
+                    crate::say!("  logits: {}", python_list(&prediction.logits));
                 }
                 // A regular file read again (a pipe gave its bytes once).
                 let trained = !trained_on.is_empty()
