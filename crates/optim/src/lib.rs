@@ -93,7 +93,6 @@ pub trait Optimizer: Send {
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()>;
 }
 
-/// Moves the buffers of `state` that belong to parameter `name` into a map keyed by buffer name.
 /// `value` of the hyper-parameter `field` checked as PyTorch's optimizers check it, with its
 /// message (`"Invalid learning rate: -0.1"`) after the optimizer's name and the field's name in
 /// the config: a finite number in `[0, ∞)`, or in `[0, 1)` where `below_one` (Adam's betas).
@@ -116,6 +115,7 @@ fn check_hyper(
     Ok(())
 }
 
+/// Moves the buffers of `state` that belong to parameter `name` into a map keyed by buffer name.
 fn buffers_of(
     state: &HashMap<String, Tensor>,
     names: &[&str],
