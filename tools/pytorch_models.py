@@ -15,8 +15,15 @@ The programs' test transforms, to feed the model the same tensors as `evaluate` 
 `Resize(SIZE * 256 // 224)`, `CenterCrop(SIZE)`, `ToTensor()`, `Normalize((0.485, 0.456, 0.406),
 (0.229, 0.224, 0.225))`.
 
+To go on training a run in PyTorch, `optimizer_from_run(run_dir, model)` builds the run's
+optimizer (`torch.optim.SGD`, `Adam` or `AdamW` with the run's settings and the learning rate of
+its last epoch) over a model holding the run's `last.safetensors`, with the momentum buffers (or
+Adam's moments and step counts) of its `state.safetensors`. The learning-rate schedule is not
+carried over: make the scheduler of your choice from there.
+
 `python tools/pytorch_models.py RUN_DIR [best|last]` loads a run's checkpoint into its network
-(the model named in the run's `config.json`) with `strict=True` and prints the parameter count.
+(the model named in the run's `config.json`) with `strict=True` and prints the parameter count;
+with `last`, it also loads the run's optimizer state as `optimizer_from_run` does.
 """
 import json
 import sys
@@ -106,6 +113,58 @@ def build(name, num_classes=10):
     return getattr(torchvision.models, tv)(num_classes=num_classes)
 
 
+def _state(run):
+    """The run's `state.safetensors`: its tensors and its resume state (the header's JSON)."""
+    import struct
+    from safetensors.torch import load_file
+
+    path = Path(run) / "state.safetensors"
+    with open(path, "rb") as f:
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    resume = json.loads(header["__metadata__"]["resume_state"])
+    return load_file(str(path)), resume
+
+
+def optimizer_from_run(run, model):
+    """The run's optimizer over `model` (which should hold the run's `last.safetensors`), with
+    the buffers its `state.safetensors` saved after its last epoch, keyed by parameter name."""
+    tensors, resume = _state(run)
+    config = resume["config"]
+    kind, lr, wd = config["optimizer"], resume["lr"], config["weight_decay"]
+    params = dict(model.named_parameters())
+    if kind == "sgd":
+        optimizer = torch.optim.SGD(params.values(), lr=lr, momentum=config["momentum"],
+                                    weight_decay=wd, nesterov=config["nesterov"])
+        buffers = ("momentum_buffer",)
+    elif kind in ("adam", "adamw"):
+        betas = tuple(config["betas"])
+        cls = torch.optim.Adam if kind == "adam" else torch.optim.AdamW
+        optimizer = cls(params.values(), lr=lr, betas=betas, weight_decay=wd)
+        buffers = ("exp_avg", "exp_avg_sq", "step")
+    else:
+        raise SystemExit(f"{run}: optimizer {kind!r} is not one of sgd, adam, adamw")
+    found = 0
+    for name, param in params.items():
+        state = {}
+        for buffer in buffers:
+            key = f"optimizer.{name}.{buffer}"
+            if key in tensors:
+                value = tensors[key]
+                if buffer == "step":
+                    value = torch.tensor(float(value))
+                elif value.shape != param.shape:
+                    raise SystemExit(f"{key}: shape {tuple(value.shape)}, the parameter's "
+                                     f"{tuple(param.shape)}")
+                state[buffer] = value.to(param.dtype)
+        if state:
+            optimizer.state[param] = state
+            found += len(state)
+    known = sum(1 for k in tensors if k.startswith("optimizer."))
+    if found != known:
+        raise SystemExit(f"{run}: {known - found} optimizer buffers name no parameter of the model")
+    return optimizer
+
+
 def main():
     if len(sys.argv) not in (2, 3):
         raise SystemExit("usage: pytorch_models.py RUN_DIR [best|last]")
@@ -121,6 +180,11 @@ def main():
     print(model.load_state_dict(load_file(str(path)), strict=True))
     params = sum(p.numel() for p in model.parameters())
     print(f"{path}: {model_name}, {len(classes)} classes, {params:,} parameters")
+    if which == "last" and (run / "state.safetensors").exists():
+        optimizer = optimizer_from_run(run, model)
+        buffers = sum(len(s) for s in optimizer.state.values())
+        print(f"{type(optimizer).__name__} at lr {optimizer.param_groups[0]['lr']:g}, "
+              f"{buffers} buffers for {len(optimizer.state)} parameters")
 
 
 if __name__ == "__main__":
