@@ -19,7 +19,8 @@ To go on training a run in PyTorch, `optimizer_from_run(run_dir, model)` builds 
 optimizer (`torch.optim.SGD`, `Adam` or `AdamW` with the run's settings and the learning rate of
 its last epoch) over a model holding the run's `last.safetensors`, with the momentum buffers (or
 Adam's moments and step counts) of its `state.safetensors`. The learning-rate schedule is not
-carried over: make the scheduler of your choice from there.
+carried over (nor OneCycle's cycled momentum: the optimizer gets the configured one): make the
+scheduler of your choice from there.
 
 `python tools/pytorch_models.py RUN_DIR [best|last]` loads a run's checkpoint into its network
 (the model named in the run's `config.json`) with `strict=True` and prints the parameter count;
@@ -84,6 +85,13 @@ class SeedResNet18(ResNet):
         self.layer3 = self._make_layer(BasicBlock, 192, 2, stride=2)
         self.layer4 = self._make_layer(BasicBlock, 256, 2, stride=2)
         self.fc = nn.Linear(256, num_classes)
+        # torchvision's initialisation for the stages made again (for training from scratch).
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
 
 
 def resnet18_cifar(num_classes=10):
@@ -101,7 +109,7 @@ def build(name, num_classes=10):
     if name in tutorial:
         return tutorial[name](num_classes)
     if name == "alexnet":
-        raise SystemExit("alexnet (the paper's widths 96-256-384-384-256) has no torchvision "
+        raise ValueError("alexnet (the paper's widths 96-256-384-384-256) has no torchvision "
                          "network; alexnet-tv is torchvision's alexnet")
     torchvision_names = {"alexnet-tv": "alexnet"}
     tv = torchvision_names.get(name, name.replace("-bn", "_bn"))
@@ -109,7 +117,7 @@ def build(name, num_classes=10):
         return torchvision.models.googlenet(num_classes=num_classes, aux_logits=False,
                                             init_weights=False)
     if not hasattr(torchvision.models, tv):
-        raise SystemExit(f"{name}: no PyTorch network for this zoo name here")
+        raise ValueError(f"{name}: no PyTorch network for this zoo name here")
     return getattr(torchvision.models, tv)(num_classes=num_classes)
 
 
@@ -137,7 +145,8 @@ def optimizer_from_run(run, model):
                                     weight_decay=wd, nesterov=config["nesterov"])
         buffers = ("momentum_buffer",)
     elif kind in ("adam", "adamw"):
-        betas = tuple(config["betas"])
+        # Runs saved before --betas kept none: the programs took (momentum, 0.999) then.
+        betas = tuple(config.get("betas") or (config["momentum"], 0.999))
         cls = torch.optim.Adam if kind == "adam" else torch.optim.AdamW
         optimizer = cls(params.values(), lr=lr, betas=betas, weight_decay=wd)
         buffers = ("exp_avg", "exp_avg_sq", "step")

@@ -580,8 +580,6 @@ fn digit(dir: &Path) -> (PathBuf, Vec<u8>) {
     (image, pixels)
 }
 
-/// `predict`'s top-5 lines for the digit `pixels` under the run's best checkpoint, from a
-/// forward pass in eval mode in `precision` with the MNIST test transform.
 /// The run's `best` network's logits for the 28x28 grey `pixels`, in f32.
 fn logits(out: &Path, pixels: &[u8]) -> Vec<f32> {
     let (net, _) = zoo::load(
@@ -609,6 +607,8 @@ fn logits(out: &Path, pixels: &[u8]) -> Vec<f32> {
         .expect("logits")
 }
 
+/// `predict`'s top-5 lines for the digit `pixels` under the run's best checkpoint, from a
+/// forward pass in eval mode in `precision` with the MNIST test transform.
 fn top5(out: &Path, pixels: &[u8], precision: train::config::Precision) -> Vec<String> {
     let _precision = precision.enter();
     let (net, _) = zoo::load(

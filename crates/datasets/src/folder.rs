@@ -210,7 +210,7 @@ fn unsplit(listing: &Listing) -> Result<Picks> {
             "{}: {found}; a split \
              needs train/ and test/ (or val/) together, each with the class folders, or \
              the class folders directly inside it (a fraction of each class, 0.2 by \
-             default, is then held out for testing: finetune-resnet50's --test-fraction, the \
+             default, is then held out for testing: the programs' --test-fraction, the \
              library's FolderOptions::test_fraction)",
             listing.origin.display()
         );

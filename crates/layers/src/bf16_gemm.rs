@@ -88,7 +88,8 @@ const _: () = assert!(
 /// Pairs of `k` per block on AMX's tiles ([`amx_tiles_from`]): each accumulator tile is loaded
 /// and stored once per block, so the blocks are deeper than [`PANEL_BYTES`]' (a 64 KB panel
 /// block of 32 columns, read from L2 by the tile loads). Against 128 pairs, ResNet-50's
-/// convolutions at 224x224 (batch 16, bf16, forward and both gradients) took 5-7% less time.
+/// convolutions at 224x224 (batch 16, bf16, forward and both gradients) took about 5% less
+/// time.
 const AMX_PAIRS: usize = 512;
 const _: () = assert!(AMX_PAIRS.is_multiple_of(16) && AMX_PAIRS >= PANEL_BYTES / (4 * 16));
 
@@ -554,7 +555,7 @@ fn pack_rhs(
 
 /// Panels [`pack_rhs`] packs side by side from contiguous rows, and that a product on
 /// AVX512-BF16 packs and multiplies at a time from a float32 operand (up to 512 KB packed, kept
-/// in L2; on AMX's tiles, [`amx_tiles_from`] packs a block of the whole operand). A 1x1
+/// in L2; on AMX's tiles, [`amx_tiles_from`] packs a group of [`AMX_GROUP_BYTES`] at a time). A 1x1
 /// convolution 256 -> 64 on 56x56 images (forward, bf16, batch 16) took 4.3 ms packed a
 /// panel at a time, 3.4 with 32 panels.
 const ROW_PANELS: usize = 32;
@@ -1772,6 +1773,8 @@ mod tests {
             // a shallow operand in two groups.
             (40, 301, 4 * AMX_PAIRS + 6),
             (33, 4200, 9),
+            // Two K blocks on panels of 16 columns.
+            (40, 16, 2 * AMX_PAIRS + 2),
         ] {
             for (transposed_a, transposed_b) in
                 [(false, false), (true, false), (false, true), (true, true)]

@@ -93,11 +93,11 @@ pub trait Optimizer: Send {
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()>;
 }
 
-/// `value` of the hyper-parameter `field` checked as PyTorch's optimizers check it, with its
-/// message (`"Invalid learning rate: -0.1"`) after the optimizer's name and the field's name in
-/// the config: a finite number in `[0, ∞)`, or in `[0, 1)` where `below_one` (Adam's betas).
-/// NaN and infinities are refused too (PyTorch lets an infinite rate through; its first step
-/// would make every parameter non-finite).
+/// `value` of the hyper-parameter `field` checked as PyTorch's optimizers check it, in
+/// PyTorch's wording (`"Invalid learning rate: -0.1"`) after the optimizer's name, with the
+/// field's name in the config: a finite number in `[0, ∞)`, or in `[0, 1)` where `below_one`
+/// (Adam's betas). NaN and infinities are refused too, deliberately, where PyTorch lets some
+/// through (an infinite rate or decay, SGD's NaN ones): none of them trains.
 fn check_hyper(
     optimizer: &str,
     (field, pytorch): (&str, &str),

@@ -220,7 +220,7 @@ fn saved_state_resumes_the_same_trajectory() -> Result<()> {
 }
 
 #[test]
-fn invalid_hyper_parameters_are_named_as_pytorch_names_them() {
+fn invalid_hyper_parameters_are_named_in_pytorchs_wording() {
     let message = |r: Result<()>| r.err().map(|e| e.to_string()).unwrap_or_default();
     let sgd = |c: SgdConfig| message(Sgd::new(vec![], c).map(|_| ()));
     let adam = |c: AdamConfig| message(Adam::new(vec![], c).map(|_| ()));

@@ -1928,7 +1928,7 @@ impl<'a> Predictor<'a> {
             .to_dtype(candle_core::DType::F32)?
             .to_vec1::<f32>()?;
         ensure!(
-            probabilities.iter().chain(&logits).all(|p| p.is_finite()),
+            probabilities.iter().all(|p| p.is_finite()),
             "{}: the network's outputs are not finite (NaN or infinity): {} give no prediction",
             path.display(),
             match &self.weights {
@@ -2244,9 +2244,16 @@ fn predict_with_model(
     print_top5(images, &[], args.logits, |image| predictor.predict(image))
 }
 
-/// `values` as a Python list, each the shortest decimal that reads back as the same float32.
+/// `values` as a Python list, each the shortest decimal that reads back as the same float32
+/// (an infinite logit, whose softmax is still finite, as `float('-inf')`).
 fn python_list(values: &[f32]) -> String {
-    let items: Vec<String> = values.iter().map(|v| format!("{v:?}")).collect();
+    let items: Vec<String> = values
+        .iter()
+        .map(|v| match v.is_finite() {
+            true => format!("{v:?}"),
+            false => format!("float('{}')", format!("{v}").to_lowercase()),
+        })
+        .collect();
     format!("[{}]", items.join(", "))
 }
 
@@ -2333,6 +2340,15 @@ mod tests {
     /// `evaluate`'s outputs folder is tried before the test pass: a folder that takes no file
     /// (`/proc`, even for root) is named with its flag, `--run`'s with `--out` as the way out;
     /// a writable one passes and is left as it was.
+    /// `--logits`' list reads in Python: shortest round-trip decimals, non-finite values as
+    /// `float(...)`.
+    #[test]
+    fn logits_print_as_a_python_list() {
+        let list = python_list(&[1.0, -0.5, 1e-8, 0.1, f32::NEG_INFINITY, f32::NAN]);
+        assert_eq!(list, "[1.0, -0.5, 1e-8, 0.1, float('-inf'), float('nan')]");
+        assert_eq!(python_list(&[]), "[]");
+    }
+
     /// A class name prints on one line: control characters escaped, other scripts kept.
     #[test]
     fn class_names_print_on_one_line() {
