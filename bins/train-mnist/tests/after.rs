@@ -580,8 +580,9 @@ fn digit(dir: &Path) -> (PathBuf, Vec<u8>) {
     (image, pixels)
 }
 
-/// The run's `best` network's logits for the 28x28 grey `pixels`, in f32.
-fn logits(out: &Path, pixels: &[u8]) -> Vec<f32> {
+/// The run's `best` network's output for the 28x28 grey `pixels` (1, 10): a forward pass in
+/// eval mode, in the precision entered, with the MNIST test transform.
+fn forward(out: &Path, pixels: &[u8]) -> Tensor {
     let (net, _) = zoo::load(
         "lenet5",
         10,
@@ -599,36 +600,20 @@ fn logits(out: &Path, pixels: &[u8]) -> Vec<f32> {
         &Device::Cpu,
     )
     .expect("input");
-    net.forward_t(&x, false)
-        .expect("forward")
-        .flatten_all()
-        .expect("flat")
-        .to_vec1::<f32>()
-        .expect("logits")
+    net.forward_t(&x, false).expect("forward")
+}
+
+/// The run's `best` network's logits for the digit `pixels`, in f32.
+fn logits(out: &Path, pixels: &[u8]) -> Vec<f32> {
+    let y = forward(out, pixels).flatten_all().expect("flat");
+    y.to_vec1::<f32>().expect("logits")
 }
 
 /// `predict`'s top-5 lines for the digit `pixels` under the run's best checkpoint, from a
-/// forward pass in eval mode in `precision` with the MNIST test transform.
+/// forward pass in `precision` ([`forward`]).
 fn top5(out: &Path, pixels: &[u8], precision: train::config::Precision) -> Vec<String> {
     let _precision = precision.enter();
-    let (net, _) = zoo::load(
-        "lenet5",
-        10,
-        Some(&out.join(train::rundir::BEST)),
-        &Device::Cpu,
-        0,
-    )
-    .expect("model");
-    let x = Tensor::from_vec(
-        pixels
-            .iter()
-            .map(|&p| (f32::from(p) / 255.0 - 0.1307) / 0.3081)
-            .collect::<Vec<f32>>(),
-        (1, 1, 28, 28),
-        &Device::Cpu,
-    )
-    .expect("input");
-    let probs = candle_nn::ops::softmax(&net.forward_t(&x, false).expect("forward"), D::Minus1)
+    let probs = candle_nn::ops::softmax(&forward(out, pixels), D::Minus1)
         .expect("softmax")
         .flatten_all()
         .expect("flat")

@@ -555,8 +555,8 @@ fn pack_rhs(
 
 /// Panels [`pack_rhs`] packs side by side from contiguous rows, and that a product on
 /// AVX512-BF16 packs and multiplies at a time from a float32 operand (up to 512 KB packed, kept
-/// in L2; on AMX's tiles, [`amx_tiles_from`] packs a group of [`AMX_GROUP_BYTES`] at a time). A 1x1
-/// convolution 256 -> 64 on 56x56 images (forward, bf16, batch 16) took 4.3 ms packed a
+/// in L2; on AMX's tiles, [`amx_tiles_from`] packs a group of [`AMX_GROUP_BYTES`] at a time).
+/// A 1x1 convolution 256 -> 64 on 56x56 images (forward, bf16, batch 16) took 4.3 ms packed a
 /// panel at a time, 3.4 with 32 panels.
 const ROW_PANELS: usize = 32;
 
