@@ -195,18 +195,16 @@ fn main() -> Result<()> {
             <Cli as clap::CommandFactory>::command(),
             &["train_transform", "test_transform"],
         )
-        .mut_arg("train_transform", |a| {
+        .mut_args(|a| {
+            let default = match a.get_id().as_str() {
+                "train_transform" => {
+                    "imagenet-eval:SIZE, or imagenet-train:SIZE with --augment; SIZE is --image-size"
+                }
+                "test_transform" => "imagenet-eval:SIZE, SIZE is --image-size",
+                _ => return a,
+            };
             let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
-            a.help(format!(
-                "{help} [default: imagenet-eval:SIZE, or imagenet-train:SIZE with --augment; \
-                 SIZE is --image-size]"
-            ))
-        })
-        .mut_arg("test_transform", |a| {
-            let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
-            a.help(format!(
-                "{help} [default: imagenet-eval:SIZE, SIZE is --image-size]"
-            ))
+            a.help(format!("{help} [default: {default}]"))
         })
         // `--limit-test -5` is a value to refuse, not an unknown flag, there too.
         .mut_subcommand("evaluate", |c| c.allow_negative_numbers(true))
