@@ -553,6 +553,19 @@ fn pack_rhs(
     }
 }
 
+/// [`pack_rhs`] into a new vector, for tests of the producers that must give its bits.
+#[cfg(test)]
+pub(crate) fn pack_rhs_for_tests(
+    (k, n): (usize, usize),
+    b: View,
+    (p0, kc, depth): (usize, usize, usize),
+    nr: usize,
+) -> Vec<u32> {
+    let mut out = Vec::new();
+    pack_rhs((k, n), b, (p0, kc, depth), nr, &mut out);
+    out
+}
+
 /// Panels [`pack_rhs`] packs side by side from contiguous rows, and that a product on
 /// AVX512-BF16 packs and multiplies at a time from a float32 operand (up to 512 KB packed, kept
 /// in L2; on AMX's tiles, [`amx_tiles_from`] packs a group of [`AMX_GROUP_BYTES`] at a time).
@@ -882,11 +895,31 @@ unsafe fn tile<const NV: usize>(
     }
 }
 
-/// The right operand of a product: float32 to pack as it goes, or packed already.
+/// The right operand of a product: float32 to pack as it goes, packed already, or packed
+/// block by block by its producer.
 #[derive(Clone, Copy)]
 enum Rhs<'a> {
     View(View<'a>),
     Packed(&'a [u32], RhsLayout),
+    Produced(&'a dyn PackRhs),
+}
+
+/// A right operand (K x N) that writes its own packed blocks as a product asks for them, where
+/// making the values costs no more than reading them (a convolution's columns, gathered from
+/// the image straight into bf16 pairs instead of written as float32 and packed after).
+pub(crate) trait PackRhs: Sync {
+    /// With `pairs` = `(p0, kc, depth)` and `columns` = `(g0, gn)`: writes pairs `p0 .. p0 + kc` (rows `2·p0 .. 2·(p0 + kc)`, the odd row past K zero) of
+    /// columns `g0 .. g0 + gn` into `out`, as [`pack_rhs`] lays them out: panels of `nr`
+    /// columns, each `depth >= kc` pairs deep, `out[(panel·depth + p)·nr + j]` the pair of
+    /// column `g0 + panel·nr + j`; zero for `p >= kc` and past column `g0 + gn`. Every value
+    /// must have the bits [`pack_rhs`] would give the float32 operand.
+    fn pack(
+        &self,
+        pairs: (usize, usize, usize),
+        columns: (usize, usize),
+        nr: usize,
+        out: &mut Vec<u32>,
+    );
 }
 
 /// `dst` (M x N) := `dst` (if `accumulate`) + `lhs` · `rhs` (K x N), in bf16 products with
@@ -972,6 +1005,21 @@ pub(crate) fn gemm_packed(
     let rhs = Rhs::Packed(rhs, layout);
     let dst = (as_uninit(dst.0), dst.1, dst.2);
     product(dims, dst, lhs, rhs, accumulate, threads, scratch)
+}
+
+/// [`gemm_uninit`] of a right operand that packs its own blocks ([`PackRhs`]): the same bits
+/// as [`gemm_uninit`] of the float32 operand it stands for.
+///
+/// Panics as [`gemm`] does.
+pub(crate) fn gemm_uninit_produced(
+    dims: (usize, usize, usize),
+    dst: (&mut [MaybeUninit<f32>], usize, usize),
+    lhs: &PackedLhs,
+    rhs: &dyn PackRhs,
+    threads: usize,
+    scratch: &mut Scratch,
+) {
+    product(dims, dst, lhs, Rhs::Produced(rhs), false, threads, scratch)
 }
 
 /// The product into `dst`, which may be uninitialised unless `accumulate`: a value is read
@@ -1098,7 +1146,7 @@ fn gemm_tiles_from(
         // A float32 operand is packed [`ROW_PANELS`] panels at a time, each group multiplied
         // while it is still in the L2 cache.
         let (group, groups) = match rhs {
-            Rhs::View(_) => (ROW_PANELS * nr, n.div_ceil(ROW_PANELS * nr)),
+            Rhs::View(_) | Rhs::Produced(_) => (ROW_PANELS * nr, n.div_ceil(ROW_PANELS * nr)),
             Rhs::Packed(..) => (n, 1),
         };
         for g in 0..groups {
@@ -1108,6 +1156,11 @@ fn gemm_tiles_from(
                     let gn = group.min(n - g0);
                     let view = (&b[g0 * cs..], rs, cs);
                     pack_rhs((k, gn), view, (p0, kc, kc), nr, &mut scratch.rhs);
+                    &scratch.rhs[..]
+                }
+                Rhs::Produced(producer) => {
+                    let gn = group.min(n - g0);
+                    producer.pack((p0, kc, kc), (g0, gn), nr, &mut scratch.rhs);
                     &scratch.rhs[..]
                 }
                 // One block of every pair (the layout's promise, checked by `gemm_packed`).
@@ -1218,6 +1271,10 @@ fn amx_tiles_from(
                 Rhs::View((b, rs, cs)) => {
                     let view = (&b[g0 * cs..], rs, cs);
                     pack_rhs((k, gn), view, (p0, kc, depth), nr, &mut scratch.rhs);
+                    &scratch.rhs[..]
+                }
+                Rhs::Produced(producer) => {
+                    producer.pack((p0, kc, depth), (g0, gn), nr, &mut scratch.rhs);
                     &scratch.rhs[..]
                 }
                 // One block of every pair (the layout's promise, checked by `gemm_packed`).

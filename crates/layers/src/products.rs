@@ -108,6 +108,22 @@ pub(crate) fn bf16_product_packed(
     })
 }
 
+/// [`bf16_gemm::gemm_uninit_produced`] (`dst :=` the product), counted as GEMM time (the
+/// producer's gathers with it, as the products' own packing is).
+pub(crate) fn bf16_product_produced(
+    (m, n, k): (usize, usize, usize),
+    dst: (&mut [MaybeUninit<f32>], usize, usize),
+    lhs: &PackedLhs,
+    rhs: &dyn bf16_gemm::PackRhs,
+    threads: usize,
+    scratch: &mut bf16_gemm::Scratch,
+) {
+    crate::profile::gemm_flops(2 * m * n * k);
+    time(Part::Gemm, || {
+        bf16_gemm::gemm_uninit_produced((m, n, k), dst, lhs, rhs, threads, scratch)
+    })
+}
+
 /// The left operand of a product used many times: float32 as given, or packed once to bf16.
 pub(crate) enum Lhs<'a> {
     F32(View<'a>),

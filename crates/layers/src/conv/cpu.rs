@@ -178,6 +178,43 @@ fn zeroed(out: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast(), out.len()) }
 }
 
+/// A product's destination: (values, row stride, column stride).
+type Dst<'a> = (&'a mut [MaybeUninit<f32>], usize, usize);
+
+/// `dst := lhs` (O x C·KH·KW) times the columns of output rows `rows` of `img`, gathered into
+/// bf16 pairs block by block as the product asks for them ([`super::im2col_packed`]); or
+/// `dst` back where this CPU or stride has no such gathers. The same bits as the product of
+/// the float32 columns.
+fn packed_columns_product<'a>(
+    geo: &Geometry,
+    img: &[f32],
+    rows: Range<usize>,
+    (cout, lhs): (usize, &PackedLhs),
+    dst: Dst<'a>,
+    threads: usize,
+    work: &mut Work,
+) -> std::result::Result<(), Dst<'a>> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(columns) = super::im2col_packed::Im2colPacked::new(geo, img, rows.clone()) {
+        let dims = (cout, rows.len() * geo.ow, geo.row_len());
+        crate::products::bf16_product_produced(dims, dst, lhs, &columns, threads, &mut work.packed);
+        return Ok(());
+    }
+    let _ = (geo, img, rows, cout, lhs, threads, work);
+    Err(dst)
+}
+
+/// Whether [`packed_columns_product`] gathers the columns of `geo` on this CPU.
+fn packs_columns(geo: &Geometry) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return super::im2col_packed::Im2colPacked::applies(geo);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = geo;
+        false
+    }
+}
+
 /// Bytes of columns made at a time: a block of output rows whose columns stay in a core's L2
 /// cache between `im2col` and the GEMM that reads them.
 const BLOCK_BYTES: usize = 384 << 10;
@@ -284,26 +321,42 @@ impl ConvCpu {
         let (side_by_side, threads) = split(n);
         let lhs = Lhs::new(self.bf16, (cout, k), (w, k, 1));
         let pointwise = geo.is_pointwise();
+        // No float32 columns where the bf16 products gather them packed.
+        let gathered = matches!(lhs, Lhs::Bf16(_)) && !pointwise && packs_columns(geo);
         let one = |(i, o): (usize, &mut [MaybeUninit<f32>]), work: &mut Work| {
             let img = &x[i * img_len..(i + 1) * img_len];
             for rows in row_blocks(geo, k) {
                 let (p0, len) = (rows.start * geo.ow, rows.len() * geo.ow);
-                // A 1x1 convolution with stride 1 and no padding reads the image as it is:
-                // its (C, H·W) rows are the columns `im2col` would copy.
-                let rhs: View = if pointwise {
-                    (&img[p0..], ohw, 1)
-                } else {
-                    let cols = &mut work.cols[..k * len];
-                    time(Part::Im2col, || geo.im2col_t_rows(img, rows, cols));
-                    (cols, len, 1)
+                let dst = (&mut o[p0..], ohw, 1);
+                // bf16 products: the columns gathered into bf16 pairs as the products ask for
+                // them, where this CPU can.
+                let packed = match &lhs {
+                    Lhs::Bf16(lhs) if gathered => packed_columns_product(
+                        geo,
+                        img,
+                        rows.clone(),
+                        (cout, lhs),
+                        dst,
+                        threads,
+                        work,
+                    ),
+                    _ => Err(dst),
                 };
-                lhs.product_uninit(
-                    (cout, len, k),
-                    (&mut o[p0..], ohw, 1),
-                    rhs,
-                    threads,
-                    &mut work.packed,
-                );
+                if let Err(dst) = packed {
+                    // A 1x1 convolution with stride 1 and no padding reads the image as it is:
+                    // its (C, H·W) rows are the columns `im2col` would copy.
+                    let rhs: View = if pointwise {
+                        (&img[p0..], ohw, 1)
+                    } else {
+                        if work.cols.len() < k * len {
+                            work.cols.resize(k * len, 0.0);
+                        }
+                        let cols = &mut work.cols[..k * len];
+                        time(Part::Im2col, || geo.im2col_t_rows(img, rows, cols));
+                        (cols, len, 1)
+                    };
+                    lhs.product_uninit((cout, len, k), dst, rhs, threads, &mut work.packed);
+                }
                 if let Some((e, r)) = eval {
                     for c in 0..cout {
                         let at = c * ohw + p0;
@@ -318,7 +371,11 @@ impl ConvCpu {
                 }
             }
         };
-        let cols = if pointwise { 0 } else { k * block_len(geo, k) };
+        let cols = if pointwise || gathered {
+            0
+        } else {
+            k * block_len(geo, k)
+        };
         // SAFETY: the row blocks cover the output rows `0..oh`, and each block's product writes
         // all `cout` rows of its `len` positions: every value of an image's (cout, oh·ow).
         Ok(unsafe { each_image(n, cout * ohw, cols, side_by_side, one) })

@@ -26,6 +26,8 @@ pub(crate) mod direct;
 mod geometry;
 mod grads;
 mod im2col;
+#[cfg(target_arch = "x86_64")]
+mod im2col_packed;
 #[cfg(feature = "onednn")]
 pub mod onednn;
 #[cfg(test)]

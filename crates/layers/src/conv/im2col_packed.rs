@@ -1,0 +1,396 @@
+//! A convolution's columns (`im2col`) gathered from the image straight into the bf16 pairs
+//! that the products take, block by block as a product asks for them
+//! ([`crate::bf16_gemm::PackRhs`]), instead of written out as float32 columns and packed after.
+//!
+//! The image-by-image forward of a convolution that is neither Winograd's nor pointwise (a
+//! strided 3x3, a 1x1 with stride 2, a 7x7 stem) multiplies the kernel (O x C·KH·KW) by the
+//! columns of a block of output rows. With float32 columns, [`Geometry::im2col_t_rows_strided`]
+//! wrote them (`C·KH·KW` rows of the block's positions, a few hundred KB in L2) and the product
+//! read them back to round and pair them. Here each pair of rows is gathered with masked vector
+//! loads (and, for stride 2, one permute to the even values), rounded by `vcvtneps2bf16` as the
+//! products' own packing rounds, and stored in its panel: the same bits, one pass fewer.
+
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+use super::geometry::Geometry;
+use crate::avx512::{index, EVEN};
+use crate::bf16_gemm::{self, PackRhs};
+
+/// The columns of output rows `rows` of one image `img` (C, H, W): `C·KH·KW` rows, row
+/// `(ch·KH + ki)·KW + kj` the tap `(ki, kj)` of channel `ch`, by `rows.len()·OW` positions,
+/// as [`Geometry::im2col_t_rows`] writes them.
+pub(super) struct Im2colPacked<'a> {
+    geo: &'a Geometry,
+    img: &'a [f32],
+    rows: Range<usize>,
+}
+
+/// A run of at most 16 positions inside one output row: its first column in the block, its
+/// length, the output row and column of its first position.
+#[derive(Clone, Copy)]
+struct Chunk {
+    col: usize,
+    len: usize,
+    oy: usize,
+    ox: usize,
+}
+
+/// Where one tap's values for a [`Chunk`] lie in a channel's plane (`None`: a padding row, all
+/// zero), and the masks of the one or two 16-lane loads from there (lanes outside the image
+/// read as zero).
+#[derive(Clone, Copy)]
+struct Load {
+    at: Option<isize>,
+    masks: [u16; 2],
+}
+
+/// Off: [`Im2colPacked::applies`] says no, and the convolutions pack float32 columns (for
+/// every thread; the same bits either way, so tests running meanwhile are unaffected).
+#[cfg(test)]
+pub(super) static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+impl<'a> Im2colPacked<'a> {
+    /// Whether [`Self::new`] gathers the columns of `geo`: this CPU has AVX-512F and
+    /// AVX512-BF16 and the stride is 1 or 2.
+    /// (In tests, not while [`ENABLED`] is off.)
+    pub(super) fn applies(geo: &Geometry) -> bool {
+        #[cfg(test)]
+        if !ENABLED.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
+        }
+        Self::can(geo)
+    }
+
+    fn can(geo: &Geometry) -> bool {
+        geo.stride <= 2 && crate::avx512::available() && bf16_gemm::available()
+    }
+
+    /// The packed columns of `rows` of `img`, where this CPU can gather them (`None`
+    /// otherwise, or where the rows or the image do not fit the geometry).
+    pub(super) fn new(geo: &'a Geometry, img: &'a [f32], rows: Range<usize>) -> Option<Self> {
+        let fits = rows.end <= geo.oh && img.len() >= geo.c * geo.h * geo.w;
+        (fits && Self::can(geo)).then_some(Self { geo, img, rows })
+    }
+
+    /// The runs of positions `g0 .. g0 + gn` of the block, each inside one output row.
+    fn chunks(&self, (g0, gn): (usize, usize)) -> Vec<Chunk> {
+        let ow = self.geo.ow;
+        let mut out = Vec::with_capacity(gn / 16 + gn / ow.max(1) + 2);
+        let mut j = g0;
+        while j < g0 + gn {
+            let (oy, ox) = (self.rows.start + j / ow, j % ow);
+            let len = (ow - ox).min(16).min(g0 + gn - j);
+            out.push(Chunk {
+                col: j - g0,
+                len,
+                oy,
+                ox,
+            });
+            j += len;
+        }
+        out
+    }
+
+    /// Each tap's [`Load`] for each chunk, tap by tap (`[tap · chunks + chunk]`): the same for
+    /// every channel.
+    fn loads(&self, chunks: &[Chunk]) -> Vec<Load> {
+        let g = self.geo;
+        let (s, p, w) = (g.stride as isize, g.padding as isize, g.w);
+        let mut out = Vec::with_capacity(g.kh * g.kw * chunks.len());
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                for c in chunks {
+                    let y = (c.oy * g.stride + ki) as isize - p;
+                    let x = c.ox as isize * s + kj as isize - p;
+                    // Values from `x` on that the run reads: every `s`-th of the next.
+                    let need = s * (c.len as isize - 1) + 1;
+                    out.push(match y >= 0 && y < g.h as isize {
+                        true => Load {
+                            at: Some(y * w as isize + x),
+                            masks: [load_mask(w, x, need), load_mask(w, x + 16, need - 16)],
+                        },
+                        false => Load {
+                            at: None,
+                            masks: [0, 0],
+                        },
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The lanes of a 16-lane load from column `x` of a row of `w` values that lie inside the row
+/// and before column `x + count` (the others read as zero).
+fn load_mask(w: usize, x: isize, count: isize) -> u16 {
+    let lo = (-x).clamp(0, 16);
+    let hi = (w as isize - x).min(count).clamp(lo, 16);
+    if lo >= hi {
+        return 0;
+    }
+    (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16
+}
+
+impl PackRhs for Im2colPacked<'_> {
+    fn pack(
+        &self,
+        (p0, kc, depth): (usize, usize, usize),
+        (g0, gn): (usize, usize),
+        nr: usize,
+        out: &mut Vec<u32>,
+    ) {
+        let g = self.geo;
+        let k = g.c * g.kh * g.kw;
+        assert!(
+            2 * (p0 + kc) <= k + 1
+                && kc <= depth
+                && g0 + gn <= self.rows.len() * g.ow
+                && nr.is_multiple_of(16),
+            "im2col: pairs {p0}+{kc} (depth {depth}) or columns {g0}+{gn} outside {k} rows of {} positions",
+            self.rows.len() * g.ow
+        );
+        let panels = gn.div_ceil(nr);
+        // Not zero-filled first: the pairs below `kc` of the columns below `gn` are all
+        // written by the gathers, the rest here.
+        out.resize(panels * depth * nr, 0);
+        let tail = gn - (panels.max(1) - 1) * nr;
+        for (panel, block) in out.chunks_exact_mut(depth * nr).enumerate() {
+            block[kc * nr..].fill(0);
+            if panel + 1 == panels && tail < nr {
+                block[..kc * nr]
+                    .chunks_exact_mut(nr)
+                    .for_each(|p| p[tail..].fill(0));
+            }
+        }
+        let chunks = self.chunks((g0, gn));
+        let loads = self.loads(&chunks);
+        // SAFETY: the CPU has AVX-512F and AVX512-BF16 (`new`); the loads' masks keep every
+        // lane read inside its row of the image (`loads`, `load_mask`), the image holds all C
+        // planes (`new`), and the stores land in `out` (pairs below `kc <= depth`, columns
+        // below `gn`, asserted above).
+        unsafe { self.gather(p0, kc, (depth, nr), &chunks, &loads, out) };
+    }
+}
+
+impl Im2colPacked<'_> {
+    /// The pairs `p0 .. p0 + kc` of every chunk into `out` (panels of `nr` columns, `depth`
+    /// pairs deep).
+    ///
+    /// # Safety
+    /// As in [`PackRhs::pack`] above: AVX-512F and AVX512-BF16, `loads` made by
+    /// [`Self::loads`] for `chunks`, `out` long enough for the chunks' columns.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn gather(
+        &self,
+        p0: usize,
+        kc: usize,
+        (depth, nr): (usize, usize),
+        chunks: &[Chunk],
+        loads: &[Load],
+        out: &mut [u32],
+    ) {
+        // Where each chunk's lanes go in pair 0 (pair `p` lies `p·nr` further on): the lanes
+        // in its panel, and those past the panel's end at the start of the next.
+        let stores: Vec<[(isize, u16); 2]> = chunks
+            .iter()
+            .map(|c| {
+                let (panel, off) = (c.col / nr, c.col % nr);
+                let first = (nr - off).min(c.len);
+                let low = (
+                    (panel * depth * nr + off) as isize,
+                    crate::avx512::first(first),
+                );
+                let high = match first < c.len {
+                    true => (
+                        ((panel + 1) * depth * nr) as isize - first as isize,
+                        crate::avx512::first(c.len) & !crate::avx512::first(first),
+                    ),
+                    false => (0, 0),
+                };
+                [low, high]
+            })
+            .collect();
+        match self.geo.stride {
+            2 => self.gather_with::<true>(p0, kc, nr, loads, &stores, out),
+            _ => self.gather_with::<false>(p0, kc, nr, loads, &stores, out),
+        }
+    }
+
+    /// [`Self::gather`] for stride 2 (`TWO`) or 1, the chunks' stores planned.
+    ///
+    /// # Safety
+    /// As [`Self::gather`], `stores` inside `out` for every pair below `kc`.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn gather_with<const TWO: bool>(
+        &self,
+        p0: usize,
+        kc: usize,
+        nr: usize,
+        loads: &[Load],
+        stores: &[[(isize, u16); 2]],
+        out: &mut [u32],
+    ) {
+        let g = self.geo;
+        let (taps, plane, k) = (g.kh * g.kw, g.h * g.w, g.c * g.kh * g.kw);
+        let chunks = stores.len();
+        let even = index(&EVEN);
+        // Row `r`'s loads and where its channel's plane starts (`None` past the last row).
+        let row = |r: usize| {
+            (r < k).then(|| {
+                let (ch, tap) = (r / taps, r % taps);
+                let loads = &loads[tap * chunks..(tap + 1) * chunks];
+                (loads, self.img.as_ptr().wrapping_add(ch * plane))
+            })
+        };
+        // Chunk `c`'s values of a row.
+        let values = |row: Option<(&[Load], *const f32)>, c: usize| -> __m512 {
+            let Some((loads, plane)) = row else {
+                return _mm512_setzero_ps();
+            };
+            let load = loads[c];
+            let Some(at) = load.at else {
+                return _mm512_setzero_ps();
+            };
+            let src = plane.wrapping_offset(at);
+            let a = _mm512_maskz_loadu_ps(load.masks[0], src);
+            match TWO {
+                false => a,
+                true => {
+                    let b = _mm512_maskz_loadu_ps(load.masks[1], src.wrapping_add(16));
+                    _mm512_permutex2var_ps(a, even, b)
+                }
+            }
+        };
+        let dst = out.as_mut_ptr();
+        for p in 0..kc {
+            let r = 2 * (p0 + p);
+            let (even_row, odd_row) = (row(r), row(r + 1));
+            for (c, parts) in stores.iter().enumerate() {
+                let lo = _mm512_cvtneps_pbh(values(even_row, c));
+                let hi = _mm512_cvtneps_pbh(values(odd_row, c));
+                let lo = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(lo));
+                let hi = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(hi));
+                let pairs = _mm512_or_si512(lo, _mm512_slli_epi32::<16>(hi));
+                for &(at, mask) in parts {
+                    if mask != 0 {
+                        let to = dst.wrapping_offset(at + (p * nr) as isize);
+                        _mm512_mask_storeu_epi32(to.cast(), mask, pairs);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Packs every block of a few geometries both ways, the float32 columns through the
+    /// products' own packing and the gathers here, and compares the bits: strides 1 and 2,
+    /// paddings 0 to 3, kernels 1, 3, 5 and 7, odd sizes and channel counts (an odd last
+    /// row), runs that straddle two panels, blocks of rows that start inside the image,
+    /// groups of columns that start inside a row, pairs in several blocks, depths past `kc`.
+    #[test]
+    fn gives_the_bits_of_the_float32_columns_packed() -> candle_core::Result<()> {
+        if !(crate::avx512::available() && bf16_gemm::available()) {
+            eprintln!("skipped: this CPU lacks AVX512-BF16");
+            return Ok(());
+        }
+        // (channels, height, width, kernel, stride, padding)
+        for (c, h, w, kk, s, p) in [
+            (3, 11, 13, 3, 2, 1),
+            (5, 9, 9, 3, 1, 1),
+            (4, 20, 23, 1, 2, 0),
+            (3, 30, 31, 7, 2, 3),
+            (2, 12, 10, 5, 1, 2),
+            (6, 7, 7, 3, 2, 1),
+            (8, 40, 40, 3, 2, 1),
+            (1, 5, 5, 3, 2, 0),
+        ] {
+            let geo = Geometry::new(c, h, w, kk, kk, s, p)?;
+            let img: Vec<f32> = crate::test_values::values(c * h * w, (c + w) as u32);
+            let k = geo.row_len();
+            for rows in [
+                0..geo.oh,
+                geo.oh / 3..geo.oh,
+                1.min(geo.oh - 1)..geo.oh.div_ceil(2),
+            ] {
+                let len = rows.len() * geo.ow;
+                if len == 0 {
+                    continue;
+                }
+                let mut cols = vec![0f32; k * len];
+                geo.im2col_t_rows(&img, rows.clone(), &mut cols);
+                let packed = Im2colPacked::new(&geo, &img, rows.clone()).expect("packs");
+                let kp = k.div_ceil(2);
+                for nr in [16, 32] {
+                    for (p0, kc, depth) in [
+                        (0, kp, kp),
+                        (0, kp, kp.next_multiple_of(16)),
+                        (kp / 2, kp - kp / 2, kp),
+                    ] {
+                        for (g0, gn) in [(0, len), (len / 3, len - len / 3), (5.min(len - 1), 1)] {
+                            let mut ours = vec![7u32; 3];
+                            packed.pack((p0, kc, depth), (g0, gn), nr, &mut ours);
+                            let view = (&cols[g0..], len, 1);
+                            let theirs =
+                                bf16_gemm::pack_rhs_for_tests((k, gn), view, (p0, kc, depth), nr);
+                            assert!(
+                                ours == theirs,
+                                "{c}x{h}x{w} k{kk} s{s} p{p}, rows {rows:?}, nr {nr}, pairs {p0}+{kc} of {depth}, columns {g0}+{gn}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The image-by-image convolution under bf16 gives the same bits with the columns gathered
+    /// packed as with float32 columns packed by the products: strided 3x3 and 1x1, a 7x7
+    /// stem, a stride-1 5x5 (Winograd's does not take it), batches smaller and larger than
+    /// the thread pool (threaded products, each thread gathering its own blocks).
+    #[test]
+    fn the_convolution_gives_the_same_bits() -> candle_core::Result<()> {
+        use candle_core::{Device, Tensor};
+        if !(crate::avx512::available() && bf16_gemm::available()) {
+            eprintln!("skipped: this CPU lacks AVX512-BF16");
+            return Ok(());
+        }
+        // (batch, in, out, size, kernel, stride, padding)
+        for (n, c, o, hw, kk, s, p) in [
+            (3, 16, 32, 17, 3, 2, 1),
+            (1, 24, 40, 12, 1, 2, 0),
+            (2, 3, 64, 30, 7, 2, 3),
+            (2, 20, 24, 11, 5, 1, 2),
+            (1, 40, 64, 9, 3, 2, 1),
+        ] {
+            let dev = Device::Cpu;
+            let x = Tensor::from_vec(
+                crate::test_values::values(n * c * hw * hw, 3),
+                (n, c, hw, hw),
+                &dev,
+            )?;
+            let w = Tensor::from_vec(
+                crate::test_values::values(o * c * kk * kk, 5),
+                (o, c, kk, kk),
+                &dev,
+            )?;
+            let conv = || {
+                let after = super::super::bias::After::Nothing;
+                super::super::cpu::conv2d_cpu(&x, &w, after, s, p, true)
+            };
+            let packed = crate::test_values::bits(&conv()?)?;
+            ENABLED.store(false, std::sync::atomic::Ordering::Relaxed);
+            let plain = conv();
+            ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+            let plain = crate::test_values::bits(&plain?)?;
+            assert!(packed == plain, "n{n} {c}->{o} {hw}x{hw} k{kk} s{s} p{p}");
+        }
+        Ok(())
+    }
+}
