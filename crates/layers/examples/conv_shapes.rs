@@ -3,9 +3,10 @@
 //! (feature `onednn`, every shape sent to it), in f32 and bf16: the measurements behind
 //! `layers::onednn`'s routing.
 //!
-//! `cargo run --release -p layers --features onednn --example conv_shapes [-- FILTER [RUN]]`:
-//! with `FILTER` (for example `4x4` or `k1`), only the shapes whose line contains it; with
-//! `RUN` (for example `bf16`), only that column (for a profiler).
+//! `cargo run --release -p layers --features onednn --example conv_shapes [-- FILTER [RUN
+//! [forward]]]`: with `FILTER` (for example `4x4` or `k1`), only the shapes whose line contains
+//! it; with `RUN` (for example `bf16`, or `all`), only that column (for a profiler); with
+//! `forward`, the forward alone (as PyTorch's `conv(x)` under autograd).
 
 use std::time::Instant;
 
@@ -15,13 +16,16 @@ use layers::{autocast, Conv2d};
 #[path = "common/mod.rs"]
 mod common;
 
-fn median_ms(conv: &Conv2d, x: &Tensor) -> candle_core::Result<f64> {
+fn median_ms(conv: &Conv2d, x: &Tensor, forward_only: bool) -> candle_core::Result<f64> {
     let mut t = Vec::new();
     for _ in 0..5 {
         let start = Instant::now();
         let y = conv.forward(x)?;
-        let g = y.sum_all()?.backward()?;
-        std::hint::black_box(g);
+        if forward_only {
+            std::hint::black_box(y);
+        } else {
+            std::hint::black_box(y.sum_all()?.backward()?);
+        }
         t.push(start.elapsed().as_secs_f64() * 1e3);
     }
     t.sort_by(f64::total_cmp);
@@ -31,7 +35,8 @@ fn median_ms(conv: &Conv2d, x: &Tensor) -> candle_core::Result<f64> {
 fn main() -> candle_core::Result<()> {
     let dev = Device::Cpu;
     let filter = std::env::args().nth(1).unwrap_or_default();
-    let only = std::env::args().nth(2);
+    let only = std::env::args().nth(2).filter(|o| o != "all");
+    let forward_only = std::env::args().nth(3).is_some_and(|a| a == "forward");
     // (batch, in, out, size, kernel, stride, padding)
     let shapes = [
         (128, 3, 64, 32, 3, 1, 1),
@@ -87,7 +92,7 @@ fn main() -> candle_core::Result<()> {
             layers::onednn::set_winograd(winograd);
             // oneDNN's columns run oneDNN everywhere, first layers too.
             layers::set_direct_first_layer(!onednn);
-            let ms = median_ms(&conv, &x)?;
+            let ms = median_ms(&conv, &x, forward_only)?;
             line += &format!("  {name} {ms:7.2}");
         }
         println!("{line}");
