@@ -901,18 +901,26 @@ unsafe fn tile<const NV: usize>(
 enum Rhs<'a> {
     View(View<'a>),
     Packed(&'a [u32], RhsLayout),
+    // Only x86-64's convolutions produce their operands.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Produced(&'a dyn PackRhs),
 }
 
 /// A right operand (K x N) that writes its own packed blocks as a product asks for them, where
 /// making the values costs no more than reading them (a convolution's columns, gathered from
 /// the image straight into bf16 pairs instead of written as float32 and packed after).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) trait PackRhs: Sync {
-    /// With `pairs` = `(p0, kc, depth)` and `columns` = `(g0, gn)`: writes pairs `p0 .. p0 + kc` (rows `2·p0 .. 2·(p0 + kc)`, the odd row past K zero) of
-    /// columns `g0 .. g0 + gn` into `out`, as [`pack_rhs`] lays them out: panels of `nr`
-    /// columns, each `depth >= kc` pairs deep, `out[(panel·depth + p)·nr + j]` the pair of
-    /// column `g0 + panel·nr + j`; zero for `p >= kc` and past column `g0 + gn`. Every value
-    /// must have the bits [`pack_rhs`] would give the float32 operand.
+    /// The operand's (K, N).
+    fn dims(&self) -> (usize, usize);
+
+    /// With `pairs` = `(p0, kc, depth)` and `columns` = `(g0, gn)`: writes pairs
+    /// `p0 .. p0 + kc` (rows `2·p0 .. 2·(p0 + kc)`, the odd row past K zero) of columns
+    /// `g0 .. g0 + gn` into `out`, as [`pack_rhs`] lays them out: panels of `nr` columns, each
+    /// `depth >= kc` pairs deep, `out[(panel·depth + p)·nr + j]` the pair of column
+    /// `g0 + panel·nr + j`; zero for `p >= kc` and past column `g0 + gn`; `out` exactly as long
+    /// as its panels. Every value must have the bits [`pack_rhs`] would give the float32
+    /// operand.
     fn pack(
         &self,
         pairs: (usize, usize, usize),
@@ -1011,6 +1019,7 @@ pub(crate) fn gemm_packed(
 /// as [`gemm_uninit`] of the float32 operand it stands for.
 ///
 /// Panics as [`gemm`] does.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn gemm_uninit_produced(
     dims: (usize, usize, usize),
     dst: (&mut [MaybeUninit<f32>], usize, usize),
@@ -1019,6 +1028,12 @@ pub(crate) fn gemm_uninit_produced(
     threads: usize,
     scratch: &mut Scratch,
 ) {
+    let (_, n, k) = dims;
+    assert!(
+        rhs.dims() == (k, n),
+        "bf16 gemm: a produced {:?} right operand is not {k}x{n}",
+        rhs.dims()
+    );
     product(dims, dst, lhs, Rhs::Produced(rhs), false, threads, scratch)
 }
 

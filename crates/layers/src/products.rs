@@ -110,6 +110,7 @@ pub(crate) fn bf16_product_packed(
 
 /// [`bf16_gemm::gemm_uninit_produced`] (`dst :=` the product), counted as GEMM time (the
 /// producer's gathers with it, as the products' own packing is).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn bf16_product_produced(
     (m, n, k): (usize, usize, usize),
     dst: (&mut [MaybeUninit<f32>], usize, usize),

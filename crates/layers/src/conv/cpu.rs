@@ -73,6 +73,13 @@ thread_local! {
     pub(crate) static EVAL_IN_CONV_RUNS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Forward passes on this thread whose bf16 products gathered their columns packed
+    /// ([`super::im2col_packed`]).
+    pub(crate) static GATHERED_RUNS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// Output positions per image from which the image-by-image convolution beats the whole-batch
 /// one. Measured on the CI machine: with 4x4 outputs and up it is faster (`resnet18-seed` 10%
 /// with 4x4 included against 8x8 and up); with 2x2 and 1x1 the per-image GEMMs are too
@@ -323,6 +330,8 @@ impl ConvCpu {
         let pointwise = geo.is_pointwise();
         // No float32 columns where the bf16 products gather them packed.
         let gathered = matches!(lhs, Lhs::Bf16(_)) && !pointwise && packs_columns(geo);
+        #[cfg(test)]
+        GATHERED_RUNS.with(|r| r.set(r.get() + usize::from(gathered)));
         let one = |(i, o): (usize, &mut [MaybeUninit<f32>]), work: &mut Work| {
             let img = &x[i * img_len..(i + 1) * img_len];
             for rows in row_blocks(geo, k) {

@@ -3,8 +3,9 @@
 //! ([`crate::bf16_gemm::PackRhs`]), instead of written out as float32 columns and packed after.
 //!
 //! The image-by-image forward of a convolution that is neither Winograd's nor pointwise (a
-//! strided 3x3, a 1x1 with stride 2, a 7x7 stem) multiplies the kernel (O x C·KH·KW) by the
-//! columns of a block of output rows. With float32 columns, [`Geometry::im2col_t_rows_strided`]
+//! strided 3x3, a 1x1 with stride 2, a 5x5; a 7x7 stem whose input is tracked, the others
+//! going to [`super::direct`] on AVX-512) multiplies the kernel (O x C·KH·KW) by the columns
+//! of a block of output rows. (The gradients still make float32 columns.) With float32 columns, [`Geometry::im2col_t_rows_strided`]
 //! wrote them (`C·KH·KW` rows of the block's positions, a few hundred KB in L2) and the product
 //! read them back to round and pair them. Here each pair of rows is gathered with masked vector
 //! loads (and, for stride 2, one permute to the even values), rounded by `vcvtneps2bf16` as the
@@ -134,6 +135,10 @@ fn load_mask(w: usize, x: isize, count: isize) -> u16 {
 }
 
 impl PackRhs for Im2colPacked<'_> {
+    fn dims(&self) -> (usize, usize) {
+        (self.geo.row_len(), self.rows.len() * self.geo.ow)
+    }
+
     fn pack(
         &self,
         (p0, kc, depth): (usize, usize, usize),
@@ -147,6 +152,7 @@ impl PackRhs for Im2colPacked<'_> {
             2 * (p0 + kc) <= k + 1
                 && kc <= depth
                 && g0 + gn <= self.rows.len() * g.ow
+                && nr > 0
                 && nr.is_multiple_of(16),
             "im2col: pairs {p0}+{kc} (depth {depth}) or columns {g0}+{gn} outside {k} rows of {} positions",
             self.rows.len() * g.ow
@@ -166,10 +172,14 @@ impl PackRhs for Im2colPacked<'_> {
         }
         let chunks = self.chunks((g0, gn));
         let loads = self.loads(&chunks);
-        // SAFETY: the CPU has AVX-512F and AVX512-BF16 (`new`); the loads' masks keep every
-        // lane read inside its row of the image (`loads`, `load_mask`), the image holds all C
-        // planes (`new`), and the stores land in `out` (pairs below `kc <= depth`, columns
-        // below `gn`, asserted above).
+        // SAFETY: the CPU has AVX-512F and AVX512-BF16 (`new`). The loads' masks keep every
+        // lane read inside its row of the image (`loads`, `load_mask`); a load's address may
+        // lie before the image or past a row (formed with `wrapping_offset`, never
+        // dereferenced whole), which is sound because masked-off lanes touch no memory. The
+        // image holds all C planes (`new`). The stores land in `out`: pairs below
+        // `kc <= depth`, columns below `gn`, and with `nr >= 16` (asserted) a run of at most
+        // 16 columns reaches one panel or the start of the next, which exists because the
+        // run's last column lies below `gn`.
         unsafe { self.gather(p0, kc, (depth, nr), &chunks, &loads, out) };
     }
 }
@@ -326,6 +336,7 @@ mod tests {
                 geo.im2col_t_rows(&img, rows.clone(), &mut cols);
                 let packed = Im2colPacked::new(&geo, &img, rows.clone()).expect("packs");
                 let kp = k.div_ceil(2);
+                let mut ours = Vec::new();
                 for nr in [16, 32] {
                     for (p0, kc, depth) in [
                         (0, kp, kp),
@@ -333,7 +344,9 @@ mod tests {
                         (kp / 2, kp - kp / 2, kp),
                     ] {
                         for (g0, gn) in [(0, len), (len / 3, len - len / 3), (5.min(len - 1), 1)] {
-                            let mut ours = vec![7u32; 3];
+                            // Stale values (NaN pairs) from an earlier, longer block.
+                            ours.clear();
+                            ours.resize(k * len + 37, u32::MAX);
                             packed.pack((p0, kc, depth), (g0, gn), nr, &mut ours);
                             let view = (&cols[g0..], len, 1);
                             let theirs =
@@ -353,7 +366,8 @@ mod tests {
     /// The image-by-image convolution under bf16 gives the same bits with the columns gathered
     /// packed as with float32 columns packed by the products: strided 3x3 and 1x1, a 7x7
     /// stem, a stride-1 5x5 (Winograd's does not take it), batches smaller and larger than
-    /// the thread pool (threaded products, each thread gathering its own blocks).
+    /// a pool of two threads (threaded products, each thread gathering its own blocks; images
+    /// side by side).
     #[test]
     fn the_convolution_gives_the_same_bits() -> candle_core::Result<()> {
         use candle_core::{Device, Tensor};
@@ -380,16 +394,31 @@ mod tests {
                 (o, c, kk, kk),
                 &dev,
             )?;
+            // On a pool of two threads, as the CI machine's: batches of one image run threaded
+            // products, larger ones images side by side.
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .expect("a pool");
             let conv = || {
-                let after = super::super::bias::After::Nothing;
-                super::super::cpu::conv2d_cpu(&x, &w, after, s, p, true)
+                pool.install(|| {
+                    let runs = super::super::cpu::GATHERED_RUNS.with(|r| r.get());
+                    let after = super::super::bias::After::Nothing;
+                    let y = super::super::cpu::conv2d_cpu(&x, &w, after, s, p, true);
+                    let gathered = super::super::cpu::GATHERED_RUNS.with(|r| r.get()) > runs;
+                    y.map(|y| (y, gathered))
+                })
             };
-            let packed = crate::test_values::bits(&conv()?)?;
+            let what = format!("n{n} {c}->{o} {hw}x{hw} k{kk} s{s} p{p}");
+            let (packed, gathered) = conv()?;
+            assert!(gathered, "{what}: the columns were not gathered");
             ENABLED.store(false, std::sync::atomic::Ordering::Relaxed);
             let plain = conv();
             ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
-            let plain = crate::test_values::bits(&plain?)?;
-            assert!(packed == plain, "n{n} {c}->{o} {hw}x{hw} k{kk} s{s} p{p}");
+            let (plain, gathered) = plain?;
+            assert!(!gathered, "{what}: gathered while switched off");
+            let bits = crate::test_values::bits;
+            assert!(bits(&packed)? == bits(&plain)?, "{what}");
         }
         Ok(())
     }
