@@ -125,6 +125,21 @@ pub(crate) fn bf16_product_produced(
     })
 }
 
+/// [`bf16_gemm::gemm_uninit`] (`dst :=` the product, never read first), counted as GEMM time.
+pub(crate) fn bf16_product_uninit(
+    (m, n, k): (usize, usize, usize),
+    dst: (&mut [MaybeUninit<f32>], usize, usize),
+    lhs: &PackedLhs,
+    rhs: View,
+    threads: usize,
+    scratch: &mut bf16_gemm::Scratch,
+) {
+    crate::profile::gemm_flops(2 * m * n * k);
+    time(Part::Gemm, || {
+        bf16_gemm::gemm_uninit((m, n, k), dst, lhs, rhs, threads, scratch)
+    })
+}
+
 /// The left operand of a product used many times: float32 as given, or packed once to bf16.
 pub(crate) enum Lhs<'a> {
     F32(View<'a>),

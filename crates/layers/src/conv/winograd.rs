@@ -22,6 +22,7 @@ use super::geometry::Geometry;
 use crate::bf16_gemm::RhsLayout;
 use crate::bf16_gemm::{self, PackedLhs};
 use crate::products::bf16_product_packed;
+use crate::products::bf16_product_uninit;
 use crate::profile::{time, Part};
 
 /// Channels from which F(2x2, 3x3) beats the direct convolution: below them the transforms
@@ -309,7 +310,13 @@ pub(super) fn convolve(
             };
             let mut v = Vec::new();
             let mut vp = vec![0u32; packed.map_or(0, |layout| 16 * packed_stride(layout))];
-            let mut m = vec![0f32; 16 * stride(cout, block.min(tiles))];
+            // Kept by the thread from call to call: the products write every value the
+            // output transform reads.
+            let mut m = TRANSFORMS.take();
+            let m_len = 16 * stride(cout, block.min(tiles));
+            if m.len() < m_len {
+                m.resize(m_len, 0.0);
+            }
             let mut scratch = bf16_gemm::Scratch::default();
             for first in (0..tiles).step_by(block) {
                 let range = first..(first + block).min(tiles);
@@ -343,6 +350,7 @@ pub(super) fn convolve(
                     transform_output(geo, cout, &m[..16 * stride(cout, tb)], range, out)
                 });
             }
+            TRANSFORMS.set(m);
         });
 }
 
@@ -381,8 +389,21 @@ pub(super) fn weight_grad(
         .zip(grad.par_chunks(share * out_len))
         .map(|(x, g)| {
             let tiles = x.len() / img_len.max(1) * tiles_per_image;
-            let mut du = vec![0f32; 16 * cout * c];
-            let mut v = vec![0f32; 16 * stride(c, block.min(tiles))];
+            let du_len = 16 * cout * c;
+            // bf16: not zero-filled first (up to 16 MB a thread for 512 channels, a `memset`
+            // of each call): the first block's products write it, the others add to it. An
+            // accumulator loaded from zeros and one started at zero sum the same bits.
+            let mut du: Vec<f32> = match bf16 {
+                true => Vec::with_capacity(du_len),
+                false => vec![0f32; du_len],
+            };
+            // The transforms' buffer, kept by the thread from call to call (the transforms
+            // write every value the products read).
+            let mut v = TRANSFORMS.take();
+            let v_len = 16 * stride(c, block.min(tiles));
+            if v.len() < v_len {
+                v.resize(v_len, 0.0);
+            }
             // Made at the first block that needs the float32 path (none on AMX, mostly).
             let mut dm = Vec::new();
             let (mut lhs, mut scratch) = (PackedLhs::default(), bf16_gemm::Scratch::default());
@@ -408,9 +429,24 @@ pub(super) fn weight_grad(
                 });
                 for xi in 0..16 {
                     let (vs, ms) = (stride(c, tb), stride(cout, tb));
-                    let dst = (&mut du[xi * cout * c..(xi + 1) * cout * c], c, 1);
                     let rhs = (&v[xi * vs..xi * vs + c * tb], 1, tb);
                     let dmx = || (&dm[xi * ms..xi * ms + cout * tb], tb, 1);
+                    if bf16 && du.len() < du_len {
+                        // The first block: `dU := dM · V`, into the values not yet written.
+                        let at = xi * cout * c..(xi + 1) * cout * c;
+                        let dst = (&mut du.spare_capacity_mut()[at], c, 1);
+                        let lhs = match packed_dm {
+                            true => &packed[xi],
+                            false => {
+                                lhs.pack(cout, tb, dmx());
+                                &lhs
+                            }
+                        };
+                        let dims = (cout, c, tb);
+                        bf16_product_uninit(dims, dst, lhs, rhs, gemm_threads, &mut scratch);
+                        continue;
+                    }
+                    let dst = (&mut du[xi * cout * c..(xi + 1) * cout * c], c, 1);
                     if packed_dm {
                         bf16_product(
                             (cout, c, tb),
@@ -436,11 +472,27 @@ pub(super) fn weight_grad(
                         gemm((cout, c, tb), dst, dmx(), rhs, true, gemm_threads);
                     }
                 }
+                if du.len() < du_len {
+                    // SAFETY: the first block's 16 products wrote every value of the 16 (O x C)
+                    // matrices (`gemm_uninit`'s promise).
+                    unsafe { du.set_len(du_len) };
+                }
             }
+            TRANSFORMS.set(v);
+            // No tiles: no products, a zero gradient.
+            du.resize(du_len, 0.0);
             du
         })
         .collect();
     time(Part::Im2col, || kernel_grad(&partials, cout, c))
+}
+
+thread_local! {
+    /// The float32 transforms' buffer of [`weight_grad`] and the products' of [`convolve`],
+    /// kept by each thread between calls: allocated anew, each was zero-filled by `calloc` at
+    /// every call (megabytes a thread at 512 channels). Only values written in the same call
+    /// are read.
+    static TRANSFORMS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// dw (O, C, 3, 3) = `Gᵀ dU G` for each channel pair of `dU` (16, O, C), the sum of the
