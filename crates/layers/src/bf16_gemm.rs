@@ -462,7 +462,8 @@ impl RhsLayout {
 }
 
 /// Packs rows `2·p0 .. 2·(p0 + kc)` of `b` (K x N) into panels of `nr` columns, `depth >= kc`
-/// pairs deep: `out[(panel·depth + p)·nr + j]` = the pair of rows `2(p0 + p)`, `2(p0 + p) + 1`
+/// pairs deep, the first `⌈N/nr⌉·depth·nr` values of `out` (grown where shorter, the values
+/// past them left as they were): `out[(panel·depth + p)·nr + j]` = the pair of rows `2(p0 + p)`, `2(p0 + p) + 1`
 /// at column `panel·nr + j` (zero past K or N, and for `p >= kc`).
 fn pack_rhs(
     (k, n): (usize, usize),
@@ -473,8 +474,13 @@ fn pack_rhs(
 ) {
     let panels = n.div_ceil(nr);
     // Every value is written below (columns past N and pairs past `kc` as zeros): no
-    // zero-filling pass first.
-    out.resize(panels * depth * nr, 0);
+    // zero-filling pass first, and the buffer only grows (a shorter group after a longer one
+    // zero-filled the longer one's panels again when it grew back).
+    let len = panels * depth * nr;
+    if out.len() < len {
+        out.resize(len, 0);
+    }
+    let out = &mut out[..len];
     // With rows of stride 1, each column's pairs lie side by side: a column's run at a time.
     let by_column = rs == 1 && cs != 1;
     let mut run = vec![0u32; if by_column { kc } else { 0 }];
@@ -918,9 +924,9 @@ pub(crate) trait PackRhs: Sync {
     /// `p0 .. p0 + kc` (rows `2·p0 .. 2·(p0 + kc)`, the odd row past K zero) of columns
     /// `g0 .. g0 + gn` into `out`, as [`pack_rhs`] lays them out: panels of `nr` columns, each
     /// `depth >= kc` pairs deep, `out[(panel·depth + p)·nr + j]` the pair of column
-    /// `g0 + panel·nr + j`; zero for `p >= kc` and past column `g0 + gn`; `out` exactly as long
-    /// as its panels. Every value must have the bits [`pack_rhs`] would give the float32
-    /// operand.
+    /// `g0 + panel·nr + j`; zero for `p >= kc` and past column `g0 + gn`; `out` grown where
+    /// shorter than its panels, the values past them left as they were. Every value must have
+    /// the bits [`pack_rhs`] would give the float32 operand.
     fn pack(
         &self,
         pairs: (usize, usize, usize),
@@ -1171,12 +1177,12 @@ fn gemm_tiles_from(
                     let gn = group.min(n - g0);
                     let view = (&b[g0 * cs..], rs, cs);
                     pack_rhs((k, gn), view, (p0, kc, kc), nr, &mut scratch.rhs);
-                    &scratch.rhs[..]
+                    &scratch.rhs[..gn.div_ceil(nr) * kc * nr]
                 }
                 Rhs::Produced(producer) => {
                     let gn = group.min(n - g0);
                     producer.pack((p0, kc, kc), (g0, gn), nr, &mut scratch.rhs);
-                    &scratch.rhs[..]
+                    &scratch.rhs[..gn.div_ceil(nr) * kc * nr]
                 }
                 // One block of every pair (the layout's promise, checked by `gemm_packed`).
                 Rhs::Packed(packed, layout) => &packed[..layout.len()],
@@ -1286,11 +1292,11 @@ fn amx_tiles_from(
                 Rhs::View((b, rs, cs)) => {
                     let view = (&b[g0 * cs..], rs, cs);
                     pack_rhs((k, gn), view, (p0, kc, depth), nr, &mut scratch.rhs);
-                    &scratch.rhs[..]
+                    &scratch.rhs[..gn.div_ceil(nr) * depth * nr]
                 }
                 Rhs::Produced(producer) => {
                     producer.pack((p0, kc, depth), (g0, gn), nr, &mut scratch.rhs);
-                    &scratch.rhs[..]
+                    &scratch.rhs[..gn.div_ceil(nr) * depth * nr]
                 }
                 // One block of every pair (the layout's promise, checked by `gemm_packed`).
                 Rhs::Packed(packed, layout) => {
@@ -1710,8 +1716,12 @@ mod tests {
                     {
                         // AMX's blocks: whole sixteens of pairs, zero past `kc`.
                         let depth = if pad { kc.next_multiple_of(16) } else { kc };
+                        // Stale values past a longer block's end stay as they were.
+                        let before = out.clone();
                         pack_rhs((k, n), (&b, rs, cs), (p0, kc, depth), nr, &mut out);
-                        assert_eq!(out.len(), n.div_ceil(nr) * depth * nr);
+                        let len = n.div_ceil(nr) * depth * nr;
+                        assert_eq!(out.len(), len.max(before.len()));
+                        assert!(out[len..] == before[len.min(before.len())..]);
                         for panel in 0..n.div_ceil(nr) {
                             for p in 0..depth {
                                 for j in 0..nr {
