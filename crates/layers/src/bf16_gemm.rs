@@ -199,7 +199,7 @@ pub(crate) struct PackedLhs {
     m: usize,
     k: usize,
     kernel: Kernel,
-    data: Vec<u32>,
+    data: Lines,
     /// Tests: [`Kernel::Amx`]'s steps in plain Rust even on a CPU with AMX.
     #[cfg(test)]
     emulate: bool,
@@ -231,7 +231,7 @@ impl PackedLhs {
         };
         // Every value is written below (rows past M, and pairs past K on AMX, as zeros): no
         // zero-filling pass first.
-        self.data.resize(m.div_ceil(kernel.rows()) * tile_len, 0);
+        self.data.resize(m.div_ceil(kernel.rows()) * tile_len);
         if m * k == 0 {
             return;
         }
@@ -354,7 +354,7 @@ impl PackedLhs {
         let len = m.div_ceil(AMX_MR) * k.div_ceil(32) * 16 * AMX_MR;
         if (self.m, self.k, self.kernel) != (m, k, Kernel::Amx) || self.data.len() != len {
             self.data.clear();
-            self.data.resize(len, 0);
+            self.data.resize(len);
             (self.m, self.k, self.kernel) = (m, k, Kernel::Amx);
         }
         // SAFETY: `u32` values viewed as twice as many `u16` (alignment 4 >= 2, every bit
@@ -393,10 +393,76 @@ fn each_tile(
     }
 }
 
+/// A growable run of `u32` values (packed bf16 pairs) that starts at a 64-byte boundary: the
+/// products' operands are read in rows of 64 bytes (an AMX tile row, a vector), which a
+/// `Vec`'s 16-byte alignment from `malloc` splits across two cache lines each.
+#[derive(Debug, Default)]
+pub(crate) struct Lines {
+    buf: Vec<u32>,
+    at: usize,
+    len: usize,
+}
+
+impl Lines {
+    /// Values from a 64-byte boundary of `buf`.
+    fn offset(buf: &[u32]) -> usize {
+        buf.as_ptr().align_offset(64).min(15)
+    }
+
+    /// `len` values: those held kept, new ones zero.
+    pub(crate) fn resize(&mut self, len: usize) {
+        if self.buf.len() < len + 15 {
+            let mut buf = vec![0u32; len + 15];
+            let at = Self::offset(&buf);
+            let keep = self.len.min(len);
+            buf[at..at + keep].copy_from_slice(&self.buf[self.at..self.at + keep]);
+            (self.buf, self.at) = (buf, at);
+        } else if len > self.len {
+            self.buf[self.at + self.len..self.at + len].fill(0);
+        }
+        self.len = len;
+    }
+
+    /// No values (the buffer kept).
+    pub(crate) fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// `values` appended.
+    fn extend_from_slice(&mut self, values: &[u32]) {
+        let start = self.len;
+        self.resize(start + values.len());
+        self[start..].copy_from_slice(values);
+    }
+}
+
+impl Clone for Lines {
+    /// The same values, from a 64-byte boundary of a buffer of its own.
+    fn clone(&self) -> Self {
+        let mut copy = Lines::default();
+        copy.resize(self.len);
+        copy.copy_from_slice(self);
+        copy
+    }
+}
+
+impl std::ops::Deref for Lines {
+    type Target = [u32];
+    fn deref(&self) -> &[u32] {
+        &self.buf[self.at..self.at + self.len]
+    }
+}
+
+impl std::ops::DerefMut for Lines {
+    fn deref_mut(&mut self) -> &mut [u32] {
+        &mut self.buf[self.at..self.at + self.len]
+    }
+}
+
 /// Reusable buffers of [`gemm`]: the packed right-operand block and an edge tile.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Scratch {
-    rhs: Vec<u32>,
+    rhs: Lines,
     tile: Vec<f32>,
 }
 
@@ -470,7 +536,7 @@ fn pack_rhs(
     (b, rs, cs): View,
     (p0, kc, depth): (usize, usize, usize),
     nr: usize,
-    out: &mut Vec<u32>,
+    out: &mut Lines,
 ) {
     let panels = n.div_ceil(nr);
     // Every value is written below (columns past N and pairs past `kc` as zeros): no
@@ -478,7 +544,7 @@ fn pack_rhs(
     // zero-filled the longer one's panels again when it grew back).
     let len = panels * depth * nr;
     if out.len() < len {
-        out.resize(len, 0);
+        out.resize(len);
     }
     let out = &mut out[..len];
     // With rows of stride 1, each column's pairs lie side by side: a column's run at a time.
@@ -567,9 +633,9 @@ pub(crate) fn pack_rhs_for_tests(
     (p0, kc, depth): (usize, usize, usize),
     nr: usize,
 ) -> Vec<u32> {
-    let mut out = Vec::new();
+    let mut out = Lines::default();
     pack_rhs((k, n), b, (p0, kc, depth), nr, &mut out);
-    out
+    out.to_vec()
 }
 
 /// Panels [`pack_rhs`] packs side by side from contiguous rows, and that a product on
@@ -932,7 +998,7 @@ pub(crate) trait PackRhs: Sync {
         pairs: (usize, usize, usize),
         columns: (usize, usize),
         nr: usize,
-        out: &mut Vec<u32>,
+        out: &mut Lines,
     );
 }
 
@@ -1309,7 +1375,7 @@ fn amx_tiles_from(
                         padded.clear();
                         for panel in panels.chunks_exact(kc * nr) {
                             padded.extend_from_slice(panel);
-                            padded.resize(padded.len() + (depth - kc) * nr, 0);
+                            padded.resize(padded.len() + (depth - kc) * nr);
                         }
                         &scratch.rhs[..]
                     }
@@ -1531,6 +1597,33 @@ unsafe fn amx_tile<const NV: usize>(
 mod tests {
     use super::*;
 
+    /// `Lines` starts at a 64-byte boundary however it grows, keeps its values, zero-fills new
+    /// ones (also after shrinking), and its clone does too.
+    #[test]
+    fn lines_are_aligned_and_keep_their_values() {
+        let mut l = Lines::default();
+        for (step, len) in [5usize, 40, 3, 1000, 17, 4096, 0, 64]
+            .into_iter()
+            .enumerate()
+        {
+            let old: Vec<u32> = l.to_vec();
+            l.resize(len);
+            assert_eq!(l.len(), len);
+            assert_eq!(l.as_ptr() as usize % 64, 0, "length {len}");
+            let keep = old.len().min(len);
+            assert_eq!(&l[..keep], &old[..keep], "length {len}");
+            assert!(l[keep..].iter().all(|&v| v == 0), "length {len}");
+            l.iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v = (i + 7 * step) as u32 | 1);
+            let c = l.clone();
+            assert_eq!((c.as_ptr() as usize % 64, &c[..]), (0, &l[..]));
+        }
+        l.clear();
+        l.extend_from_slice(&[1, 2, 3]);
+        assert_eq!(&l[..], &[1, 2, 3]);
+    }
+
     fn round(v: f32) -> f32 {
         f32::from_bits(bf16_bits(v) << 16)
     }
@@ -1689,7 +1782,7 @@ mod tests {
                 }
             }
         }
-        let mut out = Vec::new();
+        let mut out = Lines::default();
         for (k, n) in [
             (1, 1),
             (32, 16),

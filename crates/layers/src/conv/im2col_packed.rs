@@ -16,7 +16,7 @@ use std::ops::Range;
 
 use super::geometry::Geometry;
 use crate::avx512::{index, EVEN};
-use crate::bf16_gemm::{self, PackRhs};
+use crate::bf16_gemm::{self, Lines, PackRhs};
 
 /// The columns of output rows `rows` of one image `img` (C, H, W): `C·KH·KW` rows, row
 /// `(ch·KH + ki)·KW + kj` the tap `(ki, kj)` of channel `ch`, by `rows.len()·OW` positions,
@@ -144,7 +144,7 @@ impl PackRhs for Im2colPacked<'_> {
         (p0, kc, depth): (usize, usize, usize),
         (g0, gn): (usize, usize),
         nr: usize,
-        out: &mut Vec<u32>,
+        out: &mut Lines,
     ) {
         let g = self.geo;
         let k = g.c * g.kh * g.kw;
@@ -162,7 +162,7 @@ impl PackRhs for Im2colPacked<'_> {
         // written by the gathers, the rest here; grown only (as `pack_rhs`).
         let len = panels * depth * nr;
         if out.len() < len {
-            out.resize(len, 0);
+            out.resize(len);
         }
         let out = &mut out[..len];
         let tail = gn - (panels.max(1) - 1) * nr;
@@ -340,7 +340,7 @@ mod tests {
                 geo.im2col_t_rows(&img, rows.clone(), &mut cols);
                 let packed = Im2colPacked::new(&geo, &img, rows.clone()).expect("packs");
                 let kp = k.div_ceil(2);
-                let mut ours = Vec::new();
+                let mut ours = Lines::default();
                 for nr in [16, 32] {
                     for (p0, kc, depth) in [
                         (0, kp, kp),
@@ -350,7 +350,8 @@ mod tests {
                         for (g0, gn) in [(0, len), (len / 3, len - len / 3), (5.min(len - 1), 1)] {
                             // Stale values (NaN pairs) from an earlier, longer block.
                             ours.clear();
-                            ours.resize(k * len + 37, u32::MAX);
+                            ours.resize(k * len + 37);
+                            ours.fill(u32::MAX);
                             packed.pack((p0, kc, depth), (g0, gn), nr, &mut ours);
                             let view = (&cols[g0..], len, 1);
                             let theirs =

@@ -309,14 +309,17 @@ pub(super) fn convolve(
                 _ => None,
             };
             let mut v = Vec::new();
-            let mut vp = vec![0u32; packed.map_or(0, |layout| 16 * packed_stride(layout))];
+            let vp_len = packed.map_or(0, |layout| 16 * packed_stride(layout));
+            let mut vp_buf = vec![0u32; vp_len + 16];
+            let vp = aligned(&mut vp_buf, vp_len);
             // Kept by the thread from call to call: the products write every value the
             // output transform reads.
-            let mut m = TRANSFORMS.take();
+            let mut m_buf = TRANSFORMS.take();
             let m_len = 16 * stride(cout, block.min(tiles));
-            if m.len() < m_len {
-                m.resize(m_len, 0.0);
+            if m_buf.len() < m_len + 16 {
+                m_buf.resize(m_len + 16, 0.0);
             }
+            let m = aligned(&mut m_buf, m_len);
             let mut scratch = bf16_gemm::Scratch::default();
             for first in (0..tiles).step_by(block) {
                 let range = first..(first + block).min(tiles);
@@ -326,7 +329,7 @@ pub(super) fn convolve(
                 if let Some(layout) = packed.and(packs_input(c, tb)) {
                     let ps = packed_stride(layout);
                     time(Part::Im2col, || {
-                        transform_input_packed(geo, x, range.clone(), &mut vp, (ps, layout))
+                        transform_input_packed(geo, x, range.clone(), vp, (ps, layout))
                     });
                     for (xi, lhs) in bf16_lhs.iter().enumerate() {
                         let dst = (&mut m[xi * ms..xi * ms + cout * tb], tb, 1);
@@ -350,7 +353,7 @@ pub(super) fn convolve(
                     transform_output(geo, cout, &m[..16 * stride(cout, tb)], range, out)
                 });
             }
-            TRANSFORMS.set(m);
+            TRANSFORMS.set(m_buf);
         });
 }
 
@@ -485,6 +488,14 @@ pub(super) fn weight_grad(
         })
         .collect();
     time(Part::Im2col, || kernel_grad(&partials, cout, c))
+}
+
+/// The first `len` values of `buf` from a 64-byte boundary (a cache line: the packed operands'
+/// and the products' rows are whole lines, which a store or tile load then does not split);
+/// `buf` holds 16 values more than `len`.
+fn aligned<T>(buf: &mut [T], len: usize) -> &mut [T] {
+    let at = buf.as_ptr().align_offset(64).min(buf.len() - len);
+    &mut buf[at..at + len]
 }
 
 thread_local! {
