@@ -20,7 +20,8 @@ pub fn keep_freed_memory() {
     }
 }
 
-/// The system allocator ([`std::alloc::System`]), except that when memory runs out the process
+/// The system allocator ([`std::alloc::System`]), with blocks of [`LINE_ALIGNED_FROM`] bytes
+/// and more on a cache line, and except that when memory runs out the process
 /// ends with an error saying what to do, with status 1, where Rust's own handling prints
 /// "memory allocation of N bytes failed" and aborts (status 134). PyTorch says as much in its
 /// `RuntimeError` ("DefaultCPUAllocator: not enough memory: you tried to allocate N bytes").
@@ -43,23 +44,61 @@ pub fn keep_freed_memory() {
 /// temporaries are cleaned when it is resumed or taken over, as after a kill.
 pub struct ReportOutOfMemory;
 
-// SAFETY: every call is the system allocator's; a failed allocation ends the process without
-// returning (and without unwinding, which a global allocator must not do).
+/// Blocks from this size on start on a cache line (64 bytes), whatever alignment their type
+/// asks for: tensors, activations and gradients, whose rows the CPU kernels read and write 64
+/// bytes at a time (an AVX-512 vector, an AMX tile row), which malloc's 16-byte alignment
+/// splits across two lines each. (PyTorch's CPU allocator aligns every block to 64 bytes.)
+pub const LINE_ALIGNED_FROM: usize = 64 << 10;
+
+/// The layout the system allocator is asked for in place of `layout` (the same size; 64-byte
+/// alignment from [`LINE_ALIGNED_FROM`] bytes on). A function of the size and alignment alone,
+/// so that a block is freed with the layout it was allocated with.
+fn system_layout(layout: std::alloc::Layout) -> std::alloc::Layout {
+    match layout.size() >= LINE_ALIGNED_FROM && layout.align() < 64 {
+        // SAFETY: 64 is a power of two, and a size that fitted `layout` fits it rounded up to
+        // 64 (it is below `isize::MAX` minus 63: the allocator would refuse it otherwise).
+        true => unsafe { std::alloc::Layout::from_size_align_unchecked(layout.size(), 64) },
+        false => layout,
+    }
+}
+
+// SAFETY: every call is the system allocator's, with the layout of `system_layout` (the same
+// for a block's allocation, reallocation and release, since it depends on its size and
+// alignment alone); a failed allocation ends the process without returning (and without
+// unwinding, which a global allocator must not do).
 unsafe impl std::alloc::GlobalAlloc for ReportOutOfMemory {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        checked(std::alloc::System.alloc(layout), layout.size())
+        checked(
+            std::alloc::System.alloc(system_layout(layout)),
+            layout.size(),
+        )
     }
 
     unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
-        checked(std::alloc::System.alloc_zeroed(layout), layout.size())
+        let system = system_layout(layout);
+        checked(std::alloc::System.alloc_zeroed(system), layout.size())
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
-        checked(std::alloc::System.realloc(ptr, layout, new_size), new_size)
+        let (old, new) = (
+            system_layout(layout),
+            system_layout(std::alloc::Layout::from_size_align_unchecked(
+                new_size,
+                layout.align(),
+            )),
+        );
+        if old.align() == new.align() {
+            return checked(std::alloc::System.realloc(ptr, old, new_size), new_size);
+        }
+        // Across the threshold: a new block of the new alignment, the values copied.
+        let moved = checked(std::alloc::System.alloc(new), new_size);
+        std::ptr::copy_nonoverlapping(ptr, moved, layout.size().min(new_size));
+        std::alloc::System.dealloc(ptr, old);
+        moved
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        std::alloc::System.dealloc(ptr, layout)
+        std::alloc::System.dealloc(ptr, system_layout(layout))
     }
 }
 
@@ -200,6 +239,43 @@ mod tests {
             "cut before a split character, then the newline"
         );
         assert!(std::str::from_utf8(bytes).is_ok_and(|t| t.ends_with("é\n")));
+    }
+
+    /// Blocks from [`super::LINE_ALIGNED_FROM`] bytes start on a cache line, also after a
+    /// reallocation across the threshold either way, with their values kept.
+    #[test]
+    fn large_blocks_start_on_a_cache_line() {
+        use std::alloc::{GlobalAlloc, Layout};
+        let a = super::ReportOutOfMemory;
+        let large = super::LINE_ALIGNED_FROM;
+        // SAFETY: each block is used within its size and freed with its current layout.
+        unsafe {
+            let small = Layout::from_size_align(100, 4).unwrap();
+            let p = a.alloc(small);
+            p.write_bytes(7, 100);
+            // Small to large: moved to a line, the values with it.
+            let p = a.realloc(p, small, large + 4);
+            assert_eq!(p as usize % 64, 0);
+            assert!((0..100).all(|i| *p.add(i) == 7));
+            p.add(100).write_bytes(9, large + 4 - 100);
+            // Large to larger, then back below the threshold.
+            let l1 = Layout::from_size_align(large + 4, 4).unwrap();
+            let p = a.realloc(p, l1, 3 * large);
+            assert_eq!(p as usize % 64, 0);
+            assert!(*p.add(99) == 7 && *p.add(large + 3) == 9);
+            let l2 = Layout::from_size_align(3 * large, 4).unwrap();
+            let p = a.realloc(p, l2, 200);
+            assert!(*p.add(99) == 7 && *p.add(199) == 9);
+            a.dealloc(p, Layout::from_size_align(200, 4).unwrap());
+            for size in [large, large + 1, 40 << 20] {
+                let layout = Layout::from_size_align(size, 4).unwrap();
+                let (p, z) = (a.alloc(layout), a.alloc_zeroed(layout));
+                assert_eq!((p as usize % 64, z as usize % 64), (0, 0), "{size} bytes");
+                assert!(*z == 0 && *z.add(size - 1) == 0);
+                a.dealloc(p, layout);
+                a.dealloc(z, layout);
+            }
+        }
     }
 
     #[test]
