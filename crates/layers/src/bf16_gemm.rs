@@ -409,10 +409,12 @@ impl Lines {
         buf.as_ptr().align_offset(64).min(15)
     }
 
-    /// `len` values: those held kept, new ones zero.
+    /// `len` values: those held kept, new ones zero. The buffer at least doubles when it
+    /// grows, as a `Vec`'s capacity does (a run of small growths copies each value a few times
+    /// at most).
     pub(crate) fn resize(&mut self, len: usize) {
         if self.buf.len() < len + 15 {
-            let mut buf = vec![0u32; len + 15];
+            let mut buf = vec![0u32; len.max(2 * self.buf.len()) + 15];
             let at = Self::offset(&buf);
             let keep = self.len.min(len);
             buf[at..at + keep].copy_from_slice(&self.buf[self.at..self.at + keep]);
@@ -426,13 +428,6 @@ impl Lines {
     /// No values (the buffer kept).
     pub(crate) fn clear(&mut self) {
         self.len = 0;
-    }
-
-    /// `values` appended.
-    fn extend_from_slice(&mut self, values: &[u32]) {
-        let start = self.len;
-        self.resize(start + values.len());
-        self[start..].copy_from_slice(values);
     }
 }
 
@@ -1371,13 +1366,22 @@ fn amx_tiles_from(
                     if depth == kc {
                         panels
                     } else {
-                        let padded = &mut scratch.rhs;
-                        padded.clear();
-                        for panel in panels.chunks_exact(kc * nr) {
-                            padded.extend_from_slice(panel);
-                            padded.resize(padded.len() + (depth - kc) * nr);
+                        // Each panel copied, its pairs past `kc` zero, in one buffer sized
+                        // once (grown only, as the packed blocks' is).
+                        let len = gn.div_ceil(nr) * depth * nr;
+                        if scratch.rhs.len() < len {
+                            scratch.rhs.resize(len);
                         }
-                        &scratch.rhs[..]
+                        let padded = &mut scratch.rhs[..len];
+                        for (panel, to) in panels
+                            .chunks_exact(kc * nr)
+                            .zip(padded.chunks_exact_mut(depth * nr))
+                        {
+                            let (values, pad) = to.split_at_mut(kc * nr);
+                            values.copy_from_slice(panel);
+                            pad.fill(0);
+                        }
+                        &scratch.rhs[..len]
                     }
                 }
             };
@@ -1620,8 +1624,16 @@ mod tests {
             assert_eq!((c.as_ptr() as usize % 64, &c[..]), (0, &l[..]));
         }
         l.clear();
-        l.extend_from_slice(&[1, 2, 3]);
-        assert_eq!(&l[..], &[1, 2, 3]);
+        l.resize(3);
+        assert_eq!(&l[..], &[0, 0, 0]);
+        // Growing a little at a time reallocates a few times, not at every step.
+        let mut moves = 0;
+        for len in 4..5000 {
+            let at = l.as_ptr();
+            l.resize(len);
+            moves += usize::from(l.as_ptr() != at);
+        }
+        assert!(moves <= 12, "{moves} reallocations");
     }
 
     fn round(v: f32) -> f32 {

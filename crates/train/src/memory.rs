@@ -55,9 +55,9 @@ pub const LINE_ALIGNED_FROM: usize = 64 << 10;
 /// so that a block is freed with the layout it was allocated with.
 fn system_layout(layout: std::alloc::Layout) -> std::alloc::Layout {
     match layout.size() >= LINE_ALIGNED_FROM && layout.align() < 64 {
-        // SAFETY: 64 is a power of two, and a size that fitted `layout` fits it rounded up to
-        // 64 (it is below `isize::MAX` minus 63: the allocator would refuse it otherwise).
-        true => unsafe { std::alloc::Layout::from_size_align_unchecked(layout.size(), 64) },
+        // A size too large for 64-byte alignment (within 63 bytes of `isize::MAX`) keeps its
+        // own layout: the allocator refuses it either way.
+        true => std::alloc::Layout::from_size_align(layout.size(), 64).unwrap_or(layout),
         false => layout,
     }
 }
@@ -80,6 +80,8 @@ unsafe impl std::alloc::GlobalAlloc for ReportOutOfMemory {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        // SAFETY (of the new layout): the caller promises that `new_size` rounded up to
+        // `layout.align()` does not overflow `isize`.
         let (old, new) = (
             system_layout(layout),
             system_layout(std::alloc::Layout::from_size_align_unchecked(

@@ -350,12 +350,14 @@ mod tests {
                         for (g0, gn) in [(0, len), (len / 3, len - len / 3), (5.min(len - 1), 1)] {
                             // Stale values (NaN pairs) from an earlier, longer block.
                             ours.clear();
-                            ours.resize(k * len + 37);
+                            ours.resize(2 * k * len + 37 * 64);
                             ours.fill(u32::MAX);
+                            let stale = ours.len();
                             packed.pack((p0, kc, depth), (g0, gn), nr, &mut ours);
                             let view = (&cols[g0..], len, 1);
                             let theirs =
                                 bf16_gemm::pack_rhs_for_tests((k, gn), view, (p0, kc, depth), nr);
+                            assert_eq!(ours.len(), stale.max(theirs.len()), "grown only");
                             let (head, past) = ours.split_at(theirs.len());
                             assert!(
                                 head == theirs && past.iter().all(|&v| v == u32::MAX),

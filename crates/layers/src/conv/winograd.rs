@@ -1598,6 +1598,47 @@ mod tests {
         v.iter().map(|v| v.to_bits()).collect()
     }
 
+    /// The buffers each thread keeps between calls ([`TRANSFORMS`]) leave no trace: with
+    /// every thread's buffer full of NaN from an earlier call, the forward and the kernel
+    /// gradient give the bits they gave with fresh buffers, in float32 and bf16 (the kernel
+    /// gradient's first block then writes its sums rather than adding to zeros), batches
+    /// larger and smaller than the pool.
+    #[test]
+    fn kept_buffers_leave_no_trace() -> candle_core::Result<()> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .expect("a pool");
+        let fill = |v: Vec<f32>| {
+            pool.broadcast(|_| TRANSFORMS.set(v.clone()));
+            TRANSFORMS.set(v);
+        };
+        for shape in [(3, 32, 48, 12, 12, 1), (1, 40, 24, 9, 7, 1)] {
+            for bf16 in [false, true] {
+                if bf16 && !bf16_gemm::available() {
+                    continue;
+                }
+                let (n, cout) = (shape.0, shape.2);
+                let (geo, x, u, name) = case(shape)?;
+                let g = values(n * cout * geo.oh * geo.ow, 11);
+                let run = || {
+                    pool.install(|| {
+                        let y = convolved(&geo, cout, &x, &u, n, bf16);
+                        (y, weight_grad(&geo, cout, &x, &g, n, bf16))
+                    })
+                };
+                fill(Vec::new());
+                let (y, dw) = run();
+                fill(vec![f32::NAN; 1 << 20]);
+                let (y2, dw2) = run();
+                assert!(y.iter().chain(&dw).all(|v| v.is_finite()), "{name}");
+                assert_eq!(bits(&y), bits(&y2), "{name} bf16 {bf16}: forward");
+                assert_eq!(bits(&dw), bits(&dw2), "{name} bf16 {bf16}: kernel gradient");
+            }
+        }
+        Ok(())
+    }
+
     /// The kernel transform gives `G g Gᵀ` of each channel pair in its place (against float64
     /// matrix products), and reads a flipped kernel's taps in place as the transform of the
     /// flipped copy, with the same bits.
