@@ -26,6 +26,19 @@ pub(crate) fn first(n: usize) -> u16 {
     ((1u32 << n.min(16)) - 1) as u16
 }
 
+/// The lanes of a 16-lane load from column `x` of a row of `w` values that lie inside the row
+/// and before column `x + count` (the others read as zero): a masked load's mask where a run
+/// of a row may start before it or end past it (Winograd's patches, a convolution's columns).
+#[inline(always)]
+pub(crate) fn load_mask(w: usize, x: isize, count: isize) -> u16 {
+    let lo = (-x).clamp(0, 16);
+    let hi = (w as isize - x).min(count).clamp(lo, 16);
+    if lo >= hi {
+        return 0;
+    }
+    (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16
+}
+
 /// A permute's index vector.
 ///
 /// # Safety

@@ -15,7 +15,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::geometry::Geometry;
-use crate::avx512::{index, EVEN};
+use crate::avx512::{index, load_mask, EVEN};
 use crate::bf16_gemm::{self, Lines, PackRhs};
 
 /// The columns of output rows `rows` of one image `img` (C, H, W): `C·KH·KW` rows, row
@@ -121,17 +121,6 @@ impl<'a> Im2colPacked<'a> {
         }
         out
     }
-}
-
-/// The lanes of a 16-lane load from column `x` of a row of `w` values that lie inside the row
-/// and before column `x + count` (the others read as zero).
-fn load_mask(w: usize, x: isize, count: isize) -> u16 {
-    let lo = (-x).clamp(0, 16);
-    let hi = (w as isize - x).min(count).clamp(lo, 16);
-    if lo >= hi {
-        return 0;
-    }
-    (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16
 }
 
 impl PackRhs for Im2colPacked<'_> {

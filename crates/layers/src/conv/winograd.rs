@@ -891,7 +891,7 @@ fn transform_output_grad_any(
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use super::{spans, stride, Geometry, MaybeUninit, PackedLhs, LANES};
-    use crate::avx512::{index, EVEN, HIGH, LOW, ODD};
+    use crate::avx512::{index, load_mask, EVEN, HIGH, LOW, ODD};
     use crate::bf16_gemm::RhsLayout;
     use std::arch::x86_64::*;
 
@@ -1046,18 +1046,6 @@ mod simd {
         prefetch: ((usize, usize), (usize, usize)),
     }
 
-    /// The lanes of a 16-lane load from column `x` of a row of `w` values that lie inside the
-    /// row and before column `x + count` (the others read as zero).
-    #[inline(always)]
-    fn load_mask(w: usize, x: isize, count: isize) -> u16 {
-        let lo = (-x).clamp(0, 16);
-        let hi = (w as isize - x).min(count).clamp(lo, 16);
-        if lo >= hi {
-            return 0;
-        }
-        (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16
-    }
-
     fn run_plans(geo: &Geometry, parts: &[(usize, usize, usize, usize, usize)]) -> Vec<RunPlan> {
         let (h, w, p) = (geo.h as isize, geo.w, geo.padding as isize);
         parts
@@ -1155,7 +1143,7 @@ mod simd {
                 for (rows, row) in d.iter_mut().zip(&run.rows) {
                     let Some(row) = row else { continue };
                     // SAFETY: the plane lies in `x` (asserted by `new`); the masks keep each
-                    // load's lanes inside its row ([`load_mask`]).
+                    // load's lanes inside its row (`load_mask`).
                     let at = x.as_ptr().wrapping_offset(plane + row.start);
                     let a = _mm512_maskz_loadu_ps(row.masks[0], at);
                     let b = _mm512_maskz_loadu_ps(row.masks[1], at.wrapping_add(16));
@@ -1486,7 +1474,7 @@ mod simd {
         );
         // Per span, the same for every channel: the 8x8 image it covers whole, or per run
         // (image, its lanes, per output row in the image: where the two loads start in the
-        // plane and their masks ([`load_mask`]); lane `off + k` is the run's tile `k`, the rows
+        // plane and their masks (`load_mask`); lane `off + k` is the run's tile `k`, the rows
         // to prefetch).
         type Run = (
             usize,
@@ -1541,7 +1529,7 @@ mod simd {
                     for (row, plan) in y.iter_mut().zip(rows) {
                         let Some((at, [m0, m1])) = plan else { continue };
                         // SAFETY: the plane lies in `g` (asserted above); the masks keep each
-                        // load's lanes inside its row ([`load_mask`]).
+                        // load's lanes inside its row (`load_mask`).
                         let p = g.as_ptr().wrapping_offset(plane + at);
                         let a = _mm512_maskz_loadu_ps(m0, p);
                         let b = _mm512_maskz_loadu_ps(m1, p.wrapping_add(16));
