@@ -892,6 +892,36 @@ fn transform_output_grad_any(
 mod simd {
     use super::{spans, stride, Geometry, MaybeUninit, PackedLhs, LANES};
     use crate::avx512::{index, load_mask, EVEN, HIGH, LOW, ODD};
+
+    /// `_mm512_permutex2var_epi16` indices: the low 16 values of `a` and `b` interleaved
+    /// (`a0, b0, a1, b1, ...`), then the high 16.
+    const PAIR_LOW: [i16; 32] = {
+        let mut v = [0i16; 32];
+        let mut k = 0;
+        while k < 32 {
+            v[k] = (k / 2) as i16 + if k % 2 == 1 { 32 } else { 0 };
+            k += 1;
+        }
+        v
+    };
+    const PAIR_HIGH: [i16; 32] = {
+        let mut v = PAIR_LOW;
+        let mut k = 0;
+        while k < 32 {
+            v[k] += 16;
+            k += 1;
+        }
+        v
+    };
+
+    /// A 16-bit permute's index vector.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[inline(always)]
+    unsafe fn index16(i: &[i16; 32]) -> __m512i {
+        _mm512_loadu_si512(i.as_ptr().cast())
+    }
     use crate::bf16_gemm::RhsLayout;
     use std::arch::x86_64::*;
 
@@ -1218,7 +1248,7 @@ mod simd {
     /// (`vcvtneps2bf16`: nearest even, subnormal values flushed to zero, where the portable
     /// rounding keeps them), two neighbouring channels to a pair (the even one in the low half;
     /// past the last channel, zero).
-    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
     pub(super) unsafe fn transform_input_packed(
         geo: &Geometry,
         x: &[f32],
@@ -1251,21 +1281,35 @@ mod simd {
             })
             .collect();
         let zero = [_mm512_setzero_ps(); 16];
+        // Pairs of the even channel's value (low half) and the odd one's for positions `2j`
+        // (`first`) and `2j + 1` (`second`) from the two channels' bf16 values of both
+        // positions side by side (`vcvtne2ps2bf16`: position `2j` in the low 16 values).
+        let (first, second) = (index16(&PAIR_LOW), index16(&PAIR_HIGH));
         for p in 0..layout.pairs() {
             for (s, parts) in stores.iter().enumerate() {
-                let even = plan.patch(geo, x, 2 * p, s);
-                let odd = match 2 * p + 1 < c {
+                // Each channel's 16 positions rounded to bf16 two to a vector as soon as they
+                // are made: 8 registers where the float32 values held 16, so that both
+                // channels' values stay in registers (32 float32 vectors spilled to the stack).
+                let round = |v: [__m512; 16]| -> [__m512i; 8] {
+                    std::array::from_fn(|j| {
+                        std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(
+                            v[2 * j + 1],
+                            v[2 * j],
+                        ))
+                    })
+                };
+                let even = round(plan.patch(geo, x, 2 * p, s));
+                let odd = round(match 2 * p + 1 < c {
                     true => plan.patch(geo, x, 2 * p + 1, s),
                     false => zero,
-                };
-                for (xi, (e, o)) in even.into_iter().zip(odd).enumerate() {
-                    let e = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(
-                        _mm512_cvtneps_pbh(e),
-                    ));
-                    let o = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(
-                        _mm512_cvtneps_pbh(o),
-                    ));
-                    let pairs = _mm512_or_si512(e, _mm512_slli_epi32::<16>(o));
+                });
+                for (xi, pairs) in (0..8).flat_map(|j| {
+                    let (e, o) = (even[j], odd[j]);
+                    [
+                        (2 * j, _mm512_permutex2var_epi16(e, first, o)),
+                        (2 * j + 1, _mm512_permutex2var_epi16(e, second, o)),
+                    ]
+                }) {
                     let row = (xi * ps + p * layout.nr) as isize;
                     for &(at, mask) in parts {
                         if mask != 0 {
