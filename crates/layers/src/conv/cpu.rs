@@ -211,6 +211,16 @@ fn packed_columns_product<'a>(
     Err(dst)
 }
 
+/// [`Geometry::im2col_t_rows_strided`] (rows `stride` apart in `out`), through the planned
+/// masked loads of [`super::im2col_packed`] where this CPU has them: the same values.
+fn im2col_rows(geo: &Geometry, img: &[f32], rows: Range<usize>, out: &mut [f32], stride: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(columns) = super::im2col_packed::Im2colPacked::new(geo, img, rows.clone()) {
+        return columns.write_f32(out, stride);
+    }
+    geo.im2col_t_rows_strided(img, rows, out, stride)
+}
+
 /// Whether [`packed_columns_product`] gathers the columns of `geo` on this CPU.
 fn packs_columns(geo: &Geometry) -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -430,7 +440,7 @@ impl ConvCpu {
                     time(Part::Im2col, || {
                         for (j, i) in (first..first + count).enumerate() {
                             let img = &x[i * img_len..(i + 1) * img_len];
-                            geo.im2col_t_rows_strided(img, 0..geo.oh, &mut cols[j * ohw..], len);
+                            im2col_rows(geo, img, 0..geo.oh, &mut cols[j * ohw..], len);
                             let g = &grad[i * cout * ohw..(i + 1) * cout * ohw];
                             for (o, row) in g.chunks_exact(ohw).enumerate() {
                                 staged[o * len + j * ohw..o * len + (j + 1) * ohw]
@@ -453,7 +463,7 @@ impl ConvCpu {
                         (&img[p0..], 1, ohw)
                     } else {
                         let cols = &mut work.cols[..k * len];
-                        time(Part::Im2col, || geo.im2col_t_rows(img, rows, cols));
+                        time(Part::Im2col, || im2col_rows(geo, img, rows, cols, len));
                         (&work.cols[..k * len], 1, len)
                     };
                     product(
@@ -552,7 +562,7 @@ impl ConvCpu {
                         (&gi[p0..], ohw, 1)
                     } else {
                         let cols = &mut work.cols[..bk * len];
-                        time(Part::Im2col, || back.im2col_t_rows(gi, rows, cols));
+                        time(Part::Im2col, || im2col_rows(&back, gi, rows, cols, len));
                         (cols, len, 1)
                     };
                     lhs.product_uninit(

@@ -5,7 +5,8 @@
 //! The image-by-image forward of a convolution that is neither Winograd's nor pointwise (a
 //! strided 3x3, a 1x1 with stride 2, a 5x5; a 7x7 stem whose input is tracked, the others
 //! going to [`super::direct`] on AVX-512) multiplies the kernel (O x C·KH·KW) by the columns
-//! of a block of output rows. (The gradients still make float32 columns.) With float32 columns, [`Geometry::im2col_t_rows_strided`]
+//! of a block of output rows. (The gradients still make float32 columns, with the same
+//! planned loads: [`Im2colPacked::write_f32`].) With float32 columns, [`Geometry::im2col_t_rows_strided`]
 //! wrote them (`C·KH·KW` rows of the block's positions, a few hundred KB in L2) and the product
 //! read them back to round and pair them. Here each pair of rows is gathered with masked vector
 //! loads (and, for stride 2, one permute to the even values), rounded by `vcvtneps2bf16` as the
@@ -178,6 +179,69 @@ impl PackRhs for Im2colPacked<'_> {
 }
 
 impl Im2colPacked<'_> {
+    /// The float32 columns of these rows, as [`Geometry::im2col_t_rows_strided`] writes them
+    /// (row `r` at `out[r · stride ..]`, `stride` at least the rows' positions), with the same
+    /// masked loads as the packed gathers, planned once for all channels instead of row by row
+    /// (whose per-row work dominated on small maps: 16, 8 and 4 positions a row). The same
+    /// values, copied.
+    pub(super) fn write_f32(&self, out: &mut [f32], stride: usize) {
+        let g = self.geo;
+        let (k, len) = (g.row_len(), self.rows.len() * g.ow);
+        assert!(
+            len <= stride && (k == 0 || out.len() >= (k - 1) * stride + len),
+            "im2col: {k} rows of {len} positions {stride} apart do not fit {} values",
+            out.len()
+        );
+        let chunks = self.chunks((0, len));
+        let loads = self.loads(&chunks);
+        // SAFETY: as in `pack`: AVX-512F (`new`), loads inside the image's rows; every store
+        // lands at `r · stride + c.col + lane` with lanes below `c.len`, inside `out`
+        // (asserted above).
+        unsafe { self.write_f32_with(out, stride, &chunks, &loads) }
+    }
+
+    /// [`Self::write_f32`]'s loop.
+    ///
+    /// # Safety
+    /// As [`Self::write_f32`]: AVX-512F, `loads` made by [`Self::loads`] for `chunks`, `out`
+    /// long enough.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn write_f32_with(
+        &self,
+        out: &mut [f32],
+        stride: usize,
+        chunks: &[Chunk],
+        loads: &[Load],
+    ) {
+        let g = self.geo;
+        let (taps, plane) = (g.kh * g.kw, g.h * g.w);
+        let even = index(&EVEN);
+        let two = g.stride == 2;
+        for r in 0..g.row_len() {
+            let (ch, tap) = (r / taps, r % taps);
+            let loads = &loads[tap * chunks.len()..(tap + 1) * chunks.len()];
+            let src = self.img.as_ptr().wrapping_add(ch * plane);
+            let row = out.as_mut_ptr().add(r * stride);
+            for (c, load) in chunks.iter().zip(loads) {
+                let v = match load.at {
+                    None => _mm512_setzero_ps(),
+                    Some(at) => {
+                        let p = src.wrapping_offset(at);
+                        let a = _mm512_maskz_loadu_ps(load.masks[0], p);
+                        match two {
+                            false => a,
+                            true => {
+                                let b = _mm512_maskz_loadu_ps(load.masks[1], p.wrapping_add(16));
+                                _mm512_permutex2var_ps(a, even, b)
+                            }
+                        }
+                    }
+                };
+                _mm512_mask_storeu_ps(row.add(c.col), crate::avx512::first(c.len), v);
+            }
+        }
+    }
+
     /// The pairs `p0 .. p0 + kc` of every chunk into `out` (panels of `nr` columns, `depth`
     /// pairs deep).
     ///
@@ -355,6 +419,44 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// The planned float32 columns equal `im2col`'s row by row copies, rows a stride apart.
+    #[test]
+    fn writes_the_float32_columns_of_im2col() -> candle_core::Result<()> {
+        if !crate::avx512::available() || !Im2colPacked::can(&Geometry::new(1, 3, 3, 1, 1, 1, 0)?) {
+            eprintln!("skipped: this CPU lacks AVX512-BF16");
+            return Ok(());
+        }
+        for (c, h, w, kk, s, p) in [
+            (3, 11, 13, 3, 2, 1),
+            (5, 9, 9, 3, 1, 1),
+            (4, 20, 23, 1, 2, 0),
+            (3, 30, 31, 7, 2, 3),
+            (2, 12, 10, 5, 1, 2),
+            (6, 4, 4, 3, 2, 1),
+            (2, 8, 8, 3, 1, 1),
+        ] {
+            let geo = Geometry::new(c, h, w, kk, kk, s, p)?;
+            let img: Vec<f32> = crate::test_values::values(c * h * w, (c + h) as u32);
+            let k = geo.row_len();
+            for rows in [0..geo.oh, geo.oh / 2..geo.oh] {
+                let len = rows.len() * geo.ow;
+                let stride = len + 3;
+                let (mut ours, mut theirs) =
+                    (vec![f32::NAN; k * stride], vec![f32::NAN; k * stride]);
+                geo.im2col_t_rows_strided(&img, rows.clone(), &mut theirs, stride);
+                let columns = Im2colPacked::new(&geo, &img, rows.clone()).expect("gathers");
+                columns.write_f32(&mut ours, stride);
+                let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&ours),
+                    bits(&theirs),
+                    "{c}x{h}x{w} k{kk} s{s} p{p} rows {rows:?}"
+                );
             }
         }
         Ok(())
