@@ -5,12 +5,13 @@
 //! The image-by-image forward of a convolution that is neither Winograd's nor pointwise (a
 //! strided 3x3, a 1x1 with stride 2, a 5x5; a 7x7 stem whose input is tracked, the others
 //! going to [`super::direct`] on AVX-512) multiplies the kernel (O x C·KH·KW) by the columns
-//! of a block of output rows. (The gradients still make float32 columns, with the same
-//! planned loads: [`Im2colPacked::write_f32`].) With float32 columns, [`Geometry::im2col_t_rows_strided`]
-//! wrote them (`C·KH·KW` rows of the block's positions, a few hundred KB in L2) and the product
-//! read them back to round and pair them. Here each pair of rows is gathered with masked vector
-//! loads (and, for stride 2, one permute to the even values), rounded by `vcvtneps2bf16` as the
-//! products' own packing rounds, and stored in its panel: the same bits, one pass fewer.
+//! of a block of output rows. Before, [`Geometry::im2col_t_rows_strided`] wrote those columns
+//! in float32 (`C·KH·KW` rows of the block's positions, a few hundred KB in L2) and the
+//! product read them back to round and pair them. Here each pair of rows is gathered with
+//! masked vector loads (and, for stride 2, one permute to the even values), rounded by
+//! `vcvtneps2bf16` as the products' own packing rounds, and stored in its panel: the same
+//! bits, one pass fewer. (The gradients still make float32 columns, with the same planned
+//! loads: [`Im2colPacked::write_f32`].)
 
 use std::arch::x86_64::*;
 use std::ops::Range;
