@@ -50,6 +50,31 @@ struct Load {
 
 /// Off: [`Im2colPacked::applies`] says no, and the convolutions pack float32 columns (for
 /// every thread; the same bits either way, so tests running meanwhile are unaffected).
+impl Load {
+    /// The run's 16 values (zero past it and outside the image) from the channel's `plane`:
+    /// one masked load, or for stride 2 (`two`) two and the even values' permute (`even`, the
+    /// [`EVEN`] index).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `plane` is a channel's plane of the image the load was planned
+    /// for ([`Im2colPacked::loads`]), so the masked lanes lie inside its rows.
+    #[inline(always)]
+    unsafe fn values(self, plane: *const f32, (two, even): (bool, __m512i)) -> __m512 {
+        let Some(at) = self.at else {
+            return _mm512_setzero_ps();
+        };
+        let src = plane.wrapping_offset(at);
+        let a = _mm512_maskz_loadu_ps(self.masks[0], src);
+        match two {
+            false => a,
+            true => {
+                let b = _mm512_maskz_loadu_ps(self.masks[1], src.wrapping_add(16));
+                _mm512_permutex2var_ps(a, even, b)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 pub(super) static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
@@ -223,21 +248,8 @@ impl Im2colPacked<'_> {
             let loads = &loads[tap * chunks.len()..(tap + 1) * chunks.len()];
             let src = self.img.as_ptr().wrapping_add(ch * plane);
             let row = out.as_mut_ptr().add(r * stride);
-            for (c, load) in chunks.iter().zip(loads) {
-                let v = match load.at {
-                    None => _mm512_setzero_ps(),
-                    Some(at) => {
-                        let p = src.wrapping_offset(at);
-                        let a = _mm512_maskz_loadu_ps(load.masks[0], p);
-                        match two {
-                            false => a,
-                            true => {
-                                let b = _mm512_maskz_loadu_ps(load.masks[1], p.wrapping_add(16));
-                                _mm512_permutex2var_ps(a, even, b)
-                            }
-                        }
-                    }
-                };
+            for (c, &load) in chunks.iter().zip(loads) {
+                let v = load.values(src, (two, even));
                 _mm512_mask_storeu_ps(row.add(c.col), crate::avx512::first(c.len), v);
             }
         }
@@ -317,19 +329,7 @@ impl Im2colPacked<'_> {
             let Some((loads, plane)) = row else {
                 return _mm512_setzero_ps();
             };
-            let load = loads[c];
-            let Some(at) = load.at else {
-                return _mm512_setzero_ps();
-            };
-            let src = plane.wrapping_offset(at);
-            let a = _mm512_maskz_loadu_ps(load.masks[0], src);
-            match TWO {
-                false => a,
-                true => {
-                    let b = _mm512_maskz_loadu_ps(load.masks[1], src.wrapping_add(16));
-                    _mm512_permutex2var_ps(a, even, b)
-                }
-            }
+            loads[c].values(plane, (TWO, even))
         };
         let dst = out.as_mut_ptr();
         for p in 0..kc {
@@ -356,6 +356,21 @@ impl Im2colPacked<'_> {
 mod tests {
     use super::*;
 
+    /// (channels, height, width, kernel, stride, padding): strides 1 and 2, paddings 0 to 3,
+    /// kernels 1 to 7, odd sizes and channel counts, maps of 4x4 to 40x40.
+    const SHAPES: [(usize, usize, usize, usize, usize, usize); 10] = [
+        (3, 11, 13, 3, 2, 1),
+        (5, 9, 9, 3, 1, 1),
+        (4, 20, 23, 1, 2, 0),
+        (3, 30, 31, 7, 2, 3),
+        (2, 12, 10, 5, 1, 2),
+        (6, 7, 7, 3, 2, 1),
+        (8, 40, 40, 3, 2, 1),
+        (1, 5, 5, 3, 2, 0),
+        (6, 4, 4, 3, 2, 1),
+        (2, 8, 8, 3, 1, 1),
+    ];
+
     /// Packs every block of a few geometries both ways, the float32 columns through the
     /// products' own packing and the gathers here, and compares the bits: strides 1 and 2,
     /// paddings 0 to 3, kernels 1, 3, 5 and 7, odd sizes and channel counts (an odd last
@@ -367,17 +382,7 @@ mod tests {
             eprintln!("skipped: this CPU lacks AVX512-BF16");
             return Ok(());
         }
-        // (channels, height, width, kernel, stride, padding)
-        for (c, h, w, kk, s, p) in [
-            (3, 11, 13, 3, 2, 1),
-            (5, 9, 9, 3, 1, 1),
-            (4, 20, 23, 1, 2, 0),
-            (3, 30, 31, 7, 2, 3),
-            (2, 12, 10, 5, 1, 2),
-            (6, 7, 7, 3, 2, 1),
-            (8, 40, 40, 3, 2, 1),
-            (1, 5, 5, 3, 2, 0),
-        ] {
+        for (c, h, w, kk, s, p) in SHAPES {
             let geo = Geometry::new(c, h, w, kk, kk, s, p)?;
             let img: Vec<f32> = crate::test_values::values(c * h * w, (c + w) as u32);
             let k = geo.row_len();
@@ -432,15 +437,7 @@ mod tests {
             eprintln!("skipped: this CPU lacks AVX512-BF16");
             return Ok(());
         }
-        for (c, h, w, kk, s, p) in [
-            (3, 11, 13, 3, 2, 1),
-            (5, 9, 9, 3, 1, 1),
-            (4, 20, 23, 1, 2, 0),
-            (3, 30, 31, 7, 2, 3),
-            (2, 12, 10, 5, 1, 2),
-            (6, 4, 4, 3, 2, 1),
-            (2, 8, 8, 3, 1, 1),
-        ] {
+        for (c, h, w, kk, s, p) in SHAPES {
             let geo = Geometry::new(c, h, w, kk, kk, s, p)?;
             let img: Vec<f32> = crate::test_values::values(c * h * w, (c + h) as u32);
             let k = geo.row_len();
