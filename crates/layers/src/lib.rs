@@ -21,7 +21,8 @@
 //!   run's files that refuse pipes and devices;
 //! - [`memory_format`]: PyTorch's `torch.channels_last` activations (cuDNN's NHWC kernels on
 //!   CUDA);
-//! - [`Network`], the surface every model exposes.
+//! - [`Network`], the surface every model exposes;
+//! - [`wide`]: plain loops compiled a second time for AVX-512, picked at run time.
 
 mod activation;
 #[cfg(feature = "cuda")]
@@ -83,6 +84,7 @@ mod test_values {
 pub mod profile;
 pub mod rng;
 pub mod tap;
+pub mod wide;
 
 pub use activation::{add_relu, relu, tanh};
 pub use adaptive::{adaptive_avg_pool2d, AdaptiveAvgPool2d};

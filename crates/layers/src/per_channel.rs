@@ -51,6 +51,20 @@ fn lane_sums<const N: usize>(
     c: &[f32],
     f: impl Fn(f32, f32, f32) -> [f32; N],
 ) -> [f64; N] {
+    crate::wide::run(
+        #[inline(always)]
+        || lane_sums_any(a, b, c, f),
+    )
+}
+
+/// [`lane_sums`] as compiled for any CPU (inlined into its AVX-512 copy).
+#[inline(always)]
+fn lane_sums_any<const N: usize>(
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    f: impl Fn(f32, f32, f32) -> [f32; N],
+) -> [f64; N] {
     // Rows shorter than a vector (the 1x1 and 2x2 maps of a ResNet's last stages): the
     // remainder loop alone, with the same sums as below (the lanes would all add zero).
     if a.len() < 16 {
@@ -127,14 +141,19 @@ fn fold_rows<A: Send>(
     let parts: Vec<Vec<A>> = runs
         .into_par_iter()
         .map(|chs| {
-            let mut accs: Vec<A> = chs.clone().map(|_| init()).collect();
-            for i in 0..n {
-                for (acc, ch) in accs.iter_mut().zip(chs.clone()) {
-                    let r = (i * c + ch) * l;
-                    step(acc, ch, r..r + l);
-                }
-            }
-            accs
+            crate::wide::run(
+                #[inline(always)]
+                || {
+                    let mut accs: Vec<A> = chs.clone().map(|_| init()).collect();
+                    for i in 0..n {
+                        for (acc, ch) in accs.iter_mut().zip(chs.clone()) {
+                            let r = (i * c + ch) * l;
+                            step(acc, ch, r..r + l);
+                        }
+                    }
+                    accs
+                },
+            )
         })
         .collect();
     parts.into_iter().flatten().collect()
@@ -181,28 +200,33 @@ fn batch_stats_inner(x: &[f32], (n, c, l): (usize, usize, usize)) -> (Vec<f32>, 
         let parts: Vec<(Vec<f32>, Vec<f32>)> = channel_runs((n, c, l))
             .into_par_iter()
             .map(|chs| {
-                let len = chs.len() * l;
-                let block = |i: usize| &x[(i * c + chs.start) * l..][..len];
-                let mut acc = vec![0f64; len];
-                for i in 0..n {
-                    acc.iter_mut()
-                        .zip(block(i))
-                        .for_each(|(a, &v)| *a += f64::from(v));
-                }
-                let mean: Vec<f32> = channel_totals(&acc, l)
-                    .map(|s| (s / count) as f32)
-                    .collect();
-                let m = expand(&mean, l);
-                acc.fill(0.0);
-                for i in 0..n {
-                    for ((a, &v), &m) in acc.iter_mut().zip(block(i)).zip(&m) {
-                        *a += f64::from((v - m) * (v - m));
-                    }
-                }
-                let var = channel_totals(&acc, l)
-                    .map(|s| (s / count) as f32)
-                    .collect();
-                (mean, var)
+                crate::wide::run(
+                    #[inline(always)]
+                    || {
+                        let len = chs.len() * l;
+                        let block = |i: usize| &x[(i * c + chs.start) * l..][..len];
+                        let mut acc = vec![0f64; len];
+                        for i in 0..n {
+                            acc.iter_mut()
+                                .zip(block(i))
+                                .for_each(|(a, &v)| *a += f64::from(v));
+                        }
+                        let mean: Vec<f32> = channel_totals(&acc, l)
+                            .map(|s| (s / count) as f32)
+                            .collect();
+                        let m = expand(&mean, l);
+                        acc.fill(0.0);
+                        for i in 0..n {
+                            for ((a, &v), &m) in acc.iter_mut().zip(block(i)).zip(&m) {
+                                *a += f64::from((v - m) * (v - m));
+                            }
+                        }
+                        let var = channel_totals(&acc, l)
+                            .map(|s| (s / count) as f32)
+                            .collect();
+                        (mean, var)
+                    },
+                )
             })
             .collect();
         let (mean, var): (Vec<Vec<f32>>, Vec<Vec<f32>>) = parts.into_iter().unzip();
@@ -279,54 +303,64 @@ pub(crate) fn normalize(
         // SAFETY: each image's chunk is written whole.
         return unsafe {
             par_filled(x.len(), per, |i, yi| {
-                let xi = &x[i * per..][..yi.len()];
-                let coefs = m.iter().zip(&s).zip(&b);
-                match residual {
-                    None => {
-                        for ((y, &x), ((&m, &s), &b)) in yi.iter_mut().zip(xi).zip(coefs) {
-                            let v = (x - m) * s + b;
-                            // NaN stays NaN, as torch.relu.
-                            y.write(if relu && v <= 0.0 { 0.0 } else { v });
+                crate::wide::run(
+                    #[inline(always)]
+                    || {
+                        let xi = &x[i * per..][..yi.len()];
+                        let coefs = m.iter().zip(&s).zip(&b);
+                        match residual {
+                            None => {
+                                for ((y, &x), ((&m, &s), &b)) in yi.iter_mut().zip(xi).zip(coefs) {
+                                    let v = (x - m) * s + b;
+                                    // NaN stays NaN, as torch.relu.
+                                    y.write(if relu && v <= 0.0 { 0.0 } else { v });
+                                }
+                            }
+                            Some(r) => {
+                                let ri = &r[i * per..][..yi.len()];
+                                for (((y, &x), &r), ((&m, &s), &b)) in
+                                    yi.iter_mut().zip(xi).zip(ri).zip(coefs)
+                                {
+                                    let v = ((x - m) * s + b) + r;
+                                    y.write(if v <= 0.0 { 0.0 } else { v });
+                                }
+                            }
                         }
-                    }
-                    Some(r) => {
-                        let ri = &r[i * per..][..yi.len()];
-                        for (((y, &x), &r), ((&m, &s), &b)) in
-                            yi.iter_mut().zip(xi).zip(ri).zip(coefs)
-                        {
-                            let v = ((x - m) * s + b) + r;
-                            y.write(if v <= 0.0 { 0.0 } else { v });
-                        }
-                    }
-                }
+                    },
+                )
             })
         };
     }
     // SAFETY: each image's chunk is written whole, channel by channel.
     unsafe {
         par_filled(x.len(), per, |i, yi| {
-            let xi = &x[i * per..][..yi.len()];
-            for ch in 0..c {
-                let (m, s, b) = (mean[ch], scale[ch], b[ch]);
-                let (yr, xr) = (&mut yi[ch * l..][..l], &xi[ch * l..][..l]);
-                match residual {
-                    None => {
-                        for (y, &x) in yr.iter_mut().zip(xr) {
-                            let v = (x - m) * s + b;
-                            // NaN stays NaN, as torch.relu.
-                            y.write(if relu && v <= 0.0 { 0.0 } else { v });
+            crate::wide::run(
+                #[inline(always)]
+                || {
+                    let xi = &x[i * per..][..yi.len()];
+                    for ch in 0..c {
+                        let (m, s, b) = (mean[ch], scale[ch], b[ch]);
+                        let (yr, xr) = (&mut yi[ch * l..][..l], &xi[ch * l..][..l]);
+                        match residual {
+                            None => {
+                                for (y, &x) in yr.iter_mut().zip(xr) {
+                                    let v = (x - m) * s + b;
+                                    // NaN stays NaN, as torch.relu.
+                                    y.write(if relu && v <= 0.0 { 0.0 } else { v });
+                                }
+                            }
+                            Some(r) => {
+                                let rr = &r[i * per + ch * l..][..l];
+                                for ((y, &x), &r) in yr.iter_mut().zip(xr).zip(rr) {
+                                    let v = ((x - m) * s + b) + r;
+                                    // NaN stays NaN, as torch.relu.
+                                    y.write(if v <= 0.0 { 0.0 } else { v });
+                                }
+                            }
                         }
                     }
-                    Some(r) => {
-                        let rr = &r[i * per + ch * l..][..l];
-                        for ((y, &x), &r) in yr.iter_mut().zip(xr).zip(rr) {
-                            let v = ((x - m) * s + b) + r;
-                            // NaN stays NaN, as torch.relu.
-                            y.write(if v <= 0.0 { 0.0 } else { v });
-                        }
-                    }
-                }
-            }
+                },
+            )
         })
     }
 }
@@ -342,22 +376,29 @@ fn short_grad_sums(
     let parts: Vec<Vec<[f64; 2]>> = channel_runs((n, c, l))
         .into_par_iter()
         .map(|chs| {
-            let len = chs.len() * l;
-            let m = expand(&mean[chs.clone()], l);
-            let (mut sg, mut sd) = (vec![0f64; len], vec![0f64; len]);
-            for i in 0..n {
-                let r = (i * c + chs.start) * l..(i * c + chs.start) * l + len;
-                let values = g[r.clone()].iter().zip(&y[r.clone()]).zip(&x[r]).zip(&m);
-                for ((sg, sd), (((&g, &y), &x), &m)) in sg.iter_mut().zip(&mut sd).zip(values) {
-                    let g = masked(g, y);
-                    *sg += f64::from(g);
-                    *sd += f64::from(g * (x - m));
-                }
-            }
-            channel_totals(&sg, l)
-                .zip(channel_totals(&sd, l))
-                .map(|(a, b)| [a, b])
-                .collect()
+            crate::wide::run(
+                #[inline(always)]
+                || {
+                    let len = chs.len() * l;
+                    let m = expand(&mean[chs.clone()], l);
+                    let (mut sg, mut sd) = (vec![0f64; len], vec![0f64; len]);
+                    for i in 0..n {
+                        let r = (i * c + chs.start) * l..(i * c + chs.start) * l + len;
+                        let values = g[r.clone()].iter().zip(&y[r.clone()]).zip(&x[r]).zip(&m);
+                        for ((sg, sd), (((&g, &y), &x), &m)) in
+                            sg.iter_mut().zip(&mut sd).zip(values)
+                        {
+                            let g = masked(g, y);
+                            *sg += f64::from(g);
+                            *sd += f64::from(g * (x - m));
+                        }
+                    }
+                    channel_totals(&sg, l)
+                        .zip(channel_totals(&sd, l))
+                        .map(|(a, b)| [a, b])
+                        .collect()
+                },
+            )
         })
         .collect();
     parts.concat()
@@ -432,20 +473,26 @@ pub(crate) fn normalize_grads(
                         let rows = RowsOut(gr.spare_capacity_mut().as_mut_ptr());
                         let rows = &rows;
                         let sums = per_channel_sums((n, c, l), |ch, r| {
-                            let m = mean[ch];
-                            // SAFETY: only channel `ch`'s task writes its rows (i, ch), which
-                            // are disjoint and inside `gr`'s capacity of `xv.len()` values.
-                            let out = unsafe {
-                                std::slice::from_raw_parts_mut(rows.0.add(r.start), r.len())
-                            };
-                            let (g, y) = (&gv[r.clone()], &yv[r.clone()]);
-                            for (o, (&g, &y)) in out.iter_mut().zip(g.iter().zip(y)) {
-                                o.write(masked(g, y));
-                            }
-                            // SAFETY: every value of `out` was just written.
-                            let out: &[f32] =
-                                unsafe { std::slice::from_raw_parts(out.as_ptr().cast(), r.len()) };
-                            lane_sums(out, out, &xv[r], |g, _, x| [g, g * (x - m)])
+                            crate::wide::run(
+                                #[inline(always)]
+                                || {
+                                    let m = mean[ch];
+                                    // SAFETY: only channel `ch`'s task writes its rows (i, ch), which
+                                    // are disjoint and inside `gr`'s capacity of `xv.len()` values.
+                                    let out = unsafe {
+                                        std::slice::from_raw_parts_mut(rows.0.add(r.start), r.len())
+                                    };
+                                    let (g, y) = (&gv[r.clone()], &yv[r.clone()]);
+                                    for (o, (&g, &y)) in out.iter_mut().zip(g.iter().zip(y)) {
+                                        o.write(masked(g, y));
+                                    }
+                                    // SAFETY: every value of `out` was just written.
+                                    let out: &[f32] = unsafe {
+                                        std::slice::from_raw_parts(out.as_ptr().cast(), r.len())
+                                    };
+                                    lane_sums(out, out, &xv[r], |g, _, x| [g, g * (x - m)])
+                                },
+                            )
                         });
                         // SAFETY: the channels' rows cover all `xv.len()` values.
                         unsafe { gr.set_len(xv.len()) };
@@ -453,24 +500,30 @@ pub(crate) fn normalize_grads(
                         sums
                     } else {
                         per_channel_sums((n, c, l), |ch, r| {
-                            let m = mean[ch];
-                            if let Some(bias) = &bias {
-                                // The ReLU's mask from the input, as `normalize` made it.
-                                let (s, b) = (wv[ch] * invstd[ch], bias[ch]);
-                                return lane_sums(
-                                    &gv[r.clone()],
-                                    &xv[r.clone()],
-                                    &xv[r],
-                                    |g, x, _| {
-                                        let g = if (x - m) * s + b <= 0.0 { 0.0 } else { g };
+                            crate::wide::run(
+                                #[inline(always)]
+                                || {
+                                    let m = mean[ch];
+                                    if let Some(bias) = &bias {
+                                        // The ReLU's mask from the input, as `normalize` made it.
+                                        let (s, b) = (wv[ch] * invstd[ch], bias[ch]);
+                                        return lane_sums(
+                                            &gv[r.clone()],
+                                            &xv[r.clone()],
+                                            &xv[r],
+                                            |g, x, _| {
+                                                let g =
+                                                    if (x - m) * s + b <= 0.0 { 0.0 } else { g };
+                                                [g, g * (x - m)]
+                                            },
+                                        );
+                                    }
+                                    lane_sums(&gv[r.clone()], &yv[r.clone()], &xv[r], |g, y, x| {
+                                        let g = masked(g, y);
                                         [g, g * (x - m)]
-                                    },
-                                );
-                            }
-                            lane_sums(&gv[r.clone()], &yv[r.clone()], &xv[r], |g, y, x| {
-                                let g = masked(g, y);
-                                [g, g * (x - m)]
-                            })
+                                    })
+                                },
+                            )
                         })
                     };
                     let gsum: Vec<f32> = sums.iter().map(|s| s[0] as f32).collect();
@@ -491,43 +544,57 @@ pub(crate) fn normalize_grads(
                     // channel).
                     let gx = want_x.then(|| unsafe {
                         par_filled(xv.len(), per, |i, o| {
-                            if let Some([m, a, k, b]) = &short {
-                                let r = i * per..i * per + o.len();
-                                let rows = gv[r.clone()].iter().zip(&yv[r.clone()]).zip(&xv[r]);
-                                let coefs = m.iter().zip(a).zip(k).zip(b);
-                                for ((o, ((&g, &y), &x)), (((&m, &a), &k), &b)) in
-                                    o.iter_mut().zip(rows).zip(coefs)
-                                {
-                                    o.write(masked(g, y) * a + (x - m) * k + b);
-                                }
-                                return;
-                            }
-                            for ch in 0..c {
-                                let r = (i * c + ch) * l..(i * c + ch + 1) * l;
-                                let (m, a, k, b) = (mean[ch], a[ch], kk[ch], shift[ch]);
-                                if let Some(bias) = &bias {
-                                    // The ReLU's mask from the input (a = w·invstd, as
-                                    // `normalize`'s scale).
-                                    let beta = bias[ch];
-                                    let rows = gv[r.clone()].iter().zip(&xv[r]);
-                                    for (o, (&g, &x)) in o[ch * l..][..l].iter_mut().zip(rows) {
-                                        let g = if (x - m) * a + beta <= 0.0 { 0.0 } else { g };
-                                        o.write(g * a + (x - m) * k + b);
+                            crate::wide::run(
+                                #[inline(always)]
+                                || {
+                                    if let Some([m, a, k, b]) = &short {
+                                        let r = i * per..i * per + o.len();
+                                        let rows =
+                                            gv[r.clone()].iter().zip(&yv[r.clone()]).zip(&xv[r]);
+                                        let coefs = m.iter().zip(a).zip(k).zip(b);
+                                        for ((o, ((&g, &y), &x)), (((&m, &a), &k), &b)) in
+                                            o.iter_mut().zip(rows).zip(coefs)
+                                        {
+                                            o.write(masked(g, y) * a + (x - m) * k + b);
+                                        }
+                                        return;
                                     }
-                                    continue;
-                                }
-                                if let Some(gr) = &early_gr {
-                                    let rows = gr[r.clone()].iter().zip(&xv[r]);
-                                    for (o, (&g, &x)) in o[ch * l..][..l].iter_mut().zip(rows) {
-                                        o.write(g * a + (x - m) * k + b);
+                                    for ch in 0..c {
+                                        let r = (i * c + ch) * l..(i * c + ch + 1) * l;
+                                        let (m, a, k, b) = (mean[ch], a[ch], kk[ch], shift[ch]);
+                                        if let Some(bias) = &bias {
+                                            // The ReLU's mask from the input (a = w·invstd, as
+                                            // `normalize`'s scale).
+                                            let beta = bias[ch];
+                                            let rows = gv[r.clone()].iter().zip(&xv[r]);
+                                            for (o, (&g, &x)) in
+                                                o[ch * l..][..l].iter_mut().zip(rows)
+                                            {
+                                                let g =
+                                                    if (x - m) * a + beta <= 0.0 { 0.0 } else { g };
+                                                o.write(g * a + (x - m) * k + b);
+                                            }
+                                            continue;
+                                        }
+                                        if let Some(gr) = &early_gr {
+                                            let rows = gr[r.clone()].iter().zip(&xv[r]);
+                                            for (o, (&g, &x)) in
+                                                o[ch * l..][..l].iter_mut().zip(rows)
+                                            {
+                                                o.write(g * a + (x - m) * k + b);
+                                            }
+                                            continue;
+                                        }
+                                        let rows =
+                                            gv[r.clone()].iter().zip(&yv[r.clone()]).zip(&xv[r]);
+                                        for (o, ((&g, &y), &x)) in
+                                            o[ch * l..][..l].iter_mut().zip(rows)
+                                        {
+                                            o.write(masked(g, y) * a + (x - m) * k + b);
+                                        }
                                     }
-                                    continue;
-                                }
-                                let rows = gv[r.clone()].iter().zip(&yv[r.clone()]).zip(&xv[r]);
-                                for (o, ((&g, &y), &x)) in o[ch * l..][..l].iter_mut().zip(rows) {
-                                    o.write(masked(g, y) * a + (x - m) * k + b);
-                                }
-                            }
+                                },
+                            )
                         })
                     });
                     // The residual's: the gradient through the ReLU.
@@ -535,12 +602,17 @@ pub(crate) fn normalize_grads(
                     let gr = early_gr.or_else(|| {
                         want_r.then(|| unsafe {
                             par_filled(xv.len(), per, |i, o| {
-                                let r = i * per..i * per + o.len();
-                                for (o, (&g, &y)) in
-                                    o.iter_mut().zip(gv[r.clone()].iter().zip(&yv[r]))
-                                {
-                                    o.write(masked(g, y));
-                                }
+                                crate::wide::run(
+                                    #[inline(always)]
+                                    || {
+                                        let r = i * per..i * per + o.len();
+                                        for (o, (&g, &y)) in
+                                            o.iter_mut().zip(gv[r.clone()].iter().zip(&yv[r]))
+                                        {
+                                            o.write(masked(g, y));
+                                        }
+                                    },
+                                )
                             })
                         })
                     });
@@ -703,13 +775,18 @@ impl CustomOp2 for ChannelBias {
         // SAFETY: each image's chunk is written whole, channel by channel.
         let y = unsafe {
             par_filled(x.len(), per, |i, yi| {
-                let xi = &x[i * per..][..yi.len()];
-                for ch in 0..c {
-                    let bias = b[ch];
-                    for (y, &x) in yi[ch * l..][..l].iter_mut().zip(&xi[ch * l..][..l]) {
-                        y.write(x + bias);
-                    }
-                }
+                crate::wide::run(
+                    #[inline(always)]
+                    || {
+                        let xi = &x[i * per..][..yi.len()];
+                        for ch in 0..c {
+                            let bias = b[ch];
+                            for (y, &x) in yi[ch * l..][..l].iter_mut().zip(&xi[ch * l..][..l]) {
+                                y.write(x + bias);
+                            }
+                        }
+                    },
+                )
             })
         };
         Ok((CpuStorage::F32(y), xl.shape().clone()))
@@ -766,9 +843,14 @@ pub(crate) fn add_bias_in_place(y: &mut [f32], shape: &Shape, bias: &[f32]) -> R
     }
     let per = (c * l).max(1);
     let add = |yi: &mut [f32]| {
-        for (ch, &b) in bias.iter().enumerate() {
-            yi[ch * l..][..l].iter_mut().for_each(|y| *y += b);
-        }
+        crate::wide::run(
+            #[inline(always)]
+            || {
+                for (ch, &b) in bias.iter().enumerate() {
+                    yi[ch * l..][..l].iter_mut().for_each(|y| *y += b);
+                }
+            },
+        )
     };
     if y.len() <= per {
         add(y);
@@ -826,6 +908,15 @@ pub(crate) fn scale_shift_in_place(
 /// each block of its output while it is in cache (`conv::cpu`).
 #[inline]
 pub(crate) fn scale_shift_row(y: &mut [f32], r: Option<&[f32]>, s: f32, t: f32, relu: bool) {
+    crate::wide::run(
+        #[inline(always)]
+        || scale_shift_row_any(y, r, s, t, relu),
+    )
+}
+
+/// [`scale_shift_row`] as compiled for any CPU (inlined into its AVX-512 copy).
+#[inline(always)]
+fn scale_shift_row_any(y: &mut [f32], r: Option<&[f32]>, s: f32, t: f32, relu: bool) {
     match r {
         None => {
             for v in y.iter_mut() {
@@ -1109,6 +1200,76 @@ mod tests {
             let from_output = grads(&t(&y)?, None)?;
             let from_input = grads(&t(&vec![1f32; y.len()])?, Some(&bt))?;
             assert_eq!(from_output, from_input, "({n}, {c}, {l})");
+        }
+        Ok(())
+    }
+
+    /// The batch norm's passes compiled for AVX-512 (`crate::wide`) give the bits of the
+    /// default target's: statistics, output (with a residual), and the gradients (with the
+    /// residual's, the ReLU's mask from the output and from the input), over short rows, rows of
+    /// a vector or less, and long rows with a remainder; NaN and zeros included.
+    #[test]
+    fn avx512_copies_give_the_default_targets_bits() -> candle_core::Result<()> {
+        use std::sync::atomic::Ordering;
+        if !crate::avx512::available() {
+            eprintln!("skipped: this CPU has no AVX-512F");
+            return Ok(());
+        }
+        let dev = Device::Cpu;
+        let mut rng = rng::Rng::new(23);
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+        for (n, c, l) in [
+            (3, 5, 1),
+            (4, 6, 9),
+            (2, 3, 16),
+            (3, 4, 49),
+            (2, 5, 300),
+            (2, 3, 1024),
+        ] {
+            let mut x = rng.normals(n * c * l, 0.5, 2.0);
+            x[l / 2] = f32::NAN;
+            x[l..l + l.min(3)].fill(0.0);
+            let r = rng.normals(n * c * l, 0.0, 1.0);
+            let g = rng.normals(n * c * l, 0.0, 1.0);
+            let w = rng.normals(c, 1.0, 0.3);
+            let b = rng.normals(c, 0.0, 0.3);
+            let t = |v: &[f32]| Tensor::from_slice(v, (n, c, l), &dev);
+            let (wt, bt) = (
+                Tensor::from_slice(&w, c, &dev)?,
+                Tensor::from_slice(&b, c, &dev)?,
+            );
+            let all = || -> candle_core::Result<Vec<Vec<u32>>> {
+                let (mean, var) = super::batch_stats(&x, (n, c, l));
+                let invstd: Vec<f32> = var.iter().map(|v| 1.0 / (v + 1e-5).sqrt()).collect();
+                let stats = (&mean[..], &invstd[..]);
+                let y = super::normalize(&x, None, (&w, &b), stats, true, (c, l));
+                let yr = super::normalize(&x, Some(&r), (&w, &b), stats, true, (c, l));
+                let mut out = vec![bits(&mean), bits(&var), bits(&y), bits(&yr)];
+                let (xt, gt) = (t(&x)?, t(&g)?);
+                for (ys, relu, want, bias) in [
+                    (t(&y)?, true, (true, false), None),
+                    (t(&y)?, true, (true, false), Some(&bt)),
+                    (t(&yr)?, true, (true, true), None),
+                    (t(&y)?, false, (true, false), None),
+                ] {
+                    let (gx, gw, gb, gr) =
+                        super::normalize_grads((&xt, &wt, &ys, &gt), stats, relu, want, bias)?;
+                    out.extend(
+                        [gx.unwrap_or_default(), gw, gb, gr.unwrap_or_default()].map(|v| bits(&v)),
+                    );
+                }
+                let mut shifted = x.clone();
+                super::scale_shift_in_place(&mut shifted, Some(&r), (c, l), (&w, &b), true)?;
+                out.push(bits(&shifted));
+                let gb = super::bias_grad(&gt, candle_core::DType::F32)?.to_vec1::<f32>()?;
+                out.push(bits(&gb));
+                Ok(out)
+            };
+            let wide = all()?;
+            crate::wide::ENABLED.store(false, Ordering::Relaxed);
+            let plain = all();
+            crate::wide::ENABLED.store(true, Ordering::Relaxed);
+            assert!(wide == plain?, "({n}, {c}, {l})");
         }
         Ok(())
     }

@@ -122,6 +122,15 @@ impl Step {
 
     /// One chunk: `x * a + b` is Candle's `affine`, which its scalar operations use.
     fn run(self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        layers::wide::run(
+            #[inline(always)]
+            || self.run_any(p, g, m, v),
+        )
+    }
+
+    /// [`Self::run`] as compiled for any CPU (inlined into its AVX-512 copy).
+    #[inline(always)]
+    fn run_any(self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
         let rows = p.iter_mut().zip(g).zip(m.iter_mut().zip(v.iter_mut()));
         for ((p, &g), (m, v)) in rows {
             let (mut param, mut g) = (*p, g);
@@ -203,6 +212,15 @@ impl SgdStep {
 
     /// One chunk; `buf` is empty without momentum, and is written (not read) with `first`.
     fn run(self, p: &mut [f32], g: &[f32], buf: &mut [f32], first: bool) {
+        layers::wide::run(
+            #[inline(always)]
+            || self.run_any(p, g, buf, first),
+        )
+    }
+
+    /// [`Self::run`] as compiled for any CPU (inlined into its AVX-512 copy).
+    #[inline(always)]
+    fn run_any(self, p: &mut [f32], g: &[f32], buf: &mut [f32], first: bool) {
         for (i, (p, &g)) in p.iter_mut().zip(g).enumerate() {
             let mut d = g;
             if let Some(wd) = self.weight_decay {
