@@ -1295,18 +1295,43 @@ fn on_block(
     if dcs == 1 && rows == mr && cols == nr {
         return kernel(d[row0 * drs + col0..].as_mut_ptr().cast(), drs);
     }
+    // The copies run along `dst`'s contiguous direction: a row's `cols` values at once where
+    // its columns are contiguous (a partial tile), a column's `rows` values in turn where its
+    // rows are (a transposed destination, `drs == 1`), whose values a row apart lie a whole
+    // column apart in memory (one cache line touched per value the other way round).
+    let at = |i: usize, j: usize| (row0 + i) * drs + (col0 + j) * dcs;
     if load {
-        for i in 0..rows {
+        if dcs == 1 {
+            for i in 0..rows {
+                let src = &d[at(i, 0)..at(i, 0) + cols];
+                for (t, v) in tile[i * nr..i * nr + cols].iter_mut().zip(src) {
+                    // SAFETY: with `load`, the tile's values are initialised (the caller's
+                    // promise).
+                    *t = unsafe { v.assume_init() };
+                }
+            }
+        } else {
             for j in 0..cols {
-                // SAFETY: with `load`, the tile's values are initialised (the caller's promise).
-                tile[i * nr + j] = unsafe { d[(row0 + i) * drs + (col0 + j) * dcs].assume_init() };
+                for i in 0..rows {
+                    // SAFETY: as above.
+                    tile[i * nr + j] = unsafe { d[at(i, j)].assume_init() };
+                }
             }
         }
     }
     kernel(tile.as_mut_ptr(), nr);
-    for i in 0..rows {
-        for j in 0..cols {
-            d[(row0 + i) * drs + (col0 + j) * dcs] = MaybeUninit::new(tile[i * nr + j]);
+    if dcs == 1 {
+        for i in 0..rows {
+            let dst = &mut d[at(i, 0)..at(i, 0) + cols];
+            for (o, &v) in dst.iter_mut().zip(&tile[i * nr..i * nr + cols]) {
+                *o = MaybeUninit::new(v);
+            }
+        }
+        return;
+    }
+    for j in 0..cols {
+        for i in 0..rows {
+            d[at(i, j)] = MaybeUninit::new(tile[i * nr + j]);
         }
     }
 }
