@@ -661,30 +661,29 @@ fn prefetch(run: &[f32]) {
 
 /// `out[p]` = the pair (`src[2p]`, `src[2p + 1]` or 0), sixteen pairs at a time.
 fn pair_run(src: &[f32], out: &mut [u32]) {
-    debug_assert_eq!(out.len(), src.len().div_ceil(2));
+    assert_eq!(out.len(), src.len().div_ceil(2), "pair_run: lengths");
     #[cfg(target_arch = "x86_64")]
-    let full = match available() {
-        true => {
-            let full = src.len() / 32;
-            // SAFETY: the CPU has AVX512-BF16 (checked); the vector loop reads
-            // `32 · full <= src.len()` values and writes `16 · full <= out.len()`.
-            unsafe { pair_run_avx512(&src[..32 * full], &mut out[..16 * full]) };
-            full
-        }
-        false => 0,
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let full = 0;
-    for p in 16 * full..out.len() {
+    if available() {
+        // SAFETY: the CPU has AVX512-BF16 (checked); the lengths agree (asserted).
+        return unsafe { pair_run_avx512(src, out) };
+    }
+    for p in 0..out.len() {
         let odd = src.get(2 * p + 1).copied().unwrap_or(0.0);
         out[p] = pair(src[2 * p], odd);
     }
 }
 
+/// [`pair_run`] in AVX512-BF16: 32 values at a time, the last fewer than 32 through masked
+/// loads (zeros past the run, as the odd value past an odd-length run) and a masked store.
+///
+/// # Safety
+/// The CPU has AVX512-BF16; `out.len() == src.len().div_ceil(2)`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn pair_run_avx512(src: &[f32], out: &mut [u32]) {
-    for (s, o) in src.chunks_exact(32).zip(out.chunks_exact_mut(16)) {
+    let (chunks, outs) = (src.chunks_exact(32), out.chunks_exact_mut(16));
+    let tail = chunks.remainder();
+    for (s, o) in chunks.zip(outs) {
         let first = _mm512_loadu_ps(s.as_ptr());
         let second = _mm512_loadu_ps(s.as_ptr().add(16));
         // The low half comes from the second argument: values 0..16, then 16..32, in order.
@@ -694,6 +693,21 @@ unsafe fn pair_run_avx512(src: &[f32], out: &mut [u32]) {
             std::mem::transmute::<__m512bh, __m512i>(v),
         );
     }
+    if tail.is_empty() {
+        return;
+    }
+    let (r, at) = (tail.len(), 16 * (src.len() / 32));
+    let first = _mm512_maskz_loadu_ps(crate::avx512::first(r.min(16)), tail.as_ptr());
+    let second = _mm512_maskz_loadu_ps(
+        crate::avx512::first(r.saturating_sub(16)),
+        tail.as_ptr().wrapping_add(16),
+    );
+    let v = _mm512_cvtne2ps_pbh(second, first);
+    _mm512_mask_storeu_epi32(
+        out.as_mut_ptr().add(at).cast(),
+        crate::avx512::first(r.div_ceil(2)),
+        std::mem::transmute::<__m512bh, __m512i>(v),
+    );
 }
 
 /// `dst[j]` = the pair (`r0[j]`, `r1[j]` or 0), sixteen at a time.
@@ -1705,6 +1719,45 @@ mod tests {
         };
         packed.pack_for(kernel, m, k, a);
         packed
+    }
+
+    /// A run's pairs in AVX512-BF16 (the vector loop, then the masked tail) have the bits of
+    /// `pair` one by one: every length from 0 to 70 (odd ones end on a zero), subnormals,
+    /// infinities, NaN and values that round up; nothing written past the run's pairs.
+    #[test]
+    fn pair_runs_have_the_bits_of_the_pairs_one_by_one() {
+        if !available() {
+            eprintln!("skipped: this CPU lacks AVX512-BF16");
+            return;
+        }
+        let special = [
+            1e-40f32,
+            -3e-39,
+            f32::INFINITY,
+            f32::NAN,
+            1.0 + 1.0 / 256.0,
+            -0.0,
+            65504.5,
+        ];
+        for len in 0..=70usize {
+            let mut src = values(len, len as u32 + 11);
+            for (i, v) in special.iter().enumerate() {
+                if i * 5 < len {
+                    src[i * 5] = *v;
+                }
+            }
+            let pairs = len.div_ceil(2);
+            let mut out = vec![0xdead_beefu32; pairs + 3];
+            super::pair_run(&src, &mut out[..pairs]);
+            let want: Vec<u32> = (0..pairs)
+                .map(|p| pair(src[2 * p], src.get(2 * p + 1).copied().unwrap_or(0.0)))
+                .collect();
+            assert_eq!(&out[..pairs], &want[..], "length {len}");
+            assert!(
+                out[pairs..].iter().all(|&v| v == 0xdead_beef),
+                "length {len}"
+            );
+        }
     }
 
     #[test]
