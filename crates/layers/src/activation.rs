@@ -248,22 +248,14 @@ fn tanh_f32(x: f32) -> f32 {
     }
 }
 
-/// `y[i] = tanh(x[i])`, compiled for AVX-512 where the CPU has it (sixteen lanes a step where
-/// the default target's SSE2 takes four: the same operations, so the same bits).
+/// `y[i] = tanh(x[i])`, compiled for AVX-512 where the CPU has it ([`crate::wide`]: sixteen
+/// lanes a step where the default target's SSE2 takes four: the same operations, so the same
+/// bits).
 fn tanh_slice(x: &[f32], y: &mut [MaybeUninit<f32>]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::avx512::available() {
-        // SAFETY: the CPU has AVX-512F (checked at run time).
-        return unsafe { tanh_slice_avx512(x, y) };
-    }
-    tanh_slice_any(x, y)
-}
-
-/// [`tanh_slice_any`] compiled for AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn tanh_slice_avx512(x: &[f32], y: &mut [MaybeUninit<f32>]) {
-    tanh_slice_any(x, y)
+    crate::wide::run(
+        #[inline(always)]
+        || tanh_slice_any(x, y),
+    )
 }
 
 #[inline(always)]

@@ -697,17 +697,13 @@ unsafe fn pair_run_avx512(src: &[f32], out: &mut [u32]) {
         return;
     }
     let (r, at) = (tail.len(), 16 * (src.len() / 32));
-    let first = _mm512_maskz_loadu_ps(crate::avx512::first(r.min(16)), tail.as_ptr());
-    let second = _mm512_maskz_loadu_ps(
+    let (lo, hi) = (
+        crate::avx512::first(r.min(16)),
         crate::avx512::first(r.saturating_sub(16)),
-        tail.as_ptr().wrapping_add(16),
     );
-    let v = _mm512_cvtne2ps_pbh(second, first);
-    _mm512_mask_storeu_epi32(
-        out.as_mut_ptr().add(at).cast(),
-        crate::avx512::first(r.div_ceil(2)),
-        std::mem::transmute::<__m512bh, __m512i>(v),
-    );
+    let pairs = pairs16_masked(tail.as_ptr(), lo, hi);
+    let keep = crate::avx512::first(r.div_ceil(2));
+    _mm512_mask_storeu_epi32(out.as_mut_ptr().add(at).cast(), keep, pairs);
 }
 
 /// `dst[j]` = the pair (`r0[j]`, `r1[j]` or 0), sixteen at a time.
@@ -1309,10 +1305,10 @@ fn on_block(
     if dcs == 1 && rows == mr && cols == nr {
         return kernel(d[row0 * drs + col0..].as_mut_ptr().cast(), drs);
     }
-    // The copies run along `dst`'s contiguous direction: a row's `cols` values at once where
-    // its columns are contiguous (a partial tile), a column's `rows` values in turn where its
-    // rows are (a transposed destination, `drs == 1`), whose values a row apart lie a whole
-    // column apart in memory (one cache line touched per value the other way round).
+    // The copies run along `dst`'s contiguous direction where it has one: a row's `cols`
+    // values at once where its columns are contiguous (a partial tile), else column by column
+    // (for a transposed destination, `drs == 1`, each column's `rows` values contiguous; row
+    // by row, every value lay a whole column from the last, one cache line touched per value).
     let at = |i: usize, j: usize| (row0 + i) * drs + (col0 + j) * dcs;
     if load {
         if dcs == 1 {
@@ -1741,9 +1737,13 @@ mod tests {
         ];
         for len in 0..=70usize {
             let mut src = values(len, len as u32 + 11);
+            // The special values at the start (the vector loop's, or the tail's for a short
+            // run) and in the last 31 (the masked tail's).
             for (i, v) in special.iter().enumerate() {
-                if i * 5 < len {
-                    src[i * 5] = *v;
+                for at in [i * 5, len.saturating_sub(1 + i * 4)] {
+                    if at < len {
+                        src[at] = *v;
+                    }
                 }
             }
             let pairs = len.div_ceil(2);
@@ -2096,6 +2096,33 @@ mod tests {
                                 (ct[j * m + i] as f64 - w).abs()
                                     < 1e-5 * (k as f64).sqrt() + 1e-6 * w.abs()
                             );
+                        }
+                    }
+                    // Adding into a transposed destination whose rows are also spread out
+                    // (each value two apart, the columns 2m apart): the edge tiles' loads and
+                    // stores column by column, the values between untouched.
+                    let start = values(2 * m * n, 9);
+                    let mut cp = start.clone();
+                    gemm(
+                        (m, n, k),
+                        (&mut cp, 2, 2 * m),
+                        &lhs,
+                        bv,
+                        true,
+                        threads,
+                        &mut scratch,
+                    );
+                    for i in 0..m {
+                        for j in 0..n {
+                            let at = 2 * i + 2 * m * j;
+                            let w = want[i * n + j] + start[at] as f64;
+                            let tol = 1e-5 * (k as f64).sqrt() + 1e-6 * w.abs();
+                            assert!(
+                                (cp[at] as f64 - w).abs() < tol,
+                                "{kernel:?} {m}x{n}x{k} spread [{i}, {j}]: {} vs {w}",
+                                cp[at]
+                            );
+                            assert_eq!(cp[at + 1].to_bits(), start[at + 1].to_bits());
                         }
                     }
                     // Into values that may be uninitialised (NaN sentinels here, and past the

@@ -1206,11 +1206,12 @@ mod tests {
 
     /// The batch norm's passes compiled for AVX-512 (`crate::wide`) give the bits of the
     /// default target's: statistics, output (with a residual), and the gradients (with the
-    /// residual's, the ReLU's mask from the output and from the input), over short rows, rows of
-    /// a vector or less, and long rows with a remainder; NaN and zeros included.
+    /// residual's, the ReLU's mask from the output and from the input), the evaluation-mode
+    /// pass and the channel bias's, over short rows, rows of a vector or less, and long rows
+    /// with a remainder; NaN and zeros included.
     #[test]
+    #[cfg(target_arch = "x86_64")]
     fn avx512_copies_give_the_default_targets_bits() -> candle_core::Result<()> {
-        use std::sync::atomic::Ordering;
         if !crate::avx512::available() {
             eprintln!("skipped: this CPU has no AVX-512F");
             return Ok(());
@@ -1263,13 +1264,21 @@ mod tests {
                 out.push(bits(&shifted));
                 let gb = super::bias_grad(&gt, candle_core::DType::F32)?.to_vec1::<f32>()?;
                 out.push(bits(&gb));
+                let biased = super::add_channel_bias(&xt, &bt)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                out.push(bits(&biased));
+                let mut in_place = x.clone();
+                super::add_bias_in_place(&mut in_place, xt.shape(), &b)?;
+                out.push(bits(&in_place));
                 Ok(out)
             };
             let wide = all()?;
-            crate::wide::ENABLED.store(false, Ordering::Relaxed);
-            let plain = all();
-            crate::wide::ENABLED.store(true, Ordering::Relaxed);
-            assert!(wide == plain?, "({n}, {c}, {l})");
+            let plain = {
+                let _baseline = crate::wide::baseline_only();
+                all()?
+            };
+            assert!(wide == plain, "({n}, {c}, {l})");
         }
         Ok(())
     }

@@ -1,12 +1,16 @@
-//! Loops the compiler vectorises, compiled at run time for the widest vectors the CPU has.
+//! Loops the compiler vectorises, compiled twice: for the default target and for AVX-512F, the
+//! copy picked at run time.
 //!
 //! The workspace builds for any x86-64, whose vectors are SSE2's four f32 lanes; the kernels
 //! that matter most (products, Winograd's transforms, pooling) are written for AVX-512 and
 //! check for it at run time. The element-wise and per-channel passes (batch norm's statistics,
-//! output and gradients, the optimizers' updates) are plain loops that the compiler vectorises:
-//! [`run`] compiles such a loop a second time for AVX-512 (sixteen lanes) and picks that copy
-//! where the CPU has AVX-512F. The same operations in the same order, so the same bits: the
-//! compiler does not reorder floating-point arithmetic, it only widens it.
+//! output and gradients, the optimizers' updates, Tanh) are plain loops that the compiler
+//! vectorises: [`run`] compiles such a loop a second time for AVX-512F (sixteen lanes) and
+//! picks that copy where the CPU has it (a CPU with AVX2 alone runs the SSE2 copy). For plain
+//! arithmetic (`+ - * /`, `sqrt`, conversions, comparisons feeding a select) the same
+//! operations in the same order, so the same bits: the compiler does not reorder
+//! floating-point arithmetic or fuse a multiply and an add, it only widens them. (`f32::min`
+//! and `max`, which may return either zero of `±0.0`, would be a case to test apart.)
 //!
 //! ```
 //! let x = vec![1.5f32; 1000];
@@ -38,8 +42,8 @@ pub fn run<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// `f()` compiled for AVX-512F (and the AVX2 and FMA it implies are not used for contraction:
-/// Rust never fuses a multiply and an add on its own).
+/// `f()` compiled for AVX-512F (which implies AVX2 and FMA; harmless to the bits, since Rust
+/// never contracts `a * b + c` into a fused multiply-add on its own).
 ///
 /// # Safety
 /// The CPU has AVX-512F.
@@ -50,16 +54,33 @@ unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Tests switch the AVX-512 copies off to compare their bits with the default target's
-/// (process-wide: other tests running meanwhile get the same bits either way).
+/// (process-wide: other tests running meanwhile get the same bits either way), through
+/// [`baseline_only`].
 #[cfg(test)]
-pub(crate) static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
+/// The AVX-512 copies switched off until the guard drops (also when a test panics), one test
+/// at a time.
 #[cfg(test)]
+pub(crate) fn baseline_only() -> impl Drop {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    struct Guard(#[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let lock = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    ENABLED.store(false, std::sync::atomic::Ordering::Relaxed);
+    Guard(lock)
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
 fn enabled() -> bool {
     ENABLED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-#[cfg(not(test))]
+#[cfg(all(not(test), target_arch = "x86_64"))]
 #[inline(always)]
 fn enabled() -> bool {
     true
