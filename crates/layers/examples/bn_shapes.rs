@@ -4,9 +4,10 @@
 //!
 //! `RAYON_NUM_THREADS=2 cargo run --release -p layers --example bn_shapes [-- FILTER]`
 
-use std::time::Instant;
-
 use candle_core::{DType, Device, Result, Tensor, Var};
+
+#[path = "common/mod.rs"]
+mod common;
 
 /// (channels, map side, count in the network): torchvision's ResNet-50 at 224x224 (its
 /// residual joins' batch norms counted with the others).
@@ -28,16 +29,8 @@ const SHAPES: [(usize, usize, usize); 12] = [
 const BATCH: usize = 16;
 const RUNS: usize = 7;
 
-fn ms(start: Instant) -> f64 {
-    start.elapsed().as_secs_f64() * 1e3
-}
-
 fn main() -> Result<()> {
-    // SAFETY: mallopt only changes malloc's thresholds.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_MAX, 0);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
-    }
+    common::keep_freed_memory();
     let dev = Device::Cpu;
     let filter = std::env::args().nth(1).unwrap_or_default();
     let mut total = 0.0;
@@ -58,19 +51,8 @@ fn main() -> Result<()> {
             0.1,
         )?;
         let g = Tensor::randn(0f32, 1., (BATCH, c, size, size), &dev)?;
-        let plain = Var::from_tensor(&g.ones_like()?)?;
-        let (mut fwd, mut all, mut overhead) = (f64::MAX, f64::MAX, f64::MAX);
-        for _ in 0..RUNS {
-            let start = Instant::now();
-            let y = bn.forward_relu(x.as_tensor(), true)?;
-            fwd = fwd.min(ms(start));
-            std::hint::black_box((y * &g)?.sum_all()?.backward()?);
-            all = all.min(ms(start));
-            let start = Instant::now();
-            std::hint::black_box((plain.as_tensor() * &g)?.sum_all()?.backward()?);
-            overhead = overhead.min(ms(start));
-        }
-        let both = all - overhead;
+        let forward = || bn.forward_relu(x.as_tensor(), true);
+        let (fwd, both) = common::forward_and_gradients(RUNS, &g, forward)?;
         total += count as f64 * both;
         println!(
             "{line}  forward {fwd:6.2} ms  with gradients {both:6.2} ms  x{count} = {:6.1} ms",

@@ -10,9 +10,7 @@
 //! output's shape (Candle has no `y.backward(g)`). Freed memory is kept for reuse, as the
 //! training programs keep it; PyTorch's CPU allocator keeps glibc's defaults.
 
-use std::time::Instant;
-
-use candle_core::{DType, Device, Module, Result, Tensor, Var};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use layers::autocast;
 
 #[path = "common/mod.rs"]
@@ -56,18 +54,8 @@ autocast by default. PyTorch's side: tools/pytorch_resnet50_convs.py [FILTER] [f
 const BATCH: usize = 16;
 const RUNS: usize = 7;
 
-fn ms(start: Instant) -> f64 {
-    start.elapsed().as_secs_f64() * 1e3
-}
-
 fn main() -> Result<()> {
-    // As the training programs keep freed memory (`train::memory::keep_freed_memory`): without
-    // it every output of tens of MB is fresh zeroed pages from the kernel.
-    // SAFETY: mallopt only changes malloc's thresholds.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_MAX, 0);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
-    }
+    common::keep_freed_memory();
     let dev = Device::Cpu;
     let filter = std::env::args().nth(1).unwrap_or_default();
     if filter == "--help" || filter == "-h" {
@@ -106,19 +94,7 @@ fn main() -> Result<()> {
         let (x, conv) = common::conv_case((BATCH, cin, cout, size, k, stride, padding), &dev)?;
         let out = (size + 2 * padding - k) / stride + 1;
         let g = Tensor::randn(0f32, 1., (BATCH, cout, out, out), &dev)?;
-        let plain = Var::from_tensor(&g.ones_like()?)?;
-        let (mut fwd, mut all, mut overhead) = (f64::MAX, f64::MAX, f64::MAX);
-        for _ in 0..RUNS {
-            let start = Instant::now();
-            let y = conv.forward(&x)?;
-            fwd = fwd.min(ms(start));
-            std::hint::black_box((y * &g)?.sum_all()?.backward()?);
-            all = all.min(ms(start));
-            let start = Instant::now();
-            std::hint::black_box((plain.as_tensor() * &g)?.sum_all()?.backward()?);
-            overhead = overhead.min(ms(start));
-        }
-        let both = all - overhead;
+        let (fwd, both) = common::forward_and_gradients(RUNS, &g, || conv.forward(&x))?;
         total += count as f64 * both;
         println!(
             "{line}  forward {fwd:6.2} ms  with both gradients {both:6.2} ms  x{count} = {:6.1} ms",

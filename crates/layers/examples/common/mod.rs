@@ -1,4 +1,10 @@
-//! What the convolution examples share: one convolution case to time.
+//! What the timing examples share: one convolution case to time, the training programs' way
+//! of keeping freed memory, and the timing of a forward with its gradients.
+
+// Not every example uses every item.
+#![allow(dead_code)]
+
+use std::time::Instant;
 
 use candle_core::{Device, Result, Tensor, Var};
 use candle_nn::Conv2dConfig;
@@ -23,4 +29,43 @@ pub fn conv_case(
         ..Default::default()
     };
     Ok((x, Conv2d::new(w.as_tensor().clone(), None, cfg)))
+}
+
+/// Keeps freed memory in the process, as the training programs do
+/// (`train::memory::keep_freed_memory`): without it every output of tens of MB is fresh zeroed
+/// pages from the kernel.
+pub fn keep_freed_memory() {
+    // SAFETY: mallopt only changes malloc's thresholds.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
+    }
+}
+
+/// Milliseconds since `start`.
+pub fn ms(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1e3
+}
+
+/// The minimum over `runs` runs of `forward()`'s time and of the time of the gradients it
+/// records, in ms: the backward is timed as `(y * g).sum_all().backward()` less the same on a
+/// variable of `g`'s shape (Candle has no `y.backward(g)`).
+pub fn forward_and_gradients(
+    runs: usize,
+    g: &Tensor,
+    forward: impl Fn() -> Result<Tensor>,
+) -> Result<(f64, f64)> {
+    let plain = Var::from_tensor(&g.ones_like()?)?;
+    let (mut fwd, mut all, mut overhead) = (f64::MAX, f64::MAX, f64::MAX);
+    for _ in 0..runs {
+        let start = Instant::now();
+        let y = forward()?;
+        fwd = fwd.min(ms(start));
+        std::hint::black_box((y * g)?.sum_all()?.backward()?);
+        all = all.min(ms(start));
+        let start = Instant::now();
+        std::hint::black_box((plain.as_tensor() * g)?.sum_all()?.backward()?);
+        overhead = overhead.min(ms(start));
+    }
+    Ok((fwd, all - overhead))
 }
