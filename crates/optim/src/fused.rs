@@ -299,128 +299,23 @@ mod tests {
     use super::super::adam::tensor_step;
     use super::*;
 
-    /// The updates as compiled for AVX-512 (`layers::wide`, where this CPU has it) give the bits
-    /// of the default target's copy (`run_any`), for every kind of Adam and SGD, over lengths
-    /// with and without a vector remainder, with zeros, NaN and infinities among the values.
-    #[test]
-    fn widened_updates_give_the_default_targets_bits() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut uniform = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
-        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
-        for n in [1, 15, 16, 37, 1000] {
-            let mut values = |scale: f32| -> Vec<f32> {
-                let mut v: Vec<f32> = (0..n).map(|_| uniform() * 4.0 * scale).collect();
-                for (i, s) in [0.0, -0.0, f32::NAN, f32::INFINITY].into_iter().enumerate() {
-                    if 3 * i + 1 < n {
-                        v[3 * i + 1] = s;
-                    }
-                }
-                v
-            };
-            let (p, g, m) = (values(1.0), values(0.1), values(0.01));
-            let v: Vec<f32> = values(1e-3).iter().map(|x| x.abs()).collect();
-            for c in [
-                AdamConfig::adam(1e-3),
-                AdamConfig {
-                    weight_decay: 0.1,
-                    ..AdamConfig::adam(0.05)
-                },
-                AdamConfig::adamw(0.1),
-            ] {
-                let k = Step::new(&c, 3);
-                let (mut p1, mut m1, mut v1) = (p.clone(), m.clone(), v.clone());
-                let (mut p2, mut m2, mut v2) = (p.clone(), m.clone(), v.clone());
-                k.run(&mut p1, &g, &mut m1, &mut v1);
-                k.run_any(&mut p2, &g, &mut m2, &mut v2);
-                for (a, b) in [(&p1, &p2), (&m1, &m2), (&v1, &v2)] {
-                    assert_eq!(bits(a), bits(b), "adam {c:?}, {n} values");
-                }
-            }
-            let base = SgdConfig::new(0.1);
-            for c in [
-                base,
-                SgdConfig {
-                    momentum: 0.9,
-                    weight_decay: 5e-4,
-                    ..base
-                },
-                SgdConfig {
-                    momentum: 0.8,
-                    dampening: 0.3,
-                    nesterov: false,
-                    ..base
-                },
-                SgdConfig {
-                    momentum: 0.9,
-                    nesterov: true,
-                    weight_decay: 1e-3,
-                    ..base
-                },
-            ] {
-                let k = SgdStep::new(&c);
-                for first in [true, false] {
-                    let buf = if c.momentum != 0.0 {
-                        m.clone()
-                    } else {
-                        Vec::new()
-                    };
-                    let (mut p1, mut b1) = (p.clone(), buf.clone());
-                    let (mut p2, mut b2) = (p.clone(), buf);
-                    k.run(&mut p1, &g, &mut b1, first);
-                    k.run_any(&mut p2, &g, &mut b2, first);
-                    assert_eq!(bits(&p1), bits(&p2), "sgd {c:?}, {n} values, first {first}");
-                    assert_eq!(bits(&b1), bits(&b2), "sgd {c:?}, {n} values, first {first}");
-                }
-            }
-        }
-    }
-
-    /// Five steps of every kind of Adam, fused and as whole-tensor operations, agree bit for
-    /// bit, on a tensor split across threads and on a short one.
-    #[test]
-    fn fused_steps_equal_the_tensor_formulation() -> Result<()> {
-        let dev = Device::Cpu;
-        let configs = [
+    /// Every kind of Adam the tests step: plain, with L2 weight decay, AdamW.
+    fn adam_kinds() -> [AdamConfig; 3] {
+        [
             AdamConfig::adam(1e-3),
             AdamConfig {
                 weight_decay: 0.1,
                 ..AdamConfig::adam(0.05)
             },
             AdamConfig::adamw(0.1),
-        ];
-        for c in configs {
-            for n in [7, 3 * CHUNK + 5] {
-                let p0 = Tensor::randn(0f32, 1.0, n, &dev)?;
-                let var = Var::from_tensor(&p0)?;
-                let (m, v) = (p0.zeros_like()?, p0.zeros_like()?);
-                let (mut param, mut m2, mut v2) = (p0.copy()?, m.copy()?, v.copy()?);
-                for step in 1..=5 {
-                    let grad = Tensor::randn(0f32, 1.0, n, &dev)?;
-                    assert!(applies(&var, &grad));
-                    super::step(&c, step, &var, &grad, &m, &v)?;
-                    (param, m2, v2) = tensor_step(&c, step, &param, &grad, &m2, &v2)?;
-                }
-                for (a, b) in [(var.as_tensor(), &param), (&m, &m2), (&v, &v2)] {
-                    assert_eq!(a.to_vec1::<f32>()?, b.to_vec1::<f32>()?, "{c:?}");
-                }
-            }
-        }
-        Ok(())
+        ]
     }
 
-    /// Six steps of every kind of SGD, fused and as whole-tensor operations, agree bit for bit
-    /// (parameters and momentum buffers), with the learning rate and momentum changed between
-    /// steps, on a tensor split across threads and on a short one.
-    #[test]
-    fn fused_sgd_steps_equal_the_tensor_formulation() -> Result<()> {
-        let dev = Device::Cpu;
+    /// Every kind of SGD the tests step: plain, momentum, with weight decay, dampening,
+    /// Nesterov, weight decay alone.
+    fn sgd_kinds() -> [SgdConfig; 6] {
         let base = SgdConfig::new(0.1);
-        let configs = [
+        [
             base,
             SgdConfig {
                 momentum: 0.9,
@@ -447,7 +342,96 @@ mod tests {
                 weight_decay: 0.1,
                 ..base
             },
-        ];
+        ]
+    }
+
+    /// The updates as compiled for AVX-512 (`layers::wide`, where this CPU has it) give the bits
+    /// of the default target's copy (`run_any`), for every kind of Adam and SGD, over lengths
+    /// with and without a vector remainder, with zeros, NaN and infinities among the values.
+    #[test]
+    fn widened_updates_give_the_default_targets_bits() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut uniform = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+        for n in [1, 15, 16, 37, 1000] {
+            let mut values = |scale: f32| -> Vec<f32> {
+                let mut v: Vec<f32> = (0..n).map(|_| uniform() * 4.0 * scale).collect();
+                for (i, s) in [0.0, -0.0, f32::NAN, f32::INFINITY].into_iter().enumerate() {
+                    if 3 * i + 1 < n {
+                        v[3 * i + 1] = s;
+                    }
+                }
+                v
+            };
+            let (p, g, m) = (values(1.0), values(0.1), values(0.01));
+            let v: Vec<f32> = values(1e-3).iter().map(|x| x.abs()).collect();
+            for c in adam_kinds() {
+                let k = Step::new(&c, 3);
+                let (mut p1, mut m1, mut v1) = (p.clone(), m.clone(), v.clone());
+                let (mut p2, mut m2, mut v2) = (p.clone(), m.clone(), v.clone());
+                k.run(&mut p1, &g, &mut m1, &mut v1);
+                k.run_any(&mut p2, &g, &mut m2, &mut v2);
+                for (a, b) in [(&p1, &p2), (&m1, &m2), (&v1, &v2)] {
+                    assert_eq!(bits(a), bits(b), "adam {c:?}, {n} values");
+                }
+            }
+            for c in sgd_kinds() {
+                let k = SgdStep::new(&c);
+                for first in [true, false] {
+                    let buf = if c.momentum != 0.0 {
+                        m.clone()
+                    } else {
+                        Vec::new()
+                    };
+                    let (mut p1, mut b1) = (p.clone(), buf.clone());
+                    let (mut p2, mut b2) = (p.clone(), buf);
+                    k.run(&mut p1, &g, &mut b1, first);
+                    k.run_any(&mut p2, &g, &mut b2, first);
+                    assert_eq!(bits(&p1), bits(&p2), "sgd {c:?}, {n} values, first {first}");
+                    assert_eq!(bits(&b1), bits(&b2), "sgd {c:?}, {n} values, first {first}");
+                }
+            }
+        }
+    }
+
+    /// Five steps of every kind of Adam, fused and as whole-tensor operations, agree bit for
+    /// bit, on a tensor split across threads and on a short one.
+    #[test]
+    fn fused_steps_equal_the_tensor_formulation() -> Result<()> {
+        let dev = Device::Cpu;
+        let configs = adam_kinds();
+        for c in configs {
+            for n in [7, 3 * CHUNK + 5] {
+                let p0 = Tensor::randn(0f32, 1.0, n, &dev)?;
+                let var = Var::from_tensor(&p0)?;
+                let (m, v) = (p0.zeros_like()?, p0.zeros_like()?);
+                let (mut param, mut m2, mut v2) = (p0.copy()?, m.copy()?, v.copy()?);
+                for step in 1..=5 {
+                    let grad = Tensor::randn(0f32, 1.0, n, &dev)?;
+                    assert!(applies(&var, &grad));
+                    super::step(&c, step, &var, &grad, &m, &v)?;
+                    (param, m2, v2) = tensor_step(&c, step, &param, &grad, &m2, &v2)?;
+                }
+                for (a, b) in [(var.as_tensor(), &param), (&m, &m2), (&v, &v2)] {
+                    assert_eq!(a.to_vec1::<f32>()?, b.to_vec1::<f32>()?, "{c:?}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Six steps of every kind of SGD, fused and as whole-tensor operations, agree bit for bit
+    /// (parameters and momentum buffers), with the learning rate and momentum changed between
+    /// steps, on a tensor split across threads and on a short one.
+    #[test]
+    fn fused_sgd_steps_equal_the_tensor_formulation() -> Result<()> {
+        let dev = Device::Cpu;
+        let configs = sgd_kinds();
         for c in configs {
             for n in [7, 3 * CHUNK + 5] {
                 let p0 = Tensor::randn(0f32, 1.0, n, &dev)?;
