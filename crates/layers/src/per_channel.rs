@@ -141,19 +141,15 @@ fn fold_rows<A: Send>(
     let parts: Vec<Vec<A>> = runs
         .into_par_iter()
         .map(|chs| {
-            crate::wide::run(
-                #[inline(always)]
-                || {
-                    let mut accs: Vec<A> = chs.clone().map(|_| init()).collect();
-                    for i in 0..n {
-                        for (acc, ch) in accs.iter_mut().zip(chs.clone()) {
-                            let r = (i * c + ch) * l;
-                            step(acc, ch, r..r + l);
-                        }
-                    }
-                    accs
-                },
-            )
+            // (The steps' passes are widened where they run: `lane_sums`, and the callers'.)
+            let mut accs: Vec<A> = chs.clone().map(|_| init()).collect();
+            for i in 0..n {
+                for (acc, ch) in accs.iter_mut().zip(chs.clone()) {
+                    let r = (i * c + ch) * l;
+                    step(acc, ch, r..r + l);
+                }
+            }
+            accs
         })
         .collect();
     parts.into_iter().flatten().collect()
