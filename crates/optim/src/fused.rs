@@ -404,8 +404,7 @@ mod tests {
     #[test]
     fn fused_steps_equal_the_tensor_formulation() -> Result<()> {
         let dev = Device::Cpu;
-        let configs = adam_kinds();
-        for c in configs {
+        for c in adam_kinds() {
             for n in [7, 3 * CHUNK + 5] {
                 let p0 = Tensor::randn(0f32, 1.0, n, &dev)?;
                 let var = Var::from_tensor(&p0)?;
@@ -431,8 +430,7 @@ mod tests {
     #[test]
     fn fused_sgd_steps_equal_the_tensor_formulation() -> Result<()> {
         let dev = Device::Cpu;
-        let configs = sgd_kinds();
-        for c in configs {
+        for c in sgd_kinds() {
             for n in [7, 3 * CHUNK + 5] {
                 let p0 = Tensor::randn(0f32, 1.0, n, &dev)?;
                 let var = Var::from_tensor(&p0)?;
