@@ -64,15 +64,18 @@ pub(super) fn to_planes(ys: &Tensor, n: usize, geo: Geometry, cout: usize) -> Re
     ys.reshape((n, cout, geo.oh, geo.ow))
 }
 
-/// [`conv2d_gemm`] of an f32 CPU input without bias under bf16 autocast: the columns' product
-/// with the kernel, and both its gradients, in the AVX512-BF16 kernel (operands rounded to
-/// bf16, float32 sums; `linear_cpu`), for the convolutions whose outputs are too small for the
-/// image-by-image path (ResNet-18's last stages on 32x32 images).
-pub(crate) fn conv2d_gemm_bf16(
+/// [`conv2d_gemm`] of an f32 CPU input without bias, for the convolutions whose outputs are
+/// too small for the image-by-image path (ResNet-18's last stages on 32x32 images): the
+/// columns' product with the kernel and both its gradients as one op (`linear_cpu`), the
+/// kernel's gradient written (C_out, C_in·KH·KW) where Candle's product of the transposed
+/// kernel hands it back transposed, to be copied. With `bf16` (under bf16 autocast) in the
+/// AVX512-BF16 kernel (operands rounded to bf16, float32 sums).
+pub(crate) fn conv2d_gemm_f32(
     xs: &Tensor,
     weight: &Tensor,
     stride: usize,
     padding: usize,
+    bf16: bool,
 ) -> Result<Tensor> {
     let n = xs.dim(0)?;
     let (geo, cout) = Geometry::of_conv(xs, weight, stride, padding)?;
@@ -80,7 +83,7 @@ pub(crate) fn conv2d_gemm_bf16(
     let w = weight.contiguous()?.reshape((cout, geo.row_len()))?;
     let zero = Tensor::zeros(cout, candle_core::DType::F32, xs.device())?;
     to_planes(
-        &crate::linear_cpu::linear(&cols, &w, &zero, true)?,
+        &crate::linear_cpu::linear(&cols, &w, &zero, bf16)?,
         n,
         geo,
         cout,

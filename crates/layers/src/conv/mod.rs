@@ -416,7 +416,7 @@ impl Conv2d {
                     return self.then_unfused_bias(ys, fused, bn_in_op, cpu_f32);
                 }
                 false if batch_bf16 => {
-                    im2col::conv2d_gemm_bf16(xs, &self.weight, c.stride, c.padding)?
+                    im2col::conv2d_gemm_f32(xs, &self.weight, c.stride, c.padding, true)?
                 }
                 false => conv2d_gemm(xs, &self.weight, None, c.stride, c.padding)?,
             };
@@ -470,6 +470,9 @@ impl Conv2d {
             return self.then_unfused_bias(ys, fused, bn_fused, cpu_f32);
         }
         let ys = match (plain, cpu) {
+            (true, true) if cpu_f32 && x.dtype() == DType::F32 => {
+                im2col::conv2d_gemm_f32(&x, &w, c.stride, c.padding, false)?
+            }
             (true, true) => conv2d_gemm(&x, &w, None, c.stride, c.padding)?,
             (true, false) => conv2d_conv_grads(&x, &w, c.stride, c.padding)?,
             (false, _) => {

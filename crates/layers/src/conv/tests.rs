@@ -193,6 +193,18 @@ fn conv_grads_match_candle_for_every_stride_and_padding() -> Result<()> {
     check_conv_grads((1, 2, 5, 5), (2, 1, 1), 1, 1)
 }
 
+/// The small outputs' whole-batch product as one op (`linear_cpu`, the kernel's gradient
+/// written untransposed) against Candle's product with the transposed kernel: output and
+/// both gradients, strided, padded and pointwise, outputs of 1x1 to 4x4.
+#[test]
+fn the_batch_product_op_matches_candles_product() -> Result<()> {
+    let op = |x: &Tensor, w: &Tensor, s, p| im2col::conv2d_gemm_f32(x, w, s, p, false);
+    against_im2col((4, 8, 4, 4), (16, 3, 3), 1, 1, op)?;
+    against_im2col((2, 6, 5, 4), (5, 3, 3), 2, 1, op)?;
+    against_im2col((3, 7, 2, 2), (9, 1, 1), 1, 0, op)?;
+    against_im2col((2, 5, 3, 3), (4, 3, 3), 1, 0, op)
+}
+
 #[test]
 fn conv_grads_skip_the_gradient_of_an_input_that_needs_none() -> Result<()> {
     let dev = Device::Cpu;
