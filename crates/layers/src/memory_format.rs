@@ -441,6 +441,100 @@ mod tests {
         Ok(())
     }
 
+    /// Identity on the CPU whose backward hands back `scale · grad` (a new buffer) and records
+    /// the address of the gradient it gave (`gave`) and of the one it received (`got`), without
+    /// keeping either tensor alive. Clones share the records.
+    #[derive(Clone)]
+    struct Addresses {
+        scale: f64,
+        gave: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+        got: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+    }
+
+    impl Addresses {
+        fn new(scale: f64) -> Self {
+            Addresses {
+                scale,
+                gave: Default::default(),
+                got: Default::default(),
+            }
+        }
+    }
+
+    impl candle_core::CustomOp1 for Addresses {
+        fn name(&self) -> &'static str {
+            "addresses"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s: &candle_core::CpuStorage,
+            l: &candle_core::Layout,
+        ) -> Result<(candle_core::CpuStorage, Shape)> {
+            identity_fwd(s, l)
+        }
+
+        fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+            let out = (grad * self.scale)?;
+            self.got.lock().expect("addresses").push(address(grad));
+            self.gave.lock().expect("addresses").push(address(&out));
+            Ok(Some(out))
+        }
+    }
+
+    /// A tensor used twice whose first gradient is held by nothing else gets the second added
+    /// into that buffer (no new one the size of the gradient): the op before it receives the
+    /// sum where the first gradient was written, and the sum is the same bits as `add`'s.
+    #[test]
+    fn a_later_gradient_is_added_into_the_first_in_place() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 8, 64, 64), &dev)?)?;
+        let (before, first, second) = (
+            Addresses::new(1.0),
+            Addresses::new(2.0),
+            Addresses::new(3.0),
+        );
+        let t = x.as_tensor().apply_op1(before.clone())?;
+        let loss =
+            (t.apply_op1(first.clone())?.sum_all()? + t.apply_op1(second.clone())?.sum_all()?)?;
+        let grads = loss.backward()?;
+        // d/dt = 2 + 3, into whichever of the two buffers came first.
+        let got = before.got.lock().expect("addresses").clone();
+        let gave = [&first, &second].map(|a| a.gave.lock().expect("addresses")[0]);
+        assert_eq!(got.len(), 1);
+        assert!(gave.contains(&got[0]), "the sum went to a new buffer");
+        let g = values(grads.get(x.as_tensor()).expect("a gradient"))?;
+        assert!(g.iter().all(|v| v.to_bits() == 5f32.to_bits()));
+        Ok(())
+    }
+
+    /// A gradient that two tensors share (an addition hands its output gradient to both inputs)
+    /// is not changed in place when a later gradient reaches one of them. In
+    /// `(u + u·b)·a` the addition hands `a` to `u` and to `u·b`; the product's backward then
+    /// adds `a·b` to `u`'s while it still needs `a` for `b`'s gradient, `a·u`.
+    #[test]
+    fn a_shared_gradient_is_not_summed_in_place() -> Result<()> {
+        let dev = Device::Cpu;
+        let dims = (2, 8, 64, 64);
+        let (u, b) = (
+            Var::from_tensor(&Tensor::randn(0f32, 1., dims, &dev)?)?,
+            Var::from_tensor(&Tensor::randn(0f32, 1., dims, &dev)?)?,
+        );
+        let a = Tensor::randn(0f32, 1., dims, &dev)?;
+        let (ut, bt) = (u.as_tensor(), b.as_tensor());
+        let loss = ((ut + (ut * bt)?)? * &a)?.sum_all()?;
+        let grads = loss.backward()?;
+        for (v, want) in [(&u, (&a + (&a * bt)?)?), (&b, (&a * ut)?)] {
+            let got = values(grads.get(v.as_tensor()).expect("a gradient"))?;
+            let differs = got
+                .iter()
+                .zip(&values(&want)?)
+                .position(|(g, w)| g.to_bits() != w.to_bits());
+            assert_eq!(differs, None, "first value that differs");
+        }
+        Ok(())
+    }
+
     /// The test ops' forward: a contiguous f32 copy of the input.
     fn identity_fwd(
         s: &candle_core::CpuStorage,

@@ -719,6 +719,9 @@ impl GradStore {
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
+                if add_in_place(entry.get(), grad)? {
+                    return Ok(());
+                }
                 let sum = match channels_last(entry.get()) && channels_last(grad) {
                     true => {
                         let nhwc = |t: &Tensor| t.permute((0, 2, 3, 1));
@@ -837,6 +840,53 @@ fn sum(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let op = BackpropOp::new2(a, b, |a, b| Op::Binary(a, b, BinaryOp::Add));
     let storage = Storage::Cpu(CpuStorage::F32(out));
     Ok(crate::tensor::from_storage(storage, a.shape().clone(), op, false))
+}
+
+/// `acc += b` in place, where `acc` (a stored gradient) is the store's only handle to its values
+/// (no clone of it, no view of its storage, not a variable, no recorded operation) and both are
+/// float32 CPU tensors of one shape and one dense layout (contiguous, or channels-last alike) of
+/// [`PAR_SUM`] values or more: [`sum`]'s additions, value by value across rayon's pool, so the
+/// same bits, without a new buffer the size of the gradient (allocated, then written) for each
+/// sum. Returns whether it added; otherwise nothing is changed.
+fn add_in_place(acc: &Tensor, b: &Tensor) -> Result<bool> {
+    use crate::{CpuStorage, DType, Storage};
+    use rayon::prelude::*;
+    let n = acc.elem_count();
+    let dense = |t: &Tensor| t.is_contiguous() || channels_last(t);
+    let eligible = acc.device().is_cpu()
+        && b.device().is_cpu()
+        && acc.dtype() == DType::F32
+        && b.dtype() == DType::F32
+        && acc.shape() == b.shape()
+        && acc.stride() == b.stride()
+        && dense(acc)
+        && n >= PAR_SUM
+        && !acc.is_variable()
+        && acc.op().is_none()
+        && acc.is_sole_owner();
+    if !eligible {
+        return Ok(false);
+    }
+    let (sb, lb) = b.storage_and_layout();
+    let y = match &*sb {
+        Storage::Cpu(CpuStorage::F32(y)) => &y[lb.start_offset()..lb.start_offset() + n],
+        _ => return Ok(false),
+    };
+    // Its own lock: `acc`'s storage is held by no other tensor, `b`'s among them.
+    let (mut sa, la) = acc.storage_mut_and_layout();
+    let start = la.start_offset();
+    let x = match &mut *sa {
+        Storage::Cpu(CpuStorage::F32(x)) => &mut x[start..start + n],
+        _ => return Ok(false),
+    };
+    x.par_chunks_mut(PAR_SUM_CHUNK)
+        .zip(y.par_chunks(PAR_SUM_CHUNK))
+        .for_each(|(x, y)| {
+            for (x, y) in x.iter_mut().zip(y) {
+                *x += y;
+            }
+        });
+    Ok(true)
 }
 
 /// Values from which [`sum`] uses rayon's pool.

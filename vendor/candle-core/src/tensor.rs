@@ -2763,6 +2763,16 @@ impl Tensor {
         self.storage.read_recursive()
     }
 
+    /// Whether this handle is the only one to the tensor and to its storage (no clone of it, no
+    /// view sharing its storage, no weak reference to either): its values can then be changed
+    /// in place without any other tensor seeing it.
+    pub(crate) fn is_sole_owner(&self) -> bool {
+        Arc::strong_count(&self.0) == 1
+            && Arc::weak_count(&self.0) == 0
+            && Arc::strong_count(&self.storage) == 1
+            && Arc::weak_count(&self.storage) == 0
+    }
+
     /// Acquire write lock on storage and returns guard.
     pub(crate) fn storage_mut(&self) -> StorageMutRef<'_> {
         self.storage.write()
