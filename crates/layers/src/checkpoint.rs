@@ -120,6 +120,11 @@ pub fn save_with_metadata_renaming(
     let metadata = Some(metadata);
     let written =
         safetensors::serialize_to_file(on_cpu.iter().map(|(k, v)| (*k, v)), metadata, &tmp)
+            .map_err(|e| match e {
+                // The system's error itself (safetensors' wrapper repeats it as "I/O error: ...").
+                safetensors::SafeTensorError::IoError(e) => anyhow::Error::from(e),
+                e => anyhow::Error::from(e),
+            })
             .with_context(|| format!("cannot write {}", tmp.display()))
             .and_then(|()| {
                 readable_by_all(&tmp);
@@ -483,6 +488,29 @@ mod tests {
                 y.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
             );
         }
+        Ok(())
+    }
+
+    /// A write the system refuses names the file and says the system's error once (not again
+    /// as safetensors' "I/O error: ..."), and leaves nothing behind: here the temporary file's
+    /// name is taken by a directory.
+    #[cfg(unix)]
+    #[test]
+    fn a_failed_write_says_the_systems_error_once() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("m.safetensors");
+        let a = ParamStore::new(1, &Device::Cpu);
+        model(&a, 2)?;
+        std::fs::create_dir(temporary_path(&path))?;
+        let err = format!("{:#}", save(a.varmap(), &path).unwrap_err());
+        assert!(
+            err.starts_with("cannot write ") && err.contains(".tmp"),
+            "{err}"
+        );
+        let system = std::io::Error::from_raw_os_error(21).to_string();
+        assert_eq!(err.matches(&system).count(), 1, "{err}");
+        assert!(!err.contains("I/O error"), "{err}");
+        assert!(!path.exists());
         Ok(())
     }
 

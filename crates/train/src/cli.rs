@@ -1098,12 +1098,27 @@ fn check_schedule_flags(args: &Args, config: &RunConfig, resumed: bool) -> Resul
 }
 
 /// `runs/<program>-<UTC timestamp>`, or with `-2`, `-3`... after it when a run started in the
-/// same second already has that directory.
-pub fn default_out(program: &str) -> PathBuf {
+/// same second already has that directory; with the folders above it made for it (`runs/`
+/// where there was none), innermost first.
+pub fn default_out(program: &str) -> (PathBuf, Vec<PathBuf>) {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    free_dir(&PathBuf::from("runs").join(format!("{program}-{}", utc_timestamp(secs))))
+    let base = PathBuf::from("runs").join(format!("{program}-{}", utc_timestamp(secs)));
+    let missing = missing_parents(&base);
+    let path = free_dir(&base);
+    let made = missing.into_iter().filter(|p| p.is_dir()).collect();
+    (path, made)
+}
+
+/// The folders above `path` that do not exist, innermost first (none above a relative path's
+/// first component: the current directory).
+pub(crate) fn missing_parents(path: &Path) -> Vec<PathBuf> {
+    path.ancestors()
+        .skip(1)
+        .take_while(|p| !p.as_os_str().is_empty() && std::fs::symlink_metadata(p).is_err())
+        .map(Path::to_path_buf)
+        .collect()
 }
 
 /// `base`, or the first of `base-2`, `base-3`... that does not exist yet, created here so that

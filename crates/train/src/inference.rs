@@ -1067,8 +1067,9 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
             Err(format!("the run's {} is not there", crate::rundir::STATE))
         }
         Ok(None) => Err(format!(
-            "the run's {} keeps no fingerprints of its training images (it predates them, or \
-             its images were read from no files)",
+            "the run's {} keeps no fingerprints of its training images (they are kept for \
+             images read from files of their own, an image folder's, not from MNIST's IDX or \
+             CIFAR-10's batch files, which hold many; or the state predates them)",
             crate::rundir::STATE
         )),
         Err(e) => Err(format!("its fingerprints cannot be read ({e:#})")),
@@ -1187,8 +1188,15 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
                     saved_dir.map_or(String::new(), |d| format!(" ({})", d.display())),
                 ),
                 (false, Some(what)) => format!(
-                    "its test split {}; these figures are not the run's test",
-                    what.text
+                    "its test split {}{}; these figures are not the run's test",
+                    what.text,
+                    match as_run.len() != whole {
+                        true => format!(
+                            " (compared as the run drew its test: {} of its {whole} images)",
+                            as_run.len()
+                        ),
+                        false => String::new(),
+                    }
                 ),
                 (false, None) if own => format!(
                     "all {whole} images of the run's test split, those beyond its --limit-test \

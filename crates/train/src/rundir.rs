@@ -673,6 +673,9 @@ pub struct RunDir {
     /// Whether this run made the directory: removed again if the run stops before writing
     /// anything but its configuration.
     created: bool,
+    /// The folders above the directory that this run made with it (`runs/` for the default
+    /// `--out`), innermost first: removed after it, each while it is empty.
+    made_parents: Vec<PathBuf>,
     /// Whether this run made the lock file in a directory it did not make: removed again if
     /// the directory holds no saved epoch when the run ends (a failed start in a folder of the
     /// user's takes its lock file back; files a run wrote once training began stay).
@@ -693,26 +696,28 @@ impl RunDir {
     pub fn fresh(path: &Path, overwrite: bool) -> Result<Self> {
         let mut noting = noted();
         let created = std::fs::symlink_metadata(path).is_err();
-        Self::fresh_noted(path, overwrite, created, &mut noting)
+        Self::fresh_noted(path, overwrite, created, Vec::new(), &mut noting)
     }
 
     /// [`RunDir::fresh`] in a new directory `runs/<program>-<time>` that this run makes
     /// ([`crate::cli::default_out`]: with `-2`, `-3`... when taken).
     pub(crate) fn fresh_default(program: &str, overwrite: bool) -> Result<Self> {
         let mut noting = noted();
-        let path = crate::cli::default_out(program);
-        Self::fresh_noted(&path, overwrite, true, &mut noting)
+        let (path, made_above) = crate::cli::default_out(program);
+        Self::fresh_noted(&path, overwrite, true, made_above, &mut noting)
     }
 
     /// [`RunDir::fresh`] for a directory this run made (`created`) or not, while the caller
     /// holds [`HELD`] (`noting`), from before the directory is made until the run is noted
     /// there: a Ctrl-C meanwhile waits, and never tidies a half-made or half-moved run (see
     /// [`tidy_at_ctrl_c`]). A `RunDir` dropped by an error here is not noted yet, and tidies
-    /// without taking the lock.
+    /// without taking the lock. `made_above`: folders above `path` that the caller made for it
+    /// (innermost first), removed with it while empty.
     fn fresh_noted(
         path: &Path,
         overwrite: bool,
         created: bool,
+        made_above: Vec<PathBuf>,
         noting: &mut Vec<Held>,
     ) -> Result<Self> {
         if !crate::distributed::writes() {
@@ -724,10 +729,16 @@ impl RunDir {
                 path.display()
             );
         }
+        let mut made_parents = match created {
+            true => crate::cli::missing_parents(path),
+            false => Vec::new(),
+        };
+        made_parents.extend(made_above);
         std::fs::create_dir_all(path)
             .with_context(|| format!("--out {}: cannot create the directory", path.display()))?;
         let mut dir = Self::lock(path)?;
         dir.created = created;
+        dir.made_parents = made_parents;
         let held: Vec<&str> = RUN_FILES
             .into_iter()
             .filter(|f| path.join(f).exists())
@@ -827,6 +838,7 @@ impl RunDir {
                 path: path.to_path_buf(),
                 replacing: dir.replacing,
                 created: dir.created,
+                made_parents: dir.made_parents.clone(),
                 made_lock: dir.made_lock,
             });
             dir.noted = true;
@@ -885,6 +897,7 @@ impl RunDir {
             lock: None,
             replacing: false,
             created: false,
+            made_parents: Vec::new(),
             made_lock: false,
             noted: false,
         }
@@ -957,6 +970,7 @@ impl RunDir {
             lock: Some(lock),
             replacing: false,
             created: false,
+            made_parents: Vec::new(),
             made_lock,
             noted: false,
         };
@@ -969,7 +983,8 @@ impl RunDir {
 impl Drop for RunDir {
     /// Ends a replacement (see [`RunDir::fresh`]) while the lock is still held, and removes a
     /// directory this run made when it stopped before writing anything but its configuration
-    /// (a bad flag, missing data): failed starts leave no empty run directories behind.
+    /// (a bad flag, missing data), and the folders it made for it while they are empty: failed
+    /// starts leave no empty run directories behind.
     fn drop(&mut self) {
         // The lock made again by `check_lock` is held until the tidying below is done; a folder
         // another run has taken since is not tidied (its files, its .lock are that run's).
@@ -1005,6 +1020,7 @@ impl Drop for RunDir {
             path: self.path.clone(),
             replacing: self.replacing,
             created: self.created,
+            made_parents: std::mem::take(&mut self.made_parents),
             made_lock: self.made_lock,
         };
         this.end();
@@ -1025,6 +1041,8 @@ pub(crate) struct Held {
     path: PathBuf,
     replacing: bool,
     created: bool,
+    /// As [`RunDir`]'s.
+    made_parents: Vec<PathBuf>,
     made_lock: bool,
 }
 
@@ -1038,6 +1056,14 @@ impl Held {
         }
         if self.created {
             remove_if_unused(&self.path);
+            // The folders made with it, while empty (another run's directory in one keeps it).
+            if std::fs::symlink_metadata(&self.path).is_err() {
+                for parent in &self.made_parents {
+                    if std::fs::remove_dir(parent).is_err() {
+                        break;
+                    }
+                }
+            }
         } else if self.made_lock && !saved_an_epoch(&self.path) {
             // A directory of the user's that holds no run: only the lock file was ours.
             let _ = std::fs::remove_file(self.path.join(LOCK));
@@ -1922,6 +1948,26 @@ mod tests {
         std::fs::create_dir(&theirs)?;
         drop(RunDir::fresh(&theirs, false)?);
         assert!(theirs.is_dir());
+
+        // The folders made with it (`runs/` of the default --out) go with it while empty; one
+        // that holds another run's directory, or that was there, stays.
+        let (runs, nested) = (root.path().join("runs"), root.path().join("a/b"));
+        let (first, second) = (runs.join("one"), runs.join("two"));
+        drop(RunDir::fresh(&nested.join("run"), false)?);
+        assert!(!root.path().join("a").exists());
+        drop(RunDir::fresh(&first, false)?);
+        assert!(!runs.exists());
+        let (one, two) = (
+            RunDir::fresh(&first, false)?,
+            RunDir::fresh(&second, false)?,
+        );
+        drop(one);
+        assert!(!first.exists() && second.is_dir());
+        // Made by the first, which left it to the second: a folder that was there for it.
+        drop(two);
+        assert!(!second.exists() && runs.is_dir());
+        drop(RunDir::fresh(&first, false)?);
+        assert!(!first.exists() && runs.is_dir());
         Ok(())
     }
 
