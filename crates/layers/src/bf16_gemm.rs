@@ -231,7 +231,8 @@ impl PackedLhs {
         };
         // Every value is written below (rows past M, and pairs past K on AMX, as zeros): no
         // zero-filling pass first.
-        self.data.resize(m.div_ceil(kernel.rows()) * tile_len);
+        self.data
+            .resize_overwritten(m.div_ceil(kernel.rows()) * tile_len);
         if m * k == 0 {
             return;
         }
@@ -423,6 +424,17 @@ impl Lines {
             self.buf[self.at + self.len..self.at + len].fill(0);
         }
         self.len = len;
+    }
+
+    /// `len` values for a caller that writes every one of them before it reads any: those past
+    /// the current length are left as the buffer holds them (values of earlier calls) instead
+    /// of being zero-filled, where the buffer is large enough; as [`Self::resize`] where it
+    /// grows.
+    pub(crate) fn resize_overwritten(&mut self, len: usize) {
+        match self.buf.len() < len + 15 {
+            true => self.resize(len),
+            false => self.len = len,
+        }
     }
 
     /// No values (the buffer kept).

@@ -97,8 +97,10 @@ pub(crate) fn per_image_pays(
     Ok(geo.oh * geo.ow >= MIN_POSITIONS)
 }
 
-/// One task's buffers: the columns, and the bf16 products' packed operands.
-#[derive(Debug, Default, Clone)]
+/// One task's buffers: the columns, and the bf16 products' packed operands. Every value a task
+/// reads from them it wrote first (the columns of each image, its packed operands), so a
+/// thread keeps them from one task and one convolution to the next ([`Work::kept`]).
+#[derive(Debug, Default)]
 struct Work {
     cols: Vec<f32>,
     /// The weight gradient's output gradients of several images side by side.
@@ -107,12 +109,43 @@ struct Work {
     packed: bf16_gemm::Scratch,
 }
 
+thread_local! {
+    /// The thread's [`Work`] between tasks: fresh ones zero-filled several MB of columns and
+    /// packed operands for every task (2% of a ResNet-50 step at 224x224 in `memset`).
+    static KEPT: std::cell::Cell<Option<Work>> = const { std::cell::Cell::new(None) };
+}
+
+/// A [`Work`] taken from its thread's [`KEPT`] (or made), handed back there when dropped.
+struct KeptWork(Option<Work>);
+
 impl Work {
-    fn new(cols: usize) -> Self {
-        Work {
-            cols: vec![0f32; cols],
-            ..Work::default()
+    /// The thread's kept buffers with at least `cols` column values, or new ones (a task that
+    /// runs inside another's on the same thread, stolen while it waits, gets new ones).
+    fn kept(cols: usize) -> KeptWork {
+        let mut work = KEPT.take().unwrap_or_default();
+        if work.cols.len() < cols {
+            work.cols.resize(cols, 0.0);
         }
+        KeptWork(Some(work))
+    }
+}
+
+impl std::ops::Deref for KeptWork {
+    type Target = Work;
+    fn deref(&self) -> &Work {
+        self.0.as_ref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for KeptWork {
+    fn deref_mut(&mut self) -> &mut Work {
+        self.0.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for KeptWork {
+    fn drop(&mut self) {
+        KEPT.set(self.0.take());
     }
 }
 
@@ -164,9 +197,9 @@ unsafe fn each_image(
         spare
             .par_chunks_mut(per_image)
             .enumerate()
-            .for_each_with(Work::new(scratch_len), |scratch, p| one(p, scratch));
+            .for_each_init(|| Work::kept(scratch_len), |scratch, p| one(p, scratch));
     } else {
-        let mut scratch = Work::new(scratch_len);
+        let mut scratch = Work::kept(scratch_len);
         spare
             .chunks_mut(per_image)
             .enumerate()
@@ -479,7 +512,7 @@ impl ConvCpu {
         };
         let (side_by_side, threads) = split(n);
         if !side_by_side {
-            let (mut acc, mut work) = (vec![0f32; cout * k], Work::new(scratch));
+            let (mut acc, mut work) = (vec![0f32; cout * k], Work::kept(scratch));
             one(&mut acc, &mut work, 0..n, threads);
             return acc;
         }
@@ -490,7 +523,7 @@ impl ConvCpu {
         let partials: Vec<Vec<f32>> = starts
             .par_iter()
             .map(|&start| {
-                let (mut acc, mut work) = (vec![0f32; cout * k], Work::new(scratch));
+                let (mut acc, mut work) = (vec![0f32; cout * k], Work::kept(scratch));
                 one(&mut acc, &mut work, start..(start + share).min(n), 1);
                 acc
             })
@@ -537,19 +570,26 @@ impl ConvCpu {
             // In 16x16 tiles of (output, input) channels: a 1x1 kernel's flip is a transposition
             // of its (O, C) matrix, whose row-by-row writes 4·O bytes apart each missed the
             // cache (2% of a ResNet-50 step at 224x224, its 2048x512 kernels).
-            let mut flipped = vec![0f32; g.c * cout * taps];
+            // Not zero-filled first (4 MB for ResNet-50's largest, every step): each value is
+            // written once below.
+            let len = g.c * cout * taps;
+            let mut flipped: Vec<f32> = Vec::with_capacity(len);
+            let to = &mut flipped.spare_capacity_mut()[..len];
             for o0 in (0..cout).step_by(16) {
                 for ch0 in (0..g.c).step_by(16) {
                     for ch in ch0..(ch0 + 16).min(g.c) {
                         for o in o0..(o0 + 16).min(cout) {
                             for t in 0..taps {
-                                flipped[(ch * cout + o) * taps + taps - 1 - t] =
-                                    w[(o * g.c + ch) * taps + t];
+                                to[(ch * cout + o) * taps + taps - 1 - t]
+                                    .write(w[(o * g.c + ch) * taps + t]);
                             }
                         }
                     }
                 }
             }
+            // SAFETY: the loops above visit every (ch, o, t) once, and with it every one of the
+            // `len` values: (ch·O + o)·taps + (taps - 1 - t) is a bijection onto 0..len.
+            unsafe { flipped.set_len(len) };
             let (bk, hw) = (cout * taps, g.h * g.w);
             let lhs = Lhs::new(self.bf16, (g.c, bk), (&flipped, bk, 1));
             let pointwise = back.is_pointwise();

@@ -557,6 +557,70 @@ fn the_weight_gradient_repeats_bit_for_bit() -> Result<()> {
     Ok(())
 }
 
+/// The threads keep their buffers (columns, packed operands) from one convolution to the
+/// next: a convolution run after others of other shapes, whose values are left in those
+/// buffers, gives the same bits as before them (output and both gradients; strided, padded,
+/// pointwise, the batch-of-images weight gradient, in float32 and bf16), on a pool of 1 and of
+/// 2 threads.
+#[test]
+fn kept_buffers_leave_no_trace_between_convolutions() -> Result<()> {
+    let dev = Device::Cpu;
+    // (n, c, size, cout, k, stride, padding): 3x3 "same", strided with the input gradient by
+    // col2im, 1x1, small outputs whose kernel gradient gathers images side by side.
+    let shapes = [
+        (5, 8, 20, 12, 3, 1, 1),
+        (6, 12, 17, 20, 3, 2, 1),
+        (4, 32, 9, 16, 1, 1, 0),
+        (9, 16, 6, 24, 3, 1, 0),
+        (3, 6, 33, 8, 5, 2, 2),
+    ];
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool");
+        for bf16 in [false, true] {
+            let cases: Vec<(Var, Var, Tensor, usize, usize)> = shapes
+                .iter()
+                .map(|&(n, c, size, cout, k, s, p)| {
+                    let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, c, size, size), &dev)?)?;
+                    let wt = Var::from_tensor(&Tensor::randn(0f32, 0.2, (cout, c, k, k), &dev)?)?;
+                    let oh = (size + 2 * p - k) / s + 1;
+                    let up = Tensor::randn(0f32, 1., (n, cout, oh, oh), &dev)?;
+                    Ok((x, wt, up, s, p))
+                })
+                .collect::<Result<_>>()?;
+            let run = |(x, wt, up, s, p): &(Var, Var, Tensor, usize, usize)| {
+                pool.install(|| {
+                    let conv = || {
+                        cpu::conv2d_cpu(
+                            x.as_tensor(),
+                            wt.as_tensor(),
+                            bias::After::Nothing,
+                            *s,
+                            *p,
+                            bf16,
+                        )
+                    };
+                    let got = output_and_grads(x, wt, up, conv)?;
+                    got.iter().map(bits).collect::<Result<Vec<_>>>()
+                })
+            };
+            let first: Vec<_> = cases.iter().map(run).collect::<Result<_>>()?;
+            // Again in the reverse order: each after the others left their values.
+            for (i, case) in cases.iter().enumerate().rev() {
+                assert_eq!(
+                    run(case)?,
+                    first[i],
+                    "shape {:?} bf16 {bf16} threads {threads}",
+                    shapes[i]
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Winograd's forward and input gradient split the batch over the pool's threads, and each
 /// image's output is the same whatever share it is in: pools of 1 to 3 threads (shares of 37,
 /// 19 and 13 images; blocks of tiles across images and within one) give the same bits, in
