@@ -1066,10 +1066,14 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
         Ok(None) if !run.join(crate::rundir::STATE).exists() => {
             Err(format!("the run's {} is not there", crate::rundir::STATE))
         }
+        Ok(None) if trained.config.dataset == crate::config::DatasetKind::Folder => Err(format!(
+            "the run's {} keeps no fingerprints of its training images (it predates them)",
+            crate::rundir::STATE
+        )),
         Ok(None) => Err(format!(
             "the run's {} keeps no fingerprints of its training images (they are kept for \
-             images read from files of their own, an image folder's, not from MNIST's IDX or \
-             CIFAR-10's batch files, which hold many; or the state predates them)",
+             images read from files of their own, an image folder's, not for MNIST's IDX or \
+             CIFAR-10's batch files, which hold many each)",
             crate::rundir::STATE
         )),
         Err(e) => Err(format!("its fingerprints cannot be read ({e:#})")),

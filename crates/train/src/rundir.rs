@@ -734,9 +734,20 @@ impl RunDir {
             false => Vec::new(),
         };
         made_parents.extend(made_above);
-        std::fs::create_dir_all(path)
-            .with_context(|| format!("--out {}: cannot create the directory", path.display()))?;
-        let mut dir = Self::lock(path)?;
+        let locked = std::fs::create_dir_all(path)
+            .with_context(|| format!("--out {}: cannot create the directory", path.display()))
+            .and_then(|()| Self::lock(path));
+        let mut dir = match locked {
+            Ok(dir) => dir,
+            Err(e) => {
+                // Nothing of the run is there yet: what it made goes again, while empty.
+                if created {
+                    let _ = std::fs::remove_dir(path);
+                }
+                remove_empty(&made_parents);
+                return Err(e);
+            }
+        };
         dir.created = created;
         dir.made_parents = made_parents;
         let held: Vec<&str> = RUN_FILES
@@ -1058,15 +1069,20 @@ impl Held {
             remove_if_unused(&self.path);
             // The folders made with it, while empty (another run's directory in one keeps it).
             if std::fs::symlink_metadata(&self.path).is_err() {
-                for parent in &self.made_parents {
-                    if std::fs::remove_dir(parent).is_err() {
-                        break;
-                    }
-                }
+                remove_empty(&self.made_parents);
             }
         } else if self.made_lock && !saved_an_epoch(&self.path) {
             // A directory of the user's that holds no run: only the lock file was ours.
             let _ = std::fs::remove_file(self.path.join(LOCK));
+        }
+    }
+}
+
+/// Removes `folders` (innermost first) while each is empty: up to the first that is not.
+fn remove_empty(folders: &[PathBuf]) {
+    for folder in folders {
+        if std::fs::remove_dir(folder).is_err() {
+            break;
         }
     }
 }
@@ -1968,6 +1984,11 @@ mod tests {
         assert!(!second.exists() && runs.is_dir());
         drop(RunDir::fresh(&first, false)?);
         assert!(!first.exists() && runs.is_dir());
+        // A directory that cannot be made (a name too long for the file system) after the
+        // folders above it were: they go again.
+        let long = root.path().join("p1/p2").join("x".repeat(300));
+        assert!(RunDir::fresh(&long, false).is_err());
+        assert!(!root.path().join("p1").exists());
         Ok(())
     }
 

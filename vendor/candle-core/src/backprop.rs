@@ -715,7 +715,9 @@ impl GradStore {
     /// and has `tensor`'s shape, dtype and device; otherwise added to zeros, as `or_insert` + `add`
     /// would (so a mismatch fails with the same error). A 4-D gradient in the channels-last
     /// layout (PyTorch's `torch.channels_last`: (N, C, H, W) with the channels innermost) stays
-    /// in that layout, first or summed, rather than being copied to (N, C, H, W) order.
+    /// in that layout, first or summed, rather than being copied to (N, C, H, W) order. A later
+    /// gradient is added into the stored one's buffer where nothing else holds it
+    /// ([`add_in_place`]), else into a new one ([`sum`]).
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
@@ -843,7 +845,8 @@ fn sum(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// `acc += b` in place, where `acc` (a stored gradient) is the store's only handle to its values
-/// (no clone of it, no view of its storage, not a variable, no recorded operation) and both are
+/// (no clone of it, no view of its storage), neither is a variable or records an operation
+/// (under `CANDLE_GRAD_DO_NOT_DETACH` the gradients do, and [`sum`] records the addition) and both are
 /// float32 CPU tensors of one shape and one dense layout (contiguous, or channels-last alike) of
 /// [`PAR_SUM`] values or more: [`sum`]'s additions, value by value across rayon's pool, so the
 /// same bits, without a new buffer the size of the gradient (allocated, then written) for each
@@ -861,8 +864,8 @@ fn add_in_place(acc: &Tensor, b: &Tensor) -> Result<bool> {
         && acc.stride() == b.stride()
         && dense(acc)
         && n >= PAR_SUM
-        && !acc.is_variable()
-        && acc.op().is_none()
+        && !acc.track_op()
+        && !b.track_op()
         && acc.is_sole_owner();
     if !eligible {
         return Ok(false);

@@ -111,7 +111,9 @@ struct Work {
 
 thread_local! {
     /// The thread's [`Work`] between tasks: fresh ones zero-filled several MB of columns and
-    /// packed operands for every task (2% of a ResNet-50 step at 224x224 in `memset`).
+    /// packed operands for every task (2% of a ResNet-50 step at 224x224 in `memset`). Kept
+    /// for the thread's life, at the size of the largest convolution it ran (about 5 MB a
+    /// thread for ResNet-50 at 224x224), as Winograd's transforms' buffer is.
     static KEPT: std::cell::Cell<Option<Work>> = const { std::cell::Cell::new(None) };
 }
 

@@ -415,10 +415,9 @@ impl Conv2d {
                     let ys = cpu::conv2d_cpu(xs, &self.weight, after, c.stride, c.padding, bf16)?;
                     return self.then_unfused_bias(ys, fused, bn_in_op, cpu_f32);
                 }
-                false if batch_bf16 => {
-                    im2col::conv2d_gemm_f32(xs, &self.weight, c.stride, c.padding, true)?
+                false => {
+                    im2col::conv2d_gemm_f32(xs, &self.weight, c.stride, c.padding, batch_bf16)?
                 }
-                false => conv2d_gemm(xs, &self.weight, None, c.stride, c.padding)?,
             };
             return Ok((self.add_bias(ys, cpu_f32)?, false));
         }

@@ -560,8 +560,8 @@ fn the_weight_gradient_repeats_bit_for_bit() -> Result<()> {
 /// The threads keep their buffers (columns, packed operands) from one convolution to the
 /// next: a convolution run after others of other shapes, whose values are left in those
 /// buffers, gives the same bits as before them (output and both gradients; strided, padded,
-/// pointwise, the batch-of-images weight gradient, in float32 and bf16), on a pool of 1 and of
-/// 2 threads.
+/// pointwise, the batch-of-images weight gradient, one image at a time on two threads, in
+/// float32 and bf16), on a pool of 1 and of 2 threads.
 #[test]
 fn kept_buffers_leave_no_trace_between_convolutions() -> Result<()> {
     let dev = Device::Cpu;
@@ -573,6 +573,7 @@ fn kept_buffers_leave_no_trace_between_convolutions() -> Result<()> {
         (4, 32, 9, 16, 1, 1, 0),
         (9, 16, 6, 24, 3, 1, 0),
         (3, 6, 33, 8, 5, 2, 2),
+        (1, 8, 20, 12, 3, 2, 1),
     ];
     for threads in [1, 2] {
         let pool = rayon::ThreadPoolBuilder::new()
