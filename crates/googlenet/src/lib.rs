@@ -48,7 +48,8 @@ pub struct GoogLeNetOutput {
 
 /// GoogLeNet (see the crate documentation): C. Szegedy et al., "Going Deeper with
 /// Convolutions" (CVPR 2015, arXiv:1409.4842), in torchvision's `googlenet` layout. Takes
-/// `(N, in_channels, H, W)` float32 images, 224x224 natively, and gives `(N, num_classes)`
+/// `(N, in_channels, H, W)` float32 images, 224x224 natively and down to 15x15 (torchvision's
+/// smallest, its ceil-mode pools then leaving one window), and gives `(N, num_classes)`
 /// logits ([`GoogLeNet::forward_with_aux`] adds the auxiliary ones in training).
 ///
 /// torchvision's ImageNet weights (`GoogLeNet_Weights.IMAGENET1K_V1`) hold `aux1.*` and
@@ -134,8 +135,8 @@ impl GoogLeNet {
     /// trains with `loss + 0.3 * (aux1_loss + aux2_loss)`).
     ///
     /// # Errors
-    /// `xs` is not `(N, in_channels, H, W)` with sides the network can reduce, or a tensor
-    /// operation fails.
+    /// `xs` is not `(N, in_channels, H, W)` with sides of at least 15 (torchvision's smallest),
+    /// or a tensor operation fails.
     pub fn forward_with_aux(&self, xs: &Tensor, train: bool) -> Result<GoogLeNetOutput> {
         let (mut stages, aux1, aux2) = self.run(xs, train)?;
         match stages.pop() {
@@ -183,8 +184,8 @@ impl GoogLeNet {
 }
 
 /// `model(x)` of torchvision in eval mode, or the main logits in training: `(N, num_classes)`
-/// for images `(N, 3, H, W)` (224x224 natively); the auxiliary classifiers' logits (training
-/// only, when configured) come from [`GoogLeNet::forward_with_aux`].
+/// for images `(N, in_channels, H, W)` (224x224 natively); the auxiliary classifiers' logits
+/// (training only, when configured) come from [`GoogLeNet::forward_with_aux`].
 ///
 /// # Errors
 /// `xs` is not `(N, C, H, W)` with the configured input channels, or too small for the layers.
@@ -239,6 +240,29 @@ mod tests {
         assert_eq!(train.aux2.map(|t| t.dims().to_vec()), Some(vec![2, 7]));
         let eval = net.forward_with_aux(&xs, false)?;
         assert!(eval.aux1.is_none() && eval.aux2.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn the_smallest_side_is_torchvisions() -> Result<()> {
+        // torchvision's `googlenet(aux_logits=True)` takes 15x15 images and up, in training
+        // and in evaluation, and refuses 14x14 (its ceil-mode pools then leave no window).
+        let store = layers::ParamStore::new(0, &Device::Cpu);
+        let cfg = GoogLeNetConfig {
+            aux_logits: true,
+            ..GoogLeNetConfig::torchvision(3).narrow(16)
+        };
+        let net = GoogLeNet::new(&cfg, store.vb())?;
+        for train in [false, true] {
+            let run = |side: usize| -> Result<GoogLeNetOutput> {
+                let xs = Tensor::randn(0f32, 1., (2, 3, side, side), &Device::Cpu)?;
+                net.forward_with_aux(&xs, train)
+            };
+            let out = run(15)?;
+            assert_eq!(out.logits.dims(), [2, 3]);
+            assert_eq!(out.aux1.is_some(), train);
+            assert!(run(14).is_err(), "14x14 accepted (train {train})");
+        }
         Ok(())
     }
 

@@ -17,8 +17,10 @@ pub struct ModelSpec {
     /// The name [`crate::build`] takes.
     pub name: &'static str,
     /// The native input (channels, height, width) of the `(N, C, H, W)` batches. `lenet5` and
-    /// `cnn-mnist` take that size only (their `fc1` is sized for it); the others reduce other
-    /// sizes too, down to a minimum (AlexNet 63, VGG 32), through their adaptive pooling.
+    /// `cnn-mnist` take that size and those their pooling floors to the same map (28 to 31 for
+    /// both, as their PyTorch forms do), no other: their `fc1` is sized for it; the others
+    /// reduce other sizes too, down to a minimum (AlexNet 63, VGG 32, GoogLeNet 15), through
+    /// their adaptive pooling.
     pub input: (usize, usize, usize),
     /// The data set the native layout is made for (`"mnist"`, `"cifar10"` or `"imagenet"`):
     /// its normalisation (`datasets::MNIST_MEAN_STD`, `CIFAR10_MEAN_STD` or

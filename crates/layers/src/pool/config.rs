@@ -77,13 +77,16 @@ impl Pool2d {
         Self { ceil_mode, ..self }
     }
 
-    /// The output (height, width) for an input of `h` x `w`, by PyTorch's rule:
-    /// `floor_or_ceil((size + 2p - k) / s) + 1`, where a window that would start in the
-    /// right/bottom padding is dropped in ceil mode.
+    /// The output (height, width) for an input of `h` x `w`, by PyTorch's rule
+    /// (`pooling_output_shape`): `floor_or_ceil((size + 2p - k) / s) + 1`, where a window that
+    /// would start in the right/bottom padding is dropped in ceil mode. In ceil mode an input
+    /// smaller than the kernel still gives one window where that window starts inside it (a
+    /// 2x2 map under torchvision's GoogLeNet's 3x3 stride-2 pools), as in PyTorch.
     ///
     /// # Errors
-    /// A kernel or stride of 0, padding above half the kernel, or an input smaller than the kernel
-    /// (padding included), as PyTorch refuses them.
+    /// A kernel or stride of 0, padding above half the kernel, or an input that leaves no
+    /// window (smaller than the kernel, padding included, outside ceil mode), as PyTorch
+    /// refuses them.
     pub fn output_size(&self, h: usize, w: usize) -> Result<(usize, usize)> {
         let one = |size: usize, k: usize, s: usize, p: usize| -> Result<usize> {
             if k == 0 || s == 0 {
@@ -92,21 +95,19 @@ impl Pool2d {
             if p > k / 2 {
                 candle_core::bail!("pooling padding {p} must be at most half the kernel {k}")
             }
-            if size + 2 * p < k {
+            // In signed arithmetic, rounded down, as PyTorch's `div_rtn`.
+            let (size_i, k_i, s_i, p_i) = (size as i64, k as i64, s as i64, p as i64);
+            let extra = if self.ceil_mode { s_i - 1 } else { 0 };
+            let mut out = (size_i + 2 * p_i - k_i + extra).div_euclid(s_i) + 1;
+            if self.ceil_mode && (out - 1) * s_i >= size_i + p_i {
+                out -= 1;
+            }
+            if out < 1 {
                 candle_core::bail!(
                     "pooling input of size {size} (padding {p}) is smaller than the kernel {k}"
                 )
             }
-            let span = size + 2 * p - k;
-            let mut out = if self.ceil_mode {
-                span.div_ceil(s) + 1
-            } else {
-                span / s + 1
-            };
-            if self.ceil_mode && (out - 1) * s >= size + p {
-                out -= 1;
-            }
-            Ok(out)
+            Ok(out as usize)
         };
         Ok((
             one(h, self.kernel.0, self.stride.0, self.padding.0)?,

@@ -15,6 +15,35 @@ fn output_sizes_follow_pytorch() -> Result<()> {
     assert_eq!(Pool2d::max(2, 2).ceil_mode(true).output_size(5, 5)?, (3, 3));
     assert!(p.padding(2).output_size(16, 16).is_err());
     assert!(p.output_size(2, 2).is_err());
+    // Sides 1 to 7, as PyTorch 2.15's `F.max_pool2d` gives them (0: refused).
+    let ceil = |k, s, pad| Pool2d::max(k, s).padding(pad).ceil_mode(true);
+    for (pool, sides) in [
+        (ceil(3, 2, 0), [0, 1, 1, 2, 2, 3, 3]),
+        (Pool2d::max(3, 2), [0, 0, 1, 1, 2, 2, 3]),
+        (ceil(3, 2, 1), [1, 2, 2, 3, 3, 4, 4]),
+        (ceil(3, 1, 1), [1, 2, 3, 4, 5, 6, 7]),
+        (ceil(2, 2, 0), [1, 1, 2, 2, 3, 3, 4]),
+        (ceil(5, 3, 0), [0, 0, 1, 1, 1, 2, 2]),
+        (ceil(5, 3, 2), [1, 2, 2, 2, 3, 3, 3]),
+    ] {
+        for (size, want) in (1..).zip(sides) {
+            match pool.output_size(size, size) {
+                Ok(got) => assert_eq!(got, (want, want), "{pool:?} on {size}"),
+                Err(e) => assert_eq!(want, 0, "{pool:?} on {size}: {e}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// In ceil mode a map smaller than the kernel gives one window (PyTorch 2.15's values).
+#[test]
+fn a_map_smaller_than_the_kernel_pools_in_ceil_mode() -> Result<()> {
+    let x = Tensor::arange(0f32, 6., &Device::Cpu)?.reshape((1, 1, 2, 3))?;
+    let values = |pool: Pool2d| -> Result<Vec<f32>> { pool.forward(&x)?.flatten_all()?.to_vec1() };
+    assert_eq!(values(Pool2d::max(3, 2).ceil_mode(true))?, [5.0]);
+    // The divisor counts the window up to the padded input's end: 2 x 3.
+    assert_eq!(values(Pool2d::avg(3, 2).ceil_mode(true))?, [2.5]);
     Ok(())
 }
 
@@ -134,6 +163,9 @@ fn small_maps_pooled_across_planes_match_the_composite() -> Result<()> {
         (Pool2d::max(3, 2), 7, 7),
         (Pool2d::max(3, 2).ceil_mode(true), 8, 8),
         (Pool2d::max(3, 3), 9, 9),
+        (Pool2d::max(3, 2).ceil_mode(true), 2, 2),
+        (Pool2d::max(3, 2).ceil_mode(true), 2, 5),
+        (Pool2d::max(5, 3).ceil_mode(true), 3, 4),
     ] {
         for distinct in [1013, 3] {
             check_values(pool, (3, 7, h, w), distinct)?;
@@ -163,6 +195,11 @@ fn composite_matches_the_cpu_kernel() -> Result<()> {
     check(Pool2d::max(2, 2), 7, 9)?;
     check(Pool2d::avg(3, 2).padding(1).ceil_mode(true), 10, 11)?;
     check(Pool2d::avg(2, 2), 8, 8)?;
+    // Maps smaller than the kernel, in ceil mode.
+    check(Pool2d::max(3, 2).ceil_mode(true), 2, 2)?;
+    check(Pool2d::max(3, 2).ceil_mode(true), 2, 40)?;
+    check(Pool2d::avg(3, 2).ceil_mode(true), 2, 3)?;
+    check(Pool2d::avg(5, 3).padding(1).ceil_mode(true), 2, 1)?;
     check(
         Pool2d {
             kind: PoolKind::Avg {
