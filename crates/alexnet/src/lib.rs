@@ -9,7 +9,7 @@
 //! ```
 //! # fn main() -> candle_core::Result<()> {
 //! use candle_core::{DType, Device, Tensor};
-//! use candle_nn::ModuleT;
+//! use candle_core::ModuleT;
 //! let store = layers::ParamStore::new(0, &Device::Cpu);
 //! let cfg = alexnet::AlexNetConfig { widths: [8, 16, 16, 16, 16], hidden: 32, ..alexnet::AlexNetConfig::tutorial(5) };
 //! let net = alexnet::AlexNet::new(&cfg, store.vb())?;
@@ -164,9 +164,9 @@ impl AlexNet {
     }
 }
 
-/// `model(x)` of PyTorch: the logits `(N, num_classes)` of images `(N, 3, H, W)` (224x224 in
-/// the paper; the adaptive pool takes other sizes its layers leave a map for); `train` is
-/// `model.train()` (dropout on) or `model.eval()`.
+/// `model(x)` of PyTorch: the logits `(N, num_classes)` of images `(N, in_channels, H, W)`
+/// (224x224 in the paper; the adaptive pool takes other sizes its layers leave a map for, 63x63
+/// and up); `train` is `model.train()` (dropout on) or `model.eval()`.
 ///
 /// # Errors
 /// `xs` is not `(N, C, H, W)` with the configured input channels, or too small for the layers.

@@ -8,7 +8,7 @@
 //! ```
 //! # fn main() -> candle_core::Result<()> {
 //! use candle_core::{Device, Tensor};
-//! use candle_nn::ModuleT;
+//! use candle_core::ModuleT;
 //! let store = layers::ParamStore::new(0, &Device::Cpu);
 //! let net = lenet::LeNet::lenet5(10, store.vb())?;
 //! let logits = net.forward_t(&Tensor::zeros((2, 1, 28, 28), candle_core::DType::F32, &Device::Cpu)?, false)?;
@@ -171,8 +171,9 @@ fn check_features(features: &Tensor, xs: &Tensor, sides: (usize, usize), net: &s
 /// `train` changes nothing.
 ///
 /// # Errors
-/// `xs` is not `(N, C, H, W)` with the configured channels and input size (the error says which
-/// size to resize to).
+/// `xs` is not `(N, C, H, W)` with the configured channels, or its pooled map has another area
+/// than the one `fc1` was sized for (the error says which size to resize to): as in PyTorch,
+/// sides 28 to 31 all pool to the tutorial's 4x4.
 impl ModuleT for LeNet {
     fn forward_t(&self, xs: &Tensor, _train: bool) -> Result<Tensor> {
         match self.stages(xs)?.pop() {

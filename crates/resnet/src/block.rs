@@ -51,7 +51,11 @@ impl Downsample {
     }
 }
 
-/// One residual block: convolutions with batch norm, plus the (possibly projected) shortcut.
+/// One residual block, torchvision's `BasicBlock` (two 3x3 convolutions) or `Bottleneck` (1x1,
+/// 3x3, 1x1; the stride on the 3x3, as torchvision's "ResNet v1.5"), each with batch norm, plus
+/// the shortcut, projected (`downsample`: 1x1 convolution and batch norm) where the block changes
+/// the resolution or the width. Takes `(N, in_channels, H, W)` and gives
+/// `(N, width * expansion, ⌈H/stride⌉, ⌈W/stride⌉)`.
 #[derive(Debug, Clone)]
 pub struct Block {
     convs: Vec<(Conv2d, BatchNorm)>,
@@ -102,6 +106,12 @@ impl Block {
     }
 }
 
+/// `block(x)` of torchvision: `relu(bn(conv(...)) + shortcut(x))` of `(N, in_channels, H, W)`
+/// images, `(N, width * expansion, ⌈H/stride⌉, ⌈W/stride⌉)`; `train` is `block.train()`
+/// (batch statistics, running statistics updated) or `block.eval()`.
+///
+/// # Errors
+/// `xs` is not `(N, in_channels, H, W)`.
 impl ModuleT for Block {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let shortcut = match &self.downsample {

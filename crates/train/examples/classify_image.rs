@@ -12,7 +12,8 @@
 //! steps (`--epochs 1 --limit-train 2000`) leave a network that answers one class for every
 //! image.)
 //!
-//! The PyTorch equivalent: `model.load_state_dict(torch.load(...)); model.eval();
+//! The PyTorch equivalent: `model.load_state_dict(safetensors.torch.load_file(path),
+//! strict=True); model.eval();
 //! model(transform(Image.open(path).convert("RGB")).unsqueeze(0)).softmax(-1)`.
 
 use anyhow::{bail, Context, Result};

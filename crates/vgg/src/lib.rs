@@ -10,7 +10,7 @@
 //! ```
 //! # fn main() -> candle_core::Result<()> {
 //! use candle_core::{DType, Device, Tensor};
-//! use candle_nn::ModuleT;
+//! use candle_core::ModuleT;
 //! let store = layers::ParamStore::new(0, &Device::Cpu);
 //! let cfg = vgg::VggConfig::from_depth(11, true, 10)?.narrow(16);
 //! let net = vgg::Vgg::new(&cfg, store.vb())?;

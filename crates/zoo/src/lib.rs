@@ -44,7 +44,8 @@ pub fn specs() -> Vec<ModelSpec> {
 /// # fn main() -> anyhow::Result<()> {
 /// let spec = zoo::ModelSpec { name: "lenet5-wide", ..zoo::spec("lenet5")? };
 /// zoo::register(spec, std::sync::Arc::new(|n, vb| {
-///     Ok(Box::new(lenet::LeNet::lenet5(n, vb)?) as Box<dyn layers::Network>)
+///     let cfg = lenet::LeNetConfig { conv_channels: [12, 32], ..lenet::LeNetConfig::lenet5(n) };
+///     Ok(Box::new(lenet::LeNet::new(&cfg, vb)?) as Box<dyn layers::Network>)
 /// }))?;
 /// assert!(zoo::names().contains(&"lenet5-wide"));
 /// # Ok(()) }
