@@ -175,7 +175,8 @@ fn shared_mnist() -> Option<String> {
 }
 
 /// The tutorial's defaults for two epochs on the real 6,000 / 2,000 MNIST subset: PyTorch reaches
-/// 94.25% after one epoch and 96.15% after two.
+/// 94.55% after one epoch and 95.20% after two (`tools/pytorch_mnist.py`, seed 1; 96.15% with
+/// another seed), ours 95.80%.
 #[test]
 fn real_mnist_two_epochs_reach_the_tutorial_accuracy() {
     let Some(data) = shared_mnist() else { return };
@@ -192,7 +193,7 @@ fn real_mnist_two_epochs_reach_the_tutorial_accuracy() {
     let last: Vec<&str> = rows[2].split(',').collect();
     let acc: f64 = last[4].parse().expect("test_acc");
     assert!(
-        acc >= 95.5,
+        acc >= 95.0,
         "test accuracy after 2 epochs: {acc}% ({rows:?})"
     );
 }

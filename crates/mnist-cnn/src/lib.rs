@@ -1,5 +1,6 @@
 //! The tutorial's MNIST CNN: two 3x3 convolutions (32 and 64 channels, padding 1), each followed
-//! by ReLU and 2x2 max-pooling, dropout 0.25, then `fc1` (3136 -> 128), ReLU and `fc2`.
+//! by ReLU and 2x2 max-pooling, dropout 0.25, then `fc1` (3136 -> 128), ReLU, dropout 0.25 again
+//! (the tutorial's one `nn.Dropout(0.25)` module, applied twice in its `forward`) and `fc2`.
 //!
 //! Parameter names are PyTorch's (`conv1`, `conv2`, `fc1`, `fc2`); initialisation is PyTorch's
 //! default.
@@ -7,7 +8,7 @@
 //! ```
 //! # fn main() -> candle_core::Result<()> {
 //! use candle_core::{DType, Device, Tensor};
-//! use candle_nn::ModuleT;
+//! use candle_core::ModuleT;
 //! let store = layers::ParamStore::new(0, &Device::Cpu);
 //! let net = mnist_cnn::MnistCnn::tutorial(10, store.vb())?;
 //! let logits = net.forward_t(&Tensor::zeros((2, 1, 28, 28), DType::F32, &Device::Cpu)?, false)?;
@@ -33,7 +34,8 @@ pub struct MnistCnnConfig {
     pub conv_channels: [usize; 2],
     /// Width of `fc1`.
     pub hidden: usize,
-    /// Drop probability applied to the pooled features before `fc1`.
+    /// Drop probability applied to the flattened features before `fc1` and to `fc1`'s output
+    /// after its ReLU (one `nn.Dropout(p)` used twice, as the tutorial's `forward`).
     pub dropout: f32,
     /// Number of output classes.
     pub num_classes: usize,
@@ -132,9 +134,11 @@ impl MnistCnn {
                 xs.dims()
             )
         }
+        // The tutorial's forward drops with the same module twice: the flattened features,
+        // then fc1's output after its ReLU.
         let dropped = self.dropout.forward_t(&c2, train)?;
         let f1 = tap::stage("fc1", relu(&self.fc1.forward(&flatten(&dropped)?)?)?)?;
-        let logits = self.fc2.forward(&f1)?;
+        let logits = self.fc2.forward(&self.dropout.forward_t(&f1, train)?)?;
         Ok(vec![
             ("conv1".to_string(), c1),
             ("conv2".to_string(), c2),
@@ -149,7 +153,9 @@ impl MnistCnn {
 /// `model.train()` (dropout on) or `model.eval()`.
 ///
 /// # Errors
-/// `xs` is not `(N, C, S, S)` with the configured channels and input size.
+/// `xs` is not `(N, C, H, W)` with the configured channels, or its pooled map (`H/4` x `W/4`,
+/// floored) has another area than the one `fc1` was sized for: as in PyTorch, sides 28 to 31
+/// all pool to the tutorial's 7x7.
 impl ModuleT for MnistCnn {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         match self.stages(xs, train)?.pop() {
@@ -201,6 +207,38 @@ mod tests {
         assert_eq!(shapes[5], ("fc1.weight".to_string(), vec![128, 3136]));
         assert_eq!(shapes.len(), 8);
         assert_eq!(store.num_parameters(), 421_642);
+        Ok(())
+    }
+
+    #[test]
+    fn dropout_acts_on_the_features_and_on_fc1s_output() -> Result<()> {
+        // Dropping everything: with the second dropout, what fc2 reads is all zeros and the
+        // logits are fc2's bias; with the features' dropout alone they would be
+        // fc2(relu(fc1's bias)).
+        let store = layers::ParamStore::new(4, &Device::Cpu);
+        let cfg = MnistCnnConfig {
+            dropout: 1.0,
+            ..MnistCnnConfig::tutorial(10)
+        };
+        let net = MnistCnn::new(&cfg, store.vb())?;
+        let xs = Tensor::randn(0f32, 1., (3, 1, 28, 28), &Device::Cpu)?;
+        let logits = net.forward_t(&xs, true)?;
+        let bias = store
+            .named_vars()
+            .into_iter()
+            .find(|(n, _)| n == "fc2.bias")
+            .map(|(_, v)| v)
+            .expect("fc2.bias");
+        let fc1_bias_only = net.fc2.forward(&relu(&net.fc1.forward(&Tensor::zeros(
+            (1, 3136),
+            candle_core::DType::F32,
+            &Device::Cpu,
+        )?)?)?)?;
+        let gap = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            a.broadcast_sub(b)?.abs()?.max_all()?.to_scalar::<f32>()
+        };
+        assert_eq!(gap(&logits, &bias.unsqueeze(0)?)?, 0.0);
+        assert!(gap(&logits, &fc1_bias_only)? > 1e-3);
         Ok(())
     }
 
