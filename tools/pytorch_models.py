@@ -2,7 +2,7 @@
 `best.safetensors` / `last.safetensors` loads with `load_state_dict(..., strict=True)`.
 
 torchvision builds the others itself (`resnet18`..`resnet152`, `alexnet-tv`, `vgg*`,
-`googlenet` with `aux_logits=False, init_weights=False`); `resnet18-cifar` is torchvision's
+`googlenet` with `aux_logits=False, init_weights=True`); `resnet18-cifar` is torchvision's
 `resnet18` with a 3x3 stem and no max-pool. The tutorial's three are here:
 
     from pytorch_models import build
@@ -98,6 +98,9 @@ def resnet18_cifar(num_classes=10):
     """Zoo `resnet18-cifar`: torchvision's ResNet-18 with a 3x3 stride-1 stem, no max-pool."""
     m = torchvision.models.resnet18(num_classes=num_classes)
     m.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    # The new stem initialised as torchvision initialises its convolutions (and as the zoo
+    # does), not with nn.Conv2d's default.
+    nn.init.kaiming_normal_(m.conv1.weight, mode="fan_out", nonlinearity="relu")
     m.maxpool = nn.Identity()
     return m
 
@@ -114,8 +117,9 @@ def build(name, num_classes=10):
     torchvision_names = {"alexnet-tv": "alexnet"}
     tv = torchvision_names.get(name, name.replace("-bn", "_bn"))
     if tv == "googlenet":
+        # torchvision's own initialisation (truncated normal, std 0.01), as the zoo's.
         return torchvision.models.googlenet(num_classes=num_classes, aux_logits=False,
-                                            init_weights=False)
+                                            init_weights=True)
     if not hasattr(torchvision.models, tv):
         raise ValueError(f"{name}: no PyTorch network for this zoo name here")
     return getattr(torchvision.models, tv)(num_classes=num_classes)
