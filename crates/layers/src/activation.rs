@@ -41,7 +41,9 @@ pub fn tanh(xs: &Tensor) -> Result<Tensor> {
 }
 
 /// `torch.relu(xs)`, any shape; the output has the input's shape. Its gradient is zero where
-/// the output is zero, including at x = 0, as PyTorch's (Candle's own passes it there).
+/// `x <= 0`, at x = 0 too, and passes where x is NaN, as PyTorch's `threshold_backward` (on
+/// every dtype and device: the vendored Candle's own ReLU backward, which the other dtypes
+/// take, follows it too).
 ///
 /// # Errors
 /// Only those of Candle's `relu` on tensors that are neither f32 on the CPU nor f32 or bf16
@@ -542,6 +544,21 @@ mod tests {
         let g = y.sum_all()?.backward()?;
         // As PyTorch's threshold_backward: the gradient passes where the output is NaN.
         assert_eq!(g.get(&x).unwrap().to_vec1::<f32>()?, [0.0, 0.0, 1.0, 1.0]);
+        Ok(())
+    }
+
+    #[test]
+    fn candles_relu_gradient_is_pytorchs_on_other_dtypes() -> Result<()> {
+        // f64 and bf16 take Candle's own ReLU, whose backward the vendored Candle makes
+        // PyTorch's: zero at 0, passed at NaN.
+        let dev = Device::Cpu;
+        for dtype in [DType::F64, DType::BF16] {
+            let x = Tensor::new(&[-1f32, 0.0, 2.0, f32::NAN, -0.0], &dev)?.to_dtype(dtype)?;
+            let x = Var::from_tensor(&x)?;
+            let g = relu(x.as_tensor())?.sum_all()?.backward()?;
+            let g = g.get(&x).expect("gradient").to_dtype(DType::F32)?;
+            assert_eq!(g.to_vec1::<f32>()?, [0.0, 0.0, 1.0, 1.0, 0.0], "{dtype:?}");
+        }
         Ok(())
     }
 

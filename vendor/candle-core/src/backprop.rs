@@ -592,7 +592,11 @@ impl Tensor {
                     }
                     Op::Unary(arg, UnaryOp::Relu) => {
                         let sum_grad = grads.or_insert(arg)?;
-                        let relu_grad = arg.ge(&arg.zeros_like()?)?.to_dtype(arg.dtype())?;
+                        // PyTorch's `threshold_backward`: zero where `x <= 0`, at 0 too (Candle's
+                        // `x >= 0` passed the gradient there), passed where x is NaN (not blocked
+                        // there as by Candle's).
+                        let at_most_zero = arg.le(&arg.zeros_like()?)?.to_dtype(arg.dtype())?;
+                        let relu_grad = at_most_zero.affine(-1., 1.)?;
                         *sum_grad = sum_grad.add(&(&grad * relu_grad)?)?
                     }
                     Op::Unary(arg, UnaryOp::Silu) => {
