@@ -297,7 +297,10 @@ pub fn finetune(
                     Some(run.seed),
                     run.precision,
                     "features: train".into(),
-                )?,
+                )?
+                // As the image loader's: data-parallel, the last global batch is dropped
+                // instead (distributed::shard).
+                .drop_last(run.parallel.drop_last && train::distributed::rank().is_none()),
                 CachedFeatures::compute(
                     &|x| model.frozen_features(x),
                     &test_images,

@@ -424,6 +424,35 @@ fn finetunes_a_small_folder_above_chance_with_the_backbone_untouched() {
     for key in ["fc.weight", "fc.bias"] {
         assert!(first[key] == then[key], "{key} is the first stage's");
     }
+
+    // --drop-last holds for the features computed once too: 3 x 40 training images in
+    // batches of 128 make no whole batch, so no step would train (the cached features served
+    // the partial one before).
+    let err = fails(
+        &[
+            "--weights",
+            s(&weights),
+            "--folder",
+            "--data-dir",
+            s(&data),
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "128",
+            "--drop-last",
+            "--device",
+            "cpu",
+            "--out",
+            s(&dir.path().join("dropped")),
+        ],
+        &[],
+    );
+    assert!(
+        err.contains("--drop-last with --batch-size 128") && err.contains("no step would train"),
+        "{err}"
+    );
 }
 
 #[test]

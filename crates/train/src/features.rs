@@ -10,13 +10,15 @@ use crate::progress::Progress;
 use crate::source::BatchSource;
 
 /// Pooled backbone features of a whole data set, held on the training device, served in
-/// batches like images (shuffled per epoch from the seed, or in order).
+/// batches like images (shuffled per epoch from the seed, or in order; the last partial batch
+/// dropped with [`CachedFeatures::drop_last`], as `DataLoader(drop_last=True)`).
 pub struct CachedFeatures {
     features: Tensor,
     labels: Vec<u32>,
     indices: Vec<usize>,
     batch_size: usize,
     shuffle: Option<u64>,
+    drop_last: bool,
 }
 
 impl CachedFeatures {
@@ -60,17 +62,34 @@ impl CachedFeatures {
             indices,
             batch_size,
             shuffle,
+            drop_last: false,
         })
+    }
+
+    /// The same features, served without the last partial batch of each epoch when `drop`
+    /// (PyTorch's `DataLoader(drop_last=True)`; a data-parallel job drops the last global batch
+    /// instead, in `distributed::shard`).
+    pub fn drop_last(self, drop: bool) -> Self {
+        Self {
+            drop_last: drop,
+            ..self
+        }
     }
 }
 
 impl BatchSource for CachedFeatures {
     fn num_batches(&self) -> usize {
-        self.indices.len().div_ceil(self.batch_size)
+        match self.drop_last {
+            true => self.indices.len() / self.batch_size,
+            false => self.indices.len().div_ceil(self.batch_size),
+        }
     }
 
     fn num_samples(&self) -> usize {
-        self.indices.len()
+        match self.drop_last {
+            true => self.num_batches() * self.batch_size,
+            false => self.indices.len(),
+        }
     }
 
     fn batches(&self, epoch: usize) -> Box<dyn Iterator<Item = Result<Batch>> + '_> {
@@ -88,6 +107,7 @@ impl BatchSource for CachedFeatures {
         if let Some(seed) = self.shuffle {
             Rng::for_shuffle(seed, epoch as u64).shuffle(&mut order);
         }
+        order.truncate(self.num_samples());
         order
     }
 
@@ -128,7 +148,37 @@ mod tests {
             indices: (0..10).collect(),
             batch_size: 4,
             shuffle: None,
+            drop_last: false,
         })
+    }
+
+    /// With `drop_last` the last partial batch of each epoch is left out, as the image
+    /// loader's `drop_last` and PyTorch's `DataLoader(drop_last=True)` do: 10 rows in batches
+    /// of 4 give two batches of 4, every epoch's other rows.
+    #[test]
+    fn drop_last_leaves_out_the_partial_batch() -> Result<()> {
+        let kept = images()?;
+        assert_eq!((kept.num_batches(), kept.num_samples()), (3, 10));
+        let dropped = CachedFeatures {
+            shuffle: Some(5),
+            ..images()?
+        }
+        .drop_last(true);
+        assert_eq!((dropped.num_batches(), dropped.num_samples()), (2, 8));
+        let mut seen = std::collections::BTreeSet::new();
+        for epoch in 0..3 {
+            let sizes: Vec<usize> = dropped
+                .batches(epoch)
+                .map(|b| b.map(|b| b.indices.len()))
+                .collect::<Result<_>>()?;
+            assert_eq!(sizes, [4, 4]);
+            let order = dropped.order(epoch);
+            assert_eq!(order.len(), 8);
+            seen.extend(order);
+        }
+        // Shuffled per epoch: other rows left out in other epochs.
+        assert!(seen.len() > 8, "{seen:?}");
+        Ok(())
     }
 
     /// The backbone runs in the run's precision (autocast on for bf16, as in the training
