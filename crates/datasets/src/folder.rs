@@ -1,6 +1,7 @@
 //! torchvision's ImageFolder: `root/<class>/**/*.{jpg,jpeg,png,ppm,bmp,pgm,tif,tiff,webp}`,
 //! classes sorted by name, from a directory or a `.tar.gz`, split by `train/` + `test/` (or
-//! `val/`) folders or by a seeded fraction.
+//! `val/`) folders or by a seeded fraction. Unlike torchvision's, hidden files and folders
+//! (names starting with a dot) are skipped: torchvision makes a `.ipynb_checkpoints/` a class.
 
 use crate::archive::read_archive;
 use crate::filelist::{EncodedSample, FileList};

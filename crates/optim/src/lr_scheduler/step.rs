@@ -20,7 +20,7 @@ impl LrSchedule for StepLr {
 }
 
 /// `torch.optim.lr_scheduler.MultiStepLR`: multiply by `gamma` at each milestone reached
-/// (a milestone listed twice decays twice, as in PyTorch).
+/// (a milestone listed twice decays twice, by `gamma ** 2` in one product, as in PyTorch).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MultiStepLr {
     /// The optimizer's initial learning rate.
@@ -33,8 +33,23 @@ pub struct MultiStepLr {
 
 impl LrSchedule for MultiStepLr {
     fn lr(&self, t: usize) -> f64 {
-        let passed = self.milestones.iter().filter(|&&m| m <= t).count();
-        decayed(self.base_lr, self.gamma, passed)
+        // PyTorch keeps the milestones as a Counter and, at each one reached, multiplies the
+        // group's rate by `gamma ** count` (Python's `**`, the C library's `pow`).
+        let mut reached: Vec<usize> = self
+            .milestones
+            .iter()
+            .copied()
+            .filter(|&m| m <= t)
+            .collect();
+        reached.sort_unstable();
+        let mut lr = self.base_lr;
+        for run in reached.chunk_by(|a, b| a == b) {
+            lr *= match run.len() {
+                1 => self.gamma,
+                n => self.gamma.powf(n as f64),
+            };
+        }
+        lr
     }
 }
 
@@ -74,5 +89,27 @@ mod tests {
         assert_eq!(s.lr(149), 0.1 * 0.1);
         assert_eq!(s.lr(150), 0.1 * 0.1 * 0.1);
         assert_eq!(s.lr(179), 0.1 * 0.1 * 0.1);
+    }
+
+    /// PyTorch 2.15's rates with a milestone listed twice (`MultiStepLR(SGD(lr=b), [3, 3],
+    /// gamma=g)` after 3 steps): one product by `g ** 2`, which differs from two products by
+    /// `g` in the last bit for these.
+    #[test]
+    fn a_milestone_listed_twice_decays_by_the_square_at_once() {
+        for (base, gamma, pytorch) in [
+            (0.01, 0.1, 0.00010000000000000002),
+            (0.01, 0.2, 0.0004000000000000001),
+            (0.01, 0.7, 0.0049),
+            (0.1, 0.33, 0.010890000000000002),
+        ] {
+            let s = MultiStepLr {
+                base_lr: base,
+                milestones: vec![3, 3],
+                gamma,
+            };
+            assert_eq!(s.lr(2), base);
+            assert_eq!(s.lr(3), pytorch, "base {base}, gamma {gamma}");
+            assert_eq!(s.lr(9), pytorch);
+        }
     }
 }
