@@ -67,7 +67,7 @@ impl Metrics {
                 );
             }
             let predicted = argmax(row);
-            let above = row.iter().filter(|&&v| v > row[label]).count();
+            let above = ranked_above(row, label);
             self.correct1 += usize::from(predicted == label);
             self.correct5 += usize::from(above < 5);
             self.confusion[label][predicted] += 1;
@@ -131,7 +131,11 @@ impl Metrics {
         percent(self.correct1, self.samples)
     }
 
-    /// Top-5 accuracy in percent (100 when there are at most five classes).
+    /// Top-5 accuracy in percent (100 when there are at most five classes): the label among
+    /// the five first classes of its row sorted by logit, largest first, ties in class order
+    /// (`torch.topk(5)`'s five; PyTorch orders ties in no documented way, so a row of equal
+    /// logits has five hits out of its classes here as there, not one for every label). NaN
+    /// is above no logit.
     pub fn top5(&self) -> f64 {
         percent(self.correct5, self.samples)
     }
@@ -197,6 +201,16 @@ fn percent(hits: usize, total: usize) -> f64 {
     100.0 * hits as f64 / total.max(1) as f64
 }
 
+/// The logits of `row` ranked before class `label`'s: those larger, and those equal of a class
+/// before it (ties in class order, as the first maximal logit is the prediction).
+pub(crate) fn ranked_above(row: &[f32], label: usize) -> usize {
+    let mark = row[label];
+    row.iter()
+        .enumerate()
+        .filter(|&(j, &v)| v > mark || (j < label && v == mark))
+        .count()
+}
+
 fn argmax(row: &[f32]) -> usize {
     let mut best = 0;
     for (i, &v) in row.iter().enumerate() {
@@ -258,6 +272,22 @@ mod tests {
         assert_eq!(per_class[3], None);
         assert!(m.update(0.0, &logits[..1], &[7]).is_err());
         assert_eq!(Metrics::from_sums(6, &m.sums())?, m);
+
+        // A row of equal logits (a network whose outputs collapsed) ranks its classes in
+        // order: top-5 hits for labels 0-4 only, as torch.topk(5) gives five classes, and the
+        // top-1 hit (class 0, the first maximal logit) is among them.
+        let mut flat = Metrics::new(10);
+        let rows = vec![vec![0.25f32; 10]; 10];
+        let labels: Vec<u32> = (0..10).collect();
+        assert_eq!(flat.update(0.0, &rows, &labels)?, [0; 10]);
+        assert!((flat.top5() - 50.0).abs() < 1e-12, "{}", flat.top5());
+        assert!((flat.accuracy() - 10.0).abs() < 1e-12);
+        for label in 0..10 {
+            assert_eq!(ranked_above(&rows[0], label), label);
+        }
+        // Equal to the fifth largest: in only where its class comes first.
+        let row = [5.0, 4.0, 3.0, 2.0, 1.0, 1.0, 0.0];
+        assert_eq!((ranked_above(&row, 4), ranked_above(&row, 5)), (4, 5));
         assert!(Metrics::from_sums(5, &m.sums()).is_err());
         Ok(())
     }

@@ -8,8 +8,8 @@
 //!
 //! The numbers are those [`Metrics::update`] computes from the logits on the host, exactly:
 //! the predicted class is the first maximal logit, NaN logits ignored (class 0 when a whole
-//! row is NaN); a top-5 hit is a sample with fewer than five logits strictly above its
-//! label's; counts are integers; and each batch's mean loss travels to the host as the f64
+//! row is NaN); a top-5 hit is a sample with fewer than five logits ranked above its
+//! label's (larger, or equal of a class before it: [`Metrics::top5`]); counts are integers; and each batch's mean loss travels to the host as the f64
 //! value of the loss tensor, where the loss sum is formed in the order of the batches.
 //!
 //! On CUDA (`cuda` feature, float32 logits) the predictions, confusion cells and top-5 hits of
@@ -85,6 +85,8 @@ struct Constants {
     overflow: Tensor,
     last_class: Tensor,
     five: Tensor,
+    /// `(1, k)` u32 `0, 1, ..., k - 1`: each logit's class, to rank ties in class order.
+    classes: Tensor,
     /// `(n,)` u32 ones, as many as the largest batch so far (at least one: CUDA refuses to
     /// allocate zero bytes, `cuMemAllocAsync` answers `CUDA_ERROR_INVALID_VALUE`).
     ones: Tensor,
@@ -107,6 +109,8 @@ impl Constants {
             overflow: u32_of(k * k)?,
             last_class: u32_of(k - 1)?,
             five: u32_of(5)?,
+            // `k` fits a u32: `u32_of(k)` above said so.
+            classes: Tensor::arange(0u32, k as u32, device)?.reshape((1, k))?,
             ones: Tensor::ones(1, DType::U32, device)?,
         })
     }
@@ -243,12 +247,15 @@ impl Tally {
             &c.fallback.broadcast_as((n, k))?,
         )?;
         let predicted = scores.argmax_keepdim(1)?.flatten_all()?;
-        // Top 5: fewer than five logits strictly above the label's (NaN is above nothing).
-        let label_logit = x.gather(&labels.broadcast_minimum(&c.last_class)?.unsqueeze(1)?, 1)?;
-        let above = x
-            .broadcast_gt(&label_logit)?
-            .to_dtype(DType::U32)?
-            .sum_keepdim(1)?;
+        // Top 5: fewer than five logits ranked above the label's, larger or equal of a class
+        // before it (`metrics::ranked_above`; NaN is above nothing).
+        let at = labels.broadcast_minimum(&c.last_class)?.unsqueeze(1)?;
+        let label_logit = x.gather(&at, 1)?;
+        let before = c.classes.broadcast_lt(&at)?;
+        let tied_before = (x.broadcast_eq(&label_logit)? * before)?;
+        let above = (x.broadcast_gt(&label_logit)?.to_dtype(DType::U32)?
+            + tied_before.to_dtype(DType::U32)?)?
+        .sum_keepdim(1)?;
         let hits = above.broadcast_lt(&c.five.unsqueeze(0)?)?;
         // The confusion cell `label * k + predicted`; a label that is no class counts in the
         // extra slot `k * k`; the hits count in the slot after it.

@@ -1,8 +1,8 @@
 // One batch's counts for `train::tally::Tally` in one kernel launch: the predicted class of
 // each row of the logits (the first maximal logit, NaN ignored, class 0 for a row of NaN), the
 // confusion cell `min(label, k) * k + predicted` (capped at the stray slot k * k) and the top-5
-// hit (fewer than five logits strictly above the label's; a label that is no class reads the
-// last class's logit), added in place to `counts` (k * k + 2 slots: the confusion matrix, the
+// hit (fewer than five logits ranked above the label's: larger, or equal of a class before it;
+// a label that is no class reads the last class's logit), added in place to `counts` (k * k + 2 slots: the confusion matrix, the
 // stray slot, the top-5 hits); the n predictions go to `predicted`. One thread a row.
 
 extern "C" __global__ void tally_batch(const float *logits, const unsigned int *labels,
@@ -25,10 +25,11 @@ extern "C" __global__ void tally_batch(const float *logits, const unsigned int *
         }
     }
     unsigned int label = labels[i];
-    float mark = row[label < k ? label : k - 1];
+    unsigned int at = label < k ? label : k - 1;
+    float mark = row[at];
     unsigned int above = 0;
     for (unsigned int j = 0; j < k; ++j) {
-        above += row[j] > mark ? 1u : 0u;
+        above += (row[j] > mark || (j < at && row[j] == mark)) ? 1u : 0u;
     }
     unsigned int cell = (label < k ? label : k) * k + best;
     if (cell > k * k) {

@@ -270,6 +270,7 @@ fn a_tally_never_holds_an_empty_device_tensor() -> Result<()> {
             ("overflow", &c.overflow),
             ("last_class", &c.last_class),
             ("five", &c.five),
+            ("classes", &c.classes),
             ("ones", &c.ones),
         ] {
             assert!(x.elem_count() > 0, "{name} is empty");
