@@ -40,9 +40,12 @@ pub fn decode_image(bytes: &[u8], mode: ColorMode) -> Result<U8Image> {
     ensure!(!bytes.is_empty(), "the file is empty (0 bytes)");
     let format = image::guess_format(bytes)
         .with_context(|| format!("unsupported image format (not {FORMATS})"))?;
+    // A 16-bit grey PNG with a tRNS chunk: the decoder gives it an alpha channel, PIL keeps
+    // it `I;16` (the transparency in its `info`), clipped at 255 by `convert`.
+    let mut grey16_transparency = false;
     match format {
         ImageFormat::Jpeg => check_jpeg(bytes)?,
-        ImageFormat::Png => check_png(bytes)?,
+        ImageFormat::Png => grey16_transparency = check_png(bytes)?,
         ImageFormat::Tiff => check_tiff(bytes)?,
         ImageFormat::WebP => check_webp(bytes)?,
         ImageFormat::Bmp | ImageFormat::Pnm => {}
@@ -72,7 +75,7 @@ pub fn decode_image(bytes: &[u8], mode: ColorMode) -> Result<U8Image> {
                 Err(e) => return Err(e).context("corrupt or unsupported image data"),
             };
             let (width, height) = (img.width() as usize, img.height() as usize);
-            (width, height, pil_pixels(img))
+            (width, height, pil_pixels(img, grey16_transparency))
         }
     };
     ensure!(
@@ -231,13 +234,17 @@ enum Pixels {
 
 /// `img` as PIL would hold it, alpha dropped (as `convert("RGB")` / `convert("L")` drop it):
 /// 16-bit RGB and grey with alpha by their high byte (PIL's `RGB;16B` and `LA;16B` raw modes),
-/// 16-bit grey clipped at 255 (PIL's `I;16` to `L` or `RGB`).
-fn pil_pixels(img: image::DynamicImage) -> Pixels {
+/// 16-bit grey clipped at 255 (PIL's `I;16` to `L` or `RGB`), also where its alpha comes from
+/// a PNG's tRNS chunk (`grey16_transparency`: PIL keeps such a PNG `I;16`).
+fn pil_pixels(img: image::DynamicImage, grey16_transparency: bool) -> Pixels {
     use image::DynamicImage as D;
     match img {
         D::ImageLuma8(grey) => Pixels::Grey(grey.into_raw()),
         D::ImageLumaA8(grey) => Pixels::Grey(grey.pixels().map(|p| p[0]).collect()),
         D::ImageLuma16(grey) => Pixels::Grey(grey.pixels().map(|p| clip(p[0])).collect()),
+        D::ImageLumaA16(grey) if grey16_transparency => {
+            Pixels::Grey(grey.pixels().map(|p| clip(p[0])).collect())
+        }
         D::ImageLumaA16(grey) => Pixels::Grey(grey.pixels().map(|p| high(p[0])).collect()),
         D::ImageRgb16(rgb) => Pixels::Rgb(rgb.into_raw().iter().map(|&v| high(v)).collect()),
         D::ImageRgba16(rgba) => Pixels::Rgb(
@@ -388,13 +395,15 @@ fn check_tiff(bytes: &[u8]) -> Result<()> {
 /// The PNG signature.
 const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
 
-/// Walks the PNG's chunks (length, type, data, CRC) up to `IEND`.
-fn check_png(bytes: &[u8]) -> Result<()> {
+/// Walks the PNG's chunks (length, type, data, CRC) up to `IEND`. Returns whether the PNG is
+/// 16-bit grey (IHDR's bit depth 16, colour type 0) with a tRNS chunk.
+fn check_png(bytes: &[u8]) -> Result<bool> {
     ensure!(
         bytes.starts_with(&PNG_SIGNATURE),
         "PNG without its signature"
     );
     let mut at = PNG_SIGNATURE.len();
+    let (mut grey16, mut transparency) = (false, false);
     loop {
         let Some(head) = bytes.get(at..at + 8) else {
             bail!(
@@ -415,8 +424,12 @@ fn check_png(bytes: &[u8]) -> Result<()> {
                 bytes.len()
             );
         };
-        if &head[4..8] == b"IEND" {
-            return Ok(());
+        match &head[4..8] {
+            b"IEND" => return Ok(grey16 && transparency),
+            // Width, height, bit depth, colour type, ...
+            b"IHDR" => grey16 = bytes.get(at + 16..at + 18) == Some(&[16, 0]),
+            b"tRNS" => transparency = true,
+            _ => {}
         }
         at = end;
     }

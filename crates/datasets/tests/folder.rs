@@ -82,6 +82,25 @@ fn pixels_are_pils_after_convert() {
         decode_image(&grey16, ColorMode::Rgb).unwrap().data[7..14],
         clipped
     );
+    // The same with a tRNS chunk (transparent grey 300) after IHDR: the decoder makes it grey
+    // with alpha, PIL keeps it `I;16` and clips (Pillow 13: `convert("RGB")` and `convert("L")`
+    // give the clipped values).
+    let ihdr_end = 8 + 4 + 4 + 13 + 4;
+    let mut trns = vec![0, 0, 0, 2];
+    trns.extend(b"tRNS");
+    trns.extend(300u16.to_be_bytes());
+    let mut crc = flate2::Crc::new();
+    crc.update(&trns[4..]);
+    trns.extend(crc.sum().to_be_bytes());
+    let grey16_trns = [&grey16[..ihdr_end], &trns, &grey16[ihdr_end..]].concat();
+    assert_eq!(
+        decode_image(&grey16_trns, ColorMode::Gray).unwrap().data,
+        clipped
+    );
+    assert_eq!(
+        decode_image(&grey16_trns, ColorMode::Rgb).unwrap().data[7..14],
+        clipped
+    );
     // 16-bit grey with alpha (PNG colour type 4): PIL reads it as `LA;16B`, the high byte.
     let grey_alpha16 = image::ImageBuffer::<image::LumaA<u16>, _>::from_fn(7, 1, |x, _| {
         image::LumaA([values[x as usize], 65535])
