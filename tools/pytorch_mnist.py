@@ -54,7 +54,8 @@ def main():
     x_test, y_test = split(a.data_dir, "t10k")
     model = build(a.model, 10)
     opt = torch.optim.Adam(model.parameters(), a.lr)
-    print(f"{a.model}: {len(x_train)} training, {len(x_test)} test images, torch {torch.__version__}")
+    print(f"{a.model}: {len(x_train)} training, {len(x_test)} test images, "
+          f"torch {torch.__version__}")
     best = (0.0, 0)
     for epoch in range(1, a.epochs + 1):
         model.train()

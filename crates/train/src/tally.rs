@@ -9,8 +9,9 @@
 //! The numbers are those [`Metrics::update`] computes from the logits on the host, exactly:
 //! the predicted class is the first maximal logit, NaN logits ignored (class 0 when a whole
 //! row is NaN); a top-5 hit is a sample with fewer than five logits ranked above its
-//! label's (larger, or equal of a class before it: [`Metrics::top5`]); counts are integers; and each batch's mean loss travels to the host as the f64
-//! value of the loss tensor, where the loss sum is formed in the order of the batches.
+//! label's (larger, or equal of a class before it: [`Metrics::top5`]); counts are integers;
+//! and each batch's mean loss travels to the host as the f64 value of the loss tensor, where
+//! the loss sum is formed in the order of the batches.
 //!
 //! On CUDA (`cuda` feature, float32 logits) the predictions, confusion cells and top-5 hits of
 //! a batch are one kernel launch (`tally/cuda.rs`, adding to the counts in place) instead of

@@ -2,8 +2,9 @@
 // each row of the logits (the first maximal logit, NaN ignored, class 0 for a row of NaN), the
 // confusion cell `min(label, k) * k + predicted` (capped at the stray slot k * k) and the top-5
 // hit (fewer than five logits ranked above the label's: larger, or equal of a class before it;
-// a label that is no class reads the last class's logit), added in place to `counts` (k * k + 2 slots: the confusion matrix, the
-// stray slot, the top-5 hits); the n predictions go to `predicted`. One thread a row.
+// a label that is no class reads the last class's logit), added in place to `counts` (k * k + 2
+// slots: the confusion matrix, the stray slot, the top-5 hits); the n predictions go to
+// `predicted`. One thread a row.
 
 extern "C" __global__ void tally_batch(const float *logits, const unsigned int *labels,
                                        unsigned int *counts, unsigned int *predicted,
