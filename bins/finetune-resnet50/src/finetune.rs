@@ -243,6 +243,11 @@ pub fn finetune(
     let model = FineTune::new(net, ft.unfreeze)?;
     let train_images = train::run::loader(run, &data.train, true)?;
     let test_images = train::run::loader(run, &data.test, false)?;
+    // --drop-last leaving no batch, refused before the backbone's features are computed (in one
+    // process: a data-parallel job's ranks are checked on their shares when training starts).
+    if train_images.num_batches() == 0 {
+        return Err(train::run::no_batch(run, train_images.used(), false));
+    }
     if train::distributed::writes() {
         ft.save(out)?;
     }
@@ -311,12 +316,15 @@ pub fn finetune(
                     "features: test".into(),
                 )?,
             );
-            let images = cached.0.num_samples() + cached.1.num_samples();
+            // Every training image's features were computed, those --drop-last leaves out of
+            // an epoch too.
+            let computed = unshuffled.num_samples();
+            let images = computed + cached.1.num_samples();
             let seconds = started.elapsed().as_secs_f64();
             train::say!(
                 "features of {} training and {} test images computed in {seconds:.1} s \
                  ({:.0} img/s); the epochs' times are the head's alone",
-                cached.0.num_samples(),
+                computed,
                 cached.1.num_samples(),
                 images as f64 / seconds.max(1e-9)
             );

@@ -450,9 +450,13 @@ fn finetunes_a_small_folder_above_chance_with_the_backbone_untouched() {
         &[],
     );
     assert!(
-        err.contains("--drop-last with --batch-size 128") && err.contains("no step would train"),
+        err.contains("--drop-last with --batch-size 128: the 120 training images")
+            && err.contains("no step would train"),
         "{err}"
     );
+    // Refused before the backbone's features are computed, and the --out it made is gone.
+    assert!(!err.contains("computing its features"), "{err}");
+    assert!(!dir.path().join("dropped").exists(), "{err}");
 }
 
 #[test]

@@ -225,16 +225,10 @@ pub fn train(
         None => (train_loader, test_loader),
     };
     if train_loader.num_batches() == 0 {
-        bail!(
-            "--drop-last with --batch-size {}: the training images (fewer than one batch{}) \
-             make no batch, so no step would train; lower --batch-size or leave out --drop-last",
-            config.batch_size,
-            if shards.is_some() {
-                " on each data-parallel rank"
-            } else {
-                ""
-            }
-        );
+        let images = config
+            .limit_train
+            .map_or(train_images, |l| l.min(train_images));
+        return Err(no_batch(config, images, shards.is_some()));
     }
     let saved_names = resume.as_ref().and_then(|(saved, _)| saved.names);
     let (labels, names) = data_sums(
@@ -1330,6 +1324,22 @@ fn exactness_note(
 /// The training and test splits' CRC-32C sums of their labels and of their file names (the
 /// resume state's `labels` and `names`).
 type DataSums = ([u32; 2], [u32; 2]);
+
+/// The error of a run whose `--drop-last` leaves no training batch: `images` training images
+/// (after `--limit-train`), fewer than `--batch-size`, in one process or (`per_rank`) on each
+/// data-parallel rank.
+pub fn no_batch(config: &RunConfig, images: usize, per_rank: bool) -> anyhow::Error {
+    anyhow::anyhow!(
+        "--drop-last with --batch-size {}: the {images} training images (fewer than one \
+         batch{}) make no batch, so no step would train; lower --batch-size or leave out \
+         --drop-last",
+        config.batch_size,
+        match per_rank {
+            true => " on each data-parallel rank",
+            false => "",
+        }
+    )
+}
 
 /// The training (shuffled) or test loader that `config` describes for `dataset`.
 ///
