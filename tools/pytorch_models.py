@@ -18,9 +18,11 @@ The programs' test transforms, to feed the model the same tensors as `evaluate` 
 To go on training a run in PyTorch, `optimizer_from_run(run_dir, model)` builds the run's
 optimizer (`torch.optim.SGD`, `Adam` or `AdamW` with the run's settings and the learning rate of
 its last epoch) over a model holding the run's `last.safetensors`, with the momentum buffers (or
-Adam's moments and step counts) of its `state.safetensors`. The learning-rate schedule is not
-carried over (nor OneCycle's cycled momentum: the optimizer gets the configured one): make the
-scheduler of your choice from there.
+Adam's moments and step counts) of its `state.safetensors`, on the model's device and dtype; a
+fine-tuning run's optimizer holds the parameters its `--unfreeze` trained. The learning-rate
+schedule is not carried over (the rate is the one the last epoch trained with, before its
+scheduler step; nor OneCycle's cycled momentum: the optimizer gets the configured one): make the
+scheduler of your choice from there (each group's `initial_lr` is the run's `--lr`).
 
 `python tools/pytorch_models.py RUN_DIR [best|last]` loads a run's checkpoint into its network
 (the model named in the run's `config.json`) with `strict=True` and prints the parameter count;
@@ -137,13 +139,30 @@ def _state(run):
     return load_file(str(path)), resume
 
 
+def _trained(run, params):
+    """The parameters the run's optimizer held: all of them, or for a fine-tuning run (its
+    `finetune.json`) the new `fc` and the stages `--unfreeze` named."""
+    finetune = Path(run) / "finetune.json"
+    if not finetune.exists():
+        return params
+    unfreeze = json.loads(finetune.read_text())["unfreeze"]
+    stages = {"none": (), "layer4": ("layer4.",), "layer3": ("layer3.", "layer4."),
+              "all": None}[unfreeze]
+    return {name: p for name, p in params.items()
+            if stages is None or name.startswith("fc.") or name.startswith(stages)}
+
+
 def optimizer_from_run(run, model):
     """The run's optimizer over `model` (which should hold the run's `last.safetensors`), with
-    the buffers its `state.safetensors` saved after its last epoch, keyed by parameter name."""
+    the buffers its `state.safetensors` saved after its last epoch, keyed by parameter name,
+    loaded through `optimizer.load_state_dict` (so on the parameters' device and dtype, Adam's
+    `step` a float32 tensor as PyTorch keeps it). A fine-tuning run's optimizer holds the
+    parameters it trained (its `--unfreeze`), no others. Each group's `initial_lr` is the run's
+    configured rate, so that a scheduler can be made with `last_epoch` set."""
     tensors, resume = _state(run)
     config = resume["config"]
     kind, lr, wd = config["optimizer"], resume["lr"], config["weight_decay"]
-    params = dict(model.named_parameters())
+    params = _trained(run, dict(model.named_parameters()))
     if kind == "sgd":
         optimizer = torch.optim.SGD(params.values(), lr=lr, momentum=config["momentum"],
                                     weight_decay=wd, nesterov=config["nesterov"])
@@ -156,25 +175,30 @@ def optimizer_from_run(run, model):
         buffers = ("exp_avg", "exp_avg_sq", "step")
     else:
         raise SystemExit(f"{run}: optimizer {kind!r} is not one of sgd, adam, adamw")
-    found = 0
-    for name, param in params.items():
-        state = {}
+    found, state = 0, {}
+    for index, (name, param) in enumerate(params.items()):
+        entry = {}
         for buffer in buffers:
             key = f"optimizer.{name}.{buffer}"
             if key in tensors:
                 value = tensors[key]
                 if buffer == "step":
-                    value = torch.tensor(float(value))
+                    value = torch.tensor(float(value), dtype=torch.float32)
                 elif value.shape != param.shape:
                     raise SystemExit(f"{key}: shape {tuple(value.shape)}, the parameter's "
                                      f"{tuple(param.shape)}")
-                state[buffer] = value.to(param.dtype)
-        if state:
-            optimizer.state[param] = state
-            found += len(state)
+                entry[buffer] = value
+        if entry:
+            state[index] = entry
+            found += len(entry)
     known = sum(1 for k in tensors if k.startswith("optimizer."))
     if found != known:
-        raise SystemExit(f"{run}: {known - found} optimizer buffers name no parameter of the model")
+        raise SystemExit(f"{run}: {known - found} optimizer buffers name no parameter the run "
+                         "trained in the model")
+    groups = optimizer.state_dict()["param_groups"]
+    for group in groups:
+        group["initial_lr"] = config["lr"]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
     return optimizer
 
 

@@ -45,7 +45,9 @@ pub struct Cam {
     /// The class the network predicts (its largest logit, the first of equal ones, as
     /// `torch.argmax`) and its softmax probability: `class` unless another was asked for.
     pub predicted: (usize, f32),
-    /// Row-major values, 1 at the map's maximum (all 0 when nothing speaks for the class).
+    /// Row-major values, 1 at the map's maximum (all 0 when nothing speaks for the class): the
+    /// map divided by its maximum (pytorch-grad-cam's `scale_cam_image` subtracts the minimum
+    /// first, so its lowest cell is 0 where every cell is positive).
     pub values: Vec<f32>,
     /// Rows of the stage's map.
     pub height: usize,

@@ -48,13 +48,15 @@ enum Command {
     /// A model's activations after each stage for one image: feature-maps-<stage>.png. A stage
     /// is a block: in the MNIST CNN, conv1 is the output of conv1, its activation and its
     /// pooling (a hook on PyTorch's conv1 module gives the map before them); LeNet-5's stages
-    /// take the paper's layer names, conv1 and conv2 its state_dict's features.0-2 and
-    /// features.3-5, fc1 and fc2 classifier.0-1 and classifier.2-3; in a ResNet, torchvision's
-    /// layer1..layer4 modules.
+    /// are named for their layers (not the paper's C1...F6), conv1 and conv2 its state_dict's
+    /// features.0-2 and features.3-5, fc1 and fc2 classifier.0-1 and classifier.2-3; in a
+    /// ResNet, torchvision's layer1..layer4 modules.
     #[command(allow_negative_numbers = true)]
     FeatureMaps(feature_maps::FeatureMapsArgs),
     /// Where a (trained) network looks for a class (Grad-CAM) in one image:
-    /// grad-cam-<image>.png (grad-cam-<image>-class<K>.png for a --class).
+    /// grad-cam-<image>.png (grad-cam-<image>-class<K>.png for a --class). The map is divided
+    /// by its maximum (pytorch-grad-cam also subtracts its minimum first); the stage of the
+    /// tutorial's CNNs is conv2 after its activation and pooling, not the conv2 module's output.
     #[command(allow_negative_numbers = true)]
     GradCam(grad_cam::GradCamArgs),
 }
