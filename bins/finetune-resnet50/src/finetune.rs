@@ -303,9 +303,9 @@ pub fn finetune(
                     run.precision,
                     "features: train".into(),
                 )?
-                // As the image loader's: data-parallel, the last global batch is dropped
-                // instead (distributed::shard).
-                .drop_last(run.parallel.drop_last && train::distributed::rank().is_none()),
+                // As the training images' loader drops (data-parallel, the last global batch is
+                // dropped instead, in distributed::shard).
+                .drop_last(train_images.config().drop_last),
                 CachedFeatures::compute(
                     &|x| model.frozen_features(x),
                     &test_images,

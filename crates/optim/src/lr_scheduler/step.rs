@@ -44,10 +44,8 @@ impl LrSchedule for MultiStepLr {
         reached.sort_unstable();
         let mut lr = self.base_lr;
         for run in reached.chunk_by(|a, b| a == b) {
-            lr *= match run.len() {
-                1 => self.gamma,
-                n => self.gamma.powf(n as f64),
-            };
+            // `pow(g, 1)` is `g` exactly.
+            lr *= self.gamma.powf(run.len() as f64);
         }
         lr
     }
