@@ -401,3 +401,112 @@ fn extreme_flag_values_never_panic() {
     );
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// A run stopped by Ctrl-C once its first epoch is saved, then resumed, ends with the very bytes
+/// of the uninterrupted run's checkpoints and the same history: through batch norm in training
+/// mode (running statistics and `num_batches_tracked` saved and read back), the random crops
+/// and flips, and schedules whose rate changes at every epoch (OneCycle per batch; StepLR with
+/// a step each epoch under a one-epoch warm-up, with AdamW); in f32 and in bf16 autocast.
+#[test]
+fn runs_with_batch_norm_stopped_and_resumed_are_exact() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("cifar");
+    train::synthetic::write_cifar10(&data, 12, 2).expect("synthetic CIFAR-10");
+    let data = s(&data);
+    let history = |out: &Path| -> Vec<String> {
+        std::fs::read_to_string(out.join(train::rundir::METRICS_CSV))
+            .expect("metrics.csv")
+            .lines()
+            .map(|l| l.rsplit_once(',').expect("a seconds column").0.to_string())
+            .collect()
+    };
+    let epochs = 4;
+    let cases: [&[&str]; 3] = [
+        &["--schedule", "onecycle", "--batch-size", "8"],
+        &[
+            "--schedule",
+            "step",
+            "--step-size",
+            "1",
+            "--warmup-epochs",
+            "1",
+            "--batch-size",
+            "12",
+            "--optimizer",
+            "adamw",
+            "--lr",
+            "0.001",
+        ],
+        &[
+            "--schedule",
+            "onecycle",
+            "--batch-size",
+            "8",
+            "--precision",
+            "bf16",
+            "--label-smoothing",
+            "0.1",
+        ],
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        let (whole, part) = (
+            dir.path().join(format!("whole-{i}")),
+            dir.path().join(format!("part-{i}")),
+        );
+        let args = |out: &Path| -> Vec<String> {
+            let epochs = epochs.to_string();
+            let fixed = ["--data-dir", &data, "--seed", "7", "--epochs", &epochs];
+            [&fixed[..], case, &["--out", &s(out)]]
+                .concat()
+                .into_iter()
+                .map(String::from)
+                .collect()
+        };
+        let whole_args = args(&whole);
+        let run = train_cifar(&whole_args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(run.status.success(), "{case:?}: {}", text(&run));
+        let child = Command::new(env!("CARGO_BIN_EXE_train-cifar"))
+            .args(args(&part))
+            .args(["--device", "cpu", "--workers", "2"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("train-cifar starts");
+        let state = part.join(train::rundir::STATE);
+        let waited = std::time::Instant::now();
+        while !state.exists() {
+            assert!(waited.elapsed().as_secs() < 300, "no epoch was saved");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+        // SAFETY: a plain kill(2) of our own child, which has not been waited for yet.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+        let stopped = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&stopped.stderr);
+        assert!(
+            err.contains("stopped by Ctrl-C in epoch"),
+            "{case:?}: {err}"
+        );
+        let done = history(&part).len() - 1;
+        assert!((1..epochs).contains(&done), "{case:?}: {done} epochs saved");
+        let resumed = train_cifar(&["--resume", &s(&part)]);
+        assert!(resumed.status.success(), "{case:?}: {}", text(&resumed));
+        assert!(text(&resumed).contains("resumes"), "{}", text(&resumed));
+        assert_eq!(history(&whole), history(&part), "{case:?}");
+        assert_eq!(history(&whole).len(), epochs + 1, "{case:?}");
+        for name in [train::rundir::LAST, train::rundir::BEST] {
+            let (a, b) = (
+                std::fs::read(whole.join(name)).expect("checkpoint"),
+                std::fs::read(part.join(name)).expect("checkpoint"),
+            );
+            assert!(a == b, "{case:?}: {name} differs after the resume");
+        }
+        // The rate changes at every epoch, so a schedule resumed a step off would show.
+        let rates: Vec<String> = history(&whole)
+            .iter()
+            .skip(1)
+            .map(|l| l.rsplit(',').next().expect("lr").to_string())
+            .collect();
+        assert!(rates.windows(2).all(|w| w[0] != w[1]), "{rates:?}");
+    }
+}
