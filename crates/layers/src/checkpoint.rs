@@ -326,7 +326,9 @@ pub fn ensure_finite(tensors: &HashMap<String, Tensor>) -> Result<()> {
 
 /// Loads `path` into the variables of `varmap`, strictly (PyTorch's
 /// `load_state_dict(strict=True)`): every variable must be in the file with the same shape, and
-/// the file may hold nothing else (`num_batches_tracked` excepted). Build the model from the
+/// the file may hold nothing else. A batch norm's `num_batches_tracked` may be missing (a
+/// checkpoint written before it was counted; the model's count is kept, as PyTorch's
+/// `_NormBase` keeps it), never unexpected. Build the model from the
 /// store first: its variables are what the file fills (into an empty store every key is
 /// unexpected). Errors name the file, the key and both shapes. Values are cast to each
 /// variable's dtype.
@@ -373,10 +375,8 @@ pub fn load_tensors_strict(varmap: &VarMap, tensors: &HashMap<String, Tensor>) -
         .filter(|k| !tensors.contains_key(*k) && !k.ends_with(BATCHES_TRACKED))
         .collect();
     missing.sort();
-    let mut unexpected: Vec<&String> = tensors
-        .keys()
-        .filter(|k| !data.contains_key(*k) && !k.ends_with(BATCHES_TRACKED))
-        .collect();
+    // One the model has no place for is refused, as PyTorch's strict load refuses it.
+    let mut unexpected: Vec<&String> = tensors.keys().filter(|k| !data.contains_key(*k)).collect();
     unexpected.sort();
     if !missing.is_empty() || !unexpected.is_empty() {
         let part = |keys: &[&String], what: &str| match keys.len() {
@@ -604,6 +604,27 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("m.safetensors"), "{err}");
+
+        // A batch norm's count the model has no batch norm for is unexpected too (PyTorch's
+        // strict load refuses it); a missing one is not (the model's count is kept).
+        let mut tensors = read(&path)?;
+        tensors.insert(
+            "head.num_batches_tracked".into(),
+            Tensor::new(0i64, &Device::Cpu)?.reshape(())?,
+        );
+        let same = ParamStore::new(1, &Device::Cpu);
+        model(&same, 2)?;
+        let err = format!(
+            "{:#}",
+            load_tensors_strict(same.varmap(), &tensors).unwrap_err()
+        );
+        assert!(
+            err.contains("1 unexpected key(s)") && err.contains("head.num_batches_tracked"),
+            "{err}"
+        );
+        tensors.remove("head.num_batches_tracked");
+        tensors.remove("bn.num_batches_tracked").expect("counted");
+        load_tensors_strict(same.varmap(), &tensors)?;
 
         // The model's weights under a prefix: a run's training state, or another wrapper; the
         // first missing name (`bn.bias`) also ends other keys (`layer1.0.bn.bias`, as a
