@@ -1650,7 +1650,8 @@ mod tests {
         );
         let cast = RECIPE.parse(["prog", "--resume", "x", "--precision", "bf16"])?;
         assert!(resumed_config(&config, &cast).is_err());
-        // PyTorch's names for the memory formats; a resumed run may change it (speed only).
+        // PyTorch's names for the memory formats; a resumed run may change it (its speed; with
+        // cuDNN its sums too, which the resume says).
         assert_eq!(config.memory_format, MemoryFormat::Contiguous);
         for name in ["channels_last", "channels-last"] {
             let cl = RECIPE.config(&RECIPE.parse(["prog", "--memory-format", name])?)?;

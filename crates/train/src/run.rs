@@ -190,7 +190,12 @@ pub fn train(
     if let Some((saved, _)) = &resume {
         let device = device_name(&trainee.device);
         let recorded = (saved.device.as_deref(), saved.threads);
-        if let Some(note) = exactness_note(recorded, &device, rayon::current_num_threads()) {
+        let cudnn = trainee.device.is_cuda() && cfg!(feature = "cudnn");
+        let notes = [
+            exactness_note(recorded, &device, rayon::current_num_threads()),
+            layout_note(saved.config.memory_format, config.memory_format, cudnn),
+        ];
+        for note in notes.into_iter().flatten() {
             if !crate::distributed::quiet() {
                 crate::warn!("{note}");
             }
@@ -1321,6 +1326,22 @@ fn exactness_note(
     })
 }
 
+/// What a resume in memory format `now` of a run trained in `saved` changes in its exactness:
+/// with cuDNN (`cudnn`: a CUDA device in a build with the feature) the two layouts run other
+/// algorithms, whose sums run in another order, as PyTorch's do; elsewhere each layer computes
+/// on a contiguous copy, the same numbers.
+fn layout_note(saved: MemoryFormat, now: MemoryFormat, cudnn: bool) -> Option<String> {
+    let name = |format| crate::flags::FlagText::flag_text(&format);
+    (saved != now && cudnn).then(|| {
+        format!(
+            "the run trained in --memory-format {} and goes on in {}: cuDNN's convolutions of              the other layout sum in another order, so its weights follow an uninterrupted              run's to float32 rounding, not bit for bit (resume with --memory-format {} to              continue it exactly)",
+            name(saved),
+            name(now),
+            name(saved)
+        )
+    })
+}
+
 /// The training and test splits' CRC-32C sums of their labels and of their file names (the
 /// resume state's `labels` and `names`).
 type DataSums = ([u32; 2], [u32; 2]);
@@ -1853,6 +1874,23 @@ mod tests {
         assert!(
             device.contains("trained on cuda:0 and goes on on cpu") && device.contains("rounding"),
             "{device}"
+        );
+    }
+
+    /// Another memory format on resume is said where it changes the sums (cuDNN), and only
+    /// there.
+    #[test]
+    fn a_resume_in_another_memory_format_is_said_where_it_changes_the_sums() {
+        let (nchw, nhwc) = (MemoryFormat::Contiguous, MemoryFormat::ChannelsLast);
+        assert_eq!(layout_note(nchw, nhwc, false), None);
+        assert_eq!(layout_note(nhwc, nhwc, true), None);
+        let note = layout_note(nhwc, nchw, true).expect("a note");
+        assert!(
+            note.contains(
+                "trained in --memory-format channels_last and goes on in \
+                 contiguous_format"
+            ) && note.contains("resume with --memory-format channels_last"),
+            "{note}"
         );
     }
 
