@@ -33,6 +33,16 @@ pub trait StatsSync: Send + Sync {
     ///
     /// Errors: the transport failed.
     fn all_reduce_sum(&self, local: &Tensor) -> Result<Tensor>;
+
+    /// The values per channel over every process, given this process's `local` (N x H x W of
+    /// its input), where the implementor knows it without asking the others (the step's global
+    /// batch size); `None` (the default) has the batch norm all-reduce the count with its sums.
+    /// Knowing it saves a read of the reduced count to the host in every batch norm's forward,
+    /// which on a GPU would wait there for the reduction.
+    fn global_count(&self, local: usize) -> Option<usize> {
+        let _ = local;
+        None
+    }
 }
 
 thread_local! {
@@ -461,9 +471,14 @@ impl BatchNorm {
         }
         let detached = x.detach();
         // Local sums; under a StatsSync the whole global batch's, reduced with the count.
-        let (sum, count) = match &sync {
-            None => (sum_per_channel(&detached)?, (n * l) as f64),
-            Some(sync) => {
+        let known = sync.as_ref().and_then(|sync| sync.global_count(n * l));
+        let (sum, count) = match (&sync, known) {
+            (None, _) => (sum_per_channel(&detached)?, (n * l) as f64),
+            (Some(sync), Some(count)) => (
+                sync.all_reduce_sum(&sum_per_channel(&detached)?)?,
+                count as f64,
+            ),
+            (Some(sync), None) => {
                 let local = Tensor::new(&[(n * l) as f32], x.device())?.to_dtype(x.dtype())?;
                 let parts =
                     all_reduce_parts(sync.as_ref(), &[&sum_per_channel(&detached)?, &local])?;
@@ -948,6 +963,72 @@ mod tests {
         fn all_reduce_sum(&self, local: &Tensor) -> Result<Tensor> {
             local.affine(2.0, 0.0)
         }
+    }
+
+    /// [`TwoIdentical`] that knows the global count: the count is not reduced.
+    struct TwoIdenticalCounted(std::sync::atomic::AtomicUsize);
+
+    impl StatsSync for TwoIdenticalCounted {
+        fn all_reduce_sum(&self, local: &Tensor) -> Result<Tensor> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            local.affine(2.0, 0.0)
+        }
+
+        fn global_count(&self, local: usize) -> Option<usize> {
+            Some(2 * local)
+        }
+    }
+
+    /// A sync that knows the global count gives the same bits as one that reduces it with the
+    /// sums, and reduces only the sums (forward: sums and squares; backward: the two gradient
+    /// sums, in one call each).
+    #[test]
+    fn a_known_global_count_is_not_reduced_and_changes_nothing() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&(Tensor::randn(0f32, 2.0, (4, 3, 2, 5), &dev)? + 1.0)?)?;
+        let upstream = Tensor::randn(0f32, 1.0, (4, 3, 2, 5), &dev)?;
+        let (template, _, _, _) = pair(3, &dev)?;
+        let run = |sync: Arc<dyn StatsSync>| -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+            let bn = BatchNorm::new(
+                template.running_mean().copy()?,
+                template.running_var().copy()?,
+                template.weight().copy()?,
+                template.bias().copy()?,
+                1e-5,
+                0.1,
+            )?;
+            let previous = set_stats_sync(Some(sync));
+            let out = (|| {
+                let y = bn.forward_relu(x.as_tensor(), true)?;
+                let grads = (&y * &upstream)?.sum_all()?.backward()?;
+                let gx = grads.get(x.as_tensor()).expect("input gradient").clone();
+                Ok::<_, candle_core::Error>((y, gx))
+            })();
+            set_stats_sync(previous);
+            let (y, gx) = out?;
+            Ok((
+                y.flatten_all()?.to_vec1()?,
+                gx.flatten_all()?.to_vec1()?,
+                bn.running_var().to_vec1()?,
+            ))
+        };
+        let counted = Arc::new(TwoIdenticalCounted(0.into()));
+        let a = run(Arc::new(TwoIdentical))?;
+        let b = run(counted.clone())?;
+        assert_eq!(
+            a.0.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            b.0.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            a.1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            b.1.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            a.2.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            b.2.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        assert_eq!(counted.0.load(std::sync::atomic::Ordering::Relaxed), 3);
+        Ok(())
     }
 
     #[test]

@@ -28,7 +28,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
@@ -640,7 +640,9 @@ fn all_reduce(t: &Tensor) -> Result<Tensor> {
 /// sum right after, which waits for it anyway. With NCCL (CUDA tensors) that wait is for the
 /// kernel on the GPU, and is watched by `--collective-timeout` as MPI's collectives are: a rank
 /// that never joins leaves the others' kernels waiting, and them in this wait, until the
-/// timeout ends the job. (SyncBatchNorm's reductions inside the step are not waited for.)
+/// timeout ends the job. (SyncBatchNorm's reductions inside the step are not waited for on
+/// their own: nothing is read to the host before this sum, whose wait comes after them on the
+/// stream and so covers them.)
 fn all_reduce_waited(t: &Tensor) -> Result<Tensor> {
     let summed = all_reduce(t)?;
     #[cfg(feature = "nccl")]
@@ -1011,6 +1013,9 @@ pub fn bytes_per_step(trainable: &[(String, candle_core::Var)]) -> usize {
 /// backward), where the job's context lives.
 struct BnSync {
     contributes: AtomicBool,
+    /// The step's samples on this rank (1 for a rank without any: it runs the batch's first
+    /// sample at a weight of zero) and in the whole global batch.
+    samples: [AtomicUsize; 2],
 }
 
 impl layers::StatsSync for BnSync {
@@ -1021,6 +1026,13 @@ impl layers::StatsSync for BnSync {
             local.zeros_like()?
         };
         all_reduce(&local).map_err(candle_core::Error::wrap)
+    }
+
+    /// Every rank's batch norm sees its samples' maps of one size: the global count is the
+    /// local one scaled by the global batch over this rank's samples.
+    fn global_count(&self, local: usize) -> Option<usize> {
+        let [mine, global] = self.samples.each_ref().map(|n| n.load(Ordering::Relaxed));
+        (mine > 0 && local.is_multiple_of(mine)).then(|| local / mine * global)
     }
 }
 
@@ -1055,6 +1067,7 @@ pub fn train_epoch(
     let mut batch_losses = Vec::with_capacity(batches);
     let bn = std::sync::Arc::new(BnSync {
         contributes: AtomicBool::new(true),
+        samples: [AtomicUsize::new(0), AtomicUsize::new(0)],
     });
     let previous = sync_bn.then(|| layers::set_stats_sync(Some(bn.clone())));
     let result = (|| -> Result<()> {
@@ -1065,13 +1078,17 @@ pub fn train_epoch(
             let n = batch.indices.len();
             let share = n as f64 / loader.global_len(b).max(1) as f64;
             bn.contributes.store(n > 0, Ordering::Relaxed);
+            bn.samples[0].store(batch.images.dim(0)?, Ordering::Relaxed);
+            bn.samples[1].store(loader.global_len(b), Ordering::Relaxed);
             let images = batch.images.to_device(device)?;
             let labels = batch.labels.to_device(device)?;
             let logits = model.forward_t(&images, true)?;
             let loss = cross_entropy(&logits, &labels, step.label_smoothing)?;
-            let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             // This rank's part of the global batch's mean loss; its gradient is summed below.
-            let mut grads = loss.affine(share, 0.0)?.backward()?;
+            // Nothing is read to the host before the waited sum: on a GPU such a read would
+            // wait for `--sync-bn`'s reductions unwatched (the sum's wait, watched, covers them).
+            let local_loss = loss.affine(share, 0.0)?;
+            let mut grads = local_loss.backward()?;
             let mut parts = Vec::with_capacity(trainable.len() + 1);
             for (_, v) in trainable {
                 parts.push(match grads.get(v.as_tensor()) {
@@ -1079,12 +1096,9 @@ pub fn train_epoch(
                     None => Tensor::zeros(v.elem_count(), DType::F32, v.device())?,
                 });
             }
-            let local_loss = if value.is_finite() {
-                value * share
-            } else {
-                value
-            };
-            parts.push(Tensor::new(&[local_loss as f32], device)?);
+            // A rank without samples adds 0 (or NaN, for a non-finite loss of the sample it
+            // ran at a weight of zero: the job stops as for any non-finite loss).
+            parts.push(local_loss.to_dtype(DType::F32)?.reshape(1)?);
             let summed = all_reduce_waited(&Tensor::cat(&parts, 0)?)?;
             let total = summed.elem_count();
             let global_loss = f64::from(summed.narrow(0, total - 1, 1)?.to_vec1::<f32>()?[0]);

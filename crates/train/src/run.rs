@@ -504,6 +504,7 @@ pub fn train(
             // stopped, what is saved and how to go on, as for Ctrl-C. A loss that stopped being
             // finite says so itself (a new run, not --resume, is the way on).
             (Err(error), Ok(())) if !error.chain().any(|e| e.is::<crate::engine::Diverged>()) => {
+                let out = crate::distributed::writes().then_some(out);
                 Err(stopped_by_error(error, snapshotted, config.epochs, out))
             }
             (trained, Ok(())) => trained,
@@ -840,17 +841,32 @@ fn stopped_by_ctrl_c(
 /// The error of a run that an error inside an epoch (`error`: an image that cannot be read, a
 /// device failing) stopped after `done` epochs whose files were written: where it stopped, what
 /// is saved and how to continue once the cause is mended.
-fn stopped_by_error(error: anyhow::Error, done: usize, epochs: usize, out: &Path) -> anyhow::Error {
+///
+/// `out` is `None` on a data-parallel rank other than 0: rank 0 writes the run, and the job
+/// ends (`MPI_Abort`) on this rank's error perhaps before rank 0 has finished writing the last
+/// epoch's files, in a directory whose name this rank may not know (a default `--out` is
+/// rank 0's choice).
+fn stopped_by_error(
+    error: anyhow::Error,
+    done: usize,
+    epochs: usize,
+    out: Option<&Path>,
+) -> anyhow::Error {
     let at = format!(
         "the run stopped in epoch {} of {epochs} on the error below",
         done + 1
     );
-    let message = match done {
-        0 => format!("{at}: no epoch had finished, so nothing was saved"),
-        _ => format!(
+    let message = match (done, out) {
+        (0, _) => format!("{at}: no epoch had finished, so nothing was saved"),
+        (_, Some(out)) => format!(
             "{at}: {}; once the cause is mended, --resume {} continues from there",
             saved_in(done, out),
             out.display()
+        ),
+        (_, None) => format!(
+            "{at}: rank 0 saves the run's epochs in its --out (the last one finished, epoch \
+             {done}, perhaps not yet when the job ended); once the cause is mended, --resume \
+             that directory continues from the last epoch saved there"
         ),
     };
     error.context(message)
@@ -1874,6 +1890,36 @@ mod tests {
         assert!(
             device.contains("trained on cuda:0 and goes on on cpu") && device.contains("rounding"),
             "{device}"
+        );
+    }
+
+    /// An error inside an epoch says what is saved where; on a data-parallel rank other than 0
+    /// (no `out`) it names neither rank 0's directory nor the last epoch as saved, since the job
+    /// may end before rank 0 has written it.
+    #[test]
+    fn an_error_in_an_epoch_says_what_is_saved_and_where() {
+        let say = |done, out| {
+            format!(
+                "{:#}",
+                stopped_by_error(anyhow::anyhow!("bad"), done, 5, out)
+            )
+        };
+        let out = Path::new("runs/x");
+        assert!(say(0, Some(out)).contains("no epoch had finished"));
+        let one = say(2, Some(out));
+        assert!(
+            one.contains("epoch 3 of 5")
+                && one.contains("epochs 1-2 are saved in runs/x")
+                && one.contains("--resume runs/x continues")
+                && one.ends_with(": bad"),
+            "{one}"
+        );
+        let other = say(2, None);
+        assert!(
+            other.contains("rank 0 saves the run's epochs in its --out")
+                && other.contains("epoch 2, perhaps not yet")
+                && !other.contains("are saved in"),
+            "{other}"
         );
     }
 
