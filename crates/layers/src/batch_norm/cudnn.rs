@@ -392,7 +392,9 @@ impl CustomOp3 for Forward {
             true if crate::activation::takes_relu_backward(ys) => {
                 crate::activation::relu_backward(ys, &grad)?
             }
-            true => (&grad * ys.gt(0.0)?.to_dtype(self.dtype)?)?,
+            // Zero where y <= 0, the gradient elsewhere (NaN too), as the kernel: not a product
+            // by a mask, which would turn an infinite gradient at y <= 0 into NaN.
+            true => ys.le(0.0)?.where_cond(&grad.zeros_like()?, &grad)?,
             false => grad,
         };
         let op = Backward {

@@ -10,7 +10,9 @@
 //! Precision as PyTorch's: float32 with FMA kernels only (`CUDNN_FMA_MATH`, TF32 off) unless
 //! TF32 is on ([`autocast::tf32`](crate::autocast::tf32), Candle's flag for float32 products:
 //! `CUDNN_DEFAULT_MATH`, which lets cuDNN use TF32 tensor cores); bf16 and f16 on tensor cores
-//! (`CUDNN_TENSOR_OP_MATH`) with float32 sums. Set `LAYERS_CUDNN_LOG` to see each choice.
+//! (`CUDNN_TENSOR_OP_MATH`) with float32 sums. One flag for both: PyTorch has two, and its
+//! `torch.backends.cudnn.allow_tf32` is on by default where `torch.backends.cuda.matmul.
+//! allow_tf32` is off, so float32 here is PyTorch with both off. Set `LAYERS_CUDNN_LOG` to see each choice.
 //!
 //! A channels-last input ([`memory_format`](crate::memory_format)) runs cuDNN's NHWC kernels,
 //! as PyTorch's `channels_last` convolutions: the input, output and both of their gradients
@@ -145,6 +147,15 @@ impl Conv {
             )
         }
         let (oh, ow) = ((h + 2 * p - span_h) / s + 1, (w + 2 * p - span_w) / s + 1);
+        // cuDNN's 4-D descriptors count in int32 (PyTorch splits the batch instead).
+        for (what, dims) in [("input", [n, c, h, w]), ("output", [n, o, oh, ow])] {
+            if dims.iter().product::<usize>() > i32::MAX as usize {
+                candle_core::bail!(
+                    "cudnn conv2d: the {what} (N, C, H, W) = {dims:?} holds more than 2^31 - 1 \
+                     values, cuDNN's limit for one call: use a smaller batch"
+                )
+            }
+        }
         Ok(Self {
             dtype: xs.dtype(),
             x: [n, c, h, w],
