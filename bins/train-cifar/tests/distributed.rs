@@ -1,7 +1,7 @@
 //! Data-parallel training with `--sync-bn` under `mpirun -n 2` (built with `--features mpi`,
 //! Open MPI installed; `.ci/run` installs it): two ranks of batch 32 reach the weights and
-//! metrics of one process of batch 64. Needs CNN_SHARED_DIR (the real CIFAR-10); skipped with a
-//! message otherwise.
+//! metrics of one process of batch 64 (needs CNN_SHARED_DIR, the real CIFAR-10; skipped with a
+//! message otherwise); a rank left one image by the last global batch.
 #![cfg(feature = "mpi")]
 
 use std::process::Command;
@@ -81,4 +81,55 @@ fn two_ranks_with_sync_bn_match_one_process() {
             "{x:?} vs {y:?}"
         );
     }
+}
+
+/// A last global batch that leaves a rank one image (here 10 images over 2 ranks of batch 2:
+/// the third global batch is two images, one a rank): without `--sync-bn` each rank's batch
+/// norms see one value per channel at `resnet18-seed`'s 1x1 stage and refuse it, as PyTorch's
+/// do; the error names the batch, the rank's share and the ways out. With `--sync-bn` the
+/// statistics are the global batch's, two values a channel, and the run trains.
+#[test]
+fn a_rank_left_one_image_names_the_ways_out() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("cifar");
+    // Two images in each of the five training files: 10 training images.
+    train::synthetic::write_cifar10(&data, 2, 1).expect("synthetic CIFAR-10");
+    let data = data.to_string_lossy().into_owned();
+    let args = |out: &str| -> Vec<String> {
+        [
+            "--data-dir",
+            &data,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--workers",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            out,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let out = dir.path().join("run");
+    let failed = mpirun()
+        .args(["-n", "2", BIN])
+        .args(args(&out.to_string_lossy()))
+        .output()
+        .expect("mpirun starts");
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "{err}");
+    assert!(
+        err.contains("the forward pass of training batch 3/3 (1 of its 2 images on this rank)")
+            && err.contains("add --sync-bn, or add --drop-last"),
+        "{err}"
+    );
+    let synced = dir.path().join("synced");
+    run(mpirun()
+        .args(["-n", "2", BIN])
+        .args(args(&synced.to_string_lossy()))
+        .arg("--sync-bn"));
+    assert_eq!(metrics(&synced).len(), 1);
 }

@@ -521,3 +521,44 @@ fn distributed_on_needs_a_launcher() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no MPI launcher"), "{err}");
 }
+
+/// TensorBoard's `train/batch_loss` counts the optimizer steps actually taken: a run of one
+/// process (20 steps an epoch of 320 images in batches of 16) resumed by two ranks (10 global
+/// steps an epoch) goes on from step 20, logging 10, 20, 30, 40; numbering the resumed epochs
+/// by their own length gave 10, 20, 20, 30, and TensorBoard's default reader drops every point
+/// at or after a step that comes again.
+#[test]
+fn batch_loss_steps_go_on_across_a_resume_with_another_world_size() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("mnist");
+    train::synthetic::write_mnist(&data, 320, 20).expect("synthetic MNIST");
+    let data = data.to_string_lossy().into_owned();
+    let out = dir.path().join("run");
+    let out_s = out.to_string_lossy().into_owned();
+    run(Command::new(BIN).args(args(&data, &out_s, "16")));
+    run(mpirun().args(["-n", "2", BIN, "--resume", &out_s, "--epochs", "3"]));
+    let mut steps = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(&out)
+        .expect("run directory")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().is_some_and(|n| {
+                n.to_string_lossy()
+                    .starts_with(train::rundir::EVENTS_PREFIX)
+            })
+        })
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?}");
+    for file in files {
+        for event in train::tensorboard::read_events(&file).expect("events") {
+            for value in event.summary.iter().flat_map(|s| &s.value) {
+                if value.tag == "train/batch_loss" {
+                    steps.push(event.step);
+                }
+            }
+        }
+    }
+    assert_eq!(steps, [10, 20, 30, 40]);
+}

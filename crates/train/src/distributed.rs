@@ -30,7 +30,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::ModuleT;
 use datasets::Batch;
@@ -1065,6 +1065,7 @@ pub fn train_epoch(
     let mut progress = Progress::start(label, batches);
     let mut last_lr = step.optimizer.learning_rate();
     let mut batch_losses = Vec::with_capacity(batches);
+    let mut batch_times = Vec::with_capacity(batches);
     let bn = std::sync::Arc::new(BnSync {
         contributes: AtomicBool::new(true),
         samples: [AtomicUsize::new(0), AtomicUsize::new(0)],
@@ -1082,7 +1083,24 @@ pub fn train_epoch(
             bn.samples[1].store(loader.global_len(b), Ordering::Relaxed);
             let images = batch.images.to_device(device)?;
             let labels = batch.labels.to_device(device)?;
-            let logits = model.forward_t(&images, true)?;
+            let logits = model.forward_t(&images, true).with_context(|| {
+                let global = loader.global_len(b);
+                // torch.nn.BatchNorm2d refuses one value per channel in training; a rank
+                // without samples runs one at a weight of zero.
+                let hint = match (n <= 1, sync_bn) {
+                    (true, false) => {
+                        " (one image on this rank: a batch norm without --sync-bn needs two; \
+                         choose a --batch-size whose last global batch leaves every rank two \
+                         or more, add --sync-bn, or add --drop-last)"
+                    }
+                    _ => "",
+                };
+                format!(
+                    "the forward pass of training batch {}/{batches} ({n} of its {global} \
+                     images on this rank){hint}",
+                    b + 1
+                )
+            })?;
             let loss = cross_entropy(&logits, &labels, step.label_smoothing)?;
             // This rank's part of the global batch's mean loss; its gradient is summed below.
             // Nothing is read to the host before the waited sum: on a GPU such a read would
@@ -1117,6 +1135,7 @@ pub fn train_epoch(
             }
             step.optimizer.step(&grads)?;
             batch_losses.push(global_loss);
+            batch_times.push(crate::engine::unix_seconds());
             if n > 0 {
                 tally.add(&loss, &logits, &labels, &batch.indices)?;
             }
@@ -1141,6 +1160,7 @@ pub fn train_epoch(
         predictions: counted.predictions,
         last_lr: Some(last_lr),
         batch_losses,
+        batch_times,
     })
 }
 
@@ -1209,6 +1229,7 @@ pub fn evaluate(
         predictions,
         last_lr: None,
         batch_losses: Vec::new(),
+        batch_times: Vec::new(),
     })
 }
 

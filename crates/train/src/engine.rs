@@ -51,6 +51,17 @@ pub struct Pass {
     pub last_lr: Option<f64>,
     /// Each batch's loss, in order (training passes only).
     pub batch_losses: Vec<f64>,
+    /// When each batch's step was taken (queued, on a GPU), in seconds since the Unix epoch:
+    /// the wall time of its TensorBoard point, as `SummaryWriter.add_scalar` stamps it when
+    /// called (training passes only).
+    pub batch_times: Vec<f64>,
+}
+
+/// Seconds since the Unix epoch, now.
+pub(crate) fn unix_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Trains `model` in train mode for epoch `epoch` (from 0) over `loader`, on `device`.
@@ -79,6 +90,7 @@ pub fn train_epoch<M: ModuleT + ?Sized>(
     let mut tally = Tally::new(num_classes, device, batches, loader.num_samples())?;
     let mut progress = Progress::start(label, batches);
     let mut last_lr = step.optimizer.learning_rate();
+    let mut batch_times = Vec::with_capacity(batches);
     let stop_if_non_finite = |found: Option<(usize, f64)>| match found {
         Some((b, value)) => Err(non_finite_loss(value, epoch, b, batches)),
         None => Ok(()),
@@ -108,6 +120,7 @@ pub fn train_epoch<M: ModuleT + ?Sized>(
         let loss = cross_entropy(&logits, &labels, step.label_smoothing)?;
         let grads = loss.backward()?;
         step.optimizer.step(&grads)?;
+        batch_times.push(unix_seconds());
         tally.add(&loss, &logits, &labels, &batch.indices)?;
         progress.batch(batch.indices.len());
         if progress.due() {
@@ -123,6 +136,7 @@ pub fn train_epoch<M: ModuleT + ?Sized>(
         predictions: counted.predictions,
         last_lr: Some(last_lr),
         batch_losses: counted.losses,
+        batch_times,
     })
 }
 
@@ -210,6 +224,7 @@ pub fn evaluate<M: ModuleT + ?Sized>(
         predictions: counted.predictions,
         last_lr: None,
         batch_losses: Vec::new(),
+        batch_times: Vec::new(),
     })
 }
 

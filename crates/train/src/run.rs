@@ -304,7 +304,12 @@ pub fn train(
     if let (true, Some((saved, tensors))) = (writes, &resume) {
         checkpoints_from_state(out, saved, &tensors.model)?;
     }
-    let mut progress = restore(store, optimizer.as_mut(), resume)?;
+    let mut progress = restore(
+        store,
+        optimizer.as_mut(),
+        resume,
+        train_loader.num_batches(),
+    )?;
     crate::distributed::broadcast_weights(store)?;
     let mut outputs = None;
     if writes && progress.best_epoch > 0 {
@@ -445,6 +450,7 @@ pub fn train(
                 }
                 progress.history.push(record);
                 progress.epochs_done = epoch + 1;
+                progress.steps_done += trained.batch_losses.len();
                 let Some(outputs) = outputs.as_mut() else {
                     snapshotted = progress.epochs_done;
                     continue;
@@ -886,6 +892,7 @@ fn restore(
     store: &ParamStore,
     optimizer: &mut dyn Optimizer,
     resume: Option<(ResumeState, StateTensors)>,
+    batches: usize,
 ) -> Result<RunProgress> {
     let Some((saved, tensors)) = resume else {
         return Ok(RunProgress::default());
@@ -899,6 +906,7 @@ fn restore(
     layers::rng::set_state(saved.rng_state);
     Ok(RunProgress {
         epochs_done: saved.epochs_done,
+        steps_done: saved.steps_done.unwrap_or(saved.epochs_done * batches),
         best_acc: saved.best_acc,
         best_epoch: saved.best_epoch,
         history: saved.history,
@@ -1079,6 +1087,7 @@ struct Snapshot<'a> {
     tiles: Vec<viz::Tile>,
     confusion: Vec<Vec<u64>>,
     batch_losses: Vec<f64>,
+    batch_times: Vec<f64>,
     images_per_s: f64,
 }
 
@@ -1140,6 +1149,7 @@ impl<'a> Outputs<'a> {
             tiles: pictures::prediction_tiles(self.test_images, &tested.predictions)?,
             confusion: tested.metrics.confusion().to_vec(),
             batch_losses: trained.batch_losses.clone(),
+            batch_times: trained.batch_times.clone(),
             images_per_s,
         })
     }
@@ -1168,10 +1178,11 @@ impl Snapshot<'_> {
         );
         pictures::save_prediction_tiles(out, &title, &self.tiles)?;
         pictures::save_confusion(out, &title, &self.confusion, self.classes)?;
+        let steps = self.state.steps_done.unwrap_or_default();
         log_epoch(
             &mut events,
-            epoch,
-            &self.batch_losses,
+            steps.saturating_sub(self.batch_losses.len()),
+            (&self.batch_losses, &self.batch_times),
             history,
             self.images_per_s,
         )?;
@@ -1207,22 +1218,25 @@ impl Snapshot<'_> {
 /// Training losses are logged to TensorBoard every this many steps (batches).
 pub const LOSS_EVERY: usize = 10;
 
-/// Writes epoch `epoch`'s (from 0) TensorBoard scalars: the training loss every
-/// [`LOSS_EVERY`] steps (`train/batch_loss`, at the global step), and per epoch (at the epoch
+/// Writes an epoch's TensorBoard scalars: the training loss every [`LOSS_EVERY`] steps
+/// (`train/batch_loss`, at the global step, counted from `first`, the steps of the epochs
+/// before, and stamped with the time its batch was stepped), and per epoch (at the epoch
 /// number, as in `metrics.csv`) `train/loss`, `train/acc`, `test/loss`, `test/acc`,
 /// `test/top5`, `lr` and `images_per_s`.
 fn log_epoch(
     events: &mut EventWriter,
-    epoch: usize,
-    batch_losses: &[f64],
+    first: usize,
+    (batch_losses, batch_times): (&[f64], &[f64]),
     history: &[EpochRecord],
     images_per_s: f64,
 ) -> Result<()> {
-    let first = epoch * batch_losses.len();
     for (b, loss) in batch_losses.iter().enumerate() {
         let step = first + b + 1;
         if step.is_multiple_of(LOSS_EVERY) {
-            events.scalar("train/batch_loss", step as i64, *loss)?;
+            match batch_times.get(b) {
+                Some(&at) => events.scalar_at("train/batch_loss", step as i64, *loss, at)?,
+                None => events.scalar("train/batch_loss", step as i64, *loss)?,
+            }
         }
     }
     let Some(r) = history.last() else {
@@ -1278,6 +1292,8 @@ fn kept(done: usize) -> String {
 #[derive(Default)]
 struct RunProgress {
     epochs_done: usize,
+    /// Optimizer steps (training batches) taken so far.
+    steps_done: usize,
     best_acc: f64,
     best_epoch: usize,
     history: Vec<EpochRecord>,
@@ -1312,6 +1328,7 @@ fn resume_state(
         world_size: Some(crate::distributed::rank().map_or(1, |r| r.size)),
         threads: Some(rayon::current_num_threads()),
         device: Some(device_name(device)),
+        steps_done: Some(progress.steps_done),
     }
 }
 
@@ -1891,6 +1908,32 @@ mod tests {
             device.contains("trained on cuda:0 and goes on on cpu") && device.contains("rounding"),
             "{device}"
         );
+    }
+
+    /// An epoch's batch losses are logged at the steps counted from the epochs before (not the
+    /// epoch's index times its own length) and stamped with their batches' times.
+    #[test]
+    fn batch_losses_are_logged_at_their_steps_and_times() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut events = EventWriter::create(dir.path())?;
+        let losses: Vec<f64> = (0..12).map(|b| f64::from(b) / 8.0).collect();
+        let times: Vec<f64> = (0..12).map(|b| 1.7e9 + f64::from(b)).collect();
+        log_epoch(&mut events, 15, (&losses, &times), &[], 0.0)?;
+        events.flush()?;
+        let logged: Vec<(i64, f64, f32)> = crate::tensorboard::read_events(events.path())?
+            .into_iter()
+            .flat_map(|e| {
+                let (step, at) = (e.step, e.wall_time);
+                e.summary
+                    .into_iter()
+                    .flat_map(|s| s.value)
+                    .filter(|v| v.tag == "train/batch_loss")
+                    .map(move |v| (step, at, v.simple_value.unwrap_or(f32::NAN)))
+            })
+            .collect();
+        // Steps 16-27: 20 is the fifth batch.
+        assert_eq!(logged, [(20, 1.7e9 + 4.0, 0.5)]);
+        Ok(())
     }
 
     /// An error inside an epoch says what is saved where; on a data-parallel rank other than 0

@@ -91,6 +91,11 @@ pub struct ResumeState {
     /// it was kept): a resume on another is said, as for [`ResumeState::threads`].
     #[serde(default)]
     pub device: Option<String>,
+    /// Optimizer steps (training batches) taken so far: the global step of TensorBoard's
+    /// `train/batch_loss` (`None` in states saved before they were counted: then the epochs
+    /// done times the batches of an epoch now, which another world size changes).
+    #[serde(default)]
+    pub steps_done: Option<usize>,
 }
 
 /// The CRC-32C of `data`'s labels in order (each as 8 little-endian bytes): what tells one data

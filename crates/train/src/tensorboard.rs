@@ -147,13 +147,20 @@ impl EventWriter {
     /// # Errors
     /// The event file cannot be written.
     pub fn scalar(&mut self, tag: &str, step: i64, value: f64) -> Result<()> {
-        self.summary(
+        self.scalar_at(tag, step, value, now())
+    }
+
+    /// [`EventWriter::scalar`] stamped `wall_time` (seconds since the Unix epoch: when the
+    /// value was computed, as `add_scalar(..., walltime=...)`).
+    pub fn scalar_at(&mut self, tag: &str, step: i64, value: f64, wall_time: f64) -> Result<()> {
+        self.summary_at(
             step,
             Value {
                 tag: tag.into(),
                 simple_value: Some(value as f32),
                 image: None,
             },
+            wall_time,
         )
     }
 
@@ -193,8 +200,12 @@ impl EventWriter {
     }
 
     fn summary(&mut self, step: i64, value: Value) -> Result<()> {
+        self.summary_at(step, value, now())
+    }
+
+    fn summary_at(&mut self, step: i64, value: Value, wall_time: f64) -> Result<()> {
         self.write(&Event {
-            wall_time: now(),
+            wall_time,
             step,
             file_version: None,
             summary: Some(Summary { value: vec![value] }),
