@@ -126,28 +126,111 @@ pub fn fetch_model_file(repo_id: &str, file: &str, local_hint: &str) -> Result<P
     })
 }
 
-/// Looks in the cache first (`send(true)`), then downloads (`send(false)`) unless offline.
+/// How long a download waits for another process downloading the same file (hf-hub gives up
+/// on its cache lock after 10 s; huggingface_hub waits as long as it takes).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Looks in the cache first (`send(true)`), then downloads (`send(false)`) unless offline;
+/// waits while another process downloads the same file; checks the file against the SHA-256
+/// its cache entry is named by ([`verified`]).
 fn cached_or_downloaded(
     what: &str,
     cache: &Path,
     hint: &str,
     send: impl Fn(bool) -> std::result::Result<PathBuf, HFError>,
 ) -> Result<PathBuf> {
-    match send(true) {
-        Ok(path) => Ok(path),
+    let download = || {
+        let started = std::time::Instant::now();
+        let mut said = false;
+        loop {
+            match send(false) {
+                Err(HFError::CacheLockTimeout { path }) if started.elapsed() < LOCK_WAIT => {
+                    if !said {
+                        eprintln!(
+                            "waiting for another process downloading {what} (its lock {})",
+                            path.display()
+                        );
+                        said = true;
+                    }
+                }
+                // Another process may have finished it meanwhile.
+                result => return result,
+            }
+        }
+    };
+    let path = match send(true) {
+        Ok(path) => path,
         Err(HFError::LocalEntryNotFound { .. }) if offline() => bail!(
             "{what} is not in the Hugging Face cache ({}) and HF_HUB_OFFLINE is set: {hint}, \
              or unset HF_HUB_OFFLINE to download it",
             cache.display()
         ),
-        Err(HFError::LocalEntryNotFound { .. }) => send(false).map_err(|e| {
+        Err(HFError::LocalEntryNotFound { .. }) => download().map_err(|e| {
             anyhow!(
                 "cannot download {what} ({}); {hint} instead",
                 said_once(&e.to_string())
             )
-        }),
-        Err(e) => Err(anyhow!("cannot read {what} from the cache ({e})")),
+        })?,
+        Err(e) => bail!("cannot read {what} from the cache ({e})"),
+    };
+    verified(what, &path)?;
+    Ok(path)
+}
+
+/// Checks the file at `path` (a cache snapshot's link) against its blob's name: the Hub's
+/// large (LFS) files are stored under their SHA-256, so a blob whose bytes hash otherwise is
+/// damaged: an HTTP error page or a cut transfer stored as the file (hf-hub 1.0 checks
+/// neither), a disk error. huggingface_hub checks the size only; PyTorch's
+/// `load_state_dict_from_url(check_hash=True)` checks the hash. A damaged blob is removed with
+/// the link, so that the next run downloads it again. Files stored otherwise (small files
+/// under their git hash, a cache without links) are not checked.
+///
+/// Errors: the file cannot be read, or is damaged (naming both hashes).
+fn verified(what: &str, path: &Path) -> Result<()> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let blob = std::fs::canonicalize(path)
+        .with_context(|| format!("cannot resolve {}", path.display()))?;
+    let Some(expected) = blob.file_name().and_then(|n| n.to_str()) else {
+        return Ok(());
+    };
+    if expected.len() != 64 || !expected.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(());
     }
+    let mut file =
+        std::fs::File::open(&blob).with_context(|| format!("cannot open {}", blob.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buffer)
+            .with_context(|| format!("cannot read {}", blob.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    let found: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if found.eq_ignore_ascii_case(expected) {
+        return Ok(());
+    }
+    let removed = std::fs::remove_file(&blob).is_ok();
+    let _ = std::fs::remove_file(path);
+    bail!(
+        "{what}: the cached file {} is damaged (its SHA-256 is {found}, the Hub's {expected}: a \
+         failed or cut download, or a disk error); {}",
+        blob.display(),
+        match (removed, offline()) {
+            (true, false) => "it was removed: run again to download it".to_string(),
+            (true, true) =>
+                "it was removed: run again without HF_HUB_OFFLINE to download it".to_string(),
+            (false, _) => format!("remove it (and {}) and run again", path.display()),
+        }
+    )
 }
 
 /// `text` without a last parenthesised part that it already holds: hf-hub adds the URL to an
@@ -267,7 +350,45 @@ pub fn file_or_hub(spec: &str, hub_file: &str, flag: &str, example_id: &str) -> 
 
 #[cfg(test)]
 mod tests {
-    use super::said_once;
+    use super::{said_once, verified};
+
+    /// A cache entry as hf-hub lays it out: the blob named by `name`, holding `bytes`, and the
+    /// snapshot's link to it; the link's path.
+    fn entry(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        let blobs = dir.join("blobs");
+        let snapshot = dir.join("snapshots").join("0123");
+        std::fs::create_dir_all(&blobs).expect("blobs");
+        std::fs::create_dir_all(&snapshot).expect("snapshot");
+        std::fs::write(blobs.join(name), bytes).expect("blob");
+        let link = snapshot.join("model.safetensors");
+        std::os::unix::fs::symlink(blobs.join(name), &link).expect("link");
+        link
+    }
+
+    /// A blob whose bytes hash to its name is taken; one that does not (an error page stored
+    /// as the file) is refused, naming both hashes, and removed with its link, so that the
+    /// next run downloads it again; a blob not named by a SHA-256 is not checked.
+    #[test]
+    fn a_cached_file_is_checked_against_its_sha256() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // SHA-256 of "abc".
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let good = entry(&dir.path().join("good"), abc, b"abc");
+        verified("model file x/y", &good).expect("a sound blob");
+        let bad = entry(&dir.path().join("bad"), abc, b"<Error>AccessDenied</Error>");
+        let err = format!("{:#}", verified("model file x/y", &bad).unwrap_err());
+        assert!(
+            err.starts_with("model file x/y: the cached file")
+                && err.contains(&format!("the Hub's {abc}"))
+                && err.contains("is damaged")
+                && err.contains("it was removed"),
+            "{err}"
+        );
+        assert!(!dir.path().join("bad/blobs").join(abc).exists());
+        assert!(std::fs::symlink_metadata(&bad).is_err());
+        let git = entry(&dir.path().join("git"), "0123456789abcdef", b"anything");
+        verified("model file x/y", &git).expect("not checked");
+    }
 
     #[test]
     fn a_repeated_url_is_said_once() {
