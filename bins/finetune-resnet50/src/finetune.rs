@@ -297,6 +297,7 @@ pub fn finetune(
                 CachedFeatures::compute(
                     &|x| model.frozen_features(x),
                     &unshuffled,
+                    run.test_batch_size,
                     &device,
                     run.batch_size,
                     Some(run.seed),
@@ -309,6 +310,7 @@ pub fn finetune(
                 CachedFeatures::compute(
                     &|x| model.frozen_features(x),
                     &test_images,
+                    run.test_batch_size,
                     &device,
                     run.test_batch_size,
                     None,
@@ -321,9 +323,15 @@ pub fn finetune(
             let computed = unshuffled.num_samples();
             let images = computed + cached.1.num_samples();
             let seconds = started.elapsed().as_secs_f64();
+            let shared = match train::distributed::rank() {
+                Some(rank) if rank.size > 1 => {
+                    format!(", each of the {} processes computing a share", rank.size)
+                }
+                _ => String::new(),
+            };
             train::say!(
                 "features of {} training and {} test images computed in {seconds:.1} s \
-                 ({:.0} img/s); the epochs' times are the head's alone",
+                 ({:.0} img/s{shared}); the epochs' times are the head's alone",
                 computed,
                 cached.1.num_samples(),
                 images as f64 / seconds.max(1e-9)

@@ -653,6 +653,25 @@ fn all_reduce_waited(t: &Tensor) -> Result<Tensor> {
     Ok(summed)
 }
 
+/// The element-wise sum of `t` over the ranks (`t` itself without a job), waited for: a
+/// gathering where each rank holds its part among zeros (a data-parallel feature pass). Sent
+/// in pieces of at most 2^26 values (MPI counts in int32).
+///
+/// Errors: the transport failed.
+pub fn sum_over_ranks(t: &Tensor) -> Result<Tensor> {
+    const PIECE: usize = 1 << 26;
+    let flat = t.flatten_all()?;
+    let n = flat.elem_count();
+    if n <= PIECE {
+        return Ok(all_reduce_waited(&flat)?.reshape(t.shape())?);
+    }
+    let pieces = (0..n)
+        .step_by(PIECE)
+        .map(|at| all_reduce_waited(&flat.narrow(0, at, PIECE.min(n - at))?))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&pieces, 0)?.reshape(t.shape())?)
+}
+
 /// Waits until every rank of the job is here (nothing without a job), watched by
 /// `--collective-timeout`.
 pub fn barrier() {
