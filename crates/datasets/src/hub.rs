@@ -152,8 +152,11 @@ fn cached_or_downloaded(
                         );
                         said = true;
                     }
+                    // hf-hub downloads once it holds the lock, even where the other process
+                    // has just stored the file: wait for the lock here, then ask again, which
+                    // finds the file stored.
+                    wait_for_lock(&path, LOCK_WAIT.saturating_sub(started.elapsed()));
                 }
-                // Another process may have finished it meanwhile.
                 result => return result,
             }
         }
@@ -177,6 +180,27 @@ fn cached_or_downloaded(
     Ok(path)
 }
 
+/// Waits until the cache lock `path` is free (another process's download ended) or `limit`
+/// has passed, polling it twice a second; returns at once where it cannot be opened.
+fn wait_for_lock(path: &Path, limit: std::time::Duration) {
+    let Ok(file) = std::fs::File::open(path) else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => {
+                let _ = file.unlock();
+                return;
+            }
+            Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < limit => {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            Err(_) => return,
+        }
+    }
+}
+
 /// Checks the file at `path` (a cache snapshot's link) against its blob's name: the Hub's
 /// large (LFS) files are stored under their SHA-256, so a blob whose bytes hash otherwise is
 /// damaged: an HTTP error page or a cut transfer stored as the file (hf-hub 1.0 checks
@@ -189,8 +213,23 @@ fn cached_or_downloaded(
 fn verified(what: &str, path: &Path) -> Result<()> {
     use sha2::{Digest, Sha256};
     use std::io::Read;
-    let blob = std::fs::canonicalize(path)
-        .with_context(|| format!("cannot resolve {}", path.display()))?;
+    let blob = match std::fs::canonicalize(path) {
+        Ok(blob) => blob,
+        // A link to a blob that is gone (removed as damaged through another snapshot's link):
+        // removed too, so that the next run downloads the file again.
+        Err(_) if std::fs::symlink_metadata(path).is_ok() => {
+            let removed = std::fs::remove_file(path).is_ok();
+            bail!(
+                "{what}: the cache's {} links to a file that is gone; {}",
+                path.display(),
+                match removed {
+                    true => "the link was removed: run again to download the file",
+                    false => "remove the link and run again",
+                }
+            )
+        }
+        Err(e) => bail!("cannot resolve {}: {e}", path.display()),
+    };
     let Some(expected) = blob.file_name().and_then(|n| n.to_str()) else {
         return Ok(());
     };
@@ -352,6 +391,34 @@ pub fn file_or_hub(spec: &str, hub_file: &str, flag: &str, example_id: &str) -> 
 mod tests {
     use super::{said_once, verified};
 
+    /// The wait for another download's cache lock ends once that lock is released, and at
+    /// the limit where it never is.
+    #[test]
+    fn waiting_for_a_lock_ends_when_it_is_free_or_at_the_limit() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("blob.lock");
+        let held = std::fs::File::create(&path).expect("lock file");
+        held.lock().expect("lock");
+        let released = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = released.clone();
+        let other = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            flag.store(true, Ordering::SeqCst);
+            drop(held);
+        });
+        super::wait_for_lock(&path, std::time::Duration::from_secs(600));
+        assert!(released.load(Ordering::SeqCst));
+        other.join().expect("the holder");
+        let held = std::fs::File::create(&path).expect("lock file");
+        held.lock().expect("lock");
+        // Never released: the wait ends at its limit (the test would hang otherwise).
+        let waited = std::time::Instant::now();
+        super::wait_for_lock(&path, std::time::Duration::from_millis(100));
+        assert!(waited.elapsed() >= std::time::Duration::from_millis(100));
+        drop(held);
+    }
+
     /// A cache entry as hf-hub lays it out: the blob named by `name`, holding `bytes`, and the
     /// snapshot's link to it; the link's path.
     fn entry(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
@@ -388,6 +455,18 @@ mod tests {
         assert!(std::fs::symlink_metadata(&bad).is_err());
         let git = entry(&dir.path().join("git"), "0123456789abcdef", b"anything");
         verified("model file x/y", &git).expect("not checked");
+        // Another snapshot's link to the blob removed: removed too, with a clear message.
+        let other = dir.path().join("bad/snapshots/4567");
+        std::fs::create_dir_all(&other).expect("snapshot");
+        let dangling = other.join("model.safetensors");
+        std::os::unix::fs::symlink(dir.path().join("bad/blobs").join(abc), &dangling)
+            .expect("link");
+        let err = format!("{:#}", verified("model file x/y", &dangling).unwrap_err());
+        assert!(
+            err.contains("links to a file that is gone") && err.contains("run again"),
+            "{err}"
+        );
+        assert!(std::fs::symlink_metadata(&dangling).is_err());
     }
 
     #[test]

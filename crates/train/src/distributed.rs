@@ -30,7 +30,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::ModuleT;
 use datasets::Batch;
@@ -1048,10 +1048,12 @@ impl layers::StatsSync for BnSync {
     }
 
     /// Every rank's batch norm sees its samples' maps of one size: the global count is the
-    /// local one scaled by the global batch over this rank's samples.
+    /// local one scaled by the global batch over this rank's samples. Always known, on every
+    /// rank alike (a count left to the reduction on some ranks only would make the ranks'
+    /// all-reduces of different lengths).
     fn global_count(&self, local: usize) -> Option<usize> {
         let [mine, global] = self.samples.each_ref().map(|n| n.load(Ordering::Relaxed));
-        (mine > 0 && local.is_multiple_of(mine)).then(|| local / mine * global)
+        Some(local * global / mine.max(1))
     }
 }
 
@@ -1102,23 +1104,30 @@ pub fn train_epoch(
             bn.samples[1].store(loader.global_len(b), Ordering::Relaxed);
             let images = batch.images.to_device(device)?;
             let labels = batch.labels.to_device(device)?;
-            let logits = model.forward_t(&images, true).with_context(|| {
+            let logits = model.forward_t(&images, true).map_err(|e| {
                 let global = loader.global_len(b);
-                // torch.nn.BatchNorm2d refuses one value per channel in training; a rank
+                // torch.nn.BatchNorm2d refuses one value per channel in training too; a rank
                 // without samples runs one at a weight of zero.
-                let hint = match (n <= 1, sync_bn) {
-                    (true, false) => {
+                let one_value = e.to_string().contains("more than one value per channel");
+                let hint = match (n, one_value && !sync_bn) {
+                    (0, true) => {
+                        " (this rank holds none and runs one image at a weight of zero: a \
+                         batch norm without --sync-bn needs two; choose a --batch-size whose \
+                         last global batch leaves every rank two or more, add --sync-bn, or \
+                         add --drop-last)"
+                    }
+                    (_, true) => {
                         " (one image on this rank: a batch norm without --sync-bn needs two; \
                          choose a --batch-size whose last global batch leaves every rank two \
                          or more, add --sync-bn, or add --drop-last)"
                     }
                     _ => "",
                 };
-                format!(
+                anyhow::Error::from(e).context(format!(
                     "the forward pass of training batch {}/{batches} ({n} of its {global} \
                      images on this rank){hint}",
                     b + 1
-                )
+                ))
             })?;
             let loss = cross_entropy(&logits, &labels, step.label_smoothing)?;
             // This rank's part of the global batch's mean loss; its gradient is summed below.

@@ -229,7 +229,11 @@ impl Share<'_> {
                 labels.extend(std::iter::repeat_n(0f32, group.len()));
             }
         }
-        let features = sum(&Tensor::cat(&pieces, 0)?)?;
+        // One copy of the features at a time besides the sum's.
+        let local = Tensor::cat(&pieces, 0)?;
+        drop(pieces);
+        let features = sum(&local)?;
+        drop(local);
         let n = labels.len();
         let labels = sum(&Tensor::from_vec(labels, n, device)?)?
             .to_vec1::<f32>()?

@@ -1367,7 +1367,10 @@ fn layout_note(saved: MemoryFormat, now: MemoryFormat, cudnn: bool) -> Option<St
     let name = |format| crate::flags::FlagText::flag_text(&format);
     (saved != now && cudnn).then(|| {
         format!(
-            "the run trained in --memory-format {} and goes on in {}: cuDNN's convolutions of              the other layout sum in another order, so its weights follow an uninterrupted              run's to float32 rounding, not bit for bit (resume with --memory-format {} to              continue it exactly)",
+            "the run trained in --memory-format {} and goes on in {}: cuDNN's convolutions of \
+             the other layout sum in another order, so its weights follow an uninterrupted \
+             run's to float32 rounding, not bit for bit (resume with --memory-format {} to \
+             continue it exactly)",
             name(saved),
             name(now),
             name(saved)
@@ -1974,6 +1977,7 @@ mod tests {
         assert_eq!(layout_note(nchw, nhwc, false), None);
         assert_eq!(layout_note(nhwc, nhwc, true), None);
         let note = layout_note(nhwc, nchw, true).expect("a note");
+        assert!(!note.contains("  "), "{note}");
         assert!(
             note.contains(
                 "trained in --memory-format channels_last and goes on in \
