@@ -5,7 +5,10 @@
 //! byte alignment of its operands' addresses, as PyTorch's cache key) the descriptors are made
 //! once and kept, and each of the three directions times cuDNN's candidate algorithms on its
 //! first call (`cudnnFind*AlgorithmEx`, on the call's own tensors) and keeps the fastest. The
-//! scratch space is one buffer per thread and device, grown when an algorithm needs more.
+//! scratch space is one buffer per thread and device, grown when an algorithm needs more. When
+//! an algorithm cannot run (its scratch space cannot be allocated, or cuDNN refuses at run
+//! time what its search accepted), the next fastest is tried and kept, as PyTorch's
+//! `AlgoIterator::try_all` does.
 //!
 //! Precision as PyTorch's: float32 with FMA kernels only (`CUDNN_FMA_MATH`, TF32 off) unless
 //! TF32 is on ([`autocast::tf32`](crate::autocast::tf32), Candle's flag for float32 products:
@@ -33,7 +36,8 @@ use candle_core::{
 };
 use candle_nn::Conv2dConfig;
 
-use crate::cudnn::{check, data_type, Buffer, ConvDesc, FilterDesc, Handle, TensorDesc};
+use super::ranked::{Attempt, Exhausted, Ranked};
+use crate::cudnn::{check, data_type, Buffer, ConvDesc, FilterDesc, Handle, TensorDesc, Workspace};
 use crate::memory_format;
 
 type FwdAlgo = sys::cudnnConvolutionFwdAlgo_t;
@@ -237,11 +241,19 @@ fn alignment(storage: &CudaStorage, layout: &Layout) -> Result<u8> {
     })
 }
 
-/// An algorithm chosen for one direction, its descriptor (math type set to the algorithm's)
-/// and the scratch bytes it needs.
+/// The algorithms one direction may run and the one in use, and its descriptor (math type set
+/// to that algorithm's).
 struct Chosen<A> {
     desc: ConvDesc,
+    ranked: Ranked<Candidate<A>>,
+}
+
+/// An algorithm the search timed that ran and keeps the precision, the math type to run it in
+/// and the scratch bytes it needs.
+#[derive(Clone, Copy)]
+struct Candidate<A> {
     algo: A,
+    math: sys::cudnnMathType_t,
     workspace: usize,
 }
 
@@ -348,9 +360,9 @@ struct Search<'a, A, P> {
 
 impl<A: Copy + std::fmt::Debug, P: Copy> Search<'_, A, P> {
     /// Times the candidates with as much scratch as the hungriest one asks for (within
-    /// [`search_scratch`]'s limits) and keeps the fastest that succeeded and keeps the
-    /// precision (cuDNN lists them fastest first), its math type set on `desc`; `Ok(Err(_))`
-    /// when none did (or, for NHWC, when the search itself was refused).
+    /// [`search_scratch`]'s limits) and keeps those that succeeded and keep the precision,
+    /// fastest first (cuDNN's order), the fastest in use, its math type set on `desc`;
+    /// `Ok(Err(_))` when none did (or, for NHWC, when the search itself was refused).
     fn choose(
         &self,
         conv: &Conv,
@@ -389,29 +401,34 @@ impl<A: Copy + std::fmt::Debug, P: Copy> Search<'_, A, P> {
         check(found, &format!("{} algorithm search", self.what))?;
         let count = count.clamp(0, results.len() as i32) as usize;
         let mut tried = Vec::new();
+        let mut usable = Vec::new();
         for (algo, status, ms, memory, math) in results[..count].iter().map(self.timing) {
             transient |= crate::cudnn::is_out_of_memory(status);
             if status != success || !conv.allows(math) {
                 tried.push(format!("{algo:?}: {status:?} {math:?}"));
                 continue;
             }
-            if log_choices() {
+            let mut bytes = 0;
+            let size = (self.size)(algo, &mut bytes);
+            if size != success {
+                tried.push(format!("{algo:?}: workspace size {size:?}"));
+                continue;
+            }
+            if log_choices() && usable.is_empty() {
                 eprintln!(
                     "cudnn {} {:?} x{:?} w{:?} p/s/d/g{:?} tf32={} nhwc={} align={:?}: {algo:?} {math:?} {ms:.3} ms, {memory} B",
                     self.what, conv.dtype, conv.x, conv.w, conv.params, conv.tf32, conv.nhwc, conv.alignment
                 );
             }
-            desc.set_math(conv.run_math(math))?;
-            let mut bytes = 0;
-            check(
-                (self.size)(algo, &mut bytes),
-                &format!("{} workspace size", self.what),
-            )?;
-            return Ok(Ok(Chosen {
-                desc,
+            usable.push(Candidate {
                 algo,
+                math: conv.run_math(math),
                 workspace: bytes.max(memory),
-            }));
+            });
+        }
+        if let Some(ranked) = Ranked::new(usable) {
+            desc.set_math(ranked.current().math)?;
+            return Ok(Ok(Chosen { desc, ranked }));
         }
         let why = format!(
             "cuDNN found no usable {} algorithm for {:?} input {:?}{}, kernel {:?}, padding/stride/dilation/groups {:?} (tried: {})",
@@ -839,65 +856,67 @@ fn run_held(
                 &ZERO as *const f32 as *const c_void,
             );
             let h = &*handle;
-            // SAFETY (all three): live handle and descriptors that describe the contiguous
-            // tensors behind the pointers (checked dtypes, shapes from `conv`), a workspace of
-            // at least the algorithm's size, float scaling factors (float, half and bf16 data).
-            match direction {
+            // SAFETY (the three calls): live handle and descriptors that describe the
+            // contiguous tensors behind the pointers (checked dtypes, shapes from `conv`), a
+            // workspace of at least the algorithm's size (`launch` gives it), float scaling
+            // factors (float, half and bf16 data).
+            let (xd, wd, yd) = (plan.x.0, plan.w.0, plan.y.0);
+            let launched = match direction {
                 Direction::Forward => {
-                    let (algo, desc, bytes) = match plan.forward(h, conv, device, stream, &p)? {
-                        Ok(c) => (c.algo, c.desc.0, c.workspace),
-                        Err(why) => return Ok(Err(why)),
-                    };
-                    let (ws, ws_len, _gw) = workspace.get(device, stream, bytes)?;
-                    let status = unsafe {
-                        sys::cudnnConvolutionForward(
-                            h.0, one, plan.x.0, p.a, plan.w.0, p.b, desc, algo, ws, ws_len, zero,
-                            plan.y.0, p.out,
-                        )
-                    };
-                    if let Some(why) = refused_at_run(conv, status, "forward", &mut plan.forward) {
+                    if let Err(why) = plan.forward(h, conv, device, stream, &p)? {
                         return Ok(Err(why));
                     }
-                    check(status, "convolution forward")?;
+                    let call = |algo, desc, ws, ws_len| unsafe {
+                        sys::cudnnConvolutionForward(
+                            h.0, one, xd, p.a, wd, p.b, desc, algo, ws, ws_len, zero, yd, p.out,
+                        )
+                    };
+                    let slot = &mut plan.forward;
+                    launch(conv, "forward", slot, workspace, device, stream, call)?
                 }
                 Direction::Data => {
-                    let (algo, desc, bytes) = match plan.data(h, conv, device, stream, &p)? {
-                        Ok(c) => (c.algo, c.desc.0, c.workspace),
-                        Err(why) => return Ok(Err(why)),
-                    };
-                    let (ws, ws_len, _gw) = workspace.get(device, stream, bytes)?;
-                    let status = unsafe {
-                        sys::cudnnConvolutionBackwardData(
-                            h.0, one, plan.w.0, p.a, plan.y.0, p.b, desc, algo, ws, ws_len, zero,
-                            plan.x.0, p.out,
-                        )
-                    };
-                    if let Some(why) =
-                        refused_at_run(conv, status, "input-gradient", &mut plan.data)
-                    {
+                    if let Err(why) = plan.data(h, conv, device, stream, &p)? {
                         return Ok(Err(why));
                     }
-                    check(status, "convolution input gradient")?;
+                    let call = |algo, desc, ws, ws_len| unsafe {
+                        sys::cudnnConvolutionBackwardData(
+                            h.0, one, wd, p.a, yd, p.b, desc, algo, ws, ws_len, zero, xd, p.out,
+                        )
+                    };
+                    let slot = &mut plan.data;
+                    launch(
+                        conv,
+                        "input-gradient",
+                        slot,
+                        workspace,
+                        device,
+                        stream,
+                        call,
+                    )?
                 }
                 Direction::Filter => {
-                    let (algo, desc, bytes) = match plan.filter(h, conv, device, stream, &p)? {
-                        Ok(c) => (c.algo, c.desc.0, c.workspace),
-                        Err(why) => return Ok(Err(why)),
-                    };
-                    let (ws, ws_len, _gw) = workspace.get(device, stream, bytes)?;
-                    let status = unsafe {
-                        sys::cudnnConvolutionBackwardFilter(
-                            h.0, one, plan.x.0, p.a, plan.y.0, p.b, desc, algo, ws, ws_len, zero,
-                            plan.w.0, p.out,
-                        )
-                    };
-                    if let Some(why) =
-                        refused_at_run(conv, status, "weight-gradient", &mut plan.filter)
-                    {
+                    if let Err(why) = plan.filter(h, conv, device, stream, &p)? {
                         return Ok(Err(why));
                     }
-                    check(status, "convolution weight gradient")?;
+                    let call = |algo, desc, ws, ws_len| unsafe {
+                        sys::cudnnConvolutionBackwardFilter(
+                            h.0, one, xd, p.a, yd, p.b, desc, algo, ws, ws_len, zero, wd, p.out,
+                        )
+                    };
+                    let slot = &mut plan.filter;
+                    launch(
+                        conv,
+                        "weight-gradient",
+                        slot,
+                        workspace,
+                        device,
+                        stream,
+                        call,
+                    )?
                 }
+            };
+            if let Err(why) = launched {
+                return Ok(Err(why));
             }
         }
         Ok(Ok((
@@ -907,26 +926,84 @@ fn run_held(
     })
 }
 
-/// After a call with a chosen algorithm: when cuDNN refused to run it on NHWC operands (it
-/// may refuse at run time what its search accepted, PyTorch's `AlgoIterator::try_all` moves
-/// on then), the refusal, kept in `slot`, so that this direction runs cuDNN's NCHW kernels on
-/// NCHW copies from now on. `None` for anything else.
-fn refused_at_run<A>(
+/// Runs one direction with the algorithm in use in `slot` (searched already), or, when it
+/// cannot run, with the next ones in turn ([`Ranked::try_all`], as PyTorch's
+/// `AlgoIterator::try_all`): its scratch space could not be allocated, or cuDNN refused at run
+/// time what its search accepted. `call` launches cuDNN's function with an algorithm, the
+/// descriptor and the scratch space. `Ok(Err(why))` when none ran on NHWC operands: the caller
+/// runs cuDNN's NCHW kernels on NCHW copies, for good when none was refused for memory (the
+/// refusal is kept in `slot`). On NCHW operands that is an error naming every algorithm tried.
+fn launch<A: Copy + std::fmt::Debug>(
     conv: &Conv,
-    status: sys::cudnnStatus_t,
     what: &str,
     slot: &mut Option<Choice<Chosen<A>>>,
-) -> Option<String> {
-    if !conv.nhwc || !crate::cudnn::is_refusal(status) {
-        return None;
-    }
+    workspace: &mut Workspace,
+    device: &CudaDevice,
+    stream: &CudaStream,
+    call: impl Fn(A, sys::cudnnConvolutionDescriptor_t, *mut c_void, usize) -> sys::cudnnStatus_t,
+) -> Result<Choice<()>> {
+    let Some(Ok(Chosen { desc, ranked })) = slot else {
+        candle_core::bail!("cuDNN: no {what} algorithm chosen")
+    };
+    let success = sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS;
+    let outcome = ranked.try_all(|c: &Candidate<A>, switched| {
+        if switched {
+            if let Err(e) = desc.set_math(c.math) {
+                return Attempt::Fail(e);
+            }
+            if log_choices() {
+                eprintln!(
+                    "cudnn {what} {:?} x{:?} w{:?}: moved on to {:?} {:?}, {} B",
+                    conv.dtype, conv.x, conv.w, c.algo, c.math, c.workspace
+                );
+            }
+        }
+        let (ws, ws_len, _guard) = match workspace.get(device, stream, c.workspace) {
+            Ok(w) => w,
+            Err(e) => {
+                return Attempt::Next {
+                    why: format!(
+                        "{:?}: its {} bytes of scratch space could not be allocated ({e})",
+                        c.algo, c.workspace
+                    ),
+                    memory: true,
+                }
+            }
+        };
+        let status = call(c.algo, desc.0, ws, ws_len);
+        let memory = crate::cudnn::is_out_of_memory(status);
+        if status != success && (memory || crate::cudnn::is_refusal(status)) {
+            return Attempt::Next {
+                why: format!("{:?}: {status:?}", c.algo),
+                memory,
+            };
+        }
+        match check(status, &format!("convolution {what}")) {
+            Ok(()) => Attempt::Done(()),
+            Err(e) => Attempt::Fail(e),
+        }
+    });
+    let (tried, memory) = match outcome {
+        Ok(()) => return Ok(Ok(())),
+        Err(Exhausted::Fail(e)) => return Err(e),
+        Err(Exhausted::None { tried, memory }) => (tried, memory),
+    };
     let why = format!(
-        "cuDNN refused to run its {what} algorithm for {:?} input {:?} held channels-last (NHWC), kernel {:?}, padding/stride/dilation/groups {:?}: {status:?}",
-        conv.dtype, conv.x, conv.w, conv.params
+        "cuDNN could run none of its {what} algorithms for {:?} input {:?}{}, kernel {:?}, padding/stride/dilation/groups {:?} (tried: {tried})",
+        conv.dtype,
+        conv.x,
+        if conv.nhwc { " held channels-last (NHWC)" } else { "" },
+        conv.w,
+        conv.params,
     );
-    eprintln!("{why}; it runs cuDNN's NCHW kernels on NCHW copies instead");
-    *slot = Some(Err(why.clone()));
-    Some(why)
+    if !conv.nhwc {
+        candle_core::bail!("{why}")
+    }
+    if !memory {
+        eprintln!("{why}; it runs cuDNN's NCHW kernels on NCHW copies instead");
+        *slot = Some(Err(why.clone()));
+    }
+    Ok(Err(why))
 }
 
 fn no_cpu(name: &str) -> Result<(CpuStorage, Shape)> {

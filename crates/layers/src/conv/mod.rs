@@ -30,6 +30,8 @@ mod im2col;
 mod im2col_packed;
 #[cfg(feature = "onednn")]
 pub mod onednn;
+#[cfg(any(test, feature = "cudnn"))]
+mod ranked;
 #[cfg(test)]
 mod tests;
 mod window;
