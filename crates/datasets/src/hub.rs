@@ -7,6 +7,7 @@ use crate::dataset::class_names;
 use crate::decode::{decode_named, ColorMode};
 use crate::{Dataset, InMemory, Split};
 use anyhow::{anyhow, bail, ensure, Context, Result};
+use hf_hub::progress::Progress;
 use hf_hub::{HFClient, HFClientSync, HFError};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::{Field, Row};
@@ -59,14 +60,16 @@ impl<'a> HubData<'a> {
     fn fetch(&self, file: &str) -> Result<PathBuf> {
         let (owner, name) = hf_hub::split_id(self.location.repo);
         let repo = self.client.dataset(owner, name);
-        let download = repo
-            .download_file()
-            .filename(file)
-            .revision(self.location.revision);
+        let (file_name, revision) = (file.to_string(), self.location.revision);
         let what = format!("{} file {}/{file}", self.spec.title, self.location.repo);
         let hint = format!("pass --data-dir DIR with {}", self.spec.local_files);
-        cached_or_downloaded(&what, &self.cache, &hint, |local_only| {
-            download.clone().local_files_only(local_only).send()
+        cached_or_downloaded(&what, &self.cache, &hint, move |local_only, progress| {
+            repo.download_file()
+                .filename(file_name.clone())
+                .revision(revision)
+                .local_files_only(local_only)
+                .maybe_progress(progress)
+                .send()
         })
     }
 }
@@ -118,11 +121,15 @@ pub fn fetch_model_file(repo_id: &str, file: &str, local_hint: &str) -> Result<P
         .map_err(|e| anyhow!("cannot set up the Hugging Face client: {e}"))?;
     let (owner, name) = hf_hub::split_id(repo_id);
     let repo = client.model(owner, name);
-    let download = repo.download_file().filename(file);
+    let file_name = file.to_string();
     let what = format!("model file {repo_id}/{file}");
     let hint = format!("pass {local_hint}");
-    cached_or_downloaded(&what, &cache, &hint, |local_only| {
-        download.clone().local_files_only(local_only).send()
+    cached_or_downloaded(&what, &cache, &hint, move |local_only, progress| {
+        repo.download_file()
+            .filename(file_name.clone())
+            .local_files_only(local_only)
+            .maybe_progress(progress)
+            .send()
     })
 }
 
@@ -130,20 +137,29 @@ pub fn fetch_model_file(repo_id: &str, file: &str, local_hint: &str) -> Result<P
 /// on its cache lock after 10 s; huggingface_hub waits as long as it takes).
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// Looks in the cache first (`send(true)`), then downloads (`send(false)`) unless offline;
-/// waits while another process downloads the same file; checks the file against the SHA-256
-/// its cache entry is named by ([`verified`]).
+/// One call of hf-hub's download: `local_files_only`, and the progress handler to give it.
+type Download =
+    dyn Fn(bool, Option<Progress>) -> std::result::Result<PathBuf, HFError> + Sync + Send;
+
+/// Looks in the cache first (`send(true)`), then downloads (`send(false)`) unless offline,
+/// showing its progress and ending it with an error when no bytes come for
+/// [`stall_limit`] ([`watched`]); waits while another process downloads the same file; checks
+/// the file against the SHA-256 its cache entry is named by ([`verified`]).
 fn cached_or_downloaded(
     what: &str,
     cache: &Path,
     hint: &str,
-    send: impl Fn(bool) -> std::result::Result<PathBuf, HFError>,
+    send: impl Fn(bool, Option<Progress>) -> std::result::Result<PathBuf, HFError>
+        + Sync
+        + Send
+        + 'static,
 ) -> Result<PathBuf> {
-    let download = || {
+    let send: Arc<Download> = Arc::new(send);
+    let download = || -> Result<std::result::Result<PathBuf, HFError>> {
         let started = std::time::Instant::now();
         let mut said = false;
         loop {
-            match send(false) {
+            match watched(what, &send)? {
                 Err(HFError::CacheLockTimeout { path }) if started.elapsed() < LOCK_WAIT => {
                     if !said {
                         eprintln!(
@@ -157,27 +173,192 @@ fn cached_or_downloaded(
                     // finds the file stored.
                     wait_for_lock(&path, LOCK_WAIT.saturating_sub(started.elapsed()));
                 }
-                result => return result,
+                result => return Ok(result),
             }
         }
     };
-    let path = match send(true) {
+    let path = match send(true, None) {
         Ok(path) => path,
         Err(HFError::LocalEntryNotFound { .. }) if offline() => bail!(
             "{what} is not in the Hugging Face cache ({}) and HF_HUB_OFFLINE is set: {hint}, \
              or unset HF_HUB_OFFLINE to download it",
             cache.display()
         ),
-        Err(HFError::LocalEntryNotFound { .. }) => download().map_err(|e| {
-            anyhow!(
-                "cannot download {what} ({}); {hint} instead",
-                said_once(&e.to_string())
-            )
-        })?,
+        Err(HFError::LocalEntryNotFound { .. }) => download()
+            .map_err(|e| anyhow!("{e}; {hint} instead"))?
+            .map_err(|e| {
+                anyhow!(
+                    "cannot download {what} ({}); {hint} instead",
+                    said_once(&e.to_string())
+                )
+            })?,
         Err(e) => bail!("cannot read {what} from the cache ({e})"),
     };
     verified(what, &path)?;
     Ok(path)
+}
+
+/// How long a download may go without receiving a byte before it is given up:
+/// `HF_HUB_DOWNLOAD_TIMEOUT` seconds (huggingface_hub's variable, there the limit on each
+/// network read, 10 s by default), 60 s without it; at least 20 s, since hf-hub itself waits up
+/// to 10 s silently for another process's cache lock.
+///
+/// Errors: the variable is set to something other than a positive number of seconds.
+fn stall_limit() -> Result<std::time::Duration> {
+    const FLOOR: f64 = 20.0;
+    let seconds = match std::env::var("HF_HUB_DOWNLOAD_TIMEOUT") {
+        Err(_) => 60.0,
+        Ok(v) => match v.trim().parse::<f64>() {
+            Ok(s) if s.is_finite() && s > 0.0 => s.max(FLOOR),
+            _ => bail!(
+                "HF_HUB_DOWNLOAD_TIMEOUT={v}: not a positive number of seconds (how long a \
+                 download may go without receiving a byte)"
+            ),
+        },
+    };
+    Ok(std::time::Duration::from_secs_f64(seconds))
+}
+
+/// A download's progress: shown as a bar on a terminal (one line where standard error is not
+/// one), and the time bytes last came (or the download began), which [`watched`] watches.
+struct Watch {
+    what: String,
+    bar: indicatif::ProgressBar,
+    started: std::time::Instant,
+    /// Milliseconds from `started` to the last sign of life.
+    last: std::sync::atomic::AtomicU64,
+    /// The most bytes reported so far.
+    bytes: std::sync::atomic::AtomicU64,
+    announced: std::sync::atomic::AtomicBool,
+}
+
+impl Watch {
+    fn new(what: &str) -> Self {
+        let bar = indicatif::ProgressBar::with_draw_target(
+            None,
+            indicatif::ProgressDrawTarget::stderr_with_hz(4),
+        );
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} {wide_bar} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(format!("downloading {what}"));
+        Self {
+            what: what.to_string(),
+            bar,
+            started: std::time::Instant::now(),
+            last: Default::default(),
+            bytes: Default::default(),
+            announced: Default::default(),
+        }
+    }
+
+    fn alive(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last
+            .fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `done` bytes of `total` (0: unknown) received: a sign of life when it is more than before.
+    fn received(&self, done: u64, total: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if total > 0 && !self.announced.swap(true, Relaxed) {
+            self.bar.set_length(total);
+            if self.bar.is_hidden() {
+                eprintln!(
+                    "downloading {} ({:.1} MB)",
+                    self.what,
+                    total as f64 / 1_000_000.0
+                );
+            }
+        }
+        if self.bytes.fetch_max(done, Relaxed) < done {
+            self.bar.set_position(done);
+            self.alive();
+        }
+    }
+
+    /// Time since the last sign of life.
+    fn silent_for(&self) -> std::time::Duration {
+        let last = self.last.load(std::sync::atomic::Ordering::Relaxed);
+        self.started
+            .elapsed()
+            .saturating_sub(std::time::Duration::from_millis(last))
+    }
+}
+
+impl hf_hub::progress::ProgressHandler for Watch {
+    fn on_progress(&self, event: &hf_hub::progress::ProgressEvent) {
+        use hf_hub::progress::{DownloadEvent, ProgressEvent};
+        let ProgressEvent::Download(event) = event else {
+            return;
+        };
+        match event {
+            DownloadEvent::Start { total_bytes, .. } => {
+                self.alive();
+                self.received(0, *total_bytes);
+            }
+            DownloadEvent::Progress { files } => {
+                for f in files {
+                    self.received(f.bytes_completed, f.total_bytes);
+                }
+            }
+            DownloadEvent::AggregateProgress {
+                bytes_completed,
+                total_bytes,
+                ..
+            } => self.received(*bytes_completed, *total_bytes),
+            DownloadEvent::Complete => self.alive(),
+        }
+    }
+}
+
+/// `send(false, progress)` on a thread of its own, its progress shown, given up with an error
+/// (the thread left blocked) when no bytes come for [`stall_limit`]: hf-hub 1.0's HTTP clients
+/// have no timeouts, so a stalled connection would otherwise wait for ever.
+///
+/// Errors: the download stalled (naming `what` and the limit); the limit's variable is wrong.
+fn watched(what: &str, send: &Arc<Download>) -> Result<std::result::Result<PathBuf, HFError>> {
+    let limit = stall_limit()?;
+    let watch = Arc::new(Watch::new(what));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (send, progress) = (send.clone(), watch.clone());
+    std::thread::Builder::new()
+        .name("hub-download".into())
+        .spawn(move || {
+            let _ = tx.send(send(false, Some(Progress::from(progress))));
+        })
+        .context("cannot start the download's thread")?;
+    let tick = std::time::Duration::from_millis(250);
+    loop {
+        match rx.recv_timeout(tick) {
+            Ok(result) => {
+                watch.bar.finish_and_clear();
+                return Ok(result);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                watch.bar.abandon();
+                bail!("the download of {what} ended without a result (its thread panicked)")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let silent = watch.silent_for();
+                if silent >= limit {
+                    watch.bar.abandon();
+                    let got = watch.bytes.load(std::sync::atomic::Ordering::Relaxed);
+                    bail!(
+                        "the download of {what} stalled: nothing received for {:.0} s ({} bytes \
+                         so far; HF_HUB_DOWNLOAD_TIMEOUT sets the limit, now {:.0} s); check \
+                         the network and run again (it starts over)",
+                        silent.as_secs_f64(),
+                        got,
+                        limit.as_secs_f64()
+                    )
+                }
+            }
+        }
+    }
 }
 
 /// Waits until the cache lock `path` is free (another process's download ended) or `limit`
