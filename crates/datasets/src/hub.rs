@@ -184,7 +184,16 @@ fn cached_or_downloaded(
              or unset HF_HUB_OFFLINE to download it",
             cache.display()
         ),
-        Err(HFError::LocalEntryNotFound { .. }) => download()
+        Err(HFError::EntryNotFound { .. }) if offline() => bail!(
+            "{what} is marked in the Hugging Face cache ({}) as missing from the repository (the \
+             Hub answered 404 to an earlier download) and HF_HUB_OFFLINE is set: {hint}, or \
+             unset HF_HUB_OFFLINE to ask the Hub again",
+            cache.display()
+        ),
+        // Not cached, or marked missing by an earlier 404 (hf-hub's `.no_exist` entry, which
+        // its cache-only lookup trusts for ever): asked online, as huggingface_hub asks the Hub
+        // on every online call, so that a file added since is found.
+        Err(HFError::LocalEntryNotFound { .. } | HFError::EntryNotFound { .. }) => download()
             .map_err(|e| anyhow!("{e}; {hint} instead"))?
             .map_err(|e| {
                 anyhow!(

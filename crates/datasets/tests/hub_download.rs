@@ -2,7 +2,8 @@
 //! (`HF_ENDPOINT`). A file it serves whole is downloaded, checked and read; one whose body stops
 //! coming, or whose metadata request is never answered, ends with an error naming the file and
 //! `HF_HUB_DOWNLOAD_TIMEOUT` instead of waiting for ever (hf-hub's HTTP clients have no
-//! timeouts). One test per file: it sets process-wide environment variables.
+//! timeouts). A file marked missing by an earlier 404 is asked for again. One test per file:
+//! it sets process-wide environment variables.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -37,17 +38,32 @@ fn request(stream: &mut TcpStream) -> Option<(String, String)> {
     Some((first.next()?.to_string(), first.next()?.to_string()))
 }
 
+/// Whether `owner/later`'s file exists yet (404 before).
+static PUBLISHED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
 fn serve(mut stream: TcpStream) {
     let Some((method, path)) = request(&mut stream) else {
         return;
     };
+    if path.contains("/later/") && !PUBLISHED.load(std::sync::atomic::Ordering::SeqCst) {
+        let _ = stream.write_all(
+            format!(
+                "HTTP/1.1 404 Not Found\r\nX-Repo-Commit: {COMMIT}\r\nX-Error-Code: \
+                 EntryNotFound\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        return;
+    }
     let body = body();
     let headers = |length: usize| {
         format!(
             "HTTP/1.1 200 OK\r\nETag: \"{}\"\r\nX-Repo-Commit: {}\r\nContent-Length: {length}\r\n\
              Content-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
             sha256_hex(&body),
-            "0123456789abcdef0123456789abcdef01234567"
+            COMMIT
         )
     };
     if path.contains("/stall-head/") {
@@ -102,6 +118,22 @@ fn a_stalled_download_ends_with_an_error_and_a_whole_one_is_read() {
     };
     // A whole file: downloaded, its SHA-256 checked, read back.
     let path = within(Duration::from_secs(120), fetch("owner/ok")).expect("downloaded");
+    assert_eq!(std::fs::read(&path).expect("the cached file"), body());
+
+    // A file the Hub did not have: hf-hub marks it missing in the cache (`.no_exist`), and its
+    // cache-only lookup would trust that for ever; once the file is published, the next run
+    // asks the Hub again and finds it.
+    let msg = format!("{:#}", fetch("owner/later")().unwrap_err());
+    assert!(msg.contains("owner/later"), "{msg}");
+    let marker = home
+        .path()
+        .join("hub/models--owner--later/.no_exist")
+        .join(COMMIT)
+        .join("model.safetensors");
+    assert!(marker.exists(), "hf-hub's negative cache entry {marker:?}");
+    PUBLISHED.store(true, std::sync::atomic::Ordering::SeqCst);
+    let path =
+        within(Duration::from_secs(120), fetch("owner/later")).expect("found once published");
     assert_eq!(std::fs::read(&path).expect("the cached file"), body());
 
     // The two stalls side by side.
