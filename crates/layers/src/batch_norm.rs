@@ -740,7 +740,7 @@ impl CustomOp3 for BatchNormOp {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _ys: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -769,7 +769,13 @@ impl CustomOp3 for BatchNormOp {
         } else {
             None
         };
-        Ok((grad_x, Some(grad_w), Some(grad_sum)))
+        // A frozen weight or bias gets no gradient (PyTorch leaves its `.grad` None); the sums
+        // above are still taken (and reduced across ranks) for the input's gradient.
+        Ok((
+            grad_x,
+            w.track_op().then_some(grad_w),
+            b.track_op().then_some(grad_sum),
+        ))
     }
 }
 
@@ -1153,6 +1159,39 @@ mod tests {
         assert!(grads.get(&x).is_none());
         assert!(grads.get(w.as_tensor()).is_some());
         assert!(grads.get(b.as_tensor()).is_some());
+        Ok(())
+    }
+
+    #[test]
+    fn frozen_weight_and_bias_get_no_gradient() -> Result<()> {
+        // Plain tensors (not variables) as weight and bias, as a frozen backbone holds them:
+        // PyTorch leaves their `.grad` None; the input still gets its gradient. On the one-pass
+        // CPU op, the residual join's op and the generic path (f64).
+        let dev = Device::Cpu;
+        for dtype in [DType::F32, DType::F64] {
+            let frozen = BatchNorm::new(
+                Tensor::zeros(3, dtype, &dev)?,
+                Tensor::ones(3, dtype, &dev)?,
+                Tensor::new(&[1.5f32, 0.5, 2.0], &dev)?.to_dtype(dtype)?,
+                Tensor::new(&[0.1f32, -0.2, 0.3], &dev)?.to_dtype(dtype)?,
+                1e-5,
+                0.1,
+            )?;
+            let x =
+                Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, 2, 2), &dev)?.to_dtype(dtype)?)?;
+            let r =
+                Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, 2, 2), &dev)?.to_dtype(dtype)?)?;
+            for joined in [false, true] {
+                let y = match joined {
+                    false => frozen.forward_relu(&x, true)?,
+                    true => frozen.forward_add_relu(&x, &r, true)?,
+                };
+                let grads = y.sum_all()?.backward()?;
+                assert!(grads.get(x.as_tensor()).is_some(), "{dtype:?} {joined}");
+                assert!(grads.get(frozen.weight()).is_none(), "{dtype:?} {joined}");
+                assert!(grads.get(frozen.bias()).is_none(), "{dtype:?} {joined}");
+            }
+        }
         Ok(())
     }
 

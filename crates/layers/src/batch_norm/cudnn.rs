@@ -378,7 +378,7 @@ impl CustomOp3 for Forward {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         ys: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -411,7 +411,12 @@ impl CustomOp3 for Forward {
         };
         let c = self.dims[1];
         let param = |s| Tensor::from_storage(Storage::Cuda(s), c, BackpropOp::none(), false);
-        Ok((x.track_op().then_some(gx), Some(param(gw)), Some(param(gb))))
+        // A frozen weight or bias gets no gradient (PyTorch leaves its `.grad` None).
+        Ok((
+            x.track_op().then_some(gx),
+            w.track_op().then(|| param(gw)),
+            b.track_op().then(|| param(gb)),
+        ))
     }
 }
 
