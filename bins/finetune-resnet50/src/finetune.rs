@@ -160,7 +160,7 @@ pub fn finetune(
     // Checked before the head is built for the data's classes and the features computed; a
     // fresh run's classes on the whole split, before a --limit-* subset is drawn.
     let data = match &resume {
-        Some(_) => train::cli::load_data(run)?,
+        Some((saved, _)) => train::cli::load_resumed_data(run, &saved.config)?,
         None => train::cli::load_data_then(run, |whole| {
             train::cli::refuse_unused_test_fraction(run, whole)?;
             train::cli::refuse_a_class_outside_a_split(run, whole)

@@ -300,6 +300,44 @@ fn a_finished_resume_names_an_epoch_logged_but_not_saved() {
     );
 }
 
+/// A run whose data folder moved: `--resume` says the folder came from the run's config.json
+/// and to give --data-dir where the data is now (as `evaluate` does), and with it continues.
+#[test]
+fn a_resume_whose_data_moved_says_how_to_give_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    let out = dir.path().join("run");
+    let first = train_mnist(
+        &common_epochs(&data, &out, "1")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(first.status.success(), "{}", stderr(&first));
+    let moved = dir.path().join("moved");
+    std::fs::rename(&data, &moved).expect("move the data");
+    let resumed = train_mnist(&["--resume", &s(&out), "--epochs", "2"]);
+    assert!(!resumed.status.success());
+    let err = stderr(&resumed);
+    assert!(
+        err.contains(&format!(
+            "the run's data, --data-dir {data} (from its config.json), is not there"
+        )) && err.contains("give --data-dir where the data is now"),
+        "{err}"
+    );
+    assert_eq!(train::state::saved_epochs(&out).map(|e| e.0), Some(1));
+    let given = train_mnist(&[
+        "--resume",
+        &s(&out),
+        "--epochs",
+        "2",
+        "--data-dir",
+        &s(&moved),
+    ]);
+    assert!(given.status.success(), "{}", stderr(&given));
+    assert_eq!(train::state::saved_epochs(&out).map(|e| e.0), Some(2));
+}
+
 /// A run stopped between its first epoch's state and its checkpoints (here: a finished 1-epoch
 /// run whose checkpoints are then removed, what such a kill leaves) is evaluated: `evaluate`
 /// writes `last` and `best` from the state first, as `--resume` would, says so, and they are
@@ -830,7 +868,8 @@ fn ctrl_c_while_the_data_loads_leaves_the_directory_as_it_was() {
         );
         // Before the epochs the stop is said, with what it means; in them, the usual message.
         let before = err.contains(
-            "stopped by Ctrl-C before the epochs began: the run directory is left as it was",
+            "stopped by Ctrl-C before the epochs began: nothing was saved, and the run directory \
+             is as before the run (one this run made is removed",
         );
         assert!(before != err.contains("stopping after this batch"), "{err}");
         before

@@ -239,7 +239,10 @@ pub fn read_with_metadata(
             path.display()
         )
     }
-    let invalid = || format!("{} is not a valid safetensors file", path.display());
+    let invalid = || match cut_short(&bytes) {
+        Some(why) => format!("{} is not a whole safetensors file: {why}", path.display()),
+        None => format!("{} is not a valid safetensors file", path.display()),
+    };
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).with_context(invalid)?;
     let metadata = header.metadata().clone().unwrap_or_default();
     if let Some(written) = metadata.get(CHECKSUM_KEY) {
@@ -271,6 +274,37 @@ pub fn read_with_metadata(
         candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).with_context(invalid)?;
     ensure_finite(&tensors).with_context(|| format!("refusing {}", path.display()))?;
     Ok((tensors, metadata))
+}
+
+/// Where `bytes`, a safetensors file by its start (a header length, then `{`), are fewer than
+/// its header describes: a copy or a write cut off. The sizes, said; `None` for anything else.
+fn cut_short(bytes: &[u8]) -> Option<String> {
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let len = bytes.len() as u64;
+    // A header of more than 100 MB is no header (safetensors refuses those too).
+    if bytes.get(8) != Some(&b'{') || n > 100_000_000 {
+        return None;
+    }
+    let cut = |what: String| {
+        format!("it is cut short, {what} (a copy, download or write that was interrupted)")
+    };
+    let Some(header) = bytes.get(8..8 + n as usize) else {
+        return Some(cut(format!(
+            "{len} bytes, within its header of {} bytes",
+            8 + n
+        )));
+    };
+    let text = std::str::from_utf8(header).ok()?;
+    // The data's end: the largest end of a tensor's `"data_offsets": [begin, end]`.
+    let mut end = 0u64;
+    for part in text.split("\"data_offsets\"").skip(1) {
+        let list = part.trim_start().strip_prefix(':')?.trim_start();
+        let list = list.strip_prefix('[')?;
+        let list = &list[..list.find(']')?];
+        end = end.max(list.split(',').nth(1)?.trim().parse().ok()?);
+    }
+    let expected = 8 + n + end;
+    (expected > len).then(|| cut(format!("{len} bytes where its header describes {expected}")))
 }
 
 /// The first floating-point tensor (by name) holding NaN or infinity, with that value.
@@ -488,6 +522,43 @@ mod tests {
                 y.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
             );
         }
+        Ok(())
+    }
+
+    /// A file cut short (an interrupted copy) is said to be, with its size and the size its
+    /// header describes, wherever it is cut; a file with bytes changed, not cut, is not.
+    #[test]
+    fn a_file_cut_short_is_said_to_be() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("m.safetensors");
+        let a = ParamStore::new(1, &Device::Cpu);
+        model(&a, 2)?;
+        save(a.varmap(), &path)?;
+        let whole = std::fs::read(&path)?;
+        let header = 8 + u64::from_le_bytes(whole[..8].try_into()?) as usize;
+        let cut_path = dir.path().join("cut.safetensors");
+        for keep in [header / 2, header, header + 4, whole.len() - 1] {
+            std::fs::write(&cut_path, &whole[..keep])?;
+            let msg = format!("{:#}", read(&cut_path).unwrap_err());
+            let sizes = match keep < header {
+                true => format!("{keep} bytes, within its header of {header} bytes"),
+                false => format!("{keep} bytes where its header describes {}", whole.len()),
+            };
+            assert!(
+                msg.contains("cut.safetensors is not a whole safetensors file: it is cut short")
+                    && msg.contains(&sizes),
+                "{keep}: {msg}"
+            );
+        }
+        // Longer than its header says: invalid, not cut short.
+        let mut longer = whole.clone();
+        longer.extend_from_slice(&[0; 16]);
+        std::fs::write(&cut_path, &longer)?;
+        let msg = format!("{:#}", read(&cut_path).unwrap_err());
+        assert!(
+            msg.contains("is not a valid safetensors file") && !msg.contains("cut short"),
+            "{msg}"
+        );
         Ok(())
     }
 

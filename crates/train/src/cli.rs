@@ -317,12 +317,8 @@ impl Recipe {
         )? {
             return Ok(done);
         }
-        run(
-            &config,
-            load_data(&config)?,
-            dir.path(),
-            Some((saved, tensors)),
-        )
+        let data = load_resumed_data(&config, &saved.config)?;
+        run(&config, data, dir.path(), Some((saved, tensors)))
     }
 
     /// The locked output directory of a fresh run of `config`: `--out`, or
@@ -551,6 +547,28 @@ fn absolute_data_dir(config: &mut RunConfig) -> Result<()> {
 /// have their own test split).
 pub fn load_data(config: &RunConfig) -> Result<datasets::Split> {
     load_data_then(config, |_| Ok(()))
+}
+
+/// [`load_data`] for a run resumed from `saved`, its configuration as kept: where the data
+/// directory it keeps (no other `--data-dir` given) is gone, the error says that it comes from
+/// the run's `config.json` and to give `--data-dir` where the data is now (the run's data may
+/// move between a run and its resume).
+///
+/// # Errors
+/// As [`load_data`].
+pub fn load_resumed_data(config: &RunConfig, saved: &RunConfig) -> Result<datasets::Split> {
+    let split = load_data(config);
+    match (&config.data_dir, &saved.data_dir) {
+        (Some(dir), Some(kept)) if dir == kept && !dir.exists() => split.with_context(|| {
+            format!(
+                "the run's data, --data-dir {} (from its {}), is not there: give --data-dir \
+                 where the data is now (with --resume)",
+                dir.display(),
+                crate::rundir::CONFIG
+            )
+        }),
+        _ => split,
+    }
 }
 
 /// [`load_data`], with `check` run on the whole split as read, before a `--limit-train` /

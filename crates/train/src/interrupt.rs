@@ -71,7 +71,9 @@ pub fn take_over_ctrl_c() {
             && crate::rundir::tidy_at_ctrl_c(|| TRAINING.load(Ordering::SeqCst))
         {
             crate::warn!(
-                "\nstopped by Ctrl-C before the epochs began: the run directory is left as it was"
+                "\nstopped by Ctrl-C before the epochs began: nothing was saved, and the run \
+                 directory is as before the run (one this run made is removed, one --overwrite \
+                 was replacing is back, a resumed run's is untouched)"
             );
             die_by_sigint();
         }
