@@ -110,23 +110,41 @@ pub(crate) fn load_test(spec: &DatasetSpec) -> Result<Arc<dyn Dataset>> {
     Ok(Arc::new(split))
 }
 
-/// `file` of the Hub model repository `repo_id` (for example `timm/resnet50.tv_in1k`), from
-/// the standard Hugging Face cache, downloaded into it unless `HF_HUB_OFFLINE` is set.
-/// `local_hint` says how to pass a local file instead (it ends every error message).
+/// A Hub model id and the revision after its `@`, if any (`owner/name@v2`: a branch, tag or
+/// commit, as timm's `hf-hub:owner/name@revision` and `from_pretrained(..., revision=)` take).
+///
+/// Errors: an `@` with nothing after it.
+fn split_revision(spec: &str) -> Result<(&str, Option<&str>)> {
+    match spec.split_once('@') {
+        None => Ok((spec, None)),
+        Some((_, "")) => bail!("{spec}: no revision after the @ (give owner/name@REVISION, a branch, tag or commit, or owner/name for main)"),
+        Some((id, revision)) => Ok((id, Some(revision))),
+    }
+}
+
+/// `file` of the Hub model repository `repo_id` (for example `timm/resnet50.tv_in1k`, or
+/// `timm/resnet50.tv_in1k@COMMIT` for a revision: a branch, tag or commit, `main` without
+/// one), from the standard Hugging Face cache, downloaded into it unless `HF_HUB_OFFLINE` is
+/// set. `local_hint` says how to pass a local file instead (it ends every error message).
 pub fn fetch_model_file(repo_id: &str, file: &str, local_hint: &str) -> Result<PathBuf> {
+    let (id, revision) = split_revision(repo_id)?;
     let client =
         HFClient::new().map_err(|e| anyhow!("cannot set up the Hugging Face client: {e}"))?;
     let cache = client.cache_dir().to_path_buf();
     let client = HFClientSync::from_inner(client)
         .map_err(|e| anyhow!("cannot set up the Hugging Face client: {e}"))?;
-    let (owner, name) = hf_hub::split_id(repo_id);
+    let (owner, name) = hf_hub::split_id(id);
     let repo = client.model(owner, name);
-    let file_name = file.to_string();
-    let what = format!("model file {repo_id}/{file}");
+    let (file_name, revision) = (file.to_string(), revision.map(str::to_string));
+    let what = match &revision {
+        Some(revision) => format!("model file {id}/{file} at revision {revision}"),
+        None => format!("model file {id}/{file}"),
+    };
     let hint = format!("pass {local_hint}");
     cached_or_downloaded(&what, &cache, &hint, move |local_only, progress| {
         repo.download_file()
             .filename(file_name.clone())
+            .maybe_revision(revision.clone())
             .local_files_only(local_only)
             .maybe_progress(progress)
             .send()
@@ -194,7 +212,7 @@ fn cached_or_downloaded(
         // its cache-only lookup trusts for ever): asked online, as huggingface_hub asks the Hub
         // on every online call, so that a file added since is found.
         Err(HFError::LocalEntryNotFound { .. } | HFError::EntryNotFound { .. }) => download()
-            .map_err(|e| anyhow!("{e}; {hint} instead"))?
+            .map_err(|e| anyhow!("{e:#}; {hint} instead"))?
             .map_err(|e| {
                 anyhow!(
                     "cannot download {what} ({}); {hint} instead",
@@ -207,16 +225,19 @@ fn cached_or_downloaded(
     Ok(path)
 }
 
-/// How long a download may go without receiving a byte before it is given up:
-/// `HF_HUB_DOWNLOAD_TIMEOUT` seconds (huggingface_hub's variable, there the limit on each
-/// network read, 10 s by default), 60 s without it; at least 20 s, since hf-hub itself waits up
-/// to 10 s silently for another process's cache lock.
+/// How long a download may go without receiving a byte before it is given up (one limit on
+/// the silence anywhere in it, the metadata request included; a download given up starts over
+/// on the next run): `HF_HUB_DOWNLOAD_TIMEOUT` seconds (huggingface_hub's variable, there the
+/// limit on each network read of the file, 10 s by default, resumed after), 60 s without it or
+/// at 0 (huggingface_hub's default then too); at least 20 s, since hf-hub itself waits up to
+/// 10 s silently for another process's cache lock.
 ///
 /// Errors: the variable is set to something other than a positive number of seconds.
 fn stall_limit() -> Result<std::time::Duration> {
     const FLOOR: f64 = 20.0;
     let seconds = match std::env::var("HF_HUB_DOWNLOAD_TIMEOUT") {
         Err(_) => 60.0,
+        Ok(v) if v.trim() == "0" => 60.0,
         Ok(v) => match v.trim().parse::<f64>() {
             Ok(s) if s.is_finite() && s > 0.0 => s.max(FLOOR),
             _ => bail!(
@@ -275,7 +296,16 @@ impl Watch {
         use std::sync::atomic::Ordering::Relaxed;
         if total > 0 && !self.announced.swap(true, Relaxed) {
             self.bar.set_length(total);
-            if self.bar.is_hidden() {
+            // Once per file and process (a wait for another process's download asks again).
+            static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+            let first = SAID.lock().map_or(true, |mut said| {
+                let new = !said.contains(&self.what);
+                if new {
+                    said.push(self.what.clone());
+                }
+                new
+            });
+            if self.bar.is_hidden() && first {
                 eprintln!(
                     "downloading {} ({:.1} MB)",
                     self.what,
@@ -314,11 +344,17 @@ impl hf_hub::progress::ProgressHandler for Watch {
                     self.received(f.bytes_completed, f.total_bytes);
                 }
             }
+            // A Xet transfer (most of the Hub's large files): hf-hub polls it every 100 ms and
+            // counts bytes written, which may wait on a whole fetched range; its client has
+            // timeouts and retries of its own, so each poll is a sign of life.
             DownloadEvent::AggregateProgress {
                 bytes_completed,
                 total_bytes,
                 ..
-            } => self.received(*bytes_completed, *total_bytes),
+            } => {
+                self.alive();
+                self.received(*bytes_completed, *total_bytes)
+            }
             DownloadEvent::Complete => self.alive(),
         }
     }
@@ -537,7 +573,8 @@ fn image_and_label(row: &Row) -> Result<(Vec<u8>, usize)> {
 }
 
 /// A local file when `spec` names one (or looks like a path), else the file `hub_file` of the
-/// Hub model `spec` (`owner/name`), fetched into the standard Hugging Face cache.
+/// Hub model `spec` (`owner/name`, or `owner/name@REVISION` for a branch, tag or commit other
+/// than `main`), fetched into the standard Hugging Face cache.
 ///
 /// Errors: a local-looking `spec` that is no file (naming `flag` and `example_id` as a Hub id
 /// that would work), or the Hub's error (offline with an empty cache, unknown repository).
@@ -547,11 +584,13 @@ pub fn file_or_hub(spec: &str, hub_file: &str, flag: &str, example_id: &str) -> 
         .extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| matches!(e, "safetensors" | "pth" | "pt" | "bin" | "ckpt"));
+    // A Hub id is `owner/name`, with `@REVISION` after it or not.
+    let id = spec.split_once('@').map_or(spec, |(id, _)| id);
     let looks_local = path.exists()
         || file_ext
         || spec.starts_with('.')
         || spec.starts_with('/')
-        || spec.matches('/').count() != 1;
+        || id.matches('/').count() != 1;
     if looks_local {
         if path.is_dir() {
             bail!("{flag} {spec}: a directory, not a file (give a .safetensors file, such as a run's best.safetensors, or a Hub model id such as {example_id})")

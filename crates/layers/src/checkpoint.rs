@@ -286,7 +286,10 @@ fn cut_short(bytes: &[u8]) -> Option<String> {
         return None;
     }
     let cut = |what: String| {
-        format!("it is cut short, {what} (a copy, download or write that was interrupted)")
+        format!(
+            "it is shorter than its header says, {what}: cut short (a copy, download or write \
+             that was interrupted) or its header damaged"
+        )
     };
     let Some(header) = bytes.get(8..8 + n as usize) else {
         return Some(cut(format!(
@@ -303,7 +306,7 @@ fn cut_short(bytes: &[u8]) -> Option<String> {
         let list = &list[..list.find(']')?];
         end = end.max(list.split(',').nth(1)?.trim().parse().ok()?);
     }
-    let expected = 8 + n + end;
+    let expected = (8 + n).checked_add(end)?;
     (expected > len).then(|| cut(format!("{len} bytes where its header describes {expected}")))
 }
 
@@ -545,7 +548,9 @@ mod tests {
                 false => format!("{keep} bytes where its header describes {}", whole.len()),
             };
             assert!(
-                msg.contains("cut.safetensors is not a whole safetensors file: it is cut short")
+                msg.contains(
+                    "cut.safetensors is not a whole safetensors file: it is shorter than its header"
+                ) && msg.contains("cut short")
                     && msg.contains(&sizes),
                 "{keep}: {msg}"
             );

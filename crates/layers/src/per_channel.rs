@@ -244,9 +244,12 @@ fn batch_stats_inner(x: &[f32], (n, c, l): (usize, usize, usize)) -> (Vec<f32>, 
         || Vec::with_capacity(n),
         |rows: &mut Vec<(f64, f64, f64)>, _, r| {
             let x = &x[r];
-            // Summed from the row's first value, so that the lanes' rounding scales with the
-            // row's spread, not with its distance from zero.
-            let k = x[0];
+            // Summed from the mean of the row's first values, so that the lanes' rounding
+            // scales with the row's spread, not with its distance from zero (from zero where
+            // those hold infinity or NaN: the sums then stay as they were, inf where PyTorch's).
+            let first = &x[..x.len().min(16)];
+            let k = first.iter().sum::<f32>() / first.len() as f32;
+            let k = if k.is_finite() { k } else { 0.0 };
             let [d] = lane_sums(x, x, x, |v, _, _| [v - k]);
             let s = l as f64 * f64::from(k) + d;
             let centre = (s / l as f64) as f32;
@@ -263,7 +266,10 @@ fn batch_stats_inner(x: &[f32], (n, c, l): (usize, usize, usize)) -> (Vec<f32>, 
             let d = centre - mean;
             acc + q + 2.0 * d * (s - lf * centre) + lf * d * d
         });
-        (mean as f32, (m2 / count).max(0.0) as f32)
+        // Rounding may leave a sum of squares a hair below zero; NaN (an infinite value in the
+        // channel) stays NaN, as PyTorch's (`f64::max` would make it 0).
+        let var = m2 / count;
+        (mean as f32, if var < 0.0 { 0.0 } else { var as f32 })
     });
     stats.into_iter().unzip()
 }
@@ -1052,6 +1058,21 @@ mod tests {
                     var[ch]
                 );
             }
+        }
+    }
+
+    #[test]
+    fn an_infinite_value_leaves_the_long_row_mean_infinite() {
+        // As PyTorch's double sums: +inf in a channel makes its mean +inf (not NaN, which a
+        // row summed from its infinite first value would give), its variance NaN (not 0, which
+        // `f64::max(NaN, 0.0)` gave).
+        for at in [0usize, 5, 40] {
+            let mut x: Vec<f32> = (0..2 * 2 * 48).map(|i| (i % 7) as f32).collect();
+            x[at] = f32::INFINITY;
+            let (mean, var) = super::batch_stats(&x, (2, 2, 48));
+            assert_eq!(mean[0], f32::INFINITY, "{at}");
+            assert!(var[0].is_nan(), "{at}");
+            assert!(mean[1].is_finite() && var[1].is_finite(), "{at}");
         }
     }
 

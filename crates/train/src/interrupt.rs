@@ -67,14 +67,22 @@ pub fn take_over_ctrl_c() {
         // Outside the epochs nothing is being saved: the run directory is left as the run's end
         // would leave it (no half-replaced --overwrite, no unused directory), then the process
         // ends. (Unless the epochs started meanwhile.)
-        if !TRAINING.load(Ordering::SeqCst)
-            && crate::rundir::tidy_at_ctrl_c(|| TRAINING.load(Ordering::SeqCst))
-        {
-            crate::warn!(
-                "\nstopped by Ctrl-C before the epochs began: nothing was saved, and the run \
-                 directory is as before the run (one this run made is removed, one --overwrite \
-                 was replacing is back, a resumed run's is untouched)"
-            );
+        let tidied = match TRAINING.load(Ordering::SeqCst) {
+            true => None,
+            false => crate::rundir::tidy_at_ctrl_c(|| TRAINING.load(Ordering::SeqCst)),
+        };
+        if let Some(tidied) = tidied {
+            match tidied {
+                true => crate::warn!(
+                    "\nstopped by Ctrl-C before the epochs began: nothing was saved, and the run \
+                     directory is as before the run (one this run made is removed, one \
+                     --overwrite was replacing is back, a resumed run's is untouched)"
+                ),
+                false => crate::warn!(
+                    "\nstopped by Ctrl-C before the epochs began: nothing was saved (the run \
+                     directory was busy: the next run or reader on it tidies it)"
+                ),
+            }
             die_by_sigint();
         }
         if REQUESTED.swap(true, Ordering::SeqCst) {

@@ -1110,21 +1110,21 @@ pub(crate) fn no_tidying() -> MutexGuard<'static, Vec<Held>> {
 /// process made and left unused goes, as when the run stops with an error; temporary files of
 /// writes it cut short go too. The lock stays held until the process ends: no file is renamed
 /// into a run directory after this (the checkpoints are written only while the epochs train,
-/// and they cannot start), and `true` is returned, for the process to end.
+/// and they cannot start), and `Some(true)` is returned, for the process to end.
 ///
-/// `false` (nothing done): `training()` holds once the lock is taken (the epochs started
-/// meanwhile; Ctrl-C then stops after the batch). `true` without tidying: the lock stays
-/// taken for two seconds (a write blocked on a full disk or a stopped terminal); the next run
-/// or reader puts an old run back.
-pub(crate) fn tidy_at_ctrl_c(training: impl Fn() -> bool) -> bool {
+/// `None` (nothing done): `training()` holds once the lock is taken (the epochs started
+/// meanwhile; Ctrl-C then stops after the batch). `Some(false)`, nothing tidied, for the
+/// process to end: the lock stays taken for two seconds (a write blocked on a full disk or a
+/// stopped terminal); the next run or reader puts an old run back.
+pub(crate) fn tidy_at_ctrl_c(training: impl Fn() -> bool) -> Option<bool> {
     let Some(held) = held_for_tidying() else {
-        return true;
+        return Some(false);
     };
     if training() {
-        return false;
+        return None;
     }
     tidy(held);
-    true
+    Some(true)
 }
 
 /// For a second Ctrl-C, which ends the process at once while the epochs train: what

@@ -408,6 +408,8 @@ impl<A: Copy + std::fmt::Debug, P: Copy> Search<'_, A, P> {
                 tried.push(format!("{algo:?}: {status:?} {math:?}"));
                 continue;
             }
+            // The size under the math type the algorithm runs in.
+            desc.set_math(conv.run_math(math))?;
             let mut bytes = 0;
             let size = (self.size)(algo, &mut bytes);
             if size != success {
@@ -929,7 +931,9 @@ fn run_held(
 /// Runs one direction with the algorithm in use in `slot` (searched already), or, when it
 /// cannot run, with the next ones in turn ([`Ranked::try_all`], as PyTorch's
 /// `AlgoIterator::try_all`): its scratch space could not be allocated, or cuDNN refused at run
-/// time what its search accepted. `call` launches cuDNN's function with an algorithm, the
+/// time what its search accepted (other errors are errors at once, where PyTorch moves on after
+/// any cuDNN error: an execution failure is no reason to try another algorithm). `call`
+/// launches cuDNN's function with an algorithm, the
 /// descriptor and the scratch space. `Ok(Err(why))` when none ran on NHWC operands: the caller
 /// runs cuDNN's NCHW kernels on NCHW copies, for good when none was refused for memory (the
 /// refusal is kept in `slot`). On NCHW operands that is an error naming every algorithm tried.
@@ -947,10 +951,12 @@ fn launch<A: Copy + std::fmt::Debug>(
     };
     let success = sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS;
     let outcome = ranked.try_all(|c: &Candidate<A>, switched| {
+        // Every call (a host call): after the candidates ran out for memory, the fastest is
+        // tried again with the descriptor holding the last one's math type.
+        if let Err(e) = desc.set_math(c.math) {
+            return Attempt::Fail(e);
+        }
         if switched {
-            if let Err(e) = desc.set_math(c.math) {
-                return Attempt::Fail(e);
-            }
             if log_choices() {
                 eprintln!(
                     "cudnn {what} {:?} x{:?} w{:?}: moved on to {:?} {:?}, {} B",
