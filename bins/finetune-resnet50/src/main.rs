@@ -45,7 +45,8 @@ const RECIPE: Recipe = Recipe {
 };
 
 #[derive(Parser, Debug)]
-#[command(name = "finetune-resnet50", version, about = RECIPE.about, args_conflicts_with_subcommands = true)]
+// A flag given twice takes its last value, as argparse does.
+#[command(name = "finetune-resnet50", version, about = RECIPE.about, args_conflicts_with_subcommands = true, args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -64,8 +65,9 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct FineTuneArgs {
-    /// Pretrained weights: a .safetensors file or a Hugging Face Hub model id [default:
-    /// torchvision's ImageNet weights of --model, timm/resnet50.tv_in1k for resnet50]
+    /// Pretrained weights: a .safetensors file or a Hugging Face Hub model id (owner/name, or
+    /// owner/name@REVISION to pin a branch, tag or commit) [default: torchvision's ImageNet
+    /// weights of --model, timm/resnet50.tv_in1k for resnet50]
     #[arg(long)]
     weights: Option<String>,
     /// Train on an ImageFolder at --data-dir (ROOT/<class>/*.jpg, or ROOT/train + ROOT/test)
@@ -151,7 +153,8 @@ struct PredictArgs {
     /// classes, image size and precision
     #[arg(long, conflicts_with = "image_size")]
     run: Option<PathBuf>,
-    /// A .safetensors file or a Hub model id; a fine-tuning run's checkpoint (RUN/best.safetensors)
+    /// A .safetensors file or a Hub model id (owner/name[@REVISION]); a fine-tuning run's
+    /// checkpoint (RUN/best.safetensors)
     /// is read as --run RUN reads it unless --image-size is given; with --run: best, last or a
     /// .safetensors file [default: timm/resnet50.tv_in1k; with --run: best]
     #[arg(long)]

@@ -338,6 +338,20 @@ fn a_resume_whose_data_moved_says_how_to_give_it() {
     assert_eq!(train::state::saved_epochs(&out).map(|e| e.0), Some(2));
 }
 
+/// A flag given twice takes its last value, as argparse does (a script's defaults, then the
+/// value of this run): here one epoch, not three.
+#[test]
+fn a_flag_given_twice_takes_its_last_value() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    let out = dir.path().join("run");
+    let mut args = common_epochs(&data, &out, "3");
+    args.extend(["--epochs", "1"].map(String::from));
+    let run = train_mnist(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(train::state::saved_epochs(&out).map(|e| e.0), Some(1));
+}
+
 /// A run stopped between its first epoch's state and its checkpoints (here: a finished 1-epoch
 /// run whose checkpoints are then removed, what such a kill leaves) is evaluated: `evaluate`
 /// writes `last` and `best` from the state first, as `--resume` would, says so, and they are

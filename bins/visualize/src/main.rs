@@ -20,7 +20,8 @@ use clap::{Parser, Subcommand};
 
 /// Pictures of convolution, pooling, datasets, filters and feature maps (PNG).
 #[derive(Debug, Parser)]
-#[command(name = "visualize", version, about)]
+// A flag given twice takes its last value, as argparse does.
+#[command(name = "visualize", version, about, args_override_self = true)]
 struct Cli {
     /// Directory the PNG files are written to (created if missing).
     #[arg(long, global = true, default_value = ".")]

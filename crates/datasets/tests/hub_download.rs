@@ -43,10 +43,14 @@ static PUBLISHED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool:
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
+/// Every request's path, in order.
+static PATHS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 fn serve(mut stream: TcpStream) {
     let Some((method, path)) = request(&mut stream) else {
         return;
     };
+    PATHS.lock().expect("paths").push(path.clone());
     if path.contains("/later/") && !PUBLISHED.load(std::sync::atomic::Ordering::SeqCst) {
         let _ = stream.write_all(
             format!(
@@ -119,6 +123,30 @@ fn a_stalled_download_ends_with_an_error_and_a_whole_one_is_read() {
     // A whole file: downloaded, its SHA-256 checked, read back.
     let path = within(Duration::from_secs(120), fetch("owner/ok")).expect("downloaded");
     assert_eq!(std::fs::read(&path).expect("the cached file"), body());
+
+    // A revision after the id (timm's `hf-hub:owner/name@revision`) is the one asked for.
+    let pinned = within(Duration::from_secs(120), fetch("owner/pinned@v2.1")).expect("pinned");
+    assert!(
+        PATHS
+            .lock()
+            .expect("paths")
+            .iter()
+            .any(|p| p == "/owner/pinned/resolve/v2.1/model.safetensors"),
+        "{:?}",
+        PATHS.lock()
+    );
+    assert!(pinned.ends_with(format!("snapshots/{COMMIT}/model.safetensors")));
+    let msg = format!("{:#}", fetch("owner/pinned@")().unwrap_err());
+    assert!(msg.contains("no revision after the @"), "{msg}");
+    // As --weights gives it: a Hub id with a revision is no local path.
+    let via_flag = datasets::hub::file_or_hub(
+        "owner/pinned@v2.1",
+        "model.safetensors",
+        "--weights",
+        "timm/resnet18.tv_in1k",
+    )
+    .expect("from the cache");
+    assert_eq!(via_flag, pinned);
 
     // A file the Hub did not have: hf-hub marks it missing in the cache (`.no_exist`), and its
     // cache-only lookup would trust that for ever; once the file is published, the next run

@@ -132,6 +132,9 @@ impl Recipe {
             cmd = cmd.mut_arg("test_fraction", |a| a.hide(true));
         }
         cmd.args_conflicts_with_subcommands(true)
+            // A flag given twice takes its last value, as argparse does (`$DEFAULTS --epochs 5`
+            // in a script); flags that take several values in turn (predict's images) gather.
+            .args_override_self(true)
             // The descriptions after the flags: their structs' doc comments would replace them.
             .subcommand(
                 EvaluateArgs::augment_args(Command::new("evaluate"))
