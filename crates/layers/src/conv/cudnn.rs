@@ -956,13 +956,11 @@ fn launch<A: Copy + std::fmt::Debug>(
         if let Err(e) = desc.set_math(c.math) {
             return Attempt::Fail(e);
         }
-        if switched {
-            if log_choices() {
-                eprintln!(
-                    "cudnn {what} {:?} x{:?} w{:?}: moved on to {:?} {:?}, {} B",
-                    conv.dtype, conv.x, conv.w, c.algo, c.math, c.workspace
-                );
-            }
+        if switched && log_choices() {
+            eprintln!(
+                "cudnn {what} {:?} x{:?} w{:?}: moved on to {:?} {:?}, {} B",
+                conv.dtype, conv.x, conv.w, c.algo, c.math, c.workspace
+            );
         }
         let (ws, ws_len, _guard) = match workspace.get(device, stream, c.workspace) {
             Ok(w) => w,
