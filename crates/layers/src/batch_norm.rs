@@ -139,6 +139,26 @@ impl BatchNorm {
                 candle_core::bail!("batch-norm {name} has shape {:?}, expected [{c}]", t.dims())
             }
         }
+        // Float32 (or float64) alike: the statistics' updates and the ops take them so, and
+        // PyTorch's autocast keeps a batch norm's parameters float32 (bf16 compute here is
+        // `autocast`'s too).
+        let dtype = weight.dtype();
+        for (name, t) in [
+            ("running_mean", &running_mean),
+            ("running_var", &running_var),
+            ("weight", &weight),
+            ("bias", &bias),
+        ] {
+            if !matches!(t.dtype(), DType::F32 | DType::F64) || t.dtype() != dtype {
+                candle_core::bail!(
+                    "batch-norm {name} is {:?} (weight {dtype:?}): its parameters and running \
+                     statistics must be float32 (or float64), all alike; for bfloat16 compute \
+                     keep them float32 and use autocast (`--precision bf16`, \
+                     `layers::autocast`), as PyTorch's autocast does",
+                    t.dtype()
+                )
+            }
+        }
         if eps < 0.0 || !(0.0..=1.0).contains(&momentum) {
             candle_core::bail!("batch-norm needs eps >= 0 and momentum in [0, 1]")
         }
@@ -1192,6 +1212,37 @@ mod tests {
                 assert!(grads.get(frozen.bias()).is_none(), "{dtype:?} {joined}");
             }
         }
+        Ok(())
+    }
+
+    #[test]
+    fn bfloat16_parameters_are_refused_clearly() -> Result<()> {
+        let dev = Device::Cpu;
+        let f = |d: DType| Tensor::ones(3, d, &dev);
+        for (w, stat) in [
+            (DType::BF16, DType::BF16),
+            (DType::F16, DType::F16),
+            (DType::F32, DType::BF16),
+            (DType::F32, DType::F64),
+        ] {
+            let Err(err) = BatchNorm::new(f(stat)?, f(stat)?, f(w)?, f(w)?, 1e-5, 0.1) else {
+                panic!("{w:?} {stat:?} accepted")
+            };
+            let err = err.to_string();
+            assert!(
+                err.contains("must be float32") && err.contains("autocast"),
+                "{err}"
+            );
+        }
+        assert!(BatchNorm::new(
+            f(DType::F64)?,
+            f(DType::F64)?,
+            f(DType::F64)?,
+            f(DType::F64)?,
+            1e-5,
+            0.1
+        )
+        .is_ok());
         Ok(())
     }
 
