@@ -245,7 +245,13 @@ pub(super) fn tensor_step(
             grad = (grad + (&param * c.weight_decay)?)?;
         }
     }
-    let exp_avg = (exp_avg + ((&grad - exp_avg)? * (1.0 - c.beta1))?)?;
+    // `exp_avg.lerp_(grad, 1 - beta1)` as PyTorch's `lerp` computes it (`Lerp.h`): from the
+    // nearer end, with the weight in float32.
+    let w = (1.0 - c.beta1) as f32;
+    let exp_avg = match w < 0.5 {
+        true => (exp_avg + ((&grad - exp_avg)? * f64::from(w))?)?,
+        false => (&grad - ((&grad - exp_avg)? * f64::from(1.0 - w))?)?,
+    };
     let exp_avg_sq = ((exp_avg_sq * c.beta2)? + ((&grad * (1.0 - c.beta2))? * &grad)?)?;
     let bias_correction1 = 1.0 - c.beta1.powf(step as f64);
     let bias_correction2 = 1.0 - c.beta2.powf(step as f64);

@@ -139,7 +139,13 @@ impl Step {
                 Some(false) => g += param * self.weight_decay + 0.0,
                 None => {}
             }
-            let m1 = *m + ((g - *m) * self.one_minus_beta1 + 0.0);
+            // `exp_avg.lerp_(grad, 1 - beta1)` as PyTorch's `lerp` computes it: from the
+            // nearer end (`Lerp.h`), so that a weight of 1 (beta1 = 0) gives the gradient itself.
+            let w = self.one_minus_beta1;
+            let m1 = match w < 0.5 {
+                true => *m + ((g - *m) * w + 0.0),
+                false => g - ((g - *m) * (1.0 - w) + 0.0),
+            };
             let v1 = (*v * self.beta2 + 0.0) + ((g * self.one_minus_beta2 + 0.0) * g);
             let denom = (v1.sqrt() / self.sqrt_bc2) * 1.0 + self.eps;
             let update = (m1 * self.neg_step_size + 0.0) / denom;
@@ -300,9 +306,18 @@ mod tests {
     use super::*;
 
     /// Every kind of Adam the tests step: plain, with L2 weight decay, AdamW.
-    fn adam_kinds() -> [AdamConfig; 3] {
+    fn adam_kinds() -> [AdamConfig; 5] {
         [
             AdamConfig::adam(1e-3),
+            // Lerp weights 1 - beta1 of 0.6 and 1: PyTorch's `lerp` from the gradient's end.
+            AdamConfig {
+                beta1: 0.4,
+                ..AdamConfig::adam(1e-3)
+            },
+            AdamConfig {
+                beta1: 0.0,
+                ..AdamConfig::adamw(0.1)
+            },
             AdamConfig {
                 weight_decay: 0.1,
                 ..AdamConfig::adam(0.05)
@@ -421,6 +436,26 @@ mod tests {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// `exp_avg.lerp_(grad, 1 - beta1)` as PyTorch computes it: with beta1 = 0 (a weight of 1)
+    /// the first moment is the gradient itself, whatever it was (`m + (g - m) * 1` rounds), in
+    /// the fused step and in the whole-tensor one.
+    #[test]
+    fn adam_first_moment_with_beta1_zero_is_the_gradient() -> Result<()> {
+        let c = AdamConfig {
+            beta1: 0.0,
+            ..AdamConfig::adam(1e-3)
+        };
+        let g: Vec<f32> = (0..64).map(|i| (i as f32 * 0.37).sin() * 1e-3).collect();
+        let m0: Vec<f32> = (0..64).map(|i| (i as f32 * 0.91).cos() * 7.3).collect();
+        let (mut p, mut m, mut v) = (vec![1.0f32; 64], m0.clone(), vec![1e-6f32; 64]);
+        Step::new(&c, 2).run(&mut p, &g, &mut m, &mut v);
+        assert_eq!(m, g);
+        let t = |v: &[f32]| Tensor::from_slice(v, v.len(), &Device::Cpu);
+        let (_, m2, _) = tensor_step(&c, 2, &t(&[1.0; 64])?, &t(&g)?, &t(&m0)?, &t(&[1e-6; 64])?)?;
+        assert_eq!(m2.to_vec1::<f32>()?, g);
         Ok(())
     }
 

@@ -107,7 +107,9 @@ extern "C" __global__ void adam_f32(const __grid_constant__ Tensors t, const flo
         const bool has = (flags & ADAM_HAS_MOMENTS) != 0;
         float avg = has ? in0[i] : 0.0f;
         float sq = has ? in1[i] : 0.0f;
-        avg = __fadd_rn(avg, scaled(__fsub_rn(g, avg), s.v[1]));
+        // PyTorch's lerp (Lerp.h): from the nearer end.
+        avg = s.v[1] < 0.5f ? __fadd_rn(avg, scaled(__fsub_rn(g, avg), s.v[1]))
+                            : __fsub_rn(g, scaled(__fsub_rn(g, avg), __fsub_rn(1.0f, s.v[1])));
         sq = __fadd_rn(scaled(sq, s.v[2]), __fmul_rn(scaled(g, s.v[3]), g));
         const float denom = __fmaf_rn(__fdiv_rn(__fsqrt_rn(sq), s.v[4]), 1.0f, s.v[5]);
         out0[i] = avg;

@@ -319,11 +319,19 @@ fn flat_updates_of_more_tensors_than_one_launch_takes_equal_the_per_tensor_ones(
 
 #[test]
 fn flat_adam_and_adamw_equal_the_per_tensor_update_bit_for_bit() -> Result<()> {
-    let makes: [Make; 4] = [
+    let makes: [Make; 5] = [
         |p, u| {
             Ok(Box::new(
                 Adam::new(p, AdamConfig::adam(0.01))?.with_update(u),
             ))
+        },
+        // A lerp weight 1 - beta1 of at least 0.5: PyTorch's `lerp` from the gradient's end.
+        |p, u| {
+            let c = AdamConfig {
+                beta1: 0.3,
+                ..AdamConfig::adam(0.01)
+            };
+            Ok(Box::new(Adam::new(p, c)?.with_update(u)))
         },
         |p, u| {
             let c = AdamConfig {
