@@ -7,6 +7,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
 use super::flat::{self, GroupKey, Update};
+use super::rounding::Rounding;
 use super::{buffers_of, check_hyper, fused, restore_like, NamedVar, Optimizer};
 
 /// Adam's hyper-parameters, PyTorch's names and defaults.
@@ -69,6 +70,8 @@ pub struct Adam {
     params: Vec<Param>,
     config: AdamConfig,
     update: Update,
+    /// How the fused CPU step rounds a product added to a value: as PyTorch on this CPU.
+    rounding: Rounding,
     flat: flat::Cache,
 }
 
@@ -101,6 +104,7 @@ impl Adam {
             params,
             config,
             update,
+            rounding: Rounding::of_this_cpu(),
             flat: flat::Cache::default(),
         })
     }
@@ -110,6 +114,14 @@ impl Adam {
     pub fn with_update(mut self, update: Update) -> Self {
         self.update = update;
         self.flat.clear();
+        self
+    }
+
+    /// The same optimizer with its fused CPU step rounding as `rounding` says (tests compare
+    /// it with the CUDA kernel and Candle's operations, which round twice).
+    #[cfg(test)]
+    pub(crate) fn with_rounding(mut self, rounding: Rounding) -> Self {
+        self.rounding = rounding;
         self
     }
 
@@ -130,7 +142,15 @@ impl Adam {
             };
             let step = m.step + 1;
             if fused::applies(&p.var, grad) {
-                fused::step(&c, step, &p.var, grad, &m.exp_avg, &m.exp_avg_sq)?;
+                fused::step(
+                    &c,
+                    self.rounding,
+                    step,
+                    &p.var,
+                    grad,
+                    &m.exp_avg,
+                    &m.exp_avg_sq,
+                )?;
                 p.moments = Some(Moments { step, ..m });
                 continue;
             }
@@ -199,8 +219,18 @@ impl Adam {
                         Some(m) => m,
                         None => (grad.zeros_like()?, grad.zeros_like()?),
                     };
-                    let (param, exp_avg, exp_avg_sq) =
-                        tensor_step(&self.config, step, &param, &grad, &exp_avg, &exp_avg_sq)?;
+                    // f32 on the CPU: the fused step, in place (the flat moments are this
+                    // optimizer's own), rounding as the per-tensor update does.
+                    let (param, exp_avg, exp_avg_sq) = match flat::fused_var(&param, &grad)? {
+                        Some(var) => {
+                            let (c, r) = (&self.config, self.rounding);
+                            fused::step(c, r, step, &var, &grad, &exp_avg, &exp_avg_sq)?;
+                            (var.into_inner(), exp_avg, exp_avg_sq)
+                        }
+                        None => {
+                            tensor_step(&self.config, step, &param, &grad, &exp_avg, &exp_avg_sq)?
+                        }
+                    };
                     flat::scatter(&param, vars.iter().copied())?;
                     (exp_avg, exp_avg_sq)
                 }

@@ -66,6 +66,21 @@ impl<K> GroupKey<K> {
     }
 }
 
+/// The flat parameter `param` as a variable for the fused CPU step (`fused.rs`), where it and
+/// its flat gradient are f32 on the CPU (a copy of `param`, which the step updates in place).
+pub(super) fn fused_var(param: &Tensor, grad: &Tensor) -> Result<Option<Var>> {
+    if !param.device().is_cpu() || param.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    // A group of one 1-D parameter gathers into that parameter's own variable, which
+    // `Var::from_tensor` would share rather than copy.
+    let var = match param.is_variable() {
+        true => Var::from_tensor(&param.copy()?)?,
+        false => Var::from_tensor(param)?,
+    };
+    Ok(super::fused::applies(&var, grad).then_some(var))
+}
+
 /// The indices of `keyed` in groups of equal keys, each in the order given, the groups in the
 /// order of their first member.
 pub(super) fn partition<K: PartialEq>(keyed: Vec<(usize, K)>) -> Vec<(K, Vec<usize>)> {

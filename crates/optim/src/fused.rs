@@ -1,8 +1,10 @@
 //! Adam's and SGD's updates as one pass over contiguous f32 CPU tensors, in place: parameter,
-//! optimizer state and gradient read once, each element computed with the very f32 operations,
-//! in the same order, as the tensor-by-tensor formulations in [`super::Adam`] and
-//! [`super::Sgd`] (about twelve and four to seven whole-tensor Candle operations, each into a
-//! fresh buffer, on the calling thread). Element-wise, in chunks across the thread pool, so the
+//! optimizer state and gradient read once, each element computed with PyTorch's single-tensor
+//! operations in its order (`torch.optim.SGD`, `Adam`, `AdamW` on the CPU), a product added to a
+//! value rounded as PyTorch's kernels on this CPU round it ([`Rounding`]). Rounded twice, the
+//! result is that of the tensor-by-tensor formulations in [`super::Adam`] and [`super::Sgd`]
+//! (about twelve and four to seven whole-tensor Candle operations, each into a fresh buffer, on
+//! the calling thread) bit for bit. Element-wise, in chunks across the thread pool, so the
 //! result does not depend on the number of threads.
 
 use std::sync::Mutex;
@@ -11,6 +13,7 @@ use anyhow::{bail, Result};
 use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Tensor, Var};
 use rayon::prelude::*;
 
+use super::rounding::{with_fma, Rounding};
 use super::{AdamConfig, SgdConfig};
 
 /// Elements per chunk of the parallel pass; shorter tensors run on the caller.
@@ -89,9 +92,10 @@ impl<F: FnOnce(&mut [f32]) -> Result<()> + Send> InplaceOp1 for Mutate<F> {
     }
 }
 
-/// The constants of one step, in f32 as Candle's scalar operations round them.
+/// The constants of one step, in f32 as PyTorch's and Candle's scalar operations round them.
 #[derive(Clone, Copy)]
 struct Step {
+    rounding: Rounding,
     weight_decay: f32,
     decay: Option<bool>,
     shrink: f32,
@@ -104,10 +108,11 @@ struct Step {
 }
 
 impl Step {
-    fn new(c: &AdamConfig, step: u64) -> Self {
+    fn new(c: &AdamConfig, step: u64, rounding: Rounding) -> Self {
         let bias_correction1 = 1.0 - c.beta1.powf(step as f64);
         let bias_correction2 = 1.0 - c.beta2.powf(step as f64);
         Self {
+            rounding,
             weight_decay: c.weight_decay as f32,
             decay: (c.weight_decay != 0.0).then_some(c.decoupled),
             shrink: (1.0 - c.lr * c.weight_decay) as f32,
@@ -120,35 +125,66 @@ impl Step {
         }
     }
 
-    /// One chunk: `x * a + b` is Candle's `affine`, which its scalar operations use.
+    /// One chunk.
     fn run(self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
-        layers::wide::run(
-            #[inline(always)]
-            || self.run_any(p, g, m, v),
-        )
+        match self.rounding {
+            Rounding::Once => with_fma(
+                #[inline(always)]
+                || self.run_any::<true>(p, g, m, v),
+            ),
+            Rounding::Twice => layers::wide::run(
+                #[inline(always)]
+                || self.run_any::<false>(p, g, m, v),
+            ),
+        }
     }
 
-    /// [`Self::run`] as compiled for any CPU (inlined into its AVX-512 copy).
+    /// [`Self::run`] as compiled for any CPU (inlined into its AVX-512 and FMA copies), with
+    /// `a * b + c` rounded once where `ONCE`. PyTorch's operations: `param.mul_(1 - lr *
+    /// weight_decay)` (AdamW) or `grad = grad.add(param, alpha=weight_decay)`,
+    /// `exp_avg.lerp_(grad, 1 - beta1)`, `exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 -
+    /// beta2)`, `denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)`,
+    /// `param.addcdiv_(exp_avg, denom, value=-step_size)`. Rounded twice, they are those of
+    /// Candle's tensor operations in [`super::adam::tensor_step`], whose `affine` (`x * a + b`,
+    /// its product with a scalar) adds a `+0.0` (a `-0.0` product becomes `+0.0`).
     #[inline(always)]
-    fn run_any(self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+    fn run_any<const ONCE: bool>(self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
         let rows = p.iter_mut().zip(g).zip(m.iter_mut().zip(v.iter_mut()));
+        let w = self.one_minus_beta1;
         for ((p, &g), (m, v)) in rows {
             let (mut param, mut g) = (*p, g);
-            match self.decay {
-                Some(true) => param = param * self.shrink + 0.0,
-                Some(false) => g += param * self.weight_decay + 0.0,
-                None => {}
+            let (m1, v1, update);
+            if ONCE {
+                match self.decay {
+                    Some(true) => param *= self.shrink,
+                    Some(false) => g = param.mul_add(self.weight_decay, g),
+                    None => {}
+                }
+                // `lerp` (`Lerp.h`, `LerpKernel.cpp`): `fma(w, end - start, start)` for a weight
+                // under 0.5, else `fma(w - 1, end - start, end)`, so that a weight of 1 (beta1 =
+                // 0) gives the gradient itself.
+                m1 = match w < 0.5 {
+                    true => (g - *m).mul_add(w, *m),
+                    false => (g - *m).mul_add(w - 1.0, g),
+                };
+                v1 = (g * self.one_minus_beta2).mul_add(g, *v * self.beta2);
+                let denom = v1.sqrt() / self.sqrt_bc2 + self.eps;
+                update = (m1 * self.neg_step_size) / denom;
+            } else {
+                match self.decay {
+                    Some(true) => param = param * self.shrink + 0.0,
+                    Some(false) => g += param * self.weight_decay + 0.0,
+                    None => {}
+                }
+                // PyTorch's `lerp` from the nearer end, each product and sum rounded.
+                m1 = match w < 0.5 {
+                    true => *m + ((g - *m) * w + 0.0),
+                    false => g - ((g - *m) * (1.0 - w) + 0.0),
+                };
+                v1 = (*v * self.beta2 + 0.0) + ((g * self.one_minus_beta2 + 0.0) * g);
+                let denom = (v1.sqrt() / self.sqrt_bc2) * 1.0 + self.eps;
+                update = (m1 * self.neg_step_size + 0.0) / denom;
             }
-            // `exp_avg.lerp_(grad, 1 - beta1)` as PyTorch's `lerp` computes it: from the
-            // nearer end (`Lerp.h`), so that a weight of 1 (beta1 = 0) gives the gradient itself.
-            let w = self.one_minus_beta1;
-            let m1 = match w < 0.5 {
-                true => *m + ((g - *m) * w + 0.0),
-                false => g - ((g - *m) * (1.0 - w) + 0.0),
-            };
-            let v1 = (*v * self.beta2 + 0.0) + ((g * self.one_minus_beta2 + 0.0) * g);
-            let denom = (v1.sqrt() / self.sqrt_bc2) * 1.0 + self.eps;
-            let update = (m1 * self.neg_step_size + 0.0) / denom;
             *p = param + update;
             *m = m1;
             *v = v1;
@@ -163,6 +199,7 @@ impl Step {
 /// A tensor that is not a contiguous f32 CPU tensor of the parameter's shape.
 pub(super) fn step(
     c: &AdamConfig,
+    rounding: Rounding,
     step: u64,
     var: &Var,
     grad: &Tensor,
@@ -171,7 +208,7 @@ pub(super) fn step(
 ) -> Result<()> {
     let n = var.elem_count();
     check_like(var, [grad, exp_avg, exp_avg_sq], "adam")?;
-    let k = Step::new(c, step);
+    let k = Step::new(c, step, rounding);
     let (g_storage, g_layout) = grad.storage_and_layout();
     let g = f32_values(&g_storage, g_layout, "adam")?;
     with_mut(var.as_tensor(), |p| {
@@ -194,9 +231,11 @@ pub(super) fn step(
     })
 }
 
-/// The constants of one SGD step, in f32 as Candle's scalar operations round them.
+/// The constants of one SGD step, in f32 as PyTorch's and Candle's scalar operations round
+/// them.
 #[derive(Clone, Copy)]
 struct SgdStep {
+    rounding: Rounding,
     weight_decay: Option<f32>,
     momentum: Option<f32>,
     /// `1 - dampening`, where the dampening is not zero.
@@ -206,8 +245,9 @@ struct SgdStep {
 }
 
 impl SgdStep {
-    fn new(c: &SgdConfig) -> Self {
+    fn new(c: &SgdConfig, rounding: Rounding) -> Self {
         Self {
+            rounding,
             weight_decay: (c.weight_decay != 0.0).then_some(c.weight_decay as f32),
             momentum: (c.momentum != 0.0).then_some(c.momentum as f32),
             undamped: (c.dampening != 0.0).then_some((1.0 - c.dampening) as f32),
@@ -218,30 +258,56 @@ impl SgdStep {
 
     /// One chunk; `buf` is empty without momentum, and is written (not read) with `first`.
     fn run(self, p: &mut [f32], g: &[f32], buf: &mut [f32], first: bool) {
-        layers::wide::run(
-            #[inline(always)]
-            || self.run_any(p, g, buf, first),
-        )
+        match self.rounding {
+            Rounding::Once => with_fma(
+                #[inline(always)]
+                || self.run_any::<true>(p, g, buf, first),
+            ),
+            Rounding::Twice => layers::wide::run(
+                #[inline(always)]
+                || self.run_any::<false>(p, g, buf, first),
+            ),
+        }
     }
 
-    /// [`Self::run`] as compiled for any CPU (inlined into its AVX-512 copy).
+    /// [`Self::run`] as compiled for any CPU (inlined into its AVX-512 and FMA copies), with
+    /// `a * b + c` rounded once where `ONCE`. PyTorch's operations: `grad =
+    /// grad.add(param, alpha=weight_decay)`, `buf.mul_(momentum).add_(grad, alpha=1 -
+    /// dampening)` (a clone of the gradient at first), `grad = grad.add(buf, alpha=momentum)`
+    /// (Nesterov), `param.add_(grad, alpha=-lr)`. Rounded twice, they are those of Candle's
+    /// tensor operations in `sgd.rs`, whose products with a scalar add a `+0.0`.
     #[inline(always)]
-    fn run_any(self, p: &mut [f32], g: &[f32], buf: &mut [f32], first: bool) {
-        for (i, (p, &g)) in p.iter_mut().zip(g).enumerate() {
-            let mut d = g;
-            if let Some(wd) = self.weight_decay {
-                d += *p * wd + 0.0;
+    fn run_any<const ONCE: bool>(self, p: &mut [f32], g: &[f32], buf: &mut [f32], first: bool) {
+        // `a * s + c`, rounded once or as Candle's `affine` (`a * s + 0.0`) and a sum.
+        let axpy = |a: f32, s: f32, c: f32| {
+            if ONCE {
+                a.mul_add(s, c)
+            } else {
+                c + (a * s + 0.0)
             }
-            if let Some(m) = self.momentum {
-                let b = match (first, self.undamped) {
-                    (true, _) => d,
-                    (false, None) => (buf[i] * m + 0.0) + d,
-                    (false, Some(u)) => (buf[i] * m + 0.0) + (d * u + 0.0),
-                };
-                buf[i] = b;
-                d = if self.nesterov { d + (b * m + 0.0) } else { b };
+        };
+        let decayed = |p: f32, g: f32| match self.weight_decay {
+            Some(wd) => axpy(p, wd, g),
+            None => g,
+        };
+        let Some(m) = self.momentum else {
+            for (p, &g) in p.iter_mut().zip(g) {
+                *p = axpy(decayed(*p, g), self.neg_lr, *p);
             }
-            *p += d * self.neg_lr + 0.0;
+            return;
+        };
+        // Zipped, not indexed, so that the loop is vectorised.
+        for ((p, &g), buf) in p.iter_mut().zip(g).zip(buf.iter_mut()) {
+            let d = decayed(*p, g);
+            let kept = if ONCE { *buf * m } else { *buf * m + 0.0 };
+            let b = match (first, self.undamped) {
+                (true, _) => d,
+                (false, None) => kept + d,
+                (false, Some(u)) => axpy(d, u, kept),
+            };
+            *buf = b;
+            let d = if self.nesterov { axpy(b, m, d) } else { b };
+            *p = axpy(d, self.neg_lr, *p);
         }
     }
 }
@@ -254,13 +320,14 @@ impl SgdStep {
 /// A gradient or buffer that is not a contiguous f32 CPU tensor of the parameter's shape.
 pub(super) fn sgd_step(
     c: &SgdConfig,
+    rounding: Rounding,
     var: &Var,
     grad: &Tensor,
     buf: Option<Tensor>,
 ) -> Result<Option<Tensor>> {
     let n = var.elem_count();
     check_like(var, std::iter::once(grad).chain(&buf), "sgd")?;
-    let k = SgdStep::new(c);
+    let k = SgdStep::new(c, rounding);
     let (g_storage, g_layout) = grad.storage_and_layout();
     let g = f32_values(&g_storage, g_layout, "sgd")?;
     let pass = |p: &mut [f32], b: &mut [f32], first: bool| {
@@ -360,9 +427,14 @@ mod tests {
         ]
     }
 
-    /// The updates as compiled for AVX-512 (`layers::wide`, where this CPU has it) give the bits
-    /// of the default target's copy (`run_any`), for every kind of Adam and SGD, over lengths
-    /// with and without a vector remainder, with zeros, NaN and infinities among the values.
+    /// Both roundings.
+    const ROUNDINGS: [Rounding; 2] = [Rounding::Once, Rounding::Twice];
+
+    /// The updates as compiled for AVX-512 or FMA (`layers::wide`, `rounding::with_fma`, where
+    /// this CPU has them) give the bits of the default target's copy (`run_any`, whose fused
+    /// multiply-adds are the C library's `fmaf`), for every kind of Adam and SGD in both
+    /// roundings, over lengths with and without a vector remainder, with zeros, NaN and
+    /// infinities among the values.
     #[test]
     fn widened_updates_give_the_default_targets_bits() {
         let mut seed = 0x2545_f491_4f6c_dd1du64;
@@ -385,18 +457,27 @@ mod tests {
             };
             let (p, g, m) = (values(1.0), values(0.1), values(0.01));
             let v: Vec<f32> = values(1e-3).iter().map(|x| x.abs()).collect();
-            for c in adam_kinds() {
-                let k = Step::new(&c, 3);
+            for (c, r) in adam_kinds()
+                .into_iter()
+                .flat_map(|c| ROUNDINGS.map(|r| (c, r)))
+            {
+                let k = Step::new(&c, 3, r);
                 let (mut p1, mut m1, mut v1) = (p.clone(), m.clone(), v.clone());
                 let (mut p2, mut m2, mut v2) = (p.clone(), m.clone(), v.clone());
                 k.run(&mut p1, &g, &mut m1, &mut v1);
-                k.run_any(&mut p2, &g, &mut m2, &mut v2);
+                match r {
+                    Rounding::Once => k.run_any::<true>(&mut p2, &g, &mut m2, &mut v2),
+                    Rounding::Twice => k.run_any::<false>(&mut p2, &g, &mut m2, &mut v2),
+                }
                 for (a, b) in [(&p1, &p2), (&m1, &m2), (&v1, &v2)] {
-                    assert_eq!(bits(a), bits(b), "adam {c:?}, {n} values");
+                    assert_eq!(bits(a), bits(b), "adam {c:?}, {r:?}, {n} values");
                 }
             }
-            for c in sgd_kinds() {
-                let k = SgdStep::new(&c);
+            for (c, r) in sgd_kinds()
+                .into_iter()
+                .flat_map(|c| ROUNDINGS.map(|r| (c, r)))
+            {
+                let k = SgdStep::new(&c, r);
                 for first in [true, false] {
                     let buf = if c.momentum != 0.0 {
                         m.clone()
@@ -406,16 +487,20 @@ mod tests {
                     let (mut p1, mut b1) = (p.clone(), buf.clone());
                     let (mut p2, mut b2) = (p.clone(), buf);
                     k.run(&mut p1, &g, &mut b1, first);
-                    k.run_any(&mut p2, &g, &mut b2, first);
-                    assert_eq!(bits(&p1), bits(&p2), "sgd {c:?}, {n} values, first {first}");
-                    assert_eq!(bits(&b1), bits(&b2), "sgd {c:?}, {n} values, first {first}");
+                    match r {
+                        Rounding::Once => k.run_any::<true>(&mut p2, &g, &mut b2, first),
+                        Rounding::Twice => k.run_any::<false>(&mut p2, &g, &mut b2, first),
+                    }
+                    let what = format!("sgd {c:?}, {r:?}, {n} values, first {first}");
+                    assert_eq!(bits(&p1), bits(&p2), "{what}");
+                    assert_eq!(bits(&b1), bits(&b2), "{what}");
                 }
             }
         }
     }
 
-    /// Five steps of every kind of Adam, fused and as whole-tensor operations, agree bit for
-    /// bit, on a tensor split across threads and on a short one.
+    /// Five steps of every kind of Adam, fused and rounding twice, and as whole-tensor Candle
+    /// operations, agree bit for bit, on a tensor split across threads and on a short one.
     #[test]
     fn fused_steps_equal_the_tensor_formulation() -> Result<()> {
         let dev = Device::Cpu;
@@ -428,7 +513,7 @@ mod tests {
                 for step in 1..=5 {
                     let grad = Tensor::randn(0f32, 1.0, n, &dev)?;
                     assert!(applies(&var, &grad));
-                    super::step(&c, step, &var, &grad, &m, &v)?;
+                    super::step(&c, Rounding::Twice, step, &var, &grad, &m, &v)?;
                     (param, m2, v2) = tensor_step(&c, step, &param, &grad, &m2, &v2)?;
                 }
                 for (a, b) in [(var.as_tensor(), &param), (&m, &m2), (&v, &v2)] {
@@ -450,16 +535,19 @@ mod tests {
         };
         let g: Vec<f32> = (0..64).map(|i| (i as f32 * 0.37).sin() * 1e-3).collect();
         let m0: Vec<f32> = (0..64).map(|i| (i as f32 * 0.91).cos() * 7.3).collect();
-        let (mut p, mut m, mut v) = (vec![1.0f32; 64], m0.clone(), vec![1e-6f32; 64]);
-        Step::new(&c, 2).run(&mut p, &g, &mut m, &mut v);
-        assert_eq!(m, g);
+        for r in ROUNDINGS {
+            let (mut p, mut m, mut v) = (vec![1.0f32; 64], m0.clone(), vec![1e-6f32; 64]);
+            Step::new(&c, 2, r).run(&mut p, &g, &mut m, &mut v);
+            assert_eq!(m, g, "{r:?}");
+        }
         let t = |v: &[f32]| Tensor::from_slice(v, v.len(), &Device::Cpu);
         let (_, m2, _) = tensor_step(&c, 2, &t(&[1.0; 64])?, &t(&g)?, &t(&m0)?, &t(&[1e-6; 64])?)?;
         assert_eq!(m2.to_vec1::<f32>()?, g);
         Ok(())
     }
 
-    /// Six steps of every kind of SGD, fused and as whole-tensor operations, agree bit for bit
+    /// Six steps of every kind of SGD, fused and rounding twice, and as whole-tensor Candle
+    /// operations, agree bit for bit
     /// (parameters and momentum buffers), with the learning rate and momentum changed between
     /// steps, on a tensor split across threads and on a short one.
     #[test]
@@ -482,7 +570,7 @@ mod tests {
                     };
                     let grad = Tensor::randn(0f32, 1.0, n, &dev)?;
                     assert!(applies(&var, &grad));
-                    fused_buf = sgd_step(&c, &var, &grad, fused_buf)?;
+                    fused_buf = sgd_step(&c, Rounding::Twice, &var, &grad, fused_buf)?;
                     (param, buf) = super::super::sgd::tensor_update(&c, &param, &grad, buf)?;
                 }
                 assert_eq!(var.to_vec1::<f32>()?, param.to_vec1::<f32>()?, "{c:?}");
@@ -498,6 +586,152 @@ mod tests {
         Ok(())
     }
 
+    /// PyTorch's single-tensor SGD step on the CPU, one whole-vector operation at a time as its
+    /// Python code runs them, with the kernels of a CPU with FMA: `torch.add(a, b, alpha=s)` is
+    /// `fma(b, s, a)`, scalars are converted to float32 as the kernels take them.
+    fn torch_sgd(c: &SgdConfig, p: &mut Vec<f32>, g: &[f32], buf: &mut Option<Vec<f32>>) {
+        let add = |a: &[f32], b: &[f32], s: f64| -> Vec<f32> {
+            a.iter()
+                .zip(b)
+                .map(|(a, b)| b.mul_add(s as f32, *a))
+                .collect()
+        };
+        let mut grad = g.to_vec();
+        if c.weight_decay != 0.0 {
+            grad = add(&grad, p, c.weight_decay); // grad = grad.add(param, alpha=weight_decay)
+        }
+        if c.momentum != 0.0 {
+            let b = match buf.take() {
+                None => grad.clone(), // torch.clone(grad).detach()
+                Some(b) => {
+                    // buf.mul_(momentum).add_(grad, alpha=1 - dampening)
+                    let b: Vec<f32> = b.iter().map(|b| b * c.momentum as f32).collect();
+                    add(&b, &grad, 1.0 - c.dampening)
+                }
+            };
+            grad = match c.nesterov {
+                true => add(&grad, &b, c.momentum), // grad = grad.add(buf, alpha=momentum)
+                false => b.clone(),
+            };
+            *buf = Some(b);
+        }
+        *p = add(p, &grad, -c.lr); // param.add_(grad, alpha=-lr)
+    }
+
+    /// PyTorch's single-tensor Adam / AdamW step (`_single_tensor_adam`) on the CPU in the same
+    /// way: `lerp_` as `LerpKernel.cpp`'s vector kernel, `addcmul_` as `fma(value * t1, t2,
+    /// self)`, `addcdiv_` as `self + value * t1 / t2`.
+    fn torch_adam(
+        c: &AdamConfig,
+        t: u64,
+        p: &mut [f32],
+        g: &[f32],
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+    ) {
+        let mut grad = g.to_vec();
+        if c.weight_decay != 0.0 {
+            if c.decoupled {
+                let shrink = (1.0 - c.lr * c.weight_decay) as f32; // param.mul_(1 - lr * wd)
+                p.iter_mut().for_each(|p| *p *= shrink);
+            } else {
+                let wd = c.weight_decay as f32; // grad = grad.add(param, alpha=weight_decay)
+                grad = grad
+                    .iter()
+                    .zip(p.iter())
+                    .map(|(g, p)| p.mul_add(wd, *g))
+                    .collect();
+            }
+        }
+        let w = (1.0 - c.beta1) as f32; // exp_avg.lerp_(grad, 1 - beta1)
+        *m = m
+            .iter()
+            .zip(&grad)
+            .map(|(&s, &e)| match w.abs() < 0.5 {
+                true => w.mul_add(e - s, s),
+                false => (w - 1.0).mul_add(e - s, e),
+            })
+            .collect();
+        // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        let value = (1.0 - c.beta2) as f32;
+        *v = v
+            .iter()
+            .zip(&grad)
+            .map(|(&v, &g)| (value * g).mul_add(g, v * c.beta2 as f32))
+            .collect();
+        let bias_correction1 = 1.0 - c.beta1.powf(t as f64);
+        let bias_correction2 = 1.0 - c.beta2.powf(t as f64);
+        let step_size = c.lr / bias_correction1;
+        let bias_correction2_sqrt = bias_correction2.sqrt();
+        // denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+        let denom: Vec<f32> = v
+            .iter()
+            .map(|v| v.sqrt() / bias_correction2_sqrt as f32 + c.eps as f32)
+            .collect();
+        // param.addcdiv_(exp_avg, denom, value=-step_size)
+        let value = -step_size as f32;
+        for ((p, m), d) in p.iter_mut().zip(m.iter()).zip(&denom) {
+            *p += value * m / d;
+        }
+    }
+
+    /// Rounding once, the fused steps are PyTorch's single-tensor steps with its FMA kernels
+    /// ([`torch_sgd`], [`torch_adam`]) bit for bit, over five steps of every kind of SGD and
+    /// Adam, on a tensor split across threads and on a short one; and they differ from the
+    /// steps rounding twice (the switch is not lost on the way).
+    #[test]
+    fn rounding_once_gives_pytorchs_fma_kernels_steps() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut differs = (0, 0);
+        for n in [7, 3 * CHUNK + 5] {
+            let values = |seed: u64, scale: f64| -> Result<Vec<f32>> {
+                let t = Tensor::randn(0f32, 1.0, n, &dev)?;
+                let t = ((t * scale)? + 1e-3 * seed as f64)?;
+                Ok(t.to_vec1::<f32>()?)
+            };
+            let p0 = values(1, 1.0)?;
+            let grads: Vec<Vec<f32>> = (0..5).map(|s| values(s + 2, 0.1)).collect::<Result<_>>()?;
+            let fresh = |p: &[f32]| Var::from_slice(p, n, &dev);
+            for c in sgd_kinds() {
+                let (mut p, mut buf) = (p0.clone(), None);
+                let (once, twice) = (fresh(&p0)?, fresh(&p0)?);
+                let (mut buf_once, mut buf_twice) = (None, None);
+                for g in &grads {
+                    torch_sgd(&c, &mut p, g, &mut buf);
+                    let g = Tensor::from_slice(g, n, &dev)?;
+                    buf_once = sgd_step(&c, Rounding::Once, &once, &g, buf_once)?;
+                    buf_twice = sgd_step(&c, Rounding::Twice, &twice, &g, buf_twice)?;
+                }
+                assert_eq!(once.to_vec1::<f32>()?, p, "{c:?}, {n} values");
+                let b = buf_once.map(|b| b.to_vec1::<f32>()).transpose()?;
+                assert_eq!(b, buf, "{c:?}, {n} values");
+                differs.0 += usize::from(once.to_vec1::<f32>()? != twice.to_vec1::<f32>()?);
+            }
+            for c in adam_kinds() {
+                let (mut p, mut m, mut v) = (p0.clone(), vec![0f32; n], vec![0f32; n]);
+                let (once, twice) = (fresh(&p0)?, fresh(&p0)?);
+                let zeros = || Tensor::zeros(n, DType::F32, &dev);
+                let (m_once, v_once, m_twice, v_twice) = (zeros()?, zeros()?, zeros()?, zeros()?);
+                for (t, g) in (1..).zip(&grads) {
+                    torch_adam(&c, t, &mut p, g, &mut m, &mut v);
+                    let g = Tensor::from_slice(g, n, &dev)?;
+                    step(&c, Rounding::Once, t, &once, &g, &m_once, &v_once)?;
+                    step(&c, Rounding::Twice, t, &twice, &g, &m_twice, &v_twice)?;
+                }
+                assert_eq!(once.to_vec1::<f32>()?, p, "{c:?}, {n} values");
+                assert_eq!(m_once.to_vec1::<f32>()?, m, "{c:?}, {n} values");
+                assert_eq!(v_once.to_vec1::<f32>()?, v, "{c:?}, {n} values");
+                differs.1 += usize::from(once.to_vec1::<f32>()? != twice.to_vec1::<f32>()?);
+            }
+        }
+        // On the long tensor every kind differs somewhere between the two roundings.
+        assert!(
+            differs.0 >= sgd_kinds().len() && differs.1 >= adam_kinds().len(),
+            "{differs:?}"
+        );
+        Ok(())
+    }
+
     #[test]
     fn a_gradient_of_another_shape_is_an_error() -> Result<()> {
         let dev = Device::Cpu;
@@ -505,7 +739,8 @@ mod tests {
         let grad = Tensor::zeros(5, DType::F32, &dev)?;
         assert!(!applies(&var, &grad));
         let m = Tensor::zeros(4, DType::F32, &dev)?;
-        assert!(step(&AdamConfig::adam(0.1), 1, &var, &grad, &m, &m.copy()?).is_err());
+        let c = AdamConfig::adam(0.1);
+        assert!(step(&c, Rounding::Once, 1, &var, &grad, &m, &m.copy()?).is_err());
         Ok(())
     }
 }

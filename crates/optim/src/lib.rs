@@ -36,10 +36,17 @@
 //! written out here, one small file per algorithm, following PyTorch's single-tensor code path
 //! (the one PyTorch takes on CPU) operation by operation.
 //!
-//! Each optimizer updates either tensor by tensor (on the CPU, where Adam's f32 tensors take
-//! one fused in-place pass each) or, on a GPU, all parameters of a dtype at once over flat
-//! tensors, as PyTorch's `foreach` / `fused` implementations do ([`Update`]); both give the
-//! same bits.
+//! Each optimizer updates either tensor by tensor (on the CPU, where f32 tensors take one fused
+//! in-place pass each) or, on a GPU, all parameters of a dtype at once over flat tensors, as
+//! PyTorch's `foreach` / `fused` implementations do ([`Update`]); both give the same bits.
+//!
+//! On the CPU a product added to a value (`param.add_(grad, alpha=-lr)`, `lerp_`, `addcmul_`)
+//! is rounded as PyTorch's CPU kernels round it on the same machine: once, as a fused
+//! multiply-add, on an x86-64 with AVX2 and FMA and on ARM (PyTorch's `AVX2` and `AVX512`
+//! kernels, and its ARM ones), twice on other CPUs or where `ATEN_CPU_CAPABILITY=default` is set
+//! (PyTorch's variable for its portable kernels). So SGD's steps equal PyTorch's bit for bit;
+//! Adam's differ where PyTorch's `sqrt` (MKL's) is not correctly rounded, one float32 value in
+//! about 150. The CUDA kernel, and Candle's tensor operations for other dtypes, round twice.
 
 mod adam;
 #[cfg(feature = "cuda")]
@@ -51,6 +58,7 @@ mod host;
 pub mod lr_scheduler;
 #[cfg(any(feature = "cuda", feature = "cuda-emulation"))]
 mod multi_tensor;
+mod rounding;
 mod sgd;
 
 pub use adam::{Adam, AdamConfig};

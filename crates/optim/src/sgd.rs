@@ -7,6 +7,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
 use super::flat::{self, GroupKey, Update};
+use super::rounding::Rounding;
 use super::{buffers_of, check_hyper, fused, restore_like, NamedVar, Optimizer};
 
 /// SGD's hyper-parameters, PyTorch's names and defaults.
@@ -62,6 +63,8 @@ pub struct Sgd {
     params: Vec<Param>,
     config: SgdConfig,
     update: Update,
+    /// How the fused CPU step rounds a product added to a value: as PyTorch on this CPU.
+    rounding: Rounding,
     flat: flat::Cache,
 }
 
@@ -102,6 +105,7 @@ impl Sgd {
             params,
             config,
             update,
+            rounding: Rounding::of_this_cpu(),
             flat: flat::Cache::default(),
         })
     }
@@ -111,6 +115,14 @@ impl Sgd {
     pub fn with_update(mut self, update: Update) -> Self {
         self.update = update;
         self.flat.clear();
+        self
+    }
+
+    /// The same optimizer with its fused CPU step rounding as `rounding` says (tests compare
+    /// it with the CUDA kernel and Candle's operations, which round twice).
+    #[cfg(test)]
+    pub(crate) fn with_rounding(mut self, rounding: Rounding) -> Self {
+        self.rounding = rounding;
         self
     }
 
@@ -124,7 +136,8 @@ impl Sgd {
                 .is_none_or(|b| fused::applies(&p.var, b) && b.device().is_cpu());
             if fused::applies(&p.var, grad) && buf_fits {
                 let buf = p.momentum_buffer.take();
-                p.momentum_buffer = fused::sgd_step(&self.config, &p.var, grad, buf)?;
+                p.momentum_buffer =
+                    fused::sgd_step(&self.config, self.rounding, &p.var, grad, buf)?;
                 continue;
             }
             let (param, buf) = update(
@@ -171,7 +184,18 @@ impl Sgd {
                 _ => {
                     let grad = flat::gather(grads.iter().copied())?;
                     let param = flat::gather(vars.iter().map(|v| v.as_tensor()))?;
-                    let (param, buf) = update(&self.config, &param, &grad, buf)?;
+                    // f32 on the CPU: the fused step, in place (the flat buffer is this
+                    // optimizer's own), rounding as the per-tensor update does.
+                    let var = flat::fused_var(&param, &grad)?;
+                    let var = var.filter(|v| buf.as_ref().is_none_or(|b| fused::applies(v, b)));
+                    let (param, buf) = match var {
+                        Some(var) => {
+                            let (c, r) = (&self.config, self.rounding);
+                            let buf = fused::sgd_step(c, r, &var, &grad, buf)?;
+                            (var.into_inner(), buf)
+                        }
+                        None => update(&self.config, &param, &grad, buf)?,
+                    };
                     flat::scatter(&param, vars.iter().copied())?;
                     buf
                 }

@@ -6,6 +6,7 @@
 use anyhow::Result;
 use candle_core::{Device, Tensor, Var};
 
+use super::super::rounding::Rounding;
 use super::super::{Adam, AdamConfig, NamedVar, Optimizer, Sgd, SgdConfig};
 use super::*;
 
@@ -94,7 +95,22 @@ fn state_bits(opt: &dyn Optimizer) -> Result<Vec<(String, String, Vec<u8>)>> {
     Ok(out)
 }
 
-type Make = fn(Vec<NamedVar>, Update) -> Result<Box<dyn Optimizer>>;
+type Make = fn(Vec<NamedVar>, Update, Rounding) -> Result<Box<dyn Optimizer>>;
+
+/// Where the flat step runs the CUDA kernel (on a CUDA device in a `cuda` build, on the CPU
+/// with `cuda-emulation`).
+fn kernel_runs(d: &Device) -> bool {
+    (d.is_cuda() && cfg!(feature = "cuda")) || (d.is_cpu() && cfg!(feature = "cuda-emulation"))
+}
+
+/// The roundings to compare the updates in on `dev`: the CUDA kernel's and Candle's (twice)
+/// where the flat step runs the kernel, else both of the fused CPU step's.
+fn roundings(dev: &Device) -> Vec<Rounding> {
+    match kernel_runs(dev) {
+        true => vec![Rounding::Twice],
+        false => vec![Rounding::Once, Rounding::Twice],
+    }
+}
 
 /// On a CUDA device (in a `cuda` build), and on the CPU with `cuda-emulation`, the flat step of
 /// `params` with these gradients runs as the one-launch kernel (`multi_tensor.rs`), so
@@ -104,9 +120,6 @@ fn assert_one_launch(params: &[NamedVar], grads: &candle_core::backprop::GradSto
         .iter()
         .filter_map(|(_, v)| grads.get(v.as_tensor()).map(|g| (v, g)))
         .unzip();
-    let kernel_runs = |d: &Device| {
-        (d.is_cuda() && cfg!(feature = "cuda")) || (d.is_cpu() && cfg!(feature = "cuda-emulation"))
-    };
     if vars.first().is_some_and(|v| kernel_runs(v.device())) {
         assert!(
             one_launch(&vars, &grads),
@@ -120,15 +133,17 @@ fn assert_one_launch(params: &[NamedVar], grads: &candle_core::backprop::GradSto
 /// rate and momentum every step (momentum 0 in step 4). Then both states resume both ways.
 fn same_both_ways(make: Make, steps: usize) -> Result<()> {
     for dev in devices()? {
-        same_both_ways_on(make, steps, &dev)?;
+        for r in roundings(&dev) {
+            same_both_ways_on(make, steps, &dev, r)?;
+        }
     }
     Ok(())
 }
 
-fn same_both_ways_on(make: Make, steps: usize, dev: &Device) -> Result<()> {
+fn same_both_ways_on(make: Make, steps: usize, dev: &Device, r: Rounding) -> Result<()> {
     let (a, b) = (params(dev)?, params(dev)?);
-    let mut per_tensor = make(a.clone(), Update::PerTensor)?;
-    let mut flat = make(b.clone(), Update::Flat)?;
+    let mut per_tensor = make(a.clone(), Update::PerTensor, r)?;
+    let mut flat = make(b.clone(), Update::Flat, r)?;
     let lr = per_tensor.learning_rate();
     let momentum = per_tensor.momentum();
     for step in 1..=steps {
@@ -180,7 +195,7 @@ fn same_both_ways_on(make: Make, steps: usize, dev: &Device) -> Result<()> {
             .iter()
             .map(|(n, v)| Ok((n.clone(), Var::from_tensor(&v.as_tensor().copy()?)?)))
             .collect::<Result<_>>()?;
-        let mut opt = make(resumed.clone(), update)?;
+        let mut opt = make(resumed.clone(), update, r)?;
         opt.load_state(&saved)?;
         opt.set_learning_rate(lr);
         opt.set_momentum(momentum);
@@ -200,32 +215,38 @@ fn same_both_ways_on(make: Make, steps: usize, dev: &Device) -> Result<()> {
 #[test]
 fn flat_sgd_equals_the_per_tensor_update_bit_for_bit() -> Result<()> {
     let makes: [Make; 4] = [
-        |p, u| Ok(Box::new(Sgd::new(p, SgdConfig::new(0.1))?.with_update(u))),
-        |p, u| {
+        |p, u, r| {
+            Ok(Box::new(
+                Sgd::new(p, SgdConfig::new(0.1))?
+                    .with_update(u)
+                    .with_rounding(r),
+            ))
+        },
+        |p, u, r| {
             let c = SgdConfig {
                 momentum: 0.9,
                 weight_decay: 5e-4,
                 ..SgdConfig::new(0.05)
             };
-            Ok(Box::new(Sgd::new(p, c)?.with_update(u)))
+            Ok(Box::new(Sgd::new(p, c)?.with_update(u).with_rounding(r)))
         },
-        |p, u| {
+        |p, u, r| {
             let c = SgdConfig {
                 momentum: 0.8,
                 dampening: 0.3,
                 weight_decay: 0.01,
                 ..SgdConfig::new(0.1)
             };
-            Ok(Box::new(Sgd::new(p, c)?.with_update(u)))
+            Ok(Box::new(Sgd::new(p, c)?.with_update(u).with_rounding(r)))
         },
-        |p, u| {
+        |p, u, r| {
             let c = SgdConfig {
                 momentum: 0.9,
                 nesterov: true,
                 weight_decay: 0.01,
                 ..SgdConfig::new(0.1)
             };
-            Ok(Box::new(Sgd::new(p, c)?.with_update(u)))
+            Ok(Box::new(Sgd::new(p, c)?.with_update(u).with_rounding(r)))
         },
     ];
     for make in makes {
@@ -240,34 +261,36 @@ fn flat_sgd_equals_the_per_tensor_update_bit_for_bit() -> Result<()> {
 #[test]
 fn flat_updates_of_more_tensors_than_one_launch_takes_equal_the_per_tensor_ones() -> Result<()> {
     let makes: [Make; 3] = [
-        |p, u| {
+        |p, u, r| {
             let c = SgdConfig {
                 momentum: 0.9,
                 nesterov: true,
                 weight_decay: 5e-4,
                 ..SgdConfig::new(0.05)
             };
-            Ok(Box::new(Sgd::new(p, c)?.with_update(u)))
+            Ok(Box::new(Sgd::new(p, c)?.with_update(u).with_rounding(r)))
         },
-        |p, u| {
+        |p, u, r| {
             let c = AdamConfig {
                 weight_decay: 0.02,
                 ..AdamConfig::adamw(0.01)
             };
-            Ok(Box::new(Adam::new(p, c)?.with_update(u)))
+            Ok(Box::new(Adam::new(p, c)?.with_update(u).with_rounding(r)))
         },
-        |p, u| {
+        |p, u, r| {
             let c = AdamConfig {
                 weight_decay: 0.1,
                 ..AdamConfig::adam(0.05)
             };
-            Ok(Box::new(Adam::new(p, c)?.with_update(u)))
+            Ok(Box::new(Adam::new(p, c)?.with_update(u).with_rounding(r)))
         },
     ];
-    for (dev, make) in devices()?
-        .into_iter()
-        .flat_map(|d| makes.map(|m| (d.clone(), m)))
-    {
+    let runs = devices()?.into_iter().flat_map(|d| {
+        let rs = roundings(&d);
+        rs.into_iter()
+            .flat_map(move |r| makes.map(|m| (d.clone(), m, r)))
+    });
+    for (dev, make, r) in runs {
         let tensors = |dev: &Device| -> Result<Vec<NamedVar>> {
             (0..70)
                 .map(|i| {
@@ -284,8 +307,8 @@ fn flat_updates_of_more_tensors_than_one_launch_takes_equal_the_per_tensor_ones(
                 .collect()
         };
         let (a, b) = (tensors(&dev)?, tensors(&dev)?);
-        let mut per_tensor = make(a.clone(), Update::PerTensor)?;
-        let mut flat = make(b.clone(), Update::Flat)?;
+        let mut per_tensor = make(a.clone(), Update::PerTensor, r)?;
+        let mut flat = make(b.clone(), Update::Flat, r)?;
         let loss = |params: &[NamedVar], step: usize| -> Result<Tensor> {
             let mut total = Tensor::zeros((), candle_core::DType::F32, &dev)?;
             for (i, (_, v)) in params.iter().enumerate() {
@@ -303,7 +326,7 @@ fn flat_updates_of_more_tensors_than_one_launch_takes_equal_the_per_tensor_ones(
                 assert_eq!(
                     bits(x.as_tensor())?,
                     bits(y.as_tensor())?,
-                    "{name} after step {step} on {:?}",
+                    "{name} after step {step} on {:?}, rounding {r:?}",
                     dev.location()
                 );
             }
@@ -320,39 +343,43 @@ fn flat_updates_of_more_tensors_than_one_launch_takes_equal_the_per_tensor_ones(
 #[test]
 fn flat_adam_and_adamw_equal_the_per_tensor_update_bit_for_bit() -> Result<()> {
     let makes: [Make; 5] = [
-        |p, u| {
+        |p, u, r| {
             Ok(Box::new(
-                Adam::new(p, AdamConfig::adam(0.01))?.with_update(u),
+                Adam::new(p, AdamConfig::adam(0.01))?
+                    .with_update(u)
+                    .with_rounding(r),
             ))
         },
         // A lerp weight 1 - beta1 of at least 0.5: PyTorch's `lerp` from the gradient's end.
-        |p, u| {
+        |p, u, r| {
             let c = AdamConfig {
                 beta1: 0.3,
                 ..AdamConfig::adam(0.01)
             };
-            Ok(Box::new(Adam::new(p, c)?.with_update(u)))
+            Ok(Box::new(Adam::new(p, c)?.with_update(u).with_rounding(r)))
         },
-        |p, u| {
+        |p, u, r| {
             let c = AdamConfig {
                 weight_decay: 0.1,
                 ..AdamConfig::adam(0.05)
             };
-            Ok(Box::new(Adam::new(p, c)?.with_update(u)))
+            Ok(Box::new(Adam::new(p, c)?.with_update(u).with_rounding(r)))
         },
-        |p, u| {
+        |p, u, r| {
             Ok(Box::new(
-                Adam::new(p, AdamConfig::adamw(0.1))?.with_update(u),
+                Adam::new(p, AdamConfig::adamw(0.1))?
+                    .with_update(u)
+                    .with_rounding(r),
             ))
         },
-        |p, u| {
+        |p, u, r| {
             let c = AdamConfig {
                 weight_decay: 0.5,
                 eps: 0.1,
                 beta2: 0.99,
                 ..AdamConfig::adamw(0.05)
             };
-            Ok(Box::new(Adam::new(p, c)?.with_update(u)))
+            Ok(Box::new(Adam::new(p, c)?.with_update(u).with_rounding(r)))
         },
     ];
     for make in makes {
