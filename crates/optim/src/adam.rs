@@ -288,7 +288,7 @@ pub(super) fn tensor_step(
     let step_size = c.lr / bias_correction1;
     let denom = (exp_avg_sq
         .sqrt()?
-        .broadcast_div(&scalar_like(bias_correction2.sqrt(), &grad)?)?
+        .broadcast_div(&scalar_like(bias_correction2.powf(0.5), &grad)?)?
         + c.eps)?;
     let update = ((&exp_avg * -step_size)? / denom)?;
     Ok(((param + update)?, exp_avg, exp_avg_sq))

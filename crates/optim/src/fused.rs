@@ -119,7 +119,8 @@ impl Step {
             one_minus_beta1: (1.0 - c.beta1) as f32,
             beta2: c.beta2 as f32,
             one_minus_beta2: (1.0 - c.beta2) as f32,
-            sqrt_bc2: bias_correction2.sqrt() as f32,
+            // Python's `bias_correction2 ** 0.5` (C's `pow`, not always `sqrt`'s double).
+            sqrt_bc2: bias_correction2.powf(0.5) as f32,
             eps: c.eps as f32,
             neg_step_size: (-(c.lr / bias_correction1)) as f32,
         }
@@ -144,9 +145,9 @@ impl Step {
     /// weight_decay)` (AdamW) or `grad = grad.add(param, alpha=weight_decay)`,
     /// `exp_avg.lerp_(grad, 1 - beta1)`, `exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 -
     /// beta2)`, `denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)`,
-    /// `param.addcdiv_(exp_avg, denom, value=-step_size)`. Rounded twice, they are those of
-    /// Candle's tensor operations in [`super::adam::tensor_step`], whose `affine` (`x * a + b`,
-    /// its product with a scalar) adds a `+0.0` (a `-0.0` product becomes `+0.0`).
+    /// `param.addcdiv_(exp_avg, denom, value=-step_size)`. Rounded twice, they are also those
+    /// of Candle's tensor operations in [`super::adam::tensor_step`] but for the sign of zeros:
+    /// Candle's product with a scalar (`affine`, `x * a + 0.0`) turns a `-0.0` into `+0.0`.
     #[inline(always)]
     fn run_any<const ONCE: bool>(self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
         let rows = p.iter_mut().zip(g).zip(m.iter_mut().zip(v.iter_mut()));
@@ -172,18 +173,18 @@ impl Step {
                 update = (m1 * self.neg_step_size) / denom;
             } else {
                 match self.decay {
-                    Some(true) => param = param * self.shrink + 0.0,
-                    Some(false) => g += param * self.weight_decay + 0.0,
+                    Some(true) => param *= self.shrink,
+                    Some(false) => g += param * self.weight_decay,
                     None => {}
                 }
                 // PyTorch's `lerp` from the nearer end, each product and sum rounded.
                 m1 = match w < 0.5 {
-                    true => *m + ((g - *m) * w + 0.0),
-                    false => g - ((g - *m) * (1.0 - w) + 0.0),
+                    true => *m + (g - *m) * w,
+                    false => g - (g - *m) * (1.0 - w),
                 };
-                v1 = (*v * self.beta2 + 0.0) + ((g * self.one_minus_beta2 + 0.0) * g);
-                let denom = (v1.sqrt() / self.sqrt_bc2) * 1.0 + self.eps;
-                update = (m1 * self.neg_step_size + 0.0) / denom;
+                v1 = *v * self.beta2 + (g * self.one_minus_beta2) * g;
+                let denom = v1.sqrt() / self.sqrt_bc2 + self.eps;
+                update = (m1 * self.neg_step_size) / denom;
             }
             *p = param + update;
             *m = m1;
@@ -274,18 +275,13 @@ impl SgdStep {
     /// `a * b + c` rounded once where `ONCE`. PyTorch's operations: `grad =
     /// grad.add(param, alpha=weight_decay)`, `buf.mul_(momentum).add_(grad, alpha=1 -
     /// dampening)` (a clone of the gradient at first), `grad = grad.add(buf, alpha=momentum)`
-    /// (Nesterov), `param.add_(grad, alpha=-lr)`. Rounded twice, they are those of Candle's
-    /// tensor operations in `sgd.rs`, whose products with a scalar add a `+0.0`.
+    /// (Nesterov), `param.add_(grad, alpha=-lr)`. Rounded twice, they are also those of
+    /// Candle's tensor operations in `sgd.rs` but for the sign of zeros (its products with a
+    /// scalar add a `+0.0`).
     #[inline(always)]
     fn run_any<const ONCE: bool>(self, p: &mut [f32], g: &[f32], buf: &mut [f32], first: bool) {
-        // `a * s + c`, rounded once or as Candle's `affine` (`a * s + 0.0`) and a sum.
-        let axpy = |a: f32, s: f32, c: f32| {
-            if ONCE {
-                a.mul_add(s, c)
-            } else {
-                c + (a * s + 0.0)
-            }
-        };
+        // `c + s * a` (`torch.add(c, a, alpha=s)`), rounded once or twice.
+        let axpy = |a: f32, s: f32, c: f32| if ONCE { a.mul_add(s, c) } else { c + a * s };
         let decayed = |p: f32, g: f32| match self.weight_decay {
             Some(wd) => axpy(p, wd, g),
             None => g,
@@ -299,7 +295,7 @@ impl SgdStep {
         // Zipped, not indexed, so that the loop is vectorised.
         for ((p, &g), buf) in p.iter_mut().zip(g).zip(buf.iter_mut()) {
             let d = decayed(*p, g);
-            let kept = if ONCE { *buf * m } else { *buf * m + 0.0 };
+            let kept = *buf * m;
             let b = match (first, self.undamped) {
                 (true, _) => d,
                 (false, None) => kept + d,
@@ -500,7 +496,8 @@ mod tests {
     }
 
     /// Five steps of every kind of Adam, fused and rounding twice, and as whole-tensor Candle
-    /// operations, agree bit for bit, on a tensor split across threads and on a short one.
+    /// operations, give the same values (bit for bit but for the sign of zeros, which Candle's
+    /// products with a scalar drop), on a tensor split across threads and on a short one.
     #[test]
     fn fused_steps_equal_the_tensor_formulation() -> Result<()> {
         let dev = Device::Cpu;
@@ -547,7 +544,7 @@ mod tests {
     }
 
     /// Six steps of every kind of SGD, fused and rounding twice, and as whole-tensor Candle
-    /// operations, agree bit for bit
+    /// operations, give the same values (as above)
     /// (parameters and momentum buffers), with the learning rate and momentum changed between
     /// steps, on a tensor split across threads and on a short one.
     #[test]
@@ -662,7 +659,7 @@ mod tests {
         let bias_correction1 = 1.0 - c.beta1.powf(t as f64);
         let bias_correction2 = 1.0 - c.beta2.powf(t as f64);
         let step_size = c.lr / bias_correction1;
-        let bias_correction2_sqrt = bias_correction2.sqrt();
+        let bias_correction2_sqrt = bias_correction2.powf(0.5);
         // denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
         let denom: Vec<f32> = v
             .iter()

@@ -146,7 +146,7 @@ pub(super) fn adam_step(
         (1.0 - c.beta1) as f32,
         c.beta2 as f32,
         (1.0 - c.beta2) as f32,
-        bias_correction2.sqrt() as f32,
+        bias_correction2.powf(0.5) as f32,
         c.eps as f32,
         (-(c.lr / bias_correction1)) as f32,
         0.0,

@@ -288,3 +288,83 @@ fn invalid_hyper_parameters_are_named_in_pytorchs_wording() {
     };
     assert!(Adam::new(vec![], zero_betas).is_ok());
 }
+
+/// PyTorch 2.15's steps on the CPU (`tools/pytorch_optimizer_steps.py`, `foreach=False` as on
+/// the CPU): SGD (plain; momentum and weight decay; dampening; Nesterov), Adam (plain; beta1 0.4
+/// with weight decay), AdamW, six steps of 37 values with zeros, subnormals and a large value
+/// among them, give the parameters PyTorch's did bit for bit after every step, rounding once
+/// as its AVX2 and AVX-512 kernels do and twice as its portable ones
+/// (`ATEN_CPU_CAPABILITY=default`).
+#[test]
+fn steps_equal_pytorchs_bit_for_bit() -> Result<()> {
+    use super::rounding::Rounding;
+    let dev = Device::Cpu;
+    let bytes = include_bytes!("../tests/data/pytorch_optimizer_steps.safetensors");
+    let t = candle_core::safetensors::load_buffer(bytes, &dev)?;
+    let (p0, grads) = (&t["p0"], &t["grads"]);
+    let sgd = |lr, momentum, dampening, nesterov, weight_decay| SgdConfig {
+        momentum,
+        dampening,
+        nesterov,
+        weight_decay,
+        ..SgdConfig::new(lr)
+    };
+    let sgd_cases = [
+        ("sgd", sgd(0.1, 0.0, 0.0, false, 0.0)),
+        ("sgd_momentum_wd", sgd(0.1, 0.9, 0.0, false, 5e-4)),
+        ("sgd_dampening", sgd(0.05, 0.8, 0.3, false, 0.01)),
+        ("sgd_nesterov", sgd(0.1, 0.9, 0.0, true, 1e-3)),
+    ];
+    let adam_cases = [
+        ("adam", AdamConfig::adam(1e-2)),
+        (
+            "adam_beta1_04_wd",
+            AdamConfig {
+                beta1: 0.4,
+                weight_decay: 0.1,
+                ..AdamConfig::adam(1e-2)
+            },
+        ),
+        (
+            "adamw",
+            AdamConfig {
+                weight_decay: 0.05,
+                ..AdamConfig::adamw(1e-2)
+            },
+        ),
+    ];
+    let bits = |t: &Tensor| -> Result<Vec<u32>> {
+        Ok(t.to_vec1::<f32>()?.iter().map(|v| v.to_bits()).collect())
+    };
+    let mut checked = 0;
+    for (kernels, rounding) in [("once", Rounding::Once), ("twice", Rounding::Twice)] {
+        let mut cases: Vec<(&str, Var, Box<dyn Optimizer>)> = Vec::new();
+        for (name, c) in sgd_cases {
+            let var = Var::from_tensor(&p0.copy()?)?;
+            let opt = Sgd::new(vec![("w".into(), var.clone())], c)?.with_rounding(rounding);
+            cases.push((name, var, Box::new(opt)));
+        }
+        for (name, c) in adam_cases {
+            let var = Var::from_tensor(&p0.copy()?)?;
+            let opt = Adam::new(vec![("w".into(), var.clone())], c)?.with_rounding(rounding);
+            cases.push((name, var, Box::new(opt)));
+        }
+        for (name, var, mut opt) in cases {
+            let want = &t[&format!("{name}.{kernels}")];
+            for step in 0..grads.dim(0)? {
+                // loss = sum(w * g): the gradient is g, bit for bit.
+                let loss = (var.as_tensor() * grads.get(step)?)?.sum_all()?;
+                opt.step(&loss.backward()?)?;
+                assert_eq!(
+                    bits(var.as_tensor())?,
+                    bits(&want.get(step)?)?,
+                    "{name}, PyTorch's {kernels}-rounding kernels, step {}",
+                    step + 1
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 2 * 7 * 6);
+    Ok(())
+}

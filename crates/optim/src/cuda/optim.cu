@@ -4,11 +4,11 @@
 // to `out0`/`out1`). SGD (PyTorch's `torch.optim.SGD`: weight decay, momentum, dampening,
 // Nesterov) and Adam / AdamW (`torch.optim.Adam`, `AdamW`).
 //
-// The element-wise operations are those of `optim::sgd::update` and `optim::adam::tensor_step`
-// as Candle runs them, one rounding each and in the same order, so the results are the same
-// bit for bit: a product with a scalar and a sum with one are Candle's `affine` kernel,
-// `fma(x, mul, add)`; `+`, `-`, `*`, `/` of two tensors and `sqrt` are IEEE-rounded
-// (`__fadd_rn` and the like, which nothing contracts into an fma).
+// The element-wise operations are PyTorch's single-tensor ones (`torch.optim.SGD`, `Adam`) in
+// their order, each rounded by itself (`__fadd_rn` and the like, which nothing contracts into an
+// fma): the CPU's fused step rounding twice (`optim::fused`, `Rounding::Twice`) bit for bit,
+// and Candle's tensor operations (`optim::sgd::update`, `optim::adam::tensor_step`) but for the
+// sign of zeros (Candle's product with a scalar, `fma(x, s, 0)`, turns a -0 into +0).
 
 #define MAX_TENSORS 64
 
@@ -24,7 +24,7 @@ struct Scalars {
     float v[8];
 };
 
-__device__ __forceinline__ float scaled(float x, float s) { return __fmaf_rn(x, s, 0.0f); }
+__device__ __forceinline__ float scaled(float x, float s) { return __fmul_rn(x, s); }
 
 // `update(i, param, grad)` for every flat position i of the tensors (a grid-stride loop):
 // `param` is the address of i's parameter value, `grad` its gradient.
@@ -111,7 +111,7 @@ extern "C" __global__ void adam_f32(const __grid_constant__ Tensors t, const flo
         avg = s.v[1] < 0.5f ? __fadd_rn(avg, scaled(__fsub_rn(g, avg), s.v[1]))
                             : __fsub_rn(g, scaled(__fsub_rn(g, avg), __fsub_rn(1.0f, s.v[1])));
         sq = __fadd_rn(scaled(sq, s.v[2]), __fmul_rn(scaled(g, s.v[3]), g));
-        const float denom = __fmaf_rn(__fdiv_rn(__fsqrt_rn(sq), s.v[4]), 1.0f, s.v[5]);
+        const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(sq), s.v[4]), s.v[5]);
         out0[i] = avg;
         out1[i] = sq;
         *param = __fadd_rn(p, __fdiv_rn(scaled(avg, s.v[6]), denom));
