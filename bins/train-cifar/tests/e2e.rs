@@ -93,6 +93,48 @@ fn synthetic_cifar_run_writes_every_output_and_onecycle_steps_per_batch() {
     assert!((lr - 4e-7).abs() < 1e-13, "{csv}");
 }
 
+/// CIFAR-10 as an image folder (`train/` and `test/`, one folder per class): image files in no
+/// class folder are passed over as torchvision's `ImageFolder` passes them over, and the line
+/// saying what was read names them (as for `finetune-resnet50`'s folders; a tester).
+#[test]
+fn cifar_folder_names_the_images_it_passes_over() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("cifar");
+    // A 32x32 PPM (P6) image of one colour.
+    let ppm = |path: &Path, shade: u8| {
+        let mut bytes = b"P6\n32 32\n255\n".to_vec();
+        bytes.extend(std::iter::repeat_n(shade, 32 * 32 * 3));
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("folder");
+        std::fs::write(path, bytes).expect("image");
+    };
+    for split in ["train", "test"] {
+        for (i, class) in datasets::CIFAR10_CLASSES.iter().enumerate() {
+            ppm(&data.join(split).join(class).join("0.ppm"), 20 * i as u8);
+        }
+    }
+    ppm(&data.join("stray.ppm"), 7);
+    ppm(&data.join("train").join("loose.ppm"), 9);
+    let out = dir.path().join("run");
+    let run = train_cifar(&[
+        "--data-dir",
+        &s(&data),
+        "--out",
+        &s(&out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "5",
+    ]);
+    let said = text(&run);
+    assert!(run.status.success(), "{said}");
+    assert!(
+        said.contains("passed over, as in no class folder")
+            && said.contains("stray.ppm")
+            && said.contains("loose.ppm"),
+        "{said}"
+    );
+}
+
 /// The data held "on the device" (here the CPU: the same code as on a GPU) trains to the very
 /// same weights as the host loader; bf16 autocast trains too, to different but finite weights.
 #[test]

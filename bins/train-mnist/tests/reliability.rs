@@ -1903,6 +1903,59 @@ fn one_epoch_run(dir: &Path) -> (String, PathBuf) {
     (data, run)
 }
 
+/// A state whose network is not the run's (a tensor missing, its checksum made anew, as an
+/// edit would), with both checkpoints gone: `--resume` and `evaluate` refuse it before writing
+/// them from it (they wrote checkpoints PyTorch's strict load refuses, then failed; a tester).
+#[test]
+fn a_state_of_another_network_writes_no_checkpoint() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_, run) = one_epoch_run(dir.path());
+    let state = run.join(train::rundir::STATE);
+    let (mut tensors, mut metadata) =
+        layers::checkpoint::read_with_metadata(&state).expect("read the state");
+    let gone = (tensors.keys())
+        .find(|k| k.starts_with("model.") && k.ends_with(".bias"))
+        .expect("a bias")
+        .clone();
+    tensors.remove(&gone);
+    metadata.retain(|k, _| !k.starts_with(layers::checkpoint::CHECKSUM_KEY));
+    layers::checkpoint::save_with_metadata(&tensors, Some(metadata), &state).expect("rewrite");
+    for name in [train::rundir::BEST, train::rundir::LAST] {
+        std::fs::remove_file(run.join(name)).expect("remove");
+    }
+    let resumed = train_mnist(&["--resume", &s(&run), "--epochs", "2"]);
+    let err = stderr(&resumed);
+    let name = gone.trim_start_matches("model.");
+    assert!(
+        !resumed.status.success()
+            && err.contains("restoring the model from the resume state")
+            && err.contains(name),
+        "{err}"
+    );
+    assert!(!err.contains("written again from"), "{err}");
+    for name in [train::rundir::BEST, train::rundir::LAST] {
+        assert!(
+            !run.join(name).exists(),
+            "{name} written from the damaged state"
+        );
+    }
+    // `evaluate`, which writes missing checkpoints from the state too, says why it does not.
+    let evaluated = Command::new(BIN)
+        .args(["evaluate", "--run", &s(&run), "--device", "cpu"])
+        .output()
+        .expect("evaluate runs");
+    let err = stderr(&evaluated);
+    assert!(
+        !evaluated.status.success()
+            && err.contains("its weights are not those of the")
+            && err.contains(name),
+        "{err}"
+    );
+    for file in [train::rundir::BEST, train::rundir::LAST] {
+        assert!(!run.join(file).exists(), "{file} written by evaluate");
+    }
+}
+
 /// One bit of a weight flipped on the disk (the value still finite) in `best`, `last` or the
 /// state: `evaluate`, `predict` and `--resume` refuse the file, naming it as damaged, and the
 /// other files still serve (before, a checkpoint damaged so was scored, and a resume trained
@@ -2162,7 +2215,7 @@ fn resume_refuses_a_state_or_config_of_another_run() {
     std::fs::remove_file(foreign.join("config.json")).expect("remove config.json");
     refused(
         &foreign,
-        &["best.safetensors holds another network than state.safetensors"],
+        &["best.safetensors and state.safetensors hold different networks"],
     );
     // config.json edited: it changes nothing, and is said.
     let edited = copy("edited");

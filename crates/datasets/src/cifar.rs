@@ -576,8 +576,27 @@ fn from_folder(listing: Listing, origin: &Path) -> Result<Split> {
     Ok(split)
 }
 
-/// A split of a CIFAR-10 ImageFolder from `origin`: ten classes of 3x32x32 images.
+/// A split of a CIFAR-10 ImageFolder from `origin`: CIFAR-10's ten classes, by name (so that
+/// the labels are CIFAR-10's), of 3x32x32 images.
 fn check_folder_part(part: &dyn Dataset, origin: &Path) -> Result<()> {
+    let classes = part.classes();
+    let missing: Vec<&str> = (CIFAR10_CLASSES.iter().copied())
+        .filter(|c| !classes.iter().any(|k| k == c))
+        .collect();
+    let others: Vec<&String> = (classes.iter())
+        .filter(|k| !CIFAR10_CLASSES.contains(&k.as_str()))
+        .collect();
+    ensure!(
+        classes.len() != CIFAR10_CLASSES.len() || missing.is_empty(),
+        "{}: CIFAR-10 needs its 10 class folders ({}); {:?} are missing and {:?} are no \
+         CIFAR-10 class (the labels follow the folders' names in order, so they would not be \
+         CIFAR-10's); a folder of other classes is your own data set, which finetune-resnet50 \
+         --data-dir trains on",
+        origin.display(),
+        CIFAR10_CLASSES.join(", "),
+        missing,
+        others
+    );
     ensure!(
         part.classes().len() == CIFAR10_CLASSES.len(),
         "{}: CIFAR-10 needs its 10 class folders ({}), found {}: {:?}; a folder of other \

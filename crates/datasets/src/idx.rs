@@ -85,10 +85,22 @@ fn files_dir(dir: &Path, stem: &str) -> Result<PathBuf> {
     .unwrap_or_else(|| dir.to_path_buf()))
 }
 
-/// The IDX pair `images` + `labels` in `dir`, with the images' path for messages.
+/// The IDX pair `images` + `labels` in `dir`, with the images' path for messages. Both files
+/// come in one form where one form has both: raw first (torchvision reads the raw files and
+/// keeps the `.gz` downloads beside them), else gzipped; so a raw file left beside a pair of
+/// `.gz` files is not paired with the other's `.gz`.
 fn part(dir: &Path, images: &str, labels: &str) -> Result<(InMemory, String)> {
-    let images = find_idx(dir, images).with_context(|| missing(dir, images))?;
-    let labels = find_idx(dir, labels).with_context(|| missing(dir, labels))?;
+    let both = |suffix: &str| {
+        let pair = [images, labels].map(|stem| dir.join(format!("{stem}{suffix}")));
+        pair.iter().all(|p| p.is_file()).then_some(pair)
+    };
+    let [images, labels] = match both("").or_else(|| both(".gz")) {
+        Some(pair) => pair,
+        None => [
+            find_idx(dir, images).with_context(|| missing(dir, images))?,
+            find_idx(dir, labels).with_context(|| missing(dir, labels))?,
+        ],
+    };
     let data = read_idx_pair(&images, &labels)?;
     Ok((data, images.display().to_string()))
 }

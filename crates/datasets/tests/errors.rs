@@ -25,6 +25,35 @@ fn mnist_valid_raw_and_gz() {
     }
 }
 
+/// A pair of IDX files is read in one form: the raw pair where both raw files are there
+/// (torchvision's choice; it keeps the `.gz` downloads beside them), else the `.gz` pair, so a
+/// stray raw label file beside four `.gz` files is not paired with the `.gz` images.
+#[test]
+fn mnist_pairs_are_read_in_one_form() {
+    let dir = tempdir().unwrap();
+    write_mnist(dir.path(), 30, 12, true);
+    // Labels all 9 in a raw training label file beside the .gz ones (labels i % 10).
+    let stray = dir.path().join("train-labels-idx1-ubyte");
+    write_idx_labels(&stray, 0x801, &[9; 30], false);
+    let split = mnist(Some(dir.path())).unwrap();
+    assert_eq!(
+        split.train.label(13),
+        3,
+        "the stray raw label file was read"
+    );
+    // With the raw images too, the raw pair is read.
+    write_idx_images(
+        &dir.path().join("train-images-idx3-ubyte"),
+        0x803,
+        30,
+        4,
+        3,
+        false,
+    );
+    let split = mnist(Some(dir.path())).unwrap();
+    assert_eq!(split.train.label(13), 9, "the raw pair was not read");
+}
+
 #[test]
 fn mnist_wrong_magic() {
     let dir = tempdir().unwrap();

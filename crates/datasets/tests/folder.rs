@@ -677,4 +677,24 @@ fn cifar10_is_told_from_other_class_folders() {
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::write(bin.join("test_batch.bin"), b"").unwrap();
     assert!(datasets::is_cifar10(&dir.path().join("bin")));
+    // Ten folders of 32x32 images, one of them not CIFAR-10's (`frog` renamed `toad`): the
+    // labels would follow the names' order (horse 6, ship 7), so it is refused, naming both.
+    let renamed = dir.path().join("renamed");
+    for split in ["train", "test"] {
+        for class in datasets::CIFAR10_CLASSES {
+            let class = if class == "frog" { "toad" } else { class };
+            let at = renamed.join(split).join(class);
+            std::fs::create_dir_all(&at).unwrap();
+            pattern_rgb(32, 32, 3).save(at.join("0.png")).unwrap();
+        }
+    }
+    let msg = match cifar10(Some(&renamed)) {
+        Ok(_) => panic!("read as CIFAR-10 with a toad class"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        msg.contains(r#"["frog"] are missing"#)
+            && msg.contains(r#"["toad"] are no CIFAR-10 class"#),
+        "{msg}"
+    );
 }

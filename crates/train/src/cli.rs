@@ -716,7 +716,9 @@ fn say_read(config: &RunConfig, split: &datasets::Split) {
             config.test_fraction
         );
     }
-    if let (DatasetKind::Folder, Some(dir)) = (config.dataset, config.data_dir.as_deref()) {
+    // An image folder: the user's own, or CIFAR-10's in its train/ and test/ class folders.
+    let folder = matches!(config.dataset, DatasetKind::Folder | DatasetKind::Cifar10);
+    if let (true, Some(dir)) = (folder, config.data_dir.as_deref()) {
         let loose = loose_images(dir);
         if !loose.is_empty() {
             const SHOWN: usize = 3;

@@ -301,15 +301,20 @@ pub fn train(
     // Forward and backward run on this thread: autocast covers every epoch of this run.
     let _precision = config.precision.enter();
 
-    if let (true, Some((saved, tensors))) = (writes, &resume) {
-        checkpoints_from_state(out, saved, &tensors.model)?;
-    }
+    // The state's weights and buffers into the model and optimizer first, which checks them
+    // against the network (names and shapes): a damaged state writes no checkpoint.
+    let from_state = (resume.as_ref())
+        .filter(|_| writes)
+        .map(|(saved, tensors)| (saved.clone(), tensors.model.clone()));
     let mut progress = restore(
         store,
         optimizer.as_mut(),
         resume,
         train_loader.num_batches(),
     )?;
+    if let Some((saved, model)) = from_state {
+        checkpoints_from_state(out, &saved, &model)?;
+    }
     crate::distributed::broadcast_weights(store)?;
     let mut outputs = None;
     if writes && progress.best_epoch > 0 {
@@ -619,9 +624,42 @@ pub(crate) fn checkpoints_for_reading(dir: &Path) -> Result<()> {
         return Ok(());
     }
     let (saved, tensors) = crate::state::load(dir)?;
+    if let Err(e) = check_state_network(&saved, &tensors.model) {
+        // The reader's own error (no checkpoint) would not say why.
+        crate::warn!("{}: {e:#}", dir.join(crate::rundir::STATE).display());
+        return Err(e);
+    }
     checkpoints_from_state(dir, &saved, &tensors.model)?;
     drop(held);
     Ok(())
+}
+
+/// The weights of a resume state against the network its settings build (`--model` with the
+/// classes it keeps, built on the CPU), strictly as a resume loads them (every name, no other,
+/// each shape): a state edited or from another program writes no checkpoint. A state that
+/// keeps no class names, or whose model the zoo does not build, is not checked here (the
+/// reader's strict load of the checkpoint checks it).
+///
+/// # Errors
+/// A tensor missing, extra or of another shape, named.
+fn check_state_network(
+    saved: &ResumeState,
+    model: &std::collections::HashMap<String, Tensor>,
+) -> Result<()> {
+    let Some(classes) = saved.classes.as_ref().map(Vec::len) else {
+        return Ok(());
+    };
+    let store = ParamStore::new(0, &Device::Cpu);
+    if zoo::build(&saved.config.model, classes, store.vb()).is_err() {
+        return Ok(());
+    }
+    layers::checkpoint::load_tensors_strict(store.varmap(), model).with_context(|| {
+        format!(
+            "its weights are not those of the {} network it names ({classes} classes): no \
+             checkpoint is written from it",
+            saved.config.model
+        )
+    })
 }
 
 /// How long a reader that would write a run's checkpoints from its state waits for another

@@ -705,9 +705,9 @@ pub fn check_agrees_with_run(
             .collect();
         if let Some(why) = first_difference(&found, &network) {
             bail!(
-                "--resume {}: {file} holds another network than {STATE} ({why}; the state is \
-                 a {} run): they come from different runs. Resuming would replace {file}; put \
-                 the run's own files back",
+                "--resume {}: {file} and {STATE} hold different networks ({why}; the state \
+                 names a {} run): one of them comes from another run or was damaged. Resuming \
+                 would replace {file}; put the run's own files back",
                 dir.display(),
                 saved.config.model
             );
