@@ -133,6 +133,26 @@ fn cifar_folder_names_the_images_it_passes_over() {
             && said.contains("loose.ppm"),
         "{said}"
     );
+    // Beside CIFAR-10's binary batches, which are what is read, an image is no image passed
+    // over by an image folder: not said.
+    let batches = dir.path().join("batches");
+    train::synthetic::write_cifar10(&batches, 8, 20).expect("synthetic CIFAR-10");
+    ppm(&batches.join("sample.ppm"), 7);
+    let run = train_cifar(&[
+        "--data-dir",
+        &s(&batches),
+        "--out",
+        &s(&dir.path().join("run2")),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "20",
+    ]);
+    let said = text(&run);
+    assert!(
+        run.status.success() && !said.contains("passed over, as in no class folder"),
+        "{said}"
+    );
 }
 
 /// The data held "on the device" (here the CPU: the same code as on a GPU) trains to the very

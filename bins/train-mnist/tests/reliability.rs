@@ -1904,8 +1904,9 @@ fn one_epoch_run(dir: &Path) -> (String, PathBuf) {
 }
 
 /// A state whose network is not the run's (a tensor missing, its checksum made anew, as an
-/// edit would), with both checkpoints gone: `--resume` and `evaluate` refuse it before writing
-/// them from it (they wrote checkpoints PyTorch's strict load refuses, then failed; a tester).
+/// edit would), with both checkpoints gone: `--resume` (of the run going on, and of the run as
+/// finished) and `evaluate` refuse it before writing them from it (they wrote checkpoints
+/// PyTorch's strict load refuses, then failed, or succeeded; a tester and a reviewer).
 #[test]
 fn a_state_of_another_network_writes_no_checkpoint() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -1953,6 +1954,22 @@ fn a_state_of_another_network_writes_no_checkpoint() {
     );
     for file in [train::rundir::BEST, train::rundir::LAST] {
         assert!(!run.join(file).exists(), "{file} written by evaluate");
+    }
+    // A resume of the finished run (which `evaluate` advises where both checkpoints are gone:
+    // it writes them and trains no more) refuses it too.
+    let finished = train_mnist(&["--resume", &s(&run)]);
+    let err = stderr(&finished);
+    assert!(
+        !finished.status.success()
+            && err.contains("its weights are not those of the")
+            && err.contains(name),
+        "{err}"
+    );
+    for file in [train::rundir::BEST, train::rundir::LAST] {
+        assert!(
+            !run.join(file).exists(),
+            "{file} written by a finished run's resume"
+        );
     }
 }
 

@@ -716,9 +716,14 @@ fn say_read(config: &RunConfig, split: &datasets::Split) {
             config.test_fraction
         );
     }
-    // An image folder: the user's own, or CIFAR-10's in its train/ and test/ class folders.
-    let folder = matches!(config.dataset, DatasetKind::Folder | DatasetKind::Cifar10);
-    if let (true, Some(dir)) = (folder, config.data_dir.as_deref()) {
+    // An image folder: the user's own, or CIFAR-10's read from its train/ class folders (not
+    // from batches or an archive in the same directory).
+    let folder = |dir: &Path| match config.dataset {
+        DatasetKind::Folder => true,
+        DatasetKind::Cifar10 => train.as_deref() == Some(&*dir.join("train").to_string_lossy()),
+        _ => false,
+    };
+    if let Some(dir) = config.data_dir.as_deref().filter(|d| folder(d)) {
         let loose = loose_images(dir);
         if !loose.is_empty() {
             const SHOWN: usize = 3;

@@ -625,8 +625,12 @@ pub(crate) fn checkpoints_for_reading(dir: &Path) -> Result<()> {
     }
     let (saved, tensors) = crate::state::load(dir)?;
     if let Err(e) = check_state_network(&saved, &tensors.model) {
-        // The reader's own error (no checkpoint) would not say why.
-        crate::warn!("{}: {e:#}", dir.join(crate::rundir::STATE).display());
+        // The reader's own error (no checkpoint) would not say why; said once (a reader asks
+        // before it opens the run and again as it opens it).
+        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            crate::warn!("{}: {e:#}", dir.join(crate::rundir::STATE).display());
+        }
         return Err(e);
     }
     checkpoints_from_state(dir, &saved, &tensors.model)?;
@@ -638,7 +642,9 @@ pub(crate) fn checkpoints_for_reading(dir: &Path) -> Result<()> {
 /// classes it keeps, built on the CPU), strictly as a resume loads them (every name, no other,
 /// each shape): a state edited or from another program writes no checkpoint. A state that
 /// keeps no class names, or whose model the zoo does not build, is not checked here (the
-/// reader's strict load of the checkpoint checks it).
+/// reader's strict load of the checkpoint checks it). For the readers that write missing
+/// checkpoints and a `--resume` of a finished run, which build no model of their own (a resume
+/// that trains on loads the state into its model first).
 ///
 /// # Errors
 /// A tensor missing, extra or of another shape, named.
@@ -798,6 +804,8 @@ pub fn finished(
         );
     }
     if crate::distributed::writes() && !saved.history.is_empty() {
+        check_state_network(saved, model)
+            .with_context(|| format!("--resume {}: {}", out.display(), crate::rundir::STATE))?;
         checkpoints_from_state(out, saved, model)?;
         history::save(out, &saved.history)?;
         pictures::save_curves(out, title, &saved.history)?;
