@@ -298,6 +298,30 @@ fn ranks_that_differ_in_a_setting_or_their_data_are_refused() {
             "{other:?}: nothing trained"
         );
     }
+    // A rank whose optimizer rounds otherwise (PyTorch's portable kernels asked for there
+    // alone): its replica would drift from the others', so it is refused too.
+    let fused = optim::cpu_fused_multiply_add();
+    let result = mpirun()
+        .args(["-n", "1", BIN])
+        .args(args(&data, &out, "32"))
+        .args([":", "-n", "1", "env"])
+        .arg(format!(
+            "ATEN_CPU_CAPABILITY={}",
+            if fused { "default" } else { "avx2" }
+        ))
+        .arg(BIN)
+        .args(args(&data, &out, "32"))
+        .output()
+        .expect("cannot start mpirun");
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    // Where the CPU has no FMA, both ranks round twice whatever the variable says.
+    if fused {
+        assert!(
+            !result.status.success()
+                && stderr.contains("differ in their data and model: the optimizer's CPU rounding"),
+            "{stderr}"
+        );
+    }
 }
 
 /// Dropout (the MNIST CNN's) with a last global batch split unevenly (501 images, 2 ranks of

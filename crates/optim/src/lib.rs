@@ -65,6 +65,15 @@ pub use adam::{Adam, AdamConfig};
 pub use flat::Update;
 pub use sgd::{Sgd, SgdConfig};
 
+/// Whether the CPU steps round a product added to a value once on this machine (a fused
+/// multiply-add, as PyTorch's AVX2, AVX-512 and aarch64 kernels compute `add(alpha=)`, `lerp_`
+/// and `addcmul_`), rather than twice (as its portable kernels: an x86-64 without AVX2 and
+/// FMA, or `ATEN_CPU_CAPABILITY=default`). Replicas of a data-parallel job on the CPU must
+/// agree on it, or their weights drift apart.
+pub fn cpu_fused_multiply_add() -> bool {
+    rounding::Rounding::of_this_cpu() == rounding::Rounding::Once
+}
+
 use std::collections::HashMap;
 
 use anyhow::{bail, Result};

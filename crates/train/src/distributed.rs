@@ -873,8 +873,9 @@ pub fn run_settings(config: &crate::config::RunConfig, epochs_done: usize) -> Re
 
 /// What every rank must train on and with: the training and test images (their counts, the
 /// class names and the labels, in order), the model's parameters (their names and shapes) and
-/// the trained ones, and, in a build with NCCL (which all-reduces CUDA tensors, MPI host ones),
-/// whether `device` is CUDA. Labels and names are compared by CRC-32C.
+/// the trained ones, in a build with NCCL (which all-reduces CUDA tensors, MPI host ones)
+/// whether `device` is CUDA, and on the CPU how the optimizer rounds
+/// ([`optim::cpu_fused_multiply_add`]). Labels and names are compared by CRC-32C.
 pub fn data_settings(
     train: &dyn datasets::Dataset,
     test: &dyn datasets::Dataset,
@@ -920,6 +921,17 @@ pub fn data_settings(
             false => "cpu",
         };
         settings.push(("the device (--device)".into(), kind.into()));
+    }
+    if device.is_cpu() {
+        // Each rank updates its own replica: rounded otherwise on one, its weights drift.
+        let rounding = match optim::cpu_fused_multiply_add() {
+            true => "once (a fused multiply-add, as PyTorch's AVX2 and AVX-512 kernels)",
+            false => {
+                "twice (as PyTorch's portable kernels: a CPU without AVX2 and FMA, or \
+                 ATEN_CPU_CAPABILITY=default)"
+            }
+        };
+        settings.push(("the optimizer's CPU rounding".into(), rounding.into()));
     }
     settings
 }
