@@ -114,45 +114,27 @@ fn cifar_folder_names_the_images_it_passes_over() {
     }
     ppm(&data.join("stray.ppm"), 7);
     ppm(&data.join("train").join("loose.ppm"), 9);
-    let out = dir.path().join("run");
-    let run = train_cifar(&[
-        "--data-dir",
-        &s(&data),
-        "--out",
-        &s(&out),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "5",
-    ]);
-    let said = text(&run);
-    assert!(run.status.success(), "{said}");
+    // One epoch on `data` into `out`: what it said.
+    let said = |data: &Path, out: &str| {
+        let out = dir.path().join(out);
+        let run = train_cifar(&["--data-dir", &s(data), "--out", &s(&out), "--epochs", "1"]);
+        assert!(run.status.success(), "{}", text(&run));
+        text(&run)
+    };
+    let log = said(&data, "run");
     assert!(
-        said.contains("passed over, as in no class folder")
-            && said.contains("stray.ppm")
-            && said.contains("loose.ppm"),
-        "{said}"
+        log.contains("passed over, as in no class folder")
+            && log.contains("stray.ppm")
+            && log.contains("loose.ppm"),
+        "{log}"
     );
     // Beside CIFAR-10's binary batches, which are what is read, an image is no image passed
     // over by an image folder: not said.
     let batches = dir.path().join("batches");
     train::synthetic::write_cifar10(&batches, 8, 20).expect("synthetic CIFAR-10");
     ppm(&batches.join("sample.ppm"), 7);
-    let run = train_cifar(&[
-        "--data-dir",
-        &s(&batches),
-        "--out",
-        &s(&dir.path().join("run2")),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "20",
-    ]);
-    let said = text(&run);
-    assert!(
-        run.status.success() && !said.contains("passed over, as in no class folder"),
-        "{said}"
-    );
+    let log = said(&batches, "run2");
+    assert!(!log.contains("passed over, as in no class folder"), "{log}");
 }
 
 /// The data held "on the device" (here the CPU: the same code as on a GPU) trains to the very

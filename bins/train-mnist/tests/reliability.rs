@@ -1924,53 +1924,39 @@ fn a_state_of_another_network_writes_no_checkpoint() {
     for name in [train::rundir::BEST, train::rundir::LAST] {
         std::fs::remove_file(run.join(name)).expect("remove");
     }
-    let resumed = train_mnist(&["--resume", &s(&run), "--epochs", "2"]);
-    let err = stderr(&resumed);
     let name = gone.trim_start_matches("model.");
-    assert!(
-        !resumed.status.success()
-            && err.contains("restoring the model from the resume state")
-            && err.contains(name),
-        "{err}"
-    );
-    assert!(!err.contains("written again from"), "{err}");
-    for name in [train::rundir::BEST, train::rundir::LAST] {
+    // Refused by `who`, naming the tensor, and no checkpoint written.
+    let refused = |out: Output, who: &str, says: &str| {
+        let err = stderr(&out);
         assert!(
-            !run.join(name).exists(),
-            "{name} written from the damaged state"
+            !out.status.success() && err.contains(says) && err.contains(name),
+            "{who}: {err}"
         );
-    }
+        assert!(!err.contains("written again from"), "{who}: {err}");
+        for file in [train::rundir::BEST, train::rundir::LAST] {
+            assert!(!run.join(file).exists(), "{file} written by {who}");
+        }
+    };
+    let resumed = train_mnist(&["--resume", &s(&run), "--epochs", "2"]);
+    refused(
+        resumed,
+        "--resume",
+        "restoring the model from the resume state",
+    );
     // `evaluate`, which writes missing checkpoints from the state too, says why it does not.
     let evaluated = Command::new(BIN)
         .args(["evaluate", "--run", &s(&run), "--device", "cpu"])
         .output()
         .expect("evaluate runs");
-    let err = stderr(&evaluated);
-    assert!(
-        !evaluated.status.success()
-            && err.contains("its weights are not those of the")
-            && err.contains(name),
-        "{err}"
-    );
-    for file in [train::rundir::BEST, train::rundir::LAST] {
-        assert!(!run.join(file).exists(), "{file} written by evaluate");
-    }
+    refused(evaluated, "evaluate", "its weights are not those of the");
     // A resume of the finished run (which `evaluate` advises where both checkpoints are gone:
     // it writes them and trains no more) refuses it too.
     let finished = train_mnist(&["--resume", &s(&run)]);
-    let err = stderr(&finished);
-    assert!(
-        !finished.status.success()
-            && err.contains("its weights are not those of the")
-            && err.contains(name),
-        "{err}"
+    refused(
+        finished,
+        "a finished run's --resume",
+        "its weights are not those of the",
     );
-    for file in [train::rundir::BEST, train::rundir::LAST] {
-        assert!(
-            !run.join(file).exists(),
-            "{file} written by a finished run's resume"
-        );
-    }
 }
 
 /// One bit of a weight flipped on the disk (the value still finite) in `best`, `last` or the
