@@ -366,6 +366,7 @@ mod tests {
     use candle_core::{Device, Tensor, Var};
 
     use super::super::adam::tensor_step;
+    use super::super::rounding::on_avx2;
     use super::*;
 
     /// Every kind of Adam the tests step: plain, with L2 weight decay, AdamW.
@@ -427,10 +428,11 @@ mod tests {
     const ROUNDINGS: [Rounding; 2] = [Rounding::Once, Rounding::Twice];
 
     /// The updates as compiled for AVX-512 or FMA (`layers::wide`, `rounding::with_fma`, where
-    /// this CPU has them) give the bits of the default target's copy (`run_any`, whose fused
-    /// multiply-adds are the C library's `fmaf`), for every kind of Adam and SGD in both
-    /// roundings, over lengths with and without a vector remainder, with zeros, NaN and
-    /// infinities among the values.
+    /// this CPU has them), and rounding once in the AVX2 + FMA copy that CPUs without AVX-512
+    /// run, give the bits of the default target's copy (`run_any`, whose fused multiply-adds
+    /// are the C library's `fmaf`), for every kind of Adam and SGD in both roundings, over
+    /// lengths with and without a vector remainder, with zeros, NaN and infinities among the
+    /// values.
     #[test]
     fn widened_updates_give_the_default_targets_bits() {
         let mut seed = 0x2545_f491_4f6c_dd1du64;
@@ -468,6 +470,17 @@ mod tests {
                 for (a, b) in [(&p1, &p2), (&m1, &m2), (&v1, &v2)] {
                     assert_eq!(bits(a), bits(b), "adam {c:?}, {r:?}, {n} values");
                 }
+                // The AVX2 + FMA copy, which CPUs without AVX-512 run.
+                let (mut p3, mut m3, mut v3) = (p.clone(), m.clone(), v.clone());
+                let avx2 = on_avx2(
+                    #[inline(always)]
+                    || k.run_any::<true>(&mut p3, &g, &mut m3, &mut v3),
+                );
+                if avx2.is_some() && r == Rounding::Once {
+                    for (a, b) in [(&p3, &p2), (&m3, &m2), (&v3, &v2)] {
+                        assert_eq!(bits(a), bits(b), "adam {c:?} on AVX2, {n} values");
+                    }
+                }
             }
             for (c, r) in sgd_kinds()
                 .into_iter()
@@ -490,6 +503,20 @@ mod tests {
                     let what = format!("sgd {c:?}, {r:?}, {n} values, first {first}");
                     assert_eq!(bits(&p1), bits(&p2), "{what}");
                     assert_eq!(bits(&b1), bits(&b2), "{what}");
+                    let mut p3 = p.clone();
+                    let mut b3 = if c.momentum != 0.0 {
+                        m.clone()
+                    } else {
+                        Vec::new()
+                    };
+                    let avx2 = on_avx2(
+                        #[inline(always)]
+                        || k.run_any::<true>(&mut p3, &g, &mut b3, first),
+                    );
+                    if avx2.is_some() && r == Rounding::Once {
+                        assert_eq!(bits(&p3), bits(&p2), "{what} on AVX2");
+                        assert_eq!(bits(&b3), bits(&b2), "{what} on AVX2");
+                    }
                 }
             }
         }

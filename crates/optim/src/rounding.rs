@@ -100,6 +100,19 @@ unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// `f()` compiled for AVX2 and FMA where the CPU has them (the copy [`with_fma`] runs on a CPU
+/// without AVX-512), else `None`: for the tests, on CPUs that have AVX-512 too.
+#[cfg(test)]
+pub(crate) fn on_avx2<R>(f: impl FnOnce() -> R) -> Option<R> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return Some(unsafe { avx2(f) });
+    }
+    let _ = f;
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
