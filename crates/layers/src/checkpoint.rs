@@ -406,14 +406,39 @@ fn prefix_of_missing(missing: &[&String], tensors: &HashMap<String, Tensor>) -> 
 /// Names missing from `tensors` or not in `varmap` (all listed), or a tensor of another shape.
 pub fn load_tensors_strict(varmap: &VarMap, tensors: &HashMap<String, Tensor>) -> Result<()> {
     let data = varmap.data().lock().unwrap_or_else(|p| p.into_inner());
+    let shapes: HashMap<String, Vec<usize>> = (data.iter())
+        .map(|(name, var)| (name.clone(), var.dims().to_vec()))
+        .collect();
+    check_strict(&shapes, tensors)?;
+    for (name, var) in data.iter().filter(|(name, _)| tensors.contains_key(*name)) {
+        let t = tensors[name]
+            .to_dtype(var.dtype())?
+            .to_device(var.device())?;
+        var.set(&t).with_context(|| format!("cannot set {name}"))?;
+    }
+    Ok(())
+}
+
+/// What [`load_tensors_strict`] checks before it loads, against a model's names and shapes
+/// alone (`zoo::shapes`, which builds none of its weights): every name of `shapes` in
+/// `tensors` but `num_batches_tracked`, no other, each of its shape.
+///
+/// # Errors
+/// As [`load_tensors_strict`].
+pub fn check_strict(
+    shapes: &HashMap<String, Vec<usize>>,
+    tensors: &HashMap<String, Tensor>,
+) -> Result<()> {
     // A checkpoint without `num_batches_tracked` (written before it was counted) leaves it as is.
-    let mut missing: Vec<&String> = data
+    let mut missing: Vec<&String> = shapes
         .keys()
         .filter(|k| !tensors.contains_key(*k) && !k.ends_with(BATCHES_TRACKED))
         .collect();
     missing.sort();
     // One the model has no place for is refused, as PyTorch's strict load refuses it.
-    let mut unexpected: Vec<&String> = tensors.keys().filter(|k| !data.contains_key(*k)).collect();
+    let mut unexpected: Vec<&String> = (tensors.keys())
+        .filter(|k| !shapes.contains_key(*k))
+        .collect();
     unexpected.sort();
     if !missing.is_empty() || !unexpected.is_empty() {
         let part = |keys: &[&String], what: &str| match keys.len() {
@@ -440,14 +465,17 @@ pub fn load_tensors_strict(varmap: &VarMap, tensors: &HashMap<String, Tensor>) -
             }
         )
     }
-    let mut mismatched: Vec<String> = data
+    let mut mismatched: Vec<String> = shapes
         .iter()
-        .filter(|(name, var)| tensors.get(*name).is_some_and(|t| t.shape() != var.shape()))
-        .map(|(name, var)| {
+        .filter(|(name, dims)| {
+            tensors
+                .get(*name)
+                .is_some_and(|t| t.dims() != dims.as_slice())
+        })
+        .map(|(name, dims)| {
             format!(
-                "{name}: the checkpoint has {:?}, the model expects {:?}",
+                "{name}: the checkpoint has {:?}, the model expects {dims:?}",
                 tensors[name].dims(),
-                var.dims()
             )
         })
         .collect();
@@ -461,12 +489,6 @@ pub fn load_tensors_strict(varmap: &VarMap, tensors: &HashMap<String, Tensor>) -
         };
         mismatched.truncate(SHOWN);
         bail!("shape mismatch for {}{more}", mismatched.join("; "))
-    }
-    for (name, var) in data.iter().filter(|(name, _)| tensors.contains_key(*name)) {
-        let t = tensors[name]
-            .to_dtype(var.dtype())?
-            .to_device(var.device())?;
-        var.set(&t).with_context(|| format!("cannot set {name}"))?;
     }
     Ok(())
 }

@@ -874,8 +874,8 @@ pub fn run_settings(config: &crate::config::RunConfig, epochs_done: usize) -> Re
 /// What every rank must train on and with: the training and test images (their counts, the
 /// class names and the labels, in order), the model's parameters (their names and shapes) and
 /// the trained ones, in a build with NCCL (which all-reduces CUDA tensors, MPI host ones)
-/// whether `device` is CUDA, and on the CPU how the optimizer rounds
-/// ([`optim::cpu_fused_multiply_add`]). Labels and names are compared by CRC-32C.
+/// whether `device` is CUDA, and how the optimizer rounds (on the CPU,
+/// [`optim::cpu_fused_multiply_add`]; the CUDA kernel rounds twice). Labels and names are compared by CRC-32C.
 pub fn data_settings(
     train: &dyn datasets::Dataset,
     test: &dyn datasets::Dataset,
@@ -922,17 +922,20 @@ pub fn data_settings(
         };
         settings.push(("the device (--device)".into(), kind.into()));
     }
-    if device.is_cpu() {
-        // Each rank updates its own replica: rounded otherwise on one, its weights drift.
-        let rounding = match optim::cpu_fused_multiply_add() {
-            true => "once (a fused multiply-add, as PyTorch's AVX2 and AVX-512 kernels)",
-            false => {
-                "twice (as PyTorch's portable kernels: a CPU without AVX2 and FMA, or \
-                 ATEN_CPU_CAPABILITY=default)"
-            }
-        };
-        settings.push(("the optimizer's CPU rounding".into(), rounding.into()));
-    }
+    // Each rank updates its own replica: rounded otherwise on one, its weights drift.
+    let rounding = match (device.is_cpu(), optim::cpu_fused_multiply_add()) {
+        (true, true) => {
+            "once (on the CPU, a fused multiply-add, as PyTorch's AVX2 and AVX-512 kernels; \
+             ATEN_CPU_CAPABILITY=default rounds twice, as PyTorch's portable kernels and the \
+             GPU's)"
+        }
+        (true, false) => {
+            "twice (on the CPU, as PyTorch's portable kernels: a CPU without AVX2 and FMA, or \
+             ATEN_CPU_CAPABILITY=default)"
+        }
+        (false, _) => "twice (the GPU's kernel)",
+    };
+    settings.push(("the optimizer's rounding".into(), rounding.into()));
     settings
 }
 
@@ -973,8 +976,10 @@ pub fn agree(what: &str, settings: &Settings) -> Result<()> {
     agree_that(
         what,
         settings,
-        "only --data-dir's path, --device (with NCCL, all CUDA or all CPU), --workers, \
-         --data-placement, --memory-format and a fine-tuning run's --weights may differ",
+        "only --data-dir's path, --device (with NCCL, all CUDA or all CPU; without, CPU ranks \
+         beside GPU ones under ATEN_CPU_CAPABILITY=default, so that their optimizers round \
+         alike), --workers, --data-placement, --memory-format and a fine-tuning run's \
+         --weights may differ",
     )
 }
 

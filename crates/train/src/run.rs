@@ -638,9 +638,10 @@ pub(crate) fn checkpoints_for_reading(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The weights of a resume state against the network its settings build (`--model` with the
-/// classes it keeps, built on the CPU), strictly as a resume loads them (every name, no other,
-/// each shape): a state edited or from another program writes no checkpoint. A state that
+/// The weights of a resume state against the network its settings name (`--model` with the
+/// classes it keeps: its names and shapes, [`zoo::shapes`]), strictly as a resume loads them
+/// (every name, no other, each shape): a state edited or from another program writes no
+/// checkpoint. A state that
 /// keeps no class names, or whose model the zoo does not build, is not checked here (the
 /// reader's strict load of the checkpoint checks it). For the readers that write missing
 /// checkpoints and a `--resume` of a finished run, which build no model of their own (a resume
@@ -655,11 +656,11 @@ fn check_state_network(
     let Some(classes) = saved.classes.as_ref().map(Vec::len) else {
         return Ok(());
     };
-    let store = ParamStore::new(0, &Device::Cpu);
-    if zoo::build(&saved.config.model, classes, store.vb()).is_err() {
+    // Names and shapes only: no weight is drawn (VGG-19's would take seconds).
+    let Ok(shapes) = zoo::shapes(&saved.config.model, classes) else {
         return Ok(());
-    }
-    layers::checkpoint::load_tensors_strict(store.varmap(), model).with_context(|| {
+    };
+    layers::checkpoint::check_strict(&shapes, model).with_context(|| {
         format!(
             "its weights are not those of the {} network it names ({classes} classes): no \
              checkpoint is written from it",
@@ -780,6 +781,12 @@ pub fn finished(
     if saved.epochs_done < config.epochs || config.epochs == 0 {
         return Ok(None);
     }
+    // Before the checkpoints are written from the state (below), and before it is said
+    // finished.
+    if crate::distributed::writes() && !saved.history.is_empty() {
+        check_state_network(saved, model)
+            .with_context(|| format!("--resume {}: {}", out.display(), crate::rundir::STATE))?;
+    }
     crate::say!(
         "the run in {} has already trained {}: nothing to train (give a larger --epochs to \
          continue it)",
@@ -804,8 +811,6 @@ pub fn finished(
         );
     }
     if crate::distributed::writes() && !saved.history.is_empty() {
-        check_state_network(saved, model)
-            .with_context(|| format!("--resume {}: {}", out.display(), crate::rundir::STATE))?;
         checkpoints_from_state(out, saved, model)?;
         history::save(out, &saved.history)?;
         pictures::save_curves(out, title, &saved.history)?;

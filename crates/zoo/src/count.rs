@@ -31,7 +31,6 @@ impl ShapeRecorder {
     }
 
     /// Every variable's name and shape, in creation order.
-    #[cfg(test)]
     pub(crate) fn shapes(&self) -> Vec<(String, Shape)> {
         self.lock().clone()
     }

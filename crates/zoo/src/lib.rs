@@ -189,6 +189,24 @@ pub fn num_parameters(name: &str, num_classes: usize) -> Result<usize> {
     Ok(recorder.num_parameters())
 }
 
+/// The names and shapes of model `name`'s tensors with `num_classes` outputs, as its
+/// `state_dict()` holds them (parameters and batch norms' buffers, `num_batches_tracked`
+/// included), built on the CPU with placeholder weights: what a checkpoint of it must hold
+/// (`layers::checkpoint::check_strict`), without initialising a network.
+///
+/// # Errors
+/// As [`build`].
+pub fn shapes(
+    name: &str,
+    num_classes: usize,
+) -> Result<std::collections::HashMap<String, Vec<usize>>> {
+    let recorder = count::ShapeRecorder::default();
+    build(name, num_classes, recorder.vb())?;
+    Ok((recorder.shapes().into_iter())
+        .map(|(name, shape)| (name, shape.dims().to_vec()))
+        .collect())
+}
+
 /// The one of `known` that `name` spells another way, as torchvision's spellings differ from
 /// ours in case and separators (`vgg16_bn`, `ResNet50`, `resnet-18`), or the only one that
 /// `name` begins (`lenet` for `lenet5`, `google` for `googlenet`; `vgg` begins several, so none).
@@ -468,6 +486,40 @@ mod tests {
             for (i, (a, b)) in plain.iter().zip(&last).enumerate() {
                 assert!(a == b, "{name}: tensor {i} differs");
             }
+        }
+        Ok(())
+    }
+
+    /// `shapes` is what a checkpoint of the built model holds (its `state_dict`, batch norms'
+    /// `num_batches_tracked` included), name for name and shape for shape, for the zoo's models
+    /// of under 30 million parameters (LeNet-5, the tutorial's CNN, GoogLeNet, the ResNets to
+    /// 50; AlexNet's and VGG's weights take seconds to draw, and their convolutions, linear
+    /// layers and batch norms are the same code): what the checks of a run's state against its
+    /// `--model` rely on.
+    #[test]
+    fn shapes_are_the_built_models_state_dict() -> Result<()> {
+        let classes = 7;
+        let small = |name: &&str| num_parameters(name, classes).is_ok_and(|n| n < 30_000_000);
+        let checked: Vec<&str> = names().into_iter().filter(small).collect();
+        for family in [
+            "lenet",
+            "cnn-mnist",
+            "googlenet",
+            "resnet18-seed",
+            "resnet50",
+        ] {
+            assert!(checked.iter().any(|n| n.starts_with(family)), "{family}");
+        }
+        for name in checked {
+            let store = layers::ParamStore::new(0, &candle_core::Device::Cpu);
+            build(name, classes, store.vb())?;
+            let saved = layers::checkpoint::state_dict(store.varmap())?;
+            let shapes = shapes(name, classes)?;
+            let dims: std::collections::HashMap<String, Vec<usize>> = (saved.iter())
+                .map(|(k, t)| (k.clone(), t.dims().to_vec()))
+                .collect();
+            assert_eq!(shapes, dims, "{name}");
+            layers::checkpoint::check_strict(&shapes, &saved)?;
         }
         Ok(())
     }
