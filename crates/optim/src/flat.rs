@@ -8,7 +8,9 @@
 //! kernels once, and `N` copies back (`N` parameter tensors), where the per-tensor update
 //! launches about 16 kernels (Adam) or 7 to 9 (SGD with momentum and weight decay) per tensor.
 //! Every operation is element-wise, so each element sees the same operations in the same order
-//! as in the per-tensor update: the results are identical bit for bit.
+//! as in the per-tensor update: the results are identical bit for bit (on the CPU, where both
+//! run the fused step; on CUDA the one-launch kernel and Candle's per-tensor operations agree
+//! but for the sign of an exact zero, which Candle's products with a scalar make `+0.0`).
 //!
 //! The parameters themselves cannot be views of one flat tensor: the model holds one
 //! [`candle_core::Var`] per tensor, each owning its storage, and Candle makes no variable out

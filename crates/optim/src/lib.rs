@@ -38,15 +38,18 @@
 //!
 //! Each optimizer updates either tensor by tensor (on the CPU, where f32 tensors take one fused
 //! in-place pass each) or, on a GPU, all parameters of a dtype at once over flat tensors, as
-//! PyTorch's `foreach` / `fused` implementations do ([`Update`]); both give the same bits.
+//! PyTorch's `foreach` / `fused` implementations do ([`Update`]); both give the same bits (on a
+//! GPU, where the tensor-by-tensor update is Candle's operations, the same values: Candle's
+//! products with a scalar turn a `-0.0` into `+0.0`).
 //!
 //! On the CPU a product added to a value (`param.add_(grad, alpha=-lr)`, `lerp_`, `addcmul_`)
 //! is rounded as PyTorch's CPU kernels round it on the same machine: once, as a fused
-//! multiply-add, on an x86-64 with AVX2 and FMA and on ARM (PyTorch's `AVX2` and `AVX512`
-//! kernels, and its ARM ones), twice on other CPUs or where `ATEN_CPU_CAPABILITY=default` is set
-//! (PyTorch's variable for its portable kernels). So SGD's steps equal PyTorch's bit for bit;
-//! Adam's differ where PyTorch's `sqrt` (MKL's) is not correctly rounded, one float32 value in
-//! about 150. The CUDA kernel, and Candle's tensor operations for other dtypes, round twice.
+//! multiply-add, on an x86-64 with AVX2 and FMA (PyTorch's `AVX2` and `AVX512` kernels) and on
+//! aarch64, twice on other x86-64 CPUs or where `ATEN_CPU_CAPABILITY` is `default` (PyTorch's
+//! variable for its portable kernels) ([`cpu_fused_multiply_add`]). So SGD's steps equal
+//! PyTorch's bit for bit (tested against PyTorch's own steps); Adam's differ where PyTorch's
+//! `sqrt` (MKL's) is not correctly rounded, about one float32 value in 170. The CUDA kernel, and
+//! Candle's tensor operations for other dtypes, round twice.
 
 mod adam;
 #[cfg(feature = "cuda")]
