@@ -641,11 +641,10 @@ pub(crate) fn checkpoints_for_reading(dir: &Path) -> Result<()> {
 /// The weights of a resume state against the network its settings name (`--model` with the
 /// classes it keeps: its names and shapes, [`zoo::shapes`]), strictly as a resume loads them
 /// (every name, no other, each shape): a state edited or from another program writes no
-/// checkpoint. A state that
-/// keeps no class names, or whose model the zoo does not build, is not checked here (the
-/// reader's strict load of the checkpoint checks it). For the readers that write missing
-/// checkpoints and a `--resume` of a finished run, which build no model of their own (a resume
-/// that trains on loads the state into its model first).
+/// checkpoint. A state that keeps no class names, or whose model the zoo does not build, is not
+/// checked here (the reader's strict load of the checkpoint checks it). For the readers that
+/// write missing checkpoints and a `--resume` of a finished run, which build no model of their
+/// own (a resume that trains on loads the state into its model first).
 ///
 /// # Errors
 /// A tensor missing, extra or of another shape, named.
