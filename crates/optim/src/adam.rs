@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
@@ -350,17 +350,36 @@ impl Optimizer for Adam {
                     .with_context(|| format!("optimizer state lacks {}.{b}", p.name))
             };
             let step = get("step")?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            // What no step writes (an edited or damaged state): the bias corrections would
+            // divide by zero, the root of the second moment be NaN, and the run train to NaN.
+            ensure!(
+                step >= 1.0 && step.fract() == 0.0,
+                "optimizer state {}.step is {step}: Adam's step count is a whole number from 1 \
+                 (the state was edited or damaged)",
+                p.name
+            );
+            let exp_avg_sq = restore_like(
+                get("exp_avg_sq")?,
+                &p.var,
+                &format!("{}.exp_avg_sq", p.name),
+            )?;
+            if exp_avg_sq.elem_count() > 0 {
+                let low = (exp_avg_sq.flatten_all()?.min(0)?)
+                    .to_dtype(DType::F64)?
+                    .to_scalar::<f64>()?;
+                ensure!(
+                    low >= 0.0 || low.is_nan(),
+                    "optimizer state {}.exp_avg_sq holds {low}: a running mean of squared \
+                     gradients is never negative (the state was edited or damaged)",
+                    p.name
+                );
+            }
             p.moments = Some(Moments {
                 step: step as u64,
                 // Copies: the step updates the moments in place, and `state` is the caller's.
                 exp_avg: restore_like(get("exp_avg")?, &p.var, &format!("{}.exp_avg", p.name))?
                     .copy()?,
-                exp_avg_sq: restore_like(
-                    get("exp_avg_sq")?,
-                    &p.var,
-                    &format!("{}.exp_avg_sq", p.name),
-                )?
-                .copy()?,
+                exp_avg_sq: exp_avg_sq.copy()?,
             });
         }
         Ok(())

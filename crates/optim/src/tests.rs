@@ -219,6 +219,41 @@ fn saved_state_resumes_the_same_trajectory() -> Result<()> {
     Ok(())
 }
 
+/// An Adam state no step writes (an edited state: a negative second moment, a step count of 0
+/// or 2.5) is refused on loading, naming the buffer, where it would train to NaN.
+#[test]
+fn an_impossible_adam_state_is_refused() -> Result<()> {
+    let var = make_var()?;
+    let mut opt = Adam::new(vec![("w".into(), var.clone())], AdamConfig::adam(0.05))?;
+    run_steps(&mut opt, &var, 2)?;
+    let good = opt.state()?;
+    opt.load_state(&good)?;
+    let edited = |key: &str, value: Tensor| {
+        let mut state = good.clone();
+        state.insert(key.to_string(), value);
+        state
+    };
+    let negative = Tensor::new(&[1e-4f32, -1.0, 0.0, 2.0], &Device::Cpu)?;
+    for (state, says) in [
+        (
+            edited("w.exp_avg_sq", negative),
+            "w.exp_avg_sq holds -1: a running mean of squared gradients is never negative",
+        ),
+        (
+            edited("w.step", Tensor::new(0f64, &Device::Cpu)?),
+            "w.step is 0",
+        ),
+        (
+            edited("w.step", Tensor::new(2.5f64, &Device::Cpu)?),
+            "w.step is 2.5",
+        ),
+    ] {
+        let err = opt.load_state(&state).unwrap_err().to_string();
+        assert!(err.contains(says), "{err}");
+    }
+    Ok(())
+}
+
 #[test]
 fn invalid_hyper_parameters_are_named_in_pytorchs_wording() {
     let message = |r: Result<()>| r.err().map(|e| e.to_string()).unwrap_or_default();
