@@ -4,7 +4,8 @@
 //!
 //! Each batch is a pickled dict: `data`, a NumPy `uint8` array of shape `(N, 3072)` (each row
 //! 1024 red, 1024 green, then 1024 blue bytes, row by row: the binary version's layout), and
-//! `labels`, a list of `N` ints. `batches.meta` holds `label_names`. The pickles are decoded by
+//! `labels`, a list of `N` ints (or, in batches pickled anew, a NumPy integer array, which
+//! torchvision reads alike). `batches.meta` holds `label_names`. The pickles are decoded by
 //! `serde-pickle`, which builds values and never runs code: NumPy's reconstruction calls stay
 //! unresolved and only their arguments and state are read.
 
@@ -99,12 +100,16 @@ fn check_shape(bytes: &[u8], name: &str) -> Result<Vec<String>> {
     let mut dtypes: Vec<String> = Vec::new();
     // Bytes of scalars the decoder copies from the memo, in all.
     let mut copied = 0u64;
-    /// A container: how many scalars it holds directly, which containers, and its first item.
+    /// A container: how many scalars it holds directly (and their bytes, a copied container's
+    /// in all), which containers, its first item, and whether it is sealed (a tuple or a
+    /// call's result: nothing is added to it later).
     #[derive(Default)]
     struct Node {
         leaves: u64,
+        leaf_bytes: u64,
         children: Vec<usize>,
         first: Option<Item>,
+        sealed: bool,
     }
     let mut nodes: Vec<Node> = Vec::new();
     let mut stack: Vec<Item> = Vec::new();
@@ -147,10 +152,41 @@ fn check_shape(bytes: &[u8], name: &str) -> Result<Vec<String>> {
             nodes[node].first.get_or_insert(*item);
             match *item {
                 Item::Node(child) => nodes[node].children.push(child),
-                _ => nodes[node].leaves += 1,
+                other => {
+                    nodes[node].leaves += 1;
+                    // At least a short scalar's size: a name's or a number's bytes are not kept.
+                    nodes[node].leaf_bytes += match other {
+                        Item::Copy(n) | Item::Leaf(n) => n.max(16),
+                        _ => 16,
+                    };
+                }
             }
         }
     };
+    let seal = |nodes: &mut Vec<Node>, node: Item, sealed: bool| {
+        if let Item::Node(n) = node {
+            nodes[n].sealed = sealed;
+        }
+    };
+    // The bytes a sealed container of short scalars and sealed containers holds, in all (a
+    // repeat inside it counted in full): what the decoder copies where it is repeated; `None`
+    // for anything else, or more than MAX_REPEATED bytes.
+    fn small_sealed(nodes: &[Node], node: usize) -> Option<u64> {
+        let mut bytes = 0u64;
+        let mut todo = vec![node];
+        while let Some(n) = todo.pop() {
+            let node = &nodes[n];
+            if !node.sealed {
+                return None;
+            }
+            bytes += node.leaf_bytes;
+            todo.extend(&node.children);
+            if bytes > MAX_REPEATED || todo.len() > 8 {
+                return None;
+            }
+        }
+        Some(bytes)
+    }
     let top = loop {
         let at = pos;
         // Every opcode makes at most one value: their number bounds the decoder's values.
@@ -240,6 +276,7 @@ fn check_shape(bytes: &[u8], name: &str) -> Result<Vec<String>> {
             // Containers.
             b']' | b'}' | b')' | 0x8f => {
                 let node = new_node(&mut nodes, &[])?;
+                seal(&mut nodes, node, op == b')');
                 stack.push(node)
             }
             b'(' => {
@@ -258,6 +295,7 @@ fn check_shape(bytes: &[u8], name: &str) -> Result<Vec<String>> {
                     b'1' => {}
                     b't' | b'l' | b'd' | 0x91 => {
                         let node = new_node(&mut nodes, &items)?;
+                        seal(&mut nodes, node, op == b't');
                         stack.push(node)
                     }
                     _ => match stack.last() {
@@ -269,6 +307,7 @@ fn check_shape(bytes: &[u8], name: &str) -> Result<Vec<String>> {
             0x85..=0x87 => {
                 let items = pop(&mut stack, usize::from(op - 0x84))?;
                 let node = new_node(&mut nodes, &items)?;
+                seal(&mut nodes, node, true);
                 stack.push(node)
             }
             b'a' | b's' => {
@@ -288,6 +327,7 @@ fn check_shape(bytes: &[u8], name: &str) -> Result<Vec<String>> {
                     }
                 }
                 let node = new_node(&mut nodes, &items[1..])?;
+                seal(&mut nodes, node, true);
                 stack.push(node)
             }
             b'b' => {
@@ -332,12 +372,21 @@ fn check_shape(bytes: &[u8], name: &str) -> Result<Vec<String>> {
                     .get(&key)
                     .ok_or_else(|| unreadable("a missing memo entry", at))?;
                 // Python's pickler refers back to objects it has written; a CIFAR-10 batch
-                // repeats only short names (a NumPy global, an encoding), never a list, a dict,
-                // an array's bytes. The decoder copies each repeat: more is refused.
+                // repeats only short names (a NumPy global, an encoding) and small sealed
+                // values made of them (NumPy's `(0,)`, Python 3's `_codecs.encode("b",
+                // "latin1")` in protocol 2, a dtype), never a list, a dict, an array's bytes.
+                // The decoder copies each repeat: more is refused.
                 let (n, fetched) = match *item {
                     Item::Leaf(n) | Item::Copy(n) if n <= MAX_REPEATED => (n, Item::Copy(n)),
                     Item::Word(w, _) => (words[w].len() as u64, Item::Word(w, true)),
                     Item::Dtype => (0, Item::Dtype),
+                    Item::Node(node) => match small_sealed(&nodes, node) {
+                        Some(n) => (n, Item::Copy(n)),
+                        None => bail!(
+                            "{name}: the pickle repeats a container or a long value by reference \
+                             (at offset {at}); a CIFAR-10 batch repeats only short names"
+                        ),
+                    },
                     _ => bail!(
                         "{name}: the pickle repeats a container or a long value by reference (at \
                          offset {at}); a CIFAR-10 batch repeats only short names"
@@ -536,14 +585,6 @@ fn images(data: &Value, name: &str) -> Result<(usize, Vec<u8>)> {
 /// `labels` (`N` ints below the class count), or are CIFAR-100's (`fine_labels`).
 pub(crate) fn parse_batch(bytes: &[u8], name: &str, classes: Vec<String>) -> Result<InMemory> {
     let (dict, dtypes) = top_dict(bytes, name, "`data` and `labels`")?;
-    // The decoder keeps an array's bytes and shape, not its type: a batch's one array is
-    // `data`, of uint8 (`u1`; `|u1` in older NumPy).
-    if let Some(other) = dtypes.iter().find(|d| !matches!(d.as_str(), "u1" | "|u1")) {
-        bail!(
-            "{name}: holds a NumPy array of dtype {other:?}; CIFAR-10's Python version holds \
-             `data` as uint8 (\"u1\") and `labels` as a list of ints"
-        );
-    }
     if field(&dict, "fine_labels").is_some() {
         bail!(
             "{name}: a CIFAR-100 batch (it has `fine_labels`); this reads CIFAR-10's Python \
@@ -560,34 +601,126 @@ pub(crate) fn parse_batch(bytes: &[u8], name: &str, classes: Vec<String>) -> Res
             }
         ),
     };
-    let (n, images) = images(data, name)?;
-    let Value::List(labels) = labels else {
-        bail!(
-            "{name}: `labels` is {}, CIFAR-10's Python version has a list of ints there",
-            kind(labels)
-        );
+    // The decoder keeps an array's bytes and shape, not its type: the batch's arrays are
+    // `data`, of uint8 (`u1`; `|u1` in older NumPy), and perhaps `labels`, of an integer type
+    // (`self.targets.extend(entry["labels"])` in torchvision reads a list or an array alike),
+    // told apart by their element sizes.
+    let label_width = match labels {
+        Value::List(_) => None,
+        other => match ndarray(other) {
+            Some((shape, _, b)) if shape.len() == 1 && shape[0] > 0 => Some(b.len() / shape[0]),
+            Some((shape, ..)) => bail!(
+                "{name}: `labels` is a NumPy array of shape {shape:?}; CIFAR-10's Python version \
+                 has a list of N ints there (or a one-dimensional array of N ints)"
+            ),
+            None => bail!(
+                "{name}: `labels` is {}, CIFAR-10's Python version has a list of ints there (or \
+                 a one-dimensional NumPy array of ints)",
+                kind(other)
+            ),
+        },
     };
-    ensure!(
-        labels.len() == n,
-        "{name}: {} labels for {n} images",
-        labels.len()
-    );
+    check_dtypes(&dtypes, label_width, name)?;
+    let (n, images) = images(data, name)?;
+    // Where the labels are an array: read as little-endian integers of its element size.
+    let mut read_as = String::new();
+    let labels: Vec<i128> = match labels {
+        Value::List(labels) => {
+            ensure!(
+                labels.len() == n,
+                "{name}: {} labels for {n} images",
+                labels.len()
+            );
+            labels
+                .iter()
+                .enumerate()
+                .map(|(i, label)| match label {
+                    Value::I64(v) => Ok(i128::from(*v)),
+                    other => bail!(
+                        "{name}: label {i} is {}, not a class index below {}",
+                        kind(other),
+                        classes.len()
+                    ),
+                })
+                .collect::<Result<_>>()?
+        }
+        other => {
+            let (shape, _, b) = ndarray(other).context("checked above")?;
+            ensure!(shape[0] == n, "{name}: {} labels for {n} images", shape[0]);
+            let width = b.len() / n;
+            ensure!(
+                b.len() == n * width,
+                "{name}: `labels` holds {} bytes for {n} labels: the file is cut short",
+                b.len()
+            );
+            let signed = dtypes.iter().any(|d| dtype_code(d) == Some(('i', width)));
+            read_as = format!(
+                " (the array read as {}{}-bit little-endian integers)",
+                if signed { "" } else { "unsigned " },
+                8 * width
+            );
+            b.chunks_exact(width)
+                .map(|v| {
+                    let mut le = [0u8; 16];
+                    le[..width].copy_from_slice(v);
+                    let raw = u128::from_le_bytes(le);
+                    let bits = 8 * width as u32;
+                    if signed && raw >> (bits - 1) == 1 {
+                        raw as i128 - (1i128 << bits)
+                    } else {
+                        raw as i128
+                    }
+                })
+                .collect()
+        }
+    };
     let labels = labels
         .iter()
         .enumerate()
-        .map(|(i, label)| match small_int(label) {
-            Some(l) if l < classes.len() => Ok(l as u8),
+        .map(|(i, &label)| match u8::try_from(label) {
+            Ok(l) if usize::from(l) < classes.len() => Ok(l),
             _ => bail!(
-                "{name}: label {i} is {}, not a class index below {}",
-                match label {
-                    Value::I64(v) => v.to_string(),
-                    other => kind(other).to_string(),
-                },
+                "{name}: label {i} is {label}{read_as}, not a class index below {}",
                 classes.len()
             ),
         })
         .collect::<Result<Vec<u8>>>()?;
     InMemory::new(images, labels, (3, 32, 32), classes).with_context(|| name.to_string())
+}
+
+/// A NumPy type code's kind and element size in bytes (`"u1"` is `('u', 1)`, `"<i8"` is
+/// `('i', 8)`); `None` for a big-endian or unsized code.
+fn dtype_code(code: &str) -> Option<(char, usize)> {
+    let code = code.trim_start_matches(['<', '|', '=']);
+    let mut chars = code.chars();
+    let kind = chars.next()?;
+    let width: usize = chars.as_str().parse().ok()?;
+    Some((kind, width))
+}
+
+/// Checks the NumPy dtypes a batch builds: `data`'s uint8 and, where `labels` is an array of
+/// `label_width`-byte elements, an integer type of that size.
+fn check_dtypes(dtypes: &[String], label_width: Option<usize>, name: &str) -> Result<()> {
+    let wanted = "CIFAR-10's Python version holds `data` as uint8 (\"u1\") and `labels` as a \
+                  list of ints (or an integer array)";
+    for d in dtypes {
+        let fits = match (dtype_code(d), label_width) {
+            (Some(('u', 1)), _) => true,
+            (Some(('i' | 'u', w)), Some(lw)) => w == lw && w > 1,
+            _ => false,
+        };
+        ensure!(fits, "{name}: holds a NumPy array of dtype {d:?}; {wanted}");
+    }
+    if let Some(w) = label_width {
+        let typed =
+            (dtypes.iter()).any(|d| matches!(dtype_code(d), Some(('i' | 'u', x)) if x == w));
+        ensure!(
+            [1, 2, 4, 8].contains(&w) && typed,
+            "{name}: `labels` is an array of {w}-byte values{}; {wanted}",
+            if typed { "" } else { " of no integer type" }
+        );
+    }
+    Ok(())
 }
 
 /// The class names of a pickled `batches.meta` (its `label_names`); `name` identifies the file.
@@ -775,6 +908,56 @@ pub(crate) mod tests {
         assert_eq!(batch.label(1), usize::from(labels[1]));
         assert_eq!(batch.image(1)?.data, &images[IMAGE_BYTES..]);
         Ok(())
+    }
+
+    /// Batches pickled anew by NumPy 2.4 with `labels` as an array (`tools/cifar_label_arrays.py`
+    /// writes them): integer arrays read as torchvision reads them, in protocols 2 (Python 3's
+    /// form, with NumPy's globals, `(0,)` and an encoding call repeated by reference) to 5;
+    /// float, big-endian, negative and two-dimensional labels refused, naming the file.
+    #[test]
+    fn label_arrays_read_as_torchvision_reads_them() -> Result<()> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+        let read = |case: &str| -> Result<InMemory> {
+            let name = format!("cifar-labels-{case}.pkl");
+            parse_batch(&std::fs::read(dir.join(&name))?, &name, classes())
+        };
+        let pixels: Vec<u8> = (0..2 * IMAGE_BYTES).map(|i| (i % 256) as u8).collect();
+        for case in ["int64-p2", "int64-p5", "uint8-p4", "int16-p4"] {
+            let batch = read(case).with_context(|| case.to_string())?;
+            assert_eq!(batch.labels(), &[3, 9], "{case}");
+            assert_eq!(batch.pixels(0)?, &pixels[..IMAGE_BYTES], "{case}");
+            assert_eq!(batch.pixels(1)?, &pixels[IMAGE_BYTES..], "{case}");
+        }
+        let refused = |case: &str| format!("{:#}", read(case).unwrap_err());
+        for (case, says) in [
+            ("float64-p4", "of dtype \"f8\""),
+            (
+                "bigendian-p4",
+                "label 0 is 216172782113783808 (the array read as 64-bit little-endian integers)",
+            ),
+            ("negative-p4", "label 0 is -1 (the array read as 64-bit"),
+            ("column-p4", "`labels` is a NumPy array of shape [2, 1]"),
+        ] {
+            let e = refused(case);
+            assert!(
+                e.contains(&format!("cifar-labels-{case}.pkl")) && e.contains(says),
+                "{e}"
+            );
+        }
+        Ok(())
+    }
+
+    /// Small tuples may be repeated by reference (NumPy's pickles do), but not tuples of
+    /// repeats of tuples, which double at each level (2^30 values in 200 bytes).
+    #[test]
+    fn nested_repeated_tuples_are_refused() {
+        let mut p = vec![0x80, 2, b'K', 1, b'K', 1, 0x86, b'q', 0];
+        for i in 0..30u8 {
+            p.extend_from_slice(&[b'h', i, b'h', i, 0x86, b'q', i + 1]);
+        }
+        p.push(b'.');
+        let e = format!("{:#}", parse_batch(&p, "f.pkl", classes()).unwrap_err());
+        assert!(e.contains("f.pkl: the pickle repeats a container"), "{e}");
     }
 
     #[test]
