@@ -85,9 +85,11 @@ fn two_ranks_with_sync_bn_match_one_process() {
 
 /// A last global batch that leaves a rank one image (here 10 images over 2 ranks of batch 2:
 /// the third global batch is two images, one a rank): without `--sync-bn` each rank's batch
-/// norms see one value per channel at `resnet18-seed`'s 1x1 stage and refuse it, as PyTorch's
-/// do; the error names the batch, the rank's share and the ways out. With `--sync-bn` the
-/// statistics are the global batch's, two values a channel, and the run trains.
+/// norms would see one value per channel at `resnet18-seed`'s 1x1 stage and refuse it, as
+/// PyTorch's do, at the end of the first epoch; the job is refused before training, naming the
+/// last global batch, the rank's share and the ways out (nothing trained, nothing written but
+/// the run's settings). With `--sync-bn` the statistics are the global batch's, two values a
+/// channel, and the run trains.
 #[test]
 fn a_rank_left_one_image_names_the_ways_out() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -122,10 +124,18 @@ fn a_rank_left_one_image_names_the_ways_out() {
     let err = String::from_utf8_lossy(&failed.stderr);
     assert!(!failed.status.success(), "{err}");
     assert!(
-        err.contains("the forward pass of training batch 3/3 (1 of its 2 images on this rank)")
-            && err.contains("add --sync-bn, or add --drop-last"),
+        err.contains(
+            "the last global batch of each epoch would hold 2 images (10 images in global \
+             batches of 2 ranks x 2 = 4), which leaves rank 1 one image"
+        ) && err.contains("add --sync-bn, or add --drop-last"),
         "{err}"
     );
+    let said = format!("{err}{}", String::from_utf8_lossy(&failed.stdout));
+    assert!(
+        !said.contains("epoch 1/1"),
+        "trained before refusing: {said}"
+    );
+    assert!(!out.join("state.safetensors").exists());
     let synced = dir.path().join("synced");
     run(mpirun()
         .args(["-n", "2", BIN])

@@ -131,6 +131,45 @@ fn a_failing_rank_ends_the_job_with_its_error() {
 
 /// The pid of the process running `BIN` as rank `rank` of the MPI job whose command line holds
 /// `marker` (Linux: its environment in /proc names the rank).
+/// A loss that stops being finite reaches every rank at the same step (the all-reduced loss):
+/// the ranks stop together once rank 0 has written the epoch before, which stays whole (an
+/// abort from rank 1 ended rank 0's write midway); the error is said once, by rank 0, and the
+/// job exits with an error. Synthetic MNIST, the MNIST CNN, SGD at 0.01 for the first epoch,
+/// 1e7 after.
+#[test]
+fn a_diverging_job_stops_together_keeping_the_epochs_before() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("mnist");
+    train::synthetic::write_mnist(&data, 256, 64).expect("synthetic MNIST");
+    let out = dir.path().join("run");
+    let data_s = data.to_string_lossy();
+    let out_s = out.to_string_lossy();
+    let result = mpirun()
+        .args(["-n", "2", BIN])
+        .args(args(&data_s, &out_s, "32"))
+        .args([
+            "--model",
+            "cnn-mnist",
+            "--epochs",
+            "3",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "0.01",
+        ])
+        .args(["--schedule", "step", "--step-size", "1", "--gamma", "1e9"])
+        .output()
+        .expect("cannot start mpirun");
+    let err = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success(), "{err}");
+    assert_eq!(err.matches("the training loss became").count(), 1, "{err}");
+    assert!(err.contains("in epoch 2 at batch"), "{err}");
+    assert!(!err.contains("Error on rank"), "{err}");
+    assert_eq!(metrics(&out).len(), 1, "{err}");
+    // Epoch 1's files are whole: its run evaluates.
+    run(Command::new(BIN).args(["evaluate", "--run", &out_s, "--data-dir", &data_s]));
+}
+
 fn pid_of_rank(rank: usize, marker: &str) -> Option<u32> {
     let wanted = format!("OMPI_COMM_WORLD_RANK={rank}");
     std::fs::read_dir("/proc")

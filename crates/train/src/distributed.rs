@@ -511,6 +511,24 @@ fn start<T>(
             drop(universe);
             Ok(value)
         }
+        Err(e) if rank.size > 1 && e.chain().any(|c| c.is::<crate::engine::Diverged>()) => {
+            // A non-finite loss or weight: every rank meets it at the same step, from reduced
+            // or broadcast values. The ranks stop together once rank 0 has finished writing the
+            // epochs before (an abort would end that write midway). Rank 0 says why before any
+            // rank exits (mpirun ends the others when one exits with an error), as `main`
+            // would; each then exits with status 1.
+            if !quiet() {
+                crate::warn!("Error: {e:?}");
+            }
+            let _ = std::io::stdout().flush();
+            if let Some(context) = &context {
+                let _waiting = watchdog::Waiting::new(watchdog::Collective::Barrier);
+                context.comm.barrier();
+            }
+            drop(context);
+            drop(universe);
+            std::process::exit(1)
+        }
         Err(e) if rank.size > 1 => {
             // Printed before the abort: mpirun then ends every rank within moments.
             crate::warn!("Error on rank {} of {}: {e:?}", rank.rank, rank.size);
@@ -1111,6 +1129,9 @@ pub fn train_epoch(
     let previous = sync_bn.then(|| layers::set_stats_sync(Some(bn.clone())));
     let result = (|| -> Result<()> {
         for (b, batch) in loader.batches(epoch).enumerate() {
+            // Rank 0's write of the previous epoch's files failed: its error ends the job now,
+            // not after an epoch that could not be saved (Ctrl-C is not taken over in a job).
+            crate::interrupt::check()?;
             let batch = batch?;
             step.schedule.apply(step.optimizer, epoch, b, batches);
             last_lr = step.optimizer.learning_rate();

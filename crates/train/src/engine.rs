@@ -156,6 +156,10 @@ pub(crate) fn refuse_no_grad(epoch: usize) -> Result<()> {
 
 /// The error of a run whose loss stopped being finite: its message says what is kept and that
 /// a new run (not `--resume`, which would repeat it) is the way on, so the run adds nothing.
+/// In a data-parallel job it comes from values every rank holds alike (the all-reduced loss,
+/// the reduced metrics, the broadcast weights), so every rank meets it at the same step: the
+/// ranks then stop together instead of aborting the job ([`crate::distributed::launch_job`]).
+/// Keep it to such values.
 #[derive(Debug)]
 pub struct Diverged(pub String);
 

@@ -410,12 +410,10 @@ pub fn train(
     // Each epoch's files are written on a second thread while the next epoch trains, from host
     // copies taken on this one (`Snapshot`); the writes of one epoch finish before the next
     // epoch's start, and the last before the run returns, also when it fails.
-    // A failed write stops the epoch training meanwhile after its batch (in one process: the
-    // ranks of a job stop together, at the epoch's end).
+    // A failed write stops the epoch training meanwhile after its batch (in a data-parallel
+    // job rank 0's error then ends the job: nothing else is being written).
     let write_failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let _stop = shards
-        .is_none()
-        .then(|| crate::interrupt::stop_when(write_failed.clone()));
+    let _stop = crate::interrupt::stop_when(write_failed.clone());
     std::thread::scope(|scope| -> Result<()> {
         let mut pending = None;
         // A write's error found while the epochs go on: the run's error once they stop.
@@ -1809,14 +1807,65 @@ pub fn check_transforms(config: &RunConfig, data: &Split) -> Result<Vec<Transfor
     Ok(inputs)
 }
 
+/// A batch of one image that a training run would meet ([`lone_image`]).
+#[derive(Debug, PartialEq)]
+pub(crate) enum LoneImage {
+    /// `--batch-size 1` (per rank, without `--sync-bn`).
+    BatchOfOne,
+    /// The last (global) batch of each epoch: it holds `last` images, which leave `fewest` (0
+    /// or 1) on rank `rank` (in one process, or with `--sync-bn`, `fewest` is `last`).
+    LastBatch {
+        last: usize,
+        fewest: usize,
+        rank: usize,
+    },
+}
+
+/// Where a run of `samples` training images in batches of `batch` per rank, on `world` ranks,
+/// would give a batch norm one image a step: in one process a batch of one; in a data-parallel
+/// job without `sync_bn` a rank's share of a batch of one or none (a rank without images runs
+/// one at a weight of zero), with `sync_bn` a global batch of one. None with `drop_last` but
+/// for `--batch-size 1`. Ranks take their shares of a global batch as
+/// [`crate::distributed::Sharded`] cuts them: the last ranks the fewest.
+pub(crate) fn lone_image(
+    samples: usize,
+    batch: usize,
+    world: usize,
+    sync_bn: bool,
+    drop_last: bool,
+) -> Option<LoneImage> {
+    let world = world.max(1);
+    let global = batch * world;
+    if global == 1 || (batch == 1 && !sync_bn) {
+        return Some(LoneImage::BatchOfOne);
+    }
+    let last = samples % global;
+    if drop_last || last == 0 {
+        return None;
+    }
+    if world == 1 || sync_bn {
+        return (last == 1).then_some(LoneImage::LastBatch {
+            last,
+            fewest: last,
+            rank: 0,
+        });
+    }
+    let fewest = last / world;
+    (fewest <= 1).then_some(LoneImage::LastBatch {
+        last,
+        fewest,
+        rank: world - 1,
+    })
+}
+
 /// Refuses, before training, batches of one image that the model cannot train on: batch norm in
 /// training needs more than one value per channel (`torch.nn.BatchNorm2d` refuses it too), so
-/// a stage at 1x1 needs two images or more. Checked when the last batch of each epoch would
-/// hold one image (the run would otherwise fail at the end of its first epoch) or
-/// `--batch-size` is 1; not with `--drop-last` (which drops such a last batch) or in a
-/// data-parallel job (its ranks' batches differ). One training-mode forward of a single zero
-/// image tells; the parameters, batch-norm statistics and dropout generator are put back as
-/// they were, so the run is the same as without the check.
+/// a stage at 1x1 needs two images or more. Checked where [`lone_image`] finds such a batch: in
+/// one process `--batch-size` 1 or a last batch of one image (the run would otherwise fail at
+/// the end of its first epoch); in a data-parallel job also a rank's share of the last global
+/// batch (without `--sync-bn`). One training-mode forward of a single zero image tells; the
+/// parameters, batch-norm statistics and dropout generator are put back as they were, so the
+/// run is the same as without the check.
 pub fn check_last_batch(
     model: &dyn Network,
     store: &ParamStore,
@@ -1825,17 +1874,24 @@ pub fn check_last_batch(
     inputs: &[TransformedInput],
     device: &Device,
 ) -> Result<()> {
-    let single =
-        config.batch_size == 1 || (samples % config.batch_size == 1 && !config.parallel.drop_last);
+    let world = crate::distributed::rank().map_or(1, |r| r.size);
+    let parallel = &config.parallel;
+    let lone = lone_image(
+        samples,
+        config.batch_size,
+        world,
+        parallel.sync_bn && world > 1,
+        parallel.drop_last,
+    );
     let Some((_, _, (c, h, w))) = inputs
         .iter()
         .find(|(flag, ..)| *flag == "--train-transform")
     else {
         return Ok(());
     };
-    if !single || crate::distributed::rank().is_some() {
+    let Some(lone) = lone else {
         return Ok(());
-    }
+    };
     let vars = store.named_vars();
     let kept: Vec<Tensor> = vars
         .iter()
@@ -1848,21 +1904,46 @@ pub fn check_last_batch(
     for ((_, var), value) in vars.iter().zip(&kept) {
         var.set(value)?;
     }
-    forward.map(drop).with_context(|| match config.batch_size {
-        1 => format!(
-            "--batch-size 1: {} cannot train on batches of one image (batch norm needs more \
-             than one value per channel); choose a --batch-size of 2 or more",
-            config.model
+    let model_name = &config.model;
+    let (b, plural) = (config.batch_size, if samples == 1 { "" } else { "s" });
+    forward.map(drop).with_context(|| match lone {
+        LoneImage::BatchOfOne if world == 1 => format!(
+            "--batch-size 1: {model_name} cannot train on batches of one image (batch norm \
+             needs more than one value per channel); choose a --batch-size of 2 or more"
         ),
-        b => format!(
-            "the last training batch of each epoch would hold one image ({samples} image{} in \
-             batches of {b}), which {} cannot train on; choose another --batch-size{}",
-            if samples == 1 { "" } else { "s" },
-            config.model,
+        LoneImage::BatchOfOne => format!(
+            "--batch-size 1 (a rank's share of each global batch): {model_name} cannot train \
+             on one image a rank without --sync-bn (batch norm needs more than one value per \
+             channel); choose a --batch-size of 2 or more, or add --sync-bn"
+        ),
+        LoneImage::LastBatch { .. } if world == 1 => format!(
+            "the last training batch of each epoch would hold one image ({samples} image\
+             {plural} in batches of {b}), which {model_name} cannot train on; choose another \
+             --batch-size{}",
             if samples > b {
                 ", or add --drop-last"
             } else {
                 ""
+            }
+        ),
+        LoneImage::LastBatch { .. } if parallel.sync_bn => format!(
+            "the last global batch of each epoch would hold one image ({samples} image{plural} \
+             in global batches of {world} ranks x {b} = {}), which {model_name} cannot train \
+             on even with --sync-bn; choose another --batch-size, or add --drop-last",
+            world * b
+        ),
+        LoneImage::LastBatch { last, fewest, rank } => format!(
+            "the last global batch of each epoch would hold {last} image{} ({samples} image\
+             {plural} in global batches of {world} ranks x {b} = {}), which leaves rank {rank} \
+             {} (a rank without images runs one at a weight of zero): {model_name} cannot \
+             train on one image a rank without --sync-bn (batch norm needs more than one value \
+             per channel); choose a --batch-size whose last global batch leaves every rank \
+             two or more, add --sync-bn, or add --drop-last",
+            if last == 1 { "" } else { "s" },
+            world * b,
+            match fewest {
+                0 => "no image".to_string(),
+                _ => "one image".to_string(),
             }
         ),
     })
@@ -1937,6 +2018,37 @@ pub fn check_fits(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Where a batch norm would meet one image: a batch of one, a last batch of one, a rank's
+    /// share of the last global batch of one or none (the last ranks take the fewest), a
+    /// global batch of one with --sync-bn; never with --drop-last but for --batch-size 1.
+    #[test]
+    fn a_lone_image_is_found_in_one_process_and_on_each_rank() {
+        use LoneImage::*;
+        let last = |last, fewest, rank| Some(LastBatch { last, fewest, rank });
+        // One process: (samples, batch, world, sync_bn, drop_last).
+        assert_eq!(lone_image(10, 1, 1, false, false), Some(BatchOfOne));
+        assert_eq!(lone_image(10, 1, 1, false, true), Some(BatchOfOne));
+        assert_eq!(lone_image(10, 3, 1, false, false), last(1, 1, 0));
+        assert_eq!(lone_image(10, 3, 1, false, true), None);
+        assert_eq!(lone_image(11, 3, 1, false, false), None);
+        assert_eq!(lone_image(1, 64, 1, false, false), last(1, 1, 0));
+        // Two ranks of 2: 10 images leave a last global batch of 2, one a rank.
+        assert_eq!(lone_image(10, 2, 2, false, false), last(2, 1, 1));
+        assert_eq!(lone_image(10, 2, 2, true, false), None);
+        assert_eq!(lone_image(10, 2, 2, false, true), None);
+        // 50,000 over two ranks of 39: the last global batch holds 2 (one a rank).
+        assert_eq!(lone_image(50_000, 39, 2, false, false), last(2, 1, 1));
+        // Three ranks: 5 leave (2, 2, 1); 7 leave (3, 2, 2); 2 leave (1, 1, 0).
+        assert_eq!(lone_image(5, 4, 3, false, false), last(5, 1, 2));
+        assert_eq!(lone_image(7, 4, 3, false, false), None);
+        assert_eq!(lone_image(14, 4, 3, false, false), last(2, 0, 2));
+        // --sync-bn pools the ranks' statistics: only a global batch of one is lone.
+        assert_eq!(lone_image(13, 4, 3, true, false), last(1, 1, 0));
+        assert_eq!(lone_image(14, 4, 3, true, false), None);
+        assert_eq!(lone_image(10, 1, 2, true, false), None);
+        assert_eq!(lone_image(10, 1, 2, false, false), Some(BatchOfOne));
+    }
 
     /// A resume on another device, or on the CPU with another count of threads, says that the
     /// run goes on to float32 rounding (and how to continue it exactly); the same device and
