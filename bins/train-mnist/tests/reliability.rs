@@ -828,6 +828,65 @@ fn a_second_ctrl_c_before_the_first_epoch_is_saved_leaves_no_run() {
     assert!(landed, "no second Ctrl-C landed in the first batch");
 }
 
+/// A second Ctrl-C right after the first, while the finished first epoch's files are being
+/// written on the second thread, lets that write end before the process stops (it removed the
+/// run as one that had saved nothing, although the first Ctrl-C had said the finished epochs
+/// stay saved: a user's finding); the epoch then evaluates. Tried until the second Ctrl-C
+/// lands during the write.
+#[test]
+fn a_second_ctrl_c_while_an_epoch_is_written_keeps_it() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("mnist");
+    train::synthetic::write_mnist(&data, 512, 64).expect("synthetic MNIST");
+    let out = dir.path().join("run");
+    let sigint = |pid: libc::pid_t| {
+        // SAFETY: a plain kill(2) of our own child, which has not been waited for yet.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    };
+    let mut landed = false;
+    for _ in 0..5 {
+        let _ = std::fs::remove_dir_all(&out);
+        let mut child = Command::new(BIN)
+            .args(["--data-dir", &s(&data), "--out", &s(&out)])
+            .args(["--model", "cnn-mnist", "--epochs", "3", "--device", "cpu"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("train-mnist starts");
+        let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        for line in stdout.lines().map_while(Result::ok) {
+            if line.starts_with("epoch 1/3") {
+                break;
+            }
+        }
+        sigint(pid);
+        std::thread::sleep(Duration::from_millis(20));
+        sigint(pid);
+        let output = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&output.status),
+            Some(libc_sigint()),
+            "{err}"
+        );
+        for file in ["state.safetensors", "best.safetensors", "last.safetensors"] {
+            assert!(out.join(file).exists(), "{file} missing: {err}");
+        }
+        landed = err.contains("Ctrl-C again: stopping once the finished epoch's files are written");
+        if landed {
+            break;
+        }
+    }
+    assert!(landed, "no second Ctrl-C landed while the first epoch was written");
+    let evaluated = Command::new(BIN)
+        .args(["evaluate", "--run", &s(&out), "--data-dir", &s(&data)])
+        .output()
+        .expect("evaluate");
+    assert!(evaluated.status.success(), "{}", stderr(&evaluated));
+}
+
 /// Ctrl-C while the data loads (before the epochs train) ends the process at once, leaving the
 /// run directory as a run that fails there would: an `--overwrite` puts the old run back, and
 /// a run directory the run made (the default `runs/train-mnist-<time>`) goes. A Ctrl-C that

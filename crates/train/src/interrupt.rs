@@ -7,8 +7,9 @@
 //! data, say) or after they end, ends the process at once, as Ctrl-C always did; outside the
 //! epochs it first tidies the run directory as a run that stops there would (an `--overwrite`
 //! puts the old run back, a directory the run made and left unused goes), and a second one does
-//! the same for a fresh run that has saved no epoch yet (its first epoch's files being
-//! written, say), which would otherwise leave a directory of pictures and no state.
+//! the same for a fresh run that has saved no epoch yet, which would otherwise leave a
+//! directory of pictures and no state. A second Ctrl-C while a finished epoch's files are
+//! being written ([`writing`]) first lets that write end (a third ends the process at once).
 //!
 //! Only a run in one process takes it over ([`crate::distributed::launch`]): the ranks of a
 //! data-parallel job could stop at different batches and wait on each other, so there Ctrl-C
@@ -16,10 +17,29 @@
 //! background job of a script). Other signals (SIGTERM, SIGHUP) keep theirs: a run under
 //! `nohup` still ignores the hangup.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Set by the first Ctrl-C while the epochs train.
 static REQUESTED: AtomicBool = AtomicBool::new(false);
+/// Finished epochs whose files are being written ([`writing`]).
+static WRITING: AtomicUsize = AtomicUsize::new(0);
+
+/// Marks a finished epoch's files as being written until the guard drops: a second Ctrl-C
+/// meanwhile lets the write end before it stops the process (a third stops it at once), so
+/// that the epoch the first Ctrl-C said was saved is.
+pub fn writing() -> Writing {
+    WRITING.fetch_add(1, Ordering::SeqCst);
+    Writing
+}
+
+/// See [`writing`].
+pub struct Writing;
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        WRITING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 /// Whether the epochs are training: Ctrl-C then waits for the end of the batch.
 static TRAINING: AtomicBool = AtomicBool::new(false);
 
@@ -86,6 +106,19 @@ pub fn take_over_ctrl_c() {
             die_by_sigint();
         }
         if REQUESTED.swap(true, Ordering::SeqCst) {
+            if WRITING.load(Ordering::SeqCst) > 0 {
+                // SAFETY: SIG_DFL is a valid disposition: a third Ctrl-C ends the process.
+                unsafe {
+                    libc::signal(libc::SIGINT, libc::SIG_DFL);
+                }
+                crate::warn!(
+                    "\nCtrl-C again: stopping once the finished epoch's files are written (a \
+                     moment; Ctrl-C a third time to stop at once, leaving them unfinished)"
+                );
+                while WRITING.load(Ordering::SeqCst) > 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
             // A fresh run that saved no epoch (its first epoch's files being written, say)
             // leaves its directory as a run that fails before its first epoch does.
             match crate::rundir::tidy_at_second_ctrl_c() {
