@@ -1,7 +1,8 @@
 //! Data-parallel training with `--sync-bn` under `mpirun -n 2` (built with `--features mpi`,
 //! Open MPI installed; `.ci/run` installs it): two ranks of batch 32 reach the weights and
 //! metrics of one process of batch 64 (needs CNN_SHARED_DIR, the real CIFAR-10; skipped with a
-//! message otherwise); a rank left one image by the last global batch.
+//! message otherwise); a rank left one image by the last global batch; the files trained on,
+//! read a share per rank.
 #![cfg(feature = "mpi")]
 
 use std::process::Command;
@@ -142,4 +143,52 @@ fn a_rank_left_one_image_names_the_ways_out() {
         .args(args(&synced.to_string_lossy()))
         .arg("--sync-bn"));
     assert_eq!(metrics(&synced).len(), 1);
+}
+
+/// The training files' fingerprints (what tells `evaluate` the images a run trained on) are
+/// read a share per rank and gathered: a job of two ranks records those of one process, all 64
+/// of them (a lost share would leave zeros or fewer). Needs CNN_SHARED_DIR (the CIFAR-10 JPEG
+/// archive).
+#[test]
+fn two_ranks_record_the_files_trained_on_as_one_process() {
+    let Some(data) = shared_data("cifar10") else {
+        return;
+    };
+    let archive = data
+        .join("cifar10-jpeg.tar.gz")
+        .to_string_lossy()
+        .into_owned();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    let args = |out: &std::path::Path, batch: &str| -> Vec<String> {
+        [
+            "--data-dir",
+            &archive,
+            "--epochs",
+            "1",
+            "--limit-train",
+            "64",
+            "--limit-test",
+            "20",
+            "--workers",
+            "1",
+            "--batch-size",
+            batch,
+            "--out",
+            &out.to_string_lossy(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    run(Command::new(BIN).args(args(&one, "32")));
+    run(mpirun().args(["-n", "2", BIN]).args(args(&two, "16")));
+    let recorded = |dir: &std::path::Path| {
+        train::state::saved_trained_on(dir)
+            .expect("state")
+            .expect("fingerprints")
+    };
+    let (a, b) = (recorded(&one), recorded(&two));
+    assert_eq!(a.len(), 64);
+    assert!(!a.contains(&0));
+    assert_eq!(a, b);
 }

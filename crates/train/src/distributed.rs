@@ -690,6 +690,57 @@ pub fn sum_over_ranks(t: &Tensor) -> Result<Tensor> {
     Ok(Tensor::cat(&pieces, 0)?.reshape(t.shape())?)
 }
 
+/// `n` values computed a share per rank and gathered on every rank: rank r computes `part` of
+/// its contiguous share of `0..n` (as even as can be, the first `n % size` ranks one more), and
+/// one bitwise-or all-reduce puts the shares together (each position is one rank's, zero on
+/// the others). Without a job, `part(0..n)`. Every rank must call it in the same order with the
+/// same `n`; a rank whose `part` fails still joins the all-reduce, so every rank returns an
+/// error together.
+///
+/// Errors: `part`'s on its rank (or a share of another length), and on the other ranks that a
+/// rank could not compute its share.
+pub fn share_u64s(
+    n: usize,
+    part: impl FnOnce(std::ops::Range<usize>) -> Result<Vec<u64>>,
+) -> Result<Vec<u64>> {
+    let Some(context) = context() else {
+        return part(0..n);
+    };
+    let Rank { rank, size } = context.rank;
+    let (base, extra) = (n / size, n % size);
+    let start = rank * base + rank.min(extra);
+    let len = base + usize::from(rank < extra);
+    let mine = part(start..start + len).and_then(|mine| {
+        anyhow::ensure!(
+            mine.len() == len,
+            "{} values for a share of {len}",
+            mine.len()
+        );
+        Ok(mine)
+    });
+    // The last value: whether a rank failed.
+    let mut all = vec![0u64; n + 1];
+    match &mine {
+        Ok(mine) => all[start..start + len].copy_from_slice(mine),
+        Err(_) => all[n] = 1,
+    }
+    let mut all = context.or_u64(&all);
+    mine?;
+    if all.pop() != Some(0) {
+        bail!("another rank of the job could not compute its share (its error names the cause)");
+    }
+    Ok(all)
+}
+
+/// Whether `flag` holds on any rank of the job (`flag` itself without one). Every rank must
+/// call it in the same order.
+pub fn any_rank(flag: bool) -> bool {
+    match context() {
+        Some(context) => context.or_u64(&[u64::from(flag)])[0] != 0,
+        None => flag,
+    }
+}
+
 /// Waits until every rank of the job is here (nothing without a job), watched by
 /// `--collective-timeout`.
 pub fn barrier() {
@@ -762,6 +813,29 @@ impl Context {
 
     #[cfg(not(feature = "mpi"))]
     fn sum_f64(&self, local: &[f64]) -> Vec<f64> {
+        local.to_vec()
+    }
+
+    /// The element-wise bitwise or of every rank's `local`, in pieces of at most 2^26 values
+    /// (MPI counts in int32).
+    #[cfg(feature = "mpi")]
+    fn or_u64(&self, local: &[u64]) -> Vec<u64> {
+        const PIECE: usize = 1 << 26;
+        let mut all = vec![0u64; local.len()];
+        let _waiting = watchdog::Waiting::new(watchdog::Collective::AllReduce);
+        for (mine, out) in local.chunks(PIECE).zip(all.chunks_mut(PIECE)) {
+            mpi::collective::CommunicatorCollectives::all_reduce_into(
+                &self.comm,
+                mine,
+                out,
+                mpi::collective::SystemOperation::bitwise_or(),
+            );
+        }
+        all
+    }
+
+    #[cfg(not(feature = "mpi"))]
+    fn or_u64(&self, local: &[u64]) -> Vec<u64> {
         local.to_vec()
     }
 

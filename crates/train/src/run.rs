@@ -252,10 +252,13 @@ pub fn train(
         )?;
     }
     let writes = crate::distributed::writes();
+    // In a data-parallel job every rank reads a share of the files below (rank 0 alone took
+    // long enough on a large folder for the others' first collective to time out).
+    let shared = crate::distributed::rank().is_some();
     // What tells `evaluate` that an image of another folder is one this run trained on: each
     // training file's bytes read once now (with those a resumed state kept: a file changed in
     // place since was trained on as it was too).
-    let trained_on = match writes {
+    let trained_on = match writes || shared {
         true => {
             let started = std::time::Instant::now();
             let now = crate::state::fingerprints_of(train_data).context(
@@ -270,7 +273,7 @@ pub fn train(
                 );
             }
             let kept = resume.as_mut().and_then(|(_, t)| t.trained_on.take());
-            now.map(|mut now| {
+            now.filter(|_| writes).map(|mut now| {
                 now.extend(kept.unwrap_or_default());
                 std::sync::Arc::new(crate::state::sorted(now))
             })
@@ -281,7 +284,7 @@ pub fn train(
     // run's state records of them must be what they are now (on every rank, so that all
     // refuse together).
     let saved_contents = resume.as_ref().and_then(|(saved, _)| saved.test_contents);
-    let test_contents = match writes || saved_contents.is_some() {
+    let test_contents = match writes || shared || saved_contents.is_some() {
         true => crate::state::contents_crc(test_images).context(
             "reading the test images' files for their fingerprints (kept in the run's state)",
         )?,
@@ -446,6 +449,9 @@ pub fn train(
                 }
                 let (trained, tested, record, images_per_s) =
                     passes.run(epoch, store, optimizer.as_mut(), &schedule)?;
+                // From the epoch's line on, its files count as being written (a second Ctrl-C
+                // lets them be).
+                let writing = crate::interrupt::writing();
                 let improved = record.test_acc > progress.best_acc || progress.history.is_empty();
                 if improved {
                     progress.best_acc = record.test_acc;
@@ -474,6 +480,7 @@ pub fn train(
                 };
                 let failed = write_failed.clone();
                 pending = Some(scope.spawn(move || {
+                    let _writing = writing;
                     let written = snapshot.write(events);
                     if written.is_err() {
                         failed.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -1315,17 +1322,28 @@ fn ensure_finite_after(epoch: usize, store: &ParamStore, optimizer: &dyn Optimiz
         ),
         ("optimizer buffer", optimizer.state()?),
     ];
+    let mut first = None;
     for (what, tensors) in found {
         if let Some((name, value)) = layers::checkpoint::first_non_finite(&tensors)? {
-            return Err(crate::engine::Diverged(format!(
-                "after the updates of epoch {epoch}, {what} {name} holds {value}: training \
-                 stopped (a lower --lr may help, in a new run: --resume keeps the run's); {}",
-                kept(epoch - 1)
-            ))
-            .into());
+            first = Some(format!("{what} {name} holds {value}"));
+            break;
         }
     }
-    Ok(())
+    // In a data-parallel job the weights are rank 0's, but each rank's optimizer buffers are
+    // its own (loaded from its own copy of a resumed run): every rank learns whether any found
+    // one, so that all stop together (`Diverged`).
+    let anywhere = crate::distributed::any_rank(first.is_some());
+    let found = match (first, anywhere) {
+        (Some(found), _) => found,
+        (None, true) => "another rank's optimizer buffers hold a value that is not finite".into(),
+        (None, false) => return Ok(()),
+    };
+    Err(crate::engine::Diverged(format!(
+        "after the updates of epoch {epoch}, {found}: training stopped (a lower --lr may help, \
+         in a new run: --resume keeps the run's); {}",
+        kept(epoch - 1)
+    ))
+    .into())
 }
 
 /// What is kept when epoch `done + 1` fails.
@@ -1860,7 +1878,7 @@ pub(crate) fn lone_image(
 
 /// Refuses, before training, batches of one image that the model cannot train on: batch norm in
 /// training needs more than one value per channel (`torch.nn.BatchNorm2d` refuses it too), so
-/// a stage at 1x1 needs two images or more. Checked where [`lone_image`] finds such a batch: in
+/// a stage at 1x1 needs two images or more. Checked where `lone_image` finds such a batch: in
 /// one process `--batch-size` 1 or a last batch of one image (the run would otherwise fail at
 /// the end of its first epoch); in a data-parallel job also a rank's share of the last global
 /// batch (without `--sync-bn`). One training-mode forward of a single zero image tells; the

@@ -202,7 +202,8 @@ pub fn contents_crc(data: &dyn datasets::Dataset) -> Result<Option<u32>> {
     })))
 }
 
-/// Every sample's [`datasets::Dataset::fingerprint`] in order (the files read in parallel);
+/// Every sample's [`datasets::Dataset::fingerprint`] in order (the files read in parallel; in
+/// a data-parallel job each rank reads a share, gathered on every rank: every rank calls it);
 /// `None` for an empty data set or one whose samples come from no file of their own.
 ///
 /// # Errors
@@ -212,11 +213,18 @@ fn file_fingerprints(data: &dyn datasets::Dataset) -> Result<Option<Vec<u64>>> {
     if data.is_empty() || data.fingerprint(0)?.is_none() {
         return Ok(None);
     }
-    (0..data.len())
-        .into_par_iter()
-        .with_min_len(64)
-        .map(|i| data.fingerprint(i))
-        .collect()
+    crate::distributed::share_u64s(data.len(), |share| {
+        share
+            .into_par_iter()
+            .with_min_len(64)
+            .map(|i| {
+                data.fingerprint(i)?.with_context(|| {
+                    format!("image {i} comes from no file of its own, unlike image 0")
+                })
+            })
+            .collect()
+    })
+    .map(Some)
 }
 
 /// What the state in `dir` records of the test split the run tested on, read from its header
