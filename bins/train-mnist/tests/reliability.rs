@@ -879,7 +879,10 @@ fn a_second_ctrl_c_while_an_epoch_is_written_keeps_it() {
             break;
         }
     }
-    assert!(landed, "no second Ctrl-C landed while the first epoch was written");
+    assert!(
+        landed,
+        "no second Ctrl-C landed while the first epoch was written"
+    );
     let evaluated = Command::new(BIN)
         .args(["evaluate", "--run", &s(&out), "--data-dir", &s(&data)])
         .output()

@@ -285,7 +285,7 @@ pub fn train(
     // refuse together).
     let saved_contents = resume.as_ref().and_then(|(saved, _)| saved.test_contents);
     let test_contents = match writes || shared || saved_contents.is_some() {
-        true => crate::state::contents_crc(test_images).context(
+        true => crate::state::shared_contents_crc(test_images).context(
             "reading the test images' files for their fingerprints (kept in the run's state)",
         )?,
         false => None,

@@ -179,11 +179,24 @@ fn crc_of_names(
 /// # Errors
 /// A file cannot be read (named).
 pub fn contents_crc(data: &dyn datasets::Dataset) -> Result<Option<u32>> {
+    contents_crc_of(data, false)
+}
+
+/// [`contents_crc`], the files read a share per rank in a data-parallel job (every rank must
+/// call it, in the same order: the training run's checks do).
+///
+/// # Errors
+/// A file cannot be read (named; on the other ranks, that a rank could not read its share).
+pub fn shared_contents_crc(data: &dyn datasets::Dataset) -> Result<Option<u32>> {
+    contents_crc_of(data, true)
+}
+
+fn contents_crc_of(data: &dyn datasets::Dataset, shared: bool) -> Result<Option<u32>> {
     use rayon::prelude::*;
     if data.is_empty() {
         return Ok(None);
     }
-    if let Some(sums) = file_fingerprints(data)? {
+    if let Some(sums) = file_fingerprints(data, shared)? {
         return Ok(Some(
             sums.iter()
                 .fold(0, |crc, s| crc32c::crc32c_append(crc, &s.to_le_bytes())),
@@ -202,18 +215,19 @@ pub fn contents_crc(data: &dyn datasets::Dataset) -> Result<Option<u32>> {
     })))
 }
 
-/// Every sample's [`datasets::Dataset::fingerprint`] in order (the files read in parallel; in
-/// a data-parallel job each rank reads a share, gathered on every rank: every rank calls it);
-/// `None` for an empty data set or one whose samples come from no file of their own.
+/// Every sample's [`datasets::Dataset::fingerprint`] in order (the files read in parallel;
+/// `shared`, in a data-parallel job each rank reads a share, gathered on every rank: every
+/// rank must then call it); `None` for an empty data set or one whose samples come from no
+/// file of their own.
 ///
 /// # Errors
 /// A file cannot be read (named).
-fn file_fingerprints(data: &dyn datasets::Dataset) -> Result<Option<Vec<u64>>> {
+fn file_fingerprints(data: &dyn datasets::Dataset, shared: bool) -> Result<Option<Vec<u64>>> {
     use rayon::prelude::*;
     if data.is_empty() || data.fingerprint(0)?.is_none() {
         return Ok(None);
     }
-    crate::distributed::share_u64s(data.len(), |share| {
+    let part = |share: std::ops::Range<usize>| -> Result<Vec<u64>> {
         share
             .into_par_iter()
             .with_min_len(64)
@@ -223,7 +237,11 @@ fn file_fingerprints(data: &dyn datasets::Dataset) -> Result<Option<Vec<u64>>> {
                 })
             })
             .collect()
-    })
+    };
+    match shared {
+        true => crate::distributed::share_u64s(data.len(), part),
+        false => part(0..data.len()),
+    }
     .map(Some)
 }
 
@@ -502,12 +520,13 @@ pub fn load(dir: &Path) -> Result<(ResumeState, StateTensors)> {
 /// The sorted fingerprints of `data`'s files ([`datasets::Dataset::fingerprint`], each file's
 /// bytes read once, in parallel), what [`StateTensors::trained_on`] keeps of the training
 /// images; `None` for data whose samples come from no file of their own (MNIST's and
-/// CIFAR-10's batches).
+/// CIFAR-10's batches). In a data-parallel job each rank reads a share, gathered on every rank:
+/// every rank must call it, in the same order (the training run's start does).
 ///
 /// # Errors
-/// A file cannot be read (named).
+/// A file cannot be read (named; on the other ranks, that a rank could not read its share).
 pub fn fingerprints_of(data: &dyn datasets::Dataset) -> Result<Option<Vec<u64>>> {
-    Ok(file_fingerprints(data)?.map(sorted))
+    Ok(file_fingerprints(data, true)?.map(sorted))
 }
 
 /// The fingerprints a [`TRAINED_ON`] tensor holds, sorted, each once (as written; a file
