@@ -331,13 +331,36 @@ fn local_rank() -> usize {
 }
 
 /// The device a rank trains on: `auto` and `cuda` name this host's GPU number local rank (as
-/// DDP's one process per GPU); anything else as given.
+/// DDP's one process per GPU), or the one GPU a rank sees where each sees one (Slurm's
+/// `--gpus-per-task=1`, a `CUDA_VISIBLE_DEVICES` set per rank); anything else as given.
 pub fn device_spec(spec: &str) -> String {
     let gpu = spec == "cuda" || (spec == "auto" && candle_core::utils::cuda_is_available());
     if rank().is_some() && gpu {
-        format!("cuda:{}", local_rank())
+        format!("cuda:{}", gpu_of(local_rank(), visible_gpus()))
     } else {
         spec.to_string()
+    }
+}
+
+/// The GPU of local rank `local` among `visible` GPUs (`None`: not known): the only one where
+/// a rank sees one, else its local rank.
+fn gpu_of(local: usize, visible: Option<usize>) -> usize {
+    match visible {
+        Some(1) => 0,
+        _ => local,
+    }
+}
+
+/// The GPUs this process sees (CUDA's count, after `CUDA_VISIBLE_DEVICES`).
+fn visible_gpus() -> Option<usize> {
+    #[cfg(feature = "cuda")]
+    {
+        let count = candle_core::cuda::cudarc::driver::CudaContext::device_count();
+        count.ok().and_then(|n| usize::try_from(n).ok())
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        None
     }
 }
 
@@ -528,6 +551,14 @@ fn start<T>(
             drop(context);
             drop(universe);
             std::process::exit(1)
+        }
+        Err(e) if rank.size > 1 && e.chain().any(|c| c.is::<ElsewhereFailed>()) => {
+            // The failing rank aborts the job with its own error: wait for it (a few seconds,
+            // then abort too, saying so).
+            std::thread::sleep(std::time::Duration::from_secs(10));
+            crate::warn!("Error on rank {} of {}: {e:?}", rank.rank, rank.size);
+            let _ = std::io::stderr().flush();
+            mpi::topology::SimpleCommunicator::world().abort(1)
         }
         Err(e) if rank.size > 1 => {
             // Printed before the abort: mpirun then ends every rank within moments.
@@ -727,10 +758,24 @@ pub fn share_u64s(
     let mut all = context.or_u64(&all);
     mine?;
     if all.pop() != Some(0) {
-        bail!("another rank of the job could not compute its share (its error names the cause)");
+        return Err(ElsewhereFailed.into());
     }
     Ok(all)
 }
+
+/// The error of a rank whose work is whole but another rank's failed ([`share_u64s`]): that
+/// rank ends the job with its own error; this one says nothing, so that the cause is the
+/// job's one message.
+#[derive(Debug)]
+pub struct ElsewhereFailed;
+
+impl std::fmt::Display for ElsewhereFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("another rank of the job failed (its error names the cause)")
+    }
+}
+
+impl std::error::Error for ElsewhereFailed {}
 
 /// Whether `flag` holds on any rank of the job (`flag` itself without one). Every rank must
 /// call it in the same order.
@@ -1465,6 +1510,17 @@ mod nccl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each rank takes the GPU of its local rank, or the only one it sees (one GPU a task).
+    #[test]
+    fn a_rank_takes_its_local_ranks_gpu_or_the_only_one_it_sees() {
+        assert_eq!(gpu_of(3, Some(8)), 3);
+        assert_eq!(gpu_of(3, Some(1)), 0);
+        assert_eq!(gpu_of(0, Some(1)), 0);
+        assert_eq!(gpu_of(2, None), 2);
+        // Fewer GPUs than local ranks: the rank's own number, which the device refuses.
+        assert_eq!(gpu_of(3, Some(2)), 3);
+    }
 
     /// The first thing missing is said first: the feature in a build without it, else the
     /// launcher.

@@ -23,6 +23,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 static REQUESTED: AtomicBool = AtomicBool::new(false);
 /// Finished epochs whose files are being written ([`writing`]).
 static WRITING: AtomicUsize = AtomicUsize::new(0);
+/// Set when a finished epoch's files could not be written ([`write_failed`]).
+static WRITE_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// Records that a finished epoch's files could not be written: a second Ctrl-C waiting for
+/// that write then leaves the run's end (its error, the run directory's tidying) to the run.
+pub fn write_failed() {
+    WRITE_FAILED.store(true, Ordering::SeqCst);
+}
 
 /// Marks a finished epoch's files as being written until the guard drops: a second Ctrl-C
 /// meanwhile lets the write end before it stops the process (a third stops it at once), so
@@ -117,6 +125,10 @@ pub fn take_over_ctrl_c() {
                 );
                 while WRITING.load(Ordering::SeqCst) > 0 {
                     std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                if WRITE_FAILED.load(Ordering::SeqCst) {
+                    // The run, stopping after its batch, says why and what is kept.
+                    return;
                 }
             }
             // A fresh run that saved no epoch (its first epoch's files being written, say)

@@ -447,11 +447,8 @@ pub fn train(
                         take_up(done, outputs)?;
                     }
                 }
-                let (trained, tested, record, images_per_s) =
+                let (trained, tested, record, images_per_s, writing) =
                     passes.run(epoch, store, optimizer.as_mut(), &schedule)?;
-                // From the epoch's line on, its files count as being written (a second Ctrl-C
-                // lets them be).
-                let writing = crate::interrupt::writing();
                 let improved = record.test_acc > progress.best_acc || progress.history.is_empty();
                 if improved {
                     progress.best_acc = record.test_acc;
@@ -484,6 +481,7 @@ pub fn train(
                     let written = snapshot.write(events);
                     if written.is_err() {
                         failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                        crate::interrupt::write_failed();
                     }
                     written
                 }));
@@ -987,15 +985,16 @@ struct Epoch<'a> {
 
 impl Epoch<'_> {
     /// Trains epoch `epoch` (from 0), checks that nothing became non-finite, tests, prints the
-    /// epoch's line and returns both passes with the epoch's record and the training pass's
-    /// images/s.
+    /// epoch's line and returns both passes with the epoch's record, the training pass's
+    /// images/s and the guard that counts the epoch's files as being written from its line on
+    /// ([`crate::interrupt::writing`]: a second Ctrl-C lets them be written).
     fn run(
         &self,
         epoch: usize,
         store: &ParamStore,
         optimizer: &mut dyn Optimizer,
         schedule: &optim::lr_scheduler::Scheduled,
-    ) -> Result<(Pass, Pass, EpochRecord, f64)> {
+    ) -> Result<(Pass, Pass, EpochRecord, f64, crate::interrupt::Writing)> {
         let config = self.config;
         let started = Instant::now();
         let label = |phase: &str| format!("epoch {}/{} {phase}", epoch + 1, config.epochs);
@@ -1075,6 +1074,7 @@ impl Epoch<'_> {
             seconds,
         };
         let images_per_s = trained.metrics.samples() as f64 / train_seconds.max(1e-9);
+        let writing = crate::interrupt::writing();
         crate::say!(
             "epoch {}/{}: train loss {:.4} acc {:.2}% | test loss {:.4} acc {:.2}%{} | lr {:.3e} | {:.1} s (training {:.1} s, {:.0} img/s)",
             record.epoch,
@@ -1089,7 +1089,7 @@ impl Epoch<'_> {
             train_seconds,
             images_per_s
         );
-        Ok((trained, tested, record, images_per_s))
+        Ok((trained, tested, record, images_per_s, writing))
     }
 }
 
@@ -1332,6 +1332,12 @@ fn ensure_finite_after(epoch: usize, store: &ParamStore, optimizer: &dyn Optimiz
     // In a data-parallel job the weights are rank 0's, but each rank's optimizer buffers are
     // its own (loaded from its own copy of a resumed run): every rank learns whether any found
     // one, so that all stop together (`Diverged`).
+    if let (Some(found), Some(rank)) = (&first, crate::distributed::rank()) {
+        if rank.rank != 0 {
+            // Rank 0 says that another rank found one; this one names it.
+            crate::warn!("rank {} of {}: {found}", rank.rank, rank.size);
+        }
+    }
     let anywhere = crate::distributed::any_rank(first.is_some());
     let found = match (first, anywhere) {
         (Some(found), _) => found,
