@@ -524,14 +524,18 @@ fn start<T>(
     });
     let result = body();
     let context = CONTEXT.with(|c| c.borrow_mut().take());
+    // Every rank ends here together: a watched barrier, then MPI finalised.
+    let end_together = move |context: Option<Rc<Context>>| {
+        if let Some(context) = &context {
+            let _waiting = watchdog::Waiting::new(watchdog::Collective::Barrier);
+            context.comm.barrier();
+        }
+        drop(context);
+        drop(universe);
+    };
     match result {
         Ok(value) => {
-            if let Some(context) = &context {
-                let _waiting = watchdog::Waiting::new(watchdog::Collective::Barrier);
-                context.comm.barrier();
-            }
-            drop(context);
-            drop(universe);
+            end_together(context);
             Ok(value)
         }
         Err(e) if rank.size > 1 && e.chain().any(|c| c.is::<crate::engine::Diverged>()) => {
@@ -544,23 +548,15 @@ fn start<T>(
                 crate::warn!("Error: {e:?}");
             }
             let _ = std::io::stdout().flush();
-            if let Some(context) = &context {
-                let _waiting = watchdog::Waiting::new(watchdog::Collective::Barrier);
-                context.comm.barrier();
-            }
-            drop(context);
-            drop(universe);
+            end_together(context);
             std::process::exit(1)
         }
-        Err(e) if rank.size > 1 && e.chain().any(|c| c.is::<ElsewhereFailed>()) => {
-            // The failing rank aborts the job with its own error: wait for it (a few seconds,
-            // then abort too, saying so).
-            std::thread::sleep(std::time::Duration::from_secs(10));
-            crate::warn!("Error on rank {} of {}: {e:?}", rank.rank, rank.size);
-            let _ = std::io::stderr().flush();
-            mpi::topology::SimpleCommunicator::world().abort(1)
-        }
         Err(e) if rank.size > 1 => {
+            if e.chain().any(|c| c.is::<ElsewhereFailed>()) {
+                // The failing rank aborts the job with its own error: wait for it (a few
+                // seconds, then abort too, saying so).
+                std::thread::sleep(std::time::Duration::from_secs(10));
+            }
             // Printed before the abort: mpirun then ends every rank within moments.
             crate::warn!("Error on rank {} of {}: {e:?}", rank.rank, rank.size);
             let _ = std::io::stderr().flush();
