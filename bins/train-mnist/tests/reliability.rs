@@ -669,6 +669,11 @@ fn libc_sigint() -> i32 {
 
 /// Sends SIGINT (Ctrl-C) to `child` as soon as `ready` holds, and waits for it.
 fn ctrl_c_when(child: std::process::Child, ready: impl Fn() -> bool) -> Output {
+    signal_when(child, libc::SIGINT, ready)
+}
+
+/// Sends `signal` to `child` as soon as `ready` holds, and waits for it.
+fn signal_when(child: std::process::Child, signal: i32, ready: impl Fn() -> bool) -> Output {
     let waited = Instant::now();
     while !ready() {
         assert!(waited.elapsed() < Duration::from_secs(120), "never ready");
@@ -676,8 +681,49 @@ fn ctrl_c_when(child: std::process::Child, ready: impl Fn() -> bool) -> Output {
     }
     let pid = libc::pid_t::try_from(child.id()).expect("a pid");
     // SAFETY: a plain kill(2) of our own child, which has not been waited for yet.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
     child.wait_with_output().expect("wait")
+}
+
+/// SIGTERM (Slurm's at a time limit or preemption, `docker stop`'s) stops the run as Ctrl-C
+/// does: after the batch, every finished epoch saved (also the one whose files were being
+/// written), where it stopped and how to go on said, the process ending by SIGTERM (status
+/// 143) so that the batch system sees it was stopped; --resume continues.
+#[test]
+fn sigterm_stops_after_the_batch_keeping_every_finished_epoch() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    let out = dir.path().join("run");
+    let mut args = common(&data, &out);
+    for (flag, value) in [("--batch-size", "1"), ("--epochs", "100")] {
+        let at = args.iter().position(|a| a == flag).expect("flag");
+        args[at + 1] = value.into();
+    }
+    let child = Command::new(BIN)
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("train-mnist starts");
+    let state = out.join(train::rundir::STATE);
+    let stopped = signal_when(child, libc::SIGTERM, || state.exists());
+    let err = stderr(&stopped);
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&stopped.status),
+        Some(libc::SIGTERM),
+        "{err}"
+    );
+    let done = metrics_without_seconds(&out).len() - 1; // the header
+    assert!((1..100).contains(&done), "{done} epochs");
+    assert!(
+        err.contains("SIGTERM: stopping after this batch")
+            && err.contains(&format!("stopped by SIGTERM in epoch {} of 100", done + 1))
+            && err.contains(&format!("continue with --resume {}", out.display())),
+        "{err}"
+    );
+    let resumed = train_mnist(&["--resume", &s(&out), "--epochs", &(done + 1).to_string()]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert_eq!(metrics_without_seconds(&out).len(), done + 2);
 }
 
 /// Ctrl-C stops the run after the current batch, saying where it stopped and how to continue,

@@ -404,22 +404,25 @@ impl Recipe {
     }
 }
 
-/// A training run's result, for `main` to return; a run stopped by Ctrl-C
-/// ([`crate::interrupt::Interrupted`]), or one that finished although a Ctrl-C came after its
-/// last batch, ends the process here, after its message, by SIGINT (a shell reports status
-/// 130, and a loop around the program stops too).
+/// A training run's result, for `main` to return; a run stopped by Ctrl-C or SIGTERM
+/// ([`crate::interrupt::Interrupted`]), or one that finished although one came after its last
+/// batch, ends the process here, after its message, by that signal (a shell reports status
+/// 130 or 143, and a loop around the program stops too).
 pub fn exit_status(result: Result<()>) -> Result<()> {
     match result {
         Err(e) if e.downcast_ref::<crate::interrupt::Interrupted>().is_some() => {
             // The run's own message (where it stopped, what is saved) is the outermost.
             crate::warn!("Error: {e}");
-            crate::interrupt::die_by_sigint()
+            crate::interrupt::die_by_signal()
         }
-        // A Ctrl-C after the last batch stopped nothing, but a loop around the program must
-        // still stop, as for one that came earlier.
+        // A Ctrl-C or SIGTERM after the last batch stopped nothing, but a loop around the
+        // program must still stop, as for one that came earlier.
         Ok(()) if crate::interrupt::requested() => {
-            crate::warn!("Ctrl-C came as the run ended: all its epochs were trained and saved");
-            crate::interrupt::die_by_sigint()
+            crate::warn!(
+                "{} came as the run ended: all its epochs were trained and saved",
+                crate::interrupt::by()
+            );
+            crate::interrupt::die_by_signal()
         }
         result => result,
     }

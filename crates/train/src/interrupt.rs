@@ -1,26 +1,30 @@
-//! Ctrl-C (SIGINT) during training: the first one while the epochs train stops the run after
-//! the current batch, as an error that ends it like any other. The files of the last finished
-//! epoch are then written to their end (they are written on a second thread while the next
-//! epoch trains), and an `--overwrite` whose new run has not saved an epoch puts the old run
-//! back. The program then says where it stopped and ends by SIGINT, as before (so that a shell
-//! loop around it stops too). A second Ctrl-C, or one before the epochs start (loading the
-//! data, say) or after they end, ends the process at once, as Ctrl-C always did; outside the
-//! epochs it first tidies the run directory as a run that stops there would (an `--overwrite`
-//! puts the old run back, a directory the run made and left unused goes), and a second one does
-//! the same for a fresh run that has saved no epoch yet, which would otherwise leave a
-//! directory of pictures and no state. A second Ctrl-C while a finished epoch's files are
+//! Ctrl-C (SIGINT) and SIGTERM (what Slurm sends at a job's time limit or preemption, `docker
+//! stop`, `kill`, a system shutting down) during training: the first one while the epochs train
+//! stops the run after the current batch, as an error that ends it like any other. The files of
+//! the last finished epoch are then written to their end (they are written on a second thread
+//! while the next epoch trains), and an `--overwrite` whose new run has not saved an epoch puts
+//! the old run back. The program then says where it stopped and ends by the same signal, as
+//! before (so that a shell loop around it stops too, and a batch system sees it stopped: status
+//! 130 for Ctrl-C, 143 for SIGTERM). A second one, or one before the epochs start (loading the
+//! data, say) or after they end, ends the process at once, as the signal always did; outside
+//! the epochs it first tidies the run directory as a run that stops there would (an
+//! `--overwrite` puts the old run back, a directory the run made and left unused goes), and a
+//! second one does the same for a fresh run that has saved no epoch yet, which would otherwise
+//! leave a directory of pictures and no state. A second one while a finished epoch's files are
 //! being written ([`writing`]) first lets that write end (a third ends the process at once).
+//! A batch system's grace period between SIGTERM and SIGKILL (Slurm's `KillWait`, 30 s by
+//! default; `docker stop`'s 10 s) must cover the rest of a batch and that write.
 //!
-//! Only a run in one process takes it over ([`crate::distributed::launch`]): the ranks of a
-//! data-parallel job could stop at different batches and wait on each other, so there Ctrl-C
-//! keeps its default action, as does a process that was started with SIGINT ignored (a
-//! background job of a script). Other signals (SIGTERM, SIGHUP) keep theirs: a run under
+//! Only a run in one process takes them over ([`crate::distributed::launch`]): the ranks of a
+//! data-parallel job could stop at different batches and wait on each other, so there both
+//! keep their default action, as does one that the process was started with ignored (SIGINT in
+//! a background job of a script). Other signals (SIGHUP, SIGQUIT) keep theirs: a run under
 //! `nohup` still ignores the hangup.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 
-/// Set by the first Ctrl-C while the epochs train.
-static REQUESTED: AtomicBool = AtomicBool::new(false);
+/// The signal (SIGINT or SIGTERM) of the first stop request while the epochs train; 0 for none.
+static REQUESTED: AtomicI32 = AtomicI32::new(0);
 /// Finished epochs whose files are being written ([`writing`]).
 static WRITING: AtomicUsize = AtomicUsize::new(0);
 /// Set when a finished epoch's files could not be written ([`write_failed`]).
@@ -58,109 +62,175 @@ pub struct Interrupted;
 
 impl std::fmt::Display for Interrupted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("stopped by Ctrl-C")
+        write!(f, "stopped by {}", by())
     }
 }
 
 impl std::error::Error for Interrupted {}
 
-/// Ends the process by SIGINT, its default action (a shell reports it as Ctrl-C's, status 130).
-pub fn die_by_sigint() -> ! {
-    // SAFETY: plain libc calls; SIG_DFL is a valid disposition.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_DFL);
-        libc::raise(libc::SIGINT);
+/// What a stop request is called in messages: `Ctrl-C` (SIGINT) or `SIGTERM`.
+fn name_of(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGTERM => "SIGTERM",
+        _ => "Ctrl-C",
     }
-    // Only if SIGINT is blocked on this thread.
-    std::process::exit(130)
 }
 
-/// Whether SIGINT is ignored in this process (a background job of a non-interactive shell).
-fn sigint_ignored() -> bool {
+/// The first stop request's name: `Ctrl-C` (SIGINT, and when none came) or `SIGTERM`.
+pub fn by() -> &'static str {
+    name_of(REQUESTED.load(Ordering::SeqCst))
+}
+
+/// Ends the process by the first stop request's signal (SIGINT when none came), its default
+/// action: a shell reports Ctrl-C's status 130 or SIGTERM's 143, and a loop around the
+/// program, or a batch system waiting for it, sees that it was stopped.
+pub fn die_by_signal() -> ! {
+    match REQUESTED.load(Ordering::SeqCst) {
+        0 => die_by(libc::SIGINT),
+        signal => die_by(signal),
+    }
+}
+
+/// Ends the process by `signal`'s default action (in process 1, for which the kernel ignores
+/// it, by exiting with status `128 + signal`).
+fn die_by(signal: i32) -> ! {
+    // SAFETY: plain libc calls; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        libc::raise(signal);
+    }
+    // Process 1 (a container's first process), or the signal blocked on this thread.
+    std::process::exit(128 + signal)
+}
+
+/// Whether `signal` is ignored in this process (SIGINT in a background job of a
+/// non-interactive shell, SIGTERM where the parent asked so).
+fn ignored(signal: i32) -> bool {
     // SAFETY: reads the current action into a zeroed struct; no handler is installed.
     unsafe {
         let mut old: libc::sigaction = std::mem::zeroed();
-        libc::sigaction(libc::SIGINT, std::ptr::null(), &mut old) == 0
+        libc::sigaction(signal, std::ptr::null(), &mut old) == 0
             && old.sa_sigaction == libc::SIG_IGN
     }
 }
 
-/// Takes over Ctrl-C for this process (see the module's description), unless SIGINT is
-/// ignored or a handler of ctrlc's is installed already.
+/// Takes over Ctrl-C (SIGINT) and SIGTERM for this process (see the module's description),
+/// each unless it is ignored; once.
 pub fn take_over_ctrl_c() {
-    if sigint_ignored() {
-        return;
-    }
-    let _ = ctrlc::set_handler(|| {
-        // Outside the epochs nothing is being saved: the run directory is left as the run's end
-        // would leave it (no half-replaced --overwrite, no unused directory), then the process
-        // ends. (Unless the epochs started meanwhile.)
-        let tidied = match TRAINING.load(Ordering::SeqCst) {
-            true => None,
-            false => crate::rundir::tidy_at_ctrl_c(|| TRAINING.load(Ordering::SeqCst)),
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let signals: Vec<i32> = [libc::SIGINT, libc::SIGTERM]
+            .into_iter()
+            .filter(|s| !ignored(*s))
+            .collect();
+        if signals.is_empty() {
+            return;
+        }
+        let Ok(mut incoming) = signal_hook::iterator::Signals::new(&signals) else {
+            return;
         };
-        if let Some(tidied) = tidied {
-            match tidied {
-                true => crate::warn!(
-                    "\nstopped by Ctrl-C before the epochs began: nothing was saved, and the run \
-                     directory is as before the run (one this run made is removed, one \
-                     --overwrite was replacing is back, a resumed run's is untouched)"
-                ),
-                false => crate::warn!(
-                    "\nstopped by Ctrl-C before the epochs began: nothing was saved (the run \
-                     directory was busy: the next run or reader on it tidies it)"
-                ),
-            }
-            die_by_sigint();
-        }
-        if REQUESTED.swap(true, Ordering::SeqCst) {
-            if WRITING.load(Ordering::SeqCst) > 0 {
-                // SAFETY: SIG_DFL is a valid disposition: a third Ctrl-C ends the process.
-                unsafe {
-                    libc::signal(libc::SIGINT, libc::SIG_DFL);
+        let _ = std::thread::Builder::new()
+            .name("stop-requests".into())
+            .spawn(move || {
+                for signal in incoming.forever() {
+                    on_stop_request(signal);
                 }
-                crate::warn!(
-                    "\nCtrl-C again: stopping once the finished epoch's files are written (a \
-                     moment; Ctrl-C a third time to stop at once, leaving them unfinished)"
-                );
-                while WRITING.load(Ordering::SeqCst) > 0 {
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                }
-                if WRITE_FAILED.load(Ordering::SeqCst) {
-                    // The run, stopping after its batch, says why and what is kept.
-                    return;
-                }
-            }
-            // A fresh run that saved no epoch (its first epoch's files being written, say)
-            // leaves its directory as a run that fails before its first epoch does.
-            match crate::rundir::tidy_at_second_ctrl_c() {
-                Some(true) => crate::warn!(
-                    "\nCtrl-C again: stopping at once; the epochs saved so far stay saved"
-                ),
-                Some(false) => crate::warn!(
-                    "\nCtrl-C again: stopping at once, before the first epoch was saved: nothing \
-                     to --resume (a run directory the run made is removed; in one that was there, \
-                     the next run takes the place of this one's files)"
-                ),
-                None => crate::warn!(
-                    "\nCtrl-C again: stopping at once; the epochs saved so far stay saved (the run \
-                     directory was busy: the next run or reader on it tidies it)"
-                ),
-            }
-            die_by_sigint();
-        }
-        // Best effort: a terminal that is gone must not end this thread.
-        crate::warn!(
-            "\nCtrl-C: stopping after this batch; the finished epochs stay saved (Ctrl-C again \
-             to stop at once)"
-        );
+            });
     });
+}
+
+/// Makes the next SIGINT or SIGTERM end the process at once: their default actions, or, in
+/// process 1 (a container's first process, for which the kernel ignores signals left at their
+/// default action), an immediate exit with the status a shell gives a process the signal ended
+/// (`128 + signal`).
+fn next_one_ends_at_once() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        if std::process::id() == 1 {
+            // SAFETY: `_exit` is async-signal-safe; the action touches no other state.
+            let _ = unsafe {
+                signal_hook::low_level::register(signal, move || libc::_exit(128 + signal))
+            };
+        } else {
+            // SAFETY: SIG_DFL is a valid disposition.
+            unsafe {
+                libc::signal(signal, libc::SIG_DFL);
+            }
+        }
+    }
+}
+
+/// A Ctrl-C or SIGTERM (`signal`), on the thread that receives them.
+fn on_stop_request(signal: i32) {
+    let name = name_of(signal);
+    // Outside the epochs nothing is being saved: the run directory is left as the run's end
+    // would leave it (no half-replaced --overwrite, no unused directory), then the process
+    // ends. (Unless the epochs started meanwhile.)
+    let tidied = match TRAINING.load(Ordering::SeqCst) {
+        true => None,
+        false => crate::rundir::tidy_at_ctrl_c(|| TRAINING.load(Ordering::SeqCst)),
+    };
+    if let Some(tidied) = tidied {
+        match tidied {
+            true => crate::warn!(
+                "\nstopped by {name} before the epochs began: nothing was saved, and the run \
+                 directory is as before the run (one this run made is removed, one \
+                 --overwrite was replacing is back, a resumed run's is untouched)"
+            ),
+            false => crate::warn!(
+                "\nstopped by {name} before the epochs began: nothing was saved (the run \
+                 directory was busy: the next run or reader on it tidies it)"
+            ),
+        }
+        die_by(signal);
+    }
+    if let Err(first) = REQUESTED.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst) {
+        let again = match first == signal {
+            true => format!("{name} again"),
+            false => format!("{name} after {}", name_of(first)),
+        };
+        if WRITING.load(Ordering::SeqCst) > 0 {
+            next_one_ends_at_once();
+            crate::warn!(
+                "\n{again}: stopping once the finished epoch's files are written (a moment; \
+                 {name} a third time to stop at once, leaving them unfinished)"
+            );
+            while WRITING.load(Ordering::SeqCst) > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            if WRITE_FAILED.load(Ordering::SeqCst) {
+                // The run, stopping after its batch, says why and what is kept.
+                return;
+            }
+        }
+        // A fresh run that saved no epoch (its first epoch's files being written, say)
+        // leaves its directory as a run that fails before its first epoch does.
+        match crate::rundir::tidy_at_second_ctrl_c() {
+            Some(true) => {
+                crate::warn!("\n{again}: stopping at once; the epochs saved so far stay saved")
+            }
+            Some(false) => crate::warn!(
+                "\n{again}: stopping at once, before the first epoch was saved: nothing to \
+                 --resume (a run directory the run made is removed; in one that was there, the \
+                 next run takes the place of this one's files)"
+            ),
+            None => crate::warn!(
+                "\n{again}: stopping at once; the epochs saved so far stay saved (the run \
+                 directory was busy: the next run or reader on it tidies it)"
+            ),
+        }
+        die_by(signal);
+    }
+    // Best effort: a terminal that is gone must not end this thread.
+    crate::warn!(
+        "\n{name}: stopping after this batch; the finished epochs stay saved ({name} again to \
+         stop at once)"
+    );
 }
 
 /// Whether a Ctrl-C came while the epochs trained (it may have come after the last batch, too
 /// late to stop anything: the run then ends whole, and by SIGINT still).
 pub fn requested() -> bool {
-    REQUESTED.load(Ordering::SeqCst)
+    REQUESTED.load(Ordering::SeqCst) != 0
 }
 
 /// Marks the epochs as training (Ctrl-C then stops after the batch) until the guard drops.
@@ -227,7 +297,7 @@ impl Drop for StopWhen {
 /// # Errors
 /// [`Interrupted`] after the first Ctrl-C; [`WriteFailed`] after a failed write.
 pub fn check() -> anyhow::Result<()> {
-    if REQUESTED.load(Ordering::SeqCst) {
+    if requested() {
         return Err(Interrupted.into());
     }
     if STOP.with(|s| {

@@ -866,7 +866,7 @@ fn write_failed_error(writing: anyhow::Error, out: &Path) -> anyhow::Error {
     ))
 }
 
-/// The error of a run stopped by Ctrl-C (`error`, an [`Interrupted`]) after `progress`'s
+/// The error of a run stopped by Ctrl-C or SIGTERM (`error`, an [`Interrupted`]) after `progress`'s
 /// epochs, whose last files' writing ended as `written`: where it stopped, what is saved, how
 /// to continue.
 fn stopped_by_ctrl_c(
@@ -877,7 +877,11 @@ fn stopped_by_ctrl_c(
     out: &Path,
 ) -> anyhow::Error {
     let done = progress.epochs_done;
-    let at = format!("stopped by Ctrl-C in epoch {} of {epochs}", done + 1);
+    let at = format!(
+        "stopped by {} in epoch {} of {epochs}",
+        crate::interrupt::by(),
+        done + 1
+    );
     let message = match (done, written) {
         (_, Err(writing)) if out.join(crate::rundir::STATE).is_file() => format!(
             "{at}: writing the files of epoch {done} failed ({writing:#}); --resume {} continues \
