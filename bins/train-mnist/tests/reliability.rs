@@ -376,6 +376,25 @@ fn evaluating_a_run_stopped_before_its_checkpoints_writes_them_from_the_state() 
         stderr(&evaluate)
     );
     assert!(read(train::rundir::BEST) == best && read(train::rundir::LAST) == last);
+    // `last` without `best` where the last epoch was the best: a process killed between
+    // writing the two from the state (`last` first). `predict` writes `best` too.
+    std::fs::remove_file(out.join(train::rundir::BEST)).expect("remove");
+    let image = dir.path().join("digit.png");
+    image::GrayImage::new(28, 28).save(&image).expect("a digit");
+    let predict = Command::new(BIN)
+        .args(["predict", "--run", &s(&out), "--device", "cpu", &s(&image)])
+        .output()
+        .expect("predict starts");
+    assert!(predict.status.success(), "{}", stderr(&predict));
+    assert!(
+        stderr(&predict).contains(&format!(
+            "{} was missing: written again from state.safetensors",
+            out.join(train::rundir::BEST).display()
+        )),
+        "{}",
+        stderr(&predict)
+    );
+    assert!(read(train::rundir::BEST) == best && read(train::rundir::LAST) == last);
     // Links to nothing (storage unmounted) are the user's: never written over.
     for name in [train::rundir::BEST, train::rundir::LAST] {
         std::fs::remove_file(out.join(name)).expect("remove");
@@ -2414,16 +2433,31 @@ fn the_state_restores_checkpoints_and_stale_evaluations_go() {
     // Three evaluations of three files each (summary, picture, each image's prediction), and
     // the user's file.
     assert_eq!(evaluations().len(), 10, "{:?}", evaluations());
-    // One checkpoint gone: evaluate says so and names the other. Both gone (as a kill after
-    // the state and before them leaves the first epoch): evaluate writes them again from the
-    // state, as a resume does; removed again, a resume writes them.
+    // One checkpoint gone: evaluate says so and names the other; but `best` where the last
+    // epoch was the best (a process killed between writing `last` and `best` from the state)
+    // is written again from the state. Both gone (as a kill after the state and before them
+    // leaves the first epoch): evaluate writes them again from the state, as a resume does;
+    // removed again, a resume writes them.
+    std::fs::remove_file(run.join(train::rundir::LAST)).expect("remove");
+    let out = evaluate_with(&["--weights", "last"]);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success() && err.contains("last.safetensors was removed; take --weights best"),
+        "{err}"
+    );
+    std::fs::write(run.join(train::rundir::LAST), &last).expect("put back");
     std::fs::remove_file(run.join(train::rundir::BEST)).expect("remove");
     let out = evaluate_with(&[]);
     let err = stderr(&out);
     assert!(
-        !out.status.success() && err.contains("best.safetensors was removed; take --weights last"),
+        out.status.success() && err.contains("best.safetensors was missing: written again"),
         "{err}"
     );
+    assert_eq!(
+        std::fs::read(run.join(train::rundir::BEST)).expect("best"),
+        best
+    );
+    std::fs::remove_file(run.join(train::rundir::BEST)).expect("remove");
     std::fs::remove_file(run.join(train::rundir::LAST)).expect("remove");
     let out = evaluate_with(&[]);
     let err = stderr(&out);

@@ -873,19 +873,23 @@ pub fn evaluate(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
 }
 
 /// When the run in `dir` was stopped between saving an epoch's state and writing its
-/// checkpoints (neither is there, the state is): writes them from the state as `--resume` would
-/// first (said on stderr), so that `weights` (`best` or `last`) can be read; a process holding
+/// checkpoints (neither is there, the state is), or a process writing them from the state was
+/// stopped between the two: writes them from the state as `--resume` would first (said on
+/// stderr), so that `weights` (`best` or `last`) can be read; a process holding
 /// the directory is waited for ([`crate::run::checkpoints_for_reading`]). Nothing otherwise,
 /// nor for a checkpoint file given by its path, nor on a data-parallel rank other than 0; a
 /// failure leaves the error to the reader, which names the way out.
 fn restore_checkpoints(dir: &Path, weights: &str) {
     // A link to nothing counts as there: it is the user's, never written over.
     let absent = |name: &str| std::fs::symlink_metadata(dir.join(name)).is_err();
-    if matches!(weights, "best" | "last")
-        && absent(BEST)
-        && absent(LAST)
-        && dir.join(crate::rundir::STATE).exists()
-    {
+    // `best` alone missing: a process killed between writing `last` and `best` from the state
+    // (where the state's last epoch was the best; not while another process holds the run,
+    // which writes them itself).
+    let missing = match absent(BEST) {
+        true => absent(LAST) || !crate::rundir::in_use(dir),
+        false => false,
+    };
+    if matches!(weights, "best" | "last") && missing && dir.join(crate::rundir::STATE).exists() {
         let _ = crate::run::checkpoints_for_reading(dir);
     }
 }

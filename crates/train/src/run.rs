@@ -554,12 +554,8 @@ fn checkpoints_from_state(
     for file in files {
         let path = out.join(file);
         let missing = !path.exists();
-        let before = std::fs::read(&path).ok();
-        save_checkpoint(model, &path)?;
         // Other weights than the file held (an epoch behind): `evaluate`'s outputs of those go.
-        if before.is_some_and(|b| std::fs::read(&path).ok().is_none_or(|now| now != b)) {
-            crate::rundir::remove_evaluations_of(out, file.trim_end_matches(".safetensors"));
-        }
+        replace_checkpoint(model, out, file, Replaced::IfChanged)?;
         if missing {
             crate::warn!(
                 "{} was missing: written again from {} (the weights of epoch {})",
@@ -574,8 +570,10 @@ fn checkpoints_from_state(
 
 /// For a reader of the run in `dir` (`evaluate`, `predict`, `grad-cam`) that finds neither
 /// checkpoint beside its resume state (the run was stopped between saving an epoch's state and
-/// writing its checkpoints): writes them from the state as `--resume` would first ([`LAST`],
-/// and [`BEST`] when the state's last epoch was the best), holding the directory's lock. The
+/// writing its checkpoints), or `last` without `best` where the state's last epoch was the best
+/// (a process killed between writing the two): writes them from the state as `--resume` would
+/// first ([`LAST`], and [`BEST`] when the state's last epoch was the best), holding the
+/// directory's lock. The
 /// process that writes the run directory only (alone, or rank 0 of a data-parallel
 /// evaluation, whose other ranks wait for it).
 ///
@@ -623,10 +621,22 @@ pub(crate) fn checkpoints_for_reading(dir: &Path) -> Result<()> {
     }
     let held = crate::rundir::RunDir::existing(dir)?;
     // Written meanwhile (another reader, a `--resume`): nothing to do.
-    if written() {
+    if both() {
         return Ok(());
     }
-    let (saved, tensors) = crate::state::load(dir)?;
+    let (saved, tensors) = match crate::state::load(dir) {
+        Ok(loaded) => loaded,
+        // One checkpoint is there for the reader to take (its own error names a missing one).
+        Err(_) if written() => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    // All the state would write is there: `last`, and `best` only where the last epoch was the
+    // best (an earlier best's file was removed since). Where `best` is missing although the
+    // last epoch was the best, a process was killed between writing the two (a reader, or a
+    // `--resume` as it began): written here.
+    if there(LAST) && (there(BEST) || saved.best_epoch != saved.epochs_done) {
+        return Ok(());
+    }
     if let Err(e) = check_state_network(&saved, &tensors.model) {
         // The reader's own error (no checkpoint) would not say why; said once (a reader asks
         // before it opens the run and again as it opens it).
@@ -676,20 +686,45 @@ fn check_state_network(
 /// `--resume`, which writes them once its data is loaded.
 pub(crate) const READER_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
-/// Writes a checkpoint of the run (`layers::checkpoint::save_tensors`) once its folder is still
-/// this run's ([`crate::rundir::check_lock`], before the work and as the file is renamed into
-/// place: [`crate::atomic::rename_into_run`]).
-pub(crate) fn save_checkpoint(
+/// When [`replace_checkpoint`] counts the checkpoint it writes as replacing the one there.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Replaced {
+    /// Always (an epoch's new weights).
+    Always,
+    /// Where a file was there and held other bytes (a checkpoint written again from the state).
+    IfChanged,
+}
+
+/// Writes the checkpoint `file` ([`BEST`] or [`LAST`]) of the run in `out`
+/// (`layers::checkpoint::save_tensors`) once its folder is still this run's
+/// ([`crate::rundir::check_lock`], before the work and as the file is renamed into place:
+/// [`crate::atomic::rename_into_run`]). Where it replaces the one there (as `replaced` says),
+/// `evaluate`'s outputs of the one replaced go first
+/// ([`crate::rundir::remove_evaluations_of`]), before the new file is renamed into place: a
+/// kill between the two then loses an evaluation rather than leaving one that describes
+/// weights no longer there.
+///
+/// # Errors
+/// The folder is another run's now, or the file cannot be written.
+pub(crate) fn replace_checkpoint(
     model: &std::collections::HashMap<String, candle_core::Tensor>,
-    path: &Path,
+    out: &Path,
+    file: &str,
+    replaced: Replaced,
 ) -> Result<()> {
-    crate::rundir::check_lock(crate::rundir::folder_of(path))?;
-    layers::checkpoint::save_with_metadata_renaming(
-        model,
-        None,
-        path,
-        crate::atomic::rename_into_run,
-    )
+    let path = out.join(file);
+    crate::rundir::check_lock(crate::rundir::folder_of(&path))?;
+    layers::checkpoint::save_with_metadata_renaming(model, None, &path, |tmp, path| {
+        let changed = match replaced {
+            Replaced::Always => true,
+            Replaced::IfChanged => std::fs::read(path)
+                .is_ok_and(|old| std::fs::read(tmp).ok().is_none_or(|new| new != old)),
+        };
+        if changed {
+            crate::rundir::remove_evaluations_of(out, file.trim_end_matches(".safetensors"));
+        }
+        crate::atomic::rename_into_run(tmp, path)
+    })
 }
 
 /// The closing line: the best test accuracy and where its weights are, or that they are gone
@@ -1263,11 +1298,9 @@ impl Snapshot<'_> {
         crate::rundir::forget_replaced(out);
         // `evaluate`'s outputs for a checkpoint replaced here described weights now gone.
         if self.improved {
-            save_checkpoint(&tensors.model, &out.join(BEST))?;
-            crate::rundir::remove_evaluations_of(out, "best");
+            replace_checkpoint(&tensors.model, out, BEST, Replaced::Always)?;
         }
-        save_checkpoint(&tensors.model, &out.join(LAST))?;
-        crate::rundir::remove_evaluations_of(out, "last");
+        replace_checkpoint(&tensors.model, out, LAST, Replaced::Always)?;
         history::save(out, history)?;
         pictures::save_curves(out, self.title, history)?;
         Ok(events)

@@ -1590,7 +1590,9 @@ mod tests {
                 "{err}"
             );
             assert_eq!(std::fs::read(out.join("a.txt"))?, b"2");
-            let err = crate::run::save_checkpoint(&weights, &out.join(LAST)).unwrap_err();
+            let err =
+                crate::run::replace_checkpoint(&weights, &out, LAST, crate::run::Replaced::Always)
+                    .unwrap_err();
             assert!(err.is::<FolderTaken>(), "{err:#}");
             assert!(!out.join(LAST).exists());
             other.unlock()?;
