@@ -1090,6 +1090,85 @@ fn resume_reaches_the_same_weights_as_an_uninterrupted_run() {
     assert_eq!(trained_on(&whole).0, [37]);
 }
 
+/// An image folder's run whose test transform does not resize (a centre crop alone): `predict`
+/// takes each image as the run's test pass took it, `model(test_transform(image))`, so the
+/// cross-entropy of its logits over the test images is `evaluate`'s loss (it brought each
+/// image to the model's native 224x224 first, and its predictions differed from `evaluate`'s;
+/// a new user's finding).
+#[test]
+fn predict_on_a_folder_run_sees_what_its_test_pass_saw() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let calib = small_folder(&data, 4, 4);
+    let r18 = dir.path().join("r18.safetensors");
+    pretrained_model("resnet18", &calib, &r18);
+    let run = dir.path().join("run");
+    ok(
+        &[
+            "--model",
+            "resnet18",
+            "--folder",
+            "--data-dir",
+            s(&data),
+            "--weights",
+            s(&r18),
+            "--image-size",
+            "32",
+            "--test-transform",
+            "center-crop:24,normalize:imagenet",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            s(&run),
+        ],
+        &[],
+    );
+    ok(&["evaluate", "--run", s(&run), "--device", "cpu"], &[]);
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("evaluation-best.json")).expect("evaluation"),
+    )
+    .expect("json");
+    let loss = summary["loss"].as_f64().expect("loss");
+    let classes = ["airplane", "frog", "truck"];
+    let mut images = Vec::new();
+    for (label, class) in classes.iter().enumerate() {
+        let folder = data.join("test").join(class);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&folder)
+            .expect("class folder")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        files.sort();
+        images.extend(files.into_iter().map(|f| (f, label)));
+    }
+    let mut args = vec!["predict", "--run", s(&run), "--device", "cpu", "--logits"];
+    args.extend(images.iter().map(|(f, _)| s(f)));
+    let printed = ok(&args, &[]);
+    let rows: Vec<Vec<f64>> = printed
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("logits: "))
+        .map(|list| serde_json::from_str(list).expect("a list of logits"))
+        .collect();
+    assert_eq!(rows.len(), images.len(), "{printed}");
+    let total: f64 = rows
+        .iter()
+        .zip(&images)
+        .map(|(z, (_, label))| {
+            let top = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = z.iter().map(|v| (v - top).exp()).sum();
+            top + sum.ln() - z[*label]
+        })
+        .sum();
+    let mean = total / images.len() as f64;
+    assert!(
+        (mean - loss).abs() <= 1e-4 * loss.abs().max(1.0),
+        "predict's logits give a loss of {mean}, evaluate's is {loss}"
+    );
+}
+
 /// Fine-tuning and predict with every flag at 0, 1, negative, huge, non-numeric and empty
 /// values: clear errors or runs, never a panic, an abort or a hang. A resumed run of another
 /// program is refused too.

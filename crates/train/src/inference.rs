@@ -1402,9 +1402,20 @@ fn evaluate_with_model(args: &EvaluateArgs, recipe: &Recipe, name: &str) -> Resu
             match head_rows(name, &weights) {
                 Some((rows, head)) if rows != count => e.context(format!(
                     "--weights {}: its {head} has {rows} rows (classes), and {}'s test split, \
-                     which --model {name} is scored on, has {count} classes",
+                     which --model {name} is scored on, has {count} classes{}",
                     weights.display(),
-                    data.title
+                    data.title,
+                    match &config.data_dir {
+                        Some(dir) => format!(
+                            " (--data-dir {} is read as {}'s files; a checkpoint trained on \
+                             image folders of your own is scored by `evaluate --run RUN`, the \
+                             folder of its run, on another folder of its classes with \
+                             --data-dir too)",
+                            dir.display(),
+                            data.title
+                        ),
+                        None => String::new(),
+                    }
                 )),
                 _ => e,
             }
@@ -1855,10 +1866,12 @@ impl<'a> Predictor<'a> {
         Self::with(model, transform, channels, classes, device)
     }
 
-    /// The predictor of a trained run's model: as [`Predictor::new`], except that where the
-    /// run's data set has one image size (`input.data_size`), every image is first brought to
-    /// it (`Resize` + `CenterCrop`), as the run's test images were, before the run's test
-    /// transform (which may resize again, as fine-tuning's `imagenet-eval`).
+    /// The predictor of a trained run's model: where the run's data set has one image size
+    /// (`input.data_size`), every image is first brought to it (`Resize` + `CenterCrop`), as
+    /// the run's test images were, before the run's test transform (which may resize again, as
+    /// fine-tuning's `imagenet-eval`); where its images vary (an image folder), the run's test
+    /// transform takes each image as it is, as it took the run's test images (`evaluate`'s
+    /// scores): `model(test_transform(image))`, as in PyTorch.
     ///
     /// Errors: as [`Predictor::new`].
     pub fn for_run(
@@ -1869,13 +1882,7 @@ impl<'a> Predictor<'a> {
         device: &Device,
     ) -> Result<Self> {
         if !input.data_size {
-            return Self::new(
-                model,
-                transform,
-                (input.channels, input.side),
-                classes,
-                device,
-            );
+            return Self::with(model, transform, input.channels, classes, device);
         }
         let transform = sized_first(&transform, input.side)?;
         Self::with(model, transform, input.channels, classes, device)
@@ -1999,8 +2006,8 @@ pub struct RunInput {
     /// Height and width.
     pub side: usize,
     /// Whether `side` is the data set's own image size (every image is brought to it first),
-    /// rather than the model's native input (brought to it only by a test transform that does
-    /// not resize).
+    /// rather than the model's native input (the images vary: the run's test transform takes
+    /// each as it is).
     pub data_size: bool,
 }
 
