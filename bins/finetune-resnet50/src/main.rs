@@ -159,10 +159,10 @@ struct PredictArgs {
     /// .safetensors file [default: timm/resnet50.tv_in1k; with --run: best]
     #[arg(long)]
     weights: Option<String>,
-    /// Images to classify
+    /// Images to classify; a folder stands for the image files in it and below it
     #[arg(long, num_args = 1..)]
     image: Vec<PathBuf>,
-    /// More images to classify
+    /// More images (or folders of images) to classify
     images: Vec<PathBuf>,
     /// Side of the network input (Resize to size*256/224, CenterCrop to size, ImageNet's
     /// normalisation) [default: 224; a fine-tuning run's checkpoint: the run's transform]
@@ -289,6 +289,7 @@ fn predict(args: &PredictArgs) -> Result<()> {
     let device = train::device::parse_device(&args.device)?;
     let weights = args.weights.as_deref().unwrap_or(weights::DEFAULT_WEIGHTS);
     let classifier = predict::Classifier::load(weights, args.image_size, &device)?;
+    let images = train::inference::folders_as_images(&images)?;
     train::inference::print_top5(&images, &[], args.logits, |image| classifier.predict(image))
 }
 

@@ -1257,6 +1257,48 @@ fn predict_keeps_the_order_of_the_images() {
     ]);
     let printed: Vec<&str> = text.lines().filter(|l| !l.starts_with(' ')).collect();
     assert_eq!(printed, named, "{text}");
+
+    // A folder stands for the images in it and below it, sorted by path; hidden files and
+    // files not named as images are passed over.
+    let folder = dir.path().join("photos");
+    std::fs::create_dir_all(folder.join("sub")).expect("folders");
+    for name in ["b.png", "a.PNG", "sub/c.png", ".hidden.png", "notes.txt"] {
+        std::fs::copy(&image, folder.join(name)).expect("copy");
+    }
+    let text = run(&[
+        "predict",
+        "--run",
+        &s(&out),
+        &named[0],
+        &s(&folder),
+        "--device",
+        "cpu",
+    ]);
+    let printed: Vec<&str> = text.lines().filter(|l| !l.starts_with(' ')).collect();
+    let expected = [
+        named[0].clone(),
+        s(&folder.join("a.PNG")),
+        s(&folder.join("b.png")),
+        s(&folder.join("sub/c.png")),
+    ];
+    assert_eq!(printed, expected, "{text}");
+    // A folder without images, and a run's folder given as images: refused, named.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).expect("folder");
+    for (folder, says) in [
+        (&empty, "a folder with no image file in it or below it"),
+        (&out, "is a training run's folder, not a folder of images"),
+    ] {
+        let ended = Command::new(BIN)
+            .args(["predict", "--run", &s(&out), &s(folder), "--device", "cpu"])
+            .output()
+            .expect("starts");
+        let err = String::from_utf8_lossy(&ended.stderr);
+        assert!(
+            !ended.status.success() && err.contains(&s(folder)) && err.contains(says),
+            "{err}"
+        );
+    }
 }
 
 /// Another run's checkpoint read with this run's settings (`--run A --weights B/best`) is said

@@ -66,7 +66,7 @@ pub use folder::{
 };
 pub use idx::{mnist, read_idx_pair, MNIST_CLASSES};
 pub use io::{read_image_file, read_input_file};
-pub use listing::{is_image, IMAGE_EXTENSIONS};
+pub use listing::{image_files_below, is_image, IMAGE_EXTENSIONS};
 pub use loader::{Batch, Epoch, Loader, LoaderConfig, MAX_WORKERS};
 pub use resident::ResidentLoader;
 pub use resize::resize_bilinear;

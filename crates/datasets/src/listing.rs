@@ -43,6 +43,24 @@ pub fn is_image(name: &str) -> bool {
         .is_some_and(|(_, ext)| IMAGE_EXTENSIONS.iter().any(|e| e.eq_ignore_ascii_case(ext)))
 }
 
+/// The image files in the folder `root` and below it, as an image folder's reading finds them
+/// (hidden entries and files not named as images passed over, links followed, each real folder
+/// entered once), sorted by path.
+///
+/// # Errors
+/// `root` or a folder below it cannot be read, or an image's name
+/// leads to something other than a regular file (a pipe, a device).
+pub fn image_files_below(root: &Path) -> Result<Vec<PathBuf>> {
+    let listing = Listing::from_dir(root)?;
+    let mut files: Vec<PathBuf> = listing
+        .files
+        .iter()
+        .map(|(rel, _)| root.join(rel))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// Hidden names (`.git`, `.DS_Store`, macOS `._x.jpg`) are skipped.
 pub(crate) fn is_hidden(name: &str) -> bool {
     name.starts_with('.')

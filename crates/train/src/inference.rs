@@ -1781,10 +1781,10 @@ pub struct PredictArgs {
     #[arg(long)]
     pub run: Option<PathBuf>,
     /// Images to classify (any size and colour mode), as finetune-resnet50 predict and
-    /// visualize take them
+    /// visualize take them; a folder stands for the image files in it and below it
     #[arg(long, num_args = 1..)]
     pub image: Vec<PathBuf>,
-    /// More images to classify
+    /// More images (or folders of images) to classify
     pub images: Vec<PathBuf>,
     /// The checkpoint: best, last, or a .safetensors file
     #[arg(long, default_value = "best", value_parser = clap::builder::NonEmptyStringValueParser::new())]
@@ -2186,9 +2186,45 @@ pub fn predict(args: &PredictArgs, dataset: DatasetKind) -> Result<()> {
         Ok(None) => Vec::new(),
         Err(e) => cannot_tell(format!("{e:#}")),
     };
+    let images = folders_as_images(&images)?;
     print_top5(&images, &trained_on, args.logits, |image| {
         predictor.predict(image)
     })
+}
+
+/// `predict`'s images, each folder among them replaced by the image files in it and below it
+/// (sorted by path; hidden ones and files not named as images passed over, as an image folder's
+/// reading does: `predict --run DIR photos/` or `data/test/`).
+///
+/// # Errors
+/// A folder is a run's (its pictures are no input), holds no image file, or cannot be read.
+pub fn folders_as_images(given: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut images = Vec::with_capacity(given.len());
+    for path in given {
+        if !path.is_dir() {
+            images.push(path.clone());
+            continue;
+        }
+        if crate::rundir::is_run_folder(path) {
+            bail!(
+                "{} is a training run's folder, not a folder of images to classify (the run to \
+                 predict with goes to --run)",
+                path.display()
+            );
+        }
+        let found = datasets::image_files_below(path)
+            .with_context(|| format!("cannot list the images in {}", path.display()))?;
+        if found.is_empty() {
+            bail!(
+                "{}: a folder with no image file in it or below it (files named .{}, as \
+                 torchvision's IMG_EXTENSIONS; hidden ones are passed over)",
+                path.display(),
+                datasets::IMAGE_EXTENSIONS.join(", .")
+            );
+        }
+        images.extend(found);
+    }
+    Ok(images)
 }
 
 /// The names of a network's `count` outputs under `weights`, for a model of data set `data`:
@@ -2264,7 +2300,8 @@ fn predict_with_model(
         &device,
     )?
     .named(weights);
-    print_top5(images, &[], args.logits, |image| predictor.predict(image))
+    let images = folders_as_images(images)?;
+    print_top5(&images, &[], args.logits, |image| predictor.predict(image))
 }
 
 /// `values` as a Python list, each the shortest decimal that reads back as the same float32
