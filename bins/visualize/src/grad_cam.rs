@@ -26,9 +26,9 @@ pub struct GradCamArgs {
     /// run's checkpoint (read as its run) or a torchvision ResNet's (its depth found)
     #[arg(long)]
     weights: Option<String>,
-    /// The image (any size and colour mode)
-    #[arg(long)]
-    image: PathBuf,
+    /// The images (any size and colour mode): one picture each
+    #[arg(long, num_args = 1.., required = true)]
+    image: Vec<PathBuf>,
     /// The class to explain: a name (any case; MNIST's `7 - seven` also as `seven`) or an index
     /// from 0 [default: the predicted one]
     #[arg(long, allow_hyphen_values = true)]
@@ -139,9 +139,11 @@ fn overlay(seen: &U8Image, cam: &Cam) -> Result<U8Image> {
     U8Image::new(3, seen.height, seen.width, data)
 }
 
-/// Runs `grad-cam`: writes `grad-cam-<image's stem>.png` (`-class<K>` added for a `--class`):
-/// the image and the map over it, titled with the stage, the class and its softmax
-/// probability, in `out`, and prints the class explained.
+/// Runs `grad-cam`: for each image, writes `grad-cam-<image's stem>.png` (`-class<K>` added for
+/// a `--class`; images of one stem told apart, [`file_names`]): the image and the map over it,
+/// titled with the stage, the class and its softmax probability, in `out`, and prints the class
+/// explained. An image that cannot be read is named and the others are still explained (the
+/// error, at the end, counts them), as `predict` does.
 pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
     let device = Device::Cpu;
     let (beside, found) = match (&args.run, &args.model, &args.weights) {
@@ -214,17 +216,65 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
     };
     let predictor =
         train::inference::Predictor::for_run(model.as_ref(), transform, input, &classes, &device)?;
-    let (seen, x) = predictor.prepare(&args.image)?;
     let class = match &args.class {
         None => None,
-        Some(c) => Some(class_index(c, &classes)?),
+        Some(c) => {
+            let k = class_index(c, &classes)?;
+            // A class folder named by a number: the name wins (said, as it may not be meant).
+            if let Some(index) = c.parse::<usize>().ok().filter(|i| *i != k) {
+                train::say!(
+                    "note: --class {c} is the class named {c:?} (index {k}); the class of index \
+                     {index} is {:?}",
+                    classes.get(index).map_or("none", String::as_str)
+                );
+            }
+            Some(k)
+        }
     };
-    let mut stage = store_spec.cam_stage.to_string();
-    let mut cam = grad_cam(model.as_ref(), &x, &stage, class)
+    let names = file_names(&args.image, args.class.as_ref().and(class));
+    let mut failed = 0;
+    for (image, name) in args.image.iter().zip(names) {
+        let explained = explain(
+            model.as_ref(),
+            &predictor,
+            (store_spec.cam_stage, &weights_named),
+            (image, class, &classes),
+            &out.join(name),
+        );
+        if let Err(e) = explained {
+            failed += 1;
+            let message = format!("{e:#}");
+            match message.contains(&image.display().to_string()) {
+                true => train::warn!("{message}"),
+                false => train::warn!("{}: {message}", image.display()),
+            }
+        }
+    }
+    if failed > 0 {
+        bail!(
+            "{failed} of {} images could not be explained (each is named above)",
+            args.image.len()
+        );
+    }
+    Ok(())
+}
+
+/// Grad-CAM of one image for [`run`]: `stage` and the weights' name, the image, the class
+/// asked for (if any) and the class names; the picture written to `path`.
+fn explain(
+    model: &dyn Network,
+    predictor: &train::inference::Predictor,
+    (stage, weights_named): (&str, &str),
+    (image, class, classes): (&Path, Option<usize>, &[String]),
+    path: &Path,
+) -> Result<()> {
+    let (seen, x) = predictor.prepare(image)?;
+    let mut stage = stage.to_string();
+    let mut cam = grad_cam(model, &x, &stage, class)
         .with_context(|| format!("Grad-CAM under {weights_named}"))?;
     if cam.height * cam.width == 1 {
         // A 1x1 map points at no place: the last stage before it that has a map, if any.
-        if let Some(earlier) = earlier_stage_with_a_map(model.as_ref(), &x, &stage)? {
+        if let Some(earlier) = earlier_stage_with_a_map(model, &x, &stage)? {
             train::say!(
                 "note: {stage}'s map is 1x1 for this input ({}x{}), so Grad-CAM could point at \
                  no place: it is taken at {earlier}, the last stage before it with a map",
@@ -232,7 +282,7 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
                 seen.width
             );
             stage = earlier;
-            cam = grad_cam(model.as_ref(), &x, &stage, class)
+            cam = grad_cam(model, &x, &stage, class)
                 .with_context(|| format!("Grad-CAM under {weights_named}"))?;
         }
     }
@@ -280,11 +330,7 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
             }
         },
     ];
-    let path = out.join(file_name(
-        &args.image,
-        args.class.as_ref().map(|_| cam.class),
-    ));
-    train::atomic::write_with(&path, |tmp| viz::save_image_grid(tmp, &title, &tiles, 2))?;
+    train::atomic::write_with(path, |tmp| viz::save_image_grid(tmp, &title, &tiles, 2))?;
     let peak = cam
         .values
         .iter()
@@ -322,6 +368,45 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
         path.display()
     );
     Ok(())
+}
+
+/// The pictures' names of `images` ([`file_name`]), each its own: images of the same stem (the
+/// same file name in two class folders) are told apart by their folder's name
+/// (`grad-cam-dog-024.png`), and by a number where that is the same too (`-2`, `-3`, ...).
+fn file_names(images: &[PathBuf], class: Option<usize>) -> Vec<String> {
+    let plain: Vec<String> = images.iter().map(|i| file_name(i, class)).collect();
+    let count = |names: &[String], name: &String| names.iter().filter(|n| *n == name).count();
+    let folder_first: Vec<String> = images
+        .iter()
+        .zip(&plain)
+        .map(|(image, name)| {
+            match (
+                count(&plain, name),
+                image.parent().and_then(Path::file_name),
+            ) {
+                (1, _) | (_, None) => name.clone(),
+                (_, Some(folder)) => {
+                    let stem = image
+                        .file_stem()
+                        .map_or("image".into(), |s| s.to_string_lossy().into_owned());
+                    let folder = folder.to_string_lossy();
+                    file_name(Path::new(&format!("{folder}-{stem}")), class)
+                }
+            }
+        })
+        .collect();
+    let mut names: Vec<String> = Vec::with_capacity(images.len());
+    for name in folder_first {
+        let mut unique = name.clone();
+        let mut n = 1;
+        while names.contains(&unique) {
+            n += 1;
+            let (stem, ext) = name.rsplit_once('.').unwrap_or((&name, "png"));
+            unique = format!("{stem}-{n}.{ext}");
+        }
+        names.push(unique);
+    }
+    names
 }
 
 /// `grad-cam-<image's stem>.png`, with `-class<K>` for a class asked for by `--class`: each
@@ -524,6 +609,34 @@ mod tests {
         assert_eq!(
             file_name(Path::new("a/cat.jpg"), Some(3)),
             "grad-cam-cat-class3.png"
+        );
+    }
+
+    /// Images of one stem (the same file name in two class folders) get pictures of their own,
+    /// named by their folders, then by number; others keep their plain names.
+    #[test]
+    fn images_of_one_stem_get_pictures_of_their_own() {
+        let images: Vec<PathBuf> = ["t/cat/024.jpg", "t/dog/024.png", "u/dog/024.jpg", "a.png"]
+            .map(PathBuf::from)
+            .to_vec();
+        assert_eq!(
+            file_names(&images, None),
+            [
+                "grad-cam-cat-024.png",
+                "grad-cam-dog-024.png",
+                "grad-cam-dog-024-2.png",
+                "grad-cam-a.png"
+            ]
+        );
+        assert_eq!(
+            file_names(&images[..1], Some(3)),
+            ["grad-cam-024-class3.png"]
+        );
+        // The same image twice: two pictures, not one written twice.
+        let twice = [PathBuf::from("x.png"), PathBuf::from("x.png")];
+        assert_eq!(
+            file_names(&twice, Some(1)),
+            ["grad-cam-x-class1.png", "grad-cam-x-class1-2.png"]
         );
     }
 
