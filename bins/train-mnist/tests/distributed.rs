@@ -269,6 +269,94 @@ fn a_stopped_rank_ends_the_job_after_the_collective_timeout() {
     );
 }
 
+/// SIGTERM to one rank (Slurm signals them all; one is the harder case) stops every rank after
+/// the same batch: the job ends as a run in one process does, rank 0 saying once where it
+/// stopped and how to resume, every finished epoch saved, no rank aborting, each rank ending
+/// by SIGTERM.
+#[test]
+fn a_sigterm_to_one_rank_stops_every_rank_after_the_same_batch() {
+    let Some(data) = shared_data("mnist") else {
+        return;
+    };
+    let data = data.to_string_lossy().into_owned();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("run");
+    let out_s = out.to_string_lossy().into_owned();
+    let mut job = mpirun()
+        .args(["-n", "2", BIN, "--data-dir", &data, "--model", "lenet5"])
+        .args([
+            "--epochs",
+            "50",
+            "--batch-size",
+            "8",
+            "--workers",
+            "1",
+            "--out",
+            &out_s,
+        ])
+        .args(["--collective-timeout", "60"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cannot start mpirun");
+    let started = Instant::now();
+    let state = out.join(train::rundir::STATE);
+    while !state.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "no epoch was saved within 180 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = pid_of_rank(1, &out_s).expect("rank 1 runs");
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let waited = Instant::now();
+    let ended = loop {
+        if let Some(status) = job.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if waited.elapsed() > Duration::from_secs(120) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    if ended.is_none() {
+        let _ = job.kill();
+    }
+    let result = job.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    let status = ended.unwrap_or_else(|| panic!("the job still ran 120 s later:\n{stderr}"));
+    assert!(!status.success(), "{stderr}");
+    let done = metrics(&out).len();
+    assert!((1..50).contains(&done), "{done} epochs:\n{stderr}");
+    assert_eq!(
+        train::state::saved_epochs(&out).map(|e| e.0),
+        Some(done),
+        "{stderr}"
+    );
+    let said = format!(
+        "stopped by SIGTERM in epoch {} of 50: {}",
+        done + 1,
+        match done {
+            1 => "epoch 1 is saved".to_string(),
+            n => format!("epochs 1-{n} are saved"),
+        }
+    );
+    assert_eq!(
+        stderr.matches("stopped by SIGTERM in epoch").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&said)
+            && stderr.contains(&format!("continue with --resume {out_s}"))
+            && !stderr.contains("Error on rank"),
+        "{stderr}"
+    );
+}
+
 /// Ranks given different settings (`--limit-train`, which left alone makes them wait on each
 /// other forever; `--lr`, which would train each rank its own way) or different data (a copy of
 /// MNIST with one training label changed) end the job at once, the error naming what differs

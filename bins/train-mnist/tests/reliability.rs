@@ -817,6 +817,79 @@ fn ctrl_c_keeps_every_finished_epoch_and_undoes_an_unsaved_overwrite() {
     assert_eq!(metrics_without_seconds(&out).len(), done + 2);
 }
 
+/// A second SIGTERM (GNU `timeout` sends the program one and its process group another)
+/// changes nothing: the run still stops after its batch, every finished epoch saved. A run
+/// started with SIGTERM ignored (a parent may ask so) keeps ignoring it and trains to its end.
+#[test]
+fn a_second_sigterm_changes_nothing_and_an_ignored_one_stays_ignored() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    let (out, ignoring) = (dir.path().join("run"), dir.path().join("ignoring"));
+    let start = |out: &Path, epochs: &str, ignore: bool| {
+        let mut args = common_epochs(&data, out, epochs);
+        let at = args.iter().position(|a| a == "--batch-size").expect("flag");
+        args[at + 1] = "1".into();
+        let mut command = Command::new(BIN);
+        command
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if ignore {
+            // SAFETY: only signal(2) between fork and exec.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::signal(libc::SIGTERM, libc::SIG_IGN);
+                    Ok(())
+                });
+            }
+        }
+        command.spawn().expect("train-mnist starts")
+    };
+    let term = |child: &std::process::Child| {
+        let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+        // SAFETY: a plain kill(2) of our own child, which has not been waited for yet.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    };
+    let state = out.join(train::rundir::STATE);
+    let child = start(&out, "100", false);
+    let waited = Instant::now();
+    while !state.exists() {
+        assert!(waited.elapsed() < Duration::from_secs(120), "never ready");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    term(&child);
+    std::thread::sleep(Duration::from_millis(20));
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: as above; the child may have ended already (then ESRCH, not checked).
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let stopped = child.wait_with_output().expect("wait");
+    let err = stderr(&stopped);
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&stopped.status),
+        Some(libc::SIGTERM),
+        "{err}"
+    );
+    let done = metrics_without_seconds(&out).len() - 1;
+    assert!(
+        err.contains(&format!("stopped by SIGTERM in epoch {} of 100", done + 1))
+            && !err.contains("stopping at once"),
+        "{err}"
+    );
+    let child = start(&ignoring, "3", true);
+    let state = ignoring.join(train::rundir::STATE);
+    let waited = Instant::now();
+    while !state.exists() {
+        assert!(waited.elapsed() < Duration::from_secs(120), "never ready");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    term(&child);
+    let ended = child.wait_with_output().expect("wait");
+    assert!(ended.status.success(), "{}", stderr(&ended));
+    assert_eq!(metrics_without_seconds(&ignoring).len(), 4);
+}
+
 /// A second Ctrl-C ends the process at once; a fresh run that has saved no epoch yet (here in
 /// its first batch, one of 4,000 images) then leaves no directory of pictures and events
 /// without a state behind, as a run stopped in its first epoch by one Ctrl-C leaves none.

@@ -367,8 +367,8 @@ fn visible_gpus() -> Option<usize> {
 /// What a job does: train (the training programs) or evaluate a checkpoint (`evaluate`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Job {
-    /// Data-parallel training: Ctrl-C is taken over when it runs alone
-    /// ([`crate::interrupt`]).
+    /// Training: Ctrl-C and SIGTERM stop it after a batch, alone or data-parallel (every
+    /// rank after the same one; [`crate::interrupt`]).
     Training,
     /// A sharded evaluation: each rank tests its share of the test set, the sums are reduced.
     Evaluation,
@@ -394,7 +394,7 @@ pub fn launch<T>(args: &DistributedArgs, body: impl FnOnce() -> Result<T>) -> Re
     launch_job(Job::Training, args, body)
 }
 
-/// [`launch`] for `job`: an evaluation neither takes over Ctrl-C nor says anything of
+/// [`launch`] for `job`: an evaluation neither takes over Ctrl-C and SIGTERM nor says anything of
 /// `--sync-bn`, and its messages say "evaluate".
 pub fn launch_job<T>(
     job: Job,
@@ -478,7 +478,7 @@ fn start<T>(
 
 #[cfg(feature = "mpi")]
 fn start<T>(
-    _job: Job,
+    job: Job,
     _mode: Mode,
     _who: &str,
     _size: usize,
@@ -514,6 +514,10 @@ fn start<T>(
     if rank.size > 1 {
         watchdog::start_watchdog(rank, timeout_s)?;
     }
+    // Ctrl-C and SIGTERM: every rank stops after the same batch (`interrupt::agreed`).
+    if job == Job::Training {
+        crate::interrupt::take_over_ctrl_c();
+    }
     CONTEXT.with(|c| {
         *c.borrow_mut() = Some(Rc::new(Context {
             rank,
@@ -537,6 +541,17 @@ fn start<T>(
         Ok(value) => {
             end_together(context);
             Ok(value)
+        }
+        Err(e) if rank.size > 1 && e.chain().any(|c| c.is::<crate::interrupt::Interrupted>()) => {
+            // A Ctrl-C or SIGTERM that the ranks agreed on at the same step: they stop
+            // together once rank 0 has written the last epoch's files, rank 0 says where the
+            // run stopped, and each ends by the signal, as a run in one process does.
+            if !quiet() {
+                crate::warn!("Error: {e}");
+            }
+            let _ = std::io::stdout().flush();
+            end_together(context);
+            crate::interrupt::die_by_signal()
         }
         Err(e) if rank.size > 1 && e.chain().any(|c| c.is::<crate::engine::Diverged>()) => {
             // A non-finite loss or weight: every rank meets it at the same step, from reduced
@@ -1245,8 +1260,9 @@ pub fn train_epoch(
     let result = (|| -> Result<()> {
         for (b, batch) in loader.batches(epoch).enumerate() {
             // Rank 0's write of the previous epoch's files failed: its error ends the job now,
-            // not after an epoch that could not be saved (Ctrl-C is not taken over in a job).
-            crate::interrupt::check()?;
+            // not after an epoch that could not be saved. (A Ctrl-C or SIGTERM is agreed on
+            // below, with the gradients.)
+            crate::interrupt::check_writes()?;
             let batch = batch?;
             step.schedule.apply(step.optimizer, epoch, b, batches);
             last_lr = step.optimizer.learning_rate();
@@ -1297,13 +1313,18 @@ pub fn train_epoch(
             }
             // A rank without samples adds 0 (or NaN, for a non-finite loss of the sample it
             // ran at a weight of zero: the job stops as for any non-finite loss).
+            // This rank's stop requests (Ctrl-C, SIGTERM), summed with the rest: every rank
+            // stops after the same batch.
+            parts.push(Tensor::new(&crate::interrupt::to_share(), device)?);
             parts.push(local_loss.to_dtype(DType::F32)?.reshape(1)?);
             let summed = all_reduce_waited(&Tensor::cat(&parts, 0)?)?;
             let total = summed.elem_count();
-            let global_loss = f64::from(summed.narrow(0, total - 1, 1)?.to_vec1::<f32>()?[0]);
+            let tail = summed.narrow(0, total - 3, 3)?.to_vec1::<f32>()?;
+            let global_loss = f64::from(tail[2]);
             if !global_loss.is_finite() {
                 return Err(non_finite_loss(global_loss, epoch, b, batches));
             }
+            let stop = crate::interrupt::agreed([tail[0], tail[1]]);
             let mut at = 0;
             for (_, v) in trainable {
                 let len = v.elem_count();
@@ -1325,6 +1346,7 @@ pub fn train_epoch(
                 tally.read()?;
                 progress.show(global_loss, tally.metrics().accuracy());
             }
+            stop?;
         }
         Ok(())
     })();

@@ -3,23 +3,31 @@
 //! stops the run after the current batch, as an error that ends it like any other. The files of
 //! the last finished epoch are then written to their end (they are written on a second thread
 //! while the next epoch trains), and an `--overwrite` whose new run has not saved an epoch puts
-//! the old run back. The program then says where it stopped and ends by the same signal, as
-//! before (so that a shell loop around it stops too, and a batch system sees it stopped: status
-//! 130 for Ctrl-C, 143 for SIGTERM). A second one, or one before the epochs start (loading the
-//! data, say) or after they end, ends the process at once, as the signal always did; outside
-//! the epochs it first tidies the run directory as a run that stops there would (an
-//! `--overwrite` puts the old run back, a directory the run made and left unused goes), and a
-//! second one does the same for a fresh run that has saved no epoch yet, which would otherwise
-//! leave a directory of pictures and no state. A second one while a finished epoch's files are
-//! being written ([`writing`]) first lets that write end (a third ends the process at once).
-//! A batch system's grace period between SIGTERM and SIGKILL (Slurm's `KillWait`, 30 s by
-//! default; `docker stop`'s 10 s) must cover the rest of a batch and that write.
+//! the old run back. The program then says where it stopped and ends by the same signal (so
+//! that a shell loop around it stops too, and a batch system sees it stopped: status 130 for
+//! Ctrl-C, 143 for SIGTERM). One before the epochs start (loading the data, say) ends the
+//! process at once, after tidying the run directory as a run that stops there would (an
+//! `--overwrite` puts the old run back, a directory the run made and left unused goes).
 //!
-//! Only a run in one process takes them over ([`crate::distributed::launch`]): the ranks of a
-//! data-parallel job could stop at different batches and wait on each other, so there both
-//! keep their default action, as does one that the process was started with ignored (SIGINT in
-//! a background job of a script). Other signals (SIGHUP, SIGQUIT) keep theirs: a run under
-//! `nohup` still ignores the hangup.
+//! A second Ctrl-C ends the process at once, after the same tidying for a fresh run that has
+//! saved no epoch yet (which would otherwise leave a directory of pictures and no state); one
+//! while a finished epoch's files are being written ([`writing`]) first lets that write end (a
+//! third ends the process at once). A second SIGTERM changes nothing: the same request often
+//! comes twice (GNU `timeout` signals its child and then the child's process group), and a
+//! batch system escalates with SIGKILL. A batch system's grace period between SIGTERM and
+//! SIGKILL (Slurm's `KillWait`, 30 s by default; `docker stop`'s 10 s) must cover the rest of a
+//! batch and that write. In process 1 (a container's first process), for which the kernel
+//! ignores a signal's default action, the process exits with the status that signal's default
+//! action gives (`128 + signal`).
+//!
+//! The ranks of a data-parallel job take them over too ([`crate::distributed::launch`]), and
+//! agree on them: each step's gradient all-reduce carries each rank's stop requests
+//! ([`to_share`]), so that every rank stops after the same batch ([`agreed`]), whichever ranks
+//! the signal reached (Slurm signals them all; `mpirun` answers its own Ctrl-C or SIGTERM by
+//! sending the ranks SIGTERM), and the job ends once rank 0 has written the last epoch's files.
+//! Neither is taken over where the process was started with it ignored (SIGINT in a background
+//! job of a script). Other signals (SIGHUP, SIGQUIT) keep theirs: a run under `nohup` still
+//! ignores the hangup.
 
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 
@@ -52,11 +60,11 @@ impl Drop for Writing {
         WRITING.fetch_sub(1, Ordering::SeqCst);
     }
 }
-/// Whether the epochs are training: Ctrl-C then waits for the end of the batch.
+/// Whether the epochs are training: Ctrl-C and SIGTERM then wait for the end of the batch.
 static TRAINING: AtomicBool = AtomicBool::new(false);
 
-/// The error of a run stopped by Ctrl-C; [`crate::cli::exit_status`] ends the process by
-/// SIGINT for it, after the message.
+/// The error of a run stopped by Ctrl-C or SIGTERM; [`crate::cli::exit_status`] ends the
+/// process by that signal for it, after the message.
 #[derive(Debug)]
 pub struct Interrupted;
 
@@ -99,8 +107,10 @@ fn die_by(signal: i32) -> ! {
         libc::signal(signal, libc::SIG_DFL);
         libc::raise(signal);
     }
-    // Process 1 (a container's first process), or the signal blocked on this thread.
-    std::process::exit(128 + signal)
+    // Process 1 (a container's first process), or the signal blocked on this thread: ended at
+    // once as the signal would have (no exit handlers, other threads stopped where they are).
+    // SAFETY: `_exit` ends the process; nothing runs after it.
+    unsafe { libc::_exit(128 + signal) }
 }
 
 /// Whether `signal` is ignored in this process (SIGINT in a background job of a
@@ -126,42 +136,60 @@ pub fn take_over_ctrl_c() {
         if signals.is_empty() {
             return;
         }
-        let Ok(mut incoming) = signal_hook::iterator::Signals::new(&signals) else {
-            return;
-        };
-        let _ = std::thread::Builder::new()
-            .name("stop-requests".into())
-            .spawn(move || {
-                for signal in incoming.forever() {
-                    on_stop_request(signal);
+        let listening = signal_hook::iterator::Signals::new(&signals).and_then(|mut incoming| {
+            std::thread::Builder::new()
+                .name("stop-requests".into())
+                .spawn(move || {
+                    for signal in incoming.forever() {
+                        on_stop_request(signal);
+                    }
+                })
+        });
+        if let Err(e) = listening {
+            // Without the thread, signal-hook's handler would be left catching them for
+            // nothing (the signals ignored): their default actions back.
+            for signal in &signals {
+                // SAFETY: SIG_DFL is a valid disposition.
+                unsafe {
+                    libc::signal(*signal, libc::SIG_DFL);
                 }
-            });
+            }
+            crate::warn!(
+                "note: Ctrl-C and SIGTERM end the run at once ({e}: no thread to stop it after \
+                 a batch)"
+            );
+        }
     });
 }
 
-/// Makes the next SIGINT or SIGTERM end the process at once: their default actions, or, in
-/// process 1 (a container's first process, for which the kernel ignores signals left at their
-/// default action), an immediate exit with the status a shell gives a process the signal ended
-/// (`128 + signal`).
-fn next_one_ends_at_once() {
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        if std::process::id() == 1 {
-            // SAFETY: `_exit` is async-signal-safe; the action touches no other state.
-            let _ = unsafe {
-                signal_hook::low_level::register(signal, move || libc::_exit(128 + signal))
-            };
-        } else {
-            // SAFETY: SIG_DFL is a valid disposition.
-            unsafe {
-                libc::signal(signal, libc::SIG_DFL);
-            }
+/// Makes the next Ctrl-C end the process at once: SIGINT's default action, or, in process 1 (a
+/// container's first process, for which the kernel ignores signals left at their default
+/// action), an immediate exit with the status a shell gives a process SIGINT ended (130).
+fn next_ctrl_c_ends_at_once() {
+    if std::process::id() == 1 {
+        // SAFETY: `_exit` is async-signal-safe; the action touches no other state.
+        let _ = unsafe {
+            signal_hook::low_level::register(libc::SIGINT, || libc::_exit(128 + libc::SIGINT))
+        };
+    } else {
+        // SAFETY: SIG_DFL is a valid disposition.
+        unsafe {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
         }
     }
 }
 
-/// A Ctrl-C or SIGTERM (`signal`), on the thread that receives them.
+/// A Ctrl-C or SIGTERM (`signal`), on the thread that receives them. In a data-parallel job
+/// only rank 0 (or every rank, [`crate::distributed::LOG_ALL_RANKS`]) says what it does.
 fn on_stop_request(signal: i32) {
     let name = name_of(signal);
+    macro_rules! warn {
+        ($($arg:tt)*) => {
+            if !crate::distributed::quiet() {
+                crate::warn!($($arg)*)
+            }
+        };
+    }
     // Outside the epochs nothing is being saved: the run directory is left as the run's end
     // would leave it (no half-replaced --overwrite, no unused directory), then the process
     // ends. (Unless the epochs started meanwhile.)
@@ -171,12 +199,12 @@ fn on_stop_request(signal: i32) {
     };
     if let Some(tidied) = tidied {
         match tidied {
-            true => crate::warn!(
+            true => warn!(
                 "\nstopped by {name} before the epochs began: nothing was saved, and the run \
                  directory is as before the run (one this run made is removed, one \
                  --overwrite was replacing is back, a resumed run's is untouched)"
             ),
-            false => crate::warn!(
+            false => warn!(
                 "\nstopped by {name} before the epochs began: nothing was saved (the run \
                  directory was busy: the next run or reader on it tidies it)"
             ),
@@ -188,11 +216,20 @@ fn on_stop_request(signal: i32) {
             true => format!("{name} again"),
             false => format!("{name} after {}", name_of(first)),
         };
+        if signal == libc::SIGTERM {
+            // Often the same request twice (`timeout` signals the child, then its group); a
+            // batch system escalates with SIGKILL.
+            warn!(
+                "\n{again}: the run is already stopping after this batch (Ctrl-C stops it at \
+                 once)"
+            );
+            return;
+        }
         if WRITING.load(Ordering::SeqCst) > 0 {
-            next_one_ends_at_once();
-            crate::warn!(
+            next_ctrl_c_ends_at_once();
+            warn!(
                 "\n{again}: stopping once the finished epoch's files are written (a moment; \
-                 {name} a third time to stop at once, leaving them unfinished)"
+                 Ctrl-C a third time to stop at once, leaving them unfinished)"
             );
             while WRITING.load(Ordering::SeqCst) > 0 {
                 std::thread::sleep(std::time::Duration::from_millis(5));
@@ -206,14 +243,14 @@ fn on_stop_request(signal: i32) {
         // leaves its directory as a run that fails before its first epoch does.
         match crate::rundir::tidy_at_second_ctrl_c() {
             Some(true) => {
-                crate::warn!("\n{again}: stopping at once; the epochs saved so far stay saved")
+                warn!("\n{again}: stopping at once; the epochs saved so far stay saved")
             }
-            Some(false) => crate::warn!(
+            Some(false) => warn!(
                 "\n{again}: stopping at once, before the first epoch was saved: nothing to \
                  --resume (a run directory the run made is removed; in one that was there, the \
                  next run takes the place of this one's files)"
             ),
-            None => crate::warn!(
+            None => warn!(
                 "\n{again}: stopping at once; the epochs saved so far stay saved (the run \
                  directory was busy: the next run or reader on it tidies it)"
             ),
@@ -221,19 +258,64 @@ fn on_stop_request(signal: i32) {
         die_by(signal);
     }
     // Best effort: a terminal that is gone must not end this thread.
-    crate::warn!(
-        "\n{name}: stopping after this batch; the finished epochs stay saved ({name} again to \
+    warn!(
+        "\n{name}: stopping after this batch; the finished epochs stay saved (Ctrl-C again to \
          stop at once)"
     );
 }
 
-/// Whether a Ctrl-C came while the epochs trained (it may have come after the last batch, too
-/// late to stop anything: the run then ends whole, and by SIGINT still).
+/// The stop requests of this process for a data-parallel job's step, as numbers to sum over
+/// the ranks with its gradients: `[Ctrl-C, SIGTERM]`, 1 for the one that came first here.
+/// Every rank sums the same values at the same step, so all stop after the same batch
+/// ([`agreed`]), where one rank stopping alone would leave the others waiting in a collective.
+pub fn to_share() -> [f32; 2] {
+    match REQUESTED.load(Ordering::SeqCst) {
+        0 => [0.0, 0.0],
+        libc::SIGTERM => [0.0, 1.0],
+        _ => [1.0, 0.0],
+    }
+}
+
+/// The ranks' [`to_share`] values summed: `Err` ([`Interrupted`]) once any rank had a stop
+/// request, on every rank alike; this process takes it as its own (SIGTERM where any rank had
+/// one), unless one came here first.
+///
+/// # Errors
+/// [`Interrupted`] when a rank was asked to stop.
+pub fn agreed(summed: [f32; 2]) -> anyhow::Result<()> {
+    let signal = match summed {
+        [_, term] if term > 0.0 => libc::SIGTERM,
+        [int, _] if int > 0.0 => libc::SIGINT,
+        _ => return Ok(()),
+    };
+    let _ = REQUESTED.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+    Err(Interrupted.into())
+}
+
+/// [`check`] without the stop requests (a data-parallel job's step, whose ranks agree on those
+/// through [`to_share`] and [`agreed`]): `Err` once this thread's [`stop_when`] flag is set.
+///
+/// # Errors
+/// [`WriteFailed`] after a failed write.
+pub fn check_writes() -> anyhow::Result<()> {
+    if STOP.with(|s| {
+        s.borrow()
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::SeqCst))
+    }) {
+        return Err(WriteFailed.into());
+    }
+    Ok(())
+}
+
+/// Whether a Ctrl-C or SIGTERM came while the epochs trained (it may have come after the last
+/// batch, too late to stop anything: the run then ends whole, and by that signal still).
 pub fn requested() -> bool {
     REQUESTED.load(Ordering::SeqCst) != 0
 }
 
-/// Marks the epochs as training (Ctrl-C then stops after the batch) until the guard drops.
+/// Marks the epochs as training (Ctrl-C and SIGTERM then stop after the batch) until the guard
+/// drops.
 pub fn training() -> Training {
     // Not while a Ctrl-C tidies the run directory (it then ends the process first).
     let _no_tidying = crate::rundir::no_tidying();
@@ -291,21 +373,14 @@ impl Drop for StopWhen {
     }
 }
 
-/// `Err` once Ctrl-C was pressed, or once this thread's [`stop_when`] flag is set: called
-/// before each batch.
+/// `Err` once Ctrl-C was pressed or SIGTERM came, or once this thread's [`stop_when`] flag is
+/// set: called before each batch.
 ///
 /// # Errors
-/// [`Interrupted`] after the first Ctrl-C; [`WriteFailed`] after a failed write.
+/// [`Interrupted`] after the first Ctrl-C or SIGTERM; [`WriteFailed`] after a failed write.
 pub fn check() -> anyhow::Result<()> {
     if requested() {
         return Err(Interrupted.into());
     }
-    if STOP.with(|s| {
-        s.borrow()
-            .as_ref()
-            .is_some_and(|f| f.load(Ordering::SeqCst))
-    }) {
-        return Err(WriteFailed.into());
-    }
-    Ok(())
+    check_writes()
 }
