@@ -882,11 +882,15 @@ pub fn evaluate(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
 fn restore_checkpoints(dir: &Path, weights: &str) {
     // A link to nothing counts as there: it is the user's, never written over.
     let absent = |name: &str| std::fs::symlink_metadata(dir.join(name)).is_err();
-    // `best` alone missing: a process killed between writing `last` and `best` from the state
-    // (where the state's last epoch was the best; not while another process holds the run,
-    // which writes them itself).
+    // `best` alone missing: a process killed between writing `last` and `best` from the state,
+    // where the state's last epoch was the best (an earlier best's file was removed since,
+    // said by the reader); not while another process holds the run, which writes them itself.
     let missing = match absent(BEST) {
-        true => absent(LAST) || !crate::rundir::in_use(dir),
+        true if absent(LAST) => true,
+        true => {
+            !crate::rundir::in_use(dir)
+                && crate::state::saved_epochs(dir).is_some_and(|(done, best)| best == done)
+        }
         false => false,
     };
     if matches!(weights, "best" | "last") && missing && dir.join(crate::rundir::STATE).exists() {

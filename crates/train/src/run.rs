@@ -316,7 +316,7 @@ pub fn train(
         train_loader.num_batches(),
     )?;
     if let Some((saved, model)) = from_state {
-        checkpoints_from_state(out, &saved, &model)?;
+        checkpoints_from_state(out, &saved, &model, false)?;
     }
     crate::distributed::broadcast_weights(store)?;
     let mut outputs = None;
@@ -533,7 +533,7 @@ pub fn train(
 }
 
 /// Before a resumed run trains: the checkpoints its state holds the weights of, written again
-/// from the state. `last.safetensors` is always the state's weights, and `best.safetensors`
+/// from the state (for a reader, `only_missing`: those not there alone). `last.safetensors` is always the state's weights, and `best.safetensors`
 /// too when the last epoch saved was the best; a kill between the state and the checkpoints
 /// (which the epoch writes after it) left them an epoch behind, or missing.
 ///
@@ -543,6 +543,7 @@ fn checkpoints_from_state(
     out: &Path,
     saved: &ResumeState,
     model: &std::collections::HashMap<String, candle_core::Tensor>,
+    only_missing: bool,
 ) -> Result<()> {
     if saved.epochs_done == 0 {
         return Ok(());
@@ -553,6 +554,10 @@ fn checkpoints_from_state(
     }
     for file in files {
         let path = out.join(file);
+        // A reader writes no file over one there (a link to storage unmounted is the user's).
+        if only_missing && std::fs::symlink_metadata(&path).is_ok() {
+            continue;
+        }
         let missing = !path.exists();
         // Other weights than the file held (an epoch behind): `evaluate`'s outputs of those go.
         replace_checkpoint(model, out, file, Replaced::IfChanged)?;
@@ -646,7 +651,7 @@ pub(crate) fn checkpoints_for_reading(dir: &Path) -> Result<()> {
         }
         return Err(e);
     }
-    checkpoints_from_state(dir, &saved, &tensors.model)?;
+    checkpoints_from_state(dir, &saved, &tensors.model, true)?;
     drop(held);
     Ok(())
 }
@@ -715,6 +720,8 @@ pub(crate) fn replace_checkpoint(
     let path = out.join(file);
     crate::rundir::check_lock(crate::rundir::folder_of(&path))?;
     layers::checkpoint::save_with_metadata_renaming(model, None, &path, |tmp, path| {
+        // Still this run's folder before anything in it goes.
+        crate::rundir::check_lock(crate::rundir::folder_of(path))?;
         let changed = match replaced {
             Replaced::Always => true,
             Replaced::IfChanged => std::fs::read(path)
@@ -848,7 +855,7 @@ pub fn finished(
         );
     }
     if crate::distributed::writes() && !saved.history.is_empty() {
-        checkpoints_from_state(out, saved, model)?;
+        checkpoints_from_state(out, saved, model, false)?;
         history::save(out, &saved.history)?;
         pictures::save_curves(out, title, &saved.history)?;
         // What `evaluate` and `predict` read, as a run that goes on writes it again.
