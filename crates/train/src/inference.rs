@@ -1875,7 +1875,8 @@ impl<'a> Predictor<'a> {
     /// the run's test images were, before the run's test transform (which may resize again, as
     /// fine-tuning's `imagenet-eval`); where its images vary (an image folder), the run's test
     /// transform takes each image as it is, as it took the run's test images (`evaluate`'s
-    /// scores): `model(test_transform(image))`, as in PyTorch.
+    /// scores): `model(test_transform(image))`, as in PyTorch; one that neither crops nor
+    /// resizes gets the model's native size (`input.side`) first, as [`Predictor::new`] does.
     ///
     /// Errors: as [`Predictor::new`].
     pub fn for_run(
@@ -1886,7 +1887,23 @@ impl<'a> Predictor<'a> {
         device: &Device,
     ) -> Result<Self> {
         if !input.data_size {
-            return Self::with(model, transform, input.channels, classes, device);
+            // One that neither crops nor resizes: the model's native size first, as `new`.
+            let fixes_size = transform.ops().iter().any(|op| {
+                matches!(
+                    op,
+                    Op::CenterCrop { .. } | Op::RandomCrop { .. } | Op::RandomResizedCrop { .. }
+                )
+            });
+            return match fixes_size {
+                true => Self::with(model, transform, input.channels, classes, device),
+                false => Self::new(
+                    model,
+                    transform,
+                    (input.channels, input.side),
+                    classes,
+                    device,
+                ),
+            };
         }
         let transform = sized_first(&transform, input.side)?;
         Self::with(model, transform, input.channels, classes, device)
