@@ -711,7 +711,7 @@ fn evaluate_and_predict_flags_never_panic() {
     assert!(made.success());
     let bad = [
         (s(&empty), "the file is empty"),
-        (s(&folder), "not an image file (a directory)"),
+        (s(&folder), "a folder with no image file in it or below it"),
         (
             "/dev/zero".to_string(),
             "not an image file (a device or socket)",
@@ -1287,7 +1287,7 @@ fn predict_keeps_the_order_of_the_images() {
     std::fs::create_dir_all(&empty).expect("folder");
     for (folder, says) in [
         (&empty, "a folder with no image file in it or below it"),
-        (&out, "is a training run's folder, not a folder of images"),
+        (&out, "a training run's folder, not a folder of images"),
     ] {
         let ended = Command::new(BIN)
             .args(["predict", "--run", &s(&out), &s(folder), "--device", "cpu"])
@@ -1295,7 +1295,9 @@ fn predict_keeps_the_order_of_the_images() {
             .expect("starts");
         let err = String::from_utf8_lossy(&ended.stderr);
         assert!(
-            !ended.status.success() && err.contains(&s(folder)) && err.contains(says),
+            !ended.status.success()
+                && err.contains(&format!("{}: {says}", s(folder)))
+                && err.contains("1 of 1 images could not be classified"),
             "{err}"
         );
     }

@@ -43,20 +43,41 @@ pub fn is_image(name: &str) -> bool {
         .is_some_and(|(_, ext)| IMAGE_EXTENSIONS.iter().any(|e| e.eq_ignore_ascii_case(ext)))
 }
 
-/// The image files in the folder `root` and below it, as an image folder's reading finds them
-/// (hidden entries and files not named as images passed over, links followed, each real folder
-/// entered once), sorted by path.
+/// The image files in the folder `root` and below it, sorted by path: the files named as images
+/// (hidden entries passed over, as an image folder's reading does; links followed, each real
+/// folder entered once). Unlike an image folder's reading, an entry named as an image is listed
+/// whatever it is (a link to nothing, a pipe, a file whose name is not UTF-8), for its reader to
+/// name what is wrong with it, image by image.
 ///
 /// # Errors
-/// `root` or a folder below it cannot be read, or an image's name
-/// leads to something other than a regular file (a pipe, a device).
+/// `root` or a folder below it cannot be read.
 pub fn image_files_below(root: &Path) -> Result<Vec<PathBuf>> {
-    let listing = Listing::from_dir(root)?;
-    let mut files: Vec<PathBuf> = listing
-        .files
-        .iter()
-        .map(|(rel, _)| root.join(rel))
-        .collect();
+    let mut files = Vec::new();
+    let mut entered = HashSet::new();
+    let mut folders = vec![root.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        let read = |e: std::io::Error| {
+            anyhow::Error::from(e).context(format!("cannot read the folder {}", folder.display()))
+        };
+        let real = std::fs::canonicalize(&folder).map_err(read)?;
+        if !entered.insert(real) {
+            continue;
+        }
+        for entry in std::fs::read_dir(&folder).map_err(read)? {
+            let entry = entry.map_err(read)?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if is_hidden(&name) {
+                continue;
+            }
+            let path = entry.path();
+            if std::fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
+                folders.push(path);
+            } else if is_image(&name) {
+                files.push(path);
+            }
+        }
+    }
     files.sort();
     Ok(files)
 }

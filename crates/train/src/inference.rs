@@ -2215,37 +2215,41 @@ pub fn predict(args: &PredictArgs, dataset: DatasetKind) -> Result<()> {
 
 /// `predict`'s images, each folder among them replaced by the image files in it and below it
 /// (sorted by path; hidden ones and files not named as images passed over, as an image folder's
-/// reading does: `predict --run DIR photos/` or `data/test/`).
+/// reading does: `predict --run DIR photos/` or `data/test/`). A folder without images, or a
+/// run's (whose pictures are no input), stays, for [`print_top5`] to say so in its place.
 ///
 /// # Errors
-/// A folder is a run's (its pictures are no input), holds no image file, or cannot be read.
+/// A folder (or one below it) cannot be read.
 pub fn folders_as_images(given: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut images = Vec::with_capacity(given.len());
     for path in given {
-        if !path.is_dir() {
+        if !path.is_dir() || crate::rundir::is_run_folder(path) {
             images.push(path.clone());
             continue;
         }
-        if crate::rundir::is_run_folder(path) {
-            bail!(
-                "{} is a training run's folder, not a folder of images to classify (the run to \
-                 predict with goes to --run)",
-                path.display()
-            );
-        }
         let found = datasets::image_files_below(path)
             .with_context(|| format!("cannot list the images in {}", path.display()))?;
-        if found.is_empty() {
-            bail!(
-                "{}: a folder with no image file in it or below it (files named .{}, as \
-                 torchvision's IMG_EXTENSIONS; hidden ones are passed over)",
-                path.display(),
-                datasets::IMAGE_EXTENSIONS.join(", .")
-            );
+        match found.is_empty() {
+            true => images.push(path.clone()),
+            false => images.extend(found),
         }
-        images.extend(found);
     }
     Ok(images)
+}
+
+/// Why `folder`, given among the images (and left by [`folders_as_images`]), is not classified.
+fn not_images(folder: &Path) -> anyhow::Error {
+    match crate::rundir::is_run_folder(folder) {
+        true => anyhow::anyhow!(
+            "a training run's folder, not a folder of images (the run to predict with goes to \
+             --run)"
+        ),
+        false => anyhow::anyhow!(
+            "a folder with no image file in it or below it (files named .{}, as torchvision's \
+             IMG_EXTENSIONS; hidden ones are passed over)",
+            datasets::IMAGE_EXTENSIONS.join(", .")
+        ),
+    }
 }
 
 /// The names of a network's `count` outputs under `weights`, for a model of data set `data`:
@@ -2355,7 +2359,8 @@ pub fn printable(name: &str) -> String {
 /// [`datasets::fingerprint`] is among `trained_on` (sorted: the training images a run's state
 /// keeps, [`crate::state::saved_trained_on`]; empty for none) a line saying the run trained
 /// on it. An image that cannot be read or classified is said on standard error, naming it, and
-/// the rest are still classified.
+/// the rest are still classified; so is a folder among `images` (one [`folders_as_images`]
+/// left: without images, or a run's).
 ///
 /// # Errors
 /// One or more images could not be classified (how many, after all were tried).
@@ -2367,7 +2372,11 @@ pub fn print_top5(
 ) -> Result<()> {
     let mut failed = 0;
     for image in images {
-        match predict(image) {
+        let predicted = match image.is_dir() {
+            true => Err(not_images(image)),
+            false => predict(image),
+        };
+        match predicted {
             Ok(prediction) => {
                 crate::say!("{}", printable(&image.display().to_string()));
                 for (class, p) in &prediction.top5 {
