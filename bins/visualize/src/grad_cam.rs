@@ -223,9 +223,11 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
             // A class folder named by a number: the name wins (said, as it may not be meant).
             if let Some(index) = c.parse::<usize>().ok().filter(|i| *i != k) {
                 train::say!(
-                    "note: --class {c} is the class named {c:?} (index {k}); the class of index \
-                     {index} is {:?}",
-                    classes.get(index).map_or("none", String::as_str)
+                    "note: --class {c} is the class named {c:?} (index {k}); {}",
+                    match classes.get(index) {
+                        Some(other) => format!("the class of index {index} is {other:?}"),
+                        None => format!("there is no class of index {index}"),
+                    }
                 );
             }
             Some(k)
@@ -240,6 +242,11 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
             (store_spec.cam_stage, &weights_named),
             (image, class, &classes),
             &out.join(name),
+            // Each line names its image where there are several.
+            &match args.image.len() {
+                1 => String::new(),
+                _ => format!("{}: ", image.display()),
+            },
         );
         if let Err(e) = explained {
             failed += 1;
@@ -267,6 +274,7 @@ fn explain(
     (stage, weights_named): (&str, &str),
     (image, class, classes): (&Path, Option<usize>, &[String]),
     path: &Path,
+    about: &str,
 ) -> Result<()> {
     let (seen, x) = predictor.prepare(image)?;
     let mut stage = stage.to_string();
@@ -276,7 +284,7 @@ fn explain(
         // A 1x1 map points at no place: the last stage before it that has a map, if any.
         if let Some(earlier) = earlier_stage_with_a_map(model, &x, &stage)? {
             train::say!(
-                "note: {stage}'s map is 1x1 for this input ({}x{}), so Grad-CAM could point at \
+                "{about}note: {stage}'s map is 1x1 for this input ({}x{}), so Grad-CAM could point at \
                  no place: it is taken at {earlier}, the last stage before it with a map",
                 seen.height,
                 seen.width
@@ -340,7 +348,7 @@ fn explain(
     let lit = cam.values.iter().filter(|v| **v > 0.5).count();
     if cam.height * cam.width == 1 {
         train::warn!(
-            "note: {stage}'s map is 1x1 for this input ({}x{}), so Grad-CAM can point at no \
+            "{about}note: {stage}'s map is 1x1 for this input ({}x{}), so Grad-CAM can point at no \
              place: the picture is one colour; a larger input (--image-size for a fine-tuning \
              run) gives the stage a map",
             seen.height,
@@ -349,7 +357,7 @@ fn explain(
     }
     if cam.values.iter().all(|v| *v <= 0.0) {
         train::say!(
-            "class {} ({name}){predicted}: no cell of {} speaks for it (every gradient-weighted \
+            "{about}class {} ({name}){predicted}: no cell of {} speaks for it (every gradient-weighted \
              sum is <= 0, so the map is blank); wrote {}",
             cam.class,
             stage,
@@ -358,7 +366,7 @@ fn explain(
         return Ok(());
     }
     train::say!(
-        "class {} ({name}){predicted}: {lit} of {}x{} cells above half the peak, the peak at \
+        "{about}class {} ({name}){predicted}: {lit} of {}x{} cells above half the peak, the peak at \
          row {}, column {}; wrote {}",
         cam.class,
         cam.height,
@@ -374,37 +382,32 @@ fn explain(
 /// same file name in two class folders) are told apart by their folder's name
 /// (`grad-cam-dog-024.png`), and by a number where that is the same too (`-2`, `-3`, ...).
 fn file_names(images: &[PathBuf], class: Option<usize>) -> Vec<String> {
+    let stem_of = |image: &Path| {
+        image
+            .file_stem()
+            .map_or("image".into(), |s| s.to_string_lossy().into_owned())
+    };
     let plain: Vec<String> = images.iter().map(|i| file_name(i, class)).collect();
-    let count = |names: &[String], name: &String| names.iter().filter(|n| *n == name).count();
-    let folder_first: Vec<String> = images
+    let stems: Vec<String> = images
         .iter()
         .zip(&plain)
         .map(|(image, name)| {
-            match (
-                count(&plain, name),
-                image.parent().and_then(Path::file_name),
-            ) {
-                (1, _) | (_, None) => name.clone(),
-                (_, Some(folder)) => {
-                    let stem = image
-                        .file_stem()
-                        .map_or("image".into(), |s| s.to_string_lossy().into_owned());
-                    let folder = folder.to_string_lossy();
-                    file_name(Path::new(&format!("{folder}-{stem}")), class)
-                }
+            let shared = plain.iter().filter(|n| *n == name).count() > 1;
+            match (shared, image.parent().and_then(Path::file_name)) {
+                (true, Some(folder)) => format!("{}-{}", folder.to_string_lossy(), stem_of(image)),
+                _ => stem_of(image),
             }
         })
         .collect();
     let mut names: Vec<String> = Vec::with_capacity(images.len());
-    for name in folder_first {
-        let mut unique = name.clone();
-        let mut n = 1;
-        while names.contains(&unique) {
-            n += 1;
-            let (stem, ext) = name.rsplit_once('.').unwrap_or((&name, "png"));
-            unique = format!("{stem}-{n}.{ext}");
+    for stem in stems {
+        let mut copy = 1;
+        let mut name = picture_name(&stem, class, copy);
+        while names.contains(&name) {
+            copy += 1;
+            name = picture_name(&stem, class, copy);
         }
-        names.push(unique);
+        names.push(name);
     }
     names
 }
@@ -412,15 +415,25 @@ fn file_names(images: &[PathBuf], class: Option<usize>) -> Vec<String> {
 /// `grad-cam-<image's stem>.png`, with `-class<K>` for a class asked for by `--class`: each
 /// image (and class) its own picture.
 fn file_name(image: &Path, class: Option<usize>) -> String {
-    let mut stem = image
+    let stem = image
         .file_stem()
-        .map_or("image".into(), |s| s.to_string_lossy())
-        .replace(|c: char| c.is_control() || c == '/', "_");
-    let suffix = match class {
-        Some(k) => format!("-class{k}.png"),
-        None => ".png".into(),
+        .map_or("image".into(), |s| s.to_string_lossy());
+    picture_name(&stem, class, 1)
+}
+
+/// `grad-cam-<stem>.png`, with `-class<K>` for a class asked for and `-<copy>` from the second
+/// copy on; control characters and `/` in `stem` written `_`, and a long stem cut (at a
+/// character) to keep the name within 255 bytes, a file name's limit.
+fn picture_name(stem: &str, class: Option<usize>, copy: usize) -> String {
+    let mut stem = stem.replace(|c: char| c.is_control() || c == '/', "_");
+    let mut suffix = match class {
+        Some(k) => format!("-class{k}"),
+        None => String::new(),
     };
-    // A file name has at most 255 bytes: a longer image name is cut (at a character).
+    if copy > 1 {
+        suffix += &format!("-{copy}");
+    }
+    suffix += ".png";
     let room = 255 - "grad-cam-".len() - suffix.len();
     if stem.len() > room {
         let cut = (0..=room)
@@ -632,6 +645,18 @@ mod tests {
             file_names(&images[..1], Some(3)),
             ["grad-cam-024-class3.png"]
         );
+        // Dots in folder names stay; a copy number keeps the name within 255 bytes.
+        let dotted: Vec<PathBuf> = ["run.v1/024.jpg", "run.v2/024.jpg"]
+            .map(PathBuf::from)
+            .to_vec();
+        assert_eq!(
+            file_names(&dotted, None),
+            ["grad-cam-run.v1-024.png", "grad-cam-run.v2-024.png"]
+        );
+        let long = PathBuf::from(format!("{}.png", "x".repeat(300)));
+        for name in file_names(&[long.clone(), long], Some(2)) {
+            assert!(name.len() <= 255 && name.ends_with(".png"), "{name}");
+        }
         // The same image twice: two pictures, not one written twice.
         let twice = [PathBuf::from("x.png"), PathBuf::from("x.png")];
         assert_eq!(
