@@ -1282,6 +1282,22 @@ fn predict_keeps_the_order_of_the_images() {
         s(&folder.join("sub/c.png")),
     ];
     assert_eq!(printed, expected, "{text}");
+    // An entry named as an image that is none (a link to nothing) is said in its place; the
+    // folder's other images are still classified.
+    std::os::unix::fs::symlink(dir.path().join("gone.png"), folder.join("zz.png")).expect("link");
+    let ended = Command::new(BIN)
+        .args(["predict", "--run", &s(&out), &s(&folder), "--device", "cpu"])
+        .output()
+        .expect("starts");
+    let err = String::from_utf8_lossy(&ended.stderr);
+    let printed = String::from_utf8_lossy(&ended.stdout);
+    assert!(
+        !ended.status.success()
+            && err.contains(&s(&folder.join("zz.png")))
+            && err.contains("1 of 4 images could not be classified")
+            && printed.lines().filter(|l| !l.starts_with(' ')).count() == 3,
+        "{printed}{err}"
+    );
     // A folder without images, and a run's folder given as images: refused, named.
     let empty = dir.path().join("empty");
     std::fs::create_dir_all(&empty).expect("folder");

@@ -395,6 +395,21 @@ fn evaluating_a_run_stopped_before_its_checkpoints_writes_them_from_the_state() 
         stderr(&predict)
     );
     assert!(read(train::rundir::BEST) == best && read(train::rundir::LAST) == last);
+    // A link the user put in `last`'s place stays one when `best` is written again beside it.
+    let kept = dir.path().join("kept-last.safetensors");
+    std::fs::rename(out.join(train::rundir::LAST), &kept).expect("move last");
+    std::os::unix::fs::symlink(&kept, out.join(train::rundir::LAST)).expect("link");
+    std::fs::remove_file(out.join(train::rundir::BEST)).expect("remove");
+    let predict = Command::new(BIN)
+        .args(["predict", "--run", &s(&out), "--device", "cpu", &s(&image)])
+        .output()
+        .expect("predict starts");
+    assert!(predict.status.success(), "{}", stderr(&predict));
+    let link = std::fs::symlink_metadata(out.join(train::rundir::LAST)).expect("last");
+    assert!(link.file_type().is_symlink(), "last was written over");
+    assert!(read(train::rundir::BEST) == best && read(train::rundir::LAST) == last);
+    std::fs::remove_file(out.join(train::rundir::LAST)).expect("unlink");
+    std::fs::rename(&kept, out.join(train::rundir::LAST)).expect("put back");
     // Links to nothing (storage unmounted) are the user's: never written over.
     for name in [train::rundir::BEST, train::rundir::LAST] {
         std::fs::remove_file(out.join(name)).expect("remove");
