@@ -45,9 +45,10 @@ pub fn is_image(name: &str) -> bool {
 
 /// The image files in the folder `root` and below it, sorted by path: the files named as images
 /// (hidden entries passed over, as an image folder's reading does; links followed, each real
-/// folder entered once). Unlike an image folder's reading, an entry named as an image is listed
-/// whatever it is (a link to nothing, a pipe, a file whose name is not UTF-8), for its reader to
-/// name what is wrong with it, image by image.
+/// folder entered once; pipes, sockets and devices passed over, never opened). Unlike an image
+/// folder's reading, an entry named as an image is listed even where it cannot be read (a link
+/// to nothing, a file whose name is not UTF-8), for its reader to name what is wrong with it,
+/// image by image.
 ///
 /// # Errors
 /// `root` or a folder below it cannot be read.
@@ -71,10 +72,13 @@ pub fn image_files_below(root: &Path) -> Result<Vec<PathBuf>> {
                 continue;
             }
             let path = entry.path();
-            if std::fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
-                folders.push(path);
-            } else if is_image(&name) {
-                files.push(path);
+            match std::fs::metadata(&path) {
+                Ok(m) if m.is_dir() => folders.push(path),
+                // A pipe, socket or device is no image file: never opened (a pipe would be
+                // waited on).
+                Ok(m) if !m.is_file() => {}
+                _ if is_image(&name) => files.push(path),
+                _ => {}
             }
         }
     }
