@@ -418,10 +418,12 @@ pub fn exit_status(result: Result<()>) -> Result<()> {
         // A Ctrl-C or SIGTERM after the last batch stopped nothing, but a loop around the
         // program must still stop, as for one that came earlier.
         Ok(()) if crate::interrupt::requested() => {
-            crate::warn!(
-                "{} came as the run ended: all its epochs were trained and saved",
-                crate::interrupt::by()
-            );
+            if !crate::distributed::quiet() {
+                crate::warn!(
+                    "{} came as the run ended: all its epochs were trained and saved",
+                    crate::interrupt::by()
+                );
+            }
             crate::interrupt::die_by_signal()
         }
         result => result,

@@ -514,7 +514,9 @@ fn start<T>(
     if rank.size > 1 {
         watchdog::start_watchdog(rank, timeout_s)?;
     }
-    // Ctrl-C and SIGTERM: every rank stops after the same batch (`interrupt::agreed`).
+    // Ctrl-C and SIGTERM: every rank stops after the same batch (`interrupt::agreed`); until
+    // then a rank only records them, whatever it is doing.
+    let _in_a_job = (job == Job::Training).then(crate::interrupt::in_a_job);
     if job == Job::Training {
         crate::interrupt::take_over_ctrl_c();
     }
@@ -539,6 +541,13 @@ fn start<T>(
     };
     match result {
         Ok(value) => {
+            // A Ctrl-C or SIGTERM after the last step may have reached some ranks only: every
+            // rank ends by it (`cli::exit_status`), as every rank stops for one before.
+            if let (Some(context), Job::Training) = (&context, job) {
+                let own = crate::interrupt::to_share();
+                let any = context.or_u64(&[u64::from(own[0] > 0.0), u64::from(own[1] > 0.0)]);
+                let _ = crate::interrupt::agreed([any[0] as f32, any[1] as f32]);
+            }
             end_together(context);
             Ok(value)
         }
@@ -1187,9 +1196,10 @@ pub fn broadcast_dropout_generator() {
 }
 
 /// Bytes all-reduced per training step: the flattened f32 gradients of `trainable` plus the
-/// loss (what one step of the job sends into the reduction, per rank).
+/// two stop requests and the loss (what one step of the job sends into the reduction, per
+/// rank).
 pub fn bytes_per_step(trainable: &[(String, candle_core::Var)]) -> usize {
-    4 * (trainable.iter().map(|(_, v)| v.elem_count()).sum::<usize>() + 1)
+    4 * (trainable.iter().map(|(_, v)| v.elem_count()).sum::<usize>() + 3)
 }
 
 /// The [`layers::StatsSync`] of `--sync-bn`: the all-reduce, with this rank's contribution
@@ -1273,6 +1283,10 @@ pub fn train_epoch(
             bn.samples[1].store(loader.global_len(b), Ordering::Relaxed);
             let images = batch.images.to_device(device)?;
             let labels = batch.labels.to_device(device)?;
+            // This rank's stop requests (Ctrl-C, SIGTERM), summed with the gradients below so
+            // that every rank stops after the same batch; copied to the device before the
+            // forward pass (a host copy after it could wait for `--sync-bn`'s reductions).
+            let stop_requests = Tensor::new(&crate::interrupt::to_share(), device)?;
             let logits = model.forward_t(&images, true).map_err(|e| {
                 let global = loader.global_len(b);
                 // torch.nn.BatchNorm2d refuses one value per channel in training too; a rank
@@ -1313,9 +1327,7 @@ pub fn train_epoch(
             }
             // A rank without samples adds 0 (or NaN, for a non-finite loss of the sample it
             // ran at a weight of zero: the job stops as for any non-finite loss).
-            // This rank's stop requests (Ctrl-C, SIGTERM), summed with the rest: every rank
-            // stops after the same batch.
-            parts.push(Tensor::new(&crate::interrupt::to_share(), device)?);
+            parts.push(stop_requests);
             parts.push(local_loss.to_dtype(DType::F32)?.reshape(1)?);
             let summed = all_reduce_waited(&Tensor::cat(&parts, 0)?)?;
             let total = summed.elem_count();
@@ -1386,6 +1398,8 @@ pub fn evaluate(
         loader.num_samples(),
     )?;
     let _no_grad = layers::no_grad();
+    // A Ctrl-C or SIGTERM stops the run at the next epoch's first batch, this one saved.
+    let _testing = crate::interrupt::testing();
     let mut positions = Vec::new();
     let mut progress = Progress::start(label, loader.num_batches());
     for (b, batch) in loader.batches(0).enumerate() {

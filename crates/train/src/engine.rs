@@ -190,7 +190,9 @@ pub(crate) fn non_finite_loss(value: f64, epoch: usize, b: usize, batches: usize
 /// training criterion, cross-entropy with `label_smoothing`, as torchvision's reference
 /// scripts evaluate; accuracy does not depend on it. Counted on `device` as in [`train_epoch`];
 /// a non-finite loss is no error here (the caller judges [`Pass::metrics`]). It runs under
-/// [`layers::no_grad`], as PyTorch's test loops run under `torch.no_grad()`.
+/// [`layers::no_grad`], as PyTorch's test loops run under `torch.no_grad()`. A Ctrl-C or
+/// SIGTERM during it stops nothing here: the training run stops at its next training batch,
+/// once this epoch is saved ([`crate::interrupt::testing`]).
 ///
 /// # Errors
 /// A batch cannot be read or moved to `device`, or the forward pass or the loss fails (for example
@@ -208,8 +210,11 @@ pub fn evaluate<M: ModuleT + ?Sized>(
     let batches = loader.num_batches();
     let mut tally = Tally::new(num_classes, device, batches, loader.num_samples())?;
     let mut progress = Progress::start(label, batches);
+    // A Ctrl-C or SIGTERM lets the test pass end, so that its epoch is saved (the stop comes
+    // at the next batch that trains).
+    let _testing = crate::interrupt::testing();
     for batch in loader.batches(0) {
-        crate::interrupt::check()?;
+        crate::interrupt::check_writes()?;
         let batch = batch?;
         let (images, labels) = to_device(&batch.images, &batch.labels, device)?;
         let logits = model.forward_t(&images, false)?;

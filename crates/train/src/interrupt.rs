@@ -1,6 +1,7 @@
 //! Ctrl-C (SIGINT) and SIGTERM (what Slurm sends at a job's time limit or preemption, `docker
 //! stop`, `kill`, a system shutting down) during training: the first one while the epochs train
-//! stops the run after the current batch, as an error that ends it like any other. The files of
+//! stops the run after the current batch (in an epoch's test pass, once the epoch is tested and
+//! saved: [`testing`]), as an error that ends it like any other. The files of
 //! the last finished epoch are then written to their end (they are written on a second thread
 //! while the next epoch trains), and an `--overwrite` whose new run has not saved an epoch puts
 //! the old run back. The program then says where it stopped and ends by the same signal (so
@@ -31,8 +32,41 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 
-/// The signal (SIGINT or SIGTERM) of the first stop request while the epochs train; 0 for none.
+/// The signal (SIGINT or SIGTERM) of this process's first stop request while the epochs train;
+/// 0 for none.
 static REQUESTED: AtomicI32 = AtomicI32::new(0);
+/// The signal of a stop the ranks of a data-parallel job agreed on ([`agreed`]) where it came
+/// to another rank; 0 for none.
+static AGREED: AtomicI32 = AtomicI32::new(0);
+/// Set while this process is a rank of a data-parallel training job ([`in_a_job`]).
+static IN_A_JOB: AtomicBool = AtomicBool::new(false);
+
+/// Marks this process as a rank of a data-parallel training job until the guard drops: a first
+/// Ctrl-C or SIGTERM is then only recorded, whatever the job is doing (loading its data, in its
+/// last collectives), for the ranks to agree on at their next step, and a second ends only
+/// rank 0 at once (the ranks would otherwise end at different moments, rank 0 perhaps in the
+/// middle of writing an epoch). Set before [`take_over_ctrl_c`].
+pub fn in_a_job() -> InAJob {
+    IN_A_JOB.store(true, Ordering::SeqCst);
+    InAJob
+}
+
+/// See [`in_a_job`].
+pub struct InAJob;
+
+impl Drop for InAJob {
+    fn drop(&mut self) {
+        IN_A_JOB.store(false, Ordering::SeqCst);
+    }
+}
+
+/// This process's stop request, or else the one its job agreed on: 0 for none.
+fn stop_signal() -> i32 {
+    match REQUESTED.load(Ordering::SeqCst) {
+        0 => AGREED.load(Ordering::SeqCst),
+        own => own,
+    }
+}
 /// Finished epochs whose files are being written ([`writing`]).
 static WRITING: AtomicUsize = AtomicUsize::new(0);
 /// Set when a finished epoch's files could not be written ([`write_failed`]).
@@ -60,6 +94,26 @@ impl Drop for Writing {
         WRITING.fetch_sub(1, Ordering::SeqCst);
     }
 }
+/// Test passes under way ([`testing`]).
+static TESTING: AtomicUsize = AtomicUsize::new(0);
+
+/// Marks a test pass as under way until the guard drops: a first Ctrl-C or SIGTERM then says
+/// that the run stops once the epoch is tested and saved (the test pass does not stop for it:
+/// a batch system's grace period is better spent saving the epoch than losing it).
+pub fn testing() -> Testing {
+    TESTING.fetch_add(1, Ordering::SeqCst);
+    Testing
+}
+
+/// See [`testing`].
+pub struct Testing;
+
+impl Drop for Testing {
+    fn drop(&mut self) {
+        TESTING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Whether the epochs are training: Ctrl-C and SIGTERM then wait for the end of the batch.
 static TRAINING: AtomicBool = AtomicBool::new(false);
 
@@ -86,14 +140,14 @@ fn name_of(signal: i32) -> &'static str {
 
 /// The first stop request's name: `Ctrl-C` (SIGINT, and when none came) or `SIGTERM`.
 pub fn by() -> &'static str {
-    name_of(REQUESTED.load(Ordering::SeqCst))
+    name_of(stop_signal())
 }
 
 /// Ends the process by the first stop request's signal (SIGINT when none came), its default
 /// action: a shell reports Ctrl-C's status 130 or SIGTERM's 143, and a loop around the
 /// program, or a batch system waiting for it, sees that it was stopped.
 pub fn die_by_signal() -> ! {
-    match REQUESTED.load(Ordering::SeqCst) {
+    match stop_signal() {
         0 => die_by(libc::SIGINT),
         signal => die_by(signal),
     }
@@ -148,10 +202,18 @@ pub fn take_over_ctrl_c() {
         if let Err(e) = listening {
             // Without the thread, signal-hook's handler would be left catching them for
             // nothing (the signals ignored): their default actions back.
-            for signal in &signals {
-                // SAFETY: SIG_DFL is a valid disposition.
-                unsafe {
-                    libc::signal(*signal, libc::SIG_DFL);
+            for &signal in &signals {
+                if std::process::id() == 1 {
+                    // Process 1 ignores default actions: an immediate exit instead.
+                    // SAFETY: `_exit` is async-signal-safe; the action touches no other state.
+                    let _ = unsafe {
+                        signal_hook::low_level::register(signal, move || libc::_exit(128 + signal))
+                    };
+                } else {
+                    // SAFETY: SIG_DFL is a valid disposition.
+                    unsafe {
+                        libc::signal(signal, libc::SIG_DFL);
+                    }
                 }
             }
             crate::warn!(
@@ -190,10 +252,25 @@ fn on_stop_request(signal: i32) {
             }
         };
     }
+    let job = IN_A_JOB.load(Ordering::SeqCst);
+    let first = REQUESTED.load(Ordering::SeqCst);
+    // A repeated SIGTERM is the same request (`timeout` signals the child, then its group; a
+    // batch system escalates with SIGKILL), whatever the run is doing.
+    if signal == libc::SIGTERM && first != 0 {
+        warn!(
+            "\n{}: the run is already stopping (Ctrl-C stops it at once)",
+            match first == signal {
+                true => "SIGTERM again".to_string(),
+                false => format!("SIGTERM after {}", name_of(first)),
+            }
+        );
+        return;
+    }
     // Outside the epochs nothing is being saved: the run directory is left as the run's end
     // would leave it (no half-replaced --overwrite, no unused directory), then the process
-    // ends. (Unless the epochs started meanwhile.)
-    let tidied = match TRAINING.load(Ordering::SeqCst) {
+    // ends. (Unless the epochs started meanwhile.) Not a rank of a job: the ranks stop
+    // together, at their next step.
+    let tidied = match TRAINING.load(Ordering::SeqCst) || job {
         true => None,
         false => crate::rundir::tidy_at_ctrl_c(|| TRAINING.load(Ordering::SeqCst)),
     };
@@ -216,13 +293,8 @@ fn on_stop_request(signal: i32) {
             true => format!("{name} again"),
             false => format!("{name} after {}", name_of(first)),
         };
-        if signal == libc::SIGTERM {
-            // Often the same request twice (`timeout` signals the child, then its group); a
-            // batch system escalates with SIGKILL.
-            warn!(
-                "\n{again}: the run is already stopping after this batch (Ctrl-C stops it at \
-                 once)"
-            );
+        if job && !crate::distributed::writes() {
+            // Rank 0's end (once its files are written) ends the job.
             return;
         }
         if WRITING.load(Ordering::SeqCst) > 0 {
@@ -257,15 +329,32 @@ fn on_stop_request(signal: i32) {
         }
         die_by(signal);
     }
-    // Best effort: a terminal that is gone must not end this thread.
-    warn!(
-        "\n{name}: stopping after this batch; the finished epochs stay saved (Ctrl-C again to \
-         stop at once)"
-    );
+    // Best effort: a terminal that is gone must not end this thread. (In a job, a second
+    // Ctrl-C reaches the launcher, which ends the ranks.)
+    let at_once = match job {
+        true => "",
+        false => " (Ctrl-C again to stop at once)",
+    };
+    match (
+        TESTING.load(Ordering::SeqCst),
+        TRAINING.load(Ordering::SeqCst),
+    ) {
+        (0, true) => {
+            warn!("\n{name}: stopping after this batch; the finished epochs stay saved{at_once}")
+        }
+        (_, true) => warn!(
+            "\n{name}: stopping once this epoch's test pass ends and the epoch is saved{at_once}"
+        ),
+        (_, false) => warn!(
+            "\n{name}: the ranks stop together at their next training step; the finished epochs \
+             stay saved"
+        ),
+    }
 }
 
-/// The stop requests of this process for a data-parallel job's step, as numbers to sum over
-/// the ranks with its gradients: `[Ctrl-C, SIGTERM]`, 1 for the one that came first here.
+/// The stop requests of this process (its own, not one agreed on) for a data-parallel job's
+/// step, as numbers to sum over the ranks with its gradients: `[Ctrl-C, SIGTERM]`, 1 for the
+/// one that came first here.
 /// Every rank sums the same values at the same step, so all stop after the same batch
 /// ([`agreed`]), where one rank stopping alone would leave the others waiting in a collective.
 pub fn to_share() -> [f32; 2] {
@@ -277,8 +366,9 @@ pub fn to_share() -> [f32; 2] {
 }
 
 /// The ranks' [`to_share`] values summed: `Err` ([`Interrupted`]) once any rank had a stop
-/// request, on every rank alike; this process takes it as its own (SIGTERM where any rank had
-/// one), unless one came here first.
+/// request, on every rank alike; this process ends by it (SIGTERM where any rank had one),
+/// unless one came here first. A signal that comes here later still counts as this process's
+/// first.
 ///
 /// # Errors
 /// [`Interrupted`] when a rank was asked to stop.
@@ -288,7 +378,7 @@ pub fn agreed(summed: [f32; 2]) -> anyhow::Result<()> {
         [int, _] if int > 0.0 => libc::SIGINT,
         _ => return Ok(()),
     };
-    let _ = REQUESTED.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+    let _ = AGREED.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
     Err(Interrupted.into())
 }
 
@@ -311,7 +401,7 @@ pub fn check_writes() -> anyhow::Result<()> {
 /// Whether a Ctrl-C or SIGTERM came while the epochs trained (it may have come after the last
 /// batch, too late to stop anything: the run then ends whole, and by that signal still).
 pub fn requested() -> bool {
-    REQUESTED.load(Ordering::SeqCst) != 0
+    stop_signal() != 0
 }
 
 /// Marks the epochs as training (Ctrl-C and SIGTERM then stop after the batch) until the guard

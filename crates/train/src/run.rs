@@ -924,6 +924,14 @@ fn stopped_by_ctrl_c(
         crate::interrupt::by(),
         done + 1
     );
+    if !crate::distributed::writes() {
+        // A data-parallel rank other than 0 (heard with CNN_LOG_ALL_RANKS): its `out` may not
+        // be the run's (a default --out is rank 0's choice).
+        return error.context(format!(
+            "{at}: rank 0 saves the run's epochs in its --out; --resume that directory \
+             continues"
+        ));
+    }
     let message = match (done, written) {
         (_, Err(writing)) if out.join(crate::rundir::STATE).is_file() => format!(
             "{at}: writing the files of epoch {done} failed ({writing:#}); --resume {} continues \
