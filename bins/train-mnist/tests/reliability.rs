@@ -696,6 +696,26 @@ fn evaluating_a_checkpoint_behind_the_state_says_so() {
     );
 }
 
+/// `train-mnist` training cnn-mnist for 3 epochs on `data` into `out`, its stdout and stderr
+/// piped, returned once its first epoch's line is out (the epoch's files then being written).
+fn cnn_past_its_first_epoch(data: &Path, out: &Path) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = Command::new(BIN)
+        .args(["--data-dir", &s(data), "--out", &s(out)])
+        .args(["--model", "cnn-mnist", "--epochs", "3", "--device", "cpu"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("train-mnist starts");
+    let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    for line in stdout.lines().map_while(Result::ok) {
+        if line.starts_with("epoch 1/3") {
+            break;
+        }
+    }
+    child
+}
+
 /// SIGINT's number.
 fn libc_sigint() -> i32 {
     libc::SIGINT
@@ -750,7 +770,8 @@ fn sigterm_stops_after_the_batch_keeping_every_finished_epoch() {
     let done = metrics_without_seconds(&out).len() - 1; // the header
     assert!((1..100).contains(&done), "{done} epochs");
     assert!(
-        err.contains("SIGTERM: stopping after this batch")
+        (err.contains("SIGTERM: stopping after this batch")
+            || err.contains("SIGTERM: stopping once this epoch's test pass ends"))
             && err.contains(&format!("stopped by SIGTERM in epoch {} of 100", done + 1))
             && err.contains(&format!("continue with --resume {}", out.display())),
         "{err}"
@@ -837,7 +858,6 @@ fn ctrl_c_keeps_every_finished_epoch_and_undoes_an_unsaved_overwrite() {
 /// started with SIGTERM ignored (a parent may ask so) keeps ignoring it and trains to its end.
 #[test]
 fn a_second_sigterm_changes_nothing_and_an_ignored_one_stays_ignored() {
-    use std::io::BufRead;
     use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().expect("temp dir");
     let data = synthetic(dir.path());
@@ -874,19 +894,7 @@ fn a_second_sigterm_changes_nothing_and_an_ignored_one_stays_ignored() {
     let mut heard = false;
     for _ in 0..5 {
         let _ = std::fs::remove_dir_all(&out);
-        let mut child = Command::new(BIN)
-            .args(["--data-dir", &s(&bigger), "--out", &s(&out)])
-            .args(["--model", "cnn-mnist", "--epochs", "3", "--device", "cpu"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("train-mnist starts");
-        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-        for line in stdout.lines().map_while(Result::ok) {
-            if line.starts_with("epoch 1/3") {
-                break;
-            }
-        }
+        let child = cnn_past_its_first_epoch(&bigger, &out);
         term(&child);
         std::thread::sleep(Duration::from_millis(2));
         term(&child);
@@ -1003,7 +1011,6 @@ fn a_second_ctrl_c_before_the_first_epoch_is_saved_leaves_no_run() {
 /// lands during the write.
 #[test]
 fn a_second_ctrl_c_while_an_epoch_is_written_keeps_it() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("mnist");
     train::synthetic::write_mnist(&data, 512, 64).expect("synthetic MNIST");
@@ -1015,20 +1022,8 @@ fn a_second_ctrl_c_while_an_epoch_is_written_keeps_it() {
     let mut landed = false;
     for _ in 0..5 {
         let _ = std::fs::remove_dir_all(&out);
-        let mut child = Command::new(BIN)
-            .args(["--data-dir", &s(&data), "--out", &s(&out)])
-            .args(["--model", "cnn-mnist", "--epochs", "3", "--device", "cpu"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("train-mnist starts");
+        let child = cnn_past_its_first_epoch(&data, &out);
         let pid = libc::pid_t::try_from(child.id()).expect("a pid");
-        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-        for line in stdout.lines().map_while(Result::ok) {
-            if line.starts_with("epoch 1/3") {
-                break;
-            }
-        }
         sigint(pid);
         std::thread::sleep(Duration::from_millis(20));
         sigint(pid);
@@ -1064,7 +1059,6 @@ fn a_second_ctrl_c_while_an_epoch_is_written_keeps_it() {
 /// training images, 20,000 test images).
 #[test]
 fn sigterm_in_a_test_pass_saves_that_epoch() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("mnist");
     train::synthetic::write_mnist(&data, 16, 20000).expect("synthetic MNIST");
@@ -1072,20 +1066,8 @@ fn sigterm_in_a_test_pass_saves_that_epoch() {
     let mut landed = false;
     for _ in 0..5 {
         let _ = std::fs::remove_dir_all(&out);
-        let mut child = Command::new(BIN)
-            .args(["--data-dir", &s(&data), "--out", &s(&out)])
-            .args(["--model", "cnn-mnist", "--epochs", "3", "--device", "cpu"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("train-mnist starts");
+        let child = cnn_past_its_first_epoch(&data, &out);
         let pid = libc::pid_t::try_from(child.id()).expect("a pid");
-        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-        for line in stdout.lines().map_while(Result::ok) {
-            if line.starts_with("epoch 1/3") {
-                break;
-            }
-        }
         // Into epoch 2's test pass (its one training batch takes far less).
         std::thread::sleep(Duration::from_millis(300));
         // SAFETY: a plain kill(2) of our own child, which has not been waited for yet.
@@ -1167,7 +1149,7 @@ fn ctrl_c_while_the_data_loads_leaves_the_directory_as_it_was() {
             "stopped by Ctrl-C before the epochs began: nothing was saved, and the run directory \
              is as before the run (one this run made is removed",
         );
-        assert!(before != err.contains("stopping after this batch"), "{err}");
+        assert!(before != err.contains("Ctrl-C: stopping"), "{err}");
         before
     };
     let aside = out.join(train::rundir::REPLACED);
