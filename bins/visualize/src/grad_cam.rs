@@ -250,11 +250,7 @@ pub fn run(args: &GradCamArgs, out: &Path) -> Result<()> {
         );
         if let Err(e) = explained {
             failed += 1;
-            let message = format!("{e:#}");
-            match message.contains(&image.display().to_string()) {
-                true => train::warn!("{message}"),
-                false => train::warn!("{}: {message}", image.display()),
-            }
+            train::inference::warn_failed(image, &e);
         }
     }
     if failed > 0 {

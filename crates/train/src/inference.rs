@@ -2353,6 +2353,16 @@ pub fn printable(name: &str) -> String {
         .collect()
 }
 
+/// Says on standard error why `image` could not be read or used (`error`, with its causes),
+/// naming the image once (its own errors name it already).
+pub fn warn_failed(image: &Path, error: &anyhow::Error) {
+    let message = format!("{error:#}");
+    match message.contains(&image.display().to_string()) {
+        true => crate::warn!("{message}"),
+        false => crate::warn!("{}: {message}", image.display()),
+    }
+}
+
 /// Prints each image's path and its top-5 classes (`predict`), with `logits` its logits too
 /// (`  logits: [v0, v1, ...]`, label order, each value as the shortest decimal that reads back
 /// as the same float32: a Python list), and for an image whose file's
@@ -2404,12 +2414,7 @@ pub fn print_top5(
             }
             Err(e) => {
                 failed += 1;
-                // The image named once: its own errors name it already.
-                let message = format!("{e:#}");
-                match message.contains(&image.display().to_string()) {
-                    true => crate::warn!("{message}"),
-                    false => crate::warn!("{}: {message}", image.display()),
-                }
+                warn_failed(image, &e);
             }
         }
     }
