@@ -203,18 +203,7 @@ pub fn take_over_ctrl_c() {
             // Without the thread, signal-hook's handler would be left catching them for
             // nothing (the signals ignored): their default actions back.
             for &signal in &signals {
-                if std::process::id() == 1 {
-                    // Process 1 ignores default actions: an immediate exit instead.
-                    // SAFETY: `_exit` is async-signal-safe; the action touches no other state.
-                    let _ = unsafe {
-                        signal_hook::low_level::register(signal, move || libc::_exit(128 + signal))
-                    };
-                } else {
-                    // SAFETY: SIG_DFL is a valid disposition.
-                    unsafe {
-                        libc::signal(signal, libc::SIG_DFL);
-                    }
-                }
+                next_one_ends_at_once(signal);
             }
             crate::warn!(
                 "note: Ctrl-C and SIGTERM end the run at once ({e}: no thread to stop it after \
@@ -224,19 +213,19 @@ pub fn take_over_ctrl_c() {
     });
 }
 
-/// Makes the next Ctrl-C end the process at once: SIGINT's default action, or, in process 1 (a
+/// Makes the next `signal` end the process at once: its default action, or, in process 1 (a
 /// container's first process, for which the kernel ignores signals left at their default
-/// action), an immediate exit with the status a shell gives a process SIGINT ended (130).
-fn next_ctrl_c_ends_at_once() {
+/// action), an immediate exit with the status a shell gives a process the signal ended
+/// (`128 + signal`).
+fn next_one_ends_at_once(signal: i32) {
     if std::process::id() == 1 {
         // SAFETY: `_exit` is async-signal-safe; the action touches no other state.
-        let _ = unsafe {
-            signal_hook::low_level::register(libc::SIGINT, || libc::_exit(128 + libc::SIGINT))
-        };
+        let _ =
+            unsafe { signal_hook::low_level::register(signal, move || libc::_exit(128 + signal)) };
     } else {
         // SAFETY: SIG_DFL is a valid disposition.
         unsafe {
-            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(signal, libc::SIG_DFL);
         }
     }
 }
@@ -298,7 +287,7 @@ fn on_stop_request(signal: i32) {
             return;
         }
         if WRITING.load(Ordering::SeqCst) > 0 {
-            next_ctrl_c_ends_at_once();
+            next_one_ends_at_once(libc::SIGINT);
             warn!(
                 "\n{again}: stopping once the finished epoch's files are written (a moment; \
                  Ctrl-C a third time to stop at once, leaving them unfinished)"
