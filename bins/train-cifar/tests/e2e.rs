@@ -313,6 +313,88 @@ fn a_model_that_does_not_fit_fails_before_training() {
     assert!(!out.join(train::rundir::CONFIG).exists(), "{log}");
 }
 
+/// `predict --model NAME --weights FILE` of a head CIFAR-10 does not have: a torchvision ImageNet
+/// checkpoint (1000 outputs) is read as ImageNet's images are (224x224, ImageNet's mean and
+/// std) and named by ImageNet's classes, as `weights.transforms()` would; another count is named
+/// `class K`, each said on standard error.
+#[test]
+fn predict_reads_an_imagenet_head_as_imagenet() {
+    use candle_core::Device;
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A 40x30 PPM of a gradient: any image will do, as long as the transforms tell apart.
+    let image = dir.path().join("photo.ppm");
+    let mut ppm = b"P6\n40 30\n255\n".to_vec();
+    ppm.extend((0..40 * 30 * 3).map(|i| (i * 7 % 251) as u8));
+    std::fs::write(&image, ppm).expect("write the image");
+    let predict = |model: &str, weights: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_train-cifar"))
+            .args([
+                "predict",
+                "--model",
+                model,
+                "--weights",
+                &s(weights),
+                "--logits",
+            ])
+            .args([s(&image).as_str(), "--device", "cpu"])
+            .output()
+            .expect("train-cifar starts")
+    };
+
+    let store = layers::ParamStore::new(3, &Device::Cpu);
+    let model = zoo::build("resnet18", 1000, store.vb()).expect("resnet18");
+    let weights = dir.path().join("resnet18-imagenet.safetensors");
+    layers::checkpoint::save(store.varmap(), &weights).expect("save");
+    let run = predict("resnet18", &weights);
+    assert!(run.status.success(), "{}", text(&run));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("has 1000 outputs, ImageNet's classes for resnet18, not CIFAR-10's 10")
+            && err.contains("`imagenet-eval` at 224x224"),
+        "{err}"
+    );
+    // The logits are the model's on ImageNet's evaluation transform at 224x224.
+    let classes = datasets::catalog::imagenet_classes();
+    let expected = train::inference::Predictor::new(
+        model.as_ref(),
+        datasets::Transform::imagenet_eval(224),
+        (3, 224),
+        &classes,
+        &Device::Cpu,
+    )
+    .expect("predictor")
+    .predict(&image)
+    .expect("prediction");
+    let out = String::from_utf8_lossy(&run.stdout);
+    let printed: Vec<f32> = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("logits: ["))
+        .expect("a logits line")
+        .trim_end_matches(']')
+        .split(", ")
+        .map(|v| v.parse().expect("a float"))
+        .collect();
+    assert_eq!(printed, expected.logits);
+    assert!(out.contains(&expected.top5[0].0), "{out}");
+
+    // 7 outputs, no classes.json beside the file: CIFAR-10's transform, outputs named class K.
+    let store = layers::ParamStore::new(3, &Device::Cpu);
+    zoo::build("resnet18-cifar", 7, store.vb()).expect("resnet18-cifar");
+    let weights = dir.path().join("seven.safetensors");
+    layers::checkpoint::save(store.varmap(), &weights).expect("save");
+    let run = predict("resnet18-cifar", &weights);
+    assert!(run.status.success(), "{}", text(&run));
+    let (out, err) = (
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr),
+    );
+    assert!(
+        err.contains("has 7 outputs, not CIFAR-10's 10 classes, and no classes.json beside it")
+            && out.contains("class "),
+        "{out}{err}"
+    );
+}
+
 /// The real CIFAR-10 JPEG archive, end to end on a slice of it.
 #[test]
 fn real_cifar_archive_end_to_end() {

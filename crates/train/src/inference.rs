@@ -2276,7 +2276,8 @@ pub fn output_names(
 /// `predict --model NAME --weights FILE`: a checkpoint outside any run, as the zoo model `name`
 /// with as many classes as its classifier has rows, through `dataset`'s evaluation transform at
 /// the data set's image size (the model's native size for data of varying size), and the data
-/// set's class names where the count is theirs (a `classes.json` beside the file first).
+/// set's class names where the count is theirs (a `classes.json` beside the file first); a head
+/// of the model's own data set (1000 ImageNet classes) is read as that data set ([`data_of_head`]).
 fn predict_with_model(
     args: &PredictArgs,
     name: &str,
@@ -2313,6 +2314,7 @@ fn predict_with_model(
         );
     }
     let (model, _, count) = zoo::load_counting_classes(name, None, Some(weights), &device, 0)?;
+    let data = data_of_head(name, &spec, data, weights, count)?;
     let classes = output_names(data, Some(weights), count);
     let (channels, side) = data
         .shape
@@ -2327,6 +2329,53 @@ fn predict_with_model(
     .named(weights);
     let images = folders_as_images(images)?;
     print_top5(&images, &[], args.logits, |image| predictor.predict(image))
+}
+
+/// The data set `predict --model NAME --weights FILE` reads its images as and names the outputs
+/// by, for a checkpoint whose head has `count` outputs: the program's (`data`) where the count is
+/// its class count or `classes.json` beside the file names them; the model's own (ImageNet's
+/// resize, crop, mean and std, and its class names, as torchvision's `weights.transforms()` and
+/// `weights.meta["categories"]`) for a head of the model's own count that the program's data set
+/// does not have (a torchvision ImageNet checkpoint given to `train-cifar`), said on standard
+/// error; otherwise the program's, with a note that the outputs have no names.
+fn data_of_head(
+    name: &str,
+    spec: &zoo::ModelSpec,
+    data: &'static datasets::DatasetSpec,
+    weights: &Path,
+    count: usize,
+) -> Result<&'static datasets::DatasetSpec> {
+    if count == data.classes.len() || classes_beside(weights, count).is_some() {
+        return Ok(data);
+    }
+    let own = datasets::catalog::spec(spec.data)?;
+    if count == spec.default_classes && own.name != data.name {
+        crate::warn!(
+            "note: {} has {count} outputs, {}'s classes for {name}, not {}'s {}: the images are \
+             read with {}'s evaluation transform (`{}` at {}), as the model's own weights are",
+            weights.display(),
+            own.title,
+            data.title,
+            data.classes.len(),
+            own.title,
+            own.test_transform,
+            own.shape
+                .map_or(String::from("the model's size"), |(_, h, w)| format!(
+                    "{h}x{w}"
+                )),
+        );
+        return Ok(own);
+    }
+    crate::warn!(
+        "note: {} has {count} outputs, not {}'s {} classes, and no classes.json beside it: they \
+         are named class 0 to class {}, and the images are read with {}'s test transform",
+        weights.display(),
+        data.title,
+        data.classes.len(),
+        count.saturating_sub(1),
+        data.title,
+    );
+    Ok(data)
 }
 
 /// `values` as a Python list, each the shortest decimal that reads back as the same float32
