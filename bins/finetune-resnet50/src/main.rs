@@ -59,7 +59,7 @@ enum Command {
     /// Print the top-5 classes of images under a ResNet checkpoint (any of torchvision's five)
     Predict(PredictArgs),
     /// Evaluate a run's checkpoint on its test split (or, with --model, a checkpoint file on
-    /// CIFAR-10's): loss, top-1, top-5, per-class accuracy, confusion matrix
+    /// CIFAR-10's or an image folder's): loss, top-1, top-5, per-class accuracy, confusion matrix
     Evaluate(train::inference::EvaluateArgs),
 }
 
@@ -225,7 +225,19 @@ fn main() -> Result<()> {
             }
             predict(&args)
         }
-        Some(Command::Evaluate(args)) => train::inference::evaluate(&args, &RECIPE).map(drop),
+        Some(Command::Evaluate(args)) => {
+            // `--model`'s checkpoint file is scored on what --data-dir holds, read as training
+            // reads it: CIFAR-10, or any other folder of class folders as an image folder (a
+            // PyTorch ImageFolder run's weights on its own folders). A run names its data set.
+            let recipe = match (&args.model, &args.data_dir, &args.run) {
+                (Some(_), Some(dir), None) => Recipe {
+                    dataset: dataset_kind(false, Some(dir)),
+                    ..RECIPE
+                },
+                _ => RECIPE,
+            };
+            train::inference::evaluate(&args, &recipe).map(drop)
+        }
         None => {
             let distributed = cli.finetune.train.distributed.clone();
             train::cli::exit_status(train::distributed::launch(&distributed, || {

@@ -1169,6 +1169,119 @@ fn predict_on_a_folder_run_sees_what_its_test_pass_saw() {
     );
 }
 
+/// `evaluate --model NAME --weights FILE --data-dir ROOT` of a ResNet fine-tuned elsewhere (a
+/// PyTorch ImageFolder run) on image folders: ROOT's test split, or every image of a folder of
+/// class folders, labelled in class-folder order, through `imagenet-eval:224`: the loss of the
+/// model's logits on each image as `predict`'s transform makes them; a head of another class
+/// count is refused, naming the folder's.
+#[test]
+fn evaluate_scores_a_checkpoint_file_on_image_folders() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let calib = small_folder(&data, 4, 4);
+    // Fine-tuned elsewhere: a 3-class head on calibrated weights.
+    let store = ParamStore::new(11, &Device::Cpu);
+    let net = transfer::build("resnet18", 3, store.vb()).expect("resnet18");
+    for _ in 0..4 {
+        net.forward_t(&calib, true).expect("calibration pass");
+    }
+    let weights = dir.path().join("ants-bees.safetensors");
+    layers::checkpoint::save(store.varmap(), &weights).expect("save");
+    let classes: Vec<String> = ["airplane", "frog", "truck"].map(String::from).into();
+    let predictor = train::inference::Predictor::new(
+        &net,
+        datasets::Transform::imagenet_eval(224),
+        (3, 224),
+        &classes,
+        &Device::Cpu,
+    )
+    .expect("predictor");
+    let expected_loss = |root: &Path| {
+        let mut losses = Vec::new();
+        for (label, class) in classes.iter().enumerate() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(root.join(class))
+                .expect("class folder")
+                .map(|e| e.expect("entry").path())
+                .collect();
+            files.sort();
+            for file in files {
+                let z = predictor.predict(&file).expect("prediction").logits;
+                let top = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+                let sum: f64 = z.iter().map(|&v| (v as f64 - top).exp()).sum();
+                losses.push(top + sum.ln() - z[label] as f64);
+            }
+        }
+        (
+            losses.iter().sum::<f64>() / losses.len() as f64,
+            losses.len(),
+        )
+    };
+    for (root, scored) in [
+        (data.clone(), data.join("test")),
+        (data.join("train"), data.join("train")),
+    ] {
+        let out = dir.path().join(format!(
+            "scored-{}",
+            root.file_name().unwrap().to_string_lossy()
+        ));
+        let said = ok(
+            &[
+                "evaluate",
+                "--model",
+                "resnet18",
+                "--weights",
+                s(&weights),
+                "--data-dir",
+                s(&root),
+                "--out",
+                s(&out),
+                "--device",
+                "cpu",
+            ],
+            &[],
+        );
+        let summary: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("evaluation-ants-bees.json")).expect("evaluation"),
+        )
+        .expect("json");
+        let (loss, images) = expected_loss(&scored);
+        assert_eq!(summary["samples"].as_u64(), Some(images as u64), "{said}");
+        let got = summary["loss"].as_f64().expect("loss");
+        assert!(
+            (got - loss).abs() <= 1e-5 * loss.abs().max(1.0),
+            "{}: evaluate's loss {got}, the logits' {loss}",
+            root.display()
+        );
+    }
+
+    // A head of two classes on a folder of three: refused, saying so.
+    let store = ParamStore::new(11, &Device::Cpu);
+    transfer::build("resnet18", 2, store.vb()).expect("resnet18");
+    let two = dir.path().join("two.safetensors");
+    layers::checkpoint::save(store.varmap(), &two).expect("save");
+    let err = fails(
+        &[
+            "evaluate",
+            "--model",
+            "resnet18",
+            "--weights",
+            s(&two),
+            "--data-dir",
+            s(&data),
+            "--out",
+            s(&dir.path().join("two")),
+            "--device",
+            "cpu",
+        ],
+        &[],
+    );
+    assert!(
+        err.contains("its fc.weight has 2 rows (classes), and the image folder --data-dir")
+            && err.contains("has 3 class folders"),
+        "{err}"
+    );
+}
+
 /// Fine-tuning and predict with every flag at 0, 1, negative, huge, non-numeric and empty
 /// values: clear errors or runs, never a panic, an abort or a hang. A resumed run of another
 /// program is refused too.

@@ -529,7 +529,9 @@ pub struct EvaluateArgs {
     pub weights: String,
     /// The zoo model a --weights file outside any run holds (a PyTorch-trained resnet18-seed,
     /// say): scored on this program's data set's test split with a fresh run's test transform,
-    /// test batch size and class names; outputs beside the file (or in --out), named for it
+    /// test batch size and class names (finetune-resnet50's image folder --data-dir: its test/
+    /// or val/ split, else all its images, labelled by class folder in name order as
+    /// torchvision's ImageFolder does); outputs beside the file (or in --out), named for it
     /// (evaluation-<stem>[-<precision>][-test<N>].json; -2, -3... for other test data)
     #[arg(long, conflicts_with = "run")]
     pub model: Option<String>,
@@ -1404,6 +1406,18 @@ fn evaluate_with_model(args: &EvaluateArgs, recipe: &Recipe, name: &str) -> Resu
         zoo::load_frozen(name, count, Some(&weights), &device, 0).map_err(|e| {
             // A head of another number of classes (an ImageNet checkpoint, say): why that many.
             match head_rows(name, &weights) {
+                Some((rows, head)) if rows != count && config.dataset == DatasetKind::Folder => e
+                    .context(format!(
+                        "--weights {}: its {head} has {rows} rows (classes), and the image \
+                         folder --data-dir {}, which --model {name} is scored on, has {count} \
+                         class folders (torchvision's ImageFolder labels them in name order)",
+                        weights.display(),
+                        config
+                            .data_dir
+                            .as_deref()
+                            .unwrap_or(Path::new(""))
+                            .display(),
+                    )),
                 Some((rows, head)) if rows != count => e.context(format!(
                     "--weights {}: its {head} has {rows} rows (classes), and {}'s test split, \
                      which --model {name} is scored on, has {count} classes{}",
@@ -1429,7 +1443,9 @@ fn evaluate_with_model(args: &EvaluateArgs, recipe: &Recipe, name: &str) -> Resu
         0 => None,
         count => Some(load(count)?),
     };
-    let (test, whole) = crate::cli::load_test_data(&config, true)?;
+    // An image folder is scored whole where it has no test split of its own: the file did not
+    // train on a share of it held out as a run of ours would (torchvision's `ImageFolder(root)`).
+    let (test, whole) = crate::cli::load_test_data(&config, false)?;
     let classes = test.classes().to_vec();
     let (model, store) = match loaded {
         Some(loaded) => loaded,
