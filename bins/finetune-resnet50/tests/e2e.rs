@@ -1698,6 +1698,27 @@ fn own_class_folders_need_no_folder_flag() {
         state
     );
     std::fs::write(&changed, &original).expect("put it back");
+    // A training file changed in place: the epochs left would train on another image than the
+    // epochs before; refused, the run as it was.
+    let trained = walk(&flat)
+        .into_iter()
+        .find(|f| !held_out.contains(f))
+        .expect("a training file");
+    let original = std::fs::read(&trained).expect("image");
+    let mut img = image::open(&trained).expect("png").into_rgb8();
+    img.get_pixel_mut(2, 2).0[0] ^= 0x20;
+    img.save(&trained).expect("png");
+    let err = fails(&resume, &[]);
+    assert!(
+        err.contains("training images are as many as the run's, with the same names and labels, but other contents")
+            && err.contains("the epochs left would train on other images than the epochs before"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(flat_out.join("state.safetensors")).expect("state"),
+        state
+    );
+    std::fs::write(&trained, &original).expect("put it back");
     assert_eq!(
         files(&read("predictions-best-data-copy.csv"), s(&copy)),
         held_out

@@ -2417,6 +2417,23 @@ fn resume_on_other_data_is_refused() {
             && err.contains("its training images are as many as the run's, but their labels"),
         "{err}"
     );
+    // The same labels, one training pixel changed (images edited in place): the epochs left
+    // would train on other images than the epochs before; refused.
+    train::synthetic::write_mnist(Path::new(&data), 96, 40).expect("the same MNIST");
+    let images = Path::new(&data).join("train-images-idx3-ubyte");
+    let mut bytes = std::fs::read(&images).expect("images");
+    bytes[16 + 5 * 784 + 400] ^= 0x01;
+    std::fs::write(&images, &bytes).expect("one pixel changed");
+    let out = train_mnist(&resume);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success()
+            && err.contains(
+                "its training images are as many as the run's, with the same names and labels, \
+                 but other contents"
+            ),
+        "{err}"
+    );
     train::synthetic::write_mnist(Path::new(&data), 96, 40).expect("the same MNIST");
     let out = train_mnist(&resume);
     assert!(out.status.success(), "{}", stderr(&out));

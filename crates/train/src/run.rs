@@ -258,13 +258,22 @@ pub fn train(
     // What tells `evaluate` that an image of another folder is one this run trained on: each
     // training file's bytes read once now (with those a resumed state kept: a file changed in
     // place since was trained on as it was too).
-    let trained_on = match writes || shared {
+    // What the training images hold, which a resume must find as they were (the epochs left
+    // would otherwise train on other images than those before).
+    let saved_train_contents = resume.as_ref().and_then(|(saved, _)| saved.train_contents);
+    let (trained_on, train_contents) = match writes || shared || saved_train_contents.is_some() {
         true => {
             let started = std::time::Instant::now();
-            let now = crate::state::fingerprints_of(train_data).context(
+            let now = crate::state::fingerprints_in_order(train_data).context(
                 "reading the training images' files for their fingerprints (kept in the \
                  run's state, so that evaluate can tell the images the run trained on)",
             )?;
+            let contents = match &now {
+                Some(sums) => Some(crate::state::crc_of_fingerprints(sums)),
+                // Held decoded (MNIST's and CIFAR-10's batches): their pixels.
+                None => crate::state::contents_crc(train_data)
+                    .context("reading the training images for their contents' CRC-32C")?,
+            };
             let seconds = started.elapsed().as_secs_f64();
             if seconds >= 5.0 {
                 crate::say!(
@@ -273,13 +282,15 @@ pub fn train(
                 );
             }
             let kept = resume.as_mut().and_then(|(_, t)| t.trained_on.take());
-            now.filter(|_| writes).map(|mut now| {
+            let trained_on = now.filter(|_| writes).map(|mut now| {
                 now.extend(kept.unwrap_or_default());
                 std::sync::Arc::new(crate::state::sorted(now))
-            })
+            });
+            (trained_on, contents)
         }
-        false => None,
+        false => (None, None),
     };
+    same_contents(out, SplitKind::Train, saved_train_contents, train_contents)?;
     // What tells `evaluate` a test split whose files changed in place; on resume, what the
     // run's state records of them must be what they are now (on every rank, so that all
     // refuse together).
@@ -290,7 +301,7 @@ pub fn train(
         )?,
         false => None,
     };
-    same_test_contents(out, saved_contents, test_contents)?;
+    same_contents(out, SplitKind::Test, saved_contents, test_contents)?;
     if writes {
         std::fs::create_dir_all(out)
             .with_context(|| format!("cannot create output directory {}", out.display()))?;
@@ -350,6 +361,7 @@ pub fn train(
             labels,
             names,
             trained_on,
+            train_contents,
             test_contents,
             events: Some(EventWriter::create(out)?),
         });
@@ -1164,6 +1176,8 @@ struct Outputs<'a> {
     /// The training images' fingerprints, for the resume state
     /// ([`StateTensors::trained_on`]).
     trained_on: Option<std::sync::Arc<Vec<u64>>>,
+    /// The training images' [`crate::state::contents_crc`], for the resume state.
+    train_contents: Option<u32>,
     /// The test images' files' [`crate::state::contents_crc`], for the resume state.
     test_contents: Option<u32>,
     /// The TensorBoard file; with the writing thread while an epoch's files are written.
@@ -1244,6 +1258,7 @@ impl<'a> Outputs<'a> {
             optimizer: host_copies(optimizer.state()?, true)?,
             trained_on: self.trained_on.clone(),
             state: ResumeState {
+                train_contents: self.train_contents,
                 test_contents: self.test_contents,
                 ..resume_state(
                     self.config,
@@ -1448,6 +1463,7 @@ fn resume_state(
         labels: Some(labels),
         names: Some(names),
         test_contents: None,
+        train_contents: None,
         classes: Some(classes.to_vec()),
         world_size: Some(crate::distributed::rank().map_or(1, |r| r.size)),
         threads: Some(rayon::current_num_threads()),
@@ -1669,21 +1685,42 @@ fn differing_splits(saved: Option<[u32; 2]>, now: [u32; 2]) -> Vec<&'static str>
         .collect()
 }
 
-/// Refuses to resume the run in `out` on test images whose contents (`now`, [`contents_crc`]
-/// of the files' bytes or the decoded pixels) are not those its state records (`saved`;
-/// states saved before they were kept have none): files changed in place under the same
-/// names. The run's best epoch was chosen on the test images as they were, and `evaluate`
-/// refuses them as the run's test.
+/// Which split of the data a check is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SplitKind {
+    Train,
+    Test,
+}
+
+/// Refuses to resume the run in `out` on a split whose images changed in place since (`saved`
+/// and `now` are its [`contents_crc`]; states saved before they were kept have none): as many
+/// images, with the same names and labels, other contents. The run's best epoch was chosen on
+/// the test images as they were (and `evaluate` refuses others as the run's test); the epochs
+/// left would train on other training images than the epochs before (a resume is to reach the
+/// weights of a run that never stopped).
 ///
 /// [`contents_crc`]: crate::state::contents_crc
-fn same_test_contents(out: &Path, saved: Option<u32>, now: Option<u32>) -> Result<()> {
+fn same_contents(out: &Path, split: SplitKind, saved: Option<u32>, now: Option<u32>) -> Result<()> {
     match saved {
         Some(saved) if now != Some(saved) => bail!(
-            "--resume {}: the data is not what the run trained on: its test images are as many \
-             as the run's, with the same names and labels, but other contents (files changed in \
-             place since the run tested on them; its best epoch was chosen on them as they \
-             were); resume on the images the run tested on, or start a new run",
-            out.display()
+            "--resume {}: the data is not what the run trained on: its {} images are as many as \
+             the run's, with the same names and labels, but other contents (files changed in \
+             place since the run {}); resume on the images the run {}, or start a new run",
+            out.display(),
+            match split {
+                SplitKind::Train => "training",
+                SplitKind::Test => "test",
+            },
+            match split {
+                SplitKind::Train =>
+                    "trained on them: the epochs left would train on other images \
+                                 than the epochs before",
+                SplitKind::Test => "tested on them; its best epoch was chosen on them as they were",
+            },
+            match split {
+                SplitKind::Train => "trained on",
+                SplitKind::Test => "tested on",
+            },
         ),
         _ => Ok(()),
     }

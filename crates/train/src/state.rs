@@ -81,6 +81,12 @@ pub struct ResumeState {
     /// files were changed in place (the same names, other images) is not the run's test.
     #[serde(default)]
     pub test_contents: Option<u32>,
+    /// The training images' contents in order, as [`contents_crc`] sums them (`None` in states
+    /// saved before they were kept): training images changed in place since (the same names
+    /// and labels, other pixels) would train the epochs left on other images than the epochs
+    /// before, so a resume on them is refused.
+    #[serde(default)]
+    pub train_contents: Option<u32>,
     /// How many compute threads (rayon's pool) trained the last epoch (`None` in states saved
     /// before it was kept): on the CPU the gradients' partial sums follow the threads, so a
     /// resume with another count is said (its weights follow the run to float32 rounding, not
@@ -197,10 +203,7 @@ fn contents_crc_of(data: &dyn datasets::Dataset, shared: bool) -> Result<Option<
         return Ok(None);
     }
     if let Some(sums) = file_fingerprints(data, shared)? {
-        return Ok(Some(
-            sums.iter()
-                .fold(0, |crc, s| crc32c::crc32c_append(crc, &s.to_le_bytes())),
-        ));
+        return Ok(Some(crc_of_fingerprints(&sums)));
     }
     if data.fixed_shape().is_none() {
         return Ok(None);
@@ -515,6 +518,25 @@ pub fn load(dir: &Path) -> Result<(ResumeState, StateTensors)> {
         }
     }
     Ok((state, tensors))
+}
+
+/// [`contents_crc`] of data whose files' fingerprints in order are `sums`.
+pub fn crc_of_fingerprints(sums: &[u64]) -> u32 {
+    sums.iter()
+        .fold(0, |crc, s| crc32c::crc32c_append(crc, &s.to_le_bytes()))
+}
+
+/// The fingerprints of `data`'s files in order ([`datasets::Dataset::fingerprint`], each file's
+/// bytes read once, in parallel; a share per rank in a data-parallel job, gathered on every
+/// rank: every rank must call it, in the same order); `None` for data whose samples come from
+/// no file of their own (MNIST's and CIFAR-10's batches). Sorted ([`sorted`]), they are what
+/// [`StateTensors::trained_on`] keeps; in order, their [`crc_of_fingerprints`] is the data's
+/// [`contents_crc`].
+///
+/// # Errors
+/// A file cannot be read (named; on the other ranks, that a rank could not read its share).
+pub fn fingerprints_in_order(data: &dyn datasets::Dataset) -> Result<Option<Vec<u64>>> {
+    file_fingerprints(data, true)
 }
 
 /// The sorted fingerprints of `data`'s files ([`datasets::Dataset::fingerprint`], each file's
