@@ -1076,18 +1076,28 @@ fn resume_reaches_the_same_weights_as_an_uninterrupted_run() {
         &[],
     );
     assert_eq!(top5(&best_again), top5(&by_run));
-    // A training file changed in place (the same name): a resumed run remembers both versions
-    // it trained on, 37 fingerprints for 36 files.
+    // A training file changed in place (the same name): the epochs left would train on another
+    // image than the epochs before; refused, naming it, the run as it was; put back, resumed.
     let changed = data.join("train/airplane/0000.png");
+    let original = std::fs::read(&changed).expect("png");
     let mut img = image::open(&changed).expect("png").into_rgb8();
     img.get_pixel_mut(0, 0).0[0] ^= 0x80;
     img.save(&changed).expect("png");
-    let resumed = ok(
-        &["--resume", s(&whole), "--epochs", "3", "--device", "cpu"],
-        &[],
+    let state = std::fs::read(whole.join(train::rundir::STATE)).expect("state");
+    let resume = ["--resume", s(&whole), "--epochs", "3", "--device", "cpu"];
+    let err = fails(&resume, &[]);
+    assert!(
+        err.contains(&format!("but other contents (files changed in place since the run trained on them: the epochs left would train on other images than the epochs before; changed: {})", s(&changed))),
+        "{err}"
     );
+    assert_eq!(
+        std::fs::read(whole.join(train::rundir::STATE)).expect("state"),
+        state
+    );
+    std::fs::write(&changed, original).expect("put back");
+    let resumed = ok(&resume, &[]);
     assert!(resumed.contains("epoch 3/3"), "{resumed}");
-    assert_eq!(trained_on(&whole).0, [37]);
+    assert_eq!(trained_on(&whole).0, [36]);
 }
 
 /// An image folder's run whose test transform does not resize (a centre crop alone): `predict`
@@ -2037,9 +2047,10 @@ fn own_class_folders_need_no_folder_flag() {
     );
 }
 
-/// An image that cannot be read any more, met in an epoch after others were saved, stops the run
-/// naming the file, where it stopped, what is saved and `--resume` as the way on; the saved
-/// epoch stays as it was, and once the image is mended the run continues.
+/// An image damaged between a run and its resume (cut short) is found before training, named,
+/// with `--resume` as the way on once it is mended (it stopped the run in its next epoch,
+/// before the state kept the training images' contents); the saved epoch stays as it was, and
+/// once the image is mended the run continues.
 #[test]
 fn an_unreadable_image_mid_run_says_what_is_saved() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -2079,11 +2090,11 @@ fn an_unreadable_image_mid_run_says_what_is_saved() {
     let err = fails(&strs(&again), &[]);
     for said in [
         format!(
-            "the run stopped in epoch 2 of 2 on the error below: epoch 1 is saved in {0}; once \
-             the cause is mended, --resume {0} continues from there",
+            "--resume {}: the data is not what the run trained on: its training images are as \
+             many as the run's, with the same names and labels, but other contents",
             s(&out)
         ),
-        s(&image).to_string(),
+        format!("; changed: {}", s(&image)),
     ] {
         assert!(err.contains(&said), "{said}: {err}");
     }

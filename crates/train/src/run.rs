@@ -256,41 +256,64 @@ pub fn train(
     // long enough on a large folder for the others' first collective to time out).
     let shared = crate::distributed::rank().is_some();
     // What tells `evaluate` that an image of another folder is one this run trained on: each
-    // training file's bytes read once now (with those a resumed state kept: a file changed in
-    // place since was trained on as it was too).
-    // What the training images hold, which a resume must find as they were (the epochs left
-    // would otherwise train on other images than those before).
+    // training file's bytes read once now (with those a resumed state kept). And what the
+    // training images hold, which a resume must find as they were (the epochs left would
+    // otherwise train on other images than those before).
     let saved_train_contents = resume.as_ref().and_then(|(saved, _)| saved.train_contents);
-    let (trained_on, train_contents) = match writes || shared || saved_train_contents.is_some() {
-        true => {
-            let started = std::time::Instant::now();
-            let now = crate::state::fingerprints_in_order(train_data).context(
-                "reading the training images' files for their fingerprints (kept in the \
+    let (trained_on, train_contents, changed) =
+        match writes || shared || saved_train_contents.is_some() {
+            true => {
+                let started = std::time::Instant::now();
+                let now = crate::state::fingerprints_in_order(train_data).context(
+                    "reading the training images' files for their fingerprints (kept in the \
                  run's state, so that evaluate can tell the images the run trained on)",
-            )?;
-            let contents = match &now {
-                Some(sums) => Some(crate::state::crc_of_fingerprints(sums)),
-                // Held decoded (MNIST's and CIFAR-10's batches): their pixels.
-                None => crate::state::contents_crc(train_data)
-                    .context("reading the training images for their contents' CRC-32C")?,
-            };
-            let seconds = started.elapsed().as_secs_f64();
-            if seconds >= 5.0 {
-                crate::say!(
-                    "read the {train_images} training images' files for their fingerprints in \
+                )?;
+                let contents = match &now {
+                    Some(sums) => Some(crate::state::crc_of_fingerprints(sums)),
+                    // Held decoded (MNIST's and CIFAR-10's batches): their pixels.
+                    None => crate::state::contents_crc(train_data)
+                        .context("reading the training images for their contents' CRC-32C")?,
+                };
+                let seconds = started.elapsed().as_secs_f64();
+                if seconds >= 5.0 {
+                    crate::say!(
+                        "read the {train_images} training images' files for their fingerprints in \
                      {seconds:.0} s"
-                );
+                    );
+                }
+                let kept = resume.as_mut().and_then(|(_, t)| t.trained_on.take());
+                // On a resume, the files whose bytes the run never trained on, named.
+                let changed: Vec<String> = match (&now, &kept) {
+                    (Some(now), Some(kept))
+                        if saved_train_contents.is_some_and(|s| Some(s) != contents) =>
+                    {
+                        now.iter()
+                            .enumerate()
+                            .filter(|(_, sum)| kept.binary_search(sum).is_err())
+                            .map(|(i, _)| {
+                                train_data
+                                    .sample_name(i)
+                                    .unwrap_or_else(|| format!("image {i}"))
+                            })
+                            .collect()
+                    }
+                    _ => Vec::new(),
+                };
+                let trained_on = now.filter(|_| writes).map(|mut now| {
+                    now.extend(kept.unwrap_or_default());
+                    std::sync::Arc::new(crate::state::sorted(now))
+                });
+                (trained_on, contents, changed)
             }
-            let kept = resume.as_mut().and_then(|(_, t)| t.trained_on.take());
-            let trained_on = now.filter(|_| writes).map(|mut now| {
-                now.extend(kept.unwrap_or_default());
-                std::sync::Arc::new(crate::state::sorted(now))
-            });
-            (trained_on, contents)
-        }
-        false => (None, None),
-    };
-    same_contents(out, SplitKind::Train, saved_train_contents, train_contents)?;
+            false => (None, None, Vec::new()),
+        };
+    same_contents(
+        out,
+        SplitKind::Train,
+        saved_train_contents,
+        train_contents,
+        &changed,
+    )?;
     // What tells `evaluate` a test split whose files changed in place; on resume, what the
     // run's state records of them must be what they are now (on every rank, so that all
     // refuse together).
@@ -301,7 +324,7 @@ pub fn train(
         )?,
         false => None,
     };
-    same_contents(out, SplitKind::Test, saved_contents, test_contents)?;
+    same_contents(out, SplitKind::Test, saved_contents, test_contents, &[])?;
     if writes {
         std::fs::create_dir_all(out)
             .with_context(|| format!("cannot create output directory {}", out.display()))?;
@@ -1700,12 +1723,18 @@ enum SplitKind {
 /// weights of a run that never stopped).
 ///
 /// [`contents_crc`]: crate::state::contents_crc
-fn same_contents(out: &Path, split: SplitKind, saved: Option<u32>, now: Option<u32>) -> Result<()> {
+fn same_contents(
+    out: &Path,
+    split: SplitKind,
+    saved: Option<u32>,
+    now: Option<u32>,
+    changed: &[String],
+) -> Result<()> {
     match saved {
         Some(saved) if now != Some(saved) => bail!(
             "--resume {}: the data is not what the run trained on: its {} images are as many as \
              the run's, with the same names and labels, but other contents (files changed in \
-             place since the run {}); resume on the images the run {}, or start a new run",
+             place since the run {}{}); resume on the images the run {}, or start a new run",
             out.display(),
             match split {
                 SplitKind::Train => "training",
@@ -1716,6 +1745,11 @@ fn same_contents(out: &Path, split: SplitKind, saved: Option<u32>, now: Option<u
                     "trained on them: the epochs left would train on other images \
                                  than the epochs before",
                 SplitKind::Test => "tested on them; its best epoch was chosen on them as they were",
+            },
+            match changed {
+                [] => String::new(),
+                [one] => format!("; changed: {one}"),
+                [first, rest @ ..] => format!("; changed: {first} and {} more", rest.len()),
             },
             match split {
                 SplitKind::Train => "trained on",
