@@ -1115,6 +1115,11 @@ fn evaluate_scores_a_checkpoint_outside_any_run() {
     assert!(out.join("evaluation-last.json").is_file());
 
     // Another program's run (its config.json says so): scored as its own program would, said.
+    // Made by editing config.json with the state out of the way (config.json edited beside the
+    // state is refused: it disagrees with the state).
+    let state = out.join(train::rundir::STATE);
+    let aside = out.with_extension("state-aside");
+    std::fs::rename(&state, &aside).expect("move the state aside");
     let config = out.join(train::rundir::CONFIG);
     let text = std::fs::read_to_string(&config).expect("config");
     let other = text.replace("\"train-mnist\"", "\"train-cifar\"");
@@ -1139,6 +1144,7 @@ fn evaluate_scores_a_checkpoint_outside_any_run() {
         figures(&own)
     );
     std::fs::write(&config, text).expect("config");
+    std::fs::rename(&aside, &state).expect("put the state back");
 
     // A head of five classes, for MNIST's ten.
     let five = loose.join("five.safetensors");
@@ -1376,6 +1382,23 @@ fn a_class_list_of_another_length_is_named() {
     let classes: Vec<String> =
         serde_json::from_slice(&std::fs::read(&path).expect("classes")).expect("json");
     std::fs::write(&path, serde_json::to_vec(&classes[..5]).expect("json")).expect("write");
+    let ended = Command::new(BIN)
+        .args(["evaluate", "--run", &s(&out), "--device", "cpu"])
+        .output()
+        .expect("starts");
+    let err = String::from_utf8_lossy(&ended.stderr);
+    assert!(!ended.status.success(), "{err}");
+    // The state keeps the classes: the list is compared with it first, naming both.
+    assert!(
+        err.contains(&format!(
+            "classes.json and state.safetensors disagree (label 5: none in classes.json, {:?} in \
+             the state; 5 and 10 classes)",
+            classes[5]
+        )),
+        "{err}"
+    );
+    // Without the state, loading the checkpoint for five classes says so.
+    std::fs::remove_file(out.join(train::rundir::STATE)).expect("remove the state");
     let ended = Command::new(BIN)
         .args(["evaluate", "--run", &s(&out), "--device", "cpu"])
         .output()

@@ -2439,6 +2439,94 @@ fn resume_on_other_data_is_refused() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// A state rewritten without its checksums (as the README tells a tool that edits tensors to)
+/// whose best test accuracy is not its history's best (set to 99.9%): a resume would never
+/// replace the best checkpoint again; refused, naming both.
+#[test]
+fn a_state_whose_best_is_not_its_historys_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_, run) = one_epoch_run(dir.path());
+    let state = run.join(train::rundir::STATE);
+    let (tensors, mut metadata) =
+        layers::checkpoint::read_with_metadata(&state).expect("read the state");
+    let mut resume: serde_json::Value =
+        serde_json::from_str(&metadata["resume_state"]).expect("resume state");
+    resume["best_acc"] = serde_json::json!(99.9);
+    metadata.insert("resume_state".into(), resume.to_string());
+    metadata
+        .retain(|k, _| !k.starts_with(layers::checkpoint::CHECKSUM_KEY) && !k.ends_with("crc32c"));
+    layers::checkpoint::save_with_metadata(&tensors, Some(metadata), &state).expect("rewrite");
+    let out = train_mnist(&["--resume", &s(&run), "--epochs", "2"]);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success()
+            && err.contains(
+                "its best epoch 1 at 99.9% test accuracy is not its history's, epoch 1 at"
+            ),
+        "{err}"
+    );
+}
+
+/// `evaluate` and `predict` read a run's settings and class names from `config.json` and
+/// `classes.json`, copies of what its state keeps: a copy edited by hand (another label
+/// smoothing changes the loss, another class order the names) is refused, naming both files and
+/// what differs, as `--resume` refuses it; removed, the state's are read.
+#[test]
+fn evaluate_refuses_an_edited_config_or_classes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_, run) = one_epoch_run(dir.path());
+    let image = dir.path().join("digit.png");
+    image::GrayImage::from_pixel(28, 28, image::Luma([200]))
+        .save(&image)
+        .expect("png");
+    let read = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .args(["--run", &s(&run), "--device", "cpu"])
+            .output()
+            .expect("train-mnist starts")
+    };
+    let config = run.join(train::rundir::CONFIG);
+    let original = std::fs::read(&config).expect("config");
+    let mut edited: serde_json::Value = serde_json::from_slice(&original).expect("json");
+    edited["label_smoothing"] = serde_json::json!(0.5);
+    std::fs::write(&config, serde_json::to_vec(&edited).expect("json")).expect("edit");
+    for args in [&["evaluate"][..], &["predict", &s(&image)][..]] {
+        let out = read(args);
+        let err = stderr(&out);
+        assert!(
+            !out.status.success()
+                && err.contains("config.json and state.safetensors disagree")
+                && err.contains("--label-smoothing"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!run.join("evaluation-best.json").exists());
+    std::fs::write(&config, &original).expect("put back");
+
+    let classes = run.join(train::rundir::CLASSES);
+    let original = std::fs::read(&classes).expect("classes");
+    let mut names: Vec<String> = serde_json::from_slice(&original).expect("json");
+    names.swap(0, 1);
+    std::fs::write(&classes, serde_json::to_vec(&names).expect("json")).expect("edit");
+    let out = read(&["evaluate"]);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success()
+            && err.contains(&format!(
+                "classes.json and state.safetensors disagree (label 0: {:?} in classes.json, {:?} \
+                 in the state",
+                names[0], names[1]
+            )),
+        "{err}"
+    );
+    // Removed, the state's are read.
+    std::fs::remove_file(&classes).expect("remove");
+    std::fs::remove_file(&config).expect("remove");
+    let out = read(&["evaluate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 /// `--resume` continues the run of `state.safetensors`, so the other files of the run must be
 /// its own: a state copied from another run, or a `config.json` edited by hand, is refused
 /// before anything is written (the resumed run would have replaced the run's checkpoints and

@@ -303,8 +303,10 @@ impl ResNet {
     }
 }
 
-/// `model(x)` of PyTorch: the logits `(N, num_classes)` of images `(N, C, H, W)` (f32, or bf16
-/// under [`layers::autocast`]); `train` is `model.train()` (batch norm normalises by the batch
+/// `model(x)` of PyTorch: the logits `(N, num_classes)` of float32 images `(N, C, H, W)` (also
+/// under [`layers::autocast`], which runs the convolutions and products in bf16 as PyTorch's
+/// `torch.autocast` does, on float32 images as there; a bf16 image tensor is refused on the
+/// CPU); `train` is `model.train()` (batch norm normalises by the batch
 /// and updates its running statistics) or `model.eval()` (the running statistics).
 ///
 /// # Errors

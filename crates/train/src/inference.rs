@@ -204,6 +204,27 @@ impl Trained {
                 source.display()
             )
         })?;
+        // config.json and classes.json copy what the state keeps, as `--resume` checks them: an
+        // edited copy (another --label-smoothing, --precision or class order) would be scored
+        // and named as the run.
+        let saved = match kept_config {
+            Some(_) => None,
+            None => crate::state::saved_settings(dir),
+        };
+        if let Some((saved, _)) = &saved {
+            let differ = crate::state::settings_differing(&config, saved);
+            if !differ.is_empty() {
+                bail!(
+                    "--run {}: {CONFIG} and {} disagree ({}): {CONFIG} was edited or comes from \
+                     another run; the run's settings are those of its state, which {CONFIG} only \
+                     copies: put the run's own {CONFIG} back, or remove it and they are read \
+                     from the state",
+                    dir.display(),
+                    crate::rundir::STATE,
+                    differ.join("; ")
+                );
+            }
+        }
         let unreadable = || {
             format!(
                 "--run {}: no readable {CLASSES} with the class names",
@@ -232,6 +253,26 @@ impl Trained {
             }
             Err(e) => return Err(e).with_context(unreadable),
         };
+        if let Some(kept) = saved.and_then(|(_, classes)| classes) {
+            if kept != classes {
+                let k = (0..kept.len().max(classes.len()))
+                    .find(|&k| kept.get(k) != classes.get(k))
+                    .unwrap_or(0);
+                let name = |c: Option<&String>| c.map_or("none".to_string(), |c| format!("{c:?}"));
+                bail!(
+                    "--run {}: {CLASSES} and {} disagree (label {k}: {} in {CLASSES}, {} in the \
+                     state; {} and {} classes): {CLASSES} was edited or comes from another run; \
+                     put the run's own {CLASSES} back, or remove it and they are read from the \
+                     state",
+                    dir.display(),
+                    crate::rundir::STATE,
+                    name(classes.get(k)),
+                    name(kept.get(k)),
+                    classes.len(),
+                    kept.len()
+                );
+            }
+        }
         let (path, tag) = match weights {
             "best" => (dir.join(BEST), "best".to_string()),
             "last" => (dir.join(LAST), "last".to_string()),

@@ -661,7 +661,7 @@ pub fn saved_trained_on(dir: &Path) -> Result<Option<Vec<u64>>> {
 
 /// What a saved state must hold to be continued: one history record per epoch done, epochs 1
 /// to `epochs_done` in order (a resume writes the metrics files from it), a best epoch among
-/// them, and a dropout generator state that is not all zero (xoshiro256's one state that
+/// them (the first of the highest test accuracy, with that accuracy), and a dropout generator state that is not all zero (xoshiro256's one state that
 /// gives nothing but zeros).
 fn check_consistent(state: &ResumeState) -> Result<()> {
     let epochs: Vec<usize> = state.history.iter().map(|r| r.epoch).collect();
@@ -678,6 +678,27 @@ fn check_consistent(state: &ResumeState) -> Result<()> {
             state.best_epoch,
             state.epochs_done
         );
+    }
+    // The best epoch is the history's first of the highest test accuracy, and its accuracy
+    // that one's (a run sets both from the epoch's record): another would keep the best
+    // checkpoint from ever being replaced, or say a best the run never reached.
+    if let Some(first) = state.history.first() {
+        let best = state
+            .history
+            .iter()
+            .fold(first, |best, r| match r.test_acc > best.test_acc {
+                true => r,
+                false => best,
+            });
+        if state.best_epoch != best.epoch || state.best_acc != best.test_acc {
+            bail!(
+                "its best epoch {} at {}% test accuracy is not its history's, epoch {} at {}%",
+                state.best_epoch,
+                state.best_acc,
+                best.epoch,
+                best.test_acc
+            );
+        }
     }
     if state.rng_state == [0; 4] {
         bail!("its dropout generator state is all zero");
@@ -768,7 +789,7 @@ pub fn check_agrees_with_run(
 /// The settings that differ between a run's `config.json` (`copy`) and its state's
 /// configuration (`saved`), as `--flag: X in config.json, Y in state.safetensors`; the settings
 /// `--resume` may change are passed over.
-fn settings_differing(copy: &RunConfig, saved: &RunConfig) -> Vec<String> {
+pub fn settings_differing(copy: &RunConfig, saved: &RunConfig) -> Vec<String> {
     let mut differ = Vec::new();
     let mut compare = |name: String, a: String, b: String| {
         if a != b {
