@@ -300,6 +300,14 @@ fn scalar_like(value: f64, like: &Tensor) -> Result<Tensor> {
 
 impl Optimizer for Adam {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
+        crate::ensure_a_gradient(
+            match self.config.decoupled {
+                true => "AdamW",
+                false => "Adam",
+            },
+            self.params.iter().map(|p| &p.var),
+            grads,
+        )?;
         match self.update {
             Update::PerTensor => self.step_per_tensor(grads),
             Update::Flat => self.step_flat(grads),

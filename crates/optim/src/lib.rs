@@ -135,6 +135,35 @@ fn check_hyper(
     Ok(())
 }
 
+/// Refuses a step whose `grads` hold no gradient of any of the optimizer's `vars` (when it has
+/// any): the loss was computed without autograd (inside `layers::no_grad()`, or from detached
+/// tensors), and the step would change nothing, silently, where PyTorch's `backward` raises
+/// ("element 0 of tensors does not require grad and does not have a grad_fn"). A step where
+/// some parameters have gradients and others none (unused in the forward pass) updates those
+/// that have them, as PyTorch's.
+fn ensure_a_gradient<'a>(
+    optimizer: &str,
+    mut vars: impl Iterator<Item = &'a Var>,
+    grads: &GradStore,
+) -> Result<()> {
+    let mut any = false;
+    for var in vars.by_ref() {
+        any = true;
+        if grads.get(var.as_tensor()).is_some() {
+            return Ok(());
+        }
+    }
+    if any {
+        bail!(
+            "{optimizer}.step: no parameter has a gradient: the loss was computed without \
+             autograd (inside layers::no_grad(), whose guard must be dropped before training, \
+             or from detached tensors), so the step would change nothing; PyTorch's backward \
+             raises here"
+        );
+    }
+    Ok(())
+}
+
 /// Moves the buffers of `state` that belong to parameter `name` into a map keyed by buffer name.
 fn buffers_of(
     state: &HashMap<String, Tensor>,

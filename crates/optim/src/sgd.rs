@@ -219,6 +219,7 @@ impl Sgd {
 
 impl Optimizer for Sgd {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
+        crate::ensure_a_gradient("SGD", self.params.iter().map(|p| &p.var), grads)?;
         match self.update {
             Update::PerTensor => self.step_per_tensor(grads),
             Update::Flat => self.step_flat(grads),

@@ -403,3 +403,31 @@ fn steps_equal_pytorchs_bit_for_bit() -> Result<()> {
     assert_eq!(checked, 2 * 7 * 6);
     Ok(())
 }
+
+/// A step from a loss computed without autograd (its parameters detached, as inside
+/// `layers::no_grad()`) is refused, saying why, and changes nothing; one parameter of two without
+/// a gradient (unused) is passed over, the other updated, as PyTorch's.
+#[test]
+fn a_step_without_any_gradient_is_refused() -> Result<()> {
+    let k = Tensor::new(&[1f32, 2.0, 3.0, 4.0], &Device::Cpu)?;
+    for adam in [false, true] {
+        let (var, unused) = (make_var()?, make_var()?);
+        let params = vec![
+            ("w".to_string(), var.clone()),
+            ("u".to_string(), unused.clone()),
+        ];
+        let mut opt: Box<dyn Optimizer> = match adam {
+            true => Box::new(Adam::new(params, AdamConfig::adam(0.1))?),
+            false => Box::new(Sgd::new(params, SgdConfig::new(0.1))?),
+        };
+        let detached = (var.as_tensor().detach().sqr()? * &k)?.sum_all()?;
+        let err = opt.step(&detached.backward()?).unwrap_err().to_string();
+        assert!(err.contains("no parameter has a gradient"), "{err}");
+        assert_eq!(var.to_vec1::<f32>()?, make_var()?.to_vec1::<f32>()?);
+        let loss = (var.as_tensor().sqr()? * &k)?.sum_all()?;
+        opt.step(&loss.backward()?)?;
+        assert_ne!(var.to_vec1::<f32>()?, make_var()?.to_vec1::<f32>()?);
+        assert_eq!(unused.to_vec1::<f32>()?, make_var()?.to_vec1::<f32>()?);
+    }
+    Ok(())
+}
