@@ -2467,6 +2467,123 @@ fn a_state_whose_best_is_not_its_historys_is_refused() {
     );
 }
 
+/// `best.safetensors` holding other weights than the best epoch's (swapped with another
+/// checkpoint, rewritten by another tool) when the best epoch is not the last: `evaluate`,
+/// `predict` and `--resume` say so (the state keeps the best weights' checksum); the same
+/// weights rewritten without a checksum (as PyTorch's `save_file` writes them) are not flagged.
+#[test]
+fn a_best_checkpoint_of_other_weights_is_said() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    let run = dir.path().join("run");
+    // A learning rate of 0: every epoch tests alike, so the best epoch stays the first.
+    let mut args = common_epochs(&data, &run, "2");
+    args.extend(["--lr".into(), "0".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let trained = train_mnist(&args);
+    assert!(trained.status.success(), "{}", stderr(&trained));
+    assert_eq!(train::state::saved_epochs(&run), Some((2, 1)));
+    let evaluate = || {
+        let out = Command::new(BIN)
+            .args(["evaluate", "--run", &s(&run), "--device", "cpu"])
+            .output()
+            .expect("train-mnist starts");
+        assert!(out.status.success(), "{}", stderr(&out));
+        stderr(&out)
+    };
+    let flagged = "holds other weights than the run's best epoch, 1";
+    assert!(!evaluate().contains(flagged));
+    // The same tensors without the checksum: the same weights.
+    let best = run.join(train::rundir::BEST);
+    let tensors = layers::checkpoint::read(&best).expect("best");
+    safetensors::serialize_to_file(tensors.iter().map(|(k, v)| (k.as_str(), v)), None, &best)
+        .expect("rewrite without metadata");
+    assert!(!evaluate().contains(flagged));
+    // Other weights.
+    let mut other = tensors.clone();
+    let (name, first) = other
+        .iter()
+        .find(|(k, _)| k.ends_with(".weight"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .expect("a weight");
+    other.insert(name, (first * 0.5).expect("scaled"));
+    layers::checkpoint::save_tensors(&other, &best).expect("rewrite");
+    let said = evaluate();
+    assert!(said.contains(flagged), "{said}");
+    let resumed = train_mnist(&["--resume", &s(&run), "--epochs", "3"]);
+    let said = stderr(&resumed);
+    assert!(
+        resumed.status.success()
+            && said
+                .contains("holds other weights than the best epoch's that the run's state records"),
+        "{said}"
+    );
+}
+
+/// A state rewritten without its checksums (as the README tells a tool that edits tensors to)
+/// is still checked against what a run writes before a resume restores it: optimizer buffers
+/// removed (Adam's moments would start again from zero), Adam's step counts other than the
+/// steps taken, weights in float16 (cast silently); each refused, naming the tensor, the run
+/// left as it was.
+#[test]
+fn a_state_rewritten_without_checksums_is_checked_as_a_run_writes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_, run) = one_epoch_run(dir.path());
+    let state = run.join(train::rundir::STATE);
+    let original = std::fs::read(&state).expect("state");
+    type Edit = Box<dyn Fn(&mut std::collections::HashMap<String, candle_core::Tensor>)>;
+    let cases: Vec<(Edit, &str)> = vec![
+        (
+            Box::new(|t| t.retain(|k, _| !k.starts_with("optimizer."))),
+            "it holds no optimizer buffer",
+        ),
+        (
+            Box::new(|t| {
+                for (k, v) in t.iter_mut() {
+                    if k.ends_with(".step") {
+                        *v = (v.ones_like().expect("ones") * 5.0).expect("five");
+                    }
+                }
+            }),
+            "is 5, where the run took",
+        ),
+        (
+            Box::new(|t| {
+                for (k, v) in t.iter_mut() {
+                    if k.starts_with("model.") && v.dtype() == candle_core::DType::F32 {
+                        *v = v.to_dtype(candle_core::DType::F16).expect("f16");
+                    }
+                }
+            }),
+            "is F16, where a run saves the network's F32",
+        ),
+    ];
+    for (edit, says) in cases {
+        std::fs::write(&state, &original).expect("the run's state");
+        let (mut tensors, mut metadata) =
+            layers::checkpoint::read_with_metadata(&state).expect("read the state");
+        edit(&mut tensors);
+        metadata.retain(|k, _| {
+            !k.ends_with("crc32c") && !k.starts_with(layers::checkpoint::CHECKSUM_KEY)
+        });
+        layers::checkpoint::save_with_metadata(&tensors, Some(metadata), &state).expect("rewrite");
+        let rewritten = std::fs::read(&state).expect("state");
+        let out = train_mnist(&["--resume", &s(&run), "--epochs", "2"]);
+        let err = stderr(&out);
+        assert!(!out.status.success() && err.contains(says), "{says}: {err}");
+        assert_eq!(std::fs::read(&state).expect("state"), rewritten, "{says}");
+    }
+    // Rewritten without checksums but otherwise as the run wrote it: resumed.
+    std::fs::write(&state, &original).expect("the run's state");
+    let (tensors, mut metadata) =
+        layers::checkpoint::read_with_metadata(&state).expect("read the state");
+    metadata
+        .retain(|k, _| !k.ends_with("crc32c") && !k.starts_with(layers::checkpoint::CHECKSUM_KEY));
+    layers::checkpoint::save_with_metadata(&tensors, Some(metadata), &state).expect("rewrite");
+    let out = train_mnist(&["--resume", &s(&run), "--epochs", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 /// `evaluate` and `predict` read a run's settings and class names from `config.json` and
 /// `classes.json`, copies of what its state keeps: a copy edited by hand (another label
 /// smoothing changes the loss, another class order the names) is refused, naming both files and

@@ -60,6 +60,42 @@ fn checksum<V: safetensors::View>(
     crc
 }
 
+/// The [`CHECKSUM_KEY`] sum a checkpoint of `tensors` (saved without metadata, as
+/// [`save_tensors`] saves it) holds: what tells later whether a file still holds these weights.
+///
+/// # Errors
+/// A tensor cannot be copied to the host.
+pub fn tensors_checksum(tensors: &HashMap<String, Tensor>) -> Result<u32> {
+    let on_cpu: Vec<(&str, Tensor)> = tensors
+        .iter()
+        .map(|(k, v)| Ok((k.as_str(), v.to_device(&Device::Cpu)?)))
+        .collect::<Result<_>>()?;
+    Ok(checksum(
+        &HashMap::new(),
+        &[],
+        on_cpu.iter().map(|(k, v)| (*k, v)).collect(),
+    ))
+}
+
+/// The [`tensors_checksum`] of the checkpoint file `path`: the sum its header holds where it
+/// covers no metadata (as [`save_tensors`] writes it; checked against its tensors as any read
+/// checks it), else the sum of its tensors as read.
+///
+/// # Errors
+/// The file cannot be read, is no safetensors file, or does not match its sum.
+pub fn file_checksum(path: &Path) -> Result<u32> {
+    let (tensors, metadata) = read_with_metadata(path)?;
+    match (metadata.get(CHECKSUM_KEY), metadata.get(COVERED_KEY)) {
+        (Some(sum), None) => u32::from_str_radix(sum, 16).with_context(|| {
+            format!(
+                "{}: its {CHECKSUM_KEY:?} is not hexadecimal",
+                path.display()
+            )
+        }),
+        _ => tensors_checksum(&tensors),
+    }
+}
+
 /// [`save_tensors`] with string metadata in the safetensors header (`__metadata__`), written
 /// in the same atomic step as the tensors; [`read_with_metadata`] gives it back. The header
 /// also holds the tensors' checksum under [`CHECKSUM_KEY`].
@@ -172,6 +208,11 @@ fn temporary_path(path: &Path) -> PathBuf {
 /// (BatchNorm's `num_batches_tracked` counts included), and a zero `num_batches_tracked`
 /// (int64 scalar) beside running statistics that do not count, so that
 /// `load_state_dict(strict=True)` in PyTorch sees exactly its own keys.
+///
+/// As PyTorch's `state_dict()`, the tensors share storage with the model's variables on the
+/// CPU: the next optimizer step or train-mode pass changes them too. Take `.copy()` of each
+/// for a snapshot (PyTorch's `copy.deepcopy(model.state_dict())`); on a GPU they are host
+/// copies already.
 ///
 /// # Errors
 /// A variable cannot be read.

@@ -2148,7 +2148,23 @@ fn behind_the_state(
         canonical(path).is_some_and(|p| Some(p) == canonical(&dir.join(name)))
     };
     let last = weights == "last" || same_file(LAST);
-    let best_is_last = (weights == "best" || same_file(BEST)) && best == epochs;
+    let best_file = weights == "best" || same_file(BEST);
+    let best_is_last = best_file && best == epochs;
+    if best_file && best < epochs {
+        // An earlier epoch's weights: the state keeps their checksum (states saved before it
+        // was kept, none).
+        let kept = crate::state::saved_best_crc(dir)?;
+        let now = layers::checkpoint::file_checksum(path).ok()?;
+        return (now != kept).then(|| {
+            format!(
+                "{} holds other weights than the run's best epoch, {best}, as {} records them: \
+                 changed since the run wrote it (swapped with another checkpoint, rewritten by \
+                 another tool, copied over); it is read as it is, not as epoch {best}'s weights",
+                path.display(),
+                crate::rundir::STATE,
+            )
+        });
+    }
     if !(last || best_is_last) {
         return None;
     }

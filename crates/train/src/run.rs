@@ -343,6 +343,10 @@ pub fn train(
     let from_state = (resume.as_ref())
         .filter(|_| writes)
         .map(|(saved, tensors)| (saved.clone(), tensors.model.clone()));
+    if let Some((saved, tensors)) = &resume {
+        state_as_a_run_writes(saved, tensors, store, &reduced)?;
+    }
+    let saved_best_crc = resume.as_ref().and_then(|(saved, _)| saved.best_crc32c);
     let mut progress = restore(
         store,
         optimizer.as_mut(),
@@ -355,7 +359,7 @@ pub fn train(
     crate::distributed::broadcast_weights(store)?;
     let mut outputs = None;
     if writes && progress.best_epoch > 0 {
-        if let Some(why) = best_damage(out) {
+        if let Some(why) = best_damage(out, saved_best_crc) {
             crate::warn!(
                 "{} {why}: it held the weights of epoch {}, {:.2}%; it is written again when \
                  an epoch beats {:.2}%",
@@ -387,6 +391,7 @@ pub fn train(
             train_contents,
             test_contents,
             events: Some(EventWriter::create(out)?),
+            best_crc: std::cell::Cell::new(saved_best_crc),
         });
     }
     crate::say!(
@@ -774,7 +779,7 @@ pub(crate) fn replace_checkpoint(
 fn say_best(out: &Path, accuracy: f64, epoch: usize) {
     let best = out.join(BEST);
     let damage = crate::distributed::writes()
-        .then(|| best_damage(out))
+        .then(|| best_damage(out, crate::state::saved_best_crc(out)))
         .flatten();
     match damage {
         None => crate::say!(
@@ -790,15 +795,23 @@ fn say_best(out: &Path, accuracy: f64, epoch: usize) {
 }
 
 /// What is wrong with the run's `best.safetensors`, which a resumed run cannot write again
-/// (only the last epoch's weights are in its state): gone, or damaged since it was saved (cut
-/// short, overwritten). `None` when it reads.
-fn best_damage(out: &Path) -> Option<String> {
+/// (only the last epoch's weights are in its state): gone, damaged since it was saved (cut
+/// short, overwritten), or holding other weights than the best epoch's checksum the state
+/// records (`kept`; swapped with `last`, rewritten by another tool). `None` when it reads as
+/// the best epoch's.
+fn best_damage(out: &Path, kept: Option<u32>) -> Option<String> {
     let best = out.join(BEST);
-    match best.exists() {
-        false => Some("is gone".to_string()),
-        true => layers::checkpoint::read(&best)
-            .err()
-            .map(|e| format!("cannot be read ({e:#})")),
+    if !best.exists() {
+        return Some("is gone".to_string());
+    }
+    match layers::checkpoint::file_checksum(&best) {
+        Err(e) => Some(format!("cannot be read ({e:#})")),
+        Ok(sum) if kept.is_some_and(|kept| kept != sum) => Some(
+            "holds other weights than the best epoch's that the run's state records (swapped \
+             with another checkpoint, or rewritten by another tool)"
+                .to_string(),
+        ),
+        Ok(_) => None,
     }
 }
 
@@ -898,7 +911,7 @@ pub fn finished(
         if let Some(classes) = &saved.classes {
             crate::inference::save_classes(out, classes)?;
         }
-        if let Some(why) = best_damage(out).filter(|_| saved.best_epoch > 0) {
+        if let Some(why) = best_damage(out, saved.best_crc32c).filter(|_| saved.best_epoch > 0) {
             crate::warn!(
                 "{} {why}: it held the weights of epoch {}, {:.2}%, which this finished run \
                  cannot write again (last.safetensors holds epoch {}'s)",
@@ -1026,6 +1039,73 @@ fn saved_in(done: usize, out: &Path) -> String {
         1 => format!("epoch 1 is saved in {}", out.display()),
         _ => format!("epochs 1-{done} are saved in {}", out.display()),
     }
+}
+
+/// What a run writes in its state, checked before a resume restores it: the checksums refuse
+/// any edit of a state a run wrote, but a state rewritten by another tool without them (as the
+/// README tells such tools to) is read as it is, and these would otherwise go unnoticed:
+///
+/// - weights of another type than the network's (float32; a file rewritten in float16 was
+///   cast silently, the run going on from rounded weights);
+/// - after a step, a trained parameter without its optimizer buffers (Adam's and AdamW's
+///   moments and step count; SGD's momentum buffer where momentum is not 0): they would start
+///   again from zero;
+/// - an Adam step count other than the optimizer steps taken (`steps_done`): the bias
+///   corrections would be another step's.
+///
+/// # Errors
+/// Names the state, the tensor and what a run writes there.
+fn state_as_a_run_writes(
+    saved: &ResumeState,
+    tensors: &StateTensors,
+    store: &ParamStore,
+    trained: &[NamedVar],
+) -> Result<()> {
+    let vars: std::collections::HashMap<String, candle_core::Var> =
+        store.named_vars().into_iter().collect();
+    let edited = "(the state was rewritten by another tool?)";
+    for (name, t) in &tensors.model {
+        if let Some(var) = vars.get(name).filter(|v| v.dtype() != t.dtype()) {
+            bail!(
+                "{}: model.{name} is {:?}, where a run saves the network's {:?} {edited}",
+                crate::rundir::STATE,
+                t.dtype(),
+                var.dtype()
+            );
+        }
+    }
+    let Some(steps) = saved.steps_done.filter(|&s| s > 0) else {
+        return Ok(());
+    };
+    let config = &saved.config;
+    let buffers: &[&str] = match config.optimizer {
+        crate::config::OptimizerKind::Sgd if config.momentum == 0.0 => &[],
+        crate::config::OptimizerKind::Sgd => &["momentum_buffer"],
+        _ => &["step", "exp_avg", "exp_avg_sq"],
+    };
+    for (name, _) in trained {
+        for buffer in buffers {
+            let key = format!("{name}.{buffer}");
+            let Some(t) = tensors.optimizer.get(&key) else {
+                bail!(
+                    "{}: it holds no optimizer buffer {key}, which a run has after its first \
+                     step ({steps} taken) {edited}",
+                    crate::rundir::STATE
+                );
+            };
+            if *buffer == "step" {
+                let step = t.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                if step != steps as f64 {
+                    bail!(
+                        "{}: optimizer state {key} is {step}, where the run took {steps} steps \
+                         (steps_done) {edited}",
+                        crate::rundir::STATE
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Restores the model, the optimizer (buffers and learning rate) and the dropout generator
@@ -1205,6 +1285,9 @@ struct Outputs<'a> {
     test_contents: Option<u32>,
     /// The TensorBoard file; with the writing thread while an epoch's files are written.
     events: Option<EventWriter>,
+    /// The best epoch's weights' checksum, for the resume state
+    /// ([`ResumeState::best_crc32c`]): the resumed state's, then each improving epoch's.
+    best_crc: std::cell::Cell<Option<u32>>,
 }
 
 /// An epoch's writing thread: its event file back when it is done.
@@ -1272,6 +1355,10 @@ impl<'a> Outputs<'a> {
             layers::checkpoint::state_dict(self.store.varmap())?,
             self.store.device().is_cpu(),
         )?;
+        if improved {
+            self.best_crc
+                .set(Some(layers::checkpoint::tensors_checksum(&model)?));
+        }
         Ok(Snapshot {
             out: self.out,
             title: self.title,
@@ -1281,6 +1368,7 @@ impl<'a> Outputs<'a> {
             optimizer: host_copies(optimizer.state()?, true)?,
             trained_on: self.trained_on.clone(),
             state: ResumeState {
+                best_crc32c: self.best_crc.get(),
                 train_contents: self.train_contents,
                 test_contents: self.test_contents,
                 ..resume_state(
@@ -1487,6 +1575,7 @@ fn resume_state(
         names: Some(names),
         test_contents: None,
         train_contents: None,
+        best_crc32c: None,
         classes: Some(classes.to_vec()),
         world_size: Some(crate::distributed::rank().map_or(1, |r| r.size)),
         threads: Some(rayon::current_num_threads()),

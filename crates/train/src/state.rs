@@ -87,6 +87,12 @@ pub struct ResumeState {
     /// before, so a resume on them is refused.
     #[serde(default)]
     pub train_contents: Option<u32>,
+    /// The best epoch's weights as `best.safetensors` holds them, their
+    /// [`layers::checkpoint::tensors_checksum`] (`None` in states saved before it was kept, and
+    /// until an epoch of a resumed run improves on them): `evaluate` and `predict` say when the
+    /// file holds other weights (swapped with `last`, rewritten by another tool).
+    #[serde(default)]
+    pub best_crc32c: Option<u32>,
     /// How many compute threads (rayon's pool) trained the last epoch (`None` in states saved
     /// before it was kept): on the CPU the gradients' partial sums follow the threads, so a
     /// resume with another count is said (its weights follow the run to float32 rounding, not
@@ -386,6 +392,17 @@ pub fn saved_epochs(dir: &Path) -> Option<(usize, usize)> {
     recorded::<Recorded>(dir).map(|r| (r.epochs_done, r.best_epoch))
 }
 
+/// The [`ResumeState::best_crc32c`] that the state in `dir` records, read from its header
+/// alone; `None` without a state, or for one that does not record it.
+pub fn saved_best_crc(dir: &Path) -> Option<u32> {
+    #[derive(serde::Deserialize)]
+    struct Recorded {
+        #[serde(default)]
+        best_crc32c: Option<u32>,
+    }
+    recorded::<Recorded>(dir).and_then(|r| r.best_crc32c)
+}
+
 /// The epochs done that `path` records when it is a resume state (whatever its name: a state
 /// given where a checkpoint goes), read from its header alone; `None` for any other file.
 pub fn epochs_of_state_file(path: &Path) -> Option<usize> {
@@ -529,7 +546,7 @@ pub fn crc_of_fingerprints(sums: &[u64]) -> u32 {
 /// The fingerprints of `data`'s files in order ([`datasets::Dataset::fingerprint`], each file's
 /// bytes read once, in parallel; a share per rank in a data-parallel job, gathered on every
 /// rank: every rank must call it, in the same order); `None` for data whose samples come from
-/// no file of their own (MNIST's and CIFAR-10's batches). Sorted ([`sorted`]), they are what
+/// no file of their own (MNIST's and CIFAR-10's batches). Sorted, they are what
 /// [`StateTensors::trained_on`] keeps; in order, their [`crc_of_fingerprints`] is the data's
 /// [`contents_crc`].
 ///
