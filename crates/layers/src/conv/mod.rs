@@ -309,9 +309,14 @@ impl Conv2d {
         eval: Option<&batch_norm::EvalEpilogue>,
     ) -> Result<(Tensor, bool)> {
         // Images of integers (u8 pixels not yet converted) or of another float type than the
-        // kernel's: said here, where Candle's own message names only its im2col or matmul.
+        // kernel's (on the CPU, bf16 or f16 images for a float32 kernel too: autocast takes
+        // float32 images, as PyTorch's): said here, where Candle's own message names only its
+        // im2col or matmul.
         let (x_type, w_type) = (xs.dtype(), self.weight.dtype());
-        if !x_type.is_float() || (x_type == DType::F64) != (w_type == DType::F64) {
+        if !x_type.is_float()
+            || (x_type == DType::F64) != (w_type == DType::F64)
+            || (xs.device().is_cpu() && x_type != w_type)
+        {
             candle_core::bail!(
                 "conv2d: input of dtype {x_type:?} {:?} for a {w_type:?} kernel {:?}: the \
                  convolution takes float images (N, C, H, W) of its kernel's type \

@@ -1437,7 +1437,16 @@ fn an_input_of_another_type_than_the_kernel_is_named() -> Result<()> {
         None,
         Default::default(),
     );
-    for (dtype, name) in [(DType::U8, "U8"), (DType::F64, "F64"), (DType::U32, "U32")] {
+    // bf16 and f16 images too (a new user's: Candle said "dtype mismatch in matmul"), with
+    // autocast on or off.
+    let _bf16 = crate::autocast::enable(DType::BF16)?;
+    for (dtype, name) in [
+        (DType::U8, "U8"),
+        (DType::F64, "F64"),
+        (DType::U32, "U32"),
+        (DType::BF16, "BF16"),
+        (DType::F16, "F16"),
+    ] {
         let xs = Tensor::zeros((2, 3, 8, 8), dtype, &dev)?;
         let err = conv.forward(&xs).unwrap_err().to_string();
         assert!(
