@@ -55,12 +55,33 @@ impl Geometry {
         stride: usize,
         padding: usize,
     ) -> Result<(Self, usize)> {
-        let (_, c, h, w) = xs.dims4()?;
         let (cout, cin, kh, kw) = weight.dims4()?;
+        let Ok((_, c, h, w)) = xs.dims4() else {
+            candle_core::bail!(
+                "conv2d: input of shape {:?}: the convolution takes a batch of images (N, C, H, \
+                 W){}",
+                xs.dims(),
+                match xs.dims() {
+                    [c, _, _] if *c == cin =>
+                        " (one image (C, H, W): xs.unsqueeze(0) makes it a \
+                                              batch of one)",
+                    _ => "",
+                }
+            )
+        };
         if cin != c {
             candle_core::bail!(
-                "conv2d: input has {c} channels, the kernel {:?} expects {cin}",
-                weight.dims()
+                "conv2d: input has {c} channels, the kernel {:?} expects {cin}{}",
+                weight.dims(),
+                match xs.dims()[3] == cin {
+                    // PIL's and NumPy's layout, where PyTorch's is (N, C, H, W).
+                    true => format!(
+                        " (images (N, H, W, C) of shape {:?}? xs.permute((0, 3, 1, 2)) makes \
+                         them (N, C, H, W))",
+                        xs.dims()
+                    ),
+                    false => String::new(),
+                }
             )
         }
         Ok((Self::new(c, h, w, kh, kw, stride, padding)?, cout))

@@ -315,7 +315,7 @@ impl Conv2d {
         let (x_type, w_type) = (xs.dtype(), self.weight.dtype());
         if !x_type.is_float()
             || (x_type == DType::F64) != (w_type == DType::F64)
-            || (xs.device().is_cpu() && x_type != w_type)
+            || (xs.device().is_cpu() && w_type == DType::F32 && x_type != DType::F32)
         {
             candle_core::bail!(
                 "conv2d: input of dtype {x_type:?} {:?} for a {w_type:?} kernel {:?}: the \

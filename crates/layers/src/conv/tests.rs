@@ -1439,24 +1439,68 @@ fn an_input_of_another_type_than_the_kernel_is_named() -> Result<()> {
     );
     // bf16 and f16 images too (a new user's: Candle said "dtype mismatch in matmul"), with
     // autocast on or off.
-    let _bf16 = crate::autocast::enable(DType::BF16)?;
-    for (dtype, name) in [
-        (DType::U8, "U8"),
-        (DType::F64, "F64"),
-        (DType::U32, "U32"),
-        (DType::BF16, "BF16"),
-        (DType::F16, "F16"),
-    ] {
-        let xs = Tensor::zeros((2, 3, 8, 8), dtype, &dev)?;
-        let err = conv.forward(&xs).unwrap_err().to_string();
-        assert!(
-            err.contains(&format!(
-                "input of dtype {name} [2, 3, 8, 8] for a F32 kernel"
-            )) && err.contains("xs.to_dtype(DType::F32)"),
-            "{err}"
-        );
+    for autocast in [false, true] {
+        let _bf16 = autocast
+            .then(|| crate::autocast::enable(DType::BF16))
+            .transpose()?;
+        for (dtype, name) in [
+            (DType::U8, "U8"),
+            (DType::F64, "F64"),
+            (DType::U32, "U32"),
+            (DType::BF16, "BF16"),
+            (DType::F16, "F16"),
+        ] {
+            let xs = Tensor::zeros((2, 3, 8, 8), dtype, &dev)?;
+            let err = conv.forward(&xs).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!(
+                    "input of dtype {name} [2, 3, 8, 8] for a F32 kernel"
+                )) && err.contains("xs.to_dtype(DType::F32)"),
+                "{autocast}: {err}"
+            );
+        }
     }
+    // A bf16 kernel (a network cast whole) takes float32 images as before: the kernel cast.
+    let half = Conv2d::new(
+        Tensor::zeros((4, 3, 3, 3), DType::BF16, &dev)?,
+        None,
+        Default::default(),
+    );
+    let images = Tensor::zeros((2, 3, 8, 8), DType::F32, &dev)?;
+    assert_eq!(half.forward(&images)?.dims(), [2, 4, 6, 6]);
     let fine = Tensor::zeros((2, 3, 8, 8), DType::F32, &dev)?;
     assert_eq!(conv.forward(&fine)?.dims(), [2, 4, 6, 6]);
+    Ok(())
+}
+
+/// Shapes a PyTorch user passes by mistake get the way to the convolution's `(N, C, H, W)`: one
+/// image `(C, H, W)` (which PyTorch's `Conv2d` takes unbatched, and torchvision's models do not),
+/// and images `(N, H, W, C)` as PIL and NumPy lay them out.
+#[test]
+fn an_unbatched_or_channels_last_shape_is_named_with_the_way_out() -> Result<()> {
+    let dev = Device::Cpu;
+    let conv = Conv2d::new(
+        Tensor::zeros((4, 3, 3, 3), DType::F32, &dev)?,
+        None,
+        Default::default(),
+    );
+    let err = conv
+        .forward(&Tensor::zeros((3, 8, 8), DType::F32, &dev)?)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("conv2d: input of shape [3, 8, 8]")
+            && err.contains("xs.unsqueeze(0) makes it a batch of one"),
+        "{err}"
+    );
+    let err = conv
+        .forward(&Tensor::zeros((2, 8, 8, 3), DType::F32, &dev)?)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("conv2d: input has 8 channels, the kernel [4, 3, 3, 3] expects 3")
+            && err.contains("xs.permute((0, 3, 1, 2))"),
+        "{err}"
+    );
     Ok(())
 }
