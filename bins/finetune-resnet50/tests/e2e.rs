@@ -2054,6 +2054,96 @@ fn own_class_folders_need_no_folder_flag() {
     );
 }
 
+/// An image that cannot be read any more, met in an epoch after others were saved (cut short
+/// while the run trains), stops the run naming the file, where it stopped, what is saved and
+/// `--resume` as the way on; once the file is put back, the run continues.
+#[test]
+fn an_image_damaged_mid_run_stops_the_run_saying_what_is_saved() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (data, weights) = folder_and_weights(dir.path(), "data", 4, 2);
+    let out = dir.path().join("run");
+    let args = |epochs: &str| -> Vec<String> {
+        [
+            "--weights",
+            s(&weights),
+            "--folder",
+            "--data-dir",
+            s(&data),
+            "--image-size",
+            "32",
+            "--batch-size",
+            "4",
+            // Augmented: the images are read in each epoch (not once, as frozen features).
+            "--augment",
+            "--device",
+            "cpu",
+            "--out",
+            s(&out),
+            "--epochs",
+            epochs,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_finetune-resnet50"))
+        .args(args("3"))
+        .env("HF_HUB_OFFLINE", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("finetune-resnet50 starts");
+    let (first_epoch, seen) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    let stdout = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.starts_with("epoch 1/3") {
+                let _ = first_epoch.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let mut stderr = child.stderr.take().expect("stderr");
+    let stderr = std::thread::spawn(move || {
+        let mut all = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut all).expect("stderr");
+        all
+    });
+    seen.recv_timeout(std::time::Duration::from_secs(300))
+        .expect("the first epoch ends");
+    let image = data.join("train").join("frog").join("0000.png");
+    let whole = std::fs::read(&image).expect("image");
+    std::fs::write(&image, &whole[..whole.len().min(100)]).expect("truncate");
+    let status = child.wait().expect("wait");
+    let said = format!(
+        "{}{}",
+        stdout.join().expect("stdout"),
+        stderr.join().expect("stderr")
+    );
+    assert!(!status.success(), "{said}");
+    for part in [
+        "the run stopped in epoch ".to_string(),
+        format!(
+            "once the cause is mended, --resume {} continues from there",
+            s(&out)
+        ),
+        s(&image).to_string(),
+    ] {
+        assert!(said.contains(&part), "{part}: {said}");
+    }
+    std::fs::write(&image, &whole).expect("mend");
+    let mut again = args("3");
+    again.extend(["--resume".into(), s(&out).into()]);
+    let resumed = ok(&strs(&again), &[]);
+    assert!(resumed.contains("epoch 3/3"), "{resumed}");
+}
+
 /// An image damaged between a run and its resume (cut short) is found before training, named,
 /// with `--resume` as the way on once it is mended (it stopped the run in its next epoch,
 /// before the state kept the training images' contents); the saved epoch stays as it was, and

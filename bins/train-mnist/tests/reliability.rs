@@ -2439,6 +2439,23 @@ fn resume_on_other_data_is_refused() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// Rewrites the state `path` after `edit` (of its tensors and metadata) without its checksums,
+/// as the README tells a tool that edits tensors to.
+fn rewrite_without_checksums(
+    path: &Path,
+    edit: impl FnOnce(
+        &mut std::collections::HashMap<String, candle_core::Tensor>,
+        &mut std::collections::HashMap<String, String>,
+    ),
+) {
+    let (mut tensors, mut metadata) =
+        layers::checkpoint::read_with_metadata(path).expect("read the state");
+    edit(&mut tensors, &mut metadata);
+    metadata
+        .retain(|k, _| !k.ends_with("crc32c") && !k.starts_with(layers::checkpoint::CHECKSUM_KEY));
+    layers::checkpoint::save_with_metadata(&tensors, Some(metadata), path).expect("rewrite");
+}
+
 /// A state rewritten without its checksums (as the README tells a tool that edits tensors to)
 /// whose best test accuracy is not its history's best (set to 99.9%): a resume would never
 /// replace the best checkpoint again; refused, naming both.
@@ -2446,16 +2463,12 @@ fn resume_on_other_data_is_refused() {
 fn a_state_whose_best_is_not_its_historys_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (_, run) = one_epoch_run(dir.path());
-    let state = run.join(train::rundir::STATE);
-    let (tensors, mut metadata) =
-        layers::checkpoint::read_with_metadata(&state).expect("read the state");
-    let mut resume: serde_json::Value =
-        serde_json::from_str(&metadata["resume_state"]).expect("resume state");
-    resume["best_acc"] = serde_json::json!(99.9);
-    metadata.insert("resume_state".into(), resume.to_string());
-    metadata
-        .retain(|k, _| !k.starts_with(layers::checkpoint::CHECKSUM_KEY) && !k.ends_with("crc32c"));
-    layers::checkpoint::save_with_metadata(&tensors, Some(metadata), &state).expect("rewrite");
+    rewrite_without_checksums(&run.join(train::rundir::STATE), |_, metadata| {
+        let mut resume: serde_json::Value =
+            serde_json::from_str(&metadata["resume_state"]).expect("resume state");
+        resume["best_acc"] = serde_json::json!(99.9);
+        metadata.insert("resume_state".into(), resume.to_string());
+    });
     let out = train_mnist(&["--resume", &s(&run), "--epochs", "2"]);
     let err = stderr(&out);
     assert!(
@@ -2522,9 +2535,9 @@ fn a_best_checkpoint_of_other_weights_is_said() {
 
 /// A state rewritten without its checksums (as the README tells a tool that edits tensors to)
 /// is still checked against what a run writes before a resume restores it: optimizer buffers
-/// removed (Adam's moments would start again from zero), Adam's step counts other than the
-/// steps taken, weights in float16 (cast silently); each refused, naming the tensor, the run
-/// left as it was.
+/// removed (Adam's moments would start again from zero), Adam's step counts above the steps
+/// taken, weights in float16 (cast silently); each refused, naming the tensor, the run left as
+/// it was.
 #[test]
 fn a_state_rewritten_without_checksums_is_checked_as_a_run_writes() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -2541,11 +2554,11 @@ fn a_state_rewritten_without_checksums_is_checked_as_a_run_writes() {
             Box::new(|t| {
                 for (k, v) in t.iter_mut() {
                     if k.ends_with(".step") {
-                        *v = (v.ones_like().expect("ones") * 5.0).expect("five");
+                        *v = (v.ones_like().expect("ones") * 1000.0).expect("a thousand");
                     }
                 }
             }),
-            "is 5, where the run took",
+            "is 1000, where the run took",
         ),
         (
             Box::new(|t| {
@@ -2560,13 +2573,7 @@ fn a_state_rewritten_without_checksums_is_checked_as_a_run_writes() {
     ];
     for (edit, says) in cases {
         std::fs::write(&state, &original).expect("the run's state");
-        let (mut tensors, mut metadata) =
-            layers::checkpoint::read_with_metadata(&state).expect("read the state");
-        edit(&mut tensors);
-        metadata.retain(|k, _| {
-            !k.ends_with("crc32c") && !k.starts_with(layers::checkpoint::CHECKSUM_KEY)
-        });
-        layers::checkpoint::save_with_metadata(&tensors, Some(metadata), &state).expect("rewrite");
+        rewrite_without_checksums(&state, |tensors, _| edit(tensors));
         let rewritten = std::fs::read(&state).expect("state");
         let out = train_mnist(&["--resume", &s(&run), "--epochs", "2"]);
         let err = stderr(&out);
@@ -2575,11 +2582,7 @@ fn a_state_rewritten_without_checksums_is_checked_as_a_run_writes() {
     }
     // Rewritten without checksums but otherwise as the run wrote it: resumed.
     std::fs::write(&state, &original).expect("the run's state");
-    let (tensors, mut metadata) =
-        layers::checkpoint::read_with_metadata(&state).expect("read the state");
-    metadata
-        .retain(|k, _| !k.ends_with("crc32c") && !k.starts_with(layers::checkpoint::CHECKSUM_KEY));
-    layers::checkpoint::save_with_metadata(&tensors, Some(metadata), &state).expect("rewrite");
+    rewrite_without_checksums(&state, |_, _| {});
     let out = train_mnist(&["--resume", &s(&run), "--epochs", "2"]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
@@ -2626,17 +2629,19 @@ fn evaluate_refuses_an_edited_config_or_classes() {
     let mut names: Vec<String> = serde_json::from_slice(&original).expect("json");
     names.swap(0, 1);
     std::fs::write(&classes, serde_json::to_vec(&names).expect("json")).expect("edit");
-    let out = read(&["evaluate"]);
-    let err = stderr(&out);
-    assert!(
-        !out.status.success()
-            && err.contains(&format!(
-                "classes.json and state.safetensors disagree (label 0: {:?} in classes.json, {:?} \
-                 in the state",
-                names[0], names[1]
-            )),
-        "{err}"
-    );
+    for args in [&["evaluate"][..], &["predict", &s(&image)][..]] {
+        let out = read(args);
+        let err = stderr(&out);
+        assert!(
+            !out.status.success()
+                && err.contains(&format!(
+                    "classes.json and state.safetensors disagree (label 0: {:?} in classes.json, \
+                     {:?} in the state",
+                    names[0], names[1]
+                )),
+            "{args:?}: {err}"
+        );
+    }
     // Removed, the state's are read.
     std::fs::remove_file(&classes).expect("remove");
     std::fs::remove_file(&config).expect("remove");

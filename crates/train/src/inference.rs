@@ -2421,8 +2421,10 @@ fn data_of_head(
     if count == data.classes.len() || classes_beside(weights, count).is_some() {
         return Ok(data);
     }
-    let own = datasets::catalog::spec(spec.data)?;
-    if count == spec.default_classes && own.name != data.name {
+    let own = datasets::catalog::spec(spec.data)
+        .ok()
+        .filter(|own| count == spec.default_classes && own.name != data.name);
+    if let Some(own) = own {
         crate::warn!(
             "note: {} has {count} outputs, {}'s classes for {name}, not {}'s {}: the images are \
              read with {}'s evaluation transform (`{}` at {}), as the model's own weights are",

@@ -266,7 +266,8 @@ pub fn train(
                 let started = std::time::Instant::now();
                 let now = crate::state::fingerprints_in_order(train_data).context(
                     "reading the training images' files for their fingerprints (kept in the \
-                 run's state, so that evaluate can tell the images the run trained on)",
+                     run's state, so that evaluate can tell the images the run trained on, and a \
+                     resume that they are the same)",
                 )?;
                 let contents = match &now {
                     Some(sums) => Some(crate::state::crc_of_fingerprints(sums)),
@@ -343,7 +344,8 @@ pub fn train(
     let from_state = (resume.as_ref())
         .filter(|_| writes)
         .map(|(saved, tensors)| (saved.clone(), tensors.model.clone()));
-    if let Some((saved, tensors)) = &resume {
+    // A state without its checksum (rewritten by another tool): checked as a run writes it.
+    if let Some((saved, tensors)) = resume.as_ref().filter(|_| !state::checksummed(out)) {
         state_as_a_run_writes(saved, tensors, store, &reduced)?;
     }
     let saved_best_crc = resume.as_ref().and_then(|(saved, _)| saved.best_crc32c);
@@ -1041,17 +1043,19 @@ fn saved_in(done: usize, out: &Path) -> String {
     }
 }
 
-/// What a run writes in its state, checked before a resume restores it: the checksums refuse
-/// any edit of a state a run wrote, but a state rewritten by another tool without them (as the
-/// README tells such tools to) is read as it is, and these would otherwise go unnoticed:
+/// What a run writes in its state, checked before a resume restores a state without its
+/// checksum: the checksum refuses any edit of a state a run wrote, but a state rewritten by
+/// another tool without it (as the README tells such tools to) is read as it is, and these
+/// would otherwise go unnoticed:
 ///
 /// - weights of another type than the network's (float32; a file rewritten in float16 was
 ///   cast silently, the run going on from rounded weights);
-/// - after a step, a trained parameter without its optimizer buffers (Adam's and AdamW's
-///   moments and step count; SGD's momentum buffer where momentum is not 0): they would start
-///   again from zero;
-/// - an Adam step count other than the optimizer steps taken (`steps_done`): the bias
-///   corrections would be another step's.
+/// - after a step, no trained parameter with its optimizer buffers (Adam's and AdamW's
+///   moments and step count; SGD's momentum buffer where momentum is not 0): they would all
+///   start again from zero (one parameter without them may be one that never had a gradient,
+///   as in PyTorch);
+/// - an Adam step count above the optimizer steps taken (`steps_done`; a parameter without a
+///   gradient at some steps counts fewer): the bias corrections would be another step's.
 ///
 /// # Errors
 /// Names the state, the tensor and what a run writes there.
@@ -1083,26 +1087,29 @@ fn state_as_a_run_writes(
         crate::config::OptimizerKind::Sgd => &["momentum_buffer"],
         _ => &["step", "exp_avg", "exp_avg_sq"],
     };
-    for (name, _) in trained {
-        for buffer in buffers {
-            let key = format!("{name}.{buffer}");
-            let Some(t) = tensors.optimizer.get(&key) else {
-                bail!(
-                    "{}: it holds no optimizer buffer {key}, which a run has after its first \
-                     step ({steps} taken) {edited}",
-                    crate::rundir::STATE
-                );
-            };
-            if *buffer == "step" {
-                let step = t.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                if step != steps as f64 {
-                    bail!(
-                        "{}: optimizer state {key} is {step}, where the run took {steps} steps \
-                         (steps_done) {edited}",
-                        crate::rundir::STATE
-                    );
-                }
-            }
+    if let Some(first) = buffers.first() {
+        let held = |name: &str| tensors.optimizer.contains_key(&format!("{name}.{first}"));
+        if !trained.is_empty() && !trained.iter().any(|(name, _)| held(name)) {
+            bail!(
+                "{}: it holds no optimizer buffer ({first} of {} and the rest), which a run has \
+                 after its first step ({steps} taken) {edited}",
+                crate::rundir::STATE,
+                trained[0].0
+            );
+        }
+    }
+    for (key, t) in tensors
+        .optimizer
+        .iter()
+        .filter(|(k, _)| k.ends_with(".step"))
+    {
+        let step = t.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if step > steps as f64 {
+            bail!(
+                "{}: optimizer state {key} is {step}, where the run took {steps} steps \
+                 (steps_done) {edited}",
+                crate::rundir::STATE
+            );
         }
     }
     Ok(())
@@ -1820,31 +1827,34 @@ fn same_contents(
     changed: &[String],
 ) -> Result<()> {
     match saved {
-        Some(saved) if now != Some(saved) => bail!(
-            "--resume {}: the data is not what the run trained on: its {} images are as many as \
-             the run's, with the same names and labels, but other contents (files changed in \
-             place since the run {}{}); resume on the images the run {}, or start a new run",
-            out.display(),
-            match split {
-                SplitKind::Train => "training",
-                SplitKind::Test => "test",
-            },
-            match split {
-                SplitKind::Train =>
-                    "trained on them: the epochs left would train on other images \
-                                 than the epochs before",
-                SplitKind::Test => "tested on them; its best epoch was chosen on them as they were",
-            },
-            match changed {
-                [] => String::new(),
-                [one] => format!("; changed: {one}"),
-                [first, rest @ ..] => format!("; changed: {first} and {} more", rest.len()),
-            },
-            match split {
-                SplitKind::Train => "trained on",
-                SplitKind::Test => "tested on",
-            },
-        ),
+        Some(saved) if now != Some(saved) => {
+            let (images, since, verb) = match split {
+                SplitKind::Train => (
+                    "training",
+                    "trained on them: the epochs left would train on other images than the \
+                     epochs before",
+                    "trained on",
+                ),
+                SplitKind::Test => (
+                    "test",
+                    "tested on them; its best epoch was chosen on them as they were",
+                    "tested on",
+                ),
+            };
+            bail!(
+                "--resume {}: the data is not what the run trained on: its {images} images are \
+                 as many as the run's, with the same names and labels, but other contents \
+                 (files changed in place since the run {since}{}); put back the files the run \
+                 {verb} (their bytes as they were: a copy decoded and saved again is another \
+                 file), or start a new run",
+                out.display(),
+                match changed {
+                    [] => String::new(),
+                    [one] => format!("; changed: {one}"),
+                    [first, rest @ ..] => format!("; changed: {first} and {} more", rest.len()),
+                },
+            )
+        }
         _ => Ok(()),
     }
 }

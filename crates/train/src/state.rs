@@ -426,6 +426,33 @@ fn saved_header(dir: &Path) -> Option<String> {
     header_of(&dir.join(STATE))
 }
 
+/// Whether the state in `dir` holds the checksums every state a run writes holds, and every
+/// load checks: its tensors' ([`layers::checkpoint::CHECKSUM_KEY`]) and its resume record's,
+/// read from its header alone. A state without them was rewritten by another tool (or saved
+/// before they were kept).
+pub fn checksummed(dir: &Path) -> bool {
+    use std::io::Read;
+    let path = dir.join(STATE);
+    let read = || -> Option<bool> {
+        if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+            return None;
+        }
+        let mut file = std::fs::File::open(&path).ok()?;
+        let mut len = [0u8; 8];
+        file.read_exact(&mut len).ok()?;
+        let len = usize::try_from(u64::from_le_bytes(len))
+            .ok()
+            .filter(|&n| n <= 100_000_000)?;
+        let mut header = vec![0u8; len];
+        file.read_exact(&mut header).ok()?;
+        let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
+        Some(header.get("__metadata__").is_some_and(|m| {
+            m.get(layers::checkpoint::CHECKSUM_KEY).is_some() && m.get(RESUME_CRC_KEY).is_some()
+        }))
+    };
+    read().unwrap_or(false)
+}
+
 /// The resume state's JSON in the header of the safetensors file `path`, without reading its
 /// tensors; `None` for a file that holds none.
 fn header_of(path: &Path) -> Option<String> {
