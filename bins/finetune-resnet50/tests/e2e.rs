@@ -2054,6 +2054,31 @@ fn own_class_folders_need_no_folder_flag() {
     );
 }
 
+/// The arguments of a fine-tuning run of `epochs` on the folder `data` into `out`, augmented:
+/// the images are read in each epoch (not once, as frozen features).
+fn augmented_run(weights: &Path, data: &Path, out: &Path, epochs: &str) -> Vec<String> {
+    [
+        "--weights",
+        s(weights),
+        "--folder",
+        "--data-dir",
+        s(data),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--augment",
+        "--device",
+        "cpu",
+        "--out",
+        s(out),
+        "--epochs",
+        epochs,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// An image that cannot be read any more, met in an epoch after others were saved (cut short
 /// while the run trains), stops the run naming the file, where it stopped, what is saved and
 /// `--resume` as the way on; once the file is put back, the run continues.
@@ -2063,29 +2088,7 @@ fn an_image_damaged_mid_run_stops_the_run_saying_what_is_saved() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (data, weights) = folder_and_weights(dir.path(), "data", 4, 2);
     let out = dir.path().join("run");
-    let args = |epochs: &str| -> Vec<String> {
-        [
-            "--weights",
-            s(&weights),
-            "--folder",
-            "--data-dir",
-            s(&data),
-            "--image-size",
-            "32",
-            "--batch-size",
-            "4",
-            // Augmented: the images are read in each epoch (not once, as frozen features).
-            "--augment",
-            "--device",
-            "cpu",
-            "--out",
-            s(&out),
-            "--epochs",
-            epochs,
-        ]
-        .map(String::from)
-        .to_vec()
-    };
+    let args = |epochs: &str| augmented_run(&weights, &data, &out, epochs);
     let mut child = Command::new(env!("CARGO_BIN_EXE_finetune-resnet50"))
         .args(args("3"))
         .env("HF_HUB_OFFLINE", "1")
@@ -2153,29 +2156,7 @@ fn an_unreadable_image_mid_run_says_what_is_saved() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (data, weights) = folder_and_weights(dir.path(), "data", 4, 2);
     let out = dir.path().join("run");
-    let run = |epochs: &str| -> Vec<String> {
-        [
-            "--weights",
-            s(&weights),
-            "--folder",
-            "--data-dir",
-            s(&data),
-            "--image-size",
-            "32",
-            "--batch-size",
-            "4",
-            // Augmented: the images are read in each epoch (not once, as frozen features).
-            "--augment",
-            "--device",
-            "cpu",
-            "--out",
-            s(&out),
-            "--epochs",
-            epochs,
-        ]
-        .map(String::from)
-        .to_vec()
-    };
+    let run = |epochs: &str| augmented_run(&weights, &data, &out, epochs);
     ok(&strs(&run("1")), &[]);
     let last = out.join(train::rundir::LAST);
     let saved = std::fs::read(&last).expect("last");

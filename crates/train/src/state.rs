@@ -431,31 +431,14 @@ fn saved_header(dir: &Path) -> Option<String> {
 /// read from its header alone. A state without them was rewritten by another tool (or saved
 /// before they were kept).
 pub fn checksummed(dir: &Path) -> bool {
-    use std::io::Read;
-    let path = dir.join(STATE);
-    let read = || -> Option<bool> {
-        if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
-            return None;
-        }
-        let mut file = std::fs::File::open(&path).ok()?;
-        let mut len = [0u8; 8];
-        file.read_exact(&mut len).ok()?;
-        let len = usize::try_from(u64::from_le_bytes(len))
-            .ok()
-            .filter(|&n| n <= 100_000_000)?;
-        let mut header = vec![0u8; len];
-        file.read_exact(&mut header).ok()?;
-        let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
-        Some(header.get("__metadata__").is_some_and(|m| {
-            m.get(layers::checkpoint::CHECKSUM_KEY).is_some() && m.get(RESUME_CRC_KEY).is_some()
-        }))
-    };
-    read().unwrap_or(false)
+    metadata_of(&dir.join(STATE)).is_some_and(|m| {
+        m.get(layers::checkpoint::CHECKSUM_KEY).is_some() && m.get(RESUME_CRC_KEY).is_some()
+    })
 }
 
-/// The resume state's JSON in the header of the safetensors file `path`, without reading its
-/// tensors; `None` for a file that holds none.
-fn header_of(path: &Path) -> Option<String> {
+/// The metadata in the header of the safetensors file `path`, without reading its tensors;
+/// `None` for a file that holds none, or is no regular file.
+fn metadata_of(path: &Path) -> Option<serde_json::Value> {
     use std::io::Read;
     // A pipe or device by the state's name is never opened (the open would wait on a pipe).
     if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
@@ -470,8 +453,14 @@ fn header_of(path: &Path) -> Option<String> {
         .filter(|&n| n <= 100_000_000)?;
     let mut header = vec![0u8; len];
     file.read_exact(&mut header).ok()?;
-    let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
-    let metadata = header.get("__metadata__")?;
+    let mut header: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    Some(header.get_mut("__metadata__")?.take())
+}
+
+/// The resume state's JSON in the header of the safetensors file `path`, without reading its
+/// tensors; `None` for a file that holds none.
+fn header_of(path: &Path) -> Option<String> {
+    let metadata = metadata_of(path)?;
     let text = metadata.get(RESUME_KEY)?.as_str()?;
     // A record damaged since it was written (a flipped digit of its best accuracy, say) is
     // none; states saved before the sum was kept are read as they are.
