@@ -55,35 +55,8 @@ impl Geometry {
         stride: usize,
         padding: usize,
     ) -> Result<(Self, usize)> {
-        let (cout, cin, kh, kw) = weight.dims4()?;
-        let Ok((_, c, h, w)) = xs.dims4() else {
-            candle_core::bail!(
-                "conv2d: input of shape {:?}: the convolution takes a batch of images (N, C, H, \
-                 W){}",
-                xs.dims(),
-                match xs.dims() {
-                    [c, _, _] if *c == cin =>
-                        " (one image (C, H, W): xs.unsqueeze(0) makes it a \
-                                              batch of one)",
-                    _ => "",
-                }
-            )
-        };
-        if cin != c {
-            candle_core::bail!(
-                "conv2d: input has {c} channels, the kernel {:?} expects {cin}{}",
-                weight.dims(),
-                match xs.dims()[3] == cin {
-                    // PIL's and NumPy's layout, where PyTorch's is (N, C, H, W).
-                    true => format!(
-                        " (images (N, H, W, C) of shape {:?}? xs.permute((0, 3, 1, 2)) makes \
-                         them (N, C, H, W))",
-                        xs.dims()
-                    ),
-                    false => String::new(),
-                }
-            )
-        }
+        let (cout, _, kh, kw) = weight.dims4()?;
+        let (_, c, h, w) = check_input(xs, weight, 1)?;
         Ok((Self::new(c, h, w, kh, kw, stride, padding)?, cout))
     }
 
@@ -411,6 +384,116 @@ unsafe fn add_every_other_avx512(src: &[f32], dst: &mut [f32]) {
         }
         i += m;
     }
+}
+
+/// `xs` as a batch (N, C, H, W) of `groups` times the channels of `weight` (O, C / groups, KH,
+/// KW), or an error naming the shapes and, where they look like one image (C, H, W) or images
+/// (N, H, W, C), the way to (N, C, H, W).
+fn check_input(
+    xs: &Tensor,
+    weight: &Tensor,
+    groups: usize,
+) -> Result<(usize, usize, usize, usize)> {
+    let cin = weight.dims().get(1).copied().unwrap_or(0) * groups;
+    let Ok((n, c, h, w)) = xs.dims4() else {
+        candle_core::bail!(
+            "conv2d: input of shape {:?}: the convolution takes a batch of images (N, C, H, W){}",
+            xs.dims(),
+            match xs.dims() {
+                [c, _, _] if *c == cin =>
+                    " (one image (C, H, W): xs.unsqueeze(0) makes it a batch of one)",
+                _ => "",
+            }
+        )
+    };
+    if cin != c {
+        candle_core::bail!(
+            "conv2d: input has {c} channels, the kernel {:?}{} expects {cin}{}",
+            weight.dims(),
+            match groups {
+                1 => String::new(),
+                g => format!(" in {g} groups"),
+            },
+            match xs.dims()[3] == cin {
+                // PIL's and NumPy's layout, where PyTorch's is (N, C, H, W).
+                true => format!(
+                    " (images (N, H, W, C) of shape {:?}? xs.permute((0, 3, 1, 2)) makes them \
+                     (N, C, H, W))",
+                    xs.dims()
+                ),
+                false => String::new(),
+            }
+        )
+    }
+    Ok((n, c, h, w))
+}
+
+/// PyTorch's checks of `F.conv2d`'s arguments, made before any path runs (Candle's grouped and
+/// dilated convolution made none of them: a dilated kernel wider than the input gave a
+/// wrapped-around output size, groups that do not divide the output channels dropped kernels,
+/// a kernel of zero size panicked in the product): positive stride, dilation and groups; a
+/// kernel (O, C / groups, KH, KW) of no zero size whose O divides into the groups; a bias of
+/// O values; an input (N, C, H, W) of C channels whose padded sides hold the dilated kernel.
+pub(super) fn check_conv(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    config: &candle_nn::Conv2dConfig,
+) -> Result<()> {
+    let (stride, padding, dilation, groups) = (
+        config.stride,
+        config.padding,
+        config.dilation,
+        config.groups,
+    );
+    for (name, value) in [
+        ("stride", stride),
+        ("dilation", dilation),
+        ("groups", groups),
+    ] {
+        if value == 0 {
+            candle_core::bail!("conv2d: {name} 0: the {name} must be positive")
+        }
+    }
+    let (cout, kh, kw) = match *weight.dims() {
+        [o, c, kh, kw] if o > 0 && c > 0 && kh > 0 && kw > 0 => (o, kh, kw),
+        _ => candle_core::bail!(
+            "conv2d: kernel of shape {:?}: a kernel is (out channels, in channels / groups, \
+             kH, kW), each at least 1",
+            weight.dims()
+        ),
+    };
+    if cout % groups != 0 {
+        candle_core::bail!(
+            "conv2d: {groups} groups do not divide the kernel {:?}'s {cout} output channels",
+            weight.dims()
+        )
+    }
+    if let Some(b) = bias {
+        if b.dims() != [cout] {
+            candle_core::bail!(
+                "conv2d: bias of shape {:?} for the kernel {:?}: the bias is ({cout}), one value \
+                 per output channel",
+                b.dims(),
+                weight.dims()
+            )
+        }
+    }
+    let (_, _, h, w) = check_input(xs, weight, groups)?;
+    let reach = |k: usize| dilation * (k - 1) + 1;
+    if h + 2 * padding < reach(kh) || w + 2 * padding < reach(kw) {
+        candle_core::bail!(
+            "conv2d: kernel {kh}x{kw}{} does not fit the {h}x{w} input padded by {padding} on \
+             each side ({}x{})",
+            match dilation {
+                1 => String::new(),
+                d => format!(" (dilation {d}: it spans {}x{})", reach(kh), reach(kw)),
+            },
+            h + 2 * padding,
+            w + 2 * padding
+        )
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -326,6 +326,7 @@ impl Conv2d {
                 self.weight.dims()
             )
         }
+        geometry::check_conv(xs, &self.weight, self.bias.as_ref(), &self.config)?;
         if crate::grad_mode::detach_first(&[Some(xs), Some(&self.weight), self.bias.as_ref()]) {
             return self.detached().forward_then(&xs.detach(), bn, eval);
         }

@@ -1504,3 +1504,109 @@ fn an_unbatched_or_channels_last_shape_is_named_with_the_way_out() -> Result<()>
     );
     Ok(())
 }
+
+/// `F.conv2d`'s argument checks, which Candle's grouped and dilated convolution lacked: a
+/// dilated kernel wider than the padded input (an output of 2^64 - 1 rows), groups that do not
+/// divide the output channels (a kernel dropped), dilation 0 (every tap on one pixel), a kernel
+/// of zero size or zero input channels (a panic in the product), a bias of another length
+/// (blamed on the bias's addition). Each is refused before any path runs, naming what is wrong.
+#[test]
+fn arguments_pytorch_refuses_are_refused() -> Result<()> {
+    let dev = Device::Cpu;
+    let zeros = |dims: &[usize]| Tensor::zeros(dims, DType::F32, &dev);
+    let config = |padding, stride, dilation, groups| Conv2dConfig {
+        padding,
+        stride,
+        dilation,
+        groups,
+        cudnn_fwd_algo: None,
+    };
+    // (input dims, kernel dims, bias length, configuration, the error's words)
+    type Case<'a> = (
+        &'a [usize],
+        &'a [usize],
+        Option<usize>,
+        Conv2dConfig,
+        &'a str,
+    );
+    let cases: [Case; 9] = [
+        (
+            &[1, 3, 5, 5],
+            &[2, 3, 3, 3],
+            None,
+            config(0, 1, 3, 1),
+            "(dilation 3: it spans 7x7) does not fit the 5x5 input padded by 0",
+        ),
+        (
+            &[1, 4, 5, 5],
+            &[3, 2, 3, 3],
+            None,
+            config(0, 1, 1, 2),
+            "2 groups do not divide the kernel [3, 2, 3, 3]'s 3 output channels",
+        ),
+        (
+            &[1, 3, 5, 5],
+            &[2, 3, 3, 3],
+            None,
+            config(0, 1, 0, 1),
+            "dilation 0: the dilation must be positive",
+        ),
+        (
+            &[1, 3, 5, 5],
+            &[2, 3, 3, 3],
+            None,
+            config(0, 0, 1, 1),
+            "stride 0: the stride must be positive",
+        ),
+        (
+            &[1, 3, 5, 5],
+            &[2, 3, 3, 3],
+            None,
+            config(0, 1, 1, 0),
+            "groups 0: the groups must be positive",
+        ),
+        (
+            &[2, 3, 4, 4],
+            &[4, 3, 0, 0],
+            None,
+            config(0, 1, 1, 1),
+            "kernel of shape [4, 3, 0, 0]",
+        ),
+        (
+            &[2, 0, 8, 8],
+            &[4, 0, 3, 3],
+            Some(4),
+            config(0, 1, 1, 1),
+            "kernel of shape [4, 0, 3, 3]",
+        ),
+        (
+            &[1, 3, 5, 5],
+            &[2, 3, 3, 3],
+            Some(3),
+            config(0, 1, 1, 1),
+            "bias of shape [3] for the kernel [2, 3, 3, 3]: the bias is (2)",
+        ),
+        (
+            &[1, 6, 5, 5],
+            &[4, 2, 3, 3],
+            None,
+            config(1, 1, 1, 2),
+            "input has 6 channels, the kernel [4, 2, 3, 3] in 2 groups expects 4",
+        ),
+    ];
+    for (x, w, bias, config, want) in cases {
+        let bias = bias.map(|b| zeros(&[b])).transpose()?;
+        let conv = Conv2d::new(zeros(w)?, bias, config);
+        let err = match conv.forward(&zeros(x)?) {
+            Ok(ys) => panic!("{x:?} * {w:?} ({config:?}) gave {:?}", ys.dims()),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(want), "{x:?} * {w:?}: {err}");
+    }
+    // What PyTorch takes still runs: a dilated kernel that just fits, four groups.
+    let conv = Conv2d::new(zeros(&[4, 3, 3, 3])?, None, config(1, 1, 3, 1));
+    assert_eq!(conv.forward(&zeros(&[1, 3, 5, 5])?)?.dims(), [1, 4, 1, 1]);
+    let conv = Conv2d::new(zeros(&[8, 2, 3, 3])?, None, config(1, 2, 1, 4));
+    assert_eq!(conv.forward(&zeros(&[1, 8, 5, 5])?)?.dims(), [1, 8, 3, 3]);
+    Ok(())
+}
