@@ -1644,6 +1644,54 @@ fn stdout_on_a_full_disk_is_an_error_after_the_work() {
     );
 }
 
+/// A failed sync of the run's folder after a file is renamed into it (a failing disk: `EIO`,
+/// injected by `strace` into the syncs of that folder only) stops the run naming the folder and
+/// the file, as a failed sync of the file itself does; a file system that cannot sync a folder
+/// (`EINVAL`) is no error.
+#[test]
+fn a_failed_sync_of_the_run_folder_stops_the_run() {
+    let traced = Command::new("strace")
+        .args(["-qq", "-o", "/dev/null", "true"])
+        .status();
+    if !traced.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: strace cannot run here");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synthetic(dir.path());
+    let root = dir.path().canonicalize().expect("canonical temp dir");
+    let run = |name: &str, error: &str| {
+        let out = root.join(name);
+        let mut args = common_epochs(&data, &out, "1");
+        args.extend(["--device", "cpu"].map(String::from));
+        let done = Command::new("strace")
+            .args(["-f", "-qq", "-o", "/dev/null", "-P", &s(&out)])
+            .args([
+                "-e",
+                "trace=fsync",
+                "-e",
+                &format!("inject=fsync:error={error}"),
+            ])
+            .arg(BIN)
+            .args(&args)
+            .output()
+            .expect("strace runs train-mnist");
+        (out, done)
+    };
+    let (out, done) = run("failing", "EIO");
+    let err = stderr(&done);
+    assert!(!done.status.success(), "a failed folder sync passed: {err}");
+    assert!(
+        err.contains(&format!("cannot sync the folder {}", s(&out)))
+            && err.contains("Input/output error"),
+        "{err}"
+    );
+    assert!(!out.exists(), "a run that saved nothing left {}", s(&out));
+    let (out, done) = run("unsyncable", "EINVAL");
+    assert!(done.status.success(), "{}", stderr(&done));
+    assert!(out.join(train::rundir::BEST).is_file());
+}
+
 /// `--help` opens with what the program does.
 #[test]
 fn help_describes_the_program() {

@@ -167,8 +167,7 @@ pub fn save_with_metadata_renaming(
                 crate::file::sync(&tmp)
                     .with_context(|| format!("cannot sync {}", tmp.display()))?;
                 rename(&tmp, path)?;
-                crate::file::sync_dir(path.parent().unwrap_or(Path::new("")));
-                Ok(())
+                Ok(crate::file::sync_dir_of(path)?)
             });
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);

@@ -57,15 +57,43 @@ pub fn sync_file(file: &std::fs::File) -> Result<()> {
 }
 
 /// After a rename into `dir`: the directory's entry goes to the disk too (`fsync` of the
-/// directory). Best effort: a file system that cannot sync a directory is left as it is.
-pub fn sync_dir(dir: &Path) {
+/// directory), so that after a power cut the name still leads to the new file. A directory
+/// that cannot be opened for reading (a write-only one) or a file system that cannot sync a
+/// directory (`EINVAL`, `ENOTSUP`) is left as it is.
+///
+/// # Errors
+/// The sync fails otherwise (a failing disk: `EIO`): the file renamed may not survive a power
+/// cut, where the rename said it was in place.
+pub fn sync_dir(dir: &Path) -> Result<()> {
     let dir = match dir.as_os_str().is_empty() {
         true => Path::new("."),
         false => dir,
     };
-    if let Ok(dir) = std::fs::File::open(dir) {
-        let _ = dir.sync_all();
+    match std::fs::File::open(dir) {
+        Ok(dir) => sync_file(&dir),
+        Err(_) => Ok(()),
     }
+}
+
+/// [`sync_dir`] of the folder `path` was just renamed into.
+///
+/// # Errors
+/// The sync fails (a failing disk), naming the folder and the file, of the sync's kind.
+pub fn sync_dir_of(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    sync_dir(dir).map_err(|e| {
+        Error::new(
+            e.kind(),
+            format!(
+                "cannot sync the folder {} after renaming {} into it: {e}",
+                dir.display(),
+                path.display()
+            ),
+        )
+    })
 }
 
 /// `Ok` when `path` leads to a regular file (following links); `NotFound` when nothing is

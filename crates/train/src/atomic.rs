@@ -36,8 +36,7 @@ pub fn write_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Resul
         // The data on the disk before the name: a power cut never leaves an empty file there.
         layers::file::sync(&tmp).with_context(|| format!("cannot sync {}", tmp.display()))?;
         rename_into_run(&tmp, path)?;
-        layers::file::sync_dir(path.parent().unwrap_or(Path::new("")));
-        Ok(())
+        Ok(layers::file::sync_dir_of(path)?)
     });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
