@@ -21,9 +21,10 @@ const FORMATS: &str = "JPEG, PNG, BMP, PPM/PGM, TIFF or WebP";
 /// image in `mode`. The format is read from the bytes, not from the file name.
 ///
 /// The pixels are PIL's after `Image.open(f).convert("RGB")` (or `"L"`), torchvision's loader:
-/// a JPEG decoded by libjpeg-turbo as PIL decodes it (`libjpeg_pixels`), alpha dropped, grey from RGB by ITU-R 601-2 as PIL rounds it (`(19595 R + 38470 G + 7471 B
-/// + 2^15) >> 16`), 16-bit RGB and 16-bit grey with alpha by their high byte, 16-bit grey
-/// clipped at 255 (PIL's `I;16`).
+/// a JPEG decoded by libjpeg-turbo as PIL decodes it (`libjpeg_pixels`), alpha dropped, grey
+/// from RGB by ITU-R 601-2 as PIL rounds it (`(19595 R + 38470 G + 7471 B + 2^15) >> 16`),
+/// 16-bit RGB and 16-bit grey with alpha by their high byte, 16-bit grey clipped at 255 (PIL's
+/// `I;16`), a PPM or PGM of another maxval than 255 scaled as PIL scales it.
 ///
 /// Errors: an empty file, a format other than those, a file that is not complete, or an image
 /// with no pixels (a width or height of 0, which a PNM header can declare). libjpeg's errors
@@ -75,6 +76,10 @@ pub fn decode_image(bytes: &[u8], mode: ColorMode) -> Result<U8Image> {
                 Err(e) => return Err(e).context("corrupt or unsupported image data"),
             };
             let (width, height) = (img.width() as usize, img.height() as usize);
+            let img = match format {
+                ImageFormat::Pnm => pnm_levels_as_pil(bytes, img),
+                _ => img,
+            };
             (width, height, pil_pixels(img, grey16_transparency))
         }
     };
@@ -253,6 +258,53 @@ fn pil_pixels(img: image::DynamicImage, grey16_transparency: bool) -> Pixels {
                 .collect(),
         ),
         other => Pixels::Rgb(other.into_rgb8().into_raw()),
+    }
+}
+
+/// A PPM (`P3`, `P6`) whose maxval is not 255, or a PGM (`P2`, `P5`) whose maxval is under
+/// 255, with PIL's 8-bit levels: `round(v / maxval * 255)` in double precision, ties to even
+/// (Python's `round`), at most 255 (Pillow's `PpmDecoder`), where the `image` crate scales to
+/// its sample type's top in single precision, ties away from zero (and a 16-bit PPM then gave
+/// its high byte). A PGM of maxval over 255 is PIL's 16-bit `I`, clipped at 255 by
+/// `convert` ([`clip`]), as it is read already. Other images, and a header the decoder
+/// refused after all, are returned as they are.
+fn pnm_levels_as_pil(bytes: &[u8], img: image::DynamicImage) -> image::DynamicImage {
+    use image::codecs::pnm::{PnmDecoder, PnmSubtype};
+    use image::DynamicImage as D;
+    let Ok(decoder) = PnmDecoder::new(std::io::Cursor::new(bytes)) else {
+        return img;
+    };
+    let max = decoder.header().maximal_sample();
+    let colour = match decoder.subtype() {
+        PnmSubtype::Pixmap(_) if max != 255 => true,
+        PnmSubtype::Graymap(_) if max < 255 => false,
+        _ => return img,
+    };
+    let (width, height) = (img.width(), img.height());
+    // What the `image` crate made of each value 0..=max, and PIL's level for it; values above
+    // maxval saturate in both (at the sample type's top, at 255).
+    let top: u32 = if max > 255 { 65535 } else { 255 };
+    let mut levels = vec![255u8; top as usize + 1];
+    let factor = top as f32 / max as f32;
+    for v in 0..=max {
+        let decoded = ((v as f32 * factor).round() as u32).min(top);
+        levels[decoded as usize] = ((f64::from(v) / f64::from(max)) * 255.0)
+            .round_ties_even()
+            .min(255.0) as u8;
+    }
+    let level = |decoded: u16| levels[usize::from(decoded).min(top as usize)];
+    let pixels: Option<Vec<u8>> = match (&img, colour) {
+        (D::ImageRgb8(rgb), true) => Some(rgb.as_raw().iter().map(|&v| level(v.into())).collect()),
+        (D::ImageRgb16(rgb), true) => Some(rgb.as_raw().iter().map(|&v| level(v)).collect()),
+        (D::ImageLuma8(grey), false) => {
+            Some(grey.as_raw().iter().map(|&v| level(v.into())).collect())
+        }
+        _ => None,
+    };
+    match (pixels, colour) {
+        (Some(p), true) => image::RgbImage::from_raw(width, height, p).map_or(img, D::ImageRgb8),
+        (Some(p), false) => image::GrayImage::from_raw(width, height, p).map_or(img, D::ImageLuma8),
+        (None, _) => img,
     }
 }
 

@@ -31,6 +31,51 @@ fn decoded_png_is_chw_with_known_pixels() {
     assert_eq!(grey.shape(), (1, 2, 3));
 }
 
+/// PPM and PGM files of another maxval than 255 have PIL's levels (Pillow 13.0's values,
+/// printed by `Image.open(f).convert("RGB")`): `round(v / maxval * 255)` with ties to even
+/// (30 of 100 is 76, 10 of 100 is 26), where the `image` crate rounded ties up and a 16-bit PPM
+/// gave its high byte (65407 of 65535 is 255 in both, 383 is 1 here and 1 there, 32768 128).
+#[test]
+fn pnm_levels_of_another_maxval_are_pils() {
+    let file = |magic: &str, w: usize, max: u32, values: &[u32], two: bool| {
+        let mut bytes = format!("{magic}\n{w} 1\n{max}\n").into_bytes();
+        for v in values {
+            match (magic, two) {
+                ("P2" | "P3", _) => bytes.extend(format!("{v} ").bytes()),
+                (_, true) => bytes.extend((*v as u16).to_be_bytes()),
+                (_, false) => bytes.push(*v as u8),
+            }
+        }
+        bytes
+    };
+    let percent = [0, 1, 2, 10, 30, 50, 70, 90, 99, 100, 33, 67];
+    let of_100 = [0, 3, 5, 26, 76, 128, 178, 230, 252, 255, 84, 171];
+    let per_mille: Vec<u32> = percent.iter().map(|v| v * 10).collect();
+    let sixteen = [
+        0, 1, 127, 128, 255, 256, 383, 384, 32767, 32768, 65407, 65535,
+    ];
+    let of_sixteen = [0, 0, 0, 0, 1, 1, 1, 1, 127, 128, 255, 255];
+    let sevenths = [0, 1, 2, 3, 4, 5, 6, 7, 3, 4, 5, 6];
+    let of_7 = [0, 36, 73, 109, 146, 182, 219, 255, 109, 146, 182, 219];
+    for (bytes, want, rgb) in [
+        (file("P6", 4, 100, &percent, false), &of_100, true),
+        (file("P6", 4, 1000, &per_mille, true), &of_100, true),
+        (file("P3", 4, 1000, &per_mille, false), &of_100, true),
+        (file("P6", 4, 65535, &sixteen, true), &of_sixteen, true),
+        (file("P5", 12, 100, &percent, false), &of_100, false),
+        (file("P2", 12, 7, &sevenths, false), &of_7, false),
+    ] {
+        let img = decode_image(&bytes, ColorMode::Rgb).unwrap();
+        // (3, 1, W) planes: the first plane's values in pixel order, or each pixel's three.
+        let got: Vec<u8> = match rgb {
+            true => (0..12).map(|i| img.data[(i % 3) * 4 + i / 3]).collect(),
+            false => img.data[..12].to_vec(),
+        };
+        let head = String::from_utf8_lossy(&bytes[..12]).into_owned();
+        assert_eq!(got, want, "{head:?}");
+    }
+}
+
 /// The pixels are PIL's (Pillow 13.0, `Image.open(f).convert("RGB")` and `.convert("L")`, the
 /// values below printed by it): grey from RGB rounded as its `rgb2l`, 16-bit RGB and 16-bit
 /// grey with alpha by the high byte, 16-bit grey clipped at 255.
