@@ -1271,7 +1271,9 @@ fn evaluate_scores_a_checkpoint_file_on_image_folders() {
         );
     }
 
-    // A head of two classes on a folder of three: refused, saying so.
+    // A head of two classes on a folder of three: refused, saying so, and naming the hidden
+    // folder that torchvision's ImageFolder would have made a fourth class.
+    std::fs::create_dir(data.join(".ipynb_checkpoints")).expect("hidden folder");
     let store = ParamStore::new(11, &Device::Cpu);
     transfer::build("resnet18", 2, store.vb()).expect("resnet18");
     let two = dir.path().join("two.safetensors");
@@ -1294,7 +1296,9 @@ fn evaluate_scores_a_checkpoint_file_on_image_folders() {
     );
     assert!(
         err.contains("its fc.weight has 2 rows (classes), and the image folder --data-dir")
-            && err.contains("has 3 class folders"),
+            && err.contains("has 3 class folders")
+            && err.contains("hidden folders are not classes here")
+            && err.contains(".ipynb_checkpoints"),
         "{err}"
     );
 }

@@ -646,12 +646,10 @@ pub fn load_data_then(
     })
 }
 
-/// The image files of the image folder `root` (a directory; none for an archive) that stand
-/// in no class folder, so that no class reads them: directly in `root`, and, where `root` holds
-/// the split (`train/` with `test/` or `val/`), directly in `train/` and the test split's
-/// folder, beside their class folders. Hidden names are left out, as the folder's reading
-/// leaves them out. Sorted.
-fn loose_images(root: &Path) -> Vec<PathBuf> {
+/// The folders of the image folder `root` (a directory; none for an archive) whose subfolders
+/// are classes: `root`, and, where `root` holds the split (`train/` with `test/` or `val/`),
+/// `train/` and the test split's folder.
+fn class_levels(root: &Path) -> Vec<PathBuf> {
     let mut dirs = vec![root.to_path_buf()];
     let test = ["test", "val"]
         .map(|d| root.join(d))
@@ -660,18 +658,50 @@ fn loose_images(root: &Path) -> Vec<PathBuf> {
     if let (true, Some(test)) = (root.join("train").is_dir(), test) {
         dirs.extend([root.join("train"), test]);
     }
-    let mut loose: Vec<PathBuf> = dirs
+    dirs
+}
+
+/// The entries beside the class folders of the image folder `root` ([`class_levels`]) that
+/// `keep` keeps (by name and path), sorted.
+fn beside_classes(root: &Path, keep: impl Fn(&str, &Path) -> bool) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = class_levels(root)
         .iter()
         .filter_map(|dir| std::fs::read_dir(dir).ok())
         .flat_map(|entries| entries.flatten())
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            !name.starts_with('.') && datasets::is_image(&name) && e.path().is_file()
-        })
+        .filter(|e| keep(&e.file_name().to_string_lossy(), &e.path()))
         .map(|e| e.path())
         .collect();
-    loose.sort();
-    loose
+    found.sort();
+    found
+}
+
+/// The image files of the image folder `root` that stand in no class folder, so that no class
+/// reads them: directly in `root`, `train/` or the test split's folder ([`class_levels`]).
+/// Hidden names are left out, as the folder's reading leaves them out.
+fn loose_images(root: &Path) -> Vec<PathBuf> {
+    beside_classes(root, |name, path| {
+        !name.starts_with('.') && datasets::is_image(name) && path.is_file()
+    })
+}
+
+/// The hidden folders (`.ipynb_checkpoints`, `.git`) beside the class folders of the image
+/// folder `root`: passed over, where torchvision's `ImageFolder` makes each one a class.
+pub(crate) fn hidden_class_folders(root: &Path) -> Vec<PathBuf> {
+    beside_classes(root, |name, path| name.starts_with('.') && path.is_dir())
+}
+
+/// `paths` as a message lists them: the first three, then how many more.
+pub(crate) fn first_paths(paths: &[PathBuf]) -> String {
+    const SHOWN: usize = 3;
+    let mut named: Vec<String> = paths
+        .iter()
+        .take(SHOWN)
+        .map(|p| p.display().to_string())
+        .collect();
+    if paths.len() > SHOWN {
+        named.push(format!("{} more", paths.len() - SHOWN));
+    }
+    named.join(", ")
 }
 
 /// A note when class names have characters the pictures' font has no glyph for (a CJK script,
@@ -731,18 +761,16 @@ fn say_read(config: &RunConfig, split: &datasets::Split) {
     if let Some(dir) = config.data_dir.as_deref().filter(|d| folder(d)) {
         let loose = loose_images(dir);
         if !loose.is_empty() {
-            const SHOWN: usize = 3;
-            let mut named: Vec<String> = loose
-                .iter()
-                .take(SHOWN)
-                .map(|p| p.display().to_string())
-                .collect();
-            if loose.len() > SHOWN {
-                named.push(format!("{} more", loose.len() - SHOWN));
-            }
             note += &format!(
                 "; passed over, as in no class folder (as torchvision's ImageFolder does): {}",
-                named.join(", ")
+                first_paths(&loose)
+            );
+        }
+        let hidden = hidden_class_folders(dir);
+        if !hidden.is_empty() {
+            note += &format!(
+                "; passed over, as hidden (torchvision's ImageFolder makes each a class): {}",
+                first_paths(&hidden)
             );
         }
     }
@@ -1271,6 +1299,24 @@ mod tests {
             names(root.path()),
             ["stray.JPG", "test/loose.png", "train/a.bmp"]
         );
+        // Hidden folders where classes are (not below them, not hidden files).
+        for rel in [
+            ".ipynb_checkpoints/x.png",
+            "train/.git/y.jpg",
+            "test/cat/.z/w.jpg",
+        ] {
+            put(rel)?;
+        }
+        let hidden: Vec<String> = hidden_class_folders(root.path())
+            .iter()
+            .map(|p| {
+                p.strip_prefix(root.path())
+                    .expect("inside")
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(hidden, [".ipynb_checkpoints", "train/.git"]);
         Ok(())
     }
 

@@ -1447,18 +1447,25 @@ fn evaluate_with_model(args: &EvaluateArgs, recipe: &Recipe, name: &str) -> Resu
         zoo::load_frozen(name, count, Some(&weights), &device, 0).map_err(|e| {
             // A head of another number of classes (an ImageNet checkpoint, say): why that many.
             match head_rows(name, &weights) {
-                Some((rows, head)) if rows != count && config.dataset == DatasetKind::Folder => e
-                    .context(format!(
+                Some((rows, head)) if rows != count && config.dataset == DatasetKind::Folder => {
+                    let dir = config.data_dir.as_deref().unwrap_or(Path::new(""));
+                    let hidden = crate::cli::hidden_class_folders(dir);
+                    e.context(format!(
                         "--weights {}: its {head} has {rows} rows (classes), and the image \
                          folder --data-dir {}, which --model {name} is scored on, has {count} \
-                         class folders (torchvision's ImageFolder labels them in name order)",
+                         class folders (torchvision's ImageFolder labels them in name order){}",
                         weights.display(),
-                        config
-                            .data_dir
-                            .as_deref()
-                            .unwrap_or(Path::new(""))
-                            .display(),
-                    )),
+                        dir.display(),
+                        match hidden.is_empty() {
+                            true => String::new(),
+                            false => format!(
+                                "; hidden folders are not classes here, where torchvision's \
+                                 ImageFolder makes each one a class: {}",
+                                crate::cli::first_paths(&hidden)
+                            ),
+                        }
+                    ))
+                }
                 Some((rows, head)) if rows != count => e.context(format!(
                     "--weights {}: its {head} has {rows} rows (classes), and {}'s test split, \
                      which --model {name} is scored on, has {count} classes{}",
