@@ -53,6 +53,14 @@ const MIN_BF16_CHANNELS: usize = 16;
 /// `nn.Conv2d`: weight (out, in / groups, k, k), optional bias (out). The output is in the
 /// input's memory format ([`memory_format`](crate::memory_format): a channels-last input gives
 /// a channels-last output); the weight stays (out, in / groups, k, k) either way.
+///
+/// The arguments are checked as `F.conv2d` checks them (positive stride, dilation and groups,
+/// groups dividing both channel counts, a bias of one value per output channel, a dilated
+/// kernel that fits the padded input); each refusal names what is wrong. One difference from
+/// PyTorch's CPU results: a 3x3 stride-1 convolution of 16 or more input channels runs
+/// Winograd's F(2x2, 3x3), whose transforms subtract neighbouring values, so an infinite input
+/// value gives NaN at the outputs around it where PyTorch gives an infinity (finite inputs
+/// agree to float32 rounding, NaN inputs give NaN in both).
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     weight: Tensor,

@@ -11,14 +11,35 @@ mod cpu;
 #[cfg(test)]
 mod tests;
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 
 pub use config::{Pool2d, PoolKind};
 
+/// `xs` as pooling takes it: (N, C, H, W) with channels and positions (a batch may be
+/// empty), as PyTorch's `max_pool2d` and `avg_pool2d` check it; one image (C, H, W) is named
+/// with the way to a batch.
+fn check_input(xs: &Tensor) -> Result<()> {
+    match *xs.dims() {
+        [_, c, h, w] if c > 0 && h > 0 && w > 0 => Ok(()),
+        _ => candle_core::bail!(
+            "pooling expects (N, C, H, W) input with C, H and W at least 1, got {:?}{}",
+            xs.dims(),
+            match xs.rank() {
+                3 => " (one image (C, H, W): xs.unsqueeze(0) makes it a batch of one)",
+                _ => "",
+            }
+        ),
+    }
+}
+
 impl Module for Pool2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        if xs.rank() != 4 {
-            candle_core::bail!("pooling expects (N, C, H, W) input, got {:?}", xs.shape())
+        check_input(xs)?;
+        // bf16 and f16 (as PyTorch pools them on the CPU: in float32, rounded back; the
+        // maxima are exact).
+        let dtype = xs.dtype();
+        if xs.device().is_cpu() && matches!(dtype, DType::BF16 | DType::F16) {
+            return self.forward(&xs.to_dtype(DType::F32)?)?.to_dtype(dtype);
         }
         // A channels-last input is pooled in (N, C, H, W) order and handed on channels-last.
         crate::memory_format::keep(xs, |xs| {
@@ -41,10 +62,8 @@ impl Pool2d {
     /// # Errors
     /// As [`Module::forward`] (`xs` is not `(N, C, H, W)`, or the geometry is refused).
     pub fn forward_relu(&self, xs: &Tensor) -> Result<Tensor> {
-        if xs.rank() != 4 {
-            candle_core::bail!("pooling expects (N, C, H, W) input, got {:?}", xs.shape())
-        }
-        match xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32 {
+        check_input(xs)?;
+        match xs.device().is_cpu() && xs.dtype() == DType::F32 {
             true => crate::memory_format::keep(xs, |xs| {
                 xs.contiguous()?.apply_op1(cpu::PoolOp::with_relu(*self))
             }),
@@ -83,7 +102,8 @@ impl Inner {
 
 /// `F.max_pool2d(xs, kernel, stride, padding, ceil_mode=ceil_mode)` on `(N, C, H, W)`, giving
 /// `(N, C, H_out, W_out)` ([`Pool2d::output_size`]); on ties the gradient goes to the first
-/// maximum of the window, as PyTorch.
+/// maximum of the window, as PyTorch.  f32 and f64; bf16 and f16 are pooled in float32 on the CPU
+/// and rounded back, as PyTorch pools them there.
 ///
 /// # Errors
 /// `xs` is not `(N, C, H, W)`, or the geometry is refused ([`Pool2d::output_size`]).

@@ -254,3 +254,45 @@ fn pooling_with_its_relu_in_one_op_gives_the_same_bits() -> Result<()> {
     }
     Ok(())
 }
+
+/// bf16 (and f16) maps are pooled as PyTorch pools them on the CPU: in float32, rounded back
+/// (they were refused, "pooling supports f32 and f64 tensors"), gradients included; maps with
+/// no channels or positions are refused as PyTorch refuses them, and one image (C, H, W) is
+/// named with the way to a batch.
+#[test]
+fn bf16_maps_pool_in_float32_and_empty_maps_are_refused() -> Result<()> {
+    let dev = Device::Cpu;
+    let x = Tensor::arange(0f32, 2. * 3. * 5. * 5., &dev)?
+        .sin()?
+        .reshape((2, 3, 5, 5))?
+        .to_dtype(DType::BF16)?;
+    for pool in [
+        Pool2d::max(3, 2).padding(1),
+        Pool2d::avg(2, 2).ceil_mode(true),
+    ] {
+        let want = pool
+            .forward(&x.to_dtype(DType::F32)?)?
+            .to_dtype(DType::BF16)?;
+        let got = pool.forward(&x)?;
+        assert_eq!(got.dtype(), DType::BF16);
+        assert_eq!(
+            got.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+            want.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?
+        );
+        let v = candle_core::Var::from_tensor(&x)?;
+        let grads = pool.forward(v.as_tensor())?.sum_all()?.backward()?;
+        assert_eq!(
+            grads.get(v.as_tensor()).map(|g| g.dtype()),
+            Some(DType::BF16)
+        );
+    }
+    for dims in [[2, 0, 4, 4], [1, 2, 0, 4]] {
+        let empty = Tensor::zeros(&dims, DType::F32, &dev)?;
+        let err = Pool2d::max(2, 2).forward(&empty).unwrap_err().to_string();
+        assert!(err.contains("C, H and W at least 1"), "{err}");
+    }
+    let image = Tensor::zeros((3, 4, 4), DType::F32, &dev)?;
+    let err = Pool2d::avg(2, 2).forward(&image).unwrap_err().to_string();
+    assert!(err.contains("xs.unsqueeze(0)"), "{err}");
+    Ok(())
+}
