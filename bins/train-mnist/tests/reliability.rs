@@ -1753,13 +1753,17 @@ fn extreme_flag_values_never_panic() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
-/// A file where a directory belongs (--data-dir, --out, --resume) is named as such.
+/// A file where a directory belongs (--data-dir, --out, --resume) is named as such, and so is
+/// an --out that links to nothing (creating it said only "File exists").
 #[test]
 fn a_file_given_for_a_directory_is_named() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = synthetic(dir.path());
     let file = dir.path().join("notes.txt");
     std::fs::write(&file, "mine").expect("file");
+    let dangling = dir.path().join("dangling");
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).expect("link");
     let idx = Path::new(&data).join("train-images-idx3-ubyte");
     for (args, expected) in [
         (
@@ -1773,6 +1777,15 @@ fn a_file_given_for_a_directory_is_named() {
         (
             vec!["--resume".into(), s(&file)],
             "a file, not a run directory",
+        ),
+        (
+            vec![
+                "--data-dir".into(),
+                data.clone(),
+                "--out".into(),
+                s(&dangling),
+            ],
+            "nowhere, which does not exist: make that folder, or remove the link",
         ),
     ] {
         let run = train_mnist(&args.iter().map(String::as_str).collect::<Vec<_>>());

@@ -1694,6 +1694,7 @@ fn test_and_write(
     // One process, or rank 0 of a sharded evaluation, writes.
     let writes = crate::distributed::writes();
     if writes {
+        crate::rundir::refuse_dangling_link(out)?;
         std::fs::create_dir_all(out)
             .with_context(|| format!("--out {}: cannot create the directory", out.display()))?;
     }

@@ -729,6 +729,7 @@ impl RunDir {
                 path.display()
             );
         }
+        refuse_dangling_link(path)?;
         let mut made_parents = match created {
             true => crate::cli::missing_parents(path),
             false => Vec::new(),
@@ -1401,6 +1402,27 @@ fn is_temporary(name: &str) -> bool {
             !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) && older(temporary)
         });
     tempfile_crate || atomic || older(name) || probe
+}
+
+/// Refuses `--out path` when it is a link to nothing (creating it would say only "File
+/// exists"), naming where the link points.
+///
+/// # Errors
+/// As said.
+pub(crate) fn refuse_dangling_link(path: &Path) -> Result<()> {
+    let dangling = path
+        .symlink_metadata()
+        .is_ok_and(|m| m.file_type().is_symlink())
+        && !path.exists();
+    if dangling {
+        let target = std::fs::read_link(path).unwrap_or_default();
+        bail!(
+            "--out {}: a link to {}, which does not exist: make that folder, or remove the link",
+            path.display(),
+            target.display()
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
