@@ -11,7 +11,7 @@ use crate::{Dataset, InMemory, Rng, Split};
 use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// How an ImageFolder keeps its images.
@@ -402,6 +402,13 @@ struct Picks {
     origin: String,
 }
 
+/// Where the folder `path` leads when it is a link to a folder (of a directory's listing; an
+/// archive's members are no paths here), else `None`.
+fn linked_folder(path: &Path) -> Option<PathBuf> {
+    let linked = path.symlink_metadata().ok()?.file_type().is_symlink() && path.is_dir();
+    linked.then(|| std::fs::canonicalize(path).ok()).flatten()
+}
+
 /// Lists the samples under `dir/<class>/` for every class in `classes`: every class folder must
 /// exist and hold an image, and a folder of another class is an error. `of_training`: the
 /// classes are the training split's (the test half of a `train/` + `test/` layout), not
@@ -466,14 +473,19 @@ fn samples_of(
         keyed.push((label, parent, name, i));
     }
     for (label, class) in classes.iter().enumerate() {
+        let place = listing.place(&join(dir, class));
         ensure!(
             keyed.iter().any(|k| k.0 == label),
-            "{}: {} (no {} images, hidden files such as .x.jpg not counted; {})",
-            listing.place(&join(dir, class)),
-            if of_training {
-                "missing or empty class folder"
-            } else {
-                "empty class folder"
+            "{place}: {} (no {} images, hidden files such as .x.jpg not counted; {})",
+            match (linked_folder(Path::new(&place)), of_training) {
+                (Some(target), _) => format!(
+                    "a link to the folder {}, already read, whose images count once (where \
+                     torchvision's ImageFolder reads them twice, once for each class), so this \
+                     class has none",
+                    target.display()
+                ),
+                (None, true) => "missing or empty class folder".into(),
+                (None, false) => "empty class folder".into(),
             },
             IMAGE_EXTENSIONS.join("/"),
             if of_training {

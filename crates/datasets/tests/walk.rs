@@ -56,6 +56,26 @@ fn a_linked_folder_counts_once_at_its_real_place() {
     assert_eq!(labels, [0, 0, 1, 1]);
 }
 
+/// A class folder that links to another class's folder (torchvision's ImageFolder reads the
+/// images again as the second class): it holds none here, and the refusal says it is a link to
+/// a folder already read, not that it is empty.
+#[test]
+fn a_class_linked_to_another_class_is_named_as_a_link() {
+    let dir = tempdir().unwrap();
+    let root = write_folder(dir.path(), &[""], &["a", "b"], 3, 4, 4);
+    symlink("a", root.join("c")).unwrap();
+    let msg = chain(&load_within_seconds(&root).unwrap_err());
+    let real_a = root.join("a").canonicalize().unwrap();
+    assert!(
+        msg.contains(&format!(
+            "{}: a link to the folder {}, already read",
+            root.join("c").display(),
+            real_a.display()
+        )),
+        "{msg}"
+    );
+}
+
 #[test]
 fn a_folder_outside_the_tree_linked_twice_is_entered_once() {
     let dir = tempdir().unwrap();
@@ -67,8 +87,12 @@ fn a_folder_outside_the_tree_linked_twice_is_entered_once() {
     // so train/b holds no images.
     let msg = chain(&load_within_seconds(&root).unwrap_err());
     let train_b = root.join("train").join("b").display().to_string();
+    let real_b = elsewhere.join("b").canonicalize().unwrap();
     assert!(
-        msg.contains(&format!("{train_b}: empty class folder (no ")),
+        msg.contains(&format!(
+            "{train_b}: a link to the folder {}, already read, whose images count once",
+            real_b.display()
+        )),
         "{msg}"
     );
     std::fs::remove_file(root.join("train").join("b")).unwrap();
