@@ -276,11 +276,18 @@ pub(super) fn tensor_step(
         }
     }
     // `exp_avg.lerp_(grad, 1 - beta1)` as PyTorch's `lerp` computes it (`Lerp.h`): from the
-    // nearer end, with the weight in float32.
-    let w = (1.0 - c.beta1) as f32;
+    // nearer end, with the weight in the tensors' arithmetic type (`opmath_t`): double for
+    // float64 tensors, float32 otherwise (float32, and bf16 or f16, computed in float32).
+    let (w, one_minus_w) = match exp_avg.dtype() {
+        DType::F64 => (1.0 - c.beta1, 1.0 - (1.0 - c.beta1)),
+        _ => {
+            let w = (1.0 - c.beta1) as f32;
+            (f64::from(w), f64::from(1.0 - w))
+        }
+    };
     let exp_avg = match w < 0.5 {
-        true => (exp_avg + ((&grad - exp_avg)? * f64::from(w))?)?,
-        false => (&grad - ((&grad - exp_avg)? * f64::from(1.0 - w))?)?,
+        true => (exp_avg + ((&grad - exp_avg)? * w)?)?,
+        false => (&grad - ((&grad - exp_avg)? * one_minus_w)?)?,
     };
     let exp_avg_sq = ((exp_avg_sq * c.beta2)? + ((&grad * (1.0 - c.beta2))? * &grad)?)?;
     let bias_correction1 = 1.0 - c.beta1.powf(step as f64);
