@@ -35,6 +35,16 @@ impl LrSchedule for CosineAnnealingLr {
         }
         lr
     }
+
+    /// `t_max` at least 1 (PyTorch divides by it).
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.t_max >= 1,
+            "CosineAnnealingLR: t_max {} (the steps of a half period) must be at least 1",
+            self.t_max
+        );
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,9 @@ use super::LrSchedule;
 /// The rate rises from `max_lr / div_factor` to `max_lr` over the first `pct_start` of the
 /// steps, then falls to `max_lr / div_factor / final_div_factor`; the momentum (or Adam's beta1)
 /// moves the opposite way between `max_momentum` and `base_momentum` when `cycle_momentum` is set.
+/// [`LrSchedule::check`] refuses what PyTorch refuses. Past `total_steps` the rate follows the
+/// cosine on (PyTorch raises on a step past `total_steps`); only cosine annealing in two phases
+/// is offered (no `anneal_strategy="linear"`, no `three_phase`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OneCycleLr {
     /// The peak learning rate.
@@ -81,6 +84,43 @@ impl LrSchedule for OneCycleLr {
             (0, pct) => annealing_cos(self.max_momentum, self.base_momentum, pct),
             (_, pct) => annealing_cos(self.base_momentum, self.max_momentum, pct),
         })
+    }
+
+    /// PyTorch's checks (`total_steps` positive, `pct_start` in [0, 1]) and its phases' lengths
+    /// positive: the rising phase ends at step `pct_start * total_steps - 1`, which PyTorch
+    /// divides by (a ZeroDivisionError where it is 0, where this gave NaN), and the falling one
+    /// must end after it; positive, finite divisors.
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.total_steps >= 1,
+            "OneCycleLR: total_steps {} must be at least 1",
+            self.total_steps
+        );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.pct_start),
+            "OneCycleLR: pct_start {} must lie in [0, 1]",
+            self.pct_start
+        );
+        let end_up = self.pct_start * self.total_steps as f64 - 1.0;
+        let end_down = self.total_steps as f64 - 1.0;
+        anyhow::ensure!(
+            end_up != 0.0 && end_down != end_up,
+            "OneCycleLR: pct_start {} of {} total steps makes a phase of no length (the rise \
+             ends at step pct_start * total_steps - 1 = {end_up}, the fall at {end_down}): \
+             PyTorch divides by it; choose other values",
+            self.pct_start,
+            self.total_steps
+        );
+        for (name, value) in [
+            ("div_factor", self.div_factor),
+            ("final_div_factor", self.final_div_factor),
+        ] {
+            anyhow::ensure!(
+                value.is_finite() && value > 0.0,
+                "OneCycleLR: {name} {value} must be positive and finite"
+            );
+        }
+        Ok(())
     }
 }
 

@@ -17,6 +17,16 @@ impl LrSchedule for StepLr {
     fn lr(&self, t: usize) -> f64 {
         decayed(self.base_lr, self.gamma, t / self.step_size.max(1))
     }
+
+    /// `step_size` at least 1 (PyTorch divides by it).
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.step_size >= 1,
+            "StepLR: step_size {} (the steps between decays) must be at least 1",
+            self.step_size
+        );
+        Ok(())
+    }
 }
 
 /// `torch.optim.lr_scheduler.MultiStepLR`: multiply by `gamma` at each milestone reached
