@@ -19,12 +19,29 @@ use candle_core::{DType, Tensor, D};
 /// ```
 ///
 /// # Errors
-/// `label_smoothing` outside `[0, 1]`, `logits` not `(N, K)`, or `labels` not `(N,)`.
+/// `label_smoothing` outside `[0, 1]`, `logits` not `(N, K)` or of no sample (PyTorch gives
+/// NaN), `labels` not `(N,)`, of a float dtype (PyTorch refuses it; a cast would truncate), or
+/// a label outside the classes (checked on the CPU).
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor, label_smoothing: f64) -> Result<Tensor> {
     if !(0.0..=1.0).contains(&label_smoothing) {
         bail!("label smoothing must lie in [0, 1], got {label_smoothing}");
     }
     let (n, _) = logits.dims2()?;
+    if labels.dtype().is_float() {
+        bail!(
+            "cross-entropy: labels of dtype {:?}: the labels are class indices of an integer \
+             dtype (u8, u32, i64), as PyTorch's cross_entropy wants Long (a float label would \
+             be truncated: labels.to_dtype(DType::U32) after checking they are whole)",
+            labels.dtype()
+        );
+    }
+    if n == 0 {
+        bail!(
+            "cross-entropy: an empty batch (logits of shape {:?}): the mean over no samples \
+             is undefined (PyTorch gives NaN)",
+            logits.dims()
+        );
+    }
     if labels.dims() != [n] {
         bail!(
             "cross-entropy: labels of shape {:?} for logits of shape {:?}: the labels must be \
@@ -116,6 +133,24 @@ mod tests {
             "{err}"
         );
         assert!(cross_entropy(&logits, &column.squeeze(1)?, 0.0).is_ok());
+        Ok(())
+    }
+
+    /// Float labels are refused, as PyTorch refuses them (they were truncated: 1.9 read as
+    /// class 1, NaN as class 0), and so is an empty batch (Candle said "empty tensor for
+    /// reduce").
+    #[test]
+    fn float_labels_and_an_empty_batch_are_refused() -> Result<()> {
+        let logits = Tensor::zeros((3, 5), DType::F32, &Device::Cpu)?;
+        let floats = Tensor::new(&[0.5f32, 1.9, 3.99], &Device::Cpu)?;
+        let err = cross_entropy(&logits, &floats, 0.0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("labels of dtype F32"), "{err}");
+        let empty = Tensor::zeros((0, 5), DType::F32, &Device::Cpu)?;
+        let none = Tensor::zeros(0, DType::U32, &Device::Cpu)?;
+        let err = cross_entropy(&empty, &none, 0.1).unwrap_err().to_string();
+        assert!(err.contains("an empty batch"), "{err}");
         Ok(())
     }
 
