@@ -402,11 +402,28 @@ struct Picks {
     origin: String,
 }
 
-/// Where the folder `path` leads when it is a link to a folder (of a directory's listing; an
-/// archive's members are no paths here), else `None`.
-fn linked_folder(path: &Path) -> Option<PathBuf> {
-    let linked = path.symlink_metadata().ok()?.file_type().is_symlink() && path.is_dir();
-    linked.then(|| std::fs::canonicalize(path).ok()).flatten()
+/// Where the class folder `rel` of a directory's `listing` leads, and the folder of the listing
+/// whose images were read from there, when `rel` is a link to a folder the walk read under
+/// another name (each real folder is entered once); else `None` (an archive's members are no
+/// paths here).
+fn read_elsewhere(listing: &Listing, rel: &str) -> Option<(PathBuf, String)> {
+    let path = listing.origin.join(rel);
+    if !path.symlink_metadata().ok()?.file_type().is_symlink() || !path.is_dir() {
+        return None;
+    }
+    let target = std::fs::canonicalize(&path).ok()?;
+    let read = listing.dirs.iter().find(|other| {
+        *other != rel
+            && std::fs::canonicalize(listing.origin.join(other))
+                .ok()
+                .as_ref()
+                == Some(&target)
+            && listing
+                .files
+                .iter()
+                .any(|(file, _)| file.starts_with(&format!("{other}/")))
+    })?;
+    Some((target, listing.place(read)))
 }
 
 /// Lists the samples under `dir/<class>/` for every class in `classes`: every class folder must
@@ -477,10 +494,10 @@ fn samples_of(
         ensure!(
             keyed.iter().any(|k| k.0 == label),
             "{place}: {} (no {} images, hidden files such as .x.jpg not counted; {})",
-            match (linked_folder(Path::new(&place)), of_training) {
-                (Some(target), _) => format!(
-                    "a link to the folder {}, already read, whose images count once (where \
-                     torchvision's ImageFolder reads them twice, once for each class), so this \
+            match (read_elsewhere(listing, &join(dir, class)), of_training) {
+                (Some((target, read)), _) => format!(
+                    "a link to the folder {}, already read as {read}, whose images count once \
+                     (where torchvision's ImageFolder reads them again for this class), so this \
                      class has none",
                     target.display()
                 ),

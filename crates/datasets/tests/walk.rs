@@ -68,10 +68,20 @@ fn a_class_linked_to_another_class_is_named_as_a_link() {
     let real_a = root.join("a").canonicalize().unwrap();
     assert!(
         msg.contains(&format!(
-            "{}: a link to the folder {}, already read",
+            "{}: a link to the folder {}, already read as {}",
             root.join("c").display(),
-            real_a.display()
+            real_a.display(),
+            root.join("a").display()
         )),
+        "{msg}"
+    );
+    // A link to an empty folder is an empty class folder, as before.
+    std::fs::remove_file(root.join("c")).unwrap();
+    std::fs::create_dir(dir.path().join("nothing")).unwrap();
+    symlink(dir.path().join("nothing"), root.join("c")).unwrap();
+    let msg = chain(&load_within_seconds(&root).unwrap_err());
+    assert!(
+        msg.contains(&format!("{}: empty class folder", root.join("c").display())),
         "{msg}"
     );
 }
@@ -90,8 +100,9 @@ fn a_folder_outside_the_tree_linked_twice_is_entered_once() {
     let real_b = elsewhere.join("b").canonicalize().unwrap();
     assert!(
         msg.contains(&format!(
-            "{train_b}: a link to the folder {}, already read, whose images count once",
-            real_b.display()
+            "{train_b}: a link to the folder {}, already read as {}, whose images count once",
+            real_b.display(),
+            root.join("test").join("b").display()
         )),
         "{msg}"
     );
