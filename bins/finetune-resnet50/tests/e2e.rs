@@ -1273,7 +1273,10 @@ fn evaluate_scores_a_checkpoint_file_on_image_folders() {
 
     // A head of two classes on a folder of three: refused, saying so, and naming the hidden
     // folder that torchvision's ImageFolder would have made a fourth class.
-    std::fs::create_dir(data.join(".ipynb_checkpoints")).expect("hidden folder");
+    let hidden = data.join("test").join(".ipynb_checkpoints");
+    std::fs::create_dir(&hidden).expect("hidden folder");
+    let an_image = datasets::image_files_below(&data).expect("images")[0].clone();
+    std::fs::copy(&an_image, hidden.join("copy.png")).expect("an image in it");
     let store = ParamStore::new(11, &Device::Cpu);
     transfer::build("resnet18", 2, store.vb()).expect("resnet18");
     let two = dir.path().join("two.safetensors");

@@ -684,10 +684,23 @@ fn loose_images(root: &Path) -> Vec<PathBuf> {
     })
 }
 
-/// The hidden folders (`.ipynb_checkpoints`, `.git`) beside the class folders of the image
-/// folder `root`: passed over, where torchvision's `ImageFolder` makes each one a class.
+/// The hidden folders (`.ipynb_checkpoints`, `.git`) among the class folders of the image
+/// folder `root` (those of `train/` and the test split where `root` holds the split, else those
+/// of `root`): passed over, where torchvision's `ImageFolder` makes each one a class (and
+/// refuses one without images).
 pub(crate) fn hidden_class_folders(root: &Path) -> Vec<PathBuf> {
-    beside_classes(root, |name, path| name.starts_with('.') && path.is_dir())
+    let levels = class_levels(root);
+    let split = levels.len() > 1;
+    let mut hidden: Vec<PathBuf> = levels
+        .iter()
+        .skip(usize::from(split))
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flat_map(|entries| entries.flatten())
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.') && e.path().is_dir())
+        .map(|e| e.path())
+        .collect();
+    hidden.sort();
+    hidden
 }
 
 /// `paths` as a message lists them: the first three, then how many more.
@@ -769,7 +782,8 @@ fn say_read(config: &RunConfig, split: &datasets::Split) {
         let hidden = hidden_class_folders(dir);
         if !hidden.is_empty() {
             note += &format!(
-                "; passed over, as hidden (torchvision's ImageFolder makes each a class): {}",
+                "; passed over, as hidden (torchvision's ImageFolder makes each a class, or \
+                 refuses one without images): {}",
                 first_paths(&hidden)
             );
         }
@@ -1307,16 +1321,21 @@ mod tests {
         ] {
             put(rel)?;
         }
-        let hidden: Vec<String> = hidden_class_folders(root.path())
-            .iter()
-            .map(|p| {
-                p.strip_prefix(root.path())
-                    .expect("inside")
-                    .display()
-                    .to_string()
-            })
-            .collect();
-        assert_eq!(hidden, [".ipynb_checkpoints", "train/.git"]);
+        let hidden = |root: &Path| -> Vec<String> {
+            hidden_class_folders(root)
+                .iter()
+                .map(|p| p.strip_prefix(root).expect("inside").display().to_string())
+                .collect()
+        };
+        // With the split there, ROOT's own hidden folder is none of ImageFolder(train/)'s.
+        assert_eq!(hidden(root.path()), ["train/.git"]);
+        let flat = tempfile::tempdir()?;
+        for rel in ["cat/0.jpg", ".ipynb_checkpoints/x.png", ".notes.txt"] {
+            let path = flat.path().join(rel);
+            std::fs::create_dir_all(path.parent().expect("parent"))?;
+            std::fs::write(path, b"x")?;
+        }
+        assert_eq!(hidden(flat.path()), [".ipynb_checkpoints"]);
         Ok(())
     }
 

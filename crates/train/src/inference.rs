@@ -1460,7 +1460,8 @@ fn evaluate_with_model(args: &EvaluateArgs, recipe: &Recipe, name: &str) -> Resu
                             true => String::new(),
                             false => format!(
                                 "; hidden folders are not classes here, where torchvision's \
-                                 ImageFolder makes each one a class: {}",
+                                 ImageFolder makes each one a class (or refuses one without \
+                                 images): {}",
                                 crate::cli::first_paths(&hidden)
                             ),
                         }
