@@ -1508,8 +1508,9 @@ fn an_unbatched_or_channels_last_shape_is_named_with_the_way_out() -> Result<()>
 /// `F.conv2d`'s argument checks, which Candle's grouped and dilated convolution lacked: a
 /// dilated kernel wider than the padded input (an output of 2^64 - 1 rows), groups that do not
 /// divide the output channels (a kernel dropped), dilation 0 (every tap on one pixel), a kernel
-/// of zero size or zero input channels (a panic in the product), a bias of another length
-/// (blamed on the bias's addition). Each is refused before any path runs, naming what is wrong.
+/// of zero size (a panic in the product), a bias of another length (blamed on the bias's
+/// addition). Each is refused before any path runs, naming what is wrong. Zero input channels
+/// panicked too: refused here, where PyTorch 2.15 returns an empty (N, 0, H', W') output.
 #[test]
 fn arguments_pytorch_refuses_are_refused() -> Result<()> {
     let dev = Device::Cpu;

@@ -39,7 +39,10 @@ impl Module for Pool2d {
         // maxima are exact).
         let dtype = xs.dtype();
         if xs.device().is_cpu() && matches!(dtype, DType::BF16 | DType::F16) {
-            return self.forward(&xs.to_dtype(DType::F32)?)?.to_dtype(dtype);
+            // In the input's memory format (a cast gives a contiguous tensor).
+            return crate::memory_format::keep(xs, |xs| {
+                self.forward(&xs.to_dtype(DType::F32)?)?.to_dtype(dtype)
+            });
         }
         // A channels-last input is pooled in (N, C, H, W) order and handed on channels-last.
         crate::memory_format::keep(xs, |xs| {

@@ -285,6 +285,13 @@ fn bf16_maps_pool_in_float32_and_empty_maps_are_refused() -> Result<()> {
             grads.get(v.as_tensor()).map(|g| g.dtype()),
             Some(DType::BF16)
         );
+        // A channels-last map stays channels-last (a cast alone gives a contiguous one).
+        let last = pool.forward(&crate::memory_format::to_channels_last(&x)?)?;
+        assert!(crate::memory_format::is_channels_last(&last));
+        assert_eq!(
+            last.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+            got.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?
+        );
     }
     for dims in [[2, 0, 4, 4], [1, 2, 0, 4]] {
         let empty = Tensor::zeros(&dims, DType::F32, &dev)?;
