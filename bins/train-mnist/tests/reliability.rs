@@ -1785,7 +1785,7 @@ fn a_file_given_for_a_directory_is_named() {
                 "--out".into(),
                 s(&dangling),
             ],
-            "nowhere, which does not exist: make that folder, or remove the link",
+            "nowhere, which does not exist (or cannot be reached): make that folder",
         ),
     ] {
         let run = train_mnist(&args.iter().map(String::as_str).collect::<Vec<_>>());

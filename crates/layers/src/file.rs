@@ -58,8 +58,9 @@ pub fn sync_file(file: &std::fs::File) -> Result<()> {
 
 /// After a rename into `dir`: the directory's entry goes to the disk too (`fsync` of the
 /// directory), so that after a power cut the name still leads to the new file. A directory
-/// that cannot be opened for reading (a write-only one) or a file system that cannot sync a
-/// directory (`EINVAL`, `ENOTSUP`) is left as it is.
+/// that cannot be opened (for reading: a write-only one; or with no file handle left) or a
+/// system that cannot sync a directory so opened (`EINVAL`, `ENOTSUP`, `EBADF`) is left as it
+/// is.
 ///
 /// # Errors
 /// The sync fails otherwise (a failing disk: `EIO`): the file renamed may not survive a power
@@ -69,9 +70,13 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         true => Path::new("."),
         false => dir,
     };
-    match std::fs::File::open(dir) {
-        Ok(dir) => sync_file(&dir),
-        Err(_) => Ok(()),
+    let Ok(dir) = std::fs::File::open(dir) else {
+        return Ok(());
+    };
+    match sync_file(&dir) {
+        // EBADF: systems that sync no directory opened for reading (PostgreSQL passes it over).
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) => Ok(()),
+        other => other,
     }
 }
 

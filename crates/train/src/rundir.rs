@@ -1416,8 +1416,14 @@ pub(crate) fn refuse_dangling_link(path: &Path) -> Result<()> {
         && !path.exists();
     if dangling {
         let target = std::fs::read_link(path).unwrap_or_default();
+        // A relative target is read from the link's folder.
+        let target = match target.is_relative() {
+            true => path.parent().unwrap_or(Path::new("")).join(target),
+            false => target,
+        };
         bail!(
-            "--out {}: a link to {}, which does not exist: make that folder, or remove the link",
+            "--out {}: a link to {}, which does not exist (or cannot be reached): make that \
+             folder, or remove the link",
             path.display(),
             target.display()
         );
