@@ -261,13 +261,14 @@ fn pil_pixels(img: image::DynamicImage, grey16_transparency: bool) -> Pixels {
     }
 }
 
-/// A PPM (`P3`, `P6`) whose maxval is not 255, or a PGM (`P2`, `P5`) whose maxval is under
-/// 255, with PIL's 8-bit levels: `round(v / maxval * 255)` in double precision, ties to even
-/// (Python's `round`), at most 255 (Pillow's `PpmDecoder`), where the `image` crate scales to
-/// its sample type's top in single precision, ties away from zero (and a 16-bit PPM then gave
-/// its high byte). A PGM of maxval over 255 is PIL's 16-bit `I`, clipped at 255 by
-/// `convert` ([`clip`]), as it is read already. Other images, and a header the decoder
-/// refused after all, are returned as they are.
+/// A PPM (`P3`, `P6`) or PGM (`P2`, `P5`) whose maxval is not 255 with PIL's 8-bit levels:
+/// `round(v / maxval * 255)` in double precision, ties to even (Python's `round`), at most 255
+/// (Pillow's `PpmDecoder`), where the `image` crate scales to its sample type's top in single
+/// precision, ties away from zero (and a 16-bit PPM then gave its high byte); a PGM of maxval
+/// over 255 is PIL's 16-bit `I`, `round(v / maxval * 65535)`, clipped at 255 by `convert`
+/// (65535 is read as it is). A value above maxval in a plain (ASCII) file saturates, where PIL
+/// refuses it. Other images, and a header the decoder refused after all, are returned as they
+/// are.
 fn pnm_levels_as_pil(bytes: &[u8], img: image::DynamicImage) -> image::DynamicImage {
     use image::codecs::pnm::{PnmDecoder, PnmSubtype};
     use image::DynamicImage as D;
@@ -277,8 +278,14 @@ fn pnm_levels_as_pil(bytes: &[u8], img: image::DynamicImage) -> image::DynamicIm
     let max = decoder.header().maximal_sample();
     let colour = match decoder.subtype() {
         PnmSubtype::Pixmap(_) if max != 255 => true,
-        PnmSubtype::Graymap(_) if max < 255 => false,
+        PnmSubtype::Graymap(_) if max != 255 && max != 65535 => false,
         _ => return img,
+    };
+    // PIL's top: 255 for RGB and 8-bit grey; a grey of maxval over 255 is its 16-bit `I`,
+    // clipped at 255 by `convert`.
+    let pil_top = match !colour && max > 255 {
+        true => 65535.0,
+        false => 255.0,
     };
     let (width, height) = (img.width(), img.height());
     // What the `image` crate made of each value 0..=max, and PIL's level for it; values above
@@ -288,7 +295,7 @@ fn pnm_levels_as_pil(bytes: &[u8], img: image::DynamicImage) -> image::DynamicIm
     let factor = top as f32 / max as f32;
     for v in 0..=max {
         let decoded = ((v as f32 * factor).round() as u32).min(top);
-        levels[decoded as usize] = ((f64::from(v) / f64::from(max)) * 255.0)
+        levels[decoded as usize] = ((f64::from(v) / f64::from(max)) * pil_top)
             .round_ties_even()
             .min(255.0) as u8;
     }
@@ -299,6 +306,7 @@ fn pnm_levels_as_pil(bytes: &[u8], img: image::DynamicImage) -> image::DynamicIm
         (D::ImageLuma8(grey), false) => {
             Some(grey.as_raw().iter().map(|&v| level(v.into())).collect())
         }
+        (D::ImageLuma16(grey), false) => Some(grey.as_raw().iter().map(|&v| level(v)).collect()),
         _ => None,
     };
     match (pixels, colour) {

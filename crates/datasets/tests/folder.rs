@@ -57,19 +57,29 @@ fn pnm_levels_of_another_maxval_are_pils() {
     let of_sixteen = [0, 0, 0, 0, 1, 1, 1, 1, 127, 128, 255, 255];
     let sevenths = [0, 1, 2, 3, 4, 5, 6, 7, 3, 4, 5, 6];
     let of_7 = [0, 36, 73, 109, 146, 182, 219, 255, 109, 146, 182, 219];
-    for (bytes, want, rgb) in [
+    // A 16-bit grey: PIL's `I`, `round(v / maxval * 65535)`, clipped at 255.
+    let eight = [0, 1, 2, 3, 4, 5, 6, 7];
+    let of_1542 = [0, 42, 85, 128, 170, 212, 255, 255];
+    let of_510 = [0, 128, 255, 255, 255, 255, 255, 255];
+    let cases: [(Vec<u8>, &[u8], bool); 8] = [
         (file("P6", 4, 100, &percent, false), &of_100, true),
         (file("P6", 4, 1000, &per_mille, true), &of_100, true),
         (file("P3", 4, 1000, &per_mille, false), &of_100, true),
         (file("P6", 4, 65535, &sixteen, true), &of_sixteen, true),
         (file("P5", 12, 100, &percent, false), &of_100, false),
         (file("P2", 12, 7, &sevenths, false), &of_7, false),
-    ] {
+        (file("P5", 8, 1542, &eight, true), &of_1542, false),
+        (file("P2", 8, 510, &eight, false), &of_510, false),
+    ];
+    for (bytes, want, rgb) in cases {
         let img = decode_image(&bytes, ColorMode::Rgb).unwrap();
         // (3, 1, W) planes: the first plane's values in pixel order, or each pixel's three.
+        let n = want.len();
         let got: Vec<u8> = match rgb {
-            true => (0..12).map(|i| img.data[(i % 3) * 4 + i / 3]).collect(),
-            false => img.data[..12].to_vec(),
+            true => (0..n)
+                .map(|i| img.data[(i % 3) * (n / 3) + i / 3])
+                .collect(),
+            false => img.data[..n].to_vec(),
         };
         let head = String::from_utf8_lossy(&bytes[..12]).into_owned();
         assert_eq!(got, want, "{head:?}");
