@@ -199,13 +199,17 @@ mod tests {
         156, 139, 38, 111, 182, 85, 64, 128,
     ];
 
-    #[test]
-    fn matches_pillow_down_and_up() {
-        let (w, h) = (17, 13);
+    /// The grey `w` x `h` test pattern the Pillow values above were computed on.
+    fn pattern(w: usize, h: usize) -> U8Image {
         let data = (0..h)
             .flat_map(|y| (0..w).map(move |x| ((x * 37 + y * 91 + (x * y) % 7) % 256) as u8))
             .collect();
-        let img = U8Image::new(1, h, w, data).unwrap();
+        U8Image::new(1, h, w, data).unwrap()
+    }
+
+    #[test]
+    fn matches_pillow_down_and_up() {
+        let img = pattern(17, 13);
         assert_eq!(resize_bilinear(&img, 5, 7).data, PILLOW_7X5);
         assert_eq!(resize_bilinear(&img, 20, 9).data, PILLOW_9X20);
     }
@@ -220,11 +224,9 @@ mod tests {
 
     #[test]
     fn a_tall_image_runs_the_vertical_pass_first_as_pillow_13() {
-        let (w, h) = (9, 31);
-        let data = (0..h)
-            .flat_map(|y| (0..w).map(move |x| ((x * 37 + y * 91 + (x * y) % 7) % 256) as u8))
-            .collect();
-        let img = U8Image::new(1, h, w, data).unwrap();
-        assert_eq!(resize_bilinear(&img, 7, 4).data, PILLOW_13_4X7_OF_9X31);
+        assert_eq!(
+            resize_bilinear(&pattern(9, 31), 7, 4).data,
+            PILLOW_13_4X7_OF_9X31
+        );
     }
 }
