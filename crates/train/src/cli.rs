@@ -661,10 +661,9 @@ fn class_levels(root: &Path) -> Vec<PathBuf> {
     dirs
 }
 
-/// The entries beside the class folders of the image folder `root` ([`class_levels`]) that
-/// `keep` keeps (by name and path), sorted.
-fn beside_classes(root: &Path, keep: impl Fn(&str, &Path) -> bool) -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = class_levels(root)
+/// The entries of the folders `dirs` that `keep` keeps (by name and path), sorted.
+fn entries_of(dirs: &[PathBuf], keep: impl Fn(&str, &Path) -> bool) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = dirs
         .iter()
         .filter_map(|dir| std::fs::read_dir(dir).ok())
         .flat_map(|entries| entries.flatten())
@@ -679,7 +678,7 @@ fn beside_classes(root: &Path, keep: impl Fn(&str, &Path) -> bool) -> Vec<PathBu
 /// reads them: directly in `root`, `train/` or the test split's folder ([`class_levels`]).
 /// Hidden names are left out, as the folder's reading leaves them out.
 fn loose_images(root: &Path) -> Vec<PathBuf> {
-    beside_classes(root, |name, path| {
+    entries_of(&class_levels(root), |name, path| {
         !name.starts_with('.') && datasets::is_image(name) && path.is_file()
     })
 }
@@ -690,17 +689,10 @@ fn loose_images(root: &Path) -> Vec<PathBuf> {
 /// refuses one without images).
 pub(crate) fn hidden_class_folders(root: &Path) -> Vec<PathBuf> {
     let levels = class_levels(root);
-    let split = levels.len() > 1;
-    let mut hidden: Vec<PathBuf> = levels
-        .iter()
-        .skip(usize::from(split))
-        .filter_map(|dir| std::fs::read_dir(dir).ok())
-        .flat_map(|entries| entries.flatten())
-        .filter(|e| e.file_name().to_string_lossy().starts_with('.') && e.path().is_dir())
-        .map(|e| e.path())
-        .collect();
-    hidden.sort();
-    hidden
+    let split = usize::from(levels.len() > 1);
+    entries_of(&levels[split..], |name, path| {
+        name.starts_with('.') && path.is_dir()
+    })
 }
 
 /// `paths` as a message lists them: the first three, then how many more.
