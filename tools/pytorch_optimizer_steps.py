@@ -29,6 +29,10 @@ CASES = {
     "adam": dict(opt="adam", lr=1e-2),
     "adam_beta1_04_wd": dict(opt="adam", lr=1e-2, betas=(0.4, 0.999), weight_decay=0.1),
     "adamw": dict(opt="adamw", lr=1e-2, weight_decay=0.05),
+    "sgd_maximize": dict(opt="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, maximize=True),
+    "adam_amsgrad_wd": dict(opt="adam", lr=1e-2, weight_decay=0.1, amsgrad=True),
+    "adamw_amsgrad_maximize": dict(opt="adamw", lr=1e-2, weight_decay=0.05, amsgrad=True,
+                                   maximize=True),
 }
 OUT = os.path.join(os.path.dirname(__file__), "..", "crates", "optim", "tests", "data",
                    "pytorch_optimizer_steps.safetensors")
@@ -57,11 +61,13 @@ def child(seed):
         if c["opt"] == "sgd":
             opt = torch.optim.SGD([p], lr=c["lr"], momentum=c.get("momentum", 0.0),
                                   dampening=c.get("dampening", 0.0), nesterov=c.get("nesterov", False),
-                                  weight_decay=c.get("weight_decay", 0.0), foreach=False)
+                                  weight_decay=c.get("weight_decay", 0.0),
+                                  maximize=c.get("maximize", False), foreach=False)
         else:
             cls = torch.optim.AdamW if c["opt"] == "adamw" else torch.optim.Adam
             opt = cls([p], lr=c["lr"], betas=c.get("betas", (0.9, 0.999)),
-                      weight_decay=c.get("weight_decay", 0.0), foreach=False)
+                      weight_decay=c.get("weight_decay", 0.0), amsgrad=c.get("amsgrad", False),
+                      maximize=c.get("maximize", False), foreach=False)
         steps = []
         for k in range(STEPS):
             p.grad = torch.from_numpy(grads[k].copy())

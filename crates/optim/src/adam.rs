@@ -25,6 +25,11 @@ pub struct AdamConfig {
     pub weight_decay: f64,
     /// Decoupled weight decay, which makes this `AdamW`.
     pub decoupled: bool,
+    /// AMSGrad (Reddi et al., 2018): the denominator takes the largest second moment so far
+    /// (kept as `max_exp_avg_sq`), PyTorch's `amsgrad`.
+    pub amsgrad: bool,
+    /// Maximize the objective: step along the gradient, not against it (PyTorch's `maximize`).
+    pub maximize: bool,
 }
 
 impl AdamConfig {
@@ -37,6 +42,8 @@ impl AdamConfig {
             eps: 1e-8,
             weight_decay: 0.0,
             decoupled: false,
+            amsgrad: false,
+            maximize: false,
         }
     }
 
@@ -56,15 +63,32 @@ struct Param {
     moments: Option<Moments>,
 }
 
-struct Moments {
-    step: u64,
-    exp_avg: Tensor,
-    exp_avg_sq: Tensor,
+/// Adam's state of one parameter tensor (or of a flat group of them).
+pub(super) struct Moments {
+    /// The steps taken (from 1, once one was).
+    pub step: u64,
+    pub exp_avg: Tensor,
+    pub exp_avg_sq: Tensor,
+    /// With `amsgrad`, the largest `exp_avg_sq` so far, element by element.
+    pub max_exp_avg_sq: Option<Tensor>,
+}
+
+impl Moments {
+    /// The zeros of the first step.
+    fn zeros(c: &AdamConfig, like: &Tensor) -> Result<Self> {
+        Ok(Self {
+            step: 0,
+            exp_avg: like.zeros_like()?,
+            exp_avg_sq: like.zeros_like()?,
+            max_exp_avg_sq: c.amsgrad.then(|| like.zeros_like()).transpose()?,
+        })
+    }
 }
 
 /// Adam (or AdamW with [`AdamConfig::adamw`]) as PyTorch's single-tensor path computes it:
-/// `m = lerp(m, g, 1 - beta1)`; `v = beta2 * v + (1 - beta2) * g * g`;
-/// `p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)`.
+/// `g = -g` (with `maximize`); `m = lerp(m, g, 1 - beta1)`; `v = beta2 * v + (1 - beta2) * g * g`;
+/// `p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)`, with `amsgrad` the
+/// largest `v` so far in place of `v`.
 /// Adam adds `weight_decay * p` to the gradient; AdamW first multiplies `p` by `1 - lr * weight_decay`.
 pub struct Adam {
     params: Vec<Param>,
@@ -134,34 +158,20 @@ impl Adam {
             };
             let m = match p.moments.take() {
                 Some(m) => m,
-                None => Moments {
-                    step: 0,
-                    exp_avg: grad.zeros_like()?,
-                    exp_avg_sq: grad.zeros_like()?,
-                },
+                None => Moments::zeros(&c, grad)?,
             };
-            let step = m.step + 1;
+            let m = Moments {
+                step: m.step + 1,
+                ..m
+            };
             if fused::applies(&p.var, grad) {
-                fused::step(
-                    &c,
-                    self.rounding,
-                    step,
-                    &p.var,
-                    grad,
-                    &m.exp_avg,
-                    &m.exp_avg_sq,
-                )?;
-                p.moments = Some(Moments { step, ..m });
+                fused::step(&c, self.rounding, &p.var, grad, &m)?;
+                p.moments = Some(m);
                 continue;
             }
-            let (param, exp_avg, exp_avg_sq) =
-                tensor_step(&c, step, p.var.as_tensor(), grad, &m.exp_avg, &m.exp_avg_sq)?;
+            let (param, m) = tensor_step(&c, p.var.as_tensor(), grad, &m)?;
             p.var.set(&param)?;
-            p.moments = Some(Moments {
-                step,
-                exp_avg,
-                exp_avg_sq,
-            });
+            p.moments = Some(m);
         }
         Ok(())
     }
@@ -219,20 +229,24 @@ impl Adam {
                         Some(m) => m,
                         None => (grad.zeros_like()?, grad.zeros_like()?),
                     };
+                    // `amsgrad` and `maximize` step per tensor (`Optimizer::step`).
+                    let m = Moments {
+                        step,
+                        exp_avg,
+                        exp_avg_sq,
+                        max_exp_avg_sq: None,
+                    };
                     // f32 on the CPU: the fused step, in place (the flat moments are this
                     // optimizer's own), rounding as the per-tensor update does.
-                    let (param, exp_avg, exp_avg_sq) = match flat::fused_var(&param, &grad)? {
+                    let (param, m) = match flat::fused_var(&param, &grad)? {
                         Some(var) => {
-                            let (c, r) = (&self.config, self.rounding);
-                            fused::step(c, r, step, &var, &grad, &exp_avg, &exp_avg_sq)?;
-                            (var.into_inner(), exp_avg, exp_avg_sq)
+                            fused::step(&self.config, self.rounding, &var, &grad, &m)?;
+                            (var.into_inner(), m)
                         }
-                        None => {
-                            tensor_step(&self.config, step, &param, &grad, &exp_avg, &exp_avg_sq)?
-                        }
+                        None => tensor_step(&self.config, &param, &grad, &m)?,
                     };
                     flat::scatter(&param, vars.iter().copied())?;
-                    (exp_avg, exp_avg_sq)
+                    (m.exp_avg, m.exp_avg_sq)
                 }
             };
             let views = flat::views(&exp_avg, vars.iter().copied())?
@@ -243,6 +257,7 @@ impl Adam {
                     step,
                     exp_avg,
                     exp_avg_sq,
+                    max_exp_avg_sq: None,
                 });
             }
             self.flat.put(members, vec![exp_avg, exp_avg_sq]);
@@ -256,18 +271,20 @@ impl Adam {
     }
 }
 
-/// Adam step number `step` (from 1) as whole-tensor operations, for any dtype and device:
-/// the new parameter, `exp_avg` and `exp_avg_sq`.
+/// Adam step number `m.step` (from 1) as whole-tensor operations, for any dtype and device:
+/// the new parameter and moments.
 pub(super) fn tensor_step(
     c: &AdamConfig,
-    step: u64,
     param: &Tensor,
     grad: &Tensor,
-    exp_avg: &Tensor,
-    exp_avg_sq: &Tensor,
-) -> Result<(Tensor, Tensor, Tensor)> {
+    m: &Moments,
+) -> Result<(Tensor, Moments)> {
+    let (step, exp_avg, exp_avg_sq) = (m.step, &m.exp_avg, &m.exp_avg_sq);
     let mut param = param.detach();
-    let mut grad = grad.detach();
+    let mut grad = match c.maximize {
+        true => grad.neg()?,
+        false => grad.detach(),
+    };
     if c.weight_decay != 0.0 {
         if c.decoupled {
             param = (param * (1.0 - c.lr * c.weight_decay))?;
@@ -290,15 +307,28 @@ pub(super) fn tensor_step(
         false => (&grad - ((&grad - exp_avg)? * one_minus_w)?)?,
     };
     let exp_avg_sq = ((exp_avg_sq * c.beta2)? + ((&grad * (1.0 - c.beta2))? * &grad)?)?;
+    let max_exp_avg_sq = match (c.amsgrad, &m.max_exp_avg_sq) {
+        (false, _) => None,
+        (true, Some(max)) => Some(max.maximum(&exp_avg_sq)?),
+        (true, None) => anyhow::bail!("adam: amsgrad without a max_exp_avg_sq"),
+    };
     let bias_correction1 = 1.0 - c.beta1.powf(step as f64);
     let bias_correction2 = 1.0 - c.beta2.powf(step as f64);
     let step_size = c.lr / bias_correction1;
-    let denom = (exp_avg_sq
+    let denom = (max_exp_avg_sq
+        .as_ref()
+        .unwrap_or(&exp_avg_sq)
         .sqrt()?
         .broadcast_div(&scalar_like(bias_correction2.powf(0.5), &grad)?)?
         + c.eps)?;
     let update = ((&exp_avg * -step_size)? / denom)?;
-    Ok(((param + update)?, exp_avg, exp_avg_sq))
+    let moments = Moments {
+        step,
+        exp_avg,
+        exp_avg_sq,
+        max_exp_avg_sq,
+    };
+    Ok(((param + update)?, moments))
 }
 
 fn scalar_like(value: f64, like: &Tensor) -> Result<Tensor> {
@@ -316,8 +346,9 @@ impl Optimizer for Adam {
             grads,
         )?;
         match self.update {
-            Update::PerTensor => self.step_per_tensor(grads),
-            Update::Flat => self.step_flat(grads),
+            // The one-launch CUDA kernel steps without `amsgrad` and `maximize`.
+            Update::Flat if !(self.config.amsgrad || self.config.maximize) => self.step_flat(grads),
+            _ => self.step_per_tensor(grads),
         }
     }
 
@@ -346,6 +377,9 @@ impl Optimizer for Adam {
                 // Copies: the step updates the moments in place.
                 out.insert(format!("{}.exp_avg", p.name), m.exp_avg.copy()?);
                 out.insert(format!("{}.exp_avg_sq", p.name), m.exp_avg_sq.copy()?);
+                if let Some(max) = &m.max_exp_avg_sq {
+                    out.insert(format!("{}.max_exp_avg_sq", p.name), max.copy()?);
+                }
             }
         }
         Ok(out)
@@ -354,7 +388,8 @@ impl Optimizer for Adam {
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
         self.flat.clear();
         let names: Vec<&str> = self.params.iter().map(|p| p.name.as_str()).collect();
-        let buffers = buffers_of(state, &names, &["step", "exp_avg", "exp_avg_sq"])?;
+        let kept = ["step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"];
+        let buffers = buffers_of(state, &names, &kept[..3 + usize::from(self.config.amsgrad)])?;
         for (p, bufs) in self.params.iter_mut().zip(buffers) {
             if bufs.is_empty() {
                 p.moments = None;
@@ -373,28 +408,35 @@ impl Optimizer for Adam {
                  (the state was edited or damaged)",
                 p.name
             );
-            let exp_avg_sq = restore_like(
-                get("exp_avg_sq")?,
-                &p.var,
-                &format!("{}.exp_avg_sq", p.name),
-            )?;
-            if exp_avg_sq.elem_count() > 0 {
-                let low = (exp_avg_sq.flatten_all()?.min(0)?)
-                    .to_dtype(DType::F64)?
-                    .to_scalar::<f64>()?;
-                ensure!(
-                    low >= 0.0 || low.is_nan(),
-                    "optimizer state {}.exp_avg_sq holds {low}: a running mean of squared \
-                     gradients is never negative (the state was edited or damaged)",
-                    p.name
-                );
-            }
+            let squares = |b: &str| -> Result<Tensor> {
+                let key = format!("{}.{b}", p.name);
+                let t = restore_like(get(b)?, &p.var, &key)?;
+                if t.elem_count() > 0 {
+                    let low = (t.flatten_all()?.min(0)?)
+                        .to_dtype(DType::F64)?
+                        .to_scalar::<f64>()?;
+                    ensure!(
+                        low >= 0.0 || low.is_nan(),
+                        "optimizer state {key} holds {low}: a running mean of squared \
+                         gradients is never negative (the state was edited or damaged)",
+                    );
+                }
+                // A copy: the step updates the moments in place, and `state` is the caller's.
+                Ok(t.copy()?)
+            };
+            let max_exp_avg_sq = match self.config.amsgrad {
+                true => Some(squares("max_exp_avg_sq").context(
+                    "AMSGrad keeps the largest second moments: a state saved without amsgrad \
+                     does not resume with it",
+                )?),
+                false => None,
+            };
             p.moments = Some(Moments {
                 step: step as u64,
-                // Copies: the step updates the moments in place, and `state` is the caller's.
                 exp_avg: restore_like(get("exp_avg")?, &p.var, &format!("{}.exp_avg", p.name))?
                     .copy()?,
-                exp_avg_sq: exp_avg_sq.copy()?,
+                exp_avg_sq: squares("exp_avg_sq")?,
+                max_exp_avg_sq,
             });
         }
         Ok(())

@@ -13,6 +13,7 @@ use anyhow::{bail, Result};
 use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Tensor, Var};
 use rayon::prelude::*;
 
+use super::adam::Moments;
 use super::rounding::{with_fma, Rounding};
 use super::{AdamConfig, SgdConfig};
 
@@ -96,6 +97,8 @@ impl<F: FnOnce(&mut [f32]) -> Result<()> + Send> InplaceOp1 for Mutate<F> {
 #[derive(Clone, Copy)]
 struct Step {
     rounding: Rounding,
+    maximize: bool,
+    amsgrad: bool,
     weight_decay: f32,
     decay: Option<bool>,
     shrink: f32,
@@ -113,6 +116,8 @@ impl Step {
         let bias_correction2 = 1.0 - c.beta2.powf(step as f64);
         Self {
             rounding,
+            maximize: c.maximize,
+            amsgrad: c.amsgrad,
             weight_decay: c.weight_decay as f32,
             decay: (c.weight_decay != 0.0).then_some(c.decoupled),
             shrink: (1.0 - c.lr * c.weight_decay) as f32,
@@ -126,107 +131,159 @@ impl Step {
         }
     }
 
-    /// One chunk.
-    fn run(self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+    /// One chunk; `mx` (the largest second moments, with `amsgrad`) is empty without it.
+    fn run(self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], mx: &mut [f32]) {
         match self.rounding {
             Rounding::Once => with_fma(
                 #[inline(always)]
-                || self.run_any::<true>(p, g, m, v),
+                || self.run_any::<true>(p, g, m, v, mx),
             ),
             Rounding::Twice => layers::wide::run(
                 #[inline(always)]
-                || self.run_any::<false>(p, g, m, v),
+                || self.run_any::<false>(p, g, m, v, mx),
             ),
         }
     }
 
     /// [`Self::run`] as compiled for any CPU (inlined into its AVX-512 and FMA copies), with
-    /// `a * b + c` rounded once where `ONCE`. PyTorch's operations: `param.mul_(1 - lr *
-    /// weight_decay)` (AdamW) or `grad = grad.add(param, alpha=weight_decay)`,
-    /// `exp_avg.lerp_(grad, 1 - beta1)`, `exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 -
-    /// beta2)`, `denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)`,
-    /// `param.addcdiv_(exp_avg, denom, value=-step_size)`. Rounded twice, they are also those
-    /// of Candle's tensor operations in [`super::adam::tensor_step`] but for the sign of zeros:
-    /// Candle's product with a scalar (`affine`, `x * a + 0.0`) turns a `-0.0` into `+0.0`.
+    /// `a * b + c` rounded once where `ONCE`. PyTorch's operations: `grad = -grad`
+    /// (`maximize`), `param.mul_(1 - lr * weight_decay)` (AdamW) or `grad = grad.add(param,
+    /// alpha=weight_decay)`, `exp_avg.lerp_(grad, 1 - beta1)`,
+    /// `exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)`, with `amsgrad`
+    /// `torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)`, `denom =
+    /// (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)` (of `max_exp_avg_sq` with
+    /// `amsgrad`), `param.addcdiv_(exp_avg, denom, value=-step_size)`. Rounded twice, they are
+    /// also those of Candle's tensor operations in [`super::adam::tensor_step`] but for the
+    /// sign of zeros: Candle's product with a scalar (`affine`, `x * a + 0.0`) turns a `-0.0`
+    /// into `+0.0`.
     #[inline(always)]
-    fn run_any<const ONCE: bool>(self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+    fn run_any<const ONCE: bool>(
+        self,
+        p: &mut [f32],
+        g: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        mx: &mut [f32],
+    ) {
         let rows = p.iter_mut().zip(g).zip(m.iter_mut().zip(v.iter_mut()));
-        let w = self.one_minus_beta1;
-        for ((p, &g), (m, v)) in rows {
-            let (mut param, mut g) = (*p, g);
-            let (m1, v1, update);
-            if ONCE {
-                match self.decay {
-                    Some(true) => param *= self.shrink,
-                    Some(false) => g = param.mul_add(self.weight_decay, g),
-                    None => {}
-                }
-                // `lerp` (`Lerp.h`, `LerpKernel.cpp`): `fma(w, end - start, start)` for a weight
-                // under 0.5, else `fma(w - 1, end - start, end)`, so that a weight of 1 (beta1 =
-                // 0) gives the gradient itself.
-                m1 = match w < 0.5 {
-                    true => (g - *m).mul_add(w, *m),
-                    false => (g - *m).mul_add(w - 1.0, g),
-                };
-                v1 = (g * self.one_minus_beta2).mul_add(g, *v * self.beta2);
-                let denom = v1.sqrt() / self.sqrt_bc2 + self.eps;
-                update = (m1 * self.neg_step_size) / denom;
-            } else {
-                match self.decay {
-                    Some(true) => param *= self.shrink,
-                    Some(false) => g += param * self.weight_decay,
-                    None => {}
-                }
-                // PyTorch's `lerp` from the nearer end, each product and sum rounded.
-                m1 = match w < 0.5 {
-                    true => *m + (g - *m) * w,
-                    false => g - (g - *m) * (1.0 - w),
-                };
-                v1 = *v * self.beta2 + (g * self.one_minus_beta2) * g;
-                let denom = v1.sqrt() / self.sqrt_bc2 + self.eps;
-                update = (m1 * self.neg_step_size) / denom;
+        if !self.amsgrad {
+            for ((p, &g), (m, v)) in rows {
+                let (param, m1, v1) = self.moments::<ONCE>(*p, g, *m, *v);
+                *p = self.apply(param, m1, v1);
+                *m = m1;
+                *v = v1;
             }
-            *p = param + update;
+            return;
+        }
+        for (((p, &g), (m, v)), mx) in rows.zip(mx.iter_mut()) {
+            let (param, m1, v1) = self.moments::<ONCE>(*p, g, *m, *v);
+            // `torch.maximum`: NaN where either is NaN (the NaN itself, so that every copy of
+            // this loop gives the same bits).
+            let hi = if *mx >= v1 || mx.is_nan() { *mx } else { v1 };
+            *p = self.apply(param, m1, hi);
             *m = m1;
             *v = v1;
+            *mx = hi;
         }
+    }
+
+    /// The parameter after weight decay and the new moments of one element.
+    #[inline(always)]
+    fn moments<const ONCE: bool>(self, p: f32, g: f32, m: f32, v: f32) -> (f32, f32, f32) {
+        // `-g` is exact.
+        let (mut param, mut g) = (p, if self.maximize { -g } else { g });
+        let w = self.one_minus_beta1;
+        if ONCE {
+            match self.decay {
+                Some(true) => param *= self.shrink,
+                Some(false) => g = param.mul_add(self.weight_decay, g),
+                None => {}
+            }
+            // `lerp` (`Lerp.h`, `LerpKernel.cpp`): `fma(w, end - start, start)` for a weight
+            // under 0.5, else `fma(w - 1, end - start, end)`, so that a weight of 1 (beta1 =
+            // 0) gives the gradient itself.
+            let m1 = match w < 0.5 {
+                true => (g - m).mul_add(w, m),
+                false => (g - m).mul_add(w - 1.0, g),
+            };
+            let v1 = (g * self.one_minus_beta2).mul_add(g, v * self.beta2);
+            (param, m1, v1)
+        } else {
+            match self.decay {
+                Some(true) => param *= self.shrink,
+                Some(false) => g += param * self.weight_decay,
+                None => {}
+            }
+            // PyTorch's `lerp` from the nearer end, each product and sum rounded.
+            let m1 = match w < 0.5 {
+                true => m + (g - m) * w,
+                false => g - (g - m) * (1.0 - w),
+            };
+            let v1 = v * self.beta2 + (g * self.one_minus_beta2) * g;
+            (param, m1, v1)
+        }
+    }
+
+    /// The parameter after the step, from the second moment `v` the denominator takes.
+    #[inline(always)]
+    fn apply(self, param: f32, m1: f32, v: f32) -> f32 {
+        let denom = v.sqrt() / self.sqrt_bc2 + self.eps;
+        param + (m1 * self.neg_step_size) / denom
     }
 }
 
-/// Adam step number `step` (from 1) of `var` with gradient `grad` and moments `exp_avg`,
-/// `exp_avg_sq`, all updated in place (the moments must not share storage with anything else).
+/// Adam step number `m.step` (from 1) of `var` with gradient `grad` and moments `m`, all
+/// updated in place (the moments must not share storage with anything else).
 ///
 /// # Errors
-/// A tensor that is not a contiguous f32 CPU tensor of the parameter's shape.
+/// A tensor that is not a contiguous f32 CPU tensor of the parameter's shape, or no
+/// `max_exp_avg_sq` with `amsgrad` (or one without).
 pub(super) fn step(
     c: &AdamConfig,
     rounding: Rounding,
-    step: u64,
     var: &Var,
     grad: &Tensor,
-    exp_avg: &Tensor,
-    exp_avg_sq: &Tensor,
+    m: &Moments,
 ) -> Result<()> {
     let n = var.elem_count();
-    check_like(var, [grad, exp_avg, exp_avg_sq], "adam")?;
-    let k = Step::new(c, step, rounding);
+    let (exp_avg, exp_avg_sq, max) = (&m.exp_avg, &m.exp_avg_sq, m.max_exp_avg_sq.as_ref());
+    let state = [grad, exp_avg, exp_avg_sq].into_iter().chain(max);
+    check_like(var, state, "adam")?;
+    if c.amsgrad != max.is_some() {
+        bail!(
+            "adam: amsgrad {} with a max_exp_avg_sq: {}",
+            c.amsgrad,
+            max.is_some()
+        );
+    }
+    let k = Step::new(c, m.step, rounding);
     let (g_storage, g_layout) = grad.storage_and_layout();
     let g = f32_values(&g_storage, g_layout, "adam")?;
+    let pass = |p: &mut [f32], m: &mut [f32], v: &mut [f32], mx: &mut [f32]| {
+        if [p.len(), m.len(), v.len(), g.len()] != [n; 4] || (k.amsgrad && mx.len() != n) {
+            bail!("adam: buffers of different lengths");
+        }
+        if n <= 2 * CHUNK {
+            k.run(p, g, m, v, mx);
+        } else if k.amsgrad {
+            p.par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK))
+                .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+                .zip(mx.par_chunks_mut(CHUNK))
+                .for_each(|(((p, g), (m, v)), mx)| k.run(p, g, m, v, mx));
+        } else {
+            p.par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK))
+                .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+                .for_each(|((p, g), (m, v))| k.run(p, g, m, v, &mut []));
+        }
+        Ok(())
+    };
     with_mut(var.as_tensor(), |p| {
         with_mut(exp_avg, |m| {
-            with_mut(exp_avg_sq, |v| {
-                if [p.len(), m.len(), v.len(), g.len()] != [n; 4] {
-                    bail!("adam: buffers of different lengths");
-                }
-                if n <= 2 * CHUNK {
-                    k.run(p, g, m, v);
-                } else {
-                    p.par_chunks_mut(CHUNK)
-                        .zip(g.par_chunks(CHUNK))
-                        .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-                        .for_each(|((p, g), (m, v))| k.run(p, g, m, v));
-                }
-                Ok(())
+            with_mut(exp_avg_sq, |v| match max {
+                Some(mx) => with_mut(mx, |mx| pass(p, m, v, mx)),
+                None => pass(p, m, v, &mut []),
             })
         })
     })
@@ -242,6 +299,7 @@ struct SgdStep {
     /// `1 - dampening`, where the dampening is not zero.
     undamped: Option<f32>,
     nesterov: bool,
+    maximize: bool,
     neg_lr: f32,
 }
 
@@ -253,6 +311,7 @@ impl SgdStep {
             momentum: (c.momentum != 0.0).then_some(c.momentum as f32),
             undamped: (c.dampening != 0.0).then_some((1.0 - c.dampening) as f32),
             nesterov: c.nesterov,
+            maximize: c.maximize,
             neg_lr: -c.lr as f32,
         }
     }
@@ -272,8 +331,8 @@ impl SgdStep {
     }
 
     /// [`Self::run`] as compiled for any CPU (inlined into its AVX-512 and FMA copies), with
-    /// `a * b + c` rounded once where `ONCE`. PyTorch's operations: `grad =
-    /// grad.add(param, alpha=weight_decay)`, `buf.mul_(momentum).add_(grad, alpha=1 -
+    /// `a * b + c` rounded once where `ONCE`. PyTorch's operations: `grad = -grad`
+    /// (`maximize`), `grad = grad.add(param, alpha=weight_decay)`, `buf.mul_(momentum).add_(grad, alpha=1 -
     /// dampening)` (a clone of the gradient at first), `grad = grad.add(buf, alpha=momentum)`
     /// (Nesterov), `param.add_(grad, alpha=-lr)`. Rounded twice, they are also those of
     /// Candle's tensor operations in `sgd.rs` but for the sign of zeros (its products with a
@@ -282,9 +341,11 @@ impl SgdStep {
     fn run_any<const ONCE: bool>(self, p: &mut [f32], g: &[f32], buf: &mut [f32], first: bool) {
         // `c + s * a` (`torch.add(c, a, alpha=s)`), rounded once or twice.
         let axpy = |a: f32, s: f32, c: f32| if ONCE { a.mul_add(s, c) } else { c + a * s };
+        let sign = if self.maximize { -1.0 } else { 1.0 };
+        // `-g` is exact, as a product with -1.
         let decayed = |p: f32, g: f32| match self.weight_decay {
-            Some(wd) => axpy(p, wd, g),
-            None => g,
+            Some(wd) => axpy(p, wd, g * sign),
+            None => g * sign,
         };
         let Some(m) = self.momentum else {
             for (p, &g) in p.iter_mut().zip(g) {
@@ -369,8 +430,9 @@ mod tests {
     use super::super::rounding::on_avx2;
     use super::*;
 
-    /// Every kind of Adam the tests step: plain, with L2 weight decay, AdamW.
-    fn adam_kinds() -> [AdamConfig; 5] {
+    /// Every kind of Adam the tests step: plain, with L2 weight decay, AdamW, AMSGrad,
+    /// maximizing.
+    fn adam_kinds() -> [AdamConfig; 7] {
         [
             AdamConfig::adam(1e-3),
             // Lerp weights 1 - beta1 of 0.6 and 1: PyTorch's `lerp` from the gradient's end.
@@ -387,12 +449,22 @@ mod tests {
                 ..AdamConfig::adam(0.05)
             },
             AdamConfig::adamw(0.1),
+            AdamConfig {
+                amsgrad: true,
+                weight_decay: 0.1,
+                ..AdamConfig::adam(0.05)
+            },
+            AdamConfig {
+                amsgrad: true,
+                maximize: true,
+                ..AdamConfig::adamw(0.1)
+            },
         ]
     }
 
     /// Every kind of SGD the tests step: plain, momentum, with weight decay, dampening,
-    /// Nesterov, weight decay alone.
-    fn sgd_kinds() -> [SgdConfig; 6] {
+    /// Nesterov, weight decay alone, maximizing.
+    fn sgd_kinds() -> [SgdConfig; 7] {
         let base = SgdConfig::new(0.1);
         [
             base,
@@ -421,6 +493,12 @@ mod tests {
                 weight_decay: 0.1,
                 ..base
             },
+            SgdConfig {
+                momentum: 0.9,
+                weight_decay: 5e-4,
+                maximize: true,
+                ..base
+            },
         ]
     }
 
@@ -442,7 +520,14 @@ mod tests {
             seed ^= seed << 17;
             (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
         };
-        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+        // Any NaN as one: a maximizing step's negated NaN gradient meets the state's NaNs, and
+        // which of two NaNs an operation hands on depends on the order of its operands, which
+        // each copy's compiler chooses (x86 returns the first; a NaN's sign means nothing).
+        let bits = |v: &[f32]| {
+            (v.iter())
+                .map(|v| if v.is_nan() { u32::MAX } else { v.to_bits() })
+                .collect::<Vec<u32>>()
+        };
         for n in [1, 15, 16, 37, 1000] {
             let mut values = |scale: f32| -> Vec<f32> {
                 let mut v: Vec<f32> = (0..n).map(|_| uniform() * 4.0 * scale).collect();
@@ -460,24 +545,35 @@ mod tests {
                 .flat_map(|c| ROUNDINGS.map(|r| (c, r)))
             {
                 let k = Step::new(&c, 3, r);
-                let (mut p1, mut m1, mut v1) = (p.clone(), m.clone(), v.clone());
-                let (mut p2, mut m2, mut v2) = (p.clone(), m.clone(), v.clone());
-                k.run(&mut p1, &g, &mut m1, &mut v1);
+                // The largest second moments so far: some above the new ones, some below.
+                let mx: Vec<f32> = match c.amsgrad {
+                    true => v
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| v * (i % 3) as f32)
+                        .collect(),
+                    false => Vec::new(),
+                };
+                let (mut p1, mut m1, mut v1, mut x1) =
+                    (p.clone(), m.clone(), v.clone(), mx.clone());
+                let (mut p2, mut m2, mut v2, mut x2) =
+                    (p.clone(), m.clone(), v.clone(), mx.clone());
+                k.run(&mut p1, &g, &mut m1, &mut v1, &mut x1);
                 match r {
-                    Rounding::Once => k.run_any::<true>(&mut p2, &g, &mut m2, &mut v2),
-                    Rounding::Twice => k.run_any::<false>(&mut p2, &g, &mut m2, &mut v2),
+                    Rounding::Once => k.run_any::<true>(&mut p2, &g, &mut m2, &mut v2, &mut x2),
+                    Rounding::Twice => k.run_any::<false>(&mut p2, &g, &mut m2, &mut v2, &mut x2),
                 }
-                for (a, b) in [(&p1, &p2), (&m1, &m2), (&v1, &v2)] {
+                for (a, b) in [(&p1, &p2), (&m1, &m2), (&v1, &v2), (&x1, &x2)] {
                     assert_eq!(bits(a), bits(b), "adam {c:?}, {r:?}, {n} values");
                 }
                 // The AVX2 + FMA copy, which CPUs without AVX-512 run.
-                let (mut p3, mut m3, mut v3) = (p.clone(), m.clone(), v.clone());
+                let (mut p3, mut m3, mut v3, mut x3) = (p.clone(), m.clone(), v.clone(), mx);
                 let avx2 = on_avx2(
                     #[inline(always)]
-                    || k.run_any::<true>(&mut p3, &g, &mut m3, &mut v3),
+                    || k.run_any::<true>(&mut p3, &g, &mut m3, &mut v3, &mut x3),
                 );
                 if avx2.is_some() && r == Rounding::Once {
-                    for (a, b) in [(&p3, &p2), (&m3, &m2), (&v3, &v2)] {
+                    for (a, b) in [(&p3, &p2), (&m3, &m2), (&v3, &v2), (&x3, &x2)] {
                         assert_eq!(bits(a), bits(b), "adam {c:?} on AVX2, {n} values");
                     }
                 }
@@ -532,17 +628,37 @@ mod tests {
             for n in [7, 3 * CHUNK + 5] {
                 let p0 = Tensor::randn(0f32, 1.0, n, &dev)?;
                 let var = Var::from_tensor(&p0)?;
-                let (m, v) = (p0.zeros_like()?, p0.zeros_like()?);
-                let (mut param, mut m2, mut v2) = (p0.copy()?, m.copy()?, v.copy()?);
+                let zeros = || -> Result<Moments> {
+                    Ok(Moments {
+                        step: 0,
+                        exp_avg: p0.zeros_like()?,
+                        exp_avg_sq: p0.zeros_like()?,
+                        max_exp_avg_sq: c.amsgrad.then(|| p0.zeros_like()).transpose()?,
+                    })
+                };
+                let (mut fused, mut whole) = (zeros()?, zeros()?);
+                let mut param = p0.copy()?;
                 for step in 1..=5 {
                     let grad = Tensor::randn(0f32, 1.0, n, &dev)?;
                     assert!(applies(&var, &grad));
-                    super::step(&c, Rounding::Twice, step, &var, &grad, &m, &v)?;
-                    (param, m2, v2) = tensor_step(&c, step, &param, &grad, &m2, &v2)?;
+                    fused.step = step;
+                    whole.step = step;
+                    super::step(&c, Rounding::Twice, &var, &grad, &fused)?;
+                    (param, whole) = tensor_step(&c, &param, &grad, &whole)?;
                 }
-                for (a, b) in [(var.as_tensor(), &param), (&m, &m2), (&v, &v2)] {
+                let pairs = [
+                    (var.as_tensor(), &param),
+                    (&fused.exp_avg, &whole.exp_avg),
+                    (&fused.exp_avg_sq, &whole.exp_avg_sq),
+                ];
+                let maxima = fused
+                    .max_exp_avg_sq
+                    .as_ref()
+                    .zip(whole.max_exp_avg_sq.as_ref());
+                for (a, b) in pairs.into_iter().chain(maxima) {
                     assert_eq!(a.to_vec1::<f32>()?, b.to_vec1::<f32>()?, "{c:?}");
                 }
+                assert_eq!(maxima.is_some(), c.amsgrad);
             }
         }
         Ok(())
@@ -561,12 +677,18 @@ mod tests {
         let m0: Vec<f32> = (0..64).map(|i| (i as f32 * 0.91).cos() * 7.3).collect();
         for r in ROUNDINGS {
             let (mut p, mut m, mut v) = (vec![1.0f32; 64], m0.clone(), vec![1e-6f32; 64]);
-            Step::new(&c, 2, r).run(&mut p, &g, &mut m, &mut v);
+            Step::new(&c, 2, r).run(&mut p, &g, &mut m, &mut v, &mut []);
             assert_eq!(m, g, "{r:?}");
         }
         let t = |v: &[f32]| Tensor::from_slice(v, v.len(), &Device::Cpu);
-        let (_, m2, _) = tensor_step(&c, 2, &t(&[1.0; 64])?, &t(&g)?, &t(&m0)?, &t(&[1e-6; 64])?)?;
-        assert_eq!(m2.to_vec1::<f32>()?, g);
+        let m = Moments {
+            step: 2,
+            exp_avg: t(&m0)?,
+            exp_avg_sq: t(&[1e-6; 64])?,
+            max_exp_avg_sq: None,
+        };
+        let (_, m2) = tensor_step(&c, &t(&[1.0; 64])?, &t(&g)?, &m)?;
+        assert_eq!(m2.exp_avg.to_vec1::<f32>()?, g);
         Ok(())
     }
 
@@ -620,7 +742,8 @@ mod tests {
                 .map(|(a, b)| b.mul_add(s as f32, *a))
                 .collect()
         };
-        let mut grad = g.to_vec();
+        // grad = grads[i] if not maximize else -grads[i]
+        let mut grad: Vec<f32> = g.iter().map(|&g| if c.maximize { -g } else { g }).collect();
         if c.weight_decay != 0.0 {
             grad = add(&grad, p, c.weight_decay); // grad = grad.add(param, alpha=weight_decay)
         }
@@ -652,8 +775,10 @@ mod tests {
         g: &[f32],
         m: &mut Vec<f32>,
         v: &mut Vec<f32>,
+        max_v: &mut [f32],
     ) {
-        let mut grad = g.to_vec();
+        // grad = grads[i] if not maximize else -grads[i]
+        let mut grad: Vec<f32> = g.iter().map(|&g| if c.maximize { -g } else { g }).collect();
         if c.weight_decay != 0.0 {
             if c.decoupled {
                 let shrink = (1.0 - c.lr * c.weight_decay) as f32; // param.mul_(1 - lr * wd)
@@ -687,8 +812,13 @@ mod tests {
         let bias_correction2 = 1.0 - c.beta2.powf(t as f64);
         let step_size = c.lr / bias_correction1;
         let bias_correction2_sqrt = bias_correction2.powf(0.5);
-        // denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-        let denom: Vec<f32> = v
+        // torch.maximum(max_exp_avg_sqs[i], exp_avg_sq, out=max_exp_avg_sqs[i])
+        for (x, &v) in max_v.iter_mut().zip(v.iter()) {
+            *x = if *x >= v || x.is_nan() { *x } else { v };
+        }
+        // denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps), of max_exp_avg_sqs[i]
+        // with amsgrad
+        let denom: Vec<f32> = if c.amsgrad { &max_v[..] } else { &v[..] }
             .iter()
             .map(|v| v.sqrt() / bias_correction2_sqrt as f32 + c.eps as f32)
             .collect();
@@ -733,18 +863,30 @@ mod tests {
             }
             for c in adam_kinds() {
                 let (mut p, mut m, mut v) = (p0.clone(), vec![0f32; n], vec![0f32; n]);
+                let mut max_v = vec![0f32; if c.amsgrad { n } else { 0 }];
                 let (once, twice) = (fresh(&p0)?, fresh(&p0)?);
-                let zeros = || Tensor::zeros(n, DType::F32, &dev);
-                let (m_once, v_once, m_twice, v_twice) = (zeros()?, zeros()?, zeros()?, zeros()?);
+                let zeros = || -> Result<Moments> {
+                    let zeros = || Tensor::zeros(n, DType::F32, &dev);
+                    Ok(Moments {
+                        step: 0,
+                        exp_avg: zeros()?,
+                        exp_avg_sq: zeros()?,
+                        max_exp_avg_sq: c.amsgrad.then(zeros).transpose()?,
+                    })
+                };
+                let (mut m_once, mut m_twice) = (zeros()?, zeros()?);
                 for (t, g) in (1..).zip(&grads) {
-                    torch_adam(&c, t, &mut p, g, &mut m, &mut v);
+                    torch_adam(&c, t, &mut p, g, &mut m, &mut v, &mut max_v);
                     let g = Tensor::from_slice(g, n, &dev)?;
-                    step(&c, Rounding::Once, t, &once, &g, &m_once, &v_once)?;
-                    step(&c, Rounding::Twice, t, &twice, &g, &m_twice, &v_twice)?;
+                    (m_once.step, m_twice.step) = (t, t);
+                    step(&c, Rounding::Once, &once, &g, &m_once)?;
+                    step(&c, Rounding::Twice, &twice, &g, &m_twice)?;
                 }
                 assert_eq!(once.to_vec1::<f32>()?, p, "{c:?}, {n} values");
-                assert_eq!(m_once.to_vec1::<f32>()?, m, "{c:?}, {n} values");
-                assert_eq!(v_once.to_vec1::<f32>()?, v, "{c:?}, {n} values");
+                assert_eq!(m_once.exp_avg.to_vec1::<f32>()?, m, "{c:?}, {n} values");
+                assert_eq!(m_once.exp_avg_sq.to_vec1::<f32>()?, v, "{c:?}, {n} values");
+                let kept_max = m_once.max_exp_avg_sq.map(|x| x.to_vec1::<f32>());
+                assert_eq!(kept_max.transpose()?.unwrap_or_default(), max_v, "{c:?}");
                 differs.1 += usize::from(once.to_vec1::<f32>()? != twice.to_vec1::<f32>()?);
             }
         }
@@ -764,7 +906,18 @@ mod tests {
         assert!(!applies(&var, &grad));
         let m = Tensor::zeros(4, DType::F32, &dev)?;
         let c = AdamConfig::adam(0.1);
-        assert!(step(&c, Rounding::Once, 1, &var, &grad, &m, &m.copy()?).is_err());
+        let moments = Moments {
+            step: 1,
+            exp_avg: m.copy()?,
+            exp_avg_sq: m.copy()?,
+            max_exp_avg_sq: None,
+        };
+        assert!(step(&c, Rounding::Once, &var, &grad, &moments).is_err());
+        // AMSGrad without the largest second moments (or with them, without AMSGrad).
+        let grad = m.copy()?;
+        assert!(step(&c, Rounding::Once, &var, &grad, &moments).is_ok());
+        let amsgrad = AdamConfig { amsgrad: true, ..c };
+        assert!(step(&amsgrad, Rounding::Once, &var, &grad, &moments).is_err());
         Ok(())
     }
 }

@@ -23,6 +23,8 @@ pub struct SgdConfig {
     pub weight_decay: f64,
     /// Nesterov momentum (needs momentum > 0 and zero dampening).
     pub nesterov: bool,
+    /// Maximize the objective: step along the gradient, not against it (PyTorch's `maximize`).
+    pub maximize: bool,
 }
 
 impl SgdConfig {
@@ -34,6 +36,7 @@ impl SgdConfig {
             dampening: 0.0,
             weight_decay: 0.0,
             nesterov: false,
+            maximize: false,
         }
     }
 }
@@ -45,7 +48,7 @@ struct Param {
 }
 
 /// Stochastic gradient descent exactly as `torch.optim.SGD` steps it:
-/// `g += wd * p`; `buf = g` on the first step, else `buf = momentum * buf + (1 - dampening) * g`;
+/// `g = -g` (with `maximize`); `g += wd * p`; `buf = g` on the first step, else `buf = momentum * buf + (1 - dampening) * g`;
 /// `g = g + momentum * buf` (Nesterov) or `g = buf`; `p -= lr * g`.
 ///
 /// ```
@@ -221,8 +224,9 @@ impl Optimizer for Sgd {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
         crate::ensure_a_gradient("SGD", self.params.iter().map(|p| &p.var), grads)?;
         match self.update {
-            Update::PerTensor => self.step_per_tensor(grads),
-            Update::Flat => self.step_flat(grads),
+            // The one-launch CUDA kernel steps without `maximize`.
+            Update::Flat if !self.config.maximize => self.step_flat(grads),
+            _ => self.step_per_tensor(grads),
         }
     }
 
@@ -293,7 +297,10 @@ fn update(
     momentum_buffer: Option<Tensor>,
 ) -> Result<(Tensor, Option<Tensor>)> {
     let param = param.detach();
-    let mut d_p = grad.detach();
+    let mut d_p = match c.maximize {
+        true => grad.neg()?,
+        false => grad.detach(),
+    };
     if c.weight_decay != 0.0 {
         d_p = (d_p + (&param * c.weight_decay)?)?;
     }

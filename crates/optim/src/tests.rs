@@ -204,7 +204,7 @@ type Maker = fn(Vec<NamedVar>) -> Result<Box<dyn Optimizer>>;
 
 #[test]
 fn saved_state_resumes_the_same_trajectory() -> Result<()> {
-    let makers: [Maker; 2] = [
+    let makers: [Maker; 3] = [
         |p| {
             Ok(Box::new(Sgd::new(
                 p,
@@ -215,6 +215,7 @@ fn saved_state_resumes_the_same_trajectory() -> Result<()> {
             )?))
         },
         |p| Ok(Box::new(Adam::new(p, AdamConfig::adam(0.05))?)),
+        |p| Ok(Box::new(Adam::new(p, amsgrad(0.05))?)),
     ];
     for make in makers {
         let straight = make_var()?;
@@ -237,6 +238,49 @@ fn saved_state_resumes_the_same_trajectory() -> Result<()> {
         );
         assert!(opt2.load_state(&wrong).is_err());
     }
+    Ok(())
+}
+
+fn amsgrad(lr: f64) -> AdamConfig {
+    AdamConfig {
+        amsgrad: true,
+        ..AdamConfig::adam(lr)
+    }
+}
+
+/// AMSGrad's state keeps the largest second moments under PyTorch's key, `max_exp_avg_sq`; a
+/// state saved without AMSGrad does not resume with it (nor the other way round), saying why.
+#[test]
+fn amsgrad_state_is_pytorchs_and_is_not_mixed_with_adams() -> Result<()> {
+    let (var, plain_var) = (make_var()?, make_var()?);
+    let mut opt = Adam::new(vec![("w".into(), var.clone())], amsgrad(0.05))?;
+    let mut plain = Adam::new(
+        vec![("w".into(), plain_var.clone())],
+        AdamConfig::adam(0.05),
+    )?;
+    run_steps(&mut opt, &var, 3)?;
+    run_steps(&mut plain, &plain_var, 3)?;
+    let state = opt.state()?;
+    let mut keys: Vec<&str> = state.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["w.exp_avg", "w.exp_avg_sq", "w.max_exp_avg_sq", "w.step"]
+    );
+    // The largest second moments are at least the last ones, element by element.
+    let (max, last) = (&state["w.max_exp_avg_sq"], &state["w.exp_avg_sq"]);
+    assert!(max.ge(last)?.flatten_all()?.min(0)?.to_scalar::<u8>()? == 1);
+    let err = opt.load_state(&plain.state()?).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("lacks w.max_exp_avg_sq"),
+        "{err:#}"
+    );
+    assert!(
+        format!("{err:#}").contains("saved without amsgrad"),
+        "{err:#}"
+    );
+    let err = plain.load_state(&state).unwrap_err().to_string();
+    assert!(err.contains("unexpected entry w.max_exp_avg_sq"), "{err}");
     Ok(())
 }
 
@@ -346,8 +390,9 @@ fn invalid_hyper_parameters_are_named_in_pytorchs_wording() {
 }
 
 /// PyTorch 2.15's steps on the CPU (`tools/pytorch_optimizer_steps.py`, `foreach=False` as on
-/// the CPU): SGD (plain; momentum and weight decay; dampening; Nesterov), Adam (plain; beta1 0.4
-/// with weight decay), AdamW, six steps of 37 values with zeros, subnormals and a large value
+/// the CPU): SGD (plain; momentum and weight decay; dampening; Nesterov; maximizing), Adam
+/// (plain; beta1 0.4 with weight decay; AMSGrad with weight decay), AdamW (plain; AMSGrad
+/// maximizing), six steps of 37 values with zeros, subnormals and a large value
 /// among them, give the parameters PyTorch's did bit for bit after every step, rounding once
 /// as its AVX2 and AVX-512 kernels do and twice as its portable ones
 /// (`ATEN_CPU_CAPABILITY=default`).
@@ -370,6 +415,13 @@ fn steps_equal_pytorchs_bit_for_bit() -> Result<()> {
         ("sgd_momentum_wd", sgd(0.1, 0.9, 0.0, false, 5e-4)),
         ("sgd_dampening", sgd(0.05, 0.8, 0.3, false, 0.01)),
         ("sgd_nesterov", sgd(0.1, 0.9, 0.0, true, 1e-3)),
+        (
+            "sgd_maximize",
+            SgdConfig {
+                maximize: true,
+                ..sgd(0.1, 0.9, 0.0, false, 5e-4)
+            },
+        ),
     ];
     let adam_cases = [
         ("adam", AdamConfig::adam(1e-2)),
@@ -385,6 +437,23 @@ fn steps_equal_pytorchs_bit_for_bit() -> Result<()> {
             "adamw",
             AdamConfig {
                 weight_decay: 0.05,
+                ..AdamConfig::adamw(1e-2)
+            },
+        ),
+        (
+            "adam_amsgrad_wd",
+            AdamConfig {
+                weight_decay: 0.1,
+                amsgrad: true,
+                ..AdamConfig::adam(1e-2)
+            },
+        ),
+        (
+            "adamw_amsgrad_maximize",
+            AdamConfig {
+                weight_decay: 0.05,
+                amsgrad: true,
+                maximize: true,
                 ..AdamConfig::adamw(1e-2)
             },
         ),
@@ -421,7 +490,7 @@ fn steps_equal_pytorchs_bit_for_bit() -> Result<()> {
             }
         }
     }
-    assert_eq!(checked, 2 * 7 * 6);
+    assert_eq!(checked, 2 * 10 * 6);
     Ok(())
 }
 

@@ -11,7 +11,7 @@ mod warmup;
 
 pub use cosine::CosineAnnealingLr;
 pub use onecycle::OneCycleLr;
-pub use step::{MultiStepLr, StepLr};
+pub use step::{ExponentialLr, MultiStepLr, StepLr};
 pub use warmup::LinearWarmup;
 
 /// A learning-rate schedule.
