@@ -44,17 +44,18 @@ fn bin_means(xs: &Tensor, axis: usize, size: usize, out: usize) -> Result<Tensor
 /// infinity reaches the outputs whose bins hold it, as in PyTorch.
 ///
 /// # Errors
-/// `xs` is not `(N, C, H, W)` (one image (C, H, W) is named with `xs.unsqueeze(0)`), H or W is
-/// 0, or an output side is 0. Output: `(N, C, out_h, out_w)`.
-pub fn adaptive_avg_pool2d(xs: &Tensor, (out_h, out_w): (usize, usize)) -> Result<Tensor> {
+/// `xs` is neither `(N, C, H, W)` nor one image's maps `(C, H, W)` (pooled as PyTorch pools
+/// them unbatched), H or W is 0, or an output side is 0. Output: `(N, C, out_h, out_w)`, or
+/// `(C, out_h, out_w)`.
+pub fn adaptive_avg_pool2d(xs: &Tensor, out: (usize, usize)) -> Result<Tensor> {
+    crate::unbatched::or_one_image(xs, |xs| adaptive_avg_pool2d_batch(xs, out))
+}
+
+fn adaptive_avg_pool2d_batch(xs: &Tensor, (out_h, out_w): (usize, usize)) -> Result<Tensor> {
     let Ok((_, _, h, w)) = xs.dims4() else {
         candle_core::bail!(
-            "adaptive_avg_pool2d: input of shape {:?}: it pools a batch of maps (N, C, H, W){}",
+            "adaptive_avg_pool2d: input of shape {:?}: it pools maps (N, C, H, W) or (C, H, W)",
             xs.dims(),
-            match xs.rank() {
-                3 => " (one image (C, H, W): xs.unsqueeze(0) makes it a batch of one)",
-                _ => "",
-            }
         )
     };
     if h == 0 || w == 0 {
@@ -153,13 +154,22 @@ mod tests {
     }
 
     #[test]
-    fn refuses_empty_maps_and_names_one_image() {
-        let empty = Tensor::zeros((1, 2, 0, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+    fn refuses_empty_maps_and_pools_one_image_as_pytorch() -> Result<()> {
+        let empty = Tensor::zeros((1, 2, 0, 4), candle_core::DType::F32, &Device::Cpu)?;
         let err = adaptive_avg_pool2d(&empty, (2, 2)).unwrap_err().to_string();
         assert!(err.contains("no positions"), "{err}");
-        let image = Tensor::zeros((2, 4, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let err = adaptive_avg_pool2d(&image, (2, 2)).unwrap_err().to_string();
-        assert!(err.contains("xs.unsqueeze(0)"), "{err}");
+        // One image's maps (C, H, W), pooled unbatched as PyTorch pools them.
+        let image = Tensor::randn(0f32, 1.0, (2, 5, 7), &Device::Cpu)?;
+        for out in [(2, 3), (1, 1), (5, 7), (6, 6)] {
+            let one = adaptive_avg_pool2d(&image, out)?;
+            let batch = adaptive_avg_pool2d(&image.unsqueeze(0)?, out)?.squeeze(0)?;
+            assert_eq!(one.dims(), [2, out.0, out.1]);
+            assert_eq!(one.to_vec3::<f32>()?, batch.to_vec3::<f32>()?);
+        }
+        let line = Tensor::zeros((5, 7), candle_core::DType::F32, &Device::Cpu)?;
+        let err = adaptive_avg_pool2d(&line, (2, 2)).unwrap_err().to_string();
+        assert!(err.contains("(N, C, H, W) or (C, H, W)"), "{err}");
+        Ok(())
     }
 
     /// Every way to the bins (overlapping, equal, repeated, one of each per axis) against the

@@ -57,6 +57,7 @@ mod params;
 mod per_channel;
 mod pool;
 mod products;
+mod unbatched;
 #[cfg(test)]
 mod test_values {
     /// `len` values in [-1, 1] from a xorshift generator seeded by `seed`: the same on every run.

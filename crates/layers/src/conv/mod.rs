@@ -182,9 +182,11 @@ impl Conv2d {
     }
 }
 
+/// `(N, C, H, W)` to `(N, O, H_out, W_out)`; one image `(C, H, W)` to `(O, H_out, W_out)`, as
+/// PyTorch's `nn.Conv2d` takes it unbatched.
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        Ok(self.forward_then(xs, None, None)?.0)
+        crate::unbatched::or_one_image(xs, |xs| Ok(self.forward_then(xs, None, None)?.0))
     }
 }
 

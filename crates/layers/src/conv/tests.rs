@@ -1473,25 +1473,59 @@ fn an_input_of_another_type_than_the_kernel_is_named() -> Result<()> {
     Ok(())
 }
 
-/// Shapes a PyTorch user passes by mistake get the way to the convolution's `(N, C, H, W)`: one
-/// image `(C, H, W)` (which PyTorch's `Conv2d` takes unbatched, and torchvision's models do not),
-/// and images `(N, H, W, C)` as PIL and NumPy lay them out.
+/// One image `(C, H, W)` is convolved as PyTorch's `Conv2d` convolves it unbatched: the batch
+/// of one's output without its batch dimension, and the same gradients; where the fused
+/// batch norm would meet it (which PyTorch's `BatchNorm2d` refuses, and so torchvision's
+/// models), it is named with the way to a batch. Images `(N, H, W, C)`, as PIL and NumPy lay
+/// them out, get the way to `(N, C, H, W)`.
 #[test]
-fn an_unbatched_or_channels_last_shape_is_named_with_the_way_out() -> Result<()> {
+fn an_unbatched_image_is_convolved_and_channels_last_shapes_are_named() -> Result<()> {
     let dev = Device::Cpu;
+    let weight = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &dev)?)?;
+    let bias = Tensor::new(&[0.5f32, -1.0, 0.0, 2.0], &dev)?;
+    let config = Conv2dConfig {
+        padding: 1,
+        stride: 2,
+        ..Default::default()
+    };
+    let conv = Conv2d::new(weight.as_tensor().clone(), Some(bias), config);
+    let image = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 9, 8), &dev)?)?;
+    let one = conv.forward(image.as_tensor())?;
+    assert_eq!(one.dims(), [4, 5, 4]);
+    let batch = conv.forward(&image.as_tensor().unsqueeze(0)?)?;
+    assert_eq!(one.to_vec3::<f32>()?, batch.squeeze(0)?.to_vec3::<f32>()?);
+    let (g_one, g_batch) = (
+        one.sqr()?.sum_all()?.backward()?,
+        batch.sqr()?.sum_all()?.backward()?,
+    );
+    for v in [&weight, &image] {
+        let (a, b) = (g_one.get(v.as_tensor()), g_batch.get(v.as_tensor()));
+        let (a, b) = (a.expect("a gradient"), b.expect("a gradient"));
+        assert_eq!(a.dims(), v.dims());
+        let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+        assert_eq!(flat(a)?, flat(b)?);
+    }
+    let bn = crate::BatchNorm::new(
+        Tensor::zeros(4, DType::F32, &dev)?,
+        Tensor::ones(4, DType::F32, &dev)?,
+        Tensor::ones(4, DType::F32, &dev)?,
+        Tensor::zeros(4, DType::F32, &dev)?,
+        1e-5,
+        0.1,
+    )?;
+    let err = conv
+        .forward_batch_norm(image.as_tensor(), &bn, true, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("conv2d: input of shape [3, 9, 8]")
+            && err.contains("xs.unsqueeze(0) makes it a batch of one"),
+        "{err}"
+    );
     let conv = Conv2d::new(
         Tensor::zeros((4, 3, 3, 3), DType::F32, &dev)?,
         None,
         Default::default(),
-    );
-    let err = conv
-        .forward(&Tensor::zeros((3, 8, 8), DType::F32, &dev)?)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("conv2d: input of shape [3, 8, 8]")
-            && err.contains("xs.unsqueeze(0) makes it a batch of one"),
-        "{err}"
     );
     let err = conv
         .forward(&Tensor::zeros((2, 8, 8, 3), DType::F32, &dev)?)

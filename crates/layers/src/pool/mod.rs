@@ -16,24 +16,28 @@ use candle_core::{DType, Module, Result, Tensor};
 pub use config::{Pool2d, PoolKind};
 
 /// `xs` as pooling takes it: (N, C, H, W) with channels and positions (a batch may be
-/// empty), as PyTorch's `max_pool2d` and `avg_pool2d` check it; one image (C, H, W) is named
-/// with the way to a batch.
+/// empty), as PyTorch's `max_pool2d` and `avg_pool2d` check it.
 fn check_input(xs: &Tensor) -> Result<()> {
     match *xs.dims() {
         [_, c, h, w] if c > 0 && h > 0 && w > 0 => Ok(()),
         _ => candle_core::bail!(
-            "pooling expects (N, C, H, W) input with C, H and W at least 1, got {:?}{}",
+            "pooling expects (N, C, H, W) input (or one image (C, H, W)) with C, H and W at \
+             least 1, got {:?}",
             xs.dims(),
-            match xs.rank() {
-                3 => " (one image (C, H, W): xs.unsqueeze(0) makes it a batch of one)",
-                _ => "",
-            }
         ),
     }
 }
 
+/// `(N, C, H, W)` to `(N, C, H_out, W_out)`; one image `(C, H, W)` to `(C, H_out, W_out)`, as
+/// PyTorch's pooling takes it unbatched.
 impl Module for Pool2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        crate::unbatched::or_one_image(xs, |xs| self.forward_batch(xs))
+    }
+}
+
+impl Pool2d {
+    fn forward_batch(&self, xs: &Tensor) -> Result<Tensor> {
         check_input(xs)?;
         // bf16 and f16 (as PyTorch pools them on the CPU: in float32, rounded back; the
         // maxima are exact).
@@ -41,7 +45,8 @@ impl Module for Pool2d {
         if xs.device().is_cpu() && matches!(dtype, DType::BF16 | DType::F16) {
             // In the input's memory format (a cast gives a contiguous tensor).
             return crate::memory_format::keep(xs, |xs| {
-                self.forward(&xs.to_dtype(DType::F32)?)?.to_dtype(dtype)
+                self.forward_batch(&xs.to_dtype(DType::F32)?)?
+                    .to_dtype(dtype)
             });
         }
         // A channels-last input is pooled in (N, C, H, W) order and handed on channels-last.
@@ -53,9 +58,7 @@ impl Module for Pool2d {
             }
         })
     }
-}
 
-impl Pool2d {
     /// `torch.relu(pool(xs))` on `(N, C, H, W)`: on f32 CPU tensors one op each way (the ReLU
     /// applied to each plane's outputs as they are made; one autograd node, and one
     /// zero-filled gradient sum, fewer than the two apart), with the same bits as apart.
@@ -63,8 +66,13 @@ impl Pool2d {
     /// `F.relu(F.max_pool2d(conv(x), 2))`).
     ///
     /// # Errors
-    /// As [`Module::forward`] (`xs` is not `(N, C, H, W)`, or the geometry is refused).
+    /// As [`Module::forward`] (`xs` is neither `(N, C, H, W)` nor `(C, H, W)`, or the
+    /// geometry is refused).
     pub fn forward_relu(&self, xs: &Tensor) -> Result<Tensor> {
+        crate::unbatched::or_one_image(xs, |xs| self.forward_relu_batch(xs))
+    }
+
+    fn forward_relu_batch(&self, xs: &Tensor) -> Result<Tensor> {
         check_input(xs)?;
         match xs.device().is_cpu() && xs.dtype() == DType::F32 {
             true => crate::memory_format::keep(xs, |xs| {
@@ -104,12 +112,13 @@ impl Inner {
 }
 
 /// `F.max_pool2d(xs, kernel, stride, padding, ceil_mode=ceil_mode)` on `(N, C, H, W)`, giving
-/// `(N, C, H_out, W_out)` ([`Pool2d::output_size`]); on ties the gradient goes to the first
+/// `(N, C, H_out, W_out)` ([`Pool2d::output_size`]), or on one image `(C, H, W)`; on ties the gradient goes to the first
 /// maximum of the window, as PyTorch.  f32 and f64; bf16 and f16 are pooled in float32 on the CPU
 /// and rounded back, as PyTorch pools them there.
 ///
 /// # Errors
-/// `xs` is not `(N, C, H, W)`, or the geometry is refused ([`Pool2d::output_size`]).
+/// `xs` is neither `(N, C, H, W)` nor `(C, H, W)`, or the geometry is refused
+/// ([`Pool2d::output_size`]).
 pub fn max_pool2d(
     xs: &Tensor,
     kernel: usize,
@@ -124,10 +133,12 @@ pub fn max_pool2d(
 }
 
 /// `F.avg_pool2d(xs, kernel, stride, padding, ceil_mode=ceil_mode)` (count_include_pad=True)
-/// on `(N, C, H, W)`, giving `(N, C, H_out, W_out)` ([`Pool2d::output_size`]).
+/// on `(N, C, H, W)`, giving `(N, C, H_out, W_out)` ([`Pool2d::output_size`]), or on one
+/// image `(C, H, W)`.
 ///
 /// # Errors
-/// `xs` is not `(N, C, H, W)`, or the geometry is refused ([`Pool2d::output_size`]).
+/// `xs` is neither `(N, C, H, W)` nor `(C, H, W)`, or the geometry is refused
+/// ([`Pool2d::output_size`]).
 pub fn avg_pool2d(
     xs: &Tensor,
     kernel: usize,

@@ -298,8 +298,46 @@ fn bf16_maps_pool_in_float32_and_empty_maps_are_refused() -> Result<()> {
         let err = Pool2d::max(2, 2).forward(&empty).unwrap_err().to_string();
         assert!(err.contains("C, H and W at least 1"), "{err}");
     }
-    let image = Tensor::zeros((3, 4, 4), DType::F32, &dev)?;
-    let err = Pool2d::avg(2, 2).forward(&image).unwrap_err().to_string();
-    assert!(err.contains("xs.unsqueeze(0)"), "{err}");
+    let line = Tensor::zeros((3, 4), DType::F32, &dev)?;
+    let err = Pool2d::avg(2, 2).forward(&line).unwrap_err().to_string();
+    assert!(err.contains("got [3, 4]"), "{err}");
+    Ok(())
+}
+
+/// One image's maps `(C, H, W)` are pooled as PyTorch pools them unbatched: the batch of one's
+/// output without its batch dimension, and the same gradient (max and average, with the fused
+/// ReLU, in bf16 too).
+#[test]
+fn an_unbatched_image_is_pooled_as_a_batch_of_one() -> Result<()> {
+    let dev = Device::Cpu;
+    let image = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 7, 6), &dev)?)?;
+    for pool in [
+        Pool2d::max(3, 2).padding(1),
+        Pool2d::avg(2, 2).ceil_mode(true),
+    ] {
+        for relu in [false, true] {
+            let run = |xs: &Tensor| match relu {
+                true => pool.forward_relu(xs),
+                false => pool.forward(xs),
+            };
+            let one = run(image.as_tensor())?;
+            let batch = run(&image.as_tensor().unsqueeze(0)?)?;
+            assert_eq!(one.dims(), &batch.dims()[1..]);
+            assert_eq!(one.to_vec3::<f32>()?, batch.squeeze(0)?.to_vec3::<f32>()?);
+            let g_one = one.sum_all()?.backward()?;
+            let g_batch = batch.sum_all()?.backward()?;
+            let g = |g: &candle_core::backprop::GradStore| match g.get(image.as_tensor()) {
+                Some(g) => g.to_vec3::<f32>(),
+                None => candle_core::bail!("no gradient"),
+            };
+            assert_eq!(g(&g_one)?, g(&g_batch)?);
+        }
+        let half = image.as_tensor().to_dtype(DType::BF16)?;
+        let one = pool.forward(&half)?;
+        let batch = pool.forward(&half.unsqueeze(0)?)?.squeeze(0)?;
+        assert_eq!(one.dtype(), DType::BF16);
+        let f32s = |t: &Tensor| t.to_dtype(DType::F32)?.to_vec3::<f32>();
+        assert_eq!(f32s(&one)?, f32s(&batch)?);
+    }
     Ok(())
 }
