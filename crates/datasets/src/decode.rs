@@ -61,6 +61,12 @@ pub fn decode_image(bytes: &[u8], mode: ColorMode) -> Result<U8Image> {
             bail!("{}", too_large(bytes, format));
         }
     }
+    // A plain PNM as its values and nothing else (the decoder refuses comments among them).
+    let plain = match format {
+        ImageFormat::Pnm => plain_pnm(bytes)?,
+        _ => None,
+    };
+    let bytes = plain.as_deref().unwrap_or(bytes);
     let libjpeg = match format {
         ImageFormat::Jpeg => libjpeg_pixels(bytes)?,
         _ => None,
@@ -266,8 +272,8 @@ fn pil_pixels(img: image::DynamicImage, grey16_transparency: bool) -> Pixels {
 /// (Pillow's `PpmDecoder`), where the `image` crate scales to its sample type's top in single
 /// precision, ties away from zero (and a 16-bit PPM then gave its high byte); a PGM of maxval
 /// over 255 is PIL's 16-bit `I`, `round(v / maxval * 65535)`, clipped at 255 by `convert`
-/// (65535 is read as it is). A value above maxval in a plain (ASCII) file saturates, where PIL
-/// refuses it. Other images, and a header the decoder refused after all, are returned as they
+/// (65535 is read as it is). A value above maxval in a binary file saturates, as in PIL (a
+/// plain file's is refused: [`plain_pnm`]). Other images, and a header the decoder refused after all, are returned as they
 /// are.
 fn pnm_levels_as_pil(bytes: &[u8], img: image::DynamicImage) -> image::DynamicImage {
     use image::codecs::pnm::{PnmDecoder, PnmSubtype};
@@ -314,6 +320,64 @@ fn pnm_levels_as_pil(bytes: &[u8], img: image::DynamicImage) -> image::DynamicIm
         (Some(p), false) => image::GrayImage::from_raw(width, height, p).map_or(img, D::ImageLuma8),
         (None, _) => img,
     }
+}
+
+/// A plain (ASCII) PGM or PPM (`P2`, `P3`) as its header and values alone, one space apart,
+/// as Pillow's plain decoder reads it: comments (`#` to the end of the line) passed over in
+/// the header and among the values (where the decoder here refused them), and a value above
+/// the maxval refused ("Channel value too large for this mode", where the decoder here
+/// saturated it). `None` for other files and for headers that do not parse (the decoder names
+/// what is wrong with them).
+fn plain_pnm(bytes: &[u8]) -> Result<Option<Vec<u8>>> {
+    let (channels, magic) = match bytes.get(..2) {
+        Some(b"P2") => (1, "P2"),
+        Some(b"P3") => (3, "P3"),
+        _ => return Ok(None),
+    };
+    let mut comment = false;
+    let mut tokens = bytes[2..]
+        .split(|&b| {
+            comment = match b {
+                b'#' => true,
+                b'\n' | b'\r' => false,
+                _ => comment,
+            };
+            comment || b.is_ascii_whitespace()
+        })
+        .filter(|t| !t.is_empty());
+    let mut header = [0u64; 3];
+    for field in &mut header {
+        match tokens.next().and_then(plain_number) {
+            Some(v) => *field = v,
+            None => return Ok(None),
+        }
+    }
+    let [width, height, maxval] = header;
+    let mut values = format!("{magic}\n{width} {height}\n{maxval}\n").into_bytes();
+    let samples = width.saturating_mul(height).saturating_mul(channels);
+    for (i, token) in (0..samples).zip(tokens) {
+        if token.iter().all(u8::is_ascii_digit) && plain_number(token).is_none_or(|v| v > maxval) {
+            bail!(
+                "a plain (ASCII) {} holds the value {} above its maxval {maxval} (sample {i}, \
+                 pixel {}): PIL refuses it (\"Channel value too large for this mode\")",
+                if channels == 1 {
+                    "PGM (P2)"
+                } else {
+                    "PPM (P3)"
+                },
+                String::from_utf8_lossy(token),
+                i / channels
+            );
+        }
+        values.extend_from_slice(token);
+        values.push(b' ');
+    }
+    Ok(Some(values))
+}
+
+/// A decimal number of a plain PNM (digits only, at most a `u64`).
+fn plain_number(token: &[u8]) -> Option<u64> {
+    std::str::from_utf8(token).ok()?.parse().ok()
 }
 
 /// A 16-bit grey value as PIL converts `I;16` to 8 bits: clipped at 255.

@@ -86,6 +86,41 @@ fn pnm_levels_of_another_maxval_are_pils() {
     }
 }
 
+/// A plain (ASCII) PGM or PPM value above the maxval is refused, naming it, as Pillow 13
+/// refuses it ("Channel value too large for this mode: 300"); it saturated. Comments among
+/// the values are passed over, and a binary file's value above the maxval saturates, as in
+/// PIL (Pillow's levels: 128 and 255 for 50 and 200 of 100).
+#[test]
+fn a_plain_pnm_value_above_maxval_is_refused_as_pil_refuses_it() {
+    for (bytes, said) in [
+        (
+            &b"P3\n2 1\n255\n0 0 0 300 0 0\n"[..],
+            "the value 300 above its maxval 255 (sample 3, pixel 1)",
+        ),
+        (
+            b"P2\n2 1\n100\n50 101\n",
+            "the value 101 above its maxval 100 (sample 1",
+        ),
+        (
+            b"P2 # a comment 999\n2 1 100\n# 999\n50 12345678901\n",
+            "the value 12345678901",
+        ),
+    ] {
+        let err = format!("{:#}", decode_image(bytes, ColorMode::Gray).unwrap_err());
+        assert!(
+            err.contains(said) && err.contains("Channel value too large"),
+            "{err}"
+        );
+    }
+    for bytes in [
+        &b"P2\n2 1\n100\n# c 999\n50 # x 999\n 100\n"[..],
+        b"P5\n2 1\n100\n\x32\xc8",
+    ] {
+        let img = decode_image(bytes, ColorMode::Gray).unwrap();
+        assert_eq!(img.data, [128, 255]);
+    }
+}
+
 /// The pixels are PIL's (Pillow 13.0, `Image.open(f).convert("RGB")` and `.convert("L")`, the
 /// values below printed by it): grey from RGB rounded as its `rgb2l`, 16-bit RGB and 16-bit
 /// grey with alpha by the high byte, 16-bit grey clipped at 255.
