@@ -1093,7 +1093,7 @@ pub(crate) fn limited(
 /// takes no such flag. On a fresh run a multistep schedule without milestones (a constant rate
 /// in disguise) is refused too (runs saved before that check are resumed as they are).
 fn check_schedule_flags(args: &Args, config: &RunConfig, resumed: bool) -> Result<()> {
-    use ScheduleKind::{Multistep, Step};
+    use ScheduleKind::{Exponential, Multistep, Step};
     let (schedule, milestones) = (config.schedule, &config.milestones);
     // Resumed: only a value other than the run's (the same command with `--resume` added is
     // taken, as for any flag).
@@ -1118,7 +1118,7 @@ fn check_schedule_flags(args: &Args, config: &RunConfig, resumed: bool) -> Resul
         (
             "--gamma",
             given(args.gamma.is_some(), args.gamma == Some(config.gamma)),
-            &[Multistep, Step],
+            &[Multistep, Step, Exponential],
         ),
     ];
     for (flag, is_given, users) in given {
@@ -1153,6 +1153,13 @@ fn check_schedule_flags(args: &Args, config: &RunConfig, resumed: bool) -> Resul
              says, is not chainable (ChainedScheduler([LinearLR, OneCycleLR]) gives \
              OneCycleLR's rates alone): leave --warmup-epochs out",
             config.warmup_epochs
+        );
+    }
+    // `ExponentialLR` has no default factor (the recipes' 0.1 a decay, not a factor per epoch).
+    if !resumed && schedule == Exponential && args.gamma.is_none() {
+        bail!(
+            "--schedule exponential needs --gamma (the rate's factor per epoch, as \
+             ExponentialLR(gamma) takes it: 0.95 takes the rate to a third in about 21 epochs)"
         );
     }
     if !resumed && schedule == Multistep && milestones.is_empty() {
@@ -1510,11 +1517,11 @@ mod tests {
             (&["--schedule", "multistep", "--step-size", "3"], "step"),
             (
                 &["--schedule", "cosine", "--gamma", "0.5"],
-                "multistep or step",
+                "multistep or step or exponential",
             ),
             (
                 &["--schedule", "onecycle", "--gamma", "0.5"],
-                "multistep or step",
+                "multistep or step or exponential",
             ),
             (&["--step-size", "2"], "step"),
         ] {
@@ -1529,6 +1536,19 @@ mod tests {
         let step = config(&["--schedule", "step", "--step-size", "3", "--gamma", "0.5"])?
             .map_err(anyhow::Error::msg)?;
         assert_eq!((step.step_size, step.gamma), (3, 0.5));
+        // ExponentialLR takes --gamma, and needs it (there is no default factor per epoch).
+        let exponential = config(&["--schedule", "exponential", "--gamma", "0.5"])?
+            .map_err(anyhow::Error::msg)?;
+        let rates = exponential.schedule(10).schedule;
+        assert_eq!(
+            [rates.lr(0), rates.lr(2)],
+            [exponential.lr, exponential.lr * 0.25]
+        );
+        let err = config(&["--schedule", "exponential"])?.expect_err("no gamma");
+        assert!(
+            err.contains("--schedule exponential needs --gamma"),
+            "{err}"
+        );
         let multistep_argv = [
             "--schedule",
             "multistep",

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 pub use datasets::DatasetKind;
 
 use optim::lr_scheduler::{
-    Constant, CosineAnnealingLr, LinearWarmup, LrSchedule, MultiStepLr, OneCycleLr, Scheduled,
-    StepLr, Stepping,
+    Constant, CosineAnnealingLr, ExponentialLr, LinearWarmup, LrSchedule, MultiStepLr, OneCycleLr,
+    Scheduled, StepLr, Stepping,
 };
 use optim::{Adam, AdamConfig, NamedVar, Optimizer, Sgd, SgdConfig, Update};
 
@@ -47,6 +47,8 @@ pub enum ScheduleKind {
     Step,
     /// `CosineAnnealingLR(T_max=epochs)`, per epoch.
     Cosine,
+    /// `ExponentialLR(gamma)`, per epoch.
+    Exponential,
     /// `OneCycleLR(max_lr=lr, total_steps=epochs*batches)`, per batch.
     Onecycle,
 }
@@ -162,7 +164,7 @@ pub struct RunConfig {
     pub milestones: Vec<usize>,
     /// StepLR's period in epochs.
     pub step_size: usize,
-    /// Decay factor of StepLR and MultiStepLR.
+    /// Decay factor of StepLR, MultiStepLR and ExponentialLR.
     pub gamma: f64,
     /// Epochs of linear warm-up (from a third of the rate, as PyTorch's LinearLR), multiplied into
     /// the schedule (`ChainedScheduler([LinearLR, schedule])`).
@@ -403,6 +405,13 @@ impl RunConfig {
                 Box::new(StepLr {
                     base_lr: lr,
                     step_size: self.step_size,
+                    gamma: self.gamma,
+                }),
+                Stepping::PerEpoch,
+            ),
+            ScheduleKind::Exponential => (
+                Box::new(ExponentialLr {
+                    base_lr: lr,
                     gamma: self.gamma,
                 }),
                 Stepping::PerEpoch,

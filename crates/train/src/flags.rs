@@ -397,7 +397,7 @@ hyperparameters! {
     /// StepLR period in epochs
     #[arg(long)]
     step_size: Option<usize> = value(|r| r.step_size);
-    /// StepLR / MultiStepLR decay factor
+    /// StepLR / MultiStepLR decay factor; ExponentialLR's factor per epoch
     #[arg(long)]
     gamma: Option<f64> = value(|r| r.gamma);
     /// Epochs of linear warm-up, from a third of the rate, multiplied into the schedule as
