@@ -388,8 +388,16 @@ impl Optimizer for Adam {
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
         self.flat.clear();
         let names: Vec<&str> = self.params.iter().map(|p| p.name.as_str()).collect();
+        let amsgrad = self.config.amsgrad;
+        let saved_amsgrad = state.keys().any(|k| k.ends_with(".max_exp_avg_sq"));
+        if saved_amsgrad && !amsgrad {
+            anyhow::bail!(
+                "the optimizer state holds AMSGrad's largest second moments (max_exp_avg_sq): \
+                 it was saved with amsgrad, and resumes only with amsgrad on"
+            );
+        }
         let kept = ["step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"];
-        let buffers = buffers_of(state, &names, &kept[..3 + usize::from(self.config.amsgrad)])?;
+        let buffers = buffers_of(state, &names, &kept[..3 + usize::from(amsgrad)])?;
         for (p, bufs) in self.params.iter_mut().zip(buffers) {
             if bufs.is_empty() {
                 p.moments = None;
@@ -424,11 +432,13 @@ impl Optimizer for Adam {
                 // A copy: the step updates the moments in place, and `state` is the caller's.
                 Ok(t.copy()?)
             };
-            let max_exp_avg_sq = match self.config.amsgrad {
-                true => Some(squares("max_exp_avg_sq").context(
-                    "AMSGrad keeps the largest second moments: a state saved without amsgrad \
-                     does not resume with it",
-                )?),
+            let max_exp_avg_sq = match amsgrad {
+                true if !saved_amsgrad => anyhow::bail!(
+                    "optimizer state lacks {}.max_exp_avg_sq: AMSGrad keeps the largest second \
+                     moments, and a state saved without amsgrad does not resume with it",
+                    p.name
+                ),
+                true => Some(squares("max_exp_avg_sq")?),
                 false => None,
             };
             p.moments = Some(Moments {
