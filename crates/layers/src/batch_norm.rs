@@ -111,6 +111,8 @@ pub struct BatchNorm {
     bias: Tensor,
     eps: f64,
     momentum: f64,
+    /// Only (N, C, H, W) input, as `nn.BatchNorm2d` ([`BatchNorm::as_batch_norm2d`]).
+    images_only: bool,
 }
 
 impl BatchNorm {
@@ -170,7 +172,52 @@ impl BatchNorm {
             bias,
             eps,
             momentum,
+            images_only: false,
         })
+    }
+
+    /// The same batch norm taking only images `(N, C, H, W)`, as `nn.BatchNorm2d` takes them
+    /// ([`batch_norm`] makes one): one image `(C, H, W)` (which [`Conv2d`](crate::Conv2d)
+    /// takes unbatched, as PyTorch's) is refused, where read as `(N, C, L)` it would be
+    /// normalised over its rows whenever its height is the channel count.
+    pub fn as_batch_norm2d(self) -> Self {
+        Self {
+            images_only: true,
+            ..self
+        }
+    }
+
+    /// An error unless `xs` is (N, C, H, W) where [`BatchNorm::as_batch_norm2d`] says so.
+    fn check_images(&self, xs: &Tensor) -> Result<()> {
+        if self.images_only && xs.rank() != 4 {
+            candle_core::bail!(
+                "BatchNorm2d over {} channels got an input of shape {:?}: it takes images \
+                 (N, C, H, W){}",
+                self.weight.elem_count(),
+                xs.dims(),
+                match xs.rank() {
+                    3 => " (one image (C, H, W): xs.unsqueeze(0) makes it a batch of one)",
+                    _ => "",
+                }
+            )
+        }
+        Ok(())
+    }
+
+    /// The same batch norm with the running statistics' `momentum` (PyTorch's: the weight of
+    /// the batch's statistics, 0.1 by default), e.g. `nn.BatchNorm2d(c, momentum=0.01)`.
+    ///
+    /// Errors: `momentum` outside `[0, 1]`.
+    pub fn with_momentum(self, momentum: f64) -> Result<Self> {
+        if !(0.0..=1.0).contains(&momentum) {
+            candle_core::bail!("batch-norm momentum {momentum} must lie in [0, 1]")
+        }
+        Ok(Self { momentum, ..self })
+    }
+
+    /// The batch statistics' weight in the running ones.
+    pub fn momentum(&self) -> f64 {
+        self.momentum
     }
 
     /// The same batch norm counting its training-mode passes in `count` (an int64 scalar,
@@ -248,6 +295,7 @@ impl BatchNorm {
                 .detached()
                 .forward_add_relu(&xs.detach(), &residual, train);
         }
+        self.check_images(xs)?;
         let c = self.weight.elem_count();
         if xs.rank() < 2 || xs.dim(1)? != c || residual.dims() != xs.dims() {
             candle_core::bail!(
@@ -285,6 +333,7 @@ impl BatchNorm {
         if crate::grad_mode::detach_first(&[Some(xs), Some(&self.weight), Some(&self.bias)]) {
             return self.detached().forward_inner(&xs.detach(), train, relu);
         }
+        self.check_images(xs)?;
         let c = self.weight.elem_count();
         if xs.rank() < 2 || xs.dim(1)? != c {
             candle_core::bail!(
@@ -799,8 +848,10 @@ impl CustomOp3 for BatchNormOp {
     }
 }
 
-/// `nn.BatchNorm2d(num_features, eps)` with momentum 0.1, weight 1 and bias 0, parameters and
-/// buffers (`running_mean`, `running_var`, `num_batches_tracked`) under `vb`'s prefix.
+/// `nn.BatchNorm2d(num_features, eps)` with momentum 0.1 ([`BatchNorm::with_momentum`] sets
+/// another), weight 1 and bias 0, parameters and buffers (`running_mean`, `running_var`,
+/// `num_batches_tracked`) under `vb`'s prefix; it takes images (N, C, H, W) only
+/// ([`BatchNorm::as_batch_norm2d`]).
 ///
 /// # Errors
 /// `vb` holds tensors of other shapes under these names.
@@ -816,7 +867,11 @@ pub fn batch_norm(vb: candle_nn::VarBuilder, num_features: usize, eps: f64) -> R
         Init::Const(0.),
         candle_core::DType::I64,
     )?;
-    BatchNorm::new(running_mean, running_var, weight, bias, eps, 0.1)?.with_batches_tracked(count)
+    Ok(
+        BatchNorm::new(running_mean, running_var, weight, bias, eps, 0.1)?
+            .with_batches_tracked(count)?
+            .as_batch_norm2d(),
+    )
 }
 
 #[cfg(test)]
@@ -1268,6 +1323,46 @@ mod tests {
         let y = ours.forward_t(&x.to_dtype(DType::BF16)?, true)?;
         assert_eq!(y.dtype(), DType::BF16);
         close(&y.to_dtype(DType::F32)?, &theirs.forward_t(&x, true)?, 0.05)?;
+        Ok(())
+    }
+
+    /// `batch_norm` is `nn.BatchNorm2d`: one image `(C, H, W)` is refused with the way to a
+    /// batch (read as `(N, C, L)`, a 16x16x16 map would be normalised over its rows), and so
+    /// is a 5-D input; `BatchNorm::new` takes any `(N, C, ...)`. `with_momentum` sets the
+    /// running statistics' momentum, as `nn.BatchNorm2d(c, momentum=...)`.
+    #[test]
+    fn batch_norm2d_takes_images_only_and_any_momentum() -> Result<()> {
+        let dev = Device::Cpu;
+        let store = crate::ParamStore::new(0, &dev);
+        let bn = batch_norm(store.vb().pp("bn"), 16, 1e-5)?;
+        for train in [false, true] {
+            let one = Tensor::randn(0f32, 1.0, (16, 16, 16), &dev)?;
+            let err = bn.forward_t(&one, train).unwrap_err().to_string();
+            assert!(
+                err.contains("BatchNorm2d over 16 channels got an input of shape [16, 16, 16]"),
+                "{err}"
+            );
+            assert!(err.contains("xs.unsqueeze(0)"), "{err}");
+            let err = bn
+                .forward_add_relu(&one, &one, train)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("it takes images (N, C, H, W)"), "{err}");
+            let volume = Tensor::randn(0f32, 1.0, (2, 16, 3, 3, 3), &dev)?;
+            assert!(bn.forward_relu(&volume, train).is_err());
+            assert!(bn.forward_t(&one.unsqueeze(0)?, train).is_ok());
+        }
+        let (any, _, _, _) = pair(3, &dev)?;
+        assert!(any
+            .forward_t(&Tensor::randn(0f32, 1.0, (4, 3, 5), &dev)?, true)
+            .is_ok());
+        let slow = batch_norm(store.vb().pp("slow"), 2, 1e-5)?.with_momentum(0.05)?;
+        assert_eq!(slow.momentum(), 0.05);
+        let x = Tensor::new(&[[[[1f32]], [[4.0]]], [[[3.0]], [[8.0]]]], &dev)?;
+        slow.forward_t(&x, true)?;
+        let mean = slow.running_mean().to_vec1::<f32>()?;
+        assert_eq!(mean, [0.05 * 2.0, 0.05 * 6.0]);
+        assert!(slow.with_momentum(1.5).is_err());
         Ok(())
     }
 }

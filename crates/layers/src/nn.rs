@@ -85,7 +85,8 @@ pub fn linear(
 /// it) is float32: the input's dtype, or the weight's for a bf16/f16 input (CUDA's activations
 /// under autocast).
 /// An f32 (N, in) input on the CPU with a bias runs as one operation (`linear_cpu`), under bf16
-/// autocast too ([`autocast::cpu_bf16_kernel`]).
+/// autocast too ([`autocast::cpu_bf16_kernel`]). Input `(..., in)`, output `(..., out)`: one
+/// vector `(in,)` gives `(out,)`, as `nn.Linear`.
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
@@ -111,6 +112,10 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        // One vector: a batch of one (Candle's product takes no vector).
+        if xs.rank() == 1 {
+            return self.forward(&xs.unsqueeze(0)?)?.squeeze(0);
+        }
         // Under `no_grad`: the same on detached inputs and parameters (no graph recorded).
         if crate::grad_mode::detach_first(&[Some(xs), Some(&self.weight), self.bias.as_ref()]) {
             let detached =
@@ -365,6 +370,23 @@ mod tests {
             assert_eq!(h.dtype(), DType::F32);
             let diff = (&h - &r)?.abs()?.max_all()?.to_scalar::<f32>()?;
             assert!(diff > 0.0 && diff < 0.05, "bf16 differs by {diff}");
+        }
+        Ok(())
+    }
+
+    /// One vector `(in,)` gives `(out,)`, the batch of one's row, as `nn.Linear` gives it
+    /// (Candle's product refused it with a shape mismatch).
+    #[test]
+    fn one_vector_is_a_batch_of_one() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.3, (5, 7), &dev)?;
+        let x = Tensor::randn(0f32, 1., 7, &dev)?;
+        for bias in [None, Some(Tensor::randn(0f32, 1., 5, &dev)?)] {
+            let linear = Linear::new(w.clone(), bias);
+            let one = linear.forward(&x)?;
+            assert_eq!(one.dims(), [5]);
+            let row = linear.forward(&x.unsqueeze(0)?)?.squeeze(0)?;
+            assert_eq!(one.to_vec1::<f32>()?, row.to_vec1::<f32>()?);
         }
         Ok(())
     }

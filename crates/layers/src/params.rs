@@ -45,7 +45,8 @@ impl ParamStore {
         }
     }
 
-    /// A float32 builder that creates (or returns) variables in this store.
+    /// A float32 builder that creates (or returns) variables in this store; for a float64
+    /// model (PyTorch's `model.double()`), `store.vb().set_dtype(DType::F64)`.
     pub fn vb(&self) -> VarBuilder<'static> {
         VarBuilder::from_backend(
             Box::new(self.backend.clone()),

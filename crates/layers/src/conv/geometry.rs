@@ -434,12 +434,13 @@ fn check_input(
 /// a kernel of zero size panicked in the product): positive stride, dilation and groups; a
 /// kernel (O, C / groups, KH, KW) of no zero size whose O divides into the groups; a bias of
 /// O values; an input (N, C, H, W) of C channels whose padded sides hold the dilated kernel.
+/// Returns the output's shape, (N, O, H_out, W_out).
 pub(super) fn check_conv(
     xs: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
     config: &candle_nn::Conv2dConfig,
-) -> Result<()> {
+) -> Result<[usize; 4]> {
     let (stride, padding, dilation, groups) = (
         config.stride,
         config.padding,
@@ -479,7 +480,7 @@ pub(super) fn check_conv(
             )
         }
     }
-    let (_, _, h, w) = check_input(xs, weight, groups)?;
+    let (n, _, h, w) = check_input(xs, weight, groups)?;
     let reach = |k: usize| dilation * (k - 1) + 1;
     if h + 2 * padding < reach(kh) || w + 2 * padding < reach(kw) {
         candle_core::bail!(
@@ -493,7 +494,8 @@ pub(super) fn check_conv(
             w + 2 * padding
         )
     }
-    Ok(())
+    let out = |size: usize, k: usize| (size + 2 * padding - reach(k)) / stride + 1;
+    Ok([n, cout, out(h, kh), out(w, kw)])
 }
 
 #[cfg(test)]

@@ -336,7 +336,13 @@ impl Conv2d {
                 self.weight.dims()
             )
         }
-        geometry::check_conv(xs, &self.weight, self.bias.as_ref(), &self.config)?;
+        let out = geometry::check_conv(xs, &self.weight, self.bias.as_ref(), &self.config)?;
+        // An empty batch: PyTorch's empty output (Candle's grouped and dilated convolution
+        // panicked on it; the others' ops take it).
+        let c = &self.config;
+        if out[0] == 0 && (c.groups > 1 || c.dilation > 1) {
+            return Ok((Tensor::zeros(&out, xs.dtype(), xs.device())?, false));
+        }
         if crate::grad_mode::detach_first(&[Some(xs), Some(&self.weight), self.bias.as_ref()]) {
             return self.detached().forward_then(&xs.detach(), bn, eval);
         }
@@ -358,7 +364,6 @@ impl Conv2d {
                 return trimmed.forward_then(xs, bn, eval);
             }
         }
-        let c = &self.config;
         let plain = c.groups == 1 && c.dilation == 1;
         let cpu = xs.device().is_cpu();
         let cpu_f32 = cpu && xs.dtype() == DType::F32;

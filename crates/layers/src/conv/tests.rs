@@ -1539,6 +1539,30 @@ fn an_unbatched_image_is_convolved_and_channels_last_shapes_are_named() -> Resul
     Ok(())
 }
 
+/// An empty batch gives PyTorch's empty output (N = 0) with groups and dilation too, where
+/// Candle's grouped and dilated convolution panicked (a reviewer's finding).
+#[test]
+fn an_empty_batch_gives_an_empty_output() -> Result<()> {
+    let dev = Device::Cpu;
+    for (groups, dilation, want) in [
+        (1, 1, [0, 8, 3, 3]),
+        (2, 1, [0, 8, 3, 3]),
+        (1, 2, [0, 8, 1, 1]),
+        (4, 2, [0, 8, 1, 1]),
+    ] {
+        let config = Conv2dConfig {
+            groups,
+            dilation,
+            ..Default::default()
+        };
+        let weight = Tensor::zeros((8, 4 / groups, 3, 3), DType::F32, &dev)?;
+        let conv = Conv2d::new(weight, None, config);
+        let out = conv.forward(&Tensor::zeros((0, 4, 5, 5), DType::F32, &dev)?)?;
+        assert_eq!(out.dims(), want, "groups {groups}, dilation {dilation}");
+    }
+    Ok(())
+}
+
 /// `F.conv2d`'s argument checks, which Candle's grouped and dilated convolution lacked: a
 /// dilated kernel wider than the padded input (an output of 2^64 - 1 rows), groups that do not
 /// divide the output channels (a kernel dropped), dilation 0 (every tap on one pixel), a kernel
