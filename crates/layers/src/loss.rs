@@ -24,9 +24,10 @@ use candle_core::{DType, Tensor, D};
 /// NaN), `labels` not `(N,)`, of a float dtype (PyTorch refuses it; a cast would truncate), or
 /// a label outside the classes (checked on the CPU).
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor, label_smoothing: f64) -> Result<Tensor> {
-    if !(0.0..=1.0).contains(&label_smoothing) {
-        bail!("label smoothing must lie in [0, 1], got {label_smoothing}");
+    if let Some(loss) = in_float32(logits, |l| cross_entropy(l, labels, label_smoothing))? {
+        return Ok(loss);
     }
+    check_smoothing(label_smoothing)?;
     check_labels(
         "cross-entropy",
         "logits",
@@ -48,27 +49,11 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor, label_smoothing: f64) -> 
     Ok(((nll * (1.0 - label_smoothing))? + (smooth * label_smoothing)?)?)
 }
 
-/// `torch.nn.functional.log_softmax(xs, dim=-1)`: `xs - max - log(sum(exp(xs - max)))` along
-/// the last dimension, the maximum taken out for range as PyTorch takes it out, and as a
-/// constant to autograd, as PyTorch's gradient treats it: Candle's `log_softmax` sends the
-/// rounding of the other terms' gradients (about K ulps) to each row's largest value, 6e-4
-/// relative from PyTorch's gradient there at K = 1000 (a reviewer's finding).
-///
-/// ```
-/// # fn main() -> anyhow::Result<()> {
-/// use candle_core::{Device, Tensor};
-/// let log_p = layers::loss::log_softmax(&Tensor::new(&[[0.0f32, 0.0]], &Device::Cpu)?)?;
-/// assert!((log_p.to_vec2::<f32>()?[0][1] + 2f32.ln()).abs() < 1e-7);
-/// # Ok(()) }
-/// ```
-///
-/// # Errors
-/// `xs` has no dimension, or its last one is empty.
-pub fn log_softmax(xs: &Tensor) -> Result<Tensor> {
-    let max = xs.max_keepdim(D::Minus1)?.detach();
-    let shifted = xs.broadcast_sub(&max)?;
-    let log_sum = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    Ok(shifted.broadcast_sub(&log_sum)?)
+/// `F.log_softmax(xs, dim=-1)` (Candle's; its gradient hands each row's largest value the
+/// rounding of the others' gradients, about K ulps, where PyTorch's treats the maximum taken
+/// out as a constant: a difference kept for now, see the test below).
+fn log_softmax(xs: &Tensor) -> Result<Tensor> {
+    Ok(candle_nn::ops::log_softmax(xs, D::Minus1)?)
 }
 
 /// How a loss reduces its per-sample values, as PyTorch's `reduction` argument.
@@ -147,10 +132,11 @@ impl CrossEntropyLoss {
     /// read) a `Mean` over a batch whose every label is `ignore_index`, where PyTorch gives NaN.
     /// A weighted mean whose labels' weights sum to 0 is NaN, as PyTorch's.
     pub fn forward(&self, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
-        let eps = self.label_smoothing;
-        if !(0.0..=1.0).contains(&eps) {
-            bail!("label smoothing must lie in [0, 1], got {eps}");
+        if let Some(loss) = in_float32(logits, |l| self.forward(l, labels))? {
+            return Ok(loss);
         }
+        let eps = self.label_smoothing;
+        check_smoothing(eps)?;
         let ignored = Some(self.ignore_index);
         let (who, reduction) = ("cross-entropy", self.reduction);
         let seen = check_labels(who, "logits", logits, labels, ignored, reduction)?;
@@ -205,6 +191,10 @@ pub fn nll_loss(
     ignore_index: i64,
     reduction: Reduction,
 ) -> Result<Tensor> {
+    let f32_loss = |l: &Tensor| nll_loss(l, labels, weight, ignore_index, reduction);
+    if let Some(loss) = in_float32(log_probs, f32_loss)? {
+        return Ok(loss);
+    }
     let who = "nll_loss";
     check_labels(
         who,
@@ -220,6 +210,28 @@ pub fn nll_loss(
     let t = Targets::of(who, log_probs, labels, weight, ignore_index)?;
     let per_sample = t.kept(&t.picked(log_probs)?.neg()?)?;
     t.reduce(&per_sample, reduction)
+}
+
+/// For bf16 or f16 `input`, the loss `f` computes of it in float32, handed back in the input's
+/// dtype: its sums and counts in those would stop growing (a sum of ones at 256 in bf16, where
+/// PyTorch's CPU kernels accumulate in float32; PyTorch rounds the log-probabilities to the
+/// input's dtype on the way, so its value differs from this one by about that rounding).
+/// `None` for other dtypes.
+fn in_float32(input: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Option<Tensor>> {
+    match input.dtype() {
+        DType::BF16 | DType::F16 => Ok(Some(
+            f(&input.to_dtype(DType::F32)?)?.to_dtype(input.dtype())?,
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// Label smoothing in `[0, 1]`, as PyTorch takes it.
+fn check_smoothing(label_smoothing: f64) -> Result<()> {
+    if !(0.0..=1.0).contains(&label_smoothing) {
+        bail!("label smoothing must lie in [0, 1], got {label_smoothing}");
+    }
+    Ok(())
 }
 
 /// What a loss of `input` `(0, K)` is, as PyTorch's: 0 summed, `(0,)` unreduced (a mean is
@@ -569,7 +581,41 @@ mod tests {
             let ours = loss.forward(logits.as_tensor(), &all)?.to_scalar::<f32>()?;
             let plain = cross_entropy(logits.as_tensor(), &all, eps)?.to_scalar::<f32>()?;
             assert_eq!(ours.to_bits(), plain.to_bits(), "smoothing {eps}");
+            // The general path (class weights of one, which CUDA's labels take too) agrees.
+            let ones = CrossEntropyLoss {
+                weight: Some(Tensor::ones(5, DType::F32, &Device::Cpu)?),
+                ..loss
+            };
+            let general = ones.forward(logits.as_tensor(), &all)?.to_scalar::<f32>()?;
+            assert!(
+                (general - plain).abs() <= 2e-7 * plain.abs(),
+                "{general} against {plain}"
+            );
         }
+        // bf16 logits: computed in float32 (a bf16 sum of a thousand losses stalled at 256 a
+        // term; a reviewer's finding), handed back in bf16.
+        let many = Tensor::randn(0f32, 1.0, (1000, 10), &Device::Cpu)?;
+        let labels: Vec<u32> = (0..1000).map(|i| i % 10).collect();
+        let labels = Tensor::new(labels.as_slice(), &Device::Cpu)?;
+        for reduction in [Reduction::Mean, Reduction::Sum] {
+            let loss = CrossEntropyLoss {
+                reduction,
+                weight: Some(Tensor::ones(10, DType::F32, &Device::Cpu)?),
+                ..CrossEntropyLoss::default()
+            };
+            let f32s = loss.forward(&many, &labels)?.to_scalar::<f32>()?;
+            let half = loss.forward(&many.to_dtype(DType::BF16)?, &labels)?;
+            assert_eq!(half.dtype(), DType::BF16);
+            let half = half.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+            assert!(
+                (half - f32s).abs() <= 2e-2 * f32s,
+                "{reduction:?}: {half} against {f32s}"
+            );
+        }
+        let plain = cross_entropy(&many.to_dtype(DType::BF16)?, &labels, 0.0)?;
+        let want = cross_entropy(&many, &labels, 0.0)?.to_scalar::<f32>()?;
+        let got = plain.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        assert!((got - want).abs() <= 1e-2 * want, "{got} against {want}");
         let inf = Tensor::new(&[[0.0f32, f32::NEG_INFINITY], [1.0, 2.0]], &Device::Cpu)?;
         let labels = Tensor::new(&[-100i64, 0], &Device::Cpu)?;
         for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
@@ -590,12 +636,14 @@ mod tests {
         Ok(())
     }
 
-    /// The gradient at each row's largest logit is PyTorch's (`F.cross_entropy` of 1,000
-    /// logits `0.3 sin(0.7 k)`, label 0, PyTorch 2.15: the largest at 92): Candle's
-    /// `log_softmax` handed the maximum the rounding of the others' gradients, 7e-5 to 6e-4
-    /// relative from PyTorch's there (a reviewer's finding).
+    /// The gradient at each row's largest logit is within 1e-3 of PyTorch's (`F.cross_entropy`
+    /// of 1,000 logits `0.3 sin(0.7 k)`, label 0, PyTorch 2.15: the largest at 92), 7e-5 to
+    /// 6e-4 relative there (Candle's `log_softmax`: the row maximum is not a constant to its
+    /// autograd; taking it out as one, as PyTorch's kernel does, gave PyTorch's gradient to
+    /// 3e-6, and moved a two-rank `--sync-bn` run 6e-3 from one process's, 5e-4 before, which
+    /// is not yet understood), and within 1e-6 at every other logit.
     #[test]
-    fn the_largest_logits_gradient_is_pytorchs() -> Result<()> {
+    fn the_largest_logits_gradient_is_near_pytorchs() -> Result<()> {
         let values: Vec<f32> = (0..1000)
             .map(|k| (0.3 * (0.7 * k as f64).sin()) as f32)
             .collect();
@@ -612,11 +660,8 @@ mod tests {
                 .get(logits.as_tensor())
                 .expect("a gradient")
                 .to_vec2::<f32>()?;
-            for (got, want) in [(grad[0][92], at_92), (grad[0][0], at_0)] {
-                // PyTorch's own is up to 3.3e-6 from the exact value (smoothing 1, at 92), and
-                // 1 - 1/K cancels to 2e-5 at 0 (its float32 rounding 1e-9 apart).
-                let tol = 5e-6 * f64::abs(want) + 1e-9;
-                let close = (f64::from(got) - want).abs() <= tol;
+            for (got, want, tol) in [(grad[0][92], at_92, 1e-3), (grad[0][0], at_0, 1e-6)] {
+                let close = (f64::from(got) - want).abs() <= tol * f64::abs(want) + 1e-9;
                 assert!(close, "smoothing {eps}: {got} against PyTorch's {want}");
             }
         }
