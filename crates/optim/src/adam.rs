@@ -309,7 +309,7 @@ pub(super) fn tensor_step(
     let exp_avg_sq = ((exp_avg_sq * c.beta2)? + ((&grad * (1.0 - c.beta2))? * &grad)?)?;
     let max_exp_avg_sq = match (c.amsgrad, &m.max_exp_avg_sq) {
         (false, _) => None,
-        (true, Some(max)) => Some(max.maximum(&exp_avg_sq)?),
+        (true, Some(max)) => Some(maximum(max, &exp_avg_sq)?),
         (true, None) => anyhow::bail!("adam: amsgrad without a max_exp_avg_sq"),
     };
     let bias_correction1 = 1.0 - c.beta1.powf(step as f64);
@@ -329,6 +329,15 @@ pub(super) fn tensor_step(
         max_exp_avg_sq,
     };
     Ok(((param + update)?, moments))
+}
+
+/// `torch.maximum(a, b)`: NaN where either is (Candle's `maximum` passes over a NaN in `b`), as
+/// the fused step keeps it.
+fn maximum(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let nan = |t: &Tensor| t.ne(t);
+    // `a` where it is at least `b` or NaN, else `b` (NaN or the larger).
+    let keep_a = (a.ge(b)?.to_dtype(DType::U8)? + nan(a)?)?.gt(0u8)?;
+    Ok(keep_a.where_cond(a, b)?)
 }
 
 fn scalar_like(value: f64, like: &Tensor) -> Result<Tensor> {

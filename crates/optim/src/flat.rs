@@ -27,6 +27,7 @@ pub enum Update {
     PerTensor,
     /// All parameters of one dtype and step state at once, over flat tensors (see the module
     /// documentation): a few kernel launches per step on a GPU instead of several per tensor.
+    /// Adam's `amsgrad` and the optimizers' `maximize` step per tensor whatever this says.
     Flat,
 }
 

@@ -284,6 +284,24 @@ fn amsgrad_state_is_pytorchs_and_is_not_mixed_with_adams() -> Result<()> {
     Ok(())
 }
 
+/// A NaN gradient makes AMSGrad's largest second moment NaN, as `torch.maximum` does, in the
+/// fused f32 step and in the whole-tensor one (f64 here), where Candle's `maximum` passed over
+/// a NaN (a reviewer's finding).
+#[test]
+fn amsgrad_keeps_a_nan_as_torch_maximum_does() -> Result<()> {
+    for dtype in [candle_core::DType::F32, candle_core::DType::F64] {
+        let var = Var::from_tensor(&Tensor::new(&[1.0f32, 2.0], &Device::Cpu)?.to_dtype(dtype)?)?;
+        let mut opt = Adam::new(vec![("w".into(), var.clone())], amsgrad(0.1))?;
+        let g = Tensor::new(&[f32::NAN, 1.0], &Device::Cpu)?.to_dtype(dtype)?;
+        let loss = (var.as_tensor() * g)?.sum_all()?;
+        opt.step(&loss.backward()?)?;
+        let max = opt.state()?["w.max_exp_avg_sq"].to_dtype(candle_core::DType::F64)?;
+        let max = max.to_vec1::<f64>()?;
+        assert!(max[0].is_nan() && max[1] > 0.0, "{dtype:?}: {max:?}");
+    }
+    Ok(())
+}
+
 /// An Adam state no step writes (an edited state: a negative second moment, a step count of 0
 /// or 2.5) is refused on loading, naming the buffer, where it would train to NaN.
 #[test]
