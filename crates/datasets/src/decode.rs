@@ -52,6 +52,13 @@ pub fn decode_image(bytes: &[u8], mode: ColorMode) -> Result<U8Image> {
         ImageFormat::Bmp | ImageFormat::Pnm => {}
         other => bail!("unsupported image format {other:?} (not {FORMATS})"),
     }
+    // A plain PNM as its values and nothing else (the decoder refuses comments among them),
+    // its header as the decoder reads it (for the size check too).
+    let plain = match format {
+        ImageFormat::Pnm => plain_pnm(bytes)?,
+        _ => None,
+    };
+    let bytes = plain.as_deref().unwrap_or(bytes);
     // PIL's `DecompressionBombError`: more than twice `Image.MAX_IMAGE_PIXELS` pixels, whatever
     // their depth (a grey image that fits the decoder's memory limit is refused too).
     let mut header = image::ImageReader::new(std::io::Cursor::new(bytes));
@@ -61,12 +68,6 @@ pub fn decode_image(bytes: &[u8], mode: ColorMode) -> Result<U8Image> {
             bail!("{}", too_large(bytes, format));
         }
     }
-    // A plain PNM as its values and nothing else (the decoder refuses comments among them).
-    let plain = match format {
-        ImageFormat::Pnm => plain_pnm(bytes)?,
-        _ => None,
-    };
-    let bytes = plain.as_deref().unwrap_or(bytes);
     let libjpeg = match format {
         ImageFormat::Jpeg => libjpeg_pixels(bytes)?,
         _ => None,
@@ -323,50 +324,81 @@ fn pnm_levels_as_pil(bytes: &[u8], img: image::DynamicImage) -> image::DynamicIm
 }
 
 /// A plain (ASCII) PGM or PPM (`P2`, `P3`) as its header and values alone, one space apart,
-/// as Pillow's plain decoder reads it: comments (`#` to the end of the line) passed over in
-/// the header and among the values (where the decoder here refused them), and a value above
-/// the maxval refused ("Channel value too large for this mode", where the decoder here
-/// saturated it). `None` for other files and for headers that do not parse (the decoder names
-/// what is wrong with them).
+/// as Pillow 13 reads it (`PpmPlainDecoder`), where the decoder here differed: a comment (`#`
+/// to the end of the line) in the header ends a token; among the values it is deleted with its
+/// line's end (so `50#c` and `100` on the next line read as 50100, as in Pillow; the decoder
+/// here refused any comment there); a token of more than 10 characters is refused ("Token too
+/// long found in data"), and so is a value above the maxval ("Channel value too large for this
+/// mode", where the decoder here saturated it). `None` for other files and for headers that
+/// do not parse (the decoder names what is wrong with them).
 fn plain_pnm(bytes: &[u8]) -> Result<Option<Vec<u8>>> {
     let (channels, magic) = match bytes.get(..2) {
         Some(b"P2") => (1, "P2"),
         Some(b"P3") => (3, "P3"),
         _ => return Ok(None),
     };
-    let mut comment = false;
-    let mut tokens = bytes[2..]
-        .split(|&b| {
-            comment = match b {
-                b'#' => true,
-                b'\n' | b'\r' => false,
-                _ => comment,
-            };
-            comment || b.is_ascii_whitespace()
-        })
-        .filter(|t| !t.is_empty());
+    let kind = if channels == 1 {
+        "PGM (P2)"
+    } else {
+        "PPM (P3)"
+    };
+    // Python's `bytes.split()` whitespace.
+    let space = |b: u8| b.is_ascii_whitespace() || b == 0x0b;
+    let line_end = |b: &u8| matches!(b, b'\n' | b'\r');
+    // The header: width, height, maxval; a comment ends a token.
+    let mut at = 2;
     let mut header = [0u64; 3];
     for field in &mut header {
-        match tokens.next().and_then(plain_number) {
+        loop {
+            match bytes.get(at) {
+                Some(&b) if space(b) => at += 1,
+                Some(b'#') => {
+                    at += bytes[at..]
+                        .iter()
+                        .position(line_end)
+                        .unwrap_or(bytes.len() - at)
+                }
+                _ => break,
+            }
+        }
+        let len = bytes[at..]
+            .iter()
+            .position(|&b| space(b) || b == b'#')
+            .unwrap_or(bytes.len() - at);
+        match plain_number(&bytes[at..at + len]) {
             Some(v) => *field = v,
             None => return Ok(None),
         }
+        at += len;
     }
     let [width, height, maxval] = header;
+    // The values: each comment deleted with its line's end, then split at whitespace.
+    let mut data = Vec::with_capacity(bytes.len() - at);
+    let mut rest = &bytes[at..];
+    while let Some(hash) = rest.iter().position(|&b| b == b'#') {
+        data.extend_from_slice(&rest[..hash]);
+        rest = match rest[hash..].iter().position(line_end) {
+            Some(end) => &rest[hash + end + 1..],
+            None => &[],
+        };
+    }
+    data.extend_from_slice(rest);
     let mut values = format!("{magic}\n{width} {height}\n{maxval}\n").into_bytes();
     let samples = width.saturating_mul(height).saturating_mul(channels);
+    let tokens = data.split(|&b| space(b)).filter(|t| !t.is_empty());
     for (i, token) in (0..samples).zip(tokens) {
+        let (shown, pixel) = (String::from_utf8_lossy(token), i / channels);
+        if token.len() > 10 {
+            bail!(
+                "a plain (ASCII) {kind} holds a token of more than 10 characters, {shown} \
+                 (sample {i}, pixel {pixel}): PIL refuses it (\"Token too long found in data\")"
+            );
+        }
         if token.iter().all(u8::is_ascii_digit) && plain_number(token).is_none_or(|v| v > maxval) {
             bail!(
-                "a plain (ASCII) {} holds the value {} above its maxval {maxval} (sample {i}, \
-                 pixel {}): PIL refuses it (\"Channel value too large for this mode\")",
-                if channels == 1 {
-                    "PGM (P2)"
-                } else {
-                    "PPM (P3)"
-                },
-                String::from_utf8_lossy(token),
-                i / channels
+                "a plain (ASCII) {kind} holds the value {shown} above its maxval {maxval} \
+                 (sample {i}, pixel {pixel}): PIL refuses it (\"Channel value too large for \
+                 this mode\")"
             );
         }
         values.extend_from_slice(token);
