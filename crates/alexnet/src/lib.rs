@@ -139,6 +139,7 @@ impl AlexNet {
 
     /// Every stage's output; `train` switches dropout on.
     fn stages(&self, xs: &Tensor, train: bool) -> Result<Vec<(String, Tensor)>> {
+        layers::check_images(xs, "AlexNet")?;
         let mut out = Vec::with_capacity(12);
         let mut xs = xs.clone();
         for (i, conv) in self.convs.iter().enumerate() {

@@ -161,19 +161,20 @@ impl BatchNorm {
                 )
             }
         }
-        if eps < 0.0 || !(0.0..=1.0).contains(&momentum) {
-            candle_core::bail!("batch-norm needs eps >= 0 and momentum in [0, 1]")
+        if eps < 0.0 {
+            candle_core::bail!("batch-norm eps {eps} must be at least 0")
         }
-        Ok(Self {
+        Self {
             running_mean: Var::from_tensor(&running_mean)?,
             running_var: Var::from_tensor(&running_var)?,
             num_batches_tracked: None,
             weight,
             bias,
             eps,
-            momentum,
+            momentum: 0.1,
             images_only: false,
-        })
+        }
+        .with_momentum(momentum)
     }
 
     /// The same batch norm taking only images `(N, C, H, W)`, as `nn.BatchNorm2d` takes them
@@ -195,9 +196,10 @@ impl BatchNorm {
                  (N, C, H, W){}",
                 self.weight.elem_count(),
                 xs.dims(),
-                match xs.rank() {
-                    3 => " (one image (C, H, W): xs.unsqueeze(0) makes it a batch of one)",
-                    _ => "",
+                if xs.rank() == 3 {
+                    crate::unbatched::ONE_IMAGE
+                } else {
+                    ""
                 }
             )
         }
@@ -268,16 +270,19 @@ impl BatchNorm {
         self.eps
     }
 
-    /// `F.relu(F.batch_norm(xs, ...))` on `(N, C, H, W)` (or `(N, C)`) input, one operation in
-    /// training mode; same shape out.
+    /// `F.relu(F.batch_norm(xs, ...))` on `(N, C, H, W)` (or `(N, C, ...)` where not made as
+    /// `nn.BatchNorm2d`, [`BatchNorm::as_batch_norm2d`]) input, one operation in training mode;
+    /// same shape out.
     ///
     /// # Errors
-    /// `xs` has fewer than two dimensions, or not `C` channels in dimension 1.
+    /// `xs` has fewer than two dimensions (or not four, as `nn.BatchNorm2d`), or not `C`
+    /// channels in dimension 1.
     pub fn forward_relu(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         self.forward_inner(xs, train, true)
     }
 
-    /// `F.relu(F.batch_norm(xs, ...) + residual)` on `(N, C, H, W)` (or `(N, C)`) input and a
+    /// `F.relu(F.batch_norm(xs, ...) + residual)` on `(N, C, H, W)` (or `(N, C, ...)`, as
+    /// [`BatchNorm::forward_relu`]) input and a
     /// residual of the same shape: a residual block's last batch norm and the join after it
     /// (torchvision's `out = self.bn3(out); out += identity; out = self.relu(out)`); same shape
     /// out. In training mode on f32 CPU tensors one operation each way, with the bits of
@@ -285,8 +290,8 @@ impl BatchNorm {
     /// elsewhere) and one autograd node fewer.
     ///
     /// # Errors
-    /// `xs` has fewer than two dimensions, or not `C` channels in dimension 1, or `residual`
-    /// another shape.
+    /// `xs` has fewer than two dimensions (or not four, as `nn.BatchNorm2d`), or not `C`
+    /// channels in dimension 1, or `residual` another shape.
     pub fn forward_add_relu(&self, xs: &Tensor, residual: &Tensor, train: bool) -> Result<Tensor> {
         let tracked = [xs, residual, &self.weight, &self.bias];
         if crate::grad_mode::detach_first(&tracked.map(Some)) {

@@ -102,6 +102,7 @@ pub use memory_format::{to_channels_last, MemoryFormat};
 pub use nn::{conv2d, conv_cfg, flatten, linear, ConvBnRelu, Dropout, Linear};
 pub use params::{is_buffer, ParamStore};
 pub use pool::{avg_pool2d, max_pool2d, Pool2d, PoolKind};
+pub use unbatched::check_images;
 
 use candle_core::{Result, Tensor};
 

@@ -85,8 +85,8 @@ pub fn linear(
 /// it) is float32: the input's dtype, or the weight's for a bf16/f16 input (CUDA's activations
 /// under autocast).
 /// An f32 (N, in) input on the CPU with a bias runs as one operation (`linear_cpu`), under bf16
-/// autocast too ([`autocast::cpu_bf16_kernel`]). Input `(..., in)`, output `(..., out)`: one
-/// vector `(in,)` gives `(out,)`, as `nn.Linear`.
+/// autocast too ([`autocast::cpu_bf16_kernel`]). Input `(N, in)` (or `(B, N, in)`, `(B1, B2,
+/// N, in)`), output `(N, out)` alike: one vector `(in,)` gives `(out,)`, as `nn.Linear`.
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,

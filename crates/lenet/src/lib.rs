@@ -125,6 +125,7 @@ impl LeNet {
 
     /// Every stage's output; no layer behaves differently in training.
     fn stages(&self, xs: &Tensor) -> Result<Vec<(String, Tensor)>> {
+        layers::check_images(xs, "LeNet")?;
         let c1 = tap::stage(
             "conv1",
             self.pool.forward(&tanh(&self.conv1.forward(xs)?)?)?,

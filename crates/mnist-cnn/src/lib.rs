@@ -117,6 +117,7 @@ impl MnistCnn {
 
     /// Every stage's output; `train` switches dropout on.
     fn stages(&self, xs: &Tensor, train: bool) -> Result<Vec<(String, Tensor)>> {
+        layers::check_images(xs, "the MNIST CNN")?;
         // max_pool(relu(x)) is relu(max_pool(x)), values and gradients (both monotone; where a
         // window's maximum is not positive the gradient is zero either way), on a quarter of
         // the elements, in one op with the pooling.

@@ -233,8 +233,9 @@ impl Recipe {
     /// `--model` is not one of the recipe's models, `--momentum` with Adam or `--betas` with SGD,
     /// `--betas` with other than two numbers, `--nesterov` with Adam or AdamW or without a
     /// momentum above 0, a schedule flag the schedule does not use (`--milestones` without
-    /// `multistep`, `--step-size` without `step`, `--gamma` with neither), `multistep` without
-    /// `--milestones`, a `--data-dir` that cannot be made absolute, or a value that
+    /// `multistep`, `--step-size` without `step`, `--gamma` with none of those and
+    /// `exponential`), `multistep` without `--milestones`, `exponential` without `--gamma`, a
+    /// `--data-dir` that cannot be made absolute, or a value that
     /// [`RunConfig::validate`] refuses.
     pub fn config(&self, args: &Args) -> Result<RunConfig> {
         let mut config = self.resolve(args)?;
@@ -1088,10 +1089,12 @@ pub(crate) fn limited(
 
 /// Refuses a schedule flag given on the command line that `config`'s schedule would ignore, as
 /// a PyTorch scheduler takes only its own arguments: `--milestones` is `MultiStepLR`'s,
-/// `--step-size` `StepLR`'s, `--gamma` both of theirs. On resume (`resumed`, `config` the
+/// `--step-size` `StepLR`'s, `--gamma` theirs and `ExponentialLR`'s. On resume (`resumed`, `config` the
 /// saved run's) only a value other than the run's is refused, saying that the run's schedule
 /// takes no such flag. On a fresh run a multistep schedule without milestones (a constant rate
-/// in disguise) is refused too (runs saved before that check are resumed as they are).
+/// in disguise) is refused too (runs saved before that check are resumed as they are), and so
+/// is an exponential one without `--gamma` (the recipes' default is a decay, not a factor per
+/// epoch).
 fn check_schedule_flags(args: &Args, config: &RunConfig, resumed: bool) -> Result<()> {
     use ScheduleKind::{Exponential, Multistep, Step};
     let (schedule, milestones) = (config.schedule, &config.milestones);

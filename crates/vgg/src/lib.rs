@@ -113,6 +113,7 @@ impl Vgg {
     /// Every stage's output (after each max-pool, then the classifier's); `train` switches
     /// dropout on and batch norm to batch statistics.
     fn stages(&self, xs: &Tensor, train: bool) -> Result<Vec<(String, Tensor)>> {
+        layers::check_images(xs, "VGG")?;
         let mut out = Vec::new();
         let mut xs = xs.clone();
         for block in &self.features {

@@ -327,6 +327,40 @@ mod tests {
         Ok(())
     }
 
+    /// Every family refuses one image (C, H, W) naming the way to a batch of one: their first
+    /// convolution takes it unbatched, as PyTorch's, and a later layer (a batch norm, the
+    /// flatten before the classifier) would refuse it with a message about itself, or read it
+    /// otherwise (a reviewer's finding).
+    #[test]
+    fn one_unbatched_image_is_named_with_the_way_to_a_batch() -> Result<()> {
+        use candle_core::{DType, Tensor};
+        let names = [
+            "lenet5",
+            "cnn-mnist",
+            "alexnet",
+            "vgg11",
+            "vgg11-bn",
+            "googlenet",
+            "resnet18-cifar",
+            "resnet50",
+        ];
+        for name in names {
+            let (c, h, w) = spec(name)?.input;
+            let vb = candle_nn::VarBuilder::zeros(DType::F32, &Device::Cpu);
+            let model = build(name, 10, vb)?;
+            let image = Tensor::zeros((c, h, w), DType::F32, &Device::Cpu)?;
+            let err = match model.forward_t(&image, false) {
+                Ok(y) => panic!("{name}: one image gave {:?}", y.dims()),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                err.contains("xs.unsqueeze(0) makes it a batch of one"),
+                "{name}: {err}"
+            );
+        }
+        Ok(())
+    }
+
     /// A variant built from a config is registered, listed, built, loaded strictly and
     /// refused a second time.
     #[test]

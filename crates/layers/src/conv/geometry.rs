@@ -400,8 +400,7 @@ fn check_input(
             "conv2d: input of shape {:?}: the convolution takes a batch of images (N, C, H, W){}",
             xs.dims(),
             match xs.dims() {
-                [c, _, _] if *c == cin =>
-                    " (one image (C, H, W): xs.unsqueeze(0) makes it a batch of one)",
+                [c, _, _] if *c == cin => crate::unbatched::ONE_IMAGE,
                 _ => "",
             }
         )

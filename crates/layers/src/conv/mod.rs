@@ -186,6 +186,22 @@ impl Conv2d {
 /// PyTorch's `nn.Conv2d` takes it unbatched.
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        // One image of other channels: perhaps (H, W, C), as PIL and NumPy lay images out.
+        let cin = self.weight.dims().get(1).copied().unwrap_or(0) * self.config.groups;
+        if let [c, _, last] = *xs.dims() {
+            if c != cin {
+                candle_core::bail!(
+                    "conv2d: one image of shape {:?} for the kernel {:?}, which takes {cin} \
+                     channels (C, H, W){}",
+                    xs.dims(),
+                    self.weight.dims(),
+                    match last == cin {
+                        true => ": an (H, W, C) image? xs.permute((2, 0, 1))",
+                        false => "",
+                    }
+                )
+            }
+        }
         crate::unbatched::or_one_image(xs, |xs| Ok(self.forward_then(xs, None, None)?.0))
     }
 }
@@ -338,10 +354,19 @@ impl Conv2d {
         }
         let out = geometry::check_conv(xs, &self.weight, self.bias.as_ref(), &self.config)?;
         // An empty batch: PyTorch's empty output (Candle's grouped and dilated convolution
-        // panicked on it; the others' ops take it).
+        // panicked on it; the others' ops take it), in the graph of the kernel and the bias
+        // (their gradients zeros, as PyTorch's), in the dtype a product would hand on.
         let c = &self.config;
         if out[0] == 0 && (c.groups > 1 || c.dilation > 1) {
-            return Ok((Tensor::zeros(&out, xs.dtype(), xs.device())?, false));
+            let dtype = autocast::output_dtype(xs, autocast::compute_dtype(xs));
+            let mut ys = (self.weight.sum_all()? * 0.0)?;
+            if let Some(b) = &self.bias {
+                ys = (ys + (b.sum_all()? * 0.0)?)?;
+            }
+            let ys = autocast::cast(&ys, dtype)?
+                .broadcast_as(&out)?
+                .contiguous()?;
+            return Ok((ys, false));
         }
         if crate::grad_mode::detach_first(&[Some(xs), Some(&self.weight), self.bias.as_ref()]) {
             return self.detached().forward_then(&xs.detach(), bn, eval);

@@ -1527,6 +1527,15 @@ fn an_unbatched_image_is_convolved_and_channels_last_shapes_are_named() -> Resul
         None,
         Default::default(),
     );
+    // One image laid out (H, W, C), as PIL and NumPy lay it out.
+    let err = conv
+        .forward(&Tensor::zeros((8, 8, 3), DType::F32, &dev)?)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("one image of shape [8, 8, 3]") && err.contains("xs.permute((2, 0, 1))"),
+        "{err}"
+    );
     let err = conv
         .forward(&Tensor::zeros((2, 8, 8, 3), DType::F32, &dev)?)
         .unwrap_err()

@@ -298,6 +298,13 @@ fn bf16_maps_pool_in_float32_and_empty_maps_are_refused() -> Result<()> {
         let err = Pool2d::max(2, 2).forward(&empty).unwrap_err().to_string();
         assert!(err.contains("C, H and W at least 1"), "{err}");
     }
+    // One image's error names its own shape (not the batch of one's).
+    let flat = Tensor::zeros((3, 0, 4), DType::F32, &dev)?;
+    let err = Pool2d::max(2, 2).forward(&flat).unwrap_err().to_string();
+    assert!(
+        err.contains("the input of shape [3, 0, 4] taken as one image"),
+        "{err}"
+    );
     let line = Tensor::zeros((3, 4), DType::F32, &dev)?;
     let err = Pool2d::avg(2, 2).forward(&line).unwrap_err().to_string();
     assert!(err.contains("got [3, 4]"), "{err}");
