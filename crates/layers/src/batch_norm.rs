@@ -87,7 +87,12 @@ fn all_reduce_parts(sync: &dyn StatsSync, parts: &[&Tensor]) -> Result<Vec<Tenso
 /// the biased batch variance normalises, the unbiased one enters the running estimate, and
 /// `running = (1 - momentum) * running + momentum * batch`. Parameters `weight`, `bias`,
 /// buffers `running_mean`, `running_var`. The output is in the input's memory format
-/// ([`memory_format`](crate::memory_format)).
+/// ([`memory_format`](crate::memory_format)). PyTorch's other arguments: `momentum=None`
+/// ([`BatchNorm::with_cumulative_average`]), `track_running_stats=False`
+/// ([`BatchNorm::without_running_stats`]), `affine=False` (a constant weight and bias), all
+/// through [`batch_norm2d`]'s [`BatchNormConfig`]. An empty input gives an empty output, the
+/// running statistics unchanged, as PyTorch (under a [`StatsSync`] in training, where another
+/// process has images; with none anywhere it is refused).
 ///
 /// ```
 /// use candle_core::{Device, ModuleT, Tensor};
@@ -104,13 +109,15 @@ fn all_reduce_parts(sync: &dyn StatsSync, parts: &[&Tensor]) -> Result<Vec<Tenso
 /// ```
 #[derive(Debug, Clone)]
 pub struct BatchNorm {
-    running_mean: Var,
-    running_var: Var,
+    /// `(running_mean, running_var)`; `None` without running statistics (PyTorch's
+    /// `track_running_stats=False`, [`BatchNorm::without_running_stats`]).
+    running: Option<(Var, Var)>,
     num_batches_tracked: Option<Var>,
     weight: Tensor,
     bias: Tensor,
     eps: f64,
-    momentum: f64,
+    /// `None`: the cumulative average (PyTorch's `momentum=None`).
+    momentum: Option<f64>,
     /// Only (N, C, H, W) input, as `nn.BatchNorm2d` ([`BatchNorm::as_batch_norm2d`]).
     images_only: bool,
 }
@@ -130,13 +137,31 @@ impl BatchNorm {
         eps: f64,
         momentum: f64,
     ) -> Result<Self> {
+        Self::build(Some((running_mean, running_var)), weight, bias, eps)?.with_momentum(momentum)
+    }
+
+    /// A batch norm without running statistics, PyTorch's `track_running_stats=False`: the
+    /// batch's own statistics normalise in training and in evaluation alike, and nothing is
+    /// counted ([`BatchNorm::running_mean`] and [`BatchNorm::num_batches_tracked`] are `None`).
+    ///
+    /// # Errors
+    /// As [`BatchNorm::new`].
+    pub fn without_running_stats(weight: Tensor, bias: Tensor, eps: f64) -> Result<Self> {
+        Self::build(None, weight, bias, eps)
+    }
+
+    fn build(
+        running: Option<(Tensor, Tensor)>,
+        weight: Tensor,
+        bias: Tensor,
+        eps: f64,
+    ) -> Result<Self> {
         let c = weight.elem_count();
-        for (name, t) in [
-            ("running_mean", &running_mean),
-            ("running_var", &running_var),
-            ("weight", &weight),
-            ("bias", &bias),
-        ] {
+        let mut named = vec![("weight", &weight), ("bias", &bias)];
+        if let Some((running_mean, running_var)) = &running {
+            named.extend([("running_mean", running_mean), ("running_var", running_var)]);
+        }
+        for &(name, t) in &named {
             if t.dims() != [c] {
                 candle_core::bail!("batch-norm {name} has shape {:?}, expected [{c}]", t.dims())
             }
@@ -145,12 +170,7 @@ impl BatchNorm {
         // PyTorch's autocast keeps a batch norm's parameters float32 (bf16 compute here is
         // `autocast`'s too).
         let dtype = weight.dtype();
-        for (name, t) in [
-            ("running_mean", &running_mean),
-            ("running_var", &running_var),
-            ("weight", &weight),
-            ("bias", &bias),
-        ] {
+        for &(name, t) in &named {
             if !matches!(t.dtype(), DType::F32 | DType::F64) || t.dtype() != dtype {
                 candle_core::bail!(
                     "batch-norm {name} is {:?} (weight {dtype:?}): its parameters and running \
@@ -164,17 +184,19 @@ impl BatchNorm {
         if eps < 0.0 {
             candle_core::bail!("batch-norm eps {eps} must be at least 0")
         }
-        Self {
-            running_mean: Var::from_tensor(&running_mean)?,
-            running_var: Var::from_tensor(&running_var)?,
+        let running = match running {
+            Some((mean, var)) => Some((Var::from_tensor(&mean)?, Var::from_tensor(&var)?)),
+            None => None,
+        };
+        Ok(Self {
+            running,
             num_batches_tracked: None,
             weight,
             bias,
             eps,
-            momentum: 0.1,
+            momentum: Some(0.1),
             images_only: false,
-        }
-        .with_momentum(momentum)
+        })
     }
 
     /// The same batch norm taking only images `(N, C, H, W)`, as `nn.BatchNorm2d` takes them
@@ -214,19 +236,60 @@ impl BatchNorm {
         if !(0.0..=1.0).contains(&momentum) {
             candle_core::bail!("batch-norm momentum {momentum} must lie in [0, 1]")
         }
-        Ok(Self { momentum, ..self })
+        Ok(Self {
+            momentum: Some(momentum),
+            ..self
+        })
     }
 
-    /// The batch statistics' weight in the running ones.
-    pub fn momentum(&self) -> f64 {
+    /// The same batch norm with running statistics that are the cumulative (equal-weight)
+    /// average of every training batch's statistics, PyTorch's `momentum=None`: the `k`-th
+    /// training-mode pass moves them by `1 / k` of the way to the batch's, `k` counted in
+    /// `num_batches_tracked` (a count starting at 0 is made here where
+    /// [`BatchNorm::with_batches_tracked`] gave none: that one is in no `VarMap`, so a
+    /// checkpoint does not keep it; [`batch_norm2d`] registers its count under the module's
+    /// name, as PyTorch's `state_dict` holds it).
+    ///
+    /// Errors: the count could not be made on the parameters' device.
+    pub fn with_cumulative_average(self) -> Result<Self> {
+        let num_batches_tracked = match self.num_batches_tracked {
+            Some(count) => Some(count),
+            None if self.running.is_some() => {
+                Some(Var::zeros((), DType::I64, self.weight.device())?)
+            }
+            None => None,
+        };
+        Ok(Self {
+            momentum: None,
+            num_batches_tracked,
+            ..self
+        })
+    }
+
+    /// The batch statistics' weight in the running ones (PyTorch's `momentum`); `None` for the
+    /// cumulative average ([`BatchNorm::with_cumulative_average`]).
+    pub fn momentum(&self) -> Option<f64> {
         self.momentum
+    }
+
+    /// Whether running statistics are kept (PyTorch's `track_running_stats`); without them
+    /// evaluation mode normalises with the batch's statistics too.
+    pub fn tracks_running_stats(&self) -> bool {
+        self.running.is_some()
     }
 
     /// The same batch norm counting its training-mode passes in `count` (an int64 scalar,
     /// PyTorch's `num_batches_tracked` buffer), incremented in place.
     ///
-    /// Errors: `count` is not an int64 scalar.
+    /// Errors: `count` is not an int64 scalar, or the batch norm keeps no running statistics
+    /// (PyTorch has no `num_batches_tracked` then).
     pub fn with_batches_tracked(self, count: Tensor) -> Result<Self> {
+        if self.running.is_none() {
+            candle_core::bail!(
+                "num_batches_tracked given to a batch norm without running statistics \
+                 (track_running_stats=False counts no batches)"
+            )
+        }
         if count.dtype() != candle_core::DType::I64 || count.rank() != 0 {
             candle_core::bail!(
                 "num_batches_tracked must be an int64 scalar, got {:?} {:?}",
@@ -245,14 +308,15 @@ impl BatchNorm {
         self.num_batches_tracked.as_ref().map(Var::as_tensor)
     }
 
-    /// The running mean (C).
-    pub fn running_mean(&self) -> &Tensor {
-        self.running_mean.as_tensor()
+    /// The running mean (C); `None` without running statistics
+    /// ([`BatchNorm::without_running_stats`]).
+    pub fn running_mean(&self) -> Option<&Tensor> {
+        self.running.as_ref().map(|(mean, _)| mean.as_tensor())
     }
 
-    /// The running (unbiased) variance (C).
-    pub fn running_var(&self) -> &Tensor {
-        self.running_var.as_tensor()
+    /// The running (unbiased) variance (C); `None` without running statistics.
+    pub fn running_var(&self) -> Option<&Tensor> {
+        self.running.as_ref().map(|(_, var)| var.as_tensor())
     }
 
     /// The scale, gamma (C).
@@ -300,6 +364,11 @@ impl BatchNorm {
                 .detached()
                 .forward_add_relu(&xs.detach(), &residual, train);
         }
+        // Without running statistics the batch's normalise in evaluation too, not synchronised
+        // across processes (PyTorch's SyncBatchNorm syncs in training only).
+        if !train && self.running.is_none() {
+            return local_stats(|| self.forward_add_relu(xs, residual, true));
+        }
         self.check_images(xs)?;
         let c = self.weight.elem_count();
         if xs.rank() < 2 || xs.dim(1)? != c || residual.dims() != xs.dims() {
@@ -308,6 +377,9 @@ impl BatchNorm {
                 xs.dims(),
                 residual.dims()
             )
+        }
+        if train {
+            self.refuse_one_value(xs)?;
         }
         // Channels-last on the CPU: the (N, C, H, W) path on contiguous copies, the output
         // channels-last. On CUDA the batch norm below keeps the format, and so does the join.
@@ -318,6 +390,7 @@ impl BatchNorm {
         let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
         let fused = train
             && stats_sync().is_none()
+            && xs.elem_count() > 0
             && f32_cpu(xs)
             && f32_cpu(residual)
             && f32_cpu(&self.weight)
@@ -338,6 +411,11 @@ impl BatchNorm {
         if crate::grad_mode::detach_first(&[Some(xs), Some(&self.weight), Some(&self.bias)]) {
             return self.detached().forward_inner(&xs.detach(), train, relu);
         }
+        // Without running statistics the batch's normalise in evaluation too, not synchronised
+        // across processes (PyTorch's SyncBatchNorm syncs in training only).
+        if !train && self.running.is_none() {
+            return local_stats(|| self.forward_inner(xs, true, relu));
+        }
         self.check_images(xs)?;
         let c = self.weight.elem_count();
         if xs.rank() < 2 || xs.dim(1)? != c {
@@ -345,6 +423,12 @@ impl BatchNorm {
                 "batch-norm over {c} features got an input of shape {:?}",
                 xs.dims()
             )
+        }
+        if xs.elem_count() == 0 && stats_sync().is_none() {
+            return self.empty_batch(xs, train);
+        }
+        if train {
+            self.refuse_one_value(xs)?;
         }
         if memory_format::is_channels_last(xs) {
             // cuDNN's NHWC batch norm in training on CUDA, on the (N, H, W, C) view.
@@ -427,6 +511,35 @@ impl BatchNorm {
         }
     }
 
+    /// PyTorch's batch norm of an empty input `xs` (N, C, ...) (`N` or a spatial size 0): an
+    /// empty output of its shape and dtype, in the graph (the weight's and bias's gradients are
+    /// zeros, as PyTorch's: Candle's arithmetic on an empty tensor would leave them out), the
+    /// running statistics as they were; in training one more batch counted.
+    fn empty_batch(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        if train && self.running.is_some() {
+            self.count_batch()?;
+        }
+        crate::empty::output(xs.dims(), xs.dtype(), [xs, &self.weight, &self.bias])
+    }
+
+    /// PyTorch's refusal of one value per channel in training (`(1, C)`, `(1, C, 1, 1)`), after
+    /// counting the pass as PyTorch does (its module counts before `F.batch_norm` refuses; the
+    /// cumulative average's later factors depend on it). Under a [`StatsSync`] the whole global
+    /// batch's count decides, later.
+    fn refuse_one_value(&self, xs: &Tensor) -> Result<()> {
+        let (n, c) = (xs.dim(0)?, xs.dim(1)?);
+        let l = xs.elem_count() / (n * c).max(1);
+        if n * l == 1 && stats_sync().is_none() {
+            if self.running.is_some() {
+                self.count_batch()?;
+            }
+            candle_core::bail!(
+                "batch-norm in training needs more than one value per channel, got input (N, C, L) = ({n}, {c}, {l})"
+            )
+        }
+        Ok(())
+    }
+
     /// The evaluation-mode `relu?(x * scale + shift)` of `x` whose channels are dimension
     /// `axis` (1 of (N, C, L), 3 of a channels-last tensor's (N, H, W, C) view).
     fn eval(&self, x: &Tensor, relu: bool, axis: usize) -> Result<Tensor> {
@@ -457,11 +570,14 @@ impl BatchNorm {
     /// Evaluation mode's per-channel `scale = weight / sqrt(running_var + eps)` and `shift =
     /// bias - running_mean · scale`, (C) each.
     fn eval_scale_shift(&self) -> Result<(Tensor, Tensor)> {
-        let invstd = (self.running_var.as_detached_tensor() + self.eps)?
+        let Some((running_mean, running_var)) = &self.running else {
+            candle_core::bail!("batch-norm: no running statistics to evaluate with")
+        };
+        let invstd = (running_var.as_detached_tensor() + self.eps)?
             .sqrt()?
             .recip()?;
         let scale = (&self.weight * invstd)?;
-        let shift = (&self.bias - (self.running_mean.as_detached_tensor() * &scale)?)?;
+        let shift = (&self.bias - (running_mean.as_detached_tensor() * &scale)?)?;
         Ok((scale, shift))
     }
 
@@ -508,7 +624,8 @@ impl BatchNorm {
             t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous() && !t.track_op()
         };
         let c = self.weight.elem_count();
-        if dims.len() < 2
+        if self.running.is_none()
+            || dims.len() < 2
             || dims[1] != c
             || [&self.weight, &self.bias]
                 .into_iter()
@@ -644,9 +761,12 @@ impl BatchNorm {
         train: bool,
     ) -> Result<Option<crate::conv::batch_norm::Epilogue>> {
         let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+        // (Batches of two images or more: an empty one or one of a single value per channel
+        // takes the path apart, which returns or refuses it as PyTorch does.)
         let applies = train
             && !conv_bias
             && stats_sync().is_none()
+            && xs.dims().first().is_some_and(|&n| n >= 2)
             && [xs, kernel, &self.weight, &self.bias]
                 .into_iter()
                 .all(f32_cpu)
@@ -699,15 +819,33 @@ impl BatchNorm {
     }
 
     /// `running = (1 - momentum) running + momentum batch`, the variance unbiased, and one more
-    /// batch tracked.
+    /// batch tracked; nothing without running statistics.
     fn update_running(&self, mean: &Tensor, var: &Tensor, count: f64) -> Result<()> {
-        let m = self.momentum;
+        let Some((running_mean, running_var)) = &self.running else {
+            return Ok(());
+        };
+        let m = self.next_momentum()?;
         let unbiased = count / (count - 1.0);
-        self.running_mean
-            .set(&((self.running_mean.as_detached_tensor() * (1.0 - m))? + (mean * m)?)?)?;
+        running_mean.set(&((running_mean.as_detached_tensor() * (1.0 - m))? + (mean * m)?)?)?;
         self.count_batch()?;
-        self.running_var
-            .set(&((self.running_var.as_detached_tensor() * (1.0 - m))? + (var * (m * unbiased))?)?)
+        running_var
+            .set(&((running_var.as_detached_tensor() * (1.0 - m))? + (var * (m * unbiased))?)?)
+    }
+
+    /// The weight of the next training batch's statistics in the running ones: the momentum,
+    /// or for the cumulative average `1 / k` where this is the `k`-th batch counted (PyTorch's
+    /// `exponential_average_factor`, read before the count moves).
+    pub(crate) fn next_momentum(&self) -> Result<f64> {
+        match (self.momentum, &self.num_batches_tracked) {
+            (Some(m), _) => Ok(m),
+            (None, Some(count)) => {
+                let k = count.as_tensor().to_scalar::<i64>()? + 1;
+                Ok(1.0 / k as f64)
+            }
+            (None, None) => {
+                candle_core::bail!("batch-norm: the cumulative average needs num_batches_tracked")
+            }
+        }
     }
 
     /// One more training-mode pass in `num_batches_tracked`, if counted.
@@ -724,6 +862,14 @@ impl ModuleT for BatchNorm {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         self.forward_inner(xs, train, false)
     }
+}
+
+/// `f()` with no [`StatsSync`] installed on this thread (then the one before again).
+fn local_stats<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let previous = set_stats_sync(None);
+    let result = f();
+    set_stats_sync(previous);
+    result
 }
 
 /// Sum of an (N, C, L) tensor over N and L, as (C): the contiguous axis first.
@@ -856,32 +1002,119 @@ impl CustomOp3 for BatchNormOp {
 /// `nn.BatchNorm2d(num_features, eps)` with momentum 0.1 ([`BatchNorm::with_momentum`] sets
 /// another), weight 1 and bias 0, parameters and buffers (`running_mean`, `running_var`,
 /// `num_batches_tracked`) under `vb`'s prefix; it takes images (N, C, H, W) only
-/// ([`BatchNorm::as_batch_norm2d`]).
+/// ([`BatchNorm::as_batch_norm2d`]). [`batch_norm2d`] takes PyTorch's other arguments.
 ///
 /// # Errors
 /// `vb` holds tensors of other shapes under these names.
 pub fn batch_norm(vb: candle_nn::VarBuilder, num_features: usize, eps: f64) -> Result<BatchNorm> {
-    use candle_nn::Init;
-    let running_mean = vb.get_with_hints(num_features, "running_mean", Init::Const(0.))?;
-    let running_var = vb.get_with_hints(num_features, "running_var", Init::Const(1.))?;
-    let weight = vb.get_with_hints(num_features, "weight", Init::Const(1.))?;
-    let bias = vb.get_with_hints(num_features, "bias", Init::Const(0.))?;
-    let count = vb.get_with_hints_dtype(
-        (),
-        "num_batches_tracked",
-        Init::Const(0.),
-        candle_core::DType::I64,
-    )?;
-    Ok(
-        BatchNorm::new(running_mean, running_var, weight, bias, eps, 0.1)?
-            .with_batches_tracked(count)?
-            .as_batch_norm2d(),
+    batch_norm2d(
+        vb,
+        num_features,
+        BatchNormConfig {
+            eps,
+            ..Default::default()
+        },
     )
+}
+
+/// `nn.BatchNorm2d`'s arguments after `num_features`, with its defaults
+/// (`BatchNormConfig::default()`: `eps=1e-5, momentum=0.1, affine=True,
+/// track_running_stats=True`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchNormConfig {
+    /// Added to the variance.
+    pub eps: f64,
+    /// The batch statistics' weight in the running ones; `None` for their cumulative average
+    /// ([`BatchNorm::with_cumulative_average`]).
+    pub momentum: Option<f64>,
+    /// A learnable per-channel `weight` and `bias`; without them the scale is 1 and the shift
+    /// 0, and neither is a parameter.
+    pub affine: bool,
+    /// Keep `running_mean`, `running_var` and `num_batches_tracked` for evaluation mode;
+    /// without them evaluation normalises with the batch's statistics
+    /// ([`BatchNorm::without_running_stats`]).
+    pub track_running_stats: bool,
+}
+
+impl Default for BatchNormConfig {
+    fn default() -> Self {
+        Self {
+            eps: 1e-5,
+            momentum: Some(0.1),
+            affine: true,
+            track_running_stats: true,
+        }
+    }
+}
+
+/// `nn.BatchNorm2d(num_features, eps, momentum, affine, track_running_stats)`: the parameters
+/// (`weight` 1, `bias` 0, where `affine`) and buffers (`running_mean` 0, `running_var` 1,
+/// `num_batches_tracked` 0, where `track_running_stats`) under `vb`'s prefix, the same names
+/// (and so the same `state_dict` keys) as PyTorch's module; it takes images (N, C, H, W) only
+/// ([`BatchNorm::as_batch_norm2d`]).
+///
+/// ```
+/// use candle_core::{Device, ModuleT, Tensor};
+/// use layers::BatchNormConfig;
+///
+/// let store = layers::ParamStore::new(0, &Device::Cpu);
+/// let config = BatchNormConfig { momentum: None, affine: false, ..Default::default() };
+/// let bn = layers::batch_norm2d(store.vb().pp("bn"), 3, config)?;
+/// for shift in [1.0, 3.0] {
+///     let x = (Tensor::randn(0f32, 1.0, (4, 3, 5, 5), &Device::Cpu)? + shift)?;
+///     bn.forward_t(&x, true)?;
+/// }
+/// // The running mean is the average of the two batches' means, about 2.
+/// let mean = bn.running_mean().expect("tracked").mean_all()?.to_scalar::<f32>()?;
+/// assert!((mean - 2.0).abs() < 0.5);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+///
+/// # Errors
+/// `vb` holds tensors of other shapes under these names, a negative `eps` or a momentum
+/// outside `[0, 1]`.
+pub fn batch_norm2d(
+    vb: candle_nn::VarBuilder,
+    num_features: usize,
+    config: BatchNormConfig,
+) -> Result<BatchNorm> {
+    use candle_nn::Init;
+    let (weight, bias) = if config.affine {
+        (
+            vb.get_with_hints(num_features, "weight", Init::Const(1.))?,
+            vb.get_with_hints(num_features, "bias", Init::Const(0.))?,
+        )
+    } else {
+        (
+            Tensor::ones(num_features, vb.dtype(), vb.device())?,
+            Tensor::zeros(num_features, vb.dtype(), vb.device())?,
+        )
+    };
+    let bn = if config.track_running_stats {
+        let running_mean = vb.get_with_hints(num_features, "running_mean", Init::Const(0.))?;
+        let running_var = vb.get_with_hints(num_features, "running_var", Init::Const(1.))?;
+        let count = vb.get_with_hints_dtype(
+            (),
+            "num_batches_tracked",
+            Init::Const(0.),
+            candle_core::DType::I64,
+        )?;
+        BatchNorm::new(running_mean, running_var, weight, bias, config.eps, 0.1)?
+            .with_batches_tracked(count)?
+    } else {
+        BatchNorm::without_running_stats(weight, bias, config.eps)?
+    };
+    let bn = match config.momentum {
+        Some(m) => bn.with_momentum(m)?,
+        None => bn.with_cumulative_average()?,
+    };
+    Ok(bn.as_batch_norm2d())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_values::bits;
     use candle_core::{Device, Var};
 
     fn close(a: &Tensor, b: &Tensor, tol: f32) -> Result<()> {
@@ -923,13 +1156,6 @@ mod tests {
     #[test]
     fn batch_norm_add_relu_equals_the_two_operations() -> Result<()> {
         let dev = Device::Cpu;
-        let bits = |t: &Tensor| -> Result<Vec<u32>> {
-            Ok(t.flatten_all()?
-                .to_vec1::<f32>()?
-                .iter()
-                .map(|v| v.to_bits())
-                .collect())
-        };
         for (shape, tracked) in [
             (vec![4, 3, 5, 6], true),
             (vec![6, 5], true),
@@ -948,8 +1174,8 @@ mod tests {
                     Var::from_tensor(b1.as_tensor())?,
                 );
                 let plain = BatchNorm::new(
-                    fused.running_mean().copy()?,
-                    fused.running_var().copy()?,
+                    fused.running_mean().expect("running statistics").copy()?,
+                    fused.running_var().expect("running statistics").copy()?,
                     w2.as_tensor().clone(),
                     b2.as_tensor().clone(),
                     1e-5,
@@ -974,8 +1200,14 @@ mod tests {
                 let yb = crate::add_relu(&plain.forward_t(x.as_tensor(), train)?, &res)?;
                 assert_eq!(bits(&ya)?, bits(&yb)?, "{shape:?} train {train}: outputs");
                 for (a, b) in [
-                    (fused.running_mean(), plain.running_mean()),
-                    (fused.running_var(), plain.running_var()),
+                    (
+                        fused.running_mean().expect("running statistics"),
+                        plain.running_mean().expect("running statistics"),
+                    ),
+                    (
+                        fused.running_var().expect("running statistics"),
+                        plain.running_var().expect("running statistics"),
+                    ),
                 ] {
                     assert_eq!(bits(a)?, bits(b)?, "{shape:?}: running statistics");
                 }
@@ -1024,8 +1256,16 @@ mod tests {
                 yb = yb.relu()?;
             }
             close(&ya, &yb, 1e-5)?;
-            close(ours.running_mean(), theirs.running_mean(), 1e-6)?;
-            close(ours.running_var(), theirs.running_var(), 1e-6)?;
+            close(
+                ours.running_mean().expect("running statistics"),
+                theirs.running_mean(),
+                1e-6,
+            )?;
+            close(
+                ours.running_var().expect("running statistics"),
+                theirs.running_var(),
+                1e-6,
+            )?;
             let ga = (&ya * &upstream)?.sum_all()?.backward()?;
             let gb = (&yb * &upstream)?.sum_all()?.backward()?;
             for v in [&x, &w, &b] {
@@ -1076,8 +1316,11 @@ mod tests {
         let (template, _, _, _) = pair(3, &dev)?;
         let run = |sync: Arc<dyn StatsSync>| -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
             let bn = BatchNorm::new(
-                template.running_mean().copy()?,
-                template.running_var().copy()?,
+                template
+                    .running_mean()
+                    .expect("running statistics")
+                    .copy()?,
+                template.running_var().expect("running statistics").copy()?,
                 template.weight().copy()?,
                 template.bias().copy()?,
                 1e-5,
@@ -1095,7 +1338,7 @@ mod tests {
             Ok((
                 y.flatten_all()?.to_vec1()?,
                 gx.flatten_all()?.to_vec1()?,
-                bn.running_var().to_vec1()?,
+                bn.running_var().expect("running statistics").to_vec1()?,
             ))
         };
         let counted = Arc::new(TwoIdenticalCounted(0.into()));
@@ -1124,8 +1367,8 @@ mod tests {
         let (ours, _, w, _b) = pair(c, &dev)?;
         let b = ours.bias().clone();
         let whole = BatchNorm::new(
-            ours.running_mean().copy()?,
-            ours.running_var().copy()?,
+            ours.running_mean().expect("running statistics").copy()?,
+            ours.running_var().expect("running statistics").copy()?,
             w.as_tensor().clone(),
             b,
             1e-5,
@@ -1147,8 +1390,16 @@ mod tests {
             .sum_all()?
             .backward()?;
         close(&synced, &full.narrow(0, 0, shape.0)?, 1e-5)?;
-        close(ours.running_mean(), whole.running_mean(), 1e-6)?;
-        close(ours.running_var(), whole.running_var(), 1e-6)?;
+        close(
+            ours.running_mean().expect("running statistics"),
+            whole.running_mean().expect("running statistics"),
+            1e-6,
+        )?;
+        close(
+            ours.running_var().expect("running statistics"),
+            whole.running_var().expect("running statistics"),
+            1e-6,
+        )?;
         let gx = synced_grads.get(half.as_tensor()).expect("input gradient");
         let full_gx = full_grads.get(both.as_tensor()).expect("input gradient");
         close(gx, &full_gx.narrow(0, 0, shape.0)?, 1e-4)?;
@@ -1362,12 +1613,353 @@ mod tests {
             .forward_t(&Tensor::randn(0f32, 1.0, (4, 3, 5), &dev)?, true)
             .is_ok());
         let slow = batch_norm(store.vb().pp("slow"), 2, 1e-5)?.with_momentum(0.05)?;
-        assert_eq!(slow.momentum(), 0.05);
+        assert_eq!(slow.momentum(), Some(0.05));
         let x = Tensor::new(&[[[[1f32]], [[4.0]]], [[[3.0]], [[8.0]]]], &dev)?;
         slow.forward_t(&x, true)?;
-        let mean = slow.running_mean().to_vec1::<f32>()?;
+        let mean = slow
+            .running_mean()
+            .expect("running statistics")
+            .to_vec1::<f32>()?;
         assert_eq!(mean, [0.05 * 2.0, 0.05 * 6.0]);
         assert!(slow.with_momentum(1.5).is_err());
+        Ok(())
+    }
+
+    /// A `k`x`k` convolution `cin -> cout` ("conv" in `store`), stride 1, padding `k / 2`, no
+    /// bias.
+    fn test_conv(
+        store: &crate::ParamStore,
+        cin: usize,
+        cout: usize,
+        k: usize,
+    ) -> Result<crate::Conv2d> {
+        crate::conv2d(
+            store.vb().pp("conv"),
+            cin,
+            cout,
+            k,
+            crate::conv_cfg(1, k / 2),
+            false,
+            crate::WeightInit::KaimingFanOut,
+        )
+    }
+
+    /// A deterministic batch `k` of (2, 3, 3, 4) (the same formula as the PyTorch script that
+    /// gave the expected values below).
+    fn formula_batch(k: usize) -> Result<Tensor> {
+        let v: Vec<f32> = (0..72)
+            .map(|i| ((i as f64 * 0.37 + k as f64).sin() * 2.0 + (k * (i % 3)) as f64) as f32)
+            .collect();
+        Tensor::from_vec(v, (2, 3, 3, 4), &Device::Cpu)
+    }
+
+    /// `momentum=None` keeps the cumulative average of the batches' statistics, as PyTorch
+    /// 2.15's `nn.BatchNorm2d(3, momentum=None)` after the same three batches (and the
+    /// exponential average with `momentum=0.1`); on the fused f32 CPU pass, the generic pass
+    /// (float64) and a convolution's fused op alike.
+    #[test]
+    fn cumulative_average_matches_pytorch() -> Result<()> {
+        let dev = Device::Cpu;
+        let cma_mean = [0.875_755_2_f32, 1.465_430_4, 0.873_812_4];
+        let cma_var = [2.855_472_8_f32, 2.781_552_6, 3.328_533_4];
+        let ema_mean = [0.246_016_95_f32, 0.416_052_04, 0.266_158_7];
+        for config in [
+            BatchNormConfig {
+                momentum: None,
+                ..Default::default()
+            },
+            BatchNormConfig::default(),
+        ] {
+            for dtype in [DType::F32, DType::F64] {
+                let store = crate::ParamStore::new(0, &dev);
+                let vb = store.vb().set_dtype(dtype);
+                let bn = batch_norm2d(vb, 3, config)?;
+                assert_eq!(bn.momentum(), config.momentum);
+                for k in 0..3 {
+                    bn.forward_t(&formula_batch(k)?.to_dtype(dtype)?, true)?;
+                }
+                let got = |t: Option<&Tensor>| -> Result<Vec<f32>> {
+                    t.expect("running statistics")
+                        .to_dtype(DType::F32)?
+                        .to_vec1::<f32>()
+                };
+                let count = bn.num_batches_tracked().expect("counted");
+                assert_eq!(count.to_scalar::<i64>()?, 3);
+                let (mean, var) = (got(bn.running_mean())?, got(bn.running_var())?);
+                let want_mean = if config.momentum.is_none() {
+                    cma_mean
+                } else {
+                    ema_mean
+                };
+                for (g, w) in mean.iter().zip(want_mean) {
+                    assert!(
+                        (g - w).abs() <= 1e-6 * w.abs().max(1.0),
+                        "{config:?} {dtype:?}: mean {mean:?}"
+                    );
+                }
+                if config.momentum.is_none() {
+                    for (g, w) in var.iter().zip(cma_var) {
+                        assert!((g - w).abs() <= 1e-6 * w, "{dtype:?}: var {var:?}");
+                    }
+                }
+            }
+        }
+        // Through a convolution's fused op (training, f32 CPU, no bias): the same statistics
+        // as the convolution's output through the batch norm apart.
+        let config = BatchNormConfig {
+            momentum: None,
+            ..Default::default()
+        };
+        let store = crate::ParamStore::new(1, &dev);
+        let conv = test_conv(&store, 3, 4, 3)?;
+        let fused = batch_norm2d(store.vb().pp("fused"), 4, config)?;
+        let apart = batch_norm2d(store.vb().pp("apart"), 4, config)?;
+        for k in 0..3 {
+            let x = Var::from_tensor(&formula_batch(k)?)?;
+            conv.forward_batch_norm(x.as_tensor(), &fused, true, true)?;
+            let ys = candle_core::Module::forward(&conv, x.as_tensor())?;
+            apart.forward_relu(&ys, true)?;
+        }
+        for (a, b) in [
+            (fused.running_mean(), apart.running_mean()),
+            (fused.running_var(), apart.running_var()),
+        ] {
+            close(a.expect("stats"), b.expect("stats"), 1e-6)?;
+        }
+        Ok(())
+    }
+
+    /// `track_running_stats=False`: evaluation normalises with the batch's statistics (PyTorch
+    /// 2.15's output), the same bits as training; nothing is counted or kept; `affine=False`
+    /// has no parameters; the module's names are PyTorch's `state_dict` keys either way.
+    #[test]
+    fn without_running_stats_or_affine_parameters_as_pytorch() -> Result<()> {
+        let dev = Device::Cpu;
+        let config = BatchNormConfig {
+            affine: false,
+            track_running_stats: false,
+            ..Default::default()
+        };
+        let store = crate::ParamStore::new(0, &dev);
+        let bn = batch_norm2d(store.vb().pp("bn"), 3, config)?;
+        assert!(store.named_vars().is_empty());
+        assert!(!bn.tracks_running_stats());
+        assert!(bn.running_mean().is_none() && bn.num_batches_tracked().is_none());
+        let x = formula_batch(1)?;
+        let eval = bn.forward_t(&x, false)?;
+        let want = [0.536_133_5_f32, -2.299_896_5, -0.943_590_4];
+        let got = eval.narrow(0, 0, 1)?.flatten_from(1)?.to_vec2::<f32>()?;
+        for (c, w) in want.iter().enumerate() {
+            let g = got[0][c * 12];
+            assert!(
+                (g - w).abs() <= 2e-6 * w.abs().max(1.0),
+                "channel {c}: {g} vs {w}"
+            );
+        }
+        let v = eval.flatten_all()?.to_vec1::<f32>()?;
+        assert!((v[5] - 1.090_877_3).abs() <= 2e-6, "{}", v[5]);
+        assert_eq!(bits(&eval)?, bits(&bn.forward_t(&x, true)?)?);
+        // A convolution then the batch norm in evaluation: batch statistics too.
+        let conv_store = crate::ParamStore::new(2, &dev);
+        let conv = test_conv(&conv_store, 3, 3, 3)?;
+        let ys = candle_core::Module::forward(&conv, &x)?;
+        let mean = conv
+            .forward_batch_norm(&x, &bn, false, false)?
+            .mean_all()?
+            .to_scalar::<f32>()?;
+        assert!(mean.abs() < 1e-5, "{mean}");
+        assert_eq!(
+            bits(&conv.forward_batch_norm(&x, &bn, true, false)?)?,
+            bits(&bn.forward_relu(&ys, true)?)?
+        );
+        let counted = Tensor::zeros((), DType::I64, &dev)?;
+        let error = bn.clone().with_batches_tracked(counted).unwrap_err();
+        assert!(
+            error.to_string().contains("track_running_stats=False"),
+            "{error}"
+        );
+        // The names each setting makes, as PyTorch's state_dict keys.
+        for (affine, track, keys) in [
+            (true, false, vec!["bn.bias", "bn.weight"]),
+            (
+                false,
+                true,
+                vec![
+                    "bn.num_batches_tracked",
+                    "bn.running_mean",
+                    "bn.running_var",
+                ],
+            ),
+        ] {
+            let store = crate::ParamStore::new(0, &dev);
+            let config = BatchNormConfig {
+                affine,
+                track_running_stats: track,
+                ..Default::default()
+            };
+            batch_norm2d(store.vb().pp("bn"), 3, config)?;
+            let mut names: Vec<String> = store.named_vars().into_iter().map(|(n, _)| n).collect();
+            names.sort();
+            assert_eq!(names, keys);
+        }
+        Ok(())
+    }
+
+    /// An empty batch in training: PyTorch's empty output, in the graph (zero gradients for
+    /// the weight and bias), the running statistics as they were and one more batch counted;
+    /// through the fused passes (ReLU, residual join, a convolution's op) too.
+    #[test]
+    fn an_empty_batch_in_training_gives_an_empty_output() -> Result<()> {
+        let dev = Device::Cpu;
+        for dims in [[0, 3, 4, 4], [2, 3, 0, 4]] {
+            let store = crate::ParamStore::new(0, &dev);
+            let bn = batch_norm(store.vb().pp("bn"), 3, 1e-5)?;
+            let x = Tensor::zeros(&dims[..], DType::F32, &dev)?;
+            let residual = Tensor::zeros(&dims[..], DType::F32, &dev)?;
+            let outs = [
+                bn.forward_t(&x, true)?,
+                bn.forward_relu(&x, true)?,
+                bn.forward_add_relu(&x, &residual, true)?,
+                memory_format::to_channels_last(&bn.forward_t(&x, true)?)?,
+            ];
+            for y in &outs {
+                assert_eq!(y.dims(), dims);
+            }
+            let count = bn.num_batches_tracked().expect("counted");
+            assert_eq!(count.to_scalar::<i64>()?, 4, "{dims:?}");
+            let mean = bn.running_mean().expect("stats").to_vec1::<f32>()?;
+            let var = bn.running_var().expect("stats").to_vec1::<f32>()?;
+            assert_eq!((mean, var), (vec![0.0; 3], vec![1.0; 3]));
+            let grads = outs[0].sum_all()?.backward()?;
+            let weight = store
+                .named_vars()
+                .into_iter()
+                .find(|(n, _)| n == "bn.weight")
+                .expect("weight")
+                .1;
+            let gw = grads.get(weight.as_tensor()).expect("weight gradient");
+            assert_eq!(gw.to_vec1::<f32>()?, vec![0.0; 3]);
+        }
+        // A convolution of an empty batch with its batch norm.
+        let store = crate::ParamStore::new(0, &dev);
+        let conv = test_conv(&store, 3, 4, 3)?;
+        let bn = batch_norm(store.vb().pp("bn"), 4, 1e-5)?;
+        let x = Tensor::zeros((0, 3, 5, 5), DType::F32, &dev)?;
+        let residual = Tensor::zeros((0, 4, 5, 5), DType::F32, &dev)?;
+        assert_eq!(
+            conv.forward_batch_norm(&x, &bn, true, true)?.dims(),
+            [0, 4, 5, 5]
+        );
+        let y = conv.forward_batch_norm_add_relu(&x, &bn, &residual, true)?;
+        assert_eq!(y.dims(), [0, 4, 5, 5]);
+        // One value per channel is still refused, as PyTorch.
+        assert!(bn
+            .forward_t(&Tensor::zeros((1, 4, 1, 1), DType::F32, &dev)?, true)
+            .is_err());
+        Ok(())
+    }
+
+    /// A refused batch of one value per channel is counted first, as PyTorch's module counts
+    /// it before `F.batch_norm` refuses: with `momentum=None` the later batches' weights, and
+    /// so the running statistics, are PyTorch 2.15's after `x0`, the refusal, `x2`.
+    #[test]
+    fn a_refused_batch_is_counted_as_pytorch_counts_it() -> Result<()> {
+        let dev = Device::Cpu;
+        let store = crate::ParamStore::new(0, &dev);
+        let config = BatchNormConfig {
+            momentum: None,
+            ..Default::default()
+        };
+        let bn = batch_norm2d(store.vb().pp("bn"), 3, config)?;
+        bn.forward_t(&formula_batch(0)?, true)?;
+        let one = Tensor::ones((1, 3, 1, 1), DType::F32, &dev)?;
+        assert!(bn.forward_t(&one, true).is_err());
+        bn.forward_t(&formula_batch(2)?, true)?;
+        let count = bn
+            .num_batches_tracked()
+            .expect("counted")
+            .to_scalar::<i64>()?;
+        assert_eq!(count, 3);
+        let mean = bn.running_mean().expect("stats").to_vec1::<f32>()?;
+        let var = bn.running_var().expect("stats").to_vec1::<f32>()?;
+        let (want_mean, want_var) = (
+            [0.751_279_35_f32, 1.028_855, 0.387_172_6],
+            [2.594_663_1_f32, 2.820_529, 2.661_973],
+        );
+        for (g, w) in mean
+            .iter()
+            .chain(&var)
+            .zip(want_mean.iter().chain(&want_var))
+        {
+            assert!((g - w).abs() <= 2e-6 * w.abs().max(1.0), "{mean:?} {var:?}");
+        }
+        // The same through a convolution with its batch norm (one image of one value).
+        let conv = test_conv(&store, 3, 3, 1)?;
+        assert!(conv.forward_batch_norm(&one, &bn, true, true).is_err());
+        let count = bn
+            .num_batches_tracked()
+            .expect("counted")
+            .to_scalar::<i64>()?;
+        assert_eq!(count, 4);
+        Ok(())
+    }
+
+    /// An empty batch in evaluation mode too: the weight's and bias's gradients are zeros (as
+    /// PyTorch's), nothing counted.
+    #[test]
+    fn an_empty_batch_in_evaluation_keeps_the_parameters_in_the_graph() -> Result<()> {
+        let dev = Device::Cpu;
+        let store = crate::ParamStore::new(0, &dev);
+        let bn = batch_norm(store.vb().pp("bn"), 3, 1e-5)?;
+        let x = Tensor::zeros((0, 3, 3, 4), DType::F32, &dev)?;
+        let y = bn.forward_t(&x, false)?;
+        assert_eq!(y.dims(), [0, 3, 3, 4]);
+        let grads = y.sum_all()?.backward()?;
+        for (name, var) in store.trainable() {
+            let g = grads.get(var.as_tensor()).expect("a gradient");
+            assert_eq!(g.to_vec1::<f32>()?, vec![0.0; 3], "{name}");
+        }
+        let count = bn
+            .num_batches_tracked()
+            .expect("counted")
+            .to_scalar::<i64>()?;
+        assert_eq!(count, 0);
+        Ok(())
+    }
+
+    /// Without running statistics, evaluation mode normalises with this process's batch alone
+    /// under a [`StatsSync`] (PyTorch's SyncBatchNorm synchronises in training only): no
+    /// all-reduce, and the output of no sync; training does synchronise.
+    #[test]
+    fn untracked_evaluation_is_not_synchronised() -> Result<()> {
+        let dev = Device::Cpu;
+        let store = crate::ParamStore::new(0, &dev);
+        let config = BatchNormConfig {
+            track_running_stats: false,
+            ..Default::default()
+        };
+        let bn = batch_norm2d(store.vb().pp("bn"), 3, config)?;
+        let x = formula_batch(1)?;
+        let alone = bn.forward_t(&x, false)?;
+        let counted = Arc::new(TwoIdenticalCounted(0.into()));
+        let previous = set_stats_sync(Some(counted.clone()));
+        let run = || -> Result<(Tensor, Tensor, Tensor)> {
+            let conv = test_conv(&store, 3, 3, 1)?;
+            let eval = bn.forward_t(&x, false)?;
+            bn.forward_relu(&x, false)?;
+            bn.forward_add_relu(&x, &x, false)?;
+            conv.forward_batch_norm(&x, &bn, true, false)?;
+            let fused = conv.forward_batch_norm_add_relu(&x, &bn, &x, false)?;
+            let evaluated = counted.0.load(std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(evaluated, 0);
+            let train = bn.forward_t(&x, true)?;
+            Ok((eval, fused, train))
+        };
+        let result = run();
+        set_stats_sync(previous);
+        let (eval, _, _) = result?;
+        assert!(counted.0.load(std::sync::atomic::Ordering::Relaxed) > 0);
+        close(&eval, &alone, 0.0)?;
         Ok(())
     }
 }

@@ -3,12 +3,14 @@
 //! - [`Conv2d`]: convolution with its own backward pass: on the CPU GEMMs, Winograd F(2x2, 3x3)
 //!   for 3x3 stride-1 kernels, a direct kernel for a network's first layer and, with the
 //!   `onednn` feature, oneDNN where it is faster; on CUDA cuDNN with `cudnn` (Candle's backward
-//!   is a direct loop, several times slower);
+//!   is a direct loop, several times slower); PyTorch's `padding_mode` ([`PaddingMode`]) and
+//!   `padding='same'`;
 //! - [`Pool2d`]: max and average pooling with PyTorch's kernel/stride/padding/`ceil_mode`
 //!   semantics and a backward pass for every configuration;
 //! - [`adaptive_avg_pool2d`] with PyTorch's bins;
 //! - [`BatchNorm`]: PyTorch's batch norm (optionally with its ReLU) as one operation with a
-//!   closed-form backward;
+//!   closed-form backward; `nn.BatchNorm2d`'s `momentum=None`, `affine` and
+//!   `track_running_stats` through [`batch_norm2d`] and [`BatchNormConfig`];
 //! - [`Linear`], and [`autocast`]: bf16/f16 products with float32 weights, as `torch.autocast`;
 //! - [`no_grad`]: inference without an autograd graph, as `torch.no_grad()`;
 //! - [`loss`]: cross-entropy with label smoothing, as `torch.nn.functional.cross_entropy`;
@@ -44,6 +46,7 @@ pub mod cuda_memory;
 mod cudnn;
 #[cfg(feature = "cuda")]
 mod dropout_cuda;
+mod empty;
 pub mod file;
 mod fill;
 mod grad_mode;
@@ -89,12 +92,16 @@ pub mod wide;
 
 pub use activation::{add_relu, relu, tanh};
 pub use adaptive::{adaptive_avg_pool2d, AdaptiveAvgPool2d};
-pub use batch_norm::{batch_norm, set_stats_sync, BatchNorm, StatsSync};
+pub use batch_norm::{
+    batch_norm, batch_norm2d, set_stats_sync, BatchNorm, BatchNormConfig, StatsSync,
+};
 #[cfg(feature = "cudnn")]
 pub use conv::cudnn::{cudnn_nhwc_kernels, NhwcKernels};
 #[cfg(feature = "onednn")]
 pub use conv::onednn;
-pub use conv::{conv2d_conv_grads, conv2d_cpu_f32, conv2d_gemm, set_direct_first_layer, Conv2d};
+pub use conv::{
+    conv2d_conv_grads, conv2d_cpu_f32, conv2d_gemm, set_direct_first_layer, Conv2d, PaddingMode,
+};
 pub use grad_mode::{is_grad_enabled, no_grad, NoGradGuard};
 pub use in_place::{in_place_cpu, in_place_cuda};
 pub use init::WeightInit;

@@ -577,8 +577,8 @@ fn batch_norm_training_step_matches_the_cpu() -> Result<()> {
                 host(grads.get(&xv).expect("input gradient"))?,
                 host(grads.get(&wv).expect("weight gradient"))?,
                 host(grads.get(&bv).expect("bias gradient"))?,
-                host(bn.running_mean())?,
-                host(bn.running_var())?,
+                host(bn.running_mean().expect("running statistics"))?,
+                host(bn.running_var().expect("running statistics"))?,
                 vec![count.to_scalar::<i64>()? as f32],
             ])
         };
@@ -716,14 +716,14 @@ fn autocast_on_cuda_keeps_bf16_activations_and_float32_statistics() -> Result<()
         ),
         (
             "running mean",
-            host(bn16.running_mean())?,
-            host(bn32.running_mean())?,
+            host(bn16.running_mean().expect("running statistics"))?,
+            host(bn32.running_mean().expect("running statistics"))?,
             1e-5,
         ),
         (
             "running var",
-            host(bn16.running_var())?,
-            host(bn32.running_var())?,
+            host(bn16.running_var().expect("running statistics"))?,
+            host(bn32.running_var().expect("running statistics"))?,
             1e-5,
         ),
     ];
@@ -851,8 +851,8 @@ fn channels_last_block_matches_the_contiguous_one() -> Result<()> {
             out.push(host(grads.get(v.as_tensor()).expect("a gradient"))?);
         }
         for bn in [&bn1, &bn2] {
-            out.push(host(bn.running_mean())?);
-            out.push(host(bn.running_var())?);
+            out.push(host(bn.running_mean().expect("running statistics"))?);
+            out.push(host(bn.running_var().expect("running statistics"))?);
         }
         let evaluated = block(&input, false)?;
         assert_eq!(is_channels_last(&evaluated), is_channels_last(&y));

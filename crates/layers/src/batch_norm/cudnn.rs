@@ -63,6 +63,9 @@ const MAX_BATCH: usize = 880_801;
 /// as PyTorch, at most [`MAX_BATCH`] images and fewer than 2^31 - 1 values (some of cuDNN's
 /// kernels index in 32 bits).
 pub(super) fn supports(bn: &BatchNorm, x: &Tensor) -> bool {
+    let Some((running_mean, running_var)) = &bn.running else {
+        return false;
+    };
     x.device().is_cuda()
         && x.dims().first().is_some_and(|&n| n <= MAX_BATCH)
         && x.elem_count() < i32::MAX as usize
@@ -71,8 +74,8 @@ pub(super) fn supports(bn: &BatchNorm, x: &Tensor) -> bool {
         && [
             &bn.weight,
             &bn.bias,
-            bn.running_mean.as_tensor(),
-            bn.running_var.as_tensor(),
+            running_mean.as_tensor(),
+            running_var.as_tensor(),
         ]
         .iter()
         .all(|t| t.dtype() == DType::F32)
@@ -159,10 +162,13 @@ fn train_flagged(
             "batch-norm in training needs more than one value per channel, got input (N, C, L) = ({n}, {c}, {l})"
         )
     }
+    let Some((running_mean, running_var)) = &bn.running else {
+        candle_core::bail!("cuDNN batch norm: no running statistics")
+    };
     let op = Forward {
-        running_mean: bn.running_mean.as_tensor().clone(),
-        running_var: bn.running_var.as_tensor().clone(),
-        momentum: bn.momentum,
+        running_mean: running_mean.as_tensor().clone(),
+        running_var: running_var.as_tensor().clone(),
+        momentum: bn.next_momentum()?,
         eps: bn.eps,
         relu,
         dims: [n, c, l],

@@ -30,6 +30,7 @@ mod im2col;
 mod im2col_packed;
 #[cfg(feature = "onednn")]
 pub mod onednn;
+mod padding;
 #[cfg(any(test, feature = "cudnn"))]
 mod ranked;
 #[cfg(test)]
@@ -46,11 +47,15 @@ pub use cpu::conv2d_cpu_f32;
 pub use direct::set_direct_first_layer;
 pub use grads::conv2d_conv_grads;
 pub use im2col::conv2d_gemm;
+pub use padding::PaddingMode;
 
 /// Output channels from which bf16 autocast runs a CPU convolution's products in bf16.
 const MIN_BF16_CHANNELS: usize = 16;
 
-/// `nn.Conv2d`: weight (out, in / groups, k, k), optional bias (out). The output is in the
+/// `nn.Conv2d`: weight (out, in / groups, k, k), optional bias (out); `padding_mode` and
+/// `padding='same'` through [`Conv2d::with_padding_mode`] and [`Conv2d::with_padding_same`]
+/// (the input padded first, as PyTorch's `F.pad`; one stride, padding and dilation for both
+/// axes, as `Conv2dConfig` holds them). The output is in the
 /// input's memory format ([`memory_format`](crate::memory_format): a channels-last input gives
 /// a channels-last output); the weight stays (out, in / groups, k, k) either way.
 ///
@@ -66,6 +71,12 @@ pub struct Conv2d {
     weight: Tensor,
     bias: Option<Tensor>,
     config: Conv2dConfig,
+    /// PyTorch's `padding_mode` ([`Conv2d::with_padding_mode`]).
+    padding_mode: PaddingMode,
+    /// `padding='same'`'s `(before, after)` padding of the height and the width where the
+    /// configured (symmetric, square) padding cannot hold it: an even or non-square kernel
+    /// ([`Conv2d::with_padding_same`]); the input is then padded first.
+    same_padding: Option<[(usize, usize); 2]>,
 }
 
 impl Conv2d {
@@ -75,6 +86,8 @@ impl Conv2d {
             weight,
             bias,
             config,
+            padding_mode: PaddingMode::Zeros,
+            same_padding: None,
         }
     }
 
@@ -88,7 +101,8 @@ impl Conv2d {
         self.bias.as_ref()
     }
 
-    /// Stride, padding, dilation and groups.
+    /// Stride, padding, dilation and groups (with `padding='same'`, the padding of a square
+    /// kernel of odd size, 0 where the input is padded first: an even or non-square kernel).
     pub fn config(&self) -> &Conv2dConfig {
         &self.config
     }
@@ -99,6 +113,8 @@ impl Conv2d {
             weight: self.weight.detach(),
             bias: self.bias.as_ref().map(Tensor::detach),
             config: self.config,
+            padding_mode: self.padding_mode,
+            same_padding: self.same_padding,
         }
     }
 }
@@ -164,6 +180,8 @@ impl Conv2d {
             weight,
             bias: self.bias.clone(),
             config: Conv2dConfig { padding, ..*c },
+            padding_mode: self.padding_mode,
+            same_padding: self.same_padding,
         }))
     }
 }
@@ -173,7 +191,9 @@ impl Conv2d {
     /// kind of convolution, or an input the convolution refuses: it says why itself).
     fn output_dims(&self, xs: &Tensor) -> Option<[usize; 4]> {
         let c = &self.config;
-        if c.groups != 1 || c.dilation != 1 {
+        let explicit = self.same_padding.is_some()
+            || (self.padding_mode != PaddingMode::Zeros && c.padding > 0);
+        if c.groups != 1 || c.dilation != 1 || explicit {
             return None;
         }
         let (geo, cout) =
@@ -276,6 +296,14 @@ impl Conv2d {
         pool: Option<&crate::Pool2d>,
         train: bool,
     ) -> Result<Tensor> {
+        // Without running statistics the batch's normalise in evaluation too, not synchronised
+        // across processes (PyTorch's SyncBatchNorm syncs in training only).
+        if !train && !bn.tracks_running_stats() {
+            let previous = crate::set_stats_sync(None);
+            let result = self.forward_batch_norm_then(xs, bn, relu, residual, pool, true);
+            crate::set_stats_sync(previous);
+            return result;
+        }
         // Under `no_grad`: the same on detached inputs and parameters (no graph recorded).
         let inputs = [Some(xs), Some(&self.weight), self.bias.as_ref()];
         let bn_inputs = [Some(bn.weight()), Some(bn.bias()), residual];
@@ -352,6 +380,10 @@ impl Conv2d {
                 self.weight.dims()
             )
         }
+        // A padding mode other than zeros, or `'same'`'s uneven padding: the input padded here.
+        if let Some((padded, plain)) = self.explicit_padding(xs)? {
+            return plain.forward_then(&padded, bn, eval);
+        }
         let out = geometry::check_conv(xs, &self.weight, self.bias.as_ref(), &self.config)?;
         // An empty batch: PyTorch's empty output (Candle's grouped and dilated convolution
         // panicked on it; the others' ops take it), in the graph of the kernel and the bias
@@ -359,13 +391,8 @@ impl Conv2d {
         let c = &self.config;
         if out[0] == 0 && (c.groups > 1 || c.dilation > 1) {
             let dtype = autocast::output_dtype(xs, autocast::compute_dtype(xs));
-            let mut ys = (self.weight.sum_all()? * 0.0)?;
-            if let Some(b) = &self.bias {
-                ys = (ys + (b.sum_all()? * 0.0)?)?;
-            }
-            let ys = autocast::cast(&ys, dtype)?
-                .broadcast_as(&out)?
-                .contiguous()?;
+            let bias = self.bias.as_ref().unwrap_or(&self.weight);
+            let ys = crate::empty::output(&out, dtype, [xs, &self.weight, bias])?;
             return Ok((ys, false));
         }
         if crate::grad_mode::detach_first(&[Some(xs), Some(&self.weight), self.bias.as_ref()]) {

@@ -1346,13 +1346,13 @@ fn a_batch_norm_run_inside_the_convolution_gives_the_same_bits() -> Result<()> {
             }
             assert_eq!(bits(&fused)?, bits(&apart)?, "{what}: output");
             assert_eq!(
-                bits(bn1.running_mean())?,
-                bits(bn2.running_mean())?,
+                bits(bn1.running_mean().expect("running statistics"))?,
+                bits(bn2.running_mean().expect("running statistics"))?,
                 "{what}: mean"
             );
             assert_eq!(
-                bits(bn1.running_var())?,
-                bits(bn2.running_var())?,
+                bits(bn1.running_var().expect("running statistics"))?,
+                bits(bn2.running_var().expect("running statistics"))?,
                 "{what}: var"
             );
             let g = Tensor::randn(0f32, 1., fused.shape(), &dev)?;
@@ -1564,10 +1564,22 @@ fn an_empty_batch_gives_an_empty_output() -> Result<()> {
             dilation,
             ..Default::default()
         };
-        let weight = Tensor::zeros((8, 4 / groups, 3, 3), DType::F32, &dev)?;
-        let conv = Conv2d::new(weight, None, config);
+        let weight = Var::zeros((8, 4 / groups, 3, 3), DType::F32, &dev)?;
+        let bias = Var::zeros(8, DType::F32, &dev)?;
+        let conv = Conv2d::new(
+            weight.as_tensor().clone(),
+            Some(bias.as_tensor().clone()),
+            config,
+        );
         let out = conv.forward(&Tensor::zeros((0, 4, 5, 5), DType::F32, &dev)?)?;
         assert_eq!(out.dims(), want, "groups {groups}, dilation {dilation}");
+        // The kernel's and the bias's gradients are zeros, as PyTorch's.
+        let grads = out.sum_all()?.backward()?;
+        for v in [&weight, &bias] {
+            let g = grads.get(v.as_tensor()).expect("a gradient");
+            assert_eq!(g.dims(), v.dims());
+            assert_eq!(g.abs()?.sum_all()?.to_scalar::<f32>()?, 0.0);
+        }
     }
     Ok(())
 }
