@@ -127,6 +127,44 @@ fn a_failing_rank_ends_the_job_with_its_error() {
     assert!(stderr.contains("no-such-data"), "{stderr}");
     eprintln!("the job ended {:.1} s after it started", took.as_secs_f64());
     assert!(took < Duration::from_secs(30), "took {took:?}");
+    // Rank 0, which had made the run directory, was ended by mpirun's SIGTERM while it waited
+    // for rank 1: it removed the directory first (a failed start leaves none behind).
+    assert!(
+        !Path::new(&*out).exists(),
+        "{out} was left behind:\n{stderr}"
+    );
+}
+
+/// A rank that never starts MPI (here a `sleep` in its place, as a rank stopped or hung before
+/// MPI's start-up would be) leaves the others waiting in that start-up: after
+/// --collective-timeout seconds they say so and end the job, which waited forever before.
+#[test]
+fn a_rank_that_never_starts_mpi_ends_the_job_after_the_collective_timeout() {
+    let Some(data) = shared_data("mnist") else {
+        return;
+    };
+    let data = data.to_string_lossy().into_owned();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("run");
+    let out = out.to_string_lossy();
+    let started = Instant::now();
+    let result = mpirun()
+        .args(["-n", "1", BIN])
+        .args(args(&data, &out, "32"))
+        .args(["--collective-timeout", "3"])
+        .args([":", "-n", "1", "sleep", "120"])
+        .output()
+        .expect("cannot start mpirun");
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Error on rank 0 of 2: waited 3 s in MPI's start-up for the other ranks"),
+        "{stderr}"
+    );
+    eprintln!("the job ended {:.1} s after it started", took.as_secs_f64());
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    assert!(!Path::new(&*out).exists(), "{stderr}");
 }
 
 /// The pid of the process running `BIN` as rank `rank` of the MPI job whose command line holds

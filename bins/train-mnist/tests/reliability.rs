@@ -1823,13 +1823,32 @@ fn images_the_model_cannot_take_are_refused_before_training() {
             err.contains(&format!(
                 "cnn-mnist does not fit the 1x32x32 images that {flag} random-crop:32:4 gives"
             )) && err.contains(&format!(
-                "a resize:28,center-crop:28 step before normalize ({flag} \
+                "a resize:28,center-crop:28 step ({flag} \
                  random-crop:32:4,resize:28,center-crop:28,to-tensor), or choose"
             )),
             "{err}"
         );
         assert!(!out.exists(), "{err}");
     }
+    // A resize of the flag's own gives way to the one suggested (not `resize:14,resize:28`).
+    let out = dir.path().join("run");
+    let run = train_mnist(&[
+        "--data-dir",
+        &data,
+        "--model",
+        "cnn-mnist",
+        "--test-transform",
+        "resize:14,normalize:mnist",
+        "--out",
+        &s(&out),
+    ]);
+    let err = stderr(&run);
+    assert!(
+        !run.status.success()
+            && err
+                .contains("(--test-transform resize:28,center-crop:28,normalize:mnist), or choose"),
+        "{err}"
+    );
 }
 
 /// A transform that does not parse is refused, naming its flag, before any data is read (here

@@ -85,7 +85,6 @@ pub const DEFAULT_COLLECTIVE_TIMEOUT_S: u64 = 1800;
 /// ends the job when one lasts too long.
 #[cfg(feature = "mpi")]
 mod watchdog {
-    use super::Rank;
     use anyhow::Result;
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -97,10 +96,30 @@ mod watchdog {
         Barrier,
         #[cfg_attr(not(feature = "nccl"), allow(dead_code))]
         NcclSetup,
+        /// MPI's start-up (`MPI_Init_thread`), which waits for every rank to start it.
+        #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+        Startup,
     }
 
     /// Their names, in [`Collective`]'s order, for the watchdog's message.
-    const COLLECTIVES: [&str; 4] = ["an all-reduce", "a broadcast", "a barrier", "NCCL's setup"];
+    const COLLECTIVES: [&str; 5] = [
+        "an all-reduce",
+        "a broadcast",
+        "a barrier",
+        "NCCL's setup",
+        "MPI's start-up",
+    ];
+
+    /// This rank's number and the world's size for the watchdog's message: the launcher's
+    /// announcement (`usize::MAX` where it made none) until MPI has started and tells them.
+    static RANK: AtomicUsize = AtomicUsize::new(usize::MAX);
+    static SIZE: AtomicUsize = AtomicUsize::new(0);
+
+    /// Sets the rank the watchdog's message names.
+    pub(super) fn set_rank(rank: Option<usize>, size: usize) {
+        RANK.store(rank.unwrap_or(usize::MAX), Ordering::Relaxed);
+        SIZE.store(size, Ordering::Relaxed);
+    }
 
     /// When this rank entered the collective it waits in (milliseconds since [`clock`]'s start,
     /// plus 1), or 0 when it waits in none.
@@ -143,20 +162,25 @@ mod watchdog {
         (since != 0).then(|| (now.saturating_sub(since - 1), what))
     }
 
-    /// The watchdog's message when `rank` has waited `seconds` in `what`.
-    fn timeout_message(rank: Rank, what: &str, seconds: u64) -> String {
+    /// The watchdog's message when `rank` (of a world of `size`, 0 where not yet known) has
+    /// waited `seconds` in `what`.
+    fn timeout_message(rank: Option<usize>, size: usize, what: &str, seconds: u64) -> String {
+        let who = match (rank, size) {
+            (Some(rank), 1..) => format!("rank {rank} of {size}"),
+            (Some(rank), 0) => format!("rank {rank}"),
+            (None, _) => "a rank (MPI had not yet said which)".to_string(),
+        };
         format!(
-            "Error on rank {} of {}: waited {seconds} s in {what} for the other ranks \
+            "Error on {who}: waited {seconds} s in {what} for the other ranks \
              (--collective-timeout {seconds}): a rank has stopped, hangs or cannot be reached; \
-             ending the job",
-            rank.rank, rank.size
+             ending the job"
         )
     }
 
     /// Starts the thread that ends the job when this rank has waited in one collective for longer
     /// than `timeout_s`. It exits the process at once (`_exit`, as MPI may not be called from this
     /// thread): the launcher then ends the other ranks.
-    pub(super) fn start_watchdog(rank: Rank, timeout_s: u64) -> Result<()> {
+    pub(super) fn start_watchdog(timeout_s: u64) -> Result<()> {
         let limit = timeout_s.saturating_mul(1000);
         clock();
         std::thread::Builder::new()
@@ -165,7 +189,10 @@ mod watchdog {
                 std::thread::sleep(std::time::Duration::from_millis(200));
                 if let Some((ms, what)) = waited(clock()) {
                     if ms >= limit {
-                        crate::warn!("{}", timeout_message(rank, what, timeout_s));
+                        let rank = RANK.load(Ordering::Relaxed);
+                        let rank = (rank != usize::MAX).then_some(rank);
+                        let size = SIZE.load(Ordering::Relaxed);
+                        crate::warn!("{}", timeout_message(rank, size, what, timeout_s));
                         use std::io::Write;
                         let _ = std::io::stderr().flush();
                         let _ = std::io::stdout().flush();
@@ -195,12 +222,19 @@ mod watchdog {
                 assert_eq!(what, "a broadcast");
             }
             assert_eq!(waited(clock()), None);
-            let message = timeout_message(Rank { rank: 1, size: 4 }, "an all-reduce", 60);
+            let message = timeout_message(Some(1), 4, "an all-reduce", 60);
             assert!(
                 message.starts_with("Error on rank 1 of 4: waited 60 s in an all-reduce")
                     && message.contains("--collective-timeout 60"),
                 "{message}"
             );
+            let message = timeout_message(Some(3), 0, "MPI's start-up", 5);
+            assert!(
+                message.starts_with("Error on rank 3: waited 5 s in MPI's start-up"),
+                "{message}"
+            );
+            let message = timeout_message(None, 0, "MPI's start-up", 5);
+            assert!(message.starts_with("Error on a rank (MPI had"), "{message}");
         }
     }
 }
@@ -481,14 +515,24 @@ fn start<T>(
     job: Job,
     _mode: Mode,
     _who: &str,
-    _size: usize,
+    size: usize,
     timeout_s: u64,
     body: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
     use mpi::traits::{Communicator, CommunicatorCollectives};
     use std::io::Write;
 
-    let Some((universe, _)) = mpi::initialize_with_threading(mpi::Threading::Funneled) else {
+    // MPI's start-up waits for every rank to start it: watched as the collectives are, so that a
+    // rank that stops or hangs before it (or never starts it) ends the job too.
+    watchdog::set_rank(launched_rank(), size);
+    if size != 1 {
+        watchdog::start_watchdog(timeout_s)?;
+    }
+    let started = {
+        let _waiting = watchdog::Waiting::new(watchdog::Collective::Startup);
+        mpi::initialize_with_threading(mpi::Threading::Funneled)
+    };
+    let Some((universe, _)) = started else {
         bail!("MPI is already initialised in this process: one data-parallel job per process");
     };
     let comm = universe.world();
@@ -496,6 +540,7 @@ fn start<T>(
         rank: comm.rank() as usize,
         size: comm.size() as usize,
     };
+    watchdog::set_rank(Some(rank.rank), rank.size);
     QUIET.store(
         rank.rank != 0 && std::env::var_os(LOG_ALL_RANKS).is_none(),
         Ordering::Relaxed,
@@ -511,8 +556,9 @@ fn start<T>(
         let _ = std::io::stderr().flush();
         mpi::topology::SimpleCommunicator::world().abort(101);
     }));
-    if rank.size > 1 {
-        watchdog::start_watchdog(rank, timeout_s)?;
+    if rank.size > 1 && size == 1 {
+        // The launcher announced one process and MPI says more.
+        watchdog::start_watchdog(timeout_s)?;
     }
     // Ctrl-C and SIGTERM: every rank stops after the same batch (`interrupt::agreed`); until
     // then a rank only records them, whatever it is doing.

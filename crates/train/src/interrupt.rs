@@ -26,6 +26,9 @@
 //! ([`to_share`]), so that every rank stops after the same batch ([`agreed`]), whichever ranks
 //! the signal reached (Slurm signals them all; `mpirun` answers its own Ctrl-C or SIGTERM by
 //! sending the ranks SIGTERM), and the job ends once rank 0 has written the last epoch's files.
+//! Before a fresh run has saved its first epoch there is nothing to keep: rank 0 then ends at
+//! once, its run directory tidied as a failed start's (mpirun's SIGTERM after another rank's
+//! `MPI_Abort` finds it waiting for that rank, and its SIGKILL would come before any tidying).
 //! Neither is taken over where the process was started with it ignored (SIGINT in a background
 //! job of a script). Other signals (SIGHUP, SIGQUIT) keep theirs: a run under `nohup` still
 //! ignores the hangup.
@@ -318,10 +321,24 @@ fn on_stop_request(signal: i32) {
         }
         die_by(signal);
     }
+    // A rank of a job whose fresh run has saved no epoch yet loses nothing by ending at once,
+    // its run directory tidied; and the request may be the launcher ending the job after
+    // another rank failed (mpirun's SIGTERM after an MPI_Abort), when this rank may wait in a
+    // collective for a rank that is gone until the launcher's SIGKILL, which would leave the
+    // run directory behind. (Not while a finished epoch's files are being written.)
+    if job && WRITING.load(Ordering::SeqCst) == 0 && crate::rundir::tidy_if_nothing_saved() {
+        warn!(
+            "\n{name} before the first epoch was saved: stopping at once, nothing to --resume \
+             (a run directory this run made is removed, one --overwrite was replacing is \
+             back); \
+             mpirun sends it when another rank failed, whose error is then above"
+        );
+        die_by(signal);
+    }
     // Best effort: a terminal that is gone must not end this thread. (In a job, a second
     // Ctrl-C reaches the launcher, which ends the ranks.)
     let at_once = match job {
-        true => "",
+        true => " (mpirun also sends SIGTERM when another rank failed: its error is then above)",
         false => " (Ctrl-C again to stop at once)",
     };
     match (
@@ -336,7 +353,7 @@ fn on_stop_request(signal: i32) {
         ),
         (_, false) => warn!(
             "\n{name}: the ranks stop together at their next training step; the finished epochs \
-             stay saved"
+             stay saved{at_once}"
         ),
     }
 }

@@ -1142,6 +1142,22 @@ pub(crate) fn tidy_at_second_ctrl_c() -> Option<bool> {
     Some(saved)
 }
 
+/// For a stop request to a rank of a data-parallel job: where this process holds fresh run
+/// directories of which none has saved an epoch, tidies them as [`tidy_at_second_ctrl_c`]
+/// does and returns `true`, for the process to end at once (nothing is lost: no epoch to
+/// resume); otherwise (a resumed run, a saved epoch, no run directory held, as on ranks other
+/// than 0, or the lock taken for two seconds) does nothing and returns `false`.
+pub(crate) fn tidy_if_nothing_saved() -> bool {
+    let Some(held) = held_for_tidying() else {
+        return false;
+    };
+    if held.is_empty() || held.iter().any(|h| saved_an_epoch(&h.path)) {
+        return false;
+    }
+    tidy(held);
+    true
+}
+
 /// [`HELD`]'s lock for a Ctrl-C's tidying: `None` when it stays taken for two seconds (a write
 /// blocked on a full disk or a stopped terminal; the next run or reader puts an old run back).
 fn held_for_tidying() -> Option<MutexGuard<'static, Vec<Held>>> {
