@@ -246,7 +246,7 @@ pub fn finetune(
     // --drop-last leaving no batch, refused before the backbone's features are computed (in one
     // process: a data-parallel job's ranks are checked on their shares when training starts).
     if train_images.num_batches() == 0 {
-        return Err(train::run::no_batch(run, train_images.used(), false));
+        return Err(train::run::no_batch(run, train_images.used(), 1));
     }
     if train::distributed::writes() {
         ft.save(out)?;

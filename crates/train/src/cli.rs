@@ -1055,23 +1055,26 @@ pub(crate) fn limited(
                  the others"
             ),
         };
-        crate::warn!(
-            "--limit-{what} {limit}: the {what} subset has no image of {} of the {} classes \
+        // Said once in a data-parallel job (every rank makes the same subset).
+        if !crate::distributed::quiet() {
+            crate::warn!(
+                "--limit-{what} {limit}: the {what} subset has no image of {} of the {} classes \
              ({}){}; {advice}",
-            without.len(),
-            counts.len(),
-            without
-                .iter()
-                .take(12)
-                .map(|c| format!("{c:?}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            match what {
-                "train" => ": the model never trains on them",
-                _ => ": they are never tested",
-            }
-        );
-    } else if most > least.max(1) * 3 / 2 {
+                without.len(),
+                counts.len(),
+                without
+                    .iter()
+                    .take(12)
+                    .map(|c| format!("{c:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                match what {
+                    "train" => ": the model never trains on them",
+                    _ => ": they are never tested",
+                }
+            );
+        }
+    } else if most > least.max(1) * 3 / 2 && !crate::distributed::quiet() {
         let shown: Vec<String> = subset
             .classes()
             .iter()
@@ -1138,10 +1141,10 @@ fn check_schedule_flags(args: &Args, config: &RunConfig, resumed: bool) -> Resul
             }
             bail!(
                 "{flag} is used by --schedule {} only; --schedule {} would ignore it \
-                 (give --schedule {} with it, or leave it out)",
+                 (give it with --schedule {}, or leave it out)",
                 names.join(" or "),
                 schedule.flag_text(),
-                names[0]
+                names.join(" or ")
             );
         }
     }

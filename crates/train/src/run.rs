@@ -233,7 +233,8 @@ pub fn train(
         let images = config
             .limit_train
             .map_or(train_images, |l| l.min(train_images));
-        return Err(no_batch(config, images, shards.is_some()));
+        let world = crate::distributed::rank().map_or(1, |r| r.size);
+        return Err(no_batch(config, images, world));
     }
     let saved_names = resume.as_ref().and_then(|(saved, _)| saved.names);
     let (labels, names) = data_sums(
@@ -1642,17 +1643,16 @@ fn layout_note(saved: MemoryFormat, now: MemoryFormat, cudnn: bool) -> Option<St
 type DataSums = ([u32; 2], [u32; 2]);
 
 /// The error of a run whose `--drop-last` leaves no training batch: `images` training images
-/// (after `--limit-train`), fewer than `--batch-size`, in one process or (`per_rank`) on each
-/// data-parallel rank.
-pub fn no_batch(config: &RunConfig, images: usize, per_rank: bool) -> anyhow::Error {
+/// (after `--limit-train`), fewer than one global batch of `--batch-size` on each of `world`
+/// data-parallel ranks (1 in one process).
+pub fn no_batch(config: &RunConfig, images: usize, world: usize) -> anyhow::Error {
+    let b = config.batch_size;
     anyhow::anyhow!(
-        "--drop-last with --batch-size {}: the {images} training images (fewer than one \
-         batch{}) make no batch, so no step would train; lower --batch-size or leave out \
-         --drop-last",
-        config.batch_size,
-        match per_rank {
-            true => " on each data-parallel rank",
-            false => "",
+        "--drop-last with --batch-size {b}: the {images} training images (fewer than one {}) \
+         make no batch, so no step would train; lower --batch-size or leave out --drop-last",
+        match world {
+            1 => "batch".to_string(),
+            _ => format!("global batch of {world} ranks x {b} = {}", world * b),
         }
     )
 }
@@ -2028,8 +2028,9 @@ pub fn check_transforms(config: &RunConfig, data: &Split) -> Result<Vec<Transfor
     // Training and testing on images of another size or normalisation is most likely a
     // mistake (CIFAR-10's statistics for training, ImageNet's for testing, say); said, as the
     // model may take either.
+    let quiet = crate::distributed::quiet();
     if let [(_, train, a), (_, test, b)] = &inputs[..] {
-        if a != b {
+        if a != b && !quiet {
             crate::warn!(
                 "--train-transform {train} makes {}x{}x{} inputs, --test-transform {test} {}x{}x{}: \
                  the model is tested on inputs of another size than it trains on",
@@ -2037,7 +2038,7 @@ pub fn check_transforms(config: &RunConfig, data: &Split) -> Result<Vec<Transfor
             );
         }
     }
-    if normalizations[0] != normalizations[1] {
+    if normalizations[0] != normalizations[1] && !quiet {
         crate::warn!(
             "--train-transform {} and --test-transform {} normalise differently (mean {:?} \
              and std {:?} against {:?} and {:?}): the model is tested on inputs scaled otherwise \
@@ -2159,8 +2160,8 @@ pub fn check_last_batch(
         ),
         LoneImage::BatchOfOne => format!(
             "--batch-size 1 (a rank's share of each global batch): {model_name} cannot train \
-             on one image a rank without --sync-bn (batch norm needs more than one value per \
-             channel); choose a --batch-size of 2 or more, or add --sync-bn"
+             on a rank's share of one image without --sync-bn (batch norm needs more than one \
+             value per channel); choose a --batch-size of 2 or more, or add --sync-bn"
         ),
         LoneImage::LastBatch { .. } if world == 1 => format!(
             "the last training batch of each epoch would hold one image ({samples} image\
@@ -2182,8 +2183,8 @@ pub fn check_last_batch(
             "the last global batch of each epoch would hold {last} image{} ({samples} image\
              {plural} in global batches of {world} ranks x {b} = {}), which leaves rank {rank} \
              {} (a rank without images runs one at a weight of zero): {model_name} cannot \
-             train on one image a rank without --sync-bn (batch norm needs more than one value \
-             per channel); choose a --batch-size whose last global batch leaves every rank \
+             train on a rank's share of one image without --sync-bn (batch norm needs more than \
+             one value per channel); choose a --batch-size whose last global batch leaves every rank \
              two or more, add --sync-bn, or add --drop-last",
             if last == 1 { "" } else { "s" },
             world * b,
@@ -2218,7 +2219,13 @@ pub fn check_fits(
             .iter()
             .filter(|(_, _, (_, h, w))| (*h, *w) != (side, side))
             .filter_map(|(flag, text, _)| {
-                let t = datasets::Transform::parse(text).ok()?;
+                // The flag's own resizes and center crops give way to the new ones.
+                let steps = datasets::Transform::parse(text).ok()?.to_string();
+                let kept: Vec<&str> = steps
+                    .split(',')
+                    .filter(|s| !s.starts_with("resize:") && !s.starts_with("center-crop:"))
+                    .collect();
+                let t = datasets::Transform::parse(&kept.join(",")).ok()?;
                 Some(format!("{flag} {}", t.resize(side).center_crop(side)))
             })
             .collect::<Vec<_>>()
@@ -2226,8 +2233,8 @@ pub fn check_fits(
     };
     let hint = |c: usize| match native {
         Some((nc, nh, _)) if nc == c => format!(
-            "; resize the images to it with a resize:{nh},center-crop:{nh} step before \
-             normalize ({}), or choose a --model made for these images",
+            "; resize the images to it with a resize:{nh},center-crop:{nh} step ({}), or \
+             choose a --model made for these images",
             resized(nh)
         ),
         Some((nc, _, _)) => {
