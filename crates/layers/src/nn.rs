@@ -369,7 +369,13 @@ mod tests {
             let h = ours.forward(&x)?;
             assert_eq!(h.dtype(), DType::F32);
             let diff = (&h - &r)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert!(diff > 0.0 && diff < 0.05, "bf16 differs by {diff}");
+            // Batches (N, in) run the CPU op, in float32 without AVX512-BF16; other shapes
+            // take float32 products of operands rounded to bf16 on every CPU.
+            if crate::autocast::cpu_bf16_kernel_active() || x.rank() != 2 {
+                assert!(diff > 0.0 && diff < 0.05, "bf16 differs by {diff}");
+            } else {
+                assert!(diff < 1e-5, "float32 products expected, differs by {diff}");
+            }
         }
         Ok(())
     }

@@ -1687,8 +1687,10 @@ mod tests {
         let err = format!("{:#}", RunDir::existing(&out).unwrap_err());
         assert!(err.contains("in use by another run"), "{err}");
         std::fs::write(out.join(BEST), b"weights")?;
-        std::fs::write(out.join(".config.tmp99.json"), b"half")?;
-        std::fs::write(out.join("last.safetensors.tmp99"), b"half")?;
+        // Of a writer that is gone: no process id reaches 2e9 (Linux's pid_max is at most
+        // 2^22; a small id such as 99 may be a live thread's, whose file is kept).
+        std::fs::write(out.join(".config.tmp2000000000.json"), b"half")?;
+        std::fs::write(out.join("last.safetensors.tmp2000000000"), b"half")?;
         drop(first);
 
         let err = format!("{:#}", RunDir::fresh(&out, false).unwrap_err());
@@ -1992,7 +1994,7 @@ mod tests {
         let dir = RunDir::fresh(&made, false)?;
         std::fs::write(made.join(CONFIG), "config")?;
         std::fs::write(made.join("events.out.tfevents.1.host.7"), "losses")?;
-        std::fs::write(made.join(".config.tmp7.json"), "cut")?;
+        std::fs::write(made.join(".config.tmp2000000000.json"), "cut")?;
         drop(dir);
         assert!(!made.exists());
 

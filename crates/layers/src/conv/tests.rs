@@ -252,8 +252,17 @@ fn autocast_runs_the_product_in_bf16_and_returns_f32() -> Result<()> {
     assert_eq!(half.dims(), full.dims());
     let err = (&half - &full)?.abs()?.max_all()?.to_scalar::<f32>()?;
     let scale = full.abs()?.max_all()?.to_scalar::<f32>()?;
-    // bf16 keeps 8 bits of mantissa: about 0.4% per operand, less after summation.
-    assert!(err > 0.0 && err < 0.02 * scale, "err {err} scale {scale}");
+    if crate::autocast::cpu_bf16_kernel_active() {
+        // bf16 keeps 8 bits of mantissa: about 0.4% per operand, less after summation.
+        assert!(err > 0.0 && err < 0.02 * scale, "err {err} scale {scale}");
+    } else {
+        // A CPU without AVX512-BF16 runs bf16 autocast's products in float32
+        // (`autocast::cpu_bf16_kernel`): float32's output, up to the order of its sums.
+        assert!(
+            err <= 1e-5 * scale,
+            "err {err} scale {scale}: float32 products expected"
+        );
+    }
     let grads = {
         let _bf16 = crate::autocast::enable(candle_core::DType::BF16)?;
         conv.forward(&x)?.sqr()?.sum_all()?.backward()?
