@@ -1,7 +1,8 @@
 //! PyTorch's optimizers and learning-rate schedules, update for update: `torch.optim.SGD`
 //! ([`Sgd`]: momentum, dampening, Nesterov, weight decay), `Adam` and `AdamW` ([`Adam`]), and
-//! `torch.optim.lr_scheduler` ([`lr_scheduler`]: StepLR, MultiStepLR, CosineAnnealingLR,
-//! OneCycleLR, linear warm-up).
+//! `torch.optim.lr_scheduler` ([`lr_scheduler`]: StepLR, MultiStepLR, ExponentialLR,
+//! CosineAnnealingLR, CosineAnnealingWarmRestarts, OneCycleLR, ReduceLROnPlateau, linear
+//! warm-up).
 //!
 //! This crate is what a training loop of your own needs besides the model crates and
 //! [`layers`] (whose [`layers::loss::cross_entropy`] is `F.cross_entropy`); the crate `train`
