@@ -233,8 +233,10 @@ impl Recipe {
     /// `--model` is not one of the recipe's models, `--momentum` with Adam or `--betas` with SGD,
     /// `--betas` with other than two numbers, `--nesterov` with Adam or AdamW or without a
     /// momentum above 0, a schedule flag the schedule does not use (`--milestones` without
-    /// `multistep`, `--step-size` without `step`, `--gamma` with none of those and
-    /// `exponential`), `multistep` without `--milestones`, `exponential` without `--gamma`, a
+    /// `multistep`, `--step-size` without `step`, `--gamma` with none of those,
+    /// `exponential` and `plateau`, `--patience` without `plateau`), `multistep` without
+    /// `--milestones`, `exponential` without `--gamma`, `plateau` with a `--gamma` of 1 or more
+    /// or with `--warmup-epochs`, a
     /// `--data-dir` that cannot be made absolute, or a value that
     /// [`RunConfig::validate`] refuses.
     pub fn config(&self, args: &Args) -> Result<RunConfig> {
@@ -1099,7 +1101,7 @@ pub(crate) fn limited(
 /// is an exponential one without `--gamma` (the recipes' default is a decay, not a factor per
 /// epoch).
 fn check_schedule_flags(args: &Args, config: &RunConfig, resumed: bool) -> Result<()> {
-    use ScheduleKind::{Exponential, Multistep, Step};
+    use ScheduleKind::{Exponential, Multistep, Plateau, Step};
     let (schedule, milestones) = (config.schedule, &config.milestones);
     // Resumed: only a value other than the run's (the same command with `--resume` added is
     // taken, as for any flag).
@@ -1124,7 +1126,15 @@ fn check_schedule_flags(args: &Args, config: &RunConfig, resumed: bool) -> Resul
         (
             "--gamma",
             given(args.gamma.is_some(), args.gamma == Some(config.gamma)),
-            &[Multistep, Step, Exponential],
+            &[Multistep, Step, Exponential, Plateau],
+        ),
+        (
+            "--patience",
+            given(
+                args.patience.is_some(),
+                args.patience == Some(config.patience),
+            ),
+            &[Plateau],
         ),
     ];
     for (flag, is_given, users) in given {
@@ -1161,6 +1171,17 @@ fn check_schedule_flags(args: &Args, config: &RunConfig, resumed: bool) -> Resul
             config.warmup_epochs
         );
     }
+    // ReduceLROnPlateau steps with a metric, which ChainedScheduler's step() does not pass on
+    // (PyTorch cannot chain it), and its factor must be below 1.
+    if !resumed && schedule == Plateau && config.warmup_epochs > 0 {
+        bail!(
+            "--warmup-epochs {} with --schedule plateau: ReduceLROnPlateau steps with the test \
+             loss and, as PyTorch says, is not chainable with a warm-up; leave --warmup-epochs \
+             out",
+            config.warmup_epochs
+        );
+    }
+    config.plateau()?;
     // `ExponentialLR` has no default factor (the recipes' 0.1 a decay, not a factor per epoch).
     if !resumed && schedule == Exponential && args.gamma.is_none() {
         bail!(
@@ -1523,13 +1544,14 @@ mod tests {
             (&["--schedule", "multistep", "--step-size", "3"], "step"),
             (
                 &["--schedule", "cosine", "--gamma", "0.5"],
-                "multistep or step or exponential",
+                "multistep or step or exponential or plateau",
             ),
             (
                 &["--schedule", "onecycle", "--gamma", "0.5"],
-                "multistep or step or exponential",
+                "multistep or step or exponential or plateau",
             ),
             (&["--step-size", "2"], "step"),
+            (&["--schedule", "cosine", "--patience", "2"], "plateau"),
         ] {
             let err = config(argv)?.expect_err(&format!("{argv:?}"));
             let flag = argv[argv.len() - 2];
@@ -1555,6 +1577,38 @@ mod tests {
             err.contains("--schedule exponential needs --gamma"),
             "{err}"
         );
+        // ReduceLROnPlateau: --gamma its factor (below 1), --patience; no warm-up.
+        let plateau = config(&["--schedule", "plateau", "--gamma", "0.5", "--patience", "1"])?
+            .map_err(anyhow::Error::msg)?;
+        let record = |test_loss| crate::history::EpochRecord {
+            test_loss,
+            ..Default::default()
+        };
+        let losses = [1.0, 0.8, 0.9, 0.85, 0.7, 0.75, 0.75].map(record);
+        // Better, better, bad, bad (the rate halves: patience 1), better, bad, bad (halves).
+        let rates: Vec<f64> = (0..=losses.len())
+            .map(|e| Ok(plateau.schedule_after(10, &losses[..e])?.schedule.lr(0)))
+            .collect::<Result<_>>()?;
+        let lr = plateau.lr;
+        assert_eq!(
+            rates,
+            [lr, lr, lr, lr, lr / 2.0, lr / 2.0, lr / 2.0, lr / 4.0],
+            "{rates:?}"
+        );
+        for (argv, words) in [
+            (
+                &["--schedule", "plateau", "--gamma", "1.5"][..],
+                "--schedule plateau with --gamma 1.5: ReduceLROnPlateau: factor 1.5 must be \
+                 below 1",
+            ),
+            (
+                &["--schedule", "plateau", "--warmup-epochs", "2"],
+                "--warmup-epochs 2 with --schedule plateau",
+            ),
+        ] {
+            let err = config(argv)?.expect_err("refused");
+            assert!(err.contains(words), "{argv:?}: {err}");
+        }
         let multistep_argv = [
             "--schedule",
             "multistep",

@@ -10,9 +10,11 @@ pub use datasets::DatasetKind;
 
 use optim::lr_scheduler::{
     Constant, CosineAnnealingLr, ExponentialLr, LinearWarmup, LrSchedule, MultiStepLr, OneCycleLr,
-    Scheduled, StepLr, Stepping,
+    PlateauConfig, ReduceLrOnPlateau, Scheduled, StepLr, Stepping,
 };
 use optim::{Adam, AdamConfig, NamedVar, Optimizer, Sgd, SgdConfig, Update};
+
+use crate::history::EpochRecord;
 
 /// The largest epoch count, batch size and step size a run accepts (schedules count steps as
 /// epochs times batches, which must not overflow).
@@ -51,6 +53,9 @@ pub enum ScheduleKind {
     Exponential,
     /// `OneCycleLR(max_lr=lr, total_steps=epochs*batches)`, per batch.
     Onecycle,
+    /// `ReduceLROnPlateau(factor=gamma, patience)` on each epoch's test loss, per epoch (as
+    /// `scheduler.step(val_loss)` after the test pass).
+    Plateau,
 }
 
 /// The dtype of convolutions and matrix products (weights, optimizer, batch norm and loss stay
@@ -169,6 +174,10 @@ pub struct RunConfig {
     /// Epochs of linear warm-up (from a third of the rate, as PyTorch's LinearLR), multiplied into
     /// the schedule (`ChainedScheduler([LinearLR, schedule])`).
     pub warmup_epochs: usize,
+    /// ReduceLROnPlateau's patience: epochs without a better test loss before the rate falls
+    /// (PyTorch's default 10, that of runs saved before it was kept).
+    #[serde(default = "default_patience")]
+    pub patience: usize,
     /// Label smoothing of the cross-entropy.
     pub label_smoothing: f64,
     /// Training transform preset (a `datasets` preset name).
@@ -232,6 +241,7 @@ impl RunConfig {
             ("--test-batch-size", self.test_batch_size, 1),
             ("--step-size", self.step_size, 1),
             ("--warmup-epochs", self.warmup_epochs, 0),
+            ("--patience", self.patience, 0),
             ("--workers", self.workers, 1),
         ];
         for (flag, value, least) in counts {
@@ -428,6 +438,9 @@ impl RunConfig {
                 Box::new(OneCycleLr::new(lr, self.epochs * batches_per_epoch)),
                 Stepping::PerStep,
             ),
+            // The rate before the first test loss: [`RunConfig::schedule_after`] replays the
+            // epochs' losses.
+            ScheduleKind::Plateau => (Box::new(Constant(lr)), Stepping::PerEpoch),
         };
         if self.warmup_epochs == 0 {
             return Scheduled { schedule, stepping };
@@ -445,6 +458,57 @@ impl RunConfig {
             stepping,
         }
     }
+}
+
+impl RunConfig {
+    /// `--schedule plateau`'s `ReduceLROnPlateau(factor=gamma, patience)` (PyTorch's other
+    /// defaults: mode "min", threshold 1e-4 relative, no cool-down), before its first step.
+    ///
+    /// # Errors
+    /// A `--gamma` of 1 or more, or another setting [`ReduceLrOnPlateau::new`] refuses.
+    pub fn plateau(&self) -> Result<Option<ReduceLrOnPlateau>> {
+        if self.schedule != ScheduleKind::Plateau {
+            return Ok(None);
+        }
+        let config = PlateauConfig {
+            factor: self.gamma,
+            patience: self.patience,
+            ..Default::default()
+        };
+        ReduceLrOnPlateau::new(self.lr, config)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("--schedule plateau with --gamma {}: {e}", self.gamma))
+    }
+
+    /// The schedule of the epoch after those in `history`: [`RunConfig::schedule`], except
+    /// for `--schedule plateau`, whose rate is its `ReduceLROnPlateau` stepped with each of
+    /// those epochs' test losses (the state PyTorch's scheduler would hold; a resumed run
+    /// replays its saved history, so its state needs no file of its own).
+    ///
+    /// # Errors
+    /// As [`RunConfig::plateau`]'s.
+    pub fn schedule_after(
+        &self,
+        batches_per_epoch: usize,
+        history: &[EpochRecord],
+    ) -> Result<Scheduled> {
+        let Some(mut plateau) = self.plateau()? else {
+            return Ok(self.schedule(batches_per_epoch));
+        };
+        for record in history {
+            plateau.step(record.test_loss);
+        }
+        Ok(Scheduled {
+            schedule: Box::new(Constant(plateau.lr())),
+            stepping: Stepping::PerEpoch,
+        })
+    }
+}
+
+/// ReduceLROnPlateau's default patience (PyTorch's), also that of runs saved before
+/// `--patience` existed.
+pub fn default_patience() -> usize {
+    10
 }
 
 /// The image-folder hold-out of runs saved before `--test-fraction` existed.

@@ -397,9 +397,14 @@ hyperparameters! {
     /// StepLR period in epochs
     #[arg(long)]
     step_size: Option<usize> = value(|r| r.step_size);
-    /// StepLR / MultiStepLR decay factor; ExponentialLR's factor per epoch
+    /// StepLR / MultiStepLR decay factor; ExponentialLR's factor per epoch; ReduceLROnPlateau's
+    /// factor (below 1)
     #[arg(long)]
     gamma: Option<f64> = value(|r| r.gamma);
+    /// ReduceLROnPlateau's patience (--schedule plateau): epochs without a better test loss
+    /// after which the rate is multiplied by --gamma
+    #[arg(long)]
+    patience: Option<usize> = value(|_| crate::config::default_patience());
     /// Epochs of linear warm-up, from a third of the rate, multiplied into the schedule as
     /// PyTorch's ChainedScheduler([LinearLR, schedule]) (not SequentialLR: the schedule runs
     /// from the first epoch); not with onecycle, which warms up by itself

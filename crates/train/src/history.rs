@@ -13,7 +13,7 @@ use crate::rundir::{METRICS_CSV, METRICS_JSON};
 pub const CSV_HEADER: &str = "epoch,train_loss,train_acc,test_loss,test_acc,test_top5,lr,seconds";
 
 /// One epoch's numbers. Accuracies are in percent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EpochRecord {
     /// The epoch, from 1.
     pub epoch: usize,

@@ -490,8 +490,14 @@ pub fn train(
                         take_up(done, outputs)?;
                     }
                 }
+                // --schedule plateau: the rate its ReduceLROnPlateau holds after the test
+                // losses so far (the other schedules are functions of the step count alone).
+                let replayed = (config.schedule == ScheduleKind::Plateau)
+                    .then(|| config.schedule_after(train_loader.num_batches(), &progress.history))
+                    .transpose()?;
+                let schedule = replayed.as_ref().unwrap_or(&schedule);
                 let (trained, tested, record, images_per_s, writing) =
-                    passes.run(epoch, store, optimizer.as_mut(), &schedule)?;
+                    passes.run(epoch, store, optimizer.as_mut(), schedule)?;
                 let improved = record.test_acc > progress.best_acc || progress.history.is_empty();
                 if improved {
                     progress.best_acc = record.test_acc;
@@ -512,7 +518,7 @@ pub fn train(
                     &progress,
                     improved,
                     optimizer.as_ref(),
-                    (&schedule, train_loader),
+                    (schedule, train_loader),
                     (&trained, &tested, images_per_s),
                 )?;
                 let Some(events) = outputs.events.take() else {
