@@ -10,8 +10,11 @@ fn bits(x: f64) -> u64 {
 
 /// OneCycleLR(max_lr=0.1, total_steps=100): (three_phase, anneal_strategy, [(lr, momentum)
 /// after t steps, t = 0..100]).
+/// (three_phase, anneal_strategy, the bits of (lr, momentum) after t = 0..100 steps).
+type OneCycleCase = (bool, AnnealStrategy, [(u64, u64); 100]);
+
 #[rustfmt::skip]
-const ONE_CYCLE: [(bool, AnnealStrategy, [(u64, u64); 100]); 4] = [
+const ONE_CYCLE: [OneCycleCase; 4] = [
     (false, AnnealStrategy::Cos, [
         (0x3f70624dd2f1aa00, 0x3fee666666666666), (0x3f718959abc20650, 0x3fee63ffb862b450), (0x3f74fb07ab7cb2d0, 0x3fee5cd2e3389a14),
         (0x3f7aad0193d44190, 0x3fee50f56fe9e3aa), (0x3f814717bc9e3f10, 0x3fee408afaf69fd7), (0x3f86437588539ec0, 0x3fee2bc4c97b2c1d),
@@ -217,8 +220,11 @@ const WARM_RESTARTS: [(usize, usize, f64, [u64; 40]); 3] = [
 
 /// CosineAnnealingWarmRestarts(T_0, T_mult, eta_min): lr after scheduler.step(epoch), each
 /// epoch on a fresh scheduler.
+/// (T_0, T_mult, eta_min, [(epoch, the bits of lr)]).
+type RestartsAtEpochs = (usize, usize, f64, [(f64, u64); 11]);
+
 #[rustfmt::skip]
-const WARM_RESTARTS_EPOCHS: [(usize, usize, f64, [(f64, u64); 11]); 3] = [
+const WARM_RESTARTS_EPOCHS: [RestartsAtEpochs; 3] = [
     (5, 2, 0.001, [
         (0.0, 0x3fb999999999999a), (0.5, 0x3fb8fad365d67395), (2.5, 0x3fa9db22d0e56042),
         (4.99, 0x3f506666f6be8532), (5.0, 0x3fb999999999999a), (7.3, 0x3fb66ef3cad034c1),
@@ -271,8 +277,11 @@ const PLATEAU_METRICS: [f64; 26] = [
 
 /// ReduceLROnPlateau(mode, threshold_mode, factor=0.5, patience=2, threshold, cooldown=1,
 /// min_lr=0.004): (lr, num_bad_epochs) after each metric; then the best metric.
+/// (mode, threshold_mode, threshold, [(the bits of lr, num_bad_epochs)], the bits of best).
+type PlateauCase = (PlateauMode, ThresholdMode, f64, [(u64, usize); 26], u64);
+
 #[rustfmt::skip]
-const PLATEAU: [(PlateauMode, ThresholdMode, f64, [(u64, usize); 26], u64); 4] = [
+const PLATEAU: [PlateauCase; 4] = [
     (PlateauMode::Min, ThresholdMode::Rel, 0.05, [
         (0x3fb999999999999a, 0), (0x3fb999999999999a, 0), (0x3fb999999999999a, 1), (0x3fb999999999999a, 2),
         (0x3fa999999999999a, 0), (0x3fa999999999999a, 0), (0x3fa999999999999a, 0), (0x3fa999999999999a, 1),
