@@ -161,6 +161,18 @@ fn plateau_schedule_follows_the_test_loss_and_resumes_exactly() {
     ];
     ok(&[&common[..], &["--epochs", "5", "--out", &s(&a)]].concat());
     ok(&[&common[..], &["--epochs", "2", "--out", &s(&b)]].concat());
+    // Another --test-batch-size would move the test loss's last digits, and perhaps a rate.
+    let other_batches = common.map(|a| if a == "20" { "10" } else { a });
+    let refused =
+        train_mnist(&[&other_batches[..], &["--resume", &s(&b), "--epochs", "5"]].concat());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        err.contains(
+            "--test-batch-size 10: this run's --schedule plateau steps with the test loss"
+        ),
+        "{err}"
+    );
     let resumed = ok(&[&common[..], &["--resume", &s(&b), "--epochs", "5"]].concat());
     assert!(resumed.contains("resumes"), "{resumed}");
     assert_eq!(metrics_without_seconds(&a), metrics_without_seconds(&b));

@@ -438,12 +438,14 @@ pub fn exit_status(result: Result<()>) -> Result<()> {
 /// `--data-placement`, `--memory-format`, `--data-dir`). Other training flags may be given with the saved value
 /// (re-running the same command with `--resume` added works); a different value is refused,
 /// naming the flag, the saved value and the given one, since it would make the run differ from
-/// the one being continued.
+/// the one being continued. A run with `--schedule plateau` keeps its `--test-batch-size` too
+/// (its rates follow the test loss).
 ///
 /// # Errors
 /// A fixed flag differs from the saved run, a schedule's flag is given that the run's schedule
-/// does not take, the run's saved relative `--data-dir` is not found from here (without
-/// `--data-dir`), or the result fails [`RunConfig::validate`].
+/// does not take, another `--test-batch-size` for a `plateau` run, the run's saved relative
+/// `--data-dir` is not found from here (without `--data-dir`), or the result fails
+/// [`RunConfig::validate`].
 pub fn resumed_config(saved: &RunConfig, args: &Args) -> Result<RunConfig> {
     if args.schedule.is_none_or(|s| s == saved.schedule) {
         // A scheduler's flag the run's schedule does not take, named as such (rather than
@@ -463,6 +465,18 @@ pub fn resumed_config(saved: &RunConfig, args: &Args) -> Result<RunConfig> {
     match &args.data_dir {
         Some(_) => absolute_data_dir(&mut config)?,
         None => saved_data_dir_is_here(saved)?,
+    }
+    // ReduceLROnPlateau's rate follows the test loss, whose last digits follow the test
+    // batches: another size could flip a decision and take the run elsewhere.
+    if config.schedule == ScheduleKind::Plateau && config.test_batch_size != saved.test_batch_size {
+        bail!(
+            "--test-batch-size {}: this run's --schedule plateau steps with the test loss, whose \
+             last digits follow the test batches (of {}), so another size could change a rate \
+             and the run; give --test-batch-size {} (evaluate takes any)",
+            config.test_batch_size,
+            saved.test_batch_size,
+            saved.test_batch_size
+        );
     }
     config.validate()?;
     Ok(config)
@@ -1094,12 +1108,14 @@ pub(crate) fn limited(
 
 /// Refuses a schedule flag given on the command line that `config`'s schedule would ignore, as
 /// a PyTorch scheduler takes only its own arguments: `--milestones` is `MultiStepLR`'s,
-/// `--step-size` `StepLR`'s, `--gamma` theirs and `ExponentialLR`'s. On resume (`resumed`, `config` the
+/// `--step-size` `StepLR`'s, `--gamma` theirs, `ExponentialLR`'s and `ReduceLROnPlateau`'s
+/// (its factor), `--patience` `ReduceLROnPlateau`'s. On resume (`resumed`, `config` the
 /// saved run's) only a value other than the run's is refused, saying that the run's schedule
 /// takes no such flag. On a fresh run a multistep schedule without milestones (a constant rate
 /// in disguise) is refused too (runs saved before that check are resumed as they are), and so
-/// is an exponential one without `--gamma` (the recipes' default is a decay, not a factor per
-/// epoch).
+/// are an exponential one without `--gamma` (the recipes' default is a decay, not a factor per
+/// epoch), onecycle and plateau with `--warmup-epochs` (PyTorch chains neither), and plateau
+/// with a `--gamma` of 1 or more.
 fn check_schedule_flags(args: &Args, config: &RunConfig, resumed: bool) -> Result<()> {
     use ScheduleKind::{Exponential, Multistep, Plateau, Step};
     let (schedule, milestones) = (config.schedule, &config.milestones);
@@ -1181,7 +1197,6 @@ fn check_schedule_flags(args: &Args, config: &RunConfig, resumed: bool) -> Resul
             config.warmup_epochs
         );
     }
-    config.plateau()?;
     // `ExponentialLR` has no default factor (the recipes' 0.1 a decay, not a factor per epoch).
     if !resumed && schedule == Exponential && args.gamma.is_none() {
         bail!(
@@ -1598,7 +1613,7 @@ mod tests {
         for (argv, words) in [
             (
                 &["--schedule", "plateau", "--gamma", "1.5"][..],
-                "--schedule plateau with --gamma 1.5: ReduceLROnPlateau: factor 1.5 must be \
+                "--schedule plateau with --gamma 1.5: ReduceLROnPlateau's factor must be \
                  below 1",
             ),
             (

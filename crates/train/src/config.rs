@@ -225,7 +225,8 @@ impl RunConfig {
     /// The first unusable value: counts outside `[least, MAX_COUNT]` (`MAX_WORKERS` for
     /// `--workers`), a `--milestones` epoch above `MAX_COUNT`, negative or non-finite rates,
     /// Adam betas outside `[0, 1)`, a `--gamma` not above 0, label smoothing outside `[0, 1]`,
-    /// a `--test-fraction` outside `(0, 1)`, or a limit of 0.
+    /// a `--test-fraction` outside `(0, 1)`, a limit of 0, or `--schedule plateau` with a
+    /// `--gamma` of 1 or more.
     pub fn validate(&self) -> Result<()> {
         if let Some(dir) = self.data_dir.as_deref().filter(|d| d.to_str().is_none()) {
             bail!(
@@ -331,6 +332,8 @@ impl RunConfig {
         ] {
             datasets::Transform::parse(text).with_context(|| format!("{flag} {text:?}"))?;
         }
+        // --schedule plateau's factor below 1.
+        self.plateau()?;
         Ok(())
     }
 
@@ -470,14 +473,23 @@ impl RunConfig {
         if self.schedule != ScheduleKind::Plateau {
             return Ok(None);
         }
+        if self.gamma >= 1.0 {
+            bail!(
+                "--schedule plateau with --gamma {}: ReduceLROnPlateau's factor must be below 1 \
+                 (the rate is multiplied by it at a plateau; PyTorch's default is 0.1)",
+                self.gamma
+            );
+        }
         let config = PlateauConfig {
             factor: self.gamma,
             patience: self.patience,
             ..Default::default()
         };
+        // Its other settings are PyTorch's defaults, and --lr and --gamma were checked by
+        // `validate`: what remains to refuse is named as ReduceLROnPlateau names it.
         ReduceLrOnPlateau::new(self.lr, config)
             .map(Some)
-            .map_err(|e| anyhow::anyhow!("--schedule plateau with --gamma {}: {e}", self.gamma))
+            .context("--schedule plateau")
     }
 
     /// The schedule of the epoch after those in `history`: [`RunConfig::schedule`], except

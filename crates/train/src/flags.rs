@@ -366,7 +366,7 @@ hyperparameters! {
     /// Test batch size (may change on --resume: the test pass in eval mode gives each image's
     /// output alone, so the weights and accuracies do not depend on it, the test loss only in its
     /// last digits; not in a fine-tuning run that computes its backbone's features once, in test
-    /// batches)
+    /// batches, nor under --schedule plateau, whose rates follow the test loss)
     #[arg(long)]
     test_batch_size: Option<usize> = value(|r| r.test_batch_size).changeable();
     /// Optimizer
@@ -407,7 +407,8 @@ hyperparameters! {
     patience: Option<usize> = value(|_| crate::config::default_patience());
     /// Epochs of linear warm-up, from a third of the rate, multiplied into the schedule as
     /// PyTorch's ChainedScheduler([LinearLR, schedule]) (not SequentialLR: the schedule runs
-    /// from the first epoch); not with onecycle, which warms up by itself
+    /// from the first epoch); not with onecycle, which warms up by itself, nor with plateau
+    /// (ReduceLROnPlateau cannot be chained)
     #[arg(long)]
     warmup_epochs: Option<usize> = value(|_| 0);
     /// Cross-entropy label smoothing
