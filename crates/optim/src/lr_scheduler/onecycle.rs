@@ -102,14 +102,15 @@ impl OneCycleLr {
         let min = initial / self.final_div_factor;
         let (peak, (low_m, high_m)) = (self.max_lr, (self.base_momentum, self.max_momentum));
         let total = self.total_steps as f64;
-        let end_up = self.pct_start * total - 1.0;
+        // The rise, from the initial rate to the peak, is the first phase of either.
+        let rise = Phase {
+            end_step: self.pct_start * total - 1.0,
+            lrs: (initial, peak),
+            momenta: (high_m, low_m),
+        };
         if self.three_phase {
             vec![
-                Phase {
-                    end_step: end_up,
-                    lrs: (initial, peak),
-                    momenta: (high_m, low_m),
-                },
+                rise,
                 Phase {
                     end_step: 2.0 * self.pct_start * total - 2.0,
                     lrs: (peak, initial),
@@ -123,11 +124,7 @@ impl OneCycleLr {
             ]
         } else {
             vec![
-                Phase {
-                    end_step: end_up,
-                    lrs: (initial, peak),
-                    momenta: (high_m, low_m),
-                },
+                rise,
                 Phase {
                     end_step: total - 1.0,
                     lrs: (peak, min),
