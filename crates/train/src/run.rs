@@ -197,7 +197,7 @@ pub fn train(
         ];
         for note in notes.into_iter().flatten() {
             if !crate::distributed::quiet() {
-                crate::warn!("{note}");
+                crate::warn!("{}", with_schedule_caveat(note, config.schedule));
             }
         }
     }
@@ -1625,6 +1625,19 @@ fn exactness_note(
     })
 }
 
+/// A note that a resume continues to float32 rounding, with what that means under
+/// `--schedule plateau`: its rates follow the test loss, so one rounded otherwise can move a
+/// rate to another epoch.
+fn with_schedule_caveat(note: String, schedule: ScheduleKind) -> String {
+    match schedule {
+        ScheduleKind::Plateau => format!(
+            "{note}; under --schedule plateau, whose rates follow the test loss, a loss \
+             rounded otherwise can also move a rate to another epoch"
+        ),
+        _ => note,
+    }
+}
+
 /// What a resume in memory format `now` of a run trained in `saved` changes in its exactness:
 /// with cuDNN (`cudnn`: a CUDA device in a build with the feature) the two layouts run other
 /// algorithms, whose sums run in another order, as PyTorch's do; elsewhere each layer computes
@@ -2331,6 +2344,16 @@ mod tests {
         assert!(
             device.contains("trained on cuda:0 and goes on on cpu") && device.contains("rounding"),
             "{device}"
+        );
+        // Under --schedule plateau the note says a rate may move; under the others, unchanged.
+        let plateau = with_schedule_caveat(device.clone(), ScheduleKind::Plateau);
+        assert!(
+            plateau.starts_with(&device) && plateau.contains("can also move a rate"),
+            "{plateau}"
+        );
+        assert_eq!(
+            with_schedule_caveat(device.clone(), ScheduleKind::Cosine),
+            device
         );
     }
 
