@@ -199,6 +199,54 @@ fn plateau_schedule_follows_the_test_loss_and_resumes_exactly() {
     assert!(rates[4] < 0.02, "the rate never fell: {rates:?}");
 }
 
+/// `--schedule cosine-warm-restarts`: CosineAnnealingWarmRestarts(T_0, T_mult) stepped per
+/// epoch, its rates those of `optim`'s (PyTorch's bits, tested there), and a run stopped in its
+/// second period and resumed goes on as the uninterrupted run.
+#[test]
+fn cosine_warm_restarts_restart_the_rate_and_resume_exactly() {
+    let (dir, data) = synthetic();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let common = [
+        "--data-dir",
+        &data,
+        "--batch-size",
+        "16",
+        "--lr",
+        "0.02",
+        "--schedule",
+        "cosine-warm-restarts",
+        "--t-0",
+        "1",
+        "--t-mult",
+        "2",
+    ];
+    ok(&[&common[..], &["--epochs", "5", "--out", &s(&a)]].concat());
+    ok(&[&common[..], &["--epochs", "2", "--out", &s(&b)]].concat());
+    let resumed = ok(&[&common[..], &["--resume", &s(&b), "--epochs", "5"]].concat());
+    assert!(resumed.contains("resumes"), "{resumed}");
+    assert_eq!(metrics_without_seconds(&a), metrics_without_seconds(&b));
+    assert_eq!(
+        bytes(a.join(train::rundir::LAST)),
+        bytes(b.join(train::rundir::LAST))
+    );
+    let text = bytes(a.join(train::rundir::METRICS_JSON));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&text).expect("metrics.json");
+    let rates: Vec<f64> = rows.iter().map(|r| r["lr"].as_f64().expect("lr")).collect();
+    let sgdr = optim::lr_scheduler::CosineAnnealingWarmRestarts {
+        base_lr: 0.02,
+        t_0: 1,
+        t_mult: 2,
+        eta_min: 0.0,
+    };
+    let expected: Vec<f64> = (0..5)
+        .map(|e| optim::lr_scheduler::LrSchedule::lr(&sgdr, e))
+        .collect();
+    assert_eq!(rates, expected);
+    // Periods of 1, 2 and 4 epochs: the rate restarts at epochs 0, 1 and 3.
+    assert_eq!([rates[0], rates[1], rates[3]], [0.02; 3], "{rates:?}");
+    assert!(rates[2] < 0.02 && rates[4] < 0.02, "{rates:?}");
+}
+
 #[test]
 fn refuses_models_and_flags_it_cannot_use() {
     let (dir, data) = synthetic();

@@ -234,9 +234,10 @@ impl Recipe {
     /// `--betas` with other than two numbers, `--nesterov` with Adam or AdamW or without a
     /// momentum above 0, a schedule flag the schedule does not use (`--milestones` without
     /// `multistep`, `--step-size` without `step`, `--gamma` with none of those,
-    /// `exponential` and `plateau`, `--patience` without `plateau`), `multistep` without
-    /// `--milestones`, `exponential` without `--gamma`, `plateau` with a `--gamma` of 1 or more
-    /// or with `--warmup-epochs`, a
+    /// `exponential` and `plateau`, `--patience` without `plateau`, `--t-0` or `--t-mult`
+    /// without `cosine-warm-restarts`), `multistep` without `--milestones`, `exponential`
+    /// without `--gamma`, `cosine-warm-restarts` without `--t-0`, `plateau` with a `--gamma` of
+    /// 1 or more, `plateau` or `cosine-warm-restarts` with `--warmup-epochs`, a
     /// `--data-dir` that cannot be made absolute, or a value that
     /// [`RunConfig::validate`] refuses.
     pub fn config(&self, args: &Args) -> Result<RunConfig> {
@@ -1109,15 +1110,17 @@ pub(crate) fn limited(
 /// Refuses a schedule flag given on the command line that `config`'s schedule would ignore, as
 /// a PyTorch scheduler takes only its own arguments: `--milestones` is `MultiStepLR`'s,
 /// `--step-size` `StepLR`'s, `--gamma` theirs, `ExponentialLR`'s and `ReduceLROnPlateau`'s
-/// (its factor), `--patience` `ReduceLROnPlateau`'s. On resume (`resumed`, `config` the
+/// (its factor), `--patience` `ReduceLROnPlateau`'s, `--t-0` and `--t-mult`
+/// `CosineAnnealingWarmRestarts`'. On resume (`resumed`, `config` the
 /// saved run's) only a value other than the run's is refused, saying that the run's schedule
 /// takes no such flag. On a fresh run a multistep schedule without milestones (a constant rate
 /// in disguise) is refused too (runs saved before that check are resumed as they are), and so
 /// are an exponential one without `--gamma` (the recipes' default is a decay, not a factor per
-/// epoch), onecycle and plateau with `--warmup-epochs` (PyTorch chains neither), and plateau
-/// with a `--gamma` of 1 or more.
+/// epoch), onecycle, plateau and cosine-warm-restarts with `--warmup-epochs` (PyTorch chains
+/// none of them), cosine-warm-restarts without `--t-0`, and plateau with a `--gamma` of 1 or
+/// more.
 fn check_schedule_flags(args: &Args, config: &RunConfig, resumed: bool) -> Result<()> {
-    use ScheduleKind::{Exponential, Multistep, Plateau, Step};
+    use ScheduleKind::{CosineWarmRestarts, Exponential, Multistep, Plateau, Step};
     let (schedule, milestones) = (config.schedule, &config.milestones);
     // Resumed: only a value other than the run's (the same command with `--resume` added is
     // taken, as for any flag).
@@ -1151,6 +1154,16 @@ fn check_schedule_flags(args: &Args, config: &RunConfig, resumed: bool) -> Resul
                 args.patience == Some(config.patience),
             ),
             &[Plateau],
+        ),
+        (
+            "--t-0",
+            given(args.t_0.is_some(), args.t_0 == Some(config.t_0)),
+            &[CosineWarmRestarts],
+        ),
+        (
+            "--t-mult",
+            given(args.t_mult.is_some(), args.t_mult == Some(config.t_mult)),
+            &[CosineWarmRestarts],
         ),
     ];
     for (flag, is_given, users) in given {
@@ -1195,6 +1208,26 @@ fn check_schedule_flags(args: &Args, config: &RunConfig, resumed: bool) -> Resul
              loss and, as PyTorch says, is not chainable with a warm-up; leave --warmup-epochs \
              out",
             config.warmup_epochs
+        );
+    }
+    // CosineAnnealingWarmRestarts computes each rate from the initial one (closed form, not
+    // chainable): in PyTorch's ChainedScheduler([LinearLR, CosineAnnealingWarmRestarts]) its
+    // rates overwrite the warm-up's from the first epoch on.
+    if !resumed && schedule == CosineWarmRestarts && config.warmup_epochs > 0 {
+        bail!(
+            "--warmup-epochs {} with --schedule cosine-warm-restarts: CosineAnnealingWarmRestarts \
+             computes each rate from the initial one and, in PyTorch, is not chainable \
+             (ChainedScheduler([LinearLR, CosineAnnealingWarmRestarts]) gives its rates alone, \
+             from the first epoch): leave --warmup-epochs out",
+            config.warmup_epochs
+        );
+    }
+    // Its first period has no default in PyTorch (T_0 is required).
+    if !resumed && schedule == CosineWarmRestarts && args.t_0.is_none() {
+        bail!(
+            "--schedule cosine-warm-restarts needs --t-0 (the epochs of its first period, as \
+             CosineAnnealingWarmRestarts(T_0) takes it: --t-0 10 --t-mult 2 restarts the rate \
+             after epochs 10, 30, 70, ...)"
         );
     }
     // `ExponentialLR` has no default factor (the recipes' 0.1 a decay, not a factor per epoch).
@@ -1567,6 +1600,14 @@ mod tests {
             ),
             (&["--step-size", "2"], "step"),
             (&["--schedule", "cosine", "--patience", "2"], "plateau"),
+            (
+                &["--schedule", "cosine", "--t-0", "2"],
+                "cosine-warm-restarts",
+            ),
+            (
+                &["--schedule", "plateau", "--t-mult", "2"],
+                "cosine-warm-restarts",
+            ),
         ] {
             let err = config(argv)?.expect_err(&format!("{argv:?}"));
             let flag = argv[argv.len() - 2];
@@ -1610,7 +1651,63 @@ mod tests {
             [lr, lr, lr, lr, lr / 2.0, lr / 2.0, lr / 2.0, lr / 4.0],
             "{rates:?}"
         );
+        // CosineAnnealingWarmRestarts(T_0, T_mult), per epoch: restarts after epochs 2, 6, 14.
+        let sgdr = config(&[
+            "--schedule",
+            "cosine-warm-restarts",
+            "--t-0",
+            "2",
+            "--t-mult",
+            "2",
+        ])?
+        .map_err(anyhow::Error::msg)?;
+        let scheduled = sgdr.schedule(10);
+        assert_eq!(scheduled.stepping, optim::lr_scheduler::Stepping::PerEpoch);
+        let rates: Vec<f64> = (0..15).map(|e| scheduled.schedule.lr(e)).collect();
+        let lr = sgdr.lr;
+        for restart in [0, 2, 6, 14] {
+            assert_eq!(rates[restart], lr, "{rates:?}");
+        }
+        assert_eq!(rates[1], lr / 2.0, "{rates:?}");
+        assert!(
+            rates[3] < lr && rates[4] < rates[3] && rates[5] < rates[4],
+            "{rates:?}"
+        );
+        let periods_of_3 = config(&["--schedule", "cosine-warm-restarts", "--t-0", "3"])?
+            .map_err(anyhow::Error::msg)?;
+        assert_eq!(periods_of_3.t_mult, 1);
+        assert_eq!(periods_of_3.schedule(10).schedule.lr(6), lr);
         for (argv, words) in [
+            (
+                &["--schedule", "cosine-warm-restarts"][..],
+                "--schedule cosine-warm-restarts needs --t-0",
+            ),
+            (
+                &["--schedule", "cosine-warm-restarts", "--t-0", "0"],
+                "--t-0 must lie in [1,",
+            ),
+            (
+                &[
+                    "--schedule",
+                    "cosine-warm-restarts",
+                    "--t-0",
+                    "2",
+                    "--t-mult",
+                    "0",
+                ],
+                "--t-mult must lie in [1,",
+            ),
+            (
+                &[
+                    "--schedule",
+                    "cosine-warm-restarts",
+                    "--t-0",
+                    "2",
+                    "--warmup-epochs",
+                    "1",
+                ],
+                "--warmup-epochs 1 with --schedule cosine-warm-restarts",
+            ),
             (
                 &["--schedule", "plateau", "--gamma", "1.5"][..],
                 "--schedule plateau with --gamma 1.5: ReduceLROnPlateau's factor must be \

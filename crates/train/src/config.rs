@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 pub use datasets::DatasetKind;
 
 use optim::lr_scheduler::{
-    Constant, CosineAnnealingLr, ExponentialLr, LinearWarmup, LrSchedule, MultiStepLr, OneCycleLr,
-    PlateauConfig, ReduceLrOnPlateau, Scheduled, StepLr, Stepping,
+    Constant, CosineAnnealingLr, CosineAnnealingWarmRestarts, ExponentialLr, LinearWarmup,
+    LrSchedule, MultiStepLr, OneCycleLr, PlateauConfig, ReduceLrOnPlateau, Scheduled, StepLr,
+    Stepping,
 };
 use optim::{Adam, AdamConfig, NamedVar, Optimizer, Sgd, SgdConfig, Update};
 
@@ -56,6 +57,10 @@ pub enum ScheduleKind {
     /// `ReduceLROnPlateau(factor=gamma, patience)` on each epoch's test loss, per epoch (as
     /// `scheduler.step(val_loss)` after the test pass).
     Plateau,
+    /// `CosineAnnealingWarmRestarts(T_0=t_0, T_mult=t_mult)` (SGDR), per epoch: a half cosine
+    /// from the rate towards 0 over `t_0` epochs, then restarted at the rate, each period
+    /// `t_mult` times the one before.
+    CosineWarmRestarts,
 }
 
 /// The dtype of convolutions and matrix products (weights, optimizer, batch norm and loss stay
@@ -178,6 +183,13 @@ pub struct RunConfig {
     /// (PyTorch's default 10, that of runs saved before it was kept).
     #[serde(default = "default_patience")]
     pub patience: usize,
+    /// CosineAnnealingWarmRestarts' `T_0`: epochs of its first period (1 in runs saved before
+    /// it was kept, which do not use it).
+    #[serde(default = "one")]
+    pub t_0: usize,
+    /// CosineAnnealingWarmRestarts' `T_mult`: each period's length over the one before.
+    #[serde(default = "one")]
+    pub t_mult: usize,
     /// Label smoothing of the cross-entropy.
     pub label_smoothing: f64,
     /// Training transform preset (a `datasets` preset name).
@@ -225,8 +237,8 @@ impl RunConfig {
     /// The first unusable value: counts outside `[least, MAX_COUNT]` (`MAX_WORKERS` for
     /// `--workers`), a `--milestones` epoch above `MAX_COUNT`, negative or non-finite rates,
     /// Adam betas outside `[0, 1)`, a `--gamma` not above 0, label smoothing outside `[0, 1]`,
-    /// a `--test-fraction` outside `(0, 1)`, a limit of 0, or `--schedule plateau` with a
-    /// `--gamma` of 1 or more.
+    /// a `--test-fraction` outside `(0, 1)`, a limit of 0, a `--t-0` or `--t-mult` of 0, or
+    /// `--schedule plateau` with a `--gamma` of 1 or more.
     pub fn validate(&self) -> Result<()> {
         if let Some(dir) = self.data_dir.as_deref().filter(|d| d.to_str().is_none()) {
             bail!(
@@ -243,6 +255,8 @@ impl RunConfig {
             ("--step-size", self.step_size, 1),
             ("--warmup-epochs", self.warmup_epochs, 0),
             ("--patience", self.patience, 0),
+            ("--t-0", self.t_0, 1),
+            ("--t-mult", self.t_mult, 1),
             ("--workers", self.workers, 1),
         ];
         for (flag, value, least) in counts {
@@ -444,6 +458,15 @@ impl RunConfig {
             // The rate before the first test loss: [`RunConfig::schedule_after`] replays the
             // epochs' losses.
             ScheduleKind::Plateau => (Box::new(Constant(lr)), Stepping::PerEpoch),
+            ScheduleKind::CosineWarmRestarts => (
+                Box::new(CosineAnnealingWarmRestarts {
+                    base_lr: lr,
+                    t_0: self.t_0,
+                    t_mult: self.t_mult,
+                    eta_min: 0.0,
+                }),
+                Stepping::PerEpoch,
+            ),
         };
         if self.warmup_epochs == 0 {
             return Scheduled { schedule, stepping };
@@ -515,6 +538,11 @@ impl RunConfig {
             stepping: Stepping::PerEpoch,
         })
     }
+}
+
+/// 1: the saved value of a count a run saved before it was kept does not use.
+fn one() -> usize {
+    1
 }
 
 /// ReduceLROnPlateau's default patience (PyTorch's), also that of runs saved before

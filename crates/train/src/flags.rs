@@ -405,10 +405,19 @@ hyperparameters! {
     /// after which the rate is multiplied by --gamma
     #[arg(long)]
     patience: Option<usize> = value(|_| crate::config::default_patience());
+    /// CosineAnnealingWarmRestarts' T_0 (--schedule cosine-warm-restarts, which needs it):
+    /// epochs of the first period, from the rate down towards 0 before the rate restarts
+    #[arg(long = "t-0")]
+    t_0: Option<usize> = value(|_| 1).default_in_help_text();
+    /// CosineAnnealingWarmRestarts' T_mult: each period is this many times as long as the one
+    /// before (1: periods of --t-0 epochs throughout)
+    #[arg(long)]
+    t_mult: Option<usize> = value(|_| 1);
     /// Epochs of linear warm-up, from a third of the rate, multiplied into the schedule as
     /// PyTorch's ChainedScheduler([LinearLR, schedule]) (not SequentialLR: the schedule runs
     /// from the first epoch); not with onecycle, which warms up by itself, nor with plateau
-    /// (ReduceLROnPlateau cannot be chained)
+    /// (ReduceLROnPlateau cannot be chained), nor with cosine-warm-restarts (whose rates
+    /// overwrite a chained warm-up's)
     #[arg(long)]
     warmup_epochs: Option<usize> = value(|_| 0);
     /// Cross-entropy label smoothing
