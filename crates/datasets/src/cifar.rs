@@ -305,10 +305,22 @@ pub(crate) fn cifar10_path(path: &Path) -> Result<Split> {
     for version in [&BINARY, &PYTHON] {
         version.refuse_incomplete(path)?;
     }
+    let below = crate::idx::subfolder_with(path, |sub| {
+        [&BINARY, &PYTHON]
+            .iter()
+            .find_map(|version| version.complete_dir(sub))
+            .map(|_| sub.to_path_buf())
+    })
+    .map_or(String::new(), |sub| {
+        format!(
+            "; {} holds CIFAR-10: give --data-dir that folder",
+            sub.display()
+        )
+    });
     bail!(
         "{}: no CIFAR-10 data found (expected data_batch_1..5.bin + test_batch.bin, \
          cifar-10-batches-bin/, the Python version's data_batch_1..5 + test_batch or \
-         cifar-10-batches-py/, train/ + test/ class folders, or a *cifar*.tar.gz archive)",
+         cifar-10-batches-py/, train/ + test/ class folders, or a *cifar*.tar.gz archive){below}",
         path.display()
     )
 }

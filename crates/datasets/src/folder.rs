@@ -402,16 +402,22 @@ struct Picks {
     origin: String,
 }
 
-/// Where the class folder `rel` of a directory's `listing` leads, and the folder of the listing
-/// whose images were read from there, when `rel` is a link to a folder the walk read under
-/// another name (each real folder is entered once); else `None` (an archive's members are no
-/// paths here).
-fn read_elsewhere(listing: &Listing, rel: &str) -> Option<(PathBuf, String)> {
+/// Where the class folder `rel` of a directory's `listing` leads, the folder of the listing
+/// whose images were read from there, and whether `rel` itself is the link (else a folder
+/// above it is, `test/` a link to `train/` say), when `rel` is reached through a link to a
+/// folder the walk read under another name (each real folder is entered once); else `None`
+/// (an archive's members are no paths here).
+fn read_elsewhere(listing: &Listing, rel: &str) -> Option<(PathBuf, String, bool)> {
     let path = listing.origin.join(rel);
-    if !path.symlink_metadata().ok()?.file_type().is_symlink() || !path.is_dir() {
+    let is_link = path.symlink_metadata().ok()?.file_type().is_symlink();
+    if !path.is_dir() {
         return None;
     }
     let target = std::fs::canonicalize(&path).ok()?;
+    // Not through a link: the folder is where its name says.
+    if !is_link && std::fs::canonicalize(&listing.origin).ok()?.join(rel) == target {
+        return None;
+    }
     let read = listing.dirs.iter().find(|other| {
         *other != rel
             && std::fs::canonicalize(listing.origin.join(other))
@@ -423,7 +429,7 @@ fn read_elsewhere(listing: &Listing, rel: &str) -> Option<(PathBuf, String)> {
                 .iter()
                 .any(|(file, _)| file.starts_with(&format!("{other}/")))
     })?;
-    Some((target, listing.place(read)))
+    Some((target, listing.place(read), is_link))
 }
 
 /// Lists the samples under `dir/<class>/` for every class in `classes`: every class folder must
@@ -495,10 +501,15 @@ fn samples_of(
             keyed.iter().any(|k| k.0 == label),
             "{place}: {} (no {} images, hidden files such as .x.jpg not counted; {})",
             match (read_elsewhere(listing, &join(dir, class)), of_training) {
-                (Some((target, read)), _) => format!(
-                    "a link to the folder {}, already read as {read}, whose images count once \
-                     (where torchvision's ImageFolder reads them again for this class), so this \
-                     class has none",
+                (Some((target, read, is_link)), _) => format!(
+                    "{} {}, already read as {read}, whose images count once (where \
+                     torchvision's ImageFolder reads them again for this class), so this class \
+                     has none",
+                    if is_link {
+                        "a link to the folder"
+                    } else {
+                        "through a link to a folder above it, the folder"
+                    },
                     target.display()
                 ),
                 (None, true) => "missing or empty class folder".into(),

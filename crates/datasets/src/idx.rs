@@ -118,11 +118,40 @@ fn missing(dir: &Path, stem: &str) -> String {
             "{} is a directory, not MNIST's IDX file (raw or gzipped)",
             folder.display()
         ),
-        None => format!(
-            "MNIST file {stem} (or {stem}.gz) not found in {}",
-            dir.display()
-        ),
+        None => {
+            let here = format!(
+                "MNIST file {stem} (or {stem}.gz) not found in {}",
+                dir.display()
+            );
+            match subfolder_with(dir, |sub| {
+                files_dir(sub, stem)
+                    .ok()
+                    .filter(|d| find_idx(d, stem).is_some())
+            }) {
+                Some(found) => format!(
+                    "{here}; it is in {}: give --data-dir that folder",
+                    found.display()
+                ),
+                None => here,
+            }
+        }
     }
+}
+
+/// The first folder directly in `dir` (by name) for which `holds` gives a path: a data set one
+/// folder below the one given (`data/` for `data/mnist/`), for the error's hint.
+pub(crate) fn subfolder_with(
+    dir: &Path,
+    holds: impl Fn(&Path) -> Option<PathBuf>,
+) -> Option<PathBuf> {
+    let mut subs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .take(256)
+        .collect();
+    subs.sort();
+    subs.iter().find_map(|sub| holds(sub))
 }
 
 /// The path of `stem` or `stem.gz` in `dir`, if either is there (a path that is there but is

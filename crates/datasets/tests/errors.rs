@@ -859,3 +859,52 @@ fn a_class_folder_of_hidden_images_is_empty_and_says_why() {
         "{msg}"
     );
 }
+
+/// A `--data-dir` one folder above the data (the folder holding `mnist/` or `cifar10/`, as a
+/// torchvision user passes `root`) is refused naming the folder to give instead.
+#[test]
+fn a_data_set_one_folder_down_is_named() {
+    let dir = tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("empty")).unwrap();
+    let mnist_dir = dir.path().join("mnist");
+    std::fs::create_dir(&mnist_dir).unwrap();
+    write_mnist(&mnist_dir, 10, 4, true);
+    let msg = mnist_err(dir.path());
+    assert!(
+        msg.contains(&format!(
+            "not found in {}; it is in {}: give --data-dir that folder",
+            dir.path().display(),
+            mnist_dir.display()
+        )),
+        "{msg}"
+    );
+    assert_eq!(mnist(Some(&mnist_dir)).unwrap().test.len(), 4);
+
+    let bin = dir.path().join("cifar10").join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for n in 1..=5 {
+        std::fs::write(bin.join(format!("data_batch_{n}.bin")), cifar_records(3)).unwrap();
+    }
+    std::fs::write(bin.join("test_batch.bin"), cifar_records(2)).unwrap();
+    let Err(err) = cifar10(Some(dir.path())) else {
+        panic!("read CIFAR-10 from the folder above it");
+    };
+    let msg = chain(&err);
+    assert!(
+        msg.contains(&format!(
+            "no CIFAR-10 data found (expected data_batch_1..5.bin + test_batch.bin, \
+             cifar-10-batches-bin/, the Python version's data_batch_1..5 + test_batch or \
+             cifar-10-batches-py/, train/ + test/ class folders, or a *cifar*.tar.gz archive); \
+             {} holds CIFAR-10: give --data-dir that folder",
+            dir.path().join("cifar10").display()
+        )),
+        "{msg}"
+    );
+    assert_eq!(
+        cifar10(Some(&dir.path().join("cifar10")))
+            .unwrap()
+            .test
+            .len(),
+        2
+    );
+}

@@ -86,6 +86,27 @@ fn a_class_linked_to_another_class_is_named_as_a_link() {
     );
 }
 
+/// `test/` a link to `train/`: its class folders are the training ones, read once, and the
+/// refusal says so (not that a full folder is empty).
+#[test]
+fn a_test_split_linked_to_the_training_split_is_named_as_a_link() {
+    let dir = tempdir().unwrap();
+    let root = write_folder(dir.path(), &["train"], &["a", "b"], 2, 4, 4);
+    symlink("train", root.join("test")).unwrap();
+    let msg = chain(&load_within_seconds(&root).unwrap_err());
+    let real_a = root.join("train").join("a").canonicalize().unwrap();
+    assert!(
+        msg.contains(&format!(
+            "{}: through a link to a folder above it, the folder {}, already read as {}, whose \
+             images count once",
+            root.join("test").join("a").display(),
+            real_a.display(),
+            root.join("train").join("a").display()
+        )),
+        "{msg}"
+    );
+}
+
 #[test]
 fn a_folder_outside_the_tree_linked_twice_is_entered_once() {
     let dir = tempdir().unwrap();
