@@ -68,7 +68,7 @@ struct FineTuneArgs {
     /// Pretrained weights: a .safetensors file or a Hugging Face Hub model id (owner/name, or
     /// owner/name@REVISION to pin a branch, tag or commit) [default: torchvision's ImageNet
     /// weights of --model, timm/resnet50.tv_in1k for resnet50]
-    #[arg(long)]
+    #[arg(long, value_parser = train::flags::Utf8Text)]
     weights: Option<String>,
     /// Train on an ImageFolder at --data-dir (ROOT/<class>/*.jpg, or ROOT/train + ROOT/test)
     /// instead of CIFAR-10
@@ -157,7 +157,7 @@ struct PredictArgs {
     /// checkpoint (RUN/best.safetensors)
     /// is read as --run RUN reads it unless --image-size is given; with --run: best, last or a
     /// .safetensors file [default: timm/resnet50.tv_in1k; with --run: best]
-    #[arg(long)]
+    #[arg(long, value_parser = train::flags::Utf8Text)]
     weights: Option<String>,
     /// Images to classify; a folder stands for the image files in it and below it
     #[arg(long, num_args = 1..)]

@@ -91,6 +91,20 @@ fn synthetic_cifar_run_writes_every_output_and_onecycle_steps_per_batch() {
         .and_then(|v| v.parse().ok())
         .expect("lr");
     assert!((lr - 4e-7).abs() < 1e-13, "{csv}");
+    // `evaluate` reports the loss with the run's criterion, and says so.
+    let evaluated = Command::new(env!("CARGO_BIN_EXE_train-cifar"))
+        .args(["evaluate", "--run", &s(&out), "--device", "cpu"])
+        .output()
+        .expect("train-cifar starts");
+    let said = text(&evaluated);
+    assert!(evaluated.status.success(), "{said}");
+    assert!(
+        said.contains("(with the run's label smoothing 0.1), top-1"),
+        "{said}"
+    );
+    let report = std::fs::read_to_string(out.join("evaluation-best.json")).expect("evaluation");
+    let report: serde_json::Value = serde_json::from_str(&report).expect("JSON");
+    assert_eq!(report["label_smoothing"], 0.1, "{report}");
 }
 
 /// CIFAR-10 as an image folder (`train/` and `test/`, one folder per class): image files in no

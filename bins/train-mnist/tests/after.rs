@@ -964,6 +964,50 @@ fn evaluate_finds_a_relative_data_dir_from_elsewhere() {
 /// The run's own evaluation keeps its name when the run's folder has moved since (its summary
 /// names the checkpoint where it was): a checkpoint file from elsewhere whose outputs' name
 /// holds another file's evaluation is named `-2`.
+/// `--weights best.safetensors` is a path from the current directory (as `torch.load` reads
+/// one); where no such file is there but the run has it, the error names the run's file and
+/// `--weights best`, for `evaluate` and `predict` alike.
+#[test]
+fn a_checkpoint_named_as_in_the_run_folder_is_pointed_to() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = trained(dir.path(), &[]);
+    let elsewhere = tempfile::tempdir().expect("another directory");
+    let (image, _) = digit(dir.path());
+    for (command, extra) in [("evaluate", None), ("predict", Some(&image))] {
+        let refused = Command::new(BIN)
+            .current_dir(elsewhere.path())
+            .args([command, "--run", &s(&out), "--weights", "best.safetensors"])
+            .args(extra.map(|i| s(i)))
+            .args(["--device", "cpu"])
+            .output()
+            .expect("train-mnist starts");
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{command}: {err}");
+        assert!(
+            err.contains(&format!(
+                "--weights best.safetensors: no such file in the current directory (the path \
+                 is read from there, not from the run's folder); the run's is {}: give \
+                 --weights {} (or --weights best)",
+                out.join("best.safetensors").display(),
+                out.join("best.safetensors").display()
+            )),
+            "{command}: {err}"
+        );
+    }
+    // From the run's folder the same name is that file.
+    let evaluated = Command::new(BIN)
+        .current_dir(&out)
+        .args(["evaluate", "--run", ".", "--weights", "best.safetensors"])
+        .args(["--device", "cpu"])
+        .output()
+        .expect("train-mnist starts");
+    assert!(
+        evaluated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&evaluated.stderr)
+    );
+}
+
 #[test]
 fn a_moved_runs_own_evaluation_keeps_its_name() {
     let dir = tempfile::tempdir().expect("temp dir");

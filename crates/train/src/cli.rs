@@ -1883,6 +1883,38 @@ mod tests {
         Ok(())
     }
 
+    /// A rate or decay beyond float32's range (infinite in the float32 update) is refused
+    /// before training, as infinity is; PyTorch's names `--wd` and `--num-workers` are taken.
+    #[test]
+    fn float32_infinite_rates_are_refused_and_pytorch_names_taken() -> Result<()> {
+        let refused = |argv: &[&str]| -> Result<String> {
+            Ok(RECIPE
+                .config(&RECIPE.parse(["prog"].iter().chain(argv))?)
+                .and_then(|c| c.validate())
+                .unwrap_err()
+                .to_string())
+        };
+        for (flag, value) in [
+            ("--lr", "1e39"),
+            ("--weight-decay", "inf"),
+            ("--momentum", "3.5e38"),
+        ] {
+            let err = refused(&["--optimizer", "sgd", flag, value])?;
+            assert!(
+                err.starts_with(&format!(
+                    "{flag} must be a finite number >= 0 (at most 3.4e38"
+                )),
+                "{err}"
+            );
+        }
+        let config = RECIPE.config(&RECIPE.parse(["prog", "--lr", "3e38", "--wd", "0.25"])?)?;
+        config.validate()?;
+        assert_eq!((config.lr, config.weight_decay), (3e38, 0.25));
+        let config = RECIPE.config(&RECIPE.parse(["prog", "--num-workers", "3"])?)?;
+        assert_eq!(config.workers, 3);
+        Ok(())
+    }
+
     #[test]
     fn timestamps_are_utc_calendar_dates() {
         assert_eq!(utc_timestamp(0), "19700101-000000");

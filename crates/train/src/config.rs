@@ -280,25 +280,24 @@ impl RunConfig {
             bail!("--milestones must be epochs up to {MAX_COUNT}, got {m}");
         }
         let adam = self.optimizer != OptimizerKind::Sgd;
-        let finite_at_least_0 = |v: f64| v.is_finite() && v >= 0.0;
+        // Finite in float32 too: the optimizer's update is computed in float32, where 1e39 is
+        // infinite.
+        let finite_at_least_0 = |v: f64| (0.0..=f64::from(f32::MAX)).contains(&v);
+        let rule = "a finite number >= 0 (at most 3.4e38, float32's largest: the update is \
+                    computed in float32)";
         let reals = [
-            (
-                "--lr",
-                self.lr,
-                finite_at_least_0(self.lr),
-                "a finite number >= 0",
-            ),
+            ("--lr", self.lr, finite_at_least_0(self.lr), rule),
             (
                 "--weight-decay",
                 self.weight_decay,
                 finite_at_least_0(self.weight_decay),
-                "a finite number >= 0",
+                rule,
             ),
             (
                 "--momentum",
                 self.momentum,
                 finite_at_least_0(self.momentum),
-                "a finite number >= 0",
+                rule,
             ),
             (
                 "--betas (the first)",

@@ -375,15 +375,18 @@ hyperparameters! {
     /// Learning rate (OneCycle: the peak rate)
     #[arg(long)]
     lr: Option<f64> = value(|r| r.lr);
-    /// SGD momentum
+    /// SGD momentum (the recipe's; torch.optim.SGD's own default is 0); --schedule onecycle
+    /// cycles it between 0.85 and 0.95, as OneCycleLR(cycle_momentum=True) does
     #[arg(long)]
     momentum: Option<f64> = value(|r| r.momentum);
-    /// Adam's and AdamW's (beta1, beta2), as torch.optim.Adam(betas=...)
+    /// Adam's and AdamW's (beta1, beta2), as torch.optim.Adam(betas=...); --schedule onecycle
+    /// cycles beta1 between 0.85 and 0.95, as OneCycleLR(cycle_momentum=True) does
     #[arg(long, value_delimiter = ',', num_args = 1)]
     betas: Option<Vec<f64>> = betas();
     /// Weight decay (L2 for SGD and Adam, decoupled for AdamW); the default is the recipe's for
-    /// every optimizer (torch.optim.AdamW's own default is 0.01: give --weight-decay 0.01 for it)
-    #[arg(long)]
+    /// every optimizer (torch.optim.AdamW's own default is 0.01: give --weight-decay 0.01 for it);
+    /// also --wd
+    #[arg(long, alias = "wd")]
     weight_decay: Option<f64> = value(|r| r.weight_decay);
     /// Nesterov momentum (SGD)
     #[arg(long)]
@@ -457,8 +460,9 @@ hyperparameters! {
     /// the share of each class held out as the test split (rounded, drawn with a fixed seed)
     #[arg(long)]
     test_fraction: Option<f64> = value(|_| datasets::FolderOptions::default().test_fraction);
-    /// Data-loading threads [default: the number of CPUs]
-    #[arg(long)]
+    /// Data-loading threads [default: the number of CPUs] (also --num-workers, DataLoader's
+    /// name; at least 1)
+    #[arg(long, alias = "num-workers")]
     workers: Option<usize> = value(|_| default_workers()).default_in_help_text().changeable();
     /// f32; tf32: CUDA's f32 matrix products on TF32 tensor cores; bf16: convolutions and
     /// matrix products in bfloat16, weights and optimizer in f32
@@ -526,6 +530,40 @@ impl RunConfig {
             device: "cpu".into(),
             workers: 1,
             ..by_hand.defaults()
+        }
+    }
+}
+
+/// clap's parser of a `--weights`-like flag: a non-empty text. A value that is not UTF-8 (a
+/// Latin-1 file name, say) is refused naming the flag and what to do, where clap's own string
+/// parser says only "invalid UTF-8 was detected in one or more arguments".
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Utf8Text;
+
+impl clap::builder::TypedValueParser for Utf8Text {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> std::result::Result<String, clap::Error> {
+        let flag = arg
+            .and_then(clap::Arg::get_long)
+            .map_or_else(|| "the value".to_string(), |l| format!("--{l}"));
+        let refuse = |why: String| {
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, why + "\n").with_cmd(cmd)
+        };
+        match value.to_str() {
+            Some("") => Err(refuse(format!("{flag}: an empty value"))),
+            Some(text) => Ok(text.to_string()),
+            None => Err(refuse(format!(
+                "{flag} {}: the path is not valid UTF-8 (shown with U+FFFD for what is not), and \
+                 it is kept and reported as text; give a path of UTF-8 names (a link to the \
+                 file, say)",
+                value.to_string_lossy()
+            ))),
         }
     }
 }

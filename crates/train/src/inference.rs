@@ -277,7 +277,7 @@ impl Trained {
             "best" => (dir.join(BEST), "best".to_string()),
             "last" => (dir.join(LAST), "last".to_string()),
             file => {
-                let path = PathBuf::from(file);
+                let path = weights_file(dir, file)?;
                 let tag = checkpoint_tag(dir, &path);
                 (path, tag)
             }
@@ -566,7 +566,7 @@ pub struct EvaluateArgs {
     #[arg(long)]
     pub run: Option<PathBuf>,
     /// The checkpoint: best, last, or a .safetensors file
-    #[arg(long, default_value = "best", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    #[arg(long, default_value = "best", value_parser = crate::flags::Utf8Text)]
     pub weights: String,
     /// The zoo model a --weights file outside any run holds (a PyTorch-trained resnet18-seed,
     /// say): scored on this program's data set's test split with a fresh run's test transform,
@@ -821,6 +821,31 @@ fn parse_test_limit(text: &str) -> Result<TestLimit, String> {
     }
 }
 
+/// `--weights FILE` as given (relative to the current directory, as PyTorch's `torch.load`
+/// reads it). A relative path that names no file there but one in the run directory `run`
+/// (`--weights best.safetensors` for the run's best) is refused, naming both ways to give it.
+///
+/// # Errors
+/// As said.
+fn weights_file(run: &Path, file: &str) -> Result<PathBuf> {
+    let path = PathBuf::from(file);
+    let beside = run.join(&path);
+    if path.is_relative() && std::fs::symlink_metadata(&path).is_err() && beside.is_file() {
+        let short = match file {
+            BEST => " (or --weights best)",
+            LAST => " (or --weights last)",
+            _ => "",
+        };
+        bail!(
+            "--weights {file}: no such file in the current directory (the path is read from \
+             there, not from the run's folder); the run's is {}: give --weights {}{short}",
+            beside.display(),
+            beside.display()
+        );
+    }
+    Ok(path)
+}
+
 /// What `evaluate` measured (also written as `evaluation-<weights>.json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Evaluation {
@@ -849,8 +874,11 @@ pub struct Evaluation {
     pub data_dir_file: Option<PathBuf>,
     /// Test images.
     pub samples: usize,
-    /// Mean test loss, with the run's training criterion.
+    /// Mean test loss, with the run's training criterion: cross-entropy with the run's label
+    /// smoothing (`label_smoothing`; 0 for a checkpoint evaluated without its run).
     pub loss: f64,
+    /// The label smoothing of `loss` (`F.cross_entropy(..., label_smoothing=...)`).
+    pub label_smoothing: f64,
     /// Top-1 accuracy, percent.
     pub top1: f64,
     /// Top-5 accuracy, percent.
@@ -1046,7 +1074,7 @@ fn evaluate_here(args: &EvaluateArgs, recipe: &Recipe) -> Result<Evaluation> {
     let weights_file = match args.weights.as_str() {
         "best" => run.join(BEST),
         "last" => run.join(LAST),
-        file => PathBuf::from(file),
+        file => weights_file(run, file)?,
     };
     // An interrupted --overwrite's old run put back first: that is no replacement while read.
     // Rank 0 alone, then the others: two ranks would race to put the same run back.
@@ -1664,6 +1692,7 @@ fn test_and_write(
             .and_then(|d| std::fs::canonicalize(d).ok()),
         samples: m.samples(),
         loss: m.loss(),
+        label_smoothing: config.label_smoothing,
         top1: m.accuracy(),
         top5: m.top5(),
         per_class: trained
@@ -1675,8 +1704,13 @@ fn test_and_write(
         left_out_as_trained: outputs.left_out.clone(),
     };
     let shown = &outputs.shown;
+    // The run's criterion: a loss with label smoothing is not plain cross-entropy's.
+    let smoothed = match evaluation.label_smoothing {
+        0.0 => String::new(),
+        s => format!(" (with the run's label smoothing {s})"),
+    };
     crate::say!(
-        "{} on {} test images of {}{shown}: loss {:.4}, top-1 {:.2}%{}",
+        "{} on {} test images of {}{shown}: loss {:.4}{smoothed}, top-1 {:.2}%{}",
         trained.weights.display(),
         evaluation.samples,
         config.dataset.spec().title,
@@ -1857,7 +1891,7 @@ pub struct PredictArgs {
     /// More images (or folders of images) to classify
     pub images: Vec<PathBuf>,
     /// The checkpoint: best, last, or a .safetensors file
-    #[arg(long, default_value = "best", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    #[arg(long, default_value = "best", value_parser = crate::flags::Utf8Text)]
     pub weights: String,
     /// The zoo model a --weights file outside any run holds (e.g. resnet18-seed): read with
     /// this program's data set's test transform and class names, its classes counted from the
@@ -2568,6 +2602,49 @@ mod tests {
     /// `evaluate`'s outputs folder is tried before the test pass: a folder that takes no file
     /// (`/proc`, even for root) is named with its flag, `--run`'s with `--out` as the way out;
     /// a writable one passes and is left as it was.
+    /// `evaluate --weights` and `predict --weights` with a name that is not UTF-8 (a Latin-1
+    /// file name) or empty are refused naming the flag, not with clap's bare "invalid UTF-8".
+    #[cfg(unix)]
+    #[test]
+    fn a_weights_name_that_is_not_utf8_is_refused_naming_the_flag() {
+        use clap::Parser;
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+        #[derive(clap::Parser, Debug)]
+        enum Commands {
+            Evaluate(EvaluateArgs),
+            Predict(PredictArgs),
+        }
+        for command in ["evaluate", "predict"] {
+            let argv = |weights: &'static [u8]| {
+                [command.as_bytes(), b"--weights", weights, b"x.png"]
+                    .into_iter()
+                    .map(OsStr::from_bytes)
+                    .take(if command == "evaluate" { 3 } else { 4 })
+            };
+            let prog = std::iter::once(OsStr::new("prog"));
+            let err = Commands::try_parse_from(prog.clone().chain(argv(b"caf\xe9.safetensors")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(
+                    "--weights caf\u{FFFD}.safetensors: the path is not valid UTF-8 (shown with \
+                     U+FFFD for what is not)"
+                ),
+                "{command}: {err}"
+            );
+            let err = Commands::try_parse_from(prog.clone().chain(argv(b"")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("--weights: an empty value"),
+                "{command}: {err}"
+            );
+            let parsed = Commands::try_parse_from(prog.chain(argv(b"caf\xc3\xa9.safetensors")));
+            assert!(parsed.is_ok(), "{command}: {parsed:?}");
+        }
+    }
+
     /// `--logits`' list reads in Python: shortest round-trip decimals, non-finite values as
     /// `float(...)`.
     #[test]
