@@ -2187,3 +2187,27 @@ fn an_unreadable_image_mid_run_says_what_is_saved() {
     std::fs::write(&image, &whole).expect("mend");
     ok(&strs(&again), &[]);
 }
+
+/// `--weights` with a name that is not UTF-8 (a Latin-1 file name), for fine-tuning and for
+/// `predict`, is refused naming the flag (kept as text in finetune.json), not with clap's bare
+/// "invalid UTF-8 was detected in one or more arguments".
+#[cfg(unix)]
+#[test]
+fn a_weights_name_that_is_not_utf8_is_refused_naming_the_flag() {
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::OsStr::from_bytes(b"caf\xe9.safetensors");
+    for command in [&[][..], &["predict"]] {
+        let ended = Command::new(env!("CARGO_BIN_EXE_finetune-resnet50"))
+            .args(command)
+            .arg("--weights")
+            .arg(name)
+            .output()
+            .expect("finetune-resnet50 starts");
+        let err = String::from_utf8_lossy(&ended.stderr);
+        assert!(!ended.status.success(), "{command:?}: {err}");
+        assert!(
+            err.contains("--weights caf\u{FFFD}.safetensors: the path is not valid UTF-8"),
+            "{command:?}: {err}"
+        );
+    }
+}

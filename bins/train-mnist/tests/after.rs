@@ -961,9 +961,6 @@ fn evaluate_finds_a_relative_data_dir_from_elsewhere() {
     );
 }
 
-/// The run's own evaluation keeps its name when the run's folder has moved since (its summary
-/// names the checkpoint where it was): a checkpoint file from elsewhere whose outputs' name
-/// holds another file's evaluation is named `-2`.
 /// `--weights best.safetensors` is a path from the current directory (as `torch.load` reads
 /// one); where no such file is there but the run has it, the error names the run's file and
 /// `--weights best`, for `evaluate` and `predict` alike.
@@ -1008,6 +1005,9 @@ fn a_checkpoint_named_as_in_the_run_folder_is_pointed_to() {
     );
 }
 
+/// The run's own evaluation keeps its name when the run's folder has moved since (its summary
+/// names the checkpoint where it was): a checkpoint file from elsewhere whose outputs' name
+/// holds another file's evaluation is named `-2`.
 #[test]
 fn a_moved_runs_own_evaluation_keeps_its_name() {
     let dir = tempfile::tempdir().expect("temp dir");

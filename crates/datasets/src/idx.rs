@@ -123,10 +123,12 @@ fn missing(dir: &Path, stem: &str) -> String {
                 "MNIST file {stem} (or {stem}.gz) not found in {}",
                 dir.display()
             );
+            // The folder below, which `files_dir` takes with torchvision's `MNIST/raw/` in it.
             match subfolder_with(dir, |sub| {
                 files_dir(sub, stem)
                     .ok()
                     .filter(|d| find_idx(d, stem).is_some())
+                    .map(|_| sub.to_path_buf())
             }) {
                 Some(found) => format!(
                     "{here}; it is in {}: give --data-dir that folder",

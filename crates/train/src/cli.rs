@@ -1116,9 +1116,9 @@ pub(crate) fn limited(
 /// takes no such flag. On a fresh run a multistep schedule without milestones (a constant rate
 /// in disguise) is refused too (runs saved before that check are resumed as they are), and so
 /// are an exponential one without `--gamma` (the recipes' default is a decay, not a factor per
-/// epoch), onecycle, plateau and cosine-warm-restarts with `--warmup-epochs` (PyTorch chains
-/// none of them), cosine-warm-restarts without `--t-0`, and plateau with a `--gamma` of 1 or
-/// more.
+/// epoch), onecycle, plateau and cosine-warm-restarts with `--warmup-epochs` (none of them
+/// follows a warm-up chained before it in PyTorch, `ChainedScheduler([LinearLR, schedule])`),
+/// cosine-warm-restarts without `--t-0`, and plateau with a `--gamma` of 1 or more.
 fn check_schedule_flags(args: &Args, config: &RunConfig, resumed: bool) -> Result<()> {
     use ScheduleKind::{CosineWarmRestarts, Exponential, Multistep, Plateau, Step};
     let (schedule, milestones) = (config.schedule, &config.milestones);
@@ -1210,15 +1210,15 @@ fn check_schedule_flags(args: &Args, config: &RunConfig, resumed: bool) -> Resul
             config.warmup_epochs
         );
     }
-    // CosineAnnealingWarmRestarts computes each rate from the initial one (closed form, not
-    // chainable): in PyTorch's ChainedScheduler([LinearLR, CosineAnnealingWarmRestarts]) its
-    // rates overwrite the warm-up's from the first epoch on.
+    // CosineAnnealingWarmRestarts computes each rate from the initial one (closed form): in
+    // PyTorch's ChainedScheduler([LinearLR, CosineAnnealingWarmRestarts]), the order the
+    // warm-up is chained in here, its rates overwrite the warm-up's from the first epoch on.
     if !resumed && schedule == CosineWarmRestarts && config.warmup_epochs > 0 {
         bail!(
             "--warmup-epochs {} with --schedule cosine-warm-restarts: CosineAnnealingWarmRestarts \
-             computes each rate from the initial one and, in PyTorch, is not chainable \
-             (ChainedScheduler([LinearLR, CosineAnnealingWarmRestarts]) gives its rates alone, \
-             from the first epoch): leave --warmup-epochs out",
+             computes each rate from the initial one, so a warm-up chained before it is lost \
+             (PyTorch's ChainedScheduler([LinearLR, CosineAnnealingWarmRestarts]) gives its \
+             rates alone, from the first epoch): leave --warmup-epochs out",
             config.warmup_epochs
         );
     }
@@ -1902,7 +1902,7 @@ mod tests {
             let err = refused(&["--optimizer", "sgd", flag, value])?;
             assert!(
                 err.starts_with(&format!(
-                    "{flag} must be a finite number >= 0 (at most 3.4e38"
+                    "{flag} must be a finite number >= 0 (at most 3.4028235e38"
                 )),
                 "{err}"
             );

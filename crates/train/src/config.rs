@@ -282,21 +282,21 @@ impl RunConfig {
         let adam = self.optimizer != OptimizerKind::Sgd;
         // Finite in float32 too: the optimizer's update is computed in float32, where 1e39 is
         // infinite.
-        let finite_at_least_0 = |v: f64| (0.0..=f64::from(f32::MAX)).contains(&v);
-        let rule = "a finite number >= 0 (at most 3.4e38, float32's largest: the update is \
-                    computed in float32)";
+        let finite_in_f32_at_least_0 = |v: f64| (0.0..=f64::from(f32::MAX)).contains(&v);
+        let rule = "a finite number >= 0 (at most 3.4028235e38, float32's largest: the update \
+                    is computed in float32)";
         let reals = [
-            ("--lr", self.lr, finite_at_least_0(self.lr), rule),
+            ("--lr", self.lr, finite_in_f32_at_least_0(self.lr), rule),
             (
                 "--weight-decay",
                 self.weight_decay,
-                finite_at_least_0(self.weight_decay),
+                finite_in_f32_at_least_0(self.weight_decay),
                 rule,
             ),
             (
                 "--momentum",
                 self.momentum,
-                finite_at_least_0(self.momentum),
+                finite_in_f32_at_least_0(self.momentum),
                 rule,
             ),
             (

@@ -534,9 +534,10 @@ impl RunConfig {
     }
 }
 
-/// clap's parser of a `--weights`-like flag: a non-empty text. A value that is not UTF-8 (a
-/// Latin-1 file name, say) is refused naming the flag and what to do, where clap's own string
-/// parser says only "invalid UTF-8 was detected in one or more arguments".
+/// clap's parser of a `--weights`-like flag: a non-empty text, as clap's
+/// `NonEmptyStringValueParser` takes it, but a value that is not UTF-8 (a Latin-1 file name,
+/// say) is refused naming the flag and what to do, where clap's parser says only "invalid
+/// UTF-8 was detected in one or more arguments".
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Utf8Text;
 
@@ -549,21 +550,17 @@ impl clap::builder::TypedValueParser for Utf8Text {
         arg: Option<&clap::Arg>,
         value: &std::ffi::OsStr,
     ) -> std::result::Result<String, clap::Error> {
+        if value.to_str().is_some() {
+            return clap::builder::NonEmptyStringValueParser::new().parse_ref(cmd, arg, value);
+        }
         let flag = arg
             .and_then(clap::Arg::get_long)
             .map_or_else(|| "the value".to_string(), |l| format!("--{l}"));
-        let refuse = |why: String| {
-            clap::Error::raw(clap::error::ErrorKind::ValueValidation, why + "\n").with_cmd(cmd)
-        };
-        match value.to_str() {
-            Some("") => Err(refuse(format!("{flag}: an empty value"))),
-            Some(text) => Ok(text.to_string()),
-            None => Err(refuse(format!(
-                "{flag} {}: the path is not valid UTF-8 (shown with U+FFFD for what is not), and \
-                 it is kept and reported as text; give a path of UTF-8 names (a link to the \
-                 file, say)",
-                value.to_string_lossy()
-            ))),
-        }
+        let why = format!(
+            "{flag} {}: the path is not valid UTF-8 (shown with U+FFFD for what is not), and it \
+             is kept and reported as text; give a path of UTF-8 names (a link to the file, say)\n",
+            value.to_string_lossy()
+        );
+        Err(clap::Error::raw(clap::error::ErrorKind::ValueValidation, why).with_cmd(cmd))
     }
 }

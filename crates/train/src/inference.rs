@@ -2599,11 +2599,9 @@ mod tests {
     use super::*;
     use crate::config::DatasetKind;
 
-    /// `evaluate`'s outputs folder is tried before the test pass: a folder that takes no file
-    /// (`/proc`, even for root) is named with its flag, `--run`'s with `--out` as the way out;
-    /// a writable one passes and is left as it was.
     /// `evaluate --weights` and `predict --weights` with a name that is not UTF-8 (a Latin-1
-    /// file name) or empty are refused naming the flag, not with clap's bare "invalid UTF-8".
+    /// file name) are refused naming the flag, not with clap's bare "invalid UTF-8"; an empty
+    /// one as clap refuses it.
     #[cfg(unix)]
     #[test]
     fn a_weights_name_that_is_not_utf8_is_refused_naming_the_flag() {
@@ -2637,7 +2635,7 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(
-                err.contains("--weights: an empty value"),
+                err.contains("a value is required for '--weights <WEIGHTS>'"),
                 "{command}: {err}"
             );
             let parsed = Commands::try_parse_from(prog.chain(argv(b"caf\xc3\xa9.safetensors")));
