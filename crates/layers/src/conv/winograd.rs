@@ -571,12 +571,21 @@ const LANES: usize = 16;
 /// The tiles `tiles` as runs along a tile row of one image: (first tile, image, first output
 /// row, first output column, tiles in the run), runs at most [`LANES`] long.
 fn runs(geo: &Geometry, tiles: std::ops::Range<usize>) -> Vec<(usize, usize, usize, usize, usize)> {
+    runs_of(geo, tiles, LANES)
+}
+
+/// [`runs`] at most `lanes` long.
+fn runs_of(
+    geo: &Geometry,
+    tiles: std::ops::Range<usize>,
+    lanes: usize,
+) -> Vec<(usize, usize, usize, usize, usize)> {
     let tw = geo.ow.div_ceil(2);
     let mut out = Vec::new();
     let mut t = tiles.start;
     while t < tiles.end {
         let (image, oy, ox) = tile(geo, t);
-        let len = (tw - ox / 2).min(tiles.end - t).min(LANES);
+        let len = (tw - ox / 2).min(tiles.end - t).min(lanes);
         out.push((t - tiles.start, image, oy, ox, len));
         t += len;
     }
@@ -592,10 +601,16 @@ type Span = (usize, usize, Vec<(usize, usize, usize, usize, usize)>);
 
 #[cfg(target_arch = "x86_64")]
 fn spans(geo: &Geometry, tiles: std::ops::Range<usize>) -> Vec<Span> {
+    spans_of(geo, tiles, LANES)
+}
+
+/// [`spans`] of at most `lanes` tiles (runs at most that long).
+#[cfg(target_arch = "x86_64")]
+fn spans_of(geo: &Geometry, tiles: std::ops::Range<usize>, lanes: usize) -> Vec<Span> {
     let mut out: Vec<Span> = Vec::new();
-    for (tl, image, oy, ox, len) in runs(geo, tiles) {
+    for (tl, image, oy, ox, len) in runs_of(geo, tiles, lanes) {
         match out.last_mut() {
-            Some((_, total, parts)) if *total + len <= LANES => {
+            Some((_, total, parts)) if *total + len <= lanes => {
                 parts.push((*total, image, oy, ox, len));
                 *total += len;
             }
@@ -639,18 +654,21 @@ fn input_tile(d: &[[[f32; LANES]; 4]; 4]) -> [[f32; LANES]; 16] {
     v
 }
 
-/// [`transform_input_any`], vectorised for AVX-512 where the CPU has it (the workspace builds
-/// for baseline x86-64, whose vectors are 4 lanes wide).
+/// [`transform_input_any`], vectorised for AVX-512 or else AVX2 where the CPU has it (the
+/// workspace builds for baseline x86-64, whose vectors are 4 lanes wide).
 fn transform_input(geo: &Geometry, x: &[f32], tiles: std::ops::Range<usize>, v: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if avx512() {
         // SAFETY: the CPU has AVX-512F (checked at run time).
         return unsafe { simd::transform_input(geo, x, tiles, v) };
+    } else if avx2::available() {
+        // SAFETY: the CPU has AVX2 (checked at run time).
+        return unsafe { avx2::transform_input(geo, x, tiles, v) };
     }
     transform_input_any(geo, x, tiles, v)
 }
 
-/// [`transform_output_any`], vectorised for AVX-512 where the CPU has it.
+/// [`transform_output_any`], vectorised for AVX-512 or else AVX2 where the CPU has it.
 fn transform_output(
     geo: &Geometry,
     cout: usize,
@@ -662,12 +680,18 @@ fn transform_output(
     if avx512() {
         // SAFETY: the CPU has AVX-512F (checked at run time).
         return unsafe { simd::transform_output(geo, cout, m, tiles, out) };
+    } else if avx2::available() {
+        // SAFETY: the CPU has AVX2 (checked at run time).
+        return unsafe { avx2::transform_output(geo, cout, m, tiles, out) };
     }
     transform_output_any(geo, cout, m, tiles, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 use crate::avx512::available as avx512;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 
 /// `v` (16, C, tiles) := `Bᵀ d B` of each channel's 4x4 patch `d` of the tiles `tiles`.
 #[inline(always)]
@@ -760,7 +784,7 @@ fn transform_output_any(
     }
 }
 
-/// [`transform_output_grad_any`], vectorised for AVX-512 where the CPU has it.
+/// [`transform_output_grad_any`], vectorised for AVX-512 or else AVX2 where the CPU has it.
 fn transform_output_grad(
     geo: &Geometry,
     cout: usize,
@@ -772,6 +796,9 @@ fn transform_output_grad(
     if avx512() {
         // SAFETY: the CPU has AVX-512F (checked at run time).
         return unsafe { simd::transform_output_grad(geo, cout, g, tiles, dm) };
+    } else if avx2::available() {
+        // SAFETY: the CPU has AVX2 (checked at run time).
+        return unsafe { avx2::transform_output_grad(geo, cout, g, tiles, dm) };
     }
     transform_output_grad_any(geo, cout, g, tiles, dm)
 }
@@ -1899,31 +1926,47 @@ mod tests {
         Ok(())
     }
 
-    /// The AVX-512 transforms against the portable ones, bit for bit: image sizes below, at and
-    /// above one run of tiles, paddings 0 to 2, blocks that start and end inside a tile row.
-    #[test]
     #[cfg(target_arch = "x86_64")]
-    fn the_vector_transforms_equal_the_portable_ones() -> candle_core::Result<()> {
-        if !avx512() {
-            eprintln!("skipped: this CPU lacks AVX-512");
-            return Ok(());
-        }
-        for (c, h, w, p) in [
-            (3, 5, 7, 1),
-            (2, 32, 32, 1),
-            (2, 36, 35, 2),
-            (1, 4, 40, 0),
-            (2, 2, 2, 1),
-            // Rows of 4, 8, 2 and 3 tiles: spans across tile rows and images.
-            (2, 8, 8, 1),
-            (2, 16, 16, 1),
-            (3, 4, 4, 1),
-            (2, 6, 6, 1),
-            (1, 9, 5, 0),
-            // 8x8 outputs from other inputs (the output transforms' 8x8 path, not the input's).
-            (2, 6, 6, 2),
-            (2, 10, 10, 0),
-        ] {
+    /// Geometries (C, H, W, padding) on which the vector transforms are tested against the
+    /// portable ones: image sizes below, at and above one run of tiles, paddings 0 to 2.
+    const VECTOR_CASES: [(usize, usize, usize, usize); 12] = [
+        (3, 5, 7, 1),
+        (2, 32, 32, 1),
+        (2, 36, 35, 2),
+        (1, 4, 40, 0),
+        (2, 2, 2, 1),
+        // Rows of 4, 8, 2 and 3 tiles: spans across tile rows and images.
+        (2, 8, 8, 1),
+        (2, 16, 16, 1),
+        (3, 4, 4, 1),
+        (2, 6, 6, 1),
+        (1, 9, 5, 0),
+        // 8x8 outputs from other inputs (the AVX-512 output transforms' 8x8 path, not the
+        // input's).
+        (2, 6, 6, 2),
+        (2, 10, 10, 0),
+    ];
+
+    #[cfg(target_arch = "x86_64")]
+    /// A set of vector transforms: input, output gradient, output.
+    type Transforms = (
+        unsafe fn(&Geometry, &[f32], std::ops::Range<usize>, &mut [f32]),
+        unsafe fn(&Geometry, usize, &[f32], std::ops::Range<usize>, &mut [f32]),
+        unsafe fn(&Geometry, usize, &[f32], std::ops::Range<usize>, &mut [MaybeUninit<f32>]),
+    );
+
+    #[cfg(target_arch = "x86_64")]
+    /// `vector`'s transforms equal the portable ones bit for bit on [`VECTOR_CASES`], for
+    /// blocks that start and end inside a tile row; `also(geo, x, range)` checks more on each.
+    ///
+    /// # Safety
+    /// The CPU has what `vector`'s functions need.
+    unsafe fn equal_the_portable_ones(
+        name: &str,
+        (input, output_grad, output): Transforms,
+        also: impl Fn(&Geometry, &[f32], std::ops::Range<usize>),
+    ) -> candle_core::Result<()> {
+        for (c, h, w, p) in VECTOR_CASES {
             let (n, cout) = (2, 3);
             let geo = Geometry::new(c, h, w, 3, 3, 1, p)?;
             let tiles = n * geo.oh.div_ceil(2) * geo.ow.div_ceil(2);
@@ -1931,50 +1974,83 @@ mod tests {
             let g = values(n * cout * geo.oh * geo.ow, 7);
             for range in [0..tiles, 1..tiles.min(23), tiles / 3..tiles] {
                 let tb = range.len();
+                let at = format!("{name} {h}x{w} p{p} {range:?}");
                 let len = 16 * stride(c, tb);
                 let (mut a, mut b) = (vec![0f32; len], vec![0f32; len]);
                 transform_input_any(&geo, &x, range.clone(), &mut a);
-                // SAFETY: the CPU has AVX-512F.
-                unsafe { simd::transform_input(&geo, &x, range.clone(), &mut b) };
-                assert_eq!(a, b, "input {h}x{w} p{p} {range:?}");
-                if let Some(layout) = RhsLayout::new(c, tb) {
-                    let ps = packed_stride(layout);
-                    let (mut a, mut b) = (vec![0u32; 16 * ps], vec![0u32; 16 * ps]);
-                    transform_input_packed_any(&geo, &x, range.clone(), &mut a, (ps, layout));
-                    assert!(
-                        a.iter().any(|&v| v != 0),
-                        "packed input {h}x{w} p{p} {range:?}"
-                    );
-                    if bf16_gemm::available() {
-                        let b = &mut b;
-                        // SAFETY: the CPU has AVX-512F and AVX512-BF16.
-                        unsafe {
-                            simd::transform_input_packed(&geo, &x, range.clone(), b, (ps, layout))
-                        };
-                        assert_eq!(a, *b, "packed input {h}x{w} p{p} {range:?}");
-                    }
-                }
+                input(&geo, &x, range.clone(), &mut b);
+                assert_eq!(a, b, "input {at}");
+                also(&geo, &x, range.clone());
                 let len = 16 * stride(cout, tb);
                 let (mut a, mut b) = (vec![0f32; len], vec![0f32; len]);
                 transform_output_grad_any(&geo, cout, &g, range.clone(), &mut a);
-                // SAFETY: as above.
-                unsafe { simd::transform_output_grad(&geo, cout, &g, range.clone(), &mut b) };
-                assert_eq!(a, b, "output grad {h}x{w} p{p} {range:?}");
+                output_grad(&geo, cout, &g, range.clone(), &mut b);
+                assert_eq!(a, b, "output grad {at}");
                 let m = values(16 * stride(cout, tb), tb as u32);
                 let unset = MaybeUninit::new(f32::NAN);
                 let (mut a, mut b) = (vec![unset; g.len()], vec![unset; g.len()]);
                 transform_output_any(&geo, cout, &m, range.clone(), &mut a);
-                // SAFETY: as above.
-                unsafe { simd::transform_output(&geo, cout, &m, range.clone(), &mut b) };
+                output(&geo, cout, &m, range.clone(), &mut b);
                 // SAFETY: every value was initialised (NaN, or written by the transforms).
                 let bits = |v: &[MaybeUninit<f32>]| -> Vec<u32> {
                     v.iter()
                         .map(|v| unsafe { v.assume_init() }.to_bits())
                         .collect()
                 };
-                assert_eq!(bits(&a), bits(&b), "output {h}x{w} p{p} {range:?}");
+                assert_eq!(bits(&a), bits(&b), "output {at}");
             }
         }
         Ok(())
+    }
+
+    /// The AVX-512 transforms against the portable ones, bit for bit, and the packed input
+    /// transform (AVX512-BF16) against the portable one packed.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_avx512_transforms_equal_the_portable_ones() -> candle_core::Result<()> {
+        if !avx512() {
+            eprintln!("skipped: this CPU lacks AVX-512");
+            return Ok(());
+        }
+        let packed = |geo: &Geometry, x: &[f32], range: std::ops::Range<usize>| {
+            let Some(layout) = RhsLayout::new(geo.c, range.len()) else {
+                return;
+            };
+            let at = format!("{}x{} p{} {range:?}", geo.h, geo.w, geo.padding);
+            let ps = packed_stride(layout);
+            let (mut a, mut b) = (vec![0u32; 16 * ps], vec![0u32; 16 * ps]);
+            transform_input_packed_any(geo, x, range.clone(), &mut a, (ps, layout));
+            assert!(a.iter().any(|&v| v != 0), "packed input {at}");
+            if bf16_gemm::available() {
+                // SAFETY: the CPU has AVX-512F and AVX512-BF16.
+                unsafe { simd::transform_input_packed(geo, x, range, &mut b, (ps, layout)) };
+                assert_eq!(a, b, "packed input {at}");
+            }
+        };
+        let vector: Transforms = (
+            simd::transform_input,
+            simd::transform_output_grad,
+            simd::transform_output,
+        );
+        // SAFETY: the CPU has AVX-512F.
+        unsafe { equal_the_portable_ones("avx512", vector, packed) }
+    }
+
+    /// The AVX2 transforms against the portable ones, bit for bit (on any CPU with AVX2: those
+    /// with AVX-512 run the AVX-512 ones, tested above).
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_avx2_transforms_equal_the_portable_ones() -> candle_core::Result<()> {
+        if !avx2::available() {
+            eprintln!("skipped: this CPU lacks AVX2");
+            return Ok(());
+        }
+        let vector: Transforms = (
+            avx2::transform_input,
+            avx2::transform_output_grad,
+            avx2::transform_output,
+        );
+        // SAFETY: the CPU has AVX2.
+        unsafe { equal_the_portable_ones("avx2", vector, |_, _, _| {}) }
     }
 }
