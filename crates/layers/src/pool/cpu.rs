@@ -1,12 +1,12 @@
 //! Pooling on the CPU: hand-written loops over each (H, W) plane, forward and backward, as
 //! custom ops. A max window's gradient goes to its first maximum in scan order (or first NaN).
-//! With AVX-512, 2x2 max pooling of whole blocks runs 16 windows per vector (`simd`), and other
-//! max poolings 16 outputs at a time (`gather`): each window tap loaded from its input row for
-//! 16 outputs of an output row (rows of 12 outputs and more, horizontal stride 1 or 2), or
-//! gathered for 16 outputs of a plane or of 16 planes, or, for planes of at most 16 outputs and
-//! 64 inputs, permuted from several whole planes held in two or four registers; all keep the
-//! chosen inputs for the backward pass as PyTorch's `max_pool2d_with_indices`, and give the
-//! same bits as the loops.
+//! With AVX-512, 2x2 max pooling of whole blocks runs 16 windows per vector (`simd`; with AVX2
+//! alone, 8: `avx2`), and other max poolings 16 outputs at a time (`gather`): each window tap
+//! loaded from its input row for 16 outputs of an output row (rows of 12 outputs and more,
+//! horizontal stride 1 or 2), or gathered for 16 outputs of a plane or of 16 planes, or, for
+//! planes of at most 16 outputs and 64 inputs, permuted from several whole planes held in two
+//! or four registers; all keep the chosen inputs for the backward pass as PyTorch's
+//! `max_pool2d_with_indices`, and give the same bits as the loops.
 
 use std::sync::{Arc, OnceLock};
 
@@ -165,8 +165,13 @@ impl Plane {
     fn forward<T: candle_core::WithDType>(&self, x: &[T], y: &mut [T]) {
         #[cfg(target_arch = "x86_64")]
         if let Some((x, y)) = self.max_2x2_f32(x, y) {
-            // SAFETY: the CPU has AVX-512F (checked by `max_2x2_f32`).
-            return unsafe { simd::max_forward(self, x, y) };
+            // SAFETY: the CPU has AVX-512F or AVX2 (checked by `max_2x2_f32`).
+            return unsafe {
+                match avx512() {
+                    true => simd::max_forward(self, x, y),
+                    false => avx2::max_forward(self, x, y),
+                }
+            };
         }
         match self.is_2x2() {
             true => self.forward_2x2(x, y),
@@ -175,7 +180,7 @@ impl Plane {
     }
 
     /// `x` and `y` as f32 when this is a 2x2 max pooling of whole blocks on f32 values and the
-    /// CPU has AVX-512F: the case [`simd`] vectorises.
+    /// CPU has AVX-512F or AVX2: the case [`simd`] and [`avx2`] vectorise.
     #[cfg(target_arch = "x86_64")]
     fn max_2x2_f32<'a, 'b, T: candle_core::WithDType>(
         &self,
@@ -185,7 +190,7 @@ impl Plane {
         if T::DTYPE != candle_core::DType::F32
             || self.pool.kind != PoolKind::Max
             || !self.whole_2x2_blocks()
-            || !avx512()
+            || !(avx512() || avx2::available())
         {
             return None;
         }
@@ -223,8 +228,13 @@ impl Plane {
         if let Some((x, gx)) = self.max_2x2_f32(x, gx) {
             // SAFETY: as in `forward`; `gy` holds f32 values as `x` does.
             let gy = unsafe { std::slice::from_raw_parts(gy.as_ptr().cast::<f32>(), gy.len()) };
-            // SAFETY: the CPU has AVX-512F (checked by `max_2x2_f32`).
-            return unsafe { simd::max_backward(self, x, gy, gx) };
+            // SAFETY: the CPU has AVX-512F or AVX2 (checked by `max_2x2_f32`).
+            return unsafe {
+                match avx512() {
+                    true => simd::max_backward(self, x, gy, gx),
+                    false => avx2::max_backward(self, x, gy, gx),
+                }
+            };
         }
         match self.is_2x2() {
             true => self.backward_2x2(x, gy, gx),
@@ -275,6 +285,9 @@ fn argmax4<T: candle_core::WithDType>(q: [T; 4]) -> usize {
 
 #[cfg(target_arch = "x86_64")]
 use crate::avx512::available as avx512;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 
 /// 2x2 max pooling of whole blocks in AVX-512, 16 windows per vector: the rows' even and odd
 /// columns split by permutes, the first maximum in scan order (or first NaN) chosen by the
@@ -1150,34 +1163,49 @@ mod tests {
                 assert_eq!(bits(&g1), bits(&g2), "{kind:?} {h}x{w} backward");
             }
         }
-        // The AVX-512 max pooling against the window loops: rows of 1 to 20 windows (one
-        // vector and a part), odd sides, ties, NaN (first, later, two in a window), signed
-        // zeros, and a -0.0 gradient.
+        // The AVX-512 and AVX2 max pooling against the window loops: rows of 1 to 20 windows
+        // (one vector and a part, two and a half of AVX2's), odd sides, ties, NaN (first,
+        // later, two in a window), signed zeros, and a -0.0 gradient.
         #[cfg(target_arch = "x86_64")]
-        if avx512() {
-            for (h, w) in [
-                (8, 6),
-                (7, 9),
-                (2, 2),
-                (3, 2),
-                (24, 24),
-                (4, 40),
-                (5, 33),
-                (2, 31),
-            ] {
-                let (_, plane) = Plane::new(Pool2d::max(2, 2), &[1, 1, h, w])?;
-                let (x, gy) = awkward(h * w, plane.oh * plane.ow, 13);
-                let (mut y1, mut y2) = (vec![0f32; gy.len()], vec![0f32; gy.len()]);
-                // SAFETY: the CPU has AVX-512F.
-                unsafe { simd::max_forward(&plane, &x, &mut y1) };
-                plane.forward_windows(&x, &mut y2);
-                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&y1), bits(&y2), "AVX-512 max {h}x{w} forward");
-                let (mut g1, mut g2) = (vec![0f32; x.len()], vec![0f32; x.len()]);
-                // SAFETY: as above.
-                unsafe { simd::max_backward(&plane, &x, &gy, &mut g1) };
-                plane.backward_windows(&x, &gy, &mut g2);
-                assert_eq!(bits(&g1), bits(&g2), "AVX-512 max {h}x{w} backward");
+        {
+            type Kernels = (
+                unsafe fn(&Plane, &[f32], &mut [f32]),
+                unsafe fn(&Plane, &[f32], &[f32], &mut [f32]),
+            );
+            let mut vectors: Vec<(&str, Kernels)> = Vec::new();
+            if avx512() {
+                vectors.push(("AVX-512", (simd::max_forward, simd::max_backward)));
+            }
+            if avx2::available() {
+                vectors.push(("AVX2", (avx2::max_forward, avx2::max_backward)));
+            }
+            for (name, (forward, backward)) in vectors {
+                for (h, w) in [
+                    (8, 6),
+                    (7, 9),
+                    (2, 2),
+                    (3, 2),
+                    (24, 24),
+                    (4, 40),
+                    (5, 33),
+                    (2, 31),
+                    (4, 34),
+                    (6, 28),
+                ] {
+                    let (_, plane) = Plane::new(Pool2d::max(2, 2), &[1, 1, h, w])?;
+                    let (x, gy) = awkward(h * w, plane.oh * plane.ow, 13);
+                    let (mut y1, mut y2) = (vec![0f32; gy.len()], vec![0f32; gy.len()]);
+                    // SAFETY: the CPU has what the kernels need (checked above).
+                    unsafe { forward(&plane, &x, &mut y1) };
+                    plane.forward_windows(&x, &mut y2);
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&y1), bits(&y2), "{name} max {h}x{w} forward");
+                    let (mut g1, mut g2) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+                    // SAFETY: as above.
+                    unsafe { backward(&plane, &x, &gy, &mut g1) };
+                    plane.backward_windows(&x, &gy, &mut g2);
+                    assert_eq!(bits(&g1), bits(&g2), "{name} max {h}x{w} backward");
+                }
             }
         }
         assert!(
