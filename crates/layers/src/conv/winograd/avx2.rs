@@ -61,16 +61,6 @@ unsafe fn neg(v: __m256) -> __m256 {
     _mm256_xor_ps(v, _mm256_set1_ps(-0.0))
 }
 
-/// Stores the first `len` lanes of `v` at `at` (`first`: their mask).
-#[inline(always)]
-unsafe fn store_first(at: *mut f32, (len, first): (usize, __m256i), v: __m256) {
-    if len == LANES {
-        _mm256_storeu_ps(at, v);
-    } else {
-        _mm256_maskstore_ps(at, first, v);
-    }
-}
-
 /// A span's run of tiles as its loads see it: its image, its lanes in the span, and per
 /// row (of the input's patches or the gradient's outputs; none past the image's edge) where
 /// lane 0's first value lies in the image's plane and the loads' masks.
@@ -99,7 +89,7 @@ pub(super) unsafe fn transform_input(
     let plane_len = geo.h * geo.w;
     let vs = stride(c, tb);
     assert!(
-        tb == 0 || v.len() >= 15 * vs + c * tb,
+        tb == 0 || v.len() >= 15 * vs + c * tb + LANES,
         "winograd: transform buffer too short"
     );
     let spans = spans_of(geo, tiles, LANES);
@@ -133,9 +123,8 @@ pub(super) unsafe fn transform_input(
             (tl, len, runs.collect())
         })
         .collect();
-    let firsts: Vec<__m256i> = plan.iter().map(|s| mask(|k| k < s.1 as isize)).collect();
     for ch in 0..c {
-        for ((tl, len, runs), &first) in plan.iter().zip(&firsts) {
+        for (tl, _, runs) in &plan {
             let mut d = [[_mm256_setzero_ps(); 4]; 4];
             let whole = runs.len() == 1;
             for run in runs {
@@ -179,9 +168,13 @@ pub(super) unsafe fn transform_input(
                     _mm256_sub_ps(b, f),
                 ];
                 for (j, val) in vals.into_iter().enumerate() {
-                    // SAFETY: `ch · tb + tl + len <= c · tb` and the position's matrix starts
-                    // at `ξ · vs <= 15 · vs` (`v`'s length asserted above).
-                    store_first(base.add((4 * i + j) * vs), (*len, first), val);
+                    // SAFETY: `ch · tb + tl + 8 <= c · tb + 8` and the position's matrix
+                    // starts at `ξ · vs <= 15 · vs` (`v`'s length asserted above). A span of
+                    // fewer than 8 tiles writes whole vectors too (a masked store costs
+                    // more): the lanes past its tiles land on the next span's, the next
+                    // channel's first ones or, past the last, the matrix's spare values,
+                    // all written (or unused) after this.
+                    _mm256_storeu_ps(base.add((4 * i + j) * vs), val);
                 }
             }
         }
@@ -205,7 +198,7 @@ pub(super) unsafe fn transform_output(
     let spans = spans_of(geo, tiles, LANES);
     let ms = stride(cout, tb);
     assert!(
-        tb == 0 || m.len() >= 15 * ms + cout * tb,
+        tb == 0 || m.len() >= 15 * ms + cout * tb + LANES,
         "winograd: product buffer too short"
     );
     let images = spans.iter().flat_map(|s| &s.2).map(|p| p.1 + 1).max();
@@ -215,10 +208,11 @@ pub(super) unsafe fn transform_output(
     );
     // Per span, the stores of its runs' two output rows: (image, row of the tiles, for the
     // vectors of tiles 0-3 and 4-7 (each tile's left and right value side by side) where their
-    // lane 0 falls in the image's plane, their masks and whether those are full). A run's
-    // tiles are lanes `off .. off + n`: its outputs the values `2·off .. 2·off + count` of the
-    // two vectors, `count` cropped at the right edge.
-    type Store = (usize, usize, [(isize, __m256i, bool); 2]);
+    // lane 0 falls in the image's plane, the mask of the lanes to store and whether that is
+    // all of them; none where it is none). A run's tiles are lanes `off .. off + n`: its
+    // outputs the values `2·off .. 2·off + count` of the two vectors, `count` cropped at the
+    // right edge.
+    type Store = (usize, usize, [Option<(isize, __m256i, bool)>; 2]);
     let plans: Vec<(usize, usize, Vec<Store>)> = spans
         .into_iter()
         .map(|(tl, len, parts)| {
@@ -233,7 +227,9 @@ pub(super) unsafe fn transform_output(
                         let first = 2 * off as isize - 8 * k;
                         let inside = |l: isize| (first..first + count as isize).contains(&l);
                         let full = (0..8).all(inside);
-                        (row - first, mask(inside), full)
+                        (0..8)
+                            .any(inside)
+                            .then(|| (row - first, mask(inside), full))
                     };
                     stores.push((image, i, [half(0), half(1)]));
                 }
@@ -241,16 +237,13 @@ pub(super) unsafe fn transform_output(
             (tl, len, stores)
         })
         .collect();
-    let firsts: Vec<__m256i> = plans.iter().map(|s| mask(|k| k < s.1 as isize)).collect();
     for o in 0..cout {
-        for ((tl, len, stores), &first) in plans.iter().zip(&firsts) {
-            // SAFETY: `o · tb + tl + len <= cout · tb` and the matrices start at
-            // `xi · ms <= 15 · ms` (`m`'s length asserted above).
+        for (tl, _, stores) in &plans {
+            // SAFETY: `o · tb + tl + 8 <= cout · tb + 8` and the matrices start at
+            // `xi · ms <= 15 · ms` (`m`'s length asserted above); the lanes past a span's
+            // tiles are not stored.
             let base = m.as_ptr().add(o * tb + tl);
-            let mv: [__m256; 16] = std::array::from_fn(|xi| match *len == LANES {
-                true => _mm256_loadu_ps(base.add(xi * ms)),
-                false => _mm256_maskload_ps(base.add(xi * ms), first),
-            });
+            let mv: [__m256; 16] = std::array::from_fn(|xi| _mm256_loadu_ps(base.add(xi * ms)));
             // Aᵀ M: 2x4, then (Aᵀ M) A: 2x2, as `super::transform_output_any`.
             let r0: [__m256; 4] =
                 std::array::from_fn(|j| _mm256_add_ps(_mm256_add_ps(mv[j], mv[4 + j]), mv[8 + j]));
@@ -272,7 +265,10 @@ pub(super) unsafe fn transform_output(
             });
             for &(image, i, halves) in stores {
                 let plane = ((image * cout + o) * oh * ow) as isize;
-                for (v, (at, mask, full)) in rows[i].iter().zip(halves) {
+                for (v, half) in rows[i].iter().zip(halves) {
+                    let Some((at, mask, full)) = half else {
+                        continue;
+                    };
                     // SAFETY: the plane lies in `out` (asserted above); the mask keeps the
                     // lanes on the run's outputs in its row.
                     let dst = out.as_mut_ptr().cast::<f32>().wrapping_offset(plane + at);
@@ -302,7 +298,7 @@ pub(super) unsafe fn transform_output_grad(
     let tb = tiles.len();
     let ms = stride(cout, tb);
     assert!(
-        tb == 0 || dm.len() >= 15 * ms + cout * tb,
+        tb == 0 || dm.len() >= 15 * ms + cout * tb + LANES,
         "winograd: transform buffer too short"
     );
     let spans = spans_of(geo, tiles, LANES);
@@ -334,9 +330,8 @@ pub(super) unsafe fn transform_output_grad(
             (tl, len, runs.collect())
         })
         .collect();
-    let firsts: Vec<__m256i> = plan.iter().map(|s| mask(|k| k < s.1 as isize)).collect();
     for o in 0..cout {
-        for ((tl, len, runs), &first) in plan.iter().zip(&firsts) {
+        for (tl, _, runs) in &plan {
             let mut y = [[_mm256_setzero_ps(); 2]; 2];
             let whole = runs.len() == 1;
             for run in runs {
@@ -369,9 +364,10 @@ pub(super) unsafe fn transform_output_grad(
             for (j, (&p, &q)) in t[0].iter().zip(&t[1]).enumerate() {
                 let rows = [p, _mm256_add_ps(p, q), _mm256_sub_ps(p, q), neg(q)];
                 for (i, val) in rows.into_iter().enumerate() {
-                    // SAFETY: `o · tb + tl + len <= cout · tb` and the position's matrix
-                    // starts at `ξ · ms <= 15 · ms` (`dm`'s length asserted above).
-                    store_first(base.add((i * 4 + j) * ms), (*len, first), val);
+                    // SAFETY: `o · tb + tl + 8 <= cout · tb + 8` and the position's matrix
+                    // starts at `ξ · ms <= 15 · ms` (`dm`'s length asserted above); whole
+                    // vectors, as in `transform_input`.
+                    _mm256_storeu_ps(base.add((i * 4 + j) * ms), val);
                 }
             }
         }
