@@ -313,7 +313,8 @@ pub(super) fn convolve(
             let mut vp_buf = vec![0u32; vp_len + 16];
             let vp = aligned(&mut vp_buf, vp_len);
             // Kept by the thread from call to call: the products write every value the
-            // output transform reads.
+            // output transform uses (the AVX2 one also loads a few spare values after a
+            // matrix into lanes it does not store).
             let mut m_buf = TRANSFORMS.take();
             let m_len = 16 * stride(cout, block.min(tiles));
             if m_buf.len() < m_len + 16 {
@@ -502,7 +503,8 @@ thread_local! {
     /// The float32 transforms' buffer of [`weight_grad`] and the products' of [`convolve`],
     /// kept by each thread between calls: allocated anew, each was zero-filled by `calloc` at
     /// every call (megabytes a thread at 512 channels). Only values written in the same call
-    /// are read.
+    /// are used (the AVX2 output transform loads whole vectors, up to 7 spare values after a
+    /// matrix among them, into lanes it discards).
     static TRANSFORMS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
@@ -1929,7 +1931,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     /// Geometries (C, H, W, padding) on which the vector transforms are tested against the
     /// portable ones: image sizes below, at and above one run of tiles, paddings 0 to 2.
-    const VECTOR_CASES: [(usize, usize, usize, usize); 12] = [
+    const VECTOR_CASES: [(usize, usize, usize, usize); 13] = [
         (3, 5, 7, 1),
         (2, 32, 32, 1),
         (2, 36, 35, 2),
@@ -1945,6 +1947,8 @@ mod tests {
         // input's).
         (2, 6, 6, 2),
         (2, 10, 10, 0),
+        // Rows of 7 tiles (the MNIST CNN's 14x14 maps): AVX2 spans of 7.
+        (2, 14, 14, 1),
     ];
 
     #[cfg(target_arch = "x86_64")]
@@ -1956,8 +1960,10 @@ mod tests {
     );
 
     #[cfg(target_arch = "x86_64")]
-    /// `vector`'s transforms equal the portable ones bit for bit on [`VECTOR_CASES`], for
-    /// blocks that start and end inside a tile row; `also(geo, x, range)` checks more on each.
+    /// The transforms given equal the portable ones bit for bit on [`VECTOR_CASES`], for
+    /// blocks that start and end inside a tile row, writing nothing past the buffer lengths
+    /// they assert (a guard after each stays as it was); `also(geo, x, range)` checks more on
+    /// each.
     ///
     /// # Safety
     /// The CPU has what `vector`'s functions need.
@@ -1983,22 +1989,37 @@ mod tests {
                         .flat_map(|xi| v[xi * s..][..rows * tb].to_vec())
                         .collect()
                 };
-                let len = 16 * stride(c, tb);
-                let (mut a, mut b) = (vec![0f32; len], vec![0f32; len]);
+                // The shortest buffer the vector transforms take (8 values past the last
+                // matrix), then a guard of 16.
+                const GUARD: f32 = -1234.5;
+                let shortest = |rows: usize| 15 * stride(rows, tb) + rows * tb + 8;
+                let guarded = |v: &[f32], rows: usize| {
+                    v[shortest(rows)..]
+                        .iter()
+                        .all(|g| g.to_bits() == GUARD.to_bits())
+                };
+                let len = shortest(c) + 16;
+                let (mut a, mut b) = (vec![0f32; len], vec![GUARD; len]);
                 transform_input_any(&geo, &x, range.clone(), &mut a);
-                input(&geo, &x, range.clone(), &mut b);
+                input(&geo, &x, range.clone(), &mut b[..shortest(c)]);
                 assert_eq!(matrices(&a, c), matrices(&b, c), "input {at}");
+                assert!(guarded(&b, c), "input {at}: written past its buffer");
                 also(&geo, &x, range.clone());
-                let len = 16 * stride(cout, tb);
-                let (mut a, mut b) = (vec![0f32; len], vec![0f32; len]);
+                let len = shortest(cout) + 16;
+                let (mut a, mut b) = (vec![0f32; len], vec![GUARD; len]);
                 transform_output_grad_any(&geo, cout, &g, range.clone(), &mut a);
-                output_grad(&geo, cout, &g, range.clone(), &mut b);
+                output_grad(&geo, cout, &g, range.clone(), &mut b[..shortest(cout)]);
                 assert_eq!(matrices(&a, cout), matrices(&b, cout), "output grad {at}");
+                assert!(
+                    guarded(&b, cout),
+                    "output grad {at}: written past its buffer"
+                );
                 let m = values(16 * stride(cout, tb), tb as u32);
                 let unset = MaybeUninit::new(f32::NAN);
                 let (mut a, mut b) = (vec![unset; g.len()], vec![unset; g.len()]);
-                transform_output_any(&geo, cout, &m, range.clone(), &mut a);
-                output(&geo, cout, &m, range.clone(), &mut b);
+                let m = &m[..shortest(cout)];
+                transform_output_any(&geo, cout, m, range.clone(), &mut a);
+                output(&geo, cout, m, range.clone(), &mut b);
                 // SAFETY: every value was initialised (NaN, or written by the transforms).
                 let bits = |v: &[MaybeUninit<f32>]| -> Vec<u32> {
                     v.iter()

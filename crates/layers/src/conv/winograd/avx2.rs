@@ -5,10 +5,15 @@
 //!
 //! A span of up to 8 consecutive tiles ([`super::spans_of`]) fills a vector's lanes; its runs
 //! (a tile row's part) are blended in where a span crosses a tile row. The patches' stride-2
-//! columns come from row loads split into their even and odd values (`vshufps`, `vpermpd`);
-//! loads and stores at a row's edges are masked (`vmaskmovps`), so the padding reads as zero
-//! and nothing outside a row is written. The same operations in the same order as the portable
-//! versions: the results are identical bit for bit (tested).
+//! columns come from row loads split into their even and odd values (`vshufps`, `vpermpd`).
+//! Loads from the image planes (the input, the output's gradient) are masked (`vmaskmovps`) to
+//! the row's values, so the padding reads as zero; stores into the output plane are masked
+//! where a row ends, so nothing outside the run's outputs is written there. The (16, C, tiles)
+//! buffers are written and read as whole vectors, a span of fewer than 8 tiles too: the lanes
+//! past it fall on values written later in the same call or on the spare values after each
+//! matrix ([`super::stride`]), and the buffers must hold 8 values past the last matrix. The
+//! same operations in the same order as the portable versions: the results are identical bit
+//! for bit (tested).
 
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
