@@ -1319,7 +1319,8 @@ fn help_shows_the_recipe_and_negative_values_are_checked() {
         "[default: 0.001]",
         "Training batch size [default: 64]",
         "[default: step]",
-        "StepLR period in epochs [default: 7]",
+        "StepLR period in epochs (--schedule step) [default: 7]",
+        "MultiStepLR milestones in epochs, comma separated (--schedule multistep) [default: 7]",
         "resnet18|resnet34|resnet50|resnet101|resnet152 [default: resnet50]",
     ] {
         assert!(help.contains(default), "{default}: {help}");

@@ -394,10 +394,10 @@ hyperparameters! {
     /// Learning-rate schedule
     #[arg(long, value_enum)]
     schedule: Option<ScheduleKind> = value(|r| r.schedule);
-    /// MultiStepLR milestones in epochs, comma separated
+    /// MultiStepLR milestones in epochs, comma separated (--schedule multistep)
     #[arg(long, value_delimiter = ',')]
     milestones: Option<Vec<usize>> = value(|r| r.milestones.to_vec());
-    /// StepLR period in epochs
+    /// StepLR period in epochs (--schedule step)
     #[arg(long)]
     step_size: Option<usize> = value(|r| r.step_size);
     /// StepLR / MultiStepLR decay factor; ExponentialLR's factor per epoch; ReduceLROnPlateau's
