@@ -2168,7 +2168,10 @@ mod tests {
         assert!(help.starts_with("test\n"), "{help}");
         assert!(help.contains("[default: 1000]"), "{help}");
         assert!(help.contains("lenet5|cnn-mnist"), "{help}");
-        assert!(help.contains("comma separated [default: none]"), "{help}");
+        assert!(
+            help.contains("comma separated (--schedule multistep) [default: none]"),
+            "{help}"
+        );
         let version = RECIPE.command().render_version();
         assert_eq!(
             version.trim(),
