@@ -32,6 +32,8 @@ mod activation_cuda;
 mod adaptive;
 pub mod autocast;
 #[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 mod batch_norm;
 mod bf16_gemm;

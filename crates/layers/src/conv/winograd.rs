@@ -663,7 +663,7 @@ fn transform_input(geo: &Geometry, x: &[f32], tiles: std::ops::Range<usize>, v: 
     if avx512() {
         // SAFETY: the CPU has AVX-512F (checked at run time).
         return unsafe { simd::transform_input(geo, x, tiles, v) };
-    } else if avx2::available() {
+    } else if crate::avx2::available() {
         // SAFETY: the CPU has AVX2 (checked at run time).
         return unsafe { avx2::transform_input(geo, x, tiles, v) };
     }
@@ -682,7 +682,7 @@ fn transform_output(
     if avx512() {
         // SAFETY: the CPU has AVX-512F (checked at run time).
         return unsafe { simd::transform_output(geo, cout, m, tiles, out) };
-    } else if avx2::available() {
+    } else if crate::avx2::available() {
         // SAFETY: the CPU has AVX2 (checked at run time).
         return unsafe { avx2::transform_output(geo, cout, m, tiles, out) };
     }
@@ -798,7 +798,7 @@ fn transform_output_grad(
     if avx512() {
         // SAFETY: the CPU has AVX-512F (checked at run time).
         return unsafe { simd::transform_output_grad(geo, cout, g, tiles, dm) };
-    } else if avx2::available() {
+    } else if crate::avx2::available() {
         // SAFETY: the CPU has AVX2 (checked at run time).
         return unsafe { avx2::transform_output_grad(geo, cout, g, tiles, dm) };
     }
@@ -2070,7 +2070,7 @@ mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn the_avx2_transforms_equal_the_portable_ones() -> candle_core::Result<()> {
-        if !avx2::available() {
+        if !crate::avx2::available() {
             eprintln!("skipped: this CPU lacks AVX2");
             return Ok(());
         }

@@ -190,7 +190,7 @@ impl Plane {
         if T::DTYPE != candle_core::DType::F32
             || self.pool.kind != PoolKind::Max
             || !self.whole_2x2_blocks()
-            || !(avx512() || avx2::available())
+            || !(avx512() || crate::avx2::available())
         {
             return None;
         }
@@ -1176,7 +1176,7 @@ mod tests {
             if avx512() {
                 vectors.push(("AVX-512", (simd::max_forward, simd::max_backward)));
             }
-            if avx2::available() {
+            if crate::avx2::available() {
                 vectors.push(("AVX2", (avx2::max_forward, avx2::max_backward)));
             }
             for (name, (forward, backward)) in vectors {

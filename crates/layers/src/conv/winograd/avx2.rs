@@ -19,22 +19,7 @@ use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
 use super::{spans_of, stride, Geometry};
-
-/// Tiles per vector.
-const LANES: usize = 8;
-
-/// Whether this CPU has AVX2 (asked once).
-pub(super) fn available() -> bool {
-    static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVX2.get_or_init(|| is_x86_feature_detected!("avx2"))
-}
-
-/// A `vmaskmovps` mask of the lanes `k` for which `lane(k)` holds.
-#[inline(always)]
-unsafe fn mask(lane: impl Fn(isize) -> bool) -> __m256i {
-    let m: [i32; LANES] = std::array::from_fn(|k| -i32::from(lane(k as isize)));
-    _mm256_loadu_si256(m.as_ptr().cast())
-}
+use crate::avx2::{even_odd, interleave, mask, LANES};
 
 /// The lanes of an 8-lane load from column `x` of a row of `w` values that lie inside the row.
 #[inline(always)]
@@ -46,18 +31,6 @@ unsafe fn row_mask(w: usize, x: isize) -> __m256i {
 #[inline(always)]
 unsafe fn lanes(off: usize, n: usize) -> __m256 {
     _mm256_castsi256_ps(mask(|k| (off as isize..(off + n) as isize).contains(&k)))
-}
-
-/// The even values of `a` then `b` (`a0, a2, a4, a6, b0, ... b6`), and the odd ones.
-#[inline(always)]
-unsafe fn even_odd(a: __m256, b: __m256) -> (__m256, __m256) {
-    // Within each 128-bit half: a0 a2 b0 b2 | a4 a6 b4 b6; then the 64-bit pairs reordered.
-    let e = _mm256_castps_pd(_mm256_shuffle_ps::<0x88>(a, b));
-    let o = _mm256_castps_pd(_mm256_shuffle_ps::<0xdd>(a, b));
-    (
-        _mm256_castpd_ps(_mm256_permute4x64_pd::<0xd8>(e)),
-        _mm256_castpd_ps(_mm256_permute4x64_pd::<0xd8>(o)),
-    )
 }
 
 /// `-v`, by its sign bit (as the portable `-v`).
@@ -258,15 +231,8 @@ pub(super) unsafe fn transform_output(
             let rows: [[__m256; 2]; 2] = [r0, r1].map(|[a, b, e, f]| {
                 let left = _mm256_add_ps(_mm256_add_ps(a, b), e);
                 let right = _mm256_sub_ps(_mm256_sub_ps(b, e), f);
-                // l0 r0 l1 r1 | l4 r4 l5 r5 and l2 r2 l3 r3 | l6 r6 l7 r7, then tiles 0-3, 4-7.
-                let (lo, hi) = (
-                    _mm256_unpacklo_ps(left, right),
-                    _mm256_unpackhi_ps(left, right),
-                );
-                [
-                    _mm256_permute2f128_ps::<0x20>(lo, hi),
-                    _mm256_permute2f128_ps::<0x31>(lo, hi),
-                ]
+                // Each tile's left and right value side by side: tiles 0-3, then 4-7.
+                interleave(left, right)
             });
             for &(image, i, halves) in stores {
                 let plane = ((image * cout + o) * oh * ow) as isize;

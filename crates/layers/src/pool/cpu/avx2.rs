@@ -6,22 +6,7 @@
 use std::arch::x86_64::*;
 
 use super::Plane;
-
-/// Windows per vector.
-const LANES: usize = 8;
-
-/// Whether this CPU has AVX2 (asked once).
-pub(super) fn available() -> bool {
-    static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVX2.get_or_init(|| is_x86_feature_detected!("avx2"))
-}
-
-/// The mask of the first `n` lanes (`n` at most 8).
-#[inline(always)]
-unsafe fn first(n: usize) -> __m256i {
-    let m: [i32; LANES] = std::array::from_fn(|k| -i32::from(k < n));
-    _mm256_loadu_si256(m.as_ptr().cast())
-}
+use crate::avx2::{even_odd, first, interleave as pairs, LANES};
 
 /// `row[0..2n]`'s even and odd values, lane `k` from `row[2k]` and `row[2k + 1]` (`n` at
 /// most 8); the lanes past `n` hold what follows in `row` where it has 16 values (whole loads,
@@ -45,13 +30,7 @@ unsafe fn split(row: &[f32], n: usize) -> (__m256, __m256) {
             },
         ),
     };
-    // Within each 128-bit half: a0 a2 b0 b2 | a4 a6 b4 b6; then the 64-bit pairs reordered.
-    let e = _mm256_castps_pd(_mm256_shuffle_ps::<0x88>(a, b));
-    let o = _mm256_castps_pd(_mm256_shuffle_ps::<0xdd>(a, b));
-    (
-        _mm256_castpd_ps(_mm256_permute4x64_pd::<0xd8>(e)),
-        _mm256_castpd_ps(_mm256_permute4x64_pd::<0xd8>(o)),
-    )
+    even_odd(a, b)
 }
 
 /// The windows' maxima and which of their four values (0-3, scan order) each is, as all-ones
@@ -112,10 +91,7 @@ pub(super) unsafe fn max_forward(plane: &Plane, x: &[f32], y: &mut [f32]) {
 #[inline(always)]
 unsafe fn interleave(row: &mut [f32], n: usize, even: __m256, odd: __m256) {
     let count = 2 * n;
-    // e0 o0 e1 o1 | e4 o4 e5 o5 and e2 o2 e3 o3 | e6 o6 e7 o7, then lanes 0-3 and 4-7.
-    let (lo, hi) = (_mm256_unpacklo_ps(even, odd), _mm256_unpackhi_ps(even, odd));
-    let low = _mm256_permute2f128_ps::<0x20>(lo, hi);
-    let high = _mm256_permute2f128_ps::<0x31>(lo, hi);
+    let [low, high] = pairs(even, odd);
     // SAFETY (caller): `row` holds `2n` values; only those lanes are written, or 16 where it
     // holds them.
     if row.len() >= 2 * LANES {
