@@ -5,9 +5,13 @@
 //! loaded from its input row for 16 outputs of an output row (rows of 12 outputs and more,
 //! horizontal stride 1 or 2), or gathered for 16 outputs of a plane or of 16 planes, or, for
 //! planes of at most 16 outputs and 64 inputs, permuted from several whole planes held in two
-//! or four registers; all keep the chosen inputs for the backward pass as PyTorch's
-//! `max_pool2d_with_indices`, and give the same bits as the loops.
+//! or four registers; with AVX2 alone, other max poolings of planes up to 64x64 run 8 planes
+//! at a time, one a lane, from a transposed copy of the planes (`avx2::max_forward_across`).
+//! These keep the chosen inputs for the backward pass as PyTorch's `max_pool2d_with_indices`
+//! (the backward then only adds the gradients there), and all give the same bits as the loops.
 
+#[cfg(target_arch = "x86_64")]
+use std::mem::MaybeUninit;
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
@@ -867,6 +871,18 @@ fn gather_taps<T: candle_core::WithDType>(plane: &Plane) -> Option<gather::Taps>
     applies.then(|| gather::Taps::new(plane)).flatten()
 }
 
+/// The window table for a max pooling on f32 with AVX2 but not AVX-512, where the 2x2
+/// kernels do not apply, on planes small enough ([`avx2::ACROSS_INPUTS`]).
+#[cfg(target_arch = "x86_64")]
+fn avx2_windows<T: candle_core::WithDType>(plane: &Plane) -> Option<avx2::Windows> {
+    let applies = T::DTYPE == candle_core::DType::F32
+        && plane.pool.kind == PoolKind::Max
+        && !plane.whole_2x2_blocks()
+        && !avx512()
+        && crate::avx2::available();
+    applies.then(|| avx2::Windows::new(plane)).flatten()
+}
+
 fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T]> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
@@ -874,7 +890,8 @@ fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [
     }
 }
 
-/// A pooling on the CPU. Where the gathered AVX-512 max pooling runs, the forward pass keeps
+/// A pooling on the CPU. Where a max pooling kernel that keeps its choices runs (AVX-512's
+/// gathered kernels, AVX2's across planes), the forward pass keeps
 /// each output's chosen input (as PyTorch's `max_pool2d_with_indices`) and the backward pass
 /// only adds the gradients there.
 pub(super) struct PoolOp {
@@ -912,6 +929,58 @@ impl PoolOp {
         }
     }
 
+    /// A max pooling on f32 whose `kernel(x, y, chosen)` pools the planes `x` into `y` and
+    /// writes each output's chosen input (its index in the plane) into `chosen`, every one of
+    /// them, `group` planes a task: the outputs, ReLU'd if asked, with the choices kept for
+    /// the backward pass. `kernel` must write every output and choice of its planes (the
+    /// outputs are read as written).
+    #[cfg(target_arch = "x86_64")]
+    fn with_choices<T: candle_core::WithDType>(
+        &self,
+        x: &[T],
+        planes: usize,
+        plane: &Plane,
+        group: usize,
+        shape: Shape,
+        kernel: impl Fn(&[f32], &mut [MaybeUninit<f32>], &mut [MaybeUninit<i32>]) + Sync,
+    ) -> Result<(Vec<T>, Shape)> {
+        if T::DTYPE != candle_core::DType::F32 {
+            candle_core::bail!("pooling: the vector kernels take f32, not {:?}", T::DTYPE)
+        }
+        // SAFETY: `T` is f32 (checked above).
+        let x = unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) };
+        let (ohw, hw) = (plane.oh * plane.ow, plane.h * plane.w);
+        let n = planes * ohw;
+        let (mut y, mut chosen) = (Vec::<f32>::with_capacity(n), Vec::<i32>::with_capacity(n));
+        let chunk = (group.max(1) * ohw).max(1);
+        y.spare_capacity_mut()[..n]
+            .par_chunks_mut(chunk)
+            .zip(chosen.spare_capacity_mut()[..n].par_chunks_mut(chunk))
+            .enumerate()
+            .for_each(|(i, (y, chosen))| {
+                let count = y.len() / ohw.max(1);
+                kernel(&x[i * group.max(1) * hw..][..count * hw], y, chosen)
+            });
+        // SAFETY: the kernels wrote every plane's outputs (their contract).
+        unsafe {
+            y.set_len(n);
+            chosen.set_len(n);
+        }
+        if self.relu {
+            y.par_chunks_mut(ohw.max(1))
+                .for_each(|y| self.relu_plane(y));
+        }
+        if self.chosen.set(Arc::new(chosen)).is_err() {
+            candle_core::bail!("pooling: the op ran twice")
+        }
+        // SAFETY: `T` is f32 (checked above).
+        let y: Vec<T> = unsafe {
+            let mut y = std::mem::ManuallyDrop::new(y);
+            Vec::from_raw_parts(y.as_mut_ptr().cast::<T>(), y.len(), y.capacity())
+        };
+        Ok((y, shape))
+    }
+
     pub(super) fn run<T: candle_core::WithDType>(
         &self,
         x: &[T],
@@ -924,8 +993,6 @@ impl PoolOp {
         let shape = Shape::from((d[0], d[1], plane.oh, plane.ow));
         #[cfg(target_arch = "x86_64")]
         if let Some(taps) = gather_taps::<T>(&plane) {
-            let n = planes * ohw;
-            let (mut y, mut chosen) = (Vec::<f32>::with_capacity(n), Vec::<i32>::with_capacity(n));
             // Planes of at most 16 outputs and 64 inputs several to a vector, their taps
             // permuted from registers; other planes of fewer than 16 outputs 16 at a time, one
             // a lane (where 16 planes' indices fit the gather's i32 offsets); others one at a
@@ -937,48 +1004,37 @@ impl PoolOp {
                 None if ohw < 16 && hw.saturating_mul(16) < i32::MAX as usize => 16,
                 None => 1,
             };
-            y.spare_capacity_mut()[..n]
-                .par_chunks_mut((group * ohw).max(1))
-                .zip(chosen.spare_capacity_mut()[..n].par_chunks_mut((group * ohw).max(1)))
-                .enumerate()
-                .for_each(|(i, (y, chosen))| {
-                    let count = y.len() / ohw.max(1);
-                    let x = &x[i * group * hw..][..count * hw];
-                    // SAFETY: `T` is f32 (checked by `gather_taps`), so `x` holds f32 values;
-                    // the CPU has AVX-512F; the kernels write every output of the planes.
-                    unsafe {
-                        let x = std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len());
-                        match (&packed, group) {
-                            (Some(p), _) => gather::max_forward_packed(p, count, x, y, chosen),
-                            (None, 1) if plane.ow >= ROWS_FROM && plane.pool.stride.1 == 1 => {
-                                gather::max_forward_rows::<1>(&plane, x, y, chosen)
-                            }
-                            (None, 1) if plane.ow >= ROWS_FROM && plane.pool.stride.1 == 2 => {
-                                gather::max_forward_rows::<2>(&plane, x, y, chosen)
-                            }
-                            (None, 1) => gather::max_forward(&taps, x, y, chosen),
-                            _ => gather::max_forward_across(&taps, hw, count, x, y, chosen),
+            return self.with_choices(x, planes, &plane, group, shape, |x, y, chosen| {
+                let count = y.len() / ohw.max(1);
+                // SAFETY: the CPU has AVX-512F (checked by `gather_taps`); `x` holds the
+                // `count` planes whose outputs are `y` and `chosen`; the kernels write every
+                // output of the planes.
+                unsafe {
+                    match (&packed, group) {
+                        (Some(p), _) => gather::max_forward_packed(p, count, x, y, chosen),
+                        (None, 1) if plane.ow >= ROWS_FROM && plane.pool.stride.1 == 1 => {
+                            gather::max_forward_rows::<1>(&plane, x, y, chosen)
                         }
+                        (None, 1) if plane.ow >= ROWS_FROM && plane.pool.stride.1 == 2 => {
+                            gather::max_forward_rows::<2>(&plane, x, y, chosen)
+                        }
+                        (None, 1) => gather::max_forward(&taps, x, y, chosen),
+                        _ => gather::max_forward_across(&taps, hw, count, x, y, chosen),
                     }
-                });
-            // SAFETY: every plane's outputs were written above.
-            unsafe {
-                y.set_len(n);
-                chosen.set_len(n);
-            }
-            if self.relu {
-                y.par_chunks_mut(ohw.max(1))
-                    .for_each(|y| self.relu_plane(y));
-            }
-            if self.chosen.set(Arc::new(chosen)).is_err() {
-                candle_core::bail!("pooling: the op ran twice")
-            }
-            // SAFETY: `T` is f32 (checked by `gather_taps`).
-            let y: Vec<T> = unsafe {
-                let mut y = std::mem::ManuallyDrop::new(y);
-                Vec::from_raw_parts(y.as_mut_ptr().cast::<T>(), y.len(), y.capacity())
-            };
-            return Ok((y, shape));
+                }
+            });
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(windows) = avx2_windows::<T>(&plane) {
+            // Enough planes a task that the transposed buffers are made once for several
+            // groups of 8, and tasks enough for the threads.
+            let group = (8 * 1024 / hw).clamp(8, 256) / 8 * 8;
+            return self.with_choices(x, planes, &plane, group, shape, |x, y, chosen| {
+                let count = y.len() / ohw.max(1);
+                // SAFETY: the CPU has AVX2 (checked by `avx2_windows`); `x` holds the `count`
+                // planes whose outputs are `y` and `chosen`.
+                unsafe { avx2::max_forward_across(&windows, count, x, y, chosen) }
+            });
         }
         let y = crate::fill::par_init(planes * ohw, ohw, T::zero(), |i, y| {
             plane.forward(&x[i * hw..][..hw], y);
@@ -1310,17 +1366,11 @@ mod tests {
         }
     }
 
-    /// The gathered AVX-512 max pooling gives the window loops' results bit for bit, forward
-    /// and backward: overlapping windows (3x3 stride 2, as ResNet's stem; stride 1), padding,
-    /// ceil mode, non-square kernels and strides, planes of 1 to 40 outputs, ties, NaN (first,
-    /// later, several in a window), signed zeros and a -0.0 gradient.
+    /// The max poolings the vector kernels are tested on: overlapping windows (3x3 stride 2, as
+    /// ResNet's stem; stride 1), padding, ceil mode, non-square kernels and strides.
     #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn the_gathered_max_pooling_equals_the_window_loops() -> Result<()> {
-        if !avx512() {
-            return Ok(());
-        }
-        let pools = [
+    fn pools() -> [Pool2d; 11] {
+        [
             Pool2d::max(3, 2).padding(1),
             Pool2d::max(3, 2),
             Pool2d::max(3, 2).ceil_mode(true),
@@ -1342,20 +1392,36 @@ mod tests {
                 padding: (1, 1),
                 ..Pool2d::max(2, 2)
             },
-        ];
-        for pool in pools {
-            for (h, w) in [
-                (16, 16),
-                (7, 9),
-                (3, 3),
-                (5, 4),
-                (12, 13),
-                (6, 40),
-                (1, 1),
-                (2, 2),
-                (4, 4),
-                (2, 3),
-            ] {
+        ]
+    }
+
+    /// The (H, W) maps they are tested on: 1 to 40 outputs, square and not, odd sides.
+    #[cfg(target_arch = "x86_64")]
+    const MAPS: [(usize, usize); 10] = [
+        (16, 16),
+        (7, 9),
+        (3, 3),
+        (5, 4),
+        (12, 13),
+        (6, 40),
+        (1, 1),
+        (2, 2),
+        (4, 4),
+        (2, 3),
+    ];
+
+    /// The gathered AVX-512 max pooling gives the window loops' results bit for bit, forward
+    /// and backward: overlapping windows (3x3 stride 2, as ResNet's stem; stride 1), padding,
+    /// ceil mode, non-square kernels and strides, planes of 1 to 40 outputs, ties, NaN (first,
+    /// later, several in a window), signed zeros and a -0.0 gradient.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_gathered_max_pooling_equals_the_window_loops() -> Result<()> {
+        if !avx512() {
+            return Ok(());
+        }
+        for pool in pools() {
+            for (h, w) in MAPS {
                 let Ok((_, plane)) = Plane::new(pool, &[1, 1, h, w]) else {
                     continue;
                 };
@@ -1455,6 +1521,42 @@ mod tests {
                 scatter(&chosen, &gy, &mut g1);
                 plane.backward_windows(&x, &gy, &mut g2);
                 assert_eq!(bits(&g1), bits(&g2), "{what} backward");
+            }
+        }
+        Ok(())
+    }
+
+    /// The AVX2 max pooling of small planes, 8 at a time, one a lane, gives the window loops'
+    /// results bit for bit, forward and backward, on the gathered kernels' poolings and maps
+    /// and a 64x64 one (the largest it takes): 1 to 17 planes (a group of 8 and a part, two
+    /// and one more), each with its NaNs, ties and signed zeros in other places.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx2_max_pooling_across_planes_equals_the_window_loops() -> Result<()> {
+        if !crate::avx2::available() {
+            return Ok(());
+        }
+        for pool in pools() {
+            for (h, w) in MAPS.into_iter().chain([(64, 64), (65, 64)]) {
+                let Ok((_, plane)) = Plane::new(pool, &[1, 1, h, w]) else {
+                    continue;
+                };
+                let Some(windows) = avx2::Windows::new(&plane) else {
+                    assert!(h * w > avx2::ACROSS_INPUTS, "{pool:?} {h}x{w}");
+                    continue;
+                };
+                let what = format!("{pool:?} {h}x{w} AVX2 across");
+                let counts: &[usize] = match h * w > 1024 {
+                    true => &[3, 9],
+                    false => &[1, 3, 8, 9, 17],
+                };
+                for &count in counts {
+                    many_planes(&plane, count, &what, |x, y, c| {
+                        // SAFETY: the CPU has AVX2; `x` holds `count` planes, `y` and `c`
+                        // their outputs.
+                        unsafe { avx2::max_forward_across(&windows, count, x, y, c) }
+                    });
+                }
             }
         }
         Ok(())

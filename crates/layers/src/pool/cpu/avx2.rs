@@ -1,9 +1,12 @@
 //! 2x2 max pooling of whole blocks in AVX2 for CPUs without AVX-512, 8 windows per vector: the
 //! rows' even and odd columns split by shuffles, the first maximum in scan order (or first NaN)
 //! chosen by the comparisons [`super::argmax4`] makes, in the same order, so the results are
-//! its bit for bit (as [`super::simd`]'s 16 windows per vector on AVX-512).
+//! its bit for bit (as [`super::simd`]'s 16 windows per vector on AVX-512). Other max poolings
+//! of small planes run 8 planes at a time, one a lane ([`max_forward_across`]), keeping each
+//! output's chosen input for the backward pass, as the AVX-512 gathered kernels do.
 
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
 use super::Plane;
 use crate::avx2::{even_odd, first, interleave as pairs, LANES};
@@ -135,6 +138,120 @@ pub(super) unsafe fn max_backward(plane: &Plane, x: &[f32], gy: &[f32], gx: &mut
                 std::array::from_fn(|k| _mm256_add_ps(zero, _mm256_and_ps(at[k], g)));
             interleave(&mut gx[2 * i * w + 2 * j..], n, d[0], d[1]);
             interleave(&mut gx[(2 * i + 1) * w + 2 * j..], n, d[2], d[3]);
+        }
+    }
+}
+
+/// Inputs per plane up to which [`max_forward_across`] runs (its transposed planes, 8 of them,
+/// then take 8 x 16 KiB, a quarter of Zen 1's L2): 64x64 maps, GoogLeNet's and ResNet's
+/// poolings on 32x32 images (16x16 and smaller maps there).
+pub(super) const ACROSS_INPUTS: usize = 4096;
+
+/// Max pooling of any window, stride and padding on planes of at most [`ACROSS_INPUTS`]
+/// inputs: each output's window taps (input indices in the plane, scan order), the same for
+/// every plane, for [`max_forward_across`].
+pub(super) struct Windows {
+    /// Output `o`'s taps are `taps[starts[o]..starts[o + 1]]`.
+    starts: Vec<u32>,
+    /// Each below `hw`, each window's in scan order, none empty.
+    taps: Vec<u32>,
+    pub(super) hw: usize,
+    pub(super) outputs: usize,
+}
+
+impl Windows {
+    /// The table for `plane`, or `None` where it has more than [`ACROSS_INPUTS`] inputs, no
+    /// outputs, or an empty window (not with PyTorch's limits on padding).
+    pub(super) fn new(plane: &Plane) -> Option<Self> {
+        let (hw, outputs) = (plane.h * plane.w, plane.oh * plane.ow);
+        if hw == 0 || hw > ACROSS_INPUTS || outputs == 0 {
+            return None;
+        }
+        let mut starts = Vec::with_capacity(outputs + 1);
+        let mut taps = Vec::new();
+        for i in 0..plane.oh {
+            for j in 0..plane.ow {
+                let win = plane.window(i, j);
+                if win.h0 >= win.h1 || win.w0 >= win.w1 {
+                    return None;
+                }
+                starts.push(taps.len() as u32);
+                for r in win.h0..win.h1 {
+                    taps.extend((win.w0..win.w1).map(|c| (r * plane.w + c) as u32));
+                }
+            }
+        }
+        starts.push(taps.len() as u32);
+        Some(Self {
+            starts,
+            taps,
+            hw,
+            outputs,
+        })
+    }
+}
+
+/// Max pooling of `count` planes `x` (each of `windows.hw` inputs) into `y`, with each output's
+/// chosen input (its index in the plane) in `chosen`, 8 planes at a time, one a lane: the 8
+/// planes transposed (input `k` of each side by side), so that every tap of every window is
+/// one load for the 8 planes, the same window in every lane; each lane's first maximum in scan
+/// order (or first NaN) kept by the comparisons [`Plane::argmax`] makes, in its order, so the
+/// same bits; then the outputs and choices transposed back. (GoogLeNet's 3x3 poolings of 8x8
+/// to 1x1 maps on 32x32 images, where vectors of one plane's outputs would be mostly empty.)
+///
+/// # Safety
+/// The CPU has AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn max_forward_across(
+    windows: &Windows,
+    count: usize,
+    x: &[f32],
+    y: &mut [MaybeUninit<f32>],
+    chosen: &mut [MaybeUninit<i32>],
+) {
+    let (hw, outputs) = (windows.hw, windows.outputs);
+    assert!(x.len() >= count * hw && y.len() >= count * outputs);
+    assert!(chosen.len() >= count * outputs);
+    // Input `k` of lane `l`'s plane at `k * 8 + l`; the outputs and choices likewise.
+    let mut t = vec![0f32; hw * LANES];
+    let mut best_t = vec![0f32; outputs * LANES];
+    let mut at_t = vec![0i32; outputs * LANES];
+    for g in (0..count).step_by(LANES) {
+        let planes = (count - g).min(LANES);
+        // The lanes past `planes` keep the previous planes' values: computed, never stored.
+        for (l, p) in x[g * hw..][..planes * hw].chunks_exact(hw).enumerate() {
+            for (k, v) in p.iter().enumerate() {
+                t[k * LANES + l] = *v;
+            }
+        }
+        for o in 0..outputs {
+            let taps = &windows.taps[windows.starts[o] as usize..windows.starts[o + 1] as usize];
+            // SAFETY: every tap is below `hw` (`Windows::new`), and `t` holds `hw * 8`.
+            let mut best = _mm256_loadu_ps(t.as_ptr().add(taps[0] as usize * LANES));
+            let mut at = _mm256_castsi256_ps(_mm256_set1_epi32(taps[0] as i32));
+            let mut nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(best, best);
+            for &k in &taps[1..] {
+                // SAFETY: as above.
+                let v = _mm256_loadu_ps(t.as_ptr().add(k as usize * LANES));
+                let is_nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v);
+                let greater = _mm256_cmp_ps::<_CMP_GT_OQ>(v, best);
+                let take = _mm256_andnot_ps(nan, _mm256_or_ps(greater, is_nan));
+                best = _mm256_blendv_ps(best, v, take);
+                let index = _mm256_castsi256_ps(_mm256_set1_epi32(k as i32));
+                at = _mm256_blendv_ps(at, index, take);
+                nan = _mm256_or_ps(nan, _mm256_and_ps(take, is_nan));
+            }
+            // SAFETY: `best_t` and `at_t` hold `outputs * 8`.
+            _mm256_storeu_ps(best_t.as_mut_ptr().add(o * LANES), best);
+            _mm256_storeu_ps(at_t.as_mut_ptr().add(o * LANES).cast(), at);
+        }
+        let y = y[g * outputs..][..planes * outputs].chunks_exact_mut(outputs);
+        let c = chosen[g * outputs..][..planes * outputs].chunks_exact_mut(outputs);
+        for (l, (y, c)) in y.zip(c).enumerate() {
+            for (o, (y, c)) in y.iter_mut().zip(c).enumerate() {
+                y.write(best_t[o * LANES + l]);
+                c.write(at_t[o * LANES + l]);
+            }
         }
     }
 }
