@@ -1,18 +1,19 @@
 //! A network's first convolution (one to four input channels: grey or RGB images, which need
-//! no gradient) as a direct convolution in AVX-512, without `im2col`.
+//! no gradient) as a direct convolution in AVX-512 (or AVX2 and FMA, 8 positions a vector, on
+//! CPUs without AVX-512), without `im2col`.
 //!
 //! With so few input channels the image-by-image `im2col` + GEMM spends most of its time
 //! copying: the columns of a 7x7 stride-2 kernel over 3 channels have 147 rows of 16-value runs
 //! read with a stride, and the products have an inner dimension of 9 to 147. Here each image is
 //! copied once into a padded buffer, its columns split by phase for a stride (`x[.., j·s + p]`
 //! as plane `p`, so that every tap reads a contiguous run), and 16 output positions of a row
-//! are one vector:
-//! - forward: for 8 output channels and two such vectors at a time, every tap's input run is
-//!   loaded once and multiplied by the 8 channels' weights (broadcast);
-//! - kernel gradient: for 4 output channels and 4 taps at a time, the output gradient's and the
-//!   input's runs multiplied lane by lane over all positions, summed per lane, the 16 lanes
-//!   added once at the end (per thread, the threads' fixed shares of the batch added in order:
-//!   the same bits on every run for a given thread count);
+//! are one vector (8 with AVX2):
+//! - forward: for 8 output channels and two such vectors at a time (one with AVX2), every
+//!   tap's input run is loaded once and multiplied by the 8 channels' weights (broadcast);
+//! - kernel gradient: for 4 output channels and 4 taps at a time (2 with AVX2), the output
+//!   gradient's and the input's runs multiplied lane by lane over all positions, summed per
+//!   lane, the lanes added once at the end (per thread, the threads' fixed shares of the batch
+//!   added in order: the same bits on every run for a given thread count and CPU);
 //! - input gradient (only when the input needs one, which the routing avoids): the built-in
 //!   image-by-image convolution's.
 //!
@@ -65,6 +66,13 @@ pub fn set_direct_first_layer(on: bool) -> bool {
     ENABLED.with(|e| e.replace(on))
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Whether this thread's direct convolutions take the AVX2 kernels on a CPU with AVX-512
+    /// too (for tests of both).
+    pub(crate) static AVX2_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Whether first layers of output rows of 8 or more run here on this thread (for tests that
 /// tell the paths apart).
 #[cfg(test)]
@@ -72,19 +80,55 @@ pub(crate) fn active() -> bool {
     available() && ENABLED.with(|e| e.get())
 }
 
-/// Whether this CPU runs the AVX-512 kernels.
-fn available() -> bool {
+/// The kernels this CPU runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+enum Isa {
+    /// AVX-512F: 16 positions a vector.
+    Avx512,
+    /// AVX2 and FMA: 8 positions a vector.
+    Avx2,
+}
+
+impl Isa {
+    /// Output positions per vector (a run's most).
+    fn lanes(self) -> usize {
+        match self {
+            Isa::Avx512 => 16,
+            Isa::Avx2 => 8,
+        }
+    }
+}
+
+/// The kernels this CPU runs (AVX-512F, else AVX2 and FMA), if any.
+fn isa() -> Option<Isa> {
     #[cfg(target_arch = "x86_64")]
     {
-        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVAILABLE.get_or_init(|| is_x86_feature_detected!("avx512f"))
+        static ISA: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
+        let isa = *ISA.get_or_init(|| {
+            let avx2 = crate::avx2::available() && is_x86_feature_detected!("fma");
+            match crate::avx512::available() {
+                true => Some(Isa::Avx512),
+                false => avx2.then_some(Isa::Avx2),
+            }
+        });
+        #[cfg(test)]
+        if AVX2_ONLY.with(|a| a.get()) && isa.is_some() {
+            return Some(Isa::Avx2);
+        }
+        isa
     }
     #[cfg(not(target_arch = "x86_64"))]
-    false
+    None
+}
+
+/// Whether this CPU runs the direct convolution (AVX-512F, or AVX2 and FMA).
+fn available() -> bool {
+    isa().is_some()
 }
 
 /// Whether a convolution of this geometry whose input needs no gradient (`x_tracked` false)
-/// runs here: one to four input channels, output rows of 8 or more, AVX-512.
+/// runs here: one to four input channels, output rows of 8 or more, AVX-512 or AVX2.
 pub(super) fn applies(geo: &Geometry, x_tracked: bool) -> bool {
     !x_tracked
         && (1..=MAX_CHANNELS).contains(&geo.c)
@@ -114,13 +158,16 @@ struct Plan {
     wq: usize,
     /// Offset of each tap `(c, ki, kj)` (in the kernel's order) for output (0, 0).
     taps: Vec<usize>,
-    /// Each run of up to 16 output positions: (offset of its first output in a plane of the
-    /// output, offset of its first input for tap offset 0, mask of its lanes).
+    /// Each run of up to 16 output positions (8 with AVX2): (offset of its first output in a
+    /// plane of the output, offset of its first input for tap offset 0, mask of its lanes).
     runs: Vec<(usize, usize, u16)>,
+    /// The kernels that run (the runs' length).
+    isa: Isa,
 }
 
 impl Direct {
-    fn layout(&self) -> Plan {
+    /// The plan for `isa`'s kernels.
+    fn layout(&self, isa: Isa) -> Plan {
         let g = &self.geo;
         let s = g.stride;
         let hp = (g.oh - 1) * s + g.kh;
@@ -134,9 +181,10 @@ impl Direct {
             }
         }
         let mut runs = Vec::new();
+        let most = isa.lanes();
         for oy in 0..g.oh {
-            for ox in (0..g.ow).step_by(16) {
-                let lanes = (g.ow - ox).min(16);
+            for ox in (0..g.ow).step_by(most) {
+                let lanes = (g.ow - ox).min(most);
                 let mask = if lanes == 16 {
                     u16::MAX
                 } else {
@@ -145,7 +193,13 @@ impl Direct {
                 runs.push((oy * g.ow + ox, oy * s * wq + ox, mask));
             }
         }
-        Plan { hp, wq, taps, runs }
+        Plan {
+            hp,
+            wq,
+            taps,
+            runs,
+            isa,
+        }
     }
 
     /// One image's padded, phase-split copy: plane `(c, p)` row `y` value `j` is the padded
@@ -192,10 +246,10 @@ impl Direct {
         packed
     }
 
-    /// (N, O, OH, OW) output.
-    fn forward(&self, x: &[f32], w: &[f32], n: usize) -> Vec<f32> {
+    /// (N, O, OH, OW) output, by `isa`'s kernels.
+    fn forward(&self, isa: Isa, x: &[f32], w: &[f32], n: usize) -> Vec<f32> {
         let g = &self.geo;
-        let lay = self.layout();
+        let lay = self.layout(isa);
         let packed = self.pack_kernel(w);
         let per_image = self.cout * g.oh * g.ow;
         crate::profile::gemm_flops(2 * n * per_image * g.row_len());
@@ -205,31 +259,29 @@ impl Direct {
             time(Part::Im2col, || {
                 self.pad_image(&lay, &x[i * img_len..][..img_len], &mut xp)
             });
-            // SAFETY: `available()` (checked by the routing) says AVX-512F runs here; the kernel
-            // writes every value of `out` (each output channel's every run).
+            let out = out.as_mut_ptr().cast();
+            // SAFETY: `isa` (from `isa()`, checked by the caller) runs here; the kernels write
+            // every value of `out` (each output channel's every run).
             time(Part::Gemm, || unsafe {
-                simd::forward(
-                    &lay,
-                    &xp,
-                    &packed,
-                    self.cout,
-                    out.as_mut_ptr().cast(),
-                    per_image,
-                )
+                match lay.isa {
+                    Isa::Avx512 => simd::forward(&lay, &xp, &packed, self.cout, out, per_image),
+                    Isa::Avx2 => avx2::forward(&lay, &xp, &packed, self.cout, out, per_image),
+                }
             });
         };
         // SAFETY: each image's chunk is written whole by `fill`.
         unsafe { crate::fill::par_filled(n * per_image, per_image, fill) }
     }
 
-    /// (O, C, KH, KW) kernel gradient from the (N, O, OH, OW) output gradient.
-    fn weight_grad(&self, x: &[f32], grad: &[f32], n: usize) -> Vec<f32> {
+    /// (O, C, KH, KW) kernel gradient from the (N, O, OH, OW) output gradient, by `isa`'s
+    /// kernels.
+    fn weight_grad(&self, isa: Isa, x: &[f32], grad: &[f32], n: usize) -> Vec<f32> {
         let g = &self.geo;
-        let lay = self.layout();
+        let lay = self.layout(isa);
         let taps = g.row_len();
         let (img_len, per_image) = (g.image_len(), self.cout * g.oh * g.ow);
         crate::profile::gemm_flops(2 * n * per_image * taps);
-        let lanes = self.cout * taps * 16;
+        let lanes = self.cout * taps * isa.lanes();
         let share = n.div_ceil(rayon::current_num_threads().max(1)).max(1);
         let starts: Vec<usize> = (0..n).step_by(share).collect();
         let partials: Vec<Vec<f32>> = starts
@@ -247,14 +299,18 @@ impl Direct {
                         gr.extend(gi.iter().map(|v| round_bf16(*v)));
                         gi = &gr;
                     }
-                    // SAFETY: AVX-512F runs here (the routing checked); `acc` holds
-                    // O·taps·16 values, `gi` one image's gradient.
+                    let (cout, plane) = (self.cout, g.oh * g.ow);
+                    // SAFETY: `isa` runs here (checked by the caller); `acc` holds
+                    // O·taps·lanes values, `gi` one image's gradient.
                     time(Part::Gemm, || unsafe {
-                        simd::weight_grad(&lay, &xp, gi, self.cout, g.oh * g.ow, &mut acc)
+                        match isa {
+                            Isa::Avx512 => simd::weight_grad(&lay, &xp, gi, cout, plane, &mut acc),
+                            Isa::Avx2 => avx2::weight_grad(&lay, &xp, gi, cout, plane, &mut acc),
+                        }
                     });
                 }
-                // Each (o, tap)'s 16 lanes, added in order.
-                acc.chunks_exact(16)
+                // Each (o, tap)'s lanes, added in order.
+                acc.chunks_exact(isa.lanes())
                     .map(|l| l.iter().fold(0f32, |a, b| a + b))
                     .collect()
             })
@@ -286,9 +342,9 @@ impl CustomOp2 for Direct {
         let w = crate::per_channel::f32_slice(ws, wl, self.name(), "kernel")?;
         let n = xl.dims()[0];
         let g = &self.geo;
-        if !available() {
-            candle_core::bail!("{}: this CPU has no AVX-512", self.name())
-        }
+        let Some(isa) = isa() else {
+            candle_core::bail!("{}: this CPU has neither AVX-512 nor AVX2", self.name())
+        };
         if x.len() != n * g.image_len() || w.len() != self.cout * g.row_len() {
             candle_core::bail!(
                 "{}: input {:?} or kernel {:?} does not fit the convolution's geometry",
@@ -300,7 +356,7 @@ impl CustomOp2 for Direct {
         #[cfg(test)]
         RUNS.with(|r| r.set(r.get() + 1));
         Ok((
-            CpuStorage::F32(self.forward(x, w, n)),
+            CpuStorage::F32(self.forward(isa, x, w, n)),
             Shape::from((n, self.cout, g.oh, g.ow)),
         ))
     }
@@ -352,8 +408,11 @@ impl CustomOp2 for KernelGrad {
         if gl.dims() != [n, self.0.cout, g.oh, g.ow] || x.len() != n * g.image_len() {
             candle_core::bail!("{}: output gradient of shape {:?}", self.name(), gl.dims())
         }
+        let Some(isa) = isa() else {
+            candle_core::bail!("{}: this CPU has neither AVX-512 nor AVX2", self.name())
+        };
         Ok((
-            CpuStorage::F32(self.0.weight_grad(x, grad, n)),
+            CpuStorage::F32(self.0.weight_grad(isa, x, grad, n)),
             Shape::from((self.0.cout, g.c, g.kh, g.kw)),
         ))
     }
@@ -496,12 +555,156 @@ mod simd {
     }
 }
 
+/// [`simd`]'s kernels in AVX2 and FMA for CPUs without AVX-512: runs of 8 output positions,
+/// one run by [`OB`] channels forward (16 registers), [`GO`] channels by 2 taps for the
+/// kernel gradient; a run's lanes past its positions are loaded as zero.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Plan, GO, OB};
+    use crate::avx2::LANES;
+    use std::arch::x86_64::*;
+
+    /// Taps per kernel-gradient register tile.
+    const GT: usize = 2;
+
+    /// The load/store mask of a run's lanes.
+    #[inline(always)]
+    unsafe fn lanes(m: u16) -> __m256i {
+        crate::avx2::mask(|k| m >> k & 1 != 0)
+    }
+
+    /// A run's 8 values from `at`: a whole load for a whole run, else only its lanes `m`,
+    /// the others zero.
+    #[inline(always)]
+    unsafe fn load(at: *const f32, m: u16) -> __m256 {
+        match m == 0xff {
+            true => _mm256_loadu_ps(at),
+            false => _mm256_maskload_ps(at, lanes(m)),
+        }
+    }
+
+    /// [`super::simd::forward`] in AVX2: one image's output (`cout` planes of `plane` values at
+    /// `out`) from its padded copy `xp` and the packed kernel, [`OB`] channels by one run at a
+    /// time. A run's 8 values are stored whole where they stay inside the plane (a short run's
+    /// last lanes, zero, then land on the next row's first outputs, stored after them), else
+    /// only its lanes.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `out` has `cout · plane` writable values; `xp` and `packed` as
+    /// [`super::Direct::pad_image`] and [`super::Direct::pack_kernel`] made them for `lay`,
+    /// whose runs are of at most 8 positions.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn forward(
+        lay: &Plan,
+        xp: &[f32],
+        packed: &[f32],
+        cout: usize,
+        out: *mut f32,
+        per_image: usize,
+    ) {
+        let plane = per_image / cout;
+        let taps = lay.taps.len();
+        for tile in 0..cout.div_ceil(OB) {
+            let w = packed[tile * taps * OB..][..taps * OB].as_ptr();
+            let outs = (cout - tile * OB).min(OB);
+            let dst = out.add(tile * OB * plane);
+            for &(out_at, in_at, m) in &lay.runs {
+                debug_assert!(m <= 0xff);
+                let x = xp.as_ptr().add(in_at);
+                let mut acc = [_mm256_setzero_ps(); OB];
+                for (t, &off) in lay.taps.iter().enumerate() {
+                    let xv = load(x.add(off), m);
+                    for (o, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(_mm256_set1_ps(*w.add(t * OB + o)), xv, *a);
+                    }
+                }
+                let whole = out_at + LANES <= plane;
+                for (o, a) in acc.iter().enumerate().take(outs) {
+                    let d = dst.add(o * plane + out_at);
+                    match whole {
+                        true => _mm256_storeu_ps(d, *a),
+                        false => _mm256_maskstore_ps(d, lanes(m), *a),
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`super::simd::weight_grad`] in AVX2: adds one image's kernel-gradient products to `acc`
+    /// (`[(o·taps + t)·8 + lane]`), [`GO`] channels by [`GT`] taps at a time over every run.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `grad` is one image's `cout · plane` output gradient, `xp` as
+    /// [`super::Direct::pad_image`] made it for `lay` (runs of at most 8 positions), `acc` has
+    /// `cout · taps · 8` values.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn weight_grad(
+        lay: &Plan,
+        xp: &[f32],
+        grad: &[f32],
+        cout: usize,
+        plane: usize,
+        acc: &mut [f32],
+    ) {
+        let taps = lay.taps.len();
+        assert!(grad.len() >= cout * plane && acc.len() >= cout * taps * LANES);
+        for o0 in (0..cout).step_by(GO) {
+            let outs = (cout - o0).min(GO);
+            let mut t0 = 0;
+            while t0 + GT <= taps {
+                block::<GT>(lay, xp, grad, (o0, outs), t0, plane, taps, acc);
+                t0 += GT;
+            }
+            for t in t0..taps {
+                block::<1>(lay, xp, grad, (o0, outs), t, plane, taps, acc);
+            }
+        }
+    }
+
+    /// Channels `o0..o0 + outs` (at most [`GO`]) by taps `t0..t0 + T`, over every run.
+    #[inline]
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn block<const T: usize>(
+        lay: &Plan,
+        xp: &[f32],
+        grad: &[f32],
+        (o0, outs): (usize, usize),
+        t0: usize,
+        plane: usize,
+        taps: usize,
+        acc: &mut [f32],
+    ) {
+        let mut sum = [[_mm256_setzero_ps(); T]; GO];
+        let (x, g) = (xp.as_ptr(), grad.as_ptr().add(o0 * plane));
+        let offs: [usize; T] = std::array::from_fn(|t| lay.taps[t0 + t]);
+        for &(out_at, in_at, m) in &lay.runs {
+            let gv: [__m256; GO] = std::array::from_fn(|o| match o < outs {
+                true => load(g.add(o * plane + out_at), m),
+                false => _mm256_setzero_ps(),
+            });
+            for t in 0..T {
+                let xv = load(x.add(offs[t] + in_at), m);
+                for o in 0..GO {
+                    sum[o][t] = _mm256_fmadd_ps(gv[o], xv, sum[o][t]);
+                }
+            }
+        }
+        for (o, row) in sum.iter().enumerate().take(outs) {
+            for (t, s) in row.iter().enumerate() {
+                let a = acc.as_mut_ptr().add(((o0 + o) * taps + t0 + t) * LANES);
+                _mm256_storeu_ps(a, _mm256_add_ps(_mm256_loadu_ps(a), *s));
+            }
+        }
+    }
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 mod simd {
     use super::Plan;
 
     pub(super) unsafe fn forward(_: &Plan, _: &[f32], _: &[f32], _: usize, _: *mut f32, _: usize) {
-        unreachable!("the direct convolution runs only where AVX-512 does")
+        unreachable!("the direct convolution runs only where AVX-512 or AVX2 does")
     }
 
     pub(super) unsafe fn weight_grad(
@@ -512,9 +715,12 @@ mod simd {
         _: usize,
         _: &mut [f32],
     ) {
-        unreachable!("the direct convolution runs only where AVX-512 does")
+        unreachable!("the direct convolution runs only where AVX-512 or AVX2 does")
     }
 }
+
+#[cfg(not(target_arch = "x86_64"))]
+use simd as avx2;
 
 /// `xs` convolved with `weight` by the direct convolution, with `after` in the same op, when
 /// [`applies`]; `None` otherwise.
@@ -584,6 +790,23 @@ mod tests {
         (y, gw)
     }
 
+    /// The `AVX2_ONLY` settings to test on this CPU: both where it has AVX-512 (its kernels,
+    /// then AVX2's), else the one (`false`) that runs the kernels it has.
+    fn kernels() -> Vec<bool> {
+        match isa() {
+            Some(Isa::Avx512) => vec![false, true],
+            _ => vec![false],
+        }
+    }
+
+    /// Runs `f` with this thread's direct convolutions on AVX2's kernels if `avx2_only`.
+    fn with_kernels<R>(avx2_only: bool, f: impl FnOnce() -> R) -> R {
+        let before = AVX2_ONLY.with(|a| a.replace(avx2_only));
+        let r = f();
+        AVX2_ONLY.with(|a| a.set(before));
+        r
+    }
+
     fn rounded(v: &[f32], bf16: bool) -> Vec<f32> {
         v.iter()
             .map(|v| if bf16 { round_bf16(*v) } else { *v })
@@ -591,13 +814,21 @@ mod tests {
     }
 
     /// The first-layer shapes of the zoo and a few odd ones: output and kernel gradient
-    /// against f64 sums, in float32 and with bf16 rounding; the direct path must have run.
+    /// against f64 sums, in float32 and with bf16 rounding, by each kernel set the CPU runs
+    /// (AVX-512's and AVX2's); the direct path must have run.
     #[test]
     fn direct_first_layer_matches_f64_sums() -> Result<()> {
         if !available() {
-            eprintln!("skipped: no AVX-512");
+            eprintln!("skipped: neither AVX-512 nor AVX2");
             return Ok(());
         }
+        for avx2_only in kernels() {
+            with_kernels(avx2_only, || first_layers_match_f64_sums(avx2_only))?;
+        }
+        Ok(())
+    }
+
+    fn first_layers_match_f64_sums(avx2_only: bool) -> Result<()> {
         // With oneDNN on, strided bf16 first layers go to it (this thread only).
         #[cfg(feature = "onednn")]
         crate::onednn::set_enabled(false);
@@ -611,10 +842,12 @@ mod tests {
             (2, 3, 13, 19, 5, 3, 2, 0),
             (1, 4, 20, 37, 17, 4, 3, 2),
             (3, 2, 9, 8, 9, 1, 1, 0),
+            (2, 1, 7, 17, 3, 3, 1, 1),
         ];
         for (n, c, h, w, o, k, s, p) in cases {
             for bf16 in [false, true] {
-                let what = format!("n{n} c{c} {h}x{w} o{o} k{k} s{s} p{p} bf16 {bf16}");
+                let what =
+                    format!("n{n} c{c} {h}x{w} o{o} k{k} s{s} p{p} bf16 {bf16} AVX2 {avx2_only}");
                 let x = Tensor::randn(0f32, 1., (n, c, h, w), &dev)?;
                 let wt = Var::from_tensor(&Tensor::randn(0f32, 0.3, (o, c, k, k), &dev)?)?;
                 let cfg = Conv2dConfig {
@@ -771,87 +1004,92 @@ mod tests {
             .num_threads(1)
             .build()
             .map_err(candle_core::Error::wrap)?;
-        pool.install(|| -> Result<()> {
-            let dev = Device::Cpu;
-            let max_diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
-                (a - b)?.abs()?.max_all()?.to_scalar::<f32>()
-            };
-            // (n, c, h, w, o, kh, kw, s, p, what follows)
-            let cases = [
-                (6, 3, 32, 32, 16, 7, 7, 2, 3, "bn-pool"),
-                (5, 3, 16, 16, 16, 3, 3, 1, 1, "bn"),
-                (4, 3, 16, 16, 16, 3, 3, 1, 1, "bn-add"),
-                (4, 1, 28, 28, 6, 5, 5, 1, 2, "bias"),
-                (3, 2, 17, 17, 8, 1, 1, 2, 0, "none"),
-                (3, 3, 20, 27, 5, 2, 2, 3, 1, "none"),
-                (3, 3, 12, 20, 9, 3, 5, 1, 2, "none"),
-                (0, 3, 16, 16, 16, 3, 3, 1, 1, "none"),
-            ];
-            for (n, c, h, w, o, kh, kw, s, p, what) in cases {
-                let tag = format!("n{n} c{c} {h}x{w} o{o} k{kh}x{kw} s{s} p{p} {what}");
-                let x = Tensor::randn(0f32, 1., (n, c, h, w), &dev)?;
-                let wt = Var::from_tensor(&Tensor::randn(0f32, 0.3, (o, c, kh, kw), &dev)?)?;
-                let bias = Var::from_tensor(&Tensor::randn(0f32, 0.3, o, &dev)?)?;
-                let cfg = Conv2dConfig {
-                    padding: p,
-                    stride: s,
-                    ..Default::default()
-                };
-                let b = (what == "bias").then(|| bias.as_tensor().clone());
-                let conv = Conv2d::new(wt.as_tensor().clone(), b, cfg);
-                let bn_w = Var::from_tensor(&Tensor::randn(1f32, 0.2, o, &dev)?)?;
-                let run = |direct: bool| -> Result<(Tensor, Vec<Tensor>, usize)> {
-                    let previous = set_direct_first_layer(direct);
-                    let bn = crate::BatchNorm::new(
-                        Tensor::zeros(o, candle_core::DType::F32, &dev)?,
-                        Tensor::ones(o, candle_core::DType::F32, &dev)?,
-                        bn_w.as_tensor().clone(),
-                        bias.as_tensor().clone(),
-                        1e-5,
-                        0.1,
-                    )?;
-                    let before = RUNS.with(|r| r.get());
-                    let y = match what {
-                        "bn-pool" => {
-                            let pool = crate::Pool2d::max(3, 2).padding(1);
-                            conv.forward_batch_norm_relu_pool(&x, &bn, &pool, true)?
-                        }
-                        "bn" => conv.forward_batch_norm(&x, &bn, true, true)?,
-                        "bn-add" => {
-                            let r = Tensor::randn(0f32, 1., (n, o, h, w), &dev)?;
-                            conv.forward_batch_norm_add_relu(&x, &bn, &r.ones_like()?, true)?
-                        }
-                        _ => Module::forward(&conv, &x)?,
-                    };
-                    let runs = RUNS.with(|r| r.get()) - before;
-                    set_direct_first_layer(previous);
-                    let g = y.sqr()?.sum_all()?.backward()?;
-                    let grads = [&wt, &bn_w, &bias]
-                        .iter()
-                        .filter_map(|v| g.get(v).cloned())
-                        .collect();
-                    Ok((y, grads, runs))
-                };
-                let (ya, ga, runs) = run(true)?;
-                let (yb, gb, off) = run(false)?;
-                assert_eq!((runs, off), (1, 0), "{tag}: direct path runs");
-                assert_eq!(ya.dims(), yb.dims(), "{tag}");
-                if n == 0 {
-                    continue;
-                }
-                let d = max_diff(&ya, &yb)?;
-                assert!(d < 1e-4, "{tag}: output differs by {d}");
-                assert_eq!(ga.len(), gb.len(), "{tag}: gradients");
-                for (a, b) in ga.iter().zip(&gb) {
-                    let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
-                    let d = max_diff(a, b)?;
-                    assert!(
-                        d < 1e-4 * scale,
-                        "{tag}: gradient differs by {d} (scale {scale})"
-                    );
-                }
-            }
-            Ok(())
+        kernels().into_iter().try_for_each(|avx2_only| {
+            pool.install(|| with_kernels(avx2_only, || fused_ops_match(avx2_only)))
         })
+    }
+
+    fn fused_ops_match(avx2_only: bool) -> Result<()> {
+        let dev = Device::Cpu;
+        let max_diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            (a - b)?.abs()?.max_all()?.to_scalar::<f32>()
+        };
+        // (n, c, h, w, o, kh, kw, s, p, what follows)
+        let cases = [
+            (6, 3, 32, 32, 16, 7, 7, 2, 3, "bn-pool"),
+            (5, 3, 16, 16, 16, 3, 3, 1, 1, "bn"),
+            (4, 3, 16, 16, 16, 3, 3, 1, 1, "bn-add"),
+            (4, 1, 28, 28, 6, 5, 5, 1, 2, "bias"),
+            (3, 2, 17, 17, 8, 1, 1, 2, 0, "none"),
+            (3, 3, 20, 27, 5, 2, 2, 3, 1, "none"),
+            (3, 3, 12, 20, 9, 3, 5, 1, 2, "none"),
+            (0, 3, 16, 16, 16, 3, 3, 1, 1, "none"),
+        ];
+        for (n, c, h, w, o, kh, kw, s, p, what) in cases {
+            let tag =
+                format!("n{n} c{c} {h}x{w} o{o} k{kh}x{kw} s{s} p{p} {what} AVX2 {avx2_only}");
+            let x = Tensor::randn(0f32, 1., (n, c, h, w), &dev)?;
+            let wt = Var::from_tensor(&Tensor::randn(0f32, 0.3, (o, c, kh, kw), &dev)?)?;
+            let bias = Var::from_tensor(&Tensor::randn(0f32, 0.3, o, &dev)?)?;
+            let cfg = Conv2dConfig {
+                padding: p,
+                stride: s,
+                ..Default::default()
+            };
+            let b = (what == "bias").then(|| bias.as_tensor().clone());
+            let conv = Conv2d::new(wt.as_tensor().clone(), b, cfg);
+            let bn_w = Var::from_tensor(&Tensor::randn(1f32, 0.2, o, &dev)?)?;
+            let run = |direct: bool| -> Result<(Tensor, Vec<Tensor>, usize)> {
+                let previous = set_direct_first_layer(direct);
+                let bn = crate::BatchNorm::new(
+                    Tensor::zeros(o, candle_core::DType::F32, &dev)?,
+                    Tensor::ones(o, candle_core::DType::F32, &dev)?,
+                    bn_w.as_tensor().clone(),
+                    bias.as_tensor().clone(),
+                    1e-5,
+                    0.1,
+                )?;
+                let before = RUNS.with(|r| r.get());
+                let y = match what {
+                    "bn-pool" => {
+                        let pool = crate::Pool2d::max(3, 2).padding(1);
+                        conv.forward_batch_norm_relu_pool(&x, &bn, &pool, true)?
+                    }
+                    "bn" => conv.forward_batch_norm(&x, &bn, true, true)?,
+                    "bn-add" => {
+                        let r = Tensor::randn(0f32, 1., (n, o, h, w), &dev)?;
+                        conv.forward_batch_norm_add_relu(&x, &bn, &r.ones_like()?, true)?
+                    }
+                    _ => Module::forward(&conv, &x)?,
+                };
+                let runs = RUNS.with(|r| r.get()) - before;
+                set_direct_first_layer(previous);
+                let g = y.sqr()?.sum_all()?.backward()?;
+                let grads = [&wt, &bn_w, &bias]
+                    .iter()
+                    .filter_map(|v| g.get(v).cloned())
+                    .collect();
+                Ok((y, grads, runs))
+            };
+            let (ya, ga, runs) = run(true)?;
+            let (yb, gb, off) = run(false)?;
+            assert_eq!((runs, off), (1, 0), "{tag}: direct path runs");
+            assert_eq!(ya.dims(), yb.dims(), "{tag}");
+            if n == 0 {
+                continue;
+            }
+            let d = max_diff(&ya, &yb)?;
+            assert!(d < 1e-4, "{tag}: output differs by {d}");
+            assert_eq!(ga.len(), gb.len(), "{tag}: gradients");
+            for (a, b) in ga.iter().zip(&gb) {
+                let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
+                let d = max_diff(a, b)?;
+                assert!(
+                    d < 1e-4 * scale,
+                    "{tag}: gradient differs by {d} (scale {scale})"
+                );
+            }
+        }
+        Ok(())
     }
 }
