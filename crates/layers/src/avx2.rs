@@ -1,7 +1,7 @@
-//! What the AVX2 kernels share (Winograd's transforms, 2x2 max pooling, for CPUs without
-//! AVX-512), as [`crate::avx512`] is for the AVX-512 ones: whether the CPU has AVX2, lane
-//! masks, and the shuffles that split 16 values into their even and odd ones and interleave two
-//! vectors back.
+//! What the AVX2 kernels share (Winograd's transforms, max pooling, the direct first layer,
+//! for CPUs without AVX-512), as [`crate::avx512`] is for the AVX-512 ones: whether the CPU has
+//! AVX2, lane masks, and the shuffles that split 16 values into their even and odd ones and
+//! interleave two vectors back.
 
 use std::arch::x86_64::*;
 
