@@ -165,7 +165,7 @@ mod tests {
                 assert_eq!(runs(), before + 4, "{at}");
                 // Outputs of 4x4 and more run image by image, the batch norm in the
                 // convolution's op, but for a first layer (three channels here) that the
-                // direct convolution takes: with AVX-512, where its products are not bf16.
+                // direct convolution takes: with AVX-512 or AVX2, where its products are not bf16.
                 // (With `onednn`, some go to oneDNN, the batch norm then after its op.)
                 let bf16_products =
                     precision.is_some() && crate::autocast::cpu_bf16_kernel_active();

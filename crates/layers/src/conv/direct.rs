@@ -26,8 +26,9 @@
 //! lane's FMA) measured faster at every first layer with bf16 products, and with oneDNN on,
 //! strided ones go to oneDNN's bf16 kernels; narrower ones stay here in float32.
 //!
-//! The kernel gradient's bits are the same on every run for a given thread count (each
-//! thread's share of the batch fixed by the count, the shares added in order).
+//! The kernel gradient's bits are the same on every run for a given thread count and kernel
+//! set (each thread's share of the batch fixed by the count, the shares added in order; the
+//! AVX-512 and AVX2 kernels sum 16 and 8 lanes, so their bits differ within rounding).
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -38,7 +39,8 @@ use crate::profile::{time, Part};
 /// Input channels up to which a first layer runs here.
 const MAX_CHANNELS: usize = 4;
 
-/// Output channels per forward register tile (two vectors of 16 positions each).
+/// Output channels per forward register tile (by two vectors of 16 positions with AVX-512, one
+/// of 8 with AVX2).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const OB: usize = 8;
 
@@ -71,6 +73,8 @@ thread_local! {
     /// Whether this thread's direct convolutions take the AVX2 kernels on a CPU with AVX-512
     /// too (for tests of both).
     pub(crate) static AVX2_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Forward passes and kernel gradients by the AVX2 kernels on this thread (for tests).
+    pub(crate) static AVX2_RUNS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// Whether first layers of output rows of 8 or more run here on this thread (for tests that
@@ -355,6 +359,10 @@ impl CustomOp2 for Direct {
         }
         #[cfg(test)]
         RUNS.with(|r| r.set(r.get() + 1));
+        #[cfg(test)]
+        if isa == Isa::Avx2 {
+            AVX2_RUNS.with(|r| r.set(r.get() + 1));
+        }
         Ok((
             CpuStorage::F32(self.forward(isa, x, w, n)),
             Shape::from((n, self.cout, g.oh, g.ow)),
@@ -411,6 +419,10 @@ impl CustomOp2 for KernelGrad {
         let Some(isa) = isa() else {
             candle_core::bail!("{}: this CPU has neither AVX-512 nor AVX2", self.name())
         };
+        #[cfg(test)]
+        if isa == Isa::Avx2 {
+            AVX2_RUNS.with(|r| r.set(r.get() + 1));
+        }
         Ok((
             CpuStorage::F32(self.0.weight_grad(isa, x, grad, n)),
             Shape::from((self.0.cout, g.c, g.kh, g.kw)),
@@ -586,8 +598,8 @@ mod avx2 {
     /// [`super::simd::forward`] in AVX2: one image's output (`cout` planes of `plane` values at
     /// `out`) from its padded copy `xp` and the packed kernel, [`OB`] channels by one run at a
     /// time. A run's 8 values are stored whole where they stay inside the plane (a short run's
-    /// last lanes, zero, then land on the next row's first outputs, stored after them), else
-    /// only its lanes.
+    /// last lanes then land on the next row's first outputs of the same channel, which a later
+    /// run of this tile overwrites), else only its lanes.
     ///
     /// # Safety
     /// AVX2 and FMA; `out` has `cout · plane` writable values; `xp` and `packed` as
@@ -799,11 +811,20 @@ mod tests {
         }
     }
 
-    /// Runs `f` with this thread's direct convolutions on AVX2's kernels if `avx2_only`.
+    /// Runs `f` with this thread's direct convolutions on AVX2's kernels if `avx2_only`; the
+    /// AVX2 kernels must have run (forward and kernel gradient) exactly when they are asked for
+    /// or are the CPU's.
     fn with_kernels<R>(avx2_only: bool, f: impl FnOnce() -> R) -> R {
         let before = AVX2_ONLY.with(|a| a.replace(avx2_only));
+        let runs = AVX2_RUNS.with(|r| r.get());
         let r = f();
         AVX2_ONLY.with(|a| a.set(before));
+        let ran = AVX2_RUNS.with(|r| r.get()) > runs;
+        assert_eq!(
+            ran,
+            avx2_only || isa() == Some(Isa::Avx2),
+            "AVX2 kernels ran: {ran}"
+        );
         r
     }
 
@@ -921,6 +942,13 @@ mod tests {
         if !available() {
             return Ok(());
         }
+        for avx2_only in kernels() {
+            with_kernels(avx2_only, tracked_input_and_reproducible)?;
+        }
+        Ok(())
+    }
+
+    fn tracked_input_and_reproducible() -> Result<()> {
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1., (5, 3, 16, 16), &dev)?;
         let wt = Var::from_tensor(&Tensor::randn(0f32, 0.3, (16, 3, 3, 3), &dev)?)?;

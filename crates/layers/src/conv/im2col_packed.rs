@@ -4,7 +4,7 @@
 //!
 //! The image-by-image forward of a convolution that is neither Winograd's nor pointwise (a
 //! strided 3x3, a 1x1 with stride 2, a 5x5; a 7x7 stem whose input is tracked, the others
-//! going to [`super::direct`] on AVX-512) multiplies the kernel (O x C·KH·KW) by the columns
+//! going to [`super::direct`] on AVX-512 or AVX2) multiplies the kernel (O x C·KH·KW) by the columns
 //! of a block of output rows. Before, [`Geometry::im2col_t_rows_strided`] wrote those columns
 //! in float32 (`C·KH·KW` rows of the block's positions, a few hundred KB in L2) and the
 //! product read them back to round and pair them. Here each pair of rows is gathered with

@@ -7,7 +7,7 @@
 //! convolutions with 4x4 outputs or more run image by image instead
 //! ([`conv2d_cpu_f32`](crate::conv2d_cpu_f32)), with columns that stay in cache; a network's
 //! first layer (one to four input channels, an input that needs no gradient) runs as a direct
-//! convolution in AVX-512 without `im2col` (`direct.rs`). On other
+//! convolution in AVX-512 (or AVX2) without `im2col` (`direct.rs`). On other
 //! devices the forward is Candle's `conv2d` (im2col + cuBLAS) and the input gradient
 //! is a `conv2d` too, of the zero-dilated output gradient with the flipped kernel, in place of
 //! Candle's `conv_transpose2d` kernel ([`conv2d_conv_grads`]). With the `cudnn` feature, CUDA

@@ -5,7 +5,7 @@
 //! loaded from its input row for 16 outputs of an output row (rows of 12 outputs and more,
 //! horizontal stride 1 or 2), or gathered for 16 outputs of a plane or of 16 planes, or, for
 //! planes of at most 16 outputs and 64 inputs, permuted from several whole planes held in two
-//! or four registers; with AVX2 alone, other max poolings of planes up to 64x64 run 8 planes
+//! or four registers; with AVX2 alone, other max poolings of planes of up to 4096 inputs (64x64) run 8 planes
 //! at a time, one a lane, from a transposed copy of the planes (`avx2::max_forward_across`).
 //! These keep the chosen inputs for the backward pass as PyTorch's `max_pool2d_with_indices`
 //! (the backward then only adds the gradients there), and all give the same bits as the loops.
@@ -861,13 +861,40 @@ fn scatter(chosen: &[i32], gy: &[f32], gx: &mut [f32]) {
 /// 8x8 and 7x7 (stride 1) and 16x16 (stride 2, rows of 8) took about as long or longer.
 const ROWS_FROM: usize = 12;
 
+#[cfg(test)]
+thread_local! {
+    /// Whether this thread's max poolings take the AVX2 kernel across planes on a CPU with
+    /// AVX-512 too (for tests of both; read where the op chooses its kernel, on the calling
+    /// thread).
+    pub(crate) static AVX2_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Max poolings run by the AVX2 kernel across planes on this thread (for tests).
+    pub(crate) static ACROSS_RUNS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether this thread's max poolings take AVX-512's kernels (where the CPU has it).
+#[cfg(target_arch = "x86_64")]
+fn avx512_pooling() -> bool {
+    #[cfg(test)]
+    if AVX2_ONLY.with(|a| a.get()) {
+        return false;
+    }
+    avx512()
+}
+
+/// Whether a max pooling of `(N, C, H, W)` input `dims` on f32 takes the AVX2 kernel across
+/// planes on this thread (for tests).
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(crate) fn takes_avx2_across(pool: Pool2d, dims: &[usize]) -> bool {
+    Plane::new(pool, dims).is_ok_and(|(_, plane)| avx2_windows::<f32>(&plane).is_some())
+}
+
 /// The gather table for a max pooling on f32 with AVX-512, where the 2x2 kernels do not apply.
 #[cfg(target_arch = "x86_64")]
 fn gather_taps<T: candle_core::WithDType>(plane: &Plane) -> Option<gather::Taps> {
     let applies = T::DTYPE == candle_core::DType::F32
         && plane.pool.kind == PoolKind::Max
         && !plane.whole_2x2_blocks()
-        && avx512();
+        && avx512_pooling();
     applies.then(|| gather::Taps::new(plane)).flatten()
 }
 
@@ -878,7 +905,7 @@ fn avx2_windows<T: candle_core::WithDType>(plane: &Plane) -> Option<avx2::Window
     let applies = T::DTYPE == candle_core::DType::F32
         && plane.pool.kind == PoolKind::Max
         && !plane.whole_2x2_blocks()
-        && !avx512()
+        && !avx512_pooling()
         && crate::avx2::available();
     applies.then(|| avx2::Windows::new(plane)).flatten()
 }
@@ -1026,9 +1053,16 @@ impl PoolOp {
         }
         #[cfg(target_arch = "x86_64")]
         if let Some(windows) = avx2_windows::<T>(&plane) {
-            // Enough planes a task that the transposed buffers are made once for several
-            // groups of 8, and tasks enough for the threads.
-            let group = (8 * 1024 / hw).clamp(8, 256) / 8 * 8;
+            // Groups of 8 planes, up to 8192 inputs a task (the transposed buffers made once a
+            // task), and at least a task a thread where there are planes enough.
+            let threads = rayon::current_num_threads().max(1);
+            let group = (8 * 1024 / hw)
+                .clamp(8, 256)
+                .min(planes.div_ceil(threads).next_multiple_of(8))
+                / 8
+                * 8;
+            #[cfg(test)]
+            ACROSS_RUNS.with(|r| r.set(r.get() + 1));
             return self.with_choices(x, planes, &plane, group, shape, |x, y, chosen| {
                 let count = y.len() / ohw.max(1);
                 // SAFETY: the CPU has AVX2 (checked by `avx2_windows`); `x` holds the `count`

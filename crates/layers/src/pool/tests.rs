@@ -119,7 +119,38 @@ fn check(pool: Pool2d, h: usize, w: usize) -> Result<()> {
     check_values(pool, (2, 3, h, w), 3)
 }
 
-fn check_values(
+/// [`check_values_once`] with the CPU's max pooling kernels, then, where it has AVX-512, with
+/// AVX2's across planes instead; the AVX2 kernel must have run where it applies.
+fn check_values(pool: Pool2d, dims: (usize, usize, usize, usize), distinct: usize) -> Result<()> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::cpu::{takes_avx2_across, ACROSS_RUNS, AVX2_ONLY};
+        let (b, c, h, w) = dims;
+        let settings: &[bool] = match crate::avx512::available() {
+            true => &[false, true],
+            false => &[false],
+        };
+        for &avx2_only in settings {
+            let before = AVX2_ONLY.with(|a| a.replace(avx2_only));
+            let runs = ACROSS_RUNS.with(|r| r.get());
+            let across = takes_avx2_across(pool, &[b, c, h, w]);
+            let checked = check_values_once(pool, dims, distinct);
+            AVX2_ONLY.with(|a| a.set(before));
+            checked?;
+            let ran = ACROSS_RUNS.with(|r| r.get()) - runs;
+            assert_eq!(
+                ran,
+                usize::from(across),
+                "{pool:?} {dims:?} AVX2 {avx2_only}"
+            );
+        }
+        Ok(())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    check_values_once(pool, dims, distinct)
+}
+
+fn check_values_once(
     pool: Pool2d,
     (b, c, h, w): (usize, usize, usize, usize),
     distinct: usize,
@@ -154,6 +185,8 @@ fn check_values(
 /// more inputs (a 9x9 map pooled 3x3 with stride 3: one whole group and one of 5).
 #[test]
 fn small_maps_pooled_across_planes_match_the_composite() -> Result<()> {
+    #[cfg(target_arch = "x86_64")]
+    let runs = super::cpu::ACROSS_RUNS.with(|r| r.get());
     let googlenet = Pool2d::max(3, 1).padding(1).ceil_mode(true);
     for (pool, h, w) in [
         (googlenet, 1, 1),
@@ -170,6 +203,12 @@ fn small_maps_pooled_across_planes_match_the_composite() -> Result<()> {
         for distinct in [1013, 3] {
             check_values(pool, (3, 7, h, w), distinct)?;
         }
+    }
+    // Each of them (max poolings, not of whole 2x2 blocks) also by AVX2's kernel across planes
+    // where the CPU has AVX2.
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2::available() {
+        assert!(super::cpu::ACROSS_RUNS.with(|r| r.get()) - runs >= 20);
     }
     Ok(())
 }
@@ -215,13 +254,6 @@ fn composite_matches_the_cpu_kernel() -> Result<()> {
 #[test]
 fn pooling_with_its_relu_in_one_op_gives_the_same_bits() -> Result<()> {
     let dev = candle_core::Device::Cpu;
-    let bits = |t: &Tensor| -> Result<Vec<u32>> {
-        Ok(t.flatten_all()?
-            .to_vec1::<f32>()?
-            .iter()
-            .map(|v| v.to_bits())
-            .collect())
-    };
     // Whole 2x2 blocks (AVX-512 where present), overlapping windows (gathered; small maps
     // several or 16 planes a vector), odd sides (window loops), averages; negative values,
     // zeros of both signs, NaN.
@@ -243,15 +275,48 @@ fn pooling_with_its_relu_in_one_op_gives_the_same_bits() -> Result<()> {
             })
             .collect();
         let x = candle_core::Var::from_vec(values, (2, 3, size, size), &dev)?;
-        let fused = pool.forward_relu(x.as_tensor())?;
-        let apart = crate::relu(&pool.forward(x.as_tensor())?)?;
-        assert_eq!(bits(&fused)?, bits(&apart)?, "{pool:?} {size}: output");
-        let g = Tensor::randn(0f32, 1., fused.shape(), &dev)?;
-        let ga = (&fused * &g)?.sum_all()?.backward()?;
-        let gb = (&apart * &g)?.sum_all()?.backward()?;
-        let (a, b) = (ga.get(&x).expect("grad"), gb.get(&x).expect("grad"));
-        assert_eq!(bits(a)?, bits(b)?, "{pool:?} {size}: gradient");
+        // The CPU's kernels, then, where it has AVX-512, AVX2's across planes instead.
+        #[cfg(target_arch = "x86_64")]
+        let settings: &[bool] = match crate::avx512::available() {
+            true => &[false, true],
+            false => &[false],
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let settings: &[bool] = &[false];
+        for &avx2_only in settings {
+            #[cfg(target_arch = "x86_64")]
+            let before = super::cpu::AVX2_ONLY.with(|a| a.replace(avx2_only));
+            let same = relu_bits(pool, size, &x, avx2_only);
+            #[cfg(target_arch = "x86_64")]
+            super::cpu::AVX2_ONLY.with(|a| a.set(before));
+            same?;
+        }
     }
+    Ok(())
+}
+
+/// [`pooling_with_its_relu_in_one_op_gives_the_same_bits`] for one pooling of `x`.
+fn relu_bits(pool: Pool2d, size: usize, x: &Var, avx2_only: bool) -> Result<()> {
+    let dev = Device::Cpu;
+    let bits = |t: &Tensor| -> Result<Vec<u32>> {
+        Ok(t.flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|v| v.to_bits())
+            .collect())
+    };
+    let fused = pool.forward_relu(x.as_tensor())?;
+    let apart = crate::relu(&pool.forward(x.as_tensor())?)?;
+    assert_eq!(
+        bits(&fused)?,
+        bits(&apart)?,
+        "{pool:?} {size} {avx2_only}: output"
+    );
+    let g = Tensor::randn(0f32, 1., fused.shape(), &dev)?;
+    let ga = (&fused * &g)?.sum_all()?.backward()?;
+    let gb = (&apart * &g)?.sum_all()?.backward()?;
+    let (a, b) = (ga.get(x).expect("grad"), gb.get(x).expect("grad"));
+    assert_eq!(bits(a)?, bits(b)?, "{pool:?} {size} {avx2_only}: gradient");
     Ok(())
 }
 

@@ -142,9 +142,10 @@ pub(super) unsafe fn max_backward(plane: &Plane, x: &[f32], gy: &[f32], gx: &mut
     }
 }
 
-/// Inputs per plane up to which [`max_forward_across`] runs (its transposed planes, 8 of them,
-/// then take 8 x 16 KiB, a quarter of Zen 1's L2): 64x64 maps, GoogLeNet's and ResNet's
-/// poolings on 32x32 images (16x16 and smaller maps there).
+/// Inputs per plane (of any shape) up to which [`max_forward_across`] runs: 64x64 maps,
+/// GoogLeNet's and the ResNets' poolings on 32x32 images (16x16 and smaller maps there). Its
+/// transposed planes then take 8 x 16 KiB, a quarter of Zen 1's L2, and its transposed
+/// outputs and choices 64 bytes an output (up to 256 KiB more for a stride-1 pooling).
 pub(super) const ACROSS_INPUTS: usize = 4096;
 
 /// Max pooling of any window, stride and padding on planes of at most [`ACROSS_INPUTS`]
