@@ -5,7 +5,7 @@
 //! loaded from its input row for 16 outputs of an output row (rows of 12 outputs and more,
 //! horizontal stride 1 or 2), or gathered for 16 outputs of a plane or of 16 planes, or, for
 //! planes of at most 16 outputs and 64 inputs, permuted from several whole planes held in two
-//! or four registers; with AVX2 alone, other max poolings of planes of up to 4096 inputs (64x64) run 8 planes
+//! or four registers; with AVX2 alone, other max poolings of planes of up to 16384 inputs (128x128) run 8 planes
 //! at a time, one a lane, from a transposed copy of the planes (`avx2::max_forward_across`).
 //! These keep the chosen inputs for the backward pass as PyTorch's `max_pool2d_with_indices`
 //! (the backward then only adds the gradients there), and all give the same bits as the loops.
@@ -1562,8 +1562,9 @@ mod tests {
 
     /// The AVX2 max pooling of small planes, 8 at a time, one a lane, gives the window loops'
     /// results bit for bit, forward and backward, on the gathered kernels' poolings and maps
-    /// and a 64x64 one (the largest it takes): 1 to 17 planes (a group of 8 and a part, two
-    /// and one more), each with its NaNs, ties and signed zeros in other places.
+    /// and 64x64 and 128x128 ones (the largest it takes; 129x128 it does not): 1 to 17 planes
+    /// (a group of 8 and a part, two and one more; 3 and 9 of the larger ones), each with its
+    /// NaNs, ties and signed zeros in other places.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_avx2_max_pooling_across_planes_equals_the_window_loops() -> Result<()> {
@@ -1571,7 +1572,7 @@ mod tests {
             return Ok(());
         }
         for pool in pools() {
-            for (h, w) in MAPS.into_iter().chain([(64, 64), (65, 64)]) {
+            for (h, w) in MAPS.into_iter().chain([(64, 64), (128, 128), (129, 128)]) {
                 let Ok((_, plane)) = Plane::new(pool, &[1, 1, h, w]) else {
                     continue;
                 };

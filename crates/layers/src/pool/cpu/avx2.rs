@@ -142,11 +142,13 @@ pub(super) unsafe fn max_backward(plane: &Plane, x: &[f32], gy: &[f32], gx: &mut
     }
 }
 
-/// Inputs per plane (of any shape) up to which [`max_forward_across`] runs: 64x64 maps,
-/// GoogLeNet's and the ResNets' poolings on 32x32 images (16x16 and smaller maps there). Its
-/// transposed planes then take 8 x 16 KiB, a quarter of Zen 1's L2, and its transposed
-/// outputs and choices 64 bytes an output (up to 256 KiB more for a stride-1 pooling).
-pub(super) const ACROSS_INPUTS: usize = 4096;
+/// Inputs per plane (of any shape) up to which [`max_forward_across`] runs: 128x128 maps,
+/// GoogLeNet's and the ResNets' poolings on 32x32 images (16x16 and smaller maps there) and
+/// the ResNets' stem pooling on 224x224 ones (112x112 maps). Its transposed planes then take
+/// up to 8 x 64 KiB (Zen 1's whole L2), and its transposed outputs and choices 64 bytes an
+/// output; on 112x112 maps it still took a third of the window loops' time (`resnet50`'s
+/// 224x224 forward, batch 16, on a Zen 1: its pooling 1.65% -> 0.59% of the profile).
+pub(super) const ACROSS_INPUTS: usize = 16384;
 
 /// Max pooling of any window, stride and padding on planes of at most [`ACROSS_INPUTS`]
 /// inputs: each output's window taps (input indices in the plane, scan order), the same for
