@@ -229,6 +229,17 @@ impl Relayout for SwapLast2 {
                     return tiles(x, (a, b), out, 0..a, done..b);
                 }
             }
+            // 8 rows by 4 columns (or 4 by 8) a block in AVX2 where the CPU has no AVX-512.
+            #[cfg(target_arch = "x86_64")]
+            if let Some((xf, of)) =
+                as_f32(x, out).filter(|_| !crate::avx512::available() && crate::avx2::available())
+            {
+                // SAFETY: the CPU has AVX2; `xf` and `of` are one image's (A, B) input and
+                // (B, A) output.
+                let (rows, columns) = unsafe { crate::avx2::transpose_blocks(xf, (a, b), of) };
+                tiles(x, (a, b), out, rows..a, 0..b);
+                return tiles(x, (a, b), out, 0..rows, columns..b);
+            }
             tiles(x, (a, b), out, 0..a, 0..b)
         };
         // One image a task, no zeroing pass first. SAFETY: the vectors and the tiles cover

@@ -120,6 +120,10 @@ fn the_batched_transposition_equals_candles() -> Result<()> {
         (2, 5, 7),
         (1, 40, 33),
         (1, 0, 4),
+        (2, 480, 4),
+        (2, 4, 480),
+        (2, 192, 16),
+        (1, 9, 13),
     ] {
         for dtype in [DType::F32, DType::BF16] {
             let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, a, b), &dev)?.to_dtype(dtype)?)?;
@@ -145,6 +149,40 @@ fn the_batched_transposition_equals_candles() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The AVX2 transposition's blocks (8 rows by 4 columns, or 4 by 8) give Candle's bits on the
+/// rows and columns they say they did, write nothing else, and with the tiles the whole
+/// transposition: rows and columns of 1 to 37.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_avx2_transposition_blocks_equal_candles() {
+    if !crate::avx2::available() {
+        return;
+    }
+    for a in [1, 3, 4, 5, 8, 9, 16, 37] {
+        for b in [1, 2, 4, 7, 8, 12, 33] {
+            let x: Vec<f32> = (0..a * b).map(|v| v as f32 * 0.5 - 3.0).collect();
+            let mut out = vec![std::mem::MaybeUninit::new(f32::NAN); a * b];
+            // SAFETY: the CPU has AVX2.
+            let (rows, columns) = unsafe { crate::avx2::transpose_blocks(&x, (a, b), &mut out) };
+            match (a >= 8 && b >= 4, a >= 4 && b >= 8) {
+                (true, _) => assert_eq!((rows, columns), (a / 8 * 8, b / 4 * 4)),
+                (false, true) => assert_eq!((rows, columns), (a / 4 * 4, b / 8 * 8)),
+                _ => assert_eq!((rows, columns), (0, 0)),
+            }
+            for j in 0..b {
+                for i in 0..a {
+                    // SAFETY: every value was initialised above.
+                    let got = unsafe { out[j * a + i].assume_init() };
+                    match i < rows && j < columns {
+                        true => assert_eq!(got.to_bits(), x[i * b + j].to_bits(), "({a}, {b})"),
+                        false => assert!(got.is_nan(), "({a}, {b}): ({i}, {j}) written"),
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `conv` against the im2col path (whose backward is checked against Candle's above),

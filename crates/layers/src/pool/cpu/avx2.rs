@@ -221,9 +221,18 @@ pub(super) unsafe fn max_forward_across(
     let mut at_t = vec![0i32; outputs * LANES];
     for g in (0..count).step_by(LANES) {
         let planes = (count - g).min(LANES);
-        // The lanes past `planes` keep the previous planes' values: computed, never stored.
-        for (l, p) in x[g * hw..][..planes * hw].chunks_exact(hw).enumerate() {
-            for (k, v) in p.iter().enumerate() {
+        let x = &x[g * hw..][..planes * hw];
+        // 8 planes as an (8, hw) matrix transposed in blocks, the rest value by value; the
+        // lanes past `planes` keep the previous planes' values: computed, never stored.
+        let (mut rows, mut columns) = (0, 0);
+        if planes == LANES {
+            // SAFETY: `t` has `hw * 8` values; f32 and `MaybeUninit<f32>` share a layout.
+            let t = std::slice::from_raw_parts_mut(t.as_mut_ptr().cast(), t.len());
+            (rows, columns) = crate::avx2::transpose_blocks(x, (LANES, hw), t);
+        }
+        for (l, p) in x.chunks_exact(hw).enumerate() {
+            let from = if l < rows { columns } else { 0 };
+            for (k, v) in p.iter().enumerate().skip(from) {
                 t[k * LANES + l] = *v;
             }
         }
@@ -248,10 +257,24 @@ pub(super) unsafe fn max_forward_across(
             _mm256_storeu_ps(best_t.as_mut_ptr().add(o * LANES), best);
             _mm256_storeu_ps(at_t.as_mut_ptr().add(o * LANES).cast(), at);
         }
-        let y = y[g * outputs..][..planes * outputs].chunks_exact_mut(outputs);
-        let c = chosen[g * outputs..][..planes * outputs].chunks_exact_mut(outputs);
+        let y = &mut y[g * outputs..][..planes * outputs];
+        let c = &mut chosen[g * outputs..][..planes * outputs];
+        // The (outputs, 8) maxima and choices transposed back in blocks where there are 8
+        // planes (the choices' bits as f32's), the rest value by value.
+        let (mut done, mut lanes) = (0, 0);
+        if planes == LANES {
+            let c = std::slice::from_raw_parts_mut(c.as_mut_ptr().cast(), c.len());
+            let at = std::slice::from_raw_parts(at_t.as_ptr().cast(), at_t.len());
+            // SAFETY: `y` and `c` hold 8 planes' outputs, `best_t` and `at_t` theirs
+            // transposed; i32 and f32 share a layout (the bits are copied).
+            (done, lanes) = crate::avx2::transpose_blocks(&best_t, (outputs, LANES), y);
+            crate::avx2::transpose_blocks(at, (outputs, LANES), c);
+        }
+        let y = y.chunks_exact_mut(outputs);
+        let c = c.chunks_exact_mut(outputs);
         for (l, (y, c)) in y.zip(c).enumerate() {
-            for (o, (y, c)) in y.iter_mut().zip(c).enumerate() {
+            let from = if l < lanes { done } else { 0 };
+            for (o, (y, c)) in y.iter_mut().zip(c).enumerate().skip(from) {
                 y.write(best_t[o * LANES + l]);
                 c.write(at_t[o * LANES + l]);
             }
