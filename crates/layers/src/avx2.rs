@@ -96,7 +96,8 @@ pub(crate) unsafe fn transpose_blocks(
     (a, b): (usize, usize),
     out: &mut [MaybeUninit<f32>],
 ) -> (usize, usize) {
-    assert!(x.len() >= a * b && out.len() >= a * b);
+    let n = a.checked_mul(b);
+    assert!(n.is_some_and(|n| x.len() >= n && out.len() >= n));
     let (x, o) = (x.as_ptr(), out.as_mut_ptr().cast::<f32>());
     if a >= 8 && b >= 4 {
         let (rows, columns) = (a / 8 * 8, b / 4 * 4);

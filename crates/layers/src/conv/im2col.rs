@@ -236,9 +236,7 @@ impl Relayout for SwapLast2 {
             {
                 // SAFETY: the CPU has AVX2; `xf` and `of` are one image's (A, B) input and
                 // (B, A) output.
-                let (rows, columns) = unsafe { crate::avx2::transpose_blocks(xf, (a, b), of) };
-                tiles(x, (a, b), out, rows..a, 0..b);
-                return tiles(x, (a, b), out, 0..rows, columns..b);
+                return unsafe { swap_avx2(xf, (a, b), of) };
             }
             tiles(x, (a, b), out, 0..a, 0..b)
         };
@@ -247,6 +245,19 @@ impl Relayout for SwapLast2 {
         let out = unsafe { crate::fill::par_filled(x.len(), a * b, transpose) };
         Ok((out, Shape::from((n, b, a))))
     }
+}
+
+/// [`SwapLast2`] of one f32 image `x` (A, B) into `out` (B, A) with AVX2:
+/// [`crate::avx2::transpose_blocks`]'s blocks, then the tiles for the rows and columns they
+/// leave.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+pub(super) unsafe fn swap_avx2(x: &[f32], (a, b): (usize, usize), out: &mut [MaybeUninit<f32>]) {
+    let (rows, columns) = crate::avx2::transpose_blocks(x, (a, b), out);
+    tiles(x, (a, b), out, rows..a, 0..b);
+    tiles(x, (a, b), out, 0..rows, columns..b);
 }
 
 /// Writes `out[j * a + i] = x[i * b + j]` for `i` in `is` and `j` in `js`, in square tiles.

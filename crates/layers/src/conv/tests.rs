@@ -124,6 +124,7 @@ fn the_batched_transposition_equals_candles() -> Result<()> {
         (2, 4, 480),
         (2, 192, 16),
         (1, 9, 13),
+        (2, 6, 19),
     ] {
         for dtype in [DType::F32, DType::BF16] {
             let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, a, b), &dev)?.to_dtype(dtype)?)?;
@@ -151,9 +152,10 @@ fn the_batched_transposition_equals_candles() -> Result<()> {
     Ok(())
 }
 
-/// The AVX2 transposition's blocks (8 rows by 4 columns, or 4 by 8) give Candle's bits on the
-/// rows and columns they say they did, write nothing else, and with the tiles the whole
-/// transposition: rows and columns of 1 to 37.
+/// The AVX2 transposition's blocks (8 rows by 4 columns, or 4 by 8) write exactly the
+/// transposed values of the rows and columns they say they did and nothing else, and with the
+/// tiles for the rest (`im2col::swap_avx2`, what `SwapLast2` runs without AVX-512) every
+/// value: rows and columns of 1 to 37.
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn the_avx2_transposition_blocks_equal_candles() {
@@ -179,6 +181,16 @@ fn the_avx2_transposition_blocks_equal_candles() {
                         true => assert_eq!(got.to_bits(), x[i * b + j].to_bits(), "({a}, {b})"),
                         false => assert!(got.is_nan(), "({a}, {b}): ({i}, {j}) written"),
                     }
+                }
+            }
+            let mut whole = vec![std::mem::MaybeUninit::new(f32::NAN); a * b];
+            // SAFETY: the CPU has AVX2.
+            unsafe { im2col::swap_avx2(&x, (a, b), &mut whole) };
+            for j in 0..b {
+                for i in 0..a {
+                    // SAFETY: every value was initialised above.
+                    let got = unsafe { whole[j * a + i].assume_init() };
+                    assert_eq!(got.to_bits(), x[i * b + j].to_bits(), "({a}, {b}) all");
                 }
             }
         }

@@ -1053,8 +1053,10 @@ impl PoolOp {
         }
         #[cfg(target_arch = "x86_64")]
         if let Some(windows) = avx2_windows::<T>(&plane) {
-            // Groups of 8 planes, up to 8192 inputs a task (the transposed buffers made once a
-            // task), and at least a task a thread where there are planes enough.
+            // Groups of 8 planes, several a task on planes of up to 1024 inputs (at most 256
+            // planes and about 8192 inputs a task: the transposed buffers are made once a
+            // task), one on larger ones, and at least a task a thread where there are planes
+            // enough.
             let threads = rayon::current_num_threads().max(1);
             let group = (8 * 1024 / hw)
                 .clamp(8, 256)
@@ -1576,10 +1578,18 @@ mod tests {
                 let Ok((_, plane)) = Plane::new(pool, &[1, 1, h, w]) else {
                     continue;
                 };
-                let Some(windows) = avx2::Windows::new(&plane) else {
-                    assert!(h * w > avx2::ACROSS_INPUTS, "{pool:?} {h}x{w}");
+                let windows = avx2::Windows::new(&plane);
+                assert_eq!(
+                    windows.is_some(),
+                    h * w <= avx2::ACROSS_INPUTS,
+                    "{pool:?} {h}x{w}"
+                );
+                let Some(windows) = windows else {
                     continue;
                 };
+                // Large windows on large maps: too many taps for a table.
+                let (_, wide) = Plane::new(Pool2d::max(33, 1).padding(16), &[1, 1, 128, 128])?;
+                assert!(avx2::Windows::new(&wide).is_none());
                 let what = format!("{pool:?} {h}x{w} AVX2 across");
                 let counts: &[usize] = match h * w > 1024 {
                     true => &[3, 9],

@@ -150,6 +150,10 @@ pub(super) unsafe fn max_backward(plane: &Plane, x: &[f32], gy: &[f32], gx: &mut
 /// 224x224 forward, batch 16, on a Zen 1: its pooling 1.65% -> 0.59% of the profile).
 pub(super) const ACROSS_INPUTS: usize = 16384;
 
+/// Taps in all up to which [`Windows`] holds a table (16 MiB): 3x3 windows of stride 1 on
+/// 128x128 maps take 147,456, 9x9 ones 1.3 million.
+const MAX_TAPS: usize = 1 << 22;
+
 /// Max pooling of any window, stride and padding on planes of at most [`ACROSS_INPUTS`]
 /// inputs: each output's window taps (input indices in the plane, scan order), the same for
 /// every plane, for [`max_forward_across`].
@@ -164,7 +168,8 @@ pub(super) struct Windows {
 
 impl Windows {
     /// The table for `plane`, or `None` where it has more than [`ACROSS_INPUTS`] inputs, no
-    /// outputs, or an empty window (not with PyTorch's limits on padding).
+    /// outputs, an empty window (not with PyTorch's limits on padding), or more than
+    /// [`MAX_TAPS`] taps in all (large windows on large maps: the window loops then).
     pub(super) fn new(plane: &Plane) -> Option<Self> {
         let (hw, outputs) = (plane.h * plane.w, plane.oh * plane.ow);
         if hw == 0 || hw > ACROSS_INPUTS || outputs == 0 {
@@ -179,6 +184,9 @@ impl Windows {
                     return None;
                 }
                 starts.push(taps.len() as u32);
+                if taps.len() + (win.h1 - win.h0) * (win.w1 - win.w0) > MAX_TAPS {
+                    return None;
+                }
                 for r in win.h0..win.h1 {
                     taps.extend((win.w0..win.w1).map(|c| (r * plane.w + c) as u32));
                 }
@@ -263,12 +271,14 @@ pub(super) unsafe fn max_forward_across(
         // planes (the choices' bits as f32's), the rest value by value.
         let (mut done, mut lanes) = (0, 0);
         if planes == LANES {
+            // SAFETY: `y` and `c` hold 8 planes' outputs, `best_t` and `at_t` theirs
+            // transposed; i32 and f32 share a layout, and every bit pattern is an f32 (the
+            // bits are copied).
             let c = std::slice::from_raw_parts_mut(c.as_mut_ptr().cast(), c.len());
             let at = std::slice::from_raw_parts(at_t.as_ptr().cast(), at_t.len());
-            // SAFETY: `y` and `c` hold 8 planes' outputs, `best_t` and `at_t` theirs
-            // transposed; i32 and f32 share a layout (the bits are copied).
             (done, lanes) = crate::avx2::transpose_blocks(&best_t, (outputs, LANES), y);
-            crate::avx2::transpose_blocks(at, (outputs, LANES), c);
+            let also = crate::avx2::transpose_blocks(at, (outputs, LANES), c);
+            debug_assert_eq!(also, (done, lanes));
         }
         let y = y.chunks_exact_mut(outputs);
         let c = c.chunks_exact_mut(outputs);
