@@ -298,13 +298,7 @@ fn pooling_with_its_relu_in_one_op_gives_the_same_bits() -> Result<()> {
 /// [`pooling_with_its_relu_in_one_op_gives_the_same_bits`] for one pooling of `x`.
 fn relu_bits(pool: Pool2d, size: usize, x: &Var, avx2_only: bool) -> Result<()> {
     let dev = Device::Cpu;
-    let bits = |t: &Tensor| -> Result<Vec<u32>> {
-        Ok(t.flatten_all()?
-            .to_vec1::<f32>()?
-            .iter()
-            .map(|v| v.to_bits())
-            .collect())
-    };
+    let bits = crate::test_values::bits;
     let fused = pool.forward_relu(x.as_tensor())?;
     let apart = crate::relu(&pool.forward(x.as_tensor())?)?;
     assert_eq!(

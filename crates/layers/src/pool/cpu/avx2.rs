@@ -208,7 +208,8 @@ impl Windows {
 /// one load for the 8 planes, the same window in every lane; each lane's first maximum in scan
 /// order (or first NaN) kept by the comparisons [`Plane::argmax`] makes, in its order, so the
 /// same bits; then the outputs and choices transposed back. (GoogLeNet's 3x3 poolings of 8x8
-/// to 1x1 maps on 32x32 images, where vectors of one plane's outputs would be mostly empty.)
+/// to 1x1 maps on 32x32 images, where vectors of one plane's outputs would be mostly empty,
+/// and the ResNets' stem pooling, up to 112x112 maps on 224x224 images.)
 ///
 /// # Safety
 /// The CPU has AVX2.
